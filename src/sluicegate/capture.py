@@ -1,0 +1,271 @@
+"""Change capture: triggers, scans and explicit marks turn source changes into ledger versions.
+
+Triggers do not touch the ledger row of a partition directly. They append the changed rows'
+partition keys and 15-minute time bin to a small inbox table (``changes``) in the same
+transaction as the data, and :func:`absorb` folds the inbox into partition versions before
+each claim. This keeps the partition's local day computed in one place (Python's zoneinfo,
+which SQLite lacks), and it keeps concurrent ingest transactions from queueing on the same
+ledger row, which a trigger that upserted the ledger row would do for the whole ingest
+transaction. No change is lost: the inbox row commits or rolls back with the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from . import db
+from .config import TaskSpec
+from .exceptions import ConfigError, UsageError
+from .ledger import Ledger
+from .partitions import (
+    Partition,
+    canonical_key,
+    coerce_value,
+    make_partition,
+    parse_period,
+    zone_of,
+)
+from .sources import Source
+
+ABSORB_CHUNK = 20000
+UTC = dt.UTC
+
+
+class ZoneMap:
+    """Resolves the zone of a partition from the task's fixed zone or its ``zone_sql``."""
+
+    def __init__(self, task: TaskSpec, source: Source) -> None:
+        self.task = task
+        self.source = source
+        self._map: dict[str, str] | None = None
+
+    def zone(self, keys: Sequence[Any]) -> str:
+        """The IANA zone for non-time key values ``keys``."""
+        assert self.task.time is not None
+        if self.task.time.zone:
+            return self.task.time.zone
+        if self._map is None:
+            self._map = self.source.zones(self.task)
+        zone = self._map.get(canonical_key(keys))
+        if zone is None:
+            pairs = ", ".join(f"{k}={v}" for k, v in zip(self.task.keys, keys, strict=True))
+            raise ConfigError(
+                f"{self.task.folder / 'task.toml'} [time] zone_sql returned no zone for {pairs}; "
+                "add it to the query's result"
+            )
+        zone_of(zone)
+        return zone
+
+
+def fold(task: TaskSpec, changes: Iterable[tuple[Sequence[Any], dt.datetime | None]], zones: ZoneMap) -> list[Partition]:
+    """Map captured ``(keys, bin)`` changes to distinct partitions."""
+    seen: dict[str, Partition] = {}
+    for keys, bin_start in changes:
+        if task.time is None:
+            part = make_partition(task, keys, None, None)
+        else:
+            if bin_start is None:
+                continue
+            zone = zones.zone(keys)
+            # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
+            local = bin_start.astimezone(zone_of(zone))
+            period: Any = local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
+            part = make_partition(task, keys, period, zone)
+        seen.setdefault(part.pkey, part)
+    return list(seen.values())
+
+
+def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int:
+    """Fold the task's captured changes into ledger versions; return partitions marked.
+
+    ``inbox`` is the ledger-table access on the source database (the same object as
+    ``ledger`` when they share a database). With two databases the ledger commits first,
+    then the inbox delete: a crash between them re-marks the same partitions, which costs
+    at most an export whose unchanged bytes are detected by checksum.
+    """
+    zones = ZoneMap(task, source)
+    total = 0
+    while True:
+        with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect, immediate=True) as cur:
+            changes = inbox.take_changes(task, limit=ABSORB_CHUNK, cur=cur)
+            parts = fold(task, changes, zones)
+            if parts and inbox is ledger:
+                ledger.mark(parts, task, cur=cur)
+            elif parts:
+                ledger.mark(parts, task)
+        total += len(parts)
+        if len(changes) < ABSORB_CHUNK:
+            return total
+
+
+def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
+    """Mark partitions whose rows have a cursor newer than the last scan minus the overlap."""
+    cap = task.capture
+    assert cap.table and cap.cursor
+    q = source.dialect.quote
+    high_water = source.execute(f"SELECT max({q(cap.cursor)}) FROM {q(cap.table)}")[0][0]
+    if high_water is None:
+        return 0
+    high = _as_time(high_water)
+    last = ledger.get_scan(task)
+    since = _as_time(last) - dt.timedelta(seconds=cap.overlap) if last else None
+    cols = [q(cap.keys[k]) for k in task.keys]
+    time_ending = bool(task.time and task.time.boundary == "end")
+    if task.time:
+        assert cap.time
+        cols.append(source.dialect.bin_expr(q(cap.time), time_ending))
+    select = f"SELECT DISTINCT {', '.join(cols) or '1'} FROM {q(cap.table)}"
+    params: list[Any] = []
+    if since is not None:
+        if source.dialect is db.SQLITE:
+            select += f" WHERE julianday({q(cap.cursor)}) > julianday(?)"
+            params.append(since.isoformat())
+        else:
+            select += f" WHERE {q(cap.cursor)} > %s"
+            params.append(since)
+    nkeys = len(task.keys)
+    changes = [(row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)]
+    parts = fold(task, changes, ZoneMap(task, source))
+    ledger.mark(parts, task)
+    ledger.set_scan(task, high)
+    return len(parts)
+
+
+def _as_time(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = dt.datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _bin_time(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromtimestamp(int(value), UTC)
+
+
+def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[str, Any]) -> int:
+    """Mark one partition changed from explicit key values (``sluicegate mark``)."""
+    missing = [k for k in task.key_names if k not in assignments]
+    if missing:
+        raise UsageError(f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=...")
+    keys = tuple(coerce_value(str(assignments[k])) if isinstance(assignments[k], str) else assignments[k] for k in task.keys)
+    if task.time is None:
+        return ledger.mark([make_partition(task, keys, None, None)], task)
+    zone = ZoneMap(task, source).zone(keys)
+    raw = assignments[task.time.name]
+    period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone)
+    return ledger.mark([make_partition(task, keys, period, zone)], task)
+
+
+# ---------------------------------------------------------------------------- triggers
+
+
+def install(task: TaskSpec, inbox: Ledger) -> list[str]:
+    """Create (or replace) the capture triggers of ``task`` in the source database.
+
+    Returns the names of the triggers created. ``inbox`` is ledger-table access on the
+    source database; its inbox table is created if missing.
+    """
+    cap = task.capture
+    if cap.mode != "trigger":
+        raise UsageError(f"task {task.name!r} uses capture mode {cap.mode!r}; only 'trigger' tasks install triggers")
+    assert cap.table
+    inbox.ensure_schema()
+    time_ending = bool(task.time and task.time.boundary == "end")
+    if inbox.dialect is db.POSTGRESQL:
+        return _install_postgres(task, inbox, time_ending)
+    return _install_sqlite(task, inbox, time_ending)
+
+
+def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    cap = task.capture
+    assert cap.table
+    schema = inbox.table_prefix.rstrip(".")
+    table = sql.Identifier(*cap.table.split("."))
+    fn = sql.Identifier(schema, f"capture_{task.name}")
+
+    def select_from(alias: str) -> sql.Composable:
+        keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(cap.keys[k])) for k in task.keys)
+        bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
+        if task.time:
+            assert cap.time
+            col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(cap.time)).as_string()
+            bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))  # type: ignore[arg-type]
+        return sql.SQL("INSERT INTO {changes} (task, keys, bin) SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}").format(
+            changes=sql.Identifier(schema, "changes"),
+            task=sql.Literal(task.name),
+            keys=keys,
+            bin=bin_sql,
+            src=sql.Identifier(f"sluicegate_{alias}"),
+            alias=sql.Identifier(alias),
+        )
+
+    body = sql.SQL(
+        "BEGIN\n"
+        "  IF TG_OP IN ('INSERT', 'UPDATE') THEN {ins}; END IF;\n"
+        "  IF TG_OP IN ('UPDATE', 'DELETE') THEN {del}; END IF;\n"
+        "  RETURN NULL;\n"
+        "END"
+    ).format(ins=select_from("new"), **{"del": select_from("old")})
+    statements: list[sql.Composable] = [
+        sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+            fn=fn, body=sql.Literal(body.as_string())
+        )
+    ]
+    names = []
+    for op, referencing in (
+        ("INSERT", "NEW TABLE AS sluicegate_new"),
+        ("UPDATE", "OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
+        ("DELETE", "OLD TABLE AS sluicegate_old"),
+    ):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
+        statements.append(
+            sql.SQL("CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing +  # type: ignore[arg-type]
+                    " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()").format(name=sql.Identifier(name), table=table, fn=fn)
+        )
+    with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect) as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
+
+
+def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    cap = task.capture
+    assert cap.table
+    q = db.SQLITE.quote
+    literal = "'" + task.name.replace("'", "''") + "'"
+
+    def insert(row: str) -> str:
+        keys = ", ".join(f"{row}.{q(cap.keys[k])}" for k in task.keys)
+        bin_sql = "NULL"
+        if task.time:
+            assert cap.time
+            bin_sql = db.SQLITE.bin_expr(f"{row}.{q(cap.time)}", time_ending)
+        return (
+            f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) "
+            f"VALUES ({literal}, json_array({keys}), {bin_sql});"
+        )
+
+    names = []
+    statements = []
+    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(f"DROP TRIGGER IF EXISTS {q(name)}")
+        statements.append(
+            f"CREATE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} BEGIN "
+            + " ".join(insert(r) for r in rows)
+            + " END"
+        )
+    with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect, immediate=True) as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
+

@@ -1,0 +1,127 @@
+"""Destinations: publish a staged file atomically under a relative path.
+
+Contract of every :class:`Destination`:
+
+* ``stage(path)`` returns a :class:`Staged` file to write into; nothing is visible under
+  ``path`` until ``publish``.
+* ``publish(staged, checksum)`` makes the whole file visible under its path at once (rename
+  after fsync on disk, one completed PUT or multipart upload on S3) and verifies it; it is
+  idempotent: publishing equal bytes again leaves the same object.
+* ``discard(staged)`` removes the staged file; never fails if it is already gone.
+* ``exists(path, size)`` is true when an object of that size is published at ``path``.
+* ``delete(path)`` removes a published object; a missing object is not an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from ..config import DestinationSettings
+
+
+@dataclass(kw_only=True)
+class Staged:
+    """A file being written for ``path``; ``file`` counts bytes and hashes as it goes."""
+
+    path: str
+    file: HashingWriter
+    local_path: str
+    handle: Any = field(default=None, repr=False)
+
+
+class HashingWriter:
+    """A write-only binary file wrapper that counts bytes and computes SHA-256."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.size = 0
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` through, hashing it."""
+        self._sha.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Flush the underlying file."""
+        self.raw.flush()
+
+    def tell(self) -> int:
+        """Bytes written so far (pyarrow asks)."""
+        return self.size
+
+    @property
+    def closed(self) -> bool:
+        """Whether the underlying file is closed."""
+        return bool(self.raw.closed)
+
+    def writable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never seekable: formats must stream."""
+        return False
+
+    def readable(self) -> bool:
+        """Never readable."""
+        return False
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of everything written."""
+        return self._sha.hexdigest()
+
+
+class Destination(Protocol):
+    """Where exported files are published."""
+
+    url: str
+
+    def stage(self, path: str) -> Staged:
+        """Open a staged file for ``path``."""
+        ...
+
+    def publish(self, staged: Staged) -> None:
+        """Atomically publish ``staged`` under its path and verify it."""
+        ...
+
+    def discard(self, staged: Staged) -> None:
+        """Remove a staged file that will not be published."""
+        ...
+
+    def exists(self, path: str, size: int) -> bool:
+        """True when an object of ``size`` bytes is published at ``path``."""
+        ...
+
+    def delete(self, path: str) -> None:
+        """Remove a published object; missing is fine."""
+        ...
+
+    def check(self) -> None:
+        """Raise when the destination cannot be written (used by ``check`` and health)."""
+        ...
+
+    def display(self, path: str) -> str:
+        """The full location of ``path`` for humans and the ledger."""
+        ...
+
+
+def open_destination(settings: DestinationSettings, *, stale_after: float = 3600.0) -> Destination:
+    """Open the destination named by ``settings.url``."""
+    url = settings.url
+    if url.startswith("s3://"):
+        from .s3 import S3Destination
+
+        return S3Destination(settings)
+    if "://" in url and not url.startswith("file://"):
+        from .fsspec import FsspecDestination
+
+        return FsspecDestination(settings)
+    from .local import LocalDestination
+
+    return LocalDestination(url.removeprefix("file://"), stale_after=stale_after)

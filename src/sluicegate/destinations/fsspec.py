@@ -1,0 +1,77 @@
+"""Any other fsspec URL (``gs://``, ``az://``, ``memory://`` ...): staged locally, then put.
+
+Atomicity is what the filesystem's ``put_file`` gives: object stores publish whole objects,
+but a network filesystem may not. Use a local folder or ``s3://`` for the full guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import fsspec
+
+from ..config import DestinationSettings
+from ..exceptions import DestinationUnavailable
+from . import HashingWriter, Staged
+
+
+class FsspecDestination:
+    """Publishes files through an fsspec filesystem."""
+
+    def __init__(self, settings: DestinationSettings) -> None:
+        self.url = settings.url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def stage(self, path: str) -> Staged:
+        """Spool to a local temp file."""
+        fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
+        raw = os.fdopen(fd, "wb")
+        return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
+
+    def publish(self, staged: Staged) -> None:
+        """Upload with ``put_file`` and verify the size."""
+        staged.handle.close()
+        full = self._full(staged.path)
+        try:
+            parent = full.rsplit("/", 1)[0]
+            self.fs.makedirs(parent, exist_ok=True)
+            self.fs.put_file(staged.local_path, full)
+            if self.fs.size(full) != staged.file.size:
+                raise DestinationUnavailable(f"{self.display(staged.path)} has the wrong size after upload")
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot write {self.display(staged.path)}: {exc}") from exc
+        finally:
+            self.discard(staged)
+
+    def discard(self, staged: Staged) -> None:
+        """Remove the spool file."""
+        with contextlib.suppress(OSError):
+            staged.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged.local_path)
+
+    def exists(self, path: str, size: int) -> bool:
+        """True when ``path`` exists with ``size`` bytes."""
+        full = self._full(path)
+        return bool(self.fs.exists(full) and self.fs.size(full) == size)
+
+    def delete(self, path: str) -> None:
+        """Remove ``path`` if present."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._full(path))
+
+    def check(self) -> None:
+        """Check the root can be listed or created."""
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise DestinationUnavailable(f"destination {self.url} is not writable: {exc}") from exc
+
+    def display(self, path: str) -> str:
+        """The full URL of ``path``."""
+        return f"{self.url}/{path}"

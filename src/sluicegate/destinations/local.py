@@ -1,0 +1,109 @@
+"""A local folder: temp file in the same folder, fsync, rename, fsync of the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+
+from ..exceptions import ConfigError, DestinationUnavailable
+from . import HashingWriter, Staged
+
+TEMP_MARK = ".sluicegate-"
+TEMP_SUFFIX = ".tmp"
+
+
+class LocalDestination:
+    """Publishes files under a root folder; nothing is ever written outside it."""
+
+    def __init__(self, root: str, *, stale_after: float = 3600.0) -> None:
+        self.root = Path(root).resolve()
+        self.url = str(self.root)
+        self.stale_after = stale_after
+        self._cleaned: set[Path] = set()
+
+    def _target(self, path: str) -> Path:
+        target = (self.root / path).resolve()
+        if self.root not in target.parents:
+            raise ConfigError(f"path {path!r} resolves outside the destination {self.root}")
+        return target
+
+    def stage(self, path: str) -> Staged:
+        """Create ``.<name>.sluicegate-<id>.tmp`` beside the final file."""
+        target = self._target(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._clean_orphans(target.parent)
+            tmp = target.parent / f".{target.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+            raw = open(tmp, "xb")  # noqa: SIM115 - closed in publish/discard
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot write in {target.parent}: {exc.strerror}") from exc
+        return Staged(path=path, file=HashingWriter(raw), local_path=str(tmp), handle=raw)
+
+    def publish(self, staged: Staged) -> None:
+        """fsync the temp file, rename it over the target, fsync the folder."""
+        target = self._target(staged.path)
+        raw = staged.handle
+        try:
+            raw.flush()
+            os.fsync(raw.fileno())
+            raw.close()
+            os.replace(staged.local_path, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self.discard(staged)
+            raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
+        if target.stat().st_size != staged.file.size:
+            raise DestinationUnavailable(f"{target} has the wrong size after publishing; will retry")
+
+    def discard(self, staged: Staged) -> None:
+        """Close and remove the temp file."""
+        with contextlib.suppress(OSError):
+            staged.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged.local_path)
+
+    def exists(self, path: str, size: int) -> bool:
+        """True when ``path`` exists with ``size`` bytes."""
+        try:
+            return self._target(path).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def delete(self, path: str) -> None:
+        """Remove ``path`` if present."""
+        with contextlib.suppress(FileNotFoundError):
+            self._target(path).unlink()
+
+    def check(self) -> None:
+        """Check the root folder can be created and written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe{TEMP_MARK}{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise DestinationUnavailable(f"destination folder {self.root} is not writable: {exc.strerror}") from exc
+
+    def display(self, path: str) -> str:
+        """The absolute file path."""
+        return str(self.root / path)
+
+    def _clean_orphans(self, folder: Path) -> None:
+        """Remove temp files a dead worker left in ``folder`` (older than ``stale_after``)."""
+        if folder in self._cleaned:
+            return
+        self._cleaned.add(folder)
+        cutoff = time.time() - self.stale_after
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if TEMP_MARK in entry.name and entry.name.endswith(TEMP_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat().st_mtime < cutoff:
+                            os.unlink(entry.path)

@@ -1,0 +1,376 @@
+"""The export engine: capture → claim → read one query per batch → encode → publish → commit.
+
+:meth:`Exporter.run_once` is the whole loop for one pass over the tasks; ``run --every``
+wraps it. A partition's outcome is always recorded on the ledger by the code here, and
+nowhere else: exported (committed at the version read at claim), unchanged (same checksum,
+upload skipped, still committed), failed (retry with backoff, or parked), or released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import capture
+from .config import Project, TaskSpec
+from .destinations import Destination, Staged, open_destination
+from .exceptions import ConfigError, SluicegateError, is_transient
+from .formats import SPECS, Writer, open_writer
+from .ledger import Claim, Ledger
+from .partitions import Partition, render_path, restore_partition
+from .sources import Column, Mode, Source, open_source
+from .sources import arrow as arrow_source
+
+log = logging.getLogger("sluicegate")
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What one ``sluicegate run`` does."""
+
+    limit: int | None = None
+    batch_size: int | None = None
+    max_runtime: float | None = None
+    dry_run: bool = False
+
+
+@dataclass(kw_only=True)
+class TaskSummary:
+    """What happened to one task in a run."""
+
+    task: str
+    exported: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+    rows: int = 0
+    bytes: int = 0
+    marked: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class _Job:
+    """One claimed partition inside a batch."""
+
+    claim: Claim
+    part: Partition
+    path: str
+    staged: Staged | None = None
+    writer: Writer | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _Deadline(Exception):
+    """The run's --max-runtime is reached."""
+
+
+class Exporter:
+    """Runs a project's tasks against its ledger, source and destination."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        s = project.settings
+        self.ledger = Ledger(s.ledger_url, schema=s.ledger_schema)
+        self.ledger.ensure_schema()
+        self.inbox = self.ledger if s.ledger_url == s.source_url else Ledger(s.source_url, schema=s.ledger_schema)
+        self.source: Source = open_source(s.source_url)
+        self.dest: Destination = open_destination(s.destination, stale_after=max(s.lease, 60.0))
+        self._columns: dict[str, list[Column]] = {}
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.source.close()
+        if self.inbox is not self.ledger:
+            self.inbox.close()
+        self.ledger.close()
+
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_once(
+        self,
+        tasks: Sequence[TaskSpec],
+        options: RunOptions,
+        *,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[TaskSummary]:
+        """Export every pending, complete partition of ``tasks`` once; return summaries."""
+        deadline = time.monotonic() + options.max_runtime if options.max_runtime else None
+        summaries = []
+        remaining = options.limit if options.limit is not None else self.project.settings.limit
+        for task in tasks:
+            summary = TaskSummary(task=task.name)
+            started = time.monotonic()
+            try:
+                if options.dry_run:
+                    self._plan(task, summary, remaining)
+                else:
+                    self._capture(task, summary)
+                    exported = self._run_task(task, options, summary, remaining, deadline, progress, stop)
+                    remaining = None if remaining is None else max(remaining - exported, 0)
+            except SluicegateError as exc:
+                # A task-level problem (bad query, no zone, ledger down) stops this task only.
+                summary.errors.append(str(exc))
+                summary.failed += 1
+                log.debug("task %s failed", task.name, exc_info=True)
+            summary.seconds = round(time.monotonic() - started, 3)
+            summaries.append(summary)
+        return summaries
+
+    def _capture(self, task: TaskSpec, summary: TaskSummary) -> None:
+        if task.capture.mode == "trigger":
+            summary.marked = capture.absorb(task, self.ledger, self.inbox, self.source)
+        elif task.capture.mode == "scan":
+            summary.marked = capture.scan(task, self.ledger, self.source)
+
+    def columns(self, task: TaskSpec) -> list[Column]:
+        """The task's result columns (described once per exporter)."""
+        if task.name not in self._columns:
+            self._columns[task.name] = self.source.describe(task)
+        return self._columns[task.name]
+
+    def _plan(self, task: TaskSpec, summary: TaskSummary, limit: int | None) -> None:
+        for claim in self.ledger.pending(task, limit=limit or 1000):
+            entry: dict[str, Any] = {"partition": claim.keys, "reason": claim.reason, "version": claim.version}
+            try:
+                part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
+                entry["path"] = self.dest.display(render_path(task, part.values))
+            except SluicegateError as exc:
+                entry["error"] = str(exc)
+            summary.plan.append(entry)
+
+    def _run_task(
+        self,
+        task: TaskSpec,
+        options: RunOptions,
+        summary: TaskSummary,
+        remaining: int | None,
+        deadline: float | None,
+        progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> int:
+        settings = self.project.settings
+        batch_size = options.batch_size or task.batch_size
+        columns = self.columns(task)
+        done = 0
+        last_batch = 0.0
+        while remaining is None or done < remaining:
+            if stop is not None and stop.is_set():
+                break
+            if deadline is not None and time.monotonic() + last_batch * 1.2 > deadline:
+                break
+            n = batch_size if remaining is None else min(batch_size, remaining - done)
+            claims = self.ledger.claim(task, limit=n, lease=settings.lease)
+            if not claims:
+                break
+            started = time.monotonic()
+            self._export_batch(task, columns, claims, summary, deadline)
+            last_batch = time.monotonic() - started
+            done += len(claims)
+            if progress is not None:
+                progress(task.name, len(claims))
+        return done
+
+    # ------------------------------------------------------------------ one batch
+
+    def _export_batch(
+        self, task: TaskSpec, columns: list[Column], claims: list[Claim], summary: TaskSummary, deadline: float | None
+    ) -> None:
+        jobs = self._jobs(task, claims, summary)
+        if not jobs:
+            return
+        try:
+            self._stream(task, columns, jobs, summary, deadline)
+        except _Deadline:
+            released = self.ledger.release(claims[0].token)
+            summary.released += released
+            for job in jobs:
+                self._discard(job)
+        except SluicegateError as exc:
+            self._batch_failed(task, columns, jobs, summary, deadline, exc)
+
+    def _jobs(self, task: TaskSpec, claims: list[Claim], summary: TaskSummary) -> list[_Job]:
+        jobs = []
+        max_attempts = self.project.settings.max_attempts
+        for claim in claims:
+            try:
+                if claim.attempts >= max_attempts:
+                    raise _LeaseExpired(claim.attempts)
+                values = [claim.keys[k] for k in task.key_names]
+                part = restore_partition(task, values, claim.zone)
+                jobs.append(_Job(claim=claim, part=part, path=render_path(task, part.values)))
+            except (SluicegateError, KeyError) as exc:
+                self._fail(claim, exc, summary)
+        return jobs
+
+    def _mode(self, task: TaskSpec) -> Mode:
+        for mode in SPECS[task.format].modes:
+            if mode in self.source.modes and (mode != "arrow" or arrow_source.available()):
+                return mode
+        return "rows"
+
+    def _stream(
+        self, task: TaskSpec, columns: list[Column], jobs: list[_Job], summary: TaskSummary, deadline: float | None
+    ) -> None:
+        mode = self._mode(task)
+        lease = self.project.settings.lease
+        renewed = time.monotonic()
+        position = 0
+        chunks: Iterator[tuple[int, Any]] = self.source.read(task, [j.part for j in jobs], columns, mode)
+        try:
+            for index, chunk in chunks:
+                while position < index:  # partitions before this one are complete (or empty)
+                    self._finish(task, jobs[position], summary)
+                    position += 1
+                    _check_deadline(deadline)
+                job = jobs[index]
+                if job.error is None:
+                    try:
+                        if job.writer is None:
+                            job.staged = self.dest.stage(job.path)
+                            job.writer = open_writer(task.format, job.staged.file, columns, job.part.zone)
+                        job.writer.write(chunk, mode)
+                    except SluicegateError as exc:
+                        job.error = exc
+                if time.monotonic() - renewed > lease / 3:
+                    self.ledger.renew(jobs[0].claim.token, lease=lease)
+                    renewed = time.monotonic()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        for job in jobs[position:]:
+            self._finish(task, job, summary)
+            _check_deadline(deadline)
+
+    def _finish(self, task: TaskSpec, job: _Job, summary: TaskSummary) -> None:
+        """Publish and commit one partition, or record why not."""
+        if job.done:
+            return
+        job.done = True
+        claim = job.claim
+        try:
+            if job.error is not None:
+                raise job.error
+            if job.writer is None:  # no rows at all: nothing to publish, remove an old file
+                if claim.prev_path:
+                    self.dest.delete(claim.prev_path)
+                self._commit(job, summary, path=None, rows=0, nbytes=0, checksum=None, published=True)
+                return
+            job.writer.close()
+            assert job.staged is not None
+            staged = job.staged
+            checksum = staged.file.sha256
+            unchanged = (
+                not claim.forced
+                and checksum == claim.prev_checksum
+                and job.path == claim.prev_path
+                and self.dest.exists(job.path, staged.file.size)
+            )
+            if unchanged:
+                self.dest.discard(staged)
+            else:
+                self.dest.publish(staged)
+            self._commit(
+                job, summary, path=job.path, rows=job.writer.rows, nbytes=staged.file.size,
+                checksum=checksum, published=not unchanged,
+            )
+        except SluicegateError as exc:
+            self._discard(job)
+            self._fail(claim, exc, summary)
+
+    def _commit(
+        self, job: _Job, summary: TaskSummary, *, path: str | None, rows: int, nbytes: int,
+        checksum: str | None, published: bool,
+    ) -> None:
+        if not self.ledger.commit(job.claim, path=path, rows=rows, nbytes=nbytes, checksum=checksum):
+            # Our lease expired and another worker claimed the partition: it will commit.
+            summary.lost += 1
+            return
+        if published:
+            summary.exported += 1
+        else:
+            summary.unchanged += 1
+        summary.rows += rows
+        summary.bytes += nbytes
+
+    def _discard(self, job: _Job) -> None:
+        job.done = True
+        if job.staged is not None:
+            self.dest.discard(job.staged)
+            job.staged = None
+
+    def _fail(self, claim: Claim, exc: BaseException, summary: TaskSummary) -> None:
+        settings = self.project.settings
+        message = str(exc) or type(exc).__name__
+        self.ledger.fail(
+            claim, error=message, terminal=not is_transient(exc),
+            max_attempts=settings.max_attempts, backoff=settings.backoff,
+        )
+        summary.failed += 1
+        if len(summary.errors) < 20:
+            summary.errors.append(f"{claim.pkey}: {message}")
+
+    def _batch_failed(
+        self, task: TaskSpec, columns: list[Column], jobs: list[_Job], summary: TaskSummary,
+        deadline: float | None, exc: SluicegateError,
+    ) -> None:
+        """The batch query failed: retry later, or isolate the partition that breaks it."""
+        open_jobs = [j for j in jobs if not j.done]
+        for job in open_jobs:
+            self._discard(job)
+        if is_transient(exc) or len(open_jobs) == 1:
+            for job in open_jobs:
+                self._fail(job.claim, exc, summary)
+            return
+        for job in open_jobs:  # one query each, so one bad partition cannot stop the others
+            fresh = _Job(claim=job.claim, part=job.part, path=job.path)
+            try:
+                self._stream(task, columns, [fresh], summary, deadline)
+            except SluicegateError as single:
+                self._discard(fresh)
+                self._fail(job.claim, single, summary)
+
+
+class _LeaseExpired(SluicegateError):
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempts (leases expired: the exporting worker died or ran out of time); "
+            "run 'sluicegate reset TASK --failed' to retry"
+        )
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise _Deadline
+
+
+def run(project: Project, task_names: Sequence[str] = (), options: RunOptions | None = None, **kwargs: Any) -> list[TaskSummary]:
+    """Run ``task_names`` (all tasks when empty) once and return their summaries."""
+    tasks = project.select(list(task_names))
+    if not tasks:
+        raise ConfigError(f"no tasks to run in {project.settings.root / 'tasks'}; add a task folder")
+    with Exporter(project) as exporter:
+        return exporter.run_once(tasks, options or RunOptions(), **kwargs)

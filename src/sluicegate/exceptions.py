@@ -1,0 +1,85 @@
+"""The sluicegate exception hierarchy.
+
+Every error a user can cause or meet is a :class:`SluicegateError` whose message is one
+sentence naming the file, field or value and what to do. The CLI prints it without a
+traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
+
+::
+
+    SluicegateError
+    ├── ConfigError            bad project, task or environment setting (exit 2)
+    ├── UsageError             bad command-line or API arguments (exit 2)
+    ├── LedgerError            the ledger database misbehaved
+    │   └── LeaseLost          our claim was taken over; commit nothing
+    └── ExportError            exporting one partition failed (recorded on the ledger)
+        ├── TransientError     worth retrying with backoff (network, 5xx, timeouts)
+        │   ├── SourceUnavailable
+        │   └── DestinationUnavailable
+        └── TerminalError      retrying will not help (bad data, bad path, bad query)
+            ├── BadPartitionValue
+            └── DataError
+
+Whether a partition is retried is decided only by :func:`is_transient`.
+"""
+
+from __future__ import annotations
+
+
+class SluicegateError(Exception):
+    """sluicegate failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(SluicegateError):
+    """The project configuration is invalid; fix the named file or setting and run again."""
+
+
+class UsageError(SluicegateError):
+    """The command was called with invalid arguments."""
+
+
+class LedgerError(SluicegateError):
+    """The ledger database could not be read or written."""
+
+
+class LeaseLost(LedgerError):
+    """Another worker took over this claim after our lease expired; nothing was committed."""
+
+
+class ExportError(SluicegateError):
+    """Exporting a partition failed."""
+
+
+class TransientError(ExportError):
+    """A temporary failure; the partition is retried with backoff."""
+
+
+class SourceUnavailable(TransientError):
+    """The source database could not be reached or the query was interrupted."""
+
+
+class DestinationUnavailable(TransientError):
+    """The destination could not be written right now (network error, 5xx, timeout)."""
+
+
+class TerminalError(ExportError):
+    """A failure that retrying cannot fix; the partition is parked as failed."""
+
+
+class BadPartitionValue(TerminalError):
+    """A partition value cannot be used in a file path."""
+
+
+class DataError(TerminalError):
+    """The rows of a partition could not be read or encoded."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return True when ``exc`` is worth retrying later.
+
+    Unknown exceptions count as terminal: retrying a programming error with backoff only
+    hides it, while a parked partition is visible in ``sluicegate status``.
+    """
+    return isinstance(exc, TransientError)

@@ -1,0 +1,97 @@
+"""Parquet with real column types and zstd compression.
+
+Timestamps carry the partition's zone (``timestamp[us, tz=...]``), integers are int64,
+floats float64, ``numeric(p, s)`` is ``decimal128(p, s)``, text is string. Arrow tables from
+ADBC are cast to the same schema, so both read paths give the same file for the same rows.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..exceptions import DataError
+from ..sources import Column, Mode
+from .csv import _parse_time
+
+
+def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
+    """The Arrow type for a column kind; None means 'infer from the values'."""
+    if col.kind == "int":
+        return pa.int64()
+    if col.kind == "float":
+        return pa.float64()
+    if col.kind == "decimal":
+        if col.precision and col.scale is not None and col.precision <= 38:
+            return pa.decimal128(col.precision, col.scale)
+        return pa.string()
+    if col.kind == "text":
+        return pa.string()
+    if col.kind == "timestamptz":
+        return pa.timestamp("us", tz=zone or "UTC")
+    if col.kind == "timestamp":
+        return pa.timestamp("us")
+    if col.kind == "date":
+        return pa.date32()
+    if col.kind == "bool":
+        return pa.bool_()
+    return None
+
+
+class ParquetWriter:
+    """Writes one partition as a Parquet file (zstd)."""
+
+    def __init__(self, out: BinaryIO, columns: Sequence[Column], zone: str | None) -> None:
+        self.rows = 0
+        self._out = out
+        self._columns = list(columns)
+        self._types = [arrow_type(c, zone) for c in columns]
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, chunk: Any, mode: Mode) -> None:
+        """Append Arrow tables (cast to our schema) or row tuples."""
+        table = self._from_rows(chunk) if mode == "rows" else self._cast(chunk)
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self._out, table.schema, compression="zstd")
+        elif table.schema != self._schema:
+            assert self._schema is not None
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
+        arrays = []
+        for i, (col, typ) in enumerate(zip(self._columns, self._types, strict=True)):
+            values = [row[i] for row in rows]
+            if col.kind == "timestamptz":
+                values = [_parse_time(v) if isinstance(v, str) else v for v in values]
+            elif col.kind == "decimal" and typ == pa.string():
+                values = [None if v is None else str(v) for v in values]
+            try:
+                arrays.append(pa.array(values, type=typ))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, decimal.InvalidOperation, OverflowError) as exc:
+                raise DataError(f"column {col.name!r} could not be encoded as Parquet: {exc}") from exc
+        return pa.Table.from_arrays(arrays, names=[c.name for c in self._columns])
+
+    def _cast(self, table: pa.Table) -> pa.Table:
+        fields = []
+        for field, typ in zip(table.schema, self._types, strict=True):
+            fields.append(pa.field(field.name, typ or field.type))
+        try:
+            return table.cast(pa.schema(fields))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(f"the batch could not be cast to the Parquet schema: {exc}") from exc
+
+    def close(self) -> None:
+        """Write the footer (an empty file with the schema when there were no rows)."""
+        if self._writer is None:
+            fields = [pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)]
+            self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression="zstd")
+        self._writer.close()
+

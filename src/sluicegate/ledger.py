@@ -1,0 +1,305 @@
+"""The ledger: one row per (task, partition) with version, claim, lease, attempts and result.
+
+The rules it enforces, all in single SQL statements (see ``sql/ledger_*.sql``):
+
+* a change bumps ``version``; a partition is pending while ``version > exported_version``;
+* a claim takes pending, complete partitions oldest change first, under a fresh token and a
+  lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite);
+* a commit sets ``exported_version`` to the version read at claim, and only while the
+  claim token still matches, so a change made during the export keeps the partition
+  pending and a worker whose lease was taken over commits nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
+
+from . import db
+from .config import TaskSpec
+from .partitions import Partition
+from .sql import queries
+
+UTC = dt.UTC
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """A partition held by this worker until ``commit``, ``fail`` or ``release``."""
+
+    id: int
+    task: str
+    pkey: str
+    keys: dict[str, Any]
+    zone: str | None
+    version: int
+    attempts: int
+    forced: bool
+    exported_version: int
+    token: str
+    prev_path: str | None
+    prev_bytes: int | None
+    prev_checksum: str | None
+
+    @property
+    def reason(self) -> str:
+        """Why this partition is exported: new, changed, retry or forced."""
+        if self.forced:
+            return "forced"
+        if self.attempts > 0:
+            return "retry"
+        return "new" if self.exported_version == 0 else "changed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStatus:
+    """Partition counts of one task by state."""
+
+    task: str
+    pending: int
+    claimed: int
+    exported: int
+    failed: int
+    waiting: int
+    retrying: int
+    oldest_pending_age: float | None
+
+
+class Ledger:
+    """Access to the ledger tables in one database (the ledger database)."""
+
+    def __init__(self, url: str, *, schema: str = "sluicegate") -> None:
+        self.url = url
+        self.dialect = db.dialect_of(url)
+        self.conn = db.connect(url)
+        if self.dialect is db.POSTGRESQL:
+            quoted = pgsql.Identifier(schema).as_string()
+            self.q = queries("postgresql", quoted + ".", quoted)
+        else:
+            self.q = queries("sqlite", "sluicegate_")
+        self._prefix = "sluicegate_" if self.dialect is db.SQLITE else f"{schema}."
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def table_prefix(self) -> str:
+        """How ledger tables are named in this database (for trigger DDL)."""
+        return self._prefix
+
+    def _ts(self, value: dt.datetime | None) -> Any:
+        if value is None or self.dialect is db.POSTGRESQL:
+            return value
+        return value.timestamp()
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        if self.dialect is db.SQLITE:
+            params.setdefault("now", time.time())
+            return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items()}
+        return params
+
+    def _exec(self, name: str, cur: Any | None = None, **params: Any) -> Any:
+        with db.wrap_errors(self.url):
+            if cur is not None:
+                cur.execute(self.q[name], self._params(**params))
+                return cur
+            return self.conn.execute(self.q[name], self._params(**params))
+
+    def ensure_schema(self) -> None:
+        """Create the ledger tables if they do not exist (idempotent)."""
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            for statement in self.q["schema"].split(";\n"):
+                if statement.strip():
+                    cur.execute(statement)
+
+    # ------------------------------------------------------------------ marks
+
+    def mark(self, partitions: Iterable[Partition], task: TaskSpec, *, cur: Any | None = None) -> int:
+        """Record a change to each partition (insert or bump version); return how many.
+
+        With ``cur`` the marks join the caller's transaction on this database.
+        """
+        rows = [self._mark_params(task, p) for p in partitions]
+        if not rows:
+            return 0
+        if cur is not None:
+            cur.executemany(self.q["mark"], rows)
+            return len(rows)
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as tx:
+            tx.executemany(self.q["mark"], rows)
+        return len(rows)
+
+    def _mark_params(self, task: TaskSpec, part: Partition) -> dict[str, Any]:
+        keys = dict(zip(task.key_names, (_plain(v) for v in part.values), strict=True))
+        return self._params(
+            task=task.name,
+            pkey=part.pkey,
+            keys=Jsonb(keys) if self.dialect is db.POSTGRESQL else json.dumps(keys, sort_keys=True),
+            zone=part.zone,
+            win_start=self._ts(part.start),
+            win_end=self._ts(part.end),
+        )
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(self, task: TaskSpec, *, limit: int, lease: float) -> list[Claim]:
+        """Claim up to ``limit`` pending, complete partitions of ``task``."""
+        token = uuid.uuid4()
+        settle = task.time.settle if task.time else 0.0
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            self._exec("claim", cur, task=task.name, limit=limit, lease=lease, settle=settle, token=token)
+            rows = cur.fetchall()
+        claims = [self._claim_from_row(task, row, str(token)) for row in rows]
+        # RETURNING order is not guaranteed: keep the queue's order (oldest change first, then id).
+        return sorted(claims, key=lambda c: c.id)
+
+    def pending(self, task: TaskSpec, *, limit: int) -> list[Claim]:
+        """Return what the next claim would take, without claiming (for ``--dry-run``)."""
+        settle = task.time.settle if task.time else 0.0
+        cur = self._exec("pending", task=task.name, limit=limit, settle=settle)
+        return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
+
+    def _claim_from_row(self, task: TaskSpec, row: Sequence[Any], token: str) -> Claim:
+        pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum = row
+        return Claim(
+            id=int(pid),
+            task=task.name,
+            pkey=pkey,
+            keys=keys if isinstance(keys, dict) else json.loads(keys),
+            zone=zone,
+            version=int(version),
+            attempts=int(attempts),
+            forced=bool(forced),
+            exported_version=int(exported),
+            token=token,
+            prev_path=path,
+            prev_bytes=nbytes,
+            prev_checksum=checksum,
+        )
+
+    def renew(self, token: str, *, lease: float) -> int:
+        """Extend the lease of partitions still held under ``token``; return how many."""
+        return int(self._exec("renew", token=uuid.UUID(token), lease=lease).rowcount)
+
+    def commit(self, claim: Claim, *, path: str | None, rows: int, nbytes: int, checksum: str | None) -> bool:
+        """Mark ``claim`` exported at its claimed version; False when the lease was lost."""
+        cur = self._exec(
+            "commit",
+            id=claim.id,
+            token=uuid.UUID(claim.token),
+            path=path,
+            rows=rows,
+            bytes=nbytes,
+            checksum=checksum,
+        )
+        return bool(cur.rowcount == 1)
+
+    def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
+        """Give ``claim`` back after an error; park it when terminal or out of attempts."""
+        cur = self._exec(
+            "fail",
+            id=claim.id,
+            token=uuid.UUID(claim.token),
+            error=error[:2000],
+            terminal=terminal,
+            max_attempts=max_attempts,
+            backoff=backoff,
+        )
+        return bool(cur.rowcount == 1)
+
+    def release(self, token: str) -> int:
+        """Give back every partition still held under ``token``; return how many."""
+        return int(self._exec("release", token=uuid.UUID(token)).rowcount)
+
+    # ------------------------------------------------------------------ reporting and admin
+
+    def status(self, task: TaskSpec) -> TaskStatus:
+        """Count the task's partitions by state."""
+        settle = task.time.settle if task.time else 0.0
+        row = self._exec("status", task=task.name, settle=settle).fetchone()
+        pending, claimed, exported, failed, waiting, retrying, age = row
+        return TaskStatus(
+            task=task.name,
+            pending=int(pending or 0),
+            claimed=int(claimed or 0),
+            exported=int(exported or 0),
+            failed=int(failed or 0),
+            waiting=int(waiting or 0),
+            retrying=int(retrying or 0),
+            oldest_pending_age=None if age is None else float(age),
+        )
+
+    def failures(self, task: TaskSpec, *, limit: int = 20) -> list[tuple[str, int, str]]:
+        """Return ``(partition, attempts, last error)`` of parked partitions."""
+        return [tuple(r) for r in self._exec("failures", task=task.name, limit=limit).fetchall()]  # type: ignore[misc]
+
+    def reexport(self, task: TaskSpec, accept: Callable[[dict[str, Any], Any, Any], bool]) -> int:
+        """Queue again every partition for which ``accept(keys, win_start, win_end)`` is true."""
+        rows = self._exec("partition_keys", task=task.name).fetchall()
+        chosen = []
+        for pid, keys, start, end in rows:
+            values = keys if isinstance(keys, dict) else json.loads(keys)
+            if accept(values, self._from_ts(start), self._from_ts(end)):
+                chosen.append(self._params(id=pid))
+        if chosen:
+            with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+                cur.executemany(self.q["reexport"], chosen)
+        return len(chosen)
+
+    def _from_ts(self, value: Any) -> dt.datetime | None:
+        if value is None or isinstance(value, dt.datetime):
+            return value
+        return dt.datetime.fromtimestamp(float(value), UTC)
+
+    def reset_failed(self, task: TaskSpec) -> int:
+        """Re-queue the task's parked partitions; return how many."""
+        return int(self._exec("reset_failed", task=task.name).rowcount)
+
+    # ------------------------------------------------------------------ change inbox and scans
+
+    def take_changes(self, task: TaskSpec, *, limit: int, cur: Any) -> list[tuple[list[Any], Any]]:
+        """Remove up to ``limit`` captured changes from the inbox within the caller's transaction."""
+        self._exec("take_changes", cur, task=task.name, limit=limit)
+        out = []
+        for keys, bin_ in cur.fetchall():
+            values = keys if isinstance(keys, list) else json.loads(keys)
+            out.append((values, self._from_ts(bin_)))
+        return out
+
+    def get_scan(self, task: TaskSpec) -> str | None:
+        """The scan high-water mark of ``task`` (ISO text), if any."""
+        row = self._exec("get_scan", task=task.name).fetchone()
+        if not row or row[0] is None:
+            return None
+        value = row[0]
+        return value.isoformat() if isinstance(value, dt.datetime) else str(value)
+
+    def set_scan(self, task: TaskSpec, high_water: dt.datetime) -> None:
+        """Move the scan high-water mark of ``task`` forward."""
+        value: Any = high_water
+        if self.dialect is db.SQLITE:
+            value = high_water.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._exec("set_scan", task=task.name, high_water=value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value

@@ -1,0 +1,188 @@
+"""Library calls behind the CLI commands other than ``run``: check, install, status, mark,
+reexport, reset, tasks. Each opens what it needs, does one thing, and returns plain data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from . import capture
+from .config import Project, TaskSpec, mask_url
+from .destinations import open_destination
+from .exceptions import SluicegateError, UsageError
+from .ledger import Ledger, TaskStatus
+from .partitions import sample_values, coerce_value, render_path
+from .sources import open_source
+
+
+def _ledger(project: Project) -> Ledger:
+    s = project.settings
+    ledger = Ledger(s.ledger_url, schema=s.ledger_schema)
+    ledger.ensure_schema()
+    return ledger
+
+
+def check_project(project: Project) -> list[str]:
+    """Validate every task against the live databases; return one line per problem."""
+    problems = [p.message for p in project.problems]
+    s = project.settings
+    try:
+        source = open_source(s.source_url)
+    except SluicegateError as exc:
+        return [*problems, f"[source] url {mask_url(s.source_url)}: {exc}"]
+    try:
+        for task in project.tasks.values():
+            problems += _check_task(task, source)
+    finally:
+        source.close()
+    try:
+        open_destination(s.destination).check()
+    except SluicegateError as exc:
+        problems.append(f"{s.root / 'sluicegate.toml'} [destination] url: {exc}")
+    try:
+        _ledger(project).close()
+    except SluicegateError as exc:
+        problems.append(f"{s.root / 'sluicegate.toml'} [ledger] url {mask_url(s.ledger_url)}: {exc}")
+    return problems
+
+
+def _check_task(task: TaskSpec, source: Any) -> list[str]:
+    toml = task.folder / "task.toml"
+    try:
+        columns = {c.name for c in source.describe(task)}
+    except SluicegateError as exc:
+        return [str(exc)]
+    problems = []
+    for key in task.keys:
+        if key not in columns:
+            problems.append(f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})")
+    if task.time and task.time.column not in columns:
+        problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
+    for name in task.order_by:
+        if name not in columns:
+            problems.append(f"{toml} order_by: {name!r} is not a column of select.sql's result")
+    if task.time and task.time.zone_sql:
+        try:
+            zones = source.zones(task)
+            bad = sorted({z for z in zones.values() if not _is_zone(z)})
+            if bad:
+                problems.append(f"{toml} [time] zone_sql: {bad[0]!r} is not an IANA time zone; fix the zone data")
+        except SluicegateError as exc:
+            problems.append(f"{toml} [time] zone_sql: the query failed: {exc}")
+    try:
+        render_path(task, sample_values(task))
+    except SluicegateError as exc:
+        problems.append(f"{toml} path: {exc}")
+    cap = task.capture
+    if cap.mode in ("trigger", "scan") and cap.table:
+        wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
+        try:
+            q = source.dialect.quote
+            source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
+        except SluicegateError as exc:
+            problems.append(f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}")
+    return problems
+
+
+def _is_zone(name: str) -> bool:
+    from .partitions import zone_of
+
+    try:
+        zone_of(name)
+    except SluicegateError:
+        return False
+    return True
+
+
+def install(project: Project, names: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Create the capture triggers of every trigger-mode task; return trigger names per task."""
+    s = project.settings
+    tasks = [t for t in project.select(list(names)) if t.capture.mode == "trigger" or names]
+    _ledger(project).close()
+    with Ledger(s.source_url, schema=s.ledger_schema) as inbox:
+        return {t.name: capture.install(t, inbox) for t in tasks}
+
+
+def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Per task: partitions pending, claimed, exported, failed, waiting, and the oldest pending age."""
+    out = []
+    with _ledger(project) as ledger:
+        for task in project.select(list(names)):
+            st: TaskStatus = ledger.status(task)
+            row = asdict(st)
+            row["failures"] = [
+                {"partition": pkey, "attempts": attempts, "error": error}
+                for pkey, attempts, error in ledger.failures(task, limit=10)
+            ]
+            out.append(row)
+    for problem in project.problems:
+        if not names or problem.name in names:
+            out.append({"task": problem.name, "error": problem.message})
+    return out
+
+
+def mark(project: Project, task_name: str, assignments: Mapping[str, Any]) -> int:
+    """Mark one partition of ``task_name`` changed; it is exported by the next run."""
+    task = project.task(task_name)
+    source = open_source(project.settings.source_url)
+    try:
+        with _ledger(project) as ledger:
+            return capture.mark(task, ledger, source, assignments)
+    finally:
+        source.close()
+
+
+def reexport(
+    project: Project,
+    task_name: str,
+    assignments: Mapping[str, str],
+    *,
+    time_min: dt.datetime | None = None,
+    time_max: dt.datetime | None = None,
+) -> int:
+    """Queue exported partitions again (all, or those matching keys and a time range)."""
+    task = project.task(task_name)
+    if (time_min or time_max) and task.time is None:
+        raise UsageError(f"task {task.name!r} has no time key; --time-min/--time-max do not apply")
+    wanted = {k: str(coerce_value(v)) for k, v in assignments.items()}
+
+    def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
+        if any(str(keys.get(k)) != v for k, v in wanted.items()):
+            return False
+        if time_min and end and end <= time_min:
+            return False
+        return not (time_max and start and start >= time_max)
+
+    with _ledger(project) as ledger:
+        return ledger.reexport(task, accept)
+
+
+def reset_failed(project: Project, task_name: str) -> int:
+    """Re-queue the parked (failed) partitions of ``task_name``."""
+    task = project.task(task_name)
+    with _ledger(project) as ledger:
+        return ledger.reset_failed(task)
+
+
+def describe_tasks(project: Project) -> list[dict[str, Any]]:
+    """The tasks of the project, as JSON-ready dicts (broken ones with their error)."""
+    out: list[dict[str, Any]] = []
+    for task in project.tasks.values():
+        out.append(
+            {
+                "name": task.name,
+                "kind": task.kind,
+                "description": task.description,
+                "format": task.format,
+                "keys": list(task.key_names),
+                "time": asdict(task.time) if task.time else None,
+                "capture": task.capture.mode,
+                "path": task.path,
+                "select": task.select_sql.strip(),
+            }
+        )
+    out += [{"name": p.name, "error": p.message} for p in project.problems]
+    return sorted(out, key=lambda t: t["name"])

@@ -1,0 +1,242 @@
+"""Partitions: identity, time windows in the partition's own zone, and safe file paths.
+
+A partition is identified by its key values in declared order, the time key last. The time
+key is the *local* period: a date for ``grain = "day"`` and an aware local datetime for
+``grain = "hour"`` (so the two 01:00 hours of a DST fall-back night stay apart). Its window
+is computed with :mod:`zoneinfo`, so a 23- or 25-hour day is exactly as long as it really is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import string
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import PurePosixPath
+from typing import Any
+
+from .config import TaskSpec, TimeSpec
+from .exceptions import BadPartitionValue, ConfigError, UsageError
+
+UTC = dt.UTC
+BIN_SECONDS = 900  # every zone in use today has an offset that is a multiple of 15 minutes
+_EPSILON = dt.timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partition:
+    """One unit of work: key values, the zone, and the UTC window the time key spans."""
+
+    task: str
+    values: tuple[Any, ...]
+    zone: str | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    @property
+    def pkey(self) -> str:
+        """Canonical text identity, unique per task."""
+        return canonical_key(self.values)
+
+
+def canonical_key(values: Sequence[Any]) -> str:
+    """Return the canonical JSON text for key ``values`` (dates as ISO strings)."""
+    return json.dumps([_jsonable(v) for v in values], separators=(",", ":"), ensure_ascii=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+@lru_cache(maxsize=512)
+def zone_of(name: str) -> zoneinfo.ZoneInfo:
+    """Return the ZoneInfo for ``name`` or raise a terminal error naming it."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise BadPartitionValue(f"time zone {name!r} is not an IANA zone name; fix the zone data") from None
+
+
+def period_of(instant: dt.datetime, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
+    """Return the local period (date or aware hour start) that ``instant`` belongs to.
+
+    With ``boundary = "end"`` (OpenAQ's time-ending convention) an instant exactly on a
+    boundary belongs to the period that ends there.
+    """
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    if time.boundary == "end":
+        instant = instant - _EPSILON
+    local = instant.astimezone(zone_of(zone))
+    if time.grain == "day":
+        return local.date()
+    return local.replace(minute=0, second=0, microsecond=0)
+
+
+def window_of(period: dt.date | dt.datetime, time: TimeSpec, zone: str) -> tuple[dt.datetime, dt.datetime]:
+    """Return the UTC ``(start, end)`` of a local period; DST-safe."""
+    tz = zone_of(zone)
+    if time.grain == "day":
+        day = period if not isinstance(period, dt.datetime) else period.date()
+        start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+        return start.astimezone(UTC), end.astimezone(UTC)
+    assert isinstance(period, dt.datetime)
+    start_utc = period.astimezone(UTC)
+    return start_utc, start_utc + dt.timedelta(hours=1)
+
+
+def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
+    """Parse a period written by a user or stored in the ledger."""
+    try:
+        if time.grain == "day":
+            return dt.date.fromisoformat(text[:10])
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{time.name}={text!r} is not a valid {time.grain}; use YYYY-MM-DD"
+            + ("" if time.grain == "day" else "THH:00 (local time, optional offset)")
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone_of(zone))
+    return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
+
+
+def make_partition(task: TaskSpec, keys: Sequence[Any], period: Any, zone: str | None) -> Partition:
+    """Build a :class:`Partition` from non-time key values and an optional local period."""
+    if task.time is None:
+        return Partition(task=task.name, values=tuple(keys))
+    assert zone is not None
+    start, end = window_of(period, task.time, zone)
+    return Partition(task=task.name, values=(*keys, period), zone=zone, start=start, end=end)
+
+
+def restore_partition(task: TaskSpec, values: Sequence[Any], zone: str | None) -> Partition:
+    """Rebuild a partition from ledger values (the time key stored as ISO text)."""
+    if task.time is None:
+        return Partition(task=task.name, values=tuple(values))
+    assert zone is not None
+    period = parse_period(str(values[-1]), task.time, zone)
+    return make_partition(task, values[:-1], period, zone)
+
+
+# ---------------------------------------------------------------------------- paths
+
+_FORMATTER = string.Formatter()
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def template_fields(template: str) -> set[str]:
+    """Return the field names a path template uses."""
+    names: set[str] = set()
+    for _, field, _, _ in _FORMATTER.parse(template):
+        if field is not None:
+            names.add(field.split(".")[0].split("[")[0])
+    return names
+
+
+def check_template(task: TaskSpec) -> None:
+    """Raise ConfigError when the task's path template uses unknown names or is malformed."""
+    where = f"{task.folder / 'task.toml'} path"
+    allowed = {*task.key_names, "format", "ext", "task"}
+    try:
+        used = template_fields(task.path)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {task.path!r} is not a valid template ({exc})") from None
+    unknown = sorted(used - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: {{{unknown[0]}}} is not a partition key; use one of {', '.join(sorted(allowed))}"
+        )
+    missing = [k for k in task.key_names if k not in used]
+    if missing:
+        raise ConfigError(f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file")
+    sample = sample_values(task)
+    render_path(task, sample)
+
+
+def sample_values(task: TaskSpec) -> tuple[Any, ...]:
+    values: list[Any] = [1 for _ in task.keys]
+    if task.time:
+        values.append(
+            dt.date(2024, 1, 31)
+            if task.time.grain == "day"
+            else dt.datetime(2024, 1, 31, 13, tzinfo=UTC)
+        )
+    return tuple(values)
+
+
+def _check_value(name: str, value: Any) -> None:
+    text = str(value)
+    bad = (
+        text == ""
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or any(ch in _CONTROL for ch in text)
+    )
+    if bad:
+        raise BadPartitionValue(
+            f"partition value {name}={text!r} cannot be used in a file path "
+            "(empty, '.', '..', a slash or a control character); fix the source value or the path template"
+        )
+
+
+def render_path(task: TaskSpec, values: Sequence[Any]) -> str:
+    """Render the task's path for partition ``values``; never a path outside the destination."""
+    named: dict[str, Any] = dict(zip(task.key_names, values, strict=True))
+    for name, value in named.items():
+        _check_value(name, value)
+    named.update(format=task.format, ext=task.extension, task=task.name)
+    try:
+        rendered = task.path.format_map(named)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
+    return safe_relative_path(rendered)
+
+
+def safe_relative_path(rendered: str) -> str:
+    """Return ``rendered`` when it is a clean relative POSIX path; raise BadPartitionValue otherwise."""
+    pure = PurePosixPath(rendered)
+    parts = rendered.split("/")
+    if (
+        not rendered
+        or pure.is_absolute()
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ch in _CONTROL or ch == "\\" for ch in rendered)
+    ):
+        raise BadPartitionValue(
+            f"rendered path {rendered!r} is empty, absolute or escapes the destination; "
+            "fix the partition value or the path template"
+        )
+    return rendered
+
+
+def parse_assignments(task: TaskSpec, pairs: Sequence[str]) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` command-line pairs against the task's key names."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in task.key_names:
+            names = ", ".join(task.key_names)
+            raise UsageError(f"{pair!r} is not KEY=VALUE for task {task.name!r}; keys are: {names}")
+        out[key] = value
+    return out
+
+
+def coerce_value(value: str) -> Any:
+    """Interpret a command-line key value: integers stay integers, the rest is text."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def keys_from_mapping(task: TaskSpec, mapping: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Return the non-time key values of ``mapping`` in declared order."""
+    return tuple(mapping[k] for k in task.keys)

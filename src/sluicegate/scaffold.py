@@ -1,0 +1,68 @@
+"""Project skeletons (``sluicegate init``) and the self-contained demo (``sluicegate demo``)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .exceptions import UsageError
+
+EXAMPLES = ("openaq",)
+
+
+def init_project(folder: Path, *, example: str = "openaq", force: bool = False) -> list[Path]:
+    """Copy the ``example`` project skeleton into ``folder``; return the files written."""
+    if example not in EXAMPLES:
+        raise UsageError(f"--example {example!r} is not known; use one of: {', '.join(EXAMPLES)}")
+    if (folder / "sluicegate.toml").exists() and not force:
+        raise UsageError(f"{folder / 'sluicegate.toml'} already exists; pick an empty folder or pass --force")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    root = resources.files(__package__).joinpath("templates", example)
+    with resources.as_file(root) as src:
+        for path in sorted(Path(src).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                target = folder / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                written.append(target)
+    return written
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSetup:
+    """What ``demo`` built before exporting."""
+
+    folder: Path
+    database: Path
+    rows: int
+    locations: int
+
+
+def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force: bool = False) -> DemoSetup:
+    """Create the OpenAQ example in ``folder`` with a generated SQLite database and triggers."""
+    from .config import load_project
+    from .engine import Exporter
+    from .generate import create_schema, generate
+
+    database = folder / "measurements.db"
+    if database.exists() and not force:
+        raise UsageError(f"{database} already exists; the demo folder is a project now: use 'sluicegate run' in it, "
+                         "or pass --force to rebuild it")
+    if force:
+        for path in (database, folder / "measurements.db-wal", folder / "measurements.db-shm"):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(folder / "exports", ignore_errors=True)
+    init_project(folder, force=True)
+    url = f"sqlite:///{database.resolve()}"
+    create_schema(url)
+    project = load_project(folder, {})
+    with Exporter(project) as exporter:  # creates the ledger and installs the capture triggers
+        from .capture import install
+
+        for task in project.tasks.values():
+            install(task, exporter.inbox)
+    result = generate(url, rows=rows, locations=locations)
+    return DemoSetup(folder=folder, database=database, rows=result.rows, locations=result.locations)

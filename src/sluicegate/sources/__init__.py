@@ -1,0 +1,83 @@
+"""Sources: read a batch of partitions from a database with one query.
+
+A :class:`Source` yields ``(index, chunk)`` pairs in partition order, where ``index`` is the
+position of the partition in the batch and ``chunk`` is either a list of row tuples, CSV
+bytes (``"csv"`` mode, PostgreSQL ``COPY``) or an Arrow table (``"arrow"`` mode). All chunks
+of one partition are contiguous. Nothing is materialised beyond one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ..config import TaskSpec
+from ..db import Dialect, dialect_of
+from ..partitions import Partition
+
+Mode = Literal["rows", "csv", "arrow"]
+ColumnKind = Literal["int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "other"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Column:
+    """One column of a task's select, with the kind used to encode it."""
+
+    name: str
+    kind: ColumnKind
+    precision: int | None = None
+    scale: int | None = None
+
+
+class Source(Protocol):
+    """A database that tasks read from."""
+
+    dialect: Dialect
+    modes: tuple[Mode, ...]
+
+    def describe(self, task: TaskSpec) -> list[Column]:
+        """Run the task's select with no rows and return its columns; raises on a bad query."""
+        ...
+
+    def read(
+        self, task: TaskSpec, parts: Sequence[Partition], columns: Sequence[Column], mode: Mode
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, chunk)`` for the rows of ``parts``, in one query and one snapshot.
+
+        Partitions without rows yield nothing. Rows are ordered by partition, then the
+        time column, then the task's ``order_by``, then every column.
+        """
+        ...
+
+    def zones(self, task: TaskSpec) -> dict[str, str]:
+        """Map each partition's non-time key (canonical text) to its IANA zone via ``zone_sql``."""
+        ...
+
+    def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a small query and return all rows (used by scans and checks)."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+def open_source(url: str) -> Source:
+    """Open the source database at ``url``."""
+    dialect = dialect_of(url)
+    if dialect.name == "sqlite":
+        from .sqlite import SqliteSource
+
+        return SqliteSource(url)
+    from .postgres import PostgresSource
+
+    return PostgresSource(url)
+
+
+def order_columns(task: TaskSpec, columns: Sequence[Column]) -> list[str]:
+    """The stable row order inside a partition: time column, order_by, then every column."""
+    names = [task.time.column] if task.time else []
+    names += [c for c in task.order_by if c not in names]
+    names += [c.name for c in columns if c.name not in names]
+    return names

@@ -1,0 +1,190 @@
+-- schema --
+-- Create the ledger tables (idempotent). Statements are separated by ";" at line ends.
+CREATE SCHEMA IF NOT EXISTS {t_schema};
+CREATE TABLE IF NOT EXISTS {t}meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {t}partitions (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    pkey text NOT NULL,
+    keys jsonb NOT NULL,
+    zone text,
+    win_start timestamptz,
+    win_end timestamptz,
+    version bigint NOT NULL DEFAULT 1,
+    exported_version bigint NOT NULL DEFAULT 0,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    forced boolean NOT NULL DEFAULT false,
+    claim_token uuid,
+    claimed_version bigint,
+    lease_until timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    failed boolean NOT NULL DEFAULT false,
+    last_error text,
+    path text,
+    rows bigint,
+    bytes bigint,
+    checksum text,
+    exported_at timestamptz,
+    CONSTRAINT partitions_task_pkey_key UNIQUE (task, pkey),
+    CONSTRAINT partitions_exported_le_version CHECK (exported_version <= version),
+    CONSTRAINT partitions_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+CREATE INDEX IF NOT EXISTS partitions_pending_idx ON {t}partitions (task, changed_at, id)
+    WHERE version > exported_version AND NOT failed;
+CREATE INDEX IF NOT EXISTS partitions_claim_token_idx ON {t}partitions (claim_token)
+    WHERE claim_token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {t}changes (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    keys jsonb NOT NULL,
+    bin timestamptz,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS changes_task_idx ON {t}changes (task, id);
+CREATE TABLE IF NOT EXISTS {t}scans (
+    task text PRIMARY KEY,
+    high_water timestamptz,
+    scanned_at timestamptz
+);
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING;
+
+-- mark --
+-- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+INSERT INTO {t}partitions AS p (task, pkey, keys, zone, win_start, win_end)
+VALUES (%(task)s, %(pkey)s, %(keys)s, %(zone)s, %(win_start)s, %(win_end)s)
+ON CONFLICT (task, pkey) DO UPDATE
+SET version = p.version + 1,
+    changed_at = CASE WHEN p.version = p.exported_version THEN now() ELSE p.changed_at END,
+    attempts = CASE WHEN p.failed THEN 0 ELSE p.attempts END,
+    next_attempt_at = CASE WHEN p.failed THEN NULL ELSE p.next_attempt_at END,
+    failed = false;
+
+-- claim --
+-- Claim up to limit pending, complete partitions, oldest change first; an expired lease counts as an attempt.
+WITH candidate AS (
+    SELECT id FROM {t}partitions
+    WHERE task = %(task)s
+      AND NOT failed
+      AND version > exported_version
+      AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
+      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND (claim_token IS NULL OR lease_until < now())
+    ORDER BY changed_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}partitions AS p
+SET claim_token = %(token)s,
+    claimed_version = p.version,
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = p.attempts + CASE WHEN p.claim_token IS NULL THEN 0 ELSE 1 END
+FROM candidate
+WHERE p.id = candidate.id
+RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
+          p.path, p.bytes, p.checksum;
+
+-- renew --
+-- Extend the lease of every partition still held under a claim token.
+UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE claim_token = %(token)s;
+
+-- commit --
+-- Record a durable export at the version read at claim; fenced by the claim token.
+UPDATE {t}partitions
+SET exported_version = claimed_version,
+    forced = CASE WHEN version > claimed_version THEN forced ELSE false END,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL,
+    path = %(path)s, rows = %(rows)s, bytes = %(bytes)s, checksum = %(checksum)s, exported_at = now()
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- fail --
+-- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+UPDATE {t}partitions
+SET claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = attempts + 1,
+    last_error = %(error)s,
+    failed = %(terminal)s OR attempts + 1 >= %(max_attempts)s,
+    next_attempt_at = now() + make_interval(secs => least(%(backoff)s * power(2, attempts), 3600))
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- release --
+-- Give back every partition still held under a claim token, without counting an attempt.
+UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
+WHERE claim_token = %(token)s;
+
+-- pending --
+-- List what the next claim would take (for --dry-run), without claiming.
+SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum
+FROM {t}partitions
+WHERE task = %(task)s
+  AND NOT failed
+  AND version > exported_version
+  AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND (claim_token IS NULL OR lease_until < now())
+ORDER BY changed_at, id
+LIMIT %(limit)s;
+
+-- status --
+-- Count a task's partitions by state.
+SELECT
+    count(*) FILTER (WHERE NOT failed AND version > exported_version
+                     AND (claim_token IS NULL OR lease_until < now())
+                     AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))) AS pending,
+    count(*) FILTER (WHERE NOT failed AND claim_token IS NOT NULL AND lease_until >= now()) AS claimed,
+    count(*) FILTER (WHERE NOT failed AND version = exported_version) AS exported,
+    count(*) FILTER (WHERE failed) AS failed,
+    count(*) FILTER (WHERE NOT failed AND version > exported_version
+                     AND (claim_token IS NULL OR lease_until < now())
+                     AND win_end > now() - make_interval(secs => %(settle)s)) AS waiting,
+    count(*) FILTER (WHERE NOT failed AND version > exported_version AND attempts > 0) AS retrying,
+    extract(epoch FROM now() - min(changed_at) FILTER (WHERE NOT failed AND version > exported_version))
+        AS oldest_pending_age
+FROM {t}partitions WHERE task = %(task)s;
+
+-- failures --
+-- The parked partitions of a task with their last error.
+SELECT pkey, attempts, last_error FROM {t}partitions
+WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
+
+-- partition_keys --
+-- Every partition of a task with its window, for reexport filters.
+SELECT id, keys, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
+
+-- reexport --
+-- Queue one partition again even if its bytes are unchanged.
+UPDATE {t}partitions
+SET version = version + 1, forced = true, failed = false, attempts = 0, next_attempt_at = NULL,
+    changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
+WHERE id = %(id)s;
+
+-- reset_failed --
+-- Re-queue a task's parked partitions.
+UPDATE {t}partitions
+SET failed = false, attempts = 0, next_attempt_at = NULL
+WHERE task = %(task)s AND failed;
+
+-- take_changes --
+-- Remove up to limit captured changes of a task from the inbox, returning them.
+DELETE FROM {t}changes
+WHERE id IN (SELECT id FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING keys, bin;
+
+-- get_scan --
+-- The high-water mark of a scan-mode task.
+SELECT high_water FROM {t}scans WHERE task = %(task)s;
+
+-- set_scan --
+-- Move a scan-mode task's high-water mark forward (never back).
+INSERT INTO {t}scans AS s (task, high_water, scanned_at) VALUES (%(task)s, %(high_water)s, now())
+ON CONFLICT (task) DO UPDATE
+SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
+
+-- ledger_now --
+-- The ledger database's clock.
+SELECT now();
