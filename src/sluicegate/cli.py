@@ -210,11 +210,10 @@ def run(tasks: tuple[str, ...], limit: int | None, batch_size: int | None, max_r
             _render_run(summaries, as_json, dry_run)
             if stop is None or stop.wait(every or 0):
                 break
-    for problem in project.problems:
-        if not tasks or problem.name in tasks:
-            click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
-            failed = True
-    sys.exit(1 if failed else 0)
+    broken = [p for p in project.problems if not tasks or p.name in tasks]
+    for problem in broken:
+        click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
+    sys.exit(2 if broken else 1 if failed else 0)
 
 
 def _stop_on_signals() -> threading.Event:

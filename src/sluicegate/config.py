@@ -96,6 +96,7 @@ class Settings:
     max_attempts: int = 5
     backoff: float = 30.0
     log_level: str = "WARNING"
+    fault: str | None = None  # [testing] fault: a named point where a test SIGKILLs the worker
 
     @property
     def source_display(self) -> str:
@@ -318,6 +319,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         max_attempts=_as_int(defaults.get("max_attempts", 5), f"{where} max_attempts"),
         backoff=parse_duration(defaults.get("backoff", "30s"), where=f"{where} backoff"),
         log_level=str(defaults.get("log_level", "WARNING")).upper(),
+        fault=raw.get("testing", {}).get("fault") or None,
     )
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +21,9 @@ from typing import Any
 from . import capture
 from .config import Project, TaskSpec
 from .destinations import Destination, Staged, open_destination
-from .exceptions import ConfigError, SluicegateError, is_transient
+from .exceptions import ConfigError, DestinationUnavailable, SluicegateError, is_transient
 from .formats import SPECS, Writer, open_writer
-from .ledger import Claim, Ledger
+from .ledger import Claim, ExportResult, Ledger
 from .partitions import Partition, render_path, restore_partition
 from .sources import Column, Mode, Source, open_source
 from .sources import arrow as arrow_source
@@ -29,6 +31,8 @@ from .sources import arrow as arrow_source
 log = logging.getLogger("sluicegate")
 
 Progress = Callable[[str, int], None]
+PUBLISH_THREADS = 4
+MAX_INFLIGHT = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,11 +94,15 @@ class Exporter:
         self.ledger.ensure_schema()
         self.inbox = self.ledger if s.ledger_url == s.source_url else Ledger(s.source_url, schema=s.ledger_schema)
         self.source: Source = open_source(s.source_url)
-        self.dest: Destination = open_destination(s.destination, stale_after=max(s.lease, 60.0))
+        self.dest: Destination = open_destination(s.destination, stale_after=s.lease)
         self._columns: dict[str, list[Column]] = {}
+        # Publishing (fsync + rename, or an upload) overlaps with reading the next partitions.
+        self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
+        self._inflight: list[tuple[_Job, Future[ExportResult]]] = []
 
     def close(self) -> None:
         """Close every connection."""
+        self._pool.shutdown(wait=True)
         self.source.close()
         if self.inbox is not self.ledger:
             self.inbox.close()
@@ -204,6 +212,7 @@ class Exporter:
         try:
             self._stream(task, columns, jobs, summary, deadline)
         except _Deadline:
+            self._flush(summary)
             released = self.ledger.release(claims[0].token)
             summary.released += released
             for job in jobs:
@@ -242,9 +251,9 @@ class Exporter:
         try:
             for index, chunk in chunks:
                 while position < index:  # partitions before this one are complete (or empty)
-                    self._finish(task, jobs[position], summary)
+                    self._seal(jobs[position], summary)
                     position += 1
-                    _check_deadline(deadline)
+                    self._check_deadline(deadline, summary)
                 job = jobs[index]
                 if job.error is None:
                     try:
@@ -252,6 +261,7 @@ class Exporter:
                             job.staged = self.dest.stage(job.path)
                             job.writer = open_writer(task.format, job.staged.file, columns, job.part.zone)
                         job.writer.write(chunk, mode)
+                        self._fault("mid_write")
                     except SluicegateError as exc:
                         job.error = exc
                 if time.monotonic() - renewed > lease / 3:
@@ -262,26 +272,43 @@ class Exporter:
             if close is not None:
                 close()
         for job in jobs[position:]:
-            self._finish(task, job, summary)
-            _check_deadline(deadline)
+            self._seal(job, summary)
+            self._check_deadline(deadline, summary)
+        self._flush(summary)
 
-    def _finish(self, task: TaskSpec, job: _Job, summary: TaskSummary) -> None:
-        """Publish and commit one partition, or record why not."""
+    def _check_deadline(self, deadline: float | None, summary: TaskSummary) -> None:
+        if len(self._inflight) >= MAX_INFLIGHT:
+            self._flush(summary)
+        if deadline is not None and time.monotonic() > deadline:
+            self._flush(summary)
+            raise _Deadline
+
+    def _seal(self, job: _Job, summary: TaskSummary) -> None:
+        """Finish one partition's file and hand it to the publisher threads."""
         if job.done:
             return
         job.done = True
-        claim = job.claim
         try:
             if job.error is not None:
                 raise job.error
+            if job.writer is not None:
+                job.writer.close()
+        except SluicegateError as exc:
+            self._discard(job)
+            self._fail(job.claim, exc, summary)
+            return
+        self._inflight.append((job, self._pool.submit(self._publish, job)))
+
+    def _publish(self, job: _Job) -> ExportResult:
+        """Publish (or skip, or delete) one sealed partition; runs on a publisher thread."""
+        claim = job.claim
+        try:
             if job.writer is None:  # no rows at all: nothing to publish, remove an old file
                 if claim.prev_path:
                     self.dest.delete(claim.prev_path)
-                self._commit(job, summary, path=None, rows=0, nbytes=0, checksum=None, published=True)
-                return
-            job.writer.close()
-            assert job.staged is not None
+                return ExportResult(claim=claim, path=None, rows=0, nbytes=0, checksum=None, published=True)
             staged = job.staged
+            assert staged is not None
             checksum = staged.file.sha256
             unchanged = (
                 not claim.forced
@@ -293,28 +320,50 @@ class Exporter:
                 self.dest.discard(staged)
             else:
                 self.dest.publish(staged)
-            self._commit(
-                job, summary, path=job.path, rows=job.writer.rows, nbytes=staged.file.size,
+            return ExportResult(
+                claim=claim, path=job.path, rows=job.writer.rows, nbytes=staged.file.size,
                 checksum=checksum, published=not unchanged,
             )
-        except SluicegateError as exc:
-            self._discard(job)
-            self._fail(claim, exc, summary)
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot publish {self.dest.display(job.path)}: {exc}") from exc
 
-    def _commit(
-        self, job: _Job, summary: TaskSummary, *, path: str | None, rows: int, nbytes: int,
-        checksum: str | None, published: bool,
-    ) -> None:
-        if not self.ledger.commit(job.claim, path=path, rows=rows, nbytes=nbytes, checksum=checksum):
-            # Our lease expired and another worker claimed the partition: it will commit.
-            summary.lost += 1
+    def _flush(self, summary: TaskSummary) -> None:
+        """Wait for the publisher threads, make the files durable, commit them in one transaction."""
+        inflight, self._inflight = self._inflight, []
+        results: list[ExportResult] = []
+        for job, future in inflight:
+            try:
+                results.append(future.result())
+            except SluicegateError as exc:
+                self._discard(job)
+                self._fail(job.claim, exc, summary)
+        if not results:
             return
-        if published:
-            summary.exported += 1
-        else:
-            summary.unchanged += 1
-        summary.rows += rows
-        summary.bytes += nbytes
+        try:
+            self.dest.sync()
+        except SluicegateError as exc:
+            for result in results:
+                self._fail(result.claim, exc, summary)
+            return
+        self._fault("after_publish")
+        for result, committed in zip(results, self.ledger.commit(results), strict=True):
+            if not committed:
+                # Our lease expired and another worker claimed the partition: it will commit.
+                summary.lost += 1
+                continue
+            if result.published:
+                summary.exported += 1
+            else:
+                summary.unchanged += 1
+            summary.rows += result.rows
+            summary.bytes += result.nbytes
+
+    def _fault(self, point: str) -> None:
+        """Pause forever at a named point when a test asked for it (``[testing] fault``)."""
+        if self.project.settings.fault == point:
+            (self.project.settings.root / f".fault-{point}").write_text(str(os.getpid()))
+            while True:
+                time.sleep(60)
 
     def _discard(self, job: _Job) -> None:
         job.done = True
@@ -341,6 +390,7 @@ class Exporter:
         open_jobs = [j for j in jobs if not j.done]
         for job in open_jobs:
             self._discard(job)
+        self._flush(summary)
         if is_transient(exc) or len(open_jobs) == 1:
             for job in open_jobs:
                 self._fail(job.claim, exc, summary)
@@ -360,11 +410,6 @@ class _LeaseExpired(SluicegateError):
             f"gave up after {attempts} attempts (leases expired: the exporting worker died or ran out of time); "
             "run 'sluicegate reset TASK --failed' to retry"
         )
-
-
-def _check_deadline(deadline: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise _Deadline
 
 
 def run(project: Project, task_names: Sequence[str] = (), options: RunOptions | None = None, **kwargs: Any) -> list[TaskSummary]:

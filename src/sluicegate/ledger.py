@@ -60,6 +60,18 @@ class Claim:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """A durable export of one claim, ready to be committed."""
+
+    claim: Claim
+    path: str | None
+    rows: int
+    nbytes: int
+    checksum: str | None
+    published: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskStatus:
     """Partition counts of one task by state."""
 
@@ -198,18 +210,20 @@ class Ledger:
         """Extend the lease of partitions still held under ``token``; return how many."""
         return int(self._exec("renew", token=uuid.UUID(token), lease=lease).rowcount)
 
-    def commit(self, claim: Claim, *, path: str | None, rows: int, nbytes: int, checksum: str | None) -> bool:
-        """Mark ``claim`` exported at its claimed version; False when the lease was lost."""
-        cur = self._exec(
-            "commit",
-            id=claim.id,
-            token=uuid.UUID(claim.token),
-            path=path,
-            rows=rows,
-            bytes=nbytes,
-            checksum=checksum,
-        )
-        return bool(cur.rowcount == 1)
+    def commit(self, results: Sequence[ExportResult]) -> list[bool]:
+        """Mark each claim exported at its claimed version, in one transaction.
+
+        Returns, per result, False when that claim's lease was lost (nothing recorded).
+        """
+        done = []
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            for r in results:
+                self._exec(
+                    "commit", cur, id=r.claim.id, token=uuid.UUID(r.claim.token),
+                    path=r.path, rows=r.rows, bytes=r.nbytes, checksum=r.checksum,
+                )
+                done.append(cur.rowcount == 1)
+        return done
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
         """Give ``claim`` back after an error; park it when terminal or out of attempts."""

@@ -7,6 +7,8 @@ Contract of every :class:`Destination`:
 * ``publish(staged, checksum)`` makes the whole file visible under its path at once (rename
   after fsync on disk, one completed PUT or multipart upload on S3) and verifies it; it is
   idempotent: publishing equal bytes again leaves the same object.
+* ``sync()`` makes the publishes since the last call durable; the engine calls it before it
+  commits those partitions on the ledger, so nothing is marked exported that a crash could undo.
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
@@ -88,6 +90,10 @@ class Destination(Protocol):
 
     def publish(self, staged: Staged) -> None:
         """Atomically publish ``staged`` under its path and verify it."""
+        ...
+
+    def sync(self) -> None:
+        """Make every publish since the last call durable (folder fsyncs); called before commits."""
         ...
 
     def discard(self, staged: Staged) -> None:

@@ -48,6 +48,9 @@ class FsspecDestination:
         finally:
             self.discard(staged)
 
+    def sync(self) -> None:
+        """Nothing to do: an object is durable once its upload completed."""
+
     def discard(self, staged: Staged) -> None:
         """Remove the spool file."""
         with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,9 +24,12 @@ class LocalDestination:
         self.url = str(self.root)
         self.stale_after = stale_after
         self._cleaned: set[Path] = set()
+        self._unsynced: set[Path] = set()
+        self._lock = threading.Lock()
 
     def _target(self, path: str) -> Path:
-        target = (self.root / path).resolve()
+        # Paths were checked by partitions.safe_relative_path; this lexical check is a second fence.
+        target = Path(os.path.normpath(self.root / path))
         if self.root not in target.parents:
             raise ConfigError(f"path {path!r} resolves outside the destination {self.root}")
         return target
@@ -43,7 +47,7 @@ class LocalDestination:
         return Staged(path=path, file=HashingWriter(raw), local_path=str(tmp), handle=raw)
 
     def publish(self, staged: Staged) -> None:
-        """fsync the temp file, rename it over the target, fsync the folder."""
+        """fsync the temp file and rename it over the target; :meth:`sync` makes the rename durable."""
         target = self._target(staged.path)
         raw = staged.handle
         try:
@@ -51,16 +55,27 @@ class LocalDestination:
             os.fsync(raw.fileno())
             raw.close()
             os.replace(staged.local_path, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            with self._lock:
+                self._unsynced.add(target.parent)
         except OSError as exc:
             self.discard(staged)
             raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
         if target.stat().st_size != staged.file.size:
             raise DestinationUnavailable(f"{target} has the wrong size after publishing; will retry")
+
+    def sync(self) -> None:
+        """fsync every folder a file was renamed into since the last call (before the ledger commit)."""
+        with self._lock:
+            folders, self._unsynced = self._unsynced, set()
+        try:
+            for folder in folders:
+                dir_fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot fsync a folder under {self.root}: {exc.strerror}") from exc
 
     def discard(self, staged: Staged) -> None:
         """Close and remove the temp file."""
@@ -97,9 +112,10 @@ class LocalDestination:
 
     def _clean_orphans(self, folder: Path) -> None:
         """Remove temp files a dead worker left in ``folder`` (older than ``stale_after``)."""
-        if folder in self._cleaned:
-            return
-        self._cleaned.add(folder)
+        with self._lock:
+            if folder in self._cleaned:
+                return
+            self._cleaned.add(folder)
         cutoff = time.time() - self.stale_after
         with os.scandir(folder) as entries:
             for entry in entries:

@@ -81,6 +81,9 @@ class S3Destination:
         finally:
             self.discard(staged)
 
+    def sync(self) -> None:
+        """Nothing to do: an object is durable once its upload completed."""
+
     def discard(self, staged: Staged) -> None:
         """Remove the local spool file."""
         with contextlib.suppress(OSError):

@@ -74,7 +74,7 @@ def _count_records(data: bytes) -> int:
 
 
 def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
-    if col.kind in ("timestamptz", "timestamp", "other"):
+    if col.kind in ("timestamptz", "timestamp"):
         tz = zone_of(zone) if zone else None
         return lambda v: _format_time(v, tz, col.kind)
     if col.kind == "bool":
