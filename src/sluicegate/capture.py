@@ -190,11 +190,13 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     fn = sql.Identifier(schema, f"capture_{task.name}")
 
     def select_from(alias: str) -> sql.Composable:
-        keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(cap.keys[k])) for k in task.keys)
+        # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
+        ref = sql.Identifier(f"changed_{alias}")
+        keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys)
         bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
         if task.time:
             assert cap.time
-            col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(cap.time)).as_string()
+            col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
             bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))  # type: ignore[arg-type]
         return sql.SQL("INSERT INTO {changes} (task, keys, bin) SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}").format(
             changes=sql.Identifier(schema, "changes"),
@@ -202,7 +204,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
             keys=keys,
             bin=bin_sql,
             src=sql.Identifier(f"sluicegate_{alias}"),
-            alias=sql.Identifier(alias),
+            alias=sql.Identifier(f"changed_{alias}"),
         )
 
     body = sql.SQL(

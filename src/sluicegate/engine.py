@@ -125,7 +125,7 @@ class Exporter:
         stop: threading.Event | None = None,
     ) -> list[TaskSummary]:
         """Export every pending, complete partition of ``tasks`` once; return summaries."""
-        deadline = time.monotonic() + options.max_runtime if options.max_runtime else None
+        deadline = time.monotonic() + options.max_runtime if options.max_runtime is not None else None
         summaries = []
         remaining = options.limit if options.limit is not None else self.project.settings.limit
         for task in tasks:

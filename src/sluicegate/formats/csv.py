@@ -79,10 +79,25 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
         return lambda v: _format_time(v, tz, col.kind)
     if col.kind == "bool":
         return lambda v: None if v is None else ("true" if v else "false")
+    if col.kind in ("float", "other"):
+        return _number
     return _identity
 
 
 def _identity(value: Any) -> Any:
+    return value
+
+
+def _number(value: Any) -> Any:
+    """Floats as PostgreSQL prints them (shortest round-trip, no trailing '.0'), so both
+    read paths give the same bytes for the same rows."""
+    if type(value) is float:
+        text = repr(value)
+        if text.endswith(".0"):
+            return text[:-2]
+        if text in ("inf", "-inf", "nan"):
+            return {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}[text]
+        return text
     return value
 
 

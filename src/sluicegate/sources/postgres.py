@@ -156,7 +156,7 @@ class PostgresSource:
         copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
         with self.conn.cursor() as cur, cur.copy(copy_sql, params) as copy:
             current = -1
-            prefix = b""
+            prefix = b"\x00"  # no CSV row starts with NUL, so the first row sets the partition
             cut = 0
             buf: list[bytes] = []
             size = 0

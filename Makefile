@@ -1,0 +1,42 @@
+# Developer entry points. `make test` is what CI runs (via .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when the project metadata changes.
+VENV_STAMP := $(VENV)/.sluicegate-installed
+
+.PHONY: venv system-deps demo lint test bench clean
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test,fast]'
+	touch $@
+
+# PostgreSQL server binaries (for the test fixtures) and pigz (for the benchmark).
+system-deps:
+	scripts/install-system-deps.sh
+
+demo: venv
+	$(BIN)/sluicegate demo demo
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: system-deps venv lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: venv system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf build dist .eggs *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache demo
+	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f $(VENV_STAMP)

@@ -1,0 +1,206 @@
+"""Helpers shared by the tests: build real projects, databases and read exported files back."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow.parquet as pq
+
+from sluicegate.config import Project, load_project
+from sluicegate.generate import create_schema
+
+UTC = dt.UTC
+SLUICEGATE = str(Path(sys.executable).with_name("sluicegate"))
+
+OPENAQ_SELECT = """
+SELECT m.location_id, m.sensor_id AS sensors_id, l.name || '-' || m.sensor_id AS location,
+       m.datetime, l.lat, l.lon, s.parameter, s.units, m.value
+FROM measurements AS m
+JOIN sensors AS s ON s.sensor_id = m.sensor_id
+JOIN locations AS l ON l.location_id = m.location_id
+"""
+
+
+def write_project(
+    root: Path,
+    *,
+    source: str,
+    destination: str,
+    fmt: str = "csv",
+    boundary: str = "start",
+    settle: str = "0s",
+    capture: str = "trigger",
+    zone: str | None = None,
+    lease: str = "10m",
+    backoff: str = "0s",
+    extra_defaults: str = "",
+    destination_extra: str = "",
+    ledger: str | None = None,
+    task: str = "openaq",
+) -> Path:
+    """Write ``sluicegate.toml`` and one OpenAQ-style task; return the project root."""
+    root.mkdir(parents=True, exist_ok=True)
+    ledger_line = f'url = "{ledger}"' if ledger else ""
+    (root / "sluicegate.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [source]
+            url = "{source}"
+            [ledger]
+            {ledger_line}
+            [destination]
+            url = "{destination}"
+            {destination_extra}
+            [defaults]
+            format = "{fmt}"
+            lease = "{lease}"
+            backoff = "{backoff}"
+            {extra_defaults}
+            """
+        )
+    )
+    folder = root / "tasks" / task
+    folder.mkdir(parents=True, exist_ok=True)
+    zone_line = f'zone = "{zone}"' if zone else 'zone_sql = "SELECT location_id, timezone FROM locations"'
+    capture_block = {
+        "trigger": '[capture]\nmode = "trigger"\ntable = "measurements"\nkeys = { location_id = "location_id" }\ntime = "datetime"\n',
+        "scan": '[capture]\nmode = "scan"\ntable = "measurements"\nkeys = { location_id = "location_id" }\n'
+        'time = "datetime"\ncursor = "ingested_at"\noverlap = "1h"\n',
+        "explicit": "",
+    }[capture]
+    (folder / "task.toml").write_text(
+        textwrap.dedent(
+            f"""
+            keys = ["location_id"]
+            path = "records/{{format}}/locationid={{location_id}}/year={{day:%Y}}/month={{day:%m}}/location-{{location_id}}-{{day:%Y%m%d}}.{{ext}}"
+            order_by = ["sensors_id"]
+            [time]
+            column = "datetime"
+            grain = "day"
+            {zone_line}
+            settle = "{settle}"
+            boundary = "{boundary}"
+            """
+        )
+        + capture_block
+    )
+    (folder / "select.sql").write_text(OPENAQ_SELECT)
+    return root
+
+
+def load(root: Path, env: dict[str, str] | None = None) -> Project:
+    """Load a project with an explicit (usually empty) environment."""
+    return load_project(root, env or {})
+
+
+class Db:
+    """A tiny writer for the measurement tables, on SQLite or PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        create_schema(url)
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(
+                url[len("sqlite:///") :], isolation_level=None, timeout=30, check_same_thread=False
+            )
+        else:
+            self.conn = psycopg.connect(url, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _p(self, query: str) -> str:
+        return query.replace("%s", "?") if self.sqlite else query
+
+    def ts(self, value: dt.datetime) -> Any:
+        if self.sqlite:
+            return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return value
+
+    def location(self, location_id: int, timezone: str, name: str | None = None) -> None:
+        self.conn.execute(
+            self._p("INSERT INTO locations (location_id, name, timezone, lat, lon) VALUES (%s, %s, %s, %s, %s)"),
+            (location_id, name or f"Site {location_id}", timezone, 50.5 + location_id / 100, 4.25),
+        )
+        self.conn.execute(
+            self._p("INSERT INTO sensors (sensor_id, location_id, parameter, units) VALUES (%s, %s, %s, %s)"),
+            (location_id * 10, location_id, "pm25", "µg/m³"),
+        )
+
+    def insert(self, location_id: int, times: Iterable[dt.datetime], value: float = 1.5) -> int:
+        rows = [
+            (location_id, location_id * 10, self.ts(t), value + i / 8, self.ts(dt.datetime.now(UTC)))
+            for i, t in enumerate(times)
+        ]
+        q = self._p(
+            "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at) VALUES (%s, %s, %s, %s, %s)"
+        )
+        if self.sqlite:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(q, rows)
+            self.conn.execute("COMMIT")
+        else:
+            with self.conn.cursor() as cur:
+                cur.executemany(q, rows)
+        return len(rows)
+
+    def update_value(self, location_id: int, at: dt.datetime, value: float) -> None:
+        self.conn.execute(
+            self._p("UPDATE measurements SET value = %s WHERE sensor_id = %s AND datetime = %s"),
+            (value, location_id * 10, self.ts(at)),
+        )
+
+    def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self._p(query), params).fetchone()[0]
+
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(self._p(query), params).fetchall())
+
+
+def hours(start: dt.datetime, count: int, step: dt.timedelta = dt.timedelta(hours=1)) -> list[dt.datetime]:
+    """``count`` instants from ``start`` every ``step``."""
+    return [start + i * step for i in range(count)]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Read a CSV or CSV.gz file into dicts."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def read_parquet(path: Path) -> Any:
+    """Read a Parquet file into a pyarrow Table."""
+    return pq.read_table(path)
+
+
+def files(folder: Path) -> list[Path]:
+    """Every published file under ``folder`` (temp files excluded)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and ".sluicegate-" not in p.name)
+
+
+def cli(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = False,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``sluicegate`` command in a real process."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [SLUICEGATE, "-C", str(root), *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sluicegate {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
