@@ -311,6 +311,10 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             region=dest.get("region") or None,
             access_key_id=dest.get("access_key_id") or None,
             secret_access_key=dest.get("secret_access_key") or None,
+            multipart_threshold=_as_int(
+                dest.get("multipart_threshold", 64 * 1024 * 1024), f"{path} [destination] multipart_threshold",
+                minimum=5 * 1024 * 1024,
+            ),
         ),
         format=_check_format(defaults.get("format", "csv.gz"), f"{where} format"),
         batch_size=_as_int(defaults.get("batch_size", 500), f"{where} batch_size"),

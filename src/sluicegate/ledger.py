@@ -25,10 +25,12 @@ from psycopg.types.json import Jsonb
 
 from . import db
 from .config import TaskSpec
+from .exceptions import SluicegateError
 from .partitions import Partition
 from .sql import queries
 
 UTC = dt.UTC
+SCHEMA_VERSION = "1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,11 +137,25 @@ class Ledger:
             return self.conn.execute(self.q[name], self._params(**params))
 
     def ensure_schema(self) -> None:
-        """Create the ledger tables if they do not exist (idempotent)."""
+        """Create the ledger tables if they do not exist (idempotent, safe to race)."""
+        if self._schema_present():
+            return
         with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            if self.dialect is db.POSTGRESQL:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'))")
             for statement in self.q["schema"].split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
+
+    def _schema_present(self) -> bool:
+        try:
+            with db.wrap_errors(self.url):
+                row = self.conn.execute(self.q["schema_version"], self._params()).fetchone()
+        except SluicegateError:
+            if self.dialect is db.POSTGRESQL:
+                self.conn.rollback()
+            return False
+        return bool(row and row[0] == SCHEMA_VERSION)
 
     # ------------------------------------------------------------------ marks
 
@@ -148,7 +164,8 @@ class Ledger:
 
         With ``cur`` the marks join the caller's transaction on this database.
         """
-        rows = [self._mark_params(task, p) for p in partitions]
+        # Sorted, so concurrent workers lock ledger rows in one order and cannot deadlock.
+        rows = [self._mark_params(task, p) for p in sorted(partitions, key=lambda p: p.pkey)]
         if not rows:
             return 0
         if cur is not None:
@@ -215,15 +232,15 @@ class Ledger:
 
         Returns, per result, False when that claim's lease was lost (nothing recorded).
         """
-        done = []
+        done: dict[int, bool] = {}
         with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
-            for r in results:
+            for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
                 self._exec(
                     "commit", cur, id=r.claim.id, token=uuid.UUID(r.claim.token),
                     path=r.path, rows=r.rows, bytes=r.nbytes, checksum=r.checksum,
                 )
-                done.append(cur.rowcount == 1)
-        return done
+                done[r.claim.id] = cur.rowcount == 1
+        return [done[r.claim.id] for r in results]
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
         """Give ``claim`` back after an error; park it when terminal or out of attempts."""

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS {t}scans (
 );
 INSERT INTO {t}meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING;
 
+-- schema_version --
+-- The ledger schema version (fails when the tables do not exist yet).
+SELECT value FROM {t}meta WHERE key = 'schema_version';
+
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
 INSERT INTO {t}partitions AS p (task, pkey, keys, zone, win_start, win_end)
@@ -88,9 +92,9 @@ RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.expor
           p.path, p.bytes, p.checksum;
 
 -- renew --
--- Extend the lease of every partition still held under a claim token.
+-- Extend the lease of every partition still held under a claim token (rows locked in pkey order, like marks).
 UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE claim_token = %(token)s;
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
 
 -- commit --
 -- Record a durable export at the version read at claim; fenced by the claim token.
@@ -115,7 +119,7 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 -- release --
 -- Give back every partition still held under a claim token, without counting an attempt.
 UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
-WHERE claim_token = %(token)s;
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
 
 -- pending --
 -- List what the next claim would take (for --dry-run), without claiming.

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS {t}scans (
 );
 INSERT OR IGNORE INTO {t}meta (key, value) VALUES ('schema_version', '1');
 
+-- schema_version --
+-- The ledger schema version (fails when the tables do not exist yet).
+SELECT value FROM {t}meta WHERE key = 'schema_version';
+
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
 INSERT INTO {t}partitions (task, pkey, keys, zone, win_start, win_end, changed_at)

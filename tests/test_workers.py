@@ -1,0 +1,142 @@
+"""Real worker processes on one PostgreSQL ledger: concurrency, SIGKILL, lease expiry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sluicegate import operations
+
+from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
+
+UTC = dt.UTC
+
+
+def _project(tmp_path: Path, pg_url: str, locations: int, days: int, lease: str = "10m") -> tuple[Path, Db]:
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease)
+    db = Db(pg_url)
+    operations.install(load(root))
+    for loc in range(1, locations + 1):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24 * days))
+    return root, db
+
+
+def _spawn(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    full.update(env or {})
+    return subprocess.Popen([SLUICEGATE, "-C", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=full)
+
+
+def _ledger_rows(db: Db) -> list[tuple[int, int, bool, object]]:
+    return db.rows("SELECT version, exported_version, failed, claim_token FROM sluicegate.partitions")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=40, days=3)
+    operations.reexport(load(root), "openaq", {})  # no-op before the first fold; harmless
+    first = _spawn(root, "run", "--batch-size", "4", "--json")
+    second = _spawn(root, "run", "--batch-size", "4", "--json")
+    summaries = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        summaries += json.loads(out)
+    assert sum(s["exported"] for s in summaries) == 120
+    assert sum(s["lost"] for s in summaries) == 0 and sum(s["failed"] for s in summaries) == 0
+    assert all(s["exported"] > 0 for s in summaries), "both workers should have taken part"
+    rows = _ledger_rows(db)
+    assert len(rows) == 120 and all(v == e and not f and t is None for v, e, f, t in rows)
+    assert len(files(tmp_path / "out")) == 120
+
+
+def test_worker_killed_after_upload_before_commit(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=3, days=2, lease="2s")
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "after_publish"})
+    _wait_for(root / ".fault-after_publish", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    published = files(tmp_path / "out")
+    assert len(published) == 6
+    for path in published:  # complete files only: every one decompresses and has its 24 rows
+        assert len(read_csv(path)) == 24
+    assert all(e == 0 and t is not None for _, e, _, t in _ledger_rows(db))  # claimed, not committed
+    blocked = _spawn(root, "run", "--json")
+    out, _ = blocked.communicate(timeout=60)
+    assert json.loads(out)[0]["exported"] == 0  # the lease still holds
+    time.sleep(2.5)
+    again = _spawn(root, "run", "--json")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == 6
+    assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
+
+
+def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=2, days=1, lease="2s")
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(root / ".fault-mid_write", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = tmp_path / "out"
+    assert files(out) == []  # nothing under a final name
+    temps = [p for p in out.rglob("*") if p.is_file()]
+    assert len(temps) == 1 and ".sluicegate-" in temps[0].name
+    time.sleep(2.5)
+    again = _spawn(root, "run", "--json")
+    stdout, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert json.loads(stdout)[0]["exported"] == 2
+    assert [p for p in out.rglob("*") if p.is_file() and ".sluicegate-" in p.name] == []
+    assert all(len(read_csv(p)) == 24 for p in files(out))
+    assert all(v == e for v, e, _, _ in _ledger_rows(db))
+
+
+def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=1, days=1, lease="1s")
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace("[defaults]", "[defaults]\nmax_attempts = 2"))
+    for _ in range(2):
+        proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+        marker = root / ".fault-mid_write"
+        _wait_for(marker, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        marker.unlink()
+        time.sleep(1.5)
+    final = _spawn(root, "run", "--json")
+    out, _ = final.communicate(timeout=60)
+    assert final.returncode == 1 and json.loads(out)[0]["failed"] == 1
+    [status] = operations.status(load(root))
+    assert status["failed"] == 1 and "leases expired" in status["failures"][0]["error"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) -> None:
+    root, db = _project(tmp_path, pg_url, locations=2, days=1)
+    proc = _spawn(root, "run", "--every", "1s", "--json")
+    deadline = time.monotonic() + 60
+    while len(files(tmp_path / "out")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "finishing the batch in hand" in err
+    assert json.loads(out.split("\n]\n")[0] + "\n]")[0]["exported"] == 2
