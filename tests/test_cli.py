@@ -1,0 +1,144 @@
+"""The sluicegate command in real processes: exit codes, messages, secrets, OpenAQ settings, demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from sluicegate import operations
+
+from support import Db, cli, files, hours, load, read_csv, write_project
+
+UTC = dt.UTC
+
+
+def _sqlite_project(tmp_path: Path, **kwargs: object) -> tuple[Path, Db]:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), **kwargs)  # type: ignore[arg-type]
+    db = Db(url)
+    operations.install(load(root))
+    for loc in (1, 2):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 48))
+    return root, db
+
+
+def test_run_json_summary_and_dry_run(tmp_path: Path) -> None:
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    dry = cli(root, "run", "--dry-run", "--json", check=True)
+    assert files(tmp_path / "out") == []
+    # The first dry run sees no partitions yet: changes are folded in by a real run.
+    plan = cli(root, "run", "--dry-run", check=True)
+    assert "would be exported" in plan.stdout and json.loads(dry.stdout)[0]["exported"] == 0
+    real = cli(root, "run", "--json", check=True)
+    [summary] = json.loads(real.stdout)
+    assert (summary["exported"], summary["unchanged"], summary["failed"], summary["rows"]) == (4, 0, 0, 96)
+    assert summary["bytes"] == sum(p.stat().st_size for p in files(tmp_path / "out"))
+    cli(root, "reexport", "openaq", "location_id=2", check=True)
+    again = cli(root, "run", "--dry-run", check=True)
+    assert again.stdout.count("(forced)") == 2 and "location_id=2" in again.stdout
+    status = json.loads(cli(root, "status", "--json", check=True).stdout)
+    assert status[0]["pending"] == 2 and status[0]["exported"] == 2
+
+
+def test_limit_and_openaq_environment(tmp_path: Path) -> None:
+    root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
+    target = tmp_path / "openaq-style"
+    env = {"LIMIT": "3", "WRITE_FILE_LOCATION": "local", "LOCAL_SAVE_DIRECTORY": str(target), "WRITE_FILE_FORMAT": "csv"}
+    # The task declares no format, so WRITE_FILE_FORMAT (the project default) applies.
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('format = "csv.gz"', ""))
+    result = cli(root, "run", "--json", env=env, check=True)
+    assert json.loads(result.stdout)[0]["exported"] == 3
+    written = files(target)
+    assert len(written) == 3 and all(p.suffix == ".csv" for p in written)
+    assert files(tmp_path / "out") == []
+
+
+def test_broken_task_config_exits_2_and_names_the_file(tmp_path: Path) -> None:
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    broken = root / "tasks" / "broken"
+    broken.mkdir()
+    (broken / "task.toml").write_text('keys = ["location_id"]\npath = "{location_id}/{day}.csv"\n[time]\ncolumn = "datetime"\ngrain = "week"\n')
+    (broken / "select.sql").write_text("SELECT 1")
+    check = cli(root, "check")
+    assert check.returncode == 2
+    assert f"{broken / 'task.toml'} [time] grain: 'week' is not supported; use 'day' or 'hour'" in check.stderr
+    assert "Traceback" not in check.stderr
+    run = cli(root, "run", "--json")
+    assert run.returncode == 2  # the healthy task still ran
+    assert json.loads(run.stdout)[0]["exported"] == 4
+    assert "task broken skipped" in run.stderr
+    named = cli(root, "run", "broken")
+    assert named.returncode == 2 and "grain" in named.stderr and "Traceback" not in named.stderr
+    verbose = cli(root, "-v", "run", "broken")
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+def test_check_reports_query_and_column_problems(tmp_path: Path) -> None:
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    assert cli(root, "check").returncode == 0
+    task = root / "tasks" / "openaq"
+    (task / "task.toml").write_text((task / "task.toml").read_text().replace('column = "datetime"', 'column = "measured_at"'))
+    result = cli(root, "check")
+    assert result.returncode == 2
+    assert "[time] column: 'measured_at' is not a column of select.sql's result" in result.stderr
+    (task / "select.sql").write_text("SELECT nope FROM nowhere")
+    result = cli(root, "check")
+    assert result.returncode == 2 and "select.sql: the query failed" in result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    assert cli(root, "run", "--limit", "0").returncode == 2
+    assert cli(root, "run", "--max-runtime", "soon").returncode == 2
+    bad = cli(root, "mark", "openaq", "location=1")
+    assert bad.returncode == 2 and "keys are: location_id, day" in bad.stderr
+    assert cli(root, "run", "nosuchtask").returncode == 2
+    assert cli(tmp_path / "empty", "status").returncode == 2
+
+
+def test_secrets_never_reach_output(tmp_path: Path, pg_url: str, pg_password: str) -> None:
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv")
+    db = Db(pg_url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
+    ok = cli(root, "-v", "run", check=True)
+    assert pg_password not in ok.stdout + ok.stderr and "exporter:***@" in ok.stderr
+    wrong = pg_url.replace(pg_password, pg_password + "-wrong")
+    failed = cli(root, "-v", "run", env={"SLUICEGATE_SOURCE__URL": wrong, "SLUICEGATE_LEDGER__URL": wrong})
+    assert failed.returncode == 1
+    assert pg_password not in failed.stdout + failed.stderr
+    assert "password authentication failed" in failed.stderr
+    tasks = cli(root, "tasks", "--json", env={"SLUICEGATE_SOURCE__URL": pg_url}, check=True)
+    assert pg_password not in tasks.stdout
+
+
+def test_demo_builds_a_working_project(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    result = cli(tmp_path, "demo", str(folder), "--rows", "20000", "--locations", "30", check=True, timeout=300)
+    assert "sluicegate demo" in result.stdout
+    exported = files(folder / "exports")
+    assert exported and all(p.name.endswith(".csv.gz") for p in exported)
+    zones = {"Asia/Kolkata", "Australia/Adelaide", "Pacific/Chatham", "America/Chicago", "Europe/Brussels"}
+    assert zones <= {z for (z,) in Db(f"sqlite:///{folder / 'measurements.db'}").rows("SELECT DISTINCT timezone FROM locations")}
+    status = json.loads(cli(folder, "status", "--json", check=True).stdout)[0]
+    assert status["exported"] == len(exported) and status["failed"] == 0 and status["waiting"] > 0
+    sample = exported[0]
+    assert read_csv(sample)
+    loc = sample.parent.parent.parent.name.split("=")[1]
+    day = sample.name.split("-")[-1].split(".")[0]
+    cli(folder, "mark", "openaq", f"location_id={loc}", f"day={day[:4]}-{day[4:6]}-{day[6:]}", check=True)
+    again = json.loads(cli(folder, "run", "--json", check=True).stdout)[0]
+    assert (again["exported"], again["unchanged"]) == (0, 1)
+    assert cli(tmp_path, "demo", str(folder)).returncode == 2  # will not clobber an existing project
+
+
+def test_init_creates_a_project_that_check_understands(tmp_path: Path) -> None:
+    folder = tmp_path / "new"
+    cli(tmp_path, "init", str(folder), check=True)
+    assert (folder / "sluicegate.toml").exists() and (folder / "tasks/openaq/select.sql").exists()
+    result = cli(folder, "check")
+    assert result.returncode == 2 and "select.sql: the query failed" in result.stderr  # no tables yet
+    assert cli(tmp_path, "init", str(folder)).returncode == 2
