@@ -36,7 +36,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
-PG_USER = "exporter"  # not "sluicegate": a role named like the ledger schema would see it first on its search_path
+PG_USER = (
+    "exporter"  # not "sluicegate": a role named like the ledger schema would see it first on its search_path
+)
 PG_PASSWORD = "s3cr3t-pw"
 PG_MIN_MAJOR = 13
 PG_OS_USER = "postgres"

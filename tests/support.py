@@ -132,7 +132,9 @@ class Db:
 
     def location(self, location_id: int, timezone: str, name: str | None = None) -> None:
         self.conn.execute(
-            self._p("INSERT INTO locations (location_id, name, timezone, lat, lon) VALUES (%s, %s, %s, %s, %s)"),
+            self._p(
+                "INSERT INTO locations (location_id, name, timezone, lat, lon) VALUES (%s, %s, %s, %s, %s)"
+            ),
             (location_id, name or f"Site {location_id}", timezone, 50.5 + location_id / 100, 4.25),
         )
         self.conn.execute(
@@ -193,8 +195,9 @@ def files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".sluicegate-" not in p.name)
 
 
-def cli(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = False,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    root: Path, *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``sluicegate`` command in a real process."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     full_env.update(env or {})
@@ -202,5 +205,7 @@ def cli(root: Path, *args: str, env: dict[str, str] | None = None, check: bool =
         [SLUICEGATE, "-C", str(root), *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"sluicegate {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"sluicegate {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from sluicegate import operations
-
 from support import Db, cli, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
@@ -45,9 +44,16 @@ def test_run_json_summary_and_dry_run(tmp_path: Path) -> None:
 def test_limit_and_openaq_environment(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
     target = tmp_path / "openaq-style"
-    env = {"LIMIT": "3", "WRITE_FILE_LOCATION": "local", "LOCAL_SAVE_DIRECTORY": str(target), "WRITE_FILE_FORMAT": "csv"}
+    env = {
+        "LIMIT": "3",
+        "WRITE_FILE_LOCATION": "local",
+        "LOCAL_SAVE_DIRECTORY": str(target),
+        "WRITE_FILE_FORMAT": "csv",
+    }
     # The task declares no format, so WRITE_FILE_FORMAT (the project default) applies.
-    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('format = "csv.gz"', ""))
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace('format = "csv.gz"', "")
+    )
     result = cli(root, "run", "--json", env=env, check=True)
     assert json.loads(result.stdout)[0]["exported"] == 3
     written = files(target)
@@ -59,11 +65,15 @@ def test_broken_task_config_exits_2_and_names_the_file(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     broken = root / "tasks" / "broken"
     broken.mkdir()
-    (broken / "task.toml").write_text('keys = ["location_id"]\npath = "{location_id}/{day}.csv"\n[time]\ncolumn = "datetime"\ngrain = "week"\n')
+    (broken / "task.toml").write_text(
+        'keys = ["location_id"]\npath = "{location_id}/{day}.csv"\n[time]\ncolumn = "datetime"\ngrain = "week"\n'
+    )
     (broken / "select.sql").write_text("SELECT 1")
     check = cli(root, "check")
     assert check.returncode == 2
-    assert f"{broken / 'task.toml'} [time] grain: 'week' is not supported; use 'day' or 'hour'" in check.stderr
+    assert (
+        f"{broken / 'task.toml'} [time] grain: 'week' is not supported; use 'day' or 'hour'" in check.stderr
+    )
     assert "Traceback" not in check.stderr
     run = cli(root, "run", "--json")
     assert run.returncode == 2  # the healthy task still ran
@@ -79,7 +89,9 @@ def test_check_reports_query_and_column_problems(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "check").returncode == 0
     task = root / "tasks" / "openaq"
-    (task / "task.toml").write_text((task / "task.toml").read_text().replace('column = "datetime"', 'column = "measured_at"'))
+    (task / "task.toml").write_text(
+        (task / "task.toml").read_text().replace('column = "datetime"', 'column = "measured_at"')
+    )
     result = cli(root, "check")
     assert result.returncode == 2
     assert "[time] column: 'measured_at' is not a column of select.sql's result" in result.stderr
@@ -117,12 +129,19 @@ def test_secrets_never_reach_output(tmp_path: Path, pg_url: str, pg_password: st
 
 def test_demo_builds_a_working_project(tmp_path: Path) -> None:
     folder = tmp_path / "demo"
-    result = cli(tmp_path, "demo", str(folder), "--rows", "20000", "--locations", "30", check=True, timeout=300)
+    result = cli(
+        tmp_path, "demo", str(folder), "--rows", "20000", "--locations", "30", check=True, timeout=300
+    )
     assert "sluicegate demo" in result.stdout
     exported = files(folder / "exports")
     assert exported and all(p.name.endswith(".csv.gz") for p in exported)
     zones = {"Asia/Kolkata", "Australia/Adelaide", "Pacific/Chatham", "America/Chicago", "Europe/Brussels"}
-    assert zones <= {z for (z,) in Db(f"sqlite:///{folder / 'measurements.db'}").rows("SELECT DISTINCT timezone FROM locations")}
+    assert zones <= {
+        z
+        for (z,) in Db(f"sqlite:///{folder / 'measurements.db'}").rows(
+            "SELECT DISTINCT timezone FROM locations"
+        )
+    }
     status = json.loads(cli(folder, "status", "--json", check=True).stdout)[0]
     assert status["exported"] == len(exported) and status["failed"] == 0 and status["waiting"] > 0
     sample = exported[0]

@@ -12,7 +12,6 @@ import pytest
 
 from sluicegate import engine, operations
 from sluicegate.engine import Exporter, RunOptions
-
 from support import Db, files, hours, load, read_csv, read_parquet, write_project
 
 UTC = dt.UTC
@@ -38,11 +37,15 @@ def _setup(tmp_path: Path, url: str, **kwargs: Any) -> tuple[Path, Db]:
     return root, db
 
 
-def _expected(db: Db, location_id: int, zone: str, boundary: str = "start") -> dict[dt.date, list[tuple[str, float]]]:
+def _expected(
+    db: Db, location_id: int, zone: str, boundary: str = "start"
+) -> dict[dt.date, list[tuple[str, float]]]:
     """Independently compute each local day's rows (datetime text, value) of a location."""
     tz = zoneinfo.ZoneInfo(zone)
     out: dict[dt.date, list[tuple[str, float]]] = {}
-    for when, value in db.rows("SELECT datetime, value FROM measurements WHERE location_id = %s", (location_id,)):
+    for when, value in db.rows(
+        "SELECT datetime, value FROM measurements WHERE location_id = %s", (location_id,)
+    ):
         instant = when if isinstance(when, dt.datetime) else dt.datetime.fromisoformat(when)
         shifted = instant - dt.timedelta(microseconds=1) if boundary == "end" else instant
         day = shifted.astimezone(tz).date()
@@ -52,7 +55,10 @@ def _expected(db: Db, location_id: int, zone: str, boundary: str = "start") -> d
 
 def _file_for(out: Path, fmt: str, location_id: int, day: dt.date) -> Path:
     ext = fmt
-    return out / f"records/{fmt}/locationid={location_id}/year={day:%Y}/month={day:%m}/location-{location_id}-{day:%Y%m%d}.{ext}"
+    return (
+        out
+        / f"records/{fmt}/locationid={location_id}/year={day:%Y}/month={day:%m}/location-{location_id}-{day:%Y%m%d}.{ext}"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "csv.gz"])
@@ -69,12 +75,25 @@ def test_csv_files_equal_database_rows(backend: str, tmp_path: Path, fmt: str) -
         expected = _expected(db, loc, zone)
         for day, rows in expected.items():
             content = read_csv(_file_for(out, fmt, loc, day))
-            assert list(content[0]) == ["location_id", "sensors_id", "location", "datetime", "lat", "lon",
-                                        "parameter", "units", "value"]
+            assert list(content[0]) == [
+                "location_id",
+                "sensors_id",
+                "location",
+                "datetime",
+                "lat",
+                "lon",
+                "parameter",
+                "units",
+                "value",
+            ]
             assert [(r["datetime"], float(r["value"])) for r in content] == rows
             assert {r["units"] for r in content} == {"µg/m³"}
             assert {r["location"] for r in content} == {f"Site {loc}-{loc * 10}"}
-    assert summary.exported == len(files(out)) == sum(len(_expected(db, loc, z)) for loc, z in ((1, KOLKATA), (2, CHATHAM)))
+    assert (
+        summary.exported
+        == len(files(out))
+        == sum(len(_expected(db, loc, z)) for loc, z in ((1, KOLKATA), (2, CHATHAM)))
+    )
     assert summary.rows == 144 and summary.failed == 0
 
 
@@ -92,7 +111,10 @@ def test_parquet_has_real_types(backend: str, tmp_path: Path) -> None:
         assert str(schema.field("location_id").type) == "int64"
         assert str(schema.field("parameter").type) == "string"
     expected = _expected(db, 1, KOLKATA)[dt.date(2024, 3, 2)]
-    got = [(t.isoformat(), v) for t, v in zip(table.column("datetime").to_pylist(), table.column("value").to_pylist(), strict=True)]
+    got = [
+        (t.isoformat(), v)
+        for t, v in zip(table.column("datetime").to_pylist(), table.column("value").to_pylist(), strict=True)
+    ]
     assert got == expected
 
 
@@ -153,17 +175,26 @@ def test_settle_holds_back_recent_days(tmp_path: Path) -> None:
 def test_dst_days_in_brussels_have_23_and_25_hours(backend: str, tmp_path: Path) -> None:
     root, db = _setup(tmp_path, backend, fmt="csv", zone="Europe/Brussels")
     db.location(1, "Europe/Brussels")
-    db.insert(1, hours(dt.datetime(2024, 3, 29, 22, tzinfo=UTC), 72) + hours(dt.datetime(2024, 10, 25, 22, tzinfo=UTC), 72))
+    db.insert(
+        1,
+        hours(dt.datetime(2024, 3, 29, 22, tzinfo=UTC), 72)
+        + hours(dt.datetime(2024, 10, 25, 22, tzinfo=UTC), 72),
+    )
     engine.run(load(root))
     out = tmp_path / "out"
     spring = read_csv(_file_for(out, "csv", 1, dt.date(2024, 3, 31)))
     autumn = read_csv(_file_for(out, "csv", 1, dt.date(2024, 10, 27)))
     assert len(spring) == 23 and len(autumn) == 25
-    assert spring[0]["datetime"] == "2024-03-31T00:00:00+01:00" and spring[-1]["datetime"] == "2024-03-31T23:00:00+02:00"
+    assert (
+        spring[0]["datetime"] == "2024-03-31T00:00:00+01:00"
+        and spring[-1]["datetime"] == "2024-03-31T23:00:00+02:00"
+    )
     assert [r["datetime"] for r in autumn[2:4]] == ["2024-10-27T02:00:00+02:00", "2024-10-27T02:00:00+01:00"]
 
 
-@pytest.mark.parametrize("boundary,expected_day", [("start", dt.date(2024, 6, 2)), ("end", dt.date(2024, 6, 1))])
+@pytest.mark.parametrize(
+    "boundary,expected_day", [("start", dt.date(2024, 6, 2)), ("end", dt.date(2024, 6, 1))]
+)
 def test_boundary_convention(backend: str, tmp_path: Path, boundary: str, expected_day: dt.date) -> None:
     root, db = _setup(tmp_path, backend, fmt="csv", boundary=boundary)
     db.location(1, KOLKATA)
@@ -192,7 +223,9 @@ def test_duplicate_mark_skips_the_upload(backend: str, tmp_path: Path) -> None:
     assert forced.exported == 1 and path.stat().st_ino != before[1]
 
 
-def test_partition_changed_during_export_is_exported_again(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partition_changed_during_export_is_exported_again(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, db = _setup(tmp_path, backend, fmt="csv")
     db.location(1, "UTC")
     db.insert(1, hours(dt.datetime(2024, 2, 1, tzinfo=UTC), 24))
@@ -223,11 +256,17 @@ def test_partition_changed_during_export_is_exported_again(backend: str, tmp_pat
 
 def test_bad_path_values_are_rejected_and_others_export(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", capture="explicit")
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", capture="explicit"
+    )
     task = root / "tasks" / "bysite"
     task.mkdir()
-    (task / "task.toml").write_text('keys = ["site"]\npath = "{site}/{day}.csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n')
-    (task / "select.sql").write_text("SELECT l.name AS site, m.datetime, m.value FROM measurements m JOIN locations l USING (location_id)")
+    (task / "task.toml").write_text(
+        'keys = ["site"]\npath = "{site}/{day}.csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n'
+    )
+    (task / "select.sql").write_text(
+        "SELECT l.name AS site, m.datetime, m.value FROM measurements m JOIN locations l USING (location_id)"
+    )
     db = Db(url)
     names = {1: "good", 2: "../evil", 3: "a/b", 4: "..", 5: "tab\there"}
     for loc, name in names.items():
@@ -238,7 +277,9 @@ def test_bad_path_values_are_rejected_and_others_export(tmp_path: Path) -> None:
         operations.mark(project, "bysite", {"site": name, "day": "2024-01-01"})
     [summary] = engine.run(project, ["bysite"])
     assert (summary.exported, summary.failed) == (1, 4)
-    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["good/2024-01-01.csv"]
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == [
+        "good/2024-01-01.csv"
+    ]
     assert not list(tmp_path.rglob("*evil*"))
     [status] = operations.status(project, ["bysite"])
     assert status["failed"] == 4
@@ -283,7 +324,9 @@ def test_scan_mode_catches_late_commits_within_the_overlap(backend: str, tmp_pat
     # Both days were ingested within the overlap window, so both are looked at again;
     # only the changed one is rewritten, the other is recognised by its checksum.
     assert (second.marked, second.exported, second.unchanged) == (2, 1, 1)
-    assert any(float(r["value"]) == 5.0 for r in read_csv(_file_for(tmp_path / "out", "csv", 1, dt.date(2024, 4, 1))))
+    assert any(
+        float(r["value"]) == 5.0 for r in read_csv(_file_for(tmp_path / "out", "csv", 1, dt.date(2024, 4, 1)))
+    )
 
 
 def test_max_runtime_releases_what_it_cannot_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import gzip
 import io
-import csv
 from pathlib import Path
 
 import boto3
 import pytest
 
 from sluicegate import engine, operations
-
 from support import Db, hours, load, write_project
 
 UTC = dt.UTC
@@ -20,8 +19,13 @@ KEY = "records/csv.gz/locationid=1/year=2024/month=01/location-1-20240101.csv.gz
 
 
 def _client(endpoint: str, key: str = "testing", secret: str = "testing") -> object:
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )
 
 
 def _rows(client: object, bucket: str, key: str) -> list[dict[str, str]]:
@@ -31,8 +35,14 @@ def _rows(client: object, bucket: str, key: str) -> list[dict[str, str]]:
 
 def _project(tmp_path: Path, dest: str, extra: str, backoff: str = "0s") -> tuple[Path, Db]:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    root = write_project(tmp_path / "proj", source=url, destination=dest, fmt="csv.gz", destination_extra=extra,
-                         backoff=backoff)
+    root = write_project(
+        tmp_path / "proj",
+        source=url,
+        destination=dest,
+        fmt="csv.gz",
+        destination_extra=extra,
+        backoff=backoff,
+    )
     db = Db(url)
     operations.install(load(root))
     db.location(1, "UTC")
@@ -42,7 +52,7 @@ def _project(tmp_path: Path, dest: str, extra: str, backoff: str = "0s") -> tupl
 
 def test_moto_publish_skip_unchanged_and_force(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
     endpoint, bucket = s3_bucket
-    root, db = _project(tmp_path, f"s3://{bucket}/open-data", f'endpoint_url = "{endpoint}"')
+    root, _db = _project(tmp_path, f"s3://{bucket}/open-data", f'endpoint_url = "{endpoint}"')
     [summary] = engine.run(load(root))
     assert (summary.exported, summary.failed) == (2, 0)
     client = _client(endpoint)
@@ -59,10 +69,12 @@ def test_moto_publish_skip_unchanged_and_force(tmp_path: Path, s3_bucket: tuple[
     assert restored.exported == 1 and len(_rows(client, bucket, f"open-data/{KEY}")) == 24
 
 
-def test_seaweed_checks_signatures_and_checksums(tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]) -> None:
+def test_seaweed_checks_signatures_and_checksums(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
     endpoint, bucket, key, secret = seaweed_bucket
     extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
-    root, db = _project(tmp_path, f"s3://{bucket}", extra)
+    root, _db = _project(tmp_path, f"s3://{bucket}", extra)
     [summary] = engine.run(load(root))
     assert (summary.exported, summary.failed) == (2, 0)
     client = _client(endpoint, key, secret)
@@ -74,9 +86,13 @@ def test_seaweed_checks_signatures_and_checksums(tmp_path: Path, seaweed_bucket:
 def test_seaweed_multipart_upload(tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]) -> None:
     endpoint, bucket, key, secret = seaweed_bucket
     url = f"sqlite:///{tmp_path / 's.db'}"
-    extra = (f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n'
-             "multipart_threshold = 5242880")
-    root = write_project(tmp_path / "proj", source=url, destination=f"s3://{bucket}/big", fmt="csv", destination_extra=extra)
+    extra = (
+        f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n'
+        "multipart_threshold = 5242880"
+    )
+    root = write_project(
+        tmp_path / "proj", source=url, destination=f"s3://{bucket}/big", fmt="csv", destination_extra=extra
+    )
     db = Db(url)
     operations.install(load(root))
     db.location(1, "UTC")
@@ -90,10 +106,12 @@ def test_seaweed_multipart_upload(tmp_path: Path, seaweed_bucket: tuple[str, str
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
 
 
-def test_seaweed_wrong_secret_is_a_terminal_failure(tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]) -> None:
+def test_seaweed_wrong_secret_is_a_terminal_failure(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
     endpoint, bucket, key, _ = seaweed_bucket
     extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "not-the-secret"'
-    root, db = _project(tmp_path, f"s3://{bucket}", extra)
+    root, _db = _project(tmp_path, f"s3://{bucket}", extra)
     [summary] = engine.run(load(root))
     assert summary.exported == 0 and summary.failed == 2
     [status] = operations.status(load(root))
@@ -104,7 +122,7 @@ def test_seaweed_wrong_secret_is_a_terminal_failure(tmp_path: Path, seaweed_buck
 
 def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     extra = 'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "k"\nsecret_access_key = "s"'
-    root, db = _project(tmp_path, "s3://nowhere", extra, backoff="1h")
+    root, _db = _project(tmp_path, "s3://nowhere", extra, backoff="1h")
     [summary] = engine.run(load(root))
     assert summary.failed == 2
     [status] = operations.status(load(root))

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from sluicegate import operations
-
+from sluicegate import capture, operations
+from sluicegate.engine import Exporter
 from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
 
 
 def _project(tmp_path: Path, pg_url: str, locations: int, days: int, lease: str = "10m") -> tuple[Path, Db]:
-    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease)
+    root = write_project(
+        tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease
+    )
     db = Db(pg_url)
     operations.install(load(root))
     for loc in range(1, locations + 1):
@@ -32,8 +34,13 @@ def _project(tmp_path: Path, pg_url: str, locations: int, days: int, lease: str 
 def _spawn(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     full.update(env or {})
-    return subprocess.Popen([SLUICEGATE, "-C", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=full)
+    return subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
 
 
 def _ledger_rows(db: Db) -> list[tuple[int, int, bool, object]]:
@@ -51,21 +58,25 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> N
 
 
 def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) -> None:
-    root, db = _project(tmp_path, pg_url, locations=40, days=3)
-    operations.reexport(load(root), "openaq", {})  # no-op before the first fold; harmless
-    first = _spawn(root, "run", "--batch-size", "4", "--json")
-    second = _spawn(root, "run", "--batch-size", "4", "--json")
+    root, db = _project(tmp_path, pg_url, locations=80, days=4)
+    project = load(root)
+    with Exporter(project) as exporter:  # fold the captured changes first, so both workers find work
+        assert (
+            capture.absorb(project.tasks["openaq"], exporter.ledger, exporter.inbox, exporter.source) == 320
+        )
+    first = _spawn(root, "run", "--batch-size", "2", "--json")
+    second = _spawn(root, "run", "--batch-size", "2", "--json")
     summaries = []
     for proc in (first, second):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         summaries += json.loads(out)
-    assert sum(s["exported"] for s in summaries) == 120
+    assert sum(s["exported"] for s in summaries) == 320
     assert sum(s["lost"] for s in summaries) == 0 and sum(s["failed"] for s in summaries) == 0
     assert all(s["exported"] > 0 for s in summaries), "both workers should have taken part"
     rows = _ledger_rows(db)
-    assert len(rows) == 120 and all(v == e and not f and t is None for v, e, f, t in rows)
-    assert len(files(tmp_path / "out")) == 120
+    assert len(rows) == 320 and all(v == e and not f and t is None for v, e, f, t in rows)
+    assert len(files(tmp_path / "out")) == 320
 
 
 def test_worker_killed_after_upload_before_commit(tmp_path: Path, pg_url: str) -> None:
@@ -111,8 +122,10 @@ def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, pg_url: 
 
 
 def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) -> None:
-    root, db = _project(tmp_path, pg_url, locations=1, days=1, lease="1s")
-    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace("[defaults]", "[defaults]\nmax_attempts = 2"))
+    root, _db = _project(tmp_path, pg_url, locations=1, days=1, lease="1s")
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace("[defaults]", "[defaults]\nmax_attempts = 2")
+    )
     for _ in range(2):
         proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
         marker = root / ".fault-mid_write"
@@ -130,7 +143,7 @@ def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) -> None:
-    root, db = _project(tmp_path, pg_url, locations=2, days=1)
+    root, _db = _project(tmp_path, pg_url, locations=2, days=1)
     proc = _spawn(root, "run", "--every", "1s", "--json")
     deadline = time.monotonic() + 60
     while len(files(tmp_path / "out")) < 2 and time.monotonic() < deadline:

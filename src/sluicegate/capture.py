@@ -61,7 +61,9 @@ class ZoneMap:
         return zone
 
 
-def fold(task: TaskSpec, changes: Iterable[tuple[Sequence[Any], dt.datetime | None]], zones: ZoneMap) -> list[Partition]:
+def fold(
+    task: TaskSpec, changes: Iterable[tuple[Sequence[Any], dt.datetime | None]], zones: ZoneMap
+) -> list[Partition]:
     """Map captured ``(keys, bin)`` changes to distinct partitions."""
     seen: dict[str, Partition] = {}
     for keys, bin_start in changes:
@@ -73,7 +75,9 @@ def fold(task: TaskSpec, changes: Iterable[tuple[Sequence[Any], dt.datetime | No
             zone = zones.zone(keys)
             # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
             local = bin_start.astimezone(zone_of(zone))
-            period: Any = local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
+            period: Any = (
+                local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
+            )
             part = make_partition(task, keys, period, zone)
         seen.setdefault(part.pkey, part)
     return list(seen.values())
@@ -128,7 +132,9 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
             select += f" WHERE {q(cap.cursor)} > %s"
             params.append(since)
     nkeys = len(task.keys)
-    changes = [(row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)]
+    changes = [
+        (row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)
+    ]
     parts = fold(task, changes, ZoneMap(task, source))
     ledger.mark(parts, task)
     ledger.set_scan(task, high)
@@ -152,8 +158,13 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
     """Mark one partition changed from explicit key values (``sluicegate mark``)."""
     missing = [k for k in task.key_names if k not in assignments]
     if missing:
-        raise UsageError(f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=...")
-    keys = tuple(coerce_value(str(assignments[k])) if isinstance(assignments[k], str) else assignments[k] for k in task.keys)
+        raise UsageError(
+            f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=..."
+        )
+    keys = tuple(
+        coerce_value(str(assignments[k])) if isinstance(assignments[k], str) else assignments[k]
+        for k in task.keys
+    )
     if task.time is None:
         return ledger.mark([make_partition(task, keys, None, None)], task)
     zone = ZoneMap(task, source).zone(keys)
@@ -173,7 +184,9 @@ def install(task: TaskSpec, inbox: Ledger) -> list[str]:
     """
     cap = task.capture
     if cap.mode != "trigger":
-        raise UsageError(f"task {task.name!r} uses capture mode {cap.mode!r}; only 'trigger' tasks install triggers")
+        raise UsageError(
+            f"task {task.name!r} uses capture mode {cap.mode!r}; only 'trigger' tasks install triggers"
+        )
     assert cap.table
     inbox.ensure_schema()
     time_ending = bool(task.time and task.time.boundary == "end")
@@ -192,13 +205,18 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     def select_from(alias: str) -> sql.Composable:
         # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
         ref = sql.Identifier(f"changed_{alias}")
-        keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys)
+        keys = sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys
+        )
         bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
         if task.time:
             assert cap.time
             col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
-            bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))  # type: ignore[arg-type]
-        return sql.SQL("INSERT INTO {changes} (task, keys, bin) SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}").format(
+            bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))
+        return sql.SQL(
+            "INSERT INTO {changes} (task, keys, bin)"
+            " SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}"
+        ).format(
             changes=sql.Identifier(schema, "changes"),
             task=sql.Literal(task.name),
             keys=keys,
@@ -229,8 +247,13 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         names.append(name)
         statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
         statements.append(
-            sql.SQL("CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing +  # type: ignore[arg-type]
-                    " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()").format(name=sql.Identifier(name), table=table, fn=fn)
+            sql.SQL(
+                "CREATE TRIGGER {name} AFTER "
+                + op
+                + " ON {table} REFERENCING "
+                + referencing
+                + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+            ).format(name=sql.Identifier(name), table=table, fn=fn)
         )
     with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect) as cur:
         for statement in statements:
@@ -270,4 +293,3 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
         for statement in statements:
             cur.execute(statement)
     return names
-

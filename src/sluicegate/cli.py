@@ -72,7 +72,9 @@ def _project() -> Project:
     project = load_project(state.project_dir, os.environ)
     level = logging.DEBUG if state.verbose else getattr(logging, project.settings.log_level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.debug("source %s, ledger %s", mask_url(project.settings.source_url), mask_url(project.settings.ledger_url))
+    log.debug(
+        "source %s, ledger %s", mask_url(project.settings.source_url), mask_url(project.settings.ledger_url)
+    )
     return project
 
 
@@ -100,9 +102,16 @@ def _timestamp(_ctx: Any, param: click.Parameter, value: str | None) -> dt.datet
 
 
 @click.group(epilog=ENV_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=".", envvar="SLUICEGATE_PROJECT", show_envvar=True,
-              help="The project folder (holding sluicegate.toml).")
+@click.option(
+    "-C",
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    envvar="SLUICEGATE_PROJECT",
+    show_envvar=True,
+    help="The project folder (holding sluicegate.toml).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
 @click.version_option(package_name="sluicegate")
 @click.pass_context
@@ -129,8 +138,12 @@ def init(folder: Path, example: str, force: bool) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default="demo")
-@click.option("--rows", type=click.IntRange(1), default=150_000, show_default=True, help="Measurements to generate.")
-@click.option("--locations", type=click.IntRange(1), default=300, show_default=True, help="Monitoring locations.")
+@click.option(
+    "--rows", type=click.IntRange(1), default=150_000, show_default=True, help="Measurements to generate."
+)
+@click.option(
+    "--locations", type=click.IntRange(1), default=300, show_default=True, help="Monitoring locations."
+)
 @click.option("--force", is_flag=True, help="Rebuild the demo database and exports from scratch.")
 @handled
 def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
@@ -144,9 +157,12 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
         summaries = exporter.run_once(list(project.tasks.values()), RunOptions())
         statuses = operations.status(project)
     _render_summaries(summaries, statuses)
-    click.echo(f"\nfiles are in {project.settings.destination.url}; the folder is a project: try\n"
-               f"  sluicegate -C {folder} status\n  sluicegate -C {folder} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
-               f"  sluicegate -C {folder} run")
+    click.echo(
+        f"\nfiles are in {project.settings.destination.url}; the folder is a project: try\n"
+        f"  sluicegate -C {folder} status\n"
+        f"  sluicegate -C {folder} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
+        f"  sluicegate -C {folder} run"
+    )
 
 
 @main.command()
@@ -171,7 +187,10 @@ def tasks_cmd(as_json: bool) -> None:
         if "error" in t:
             click.echo(f"{t['name']}: ERROR {t['error']}")
         else:
-            click.echo(f"{t['name']}: {t['kind']}, {t['format']}, keys {', '.join(t['keys'])}, capture {t['capture']}")
+            click.echo(
+                f"{t['name']}: {t['kind']}, {t['format']}, "
+                f"keys {', '.join(t['keys'])}, capture {t['capture']}"
+            )
 
 
 @main.command()
@@ -190,13 +209,24 @@ def check() -> None:
 @click.argument("tasks", nargs=-1)
 @click.option("--limit", type=click.IntRange(1), help="At most N partitions in this run (OpenAQ's LIMIT).")
 @click.option("--batch-size", type=click.IntRange(1), help="Partitions claimed and read per query.")
-@click.option("--max-runtime", callback=_duration, help="Stop claiming in time and release what cannot finish (e.g. 14m).")
+@click.option(
+    "--max-runtime",
+    callback=_duration,
+    help="Stop claiming in time and release what cannot finish (e.g. 14m).",
+)
 @click.option("--every", callback=_duration, help="Run again every DUR until SIGINT or SIGTERM.")
 @click.option("--dry-run", is_flag=True, help="List what would be exported and why; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary per task.")
 @handled
-def run(tasks: tuple[str, ...], limit: int | None, batch_size: int | None, max_runtime: float | None,
-        every: float | None, dry_run: bool, as_json: bool) -> None:
+def run(
+    tasks: tuple[str, ...],
+    limit: int | None,
+    batch_size: int | None,
+    max_runtime: float | None,
+    every: float | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Export every pending, complete partition of TASKS (all by default)."""
     project = _project()
     selected = project.select(list(tasks))
@@ -220,7 +250,9 @@ def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
-        click.echo(f"sluicegate: {signal.Signals(signum).name}: finishing the batch in hand, then stopping", err=True)
+        click.echo(
+            f"sluicegate: {signal.Signals(signum).name}: finishing the batch in hand, then stopping", err=True
+        )
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -228,8 +260,9 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _run_with_progress(exporter: Exporter, tasks: Sequence[Any], options: RunOptions,
-                       stop: threading.Event | None, *, show: bool) -> list[TaskSummary]:
+def _run_with_progress(
+    exporter: Exporter, tasks: Sequence[Any], options: RunOptions, stop: threading.Event | None, *, show: bool
+) -> list[TaskSummary]:
     if not (show and sys.stdout.isatty()) or options.dry_run:
         return exporter.run_once(tasks, options, stop=stop)
     from rich.progress import Progress
@@ -269,12 +302,29 @@ def _render_summaries(summaries: list[TaskSummary], statuses: list[dict[str, Any
     from rich.table import Table
 
     table = Table(title="sluicegate demo")
-    for name in ("task", "exported", "unchanged", "failed", "waiting (incomplete)", "rows", "bytes", "seconds"):
+    for name in (
+        "task",
+        "exported",
+        "unchanged",
+        "failed",
+        "waiting (incomplete)",
+        "rows",
+        "bytes",
+        "seconds",
+    ):
         table.add_column(name, justify="right" if name != "task" else "left")
     waiting = {st["task"]: st.get("waiting", 0) for st in statuses}
     for s in summaries:
-        table.add_row(s.task, str(s.exported), str(s.unchanged), str(s.failed), str(waiting.get(s.task, 0)),
-                      f"{s.rows:,}", f"{s.bytes:,}", f"{s.seconds:.2f}")
+        table.add_row(
+            s.task,
+            str(s.exported),
+            str(s.unchanged),
+            str(s.failed),
+            str(waiting.get(s.task, 0)),
+            f"{s.rows:,}",
+            f"{s.bytes:,}",
+            f"{s.seconds:.2f}",
+        )
     Console().print(table)
 
 
@@ -320,7 +370,9 @@ def mark(task: str, assignments: tuple[str, ...]) -> None:
 @click.option("--time-min", callback=_timestamp, help="Only partitions ending after this time (ISO 8601).")
 @click.option("--time-max", callback=_timestamp, help="Only partitions starting before this time (ISO 8601).")
 @handled
-def reexport(task: str, assignments: tuple[str, ...], time_min: dt.datetime | None, time_max: dt.datetime | None) -> None:
+def reexport(
+    task: str, assignments: tuple[str, ...], time_min: dt.datetime | None, time_max: dt.datetime | None
+) -> None:
     """Queue exported partitions of TASK again (filtered by KEY=VALUE and time); files are rewritten."""
     project = _project()
     values = parse_assignments(project.task(task), assignments)
@@ -346,7 +398,9 @@ def reset(task: str, failed: bool) -> None:
 @click.option("--locations", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @handled
-def generate(url: str, rows: int | None, rate: str | None, duration: float | None, locations: int, seed: int) -> None:
+def generate(
+    url: str, rows: int | None, rate: str | None, duration: float | None, locations: int, seed: int
+) -> None:
     """Generate OpenAQ-like measurements (with late and out-of-order rows) into --db."""
     from .generate import generate as run_generate
 
@@ -359,7 +413,13 @@ def generate(url: str, rows: int | None, rate: str | None, duration: float | Non
         try:
             per_min = float(rate.removesuffix("/min"))
         except ValueError:
-            raise UsageError(f"--rate {rate!r} is not a rate; use a number of rows per minute such as 600/min") from None
-    result = run_generate(url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed)
-    click.echo(f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
-               f"into {mask_url(url)}")
+            raise UsageError(
+                f"--rate {rate!r} is not a rate; use a number of rows per minute such as 600/min"
+            ) from None
+    result = run_generate(
+        url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
+    )
+    click.echo(
+        f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
+        f"into {mask_url(url)}"
+    )

@@ -255,7 +255,7 @@ def _openaq_db_url(env: Mapping[str, str], role: str) -> str | None:
 def _resolve_db_url(url: str, root: Path) -> str:
     """Make ``sqlite:///relative.db`` relative to the project folder."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{(root / url[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{(root / url[len('sqlite:///') :]).resolve()}"
     return url
 
 
@@ -312,7 +312,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             access_key_id=dest.get("access_key_id") or None,
             secret_access_key=dest.get("secret_access_key") or None,
             multipart_threshold=_as_int(
-                dest.get("multipart_threshold", 64 * 1024 * 1024), f"{path} [destination] multipart_threshold",
+                dest.get("multipart_threshold", 64 * 1024 * 1024),
+                f"{path} [destination] multipart_threshold",
                 minimum=5 * 1024 * 1024,
             ),
         ),
@@ -409,7 +410,9 @@ def _capture_spec(raw: Mapping[str, Any], where: str, keys: tuple[str, ...], has
         raise ConfigError(f"{where}: 'time' is missing; name the column of {table} holding each row's time")
     cursor = raw.get("cursor")
     if mode == "scan" and not cursor:
-        raise ConfigError(f"{where}: scan mode needs 'cursor', a column such as ingested_at that grows on change")
+        raise ConfigError(
+            f"{where}: scan mode needs 'cursor', a column such as ingested_at that grows on change"
+        )
     return CaptureSpec(
         mode=mode,
         table=table,
@@ -423,7 +426,9 @@ def _capture_spec(raw: Mapping[str, Any], where: str, keys: tuple[str, ...], has
 def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{where}: unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
+        )
 
 
 _TASK_KEYS = {"kind", "description", "format", "path", "keys", "time", "capture", "batch_size", "order_by"}
@@ -449,7 +454,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         raise ConfigError(f"{select_path} is empty; write the SELECT whose rows this task exports")
     keys_raw = raw.get("keys", [])
     if not isinstance(keys_raw, list):
-        raise ConfigError(f"{where} keys: use a list of column names, e.g. keys = [\"location_id\"]")
+        raise ConfigError(f'{where} keys: use a list of column names, e.g. keys = ["location_id"]')
     keys = tuple(_identifier(k, f"{where} keys") for k in keys_raw)
     time = _time_spec(raw["time"], f"{where} [time]") if "time" in raw else None
     if time and time.name in keys:
@@ -460,7 +465,9 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         raise ConfigError(f"{where}: a partitioned task needs 'keys', a [time] table, or both")
     path = raw.get("path")
     if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"{where} path: missing; give a template such as \"{{location_id}}/{{day:%Y%m%d}}.{{ext}}\"")
+        raise ConfigError(
+            f'{where} path: missing; give a template such as "{{location_id}}/{{day:%Y%m%d}}.{{ext}}"'
+        )
     order_by = raw.get("order_by", [])
     if not isinstance(order_by, list):
         raise ConfigError(f"{where} order_by: use a list of column names")

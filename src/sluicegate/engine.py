@@ -13,8 +13,8 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,9 @@ class Exporter:
         s = project.settings
         self.ledger = Ledger(s.ledger_url, schema=s.ledger_schema)
         self.ledger.ensure_schema()
-        self.inbox = self.ledger if s.ledger_url == s.source_url else Ledger(s.source_url, schema=s.ledger_schema)
+        self.inbox = (
+            self.ledger if s.ledger_url == s.source_url else Ledger(s.source_url, schema=s.ledger_schema)
+        )
         self.source: Source = open_source(s.source_url)
         self.dest: Destination = open_destination(s.destination, stale_after=s.lease)
         self._columns: dict[str, list[Column]] = {}
@@ -161,7 +163,11 @@ class Exporter:
 
     def _plan(self, task: TaskSpec, summary: TaskSummary, limit: int | None) -> None:
         for claim in self.ledger.pending(task, limit=limit or 1000):
-            entry: dict[str, Any] = {"partition": claim.keys, "reason": claim.reason, "version": claim.version}
+            entry: dict[str, Any] = {
+                "partition": claim.keys,
+                "reason": claim.reason,
+                "version": claim.version,
+            }
             try:
                 part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
                 entry["path"] = self.dest.display(render_path(task, part.values))
@@ -204,7 +210,12 @@ class Exporter:
     # ------------------------------------------------------------------ one batch
 
     def _export_batch(
-        self, task: TaskSpec, columns: list[Column], claims: list[Claim], summary: TaskSummary, deadline: float | None
+        self,
+        task: TaskSpec,
+        columns: list[Column],
+        claims: list[Claim],
+        summary: TaskSummary,
+        deadline: float | None,
     ) -> None:
         jobs = self._jobs(task, claims, summary)
         if not jobs:
@@ -241,7 +252,12 @@ class Exporter:
         return "rows"
 
     def _stream(
-        self, task: TaskSpec, columns: list[Column], jobs: list[_Job], summary: TaskSummary, deadline: float | None
+        self,
+        task: TaskSpec,
+        columns: list[Column],
+        jobs: list[_Job],
+        summary: TaskSummary,
+        deadline: float | None,
     ) -> None:
         mode = self._mode(task)
         lease = self.project.settings.lease
@@ -321,8 +337,12 @@ class Exporter:
             else:
                 self.dest.publish(staged)
             return ExportResult(
-                claim=claim, path=job.path, rows=job.writer.rows, nbytes=staged.file.size,
-                checksum=checksum, published=not unchanged,
+                claim=claim,
+                path=job.path,
+                rows=job.writer.rows,
+                nbytes=staged.file.size,
+                checksum=checksum,
+                published=not unchanged,
             )
         except OSError as exc:
             raise DestinationUnavailable(f"cannot publish {self.dest.display(job.path)}: {exc}") from exc
@@ -375,16 +395,24 @@ class Exporter:
         settings = self.project.settings
         message = str(exc) or type(exc).__name__
         self.ledger.fail(
-            claim, error=message, terminal=not is_transient(exc),
-            max_attempts=settings.max_attempts, backoff=settings.backoff,
+            claim,
+            error=message,
+            terminal=not is_transient(exc),
+            max_attempts=settings.max_attempts,
+            backoff=settings.backoff,
         )
         summary.failed += 1
         if len(summary.errors) < 20:
             summary.errors.append(f"{claim.pkey}: {message}")
 
     def _batch_failed(
-        self, task: TaskSpec, columns: list[Column], jobs: list[_Job], summary: TaskSummary,
-        deadline: float | None, exc: SluicegateError,
+        self,
+        task: TaskSpec,
+        columns: list[Column],
+        jobs: list[_Job],
+        summary: TaskSummary,
+        deadline: float | None,
+        exc: SluicegateError,
     ) -> None:
         """The batch query failed: retry later, or isolate the partition that breaks it."""
         open_jobs = [j for j in jobs if not j.done]
@@ -407,12 +435,15 @@ class Exporter:
 class _LeaseExpired(SluicegateError):
     def __init__(self, attempts: int) -> None:
         super().__init__(
-            f"gave up after {attempts} attempts (leases expired: the exporting worker died or ran out of time); "
+            f"gave up after {attempts} attempts (leases expired: the exporting worker died "
+            "or ran out of time); "
             "run 'sluicegate reset TASK --failed' to retry"
         )
 
 
-def run(project: Project, task_names: Sequence[str] = (), options: RunOptions | None = None, **kwargs: Any) -> list[TaskSummary]:
+def run(
+    project: Project, task_names: Sequence[str] = (), options: RunOptions | None = None, **kwargs: Any
+) -> list[TaskSummary]:
     """Run ``task_names`` (all tasks when empty) once and return their summaries."""
     tasks = project.select(list(task_names))
     if not tasks:

@@ -236,8 +236,14 @@ class Ledger:
         with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
             for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
                 self._exec(
-                    "commit", cur, id=r.claim.id, token=uuid.UUID(r.claim.token),
-                    path=r.path, rows=r.rows, bytes=r.nbytes, checksum=r.checksum,
+                    "commit",
+                    cur,
+                    id=r.claim.id,
+                    token=uuid.UUID(r.claim.token),
+                    path=r.path,
+                    rows=r.rows,
+                    bytes=r.nbytes,
+                    checksum=r.checksum,
                 )
                 done[r.claim.id] = cur.rowcount == 1
         return [done[r.claim.id] for r in results]
@@ -279,7 +285,7 @@ class Ledger:
 
     def failures(self, task: TaskSpec, *, limit: int = 20) -> list[tuple[str, int, str]]:
         """Return ``(partition, attempts, last error)`` of parked partitions."""
-        return [tuple(r) for r in self._exec("failures", task=task.name, limit=limit).fetchall()]  # type: ignore[misc]
+        return [tuple(r) for r in self._exec("failures", task=task.name, limit=limit).fetchall()]
 
     def reexport(self, task: TaskSpec, accept: Callable[[dict[str, Any], Any, Any], bool]) -> int:
         """Queue again every partition for which ``accept(keys, win_start, win_end)`` is true."""

@@ -14,7 +14,7 @@ from .config import Project, TaskSpec, mask_url
 from .destinations import open_destination
 from .exceptions import SluicegateError, UsageError
 from .ledger import Ledger, TaskStatus
-from .partitions import sample_values, coerce_value, render_path
+from .partitions import coerce_value, render_path, sample_values
 from .sources import open_source
 
 
@@ -58,7 +58,9 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
     problems = []
     for key in task.keys:
         if key not in columns:
-            problems.append(f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})")
+            problems.append(
+                f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
+            )
     if task.time and task.time.column not in columns:
         problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
     for name in task.order_by:
@@ -69,7 +71,9 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
             zones = source.zones(task)
             bad = sorted({z for z in zones.values() if not _is_zone(z)})
             if bad:
-                problems.append(f"{toml} [time] zone_sql: {bad[0]!r} is not an IANA time zone; fix the zone data")
+                problems.append(
+                    f"{toml} [time] zone_sql: {bad[0]!r} is not an IANA time zone; fix the zone data"
+                )
         except SluicegateError as exc:
             problems.append(f"{toml} [time] zone_sql: the query failed: {exc}")
     try:
@@ -83,7 +87,9 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
             q = source.dialect.quote
             source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
         except SluicegateError as exc:
-            problems.append(f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}")
+            problems.append(
+                f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
+            )
     return problems
 
 

@@ -155,7 +155,9 @@ def check_template(task: TaskSpec) -> None:
         )
     missing = [k for k in task.key_names if k not in used]
     if missing:
-        raise ConfigError(f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file")
+        raise ConfigError(
+            f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file"
+        )
     sample = sample_values(task)
     render_path(task, sample)
 
@@ -164,9 +166,7 @@ def sample_values(task: TaskSpec) -> tuple[Any, ...]:
     values: list[Any] = [1 for _ in task.keys]
     if task.time:
         values.append(
-            dt.date(2024, 1, 31)
-            if task.time.grain == "day"
-            else dt.datetime(2024, 1, 31, 13, tzinfo=UTC)
+            dt.date(2024, 1, 31) if task.time.grain == "day" else dt.datetime(2024, 1, 31, 13, tzinfo=UTC)
         )
     return tuple(values)
 
@@ -174,11 +174,7 @@ def sample_values(task: TaskSpec) -> tuple[Any, ...]:
 def _check_value(name: str, value: Any) -> None:
     text = str(value)
     bad = (
-        text == ""
-        or text in (".", "..")
-        or "/" in text
-        or "\\" in text
-        or any(ch in _CONTROL for ch in text)
+        text == "" or text in (".", "..") or "/" in text or "\\" in text or any(ch in _CONTROL for ch in text)
     )
     if bad:
         raise BadPartitionValue(

@@ -49,8 +49,10 @@ def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force
 
     database = folder / "measurements.db"
     if database.exists() and not force:
-        raise UsageError(f"{database} already exists; the demo folder is a project now: use 'sluicegate run' in it, "
-                         "or pass --force to rebuild it")
+        raise UsageError(
+            f"{database} already exists; the demo folder is a project now: use 'sluicegate run' in it, "
+            "or pass --force to rebuild it"
+        )
     if force:
         for path in (database, folder / "measurements.db-wal", folder / "measurements.db-shm"):
             path.unlink(missing_ok=True)

@@ -104,7 +104,9 @@ class LocalDestination:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise DestinationUnavailable(f"destination folder {self.root} is not writable: {exc.strerror}") from exc
+            raise DestinationUnavailable(
+                f"destination folder {self.root} is not writable: {exc.strerror}"
+            ) from exc
 
     def display(self, path: str) -> str:
         """The absolute file path."""

@@ -24,7 +24,14 @@ from ..config import DestinationSettings, mask_url
 from ..exceptions import DestinationUnavailable, TerminalError
 from . import HashingWriter, Staged
 
-_RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable"}
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+}
 
 
 class S3Destination:
@@ -43,7 +50,9 @@ class S3Destination:
         self.client = session.client(
             "s3",
             endpoint_url=settings.endpoint_url,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60),
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60
+            ),
         )
         self.endpoint = mask_url(settings.endpoint_url or "aws")
 
@@ -68,9 +77,15 @@ class S3Destination:
                     with open(staged.local_path, "rb") as body:
                         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest)
                 else:
-                    config = TransferConfig(multipart_threshold=self.threshold, multipart_chunksize=self.threshold)
+                    config = TransferConfig(
+                        multipart_threshold=self.threshold, multipart_chunksize=self.threshold
+                    )
                     self.client.upload_file(
-                        staged.local_path, self.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=config
+                        staged.local_path,
+                        self.bucket,
+                        key,
+                        ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+                        Config=config,
                     )
                 head = self.client.head_object(Bucket=self.bucket, Key=key)
             if int(head["ContentLength"]) != staged.file.size:
@@ -122,7 +137,9 @@ class S3Destination:
             listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
             for upload in listing.get("Uploads", []):
                 if upload["Initiated"] < cutoff:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     aborted += 1
         return aborted
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from ..sources import Column, Mode
 
@@ -41,15 +41,20 @@ class Writer(Protocol):
 
 SPECS = {
     "csv": FormatSpec(name="csv", extension="csv", modes=("csv", "rows"), content_type="text/csv"),
-    "csv.gz": FormatSpec(name="csv.gz", extension="csv.gz", modes=("csv", "rows"), content_type="application/gzip"),
+    "csv.gz": FormatSpec(
+        name="csv.gz", extension="csv.gz", modes=("csv", "rows"), content_type="application/gzip"
+    ),
     "parquet": FormatSpec(
-        name="parquet", extension="parquet", modes=("arrow", "rows"), content_type="application/vnd.apache.parquet"
+        name="parquet",
+        extension="parquet",
+        modes=("arrow", "rows"),
+        content_type="application/vnd.apache.parquet",
     ),
 }
 
 
-def open_writer(fmt: str, out: BinaryIO, columns: Sequence[Column], zone: str | None) -> Writer:
-    """Open a writer for ``fmt`` onto ``out`` for rows of ``columns`` in time zone ``zone``."""
+def open_writer(fmt: str, out: Any, columns: Sequence[Column], zone: str | None) -> Writer:
+    """Open a writer for ``fmt`` onto the binary file-like ``out``, for ``columns`` in zone ``zone``."""
     if fmt == "parquet":
         from .parquet import ParquetWriter
 

@@ -23,7 +23,9 @@ from ..sources import Column, Mode
 class CsvWriter:
     """Writes one partition as CSV, optionally gzip-compressed."""
 
-    def __init__(self, out: BinaryIO, columns: Sequence[Column], zone: str | None, gzip_level: int | None) -> None:
+    def __init__(
+        self, out: BinaryIO, columns: Sequence[Column], zone: str | None, gzip_level: int | None
+    ) -> None:
         self.rows = 0
         self._gz = (
             gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=gzip_level, mtime=0)

@@ -91,7 +91,8 @@ class ParquetWriter:
     def close(self) -> None:
         """Write the footer (an empty file with the schema when there were no rows)."""
         if self._writer is None:
-            fields = [pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)]
+            fields = [
+                pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)
+            ]
             self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression="zstd")
         self._writer.close()
-

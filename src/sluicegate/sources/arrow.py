@@ -22,7 +22,9 @@ def available() -> bool:
     return importlib.util.find_spec("adbc_driver_postgresql") is not None
 
 
-def read_arrow(url: str, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, pa.Table]]:
+def read_arrow(
+    url: str, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
+) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column."""
     import adbc_driver_postgresql.dbapi as adbc
 

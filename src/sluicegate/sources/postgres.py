@@ -59,7 +59,7 @@ class PostgresSource:
 
     def _select(self, task: TaskSpec) -> sql.Composable:
         # User SQL is trusted configuration; '%' is doubled so it survives parameter binding.
-        return sql.SQL(task.select_sql.replace("%", "%%"))  # type: ignore[arg-type]
+        return sql.SQL(task.select_sql.replace("%", "%%"))
 
     def describe(self, task: TaskSpec) -> list[Column]:
         """Run the select with no rows and map result types to column kinds."""
@@ -73,7 +73,9 @@ class PostgresSource:
                 raise
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{task.folder / 'select.sql'}: the query failed: {first}; fix the SQL") from None
+            raise ConfigError(
+                f"{task.folder / 'select.sql'}: the query failed: {first}; fix the SQL"
+            ) from None
         return [
             Column(name=d.name, kind=_KINDS.get(d.type_code, "other"), precision=d.precision, scale=d.scale)
             for d in desc
@@ -82,7 +84,7 @@ class PostgresSource:
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
         with db.wrap_errors(self.url), self.conn.cursor() as cur:
-            cur.execute(query, params)  # type: ignore[arg-type]
+            cur.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
 
     def zones(self, task: TaskSpec) -> dict[str, str]:
@@ -98,7 +100,9 @@ class PostgresSource:
         """Build the one query that reads every partition of a batch, and its parameters."""
         nkeys = len(task.keys)
         names = ["ord", *(f"k{i}" for i in range(nkeys))] + (["ws", "we", "zone"] if task.time else [])
-        row_sql = ["%s"] * (nkeys + 1) + (["%s::timestamptz", "%s::timestamptz", "%s::text"] if task.time else [])
+        row_sql = ["%s"] * (nkeys + 1) + (
+            ["%s::timestamptz", "%s::timestamptz", "%s::text"] if task.time else []
+        )
         values = sql.SQL(", ").join(sql.SQL("(" + ", ".join(row_sql) + ")") for _ in parts)
         params: list[Any] = []
         for idx, part in enumerate(parts):
@@ -106,7 +110,8 @@ class PostgresSource:
             if task.time:
                 params += [part.start, part.end, part.zone]
         on: list[sql.Composable] = [
-            sql.SQL("q.{} = p.{}").format(sql.Identifier(k), sql.Identifier(f"k{i}")) for i, k in enumerate(task.keys)
+            sql.SQL("q.{} = p.{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))
+            for i, k in enumerate(task.keys)
         ]
         where: list[sql.Composable] = []
         where_params: list[Any] = []
@@ -119,10 +124,10 @@ class PostgresSource:
             on += [sql.SQL("q.{} " + lo + " p.ws").format(t), sql.SQL("q.{} " + hi + " p.we").format(t)]
             where += [sql.SQL("q.{} " + lo + " %s").format(t), sql.SQL("q.{} " + hi + " %s").format(t)]
             where_params += [min(p.start for p in parts if p.start), max(p.end for p in parts if p.end)]
-        projection = (
-            sql.SQL(", ").join(_csv_expr(c) for c in columns) if mode == "csv" else sql.SQL("q.*")
+        projection = sql.SQL(", ").join(_csv_expr(c) for c in columns) if mode == "csv" else sql.SQL("q.*")
+        order = sql.SQL(", ").join(
+            sql.SQL("q.{}").format(sql.Identifier(c)) for c in order_columns(task, columns)
         )
-        order = sql.SQL(", ").join(sql.SQL("q.{}").format(sql.Identifier(c)) for c in order_columns(task, columns))
         query = sql.SQL(
             "SELECT p.ord, {projection} FROM ({select}) AS q "
             "JOIN (VALUES {values}) AS p({names}) ON {on} WHERE {where} ORDER BY p.ord, {order}"
@@ -176,7 +181,9 @@ class PostgresSource:
             if buf:
                 yield current, b"".join(buf)
 
-    def _read_rows(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    def _read_rows(
+        self, query: sql.Composed, params: list[Any]
+    ) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
         with self.conn.transaction(), self.conn.cursor(name="sluicegate_batch") as cur:
             cur.itersize = CHUNK_ROWS
             cur.execute(query, params)
@@ -200,7 +207,9 @@ def _csv_expr(col: Column) -> sql.Composable:
     """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
     c = sql.SQL("q.{}").format(sql.Identifier(col.name))
     if col.kind == "timestamptz":
-        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE p.zone) - ({c} AT TIME ZONE 'UTC'))::int").format(c=c)
+        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE p.zone) - ({c} AT TIME ZONE 'UTC'))::int").format(
+            c=c
+        )
         return sql.SQL(
             "to_char({c} AT TIME ZONE p.zone, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
             " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"

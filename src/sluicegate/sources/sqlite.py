@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,10 +33,12 @@ class SqliteSource:
         """Return the select's columns (SQLite has no declared result types: kind 'other')."""
         try:
             cur = self.conn.execute(f"SELECT * FROM ({task.select_sql}) AS q LIMIT 0")
-        except db.sqlite3.Error as exc:
+        except sqlite3.Error as exc:
             raise ConfigError(f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL") from None
-        kinds = {task.time.column: "timestamptz"} if task.time else {}
-        return [Column(name=d[0], kind=kinds.get(d[0], "other")) for d in cur.description]  # type: ignore[misc]
+        time_column = task.time.column if task.time else None
+        return [
+            Column(name=d[0], kind="timestamptz" if d[0] == time_column else "other") for d in cur.description
+        ]
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
