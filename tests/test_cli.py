@@ -161,3 +161,13 @@ def test_init_creates_a_project_that_check_understands(tmp_path: Path) -> None:
     result = cli(folder, "check")
     assert result.returncode == 2 and "select.sql: the query failed" in result.stderr  # no tables yet
     assert cli(tmp_path, "init", str(folder)).returncode == 2
+
+
+def test_check_warns_when_the_role_is_named_like_the_ledger_schema(tmp_path: Path, pg_url: str) -> None:
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv")
+    Db(pg_url)
+    assert cli(root, "check").returncode == 0
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[ledger]", '[ledger]\nschema = "exporter"'))
+    result = cli(root, "check")
+    assert result.returncode == 2 and "is also the name of the database role" in result.stderr

@@ -10,7 +10,6 @@ traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
     ├── ConfigError            bad project, task or environment setting (exit 2)
     ├── UsageError             bad command-line or API arguments (exit 2)
     ├── LedgerError            the ledger database misbehaved
-    │   └── LeaseLost          our claim was taken over; commit nothing
     └── ExportError            exporting one partition failed (recorded on the ledger)
         ├── TransientError     worth retrying with backoff (network, 5xx, timeouts)
         │   ├── SourceUnavailable
@@ -42,10 +41,6 @@ class UsageError(SluicegateError):
 
 class LedgerError(SluicegateError):
     """The ledger database could not be read or written."""
-
-
-class LeaseLost(LedgerError):
-    """Another worker took over this claim after our lease expired; nothing was committed."""
 
 
 class ExportError(SluicegateError):

@@ -43,10 +43,25 @@ def check_project(project: Project) -> list[str]:
     except SluicegateError as exc:
         problems.append(f"{s.root / 'sluicegate.toml'} [destination] url: {exc}")
     try:
-        _ledger(project).close()
+        with _ledger(project) as ledger:
+            problems += _check_search_path(ledger, s.ledger_schema, s.root / "sluicegate.toml")
     except SluicegateError as exc:
         problems.append(f"{s.root / 'sluicegate.toml'} [ledger] url {mask_url(s.ledger_url)}: {exc}")
     return problems
+
+
+def _check_search_path(ledger: Ledger, schema: str, toml: Any) -> list[str]:
+    """A role named like the ledger schema sees the ledger schema first through "$user"."""
+    if ledger.dialect.name != "postgresql":
+        return []
+    user, path = ledger.conn.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    if user == schema and "$user" in path:
+        return [
+            f"{toml} [ledger] schema: {schema!r} is also the name of the database role, so with search_path "
+            f"{path!r} unqualified table names would resolve to the ledger schema first; "
+            "pick another schema name"
+        ]
+    return []
 
 
 def _check_task(task: TaskSpec, source: Any) -> list[str]:

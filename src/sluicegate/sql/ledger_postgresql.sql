@@ -188,7 +188,3 @@ SELECT high_water FROM {t}scans WHERE task = %(task)s;
 INSERT INTO {t}scans AS s (task, high_water, scanned_at) VALUES (%(task)s, %(high_water)s, now())
 ON CONFLICT (task) DO UPDATE
 SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
-
--- ledger_now --
--- The ledger database's clock.
-SELECT now();

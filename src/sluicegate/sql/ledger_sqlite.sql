@@ -176,7 +176,3 @@ SELECT high_water FROM {t}scans WHERE task = :task;
 INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (:task, :high_water, :now)
 ON CONFLICT (task) DO UPDATE
 SET high_water = max(high_water, excluded.high_water), scanned_at = :now;
-
--- ledger_now --
--- The ledger database's clock (the local clock for SQLite).
-SELECT :now;

@@ -1,0 +1,163 @@
+"""Pure functions: durations, masking, zones and windows, templates, settings, SQL files, public API."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+import sluicegate
+from sluicegate.config import TimeSpec, load_settings, mask_url, parse_duration
+from sluicegate.exceptions import BadPartitionValue, ConfigError
+from sluicegate.partitions import period_of, safe_relative_path, window_of
+from sluicegate.sql import queries
+
+UTC = dt.UTC
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90s", 90), ("14m", 840), ("72h", 259200), ("1h30m", 5400), ("2d", 172800), (15, 15), ("0", 0)],
+)
+def test_parse_duration(text: str | int, seconds: float) -> None:
+    assert parse_duration(text, where="x") == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 parsecs", "-3s", "", "1h fast"])
+def test_parse_duration_rejects(bad: str) -> None:
+    with pytest.raises(ConfigError, match="x:"):
+        parse_duration(bad, where="x")
+
+
+def test_mask_url_hides_passwords_only() -> None:
+    assert mask_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert "secret" not in mask_url("postgresql://a:secret@h/db?sslmode=require")
+
+
+@pytest.mark.parametrize(
+    "zone,day,hours",
+    [
+        ("Pacific/Chatham", dt.date(2024, 4, 7), 25),  # DST ends: +13:45 -> +12:45
+        ("Pacific/Chatham", dt.date(2024, 9, 29), 23),
+        ("Asia/Kolkata", dt.date(2024, 3, 31), 24),
+        ("Europe/Brussels", dt.date(2024, 3, 31), 23),
+        ("Australia/Adelaide", dt.date(2024, 10, 6), 23),
+    ],
+)
+def test_day_windows_follow_the_zone(zone: str, day: dt.date, hours: int) -> None:
+    spec = TimeSpec(column="t", zone=zone)
+    start, end = window_of(day, spec, zone)
+    assert (end - start) == dt.timedelta(hours=hours)
+    assert period_of(start, spec, zone) == day
+    assert period_of(end - dt.timedelta(microseconds=1), spec, zone) == day
+
+
+def test_time_ending_puts_midnight_in_the_previous_day() -> None:
+    start_incl = TimeSpec(column="t", zone="Asia/Kolkata")
+    ending = dataclasses.replace(start_incl, boundary="end")
+    midnight = dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    assert period_of(midnight, start_incl, "Asia/Kolkata") == dt.date(2024, 1, 2)
+    assert period_of(midnight, ending, "Asia/Kolkata") == dt.date(2024, 1, 1)
+
+
+def test_hour_grain_keeps_both_fall_back_hours_apart() -> None:
+    spec = TimeSpec(column="t", grain="hour", name="hour", zone="Europe/Brussels")
+    first = period_of(dt.datetime(2024, 10, 27, 0, 30, tzinfo=UTC), spec, "Europe/Brussels")
+    second = period_of(dt.datetime(2024, 10, 27, 1, 30, tzinfo=UTC), spec, "Europe/Brussels")
+    assert str(first) == "2024-10-27 02:00:00+02:00" and str(second) == "2024-10-27 02:00:00+01:00"
+    assert window_of(first, spec, "Europe/Brussels")[1] == window_of(second, spec, "Europe/Brussels")[0]
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a\x00b", "a\nb", ""])
+def test_unsafe_paths_are_rejected(bad: str) -> None:
+    with pytest.raises(BadPartitionValue):
+        safe_relative_path(bad)
+
+
+def test_openaq_environment_maps_onto_settings(tmp_path: Path) -> None:
+    (tmp_path / "sluicegate.toml").write_text(
+        '[source]\nurl = "sqlite:///a.db"\n[destination]\nurl = "out"\n'
+    )
+    env = {
+        "LIMIT": "720",
+        "WRITE_FILE_LOCATION": "s3",
+        "OPEN_DATA_BUCKET": "openaq-open-data",
+        "WRITE_FILE_FORMAT": "parquet",
+        "DATABASE_HOST": "db.internal",
+        "DATABASE_DB": "openaq",
+        "DATABASE_READ_USER": "reader",
+        "DATABASE_READ_PASSWORD": "r p@ss",
+        "DATABASE_WRITE_USER": "writer",
+        "DATABASE_WRITE_PASSWORD": "w",
+    }
+    s = load_settings(tmp_path, env)
+    assert (s.limit, s.format, s.destination.url) == (720, "parquet", "s3://openaq-open-data")
+    assert s.source_url == "postgresql://reader:r%20p%40ss@db.internal:5432/openaq"
+    assert s.ledger_url.startswith("postgresql://writer:w@")
+    assert "r p@ss" not in repr(s) and "r%20p%40ss" not in repr(s)
+    ours = load_settings(
+        tmp_path, {**env, "SLUICEGATE_DEFAULTS__LIMIT": "5", "SLUICEGATE_SOURCE__URL": "sqlite:///b.db"}
+    )
+    assert ours.limit == 5 and ours.source_url.endswith("/b.db")
+    with pytest.raises(ConfigError, match="WRITE_FILE_LOCATION='ftp' is not a valid location"):
+        load_settings(tmp_path, {"WRITE_FILE_LOCATION": "ftp"})
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_sql_files_have_every_named_query(dialect: str) -> None:
+    names = set(queries(dialect, "x_"))
+    assert names == {
+        "schema",
+        "schema_version",
+        "mark",
+        "claim",
+        "renew",
+        "commit",
+        "fail",
+        "release",
+        "pending",
+        "status",
+        "failures",
+        "partition_keys",
+        "reexport",
+        "reset_failed",
+        "take_changes",
+        "get_scan",
+        "set_scan",
+    }
+    assert all("{t}" not in body for body in queries(dialect, "x_").values())
+
+
+def test_public_api_is_stable() -> None:
+    assert sluicegate.__all__ == sorted(sluicegate.__all__)
+    assert set(sluicegate.__all__) == {
+        "Claim",
+        "ConfigError",
+        "DataError",
+        "ExportError",
+        "Exporter",
+        "Ledger",
+        "LedgerError",
+        "Project",
+        "RunOptions",
+        "Settings",
+        "SluicegateError",
+        "TaskSpec",
+        "TaskStatus",
+        "TaskSummary",
+        "TerminalError",
+        "TransientError",
+        "UsageError",
+        "check_project",
+        "install",
+        "load_project",
+        "mark",
+        "reexport",
+        "reset_failed",
+        "run",
+        "status",
+    }
+    assert all(hasattr(sluicegate, name) for name in sluicegate.__all__)
