@@ -9,6 +9,7 @@ reads ``os.environ``: the environment is passed in as a mapping.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 import tomllib
 import zoneinfo
@@ -134,6 +135,23 @@ class CaptureSpec:
     overlap: float = 3600.0
 
 
+ExportType = Literal["daily", "hourly", "instant"]
+EXPORT_TYPES = ("daily", "hourly", "instant")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncrementalSpec:
+    """Watermark exports per entity: what is new since the last durable export."""
+
+    entity: str
+    cursor: str
+    export_type: ExportType = "daily"
+    zone: str = "UTC"
+    bootstrap: str = "yesterday"
+    safety_margin: float = 60.0
+    entities: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One task folder: what to select, how to partition it, where to write it."""
@@ -150,6 +168,7 @@ class TaskSpec:
     batch_size: int
     order_by: tuple[str, ...] = ()
     description: str = ""
+    incremental: IncrementalSpec | None = None
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -432,6 +451,63 @@ def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None
 
 
 _TASK_KEYS = {"kind", "description", "format", "path", "keys", "time", "capture", "batch_size", "order_by"}
+_INCREMENTAL_KEYS = {
+    "kind",
+    "description",
+    "format",
+    "path",
+    "batch_size",
+    "order_by",
+    "entity",
+    "cursor",
+    "export_type",
+    "zone",
+    "bootstrap",
+    "safety_margin",
+    "entities",
+}
+
+
+def _check_bootstrap(value: Any, where: str) -> str:
+    text = str(value)
+    if text in ("yesterday", "beginning"):
+        return text
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {text!r} is not a bootstrap; use 'yesterday', 'beginning' or an ISO 8601 time"
+        ) from None
+    return parsed.isoformat()
+
+
+def _incremental_spec(raw: Mapping[str, Any], where: str) -> IncrementalSpec:
+    _reject_unknown(raw, _INCREMENTAL_KEYS, where)
+    for field_name in ("entity", "cursor"):
+        if field_name not in raw:
+            raise ConfigError(
+                f"{where}: '{field_name}' is missing; name the {field_name} column of select.sql's result"
+            )
+    export_type = raw.get("export_type", "daily")
+    if export_type not in EXPORT_TYPES:
+        raise ConfigError(f"{where} export_type: {export_type!r} is not valid; use daily, hourly or instant")
+    zone = str(raw.get("zone", "UTC"))
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where} zone: {zone!r} is not an IANA time zone") from None
+    entities = raw.get("entities", [])
+    if not isinstance(entities, list) or not all(isinstance(e, str | int) for e in entities):
+        raise ConfigError(f'{where} entities: use a list of entity values, e.g. entities = ["study-a"]')
+    return IncrementalSpec(
+        entity=_identifier(raw["entity"], f"{where} entity"),
+        cursor=_identifier(raw["cursor"], f"{where} cursor"),
+        export_type=export_type,
+        zone=zone,
+        bootstrap=_check_bootstrap(raw.get("bootstrap", "yesterday"), f"{where} bootstrap"),
+        safety_margin=parse_duration(raw.get("safety_margin", "1m"), where=f"{where} safety_margin"),
+        entities=tuple(str(e) for e in entities),
+    )
 
 
 def load_task(folder: Path, settings: Settings) -> TaskSpec:
@@ -442,10 +518,12 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
     toml_path = folder / "task.toml"
     raw = _read_toml(toml_path)
     where = str(toml_path)
-    _reject_unknown(raw, _TASK_KEYS, where)
     kind = raw.get("kind", "partitioned")
-    if kind != "partitioned":
-        raise ConfigError(f"{where} kind: {kind!r} is not supported yet; use 'partitioned'")
+    if kind not in ("partitioned", "incremental"):
+        raise ConfigError(f"{where} kind: {kind!r} is not supported; use 'partitioned' or 'incremental'")
+    incremental = _incremental_spec(raw, where) if kind == "incremental" else None
+    if incremental is None:
+        _reject_unknown(raw, _TASK_KEYS, where)
     select_path = folder / "select.sql"
     if not select_path.is_file():
         raise ConfigError(f"{select_path} not found; every task folder needs a select.sql")
@@ -457,6 +535,10 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         raise ConfigError(f'{where} keys: use a list of column names, e.g. keys = ["location_id"]')
     keys = tuple(_identifier(k, f"{where} keys") for k in keys_raw)
     time = _time_spec(raw["time"], f"{where} [time]") if "time" in raw else None
+    if incremental is not None:
+        # Read path: one "partition" per entity whose window is [watermark, end) on the cursor.
+        keys = (incremental.entity,)
+        time = TimeSpec(column=incremental.cursor, name="start", zone=incremental.zone)
     if time and time.name in keys:
         raise ConfigError(f"{where} [time] name: {time.name!r} is also a partition key; pick another name")
     if time and time.zone_sql is None and time.zone is None:
@@ -484,6 +566,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         batch_size=_as_int(raw.get("batch_size", settings.batch_size), f"{where} batch_size"),
         order_by=tuple(_identifier(c, f"{where} order_by") for c in order_by),
         description=str(raw.get("description", "")),
+        incremental=incremental,
     )
     from .partitions import check_template  # local import: partitions imports config types
 

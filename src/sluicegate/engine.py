@@ -9,6 +9,7 @@ upload skipped, still committed), failed (retry with backoff, or parked), or rel
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import threading
@@ -16,17 +17,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from . import capture
-from .config import Project, TaskSpec
+from . import capture, watermarks
+from .config import Project, Settings, TaskSpec
 from .destinations import Destination, Staged, open_destination
 from .exceptions import ConfigError, DestinationUnavailable, SluicegateError, is_transient
 from .formats import SPECS, Writer, open_writer
-from .ledger import Claim, ExportResult, Ledger
+from .ledger import Claim, ExportResult, Ledger, WatermarkLedger
 from .partitions import Partition, render_path, restore_partition
 from .sources import Column, Mode, Source, open_source
 from .sources import arrow as arrow_source
+from .watermarks import ExportRequest
 
 log = logging.getLogger("sluicegate")
 
@@ -43,6 +45,8 @@ class RunOptions:
     batch_size: int | None = None
     max_runtime: float | None = None
     dry_run: bool = False
+    request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
+    redrive: bool = False  # incremental tasks: re-run only the recorded failures
 
 
 @dataclass(kw_only=True)
@@ -61,6 +65,8 @@ class TaskSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -101,6 +107,7 @@ class Exporter:
         # Publishing (fsync + rename, or an upload) overlaps with reading the next partitions.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[ExportResult]]] = []
+        self.sink: _Sink = _PartitionSink(self.ledger, s)
 
     def close(self) -> None:
         """Close every connection."""
@@ -134,7 +141,9 @@ class Exporter:
             summary = TaskSummary(task=task.name)
             started = time.monotonic()
             try:
-                if options.dry_run:
+                if task.incremental is not None:
+                    self._run_incremental(task, options, summary, deadline)
+                elif options.dry_run:
                     self._plan(task, summary, remaining)
                 else:
                     self._capture(task, summary)
@@ -148,6 +157,62 @@ class Exporter:
             summary.seconds = round(time.monotonic() - started, 3)
             summaries.append(summary)
         return summaries
+
+    def _run_incremental(
+        self, task: TaskSpec, options: RunOptions, summary: TaskSummary, deadline: float | None
+    ) -> None:
+        """Export each entity's window (or the recorded failures, with ``redrive``)."""
+        settings = self.project.settings
+        request = options.request or ExportRequest()
+        wm = WatermarkLedger(self.ledger)
+        if options.redrive:
+            windows, notes, _ = watermarks.redrive_windows(
+                task, wm, self.source, lease=settings.lease, max_attempts=settings.max_attempts
+            )
+        else:
+            now = dt.datetime.now(dt.UTC)
+            windows, notes, _ = watermarks.plan_windows(
+                task, request, self.source, wm, now=now, lease=settings.lease, claim=not options.dry_run
+            )
+        summary.entities += notes
+        if options.dry_run:
+            summary.plan = [
+                {
+                    "partition": {"entity": w.entity},
+                    "reason": w.mode,
+                    "start": w.start.isoformat(),
+                    "end": w.end.isoformat(),
+                    "type": w.export_type,
+                    "path": watermarks.window_path(task, w),
+                }
+                for w in windows
+            ]
+            return
+        run_request = {**request.as_dict(), "redrive": options.redrive}
+        summary.run_id = wm.start_run(task, tag=request.tag, request=run_request)
+        original = self.dest
+        if request.destination:
+            self.dest = open_destination(dataclasses.replace(settings.destination, url=request.destination))
+        self.sink = watermarks.WindowSink(task, wm, dict(enumerate(windows)), summary)
+        try:
+            jobs = []
+            for index, window in enumerate(windows):
+                claim = watermarks.window_claim(task, index, window)
+                try:
+                    path = watermarks.window_path(task, window)
+                except SluicegateError as exc:
+                    self._fail(claim, exc, summary)
+                    continue
+                if window.claim is not None:
+                    wm.set_pending(window.claim, window.start, window.end, window.export_type)
+                jobs.append(_Job(claim=claim, part=watermarks.window_partition(task, window), path=path))
+            columns = self.columns(task)
+            for at in range(0, len(jobs), task.batch_size):
+                self._export_batch(task, columns, jobs[at : at + task.batch_size], summary, deadline)
+        finally:
+            self.dest = original
+            self.sink = _PartitionSink(self.ledger, settings)
+            wm.finish_run(summary.run_id, summary.as_dict())
 
     def _capture(self, task: TaskSpec, summary: TaskSummary) -> None:
         if task.capture.mode == "trigger":
@@ -200,7 +265,7 @@ class Exporter:
             if not claims:
                 break
             started = time.monotonic()
-            self._export_batch(task, columns, claims, summary, deadline)
+            self._export_batch(task, columns, self._jobs(task, claims, summary), summary, deadline)
             last_batch = time.monotonic() - started
             done += len(claims)
             if progress is not None:
@@ -213,18 +278,17 @@ class Exporter:
         self,
         task: TaskSpec,
         columns: list[Column],
-        claims: list[Claim],
+        jobs: list[_Job],
         summary: TaskSummary,
         deadline: float | None,
     ) -> None:
-        jobs = self._jobs(task, claims, summary)
         if not jobs:
             return
         try:
             self._stream(task, columns, jobs, summary, deadline)
         except _Deadline:
             self._flush(summary)
-            released = self.ledger.release(claims[0].token)
+            released = self.sink.release(jobs[0].claim.token) if jobs[0].claim.token else 0
             summary.released += released
             for job in jobs:
                 self._discard(job)
@@ -366,7 +430,7 @@ class Exporter:
                 self._fail(result.claim, exc, summary)
             return
         self._fault("after_publish")
-        for result, committed in zip(results, self.ledger.commit(results), strict=True):
+        for result, committed in zip(results, self.sink.commit(results), strict=True):
             if not committed:
                 # Our lease expired and another worker claimed the partition: it will commit.
                 summary.lost += 1
@@ -392,15 +456,8 @@ class Exporter:
             job.staged = None
 
     def _fail(self, claim: Claim, exc: BaseException, summary: TaskSummary) -> None:
-        settings = self.project.settings
         message = str(exc) or type(exc).__name__
-        self.ledger.fail(
-            claim,
-            error=message,
-            terminal=not is_transient(exc),
-            max_attempts=settings.max_attempts,
-            backoff=settings.backoff,
-        )
+        self.sink.fail(claim, exc)
         summary.failed += 1
         if len(summary.errors) < 20:
             summary.errors.append(f"{claim.pkey}: {message}")
@@ -430,6 +487,37 @@ class Exporter:
             except SluicegateError as single:
                 self._discard(fresh)
                 self._fail(job.claim, single, summary)
+
+
+class _Sink(Protocol):
+    """Where the outcome of an export is recorded: partition versions or entity watermarks."""
+
+    def commit(self, results: Sequence[ExportResult]) -> list[bool]: ...
+    def fail(self, claim: Claim, exc: BaseException) -> None: ...
+    def release(self, token: str) -> int: ...
+
+
+class _PartitionSink:
+    """Partitioned tasks: fenced commits of versions, failures with backoff or parking."""
+
+    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+        self.ledger = ledger
+        self.settings = settings
+
+    def commit(self, results: Sequence[ExportResult]) -> list[bool]:
+        return self.ledger.commit(results)
+
+    def fail(self, claim: Claim, exc: BaseException) -> None:
+        self.ledger.fail(
+            claim,
+            error=str(exc) or type(exc).__name__,
+            terminal=not is_transient(exc),
+            max_attempts=self.settings.max_attempts,
+            backoff=self.settings.backoff,
+        )
+
+    def release(self, token: str) -> int:
+        return self.ledger.release(token)
 
 
 class _LeaseExpired(SluicegateError):

@@ -30,7 +30,7 @@ from .partitions import Partition
 from .sql import queries
 
 UTC = dt.UTC
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,3 +340,167 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatermarkClaim:
+    """A (task, entity) watermark row held by this worker."""
+
+    id: int
+    entity: str
+    watermark: dt.datetime | None
+    pending_start: dt.datetime | None
+    pending_end: dt.datetime | None
+    pending_type: str | None
+    attempts: int
+    token: str
+
+
+class WatermarkLedger:
+    """The per-(task, entity) watermarks and the runs table, on the ledger database."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def _exec(self, name: str, cur: Any | None = None, **params: Any) -> Any:
+        return self.ledger._exec(name, cur, **params)
+
+    def _ts(self, value: dt.datetime | None) -> Any:
+        return self.ledger._ts(value)
+
+    def _tok(self, token: str | None) -> Any:
+        return None if token is None else uuid.UUID(token)
+
+    def ensure(self, task: TaskSpec, entities: Sequence[str]) -> None:
+        """Create missing watermark rows (no watermark: the bootstrap applies)."""
+        lg = self.ledger
+        rows = [lg._params(task=task.name, entity=e) for e in sorted(entities)]
+        if rows:
+            with db.wrap_errors(lg.url), db.transaction(lg.conn, lg.dialect, immediate=True) as cur:
+                cur.executemany(lg.q["wm_ensure"], rows)
+
+    def claim(self, task: TaskSpec, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
+        """Claim the free watermark rows of ``entities``; held rows are skipped."""
+        lg = self.ledger
+        token = uuid.uuid4()
+        wanted: Any = list(entities) if lg.dialect is db.POSTGRESQL else json.dumps(list(entities))
+        with db.wrap_errors(lg.url), db.transaction(lg.conn, lg.dialect, immediate=True) as cur:
+            self._exec("wm_claim", cur, task=task.name, entities=wanted, token=token, lease=lease)
+            rows = cur.fetchall()
+        out = [
+            WatermarkClaim(
+                id=int(r[0]),
+                entity=str(r[1]),
+                watermark=lg._from_ts(r[2]),
+                pending_start=lg._from_ts(r[3]),
+                pending_end=lg._from_ts(r[4]),
+                pending_type=r[5],
+                attempts=int(r[6]),
+                token=str(token),
+            )
+            for r in rows
+        ]
+        return sorted(out, key=lambda c: c.entity)
+
+    def set_pending(
+        self, claim: WatermarkClaim, start: dt.datetime, end: dt.datetime, export_type: str
+    ) -> None:
+        """Remember the window being exported under ``claim``."""
+        self._exec(
+            "wm_set_pending",
+            id=claim.id,
+            token=self._tok(claim.token),
+            start=self._ts(start),
+            end=self._ts(end),
+            type=export_type,
+        )
+
+    def commit(self, claim: WatermarkClaim, *, end: dt.datetime, rows: int, path: str | None) -> bool:
+        """Advance the watermark to ``end`` (never backwards); False when the claim was lost."""
+        cur = self._exec(
+            "wm_commit", id=claim.id, token=self._tok(claim.token), end=self._ts(end), rows=rows, path=path
+        )
+        return bool(cur.rowcount == 1)
+
+    def fail(
+        self,
+        task: TaskSpec,
+        entity: str,
+        *,
+        token: str | None,
+        error: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        export_type: str,
+        mode: str,
+    ) -> None:
+        """Record a failed window for redrive; the watermark stays where it is."""
+        self._exec(
+            "wm_fail",
+            task=task.name,
+            entity=entity,
+            token=self._tok(token),
+            error=error[:2000],
+            start=self._ts(start),
+            end=self._ts(end),
+            type=export_type,
+            mode=mode,
+        )
+
+    def clear_failure(self, task: TaskSpec, entity: str) -> None:
+        """Forget a recorded failure (its window was exported)."""
+        self._exec("wm_clear_failure", task=task.name, entity=entity)
+
+    def release(self, token: str) -> int:
+        """Give back every watermark row held under ``token``."""
+        return int(self._exec("wm_release", token=self._tok(token)).rowcount)
+
+    def list(self, task: TaskSpec) -> list[dict[str, Any]]:
+        """Every watermark row of ``task`` as a dict."""
+        lg = self.ledger
+        names = (
+            "entity",
+            "watermark",
+            "attempts",
+            "last_error",
+            "failed_start",
+            "failed_end",
+            "failed_type",
+            "failed_mode",
+            "exported_at",
+            "rows",
+            "path",
+            "claimed",
+        )
+        out = []
+        for row in self._exec("wm_list", task=task.name).fetchall():
+            item = dict(zip(names, row, strict=True))
+            for key in ("watermark", "failed_start", "failed_end", "exported_at"):
+                item[key] = lg._from_ts(item[key])
+            item["claimed"] = bool(item["claimed"])
+            out.append(item)
+        return out
+
+    def delete(self, task: TaskSpec, entity: str) -> bool:
+        """Delete an entity's watermark; True when there was one."""
+        return bool(self._exec("wm_delete", task=task.name, entity=entity).rowcount)
+
+    def start_run(self, task: TaskSpec, *, tag: str | None, request: dict[str, Any]) -> str:
+        """Record a run and return its id."""
+        run_id = uuid.uuid4()
+        self._exec("run_start", id=run_id, task=task.name, tag=tag, request=json.dumps(request, default=str))
+        return str(run_id)
+
+    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Record a run's summary."""
+        self._exec("run_finish", id=uuid.UUID(run_id), summary=json.dumps(summary, default=str))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """One run, or None."""
+        row = self._exec("run_get", id=uuid.UUID(run_id)).fetchone()
+        if row is None:
+            return None
+        names = ("id", "task", "tag", "request", "started_at", "finished_at", "summary")
+        item = dict(zip(names, row, strict=True))
+        item["id"] = str(item["id"])
+        return item

@@ -144,6 +144,8 @@ def check_template(task: TaskSpec) -> None:
     """Raise ConfigError when the task's path template uses unknown names or is malformed."""
     where = f"{task.folder / 'task.toml'} path"
     allowed = {*task.key_names, "format", "ext", "task"}
+    if task.incremental is not None:
+        allowed = {task.incremental.entity, "type", "start", "end", "format", "ext", "task"}
     try:
         used = template_fields(task.path)
     except ValueError as exc:
@@ -153,13 +155,17 @@ def check_template(task: TaskSpec) -> None:
         raise ConfigError(
             f"{where}: {{{unknown[0]}}} is not a partition key; use one of {', '.join(sorted(allowed))}"
         )
-    missing = [k for k in task.key_names if k not in used]
+    required = (task.incremental.entity, "start") if task.incremental else task.key_names
+    missing = [k for k in required if k not in used]
     if missing:
         raise ConfigError(
             f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file"
         )
-    sample = sample_values(task)
-    render_path(task, sample)
+    if task.incremental is not None:
+        sample = dt.datetime(2024, 1, 31, tzinfo=UTC)
+        render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
+    else:
+        render_path(task, sample_values(task))
 
 
 def sample_values(task: TaskSpec) -> tuple[Any, ...]:
@@ -189,6 +195,28 @@ def render_path(task: TaskSpec, values: Sequence[Any]) -> str:
     for name, value in named.items():
         _check_value(name, value)
     named.update(format=task.format, ext=task.extension, task=task.name)
+    try:
+        rendered = task.path.format_map(named)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
+    return safe_relative_path(rendered)
+
+
+def render_window_path(
+    task: TaskSpec, entity: str, export_type: str, start: dt.datetime, end: dt.datetime
+) -> str:
+    """Render an incremental task's path for one entity window (times in UTC)."""
+    assert task.incremental is not None
+    _check_value(task.incremental.entity, entity)
+    named = {
+        task.incremental.entity: entity,
+        "type": export_type,
+        "start": start.astimezone(UTC),
+        "end": end.astimezone(UTC),
+        "format": task.format,
+        "ext": task.extension,
+        "task": task.name,
+    }
     try:
         rendered = task.path.format_map(named)
     except (ValueError, TypeError, KeyError, IndexError) as exc:

@@ -50,7 +50,39 @@ CREATE TABLE IF NOT EXISTS {t}scans (
     high_water timestamptz,
     scanned_at timestamptz
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING;
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    entity text NOT NULL,
+    watermark timestamptz,
+    claim_token uuid,
+    lease_until timestamptz,
+    pending_start timestamptz,
+    pending_end timestamptz,
+    pending_type text,
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    failed_start timestamptz,
+    failed_end timestamptz,
+    failed_type text,
+    failed_mode text CHECK (failed_mode IN ('watermark', 'reexport')),
+    exported_at timestamptz,
+    rows bigint,
+    path text,
+    CONSTRAINT watermarks_task_entity_key UNIQUE (task, entity),
+    CONSTRAINT watermarks_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+CREATE TABLE IF NOT EXISTS {t}runs (
+    id uuid PRIMARY KEY,
+    task text NOT NULL,
+    tag text,
+    request text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    summary text
+);
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '2')
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -188,3 +220,84 @@ SELECT high_water FROM {t}scans WHERE task = %(task)s;
 INSERT INTO {t}scans AS s (task, high_water, scanned_at) VALUES (%(task)s, %(high_water)s, now())
 ON CONFLICT (task) DO UPDATE
 SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
+
+-- wm_ensure --
+-- Make sure an entity has a watermark row (no watermark yet means: start from the bootstrap).
+INSERT INTO {t}watermarks (task, entity) VALUES (%(task)s, %(entity)s) ON CONFLICT (task, entity) DO NOTHING;
+
+-- wm_claim --
+-- Claim the watermark rows of the given entities that nobody holds (or whose lease expired).
+WITH candidate AS (
+    SELECT id FROM {t}watermarks
+    WHERE task = %(task)s AND entity = ANY(%(entities)s) AND (claim_token IS NULL OR lease_until < now())
+    ORDER BY entity
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}watermarks AS w
+SET claim_token = %(token)s,
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = w.attempts + CASE WHEN w.claim_token IS NULL THEN 0 ELSE 1 END
+FROM candidate
+WHERE w.id = candidate.id
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts;
+
+-- wm_set_pending --
+-- Remember the window a claim is exporting, so a crashed export is redone with the same window.
+UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pending_type = %(type)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- wm_commit --
+-- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
+UPDATE {t}watermarks
+SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s ELSE watermark END,
+    claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    attempts = 0, last_error = NULL,
+    failed_start = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_type END,
+    failed_mode = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_mode END,
+    failed_end = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_end END,
+    exported_at = now(), rows = %(rows)s, path = %(path)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- wm_fail --
+-- Record a failed window (for redrive) and give the claim back; the watermark does not move.
+UPDATE {t}watermarks
+SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    attempts = attempts + 1, last_error = %(error)s,
+    failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s
+WHERE task = %(task)s AND entity = %(entity)s
+  AND (%(token)s::uuid IS NULL OR claim_token = %(token)s::uuid);
+
+-- wm_clear_failure --
+-- Forget a recorded failure once its window was exported (a redriven re-export).
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, last_error = NULL, attempts = 0
+WHERE task = %(task)s AND entity = %(entity)s;
+
+-- wm_release --
+-- Give back every watermark row still held under a claim token.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
+
+-- wm_list --
+-- Every watermark row of a task.
+SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
+       exported_at, rows, path, claim_token IS NOT NULL AND lease_until >= now() AS claimed
+FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
+
+-- wm_delete --
+-- Forget an entity's watermark: its next export starts from the bootstrap.
+DELETE FROM {t}watermarks WHERE task = %(task)s AND entity = %(entity)s;
+
+-- run_start --
+-- Record the start of a run with its tag and request.
+INSERT INTO {t}runs (id, task, tag, request) VALUES (%(id)s, %(task)s, %(tag)s, %(request)s);
+
+-- run_finish --
+-- Record the end of a run with its summary.
+UPDATE {t}runs SET finished_at = now(), summary = %(summary)s WHERE id = %(id)s;
+
+-- run_get --
+-- One run.
+SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = %(id)s;

@@ -48,7 +48,38 @@ CREATE TABLE IF NOT EXISTS {t}scans (
     high_water TEXT,
     scanned_at REAL
 );
-INSERT OR IGNORE INTO {t}meta (key, value) VALUES ('schema_version', '1');
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    watermark REAL,
+    claim_token TEXT,
+    lease_until REAL,
+    pending_start REAL,
+    pending_end REAL,
+    pending_type TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    failed_start REAL,
+    failed_end REAL,
+    failed_type TEXT,
+    failed_mode TEXT CHECK (failed_mode IN ('watermark', 'reexport')),
+    exported_at REAL,
+    rows INTEGER,
+    path TEXT,
+    UNIQUE (task, entity),
+    CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+CREATE TABLE IF NOT EXISTS {t}runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    tag TEXT,
+    request TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    summary TEXT
+);
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '2');
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -176,3 +207,78 @@ SELECT high_water FROM {t}scans WHERE task = :task;
 INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (:task, :high_water, :now)
 ON CONFLICT (task) DO UPDATE
 SET high_water = max(high_water, excluded.high_water), scanned_at = :now;
+
+-- wm_ensure --
+-- Make sure an entity has a watermark row (no watermark yet means: start from the bootstrap).
+INSERT INTO {t}watermarks (task, entity) VALUES (:task, :entity) ON CONFLICT (task, entity) DO NOTHING;
+
+-- wm_claim --
+-- Claim the watermark rows of the given entities that nobody holds (run inside BEGIN IMMEDIATE).
+UPDATE {t}watermarks
+SET claim_token = :token,
+    lease_until = :now + :lease,
+    attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END
+WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
+  AND (claim_token IS NULL OR lease_until < :now)
+RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts;
+
+-- wm_set_pending --
+-- Remember the window a claim is exporting, so a crashed export is redone with the same window.
+UPDATE {t}watermarks SET pending_start = :start, pending_end = :end, pending_type = :type
+WHERE id = :id AND claim_token = :token;
+
+-- wm_commit --
+-- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
+UPDATE {t}watermarks
+SET watermark = CASE WHEN watermark IS NULL OR watermark < :end THEN :end ELSE watermark END,
+    claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    attempts = 0, last_error = NULL,
+    failed_start = CASE WHEN failed_end <= :end THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_end <= :end THEN NULL ELSE failed_type END,
+    failed_mode = CASE WHEN failed_end <= :end THEN NULL ELSE failed_mode END,
+    failed_end = CASE WHEN failed_end <= :end THEN NULL ELSE failed_end END,
+    exported_at = :now, rows = :rows, path = :path
+WHERE id = :id AND claim_token = :token;
+
+-- wm_fail --
+-- Record a failed window (for redrive) and give the claim back; the watermark does not move.
+UPDATE {t}watermarks
+SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    attempts = attempts + 1, last_error = :error,
+    failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = :mode
+WHERE task = :task AND entity = :entity
+  AND (:token IS NULL OR claim_token = :token);
+
+-- wm_clear_failure --
+-- Forget a recorded failure once its window was exported (a redriven re-export).
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, last_error = NULL, attempts = 0
+WHERE task = :task AND entity = :entity;
+
+-- wm_release --
+-- Give back every watermark row still held under a claim token.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE claim_token = :token;
+
+-- wm_list --
+-- Every watermark row of a task.
+SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
+       exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed
+FROM {t}watermarks WHERE task = :task ORDER BY entity;
+
+-- wm_delete --
+-- Forget an entity's watermark: its next export starts from the bootstrap.
+DELETE FROM {t}watermarks WHERE task = :task AND entity = :entity;
+
+-- run_start --
+-- Record the start of a run with its tag and request.
+INSERT INTO {t}runs (id, task, tag, request, started_at) VALUES (:id, :task, :tag, :request, :now);
+
+-- run_finish --
+-- Record the end of a run with its summary.
+UPDATE {t}runs SET finished_at = :now, summary = :summary WHERE id = :id;
+
+-- run_get --
+-- One run.
+SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = :id;
