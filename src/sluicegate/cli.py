@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 import click
 
 from . import operations
-from .config import Project, load_project, mask_url, parse_duration
+from .config import EXPORT_TYPES, Project, load_project, mask_url, parse_duration
 from .engine import Exporter, RunOptions, TaskSummary
 from .exceptions import ConfigError, SluicegateError, UsageError
+from .operations import incremental_task, request_from_options
 from .partitions import parse_assignments
+from .watermarks import load_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("sluicegate")
@@ -217,6 +219,15 @@ def check() -> None:
 @click.option("--every", callback=_duration, help="Run again every DUR until SIGINT or SIGTERM.")
 @click.option("--dry-run", is_flag=True, help="List what would be exported and why; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary per task.")
+@click.option(
+    "--type", "export_type", type=click.Choice(EXPORT_TYPES), help="Incremental tasks: the export type."
+)
+@click.option("--ignore-watermark", is_flag=True, help="Incremental tasks: re-export --time-min..--time-max.")
+@click.option("--time-min", callback=_timestamp, help="Incremental tasks: window start (ISO 8601).")
+@click.option("--time-max", callback=_timestamp, help="Incremental tasks: window end, exclusive (ISO 8601).")
+@click.option("--entity", "entities", multiple=True, help="Incremental tasks: only these entities (repeat).")
+@click.option("--destination", help="Incremental tasks: send a re-export to this URL; watermarks untouched.")
+@click.option("--tag", help="Incremental tasks: a label stored on the run.")
 @handled
 def run(
     tasks: tuple[str, ...],
@@ -226,21 +237,110 @@ def run(
     every: float | None,
     dry_run: bool,
     as_json: bool,
+    export_type: str | None,
+    ignore_watermark: bool,
+    time_min: dt.datetime | None,
+    time_max: dt.datetime | None,
+    entities: tuple[str, ...],
+    destination: str | None,
+    tag: str | None,
 ) -> None:
     """Export every pending, complete partition of TASKS (all by default)."""
     project = _project()
     selected = project.select(list(tasks))
-    options = RunOptions(limit=limit, batch_size=batch_size, max_runtime=max_runtime, dry_run=dry_run)
+    request = request_from_options(
+        export_type=export_type,
+        ignore_watermark=ignore_watermark,
+        time_min=time_min,
+        time_max=time_max,
+        entities=entities,
+        destination=destination,
+        tag=tag,
+    )
+    options = RunOptions(
+        limit=limit, batch_size=batch_size, max_runtime=max_runtime, dry_run=dry_run, request=request
+    )
+    _run_loop(project, selected, options, every=every, as_json=as_json, names=tasks)
+
+
+@main.command()
+@click.argument("source", type=click.File("r"))
+@click.option("--task", "task_name", help="The incremental task (needed when the project has several).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@handled
+def request(source: Any, task_name: str | None, as_json: bool) -> None:
+    """Run one export request message (Bridge Exporter JSON) from a FILE or - for stdin."""
+    project = _project()
+    parsed = load_request(source.read())
+    task = incremental_task(project, task_name)
+    _run_loop(project, [task], RunOptions(request=parsed), every=None, as_json=as_json, names=(task.name,))
+
+
+@main.command()
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@handled
+def redrive(task: str, as_json: bool) -> None:
+    """Re-run only the failed windows of the incremental TASK, each with its original window."""
+    project = _project()
+    spec = incremental_task(project, task)
+    _run_loop(project, [spec], RunOptions(redrive=True), every=None, as_json=as_json, names=(task,))
+
+
+@main.group()
+def watermark() -> None:
+    """Show or delete the per-entity watermarks of an incremental task."""
+
+
+@watermark.command(name="list")
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handled
+def watermark_list(task: str, as_json: bool) -> None:
+    """List each entity's watermark, last export and recorded failure."""
+    rows = operations.watermarks(_project(), task)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        failed = (
+            f", failed window {r['failed_start']}..{r['failed_end']}: {r['last_error']}"
+            if r["failed_end"]
+            else ""
+        )
+        click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{failed}")
+
+
+@watermark.command(name="delete")
+@click.argument("task")
+@click.argument("entity")
+@handled
+def watermark_delete(task: str, entity: str) -> None:
+    """Delete ENTITY's watermark: its next export starts from the bootstrap."""
+    if not operations.delete_watermark(_project(), task, entity):
+        raise UsageError(f"task {task!r} has no watermark for entity {entity!r}")
+    click.echo(f"deleted the watermark of {task} {entity}")
+
+
+def _run_loop(
+    project: Project,
+    selected: Sequence[Any],
+    options: RunOptions,
+    *,
+    every: float | None,
+    as_json: bool,
+    names: Sequence[str],
+) -> None:
     stop = _stop_on_signals() if every else None
     failed = False
     with Exporter(project) as exporter:
         while True:
             summaries = _run_with_progress(exporter, selected, options, stop, show=not as_json)
             failed = failed or any(s.failed for s in summaries)
-            _render_run(summaries, as_json, dry_run)
+            _render_run(summaries, as_json, options.dry_run)
             if stop is None or stop.wait(every or 0):
                 break
-    broken = [p for p in project.problems if not tasks or p.name in tasks]
+    broken = [p for p in project.problems if not names or p.name in names]
     for problem in broken:
         click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
     sys.exit(2 if broken else 1 if failed else 0)
@@ -287,12 +387,20 @@ def _render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> N
             click.echo(f"{s.task}: {len(s.plan)} partition(s) would be exported")
             for entry in s.plan:
                 keys = " ".join(f"{k}={v}" for k, v in entry["partition"].items())
-                click.echo(f"  {keys}  ({entry['reason']}) -> {entry.get('path') or entry.get('error')}")
+                window = f" [{entry['start']}, {entry['end']})" if "start" in entry else ""
+                click.echo(
+                    f"  {keys}{window}  ({entry['reason']}) -> {entry.get('path') or entry.get('error')}"
+                )
+            for note in s.entities:
+                click.echo(f"  entity={note['entity']}: {note.get('note', '')}")
             continue
         click.echo(
             f"{s.task}: {s.exported} exported, {s.unchanged} unchanged, {s.failed} failed, "
             f"{s.released} released, {s.rows:,} rows, {s.bytes:,} bytes in {s.seconds:.2f}s"
         )
+        for entry in s.entities:
+            what = entry.get("note") or f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
+            click.echo(f"  entity={entry['entity']}: {what}")
         for error in s.errors:
             click.echo(f"  error: {error}", err=True)
 
@@ -341,6 +449,14 @@ def status(task: str | None, as_json: bool) -> None:
     for r in rows:
         if "error" in r:
             click.echo(f"{r['task']}: ERROR {r['error']}")
+            continue
+        if r.get("kind") == "incremental":
+            click.echo(
+                f"{r['task']}: {r['entities']} entities, {r['claimed']} claimed, {r['failed']} with a failed "
+                f"window; oldest watermark {r['oldest_watermark'] or '-'}"
+            )
+            for f in r["failures"]:
+                click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
             continue
         age = r["oldest_pending_age"]
         oldest = "-" if age is None else f"{age / 3600:.1f}h ago"

@@ -188,6 +188,8 @@ class Exporter:
                 for w in windows
             ]
             return
+        if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
+            return
         run_request = {**request.as_dict(), "redrive": options.redrive}
         summary.run_id = wm.start_run(task, tag=request.tag, request=run_request)
         original = self.dest

@@ -13,9 +13,10 @@ from . import capture
 from .config import Project, TaskSpec, mask_url
 from .destinations import open_destination
 from .exceptions import SluicegateError, UsageError
-from .ledger import Ledger, TaskStatus
+from .ledger import Ledger, TaskStatus, WatermarkLedger
 from .partitions import coerce_value, render_path, sample_values
 from .sources import open_source
+from .watermarks import ExportRequest
 
 
 def _ledger(project: Project) -> Ledger:
@@ -132,6 +133,9 @@ def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
     out = []
     with _ledger(project) as ledger:
         for task in project.select(list(names)):
+            if task.incremental is not None:
+                out.append(_incremental_status(task, WatermarkLedger(ledger)))
+                continue
             st: TaskStatus = ledger.status(task)
             row = asdict(st)
             row["failures"] = [
@@ -143,6 +147,24 @@ def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
         if not names or problem.name in names:
             out.append({"task": problem.name, "error": problem.message})
     return out
+
+
+def _incremental_status(task: TaskSpec, wm: WatermarkLedger) -> dict[str, Any]:
+    rows = wm.list(task)
+    marks = [r["watermark"] for r in rows if r["watermark"] is not None]
+    return {
+        "task": task.name,
+        "kind": "incremental",
+        "entities": len(rows),
+        "claimed": sum(r["claimed"] for r in rows),
+        "failed": sum(r["failed_end"] is not None for r in rows),
+        "oldest_watermark": min(marks).isoformat() if marks else None,
+        "failures": [
+            {"partition": r["entity"], "attempts": r["attempts"], "error": r["last_error"]}
+            for r in rows
+            if r["failed_end"] is not None
+        ],
+    }
 
 
 def mark(project: Project, task_name: str, assignments: Mapping[str, Any]) -> int:
@@ -207,3 +229,65 @@ def describe_tasks(project: Project) -> list[dict[str, Any]]:
         )
     out += [{"name": p.name, "error": p.message} for p in project.problems]
     return sorted(out, key=lambda t: t["name"])
+
+
+def incremental_task(project: Project, name: str | None) -> TaskSpec:
+    """The incremental task called ``name``, or the only one when ``name`` is None."""
+    if name is not None:
+        task = project.task(name)
+        if task.incremental is None:
+            raise UsageError(f"task {name!r} is not an incremental task")
+        return task
+    found = [t for t in project.tasks.values() if t.incremental is not None]
+    if len(found) != 1:
+        names = ", ".join(t.name for t in found) or "none"
+        raise UsageError(f"name the incremental task with --task; the project has: {names}")
+    return found[0]
+
+
+def request_from_options(
+    *,
+    export_type: str | None,
+    ignore_watermark: bool,
+    time_min: dt.datetime | None,
+    time_max: dt.datetime | None,
+    entities: Sequence[str],
+    destination: str | None,
+    tag: str | None,
+) -> ExportRequest | None:
+    """Build an incremental export request from ``run`` options (None when none were given)."""
+    if not (export_type or ignore_watermark or time_min or time_max or entities or destination or tag):
+        return None
+    if (time_min or time_max) and not (ignore_watermark or destination):
+        raise UsageError(
+            "--time-min/--time-max re-export a window: add --ignore-watermark (or --destination)"
+        )
+    if ignore_watermark and not (time_min and time_max):
+        raise UsageError("--ignore-watermark needs --time-min and --time-max: the window to re-export")
+    if time_min and time_max and time_min >= time_max:
+        raise UsageError(
+            f"--time-min {time_min.isoformat()} must be before --time-max {time_max.isoformat()}"
+        )
+    return ExportRequest(
+        export_type=export_type,
+        start=time_min,
+        end=time_max,
+        ignore_watermark=ignore_watermark,
+        entities=tuple(entities),
+        tag=tag,
+        destination=destination,
+    )
+
+
+def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:
+    """Every watermark of an incremental task."""
+    task = incremental_task(project, task_name)
+    with _ledger(project) as ledger:
+        return WatermarkLedger(ledger).list(task)
+
+
+def delete_watermark(project: Project, task_name: str, entity: str) -> bool:
+    """Delete one entity's watermark; its next export starts from the bootstrap."""
+    task = incremental_task(project, task_name)
+    with _ledger(project) as ledger:
+        return WatermarkLedger(ledger).delete(task, entity)

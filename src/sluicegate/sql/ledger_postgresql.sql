@@ -263,6 +263,8 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 -- Record a failed window (for redrive) and give the claim back; the watermark does not move.
 UPDATE {t}watermarks
 SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
+    watermark = CASE WHEN watermark IS NULL AND %(mode)s = 'watermark' THEN %(start)s ELSE watermark END,
     attempts = attempts + 1, last_error = %(error)s,
     failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s
 WHERE task = %(task)s AND entity = %(entity)s

@@ -244,6 +244,8 @@ WHERE id = :id AND claim_token = :token;
 -- Record a failed window (for redrive) and give the claim back; the watermark does not move.
 UPDATE {t}watermarks
 SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
+    watermark = CASE WHEN watermark IS NULL AND :mode = 'watermark' THEN :start ELSE watermark END,
     attempts = attempts + 1, last_error = :error,
     failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = :mode
 WHERE task = :task AND entity = :entity
