@@ -152,6 +152,18 @@ class IncrementalSpec:
     entities: tuple[str, ...] = ()
 
 
+ARCHIVE_PATH = "{task}-{boundary:%Y_%m_%d-%I_%M_%S_%p}.{ext}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveSpec:
+    """Export-then-delete (or a plain snapshot when there is no delete.sql), one file per run."""
+
+    delete_sql: str | None
+    zone: str = "UTC"
+    boundary: Literal["midnight", "now"] = "midnight"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One task folder: what to select, how to partition it, where to write it."""
@@ -169,6 +181,7 @@ class TaskSpec:
     order_by: tuple[str, ...] = ()
     description: str = ""
     incremental: IncrementalSpec | None = None
+    archive: ArchiveSpec | None = None
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -510,6 +523,37 @@ def _incremental_spec(raw: Mapping[str, Any], where: str) -> IncrementalSpec:
     )
 
 
+_ARCHIVE_KEYS = {"kind", "description", "format", "path", "zone", "boundary"}
+_COPY_WRAPPER = re.compile(r"^\s*COPY\s*\((?P<query>.*)\)\s*TO\s+STDOUT\b.*$", re.IGNORECASE | re.DOTALL)
+
+
+def unwrap_copy(sql_text: str) -> str:
+    """Accept the Common Knowledge layout: ``COPY (SELECT ...) TO stdout WITH csv HEADER``."""
+    match = _COPY_WRAPPER.match(sql_text.strip().rstrip(";"))
+    return match.group("query").strip() if match else sql_text
+
+
+def _archive_spec(raw: Mapping[str, Any], folder: Path, where: str) -> ArchiveSpec:
+    _reject_unknown(raw, _ARCHIVE_KEYS, where)
+    zone = str(raw.get("zone", "UTC"))
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where} zone: {zone!r} is not an IANA time zone") from None
+    boundary = raw.get("boundary", "midnight")
+    if boundary not in ("midnight", "now"):
+        raise ConfigError(
+            f"{where} boundary: {boundary!r} is not valid; use 'midnight' (today, in zone) or 'now'"
+        )
+    delete_path = folder / "delete.sql"
+    delete_sql = (
+        delete_path.read_text(encoding="utf-8").strip().rstrip(";").strip() if delete_path.is_file() else None
+    )
+    if delete_sql is not None and not delete_sql:
+        raise ConfigError(f"{delete_path} is empty; remove it for a snapshot export or write the DELETE")
+    return ArchiveSpec(delete_sql=delete_sql, zone=zone, boundary=boundary)
+
+
 def load_task(folder: Path, settings: Settings) -> TaskSpec:
     """Load one task folder; raise ConfigError naming the file and field on any problem."""
     name = folder.name
@@ -519,15 +563,18 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
     raw = _read_toml(toml_path)
     where = str(toml_path)
     kind = raw.get("kind", "partitioned")
-    if kind not in ("partitioned", "incremental"):
-        raise ConfigError(f"{where} kind: {kind!r} is not supported; use 'partitioned' or 'incremental'")
+    if kind not in ("partitioned", "incremental", "archive"):
+        raise ConfigError(
+            f"{where} kind: {kind!r} is not supported; use 'partitioned', 'incremental' or 'archive'"
+        )
     incremental = _incremental_spec(raw, where) if kind == "incremental" else None
-    if incremental is None:
+    archive = _archive_spec(raw, folder, where) if kind == "archive" else None
+    if kind == "partitioned":
         _reject_unknown(raw, _TASK_KEYS, where)
     select_path = folder / "select.sql"
     if not select_path.is_file():
         raise ConfigError(f"{select_path} not found; every task folder needs a select.sql")
-    select_sql = select_path.read_text(encoding="utf-8").strip().rstrip(";").strip()
+    select_sql = unwrap_copy(select_path.read_text(encoding="utf-8").strip().rstrip(";").strip())
     if not select_sql or all(line.strip().startswith("--") for line in select_sql.splitlines()):
         raise ConfigError(f"{select_path} is empty; write the SELECT whose rows this task exports")
     keys_raw = raw.get("keys", [])
@@ -543,9 +590,9 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         raise ConfigError(f"{where} [time] name: {time.name!r} is also a partition key; pick another name")
     if time and time.zone_sql is None and time.zone is None:
         raise ConfigError(f"{where} [time]: set 'zone' or 'zone_sql'")
-    if not keys and time is None:
+    if not keys and time is None and archive is None:
         raise ConfigError(f"{where}: a partitioned task needs 'keys', a [time] table, or both")
-    path = raw.get("path")
+    path = raw.get("path", ARCHIVE_PATH if archive else None)
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(
             f'{where} path: missing; give a template such as "{{location_id}}/{{day:%Y%m%d}}.{{ext}}"'
@@ -558,7 +605,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         folder=folder,
         kind=kind,
         select_sql=select_sql + "\n",  # a trailing "-- comment" must not swallow our closing parenthesis
-        format=_check_format(raw.get("format", settings.format), f"{where} format"),
+        format=_check_format(raw.get("format", "csv.gz" if archive else settings.format), f"{where} format"),
         path=path,
         keys=keys,
         time=time,
@@ -567,6 +614,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         order_by=tuple(_identifier(c, f"{where} order_by") for c in order_by),
         description=str(raw.get("description", "")),
         incremental=incremental,
+        archive=archive,
     )
     from .partitions import check_template  # local import: partitions imports config types
 

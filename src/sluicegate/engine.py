@@ -19,7 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import capture, watermarks
+from . import capture, db, watermarks
+from .archive import Archiver, boundary_for
 from .config import Project, Settings, TaskSpec
 from .destinations import Destination, Staged, open_destination
 from .exceptions import ConfigError, DestinationUnavailable, SluicegateError, is_transient
@@ -66,6 +67,7 @@ class TaskSummary:
     errors: list[str] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
     entities: list[dict[str, Any]] = field(default_factory=list)
+    archive: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,7 +143,9 @@ class Exporter:
             summary = TaskSummary(task=task.name)
             started = time.monotonic()
             try:
-                if task.incremental is not None:
+                if task.archive is not None:
+                    self._run_archive(task, options, summary)
+                elif task.incremental is not None:
                     self._run_incremental(task, options, summary, deadline)
                 elif options.dry_run:
                     self._plan(task, summary, remaining)
@@ -215,6 +219,33 @@ class Exporter:
             self.dest = original
             self.sink = _PartitionSink(self.ledger, settings)
             wm.finish_run(summary.run_id, summary.as_dict())
+
+    def _run_archive(self, task: TaskSpec, options: RunOptions, summary: TaskSummary) -> None:
+        """Export-then-delete one run of an archive task (recovering an unfinished run first)."""
+        archiver = Archiver(self.project, self.ledger, self.source, self.dest, self._fault)
+        if options.dry_run:
+            boundary = boundary_for(task, dt.datetime.now(dt.UTC))
+            summary.plan.append(
+                {
+                    "partition": {"task": task.name},
+                    "reason": "archive",
+                    "boundary": boundary.isoformat(),
+                    "path": self.dest.display(archiver._free_path(task, boundary, "dryrun0")),
+                }
+            )
+            return
+        try:
+            with db.wrap_errors(self.project.settings.source_url):
+                result = archiver.run(task)
+        except SluicegateError as exc:
+            summary.failed += 1
+            summary.errors.append(str(exc))
+            return
+        summary.exported += 1
+        summary.rows += result.rows
+        summary.bytes += result.bytes
+        summary.run_id = result.run_id
+        summary.archive.append(dataclasses.asdict(result))
 
     def _capture(self, task: TaskSpec, summary: TaskSummary) -> None:
         if task.capture.mode == "trigger":

@@ -30,7 +30,7 @@ from .partitions import Partition
 from .sql import queries
 
 UTC = dt.UTC
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -146,6 +146,8 @@ def check_template(task: TaskSpec) -> None:
     allowed = {*task.key_names, "format", "ext", "task"}
     if task.incremental is not None:
         allowed = {task.incremental.entity, "type", "start", "end", "format", "ext", "task"}
+    if task.archive is not None:
+        allowed = {"task", "boundary", "run", "format", "ext"}
     try:
         used = template_fields(task.path)
     except ValueError as exc:
@@ -155,13 +157,17 @@ def check_template(task: TaskSpec) -> None:
         raise ConfigError(
             f"{where}: {{{unknown[0]}}} is not a partition key; use one of {', '.join(sorted(allowed))}"
         )
-    required = (task.incremental.entity, "start") if task.incremental else task.key_names
+    required: tuple[str, ...] = (task.incremental.entity, "start") if task.incremental else task.key_names
+    if task.archive is not None:
+        required = ()
     missing = [k for k in required if k not in used]
     if missing:
         raise ConfigError(
             f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file"
         )
-    if task.incremental is not None:
+    if task.archive is not None:
+        render_archive_path(task, dt.datetime(2024, 1, 31, tzinfo=UTC), "0123abcd")
+    elif task.incremental is not None:
         sample = dt.datetime(2024, 1, 31, tzinfo=UTC)
         render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
     else:
@@ -216,6 +222,22 @@ def render_window_path(
         "format": task.format,
         "ext": task.extension,
         "task": task.name,
+    }
+    try:
+        rendered = task.path.format_map(named)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
+    return safe_relative_path(rendered)
+
+
+def render_archive_path(task: TaskSpec, boundary: dt.datetime, run: str) -> str:
+    """Render an archive task's file name for one run (the boundary in the task's zone)."""
+    named = {
+        "task": task.name,
+        "boundary": boundary,
+        "run": run,
+        "format": task.format,
+        "ext": task.extension,
     }
     try:
         rendered = task.path.format_map(named)

@@ -72,6 +72,20 @@ CREATE TABLE IF NOT EXISTS {t}watermarks (
     CONSTRAINT watermarks_task_entity_key UNIQUE (task, entity),
     CONSTRAINT watermarks_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
+CREATE TABLE IF NOT EXISTS {t}archive_runs (
+    id uuid PRIMARY KEY,
+    task text NOT NULL,
+    boundary timestamptz NOT NULL,
+    path text NOT NULL,
+    state text NOT NULL CHECK (state IN ('exporting', 'published', 'done')),
+    rows bigint,
+    bytes bigint,
+    checksum text,
+    deleted bigint,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    CONSTRAINT archive_runs_task_path_key UNIQUE (task, path)
+);
 CREATE TABLE IF NOT EXISTS {t}runs (
     id uuid PRIMARY KEY,
     task text NOT NULL,
@@ -81,7 +95,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     finished_at timestamptz,
     summary text
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '2')
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '3')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --
@@ -303,3 +317,25 @@ UPDATE {t}runs SET finished_at = now(), summary = %(summary)s WHERE id = %(id)s;
 -- run_get --
 -- One run.
 SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = %(id)s;
+
+-- arc_unfinished --
+-- The oldest archive run of a task that did not finish (recovered before any new run).
+SELECT id, boundary, path, state, rows, bytes, checksum FROM {t}archive_runs
+WHERE task = %(task)s AND state <> 'done' ORDER BY started_at LIMIT 1;
+
+-- arc_path_taken --
+-- Whether an archive file name was already used by a run of the task.
+SELECT 1 FROM {t}archive_runs WHERE task = %(task)s AND path = %(path)s;
+
+-- arc_start --
+-- Record a new archive run before anything is written.
+INSERT INTO {t}archive_runs (id, task, boundary, path, state) VALUES (%(id)s, %(task)s, %(boundary)s, %(path)s, 'exporting');
+
+-- arc_published --
+-- The archive file is published and verified: rows, bytes and checksum.
+UPDATE {t}archive_runs SET state = 'published', rows = %(rows)s, bytes = %(bytes)s, checksum = %(checksum)s
+WHERE id = %(id)s;
+
+-- arc_done --
+-- The delete committed (or there is none): the run is finished.
+UPDATE {t}archive_runs SET state = 'done', deleted = %(deleted)s, finished_at = now() WHERE id = %(id)s;

@@ -70,6 +70,20 @@ CREATE TABLE IF NOT EXISTS {t}watermarks (
     UNIQUE (task, entity),
     CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
+CREATE TABLE IF NOT EXISTS {t}archive_runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    boundary REAL NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('exporting', 'published', 'done')),
+    rows INTEGER,
+    bytes INTEGER,
+    checksum TEXT,
+    deleted INTEGER,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (task, path)
+);
 CREATE TABLE IF NOT EXISTS {t}runs (
     id TEXT PRIMARY KEY,
     task TEXT NOT NULL,
@@ -79,7 +93,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     finished_at REAL,
     summary TEXT
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '2');
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '3');
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -284,3 +298,25 @@ UPDATE {t}runs SET finished_at = :now, summary = :summary WHERE id = :id;
 -- run_get --
 -- One run.
 SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = :id;
+
+-- arc_unfinished --
+-- The oldest archive run of a task that did not finish (recovered before any new run).
+SELECT id, boundary, path, state, rows, bytes, checksum FROM {t}archive_runs
+WHERE task = :task AND state <> 'done' ORDER BY started_at LIMIT 1;
+
+-- arc_path_taken --
+-- Whether an archive file name was already used by a run of the task.
+SELECT 1 FROM {t}archive_runs WHERE task = :task AND path = :path;
+
+-- arc_start --
+-- Record a new archive run before anything is written.
+INSERT INTO {t}archive_runs (id, task, boundary, path, state, started_at) VALUES (:id, :task, :boundary, :path, 'exporting', :now);
+
+-- arc_published --
+-- The archive file is published and verified: rows, bytes and checksum.
+UPDATE {t}archive_runs SET state = 'published', rows = :rows, bytes = :bytes, checksum = :checksum
+WHERE id = :id;
+
+-- arc_done --
+-- The delete committed (or there is none): the run is finished.
+UPDATE {t}archive_runs SET state = 'done', deleted = :deleted, finished_at = :now WHERE id = :id;

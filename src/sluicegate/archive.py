@@ -1,0 +1,257 @@
+"""Archive tasks: export rows to one file per run, then delete exactly those rows.
+
+One run is one unit. On PostgreSQL the select and the delete run in one REPEATABLE READ
+transaction, so they see the same rows: rows inserted meanwhile are invisible to both, and a
+row updated meanwhile makes the delete fail with a serialization error (the run is retried,
+nothing is lost). The file is published and verified (size and SHA-256) before the delete
+runs; the delete must remove exactly as many rows as the file holds or the transaction rolls
+back. On SQLite the whole run holds the write lock (``BEGIN IMMEDIATE``).
+
+The run is recorded on the ledger before anything is written. A run that did not finish is
+recovered first by the next run, with the same boundary and the same file name, so rows that
+are in a file and still in the database are written again to that same file, never to a
+second one. A file name that a finished run used is never reused: a second run in the same
+second gets ``-2``, ``-3`` ... before the extension.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from . import db
+from .config import Project, TaskSpec
+from .destinations import Destination, Staged
+from .exceptions import DataError, DestinationUnavailable, SluicegateError
+from .formats import open_writer
+from .ledger import Ledger
+from .partitions import render_archive_path, zone_of
+from .sources import Column
+from .sources.postgres import _KINDS
+
+UTC = dt.UTC
+_NAMED_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(kw_only=True)
+class ArchiveResult:
+    """What one archive run did."""
+
+    run_id: str
+    path: str
+    boundary: str
+    rows: int = 0
+    bytes: int = 0
+    deleted: int | None = None
+    recovered: bool = False
+
+
+def boundary_for(task: TaskSpec, now: dt.datetime) -> dt.datetime:
+    """The export boundary: today's midnight in the task's zone (the original's), or now."""
+    assert task.archive is not None
+    zone = zone_of(task.archive.zone)
+    if task.archive.boundary == "now":
+        return now.astimezone(zone).replace(microsecond=0)
+    local = now.astimezone(zone)
+    return dt.datetime.combine(local.date(), dt.time(), tzinfo=zone)
+
+
+class Archiver:
+    """Runs archive tasks with the project's source, ledger and destination."""
+
+    def __init__(
+        self, project: Project, ledger: Ledger, source: Any, dest: Destination, fault: Callable[[str], None]
+    ):
+        self.project = project
+        self.ledger = ledger
+        self.source = source
+        self.dest = dest
+        self.fault = fault
+        self.same_db = project.settings.ledger_url == project.settings.source_url
+
+    def run(self, task: TaskSpec, *, now: dt.datetime | None = None) -> ArchiveResult:
+        """Recover an unfinished run of ``task`` if there is one, else start a new run."""
+        row = self.ledger._exec("arc_unfinished", task=task.name).fetchone()
+        if row is not None:
+            run_id, boundary, path = str(row[0]), self.ledger._from_ts(row[1]), str(row[2])
+            assert boundary is not None
+            result = ArchiveResult(run_id=run_id, path=path, boundary=boundary.isoformat(), recovered=True)
+            prior = (row[4], row[6]) if row[3] == "published" else None
+            return self._export(task, boundary.astimezone(zone_of(task.archive.zone)), result, prior)  # type: ignore[union-attr]
+        boundary = boundary_for(task, now or dt.datetime.now(UTC))
+        run_id = str(uuid.uuid4())
+        path = self._free_path(task, boundary, run_id)
+        self.ledger._exec(
+            "arc_start", id=uuid.UUID(run_id), task=task.name, boundary=self.ledger._ts(boundary), path=path
+        )
+        return self._export(
+            task, boundary, ArchiveResult(run_id=run_id, path=path, boundary=boundary.isoformat()), None
+        )
+
+    def _free_path(self, task: TaskSpec, boundary: dt.datetime, run_id: str) -> str:
+        base = render_archive_path(task, boundary, run_id[:8])
+        candidate, n = base, 1
+        while self.ledger._exec("arc_path_taken", task=task.name, path=candidate).fetchone():
+            n += 1
+            stem, dot, ext = base.partition(".")
+            candidate = f"{stem}-{n}{dot}{ext}"
+        return candidate
+
+    # ------------------------------------------------------------------ one run
+
+    def _export(
+        self, task: TaskSpec, boundary: dt.datetime, result: ArchiveResult, prior: tuple[int, str] | None
+    ) -> ArchiveResult:
+        params = {"export_boundary": boundary}
+        if self.source.dialect is db.POSTGRESQL:
+            with self.source.conn.transaction(), self.source.conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                self._write_and_delete(task, cur, params, result, prior)
+        else:
+            conn = self.source.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_and_delete(task, conn.cursor(), params, result, prior)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        if not self.same_db:
+            # Separate ledger database: recorded after the delete committed. A crash in between is
+            # recovered safely: the next run finds fewer rows than the file holds and keeps the file.
+            self.ledger._exec("arc_done", id=uuid.UUID(result.run_id), deleted=result.deleted)
+        return result
+
+    def _write_and_delete(
+        self,
+        task: TaskSpec,
+        cur: Any,
+        params: dict[str, Any],
+        result: ArchiveResult,
+        prior: tuple[int, str] | None,
+    ) -> None:
+        staged = self.dest.stage(result.path)
+        try:
+            rows = self._write(task, cur, params, staged)
+            if prior is not None and rows != prior[0]:
+                # A recovered run whose rows changed since its file was published: keep that file
+                # (it may hold rows that are gone) and write this content under a new name.
+                self.dest.discard(staged)
+                result.path = self._free_path(task, dt.datetime.fromisoformat(result.boundary), result.run_id)
+                self.ledger._exec("arc_done", id=uuid.UUID(result.run_id), deleted=None)
+                new_id = str(uuid.uuid4())
+                self.ledger._exec(
+                    "arc_start",
+                    id=uuid.UUID(new_id),
+                    task=task.name,
+                    boundary=self.ledger._ts(dt.datetime.fromisoformat(result.boundary)),
+                    path=result.path,
+                )
+                result.run_id = new_id
+                staged = self.dest.stage(result.path)
+                rows = self._write(task, cur, params, staged)
+            self.dest.publish(staged)
+            self.dest.sync()
+        except OSError as exc:
+            self.dest.discard(staged)
+            raise DestinationUnavailable(f"cannot write {self.dest.display(result.path)}: {exc}") from exc
+        except BaseException:
+            self.dest.discard(staged)
+            raise
+        self._verify(result.path, staged)
+        result.rows, result.bytes = rows, staged.file.size
+        self._record(
+            "arc_published",
+            cur,
+            id=uuid.UUID(result.run_id),
+            rows=rows,
+            bytes=staged.file.size,
+            checksum=staged.file.sha256,
+        )
+        self.fault("after_publish")
+        if task.archive and task.archive.delete_sql:
+            cur.execute(_bind(task.archive.delete_sql, self.source.dialect), params)
+            deleted = cur.rowcount
+            if deleted != rows:
+                raise DataError(
+                    f"{task.folder / 'delete.sql'} deleted {deleted} rows but the file holds {rows}; "
+                    "rolled back, nothing deleted: make delete.sql remove exactly the rows select.sql returns"
+                )
+            result.deleted = deleted
+        self.fault("before_delete_commit")
+        if self.same_db:  # finished in the same transaction as the delete
+            self._record("arc_done", cur, id=uuid.UUID(result.run_id), deleted=result.deleted)
+
+    def _record(self, name: str, cur: Any, **params: Any) -> None:
+        """A ledger write: inside the run's transaction when the ledger shares the source database."""
+        if self.same_db:
+            cur.execute(self.ledger.q[name], self.ledger._params(**params))
+        else:
+            self.ledger._exec(name, **params)
+
+    def _write(self, task: TaskSpec, cur: Any, params: dict[str, Any], staged: Staged) -> int:
+        query = _bind(task.select_sql, self.source.dialect)
+        if self.source.dialect is db.POSTGRESQL and task.format in ("csv", "csv.gz"):
+            # The original's own COPY ... CSV HEADER output, byte for byte, gzip without a name or time.
+            out: Any = (
+                gzip.GzipFile(filename="", fileobj=staged.file, mode="wb", mtime=0)
+                if task.format == "csv.gz"
+                else staged.file
+            )
+            lines = 0
+            with cur.copy(
+                sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(sql.SQL(query)), params
+            ) as copy:
+                for data in copy:
+                    out.write(data)
+                    lines += 1
+            if out is not staged.file:
+                out.close()
+            return max(lines - 1, 0)
+        cur.execute(query, params)
+        columns = [_column(d) for d in cur.description]
+        writer = open_writer(task.format, staged.file, columns, task.archive.zone if task.archive else None)
+        while chunk := cur.fetchmany(5000):
+            writer.write([tuple(r) for r in chunk], "rows")
+        writer.close()
+        return writer.rows
+
+    def _verify(self, path: str, staged: Staged) -> None:
+        """Read the published file back (local) or ask the store (S3) and compare size and SHA-256."""
+        local = getattr(self.dest, "root", None)
+        if local is not None:
+            digest = hashlib.sha256((local / path).read_bytes()).hexdigest()
+            if digest != staged.file.sha256:
+                raise DestinationUnavailable(
+                    f"{self.dest.display(path)} does not match what was written; not deleting"
+                )
+        elif not self.dest.exists(path, staged.file.size):
+            raise DestinationUnavailable(
+                f"{self.dest.display(path)} is missing or has the wrong size; not deleting"
+            )
+
+
+def _bind(query: str, dialect: db.Dialect) -> str:
+    """The original's ``%(export_boundary)s`` placeholders, in the driver's style."""
+    if dialect is db.SQLITE:
+        return _NAMED_PARAM.sub(r":\1", query)
+    return query
+
+
+def _column(desc: Any) -> Column:
+    type_code = getattr(desc, "type_code", None)
+    kind = _KINDS.get(type_code, "other") if isinstance(type_code, int) else "other"
+    return Column(name=desc[0], kind=kind)
+
+
+def archive_error(exc: BaseException) -> str:
+    """A one-line message for a failed archive run."""
+    return str(exc) if isinstance(exc, SluicegateError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,221 @@
+"""Archive tasks: export-then-delete as one unit, in the Common Knowledge layout, with crashes and concurrency."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sluicegate import engine
+from support import cli, files, load
+from test_workers import _spawn, _wait_for
+
+UTC = dt.UTC
+SELECT_PG = """COPY (SELECT * FROM agency
+      WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
+      AND updated_at < %(export_boundary)s) TO stdout WITH csv HEADER;
+"""
+DELETE_PG = """DELETE FROM agency
+      WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
+      AND updated_at < %(export_boundary)s;
+"""
+SELECT_SQLITE = """SELECT * FROM agency a
+      WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = a.base_id AND b.updated_at > a.updated_at)
+      AND a.updated_at < %(export_boundary)s
+"""
+DELETE_SQLITE = """DELETE FROM agency
+      WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = agency.base_id AND b.updated_at > agency.updated_at)
+      AND updated_at < %(export_boundary)s
+"""
+
+
+class Agency:
+    """Append-only versioned rows, as in the Common Knowledge base."""
+
+    def __init__(self, url: str) -> None:
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(
+                url[len("sqlite:///") :], isolation_level=None, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(
+                "CREATE TABLE agency (id INTEGER PRIMARY KEY, base_id INTEGER, updated_at TEXT, name TEXT)"
+            )
+        else:
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(
+                "CREATE TABLE agency (id serial PRIMARY KEY, base_id int, updated_at timestamptz, name text)"
+            )
+        self.inserted = 0
+
+    def version(self, base_id: int, at: dt.datetime, name: str) -> None:
+        value: Any = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.sqlite else at
+        p = "?" if self.sqlite else "%s"
+        self.conn.execute(
+            f"INSERT INTO agency (base_id, updated_at, name) VALUES ({p}, {p}, {p})", (base_id, value, name)
+        )
+        self.inserted += 1
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM agency").fetchone()[0])
+
+    def ids(self) -> set[int]:
+        return {int(r[0]) for r in self.conn.execute("SELECT id FROM agency").fetchall()}
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    value: str = request.getfixturevalue("pg_url")
+    return value
+
+
+def _project(
+    tmp_path: Path, url: str, *, delete: bool = True, boundary: str = "midnight", lease: str = "10m"
+) -> Path:
+    root = tmp_path / "proj"
+    task = root / "tasks" / "agency"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nlease = "{lease}"\n'
+    )
+    (task / "task.toml").write_text(f'kind = "archive"\nboundary = "{boundary}"\n')
+    pg = url.startswith("postgresql")
+    (task / "select.sql").write_text(SELECT_PG if pg else SELECT_SQLITE)
+    if delete:
+        (task / "delete.sql").write_text(DELETE_PG if pg else DELETE_SQLITE)
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(gzip.decompress(path.read_bytes()).decode())))
+
+
+def _archived_ids(tmp_path: Path) -> list[int]:
+    return sorted(int(r["id"]) for p in files(tmp_path / "out") for r in _rows(p))
+
+
+def _seed(agency: Agency, bases: int = 3, versions: int = 4) -> None:
+    start = dt.datetime.now(UTC) - dt.timedelta(days=3)
+    for b in range(bases):
+        for v in range(versions):
+            agency.version(b, start + dt.timedelta(hours=v), f"base{b}-v{v}")
+
+
+def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.rows, summary.failed) == (1, 9, 0)
+    [path] = files(tmp_path / "out")
+    today = dt.datetime.now(UTC).date()
+    assert path.name == f"agency-{today:%Y_%m_%d}-12_00_00_AM.csv.gz"
+    rows = _rows(path)
+    assert list(rows[0]) == ["id", "base_id", "updated_at", "name"]
+    assert sorted(r["name"] for r in rows) == sorted(f"base{b}-v{v}" for b in range(3) for v in range(3))
+    assert agency.count() == 3 and summary.archive[0]["deleted"] == 9
+    assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    engine.run(load(root))
+    first = files(tmp_path / "out")[0]
+    content = first.read_bytes()
+    for b in range(3):
+        agency.version(b, dt.datetime.now(UTC) - dt.timedelta(hours=1), f"base{b}-new")
+    [second] = engine.run(load(root))
+    assert second.rows == 3
+    names = {p.name for p in files(tmp_path / "out")}
+    assert names == {first.name, first.name.replace(".csv.gz", "-2.csv.gz")}
+    assert first.read_bytes() == content
+    assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url, delete=False, boundary="now")
+    agency = Agency(url)
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    assert summary.rows == 9 and agency.count() == 12 and summary.archive[0]["deleted"] is None
+
+
+def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url)
+    (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
+    agency = Agency(pg_url)
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    assert summary.failed == 1 and "deleted 12 rows but the file holds 9" in summary.errors[0]
+    assert agency.count() == 12
+
+
+@pytest.mark.parametrize("point", ["after_publish", "before_delete_commit"])
+def test_crash_loses_nothing_and_duplicates_nothing(tmp_path: Path, pg_url: str, point: str) -> None:
+    root = _project(tmp_path, pg_url)
+    agency = Agency(pg_url)
+    _seed(agency)
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": point})
+    _wait_for(root / f".fault-{point}", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [crashed] = files(tmp_path / "out")
+    assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
+    again = cli(root, "run", "--json", check=True)
+    [summary] = json.loads(again.stdout)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 9
+    assert files(tmp_path / "out") == [crashed]  # the same file, not a second one
+    assert agency.count() == 3 and len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url, boundary="now")
+    agency = Agency(pg_url)
+    _seed(agency, bases=20, versions=3)
+    writer = Agency.__new__(Agency)
+    writer.sqlite, writer.inserted = False, 0
+    writer.conn = psycopg.connect(pg_url, autocommit=True)
+    stop = threading.Event()
+
+    def ingest() -> None:
+        i = 0
+        while not stop.is_set():
+            writer.version(i % 20, dt.datetime.now(UTC), f"live{i}")
+            writer.conn.execute(
+                "UPDATE agency SET name = name || '*' WHERE id = (SELECT max(id) FROM agency)"
+            )
+            i += 1
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    failures = 0
+    try:
+        for _ in range(6):
+            [summary] = engine.run(load(root))
+            failures += summary.failed  # a serialization failure is a safe, retried run
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    [final] = engine.run(load(root))
+    archived = _archived_ids(tmp_path)
+    assert archived and len(archived) == len(set(archived)), "a row was archived twice"
+    assert set(archived).isdisjoint(agency.ids())
+    assert len(archived) + agency.count() == agency.inserted + writer.inserted
+    assert final.failed == 0 and failures < 6
