@@ -16,7 +16,7 @@ venv: $(VENV_STAMP)
 $(VENV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,fast]'
+	$(BIN)/python -m pip install -e '.[test,fast,service]'
 	touch $@
 
 # PostgreSQL server binaries (for the test fixtures) and pigz (for the benchmark).

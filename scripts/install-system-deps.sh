@@ -4,6 +4,7 @@
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres), major version >= 13,
 #     for the throwaway test server started by tests/conftest.py
 #   - pigz, used by the benchmark
+#   - chromium, for the status-page screenshot test
 #
 # Idempotent: when everything is present, apt-get is not run at all.
 # Not root: only reports what is missing (exit 0, so `make test` still runs and the
@@ -46,6 +47,12 @@ if command -v pigz >/dev/null 2>&1; then
     echo "install-system-deps: pigz: $(command -v pigz)"
 else
     missing+=(pigz)
+fi
+# Headless Chromium for the status-page screenshot test.
+if command -v chromium >/dev/null 2>&1; then
+    echo "install-system-deps: chromium: $(command -v chromium)"
+else
+    missing+=(chromium)
 fi
 
 if ((${#missing[@]} == 0)); then

@@ -114,6 +114,7 @@ def test_sql_files_have_every_named_query(dialect: str) -> None:
     marks = {"wm_ensure", "wm_claim", "wm_set_pending", "wm_commit", "wm_fail", "wm_clear_failure"}
     marks |= {"wm_release", "wm_list", "wm_delete"}
     archives = {"arc_unfinished", "arc_path_taken", "arc_start", "arc_published", "arc_done"}
+    archives |= {"tick_claim", "run_list", "list_partitions"}
     assert set(queries(dialect, "x_")) == ledger | marks | archives
     assert all("{t}" not in body for body in queries(dialect, "x_").values())
 

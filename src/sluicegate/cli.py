@@ -539,3 +539,30 @@ def generate(
         f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
         f"into {mask_url(url)}"
     )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--insecure-no-auth", is_flag=True, help="Run without SLUICEGATE_API_TOKEN: anyone can start runs."
+)
+@handled
+def serve(host: str, port: int, insecure_no_auth: bool) -> None:
+    """Run the HTTP service (FastAPI): runs, status, metrics, schedules, the original's /exports."""
+    try:
+        import uvicorn
+
+        from .service import create_app
+    except ImportError:
+        raise UsageError("the service needs its extra: pip install 'sluicegate[service]'") from None
+    state = click.get_current_context().find_object(_State) or _State()
+    token = os.environ.get("SLUICEGATE_API_TOKEN") or None
+    app = create_app(state.project_dir, os.environ, token=token, insecure=insecure_no_auth and not token)
+    if token is None:
+        click.echo(
+            "sluicegate: WARNING: --insecure-no-auth: NO AUTHENTICATION, anyone who reaches "
+            f"{host}:{port} can start exports",
+            err=True,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -182,6 +182,8 @@ class TaskSpec:
     description: str = ""
     incremental: IncrementalSpec | None = None
     archive: ArchiveSpec | None = None
+    schedule: str | None = None
+    schedule_zone: str = "UTC"
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -463,7 +465,9 @@ def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None
         )
 
 
+_SCHEDULE_KEYS = {"schedule", "schedule_zone"}
 _TASK_KEYS = {"kind", "description", "format", "path", "keys", "time", "capture", "batch_size", "order_by"}
+_TASK_KEYS |= _SCHEDULE_KEYS
 _INCREMENTAL_KEYS = {
     "kind",
     "description",
@@ -478,7 +482,7 @@ _INCREMENTAL_KEYS = {
     "bootstrap",
     "safety_margin",
     "entities",
-}
+} | _SCHEDULE_KEYS
 
 
 def _check_bootstrap(value: Any, where: str) -> str:
@@ -523,7 +527,25 @@ def _incremental_spec(raw: Mapping[str, Any], where: str) -> IncrementalSpec:
     )
 
 
-_ARCHIVE_KEYS = {"kind", "description", "format", "path", "zone", "boundary"}
+_ARCHIVE_KEYS = {"kind", "description", "format", "path", "zone", "boundary"} | _SCHEDULE_KEYS
+
+
+def _schedule(raw: Mapping[str, Any], where: str) -> tuple[str | None, str]:
+    schedule = raw.get("schedule")
+    zone = str(raw.get("schedule_zone", "UTC"))
+    if schedule is None:
+        return None, zone
+    from croniter import croniter
+
+    if not isinstance(schedule, str) or not croniter.is_valid(schedule):
+        raise ConfigError(f"{where} schedule: {schedule!r} is not a cron expression such as '*/5 * * * *'")
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where} schedule_zone: {zone!r} is not an IANA time zone") from None
+    return schedule, zone
+
+
 _COPY_WRAPPER = re.compile(r"^\s*COPY\s*\((?P<query>.*)\)\s*TO\s+STDOUT\b.*$", re.IGNORECASE | re.DOTALL)
 
 
@@ -593,6 +615,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
     if not keys and time is None and archive is None:
         raise ConfigError(f"{where}: a partitioned task needs 'keys', a [time] table, or both")
     path = raw.get("path", ARCHIVE_PATH if archive else None)
+    schedule, schedule_zone = _schedule(raw, where)
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(
             f'{where} path: missing; give a template such as "{{location_id}}/{{day:%Y%m%d}}.{{ext}}"'
@@ -615,6 +638,8 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         description=str(raw.get("description", "")),
         incremental=incremental,
         archive=archive,
+        schedule=schedule,
+        schedule_zone=schedule_zone,
     )
     from .partitions import check_template  # local import: partitions imports config types
 

@@ -195,7 +195,7 @@ class Exporter:
         if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
             return
         run_request = {**request.as_dict(), "redrive": options.redrive}
-        summary.run_id = wm.start_run(task, tag=request.tag, request=run_request)
+        summary.run_id = self.ledger.start_run(task.name, tag=request.tag, request=run_request)
         original = self.dest
         if request.destination:
             self.dest = open_destination(dataclasses.replace(settings.destination, url=request.destination))
@@ -218,7 +218,7 @@ class Exporter:
         finally:
             self.dest = original
             self.sink = _PartitionSink(self.ledger, settings)
-            wm.finish_run(summary.run_id, summary.as_dict())
+            self.ledger.finish_run(summary.run_id, [summary.as_dict()])
 
     def _run_archive(self, task: TaskSpec, options: RunOptions, summary: TaskSummary) -> None:
         """Export-then-delete one run of an archive task (recovering an unfinished run first)."""

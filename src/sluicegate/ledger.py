@@ -30,7 +30,7 @@ from .partitions import Partition
 from .sql import queries
 
 UTC = dt.UTC
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +309,83 @@ class Ledger:
         """Re-queue the task's parked partitions; return how many."""
         return int(self._exec("reset_failed", task=task.name).rowcount)
 
+    # ------------------------------------------------------------------ runs, schedules, listings
+
+    def start_run(
+        self, task: str, *, tag: str | None, request: dict[str, Any], run_id: str | None = None
+    ) -> str:
+        """Record a run (``task`` may be ``*`` for all tasks) and return its id."""
+        rid = uuid.UUID(run_id) if run_id else uuid.uuid4()
+        self._exec("run_start", id=rid, task=task, tag=tag, request=json.dumps(request, default=str))
+        return str(rid)
+
+    def finish_run(self, run_id: str, summary: Any) -> None:
+        """Record a run's summary (JSON-ready data)."""
+        self._exec("run_finish", id=uuid.UUID(run_id), summary=json.dumps(summary, default=str))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """One run, or None."""
+        row = self._exec("run_get", id=uuid.UUID(run_id)).fetchone()
+        return None if row is None else self._run_dict(row)
+
+    def list_runs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent runs, newest first."""
+        return [self._run_dict(r) for r in self._exec("run_list", limit=limit).fetchall()]
+
+    def _run_dict(self, row: Sequence[Any]) -> dict[str, Any]:
+        rid, task, tag, request, started, finished, summary = row
+        parsed = json.loads(summary) if summary else None
+        if finished is None:
+            state = "running"
+        else:
+            failed = any(t.get("failed") for t in parsed) if isinstance(parsed, list) else False
+            state = "failed" if failed else "succeeded"
+        return {
+            "id": str(rid),
+            "task": task,
+            "tag": tag,
+            "state": state,
+            "request": json.loads(request) if request else None,
+            "started_at": self._from_ts(started),
+            "finished_at": self._from_ts(finished),
+            "summary": parsed,
+        }
+
+    def claim_tick(self, task: TaskSpec, tick: dt.datetime) -> bool:
+        """True for exactly one caller per (task, schedule tick), across every replica."""
+        return bool(self._exec("tick_claim", task=task.name, tick=self._ts(tick)).rowcount == 1)
+
+    def list_partitions(
+        self, task: TaskSpec, *, state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """A page of the task's partitions with their state."""
+        settle = task.time.settle if task.time else 0.0
+        names = (
+            "partition",
+            "keys",
+            "version",
+            "exported_version",
+            "attempts",
+            "last_error",
+            "path",
+            "rows",
+            "bytes",
+            "exported_at",
+            "window_start",
+            "window_end",
+            "state",
+        )
+        out = []
+        for row in self._exec(
+            "list_partitions", task=task.name, state=state, limit=limit, offset=offset, settle=settle
+        ).fetchall():
+            item = dict(zip(names, row, strict=True))
+            item["keys"] = item["keys"] if isinstance(item["keys"], dict) else json.loads(item["keys"])
+            for key in ("exported_at", "window_start", "window_end"):
+                item[key] = self._from_ts(item[key])
+            out.append(item)
+        return out
+
     # ------------------------------------------------------------------ change inbox and scans
 
     def take_changes(self, task: TaskSpec, *, limit: int, cur: Any) -> list[tuple[list[Any], Any]]:
@@ -357,7 +434,7 @@ class WatermarkClaim:
 
 
 class WatermarkLedger:
-    """The per-(task, entity) watermarks and the runs table, on the ledger database."""
+    """The per-(task, entity) watermarks, on the ledger database."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -484,23 +561,3 @@ class WatermarkLedger:
     def delete(self, task: TaskSpec, entity: str) -> bool:
         """Delete an entity's watermark; True when there was one."""
         return bool(self._exec("wm_delete", task=task.name, entity=entity).rowcount)
-
-    def start_run(self, task: TaskSpec, *, tag: str | None, request: dict[str, Any]) -> str:
-        """Record a run and return its id."""
-        run_id = uuid.uuid4()
-        self._exec("run_start", id=run_id, task=task.name, tag=tag, request=json.dumps(request, default=str))
-        return str(run_id)
-
-    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
-        """Record a run's summary."""
-        self._exec("run_finish", id=uuid.UUID(run_id), summary=json.dumps(summary, default=str))
-
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """One run, or None."""
-        row = self._exec("run_get", id=uuid.UUID(run_id)).fetchone()
-        if row is None:
-            return None
-        names = ("id", "task", "tag", "request", "started_at", "finished_at", "summary")
-        item = dict(zip(names, row, strict=True))
-        item["id"] = str(item["id"])
-        return item

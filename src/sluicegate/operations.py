@@ -224,6 +224,7 @@ def describe_tasks(project: Project) -> list[dict[str, Any]]:
                 "time": asdict(task.time) if task.time else None,
                 "capture": task.capture.mode,
                 "path": task.path,
+                "schedule": task.schedule,
                 "select": task.select_sql.strip(),
             }
         )

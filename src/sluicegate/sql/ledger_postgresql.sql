@@ -86,6 +86,12 @@ CREATE TABLE IF NOT EXISTS {t}archive_runs (
     finished_at timestamptz,
     CONSTRAINT archive_runs_task_path_key UNIQUE (task, path)
 );
+CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
+    task text NOT NULL,
+    tick timestamptz NOT NULL,
+    fired_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task, tick)
+);
 CREATE TABLE IF NOT EXISTS {t}runs (
     id uuid PRIMARY KEY,
     task text NOT NULL,
@@ -95,7 +101,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     finished_at timestamptz,
     summary text
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '3')
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '4')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --
@@ -339,3 +345,28 @@ WHERE id = %(id)s;
 -- arc_done --
 -- The delete committed (or there is none): the run is finished.
 UPDATE {t}archive_runs SET state = 'done', deleted = %(deleted)s, finished_at = now() WHERE id = %(id)s;
+
+-- tick_claim --
+-- Claim one schedule tick of a task; only one scheduler among all replicas gets the row.
+INSERT INTO {t}schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s) ON CONFLICT DO NOTHING;
+
+-- run_list --
+-- The most recent runs.
+SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs
+ORDER BY started_at DESC LIMIT %(limit)s;
+
+-- list_partitions --
+-- A page of a task's partitions with their state.
+SELECT * FROM (
+    SELECT pkey, keys, version, exported_version, attempts, last_error, path, rows, bytes, exported_at,
+           win_start, win_end,
+           CASE WHEN failed THEN 'failed'
+                WHEN version = exported_version THEN 'exported'
+                WHEN claim_token IS NOT NULL AND lease_until >= now() THEN 'claimed'
+                WHEN win_end > now() - make_interval(secs => %(settle)s) THEN 'waiting'
+                ELSE 'pending' END AS state
+    FROM {t}partitions WHERE task = %(task)s
+) AS p
+WHERE %(state)s::text IS NULL OR state = %(state)s::text
+ORDER BY win_start NULLS FIRST, pkey
+LIMIT %(limit)s OFFSET %(offset)s;

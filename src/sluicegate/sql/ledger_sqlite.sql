@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS {t}archive_runs (
     finished_at REAL,
     UNIQUE (task, path)
 );
+CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
+    task TEXT NOT NULL,
+    tick REAL NOT NULL,
+    fired_at REAL,
+    PRIMARY KEY (task, tick)
+);
 CREATE TABLE IF NOT EXISTS {t}runs (
     id TEXT PRIMARY KEY,
     task TEXT NOT NULL,
@@ -93,7 +99,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     finished_at REAL,
     summary TEXT
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '3');
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '4');
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -320,3 +326,28 @@ WHERE id = :id;
 -- arc_done --
 -- The delete committed (or there is none): the run is finished.
 UPDATE {t}archive_runs SET state = 'done', deleted = :deleted, finished_at = :now WHERE id = :id;
+
+-- tick_claim --
+-- Claim one schedule tick of a task; only one scheduler among all replicas gets the row.
+INSERT INTO {t}schedule_ticks (task, tick, fired_at) VALUES (:task, :tick, :now) ON CONFLICT DO NOTHING;
+
+-- run_list --
+-- The most recent runs.
+SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs
+ORDER BY started_at DESC LIMIT :limit;
+
+-- list_partitions --
+-- A page of a task's partitions with their state.
+SELECT * FROM (
+    SELECT pkey, keys, version, exported_version, attempts, last_error, path, rows, bytes, exported_at,
+           win_start, win_end,
+           CASE WHEN failed THEN 'failed'
+                WHEN version = exported_version THEN 'exported'
+                WHEN claim_token IS NOT NULL AND lease_until >= :now THEN 'claimed'
+                WHEN win_end > :now - :settle THEN 'waiting'
+                ELSE 'pending' END AS state
+    FROM {t}partitions WHERE task = :task
+) AS p
+WHERE :state IS NULL OR state = :state
+ORDER BY win_start IS NOT NULL, win_start, pkey
+LIMIT :limit OFFSET :offset;

@@ -1,0 +1,83 @@
+"""Cron schedules in ``sluicegate serve``: one replica fires each tick, missed ticks are not replayed.
+
+Every few seconds the scheduler looks at each task's most recent tick (``schedule`` in the
+task's ``schedule_zone``). A tick newer than the last one this process saw is claimed on the
+ledger (``schedule_ticks``, one row per task and tick): only the replica whose insert wins
+starts the run. After downtime only the latest tick fires, and that run exports all the work
+that is pending by then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import Any
+
+from croniter import croniter
+
+from ..config import Project
+from ..engine import RunOptions
+from ..exceptions import SluicegateError
+from ..ledger import Ledger
+from ..partitions import zone_of
+
+log = logging.getLogger("sluicegate.scheduler")
+
+
+def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
+    """The most recent tick of ``schedule`` at or before ``now`` (aware, UTC)."""
+    local = now.astimezone(zone_of(zone))
+    tick: dt.datetime = croniter(schedule, local + dt.timedelta(microseconds=1)).get_prev(dt.datetime)
+    return tick.astimezone(dt.UTC)
+
+
+class Scheduler:
+    """A background thread that fires due schedule ticks through the run manager."""
+
+    def __init__(self, load: Any, runs: Any, *, interval: float = 5.0) -> None:
+        self.load = load
+        self.runs = runs
+        self.interval = interval
+        self.seen: dict[str, dt.datetime] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start ticking in a daemon thread."""
+        self._thread = threading.Thread(target=self._loop, name="sluicegate-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick(dt.datetime.now(dt.UTC))
+            except SluicegateError:
+                log.warning("scheduler: %s", exc_info=True)
+            self._stop.wait(self.interval)
+
+    def tick(self, now: dt.datetime) -> list[str]:
+        """Fire every task whose latest tick is new and won on the ledger; return the run ids."""
+        project: Project = self.load()
+        due = [t for t in project.tasks.values() if t.schedule]
+        if not due:
+            return []
+        started = []
+        s = project.settings
+        with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
+            ledger.ensure_schema()
+            for task in due:
+                assert task.schedule
+                tick = latest_tick(task.schedule, task.schedule_zone, now)
+                if self.seen.get(task.name) == tick:
+                    continue
+                self.seen[task.name] = tick
+                if ledger.claim_tick(task, tick):
+                    started.append(self.runs.start([task.name], RunOptions(), label=f"schedule:{task.name}"))
+        return started
