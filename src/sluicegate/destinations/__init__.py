@@ -36,7 +36,7 @@ class Staged:
 class HashingWriter:
     """A write-only binary file wrapper that counts bytes and computes SHA-256."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO | Any) -> None:
         self.raw = raw
         self.size = 0
         self._sha = hashlib.sha256()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from ..exceptions import ConfigError, DestinationUnavailable
 from . import HashingWriter, Staged
@@ -35,22 +38,32 @@ class LocalDestination:
         return target
 
     def stage(self, path: str) -> Staged:
-        """Create ``.<name>.sluicegate-<id>.tmp`` beside the final file."""
+        """Stage ``path``: bytes stay in memory up to SPOOL_BYTES, then go to ``.<name>.sluicegate-<id>.tmp``.
+
+        No file-system call happens here for small files: creating, writing and renaming them is
+        left to :meth:`publish`, which the engine runs on its publisher threads.
+        """
         target = self._target(path)
+        tmp = target.parent / f".{target.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        spool = _Spool(tmp, self._prepare)
+        return Staged(path=path, file=HashingWriter(spool), local_path=str(tmp), handle=spool)
+
+    def _prepare(self, folder: Path) -> None:
+        """Create ``folder`` once and clear dead workers' temp files in it."""
+        if folder in self._cleaned:
+            return
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._clean_orphans(target.parent)
-            tmp = target.parent / f".{target.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-            raw = open(tmp, "xb")  # noqa: SIM115 - closed in publish/discard
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DestinationUnavailable(f"cannot write in {target.parent}: {exc.strerror}") from exc
-        return Staged(path=path, file=HashingWriter(raw), local_path=str(tmp), handle=raw)
+            raise DestinationUnavailable(f"cannot write in {folder}: {exc.strerror}") from exc
+        self._clean_orphans(folder)
 
     def publish(self, staged: Staged) -> None:
         """fsync the temp file and rename it over the target; :meth:`sync` makes the rename durable."""
         target = self._target(staged.path)
         raw = staged.handle
         try:
+            raw.materialize()
             raw.flush()
             os.fsync(raw.fileno())
             raw.close()
@@ -78,11 +91,12 @@ class LocalDestination:
             raise DestinationUnavailable(f"cannot fsync a folder under {self.root}: {exc.strerror}") from exc
 
     def discard(self, staged: Staged) -> None:
-        """Close and remove the temp file."""
+        """Close and remove the temp file (if the spool reached the disk)."""
         with contextlib.suppress(OSError):
             staged.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged.local_path)
+        if staged.handle.on_disk:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.local_path)
 
     def exists(self, path: str, size: int) -> bool:
         """True when ``path`` exists with ``size`` bytes."""
@@ -125,3 +139,63 @@ class LocalDestination:
                     with contextlib.suppress(FileNotFoundError):
                         if entry.stat().st_mtime < cutoff:
                             os.unlink(entry.path)
+
+
+SPOOL_BYTES = 8 * 1024 * 1024
+
+
+class _Spool:
+    """A write-only file that keeps its bytes in memory until they exceed SPOOL_BYTES.
+
+    Past that, or when published, the bytes go to the temp file ``path`` beside the target,
+    so memory stays bounded whatever the partition size.
+    """
+
+    def __init__(self, path: Path, prepare: Callable[[Path], None]) -> None:
+        self.path = path
+        self.prepare = prepare
+        self.buffer: io.BytesIO | None = io.BytesIO()
+        self.file: BinaryIO | None = None
+        self.closed = False
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the temp file exists."""
+        return self.file is not None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``."""
+        if self.file is not None:
+            return self.file.write(data)
+        assert self.buffer is not None
+        self.buffer.write(data)
+        if self.buffer.tell() > SPOOL_BYTES:
+            self.materialize()
+        return len(data)
+
+    def materialize(self) -> None:
+        """Move the bytes to the temp file (idempotent)."""
+        if self.file is not None:
+            return
+        self.prepare(self.path.parent)
+        self.file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
+        assert self.buffer is not None
+        self.file.write(self.buffer.getbuffer())
+        self.buffer = None
+
+    def flush(self) -> None:
+        """Flush the temp file, if any."""
+        if self.file is not None:
+            self.file.flush()
+
+    def fileno(self) -> int:
+        """The temp file's descriptor (after materialize)."""
+        assert self.file is not None
+        return self.file.fileno()
+
+    def close(self) -> None:
+        """Close the temp file and drop the buffer."""
+        self.closed = True
+        self.buffer = None
+        if self.file is not None:
+            self.file.close()

@@ -22,15 +22,23 @@ def available() -> bool:
     return importlib.util.find_spec("adbc_driver_postgresql") is not None
 
 
-def read_arrow(
-    url: str, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
-) -> Iterator[tuple[int, pa.Table]]:
-    """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column."""
+def open_arrow(url: str) -> Any:
+    """An ADBC connection with the session settings the batch query expects."""
     import adbc_driver_postgresql.dbapi as adbc
 
-    text = psycopg.ClientCursor(conn).mogrify(query, params)
-    with adbc.connect(url) as aconn, aconn.cursor() as cur:
+    conn = adbc.connect(url)
+    with conn.cursor() as cur:
         cur.execute("SET TimeZone TO 'UTC'")
+        cur.execute("SET work_mem TO '64MB'")
+    return conn
+
+
+def read_arrow(
+    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
+) -> Iterator[tuple[int, pa.Table]]:
+    """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column."""
+    text = psycopg.ClientCursor(conn).mogrify(query, params)
+    with aconn.cursor() as cur:
         cur.execute(text)
         reader = cur.fetch_record_batch()
         for batch in reader:

@@ -50,11 +50,16 @@ class PostgresSource:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = db.connect(url)
-        # Naive timestamps are read as UTC, and windows are compared in UTC.
+        # Naive timestamps are read as UTC, and windows are compared in UTC. Batches are sorted
+        # by partition: enough work_mem keeps that sort in memory.
         self.conn.execute("SET TimeZone TO 'UTC'")
+        self.conn.execute("SET work_mem TO '64MB'")
+        self._arrow: Any = None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        if self._arrow is not None:
+            self._arrow.close()
         self.conn.close()
 
     def _select(self, task: TaskSpec) -> sql.Composable:
@@ -124,7 +129,10 @@ class PostgresSource:
             on += [sql.SQL("q.{} " + lo + " p.ws").format(t), sql.SQL("q.{} " + hi + " p.we").format(t)]
             where += [sql.SQL("q.{} " + lo + " %s").format(t), sql.SQL("q.{} " + hi + " %s").format(t)]
             where_params += [min(p.start for p in parts if p.start), max(p.end for p in parts if p.end)]
-        projection = sql.SQL(", ").join(_csv_expr(c) for c in columns) if mode == "csv" else sql.SQL("q.*")
+        zone = sql.SQL("p.zone") if task.time else sql.Literal("UTC")
+        projection = (
+            sql.SQL(", ").join(_csv_expr(c, zone) for c in columns) if mode == "csv" else sql.SQL("q.*")
+        )
         order = sql.SQL(", ").join(
             sql.SQL("q.{}").format(sql.Identifier(c)) for c in order_columns(task, columns)
         )
@@ -151,9 +159,11 @@ class PostgresSource:
             if mode == "csv":
                 yield from self._read_csv(query, params)
             elif mode == "arrow":
-                from .arrow import read_arrow
+                from .arrow import open_arrow, read_arrow
 
-                yield from read_arrow(self.url, self.conn, query, params)
+                if self._arrow is None:
+                    self._arrow = open_arrow(self.url)
+                yield from read_arrow(self._arrow, self.conn, query, params)
             else:
                 yield from self._read_rows(query, params)
 
@@ -203,19 +213,19 @@ class PostgresSource:
                 yield current, chunk
 
 
-def _csv_expr(col: Column) -> sql.Composable:
+def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
     """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
     c = sql.SQL("q.{}").format(sql.Identifier(col.name))
     if col.kind == "timestamptz":
-        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE p.zone) - ({c} AT TIME ZONE 'UTC'))::int").format(
-            c=c
+        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
+            c=c, z=zone
         )
         return sql.SQL(
-            "to_char({c} AT TIME ZONE p.zone, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            "to_char({c} AT TIME ZONE {z}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
             " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
             " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
             " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
-        ).format(c=c, off=off)
+        ).format(c=c, off=off, z=zone)
     if col.kind == "timestamp":
         return sql.SQL(
             "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
