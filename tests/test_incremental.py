@@ -226,6 +226,10 @@ def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     late = _run(root, export_type="daily", end=T - dt.timedelta(days=1))
     assert late.exported == 0 and "not after the watermark" in late.entities[0]["note"]
     assert _marks(root) == {"s1": T} and len(files(tmp_path / "out")) == 1
+    # The empty window gave its claim back: the next export is not told another export holds it.
+    rec.add("s1", T + dt.timedelta(hours=1), "b")
+    after = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert after.entities[0]["rows"] == 1 and _marks(root) == {"s1": T + dt.timedelta(days=1)}
 
 
 # 7: a worker killed mid-export: after the lease expires the same window is exported once, to the same file

@@ -528,6 +528,10 @@ class WatermarkLedger:
         """Forget a recorded failure (its window was exported)."""
         self._exec("wm_clear_failure", task=task.name, entity=entity)
 
+    def release_one(self, claim: WatermarkClaim) -> None:
+        """Give back one watermark row without exporting (an empty window)."""
+        self._exec("wm_release_one", id=claim.id, token=self._tok(claim.token))
+
     def release(self, token: str) -> int:
         """Give back every watermark row held under ``token``."""
         return int(self._exec("wm_release", token=self._tok(token)).rowcount)

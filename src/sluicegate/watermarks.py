@@ -379,6 +379,8 @@ def plan_windows(
             if capped < end and start < end:
                 reason = f"held back to {capped.isoformat()}: a transaction that began then is still open"
             notes.append({"entity": c.entity, "rows": 0, "note": reason})
+            if claim:
+                wm.release_one(c)
             continue
         windows.append(
             Window(

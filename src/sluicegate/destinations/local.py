@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import threading
 import time
@@ -28,6 +29,9 @@ class LocalDestination:
         self.stale_after = stale_after
         self._cleaned: set[Path] = set()
         self._unsynced: set[Path] = set()
+        # Unique temp names without a system call per file: a random prefix per process, then a counter.
+        self._prefix = f"{uuid.uuid4().hex[:8]}-"
+        self._serial = itertools.count()
         self._lock = threading.Lock()
 
     def _target(self, path: str) -> Path:
@@ -44,7 +48,7 @@ class LocalDestination:
         left to :meth:`publish`, which the engine runs on its publisher threads.
         """
         target = self._target(path)
-        tmp = target.parent / f".{target.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        tmp = target.parent / f".{target.name}{TEMP_MARK}{self._prefix}{next(self._serial)}{TEMP_SUFFIX}"
         spool = _Spool(tmp, self._prepare)
         return Staged(path=path, file=HashingWriter(spool), local_path=str(tmp), handle=spool)
 

@@ -40,9 +40,9 @@ class Writer(Protocol):
 
 
 SPECS = {
-    "csv": FormatSpec(name="csv", extension="csv", modes=("arrow", "csv", "rows"), content_type="text/csv"),
+    "csv": FormatSpec(name="csv", extension="csv", modes=("csv", "rows"), content_type="text/csv"),
     "csv.gz": FormatSpec(
-        name="csv.gz", extension="csv.gz", modes=("arrow", "csv", "rows"), content_type="application/gzip"
+        name="csv.gz", extension="csv.gz", modes=("csv", "rows"), content_type="application/gzip"
     ),
     "parquet": FormatSpec(
         name="parquet",

@@ -8,7 +8,6 @@ give equal bytes. PostgreSQL's COPY produces the same dialect server-side (``csv
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -37,7 +36,6 @@ class CsvWriter:
         self._text = io.StringIO()
         self._csv = csv.writer(self._text, lineterminator="\n")
         self._convert = [_converter(c, zone) for c in columns]
-        self._zone = zone
         self._csv.writerow([c.name for c in columns])
         self._flush_text()
 
@@ -47,11 +45,7 @@ class CsvWriter:
         self._text.truncate()
 
     def write(self, chunk: Any, mode: Mode) -> None:
-        """Append CSV bytes from COPY, an Arrow table, or row tuples."""
-        if mode == "arrow":
-            self._out.write(_arrow_csv(chunk, self._zone))
-            self.rows += chunk.num_rows
-            return
+        """Append CSV bytes (from COPY, or encoded from Arrow batches), or encode row tuples."""
         if mode == "csv":
             self._out.write(chunk)
             self.rows += chunk.count(b"\n") if b'"' not in chunk else _count_records(chunk)
@@ -68,33 +62,6 @@ class CsvWriter:
         """Write the gzip trailer, if any."""
         if self._gz is not None:
             self._gz.close()
-
-
-def _arrow_csv(table: Any, zone: str | None) -> bytes:
-    """Encode an Arrow table in our dialect with Arrow's C++ CSV writer (no Python per row)."""
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
-    columns = [_arrow_times(c, zone) if pa.types.is_timestamp(c.type) else c for c in table.columns]
-    out = io.BytesIO()
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
-    pa_csv.write_csv(pa.Table.from_arrays(columns, names=table.column_names), out, options)
-    return out.getvalue()
-
-
-def _arrow_times(column: Any, zone: str | None) -> Any:
-    """ISO 8601 text in the partition's zone, with ``+HH:MM``; fractions only when present."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    tz = (zone or "UTC") if column.type.tz is not None else None
-    typed = column.cast(pa.timestamp("us", tz=tz))
-    with contextlib.suppress(pa.ArrowInvalid):  # a safe cast refuses when there are fractions
-        typed = typed.cast(pa.timestamp("s", tz=tz))
-    if tz is None:
-        return pc.strftime(typed, format="%Y-%m-%dT%H:%M:%S")
-    text = pc.strftime(typed, format="%Y-%m-%dT%H:%M:%S%z")
-    return pc.utf8_replace_slice(text, start=-2, stop=-2, replacement=":")
 
 
 def _count_records(data: bytes) -> int:

@@ -7,14 +7,20 @@ rendered with psycopg's client-side binding, so values are quoted by psycopg.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import importlib.util
-from collections.abc import Iterator
+import io
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from psycopg import sql
+
+from ..partitions import Partition, zone_of
 
 
 def available() -> bool:
@@ -58,3 +64,118 @@ def _split(batch: pa.RecordBatch) -> Iterator[tuple[int, pa.Table]]:
     for end, value in zip(ends, values, strict=True):
         yield int(value), table.slice(start, end - start)
         start = end
+
+
+def read_csv(
+    aconn: Any,
+    conn: psycopg.Connection[Any],
+    query: sql.Composed,
+    params: list[Any],
+    parts: Sequence[Partition],
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(index, csv bytes)`` per partition, encoded by Arrow's C++ CSV writer a batch at a time.
+
+    Timestamps with a zone become ISO 8601 text in each partition's zone. When no text value
+    holds a line break, the whole batch is encoded once and split by line; otherwise each
+    partition's slice is encoded on its own.
+    """
+    text = psycopg.ClientCursor(conn).mogrify(query, params)
+    offsets = _Offsets(parts)
+    with aconn.cursor() as cur:
+        cur.execute(text)
+        for batch in cur.fetch_record_batch():
+            if batch.num_rows == 0:
+                continue
+            ords = batch.column(0)
+            table = pa.Table.from_batches([batch]).drop_columns([batch.schema.names[0]])
+            runs = pc.run_end_encode(ords)
+            ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
+            columns = [
+                offsets.format(c, ends, values) if pa.types.is_timestamp(c.type) else c for c in table.columns
+            ]
+            table = pa.Table.from_arrays(columns, names=table.column_names)
+            if _has_line_breaks(table):
+                start = 0
+                for end, value in zip(ends, values, strict=True):
+                    yield int(value), _encode(table.slice(start, end - start))
+                    start = end
+                continue
+            lines = _encode(table).split(b"\n")
+            start = 0
+            for end, value in zip(ends, values, strict=True):
+                yield int(value), b"\n".join(lines[start:end]) + b"\n"
+                start = end
+
+
+class _Offsets:
+    """UTC offsets per partition: constant over a window except on DST-change days.
+
+    Formatting with Arrow's zone-aware strftime looks up the zone for every value and is slow;
+    instead each row gets its partition's offset added to UTC and is formatted as a naive time,
+    with the offset text appended. Windows that span an offset change get per-row offsets.
+    """
+
+    def __init__(self, parts: Sequence[Partition]) -> None:
+        self.parts = parts
+        self.constant: list[int | None] = []
+        for part in parts:
+            tz = zone_of(part.zone or "UTC")
+            if part.start is None or part.end is None:
+                self.constant.append(None)
+                continue
+            first = part.start.astimezone(tz).utcoffset()
+            last = (part.end - dt.timedelta(microseconds=1)).astimezone(tz).utcoffset()
+            same = first == last and first is not None
+            self.constant.append(int(first.total_seconds()) if same and first is not None else None)
+
+    def format(self, column: Any, ends: list[int], values: list[int]) -> Any:
+        """ISO 8601 text for a timestamp column of one batch."""
+        if column.type.tz is None:
+            return pc.strftime(_whole_seconds(column), format="%Y-%m-%dT%H:%M:%S")
+        utc = column.cast(pa.timestamp("us", tz="UTC"))
+        seconds: list[int] = []
+        start = 0
+        for end, value in zip(ends, values, strict=True):
+            fixed = self.constant[value]
+            if fixed is not None:
+                seconds.extend([fixed] * (end - start))
+            else:
+                tz = zone_of(self.parts[value].zone or "UTC")
+                for instant in utc.slice(start, end - start).to_pylist():
+                    offset = instant.astimezone(tz).utcoffset() if instant is not None else None
+                    seconds.append(int(offset.total_seconds()) if offset is not None else 0)
+            start = end
+        shift = pa.array(seconds, type=pa.int64())
+        micros = pc.add(utc.cast(pa.int64()), pc.multiply(shift, 1_000_000))
+        local = pc.strftime(_whole_seconds(micros.cast(pa.timestamp("us"))), format="%Y-%m-%dT%H:%M:%S")
+        return pc.if_else(
+            pc.is_null(column),
+            pa.scalar(None, pa.string()),
+            pc.binary_join_element_wise(local, _offset_text(shift), ""),
+        )
+
+
+def _whole_seconds(column: Any) -> Any:
+    """Drop the fraction when no value has one (a safe cast refuses otherwise)."""
+    unit_tz = column.type.tz
+    with contextlib.suppress(pa.ArrowInvalid):
+        return column.cast(pa.timestamp("s", tz=unit_tz))
+    return column
+
+
+def _offset_text(seconds: Any) -> Any:
+    """``+HH:MM`` for an int64 array of offsets in seconds."""
+    distinct = pc.unique(seconds).to_pylist()
+    texts = [f"{'-' if s < 0 else '+'}{abs(s) // 3600:02d}:{abs(s) % 3600 // 60:02d}" for s in distinct]
+    return pc.take(pa.array(texts), pc.index_in(seconds, value_set=pa.array(distinct, type=pa.int64())))
+
+
+def _encode(table: pa.Table) -> bytes:
+    out = io.BytesIO()
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
+
+
+def _has_line_breaks(table: pa.Table) -> bool:
+    text = [c for c in table.columns if pa.types.is_string(c.type) or pa.types.is_large_string(c.type)]
+    return any(pc.any(pc.match_substring_regex(c, "[\r\n]")).as_py() for c in text)

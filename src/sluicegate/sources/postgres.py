@@ -20,6 +20,7 @@ from ..config import TaskSpec
 from ..exceptions import ConfigError
 from ..partitions import Partition, canonical_key
 from . import Column, ColumnKind, Mode, order_columns
+from .arrow import available as arrow_available
 
 CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 10000
@@ -130,8 +131,9 @@ class PostgresSource:
             where += [sql.SQL("q.{} " + lo + " %s").format(t), sql.SQL("q.{} " + hi + " %s").format(t)]
             where_params += [min(p.start for p in parts if p.start), max(p.end for p in parts if p.end)]
         zone = sql.SQL("p.zone") if task.time else sql.Literal("UTC")
+        server_text = mode == "csv" and not arrow_available()  # COPY formats every value on the server
         projection = (
-            sql.SQL(", ").join(_csv_expr(c, zone) for c in columns) if mode == "csv" else sql.SQL("q.*")
+            sql.SQL(", ").join(_csv_expr(c, zone) for c in columns) if server_text else sql.SQL("q.*")
         )
         order = sql.SQL(", ").join(
             sql.SQL("q.{}").format(sql.Identifier(c)) for c in order_columns(task, columns)
@@ -156,16 +158,25 @@ class PostgresSource:
         """Yield ``(index, chunk)`` for ``parts``: CSV bytes, Arrow tables or row lists."""
         query, params = self.batch_query(task, parts, columns, mode)
         with db.wrap_errors(self.url):
-            if mode == "csv":
+            if mode == "csv" and not arrow_available():
                 yield from self._read_csv(query, params)
-            elif mode == "arrow":
-                from .arrow import open_arrow, read_arrow
+            elif mode == "csv":
+                from .arrow import read_csv
 
-                if self._arrow is None:
-                    self._arrow = open_arrow(self.url)
-                yield from read_arrow(self._arrow, self.conn, query, params)
+                yield from read_csv(self._arrow_conn(), self.conn, query, params, parts)
+            elif mode == "arrow":
+                from .arrow import read_arrow
+
+                yield from read_arrow(self._arrow_conn(), self.conn, query, params)
             else:
                 yield from self._read_rows(query, params)
+
+    def _arrow_conn(self) -> Any:
+        if self._arrow is None:
+            from .arrow import open_arrow
+
+            self._arrow = open_arrow(self.url)
+        return self._arrow
 
     def _read_csv(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, bytes]]:
         copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)

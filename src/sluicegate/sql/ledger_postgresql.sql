@@ -370,3 +370,9 @@ SELECT * FROM (
 WHERE %(state)s::text IS NULL OR state = %(state)s::text
 ORDER BY win_start NULLS FIRST, pkey
 LIMIT %(limit)s OFFSET %(offset)s;
+
+-- wm_release_one --
+-- Give back one watermark row (its window turned out empty).
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id = %(id)s AND claim_token = %(token)s;

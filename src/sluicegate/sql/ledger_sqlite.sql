@@ -351,3 +351,9 @@ SELECT * FROM (
 WHERE :state IS NULL OR state = :state
 ORDER BY win_start IS NOT NULL, win_start, pkey
 LIMIT :limit OFFSET :offset;
+
+-- wm_release_one --
+-- Give back one watermark row (its window turned out empty).
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id = :id AND claim_token = :token;
