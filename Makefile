@@ -24,7 +24,7 @@ system-deps:
 	scripts/install-system-deps.sh
 
 demo: venv
-	$(BIN)/sluicegate demo demo
+	$(BIN)/sluicegate demo demo --force
 
 lint: venv
 	$(BIN)/ruff check src tests

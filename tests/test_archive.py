@@ -219,3 +219,12 @@ def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, pg_url: str
     assert set(archived).isdisjoint(agency.ids())
     assert len(archived) + agency.count() == agency.inserted + writer.inserted
     assert final.failed == 0 and failures < 6
+
+
+def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    Agency(url)
+    assert cli(root, "check").returncode == 0
+    (root / "tasks/agency/delete.sql").write_text("DELETE FROM nowhere WHERE updated_at < %(export_boundary)s")
+    result = cli(root, "check")
+    assert result.returncode == 2 and "delete.sql: the query failed" in result.stderr

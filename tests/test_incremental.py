@@ -379,6 +379,7 @@ def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=2), "a")
+    assert cli(root, "check").returncode == 0  # entity, cursor and the window path all check out
     _run(root, export_type="daily", end=T)
     assert cli(root, "watermark", "delete", "studies", "s1", check=True).returncode == 0
     assert _marks(root) == {}

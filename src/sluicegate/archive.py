@@ -30,6 +30,7 @@ from psycopg import sql
 from . import db
 from .config import Project, TaskSpec
 from .destinations import Destination, Staged
+from .destinations.local import LocalDestination
 from .exceptions import DataError, DestinationUnavailable, SluicegateError
 from .formats import open_writer
 from .ledger import Ledger
@@ -98,11 +99,12 @@ class Archiver:
 
     def _free_path(self, task: TaskSpec, boundary: dt.datetime, run_id: str) -> str:
         base = render_archive_path(task, boundary, run_id[:8])
+        folder, slash, name = base.rpartition("/")
+        stem, dot, ext = name.partition(".")  # "-2" goes before the whole extension (.csv.gz)
         candidate, n = base, 1
         while self.ledger._exec("arc_path_taken", task=task.name, path=candidate).fetchone():
             n += 1
-            stem, dot, ext = base.partition(".")
-            candidate = f"{stem}-{n}{dot}{ext}"
+            candidate = f"{folder}{slash}{stem}-{n}{dot}{ext}"
         return candidate
 
     # ------------------------------------------------------------------ one run
@@ -226,9 +228,8 @@ class Archiver:
 
     def _verify(self, path: str, staged: Staged) -> None:
         """Read the published file back (local) or ask the store (S3) and compare size and SHA-256."""
-        local = getattr(self.dest, "root", None)
-        if local is not None:
-            digest = hashlib.sha256((local / path).read_bytes()).hexdigest()
+        if isinstance(self.dest, LocalDestination):
+            digest = hashlib.sha256((self.dest.root / path).read_bytes()).hexdigest()
             if digest != staged.file.sha256:
                 raise DestinationUnavailable(
                     f"{self.dest.display(path)} does not match what was written; not deleting"

@@ -532,9 +532,12 @@ def generate(
             raise UsageError(
                 f"--rate {rate!r} is not a rate; use a number of rows per minute such as 600/min"
             ) from None
-    result = run_generate(
-        url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
-    )
+    try:
+        result = run_generate(
+            url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
+        )
+    except ValueError as exc:  # the generator names the bad URL or argument
+        raise UsageError(str(exc)) from None
     click.echo(
         f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
         f"into {mask_url(url)}"

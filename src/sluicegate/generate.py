@@ -600,7 +600,7 @@ def _sqlite_bulk(
     ts = _SqliteTimestamps()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        before = conn.total_changes
+        inserted = 0  # rowcount, not total_changes: capture triggers' own inserts must not count
         for k_hi in range(plan.slots - 1, -1, -slots_per_chunk):
             slots = range(k_hi, max(k_hi - slots_per_chunk, -1), -1)
             batch = _sqlite_chunk(
@@ -613,12 +613,11 @@ def _sqlite_bulk(
                 ts=ts,
                 late_rows=late_rows,
             )
-            conn.executemany(insert, batch)
+            inserted += conn.executemany(insert, batch).rowcount
             if progress is not None:
-                progress(conn.total_changes - before)
+                progress(inserted)
         random.Random(f"{seed}:late").shuffle(late_rows)
-        conn.executemany(insert, late_rows)
-        inserted = conn.total_changes - before
+        inserted += conn.executemany(insert, late_rows).rowcount
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -834,13 +833,11 @@ class _SteadySource:
 def _sqlite_insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row]) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        before = conn.total_changes
-        conn.executemany(
+        inserted = conn.executemany(
             "INSERT OR IGNORE INTO measurements (location_id, sensor_id, datetime, value, ingested_at) "
             "VALUES (?, ?, ?, ?, ?)",
             [(loc, sid, _sqlite_ts(dt), value, _sqlite_ts(ing)) for loc, sid, dt, value, ing in rows],
-        )
-        inserted = conn.total_changes - before
+        ).rowcount
     except BaseException:
         conn.execute("ROLLBACK")
         raise

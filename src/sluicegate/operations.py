@@ -66,6 +66,8 @@ def _check_search_path(ledger: Ledger, schema: str, toml: Any) -> list[str]:
 
 
 def _check_task(task: TaskSpec, source: Any) -> list[str]:
+    if task.archive is not None:
+        return _check_archive(task, source)
     toml = task.folder / "task.toml"
     try:
         columns = {c.name for c in source.describe(task)}
@@ -92,10 +94,11 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
                 )
         except SluicegateError as exc:
             problems.append(f"{toml} [time] zone_sql: the query failed: {exc}")
-    try:
-        render_path(task, sample_values(task))
-    except SluicegateError as exc:
-        problems.append(f"{toml} path: {exc}")
+    if task.incremental is None:  # incremental paths were rendered with a sample window at load
+        try:
+            render_path(task, sample_values(task))
+        except SluicegateError as exc:
+            problems.append(f"{toml} path: {exc}")
     cap = task.capture
     if cap.mode in ("trigger", "scan") and cap.table:
         wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
@@ -106,6 +109,28 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
             problems.append(
                 f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
             )
+    return problems
+
+
+def _check_archive(task: TaskSpec, source: Any) -> list[str]:
+    """Compile select.sql and delete.sql with a boundary; nothing is read or deleted."""
+    from .archive import _bind
+
+    assert task.archive is not None
+    params = {"export_boundary": dt.datetime.now(dt.UTC)}
+    checks = [
+        (task.folder / "select.sql", f"SELECT * FROM ({_bind(task.select_sql, source.dialect)}) AS q LIMIT 0")
+    ]
+    if task.archive.delete_sql:
+        checks.append(
+            (task.folder / "delete.sql", f"EXPLAIN {_bind(task.archive.delete_sql, source.dialect)}")
+        )
+    problems = []
+    for path, query in checks:
+        try:
+            source.execute(query, params)
+        except SluicegateError as exc:
+            problems.append(f"{path}: the query failed: {exc}; fix the SQL")
     return problems
 
 

@@ -4,7 +4,7 @@ Contract of every :class:`Destination`:
 
 * ``stage(path)`` returns a :class:`Staged` file to write into; nothing is visible under
   ``path`` until ``publish``.
-* ``publish(staged, checksum)`` makes the whole file visible under its path at once (rename
+* ``publish(staged)`` makes the whole file visible under its path at once (rename
   after fsync on disk, one completed PUT or multipart upload on S3) and verifies it; it is
   idempotent: publishing equal bytes again leaves the same object.
 * ``sync()`` makes the publishes since the last call durable; the engine calls it before it

@@ -3,7 +3,9 @@
 Dialect: a header line, RFC 4180 quoting (only where needed), UTF-8, ``\\n`` line ends, NULL
 as an empty field, booleans as ``true``/``false``, timestamps as ISO 8601 with the offset of
 the partition's zone. The gzip header carries no file name and a zero mtime, so equal rows
-give equal bytes. PostgreSQL's COPY produces the same dialect server-side (``csv`` mode).
+give equal bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY
+when the ADBC driver is missing); there an empty string is written as ``""`` to tell it from
+NULL, and Arrow quotes every non-empty text value, which is valid RFC 4180 either way.
 """
 
 from __future__ import annotations

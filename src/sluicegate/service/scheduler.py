@@ -59,7 +59,7 @@ class Scheduler:
             try:
                 self.tick(dt.datetime.now(dt.UTC))
             except SluicegateError:
-                log.warning("scheduler: %s", exc_info=True)
+                log.warning("scheduler tick failed", exc_info=True)
             self._stop.wait(self.interval)
 
     def tick(self, now: dt.datetime) -> list[str]:
