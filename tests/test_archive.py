@@ -225,6 +225,8 @@ def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path:
     root = _project(tmp_path, url)
     Agency(url)
     assert cli(root, "check").returncode == 0
-    (root / "tasks/agency/delete.sql").write_text("DELETE FROM nowhere WHERE updated_at < %(export_boundary)s")
+    (root / "tasks/agency/delete.sql").write_text(
+        "DELETE FROM nowhere WHERE updated_at < %(export_boundary)s"
+    )
     result = cli(root, "check")
     assert result.returncode == 2 and "delete.sql: the query failed" in result.stderr

@@ -6,6 +6,8 @@ import csv
 import datetime as dt
 import gzip
 import io
+import os
+import tempfile
 from pathlib import Path
 
 import boto3
@@ -130,3 +132,21 @@ def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
 
 
 pytestmark = pytest.mark.s3
+
+
+def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+
+    endpoint, bucket = s3_bucket
+    client = _client(endpoint)
+    client.create_multipart_upload(Bucket=bucket, Key="open-data/left-by-a-dead-worker.csv.gz")  # type: ignore[attr-defined]
+    client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours.csv.gz")  # type: ignore[attr-defined]
+    spool = Path(tempfile.gettempdir()) / "sluicegate-deadbeef.part"
+    spool.write_bytes(b"partial")
+    old = spool.stat().st_mtime - 3600
+    os.utime(spool, (old, old))
+    dest = open_destination(DestinationSettings(url=f"s3://{bucket}/open-data", endpoint_url=endpoint))
+    assert dest.cleanup(older_than=0) == 2  # one upload, one spool file
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])  # type: ignore[attr-defined]
+    assert [u["Key"] for u in left] == ["elsewhere/not-ours.csv.gz"] and not spool.exists()

@@ -137,6 +137,11 @@ class Exporter:
     ) -> list[TaskSummary]:
         """Export every pending, complete partition of ``tasks`` once; return summaries."""
         deadline = time.monotonic() + options.max_runtime if options.max_runtime is not None else None
+        if not options.dry_run:
+            try:
+                self.dest.cleanup(older_than=self.project.settings.lease)
+            except SluicegateError as exc:  # a failed clean-up must not stop the exports
+                log.warning("destination clean-up failed: %s", exc)
         summaries = []
         remaining = options.limit if options.limit is not None else self.project.settings.limit
         for task in tasks:

@@ -16,8 +16,12 @@ Contract of every :class:`Destination`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from ..config import DestinationSettings
@@ -112,9 +116,25 @@ class Destination(Protocol):
         """Raise when the destination cannot be written (used by ``check`` and health)."""
         ...
 
+    def cleanup(self, older_than: float) -> int:
+        """Remove what dead workers left behind (temp files, unfinished uploads); return how many."""
+        ...
+
     def display(self, path: str) -> str:
         """The full location of ``path`` for humans and the ledger."""
         ...
+
+
+def remove_stale_spools(older_than: float) -> int:
+    """Delete ``sluicegate-*.part`` spool files in the temp folder older than ``older_than`` seconds."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob("sluicegate-*.part"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def open_destination(settings: DestinationSettings, *, stale_after: float = 3600.0) -> Destination:

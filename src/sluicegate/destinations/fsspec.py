@@ -14,7 +14,7 @@ import fsspec
 
 from ..config import DestinationSettings
 from ..exceptions import DestinationUnavailable
-from . import HashingWriter, Staged
+from . import HashingWriter, Staged, remove_stale_spools
 
 
 class FsspecDestination:
@@ -74,6 +74,10 @@ class FsspecDestination:
             self.fs.makedirs(self.root, exist_ok=True)
         except OSError as exc:
             raise DestinationUnavailable(f"destination {self.url} is not writable: {exc}") from exc
+
+    def cleanup(self, older_than: float) -> int:
+        """Remove stale local spool files of dead workers."""
+        return remove_stale_spools(older_than)
 
     def display(self, path: str) -> str:
         """The full URL of ``path``."""

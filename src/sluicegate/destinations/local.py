@@ -126,6 +126,10 @@ class LocalDestination:
                 f"destination folder {self.root} is not writable: {exc.strerror}"
             ) from exc
 
+    def cleanup(self, older_than: float) -> int:
+        """Nothing here: stale temp files are removed per folder when a file is next written there."""
+        return 0
+
     def display(self, path: str) -> str:
         """The absolute file path."""
         return str(self.root / path)
@@ -145,7 +149,7 @@ class LocalDestination:
                             os.unlink(entry.path)
 
 
-SPOOL_BYTES = 8 * 1024 * 1024
+SPOOL_BYTES = 1024 * 1024  # up to MAX_INFLIGHT (64) spools wait for publishing: 64 MiB at most
 
 
 class _Spool:

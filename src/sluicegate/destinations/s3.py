@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import DestinationSettings, mask_url
 from ..exceptions import DestinationUnavailable, TerminalError
-from . import HashingWriter, Staged
+from . import HashingWriter, Staged, remove_stale_spools
 
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -130,9 +130,9 @@ class S3Destination:
             self.client.head_bucket(Bucket=self.bucket)
 
     def cleanup(self, older_than: float) -> int:
-        """Abort multipart uploads under the prefix older than ``older_than`` seconds."""
+        """Abort multipart uploads under the prefix and remove local spools older than ``older_than`` s."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-        aborted = 0
+        aborted = remove_stale_spools(older_than)
         with self._errors(self.prefix):
             listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
             for upload in listing.get("Uploads", []):
