@@ -361,3 +361,46 @@ def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:
     engine.run(load(root))
     assert not orphan.exists()
     assert [p.name for p in folder.iterdir()] == ["location-1-20240101.csv"]
+
+
+@pytest.mark.parametrize("fmt", ["csv.gz", "parquet"])
+def test_without_the_adbc_driver_files_hold_the_same_rows(
+    tmp_path: Path, pg_url: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallbacks (COPY for CSV, psycopg rows for Parquet) give the same content as the Arrow path."""
+    from sluicegate.sources import arrow as arrow_source
+    from sluicegate.sources import postgres as pg_source
+
+    contents = []
+    for use_arrow in (True, False):
+        if not use_arrow:
+            monkeypatch.setattr(arrow_source, "available", lambda: False)
+            monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
+        sub = tmp_path / ("arrow" if use_arrow else "fallback")
+        root, db = _setup(sub, pg_url, fmt=fmt, zone="Europe/Brussels") if use_arrow else (None, None)
+        if use_arrow:
+            db.location(1, "Europe/Brussels")
+            db.insert(1, hours(dt.datetime(2024, 3, 30, 22, tzinfo=UTC), 30))
+        else:
+            root = write_project(
+                sub / "proj",
+                source=pg_url,
+                destination=str(sub / "out"),
+                fmt=fmt,
+                zone="Europe/Brussels",
+                ledger=None,
+                task="openaq",
+            )
+            toml = root / "sluicegate.toml"
+            toml.write_text(toml.read_text().replace("[ledger]", '[ledger]\nschema = "fallback"'))
+            operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-03-31"})
+        [summary] = engine.run(load(root))
+        assert summary.failed == 0, summary.errors
+        path = _file_for(sub / "out", fmt, 1, dt.date(2024, 3, 31))
+        if fmt == "parquet":
+            table = read_parquet(path)
+            contents.append((str(table.schema), table.to_pylist()))
+        else:
+            contents.append(read_csv(path))
+    assert contents[0] == contents[1]
+    assert len(contents[0]) == 23 or len(contents[0][1]) == 23

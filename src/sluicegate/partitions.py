@@ -201,11 +201,7 @@ def render_path(task: TaskSpec, values: Sequence[Any]) -> str:
     for name, value in named.items():
         _check_value(name, value)
     named.update(format=task.format, ext=task.extension, task=task.name)
-    try:
-        rendered = task.path.format_map(named)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
-    return safe_relative_path(rendered)
+    return _render(task.path, named)
 
 
 def render_window_path(
@@ -223,11 +219,7 @@ def render_window_path(
         "ext": task.extension,
         "task": task.name,
     }
-    try:
-        rendered = task.path.format_map(named)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
-    return safe_relative_path(rendered)
+    return _render(task.path, named)
 
 
 def render_archive_path(task: TaskSpec, boundary: dt.datetime, run: str) -> str:
@@ -239,10 +231,15 @@ def render_archive_path(task: TaskSpec, boundary: dt.datetime, run: str) -> str:
         "format": task.format,
         "ext": task.extension,
     }
+    return _render(task.path, named)
+
+
+def _render(template: str, named: dict[str, Any]) -> str:
+    """Fill ``template`` and check the result stays a clean relative path."""
     try:
-        rendered = task.path.format_map(named)
+        rendered = template.format_map(named)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadPartitionValue(f"path template {task.path!r} failed for {named!r}: {exc}") from None
+        raise BadPartitionValue(f"path template {template!r} failed for {named!r}: {exc}") from None
     return safe_relative_path(rendered)
 
 

@@ -81,3 +81,21 @@ def order_columns(task: TaskSpec, columns: Sequence[Column]) -> list[str]:
     names += [c for c in task.order_by if c not in names]
     names += [c.name for c in columns if c.name not in names]
     return names
+
+
+def group_rows(cur: Any, chunk_rows: int) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    """Group a cursor's ``(ord, *row)`` results into ``(ord, rows)`` chunks of at most ``chunk_rows``."""
+    current = -1
+    chunk: list[tuple[Any, ...]] = []
+    while rows := cur.fetchmany(chunk_rows):
+        for row in rows:
+            if row[0] != current:
+                if chunk:
+                    yield current, chunk
+                current, chunk = row[0], []
+            chunk.append(tuple(row[1:]))
+        if len(chunk) >= chunk_rows:
+            yield current, chunk
+            chunk = []
+    if chunk:
+        yield current, chunk

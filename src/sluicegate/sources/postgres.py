@@ -19,7 +19,7 @@ from .. import db
 from ..config import TaskSpec
 from ..exceptions import ConfigError
 from ..partitions import Partition, canonical_key
-from . import Column, ColumnKind, Mode, order_columns
+from . import Column, ColumnKind, Mode, group_rows, order_columns
 from .arrow import available as arrow_available
 
 CHUNK_BYTES = 1 << 20
@@ -208,20 +208,7 @@ class PostgresSource:
         with self.conn.transaction(), self.conn.cursor(name="sluicegate_batch") as cur:
             cur.itersize = CHUNK_ROWS
             cur.execute(query, params)
-            current = -1
-            chunk: list[tuple[Any, ...]] = []
-            while rows := cur.fetchmany(CHUNK_ROWS):
-                for row in rows:
-                    if row[0] != current:
-                        if chunk:
-                            yield current, chunk
-                        current, chunk = row[0], []
-                    chunk.append(tuple(row[1:]))
-                if len(chunk) >= CHUNK_ROWS:
-                    yield current, chunk
-                    chunk = []
-            if chunk:
-                yield current, chunk
+            yield from group_rows(cur, CHUNK_ROWS)
 
 
 def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:

@@ -10,7 +10,7 @@ from .. import db
 from ..config import TaskSpec
 from ..exceptions import ConfigError
 from ..partitions import Partition, canonical_key
-from . import Column, Mode, order_columns
+from . import Column, Mode, group_rows, order_columns
 
 CHUNK_ROWS = 5000
 
@@ -84,23 +84,6 @@ class SqliteSource:
             cur.execute("BEGIN")
             try:
                 cur.execute(query, params)
-                yield from _group(cur)
+                yield from group_rows(cur, CHUNK_ROWS)
             finally:
                 cur.execute("ROLLBACK")
-
-
-def _group(cur: Any) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
-    current = -1
-    chunk: list[tuple[Any, ...]] = []
-    while rows := cur.fetchmany(CHUNK_ROWS):
-        for row in rows:
-            if row[0] != current:
-                if chunk:
-                    yield current, chunk
-                current, chunk = row[0], []
-            chunk.append(row[1:])
-        if len(chunk) >= CHUNK_ROWS:
-            yield current, chunk
-            chunk = []
-    if chunk:
-        yield current, chunk
