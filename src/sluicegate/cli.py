@@ -399,7 +399,11 @@ def _render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> N
             f"{s.released} released, {s.rows:,} rows, {s.bytes:,} bytes in {s.seconds:.2f}s"
         )
         for entry in s.entities:
-            what = entry.get("note") or f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
+            what = entry.get("note") or (
+                f"failed: {entry['error']}"
+                if entry.get("error")
+                else f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
+            )
             click.echo(f"  entity={entry['entity']}: {what}")
         for error in s.errors:
             click.echo(f"  error: {error}", err=True)

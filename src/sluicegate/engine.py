@@ -48,6 +48,7 @@ class RunOptions:
     dry_run: bool = False
     request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
     redrive: bool = False  # incremental tasks: re-run only the recorded failures
+    recorded: bool = False  # the caller (the HTTP service) already recorded this run on the ledger
 
 
 @dataclass(kw_only=True)
@@ -199,8 +200,9 @@ class Exporter:
             return
         if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
             return
-        run_request = {**request.as_dict(), "redrive": options.redrive}
-        summary.run_id = self.ledger.start_run(task.name, tag=request.tag, request=run_request)
+        if not options.recorded:
+            run_request = {**request.as_dict(), "redrive": options.redrive}
+            summary.run_id = self.ledger.start_run(task.name, tag=request.tag, request=run_request)
         original = self.dest
         if request.destination:
             self.dest = open_destination(dataclasses.replace(settings.destination, url=request.destination))
@@ -223,7 +225,8 @@ class Exporter:
         finally:
             self.dest = original
             self.sink = _PartitionSink(self.ledger, settings)
-            self.ledger.finish_run(summary.run_id, [summary.as_dict()])
+            if summary.run_id is not None and not options.recorded:
+                self.ledger.finish_run(summary.run_id, [summary.as_dict()])
 
     def _run_archive(self, task: TaskSpec, options: RunOptions, summary: TaskSummary) -> None:
         """Export-then-delete one run of an archive task (recovering an unfinished run first)."""

@@ -452,7 +452,7 @@ def redrive_windows(
     notes: list[dict[str, Any]] = []
     retry = []
     for f in failures:
-        if f["attempts"] > max_attempts:
+        if f["attempts"] >= max_attempts:  # the same bound as partitions: max_attempts tries in all
             notes.append(
                 {
                     "entity": f["entity"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -54,15 +55,16 @@ class RunManager:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sluicegate-run")
 
     def start(self, names: Sequence[str], options: RunOptions, *, label: str) -> str:
-        """Record a run, then execute it on a worker thread; return its id."""
+        """Record a run (with the request's tag), then execute it on a worker thread; return its id."""
         project: Project = self.load()
         tasks = project.select(list(names))
         s = project.settings
         with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
             ledger.ensure_schema()
             request = {"tasks": [t.name for t in tasks], **{k: v for k, v in asdict(options).items() if v}}
-            run_id = ledger.start_run(label, tag=None, request=request)
-        self.pool.submit(self._execute, project, tasks, options, run_id)
+            tag = options.request.tag if options.request else None
+            run_id = ledger.start_run(label, tag=tag, request=request)
+        self.pool.submit(self._execute, project, tasks, dataclasses.replace(options, recorded=True), run_id)
         return run_id
 
     def _execute(self, project: Project, tasks: Sequence[Any], options: RunOptions, run_id: str) -> None:
