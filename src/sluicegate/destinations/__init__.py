@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -123,6 +124,26 @@ class Destination(Protocol):
     def display(self, path: str) -> str:
         """The full location of ``path`` for humans and the ledger."""
         ...
+
+
+class SpooledUpload:
+    """Shared by destinations that upload whole objects: files are staged in the local temp folder."""
+
+    def stage(self, path: str) -> Staged:
+        """Spool the file to ``sluicegate-*.part`` in the temp folder."""
+        fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
+        raw = os.fdopen(fd, "wb")
+        return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
+
+    def sync(self) -> None:
+        """Nothing to do: an object is durable once its upload completed."""
+
+    def discard(self, staged: Staged) -> None:
+        """Remove the local spool file."""
+        with contextlib.suppress(OSError):
+            staged.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged.local_path)
 
 
 def remove_stale_spools(older_than: float) -> int:

@@ -7,17 +7,15 @@ but a network filesystem may not. Use a local folder or ``s3://`` for the full g
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 
 import fsspec
 
 from ..config import DestinationSettings
 from ..exceptions import DestinationUnavailable
-from . import HashingWriter, Staged, remove_stale_spools
+from . import SpooledUpload, Staged, remove_stale_spools
 
 
-class FsspecDestination:
+class FsspecDestination(SpooledUpload):
     """Publishes files through an fsspec filesystem."""
 
     def __init__(self, settings: DestinationSettings) -> None:
@@ -26,12 +24,6 @@ class FsspecDestination:
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}"
-
-    def stage(self, path: str) -> Staged:
-        """Spool to a local temp file."""
-        fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
-        raw = os.fdopen(fd, "wb")
-        return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
 
     def publish(self, staged: Staged) -> None:
         """Upload with ``put_file`` and verify the size."""
@@ -47,16 +39,6 @@ class FsspecDestination:
             raise DestinationUnavailable(f"cannot write {self.display(staged.path)}: {exc}") from exc
         finally:
             self.discard(staged)
-
-    def sync(self) -> None:
-        """Nothing to do: an object is durable once its upload completed."""
-
-    def discard(self, staged: Staged) -> None:
-        """Remove the spool file."""
-        with contextlib.suppress(OSError):
-            staged.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged.local_path)
 
     def exists(self, path: str, size: int) -> bool:
         """True when ``path`` exists with ``size`` bytes."""

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import tempfile
 from typing import Any
 
 import boto3
@@ -22,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import DestinationSettings, mask_url
 from ..exceptions import DestinationUnavailable, TerminalError
-from . import HashingWriter, Staged, remove_stale_spools
+from . import SpooledUpload, Staged, remove_stale_spools
 
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -34,7 +33,7 @@ _RETRYABLE_CODES = {
 }
 
 
-class S3Destination:
+class S3Destination(SpooledUpload):
     """Publishes objects under ``s3://bucket/prefix``."""
 
     def __init__(self, settings: DestinationSettings) -> None:
@@ -59,12 +58,6 @@ class S3Destination:
     def key(self, path: str) -> str:
         """The object key for a relative path."""
         return f"{self.prefix}/{path}" if self.prefix else path
-
-    def stage(self, path: str) -> Staged:
-        """Spool the file to a local temp file."""
-        fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
-        raw = os.fdopen(fd, "wb")
-        return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
 
     def publish(self, staged: Staged) -> None:
         """Upload with a SHA-256 checksum, then verify the size with HEAD."""
@@ -95,16 +88,6 @@ class S3Destination:
                 )
         finally:
             self.discard(staged)
-
-    def sync(self) -> None:
-        """Nothing to do: an object is durable once its upload completed."""
-
-    def discard(self, staged: Staged) -> None:
-        """Remove the local spool file."""
-        with contextlib.suppress(OSError):
-            staged.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged.local_path)
 
     def exists(self, path: str, size: int) -> bool:
         """True when the object exists with ``size`` bytes."""
