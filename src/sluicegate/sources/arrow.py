@@ -36,6 +36,7 @@ def open_arrow(url: str) -> Any:
     with conn.cursor() as cur:
         cur.execute("SET TimeZone TO 'UTC'")
         cur.execute("SET work_mem TO '64MB'")
+        cur.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
     return conn
 
 
@@ -121,7 +122,8 @@ class _Offsets:
         for part in parts:
             tz = zone_of(part.zone or "UTC")
             if part.start is None or part.end is None:
-                self.constant.append(None)
+                # No time key: there is no window to look at, and the zone is UTC unless set.
+                self.constant.append(0 if part.zone in (None, "UTC") else None)
                 continue
             first = part.start.astimezone(tz).utcoffset()
             last = (part.end - dt.timedelta(microseconds=1)).astimezone(tz).utcoffset()

@@ -55,6 +55,7 @@ class PostgresSource:
         # by partition: enough work_mem keeps that sort in memory.
         self.conn.execute("SET TimeZone TO 'UTC'")
         self.conn.execute("SET work_mem TO '64MB'")
+        self.conn.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
         self._arrow: Any = None
 
     def close(self) -> None:
