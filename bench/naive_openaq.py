@@ -33,7 +33,9 @@ from typing import Any
 
 import psycopg
 
-DEFAULT_SELECT = Path(__file__).resolve().parents[1] / "src/sluicegate/templates/openaq/tasks/openaq/select.sql"
+DEFAULT_SELECT = (
+    Path(__file__).resolve().parents[1] / "src/sluicegate/templates/openaq/tasks/openaq/select.sql"
+)
 
 PENDING_SQL = """
 SELECT DISTINCT m.location_id,
@@ -108,7 +110,9 @@ class Exporter:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(names)
         for row in rows:
-            writer.writerow([v.astimezone(zone).isoformat() if isinstance(v, dt.datetime) else v for v in row])
+            writer.writerow(
+                [v.astimezone(zone).isoformat() if isinstance(v, dt.datetime) else v for v in row]
+            )
         rel = (
             f"records/csv.gz/locationid={location_id}/year={day:%Y}/month={day:%m}/"
             f"location-{location_id}-{day:%Y%m%d}.csv.gz"
@@ -128,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--threads", type=int, default=min(32, (os.cpu_count() or 1) + 4))
     parser.add_argument("--select", type=Path, default=DEFAULT_SELECT, help="the export select.sql")
-    parser.add_argument("--no-log", dest="log", action="store_false", help="skip the per-partition log upsert")
+    parser.add_argument(
+        "--no-log", dest="log", action="store_false", help="skip the per-partition log upsert"
+    )
     args = parser.parse_args(argv)
 
     select_sql = args.select.read_text(encoding="utf-8").strip().rstrip(";").strip() + "\n"
@@ -148,8 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         exporter.close()
     seconds = time.perf_counter() - started
-    print(json.dumps({"partitions": len(pending), "rows": rows, "bytes": nbytes, "seconds": round(seconds, 3),
-                      "threads": args.threads}))
+    print(
+        json.dumps(
+            {
+                "partitions": len(pending),
+                "rows": rows,
+                "bytes": nbytes,
+                "seconds": round(seconds, 3),
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
