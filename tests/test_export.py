@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 import zoneinfo
 from pathlib import Path
 from typing import Any
@@ -142,17 +143,40 @@ def test_late_data_reexports_exactly_the_changed_partition(backend: str, tmp_pat
     assert any(float(r["value"]) == 7.25 for r in read_csv(_file_for(out, "csv.gz", 3, dt.date(2024, 5, 3))))
 
 
+def _now_clear_of_midnight(*zones: str) -> dt.datetime:
+    """The current instant, after waiting out the last seconds before a local midnight in ``zones``.
+
+    Tests that compare "today" with what the exporter saw must not straddle a local midnight; the
+    data's newest row is this instant (not the hour before it), so today always has a row.
+    """
+    while True:
+        now = dt.datetime.now(UTC)
+        to_midnight = min(
+            (
+                dt.datetime.combine(
+                    now.astimezone(zoneinfo.ZoneInfo(z)).date(), dt.time(), zoneinfo.ZoneInfo(z)
+                )
+                + dt.timedelta(days=1)
+                - now
+            ).total_seconds()
+            for z in zones
+        )
+        if to_midnight > 30:
+            return now
+        time.sleep(to_midnight + 0.5)
+
+
 def test_incomplete_local_days_are_held_back(backend: str, tmp_path: Path) -> None:
     root, db = _setup(tmp_path, backend, fmt="csv")
-    now = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     zones = {1: CHATHAM, 2: KOLKATA, 3: "America/Chicago"}
+    now = _now_clear_of_midnight(*zones.values())
     for loc, zone in zones.items():
         db.location(loc, zone)
         db.insert(loc, hours(now - dt.timedelta(hours=71), 72))
     [summary] = engine.run(load(root))
     out = tmp_path / "out"
     for loc, zone in zones.items():
-        today = dt.datetime.now(zoneinfo.ZoneInfo(zone)).date()
+        today = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
         yesterday = today - dt.timedelta(days=1)
         assert not _file_for(out, "csv", loc, today).exists(), f"{zone}: today's local day was exported early"
         assert _file_for(out, "csv", loc, yesterday).exists(), f"{zone}: yesterday was not exported"
@@ -162,11 +186,12 @@ def test_incomplete_local_days_are_held_back(backend: str, tmp_path: Path) -> No
 
 def test_settle_holds_back_recent_days(tmp_path: Path) -> None:
     root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 's.db'}", fmt="csv", settle="72h")
-    now = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    now = _now_clear_of_midnight("UTC")
     db.location(1, "UTC")
-    db.insert(1, hours(now - dt.timedelta(days=6), 24 * 6))
+    db.insert(1, hours(now - dt.timedelta(days=6), 24 * 6 + 1))
     [summary] = engine.run(load(root))
-    # Days that ended at least 72 hours ago are complete: today-6 .. today-4 (today-3 ends 48h ago).
+    # Rows on today-6 .. today. Days that ended at least 72 hours ago are complete:
+    # today-6 .. today-4 (today-3 ended less than 72 hours ago); the other four wait.
     exported_days = sorted(p.name for p in files(tmp_path / "out"))
     assert summary.exported == len(exported_days) == 3
     assert operations.status(load(root))[0]["waiting"] == 4

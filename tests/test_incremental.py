@@ -134,9 +134,10 @@ def test_hourly_and_instant(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
     now = dt.datetime.now(UTC)
-    rec.add("s1", now - dt.timedelta(hours=30), "yesterday-ish")
-    rec.add("s1", now - dt.timedelta(minutes=1), "a-minute-ago")
     hour = now.replace(minute=0, second=0, microsecond=0)
+    rec.add("s1", now - dt.timedelta(hours=30), "yesterday-ish")
+    # Within this hour whatever the clock says (a fixed "a minute ago" is last hour at HH:00:30).
+    rec.add("s1", hour + (now - hour) / 2, "a-minute-ago")
     hourly = _run(root, export_type="hourly", end=hour, entities=("s1",))
     assert hourly.entities[0]["end"] == hour.isoformat()
     assert _marks(root)["s1"] == hour
