@@ -115,7 +115,8 @@ def test_sql_files_have_every_named_query(dialect: str) -> None:
     marks |= {"wm_release", "wm_release_one", "wm_list", "wm_delete"}
     archives = {"arc_unfinished", "arc_path_taken", "arc_start", "arc_published", "arc_done"}
     archives |= {"tick_claim", "run_list", "list_partitions"}
-    assert set(queries(dialect, "x_")) == ledger | marks | archives
+    only_pg = {"commit_many"} if dialect == "postgresql" else set()  # SQLite commits row by row
+    assert set(queries(dialect, "x_")) == ledger | marks | archives | only_pg
     assert all("{t}" not in body for body in queries(dialect, "x_").values())
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from sluicegate import capture, operations
 from sluicegate.engine import Exporter
+from sluicegate.ledger import ExportResult, Ledger
 from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
@@ -155,3 +156,52 @@ def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) ->
     assert proc.returncode == 0, err
     assert "finishing the batch in hand" in err
     assert json.loads(out.split("\n]\n")[0] + "\n]")[0]["exported"] == 2
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, dialect: str) -> None:
+    """One commit for a batch records exactly the claims still held, at the version they read."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    db = Db(url)
+    project = load(root)
+    operations.install(project)
+    for loc in (1, 2, 3):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 3))
+    task = project.tasks["openaq"]
+    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+
+    def absorb() -> None:  # fold the trigger inbox into the ledger, as a run does first
+        with Exporter(project) as ex:
+            capture.absorb(task, ex.ledger, ex.inbox, ex.source)
+
+    absorb()
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        claims = sorted(ledger.claim(task, limit=10, lease=600), key=lambda c: c.keys["location_id"])
+        assert [c.keys["location_id"] for c in claims] == [1, 2, 3]
+        # Location 2's lease runs out and another worker takes it over.
+        ph = "%s" if dialect == "pg" else "?"
+        past = dt.datetime(2000, 1, 1, tzinfo=UTC)
+        ledger.conn.execute(
+            f"UPDATE {table} SET lease_until = {ph} WHERE id = {ph}",
+            (past if dialect == "pg" else past.timestamp(), claims[1].id),
+        )
+        [taken] = ledger.claim(task, limit=10, lease=600)
+        assert taken.id == claims[1].id and taken.token != claims[1].token
+        # Location 3 changes while it is being exported.
+        db.insert(3, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+        absorb()
+        results = [
+            ExportResult(claim=c, path=f"f{c.id}", rows=3, nbytes=10, checksum=f"sum{c.id}", published=True)
+            for c in claims
+        ]
+        assert ledger.commit(results) == [True, False, True]
+    rows = {
+        r[0]: r[1:]
+        for r in db.rows(f"SELECT id, version, exported_version, claim_token IS NULL, path FROM {table}")
+    }
+    one, two, three = (tuple(rows[c.id]) for c in claims)
+    assert one == (claims[0].version, claims[0].version, True, f"f{claims[0].id}")
+    assert not two[2] and two[3] is None  # still held by the new owner, nothing recorded
+    assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"

@@ -233,6 +233,18 @@ class Ledger:
         Returns, per result, False when that claim's lease was lost (nothing recorded).
         """
         done: dict[int, bool] = {}
+        if self.dialect is db.POSTGRESQL and len(results) > 1:  # one round trip for the batch
+            cur = self._exec(
+                "commit_many",
+                ids=[r.claim.id for r in results],
+                tokens=[uuid.UUID(r.claim.token) for r in results],
+                paths=[r.path for r in results],
+                rows=[r.rows for r in results],
+                bytes=[r.nbytes for r in results],
+                checksums=[r.checksum for r in results],
+            )
+            recorded = {row[0] for row in cur.fetchall()}
+            return [r.claim.id in recorded for r in results]
         with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
             for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
                 self._exec(

@@ -158,6 +158,28 @@ SET exported_version = claimed_version,
     path = %(path)s, rows = %(rows)s, bytes = %(bytes)s, checksum = %(checksum)s, exported_at = now()
 WHERE id = %(id)s AND claim_token = %(token)s;
 
+-- commit_many --
+-- The same as commit, for a whole batch in one statement (rows locked in pkey order, like marks);
+-- returns the ids recorded, so a claim whose lease was taken over is told apart.
+WITH done AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(paths)s::text[],
+                         %(rows)s::bigint[], %(bytes)s::bigint[], %(checksums)s::text[])
+        AS d(id, token, path, rows, bytes, checksum)
+), locked AS (
+    SELECT p.id FROM {t}partitions AS p JOIN done AS d ON p.id = d.id AND p.claim_token = d.token
+    ORDER BY p.pkey
+    FOR UPDATE OF p
+)
+UPDATE {t}partitions AS p
+SET exported_version = p.claimed_version,
+    forced = CASE WHEN p.version > p.claimed_version THEN p.forced ELSE false END,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL,
+    path = d.path, rows = d.rows, bytes = d.bytes, checksum = d.checksum, exported_at = now()
+FROM done AS d, locked AS l
+WHERE p.id = d.id AND p.id = l.id AND p.claim_token = d.token
+RETURNING p.id;
+
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
 UPDATE {t}partitions
