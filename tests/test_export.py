@@ -13,6 +13,7 @@ import pytest
 
 from sluicegate import engine, operations
 from sluicegate.engine import Exporter, RunOptions
+from sluicegate.exceptions import ConfigError
 from support import Db, files, hours, load, read_csv, read_parquet, write_project
 
 UTC = dt.UTC
@@ -429,3 +430,45 @@ def test_without_the_adbc_driver_files_hold_the_same_rows(
             contents.append(read_csv(path))
     assert contents[0] == contents[1]
     assert len(contents[0]) == 23 or len(contents[0][1]) == 23
+
+
+@pytest.mark.parametrize("sync", ["file", "batch"])
+def test_both_sync_modes_publish_whole_files_in_place(tmp_path: Path, sync: str) -> None:
+    """``[destination] sync``: per-file fsync, or one syncfs per group of files (Linux)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root, db = _setup(tmp_path, url, fmt="csv.gz")
+    env = {"SLUICEGATE_DESTINATION__SYNC": sync}
+    with Exporter(load(root, env)) as exporter:
+        assert getattr(exporter.dest, "sync_mode", None) == sync
+    for loc in (1, 2):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 5, 1, tzinfo=UTC), 48))
+    [first] = engine.run(load(root, env))
+    out = tmp_path / "out"
+    assert first.exported == 4 and len(files(out)) == 4
+    for loc in (1, 2):
+        for day, rows in _expected(db, loc, "UTC").items():
+            got = [(r["datetime"], float(r["value"])) for r in read_csv(_file_for(out, "csv.gz", loc, day))]
+            assert sorted(got) == rows
+    # A late row rewrites one file in place (a new inode); emptying a partition removes its file.
+    changed = _file_for(out, "csv.gz", 1, dt.date(2024, 5, 2))
+    inode = changed.stat().st_ino
+    db.insert(1, [dt.datetime(2024, 5, 2, 12, 30, tzinfo=UTC)], value=42.0)
+    db.conn.execute(
+        "DELETE FROM measurements WHERE location_id = 2 AND datetime < ?",
+        (db.ts(dt.datetime(2024, 5, 2, tzinfo=UTC)),),
+    )
+    [second] = engine.run(load(root, env))
+    assert second.exported == 2 and second.failed == 0
+    assert changed.stat().st_ino != inode and any(float(r["value"]) == 42.0 for r in read_csv(changed))
+    assert not _file_for(out, "csv.gz", 2, dt.date(2024, 5, 1)).exists()
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    assert leftovers == [] and len(files(out)) == 3
+
+
+def test_unknown_sync_mode_is_a_configuration_error(tmp_path: Path) -> None:
+    root, _ = _setup(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    with pytest.raises(
+        ConfigError, match=r"\[destination\] sync = 'fast' is not a sync mode; use auto, batch or file"
+    ):
+        load(root, {"SLUICEGATE_DESTINATION__SYNC": "fast"})

@@ -212,6 +212,11 @@ def check() -> None:
 @click.option("--limit", type=click.IntRange(1), help="At most N partitions in this run (OpenAQ's LIMIT).")
 @click.option("--batch-size", type=click.IntRange(1), help="Partitions claimed and read per query.")
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Exporters working in parallel, each claiming its own batches (default: [defaults] workers, 1).",
+)
+@click.option(
     "--max-runtime",
     callback=_duration,
     help="Stop claiming in time and release what cannot finish (e.g. 14m).",
@@ -233,6 +238,7 @@ def run(
     tasks: tuple[str, ...],
     limit: int | None,
     batch_size: int | None,
+    workers: int | None,
     max_runtime: float | None,
     every: float | None,
     dry_run: bool,
@@ -258,7 +264,12 @@ def run(
         tag=tag,
     )
     options = RunOptions(
-        limit=limit, batch_size=batch_size, max_runtime=max_runtime, dry_run=dry_run, request=request
+        limit=limit,
+        batch_size=batch_size,
+        workers=workers,
+        max_runtime=max_runtime,
+        dry_run=dry_run,
+        request=request,
     )
     _run_loop(project, selected, options, every=every, as_json=as_json, names=tasks)
 

@@ -79,6 +79,9 @@ class DestinationSettings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     multipart_threshold: int = 64 * 1024 * 1024
+    # Local folders: "batch" (one syncfs before and one after a group's renames; Linux),
+    # "file" (fsync each file and folder), or "auto" (batch where syncfs exists).
+    sync: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +98,7 @@ class Settings:
     limit: int | None = None
     lease: float = 600.0
     max_attempts: int = 5
+    workers: int = 1  # exporters per run, each with its own claims and connections
     backoff: float = 30.0
     log_level: str = "WARNING"
     fault: str | None = None  # [testing] fault: a named point where a test SIGKILLs the worker
@@ -300,6 +304,12 @@ def _resolve_dest_url(url: str, root: Path) -> str:
     return str(path if path.is_absolute() else (root / path).resolve())
 
 
+def _check_sync(value: Any, where: str) -> str:
+    if value not in ("auto", "batch", "file"):
+        raise ConfigError(f"{where} = {value!r} is not a sync mode; use auto, batch or file")
+    return str(value)
+
+
 def _as_int(value: Any, where: str, minimum: int = 1) -> int:
     try:
         number = int(value)
@@ -350,12 +360,14 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
                 f"{path} [destination] multipart_threshold",
                 minimum=5 * 1024 * 1024,
             ),
+            sync=_check_sync(dest.get("sync", "auto"), f"{path} [destination] sync"),
         ),
         format=_check_format(defaults.get("format", "csv.gz"), f"{where} format"),
         batch_size=_as_int(defaults.get("batch_size", 500), f"{where} batch_size"),
         limit=None if limit in (None, "", 0, "0") else _as_int(limit, f"{where} limit"),
         lease=parse_duration(defaults.get("lease", "10m"), where=f"{where} lease"),
         max_attempts=_as_int(defaults.get("max_attempts", 5), f"{where} max_attempts"),
+        workers=_as_int(defaults.get("workers", 1), f"{where} workers"),
         backoff=parse_duration(defaults.get("backoff", "30s"), where=f"{where} backoff"),
         log_level=str(defaults.get("log_level", "WARNING")).upper(),
         fault=raw.get("testing", {}).get("fault") or None,

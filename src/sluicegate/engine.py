@@ -35,7 +35,8 @@ log = logging.getLogger("sluicegate")
 
 Progress = Callable[[str, int], None]
 PUBLISH_THREADS = 4
-MAX_INFLIGHT = 64
+MAX_INFLIGHT = 256  # partitions handed to the publishers and not yet committed ...
+MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +45,7 @@ class RunOptions:
 
     limit: int | None = None
     batch_size: int | None = None
+    workers: int | None = None  # partitioned tasks: parallel exporters (default: settings.workers)
     max_runtime: float | None = None
     dry_run: bool = False
     request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
@@ -87,6 +89,7 @@ class _Job:
     writer: Writer | None = None
     error: BaseException | None = None
     done: bool = False
+    held: int = 0  # bytes in memory while in flight
 
 
 class _Deadline(Exception):
@@ -110,6 +113,7 @@ class Exporter:
         # Publishing (fsync + rename, or an upload) overlaps with reading the next partitions.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[ExportResult]]] = []
+        self._held = 0  # bytes the in-flight partitions keep in memory (an estimate)
         self.sink: _Sink = _PartitionSink(self.ledger, s)
 
     def close(self) -> None:
@@ -157,7 +161,7 @@ class Exporter:
                     self._plan(task, summary, remaining)
                 else:
                     self._capture(task, summary)
-                    exported = self._run_task(task, options, summary, remaining, deadline, progress, stop)
+                    exported = self._run_workers(task, options, summary, remaining, deadline, progress, stop)
                     remaining = None if remaining is None else max(remaining - exported, 0)
             except SluicegateError as exc:
                 # A task-level problem (bad query, no zone, ledger down) stops this task only.
@@ -281,6 +285,55 @@ class Exporter:
                 entry["error"] = str(exc)
             summary.plan.append(entry)
 
+    def _run_workers(
+        self,
+        task: TaskSpec,
+        options: RunOptions,
+        summary: TaskSummary,
+        remaining: int | None,
+        deadline: float | None,
+        progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> int:
+        """Run the task on this exporter and, with ``workers`` > 1, on helpers in threads.
+
+        Each helper has its own connections, claims and publishers, exactly like another
+        worker process on the same ledger: while one waits on the database or the disk,
+        the others encode. A limit is shared out evenly.
+        """
+        workers = options.workers or self.project.settings.workers
+        if workers <= 1:
+            return self._run_task(task, options, summary, remaining, deadline, progress, stop)
+        share = None if remaining is None else -(-remaining // workers)
+        helpers: list[Exporter] = []
+        parts = [TaskSummary(task=task.name) for _ in range(workers - 1)]
+        errors: list[BaseException] = []
+        done = 0
+        try:
+            helpers = [Exporter(self.project) for _ in range(workers - 1)]
+            with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="sluicegate-worker") as pool:
+                futures = [
+                    pool.submit(h._run_task, task, options, part, share, deadline, progress, stop)
+                    for h, part in zip(helpers, parts, strict=True)
+                ]
+                try:
+                    done += self._run_task(task, options, summary, share, deadline, progress, stop)
+                except SluicegateError as exc:
+                    errors.append(exc)
+                for future in futures:
+                    try:
+                        done += future.result()
+                    except SluicegateError as exc:
+                        errors.append(exc)
+        finally:
+            for helper in helpers:
+                helper.close()
+        for part in parts:
+            _merge(summary, part)
+        if errors:
+            raise errors[0]
+        return done
+
     def _run_task(
         self,
         task: TaskSpec,
@@ -296,21 +349,26 @@ class Exporter:
         columns = self.columns(task)
         done = 0
         last_batch = 0.0
-        while remaining is None or done < remaining:
-            if stop is not None and stop.is_set():
-                break
-            if deadline is not None and time.monotonic() + last_batch * 1.2 > deadline:
-                break
-            n = batch_size if remaining is None else min(batch_size, remaining - done)
-            claims = self.ledger.claim(task, limit=n, lease=settings.lease)
-            if not claims:
-                break
-            started = time.monotonic()
-            self._export_batch(task, columns, self._jobs(task, claims, summary), summary, deadline)
-            last_batch = time.monotonic() - started
-            done += len(claims)
-            if progress is not None:
-                progress(task.name, len(claims))
+        try:
+            while remaining is None or done < remaining:
+                if stop is not None and stop.is_set():
+                    break
+                if deadline is not None and time.monotonic() + last_batch * 1.2 > deadline:
+                    break
+                n = batch_size if remaining is None else min(batch_size, remaining - done)
+                claims = self.ledger.claim(task, limit=n, lease=settings.lease)
+                if not claims:
+                    break
+                started = time.monotonic()
+                # The batch's last files are still being published while the next batch is read.
+                jobs = self._jobs(task, claims, summary)
+                self._export_batch(task, columns, jobs, summary, deadline, keep=MAX_INFLIGHT // 2)
+                last_batch = time.monotonic() - started
+                done += len(claims)
+                if progress is not None:
+                    progress(task.name, len(claims))
+        finally:
+            self._flush(summary)
         return done
 
     # ------------------------------------------------------------------ one batch
@@ -322,11 +380,12 @@ class Exporter:
         jobs: list[_Job],
         summary: TaskSummary,
         deadline: float | None,
+        keep: int = 0,
     ) -> None:
         if not jobs:
             return
         try:
-            self._stream(task, columns, jobs, summary, deadline)
+            self._stream(task, columns, jobs, summary, deadline, keep=keep)
         except _Deadline:
             self._flush(summary)
             released = self.sink.release(jobs[0].claim.token) if jobs[0].claim.token else 0
@@ -363,7 +422,9 @@ class Exporter:
         jobs: list[_Job],
         summary: TaskSummary,
         deadline: float | None,
+        keep: int = 0,
     ) -> None:
+        """Read, encode and hand ``jobs`` to the publishers; commit all but ``keep`` of the newest."""
         mode = self._mode(task)
         lease = self.project.settings.lease
         renewed = time.monotonic()
@@ -395,39 +456,41 @@ class Exporter:
         for job in jobs[position:]:
             self._seal(job, summary)
             self._check_deadline(deadline, summary)
-        self._flush(summary)
+        self._flush(summary, keep=keep)
 
     def _check_deadline(self, deadline: float | None, summary: TaskSummary) -> None:
-        if len(self._inflight) >= MAX_INFLIGHT:
-            self._flush(summary)
+        if len(self._inflight) >= MAX_INFLIGHT or self._held >= MAX_INFLIGHT_BYTES:
+            self._flush(summary, keep=len(self._inflight) // 2)  # the publishers stay busy
         if deadline is not None and time.monotonic() > deadline:
             self._flush(summary)
             raise _Deadline
 
     def _seal(self, job: _Job, summary: TaskSummary) -> None:
-        """Finish one partition's file and hand it to the publisher threads."""
+        """Hand one partition's complete rows to the publisher threads, which finish the file."""
         if job.done:
             return
         job.done = True
-        try:
-            if job.error is not None:
-                raise job.error
-            if job.writer is not None:
-                job.writer.close()
-        except SluicegateError as exc:
+        if job.error is not None:
             self._discard(job)
-            self._fail(job.claim, exc, summary)
+            self._fail(job.claim, job.error, summary)
             return
+        job.held = (job.staged.file.size if job.staged else 0) + (job.writer.held if job.writer else 0)
+        self._held += job.held
         self._inflight.append((job, self._pool.submit(self._publish, job)))
 
     def _publish(self, job: _Job) -> ExportResult:
-        """Publish (or skip, or delete) one sealed partition; runs on a publisher thread."""
+        """Finish, then publish (or skip, or delete) one partition; runs on a publisher thread.
+
+        Closing the writer here compresses and encodes what it deferred (see the formats),
+        in parallel with the main thread reading the next partitions.
+        """
         claim = job.claim
         try:
             if job.writer is None:  # no rows at all: nothing to publish, remove an old file
                 if claim.prev_path:
                     self.dest.delete(claim.prev_path)
                 return ExportResult(claim=claim, path=None, rows=0, nbytes=0, checksum=None, published=True)
+            job.writer.close()
             staged = job.staged
             assert staged is not None
             checksum = staged.file.sha256
@@ -452,9 +515,13 @@ class Exporter:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot publish {self.dest.display(job.path)}: {exc}") from exc
 
-    def _flush(self, summary: TaskSummary) -> None:
-        """Wait for the publisher threads, make the files durable, commit them in one transaction."""
-        inflight, self._inflight = self._inflight, []
+    def _flush(self, summary: TaskSummary, keep: int = 0) -> None:
+        """Wait for the oldest published files (all but ``keep``), make them durable, commit them at once."""
+        if len(self._inflight) <= keep:
+            return
+        cut = len(self._inflight) - keep
+        inflight, self._inflight = self._inflight[:cut], self._inflight[cut:]
+        self._held -= sum(job.held for job, _ in inflight)
         results: list[ExportResult] = []
         for job, future in inflight:
             try:
@@ -568,6 +635,13 @@ class _LeaseExpired(SluicegateError):
             "or ran out of time); "
             "run 'sluicegate reset TASK --failed' to retry"
         )
+
+
+def _merge(into: TaskSummary, part: TaskSummary) -> None:
+    """Add a helper worker's counts and messages to a task's summary."""
+    for name in ("exported", "unchanged", "failed", "released", "lost", "rows", "bytes"):
+        setattr(into, name, getattr(into, name) + getattr(part, name))
+    into.errors.extend(part.errors[: max(0, 20 - len(into.errors))])
 
 
 def run(

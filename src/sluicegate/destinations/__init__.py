@@ -94,11 +94,11 @@ class Destination(Protocol):
         ...
 
     def publish(self, staged: Staged) -> None:
-        """Atomically publish ``staged`` under its path and verify it."""
+        """Atomically publish ``staged`` under its path (at the latest, by the next :meth:`sync`)."""
         ...
 
     def sync(self) -> None:
-        """Make every publish since the last call durable (folder fsyncs); called before commits."""
+        """Make every publish since the last call durable and in place; called before commits."""
         ...
 
     def discard(self, staged: Staged) -> None:
@@ -171,4 +171,4 @@ def open_destination(settings: DestinationSettings, *, stale_after: float = 3600
         return FsspecDestination(settings)
     from .local import LocalDestination
 
-    return LocalDestination(url.removeprefix("file://"), stale_after=stale_after)
+    return LocalDestination(url.removeprefix("file://"), stale_after=stale_after, sync=settings.sync)

@@ -1,8 +1,23 @@
-"""A local folder: temp file in the same folder, fsync, rename, fsync of the folder."""
+"""A local folder: temp file in the same folder, made durable, renamed, the rename made durable.
+
+Two ways to make it durable, chosen by ``[destination] sync``:
+
+* ``file``: fsync each temp file on a publisher thread, rename it, and fsync each folder a
+  file was renamed into before the ledger commit. Every file costs at least one journal
+  commit of the file system.
+* ``batch`` (``auto`` on Linux): write the group of temp files without fsync, then one
+  ``syncfs`` makes all of them durable at once, then the renames, then a second ``syncfs``
+  makes the renames durable, then the ledger commit. A crash at any point leaves each
+  target either the old file or the complete new one, as with ``file``; it is several times
+  faster for small files. ``syncfs`` flushes the whole file system, so on a disk shared with
+  heavy writers ``file`` may be the better choice.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import itertools
 import os
@@ -23,12 +38,18 @@ TEMP_SUFFIX = ".tmp"
 class LocalDestination:
     """Publishes files under a root folder; nothing is ever written outside it."""
 
-    def __init__(self, root: str, *, stale_after: float = 3600.0) -> None:
+    def __init__(self, root: str, *, stale_after: float = 3600.0, sync: str = "auto") -> None:
         self.root = Path(root).resolve()
         self.url = str(self.root)
         self.stale_after = stale_after
+        self._syncfs = _syncfs() if sync in ("auto", "batch") else None
+        if sync == "batch" and self._syncfs is None:
+            raise ConfigError("[destination] sync = 'batch' needs Linux syncfs(2); use 'file' here")
+        self.sync_mode = "batch" if self._syncfs is not None else "file"
         self._cleaned: set[Path] = set()
         self._unsynced: set[Path] = set()
+        self._renames: list[tuple[Staged, Path]] = []  # batch mode: written, not yet in place
+        self._dirty = False  # batch mode: a file was deleted since the last sync
         # Unique temp names without a system call per file: a random prefix per process, then a counter.
         self._prefix = f"{uuid.uuid4().hex[:8]}-"
         self._serial = itertools.count()
@@ -63,9 +84,19 @@ class LocalDestination:
         self._clean_orphans(folder)
 
     def publish(self, staged: Staged) -> None:
-        """fsync the temp file and rename it over the target; :meth:`sync` makes the rename durable."""
+        """Write the temp file out; ``file`` mode also fsyncs and renames it (see the module notes)."""
         target = self._target(staged.path)
         raw = staged.handle
+        if self._syncfs is not None:
+            try:
+                raw.materialize()
+                raw.close()
+            except OSError as exc:
+                self.discard(staged)
+                raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
+            with self._lock:
+                self._renames.append((staged, target))
+            return
         try:
             raw.materialize()
             raw.flush()
@@ -81,7 +112,10 @@ class LocalDestination:
             raise DestinationUnavailable(f"{target} has the wrong size after publishing; will retry")
 
     def sync(self) -> None:
-        """fsync every folder a file was renamed into since the last call (before the ledger commit)."""
+        """Make what was published since the last call durable and in place (before the ledger commit)."""
+        if self._syncfs is not None:
+            self._sync_batch(self._syncfs)
+            return
         with self._lock:
             folders, self._unsynced = self._unsynced, set()
         try:
@@ -93,6 +127,35 @@ class LocalDestination:
                     os.close(dir_fd)
         except OSError as exc:
             raise DestinationUnavailable(f"cannot fsync a folder under {self.root}: {exc.strerror}") from exc
+
+    def _sync_batch(self, syncfs: Callable[[int], int]) -> None:
+        with self._lock:
+            renames, self._renames = self._renames, []
+            dirty, self._dirty = self._dirty, False
+        if not renames and not dirty:
+            return
+        done = 0
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if renames:
+                    _check(syncfs(fd))  # the new files' bytes are durable ...
+                    for staged, target in renames:
+                        os.replace(staged.local_path, target)  # ... before any takes a target's name
+                        done += 1
+                        if os.stat(target).st_size != staged.file.size:
+                            raise DestinationUnavailable(
+                                f"{target} has the wrong size after publishing; will retry"
+                            )
+                _check(syncfs(fd))  # the renames (and deletions) are durable
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            for staged, _ in renames[done:]:
+                self.discard(staged)
+            raise DestinationUnavailable(
+                f"cannot make files under {self.root} durable: {exc.strerror}"
+            ) from exc
 
     def discard(self, staged: Staged) -> None:
         """Close and remove the temp file (if the spool reached the disk)."""
@@ -110,9 +173,13 @@ class LocalDestination:
             return False
 
     def delete(self, path: str) -> None:
-        """Remove ``path`` if present."""
+        """Remove ``path`` if present (durably by the next :meth:`sync`)."""
+        target = self._target(path)
         with contextlib.suppress(FileNotFoundError):
-            self._target(path).unlink()
+            target.unlink()
+            with self._lock:
+                self._dirty = True
+                self._unsynced.add(target.parent)
 
     def check(self) -> None:
         """Check the root folder can be created and written."""
@@ -149,7 +216,26 @@ class LocalDestination:
                             os.unlink(entry.path)
 
 
-SPOOL_BYTES = 1024 * 1024  # up to MAX_INFLIGHT (64) spools wait for publishing: 64 MiB at most
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where there is none (not Linux)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+SPOOL_BYTES = 1024 * 1024  # a partition's bytes kept in memory before its temp file is written
 
 
 class _Spool:

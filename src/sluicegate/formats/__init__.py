@@ -30,6 +30,11 @@ class Writer(Protocol):
 
     rows: int
 
+    @property
+    def held(self) -> int:
+        """Bytes kept in memory for :meth:`close` to encode (deferred work, see the formats)."""
+        ...
+
     def write(self, chunk: Any, mode: Mode) -> None:
         """Append a chunk (rows, CSV bytes or an Arrow table, per ``mode``)."""
         ...

@@ -21,36 +21,67 @@ from ..exceptions import DataError
 from ..partitions import zone_of
 from ..sources import Column, Mode
 
+DEFER_BYTES = 1024 * 1024  # CSV kept per partition for compression at close (see CsvWriter)
+
 
 class CsvWriter:
-    """Writes one partition as CSV, optionally gzip-compressed."""
+    """Writes one partition as CSV, optionally gzip-compressed.
+
+    Compression is deferred: the first DEFER_BYTES of CSV are kept and compressed by
+    :meth:`close`, which the engine calls on a publisher thread (zlib releases the GIL), so
+    small partitions are compressed in parallel with reading the next ones. A larger
+    partition is compressed as it streams. Deflate gives the same bytes either way.
+    """
 
     def __init__(
         self, out: BinaryIO, columns: Sequence[Column], zone: str | None, gzip_level: int | None
     ) -> None:
         self.rows = 0
-        self._gz = (
-            gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=gzip_level, mtime=0)
-            if gzip_level is not None
-            else None
-        )
-        self._out: BinaryIO = self._gz if self._gz is not None else out  # type: ignore[assignment]
+        self._raw = out
+        self._level = gzip_level
+        self._gz: gzip.GzipFile | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._text = io.StringIO()
         self._csv = csv.writer(self._text, lineterminator="\n")
         self._convert = [_converter(c, zone) for c in columns]
         self._csv.writerow([c.name for c in columns])
         self._flush_text()
 
+    def _emit(self, data: bytes) -> None:
+        if self._level is None:
+            self._raw.write(data)
+        elif self._gz is None and self._pending_size + len(data) <= DEFER_BYTES:
+            self._pending.append(data)
+            self._pending_size += len(data)
+        else:
+            self._compressor().write(data)
+
+    def _compressor(self) -> gzip.GzipFile:
+        if self._gz is None:
+            self._gz = gzip.GzipFile(
+                filename="", fileobj=self._raw, mode="wb", compresslevel=self._level or 6, mtime=0
+            )
+            for data in self._pending:
+                self._gz.write(data)
+            self._pending, self._pending_size = [], 0
+        return self._gz
+
     def _flush_text(self) -> None:
-        self._out.write(self._text.getvalue().encode("utf-8"))
+        self._emit(self._text.getvalue().encode("utf-8"))
         self._text.seek(0)
         self._text.truncate()
+
+    @property
+    def held(self) -> int:
+        """Bytes kept in memory for :meth:`close` to encode."""
+        return self._pending_size
 
     def write(self, chunk: Any, mode: Mode) -> None:
         """Append CSV bytes (from COPY, or encoded from Arrow batches), or encode row tuples."""
         if mode == "csv":
-            self._out.write(chunk)
-            self.rows += chunk.count(b"\n") if b'"' not in chunk else _count_records(chunk)
+            self._emit(chunk.data)
+            self.rows += chunk.rows
             return
         convert = self._convert
         try:
@@ -61,20 +92,9 @@ class CsvWriter:
         self._flush_text()
 
     def close(self) -> None:
-        """Write the gzip trailer, if any."""
-        if self._gz is not None:
-            self._gz.close()
-
-
-def _count_records(data: bytes) -> int:
-    """Count CSV records in ``data``: newlines outside quoted fields."""
-    count = 0
-    quoted = False
-    for part in data.split(b'"'):
-        if not quoted:
-            count += part.count(b"\n")
-        quoted = not quoted
-    return count
+        """Compress what is still pending and write the gzip trailer, if any."""
+        if self._level is not None:
+            self._compressor().close()
 
 
 def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:

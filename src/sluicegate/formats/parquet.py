@@ -42,8 +42,17 @@ def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
     return None
 
 
+DEFER_BYTES = 2 * 1024 * 1024  # Arrow data kept per partition and written at close
+
+
 class ParquetWriter:
-    """Writes one partition as a Parquet file (zstd)."""
+    """Writes one partition as a Parquet file (zstd).
+
+    Up to DEFER_BYTES of Arrow data are kept and written as one row group by :meth:`close`,
+    which the engine runs on a publisher thread (pyarrow releases the GIL), so small
+    partitions are encoded in parallel with reading the next ones, and their bytes do not
+    depend on how the database split the rows into batches. Larger partitions stream.
+    """
 
     def __init__(self, out: BinaryIO, columns: Sequence[Column], zone: str | None) -> None:
         self.rows = 0
@@ -52,18 +61,39 @@ class ParquetWriter:
         self._types = [arrow_type(c, zone) for c in columns]
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_size = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes kept in memory for :meth:`close` to encode."""
+        return self._pending_size
 
     def write(self, chunk: Any, mode: Mode) -> None:
         """Append Arrow tables (cast to our schema) or row tuples."""
         table = self._from_rows(chunk) if mode == "rows" else self._cast(chunk)
-        if self._writer is None:
+        if self._schema is None:
             self._schema = table.schema
-            self._writer = pq.ParquetWriter(self._out, table.schema, compression="zstd")
         elif table.schema != self._schema:
-            assert self._schema is not None
             table = table.cast(self._schema)
-        self._writer.write_table(table)
         self.rows += table.num_rows
+        if self._writer is None and self._pending_size + table.nbytes <= DEFER_BYTES:
+            self._pending.append(table)
+            self._pending_size += table.nbytes
+            return
+        self._flush_pending()
+        self._open().write_table(table)
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            assert self._schema is not None
+            self._writer = pq.ParquetWriter(self._out, self._schema, compression="zstd")
+        return self._writer
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            pending, self._pending, self._pending_size = self._pending, [], 0
+            self._open().write_table(pa.concat_tables(pending).combine_chunks())
 
     def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         arrays = []
@@ -89,7 +119,8 @@ class ParquetWriter:
             raise DataError(f"the batch could not be cast to the Parquet schema: {exc}") from exc
 
     def close(self) -> None:
-        """Write the footer (an empty file with the schema when there were no rows)."""
+        """Write what is pending and the footer (an empty file with the schema when there were no rows)."""
+        self._flush_pending()
         if self._writer is None:
             fields = [
                 pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)

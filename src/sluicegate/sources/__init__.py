@@ -1,8 +1,9 @@
 """Sources: read a batch of partitions from a database with one query.
 
 A :class:`Source` yields ``(index, chunk)`` pairs in partition order, where ``index`` is the
-position of the partition in the batch and ``chunk`` is either a list of row tuples, CSV
-bytes (``"csv"`` mode, PostgreSQL ``COPY``) or an Arrow table (``"arrow"`` mode). All chunks
+position of the partition in the batch and ``chunk`` is either a list of row tuples, a
+:class:`CsvChunk` (``"csv"`` mode: records encoded by Arrow or PostgreSQL ``COPY``) or an Arrow
+table (``"arrow"`` mode). All chunks
 of one partition are contiguous. Nothing is materialised beyond one chunk.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ..config import TaskSpec
 from ..db import Dialect, dialect_of
@@ -18,6 +19,13 @@ from ..partitions import Partition
 
 Mode = Literal["rows", "csv", "arrow"]
 ColumnKind = Literal["int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "other"]
+
+
+class CsvChunk(NamedTuple):
+    """CSV records of one partition, already encoded, and how many records they hold."""
+
+    data: bytes
+    rows: int
 
 
 @dataclass(frozen=True, kw_only=True)

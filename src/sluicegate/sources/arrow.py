@@ -21,6 +21,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from ..partitions import Partition, zone_of
+from . import CsvChunk
 
 
 def available() -> bool:
@@ -73,7 +74,7 @@ def read_csv(
     query: sql.Composed,
     params: list[Any],
     parts: Sequence[Partition],
-) -> Iterator[tuple[int, bytes]]:
+) -> Iterator[tuple[int, CsvChunk]]:
     """Yield ``(index, csv bytes)`` per partition, encoded by Arrow's C++ CSV writer a batch at a time.
 
     Timestamps with a zone become ISO 8601 text in each partition's zone. When no text value
@@ -98,13 +99,13 @@ def read_csv(
             if _has_line_breaks(table):
                 start = 0
                 for end, value in zip(ends, values, strict=True):
-                    yield int(value), _encode(table.slice(start, end - start))
+                    yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
                     start = end
                 continue
             lines = _encode(table).split(b"\n")
             start = 0
             for end, value in zip(ends, values, strict=True):
-                yield int(value), b"\n".join(lines[start:end]) + b"\n"
+                yield int(value), CsvChunk(b"\n".join(lines[start:end]) + b"\n", end - start)
                 start = end
 
 

@@ -19,7 +19,7 @@ from .. import db
 from ..config import TaskSpec
 from ..exceptions import ConfigError
 from ..partitions import Partition, canonical_key
-from . import Column, ColumnKind, Mode, group_rows, order_columns
+from . import Column, ColumnKind, CsvChunk, Mode, group_rows, order_columns
 from .arrow import available as arrow_available
 
 CHUNK_BYTES = 1 << 20
@@ -179,7 +179,7 @@ class PostgresSource:
             self._arrow = open_arrow(self.url)
         return self._arrow
 
-    def _read_csv(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, bytes]]:
+    def _read_csv(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, CsvChunk]]:
         copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
         with self.conn.cursor() as cur, cur.copy(copy_sql, params) as copy:
             current = -1
@@ -191,17 +191,17 @@ class PostgresSource:
                 row = bytes(data)
                 if not row.startswith(prefix):
                     if buf:
-                        yield current, b"".join(buf)
+                        yield current, CsvChunk(b"".join(buf), len(buf))
                         buf, size = [], 0
                     cut = row.index(b",") + 1
                     current, prefix = int(row[: cut - 1]), row[:cut]
                 buf.append(row[cut:])
                 size += len(row)
                 if size >= CHUNK_BYTES:
-                    yield current, b"".join(buf)
+                    yield current, CsvChunk(b"".join(buf), len(buf))
                     buf, size = [], 0
             if buf:
-                yield current, b"".join(buf)
+                yield current, CsvChunk(b"".join(buf), len(buf))
 
     def _read_rows(
         self, query: sql.Composed, params: list[Any]
