@@ -218,6 +218,38 @@ def test_redrive_retries_the_failed_window(url: str, tmp_path: Path) -> None:
     assert _marks(root) == {"s1": T} and operations.status(load(root), ["studies"])[0]["failed"] == 0
 
 
+def test_redrive_sends_a_failed_override_reexport_to_its_own_destination(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=30), "old")
+    rec.add("s1", T - dt.timedelta(hours=5), "new")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "s1").write_text("a file where the folder of s1 must go")
+    failed = _run(
+        root,
+        export_type="daily",
+        start=T - dt.timedelta(days=2),
+        end=T,
+        ignore_watermark=True,
+        destination=str(other),
+    )
+    assert failed.failed == 1
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_mode"] == "reexport" and row["failed_destination"] == str(other)
+    # A regular export of the same entity passes the failed window: the re-export is still owed.
+    assert _run(root, export_type="daily", end=T).entities[0]["rows"] == 1
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_end"] == T and row["failed_destination"] == str(other)
+    (other / "s1").unlink()
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["entities"][0]["rows"] == 2 and redrive["failed"] == 0
+    [redriven] = files(other)  # the override destination, with the original window
+    assert redriven.name == f"{(T - dt.timedelta(days=2)):%Y%m%dT%H%M%SZ}-{T:%Y%m%dT%H%M%SZ}.csv"
+    assert len(files(tmp_path / "out")) == 1  # only the regular export went to the project's folder
+    assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
 # 6: an end before the watermark exports nothing and moves nothing
 def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
@@ -392,3 +424,26 @@ def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
     assert cli(root, "watermark", "delete", "studies", "nope").returncode == 2
     listing = json.loads(cli(root, "watermark", "list", "studies", "--json", check=True).stdout)
     assert listing[0]["entity"] == "s1"
+
+
+def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> None:
+    """Opening a ledger made by the previous release adds what is new and keeps its rows."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "a")
+    first = _run(root, export_type="daily", end=T)
+    prefix = "sluicegate_" if url.startswith("sqlite") else "sluicegate."
+    added = (("watermarks", "failed_destination"), ("runs", "heartbeat_at"))
+    for table, column in added:  # the tables as release 4 made them
+        rec.conn.execute(f"ALTER TABLE {prefix}{table} DROP COLUMN {column}")
+        with pytest.raises(Exception, match=column):
+            rec.conn.execute(f"SELECT {column} FROM {prefix}{table}")
+    rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
+    assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
+    version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
+    assert version[0] == "5"
+    for table, column in added:
+        assert rec.conn.execute(f"SELECT count({column}) FROM {prefix}{table}").fetchone()[0] == 0
+    assert first.run_id is not None
+    assert len(rec.conn.execute(f"SELECT id FROM {prefix}runs").fetchall()) == 1  # the old run is kept
+    assert _run(root, export_type="daily", end=T + dt.timedelta(days=1)).failed == 0

@@ -17,6 +17,7 @@ import pytest
 
 from sluicegate import operations
 from sluicegate.config import load_project
+from sluicegate.ledger import Ledger
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler, latest_tick
 from support import SLUICEGATE, Db, files, hours, load, write_project
@@ -152,6 +153,29 @@ def test_runs_survive_a_restart_and_concurrent_posts_do_not_double_export(
         assert task["counts"]["exported"] == 60
     finally:
         again.stop()
+
+
+def test_a_run_whose_process_died_shows_as_abandoned(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    s = load(root).settings
+    with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        alive, dead = (ledger.start_run("openaq", tag=None, request={}) for _ in range(2))
+        with ledger.run_heartbeat(alive, every=0.05):
+            # Both went silent ten minutes ago; only the one whose process still runs beats again.
+            ledger.conn.execute(
+                "UPDATE sluicegate.runs SET started_at = now() - interval '10 minutes', "
+                "heartbeat_at = now() - interval '10 minutes'"
+            )
+            time.sleep(0.5)
+            assert ledger.get_run(alive)["state"] == "running"  # type: ignore[index]
+        ledger.finish_run(alive, [{"task": "openaq", "failed": 0}])
+    server = Server(root)
+    try:
+        assert httpx.get(f"{server.url}/runs/{dead}").json()["state"] == "abandoned"
+        assert httpx.get(f"{server.url}/runs/{alive}").json()["state"] == "succeeded"
+    finally:
+        server.stop()
 
 
 def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:

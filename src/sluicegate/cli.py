@@ -314,8 +314,9 @@ def watermark_list(task: str, as_json: bool) -> None:
         _echo_json(rows)
         return
     for r in rows:
+        to = f" to {mask_url(r['failed_destination'])}" if r.get("failed_destination") else ""
         failed = (
-            f", failed window {r['failed_start']}..{r['failed_end']}: {r['last_error']}"
+            f", failed window {r['failed_start']}..{r['failed_end']}{to}: {r['last_error']}"
             if r["failed_end"]
             else ""
         )

@@ -8,6 +8,7 @@ upload skipped, still committed), failed (retry with backoff, or parked), or rel
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -189,6 +190,8 @@ class Exporter:
                 task, request, self.source, wm, now=now, lease=settings.lease, claim=not options.dry_run
             )
         summary.entities += notes
+        if request.destination:  # an override: failures are recorded with it, for redrive
+            windows = [dataclasses.replace(w, destination=request.destination) for w in windows]
         if options.dry_run:
             summary.plan = [
                 {
@@ -208,29 +211,54 @@ class Exporter:
             run_request = {**request.as_dict(), "redrive": options.redrive}
             summary.run_id = self.ledger.start_run(task.name, tag=request.tag, request=run_request)
         original = self.dest
-        if request.destination:
-            self.dest = open_destination(dataclasses.replace(settings.destination, url=request.destination))
         self.sink = watermarks.WindowSink(task, wm, dict(enumerate(windows)), summary)
+        # A CLI run beats on the ledger (the service's RunManager beats for the runs it records).
+        beating: contextlib.AbstractContextManager[None] = (
+            self.ledger.run_heartbeat(summary.run_id)
+            if summary.run_id is not None and not options.recorded
+            else contextlib.nullcontext()
+        )
         try:
-            jobs = []
-            for index, window in enumerate(windows):
-                claim = watermarks.window_claim(task, index, window)
-                try:
-                    path = watermarks.window_path(task, window)
-                except SluicegateError as exc:
-                    self._fail(claim, exc, summary)
-                    continue
-                if window.claim is not None:
-                    wm.set_pending(window.claim, window.start, window.end, window.export_type)
-                jobs.append(_Job(claim=claim, part=watermarks.window_partition(task, window), path=path))
-            columns = self.columns(task)
-            for at in range(0, len(jobs), task.batch_size):
-                self._export_batch(task, columns, jobs[at : at + task.batch_size], summary, deadline)
+            with beating:
+                self._export_windows(task, windows, wm, original, summary, deadline)
         finally:
             self.dest = original
             self.sink = _PartitionSink(self.ledger, settings)
             if summary.run_id is not None and not options.recorded:
                 self.ledger.finish_run(summary.run_id, [summary.as_dict()])
+
+    def _export_windows(
+        self,
+        task: TaskSpec,
+        windows: Sequence[watermarks.Window],
+        wm: WatermarkLedger,
+        original: Destination,
+        summary: TaskSummary,
+        deadline: float | None,
+    ) -> None:
+        """Export incremental windows, grouped by destination (a re-export's override, or the project's)."""
+        settings = self.project.settings
+        jobs: dict[str | None, list[_Job]] = {}  # by destination (None: the project's)
+        for index, window in enumerate(windows):
+            claim = watermarks.window_claim(task, index, window)
+            try:
+                path = watermarks.window_path(task, window)
+            except SluicegateError as exc:
+                self._fail(claim, exc, summary)
+                continue
+            if window.claim is not None:
+                wm.set_pending(window.claim, window.start, window.end, window.export_type)
+            part = watermarks.window_partition(task, window)
+            jobs.setdefault(window.destination, []).append(_Job(claim=claim, part=part, path=path))
+        columns = self.columns(task)
+        for destination, group in jobs.items():
+            self.dest = (
+                original
+                if destination is None
+                else open_destination(dataclasses.replace(settings.destination, url=destination))
+            )
+            for at in range(0, len(group), task.batch_size):
+                self._export_batch(task, columns, group[at : at + task.batch_size], summary, deadline)
 
     def _run_archive(self, task: TaskSpec, options: RunOptions, summary: TaskSummary) -> None:
         """Export-then-delete one run of an archive task (recovering an unfinished run first)."""

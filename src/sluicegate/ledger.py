@@ -12,11 +12,14 @@ The rules it enforces, all in single SQL statements (see ``sql/ledger_*.sql``):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +32,17 @@ from .exceptions import SluicegateError
 from .partitions import Partition
 from .sql import queries
 
+log = logging.getLogger("sluicegate.ledger")
+
 UTC = dt.UTC
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
+# Columns added since version 4: (table, column, the named query adding it on SQLite).
+SQLITE_ADDED_COLUMNS = (
+    ("watermarks", "failed_destination", "add_failed_destination"),
+    ("runs", "heartbeat_at", "add_run_heartbeat"),
+)
+HEARTBEAT_SECONDS = 30.0  # a run in progress records that it is alive this often ...
+ABANDONED_AFTER = 120.0  # ... and one silent for this long is shown as abandoned
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +104,7 @@ class Ledger:
 
     def __init__(self, url: str, *, schema: str = "sluicegate") -> None:
         self.url = url
+        self.schema = schema
         self.dialect = db.dialect_of(url)
         self.conn = db.connect(url)
         if self.dialect is db.POSTGRESQL:
@@ -146,6 +159,11 @@ class Ledger:
             for statement in self.q["schema"].split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
+            if self.dialect is db.SQLITE:  # migrations PostgreSQL does with ADD COLUMN IF NOT EXISTS
+                for table, column, query in SQLITE_ADDED_COLUMNS:
+                    columns = {row[1] for row in cur.execute(f"PRAGMA table_info({self._prefix}{table})")}
+                    if column not in columns:
+                        cur.execute(self.q[query])
 
     def _schema_present(self) -> bool:
         try:
@@ -335,6 +353,10 @@ class Ledger:
         """Record a run's summary (JSON-ready data)."""
         self._exec("run_finish", id=uuid.UUID(run_id), summary=json.dumps(summary, default=str))
 
+    def heartbeat_run(self, run_id: str) -> None:
+        """Record that an unfinished run is still alive."""
+        self._exec("run_heartbeat", id=uuid.UUID(run_id))
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""
         row = self._exec("run_get", id=uuid.UUID(run_id)).fetchone()
@@ -345,10 +367,11 @@ class Ledger:
         return [self._run_dict(r) for r in self._exec("run_list", limit=limit).fetchall()]
 
     def _run_dict(self, row: Sequence[Any]) -> dict[str, Any]:
-        rid, task, tag, request, started, finished, summary = row
+        rid, task, tag, request, started, finished, summary, silent = row
         parsed = json.loads(summary) if summary else None
         if finished is None:
-            state = "running"
+            # A run beats every HEARTBEAT_SECONDS; silence means its process died.
+            state = "abandoned" if silent is not None and float(silent) > ABANDONED_AFTER else "running"
         else:
             failed = any(t.get("failed") for t in parsed) if isinstance(parsed, list) else False
             state = "failed" if failed else "succeeded"
@@ -362,6 +385,27 @@ class Ledger:
             "finished_at": self._from_ts(finished),
             "summary": parsed,
         }
+
+    @contextlib.contextmanager
+    def run_heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            try:
+                with Ledger(self.url, schema=self.schema) as ledger:
+                    while not stop.wait(every):
+                        ledger.heartbeat_run(run_id)
+            except SluicegateError as exc:  # the run goes on; it may show as abandoned
+                log.warning("run %s: heartbeat stopped: %s", run_id, exc)
+
+        thread = threading.Thread(target=beat, name="sluicegate-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def claim_tick(self, task: TaskSpec, tick: dt.datetime) -> bool:
         """True for exactly one caller per (task, schedule tick), across every replica."""
@@ -522,8 +566,11 @@ class WatermarkLedger:
         end: dt.datetime,
         export_type: str,
         mode: str,
+        destination: str | None = None,
     ) -> None:
-        """Record a failed window for redrive; the watermark stays where it is."""
+        """Record a failed window (with a re-export's override destination) for redrive."""
+        if mode == "reexport":  # an entity never exported still gets a row, so redrive sees it
+            self.ensure(task, [entity])
         self._exec(
             "wm_fail",
             task=task.name,
@@ -534,6 +581,7 @@ class WatermarkLedger:
             end=self._ts(end),
             type=export_type,
             mode=mode,
+            destination=destination,
         )
 
     def clear_failure(self, task: TaskSpec, entity: str) -> None:
@@ -560,6 +608,7 @@ class WatermarkLedger:
             "failed_end",
             "failed_type",
             "failed_mode",
+            "failed_destination",
             "exported_at",
             "rows",
             "path",

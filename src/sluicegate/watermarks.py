@@ -225,6 +225,7 @@ class Window:
     export_type: str
     claim: WatermarkClaim | None
     mode: str  # "watermark" or "reexport"
+    destination: str | None = None  # a re-export's override destination (None: the project's)
 
 
 class WindowSink:
@@ -265,6 +266,7 @@ class WindowSink:
             end=window.end,
             export_type=window.export_type,
             mode="watermark" if window.claim else "reexport",
+            destination=window.destination,
         )
         self._entry(window, rows=0, file=None, ok=False, error=str(exc))
 
@@ -475,6 +477,7 @@ def redrive_windows(
                 export_type=f["failed_type"],
                 claim=None,
                 mode="redrive",
+                destination=f["failed_destination"],
             )
         )
     marked = [e for e, f in by_entity.items() if f["failed_mode"] == "watermark"]

@@ -84,7 +84,7 @@ class RunInfo(BaseModel):
     id: str
     task: str
     tag: str | None = None
-    state: Literal["running", "succeeded", "failed"]
+    state: Literal["running", "succeeded", "failed", "abandoned"]
     request: dict[str, Any] | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -70,8 +70,13 @@ class RunManager:
     def _execute(self, project: Project, tasks: Sequence[Any], options: RunOptions, run_id: str) -> None:
         started = time.monotonic()
         summaries: list[dict[str, Any]] = []
+        s = project.settings
         try:
-            with Exporter(project) as exporter:
+            with (
+                Ledger(s.ledger_url, schema=s.ledger_schema) as beats,
+                beats.run_heartbeat(run_id),
+                Exporter(project) as exporter,
+            ):
                 results = exporter.run_once(tasks, options)
             self.metrics.record(results)
             summaries = [r.as_dict() for r in results]
@@ -80,7 +85,6 @@ class RunManager:
         except Exception as exc:  # recorded on the run, never silently lost
             log.exception("run %s crashed", run_id)
             summaries = [{"task": "*", "failed": 1, "errors": [f"{type(exc).__name__}: {exc}"]}]
-        s = project.settings
         with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
             ledger.finish_run(run_id, summaries)
         log.info("run %s finished in %.2fs", run_id, time.monotonic() - started)

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS {t}watermarks (
     failed_end timestamptz,
     failed_type text,
     failed_mode text CHECK (failed_mode IN ('watermark', 'reexport')),
+    failed_destination text,
     exported_at timestamptz,
     rows bigint,
     path text,
@@ -99,9 +100,14 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     request text,
     started_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
-    summary text
+    summary text,
+    heartbeat_at timestamptz
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '4')
+-- version 5: a failed re-export remembers its override destination, for redrive;
+-- a run in progress beats, so one whose process died shows as abandoned
+ALTER TABLE {t}watermarks ADD COLUMN IF NOT EXISTS failed_destination text;
+ALTER TABLE {t}runs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '5')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --
@@ -293,11 +299,14 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 UPDATE {t}watermarks
 SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s ELSE watermark END,
     claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
-    attempts = 0, last_error = NULL,
-    failed_start = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_start END,
-    failed_type = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_type END,
-    failed_mode = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_mode END,
-    failed_end = CASE WHEN failed_end <= %(end)s THEN NULL ELSE failed_end END,
+    -- A failed watermark window is done once the watermark passes it. A failed re-export is
+    -- not (it went to its own window and destination): it stays, with its attempts, for redrive.
+    attempts = CASE WHEN failed_mode = 'reexport' THEN attempts ELSE 0 END,
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE NULL END,
+    failed_start = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_type END,
+    failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_end END,
+    failed_mode = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_mode END,
     exported_at = now(), rows = %(rows)s, path = %(path)s
 WHERE id = %(id)s AND claim_token = %(token)s;
 
@@ -308,14 +317,15 @@ SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = 
     -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
     watermark = CASE WHEN watermark IS NULL AND %(mode)s = 'watermark' THEN %(start)s ELSE watermark END,
     attempts = attempts + 1, last_error = %(error)s,
-    failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s
+    failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s, failed_destination = %(destination)s
 WHERE task = %(task)s AND entity = %(entity)s
   AND (%(token)s::uuid IS NULL OR claim_token = %(token)s::uuid);
 
 -- wm_clear_failure --
 -- Forget a recorded failure once its window was exported (a redriven re-export).
 UPDATE {t}watermarks
-SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, last_error = NULL, attempts = 0
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
 WHERE task = %(task)s AND entity = %(entity)s;
 
 -- wm_release --
@@ -327,7 +337,7 @@ WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY
 -- wm_list --
 -- Every watermark row of a task.
 SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
-       exported_at, rows, path, claim_token IS NOT NULL AND lease_until >= now() AS claimed
+       failed_destination, exported_at, rows, path, claim_token IS NOT NULL AND lease_until >= now() AS claimed
 FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
 
 -- wm_delete --
@@ -336,7 +346,11 @@ DELETE FROM {t}watermarks WHERE task = %(task)s AND entity = %(entity)s;
 
 -- run_start --
 -- Record the start of a run with its tag and request.
-INSERT INTO {t}runs (id, task, tag, request) VALUES (%(id)s, %(task)s, %(tag)s, %(request)s);
+INSERT INTO {t}runs (id, task, tag, request, heartbeat_at) VALUES (%(id)s, %(task)s, %(tag)s, %(request)s, now());
+
+-- run_heartbeat --
+-- A run in progress is still alive.
+UPDATE {t}runs SET heartbeat_at = now() WHERE id = %(id)s AND finished_at IS NULL;
 
 -- run_finish --
 -- Record the end of a run with its summary.
@@ -344,7 +358,9 @@ UPDATE {t}runs SET finished_at = now(), summary = %(summary)s WHERE id = %(id)s;
 
 -- run_get --
 -- One run.
-SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = %(id)s;
+SELECT id, task, tag, request, started_at, finished_at, summary,
+       extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent
+FROM {t}runs WHERE id = %(id)s;
 
 -- arc_unfinished --
 -- The oldest archive run of a task that did not finish (recovered before any new run).
@@ -374,7 +390,9 @@ INSERT INTO {t}schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s) ON CONFLI
 
 -- run_list --
 -- The most recent runs.
-SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs
+SELECT id, task, tag, request, started_at, finished_at, summary,
+       extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent
+FROM {t}runs
 ORDER BY started_at DESC LIMIT %(limit)s;
 
 -- list_partitions --

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS {t}watermarks (
     failed_end REAL,
     failed_type TEXT,
     failed_mode TEXT CHECK (failed_mode IN ('watermark', 'reexport')),
+    failed_destination TEXT,
     exported_at REAL,
     rows INTEGER,
     path TEXT,
@@ -97,9 +98,18 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     request TEXT,
     started_at REAL NOT NULL,
     finished_at REAL,
-    summary TEXT
+    summary TEXT,
+    heartbeat_at REAL
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '4');
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '5');
+
+-- add_failed_destination --
+-- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).
+ALTER TABLE {t}watermarks ADD COLUMN failed_destination TEXT;
+
+-- add_run_heartbeat --
+-- Version 5, likewise.
+ALTER TABLE {t}runs ADD COLUMN heartbeat_at REAL;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -252,11 +262,14 @@ WHERE id = :id AND claim_token = :token;
 UPDATE {t}watermarks
 SET watermark = CASE WHEN watermark IS NULL OR watermark < :end THEN :end ELSE watermark END,
     claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
-    attempts = 0, last_error = NULL,
-    failed_start = CASE WHEN failed_end <= :end THEN NULL ELSE failed_start END,
-    failed_type = CASE WHEN failed_end <= :end THEN NULL ELSE failed_type END,
-    failed_mode = CASE WHEN failed_end <= :end THEN NULL ELSE failed_mode END,
-    failed_end = CASE WHEN failed_end <= :end THEN NULL ELSE failed_end END,
+    -- A failed watermark window is done once the watermark passes it. A failed re-export is
+    -- not (it went to its own window and destination): it stays, with its attempts, for redrive.
+    attempts = CASE WHEN failed_mode = 'reexport' THEN attempts ELSE 0 END,
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE NULL END,
+    failed_start = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_type END,
+    failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_end END,
+    failed_mode = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_mode END,
     exported_at = :now, rows = :rows, path = :path
 WHERE id = :id AND claim_token = :token;
 
@@ -267,14 +280,15 @@ SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = 
     -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
     watermark = CASE WHEN watermark IS NULL AND :mode = 'watermark' THEN :start ELSE watermark END,
     attempts = attempts + 1, last_error = :error,
-    failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = :mode
+    failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = :mode, failed_destination = :destination
 WHERE task = :task AND entity = :entity
   AND (:token IS NULL OR claim_token = :token);
 
 -- wm_clear_failure --
 -- Forget a recorded failure once its window was exported (a redriven re-export).
 UPDATE {t}watermarks
-SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, last_error = NULL, attempts = 0
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
 WHERE task = :task AND entity = :entity;
 
 -- wm_release --
@@ -286,7 +300,7 @@ WHERE claim_token = :token;
 -- wm_list --
 -- Every watermark row of a task.
 SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
-       exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed
+       failed_destination, exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed
 FROM {t}watermarks WHERE task = :task ORDER BY entity;
 
 -- wm_delete --
@@ -295,7 +309,11 @@ DELETE FROM {t}watermarks WHERE task = :task AND entity = :entity;
 
 -- run_start --
 -- Record the start of a run with its tag and request.
-INSERT INTO {t}runs (id, task, tag, request, started_at) VALUES (:id, :task, :tag, :request, :now);
+INSERT INTO {t}runs (id, task, tag, request, started_at, heartbeat_at) VALUES (:id, :task, :tag, :request, :now, :now);
+
+-- run_heartbeat --
+-- A run in progress is still alive.
+UPDATE {t}runs SET heartbeat_at = :now WHERE id = :id AND finished_at IS NULL;
 
 -- run_finish --
 -- Record the end of a run with its summary.
@@ -303,7 +321,9 @@ UPDATE {t}runs SET finished_at = :now, summary = :summary WHERE id = :id;
 
 -- run_get --
 -- One run.
-SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs WHERE id = :id;
+SELECT id, task, tag, request, started_at, finished_at, summary,
+       :now - coalesce(heartbeat_at, started_at) AS silent
+FROM {t}runs WHERE id = :id;
 
 -- arc_unfinished --
 -- The oldest archive run of a task that did not finish (recovered before any new run).
@@ -333,7 +353,9 @@ INSERT INTO {t}schedule_ticks (task, tick, fired_at) VALUES (:task, :tick, :now)
 
 -- run_list --
 -- The most recent runs.
-SELECT id, task, tag, request, started_at, finished_at, summary FROM {t}runs
+SELECT id, task, tag, request, started_at, finished_at, summary,
+       :now - coalesce(heartbeat_at, started_at) AS silent
+FROM {t}runs
 ORDER BY started_at DESC LIMIT :limit;
 
 -- list_partitions --
