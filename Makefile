@@ -34,6 +34,7 @@ test: system-deps venv lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: venv system-deps
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:
