@@ -221,15 +221,29 @@ def test_dst_days_in_brussels_have_23_and_25_hours(backend: str, tmp_path: Path)
 @pytest.mark.parametrize(
     "boundary,expected_day", [("start", dt.date(2024, 6, 2)), ("end", dt.date(2024, 6, 1))]
 )
-def test_boundary_convention(backend: str, tmp_path: Path, boundary: str, expected_day: dt.date) -> None:
-    root, db = _setup(tmp_path, backend, fmt="csv", boundary=boundary)
+@pytest.mark.parametrize("fixed_zone", [False, True], ids=["zone_sql", "zone"])
+def test_boundary_convention(
+    backend: str, tmp_path: Path, boundary: str, expected_day: dt.date, fixed_zone: bool
+) -> None:
+    # With one fixed zone, PostgreSQL also joins daily partitions on the local date.
+    root, db = _setup(tmp_path, backend, fmt="csv", boundary=boundary, zone=KOLKATA if fixed_zone else None)
     db.location(1, KOLKATA)
     midnight = dt.datetime(2024, 6, 2, tzinfo=zoneinfo.ZoneInfo(KOLKATA)).astimezone(UTC)
-    db.insert(1, [midnight])
-    engine.run(load(root))
-    [only] = files(tmp_path / "out")
-    assert only == _file_for(tmp_path / "out", "csv", 1, expected_day)
-    assert read_csv(only)[0]["datetime"] == "2024-06-02T00:00:00+05:30"
+    db.insert(1, [midnight - dt.timedelta(seconds=1), midnight, midnight + dt.timedelta(seconds=1)])
+    [summary] = engine.run(load(root))
+    assert summary.rows == 3
+    before, at, after = (
+        f"2024-06-0{d}T{t}+05:30" for d, t in ((1, "23:59:59"), (2, "00:00:00"), (2, "00:00:01"))
+    )
+    by_day = {p.name: [r["datetime"] for r in read_csv(p)] for p in files(tmp_path / "out")}
+    first, second = (
+        _file_for(tmp_path / "out", "csv", 1, d).name for d in (dt.date(2024, 6, 1), dt.date(2024, 6, 2))
+    )
+    if boundary == "start":  # [start, end): midnight opens the new day
+        assert by_day == {first: [before], second: [at, after]}
+    else:  # (start, end]: midnight closes the day before
+        assert by_day == {first: [before, at], second: [after]}
+    assert at in by_day[_file_for(tmp_path / "out", "csv", 1, expected_day).name]
 
 
 def test_duplicate_mark_skips_the_upload(backend: str, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import gzip
 import io
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
@@ -20,6 +19,7 @@ from typing import Any, BinaryIO
 from ..exceptions import DataError
 from ..partitions import zone_of
 from ..sources import Column, Mode
+from .deflate import GzipWriter
 
 DEFER_BYTES = 1024 * 1024  # CSV kept per partition for compression at close (see CsvWriter)
 
@@ -30,7 +30,8 @@ class CsvWriter:
     Compression is deferred: the first DEFER_BYTES of CSV are kept and compressed by
     :meth:`close`, which the engine calls on a publisher thread (zlib releases the GIL), so
     small partitions are compressed in parallel with reading the next ones. A larger
-    partition is compressed as it streams. Deflate gives the same bytes either way.
+    partition is compressed as it streams, in blocks on other cores (see ``deflate``). The
+    bytes are the same either way.
     """
 
     def __init__(
@@ -39,7 +40,7 @@ class CsvWriter:
         self.rows = 0
         self._raw = out
         self._level = gzip_level
-        self._gz: gzip.GzipFile | None = None
+        self._gz: GzipWriter | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._text = io.StringIO()
@@ -57,11 +58,9 @@ class CsvWriter:
         else:
             self._compressor().write(data)
 
-    def _compressor(self) -> gzip.GzipFile:
+    def _compressor(self) -> GzipWriter:
         if self._gz is None:
-            self._gz = gzip.GzipFile(
-                filename="", fileobj=self._raw, mode="wb", compresslevel=self._level or 6, mtime=0
-            )
+            self._gz = GzipWriter(self._raw, self._level or 6)
             for data in self._pending:
                 self._gz.write(data)
             self._pending, self._pending_size = [], 0

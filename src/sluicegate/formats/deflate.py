@@ -1,0 +1,89 @@
+"""gzip compressed on several cores, with the same bytes for the same data.
+
+Large CSV.gz partitions were compressed by one thread while the same thread also read and
+encoded the rows. :class:`GzipWriter` compresses the data in blocks on a thread pool, the way
+pigz does. Each block is compressed on its own as raw deflate, primed with the previous 32 KiB
+of data as the dictionary. Every block but the last ends with a sync flush (byte-aligned, not
+final), and the last one ends the stream, so the blocks chain into one ordinary gzip member
+that any gunzip reads.
+
+The bytes depend only on the data: blocks start at fixed offsets, whatever the sizes of the
+writes. Data shorter than one block gives the same bytes as ``gzip.GzipFile(filename="",
+mtime=0)`` at the same level, so small files match what earlier releases wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+BLOCK = 1024 * 1024  # uncompressed bytes per block
+WINDOW = 32 * 1024  # deflate's history: the dictionary of the next block
+AHEAD = 4  # blocks in flight per file before the writer waits (memory: about AHEAD + 1 blocks)
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="sluicegate-deflate"
+            )
+        return _pool
+
+
+def _deflate(data: bytes, zdict: bytes, level: int, last: bool) -> bytes:
+    if zdict:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY)
+    return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class GzipWriter:
+    """A write-only gzip stream onto ``out`` (no file name, mtime 0)."""
+
+    def __init__(self, out: BinaryIO, level: int = 6) -> None:
+        self._out = out
+        self._level = level
+        self._crc = 0
+        self._size = 0
+        self._buffer = bytearray()
+        self._previous = b""
+        self._pending: deque[Future[bytes]] = deque()
+        extra_flags = 2 if level == 9 else 4 if level == 1 else 0  # as gzip.GzipFile writes them
+        out.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([extra_flags, 255]))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Compress ``data`` (in the background, a block at a time)."""
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= BLOCK:
+            block = bytes(self._buffer[:BLOCK])
+            del self._buffer[:BLOCK]
+            self._submit(block)
+        return len(data)
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(_executor().submit(_deflate, block, self._previous, self._level, False))
+        self._previous = block[-WINDOW:]
+        while len(self._pending) > AHEAD:
+            self._out.write(self._pending.popleft().result())
+
+    def close(self) -> None:
+        """Compress the rest, end the stream and write the trailer (CRC-32 and size)."""
+        while self._pending:
+            self._out.write(self._pending.popleft().result())
+        # The last block is compressed here: a small file never leaves the calling thread.
+        self._out.write(_deflate(bytes(self._buffer), self._previous, self._level, True))
+        self._buffer = bytearray()
+        self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
