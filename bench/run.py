@@ -61,6 +61,7 @@ ALL_CASES = (
     "copy-pigz",  # d
     "copy-pigz-sorted",  # d, in the order sluicegate writes (large-csv's ORDER BY)
     "arrow-parquet",  # e
+    "arrow-parquet-sorted",  # e, in the order sluicegate writes (large-parquet's ORDER BY)
     "dlt",  # f
     "large-csv",  # g: sluicegate csv.gz, 3 partitions of N/3 rows
     "large-parquet",  # g: sluicegate parquet, 3 partitions of N/3 rows
@@ -75,6 +76,7 @@ DESCRIPTIONS = {
     "copy-pigz": "limit: psql COPY (select) TO STDOUT csv, piped to pigz -6, one file",
     "copy-pigz-sorted": "the same COPY|pigz with ORDER BY parameter, then every column (sluicegate's order)",
     "arrow-parquet": "limit: ADBC Arrow batches → ParquetWriter(zstd), one file",
+    "arrow-parquet-sorted": "the same Arrow → Parquet, ORDER BY parameter, then every column",
     "dlt": "dlt sql_table(pyarrow) → filesystem parquet, one table",
     "large-csv": "sluicegate run → csv.gz, 3 partitions (keys=[parameter])",
     "large-parquet": "sluicegate run → Parquet, 3 partitions (keys=[parameter])",
@@ -609,13 +611,13 @@ def case_copy_pigz(ctx: Context, order: str = "") -> Run:
     return run
 
 
-def case_arrow_parquet(ctx: Context) -> Run:
+def case_arrow_parquet(ctx: Context, order: str = "") -> Run:
     checkpoint(ctx)
     dest = out_dir(ctx, "arrow-parquet")
     dest.mkdir()
     target = dest / "all.parquet"
     run, stdout = measure(
-        [sys.executable, __file__, "_case", "arrow-parquet", ctx.ds.url, str(target)], env=child_env()
+        [sys.executable, __file__, "_case", "arrow-parquet", ctx.ds.url, str(target), order], env=child_env()
     )
     info = json.loads(stdout)
     run.rows, run.partitions, run.bytes = info["rows"], 1, target.stat().st_size
@@ -707,6 +709,7 @@ CASES: dict[str, Callable[[Context], Run]] = {
     "copy-pigz": case_copy_pigz,
     "copy-pigz-sorted": lambda ctx: case_copy_pigz(ctx, SORTED_ORDER),
     "arrow-parquet": case_arrow_parquet,
+    "arrow-parquet-sorted": lambda ctx: case_arrow_parquet(ctx, SORTED_ORDER),
     "dlt": case_dlt,
     "large-csv": lambda ctx: case_sluicegate(ctx, "large", "csv.gz"),
     "large-parquet": lambda ctx: case_sluicegate(ctx, "large", "parquet"),
@@ -718,13 +721,13 @@ CASES: dict[str, Callable[[Context], Run]] = {
 # --------------------------------------------------------------------------- in-subprocess cases
 
 
-def _sub_arrow_parquet(url: str, target: str) -> None:
+def _sub_arrow_parquet(url: str, target: str, order: str = "") -> None:
     import adbc_driver_postgresql.dbapi as adbc
     import pyarrow.parquet as pq
 
     rows = 0
     with adbc.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(_select_sql())
+        cur.execute(_select_sql() + order)
         reader = cur.fetch_record_batch()
         with pq.ParquetWriter(target, reader.schema, compression="zstd") as writer:
             for batch in reader:
@@ -911,6 +914,7 @@ def targets(results: dict[str, Any]) -> list[str]:
             ("large-csv", "copy-pigz", "COPY|pigz"),
             ("large-csv", "copy-pigz-sorted", "COPY|pigz in sluicegate's order"),
             ("large-parquet", "arrow-parquet", "Arrow→Parquet"),
+            ("large-parquet", "arrow-parquet-sorted", "Arrow→Parquet in sluicegate's order"),
             ("daily-csv", "copy-pigz", "COPY|pigz"),
             ("daily-parquet", "arrow-parquet", "Arrow→Parquet"),
         ):

@@ -3,7 +3,7 @@
 #
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres), major version >= 13,
 #     for the throwaway test server started by tests/conftest.py
-#   - pigz, used by the benchmark
+#   - pigz and GNU time (/usr/bin/time), used by the benchmark
 #   - chromium, for the status-page screenshot test
 #
 # Idempotent: when everything is present, apt-get is not run at all.
@@ -47,6 +47,11 @@ if command -v pigz >/dev/null 2>&1; then
     echo "install-system-deps: pigz: $(command -v pigz)"
 else
     missing+=(pigz)
+fi
+if [[ -x /usr/bin/time ]]; then
+    echo "install-system-deps: GNU time: /usr/bin/time"
+else
+    missing+=(time)
 fi
 # Headless Chromium for the status-page screenshot test.
 if command -v chromium >/dev/null 2>&1; then
