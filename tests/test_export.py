@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from sluicegate import engine, operations
+from sluicegate.destinations.local import LocalDestination
 from sluicegate.engine import Exporter, RunOptions
-from sluicegate.exceptions import ConfigError
+from sluicegate.exceptions import ConfigError, DestinationUnavailable
 from support import Db, files, hours, load, read_csv, read_parquet, write_project
 
 UTC = dt.UTC
@@ -486,3 +487,21 @@ def test_unknown_sync_mode_is_a_configuration_error(tmp_path: Path) -> None:
         ConfigError, match=r"\[destination\] sync = 'fast' is not a sync mode; use auto, batch or file"
     ):
         load(root, {"SLUICEGATE_DESTINATION__SYNC": "fast"})
+
+
+def test_a_failed_group_sync_leaves_later_files_queued(tmp_path: Path) -> None:
+    """``sync = "batch"``: a commit group's failure must not touch files published for a later group."""
+    dest = LocalDestination(str(tmp_path / "out"), sync="batch")
+    staged = {}
+    for name in ("a.csv", "b.csv"):
+        staged[name] = dest.stage(name)
+        staged[name].file.write(f"{name}\n".encode())
+        dest.publish(staged[name])
+    (tmp_path / "out" / "a.csv").mkdir()  # a's rename fails: a folder, not empty, holds its name
+    (tmp_path / "out" / "a.csv" / "keep").write_text("x")
+    with pytest.raises(DestinationUnavailable, match="cannot make files under"):
+        dest.sync([staged["a.csv"]])
+    assert not (tmp_path / "out" / "b.csv").exists()  # b belongs to a later commit: still queued
+    dest.sync([staged["b.csv"]])
+    assert (tmp_path / "out" / "b.csv").read_text() == "b.csv\n"
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []

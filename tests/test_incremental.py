@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from sluicegate import engine, operations
 from sluicegate.engine import RunOptions
+from sluicegate.ledger import Ledger, WatermarkLedger
 from sluicegate.watermarks import ExportRequest, load_request
 from support import SLUICEGATE, cli, files, load, read_csv
 from test_workers import _spawn, _wait_for
@@ -447,3 +449,22 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
     assert first.run_id is not None
     assert len(rec.conn.execute(f"SELECT id FROM {prefix}runs").fetchall()) == 1  # the old run is kept
     assert _run(root, export_type="daily", end=T + dt.timedelta(days=1)).failed == 0
+
+
+def test_a_long_window_export_renews_its_watermark_claim(url: str, tmp_path: Path) -> None:
+    """While a window is being read, its watermark claim's lease is extended (like partitions')."""
+    root = _project(tmp_path, url, lease="1s")
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "a")
+    project = load(root)
+    task = project.tasks["studies"]
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        wm = WatermarkLedger(ledger)
+        wm.ensure(task, ["s1"])
+        [claim] = wm.claim(task, ["s1"], lease=1)
+        assert wm.renew(claim.token, lease=600) == 1
+        time.sleep(1.5)  # past the first lease: still held, so nobody else can claim it
+        assert wm.claim(task, ["s1"], lease=1) == []
+        assert [w["claimed"] for w in wm.list(task)] == [True]
+        assert wm.renew(str(uuid.uuid4()), lease=600) == 0  # another token renews nothing

@@ -116,7 +116,7 @@ def test_sql_files_have_every_named_query(dialect: str) -> None:
     ledger |= {"status", "failures", "partition_keys", "reexport", "reset_failed", "take_changes"}
     ledger |= {"get_scan", "set_scan", "run_start", "run_finish", "run_get", "run_heartbeat"}
     marks = {"wm_ensure", "wm_claim", "wm_set_pending", "wm_commit", "wm_fail", "wm_clear_failure"}
-    marks |= {"wm_release", "wm_release_one", "wm_list", "wm_delete"}
+    marks |= {"wm_release", "wm_release_one", "wm_list", "wm_delete", "wm_renew"}
     archives = {"arc_unfinished", "arc_path_taken", "arc_start", "arc_published", "arc_done"}
     archives |= {"tick_claim", "run_list", "list_partitions"}
     only_pg = {"commit_many"} if dialect == "postgresql" else set()  # SQLite commits row by row

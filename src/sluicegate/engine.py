@@ -475,7 +475,10 @@ class Exporter:
                     except SluicegateError as exc:
                         job.error = exc
                 if time.monotonic() - renewed > lease / 3:
-                    self.ledger.renew(jobs[0].claim.token, lease=lease)
+                    # Also the earlier batch whose last files are still in flight (committed later).
+                    tokens = {jobs[0].claim.token, *(j.claim.token for j, _ in self._inflight)}
+                    for token in sorted(t for t in tokens if t):
+                        self.sink.renew(token, lease)
                     renewed = time.monotonic()
         finally:
             close = getattr(chunks, "close", None)
@@ -551,16 +554,20 @@ class Exporter:
         inflight, self._inflight = self._inflight[:cut], self._inflight[cut:]
         self._held -= sum(job.held for job, _ in inflight)
         results: list[ExportResult] = []
+        published: list[Staged] = []
         for job, future in inflight:
             try:
                 results.append(future.result())
             except SluicegateError as exc:
                 self._discard(job)
                 self._fail(job.claim, exc, summary)
+                continue
+            if job.staged is not None:
+                published.append(job.staged)
         if not results:
             return
         try:
-            self.dest.sync()
+            self.dest.sync(published)  # only these: newer files in flight are committed later
         except SluicegateError as exc:
             for result in results:
                 self._fail(result.claim, exc, summary)
@@ -630,6 +637,7 @@ class _Sink(Protocol):
 
     def commit(self, results: Sequence[ExportResult]) -> list[bool]: ...
     def fail(self, claim: Claim, exc: BaseException) -> None: ...
+    def renew(self, token: str, lease: float) -> int: ...
     def release(self, token: str) -> int: ...
 
 
@@ -651,6 +659,9 @@ class _PartitionSink:
             max_attempts=self.settings.max_attempts,
             backoff=self.settings.backoff,
         )
+
+    def renew(self, token: str, lease: float) -> int:
+        return self.ledger.renew(token, lease=lease)
 
     def release(self, token: str) -> int:
         return self.ledger.release(token)

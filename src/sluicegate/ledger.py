@@ -592,6 +592,10 @@ class WatermarkLedger:
         """Give back one watermark row without exporting (an empty window)."""
         self._exec("wm_release_one", id=claim.id, token=self._tok(claim.token))
 
+    def renew(self, token: str, *, lease: float) -> int:
+        """Extend the lease of the watermark rows held under ``token``; return how many."""
+        return int(self._exec("wm_renew", token=self._tok(token), lease=lease).rowcount)
+
     def release(self, token: str) -> int:
         """Give back every watermark row held under ``token``."""
         return int(self._exec("wm_release", token=self._tok(token)).rowcount)

@@ -270,6 +270,10 @@ class WindowSink:
         )
         self._entry(window, rows=0, file=None, ok=False, error=str(exc))
 
+    def renew(self, token: str, lease: float) -> int:
+        """Extend the watermark claims of a long export."""
+        return self.wm.renew(token, lease=lease)
+
     def release(self, token: str) -> int:
         """Give back unfinished watermark claims."""
         return self.wm.release(token)

@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -97,8 +98,8 @@ class Destination(Protocol):
         """Atomically publish ``staged`` under its path (at the latest, by the next :meth:`sync`)."""
         ...
 
-    def sync(self) -> None:
-        """Make every publish since the last call durable and in place; called before commits."""
+    def sync(self, staged: Sequence[Staged] | None = None) -> None:
+        """Make published files durable and in place before their commit: ``staged`` (default: all)."""
         ...
 
     def discard(self, staged: Staged) -> None:
@@ -135,7 +136,7 @@ class SpooledUpload:
         raw = os.fdopen(fd, "wb")
         return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
 
-    def sync(self) -> None:
+    def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Nothing to do: an object is durable once its upload completed."""
 
     def discard(self, staged: Staged) -> None:

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -117,10 +117,14 @@ class LocalDestination:
         if target.stat().st_size != staged.file.size:
             raise DestinationUnavailable(f"{target} has the wrong size after publishing; will retry")
 
-    def sync(self) -> None:
-        """Make what was published since the last call durable and in place (before the ledger commit)."""
+    def sync(self, staged: Sequence[Staged] | None = None) -> None:
+        """Make published files durable and in place before their ledger commit.
+
+        ``batch`` mode renames only ``staged`` (all published files when None): files published
+        for a later commit stay queued, so a failure here cannot touch them.
+        """
         if self._syncfs is not None:
-            self._sync_batch(self._syncfs)
+            self._sync_batch(self._syncfs, staged)
             return
         with self._lock:
             folders, self._unsynced = self._unsynced, set()
@@ -134,9 +138,14 @@ class LocalDestination:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot fsync a folder under {self.root}: {exc.strerror}") from exc
 
-    def _sync_batch(self, syncfs: Callable[[int], int]) -> None:
+    def _sync_batch(self, syncfs: Callable[[int], int], only: Sequence[Staged] | None) -> None:
         with self._lock:
-            renames, self._renames = self._renames, []
+            if only is None:
+                renames, self._renames = self._renames, []
+            else:
+                wanted = {id(s) for s in only}
+                renames = [r for r in self._renames if id(r[0]) in wanted]
+                self._renames = [r for r in self._renames if id(r[0]) not in wanted]
             dirty, self._dirty = self._dirty, False
         if not renames and not dirty:
             return

@@ -328,6 +328,11 @@ SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NU
     last_error = NULL, attempts = 0
 WHERE task = %(task)s AND entity = %(entity)s;
 
+-- wm_renew --
+-- Extend the lease of the watermark rows held under a claim token (a long window export).
+UPDATE {t}watermarks SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
+
 -- wm_release --
 -- Give back every watermark row still held under a claim token.
 UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,

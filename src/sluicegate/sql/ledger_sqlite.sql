@@ -291,6 +291,10 @@ SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NU
     last_error = NULL, attempts = 0
 WHERE task = :task AND entity = :entity;
 
+-- wm_renew --
+-- Extend the lease of the watermark rows held under a claim token (a long window export).
+UPDATE {t}watermarks SET lease_until = :now + :lease WHERE claim_token = :token;
+
 -- wm_release --
 -- Give back every watermark row still held under a claim token.
 UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
