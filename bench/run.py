@@ -40,6 +40,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sluicegate.config import OVERRIDE_ENV_NAMES, OVERRIDE_ENV_PREFIXES
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SLUICEGATE = str(VENV_BIN / "sluicegate")
@@ -83,15 +85,6 @@ DESCRIPTIONS = {
     "daily-csv": "sluicegate run → csv.gz, 1 partition per UTC day (time key only)",
     "daily-parquet": "sluicegate run → Parquet, 1 partition per UTC day (time key only)",
 }
-# Environment variables that would override the bench project's settings.
-_SCRUB = (
-    "LIMIT",
-    "WRITE_FILE_LOCATION",
-    "WRITE_FILE_FORMAT",
-    "OPEN_DATA_BUCKET",
-    "LOCAL_SAVE_DIRECTORY",
-    "LOG_LEVEL",
-)
 
 
 def log(message: str) -> None:
@@ -327,7 +320,7 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in _SCRUB and not k.startswith(("SLUICEGATE_", "DATABASE_"))
+        if k not in OVERRIDE_ENV_NAMES and not k.startswith(OVERRIDE_ENV_PREFIXES)
     }
     env.update(extra)
     return env

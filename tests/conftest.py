@@ -36,6 +36,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
+from sluicegate.config import OVERRIDE_ENV_NAMES, OVERRIDE_ENV_PREFIXES
+
 PG_USER = (
     "exporter"  # not "sluicegate": a role named like the ledger schema would see it first on its search_path
 )
@@ -61,17 +63,8 @@ SEAWEED_SECRET_KEY = "sluicegate-test-secret-key-0123456789"
 STARTUP_TIMEOUT_S = 60.0
 START_ATTEMPTS = 3  # retries with fresh ports if a port got taken between probing and binding
 
-SCRUBBED_ENV_NAMES = frozenset(
-    {
-        "LIMIT",
-        "WRITE_FILE_LOCATION",
-        "WRITE_FILE_FORMAT",
-        "OPEN_DATA_BUCKET",
-        "LOCAL_SAVE_DIRECTORY",
-        "LOG_LEVEL",
-    }
-)
-SCRUBBED_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
+SCRUBBED_ENV_NAMES = frozenset(OVERRIDE_ENV_NAMES)
+SCRUBBED_ENV_PREFIXES = OVERRIDE_ENV_PREFIXES
 
 # Filled by the session fixtures, printed in the terminal summary.
 _STARTUP_SECONDS: dict[str, float] = {}

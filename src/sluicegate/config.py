@@ -247,6 +247,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
 
 
+# Every environment variable that overrides sluicegate.toml (see _env_overrides): the OpenAQ
+# exporter's names, and the prefixes of SLUICEGATE_SECTION__KEY and DATABASE_*.
+OVERRIDE_ENV_NAMES = (
+    "LIMIT",
+    "WRITE_FILE_LOCATION",
+    "WRITE_FILE_FORMAT",
+    "OPEN_DATA_BUCKET",
+    "LOCAL_SAVE_DIRECTORY",
+    "LOG_LEVEL",
+)
+OVERRIDE_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Collect overrides: OpenAQ exporter names first, then ``SLUICEGATE_SECTION__KEY`` on top."""
     out: dict[str, dict[str, str]] = {}
