@@ -21,65 +21,43 @@ from ..partitions import zone_of
 from ..sources import Column, Mode
 from .deflate import GzipWriter
 
-DEFER_BYTES = 1024 * 1024  # CSV kept per partition for compression at close (see CsvWriter)
-
 
 class CsvWriter:
     """Writes one partition as CSV, optionally gzip-compressed.
 
-    Compression is deferred: the first DEFER_BYTES of CSV are kept and compressed by
-    :meth:`close`, which the engine calls on a publisher thread (zlib releases the GIL), so
-    small partitions are compressed in parallel with reading the next ones. A larger
-    partition is compressed as it streams, in blocks on other cores (see ``deflate``). The
-    bytes are the same either way.
+    Compression is deferred: ``deflate.GzipWriter`` keeps the CSV until it fills a 1 MiB block,
+    and :meth:`close`, which the engine calls on a publisher thread (zlib releases the GIL),
+    compresses the rest. So a small partition is compressed in parallel with reading the next
+    ones, and a larger one in blocks on other cores as it streams. The bytes are the same
+    either way.
     """
 
     def __init__(
         self, out: BinaryIO, columns: Sequence[Column], zone: str | None, gzip_level: int | None
     ) -> None:
         self.rows = 0
-        self._raw = out
-        self._level = gzip_level
-        self._gz: GzipWriter | None = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._gz = GzipWriter(out, gzip_level) if gzip_level is not None else None
+        self._out: Any = self._gz if self._gz is not None else out
         self._text = io.StringIO()
         self._csv = csv.writer(self._text, lineterminator="\n")
         self._convert = [_converter(c, zone) for c in columns]
         self._csv.writerow([c.name for c in columns])
         self._flush_text()
 
-    def _emit(self, data: bytes) -> None:
-        if self._level is None:
-            self._raw.write(data)
-        elif self._gz is None and self._pending_size + len(data) <= DEFER_BYTES:
-            self._pending.append(data)
-            self._pending_size += len(data)
-        else:
-            self._compressor().write(data)
-
-    def _compressor(self) -> GzipWriter:
-        if self._gz is None:
-            self._gz = GzipWriter(self._raw, self._level or 6)
-            for data in self._pending:
-                self._gz.write(data)
-            self._pending, self._pending_size = [], 0
-        return self._gz
-
     def _flush_text(self) -> None:
-        self._emit(self._text.getvalue().encode("utf-8"))
+        self._out.write(self._text.getvalue().encode("utf-8"))
         self._text.seek(0)
         self._text.truncate()
 
     @property
     def held(self) -> int:
-        """Bytes kept in memory for :meth:`close` to encode."""
-        return self._pending_size
+        """Bytes kept in memory for :meth:`close` to compress."""
+        return self._gz.buffered if self._gz is not None else 0
 
     def write(self, chunk: Any, mode: Mode) -> None:
         """Append CSV bytes (from COPY, or encoded from Arrow batches), or encode row tuples."""
         if mode == "csv":
-            self._emit(chunk.data)
+            self._out.write(chunk.data)
             self.rows += chunk.rows
             return
         convert = self._convert
@@ -91,9 +69,9 @@ class CsvWriter:
         self._flush_text()
 
     def close(self) -> None:
-        """Compress what is still pending and write the gzip trailer, if any."""
-        if self._level is not None:
-            self._compressor().close()
+        """Compress what is still buffered and write the gzip trailer, if any."""
+        if self._gz is not None:
+            self._gz.close()
 
 
 def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:

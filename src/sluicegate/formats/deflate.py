@@ -62,10 +62,13 @@ class GzipWriter:
         extra_flags = 2 if level == 9 else 4 if level == 1 else 0  # as gzip.GzipFile writes them
         out.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([extra_flags, 255]))
 
+    @property
+    def buffered(self) -> int:
+        """Bytes kept until a block is full (below one block: all of them, compressed by :meth:`close`)."""
+        return len(self._buffer)
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Compress ``data`` (in the background, a block at a time)."""
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += len(data)
+        """Buffer ``data``; each full block is compressed in the background."""
         self._buffer += data
         while len(self._buffer) >= BLOCK:
             block = bytes(self._buffer[:BLOCK])
@@ -74,6 +77,8 @@ class GzipWriter:
         return len(data)
 
     def _submit(self, block: bytes) -> None:
+        self._crc = zlib.crc32(block, self._crc)
+        self._size += len(block)
         self._pending.append(_executor().submit(_deflate, block, self._previous, self._level, False))
         self._previous = block[-WINDOW:]
         while len(self._pending) > AHEAD:
@@ -84,6 +89,9 @@ class GzipWriter:
         while self._pending:
             self._out.write(self._pending.popleft().result())
         # The last block is compressed here: a small file never leaves the calling thread.
-        self._out.write(_deflate(bytes(self._buffer), self._previous, self._level, True))
+        last = bytes(self._buffer)
+        self._crc = zlib.crc32(last, self._crc)
+        self._size += len(last)
+        self._out.write(_deflate(last, self._previous, self._level, True))
         self._buffer = bytearray()
         self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
