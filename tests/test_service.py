@@ -17,7 +17,7 @@ import pytest
 
 from sluicegate import operations
 from sluicegate.config import load_project
-from sluicegate.ledger import Ledger
+from sluicegate.ledger import Ledger, run_heartbeat
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler, latest_tick
 from support import SLUICEGATE, Db, files, hours, load, write_project
@@ -161,7 +161,7 @@ def test_a_run_whose_process_died_shows_as_abandoned(pg_project: tuple[Path, Db]
     with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
         ledger.ensure_schema()
         alive, dead = (ledger.start_run("openaq", tag=None, request={}) for _ in range(2))
-        with ledger.run_heartbeat(alive, every=0.05):
+        with run_heartbeat(ledger.url, ledger.schema, alive, every=0.05):
             # Both went silent ten minutes ago; only the one whose process still runs beats again.
             ledger.conn.execute(
                 "UPDATE sluicegate.runs SET started_at = now() - interval '10 minutes', "

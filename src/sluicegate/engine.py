@@ -26,7 +26,7 @@ from .config import Project, Settings, TaskSpec
 from .destinations import Destination, Staged, open_destination
 from .exceptions import ConfigError, DestinationUnavailable, SluicegateError, is_transient
 from .formats import SPECS, Writer, open_writer
-from .ledger import Claim, ExportResult, Ledger, WatermarkLedger
+from .ledger import Claim, ExportResult, Ledger, WatermarkLedger, run_heartbeat
 from .partitions import Partition, render_path, restore_partition
 from .sources import Column, Mode, Source, open_source
 from .sources import arrow as arrow_source
@@ -214,7 +214,7 @@ class Exporter:
         self.sink = watermarks.WindowSink(task, wm, dict(enumerate(windows)), summary)
         # A CLI run beats on the ledger (the service's RunManager beats for the runs it records).
         beating: contextlib.AbstractContextManager[None] = (
-            self.ledger.run_heartbeat(summary.run_id)
+            run_heartbeat(self.ledger.url, self.ledger.schema, summary.run_id)
             if summary.run_id is not None and not options.recorded
             else contextlib.nullcontext()
         )

@@ -386,27 +386,6 @@ class Ledger:
             "summary": parsed,
         }
 
-    @contextlib.contextmanager
-    def run_heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-        """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            try:
-                with Ledger(self.url, schema=self.schema) as ledger:
-                    while not stop.wait(every):
-                        ledger.heartbeat_run(run_id)
-            except SluicegateError as exc:  # the run goes on; it may show as abandoned
-                log.warning("run %s: heartbeat stopped: %s", run_id, exc)
-
-        thread = threading.Thread(target=beat, name="sluicegate-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
     def claim_tick(self, task: TaskSpec, tick: dt.datetime) -> bool:
         """True for exactly one caller per (task, schedule tick), across every replica."""
         return bool(self._exec("tick_claim", task=task.name, tick=self._ts(tick)).rowcount == 1)
@@ -630,3 +609,25 @@ class WatermarkLedger:
     def delete(self, task: TaskSpec, entity: str) -> bool:
         """Delete an entity's watermark; True when there was one."""
         return bool(self._exec("wm_delete", task=task.name, entity=entity).rowcount)
+
+
+@contextlib.contextmanager
+def run_heartbeat(url: str, schema: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            with Ledger(url, schema=schema) as ledger:
+                while not stop.wait(every):
+                    ledger.heartbeat_run(run_id)
+        except SluicegateError as exc:  # the run goes on; it may show as abandoned
+            log.warning("run %s: heartbeat stopped: %s", run_id, exc)
+
+    thread = threading.Thread(target=beat, name="sluicegate-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import Project
 from ..engine import Exporter, RunOptions, TaskSummary
 from ..exceptions import SluicegateError
-from ..ledger import Ledger
+from ..ledger import Ledger, run_heartbeat
 
 log = logging.getLogger("sluicegate.service")
 
@@ -72,11 +72,7 @@ class RunManager:
         summaries: list[dict[str, Any]] = []
         s = project.settings
         try:
-            with (
-                Ledger(s.ledger_url, schema=s.ledger_schema) as beats,
-                beats.run_heartbeat(run_id),
-                Exporter(project) as exporter,
-            ):
+            with run_heartbeat(s.ledger_url, s.ledger_schema, run_id), Exporter(project) as exporter:
                 results = exporter.run_once(tasks, options)
             self.metrics.record(results)
             summaries = [r.as_dict() for r in results]
