@@ -428,6 +428,15 @@ def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
     assert listing[0]["entity"] == "s1"
 
 
+def _indexes(rec: Records, url: str) -> set[str]:
+    """The ledger's index names, without the SQLite table prefix."""
+    if url.startswith("sqlite"):
+        rows = rec.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        return {r[0].removeprefix("sluicegate_") for r in rows}
+    rows = rec.conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'sluicegate'").fetchall()
+    return {r[0] for r in rows}
+
+
 def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> None:
     """Opening a ledger made by the previous release adds what is new and keeps its rows."""
     root = _project(tmp_path, url)
@@ -440,10 +449,17 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
         rec.conn.execute(f"ALTER TABLE {prefix}{table} DROP COLUMN {column}")
         with pytest.raises(Exception, match=column):
             rec.conn.execute(f"SELECT {column} FROM {prefix}{table}")
+    # release 4's claim queue index (release 6 replaced it with one that also orders by window)
+    rec.conn.execute(f"DROP INDEX {prefix}partitions_queue_idx")
+    old_index = "sluicegate_partitions_pending_idx" if url.startswith("sqlite") else "partitions_pending_idx"
+    rec.conn.execute(f"CREATE INDEX {old_index} ON {prefix}partitions (task, changed_at, id)")
+    assert _indexes(rec, url) >= {"partitions_pending_idx"}
     rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
     assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
     version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
-    assert version[0] == "5"
+    assert version[0] == "6"
+    indexes = _indexes(rec, url)
+    assert "partitions_queue_idx" in indexes and "partitions_pending_idx" not in indexes
     for table, column in added:
         assert rec.conn.execute(f"SELECT count({column}) FROM {prefix}{table}").fetchone()[0] == 0
     assert first.run_id is not None

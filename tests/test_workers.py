@@ -15,6 +15,7 @@ import pytest
 from sluicegate import capture, operations
 from sluicegate.engine import Exporter
 from sluicegate.ledger import ExportResult, Ledger
+from sluicegate.partitions import restore_partition
 from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
@@ -235,3 +236,29 @@ def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: 
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert json.loads(out)[0]["exported"] == 6
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_partitions_changed_together_are_claimed_oldest_window_first(
+    tmp_path: Path, pg_url: str, dialect: str
+) -> None:
+    """A backfill marks every location-day at once: batches take whole days, not whole locations.
+
+    Location-major batches (all days of a few locations) make the batch query compare every row
+    with every window of its location; day-major batches compare it with one.
+    """
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        # One mark of every location-day, in key order (location-major), at one moment.
+        parts = [
+            restore_partition(task, [loc, f"2024-01-0{d}"], "UTC") for loc in (1, 2, 3, 4) for d in (1, 2, 3)
+        ]
+        assert ledger.mark(parts, task) == 12
+        days = []
+        while batch := ledger.claim(task, limit=4, lease=600):
+            days.append({(c.keys["location_id"], c.keys["day"]) for c in batch})
+    assert days == [{(loc, f"2024-01-0{d}") for loc in (1, 2, 3, 4)} for d in (1, 2, 3)]

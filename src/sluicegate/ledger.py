@@ -3,8 +3,8 @@
 The rules it enforces, all in single SQL statements (see ``sql/ledger_*.sql``):
 
 * a change bumps ``version``; a partition is pending while ``version > exported_version``;
-* a claim takes pending, complete partitions oldest change first, under a fresh token and a
-  lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite);
+* a claim takes pending, complete partitions oldest change first (then oldest window first),
+  under a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite);
 * a commit sets ``exported_version`` to the version read at claim, and only while the
   claim token still matches, so a change made during the export keeps the partition
   pending and a worker whose lease was taken over commits nothing.
@@ -35,7 +35,7 @@ from .sql import queries
 log = logging.getLogger("sluicegate.ledger")
 
 UTC = dt.UTC
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 # Columns added since version 4: (table, column, the named query adding it on SQLite).
 SQLITE_ADDED_COLUMNS = (
     ("watermarks", "failed_destination", "add_failed_destination"),
@@ -183,7 +183,9 @@ class Ledger:
         With ``cur`` the marks join the caller's transaction on this database.
         """
         # Sorted, so concurrent workers lock ledger rows in one order and cannot deadlock.
-        rows = [self._mark_params(task, p) for p in sorted(partitions, key=lambda p: p.pkey)]
+        # One moment of change for the whole call, as now() is one moment per transaction on PostgreSQL.
+        extra = {"now": time.time()} if self.dialect is db.SQLITE else {}
+        rows = [{**self._mark_params(task, p), **extra} for p in sorted(partitions, key=lambda p: p.pkey)]
         if not rows:
             return 0
         if cur is not None:
@@ -214,7 +216,7 @@ class Ledger:
             self._exec("claim", cur, task=task.name, limit=limit, lease=lease, settle=settle, token=token)
             rows = cur.fetchall()
         claims = [self._claim_from_row(task, row, str(token)) for row in rows]
-        # RETURNING order is not guaranteed: keep the queue's order (oldest change first, then id).
+        # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
 
     def pending(self, task: TaskSpec, *, limit: int) -> list[Claim]:

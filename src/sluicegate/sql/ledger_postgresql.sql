@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS {t}partitions (
     CONSTRAINT partitions_exported_le_version CHECK (exported_version <= version),
     CONSTRAINT partitions_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
-CREATE INDEX IF NOT EXISTS partitions_pending_idx ON {t}partitions (task, changed_at, id)
+CREATE INDEX IF NOT EXISTS partitions_queue_idx ON {t}partitions (task, changed_at, win_start, id)
     WHERE version > exported_version AND NOT failed;
 CREATE INDEX IF NOT EXISTS partitions_claim_token_idx ON {t}partitions (claim_token)
     WHERE claim_token IS NOT NULL;
@@ -107,7 +107,10 @@ CREATE TABLE IF NOT EXISTS {t}runs (
 -- a run in progress beats, so one whose process died shows as abandoned
 ALTER TABLE {t}watermarks ADD COLUMN IF NOT EXISTS failed_destination text;
 ALTER TABLE {t}runs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '5')
+-- version 6: among partitions changed together, claims take the oldest window first, so a batch
+-- holds few windows per key (the queue index gained win_start and replaces the old one)
+DROP INDEX IF EXISTS {t}partitions_pending_idx;
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '6')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --
@@ -126,7 +129,7 @@ SET version = p.version + 1,
     failed = false;
 
 -- claim --
--- Claim up to limit pending, complete partitions, oldest change first; an expired lease counts as an attempt.
+-- Claim up to limit pending, complete partitions, oldest change first, then oldest window; an expired lease counts as an attempt.
 WITH candidate AS (
     SELECT id FROM {t}partitions
     WHERE task = %(task)s
@@ -135,7 +138,7 @@ WITH candidate AS (
       AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
       AND (claim_token IS NULL OR lease_until < now())
-    ORDER BY changed_at, id
+    ORDER BY changed_at, win_start, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -211,7 +214,7 @@ WHERE task = %(task)s
   AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
   AND (next_attempt_at IS NULL OR next_attempt_at <= now())
   AND (claim_token IS NULL OR lease_until < now())
-ORDER BY changed_at, id
+ORDER BY changed_at, win_start, id
 LIMIT %(limit)s;
 
 -- status --

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS {t}partitions (
     CHECK (exported_version <= version),
     CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
-CREATE INDEX IF NOT EXISTS {t}partitions_pending_idx ON {t}partitions (task, changed_at, id)
+CREATE INDEX IF NOT EXISTS {t}partitions_queue_idx ON {t}partitions (task, changed_at, win_start, id)
     WHERE version > exported_version AND NOT failed;
 CREATE INDEX IF NOT EXISTS {t}partitions_claim_token_idx ON {t}partitions (claim_token)
     WHERE claim_token IS NOT NULL;
@@ -101,7 +101,9 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     summary TEXT,
     heartbeat_at REAL
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '5');
+-- version 6: claims take the oldest window first among partitions changed together
+DROP INDEX IF EXISTS {t}partitions_pending_idx;
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '6');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).
@@ -127,7 +129,7 @@ SET version = version + 1,
     failed = 0;
 
 -- claim --
--- Claim up to limit pending, complete partitions, oldest change first (run inside BEGIN IMMEDIATE).
+-- Claim up to limit pending, complete partitions, oldest change first, then oldest window (run inside BEGIN IMMEDIATE).
 UPDATE {t}partitions
 SET claim_token = :token,
     claimed_version = version,
@@ -141,7 +143,7 @@ WHERE id IN (
       AND (win_end IS NULL OR win_end <= :now - :settle)
       AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
       AND (claim_token IS NULL OR lease_until < :now)
-    ORDER BY changed_at, id
+    ORDER BY changed_at, win_start, id
     LIMIT :limit
 )
 RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum;
@@ -185,7 +187,7 @@ WHERE task = :task
   AND (win_end IS NULL OR win_end <= :now - :settle)
   AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
   AND (claim_token IS NULL OR lease_until < :now)
-ORDER BY changed_at, id
+ORDER BY changed_at, win_start, id
 LIMIT :limit;
 
 -- status --
