@@ -15,7 +15,7 @@ from sluicegate import engine, operations
 from sluicegate.destinations.local import LocalDestination
 from sluicegate.engine import Exporter, RunOptions
 from sluicegate.exceptions import ConfigError, DestinationUnavailable
-from support import Db, files, hours, load, read_csv, read_parquet, write_project
+from support import Db, cli, files, hours, load, read_csv, read_parquet, write_project
 
 UTC = dt.UTC
 KOLKATA = "Asia/Kolkata"
@@ -505,3 +505,33 @@ def test_a_failed_group_sync_leaves_later_files_queued(tmp_path: Path) -> None:
     dest.sync([staged["b.csv"]])
     assert (tmp_path / "out" / "b.csv").read_text() == "b.csv\n"
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_declared_primary_key_orders_rows_instead_of_every_column(backend: str, tmp_path: Path) -> None:
+    """With ``primary_key`` the rows are sorted by it alone; `check` rejects a key the select lacks."""
+    root, db = _setup(tmp_path, backend, fmt="csv")
+    task = root / "tasks" / "byparam"
+    task.mkdir()
+    (task / "select.sql").write_text((root / "tasks/openaq/select.sql").read_text())
+    (task / "task.toml").write_text(
+        'keys = ["parameter"]\npath = "{parameter}.{ext}"\nprimary_key = ["datetime", "sensors_id"]\n'
+        '[capture]\nmode = "explicit"\n'
+    )
+    for loc in (1, 2, 3):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 5, 1, tzinfo=UTC), 4))
+    assert cli(root, "mark", "byparam", "parameter=pm25").returncode == 0
+    [summary] = engine.run(load(root), ["byparam"])
+    assert summary.exported == 1 and summary.rows == 12
+    rows = [(r["datetime"], int(r["sensors_id"])) for r in read_csv(tmp_path / "out" / "pm25.csv")]
+    # Every column in select order would put all of location 1 first; the key interleaves them.
+    assert rows == sorted(rows) and [s for _, s in rows[:3]] == [10, 20, 30]
+    (task / "task.toml").write_text((task / "task.toml").read_text().replace('"sensors_id"]', '"sensor"]'))
+    check = cli(root, "check")
+    assert check.returncode == 2
+    assert "primary_key: 'sensor' is not a column of select.sql's result" in check.stderr
+    (task / "task.toml").write_text(
+        (task / "task.toml").read_text().replace('["datetime", "sensor"]', '"datetime"')
+    )
+    bad = cli(root, "check")
+    assert bad.returncode == 2 and "primary_key: use a list of column names" in bad.stderr

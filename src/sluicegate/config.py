@@ -183,6 +183,7 @@ class TaskSpec:
     capture: CaptureSpec
     batch_size: int
     order_by: tuple[str, ...] = ()
+    primary_key: tuple[str, ...] = ()
     description: str = ""
     incremental: IncrementalSpec | None = None
     archive: ArchiveSpec | None = None
@@ -491,8 +492,18 @@ def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None
 
 
 _SCHEDULE_KEYS = {"schedule", "schedule_zone"}
-_TASK_KEYS = {"kind", "description", "format", "path", "keys", "time", "capture", "batch_size", "order_by"}
-_TASK_KEYS |= _SCHEDULE_KEYS
+_TASK_KEYS = {
+    "kind",
+    "description",
+    "format",
+    "path",
+    "keys",
+    "time",
+    "capture",
+    "batch_size",
+    "order_by",
+    "primary_key",
+} | _SCHEDULE_KEYS
 _INCREMENTAL_KEYS = {
     "kind",
     "description",
@@ -500,6 +511,7 @@ _INCREMENTAL_KEYS = {
     "path",
     "batch_size",
     "order_by",
+    "primary_key",
     "entity",
     "cursor",
     "export_type",
@@ -648,6 +660,9 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
     order_by = raw.get("order_by", [])
     if not isinstance(order_by, list):
         raise ConfigError(f"{where} order_by: use a list of column names")
+    primary_key = raw.get("primary_key", [])
+    if not isinstance(primary_key, list):
+        raise ConfigError(f'{where} primary_key: use a list of column names, e.g. ["sensors_id", "datetime"]')
     task = TaskSpec(
         name=name,
         folder=folder,
@@ -660,6 +675,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         capture=_capture_spec(raw.get("capture", {}), f"{where} [capture]", keys, time is not None),
         batch_size=_as_int(raw.get("batch_size", settings.batch_size), f"{where} batch_size"),
         order_by=tuple(_identifier(c, f"{where} order_by") for c in order_by),
+        primary_key=tuple(_identifier(c, f"{where} primary_key") for c in primary_key),
         description=str(raw.get("description", "")),
         incremental=incremental,
         archive=archive,

@@ -73,17 +73,7 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
         columns = {c.name for c in source.describe(task)}
     except SluicegateError as exc:
         return [str(exc)]
-    problems = []
-    for key in task.keys:
-        if key not in columns:
-            problems.append(
-                f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
-            )
-    if task.time and task.time.column not in columns:
-        problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
-    for name in task.order_by:
-        if name not in columns:
-            problems.append(f"{toml} order_by: {name!r} is not a column of select.sql's result")
+    problems = _missing_columns(task, columns)
     if task.time and task.time.zone_sql:
         try:
             zones = source.zones(task)
@@ -109,6 +99,25 @@ def _check_task(task: TaskSpec, source: Any) -> list[str]:
             problems.append(
                 f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
             )
+    return problems
+
+
+def _missing_columns(task: TaskSpec, columns: set[str]) -> list[str]:
+    """One problem per declared column (keys, time, order_by, primary_key) the select lacks."""
+    toml = task.folder / "task.toml"
+    problems = [
+        f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
+        for key in task.keys
+        if key not in columns
+    ]
+    if task.time and task.time.column not in columns:
+        problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
+    for field, names in (("order_by", task.order_by), ("primary_key", task.primary_key)):
+        problems += [
+            f"{toml} {field}: {name!r} is not a column of select.sql's result"
+            for name in names
+            if name not in columns
+        ]
     return problems
 
 
