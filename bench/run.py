@@ -77,9 +77,9 @@ DESCRIPTIONS = {
     "sluicegate-csv-w2": "sluicegate run --workers 2 → csv.gz, one file per location-day",
     "naive": "naive OpenAQ: 1 query per location-day, csv+gzip, 6 threads",
     "copy-pigz": "limit: psql COPY (select) TO STDOUT csv, piped to pigz -6, one file",
-    "copy-pigz-sorted": "the same COPY|pigz with ORDER BY parameter, then every column (sluicegate's order)",
+    "copy-pigz-sorted": "the same COPY|pigz with ORDER BY parameter, sensors_id, datetime (as sluicegate)",
     "arrow-parquet": "limit: ADBC Arrow batches → ParquetWriter(zstd), one file",
-    "arrow-parquet-sorted": "the same Arrow → Parquet, ORDER BY parameter, then every column",
+    "arrow-parquet-sorted": "the same Arrow → Parquet, ORDER BY parameter, sensors_id, datetime",
     "dlt": "dlt sql_table(pyarrow) → filesystem parquet, one table",
     "large-csv": "sluicegate run → csv.gz, 3 partitions (keys=[parameter])",
     "large-parquet": "sluicegate run → Parquet, 3 partitions (keys=[parameter])",
@@ -419,12 +419,14 @@ LARGE_TASK_TOML = """\
 description = "bench: three large partitions, one per parameter, no time key"
 keys = ["parameter"]
 path = "large/{format}/parameter={parameter}.{ext}"
+primary_key = ["sensors_id", "datetime"]
 """
 
 
 DAILY_TASK_TOML = """\
 description = "bench: one file per UTC day across all locations (time key only)"
 path = "daily/{format}/{day:%Y%m%d}.{ext}"
+primary_key = ["sensors_id", "datetime"]
 
 [time]
 column = "datetime"
@@ -593,8 +595,8 @@ def _select_sql() -> str:
     return (TEMPLATE / "tasks/openaq/select.sql").read_text().strip().rstrip(";")
 
 
-# The total order sluicegate gives the 'large' task's rows: its key, then every column.
-SORTED_ORDER = " ORDER BY 7, 1, 2, 3, 4, 5, 6, 8, 9"
+# The total order sluicegate gives the 'large' task's rows: its key, then its primary key.
+SORTED_ORDER = " ORDER BY parameter, sensors_id, datetime"
 
 
 def case_copy_pigz(ctx: Context, order: str = "") -> Run:
