@@ -102,6 +102,9 @@ def read_csv(
                     yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
                     start = end
                 continue
+            if len(ends) == 1:  # the whole batch is one partition's (large partitions): no split
+                yield int(values[0]), CsvChunk(_encode(table), ends[0])
+                continue
             lines = _encode(table).split(b"\n")
             start = 0
             for end, value in zip(ends, values, strict=True):
