@@ -190,3 +190,48 @@ def test_block_gzip_is_standard_and_deterministic(tmp_path: Path) -> None:
         gzip.decompress(compress([])) == b""
         and gzip.decompress(compress([data[: 2 * BLOCK]])) == data[: 2 * BLOCK]
     )
+
+
+def test_parquet_row_groups_do_not_follow_the_batches(tmp_path: Path) -> None:
+    """A partition's Parquet bytes depend on its rows only, not on how the database batched them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluicegate.formats.parquet import ROW_GROUP_ROWS, ParquetWriter
+    from sluicegate.sources import Column
+
+    columns = [
+        Column(name="id", kind="int"),
+        Column(name="site", kind="text"),
+        Column(name="v", kind="float"),
+    ]
+    n = ROW_GROUP_ROWS * 2 + 12_345
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "site": pa.array([f"Site {i % 97}" for i in range(n)]),
+            "v": pa.array([i / 7 for i in range(n)], pa.float64()),
+        }
+    )
+
+    def encode(cuts: list[int]) -> bytes:
+        out = io.BytesIO()
+        writer = ParquetWriter(out, columns, None)
+        for start, end in zip([0, *cuts], [*cuts, n], strict=True):
+            writer.write(table.slice(start, end - start), "arrow")
+        writer.close()
+        assert writer.rows == n
+        return out.getvalue()
+
+    whole = encode([])
+    assert whole == encode([65_536 * k for k in range(1, n // 65_536 + 1)])  # ADBC-sized batches
+    assert whole == encode([1, 999, 200_000, 200_001])  # and odd ones
+    path = tmp_path / "p.parquet"
+    path.write_bytes(whole)
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [
+        ROW_GROUP_ROWS,
+        ROW_GROUP_ROWS,
+        12_345,
+    ]
+    assert pq.read_table(path).equals(table)
