@@ -535,3 +535,19 @@ def test_a_declared_primary_key_orders_rows_instead_of_every_column(backend: str
     )
     bad = cli(root, "check")
     assert bad.returncode == 2 and "primary_key: use a list of column names" in bad.stderr
+
+
+def test_text_with_commas_quotes_and_line_breaks_reads_back(tmp_path: Path, pg_url: str) -> None:
+    """A batch whose text holds CR/LF cannot be split on line ends: each file still reads back whole."""
+    root, db = _setup(tmp_path, pg_url, fmt="csv", zone="UTC")
+    awkward = 'Quai "Nord", 3\r\nGent'
+    db.location(1, "UTC", name=awkward)
+    db.location(2, "UTC")
+    for loc in (1, 2):
+        db.insert(loc, hours(dt.datetime(2024, 5, 1, tzinfo=UTC), 24))
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (2, 0)
+    for loc, name in ((1, awkward), (2, "Site 2")):
+        rows = read_csv(_file_for(tmp_path / "out", "csv", loc, dt.date(2024, 5, 1)))
+        assert len(rows) == 24 and {r["location"] for r in rows} == {f"{name}-{loc * 10}"}
+        assert [float(r["value"]) for r in rows] == [1.5 + i / 8 for i in range(24)]

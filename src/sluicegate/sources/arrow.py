@@ -139,6 +139,24 @@ class _Offsets:
         if column.type.tz is None:
             return _iso(column)
         utc = column.cast(pa.timestamp("us", tz="UTC"))
+        fixed = [self.constant[v] for v in values]
+        if len(set(fixed)) == 1 and fixed[0] is not None:  # one offset for the whole batch
+            shift: Any = pa.scalar(fixed[0], pa.int64())
+            text: Any = pa.scalar(_offset_texts([fixed[0]])[0], pa.string())
+        else:
+            shift = self._shift(utc, ends, values)
+            text = _offset_text(shift)
+        micros = pc.add(utc.cast(pa.int64()), pc.multiply(shift, 1_000_000))
+        local = _iso(micros.cast(pa.timestamp("us")))
+        return pc.if_else(
+            pc.is_null(column), pa.scalar(None, pa.string()), pc.binary_join_element_wise(local, text, "")
+        )
+
+    def _shift(self, utc: Any, ends: list[int], values: list[int]) -> Any:
+        """Each row's offset in seconds: run-length decoded for fixed offsets, per row on DST days."""
+        if all(self.constant[v] is not None for v in values):
+            runs = pa.RunEndEncodedArray.from_arrays(ends, [self.constant[v] for v in values])
+            return pc.run_end_decode(runs).cast(pa.int64())
         seconds: list[int] = []
         start = 0
         for end, value in zip(ends, values, strict=True):
@@ -151,14 +169,7 @@ class _Offsets:
                     offset = instant.astimezone(tz).utcoffset() if instant is not None else None
                     seconds.append(int(offset.total_seconds()) if offset is not None else 0)
             start = end
-        shift = pa.array(seconds, type=pa.int64())
-        micros = pc.add(utc.cast(pa.int64()), pc.multiply(shift, 1_000_000))
-        local = _iso(micros.cast(pa.timestamp("us")))
-        return pc.if_else(
-            pc.is_null(column),
-            pa.scalar(None, pa.string()),
-            pc.binary_join_element_wise(local, _offset_text(shift), ""),
-        )
+        return pa.array(seconds, type=pa.int64())
 
 
 def _iso(column: Any) -> Any:
@@ -181,10 +192,14 @@ def _whole_seconds(column: Any) -> Any:
     return column
 
 
+def _offset_texts(seconds: list[int]) -> list[str]:
+    return [f"{'-' if s < 0 else '+'}{abs(s) // 3600:02d}:{abs(s) % 3600 // 60:02d}" for s in seconds]
+
+
 def _offset_text(seconds: Any) -> Any:
     """``+HH:MM`` for an int64 array of offsets in seconds."""
     distinct = pc.unique(seconds).to_pylist()
-    texts = [f"{'-' if s < 0 else '+'}{abs(s) // 3600:02d}:{abs(s) % 3600 // 60:02d}" for s in distinct]
+    texts = _offset_texts(distinct)
     return pc.take(pa.array(texts), pc.index_in(seconds, value_set=pa.array(distinct, type=pa.int64())))
 
 
@@ -195,5 +210,19 @@ def _encode(table: pa.Table) -> bytes:
 
 
 def _has_line_breaks(table: pa.Table) -> bool:
-    text = [c for c in table.columns if pa.types.is_string(c.type) or pa.types.is_large_string(c.type)]
-    return any(pc.any(pc.match_substring_regex(c, "[\r\n]")).as_py() for c in text)
+    """Whether a text value may hold CR or LF (then rows cannot be split on line ends).
+
+    Scans the string data buffers with ``bytes.find`` (memchr) rather than a regex per value.
+    A buffer can hold bytes outside a sliced array's range: a line break there only costs the
+    slower, exact path.
+    """
+    for column in table.columns:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        for chunk in column.chunks:
+            data = chunk.buffers()[2]
+            if data is not None:
+                raw = data.to_pybytes()
+                if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
+                    return True
+    return False
