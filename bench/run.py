@@ -536,8 +536,8 @@ def set_aside(ctx: Context, path: Path) -> None:
 
     Deleting 14k files right before the next case creates its 14k would measure ext4, not the
     exporter: without a journal (as on the bench VM) ext4 will not reuse an inode freed in the
-    last minutes, and allocating one scans past them. That doubled the kernel time of a
-    location-day run. A rename frees nothing.
+    last minute or so, and allocating one scans past them. That took the client's kernel time
+    from ~2 s to ~9.5 s per location-day run. A rename frees nothing.
     """
     if path.exists():
         aside = ctx.base / "aside"
