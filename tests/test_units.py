@@ -235,3 +235,40 @@ def test_parquet_row_groups_do_not_follow_the_batches(tmp_path: Path) -> None:
         12_345,
     ]
     assert pq.read_table(path).equals(table)
+
+
+def test_parquet_row_groups_of_wide_rows_stay_near_the_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wide rows get fewer rows per group, chosen from the first rows, so batching still does not matter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluicegate.formats import parquet
+    from sluicegate.sources import Column
+
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 4 << 20)  # 4 MiB instead of 64
+    columns = [Column(name="id", kind="int"), Column(name="doc", kind="text")]
+    n = 10_000
+    table = pa.table(
+        {"id": pa.array(range(n), pa.int64()), "doc": pa.array([f"{i:06d}" + "x" * 1000 for i in range(n)])}
+    )
+
+    def encode(cuts: list[int]) -> bytes:
+        out = io.BytesIO()
+        writer = parquet.ParquetWriter(out, columns, None)
+        for start, end in zip([0, *cuts], [*cuts, n], strict=True):
+            writer.write(table.slice(start, end - start), "arrow")
+            assert writer.held < 2 * (4 << 20) + 1_100 * (end - start)  # never much more than a group
+        writer.close()
+        return out.getvalue()
+
+    whole = encode([])
+    assert whole == encode(list(range(700, n, 700))) == encode([1, 1023, 1024, 5000])
+    path = tmp_path / "wide.parquet"
+    path.write_bytes(whole)
+    meta = pq.ParquetFile(path).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    # ~1,018 bytes a row: 4 MiB holds 4,119 rows, rounded down to whole 1,024-row steps.
+    assert sizes == [4096, 4096, 1808]
+    assert pq.read_table(path).equals(table)

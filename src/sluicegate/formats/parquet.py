@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..exceptions import DataError
@@ -42,14 +43,33 @@ def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
     return None
 
 
-# Rows per row group. Groups are cut by row count alone, so a partition's bytes depend on its
-# rows, never on how the database split them into batches, and readers get groups of a useful
-# size (DuckDB writes 122,880 rows per group; ~10 MiB of Arrow data for OpenAQ-like rows).
+# Row groups are cut by row count alone, so a partition's bytes depend on its rows, never on
+# how the database split them into batches. A group holds ROW_GROUP_ROWS rows (DuckDB writes
+# 122,880; ~10 MiB of Arrow data for OpenAQ-like rows), fewer when rows are wide: the size is
+# fixed per partition from the Arrow size of its first SAMPLE_ROWS rows, so that a group stays
+# near ROW_GROUP_BYTES. Those rows are the same whatever the batches, so the choice is too.
 ROW_GROUP_ROWS = 1 << 17
+ROW_GROUP_BYTES = 64 << 20
+SAMPLE_ROWS = 1024
+
+
+def _value_bytes(table: pa.Table) -> int:
+    """The size of a table's values, from the values alone (``nbytes`` depends on slicing)."""
+    total = 0
+    for column in table.columns:
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+            total += int(pc.sum(pc.binary_length(column)).as_py() or 0) + 4 * table.num_rows
+        else:
+            try:
+                total += max(1, kind.bit_width // 8) * table.num_rows
+            except ValueError:  # not a fixed-width type
+                total += 8 * table.num_rows
+    return total
 
 
 class ParquetWriter:
-    """Writes one partition as a Parquet file (zstd), in row groups of ROW_GROUP_ROWS rows.
+    """Writes one partition as a Parquet file (zstd), in row groups of a fixed number of rows.
 
     Rows are kept until a row group is full and written then; the last (or only) group is
     written by :meth:`close`, which the engine runs on a publisher thread (pyarrow releases the
@@ -67,6 +87,7 @@ class ParquetWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._pending_size = 0
+        self._group_rows: int | None = None  # fixed once SAMPLE_ROWS rows have arrived
 
     @property
     def held(self) -> int:
@@ -84,8 +105,17 @@ class ParquetWriter:
         self._pending.append(table)
         self._pending_rows += table.num_rows
         self._pending_size += table.nbytes
-        while self._pending_rows >= ROW_GROUP_ROWS:
-            self._write_group(ROW_GROUP_ROWS)
+        if self._group_rows is None and self._pending_rows >= SAMPLE_ROWS:
+            self._group_rows = self._choose_group_rows()
+        while self._group_rows is not None and self._pending_rows >= self._group_rows:
+            self._write_group(self._group_rows)
+
+    def _choose_group_rows(self) -> int:
+        """Rows per group: ROW_GROUP_ROWS, or fewer so that a group of these rows is ~ROW_GROUP_BYTES."""
+        sample = pa.concat_tables(self._pending).slice(0, SAMPLE_ROWS)
+        per_row = max(1, _value_bytes(sample) // SAMPLE_ROWS)
+        fitting = ROW_GROUP_BYTES // per_row // SAMPLE_ROWS * SAMPLE_ROWS
+        return max(SAMPLE_ROWS, min(ROW_GROUP_ROWS, fitting))
 
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
