@@ -449,7 +449,7 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
         rec.conn.execute(f"ALTER TABLE {prefix}{table} DROP COLUMN {column}")
         with pytest.raises(Exception, match=column):
             rec.conn.execute(f"SELECT {column} FROM {prefix}{table}")
-    # release 4's claim queue index (release 6 replaced it with one that also orders by window)
+    # the claim queue index as releases 4 and 5 made it (6 replaced it: it also orders by window)
     rec.conn.execute(f"DROP INDEX {prefix}partitions_queue_idx")
     old_index = "sluicegate_partitions_pending_idx" if url.startswith("sqlite") else "partitions_pending_idx"
     rec.conn.execute(f"CREATE INDEX {old_index} ON {prefix}partitions (task, changed_at, id)")
