@@ -89,33 +89,25 @@ class LocalDestination:
         """Write the temp file out; ``file`` mode also fsyncs and renames it (see the module notes)."""
         target = self._target(staged.path)
         raw = staged.handle
-        if self._syncfs is not None:
-            try:
-                raw.materialize()
-                raw.flush()
-                size = os.fstat(raw.fileno()).st_size
-                raw.close()
-                if size != staged.file.size:
-                    raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
-            except OSError as exc:
-                self.discard(staged)
-                raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
-            with self._lock:
-                self._renames.append((staged, target))
-            return
         try:
             raw.materialize()
             raw.flush()
-            os.fsync(raw.fileno())
+            if self._syncfs is None:
+                os.fsync(raw.fileno())
+            size = os.fstat(raw.fileno()).st_size
             raw.close()
-            os.replace(staged.local_path, target)
-            with self._lock:
-                self._unsynced.add(target.parent)
+            if size != staged.file.size:
+                raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
+            if self._syncfs is None:
+                os.replace(staged.local_path, target)
         except OSError as exc:
             self.discard(staged)
             raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
-        if target.stat().st_size != staged.file.size:
-            raise DestinationUnavailable(f"{target} has the wrong size after publishing; will retry")
+        with self._lock:
+            if self._syncfs is None:
+                self._unsynced.add(target.parent)
+            else:
+                self._renames.append((staged, target))
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Make published files durable and in place before their ledger commit.
