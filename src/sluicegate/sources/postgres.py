@@ -18,7 +18,7 @@ from psycopg import sql
 from .. import db
 from ..config import TaskSpec
 from ..exceptions import ConfigError
-from ..partitions import Partition, canonical_key, zone_of
+from ..partitions import Partition, canonical_key
 from . import Column, ColumnKind, CsvChunk, Mode, group_rows, order_columns
 from .arrow import available as arrow_available
 
@@ -130,8 +130,7 @@ class PostgresSource:
             if task.time:
                 params += [part.start, part.end, part.zone]
             if by_day:
-                assert part.start is not None
-                params.append(part.start.astimezone(zone_of(part.zone or "UTC")).date())
+                params.append(part.values[-1])  # the partition's local day, its time key
         on: list[sql.Composable] = [
             sql.SQL("q.{} = p.{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))
             for i, k in enumerate(task.keys)
