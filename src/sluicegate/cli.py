@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +22,10 @@ from typing import Any, TypeVar
 import click
 
 from . import operations
-from .config import EXPORT_TYPES, Project, load_project, mask_url, parse_duration
+from .config import EXPORT_TYPES, Project, load_project, parse_duration
 from .engine import Exporter, RunOptions, TaskSummary
 from .exceptions import ConfigError, SluicegateError, UsageError
+from .masking import ScrubFilter, mask_url, scrub
 from .operations import incremental_task, request_from_options
 from .partitions import parse_assignments
 from .watermarks import load_request
@@ -39,6 +41,22 @@ ENV_HELP = (
 )
 
 
+def _process_started() -> float:
+    """``time.monotonic()`` at the moment this process started (Linux), else now.
+
+    ``--max-runtime`` counts from there, so interpreter start-up and imports are inside the
+    budget, as they are inside a Lambda's or a cron job's time limit.
+    """
+    now = time.monotonic()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - max(0.0, age)
+
+
 class _State:
     verbose: bool = False
     project_dir: Path = Path(".")
@@ -48,9 +66,8 @@ def _fail(exc: BaseException, verbose: bool) -> None:
     if verbose:
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
-    message = str(exc)
-    click.echo(f"sluicegate: error: {message}", err=True)
+        click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
+    click.echo(f"sluicegate: error: {scrub(str(exc))}", err=True)
     sys.exit(2 if isinstance(exc, ConfigError | UsageError) else 1)
 
 
@@ -74,6 +91,8 @@ def _project() -> Project:
     project = load_project(state.project_dir, os.environ)
     level = logging.DEBUG if state.verbose else getattr(logging, project.settings.log_level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # driver logs may echo a connection string
+        handler.addFilter(ScrubFilter(project.settings.source_url, project.settings.ledger_url))
     log.debug(
         "source %s, ledger %s", mask_url(project.settings.source_url), mask_url(project.settings.ledger_url)
     )
@@ -172,8 +191,17 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
 @handled
 def install(tasks: tuple[str, ...]) -> None:
     """Create the change-capture triggers of trigger-mode TASKS (all by default)."""
-    for task, names in operations.install(_project(), tasks).items():
+    project = _project()
+    installed = operations.install(project, tasks)
+    for task, names in installed.items():
         click.echo(f"{task}: installed {', '.join(names)}")
+    broken = [p for p in project.problems if not tasks or p.name in tasks]
+    for problem in broken:
+        click.echo(f"sluicegate: error: task {problem.name} not installed: {problem.message}", err=True)
+    if broken:
+        sys.exit(2)
+    if not installed:
+        click.echo("no trigger-mode task: nothing to install")
 
 
 @main.command(name="tasks")
@@ -268,6 +296,7 @@ def run(
         batch_size=batch_size,
         workers=workers,
         max_runtime=max_runtime,
+        started=_process_started(),
         dry_run=dry_run,
         request=request,
     )
@@ -348,7 +377,7 @@ def _run_loop(
     with Exporter(project) as exporter:
         while True:
             summaries = _run_with_progress(exporter, selected, options, stop, show=not as_json)
-            failed = failed or any(s.failed for s in summaries)
+            failed = failed or not all(s.ok for s in summaries)
             _render_run(summaries, as_json, options.dry_run)
             if stop is None or stop.wait(every or 0):
                 break
@@ -419,6 +448,8 @@ def _render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> N
             click.echo(f"  entity={entry['entity']}: {what}")
         for error in s.errors:
             click.echo(f"  error: {error}", err=True)
+        for error in s.task_errors:
+            click.echo(f"  task error: {error}", err=True)
 
 
 def _render_summaries(summaries: list[TaskSummary], statuses: list[dict[str, Any]]) -> None:

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from .exceptions import ConfigError
+from .masking import mask_url
 
 FORMATS = ("csv", "csv.gz", "parquet")
 Grain = Literal["day", "hour"]
@@ -52,21 +53,6 @@ def parse_duration(value: str | int | float, *, where: str) -> float:
         assert m is not None
         total += float(m.group(1)) * _UNITS[m.group(2)]
     return total
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{quote(user)}:***@{host}"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,6 +320,16 @@ def _as_int(value: Any, where: str, minimum: int = 1) -> int:
     return number
 
 
+def _schema_name(value: Any, where: str) -> str:
+    """The ledger schema: a plain SQL identifier, since it is spliced into every ledger statement."""
+    if not isinstance(value, str) or not _NAME.match(value) or len(value) > 63:
+        raise ConfigError(
+            f"{where}: {value!r} is not a plain identifier; use letters, digits and underscores, "
+            "not starting with a digit, at most 63 characters (e.g. 'sluicegate')"
+        )
+    return value
+
+
 def _check_format(value: Any, where: str) -> str:
     if value not in FORMATS:
         raise ConfigError(f"{where}: format {value!r} is not supported; use one of {', '.join(FORMATS)}")
@@ -362,7 +358,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         root=root,
         source_url=source_url,
         ledger_url=ledger_url,
-        ledger_schema=str(ledger.get("schema", "sluicegate")),
+        ledger_schema=_schema_name(ledger.get("schema", "sluicegate"), f"{path} [ledger] schema"),
         destination=DestinationSettings(
             url=_resolve_dest_url(str(dest["url"]), root),
             endpoint_url=dest.get("endpoint_url") or None,

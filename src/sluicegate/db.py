@@ -8,7 +8,10 @@ a transaction that claims rows begins, how to quote an identifier, how to bin a 
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +19,11 @@ from typing import Any, Literal
 
 import psycopg
 
-from .config import mask_url
-from .exceptions import ConfigError, DataError, SourceUnavailable
+from .exceptions import ConfigError, DataError, LedgerError, SluicegateError, SourceUnavailable
+from .masking import mask_url, scrub
 
 DialectName = Literal["sqlite", "postgresql"]
+log = logging.getLogger("sluicegate.db")
 
 
 @dataclass(frozen=True)
@@ -66,46 +70,141 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def connect(url: str, *, autocommit: bool = True) -> Any:
-    """Open a DB-API connection for ``url`` (sqlite3 or psycopg)."""
+def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
+    """Open a DB-API connection for ``url`` (sqlite3 or psycopg); errors as :func:`wrap_errors`."""
     dialect = dialect_of(url)
     if dialect is SQLITE:
         path = sqlite_path(url)
         if not path.parent.exists():
             raise ConfigError(f"folder {path.parent} for SQLite database {path.name} does not exist")
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=60000")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        with wrap_errors(url, ledger=ledger):
+            conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA synchronous=NORMAL")
         return conn
-    with wrap_errors(url):
+    with wrap_errors(url, ledger=ledger):
         return psycopg.connect(url, autocommit=autocommit, application_name="sluicegate")
 
 
+RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up
+
+
+def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECONDS) -> Any:
+    """Connect to ``url``, retrying with backoff (0.25 s doubling to 5 s) for up to ``seconds``.
+
+    Used after a connection was lost mid-run (a terminated backend, a restarting server):
+    the run waits for the database instead of failing every partition in hand.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.25
+    while True:
+        try:
+            return connect(url, ledger=ledger)
+        except (SourceUnavailable, LedgerError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
+            log.warning("%s; reconnecting in %.2f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+# SQLSTATE classes and codes worth retrying: connection exceptions, insufficient resources,
+# operator intervention (shutdown, crash, cannot connect now, query cancelled), serialization
+# failures, deadlocks, lock timeouts.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", "40001", "40P01", "55P03")
+_SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
+# ADBC's result stream reports a server error as text only (``OSError: [libpq] ... ERROR: ...``,
+# no SQLSTATE): PostgreSQL's own wording of the transient errors above stands in for the code.
+_TRANSIENT_MESSAGES = (
+    "could not serialize access",
+    "deadlock detected",
+    "canceling statement due to",
+    "could not obtain lock",
+    "out of memory",
+    "terminating connection",
+    "the database system is",
+)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    code = getattr(exc, "sqlstate", None)
+    if isinstance(code, str) and code:
+        return code
+    match = _SQLSTATE.search(str(exc))
+    return match.group(1) if match else None
+
+
+def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
+    """Whether a driver error is worth retrying; None when ``exc`` is not a database error.
+
+    Knows psycopg, sqlite3 and ADBC (whose result streams raise plain ``OSError`` with a
+    ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's).
+    """
+    if isinstance(exc, psycopg.Error):
+        if isinstance(exc, psycopg.OperationalError):
+            return "transient"
+        code = _sqlstate(exc)
+        return "transient" if code and code.startswith(_TRANSIENT_SQLSTATES) else "terminal"
+    if isinstance(exc, sqlite3.Error):
+        busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+        return "transient" if busy else "terminal"
+    adbc = type(exc).__module__.startswith("adbc_driver")
+    if adbc or (isinstance(exc, OSError) and "[libpq]" in str(exc)):
+        code = _sqlstate(exc)
+        if code:
+            return "transient" if code.startswith(_TRANSIENT_SQLSTATES) else "terminal"
+        if type(exc).__name__ == "OperationalError" or (not adbc and "ERROR:" not in str(exc)):
+            return "transient"
+        text = str(exc)
+        return "transient" if any(m in text for m in _TRANSIENT_MESSAGES) else "terminal"
+    return None
+
+
+def translate(exc: BaseException, url: str, *, ledger: bool = False) -> SluicegateError | None:
+    """The sluicegate error for a driver error about ``url`` (password masked), or None."""
+    kind = classify(exc)
+    if kind is None:
+        return None
+    role = "ledger database" if ledger else "database"
+    detail = scrub(_first_line(exc), url)
+    where = f"{role} {mask_url(url)}"
+    if ledger:
+        hint = "; will retry" if kind == "transient" else ""
+        return LedgerError(f"{where}: {detail}{hint}")
+    if kind == "transient":
+        if isinstance(exc, psycopg.OperationalError | sqlite3.OperationalError) or "[libpq]" in str(exc):
+            return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
+        return SourceUnavailable(f"{where}: {detail}; will retry")
+    if isinstance(exc, psycopg.DataError):
+        return DataError(f"{where} rejected a value: {detail}")
+    return DataError(f"{where}: {detail}")
+
+
 @contextlib.contextmanager
-def wrap_errors(url: str) -> Iterator[None]:
-    """Translate driver errors into sluicegate errors, masking the URL's password."""
+def wrap_errors(url: str, *, ledger: bool = False) -> Iterator[None]:
+    """Translate driver errors into sluicegate errors, masking the URL's secrets.
+
+    Source errors become :class:`SourceUnavailable` (transient) or :class:`DataError`
+    (terminal); with ``ledger=True`` every database error becomes :class:`LedgerError`.
+    """
     try:
         yield
-    except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"database {mask_url(url)} is unavailable: {_first_line(exc)}") from exc
-    except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-        raise SourceUnavailable(f"database {mask_url(url)}: {_first_line(exc)}; will retry") from exc
-    except psycopg.DataError as exc:
-        raise DataError(f"database {mask_url(url)} rejected a value: {_first_line(exc)}") from exc
-    except psycopg.Error as exc:
-        raise DataError(f"database {mask_url(url)}: {_first_line(exc)}") from exc
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise SourceUnavailable(f"SQLite database is busy: {exc}") from exc
-        raise DataError(f"SQLite: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise DataError(f"SQLite: {exc}") from exc
+    except SluicegateError:
+        raise
+    except Exception as exc:
+        error = translate(exc, url, ledger=ledger)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return type(exc).__name__
+    first = text[0].removeprefix("[libpq] Execution error [PGRES_FATAL_ERROR]: ").strip()
+    return first.removeprefix("ERROR:").removeprefix("FATAL:").strip() or type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -24,7 +24,14 @@ from . import capture, db, watermarks
 from .archive import Archiver, boundary_for
 from .config import Project, Settings, TaskSpec
 from .destinations import Destination, Staged, open_destination
-from .exceptions import ConfigError, DestinationUnavailable, SluicegateError, is_transient
+from .exceptions import (
+    ConfigError,
+    DestinationUnavailable,
+    ExportError,
+    LedgerError,
+    SluicegateError,
+    is_transient,
+)
 from .formats import SPECS, Writer, open_writer
 from .ledger import Claim, ExportResult, Ledger, WatermarkLedger, run_heartbeat
 from .partitions import Partition, render_path, restore_partition
@@ -38,6 +45,7 @@ Progress = Callable[[str, int], None]
 PUBLISH_THREADS = 4
 MAX_INFLIGHT = 256  # partitions handed to the publishers and not yet committed ...
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
+MAX_ERRORS = 20  # partition errors listed in a task's summary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +56,7 @@ class RunOptions:
     batch_size: int | None = None
     workers: int | None = None  # partitioned tasks: parallel exporters (default: settings.workers)
     max_runtime: float | None = None
+    started: float | None = None  # time.monotonic() when the max_runtime budget began (default: now)
     dry_run: bool = False
     request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
     redrive: bool = False  # incremental tasks: re-run only the recorded failures
@@ -61,22 +70,45 @@ class TaskSummary:
     task: str
     exported: int = 0
     unchanged: int = 0
-    failed: int = 0
+    failed: int = 0  # distinct partitions whose last attempt in this run failed
     released: int = 0
     lost: int = 0
     rows: int = 0
     bytes: int = 0
     marked: int = 0
     seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "partition: error", the first MAX_ERRORS
+    task_errors: list[str] = field(default_factory=list)  # errors that stopped the task itself
     plan: list[dict[str, Any]] = field(default_factory=list)
     entities: list[dict[str, Any]] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
+    _failures: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def note_failure(self, partition: str, message: str) -> None:
+        """Record that ``partition`` failed (a retry in the same run is not counted again)."""
+        self._failures[partition] = message
+        self._sync_failures()
+
+    def note_success(self, partition: str) -> None:
+        """A partition that failed earlier in this run was exported after all."""
+        if self._failures.pop(partition, None) is not None:
+            self._sync_failures()
+
+    def _sync_failures(self) -> None:
+        self.failed = len(self._failures)
+        self.errors = [f"{p}: {m}" for p, m in list(self._failures.items())[:MAX_ERRORS]]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed: no partition and no task-level error."""
+        return not self.failed and not self.task_errors
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["_failures"]
+        return out
 
 
 @dataclass(kw_only=True)
@@ -97,6 +129,47 @@ class _Deadline(Exception):
     """The run's --max-runtime is reached."""
 
 
+EXIT_RESERVE = 0.3  # seconds kept for releasing claims, closing connections and exiting
+
+
+@dataclass(kw_only=True)
+class Budget:
+    """The time a run may take (``--max-runtime``), with what it must keep to finish inside it.
+
+    A run stops claiming when the next batch (estimated from the last one), the final flush
+    (the longest seen) and EXIT_RESERVE would not fit before the deadline, and stops reading
+    when only the flush and the reserve still fit: what is read by then is published and
+    committed, the rest is released. So a run ends inside its budget unless one flush takes
+    longer than the longest flush before it.
+    """
+
+    deadline: float | None
+    flush: float = 0.1  # the longest flush (wait for publishers, sync, commit) seen so far
+
+    @classmethod
+    def start(cls, max_runtime: float | None, started: float | None = None) -> Budget:
+        """A budget of ``max_runtime`` seconds counted from ``started`` (default: now)."""
+        if max_runtime is None:
+            return cls(deadline=None)
+        return cls(deadline=(started if started is not None else time.monotonic()) + max_runtime)
+
+    def _room(self) -> float:
+        assert self.deadline is not None
+        return self.deadline - time.monotonic() - EXIT_RESERVE - self.flush
+
+    def can_start(self, batch: float) -> bool:
+        """Whether a batch that takes ``batch`` seconds (the last one's time) still fits."""
+        return self.deadline is None or self._room() > batch * 1.2
+
+    def over(self) -> bool:
+        """Whether reading must stop now so that the flush and the exit still fit."""
+        return self.deadline is not None and self._room() <= 0
+
+    def note_flush(self, seconds: float) -> None:
+        """Remember how long a flush took."""
+        self.flush = max(self.flush, seconds)
+
+
 class Exporter:
     """Runs a project's tasks against its ledger, source and destination."""
 
@@ -115,6 +188,7 @@ class Exporter:
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[ExportResult]]] = []
         self._held = 0  # bytes the in-flight partitions keep in memory (an estimate)
+        self._budget: Budget | None = None  # the run's time budget, while a run is in progress
         self.sink: _Sink = _PartitionSink(self.ledger, s)
 
     def close(self) -> None:
@@ -142,7 +216,7 @@ class Exporter:
         stop: threading.Event | None = None,
     ) -> list[TaskSummary]:
         """Export every pending, complete partition of ``tasks`` once; return summaries."""
-        deadline = time.monotonic() + options.max_runtime if options.max_runtime is not None else None
+        deadline = self._budget = Budget.start(options.max_runtime, options.started)
         if not options.dry_run:
             try:
                 self.dest.cleanup(older_than=self.project.settings.lease)
@@ -153,6 +227,10 @@ class Exporter:
         for task in tasks:
             summary = TaskSummary(task=task.name)
             started = time.monotonic()
+            if not deadline.can_start(0.0):  # the time budget was used up by earlier tasks
+                log.info("task %s not started: the run's max_runtime is used up", task.name)
+                summaries.append(summary)
+                continue
             try:
                 if task.archive is not None:
                     self._run_archive(task, options, summary)
@@ -166,15 +244,14 @@ class Exporter:
                     remaining = None if remaining is None else max(remaining - exported, 0)
             except SluicegateError as exc:
                 # A task-level problem (bad query, no zone, ledger down) stops this task only.
-                summary.errors.append(str(exc))
-                summary.failed += 1
+                summary.task_errors.append(str(exc))
                 log.debug("task %s failed", task.name, exc_info=True)
             summary.seconds = round(time.monotonic() - started, 3)
             summaries.append(summary)
         return summaries
 
     def _run_incremental(
-        self, task: TaskSpec, options: RunOptions, summary: TaskSummary, deadline: float | None
+        self, task: TaskSpec, options: RunOptions, summary: TaskSummary, deadline: Budget
     ) -> None:
         """Export each entity's window (or the recorded failures, with ``redrive``)."""
         settings = self.project.settings
@@ -234,7 +311,7 @@ class Exporter:
         wm: WatermarkLedger,
         original: Destination,
         summary: TaskSummary,
-        deadline: float | None,
+        deadline: Budget,
     ) -> None:
         """Export incremental windows, grouped by destination (a re-export's override, or the project's)."""
         settings = self.project.settings
@@ -243,6 +320,7 @@ class Exporter:
             claim = watermarks.window_claim(task, index, window)
             try:
                 path = watermarks.window_path(task, window)
+                original.check_path(path)  # the project's limits; an override's are met at upload
             except SluicegateError as exc:
                 self._fail(claim, exc, summary)
                 continue
@@ -278,8 +356,7 @@ class Exporter:
             with db.wrap_errors(self.project.settings.source_url):
                 result = archiver.run(task)
         except SluicegateError as exc:
-            summary.failed += 1
-            summary.errors.append(str(exc))
+            summary.note_failure(f"archive run of {task.name}", str(exc))
             return
         summary.exported += 1
         summary.rows += result.rows
@@ -319,7 +396,7 @@ class Exporter:
         options: RunOptions,
         summary: TaskSummary,
         remaining: int | None,
-        deadline: float | None,
+        deadline: Budget,
         progress: Progress | None,
         stop: threading.Event | None,
     ) -> int:
@@ -368,7 +445,7 @@ class Exporter:
         options: RunOptions,
         summary: TaskSummary,
         remaining: int | None,
-        deadline: float | None,
+        deadline: Budget,
         progress: Progress | None,
         stop: threading.Event | None,
     ) -> int:
@@ -381,7 +458,7 @@ class Exporter:
             while remaining is None or done < remaining:
                 if stop is not None and stop.is_set():
                     break
-                if deadline is not None and time.monotonic() + last_batch * 1.2 > deadline:
+                if not deadline.can_start(last_batch):
                     break
                 n = batch_size if remaining is None else min(batch_size, remaining - done)
                 claims = self.ledger.claim(task, limit=n, lease=settings.lease)
@@ -407,21 +484,28 @@ class Exporter:
         columns: list[Column],
         jobs: list[_Job],
         summary: TaskSummary,
-        deadline: float | None,
+        deadline: Budget,
         keep: int = 0,
     ) -> None:
         if not jobs:
             return
         try:
-            self._stream(task, columns, jobs, summary, deadline, keep=keep)
+            try:
+                self._stream(task, columns, jobs, summary, deadline, keep=keep)
+            except (_Deadline, LedgerError):
+                raise
+            except Exception as exc:
+                self._batch_failed(task, columns, jobs, summary, deadline, _as_export_error(exc))
         except _Deadline:
             self._flush(summary)
             released = self.sink.release(jobs[0].claim.token) if jobs[0].claim.token else 0
             summary.released += released
             for job in jobs:
                 self._discard(job)
-        except SluicegateError as exc:
-            self._batch_failed(task, columns, jobs, summary, deadline, exc)
+        except LedgerError:
+            for job in jobs:  # nothing can be recorded: the claims wait for their lease
+                self._discard(job)
+            raise
 
     def _jobs(self, task: TaskSpec, claims: list[Claim], summary: TaskSummary) -> list[_Job]:
         jobs = []
@@ -432,7 +516,9 @@ class Exporter:
                     raise _LeaseExpired(claim.attempts)
                 values = [claim.keys[k] for k in task.key_names]
                 part = restore_partition(task, values, claim.zone)
-                jobs.append(_Job(claim=claim, part=part, path=render_path(task, part.values)))
+                path = render_path(task, part.values)
+                self.dest.check_path(path)
+                jobs.append(_Job(claim=claim, part=part, path=path))
             except (SluicegateError, KeyError) as exc:
                 self._fail(claim, exc, summary)
         return jobs
@@ -449,7 +535,7 @@ class Exporter:
         columns: list[Column],
         jobs: list[_Job],
         summary: TaskSummary,
-        deadline: float | None,
+        deadline: Budget,
         keep: int = 0,
     ) -> None:
         """Read, encode and hand ``jobs`` to the publishers; commit all but ``keep`` of the newest."""
@@ -474,6 +560,8 @@ class Exporter:
                         self._fault("mid_write")
                     except SluicegateError as exc:
                         job.error = exc
+                if deadline.over():  # a large partition: stop reading it, not only between partitions
+                    raise _Deadline
                 if time.monotonic() - renewed > lease / 3:
                     # Also the earlier batch whose last files are still in flight (committed later).
                     tokens = {jobs[0].claim.token, *(j.claim.token for j, _ in self._inflight)}
@@ -489,11 +577,10 @@ class Exporter:
             self._check_deadline(deadline, summary)
         self._flush(summary, keep=keep)
 
-    def _check_deadline(self, deadline: float | None, summary: TaskSummary) -> None:
+    def _check_deadline(self, deadline: Budget, summary: TaskSummary) -> None:
         if len(self._inflight) >= MAX_INFLIGHT or self._held >= MAX_INFLIGHT_BYTES:
             self._flush(summary, keep=len(self._inflight) // 2)  # the publishers stay busy
-        if deadline is not None and time.monotonic() > deadline:
-            self._flush(summary)
+        if deadline.over():
             raise _Deadline
 
     def _seal(self, job: _Job, summary: TaskSummary) -> None:
@@ -550,6 +637,14 @@ class Exporter:
         """Wait for the oldest published files (all but ``keep``), make them durable, commit them at once."""
         if len(self._inflight) <= keep:
             return
+        started = time.monotonic()
+        try:
+            self._flush_now(summary, keep)
+        finally:
+            if self._budget is not None:
+                self._budget.note_flush(time.monotonic() - started)
+
+    def _flush_now(self, summary: TaskSummary, keep: int) -> None:
         cut = len(self._inflight) - keep
         inflight, self._inflight = self._inflight[:cut], self._inflight[cut:]
         self._held -= sum(job.held for job, _ in inflight)
@@ -578,6 +673,7 @@ class Exporter:
                 # Our lease expired and another worker claimed the partition: it will commit.
                 summary.lost += 1
                 continue
+            summary.note_success(result.claim.pkey)
             if result.published:
                 summary.exported += 1
             else:
@@ -601,9 +697,7 @@ class Exporter:
     def _fail(self, claim: Claim, exc: BaseException, summary: TaskSummary) -> None:
         message = str(exc) or type(exc).__name__
         self.sink.fail(claim, exc)
-        summary.failed += 1
-        if len(summary.errors) < 20:
-            summary.errors.append(f"{claim.pkey}: {message}")
+        summary.note_failure(claim.pkey, message)
 
     def _batch_failed(
         self,
@@ -611,7 +705,7 @@ class Exporter:
         columns: list[Column],
         jobs: list[_Job],
         summary: TaskSummary,
-        deadline: float | None,
+        deadline: Budget,
         exc: SluicegateError,
     ) -> None:
         """The batch query failed: retry later, or isolate the partition that breaks it."""
@@ -627,9 +721,12 @@ class Exporter:
             fresh = _Job(claim=job.claim, part=job.part, path=job.path)
             try:
                 self._stream(task, columns, [fresh], summary, deadline)
-            except SluicegateError as single:
+            except (LedgerError, _Deadline):
                 self._discard(fresh)
-                self._fail(job.claim, single, summary)
+                raise
+            except Exception as single:
+                self._discard(fresh)
+                self._fail(job.claim, _as_export_error(single), summary)
 
 
 class _Sink(Protocol):
@@ -667,6 +764,18 @@ class _PartitionSink:
         return self.ledger.release(token)
 
 
+def _as_export_error(exc: BaseException) -> SluicegateError:
+    """A sluicegate error as it is; anything else becomes a terminal error naming its type.
+
+    Errors sluicegate does not know are terminal: retrying a programming error with backoff
+    only hides it, while a parked partition shows it in ``status``.
+    """
+    if isinstance(exc, SluicegateError):
+        return exc
+    log.debug("unexpected error while exporting", exc_info=exc)
+    return ExportError(f"{type(exc).__name__}: {exc}")
+
+
 class _LeaseExpired(SluicegateError):
     def __init__(self, attempts: int) -> None:
         super().__init__(
@@ -678,9 +787,11 @@ class _LeaseExpired(SluicegateError):
 
 def _merge(into: TaskSummary, part: TaskSummary) -> None:
     """Add a helper worker's counts and messages to a task's summary."""
-    for name in ("exported", "unchanged", "failed", "released", "lost", "rows", "bytes"):
+    for name in ("exported", "unchanged", "released", "lost", "rows", "bytes"):
         setattr(into, name, getattr(into, name) + getattr(part, name))
-    into.errors.extend(part.errors[: max(0, 20 - len(into.errors))])
+    for partition, message in part._failures.items():
+        into.note_failure(partition, message)
+    into.task_errors.extend(part.task_errors)
 
 
 def run(

@@ -38,7 +38,6 @@ import contextlib
 import functools
 import math
 import random
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +49,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
+from .masking import mask_url, scrub
 
 __all__ = [
     "MAX_LOCATIONS",
@@ -136,38 +137,9 @@ class _Target:
 _PG_SCHEMES = ("postgresql", "postgres")
 
 
-def _mask(url: str) -> str:
-    """``url`` with the password (in the userinfo or a ``password=`` parameter) replaced by ``***``."""
-    masked = re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
-    scheme, sep, rest = masked.partition("://")
-    if not sep:
-        return masked
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at < 0:
-        return masked
-    userinfo = rest[:at]
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}://{userinfo}{rest[at:]}"
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (e.g. a driver message about ``url``) with every password in ``url`` masked."""
-    secrets = re.findall(r"(?i)password=([^&\s]+)", url)
-    _, sep, rest = url.partition("://")
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if sep and at >= 0 and ":" in rest[:at]:
-        secrets.append(rest[:at].split(":", 1)[1])
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _mask(text)
-
-
 def _parse_url(url: str) -> _Target:
     """Parse ``sqlite:///path`` or ``postgresql://...``; ValueError (password masked) otherwise."""
-    display = _mask(url)
+    display = mask_url(url)
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
@@ -194,7 +166,7 @@ def _parse_url(url: str) -> _Target:
         try:
             conninfo_to_dict(location)
         except psycopg.ProgrammingError as exc:
-            detail = _scrub(str(exc).strip(), url)
+            detail = scrub(str(exc).strip(), url)
             raise ValueError(f"database URL {display!r} is not a valid PostgreSQL URL: {detail}") from None
         return _Target("postgresql", location, display)
     raise ValueError(

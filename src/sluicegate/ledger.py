@@ -21,18 +21,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from . import db
 from .config import TaskSpec
-from .exceptions import SluicegateError
+from .exceptions import LedgerError, SluicegateError
+from .masking import mask_url
 from .partitions import Partition
 from .sql import queries
 
 log = logging.getLogger("sluicegate.ledger")
+T = TypeVar("T")
 
 UTC = dt.UTC
 SCHEMA_VERSION = "6"
@@ -106,7 +108,7 @@ class Ledger:
         self.url = url
         self.schema = schema
         self.dialect = db.dialect_of(url)
-        self.conn = db.connect(url)
+        self.conn = db.connect(url, ledger=True)
         if self.dialect is db.POSTGRESQL:
             quoted = pgsql.Identifier(schema).as_string()
             self.q = queries("postgresql", quoted + ".", quoted)
@@ -143,17 +145,66 @@ class Ledger:
         return params
 
     def _exec(self, name: str, cur: Any | None = None, **params: Any) -> Any:
-        with db.wrap_errors(self.url):
-            if cur is not None:
+        if cur is not None:  # inside the caller's transaction, which retries as a whole
+            with db.wrap_errors(self.url, ledger=True):
                 cur.execute(self.q[name], self._params(**params))
                 return cur
-            return self.conn.execute(self.q[name], self._params(**params))
+        return self._retrying(lambda: self.conn.execute(self.q[name], self._params(**params)))
+
+    def _retrying(self, step: Callable[[], Any]) -> Any:
+        """Run ``step``; if the connection was lost, reconnect (with backoff) and run it once more.
+
+        Every ledger statement may run twice: marks only bump a version, and claims of
+        this run's token, commits, failures, renewals and releases are fenced by the token.
+        """
+        for attempt in (1, 2):
+            self._reconnect_if_lost()
+            try:
+                with db.wrap_errors(self.url, ledger=True):
+                    return step()
+            except LedgerError:
+                if attempt == 2 or not self._lost():
+                    raise
+                log.warning("ledger connection to %s lost; reconnecting", mask_url(self.url))
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One ledger transaction (write-locked on SQLite), after a reconnect if the connection was lost."""
+        self._reconnect_if_lost()
+        guard = db.wrap_errors(self.url, ledger=True)
+        with guard, db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            yield cur
+
+    def _in_transaction(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(cursor)`` in one transaction, once more on a new connection if the first was lost."""
+
+        def step() -> T:
+            with db.transaction(self.conn, self.dialect, immediate=True) as cur:
+                return body(cur)
+
+        result: T = self._retrying(step)
+        return result
+
+    def _lost(self) -> bool:
+        return self.dialect is db.POSTGRESQL and bool(self.conn.closed or self.conn.broken)
+
+    def _reconnect_if_lost(self) -> None:
+        """Reconnect a lost PostgreSQL connection, with backoff (see :func:`db.reconnect`)."""
+        if self._lost():
+            try:
+                self.conn = db.reconnect(self.url, ledger=True)
+            except LedgerError as exc:
+                raise LedgerError(
+                    f"{exc}. Partitions this run had claimed stay claimed until their lease ends, "
+                    "then any run takes them"
+                ) from exc
 
     def ensure_schema(self) -> None:
         """Create the ledger tables if they do not exist (idempotent, safe to race)."""
         if self._schema_present():
             return
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+        with self._transaction() as cur:
             if self.dialect is db.POSTGRESQL:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'))")
             for statement in self.q["schema"].split(";\n"):
@@ -167,7 +218,7 @@ class Ledger:
 
     def _schema_present(self) -> bool:
         try:
-            with db.wrap_errors(self.url):
+            with db.wrap_errors(self.url, ledger=True):
                 row = self.conn.execute(self.q["schema_version"], self._params()).fetchone()
         except SluicegateError:
             if self.dialect is db.POSTGRESQL:
@@ -191,8 +242,7 @@ class Ledger:
         if cur is not None:
             cur.executemany(self.q["mark"], rows)
             return len(rows)
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as tx:
-            tx.executemany(self.q["mark"], rows)
+        self._in_transaction(lambda tx: tx.executemany(self.q["mark"], rows))
         return len(rows)
 
     def _mark_params(self, task: TaskSpec, part: Partition) -> dict[str, Any]:
@@ -212,9 +262,8 @@ class Ledger:
         """Claim up to ``limit`` pending, complete partitions of ``task``."""
         token = uuid.uuid4()
         settle = task.time.settle if task.time else 0.0
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
-            self._exec("claim", cur, task=task.name, limit=limit, lease=lease, settle=settle, token=token)
-            rows = cur.fetchall()
+        params = self._params(task=task.name, limit=limit, lease=lease, settle=settle, token=token)
+        rows = self._in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
         claims = [self._claim_from_row(task, row, str(token)) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
@@ -265,7 +314,8 @@ class Ledger:
             )
             recorded = {row[0] for row in cur.fetchall()}
             return [r.claim.id in recorded for r in results]
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+
+        def body(cur: Any) -> None:
             for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
                 self._exec(
                     "commit",
@@ -278,6 +328,8 @@ class Ledger:
                     checksum=r.checksum,
                 )
                 done[r.claim.id] = cur.rowcount == 1
+
+        self._in_transaction(body)
         return [done[r.claim.id] for r in results]
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
@@ -328,7 +380,7 @@ class Ledger:
             if accept(values, self._from_ts(start), self._from_ts(end)):
                 chosen.append(self._params(id=pid))
         if chosen:
-            with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            with self._transaction() as cur:
                 cur.executemany(self.q["reexport"], chosen)
         return len(chosen)
 
@@ -375,7 +427,8 @@ class Ledger:
             # A run beats every HEARTBEAT_SECONDS; silence means its process died.
             state = "abandoned" if silent is not None and float(silent) > ABANDONED_AFTER else "running"
         else:
-            failed = any(t.get("failed") for t in parsed) if isinstance(parsed, list) else False
+            tasks = parsed if isinstance(parsed, list) else []
+            failed = any(t.get("failed") or t.get("task_errors") for t in tasks)
             state = "failed" if failed else "succeeded"
         return {
             "id": str(rid),
@@ -490,7 +543,7 @@ class WatermarkLedger:
         lg = self.ledger
         rows = [lg._params(task=task.name, entity=e) for e in sorted(entities)]
         if rows:
-            with db.wrap_errors(lg.url), db.transaction(lg.conn, lg.dialect, immediate=True) as cur:
+            with lg._transaction() as cur:
                 cur.executemany(lg.q["wm_ensure"], rows)
 
     def claim(self, task: TaskSpec, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
@@ -498,9 +551,8 @@ class WatermarkLedger:
         lg = self.ledger
         token = uuid.uuid4()
         wanted: Any = list(entities) if lg.dialect is db.POSTGRESQL else json.dumps(list(entities))
-        with db.wrap_errors(lg.url), db.transaction(lg.conn, lg.dialect, immediate=True) as cur:
-            self._exec("wm_claim", cur, task=task.name, entities=wanted, token=token, lease=lease)
-            rows = cur.fetchall()
+        params = lg._params(task=task.name, entities=wanted, token=token, lease=lease)
+        rows = lg._in_transaction(lambda cur: cur.execute(lg.q["wm_claim"], params).fetchall())
         out = [
             WatermarkClaim(
                 id=int(r[0]),

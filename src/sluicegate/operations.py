@@ -10,10 +10,11 @@ from dataclasses import asdict
 from typing import Any
 
 from . import capture
-from .config import Project, TaskSpec, mask_url
+from .config import Project, TaskSpec
 from .destinations import open_destination
 from .exceptions import SluicegateError, UsageError
 from .ledger import Ledger, TaskStatus, WatermarkLedger
+from .masking import mask_url
 from .partitions import coerce_value, render_path, sample_values
 from .sources import open_source
 from .watermarks import ExportRequest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import string
+import unicodedata
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,25 @@ def restore_partition(task: TaskSpec, values: Sequence[Any], zone: str | None) -
 # ---------------------------------------------------------------------------- paths
 
 _FORMATTER = string.Formatter()
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+# Unicode categories refused in paths: control (Cc: NUL..US, DEL, C1 such as U+0085 NEL), format
+# (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces), and the line and paragraph separators.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+SHOWN_CHARS = 40  # how much of a bad value an error message repeats
+
+
+def _refused_char(text: str) -> str | None:
+    """The first character of ``text`` that may not appear in a path, or None."""
+    for ch in text:
+        if ch == "\\" or unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            return ch
+    return None
+
+
+def shown(text: str) -> str:
+    """``text`` for an error message: quoted, cut at SHOWN_CHARS characters with its length."""
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text):,} characters)"
 
 
 def template_fields(template: str) -> set[str]:
@@ -185,14 +204,16 @@ def sample_values(task: TaskSpec) -> tuple[Any, ...]:
 
 def _check_value(name: str, value: Any) -> None:
     text = str(value)
-    bad = (
-        text == "" or text in (".", "..") or "/" in text or "\\" in text or any(ch in _CONTROL for ch in text)
+    if text in ("", ".", "..") or "/" in text:
+        reason = "it is empty, '.', '..' or holds a slash"
+    elif (ch := _refused_char(text)) is not None:
+        reason = f"it holds the character U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+    else:
+        return
+    raise BadPartitionValue(
+        f"partition value {name}={shown(text)} cannot be used in a file path: {reason}; "
+        "fix the source value or the path template"
     )
-    if bad:
-        raise BadPartitionValue(
-            f"partition value {name}={text!r} cannot be used in a file path "
-            "(empty, '.', '..', a slash or a control character); fix the source value or the path template"
-        )
 
 
 def render_path(task: TaskSpec, values: Sequence[Any]) -> str:
@@ -239,7 +260,8 @@ def _render(template: str, named: dict[str, Any]) -> str:
     try:
         rendered = template.format_map(named)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadPartitionValue(f"path template {template!r} failed for {named!r}: {exc}") from None
+        detail = shown(repr(named))
+        raise BadPartitionValue(f"path template {template!r} failed for {detail}: {exc}") from None
     return safe_relative_path(rendered)
 
 
@@ -247,15 +269,15 @@ def safe_relative_path(rendered: str) -> str:
     """Return ``rendered`` when it is a clean relative POSIX path; raise BadPartitionValue otherwise."""
     pure = PurePosixPath(rendered)
     parts = rendered.split("/")
-    if (
-        not rendered
-        or pure.is_absolute()
-        or any(p in ("", ".", "..") for p in parts)
-        or any(ch in _CONTROL or ch == "\\" for ch in rendered)
-    ):
+    if not rendered or pure.is_absolute() or any(p in ("", ".", "..") for p in parts):
         raise BadPartitionValue(
-            f"rendered path {rendered!r} is empty, absolute or escapes the destination; "
+            f"rendered path {shown(rendered)} is empty, absolute or escapes the destination; "
             "fix the partition value or the path template"
+        )
+    if (ch := _refused_char(rendered)) is not None:
+        raise BadPartitionValue(
+            f"rendered path {shown(rendered)} holds the character U+{ord(ch):04X} "
+            f"({unicodedata.name(ch, 'unnamed')}); fix the partition value or the path template"
         )
     return rendered
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import db
-from .config import EXPORT_TYPES, IncrementalSpec, TaskSpec, mask_url
+from .config import EXPORT_TYPES, IncrementalSpec, TaskSpec
 from .exceptions import ConfigError, UsageError
 from .ledger import Claim, ExportResult, WatermarkClaim, WatermarkLedger
+from .masking import mask_url
 from .partitions import Partition, coerce_value, render_window_path, zone_of
 
 UTC = dt.UTC

@@ -12,6 +12,8 @@ Contract of every :class:`Destination`:
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
+* ``check_path(path)`` raises :class:`~sluicegate.exceptions.BadPartitionValue` (terminal) when
+  ``path`` cannot be stored here (too long a name or key), before anything is written.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class Destination(Protocol):
 
     def check(self) -> None:
         """Raise when the destination cannot be written (used by ``check`` and health)."""
+        ...
+
+    def check_path(self, path: str) -> None:
+        """Raise BadPartitionValue when ``path`` is too long for this destination."""
         ...
 
     def cleanup(self, older_than: float) -> int:

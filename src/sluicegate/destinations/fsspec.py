@@ -40,6 +40,9 @@ class FsspecDestination(SpooledUpload):
         finally:
             self.discard(staged)
 
+    def check_path(self, path: str) -> None:
+        """No limit is known for an arbitrary fsspec filesystem; its own errors apply."""
+
     def exists(self, path: str, size: int) -> bool:
         """True when ``path`` exists with ``size`` bytes."""
         full = self._full(path)

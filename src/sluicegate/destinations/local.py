@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import io
 import itertools
 import os
@@ -29,11 +30,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..exceptions import ConfigError, DestinationUnavailable
+from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable
+from ..partitions import shown
 from . import HashingWriter, Staged
 
 TEMP_MARK = ".sluicegate-"
 TEMP_SUFFIX = ".tmp"
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+PATH_MAX = 4095  # bytes in a whole path
 
 
 class LocalDestination:
@@ -71,7 +75,11 @@ class LocalDestination:
         left to :meth:`publish`, which the engine runs on its publisher threads.
         """
         target = self._target(path)
-        tmp = target.parent / f".{target.name}{TEMP_MARK}{self._prefix}{next(self._serial)}{TEMP_SUFFIX}"
+        tail = f"{TEMP_MARK}{self._prefix}{next(self._serial)}{TEMP_SUFFIX}"
+        name = target.name
+        if len(f".{name}{tail}".encode()) > NAME_MAX:  # a long name: the temp name takes a digest of it
+            name = hashlib.sha256(name.encode()).hexdigest()[:32]
+        tmp = target.parent / f".{name}{tail}"
         spool = _Spool(tmp, self._prepare)
         return Staged(path=path, file=HashingWriter(spool), local_path=str(tmp), handle=spool)
 
@@ -195,6 +203,21 @@ class LocalDestination:
             raise DestinationUnavailable(
                 f"destination folder {self.root} is not writable: {exc.strerror}"
             ) from exc
+
+    def check_path(self, path: str) -> None:
+        """Refuse a file or folder name over 255 bytes, or a whole path over 4,095 bytes."""
+        for part in path.split("/"):
+            if len(part.encode()) > NAME_MAX:
+                raise BadPartitionValue(
+                    f"path component {shown(part)} is {len(part.encode()):,} bytes, over the {NAME_MAX}-byte "
+                    "limit of file names; shorten the partition value or the path template"
+                )
+        full = len(self.display(path).encode())
+        if full > PATH_MAX:
+            raise BadPartitionValue(
+                f"path {shown(path)} would be {full:,} bytes long, over the {PATH_MAX:,}-byte limit; "
+                "shorten the partition values or the path template"
+            )
 
     def cleanup(self, older_than: float) -> int:
         """Nothing here: stale temp files are removed per folder when a file is next written there."""

@@ -19,10 +19,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..config import DestinationSettings, mask_url
-from ..exceptions import DestinationUnavailable, TerminalError
+from ..config import DestinationSettings
+from ..exceptions import BadPartitionValue, DestinationUnavailable, TerminalError
+from ..masking import mask_url
+from ..partitions import shown
 from . import SpooledUpload, Staged, remove_stale_spools
 
+KEY_MAX = 1024  # bytes in an S3 object key
 _RETRYABLE_CODES = {
     "SlowDown",
     "RequestTimeout",
@@ -88,6 +91,16 @@ class S3Destination(SpooledUpload):
                 )
         finally:
             self.discard(staged)
+
+    def check_path(self, path: str) -> None:
+        """Refuse an object key over S3's limit of 1,024 bytes."""
+        size = len(self.key(path).encode())
+        if size > KEY_MAX:
+            raise BadPartitionValue(
+                f"object key {shown(self.key(path))} is {size:,} bytes, "
+                f"over the {KEY_MAX:,}-byte limit of S3 keys; "
+                "shorten the partition values, the path template or the prefix"
+            )
 
     def exists(self, path: str, size: int) -> bool:
         """True when the object exists with ``size`` bytes."""

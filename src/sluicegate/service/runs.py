@@ -39,7 +39,7 @@ class Metrics:
                     (self.exports, s.exported),
                     (self.rows, s.rows),
                     (self.bytes, s.bytes),
-                    (self.failures, s.failed),
+                    (self.failures, s.failed + len(s.task_errors)),
                 ):
                     bucket[s.task] = bucket.get(s.task, 0) + value
                 self.seconds_sum[s.task] = self.seconds_sum.get(s.task, 0.0) + s.seconds
@@ -77,10 +77,10 @@ class RunManager:
             self.metrics.record(results)
             summaries = [r.as_dict() for r in results]
         except SluicegateError as exc:
-            summaries = [{"task": "*", "failed": 1, "errors": [str(exc)]}]
+            summaries = [{"task": "*", "failed": 0, "task_errors": [str(exc)]}]
         except Exception as exc:  # recorded on the run, never silently lost
             log.exception("run %s crashed", run_id)
-            summaries = [{"task": "*", "failed": 1, "errors": [f"{type(exc).__name__}: {exc}"]}]
+            summaries = [{"task": "*", "failed": 0, "task_errors": [f"{type(exc).__name__}: {exc}"]}]
         with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
             ledger.finish_run(run_id, summaries)
         log.info("run %s finished in %.2fs", run_id, time.monotonic() - started)

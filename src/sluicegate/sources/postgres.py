@@ -9,6 +9,7 @@ offset) and the client only splits the stream by partition.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from psycopg import sql
 
 from .. import db
 from ..config import TaskSpec
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SluicegateError
 from ..partitions import Partition, canonical_key
 from . import Column, ColumnKind, CsvChunk, Mode, group_rows, order_columns
 from .arrow import available as arrow_available
@@ -50,13 +51,33 @@ class PostgresSource:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.conn = db.connect(url)
+        self.conn = self._session(db.connect(url))
+        self._arrow: Any = None
+
+    def _session(self, conn: Any) -> Any:
         # Naive timestamps are read as UTC, and windows are compared in UTC. Batches are sorted
         # by partition: enough work_mem keeps that sort in memory.
-        self.conn.execute("SET TimeZone TO 'UTC'")
-        self.conn.execute("SET work_mem TO '64MB'")
-        self.conn.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
-        self._arrow: Any = None
+        with db.wrap_errors(self.url):
+            conn.execute("SET TimeZone TO 'UTC'")
+            conn.execute("SET work_mem TO '64MB'")
+            conn.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
+        return conn
+
+    def _reconnect_if_lost(self) -> None:
+        """After a lost connection (terminated backend, server restart), wait for a new one."""
+        if self.conn.closed or self.conn.broken:
+            self.conn = self._session(db.reconnect(self.url))
+
+    def _after_error(self) -> None:
+        """Leave the ADBC connection usable after a failed query: roll back, or drop it if lost."""
+        if self._arrow is None:
+            return
+        try:
+            self._arrow.rollback()
+        except Exception:  # the connection is gone: a new one is opened on the next read
+            with contextlib.suppress(Exception):
+                self._arrow.close()
+            self._arrow = None
 
     def close(self) -> None:
         """Close the connections."""
@@ -90,6 +111,7 @@ class PostgresSource:
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
+        self._reconnect_if_lost()
         with db.wrap_errors(self.url), self.conn.cursor() as cur:
             cur.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
@@ -182,25 +204,31 @@ class PostgresSource:
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, chunk)`` for ``parts``: CSV bytes, Arrow tables or row lists."""
         query, params = self.batch_query(task, parts, columns, mode)
-        with db.wrap_errors(self.url):
-            if mode == "csv" and not arrow_available():
-                yield from self._read_csv(query, params)
-            elif mode == "csv":
-                from .arrow import read_csv
+        self._reconnect_if_lost()
+        try:
+            with db.wrap_errors(self.url):
+                if mode == "csv" and not arrow_available():
+                    yield from self._read_csv(query, params)
+                elif mode == "csv":
+                    from .arrow import read_csv
 
-                yield from read_csv(self._arrow_conn(), self.conn, query, params, parts)
-            elif mode == "arrow":
-                from .arrow import read_arrow
+                    yield from read_csv(self._arrow_conn(), self.conn, query, params, parts)
+                elif mode == "arrow":
+                    from .arrow import read_arrow
 
-                yield from read_arrow(self._arrow_conn(), self.conn, query, params)
-            else:
-                yield from self._read_rows(query, params)
+                    yield from read_arrow(self._arrow_conn(), self.conn, query, params)
+                else:
+                    yield from self._read_rows(query, params)
+        except SluicegateError:
+            self._after_error()
+            raise
 
     def _arrow_conn(self) -> Any:
         if self._arrow is None:
             from .arrow import open_arrow
 
-            self._arrow = open_arrow(self.url)
+            with db.wrap_errors(self.url):
+                self._arrow = open_arrow(self.url)
         return self._arrow
 
     def _read_csv(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, CsvChunk]]:
