@@ -70,7 +70,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return value
 
 
-def _project(tmp_path: Path, url: str, *, bootstrap: str = "yesterday", lease: str = "10m") -> Path:
+def _project(
+    tmp_path: Path, url: str, *, bootstrap: str = "yesterday", lease: str = "10m", margin: str = "0s"
+) -> Path:
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
     (root / "sluicegate.toml").write_text(
@@ -87,7 +89,7 @@ def _project(tmp_path: Path, url: str, *, bootstrap: str = "yesterday", lease: s
             path = "{{study_id}}/{{type}}/{{start:%Y%m%dT%H%M%SZ}}-{{end:%Y%m%dT%H%M%SZ}}.{{ext}}"
             zone = "UTC"
             bootstrap = "{bootstrap}"
-            safety_margin = "0s"
+            safety_margin = "{margin}"
             """
         )
     )
@@ -337,6 +339,30 @@ def test_late_commit_with_old_cursor_is_not_lost(url: str, tmp_path: Path) -> No
         # The row is older than the export, yet the export's window stopped before it.
         assert cursor < exported_at and dt.datetime.fromisoformat(during.entities[0]["end"]) <= cursor
     writer.close()
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
+@pytest.mark.pg
+def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
+    """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
+    time) and commits after an export that started 3 s into that transaction: the window end is
+    capped at the transaction's start minus safety_margin (2 s), so the row falls in a later
+    window. Capped at the transaction's start alone, the window would pass the row unseen."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="2s")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    writer = psycopg.connect(pg_url)
+    writer.execute(
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', now() - interval '1 second', 'late')"
+    )
+    time.sleep(3)
+    during = _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early"]
+    writer.commit()
+    writer.close()
+    cursor = rec.conn.execute("SELECT uploaded_on FROM records WHERE payload = 'late'").fetchone()[0]
+    assert dt.datetime.fromisoformat(during.entities[0]["end"]) <= cursor
     _run(root, export_type="instant", entities=("s1",))
     assert _payloads(tmp_path) == ["early", "late"]
 

@@ -347,7 +347,9 @@ def plan_windows(
     horizon, held = commit_horizon(source)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
-    capped = min(end, horizon) if horizon else end
+    # A row an open transaction writes may carry a cursor up to safety_margin before that
+    # transaction began (a client's clock, a batch time): the window stops short of it.
+    capped = min(end, horizon - dt.timedelta(seconds=spec.safety_margin)) if horizon else end
     if not claim:  # dry run: read watermarks without claiming
         rows = {w["entity"]: w for w in wm.list(task)}
         claims = [
