@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from sluicegate import engine
+from sluicegate import archive, engine
+from sluicegate.exceptions import LedgerError
+from sluicegate.ledger import Ledger
 from support import cli, files, load
 from test_workers import _spawn, _wait_for
 
@@ -59,13 +64,18 @@ class Agency:
                 "CREATE TABLE agency (id serial PRIMARY KEY, base_id int, updated_at timestamptz, name text)"
             )
         self.inserted = 0
+        self.added: list[int] = []  # the id of every row inserted through this object
 
     def version(self, base_id: int, at: dt.datetime, name: str) -> None:
         value: Any = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.sqlite else at
         p = "?" if self.sqlite else "%s"
-        self.conn.execute(
-            f"INSERT INTO agency (base_id, updated_at, name) VALUES ({p}, {p}, {p})", (base_id, value, name)
-        )
+        sql = f"INSERT INTO agency (base_id, updated_at, name) VALUES ({p}, {p}, {p})"
+        if self.sqlite:
+            self.added.append(int(self.conn.execute(sql, (base_id, value, name)).lastrowid))
+        else:
+            self.added.append(
+                int(self.conn.execute(sql + " RETURNING id", (base_id, value, name)).fetchone()[0])
+            )
         self.inserted += 1
 
     def count(self) -> int:
@@ -84,13 +94,21 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _project(
-    tmp_path: Path, url: str, *, delete: bool = True, boundary: str = "midnight", lease: str = "10m"
+    tmp_path: Path,
+    url: str,
+    *,
+    delete: bool = True,
+    boundary: str = "midnight",
+    lease: str = "10m",
+    ledger: str | None = None,
 ) -> Path:
     root = tmp_path / "proj"
     task = root / "tasks" / "agency"
     task.mkdir(parents=True)
+    ledger_section = f'[ledger]\nurl = "{ledger}"\n' if ledger else ""
     (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nlease = "{lease}"\n'
+        f'[source]\nurl = "{url}"\n{ledger_section}[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nlease = "{lease}"\n'
     )
     (task / "task.toml").write_text(f'kind = "archive"\nboundary = "{boundary}"\n')
     pg = url.startswith("postgresql")
@@ -108,11 +126,34 @@ def _archived_ids(tmp_path: Path) -> list[int]:
     return sorted(int(r["id"]) for p in files(tmp_path / "out") for r in _rows(p))
 
 
-def _seed(agency: Agency, bases: int = 3, versions: int = 4) -> None:
+def _seed(agency: Agency, bases: int = 3, versions: int = 4, first: int = 0) -> None:
     start = dt.datetime.now(UTC) - dt.timedelta(days=3)
-    for b in range(bases):
+    for b in range(first, first + bases):
         for v in range(versions):
             agency.version(b, start + dt.timedelta(hours=v), f"base{b}-v{v}")
+
+
+def account(out: Path, agency: Agency, inserted: Iterable[int], ledger_url: str) -> None:
+    """Each row is in the table or in exactly one file; each finished run's file is as recorded."""
+    inserted = set(inserted)
+    archived = collections.Counter(int(r["id"]) for p in files(out) for r in _rows(p))
+    table = agency.ids()
+    twice = [i for i, n in archived.items() if n > 1]
+    assert not twice, f"{len(twice)} rows are in two files or twice in one"
+    assert not (lost := inserted - table - set(archived)), (
+        f"{len(lost)} rows lost: in no file and not in the table"
+    )
+    assert not (both := table & set(archived)), f"{len(both)} rows are archived and still in the table"
+    assert set(archived) | table == inserted
+    with Ledger(ledger_url) as ledger:
+        runs = ledger.conn.execute(
+            f"SELECT path, state, rows, checksum, deleted FROM {ledger.table_prefix}archive_runs"
+        ).fetchall()
+    for path, state, rows, checksum, deleted in runs:
+        assert state == "done", f"the run of {path} is {state}"
+        data = (out / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == checksum, f"{path} was overwritten after its run finished"
+        assert rows == len(_rows(out / path)) and deleted in (rows, None)
 
 
 def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) -> None:
@@ -185,12 +226,34 @@ def test_crash_loses_nothing_and_duplicates_nothing(tmp_path: Path, pg_url: str,
     assert agency.count() == 3 and len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
 
 
+def test_a_second_run_waits_for_the_lock_then_fails_clearly(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    project = load(root)
+    monkeypatch.setattr(archive, "LOCK_WAIT", 0.5)
+    with Ledger(project.settings.ledger_url) as ledger:
+        ledger.ensure_schema()
+        with archive.task_lock(ledger, "agency"):  # another run of the task, holding its lock
+            started = time.monotonic()
+            [summary] = engine.run(project)
+            assert 0.5 <= time.monotonic() - started < 5
+    assert summary.failed == 1 and summary.errors == [
+        "another run of archive task agency is in progress (waited 0.5 s); run it again when that run has finished"
+    ]
+    assert agency.count() == 12 and not files(tmp_path / "out")
+    [summary] = engine.run(project)  # the lock is free again
+    assert summary.failed == 0 and summary.rows == 9 and agency.count() == 3
+
+
 def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, pg_url: str) -> None:
     root = _project(tmp_path, pg_url, boundary="now")
     agency = Agency(pg_url)
     _seed(agency, bases=20, versions=3)
     writer = Agency.__new__(Agency)
-    writer.sqlite, writer.inserted = False, 0
+    writer.sqlite, writer.inserted, writer.added = False, 0, []
     writer.conn = psycopg.connect(pg_url, autocommit=True)
     stop = threading.Event()
 
@@ -231,3 +294,28 @@ def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path:
     )
     result = cli(root, "check")
     assert result.returncode == 2 and "delete.sql: the query failed" in result.stderr
+
+
+def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url)
+    agency = Agency(pg_url)
+    _seed(agency)
+    project = load(root)
+
+    def drop_lock(point: str) -> None:  # the lock's connection dies while the run is under way
+        if point == "after_publish":
+            agency.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            )
+
+    with engine.Exporter(project) as exporter:
+        archiver = archive.Archiver(project, exporter.ledger, exporter.source, exporter.dest, drop_lock)
+        with pytest.raises(
+            LedgerError, match=r"lost the lock of archive task agency .*; nothing was deleted"
+        ):
+            archiver.run(project.tasks["agency"])
+    assert agency.count() == 12
+    [summary] = engine.run(project)  # the next run redoes it into the same file
+    assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
+    assert len(files(tmp_path / "out")) == 1
+    account(tmp_path / "out", agency, agency.added, pg_url)

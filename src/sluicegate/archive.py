@@ -7,6 +7,10 @@ nothing is lost). The file is published and verified (size and SHA-256) before t
 runs; the delete must remove exactly as many rows as the file holds or the transaction rolls
 back. On SQLite the whole run holds the write lock (``BEGIN IMMEDIATE``).
 
+Runs of one task exclude each other: each run holds the task's lock on the ledger database
+(:func:`task_lock`) from before it looks for an unfinished run until it has finished. The
+lock dies with its holder's process or connection, so a crashed run never blocks the next.
+
 The run is recorded on the ledger before anything is written. A run that did not finish is
 recovered first by the next run, with the same boundary and the same file name, so rows that
 are in a file and still in the database are written again to that same file, never to a
@@ -16,13 +20,18 @@ second gets ``-2``, ``-3`` ... before the extension.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import gzip
 import hashlib
+import os
 import re
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from psycopg import sql
@@ -31,7 +40,7 @@ from . import db
 from .config import Project, TaskSpec
 from .destinations import Destination, Staged
 from .destinations.local import LocalDestination
-from .exceptions import DataError, DestinationUnavailable, SluicegateError
+from .exceptions import DataError, DestinationUnavailable, LedgerError, SluicegateError, TransientError
 from .formats import open_writer
 from .ledger import Ledger
 from .partitions import render_archive_path, zone_of
@@ -40,6 +49,12 @@ from .sources.postgres import _KINDS
 
 UTC = dt.UTC
 _NAMED_PARAM = re.compile(r"%\((\w+)\)s")
+LOCK_WAIT = 60.0  # seconds a run waits for another run of the same archive task to finish
+_LOCK_POLL = 0.2
+
+
+class ArchiveBusy(TransientError):
+    """Another run of the archive task holds its lock."""
 
 
 @dataclass(kw_only=True)
@@ -77,9 +92,22 @@ class Archiver:
         self.dest = dest
         self.fault = fault
         self.same_db = project.settings.ledger_url == project.settings.source_url
+        self._held: Callable[[], None] = _nothing
 
     def run(self, task: TaskSpec, *, now: dt.datetime | None = None) -> ArchiveResult:
-        """Recover an unfinished run of ``task`` if there is one, else start a new run."""
+        """Recover an unfinished run of ``task`` if there is one, else start a new run.
+
+        Holds the task's lock throughout; raises :class:`ArchiveBusy` when another run of the
+        task holds it for longer than :data:`LOCK_WAIT` seconds.
+        """
+        with task_lock(self.ledger, task.name) as held:
+            self._held = held
+            try:
+                return self._run(task, now)
+            finally:
+                self._held = _nothing
+
+    def _run(self, task: TaskSpec, now: dt.datetime | None) -> ArchiveResult:
         row = self.ledger._exec("arc_unfinished", task=task.name).fetchone()
         if row is not None:
             run_id, boundary, path = str(row[0]), self.ledger._from_ts(row[1]), str(row[2])
@@ -160,6 +188,7 @@ class Archiver:
                 result.run_id = new_id
                 staged = self.dest.stage(result.path)
                 rows = self._write(task, cur, params, staged)
+            self._held()  # still the only run of the task, so no run finished with this file
             self.dest.publish(staged)
             self.dest.sync()
         except OSError as exc:
@@ -189,6 +218,7 @@ class Archiver:
                 )
             result.deleted = deleted
         self.fault("before_delete_commit")
+        self._held()
         if self.same_db:  # finished in the same transaction as the delete
             self._record("arc_done", cur, id=uuid.UUID(result.run_id), deleted=result.deleted)
 
@@ -238,6 +268,89 @@ class Archiver:
             raise DestinationUnavailable(
                 f"{self.dest.display(path)} is missing or has the wrong size; not deleting"
             )
+
+
+# ---------------------------------------------------------------------- the task lock
+
+
+@contextlib.contextmanager
+def task_lock(ledger: Ledger, task: str) -> Iterator[Callable[[], None]]:
+    """Hold the lock of archive task ``task`` on the ledger database for the block.
+
+    The lock is released when the block ends, and by the operating system or the database
+    when the holder's process or connection dies, so there is no lease to expire. A run
+    waits up to :data:`LOCK_WAIT` seconds for it, then raises :class:`ArchiveBusy`.
+
+    Yields a function that raises :class:`LedgerError` when the lock may have been lost
+    (its PostgreSQL session ended); the run calls it before it publishes and before
+    the delete commits. One function per database, so a MariaDB ``GET_LOCK`` fits here.
+    """
+    if ledger.dialect is db.POSTGRESQL:
+        with _advisory_lock(ledger, task) as held:
+            yield held
+    else:
+        with _file_lock(db.sqlite_path(ledger.url), task) as held:
+            yield held
+
+
+@contextlib.contextmanager
+def _advisory_lock(ledger: Ledger, task: str) -> Iterator[Callable[[], None]]:
+    """PostgreSQL: a session-level advisory lock on a connection of its own."""
+    conn = db.connect(ledger.url)
+    try:
+        key = {"scope": f"sluicegate archive {ledger.schema}", "task": task}
+        _wait_for(lambda: bool(ledger._exec("arc_lock", conn.cursor(), **key).fetchone()[0]), task)
+
+        def held() -> None:
+            lost = f"lost the lock of archive task {task}"
+            try:
+                still = bool(ledger._exec("arc_lock_held", conn.cursor(), **key).fetchone()[0])
+            except SluicegateError as exc:  # the connection broke: the server has dropped the lock
+                raise LedgerError(f"{lost} ({exc}); nothing was deleted") from exc
+            if not still:
+                raise LedgerError(f"{lost}; nothing was deleted")
+
+        yield held
+    finally:
+        conn.close()  # ends the session, which releases its advisory locks
+
+
+@contextlib.contextmanager
+def _file_lock(ledger_file: Path, task: str) -> Iterator[Callable[[], None]]:
+    """SQLite: an exclusive ``flock`` on ``<ledger file>.archive-<task>.lock`` (kept, never removed)."""
+    path = f"{ledger_file}.archive-{task}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the lock file {path} of archive task {task}: {exc}") from exc
+    try:
+
+        def take() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait_for(take, task)
+        yield _nothing
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _wait_for(take: Callable[[], bool], task: str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT
+    while not take():
+        if time.monotonic() >= deadline:
+            raise ArchiveBusy(
+                f"another run of archive task {task} is in progress (waited {LOCK_WAIT:g} s); "
+                "run it again when that run has finished"
+            )
+        time.sleep(_LOCK_POLL)
+
+
+def _nothing() -> None:
+    """The lock check of a lock that cannot be lost while its process lives (a file lock)."""
 
 
 def _bind(query: str, dialect: db.Dialect) -> str:

@@ -392,6 +392,18 @@ WHERE id = %(id)s;
 -- The delete committed (or there is none): the run is finished.
 UPDATE {t}archive_runs SET state = 'done', deleted = %(deleted)s, finished_at = now() WHERE id = %(id)s;
 
+-- arc_lock --
+-- Try to take the session lock of one archive task (a connection of its own holds it until it closes).
+SELECT pg_try_advisory_lock(hashtext(%(scope)s), hashtext(%(task)s));
+
+-- arc_lock_held --
+-- Whether this session still holds the lock of one archive task (a two-key advisory lock has objsubid 2).
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+      AND classid = hashtext(%(scope)s)::oid AND objid = hashtext(%(task)s)::oid
+);
+
 -- tick_claim --
 -- Claim one schedule tick of a task; only one scheduler among all replicas gets the row.
 INSERT INTO {t}schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s) ON CONFLICT DO NOTHING;
