@@ -13,12 +13,13 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from sluicegate import archive, engine
 from sluicegate.exceptions import LedgerError
@@ -91,6 +92,30 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'source.db'}"
     value: str = request.getfixturevalue("pg_url")
     return value
+
+
+@pytest.fixture
+def ledger_pg_url(pg_server: Any) -> Iterator[str]:
+    """A second fresh database on the test server, for a ledger apart from the source."""
+    name = f"ledger_{time.time_ns()}"
+    admin = pg_server.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield pg_server.url(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["pg", "pg+pg-ledger", "sqlite+sqlite-ledger"])
+def layout(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(source URL, ledger URL): one PostgreSQL database, or a ledger in another database."""
+    if request.param == "sqlite+sqlite-ledger":
+        return f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    source: str = request.getfixturevalue("pg_url")
+    if request.param == "pg":
+        return source, source
+    ledger: str = request.getfixturevalue("ledger_pg_url")
+    return source, ledger
 
 
 def _project(
@@ -208,22 +233,76 @@ def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, pg_url: s
     assert agency.count() == 12
 
 
-@pytest.mark.parametrize("point", ["after_publish", "before_delete_commit"])
-def test_crash_loses_nothing_and_duplicates_nothing(tmp_path: Path, pg_url: str, point: str) -> None:
-    root = _project(tmp_path, pg_url)
-    agency = Agency(pg_url)
-    _seed(agency)
+def _crash(root: Path, point: str) -> None:
+    """Run in a real process, SIGKILLed at ``point``."""
     proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": point})
     _wait_for(root / f".fault-{point}", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    (root / f".fault-{point}").unlink()
+
+
+@pytest.mark.parametrize("point", ["after_publish", "before_delete_commit"])
+def test_crash_before_the_delete_committed_rewrites_the_same_file(
+    tmp_path: Path, layout: tuple[str, str], point: str
+) -> None:
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, point)
     [crashed] = files(tmp_path / "out")
     assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
-    again = cli(root, "run", "--json", check=True)
-    [summary] = json.loads(again.stdout)
+    _seed(agency, bases=1, first=10)  # 3 more superseded rows: the redo's file differs from the crashed one
+    started = time.monotonic()
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    seconds = time.monotonic() - started
+    assert files(tmp_path / "out") == [crashed]  # the same file, rewritten: no second file repeats its rows
+    assert len(_rows(crashed)) == 12 and agency.count() == 4
+    account(tmp_path / "out", agency, agency.added, ledger)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 12
+    assert seconds < 30  # the killed run's lock died with it: no waiting for it (60 s)
+
+
+@pytest.mark.parametrize("layout", ["pg+pg-ledger", "sqlite+sqlite-ledger"], indirect=True)
+def test_crash_after_the_delete_committed_keeps_the_file(tmp_path: Path, layout: tuple[str, str]) -> None:
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, "after_delete_commit")  # the ledger never hears that the delete committed
+    [first] = files(tmp_path / "out")
+    content = first.read_bytes()
+    assert len(_rows(first)) == 9 and agency.count() == 3
+    _seed(agency, first=10)  # 9 new superseded rows: as many as the first file holds
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    recovered = summary["archive"][0]
+    assert recovered["recovered"] is True and recovered["deleted"] == 9 and recovered["path"] == first.name
+    assert first.read_bytes() == content and agency.count() == 15  # nothing rewritten, nothing deleted
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["recovered"] is False and summary["archive"][0]["deleted"] == 9
+    assert {p.name for p in files(tmp_path / "out")} == {
+        first.name,
+        first.name.replace(".csv.gz", "-2.csv.gz"),
+    }
+    assert first.read_bytes() == content
+    account(tmp_path / "out", agency, agency.added, ledger)
+
+
+def test_a_run_without_witness_table_keeps_the_file_it_cannot_vouch_for(tmp_path: Path) -> None:
+    """A run recorded by an older sluicegate (no witness table): its file is kept, the rows go to a new one."""
+    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, "after_publish")
+    [crashed] = files(tmp_path / "out")
+    content = crashed.read_bytes()
+    agency.conn.execute("DROP TABLE sluicegate_archive_commits")
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
     assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 9
-    assert files(tmp_path / "out") == [crashed]  # the same file, not a second one
-    assert agency.count() == 3 and len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+    assert len(files(tmp_path / "out")) == 2 and crashed.read_bytes() == content
+    assert agency.count() == 3  # the rows are in both files: repeated, never lost
 
 
 def test_a_second_run_waits_for_the_lock_then_fails_clearly(
