@@ -118,8 +118,10 @@ def test_sql_files_have_every_named_query(dialect: str) -> None:
     marks = {"wm_ensure", "wm_claim", "wm_set_pending", "wm_commit", "wm_fail", "wm_clear_failure"}
     marks |= {"wm_release", "wm_release_one", "wm_list", "wm_delete", "wm_renew"}
     archives = {"arc_unfinished", "arc_path_taken", "arc_start", "arc_published", "arc_done"}
+    archives |= {"arc_witness_exists", "arc_witness_create", "arc_witness", "arc_witnessed"}
     archives |= {"tick_claim", "run_list", "list_partitions"}
-    only_pg = {"commit_many"} if dialect == "postgresql" else set()  # SQLite commits row by row
+    # SQLite commits row by row, and its archive lock is a file lock
+    only_pg = {"commit_many", "arc_lock", "arc_lock_held"} if dialect == "postgresql" else set()
     only_sqlite = {"add_failed_destination", "add_run_heartbeat"} if dialect == "sqlite" else set()
     assert set(queries(dialect, "x_")) == ledger | marks | archives | only_pg | only_sqlite
     assert all("{t}" not in body for body in queries(dialect, "x_").values())

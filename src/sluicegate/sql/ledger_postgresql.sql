@@ -392,6 +392,41 @@ WHERE id = %(id)s;
 -- The delete committed (or there is none): the run is finished.
 UPDATE {t}archive_runs SET state = 'done', deleted = %(deleted)s, finished_at = now() WHERE id = %(id)s;
 
+-- arc_lock --
+-- Try to take the session lock of one archive task (a connection of its own holds it until it closes).
+SELECT pg_try_advisory_lock(hashtext(%(scope)s), hashtext(%(task)s));
+
+-- arc_lock_held --
+-- Whether this session still holds the lock of one archive task (a two-key advisory lock has objsubid 2).
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+      AND classid = hashtext(%(scope)s)::oid AND objid = hashtext(%(task)s)::oid
+);
+
+-- arc_witness_exists --
+-- In the source database: whether the table of archive delete markers exists.
+SELECT 1 FROM pg_tables WHERE schemaname = %(schema)s AND tablename = 'archive_commits';
+
+-- arc_witness_create --
+-- In the source database: the table of archive delete markers (used when the ledger is elsewhere).
+SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'));
+CREATE SCHEMA IF NOT EXISTS {t_schema};
+CREATE TABLE IF NOT EXISTS {t}archive_commits (
+    run_id uuid PRIMARY KEY,
+    task text NOT NULL,
+    deleted bigint NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- arc_witness --
+-- In the source database, in the delete's transaction: the marker proving that the run's delete committed.
+INSERT INTO {t}archive_commits (run_id, task, deleted) VALUES (%(id)s, %(task)s, %(deleted)s);
+
+-- arc_witnessed --
+-- In the source database: the rows a run deleted, if its delete committed.
+SELECT deleted FROM {t}archive_commits WHERE run_id = %(id)s;
+
 -- tick_claim --
 -- Claim one schedule tick of a task; only one scheduler among all replicas gets the row.
 INSERT INTO {t}schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s) ON CONFLICT DO NOTHING;

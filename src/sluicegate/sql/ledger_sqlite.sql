@@ -353,6 +353,27 @@ WHERE id = :id;
 -- The delete committed (or there is none): the run is finished.
 UPDATE {t}archive_runs SET state = 'done', deleted = :deleted, finished_at = :now WHERE id = :id;
 
+-- arc_witness_exists --
+-- In the source database: whether the table of archive delete markers exists.
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{t}archive_commits';
+
+-- arc_witness_create --
+-- In the source database: the table of archive delete markers (used when the ledger is elsewhere).
+CREATE TABLE IF NOT EXISTS {t}archive_commits (
+    run_id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    committed_at REAL NOT NULL
+);
+
+-- arc_witness --
+-- In the source database, in the delete's transaction: the marker proving that the run's delete committed.
+INSERT INTO {t}archive_commits (run_id, task, deleted, committed_at) VALUES (:id, :task, :deleted, :now);
+
+-- arc_witnessed --
+-- In the source database: the rows a run deleted, if its delete committed.
+SELECT deleted FROM {t}archive_commits WHERE run_id = :id;
+
 -- tick_claim --
 -- Claim one schedule tick of a task; only one scheduler among all replicas gets the row.
 INSERT INTO {t}schedule_ticks (task, tick, fired_at) VALUES (:task, :tick, :now) ON CONFLICT DO NOTHING;
