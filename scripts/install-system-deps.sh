@@ -5,6 +5,14 @@
 #     for the throwaway test server started by tests/conftest.py
 #   - pigz and GNU time (/usr/bin/time), used by the benchmark
 #   - chromium, for the status-page screenshot test
+#   - MariaDB server binaries (mariadbd, mariadb-install-db), version >= 10.6, for the
+#     throwaway test server started by tests/plugins/mariadb_server.py
+#   - MariaDB Connector/C headers (mariadb_config), a C compiler and the Python headers, to build
+#     the `mariadb` driver (the `mysql` and `test` extras) from source: PyPI has no Linux wheels
+#     of it. pkg-config too, for building mysqlclient, which bench/mysql_drivers.py compares.
+#
+# Installing mariadb-server does not start a system-wide server where policy-rc.d forbids it
+# (containers); the test fixture starts its own server as an unprivileged user either way.
 #
 # Idempotent: when everything is present, apt-get is not run at all.
 # Not root: only reports what is missing (exit 0, so `make test` still runs and the
@@ -12,6 +20,7 @@
 set -euo pipefail
 
 readonly PG_MIN_MAJOR=13
+readonly MARIADB_MIN_VERSION=10.6
 
 # Prints the bindir of the highest PostgreSQL >= PG_MIN_MAJOR with server binaries, if any.
 find_pg_bindir() {
@@ -37,6 +46,24 @@ find_pg_bindir() {
     [[ -n "$best" ]] && echo "$best"
 }
 
+# Prints "<path> (<version>)" of a MariaDB server >= MARIADB_MIN_VERSION whose install-db script
+# is also present, if any. Debian puts mariadbd in /usr/sbin, which is not on a user's PATH.
+find_mariadbd() {
+    local exe version oldest
+    command -v mariadb-install-db >/dev/null 2>&1 || command -v mysql_install_db >/dev/null 2>&1 || return 1
+    for exe in "$(command -v mariadbd || true)" /usr/sbin/mariadbd "$(command -v mysqld || true)" /usr/sbin/mysqld; do
+        [[ -n "$exe" && -x "$exe" ]] || continue
+        version="$("$exe" --version 2>/dev/null | sed -n 's/.*Ver \([0-9][0-9.]*\)-MariaDB.*/\1/p')"
+        [[ -n "$version" ]] || continue
+        oldest="$(printf '%s\n%s\n' "$MARIADB_MIN_VERSION" "$version" | sort -V | head -n1)"
+        if [[ "$oldest" == "$MARIADB_MIN_VERSION" ]]; then
+            echo "$exe ($version)"
+            return 0
+        fi
+    done
+    return 1
+}
+
 missing=()
 if pg_bindir="$(find_pg_bindir)"; then
     echo "install-system-deps: PostgreSQL server binaries: $pg_bindir"
@@ -58,6 +85,25 @@ if command -v chromium >/dev/null 2>&1; then
     echo "install-system-deps: chromium: $(command -v chromium)"
 else
     missing+=(chromium)
+fi
+
+if mariadbd="$(find_mariadbd)"; then
+    echo "install-system-deps: MariaDB server: $mariadbd"
+else
+    missing+=(mariadb-server)
+fi
+# Build dependencies of the `mariadb` driver (and of mysqlclient, for the driver benchmark).
+if command -v mariadb_config >/dev/null 2>&1; then
+    echo "install-system-deps: MariaDB Connector/C $(mariadb_config --cc_version): $(command -v mariadb_config)"
+else
+    missing+=(libmariadb-dev)
+fi
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# Debian's own python3 keeps Python.h in python3-dev; other Pythons (pyenv, uv) ship theirs.
+py_include="$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)"
+if [[ "$py_include" == /usr/include/* && ! -f "$py_include/Python.h" ]]; then
+    missing+=(python3-dev)
 fi
 
 if ((${#missing[@]} == 0)); then
@@ -83,6 +129,10 @@ apt-get install -y -q --no-install-recommends "${missing[@]}"
 
 if [[ " ${missing[*]} " == *" postgresql "* ]] && ! find_pg_bindir >/dev/null; then
     echo "install-system-deps: installed postgresql but found no server binaries >= $PG_MIN_MAJOR" >&2
+    exit 1
+fi
+if [[ " ${missing[*]} " == *" mariadb-server "* ]] && ! find_mariadbd >/dev/null; then
+    echo "install-system-deps: installed mariadb-server but found no mariadbd >= $MARIADB_MIN_VERSION" >&2
     exit 1
 fi
 echo "install-system-deps: done"

@@ -38,6 +38,8 @@ from psycopg import sql
 
 from sluicegate.config import OVERRIDE_ENV_NAMES, OVERRIDE_ENV_PREFIXES
 
+pytest_plugins = ["plugins.mariadb_server"]  # mariadb_server, mariadb_url
+
 PG_USER = (
     "exporter"  # not "sluicegate": a role named like the ledger schema would see it first on its search_path
 )
