@@ -8,14 +8,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install only when the project metadata changes.
 VENV_STAMP := $(VENV)/.sluicegate-installed
+# The test extras need system packages (the MariaDB driver builds against libmariadb-dev): they
+# are installed by `make test` after system-deps, so `make demo` needs nothing but Python.
+TEST_STAMP := $(VENV)/.sluicegate-test-installed
 
-.PHONY: venv system-deps demo lint test bench clean
+.PHONY: venv venv-test system-deps demo lint test bench clean
 
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[fast,service]'
+	touch $@
+
+venv-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(VENV_STAMP)
 	$(BIN)/python -m pip install -e '.[test,fast,service]'
 	touch $@
 
@@ -26,11 +35,11 @@ system-deps:
 demo: venv
 	$(BIN)/sluicegate demo demo --force
 
-lint: venv
+lint: venv-test
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: system-deps venv lint
+test: system-deps venv-test lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: venv system-deps
@@ -40,4 +49,4 @@ bench: venv system-deps
 clean:
 	rm -rf build dist .eggs *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache demo
 	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
-	rm -f $(VENV_STAMP)
+	rm -f $(VENV_STAMP) $(TEST_STAMP)

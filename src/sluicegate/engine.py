@@ -85,9 +85,12 @@ class TaskSummary:
     run_id: str | None = None
     _failures: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def note_failure(self, partition: str, message: str) -> None:
-        """Record that ``partition`` failed (a retry in the same run is not counted again)."""
-        self._failures[partition] = message
+    def note_failure(self, partition: str, message: str, *, named: bool = True) -> None:
+        """Record that ``partition`` failed (a retry in the same run is not counted again).
+
+        Its error line is ``"partition: message"``, or the message alone when not ``named``.
+        """
+        self._failures[partition] = f"{partition}: {message}" if named else message
         self._sync_failures()
 
     def note_success(self, partition: str) -> None:
@@ -97,7 +100,7 @@ class TaskSummary:
 
     def _sync_failures(self) -> None:
         self.failed = len(self._failures)
-        self.errors = [f"{p}: {m}" for p, m in list(self._failures.items())[:MAX_ERRORS]]
+        self.errors = list(self._failures.values())[:MAX_ERRORS]
 
     @property
     def ok(self) -> bool:
@@ -356,7 +359,7 @@ class Exporter:
             with db.wrap_errors(self.project.settings.source_url):
                 result = archiver.run(task)
         except SluicegateError as exc:
-            summary.note_failure(f"archive run of {task.name}", str(exc))
+            summary.note_failure(f"archive run of {task.name}", str(exc), named=False)
             return
         summary.exported += 1
         summary.rows += result.rows
@@ -789,8 +792,9 @@ def _merge(into: TaskSummary, part: TaskSummary) -> None:
     """Add a helper worker's counts and messages to a task's summary."""
     for name in ("exported", "unchanged", "released", "lost", "rows", "bytes"):
         setattr(into, name, getattr(into, name) + getattr(part, name))
-    for partition, message in part._failures.items():
-        into.note_failure(partition, message)
+    for partition, line in part._failures.items():
+        into._failures[partition] = line
+    into._sync_failures()
     into.task_errors.extend(part.task_errors)
 
 
