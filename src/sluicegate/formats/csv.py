@@ -1,6 +1,7 @@
 """CSV and deterministic CSV.gz.
 
-Dialect: a header line, RFC 4180 quoting (only where needed), UTF-8, ``\\n`` line ends, NULL
+Dialect: a header line, RFC 4180 quoting (only where needed; every line break, CR or LF, is
+quoted), UTF-8, ``\\n`` line ends, NULL
 as an empty field, booleans as ``true``/``false``, timestamps as ISO 8601 with the offset of
 the partition's zone. The gzip header carries no file name and a zero mtime, so equal rows
 give equal bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY
@@ -41,7 +42,7 @@ class CsvWriter:
         self._text = io.StringIO()
         self._csv = csv.writer(self._text, lineterminator="\n")
         self._convert = [_converter(c, zone) for c in columns]
-        self._csv.writerow([c.name for c in columns])
+        self._write_rows([[c.name for c in columns]])
         self._flush_text()
 
     def _flush_text(self) -> None:
@@ -62,11 +63,33 @@ class CsvWriter:
             return
         convert = self._convert
         try:
-            self._csv.writerows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
+            self._write_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
         except (ValueError, TypeError) as exc:
             raise DataError(f"a row could not be encoded as CSV: {exc}") from exc
         self.rows += len(chunk)
         self._flush_text()
+
+    def _write_rows(self, rows: list[list[Any]]) -> None:
+        """Encode rows into the text buffer, quoting a field with a CR as well as one with an LF.
+
+        The csv module quotes only the characters of its line terminator (``\\n``), so a lone CR
+        would be written bare and split the record for most readers. Rows are encoded in one C
+        call; only when the result holds a CR are they encoded again, the rows with a CR in a
+        field by a writer whose terminator is CRLF (which quotes both), its CRLF made LF.
+        """
+        start = self._text.tell()
+        self._csv.writerows(rows)
+        if self._text.getvalue().find("\r", start) < 0:
+            return
+        self._text.seek(start)
+        self._text.truncate()
+        for row in rows:
+            if any(isinstance(v, str) and "\r" in v for v in row):
+                line = io.StringIO()
+                csv.writer(line, lineterminator="\r\n").writerow(row)
+                self._text.write(line.getvalue()[:-2] + "\n")
+            else:
+                self._csv.writerow(row)
 
     def close(self) -> None:
         """Compress what is still buffered and write the gzip trailer, if any."""
