@@ -13,9 +13,11 @@ import csv
 import datetime as dt
 import io
 import sqlite3
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from sluicegate import engine, operations
@@ -90,6 +92,67 @@ def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --------------------------------------------------------------------------- batch independence, offsets
+
+
+def test_a_partition_has_the_same_bytes_whatever_it_is_exported_with(tmp_path: Path, pg_url: str) -> None:
+    """Defect 8: whole seconds stay whole when another partition of the batch has a fraction."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, u timestamp, v double precision)")
+        for k, fraction in ((1, 0), (2, 250000)):
+            for i in range(3):
+                when = NOON + dt.timedelta(hours=i, microseconds=fraction)
+                conn.execute("INSERT INTO m VALUES (%s, %s, %s, %s)", (k, when, when.replace(tzinfo=None), i))
+    select = "SELECT k, t, u, v FROM m"
+    together = _project(tmp_path / "together", pg_url, select, "csv")
+    _export(together, (1, DAY), (2, DAY))
+    alone = _project(tmp_path / "alone", pg_url, select, "csv")
+    _export(alone, (1, DAY))
+    data = _file(alone, 1, DAY, "csv").read_bytes()
+    assert _file(together, 1, DAY, "csv").read_bytes() == data
+    assert b'"2024-11-02T09:30:00-02:30","2024-11-02T12:00:00",0\n' in data
+    assert b'"2024-11-02T09:30:00.250000-02:30","2024-11-02T12:00:00.250000",0\n' in (
+        _file(together, 2, DAY, "csv").read_bytes()
+    )
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+def test_every_timestamptz_value_takes_its_own_offset(
+    path: str, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 9: in a second timestamptz column reaching other seasons and centuries, and on the day clocks
+    go back, each value is written with the offset of its own instant, not its partition's."""
+    _use_path(path, monkeypatch)
+    tz = zoneinfo.ZoneInfo(ST_JOHNS)
+    change = dt.date(2024, 11, 3)  # 25 hours: clocks go back at 02:00 local (-02:30 -> -03:30)
+    others = [  # around the change, at both ends of its 15-minute bin, and far away
+        dt.datetime(2025, 11, 2, 5, 41, 14, tzinfo=UTC),  # 02:11:14-03:30, one year on
+        dt.datetime(2024, 11, 3, 4, 29, 59, 999999, tzinfo=UTC),
+        dt.datetime(2024, 11, 3, 4, 30, tzinfo=UTC),
+        dt.datetime(2024, 3, 10, 5, 29, 59, tzinfo=UTC),
+        dt.datetime(2024, 3, 10, 5, 30, tzinfo=UTC),
+        dt.datetime(1890, 6, 1, tzinfo=UTC),
+        dt.datetime(2100, 7, 1, tzinfo=UTC),
+    ]
+    times = {}
+    for day in (DAY, change):
+        start = dt.datetime.combine(day, dt.time(), tz).astimezone(UTC)
+        times[day] = [start + dt.timedelta(minutes=7 * i) for i in range(23 * 60 // 7)]
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE m (k int, t timestamptz, other timestamptz)")
+        for day in (DAY, change):
+            cur.executemany(
+                "INSERT INTO m VALUES (1, %s, %s)",
+                [(t, others[i % len(others)]) for i, t in enumerate(times[day])],
+            )
+    root = _project(tmp_path, pg_url, "SELECT k, t, other FROM m", "csv")
+    _export(root, (1, DAY), (1, change))
+    for day in (DAY, change):
+        rows = _csv_rows(_file(root, 1, day, "csv"))[1:]
+        assert rows[0][2][:19] == "2025-11-02T02:11:14"
+        assert rows[0][2][19:] == "-03:30"  # not the partition's -02:30
+        assert [row[1] for row in rows] == [t.astimezone(tz).isoformat() for t in times[day]]
+        expected = [others[i % len(others)].astimezone(tz).isoformat() for i in range(len(rows))]
+        assert [row[2] for row in rows] == expected
 
 
 # --------------------------------------------------------------------------- SQLite

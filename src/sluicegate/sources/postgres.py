@@ -240,6 +240,8 @@ def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
     """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
     c = sql.SQL("q.{}").format(sql.Identifier(col.name))
     if col.kind == "timestamptz":
+        # The offset of each value's own instant in the zone, with seconds only when it has them
+        # (local mean time before standard zones), as Python's isoformat() writes it.
         off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
             c=c, z=zone
         )
@@ -248,6 +250,8 @@ def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
             " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
             " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
             " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
+            " || CASE WHEN mod(abs({off}), 60) = 0 THEN ''"
+            " ELSE ':' || to_char(mod(abs({off}), 60), 'FM00') END"
         ).format(c=c, off=off, z=zone)
     if col.kind == "timestamp":
         return sql.SQL(
