@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import io
 import sqlite3
+import struct
+import uuid
 import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from psycopg import sql
 
 from sluicegate import engine, operations
 from sluicegate.sources import arrow as arrow_source
@@ -86,9 +93,172 @@ def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
 
 
+def _single(value: str) -> float:
+    """A float as PostgreSQL's ``real`` holds it, widened exactly to a double."""
+    return float(struct.unpack("f", struct.pack("f", float(value)))[0])
+
+
+def _local(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
 # --------------------------------------------------------------------------- PostgreSQL types
 
 # name: (type, values as PostgreSQL input text, CSV text, Parquet type, Parquet values)
+TYPES: dict[str, tuple[str, list[str | None], list[str], str, list[Any]]] = {
+    "smallint": ("smallint", ["-32768", "0", "32767", None], ["-32768", "0", "32767", ""], "int64",
+                 [-32768, 0, 32767, None]),
+    "integer": ("integer", ["-2147483648", "2147483647", None], ["-2147483648", "2147483647", ""], "int64",
+                [-2147483648, 2147483647, None]),
+    "bigint": ("bigint", ["-9223372036854775808", "9223372036854775807", None],
+               ["-9223372036854775808", "9223372036854775807", ""], "int64",
+               [-9223372036854775808, 9223372036854775807, None]),
+    "real": (
+        "real",
+        ["0.1", "1234567", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity", "-Infinity", "3.4028235e+38",
+         "1.5e-07", None],
+        ["0.1", "1.234567e+06", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity", "-Infinity",
+         "3.4028235e+38", "1.5e-07", ""],
+        "double",
+        [_single(v) for v in ("0.1", "1234567", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity",
+                              "-Infinity", "3.4028235e+38", "1.5e-07")] + [None],
+    ),
+    "double": (
+        "double precision",
+        ["0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5", "1e+15",
+         "1000000000000000.5", "1.5e+300", "5e-324", "NaN", "Infinity", "-Infinity", "-0", "1e+16", "3",
+         "-8.814e+21", None],
+        # PostgreSQL's own text: an exponent below 1e-4 and from 1e15 on, and for -8.814e+21 (which
+        # lies on the boundary between two doubles) one more digit than the shortest.
+        ["0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5", "1e+15",
+         "1.0000000000000005e+15", "1.5e+300", "5e-324", "NaN", "Infinity", "-Infinity", "-0", "1e+16", "3",
+         "-8.814000000000001e+21", ""],
+        "double",
+        [float(v) for v in ("0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5",
+                            "1e+15", "1000000000000000.5", "1.5e+300", "5e-324", "NaN", "Infinity",
+                            "-Infinity", "-0", "1e+16", "3", "-8.814e+21")] + [None],
+    ),
+    "numeric_10_2": ("numeric(10, 2)", ["1.5", "-0.01", "0", None], ["1.50", "-0.01", "0.00", ""],
+                     "decimal128(10, 2)",
+                     [decimal.Decimal("1.50"), decimal.Decimal("-0.01"), decimal.Decimal("0.00"), None]),
+    "numeric": (
+        "numeric",
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", None],
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", ""],
+        "string",
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", None],
+    ),
+    "text": (
+        "text",
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", None],
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", ""],
+        "string",
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", None],
+    ),
+    "varchar": ("varchar(20)", ["ab", "x y", None], ["ab", "x y", ""], "string", ["ab", "x y", None]),
+    "char": ("char(5)", ["ab", None], ["ab   ", ""], "string", ["ab   ", None]),
+    "timestamptz": (
+        "timestamptz",
+        # In the partition's window; with a fraction; outside it, at another offset (defect 9);
+        # in 1890, at local mean time, an offset with seconds.
+        ["2024-11-02 12:00:00+00", "2024-11-02 12:00:00.5+00", "2024-12-25 12:00:00+00", "1890-01-01 12:00:00+00",
+         None],
+        ["2024-11-02T09:30:00-02:30", "2024-11-02T09:30:00.500000-02:30", "2024-12-25T08:30:00-03:30",
+         "1890-01-01T08:29:08-03:30:52", ""],
+        f"timestamp[us, tz={ST_JOHNS}]",
+        [_local(t) for t in ("2024-11-02T12:00:00+00:00", "2024-11-02T12:00:00.5+00:00",
+                             "2024-12-25T12:00:00+00:00", "1890-01-01T12:00:00+00:00")] + [None],
+    ),
+    "timestamp": (
+        "timestamp",
+        ["2024-01-01 01:00:00", "2024-01-01 01:00:00.5", "1969-12-31 23:59:59.25", None],
+        ["2024-01-01T01:00:00", "2024-01-01T01:00:00.500000", "1969-12-31T23:59:59.250000", ""],
+        "timestamp[us]",
+        [dt.datetime(2024, 1, 1, 1), dt.datetime(2024, 1, 1, 1, 0, 0, 500000),
+         dt.datetime(1969, 12, 31, 23, 59, 59, 250000), None],
+    ),
+    "date": ("date", ["2024-05-03", "0001-01-01", None], ["2024-05-03", "0001-01-01", ""], "date32[day]",
+             [dt.date(2024, 5, 3), dt.date(1, 1, 1), None]),
+    "boolean": ("boolean", ["t", "f", None], ["true", "false", ""], "bool", [True, False, None]),
+    "json": (
+        "json",
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', None],
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', ""],
+        "string",
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', None],
+    ),
+    "jsonb": (
+        "jsonb",
+        ['{"b": 1, "a": [1,2]}', "null", None],
+        ['{"a": [1, 2], "b": 1}', "null", ""],
+        "string",
+        ['{"a": [1, 2], "b": 1}', "null", None],
+    ),
+    "uuid": (
+        "uuid",
+        ["A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", None],
+        ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", ""],
+        "string",
+        ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", None],
+    ),
+    "bytea": ("bytea", ["\\x00ff10", "\\x", None], ["\\x00ff10", "\\x", ""], "binary", [b"\x00\xff\x10", b"", None]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def typed_db(pg_server: Any) -> Iterator[str]:
+    """One database with a table ``typed_<name>(k, t, v)`` per entry of TYPES, rows a minute apart."""
+    dbname = f"test_{uuid.uuid4().hex}"
+    admin = pg_server.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    url: str = pg_server.url(dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, (pg_type, values, *_) in TYPES.items():
+            table = sql.Identifier(f"typed_{name}")
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (k int, t timestamptz, v {})").format(table, sql.SQL(pg_type))
+            )
+            for i, value in enumerate(values):
+                conn.execute(
+                    sql.SQL("INSERT INTO {} VALUES (1, %s, %s::{})").format(table, sql.SQL(pg_type)),
+                    (NOON + dt.timedelta(minutes=i), value),
+                )
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+@pytest.mark.parametrize("name", list(TYPES))
+def test_each_postgresql_type_has_one_csv_text_on_every_path(
+    name: str, path: str, typed_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defects 3, 5, 9, 10: the CSV text of each type is the documented one with and without ADBC."""
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, typed_db, f"SELECT k, t, v FROM typed_{name}", "csv")
+    _export(root, (1, DAY))
+    header, *rows = _csv_rows(_file(root, 1, DAY, "csv"))
+    assert header == ["k", "t", "v"]
+    assert [row[2] for row in rows] == TYPES[name][2]
+
+
+@pytest.mark.parametrize("path", ["arrow", "rows"])
+@pytest.mark.parametrize("name", list(TYPES))
+def test_each_postgresql_type_has_one_parquet_type_and_value_on_every_path(
+    name: str, path: str, typed_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 5: the same Parquet schema and values with and without ADBC (reals widened exactly)."""
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, typed_db, f"SELECT k, t, v FROM typed_{name}", "parquet")
+    _export(root, (1, DAY))
+    table = pq.read_table(_file(root, 1, DAY, "parquet"))
+    assert str(table.schema.field("v").type) == TYPES[name][3]
+    assert str(table.schema.field("t").type) == f"timestamp[us, tz={ST_JOHNS}]"
+    got, expected = table.column("v").to_pylist(), TYPES[name][4]
+    if isinstance(expected[0], float):  # NaN and -0.0 compare by their repr
+        got, expected = [repr(v) for v in got], [repr(v) for v in expected]
+    assert got == expected
 
 
 # --------------------------------------------------------------------------- batch independence, offsets
@@ -187,3 +357,44 @@ def test_sqlite_csv_quotes_every_line_break(tmp_path: Path, fmt: str) -> None:
 
 
 # --------------------------------------------------------------------------- units
+
+
+def test_float_text_is_postgresqls_spelling() -> None:
+    """The rows path: PostgreSQL's exponent from 1e15 on (Python's repr switches at 1e16)."""
+    from sluicegate.formats.csv import float_text
+
+    cases = {
+        3.0: "3",
+        0.1: "0.1",
+        1e-05: "1e-05",
+        1e15: "1e+15",
+        -1234567890123456.0: "-1.234567890123456e+15",
+        1000000000000000.5: "1.0000000000000005e+15",
+        1e16: "1e+16",
+        float("nan"): "NaN",
+        float("inf"): "Infinity",
+        float("-inf"): "-Infinity",
+        -0.0: "-0",
+    }
+    assert {value: float_text(value) for value in cases} == cases
+
+
+def test_the_exact_line_encoder_gives_arrows_bytes() -> None:
+    """The Arrow CSV path falls back to its own encoder when a float is spelled by the server: for every
+    other column it must give exactly the bytes of Arrow's writer, so the fallback never shows in a file."""
+    n = 2000
+    table = pa.table(
+        {
+            "i": pa.array([i - 1000 if i % 9 else None for i in range(n)], pa.int16()),
+            "big": pa.array([(i - 1000) * 10**15 for i in range(n)], pa.int64()),
+            "f": pa.array([(i - 1000) / 7 if i % 11 else None for i in range(n)]),
+            "f4": pa.array([i / 3 for i in range(n)], pa.float32()),
+            "b": pa.array([None if i % 7 == 0 else i % 2 == 0 for i in range(n)]),
+            "d": pa.array([dt.date(1, 1, 1) + dt.timedelta(days=i * 400) for i in range(n)]),
+            "s": pa.array([["", None, 'a"b', "x,y", "l1\nl2", "c\rr", "ü €"][i % 7] for i in range(n)]),
+        }
+    )
+    lines = arrow_source._encode_lines(table, [False] * table.num_columns)
+    chunks = list(arrow_source._split_lines(lines, [500, n], [0, 1]))
+    assert [c.rows for _, c in chunks] == [500, n - 500]
+    assert b"".join(c.data for _, c in chunks) == arrow_source._encode(table)

@@ -1,12 +1,12 @@
 """CSV and deterministic CSV.gz.
 
 Dialect: a header line, RFC 4180 quoting (only where needed; every line break, CR or LF, is
-quoted), UTF-8, ``\\n`` line ends, NULL
-as an empty field, booleans as ``true``/``false``, timestamps as ISO 8601 with the offset of
-the partition's zone. The gzip header carries no file name and a zero mtime, so equal rows
-give equal bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY
-when the ADBC driver is missing); there an empty string is written as ``""`` to tell it from
-NULL, and Arrow quotes every non-empty text value, which is valid RFC 4180 either way.
+quoted), UTF-8, ``\\n`` line ends, NULL as an empty field, booleans as ``true``/``false``,
+timestamps as ISO 8601 with the offset of the partition's zone, floats and bytes as PostgreSQL
+writes them. The gzip header carries no file name and a zero mtime, so equal rows give equal
+bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY when the ADBC
+driver is missing); there an empty string is written as ``""`` to tell it from NULL, and Arrow
+quotes every non-empty text value, which is valid RFC 4180 either way.
 """
 
 from __future__ import annotations
@@ -103,26 +103,42 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
         return lambda v: _format_time(v, tz, col.kind)
     if col.kind == "bool":
         return lambda v: None if v is None else ("true" if v else "false")
-    if col.kind in ("float", "other"):
-        return _number
-    return _identity
+    if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
+        return lambda v: value_text(v.encode() if isinstance(v, str) else v)
+    return value_text
 
 
-def _identity(value: Any) -> Any:
-    return value
+def value_text(value: Any) -> Any:
+    """A value as PostgreSQL writes it where Python's text differs: floats and bytes.
 
-
-def _number(value: Any) -> Any:
-    """Floats as PostgreSQL prints them (shortest round-trip, no trailing '.0'), so both
-    read paths give the same bytes for the same rows."""
+    Other values are returned as they are, for the csv module to write.
+    """
     if type(value) is float:
-        text = repr(value)
-        if text.endswith(".0"):
-            return text[:-2]
-        if text in ("inf", "-inf", "nan"):
-            return {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}[text]
-        return text
+        return float_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
     return value
+
+
+def float_text(value: float) -> str:
+    """A float as PostgreSQL writes it: the shortest round-trip digits, ``NaN``, ``Infinity``.
+
+    That is Python's ``repr`` without a trailing ``.0``, except that PostgreSQL switches to an
+    exponent from 1e15 on, Python from 1e16 on.
+    """
+    text = repr(value)
+    if text.endswith(".0"):
+        text = text[:-2]
+    if "e" in text or "n" in text:  # an exponent, or inf / nan
+        return _SPECIAL.get(text, text)
+    if 1e15 <= abs(value) < 1e16:
+        sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+        digits = digits.replace(".", "").rstrip("0") or "0"
+        return f"{sign}{digits[0]}{'.' + digits[1:] if len(digits) > 1 else ''}e+15"
+    return text
+
+
+_SPECIAL = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 
 
 def _format_time(value: Any, tz: dt.tzinfo | None, kind: str) -> Any:

@@ -1,13 +1,14 @@
-"""Arrow batches from PostgreSQL through ADBC (the ``fast`` extra), for Parquet output.
+"""Arrow batches from PostgreSQL through ADBC (the ``fast`` extra), for Parquet and CSV output.
 
 ADBC's PostgreSQL driver reads the result with binary ``COPY`` straight into Arrow memory,
 which is several times faster than building Arrow arrays from Python rows. The query is
 rendered with psycopg's client-side binding, so values are quoted by psycopg.
 
-For CSV, timestamps are made ISO 8601 text with vectorised compute, each value in its
-partition's zone with its own offset and a fraction only when it has one: no value's text
-depends on the other rows of its batch, so a partition's bytes do not depend on which
-partitions it was read with.
+CSV is encoded by Arrow's C++ CSV writer a record batch at a time, after the values whose text
+sluicegate defines are made text with vectorised compute: timestamps (ISO 8601, each value in
+its partition's zone with its own offset, a fraction only when it has one) and, where Arrow
+would spell them differently from PostgreSQL, floats. No value's text depends on the other
+rows of its batch, so a partition's bytes do not depend on which partitions it was read with.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from ..partitions import BIN_SECONDS, Partition, zone_of
-from . import CsvChunk
+from . import Column, CsvChunk
 
 
 def available() -> bool:
@@ -34,15 +35,14 @@ def available() -> bool:
     return importlib.util.find_spec("adbc_driver_postgresql") is not None
 
 
-def open_arrow(url: str) -> Any:
-    """An ADBC connection with the session settings the batch query expects."""
+def open_arrow(url: str, session: Sequence[str]) -> Any:
+    """An ADBC connection with the session settings the batch query expects (``session``)."""
     import adbc_driver_postgresql.dbapi as adbc
 
     conn = adbc.connect(url)
     with conn.cursor() as cur:
-        cur.execute("SET TimeZone TO 'UTC'")
-        cur.execute("SET work_mem TO '64MB'")
-        cur.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
+        for setting in session:
+            cur.execute(setting)
     return conn
 
 
@@ -79,41 +79,62 @@ def read_csv(
     query: sql.Composed,
     params: list[Any],
     parts: Sequence[Partition],
+    columns: Sequence[Column],
 ) -> Iterator[tuple[int, CsvChunk]]:
-    """Yield ``(index, csv bytes)`` per partition, encoded by Arrow's C++ CSV writer a batch at a time.
+    """Yield ``(index, csv bytes)`` per partition, encoded a record batch at a time.
 
-    Timestamps with a zone become ISO 8601 text in each partition's zone. When no text value
-    holds a line break, the whole batch is encoded once and split by line; otherwise each
-    partition's slice is encoded on its own.
+    The query selects ``ord``, the ``columns``, then for each float column the server's text
+    of the values whose text Arrow would spell differently (NULL for the others).
     """
     text = psycopg.ClientCursor(conn).mogrify(query, params)
     offsets = _Offsets(parts)
+    floats = [i for i, c in enumerate(columns) if c.kind == "float"]
     with aconn.cursor() as cur:
         cur.execute(text)
         for batch in cur.fetch_record_batch():
-            if batch.num_rows == 0:
-                continue
-            runs = pc.run_end_encode(batch.column(0))
-            ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
-            columns = [batch.column(i) for i in range(1, batch.num_columns)]
-            columns = [
-                offsets.format(c, ends, values) if pa.types.is_timestamp(c.type) else c for c in columns
-            ]
-            table = pa.Table.from_arrays(columns, names=batch.schema.names[1:])
-            if _has_line_breaks(table):
-                start = 0
-                for end, value in zip(ends, values, strict=True):
-                    yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
-                    start = end
-                continue
-            if len(ends) == 1:  # the whole batch is one partition's (large partitions): no split
-                yield int(values[0]), CsvChunk(_encode(table), ends[0])
-                continue
-            lines = _encode(table).split(b"\n")
-            start = 0
-            for end, value in zip(ends, values, strict=True):
-                yield int(value), CsvChunk(b"\n".join(lines[start:end]) + b"\n", end - start)
-                start = end
+            if batch.num_rows:
+                yield from encode_batch(batch, offsets, floats)
+
+
+def encode_batch(
+    batch: pa.RecordBatch, offsets: _Offsets, floats: Sequence[int]
+) -> Iterator[tuple[int, CsvChunk]]:
+    """Encode one batch (``ord``, the columns, one float text column per index in ``floats``).
+
+    When no float needs the server's text and no text value holds a line break, the whole batch
+    is encoded once and split by line; with line breaks, each partition's slice is encoded on
+    its own. When a float needs the server's text, which Arrow's writer would put in quotes,
+    the batch is encoded by :func:`_encode_lines` instead, to the same bytes.
+    """
+    width = batch.num_columns - 1 - len(floats)
+    runs = pc.run_end_encode(batch.column(0))
+    ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
+    columns = [batch.column(1 + i) for i in range(width)]
+    columns = [offsets.format(c, ends, values) if pa.types.is_timestamp(c.type) else c for c in columns]
+    raw = [False] * width
+    for j, i in enumerate(floats):
+        server = batch.column(1 + width + j)
+        if server.null_count < len(server):  # some value is spelled by the server
+            columns[i] = pc.coalesce(server, pc.cast(columns[i], pa.string()))
+            raw[i] = True
+    table = pa.Table.from_arrays(columns, names=batch.schema.names[1 : 1 + width])
+    if any(raw):
+        yield from _split_lines(_encode_lines(table, raw), ends, values)
+        return
+    if _has_line_breaks(table):
+        start = 0
+        for end, value in zip(ends, values, strict=True):
+            yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
+            start = end
+        return
+    if len(ends) == 1:  # the whole batch is one partition's (large partitions): no split
+        yield int(values[0]), CsvChunk(_encode(table), ends[0])
+        return
+    lines = _encode(table).split(b"\n")
+    start = 0
+    for end, value in zip(ends, values, strict=True):
+        yield int(value), CsvChunk(b"\n".join(lines[start:end]) + b"\n", end - start)
+        start = end
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -294,6 +315,40 @@ def _encode(table: pa.Table) -> bytes:
     out = io.BytesIO()
     pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     return out.getvalue()
+
+
+def _encode_lines(table: pa.Table, raw: Sequence[bool]) -> pa.Array:
+    """One CSV line per row, ``\\n``-terminated, as Arrow's writer makes it, ``raw`` text columns unquoted.
+
+    Arrow's writer quotes every text value; a float spelled by the server must not be quoted, as
+    Arrow writes the others unquoted. So this rebuilds the writer's output with compute
+    functions: other values are cast to text as the writer casts them, and text values are
+    quoted as it quotes them (always, quotes doubled), so the bytes are the writer's except for
+    those floats. A batch encodes about a fifth slower this way: only batches that need it do.
+    """
+    fields = []
+    for column, is_raw in zip(table.columns, raw, strict=True):
+        if is_raw:
+            text = column
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
+        else:
+            text = pc.cast(column, pa.string())
+        fields.append(pc.cast(text, pa.large_string()))  # 64-bit offsets: a batch may exceed 2 GiB of text
+    comma, newline, empty = (pa.scalar(t, pa.large_string()) for t in (",", "\n", ""))
+    line = pc.binary_join_element_wise(*fields, comma, null_handling="replace", null_replacement="")
+    lines = pc.binary_join_element_wise(line, newline, empty)
+    return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+
+
+def _split_lines(lines: pa.Array, ends: list[int], values: list[int]) -> Iterator[tuple[int, CsvChunk]]:
+    """Each partition's run of lines, cut from the text buffer at the rows' own offsets."""
+    buffers = lines.buffers()
+    offsets = pa.Array.from_buffers(pa.int64(), len(lines) + 1, [None, buffers[1]], offset=lines.offset)
+    cuts = pc.take(offsets, pa.array([0, *ends], pa.int64())).to_pylist()
+    data = memoryview(buffers[2])
+    for i, value in enumerate(values):
+        yield int(value), CsvChunk(data[cuts[i] : cuts[i + 1]].tobytes(), ends[i] - (ends[i - 1] if i else 0))
 
 
 def _has_line_breaks(table: pa.Table) -> bool:
