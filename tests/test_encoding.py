@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
@@ -30,7 +31,7 @@ from psycopg import sql
 from sluicegate import engine, operations
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import postgres as pg_source
-from support import load
+from support import cli, load
 
 UTC = dt.UTC
 ST_JOHNS = "America/St_Johns"  # -03:30 / -02:30, and -03:30:52 (local mean time) before 1935
@@ -354,6 +355,76 @@ def test_sqlite_csv_quotes_every_line_break(tmp_path: Path, fmt: str) -> None:
 
         records = list(csv.reader(io.StringIO(gzip.decompress(path.read_bytes()).decode(), newline="")))
     assert [r[2] for r in records[1:]] == values
+
+
+def test_sqlite_parquet_files_of_a_task_share_one_schema(tmp_path: Path) -> None:
+    """Defect 11: a column that is NULL in one partition keeps the task's type there, so the folder reads as one
+    dataset; a column that is NULL everywhere is text."""
+    rows = [(1, "2024-11-02T12:00:00Z", 1.5, "a", None), (2, "2024-11-02T12:00:00Z", None, None, None)]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v, name, empty")
+    root = _project(tmp_path / "proj", url, "SELECT k, t, v, name, empty FROM m", "parquet", ledger=False)
+    _export(root, (1, DAY), (2, DAY))
+    schemas = {str(pq.read_schema(_file(root, k, DAY, "parquet"))) for k in (1, 2)}
+    assert len(schemas) == 1
+    schema = pq.read_schema(_file(root, 2, DAY, "parquet"))
+    assert [str(f.type) for f in schema] == [
+        "int64",
+        f"timestamp[us, tz={ST_JOHNS}]",
+        "double",
+        "string",
+        "string",
+    ]
+    table = pads.dataset(root / "out", format="parquet").to_table()
+    assert sorted(table.column("v").to_pylist(), key=str) == [1.5, None]
+
+
+def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) -> None:
+    """Defect 11: ``[columns]`` fixes a kind the first value would get wrong; BLOBs are ``\\x`` hex in CSV and
+    binary in Parquet; a boolean kind writes 0/1 as false/true."""
+    rows = [(1, "2024-11-02T12:00:00Z", 2, b"\x00\xffA", 1), (1, "2024-11-02T12:01:00Z", 2.5, None, 0)]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v, b, flag")
+    pins = '[columns]\nv = "float"\nflag = "bool"\n'
+    select = "SELECT k, t, v, b, flag FROM m"
+    csv_root = _project(tmp_path / "csv", url, select, "csv", extra=pins, ledger=False)
+    _export(csv_root, (1, DAY))
+    assert _csv_rows(_file(csv_root, 1, DAY, "csv"))[1:] == [
+        ["1", "2024-11-02T09:30:00-02:30", "2", "\\x00ff41", "true"],
+        ["1", "2024-11-02T09:31:00-02:30", "2.5", "", "false"],
+    ]
+    pq_root = _project(tmp_path / "pq", url, select, "parquet", extra=pins, ledger=False)
+    _export(pq_root, (1, DAY))
+    table = pq.read_table(_file(pq_root, 1, DAY, "parquet"))
+    assert [str(f.type) for f in table.schema][2:] == ["double", "binary", "bool"]
+    assert table.column("b").to_pylist() == [b"\x00\xffA", None]
+    # Without the pin the first value (an integer) makes the column int64, and 2.5 does not fit.
+    bare = _project(tmp_path / "bare", url, select, "parquet", ledger=False)
+    operations.mark(load(bare), "typed", {"k": "1", "day": DAY.isoformat()})
+    [summary] = engine.run(load(bare))
+    assert summary.failed == 1
+    assert "column 'v' (int) could not be encoded as Parquet" in summary.errors[0]
+    assert "[columns]" in summary.errors[0]
+
+
+def test_columns_errors_name_the_file_the_key_and_the_choices(tmp_path: Path, pg_url: str) -> None:
+    url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", 1)])
+    root = _project(tmp_path / "a", url, "SELECT k, t, v FROM m", "csv", extra='[columns]\nv = "double"\n')
+    toml = root / "tasks/typed/task.toml"
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"{toml} [columns] v: 'double' is not a column kind; use one of int, float, decimal, text, "
+        "timestamptz, timestamp, date, bool, binary"
+    ) in proc.stdout + proc.stderr
+    toml.write_text(toml.read_text().replace('v = "double"', 'value = "float"'))
+    problems = operations.check_project(load(root))
+    assert f"{toml} [columns] value: the select has no such column; its columns: k, t, v" in problems
+    toml.write_text(toml.read_text().replace('value = "float"', 't = "text"'))
+    [problem] = load(root).problems
+    assert f"{toml} [columns] t: the [time] column is always timestamptz" in problem.message
+    pg_root = _project(
+        tmp_path / "b", pg_url, "SELECT 1 AS k, now() AS t", "csv", extra='[columns]\nk = "int"\n'
+    )
+    assert any("only SQLite sources take column kinds" in p for p in operations.check_project(load(pg_root)))
 
 
 # --------------------------------------------------------------------------- units

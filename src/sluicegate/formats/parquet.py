@@ -9,6 +9,7 @@ the same file for the same rows.
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -50,12 +51,26 @@ def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
 def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
     """One column of row values as an Arrow array of ``typ``, from what the drivers return.
 
-    SQLite stores times as text; PostgreSQL decimals come as text (see the source). Text columns
-    take other values in their CSV spelling.
+    SQLite stores times and dates as text and booleans as integers, and a column may hold values
+    of several types; PostgreSQL decimals come as text (see the source). Text columns take
+    other values in their CSV spelling.
     """
     kind = col.kind
     if kind == "timestamptz":
         values = [_parse_time(v) if isinstance(v, str) else v for v in values]
+    elif kind == "timestamp":
+        values = [_parse_naive(v) if isinstance(v, str) else v for v in values]
+    elif kind == "date":
+        values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+    elif kind == "int":
+        # pyarrow would cut 2.5 to 2 without a word (SQLite may mix types in a column).
+        inexact = next((v for v in values if type(v) is float and not v.is_integer()), None)
+        if inexact is not None:
+            raise ValueError(f"{inexact!r} is not an integer")
+    elif kind == "bool":
+        values = [bool(v) if isinstance(v, int) else v for v in values]
+    elif kind == "binary":
+        values = [v.encode() if isinstance(v, str) else v for v in values]
     elif typ == pa.string():
         values = [v if v is None or isinstance(v, str) else _text(v) for v in values]
     elif kind == "decimal" and any(isinstance(v, str) for v in values):
@@ -67,6 +82,12 @@ def _text(value: Any) -> str:
     if isinstance(value, decimal.Decimal):
         return format(value, "f")  # as PostgreSQL writes a numeric: never with an exponent
     return str(value_text(value))
+
+
+def _parse_naive(text: str) -> dt.datetime:
+    """A ``timestamp`` value stored as text; one with an offset is taken as that instant in UTC."""
+    value = dt.datetime.fromisoformat(text)
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 # Row groups are cut by row count alone, so a partition's bytes depend on its rows, never on
@@ -165,7 +186,8 @@ class ParquetWriter:
                 arrays.append(_array(col, typ, [row[i] for row in rows]))
             except (ValueError, TypeError, decimal.InvalidOperation, OverflowError) as exc:  # Arrow's too
                 raise DataError(
-                    f"column {col.name!r} ({col.kind}) could not be encoded as Parquet: {exc}"
+                    f"column {col.name!r} ({col.kind}) could not be encoded as Parquet: {exc} (on SQLite a "
+                    "column's kind is that of its first non-NULL value unless task.toml [columns] sets it)"
                 ) from exc
         return pa.Table.from_arrays(arrays, names=[c.name for c in self._columns])
 

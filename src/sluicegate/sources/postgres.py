@@ -102,6 +102,11 @@ class PostgresSource:
             raise ConfigError(
                 f"{task.folder / 'select.sql'}: the query failed: {first}; fix the SQL"
             ) from None
+        if task.columns:
+            raise ConfigError(
+                f"{task.folder / 'task.toml'} [columns]: only SQLite sources take column kinds; on "
+                "PostgreSQL the select's result types give them (cast in select.sql instead)"
+            )
         return [_column(d) for d in desc]
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
