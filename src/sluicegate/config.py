@@ -175,6 +175,7 @@ class TaskSpec:
     archive: ArchiveSpec | None = None
     schedule: str | None = None
     schedule_zone: str = "UTC"
+    columns: tuple[tuple[str, str], ...] = ()  # [columns]: (name, kind) pins, SQLite sources only
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -499,6 +500,7 @@ _TASK_KEYS = {
     "batch_size",
     "order_by",
     "primary_key",
+    "columns",
 } | _SCHEDULE_KEYS
 _INCREMENTAL_KEYS = {
     "kind",
@@ -515,7 +517,29 @@ _INCREMENTAL_KEYS = {
     "bootstrap",
     "safety_margin",
     "entities",
+    "columns",
 } | _SCHEDULE_KEYS
+
+# The kinds a [columns] entry may pin (sources.ColumnKind, without the internal "other").
+COLUMN_KINDS = ("int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "binary")
+
+
+def _columns_spec(raw: Any, where: str, time: TimeSpec | None) -> tuple[tuple[str, str], ...]:
+    """``[columns]``: a column kind per result column name, checked against the known kinds."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: use a table of column kinds, e.g. [columns] then value = "float"')
+    kinds = ", ".join(COLUMN_KINDS)
+    pins = []
+    for name, kind in raw.items():
+        _identifier(name, where)
+        if kind not in COLUMN_KINDS:
+            raise ConfigError(f"{where} {name}: {kind!r} is not a column kind; use one of {kinds}")
+        if time is not None and name == time.column and kind != "timestamptz":
+            raise ConfigError(
+                f'{where} {name}: the [time] column is always timestamptz; remove it or set "timestamptz"'
+            )
+        pins.append((str(name), str(kind)))
+    return tuple(pins)
 
 
 def _check_bootstrap(value: Any, where: str) -> str:
@@ -677,6 +701,7 @@ def load_task(folder: Path, settings: Settings) -> TaskSpec:
         archive=archive,
         schedule=schedule,
         schedule_zone=schedule_zone,
+        columns=_columns_spec(raw.get("columns", {}), f"{where} [columns]", time),
     )
     from .partitions import check_template  # local import: partitions imports config types
 

@@ -1,11 +1,12 @@
 """CSV and deterministic CSV.gz.
 
-Dialect: a header line, RFC 4180 quoting (only where needed), UTF-8, ``\\n`` line ends, NULL
-as an empty field, booleans as ``true``/``false``, timestamps as ISO 8601 with the offset of
-the partition's zone. The gzip header carries no file name and a zero mtime, so equal rows
-give equal bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY
-when the ADBC driver is missing); there an empty string is written as ``""`` to tell it from
-NULL, and Arrow quotes every non-empty text value, which is valid RFC 4180 either way.
+Dialect: a header line, RFC 4180 quoting (only where needed; every line break, CR or LF, is
+quoted), UTF-8, ``\\n`` line ends, NULL as an empty field, booleans as ``true``/``false``,
+timestamps as ISO 8601 with the offset of the partition's zone, floats and bytes as PostgreSQL
+writes them. The gzip header carries no file name and a zero mtime, so equal rows give equal
+bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY when the ADBC
+driver is missing); there an empty string is written as ``""`` to tell it from NULL, and Arrow
+quotes every non-empty text value, which is valid RFC 4180 either way.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class CsvWriter:
         self._text = io.StringIO()
         self._csv = csv.writer(self._text, lineterminator="\n")
         self._convert = [_converter(c, zone) for c in columns]
-        self._csv.writerow([c.name for c in columns])
+        self._write_rows([[c.name for c in columns]])
         self._flush_text()
 
     def _flush_text(self) -> None:
@@ -62,11 +63,33 @@ class CsvWriter:
             return
         convert = self._convert
         try:
-            self._csv.writerows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
+            self._write_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
         except (ValueError, TypeError) as exc:
             raise DataError(f"a row could not be encoded as CSV: {exc}") from exc
         self.rows += len(chunk)
         self._flush_text()
+
+    def _write_rows(self, rows: list[list[Any]]) -> None:
+        """Encode rows into the text buffer, quoting a field with a CR as well as one with an LF.
+
+        The csv module quotes only the characters of its line terminator (``\\n``), so a lone CR
+        would be written bare and split the record for most readers. Rows are encoded in one C
+        call; only when the result holds a CR are they encoded again, the rows with a CR in a
+        field by a writer whose terminator is CRLF (which quotes both), its CRLF made LF.
+        """
+        start = self._text.tell()
+        self._csv.writerows(rows)
+        if self._text.getvalue().find("\r", start) < 0:
+            return
+        self._text.seek(start)
+        self._text.truncate()
+        for row in rows:
+            if any(isinstance(v, str) and "\r" in v for v in row):
+                line = io.StringIO()
+                csv.writer(line, lineterminator="\r\n").writerow(row)
+                self._text.write(line.getvalue()[:-2] + "\n")
+            else:
+                self._csv.writerow(row)
 
     def close(self) -> None:
         """Compress what is still buffered and write the gzip trailer, if any."""
@@ -80,26 +103,42 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
         return lambda v: _format_time(v, tz, col.kind)
     if col.kind == "bool":
         return lambda v: None if v is None else ("true" if v else "false")
-    if col.kind in ("float", "other"):
-        return _number
-    return _identity
+    if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
+        return lambda v: value_text(v.encode() if isinstance(v, str) else v)
+    return value_text
 
 
-def _identity(value: Any) -> Any:
-    return value
+def value_text(value: Any) -> Any:
+    """A value as PostgreSQL writes it where Python's text differs: floats and bytes.
 
-
-def _number(value: Any) -> Any:
-    """Floats as PostgreSQL prints them (shortest round-trip, no trailing '.0'), so both
-    read paths give the same bytes for the same rows."""
+    Other values are returned as they are, for the csv module to write.
+    """
     if type(value) is float:
-        text = repr(value)
-        if text.endswith(".0"):
-            return text[:-2]
-        if text in ("inf", "-inf", "nan"):
-            return {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}[text]
-        return text
+        return float_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
     return value
+
+
+def float_text(value: float) -> str:
+    """A float as PostgreSQL writes it: the shortest round-trip digits, ``NaN``, ``Infinity``.
+
+    That is Python's ``repr`` without a trailing ``.0``, except that PostgreSQL switches to an
+    exponent from 1e15 on, Python from 1e16 on.
+    """
+    text = repr(value)
+    if text.endswith(".0"):
+        text = text[:-2]
+    if "e" in text or "n" in text:  # an exponent, or inf / nan
+        return _SPECIAL.get(text, text)
+    if 1e15 <= abs(value) < 1e16:
+        sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+        digits = digits.replace(".", "").rstrip("0") or "0"
+        return f"{sign}{digits[0]}{'.' + digits[1:] if len(digits) > 1 else ''}e+15"
+    return text
+
+
+_SPECIAL = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 
 
 def _format_time(value: Any, tz: dt.tzinfo | None, kind: str) -> Any:

@@ -1,12 +1,15 @@
 """Parquet with real column types and zstd compression.
 
 Timestamps carry the partition's zone (``timestamp[us, tz=...]``), integers are int64,
-floats float64, ``numeric(p, s)`` is ``decimal128(p, s)``, text is string. Arrow tables from
-ADBC are cast to the same schema, so both read paths give the same file for the same rows.
+floats float64, ``numeric(p, s)`` is ``decimal128(p, s)``, text is string, bytes are binary.
+The schema comes from the column kinds alone, never from the values of one file, so every file
+of a task has the same schema. Arrow tables from ADBC are cast to it, so both read paths give
+the same file for the same rows.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -17,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..exceptions import DataError
 from ..sources import Column, Mode
-from .csv import _parse_time
+from .csv import _parse_time, value_text
 
 
 def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
@@ -40,7 +43,51 @@ def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
         return pa.date32()
     if col.kind == "bool":
         return pa.bool_()
+    if col.kind == "binary":
+        return pa.binary()
     return None
+
+
+def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
+    """One column of row values as an Arrow array of ``typ``, from what the drivers return.
+
+    SQLite stores times and dates as text and booleans as integers, and a column may hold values
+    of several types; PostgreSQL decimals come as text (see the source). Text columns take
+    other values in their CSV spelling.
+    """
+    kind = col.kind
+    if kind == "timestamptz":
+        values = [_parse_time(v) if isinstance(v, str) else v for v in values]
+    elif kind == "timestamp":
+        values = [_parse_naive(v) if isinstance(v, str) else v for v in values]
+    elif kind == "date":
+        values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+    elif kind == "int":
+        # pyarrow would cut 2.5 to 2 without a word (SQLite may mix types in a column).
+        inexact = next((v for v in values if type(v) is float and not v.is_integer()), None)
+        if inexact is not None:
+            raise ValueError(f"{inexact!r} is not an integer")
+    elif kind == "bool":
+        values = [bool(v) if isinstance(v, int) else v for v in values]
+    elif kind == "binary":
+        values = [v.encode() if isinstance(v, str) else v for v in values]
+    elif typ == pa.string():
+        values = [v if v is None or isinstance(v, str) else _text(v) for v in values]
+    elif kind == "decimal" and any(isinstance(v, str) for v in values):
+        return pa.array(values, type=pa.string()).cast(typ)
+    return pa.array(values, type=typ)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")  # as PostgreSQL writes a numeric: never with an exponent
+    return str(value_text(value))
+
+
+def _parse_naive(text: str) -> dt.datetime:
+    """A ``timestamp`` value stored as text; one with an offset is taken as that instant in UTC."""
+    value = dt.datetime.fromisoformat(text)
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 # Row groups are cut by row count alone, so a partition's bytes depend on its rows, never on
@@ -135,15 +182,13 @@ class ParquetWriter:
     def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         arrays = []
         for i, (col, typ) in enumerate(zip(self._columns, self._types, strict=True)):
-            values = [row[i] for row in rows]
-            if col.kind == "timestamptz":
-                values = [_parse_time(v) if isinstance(v, str) else v for v in values]
-            elif col.kind == "decimal" and typ == pa.string():
-                values = [None if v is None else str(v) for v in values]
             try:
-                arrays.append(pa.array(values, type=typ))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, decimal.InvalidOperation, OverflowError) as exc:
-                raise DataError(f"column {col.name!r} could not be encoded as Parquet: {exc}") from exc
+                arrays.append(_array(col, typ, [row[i] for row in rows]))
+            except (ValueError, TypeError, decimal.InvalidOperation, OverflowError) as exc:  # Arrow's too
+                raise DataError(
+                    f"column {col.name!r} ({col.kind}) could not be encoded as Parquet: {exc} (on SQLite a "
+                    "column's kind is that of its first non-NULL value unless task.toml [columns] sets it)"
+                ) from exc
         return pa.Table.from_arrays(arrays, names=[c.name for c in self._columns])
 
     def _cast(self, table: pa.Table) -> pa.Table:

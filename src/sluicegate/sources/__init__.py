@@ -18,7 +18,9 @@ from ..db import Dialect, dialect_of
 from ..partitions import Partition
 
 Mode = Literal["rows", "csv", "arrow"]
-ColumnKind = Literal["int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "other"]
+ColumnKind = Literal[
+    "int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "binary", "other"
+]
 
 
 class CsvChunk(NamedTuple):
@@ -30,12 +32,20 @@ class CsvChunk(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class Column:
-    """One column of a task's select, with the kind used to encode it."""
+    """One column of a task's select, with the kind used to encode it.
+
+    ``precision`` and ``scale`` are a decimal's; for a float, ``precision`` 24 marks a
+    single-precision one (PostgreSQL ``real``). ``as_text`` marks a column of a type sluicegate
+    has no encoding of its own for (``json``, ``uuid``, ``interval``, arrays, ...): the source
+    reads it as the database's text for the value, and it is written as text (``kind`` "text").
+    The kind "other" (values of unknown type, inferred per file) is left to archive tasks.
+    """
 
     name: str
     kind: ColumnKind
     precision: int | None = None
     scale: int | None = None
+    as_text: bool = False
 
 
 class Source(Protocol):

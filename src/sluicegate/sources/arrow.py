@@ -1,8 +1,14 @@
-"""Arrow batches from PostgreSQL through ADBC (the ``fast`` extra), for Parquet output.
+"""Arrow batches from PostgreSQL through ADBC (the ``fast`` extra), for Parquet and CSV output.
 
 ADBC's PostgreSQL driver reads the result with binary ``COPY`` straight into Arrow memory,
 which is several times faster than building Arrow arrays from Python rows. The query is
 rendered with psycopg's client-side binding, so values are quoted by psycopg.
+
+CSV is encoded by Arrow's C++ CSV writer a record batch at a time, after the values whose text
+sluicegate defines are made text with vectorised compute: timestamps (ISO 8601, each value in
+its partition's zone with its own offset, a fraction only when it has one) and, where Arrow
+would spell them differently from PostgreSQL, floats. No value's text depends on the other
+rows of its batch, so a partition's bytes do not depend on which partitions it was read with.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from ..partitions import Partition, zone_of
-from . import CsvChunk
+from ..partitions import BIN_SECONDS, Partition, zone_of
+from . import Column, CsvChunk
 
 
 def available() -> bool:
@@ -29,15 +35,14 @@ def available() -> bool:
     return importlib.util.find_spec("adbc_driver_postgresql") is not None
 
 
-def open_arrow(url: str) -> Any:
-    """An ADBC connection with the session settings the batch query expects."""
+def open_arrow(url: str, session: Sequence[str]) -> Any:
+    """An ADBC connection with the session settings the batch query expects (``session``)."""
     import adbc_driver_postgresql.dbapi as adbc
 
     conn = adbc.connect(url)
     with conn.cursor() as cur:
-        cur.execute("SET TimeZone TO 'UTC'")
-        cur.execute("SET work_mem TO '64MB'")
-        cur.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
+        for setting in session:
+            cur.execute(setting)
     return conn
 
 
@@ -74,126 +79,229 @@ def read_csv(
     query: sql.Composed,
     params: list[Any],
     parts: Sequence[Partition],
+    columns: Sequence[Column],
 ) -> Iterator[tuple[int, CsvChunk]]:
-    """Yield ``(index, csv bytes)`` per partition, encoded by Arrow's C++ CSV writer a batch at a time.
+    """Yield ``(index, csv bytes)`` per partition, encoded a record batch at a time.
 
-    Timestamps with a zone become ISO 8601 text in each partition's zone. When no text value
-    holds a line break, the whole batch is encoded once and split by line; otherwise each
-    partition's slice is encoded on its own.
+    The query selects ``ord``, the ``columns``, then for each float column the server's text
+    of the values whose text Arrow would spell differently (NULL for the others).
     """
     text = psycopg.ClientCursor(conn).mogrify(query, params)
     offsets = _Offsets(parts)
+    floats = [i for i, c in enumerate(columns) if c.kind == "float"]
     with aconn.cursor() as cur:
         cur.execute(text)
         for batch in cur.fetch_record_batch():
-            if batch.num_rows == 0:
-                continue
-            ords = batch.column(0)
-            table = pa.Table.from_batches([batch]).drop_columns([batch.schema.names[0]])
-            runs = pc.run_end_encode(ords)
-            ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
-            columns = [
-                offsets.format(c, ends, values) if pa.types.is_timestamp(c.type) else c for c in table.columns
-            ]
-            table = pa.Table.from_arrays(columns, names=table.column_names)
-            if _has_line_breaks(table):
-                start = 0
-                for end, value in zip(ends, values, strict=True):
-                    yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
-                    start = end
-                continue
-            if len(ends) == 1:  # the whole batch is one partition's (large partitions): no split
-                yield int(values[0]), CsvChunk(_encode(table), ends[0])
-                continue
-            lines = _encode(table).split(b"\n")
-            start = 0
-            for end, value in zip(ends, values, strict=True):
-                yield int(value), CsvChunk(b"\n".join(lines[start:end]) + b"\n", end - start)
-                start = end
+            if batch.num_rows:
+                yield from encode_batch(batch, offsets, floats)
+
+
+def encode_batch(
+    batch: pa.RecordBatch, offsets: _Offsets, floats: Sequence[int]
+) -> Iterator[tuple[int, CsvChunk]]:
+    """Encode one batch (``ord``, the columns, one float text column per index in ``floats``).
+
+    When no float needs the server's text and no text value holds a line break, the whole batch
+    is encoded once and split by line; with line breaks, each partition's slice is encoded on
+    its own. When a float needs the server's text, which Arrow's writer would put in quotes,
+    the batch is encoded by :func:`_encode_lines` instead, to the same bytes.
+    """
+    width = batch.num_columns - 1 - len(floats)
+    runs = pc.run_end_encode(batch.column(0))
+    ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
+    columns = [batch.column(1 + i) for i in range(width)]
+    columns = [offsets.format(c, ends, values) if pa.types.is_timestamp(c.type) else c for c in columns]
+    raw = [False] * width
+    for j, i in enumerate(floats):
+        server = batch.column(1 + width + j)
+        if server.null_count < len(server):  # some value is spelled by the server
+            columns[i] = pc.coalesce(server, pc.cast(columns[i], pa.string()))
+            raw[i] = True
+    table = pa.Table.from_arrays(columns, names=batch.schema.names[1 : 1 + width])
+    if any(raw):
+        yield from _split_lines(_encode_lines(table, raw), ends, values)
+        return
+    if _has_line_breaks(table):
+        start = 0
+        for end, value in zip(ends, values, strict=True):
+            yield int(value), CsvChunk(_encode(table.slice(start, end - start)), end - start)
+            start = end
+        return
+    if len(ends) == 1:  # the whole batch is one partition's (large partitions): no split
+        yield int(values[0]), CsvChunk(_encode(table), ends[0])
+        return
+    lines = _encode(table).split(b"\n")
+    start = 0
+    for end, value in zip(ends, values, strict=True):
+        yield int(value), CsvChunk(b"\n".join(lines[start:end]) + b"\n", end - start)
+        start = end
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _micros(instant: dt.datetime) -> int:
+    delta = instant - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_BIN_US = BIN_SECONDS * 1_000_000  # no zone changes its offset twice within 15 minutes
+# Offsets are looked up for instants in years 2 to 9998 (Python's datetime range, with a margin).
+_FIRST = _micros(dt.datetime(2, 1, 1, tzinfo=dt.UTC))
+_LAST = _micros(dt.datetime(9998, 12, 31, tzinfo=dt.UTC))
 
 
 class _Offsets:
-    """UTC offsets per partition: constant over a window except on DST-change days.
+    """Each timestamptz value's UTC offset in its partition's zone, looked up vectorised.
 
     Formatting with Arrow's zone-aware strftime looks up the zone for every value and is slow;
-    instead each row gets its partition's offset added to UTC and is formatted as a naive time,
-    with the offset text appended. Windows that span an offset change get per-row offsets.
+    instead each value gets its offset added to UTC and is formatted as a naive time, with the
+    offset text appended. A partition's offset is constant over its window except on the days
+    clocks change, so a value inside a window with one offset takes it with no lookup. Any other
+    value (outside its window: another timestamptz column; or on a DST day) is keyed by (zone,
+    15-minute UTC bin): the offset is computed with zoneinfo once per distinct key, at the bin's
+    first and last microsecond, and per value only in the bin where those two differ.
     """
 
     def __init__(self, parts: Sequence[Partition]) -> None:
-        self.parts = parts
-        self.constant: list[int | None] = []
+        self.zones = sorted({part.zone or "UTC" for part in parts})
+        index = {zone: i for i, zone in enumerate(self.zones)}
+        self.zone_index = [index[part.zone or "UTC"] for part in parts]
+        # Per partition: an offset (seconds) that holds for every instant in [low, high) (µs).
+        # Partitions of one batch share few windows (the same days in the same zones).
+        windows: dict[tuple[str, dt.datetime | None, dt.datetime | None], tuple[int, int, int]] = {}
+        self.constant: list[int] = []
+        self.low: list[int] = []
+        self.high: list[int] = []
         for part in parts:
-            tz = zone_of(part.zone or "UTC")
-            if part.start is None or part.end is None:
-                # No time key: there is no window to look at, and the zone is UTC unless set.
-                self.constant.append(0 if part.zone in (None, "UTC") else None)
-                continue
-            first = part.start.astimezone(tz).utcoffset()
-            last = (part.end - dt.timedelta(microseconds=1)).astimezone(tz).utcoffset()
-            same = first == last and first is not None
-            self.constant.append(int(first.total_seconds()) if same and first is not None else None)
+            key = (part.zone or "UTC", part.start, part.end)
+            if key not in windows:
+                windows[key] = _constant_range(*key)
+            offset, low, high = windows[key]
+            self.constant.append(offset)
+            self.low.append(low)
+            self.high.append(high)
 
     def format(self, column: Any, ends: list[int], values: list[int]) -> Any:
-        """ISO 8601 text for a timestamp column of one batch."""
+        """ISO 8601 text for a timestamp column of one batch (``ends``/``values``: its partition runs)."""
         if column.type.tz is None:
             return _iso(column)
-        utc = column.cast(pa.timestamp("us", tz="UTC"))
-        fixed = [self.constant[v] for v in values]
-        if len(set(fixed)) == 1 and fixed[0] is not None:  # one offset for the whole batch
-            shift: Any = pa.scalar(fixed[0], pa.int64())
-            text: Any = pa.scalar(_offset_texts([fixed[0]])[0], pa.string())
+        micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        shift = self._shift(micros, ends, values)
+        if isinstance(shift, pa.Scalar):
+            text: Any = pa.scalar(_offset_texts([shift.as_py()])[0], pa.string())
         else:
-            shift = self._shift(utc, ends, values)
             text = _offset_text(shift)
-        micros = pc.add(utc.cast(pa.int64()), pc.multiply(shift, 1_000_000))
-        local = _iso(micros.cast(pa.timestamp("us")))
+        local = _iso(pc.add(micros, pc.multiply(shift, 1_000_000)).cast(pa.timestamp("us")))
         return pc.if_else(
             pc.is_null(column), pa.scalar(None, pa.string()), pc.binary_join_element_wise(local, text, "")
         )
 
-    def _shift(self, utc: Any, ends: list[int], values: list[int]) -> Any:
-        """Each row's offset in seconds: run-length decoded for fixed offsets, per row on DST days."""
-        if all(self.constant[v] is not None for v in values):
-            runs = pa.RunEndEncodedArray.from_arrays(ends, [self.constant[v] for v in values])
-            return pc.run_end_decode(runs).cast(pa.int64())
-        seconds: list[int] = []
-        start = 0
-        for end, value in zip(ends, values, strict=True):
-            fixed = self.constant[value]
-            if fixed is not None:
-                seconds.extend([fixed] * (end - start))
-            else:
-                tz = zone_of(self.parts[value].zone or "UTC")
-                for instant in utc.slice(start, end - start).to_pylist():
-                    offset = instant.astimezone(tz).utcoffset() if instant is not None else None
-                    seconds.append(int(offset.total_seconds()) if offset is not None else 0)
-            start = end
-        return pa.array(seconds, type=pa.int64())
+    def _shift(self, micros: Any, ends: list[int], values: list[int]) -> Any:
+        """Each value's offset in seconds (a scalar when the batch has one for all)."""
+        low = _decode(ends, [self.low[v] for v in values])
+        high = _decode(ends, [self.high[v] for v in values])
+        inside = pc.and_(pc.greater_equal(micros, low), pc.less(micros, high))
+        if micros.null_count:
+            inside = inside.fill_null(True)
+        constants = [self.constant[v] for v in values]
+        if pc.all(inside).as_py():
+            if len(set(constants)) == 1:
+                return pa.scalar(constants[0], pa.int64())
+            return _decode(ends, constants)
+        outside = pc.invert(inside)
+        zones = _decode(ends, [self.zone_index[v] for v in values])
+        looked_up = self._lookup(micros.filter(outside), zones.filter(outside))
+        return pc.replace_with_mask(_decode(ends, constants), outside, looked_up)
+
+    def _lookup(self, micros: Any, zones: Any) -> Any:
+        """Offsets of instants (µs, no NULLs) in zones (indexes into ``self.zones``)."""
+        bins = pc.floor_temporal(micros.cast(pa.timestamp("us")), multiple=15, unit="minute").cast(pa.int64())
+        keys = pc.add(pc.multiply(pc.divide(bins, _BIN_US), len(self.zones)), zones.cast(pa.int64()))
+        distinct = pc.unique(keys)
+        per_key: list[int | None] = []
+        for key in distinct.to_pylist():
+            bin_number, zone = divmod(key, len(self.zones))
+            tz = zone_of(self.zones[zone])
+            first = _offset_at(bin_number * _BIN_US, tz)
+            last = _offset_at((bin_number + 1) * _BIN_US - 1, tz)
+            per_key.append(first if first == last else None)
+        offsets = pc.take(pa.array(per_key, pa.int64()), pc.index_in(keys, value_set=distinct))
+        changing = pc.is_null(offsets)
+        if not pc.any(changing).as_py():
+            return offsets
+        # The bins where an offset changes: each value on its own.
+        instants, zone_numbers = micros.filter(changing).to_pylist(), zones.filter(changing).to_pylist()
+        exact = [_offset_at(m, zone_of(self.zones[z])) for m, z in zip(instants, zone_numbers, strict=True)]
+        return pc.replace_with_mask(offsets, changing, pa.array(exact, pa.int64()))
+
+
+def _constant_range(zone: str, start: dt.datetime | None, end: dt.datetime | None) -> tuple[int, int, int]:
+    """``(offset, low, high)``: the offset in ``zone`` of every instant in [low, high) µs, for a window.
+
+    The range is the window [start, end) when the offset is the same at both its ends, with the
+    end itself when that has it too (``boundary = "end"`` windows hold their end); else empty.
+    """
+    if zone == "UTC":
+        return 0, _INT64_MIN, _INT64_MAX
+    if start is None or end is None:
+        return 0, 0, 0
+    tz = zone_of(zone)
+    first = _seconds(start.astimezone(tz).utcoffset())
+    if _seconds((end - dt.timedelta(microseconds=1)).astimezone(tz).utcoffset()) != first:
+        return 0, 0, 0
+    high = _micros(end) + (1 if _seconds(end.astimezone(tz).utcoffset()) == first else 0)
+    return first, _micros(start), high
+
+
+def _decode(ends: list[int], values: list[int]) -> Any:
+    """One int64 per row from one value per partition run."""
+    return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(ends, pa.array(values, pa.int64())))
+
+
+def _seconds(offset: dt.timedelta | None) -> int:
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+def _offset_at(micros: int, tz: dt.tzinfo) -> int:
+    """The UTC offset (seconds) in ``tz`` of the instant ``micros`` µs after the epoch.
+
+    Instants outside years 2 to 9998 take the offset at the nearer end of that range.
+    """
+    micros = min(max(micros, _FIRST), _LAST)
+    return _seconds((_EPOCH + dt.timedelta(microseconds=micros)).astimezone(tz).utcoffset())
 
 
 def _iso(column: Any) -> Any:
-    """``YYYY-MM-DDTHH:MM:SS[.ffffff]`` for a zone-less timestamp column.
+    """``YYYY-MM-DDTHH:MM:SS[.ffffff]`` for a zone-less timestamp column, a fraction only where non-zero.
 
     Whole seconds take Arrow's cast to text (``YYYY-MM-DD HH:MM:SS``) with the space made a
     ``T``: the same text as strftime, about six times faster.
     """
-    whole = _whole_seconds(column)
-    if whole.type.unit == "s":
-        return pc.utf8_replace_slice(whole.cast(pa.string()), start=10, stop=11, replacement="T")
-    return pc.strftime(whole, format="%Y-%m-%dT%H:%M:%S")
+    if column.type != pa.timestamp("us"):
+        column = column.cast(pa.timestamp("us"))
+    with contextlib.suppress(pa.ArrowInvalid):  # a safe cast refuses when any value has a fraction
+        return _seconds_text(column.cast(pa.timestamp("s")))
+    whole = pc.floor_temporal(column, unit="second")
+    micros = pc.subtract(column.cast(pa.int64()), whole.cast(pa.int64()))
+    digits = pc.utf8_lpad(micros.cast(pa.string()), width=6, padding="0")
+    fraction = pc.binary_join_element_wise(".", digits, "")
+    text = _seconds_text(whole.cast(pa.timestamp("s")))
+    return pc.if_else(pc.equal(micros, 0), text, pc.binary_join_element_wise(text, fraction, ""))
 
 
-def _whole_seconds(column: Any) -> Any:
-    """Drop the fraction when no value has one (a safe cast refuses otherwise)."""
-    unit_tz = column.type.tz
-    with contextlib.suppress(pa.ArrowInvalid):
-        return column.cast(pa.timestamp("s", tz=unit_tz))
-    return column
+def _seconds_text(column: Any) -> Any:
+    return pc.utf8_replace_slice(column.cast(pa.string()), start=10, stop=11, replacement="T")
 
 
 def _offset_texts(seconds: list[int]) -> list[str]:
-    return [f"{'-' if s < 0 else '+'}{abs(s) // 3600:02d}:{abs(s) % 3600 // 60:02d}" for s in seconds]
+    """``+HH:MM``, or ``+HH:MM:SS`` for an offset with seconds (local mean time), as isoformat() has it."""
+    texts = []
+    for s in seconds:
+        text = f"{'-' if s < 0 else '+'}{abs(s) // 3600:02d}:{abs(s) % 3600 // 60:02d}"
+        texts.append(text + f":{abs(s) % 60:02d}" if abs(s) % 60 else text)
+    return texts
 
 
 def _offset_text(seconds: Any) -> Any:
@@ -207,6 +315,40 @@ def _encode(table: pa.Table) -> bytes:
     out = io.BytesIO()
     pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     return out.getvalue()
+
+
+def _encode_lines(table: pa.Table, raw: Sequence[bool]) -> pa.Array:
+    """One CSV line per row, ``\\n``-terminated, as Arrow's writer makes it, ``raw`` text columns unquoted.
+
+    Arrow's writer quotes every text value; a float spelled by the server must not be quoted, as
+    Arrow writes the others unquoted. So this rebuilds the writer's output with compute
+    functions: other values are cast to text as the writer casts them, and text values are
+    quoted as it quotes them (always, quotes doubled), so the bytes are the writer's except for
+    those floats. A batch encodes about a fifth slower this way: only batches that need it do.
+    """
+    fields = []
+    for column, is_raw in zip(table.columns, raw, strict=True):
+        if is_raw:
+            text = column
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
+        else:
+            text = pc.cast(column, pa.string())
+        fields.append(pc.cast(text, pa.large_string()))  # 64-bit offsets: a batch may exceed 2 GiB of text
+    comma, newline, empty = (pa.scalar(t, pa.large_string()) for t in (",", "\n", ""))
+    line = pc.binary_join_element_wise(*fields, comma, null_handling="replace", null_replacement="")
+    lines = pc.binary_join_element_wise(line, newline, empty)
+    return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+
+
+def _split_lines(lines: pa.Array, ends: list[int], values: list[int]) -> Iterator[tuple[int, CsvChunk]]:
+    """Each partition's run of lines, cut from the text buffer at the rows' own offsets."""
+    buffers = lines.buffers()
+    offsets = pa.Array.from_buffers(pa.int64(), len(lines) + 1, [None, buffers[1]], offset=lines.offset)
+    cuts = pc.take(offsets, pa.array([0, *ends], pa.int64())).to_pylist()
+    data = memoryview(buffers[2])
+    for i, value in enumerate(values):
+        yield int(value), CsvChunk(data[cuts[i] : cuts[i + 1]].tobytes(), ends[i] - (ends[i - 1] if i else 0))
 
 
 def _has_line_breaks(table: pa.Table) -> bool:

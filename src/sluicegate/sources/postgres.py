@@ -3,8 +3,13 @@
 The batch query joins the task's select to a ``VALUES`` list of the claimed partitions (their
 keys and UTC windows) and also repeats the keys and the overall time range as plain
 predicates, which PostgreSQL pushes down into the select so indexes are used. In ``csv``
-mode the server formats every value (timestamps in each partition's own zone, ISO 8601 with
-offset) and the client only splits the stream by partition.
+mode without the ADBC driver the server formats every value (timestamps in each partition's
+own zone, ISO 8601 with offset) and the client only splits the stream by partition.
+
+Every read path sees the same text for a value: types sluicegate has no encoding of its own
+for (``numeric``, ``json``, ``uuid``, ``interval``, ...) are read as the server's text for them
+(``::text``), ``bytea`` as ``\\x`` and hex, and the session settings that change the server's
+text (date style, float digits) are pinned in :data:`SESSION`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,24 @@ _KINDS: dict[int, ColumnKind] = {
     1114: "timestamp",
     1184: "timestamptz",
     1082: "date",
+    17: "binary",
 }
+_REAL_OID = 700
+
+# Every session that reads rows, psycopg's and ADBC's. Naive timestamps are read as UTC, and
+# windows are compared in UTC. Batches are sorted by partition: enough work_mem keeps that sort
+# in memory. JIT compiled the batch query for seconds and won nothing back. The rest pins the
+# server's text for values (a role or database may set other defaults): ISO dates, floats in
+# their shortest exact form, intervals and bytea as PostgreSQL writes them by default.
+SESSION = (
+    "SET TimeZone TO 'UTC'",
+    "SET work_mem TO '64MB'",
+    "SET jit TO off",
+    "SET DateStyle TO 'ISO, YMD'",
+    "SET extra_float_digits TO 1",
+    "SET IntervalStyle TO 'postgres'",
+    "SET bytea_output TO 'hex'",
+)
 
 
 class PostgresSource:
@@ -55,12 +77,9 @@ class PostgresSource:
         self._arrow: Any = None
 
     def _session(self, conn: Any) -> Any:
-        # Naive timestamps are read as UTC, and windows are compared in UTC. Batches are sorted
-        # by partition: enough work_mem keeps that sort in memory.
         with db.wrap_errors(self.url):
-            conn.execute("SET TimeZone TO 'UTC'")
-            conn.execute("SET work_mem TO '64MB'")
-            conn.execute("SET jit TO off")  # JIT compiled the batch query for seconds and won nothing back
+            for setting in SESSION:
+                conn.execute(setting)
         return conn
 
     def _reconnect_if_lost(self) -> None:
@@ -104,10 +123,12 @@ class PostgresSource:
             raise ConfigError(
                 f"{task.folder / 'select.sql'}: the query failed: {first}; fix the SQL"
             ) from None
-        return [
-            Column(name=d.name, kind=_KINDS.get(d.type_code, "other"), precision=d.precision, scale=d.scale)
-            for d in desc
-        ]
+        if task.columns:
+            raise ConfigError(
+                f"{task.folder / 'task.toml'} [columns]: only SQLite sources take column kinds; on "
+                "PostgreSQL the select's result types give them (cast in select.sql instead)"
+            )
+        return [_column(d) for d in desc]
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
@@ -178,12 +199,12 @@ class PostgresSource:
             where += [sql.SQL("q.{} " + lo + " %s").format(t), sql.SQL("q.{} " + hi + " %s").format(t)]
             where_params += [min(p.start for p in parts if p.start), max(p.end for p in parts if p.end)]
         zone = sql.SQL("p.zone") if task.time else sql.Literal("UTC")
-        server_text = mode == "csv" and not arrow_available()  # COPY formats every value on the server
-        projection = (
-            sql.SQL(", ").join(_csv_expr(c, zone) for c in columns) if server_text else sql.SQL("q.*")
-        )
+        projection = sql.SQL(", ").join(_projection(columns, mode, zone))
+        # Types read as text may have no ordering (json): they are sorted by that text.
+        by_name = {c.name: c for c in columns}
         order = sql.SQL(", ").join(
-            sql.SQL("q.{}").format(sql.Identifier(c)) for c in order_columns(task, columns)
+            sql.SQL("q.{}::text" if by_name[c].as_text else "q.{}").format(sql.Identifier(c))
+            for c in order_columns(task, columns)
         )
         query = sql.SQL(
             "SELECT p.ord, {projection} FROM ({select}) AS q "
@@ -212,7 +233,7 @@ class PostgresSource:
                 elif mode == "csv":
                     from .arrow import read_csv
 
-                    yield from read_csv(self._arrow_conn(), self.conn, query, params, parts)
+                    yield from read_csv(self._arrow_conn(), self.conn, query, params, parts, columns)
                 elif mode == "arrow":
                     from .arrow import read_arrow
 
@@ -228,7 +249,7 @@ class PostgresSource:
             from .arrow import open_arrow
 
             with db.wrap_errors(self.url):
-                self._arrow = open_arrow(self.url)
+                self._arrow = open_arrow(self.url, SESSION)
         return self._arrow
 
     def _read_csv(self, query: sql.Composed, params: list[Any]) -> Iterator[tuple[int, CsvChunk]]:
@@ -264,18 +285,88 @@ class PostgresSource:
             yield from group_rows(cur, CHUNK_ROWS)
 
 
+def _column(desc: Any) -> Column:
+    """The column of a result description: its kind, and how the read paths carry it."""
+    kind = _KINDS.get(desc.type_code)
+    if kind is None:  # json, uuid, interval, arrays, ...: the server's text
+        return Column(name=desc.name, kind="text", as_text=True)
+    precision = 24 if desc.type_code == _REAL_OID else desc.precision
+    return Column(name=desc.name, kind=kind, precision=precision, scale=desc.scale)
+
+
+def _projection(columns: Sequence[Column], mode: Mode, zone: sql.Composable) -> list[sql.Composable]:
+    """The batch query's select list after ``p.ord``, per read path."""
+    if mode == "csv" and not arrow_available():  # COPY formats every value on the server
+        return [_csv_expr(c, zone) for c in columns]
+    if mode == "csv":
+        floats = [c for c in columns if c.kind == "float"]
+        return [_arrow_csv_expr(c) for c in columns] + [_float_text_expr(c) for c in floats]
+    return [_typed_expr(c) for c in columns]
+
+
+def _ref(col: Column) -> sql.Composable:
+    return sql.SQL("q.{}").format(sql.Identifier(col.name))
+
+
+def _typed_expr(col: Column) -> sql.Composable:
+    """Arrow batches and psycopg rows (Parquet): decimals and text-only types as the server's text.
+
+    A ``real`` is widened to ``double precision`` on the server (exactly), so both paths get the
+    same double: psycopg would read the real's shortest text (``0.1``) as the nearest double,
+    ADBC the single-precision value itself (``0.10000000149011612``).
+    """
+    c = _ref(col)
+    if col.kind == "decimal" or col.as_text:
+        return sql.SQL("{}::text").format(c)
+    if col.kind == "float" and col.precision == 24:
+        return sql.SQL("{}::float8").format(c)
+    return c
+
+
+def _arrow_csv_expr(col: Column) -> sql.Composable:
+    """Arrow batches encoded by Arrow's CSV writer: what it cannot write as we do comes as text."""
+    if col.kind == "binary":
+        return _hex_expr(_ref(col))
+    if col.kind == "decimal" or col.as_text:
+        return sql.SQL("{}::text").format(_ref(col))
+    return _ref(col)
+
+
+def _float_text_expr(col: Column) -> sql.Composable:
+    """The server's text for a float whose text Arrow would spell differently, else NULL.
+
+    Arrow and PostgreSQL write the same shortest digits, both in plain notation, for magnitudes
+    from 1e-4 below 1e10 (``real``: 1e6) and for zero; outside that (exponents, NaN, Infinity)
+    the spelling differs, and this column carries PostgreSQL's.
+    """
+    c = _ref(col)
+    high = sql.SQL("1e6" if col.precision == 24 else "1e10")
+    return sql.SQL(
+        "CASE WHEN (abs({c}) >= 1e-4 AND abs({c}) < {high}) OR {c} = 0 THEN NULL ELSE {c}::text END"
+    ).format(c=c, high=high)
+
+
+def _hex_expr(c: sql.Composable) -> sql.Composable:
+    """``bytea`` as PostgreSQL's hex output, ``\\x`` and lowercase hex, whatever ``bytea_output``."""
+    return sql.SQL("E'\\\\x' || encode({}, 'hex')").format(c)
+
+
 def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
     """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
-    c = sql.SQL("q.{}").format(sql.Identifier(col.name))
+    c = _ref(col)
     if col.kind == "timestamptz":
         off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
             c=c, z=zone
         )
+        # The offset of each value's own instant in the zone, with seconds only when it has them
+        # (local mean time before standard zones), as Python's isoformat() writes it.
         return sql.SQL(
             "to_char({c} AT TIME ZONE {z}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
             " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
             " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
             " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
+            " || CASE WHEN mod(abs({off}), 60) = 0 THEN ''"
+            " ELSE ':' || to_char(mod(abs({off}), 60), 'FM00') END"
         ).format(c=c, off=off, z=zone)
     if col.kind == "timestamp":
         return sql.SQL(
@@ -284,4 +375,6 @@ def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
         ).format(c=c)
     if col.kind == "bool":
         return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c)
+    if col.kind == "binary":
+        return _hex_expr(c)
     return c

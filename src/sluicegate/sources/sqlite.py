@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .. import db
 from ..config import TaskSpec
 from ..exceptions import ConfigError
 from ..partitions import Partition, canonical_key
-from . import Column, Mode, group_rows, order_columns
+from . import Column, ColumnKind, Mode, group_rows, order_columns
 
 CHUNK_ROWS = 5000
+_TYPEOF: dict[str, ColumnKind] = {"integer": "int", "real": "float", "text": "text", "blob": "binary"}
+
+
+def _kind(name: str) -> ColumnKind:
+    """A kind named in [columns] (one of config.COLUMN_KINDS, checked when the task was loaded)."""
+    return cast("ColumnKind", name)
 
 
 class SqliteSource:
@@ -30,15 +36,40 @@ class SqliteSource:
         self.conn.close()
 
     def describe(self, task: TaskSpec) -> list[Column]:
-        """Return the select's columns (SQLite has no declared result types: kind 'other')."""
+        """Return the select's columns and their kinds, fixed once for the task.
+
+        SQLite results have no declared types, so a kind comes from ``[columns]`` in task.toml,
+        else from the type (``typeof()``) of the column's first non-NULL value in the select's
+        result; the [time] column is timestamptz, and a column that is NULL everywhere is text.
+        Every file written from these columns has the same Parquet schema.
+        """
+        where = task.folder / "select.sql"
         try:
             cur = self.conn.execute(f"SELECT * FROM ({task.select_sql}) AS q LIMIT 0")
         except sqlite3.Error as exc:
-            raise ConfigError(f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL") from None
+            raise ConfigError(f"{where}: the query failed: {exc}; fix the SQL") from None
+        names = [d[0] for d in cur.description]
+        pinned = dict(task.columns)
+        unknown = sorted(set(pinned) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"{task.folder / 'task.toml'} [columns] {unknown[0]}: the select has no such column; "
+                f"its columns: {', '.join(names)}"
+            )
         time_column = task.time.column if task.time else None
-        return [
-            Column(name=d[0], kind="timestamptz" if d[0] == time_column else "other") for d in cur.description
-        ]
+        kinds = [_kind(pinned[n]) if n in pinned else self._infer(task, n, time_column) for n in names]
+        return [Column(name=name, kind=kind) for name, kind in zip(names, kinds, strict=True)]
+
+    def _infer(self, task: TaskSpec, name: str, time_column: str | None) -> ColumnKind:
+        """The kind of a column's first non-NULL value, by one small query."""
+        if name == time_column:
+            return "timestamptz"
+        q = self.dialect.quote
+        column = f"q.{q(name)}"
+        query = f"SELECT typeof({column}) FROM ({task.select_sql}) AS q WHERE {column} IS NOT NULL LIMIT 1"
+        with db.wrap_errors(self.url):
+            row = self.conn.execute(query).fetchone()
+        return _TYPEOF.get(row[0], "text") if row else "text"
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""

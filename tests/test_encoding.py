@@ -1,0 +1,471 @@
+"""Every value is encoded the same way on every read path, and a partition's bytes are its own.
+
+The read paths: SQLite rows (Python csv / pyarrow); PostgreSQL with the ADBC driver (Arrow
+batches, CSV by Arrow's writer, Parquet by a cast); PostgreSQL without it (CSV by the server's
+``COPY``, Parquet from psycopg rows). The PostgreSQL tests run each type on each path against
+the same expected text and values, written out here, so the paths agree with each other
+because they agree with the docs (docs/tasks.md, Formats).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import io
+import sqlite3
+import struct
+import uuid
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from sluicegate import engine, operations
+from sluicegate.sources import arrow as arrow_source
+from sluicegate.sources import postgres as pg_source
+from support import cli, load
+
+UTC = dt.UTC
+ST_JOHNS = "America/St_Johns"  # -03:30 / -02:30, and -03:30:52 (local mean time) before 1935
+DAY = dt.date(2024, 11, 2)  # a whole day at -02:30 (clocks go back on 2024-11-03)
+NOON = dt.datetime(2024, 11, 2, 12, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _project(
+    root: Path,
+    source: str,
+    select: str,
+    fmt: str,
+    *,
+    zone: str = ST_JOHNS,
+    extra: str = "",
+    ledger: bool = True,
+) -> Path:
+    """A project with one task ``typed``: key ``k``, local days of ``t`` in ``zone``."""
+    (root / "tasks" / "typed").mkdir(parents=True)
+    ledger_line = 'url = "sqlite:///ledger.db"' if ledger else ""
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{source}"\n[ledger]\n{ledger_line}\n[destination]\nurl = "out"\n'
+        f'[defaults]\nformat = "{fmt}"\nbackoff = "0s"\n'
+    )
+    (root / "tasks/typed/select.sql").write_text(select)
+    (root / "tasks/typed/task.toml").write_text(
+        f'keys = ["k"]\npath = "{{k}}/{{day:%Y%m%d}}.{{ext}}"\n{extra}[time]\ncolumn = "t"\nzone = "{zone}"\n'
+    )
+    return root
+
+
+def _export(root: Path, *partitions: tuple[int, dt.date]) -> None:
+    """Mark ``(k, day)`` partitions and export them in one run (one batch)."""
+    project = load(root)
+    for k, day in partitions:
+        operations.mark(project, "typed", {"k": str(k), "day": day.isoformat()})
+    [summary] = engine.run(load(root))
+    assert summary.failed == 0, summary.errors
+    assert summary.exported == len(partitions)
+
+
+def _file(root: Path, k: int, day: dt.date, fmt: str) -> Path:
+    return root / "out" / str(k) / f"{day:%Y%m%d}.{fmt}"
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The records of a CSV file, header first, read by a strict RFC 4180 reader."""
+    return list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8"), newline=""), strict=True))
+
+
+def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pick the PostgreSQL read path: "arrow" (ADBC) or "copy"/"rows" (no ADBC)."""
+    if path == "arrow":
+        assert arrow_source.available(), "the ADBC driver (the `fast` extra) is needed for the Arrow path"
+        return
+    monkeypatch.setattr(arrow_source, "available", lambda: False)
+    monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
+
+
+def _single(value: str) -> float:
+    """A float as PostgreSQL's ``real`` holds it, widened exactly to a double."""
+    return float(struct.unpack("f", struct.pack("f", float(value)))[0])
+
+
+def _local(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+# --------------------------------------------------------------------------- PostgreSQL types
+
+# name: (type, values as PostgreSQL input text, CSV text, Parquet type, Parquet values)
+TYPES: dict[str, tuple[str, list[str | None], list[str], str, list[Any]]] = {
+    "smallint": ("smallint", ["-32768", "0", "32767", None], ["-32768", "0", "32767", ""], "int64",
+                 [-32768, 0, 32767, None]),
+    "integer": ("integer", ["-2147483648", "2147483647", None], ["-2147483648", "2147483647", ""], "int64",
+                [-2147483648, 2147483647, None]),
+    "bigint": ("bigint", ["-9223372036854775808", "9223372036854775807", None],
+               ["-9223372036854775808", "9223372036854775807", ""], "int64",
+               [-9223372036854775808, 9223372036854775807, None]),
+    "real": (
+        "real",
+        ["0.1", "1234567", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity", "-Infinity", "3.4028235e+38",
+         "1.5e-07", None],
+        ["0.1", "1.234567e+06", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity", "-Infinity",
+         "3.4028235e+38", "1.5e-07", ""],
+        "double",
+        [_single(v) for v in ("0.1", "1234567", "123456", "1e-05", "0.00015", "-0", "NaN", "Infinity",
+                              "-Infinity", "3.4028235e+38", "1.5e-07")] + [None],
+    ),
+    "double": (
+        "double precision",
+        ["0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5", "1e+15",
+         "1000000000000000.5", "1.5e+300", "5e-324", "NaN", "Infinity", "-Infinity", "-0", "1e+16", "3",
+         "-8.814e+21", None],
+        # PostgreSQL's own text: an exponent below 1e-4 and from 1e15 on, and for -8.814e+21 (which
+        # lies on the boundary between two doubles) one more digit than the shortest.
+        ["0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5", "1e+15",
+         "1.0000000000000005e+15", "1.5e+300", "5e-324", "NaN", "Infinity", "-Infinity", "-0", "1e+16", "3",
+         "-8.814000000000001e+21", ""],
+        "double",
+        [float(v) for v in ("0.1", "1e-05", "1.5e-06", "1e-07", "0.0001", "12345678901", "123456789012.5",
+                            "1e+15", "1000000000000000.5", "1.5e+300", "5e-324", "NaN", "Infinity",
+                            "-Infinity", "-0", "1e+16", "3", "-8.814e+21")] + [None],
+    ),
+    "numeric_10_2": ("numeric(10, 2)", ["1.5", "-0.01", "0", None], ["1.50", "-0.01", "0.00", ""],
+                     "decimal128(10, 2)",
+                     [decimal.Decimal("1.50"), decimal.Decimal("-0.01"), decimal.Decimal("0.00"), None]),
+    "numeric": (
+        "numeric",
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", None],
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", ""],
+        "string",
+        ["0.0000001", "123456789012345678901234567890.123", "-1.10", "NaN", None],
+    ),
+    "text": (
+        "text",
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", None],
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", ""],
+        "string",
+        ["plain", "a,b", 'quote"d', "line1\nline2", "line1\rline2", "crlf\r\n", "", "ünïcödé €", None],
+    ),
+    "varchar": ("varchar(20)", ["ab", "x y", None], ["ab", "x y", ""], "string", ["ab", "x y", None]),
+    "char": ("char(5)", ["ab", None], ["ab   ", ""], "string", ["ab   ", None]),
+    "timestamptz": (
+        "timestamptz",
+        # In the partition's window; with a fraction; outside it, at another offset (defect 9);
+        # in 1890, at local mean time, an offset with seconds.
+        ["2024-11-02 12:00:00+00", "2024-11-02 12:00:00.5+00", "2024-12-25 12:00:00+00", "1890-01-01 12:00:00+00",
+         None],
+        ["2024-11-02T09:30:00-02:30", "2024-11-02T09:30:00.500000-02:30", "2024-12-25T08:30:00-03:30",
+         "1890-01-01T08:29:08-03:30:52", ""],
+        f"timestamp[us, tz={ST_JOHNS}]",
+        [_local(t) for t in ("2024-11-02T12:00:00+00:00", "2024-11-02T12:00:00.5+00:00",
+                             "2024-12-25T12:00:00+00:00", "1890-01-01T12:00:00+00:00")] + [None],
+    ),
+    "timestamp": (
+        "timestamp",
+        ["2024-01-01 01:00:00", "2024-01-01 01:00:00.5", "1969-12-31 23:59:59.25", None],
+        ["2024-01-01T01:00:00", "2024-01-01T01:00:00.500000", "1969-12-31T23:59:59.250000", ""],
+        "timestamp[us]",
+        [dt.datetime(2024, 1, 1, 1), dt.datetime(2024, 1, 1, 1, 0, 0, 500000),
+         dt.datetime(1969, 12, 31, 23, 59, 59, 250000), None],
+    ),
+    "date": ("date", ["2024-05-03", "0001-01-01", None], ["2024-05-03", "0001-01-01", ""], "date32[day]",
+             [dt.date(2024, 5, 3), dt.date(1, 1, 1), None]),
+    "boolean": ("boolean", ["t", "f", None], ["true", "false", ""], "bool", [True, False, None]),
+    "json": (
+        "json",
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', None],
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', ""],
+        "string",
+        ['{"b": 1, "a": [1,2]}', "null", '"x,y"', None],
+    ),
+    "jsonb": (
+        "jsonb",
+        ['{"b": 1, "a": [1,2]}', "null", None],
+        ['{"a": [1, 2], "b": 1}', "null", ""],
+        "string",
+        ['{"a": [1, 2], "b": 1}', "null", None],
+    ),
+    "uuid": (
+        "uuid",
+        ["A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", None],
+        ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", ""],
+        "string",
+        ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", None],
+    ),
+    "bytea": ("bytea", ["\\x00ff10", "\\x", None], ["\\x00ff10", "\\x", ""], "binary", [b"\x00\xff\x10", b"", None]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def typed_db(pg_server: Any) -> Iterator[str]:
+    """One database with a table ``typed_<name>(k, t, v)`` per entry of TYPES, rows a minute apart."""
+    dbname = f"test_{uuid.uuid4().hex}"
+    admin = pg_server.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    url: str = pg_server.url(dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, (pg_type, values, *_) in TYPES.items():
+            table = sql.Identifier(f"typed_{name}")
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (k int, t timestamptz, v {})").format(table, sql.SQL(pg_type))
+            )
+            for i, value in enumerate(values):
+                conn.execute(
+                    sql.SQL("INSERT INTO {} VALUES (1, %s, %s::{})").format(table, sql.SQL(pg_type)),
+                    (NOON + dt.timedelta(minutes=i), value),
+                )
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+@pytest.mark.parametrize("name", list(TYPES))
+def test_each_postgresql_type_has_one_csv_text_on_every_path(
+    name: str, path: str, typed_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defects 3, 5, 9, 10: the CSV text of each type is the documented one with and without ADBC."""
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, typed_db, f"SELECT k, t, v FROM typed_{name}", "csv")
+    _export(root, (1, DAY))
+    header, *rows = _csv_rows(_file(root, 1, DAY, "csv"))
+    assert header == ["k", "t", "v"]
+    assert [row[2] for row in rows] == TYPES[name][2]
+
+
+@pytest.mark.parametrize("path", ["arrow", "rows"])
+@pytest.mark.parametrize("name", list(TYPES))
+def test_each_postgresql_type_has_one_parquet_type_and_value_on_every_path(
+    name: str, path: str, typed_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 5: the same Parquet schema and values with and without ADBC (reals widened exactly)."""
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, typed_db, f"SELECT k, t, v FROM typed_{name}", "parquet")
+    _export(root, (1, DAY))
+    table = pq.read_table(_file(root, 1, DAY, "parquet"))
+    assert str(table.schema.field("v").type) == TYPES[name][3]
+    assert str(table.schema.field("t").type) == f"timestamp[us, tz={ST_JOHNS}]"
+    got, expected = table.column("v").to_pylist(), TYPES[name][4]
+    if isinstance(expected[0], float):  # NaN and -0.0 compare by their repr
+        got, expected = [repr(v) for v in got], [repr(v) for v in expected]
+    assert got == expected
+
+
+# --------------------------------------------------------------------------- batch independence, offsets
+
+
+def test_a_partition_has_the_same_bytes_whatever_it_is_exported_with(tmp_path: Path, pg_url: str) -> None:
+    """Defect 8: whole seconds stay whole when another partition of the batch has a fraction."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, u timestamp, v double precision)")
+        for k, fraction in ((1, 0), (2, 250000)):
+            for i in range(3):
+                when = NOON + dt.timedelta(hours=i, microseconds=fraction)
+                conn.execute("INSERT INTO m VALUES (%s, %s, %s, %s)", (k, when, when.replace(tzinfo=None), i))
+    select = "SELECT k, t, u, v FROM m"
+    together = _project(tmp_path / "together", pg_url, select, "csv")
+    _export(together, (1, DAY), (2, DAY))
+    alone = _project(tmp_path / "alone", pg_url, select, "csv")
+    _export(alone, (1, DAY))
+    data = _file(alone, 1, DAY, "csv").read_bytes()
+    assert _file(together, 1, DAY, "csv").read_bytes() == data
+    assert b'"2024-11-02T09:30:00-02:30","2024-11-02T12:00:00",0\n' in data
+    assert b'"2024-11-02T09:30:00.250000-02:30","2024-11-02T12:00:00.250000",0\n' in (
+        _file(together, 2, DAY, "csv").read_bytes()
+    )
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+def test_every_timestamptz_value_takes_its_own_offset(
+    path: str, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 9: in a second timestamptz column reaching other seasons and centuries, and on the day clocks
+    go back, each value is written with the offset of its own instant, not its partition's."""
+    _use_path(path, monkeypatch)
+    tz = zoneinfo.ZoneInfo(ST_JOHNS)
+    change = dt.date(2024, 11, 3)  # 25 hours: clocks go back at 02:00 local (-02:30 -> -03:30)
+    others = [  # around the change, at both ends of its 15-minute bin, and far away
+        dt.datetime(2025, 11, 2, 5, 41, 14, tzinfo=UTC),  # 02:11:14-03:30, one year on
+        dt.datetime(2024, 11, 3, 4, 29, 59, 999999, tzinfo=UTC),
+        dt.datetime(2024, 11, 3, 4, 30, tzinfo=UTC),
+        dt.datetime(2024, 3, 10, 5, 29, 59, tzinfo=UTC),
+        dt.datetime(2024, 3, 10, 5, 30, tzinfo=UTC),
+        dt.datetime(1890, 6, 1, tzinfo=UTC),
+        dt.datetime(2100, 7, 1, tzinfo=UTC),
+    ]
+    times = {}
+    for day in (DAY, change):
+        start = dt.datetime.combine(day, dt.time(), tz).astimezone(UTC)
+        times[day] = [start + dt.timedelta(minutes=7 * i) for i in range(23 * 60 // 7)]
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE m (k int, t timestamptz, other timestamptz)")
+        for day in (DAY, change):
+            cur.executemany(
+                "INSERT INTO m VALUES (1, %s, %s)",
+                [(t, others[i % len(others)]) for i, t in enumerate(times[day])],
+            )
+    root = _project(tmp_path, pg_url, "SELECT k, t, other FROM m", "csv")
+    _export(root, (1, DAY), (1, change))
+    for day in (DAY, change):
+        rows = _csv_rows(_file(root, 1, day, "csv"))[1:]
+        assert rows[0][2][:19] == "2025-11-02T02:11:14"
+        assert rows[0][2][19:] == "-03:30"  # not the partition's -02:30
+        assert [row[1] for row in rows] == [t.astimezone(tz).isoformat() for t in times[day]]
+        expected = [others[i % len(others)].astimezone(tz).isoformat() for i in range(len(rows))]
+        assert [row[2] for row in rows] == expected
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+def _sqlite(path: Path, rows: list[tuple[Any, ...]], columns: str = "k, t, v") -> str:
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE m ({columns})")
+    conn.executemany(f"INSERT INTO m VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    conn.commit()
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz"])
+def test_sqlite_csv_quotes_every_line_break(tmp_path: Path, fmt: str) -> None:
+    """Defect 3: a lone CR in a text value is quoted like LF and CRLF, so the record stays whole."""
+    values = ["line1\rline2", "line1\nline2", "crlf\r\n", "plain"]
+    url = _sqlite(tmp_path / "s.db", [(1, f"2024-11-02T12:0{i}:00Z", v) for i, v in enumerate(values)])
+    root = _project(tmp_path / "proj", url, "SELECT k, t, v FROM m", fmt, ledger=False)
+    _export(root, (1, DAY))
+    path = _file(root, 1, DAY, fmt)
+    if fmt == "csv":
+        data = path.read_bytes()
+        assert b',"line1\rline2"\n' in data and b',"line1\nline2"\n' in data and b",plain\n" in data
+        records = _csv_rows(path)
+    else:
+        import gzip
+
+        records = list(csv.reader(io.StringIO(gzip.decompress(path.read_bytes()).decode(), newline="")))
+    assert [r[2] for r in records[1:]] == values
+
+
+def test_sqlite_parquet_files_of_a_task_share_one_schema(tmp_path: Path) -> None:
+    """Defect 11: a column that is NULL in one partition keeps the task's type there, so the folder reads as one
+    dataset; a column that is NULL everywhere is text."""
+    rows = [(1, "2024-11-02T12:00:00Z", 1.5, "a", None), (2, "2024-11-02T12:00:00Z", None, None, None)]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v, name, empty")
+    root = _project(tmp_path / "proj", url, "SELECT k, t, v, name, empty FROM m", "parquet", ledger=False)
+    _export(root, (1, DAY), (2, DAY))
+    schemas = {str(pq.read_schema(_file(root, k, DAY, "parquet"))) for k in (1, 2)}
+    assert len(schemas) == 1
+    schema = pq.read_schema(_file(root, 2, DAY, "parquet"))
+    assert [str(f.type) for f in schema] == [
+        "int64",
+        f"timestamp[us, tz={ST_JOHNS}]",
+        "double",
+        "string",
+        "string",
+    ]
+    table = pads.dataset(root / "out", format="parquet").to_table()
+    assert sorted(table.column("v").to_pylist(), key=str) == [1.5, None]
+
+
+def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) -> None:
+    """Defect 11: ``[columns]`` fixes a kind the first value would get wrong; BLOBs are ``\\x`` hex in CSV and
+    binary in Parquet; a boolean kind writes 0/1 as false/true."""
+    rows = [(1, "2024-11-02T12:00:00Z", 2, b"\x00\xffA", 1), (1, "2024-11-02T12:01:00Z", 2.5, None, 0)]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v, b, flag")
+    pins = '[columns]\nv = "float"\nflag = "bool"\n'
+    select = "SELECT k, t, v, b, flag FROM m"
+    csv_root = _project(tmp_path / "csv", url, select, "csv", extra=pins, ledger=False)
+    _export(csv_root, (1, DAY))
+    assert _csv_rows(_file(csv_root, 1, DAY, "csv"))[1:] == [
+        ["1", "2024-11-02T09:30:00-02:30", "2", "\\x00ff41", "true"],
+        ["1", "2024-11-02T09:31:00-02:30", "2.5", "", "false"],
+    ]
+    pq_root = _project(tmp_path / "pq", url, select, "parquet", extra=pins, ledger=False)
+    _export(pq_root, (1, DAY))
+    table = pq.read_table(_file(pq_root, 1, DAY, "parquet"))
+    assert [str(f.type) for f in table.schema][2:] == ["double", "binary", "bool"]
+    assert table.column("b").to_pylist() == [b"\x00\xffA", None]
+    # Without the pin the first value (an integer) makes the column int64, and 2.5 does not fit.
+    bare = _project(tmp_path / "bare", url, select, "parquet", ledger=False)
+    operations.mark(load(bare), "typed", {"k": "1", "day": DAY.isoformat()})
+    [summary] = engine.run(load(bare))
+    assert summary.failed == 1
+    assert "column 'v' (int) could not be encoded as Parquet" in summary.errors[0]
+    assert "[columns]" in summary.errors[0]
+
+
+def test_columns_errors_name_the_file_the_key_and_the_choices(tmp_path: Path, pg_url: str) -> None:
+    url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", 1)])
+    root = _project(tmp_path / "a", url, "SELECT k, t, v FROM m", "csv", extra='[columns]\nv = "double"\n')
+    toml = root / "tasks/typed/task.toml"
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"{toml} [columns] v: 'double' is not a column kind; use one of int, float, decimal, text, "
+        "timestamptz, timestamp, date, bool, binary"
+    ) in proc.stdout + proc.stderr
+    toml.write_text(toml.read_text().replace('v = "double"', 'value = "float"'))
+    problems = operations.check_project(load(root))
+    assert f"{toml} [columns] value: the select has no such column; its columns: k, t, v" in problems
+    toml.write_text(toml.read_text().replace('value = "float"', 't = "text"'))
+    [problem] = load(root).problems
+    assert f"{toml} [columns] t: the [time] column is always timestamptz" in problem.message
+    pg_root = _project(
+        tmp_path / "b", pg_url, "SELECT 1 AS k, now() AS t", "csv", extra='[columns]\nk = "int"\n'
+    )
+    assert any("only SQLite sources take column kinds" in p for p in operations.check_project(load(pg_root)))
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_float_text_is_postgresqls_spelling() -> None:
+    """The rows path: PostgreSQL's exponent from 1e15 on (Python's repr switches at 1e16)."""
+    from sluicegate.formats.csv import float_text
+
+    cases = {
+        3.0: "3",
+        0.1: "0.1",
+        1e-05: "1e-05",
+        1e15: "1e+15",
+        -1234567890123456.0: "-1.234567890123456e+15",
+        1000000000000000.5: "1.0000000000000005e+15",
+        1e16: "1e+16",
+        float("nan"): "NaN",
+        float("inf"): "Infinity",
+        float("-inf"): "-Infinity",
+        -0.0: "-0",
+    }
+    assert {value: float_text(value) for value in cases} == cases
+
+
+def test_the_exact_line_encoder_gives_arrows_bytes() -> None:
+    """The Arrow CSV path falls back to its own encoder when a float is spelled by the server: for every
+    other column it must give exactly the bytes of Arrow's writer, so the fallback never shows in a file."""
+    n = 2000
+    table = pa.table(
+        {
+            "i": pa.array([i - 1000 if i % 9 else None for i in range(n)], pa.int16()),
+            "big": pa.array([(i - 1000) * 10**15 for i in range(n)], pa.int64()),
+            "f": pa.array([(i - 1000) / 7 if i % 11 else None for i in range(n)]),
+            "f4": pa.array([i / 3 for i in range(n)], pa.float32()),
+            "b": pa.array([None if i % 7 == 0 else i % 2 == 0 for i in range(n)]),
+            "d": pa.array([dt.date(1, 1, 1) + dt.timedelta(days=i * 400) for i in range(n)]),
+            "s": pa.array([["", None, 'a"b', "x,y", "l1\nl2", "c\rr", "ü €"][i % 7] for i in range(n)]),
+        }
+    )
+    lines = arrow_source._encode_lines(table, [False] * table.num_columns)
+    chunks = list(arrow_source._split_lines(lines, [500, n], [0, 1]))
+    assert [c.rows for _, c in chunks] == [500, n - 500]
+    assert b"".join(c.data for _, c in chunks) == arrow_source._encode(table)
