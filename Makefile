@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.sluicegate-installed
 # are installed by `make test` after system-deps, so `make demo` needs nothing but Python.
 TEST_STAMP := $(VENV)/.sluicegate-test-installed
 
-.PHONY: venv venv-test system-deps demo lint test bench clean
+.PHONY: venv venv-test system-deps demo lint test test-fast bench clean
 
 venv: $(VENV_STAMP)
 
@@ -41,6 +41,10 @@ lint: venv-test
 
 test: system-deps venv-test lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The unit layer only: no server, no network (SQLite and files), under 30 s.
+test-fast: venv-test
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 bench: venv system-deps
 	$(BIN)/python -m pip install -q -e '.[bench]'

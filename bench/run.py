@@ -502,7 +502,7 @@ def reset_ledger(
     group = (lambda p: p.values[-1]) if order == "day" else (lambda p: p.values[0])
     with Ledger(project.settings.ledger_url, schema=schema) as ledger:
         ledger.ensure_schema()
-        marked = sum(ledger.mark(list(g), task) for _, g in itertools.groupby(parts, key=group))
+        marked = sum(ledger.partitions.mark(list(g), task) for _, g in itertools.groupby(parts, key=group))
     with psycopg.connect(ds.url, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM ANALYZE {}.partitions").format(sql.Identifier(schema)))
         conn.execute("CHECKPOINT")

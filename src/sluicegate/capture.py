@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from . import db
-from .config import TaskSpec
 from .exceptions import ConfigError, UsageError
 from .ledger import Ledger
 from .partitions import (
@@ -30,6 +27,9 @@ from .partitions import (
     zone_of,
 )
 from .sources import Source
+
+if TYPE_CHECKING:
+    from .drivers.partitioned import Task as TaskSpec
 
 ABSORB_CHUNK = 20000
 UTC = dt.UTC
@@ -49,7 +49,8 @@ class ZoneMap:
         if self.task.time.zone:
             return self.task.time.zone
         if self._map is None:
-            self._map = self.source.zones(self.task)
+            assert self.task.time.zone_sql
+            self._map = self.source.zones(self.task.time.zone_sql)
         zone = self._map.get(canonical_key(keys))
         if zone is None:
             pairs = ", ".join(f"{k}={v}" for k, v in zip(self.task.keys, keys, strict=True))
@@ -94,13 +95,13 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
     zones = ZoneMap(task, source)
     total = 0
     while True:
-        with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect, immediate=True) as cur:
-            changes = inbox.take_changes(task, limit=ABSORB_CHUNK, cur=cur)
+        with inbox.core.transaction() as cur:
+            changes = inbox.capture.take_changes(task.name, limit=ABSORB_CHUNK, cur=cur)
             parts = fold(task, changes, zones)
             if parts and inbox is ledger:
-                ledger.mark(parts, task, cur=cur)
+                ledger.partitions.mark(parts, task, cur=cur)
             elif parts:
-                ledger.mark(parts, task)
+                ledger.partitions.mark(parts, task)
         total += len(parts)
         if len(changes) < ABSORB_CHUNK:
             return total
@@ -115,7 +116,7 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     if high_water is None:
         return 0
     high = _as_time(high_water)
-    last = ledger.get_scan(task)
+    last = ledger.capture.get_scan(task.name)
     since = _as_time(last) - dt.timedelta(seconds=cap.overlap) if last else None
     cols = [q(cap.keys[k]) for k in task.keys]
     time_ending = bool(task.time and task.time.boundary == "end")
@@ -136,8 +137,8 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
         (row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)
     ]
     parts = fold(task, changes, ZoneMap(task, source))
-    ledger.mark(parts, task)
-    ledger.set_scan(task, high)
+    ledger.partitions.mark(parts, task)
+    ledger.capture.set_scan(task.name, high)
     return len(parts)
 
 
@@ -166,11 +167,11 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
         for k in task.keys
     )
     if task.time is None:
-        return ledger.mark([make_partition(task, keys, None, None)], task)
+        return ledger.partitions.mark([make_partition(task, keys, None, None)], task)
     zone = ZoneMap(task, source).zone(keys)
     raw = assignments[task.time.name]
     period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone)
-    return ledger.mark([make_partition(task, keys, period, zone)], task)
+    return ledger.partitions.mark([make_partition(task, keys, period, zone)], task)
 
 
 # ---------------------------------------------------------------------------- triggers
@@ -195,43 +196,50 @@ def install(task: TaskSpec, inbox: Ledger) -> list[str]:
     return _install_sqlite(task, inbox, time_ending)
 
 
+def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool) -> Any:
+    """The trigger function's INSERT of the changed rows' keys and time bins (``alias``: new or old)."""
+    from psycopg import sql
+
+    cap = task.capture
+    # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
+    ref = sql.Identifier(f"changed_{alias}")
+    keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys)
+    bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
+    if task.time:
+        assert cap.time
+        col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
+        bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))
+    return sql.SQL(
+        "INSERT INTO {changes} (task, keys, bin)"
+        " SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}"
+    ).format(
+        changes=sql.Identifier(schema, "changes"),
+        task=sql.Literal(task.name),
+        keys=keys,
+        bin=bin_sql,
+        src=sql.Identifier(f"sluicegate_{alias}"),
+        alias=sql.Identifier(f"changed_{alias}"),
+    )
+
+
 def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    from psycopg import sql
+
     cap = task.capture
     assert cap.table
     schema = inbox.table_prefix.rstrip(".")
     table = sql.Identifier(*cap.table.split("."))
     fn = sql.Identifier(schema, f"capture_{task.name}")
-
-    def select_from(alias: str) -> sql.Composable:
-        # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
-        ref = sql.Identifier(f"changed_{alias}")
-        keys = sql.SQL(", ").join(
-            sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys
-        )
-        bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
-        if task.time:
-            assert cap.time
-            col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
-            bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))
-        return sql.SQL(
-            "INSERT INTO {changes} (task, keys, bin)"
-            " SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}"
-        ).format(
-            changes=sql.Identifier(schema, "changes"),
-            task=sql.Literal(task.name),
-            keys=keys,
-            bin=bin_sql,
-            src=sql.Identifier(f"sluicegate_{alias}"),
-            alias=sql.Identifier(f"changed_{alias}"),
-        )
-
     body = sql.SQL(
         "BEGIN\n"
         "  IF TG_OP IN ('INSERT', 'UPDATE') THEN {ins}; END IF;\n"
         "  IF TG_OP IN ('UPDATE', 'DELETE') THEN {del}; END IF;\n"
         "  RETURN NULL;\n"
         "END"
-    ).format(ins=select_from("new"), **{"del": select_from("old")})
+    ).format(
+        ins=_pg_inbox_insert(task, schema, "new", time_ending),
+        **{"del": _pg_inbox_insert(task, schema, "old", time_ending)},
+    )
     statements: list[sql.Composable] = [
         sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
             fn=fn, body=sql.Literal(body.as_string())
@@ -248,14 +256,11 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
         statements.append(
             sql.SQL(
-                "CREATE TRIGGER {name} AFTER "
-                + op
-                + " ON {table} REFERENCING "
-                + referencing
+                "CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing
                 + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
             ).format(name=sql.Identifier(name), table=table, fn=fn)
-        )
-    with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect) as cur:
+        )  # fmt: skip
+    with inbox.core.transaction() as cur:
         for statement in statements:
             cur.execute(statement)
     return names
@@ -289,7 +294,7 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
             + " ".join(insert(r) for r in rows)
             + " END"
         )
-    with db.wrap_errors(inbox.url), db.transaction(inbox.conn, inbox.dialect, immediate=True) as cur:
+    with inbox.core.transaction() as cur:
         for statement in statements:
             cur.execute(statement)
     return names

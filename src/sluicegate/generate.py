@@ -736,27 +736,7 @@ def _pg_bulk(
     }
     inserted: int | None = None
     if plan.full_slots * len(sensors) + plan.remainder >= _PG_FAST_LOAD_MIN_ROWS:
-        with conn.transaction():
-            saved = _pg_fast_load_indexes(conn)
-            if saved is not None:
-                conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                for name, _ in saved.constraints:
-                    conn.execute(
-                        sql.SQL("ALTER TABLE measurements DROP CONSTRAINT {}").format(sql.Identifier(name))
-                    )
-                for qualified, _ in saved.indexes:
-                    conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(qualified)))
-                inserted = _pg_chunks(
-                    conn, plan, params, late_fraction=late_fraction, own_transactions=False, progress=progress
-                )
-                for name, definition in saved.constraints:
-                    conn.execute(
-                        sql.SQL("ALTER TABLE measurements ADD CONSTRAINT {} {}").format(
-                            sql.Identifier(name), sql.SQL(definition)
-                        )
-                    )
-                for _, definition in saved.indexes:
-                    conn.execute(sql.SQL(definition))
+        inserted = _pg_fast_load(conn, plan, params, late_fraction=late_fraction, progress=progress)
     if inserted is None:
         inserted = _pg_chunks(
             conn, plan, params, late_fraction=late_fraction, own_transactions=True, progress=progress
@@ -764,6 +744,38 @@ def _pg_bulk(
     conn.execute("ANALYZE locations, sensors, measurements")
     conn.commit()
     return inserted
+
+
+def _pg_fast_load(
+    conn: psycopg.Connection[Any],
+    plan: _BulkPlan,
+    params: dict[str, Any],
+    *,
+    late_fraction: float,
+    progress: ProgressCallback | None,
+) -> int | None:
+    """Load an empty table in one transaction, keys and indexes dropped, then rebuilt; None if not empty."""
+    with conn.transaction():
+        saved = _pg_fast_load_indexes(conn)
+        if saved is None:
+            return None
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for name, _ in saved.constraints:
+            conn.execute(sql.SQL("ALTER TABLE measurements DROP CONSTRAINT {}").format(sql.Identifier(name)))
+        for qualified, _ in saved.indexes:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(qualified)))
+        inserted = _pg_chunks(
+            conn, plan, params, late_fraction=late_fraction, own_transactions=False, progress=progress
+        )
+        for name, definition in saved.constraints:
+            conn.execute(
+                sql.SQL("ALTER TABLE measurements ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(name), sql.SQL(definition)
+                )
+            )
+        for _, definition in saved.indexes:
+            conn.execute(sql.SQL(definition))
+        return inserted
 
 
 # --------------------------------------------------------------------------- steady mode
@@ -897,6 +909,29 @@ def _validate(
         raise ValueError("give rows= or days= (bulk mode) or rate_per_min= and duration_s= (steady mode)")
 
 
+@dataclass(frozen=True)
+class _Writer:
+    """Where generated rows go: row batches (steady mode) or a planned bulk load."""
+
+    insert: Callable[[Sequence[_Row]], int]
+    bulk: Callable[..., int]
+
+
+@contextlib.contextmanager
+def _writer(target: _Target, locs: Sequence[Any], sensors: Sequence[_Sensor]) -> Iterator[_Writer]:
+    """Connect to ``target``, create the schema, upsert locations and sensors; yield its writer."""
+    if target.kind == "sqlite":
+        with _sqlite_connect(target.location, target.display) as lite:
+            _sqlite_schema(lite)
+            _sqlite_dimensions(lite, locs, sensors)
+            yield _Writer(functools.partial(_sqlite_insert_rows, lite), functools.partial(_sqlite_bulk, lite))
+        return
+    with _pg_connect(target.location) as pg:
+        _pg_schema(pg)
+        _pg_dimensions(pg, locs, sensors)
+        yield _Writer(functools.partial(_pg_insert_rows, pg), functools.partial(_pg_bulk, pg))
+
+
 def generate(
     url: str,
     *,
@@ -924,76 +959,36 @@ def generate(
     ``progress`` is called with the running count of inserted rows after each batch.
     Raises ValueError for a bad URL (password masked) or bad arguments.
     """
-    _validate(
-        rows=rows,
-        rate_per_min=rate_per_min,
-        duration_s=duration_s,
-        locations=locations,
-        days=days,
-        late_fraction=late_fraction,
-        interval_minutes=interval_minutes,
-    )
+    _validate(rows=rows, rate_per_min=rate_per_min, duration_s=duration_s, locations=locations, days=days,
+              late_fraction=late_fraction, interval_minutes=interval_minutes)  # fmt: skip
     target = _parse_url(url)
     started = time.perf_counter()
     locs = [_location(i) for i in range(1, locations + 1)]
     sensors = _sensors(locs)
     now = math.floor(time.time())
 
-    with contextlib.ExitStack() as stack:
-        sqlite_conn: sqlite3.Connection | None = None
-        pg_conn: psycopg.Connection[Any] | None = None
-        if target.kind == "sqlite":
-            sqlite_conn = stack.enter_context(_sqlite_connect(target.location, target.display))
-            _sqlite_schema(sqlite_conn)
-            _sqlite_dimensions(sqlite_conn, locs, sensors)
-        else:
-            pg_conn = stack.enter_context(_pg_connect(target.location))
-            _pg_schema(pg_conn)
-            _pg_dimensions(pg_conn, locs, sensors)
-
+    with _writer(target, locs, sensors) as writer:
         if rate_per_min is not None:
             source = _SteadySource(sensors, seed=seed, late_fraction=late_fraction)
-            insert: Callable[[Sequence[_Row]], int]
-            if sqlite_conn is not None:
-                insert = functools.partial(_sqlite_insert_rows, sqlite_conn)
-            else:
-                assert pg_conn is not None
-                insert = functools.partial(_pg_insert_rows, pg_conn)
-            wall_start = _from_epoch(now)
             inserted = _steady(
-                insert,
+                writer.insert,
                 source,
                 rate_per_min=rate_per_min,
                 duration_s=duration_s if duration_s is not None else math.inf,
                 max_rows=rows,
                 progress=progress,
             )
+            wall_end = _from_epoch(math.floor(time.time()))
+            seconds = time.perf_counter() - started
             return GenerateResult(
-                rows=inserted,
-                locations=locations,
-                start=wall_start,
-                end=_from_epoch(math.floor(time.time())),
-                seconds=time.perf_counter() - started,
+                rows=inserted, locations=locations, start=_from_epoch(now), end=wall_end, seconds=seconds
             )
-
         plan = _bulk_plan(
             rows=rows, days=days, n_sensors=len(sensors), end=end, interval_minutes=interval_minutes, now=now
         )
-        if plan.slots == 0:
-            inserted = 0
-        elif sqlite_conn is not None:
-            inserted = _sqlite_bulk(
-                sqlite_conn, plan, sensors, seed=seed, late_fraction=late_fraction, now=now, progress=progress
-            )
-        else:
-            assert pg_conn is not None
-            inserted = _pg_bulk(
-                pg_conn, plan, sensors, seed=seed, late_fraction=late_fraction, now=now, progress=progress
-            )
-        return GenerateResult(
-            rows=inserted,
-            locations=locations,
-            start=_from_epoch(plan.start),
-            end=_from_epoch(plan.end),
-            seconds=time.perf_counter() - started,
-        )
+        inserted = 0
+        if plan.slots:
+            inserted = writer.bulk(plan, sensors, seed=seed, late_fraction=late_fraction, now=now,
+                                   progress=progress)  # fmt: skip
+        return GenerateResult(rows=inserted, locations=locations, start=_from_epoch(plan.start),
+                              end=_from_epoch(plan.end), seconds=time.perf_counter() - started)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Partitions: identity, time windows in the partition's own zone, and safe file paths.
+"""Partitions of partitioned tasks: identity, time windows in the partition's own zone, paths.
 
 A partition is identified by its key values in declared order, the time key last. The time
 key is the *local* period: a date for ``grain = "day"`` and an aware local datetime for
@@ -10,21 +10,36 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import string
-import unicodedata
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
-from .config import TaskSpec, TimeSpec
-from .exceptions import BadPartitionValue, ConfigError, UsageError
+from . import paths
+from .exceptions import BadPartitionValue, UsageError
+from .specs import TimeSpec
 
 UTC = dt.UTC
 BIN_SECONDS = 900  # every zone in use today has an offset that is a multiple of 15 minutes
 _EPSILON = dt.timedelta(microseconds=1)
+
+
+class PartitionKeys(Protocol):
+    """What these functions need of a partitioned task: its name, keys, time key and path."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def keys(self) -> tuple[str, ...]: ...
+    @property
+    def time(self) -> TimeSpec | None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def key_names(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +123,7 @@ def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
     return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
 
 
-def make_partition(task: TaskSpec, keys: Sequence[Any], period: Any, zone: str | None) -> Partition:
+def make_partition(task: PartitionKeys, keys: Sequence[Any], period: Any, zone: str | None) -> Partition:
     """Build a :class:`Partition` from non-time key values and an optional local period."""
     if task.time is None:
         return Partition(task=task.name, values=tuple(keys))
@@ -117,7 +132,7 @@ def make_partition(task: TaskSpec, keys: Sequence[Any], period: Any, zone: str |
     return Partition(task=task.name, values=(*keys, period), zone=zone, start=start, end=end)
 
 
-def restore_partition(task: TaskSpec, values: Sequence[Any], zone: str | None) -> Partition:
+def restore_partition(task: PartitionKeys, values: Sequence[Any], zone: str | None) -> Partition:
     """Rebuild a partition from ledger values (the time key stored as ISO text)."""
     if task.time is None:
         return Partition(task=task.name, values=tuple(values))
@@ -126,74 +141,16 @@ def restore_partition(task: TaskSpec, values: Sequence[Any], zone: str | None) -
     return make_partition(task, values[:-1], period, zone)
 
 
-# ---------------------------------------------------------------------------- paths
-
-_FORMATTER = string.Formatter()
-# Unicode categories refused in paths: control (Cc: NUL..US, DEL, C1 such as U+0085 NEL), format
-# (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces), and the line and paragraph separators.
-_REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
-SHOWN_CHARS = 40  # how much of a bad value an error message repeats
-
-
-def _refused_char(text: str) -> str | None:
-    """The first character of ``text`` that may not appear in a path, or None."""
-    for ch in text:
-        if ch == "\\" or unicodedata.category(ch) in _REFUSED_CATEGORIES:
-            return ch
-    return None
+def render_path(task: PartitionKeys, values: Sequence[Any]) -> str:
+    """Render a partitioned task's path for partition ``values``; never a path outside the destination."""
+    named: dict[str, Any] = dict(zip(task.key_names, values, strict=True))
+    keys = tuple(named)
+    named.update(format=task.format, ext=task.format, task=task.name)
+    return paths.render(task.path, named, checked=keys)
 
 
-def shown(text: str) -> str:
-    """``text`` for an error message: quoted, cut at SHOWN_CHARS characters with its length."""
-    if len(text) <= SHOWN_CHARS:
-        return repr(text)
-    return f"{text[:SHOWN_CHARS]!r}... ({len(text):,} characters)"
-
-
-def template_fields(template: str) -> set[str]:
-    """Return the field names a path template uses."""
-    names: set[str] = set()
-    for _, field, _, _ in _FORMATTER.parse(template):
-        if field is not None:
-            names.add(field.split(".")[0].split("[")[0])
-    return names
-
-
-def check_template(task: TaskSpec) -> None:
-    """Raise ConfigError when the task's path template uses unknown names or is malformed."""
-    where = f"{task.folder / 'task.toml'} path"
-    allowed = {*task.key_names, "format", "ext", "task"}
-    if task.incremental is not None:
-        allowed = {task.incremental.entity, "type", "start", "end", "format", "ext", "task"}
-    if task.archive is not None:
-        allowed = {"task", "boundary", "run", "format", "ext"}
-    try:
-        used = template_fields(task.path)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {task.path!r} is not a valid template ({exc})") from None
-    unknown = sorted(used - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: {{{unknown[0]}}} is not a partition key; use one of {', '.join(sorted(allowed))}"
-        )
-    required: tuple[str, ...] = (task.incremental.entity, "start") if task.incremental else task.key_names
-    if task.archive is not None:
-        required = ()
-    missing = [k for k in required if k not in used]
-    if missing:
-        raise ConfigError(
-            f"{where}: the template does not use {{{missing[0]}}}, so two partitions would share a file"
-        )
-    if task.archive is not None:
-        render_archive_path(task, dt.datetime(2024, 1, 31, tzinfo=UTC), "0123abcd")
-    elif task.incremental is not None:
-        sample = dt.datetime(2024, 1, 31, tzinfo=UTC)
-        render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
-    else:
-        render_path(task, sample_values(task))
-
-
-def sample_values(task: TaskSpec) -> tuple[Any, ...]:
+def sample_values(task: PartitionKeys) -> tuple[Any, ...]:
+    """Key values of a made-up partition, to try a path template with."""
     values: list[Any] = [1 for _ in task.keys]
     if task.time:
         values.append(
@@ -202,87 +159,7 @@ def sample_values(task: TaskSpec) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def _check_value(name: str, value: Any) -> None:
-    text = str(value)
-    if text in ("", ".", "..") or "/" in text:
-        reason = "it is empty, '.', '..' or holds a slash"
-    elif (ch := _refused_char(text)) is not None:
-        reason = f"it holds the character U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
-    else:
-        return
-    raise BadPartitionValue(
-        f"partition value {name}={shown(text)} cannot be used in a file path: {reason}; "
-        "fix the source value or the path template"
-    )
-
-
-def render_path(task: TaskSpec, values: Sequence[Any]) -> str:
-    """Render the task's path for partition ``values``; never a path outside the destination."""
-    named: dict[str, Any] = dict(zip(task.key_names, values, strict=True))
-    for name, value in named.items():
-        _check_value(name, value)
-    named.update(format=task.format, ext=task.extension, task=task.name)
-    return _render(task.path, named)
-
-
-def render_window_path(
-    task: TaskSpec, entity: str, export_type: str, start: dt.datetime, end: dt.datetime
-) -> str:
-    """Render an incremental task's path for one entity window (times in UTC)."""
-    assert task.incremental is not None
-    _check_value(task.incremental.entity, entity)
-    named = {
-        task.incremental.entity: entity,
-        "type": export_type,
-        "start": start.astimezone(UTC),
-        "end": end.astimezone(UTC),
-        "format": task.format,
-        "ext": task.extension,
-        "task": task.name,
-    }
-    return _render(task.path, named)
-
-
-def render_archive_path(task: TaskSpec, boundary: dt.datetime, run: str) -> str:
-    """Render an archive task's file name for one run (the boundary in the task's zone)."""
-    named = {
-        "task": task.name,
-        "boundary": boundary,
-        "run": run,
-        "format": task.format,
-        "ext": task.extension,
-    }
-    return _render(task.path, named)
-
-
-def _render(template: str, named: dict[str, Any]) -> str:
-    """Fill ``template`` and check the result stays a clean relative path."""
-    try:
-        rendered = template.format_map(named)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        detail = shown(repr(named))
-        raise BadPartitionValue(f"path template {template!r} failed for {detail}: {exc}") from None
-    return safe_relative_path(rendered)
-
-
-def safe_relative_path(rendered: str) -> str:
-    """Return ``rendered`` when it is a clean relative POSIX path; raise BadPartitionValue otherwise."""
-    pure = PurePosixPath(rendered)
-    parts = rendered.split("/")
-    if not rendered or pure.is_absolute() or any(p in ("", ".", "..") for p in parts):
-        raise BadPartitionValue(
-            f"rendered path {shown(rendered)} is empty, absolute or escapes the destination; "
-            "fix the partition value or the path template"
-        )
-    if (ch := _refused_char(rendered)) is not None:
-        raise BadPartitionValue(
-            f"rendered path {shown(rendered)} holds the character U+{ord(ch):04X} "
-            f"({unicodedata.name(ch, 'unnamed')}); fix the partition value or the path template"
-        )
-    return rendered
-
-
-def parse_assignments(task: TaskSpec, pairs: Sequence[str]) -> dict[str, str]:
+def parse_assignments(task: PartitionKeys, pairs: Sequence[str]) -> dict[str, str]:
     """Parse ``KEY=VALUE`` command-line pairs against the task's key names."""
     out: dict[str, str] = {}
     for pair in pairs:
@@ -302,6 +179,6 @@ def coerce_value(value: str) -> Any:
         return value
 
 
-def keys_from_mapping(task: TaskSpec, mapping: Mapping[str, Any]) -> tuple[Any, ...]:
+def keys_from_mapping(task: PartitionKeys, mapping: Mapping[str, Any]) -> tuple[Any, ...]:
     """Return the non-time key values of ``mapping`` in declared order."""
     return tuple(mapping[k] for k in task.keys)

@@ -44,8 +44,8 @@ class DemoSetup:
 def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force: bool = False) -> DemoSetup:
     """Create the OpenAQ example in ``folder`` with a generated SQLite database and triggers."""
     from .config import load_project
-    from .engine import Exporter
     from .generate import create_schema, generate
+    from .operations import install
 
     database = folder / "measurements.db"
     if database.exists() and not force:
@@ -60,11 +60,6 @@ def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force
     init_project(folder, force=True)
     url = f"sqlite:///{database.resolve()}"
     create_schema(url)
-    project = load_project(folder, {})
-    with Exporter(project) as exporter:  # creates the ledger and installs the capture triggers
-        from .capture import install
-
-        for task in project.tasks.values():
-            install(task, exporter.inbox)
+    install(load_project(folder, {}))  # creates the ledger and the capture triggers
     result = generate(url, rows=rows, locations=locations)
     return DemoSetup(folder=folder, database=database, rows=result.rows, locations=result.locations)

@@ -22,19 +22,23 @@ import dataclasses
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from . import db
-from .config import EXPORT_TYPES, IncrementalSpec, TaskSpec
+from . import db, paths
 from .exceptions import ConfigError, UsageError
-from .ledger import Claim, ExportResult, WatermarkClaim, WatermarkLedger
+from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
-from .partitions import Partition, coerce_value, render_window_path, zone_of
+from .partitions import coerce_value, zone_of
+
+if TYPE_CHECKING:
+    from .drivers.incremental import Task as TaskSpec
 
 UTC = dt.UTC
 BEGINNING = dt.datetime(1970, 1, 1, tzinfo=UTC)
+ExportType = Literal["daily", "hourly", "instant"]
+EXPORT_TYPES = ("daily", "hourly", "instant")
 REQUEST_FIELDS = (
     "endDateTime",
     "startDateTime",
@@ -119,6 +123,21 @@ def parse_request(data: Mapping[str, Any]) -> ExportRequest:
         raise UsageError(
             "studyWhitelist: give a non-empty list of study ids, or leave it out for all studies"
         )
+    _check_window(start, end, ignore)
+    _check_type(export_type, start, end, bool(whitelist))
+    tag = data.get("tag")
+    return ExportRequest(
+        export_type=export_type or "daily",
+        start=start,
+        end=end,
+        ignore_watermark=ignore,
+        entities=tuple(str(s) for s in whitelist or ()),
+        tag=None if tag is None else str(tag),
+    )
+
+
+def _check_window(start: dt.datetime | None, end: dt.datetime | None, ignore: bool) -> None:
+    """An explicit window needs ignoreLastExportTime and an end after its start."""
     if start is not None:
         if not ignore:
             raise UsageError(
@@ -134,6 +153,12 @@ def parse_request(data: Mapping[str, Any]) -> ExportRequest:
         raise UsageError(
             "ignoreLastExportTime=true needs startDateTime and endDateTime: the window to re-export"
         )
+
+
+def _check_type(
+    export_type: str | None, start: dt.datetime | None, end: dt.datetime | None, listed: bool
+) -> None:
+    """DAILY and HOURLY need an end, INSTANT must have none, HOURLY and INSTANT need studies."""
     if export_type is None and start is None:
         raise UsageError(
             "give exportType (DAILY, HOURLY or INSTANT), or startDateTime with ignoreLastExportTime=true"
@@ -142,17 +167,8 @@ def parse_request(data: Mapping[str, Any]) -> ExportRequest:
         raise UsageError(f"{export_type.upper()} exports require endDateTime")
     if export_type == "instant" and end is not None:
         raise UsageError("INSTANT exports must not have endDateTime (the end is now minus the safety margin)")
-    if export_type in ("instant", "hourly") and not whitelist:
+    if export_type in ("instant", "hourly") and not listed:
         raise UsageError(f"{export_type.upper()} exports require studyWhitelist")
-    tag = data.get("tag")
-    return ExportRequest(
-        export_type=export_type or "daily",
-        start=start,
-        end=end,
-        ignore_watermark=ignore,
-        entities=tuple(str(s) for s in whitelist or ()),
-        tag=None if tag is None else str(tag),
-    )
 
 
 def load_request(text: str) -> ExportRequest:
@@ -167,7 +183,7 @@ def load_request(text: str) -> ExportRequest:
 # ---------------------------------------------------------------------------- windows
 
 
-def type_end(export_type: str, now: dt.datetime, spec: IncrementalSpec) -> dt.datetime:
+def type_end(export_type: str, now: dt.datetime, spec: TaskSpec) -> dt.datetime:
     """The window end of an export type: start of today / this hour in the zone, or now minus margin."""
     if export_type == "instant":
         return now - dt.timedelta(seconds=spec.safety_margin)
@@ -178,7 +194,7 @@ def type_end(export_type: str, now: dt.datetime, spec: IncrementalSpec) -> dt.da
     return midnight.astimezone(UTC)
 
 
-def bootstrap_start(spec: IncrementalSpec, end: dt.datetime) -> dt.datetime:
+def bootstrap_start(spec: TaskSpec, end: dt.datetime) -> dt.datetime:
     """Where an entity without a watermark starts: the day before ``end``, the beginning, or a time."""
     if spec.bootstrap == "beginning":
         return BEGINNING
@@ -229,80 +245,12 @@ class Window:
     destination: str | None = None  # a re-export's override destination (None: the project's)
 
 
-class WindowSink:
-    """Commits and failures of incremental jobs go to the watermark table."""
-
-    def __init__(
-        self, task: TaskSpec, wm: WatermarkLedger, windows: Mapping[int, Window], summary: Any
-    ) -> None:
-        self.task = task
-        self.wm = wm
-        self.windows = windows
-        self.summary = summary
-
-    def commit(self, results: Sequence[ExportResult]) -> list[bool]:
-        """Advance watermarks (or clear a redriven re-export's failure) after durable publishing."""
-        out = []
-        for result in results:
-            window = self.windows[result.claim.id]
-            if window.claim is not None:
-                done = self.wm.commit(window.claim, end=window.end, rows=result.rows, path=result.path)
-            else:
-                if window.mode == "redrive":
-                    self.wm.clear_failure(self.task, window.entity)
-                done = True
-            out.append(done)
-            self._entry(window, rows=result.rows, file=result.path, ok=done)
-        return out
-
-    def fail(self, claim: Claim, exc: BaseException) -> None:
-        """Record the failed window; the watermark does not move."""
-        window = self.windows[claim.id]
-        self.wm.fail(
-            self.task,
-            window.entity,
-            token=window.claim.token if window.claim else None,
-            error=str(exc),
-            start=window.start,
-            end=window.end,
-            export_type=window.export_type,
-            mode="watermark" if window.claim else "reexport",
-            destination=window.destination,
-        )
-        self._entry(window, rows=0, file=None, ok=False, error=str(exc))
-
-    def renew(self, token: str, lease: float) -> int:
-        """Extend the watermark claims of a long export."""
-        return self.wm.renew(token, lease=lease)
-
-    def release(self, token: str) -> int:
-        """Give back unfinished watermark claims."""
-        return self.wm.release(token)
-
-    def _entry(
-        self, window: Window, *, rows: int, file: str | None, ok: bool, error: str | None = None
-    ) -> None:
-        self.summary.entities.append(
-            {
-                "entity": window.entity,
-                "start": window.start.isoformat(),
-                "end": window.end.isoformat(),
-                "type": window.export_type,
-                "rows": rows,
-                "file": file,
-                "watermark_moved": bool(ok and window.claim is not None),
-                **({"error": error} if error else {}),
-            }
-        )
-
-
 def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     """Every entity present in the source, with one query."""
-    assert task.incremental is not None
     q = source.dialect.quote
     rows = source.execute(
-        f"SELECT DISTINCT q.{q(task.incremental.entity)} FROM ({task.select_sql}) AS q "
-        f"WHERE q.{q(task.incremental.entity)} IS NOT NULL"
+        f"SELECT DISTINCT q.{q(task.entity)} FROM ({task.select_sql}) AS q "
+        f"WHERE q.{q(task.entity)} IS NOT NULL"
     )
     return sorted((r[0] for r in rows), key=str)
 
@@ -311,105 +259,109 @@ def plan_windows(
     task: TaskSpec,
     request: ExportRequest,
     source: Any,
-    wm: WatermarkLedger,
+    wm: WatermarkStore,
     *,
     now: dt.datetime,
     lease: float,
     claim: bool = True,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Decide each entity's window; return the windows to export, notes on the others, the claim token."""
-    spec = task.incremental
-    assert spec is not None
-    export_type = request.export_type or spec.export_type
-    end = request.end or type_end(export_type, now, spec)
+    export_type = request.export_type or task.export_type
+    end = request.end or type_end(export_type, now, task)
     values = _entity_values(task, request, source)
-    notes: list[dict[str, Any]] = []
     if not request.touches_watermarks:
-        windows = []
-        current = {w["entity"]: w["watermark"] for w in wm.list(task)}
-        for entity, value in values.items():
-            start = request.start or current.get(entity) or bootstrap_start(spec, end)
-            if start >= end:
-                notes.append({"entity": entity, "rows": 0, "note": f"window [{start}, {end}) is empty"})
-                continue
-            windows.append(
-                Window(
-                    entity=entity,
-                    value=value,
-                    start=start,
-                    end=end,
-                    export_type=export_type,
-                    claim=None,
-                    mode="reexport",
-                )
-            )
+        windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, notes, None
     horizon, held = commit_horizon(source)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     # A row an open transaction writes may carry a cursor up to safety_margin before that
     # transaction began (a client's clock, a batch time): the window stops short of it.
-    capped = min(end, horizon - dt.timedelta(seconds=spec.safety_margin)) if horizon else end
-    if not claim:  # dry run: read watermarks without claiming
-        rows = {w["entity"]: w for w in wm.list(task)}
-        claims = [
-            WatermarkClaim(
-                id=0,
-                entity=e,
-                watermark=rows.get(e, {}).get("watermark"),
-                pending_start=None,
-                pending_end=None,
-                pending_type=None,
-                attempts=0,
-                token="",
-            )
-            for e in values
-        ]
-    else:
-        wm.ensure(task, list(values))
-        claims = wm.claim(task, list(values), lease=lease)
-    held_by_others = set(values) - {c.entity for c in claims}
-    notes += [
+    capped = min(end, horizon - dt.timedelta(seconds=task.safety_margin)) if horizon else end
+    if claim:
+        wm.ensure(task.name, list(values))
+        claims = wm.claim(task.name, list(values), lease=lease)
+    else:  # dry run: read watermarks without claiming
+        claims = _unclaimed(task, wm, values)
+    notes = [
         {"entity": e, "rows": 0, "note": "another export holds this entity; nothing exported"}
-        for e in sorted(held_by_others)
+        for e in sorted(set(values) - {c.entity for c in claims})
     ]
     windows = []
     for c in claims:
-        if c.pending_end is not None and c.pending_start is not None:
-            # An export of this window died before committing: redo exactly that window (same file).
-            start, stop, etype = c.pending_start, c.pending_end, c.pending_type or export_type
-        else:
-            start, stop, etype = c.watermark or bootstrap_start(spec, end), capped, export_type
-        if start >= stop:
-            reason = (
-                f"the window end {stop.isoformat()} is not after the watermark {start.isoformat()}; "
-                "nothing exported, watermark unchanged"
-            )
-            if capped < end and start < end:
-                reason = f"held back to {capped.isoformat()}: a transaction that began then is still open"
-            notes.append({"entity": c.entity, "rows": 0, "note": reason})
+        window = _watermark_window(task, c, values[c.entity], export_type, end, capped)
+        if isinstance(window, str):  # nothing to export: the reason
+            notes.append({"entity": c.entity, "rows": 0, "note": window})
             if claim:
                 wm.release_one(c)
-            continue
-        windows.append(
-            Window(
-                entity=c.entity,
-                value=values[c.entity],
-                start=start,
-                end=stop,
-                export_type=etype,
-                claim=c,
-                mode="watermark",
-            )
-        )
+        else:
+            windows.append(window)
     token = claims[0].token if claims and claim else None
     return windows, notes, token
 
 
+def _reexport_windows(
+    task: TaskSpec, request: ExportRequest, wm: WatermarkStore, values: dict[str, Any], export_type: str,
+    end: dt.datetime,
+) -> tuple[list[Window], list[dict[str, Any]]]:  # fmt: skip
+    """Windows of a re-export (an explicit window, or another destination): no claims, no watermark moves."""
+    windows, notes = [], []
+    current = {w["entity"]: w["watermark"] for w in wm.entities(task.name)}
+    for entity, value in values.items():
+        start = request.start or current.get(entity) or bootstrap_start(task, end)
+        if start >= end:
+            notes.append({"entity": entity, "rows": 0, "note": f"window [{start}, {end}) is empty"})
+            continue
+        windows.append(
+            Window(
+                entity=entity, value=value, start=start, end=end, export_type=export_type, claim=None,
+                mode="reexport",
+            )
+        )  # fmt: skip
+    return windows, notes
+
+
+def _unclaimed(task: TaskSpec, wm: WatermarkStore, values: dict[str, Any]) -> list[WatermarkClaim]:
+    """Each entity's watermark as an unclaimed row (for a dry run)."""
+    rows = {w["entity"]: w for w in wm.entities(task.name)}
+    return [
+        WatermarkClaim(
+            id=0,
+            entity=e,
+            watermark=rows.get(e, {}).get("watermark"),
+            pending_start=None,
+            pending_end=None,
+            pending_type=None,
+            attempts=0,
+            token="",
+        )
+        for e in values
+    ]
+
+
+def _watermark_window(
+    task: TaskSpec, c: WatermarkClaim, value: Any, export_type: str, end: dt.datetime, capped: dt.datetime
+) -> Window | str:
+    """The window of a claimed entity, or why it has none."""
+    if c.pending_end is not None and c.pending_start is not None:
+        # An export of this window died before committing: redo exactly that window (same file).
+        start, stop, etype = c.pending_start, c.pending_end, c.pending_type or export_type
+    else:
+        start, stop, etype = c.watermark or bootstrap_start(task, end), capped, export_type
+    if start >= stop:
+        if capped < end and start < end:
+            return f"held back to {capped.isoformat()}: a transaction that began then is still open"
+        return (
+            f"the window end {stop.isoformat()} is not after the watermark {start.isoformat()}; "
+            "nothing exported, watermark unchanged"
+        )
+    return Window(
+        entity=c.entity, value=value, start=start, end=stop, export_type=etype, claim=c, mode="watermark"
+    )
+
+
 def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[str, Any]:
-    spec = task.incremental
-    assert spec is not None
-    chosen = request.entities or spec.entities
+    chosen = request.entities or task.entities
     if chosen:
         return {str(e): coerce_value(str(e)) if isinstance(e, str) else e for e in chosen}
     found = discover_entities(task, source)
@@ -418,82 +370,56 @@ def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[
     return {str(v): v for v in found}
 
 
-def window_partition(task: TaskSpec, window: Window) -> Partition:
-    """The read-path partition of a window: the entity and its UTC cursor range."""
-    return Partition(
-        task=task.name,
-        values=(window.value, window.start),
-        zone=task.incremental.zone if task.incremental else None,
-        start=window.start,
-        end=window.end,
-    )
-
-
 def window_path(task: TaskSpec, window: Window) -> str:
-    """The file path of a window."""
+    """The file path of a window (its times in UTC); the entity value is checked for paths."""
     return render_window_path(task, window.entity, window.export_type, window.start, window.end)
 
 
-def window_claim(task: TaskSpec, index: int, window: Window) -> Claim:
-    """A claim-shaped handle for the export engine; files of windows are always written."""
-    return Claim(
-        id=index,
-        task=task.name,
-        pkey=window.entity,
-        keys={"entity": window.entity},
-        zone=None,
-        version=0,
-        attempts=0,
-        forced=True,
-        exported_version=0,
-        token=window.claim.token if window.claim else "",
-        prev_path=None,
-        prev_bytes=None,
-        prev_checksum=None,
-    )
+def render_window_path(
+    task: TaskSpec, entity: str, export_type: str, start: dt.datetime, end: dt.datetime
+) -> str:
+    """Render an incremental task's path for one entity window."""
+    named = {
+        task.entity: entity,
+        "type": export_type,
+        "start": start.astimezone(UTC),
+        "end": end.astimezone(UTC),
+        "format": task.format,
+        "ext": task.extension,
+        "task": task.name,
+    }
+    return paths.render(task.path, named, checked=(task.entity,))
 
 
 def redrive_windows(
-    task: TaskSpec, wm: WatermarkLedger, source: Any, *, lease: float, max_attempts: int
+    task: TaskSpec, wm: WatermarkStore, source: Any, *, lease: float, max_attempts: int
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Windows to retry: each recorded failure, with its original window and a bounded number of attempts."""
-    failures = [w for w in wm.list(task) if w["failed_end"] is not None]
+    failures = [w for w in wm.entities(task.name) if w["failed_end"] is not None]
     notes: list[dict[str, Any]] = []
     retry = []
     for f in failures:
         if f["attempts"] >= max_attempts:  # the same bound as partitions: max_attempts tries in all
-            notes.append(
-                {
-                    "entity": f["entity"],
-                    "rows": 0,
-                    "note": f"gave up after {f['attempts']} attempts: {f['last_error']}",
-                }
-            )
+            note = f"gave up after {f['attempts']} attempts: {f['last_error']}"
+            notes.append({"entity": f["entity"], "rows": 0, "note": note})
         else:
             retry.append(f)
-    windows: list[Window] = []
     by_entity = {f["entity"]: f for f in retry}
-    reexports = [f for f in retry if f["failed_mode"] == "reexport"]
-    for f in reexports:
-        windows.append(
-            Window(
-                entity=f["entity"],
-                value=coerce_value(f["entity"]),
-                start=f["failed_start"],
-                end=f["failed_end"],
-                export_type=f["failed_type"],
-                claim=None,
-                mode="redrive",
-                destination=f["failed_destination"],
-            )
-        )
+    windows: list[Window] = [
+        Window(
+            entity=f["entity"], value=coerce_value(f["entity"]), start=f["failed_start"], end=f["failed_end"],
+            export_type=f["failed_type"], claim=None, mode="redrive", destination=f["failed_destination"],
+        )  # a failed re-export: its own window and destination again
+        for f in retry
+        if f["failed_mode"] == "reexport"
+    ]  # fmt: skip
     marked = [e for e, f in by_entity.items() if f["failed_mode"] == "watermark"]
-    claims = wm.claim(task, marked, lease=lease) if marked else []
+    claims = wm.claim(task.name, marked, lease=lease) if marked else []
     for c in claims:
         f = by_entity[c.entity]
         start = max(f["failed_start"], c.watermark) if c.watermark else f["failed_start"]
         if start >= f["failed_end"]:
-            wm.clear_failure(task, c.entity)
+            wm.clear_failure(task.name, c.entity)
             notes.append(
                 {"entity": c.entity, "rows": 0, "note": "the failed window was exported since; nothing new"}
             )

@@ -12,6 +12,10 @@ Contract of every :class:`Destination`:
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
+* ``verify(path, size, sha256)`` raises DestinationUnavailable unless the published object
+  at ``path`` has that size (and, where the store can tell, that SHA-256).
+* Every method raises only sluicegate errors: each destination translates its own
+  ``OSError`` and SDK errors (transient: DestinationUnavailable; terminal: TerminalError).
 * ``check_path(path)`` raises :class:`~sluicegate.exceptions.BadPartitionValue` (terminal) when
   ``path`` cannot be stored here (too long a name or key), before anything is written.
 """
@@ -28,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from ..config import DestinationSettings
+from ..exceptions import DestinationUnavailable
+from ..specs import DestinationSettings
 
 
 @dataclass(kw_only=True)
@@ -44,16 +49,20 @@ class Staged:
 class HashingWriter:
     """A write-only binary file wrapper that counts bytes and computes SHA-256."""
 
-    def __init__(self, raw: BinaryIO | Any) -> None:
+    def __init__(self, raw: BinaryIO | Any, where: str = "the staged file") -> None:
         self.raw = raw
+        self.where = where
         self.size = 0
         self._sha = hashlib.sha256()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Write ``data`` through, hashing it."""
+        """Write ``data`` through, hashing it; a full disk is a transient destination error."""
+        try:
+            self.raw.write(data)
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot write {self.where}: {exc.strerror or exc}") from exc
         self._sha.update(data)
         self.size += len(data)
-        self.raw.write(data)
         return len(data)
 
     def flush(self) -> None:
@@ -124,6 +133,10 @@ class Destination(Protocol):
         """Raise BadPartitionValue when ``path`` is too long for this destination."""
         ...
 
+    def verify(self, path: str, size: int, sha256: str) -> None:
+        """Raise DestinationUnavailable unless ``path`` holds exactly what was published."""
+        ...
+
     def cleanup(self, older_than: float) -> int:
         """Remove what dead workers left behind (temp files, unfinished uploads); return how many."""
         ...
@@ -138,9 +151,13 @@ class SpooledUpload:
 
     def stage(self, path: str) -> Staged:
         """Spool the file to ``sluicegate-*.part`` in the temp folder."""
-        fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot spool {path} to the temp folder: {exc.strerror}") from exc
         raw = os.fdopen(fd, "wb")
-        return Staged(path=path, file=HashingWriter(raw), local_path=tmp, handle=raw)
+        file = HashingWriter(raw, f"the spool file of {path}")
+        return Staged(path=path, file=file, local_path=tmp, handle=raw)
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Nothing to do: an object is durable once its upload completed."""

@@ -6,12 +6,10 @@ but a network filesystem may not. Use a local folder or ``s3://`` for the full g
 
 from __future__ import annotations
 
-import contextlib
-
 import fsspec
 
-from ..config import DestinationSettings
 from ..exceptions import DestinationUnavailable
+from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
 
@@ -46,12 +44,24 @@ class FsspecDestination(SpooledUpload):
     def exists(self, path: str, size: int) -> bool:
         """True when ``path`` exists with ``size`` bytes."""
         full = self._full(path)
-        return bool(self.fs.exists(full) and self.fs.size(full) == size)
+        try:
+            return bool(self.fs.exists(full) and self.fs.size(full) == size)
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc}") from exc
+
+    def verify(self, path: str, size: int, sha256: str) -> None:
+        """The object must exist with ``size`` bytes."""
+        if not self.exists(path, size):
+            raise DestinationUnavailable(f"{self.display(path)} is missing or has the wrong size")
 
     def delete(self, path: str) -> None:
         """Remove ``path`` if present."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.rm(self._full(path))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot delete {self.display(path)}: {exc}") from exc
 
     def check(self) -> None:
         """Check the root can be listed or created."""

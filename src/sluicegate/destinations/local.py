@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable
-from ..partitions import shown
+from ..paths import shown
 from . import HashingWriter, Staged
 
 TEMP_MARK = ".sluicegate-"
@@ -81,7 +81,7 @@ class LocalDestination:
             name = hashlib.sha256(name.encode()).hexdigest()[:32]
         tmp = target.parent / f".{name}{tail}"
         spool = _Spool(tmp, self._prepare)
-        return Staged(path=path, file=HashingWriter(spool), local_path=str(tmp), handle=spool)
+        return Staged(path=path, file=HashingWriter(spool, str(tmp)), local_path=str(tmp), handle=spool)
 
     def _prepare(self, folder: Path) -> None:
         """Create ``folder`` once and clear dead workers' temp files in it."""
@@ -182,15 +182,33 @@ class LocalDestination:
             return self._target(path).stat().st_size == size
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc.strerror}") from exc
 
     def delete(self, path: str) -> None:
         """Remove ``path`` if present (durably by the next :meth:`sync`)."""
         target = self._target(path)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             target.unlink()
-            with self._lock:
-                self._dirty = True
-                self._unsynced.add(target.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot delete {target}: {exc.strerror}") from exc
+        with self._lock:
+            self._dirty = True
+            self._unsynced.add(target.parent)
+
+    def verify(self, path: str, size: int, sha256: str) -> None:
+        """Read the file back and compare its size and SHA-256."""
+        digest = hashlib.sha256()
+        try:
+            with open(self._target(path), "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot read back {self.display(path)}: {exc.strerror}") from exc
+        if digest.hexdigest() != sha256:
+            raise DestinationUnavailable(f"{self.display(path)} does not match what was written")
 
     def check(self) -> None:
         """Check the root folder can be created and written."""

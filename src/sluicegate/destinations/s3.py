@@ -19,10 +19,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..config import DestinationSettings
 from ..exceptions import BadPartitionValue, DestinationUnavailable, TerminalError
 from ..masking import mask_url
-from ..partitions import shown
+from ..paths import shown
+from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
 KEY_MAX = 1024  # bytes in an S3 object key
@@ -113,6 +113,11 @@ class S3Destination(SpooledUpload):
             with self._errors(key):
                 raise
         return int(head["ContentLength"]) == size
+
+    def verify(self, path: str, size: int, sha256: str) -> None:
+        """Ask the store: the object must have ``size`` bytes (a PUT was checked by its SHA-256)."""
+        if not self.exists(path, size):
+            raise DestinationUnavailable(f"{self.display(path)} is missing or has the wrong size")
 
     def delete(self, path: str) -> None:
         """Delete the object (missing is fine)."""

@@ -145,7 +145,7 @@ def _format_time(value: Any, tz: dt.tzinfo | None, kind: str) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and kind == "timestamptz":
-        value = _parse_time(value)
+        value = parse_time(value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and tz is not None:
             value = value.astimezone(tz)
@@ -153,7 +153,7 @@ def _format_time(value: Any, tz: dt.tzinfo | None, kind: str) -> Any:
     return value
 
 
-def _parse_time(text: str) -> dt.datetime:
+def parse_time(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..exceptions import DataError
 from ..sources import Column, Mode
-from .csv import _parse_time, value_text
+from .csv import parse_time, value_text
 
 
 def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
@@ -57,7 +57,7 @@ def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
     """
     kind = col.kind
     if kind == "timestamptz":
-        values = [_parse_time(v) if isinstance(v, str) else v for v in values]
+        values = [parse_time(v) if isinstance(v, str) else v for v in values]
     elif kind == "timestamp":
         values = [_parse_naive(v) if isinstance(v, str) else v for v in values]
     elif kind == "date":

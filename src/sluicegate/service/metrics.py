@@ -1,60 +1,111 @@
-"""Prometheus text exposition for /metrics (written by hand: a handful of series)."""
+"""``/metrics``: Prometheus exposition through prometheus-client.
+
+Two kinds of series, in one registry per app:
+
+* gauges read from the ledger at scrape time (partitions by state, the oldest pending
+  change, broken task folders): a custom collector, so any replica answers the same;
+* this process's counters (files, rows, bytes, failures, run durations per task).
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes behind one port), the
+process counters are merged across processes by prometheus-client's multiprocess mode.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .runs import Metrics
+from prometheus_client import CollectorRegistry, Counter, Summary, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 STATES = ("pending", "claimed", "exported", "failed", "waiting")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
 
 
-def _label(value: str) -> str:
-    return value.replace("\\\\", "\\\\\\\\").replace('"', '\\\\"').replace("\\n", "\\\\n")
+class LedgerCollector(Collector):
+    """Gauges from ``statuses()`` (the per-task status rows), read at each scrape."""
 
+    def __init__(self, statuses: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        self.statuses = statuses
 
-def render(statuses: Sequence[dict[str, Any]], counters: Metrics) -> str:
-    """Gauges from the ledger (``statuses``) and this process's counters."""
-    out: list[str] = []
-
-    def family(name: str, kind: str, text: str) -> None:
-        out.append(f"# HELP {name} {text}")
-        out.append(f"# TYPE {name} {kind}")
-
-    family("sluicegate_partitions", "gauge", "Partitions by state, from the ledger.")
-    for st in statuses:
-        if "error" in st or st.get("kind") == "incremental":
-            continue
-        for state in STATES:
-            out.append(f'sluicegate_partitions{{task="{_label(st["task"])}",state="{state}"}} {st[state]}')
-    family("sluicegate_oldest_pending_age_seconds", "gauge", "Age of the oldest unexported change.")
-    for st in statuses:
-        if st.get("oldest_pending_age") is not None:
-            task, age = _label(st["task"]), st["oldest_pending_age"]
-            out.append(f'sluicegate_oldest_pending_age_seconds{{task="{task}"}} {age:.3f}')
-    family("sluicegate_task_broken", "gauge", "1 when a task folder does not load.")
-    for st in statuses:
-        out.append(f'sluicegate_task_broken{{task="{_label(st["task"])}"}} {1 if "error" in st else 0}')
-    with counters.lock:
-        series = (
-            ("sluicegate_exports_total", "Files published by this process.", counters.exports),
-            ("sluicegate_rows_total", "Rows exported by this process.", counters.rows),
-            ("sluicegate_bytes_total", "Bytes exported by this process.", counters.bytes),
-            (
-                "sluicegate_failures_total",
-                "Failed partitions or windows in this process's runs.",
-                counters.failures,
-            ),
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Partitions by state, the age of the oldest pending change, and broken task folders."""
+        rows = self.statuses()
+        parts = GaugeMetricFamily(
+            "sluicegate_partitions", "Partitions by state, from the ledger.", labels=["task", "state"]
         )
-        for name, text, values in series:
-            family(name, "counter", text)
-            for task, value in sorted(values.items()):
-                out.append(f'{name}{{task="{_label(task)}"}} {value}')
-        family("sluicegate_run_duration_seconds", "summary", "Run durations per task in this process.")
-        for task in sorted(counters.seconds_count):
-            label = _label(task)
-            total, count = counters.seconds_sum[task], counters.seconds_count[task]
-            out.append(f'sluicegate_run_duration_seconds_sum{{task="{label}"}} {total:.3f}')
-            out.append(f'sluicegate_run_duration_seconds_count{{task="{label}"}} {count}')
-    return "\n".join(out) + "\n"
+        age = GaugeMetricFamily(
+            "sluicegate_oldest_pending_age_seconds", "Age of the oldest unexported change.", labels=["task"]
+        )
+        broken = GaugeMetricFamily(
+            "sluicegate_task_broken", "1 when a task folder does not load.", labels=["task"]
+        )
+        for st in rows:
+            broken.add_metric([st["task"]], 1 if "error" in st else 0)
+            if "error" in st or st.get("kind", "partitioned") != "partitioned":
+                continue
+            for state in STATES:
+                parts.add_metric([st["task"], state], st[state])
+            if st.get("oldest_pending_age") is not None:
+                age.add_metric([st["task"]], round(float(st["oldest_pending_age"]), 3))
+        yield parts
+        yield age
+        yield broken
+
+
+class Metrics:
+    """This process's counters, in their own registry (tests run several apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.exports = Counter(
+            "sluicegate_exports", "Files published by this process.", ["task"], registry=self.registry
+        )
+        self.rows = Counter(
+            "sluicegate_rows", "Rows exported by this process.", ["task"], registry=self.registry
+        )
+        self.bytes = Counter(
+            "sluicegate_bytes", "Bytes exported by this process.", ["task"], registry=self.registry
+        )
+        self.failures = Counter(
+            "sluicegate_failures",
+            "Failed units or task errors in this process's runs.",
+            ["task"],
+            registry=self.registry,
+        )
+        self.seconds = Summary(
+            "sluicegate_run_duration_seconds",
+            "Run durations per task in this process.",
+            ["task"],
+            registry=self.registry,
+        )
+
+    def record(self, summaries: Sequence[Any]) -> None:
+        """Add one run's task summaries."""
+        for s in summaries:
+            self.exports.labels(s.task).inc(s.exported)
+            self.rows.labels(s.task).inc(s.rows)
+            self.bytes.labels(s.task).inc(s.bytes)
+            self.failures.labels(s.task).inc(s.failed + len(s.task_errors))
+            self.seconds.labels(s.task).observe(s.seconds)
+
+    def watch(self, statuses: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        """Add the ledger gauges, read through ``statuses`` at scrape time."""
+        self.ledger = LedgerCollector(statuses)
+        self.registry.register(self.ledger)
+
+    def render(self) -> bytes:
+        """The exposition text of every series (process counters merged in multiprocess mode)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # every process's counters, from their files
+        if getattr(self, "ledger", None) is not None:
+            merged.register(self.ledger)
+        return generate_latest(merged)

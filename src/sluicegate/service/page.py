@@ -6,9 +6,11 @@ import html
 from typing import Any
 
 from .. import operations
-from ..config import Project, TaskSpec
+from ..drivers.partitioned import Task as PartitionedTask
 from ..exceptions import SluicegateError
 from ..ledger import Ledger
+from ..operations import ledger_of
+from ..specs import Project
 
 COLOURS = {
     "exported": "#2e7d32",
@@ -45,12 +47,10 @@ def render_page(project: Project) -> str:
         _legend(),
         _counts(statuses),
     ]
-    s = project.settings
-    with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
-        ledger.ensure_schema()
-        parts.append(_runs(ledger.list_runs(limit=10)))
+    with ledger_of(project) as ledger:
+        parts.append(_runs(ledger.runs.recent(limit=10)))
         for task in sorted(project.tasks.values(), key=lambda t: t.name):
-            if task.incremental is None and task.archive is None:
+            if isinstance(task, PartitionedTask):
                 parts.append(_grid(task, ledger))
     parts.append("</body></html>")
     return "".join(parts)
@@ -72,10 +72,10 @@ def _counts(statuses: list[dict[str, Any]]) -> str:
                 f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='error k'>{_e(st['error'])}</td></tr>"
             )
             continue
-        if st.get("kind") == "incremental":
+        if st.get("kind", "partitioned") != "partitioned":
             rows.append(
-                f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='k'>{st['entities']} entities, "
-                f"{st['failed']} failed windows, oldest watermark {_e(st['oldest_watermark'] or '-')}</td></tr>"
+                f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='k'>"
+                f"{_e(st['kind'])}: {_e(operations.status_text(st))}</td></tr>"
             )
             continue
         age = st["oldest_pending_age"]
@@ -103,10 +103,10 @@ def _runs(runs: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _grid(task: TaskSpec, ledger: Ledger) -> str:
+def _grid(task: PartitionedTask, ledger: Ledger) -> str:
     """Keys down, time across, one coloured cell per partition."""
     try:
-        parts = ledger.list_partitions(task, state=None, limit=20000, offset=0)
+        parts = ledger.partitions.list_partitions(task, state=None, limit=20000, offset=0)
     except SluicegateError as exc:
         return f"<h2>{_e(task.name)}</h2><p class='error'>{_e(exc)}</p>"
     time_name = task.time.name if task.time else None

@@ -16,11 +16,11 @@ from typing import Any
 
 from croniter import croniter
 
-from ..config import Project
-from ..engine import RunOptions
 from ..exceptions import SluicegateError
-from ..ledger import Ledger
+from ..operations import ledger_of
+from ..options import RunOptions
 from ..partitions import zone_of
+from ..specs import Project
 
 log = logging.getLogger("sluicegate.scheduler")
 
@@ -69,15 +69,13 @@ class Scheduler:
         if not due:
             return []
         started = []
-        s = project.settings
-        with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
-            ledger.ensure_schema()
+        with ledger_of(project) as ledger:
             for task in due:
                 assert task.schedule
                 tick = latest_tick(task.schedule, task.schedule_zone, now)
                 if self.seen.get(task.name) == tick:
                     continue
                 self.seen[task.name] = tick
-                if ledger.claim_tick(task, tick):
+                if ledger.runs.claim_tick(task.name, tick):
                     started.append(self.runs.start([task.name], RunOptions(), label=f"schedule:{task.name}"))
         return started

@@ -1,7 +1,7 @@
-"""Sources: read a batch of partitions from a database with one query.
+"""Sources: read a batch of units (partitions, windows) from a database with one query.
 
-A :class:`Source` yields ``(index, chunk)`` pairs in partition order, where ``index`` is the
-position of the partition in the batch and ``chunk`` is either a list of row tuples, a
+A :class:`Source` yields ``(index, chunk)`` pairs in unit order, where ``index`` is the
+position of the unit's :class:`Slice` in the batch and ``chunk`` is either a list of row tuples, a
 :class:`CsvChunk` (``"csv"`` mode: records encoded by Arrow or PostgreSQL ``COPY``) or an Arrow
 table (``"arrow"`` mode). All chunks
 of one partition are contiguous. Nothing is materialised beyond one chunk.
@@ -9,13 +9,14 @@ of one partition are contiguous. Nothing is materialised beyond one chunk.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
-from ..config import TaskSpec
 from ..db import Dialect, dialect_of
-from ..partitions import Partition
 
 Mode = Literal["rows", "csv", "arrow"]
 ColumnKind = Literal[
@@ -48,32 +49,90 @@ class Column:
     as_text: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReadSpec:
+    """What a source needs to read a task's units: the select and how units cut its rows.
+
+    Each driver builds one from its task. ``keys`` are the select's columns matched against
+    each :class:`Slice`'s key values; ``time_column`` is compared with the slices' windows,
+    ``[start, end)`` or with ``time_ending`` ``(start, end]``. ``day_zone`` (daily partitions in
+    one fixed zone) also joins on the local date, which the planner can hash. Rows are ordered
+    by ``time_column``, ``order_by``, then ``primary_key`` or every column, so the order, and a
+    file's bytes, is fully determined.
+    """
+
+    select_sql: str
+    folder: Path  # the task folder, named in messages
+    keys: tuple[str, ...] = ()
+    time_column: str | None = None
+    time_ending: bool = False
+    day_zone: str | None = None
+    order_by: tuple[str, ...] = ()
+    primary_key: tuple[str, ...] = ()
+    columns: tuple[tuple[str, str], ...] = ()  # [columns] kind pins (SQLite)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slice:
+    """The rows of one unit: key values (of ``ReadSpec.keys``) and a UTC window, with its zone."""
+
+    keys: tuple[Any, ...] = ()
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    zone: str | None = None  # timestamps are written in this zone
+    day: dt.date | None = None  # the local day, for ``ReadSpec.day_zone``
+
+
+class Snapshot(Protocol):
+    """One transaction on the source that reads and then changes rows (archive tasks).
+
+    PostgreSQL and MariaDB: ``REPEATABLE READ``, so what is read is what is deleted; SQLite:
+    the write lock (``BEGIN IMMEDIATE``). Committed when the block ends, rolled back on error.
+    """
+
+    cursor: Any  # the transaction's cursor, for ledger writes in the same database
+
+    def read(
+        self, query: str, params: dict[str, Any], mode: Mode
+    ) -> tuple[list[Column], Mode, Iterator[Any]]:
+        """Run ``query``; return its columns, the mode of its chunks (``mode`` or "rows") and the chunks."""
+        ...
+
+    def execute(self, statement: str, params: dict[str, Any]) -> int:
+        """Run ``statement`` and return how many rows it changed."""
+        ...
+
+
 class Source(Protocol):
     """A database that tasks read from."""
 
     dialect: Dialect
     modes: tuple[Mode, ...]
+    url: str
 
-    def describe(self, task: TaskSpec) -> list[Column]:
-        """Run the task's select with no rows and return its columns; raises on a bad query."""
+    def describe(self, spec: ReadSpec) -> list[Column]:
+        """Run the select with no rows and return its columns; raises ConfigError on a bad query."""
         ...
 
     def read(
-        self, task: TaskSpec, parts: Sequence[Partition], columns: Sequence[Column], mode: Mode
+        self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, chunk)`` for the rows of ``parts``, in one query and one snapshot.
+        """Yield ``(index, chunk)`` for the rows of ``slices``, in one query and one snapshot.
 
-        Partitions without rows yield nothing. Rows are ordered by partition, then the
-        time column, then the task's ``order_by``, then its ``primary_key`` or every column.
+        Slices without rows yield nothing; all chunks of one slice are contiguous, in order.
         """
         ...
 
-    def zones(self, task: TaskSpec) -> dict[str, str]:
-        """Map each partition's non-time key (canonical text) to its IANA zone via ``zone_sql``."""
+    def zones(self, zone_sql: str) -> dict[str, str]:
+        """Map canonical key text to an IANA zone with a ``zone_sql`` query (keys, then the zone)."""
         ...
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows (used by scans and checks)."""
+        ...
+
+    def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:
+        """One read-then-change transaction (see :class:`Snapshot`)."""
         ...
 
     def close(self) -> None:
@@ -93,17 +152,17 @@ def open_source(url: str) -> Source:
     return PostgresSource(url)
 
 
-def order_columns(task: TaskSpec, columns: Sequence[Column]) -> list[str]:
-    """The stable row order inside a partition: time column, order_by, then the primary key.
+def order_columns(spec: ReadSpec, columns: Sequence[Column]) -> list[str]:
+    """The stable row order inside a unit: time column, order_by, then the primary key.
 
     Without a declared primary key every column follows, so equal rows are the only ties and
     the order, hence the file's bytes, is fully determined. A declared key stands for that
     tail: the database sorts on a few columns instead of all of them (cheaper, most of all with
     wide text columns, whose ties would each be a text comparison).
     """
-    names = [task.time.column] if task.time else []
-    names += [c for c in task.order_by if c not in names]
-    tail = list(task.primary_key) if task.primary_key else [c.name for c in columns]
+    names = [spec.time_column] if spec.time_column else []
+    names += [c for c in spec.order_by if c not in names]
+    tail = list(spec.primary_key) if spec.primary_key else [c.name for c in columns]
     names += [c for c in tail if c not in names]
     return names
 

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from ..partitions import BIN_SECONDS, Partition, zone_of
-from . import Column, CsvChunk
+from ..partitions import BIN_SECONDS, zone_of
+from . import Column, CsvChunk, Slice
 
 
 def available() -> bool:
@@ -78,7 +78,7 @@ def read_csv(
     conn: psycopg.Connection[Any],
     query: sql.Composed,
     params: list[Any],
-    parts: Sequence[Partition],
+    parts: Sequence[Slice],
     columns: Sequence[Column],
 ) -> Iterator[tuple[int, CsvChunk]]:
     """Yield ``(index, csv bytes)`` per partition, encoded a record batch at a time.
@@ -164,7 +164,7 @@ class _Offsets:
     first and last microsecond, and per value only in the bin where those two differ.
     """
 
-    def __init__(self, parts: Sequence[Partition]) -> None:
+    def __init__(self, parts: Sequence[Slice]) -> None:
         self.zones = sorted({part.zone or "UTC" for part in parts})
         index = {zone: i for i, zone in enumerate(self.zones)}
         self.zone_index = [index[part.zone or "UTC"] for part in parts]

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from .. import db
-from ..config import TaskSpec
 from ..exceptions import ConfigError
-from ..partitions import Partition, canonical_key
-from . import Column, ColumnKind, Mode, group_rows, order_columns
+from ..partitions import canonical_key
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
 
 CHUNK_ROWS = 5000
 _TYPEOF: dict[str, ColumnKind] = {"integer": "int", "real": "float", "text": "text", "blob": "binary"}
+_NAMED_PARAM = re.compile(r"%\((\w+)\)s")
 
 
 def _kind(name: str) -> ColumnKind:
-    """A kind named in [columns] (one of config.COLUMN_KINDS, checked when the task was loaded)."""
+    """A kind named in [columns] (one of specs.COLUMN_KINDS, checked when the task was loaded)."""
     return cast("ColumnKind", name)
+
+
+def bind_named(query: str) -> str:
+    """PostgreSQL-style ``%(name)s`` placeholders (the Common Knowledge layout) as SQLite's ``:name``."""
+    return _NAMED_PARAM.sub(r":\1", query)
 
 
 class SqliteSource:
@@ -35,38 +42,36 @@ class SqliteSource:
         """Close the connection."""
         self.conn.close()
 
-    def describe(self, task: TaskSpec) -> list[Column]:
+    def describe(self, spec: ReadSpec) -> list[Column]:
         """Return the select's columns and their kinds, fixed once for the task.
 
         SQLite results have no declared types, so a kind comes from ``[columns]`` in task.toml,
         else from the type (``typeof()``) of the column's first non-NULL value in the select's
-        result; the [time] column is timestamptz, and a column that is NULL everywhere is text.
+        result; the time column is timestamptz, and a column that is NULL everywhere is text.
         Every file written from these columns has the same Parquet schema.
         """
-        where = task.folder / "select.sql"
+        where = spec.folder / "select.sql"
         try:
-            cur = self.conn.execute(f"SELECT * FROM ({task.select_sql}) AS q LIMIT 0")
+            cur = self.conn.execute(f"SELECT * FROM ({spec.select_sql}) AS q LIMIT 0")
         except sqlite3.Error as exc:
             raise ConfigError(f"{where}: the query failed: {exc}; fix the SQL") from None
         names = [d[0] for d in cur.description]
-        pinned = dict(task.columns)
+        pinned = dict(spec.columns)
         unknown = sorted(set(pinned) - set(names))
         if unknown:
             raise ConfigError(
-                f"{task.folder / 'task.toml'} [columns] {unknown[0]}: the select has no such column; "
+                f"{spec.folder / 'task.toml'} [columns] {unknown[0]}: the select has no such column; "
                 f"its columns: {', '.join(names)}"
             )
-        time_column = task.time.column if task.time else None
-        kinds = [_kind(pinned[n]) if n in pinned else self._infer(task, n, time_column) for n in names]
+        kinds = [_kind(pinned[n]) if n in pinned else self._infer(spec, n) for n in names]
         return [Column(name=name, kind=kind) for name, kind in zip(names, kinds, strict=True)]
 
-    def _infer(self, task: TaskSpec, name: str, time_column: str | None) -> ColumnKind:
+    def _infer(self, spec: ReadSpec, name: str) -> ColumnKind:
         """The kind of a column's first non-NULL value, by one small query."""
-        if name == time_column:
+        if name == spec.time_column:
             return "timestamptz"
-        q = self.dialect.quote
-        column = f"q.{q(name)}"
-        query = f"SELECT typeof({column}) FROM ({task.select_sql}) AS q WHERE {column} IS NOT NULL LIMIT 1"
+        column = f"q.{self.dialect.quote(name)}"
+        query = f"SELECT typeof({column}) FROM ({spec.select_sql}) AS q WHERE {column} IS NOT NULL LIMIT 1"
         with db.wrap_errors(self.url):
             row = self.conn.execute(query).fetchone()
         return _TYPEOF.get(row[0], "text") if row else "text"
@@ -76,38 +81,38 @@ class SqliteSource:
         with db.wrap_errors(self.url):
             return list(self.conn.execute(query, params).fetchall())
 
-    def zones(self, task: TaskSpec) -> dict[str, str]:
-        """Map canonical non-time keys to zones using the task's ``zone_sql``."""
-        assert task.time and task.time.zone_sql
-        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(task.time.zone_sql)}
+    def zones(self, zone_sql: str) -> dict[str, str]:
+        """Map canonical key text to zones with a ``zone_sql`` query."""
+        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(zone_sql)}
 
     def read(
-        self, task: TaskSpec, parts: Sequence[Partition], columns: Sequence[Column], mode: Mode
+        self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, rows)`` chunks for ``parts`` from one query in one read transaction."""
+        """Yield ``(index, rows)`` chunks for ``slices`` from one query in one read transaction."""
         q = self.dialect.quote
-        nkeys = len(task.keys)
-        width = nkeys + (3 if task.time else 1)
-        values = ", ".join("(" + ", ".join("?" * width) + ")" for _ in parts)
-        cols = ["ord", *(f"k{i}" for i in range(nkeys))] + (["ws", "we"] if task.time else [])
-        on = [f"q.{q(k)} = p.k{i}" for i, k in enumerate(task.keys)]
+        timed = spec.time_column is not None
+        nkeys = len(spec.keys)
+        width = nkeys + (3 if timed else 1)
+        values = ", ".join("(" + ", ".join("?" * width) + ")" for _ in slices)
+        cols = ["ord", *(f"k{i}" for i in range(nkeys))] + (["ws", "we"] if timed else [])
+        on = [f"q.{q(k)} = p.k{i}" for i, k in enumerate(spec.keys)]
         params: list[Any] = []
-        for idx, part in enumerate(parts):
-            params += [idx, *part.values[:nkeys]]
-            if task.time:
-                assert part.start and part.end
-                params += [part.start.isoformat(), part.end.isoformat()]
-        if task.time:
-            t = f"julianday(q.{q(task.time.column)})"
-            lo, hi = (">", "<=") if task.time.boundary == "end" else (">=", "<")
+        for idx, piece in enumerate(slices):
+            params += [idx, *piece.keys]
+            if timed:
+                assert piece.start and piece.end
+                params += [piece.start.isoformat(), piece.end.isoformat()]
+        if spec.time_column is not None:
+            t = f"julianday(q.{q(spec.time_column)})"
+            lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
             on += [f"{t} {lo} julianday(p.ws)", f"{t} {hi} julianday(p.we)"]
-        time_col = task.time.column if task.time else None
         order = ", ".join(
-            f"julianday(q.{q(c)})" if c == time_col else f"q.{q(c)}" for c in order_columns(task, columns)
+            f"julianday(q.{q(c)})" if c == spec.time_column else f"q.{q(c)}"
+            for c in order_columns(spec, columns)
         )
         query = (
             f"WITH p({', '.join(cols)}) AS (VALUES {values}) "
-            f"SELECT p.ord, q.* FROM ({task.select_sql}) AS q JOIN p ON {' AND '.join(on) or '1'} "
+            f"SELECT p.ord, q.* FROM ({spec.select_sql}) AS q JOIN p ON {' AND '.join(on) or '1'} "
             f"ORDER BY p.ord, {order}"
         )
         with db.wrap_errors(self.url):
@@ -118,3 +123,37 @@ class SqliteSource:
                 yield from group_rows(cur, CHUNK_ROWS)
             finally:
                 cur.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[_Snapshot]:
+        """The write lock for the block (``BEGIN IMMEDIATE``): nothing changes between read and delete."""
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            yield _Snapshot(cur, self.url)
+
+
+class _Snapshot:
+    """A read-then-change transaction on SQLite (archive tasks)."""
+
+    def __init__(self, cursor: Any, url: str) -> None:
+        self.cursor = cursor
+        self.url = url
+
+    def read(
+        self, query: str, params: dict[str, Any], mode: Mode
+    ) -> tuple[list[Column], Mode, Iterator[Any]]:
+        """Run ``query``; rows of values as SQLite stores them (kind "other": written as they are)."""
+        with db.wrap_errors(self.url):
+            self.cursor.execute(bind_named(query), params)
+        columns = [Column(name=d[0], kind="other") for d in self.cursor.description]
+        return columns, "rows", self._chunks()
+
+    def _chunks(self) -> Iterator[list[tuple[Any, ...]]]:
+        with db.wrap_errors(self.url):
+            while chunk := self.cursor.fetchmany(CHUNK_ROWS):
+                yield [tuple(r) for r in chunk]
+
+    def execute(self, statement: str, params: dict[str, Any]) -> int:
+        """Run ``statement``; return the rows it changed."""
+        with db.wrap_errors(self.url):
+            self.cursor.execute(bind_named(statement), params)
+            return int(self.cursor.rowcount)

@@ -1,0 +1,136 @@
+"""The ``sluicegate`` command group and what every command shares: options, errors, the project.
+
+Exit codes: 0 ok; 1 some units failed (the rest were exported); 2 bad configuration or
+usage. User errors print one line without a traceback; ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import Project, load_project, parse_duration
+from ..exceptions import ConfigError, SluicegateError, UsageError
+from ..masking import ScrubFilter, mask_url, scrub
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("sluicegate")
+
+ENV_HELP = (
+    "Settings come from sluicegate.toml; environment variables SLUICEGATE_SECTION__KEY override them "
+    "(e.g. SLUICEGATE_SOURCE__URL, SLUICEGATE_DESTINATION__URL, SLUICEGATE_DEFAULTS__LIMIT). The OpenAQ "
+    "exporter's LIMIT, WRITE_FILE_LOCATION, WRITE_FILE_FORMAT, OPEN_DATA_BUCKET, LOCAL_SAVE_DIRECTORY, "
+    "LOG_LEVEL and DATABASE_* are accepted too."
+)
+
+
+def process_started() -> float:
+    """``time.monotonic()`` at the moment this process started (Linux), else now.
+
+    ``--max-runtime`` counts from there, so interpreter start-up and imports are inside the
+    budget, as they are inside a Lambda's or a cron job's time limit.
+    """
+    now = time.monotonic()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - max(0.0, age)
+
+
+class CliState:
+    verbose: bool = False
+    project_dir: Path = Path(".")
+
+
+def fail(exc: BaseException, verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
+    click.echo(f"sluicegate: error: {scrub(str(exc))}", err=True)
+    sys.exit(2 if isinstance(exc, ConfigError | UsageError) else 1)
+
+
+def handled(func: F) -> F:
+    """Turn sluicegate errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = click.get_current_context().find_object(CliState) or CliState()
+        try:
+            return func(*args, **kwargs)
+        except SluicegateError as exc:
+            fail(exc, state.verbose)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load() -> Project:
+    state = click.get_current_context().find_object(CliState) or CliState()
+    project = load_project(state.project_dir, os.environ)
+    level = logging.DEBUG if state.verbose else getattr(logging, project.settings.log_level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # driver logs may echo a connection string
+        handler.addFilter(ScrubFilter(project.settings.source_url, project.settings.ledger_url))
+    log.debug(
+        "source %s, ledger %s", mask_url(project.settings.source_url), mask_url(project.settings.ledger_url)
+    )
+    return project
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def duration(_ctx: Any, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, where=f"--{param.name.replace('_', '-') if param.name else 'duration'}")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def timestamp(_ctx: Any, param: click.Parameter, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2024-05-01T00:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@click.group(epilog=ENV_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    envvar="SLUICEGATE_PROJECT",
+    show_envvar=True,
+    help="The project folder (holding sluicegate.toml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
+@click.version_option(package_name="sluicegate")
+@click.pass_context
+def main(ctx: click.Context, project_dir: Path, verbose: bool) -> None:
+    """sluicegate: incremental, exactly-once exports from SQL databases to files."""
+    state = ctx.ensure_object(CliState)
+    state.verbose = verbose
+    state.project_dir = project_dir

@@ -1,0 +1,207 @@
+"""``run`` and the incremental commands: ``request``, ``redrive``, ``watermark``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .. import operations
+from ..engine import Exporter
+from ..exceptions import UsageError
+from ..masking import mask_url
+from ..operations import incremental_task, request_from_options
+from ..options import RunOptions, TaskSummary
+from ..specs import Project
+from ..watermarks import EXPORT_TYPES, load_request
+from .app import duration, echo_json, handled, load, main, process_started, timestamp
+from .render import render_run
+
+
+@main.command()
+@click.argument("tasks", nargs=-1)
+@click.option("--limit", type=click.IntRange(1), help="At most N partitions in this run (OpenAQ's LIMIT).")
+@click.option("--batch-size", type=click.IntRange(1), help="Partitions claimed and read per query.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Exporters working in parallel, each claiming its own batches (default: [defaults] workers, 1).",
+)
+@click.option(
+    "--max-runtime",
+    callback=duration,
+    help="Stop claiming in time and release what cannot finish (e.g. 14m).",
+)
+@click.option("--every", callback=duration, help="Run again every DUR until SIGINT or SIGTERM.")
+@click.option("--dry-run", is_flag=True, help="List what would be exported and why; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary per task.")
+@click.option(
+    "--type", "export_type", type=click.Choice(EXPORT_TYPES), help="Incremental tasks: the export type."
+)
+@click.option("--ignore-watermark", is_flag=True, help="Incremental tasks: re-export --time-min..--time-max.")
+@click.option("--time-min", callback=timestamp, help="Incremental tasks: window start (ISO 8601).")
+@click.option("--time-max", callback=timestamp, help="Incremental tasks: window end, exclusive (ISO 8601).")
+@click.option("--entity", "entities", multiple=True, help="Incremental tasks: only these entities (repeat).")
+@click.option("--destination", help="Incremental tasks: send a re-export to this URL; watermarks untouched.")
+@click.option("--tag", help="Incremental tasks: a label stored on the run.")
+@handled
+def run(
+    tasks: tuple[str, ...],
+    limit: int | None,
+    batch_size: int | None,
+    workers: int | None,
+    max_runtime: float | None,
+    every: float | None,
+    dry_run: bool,
+    as_json: bool,
+    export_type: str | None,
+    ignore_watermark: bool,
+    time_min: dt.datetime | None,
+    time_max: dt.datetime | None,
+    entities: tuple[str, ...],
+    destination: str | None,
+    tag: str | None,
+) -> None:
+    """Export every pending, complete partition of TASKS (all by default)."""
+    project = load()
+    selected = project.select(list(tasks))
+    request = request_from_options(
+        export_type=export_type,
+        ignore_watermark=ignore_watermark,
+        time_min=time_min,
+        time_max=time_max,
+        entities=entities,
+        destination=destination,
+        tag=tag,
+    )
+    options = RunOptions(
+        limit=limit,
+        batch_size=batch_size,
+        workers=workers,
+        max_runtime=max_runtime,
+        started=process_started(),
+        dry_run=dry_run,
+        request=request,
+    )
+    run_loop(project, selected, options, every=every, as_json=as_json, names=tasks)
+
+
+@main.command()
+@click.argument("source", type=click.File("r"))
+@click.option("--task", "task_name", help="The incremental task (needed when the project has several).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@handled
+def request(source: Any, task_name: str | None, as_json: bool) -> None:
+    """Run one export request message (Bridge Exporter JSON) from a FILE or - for stdin."""
+    project = load()
+    parsed = load_request(source.read())
+    task = incremental_task(project, task_name)
+    run_loop(project, [task], RunOptions(request=parsed), every=None, as_json=as_json, names=(task.name,))
+
+
+@main.command()
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@handled
+def redrive(task: str, as_json: bool) -> None:
+    """Re-run only the failed windows of the incremental TASK, each with its original window."""
+    project = load()
+    spec = incremental_task(project, task)
+    run_loop(project, [spec], RunOptions(redrive=True), every=None, as_json=as_json, names=(task,))
+
+
+@main.group()
+def watermark() -> None:
+    """Show or delete the per-entity watermarks of an incremental task."""
+
+
+@watermark.command(name="list")
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handled
+def watermark_list(task: str, as_json: bool) -> None:
+    """List each entity's watermark, last export and recorded failure."""
+    rows = operations.watermarks(load(), task)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        to = f" to {mask_url(r['failed_destination'])}" if r.get("failed_destination") else ""
+        failed = (
+            f", failed window {r['failed_start']}..{r['failed_end']}{to}: {r['last_error']}"
+            if r["failed_end"]
+            else ""
+        )
+        click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{failed}")
+
+
+@watermark.command(name="delete")
+@click.argument("task")
+@click.argument("entity")
+@handled
+def watermark_delete(task: str, entity: str) -> None:
+    """Delete ENTITY's watermark: its next export starts from the bootstrap."""
+    if not operations.delete_watermark(load(), task, entity):
+        raise UsageError(f"task {task!r} has no watermark for entity {entity!r}")
+    click.echo(f"deleted the watermark of {task} {entity}")
+
+
+def run_loop(
+    project: Project,
+    selected: Sequence[Any],
+    options: RunOptions,
+    *,
+    every: float | None,
+    as_json: bool,
+    names: Sequence[str],
+) -> None:
+    stop = stop_on_signals() if every else None
+    failed = False
+    with Exporter(project) as exporter:
+        while True:
+            summaries = run_with_progress(exporter, selected, options, stop, show=not as_json)
+            failed = failed or not all(s.ok for s in summaries)
+            render_run(summaries, as_json, options.dry_run)
+            if stop is None or stop.wait(every or 0):
+                break
+    broken = [p for p in project.problems if not names or p.name in names]
+    for problem in broken:
+        click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
+    sys.exit(2 if broken else 1 if failed else 0)
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        click.echo(
+            f"sluicegate: {signal.Signals(signum).name}: finishing the batch in hand, then stopping", err=True
+        )
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def run_with_progress(
+    exporter: Exporter, tasks: Sequence[Any], options: RunOptions, stop: threading.Event | None, *, show: bool
+) -> list[TaskSummary]:
+    if not (show and sys.stdout.isatty()) or options.dry_run:
+        return exporter.run_once(tasks, options, stop=stop)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        ids: dict[str, Any] = {}
+
+        def progress(task: str, n: int) -> None:
+            if task not in ids:
+                ids[task] = bar.add_task(f"exporting {task}", total=None)
+            bar.advance(ids[task], n)
+
+        return exporter.run_once(tasks, options, stop=stop, progress=progress)

@@ -1,0 +1,341 @@
+"""Incremental tasks: each entity's new rows since its watermark, one file per entity window.
+
+The driver plans each entity's window (:mod:`sluicegate.watermarks`: claim the watermark
+row, cap the end for late commits, or take a re-export's explicit window, or a recorded
+failure for ``redrive``), exports the windows through the pipeline, grouped by destination
+(a re-export may name its own), and records outcomes on the watermarks: a watermark moves
+forward, compare-and-set, only after its window's file is durable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import validate, watermarks
+from ..exceptions import ConfigError, SluicegateError
+from ..ledger import Ledger, WatermarkStore, run_heartbeat
+from ..options import Budget, RunOptions, TaskSummary
+from ..pipeline import Deadline, Outcome, Pipeline, WorkUnit
+from ..sources import ReadSpec, Slice, Source
+from ..specs import RowTask, Settings
+from ..taskfields import ROW_KEYS, base_fields, row_fields
+from ..watermarks import EXPORT_TYPES, ExportRequest, Window
+from . import Context, Progress
+
+KEYS = ROW_KEYS | {"entity", "cursor", "export_type", "zone", "bootstrap", "safety_margin", "entities"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(RowTask):
+    """Watermark exports per entity: what is new since the last durable export."""
+
+    kind = "incremental"
+    entity: str
+    cursor: str
+    export_type: str = "daily"
+    zone: str = "UTC"
+    bootstrap: str = "yesterday"
+    safety_margin: float = 60.0
+    entities: tuple[str, ...] = ()
+
+
+def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
+    """Read an incremental task's ``task.toml``."""
+    where = str(folder / "task.toml")
+    validate.reject_unknown(raw, KEYS, where)
+    for field_name in ("entity", "cursor"):
+        if field_name not in raw:
+            raise ConfigError(
+                f"{where}: '{field_name}' is missing; name the {field_name} column of select.sql's result"
+            )
+    entities = raw.get("entities", [])
+    if not isinstance(entities, list) or not all(isinstance(e, str | int) for e in entities):
+        raise ConfigError(f'{where} entities: use a list of entity values, e.g. entities = ["study-a"]')
+    cursor = validate.identifier(raw["cursor"], f"{where} cursor")
+    task = Task(
+        **base_fields(name=name, folder=folder, raw=raw, settings=settings),
+        **row_fields(raw, settings, where, cursor),
+        entity=validate.identifier(raw["entity"], f"{where} entity"),
+        cursor=cursor,
+        export_type=validate.choice(raw.get("export_type", "daily"), EXPORT_TYPES, f"{where} export_type"),
+        zone=validate.zone_name(raw.get("zone", "UTC"), f"{where} zone"),
+        bootstrap=_bootstrap(raw.get("bootstrap", "yesterday"), f"{where} bootstrap"),
+        safety_margin=validate.parse_duration(raw.get("safety_margin", "1m"), where=f"{where} safety_margin"),
+        entities=tuple(str(e) for e in entities),
+    )
+    from ..paths import check_template
+
+    check_template(
+        task.path, folder, allowed={task.entity, "type", "start", "end", "format", "ext", "task"},
+        required=(task.entity, "start"), what="window field",
+    )  # fmt: skip
+    sample = dt.datetime(2024, 1, 31, tzinfo=dt.UTC)
+    watermarks.render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
+    return task
+
+
+def _bootstrap(value: Any, where: str) -> str:
+    text = str(value)
+    if text in ("yesterday", "beginning"):
+        return text
+    try:
+        return dt.datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {text!r} is not a bootstrap; use 'yesterday', 'beginning' or an ISO 8601 time"
+        ) from None
+
+
+def read_spec(task: Task) -> ReadSpec:
+    """How the source reads entity windows: the entity column, windows ``[start, end)`` on the cursor."""
+    return ReadSpec(
+        select_sql=task.select_sql,
+        folder=task.folder,
+        keys=(task.entity,),
+        time_column=task.cursor,
+        order_by=task.order_by,
+        primary_key=task.primary_key,
+        columns=task.columns,
+    )
+
+
+class Recorder:
+    """Watermarks move (or a redriven re-export's failure is cleared) after durable publishing."""
+
+    def __init__(self, task: Task, store: WatermarkStore, lease: float, summary: TaskSummary) -> None:
+        self.task = task
+        self.store = store
+        self.lease = lease
+        self.summary = summary
+
+    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Advance each window's watermark, fenced by its claim; re-exports move nothing."""
+        out = []
+        for outcome in outcomes:
+            window: Window = outcome.unit.handle
+            if window.claim is not None:
+                done = self.store.commit(window.claim, end=window.end, rows=outcome.rows, path=outcome.path)
+            else:
+                if window.mode == "redrive":
+                    self.store.clear_failure(self.task.name, window.entity)
+                done = True
+            out.append(done)
+            self._entry(window, rows=outcome.rows, file=outcome.path, ok=done)
+        return out
+
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
+        """Record the failed window for redrive; the watermark does not move."""
+        window: Window = unit.handle
+        self.store.fail(
+            self.task.name,
+            window.entity,
+            token=window.claim.token if window.claim else None,
+            error=str(error),
+            start=window.start,
+            end=window.end,
+            export_type=window.export_type,
+            mode="watermark" if window.claim else "reexport",
+            destination=window.destination,
+        )
+        self._entry(window, rows=0, file=None, ok=False, error=str(error))
+
+    def renew(self, tokens: Collection[str]) -> None:
+        """Extend the watermark claims of a long export."""
+        for token in tokens:
+            self.store.renew(token, lease=self.lease)
+
+    def release(self, tokens: Collection[str]) -> int:
+        """Give back unfinished watermark claims."""
+        return sum(self.store.release(token) for token in tokens)
+
+    def _entry(
+        self, window: Window, *, rows: int, file: str | None, ok: bool, error: str | None = None
+    ) -> None:
+        self.summary.entities.append(
+            {
+                "entity": window.entity,
+                "start": window.start.isoformat(),
+                "end": window.end.isoformat(),
+                "type": window.export_type,
+                "rows": rows,
+                "file": file,
+                "watermark_moved": bool(ok and window.claim is not None),
+                **({"error": error} if error else {}),
+            }
+        )
+
+
+class Driver:
+    """Exports incremental tasks."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
+        ctx, settings = self.context, self.context.project.settings
+        request = options.request or ExportRequest()
+        store = ctx.ledger.watermarks
+        if options.redrive:
+            windows, notes, _ = watermarks.redrive_windows(
+                task, store, ctx.source, lease=settings.lease, max_attempts=settings.max_attempts
+            )
+        else:
+            windows, notes, _ = watermarks.plan_windows(
+                task,
+                request,
+                ctx.source,
+                store,
+                now=dt.datetime.now(dt.UTC),
+                lease=settings.lease,
+                claim=claim,
+            )
+        summary.entities += notes
+        if request.destination:  # an override: failures are recorded with it, for redrive
+            windows = [dataclasses.replace(w, destination=request.destination) for w in windows]
+        return windows
+
+    def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
+        """Each entity's window in ``summary.plan`` (and notes on the others), without claiming."""
+        windows = self._windows(task, options, claim=False, summary=summary)
+        summary.plan = [
+            {
+                "partition": {"entity": w.entity},
+                "reason": w.mode,
+                "start": w.start.isoformat(),
+                "end": w.end.isoformat(),
+                "type": w.export_type,
+                "path": watermarks.window_path(task, w),
+            }
+            for w in windows
+        ]
+
+    def run(
+        self,
+        task: Task,
+        options: RunOptions,
+        *,
+        summary: TaskSummary,
+        budget: Budget,
+        limit: int | None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Export each entity's window, recorded as a run on the ledger; return windows exported."""
+        ctx = self.context
+        windows = self._windows(task, options, claim=True, summary=summary)
+        if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
+            return 0
+        request = options.request or ExportRequest()
+        recorded_here = not options.recorded
+        if recorded_here:
+            run_request = {**request.as_dict(), "redrive": options.redrive}
+            summary.run_id = ctx.ledger.runs.start(task.name, tag=request.tag, request=run_request)
+        try:
+            if recorded_here:  # a CLI run beats (the service's RunManager beats for the runs it records)
+                assert summary.run_id is not None
+                with run_heartbeat(ctx.ledger.url, ctx.ledger.schema, summary.run_id):
+                    self._export(task, windows, summary, budget)
+            else:
+                self._export(task, windows, summary, budget)
+        finally:
+            if recorded_here and summary.run_id is not None:
+                ctx.ledger.runs.finish(summary.run_id, [summary.as_dict()])
+        return len(windows)
+
+    def _export(self, task: Task, windows: list[Window], summary: TaskSummary, budget: Budget) -> None:
+        """Export windows, grouped by destination (a re-export's override, or the project's)."""
+        ctx, settings = self.context, self.context.project.settings
+        spec = read_spec(task)
+        columns = ctx.columns(task, spec)
+        mode = ctx.mode(task.format)
+        recorder = Recorder(task, ctx.ledger.watermarks, settings.lease, summary)
+        groups: dict[str | None, list[Window]] = {}
+        for window in windows:
+            groups.setdefault(window.destination, []).append(window)
+        for url, group in groups.items():
+            destination = ctx.destination_for(url)
+            pipeline = Pipeline(
+                read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
+                format=task.format, columns=columns, mode=mode, destination=destination, recorder=recorder,
+                summary=summary, budget=budget, lease=settings.lease, fault=ctx.fault,
+            )  # fmt: skip
+            with pipeline:
+                units = [
+                    u for w in group if (u := _unit(task, w, pipeline, destination, ctx.ledger)) is not None
+                ]
+                try:
+                    for at in range(0, len(units), task.batch_size):
+                        pipeline.export(units[at : at + task.batch_size])
+                except Deadline:
+                    return
+                finally:
+                    pipeline.flush()
+
+
+def _unit(
+    task: Task, window: Window, pipeline: Pipeline, destination: Any, ledger: Ledger
+) -> WorkUnit | None:
+    """The work unit of a window (its path checked); a window whose path is unusable fails here."""
+    token = window.claim.token if window.claim else ""
+    piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
+    try:
+        path = watermarks.window_path(task, window)
+        destination.check_path(path)
+    except SluicegateError as exc:
+        pipeline.fail(WorkUnit(key=window.entity, slice=piece, path="", token=token, handle=window), exc)
+        return None
+    if window.claim is not None:  # remember the window, so a crashed export is redone the same
+        ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
+    return WorkUnit(key=window.entity, slice=piece, path=path, token=token, handle=window)
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Problems of an incremental task against the live source."""
+    toml = task.folder / "task.toml"
+    try:
+        columns = {c.name for c in source.describe(read_spec(task))}
+    except SluicegateError as exc:
+        return [str(exc)]
+    wanted = [("entity", task.entity), ("cursor", task.cursor)]
+    wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
+    return [
+        f"{toml} {field}: {name!r} is not a column of select.sql's result"
+        for field, name in wanted
+        if name not in columns
+    ]
+
+
+def status(task: Task, ledger: Ledger) -> dict[str, Any]:
+    """Entities, claims, failed windows and the oldest watermark."""
+    rows = ledger.watermarks.entities(task.name)
+    marks = [r["watermark"] for r in rows if r["watermark"] is not None]
+    return {
+        "task": task.name,
+        "kind": "incremental",
+        "entities": len(rows),
+        "claimed": sum(r["claimed"] for r in rows),
+        "failed": sum(r["failed_end"] is not None for r in rows),
+        "oldest_watermark": min(marks).isoformat() if marks else None,
+        "failures": [
+            {"partition": r["entity"], "attempts": r["attempts"], "error": r["last_error"]}
+            for r in rows
+            if r["failed_end"] is not None
+        ],
+    }
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """The entity and cursor columns, for ``sluicegate tasks``."""
+    return {
+        "keys": [task.entity],
+        "time": None,
+        "capture": "watermark",
+        "entity": task.entity,
+        "cursor": task.cursor,
+    }

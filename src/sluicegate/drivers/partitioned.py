@@ -1,0 +1,443 @@
+"""Partitioned tasks: one file per partition (a location-day), re-exported when its rows change.
+
+The driver captures changes into partition versions (triggers' inbox, scans), then claims
+pending, complete partitions in batches and exports each batch through the pipeline; the
+recorder commits versions (fenced by the claim token) or records failures with backoff.
+``run --workers N`` runs N such loops in threads, each with its own connections and claims,
+like N worker processes on one ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import capture, validate
+from ..exceptions import ConfigError, SluicegateError, is_transient
+from ..ledger import Claim, ExportResult, Ledger
+from ..options import Budget, RunOptions, TaskSummary
+from ..partitions import render_path, restore_partition, sample_values
+from ..paths import check_template
+from ..pipeline import MAX_INFLIGHT, Deadline, Outcome, Pipeline, Previous, WorkUnit
+from ..sources import ReadSpec, Slice, Source
+from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
+from ..taskfields import ROW_KEYS, base_fields, row_fields
+from . import Context, Progress
+
+KEYS = ROW_KEYS | {"keys", "time", "capture"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(RowTask):
+    """A partitioned task: partition keys, an optional local time key, and how changes are captured."""
+
+    kind = "partitioned"
+    keys: tuple[str, ...]
+    time: TimeSpec | None
+    capture: CaptureSpec
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        """All partition key names, the time key last."""
+        return (*self.keys, self.time.name) if self.time else self.keys
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
+    """Read a partitioned task's ``task.toml``."""
+    where = str(folder / "task.toml")
+    validate.reject_unknown(raw, KEYS, where)
+    keys = validate.identifiers(raw.get("keys", []), f"{where} keys", '["location_id"]')
+    time = _time_spec(raw["time"], f"{where} [time]") if "time" in raw else None
+    if time and time.name in keys:
+        raise ConfigError(f"{where} [time] name: {time.name!r} is also a partition key; pick another name")
+    if not keys and time is None:
+        raise ConfigError(f"{where}: a partitioned task needs 'keys', a [time] table, or both")
+    task = Task(
+        **base_fields(name=name, folder=folder, raw=raw, settings=settings),
+        **row_fields(raw, settings, where, time.column if time else None),
+        keys=keys,
+        time=time,
+        capture=_capture_spec(raw.get("capture", {}), f"{where} [capture]", keys, time is not None),
+    )
+    check_template(
+        task.path, folder, allowed={*task.key_names, "format", "ext", "task"}, required=task.key_names,
+        what="partition key",
+    )  # fmt: skip
+    render_path(task, sample_values(task))
+    return task
+
+
+def _time_spec(raw: Any, where: str) -> TimeSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: use a table, e.g. [time] then column = "datetime"')
+    validate.reject_unknown(raw, {"column", "grain", "name", "zone", "zone_sql", "settle", "boundary"}, where)
+    if "column" not in raw:
+        raise ConfigError(f"{where}: 'column' is missing; name the time column of select.sql's result")
+    grain = raw.get("grain", "day")
+    if grain not in ("day", "hour"):
+        raise ConfigError(f"{where} grain: {grain!r} is not supported; use 'day' or 'hour'")
+    boundary = raw.get("boundary", "start")
+    if boundary not in ("start", "end"):
+        raise ConfigError(
+            f"{where} boundary: {boundary!r} is not valid; use 'start' for [start, end) "
+            "or 'end' for OpenAQ's time-ending (start, end]"
+        )
+    zone, zone_sql = raw.get("zone"), raw.get("zone_sql")
+    if zone and zone_sql:
+        raise ConfigError(f"{where}: set either 'zone' (one IANA zone) or 'zone_sql', not both")
+    return TimeSpec(
+        column=validate.identifier(raw["column"], f"{where} column"),
+        grain=grain,
+        name=validate.identifier(raw.get("name", grain), f"{where} name"),
+        zone=None if zone_sql else validate.zone_name(zone or "UTC", f"{where} zone"),
+        zone_sql=str(zone_sql) if zone_sql else None,
+        settle=validate.parse_duration(raw.get("settle", 0), where=f"{where} settle"),
+        boundary=boundary,
+    )
+
+
+def _capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) -> CaptureSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: use a table, e.g. [capture] then mode = "trigger"')
+    validate.reject_unknown(raw, {"mode", "table", "keys", "time", "cursor", "overlap"}, where)
+    mode = validate.choice(raw.get("mode", "explicit"), ("trigger", "scan", "explicit"), f"{where} mode")
+    if mode == "explicit":
+        return CaptureSpec(mode="explicit")
+    if not raw.get("table"):
+        raise ConfigError(f"{where}: 'table' is missing; name the source table whose changes mark partitions")
+    table = validate.table_name(raw["table"], f"{where} table")
+    mapping = raw.get("keys", {k: k for k in keys})
+    if not isinstance(mapping, dict) or set(mapping) != set(keys):
+        raise ConfigError(
+            f"{where} keys: map every partition key ({', '.join(keys) or 'none'}) to a column of {table}"
+        )
+    time_col, cursor = raw.get("time"), raw.get("cursor")
+    if has_time and not time_col:
+        raise ConfigError(f"{where}: 'time' is missing; name the column of {table} holding each row's time")
+    if mode == "scan" and not cursor:
+        raise ConfigError(
+            f"{where}: scan mode needs 'cursor', a column such as ingested_at that grows on change"
+        )
+    return CaptureSpec(
+        mode=mode,  # type: ignore[arg-type]
+        table=table,
+        keys={k: validate.identifier(v, f"{where} keys.{k}") for k, v in mapping.items()},
+        time=validate.identifier(time_col, f"{where} time") if time_col else None,
+        cursor=validate.identifier(cursor, f"{where} cursor") if cursor else None,
+        overlap=validate.parse_duration(raw.get("overlap", "1h"), where=f"{where} overlap"),
+    )
+
+
+def read_spec(task: Task) -> ReadSpec:
+    """How the source reads this task's partitions."""
+    time = task.time
+    return ReadSpec(
+        select_sql=task.select_sql,
+        folder=task.folder,
+        keys=task.keys,
+        time_column=time.column if time else None,
+        time_ending=bool(time and time.boundary == "end"),
+        # Days in one fixed zone also join on the local date (not hours: a local hour is
+        # ambiguous when the clocks go back).
+        day_zone=time.zone if time and time.grain == "day" else None,
+        order_by=task.order_by,
+        primary_key=task.primary_key,
+        columns=task.columns,
+    )
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+class Recorder:
+    """Fenced commits of partition versions; failures retried with backoff or parked."""
+
+    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+        self.store = ledger.partitions
+        self.settings = settings
+
+    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Record each partition exported at its claimed version."""
+        return self.store.commit(
+            [
+                ExportResult(
+                    claim=o.unit.handle,
+                    path=o.path,
+                    rows=o.rows,
+                    nbytes=o.nbytes,
+                    checksum=o.checksum,
+                    published=o.published,
+                )
+                for o in outcomes
+            ]
+        )
+
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
+        """Back off (transient) or park (terminal, or out of attempts)."""
+        self.store.fail(
+            unit.handle,
+            error=str(error) or type(error).__name__,
+            terminal=not is_transient(error),
+            max_attempts=self.settings.max_attempts,
+            backoff=self.settings.backoff,
+        )
+
+    def renew(self, tokens: Collection[str]) -> None:
+        """Extend the claims' leases."""
+        for token in tokens:
+            self.store.renew(token, lease=self.settings.lease)
+
+    def release(self, tokens: Collection[str]) -> int:
+        """Give back what is still claimed, without an attempt."""
+        return sum(self.store.release(token) for token in tokens)
+
+
+class LeaseExpired(SluicegateError):
+    """A partition whose leases kept expiring (its worker died or ran out of time)."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempts (leases expired: the exporting worker died "
+            "or ran out of time); run 'sluicegate reset TASK --failed' to retry"
+        )
+
+
+class Driver:
+    """Exports partitioned tasks."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
+        """The partitions the next claim would take, with why and where, in ``summary.plan``."""
+        for claim in self.context.ledger.partitions.pending(task, limit=limit or 1000):
+            entry: dict[str, Any] = {
+                "partition": claim.keys,
+                "reason": claim.reason,
+                "version": claim.version,
+            }
+            try:
+                part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
+                entry["path"] = self.context.destination.display(render_path(task, part.values))
+            except SluicegateError as exc:
+                entry["error"] = str(exc)
+            summary.plan.append(entry)
+
+    def run(
+        self,
+        task: Task,
+        options: RunOptions,
+        *,
+        summary: TaskSummary,
+        budget: Budget,
+        limit: int | None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Capture changes, then export pending partitions with ``workers`` loops; return claims taken."""
+        ctx = self.context
+        if task.capture.mode == "trigger":
+            summary.marked = capture.absorb(task, ctx.ledger, ctx.inbox, ctx.source)
+        elif task.capture.mode == "scan":
+            summary.marked = capture.scan(task, ctx.ledger, ctx.source)
+        workers = options.workers or ctx.project.settings.workers
+        loop = _Loop(task=task, options=options, summary=summary, budget=budget, progress=progress, stop=stop)
+        if workers <= 1:
+            return loop.run(ctx, limit)
+        return _run_workers(loop, ctx, workers, limit)
+
+
+@dataclass(kw_only=True)
+class _Loop:
+    """Claim a batch, export it, repeat: one worker's loop over a task."""
+
+    task: Task
+    options: RunOptions
+    summary: TaskSummary
+    budget: Budget
+    progress: Progress | None
+    stop: threading.Event | None
+
+    def run(self, ctx: Context, limit: int | None, summary: TaskSummary | None = None) -> int:
+        """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
+        task, settings, summary = self.task, ctx.project.settings, summary or self.summary
+        spec = read_spec(task)
+        columns = ctx.columns(task, spec)
+        mode = ctx.mode(task.format)
+        pipeline = Pipeline(
+            read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
+            format=task.format, columns=columns, mode=mode, destination=ctx.destination,
+            recorder=Recorder(ctx.ledger, settings), summary=summary, budget=self.budget,
+            lease=settings.lease, fault=ctx.fault,
+        )  # fmt: skip
+        batch_size = self.options.batch_size or task.batch_size
+        done, last_batch = 0, 0.0
+        with pipeline:
+            try:
+                while limit is None or done < limit:
+                    if (self.stop is not None and self.stop.is_set()) or not self.budget.can_start(
+                        last_batch
+                    ):
+                        break
+                    n = batch_size if limit is None else min(batch_size, limit - done)
+                    claims = ctx.ledger.partitions.claim(task, limit=n, lease=settings.lease)
+                    if not claims:
+                        break
+                    started = time.monotonic()
+                    # The batch's last files are still being published while the next batch is read.
+                    pipeline.export(self._units(ctx, pipeline, claims), keep=MAX_INFLIGHT // 2)
+                    last_batch = time.monotonic() - started
+                    done += len(claims)
+                    if self.progress is not None:
+                        self.progress(task.name, len(claims))
+            except Deadline:
+                pass
+            finally:
+                pipeline.flush()
+        return done
+
+    def _units(self, ctx: Context, pipeline: Pipeline, claims: list[Claim]) -> list[WorkUnit]:
+        """A work unit per claim; a claim whose partition cannot be exported fails here."""
+        units = []
+        max_attempts = ctx.project.settings.max_attempts
+        task = self.task
+        for claim in claims:
+            unit = WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim)
+            try:
+                if claim.attempts >= max_attempts:
+                    raise LeaseExpired(claim.attempts)
+                part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
+                path = render_path(task, part.values)
+                ctx.destination.check_path(path)
+            except (SluicegateError, KeyError) as exc:
+                pipeline.fail(unit, exc)
+                continue
+            day = part.values[-1] if task.time and task.time.grain == "day" else None
+            piece = Slice(
+                keys=part.values[: len(task.keys)], start=part.start, end=part.end, zone=part.zone, day=day
+            )
+            previous = None if claim.forced else Previous(path=claim.prev_path, checksum=claim.prev_checksum)
+            units.append(
+                WorkUnit(
+                    key=claim.pkey, slice=piece, path=path, token=claim.token, previous=previous, handle=claim
+                )
+            )
+        return units
+
+
+def _run_workers(loop: _Loop, ctx: Context, workers: int, limit: int | None) -> int:
+    """Run the loop here and on ``workers - 1`` helper contexts in threads; share the limit out.
+
+    Each helper has its own connections, claims and publishers, exactly like another worker
+    process on the same ledger: while one waits on the database or the disk, the others encode.
+    """
+    share = None if limit is None else -(-limit // workers)
+    helpers: list[Context] = []
+    parts = [TaskSummary(task=loop.task.name) for _ in range(workers - 1)]
+    errors: list[BaseException] = []
+    done = 0
+    try:
+        helpers = [Context.open(ctx.project) for _ in range(workers - 1)]
+        with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="sluicegate-worker") as pool:
+            futures = [
+                pool.submit(loop.run, helper, share, part)
+                for helper, part in zip(helpers, parts, strict=True)
+            ]
+            try:
+                done += loop.run(ctx, share)
+            except SluicegateError as exc:
+                errors.append(exc)
+            for future in futures:
+                try:
+                    done += future.result()
+                except SluicegateError as exc:
+                    errors.append(exc)
+    finally:
+        for helper in helpers:
+            helper.close()
+    for part in parts:
+        loop.summary.merge(part)
+    if errors:
+        raise errors[0]
+    return done
+
+
+# ---------------------------------------------------------------------------- check, status, describe
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Problems of a partitioned task against the live source (columns, zones, capture table)."""
+    toml = task.folder / "task.toml"
+    try:
+        columns = {c.name for c in source.describe(read_spec(task))}
+    except SluicegateError as exc:
+        return [str(exc)]
+    problems = [
+        f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
+        for key in task.keys
+        if key not in columns
+    ]
+    if task.time and task.time.column not in columns:
+        problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
+    for field_name, names in (("order_by", task.order_by), ("primary_key", task.primary_key)):
+        problems += [
+            f"{toml} {field_name}: {name!r} is not a column of select.sql's result"
+            for name in names
+            if name not in columns
+        ]
+    if task.time and task.time.zone_sql:
+        problems += _check_zones(task, source, toml)
+    cap = task.capture
+    if cap.mode in ("trigger", "scan") and cap.table:
+        wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
+        q = source.dialect.quote
+        try:
+            source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
+        except SluicegateError as exc:
+            problems.append(
+                f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
+            )
+    return problems
+
+
+def _check_zones(task: Task, source: Source, toml: Path) -> list[str]:
+    assert task.time and task.time.zone_sql
+    try:
+        zones = source.zones(task.time.zone_sql)
+    except SluicegateError as exc:
+        return [f"{toml} [time] zone_sql: the query failed: {exc}"]
+    bad = []
+    for zone in sorted(set(zones.values())):
+        try:
+            validate.zone_name(zone, "zone")
+        except ConfigError:
+            bad.append(zone)
+    return [f"{toml} [time] zone_sql: {bad[0]!r} is not an IANA time zone; fix the zone data"] if bad else []
+
+
+def status(task: Task, ledger: Ledger) -> dict[str, Any]:
+    """Partition counts by state, and the parked partitions with their errors."""
+    row: dict[str, Any] = dict(ledger.partitions.status(task).__dict__)
+    row["kind"] = "partitioned"
+    row["failures"] = [
+        {"partition": pkey, "attempts": attempts, "error": error}
+        for pkey, attempts, error in ledger.partitions.failures(task, limit=10)
+    ]
+    return row
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """Keys, time key and capture mode, for ``sluicegate tasks``."""
+    return {
+        "keys": list(task.key_names),
+        "time": task.time.__dict__ if task.time else None,
+        "capture": task.capture.mode,
+    }

@@ -1,0 +1,195 @@
+"""Runs of archive tasks: their records, the per-task lock, and the delete witness.
+
+* Every run is recorded before anything is written (``start``), then ``published`` with
+  its file's rows, bytes and SHA-256, then ``done`` when its delete committed.
+* Runs of one task exclude each other: :meth:`ArchiveStore.hold` holds the task's lock
+  on the ledger database for the whole run. The lock dies with its holder's process or
+  connection (a PostgreSQL session advisory lock, or a ``flock`` next to a SQLite ledger),
+  so a crashed run never blocks the next.
+* When the ledger is another database than the source, the delete's transaction also
+  inserts a marker row into ``archive_commits`` in the *source* database (the witness): the
+  marker exists exactly when the delete committed. These methods run on a store over the
+  source database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import db
+from ..exceptions import DataError, LedgerError, SluicegateError, TransientError
+from .core import LedgerCore, Store
+
+LOCK_WAIT = 60.0  # seconds a run waits for another run of the same archive task to finish
+_LOCK_POLL = 0.2
+
+
+class ArchiveBusy(TransientError):
+    """Another run of the archive task holds its lock."""
+
+
+def _nothing() -> None:
+    """The lock check of a lock that cannot be lost while its process lives (a file lock)."""
+
+
+class ArchiveStore(Store):
+    """The ``archive_runs`` of the ledger, and the witness table of a source database."""
+
+    SQL = "archive"
+
+    # ------------------------------------------------------------------ run records
+
+    def unfinished(self, task: str) -> tuple[str, dt.datetime, str, str, int, int] | None:
+        """The oldest run of ``task`` that did not finish: ``(id, boundary, path, state, rows, bytes)``."""
+        row = self._run("unfinished", task=task).fetchone()
+        if row is None:
+            return None
+        boundary = self.core.from_ts(row[1])
+        assert boundary is not None
+        return str(row[0]), boundary, str(row[2]), str(row[3]), int(row[4] or 0), int(row[5] or 0)
+
+    def path_taken(self, task: str, path: str) -> bool:
+        """Whether a run of ``task`` has used the file name ``path``."""
+        return self._run("path_taken", task=task, path=path).fetchone() is not None
+
+    def start(self, run_id: str, task: str, boundary: dt.datetime, path: str) -> None:
+        """Record a new run before anything is written."""
+        self._run("start", id=uuid.UUID(run_id), task=task, boundary=self.core.ts(boundary), path=path)
+
+    def published(
+        self, run_id: str, *, rows: int, nbytes: int, checksum: str, cur: Any | None = None
+    ) -> None:
+        """The run's file is published and verified (in the delete's transaction with ``cur``)."""
+        self._run("published", cur, id=uuid.UUID(run_id), rows=rows, bytes=nbytes, checksum=checksum)
+
+    def done(self, run_id: str, *, deleted: int | None, cur: Any | None = None) -> None:
+        """The run is finished: its delete committed (in the delete's transaction with ``cur``)."""
+        self._run("done", cur, id=uuid.UUID(run_id), deleted=deleted)
+
+    # ------------------------------------------------------------------ the task lock
+
+    @contextlib.contextmanager
+    def hold(self, task: str, *, wait: float | None = None) -> Iterator[Callable[[], None]]:
+        """Hold the lock of archive task ``task`` on the ledger database for the block.
+
+        Waits up to ``wait`` seconds for it, then raises :class:`ArchiveBusy`. Yields a
+        function that raises :class:`LedgerError` when the lock may have been lost (its
+        PostgreSQL session ended); the run calls it before it publishes and before the
+        delete commits. ``wait`` defaults to :data:`LOCK_WAIT`.
+        """
+        wait = LOCK_WAIT if wait is None else wait
+        if self.core.dialect is db.POSTGRESQL:
+            with self._advisory_lock(task, wait) as held:
+                yield held
+        else:
+            with _file_lock(str(db.sqlite_path(self.core.url)), task, wait) as held:
+                yield held
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, task: str, wait: float) -> Iterator[Callable[[], None]]:
+        """PostgreSQL: a session-level advisory lock on a connection of its own."""
+        session = LedgerCore(self.core.url, schema=self.core.schema)
+        try:
+            key = {"scope": f"sluicegate archive {self.core.schema}", "task": task}
+            own = ArchiveStore(session)
+            _wait_for(lambda: own.lock(**key), task, wait)
+
+            def held() -> None:
+                lost = f"lost the lock of archive task {task}"
+                try:
+                    still = own.lock_held(**key)
+                except SluicegateError as exc:  # the connection broke: the server has dropped the lock
+                    raise LedgerError(f"{lost} ({exc}); nothing was deleted") from exc
+                if not still:
+                    raise LedgerError(f"{lost}; nothing was deleted")
+
+            yield held
+        finally:
+            session.close()  # ends the session, which releases its advisory locks
+
+    def lock(self, *, scope: str, task: str) -> bool:
+        """PostgreSQL: try to take the session lock of an archive task on this connection."""
+        with db.wrap_errors(self.core.url, ledger=True):
+            return bool(self.core.conn.execute(self.q["lock"], {"scope": scope, "task": task}).fetchone()[0])
+
+    def lock_held(self, *, scope: str, task: str) -> bool:
+        """PostgreSQL: whether this connection's session still holds the lock of an archive task."""
+        with db.wrap_errors(self.core.url, ledger=True):
+            row = self.core.conn.execute(self.q["lock_held"], {"scope": scope, "task": task}).fetchone()
+        return bool(row[0])
+
+    # ------------------------------------------------------------------ the witness (source database)
+
+    def witness_exists(self) -> bool:
+        """Whether the marker table exists (in this store's database: the source)."""
+        return self._run("witness_exists", schema=self.core.schema).fetchone() is not None
+
+    def witness_create(self) -> None:
+        """Create the marker table if it is missing (idempotent, safe to race)."""
+        if self.witness_exists():
+            return
+
+        def create(cur: Any) -> None:
+            for statement in self.q["witness_create"].split(";\n"):
+                cur.execute(statement)
+
+        try:
+            self.core.in_transaction(create)
+        except LedgerError as exc:
+            raise DataError(
+                f"cannot create the table {self.core.prefix}archive_commits in the source database ({exc}); "
+                "an archive task whose ledger is another database records each delete there: "
+                "let the source user create it"
+            ) from exc
+
+    def witness(self, cur: Any, run_id: str, task: str, deleted: int) -> None:
+        """Insert the marker of ``run_id`` in the open transaction of its delete (``cur``)."""
+        self._run("witness", cur, id=uuid.UUID(run_id), task=task, deleted=deleted)
+
+    def witnessed(self, run_id: str) -> int | None:
+        """How many rows ``run_id`` deleted, or None when its delete never committed."""
+        if not self.witness_exists():
+            return None
+        row = self._run("witnessed", id=uuid.UUID(run_id)).fetchone()
+        return None if row is None else int(row[0])
+
+
+@contextlib.contextmanager
+def _file_lock(ledger_file: str, task: str, wait: float) -> Iterator[Callable[[], None]]:
+    """SQLite: an exclusive ``flock`` on ``<ledger file>.archive-<task>.lock`` (kept, never removed)."""
+    path = f"{ledger_file}.archive-{task}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the lock file {path} of archive task {task}: {exc}") from exc
+    try:
+
+        def take() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait_for(take, task, wait)
+        yield _nothing
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _wait_for(take: Callable[[], bool], task: str, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while not take():
+        if time.monotonic() >= deadline:
+            raise ArchiveBusy(
+                f"another run of archive task {task} is in progress (waited {wait:g} s); "
+                "run it again when that run has finished"
+            )
+        time.sleep(_LOCK_POLL)

@@ -1,0 +1,42 @@
+"""Change capture's tables: the trigger inbox (in the source database) and scan high-water marks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from .. import db
+from .core import Store
+
+UTC = dt.UTC
+
+
+class CaptureStore(Store):
+    """The ``changes`` inbox that triggers append to, and the ``scans`` high-water marks."""
+
+    SQL = "capture"
+
+    def take_changes(self, task: str, *, limit: int, cur: Any) -> list[tuple[list[Any], Any]]:
+        """Remove up to ``limit`` captured changes of ``task`` from the inbox, in the caller's transaction."""
+        self._run("take_changes", cur, task=task, limit=limit)
+        out = []
+        for keys, bin_ in cur.fetchall():
+            values = keys if isinstance(keys, list) else json.loads(keys)
+            out.append((values, self.core.from_ts(bin_)))
+        return out
+
+    def get_scan(self, task: str) -> str | None:
+        """The scan high-water mark of ``task`` (ISO text), if any."""
+        row = self._run("get_scan", task=task).fetchone()
+        if not row or row[0] is None:
+            return None
+        value = row[0]
+        return value.isoformat() if isinstance(value, dt.datetime) else str(value)
+
+    def set_scan(self, task: str, high_water: dt.datetime) -> None:
+        """Move the scan high-water mark of ``task`` forward."""
+        value: Any = high_water
+        if self.core.dialect is db.SQLITE:
+            value = high_water.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._run("set_scan", task=task, high_water=value)

@@ -1,0 +1,198 @@
+"""The ledger's core: one connection to the ledger database, its dialect, and named statements.
+
+Every store (``ledger/<store>.py``) runs its statements, from ``sql/<dialect>/<store>.sql``,
+through a :class:`LedgerCore`. The core owns what they share: connecting and reconnecting
+after a lost connection (with backoff), transactions, translating driver errors into
+:class:`~sluicegate.exceptions.LedgerError`, and how values are stored (SQLite keeps
+timestamps as Unix seconds and UUIDs as text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
+
+from .. import db
+from ..exceptions import LedgerError, SluicegateError
+from ..masking import mask_url
+from ..sql import queries
+
+log = logging.getLogger("sluicegate.ledger")
+T = TypeVar("T")
+UTC = dt.UTC
+SCHEMA_VERSION = "6"
+# Columns added since version 4 on SQLite: (table, column, the method adding it);
+# PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
+SQLITE_ADDED_COLUMNS = (
+    ("watermarks", "failed_destination", "add_failed_destination"),
+    ("runs", "heartbeat_at", "add_run_heartbeat"),
+)
+
+
+class LedgerCore:
+    """A connection to a database holding ledger tables (the ledger, or the source's inbox)."""
+
+    def __init__(self, url: str, *, schema: str = "sluicegate") -> None:
+        self.url = url
+        self.schema = schema
+        self.dialect = db.dialect_of(url)
+        self.conn = db.connect(url, ledger=True)
+        if self.dialect is db.POSTGRESQL:
+            from psycopg import sql
+
+            quoted = sql.Identifier(schema).as_string()
+            self.prefix, self._schema_sql = quoted + ".", quoted
+        else:
+            self.prefix, self._schema_sql = "sluicegate_", ""
+
+    def queries(self, store: str) -> dict[str, str]:
+        """The named statements of ``store`` for this database."""
+        return queries(self.dialect.name, store, self.prefix, self._schema_sql)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # ------------------------------------------------------------------ values
+
+    def ts(self, value: dt.datetime | None) -> Any:
+        """A timestamp as this database stores it (Unix seconds on SQLite)."""
+        if value is None or self.dialect is db.POSTGRESQL:
+            return value
+        return value.timestamp()
+
+    def from_ts(self, value: Any) -> dt.datetime | None:
+        """A stored timestamp as an aware datetime."""
+        if value is None or isinstance(value, dt.datetime):
+            return value
+        return dt.datetime.fromtimestamp(float(value), UTC)
+
+    def params(self, **params: Any) -> dict[str, Any]:
+        """Bind parameters for this database: SQLite gets ``now`` and UUIDs as text."""
+        if self.dialect is db.SQLITE:
+            params.setdefault("now", time.time())
+            return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items()}
+        return params
+
+    # ------------------------------------------------------------------ running statements
+
+    def execute(self, statement: str, params: dict[str, Any], cur: Any | None = None) -> Any:
+        """Run one statement; in the caller's transaction with ``cur``, else on its own (retried)."""
+        if cur is not None:  # inside the caller's transaction, which retries as a whole
+            with db.wrap_errors(self.url, ledger=True):
+                cur.execute(statement, params)
+                return cur
+        return self.retrying(lambda: self.conn.execute(statement, params))
+
+    def retrying(self, step: Callable[[], T]) -> T:
+        """Run ``step``; if the connection was lost, reconnect (with backoff) and run it once more.
+
+        Every ledger statement may run twice: marks only bump a version, and claims of
+        this run's token, commits, failures, renewals and releases are fenced by the token.
+        """
+        for attempt in (1, 2):
+            self._reconnect_if_lost()
+            try:
+                with db.wrap_errors(self.url, ledger=True):
+                    return step()
+            except LedgerError:
+                if attempt == 2 or not self._lost():
+                    raise
+                log.warning("ledger connection to %s lost; reconnecting", mask_url(self.url))
+        raise AssertionError("unreachable")
+
+    def in_transaction(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(cursor)`` in one transaction (write-locked on SQLite), again on a lost connection."""
+
+        def step() -> T:
+            with db.transaction(self.conn, self.dialect, immediate=True) as cur:
+                return body(cur)
+
+        return self.retrying(step)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction for a block of statements (not retried: the block may have effects)."""
+        self._reconnect_if_lost()
+        guard = db.wrap_errors(self.url, ledger=True)
+        with guard, db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            yield cur
+
+    def _lost(self) -> bool:
+        return self.dialect is db.POSTGRESQL and bool(self.conn.closed or self.conn.broken)
+
+    def _reconnect_if_lost(self) -> None:
+        """Reconnect a lost PostgreSQL connection, with backoff (see :func:`db.reconnect`)."""
+        if self._lost():
+            try:
+                self.conn = db.reconnect(self.url, ledger=True)
+            except LedgerError as exc:
+                raise LedgerError(
+                    f"{exc}. Partitions this run had claimed stay claimed until their lease ends, "
+                    "then any run takes them"
+                ) from exc
+
+
+class Store:
+    """A group of ledger statements over a core; ``SQL`` names its file in ``sql/<dialect>/``.
+
+    A method runs the block of its own name: ``self._run("claim", ...)`` inside ``claim``.
+    """
+
+    SQL: ClassVar[str] = ""
+
+    def __init__(self, core: LedgerCore) -> None:
+        self.core = core
+        self.q = core.queries(self.SQL)
+
+    def _run(self, name: str, cur: Any | None = None, **params: Any) -> Any:
+        return self.core.execute(self.q[name], self.core.params(**params), cur)
+
+
+class SchemaStore(Store):
+    """Creating and upgrading the ledger tables."""
+
+    SQL = "schema"
+
+    def ensure_schema(self) -> None:
+        """Create the ledger tables if they do not exist, or upgrade them (idempotent, safe to race)."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+
+        def create(cur: Any) -> None:
+            if self.core.dialect is db.POSTGRESQL:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'))")
+            for statement in self.q["ensure_schema"].split(";\n"):
+                if statement.strip():
+                    cur.execute(statement)
+            if self.core.dialect is db.SQLITE:
+                for table, column, method in SQLITE_ADDED_COLUMNS:
+                    columns = {row[1] for row in cur.execute(f"PRAGMA table_info({self.core.prefix}{table})")}
+                    if column not in columns:
+                        getattr(self, method)(cur)
+
+        self.core.in_transaction(create)
+
+    def schema_version(self) -> str | None:
+        """The ledger schema version, or None when the tables do not exist yet."""
+        try:
+            with db.wrap_errors(self.core.url, ledger=True):
+                row = self.core.conn.execute(self.q["schema_version"], self.core.params()).fetchone()
+        except SluicegateError:
+            if self.core.dialect is db.POSTGRESQL and not self.core.conn.closed:
+                self.core.conn.rollback()
+            return None
+        return None if row is None else str(row[0])
+
+    def add_failed_destination(self, cur: Any) -> None:
+        """SQLite, version 5: a failed re-export remembers its override destination."""
+        self._run("add_failed_destination", cur)
+
+    def add_run_heartbeat(self, cur: Any) -> None:
+        """SQLite, version 5: a run in progress beats."""
+        self._run("add_run_heartbeat", cur)

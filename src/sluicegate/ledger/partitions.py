@@ -1,0 +1,283 @@
+"""Partitions of partitioned tasks: one row per (task, partition) with version, claim and result.
+
+The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.sql``):
+
+* a change bumps ``version``; a partition is pending while ``version > exported_version``;
+* a claim takes pending, complete partitions oldest change first (then oldest window first),
+  under a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite);
+* a commit sets ``exported_version`` to the version read at claim, and only while the
+  claim token still matches, so a change made during the export keeps the partition
+  pending and a worker whose lease was taken over commits nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import db
+from ..partitions import Partition, PartitionKeys
+from .core import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """A partition held by this worker until ``commit``, ``fail`` or ``release``."""
+
+    id: int
+    task: str
+    pkey: str
+    keys: dict[str, Any]
+    zone: str | None
+    version: int
+    attempts: int
+    forced: bool
+    exported_version: int
+    token: str
+    prev_path: str | None
+    prev_bytes: int | None
+    prev_checksum: str | None
+
+    @property
+    def reason(self) -> str:
+        """Why this partition is exported: new, changed, retry or forced."""
+        if self.forced:
+            return "forced"
+        if self.attempts > 0:
+            return "retry"
+        return "new" if self.exported_version == 0 else "changed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """A durable export of one claim, ready to be committed."""
+
+    claim: Claim
+    path: str | None
+    rows: int
+    nbytes: int
+    checksum: str | None
+    published: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStatus:
+    """Partition counts of one task by state."""
+
+    task: str
+    pending: int
+    claimed: int
+    exported: int
+    failed: int
+    waiting: int
+    retrying: int
+    oldest_pending_age: float | None
+
+
+def _settle(task: PartitionKeys) -> float:
+    return task.time.settle if task.time else 0.0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+class PartitionStore(Store):
+    """Marks, claims, commits and failures of partitions."""
+
+    SQL = "partitions"
+
+    def mark(self, partitions: Iterable[Partition], task: PartitionKeys, *, cur: Any | None = None) -> int:
+        """Record a change to each partition (insert or bump version); return how many.
+
+        With ``cur`` the marks join the caller's transaction on this database.
+        """
+        # Sorted, so concurrent workers lock ledger rows in one order and cannot deadlock.
+        # One moment of change for the whole call, as now() is one moment per transaction on PostgreSQL.
+        extra = {"now": time.time()} if self.core.dialect is db.SQLITE else {}
+        rows = [{**self._mark_params(task, p), **extra} for p in sorted(partitions, key=lambda p: p.pkey)]
+        if not rows:
+            return 0
+        if cur is not None:
+            cur.executemany(self.q["mark"], rows)
+            return len(rows)
+        self.core.in_transaction(lambda tx: tx.executemany(self.q["mark"], rows))
+        return len(rows)
+
+    def _mark_params(self, task: PartitionKeys, part: Partition) -> dict[str, Any]:
+        keys = dict(zip(task.key_names, (_plain(v) for v in part.values), strict=True))
+        return self.core.params(
+            task=task.name,
+            pkey=part.pkey,
+            keys=self._json(keys),
+            zone=part.zone,
+            win_start=self.core.ts(part.start),
+            win_end=self.core.ts(part.end),
+        )
+
+    def _json(self, value: dict[str, Any]) -> Any:
+        if self.core.dialect is db.POSTGRESQL:
+            from psycopg.types.json import Jsonb
+
+            return Jsonb(value)
+        return json.dumps(value, sort_keys=True)
+
+    def claim(self, task: PartitionKeys, *, limit: int, lease: float) -> list[Claim]:
+        """Claim up to ``limit`` pending, complete partitions of ``task``."""
+        token = uuid.uuid4()
+        params = self.core.params(task=task.name, limit=limit, lease=lease, settle=_settle(task), token=token)
+        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+        claims = [self._claim_from_row(task.name, row, str(token)) for row in rows]
+        # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
+        return sorted(claims, key=lambda c: c.id)
+
+    def pending(self, task: PartitionKeys, *, limit: int) -> list[Claim]:
+        """Return what the next claim would take, without claiming (for ``--dry-run``)."""
+        cur = self._run("pending", task=task.name, limit=limit, settle=_settle(task))
+        return [self._claim_from_row(task.name, row, "") for row in cur.fetchall()]
+
+    def _claim_from_row(self, task: str, row: Sequence[Any], token: str) -> Claim:
+        pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum = row
+        return Claim(
+            id=int(pid),
+            task=task,
+            pkey=pkey,
+            keys=keys if isinstance(keys, dict) else json.loads(keys),
+            zone=zone,
+            version=int(version),
+            attempts=int(attempts),
+            forced=bool(forced),
+            exported_version=int(exported),
+            token=token,
+            prev_path=path,
+            prev_bytes=nbytes,
+            prev_checksum=checksum,
+        )
+
+    def renew(self, token: str, *, lease: float) -> int:
+        """Extend the lease of partitions still held under ``token``; return how many."""
+        return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
+
+    def commit(self, results: Sequence[ExportResult]) -> list[bool]:
+        """Mark each claim exported at its claimed version, in one transaction.
+
+        Returns, per result, False when that claim's lease was lost (nothing recorded).
+        """
+        if not results:
+            return []
+        if self.core.dialect is db.POSTGRESQL:  # one statement, one round trip for the batch
+            cur = self._run(
+                "commit",
+                ids=[r.claim.id for r in results],
+                tokens=[uuid.UUID(r.claim.token) for r in results],
+                paths=[r.path for r in results],
+                rows=[r.rows for r in results],
+                bytes=[r.nbytes for r in results],
+                checksums=[r.checksum for r in results],
+            )
+            recorded = {row[0] for row in cur.fetchall()}
+            return [r.claim.id in recorded for r in results]
+        done: dict[int, bool] = {}
+
+        def body(cur: Any) -> None:
+            for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
+                self._run(
+                    "commit", cur, id=r.claim.id, token=uuid.UUID(r.claim.token), path=r.path,
+                    rows=r.rows, bytes=r.nbytes, checksum=r.checksum,
+                )  # fmt: skip
+                done[r.claim.id] = cur.rowcount == 1
+
+        self.core.in_transaction(body)
+        return [done[r.claim.id] for r in results]
+
+    def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
+        """Give ``claim`` back after an error; park it when terminal or out of attempts."""
+        cur = self._run(
+            "fail",
+            id=claim.id,
+            token=uuid.UUID(claim.token),
+            error=error[:2000],
+            terminal=terminal,
+            max_attempts=max_attempts,
+            backoff=backoff,
+        )
+        return bool(cur.rowcount == 1)
+
+    def release(self, token: str) -> int:
+        """Give back every partition still held under ``token``; return how many."""
+        return int(self._run("release", token=uuid.UUID(token)).rowcount)
+
+    # ------------------------------------------------------------------ reporting and admin
+
+    def status(self, task: PartitionKeys) -> TaskStatus:
+        """Count the task's partitions by state."""
+        row = self._run("status", task=task.name, settle=_settle(task)).fetchone()
+        pending, claimed, exported, failed, waiting, retrying, age = row
+        return TaskStatus(
+            task=task.name,
+            pending=int(pending or 0),
+            claimed=int(claimed or 0),
+            exported=int(exported or 0),
+            failed=int(failed or 0),
+            waiting=int(waiting or 0),
+            retrying=int(retrying or 0),
+            oldest_pending_age=None if age is None else float(age),
+        )
+
+    def failures(self, task: PartitionKeys, *, limit: int = 20) -> list[tuple[str, int, str]]:
+        """Return ``(partition, attempts, last error)`` of parked partitions."""
+        return [tuple(r) for r in self._run("failures", task=task.name, limit=limit).fetchall()]
+
+    def partition_keys(self, task: PartitionKeys) -> list[tuple[int, dict[str, Any], Any, Any]]:
+        """Every partition of a task: ``(id, keys, window start, window end)``."""
+        return [
+            (
+                int(pid),
+                keys if isinstance(keys, dict) else json.loads(keys),
+                self.core.from_ts(start),
+                self.core.from_ts(end),
+            )
+            for pid, keys, start, end in self._run("partition_keys", task=task.name).fetchall()
+        ]
+
+    def reexport(self, task: PartitionKeys, accept: Callable[[dict[str, Any], Any, Any], bool]) -> int:
+        """Queue again every partition for which ``accept(keys, win_start, win_end)`` is true."""
+        chosen = [
+            self.core.params(id=pid)
+            for pid, keys, start, end in self.partition_keys(task)
+            if accept(keys, start, end)
+        ]
+        if chosen:
+            self.core.in_transaction(lambda cur: cur.executemany(self.q["reexport"], chosen))
+        return len(chosen)
+
+    def reset_failed(self, task: PartitionKeys) -> int:
+        """Re-queue the task's parked partitions; return how many."""
+        return int(self._run("reset_failed", task=task.name).rowcount)
+
+    def list_partitions(
+        self, task: PartitionKeys, *, state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """A page of the task's partitions with their state."""
+        names = (
+            "partition", "keys", "version", "exported_version", "attempts", "last_error", "path",
+            "rows", "bytes", "exported_at", "window_start", "window_end", "state",
+        )  # fmt: skip
+        out = []
+        cur = self._run(
+            "list_partitions", task=task.name, state=state, limit=limit, offset=offset, settle=_settle(task)
+        )
+        for row in cur.fetchall():
+            item = dict(zip(names, row, strict=True))
+            item["keys"] = item["keys"] if isinstance(item["keys"], dict) else json.loads(item["keys"])
+            for key in ("exported_at", "window_start", "window_end"):
+                item[key] = self.core.from_ts(item[key])
+            out.append(item)
+        return out

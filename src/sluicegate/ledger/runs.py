@@ -1,0 +1,103 @@
+"""Runs (recorded by the service and by incremental runs) and schedule ticks."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..exceptions import SluicegateError
+from .core import LedgerCore, Store
+
+log = logging.getLogger("sluicegate.ledger")
+HEARTBEAT_SECONDS = 30.0  # a run in progress records that it is alive this often ...
+ABANDONED_AFTER = 120.0  # ... and one silent for this long is shown as abandoned
+
+
+class RunStore(Store):
+    """The ``runs`` table and the ``schedule_ticks`` that replicas claim."""
+
+    SQL = "runs"
+
+    def start(self, task: str, *, tag: str | None, request: dict[str, Any], run_id: str | None = None) -> str:
+        """Record a run (``task`` may be ``*`` for all tasks) and return its id."""
+        rid = uuid.UUID(run_id) if run_id else uuid.uuid4()
+        self._run("start", id=rid, task=task, tag=tag, request=json.dumps(request, default=str))
+        return str(rid)
+
+    def finish(self, run_id: str, summary: Any) -> None:
+        """Record a run's summary (JSON-ready data)."""
+        self._run("finish", id=uuid.UUID(run_id), summary=json.dumps(summary, default=str))
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record that an unfinished run is still alive."""
+        self._run("heartbeat", id=uuid.UUID(run_id))
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """One run, or None (also for an id that is not a UUID)."""
+        try:
+            rid = uuid.UUID(run_id)
+        except ValueError:
+            return None
+        row = self._run("get", id=rid).fetchone()
+        return None if row is None else self._run_dict(row)
+
+    def recent(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent runs, newest first."""
+        return [self._run_dict(r) for r in self._run("recent", limit=limit).fetchall()]
+
+    def _run_dict(self, row: Sequence[Any]) -> dict[str, Any]:
+        rid, task, tag, request, started, finished, summary, silent = row
+        parsed = json.loads(summary) if summary else None
+        if finished is None:
+            # A run beats every HEARTBEAT_SECONDS; silence means its process died.
+            state = "abandoned" if silent is not None and float(silent) > ABANDONED_AFTER else "running"
+        else:
+            tasks = parsed if isinstance(parsed, list) else []
+            failed = any(t.get("failed") or t.get("task_errors") for t in tasks)
+            state = "failed" if failed else "succeeded"
+        return {
+            "id": str(rid),
+            "task": task,
+            "tag": tag,
+            "state": state,
+            "request": json.loads(request) if request else None,
+            "started_at": self.core.from_ts(started),
+            "finished_at": self.core.from_ts(finished),
+            "summary": parsed,
+        }
+
+    def claim_tick(self, task: str, tick: dt.datetime) -> bool:
+        """True for exactly one caller per (task, schedule tick), across every replica."""
+        return bool(self._run("claim_tick", task=task, tick=self.core.ts(tick)).rowcount == 1)
+
+
+@contextlib.contextmanager
+def run_heartbeat(url: str, schema: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            core = LedgerCore(url, schema=schema)
+            try:
+                runs = RunStore(core)
+                while not stop.wait(every):
+                    runs.heartbeat(run_id)
+            finally:
+                core.close()
+        except SluicegateError as exc:  # the run goes on; it may show as abandoned
+            log.warning("run %s: heartbeat stopped: %s", run_id, exc)
+
+    thread = threading.Thread(target=beat, name="sluicegate-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

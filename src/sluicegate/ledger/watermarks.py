@@ -1,0 +1,149 @@
+"""Watermarks of incremental tasks: one row per (task, entity), claimed, advanced compare-and-set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import db
+from .core import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatermarkClaim:
+    """A (task, entity) watermark row held by this worker."""
+
+    id: int
+    entity: str
+    watermark: dt.datetime | None
+    pending_start: dt.datetime | None
+    pending_end: dt.datetime | None
+    pending_type: str | None
+    attempts: int
+    token: str
+
+
+def _token(token: str | None) -> uuid.UUID | None:
+    return None if token is None else uuid.UUID(token)
+
+
+class WatermarkStore(Store):
+    """The per-(task, entity) watermarks, on the ledger database."""
+
+    SQL = "watermarks"
+
+    def ensure(self, task: str, entities: Sequence[str]) -> None:
+        """Create missing watermark rows (no watermark: the bootstrap applies)."""
+        rows = [self.core.params(task=task, entity=e) for e in sorted(entities)]
+        if rows:
+            self.core.in_transaction(lambda cur: cur.executemany(self.q["ensure"], rows))
+
+    def claim(self, task: str, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
+        """Claim the free watermark rows of ``entities``; held rows are skipped."""
+        token = uuid.uuid4()
+        wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
+        params = self.core.params(task=task, entities=wanted, token=token, lease=lease)
+        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+        ts = self.core.from_ts
+        out = [
+            WatermarkClaim(
+                id=int(r[0]),
+                entity=str(r[1]),
+                watermark=ts(r[2]),
+                pending_start=ts(r[3]),
+                pending_end=ts(r[4]),
+                pending_type=r[5],
+                attempts=int(r[6]),
+                token=str(token),
+            )
+            for r in rows
+        ]
+        return sorted(out, key=lambda c: c.entity)
+
+    def set_pending(
+        self, claim: WatermarkClaim, start: dt.datetime, end: dt.datetime, export_type: str
+    ) -> None:
+        """Remember the window being exported under ``claim``."""
+        self._run(
+            "set_pending",
+            id=claim.id,
+            token=_token(claim.token),
+            start=self.core.ts(start),
+            end=self.core.ts(end),
+            type=export_type,
+        )
+
+    def commit(self, claim: WatermarkClaim, *, end: dt.datetime, rows: int, path: str | None) -> bool:
+        """Advance the watermark to ``end`` (never backwards); False when the claim was lost."""
+        cur = self._run(
+            "commit", id=claim.id, token=_token(claim.token), end=self.core.ts(end), rows=rows, path=path
+        )
+        return bool(cur.rowcount == 1)
+
+    def fail(
+        self,
+        task: str,
+        entity: str,
+        *,
+        token: str | None,
+        error: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        export_type: str,
+        mode: str,
+        destination: str | None = None,
+    ) -> None:
+        """Record a failed window (with a re-export's override destination) for redrive."""
+        if mode == "reexport":  # an entity never exported still gets a row, so redrive sees it
+            self.ensure(task, [entity])
+        self._run(
+            "fail",
+            task=task,
+            entity=entity,
+            token=_token(token),
+            error=error[:2000],
+            start=self.core.ts(start),
+            end=self.core.ts(end),
+            type=export_type,
+            mode=mode,
+            destination=destination,
+        )
+
+    def clear_failure(self, task: str, entity: str) -> None:
+        """Forget a recorded failure (its window was exported)."""
+        self._run("clear_failure", task=task, entity=entity)
+
+    def release_one(self, claim: WatermarkClaim) -> None:
+        """Give back one watermark row without exporting (an empty window)."""
+        self._run("release_one", id=claim.id, token=_token(claim.token))
+
+    def renew(self, token: str, *, lease: float) -> int:
+        """Extend the lease of the watermark rows held under ``token``; return how many."""
+        return int(self._run("renew", token=_token(token), lease=lease).rowcount)
+
+    def release(self, token: str) -> int:
+        """Give back every watermark row held under ``token``."""
+        return int(self._run("release", token=_token(token)).rowcount)
+
+    def entities(self, task: str) -> list[dict[str, Any]]:
+        """Every watermark row of ``task`` as a dict."""
+        names = (
+            "entity", "watermark", "attempts", "last_error", "failed_start", "failed_end", "failed_type",
+            "failed_mode", "failed_destination", "exported_at", "rows", "path", "claimed",
+        )  # fmt: skip
+        out = []
+        for row in self._run("entities", task=task).fetchall():
+            item = dict(zip(names, row, strict=True))
+            for key in ("watermark", "failed_start", "failed_end", "exported_at"):
+                item[key] = self.core.from_ts(item[key])
+            item["claimed"] = bool(item["claimed"])
+            out.append(item)
+        return out
+
+    def delete(self, task: str, entity: str) -> bool:
+        """Delete an entity's watermark; True when there was one."""
+        return bool(self._run("delete", task=task, entity=entity).rowcount)

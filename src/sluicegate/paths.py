@@ -1,0 +1,113 @@
+"""Path templates: check them at load, render them per unit, never outside the destination.
+
+A template is a :meth:`str.format` string over named fields (the partition keys, a window's
+``start``, an archive run's ``boundary``, ``{format}``, ``{ext}``, ``{task}``). Each kind
+names its fields; this module checks templates against them and renders them safely:
+values that would leave the destination (``..``, a slash) or hide in a listing (control and
+format characters) are refused, as terminal errors with a short message.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Collection, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .exceptions import BadPartitionValue, ConfigError
+
+_FORMATTER = string.Formatter()
+# Unicode categories refused in paths: control (Cc: NUL..US, DEL, C1 such as U+0085 NEL), format
+# (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces), and the line and paragraph separators.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+SHOWN_CHARS = 40  # how much of a bad value an error message repeats
+
+
+def shown(text: str) -> str:
+    """``text`` for an error message: quoted, cut at SHOWN_CHARS characters with its length."""
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text):,} characters)"
+
+
+def _refused_char(text: str) -> str | None:
+    """The first character of ``text`` that may not appear in a path, or None."""
+    for ch in text:
+        if ch == "\\" or unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            return ch
+    return None
+
+
+def template_fields(template: str) -> set[str]:
+    """Return the field names a path template uses."""
+    names: set[str] = set()
+    for _, field, _, _ in _FORMATTER.parse(template):
+        if field is not None:
+            names.add(field.split(".")[0].split("[")[0])
+    return names
+
+
+def check_template(
+    template: str, folder: Path, *, allowed: Collection[str], required: Collection[str], what: str = "key"
+) -> None:
+    """Raise ConfigError when ``template`` is malformed, uses an unknown field or lacks a required one."""
+    where = f"{folder / 'task.toml'} path"
+    try:
+        used = template_fields(template)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {template!r} is not a valid template ({exc})") from None
+    unknown = sorted(used - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {{{unknown[0]}}} is not a {what}; use one of {', '.join(sorted(allowed))}"
+        )
+    missing = [k for k in required if k not in used]
+    if missing:
+        raise ConfigError(
+            f"{where}: the template does not use {{{missing[0]}}}, so two {what}s' files would share a name"
+        )
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise BadPartitionValue when a key value cannot be part of a path."""
+    text = str(value)
+    if text in ("", ".", "..") or "/" in text:
+        reason = "it is empty, '.', '..' or holds a slash"
+    elif (ch := _refused_char(text)) is not None:
+        reason = f"it holds the character U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+    else:
+        return
+    raise BadPartitionValue(
+        f"partition value {name}={shown(text)} cannot be used in a file path: {reason}; "
+        "fix the source value or the path template"
+    )
+
+
+def render(template: str, named: Mapping[str, Any], *, checked: Collection[str] = ()) -> str:
+    """Fill ``template``; the values of ``checked`` fields are checked first. Returns a safe path."""
+    for name in checked:
+        check_value(name, named[name])
+    try:
+        rendered = template.format_map(dict(named))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        detail = shown(repr(dict(named)))
+        raise BadPartitionValue(f"path template {template!r} failed for {detail}: {exc}") from None
+    return safe_relative_path(rendered)
+
+
+def safe_relative_path(rendered: str) -> str:
+    """Return ``rendered`` when it is a clean relative POSIX path; raise BadPartitionValue otherwise."""
+    pure = PurePosixPath(rendered)
+    parts = rendered.split("/")
+    if not rendered or pure.is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise BadPartitionValue(
+            f"rendered path {shown(rendered)} is empty, absolute or escapes the destination; "
+            "fix the partition value or the path template"
+        )
+    if (ch := _refused_char(rendered)) is not None:
+        raise BadPartitionValue(
+            f"rendered path {shown(rendered)} holds the character U+{ord(ch):04X} "
+            f"({unicodedata.name(ch, 'unnamed')}); fix the partition value or the path template"
+        )
+    return rendered

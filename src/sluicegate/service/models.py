@@ -1,0 +1,96 @@
+"""The HTTP API's request and response bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ExportTask(BaseModel):
+    """A task as the Common Knowledge service listed it."""
+
+    name: str
+    select_query: str
+    delete_query: str | None = None
+
+
+class StatusOk(BaseModel):
+    """The original's answer, plus the id of the run it started."""
+
+    status: Literal["Ok"] = "Ok"
+    run_id: str
+
+
+class TaskInfo(BaseModel):
+    """A task with its configuration, ledger counts, or the error that keeps it from loading."""
+
+    name: str
+    kind: str | None = None
+    description: str | None = None
+    format: str | None = None
+    keys: list[str] = Field(default_factory=list)
+    capture: str | None = None
+    path: str | None = None
+    schedule: str | None = None
+    error: str | None = None
+    counts: dict[str, Any] | None = None
+
+
+class RunRequest(BaseModel):
+    """The options of ``sluicegate run``."""
+
+    limit: int | None = Field(default=None, ge=1)
+    dry_run: bool = False
+    reexport: bool = Field(default=False, description="Partitioned tasks: queue the time window again first.")
+    time_min: dt.datetime | None = None
+    time_max: dt.datetime | None = None
+    ignore_watermark: bool = False
+    export_type: Literal["daily", "hourly", "instant"] | None = None
+    entities: list[str] | None = None
+    tag: str | None = None
+
+
+class RunAccepted(BaseModel):
+    """A run was recorded and started."""
+
+    run_id: str
+
+
+class RunInfo(BaseModel):
+    """A run as recorded on the ledger."""
+
+    id: str
+    task: str
+    tag: str | None = None
+    state: Literal["running", "succeeded", "failed", "abandoned"]
+    request: dict[str, Any] | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    summary: list[dict[str, Any]] | None = None
+
+
+class PartitionInfo(BaseModel):
+    """One partition and its state."""
+
+    partition: str
+    keys: dict[str, Any]
+    state: str
+    version: int
+    exported_version: int
+    attempts: int
+    last_error: str | None = None
+    path: str | None = None
+    rows: int | None = None
+    bytes: int | None = None
+    exported_at: dt.datetime | None = None
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+
+
+class Health(BaseModel):
+    """What /healthz checked."""
+
+    status: Literal["ok", "failing"]
+    checks: dict[str, str]

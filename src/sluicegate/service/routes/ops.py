@@ -1,0 +1,40 @@
+"""Operations: health, Prometheus metrics and the status page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from ... import operations
+from ..deps import ProjectDep, State, project
+from ..metrics import CONTENT_TYPE
+from ..models import Health
+from ..page import render_page
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz(state: State) -> Any:
+    """Check the source and ledger databases and the destination; 503 when one fails."""
+    try:
+        checks = operations.health(project(state))
+    except HTTPException as exc:
+        checks = {"config": str(exc.detail)}
+    ok = all(v == "ok" for v in checks.values())
+    body = Health(status="ok" if ok else "failing", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+def metrics(state: State) -> Response:
+    """Prometheus text: partitions by state, exports, rows, bytes, failures, durations, pending age."""
+    return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/", response_class=HTMLResponse)
+def status_page(p: ProjectDep) -> str:
+    """A small status page: counts, recent runs, and a grid of partitions by state."""
+    return render_page(p)

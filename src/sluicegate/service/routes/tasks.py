@@ -1,0 +1,91 @@
+"""Tasks: list them, one with its counts, a page of its partitions, start a run of it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+
+from ... import operations
+from ...drivers.incremental import Task as IncrementalTask
+from ...options import RunOptions
+from ...specs import Project, TaskBase
+from ..deps import GUARD, ProjectDep, State, library, task_or_404
+from ..models import PartitionInfo, RunAccepted, RunRequest, TaskInfo
+
+router = APIRouter()
+
+
+def _task_info(described: dict[str, Any]) -> TaskInfo:
+    if "error" in described:
+        return TaskInfo(name=described["name"], error=described["error"])
+    return TaskInfo(
+        name=described["name"],
+        kind=described["kind"],
+        description=described["description"],
+        format=described["format"],
+        keys=described.get("keys") or [],
+        capture=described.get("capture"),
+        path=described["path"],
+        schedule=described.get("schedule"),
+    )
+
+
+@router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])
+def list_tasks(p: ProjectDep) -> list[TaskInfo]:
+    """Every task; a broken task folder is listed with its error."""
+    return [_task_info(t) for t in operations.describe_tasks(p)]
+
+
+@router.get("/tasks/{name}", response_model=TaskInfo, tags=["tasks"])
+def get_task(name: str, p: ProjectDep) -> TaskInfo:
+    """One task with its ledger counts."""
+    described = {t["name"]: t for t in operations.describe_tasks(p)}
+    if name not in described:
+        raise HTTPException(status_code=404, detail="Task not found")
+    info = _task_info(described[name])
+    if info.error is None:
+        info.counts = operations.status(p, [name])[0]
+    return info
+
+
+@router.get("/tasks/{name}/partitions", response_model=list[PartitionInfo], tags=["tasks"])
+def list_partitions(
+    name: str,
+    p: ProjectDep,
+    state: Annotated[Literal["pending", "failed", "exported", "waiting", "claimed"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[PartitionInfo]:
+    """A page of a partitioned task's partitions, optionally of one state."""
+    task = task_or_404(p, name)
+    rows = operations.list_partitions(p, task, state=state, limit=limit, offset=offset)
+    return [PartitionInfo(**r) for r in rows]
+
+
+@router.post(
+    "/tasks/{name}/runs", response_model=RunAccepted, status_code=202, dependencies=GUARD, tags=["runs"]
+)
+def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = None) -> RunAccepted:
+    """Start a run of one task with the options of ``sluicegate run``."""
+    task = task_or_404(p, name)
+    options = library(lambda: _run_options(p, task, body or RunRequest()))
+    assert isinstance(options, RunOptions)
+    return RunAccepted(run_id=state.runs.start([name], options, label=name))
+
+
+def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
+    request = None
+    if isinstance(task, IncrementalTask):
+        request = operations.request_from_options(
+            export_type=body.export_type,
+            ignore_watermark=body.ignore_watermark,
+            time_min=body.time_min,
+            time_max=body.time_max,
+            entities=body.entities or (),
+            destination=None,
+            tag=body.tag,
+        )
+    elif body.reexport and not body.dry_run:
+        operations.reexport(p, task.name, {}, time_min=body.time_min, time_max=body.time_max)
+    return RunOptions(limit=body.limit, dry_run=body.dry_run, request=request)

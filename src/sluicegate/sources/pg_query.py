@@ -1,0 +1,220 @@
+"""The PostgreSQL batch query: one statement reads every unit of a batch, per read path.
+
+The query joins the task's select to a ``VALUES`` list of the batch's slices (their key
+values and UTC windows) and also repeats the keys and the overall time range as plain
+predicates, which PostgreSQL pushes down into the select so indexes are used. What each
+column is read as depends on the read path (see :func:`projection`): every path sees the
+same text for a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import sql
+
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, order_columns
+
+KINDS: dict[int, ColumnKind] = {
+    16: "bool",
+    20: "int",
+    21: "int",
+    23: "int",
+    700: "float",
+    701: "float",
+    1700: "decimal",
+    25: "text",
+    1043: "text",
+    1042: "text",
+    1114: "timestamp",
+    1184: "timestamptz",
+    1082: "date",
+    17: "binary",
+}
+REAL_OID = 700
+
+
+def select_sql(spec: ReadSpec) -> sql.Composable:
+    """The task's select as a composable; '%' doubled so it survives parameter binding."""
+    return sql.SQL(spec.select_sql.replace("%", "%%"))
+
+
+def batch_query(
+    spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode, *, server_text: bool
+) -> tuple[sql.Composed, list[Any]]:
+    """Build the one query that reads every slice of a batch, and its parameters.
+
+    ``server_text``: the CSV comes from ``COPY`` (no ADBC), so the server formats every value.
+    """
+    nkeys = len(spec.keys)
+    timed = spec.time_column is not None
+    # Daily partitions in one fixed zone also join on the local date, an equality the planner
+    # can hash: without it, a task with no other key compares every row with every window.
+    by_day = spec.day_zone is not None and timed
+    names = ["ord", *(f"k{i}" for i in range(nkeys))] + (["ws", "we", "zone"] if timed else [])
+    row_sql = ["%s"] * (nkeys + 1) + (["%s::timestamptz", "%s::timestamptz", "%s::text"] if timed else [])
+    if by_day:
+        names.append("day")
+        row_sql.append("%s::date")
+    values = sql.SQL(", ").join(sql.SQL("(" + ", ".join(row_sql) + ")") for _ in slices)
+    params: list[Any] = []
+    for idx, piece in enumerate(slices):
+        params += [idx, *piece.keys]
+        if timed:
+            params += [piece.start, piece.end, piece.zone]
+        if by_day:
+            params.append(piece.day)
+    on: list[sql.Composable] = [
+        sql.SQL("q.{} = p.{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))
+        for i, k in enumerate(spec.keys)
+    ]
+    where: list[sql.Composable] = []
+    where_params: list[Any] = []
+    for i, k in enumerate(spec.keys):
+        where.append(sql.SQL("q.{} = ANY(%s)").format(sql.Identifier(k)))
+        where_params.append(sorted({s.keys[i] for s in slices}, key=str))
+    if spec.time_column is not None:
+        conditions, bounds = _time_conditions(spec, slices, by_day)
+        on += conditions[:-2]
+        where += conditions[-2:]
+        where_params += bounds
+    zone = sql.SQL("p.zone") if timed else sql.Literal("UTC")
+    # Types read as text may have no ordering (json): they are sorted by that text.
+    by_name = {c.name: c for c in columns}
+    order = sql.SQL(", ").join(
+        sql.SQL("q.{}::text" if by_name[c].as_text else "q.{}").format(sql.Identifier(c))
+        for c in order_columns(spec, columns)
+    )
+    query = sql.SQL(
+        "SELECT p.ord, {projection} FROM ({select}) AS q "
+        "JOIN (VALUES {values}) AS p({names}) ON {on} WHERE {where} ORDER BY p.ord, {order}"
+    ).format(
+        projection=sql.SQL(", ").join(projection(columns, mode, zone, server_text=server_text)),
+        select=select_sql(spec),
+        values=values,
+        names=sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        on=sql.SQL(" AND ").join(on) if on else sql.SQL("true"),
+        where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"),
+        order=order,
+    )
+    return query, params + where_params
+
+
+def _time_conditions(
+    spec: ReadSpec, slices: Sequence[Slice], by_day: bool
+) -> tuple[list[sql.Composable], list[Any]]:
+    """The window join conditions, then the two overall range predicates and their bounds."""
+    assert spec.time_column is not None
+    t = sql.Identifier(spec.time_column)
+    lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
+    conditions: list[sql.Composable] = [
+        sql.SQL("q.{} " + lo + " p.ws").format(t),
+        sql.SQL("q.{} " + hi + " p.we").format(t),
+    ]
+    if by_day:
+        # (start, end] windows: an instant at midnight belongs to the day before.
+        shift = sql.SQL(" - interval '1 microsecond'" if spec.time_ending else "")
+        conditions.append(
+            sql.SQL("((q.{}{}) AT TIME ZONE {})::date = p.day").format(t, shift, sql.Literal(spec.day_zone))
+        )
+    conditions += [sql.SQL("q.{} " + lo + " %s").format(t), sql.SQL("q.{} " + hi + " %s").format(t)]
+    bounds = [min(s.start for s in slices if s.start), max(s.end for s in slices if s.end)]
+    return conditions, bounds
+
+
+def column_of(desc: Any) -> Column:
+    """The column of a result description: its kind, and how the read paths carry it."""
+    kind = KINDS.get(desc.type_code)
+    if kind is None:  # json, uuid, interval, arrays, ...: the server's text
+        return Column(name=desc.name, kind="text", as_text=True)
+    precision = 24 if desc.type_code == REAL_OID else desc.precision
+    return Column(name=desc.name, kind=kind, precision=precision, scale=desc.scale)
+
+
+def projection(
+    columns: Sequence[Column], mode: Mode, zone: sql.Composable, *, server_text: bool
+) -> list[sql.Composable]:
+    """The batch query's select list after ``p.ord``, per read path."""
+    if mode == "csv" and server_text:  # COPY formats every value on the server
+        return [_csv_expr(c, zone) for c in columns]
+    if mode == "csv":
+        floats = [c for c in columns if c.kind == "float"]
+        return [_arrow_csv_expr(c) for c in columns] + [_float_text_expr(c) for c in floats]
+    return [typed_expr(c) for c in columns]
+
+
+def _ref(col: Column) -> sql.Composable:
+    return sql.SQL("q.{}").format(sql.Identifier(col.name))
+
+
+def typed_expr(col: Column) -> sql.Composable:
+    """Arrow batches and psycopg rows (Parquet): decimals and text-only types as the server's text.
+
+    A ``real`` is widened to ``double precision`` on the server (exactly), so both paths get the
+    same double: psycopg would read the real's shortest text (``0.1``) as the nearest double,
+    ADBC the single-precision value itself (``0.10000000149011612``).
+    """
+    c = _ref(col)
+    if col.kind == "decimal" or col.as_text:
+        return sql.SQL("{}::text").format(c)
+    if col.kind == "float" and col.precision == 24:
+        return sql.SQL("{}::float8").format(c)
+    return c
+
+
+def _arrow_csv_expr(col: Column) -> sql.Composable:
+    """Arrow batches encoded by Arrow's CSV writer: what it cannot write as we do comes as text."""
+    if col.kind == "binary":
+        return _hex_expr(_ref(col))
+    if col.kind == "decimal" or col.as_text:
+        return sql.SQL("{}::text").format(_ref(col))
+    return _ref(col)
+
+
+def _float_text_expr(col: Column) -> sql.Composable:
+    """The server's text for a float whose text Arrow would spell differently, else NULL.
+
+    Arrow and PostgreSQL write the same shortest digits, both in plain notation, for magnitudes
+    from 1e-4 below 1e10 (``real``: 1e6) and for zero; outside that (exponents, NaN, Infinity)
+    the spelling differs, and this column carries PostgreSQL's.
+    """
+    c = _ref(col)
+    high = sql.SQL("1e6" if col.precision == 24 else "1e10")
+    return sql.SQL(
+        "CASE WHEN (abs({c}) >= 1e-4 AND abs({c}) < {high}) OR {c} = 0 THEN NULL ELSE {c}::text END"
+    ).format(c=c, high=high)
+
+
+def _hex_expr(c: sql.Composable) -> sql.Composable:
+    """``bytea`` as PostgreSQL's hex output, ``\\x`` and lowercase hex, whatever ``bytea_output``."""
+    return sql.SQL("E'\\\\x' || encode({}, 'hex')").format(c)
+
+
+def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
+    """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
+    c = _ref(col)
+    if col.kind == "timestamptz":
+        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
+            c=c, z=zone
+        )
+        # The offset of each value's own instant in the zone, with seconds only when it has them
+        # (local mean time before standard zones), as Python's isoformat() writes it.
+        return sql.SQL(
+            "to_char({c} AT TIME ZONE {z}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
+            " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
+            " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
+            " || CASE WHEN mod(abs({off}), 60) = 0 THEN ''"
+            " ELSE ':' || to_char(mod(abs({off}), 60), 'FM00') END"
+        ).format(c=c, off=off, z=zone)
+    if col.kind == "timestamp":
+        return sql.SQL(
+            "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
+        ).format(c=c)
+    if col.kind == "bool":
+        return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c)
+    if col.kind == "binary":
+        return _hex_expr(c)
+    return c

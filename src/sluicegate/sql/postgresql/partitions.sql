@@ -1,0 +1,147 @@
+-- Partitions of partitioned tasks: marks, claims, commits, failures (ledger/partitions.py).
+-- Each block is named after the method that runs it.
+
+-- mark --
+-- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+INSERT INTO {t}partitions AS p (task, pkey, keys, zone, win_start, win_end)
+VALUES (%(task)s, %(pkey)s, %(keys)s, %(zone)s, %(win_start)s, %(win_end)s)
+ON CONFLICT (task, pkey) DO UPDATE
+SET version = p.version + 1,
+    changed_at = CASE WHEN p.version = p.exported_version THEN now() ELSE p.changed_at END,
+    attempts = CASE WHEN p.failed THEN 0 ELSE p.attempts END,
+    next_attempt_at = CASE WHEN p.failed THEN NULL ELSE p.next_attempt_at END,
+    failed = false;
+
+-- claim --
+-- Claim up to limit pending, complete partitions, oldest change first, then oldest window; an expired lease counts as an attempt.
+WITH candidate AS (
+    SELECT id FROM {t}partitions
+    WHERE task = %(task)s
+      AND NOT failed
+      AND version > exported_version
+      AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
+      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND (claim_token IS NULL OR lease_until < now())
+    ORDER BY changed_at, win_start, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}partitions AS p
+SET claim_token = %(token)s,
+    claimed_version = p.version,
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = p.attempts + CASE WHEN p.claim_token IS NULL THEN 0 ELSE 1 END
+FROM candidate
+WHERE p.id = candidate.id
+RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
+          p.path, p.bytes, p.checksum;
+
+-- renew --
+-- Extend the lease of every partition still held under a claim token (rows locked in pkey order, like marks).
+UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
+
+-- commit --
+-- The same as commit, for a whole batch in one statement (rows locked in pkey order, like marks);
+-- returns the ids recorded, so a claim whose lease was taken over is told apart.
+WITH done AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(paths)s::text[],
+                         %(rows)s::bigint[], %(bytes)s::bigint[], %(checksums)s::text[])
+        AS d(id, token, path, rows, bytes, checksum)
+), locked AS (
+    SELECT p.id FROM {t}partitions AS p JOIN done AS d ON p.id = d.id AND p.claim_token = d.token
+    ORDER BY p.pkey
+    FOR UPDATE OF p
+)
+UPDATE {t}partitions AS p
+SET exported_version = p.claimed_version,
+    forced = CASE WHEN p.version > p.claimed_version THEN p.forced ELSE false END,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL,
+    path = d.path, rows = d.rows, bytes = d.bytes, checksum = d.checksum, exported_at = now()
+FROM done AS d, locked AS l
+WHERE p.id = d.id AND p.id = l.id AND p.claim_token = d.token
+RETURNING p.id;
+
+-- fail --
+-- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+UPDATE {t}partitions
+SET claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = attempts + 1,
+    last_error = %(error)s,
+    failed = %(terminal)s OR attempts + 1 >= %(max_attempts)s,
+    next_attempt_at = now() + make_interval(secs => least(%(backoff)s * power(2, attempts), 3600))
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- release --
+-- Give back every partition still held under a claim token, without counting an attempt.
+UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
+
+-- pending --
+-- List what the next claim would take (for --dry-run), without claiming.
+SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum
+FROM {t}partitions
+WHERE task = %(task)s
+  AND NOT failed
+  AND version > exported_version
+  AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND (claim_token IS NULL OR lease_until < now())
+ORDER BY changed_at, win_start, id
+LIMIT %(limit)s;
+
+-- status --
+-- Count a task's partitions by state.
+SELECT
+    count(*) FILTER (WHERE NOT failed AND version > exported_version
+                     AND (claim_token IS NULL OR lease_until < now())
+                     AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))) AS pending,
+    count(*) FILTER (WHERE NOT failed AND claim_token IS NOT NULL AND lease_until >= now()) AS claimed,
+    count(*) FILTER (WHERE NOT failed AND version = exported_version) AS exported,
+    count(*) FILTER (WHERE failed) AS failed,
+    count(*) FILTER (WHERE NOT failed AND version > exported_version
+                     AND (claim_token IS NULL OR lease_until < now())
+                     AND win_end > now() - make_interval(secs => %(settle)s)) AS waiting,
+    count(*) FILTER (WHERE NOT failed AND version > exported_version AND attempts > 0) AS retrying,
+    extract(epoch FROM now() - min(changed_at) FILTER (WHERE NOT failed AND version > exported_version))
+        AS oldest_pending_age
+FROM {t}partitions WHERE task = %(task)s;
+
+-- failures --
+-- The parked partitions of a task with their last error.
+SELECT pkey, attempts, last_error FROM {t}partitions
+WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
+
+-- partition_keys --
+-- Every partition of a task with its window, for reexport filters.
+SELECT id, keys, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
+
+-- reexport --
+-- Queue one partition again even if its bytes are unchanged.
+UPDATE {t}partitions
+SET version = version + 1, forced = true, failed = false, attempts = 0, next_attempt_at = NULL,
+    changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
+WHERE id = %(id)s;
+
+-- reset_failed --
+-- Re-queue a task's parked partitions.
+UPDATE {t}partitions
+SET failed = false, attempts = 0, next_attempt_at = NULL
+WHERE task = %(task)s AND failed;
+
+-- list_partitions --
+-- A page of a task's partitions with their state.
+SELECT * FROM (
+    SELECT pkey, keys, version, exported_version, attempts, last_error, path, rows, bytes, exported_at,
+           win_start, win_end,
+           CASE WHEN failed THEN 'failed'
+                WHEN version = exported_version THEN 'exported'
+                WHEN claim_token IS NOT NULL AND lease_until >= now() THEN 'claimed'
+                WHEN win_end > now() - make_interval(secs => %(settle)s) THEN 'waiting'
+                ELSE 'pending' END AS state
+    FROM {t}partitions WHERE task = %(task)s
+) AS p
+WHERE %(state)s::text IS NULL OR state = %(state)s::text
+ORDER BY win_start NULLS FIRST, pkey
+LIMIT %(limit)s OFFSET %(offset)s;

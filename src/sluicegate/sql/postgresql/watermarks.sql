@@ -1,0 +1,88 @@
+-- Per-entity watermarks of incremental tasks (ledger/watermarks.py).
+-- Each block is named after the method that runs it.
+
+-- ensure --
+-- Make sure an entity has a watermark row (no watermark yet means: start from the bootstrap).
+INSERT INTO {t}watermarks (task, entity) VALUES (%(task)s, %(entity)s) ON CONFLICT (task, entity) DO NOTHING;
+
+-- claim --
+-- Claim the watermark rows of the given entities that nobody holds (or whose lease expired).
+WITH candidate AS (
+    SELECT id FROM {t}watermarks
+    WHERE task = %(task)s AND entity = ANY(%(entities)s) AND (claim_token IS NULL OR lease_until < now())
+    ORDER BY entity
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}watermarks AS w
+SET claim_token = %(token)s,
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = w.attempts + CASE WHEN w.claim_token IS NULL THEN 0 ELSE 1 END
+FROM candidate
+WHERE w.id = candidate.id
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts;
+
+-- set_pending --
+-- Remember the window a claim is exporting, so a crashed export is redone with the same window.
+UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pending_type = %(type)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- commit --
+-- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
+UPDATE {t}watermarks
+SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s ELSE watermark END,
+    claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    -- A failed watermark window is done once the watermark passes it. A failed re-export is
+    -- not (it went to its own window and destination): it stays, with its attempts, for redrive.
+    attempts = CASE WHEN failed_mode = 'reexport' THEN attempts ELSE 0 END,
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE NULL END,
+    failed_start = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_type END,
+    failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_end END,
+    failed_mode = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_mode END,
+    exported_at = now(), rows = %(rows)s, path = %(path)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- fail --
+-- Record a failed window (for redrive) and give the claim back; the watermark does not move.
+UPDATE {t}watermarks
+SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
+    watermark = CASE WHEN watermark IS NULL AND %(mode)s = 'watermark' THEN %(start)s ELSE watermark END,
+    attempts = attempts + 1, last_error = %(error)s,
+    failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s, failed_destination = %(destination)s
+WHERE task = %(task)s AND entity = %(entity)s
+  AND (%(token)s::uuid IS NULL OR claim_token = %(token)s::uuid);
+
+-- clear_failure --
+-- Forget a recorded failure once its window was exported (a redriven re-export).
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
+WHERE task = %(task)s AND entity = %(entity)s;
+
+-- renew --
+-- Extend the lease of the watermark rows held under a claim token (a long window export).
+UPDATE {t}watermarks SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
+
+-- release --
+-- Give back every watermark row still held under a claim token.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
+
+-- entities --
+-- Every watermark row of a task.
+SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
+       failed_destination, exported_at, rows, path, claim_token IS NOT NULL AND lease_until >= now() AS claimed
+FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
+
+-- delete --
+-- Forget an entity's watermark: its next export starts from the bootstrap.
+DELETE FROM {t}watermarks WHERE task = %(task)s AND entity = %(entity)s;
+
+-- release_one --
+-- Give back one watermark row (its window turned out empty).
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id = %(id)s AND claim_token = %(token)s;

@@ -1,0 +1,18 @@
+-- The change inbox of trigger capture and the high-water marks of scans (ledger/capture.py).
+-- Each block is named after the method that runs it.
+
+-- take_changes --
+-- Remove up to limit captured changes of a task from the inbox, returning them (inside one transaction).
+DELETE FROM {t}changes
+WHERE id IN (SELECT id FROM {t}changes WHERE task = :task ORDER BY id LIMIT :limit)
+RETURNING keys, bin;
+
+-- get_scan --
+-- The high-water mark of a scan-mode task.
+SELECT high_water FROM {t}scans WHERE task = :task;
+
+-- set_scan --
+-- Move a scan-mode task's high-water mark forward (never back).
+INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (:task, :high_water, :now)
+ON CONFLICT (task) DO UPDATE
+SET high_water = max(high_water, excluded.high_water), scanned_at = :now;

@@ -1,0 +1,125 @@
+-- Partitions of partitioned tasks: marks, claims, commits, failures (ledger/partitions.py).
+-- Each block is named after the method that runs it.
+
+-- mark --
+-- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+INSERT INTO {t}partitions (task, pkey, keys, zone, win_start, win_end, changed_at)
+VALUES (:task, :pkey, :keys, :zone, :win_start, :win_end, :now)
+ON CONFLICT (task, pkey) DO UPDATE
+SET version = version + 1,
+    changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END,
+    attempts = CASE WHEN failed THEN 0 ELSE attempts END,
+    next_attempt_at = CASE WHEN failed THEN NULL ELSE next_attempt_at END,
+    failed = 0;
+
+-- claim --
+-- Claim up to limit pending, complete partitions, oldest change first, then oldest window (run inside BEGIN IMMEDIATE).
+UPDATE {t}partitions
+SET claim_token = :token,
+    claimed_version = version,
+    lease_until = :now + :lease,
+    attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END
+WHERE id IN (
+    SELECT id FROM {t}partitions
+    WHERE task = :task
+      AND NOT failed
+      AND version > exported_version
+      AND (win_end IS NULL OR win_end <= :now - :settle)
+      AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
+      AND (claim_token IS NULL OR lease_until < :now)
+    ORDER BY changed_at, win_start, id
+    LIMIT :limit
+)
+RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum;
+
+-- renew --
+-- Extend the lease of every partition still held under a claim token.
+UPDATE {t}partitions SET lease_until = :now + :lease WHERE claim_token = :token;
+
+-- commit --
+-- Record a durable export at the version read at claim; fenced by the claim token.
+UPDATE {t}partitions
+SET exported_version = claimed_version,
+    forced = CASE WHEN version > claimed_version THEN forced ELSE 0 END,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL,
+    path = :path, rows = :rows, bytes = :bytes, checksum = :checksum, exported_at = :now
+WHERE id = :id AND claim_token = :token;
+
+-- fail --
+-- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+UPDATE {t}partitions
+SET claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = attempts + 1,
+    last_error = :error,
+    failed = (:terminal OR attempts + 1 >= :max_attempts),
+    next_attempt_at = :now + min(:backoff * (1 << min(attempts, 20)), 3600)
+WHERE id = :id AND claim_token = :token;
+
+-- release --
+-- Give back every partition still held under a claim token, without counting an attempt.
+UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
+WHERE claim_token = :token;
+
+-- pending --
+-- List what the next claim would take (for --dry-run), without claiming.
+SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum
+FROM {t}partitions
+WHERE task = :task
+  AND NOT failed
+  AND version > exported_version
+  AND (win_end IS NULL OR win_end <= :now - :settle)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
+  AND (claim_token IS NULL OR lease_until < :now)
+ORDER BY changed_at, win_start, id
+LIMIT :limit;
+
+-- status --
+-- Count a task's partitions by state.
+SELECT
+    coalesce(sum(NOT failed AND version > exported_version AND (claim_token IS NULL OR lease_until < :now)
+                 AND (win_end IS NULL OR win_end <= :now - :settle)), 0) AS pending,
+    coalesce(sum(NOT failed AND claim_token IS NOT NULL AND lease_until >= :now), 0) AS claimed,
+    coalesce(sum(NOT failed AND version = exported_version), 0) AS exported,
+    coalesce(sum(failed), 0) AS failed,
+    coalesce(sum(NOT failed AND version > exported_version AND (claim_token IS NULL OR lease_until < :now)
+                 AND win_end > :now - :settle), 0) AS waiting,
+    coalesce(sum(NOT failed AND version > exported_version AND attempts > 0), 0) AS retrying,
+    :now - min(CASE WHEN NOT failed AND version > exported_version THEN changed_at END) AS oldest_pending_age
+FROM {t}partitions WHERE task = :task;
+
+-- failures --
+-- The parked partitions of a task with their last error.
+SELECT pkey, attempts, last_error FROM {t}partitions
+WHERE task = :task AND failed ORDER BY changed_at, id LIMIT :limit;
+
+-- partition_keys --
+-- Every partition of a task with its window, for reexport filters.
+SELECT id, keys, win_start, win_end FROM {t}partitions WHERE task = :task;
+
+-- reexport --
+-- Queue one partition again even if its bytes are unchanged.
+UPDATE {t}partitions
+SET version = version + 1, forced = 1, failed = 0, attempts = 0, next_attempt_at = NULL,
+    changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END
+WHERE id = :id;
+
+-- reset_failed --
+-- Re-queue a task's parked partitions.
+UPDATE {t}partitions SET failed = 0, attempts = 0, next_attempt_at = NULL WHERE task = :task AND failed;
+
+-- list_partitions --
+-- A page of a task's partitions with their state.
+SELECT * FROM (
+    SELECT pkey, keys, version, exported_version, attempts, last_error, path, rows, bytes, exported_at,
+           win_start, win_end,
+           CASE WHEN failed THEN 'failed'
+                WHEN version = exported_version THEN 'exported'
+                WHEN claim_token IS NOT NULL AND lease_until >= :now THEN 'claimed'
+                WHEN win_end > :now - :settle THEN 'waiting'
+                ELSE 'pending' END AS state
+    FROM {t}partitions WHERE task = :task
+) AS p
+WHERE :state IS NULL OR state = :state
+ORDER BY win_start IS NOT NULL, win_start, pkey
+LIMIT :limit OFFSET :offset;

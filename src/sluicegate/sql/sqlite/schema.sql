@@ -1,0 +1,121 @@
+-- The ledger schema: every table, and the schema version (core: ledger/core.py).
+-- Each block is named after the method that runs it.
+
+-- ensure_schema --
+-- Create the ledger tables (idempotent). Times are UTC seconds since the epoch (REAL).
+CREATE TABLE IF NOT EXISTS {t}meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {t}partitions (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    pkey TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    zone TEXT,
+    win_start REAL,
+    win_end REAL,
+    version INTEGER NOT NULL DEFAULT 1,
+    exported_version INTEGER NOT NULL DEFAULT 0,
+    changed_at REAL NOT NULL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    claim_token TEXT,
+    claimed_version INTEGER,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    failed INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    path TEXT,
+    rows INTEGER,
+    bytes INTEGER,
+    checksum TEXT,
+    exported_at REAL,
+    UNIQUE (task, pkey),
+    CHECK (exported_version <= version),
+    CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+CREATE INDEX IF NOT EXISTS {t}partitions_queue_idx ON {t}partitions (task, changed_at, win_start, id)
+    WHERE version > exported_version AND NOT failed;
+CREATE INDEX IF NOT EXISTS {t}partitions_claim_token_idx ON {t}partitions (claim_token)
+    WHERE claim_token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {t}changes (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    bin INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {t}changes_dedupe_idx ON {t}changes (task, keys, bin);
+CREATE TABLE IF NOT EXISTS {t}scans (
+    task TEXT PRIMARY KEY,
+    high_water TEXT,
+    scanned_at REAL
+);
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    watermark REAL,
+    claim_token TEXT,
+    lease_until REAL,
+    pending_start REAL,
+    pending_end REAL,
+    pending_type TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    failed_start REAL,
+    failed_end REAL,
+    failed_type TEXT,
+    failed_mode TEXT CHECK (failed_mode IN ('watermark', 'reexport')),
+    failed_destination TEXT,
+    exported_at REAL,
+    rows INTEGER,
+    path TEXT,
+    UNIQUE (task, entity),
+    CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+CREATE TABLE IF NOT EXISTS {t}archive_runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    boundary REAL NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('exporting', 'published', 'done')),
+    rows INTEGER,
+    bytes INTEGER,
+    checksum TEXT,
+    deleted INTEGER,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (task, path)
+);
+CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
+    task TEXT NOT NULL,
+    tick REAL NOT NULL,
+    fired_at REAL,
+    PRIMARY KEY (task, tick)
+);
+CREATE TABLE IF NOT EXISTS {t}runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    tag TEXT,
+    request TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    summary TEXT,
+    heartbeat_at REAL
+);
+-- version 6: claims take the oldest window first among partitions changed together
+DROP INDEX IF EXISTS {t}partitions_pending_idx;
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '6');
+
+-- add_failed_destination --
+-- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).
+ALTER TABLE {t}watermarks ADD COLUMN failed_destination TEXT;
+
+-- add_run_heartbeat --
+-- Version 5, likewise.
+ALTER TABLE {t}runs ADD COLUMN heartbeat_at REAL;
+
+-- schema_version --
+-- The ledger schema version (fails when the tables do not exist yet).
+SELECT value FROM {t}meta WHERE key = 'schema_version';

@@ -1,0 +1,167 @@
+"""Checks of single configuration values, shared by ``sluicegate.toml`` and every kind's ``task.toml``.
+
+Each function takes the raw value and ``where`` (the file and the setting, for the message)
+and returns the checked value or raises :class:`ConfigError` with one sentence that names
+the setting, the value and what to write instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import zoneinfo
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from .exceptions import ConfigError
+from .specs import COLUMN_KINDS, FORMATS
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_duration(value: str | int | float, *, where: str) -> float:
+    """Return seconds for ``value`` such as ``"90s"``, ``"14m"``, ``"72h"`` or ``3600``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{where}: duration {value!r} is negative; use a value such as '30s' or '72h'")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {value!r} is not a duration; use a value such as '30s', '14m' or '72h'")
+    parts = re.findall(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?", value)
+    if not parts or "".join(parts).replace(" ", "") != value.replace(" ", ""):
+        raise ConfigError(f"{where}: {value!r} is not a duration; use a value such as '30s', '14m' or '72h'")
+    total = 0.0
+    for part in parts:
+        m = _DURATION.match(part)
+        assert m is not None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+    return total
+
+
+def reject_unknown(
+    raw: Mapping[str, Any], known: Collection[str], where: str, *, what: str = "setting"
+) -> None:
+    """Raise for the first key of ``raw`` not in ``known``, suggesting the closest known name."""
+    unknown = sorted(set(raw) - set(known))
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known {what}s: {', '.join(sorted(known))}"
+    raise ConfigError(f"{where}: unknown {what} {name!r}; {hint}")
+
+
+def identifier(value: Any, where: str) -> str:
+    """A column name: letters, digits and underscores."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ConfigError(f"{where}: {value!r} is not a column name; use letters, digits and underscores")
+    return value
+
+
+def identifiers(value: Any, where: str, example: str) -> tuple[str, ...]:
+    """A list of column names."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: use a list of column names, e.g. {example}")
+    return tuple(identifier(v, where) for v in value)
+
+
+def table_name(value: Any, where: str) -> str:
+    """A table name, optionally schema-qualified."""
+    text = str(value)
+    if not all(NAME.match(part) for part in text.split(".")):
+        raise ConfigError(f"{where}: {text!r} is not a table name")
+    return text
+
+
+def whole_number(value: Any, where: str, minimum: int = 1) -> int:
+    """A whole number of at least ``minimum``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a whole number") from None
+    if number < minimum:
+        raise ConfigError(f"{where}: {number} is too small; use at least {minimum}")
+    return number
+
+
+def file_format(value: Any, where: str) -> str:
+    """One of the formats sluicegate writes."""
+    if value not in FORMATS:
+        raise ConfigError(f"{where}: format {value!r} is not supported; use one of {', '.join(FORMATS)}")
+    return str(value)
+
+
+def zone_name(value: Any, where: str) -> str:
+    """An IANA time zone name."""
+    try:
+        zoneinfo.ZoneInfo(str(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: {value!r} is not an IANA time zone; use a name such as 'Europe/Brussels'"
+        ) from None
+    return str(value)
+
+
+def schema_name(value: Any, where: str) -> str:
+    """The ledger schema: a plain SQL identifier, since it is spliced into every ledger statement."""
+    if not isinstance(value, str) or not NAME.match(value) or len(value) > 63:
+        raise ConfigError(
+            f"{where}: {value!r} is not a plain identifier; use letters, digits and underscores, "
+            "not starting with a digit, at most 63 characters (e.g. 'sluicegate')"
+        )
+    return value
+
+
+def choice(value: Any, choices: Collection[str], where: str) -> str:
+    """One of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not valid; use one of {', '.join(choices)}")
+    return str(value)
+
+
+def iso_time(value: Any, where: str) -> dt.datetime:
+    """An ISO 8601 time; without an offset it is UTC."""
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {value!r} is not an ISO 8601 time such as 2024-05-01T00:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def schedule(raw: Mapping[str, Any], where: str) -> tuple[str | None, str]:
+    """The optional cron ``schedule`` of a task and its ``schedule_zone``."""
+    expression = raw.get("schedule")
+    zone = str(raw.get("schedule_zone", "UTC"))
+    if expression is None:
+        return None, zone
+    from croniter import croniter
+
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ConfigError(f"{where} schedule: {expression!r} is not a cron expression such as '*/5 * * * *'")
+    return expression, zone_name(zone, f"{where} schedule_zone")
+
+
+def column_kinds(raw: Any, where: str, time_column: str | None) -> tuple[tuple[str, str], ...]:
+    """``[columns]``: a column kind per result column name, checked against the known kinds."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: use a table of column kinds, e.g. [columns] then value = "float"')
+    kinds = ", ".join(COLUMN_KINDS)
+    pins = []
+    for name, kind in raw.items():
+        identifier(name, where)
+        if kind not in COLUMN_KINDS:
+            raise ConfigError(f"{where} {name}: {kind!r} is not a column kind; use one of {kinds}")
+        if name == time_column and kind != "timestamptz":
+            raise ConfigError(
+                f'{where} {name}: the [time] column is always timestamptz; remove it or set "timestamptz"'
+            )
+        pins.append((str(name), str(kind)))
+    return tuple(pins)

@@ -1,0 +1,412 @@
+"""Archive tasks: export-then-delete as one unit, in the Common Knowledge layout, with crashes and concurrency."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from test_workers import _spawn, _wait_for
+
+from sluicegate import engine
+from sluicegate.drivers import archive
+from sluicegate.ledger import Ledger
+from sluicegate.ledger import archive as ledger_archive
+from sluicegate.options import Budget, RunOptions, TaskSummary
+from support import cli, files, load
+
+UTC = dt.UTC
+SELECT_PG = """COPY (SELECT * FROM agency
+      WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
+      AND updated_at < %(export_boundary)s) TO stdout WITH csv HEADER;
+"""
+DELETE_PG = """DELETE FROM agency
+      WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
+      AND updated_at < %(export_boundary)s;
+"""
+SELECT_SQLITE = """SELECT * FROM agency a
+      WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = a.base_id AND b.updated_at > a.updated_at)
+      AND a.updated_at < %(export_boundary)s
+"""
+DELETE_SQLITE = """DELETE FROM agency
+      WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = agency.base_id AND b.updated_at > agency.updated_at)
+      AND updated_at < %(export_boundary)s
+"""
+
+
+class Agency:
+    """Append-only versioned rows, as in the Common Knowledge base."""
+
+    def __init__(self, url: str) -> None:
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(
+                url[len("sqlite:///") :], isolation_level=None, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(
+                "CREATE TABLE agency (id INTEGER PRIMARY KEY, base_id INTEGER, updated_at TEXT, name TEXT)"
+            )
+        else:
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(
+                "CREATE TABLE agency (id serial PRIMARY KEY, base_id int, updated_at timestamptz, name text)"
+            )
+        self.inserted = 0
+        self.added: list[int] = []  # the id of every row inserted through this object
+
+    def version(self, base_id: int, at: dt.datetime, name: str) -> None:
+        value: Any = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.sqlite else at
+        p = "?" if self.sqlite else "%s"
+        sql = f"INSERT INTO agency (base_id, updated_at, name) VALUES ({p}, {p}, {p})"
+        if self.sqlite:
+            self.added.append(int(self.conn.execute(sql, (base_id, value, name)).lastrowid))
+        else:
+            self.added.append(
+                int(self.conn.execute(sql + " RETURNING id", (base_id, value, name)).fetchone()[0])
+            )
+        self.inserted += 1
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM agency").fetchone()[0])
+
+    def ids(self) -> set[int]:
+        return {int(r[0]) for r in self.conn.execute("SELECT id FROM agency").fetchall()}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    value: str = request.getfixturevalue("pg_url")
+    return value
+
+
+@pytest.fixture
+def ledger_pg_url(pg_server: Any) -> Iterator[str]:
+    """A second fresh database on the test server, for a ledger apart from the source."""
+    name = f"ledger_{time.time_ns()}"
+    admin = pg_server.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield pg_server.url(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("pg", marks=pytest.mark.pg),
+        pytest.param("pg+pg-ledger", marks=pytest.mark.pg),
+        "sqlite+sqlite-ledger",
+    ]
+)
+def layout(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(source URL, ledger URL): one PostgreSQL database, or a ledger in another database."""
+    if request.param == "sqlite+sqlite-ledger":
+        return f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    source: str = request.getfixturevalue("pg_url")
+    if request.param == "pg":
+        return source, source
+    ledger: str = request.getfixturevalue("ledger_pg_url")
+    return source, ledger
+
+
+def _project(
+    tmp_path: Path,
+    url: str,
+    *,
+    delete: bool = True,
+    boundary: str = "midnight",
+    lease: str = "10m",
+    ledger: str | None = None,
+) -> Path:
+    root = tmp_path / "proj"
+    task = root / "tasks" / "agency"
+    task.mkdir(parents=True)
+    ledger_section = f'[ledger]\nurl = "{ledger}"\n' if ledger else ""
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{url}"\n{ledger_section}[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nlease = "{lease}"\n'
+    )
+    (task / "task.toml").write_text(f'kind = "archive"\nboundary = "{boundary}"\n')
+    pg = url.startswith("postgresql")
+    (task / "select.sql").write_text(SELECT_PG if pg else SELECT_SQLITE)
+    if delete:
+        (task / "delete.sql").write_text(DELETE_PG if pg else DELETE_SQLITE)
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(gzip.decompress(path.read_bytes()).decode())))
+
+
+def _archived_ids(tmp_path: Path) -> list[int]:
+    return sorted(int(r["id"]) for p in files(tmp_path / "out") for r in _rows(p))
+
+
+def _seed(agency: Agency, bases: int = 3, versions: int = 4, first: int = 0) -> None:
+    start = dt.datetime.now(UTC) - dt.timedelta(days=3)
+    for b in range(first, first + bases):
+        for v in range(versions):
+            agency.version(b, start + dt.timedelta(hours=v), f"base{b}-v{v}")
+
+
+def account(out: Path, agency: Agency, inserted: Iterable[int], ledger_url: str) -> None:
+    """Each row is in the table or in exactly one file; each finished run's file is as recorded."""
+    inserted = set(inserted)
+    archived = collections.Counter(int(r["id"]) for p in files(out) for r in _rows(p))
+    table = agency.ids()
+    twice = [i for i, n in archived.items() if n > 1]
+    assert not twice, f"{len(twice)} rows are in two files or twice in one"
+    assert not (lost := inserted - table - set(archived)), (
+        f"{len(lost)} rows lost: in no file and not in the table"
+    )
+    assert not (both := table & set(archived)), f"{len(both)} rows are archived and still in the table"
+    assert set(archived) | table == inserted
+    with Ledger(ledger_url) as ledger:
+        runs = ledger.conn.execute(
+            f"SELECT path, state, rows, checksum, deleted FROM {ledger.table_prefix}archive_runs"
+        ).fetchall()
+    for path, state, rows, checksum, deleted in runs:
+        assert state == "done", f"the run of {path} is {state}"
+        data = (out / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == checksum, f"{path} was overwritten after its run finished"
+        assert rows == len(_rows(out / path)) and deleted in (rows, None)
+
+
+def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    before = dt.datetime.now(UTC).date()
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.rows, summary.failed) == (1, 9, 0)
+    [path] = files(tmp_path / "out")
+    days = {before, dt.datetime.now(UTC).date()}  # the run may straddle midnight UTC
+    assert path.name in {f"agency-{day:%Y_%m_%d}-12_00_00_AM.csv.gz" for day in days}
+    rows = _rows(path)
+    assert list(rows[0]) == ["id", "base_id", "updated_at", "name"]
+    assert sorted(r["name"] for r in rows) == sorted(f"base{b}-v{v}" for b in range(3) for v in range(3))
+    assert agency.count() == 3 and summary.archive[0]["deleted"] == 9
+    assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    engine.run(load(root))
+    first = files(tmp_path / "out")[0]
+    content = first.read_bytes()
+    for b in range(3):
+        agency.version(b, dt.datetime.now(UTC) - dt.timedelta(hours=1), f"base{b}-new")
+    [second] = engine.run(load(root))
+    assert second.rows == 3
+    names = {p.name for p in files(tmp_path / "out")}
+    assert names == {first.name, first.name.replace(".csv.gz", "-2.csv.gz")}
+    assert first.read_bytes() == content
+    assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url, delete=False, boundary="now")
+    agency = Agency(url)
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    assert summary.rows == 9 and agency.count() == 12 and summary.archive[0]["deleted"] is None
+
+
+def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url)
+    (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
+    agency = Agency(pg_url)
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    assert summary.failed == 1 and "deleted 12 rows but the file holds 9" in summary.errors[0]
+    assert agency.count() == 12
+
+
+def _crash(root: Path, point: str) -> None:
+    """Run in a real process, SIGKILLed at ``point``."""
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": point})
+    _wait_for(root / f".fault-{point}", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (root / f".fault-{point}").unlink()
+
+
+@pytest.mark.parametrize("point", ["after_publish", "before_delete_commit"])
+def test_crash_before_the_delete_committed_rewrites_the_same_file(
+    tmp_path: Path, layout: tuple[str, str], point: str
+) -> None:
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, point)
+    [crashed] = files(tmp_path / "out")
+    assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
+    _seed(agency, bases=1, first=10)  # 3 more superseded rows: the redo's file differs from the crashed one
+    started = time.monotonic()
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    seconds = time.monotonic() - started
+    assert files(tmp_path / "out") == [crashed]  # the same file, rewritten: no second file repeats its rows
+    assert len(_rows(crashed)) == 12 and agency.count() == 4
+    account(tmp_path / "out", agency, agency.added, ledger)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 12
+    assert seconds < 30  # the killed run's lock died with it: no waiting for it (60 s)
+
+
+@pytest.mark.parametrize("layout", ["pg+pg-ledger", "sqlite+sqlite-ledger"], indirect=True)
+def test_crash_after_the_delete_committed_keeps_the_file(tmp_path: Path, layout: tuple[str, str]) -> None:
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, "after_delete_commit")  # the ledger never hears that the delete committed
+    [first] = files(tmp_path / "out")
+    content = first.read_bytes()
+    assert len(_rows(first)) == 9 and agency.count() == 3
+    _seed(agency, first=10)  # 9 new superseded rows: as many as the first file holds
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    recovered = summary["archive"][0]
+    assert recovered["recovered"] is True and recovered["deleted"] == 9 and recovered["path"] == first.name
+    assert first.read_bytes() == content and agency.count() == 15  # nothing rewritten, nothing deleted
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["recovered"] is False and summary["archive"][0]["deleted"] == 9
+    assert {p.name for p in files(tmp_path / "out")} == {
+        first.name,
+        first.name.replace(".csv.gz", "-2.csv.gz"),
+    }
+    assert first.read_bytes() == content
+    account(tmp_path / "out", agency, agency.added, ledger)
+
+
+def test_a_run_without_witness_table_keeps_the_file_it_cannot_vouch_for(tmp_path: Path) -> None:
+    """A run recorded by an older sluicegate (no witness table): its file is kept, the rows go to a new one."""
+    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, "after_publish")
+    [crashed] = files(tmp_path / "out")
+    content = crashed.read_bytes()
+    agency.conn.execute("DROP TABLE sluicegate_archive_commits")
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 9
+    assert len(files(tmp_path / "out")) == 2 and crashed.read_bytes() == content
+    assert agency.count() == 3  # the rows are in both files: repeated, never lost
+
+
+def test_a_second_run_waits_for_the_lock_then_fails_clearly(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    project = load(root)
+    monkeypatch.setattr(ledger_archive, "LOCK_WAIT", 0.5)
+    with Ledger(project.settings.ledger_url) as ledger:
+        ledger.ensure_schema()
+        with ledger.archive.hold("agency"):  # another run of the task, holding its lock
+            started = time.monotonic()
+            [summary] = engine.run(project)
+            assert 0.5 <= time.monotonic() - started < 5
+    assert summary.failed == 1 and summary.errors == [
+        "another run of archive task agency is in progress (waited 0.5 s); run it again when that run has finished"
+    ]
+    assert agency.count() == 12 and not files(tmp_path / "out")
+    [summary] = engine.run(project)  # the lock is free again
+    assert summary.failed == 0 and summary.rows == 9 and agency.count() == 3
+
+
+def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url, boundary="now")
+    agency = Agency(pg_url)
+    _seed(agency, bases=20, versions=3)
+    writer = Agency.__new__(Agency)
+    writer.sqlite, writer.inserted, writer.added = False, 0, []
+    writer.conn = psycopg.connect(pg_url, autocommit=True)
+    stop = threading.Event()
+
+    def ingest() -> None:
+        i = 0
+        while not stop.is_set():
+            writer.version(i % 20, dt.datetime.now(UTC), f"live{i}")
+            writer.conn.execute(
+                "UPDATE agency SET name = name || '*' WHERE id = (SELECT max(id) FROM agency)"
+            )
+            i += 1
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    failures = 0
+    try:
+        for _ in range(6):
+            [summary] = engine.run(load(root))
+            failures += summary.failed  # a serialization failure is a safe, retried run
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    [final] = engine.run(load(root))
+    archived = _archived_ids(tmp_path)
+    assert archived and len(archived) == len(set(archived)), "a row was archived twice"
+    assert set(archived).isdisjoint(agency.ids())
+    assert len(archived) + agency.count() == agency.inserted + writer.inserted
+    assert final.failed == 0 and failures < 6
+
+
+def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    Agency(url)
+    assert cli(root, "check").returncode == 0
+    (root / "tasks/agency/delete.sql").write_text(
+        "DELETE FROM nowhere WHERE updated_at < %(export_boundary)s"
+    )
+    result = cli(root, "check")
+    assert result.returncode == 2 and "delete.sql: the query failed" in result.stderr
+
+
+def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, pg_url: str) -> None:
+    root = _project(tmp_path, pg_url)
+    agency = Agency(pg_url)
+    _seed(agency)
+    project = load(root)
+
+    def drop_lock(point: str) -> None:  # the lock's connection dies while the run is under way
+        if point == "after_publish":
+            agency.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            )
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=drop_lock)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    assert summary.failed == 1
+    assert re.fullmatch(r"lost the lock of archive task agency .*; nothing was deleted", summary.errors[0])
+    assert agency.count() == 12
+    [summary] = engine.run(project)  # the next run redoes it into the same file
+    assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
+    assert len(files(tmp_path / "out")) == 1
+    account(tmp_path / "out", agency, agency.added, pg_url)

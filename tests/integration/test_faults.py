@@ -1,0 +1,294 @@
+"""Errors on every read path, lost database connections, honest counts and the time budget.
+
+Each test breaks a run the way an operator would (a select that fails for one partition's
+rows, backends terminated mid-run, a server restarted, a tight ``--max-runtime``) and checks
+what the documentation promises: the other partitions are exported, the bad ones are parked
+or backed off with their error in ``status``, no claim is left behind, a summary is printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sluicegate import engine, operations
+from sluicegate.ledger import Ledger
+from sluicegate.partitions import make_partition
+from support import SLUICEGATE, Db, files, hours, load, write_project
+
+UTC = dt.UTC
+DAY = dt.datetime(2024, 1, 1, tzinfo=UTC)
+
+# (read path, format): ADBC/Arrow for CSV and Parquet, server COPY for CSV, psycopg rows for Parquet.
+READ_PATHS = [("adbc", "csv"), ("adbc", "parquet"), ("copy", "csv"), ("rows", "parquet")]
+
+
+@pytest.fixture(params=READ_PATHS, ids=[f"{p}-{f}" for p, f in READ_PATHS])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The format to export; without ADBC for the COPY and rows paths."""
+    path, fmt = request.param
+    if path in ("copy", "rows"):
+        from sluicegate.sources import arrow as arrow_source
+        from sluicegate.sources import postgres as pg_source
+
+        monkeypatch.setattr(arrow_source, "available", lambda: False)
+        monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
+    return str(fmt)
+
+
+def _project(tmp_path: Path, url: str, fmt: str, select: str, **kwargs: Any) -> Path:
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt=fmt, capture="explicit",
+        zone="UTC", **kwargs,
+    )  # fmt: skip
+    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    return root
+
+
+def _fill(db: Db, locations: range, days: int = 2) -> None:
+    for loc in locations:
+        db.location(loc, "UTC")
+        db.insert(loc, hours(DAY, 24 * days))
+
+
+def _mark_all(root: Path, locations: range, days: int = 2) -> None:
+    project = load(root)
+    for loc in locations:
+        for d in range(days):
+            day = (DAY + dt.timedelta(days=d)).date().isoformat()
+            operations.mark(project, "openaq", {"location_id": str(loc), "day": day})
+
+
+DIVIDE = (
+    "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+    "100 / (m.location_id - 3) AS ratio FROM measurements AS m"
+)
+
+
+@pytest.mark.pg
+def test_a_select_failing_for_one_partition_parks_it_and_exports_the_rest(
+    tmp_path: Path, pg_url: str, read_path: str
+) -> None:
+    """Division by zero in location 3's rows only: on every read path the batch is retried
+    partition by partition, location 3 is parked with the database's error, the rest export."""
+    db = Db(pg_url)
+    _fill(db, range(1, 6))
+    root = _project(tmp_path, pg_url, read_path, DIVIDE)
+    _mark_all(root, range(1, 6))
+    [summary] = engine.run(load(root), ["openaq"])
+    assert (summary.exported, summary.failed, summary.task_errors) == (8, 2, [])
+    assert all("division by zero" in e for e in summary.errors), summary.errors
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["failed"], status["claimed"], status["pending"], status["exported"]) == (2, 0, 0, 8)
+    assert {json.loads(f["partition"])[0] for f in status["failures"]} == {3}
+    assert len(files(tmp_path / "out")) == 8
+
+
+@pytest.mark.pg
+def test_the_cli_prints_its_summary_and_exits_1_when_a_partition_fails(tmp_path: Path, pg_url: str) -> None:
+    """Before, an ADBC error escaped as a Python traceback, without a summary, with every claim held."""
+    db = Db(pg_url)
+    _fill(db, range(1, 6))
+    root = _project(tmp_path, pg_url, "csv.gz", DIVIDE)
+    _mark_all(root, range(1, 6))
+    proc = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "run", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [summary] = json.loads(proc.stdout)
+    assert (summary["exported"], summary["failed"]) == (8, 2)
+    assert db.scalar("SELECT count(*) FROM sluicegate.partitions WHERE claim_token IS NOT NULL") == 0
+
+
+@pytest.mark.pg
+def test_terminated_backends_mid_run_are_reconnected_and_nothing_stays_claimed(
+    tmp_path: Path, pg_url: str, read_path: str
+) -> None:
+    """Every connection of the run (source, ledger, ADBC) is terminated while a batch is read:
+    the run reconnects, the lost batch is retried, every partition ends exported, none claimed."""
+    db = Db(pg_url)
+    db.conn.execute(
+        "CREATE FUNCTION slow(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF loc = 3 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_sleep(1.5); END IF; RETURN 1; END $$"
+    )
+    _fill(db, range(1, 7))
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, slow(m.location_id, m.datetime) AS s "
+        "FROM measurements AS m"
+    )
+    root = _project(tmp_path, pg_url, read_path, select, extra_defaults="batch_size = 4")
+    _mark_all(root, range(1, 7))
+    killed: list[int] = []
+
+    def killer() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            for _ in range(200):
+                rows = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event = 'PgSleep'"
+                ).fetchall()
+                if rows:
+                    others = admin.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()"
+                    ).fetchall()
+                    for (pid,) in others:
+                        if admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]:
+                            killed.append(pid)
+                    return
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+    assert killed, "the test never saw the slow batch query"
+    assert summary.task_errors == []
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["claimed"], status["failed"], status["exported"]) == (0, 0, 12), status
+    assert summary.failed == 0 and summary.exported == 12
+
+
+@pytest.mark.pg
+def test_a_server_restart_mid_run_commits_what_was_published(tmp_path: Path, pg_server: Any) -> None:
+    """PostgreSQL restarted with -m immediate while the run is between batches: the run waits
+    for the server, commits the files it had published and exports the rest, in the same run."""
+    url = pg_server.url("postgres").rsplit("/", 1)[0] + "/restart_test"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS restart_test WITH (FORCE)")
+        admin.execute("CREATE DATABASE restart_test")
+        # The test server runs with synchronous_commit off: a crash would lose the last commits,
+        # which is the server's doing, not sluicegate's. This database commits durably.
+        admin.execute("ALTER DATABASE restart_test SET synchronous_commit = on")
+    db = Db(url)
+    db.conn.execute(
+        "CREATE FUNCTION slow(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF loc = 3 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_sleep(1.0); END IF; RETURN 1; END $$"
+    )
+    _fill(db, range(1, 7))
+    db.close()
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, slow(m.location_id, m.datetime) AS s "
+        "FROM measurements AS m"
+    )
+    root = _project(tmp_path, url, "csv", select, extra_defaults="batch_size = 4")
+    _mark_all(root, range(1, 7))
+    restarted = threading.Event()
+
+    def restart() -> None:
+        with psycopg.connect(url, autocommit=True) as probe:
+            for _ in range(200):
+                if probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                    "AND pid <> pg_backend_pid()"
+                ).fetchone()[0]:
+                    break
+                time.sleep(0.05)
+        subprocess.run(
+            [*_runuser(), str(pg_server.bindir / "pg_ctl"), "restart", "-m", "immediate", "-w",
+             f"--pgdata={pg_server.data_dir}", f"--log={pg_server.log_path}"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        restarted.set()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+    assert restarted.is_set()
+    assert summary.task_errors == [], summary.task_errors
+    [status] = operations.status(load(root), ["openaq"])
+    with psycopg.connect(url) as check:
+        left = check.execute(
+            "SELECT pkey, version, exported_version, claim_token, attempts, last_error "
+            "FROM sluicegate.partitions WHERE version <> exported_version"
+        ).fetchall()
+    assert (status["claimed"], status["failed"], status["exported"]) == (0, 0, 12), (status, summary, left)
+    assert len(files(tmp_path / "out")) == 12
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE restart_test WITH (FORCE)")
+
+
+def _runuser() -> list[str]:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    return [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
+
+
+@pytest.mark.pg
+def test_a_partition_retried_within_a_run_is_counted_once(tmp_path: Path, pg_url: str, read_path: str) -> None:
+    """With no backoff, a partition whose read keeps failing with a transient error (SQLSTATE
+    40001) is claimed again in the same run until it is parked: one failed partition, not four."""
+    db = Db(pg_url)
+    db.conn.execute(
+        "CREATE FUNCTION flaky(loc int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF loc = 2 THEN RAISE EXCEPTION 'could not serialize access due to concurrent update' "
+        "USING ERRCODE = '40001'; END IF; "
+        "RETURN 1; END $$"
+    )
+    _fill(db, range(1, 4), days=1)
+    select = "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, flaky(m.location_id) AS f FROM measurements AS m"
+    root = _project(
+        tmp_path, pg_url, read_path, select, backoff="0s", extra_defaults="max_attempts = 4\nbatch_size = 1"
+    )
+    _mark_all(root, range(1, 4), days=1)
+    [summary] = engine.run(load(root), ["openaq"])
+    assert (summary.exported, summary.failed, len(summary.errors)) == (2, 1, 1)
+    [status] = operations.status(load(root), ["openaq"])
+    assert status["failed"] == 1 and [f["attempts"] for f in status["failures"]] == [4]
+
+
+def test_a_task_level_error_is_not_counted_as_a_failed_partition(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, "csv", "SELECT * FROM no_such_table")
+    Db(url)
+    [summary] = engine.run(load(root), ["openaq"])
+    assert summary.failed == 0
+    assert len(summary.task_errors) == 1 and "no_such_table" in summary.task_errors[0]
+    assert not summary.ok
+
+
+def test_max_runtime_ends_the_process_inside_its_budget(tmp_path: Path) -> None:
+    """A run with more work than time ends before its budget, counted from the process start,
+    having committed what it published and released the rest."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv.gz", capture="explicit",
+        zone="UTC", extra_defaults="batch_size = 50",
+    )  # fmt: skip
+    db = Db(url)
+    _fill(db, range(1, 101), days=60)  # 6,000 location-days: far more than fits in the budget
+    task = load(root).tasks["openaq"]
+    days = [(DAY + dt.timedelta(days=d)).date() for d in range(60)]
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        ledger.partitions.mark([make_partition(task, (loc,), day, "UTC") for loc in range(1, 101) for day in days], task)
+    budget = 3.0
+    started = time.monotonic()
+    proc = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "run", "--max-runtime", f"{budget}s", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    [summary] = json.loads(proc.stdout)
+    assert elapsed < budget, f"the run took {elapsed:.2f} s of a {budget} s budget"
+    assert 0 < summary["exported"] < 6000
+    [status] = operations.status(load(root), ["openaq"])
+    assert status["claimed"] == 0 and status["exported"] == summary["exported"]

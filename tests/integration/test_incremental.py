@@ -1,0 +1,512 @@
+"""Incremental (watermark) exports: the Bridge Exporter's test plan, automated, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import sqlite3
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from test_workers import _spawn, _wait_for
+
+from sluicegate import engine, operations
+from sluicegate.engine import RunOptions
+from sluicegate.ledger import Ledger
+from sluicegate.watermarks import ExportRequest, load_request
+from support import SLUICEGATE, cli, files, load, read_csv
+
+UTC = dt.UTC
+T = dt.datetime(2024, 5, 10, tzinfo=UTC)
+DOCUMENTED = (
+    '{"endDateTime":"2016-10-04T23:59:59Z","startDateTime":"2016-10-03T23:59:59Z","exportType":"DAILY",'
+    '"ignoreLastExportTime":"true","tag":"test exporter"}'
+)
+
+
+class Records:
+    """The source table: records(record_id, study_id, uploaded_on, payload)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(
+                url[len("sqlite:///") :], isolation_level=None, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(
+                "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id TEXT NOT NULL, "
+                "uploaded_on TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), payload TEXT)"
+            )
+        else:
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(
+                "CREATE TABLE records (record_id serial PRIMARY KEY, study_id text NOT NULL, "
+                "uploaded_on timestamptz NOT NULL DEFAULT now(), payload text)"
+            )
+
+    def add(self, study: str, at: dt.datetime, payload: str = "x") -> None:
+        value: Any = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.sqlite else at
+        p = "?" if self.sqlite else "%s"
+        self.conn.execute(
+            f"INSERT INTO records (study_id, uploaded_on, payload) VALUES ({p}, {p}, {p})",
+            (study, value, payload),
+        )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    value: str = request.getfixturevalue("pg_url")
+    return value
+
+
+def _project(
+    tmp_path: Path, url: str, *, bootstrap: str = "yesterday", lease: str = "10m", margin: str = "0s"
+) -> Path:
+    root = tmp_path / "proj"
+    (root / "tasks" / "studies").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 3\n'
+    )
+    (root / "tasks" / "studies" / "task.toml").write_text(
+        textwrap.dedent(
+            f"""
+            kind = "incremental"
+            entity = "study_id"
+            cursor = "uploaded_on"
+            format = "csv"
+            path = "{{study_id}}/{{type}}/{{start:%Y%m%dT%H%M%SZ}}-{{end:%Y%m%dT%H%M%SZ}}.{{ext}}"
+            zone = "UTC"
+            bootstrap = "{bootstrap}"
+            safety_margin = "{margin}"
+            """
+        )
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on, payload FROM records"
+    )
+    return root
+
+
+def _run(root: Path, **request: Any) -> engine.TaskSummary:
+    [summary] = engine.run(load(root), ["studies"], RunOptions(request=ExportRequest(**request)))
+    return summary
+
+
+def _marks(root: Path) -> dict[str, dt.datetime | None]:
+    return {w["entity"]: w["watermark"] for w in operations.watermarks(load(root), "studies")}
+
+
+def _payloads(tmp_path: Path) -> list[str]:
+    return sorted(r["payload"] for p in files(tmp_path / "out") for r in read_csv(p))
+
+
+# 1 and 10: daily uses the watermark when present, the bootstrap when absent; boundaries in exactly one file
+def test_daily_bootstrap_then_watermark_and_boundaries(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(days=1, hours=12), "too-old")
+    rec.add("s1", T - dt.timedelta(days=1), "at-bootstrap-start")
+    rec.add("s1", T - dt.timedelta(seconds=1), "last-second")
+    rec.add("s1", T, "at-end-boundary")
+    rec.add("s1", T + dt.timedelta(hours=3), "next-day")
+    first = _run(root, export_type="daily", end=T)
+    assert _payloads(tmp_path) == ["at-bootstrap-start", "last-second"]
+    assert _marks(root) == {"s1": T}
+    [entry] = first.entities
+    assert entry["start"] == (T - dt.timedelta(days=1)).isoformat() and entry["rows"] == 2
+    _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert _payloads(tmp_path) == ["at-bootstrap-start", "at-end-boundary", "last-second", "next-day"]
+    assert _marks(root) == {"s1": T + dt.timedelta(days=1)}
+    names = sorted(p.name for p in files(tmp_path / "out"))
+    assert names == ["20240509T000000Z-20240510T000000Z.csv", "20240510T000000Z-20240511T000000Z.csv"]
+
+
+# 2: instant and hourly exports
+def test_hourly_and_instant(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    now = dt.datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    rec.add("s1", now - dt.timedelta(hours=30), "yesterday-ish")
+    # Within this hour whatever the clock says (a fixed "a minute ago" is last hour at HH:00:30).
+    rec.add("s1", hour + (now - hour) / 2, "a-minute-ago")
+    hourly = _run(root, export_type="hourly", end=hour, entities=("s1",))
+    assert hourly.entities[0]["end"] == hour.isoformat()
+    assert _marks(root)["s1"] == hour
+    instant = _run(root, export_type="instant", entities=("s1",))
+    assert instant.entities[0]["start"] == hour.isoformat()
+    assert "a-minute-ago" in _payloads(tmp_path)
+    assert _marks(root)["s1"] is not None and _marks(root)["s1"] > hour  # type: ignore[operator]
+
+
+# 3 and 4: --ignore-watermark and the override destination never touch watermarks
+def test_reexport_and_override_leave_watermarks(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    for h in range(48):
+        rec.add("s1", T - dt.timedelta(days=2) + dt.timedelta(hours=h), f"r{h:02d}")
+    _run(root, export_type="daily", end=T)
+    before = _marks(root)
+    again = _run(
+        root,
+        export_type="daily",
+        start=T - dt.timedelta(days=2),
+        end=T - dt.timedelta(days=1),
+        ignore_watermark=True,
+    )
+    assert again.entities[0]["rows"] == 24 and _marks(root) == before
+    other = tmp_path / "elsewhere"
+    moved = _run(
+        root,
+        export_type="hourly",
+        start=T - dt.timedelta(days=2),
+        end=T,
+        ignore_watermark=True,
+        destination=str(other),
+    )
+    assert moved.entities[0]["rows"] == 48 and len(files(other)) == 1 and _marks(root) == before
+    cli_run = cli(root, "run", "studies", "--destination", str(other / "cli"), "--json", check=True)
+    assert json.loads(cli_run.stdout)[0]["entities"][0]["watermark_moved"] is False
+    assert _marks(root) == before
+
+
+# 5 and 7: failures keep the watermark; the next run exports the whole window; redrive then exports nothing new
+def test_failed_entity_keeps_its_watermark_and_redrive(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    for study in ("s1", "s2"):
+        rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "s2").write_text("a file where the folder of s2 must go")
+    first = _run(root, export_type="daily", end=T)
+    # s2 never exported: its watermark is pinned at the failed window's start (the bootstrap), not moved
+    assert first.failed == 1 and _marks(root) == {"s1": T, "s2": T - dt.timedelta(days=1)}
+    [status] = operations.status(load(root), ["studies"])
+    assert status["failed"] == 1 and "s2" in status["failures"][0]["partition"]
+    rec.add("s2", T + dt.timedelta(hours=2), "s2-b")
+    (out / "s2").unlink()
+    second = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    s2 = next(e for e in second.entities if e["entity"] == "s2")
+    assert (
+        s2["start"] == (T - dt.timedelta(days=1)).isoformat() and s2["rows"] == 2
+    )  # the whole missed window
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["exported"] == 0 and all(e["rows"] == 0 for e in redrive["entities"])
+    assert _payloads(tmp_path).count("s2-a") == 1
+
+
+def test_redrive_retries_the_failed_window(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "s1").write_text("blocked")
+    assert _run(root, export_type="daily", end=T).failed == 1
+    (out / "s1").unlink()
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["entities"][0]["rows"] == 1 and redrive["entities"][0]["watermark_moved"] is True
+    assert _marks(root) == {"s1": T} and operations.status(load(root), ["studies"])[0]["failed"] == 0
+
+
+def test_redrive_sends_a_failed_override_reexport_to_its_own_destination(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=30), "old")
+    rec.add("s1", T - dt.timedelta(hours=5), "new")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "s1").write_text("a file where the folder of s1 must go")
+    failed = _run(
+        root,
+        export_type="daily",
+        start=T - dt.timedelta(days=2),
+        end=T,
+        ignore_watermark=True,
+        destination=str(other),
+    )
+    assert failed.failed == 1
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_mode"] == "reexport" and row["failed_destination"] == str(other)
+    # A regular export of the same entity passes the failed window: the re-export is still owed.
+    assert _run(root, export_type="daily", end=T).entities[0]["rows"] == 1
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_end"] == T and row["failed_destination"] == str(other)
+    (other / "s1").unlink()
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["entities"][0]["rows"] == 2 and redrive["failed"] == 0
+    [redriven] = files(other)  # the override destination, with the original window
+    assert redriven.name == f"{(T - dt.timedelta(days=2)):%Y%m%dT%H%M%SZ}-{T:%Y%m%dT%H%M%SZ}.csv"
+    assert len(files(tmp_path / "out")) == 1  # only the regular export went to the project's folder
+    assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+# 6: an end before the watermark exports nothing and moves nothing
+def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=1), "a")
+    _run(root, export_type="daily", end=T)
+    late = _run(root, export_type="daily", end=T - dt.timedelta(days=1))
+    assert late.exported == 0 and "not after the watermark" in late.entities[0]["note"]
+    assert _marks(root) == {"s1": T} and len(files(tmp_path / "out")) == 1
+    # The empty window gave its claim back: the next export is not told another export holds it.
+    rec.add("s1", T + dt.timedelta(hours=1), "b")
+    after = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert after.entities[0]["rows"] == 1 and _marks(root) == {"s1": T + dt.timedelta(days=1)}
+
+
+# 7: a worker killed mid-export: after the lease expires the same window is exported once, to the same file
+def test_killed_export_is_redone_once(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url, lease="2s")
+    rec = Records(url)
+    for h in range(10):
+        rec.add("s1", T - dt.timedelta(hours=h + 1), f"r{h}")
+    req = tmp_path / "req.json"
+    req.write_text('{"exportType": "DAILY", "endDateTime": "2024-05-10T00:00:00Z"}')
+    proc = _spawn(root, "request", str(req), env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(root / ".fault-mid_write", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert files(tmp_path / "out") == [] and _marks(root) == {"s1": None}
+    time.sleep(2.5)
+    later = tmp_path / "later.json"
+    later.write_text('{"exportType": "DAILY", "endDateTime": "2024-05-11T00:00:00Z"}')
+    result = json.loads(cli(root, "request", str(later), "--json", check=True).stdout)[0]
+    assert result["entities"][0]["end"] == T.isoformat()  # the interrupted window, redone as it was
+    assert _payloads(tmp_path) == sorted(f"r{h}" for h in range(10))
+    assert _marks(root) == {"s1": T}
+
+
+# 8: two identical requests at once: one exports, the other exports zero rows
+def test_two_identical_requests_export_once(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    for i in range(200):
+        rec.add("s1", T - dt.timedelta(minutes=i + 1), f"p{i}")
+    req = tmp_path / "req.json"
+    req.write_text('{"exportType": "DAILY", "endDateTime": "2024-05-10T00:00:00Z"}')
+    procs = [_spawn(root, "request", str(req), "--json") for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out)[0])
+    rows = sorted(sum(e["rows"] for e in r["entities"]) for r in results)
+    assert rows == [0, 200]
+    assert len(files(tmp_path / "out")) == 1
+
+
+# 9: a row committed late with an old cursor is exported by a later run
+def test_late_commit_with_old_cursor_is_not_lost(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early"]
+    # A writer's transaction stays open across the next export. Its row's cursor comes from the
+    # writer's clock (PostgreSQL: the transaction start), so it is older than that export's end.
+    if url.startswith("sqlite"):
+        writer: Any = sqlite3.connect(url[len("sqlite:///") :], isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'late')")
+    else:
+        writer = psycopg.connect(url)
+        writer.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'late')")
+    time.sleep(0.3)
+    exported_at = dt.datetime.now(UTC)
+    during = _run(root, export_type="instant", entities=("s1",))
+    assert "late" not in _payloads(tmp_path)
+    if url.startswith("sqlite"):
+        assert "write transaction is open" in during.entities[0]["note"]
+        writer.execute("COMMIT")
+    else:
+        writer.commit()
+        cursor = rec.conn.execute("SELECT uploaded_on FROM records WHERE payload = 'late'").fetchone()[0]
+        # The row is older than the export, yet the export's window stopped before it.
+        assert cursor < exported_at and dt.datetime.fromisoformat(during.entities[0]["end"]) <= cursor
+    writer.close()
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
+@pytest.mark.pg
+def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
+    """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
+    time) and commits after an export that started 3 s into that transaction: the window end is
+    capped at the transaction's start minus safety_margin (2 s), so the row falls in a later
+    window. Capped at the transaction's start alone, the window would pass the row unseen."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="2s")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    writer = psycopg.connect(pg_url)
+    writer.execute(
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', now() - interval '1 second', 'late')"
+    )
+    time.sleep(3)
+    during = _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early"]
+    writer.commit()
+    writer.close()
+    cursor = rec.conn.execute("SELECT uploaded_on FROM records WHERE payload = 'late'").fetchone()[0]
+    assert dt.datetime.fromisoformat(during.entities[0]["end"]) <= cursor
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
+# 11: the request message through the CLI
+def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", dt.datetime(2016, 10, 4, 12, tzinfo=UTC), "inside")
+    rec.add("s1", dt.datetime(2016, 10, 5, 1, tzinfo=UTC), "outside")
+    result = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "request", "-", "--json"],
+        input=DOCUMENTED,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [summary] = json.loads(result.stdout)
+    assert summary["entities"][0]["rows"] == 1 and _payloads(tmp_path) == ["inside"]
+    assert _marks(root) == {}  # a re-export never creates or moves a watermark
+    req = load_request(DOCUMENTED)
+    assert (req.ignore_watermark, req.tag, req.export_type) == (True, "test exporter", "daily")
+
+
+@pytest.mark.parametrize(
+    "message,error",
+    [
+        (
+            '{"startDateTime":"2024-01-01T00:00:00Z","endDateTime":"2024-01-02T00:00:00Z","exportType":"DAILY"}',
+            "startDateTime requires ignoreLastExportTime=true",
+        ),
+        (
+            '{"startDateTime":"2024-01-01T00:00:00Z","ignoreLastExportTime":true}',
+            "startDateTime requires endDateTime",
+        ),
+        (
+            '{"startDateTime":"2024-01-02T00:00:00Z","endDateTime":"2024-01-02T00:00:00Z","ignoreLastExportTime":true}',
+            "must be before endDateTime",
+        ),
+        ('{"exportType":"DAILY"}', "DAILY exports require endDateTime"),
+        (
+            '{"exportType":"HOURLY","endDateTime":"2024-01-02T00:00:00Z"}',
+            "HOURLY exports require studyWhitelist",
+        ),
+        (
+            '{"exportType":"INSTANT","studyWhitelist":["a"],"endDateTime":"2024-01-02T00:00:00Z"}',
+            "INSTANT exports must not have endDateTime",
+        ),
+        ('{"exportType":"INSTANT"}', "INSTANT exports require studyWhitelist"),
+        ('{"tag":"nothing else"}', "give exportType"),
+        ('{"exportType":"WEEKLY","endDateTime":"2024-01-02T00:00:00Z"}', "is not valid"),
+        ('{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","studyWhitelist":[]}', "non-empty list"),
+        (
+            '{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","ignoreLastExportTime":"maybe"}',
+            "not true or false",
+        ),
+        (
+            '{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","recordIdS3Override":"x"}',
+            "is not supported",
+        ),
+        ('{"exportType":"DAILY","endDateTime":"yesterday"}', "is not an ISO 8601 date-time"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> None:
+    root = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    req = tmp_path / "req.json"
+    req.write_text(message)
+    result = cli(root, "request", str(req))
+    assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
+
+
+def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "a")
+    assert cli(root, "check").returncode == 0  # entity, cursor and the window path all check out
+    _run(root, export_type="daily", end=T)
+    assert cli(root, "watermark", "delete", "studies", "s1", check=True).returncode == 0
+    assert _marks(root) == {}
+    again = _run(root, export_type="daily", end=T)
+    assert (
+        again.entities[0]["start"] == (T - dt.timedelta(days=1)).isoformat()
+        and again.entities[0]["rows"] == 1
+    )
+    assert cli(root, "watermark", "delete", "studies", "nope").returncode == 2
+    listing = json.loads(cli(root, "watermark", "list", "studies", "--json", check=True).stdout)
+    assert listing[0]["entity"] == "s1"
+
+
+def _indexes(rec: Records, url: str) -> set[str]:
+    """The ledger's index names, without the SQLite table prefix."""
+    if url.startswith("sqlite"):
+        rows = rec.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        return {r[0].removeprefix("sluicegate_") for r in rows}
+    rows = rec.conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'sluicegate'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> None:
+    """Opening a ledger made by the previous release adds what is new and keeps its rows."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "a")
+    first = _run(root, export_type="daily", end=T)
+    prefix = "sluicegate_" if url.startswith("sqlite") else "sluicegate."
+    added = (("watermarks", "failed_destination"), ("runs", "heartbeat_at"))
+    for table, column in added:  # the tables as release 4 made them
+        rec.conn.execute(f"ALTER TABLE {prefix}{table} DROP COLUMN {column}")
+        with pytest.raises(Exception, match=column):
+            rec.conn.execute(f"SELECT {column} FROM {prefix}{table}")
+    # the claim queue index as releases 4 and 5 made it (6 replaced it: it also orders by window)
+    rec.conn.execute(f"DROP INDEX {prefix}partitions_queue_idx")
+    old_index = "sluicegate_partitions_pending_idx" if url.startswith("sqlite") else "partitions_pending_idx"
+    rec.conn.execute(f"CREATE INDEX {old_index} ON {prefix}partitions (task, changed_at, id)")
+    assert _indexes(rec, url) >= {"partitions_pending_idx"}
+    rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
+    assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
+    version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
+    assert version[0] == "6"
+    indexes = _indexes(rec, url)
+    assert "partitions_queue_idx" in indexes and "partitions_pending_idx" not in indexes
+    for table, column in added:
+        assert rec.conn.execute(f"SELECT count({column}) FROM {prefix}{table}").fetchone()[0] == 0
+    assert first.run_id is not None
+    assert len(rec.conn.execute(f"SELECT id FROM {prefix}runs").fetchall()) == 1  # the old run is kept
+    assert _run(root, export_type="daily", end=T + dt.timedelta(days=1)).failed == 0
+
+
+def test_a_long_window_export_renews_its_watermark_claim(url: str, tmp_path: Path) -> None:
+    """While a window is being read, its watermark claim's lease is extended (like partitions')."""
+    root = _project(tmp_path, url, lease="1s")
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "a")
+    project = load(root)
+    task = project.tasks["studies"]
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        wm = ledger.watermarks
+        wm.ensure(task.name, ["s1"])
+        [claim] = wm.claim(task.name, ["s1"], lease=1)
+        assert wm.renew(claim.token, lease=600) == 1
+        time.sleep(1.5)  # past the first lease: still held, so nobody else can claim it
+        assert wm.claim(task.name, ["s1"], lease=1) == []
+        assert [w["claimed"] for w in wm.entities(task.name)] == [True]
+        assert wm.renew(str(uuid.uuid4()), lease=600) == 0  # another token renews nothing

@@ -1,0 +1,327 @@
+"""The HTTP service over real HTTP: a `sluicegate serve` process, real requests, a real browser."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_archive import DELETE_PG, SELECT_PG, Agency
+
+from sluicegate import operations
+from sluicegate.config import load_project
+from sluicegate.ledger import Ledger, run_heartbeat
+from sluicegate.service.runs import Metrics, RunManager
+from sluicegate.service.scheduler import Scheduler, latest_tick
+from support import SLUICEGATE, Db, files, hours, load, write_project
+
+UTC = dt.UTC
+TOKEN = "t0ken-for-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, root: Path, *args: str, token: str | None = TOKEN) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        if token:
+            env["SLUICEGATE_API_TOKEN"] = token
+        self.log = root / f"serve-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(root), "serve", "--port", str(self.port), *args],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def wait_run(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run: dict[str, Any] = httpx.get(f"{self.url}/runs/{run_id}").json()
+            if run["state"] != "running":
+                return run
+            time.sleep(0.1)
+        raise AssertionError(f"run {run_id} did not finish")
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def pg_project(tmp_path: Path, pg_url: str) -> Iterator[tuple[Path, Db]]:
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz")
+    db = Db(pg_url)
+    operations.install(load(root))
+    for loc in range(1, 21):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 72))
+    archive = root / "tasks" / "agency"
+    archive.mkdir()
+    (archive / "task.toml").write_text('kind = "archive"\n')
+    (archive / "select.sql").write_text(SELECT_PG)
+    (archive / "delete.sql").write_text(DELETE_PG)
+    Agency(pg_url)
+    yield root, db
+    db.close()
+
+
+def test_original_endpoints_and_auth(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    server = Server(root)
+    try:
+        listing = httpx.get(f"{server.url}/exports").json()
+        assert [t["name"] for t in listing] == ["agency", "openaq"]
+        agency = httpx.get(f"{server.url}/exports/agency").json()
+        assert (
+            agency["select_query"].startswith("SELECT * FROM agency")
+            and "DELETE FROM agency" in agency["delete_query"]
+        )
+        missing = httpx.get(f"{server.url}/exports/nope")
+        assert missing.status_code == 404 and missing.json() == {"detail": "Task not found"}
+        assert httpx.post(f"{server.url}/exports").status_code == 401
+        assert (
+            httpx.post(f"{server.url}/exports", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        )
+        assert httpx.post(f"{server.url}/exports/nope", headers=AUTH).status_code == 404
+        ok = httpx.post(f"{server.url}/exports/openaq", headers=AUTH).json()
+        assert ok["status"] == "Ok" and server.wait_run(ok["run_id"])["state"] == "succeeded"
+        everything = httpx.post(f"{server.url}/exports", headers=AUTH).json()
+        run = server.wait_run(everything["run_id"])
+        assert {s["task"] for s in run["summary"]} == {"agency", "openaq"}
+        assert TOKEN not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_runs_survive_a_restart_and_concurrent_posts_do_not_double_export(
+    pg_project: tuple[Path, Db],
+) -> None:
+    root, _ = pg_project
+    server = Server(root)
+    try:
+        posts = [httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={}) for _ in range(2)]
+        assert [p.status_code for p in posts] == [202, 202]
+        runs = [server.wait_run(p.json()["run_id"]) for p in posts]
+    finally:
+        server.stop()
+    exported = sum(s["exported"] for r in runs for s in r["summary"])
+    assert exported == 60 and sum(s["lost"] for r in runs for s in r["summary"]) == 0
+    again = Server(root)  # another process: the runs are read from the ledger
+    try:
+        for r in runs:
+            assert again.wait_run(r["id"])["state"] == "succeeded"
+        listed = httpx.get(f"{again.url}/runs").json()
+        assert {r["id"] for r in runs} <= {r["id"] for r in listed}
+        page = httpx.get(
+            f"{again.url}/tasks/openaq/partitions", params={"state": "exported", "limit": 25}
+        ).json()
+        assert len(page) == 25 and all(p["state"] == "exported" for p in page)
+        rest = httpx.get(
+            f"{again.url}/tasks/openaq/partitions", params={"state": "exported", "offset": 50}
+        ).json()
+        assert len(rest) == 10
+        assert httpx.get(f"{again.url}/tasks/openaq/partitions", params={"state": "failed"}).json() == []
+        task = httpx.get(f"{again.url}/tasks/openaq").json()
+        assert task["counts"]["exported"] == 60
+    finally:
+        again.stop()
+
+
+def test_a_run_whose_process_died_shows_as_abandoned(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    s = load(root).settings
+    with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        alive, dead = (ledger.runs.start("openaq", tag=None, request={}) for _ in range(2))
+        with run_heartbeat(ledger.url, ledger.schema, alive, every=0.05):
+            # Both went silent ten minutes ago; only the one whose process still runs beats again.
+            ledger.conn.execute(
+                "UPDATE sluicegate.runs SET started_at = now() - interval '10 minutes', "
+                "heartbeat_at = now() - interval '10 minutes'"
+            )
+            time.sleep(0.5)
+            assert ledger.runs.get(alive)["state"] == "running"  # type: ignore[index]
+        ledger.runs.finish(alive, [{"task": "openaq", "failed": 0}])
+    server = Server(root)
+    try:
+        assert httpx.get(f"{server.url}/runs/{dead}").json()["state"] == "abandoned"
+        assert httpx.get(f"{server.url}/runs/{alive}").json()["state"] == "succeeded"
+    finally:
+        server.stop()
+
+
+def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    server = Server(root)
+    try:
+        first = server.wait_run(
+            httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 5}).json()["run_id"]
+        )
+        assert first["summary"][0]["exported"] == 5
+        body = {"reexport": True, "time_min": "2024-01-01T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"}
+        dry = server.wait_run(
+            httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"dry_run": True}).json()[
+                "run_id"
+            ]
+        )
+        assert len(dry["summary"][0]["plan"]) == 55
+        done = httpx.get(f"{server.url}/tasks/openaq/partitions", params={"state": "exported"}).json()
+        in_window = sum(p["keys"]["day"] == "2024-01-01" for p in done)
+        re = server.wait_run(
+            httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=body).json()["run_id"]
+        )
+        assert re["summary"][0]["exported"] == 55 + in_window  # the pending ones, plus the re-queued window
+        bad = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 0})
+        assert bad.status_code == 422
+    finally:
+        server.stop()
+
+
+def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    (root / "tasks" / "broken").mkdir()
+    (root / "tasks" / "broken" / "task.toml").write_text("kind = 'archive'\n")  # no select.sql
+    server = Server(root)
+    try:
+        tasks = {t["name"]: t for t in httpx.get(f"{server.url}/tasks").json()}
+        assert "select.sql not found" in tasks["broken"]["error"] and tasks["openaq"]["error"] is None
+        assert [t["name"] for t in httpx.get(f"{server.url}/exports").json()] == ["agency", "openaq"]
+        assert httpx.get(f"{server.url}/tasks/broken").json()["error"]
+        run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
+        assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics
+        assert 'sluicegate_partitions{state="exported",task="openaq"} 60.0' in metrics
+        assert 'sluicegate_exports_total{task="openaq"} 60.0' in metrics
+        assert "sluicegate_run_duration_seconds_count" in metrics
+        health = httpx.get(f"{server.url}/healthz").json()
+        assert health == {"status": "ok", "checks": {"source": "ok", "ledger": "ok", "destination": "ok"}}
+        assert httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["RunInfo"]
+    finally:
+        server.stop()
+
+
+def test_refuses_to_start_without_a_token(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    result = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "serve", "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "SLUICEGATE_API_TOKEN is not set" in result.stderr
+    server = Server(root, "--insecure-no-auth", token=None)
+    try:
+        assert "NO AUTHENTICATION" in server.log.read_text()
+        assert httpx.post(f"{server.url}/exports/openaq").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_health_fails_when_the_destination_cannot_be_written(
+    pg_project: tuple[Path, Db], tmp_path: Path
+) -> None:
+    root, _ = pg_project
+    (tmp_path / "out").write_text("a file where the destination folder must go")
+    server = Server(root)
+    try:
+        health = httpx.get(f"{server.url}/healthz")
+        assert health.status_code == 503 and health.json()["checks"]["destination"] != "ok"
+    finally:
+        server.stop()
+
+
+def test_one_scheduler_among_replicas_fires_a_tick(pg_project: tuple[Path, Db]) -> None:
+    root, _ = pg_project
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text('schedule = "*/5 * * * *"\nschedule_zone = "Asia/Kolkata"\n' + toml.read_text())
+    now = dt.datetime(2024, 6, 1, 10, 7, 30, tzinfo=UTC)
+    assert latest_tick("*/5 * * * *", "Asia/Kolkata", now) == dt.datetime(2024, 6, 1, 10, 5, tzinfo=UTC)
+
+    def loader() -> Any:
+        return load_project(root, {})
+
+    managers = [RunManager(loader, Metrics()) for _ in range(2)]
+    replicas = [Scheduler(loader, m) for m in managers]
+    fired = [replica.tick(now) for replica in replicas]
+    assert sorted(len(f) for f in fired) == [0, 1]
+    assert replicas[0].tick(now + dt.timedelta(minutes=1)) == []  # the same tick: nothing new
+    later = [
+        replica.tick(now + dt.timedelta(hours=3)) for replica in replicas
+    ]  # hours missed: one run, not 36
+    assert sorted(len(f) for f in later) == [0, 1]
+    for m in managers:
+        m.close()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and os.environ.get("CI") != "true", reason="no chromium")
+def test_status_page_in_a_headless_browser(pg_project: tuple[Path, Db], tmp_path: Path) -> None:
+    from PIL import Image
+
+    root, _db = pg_project
+    server = Server(root)
+    try:
+        run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 40}).json()
+        server.wait_run(run["run_id"])
+        shot = tmp_path / "page.png"
+        chromium = shutil.which("chromium")
+        assert chromium, "chromium is required under CI"
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome'}",
+                "--window-size=1000,1400",
+                f"--screenshot={shot}",
+                f"{server.url}/",
+            ],
+            capture_output=True,
+            timeout=90,
+            check=True,
+        )
+        image = Image.open(shot).convert("RGB")
+        colours = {c for _, c in image.getcolors(maxcolors=1 << 20) or []}
+        assert (0x2E, 0x7D, 0x32) in colours, "no exported (green) cells on the page"
+        assert (0xF9, 0xA8, 0x25) in colours, "no pending (amber) cells on the page"
+        html = httpx.get(f"{server.url}/").text
+        assert html.count("class='exported'") == 40 and html.count("class='pending'") == 20
+    finally:
+        server.stop()
+    assert files(Path(str(root).replace("proj", "out")))

@@ -1,0 +1,264 @@
+"""Real worker processes on one PostgreSQL ledger: concurrency, SIGKILL, lease expiry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sluicegate import capture, operations
+from sluicegate.engine import Exporter
+from sluicegate.ledger import ExportResult, Ledger
+from sluicegate.partitions import restore_partition
+from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
+
+UTC = dt.UTC
+
+
+def _project(tmp_path: Path, pg_url: str, locations: int, days: int, lease: str = "10m") -> tuple[Path, Db]:
+    root = write_project(
+        tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease
+    )
+    db = Db(pg_url)
+    operations.install(load(root))
+    for loc in range(1, locations + 1):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24 * days))
+    return root, db
+
+
+def _spawn(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    full.update(env or {})
+    return subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
+
+
+def _ledger_rows(db: Db) -> list[tuple[int, int, bool, object]]:
+    return db.rows("SELECT version, exported_version, failed, claim_token FROM sluicegate.partitions")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=80, days=4)
+    project = load(root)
+    with Exporter(project) as exporter:  # fold the captured changes first, so both workers find work
+        assert (
+            capture.absorb(project.tasks["openaq"], exporter.context.ledger, exporter.context.inbox, exporter.context.source) == 320
+        )
+    first = _spawn(root, "run", "--batch-size", "2", "--json")
+    second = _spawn(root, "run", "--batch-size", "2", "--json")
+    summaries = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        summaries += json.loads(out)
+    assert sum(s["exported"] for s in summaries) == 320
+    assert sum(s["lost"] for s in summaries) == 0 and sum(s["failed"] for s in summaries) == 0
+    assert all(s["exported"] > 0 for s in summaries), "both workers should have taken part"
+    rows = _ledger_rows(db)
+    assert len(rows) == 320 and all(v == e and not f and t is None for v, e, f, t in rows)
+    assert len(files(tmp_path / "out")) == 320
+
+
+def test_worker_killed_after_upload_before_commit(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=3, days=2, lease="2s")
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "after_publish"})
+    _wait_for(root / ".fault-after_publish", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    published = files(tmp_path / "out")
+    assert len(published) == 6
+    for path in published:  # complete files only: every one decompresses and has its 24 rows
+        assert len(read_csv(path)) == 24
+    assert all(e == 0 and t is not None for _, e, _, t in _ledger_rows(db))  # claimed, not committed
+    blocked = _spawn(root, "run", "--json")
+    out, _ = blocked.communicate(timeout=60)
+    assert json.loads(out)[0]["exported"] == 0  # the lease still holds
+    time.sleep(2.5)
+    again = _spawn(root, "run", "--json")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == 6
+    assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
+
+
+def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, pg_url: str) -> None:
+    root, db = _project(tmp_path, pg_url, locations=2, days=1, lease="2s")
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(root / ".fault-mid_write", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = tmp_path / "out"
+    assert files(out) == []  # nothing under a final name
+    # Small partitions are spooled in memory, so a kill mid-write may leave no temp file at all;
+    # a large one leaves a temp file that the next worker removes.
+    temps = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert all(".sluicegate-" in p.name for p in temps)
+    time.sleep(2.5)
+    again = _spawn(root, "run", "--json")
+    stdout, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert json.loads(stdout)[0]["exported"] == 2
+    assert [p for p in out.rglob("*") if p.is_file() and ".sluicegate-" in p.name] == []
+    assert all(len(read_csv(p)) == 24 for p in files(out))
+    assert all(v == e for v, e, _, _ in _ledger_rows(db))
+
+
+def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) -> None:
+    root, _db = _project(tmp_path, pg_url, locations=1, days=1, lease="1s")
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace("[defaults]", "[defaults]\nmax_attempts = 2")
+    )
+    for _ in range(2):
+        proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+        marker = root / ".fault-mid_write"
+        _wait_for(marker, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        marker.unlink()
+        time.sleep(1.5)
+    final = _spawn(root, "run", "--json")
+    out, _ = final.communicate(timeout=60)
+    assert final.returncode == 1 and json.loads(out)[0]["failed"] == 1
+    [status] = operations.status(load(root))
+    assert status["failed"] == 1 and "leases expired" in status["failures"][0]["error"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) -> None:
+    root, _db = _project(tmp_path, pg_url, locations=2, days=1)
+    proc = _spawn(root, "run", "--every", "1s", "--json")
+    deadline = time.monotonic() + 60
+    while len(files(tmp_path / "out")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "finishing the batch in hand" in err
+    assert json.loads(out.split("\n]\n")[0] + "\n]")[0]["exported"] == 2
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, dialect: str) -> None:
+    """One commit for a batch records exactly the claims still held, at the version they read."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    db = Db(url)
+    project = load(root)
+    operations.install(project)
+    for loc in (1, 2, 3):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 3))
+    task = project.tasks["openaq"]
+    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+
+    def absorb() -> None:  # fold the trigger inbox into the ledger, as a run does first
+        with Exporter(project) as ex:
+            capture.absorb(task, ex.context.ledger, ex.context.inbox, ex.context.source)
+
+    absorb()
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        claims = sorted(ledger.partitions.claim(task, limit=10, lease=600), key=lambda c: c.keys["location_id"])
+        assert [c.keys["location_id"] for c in claims] == [1, 2, 3]
+        # Location 2's lease runs out and another worker takes it over.
+        ph = "%s" if dialect == "pg" else "?"
+        past = dt.datetime(2000, 1, 1, tzinfo=UTC)
+        ledger.conn.execute(
+            f"UPDATE {table} SET lease_until = {ph} WHERE id = {ph}",
+            (past if dialect == "pg" else past.timestamp(), claims[1].id),
+        )
+        [taken] = ledger.partitions.claim(task, limit=10, lease=600)
+        assert taken.id == claims[1].id and taken.token != claims[1].token
+        # Location 3 changes while it is being exported.
+        db.insert(3, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+        absorb()
+        results = [
+            ExportResult(claim=c, path=f"f{c.id}", rows=3, nbytes=10, checksum=f"sum{c.id}", published=True)
+            for c in claims
+        ]
+        assert ledger.partitions.commit(results) == [True, False, True]
+    rows = {
+        r[0]: r[1:]
+        for r in db.rows(f"SELECT id, version, exported_version, claim_token IS NULL, path FROM {table}")
+    }
+    one, two, three = (tuple(rows[c.id]) for c in claims)
+    assert one == (claims[0].version, claims[0].version, True, f"f{claims[0].id}")
+    assert not two[2] and two[3] is None  # still held by the new owner, nothing recorded
+    assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: str, dialect: str) -> None:
+    """``run --workers 3``: helper exporters in threads, each with its own claims, share the work."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv.gz")
+    db = Db(url)
+    operations.install(load(root))
+    for loc in range(1, 31):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24 * 3))
+    proc = _spawn(root, "run", "--workers", "3", "--batch-size", "4", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    [summary] = json.loads(out)
+    assert (summary["exported"], summary["failed"], summary["lost"]) == (90, 0, 0)
+    assert summary["rows"] == 30 * 72
+    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+    rows = db.rows(f"SELECT version, exported_version, claim_token FROM {table}")
+    assert len(rows) == 90 and all(v == e and t is None for v, e, t in rows)
+    assert len(files(tmp_path / "out")) == 90
+    # A limit is shared out between the workers, not multiplied by them.
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, 30, tzinfo=UTC)])
+    for loc in range(2, 12):
+        db.insert(loc, [dt.datetime(2024, 1, 2, 5, 30, tzinfo=UTC)])
+    proc = _spawn(root, "run", "--workers", "3", "--limit", "6", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == 6
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+def test_partitions_changed_together_are_claimed_oldest_window_first(
+    tmp_path: Path, pg_url: str, dialect: str
+) -> None:
+    """A backfill marks every location-day at once: batches take whole days, not whole locations.
+
+    Location-major batches (all days of a few locations) make the batch query compare every row
+    with every window of its location; day-major batches compare it with one.
+    """
+    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        # One mark of every location-day, in key order (location-major), at one moment.
+        parts = [
+            restore_partition(task, [loc, f"2024-01-0{d}"], "UTC") for loc in (1, 2, 3, 4) for d in (1, 2, 3)
+        ]
+        assert ledger.partitions.mark(parts, task) == 12
+        days = []
+        while batch := ledger.partitions.claim(task, limit=4, lease=600):
+            days.append({(c.keys["location_id"], c.keys["day"]) for c in batch})
+    assert days == [{(loc, f"2024-01-0{d}") for loc in (1, 2, 3, 4)} for d in (1, 2, 3)]

@@ -1,0 +1,201 @@
+"""Things that must be refused: leaked secrets, unsafe schema names, unusable path values,
+broken trigger tasks at install; and SQLite's time resolution, stated and consistent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sluicegate import engine, operations
+from sluicegate.destinations.local import LocalDestination
+from sluicegate.destinations.s3 import S3Destination
+from sluicegate.exceptions import BadPartitionValue
+from sluicegate.specs import DestinationSettings
+from support import Db, cli, files, load, read_csv, write_project
+
+UTC = dt.UTC
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+# ----------------------------------------------------------------- 12: one masker for every secret
+
+
+@pytest.mark.parametrize(
+    "url,secret",
+    [
+        ("postgresql://u@127.0.0.1:1/db?password=hunter2", "hunter2"),
+        ("postgresql://u:hunter2@h/db", "hunter2"),
+        ("postgresql://u:hun%40ter2@h/db", "hun%40ter2"),
+        ("postgresql://h/db?sslmode=require&sslpassword=hunter2", "hunter2"),
+        ("postgresql://h/db?aws_secret_access_key=hunter2&x=1", "hunter2"),
+        ("postgresql://h/db?api_token=hunter2", "hunter2"),
+        ("mariadb://u@h/db?PASSWORD=hunter2", "hunter2"),
+    ],
+)
+def test_mask_url_hides_userinfo_passwords_and_secret_parameters(url: str, secret: str) -> None:
+    from sluicegate.masking import mask_url, scrub
+
+    masked = mask_url(url)
+    assert secret not in masked and "***" in masked
+    assert masked.split("://")[0] == url.split("://")[0]
+    # A driver message that repeats the secret loses it too, and so does a conninfo string.
+    assert secret not in scrub(f"connection to {url} failed (password={secret})", url)
+    assert "hunter2" not in scrub("host=h dbname=db password=hunter2 user=u")
+
+
+def test_mask_url_keeps_what_is_not_secret() -> None:
+    from sluicegate.masking import mask_url, scrub
+
+    url = "postgresql://u@h:5432/db?sslmode=require&application_name=x"
+    assert mask_url(url) == url
+    assert scrub('use a list of column names, e.g. keys = ["location_id"]') == (
+        'use a list of column names, e.g. keys = ["location_id"]'
+    )
+
+
+def test_a_password_in_the_query_string_never_reaches_the_terminal(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o"))
+    env = {"SLUICEGATE_SOURCE__URL": "postgresql://u@127.0.0.1:1/db?password=hunter2"}
+    for args in (("status",), ("-v", "status"), ("-v", "run")):
+        proc = cli(root, *args, env=env)
+        assert proc.returncode != 0
+        assert "hunter2" not in proc.stdout + proc.stderr, args
+        assert "password=***" in proc.stderr
+
+
+# ----------------------------------------------------------------- 13: the ledger schema name
+
+
+@pytest.mark.parametrize("schema", ["sch%s", "x.", "a; DROP TABLE t", "1abc", "x" * 64, ""])
+def test_an_unsafe_ledger_schema_name_is_refused_with_exit_2(tmp_path: Path, schema: str) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination=str(tmp_path / "o"))
+    Db(url)
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[ledger]", f"[ledger]\nschema = {json.dumps(schema)}"))
+    for command in ("install", "run", "check"):
+        proc = cli(root, command)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "[ledger] schema" in proc.stderr and "plain identifier" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    via_env = cli(root, "status", env={"SLUICEGATE_LEDGER__SCHEMA": "sch%s"})
+    assert via_env.returncode == 2 and "plain identifier" in via_env.stderr
+
+
+# ----------------------------------------------------------------- 14: path values
+
+
+def _site_project(tmp_path: Path) -> tuple[Path, Db]:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), capture="explicit")
+    task = root / "tasks" / "bysite"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        'keys = ["site"]\npath = "{site}/{day}.csv"\nformat = "csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n'
+    )
+    (task / "select.sql").write_text(
+        "SELECT l.name AS site, m.datetime, m.value FROM measurements m JOIN locations l USING (location_id)"
+    )
+    return root, Db(url)
+
+
+def test_control_and_format_characters_and_overlong_values_are_parked_with_a_short_reason(
+    tmp_path: Path,
+) -> None:
+    root, db = _site_project(tmp_path)
+    names = {1: "good", 2: "next\u0085line", 3: "evil\u202etxt.exe", 4: "x" * 5000, 5: "zero\u200bwidth"}
+    for loc, name in names.items():
+        db.location(loc, "UTC", name=name)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    project = load(root)
+    for name in names.values():
+        operations.mark(project, "bysite", {"site": name, "day": "2024-01-01"})
+    [summary] = engine.run(project, ["bysite"])
+    assert (summary.exported, summary.failed) == (1, 4)
+    assert [p.name for p in files(tmp_path / "out")] == ["2024-01-01.csv"]
+    [status] = operations.status(load(root), ["bysite"])
+    assert status["failed"] == 4
+    errors = {f["error"] for f in status["failures"]}
+    assert all(len(e) < 300 for e in errors), errors  # the reason, not the value, fills the message
+    assert {f["attempts"] for f in status["failures"]} == {1}  # terminal: parked at once, not retried
+    joined = " ".join(errors)
+    for code in ("U+0085", "U+202E", "U+200B"):
+        assert code in joined
+    assert "5,000" in joined and "255-byte" in joined
+
+
+def test_destinations_check_their_own_length_limits(tmp_path: Path) -> None:
+    local = LocalDestination(str(tmp_path / "out"))
+    local.check_path("a/" + "b" * 255)
+    with pytest.raises(BadPartitionValue, match="255-byte"):
+        local.check_path("a/" + "b" * 256)
+    with pytest.raises(BadPartitionValue, match="4,095-byte"):
+        local.check_path("/".join(["c" * 200] * 25))
+    s3 = S3Destination(DestinationSettings(url="s3://bucket/prefix", endpoint_url="http://127.0.0.1:9"))
+    s3.check_path("k" * (1024 - len("prefix/")))
+    with pytest.raises(BadPartitionValue, match="1,024-byte"):
+        s3.check_path("k" * (1025 - len("prefix/")))
+
+
+def test_a_long_name_still_gets_a_temp_file_beside_its_target(tmp_path: Path) -> None:
+    """A 250-byte name would overflow NAME_MAX once the temp suffix is added: the temp file takes
+    a digest of the name, and the file is published under its real name."""
+    local = LocalDestination(str(tmp_path / "out"))
+    name = "n" * 250 + ".csv"
+    staged = local.stage(name)
+    staged.file.write(b"a,b\n")
+    local.publish(staged)
+    local.sync()
+    assert (tmp_path / "out" / name).read_bytes() == b"a,b\n"
+
+
+# ----------------------------------------------------------------- 15: install with a broken task
+
+
+def test_install_exits_2_naming_a_broken_trigger_task(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination=str(tmp_path / "o"))
+    Db(url)
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('grain = "day"', 'grain = "fortnight"'))
+    proc = cli(root, "install")
+    assert proc.returncode == 2
+    assert "openaq" in proc.stderr and "fortnight" in proc.stderr
+
+
+def test_install_says_when_there_is_nothing_to_install(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination=str(tmp_path / "o"), capture="explicit")
+    Db(url)
+    proc = cli(root, "install")
+    assert proc.returncode == 0 and "nothing to install" in proc.stdout
+
+
+# ----------------------------------------------------------------- 18: SQLite's time resolution
+
+
+def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere(tmp_path: Path) -> None:
+    """A reading 0.4 ms before midnight rounds to midnight in SQLite's julianday(): the docs say so,
+    and capture and export agree, so the row lands in the partition that was marked."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute(
+        "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at) "
+        "VALUES (1, 10, '2024-01-01T23:59:59.9996Z', 1.0, '2024-01-02T00:00:00Z')"
+    )
+    conn.commit()
+    [summary] = engine.run(load(root))
+    assert summary.exported == 1
+    [path] = files(tmp_path / "out")
+    assert "20240102" in path.name and len(read_csv(path)) == 1
+    text = (DOCS / "guarantees.md").read_text()
+    assert re.search(r"millisecond resolution", text) and "julianday()" in text

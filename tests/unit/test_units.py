@@ -1,0 +1,226 @@
+"""Pure functions: durations, masking, zones and windows, templates, settings, SQL files, public API."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sluicegate.config import TimeSpec, load_settings, mask_url, parse_duration
+from sluicegate.exceptions import BadPartitionValue, ConfigError
+from sluicegate.formats.deflate import BLOCK, GzipWriter
+from sluicegate.partitions import period_of, window_of
+from sluicegate.paths import safe_relative_path
+
+UTC = dt.UTC
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90s", 90), ("14m", 840), ("72h", 259200), ("1h30m", 5400), ("2d", 172800), (15, 15), ("0", 0)],
+)
+def test_parse_duration(text: str | int, seconds: float) -> None:
+    assert parse_duration(text, where="x") == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 parsecs", "-3s", "", "1h fast"])
+def test_parse_duration_rejects(bad: str) -> None:
+    with pytest.raises(ConfigError, match="x:"):
+        parse_duration(bad, where="x")
+
+
+def test_mask_url_hides_passwords_only() -> None:
+    assert mask_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert "secret" not in mask_url("postgresql://a:secret@h/db?sslmode=require")
+
+
+@pytest.mark.parametrize(
+    "zone,day,hours",
+    [
+        ("Pacific/Chatham", dt.date(2024, 4, 7), 25),  # DST ends: +13:45 -> +12:45
+        ("Pacific/Chatham", dt.date(2024, 9, 29), 23),
+        ("Asia/Kolkata", dt.date(2024, 3, 31), 24),
+        ("Europe/Brussels", dt.date(2024, 3, 31), 23),
+        ("Australia/Adelaide", dt.date(2024, 10, 6), 23),
+    ],
+)
+def test_day_windows_follow_the_zone(zone: str, day: dt.date, hours: int) -> None:
+    spec = TimeSpec(column="t", zone=zone)
+    start, end = window_of(day, spec, zone)
+    assert (end - start) == dt.timedelta(hours=hours)
+    assert period_of(start, spec, zone) == day
+    assert period_of(end - dt.timedelta(microseconds=1), spec, zone) == day
+
+
+def test_time_ending_puts_midnight_in_the_previous_day() -> None:
+    start_incl = TimeSpec(column="t", zone="Asia/Kolkata")
+    ending = dataclasses.replace(start_incl, boundary="end")
+    midnight = dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    assert period_of(midnight, start_incl, "Asia/Kolkata") == dt.date(2024, 1, 2)
+    assert period_of(midnight, ending, "Asia/Kolkata") == dt.date(2024, 1, 1)
+
+
+def test_hour_grain_keeps_both_fall_back_hours_apart() -> None:
+    spec = TimeSpec(column="t", grain="hour", name="hour", zone="Europe/Brussels")
+    first = period_of(dt.datetime(2024, 10, 27, 0, 30, tzinfo=UTC), spec, "Europe/Brussels")
+    second = period_of(dt.datetime(2024, 10, 27, 1, 30, tzinfo=UTC), spec, "Europe/Brussels")
+    assert str(first) == "2024-10-27 02:00:00+02:00" and str(second) == "2024-10-27 02:00:00+01:00"
+    assert window_of(first, spec, "Europe/Brussels")[1] == window_of(second, spec, "Europe/Brussels")[0]
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a\x00b", "a\nb", ""])
+def test_unsafe_paths_are_rejected(bad: str) -> None:
+    with pytest.raises(BadPartitionValue):
+        safe_relative_path(bad)
+
+
+def test_openaq_environment_maps_onto_settings(tmp_path: Path) -> None:
+    (tmp_path / "sluicegate.toml").write_text(
+        '[source]\nurl = "sqlite:///a.db"\n[destination]\nurl = "out"\n'
+    )
+    env = {
+        "LIMIT": "720",
+        "WRITE_FILE_LOCATION": "s3",
+        "OPEN_DATA_BUCKET": "openaq-open-data",
+        "WRITE_FILE_FORMAT": "parquet",
+        "DATABASE_HOST": "db.internal",
+        "DATABASE_DB": "openaq",
+        "DATABASE_READ_USER": "reader",
+        "DATABASE_READ_PASSWORD": "r p@ss",
+        "DATABASE_WRITE_USER": "writer",
+        "DATABASE_WRITE_PASSWORD": "w",
+    }
+    s = load_settings(tmp_path, env)
+    assert (s.limit, s.format, s.destination.url) == (720, "parquet", "s3://openaq-open-data")
+    assert s.source_url == "postgresql://reader:r%20p%40ss@db.internal:5432/openaq"
+    assert s.ledger_url.startswith("postgresql://writer:w@")
+    assert "r p@ss" not in repr(s) and "r%20p%40ss" not in repr(s)
+    ours = load_settings(
+        tmp_path, {**env, "SLUICEGATE_DEFAULTS__LIMIT": "5", "SLUICEGATE_SOURCE__URL": "sqlite:///b.db"}
+    )
+    assert ours.limit == 5 and ours.source_url.endswith("/b.db")
+    with pytest.raises(ConfigError, match="WRITE_FILE_LOCATION='ftp' is not a valid location"):
+        load_settings(tmp_path, {"WRITE_FILE_LOCATION": "ftp"})
+
+
+def test_block_gzip_is_standard_and_deterministic(tmp_path: Path) -> None:
+    """Large CSV.gz is compressed in blocks on several threads: one ordinary gzip member, same bytes."""
+    rows = "".join(
+        f"{i},{i * 7919 % 300},Site {i % 97},2026-10-05T{i % 24:02d}:00:00+05:30,0.{i % 1000:03d}\n"
+        for i in range(120_000)
+    )
+    data = rows.encode() * 3  # ~11 MiB: eleven blocks and a part
+
+    def compress(pieces: list[bytes]) -> bytes:
+        out = io.BytesIO()
+        writer = GzipWriter(out, 6)
+        for piece in pieces:
+            writer.write(piece)
+        writer.close()
+        return out.getvalue()
+
+    whole = compress([data])
+    assert whole == compress([data[i : i + 7777] for i in range(0, len(data), 7777)])  # any write sizes
+    assert gzip.decompress(whole) == data and len(whole) < len(data) / 3
+    target = tmp_path / "big.csv.gz"
+    target.write_bytes(whole)
+    unzipped = subprocess.run(["gzip", "-dc", str(target)], capture_output=True, check=True).stdout
+    assert unzipped == data  # the system's gunzip reads it too
+    # Below one block: byte for byte what gzip.GzipFile(filename="", mtime=0) writes.
+    small = data[: BLOCK // 2]
+    reference = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=reference, mode="wb", compresslevel=6, mtime=0) as gz:
+        gz.write(small)
+    assert compress([small]) == reference.getvalue()
+    assert (
+        gzip.decompress(compress([])) == b""
+        and gzip.decompress(compress([data[: 2 * BLOCK]])) == data[: 2 * BLOCK]
+    )
+
+
+def test_parquet_row_groups_do_not_follow_the_batches(tmp_path: Path) -> None:
+    """A partition's Parquet bytes depend on its rows only, not on how the database batched them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluicegate.formats.parquet import ROW_GROUP_ROWS, ParquetWriter
+    from sluicegate.sources import Column
+
+    columns = [
+        Column(name="id", kind="int"),
+        Column(name="site", kind="text"),
+        Column(name="v", kind="float"),
+    ]
+    n = ROW_GROUP_ROWS * 2 + 12_345
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "site": pa.array([f"Site {i % 97}" for i in range(n)]),
+            "v": pa.array([i / 7 for i in range(n)], pa.float64()),
+        }
+    )
+
+    def encode(cuts: list[int]) -> bytes:
+        out = io.BytesIO()
+        writer = ParquetWriter(out, columns, None)
+        for start, end in zip([0, *cuts], [*cuts, n], strict=True):
+            writer.write(table.slice(start, end - start), "arrow")
+        writer.close()
+        assert writer.rows == n
+        return out.getvalue()
+
+    whole = encode([])
+    assert whole == encode([65_536 * k for k in range(1, n // 65_536 + 1)])  # ADBC-sized batches
+    assert whole == encode([1, 999, 200_000, 200_001])  # and odd ones
+    path = tmp_path / "p.parquet"
+    path.write_bytes(whole)
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [
+        ROW_GROUP_ROWS,
+        ROW_GROUP_ROWS,
+        12_345,
+    ]
+    assert pq.read_table(path).equals(table)
+
+
+def test_parquet_row_groups_of_wide_rows_stay_near_the_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wide rows get fewer rows per group, chosen from the first rows, so batching still does not matter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluicegate.formats import parquet
+    from sluicegate.sources import Column
+
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 4 << 20)  # 4 MiB instead of 64
+    columns = [Column(name="id", kind="int"), Column(name="doc", kind="text")]
+    n = 10_000
+    table = pa.table(
+        {"id": pa.array(range(n), pa.int64()), "doc": pa.array([f"{i:06d}" + "x" * 1000 for i in range(n)])}
+    )
+
+    def encode(cuts: list[int]) -> bytes:
+        out = io.BytesIO()
+        writer = parquet.ParquetWriter(out, columns, None)
+        for start, end in zip([0, *cuts], [*cuts, n], strict=True):
+            writer.write(table.slice(start, end - start), "arrow")
+            assert writer.held < 2 * (4 << 20) + 1_100 * (end - start)  # never much more than a group
+        writer.close()
+        return out.getvalue()
+
+    whole = encode([])
+    assert whole == encode(list(range(700, n, 700))) == encode([1, 1023, 1024, 5000])
+    path = tmp_path / "wide.parquet"
+    path.write_bytes(whole)
+    meta = pq.ParquetFile(path).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    # ~1,018 bytes a row: 4 MiB holds 4,119 rows, rounded down to whole 1,024-row steps.
+    assert sizes == [4096, 4096, 1808]
+    assert pq.read_table(path).equals(table)
