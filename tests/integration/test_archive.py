@@ -274,7 +274,9 @@ def test_crash_before_the_delete_committed_rewrites_the_same_file(
     assert seconds < 30  # the killed run's lock died with it: no waiting for it (60 s)
 
 
-@pytest.mark.parametrize("layout", ["pg+pg-ledger", "sqlite+sqlite-ledger"], indirect=True)
+@pytest.mark.parametrize(
+    "layout", [pytest.param("pg+pg-ledger", marks=pytest.mark.pg), "sqlite+sqlite-ledger"], indirect=True
+)
 def test_crash_after_the_delete_committed_keeps_the_file(tmp_path: Path, layout: tuple[str, str]) -> None:
     source, ledger = layout
     root = _project(tmp_path, source, ledger=ledger)
