@@ -50,6 +50,7 @@ __all__ = [
     "TaskProblem",
     "TaskSpec",
     "TimeSpec",
+    "dsl_folder",
     "load_project",
     "load_settings",
     "load_task",
@@ -85,9 +86,30 @@ def read_toml(path: Path, missing: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
 
 
-# Every environment variable that overrides sluicegate.toml (see _env_overrides): the OpenAQ
-# exporter's names, and the prefixes of SLUICEGATE_SECTION__KEY and DATABASE_*.
+# The Common Knowledge data-export service's environment: (section, key, variable, default in
+# DSL mode). Each fills a setting sluicegate.toml leaves unset.
+DSL_DEFAULTS = (
+    ("source", "url", "DATABASE_URL", None),
+    ("destination", "url", "EXPORT_PATH", "/exported-data"),
+)
+DSL_DEFAULT_PATH = "/DSL/Export"
+
+
+def dsl_folder(env: Mapping[str, str]) -> Path | None:
+    """The Common Knowledge ``DSL/Export`` folder: ``DSL_PATH``, or the original's default when
+    ``DATABASE_URL`` is set and that folder exists; None otherwise."""
+    if env.get("DSL_PATH"):
+        return Path(env["DSL_PATH"])
+    default = Path(DSL_DEFAULT_PATH)
+    return default if env.get("DATABASE_URL") and default.is_dir() else None
+
+
+# Every environment variable that overrides or fills sluicegate.toml (see _env_overrides): the
+# OpenAQ exporter's names, the Common Knowledge service's, and the prefixes of
+# SLUICEGATE_SECTION__KEY and DATABASE_*.
 OVERRIDE_ENV_NAMES = (
+    "DSL_PATH",
+    "EXPORT_PATH",
     "LIMIT",
     "WRITE_FILE_LOCATION",
     "WRITE_FILE_FORMAT",
@@ -164,10 +186,32 @@ def _check_sections(raw: Mapping[str, Any], path: Path) -> None:
 
 
 def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
-    """Read ``root/sluicegate.toml`` and apply the environment overrides in ``env``."""
+    """Read ``root/sluicegate.toml`` (or, without one, the DSL environment) and apply ``env``'s overrides.
+
+    The Common Knowledge service's ``DATABASE_URL`` and ``EXPORT_PATH`` fill ``[source] url``
+    and ``[destination] url`` when the file does not set them (defaults, not overrides).
+    """
     path = root / "sluicegate.toml"
-    raw = read_toml(path, "run 'sluicegate init' to create a project")
-    _check_sections(raw, path)
+    if path.is_file():
+        raw = read_toml(path)
+        _check_sections(raw, path)
+    elif dsl_folder(env) is not None:
+        raw = {}
+        if not env.get("DATABASE_URL"):
+            raise ConfigError(
+                "DSL_PATH is set but DATABASE_URL is not: set it to the PostgreSQL database the "
+                "select.sql and delete.sql files run in (postgresql://user:password@host/db)"
+            )
+    else:
+        raise ConfigError(
+            f"{root} holds no sluicegate.toml and DSL_PATH is not set: run 'sluicegate init {root}' to "
+            "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
+            "DSL/Export folder (see docs/service.md)"
+        )
+    for section, key, name, default in DSL_DEFAULTS:
+        value = env.get(name) or (default if dsl_folder(env) is not None else None)
+        if value and not raw.get(section, {}).get(key):
+            raw.setdefault(section, {})[key] = value
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
     source = raw.get("source", {})
@@ -220,15 +264,27 @@ def _sync(value: Any, where: str) -> str:
 
 
 def load_project(root: Path | str, env: Mapping[str, str] | None = None) -> Project:
-    """Load the project in ``root``; broken task folders become :class:`TaskProblem` entries."""
+    """Load the project in ``root``; broken task folders become :class:`TaskProblem` entries.
+
+    Tasks are the folders of ``root/tasks``, or of ``DSL_PATH`` when it is set (a Common
+    Knowledge ``DSL/Export`` folder, where a folder with ``select.sql`` and ``delete.sql`` and no
+    ``task.toml`` is an archive task with the original service's behaviour).
+    """
     root = Path(root).resolve()
-    settings = load_settings(root, env or {})
+    env = env or {}
+    settings = load_settings(root, env)
+    dsl = dsl_folder(env)
+    tasks_dir = dsl if dsl is not None else root / "tasks"
+    if dsl is not None and not dsl.is_dir():
+        raise ConfigError(
+            f"DSL_PATH={str(dsl)!r} is not a folder; point it at the DSL/Export folder of task folders"
+        )
     tasks: dict[str, TaskBase] = {}
     problems: list[TaskProblem] = []
-    tasks_dir = root / "tasks"
-    for folder in sorted(p for p in tasks_dir.iterdir() if p.is_dir()) if tasks_dir.is_dir() else []:
+    folders = sorted(p for p in tasks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders if tasks_dir.is_dir() else []:
         try:
-            task = load_task(folder, settings)
+            task = load_task(folder, settings, dsl=dsl is not None)
         except ConfigError as exc:
             problems.append(TaskProblem(name=folder.name, folder=folder, message=str(exc)))
         else:
@@ -256,15 +312,27 @@ def read_select(folder: Path) -> str:
     return select_sql + "\n"  # a trailing "-- comment" must not swallow our closing parenthesis
 
 
-def load_task(folder: Path, settings: Settings) -> TaskBase:
-    """Load one task folder with its kind's loader; raise ConfigError naming the file and field."""
+def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBase:
+    """Load one task folder with its kind's loader; raise ConfigError naming the file and field.
+
+    With ``dsl`` (a Common Knowledge ``DSL/Export`` folder), a folder without ``task.toml`` is an
+    archive task when it holds ``select.sql`` and ``delete.sql``.
+    """
     from .drivers import KINDS, kind_module
 
     name = folder.name
     if not validate.TASK_NAME.match(name):
         raise ConfigError(f"{folder}: task folder name {name!r} must start with a letter or digit")
     toml_path = folder / "task.toml"
-    raw = read_toml(toml_path, "every task folder needs a task.toml (see docs/tasks.md)")
+    if dsl and not toml_path.exists():
+        missing = [f for f in ("select.sql", "delete.sql") if not (folder / f).is_file()]
+        if missing:
+            raise ConfigError(
+                f"{folder}: a DSL export folder needs select.sql and delete.sql; {missing[0]} is missing"
+            )
+        raw: dict[str, Any] = {"kind": "archive"}
+    else:
+        raw = read_toml(toml_path, "every task folder needs a task.toml (see docs/tasks.md)")
     kind = raw.get("kind", "partitioned")
     if kind not in KINDS:
         raise ConfigError(f"{toml_path} kind: {kind!r} is not supported; use one of {', '.join(KINDS)}")

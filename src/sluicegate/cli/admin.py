@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .. import operations
-from ..config import load_project
+from ..config import dsl_folder, load_project
 from ..engine import Exporter
 from ..exceptions import UsageError
 from ..masking import mask_url
@@ -19,6 +19,9 @@ from ..options import RunOptions
 from ..partitions import parse_assignments
 from .app import CliState, duration, echo_json, handled, load, main, timestamp
 from .render import render_summaries
+
+DEFAULT_PORT = 8000
+DSL_PORT = 8002  # the Common Knowledge data-export service's port
 
 
 @main.command()
@@ -220,12 +223,18 @@ def generate(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar="PORT",
+    show_envvar=True,
+    help="Port (default 8000; 8002, the Common Knowledge service's, when serving a DSL_PATH folder).",
+)
 @click.option(
     "--insecure-no-auth", is_flag=True, help="Run without SLUICEGATE_API_TOKEN: anyone can start runs."
 )
 @handled
-def serve(host: str, port: int, insecure_no_auth: bool) -> None:
+def serve(host: str, port: int | None, insecure_no_auth: bool) -> None:
     """Run the HTTP service (FastAPI): runs, status, metrics, schedules, the original's /exports."""
     try:
         import uvicorn
@@ -234,6 +243,9 @@ def serve(host: str, port: int, insecure_no_auth: bool) -> None:
     except ImportError:
         raise UsageError("the service needs its extra: pip install 'sluicegate[service]'") from None
     state = click.get_current_context().find_object(CliState) or CliState()
+    if port is None:
+        dsl = not (state.project_dir / "sluicegate.toml").is_file() and dsl_folder(os.environ) is not None
+        port = DSL_PORT if dsl else DEFAULT_PORT
     token = os.environ.get("SLUICEGATE_API_TOKEN") or None
     app = create_app(state.project_dir, os.environ, token=token, insecure=insecure_no_auth and not token)
     if token is None:
