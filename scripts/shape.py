@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # Documented public API that happens to start with an underscore (namedtuple's methods).
 _PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make"}
 
@@ -34,7 +33,11 @@ def _classes_defining(tree: ast.Module) -> dict[str, set[str]]:
         if isinstance(node, ast.ClassDef):
             names = out.setdefault(node.name, set())
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                if (
+                    isinstance(sub, ast.Attribute)
+                    and isinstance(sub.value, ast.Name)
+                    and sub.value.id == "self"
+                ):
                     names.add(sub.attr)
                 if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
                     names.add(sub.name)
@@ -46,7 +49,9 @@ def private_accesses(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     own = set().union(*_classes_defining(tree).values()) if _classes_defining(tree) else set()
     own |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    own |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    own |= {
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -114,8 +119,12 @@ def measure(src: Path) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", nargs="?", default=str(Path(__file__).resolve().parent.parent / "src" / "sluicegate"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "src", nargs="?", default=str(Path(__file__).resolve().parent.parent / "src" / "sluicegate")
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
     figures = measure(Path(args.src))

@@ -34,7 +34,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-
 # --------------------------------------------------------------------------- pytest hooks
 
 _MARKER_FIXTURES = {

@@ -12,7 +12,7 @@ transaction. No change is lost: the inbox row commits or rolls back with the dat
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
@@ -107,6 +107,11 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
             return total
 
 
+def peek(task: TaskSpec, inbox: Ledger, source: Source, *, limit: int = ABSORB_CHUNK) -> list[Partition]:
+    """The partitions the inbox's first ``limit`` changes would mark, leaving them in the inbox."""
+    return fold(task, inbox.capture.peek_changes(task.name, limit=limit), ZoneMap(task, source))
+
+
 def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     """Mark partitions whose rows have a cursor newer than the last scan minus the overlap."""
     cap = task.capture
@@ -140,6 +145,101 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
     return len(parts)
+
+
+BACKFILL_STEP = dt.timedelta(days=7)  # the time range one backfill query covers
+
+
+def backfill(
+    task: TaskSpec,
+    ledger: Ledger,
+    source: Source,
+    *,
+    time_min: dt.datetime | None = None,
+    time_max: dt.datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Mark every partition that has rows in the task's select (optionally within a time range).
+
+    For rows that were there before the capture triggers were installed, which the triggers
+    never see. One pass over the select, a week of rows per query, so memory stays bounded;
+    ``progress(done, total)`` is called after each week. Returns the partitions marked.
+    """
+    q = source.dialect.quote
+    select = f"SELECT DISTINCT {', '.join(f'q.{q(k)}' for k in task.keys) or '1'}"
+    zones = ZoneMap(task, source)
+    if task.time is None:
+        rows = source.execute(f"{select} FROM ({task.select_sql}) AS q")
+        return ledger.partitions.mark(fold(task, [(r, None) for r in rows], zones), task)
+    column = f"q.{q(task.time.column)}"
+    lo, hi = _time_range(task, source, column, time_min, time_max)
+    if lo is None or hi is None:
+        return 0
+    bin_sql = source.dialect.bin_expr(column, task.time.boundary == "end")
+    weeks = max(1, -(-(hi - lo) // BACKFILL_STEP))
+    marked = 0
+    for week in range(weeks):
+        start, end = lo + week * BACKFILL_STEP, min(lo + (week + 1) * BACKFILL_STEP, hi)
+        rows = source.execute(
+            f"{select}, {bin_sql} FROM ({task.select_sql}) AS q WHERE {_between(source, column)}",
+            _bounds(source, start, end),
+        )
+        nkeys = len(task.keys)
+        changes = [(r[:nkeys], _bin_time(r[nkeys])) for r in rows]
+        marked += ledger.partitions.mark(fold(task, changes, zones), task)
+        if progress is not None:
+            progress(week + 1, weeks)
+    return marked
+
+
+def _time_range(
+    task: TaskSpec, source: Source, column: str, time_min: dt.datetime | None, time_max: dt.datetime | None
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The first and last row times of the select, within the bounds given (the end exclusive)."""
+    sqlite = source.dialect is db.SQLITE
+    value = f"julianday({column})" if sqlite else column
+    first, last = source.execute(f"SELECT min({value}), max({value}) FROM ({task.select_sql}) AS q")[0]
+    if first is None:
+        return None, None
+    if sqlite:
+        first, last = _from_julian(first), _from_julian(last)
+    lo = max(_as_time(first), time_min) if time_min else _as_time(first)
+    hi = _as_time(last) + dt.timedelta(microseconds=1)
+    return lo, (min(hi, time_max) if time_max else hi)
+
+
+def _from_julian(day: float) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(days=float(day) - 2440587.5)
+
+
+def _between(source: Source, column: str) -> str:
+    if source.dialect is db.SQLITE:
+        return f"julianday({column}) >= julianday(?) AND julianday({column}) < julianday(?)"
+    return f"{column} >= %s AND {column} < %s"
+
+
+def _bounds(source: Source, start: dt.datetime, end: dt.datetime) -> list[Any]:
+    return [start.isoformat(), end.isoformat()] if source.dialect is db.SQLITE else [start, end]
+
+
+def existing_rows(task: TaskSpec, source: Source) -> int:
+    """Rows already in the capture table: changes made before the triggers that they never saw."""
+    assert task.capture.table
+    return int(source.execute(f"SELECT count(*) FROM {source.dialect.quote(task.capture.table)}")[0][0])
+
+
+def installed_triggers(task: TaskSpec, source: Source) -> list[str]:
+    """The names of the task's capture triggers present in the source database."""
+    pattern = f"sluicegate_{task.name}_%"
+    if source.dialect is db.SQLITE:
+        rows = source.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (pattern,)
+        )
+    else:
+        rows = source.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", (pattern,)
+        )
+    return sorted(str(r[0]) for r in rows)
 
 
 def _as_time(value: Any) -> dt.datetime:

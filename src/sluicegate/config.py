@@ -29,6 +29,7 @@ from .specs import (
     DestinationSettings,
     Project,
     RowTask,
+    ServiceSettings,
     Settings,
     TaskBase,
     TaskProblem,
@@ -71,6 +72,7 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
     "defaults": frozenset(
         {"format", "batch_size", "limit", "lease", "max_attempts", "workers", "backoff", "log_level"}
     ),
+    "service": frozenset({"public_metrics", "max_request_bytes"}),
     "testing": frozenset({"fault"}),
 }
 
@@ -118,6 +120,16 @@ OVERRIDE_ENV_NAMES = (
     "LOG_LEVEL",
 )
 OVERRIDE_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
+# The SLUICEGATE_* variables that are not SECTION__KEY overrides (read by the service, the
+# secrets module, the Lambda handler and the CLI). Any other plain SLUICEGATE_* is a typo.
+PLAIN_ENV_NAMES = (
+    "SLUICEGATE_API_TOKEN",
+    "SLUICEGATE_READ_TOKEN",
+    "SLUICEGATE_FERNET_KEY",
+    "SLUICEGATE_PROJECT",
+    "SLUICEGATE_TASK",
+    "SLUICEGATE_LAMBDA_MARGIN",
+)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -143,7 +155,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
         if url:
             put(section, "url", url)
     for name, value in env.items():
-        if not name.startswith("SLUICEGATE_") or "__" not in name:
+        if not name.startswith("SLUICEGATE_"):
+            continue
+        if "__" not in name:
+            validate.reject_unknown({name: 1}, PLAIN_ENV_NAMES, "environment", what="variable")
             continue
         section, _, key = name[len("SLUICEGATE_") :].partition("__")
         section, key = section.lower(), key.lower()
@@ -239,7 +254,17 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         workers=validate.whole_number(defaults.get("workers", 1), f"{where} workers"),
         backoff=parse_duration(defaults.get("backoff", "30s"), where=f"{where} backoff"),
         log_level=str(defaults.get("log_level", "WARNING")).upper(),
+        service=_service(raw.get("service", {}), f"{path} [service]"),
         fault=raw.get("testing", {}).get("fault") or None,
+    )
+
+
+def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
+    return ServiceSettings(
+        public_metrics=validate.boolean(raw.get("public_metrics", False), f"{where} public_metrics"),
+        max_request_bytes=validate.whole_number(
+            raw.get("max_request_bytes", 64 * 1024), f"{where} max_request_bytes", 1024
+        ),
     )
 
 

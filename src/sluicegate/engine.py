@@ -89,12 +89,27 @@ class Exporter:
             done: int = driver.run(
                 task, options, summary=summary, budget=budget, limit=remaining, progress=progress, stop=stop
             )
-            return done
         except SluicegateError as exc:
-            # A task-level problem (bad query, no zone, ledger down) stops this task only.
+            # A task-level problem (bad query, no zone, ledger down) stops this task only; it is
+            # recorded on the ledger, so status shows it until a run of the task succeeds.
             summary.task_errors.append(str(exc))
+            summary.config_error = summary.config_error or isinstance(exc, ConfigError)
             log.debug("task %s failed", task.name, exc_info=True)
+            self._remember(task, str(exc), config=isinstance(exc, ConfigError))
             return 0
+        self._remember(task, None)
+        return done
+
+    def _remember(self, task: TaskBase, error: str | None, *, config: bool = False) -> None:
+        """Record a task-level error on the ledger, or clear it after a run that had none."""
+        runs = self.context.ledger.runs
+        try:
+            if error is None:
+                runs.clear_task_error(task.name)
+            else:
+                runs.record_task_error(task.name, error, config=config)
+        except SluicegateError as exc:  # the ledger is down: the run's summary still says it
+            log.warning("task %s: could not record its state on the ledger: %s", task.name, exc)
 
 
 def run(

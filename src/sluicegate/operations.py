@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import capture, db
@@ -77,6 +77,83 @@ def _check_search_path(ledger: Ledger, schema: str, toml: Any) -> list[str]:
     return []
 
 
+def check_warnings(project: Project) -> list[str]:
+    """Things that are not errors but lose exports silently: capture triggers not installed,
+    or an empty ledger for a task whose source already has rows (run backfill)."""
+    warnings: list[str] = []
+    triggered = [
+        t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode == "trigger"
+    ]
+    if not triggered:
+        return warnings
+    source = open_source(project.settings.source_url)
+    try:
+        with ledger_of(project) as ledger:
+            for task in triggered:
+                warnings += _capture_warnings(task, source, ledger)
+    finally:
+        source.close()
+    return warnings
+
+
+def _capture_warnings(task: PartitionedTask, source: Any, ledger: Ledger) -> list[str]:
+    out = []
+    try:
+        if not capture.installed_triggers(task, source):
+            out.append(
+                f"task {task.name}: its capture triggers are not installed, so no change is seen; "
+                f"run 'sluicegate install {task.name}'"
+            )
+        counts = ledger.partitions.status(task)
+        known = counts.pending + counts.claimed + counts.exported + counts.failed + counts.waiting
+        if not known and capture.existing_rows(task, source):
+            out.append(
+                f"task {task.name}: the ledger has no partition while {task.capture.table} has rows; "
+                f"run 'sluicegate backfill {task.name}' to mark the rows that were there before install"
+            )
+    except SluicegateError as exc:
+        out.append(f"task {task.name}: could not inspect its capture: {exc}")
+    return out
+
+
+def uncaptured_rows(project: Project, names: Sequence[str] = ()) -> dict[str, int]:
+    """Per trigger task whose triggers are not installed yet: the rows its triggers will never see."""
+    tasks = [partitioned_task(project, n) for n in names] if names else list(project.tasks.values())
+    source = open_source(project.settings.source_url)
+    out = {}
+    try:
+        for task in tasks:
+            if not isinstance(task, PartitionedTask) or task.capture.mode != "trigger":
+                continue
+            if not capture.installed_triggers(task, source):
+                out[task.name] = capture.existing_rows(task, source)
+    finally:
+        source.close()
+    return out
+
+
+def backfill(
+    project: Project,
+    task_name: str,
+    *,
+    time_min: dt.datetime | None = None,
+    time_max: dt.datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Mark every partition of ``task_name`` that has rows (within the time range); return how many."""
+    task = partitioned_task(project, task_name)
+    if (time_min or time_max) and task.time is None:
+        raise UsageError(f"task {task.name!r} has no time key; --time-min and --time-max do not apply")
+    source = open_source(project.settings.source_url)
+    try:
+        with ledger_of(project) as ledger:
+            return capture.backfill(
+                task, ledger, source, time_min=time_min, time_max=time_max, progress=progress
+            )
+    finally:
+        source.close()
+
+
 def partitioned_task(project: Project, name: str) -> PartitionedTask:
     """The partitioned task called ``name`` (marks, re-exports and resets apply only to those)."""
     task = project.task(name)
@@ -95,20 +172,54 @@ def install(project: Project, names: Sequence[str] = ()) -> dict[str, list[str]]
 
 
 def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Per task: its kind's counts (partitions by state, entities, ...) and its failures."""
+    """Per task: its kind's counts (partitions by state, entities, ...), its failures, the
+    changes waiting in its trigger inbox, and the error that stopped its last run, if any."""
     out = []
-    with ledger_of(project) as ledger:
+    with ledger_of(project) as ledger, _inbox_of(project, ledger) as inbox:
+        errors = ledger.runs.task_errors()
         for task in project.select(list(names)):
-            out.append(kind_module(task.kind).status(task, ledger))
+            row = kind_module(task.kind).status(task, ledger)
+            if inbox is not None and isinstance(task, PartitionedTask) and task.capture.mode == "trigger":
+                row["inbox"] = _inbox_count(inbox, task.name)
+            if task.name in errors:
+                row["task_error"] = errors[task.name]["error"]
+                row["task_error_at"] = errors[task.name]["at"]
+            out.append(row)
     for problem in project.problems:
         if not names or problem.name in names:
             out.append({"task": problem.name, "error": problem.message})
     return out
 
 
+@contextlib.contextmanager
+def _inbox_of(project: Project, ledger: Ledger) -> Iterator[Ledger | None]:
+    """The ledger tables in the source database (the trigger inbox), or None if unreachable."""
+    s = project.settings
+    if s.shared_database:
+        yield ledger
+        return
+    try:
+        inbox = Ledger(s.source_url, schema=s.ledger_schema)
+    except SluicegateError:
+        yield None
+        return
+    try:
+        yield inbox
+    finally:
+        inbox.close()
+
+
+def _inbox_count(inbox: Ledger, task: str) -> int | None:
+    """Changes of ``task`` waiting in the inbox (None when the inbox cannot be read)."""
+    try:
+        return inbox.capture.count_changes(task)[0]
+    except SluicegateError:
+        return None
+
+
 def status_text(row: Mapping[str, Any]) -> str:
     """A status row of a kind without partitions as one line: ``entities 3, failed 0, ...``."""
-    skip = {"task", "kind", "failures", "error"}
+    skip = {"task", "kind", "failures", "error", "task_error", "task_error_at"}
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k not in skip and v is not None)
 
 

@@ -44,6 +44,7 @@ class TaskSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # "partition: error", the first MAX_ERRORS
     task_errors: list[str] = field(default_factory=list)  # errors that stopped the task itself
+    config_error: bool = False  # one of them is the task's configuration (exit code 2)
     plan: list[dict[str, Any]] = field(default_factory=list)
     entities: list[dict[str, Any]] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
@@ -74,6 +75,7 @@ class TaskSummary:
         self._failures.update(part._failures)
         self._sync_failures()
         self.task_errors.extend(part.task_errors)
+        self.config_error = self.config_error or part.config_error
 
     @property
     def ok(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -12,8 +13,12 @@ from .exceptions import UsageError
 EXAMPLES = ("openaq",)
 
 
-def init_project(folder: Path, *, example: str = "openaq", force: bool = False) -> list[Path]:
-    """Copy the ``example`` project skeleton into ``folder``; return the files written."""
+def init_project(
+    folder: Path, *, example: str = "openaq", force: bool = False, source_url: str | None = None
+) -> list[Path]:
+    """Copy the ``example`` project skeleton into ``folder``; return the files written.
+
+    ``source_url`` replaces the example's ``[source] url`` in the new ``sluicegate.toml``."""
     if example not in EXAMPLES:
         raise UsageError(f"--example {example!r} is not known; use one of: {', '.join(EXAMPLES)}")
     if (folder / "sluicegate.toml").exists() and not force:
@@ -28,7 +33,20 @@ def init_project(folder: Path, *, example: str = "openaq", force: bool = False) 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 written.append(target)
+    if source_url:
+        _set_source(folder / "sluicegate.toml", source_url)
     return written
+
+
+def _set_source(toml: Path, url: str) -> None:
+    """Write ``url`` as the first ``url = ...`` line after ``[source]`` (a TOML basic string)."""
+    lines = toml.read_text().splitlines(keepends=True)
+    start = lines.index("[source]\n")
+    for i in range(start + 1, len(lines)):
+        if lines[i].startswith("url ="):
+            lines[i] = f"url = {json.dumps(url)}\n"
+            break
+    toml.write_text("".join(lines))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,6 +43,14 @@ class DestinationSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """``[service]``: what ``sluicegate serve`` lets through."""
+
+    public_metrics: bool = False  # /metrics without a token (for Prometheus scrapers)
+    max_request_bytes: int = 64 * 1024  # larger request bodies get 413
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Project-wide settings from ``sluicegate.toml`` plus environment overrides."""
 
@@ -59,6 +67,7 @@ class Settings:
     workers: int = 1  # exporters per run, each with its own claims and connections
     backoff: float = 30.0
     log_level: str = "WARNING"
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     fault: str | None = None  # [testing] fault: a named point where a test SIGKILLs the worker
 
     @property

@@ -90,6 +90,18 @@ def whole_number(value: Any, where: str, minimum: int = 1) -> int:
     return number
 
 
+def boolean(value: Any, where: str) -> bool:
+    """true/false (TOML booleans, or the text of an environment variable)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where}: {value!r} is not true or false")
+
+
 def file_format(value: Any, where: str) -> str:
     """One of the formats sluicegate writes."""
     if value not in FORMATS:

@@ -232,7 +232,9 @@ def _runuser() -> list[str]:
 
 
 @pytest.mark.pg
-def test_a_partition_retried_within_a_run_is_counted_once(tmp_path: Path, pg_url: str, read_path: str) -> None:
+def test_a_partition_retried_within_a_run_is_counted_once(
+    tmp_path: Path, pg_url: str, read_path: str
+) -> None:
     """With no backoff, a partition whose read keeps failing with a transient error (SQLSTATE
     40001) is claimed again in the same run until it is parked: one failed partition, not four."""
     db = Db(pg_url)
@@ -278,7 +280,9 @@ def test_max_runtime_ends_the_process_inside_its_budget(tmp_path: Path) -> None:
     days = [(DAY + dt.timedelta(days=d)).date() for d in range(60)]
     with Ledger(url) as ledger:
         ledger.ensure_schema()
-        ledger.partitions.mark([make_partition(task, (loc,), day, "UTC") for loc in range(1, 101) for day in days], task)
+        ledger.partitions.mark(
+            [make_partition(task, (loc,), day, "UTC") for loc in range(1, 101) for day in days], task
+        )
     budget = 3.0
     started = time.monotonic()
     proc = subprocess.run(

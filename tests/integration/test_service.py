@@ -36,6 +36,7 @@ def _free_port() -> int:
 class Server:
     def __init__(self, root: Path, *args: str, token: str | None = TOKEN) -> None:
         self.port = _free_port()
+        self.token = token
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
         if token:
@@ -50,13 +51,18 @@ class Server:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503):
+                if self.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503):
                     return
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start: {self.log.read_text()}")
             time.sleep(0.1)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        """GET with the API token (every route but /healthz needs one)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.get(url, headers=headers, **kwargs)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -65,7 +71,7 @@ class Server:
     def wait_run(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run: dict[str, Any] = httpx.get(f"{self.url}/runs/{run_id}").json()
+            run: dict[str, Any] = self.get(f"{self.url}/runs/{run_id}").json()
             if run["state"] != "running":
                 return run
             time.sleep(0.1)
@@ -97,14 +103,14 @@ def test_original_endpoints_and_auth(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     server = Server(root)
     try:
-        listing = httpx.get(f"{server.url}/exports").json()
+        listing = server.get(f"{server.url}/exports").json()
         assert [t["name"] for t in listing] == ["agency", "openaq"]
-        agency = httpx.get(f"{server.url}/exports/agency").json()
+        agency = server.get(f"{server.url}/exports/agency").json()
         assert (
             agency["select_query"].startswith("SELECT * FROM agency")
             and "DELETE FROM agency" in agency["delete_query"]
         )
-        missing = httpx.get(f"{server.url}/exports/nope")
+        missing = server.get(f"{server.url}/exports/nope")
         assert missing.status_code == 404 and missing.json() == {"detail": "Task not found"}
         assert httpx.post(f"{server.url}/exports").status_code == 401
         assert (
@@ -138,18 +144,18 @@ def test_runs_survive_a_restart_and_concurrent_posts_do_not_double_export(
     try:
         for r in runs:
             assert again.wait_run(r["id"])["state"] == "succeeded"
-        listed = httpx.get(f"{again.url}/runs").json()
+        listed = again.get(f"{again.url}/runs").json()
         assert {r["id"] for r in runs} <= {r["id"] for r in listed}
-        page = httpx.get(
+        page = again.get(
             f"{again.url}/tasks/openaq/partitions", params={"state": "exported", "limit": 25}
         ).json()
         assert len(page) == 25 and all(p["state"] == "exported" for p in page)
-        rest = httpx.get(
+        rest = again.get(
             f"{again.url}/tasks/openaq/partitions", params={"state": "exported", "offset": 50}
         ).json()
         assert len(rest) == 10
-        assert httpx.get(f"{again.url}/tasks/openaq/partitions", params={"state": "failed"}).json() == []
-        task = httpx.get(f"{again.url}/tasks/openaq").json()
+        assert again.get(f"{again.url}/tasks/openaq/partitions", params={"state": "failed"}).json() == []
+        task = again.get(f"{again.url}/tasks/openaq").json()
         assert task["counts"]["exported"] == 60
     finally:
         again.stop()
@@ -172,8 +178,8 @@ def test_a_run_whose_process_died_shows_as_abandoned(pg_project: tuple[Path, Db]
         ledger.runs.finish(alive, [{"task": "openaq", "failed": 0}])
     server = Server(root)
     try:
-        assert httpx.get(f"{server.url}/runs/{dead}").json()["state"] == "abandoned"
-        assert httpx.get(f"{server.url}/runs/{alive}").json()["state"] == "succeeded"
+        assert server.get(f"{server.url}/runs/{dead}").json()["state"] == "abandoned"
+        assert server.get(f"{server.url}/runs/{alive}").json()["state"] == "succeeded"
     finally:
         server.stop()
 
@@ -193,7 +199,7 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
             ]
         )
         assert len(dry["summary"][0]["plan"]) == 55
-        done = httpx.get(f"{server.url}/tasks/openaq/partitions", params={"state": "exported"}).json()
+        done = server.get(f"{server.url}/tasks/openaq/partitions", params={"state": "exported"}).json()
         in_window = sum(p["keys"]["day"] == "2024-01-01" for p in done)
         re = server.wait_run(
             httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=body).json()["run_id"]
@@ -211,20 +217,20 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
     (root / "tasks" / "broken" / "task.toml").write_text("kind = 'archive'\n")  # no select.sql
     server = Server(root)
     try:
-        tasks = {t["name"]: t for t in httpx.get(f"{server.url}/tasks").json()}
+        tasks = {t["name"]: t for t in server.get(f"{server.url}/tasks").json()}
         assert "select.sql not found" in tasks["broken"]["error"] and tasks["openaq"]["error"] is None
-        assert [t["name"] for t in httpx.get(f"{server.url}/exports").json()] == ["agency", "openaq"]
-        assert httpx.get(f"{server.url}/tasks/broken").json()["error"]
+        assert [t["name"] for t in server.get(f"{server.url}/exports").json()] == ["agency", "openaq"]
+        assert server.get(f"{server.url}/tasks/broken").json()["error"]
         run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
         assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
-        metrics = httpx.get(f"{server.url}/metrics").text
+        metrics = server.get(f"{server.url}/metrics").text
         assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics
         assert 'sluicegate_partitions{state="exported",task="openaq"} 60.0' in metrics
         assert 'sluicegate_exports_total{task="openaq"} 60.0' in metrics
         assert "sluicegate_run_duration_seconds_count" in metrics
-        health = httpx.get(f"{server.url}/healthz").json()
+        health = server.get(f"{server.url}/healthz").json()
         assert health == {"status": "ok", "checks": {"source": "ok", "ledger": "ok", "destination": "ok"}}
-        assert httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["RunInfo"]
+        assert server.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["RunInfo"]
     finally:
         server.stop()
 
@@ -255,7 +261,7 @@ def test_health_fails_when_the_destination_cannot_be_written(
     (tmp_path / "out").write_text("a file where the destination folder must go")
     server = Server(root)
     try:
-        health = httpx.get(f"{server.url}/healthz")
+        health = server.get(f"{server.url}/healthz")
         assert health.status_code == 503 and health.json()["checks"]["destination"] != "ok"
     finally:
         server.stop()
@@ -289,9 +295,9 @@ def test_status_page_in_a_headless_browser(pg_project: tuple[Path, Db], tmp_path
     from PIL import Image
 
     root, _db = pg_project
-    server = Server(root)
+    server = Server(root, "--insecure-no-auth", token=None)  # a browser sends no bearer token
     try:
-        run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 40}).json()
+        run = httpx.post(f"{server.url}/tasks/openaq/runs", json={"limit": 40}).json()
         server.wait_run(run["run_id"])
         shot = tmp_path / "page.png"
         chromium = shutil.which("chromium")
@@ -320,7 +326,7 @@ def test_status_page_in_a_headless_browser(pg_project: tuple[Path, Db], tmp_path
         colours = {c for _, c in image.getcolors(maxcolors=1 << 20) or []}
         assert (0x2E, 0x7D, 0x32) in colours, "no exported (green) cells on the page"
         assert (0xF9, 0xA8, 0x25) in colours, "no pending (amber) cells on the page"
-        html = httpx.get(f"{server.url}/").text
+        html = server.get(f"{server.url}/").text
         assert html.count("class='exported'") == 40 and html.count("class='pending'") == 20
     finally:
         server.stop()

@@ -64,7 +64,13 @@ def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) ->
     project = load(root)
     with Exporter(project) as exporter:  # fold the captured changes first, so both workers find work
         assert (
-            capture.absorb(project.tasks["openaq"], exporter.context.ledger, exporter.context.inbox, exporter.context.source) == 320
+            capture.absorb(
+                project.tasks["openaq"],
+                exporter.context.ledger,
+                exporter.context.inbox,
+                exporter.context.source,
+            )
+            == 320
         )
     first = _spawn(root, "run", "--batch-size", "2", "--json")
     second = _spawn(root, "run", "--batch-size", "2", "--json")
@@ -179,7 +185,9 @@ def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, diale
 
     absorb()
     with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
-        claims = sorted(ledger.partitions.claim(task, limit=10, lease=600), key=lambda c: c.keys["location_id"])
+        claims = sorted(
+            ledger.partitions.claim(task, limit=10, lease=600), key=lambda c: c.keys["location_id"]
+        )
         assert [c.keys["location_id"] for c in claims] == [1, 2, 3]
         # Location 2's lease runs out and another worker takes it over.
         ph = "%s" if dialect == "pg" else "?"

@@ -17,6 +17,7 @@ START_ATTEMPTS = 3  # retries with fresh ports if a port got taken between probi
 # Filled by the session fixtures, printed in the terminal summary.
 STARTUP_SECONDS: dict[str, float] = {}
 
+
 def service_unavailable(message: str) -> NoReturn:
     """Fail under CI=true, otherwise skip loudly."""
     if os.environ.get("CI", "").strip().lower() == "true":

@@ -51,6 +51,7 @@ PG_SETTINGS = {
     "log_connections": "on",
 }
 
+
 @dataclasses.dataclass(frozen=True)
 class PgServer:
     """A running throwaway PostgreSQL cluster."""

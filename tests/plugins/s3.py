@@ -44,6 +44,7 @@ MOTO_SECRET_KEY = "testing"
 SEAWEED_ACCESS_KEY = "sluicegate-test-access-key"
 SEAWEED_SECRET_KEY = "sluicegate-test-secret-key-0123456789"
 
+
 @functools.cache
 def _boto_session() -> boto3.session.Session:
     """One shared session: creating clients from it is ~10x faster than from a fresh one."""

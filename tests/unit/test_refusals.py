@@ -59,7 +59,9 @@ def test_mask_url_keeps_what_is_not_secret() -> None:
 
 
 def test_a_password_in_the_query_string_never_reaches_the_terminal(tmp_path: Path) -> None:
-    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o"))
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
+    )
     env = {"SLUICEGATE_SOURCE__URL": "postgresql://u@127.0.0.1:1/db?password=hunter2"}
     for args in (("status",), ("-v", "status"), ("-v", "run")):
         proc = cli(root, *args, env=env)
@@ -183,7 +185,9 @@ def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere
     """A reading 0.4 ms before midnight rounds to midnight in SQLite's julianday(): the docs say so,
     and capture and export agree, so the row lands in the partition that was marked."""
     url = f"sqlite:///{tmp_path / 's.db'}"
-    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC")
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
+    )
     db = Db(url)
     operations.install(load(root))
     db.location(1, "UTC")

@@ -4,38 +4,45 @@ generate, serve."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .. import operations
-from ..config import dsl_folder, load_project
+from ..config import load_project
 from ..engine import Exporter
 from ..exceptions import UsageError
 from ..masking import mask_url
 from ..options import RunOptions
 from ..partitions import parse_assignments
-from .app import CliState, duration, echo_json, handled, load, main, timestamp
-from .render import render_summaries
-
-DEFAULT_PORT = 8000
-DSL_PORT = 8002  # the Common Knowledge data-export service's port
+from .app import duration, echo_json, handled, invoked_as, load, main, timestamp
+from .render import ScanBar, render_summaries
 
 
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--example", default="openaq", show_default=True, help="Which example project to start from.")
 @click.option("--force", is_flag=True, help="Overwrite an existing sluicegate.toml.")
+@click.option("--source", "source_url", metavar="URL", help="Your database (written as [source] url).")
 @handled
-def init(folder: Path, example: str, force: bool) -> None:
+def init(folder: Path, example: str, force: bool, source_url: str | None) -> None:
     """Create a working project skeleton in FOLDER."""
     from ..scaffold import init_project
 
-    for path in init_project(folder, example=example, force=force):
+    for path in init_project(folder, example=example, force=force, source_url=source_url):
         click.echo(f"wrote {path}")
-    click.echo(f"next: edit {folder / 'sluicegate.toml'}, then run 'sluicegate -C {folder} check'")
+    me = invoked_as()
+    where = "[destination] url" if source_url else "[source] url (your database) and [destination] url"
+    click.echo(
+        f"next:\n"
+        f"  1. check {where} in {folder / 'sluicegate.toml'}, and the query in {folder / 'tasks'}\n"
+        f"  2. {me} -C {folder} check\n"
+        f"  3. {me} -C {folder} install           # capture triggers: changes from now on\n"
+        f"  4. {me} -C {folder} backfill {example}  # the rows that were there before install\n"
+        f"  5. {me} -C {folder} run"
+    )
 
 
 @main.command()
@@ -59,11 +66,12 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
         summaries = exporter.run_once(list(project.tasks.values()), RunOptions())
         statuses = operations.status(project)
     render_summaries(summaries, statuses)
+    me = invoked_as()
     click.echo(
         f"\nfiles are in {project.settings.destination.url}; the folder is a project: try\n"
-        f"  sluicegate -C {folder} status\n"
-        f"  sluicegate -C {folder} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
-        f"  sluicegate -C {folder} run"
+        f"  {me} -C {folder} status\n"
+        f"  {me} -C {folder} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
+        f"  {me} -C {folder} run"
     )
 
 
@@ -73,9 +81,16 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
 def install(tasks: tuple[str, ...]) -> None:
     """Create the change-capture triggers of trigger-mode TASKS (all by default)."""
     project = load()
+    before = operations.uncaptured_rows(project, tasks)
     installed = operations.install(project, tasks)
+    me = invoked_as()
     for task, names in installed.items():
         click.echo(f"{task}: installed {', '.join(names)}")
+        if before.get(task):
+            click.echo(
+                f"{task}: {before[task]:,} row(s) were there before the triggers, which will never see them; "
+                f"run '{me} -C {project.settings.root} backfill {task}' to mark their partitions"
+            )
     broken = [p for p in project.problems if not tasks or p.name in tasks]
     for problem in broken:
         click.echo(f"sluicegate: error: task {problem.name} not installed: {problem.message}", err=True)
@@ -108,11 +123,14 @@ def tasks_cmd(as_json: bool) -> None:
 @handled
 def check() -> None:
     """Validate every task against the live databases; exit 2 listing each problem."""
-    problems = operations.check_project(load())
+    project = load()
+    problems = operations.check_project(project)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
         sys.exit(2)
+    for warning in operations.check_warnings(project):
+        click.echo(f"warning: {warning}", err=True)
     click.echo("ok: every task checked")
 
 
@@ -130,19 +148,36 @@ def status(task: str | None, as_json: bool) -> None:
         if "error" in r:
             click.echo(f"{r['task']}: ERROR {r['error']}")
             continue
-        if r.get("kind", "partitioned") != "partitioned":
-            click.echo(f"{r['task']}: {r['kind']}, {operations.status_text(r)}")
-            for f in r.get("failures", []):
-                click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
-            continue
-        age = r["oldest_pending_age"]
-        oldest = "-" if age is None else f"{age / 3600:.1f}h ago"
-        click.echo(
-            f"{r['task']}: {r['pending']} pending, {r['claimed']} claimed, {r['exported']} exported, "
-            f"{r['failed']} failed, {r['waiting']} waiting to complete; oldest pending change {oldest}"
-        )
-        for f in r["failures"]:
+        click.echo(status_line(r))
+        if r.get("task_error"):
+            click.echo(f"  last run failed: {r['task_error']}")
+        for f in r.get("failures", []):
             click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
+
+
+def ago(seconds: float) -> str:
+    """``42s ago``, ``17min ago``, ``5.2h ago``."""
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def status_line(r: dict[str, Any]) -> str:
+    """One task's counts: for partitioned tasks pending first, the inbox, and the oldest pending age."""
+    if r.get("kind", "partitioned") != "partitioned":
+        return f"{r['task']}: {r['kind']}, {operations.status_text(r)}"
+    line = (
+        f"{r['task']}: {r['pending']} pending, {r['claimed']} claimed, {r['exported']} exported, "
+        f"{r['failed']} failed, {r['waiting']} waiting to complete"
+    )
+    if r.get("inbox"):
+        line += f"; {r['inbox']} captured change(s) not yet folded in (the next run does)"
+    age = r["oldest_pending_age"]
+    if r["pending"] and age is not None:
+        line += f"; oldest pending change {ago(age)}"
+    return line
 
 
 @main.command()
@@ -155,6 +190,20 @@ def mark(task: str, assignments: tuple[str, ...]) -> None:
     values = parse_assignments(operations.partitioned_task(project, task), assignments)
     operations.mark(project, task, values)
     click.echo(f"marked {task} {' '.join(assignments)}")
+
+
+@main.command()
+@click.argument("task")
+@click.option("--time-min", callback=timestamp, help="Only rows at or after this time (ISO 8601).")
+@click.option("--time-max", callback=timestamp, help="Only rows before this time (ISO 8601).")
+@handled
+def backfill(task: str, time_min: dt.datetime | None, time_max: dt.datetime | None) -> None:
+    """Mark every partition of TASK that has rows, e.g. the rows that were there before install."""
+    project = load()
+    with ScanBar(f"backfilling {task}") as bar:
+        count = operations.backfill(project, task, time_min=time_min, time_max=time_max, progress=bar.update)
+    me = invoked_as()
+    click.echo(f"marked {count:,} partition(s) of {task}; '{me} -C {project.settings.root} run' exports them")
 
 
 @main.command()
@@ -219,39 +268,3 @@ def generate(
         f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
         f"into {mask_url(url)}"
     )
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    envvar="PORT",
-    show_envvar=True,
-    help="Port (default 8000; 8002, the Common Knowledge service's, when serving a DSL_PATH folder).",
-)
-@click.option(
-    "--insecure-no-auth", is_flag=True, help="Run without SLUICEGATE_API_TOKEN: anyone can start runs."
-)
-@handled
-def serve(host: str, port: int | None, insecure_no_auth: bool) -> None:
-    """Run the HTTP service (FastAPI): runs, status, metrics, schedules, the original's /exports."""
-    try:
-        import uvicorn
-
-        from ..service import create_app
-    except ImportError:
-        raise UsageError("the service needs its extra: pip install 'sluicegate[service]'") from None
-    state = click.get_current_context().find_object(CliState) or CliState()
-    if port is None:
-        dsl = not (state.project_dir / "sluicegate.toml").is_file() and dsl_folder(os.environ) is not None
-        port = DSL_PORT if dsl else DEFAULT_PORT
-    token = os.environ.get("SLUICEGATE_API_TOKEN") or None
-    app = create_app(state.project_dir, os.environ, token=token, insecure=insecure_no_auth and not token)
-    if token is None:
-        click.echo(
-            "sluicegate: WARNING: --insecure-no-auth: NO AUTHENTICATION, anyone who reaches "
-            f"{host}:{port} can start exports",
-            err=True,
-        )
-    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -50,6 +50,21 @@ def process_started() -> float:
     return now - max(0.0, age)
 
 
+def invoked_as() -> str:
+    """The command as the user can type it again: ``sluicegate`` when that is on PATH, else the
+    path they used (``.venv/bin/sluicegate`` from the project checkout)."""
+    import shutil
+
+    argv0 = Path(sys.argv[0])
+    on_path = shutil.which("sluicegate")
+    if on_path and argv0.exists() and Path(on_path).resolve() == argv0.resolve():
+        return "sluicegate"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0.resolve()) if argv0.name == "sluicegate" else "sluicegate"
+
+
 class CliState:
     verbose: bool = False
     project_dir: Path = Path(".")

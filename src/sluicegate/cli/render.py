@@ -44,31 +44,105 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
 
 
 def render_summaries(summaries: list[TaskSummary], statuses: list[dict[str, Any]]) -> None:
+    """The demo's table: short headers, numbers never cut (it fits 80 columns, and pipes)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="sluicegate demo")
-    for name in (
-        "task",
-        "exported",
-        "unchanged",
-        "failed",
-        "waiting (incomplete)",
-        "rows",
-        "bytes",
-        "seconds",
-    ):
-        table.add_column(name, justify="right" if name != "task" else "left")
+    caption = "same: unchanged bytes, not rewritten; waiting: local day not over"
+    table = Table(title="sluicegate demo", caption=caption)
+    for name in ("task", "files", "same", "failed", "waiting", "rows", "MB", "s"):
+        table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
     waiting = {st["task"]: st.get("waiting", 0) for st in statuses}
     for s in summaries:
         table.add_row(
             s.task,
-            str(s.exported),
-            str(s.unchanged),
-            str(s.failed),
-            str(waiting.get(s.task, 0)),
+            f"{s.exported:,}",
+            f"{s.unchanged:,}",
+            f"{s.failed:,}",
+            f"{waiting.get(s.task, 0):,}",
             f"{s.rows:,}",
-            f"{s.bytes:,}",
-            f"{s.seconds:.2f}",
+            f"{s.bytes / 1e6:,.1f}",
+            f"{s.seconds:.1f}",
         )
-    Console().print(table)
+    Console(width=max(80, Console().width)).print(table)
+
+
+class ProgressBars:
+    """A Rich progress bar per task: units done of pending (counted when the task starts), rows, MB/s, ETA."""
+
+    def __init__(self, exporter: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.exporter = exporter
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rows]} rows, {task.fields[rate]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.ids: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+
+    def __enter__(self) -> ProgressBars:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self, summary: TaskSummary, claimed: int) -> None:
+        """A batch of ``claimed`` units of ``summary.task`` was taken."""
+        import time
+
+        name = summary.task
+        if name not in self.ids:
+            self.started[name] = time.monotonic() - 1e-3
+            total = claimed + self._pending(name)
+            self.ids[name] = self.bar.add_task(f"exporting {name}", total=total, rows="0", rate="-")
+        elapsed = time.monotonic() - self.started[name]
+        rate = f"{summary.bytes / elapsed / 1e6:.1f} MB/s"
+        self.bar.update(self.ids[name], advance=claimed, rows=f"{summary.rows:,}", rate=rate)
+
+    def _pending(self, name: str) -> int:
+        """What is still pending for the task, from the ledger (0 when it cannot tell)."""
+        from ..exceptions import SluicegateError
+
+        task = self.exporter.project.tasks.get(name)
+        try:
+            return int(self.exporter.context.ledger.partitions.status(task).pending)
+        except (SluicegateError, AttributeError):
+            return 0
+
+
+class ScanBar:
+    """A Rich progress bar for a long scan (``update(done, total)``); silent when not a terminal."""
+
+    def __init__(self, description: str) -> None:
+        import sys
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.show = sys.stdout.isatty()
+        self.bar = Progress(
+            TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
+        self.id: Any = None
+
+    def __enter__(self) -> ScanBar:
+        if self.show:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.show:
+            self.bar.__exit__(*exc)
+
+    def update(self, done: int, total: int) -> None:
+        """``done`` of ``total`` steps (weeks of rows, for a backfill) are finished."""
+        if not self.show:
+            return
+        if self.id is None:
+            self.id = self.bar.add_task("", total=total)
+        self.bar.update(self.id, completed=done, total=total)

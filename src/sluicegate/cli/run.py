@@ -20,7 +20,7 @@ from ..options import RunOptions, TaskSummary
 from ..specs import Project
 from ..watermarks import EXPORT_TYPES, load_request
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
-from .render import render_run
+from .render import ProgressBars, render_run
 
 
 @main.command()
@@ -161,18 +161,19 @@ def run_loop(
     names: Sequence[str],
 ) -> None:
     stop = stop_on_signals() if every else None
-    failed = False
+    failed = config = False
     with Exporter(project) as exporter:
         while True:
             summaries = run_with_progress(exporter, selected, options, stop, show=not as_json)
             failed = failed or not all(s.ok for s in summaries)
+            config = config or any(s.config_error for s in summaries)
             render_run(summaries, as_json, options.dry_run)
             if stop is None or stop.wait(every or 0):
                 break
     broken = [p for p in project.problems if not names or p.name in names]
     for problem in broken:
         click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
-    sys.exit(2 if broken else 1 if failed else 0)
+    sys.exit(2 if broken or config else 1 if failed else 0)
 
 
 def stop_on_signals() -> threading.Event:
@@ -192,16 +193,8 @@ def stop_on_signals() -> threading.Event:
 def run_with_progress(
     exporter: Exporter, tasks: Sequence[Any], options: RunOptions, stop: threading.Event | None, *, show: bool
 ) -> list[TaskSummary]:
+    """Run, with a progress bar per task in a terminal (partitions done of pending, rows, MB/s, ETA)."""
     if not (show and sys.stdout.isatty()) or options.dry_run:
         return exporter.run_once(tasks, options, stop=stop)
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        ids: dict[str, Any] = {}
-
-        def progress(task: str, n: int) -> None:
-            if task not in ids:
-                ids[task] = bar.add_task(f"exporting {task}", total=None)
-            bar.advance(ids[task], n)
-
-        return exporter.run_once(tasks, options, stop=stop, progress=progress)
+    with ProgressBars(exporter) as bars:
+        return exporter.run_once(tasks, options, stop=stop, progress=bars.advance)

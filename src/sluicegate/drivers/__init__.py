@@ -41,7 +41,9 @@ from ..sources import Column, Mode, ReadSpec, Source, open_source
 from ..specs import Project, TaskBase
 
 KINDS = ("partitioned", "incremental", "archive")
-Progress = Callable[[str, int], None]
+# Called after each batch a driver claims: the task's summary so far, and how many units the
+# batch holds (the CLI's progress bar).
+Progress = Callable[[TaskSummary, int], None]
 
 
 def kind_module(kind: str) -> ModuleType:

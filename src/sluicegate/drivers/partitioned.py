@@ -9,6 +9,8 @@ like N worker processes on one ledger.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -21,7 +23,7 @@ from .. import capture, validate
 from ..exceptions import ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger
 from ..options import Budget, RunOptions, TaskSummary
-from ..partitions import render_path, restore_partition, sample_values
+from ..partitions import canonical_key, render_path, restore_partition, sample_values
 from ..paths import check_template
 from ..pipeline import MAX_INFLIGHT, Deadline, Outcome, Pipeline, Previous, WorkUnit
 from ..sources import ReadSpec, Slice, Source
@@ -230,6 +232,32 @@ class Driver:
             except SluicegateError as exc:
                 entry["error"] = str(exc)
             summary.plan.append(entry)
+        if task.capture.mode == "trigger":
+            self._plan_inbox(task, summary)
+
+    def _plan_inbox(self, task: Task, summary: TaskSummary) -> None:
+        """Add the partitions that changes waiting in the trigger inbox would mark."""
+        ctx = self.context
+        listed = {canonical_key([e["partition"][k] for k in task.key_names]) for e in summary.plan}
+        settle = dt.timedelta(seconds=task.time.settle if task.time else 0)
+        now = dt.datetime.now(dt.UTC)
+        for part in capture.peek(task, ctx.inbox, ctx.source):
+            if part.pkey in listed:
+                continue
+            keys = json.loads(canonical_key(part.values))
+            complete = part.end is None or part.end <= now - settle
+            entry: dict[str, Any] = {
+                "partition": dict(zip(task.key_names, keys, strict=True)),
+                "reason": "captured change (folded in at the start of the run)"
+                if complete
+                else "captured change; waits until its period is complete",
+                "version": None,
+            }
+            try:
+                entry["path"] = ctx.destination.display(render_path(task, part.values))
+            except SluicegateError as exc:
+                entry["error"] = str(exc)
+            summary.plan.append(entry)
 
     def run(
         self,
@@ -297,7 +325,7 @@ class _Loop:
                     last_batch = time.monotonic() - started
                     done += len(claims)
                     if self.progress is not None:
-                        self.progress(task.name, len(claims))
+                        self.progress(summary, len(claims))
             except Deadline:
                 pass
             finally:

@@ -26,6 +26,18 @@ class CaptureStore(Store):
             out.append((values, self.core.from_ts(bin_)))
         return out
 
+    def peek_changes(self, task: str, *, limit: int) -> list[tuple[list[Any], Any]]:
+        """Up to ``limit`` captured changes of ``task``, left in the inbox."""
+        out = []
+        for keys, bin_ in self._run("peek_changes", task=task, limit=limit).fetchall():
+            out.append((keys if isinstance(keys, list) else json.loads(keys), self.core.from_ts(bin_)))
+        return out
+
+    def count_changes(self, task: str) -> tuple[int, dt.datetime | None]:
+        """How many captured changes of ``task`` wait in the inbox, and when the oldest was made."""
+        count, oldest = self._run("count_changes", task=task).fetchone()
+        return int(count or 0), self.core.from_ts(oldest)
+
     def get_scan(self, task: str) -> str | None:
         """The scan high-water mark of ``task`` (ISO text), if any."""
         row = self._run("get_scan", task=task).fetchone()

@@ -72,6 +72,21 @@ class RunStore(Store):
             "summary": parsed,
         }
 
+    def record_task_error(self, task: str, error: str, *, config: bool) -> None:
+        """Remember that ``task`` could not run (``config``: because of its configuration)."""
+        self._run("record_task_error", task=task, error=error[:2000], config=config)
+
+    def clear_task_error(self, task: str) -> None:
+        """A run of ``task`` succeeded: forget its task-level error."""
+        self._run("clear_task_error", task=task)
+
+    def task_errors(self) -> dict[str, dict[str, Any]]:
+        """Every recorded task-level error: ``{task: {"error", "config", "at"}}``."""
+        return {
+            str(task): {"error": error, "config": bool(config), "at": self.core.from_ts(at)}
+            for task, error, config, at in self._run("task_errors").fetchall()
+        }
+
     def claim_tick(self, task: str, tick: dt.datetime) -> bool:
         """True for exactly one caller per (task, schedule tick), across every replica."""
         return bool(self._run("claim_tick", task=task, tick=self.core.ts(tick)).rowcount == 1)

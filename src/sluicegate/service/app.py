@@ -7,6 +7,7 @@ dependencies read from ``app.state.service`` (``service/deps.py``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,11 +17,13 @@ from fastapi import FastAPI
 from .. import operations
 from ..config import load_project
 from ..exceptions import ConfigError, SluicegateError
-from .deps import ServiceState
+from .deps import READ, ServiceState
 from .metrics import Metrics
 from .routes import exports, ops, runs, tasks
 from .runs import RunManager
 from .scheduler import Scheduler
+
+log = logging.getLogger("sluicegate.service")
 
 
 def create_app(
@@ -28,13 +31,16 @@ def create_app(
     env: Mapping[str, str],
     *,
     token: str | None,
+    read_token: str | None = None,
     insecure: bool = False,
     scheduler: bool = True,
+    banner: str | None = None,
 ) -> FastAPI:
     """Build the service for the project in ``project_dir``.
 
     Refuses (ConfigError) to build without a token unless ``insecure`` is set, and on a broken
-    ``sluicegate.toml`` (broken task folders are reported by the routes).
+    ``sluicegate.toml`` (broken task folders are reported by the routes). ``banner`` is logged
+    when the service has started (``sluicegate serve`` passes the address it is bound to).
     """
     if not token and not insecure:
         raise ConfigError(
@@ -42,10 +48,16 @@ def create_app(
             "or pass --insecure-no-auth to run without authentication"
         )
     root = Path(project_dir)
-    load_project(root, env)
+    settings = load_project(root, env).settings.service
     metrics = Metrics()
     state = ServiceState(
-        root=root, env=env, token=token, metrics=metrics, runs=RunManager(lambda: state.load(), metrics)
+        root=root,
+        env=env,
+        token=token or None,
+        read_token=(read_token or None) if token else None,
+        public_metrics=settings.public_metrics,
+        metrics=metrics,
+        runs=RunManager(lambda: state.load(), metrics),
     )
     metrics.watch(lambda: _statuses(state))
     ticker = Scheduler(state.load, state.runs)
@@ -54,19 +66,24 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if scheduler:
             ticker.start()
+        log.info(banner or "sluicegate service started", extra={"event": "start"})
         yield
+        log.info("shutting down: waiting for the runs in hand", extra={"event": "stopping"})
         ticker.stop()
         state.runs.close()
+        log.info("stopped", extra={"event": "stop"})
 
     app = FastAPI(
         title="sluicegate",
         version="0.1.0",
         lifespan=lifespan,
         description="Incremental, exactly-once exports from SQL databases to files.",
+        max_body_size=settings.max_request_bytes,
     )
     app.state.service = state
-    for router in (exports.router, tasks.router, runs.router, ops.router):
-        app.include_router(router)
+    for router in (exports.router, tasks.router, runs.router):
+        app.include_router(router, dependencies=READ)
+    app.include_router(ops.router)  # each route carries its own guard (/healthz has none)
     return app
 
 

@@ -1,4 +1,9 @@
-"""What routes depend on: the service's state on ``app.state``, the project, the bearer token."""
+"""What routes depend on: the service's state on ``app.state``, the project, the bearer tokens.
+
+Two tokens: the API token (``SLUICEGATE_API_TOKEN``) may do everything; the read-only token
+(``SLUICEGATE_READ_TOKEN``, optional, for dashboards) may only read. Every route except
+``/healthz`` needs one of them, and ``/metrics`` may be opened with ``[service] public_metrics``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ class ServiceState:
     root: Path
     env: Mapping[str, str]
     token: str | None
+    read_token: str | None
+    public_metrics: bool
     metrics: Metrics
     runs: RunManager
 
@@ -52,18 +59,41 @@ def project(state: State) -> Project:
 ProjectDep = Annotated[Project, Depends(project)]
 
 
-def authorized(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Require ``Authorization: Bearer <token>`` (unless the service runs without a token)."""
-    if state.token is None:
-        return
+def _bearer(authorization: str | None, *tokens: str | None) -> bool:
     scheme, _, value = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), state.token.encode()):
-        raise HTTPException(
-            status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
+    return scheme.lower() == "bearer" and any(
+        hmac.compare_digest(value.encode(), t.encode()) for t in tokens if t
+    )
+
+
+def _refuse(detail: str, status: int = 401) -> HTTPException:
+    return HTTPException(status_code=status, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authorized(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Require ``Authorization: Bearer <API token>`` (unless the service runs without a token)."""
+    if state.token is None or _bearer(authorization, state.token):
+        return
+    if _bearer(authorization, state.read_token):
+        raise _refuse("the read-only token cannot start runs; use the API token", 403)
+    raise _refuse("missing or wrong bearer token")
+
+
+def readable(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Require the API token or the read-only token (unless the service runs without a token)."""
+    if state.token is None or _bearer(authorization, state.token, state.read_token):
+        return
+    raise _refuse("missing or wrong bearer token")
+
+
+def metrics_readable(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Like :func:`readable`, unless ``[service] public_metrics`` opens ``/metrics``."""
+    if not state.public_metrics:
+        readable(state, authorization)
 
 
 GUARD = [Depends(authorized)]
+READ = [Depends(readable)]
 
 
 def task_or_404(p: Project, name: str) -> TaskBase:

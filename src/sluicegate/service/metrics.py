@@ -3,7 +3,8 @@
 Two kinds of series, in one registry per app:
 
 * gauges read from the ledger at scrape time (partitions by state, the oldest pending
-  change, broken task folders): a custom collector, so any replica answers the same;
+  change, broken task folders, task-level errors, inbox sizes): a custom collector, so
+  any replica answers the same;
 * this process's counters (files, rows, bytes, failures, run durations per task).
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes behind one port), the
@@ -39,13 +40,28 @@ class LedgerCollector(Collector):
             "sluicegate_partitions", "Partitions by state, from the ledger.", labels=["task", "state"]
         )
         age = GaugeMetricFamily(
-            "sluicegate_oldest_pending_age_seconds", "Age of the oldest unexported change.", labels=["task"]
+            "sluicegate_oldest_pending_age_seconds",
+            "Age of the oldest change of a partition pending now (complete, unclaimed, not failed).",
+            labels=["task"],
         )
         broken = GaugeMetricFamily(
             "sluicegate_task_broken", "1 when a task folder does not load.", labels=["task"]
         )
+        failing = GaugeMetricFamily(
+            "sluicegate_task_error",
+            "1 while the task's last run failed as a whole (see status); 0 after a successful run.",
+            labels=["task"],
+        )
+        inbox = GaugeMetricFamily(
+            "sluicegate_inbox_changes",
+            "Captured changes in a trigger task's inbox, not yet folded into partitions.",
+            labels=["task"],
+        )
         for st in rows:
             broken.add_metric([st["task"]], 1 if "error" in st else 0)
+            failing.add_metric([st["task"]], 1 if st.get("task_error") else 0)
+            if st.get("inbox") is not None:
+                inbox.add_metric([st["task"]], st["inbox"])
             if "error" in st or st.get("kind", "partitioned") != "partitioned":
                 continue
             for state in STATES:
@@ -55,6 +71,8 @@ class LedgerCollector(Collector):
         yield parts
         yield age
         yield broken
+        yield failing
+        yield inbox
 
 
 class Metrics:

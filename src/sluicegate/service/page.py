@@ -72,6 +72,11 @@ def _counts(statuses: list[dict[str, Any]]) -> str:
                 f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='error k'>{_e(st['error'])}</td></tr>"
             )
             continue
+        if st.get("task_error"):
+            rows.append(
+                f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='error k'>"
+                f"last run failed: {_e(st['task_error'])}</td></tr>"
+            )
         if st.get("kind", "partitioned") != "partitioned":
             rows.append(
                 f"<tr><td class='k'>{_e(st['task'])}</td><td colspan='6' class='k'>"
@@ -82,8 +87,12 @@ def _counts(statuses: list[dict[str, Any]]) -> str:
         rows.append(
             f"<tr><td class='k'>{_e(st['task'])}</td><td>{st['pending']}</td><td>{st['waiting']}</td>"
             f"<td>{st['claimed']}</td><td>{st['exported']}</td><td>{st['failed']}</td>"
-            f"<td>{'-' if age is None else f'{age / 3600:.1f} h'}</td></tr>"
+            f"<td>{'-' if age is None or not st['pending'] else f'{age / 3600:.1f} h'}</td></tr>"
         )
+        if st.get("inbox"):
+            rows.append(
+                f"<tr><td></td><td colspan='6' class='k'>{st['inbox']} captured change(s) not yet folded in</td></tr>"
+            )
     rows.append("</table>")
     return "".join(rows)
 

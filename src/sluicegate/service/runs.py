@@ -40,7 +40,13 @@ class RunManager:
         with ledger_of(project) as ledger:
             run_id = ledger.runs.start(label, tag=tag, request=request)
         self.pool.submit(self._execute, project, tasks, dataclasses.replace(options, recorded=True), run_id)
-        log.info("run %s started: %s", run_id, label)
+        log.info(
+            "run %s started: %s (%s)",
+            run_id,
+            label,
+            ", ".join(request["tasks"]) or "no task",
+            extra={"event": "run_started", "run_id": run_id, "label": label, "tasks": request["tasks"]},
+        )
         return run_id
 
     def _execute(self, project: Project, tasks: Sequence[Any], options: RunOptions, run_id: str) -> None:
@@ -62,7 +68,24 @@ class RunManager:
                 ledger.runs.finish(run_id, summaries)
         except SluicegateError as exc:  # the run will show as abandoned once its heartbeat stops
             log.warning("run %s: could not record its end: %s", run_id, exc)
-        log.info("run %s finished in %.2fs", run_id, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        exported = sum(int(s.get("exported") or 0) for s in summaries)
+        failed = sum(int(s.get("failed") or 0) + len(s.get("task_errors") or []) for s in summaries)
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "run %s finished in %.2fs: %d exported, %d failed",
+            run_id,
+            seconds,
+            exported,
+            failed,
+            extra={
+                "event": "run_finished",
+                "run_id": run_id,
+                "seconds": round(seconds, 3),
+                "exported": exported,
+                "failed": failed,
+            },
+        )
 
     def close(self) -> None:
         """Wait for runs in hand."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ... import operations
-from ..deps import ProjectDep, State, project
+from ..deps import READ, ProjectDep, State, metrics_readable, project
 from ..metrics import CONTENT_TYPE
 from ..models import Health
 from ..page import render_page
@@ -28,13 +28,13 @@ def healthz(state: State) -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(metrics_readable)])
 def metrics(state: State) -> Response:
     """Prometheus text: partitions by state, exports, rows, bytes, failures, durations, pending age."""
     return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=READ)
 def status_page(p: ProjectDep) -> str:
     """A small status page: counts, recent runs, and a grid of partitions by state."""
     return render_page(p)

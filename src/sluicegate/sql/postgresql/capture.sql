@@ -16,3 +16,11 @@ SELECT high_water FROM {t}scans WHERE task = %(task)s;
 INSERT INTO {t}scans AS s (task, high_water, scanned_at) VALUES (%(task)s, %(high_water)s, now())
 ON CONFLICT (task) DO UPDATE
 SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
+
+-- peek_changes --
+-- Up to limit captured changes of a task, left in the inbox (for a dry run).
+SELECT keys, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s;
+
+-- count_changes --
+-- How many captured changes of a task wait in the inbox, and the time of the oldest.
+SELECT count(*), min(changed_at) FROM {t}changes WHERE task = %(task)s;

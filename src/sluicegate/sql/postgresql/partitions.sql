@@ -104,7 +104,9 @@ SELECT
                      AND (claim_token IS NULL OR lease_until < now())
                      AND win_end > now() - make_interval(secs => %(settle)s)) AS waiting,
     count(*) FILTER (WHERE NOT failed AND version > exported_version AND attempts > 0) AS retrying,
-    extract(epoch FROM now() - min(changed_at) FILTER (WHERE NOT failed AND version > exported_version))
+    extract(epoch FROM now() - min(changed_at) FILTER (WHERE NOT failed AND version > exported_version
+                     AND (claim_token IS NULL OR lease_until < now())
+                     AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))))
         AS oldest_pending_age
 FROM {t}partitions WHERE task = %(task)s;
 

@@ -29,3 +29,16 @@ SELECT id, task, tag, request, started_at, finished_at, summary,
        extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent
 FROM {t}runs
 ORDER BY started_at DESC LIMIT %(limit)s;
+
+-- record_task_error --
+-- A task-level error (the task could not run at all), kept until a run of the task succeeds.
+INSERT INTO {t}task_errors (task, error, config, at) VALUES (%(task)s, %(error)s, %(config)s, now())
+ON CONFLICT (task) DO UPDATE SET error = EXCLUDED.error, config = EXCLUDED.config, at = EXCLUDED.at;
+
+-- clear_task_error --
+-- A run of the task succeeded: forget its task-level error.
+DELETE FROM {t}task_errors WHERE task = %(task)s;
+
+-- task_errors --
+-- Every recorded task-level error: task, error, whether it is a configuration error, since when.
+SELECT task, error, config, at FROM {t}task_errors ORDER BY task;

@@ -113,7 +113,15 @@ ALTER TABLE {t}runs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 -- version 6: among partitions changed together, claims take the oldest window first, so a batch
 -- holds few windows per key (the queue index gained win_start and replaces the old one)
 DROP INDEX IF EXISTS {t}partitions_pending_idx;
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '6')
+-- version 7: a task-level error (the query fails, a zone is missing) is recorded per task
+-- until a run of the task succeeds, so status shows what run reported
+CREATE TABLE IF NOT EXISTS {t}task_errors (
+    task text PRIMARY KEY,
+    error text NOT NULL,
+    config boolean NOT NULL DEFAULT false,
+    at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '7')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --

@@ -16,3 +16,11 @@ SELECT high_water FROM {t}scans WHERE task = :task;
 INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (:task, :high_water, :now)
 ON CONFLICT (task) DO UPDATE
 SET high_water = max(high_water, excluded.high_water), scanned_at = :now;
+
+-- peek_changes --
+-- Up to limit captured changes of a task, left in the inbox (for a dry run).
+SELECT keys, bin FROM {t}changes WHERE task = :task ORDER BY id LIMIT :limit;
+
+-- count_changes --
+-- How many captured changes of a task wait in the inbox, and the time of the oldest (SQLite: not kept).
+SELECT count(*), NULL FROM {t}changes WHERE task = :task;

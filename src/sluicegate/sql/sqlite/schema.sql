@@ -106,7 +106,13 @@ CREATE TABLE IF NOT EXISTS {t}runs (
 );
 -- version 6: claims take the oldest window first among partitions changed together
 DROP INDEX IF EXISTS {t}partitions_pending_idx;
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '6');
+CREATE TABLE IF NOT EXISTS {t}task_errors (
+    task TEXT PRIMARY KEY,
+    error TEXT NOT NULL,
+    config INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL
+);
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '7');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).

@@ -1,0 +1,34 @@
+"""The docs stay in step with the code: every ``--help`` block of docs/cli.md is the real help."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli_help() -> object:
+    spec = importlib.util.spec_from_file_location("cli_help", REPO / "scripts" / "cli_help.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_help_block_in_the_cli_reference_is_the_commands_help() -> None:
+    cli_help = _cli_help()
+    found = cli_help.blocks((REPO / "docs" / "cli.md").read_text())  # type: ignore[attr-defined]
+    documented = {line for line, _, _ in found}
+    assert "$ sluicegate backfill --help" in documented and len(documented) >= 19
+    stale = [line for line, doc, real in found if doc != real]
+    assert not stale, f"run 'python scripts/cli_help.py --write': {stale}"
+
+
+def test_every_command_has_a_help_block() -> None:
+    from sluicegate.cli import main
+
+    cli_help = _cli_help()
+    documented = {line for line, _, _ in cli_help.blocks((REPO / "docs" / "cli.md").read_text())}  # type: ignore[attr-defined]
+    missing = [name for name in main.commands if f"$ sluicegate {name} --help" not in documented]
+    assert not missing, f"docs/cli.md has no help block for: {missing}"
