@@ -208,6 +208,7 @@ def test_fail_answers_twice_then_passes(seaweed: Through) -> None:
     assert answers == [(503, "SlowDown"), (503, "SlowDown"), (200, "OK")]
     assert seaweed.get("slow.csv") == body
     assert (rule.hits, rule.times) == (2, 0)
+    assert [(e.method, e.status) for e in seaweed.proxy.faulted] == [("PUT", 503), ("PUT", 503)]
     assert [(e.forwarded, e.fault, e.status) for e in seaweed.proxy.log] == [
         (False, "fail", 503), (False, "fail", 503), (True, None, 200),
     ]  # fmt: skip
@@ -351,6 +352,20 @@ def test_latency_adds_at_least_the_delay_to_every_request(seaweed: Through) -> N
     )
     assert delayed >= 0.03
     assert sorted(e.seconds for e in seaweed.proxy.log[-20:])[0] >= 0.03
+
+
+def test_delay_holds_only_the_matching_requests(seaweed: Through) -> None:
+    s3, bucket = seaweed.s3, seaweed.bucket
+    rule = seaweed.proxy.delay(method="PUT", path_regex=r"/late\.txt$", seconds=0.5, times=1)
+    s3.put_object(Bucket=bucket, Key="other.txt", Body=io.BytesIO(b"x"))
+    started = time.perf_counter()
+    s3.put_object(Bucket=bucket, Key="late.txt", Body=io.BytesIO(b"late"))
+    assert time.perf_counter() - started >= 0.5
+    s3.put_object(Bucket=bucket, Key="late.txt", Body=io.BytesIO(b"again"))
+    assert seaweed.get("late.txt") == b"again" and rule.hits == 1
+    log = seaweed.proxy.log
+    assert [e.fault for e in log] == [None, "delay", None]
+    assert log[1].seconds >= 0.5 and all(e.status == 200 for e in log)
 
 
 def test_down_refuses_connections_and_up_restores(seaweed: Through) -> None:

@@ -6,6 +6,8 @@ talks to the upstream through it. What it does to requests can be changed while 
 from any thread:
 
 * :meth:`~FaultProxy.latency` delays every request before it is handled;
+* :meth:`~FaultProxy.delay` holds matching requests for a while before forwarding them (a
+  network call that hangs, then goes through);
 * :meth:`~FaultProxy.fail` answers matching requests itself with an S3-style XML error;
 * :meth:`~FaultProxy.reset` cuts both connections (RST, ``SO_LINGER`` 0) after K request body
   bytes reached the upstream, or after the upstream answered but before the answer is relayed;
@@ -13,9 +15,10 @@ from any thread:
 * :meth:`~FaultProxy.strip_conditional_headers` drops ``If-Match`` / ``If-None-Match``;
 * :meth:`~FaultProxy.down` / :meth:`~FaultProxy.up` reset every new connection, and every
   request on an open one, until ``up()``;
-* :attr:`~FaultProxy.log` lists every request seen (:class:`Exchange`).
+* :attr:`~FaultProxy.log` lists every request seen (:class:`Exchange`), and
+  :attr:`~FaultProxy.faulted` the ones a fault applied to (kept whatever ``log_limit``).
 
-``fail``, ``reset`` and ``corrupt_body`` add a counted :class:`Rule`. Rules are tried in the
+``fail``, ``reset``, ``corrupt_body`` and ``delay`` add a counted :class:`Rule`. Rules are tried in the
 order they were added and the first one that matches a request applies to it (and uses up one
 of its ``times``); ``times=None`` applies until :meth:`~FaultProxy.clear`.
 
@@ -32,6 +35,7 @@ Standard library only: ``bench/soak.py`` uses this module outside pytest.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -56,6 +60,13 @@ CLIENT_IDLE_S = 300.0  # an idle client connection is closed after this
 UPSTREAM_TIMEOUT_S = 120.0
 LOG_SETTLE_S = 2.0
 CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
+MESSAGES = {  # S3's own wording, for fail() without a message
+    "SlowDown": "Please reduce your request rate.",
+    "InternalError": "We encountered an internal error. Please try again.",
+    "ServiceUnavailable": "Service is unable to handle request.",
+    "RequestTimeout": "Your socket connection to the server was not read from or written to within the timeout period.",
+    "PreconditionFailed": "At least one of the pre-conditions you specified did not hold",
+}
 
 
 class _Cut(Exception):
@@ -69,14 +80,15 @@ class _Cut(Exception):
 class Rule:
     """One counted fault. ``hits`` counts the requests it applied to; ``times`` what is left."""
 
-    kind: str  # "fail", "reset" or "corrupt"
+    kind: str  # "fail", "reset", "corrupt" or "delay"
     method: str | None = None
     path_regex: str | None = None
     times: int | None = 1  # None = until cleared
     status: int = 503
     code: str = "SlowDown"
-    message: str = "Please reduce your request rate."
+    message: str = ""
     after_bytes: int | None = None
+    seconds: float = 0.0
     hits: int = 0
 
     def matches(self, method: str, target: str, has_body: bool) -> bool:
@@ -99,9 +111,10 @@ class Exchange:
     forwarded: bool = False  # True once the request head was sent upstream
     forwarded_headers: list[tuple[str, str]] | None = None  # as sent upstream
     status: int | None = None  # the status answered to the client; None if the connection was cut
-    fault: str | None = None  # "fail", "reset", "corrupt", "down" or None
+    fault: str | None = None  # "fail", "reset", "corrupt", "delay", "down" or None
     body_bytes: int = 0  # request body bytes received from the client
     seconds: float = 0.0  # from the end of the request head to the end of the answer
+    at: float = dataclasses.field(default_factory=time.time)  # arrival (Unix time)
 
     def header(self, name: str, *, forwarded: bool = False) -> str | None:
         """The value of header ``name`` (case-insensitive), as received or as forwarded."""
@@ -251,7 +264,10 @@ class _Conn:
 class FaultProxy:
     """An HTTP/1.1 proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``)."""
 
-    def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, upstream: str, *, host: str = "127.0.0.1", port: int = 0, log_limit: int | None = None
+    ) -> None:
+        """``log_limit`` keeps only the last N exchanges in :attr:`log` (for long runs)."""
         parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"upstream {upstream!r} must be http://host:port")
@@ -267,7 +283,8 @@ class FaultProxy:
         self._strip = False
         self._resign_secret: str | None = None
         self._down = False
-        self._log: list[Exchange] = []
+        self._log: collections.deque[Exchange] = collections.deque(maxlen=log_limit)
+        self._faulted: list[Exchange] = []
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -317,14 +334,15 @@ class FaultProxy:
         status: int = 503,
         times: int | None = 1,
         code: str = "SlowDown",
-        message: str = "Please reduce your request rate.",
+        message: str | None = None,
     ) -> Rule:
         """Answer ``times`` matching requests with ``status`` and ``<Error><Code>code``, unforwarded.
 
         A request body not yet received is never read: with ``Expect: 100-continue`` the
         error is the answer to the head, and the connection is closed after it.
         """
-        return self._add(Rule("fail", method, path_regex, times, status=status, code=code, message=message))
+        text = message or MESSAGES.get(code, f"Injected {code}.")
+        return self._add(Rule("fail", method, path_regex, times, status=status, code=code, message=text))
 
     def reset(
         self,
@@ -347,6 +365,21 @@ class FaultProxy:
     ) -> Rule:
         """Flip (XOR 0xFF) the middle byte of the body of ``times`` matching requests with a body."""
         return self._add(Rule("corrupt", method, path_regex, times))
+
+    def delay(
+        self,
+        method: str | None = None,
+        path_regex: str | None = None,
+        seconds: float = 1.0,
+        times: int | None = 1,
+    ) -> Rule:
+        """Hold ``times`` matching requests for ``seconds``, then forward them unchanged.
+
+        The client waits all along (with ``Expect: 100-continue`` it sends its body after its
+        own wait, and the body waits in the socket buffers): a network call that hangs and
+        then lands late, after the client may have been given up on elsewhere.
+        """
+        return self._add(Rule("delay", method, path_regex, times, seconds=seconds))
 
     def strip_conditional_headers(self, enabled: bool = True, *, resign_secret: str | None = None) -> None:
         """Remove ``If-Match`` and ``If-None-Match`` from every forwarded request.
@@ -396,9 +429,17 @@ class FaultProxy:
             self._settled.wait_for(lambda: self._in_flight == 0, timeout=LOG_SETTLE_S)
             return list(self._log)
 
+    @property
+    def faulted(self) -> list[Exchange]:
+        """The requests a fault applied to (rules and down()), in order; never trimmed."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=LOG_SETTLE_S)
+            return list(self._faulted)
+
     def clear_log(self) -> None:
         with self._lock:
             self._log.clear()
+            self._faulted.clear()
 
     def _add(self, rule: Rule) -> Rule:
         with self._lock:
@@ -459,6 +500,10 @@ class FaultProxy:
             else:
                 client.close()
 
+    def _note_fault(self, exchange: Exchange) -> None:
+        with self._lock:
+            self._faulted.append(exchange)
+
     def _exchange(self, client: _Conn, head: _Head) -> bool:
         """Handle one request; True when the client connection stays open for the next one."""
         method, target, version = [*head.first.split(" ", 2), "", ""][:3]
@@ -480,6 +525,7 @@ class FaultProxy:
             delay, down = self._latency, self._down
         if down:
             exchange.fault = "down"
+            self._note_fault(exchange)
             client.reset()
             return False
         if delay:
@@ -488,9 +534,12 @@ class FaultProxy:
         rule = self._take_rule(exchange.method, exchange.path, has_body)
         if rule is not None:
             exchange.fault = rule.kind
+            self._note_fault(exchange)
         client_keep = version == "HTTP/1.1" and "close" not in head.tokens("connection")
         if rule is not None and rule.kind == "fail":
             return self._answer_error(client, head, exchange, rule, has_body, client_keep)
+        if rule is not None and rule.kind == "delay":
+            time.sleep(rule.seconds)
         return self._forward(client, head, exchange, rule, has_body, client_keep)
 
     # ------------------------------------------------------------ faults answered here
