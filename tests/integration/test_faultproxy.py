@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from plugins.faultproxy import FaultProxy
 
 # Imported as a plugin, not directly: pytest must load it first to rewrite its assertions.
-pytest_plugins = ["plugins.faultproxy"]
 
 MiB = 1024 * 1024
 STALE_ETAG = '"0123456789abcdef0123456789abcdef"'
