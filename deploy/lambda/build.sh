@@ -61,6 +61,9 @@ echo "build.sh: installing it with its dependencies for CPython 3.11 on manylinu
     --only-binary=:all: \
     "$spec"
 
+# pip records the wheel's temporary path; drop it, so the same sources give the same zip.
+rm -f "$package"/sluicegate-*.dist-info/direct_url.json
+sed -i '/direct_url\.json/d' "$package"/sluicegate-*.dist-info/RECORD
 # What the function never imports: bytecode caches, C headers and test suites.
 find "$package" -name __pycache__ -type d -prune -exec rm -rf {} +
 rm -rf "$package"/pyarrow/include "$package"/pyarrow/tests "$package"/bin
