@@ -1,0 +1,309 @@
+"""AWS Lambda entry point: set the function's handler to ``sluicegate.aws_lambda.handler``.
+
+Two kinds of event are understood (docs/deploying.md has the full story):
+
+* a **scheduled event** (an EventBridge rule's ``"detail-type": "Scheduled Event"``) runs the
+  project's tasks, or the ones listed in ``detail.tasks``, like ``sluicegate run`` with
+  ``--max-runtime`` set to the time the invocation has left minus a safety margin. What does
+  not fit stays pending for the next invocation.
+* an **SQS event** runs each record's body as one export request (Bridge v1 JSON), like
+  ``sluicegate request``, on the incremental task named by ``SLUICEGATE_TASK`` (or the only
+  one). Records that fail are returned in SQS's partial batch response, so one bad message
+  never makes the others run again. A malformed message is reported as failed too: it can
+  never succeed, and reporting it is what lets the queue's redrive policy move it to the
+  dead-letter queue, where it can be read, instead of being deleted unseen.
+
+Settings come from the environment: ``SLUICEGATE_PROJECT`` (the project folder, default
+``$LAMBDA_TASK_ROOT/project``), ``SLUICEGATE_LAMBDA_MARGIN`` (seconds kept free before the
+Lambda time limit, default 30), ``SLUICEGATE_TASK`` (SQS only), and every override that
+``sluicegate.toml`` accepts (``SLUICEGATE_SECTION__KEY``, the OpenAQ exporter's names).
+
+Every run logs one JSON line to stdout, which Lambda sends to CloudWatch Logs.
+
+This module uses only the stable API: ``load_project``, ``run``, ``RunOptions``,
+``watermarks.load_request`` and ``operations.incremental_task``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import ConfigError, RunOptions, SluicegateError, UsageError, load_project, run
+from .operations import incremental_task
+from .watermarks import load_request
+
+DEFAULT_MARGIN = 30.0  # seconds: releasing claims, closing connections and returning must fit in it
+MARGIN_ENV = "SLUICEGATE_LAMBDA_MARGIN"
+SUMMARY_KEYS = ("task", "exported", "unchanged", "failed", "released", "lost", "rows", "bytes", "seconds")
+MAX_LOGGED_ERRORS = 5
+# A URL's password (scheme://user:password@host): hidden in the text of unexpected exceptions.
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+
+
+class LambdaContext(Protocol):
+    """The part of Lambda's context object the handler uses."""
+
+    aws_request_id: str
+    function_name: str
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds left before Lambda stops the invocation."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class LambdaSettings:
+    """The handler's own settings, read from the environment at each invocation."""
+
+    project_dir: Path
+    margin: float
+    task: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LambdaSettings:
+        """Read ``SLUICEGATE_PROJECT``, ``SLUICEGATE_LAMBDA_MARGIN`` and ``SLUICEGATE_TASK``."""
+        root = Path(env.get("LAMBDA_TASK_ROOT") or "/var/task")
+        return cls(
+            project_dir=Path(env.get("SLUICEGATE_PROJECT") or root / "project"),
+            margin=parse_margin(env.get(MARGIN_ENV)),
+            task=env.get("SLUICEGATE_TASK") or None,
+        )
+
+
+def parse_margin(value: str | None) -> float:
+    """Seconds from ``SLUICEGATE_LAMBDA_MARGIN``: ``30``, ``30s``, ``1.5m`` (default 30)."""
+    if value is None or not value.strip():
+        return DEFAULT_MARGIN
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", value)
+    if match is None:
+        raise ConfigError(
+            f"{MARGIN_ENV}={value!r} is not a duration; use seconds such as 30, or 30s, 500ms, 1m"
+        )
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2) or "s"]
+    return float(match.group(1)) * scale
+
+
+def handler(event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Run a scheduled event or an SQS batch; see the module docstring.
+
+    Returns, for a scheduled event, ``{"ok": bool, "tasks": [summary, ...]}``; for an SQS
+    event, ``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}``. Raises
+    :class:`UsageError` for an event it does not understand and :class:`ConfigError` for a
+    bad setting, so that the invocation fails visibly.
+    """
+    started = time.monotonic()
+    remaining = context.get_remaining_time_in_millis() / 1000
+    env = os.environ
+    if _is_sqs(event):
+        return _handle_sqs(event, context, env, started, remaining)
+    if _is_scheduled(event):
+        return _handle_scheduled(event, context, env, started, remaining)
+    keys = ", ".join(sorted(event)) if isinstance(event, Mapping) else type(event).__name__
+    raise UsageError(
+        f"sluicegate.aws_lambda.handler does not know this event (keys: {keys}); it takes an "
+        "EventBridge scheduled event (detail-type 'Scheduled Event') or an SQS event (Records)"
+    )
+
+
+# ---------------------------------------------------------------------------- scheduled
+
+
+def _is_scheduled(event: Mapping[str, Any]) -> bool:
+    return isinstance(event, Mapping) and event.get("detail-type") == "Scheduled Event"
+
+
+def _scheduled_tasks(event: Mapping[str, Any]) -> list[str]:
+    """The task names in ``detail.tasks`` (empty: all tasks)."""
+    detail = event.get("detail")
+    detail = {} if detail is None else detail
+    if not isinstance(detail, Mapping):
+        raise UsageError(f"the scheduled event's detail must be an object, not {detail!r}")
+    unknown = sorted(set(detail) - {"tasks"})
+    if unknown:
+        raise UsageError(
+            f"the scheduled event's detail has {', '.join(map(repr, unknown))}; "
+            'only "tasks" (a list of task names) is accepted'
+        )
+    tasks = detail.get("tasks") or []
+    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+        raise UsageError(f'the scheduled event\'s detail "tasks" must be a list of task names, not {tasks!r}')
+    return tasks
+
+
+def _handle_scheduled(
+    event: Mapping[str, Any], context: LambdaContext, env: Mapping[str, str], started: float, remaining: float
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "sluicegate": "scheduled",
+        **_invocation(context),
+        "remaining_s": round(remaining, 3),
+    }
+    try:
+        settings = LambdaSettings.from_env(env)
+        names = _scheduled_tasks(event)
+        line["tasks"] = names or "all"
+        budget = remaining - settings.margin
+        line["max_runtime_s"] = round(budget, 3)
+        if budget <= 0:
+            raise ConfigError(
+                f"the invocation had {remaining:.1f} s left at its start, not more than {MARGIN_ENV}="
+                f"{settings.margin:g} s; raise the function's timeout or lower the margin"
+            )
+        project = load_project(settings.project_dir, env)
+        summaries = run(project, names, RunOptions(max_runtime=budget, started=started))
+    except Exception as exc:  # logged, then raised: the invocation fails and Lambda counts an error
+        _log({**line, "ok": False, "error": _error_text(exc), "seconds": _since(started)})
+        raise
+    out = [_summary(s) for s in summaries]
+    problems = _problems(project, names)
+    ok = all(s["ok"] for s in out) and not problems
+    _log({**line, "ok": ok, "seconds": _since(started), "summaries": out, **problems})
+    return {"ok": ok, "tasks": out, **problems}
+
+
+# ---------------------------------------------------------------------------- SQS
+
+
+def _is_sqs(event: Mapping[str, Any]) -> bool:
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    return (
+        isinstance(records, list)
+        and bool(records)
+        and all(isinstance(r, Mapping) and r.get("eventSource") == "aws:sqs" for r in records)
+    )
+
+
+def _handle_sqs(
+    event: Mapping[str, Any], context: LambdaContext, env: Mapping[str, str], started: float, remaining: float
+) -> dict[str, Any]:
+    """Run each record's request; return the ids of the records to leave on the queue."""
+    line: dict[str, Any] = {"sluicegate": "sqs", **_invocation(context)}
+    try:  # a broken setting fails the whole invocation, loudly, before any record is touched
+        settings = LambdaSettings.from_env(env)
+        project = load_project(settings.project_dir, env)
+        task = _incremental_task(project, settings.task)
+    except Exception as exc:
+        _log({**line, "ok": False, "error": _error_text(exc), "seconds": _since(started)})
+        raise
+    failures: list[dict[str, str]] = []
+    for index, record in enumerate(event["Records"]):
+        where = {**line, "task": task, **_where(record, index)}
+        left = remaining - (time.monotonic() - started) - settings.margin
+        # A FIFO queue must not see a later message succeed after an earlier one failed.
+        fifo_blocked = bool(failures) and str(record.get("eventSourceARN", "")).endswith(".fifo")
+        if left <= 0 or fifo_blocked:
+            reason = (
+                "not attempted: an earlier message of this FIFO batch failed"
+                if fifo_blocked
+                else f"not attempted: less than {MARGIN_ENV}={settings.margin:g} s left"
+            )
+            _log({**where, "ok": False, "error": reason})
+            ok = False
+        else:
+            ok = _run_record(record, where, project, task, time.monotonic(), left)
+        if not ok:
+            failures.append({"itemIdentifier": str(record.get("messageId", ""))})
+    return {"batchItemFailures": failures}
+
+
+def _incremental_task(project: Any, name: str | None) -> str:
+    """The name of the task that runs requests: ``SLUICEGATE_TASK``, or the only incremental task."""
+    try:
+        return str(incremental_task(project, name).name)
+    except UsageError as exc:  # its message speaks of --task, the CLI's option
+        raise ConfigError(
+            f"{exc}; in Lambda, name the task with the environment variable SLUICEGATE_TASK"
+        ) from None
+
+
+def _where(record: Mapping[str, Any], index: int) -> dict[str, Any]:
+    attributes = record.get("attributes")
+    count = attributes.get("ApproximateReceiveCount") if isinstance(attributes, Mapping) else None
+    return {"message_id": record.get("messageId"), "record": index, "receive_count": count}
+
+
+def _run_record(
+    record: Mapping[str, Any], line: dict[str, Any], project: Any, task: str, started: float, budget: float
+) -> bool:
+    """Run one record's request and log it; True when it may be deleted from the queue."""
+    body = record.get("body")
+    try:
+        if not isinstance(body, str):
+            raise UsageError(f"the SQS record has no text body (body: {body!r})")
+        request = load_request(body)
+    except UsageError as exc:  # a malformed message: it will never succeed (see the module docstring)
+        _log({**line, "ok": False, "malformed": True, "error": _clean(str(exc))})
+        return False
+    try:
+        [summary] = run(project, [task], RunOptions(max_runtime=budget, started=started, request=request))
+    except Exception as exc:
+        # This is the boundary that decides for one record: the failure is reported to SQS,
+        # which delivers the message again (and in the end to the dead-letter queue), and the
+        # other records of the batch go on. Nothing is swallowed: the error is logged here.
+        _log({**line, "ok": False, "error": _error_text(exc), "seconds": _since(started)})
+        return False
+    out = _summary(summary)
+    # Windows released at the time limit (or whose lease was lost) are not done: the message
+    # must come back for them.
+    done = bool(out["ok"] and not out.get("released") and not out.get("lost"))
+    _log({**line, "ok": done, "seconds": _since(started), "summary": out})
+    return done
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _invocation(context: LambdaContext) -> dict[str, Any]:
+    return {
+        "request_id": getattr(context, "aws_request_id", None),
+        "function": getattr(context, "function_name", None),
+    }
+
+
+def _summary(summary: Any) -> dict[str, Any]:
+    """The compact, JSON-ready part of a task summary that goes into the log line."""
+    full = summary.as_dict()
+    out = {k: full[k] for k in SUMMARY_KEYS if k in full}
+    out["errors"] = [_clean(e) for e in summary.errors[:MAX_LOGGED_ERRORS]]
+    out["task_errors"] = [_clean(e) for e in summary.task_errors]
+    out["ok"] = not (summary.failed or summary.task_errors)
+    return out
+
+
+def _problems(project: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Task folders that did not load (and so did not run), as ``{"problems": [...]}`` or ``{}``."""
+    broken = [
+        {"task": p.name, "error": _clean(p.message)}
+        for p in getattr(project, "problems", ())
+        if not names or p.name in names
+    ]
+    return {"problems": broken} if broken else {}
+
+
+def _error_text(exc: BaseException) -> str:
+    """A sluicegate error's sentence, or the traceback of anything else (a bug), passwords hidden."""
+    text = str(exc) if isinstance(exc, SluicegateError) else "".join(traceback.format_exception(exc))
+    return _clean(text)
+
+
+def _clean(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _log(line: Mapping[str, Any]) -> None:
+    """One JSON line on stdout: Lambda sends it to CloudWatch Logs, where Logs Insights can query it."""
+    sys.stdout.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
