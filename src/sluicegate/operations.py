@@ -78,9 +78,14 @@ def _check_search_path(ledger: Ledger, schema: str, toml: Any) -> list[str]:
 
 
 def check_warnings(project: Project) -> list[str]:
-    """Things that are not errors but lose exports silently: capture triggers not installed,
-    or an empty ledger for a task whose source already has rows (run backfill)."""
+    """Things that are not errors but weaken or silence exports: a destination that cannot
+    fence writes as strongly (see destinations), capture triggers not installed, or an empty
+    ledger for a task whose source already has rows (run backfill)."""
     warnings: list[str] = []
+    try:
+        warnings += open_destination(project.settings.destination).warnings()
+    except SluicegateError as exc:  # check_project reports an unreachable destination
+        warnings.append(f"could not ask the destination what it guarantees: {exc}")
     triggered = [
         t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode == "trigger"
     ]

@@ -7,10 +7,13 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    snapshot), chunk by chunk, each chunk belonging to one unit, in unit order;
 2. encodes each unit's chunks into a staged file (the format's writer);
 3. hands each complete unit to publisher threads, which finish the encoding (compression,
-   Parquet footers) and publish the file atomically, or skip it when its bytes are unchanged,
-   or delete the previous file when the unit has no rows;
-4. makes a group of published files durable (``destination.sync``) and records them with one
-   ``recorder.commit``; a group is committed when enough files or bytes are in flight
+   Parquet footers) and prepare the file (a durable temp file; a conditional upload), or skip
+   it when its bytes are unchanged;
+4. records a group with one ``recorder.commit(outcomes, place)``: the recorder locks what the
+   units still hold, calls ``place`` for those (``destination.sync``: the renames, deletions
+   of files of units that have no rows any more, the uploads a store left pending), and
+   commits them in the same transaction, so a worker whose claim was taken over never puts
+   a file in place (fencing). A group is committed when enough files or bytes are in flight
    (``MAX_INFLIGHT``, ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest
    ``keep`` files, which go on publishing while the driver reads its next batch.
 
@@ -29,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +55,7 @@ class Previous:
 
     path: str | None
     checksum: str | None
+    etag: str | None = None  # the store's ETag of that file, when the store gives one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +67,7 @@ class WorkUnit:
     path: str  # where to write, relative to the destination
     token: str = ""  # the claim token whose lease covers the unit ("" for none)
     previous: Previous | None = None  # None: always publish
+    fenced: bool = False  # its upload is conditional on the previous file (see destinations)
     handle: Any = None  # the driver's own record of the unit (a claim, a window, a run)
 
 
@@ -76,13 +81,31 @@ class Outcome:
     nbytes: int
     checksum: str | None
     published: bool  # False: the bytes were unchanged and the upload skipped
+    remove: str | None = None  # a previous file to delete when the outcome is placed (no rows now)
+    staged: Staged | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def etag(self) -> str | None:
+        """The store's ETag of the file, once it is in place (the previous one when unchanged)."""
+        if self.staged is not None and self.staged.etag:
+            return self.staged.etag
+        previous = self.unit.previous
+        return previous.etag if previous and not self.published and self.path == previous.path else None
+
+
+Place = Callable[[Sequence[Outcome]], None]
 
 
 class Recorder(Protocol):
     """Where a driver records outcomes: partition versions, watermarks, archive runs ..."""
 
-    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Record durable files in one transaction; False per outcome whose claim was lost."""
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Record durable files in one transaction; False per outcome whose claim was lost.
+
+        ``place(outcomes)`` puts the files of the outcomes that will be recorded in place
+        (durably); call it before recording them, inside the transaction that fences them
+        when the units are claims, so that a lost claim's file is never put in place.
+        """
         ...
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
@@ -107,13 +130,20 @@ class Deadline(Exception):
 
 
 def fault_point(settings_fault: str | None, root: Path) -> Fault:
-    """Pause forever at the named point a test asked for (``[testing] fault``), so it can kill us."""
+    """Pause at the named point a test asked for (``[testing] fault``), so it can kill us.
+
+    The pause writes ``root/.fault-<point>`` (our pid) and lasts until the test removes that
+    file (a stalled worker that goes on, e.g. after SIGSTOP and SIGCONT), once per process.
+    """
+    fired: set[str] = set()
 
     def fault(point: str) -> None:
-        if settings_fault == point:
-            (root / f".fault-{point}").write_text(str(os.getpid()))
-            while True:
-                time.sleep(60)
+        if settings_fault == point and point not in fired:
+            fired.add(point)
+            marker = root / f".fault-{point}"
+            marker.write_text(str(os.getpid()))
+            while marker.exists():
+                time.sleep(0.05)
 
     return fault
 
@@ -303,13 +333,17 @@ class Pipeline:
         in parallel with the main thread reading the next units.
         """
         unit, previous = job.unit, job.unit.previous
-        if job.writer is None:  # no rows at all: nothing to publish, remove an old file
-            if previous is not None and previous.path:
-                self.destination.delete(previous.path)
-            return Outcome(unit=unit, path=None, rows=0, nbytes=0, checksum=None, published=True)
+        if job.writer is None:  # no rows at all: nothing to publish; an old file goes when placed
+            remove = previous.path if previous is not None and previous.path else None
+            return Outcome(
+                unit=unit, path=None, rows=0, nbytes=0, checksum=None, published=True, remove=remove
+            )
         job.writer.close()
         staged = job.staged
         assert staged is not None
+        if unit.fenced:
+            same = previous is not None and previous.path == unit.path
+            staged.condition = (previous.etag if same and previous and previous.etag else None) or "*"
         checksum = staged.file.sha256
         unchanged = (
             previous is not None
@@ -328,6 +362,7 @@ class Pipeline:
             nbytes=staged.file.size,
             checksum=checksum,
             published=not unchanged,
+            staged=None if unchanged else staged,
         )
 
     def _flush(self, keep: int) -> None:
@@ -335,39 +370,41 @@ class Pipeline:
         inflight, self._inflight = self._inflight[:cut], self._inflight[cut:]
         self._held -= sum(job.held for job, _ in inflight)
         outcomes: list[Outcome] = []
-        published: list[Staged] = []
         for job, future in inflight:
             try:
                 outcomes.append(future.result())
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))
-                continue
-            if job.staged is not None:
-                published.append(job.staged)
-        if not outcomes:
-            return
-        try:
-            self.destination.sync(published)  # only these: newer files in flight are committed later
-        except SluicegateError as exc:
-            for outcome in outcomes:
-                self._fail(outcome.unit, exc)
-            return
+        if outcomes:
+            self.fault("before_place")  # prepared (uploaded, on S3), not yet in place nor recorded
+            self._record(outcomes)
+
+    def _place(self, outcomes: Sequence[Outcome]) -> None:
+        """Put the files of ``outcomes`` in place, durably (called by the recorder, fenced)."""
+        for outcome in outcomes:
+            if outcome.remove:
+                self.destination.delete(outcome.remove)
+        # Only these: newer files in flight are committed later.
+        self.destination.sync([o.staged for o in outcomes if o.staged is not None])
         self.fault("after_publish")
-        self._record(outcomes)
 
     def _record(self, outcomes: list[Outcome]) -> None:
         try:
-            committed = self.recorder.commit(outcomes)
+            committed = self.recorder.commit(outcomes, self._place)
         except LedgerError:
+            self._drop(outcomes)
             raise
-        except SluicegateError as exc:  # the recorder refused the group (an archive's delete)
+        except SluicegateError as exc:  # placing failed, or the recorder refused the group
+            self._drop(outcomes)
             for outcome in outcomes:
                 self._fail(outcome.unit, exc)
             return
         for outcome, done in zip(outcomes, committed, strict=True):
             if not done:
-                # Our lease expired and another worker claimed the unit: it will commit.
+                # Our lease expired and another worker claimed the unit: it commits, and its
+                # file is the one in place (ours was never placed).
+                self._drop([outcome])
                 self.summary.lost += 1
                 continue
             self.summary.note_success(outcome.unit.key)
@@ -377,6 +414,12 @@ class Pipeline:
                 self.summary.unchanged += 1
             self.summary.rows += outcome.rows
             self.summary.bytes += outcome.nbytes
+
+    def _drop(self, outcomes: Sequence[Outcome]) -> None:
+        """Remove what is left of files that were not put in place."""
+        for outcome in outcomes:
+            if outcome.staged is not None:
+                self.destination.discard(outcome.staged)
 
     def _discard(self, job: _Job) -> None:
         job.done = True

@@ -40,6 +40,7 @@ STORE_CLASSES: list[type[Store]] = [
 ONE_DIALECT = {
     "add_failed_destination": "sqlite",
     "add_run_heartbeat": "sqlite",
+    "add_partition_etag": "sqlite",
     "lock": "postgresql",
     "lock_held": "postgresql",
 }

@@ -4,11 +4,15 @@ Contract of every :class:`Destination`:
 
 * ``stage(path)`` returns a :class:`Staged` file to write into; nothing is visible under
   ``path`` until ``publish``.
-* ``publish(staged)`` makes the whole file visible under its path at once (rename
-  after fsync on disk, one completed PUT or multipart upload on S3) and verifies it; it is
-  idempotent: publishing equal bytes again leaves the same object.
-* ``sync()`` makes the publishes since the last call durable; the engine calls it before it
-  commits those partitions on the ledger, so nothing is marked exported that a crash could undo.
+* ``publish(staged)`` prepares the whole file on a publisher thread: a temp file made durable
+  next to its target on disk; on S3 an upload conditional on ``staged.condition`` (the ETag
+  the ledger recorded, or ``*``: no object yet), so an upload of a zombie worker whose claim
+  was taken over is refused by the store. It is idempotent.
+* ``sync(staged)`` puts those files in place and makes that durable (the renames and their
+  folders on disk; on S3 the uploads that met a newer object, or that a store without
+  conditional writes must make now). The pipeline calls it inside the ledger transaction that
+  holds the claims' rows (see ``PartitionStore.commit``), so a file is only put in place
+  while its claim is verified and held, and nothing is marked exported that a crash could undo.
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
@@ -44,6 +48,11 @@ class Staged:
     file: HashingWriter
     local_path: str
     handle: Any = field(default=None, repr=False)
+    # What the object at ``path`` must be for this write to go ahead: None (no condition),
+    # "*" (no object yet), or the ETag the ledger recorded for it (stores that support it).
+    condition: str | None = None
+    etag: str | None = None  # the store's ETag of the published object, once known
+    pending: bool = False  # publish left the write to sync (a conflict, or no conditional writes)
 
 
 class HashingWriter:
@@ -106,11 +115,15 @@ class Destination(Protocol):
         ...
 
     def publish(self, staged: Staged) -> None:
-        """Atomically publish ``staged`` under its path (at the latest, by the next :meth:`sync`)."""
+        """Prepare ``staged`` for :meth:`sync` (durable temp file, or a conditional upload)."""
         ...
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
-        """Make published files durable and in place before their commit: ``staged`` (default: all)."""
+        """Put published files in place, durably, before their commit: ``staged`` (default: all)."""
+        ...
+
+    def warnings(self) -> list[str]:
+        """What this destination cannot guarantee (shown by ``check``)."""
         ...
 
     def discard(self, staged: Staged) -> None:
@@ -152,7 +165,7 @@ class SpooledUpload:
     def stage(self, path: str) -> Staged:
         """Spool the file to ``sluicegate-*.part`` in the temp folder."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix="sluicegate-", suffix=".part")
+            fd, tmp = tempfile.mkstemp(prefix=f"sluicegate-{os.getpid()}-", suffix=".part")
         except OSError as exc:
             raise DestinationUnavailable(f"cannot spool {path} to the temp folder: {exc.strerror}") from exc
         raw = os.fdopen(fd, "wb")
@@ -161,6 +174,10 @@ class SpooledUpload:
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Nothing to do: an object is durable once its upload completed."""
+
+    def warnings(self) -> list[str]:
+        """None by default."""
+        return []
 
     def discard(self, staged: Staged) -> None:
         """Remove the local spool file."""
@@ -171,15 +188,33 @@ class SpooledUpload:
 
 
 def remove_stale_spools(older_than: float) -> int:
-    """Delete ``sluicegate-*.part`` spool files in the temp folder older than ``older_than`` seconds."""
+    """Delete spool files of dead processes (``sluicegate-<pid>-*.part``) older than ``older_than`` s.
+
+    A spool of a live process is never removed, however old: its worker may be stalled (and
+    then fenced) or slow, not dead.
+    """
     cutoff = time.time() - older_than
     removed = 0
     for path in Path(tempfile.gettempdir()).glob("sluicegate-*.part"):
         with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
+            if path.stat().st_mtime < cutoff and not _alive(path.name):
                 path.unlink()
                 removed += 1
     return removed
+
+
+def _alive(spool_name: str) -> bool:
+    """Whether the process that wrote ``sluicegate-<pid>-*.part`` still runs (on this machine)."""
+    pid = spool_name.split("-")[1]
+    if not pid.isdigit():
+        return False  # a spool of a version that did not name its process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def open_destination(settings: DestinationSettings, *, stale_after: float = 3600.0) -> Destination:

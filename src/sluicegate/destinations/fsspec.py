@@ -2,9 +2,14 @@
 
 Atomicity is what the filesystem's ``put_file`` gives: object stores publish whole objects,
 but a network filesystem may not. Use a local folder or ``s3://`` for the full guarantee.
+The uploads happen in :meth:`FsspecDestination.sync`, while the ledger transaction holds the
+claims' rows, so a worker whose claim was taken over never uploads (no conditional writes
+are needed, at the cost of uploading while those rows are locked).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import fsspec
 
@@ -24,8 +29,19 @@ class FsspecDestination(SpooledUpload):
         return f"{self.root}/{path}"
 
     def publish(self, staged: Staged) -> None:
-        """Upload with ``put_file`` and verify the size."""
+        """Close the spool file; :meth:`sync` uploads it."""
         staged.handle.close()
+
+    def sync(self, staged: Sequence[Staged] | None = None) -> None:
+        """Upload ``staged`` (under the ledger's row locks), each verified by its size."""
+        for one in staged or ():
+            self._upload(one)
+
+    def warnings(self) -> list[str]:
+        """Atomicity is the filesystem's."""
+        return [f"{self.url}: files are as atomic as this filesystem's put_file; prefer a folder or s3://"]
+
+    def _upload(self, staged: Staged) -> None:
         full = self._full(staged.path)
         try:
             parent = full.rsplit("/", 1)[0]

@@ -1,10 +1,13 @@
 """A local folder: temp file in the same folder, made durable, renamed, the rename made durable.
 
-Two ways to make it durable, chosen by ``[destination] sync``:
+The renames happen in :meth:`LocalDestination.sync`, which the pipeline calls while the
+ledger transaction holds the claims' rows: a worker whose claim was taken over (stopped past
+its lease, then continued) finds its claim gone and never renames its older file over the
+newer one. Two ways to make it durable, chosen by ``[destination] sync``:
 
-* ``file``: fsync each temp file on a publisher thread, rename it, and fsync each folder a
-  file was renamed into before the ledger commit. Every file costs at least one journal
-  commit of the file system.
+* ``file``: fsync each temp file on a publisher thread; in ``sync``, rename the group and
+  fsync each folder a file was renamed into, before the ledger commit. Every file costs at
+  least one journal commit of the file system.
 * ``batch`` (``auto`` on Linux): write the group of temp files without fsync, then one
   ``syncfs`` makes all of them durable at once, then the renames, then a second ``syncfs``
   makes the renames durable, then the ledger commit. A crash at any point leaves each
@@ -54,7 +57,7 @@ class LocalDestination:
         self.sync_mode = "batch" if self._syncfs is not None else "file"
         self._cleaned: set[Path] = set()
         self._unsynced: set[Path] = set()
-        self._renames: list[tuple[Staged, Path]] = []  # batch mode: written, not yet in place
+        self._renames: list[tuple[Staged, Path]] = []  # written, not yet in place
         self._dirty = False  # batch mode: a file was deleted since the last sync
         # Unique temp names without a system call per file: a random prefix per process, then a counter.
         self._prefix = f"{uuid.uuid4().hex[:8]}-"
@@ -94,7 +97,7 @@ class LocalDestination:
         self._clean_orphans(folder)
 
     def publish(self, staged: Staged) -> None:
-        """Write the temp file out; ``file`` mode also fsyncs and renames it (see the module notes)."""
+        """Write the temp file out (``file`` mode: and fsync it); :meth:`sync` renames it."""
         target = self._target(staged.path)
         raw = staged.handle
         try:
@@ -106,26 +109,32 @@ class LocalDestination:
             raw.close()
             if size != staged.file.size:
                 raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
-            if self._syncfs is None:
-                os.replace(staged.local_path, target)
         except OSError as exc:
             self.discard(staged)
             raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
         with self._lock:
-            if self._syncfs is None:
-                self._unsynced.add(target.parent)
-            else:
-                self._renames.append((staged, target))
+            self._renames.append((staged, target))
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
-        """Make published files durable and in place before their ledger commit.
+        """Rename ``staged`` (all published files when None) into place, durably.
 
-        ``batch`` mode renames only ``staged`` (all published files when None): files published
-        for a later commit stay queued, so a failure here cannot touch them.
+        Files published for a later commit stay queued, so a failure here cannot touch them.
         """
+        renames = self._take(staged)
         if self._syncfs is not None:
-            self._sync_batch(self._syncfs, staged)
+            self._sync_batch(self._syncfs, renames)
             return
+        done = 0
+        try:
+            for done_staged, target in renames:
+                os.replace(done_staged.local_path, target)
+                done += 1
+                with self._lock:
+                    self._unsynced.add(target.parent)
+        except OSError as exc:
+            for left, _ in renames[done:]:
+                self.discard(left)
+            raise DestinationUnavailable(f"cannot rename a file into {self.root}: {exc.strerror}") from exc
         with self._lock:
             folders, self._unsynced = self._unsynced, set()
         try:
@@ -138,7 +147,8 @@ class LocalDestination:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot fsync a folder under {self.root}: {exc.strerror}") from exc
 
-    def _sync_batch(self, syncfs: Callable[[int], int], only: Sequence[Staged] | None) -> None:
+    def _take(self, only: Sequence[Staged] | None) -> list[tuple[Staged, Path]]:
+        """Remove from the queue and return the renames of ``only`` (all when None)."""
         with self._lock:
             if only is None:
                 renames, self._renames = self._renames, []
@@ -146,6 +156,10 @@ class LocalDestination:
                 wanted = {id(s) for s in only}
                 renames = [r for r in self._renames if id(r[0]) in wanted]
                 self._renames = [r for r in self._renames if id(r[0]) not in wanted]
+        return renames
+
+    def _sync_batch(self, syncfs: Callable[[int], int], renames: list[tuple[Staged, Path]]) -> None:
+        with self._lock:
             dirty, self._dirty = self._dirty, False
         if not renames and not dirty:
             return
@@ -169,7 +183,8 @@ class LocalDestination:
             ) from exc
 
     def discard(self, staged: Staged) -> None:
-        """Close and remove the temp file (if the spool reached the disk)."""
+        """Close and remove the temp file (if the spool reached the disk), and forget its rename."""
+        self._take([staged])
         with contextlib.suppress(OSError):
             staged.handle.close()
         if staged.handle.on_disk:
@@ -221,6 +236,10 @@ class LocalDestination:
             raise DestinationUnavailable(
                 f"destination folder {self.root} is not writable: {exc.strerror}"
             ) from exc
+
+    def warnings(self) -> list[str]:
+        """None: renames under the ledger's row locks fence every write."""
+        return []
 
     def check_path(self, path: str) -> None:
         """Refuse a file or folder name over 255 bytes, or a whole path over 4,095 bytes."""

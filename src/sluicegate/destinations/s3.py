@@ -4,6 +4,15 @@ A file is staged on local disk, then published with one ``PUT`` carrying its SHA
 store rejects a body that does not match) or, above the multipart threshold, a multipart
 upload with SHA-256 part checksums that is only visible once completed. After publishing,
 the object's size is checked with ``HEAD``. Readers never see a partial object.
+
+Fencing (zombie workers): a partition's upload is conditional on the object the ledger last
+recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so the upload
+of a worker stopped past its lease, after another worker published a newer file, is refused
+(412). Such a refused upload is not an error: :meth:`S3Destination.sync` (called while the
+ledger holds the claim's row) overwrites whatever is there if, and only if, the claim is
+still ours. Whether the endpoint honours conditional writes is probed once per process;
+where it does not, every partition upload waits for ``sync``, under the ledger's row
+locks: as safe, slower.
 """
 
 from __future__ import annotations
@@ -11,11 +20,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import os
+import threading
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -26,6 +38,7 @@ from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
 KEY_MAX = 1024  # bytes in an S3 object key
+UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
 _RETRYABLE_CODES = {
     "SlowDown",
     "RequestTimeout",
@@ -57,40 +70,171 @@ class S3Destination(SpooledUpload):
             ),
         )
         self.endpoint = mask_url(settings.endpoint_url or "aws")
+        self._conditional: bool | None = None  # probed on first use
+        self.upload_stale_after = UPLOAD_STALE_AFTER
+        self._probe_lock = threading.Lock()
 
     def key(self, path: str) -> str:
         """The object key for a relative path."""
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def publish(self, staged: Staged) -> None:
-        """Upload with a SHA-256 checksum, then verify the size with HEAD."""
-        key = self.key(staged.path)
+        """Upload (conditionally, when ``staged.condition`` is set), then verify the size with HEAD.
+
+        A conditional upload the store refuses (the object changed since the ledger recorded
+        it) is left to :meth:`sync`, as is every conditional upload on an endpoint that does
+        not honour conditions.
+        """
         staged.handle.close()
-        digest = base64.b64encode(bytes.fromhex(staged.file.sha256)).decode()
+        if staged.condition is not None and not self.conditional():
+            staged.pending = True
+            return
+        try:
+            staged.etag = self._upload(staged, staged.condition)
+        except _Refused:
+            staged.pending = True
+            return
+        except BaseException:
+            self.discard(staged)
+            raise
+        self.discard(staged)
+
+    def sync(self, staged: Sequence[Staged] | None = None) -> None:
+        """Upload what :meth:`publish` left pending; the caller holds the claims' ledger rows.
+
+        The object is overwritten whatever it is now (a zombie's upload, or a file exported
+        before conditional writes were used), still conditionally on that state, so a write
+        racing this one makes it fail (and retry) rather than be lost.
+        """
+        for one in staged or ():
+            if not one.pending:
+                continue
+            try:
+                condition = self._current(one.path) if self.conditional() else None
+                one.etag = self._upload(one, condition)
+                one.pending = False
+            except _Refused:
+                raise DestinationUnavailable(
+                    f"{self.display(one.path)} changed while it was being written; will retry"
+                ) from None
+            finally:
+                self.discard(one)
+
+    def conditional(self) -> bool:
+        """Whether the endpoint honours ``If-None-Match: *`` and ``If-Match`` (probed once)."""
+        with self._probe_lock:
+            if self._conditional is None:
+                self._conditional = self._probe()
+            return self._conditional
+
+    def warnings(self) -> list[str]:
+        """Say when the endpoint ignores conditional writes (uploads then wait for the ledger lock)."""
+        if self.conditional():
+            return []
+        return [
+            f"{self.url} at {self.endpoint} ignores conditional writes (If-None-Match, If-Match): uploads "
+            "are fenced by holding the partitions' ledger rows while they run, which is safe but slower"
+        ]
+
+    def _probe(self) -> bool:
+        key = self.key(f".sluicegate-probe-{uuid.uuid4().hex}")
         try:
             with self._errors(key):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+            refused = [
+                self._refused(
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+                ),
+                self._refused(
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfMatch='"0"')
+                ),
+            ]
+        finally:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        return all(refused)
+
+    def _refused(self, call: Any) -> bool:
+        try:
+            call()
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                return True
+            if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) in (400, 501):
+                return False  # conditions not understood
+            with self._errors("probe"):
+                raise
+        return False
+
+    def _current(self, path: str) -> str:
+        """The condition that matches the object now at ``path``: its ETag, or "*" when absent."""
+        key = self.key(path)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return "*"
+            with self._errors(key):
+                raise
+        return str(head["ETag"])
+
+    def _upload(self, staged: Staged, condition: str | None) -> str:
+        """Upload ``staged`` under ``condition``; return the new object's ETag (raise _Refused on 412)."""
+        key = self.key(staged.path)
+        conditions = (
+            {} if condition is None else {"IfNoneMatch": "*"} if condition == "*" else {"IfMatch": condition}
+        )
+        digest = base64.b64encode(bytes.fromhex(staged.file.sha256)).decode()
+        with self._errors(key):
+            try:
                 if staged.file.size < self.threshold:
                     with open(staged.local_path, "rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest)
+                        self.client.put_object(
+                            Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
+                        )
                 else:
-                    config = TransferConfig(
-                        multipart_threshold=self.threshold, multipart_chunksize=self.threshold
-                    )
-                    self.client.upload_file(
-                        staged.local_path,
-                        self.bucket,
-                        key,
-                        ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                        Config=config,
-                    )
-                head = self.client.head_object(Bucket=self.bucket, Key=key)
-            if int(head["ContentLength"]) != staged.file.size:
-                raise DestinationUnavailable(
-                    f"s3://{self.bucket}/{key} has {head['ContentLength']} bytes after upload, "
-                    f"expected {staged.file.size}; will retry"
-                )
-        finally:
-            self.discard(staged)
+                    self._multipart(staged.local_path, key, conditions)
+            except ClientError as exc:  # If-Match on a missing object: AWS says 404, others 412
+                if "IfMatch" in conditions and exc.response.get("Error", {}).get("Code") in (
+                    "404",
+                    "NoSuchKey",
+                ):
+                    raise _Refused(key) from exc
+                raise
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        if int(head["ContentLength"]) != staged.file.size:
+            raise DestinationUnavailable(
+                f"s3://{self.bucket}/{key} has {head['ContentLength']} bytes after upload, "
+                f"expected {staged.file.size}; will retry"
+            )
+        return str(head["ETag"])
+
+    def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> None:
+        """A multipart upload with SHA-256 part checksums, completed under ``conditions``."""
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
+        upload_id = upload["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            with open(local_path, "rb") as fh:
+                while chunk := fh.read(self.threshold):
+                    digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+                    number = len(parts) + 1
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        Body=chunk, ChecksumSHA256=digest,
+                    )  # fmt: skip
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **conditions,
+            )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     def check_path(self, path: str) -> None:
         """Refuse an object key over S3's limit of 1,024 bytes."""
@@ -131,8 +275,10 @@ class S3Destination(SpooledUpload):
             self.client.head_bucket(Bucket=self.bucket)
 
     def cleanup(self, older_than: float) -> int:
-        """Abort multipart uploads under the prefix and remove local spools older than ``older_than`` s."""
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        """Remove dead processes' spools older than ``older_than`` s, and abort multipart uploads
+        under the prefix started more than a day (at least ``older_than``) ago: a live worker's
+        large upload may well outlast its lease, which it renews."""
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(older_than, self.upload_stale_after))
         aborted = remove_stale_spools(older_than)
         with self._errors(self.prefix):
             listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
@@ -154,6 +300,8 @@ class S3Destination(SpooledUpload):
         try:
             yield
         except ClientError as exc:
+            if _precondition_failed(exc):
+                raise _Refused(where) from exc
             error = exc.response.get("Error", {})
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             message = f"{where}: {error.get('Code', status)} {error.get('Message', '')}".strip()
@@ -162,3 +310,14 @@ class S3Destination(SpooledUpload):
             raise TerminalError(message + "; check the bucket, credentials and permissions") from exc
         except BotoCoreError as exc:
             raise DestinationUnavailable(f"{where}: {exc}; will retry") from exc
+
+
+class _Refused(Exception):
+    """The store refused a conditional write: the object is not what the condition said."""
+
+
+def _precondition_failed(exc: ClientError) -> bool:
+    """412, or the 409 ConditionalRequestConflict AWS answers to two racing conditional writes."""
+    code = exc.response.get("Error", {}).get("Code")
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict")

@@ -33,7 +33,7 @@ from ..exceptions import ConfigError, DataError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
-from ..pipeline import Outcome, Pipeline, WorkUnit
+from ..pipeline import Outcome, Pipeline, Place, WorkUnit
 from ..sources import Mode, Slice, Snapshot, Source
 from ..sources.sqlite import bind_named
 from ..specs import Settings, TaskBase
@@ -133,8 +133,13 @@ class Recorder:
         self.shared = context.project.settings.shared_database
         self.error: SluicegateError | None = None
 
-    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Verify, record ``published``, delete exactly the file's rows; ``done`` in the same transaction."""
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Place and verify the file, record ``published``, delete its rows; ``done`` in one transaction.
+
+        The task lock (``ledger.archive.hold``) keeps a second run of the task out, so the file
+        is placed without a claim to check.
+        """
+        place(outcomes)
         [outcome] = outcomes
         ctx, run, cur = self.context, self.run, self.snapshot.cursor
         if outcome.path is not None:

@@ -21,7 +21,7 @@ from .. import validate, watermarks
 from ..exceptions import ConfigError, SluicegateError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..options import Budget, RunOptions, TaskSummary
-from ..pipeline import Deadline, Outcome, Pipeline, WorkUnit
+from ..pipeline import Deadline, Outcome, Pipeline, Place, WorkUnit
 from ..sources import ReadSpec, Slice, Source
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
@@ -114,8 +114,14 @@ class Recorder:
         self.lease = lease
         self.summary = summary
 
-    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Advance each window's watermark, fenced by its claim; re-exports move nothing."""
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Put the files in place, then advance each window's watermark, fenced by its claim.
+
+        A window's file has its window in its name and the window is closed (the end is capped
+        below the oldest open transaction), so two exporters of one window write the same rows:
+        the files are placed before the claims are checked. Re-exports move nothing.
+        """
+        place(outcomes)
         out = []
         for outcome in outcomes:
             window: Window = outcome.unit.handle

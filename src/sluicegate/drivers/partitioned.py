@@ -9,6 +9,7 @@ like N worker processes on one ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -25,7 +26,7 @@ from ..ledger import Claim, ExportResult, Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import canonical_key, render_path, restore_partition, sample_values
 from ..paths import check_template
-from ..pipeline import MAX_INFLIGHT, Deadline, Outcome, Pipeline, Previous, WorkUnit
+from ..pipeline import MAX_INFLIGHT, Deadline, Outcome, Pipeline, Place, Previous, WorkUnit
 from ..sources import ReadSpec, Slice, Source
 from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
@@ -166,21 +167,16 @@ class Recorder:
         self.store = ledger.partitions
         self.settings = settings
 
-    def commit(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Record each partition exported at its claimed version."""
-        return self.store.commit(
-            [
-                ExportResult(
-                    claim=o.unit.handle,
-                    path=o.path,
-                    rows=o.rows,
-                    nbytes=o.nbytes,
-                    checksum=o.checksum,
-                    published=o.published,
-                )
-                for o in outcomes
-            ]
-        )
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Put in place, then record, the files of the partitions still claimed, in one transaction."""
+        by_id = {o.unit.handle.id: o for o in outcomes}
+
+        def place_held(held: Sequence[ExportResult]) -> list[ExportResult]:
+            placed = [by_id[r.claim.id] for r in held]
+            place(placed)
+            return [dataclasses.replace(r, etag=o.etag) for r, o in zip(held, placed, strict=True)]
+
+        return self.store.commit([_result(o) for o in outcomes], place_held)
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Back off (transient) or park (terminal, or out of attempts)."""
@@ -200,6 +196,18 @@ class Recorder:
     def release(self, tokens: Collection[str]) -> int:
         """Give back what is still claimed, without an attempt."""
         return sum(self.store.release(token) for token in tokens)
+
+
+def _result(outcome: Outcome) -> ExportResult:
+    """What the ledger records of an outcome (the ETag is added once the file is in place)."""
+    return ExportResult(
+        claim=outcome.unit.handle,
+        path=outcome.path,
+        rows=outcome.rows,
+        nbytes=outcome.nbytes,
+        checksum=outcome.checksum,
+        published=outcome.published,
+    )
 
 
 class LeaseExpired(SluicegateError):
@@ -352,10 +360,19 @@ class _Loop:
             piece = Slice(
                 keys=part.values[: len(task.keys)], start=part.start, end=part.end, zone=part.zone, day=day
             )
-            previous = None if claim.forced else Previous(path=claim.prev_path, checksum=claim.prev_checksum)
+            # A forced export never counts as unchanged (no checksum to compare), but its upload
+            # is still conditional on the file the ledger recorded.
+            checksum = None if claim.forced else claim.prev_checksum
+            previous = Previous(path=claim.prev_path, checksum=checksum, etag=claim.prev_etag)
             units.append(
                 WorkUnit(
-                    key=claim.pkey, slice=piece, path=path, token=claim.token, previous=previous, handle=claim
+                    key=claim.pkey,
+                    slice=piece,
+                    path=path,
+                    token=claim.token,
+                    previous=previous,
+                    fenced=True,
+                    handle=claim,
                 )
             )
         return units

@@ -25,12 +25,13 @@ from ..sql import queries
 log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
 UTC = dt.UTC
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
 SQLITE_ADDED_COLUMNS = (
     ("watermarks", "failed_destination", "add_failed_destination"),
     ("runs", "heartbeat_at", "add_run_heartbeat"),
+    ("partitions", "etag", "add_partition_etag"),
 )
 
 
@@ -196,3 +197,7 @@ class SchemaStore(Store):
     def add_run_heartbeat(self, cur: Any) -> None:
         """SQLite, version 5: a run in progress beats."""
         self._run("add_run_heartbeat", cur)
+
+    def add_partition_etag(self, cur: Any) -> None:
+        """SQLite, version 8: each partition's object ETag, for conditional writes."""
+        self._run("add_partition_etag", cur)

@@ -42,6 +42,7 @@ class Claim:
     prev_path: str | None
     prev_bytes: int | None
     prev_checksum: str | None
+    prev_etag: str | None = None  # the store's ETag of the published object, when it gives one
 
     @property
     def reason(self) -> str:
@@ -63,6 +64,11 @@ class ExportResult:
     nbytes: int
     checksum: str | None
     published: bool
+    etag: str | None = None
+
+
+# Puts the files of the held results in place; returns them as they are to be recorded.
+Place = Callable[[Sequence[ExportResult]], Sequence[ExportResult]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +150,7 @@ class PartitionStore(Store):
         return [self._claim_from_row(task.name, row, "") for row in cur.fetchall()]
 
     def _claim_from_row(self, task: str, row: Sequence[Any], token: str) -> Claim:
-        pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum = row
+        pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row
         return Claim(
             id=int(pid),
             task=task,
@@ -159,43 +165,84 @@ class PartitionStore(Store):
             prev_path=path,
             prev_bytes=nbytes,
             prev_checksum=checksum,
+            prev_etag=etag,
         )
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of partitions still held under ``token``; return how many."""
         return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
 
-    def commit(self, results: Sequence[ExportResult]) -> list[bool]:
+    def commit(self, results: Sequence[ExportResult], place: Place | None = None) -> list[bool]:
         """Mark each claim exported at its claimed version, in one transaction.
 
-        Returns, per result, False when that claim's lease was lost (nothing recorded).
+        Fencing: the rows of the claims still held are locked first (``hold``), then
+        ``place(held)`` puts their files in place (renames, deletions, uploads that must not
+        race a newer worker), then they are committed, all in one transaction. A claim whose
+        lease was taken over is neither placed nor recorded. If ``place`` raises, nothing is
+        recorded and the error propagates. If the connection is lost after the files were
+        placed, the commit is tried once more on a new connection without placing again: the
+        claims still held are committed (their files are in place), the others are not.
+        Returns, per result, whether it was recorded.
         """
         if not results:
             return []
-        if self.core.dialect is db.POSTGRESQL:  # one statement, one round trip for the batch
-            cur = self._run(
-                "commit",
+        placed: Sequence[ExportResult] | None = None
+
+        def body(cur: Any) -> set[int]:
+            nonlocal placed
+            held_ids = self.hold(cur, results)
+            if placed is None:
+                held = [r for r in results if r.claim.id in held_ids]
+                placed = place(held) if place is not None and held else held
+                chosen = placed
+            else:  # a retry on a new connection: the files are in place already
+                chosen = [r for r in placed if r.claim.id in held_ids]
+            return self.commit_held(cur, chosen) if chosen else set()
+
+        recorded = self.core.in_transaction(body)
+        return [r.claim.id in recorded for r in results]
+
+    def hold(self, cur: Any, results: Sequence[ExportResult]) -> set[int]:
+        """In ``cur``'s transaction: lock and return the ids of the claims still held under their tokens."""
+        if self.core.dialect is db.POSTGRESQL:
+            cur.execute("SET LOCAL lock_timeout = '10s'")
+            rows = self._run(
+                "hold",
+                cur,
                 ids=[r.claim.id for r in results],
                 tokens=[uuid.UUID(r.claim.token) for r in results],
-                paths=[r.path for r in results],
-                rows=[r.rows for r in results],
-                bytes=[r.nbytes for r in results],
-                checksums=[r.checksum for r in results],
-            )
-            recorded = {row[0] for row in cur.fetchall()}
-            return [r.claim.id in recorded for r in results]
-        done: dict[int, bool] = {}
+            ).fetchall()
+            return {int(row[0]) for row in rows}
+        held = set()
+        for r in results:  # the transaction holds SQLite's write lock already
+            if self._run("hold", cur, id=r.claim.id, token=uuid.UUID(r.claim.token)).fetchone():
+                held.add(r.claim.id)
+        return held
 
-        def body(cur: Any) -> None:
-            for r in sorted(results, key=lambda r: r.claim.pkey):  # the same lock order as mark()
-                self._run(
-                    "commit", cur, id=r.claim.id, token=uuid.UUID(r.claim.token), path=r.path,
-                    rows=r.rows, bytes=r.nbytes, checksum=r.checksum,
-                )  # fmt: skip
-                done[r.claim.id] = cur.rowcount == 1
-
-        self.core.in_transaction(body)
-        return [done[r.claim.id] for r in results]
+    def commit_held(self, cur: Any, held: Sequence[ExportResult]) -> set[int]:
+        """In ``cur``'s transaction: record ``held`` (locked by :meth:`hold`); return the ids recorded."""
+        if self.core.dialect is db.POSTGRESQL:  # one statement, one round trip for the batch
+            rows = self._run(
+                "commit_held",
+                cur,
+                ids=[r.claim.id for r in held],
+                tokens=[uuid.UUID(r.claim.token) for r in held],
+                paths=[r.path for r in held],
+                rows=[r.rows for r in held],
+                bytes=[r.nbytes for r in held],
+                checksums=[r.checksum for r in held],
+                etags=[r.etag for r in held],
+            ).fetchall()
+            return {int(row[0]) for row in rows}
+        done = set()
+        for r in sorted(held, key=lambda r: r.claim.pkey):  # the same lock order as mark()
+            self._run(
+                "commit_held", cur, id=r.claim.id, token=uuid.UUID(r.claim.token), path=r.path,
+                rows=r.rows, bytes=r.nbytes, checksum=r.checksum, etag=r.etag,
+            )  # fmt: skip
+            if cur.rowcount == 1:
+                done.add(r.claim.id)
+        return done
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
         """Give ``claim`` back after an error; park it when terminal or out of attempts."""

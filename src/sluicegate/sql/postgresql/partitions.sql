@@ -34,33 +34,41 @@ SET claim_token = %(token)s,
 FROM candidate
 WHERE p.id = candidate.id
 RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
-          p.path, p.bytes, p.checksum;
+          p.path, p.bytes, p.checksum, p.etag;
 
 -- renew --
 -- Extend the lease of every partition still held under a claim token (rows locked in pkey order, like marks).
 UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
 
--- commit --
--- The same as commit, for a whole batch in one statement (rows locked in pkey order, like marks);
--- returns the ids recorded, so a claim whose lease was taken over is told apart.
+-- hold --
+-- Lock the rows of a batch's claims that are still held under their tokens (in pkey order,
+-- like marks), waiting at most lock_timeout: the files are put in place while these locks
+-- are held, then committed in the same transaction. Returns the ids still held.
+SELECT p.id
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS d(id, token)
+JOIN {t}partitions AS p ON p.id = d.id
+WHERE p.claim_token = d.token
+ORDER BY p.pkey
+FOR UPDATE OF p;
+
+-- commit_held --
+-- Record a batch's durable exports at their claimed versions, in one statement, fenced by the
+-- claim tokens; returns the ids recorded (the rows are locked by hold in the same transaction).
 WITH done AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(paths)s::text[],
-                         %(rows)s::bigint[], %(bytes)s::bigint[], %(checksums)s::text[])
-        AS d(id, token, path, rows, bytes, checksum)
-), locked AS (
-    SELECT p.id FROM {t}partitions AS p JOIN done AS d ON p.id = d.id AND p.claim_token = d.token
-    ORDER BY p.pkey
-    FOR UPDATE OF p
+                         %(rows)s::bigint[], %(bytes)s::bigint[], %(checksums)s::text[], %(etags)s::text[])
+        AS d(id, token, path, rows, bytes, checksum, etag)
 )
 UPDATE {t}partitions AS p
 SET exported_version = p.claimed_version,
     forced = CASE WHEN p.version > p.claimed_version THEN p.forced ELSE false END,
     claim_token = NULL, claimed_version = NULL, lease_until = NULL,
     attempts = 0, next_attempt_at = NULL, last_error = NULL,
-    path = d.path, rows = d.rows, bytes = d.bytes, checksum = d.checksum, exported_at = now()
-FROM done AS d, locked AS l
-WHERE p.id = d.id AND p.id = l.id AND p.claim_token = d.token
+    path = d.path, rows = d.rows, bytes = d.bytes, checksum = d.checksum, etag = d.etag,
+    exported_at = now()
+FROM done AS d
+WHERE p.id = d.id AND p.claim_token = d.token
 RETURNING p.id;
 
 -- fail --
@@ -80,7 +88,7 @@ WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY
 
 -- pending --
 -- List what the next claim would take (for --dry-run), without claiming.
-SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum
+SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag
 FROM {t}partitions
 WHERE task = %(task)s
   AND NOT failed

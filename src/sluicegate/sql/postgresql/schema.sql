@@ -121,7 +121,10 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
     config boolean NOT NULL DEFAULT false,
     at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '7')
+-- version 8: the store's ETag of each partition's published object, so a write can be
+-- conditional on it (a zombie worker's late upload is refused by the store)
+ALTER TABLE {t}partitions ADD COLUMN IF NOT EXISTS etag text;
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '8')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --

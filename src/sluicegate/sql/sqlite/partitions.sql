@@ -30,20 +30,25 @@ WHERE id IN (
     ORDER BY changed_at, win_start, id
     LIMIT :limit
 )
-RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum;
+RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag;
 
 -- renew --
 -- Extend the lease of every partition still held under a claim token.
 UPDATE {t}partitions SET lease_until = :now + :lease WHERE claim_token = :token;
 
--- commit --
+-- hold --
+-- Whether a claim is still held under its token (the transaction holds the write lock, so
+-- its files are put in place and committed before any other worker can claim it).
+SELECT id FROM {t}partitions WHERE id = :id AND claim_token = :token;
+
+-- commit_held --
 -- Record a durable export at the version read at claim; fenced by the claim token.
 UPDATE {t}partitions
 SET exported_version = claimed_version,
     forced = CASE WHEN version > claimed_version THEN forced ELSE 0 END,
     claim_token = NULL, claimed_version = NULL, lease_until = NULL,
     attempts = 0, next_attempt_at = NULL, last_error = NULL,
-    path = :path, rows = :rows, bytes = :bytes, checksum = :checksum, exported_at = :now
+    path = :path, rows = :rows, bytes = :bytes, checksum = :checksum, etag = :etag, exported_at = :now
 WHERE id = :id AND claim_token = :token;
 
 -- fail --
@@ -63,7 +68,7 @@ WHERE claim_token = :token;
 
 -- pending --
 -- List what the next claim would take (for --dry-run), without claiming.
-SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum
+SELECT id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag
 FROM {t}partitions
 WHERE task = :task
   AND NOT failed

@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
     config INTEGER NOT NULL DEFAULT 0,
     at REAL NOT NULL
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '7');
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '8');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).
@@ -121,6 +121,10 @@ ALTER TABLE {t}watermarks ADD COLUMN failed_destination TEXT;
 -- add_run_heartbeat --
 -- Version 5, likewise.
 ALTER TABLE {t}runs ADD COLUMN heartbeat_at REAL;
+
+-- add_partition_etag --
+-- Version 8: the store's ETag of each partition's published object (conditional writes).
+ALTER TABLE {t}partitions ADD COLUMN etag TEXT;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
