@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import validate
+from . import secrets, validate
 from .exceptions import ConfigError
 from .masking import mask_url
 from .specs import (
@@ -196,6 +196,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         backoff=parse_duration(defaults.get("backoff", "30s"), where=f"{where} backoff"),
         log_level=str(defaults.get("log_level", "WARNING")).upper(),
         fault=raw.get("testing", {}).get("fault") or None,
+        fernet_key=secrets.fernet_key(env),
+        fernet_key_name=secrets.fernet_key_name(env),
     )
 
 

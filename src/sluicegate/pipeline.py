@@ -158,6 +158,7 @@ class Pipeline:
         budget: Budget,
         lease: float,
         fault: Fault | None = None,
+        fernet_key: str | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -169,6 +170,7 @@ class Pipeline:
         self.budget = budget
         self.lease = lease
         self.fault = fault or (lambda point: None)
+        self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -262,7 +264,13 @@ class Pipeline:
         try:
             if job.writer is None:
                 job.staged = self.destination.stage(job.unit.path)
-                job.writer = open_writer(self.format, job.staged.file, self.columns, job.unit.slice.zone)
+                job.writer = open_writer(
+                    self.format,
+                    job.staged.file,
+                    self.columns,
+                    job.unit.slice.zone,
+                    fernet_key=self.fernet_key,
+                )
             job.writer.write(chunk, self.mode)
             self.fault("mid_write")
         except SluicegateError as exc:

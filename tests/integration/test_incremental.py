@@ -19,7 +19,7 @@ from test_workers import _spawn, _wait_for
 
 from sluicegate import engine, operations
 from sluicegate.engine import RunOptions
-from sluicegate.ledger import Ledger
+from sluicegate.ledger import SCHEMA_VERSION, Ledger
 from sluicegate.watermarks import ExportRequest, load_request
 from support import SLUICEGATE, cli, files, load, read_csv
 
@@ -483,7 +483,7 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
     rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
     assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
     version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
-    assert version[0] == "6"
+    assert version[0] == SCHEMA_VERSION
     indexes = _indexes(rec, url)
     assert "partitions_queue_idx" in indexes and "partitions_pending_idx" not in indexes
     for table, column in added:

@@ -1,12 +1,12 @@
 """The ``sluicegate`` command: a thin layer that parses, calls one library function, renders.
 
-``app`` holds the command group and what commands share; ``admin`` and ``run`` define the
-commands (importing them registers them on the group); ``render`` prints results.
+``app`` holds the command group and what commands share; ``admin``, ``run``, ``blocks`` and
+``secret`` define the commands (importing them registers them on the group); ``render`` prints results.
 """
 
 from __future__ import annotations
 
-from . import admin, run
+from . import admin, blocks, run, secret
 from .app import main
 
-__all__ = ["admin", "main", "run"]
+__all__ = ["admin", "blocks", "main", "run", "secret"]

@@ -40,7 +40,7 @@ from ..pipeline import Fault, fault_point
 from ..sources import Column, Mode, ReadSpec, Source, open_source
 from ..specs import Project, TaskBase
 
-KINDS = ("partitioned", "incremental", "archive")
+KINDS = ("partitioned", "incremental", "archive", "blocks")
 Progress = Callable[[str, int], None]
 
 
