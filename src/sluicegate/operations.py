@@ -230,6 +230,7 @@ def blocks_task(project: Project, name: str) -> TaskBase:
 
 
 def blocks_request(
+    project: Project,
     task: TaskBase,
     *,
     time_max: str,
@@ -257,7 +258,7 @@ def blocks_request(
             raise UsageError(
                 f"task {task.name} has no key {name!r}; its key is {getattr(task, 'key', None)!r}"
             )
-    return BlockRequest(
+    request = BlockRequest(
         time_min=low,
         time_max=high,
         key_value=value,
@@ -266,6 +267,12 @@ def blocks_request(
         force=force,
         incomplete_only=incomplete_only,
     )
+    from .drivers import blocks
+
+    assert isinstance(task, blocks.Task)
+    blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
+    blocks.key_values(task, project.settings.source_url, request)
+    return request
 
 
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:

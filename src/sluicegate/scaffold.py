@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .exceptions import UsageError
 
-EXAMPLES = ("openaq",)
+EXAMPLES = ("openaq", "mds")
 
 
 def init_project(folder: Path, *, example: str = "openaq", force: bool = False) -> list[Path]:

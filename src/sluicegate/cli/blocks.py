@@ -65,6 +65,7 @@ def blocks(
         name for name, off in (("extract", no_extract), ("load", no_load), ("publish", no_publish)) if off
     ]
     request = operations.blocks_request(
+        project,
         spec,
         time_max=time_max,
         time_min=time_min,

@@ -103,13 +103,14 @@ class BlockStore(Store):
             for key in sorted(key_values)
             for position, stage in enumerate(stages)
         ]
-        for at in range(0, len(rows), 2000):  # short transactions: claims of other runs go on
-            self._ensure_chunk(rows[at : at + 2000])
-        return len(rows)
-
-    def _ensure_chunk(self, rows: list[dict[str, Any]]) -> None:
         statement = self.q["ensure"]
-        self.core.in_transaction(lambda cur: cur.executemany(statement, rows))
+
+        def insert(chunk: list[dict[str, Any]]) -> None:
+            self.core.in_transaction(lambda cur: cur.executemany(statement, chunk))
+
+        for at in range(0, len(rows), 2000):  # short transactions: claims of other runs go on
+            insert(rows[at : at + 2000])
+        return len(rows)
 
     def claim(
         self, where: RangeQuery, *, stages: Sequence[str], zone: str, grain: Any, limit: int, lease: float
