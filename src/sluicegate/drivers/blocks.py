@@ -70,8 +70,13 @@ class Task(TaskBase):
         return value
 
     def config_for(self, stage: StageSpec, key_value: str) -> dict[str, Any]:
-        """What a stage's callable is given: ``[config]``, then the stage's, then the key value's."""
-        return {**self.config, **stage.config, **self.key_config.get(key_value, {})}
+        """What a stage's callable is given, each over the one before: ``[config]``, the key value's
+        ``[keys.<value>]``, the stage's ``[<stage>.config]``, the key value's ``[keys.<value>.<stage>]``."""
+        names = {s.name for s in self.stages}
+        own = self.key_config.get(key_value, {})
+        per_stage = own.get(stage.name)
+        shared = {k: v for k, v in own.items() if not (k in names and isinstance(v, dict))}
+        return {**self.config, **shared, **stage.config, **(per_stage if isinstance(per_stage, dict) else {})}
 
 
 def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
