@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from test_service import Server
 
 from doubles import MdsDouble, MdsProvider, PortalDouble, generate_trips
 from sluicegate import operations
@@ -379,3 +381,14 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
     )
     assert "trips: blocks, blocks 6, stages extract: 6 done; load: 6 done; publish: 6 done" in status.stdout
     assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
+    server = Server(folder)
+    try:
+        page = httpx.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
+        assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
+        first = page[0]
+        assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)
+        assert first["path"].startswith("extract/") and first["window_start"].startswith("2020-03-01T04:00")
+        html = httpx.get(f"{server.url}/").text
+        assert "extract: 6 done; load: 6 done; publish: 6 done" in html
+    finally:
+        server.stop()
