@@ -125,8 +125,12 @@ class TableSink:
         cols = [f"{self.dialect.quote(n)} {KINDS[k][column]}" for n, k in self.spec.columns]
         cols.append(f"PRIMARY KEY ({', '.join(self.dialect.quote(k) for k in self.spec.key)})")
         statement = f"CREATE TABLE IF NOT EXISTS {self.dialect.quote(self.spec.table)} ({', '.join(cols)})"
-        with db.wrap_errors(self.url):
-            self.conn.execute(statement)
+        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
+            if self.dialect is db.POSTGRESQL:  # concurrent CREATE ... IF NOT EXISTS can still collide
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sluicegate table {self.spec.table}",)
+                )
+            cur.execute(statement)
 
     def check(self) -> list[str]:
         """Problems of the table: missing, or without a declared column."""

@@ -67,6 +67,7 @@ def write(
     lease: str = "10m",
     testing: str = "",
     extract_extra: str = "",
+    task_extra: str = "",
 ) -> Path:
     (root / "tasks" / "trips").mkdir(parents=True, exist_ok=True)
     (root / "sluicegate.toml").write_text(
@@ -80,6 +81,7 @@ def write(
             kind = "blocks"
             zone = "US/Central"
             key = "provider"
+            {task_extra}
             {keys}
             [extract]
             callable = "sluicegate.mds:trips"
@@ -260,7 +262,7 @@ def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
 def test_two_processes_over_one_range_run_each_block_stage_once(
     tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
-    root = write(tmp_path, pg_url, mds, portal)
+    root = write(tmp_path, pg_url, mds, portal, task_extra="batch_size = 1")  # many claims, to race
     args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-3-2-0", "--interval", "24"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     procs = [

@@ -11,6 +11,7 @@ without re-running the stages before it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     validate.reject_unknown(raw, KEYS | sections, where)
     stages = blocks_config.stages(raw, folder, settings, where)
     key = validate.identifier(raw["key"], f"{where} key") if "key" in raw else None
+    extract = raw.get(stages[0].name, {})
+    if key and "path" not in extract:  # the default artifact path, per key value
+        path = f"{{stage}}/{{{key}}}/{{label}}.jsonl"
+        stages = (dataclasses.replace(stages[0], path=path), *stages[1:])
     keys, key_config = blocks_config.key_values(raw, settings, where)
     keys_sql = raw.get("keys_sql")
     if key is None and (keys or keys_sql):

@@ -33,7 +33,7 @@ def plan_entries(
     first_forced = min(i for i, s in enumerate(task.stages) if s.name in chosen) if request.force else None
     out = []
     for block in blocks:
-        for key in keys:
+        for key in sorted(keys):
             states = [
                 _state(existing.get((key, block.start, s.name)), s.name in chosen, request)
                 for s in task.stages
