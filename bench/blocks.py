@@ -66,7 +66,7 @@ callable = "sluicegate.socrata:upsert"
 [publish.config]
 url = "{portal}"
 dataset = "mds-trips"
-columns = ["trip_id", "provider_name", "vehicle_type", "trip_duration", "trip_distance", "start_time", "end_time"]
+columns = ["trip_id", "provider_name", "vehicle_type", "trip_duration", "start_time", "end_time"]
 """
 
 
@@ -97,7 +97,9 @@ def project(root: Path, db: str, mds: MdsDouble, portal: PortalDouble, batch: in
         f'[source]\nurl = "{db}"\n[destination]\nurl = "{root / "payloads"}"\n[defaults]\nbackoff = "0s"\n'
     )
     keys = "".join(f'[keys.{p}]\nurl = "{mds.base_url(p)}"\n' for p in PROVIDERS)
-    (root / "tasks" / "trips" / "task.toml").write_text(TASK.format(batch=batch, keys=keys, portal=portal.url))
+    (root / "tasks" / "trips" / "task.toml").write_text(
+        TASK.format(batch=batch, keys=keys, portal=portal.url)
+    )
     return root
 
 
@@ -107,9 +109,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         busy_mds, busy_portal = Busy(mds), Busy(portal)
         db = args.db or f"sqlite:///{Path(tmp) / 'mds.db'}"
         root = project(Path(tmp) / "proj", db, mds, portal, args.batch)
-        end = dt.datetime(2020, 3, 1) + dt.timedelta(hours=args.hours)
-        command = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-min", "2020-3-1-0",
-                   "--time-max", end.strftime("%Y-%m-%d-%H"), "--json"]  # fmt: skip
+        start = dt.datetime(2020, 3, 1, 6, tzinfo=dt.UTC)  # local midnight; UTC times: exactly `hours` blocks
+        end = start + dt.timedelta(hours=args.hours)
+        command = [
+            SLUICEGATE, "-C", str(root), "blocks", "trips",
+            "--time-min", start.isoformat(), "--time-max", end.isoformat(), "--json",
+        ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -121,17 +126,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         [summary] = json.loads(proc.stdout)
         stages = summary["stages"]
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        blocks = args.hours * len(PROVIDERS)
+        blocks = sum(s["stage"] == "extract" for s in stages)
         return {
-            "hours": args.hours, "providers": len(PROVIDERS), "trips_per_block": args.trips,
-            "page_size": args.page_size, "batch_size": args.batch, "db": "sqlite" if not args.db else "postgresql",
-            "blocks": blocks, "stage_runs": len(stages),
-            "done": sum(s["status"] == "done" for s in stages), "trips": len(portal.rows("mds-trips")),
-            "wall_s": round(wall, 2), "blocks_per_s": round(blocks / wall, 1),
-            "sluicegate_cpu_s": round(cpu, 2), "mds_busy_s": round(busy_mds.seconds, 2),
-            "mds_requests": busy_mds.calls, "portal_busy_s": round(busy_portal.seconds, 2),
+            "hours": args.hours,
+            "providers": len(PROVIDERS),
+            "trips_per_block": args.trips,
+            "page_size": args.page_size,
+            "batch_size": args.batch,
+            "db": "sqlite" if not args.db else "postgresql",
+            "blocks": blocks,
+            "stage_runs": len(stages),
+            "done": sum(s["status"] == "done" for s in stages),
+            "trips": len(portal.rows("mds-trips")),
+            "wall_s": round(wall, 2),
+            "blocks_per_s": round(blocks / wall, 1),
+            "sluicegate_cpu_s": round(cpu, 2),
+            "mds_busy_s": round(busy_mds.seconds, 2),
+            "mds_requests": busy_mds.calls,
+            "portal_busy_s": round(busy_portal.seconds, 2),
             "portal_requests": busy_portal.calls,
-        }  # fmt: skip
+        }
 
 
 def report(r: dict[str, Any]) -> str:
@@ -139,21 +153,36 @@ def report(r: dict[str, Any]) -> str:
     doubles = r["mds_busy_s"] + r["portal_busy_s"]
     rest = max(wall - r["sluicegate_cpu_s"] - doubles, 0.0)
     rows = [
-        ("blocks (hours x providers)", f"{r['blocks']:,} ({r['hours']} x {r['providers']}), {r['trips_per_block']} trips each"),
+        (
+            "blocks (hours x providers)",
+            f"{r['blocks']:,} ({r['hours']} x {r['providers']}), {r['trips_per_block']} trips each",
+        ),
         ("(block, stage) runs, done", f"{r['stage_runs']:,}, {r['done']:,}"),
         ("trips published", f"{r['trips']:,}"),
         ("wall time", f"{wall:.1f} s"),
         ("blocks per second (all three stages)", f"{r['blocks_per_s']:.1f}"),
-        ("sluicegate process CPU (user + sys)", f"{r['sluicegate_cpu_s']:.1f} s ({r['sluicegate_cpu_s'] / wall:.0%} of wall)"),
-        ("MDS double answering", f"{r['mds_busy_s']:.1f} s over {r['mds_requests']:,} requests ({r['mds_busy_s'] / wall:.0%})"),
-        ("portal double answering", f"{r['portal_busy_s']:.1f} s over {r['portal_requests']:,} requests ({r['portal_busy_s'] / wall:.0%})"),
+        (
+            "sluicegate process CPU (user + sys)",
+            f"{r['sluicegate_cpu_s']:.1f} s ({r['sluicegate_cpu_s'] / wall:.0%} of wall)",
+        ),
+        (
+            "MDS double answering",
+            f"{r['mds_busy_s']:.1f} s over {r['mds_requests']:,} requests ({r['mds_busy_s'] / wall:.0%})",
+        ),
+        (
+            "portal double answering",
+            f"{r['portal_busy_s']:.1f} s over {r['portal_requests']:,} requests "
+            f"({r['portal_busy_s'] / wall:.0%})",
+        ),
         ("the rest (database, files, loopback)", f"{rest:.1f} s ({rest / wall:.0%})"),
-    ]  # fmt: skip
+    ]
     return "\n".join(["| measure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hours", type=int, default=720, help="hour blocks per provider (default: a month)")
     parser.add_argument("--trips", type=int, default=100, help="trips per block")
     parser.add_argument("--page-size", type=int, default=50, help="trips per MDS page")

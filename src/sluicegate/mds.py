@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from . import httpclient
 from .exceptions import ConfigError, SourceUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
@@ -52,7 +53,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     headers = {"Accept": MDS_ACCEPT}
     if config.get("token"):
         headers["Authorization"] = f"Bearer {reveal(config['token'])}"
-    with httpx.Client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
+    with httpclient.client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
         next_url: str | None = url
         while next_url:
             body = get_page(client, next_url, params, config)

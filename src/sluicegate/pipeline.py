@@ -98,6 +98,17 @@ class Recorder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class UnitFailed:
+    """What a read function yields, as ``(index, UnitFailed(error))``, to fail one unit of a batch.
+
+    The unit's chunks so far are discarded and the failure is recorded; the other units of
+    the batch go on (a callable that fails for one block, not a query that fails for all).
+    """
+
+    error: SluicegateError
+
+
 Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
 Fault = Callable[[str], None]
 
@@ -260,6 +271,9 @@ class Pipeline:
 
     def _write(self, job: _Job, chunk: Any) -> None:
         if job.error is not None:
+            return
+        if isinstance(chunk, UnitFailed):
+            job.error = chunk.error
             return
         try:
             if job.writer is None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from . import httpclient
 from .exceptions import ConfigError, DestinationUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
@@ -49,7 +50,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     size = int(config.get("batch", 1000))
     counts = {"total": 0, "processed": 0, "errors": 0}
     rows = iter(records)
-    with httpx.Client(timeout=float(config.get("timeout", 60)), headers=headers, auth=auth) as client:
+    with httpclient.client(timeout=float(config.get("timeout", 60)), headers=headers, auth=auth) as client:
         while batch := list(itertools.islice(rows, size)):
             if columns:
                 batch = [{c: r.get(c) for c in columns} for r in batch]

@@ -27,7 +27,7 @@ from ..exceptions import (
 from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
-from ..pipeline import Outcome, Pipeline, Previous, WorkUnit
+from ..pipeline import Outcome, Pipeline, Previous, UnitFailed, WorkUnit
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..tables import TableSink, coerce
 from ..timeblocks import StageBlock, path_fields
@@ -210,7 +210,7 @@ class StageRunner:
         if stage.type == "extract":
             self._extract(stage, claims)
         elif stage.type == "publish" and stage.callable is None:
-            self._files(stage, claims, self._artifact_chunks(stage), _columns(stage), batch=False)
+            self._files(stage, claims, self._artifact_chunks(stage), _columns(stage))
         else:
             for claim in claims:
                 self._renew(claim)
@@ -228,10 +228,9 @@ class StageRunner:
                 claims,
                 lambda units: ctx.source.read(spec, [u.slice for u in units], columns, "rows"),
                 columns,
-                batch=True,
             )
         else:
-            self._files(stage, claims, self._callable_chunks(stage), [], batch=False)
+            self._files(stage, claims, self._callable_chunks(stage), [])
 
     def _files(
         self,
@@ -239,9 +238,8 @@ class StageRunner:
         claims: Sequence[StageClaim],
         read: Any,
         columns: Sequence[Column],
-        *,
-        batch: bool,
     ) -> None:
+        """Export the claims' files through the pipeline, one batch (a unit's failure is its own)."""
         ctx = self.context
         key = ctx.project.settings.fernet_key if stage.encrypt else None
         pipeline = Pipeline(
@@ -260,11 +258,7 @@ class StageRunner:
         with pipeline:
             units = [u for c in claims if (u := self._unit(stage, c, pipeline)) is not None]
             try:
-                if batch:  # one query for the batch
-                    pipeline.export(units)
-                else:  # one call per block: a failing block is retried alone, never its neighbours
-                    for unit in units:
-                        pipeline.export([unit], keep=8)
+                pipeline.export(units)
             finally:
                 pipeline.flush()
 
@@ -312,8 +306,8 @@ class StageRunner:
                 try:
                     records = fn(stage_block(self.task, claim), self.task.config_for(stage, claim.key_value))
                     yield from ((index, chunk) for chunk in _chunks(records, where))
-                except Exception as exc:
-                    raise callable_error(exc, where) from exc
+                except Exception as exc:  # this block fails; the batch's other blocks go on
+                    yield index, UnitFailed(callable_error(exc, where))
 
         return read
 
@@ -322,10 +316,13 @@ class StageRunner:
 
         def read(units: Sequence[WorkUnit]) -> Iterator[tuple[int, Any]]:
             for index, unit in enumerate(units):
-                records: Iterable[Any] = self.artifact(unit.handle)
-                if columns:
-                    records = (_row(r, columns, unit.key) for r in records)
-                yield from ((index, chunk) for chunk in _chunks(records, unit.key))
+                try:
+                    records: Iterable[Any] = self.artifact(unit.handle)
+                    if columns:
+                        records = (_row(r, columns, unit.key) for r in records)
+                    yield from ((index, chunk) for chunk in _chunks(records, unit.key))
+                except SluicegateError as exc:  # this block's artifact; the others go on
+                    yield index, UnitFailed(exc)
 
         return read
 
