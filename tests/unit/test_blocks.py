@@ -416,3 +416,44 @@ def test_config_error_before_anything_runs_is_exit_2(tmp_path: Path) -> None:
         load_project(
             make_project(tmp_path, task='kind = "blocks"\n[extract]\npath = "{label}.jsonl"\n')
         ).task("trips")
+
+
+SQL_TASK = """
+kind = "blocks"
+zone = "US/Central"
+key = "provider"
+keys_sql = "SELECT DISTINCT provider FROM rides"
+stages = ["extract", "publish"]
+[extract]
+time = "ended_at"
+path = "{stage}/{provider}/{label}.jsonl"
+[publish]
+path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
+format = "csv"
+columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
+"""
+
+
+def test_extract_from_sql_and_publish_to_a_csv_file(tmp_path: Path) -> None:
+    """The built-in extract (select.sql cut by the key and time columns) and file publish."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
+    rides = [(1, "lime", "2020-01-01T06:10:00Z"), (2, "lime", "2020-01-01T06:59:59Z"),
+             (3, "lime", "2020-01-01T07:00:00Z"), (4, "bird", "2020-01-01T06:30:00Z")]  # fmt: skip
+    conn.executemany("INSERT INTO rides VALUES (?, ?, ?)", rides)
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    result = blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2")  # 06:00Z-08:00Z
+    assert result.exit_code == 0, result.output
+    out = root / "out"
+    lime = list(read_records((out / "extract/lime/2020-01-01T01:00-06:00.jsonl").read_bytes()))
+    assert [r["ride"] for r in lime] == [1, 2]  # [start, end): 07:00:00 is the next block's
+    assert (out / "csv/lime/20200101T0100-0600.csv").read_text().splitlines()[1:] == [
+        "1,lime,2020-01-01T00:10:00-06:00",
+        "2,lime,2020-01-01T00:59:59-06:00",
+    ]
+    statuses = {(r[0], r[1], r[2]): r[3] for r in ledger_rows(root)}
+    assert statuses[("bird", "2020-01-01T02:00-06:00", "extract")] == "no_data"
+    assert statuses[("lime", "2020-01-01T02:00-06:00", "publish")] == "done"
+    assert len(statuses) == 2 * 2 * 2  # keys from keys_sql, two blocks, two stages
