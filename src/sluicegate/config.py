@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import validate
+from . import secrets, validate
 from .exceptions import ConfigError
 from .masking import mask_url
 from .specs import (
@@ -256,6 +256,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         log_level=str(defaults.get("log_level", "WARNING")).upper(),
         service=_service(raw.get("service", {}), f"{path} [service]"),
         fault=raw.get("testing", {}).get("fault") or None,
+        fernet_key=secrets.fernet_key(env),
+        fernet_key_name=secrets.fernet_key_name(env),
     )
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from . import capture, db
+from . import capture, db, timeblocks
 from .destinations import open_destination
 from .drivers import kind_module
 from .drivers.incremental import Task as IncrementalTask
@@ -23,6 +23,7 @@ from .masking import mask_url
 from .partitions import coerce_value
 from .sources import open_source
 from .specs import Project, TaskBase
+from .timeblocks import BlockRequest
 from .watermarks import ExportRequest
 
 
@@ -224,7 +225,7 @@ def _inbox_count(inbox: Ledger, task: str) -> int | None:
 
 def status_text(row: Mapping[str, Any]) -> str:
     """A status row of a kind without partitions as one line: ``entities 3, failed 0, ...``."""
-    skip = {"task", "kind", "failures", "error", "task_error", "task_error_at"}
+    skip = {"task", "kind", "failures", "error", "task_error", "task_error_at", "by_stage"}
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k not in skip and v is not None)
 
 
@@ -336,6 +337,60 @@ def request_from_options(
     )
 
 
+def blocks_task(project: Project, name: str) -> TaskBase:
+    """The blocks task called ``name``."""
+    task = project.task(name)
+    if task.kind != "blocks":
+        raise UsageError(f"task {name!r} is a {task.kind} task; this applies to blocks tasks only")
+    return task
+
+
+def blocks_request(
+    project: Project,
+    task: TaskBase,
+    *,
+    time_max: str,
+    time_min: str | None = None,
+    interval: int = 1,
+    key: str | None = None,
+    stages: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    force: bool = False,
+    incomplete_only: bool = False,
+) -> BlockRequest:
+    """A blocks request from atd-mds-style arguments: times as yyyy-mm-dd-hh (the task's zone) or ISO 8601.
+
+    The range is ``(time_min, time_max]``; without ``time_min`` it is ``interval`` hours back
+    from ``time_max``. ``key`` is ``NAME=VALUE`` (``provider=lime``) or a bare value.
+    """
+    zone = str(getattr(task, "zone", "UTC"))
+    high = timeblocks.parse_time(time_max, zone, "time_max")
+    low = None if time_min is None else timeblocks.parse_time(time_min, zone, "time_min")
+    low, high = timeblocks.request_range(high, time_min=low, interval=interval)
+    value = None
+    if key is not None:
+        name, sep, value = key.rpartition("=")
+        if sep and name != getattr(task, "key", None):
+            raise UsageError(
+                f"task {task.name} has no key {name!r}; its key is {getattr(task, 'key', None)!r}"
+            )
+    request = BlockRequest(
+        time_min=low,
+        time_max=high,
+        key_value=value,
+        stages=tuple(stages) or None,
+        skip=tuple(skip),
+        force=force,
+        incomplete_only=incomplete_only,
+    )
+    from .drivers import blocks
+
+    assert isinstance(task, blocks.Task)
+    blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
+    blocks.key_values(task, project.settings.source_url, request)
+    return request
+
+
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:
     """Every watermark of an incremental task."""
     task = incremental_task(project, task_name)
@@ -368,11 +423,39 @@ def get_run(project: Project, run_id: str) -> dict[str, Any] | None:
 def list_partitions(
     project: Project, task: TaskBase, *, state: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    """A page of a partitioned task's partitions with their state (none for other kinds)."""
+    """A page of a partitioned task's partitions (a blocks task's (block, stage) rows) with their state."""
+    if task.kind == "blocks":
+        with ledger_of(project) as ledger:
+            return [
+                block_row(r)
+                for r in ledger.blocks.list_rows(task.name, status=state, limit=limit, offset=offset)
+            ]
     if not isinstance(task, PartitionedTask):
         return []
     with ledger_of(project) as ledger:
         return ledger.partitions.list_partitions(task, state=state, limit=limit, offset=offset)
+
+
+def block_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A (block, stage) row in the shape of a partition: its name, keys, state, counts and file."""
+    name = " ".join(p for p in (row["key_value"], row["block"], row["stage"]) if p)
+    return {
+        "partition": name,
+        "keys": {"key": row["key_value"], "block": row["block"], "stage": row["stage"]},
+        "state": row["status"],
+        "attempts": row["attempts"],
+        "last_error": row["error"],
+        "path": row["artifact"],
+        "rows": row["records_processed"],
+        "bytes": row["bytes"],
+        "exported_at": row["finished_at"],
+        "window_start": row["block_start"],
+        "window_end": row["block_end"],
+        "stage": row["stage"],
+        "block": row["block"],
+        "records_total": row["records_total"],
+        "records_errors": row["records_errors"],
+    }
 
 
 def health(project: Project) -> dict[str, str]:

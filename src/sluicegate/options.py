@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .timeblocks import BlockRequest
     from .watermarks import ExportRequest
 
 MAX_ERRORS = 20  # unit errors listed in a task's summary
@@ -26,6 +27,7 @@ class RunOptions:
     request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
     redrive: bool = False  # incremental tasks: re-run only the recorded failures
     recorded: bool = False  # the caller (the HTTP service) already recorded this run on the ledger
+    blocks: BlockRequest | None = None  # blocks tasks: the range, key value and stages to run
 
 
 @dataclass(kw_only=True)
@@ -48,6 +50,7 @@ class TaskSummary:
     plan: list[dict[str, Any]] = field(default_factory=list)
     entities: list[dict[str, Any]] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # blocks tasks: each (block, stage) run
     run_id: str | None = None
     _failures: dict[str, str] = field(default_factory=dict, repr=False)
 

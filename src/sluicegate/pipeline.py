@@ -121,6 +121,17 @@ class Recorder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class UnitFailed:
+    """What a read function yields, as ``(index, UnitFailed(error))``, to fail one unit of a batch.
+
+    The unit's chunks so far are discarded and the failure is recorded; the other units of
+    the batch go on (a callable that fails for one block, not a query that fails for all).
+    """
+
+    error: SluicegateError
+
+
 Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
 Fault = Callable[[str], None]
 
@@ -188,6 +199,7 @@ class Pipeline:
         budget: Budget,
         lease: float,
         fault: Fault | None = None,
+        fernet_key: str | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -199,6 +211,7 @@ class Pipeline:
         self.budget = budget
         self.lease = lease
         self.fault = fault or (lambda point: None)
+        self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -289,10 +302,19 @@ class Pipeline:
     def _write(self, job: _Job, chunk: Any) -> None:
         if job.error is not None:
             return
+        if isinstance(chunk, UnitFailed):
+            job.error = chunk.error
+            return
         try:
             if job.writer is None:
                 job.staged = self.destination.stage(job.unit.path)
-                job.writer = open_writer(self.format, job.staged.file, self.columns, job.unit.slice.zone)
+                job.writer = open_writer(
+                    self.format,
+                    job.staged.file,
+                    self.columns,
+                    job.unit.slice.zone,
+                    fernet_key=self.fernet_key,
+                )
             job.writer.write(chunk, self.mode)
             self.fault("mid_write")
         except SluicegateError as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .exceptions import UsageError
 
-EXAMPLES = ("openaq",)
+EXAMPLES = ("openaq", "mds")
 
 
 def init_project(

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from .exceptions import ConfigError
 from .masking import mask_url
 
-FORMATS = ("csv", "csv.gz", "parquet")
+FORMATS = ("csv", "csv.gz", "parquet", "jsonl")
 Grain = Literal["day", "hour"]
 Boundary = Literal["start", "end"]
 CaptureMode = Literal["trigger", "scan", "explicit"]
@@ -69,6 +69,10 @@ class Settings:
     log_level: str = "WARNING"
     service: ServiceSettings = field(default_factory=ServiceSettings)
     fault: str | None = None  # [testing] fault: a named point where a test SIGKILLs the worker
+    # The Fernet key of encrypted configuration values and artifacts (SLUICEGATE_FERNET_KEY,
+    # or ATD_MDS_FERNET_KEY), and the variable it came from, for messages.
+    fernet_key: str | None = field(default=None, repr=False)
+    fernet_key_name: str = "SLUICEGATE_FERNET_KEY"
 
     @property
     def source_display(self) -> str:

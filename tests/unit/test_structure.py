@@ -16,6 +16,7 @@ import pytest
 import sluicegate
 from sluicegate.ledger import (
     ArchiveStore,
+    BlockStore,
     CaptureStore,
     PartitionStore,
     RunStore,
@@ -34,6 +35,7 @@ STORE_CLASSES: list[type[Store]] = [
     WatermarkStore,
     ArchiveStore,
     RunStore,
+    BlockStore,
 ]
 # Blocks that exist in one dialect only: SQLite adds columns with its own statements (PostgreSQL
 # uses ADD COLUMN IF NOT EXISTS in ensure_schema), and the archive lock of SQLite is a file lock.

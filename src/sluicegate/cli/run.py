@@ -6,7 +6,7 @@ import datetime as dt
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -159,6 +159,7 @@ def run_loop(
     every: float | None,
     as_json: bool,
     names: Sequence[str],
+    render: Callable[[list[TaskSummary], bool, bool], None] = render_run,
 ) -> None:
     stop = stop_on_signals() if every else None
     failed = config = False
@@ -167,7 +168,7 @@ def run_loop(
             summaries = run_with_progress(exporter, selected, options, stop, show=not as_json)
             failed = failed or not all(s.ok for s in summaries)
             config = config or any(s.config_error for s in summaries)
-            render_run(summaries, as_json, options.dry_run)
+            render(summaries, as_json, options.dry_run)
             if stop is None or stop.wait(every or 0):
                 break
     broken = [p for p in project.problems if not names or p.name in names]

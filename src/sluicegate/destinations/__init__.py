@@ -16,6 +16,8 @@ Contract of every :class:`Destination`:
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
+* ``read(path)`` returns the bytes published at ``path`` (an artifact a later stage reads);
+  a missing object is a TerminalError.
 * ``verify(path, size, sha256)`` raises DestinationUnavailable unless the published object
   at ``path`` has that size (and, where the store can tell, that SHA-256).
 * Every method raises only sluicegate errors: each destination translates its own
@@ -148,6 +150,10 @@ class Destination(Protocol):
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Raise DestinationUnavailable unless ``path`` holds exactly what was published."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The bytes published at ``path``; TerminalError when there are none."""
         ...
 
     def cleanup(self, older_than: float) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import fsspec
 
-from ..exceptions import DestinationUnavailable
+from ..exceptions import DestinationUnavailable, TerminalError
 from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
@@ -64,6 +64,17 @@ class FsspecDestination(SpooledUpload):
             return bool(self.fs.exists(full) and self.fs.size(full) == size)
         except OSError as exc:
             raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc}") from exc
+
+    def read(self, path: str) -> bytes:
+        """The published object's bytes."""
+        try:
+            return bytes(self.fs.cat_file(self._full(path)))
+        except FileNotFoundError:
+            raise TerminalError(
+                f"{self.display(path)} does not exist; run the stage that writes it"
+            ) from None
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc}") from exc
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """The object must exist with ``size`` bytes."""

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable
+from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, TerminalError
 from ..paths import shown
 from . import HashingWriter, Staged
 
@@ -212,6 +212,17 @@ class LocalDestination:
         with self._lock:
             self._dirty = True
             self._unsynced.add(target.parent)
+
+    def read(self, path: str) -> bytes:
+        """The published file's bytes."""
+        try:
+            return self._target(path).read_bytes()
+        except FileNotFoundError:
+            raise TerminalError(
+                f"{self.display(path)} does not exist; run the stage that writes it"
+            ) from None
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc.strerror}") from exc
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Read the file back and compare its size and SHA-256."""

@@ -258,6 +258,21 @@ class S3Destination(SpooledUpload):
                 raise
         return int(head["ContentLength"]) == size
 
+    def read(self, path: str) -> bytes:
+        """The object's bytes."""
+        key = self.key(path)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise TerminalError(
+                    f"{self.display(path)} does not exist; run the stage that writes it"
+                ) from None
+            with self._errors(key):
+                raise
+        with self._errors(key):
+            return bytes(body.read())
+
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Ask the store: the object must have ``size`` bytes (a PUT was checked by its SHA-256)."""
         if not self.exists(path, size):

@@ -1,4 +1,4 @@
-"""File formats: ``csv``, ``csv.gz`` and ``parquet``.
+"""File formats: ``csv``, ``csv.gz``, ``parquet`` and ``jsonl`` (JSON lines, optionally Fernet-encrypted).
 
 A :class:`Writer` follows the open / write / close lifecycle. It accepts the chunk kinds of
 its :class:`FormatSpec` ``modes`` (row tuples, pre-encoded CSV bytes, Arrow tables). Output
@@ -55,11 +55,23 @@ SPECS = {
         modes=("arrow", "rows"),
         content_type="application/vnd.apache.parquet",
     ),
+    "jsonl": FormatSpec(
+        name="jsonl", extension="jsonl", modes=("rows",), content_type="application/x-ndjson"
+    ),
 }
 
 
-def open_writer(fmt: str, out: Any, columns: Sequence[Column], zone: str | None) -> Writer:
-    """Open a writer for ``fmt`` onto the binary file-like ``out``, for ``columns`` in zone ``zone``."""
+def open_writer(
+    fmt: str, out: Any, columns: Sequence[Column], zone: str | None, *, fernet_key: str | None = None
+) -> Writer:
+    """Open a writer for ``fmt`` onto the binary file-like ``out``, for ``columns`` in zone ``zone``.
+
+    ``fernet_key`` (JSON lines only) encrypts the file.
+    """
+    if fmt == "jsonl":
+        from .jsonl import JsonlWriter
+
+        return JsonlWriter(out, columns, zone, fernet_key=fernet_key)
     if fmt == "parquet":
         from .parquet import ParquetWriter
 

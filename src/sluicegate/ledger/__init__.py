@@ -11,6 +11,7 @@ store                     what it holds                               SQL file
 ``ledger.watermarks``     watermarks of incremental tasks             ``watermarks.sql``
 ``ledger.archive``        runs of archive tasks, lock, witness        ``archive.sql``
 ``ledger.runs``           runs and schedule ticks                     ``runs.sql``
+``ledger.blocks``         (block, stage) rows of blocks tasks         ``blocks.sql``
 ========================  ==========================================  ======================
 
 Every SQL block is named after the store method that runs it. A new task kind adds its own
@@ -24,6 +25,7 @@ from typing import Any
 
 from .. import db
 from .archive import ArchiveBusy, ArchiveStore
+from .blocks import BlockStore, RangeQuery, StageClaim, StageResult
 from .capture import CaptureStore
 from .core import SCHEMA_VERSION, LedgerCore, SchemaStore, Store
 from .partitions import Claim, ExportResult, PartitionStore, TaskStatus
@@ -36,13 +38,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "ArchiveBusy",
     "ArchiveStore",
+    "BlockStore",
     "CaptureStore",
     "Claim",
     "ExportResult",
     "Ledger",
     "LedgerCore",
     "PartitionStore",
+    "RangeQuery",
     "RunStore",
+    "StageClaim",
+    "StageResult",
     "Store",
     "TaskStatus",
     "WatermarkClaim",
@@ -63,6 +69,7 @@ class Ledger:
         self.watermarks = WatermarkStore(self.core)
         self.archive = ArchiveStore(self.core)
         self.runs = RunStore(self.core)
+        self.blocks = BlockStore(self.core)
 
     @property
     def url(self) -> str:

@@ -77,8 +77,8 @@ class PartitionInfo(BaseModel):
     partition: str
     keys: dict[str, Any]
     state: str
-    version: int
-    exported_version: int
+    version: int = 0
+    exported_version: int = 0
     attempts: int
     last_error: str | None = None
     path: str | None = None
@@ -87,6 +87,11 @@ class PartitionInfo(BaseModel):
     exported_at: dt.datetime | None = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
+    # blocks tasks: one row per (block, stage)
+    stage: str | None = None
+    block: str | None = None
+    records_total: int | None = None
+    records_errors: int | None = None
 
 
 class Health(BaseModel):

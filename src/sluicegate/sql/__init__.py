@@ -14,7 +14,7 @@ from importlib import resources
 
 _BLOCK = re.compile(r"^-- ([a-z_]+) --\s*$", re.MULTILINE)
 DIALECTS = ("postgresql", "sqlite")
-STORES = ("schema", "partitions", "capture", "watermarks", "archive", "runs")
+STORES = ("schema", "partitions", "capture", "watermarks", "archive", "runs", "blocks")
 
 
 def parse(text: str) -> dict[str, str]:

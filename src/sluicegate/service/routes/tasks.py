@@ -53,11 +53,14 @@ def get_task(name: str, p: ProjectDep) -> TaskInfo:
 def list_partitions(
     name: str,
     p: ProjectDep,
-    state: Annotated[Literal["pending", "failed", "exported", "waiting", "claimed"] | None, Query()] = None,
+    state: Annotated[
+        Literal["pending", "failed", "exported", "waiting", "claimed", "running", "done", "no_data"] | None,
+        Query(),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[PartitionInfo]:
-    """A page of a partitioned task's partitions, optionally of one state."""
+    """A page of a task's partitions (a blocks task's (block, stage) rows), optionally of one state."""
     task = task_or_404(p, name)
     rows = operations.list_partitions(p, task, state=state, limit=limit, offset=offset)
     return [PartitionInfo(**r) for r in rows]

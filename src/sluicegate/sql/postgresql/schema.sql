@@ -124,7 +124,43 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
 -- version 8: the store's ETag of each partition's published object, so a write can be
 -- conditional on it (a zombie worker's late upload is refused by the store)
 ALTER TABLE {t}partitions ADD COLUMN IF NOT EXISTS etag text;
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '8')
+-- version 9: blocks tasks, one row per (task, key value, block, stage), created when a range is asked for
+CREATE TABLE IF NOT EXISTS {t}blocks (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    key_value text NOT NULL,
+    block_start timestamptz NOT NULL,
+    block_end timestamptz NOT NULL,
+    label text NOT NULL,
+    stage text NOT NULL,
+    position integer NOT NULL,
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'no_data', 'failed')),
+    claim_token uuid,
+    lease_until timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    forced boolean NOT NULL DEFAULT false,
+    records_total bigint,
+    records_processed bigint,
+    records_errors bigint,
+    error text,
+    artifact text,
+    bytes bigint,
+    checksum text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    CONSTRAINT blocks_task_key_block_stage_key UNIQUE (task, key_value, block_start, stage),
+    CONSTRAINT blocks_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL)),
+    CONSTRAINT blocks_running_is_claimed CHECK ((status = 'running') = (claim_token IS NOT NULL)),
+    CONSTRAINT blocks_window CHECK (block_start < block_end)
+);
+CREATE INDEX IF NOT EXISTS blocks_position_idx ON {t}blocks (task, key_value, block_start, position);
+CREATE INDEX IF NOT EXISTS blocks_queue_idx ON {t}blocks (task, block_end)
+    WHERE status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS blocks_claim_token_idx ON {t}blocks (claim_token) WHERE claim_token IS NOT NULL;
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '9')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --

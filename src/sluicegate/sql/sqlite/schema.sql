@@ -112,7 +112,43 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
     config INTEGER NOT NULL DEFAULT 0,
     at REAL NOT NULL
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '8');
+-- version 9: blocks tasks, one row per (task, key value, block, stage), created when a range is asked for
+CREATE TABLE IF NOT EXISTS {t}blocks (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    key_value TEXT NOT NULL,
+    block_start REAL NOT NULL,
+    block_end REAL NOT NULL,
+    label TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'no_data', 'failed')),
+    claim_token TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    records_total INTEGER,
+    records_processed INTEGER,
+    records_errors INTEGER,
+    error TEXT,
+    artifact TEXT,
+    bytes INTEGER,
+    checksum TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    UNIQUE (task, key_value, block_start, stage),
+    CHECK ((claim_token IS NULL) = (lease_until IS NULL)),
+    CHECK ((status = 'running') = (claim_token IS NOT NULL)),
+    CHECK (block_start < block_end)
+);
+CREATE INDEX IF NOT EXISTS {t}blocks_position_idx ON {t}blocks (task, key_value, block_start, position);
+CREATE INDEX IF NOT EXISTS {t}blocks_queue_idx ON {t}blocks (task, block_end)
+    WHERE status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS {t}blocks_claim_token_idx ON {t}blocks (claim_token) WHERE claim_token IS NOT NULL;
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '9');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).

@@ -1,0 +1,354 @@
+"""Blocks tasks: time blocks per key value, each through an ordered list of stages.
+
+A unit of work is one (block, stage): an hour (or day) block of one key value (a provider)
+and one stage of the task (extract, load, publish, ...). Rows are created on the ledger when
+a range is asked for (:class:`~sluicegate.timeblocks.BlockRequest`), never pre-filled. The
+driver claims runnable rows in batches (a stage is runnable once the previous stage of its
+block is ``done``), runs each stage over its claims (:mod:`.blocks_stages`) and records each
+outcome, fenced by the claim; a failed stage is retried with backoff up to ``max_attempts``
+without re-running the stages before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import db, validate
+from ..config import read_select
+from ..exceptions import ConfigError, SluicegateError, UsageError
+from ..ledger import Ledger, RangeQuery
+from ..options import Budget, RunOptions, TaskSummary
+from ..paths import check_template, render, template_fields
+from ..pipeline import Deadline
+from ..sources import Source
+from ..specs import Settings, TaskBase
+from ..tables import TableSink
+from ..taskfields import BASE_KEYS
+from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, check_distinct_paths, path_fields
+from . import Context, Progress, blocks_config
+from .blocks_config import StageSpec
+from .blocks_stages import StageRecorder, StageRunner, read_spec
+
+KEYS = (BASE_KEYS - {"format", "path"}) | {
+    "grain",
+    "zone",
+    "key",
+    "keys",
+    "keys_sql",
+    "stages",
+    "config",
+    "max_attempts",
+    "backoff",
+    "batch_size",
+}
+BLOCK_FIELDS = {"block", "start", "end", "label"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(TaskBase):
+    """Time blocks of a grain per key value, each through the task's stages in order."""
+
+    kind = "blocks"
+    grain: Grain = "hour"
+    zone: str = "UTC"
+    key: str | None = None
+    keys: tuple[str, ...] = ()
+    keys_sql: str | None = None
+    key_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    stages: tuple[StageSpec, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    max_attempts: int = 5
+    backoff: float = 30.0
+    batch_size: int = 50
+
+    def typed_key(self, value: str) -> Any:
+        """A key value as the source compares it (text: PostgreSQL casts an untyped parameter)."""
+        return value
+
+    def config_for(self, stage: StageSpec, key_value: str) -> dict[str, Any]:
+        """What a stage's callable is given, each over the one before: ``[config]``, the key value's
+        ``[keys.<value>]``, the stage's ``[<stage>.config]``, the key value's ``[keys.<value>.<stage>]``."""
+        names = {s.name for s in self.stages}
+        own = self.key_config.get(key_value, {})
+        per_stage = own.get(stage.name)
+        shared = {k: v for k, v in own.items() if not (k in names and isinstance(v, dict))}
+        return {**self.config, **shared, **stage.config, **(per_stage if isinstance(per_stage, dict) else {})}
+
+
+def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
+    """Read a blocks task's ``task.toml``."""
+    where = str(folder / "task.toml")
+    names = raw.get("stages", ["extract", "load", "publish"])
+    sections = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    validate.reject_unknown(raw, KEYS | sections, where)
+    stages = blocks_config.stages(raw, folder, settings, where)
+    key = validate.identifier(raw["key"], f"{where} key") if "key" in raw else None
+    extract = raw.get(stages[0].name, {})
+    if key and "path" not in extract:  # the default artifact path, per key value
+        path = f"{{stage}}/{{{key}}}/{{label}}.jsonl"
+        stages = (dataclasses.replace(stages[0], path=path), *stages[1:])
+    keys, key_config = blocks_config.key_values(raw, settings, where)
+    keys_sql = raw.get("keys_sql")
+    if key is None and (keys or keys_sql):
+        raise ConfigError(f'{where} key: name the key that keys are values of, e.g. key = "provider"')
+    if key is not None and bool(keys) == bool(keys_sql):
+        raise ConfigError(
+            f'{where} keys: give the values of {key} as keys = [...] or keys_sql = "SELECT ..."'
+        )
+    schedule, schedule_zone = validate.schedule(raw, where)
+    task = Task(
+        name=name,
+        folder=folder,
+        format="jsonl",
+        path=stages[0].path or "",
+        select_sql=read_select(folder) if (folder / "select.sql").is_file() else "",
+        description=str(raw.get("description", "")),
+        schedule=schedule,
+        schedule_zone=schedule_zone,
+        grain=validate.choice(raw.get("grain", "hour"), GRAINS, f"{where} grain"),  # type: ignore[arg-type]
+        zone=validate.zone_name(raw.get("zone", "UTC"), f"{where} zone"),
+        key=key,
+        keys=keys,
+        keys_sql=str(keys_sql) if keys_sql else None,
+        key_config=key_config,
+        stages=stages,
+        config=blocks_config.resolve_values(raw.get("config", {}), settings, f"{where} config"),
+        max_attempts=validate.whole_number(
+            raw.get("max_attempts", settings.max_attempts), f"{where} max_attempts"
+        ),
+        backoff=validate.parse_duration(raw.get("backoff", settings.backoff), where=f"{where} backoff"),
+        batch_size=validate.whole_number(raw.get("batch_size", 50), f"{where} batch_size"),
+    )
+    for stage in stages:
+        if stage.path is not None:
+            _check_path(task, stage, where)
+    return task
+
+
+def _check_path(task: Task, stage: StageSpec, where: str) -> None:
+    """The stage's path template: known fields, the key, a block field, a distinct path per block."""
+    folder = task.folder
+    allowed = BLOCK_FIELDS | {"task", "stage", "format", "ext"} | ({task.key} if task.key else set())
+    assert stage.path is not None
+    check_template(
+        stage.path, folder, allowed=allowed, required=[task.key] if task.key else [], what="block field"
+    )
+    if not template_fields(stage.path) & BLOCK_FIELDS:
+        raise ConfigError(
+            f"{where} [{stage.name}] path: the template uses no block field ({{block}}, {{label}}, "
+            "{start} or {end}), so every block's file would share a name"
+        )
+
+    def rendered(block: Block) -> str:
+        fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
+        return render(stage.path or "", fields | {"format": stage.format, "ext": stage.format})
+
+    check_distinct_paths(rendered, zone=task.zone, grain=task.grain, where=f"{where} [{stage.name}] path")
+
+
+def chosen_stages(task: Task, request: BlockRequest | None) -> list[StageSpec]:
+    """The stages a request runs: ``stages`` (all by default) less ``skip``."""
+    names = [s.name for s in task.stages]
+    wanted = request.stages if request and request.stages else names
+    for name in wanted:
+        if name not in names:
+            raise UsageError(
+                f"{name!r} is not a stage of task {task.name}; its stages are {', '.join(names)}"
+            )
+    skip = request.skip if request else ()
+    chosen = [s for s in task.stages if s.name in wanted and s.name not in skip]
+    if not chosen:
+        raise UsageError(f"no stage of task {task.name} is left to run; its stages are {', '.join(names)}")
+    return chosen
+
+
+def key_values(task: Task, source_url: str, request: BlockRequest | None) -> list[str]:
+    """The key values a request covers: the task's (or its ``keys_sql``'s), or the one asked for."""
+    if task.key is None:
+        if request and request.key_value:
+            raise UsageError(f"task {task.name} has no key; run it without a key value")
+        return [""]
+    values = list(task.keys) if task.keys else _query_keys(source_url, task.keys_sql or "")
+    if request and request.key_value is not None:
+        if request.key_value not in values:
+            known = ", ".join(values[:20]) or "none"
+            raise UsageError(
+                f"{task.key} {request.key_value!r} is not a key value of task {task.name}; known: {known}"
+            )
+        return [request.key_value]
+    return values
+
+
+def _query_keys(url: str, sql: str) -> list[str]:
+    conn = db.connect(url)
+    try:
+        with db.wrap_errors(url):
+            rows = conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+    return sorted({str(row[0]) for row in rows if row[0] is not None})
+
+
+def range_of(task: Task, request: BlockRequest | None) -> RangeQuery:
+    """What the ledger calls of a run are about (every block of the task without a request)."""
+    if request is None:
+        return RangeQuery(task=task.name, key_value=None, time_min=None, time_max=None)
+    return RangeQuery(
+        task=task.name, key_value=request.key_value, time_min=request.time_min, time_max=request.time_max
+    )
+
+
+class Driver:
+    """Runs blocks tasks: creates the asked range's rows, then claims and runs stages until none is left."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
+        """Each (block, stage) the request would run now, and why; nothing is written."""
+        request = options.blocks
+        if request is None:
+            return
+        from .blocks_plan import plan_entries
+
+        chosen = chosen_stages(task, request)
+        keys = key_values(task, self.context.project.settings.source_url, request)
+        blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+        rows = self.context.ledger.blocks.rows(range_of(task, request))
+        summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
+
+    def run(
+        self,
+        task: Task,
+        options: RunOptions,
+        *,
+        summary: TaskSummary,
+        budget: Budget,
+        limit: int | None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Run every runnable (block, stage) of the request (or of the ledger); return how many ran."""
+        ctx, settings = self.context, self.context.project.settings
+        request, store = options.blocks, ctx.ledger.blocks
+        chosen = chosen_stages(task, request)
+        where = range_of(task, request)
+        if request is not None:
+            keys = key_values(task, settings.source_url, request)
+            blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+            store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
+            if request.force:
+                store.reset(where, position=min(task.stages.index(s) for s in chosen))
+            if request.incomplete_only:
+                store.unpark(where, stages=[s.name for s in chosen])
+        recorder = StageRecorder(task, store, settings.lease, summary)
+        runner = StageRunner(ctx, task, recorder, budget)
+        claimed = 0
+        try:
+            while not (stop is not None and stop.is_set()) and (limit is None or claimed < limit):
+                claims = store.claim(
+                    where,
+                    stages=[s.name for s in chosen],
+                    zone=task.zone,
+                    grain=task.grain,
+                    limit=min(task.batch_size, limit - claimed) if limit else task.batch_size,
+                    lease=settings.lease,
+                )
+                if not claims:
+                    break
+                claimed += len(claims)
+                if not self._batch(task, runner, claims):
+                    break
+                if progress is not None:
+                    progress(summary, len(claims))
+        finally:
+            runner.close()
+        return claimed
+
+    def _batch(self, task: Task, runner: StageRunner, claims: Sequence[Any]) -> bool:
+        """Run a batch, stage by stage; False when the time budget ran out."""
+        try:
+            for stage in task.stages:
+                group = [c for c in claims if c.stage == stage.name]
+                if group:
+                    runner.run(stage, group)
+            return True
+        except Deadline:
+            return False
+        finally:  # anything not recorded (the budget ran out) goes back without an attempt
+            self.context.ledger.blocks.release(claims[0].token)
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Problems of a blocks task against the live databases: its select, key query and load tables."""
+    problems = []
+    toml = task.folder / "task.toml"
+    extract = task.stages[0]
+    if extract.time is not None:
+        try:
+            columns = {c.name for c in source.describe(read_spec(task, extract))}
+        except SluicegateError as exc:
+            columns, problems = set(), [str(exc)]
+        wanted = [("time", extract.time)] + ([("key", task.key)] if task.key else [])
+        problems += [
+            f"{toml} {f}: {n!r} is not a column of select.sql's result"
+            for f, n in wanted
+            if columns and n not in columns
+        ]
+    if task.keys_sql:
+        try:
+            _query_keys(source.url, task.keys_sql)
+        except SluicegateError as exc:
+            problems.append(f"{toml} keys_sql: {exc}")
+    for stage in task.stages:
+        if stage.table is not None and stage.url is not None and not stage.table.create:
+            try:
+                with TableSink(stage.url, stage.table) as sink:
+                    problems += [f"{toml} [{stage.name}] {p}" for p in sink.check()]
+            except SluicegateError as exc:
+                problems.append(f"{toml} [{stage.name}] url: {exc}")
+    return problems
+
+
+def status(task: Task, ledger: Ledger) -> dict[str, Any]:
+    """Blocks per stage and status, and the parked (block, stage) rows with their errors."""
+    counts = ledger.blocks.counts(task.name)
+    blocks = sum(v for k, v in next(iter(counts.values()), {}).items() if k != "record_errors")
+    parts = []
+    for stage, row in counts.items():
+        text = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in row.items() if n and s != "record_errors")
+        errors = f", {row['record_errors']} records rejected" if row["record_errors"] else ""
+        parts.append(f"{stage}: {text or 'none'}{errors}")
+    return {
+        "task": task.name,
+        "kind": "blocks",
+        "blocks": blocks,
+        "stages": "; ".join(parts) or "no blocks yet",
+        "failed": sum(row["failed"] for row in counts.values()),
+        "by_stage": counts,
+        "failures": [
+            {
+                "partition": " ".join(p for p in (f["key_value"], f["block"], f["stage"]) if p),
+                "attempts": f["attempts"],
+                "error": f["error"],
+            }
+            for f in ledger.blocks.failures(task.name)
+        ],
+    }
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """The key, grain, zone and stages, for ``sluicegate tasks``."""
+    return {
+        "keys": [task.key] if task.key else [],
+        "time": None,
+        "capture": "blocks",
+        "grain": task.grain,
+        "zone": task.zone,
+        "stages": [s.name for s in task.stages],
+    }

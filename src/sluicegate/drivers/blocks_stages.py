@@ -1,0 +1,432 @@
+"""Running the stages of claimed blocks, and recording each outcome on the ledger.
+
+Stages that write files go through the :class:`~sluicegate.pipeline.Pipeline`: ``extract``
+(one work unit per claimed block, its records from ``select.sql`` or a callable, written as
+a JSON lines artifact, optionally Fernet-encrypted) and ``publish`` to a file (the
+artifact's records in any format sluicegate writes). Stages that write elsewhere run block
+by block: ``load`` (an upsert into a table through :mod:`sluicegate.tables`, one
+transaction per block) and callables (``fn(block, records, config)``, e.g. an open-data
+portal's upsert). Every outcome is recorded through one :class:`StageRecorder`: fenced by
+the claim token, ``done`` or ``no_data`` with counts, or a failure with backoff or parking.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import paths
+from ..exceptions import (
+    DataError,
+    SluicegateError,
+    SourceUnavailable,
+    TerminalError,
+    is_transient,
+)
+from ..formats.jsonl import read_records
+from ..ledger import BlockStore, StageClaim, StageResult
+from ..options import Budget, TaskSummary
+from ..pipeline import Outcome, Pipeline, Place, Previous, UnitFailed, WorkUnit
+from ..sources import Column, ColumnKind, ReadSpec, Slice
+from ..tables import TableSink, coerce
+from ..timeblocks import StageBlock, path_fields
+from . import Context
+from .blocks_config import StageSpec, import_callable
+
+if TYPE_CHECKING:
+    from .blocks import Task
+
+CHUNK = 1000  # records per chunk handed to a writer
+# The file column kind of each declared kind (tables.KINDS).
+COLUMN_KIND: dict[str, ColumnKind] = {
+    "text": "text",
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "json": "text",
+    "timestamptz": "timestamptz",
+    "epoch_ms": "timestamptz",
+}
+
+
+def read_spec(task: Task, stage: StageSpec) -> ReadSpec:
+    """How select.sql is cut into blocks: by the key column and the ``time`` column, ``[start, end)``."""
+    return ReadSpec(
+        select_sql=task.select_sql,
+        folder=task.folder,
+        keys=(task.key,) if task.key else (),
+        time_column=stage.time,
+    )
+
+
+def unit_key(claim: StageClaim) -> str:
+    """A (block, stage) in messages and summaries: ``lime 2020-01-01T01:00-06:00 extract``."""
+    return " ".join(p for p in (claim.key_value, claim.block.label, claim.stage) if p)
+
+
+def stage_block(task: Task, claim: StageClaim) -> StageBlock:
+    """What a callable is told about the block it works on."""
+    return StageBlock(
+        task=task.name,
+        stage=claim.stage,
+        key=task.key,
+        key_value=claim.key_value,
+        block=claim.block,
+        attempt=claim.attempts,
+    )
+
+
+def callable_error(exc: Exception, where: str) -> SluicegateError:
+    """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else)."""
+    if isinstance(exc, SluicegateError):
+        return exc
+    module = type(exc).__module__
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        if status >= 500 or status in (408, 429):
+            return SourceUnavailable(f"{where}: HTTP {status}; will retry")
+        return TerminalError(f"{where}: HTTP {status}: {exc}")
+    if module.startswith(("httpx", "httpcore")) or isinstance(exc, OSError | TimeoutError):
+        return SourceUnavailable(f"{where}: {type(exc).__name__}: {exc}; will retry")
+    return TerminalError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+class StageRecorder:
+    """Records (block, stage) outcomes: the pipeline's recorder, and the per-block stages'."""
+
+    def __init__(self, task: Task, store: BlockStore, lease: float, summary: TaskSummary) -> None:
+        self.task = task
+        self.store = store
+        self.lease = lease
+        self.summary = summary
+
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Put the files in place, then record them: ``done`` with the file, or ``no_data``.
+
+        A stage's artifact path names its block and stage, and a block's extract is a closed
+        time range, so two exporters of one (block, stage) write the same records: the files
+        are placed before the claims are checked (as for incremental windows).
+        """
+        place(outcomes)
+        return [
+            self.record(
+                StageResult(
+                    claim=o.unit.handle,
+                    status="done" if o.rows else "no_data",
+                    total=o.rows,
+                    processed=o.rows,
+                    artifact=o.path,
+                    bytes=o.nbytes if o.path else None,
+                    checksum=o.checksum,
+                )
+            )
+            for o in outcomes
+        ]
+
+    def record(self, result: StageResult) -> bool:
+        """Record a finished stage, fenced by its claim; False when the lease was lost."""
+        done = self.store.commit(result)
+        self._entry(
+            result.claim,
+            result.status if done else "lost",
+            result.total,
+            result.processed,
+            result.errors,
+            result.artifact,
+            result.error,
+        )
+        return done
+
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
+        """Record a failed unit of the pipeline."""
+        self.fail_claim(unit.handle, error)
+
+    def fail_claim(
+        self, claim: StageClaim, error: SluicegateError, counts: tuple[int, int, int] | None = None
+    ) -> None:
+        """Retry later with backoff, or park (terminal, or out of attempts)."""
+        terminal = not is_transient(error)
+        self.store.fail(
+            claim,
+            error=str(error),
+            terminal=terminal,
+            max_attempts=self.task.max_attempts,
+            backoff=self.task.backoff,
+            counts=counts,
+        )
+        total, processed, errors = counts or (0, 0, 0)
+        self._entry(claim, "failed", total, processed, errors, None, str(error))
+
+    def renew(self, tokens: Collection[str]) -> None:
+        """Extend the leases of the claims in hand."""
+        for token in tokens:
+            self.store.renew(token, lease=self.lease)
+
+    def release(self, tokens: Collection[str]) -> int:
+        """Give back what is still held, without an attempt."""
+        return sum(self.store.release(token) for token in tokens)
+
+    def _entry(
+        self,
+        claim: StageClaim,
+        status: str,
+        total: int,
+        processed: int,
+        errors: int,
+        artifact: str | None,
+        error: str | None,
+    ) -> None:
+        self.summary.stages.append(
+            {
+                "key": claim.key_value,
+                "block": claim.block.label,
+                "stage": claim.stage,
+                "status": status,
+                "records": total,
+                "processed": processed,
+                "errors": errors,
+                "artifact": artifact,
+                **({"error": error} if error else {}),
+            }
+        )
+
+
+class StageRunner:
+    """Runs one stage over a group of claims of one batch."""
+
+    def __init__(self, context: Context, task: Task, recorder: StageRecorder, budget: Budget) -> None:
+        self.context = context
+        self.task = task
+        self.recorder = recorder
+        self.summary = recorder.summary
+        self.budget = budget
+        self.lease = context.project.settings.lease
+        self._sinks: dict[str, TableSink] = {}
+        self._renewed = time.monotonic()
+
+    def close(self) -> None:
+        """Close the table connections opened for loads."""
+        for sink in self._sinks.values():
+            sink.close()
+        self._sinks.clear()
+
+    def run(self, stage: StageSpec, claims: Sequence[StageClaim]) -> None:
+        """Run ``stage`` for ``claims`` (raises Deadline when the time budget ran out)."""
+        if stage.type == "extract":
+            self._extract(stage, claims)
+        elif stage.type == "publish" and stage.callable is None:
+            self._files(stage, claims, self._artifact_chunks(stage), _columns(stage))
+        else:
+            for claim in claims:
+                self._renew(claim)
+                self._per_block(stage, claim)
+
+    # ------------------------------------------------------------------ through the pipeline
+
+    def _extract(self, stage: StageSpec, claims: Sequence[StageClaim]) -> None:
+        ctx = self.context
+        if stage.callable is None:
+            spec = read_spec(self.task, stage)
+            columns = ctx.columns(self.task, spec)
+            self._files(
+                stage,
+                claims,
+                lambda units: ctx.source.read(spec, [u.slice for u in units], columns, "rows"),
+                columns,
+            )
+        else:
+            self._files(stage, claims, self._callable_chunks(stage), [])
+
+    def _files(
+        self,
+        stage: StageSpec,
+        claims: Sequence[StageClaim],
+        read: Any,
+        columns: Sequence[Column],
+    ) -> None:
+        """Export the claims' files through the pipeline, one batch (a unit's failure is its own)."""
+        ctx = self.context
+        key = ctx.project.settings.fernet_key if stage.encrypt else None
+        pipeline = Pipeline(
+            read=read,
+            format=stage.format,
+            columns=columns,
+            mode="rows",
+            destination=ctx.destination,
+            recorder=self.recorder,
+            summary=self.summary,
+            budget=self.budget,
+            lease=self.lease,
+            fault=ctx.fault,
+            fernet_key=key,
+        )
+        with pipeline:
+            units = [u for c in claims if (u := self._unit(stage, c, pipeline)) is not None]
+            try:
+                pipeline.export(units)
+            finally:
+                pipeline.flush()
+
+    def _unit(self, stage: StageSpec, claim: StageClaim, pipeline: Pipeline) -> WorkUnit | None:
+        value = self.task.typed_key(claim.key_value)
+        piece = Slice(
+            keys=(value,) if self.task.key else (),
+            start=claim.block.start,
+            end=claim.block.end,
+            zone=self.task.zone,
+        )
+        unit = WorkUnit(key=unit_key(claim), slice=piece, path="", token=claim.token, handle=claim)
+        try:
+            path = self.path(stage, claim)
+            self.context.destination.check_path(path)
+        except SluicegateError as exc:
+            pipeline.fail(unit, exc)
+            return None
+        previous = Previous(path=claim.prev_artifact, checksum=claim.prev_checksum)
+        return WorkUnit(
+            key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim
+        )
+
+    def path(self, stage: StageSpec, claim: StageClaim) -> str:
+        """The rendered path of a stage's file for a block."""
+        assert stage.path is not None
+        fields = path_fields(
+            task=self.task.name,
+            stage=stage.name,
+            key=self.task.key,
+            key_value=claim.key_value,
+            block=claim.block,
+        )
+        fields |= {"format": stage.format, "ext": stage.format}
+        return paths.render(stage.path, fields, checked=[self.task.key] if self.task.key else [])
+
+    def _callable_chunks(self, stage: StageSpec) -> Any:
+        assert stage.callable is not None
+        fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
+
+        def read(units: Sequence[WorkUnit]) -> Iterator[tuple[int, Any]]:
+            for index, unit in enumerate(units):
+                claim: StageClaim = unit.handle
+                where = f"{stage.callable} for {unit_key(claim)}"
+                try:
+                    records = fn(stage_block(self.task, claim), self.task.config_for(stage, claim.key_value))
+                    yield from ((index, chunk) for chunk in _chunks(records, where))
+                except Exception as exc:  # this block fails; the batch's other blocks go on
+                    yield index, UnitFailed(callable_error(exc, where))
+
+        return read
+
+    def _artifact_chunks(self, stage: StageSpec) -> Any:
+        columns = stage.columns
+
+        def read(units: Sequence[WorkUnit]) -> Iterator[tuple[int, Any]]:
+            for index, unit in enumerate(units):
+                try:
+                    records: Iterable[Any] = self.artifact(unit.handle)
+                    if columns:
+                        records = (_row(r, columns, unit.key) for r in records)
+                    yield from ((index, chunk) for chunk in _chunks(records, unit.key))
+                except SluicegateError as exc:  # this block's artifact; the others go on
+                    yield index, UnitFailed(exc)
+
+        return read
+
+    # ------------------------------------------------------------------ block by block
+
+    def artifact(self, claim: StageClaim) -> Iterator[dict[str, Any]]:
+        """The records the extract stage wrote for the block of ``claim``."""
+        extract = self.task.stages[0]
+        path = self.path(extract, claim)
+        key = self.context.project.settings.fernet_key if extract.encrypt else None
+        data = self.context.destination.read(path)
+        return read_records(data, fernet_key=key, where=self.context.destination.display(path))
+
+    def _per_block(self, stage: StageSpec, claim: StageClaim) -> None:
+        key = unit_key(claim)
+        try:
+            total, processed, errors, messages, artifact = self._write(stage, claim)
+        except Exception as exc:
+            error = callable_error(exc, f"{stage.callable or stage.name} for {key}")
+            self.recorder.fail_claim(claim, error)
+            self.summary.note_failure(key, str(error))
+            return
+        counts = (total, processed, errors)
+        if total and errors >= total:
+            error = DataError(
+                f"all {total} records were rejected: {'; '.join(messages) or 'no reason given'}"
+            )
+            self.recorder.fail_claim(claim, error, counts)
+            self.summary.note_failure(key, str(error))
+            return
+        result = StageResult(
+            claim=claim,
+            status="done" if total else "no_data",
+            total=total,
+            processed=processed,
+            errors=errors,
+            artifact=artifact,
+            error="; ".join(messages)[:2000] or None,
+        )
+        if self.recorder.record(result):
+            self.summary.note_success(key)
+            self.summary.rows += processed
+        else:
+            self.summary.lost += 1
+
+    def _write(self, stage: StageSpec, claim: StageClaim) -> tuple[int, int, int, list[str], str | None]:
+        records = self.artifact(claim)
+        if stage.callable is not None:
+            fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
+            counts = fn(stage_block(self.task, claim), records, self.task.config_for(stage, claim.key_value))
+            return (*_counts(counts, stage.callable), [], stage.callable)
+        assert stage.table is not None and stage.url is not None
+        sink = self._sinks.get(stage.name)
+        if sink is None:
+            sink = self._sinks[stage.name] = TableSink(stage.url, stage.table)
+        result = sink.upsert(records)
+        return result.total, result.processed, result.errors, result.messages, stage.table.table
+
+    def _renew(self, claim: StageClaim) -> None:
+        if time.monotonic() - self._renewed > self.lease / 3:
+            self.recorder.renew([claim.token])
+            self._renewed = time.monotonic()
+
+
+def _chunks(records: Iterable[Any], where: str) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for record in records:
+        if not isinstance(record, dict | tuple):
+            raise DataError(f"{where} gave a {type(record).__name__}, not a record (a dict)")
+        chunk.append(record)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _columns(stage: StageSpec) -> list[Column]:
+    return [Column(name=name, kind=COLUMN_KIND[kind]) for name, kind in stage.columns]
+
+
+def _row(record: dict[str, Any], columns: Sequence[tuple[str, str]], where: str) -> tuple[Any, ...]:
+    try:
+        return tuple(coerce(record.get(name), kind) for name, kind in columns)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{where}: a record does not fit the declared columns: {exc}") from None
+
+
+def _counts(counts: Any, where: str) -> tuple[int, int, int]:
+    """``(total, processed, errors)`` from what a callable returned (a mapping of counts)."""
+    if not isinstance(counts, Mapping):
+        raise TerminalError(f"{where} returned {type(counts).__name__}, not counts such as {{'total': 10}}")
+    try:
+        total = int(counts["total"])
+        errors = int(counts.get("errors", 0))
+        processed = int(counts.get("processed", total - errors))
+    except (KeyError, TypeError, ValueError):
+        raise TerminalError(
+            f"{where} must return counts such as {{'total': 10, 'processed': 9, 'errors': 1}}"
+        ) from None
+    return total, processed, errors

@@ -1,0 +1,304 @@
+"""Blocks of blocks tasks: one row per (task, key value, block, stage) with status, claim and counts.
+
+The rules it enforces, in single SQL statements (``sql/<dialect>/blocks.sql``):
+
+* rows are created when a range is asked for (``ensure``: insert, or keep what is there);
+  nothing is pre-filled;
+* a claim takes pending rows (or rows whose lease expired, counting an attempt) whose
+  previous stage of the same block is ``done``, under a fresh token and a lease
+  (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite): two runs never
+  hold the same (block, stage);
+* a commit (``done`` or ``no_data``) and a failure are fenced by the claim token, so a
+  worker whose lease was taken over records nothing; ``no_data`` also completes the later
+  stages of its block in the same transaction;
+* a failure goes back to ``pending`` with exponential backoff, or is parked as ``failed``
+  when terminal or out of attempts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import db
+from ..timeblocks import Block
+from .core import Store
+
+STATUSES = ("pending", "running", "done", "no_data", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageClaim:
+    """One (block, stage) held by this worker until ``commit``, ``fail`` or ``release``."""
+
+    id: int
+    task: str
+    key_value: str
+    block: Block
+    stage: str
+    position: int
+    attempts: int
+    forced: bool
+    token: str
+    prev_artifact: str | None
+    prev_checksum: str | None
+
+    @property
+    def reason(self) -> str:
+        """Why it runs: new, retry, forced."""
+        if self.forced:
+            return "forced"
+        return "retry" if self.attempts > 0 else "new"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResult:
+    """What a finished stage records: its status (done or no_data), counts and artifact."""
+
+    claim: StageClaim
+    status: str  # "done" or "no_data"
+    total: int = 0
+    processed: int = 0
+    errors: int = 0
+    artifact: str | None = None
+    bytes: int | None = None
+    checksum: str | None = None
+    error: str | None = None  # a done stage with some rejected records keeps their first error
+
+
+@dataclass(frozen=True, kw_only=True)
+class RangeQuery:
+    """Which rows a call is about: a task, optionally one key value, blocks ending in (time_min, time_max]."""
+
+    task: str
+    key_value: str | None
+    time_min: dt.datetime | None
+    time_max: dt.datetime | None
+
+
+class BlockStore(Store):
+    """Creating, claiming, committing and failing (block, stage) rows."""
+
+    SQL = "blocks"
+
+    def ensure(
+        self, task: str, key_values: Sequence[str], blocks: Sequence[Block], stages: Sequence[str]
+    ) -> int:
+        """Create the missing rows of ``blocks`` x ``key_values`` x ``stages``; return how many were asked."""
+        rows = [
+            self.core.params(
+                task=task,
+                key_value=key,
+                block_start=self.core.ts(block.start),
+                block_end=self.core.ts(block.end),
+                label=block.label,
+                stage=stage,
+                position=position,
+            )
+            for block in blocks
+            for key in sorted(key_values)
+            for position, stage in enumerate(stages)
+        ]
+        statement = self.q["ensure"]
+
+        def insert(chunk: list[dict[str, Any]]) -> None:
+            self.core.in_transaction(lambda cur: cur.executemany(statement, chunk))
+
+        for at in range(0, len(rows), 2000):  # short transactions: claims of other runs go on
+            insert(rows[at : at + 2000])
+        return len(rows)
+
+    def claim(
+        self, where: RangeQuery, *, stages: Sequence[str], zone: str, grain: Any, limit: int, lease: float
+    ) -> list[StageClaim]:
+        """Claim up to ``limit`` runnable (block, stage) rows, oldest block first."""
+        token = uuid.uuid4()
+        params = self.core.params(
+            **self._range(where), stages=self._stages(stages), limit=limit, lease=lease, token=token
+        )
+        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+        claims = [
+            StageClaim(
+                id=int(rid),
+                task=where.task,
+                key_value=key,
+                stage=stage,
+                position=int(position),
+                block=Block(start=self._ts(start), end=self._ts(end), zone=zone, grain=grain),
+                attempts=int(attempts),
+                forced=bool(forced),
+                token=str(token),
+                prev_artifact=artifact,
+                prev_checksum=checksum,
+            )
+            for rid, key, start, end, stage, position, attempts, forced, artifact, checksum in rows
+        ]
+        return sorted(claims, key=lambda c: (c.block.start, c.key_value, c.position))
+
+    def renew(self, token: str, *, lease: float) -> int:
+        """Extend the lease of the rows still held under ``token``; return how many."""
+        return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
+
+    def commit(self, result: StageResult) -> bool:
+        """Record a finished stage (with ``no_data``, the block's later stages too); False: claim lost."""
+        claim = result.claim
+
+        def body(cur: Any) -> bool:
+            self._run(
+                "commit",
+                cur,
+                id=claim.id,
+                token=uuid.UUID(claim.token),
+                status=result.status,
+                error=result.error,
+                total=result.total,
+                processed=result.processed,
+                errors=result.errors,
+                artifact=result.artifact,
+                bytes=result.bytes,
+                checksum=result.checksum,
+            )
+            if cur.rowcount != 1:
+                return False
+            if result.status == "no_data":
+                self.complete(claim, cur)
+            return True
+
+        return bool(self.core.in_transaction(body))
+
+    def complete(self, claim: StageClaim, cur: Any) -> None:
+        """Mark the stages after ``claim`` in its block ``no_data`` (inside the commit's transaction)."""
+        self._run(
+            "complete",
+            cur,
+            task=claim.task,
+            key_value=claim.key_value,
+            block_start=self.core.ts(claim.block.start),
+            position=claim.position,
+        )
+
+    def fail(
+        self,
+        claim: StageClaim,
+        *,
+        error: str,
+        terminal: bool,
+        max_attempts: int,
+        backoff: float,
+        counts: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Give ``claim`` back after an error (backoff), or park it; ``counts``: total, processed, errors."""
+        total, processed, errors = counts if counts is not None else (None, None, None)
+        cur = self._run(
+            "fail",
+            id=claim.id,
+            token=uuid.UUID(claim.token),
+            error=error[:2000],
+            terminal=terminal,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            total=total,
+            processed=processed,
+            errors=errors,
+        )
+        return bool(cur.rowcount == 1)
+
+    def release(self, token: str) -> int:
+        """Give back every row still held under ``token`` without counting an attempt; return how many."""
+        return int(self._run("release", token=uuid.UUID(token)).rowcount)
+
+    def reset(self, where: RangeQuery, *, position: int) -> int:
+        """``--force``: stages from ``position`` on are pending again, where the earlier ones are done."""
+        return int(self._run("reset", **self._range(where), position=position).rowcount)
+
+    def unpark(self, where: RangeQuery, *, stages: Sequence[str]) -> int:
+        """``--incomplete-only``: the range's parked stages among ``stages`` are pending again."""
+        return int(self._run("unpark", **self._range(where), stages=self._stages(stages)).rowcount)
+
+    # ------------------------------------------------------------------ reporting
+
+    def rows(self, where: RangeQuery) -> list[dict[str, Any]]:
+        """The rows of a range: key value, block window and label, stage, status, attempts, lease state."""
+        names = (
+            "key_value",
+            "block_start",
+            "block_end",
+            "label",
+            "stage",
+            "position",
+            "status",
+            "attempts",
+            "expired",
+            "backing_off",
+        )
+        out = []
+        for row in self._run("rows", **self._range(where)).fetchall():
+            item = dict(zip(names, row, strict=True))
+            item["block_start"], item["block_end"] = self._ts(row[1]), self._ts(row[2])
+            item["expired"], item["backing_off"] = bool(item["expired"]), bool(item["backing_off"])
+            out.append(item)
+        return out
+
+    def counts(self, task: str) -> dict[str, dict[str, Any]]:
+        """Per stage, in stage order: rows per status and the records rejected by loads."""
+        out: dict[str, dict[str, Any]] = {}
+        for stage, _position, status, count, errors in self._run("counts", task=task).fetchall():
+            entry = out.setdefault(stage, {s: 0 for s in STATUSES} | {"record_errors": 0})
+            entry[status] = int(count)
+            entry["record_errors"] += int(errors or 0)
+        return out
+
+    def failures(self, task: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The parked rows with their error: key value, block label, stage, attempts, error."""
+        names = ("key_value", "block", "stage", "attempts", "error")
+        return [dict(zip(names, row, strict=True)) for row in self._run("failures", task=task, limit=limit)]
+
+    def list_rows(self, task: str, *, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """A page of a task's rows with everything recorded on them."""
+        names = (
+            "key_value",
+            "block",
+            "block_start",
+            "block_end",
+            "stage",
+            "status",
+            "attempts",
+            "error",
+            "artifact",
+            "records_total",
+            "records_processed",
+            "records_errors",
+            "bytes",
+            "started_at",
+            "finished_at",
+        )
+        cur = self._run("list_rows", task=task, status=status, limit=limit, offset=offset)
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(names, row, strict=True))
+            for name in ("block_start", "block_end", "started_at", "finished_at"):
+                item[name] = self.core.from_ts(item[name])
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ values
+
+    def _range(self, where: RangeQuery) -> dict[str, Any]:
+        return {
+            "task": where.task,
+            "key_value": where.key_value,
+            "time_min": self.core.ts(where.time_min),
+            "time_max": self.core.ts(where.time_max),
+        }
+
+    def _stages(self, stages: Iterable[str]) -> Any:
+        return list(stages) if self.core.dialect is db.POSTGRESQL else json.dumps(list(stages))
+
+    def _ts(self, value: Any) -> dt.datetime:
+        parsed = self.core.from_ts(value)
+        assert parsed is not None
+        return parsed.astimezone(dt.UTC)

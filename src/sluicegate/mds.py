@@ -1,0 +1,108 @@
+"""An extract callable for blocks tasks: the trips of one block from a provider's MDS ``/trips`` API.
+
+Use it in a task's ``[extract]`` as ``callable = "sluicegate.mds:trips"``. Settings come
+from the callable's config (``[config]``, ``[extract.config]`` and the key value's
+``[keys.<provider>]``; values may be Fernet tokens):
+
+``url``
+    the provider's API root; trips are read from ``<url>/trips`` (required);
+``token``
+    a bearer token, sent as ``Authorization: Bearer <token>`` (optional);
+``timeout``
+    seconds per request (default 30);
+``retries``
+    how many times a page answering 503 or 429 is asked again, waiting its ``Retry-After``
+    (capped at ``max_wait`` seconds, default 60) or 1, 2, 4 ... seconds (default 5);
+``units``
+    ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query.
+
+The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``end_time``,
+and pages are followed through ``links.next`` to the end. A 5xx answer (after the page's
+retries) and network errors are transient: the stage is retried with backoff. A 4xx
+answer is terminal (a wrong token, URL or parameter): the stage is parked with the
+provider's ``error_description``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from . import httpclient
+from .exceptions import ConfigError, SourceUnavailable, TerminalError
+from .masking import mask_url
+from .secrets import reveal
+from .timeblocks import StageBlock
+
+MDS_ACCEPT = "application/vnd.mds.provider+json;version=0.4"
+
+
+def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield the trips of ``block`` from the provider's MDS API, page by page."""
+    if "url" not in config:
+        raise ConfigError(f"sluicegate.mds:trips for {block.key_value or block.task}: set url, the API root")
+    url = f"{reveal(config['url']).rstrip('/')}/trips"
+    scale = 1 if config.get("units", "ms") == "s" else 1000
+    params: dict[str, Any] | None = {
+        "start_time": int(block.start.timestamp() * scale),
+        "end_time": int(block.end.timestamp() * scale),
+    }
+    headers = {"Accept": MDS_ACCEPT}
+    if config.get("token"):
+        headers["Authorization"] = f"Bearer {reveal(config['token'])}"
+    with httpclient.client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
+        next_url: str | None = url
+        while next_url:
+            body = get_page(client, next_url, params, config)
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, dict) or not isinstance(data.get("trips"), list):
+                raise TerminalError(
+                    f"{mask_url(next_url)} answered without data.trips; is it an MDS /trips API?"
+                )
+            yield from data["trips"]
+            links = body.get("links") or {}
+            next_url, params = links.get("next"), None
+
+
+def get_page(
+    client: httpx.Client, url: str, params: Mapping[str, Any] | None, config: Mapping[str, Any]
+) -> Any:
+    """One page as JSON, asked again while it answers 503 or 429 (see the module)."""
+    retries, max_wait = int(config.get("retries", 5)), float(config.get("max_wait", 60))
+    shown = mask_url(url)
+    for attempt in range(retries + 1):
+        try:
+            response = client.get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
+        if response.status_code in (429, 503) and attempt < retries:
+            time.sleep(min(_retry_after(response, attempt), max_wait))
+            continue
+        if response.status_code >= 500 or response.status_code == 429:
+            raise SourceUnavailable(f"{shown}: HTTP {response.status_code}{_reason(response)}; will retry")
+        if response.status_code >= 400:
+            raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise TerminalError(f"{shown} answered with something that is not JSON") from None
+    raise AssertionError("unreachable")
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else float(2**attempt)
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        text = body.get("error_description") or body.get("message") or body.get("error")
+        return f" ({str(text)[:200]})" if text else ""
+    return ""

@@ -1,0 +1,82 @@
+"""A publish callable for blocks tasks: upsert a block's records into a Socrata dataset.
+
+Use it in a task's ``[publish]`` as ``callable = "sluicegate.socrata:upsert"``, with these
+settings in its config (values may be Fernet tokens):
+
+``url``
+    the portal, e.g. ``https://data.austintexas.gov`` (required);
+``dataset``
+    the dataset id, e.g. ``abcd-1234``; rows are posted to ``<url>/resource/<dataset>.json``
+    (required); the dataset's row identifier makes the post an upsert;
+``app_token``, ``username``, ``password``
+    sent as ``X-App-Token`` and HTTP basic authentication (optional);
+``columns``
+    the record fields to send (default: every field);
+``batch``
+    records per request (default 1000); ``timeout`` seconds per request (default 60).
+
+It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
+deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
+network errors are transient (the publish stage is retried with backoff, and nothing before
+it runs again); a 4xx answer is terminal.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from . import httpclient
+from .exceptions import ConfigError, DestinationUnavailable, TerminalError
+from .masking import mask_url
+from .secrets import reveal
+from .timeblocks import StageBlock
+
+
+def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping[str, Any]) -> dict[str, int]:
+    """Post ``records`` to the dataset in batches; return the summed counts."""
+    for name in ("url", "dataset"):
+        if name not in config:
+            raise ConfigError(f"sluicegate.socrata:upsert for {block.key_value or block.task}: set {name}")
+    url = f"{reveal(config['url']).rstrip('/')}/resource/{reveal(config['dataset'])}.json"
+    headers = {"X-App-Token": reveal(config["app_token"])} if config.get("app_token") else {}
+    auth = (
+        (reveal(config["username"]), reveal(config.get("password", ""))) if config.get("username") else None
+    )
+    columns = config.get("columns")
+    size = int(config.get("batch", 1000))
+    counts = {"total": 0, "processed": 0, "errors": 0}
+    rows = iter(records)
+    with httpclient.client(timeout=float(config.get("timeout", 60)), headers=headers, auth=auth) as client:
+        while batch := list(itertools.islice(rows, size)):
+            if columns:
+                batch = [{c: r.get(c) for c in columns} for r in batch]
+            answer = _post(client, url, batch)
+            counts["total"] += len(batch)
+            counts["processed"] += sum(
+                int(answer.get(k, 0)) for k in ("Rows Created", "Rows Updated", "Rows Deleted")
+            )
+            counts["errors"] += int(answer.get("Errors", 0))
+    return counts
+
+
+def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    shown = mask_url(url)
+    try:
+        response = client.post(url, json=batch)
+    except httpx.HTTPError as exc:
+        raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
+    if response.status_code >= 400:
+        raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}")
+    try:
+        answer = response.json()
+    except ValueError:
+        raise TerminalError(f"{shown} answered with something that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise TerminalError(f"{shown} answered without upsert counts")
+    return answer

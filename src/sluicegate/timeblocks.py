@@ -1,0 +1,275 @@
+"""Time blocks: the units of a blocks task, labelled in the task's zone, stored in UTC.
+
+A block is a real UTC window of one hour (grain ``hour``) or one local day (grain ``day``).
+Hour blocks are *hour-ending*, as City of Austin's atd-mds ETL named them: the block
+``2020-01-01T01:00-06:00`` is the hour from 00:00 to 01:00 local time. A range asks for the
+blocks whose end lies in ``(time_min, time_max]``.
+
+Block boundaries are computed on the UTC time line and only labelled locally, so a fall-back
+day has 25 hour blocks and a spring-forward day 23, each exactly one hour long. Two blocks
+that end at the same local wall-clock time (the repeated hour) have distinct labels: the
+label carries the UTC offset (``01:00-05:00`` and ``01:00-06:00``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from .exceptions import ConfigError, UsageError
+
+UTC = dt.UTC
+HOUR = dt.timedelta(hours=1)
+Grain = Literal["hour", "day"]
+GRAINS: tuple[Grain, ...] = ("hour", "day")
+MAX_BLOCKS = 50_000  # per request and key: about 5.7 years of hours
+# atd-mds's command-line times: yyyy-mm-dd-hh, local, not necessarily zero-padded.
+_ATD_TIME = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})-(\d{1,2})$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Block:
+    """One block: ``[start, end)`` in UTC, of a grain, labelled in ``zone``."""
+
+    start: dt.datetime
+    end: dt.datetime
+    zone: str
+    grain: Grain = "hour"
+
+    @cached_property
+    def local_start(self) -> dt.datetime:
+        """The start in the block's zone."""
+        return self.start.astimezone(ZoneInfo(self.zone))
+
+    @cached_property
+    def local_end(self) -> dt.datetime:
+        """The end in the block's zone."""
+        return self.end.astimezone(ZoneInfo(self.zone))
+
+    @property
+    def stamp(self) -> dt.datetime:
+        """The local time that names the block: its end for hours (hour-ending), its start for days."""
+        return self.local_end if self.grain == "hour" else self.local_start
+
+    @property
+    def label(self) -> str:
+        """A distinct, readable name: ``2020-11-01T01:00-05:00`` (hour-ending) or ``2020-11-01`` (day)."""
+        if self.grain == "day":
+            return self.local_start.date().isoformat()
+        return self.local_end.isoformat(timespec="minutes")
+
+    def describe(self) -> dict[str, Any]:
+        """The block as JSON-ready data."""
+        return {
+            "block": self.label,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "zone": self.zone,
+        }
+
+
+def blocks_between(time_min: dt.datetime, time_max: dt.datetime, *, grain: Grain, zone: str) -> list[Block]:
+    """The blocks whose end lies in ``(time_min, time_max]``, oldest first.
+
+    Raises UsageError when the range is reversed or holds more than MAX_BLOCKS blocks.
+    """
+    if time_max <= time_min:
+        raise UsageError(
+            f"the range ({time_min.isoformat()}, {time_max.isoformat()}] is empty; "
+            "time_min must be before time_max"
+        )
+    tz = ZoneInfo(zone)
+    ends = _hour_ends(time_min, time_max, tz) if grain == "hour" else _day_ends(time_min, time_max, tz)
+    out = []
+    for end in ends:
+        start = end - HOUR if grain == "hour" else _previous_midnight(end, tz)
+        out.append(Block(start=start, end=end, zone=zone, grain=grain))
+        if len(out) > MAX_BLOCKS:
+            raise UsageError(
+                f"the range ({time_min.isoformat()}, {time_max.isoformat()}] holds more than "
+                f"{MAX_BLOCKS:,} {grain} blocks; ask for a shorter range at a time"
+            )
+    return out
+
+
+def _hour_ends(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
+    """Local hour boundaries in ``(time_min, time_max]``, stepped on the UTC time line."""
+    local = time_min.astimezone(tz)
+    end = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    while end <= time_min:
+        end += HOUR
+    ends: list[dt.datetime] = []
+    while end <= time_max and len(ends) <= MAX_BLOCKS:
+        ends.append(end)
+        end += HOUR
+    return ends
+
+
+def _day_ends(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
+    """Local midnights in ``(time_min, time_max]``."""
+    day = time_min.astimezone(tz).date()
+    ends: list[dt.datetime] = []
+    while len(ends) <= MAX_BLOCKS:
+        end = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC)
+        if end > time_max:
+            break
+        if end > time_min:
+            ends.append(end)
+        day += dt.timedelta(days=1)
+    return ends
+
+
+def _previous_midnight(end: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    day = end.astimezone(tz).date() - dt.timedelta(days=1)
+    return dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC)
+
+
+def parse_time(text: str, zone: str, where: str) -> dt.datetime:
+    """A command-line time as an aware UTC datetime.
+
+    ``yyyy-mm-dd-hh`` (atd-mds's form; ``2020-1-1-1`` is fine) and ISO 8601 without an
+    offset are local times in ``zone``; ISO 8601 with an offset is that instant. Raises
+    UsageError naming ``where``.
+    """
+    tz = ZoneInfo(zone)
+    match = _ATD_TIME.match(text.strip())
+    try:
+        if match:
+            year, month, day, hour = (int(g) for g in match.groups())
+            parsed = dt.datetime(year, month, day, hour, tzinfo=tz)
+        else:
+            parsed = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise UsageError(
+            f"{where} {text!r} is not a time; use yyyy-mm-dd-hh (hours in {zone}, e.g. 2020-1-1-1) "
+            "or ISO 8601 (e.g. 2020-01-01T01:00-06:00)"
+        )
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def request_range(
+    time_max: dt.datetime, *, time_min: dt.datetime | None = None, interval: int = 1
+) -> tuple[dt.datetime, dt.datetime]:
+    """``(time_min, time_max)``: ``time_min`` when given, else ``interval`` hours before ``time_max``."""
+    if time_min is not None:
+        return time_min, time_max
+    if interval < 1:
+        raise UsageError(f"interval {interval} must be at least 1 hour")
+    return time_max - interval * HOUR, time_max
+
+
+def path_fields(*, task: str, stage: str, key: str | None, key_value: str, block: Block) -> dict[str, Any]:
+    """The fields a blocks task's path template may use."""
+    fields: dict[str, Any] = {
+        "task": task,
+        "stage": stage,
+        "block": block.stamp,
+        "start": block.local_start,
+        "end": block.local_end,
+        "label": block.label,
+    }
+    if key:
+        fields[key] = key_value
+    return fields
+
+
+def transition_days(zone: str, year: int = 2024) -> list[dt.date]:
+    """The local days of ``year`` on which ``zone`` changes its UTC offset (DST starts and ends)."""
+    tz = ZoneInfo(zone)
+    days = []
+    day = dt.date(year, 1, 1)
+    while day.year == year:
+        start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+        after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+        if start.utcoffset() != after.utcoffset():
+            days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
+
+def check_distinct_paths(render: Any, *, zone: str, grain: Grain, where: str) -> None:
+    """Raise ConfigError when ``render(block)`` gives two blocks around a DST change the same path.
+
+    ``render`` maps a :class:`Block` to its rendered path. atd-mds's layout
+    ``{Y}/{M}/{D}/{H}`` named both 01:00 hours of a fall-back day alike, so one overwrote the other.
+    """
+    tz = ZoneInfo(zone)
+    for day in transition_days(zone):
+        lo = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC) - dt.timedelta(days=1)
+        seen: dict[str, Block] = {}
+        for block in blocks_between(lo, lo + dt.timedelta(days=3), grain=grain, zone=zone):
+            path = render(block)
+            if path in seen:
+                raise ConfigError(
+                    f"{where}: blocks {seen[path].label} and {block.label} would share the path {path!r} "
+                    f"(the repeated hour when {zone} leaves daylight saving time); add the offset, "
+                    "e.g. {block:%Y/%m/%d/%H%z}, or use {label}"
+                )
+            seen[path] = block
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockRequest:
+    """What one ``sluicegate blocks`` asks for: a range, a key value, which stages, how.
+
+    ``stages`` (None: all) and ``skip`` choose the stages that run; ``force`` re-runs done
+    stages (their status reset first, and the later stages of their blocks with them);
+    ``incomplete_only`` also takes the range's parked stages again.
+    """
+
+    time_min: dt.datetime
+    time_max: dt.datetime
+    key_value: str | None = None
+    stages: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
+    force: bool = False
+    incomplete_only: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageBlock:
+    """What a stage's callable is given about its block: ``fn(block, config)``.
+
+    ``start`` and ``end`` are UTC (``[start, end)``); ``local_start``, ``local_end`` and
+    ``label`` are in the task's zone; ``key_value`` is the block's key value (a provider).
+    """
+
+    task: str
+    stage: str
+    key: str | None
+    key_value: str
+    block: Block
+    attempt: int = 0
+
+    @property
+    def start(self) -> dt.datetime:
+        """The block's start, UTC."""
+        return self.block.start
+
+    @property
+    def end(self) -> dt.datetime:
+        """The block's end (exclusive), UTC."""
+        return self.block.end
+
+    @property
+    def local_start(self) -> dt.datetime:
+        """The start in the task's zone."""
+        return self.block.local_start
+
+    @property
+    def local_end(self) -> dt.datetime:
+        """The end in the task's zone."""
+        return self.block.local_end
+
+    @property
+    def label(self) -> str:
+        """The block's label (``2020-11-01T01:00-05:00``)."""
+        return self.block.label

@@ -1,0 +1,396 @@
+"""Blocks tasks against real components: the MDS and portal doubles (HTTP servers on 127.0.0.1),
+a throwaway PostgreSQL for the ledger and the loaded table, real CLI processes, SIGKILL."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from click.testing import CliRunner
+from test_service import Server
+
+from doubles import MdsDouble, MdsProvider, PortalDouble, generate_trips
+from sluicegate import operations
+from sluicegate.cli import main
+from sluicegate.config import load_project
+from sluicegate.formats.jsonl import read_records
+from sluicegate.secrets import encrypt, generate_key
+from support import SLUICEGATE
+
+UTC = dt.UTC
+H = dt.timedelta(hours=1)
+# Blocks ending 01:00 .. 06:00 CST on 2020-03-01 start at 06:00 .. 11:00 UTC.
+FIRST = dt.datetime(2020, 3, 1, 6, tzinfo=UTC)
+RANGE = ["--time-max", "2020-3-1-6", "--interval", "6"]
+COLUMNS = """
+[load.columns]
+trip_id = "text"
+provider_name = "text"
+trip_duration = "int"
+end_time = "epoch_ms"
+route = "json"
+"""
+
+
+@pytest.fixture
+def mds() -> Iterator[MdsDouble]:
+    with MdsDouble(["lime", "bird"], trips_per_block=5, page_size=2) as double:
+        yield double
+
+
+@pytest.fixture
+def portal() -> Iterator[PortalDouble]:
+    with PortalDouble() as double:
+        yield double
+
+
+def write(
+    root: Path,
+    url: str,
+    mds: MdsDouble,
+    portal: PortalDouble,
+    *,
+    keys: str | None = None,
+    create: str = "true",
+    lease: str = "10m",
+    testing: str = "",
+    extract_extra: str = "",
+    task_extra: str = "",
+) -> Path:
+    (root / "tasks" / "trips").mkdir(parents=True, exist_ok=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{url}"\n[destination]\nurl = "{root / "out"}"\n'
+        f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 3\n{testing}'
+    )
+    keys = keys or "".join(f'[keys.{p}]\nurl = "{mds.base_url(p)}"\n' for p in mds.providers)
+    (root / "tasks" / "trips" / "task.toml").write_text(
+        textwrap.dedent(
+            f"""
+            kind = "blocks"
+            zone = "US/Central"
+            key = "provider"
+            {task_extra}
+            {keys}
+            [extract]
+            callable = "sluicegate.mds:trips"
+            path = "{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl"
+            {extract_extra}
+            [extract.config]
+            max_wait = 0
+            [load]
+            table = "trips"
+            key = ["trip_id"]
+            create = {create}
+            {COLUMNS}
+            [publish]
+            callable = "sluicegate.socrata:upsert"
+            [publish.config]
+            url = "{portal.url}"
+            dataset = "mds-trips"
+            columns = ["trip_id", "provider_name", "trip_duration"]
+            """
+        )
+    )
+    return root
+
+
+def run(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *args], env=env)
+
+
+def ledger(url: str) -> dict[tuple[str, dt.datetime, str], tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT key_value, block_start, stage, status, attempts, records_total, records_errors, error, "
+            "artifact FROM sluicegate.blocks"
+        ).fetchall()
+    return {(r[0], r[1], r[2]): r[3:] for r in rows}
+
+
+def scalar(url: str, query: str) -> Any:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchone()[0]  # type: ignore[index]
+
+
+def audit(url: str) -> None:
+    """Count every row the load writes into trips (inserts and updates)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trip_writes (trip_id text)")
+        conn.execute(
+            "CREATE FUNCTION note_write() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO trip_writes VALUES (NEW.trip_id); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER trips_audit AFTER INSERT OR UPDATE ON trips FOR EACH ROW EXECUTE FUNCTION note_write()"
+        )
+
+
+@pytest.mark.pg
+def test_a_range_against_the_provider_api_completes_around_empty_flaky_and_failing_blocks(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    root = write(tmp_path, pg_url, mds, portal)
+    mds.flake("lime", FIRST + 2 * H, 2, page=2)  # 503 twice on page 2, then fine
+    mds.empty_block("bird", FIRST + 3 * H)
+    mds.fail_block("lime", FIRST + 4 * H)  # always 500
+    result = run(root, *RANGE, "--json")
+    assert result.exit_code == 1, result.output  # one block failed; the rest completed
+    rows = ledger(pg_url)
+    failed = rows[("lime", FIRST + 4 * H, "extract")]
+    assert failed[:2] == ("failed", 3) and "HTTP 500" in failed[4]
+    assert len(mds.requests("lime", FIRST + 4 * H)) == 3  # one per attempt, max_attempts 3
+    assert rows[("lime", FIRST + 4 * H, "load")][0] == "pending"  # waits for its extract
+    assert {rows[("bird", FIRST + 3 * H, s)][0] for s in ("extract", "load", "publish")} == {"no_data"}
+    done = [k for k, v in rows.items() if v[0] == "done"]
+    assert len(done) == (12 - 2) * 3
+    assert rows[("lime", FIRST + 2 * H, "extract")][:3] == ("done", 0, 5)  # the 503s waited out in the call
+    assert len(mds.requests("lime", FIRST + 2 * H, status=503)) == 2
+    expected = {
+        t["trip_id"]
+        for p in ("lime", "bird")
+        for h in range(6)
+        if (p, h) not in (("bird", 3), ("lime", 4))
+        for t in generate_trips(p, FIRST + h * H, 5)
+    }
+    with psycopg.connect(pg_url) as conn:
+        loaded = {r[0] for r in conn.execute("SELECT trip_id FROM trips")}
+    assert loaded == expected and len(expected) == 50
+    assert {r["trip_id"] for r in portal.rows("mds-trips")} == expected
+    assert set(portal.writes("mds-trips").values()) == {1}
+    [status] = operations.status(load_project(root), ["trips"])
+    assert status["failed"] == 1 and "HTTP 500" in status["failures"][0]["error"]
+    assert status["failures"][0]["partition"] == "lime 2020-03-01T05:00-06:00 extract"
+
+
+@pytest.mark.pg
+def test_the_fall_back_day_fetches_25_distinct_hours_including_both_1_am_hours(
+    tmp_path: Path, pg_url: str, portal: PortalDouble
+) -> None:
+    with MdsDouble(["lime"], trips_per_block=3, page_size=10) as mds:
+        root = write(tmp_path, pg_url, mds, portal)
+        result = run(root, "--time-min", "2020-11-1-0", "--time-max", "2020-11-2-0", "--stage", "extract")
+        assert result.exit_code == 0, result.output
+        starts = sorted(int(r.query["start_time"]) for r in mds.requests("lime"))
+        spring = run(
+            root, "--time-min", "2020-3-8-0", "--time-max", "2020-3-9-0", "--stage", "extract", "--json"
+        )
+    day_start = dt.datetime(2020, 11, 1, 5, tzinfo=UTC)  # local midnight, CDT
+    assert starts == [int((day_start + h * H).timestamp() * 1000) for h in range(25)]
+    files = sorted((tmp_path / "out" / "extract" / "lime" / "2020" / "11").rglob("trips.jsonl"))
+    assert len(files) == 25
+    one_am = [f for f in files if f.parent.name.startswith("01")]
+    assert [f.parent.name for f in one_am] == ["01-0500", "01-0600"]
+    for hour, block in ((6, one_am[0]), (7, one_am[1])):  # each holds its own UTC hour's trips
+        trips = list(read_records(block.read_bytes()))
+        assert trips == generate_trips("lime", dt.datetime(2020, 11, 1, hour - 1, tzinfo=UTC), 3)
+    [summary] = json.loads(spring.output)
+    assert len(summary["stages"]) == 23 and {s["status"] for s in summary["stages"]} == {"done"}
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM sluicegate.blocks WHERE block_end - block_start <> interval '1 hour'"
+        ).fetchone() == (0,)
+
+
+@pytest.mark.pg
+def test_loading_a_block_twice_leaves_one_row_per_trip_and_rejected_rows_are_counted(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE trips (trip_id text PRIMARY KEY, provider_name text, "
+            "trip_duration int CHECK (trip_duration < 900), end_time timestamptz, route jsonb)"
+        )
+    audit(pg_url)
+    root = write(tmp_path, pg_url, mds, portal, create="false")
+    args = ["--time-max", "2020-3-1-1", "--key", "provider=lime"]
+    assert run(root, *args).exit_code == 0
+    trips = generate_trips("lime", FIRST, 5)
+    rejected = [t for t in trips if t["trip_duration"] >= 900]
+    assert 0 < len(rejected) < 5  # the data set has both kinds in this block
+    load = ledger(pg_url)[("lime", FIRST, "load")]
+    assert load[:4] == ("done", 0, 5, len(rejected))
+    assert "trip_duration" in load[4] and "check constraint" in load[4]
+    again = run(root, *args, "--force", "--stage", "load")
+    assert again.exit_code == 0, again.output
+    assert scalar(pg_url, "SELECT count(*) FROM trips") == 5 - len(rejected)
+    assert scalar(pg_url, "SELECT count(DISTINCT trip_id) FROM trips") == 5 - len(rejected)
+    assert scalar(pg_url, "SELECT count(*) FROM trip_writes") == 2 * (5 - len(rejected))
+    assert len(mds.requests("lime")) == 3  # loading again read the artifact, not the API
+
+
+@pytest.mark.pg
+def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    root = write(tmp_path, pg_url, mds, portal)
+    assert (
+        run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--stage", "extract").exit_code == 0
+    )
+    assert run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--stage", "load").exit_code == 0
+    audit(pg_url)  # the table exists now: count what the rest of the test writes
+    api_calls = len(mds.requests())
+    portal.fail_next(2, status=503)
+    result = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--json")
+    assert result.exit_code == 0, result.output
+    assert (
+        len(portal.upserts("mds-trips", status=503)) == 2
+        and len(portal.upserts("mds-trips", status=200)) == 1
+    )
+    assert len(mds.requests()) == api_calls  # no new extract
+    assert scalar(pg_url, "SELECT count(*) FROM trip_writes") == 0  # no new load
+    publish = ledger(pg_url)[("lime", FIRST, "publish")]
+    assert publish[:3] == ("done", 2, 5)
+    [summary] = json.loads(result.output)
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("publish", "failed")] * 2 + [
+        ("publish", "done")
+    ]
+
+
+@pytest.mark.pg
+def test_two_processes_over_one_range_run_each_block_stage_once(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    root = write(tmp_path, pg_url, mds, portal, task_extra="batch_size = 1")  # many claims, to race
+    args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-3-2-0", "--interval", "24"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    for provider in ("lime", "bird"):
+        for h in range(24):
+            block = dt.datetime(2020, 3, 1, 6, tzinfo=UTC) + h * H
+            assert len(mds.requests(provider, block)) == mds.page_count(provider, block), (provider, h)
+    writes = portal.writes("mds-trips")
+    assert len(writes) == 2 * 24 * 5 and set(writes.values()) == {1}
+    rows = ledger(pg_url)
+    assert len(rows) == 2 * 24 * 3
+    assert {(v[0], v[1]) for v in rows.values()} == {("done", 0)}
+
+
+@pytest.mark.pg
+def test_a_sigkill_mid_stage_leaves_no_artifact_and_the_stage_is_reclaimed_after_its_lease(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    root = write(tmp_path, pg_url, mds, portal, lease="3s", testing='[testing]\nfault = "mid_write"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    args = [
+        SLUICEGATE,
+        "-C",
+        str(root),
+        "blocks",
+        "trips",
+        "--time-max",
+        "2020-3-1-1",
+        "--key",
+        "provider=lime",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    fault = root / ".fault-mid_write"
+    deadline = time.monotonic() + 60
+    while not fault.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach mid_write"
+        time.sleep(0.05)
+    os.kill(int(fault.read_text()), signal.SIGKILL)
+    proc.wait(timeout=30)
+    fault.unlink()
+    assert list((tmp_path / "out").rglob("trips.jsonl")) == []  # nothing visible under the real name
+    assert ledger(pg_url)[("lime", FIRST, "extract")][0] == "running"
+    write(tmp_path, pg_url, mds, portal, lease="3s")  # no fault any more
+    early = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--json")
+    assert json.loads(early.output)[0]["stages"] == []  # still under the dead run's lease
+    time.sleep(3.5)
+    result = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime")
+    assert result.exit_code == 0, result.output
+    rows = ledger(pg_url)
+    assert rows[("lime", FIRST, "extract")][:3] == ("done", 1, 5)  # the expired lease counted an attempt
+    assert rows[("lime", FIRST, "publish")][0] == "done"
+    [artifact] = (tmp_path / "out").rglob("trips.jsonl")
+    assert list(read_records(artifact.read_bytes())) == generate_trips("lime", FIRST, 5)
+
+
+@pytest.mark.pg
+def test_fernet_config_works_a_wrong_key_exits_2_and_nothing_secret_is_logged(
+    tmp_path: Path, pg_url: str, portal: PortalDouble
+) -> None:
+    token, key = "tok-Sekr1t-for-lime", generate_key()
+    with MdsDouble([MdsProvider(name="lime", token=token, trips_per_block=3)]) as mds:
+        keys = f'[keys.lime]\nurl = "{mds.base_url("lime")}"\ntoken = "{encrypt(token, key)}"\n'
+        root = write(tmp_path, pg_url, mds, portal, keys=keys, extract_extra="encrypt = true")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        args = [SLUICEGATE, "-C", str(root), "-v", "blocks", "trips", "--time-max", "2020-3-1-1", "--json"]
+        ok = subprocess.run(
+            args, capture_output=True, text=True, env={**env, "ATD_MDS_FERNET_KEY": key}, timeout=120
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "DEBUG" in ok.stderr  # the run did log at DEBUG
+        for secret in (token, key):
+            assert secret not in ok.stdout and secret not in ok.stderr
+        assert all(r.headers.get("authorization") == f"Bearer {token}" for r in mds.requests("lime"))
+        quiet = [a for a in args if a != "-v"]  # -v prints tracebacks by design
+        wrong = subprocess.run(
+            quiet,
+            capture_output=True,
+            text=True,
+            env={**env, "SLUICEGATE_FERNET_KEY": generate_key()},
+            timeout=120,
+        )
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    [line] = wrong.stderr.splitlines()
+    assert line.startswith("sluicegate: error: ") and "keys.lime.token could not be decrypted" in line
+    assert "Traceback" not in wrong.stderr and key not in wrong.stderr
+
+
+def test_the_mds_example_runs_end_to_end_against_the_doubles(
+    tmp_path: Path, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    folder = tmp_path / "mds"
+    init = CliRunner().invoke(main, ["init", str(folder), "--example", "mds"])
+    assert init.exit_code == 0, init.output
+    toml = folder / "tasks" / "trips" / "task.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace("http://127.0.0.1:8001", mds.url)
+        .replace("http://127.0.0.1:8002", portal.url)
+    )
+    proc = subprocess.run(
+        [SLUICEGATE, "-C", str(folder), "blocks", "trips", "--time-max", "2020-3-1-1", "--interval", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "extract 6 done; load 6 done; publish 6 done" in proc.stdout
+    import sqlite3
+
+    with sqlite3.connect(folder / "mds.db") as conn:
+        assert conn.execute("SELECT count(*) FROM trips").fetchone() == (30,)
+    assert len(portal.rows("mds-trips")) == 30
+    status = subprocess.run(
+        [SLUICEGATE, "-C", str(folder), "status"], capture_output=True, text=True, timeout=60
+    )
+    assert "trips: blocks, blocks 6, stages extract: 6 done; load: 6 done; publish: 6 done" in status.stdout
+    assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
+    server = Server(folder)
+    try:
+        page = server.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
+        assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
+        first = page[0]
+        assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)
+        assert first["path"].startswith("extract/") and first["window_start"].startswith("2020-03-01T04:00")
+        html = server.get(f"{server.url}/").text
+        assert "extract: 6 done; load: 6 done; publish: 6 done" in html
+    finally:
+        server.stop()

@@ -1,0 +1,459 @@
+"""Blocks tasks without servers: block arithmetic (atd-mds's CLI cases, DST), configuration
+errors, and whole runs on SQLite with callables from the project folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sluicegate import operations
+from sluicegate.cli import main
+from sluicegate.config import load_project
+from sluicegate.exceptions import ConfigError, UsageError
+from sluicegate.formats.jsonl import JsonlWriter, read_records
+from sluicegate.secrets import encrypt, generate_key
+from sluicegate.timeblocks import blocks_between, parse_time
+from support import SLUICEGATE
+
+UTC = dt.UTC
+CENTRAL = "US/Central"
+
+# A project module with the stages' callables. Calls are counted in a file, so a test sees
+# them from a CLI process too; a block is empty or failing when its label says so.
+ETL = """
+import json, os
+from pathlib import Path
+from sluicegate.exceptions import DestinationUnavailable
+
+CALLS = Path(__file__).with_name("calls.jsonl")
+EMPTY = ("T03:00",)
+FAILING = ("T05:00",)
+
+def _note(what, block):
+    with CALLS.open("a") as fh:
+        fh.write(json.dumps({"call": what, "key": block.key_value, "block": block.label,
+                             "start": block.start.isoformat(), "end": block.end.isoformat()}) + "\\n")
+
+def trips(block, config):
+    _note("extract", block)
+    if any(e in block.label for e in EMPTY):
+        return []
+    if any(f in block.label for f in FAILING):
+        raise OSError("provider timed out")
+    base = int(block.start.timestamp() * 1000)
+    return [{"trip_id": f"{block.key_value}-{base}-{i}", "duration": 60 * (i + 1), "end_time": base + i}
+            for i in range(config.get("per_block", 3))]
+
+def portal(block, records, config):
+    _note("publish", block)
+    flaky = Path(__file__).with_name("portal-fails")
+    if flaky.exists() and int(flaky.read_text()) > 0:
+        flaky.write_text(str(int(flaky.read_text()) - 1))
+        raise DestinationUnavailable("portal answered 503")
+    rows = list(records)
+    return {"total": len(rows), "processed": len(rows), "errors": 0}
+"""
+
+TASK = """
+kind = "blocks"
+zone = "US/Central"
+key = "provider"
+keys = ["lime", "bird"]
+max_attempts = 3
+backoff = "0s"
+[config]
+per_block = 3
+[extract]
+callable = "etl:trips"
+path = "{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl"
+{extract_extra}
+[load]
+table = "trips"
+key = ["trip_id"]
+create = {create}
+columns = {{ trip_id = "text", duration = "int", end_time = "epoch_ms" }}
+[publish]
+callable = "etl:portal"
+"""
+
+
+def make_project(
+    root: Path, *, extract_extra: str = "", create: str = "true", task: str | None = None
+) -> Path:
+    (root / "tasks" / "trips").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        '[source]\nurl = "sqlite:///data.db"\n[destination]\nurl = "out"\n[defaults]\nlease = "10m"\n'
+    )
+    (root / "etl.py").write_text(ETL)
+    text = task if task is not None else TASK.format(extract_extra=extract_extra, create=create)
+    (root / "tasks" / "trips" / "task.toml").write_text(textwrap.dedent(text))
+    return root
+
+
+def calls(root: Path, what: str | None = None) -> list[dict[str, Any]]:
+    path = root / "calls.jsonl"
+    found = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [c for c in found if what is None or c["call"] == what]
+
+
+def blocks_cli(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """``sluicegate blocks trips ARGS`` in this process, as a fresh process would import ``etl``."""
+    sys.modules.pop("etl", None)
+    sys.path[:] = [p for p in sys.path if not Path(p, "etl.py").exists()]  # other tests' projects
+    return CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *args], env=env)
+
+
+def ledger_rows(root: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(root / "data.db")
+    try:
+        return conn.execute(
+            "SELECT key_value, label, stage, status, attempts, records_total, records_errors, error "
+            "FROM sluicegate_blocks ORDER BY block_start, key_value, position"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- block arithmetic
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"time_max": "2020-1-1-1", "interval": 1}, 1),
+        ({"time_max": "2020-1-1-1", "interval": 2}, 2),
+        ({"time_max": "2020-1-1-1", "interval": 23}, 23),
+        ({"time_max": "2029-1-2-1", "time_min": "2029-1-1-1", "interval": 5}, 24),  # interval ignored
+    ],
+)
+def test_the_originals_cli_cases_give_as_many_blocks(
+    tmp_path: Path, args: dict[str, Any], expected: int
+) -> None:
+    """atd-mds's test_mds_cli.py cases: interval N gives N hour-ending blocks; a range is (min, max]."""
+    project = load_project(make_project(tmp_path))
+    request = operations.blocks_request(project, project.task("trips"), **args)
+    blocks = blocks_between(request.time_min, request.time_max, grain="hour", zone=CENTRAL)
+    assert len(blocks) == expected
+    assert blocks[-1].local_end.replace(tzinfo=None) == dt.datetime.strptime(args["time_max"], "%Y-%m-%d-%H")
+
+
+def test_a_range_creates_exactly_its_rows_and_a_dry_run_none(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    dry = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "2", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert (
+        "12 (block, stage) would run" in dry.output and "lime 2020-01-01T01:00-06:00 load (new)" in dry.output
+    )
+    assert ledger_rows(root) == [] and calls(root) == []  # nothing written, nothing called
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "2")
+    assert result.exit_code == 0, result.output
+    assert len(ledger_rows(root)) == 2 * 2 * 3  # blocks x providers x stages, nothing pre-filled
+
+
+def test_fall_back_day_has_25_distinct_one_hour_blocks() -> None:
+    low = parse_time("2020-11-1-0", CENTRAL, "time_min")
+    high = parse_time("2020-11-2-0", CENTRAL, "time_max")
+    blocks = blocks_between(low, high, grain="hour", zone=CENTRAL)
+    assert len(blocks) == 25
+    assert len({b.label for b in blocks}) == 25
+    assert all(b.end - b.start == dt.timedelta(hours=1) for b in blocks)
+    assert [b.start for b in blocks] == [low + dt.timedelta(hours=h) for h in range(25)]
+    ones = [b.label for b in blocks if "T01:00" in b.label]
+    assert ones == ["2020-11-01T01:00-05:00", "2020-11-01T01:00-06:00"]
+    # both hours that start at 01:00 local (CDT, then CST) are blocks of their own
+    starts = {b.start for b in blocks}
+    assert {dt.datetime(2020, 11, 1, 6, tzinfo=UTC), dt.datetime(2020, 11, 1, 7, tzinfo=UTC)} <= starts
+
+
+def test_spring_forward_day_has_23_blocks_and_none_is_empty() -> None:
+    low = parse_time("2020-3-8-0", CENTRAL, "time_min")
+    high = parse_time("2020-3-9-0", CENTRAL, "time_max")
+    blocks = blocks_between(low, high, grain="hour", zone=CENTRAL)
+    assert len(blocks) == 23
+    assert all(b.end - b.start == dt.timedelta(hours=1) for b in blocks)
+    assert len({b.label for b in blocks}) == 23
+    assert "2020-03-08T02:00" not in " ".join(b.label for b in blocks)  # 02:00 does not exist that day
+
+
+def test_day_blocks_are_local_days() -> None:
+    low = parse_time("2020-11-01T00:00", CENTRAL, "time_min")
+    high = parse_time("2020-11-03T00:00", CENTRAL, "time_max")
+    days = blocks_between(low, high, grain="day", zone=CENTRAL)
+    assert [d.label for d in days] == ["2020-11-01", "2020-11-02"]
+    assert days[0].end - days[0].start == dt.timedelta(hours=25)
+
+
+def test_times_parse_as_the_original_and_iso_and_bad_ones_say_how() -> None:
+    assert parse_time("2020-1-1-1", CENTRAL, "x") == dt.datetime(2020, 1, 1, 7, tzinfo=UTC)
+    assert parse_time("2020-01-01T01:00", CENTRAL, "x") == dt.datetime(2020, 1, 1, 7, tzinfo=UTC)
+    assert parse_time("2020-01-01T01:00Z", CENTRAL, "x") == dt.datetime(2020, 1, 1, 1, tzinfo=UTC)
+    with pytest.raises(UsageError, match=r"time_max '2020/1/1' is not a time; use yyyy-mm-dd-hh"):
+        parse_time("2020/1/1", CENTRAL, "time_max")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_a_path_that_names_both_fall_back_hours_alike_is_refused(tmp_path: Path) -> None:
+    """The ETL's own layout {Y}/{M}/{D}/{H} wrote both 01:00 hours of a fall-back day to one file."""
+    task = TASK.format(extract_extra="", create="true").replace("%H%z", "%H")
+    root = make_project(tmp_path, task=task)
+    project = load_project(root)
+    [problem] = project.problems
+    assert "2020" not in problem.message  # a sample year's transition, named by its labels
+    assert "would share the path" in problem.message and "-05:00" in problem.message
+    result = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert result.exit_code == 2 and "would share the path" in result.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('callable = "etl:trips"', 'callable = "etl:nope"'), "has no function 'nope'"),
+        (('keys = ["lime", "bird"]', ""), "give the values of provider"),
+        (('table = "trips"', 'table = "trips; drop"'), "is not a table name"),
+        (('duration = "int"', 'duration = "integer"'), "'integer' is not a kind"),
+        (("max_attempts = 3", "max_attemps = 3"), "max_attemps"),
+    ],
+)
+def test_configuration_errors_name_the_setting(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    task = TASK.format(extract_extra="", create="true").replace(*change)
+    root = make_project(tmp_path, task=task)
+    result = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "task.toml" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_stage_and_key_value_are_usage_errors(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    bad_stage = blocks_cli(root, "--time-max", "2020-1-1-1", "--stage", "sync_db")
+    assert bad_stage.exit_code == 2 and "'sync_db' is not a stage of task trips" in bad_stage.output
+    bad_key = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=jump")
+    assert bad_key.exit_code == 2 and "provider 'jump' is not a key value" in bad_key.output
+    no_max = blocks_cli(root)
+    assert no_max.exit_code == 2 and "--time-max" in no_max.output
+
+
+# --------------------------------------------------------------------------- runs on SQLite
+
+
+def test_an_empty_block_is_no_data_and_the_range_goes_on_and_a_failing_one_is_parked(tmp_path: Path) -> None:
+    """The original exit(0)-ed on an empty block and skipped the rest of the range."""
+    root = make_project(tmp_path)
+    result = blocks_cli(root, "--time-max", "2020-1-1-6", "--interval", "6", "--key", "provider=lime")
+    assert result.exit_code == 1  # a block failed
+    rows = {(r[1][11:16], r[2]): r for r in ledger_rows(root)}
+    assert rows[("03:00", "extract")][3] == "no_data"
+    assert rows[("03:00", "load")][3] == rows[("03:00", "publish")][3] == "no_data"
+    assert all(rows[(f"0{h}:00", s)][3] == "done" for h in (4, 6) for s in ("extract", "load", "publish"))
+    failed = rows[("05:00", "extract")]
+    assert failed[3:5] == ("failed", 3) and "provider timed out" in failed[7]  # transient, max_attempts 3
+    assert len([c for c in calls(root, "extract") if c["block"].startswith("2020-01-01T05:00")]) == 3
+    assert rows[("05:00", "load")][3] == "pending"  # waits for its extract
+    status = operations.status(load_project(root), ["trips"])[0]
+    assert status["failed"] == 1 and "provider timed out" in status["failures"][0]["error"]
+    assert status["by_stage"]["extract"]["done"] == 4 and status["by_stage"]["extract"]["no_data"] == 1
+    conn = sqlite3.connect(root / "data.db")
+    assert conn.execute("SELECT count(*), count(DISTINCT trip_id) FROM trips").fetchone() == (12, 12)
+
+
+def test_done_stages_do_not_run_again_until_forced_and_force_resets_them_first(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    args = ["--time-max", "2020-1-1-2", "--interval", "1", "--key", "provider=bird"]
+    assert blocks_cli(root, *args).exit_code == 0
+    assert len(calls(root)) == 2  # one extract, one publish
+    assert blocks_cli(root, *args).exit_code == 0
+    assert len(calls(root)) == 2  # done: nothing runs again
+    forced = blocks_cli(root, *args, "--force", "--no-extract", "--json")
+    assert forced.exit_code == 0, forced.output
+    [summary] = json.loads(forced.output)
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("load", "done"), ("publish", "done")]
+    assert [c["call"] for c in calls(root)] == ["extract", "publish", "publish"]  # extract not re-run
+    conn = sqlite3.connect(root / "data.db")
+    assert conn.execute("SELECT count(*) FROM trips").fetchone() == (3,)  # the upsert, twice, 3 rows
+
+
+def test_incomplete_only_takes_parked_stages_again(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    args = ["--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=lime"]
+    assert blocks_cli(root, *args).exit_code == 1
+    assert len(calls(root, "extract")) == 3
+    assert blocks_cli(root, *args).exit_code == 0  # parked: a plain run leaves it
+    assert len(calls(root, "extract")) == 3
+    dry = blocks_cli(root, *args, "--incomplete-only", "--dry-run")
+    assert "2020-01-01T05:00-06:00 extract (incomplete)" in dry.output
+    (root / "etl.py").write_text(ETL.replace('FAILING = ("T05:00",)', "FAILING = ()"))
+    assert blocks_cli(root, *args, "--incomplete-only").exit_code == 0
+    assert [r[3] for r in ledger_rows(root)] == ["done", "done", "done"]
+
+
+def test_a_failed_publish_is_retried_without_running_extract_or_load_again(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    (root / "portal-fails").write_text("2")
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=lime", "--json")
+    assert result.exit_code == 0, result.output
+    assert [c["call"] for c in calls(root)] == ["extract", "publish", "publish", "publish"]
+    assert ledger_rows(root)[2][3:5] == ("done", 2)  # the publish row: done after 2 failed attempts
+
+
+def test_load_counts_rows_the_database_rejects_and_keeps_the_others(tmp_path: Path) -> None:
+    root = make_project(tmp_path, create="false")
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute(
+        "CREATE TABLE trips (trip_id TEXT PRIMARY KEY, duration INTEGER CHECK (duration < 150), end_time TEXT)"
+    )
+    conn.commit()
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=lime")
+    assert result.exit_code == 0, result.output
+    load = ledger_rows(root)[1]
+    assert load[2:4] == ("load", "done")
+    assert load[5:7] == (3, 1)  # 3 records, 1 rejected (duration 180)
+    assert "CHECK constraint failed" in load[7]
+    assert conn.execute("SELECT count(*) FROM trips").fetchone() == (2,)
+
+
+def test_two_cli_processes_over_one_range_run_each_block_stage_once(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    (root / "etl.py").write_text(ETL.replace('FAILING = ("T05:00",)', "FAILING = ()"))
+    args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-2-0", "--interval", "24"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    extracts = [(c["key"], c["block"]) for c in calls(root, "extract")]
+    assert len(extracts) == len(set(extracts)) == 48
+    assert len(calls(root, "publish")) == 46  # 2 empty blocks have nothing to publish
+    assert {r[3] for r in ledger_rows(root)} == {"done", "no_data"}
+
+
+# --------------------------------------------------------------------------- artifacts and secrets
+
+
+def test_encrypted_artifacts_round_trip_and_need_the_key(tmp_path: Path) -> None:
+    key = generate_key()
+    root = make_project(tmp_path, extract_extra="encrypt = true")
+    env = {"SLUICEGATE_FERNET_KEY": key}
+    no_key = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert no_key.exit_code == 2 and "set SLUICEGATE_FERNET_KEY" in no_key.output
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=lime", env=env)
+    assert result.exit_code == 0, result.output
+    [artifact] = (root / "out").rglob("trips.jsonl")
+    data = artifact.read_bytes()
+    assert data.startswith(b"gAAAAA") and b"trip_id" not in data
+    assert [r["duration"] for r in read_records(data, fernet_key=key)] == [60, 120, 180]
+
+
+def test_jsonl_writes_records_and_rows(tmp_path: Path) -> None:
+    import io
+
+    from sluicegate.sources import Column
+
+    out = io.BytesIO()
+    writer = JsonlWriter(out, [Column(name="a", kind="int"), Column(name="t", kind="timestamptz")], "UTC")
+    writer.write([(1, dt.datetime(2020, 1, 1, tzinfo=UTC))], "rows")
+    writer.write([{"b": [1, 2]}], "rows")
+    writer.close()
+    assert out.getvalue() == b'{"a":1,"t":"2020-01-01T00:00:00+00:00"}\n{"b":[1,2]}\n'
+    assert writer.rows == 2
+
+
+def test_encrypted_config_values_work_and_a_wrong_key_is_one_clear_line(tmp_path: Path) -> None:
+    key = generate_key()
+    task = TASK.format(extract_extra="", create="true").replace(
+        "per_block = 3", f'per_block = 3\nsecret = "{encrypt("s3cr3t-value", key)}"'
+    )
+    root = make_project(tmp_path, task=task)
+    ok = blocks_cli(root, "--time-max", "2020-1-1-1", env={"ATD_MDS_FERNET_KEY": key})
+    assert ok.exit_code == 0, ok.output
+    wrong = blocks_cli(root, "--time-max", "2020-1-1-1", env={"SLUICEGATE_FERNET_KEY": generate_key()})
+    assert wrong.exit_code == 2
+    assert wrong.output.count("\n") == 1 and "config.secret could not be decrypted" in wrong.output
+    missing = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert missing.exit_code == 2 and "is encrypted; set SLUICEGATE_FERNET_KEY" in missing.output
+
+
+def test_secret_commands_encrypt_and_decrypt(tmp_path: Path) -> None:
+    key = generate_key()
+    runner = CliRunner()
+    token = runner.invoke(main, ["secret", "encrypt", "hunter2"], env={"SLUICEGATE_FERNET_KEY": key})
+    assert token.exit_code == 0 and token.output.startswith("gAAAAA")
+    plain = runner.invoke(main, ["secret", "decrypt", token.output.strip()], env={"ATD_MDS_FERNET_KEY": key})
+    assert plain.output == "hunter2\n"
+    wrong = runner.invoke(
+        main, ["secret", "decrypt", token.output.strip()], env={"SLUICEGATE_FERNET_KEY": generate_key()}
+    )
+    assert wrong.exit_code == 2 and "could not be decrypted" in wrong.output and key not in wrong.output
+    none = runner.invoke(main, ["secret", "encrypt", "x"], env={"SLUICEGATE_FERNET_KEY": ""})
+    assert none.exit_code == 2 and "set SLUICEGATE_FERNET_KEY" in none.output
+
+
+def test_status_and_partitions_show_blocks_per_stage(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    blocks_cli(root, "--time-max", "2020-1-1-5", "--interval", "3", "--key", "provider=lime")
+    result = CliRunner().invoke(main, ["-C", str(root), "status"])
+    assert "extract: 2 done, 1 no data, 1 failed" not in result.output  # 3 blocks: 03, 04, 05
+    assert "extract: 1 done, 1 no data, 1 failed" in result.output, result.output
+    assert "failed lime 2020-01-01T05:00-06:00 extract after 3 attempt(s)" in result.output
+    project = load_project(root)
+    page = operations.list_partitions(project, project.task("trips"), state="failed", limit=10, offset=0)
+    assert [(p["stage"], p["block"], p["attempts"]) for p in page] == [
+        ("extract", "2020-01-01T05:00-06:00", 3)
+    ]
+
+
+def test_config_error_before_anything_runs_is_exit_2(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_project(
+            make_project(tmp_path, task='kind = "blocks"\n[extract]\npath = "{label}.jsonl"\n')
+        ).task("trips")
+
+
+SQL_TASK = """
+kind = "blocks"
+zone = "US/Central"
+key = "provider"
+keys_sql = "SELECT DISTINCT provider FROM rides"
+stages = ["extract", "publish"]
+[extract]
+time = "ended_at"
+path = "{stage}/{provider}/{label}.jsonl"
+[publish]
+path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
+format = "csv"
+columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
+"""
+
+
+def test_extract_from_sql_and_publish_to_a_csv_file(tmp_path: Path) -> None:
+    """The built-in extract (select.sql cut by the key and time columns) and file publish."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
+    rides = [(1, "lime", "2020-01-01T06:10:00Z"), (2, "lime", "2020-01-01T06:59:59Z"),
+             (3, "lime", "2020-01-01T07:00:00Z"), (4, "bird", "2020-01-01T06:30:00Z")]  # fmt: skip
+    conn.executemany("INSERT INTO rides VALUES (?, ?, ?)", rides)
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    result = blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2")  # 06:00Z-08:00Z
+    assert result.exit_code == 0, result.output
+    out = root / "out"
+    lime = list(read_records((out / "extract/lime/2020-01-01T01:00-06:00.jsonl").read_bytes()))
+    assert [r["ride"] for r in lime] == [1, 2]  # [start, end): 07:00:00 is the next block's
+    assert (out / "csv/lime/20200101T0100-0600.csv").read_text().splitlines()[1:] == [
+        "1,lime,2020-01-01T00:10:00-06:00",
+        "2,lime,2020-01-01T00:59:59-06:00",
+    ]
+    statuses = {(r[0], r[1], r[2]): r[3] for r in ledger_rows(root)}
+    assert statuses[("bird", "2020-01-01T02:00-06:00", "extract")] == "no_data"
+    assert statuses[("lime", "2020-01-01T02:00-06:00", "publish")] == "done"
+    assert len(statuses) == 2 * 2 * 2  # keys from keys_sql, two blocks, two stages
