@@ -196,13 +196,19 @@ def files(folder: Path) -> list[Path]:
 
 
 def cli(
-    root: Path, *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 120
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 120,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``sluicegate`` command in a real process."""
+    """Run the installed ``sluicegate`` command in a real process (``input_text`` on its stdin)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     full_env.update(env or {})
     proc = subprocess.run(
-        [SLUICEGATE, "-C", str(root), *args], capture_output=True, text=True, env=full_env, timeout=timeout
+        [SLUICEGATE, "-C", str(root), *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+        input=input_text,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

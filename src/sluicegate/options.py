@@ -51,6 +51,8 @@ class TaskSummary:
     entities: list[dict[str, Any]] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)  # blocks tasks: each (block, stage) run
+    aggregate: list[dict[str, Any]] = field(default_factory=list)  # aggregate tasks: the evaluation
+    ingest: dict[str, Any] | None = None  # ingest tasks: messages received, inserted, duplicates, ...
     run_id: str | None = None
     _failures: dict[str, str] = field(default_factory=dict, repr=False)
 

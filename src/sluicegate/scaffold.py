@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .exceptions import UsageError
 
-EXAMPLES = ("openaq", "mds")
+EXAMPLES = ("openaq", "mds", "airmax")
 
 
 def init_project(

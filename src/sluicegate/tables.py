@@ -1,117 +1,178 @@
-"""Table sinks: write records into a database table, an idempotent upsert by a declared key.
+"""Table sinks: a task's result rows written into a database table, whole or by key.
 
-A :class:`TableSink` takes JSON-like records (dicts), checks each against the declared
-columns (:data:`KINDS`), and upserts the valid ones into its table in **one transaction per
-call**: ``INSERT ... ON CONFLICT (key) DO UPDATE``, so writing the same records twice leaves
-one row per key. Nothing is dropped silently: a record that fails the checks, or that the
-database rejects (a constraint, a type), is counted in :attr:`UpsertResult.errors` with its
-first messages, and the others are written. When the whole batch is rejected by the
-database, each record is tried again alone (inside savepoints), so one bad record cannot
-keep the others out.
+A :class:`TableTarget` names a table in a database (``[destination]`` of a ``task.toml``:
+``url``, ``table``, ``mode``, ``key``); a :class:`TableSink` writes rows into it:
 
-PostgreSQL and SQLite. Identifiers are validated names, quoted by the dialect; values are
-always bound parameters. Used by the ``load`` stage of blocks tasks; kept apart so other
-kinds (table refreshes) can write tables the same way.
+``replace``
+    the table's rows become exactly the new rows, and a reader never sees an empty or
+    half-written table. PostgreSQL and SQLite: one transaction that deletes and inserts
+    (a reader sees the old rows until the commit, then the new ones; ``TRUNCATE`` is not
+    used: it is not MVCC-safe on PostgreSQL, and it commits implicitly on MariaDB).
+    MariaDB/MySQL: build-then-swap: the rows go into a copy (``CREATE TABLE ... LIKE``),
+    then ``RENAME TABLE t TO old, new TO t`` swaps both names in one atomic step, and the
+    old table is dropped. Writers of one table take turns (a table lock, or ``GET_LOCK``).
+``upsert``
+    insert each row or update the row with the same declared key (``ON CONFLICT (key) DO
+    UPDATE``; on MariaDB ``ON DUPLICATE KEY UPDATE``, which any unique key of the table
+    triggers).
+``insert``
+    insert rows whose key is new, leave the others alone (idempotent ingest).
+
+The table must exist: its owner decides types, keys and indexes. The connection handling is
+kept to :class:`TableDb` so that MariaDB goes through ``db.connect`` once it is a dialect;
+until then MariaDB/MySQL URLs (``mariadb://`` or ``mysql://``) use MariaDB Connector/Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import json
-from collections.abc import Iterable, Sequence
+import hashlib
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from . import db
-from .exceptions import ConfigError, DataError, SluicegateError
+from . import validate
+from .exceptions import ConfigError, DestinationUnavailable, SluicegateError
+from .masking import mask_url
+from .tabledb import LOCK_WAIT, Flavor, TableDb, flavor_of, parse_time, quote, time_value
 
-# The declared kinds of columns and the SQL type a created table gives them.
-KINDS: dict[str, tuple[str, str]] = {  # kind: (PostgreSQL type, SQLite type)
-    "text": ("text", "TEXT"),
-    "int": ("bigint", "INTEGER"),
-    "float": ("double precision", "REAL"),
-    "bool": ("boolean", "INTEGER"),
-    "json": ("jsonb", "TEXT"),
-    "timestamptz": ("timestamptz", "TEXT"),  # ISO 8601 text, or a number of seconds
-    "epoch_ms": ("timestamptz", "TEXT"),  # unix milliseconds, as MDS times are
-}
-MAX_MESSAGES = 5
+__all__ = [
+    "MODES",
+    "Flavor",
+    "Insert",
+    "Superseded",
+    "TableDb",
+    "TableMode",
+    "TableSink",
+    "TableTarget",
+    "flavor_of",
+    "load_target",
+    "parse_time",
+    "quote",
+    "resolve_url",
+    "swap_names",
+    "time_value",
+]
+
+TableMode = Literal["replace", "upsert", "insert"]
+MODES: tuple[TableMode, ...] = ("replace", "upsert")  # what a task's [destination] may ask for
+TARGET_KEYS = frozenset({"url", "table", "mode", "key"})
+BeforeCommit = Callable[[Any], None]
+
+
+class Superseded(SluicegateError):
+    """The table already holds rows of a newer evaluation; these rows were not written."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class TableSpec:
-    """Where records go: a table, its key columns, and every column with its kind."""
+class TableTarget:
+    """A table in a database, and how rows are written into it."""
 
-    table: str  # a validated name, optionally schema-qualified ("public.trips")
-    key: tuple[str, ...]
-    columns: tuple[tuple[str, str], ...]  # (name, kind), in table order
-    create: bool = False  # create the table (with the key as primary key) when it is missing
+    url: str = field(repr=False)
+    table: str
+    mode: TableMode = "replace"
+    key: tuple[str, ...] = ()
+
+    @property
+    def display(self) -> str:
+        """The table and its database, password masked."""
+        return f"table {self.table} in {mask_url(self.url)}"
+
+
+def resolve_url(url: str, root: Path) -> str:
+    """A ``sqlite:///relative.db`` URL made relative to the project folder; others as they are."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return f"sqlite:///{(root / url[len('sqlite:///') :]).resolve()}"
+    return url
+
+
+def load_target(
+    raw: Any, where: str, *, default_url: str, root: Path, modes: Sequence[str] = MODES
+) -> TableTarget:
+    """Read a task's ``[destination]``: ``url`` (default ``default_url``), ``table``, ``mode``, ``key``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f'{where}: use a table, e.g. [destination] then table = "current_air_quality"')
+    validate.reject_unknown(raw, TARGET_KEYS, where)
+    if "table" not in raw:
+        raise ConfigError(f'{where} table: missing; name the table the rows go to, e.g. table = "current"')
+    url = resolve_url(str(raw.get("url") or default_url), root)
+    flavor_of(url, f"{where} url")
+    mode = validate.choice(raw.get("mode", modes[0]), modes, f"{where} mode")
+    key = validate.identifiers(raw.get("key", []), f"{where} key", '["city", "parameter_name"]')
+    if mode != "replace" and not key:
+        raise ConfigError(f'{where} key: mode = "{mode}" needs the key columns, e.g. key = ["city"]')
+    table = validate.table_name(raw["table"], f"{where} table")
+    return TableTarget(url=url, table=table, mode=mode, key=key)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- statements
+
+MAX_ROWS = 500  # rows per INSERT statement ...
+MAX_PARAMS = 30_000  # ... and bound values (SQLite allows 32,766, PostgreSQL 65,535)
 
 
 @dataclass(frozen=True, kw_only=True)
-class UpsertResult:
-    """How many records came, how many were written, how many were rejected, and why (the first few)."""
+class Insert:
+    """How rows go into a table: its columns, and ``replace`` (plain), ``upsert`` or ``insert`` (new keys).
 
-    total: int
-    processed: int
-    errors: int
-    messages: list[str] = field(default_factory=list)
+    Rows are sent as multi-row INSERT statements: one statement per up to :data:`MAX_ROWS`
+    rows, so a statement-level trigger (sluicegate's capture on PostgreSQL) fires once per
+    batch, not once per row.
+    """
+
+    flavor: Flavor
+    table: str
+    columns: tuple[str, ...]
+    mode: TableMode = "replace"
+    key: tuple[str, ...] = ()
+
+    def sql(self, rows: int = 1) -> str:
+        """The INSERT of ``rows`` rows."""
+        flavor, q = self.flavor, [quote(self.flavor, c) for c in self.columns]
+        mark = "%s" if flavor == "postgresql" else "?"
+        one = f"({', '.join([mark] * len(q))})"
+        base = f"INSERT INTO {quote(flavor, self.table)} ({', '.join(q)}) VALUES {', '.join([one] * rows)}"
+        if self.mode == "replace":
+            return base
+        rest = [quote(flavor, c) for c in self.columns if c not in self.key]
+        if flavor == "mariadb":
+            keep = f"{quote(flavor, self.key[0])} = {quote(flavor, self.key[0])}"
+            sets = ", ".join(f"{c} = VALUES({c})" for c in rest) if self.mode == "upsert" and rest else keep
+            return f"{base} ON DUPLICATE KEY UPDATE {sets}"
+        conflict = ", ".join(quote(flavor, k) for k in self.key)
+        if self.mode == "insert" or not rest:
+            return f"{base} ON CONFLICT ({conflict}) DO NOTHING"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in rest)
+        return f"{base} ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+
+    def run(self, cur: Any, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert ``rows`` through ``cur``; return the rows the database reports changed (for
+        ``insert``: the rows whose key was new)."""
+        per = max(1, min(MAX_ROWS, MAX_PARAMS // max(len(self.columns), 1)))
+        changed = 0
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            cur.execute(self.sql(len(chunk)), [value for row in chunk for value in row])
+            changed += max(int(cur.rowcount), 0)
+        return changed
 
 
-def coerce(value: Any, kind: str) -> Any:
-    """``value`` as the database takes a ``kind`` column; raises ValueError when it does not fit."""
-    if value is None:
-        return None
-    if kind == "text":
-        if isinstance(value, dict | list):
-            raise ValueError(f"{type(value).__name__} is not text")
-        return str(value)
-    if kind == "int":
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{value!r} is not a whole number")
-        return int(value)
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a number")
-        return float(value)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"{value!r} is not true or false")
-        return value
-    if kind == "json":
-        return json.dumps(value, separators=(",", ":"))
-    return _timestamp(value, kind)
-
-
-def _timestamp(value: Any, kind: str) -> dt.datetime:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a time")
-    if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value / 1000 if kind == "epoch_ms" else value, dt.UTC)
-    if kind == "epoch_ms":
-        raise ValueError(f"{value!r} is not unix milliseconds")
-    parsed = dt.datetime.fromisoformat(str(value))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset")
-    return parsed
+# ---------------------------------------------------------------------------- the sink
 
 
 class TableSink:
-    """Upserts records into one table of one database."""
+    """Writes rows into a :class:`TableTarget` (see the module docstring for each mode)."""
 
-    def __init__(self, url: str, spec: TableSpec) -> None:
-        self.url = url
-        self.spec = spec
-        self.dialect = db.dialect_of(url)
-        self.conn = db.connect(url)
-        self._names = [name for name, _ in spec.columns]
-        self._statement = self._upsert_sql()
-        if spec.create:
-            self.create()
+    def __init__(self, target: TableTarget) -> None:
+        self.target = target
+        self.db = TableDb(target.url)
 
     def close(self) -> None:
         """Close the connection."""
-        self.conn.close()
+        self.db.close()
 
     def __enter__(self) -> TableSink:
         return self
@@ -119,139 +180,131 @@ class TableSink:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create(self) -> None:
-        """Create the table if it does not exist, the key as its primary key."""
-        column = 0 if self.dialect is db.POSTGRESQL else 1
-        cols = [f"{self.dialect.quote(n)} {KINDS[k][column]}" for n, k in self.spec.columns]
-        cols.append(f"PRIMARY KEY ({', '.join(self.dialect.quote(k) for k in self.spec.key)})")
-        statement = f"CREATE TABLE IF NOT EXISTS {self.dialect.quote(self.spec.table)} ({', '.join(cols)})"
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
-            if self.dialect is db.POSTGRESQL:  # concurrent CREATE ... IF NOT EXISTS can still collide
-                cur.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sluicegate table {self.spec.table}",)
-                )
-            cur.execute(statement)
+    def write(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        stamp: tuple[str, dt.datetime] | None = None,
+        before_commit: BeforeCommit | None = None,
+    ) -> int:
+        """Write ``rows`` (values in ``columns`` order) by the target's mode; return how many were sent.
 
-    def check(self) -> list[str]:
-        """Problems of the table: missing, or without a declared column."""
-        probe = f"SELECT * FROM {self.dialect.quote(self.spec.table)} WHERE 1 = 0"
-        try:
-            with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect) as cur:
-                cur.execute(probe)
-                have = {d[0] for d in cur.description}
-        except SluicegateError as exc:
-            return [f"table {self.spec.table}: {exc}"]
-        return [f"table {self.spec.table} has no column {n!r}" for n in self._names if n not in have]
-
-    def _upsert_sql(self) -> str:
-        q = self.dialect.quote
-        mark = "%s" if self.dialect is db.POSTGRESQL else "?"
-        values = ", ".join(self._cast(mark, kind) for _, kind in self.spec.columns)
-        updates = [f"{q(n)} = EXCLUDED.{q(n)}" for n in self._names if n not in self.spec.key]
-        action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
-        return (
-            f"INSERT INTO {q(self.spec.table)} ({', '.join(q(n) for n in self._names)}) VALUES ({values}) "
-            f"ON CONFLICT ({', '.join(q(k) for k in self.spec.key)}) {action}"
+        ``stamp`` (replace only): a column and the time of these rows; when the table holds
+        a newer time in that column the write is refused with :class:`Superseded`, so a slow
+        writer never replaces newer rows with older ones. ``before_commit(cursor)`` runs just
+        before the rows become visible, with the cursor of the transaction that commits them
+        (None for MariaDB's swap, which has no such transaction): raise to abandon the write.
+        """
+        if self.target.mode == "replace":
+            if self.db.flavor == "mariadb":
+                return self._swap(columns, rows, stamp, before_commit)
+            return self._replace(columns, rows, stamp, before_commit)
+        insert = Insert(
+            flavor=self.db.flavor,
+            table=self.target.table,
+            columns=tuple(columns),
+            mode=self.target.mode,
+            key=self.target.key,
         )
+        with self.db.transaction() as cur:
+            insert.run(cur, _last_per_key(columns, rows, self.target.key))
+            if before_commit is not None:
+                before_commit(cur)
+        return len(rows)
 
-    def _cast(self, mark: str, kind: str) -> str:
-        return f"{mark}::jsonb" if kind == "json" and self.dialect is db.POSTGRESQL else mark
+    def _replace(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        stamp: tuple[str, dt.datetime] | None,
+        before_commit: BeforeCommit | None,
+    ) -> int:
+        """PostgreSQL and SQLite: DELETE and INSERT in one transaction."""
+        table = self.db.quote(self.target.table)
+        insert = Insert(flavor=self.db.flavor, table=self.target.table, columns=tuple(columns))
+        with self.db.transaction() as cur:
+            if self.db.flavor == "postgresql":  # writers take turns; readers (ACCESS SHARE) never wait
+                cur.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            if stamp is not None:
+                self._check_stamp(cur, stamp)
+            cur.execute(f"DELETE FROM {table}")
+            insert.run(cur, rows)
+            if before_commit is not None:
+                before_commit(cur)
+        return len(rows)
 
-    def rows(self, records: Iterable[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], int, list[str]]:
-        """The valid records as parameter rows; and how many records were rejected, with messages."""
-        rows: list[tuple[Any, ...]] = []
-        errors, messages = 0, list[str]()
-        for number, record in enumerate(records, 1):
-            try:
-                rows.append(self._row(record))
-            except ValueError as exc:
-                errors += 1
-                if len(messages) < MAX_MESSAGES:
-                    messages.append(f"record {number}: {exc}")
-        return rows, errors, messages
-
-    def _row(self, record: dict[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for name, kind in self.spec.columns:
-            value = record.get(name)
-            if value is None and name in self.spec.key:
-                raise ValueError(f"key {name} is missing")
-            try:
-                value = coerce(value, kind)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
-            if isinstance(value, dt.datetime) and self.dialect is db.SQLITE:
-                value = value.isoformat()  # SQLite has no timestamp type: ISO 8601 text sorts right
-            out.append(value)
-        return tuple(out)
-
-    def upsert(self, records: Iterable[dict[str, Any]]) -> UpsertResult:
-        """Check and upsert ``records`` in one transaction; count what is rejected (see the module)."""
-        rows, errors, messages = self.rows(records)
-        total = len(rows) + errors
-        if not rows:
-            return UpsertResult(total=total, processed=0, errors=errors, messages=messages)
-        with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect) as cur:
-            rejected = self._write(cur, rows, messages)
-        return UpsertResult(
-            total=total, processed=len(rows) - rejected, errors=errors + rejected, messages=messages
-        )
-
-    def _write(self, cur: Any, rows: Sequence[tuple[Any, ...]], messages: list[str]) -> int:
-        """Write ``rows`` at once, or row by row if the batch is rejected; return how many were rejected."""
-        try:
-            self._savepoint(cur, lambda: cur.executemany(self._statement, rows))
-            return 0
-        except DataError:
-            pass
-        rejected = 0
-        for row in rows:
-            try:
-                self._savepoint(cur, lambda row=row: cur.execute(self._statement, row))
-            except DataError as exc:
-                rejected += 1
-                if len(messages) < MAX_MESSAGES:
-                    key = dict(zip(self._names, row, strict=True))
-                    shown = ", ".join(f"{k}={key[k]!r}" for k in self.spec.key)
-                    messages.append(f"{shown}: {exc}")
-        return rejected
-
-    def _savepoint(self, cur: Any, step: Any) -> None:
-        """Run ``step``; on a terminal database error undo only it (transient errors end the transaction)."""
-        cur.execute("SAVEPOINT sluicegate_row")
-        try:
-            with db.wrap_errors(self.url):
-                step()
-        except DataError:
-            cur.execute("ROLLBACK TO SAVEPOINT sluicegate_row")
-            raise
-        cur.execute("RELEASE SAVEPOINT sluicegate_row")
-
-
-def table_spec(raw: Any, where: str) -> TableSpec:
-    """Read a ``[stages.load]`` table declaration: ``table``, ``key``, ``[columns]``, ``create``."""
-    from . import validate
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: use a table with table, key and [columns]")
-    table = raw.get("table")
-    if not isinstance(table, str) or not all(validate.NAME.match(p) for p in table.split(".")):
-        raise ConfigError(
-            f"{where} table: {table!r} is not a table name; use letters, digits and underscores"
-        )
-    columns = raw.get("columns")
-    if not isinstance(columns, dict) or not columns:
-        raise ConfigError(f'{where} columns: declare each column and its kind, e.g. {{ trip_id = "text" }}')
-    for name, kind in columns.items():
-        validate.identifier(name, f"{where} columns")
-        if kind not in KINDS:
-            raise ConfigError(
-                f"{where} columns.{name}: {kind!r} is not a kind; use one of {', '.join(KINDS)}"
+    def _check_stamp(self, cur: Any, stamp: tuple[str, dt.datetime]) -> None:
+        column, at = stamp
+        cur.execute(f"SELECT max({self.db.quote(column)}) FROM {self.db.quote(self.target.table)}")
+        newest = parse_time(cur.fetchone()[0])
+        if newest is not None and newest > at:
+            raise Superseded(
+                f"{self.target.display} already holds the rows of {newest.isoformat()}, "
+                f"newer than {at.isoformat()}; kept them"
             )
-    key = validate.identifiers(raw.get("key"), f"{where} key", '["trip_id"]')
-    if not key or any(k not in columns for k in key):
-        raise ConfigError(f'{where} key: name one or more of the declared columns, e.g. key = ["trip_id"]')
-    create = raw.get("create", False)
-    if not isinstance(create, bool):
-        raise ConfigError(f"{where} create: use true or false")
-    return TableSpec(table=table, key=key, columns=tuple(columns.items()), create=create)
+
+    def _swap(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        stamp: tuple[str, dt.datetime] | None,
+        before_commit: BeforeCommit | None,
+    ) -> int:
+        """MariaDB/MySQL: fill a copy of the table, then swap the names in one RENAME TABLE."""
+        table, new, old = (self.db.quote(n) for n in swap_names(self.target.table))
+        insert = Insert(flavor="mariadb", table=swap_names(self.target.table)[1], columns=tuple(columns))
+        with self._swap_lock() as cur:
+            if stamp is not None:
+                self._check_stamp(cur, stamp)
+            with self.db.errors():
+                cur.execute(f"DROP TABLE IF EXISTS {new}, {old}")  # left by a writer that died
+                cur.execute(f"CREATE TABLE {new} LIKE {table}")
+                try:
+                    cur.execute("START TRANSACTION")
+                    insert.run(cur, rows)
+                    cur.execute("COMMIT")
+                    if before_commit is not None:
+                        before_commit(None)
+                    cur.execute(f"RENAME TABLE {table} TO {old}, {new} TO {table}")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        cur.execute("ROLLBACK")
+                        cur.execute(f"DROP TABLE IF EXISTS {new}")
+                    raise
+                cur.execute(f"DROP TABLE {old}")
+        return len(rows)
+
+    @contextlib.contextmanager
+    def _swap_lock(self) -> Iterator[Any]:
+        """MariaDB: the table's named lock (GET_LOCK, held by this session), so swaps take turns."""
+        name = "sluicegate sink " + hashlib.sha1(self.target.table.encode()).hexdigest()[:32]
+        with self.db.errors():
+            cur = self.db.conn.cursor()
+            cur.execute("SELECT GET_LOCK(?, ?)", (name, LOCK_WAIT))
+            if cur.fetchone()[0] != 1:
+                raise DestinationUnavailable(
+                    f"{self.target.display}: another writer held it for {LOCK_WAIT} s; will retry"
+                )
+        try:
+            yield cur
+        finally:
+            with contextlib.suppress(Exception):
+                cur.execute("SELECT RELEASE_LOCK(?)", (name,))
+                cur.fetchall()
+                cur.close()
+
+
+def _last_per_key(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], key: Sequence[str]
+) -> Sequence[Sequence[Any]]:
+    """The last row of each key (one statement may not update a row twice on PostgreSQL)."""
+    at = [list(columns).index(k) for k in key]
+    return list({tuple(row[i] for i in at): row for row in rows}.values())
+
+
+def swap_names(table: str) -> tuple[str, str, str]:
+    """``table`` and the names of its copy and of the old table during a swap (same schema)."""
+    schema, dot, name = table.rpartition(".")
+    base = re.sub(r"[^A-Za-z0-9_]", "_", name)[:52]
+    return table, f"{schema}{dot}{base}__sg_new", f"{schema}{dot}{base}__sg_old"

@@ -215,7 +215,7 @@ def test_scheduled_event_stops_before_the_time_limit_and_leaves_the_rest_pending
     _records(url, [("s1", END - dt.timedelta(hours=1), "x")])
     rest = aws_lambda.handler(SCHEDULED_EVENT, Context(remaining_s=600.0))
     exported = {s["task"]: s["exported"] for s in rest["tasks"]}
-    assert exported == {"openaq": total - summary["exported"], "studies": 1} and rest["ok"] is True
+    assert exported == {"openaq": total - summary["exported"], "studies": 1} and rest["ok"] is True, rest
     objects = s3_keys(lambda_env["endpoint"], lambda_env["bucket"], lambda_env["key"], lambda_env["secret"])
     assert len([k for k in objects if k.startswith("exports/records/")]) == total
     [status] = operations.status(load(root), ["openaq"])

@@ -484,7 +484,7 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
     rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
     assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
     version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
-    assert version[0] == SCHEMA_VERSION == "9"
+    assert version[0] == SCHEMA_VERSION == "10"
     assert rec.conn.execute(f"SELECT count(*) FROM {prefix}task_errors").fetchone()[0] == 0
     indexes = _indexes(rec, url)
     assert "partitions_queue_idx" in indexes and "partitions_pending_idx" not in indexes

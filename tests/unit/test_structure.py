@@ -15,9 +15,11 @@ import pytest
 
 import sluicegate
 from sluicegate.ledger import (
+    AggregateStore,
     ArchiveStore,
     BlockStore,
     CaptureStore,
+    IngestStore,
     PartitionStore,
     RunStore,
     SchemaStore,
@@ -36,6 +38,8 @@ STORE_CLASSES: list[type[Store]] = [
     ArchiveStore,
     RunStore,
     BlockStore,
+    AggregateStore,
+    IngestStore,
 ]
 # Blocks that exist in one dialect only: SQLite adds columns with its own statements (PostgreSQL
 # uses ADD COLUMN IF NOT EXISTS in ensure_schema), and the archive lock of SQLite is a file lock.

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import admin, blocks, run, secret, serve
+from . import admin, blocks, ingest, run, secret, serve
 from .app import main
 
-__all__ = ["admin", "blocks", "main", "run", "secret", "serve"]
+__all__ = ["admin", "blocks", "ingest", "main", "run", "secret", "serve"]

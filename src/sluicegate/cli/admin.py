@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .. import operations
+from .. import onboarding, operations
 from ..config import load_project
 from ..engine import Exporter
 from ..exceptions import UsageError
@@ -81,7 +81,7 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
 def install(tasks: tuple[str, ...]) -> None:
     """Create the change-capture triggers of trigger-mode TASKS (all by default)."""
     project = load()
-    before = operations.uncaptured_rows(project, tasks)
+    before = onboarding.uncaptured_rows(project, tasks)
     installed = operations.install(project, tasks)
     me = invoked_as()
     for task, names in installed.items():
@@ -129,7 +129,7 @@ def check() -> None:
         click.echo(problem, err=True)
     if problems:
         sys.exit(2)
-    for warning in operations.check_warnings(project):
+    for warning in onboarding.check_warnings(project):
         click.echo(f"warning: {warning}", err=True)
     click.echo("ok: every task checked")
 
@@ -201,7 +201,7 @@ def backfill(task: str, time_min: dt.datetime | None, time_max: dt.datetime | No
     """Mark every partition of TASK that has rows, e.g. the rows that were there before install."""
     project = load()
     with ScanBar(f"backfilling {task}") as bar:
-        count = operations.backfill(project, task, time_min=time_min, time_max=time_max, progress=bar.update)
+        count = onboarding.backfill(project, task, time_min=time_min, time_max=time_max, progress=bar.update)
     me = invoked_as()
     click.echo(f"marked {count:,} partition(s) of {task}; '{me} -C {project.settings.root} run' exports them")
 
@@ -239,14 +239,27 @@ def reset(task: str, failed: bool) -> None:
 @click.option("--duration", callback=duration, help="Steady mode: how long, e.g. 5m.")
 @click.option("--locations", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dataset",
+    type=click.Choice(["openaq", "airmax"]),
+    default="openaq",
+    show_default=True,
+    help="airmax: pm25 of eight Belgian cities into its raw table (also mariadb://); see docs/cli.md.",
+)
 @handled
 def generate(
-    url: str, rows: int | None, rate: str | None, duration: float | None, locations: int, seed: int
+    url: str,
+    rows: int | None,
+    rate: str | None,
+    duration: float | None,
+    locations: int,
+    seed: int,
+    dataset: str,
 ) -> None:
     """Generate OpenAQ-like measurements (with late and out-of-order rows) into --db."""
     from ..generate import generate as run_generate
 
-    if (rows is None) == (rate is None):
+    if dataset == "openaq" and (rows is None) == (rate is None):
         raise UsageError("give either --rows N or --rate N/min with --duration DUR")
     per_min = None
     if rate is not None:
@@ -258,6 +271,9 @@ def generate(
             raise UsageError(
                 f"--rate {rate!r} is not a rate; use a number of rows per minute such as 600/min"
             ) from None
+    if dataset == "airmax":
+        generate_airmax(url, rows=rows, per_min=per_min, duration=duration, seed=seed)
+        return
     try:
         result = run_generate(
             url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
@@ -268,3 +284,15 @@ def generate(
         f"generated {result.rows:,} rows at {result.locations} locations in {result.seconds:.1f}s "
         f"into {mask_url(url)}"
     )
+
+
+def generate_airmax(
+    url: str, *, rows: int | None, per_min: float | None, duration: float | None, seed: int
+) -> None:
+    """``generate --dataset airmax``: bulk (``--rows``) or steady (``--duration``, ``--rate`` or 100/min)."""
+    from ..generate_airmax import generate as run_airmax
+
+    if (rows is None) == (duration is None):
+        raise UsageError("give either --rows N or --duration DUR (with --rate N/min, default 100/min)")
+    result = run_airmax(url, rows=rows, rate_per_min=per_min, duration_s=duration, seed=seed)
+    click.echo(f"generated {result.rows:,} airmax measurements in {result.seconds:.1f}s into {mask_url(url)}")

@@ -37,10 +37,26 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                 else f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
             )
             click.echo(f"  entity={entry['entity']}: {what}")
+        if s.ingest is not None:
+            click.echo(f"  {ingest_text(s.ingest)}")
+        for ev in s.aggregate:
+            what = {"skipped": "already evaluated, or being evaluated by another worker"}.get(
+                ev["state"], f"{ev['state']}, {ev['rows']:,} rows into {ev['table']}"
+            )
+            click.echo(f"  t={ev['tick']} [{ev['window_start']}, {ev['window_end']}): {what}")
         for error in s.errors:
             click.echo(f"  error: {error}", err=True)
         for error in s.task_errors:
             click.echo(f"  task error: {error}", err=True)
+
+
+def ingest_text(counts: dict[str, Any]) -> str:
+    """An ingest's counts on one line."""
+    kept = "parked" if counts["parked"] else "skipped"
+    return (
+        f"{counts['received']:,} messages received, {counts['inserted']:,} inserted, "
+        f"{counts['duplicates']:,} duplicates, {counts['malformed_count']:,} malformed ({kept})"
+    )
 
 
 def render_summaries(summaries: list[TaskSummary], statuses: list[dict[str, Any]]) -> None:

@@ -40,7 +40,7 @@ from ..pipeline import Fault, fault_point
 from ..sources import Column, Mode, ReadSpec, Source, open_source
 from ..specs import Project, TaskBase
 
-KINDS = ("partitioned", "incremental", "archive", "blocks")
+KINDS = ("partitioned", "incremental", "archive", "blocks", "aggregate", "ingest")
 # Called after each batch a driver claims: the task's summary so far, and how many units the
 # batch holds (the CLI's progress bar).
 Progress = Callable[[TaskSummary, int], None]

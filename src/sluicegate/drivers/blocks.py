@@ -25,9 +25,9 @@ from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
 from ..pipeline import Deadline
+from ..records import TableSink
 from ..sources import Source
 from ..specs import Settings, TaskBase
-from ..tables import TableSink
 from ..taskfields import BASE_KEYS
 from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, check_distinct_paths, path_fields
 from . import Context, Progress, blocks_config

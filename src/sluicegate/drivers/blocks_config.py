@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import secrets, validate
 from ..exceptions import ConfigError
+from ..records import KINDS, TableSpec, table_spec
 from ..specs import Settings
-from ..tables import KINDS, TableSpec, table_spec
 
 STAGE_TYPES = ("extract", "load", "publish")
 STAGE_KEYS = {

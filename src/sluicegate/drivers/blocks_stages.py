@@ -4,7 +4,7 @@ Stages that write files go through the :class:`~sluicegate.pipeline.Pipeline`: `
 (one work unit per claimed block, its records from ``select.sql`` or a callable, written as
 a JSON lines artifact, optionally Fernet-encrypted) and ``publish`` to a file (the
 artifact's records in any format sluicegate writes). Stages that write elsewhere run block
-by block: ``load`` (an upsert into a table through :mod:`sluicegate.tables`, one
+by block: ``load`` (an upsert into a table through :mod:`sluicegate.records`, one
 transaction per block) and callables (``fn(block, records, config)``, e.g. an open-data
 portal's upsert). Every outcome is recorded through one :class:`StageRecorder`: fenced by
 the claim token, ``done`` or ``no_data`` with counts, or a failure with backoff or parking.
@@ -28,8 +28,8 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Outcome, Pipeline, Place, Previous, UnitFailed, WorkUnit
+from ..records import TableSink, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
-from ..tables import TableSink, coerce
 from ..timeblocks import StageBlock, path_fields
 from . import Context
 from .blocks_config import StageSpec, import_callable
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .blocks import Task
 
 CHUNK = 1000  # records per chunk handed to a writer
-# The file column kind of each declared kind (tables.KINDS).
+# The file column kind of each declared kind (records.KINDS).
 COLUMN_KIND: dict[str, ColumnKind] = {
     "text": "text",
     "int": "int",

@@ -12,6 +12,8 @@ store                     what it holds                               SQL file
 ``ledger.archive``        runs of archive tasks, lock, witness        ``archive.sql``
 ``ledger.runs``           runs and schedule ticks                     ``runs.sql``
 ``ledger.blocks``         (block, stage) rows of blocks tasks         ``blocks.sql``
+``ledger.aggregates``     evaluations of aggregate tasks              ``aggregates.sql``
+``ledger.ingest``         ingest log and parked messages (source db)  ``ingest.sql``
 ========================  ==========================================  ======================
 
 Every SQL block is named after the store method that runs it. A new task kind adds its own
@@ -24,10 +26,12 @@ from __future__ import annotations
 from typing import Any
 
 from .. import db
+from .aggregates import AggregateStore
 from .archive import ArchiveBusy, ArchiveStore
 from .blocks import BlockStore, RangeQuery, StageClaim, StageResult
 from .capture import CaptureStore
 from .core import SCHEMA_VERSION, LedgerCore, SchemaStore, Store
+from .ingest import IngestStore
 from .partitions import Claim, ExportResult, PartitionStore, TaskStatus
 from .runs import ABANDONED_AFTER, HEARTBEAT_SECONDS, RunStore, run_heartbeat
 from .watermarks import WatermarkClaim, WatermarkStore
@@ -36,12 +40,14 @@ __all__ = [
     "ABANDONED_AFTER",
     "HEARTBEAT_SECONDS",
     "SCHEMA_VERSION",
+    "AggregateStore",
     "ArchiveBusy",
     "ArchiveStore",
     "BlockStore",
     "CaptureStore",
     "Claim",
     "ExportResult",
+    "IngestStore",
     "Ledger",
     "LedgerCore",
     "PartitionStore",
@@ -70,6 +76,8 @@ class Ledger:
         self.archive = ArchiveStore(self.core)
         self.runs = RunStore(self.core)
         self.blocks = BlockStore(self.core)
+        self.aggregates = AggregateStore(self.core)
+        self.ingest = IngestStore(self.core)
 
     @property
     def url(self) -> str:

@@ -25,7 +25,7 @@ from ..sql import queries
 log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
 UTC = dt.UTC
-SCHEMA_VERSION = "9"
+SCHEMA_VERSION = "10"
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
 SQLITE_ADDED_COLUMNS = (

@@ -1,10 +1,10 @@
 """Cron schedules in ``sluicegate serve``: one replica fires each tick, missed ticks are not replayed.
 
 Every few seconds the scheduler looks at each task's most recent tick (``schedule`` in the
-task's ``schedule_zone``). A tick newer than the last one this process saw is claimed on the
-ledger (``schedule_ticks``, one row per task and tick): only the replica whose insert wins
-starts the run. After downtime only the latest tick fires, and that run exports all the work
-that is pending by then.
+task's ``schedule_zone``, or an aggregate task's ``every``: see :mod:`sluicegate.schedules`).
+A tick newer than the last one this process saw is claimed on the ledger (``schedule_ticks``,
+one row per task and tick): only the replica whose insert wins starts the run. After downtime
+only the latest tick fires, and that run exports all the work that is pending by then.
 """
 
 from __future__ import annotations
@@ -14,22 +14,15 @@ import logging
 import threading
 from typing import Any
 
-from croniter import croniter
-
 from ..exceptions import SluicegateError
 from ..operations import ledger_of
 from ..options import RunOptions
-from ..partitions import zone_of
+from ..schedules import due_tick, latest_tick
 from ..specs import Project
 
+__all__ = ["Scheduler", "latest_tick"]
+
 log = logging.getLogger("sluicegate.scheduler")
-
-
-def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
-    """The most recent tick of ``schedule`` at or before ``now`` (aware, UTC)."""
-    local = now.astimezone(zone_of(zone))
-    tick: dt.datetime = croniter(schedule, local + dt.timedelta(microseconds=1)).get_prev(dt.datetime)
-    return tick.astimezone(dt.UTC)
 
 
 class Scheduler:
@@ -65,15 +58,14 @@ class Scheduler:
     def tick(self, now: dt.datetime) -> list[str]:
         """Fire every task whose latest tick is new and won on the ledger; return the run ids."""
         project: Project = self.load()
-        due = [t for t in project.tasks.values() if t.schedule]
+        due = [t for t in project.tasks.values() if due_tick(t, now) is not None]
         if not due:
             return []
         started = []
         with ledger_of(project) as ledger:
             for task in due:
-                assert task.schedule
-                tick = latest_tick(task.schedule, task.schedule_zone, now)
-                if self.seen.get(task.name) == tick:
+                tick = due_tick(task, now)
+                if tick is None or self.seen.get(task.name) == tick:
                     continue
                 self.seen[task.name] = tick
                 if ledger.runs.claim_tick(task.name, tick):

@@ -14,7 +14,9 @@ from importlib import resources
 
 _BLOCK = re.compile(r"^-- ([a-z_]+) --\s*$", re.MULTILINE)
 DIALECTS = ("postgresql", "sqlite")
-STORES = ("schema", "partitions", "capture", "watermarks", "archive", "runs", "blocks")
+STORES = (
+    "schema", "partitions", "capture", "watermarks", "archive", "runs", "blocks", "aggregates", "ingest",
+)  # fmt: skip
 
 
 def parse(text: str) -> dict[str, str]:

@@ -160,7 +160,27 @@ CREATE INDEX IF NOT EXISTS blocks_position_idx ON {t}blocks (task, key_value, bl
 CREATE INDEX IF NOT EXISTS blocks_queue_idx ON {t}blocks (task, block_end)
     WHERE status IN ('pending', 'running');
 CREATE INDEX IF NOT EXISTS blocks_claim_token_idx ON {t}blocks (claim_token) WHERE claim_token IS NOT NULL;
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '9')
+-- version 10: evaluations of aggregate tasks, one row per (task, tick), claimed like schedule ticks
+CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
+    task text NOT NULL,
+    tick timestamptz NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    state text NOT NULL CHECK (state IN ('running', 'done', 'failed', 'superseded')),
+    claim_token uuid,
+    lease_until timestamptz,
+    attempts integer NOT NULL DEFAULT 1,
+    next_attempt_at timestamptz,
+    rows bigint,
+    seconds double precision,
+    path text,
+    error text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (task, tick),
+    CONSTRAINT aggregate_evaluations_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '10')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --

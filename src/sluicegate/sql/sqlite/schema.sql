@@ -148,7 +148,27 @@ CREATE INDEX IF NOT EXISTS {t}blocks_position_idx ON {t}blocks (task, key_value,
 CREATE INDEX IF NOT EXISTS {t}blocks_queue_idx ON {t}blocks (task, block_end)
     WHERE status IN ('pending', 'running');
 CREATE INDEX IF NOT EXISTS {t}blocks_claim_token_idx ON {t}blocks (claim_token) WHERE claim_token IS NOT NULL;
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '9');
+-- version 10: evaluations of aggregate tasks, one row per (task, tick), claimed like schedule ticks
+CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
+    task TEXT NOT NULL,
+    tick REAL NOT NULL,
+    window_start REAL NOT NULL,
+    window_end REAL NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'superseded')),
+    claim_token TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    next_attempt_at REAL,
+    rows INTEGER,
+    seconds REAL,
+    path TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (task, tick),
+    CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+);
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '10');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).

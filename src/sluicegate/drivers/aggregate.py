@@ -1,0 +1,352 @@
+"""Aggregate tasks: a SQL aggregate over a sliding window, evaluated per tick into a table.
+
+Every tick ``t`` (``every = "5m"``, or a cron ``schedule``) the task's ``select.sql`` runs over
+the rows of ``[window] table`` whose ``[window] column`` lies in ``[t - width, t)``: sluicegate
+writes that bound, as a common table expression named ``in_window`` that the select reads
+from, so the window is bounded on both sides and compared as a time on every database (on
+SQLite through ``julianday``). Each result row gets ``t`` in the ``evaluation_column``, and the
+rows go to the task's table sink (:mod:`sluicegate.tables`; ``replace`` by default, so readers
+see one whole evaluation or the next), and, when the task has a ``path``, to a file.
+
+Ticks are claimed on the ledger (:class:`~sluicegate.ledger.aggregates.AggregateStore`), so two
+workers never evaluate the same tick; a run evaluates only the latest due tick, so ticks
+missed while no worker ran are not replayed. Each evaluation is recorded with its window,
+rows, duration and error; when the table lives in the ledger database the record commits in
+the table's transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import paths, tables, validate
+from ..exceptions import ConfigError, DataError, LedgerError, SluicegateError
+from ..ledger import Ledger
+from ..options import Budget, RunOptions, TaskSummary
+from ..schedules import due_tick
+from ..sources import Source
+from ..specs import Settings, TaskBase
+from ..taskfields import BASE_KEYS, base_fields
+from . import Context, Progress
+from .aggregate_file import write_file
+
+UTC = dt.UTC
+IN_WINDOW = "in_window"
+KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease"}
+WINDOW_KEYS = frozenset({"table", "column", "width"})
+DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
+MAX_DELAY = 3600.0  # a failed tick is retried after backoff, doubling per attempt, up to this
+_LEADING_WITH = re.compile(r"^\s*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE)
+_READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(TaskBase):
+    """A windowed aggregate evaluated per tick into a table (and optionally a file)."""
+
+    kind = "aggregate"
+    window_table: str
+    window_column: str
+    width: float
+    every: float | None
+    target: tables.TableTarget
+    evaluation_column: str = "evaluation_time_utc"
+    file: bool = False
+    lease: float = 600.0
+
+    def window(self, tick: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        """The window of ``tick``: ``[tick - width, tick)``."""
+        return tick - dt.timedelta(seconds=self.width), tick
+
+
+def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
+    """Read an aggregate task's ``task.toml``: ``every`` or ``schedule``, ``[window]``, ``[destination]``."""
+    where = str(folder / "task.toml")
+    validate.reject_unknown(raw, KEYS, where)
+    window = raw.get("window")
+    if not isinstance(window, dict):
+        raise ConfigError(
+            f'{where} [window]: missing; give table, column and width, e.g. table = "raw", '
+            'column = "measurement_time_utc", width = "3h"'
+        )
+    validate.reject_unknown(window, WINDOW_KEYS, f"{where} [window]")
+    for key in sorted(WINDOW_KEYS - set(window)):
+        raise ConfigError(f"{where} [window] {key}: missing; the window needs table, column and width")
+    every = _every(raw, where)
+    width = validate.parse_duration(window["width"], where=f"{where} [window] width")
+    if width <= 0:
+        raise ConfigError(f'{where} [window] width: must be longer than 0, e.g. "3h"')
+    task = Task(
+        **base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH),
+        window_table=validate.table_name(window["table"], f"{where} [window] table"),
+        window_column=validate.identifier(window["column"], f"{where} [window] column"),
+        width=width,
+        every=every,
+        target=tables.load_target(
+            raw.get("destination"),
+            f"{where} [destination]",
+            default_url=settings.source_url,
+            root=settings.root,
+        ),
+        evaluation_column=validate.identifier(
+            raw.get("evaluation_column", "evaluation_time_utc"), f"{where} evaluation_column"
+        ),
+        file="path" in raw,
+        lease=validate.parse_duration(raw.get("lease", settings.lease), where=f"{where} lease"),
+    )
+    if every is None and task.schedule is None:
+        raise ConfigError(
+            f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'
+        )
+    if not _READS_WINDOW.search(task.select_sql):
+        raise ConfigError(
+            f"{folder / 'select.sql'}: the select does not read {IN_WINDOW}, so the window bounds nothing; "
+            f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"
+        )
+    if task.file:
+        paths.check_template(
+            task.path, folder, allowed={"task", "t", "format", "ext"}, required=(), what="evaluation field"
+        )
+    return task
+
+
+def _every(raw: Mapping[str, Any], where: str) -> float | None:
+    if "every" not in raw:
+        return None
+    if "schedule" in raw:
+        raise ConfigError(f"{where}: give every or schedule, not both")
+    every = validate.parse_duration(raw["every"], where=f"{where} every")
+    if every < 1:
+        raise ConfigError(f'{where} every: {raw["every"]!r} is too short; use at least "1s"')
+    return every
+
+
+def evaluation_sql(task: Task, flavor: tables.Flavor) -> str:
+    """The select with the window as a CTE ``in_window`` before it; two placeholders: start, end."""
+    mark = "%s" if flavor == "postgresql" else "?"
+    col = tables.quote(flavor, task.window_column)
+    if flavor == "sqlite":  # times are text there: compare them as times, never as strings
+        bound = f"julianday({col}) >= julianday({mark}) AND julianday({col}) < julianday({mark})"
+    else:
+        bound = f"{col} >= {mark} AND {col} < {mark}"
+    cte = f"{IN_WINDOW} AS (SELECT * FROM {tables.quote(flavor, task.window_table)} WHERE {bound})"
+    # psycopg reads % as the start of a placeholder once there are parameters; the select has none.
+    select = task.select_sql.replace("%", "%%") if flavor == "postgresql" else task.select_sql
+    match = _LEADING_WITH.match(select)
+    if match:
+        return f"WITH{match.group(1) or ''} {cte},\n{select[match.end() :]}"
+    return f"WITH {cte}\n{select}"
+
+
+@dataclass(kw_only=True)
+class Evaluation:
+    """What one evaluation did (an entry of the run summary's ``aggregate`` list)."""
+
+    tick: dt.datetime
+    window_start: dt.datetime
+    window_end: dt.datetime
+    state: str  # done, superseded, failed, or skipped (another worker has the tick, or it is done)
+    rows: int = 0
+    seconds: float = 0.0
+    path: str | None = None
+    bytes: int = 0  # the file's, when the task writes one
+    table: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in vars(self).items()}
+
+
+def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
+    """Claim ``tick`` of ``task`` and evaluate it: query, file (if any), table; record the outcome."""
+    store = context.ledger.aggregates
+    start, end = task.window(tick)
+    result = Evaluation(
+        tick=tick, window_start=start, window_end=end, state="skipped", table=task.target.display
+    )
+    token = str(uuid.uuid4())
+    attempt = store.claim(task.name, tick, (start, end), token=token, lease=task.lease)
+    if attempt is None:
+        return result
+    started = time.monotonic()
+    try:
+        columns, rows = evaluation_rows(context.project.settings.source_url, task, tick)
+        result.rows = len(rows)
+        if task.file:
+            result.path, result.bytes = write_file(context, task, tick, columns, rows)
+        result.state = _write_table(context, task, tick, token, columns, rows, result, started)
+    except SluicegateError as exc:
+        result.state, result.error = "failed", str(exc)
+        result.seconds = time.monotonic() - started
+        if isinstance(exc, LedgerError):
+            raise
+        delay = min(context.project.settings.backoff * 2 ** (attempt - 1), MAX_DELAY)
+        store.fail(task.name, tick, token, error=str(exc), seconds=result.seconds, delay=delay)
+    return result
+
+
+def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run the evaluation's select of ``tick`` on the database at ``url``; return the column names
+    and the rows, the tick added to each."""
+    source = tables.TableDb(url)
+    try:
+        start, end = task.window(tick)
+        bounds = [tables.time_value(source.flavor, start), tables.time_value(source.flavor, end)]
+        names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
+    finally:
+        source.close()
+    if task.evaluation_column in names:
+        raise DataError(
+            f"{task.folder / 'select.sql'} returns a column {task.evaluation_column}, which sluicegate adds "
+            "(the evaluation time); remove it from the select or set evaluation_column"
+        )
+    return [*names, task.evaluation_column], [(*row, tick) for row in rows]
+
+
+def _write_table(
+    context: Context,
+    task: Task,
+    tick: dt.datetime,
+    token: str,
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    result: Evaluation,
+    started: float,
+) -> str:
+    """Write the rows into the table sink and record the evaluation: in one transaction when
+    the table is in the ledger database, else right after (the claim checked just before)."""
+    store = context.ledger.aggregates
+    shared = task.target.url == context.project.settings.ledger_url
+    recorded = False
+
+    def before_commit(cur: Any) -> None:
+        nonlocal recorded
+        result.seconds = time.monotonic() - started
+        if shared and cur is not None:
+            recorded = store.finish(
+                task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path, cur=cur
+            )
+            if not recorded:
+                raise LedgerError(_lost(task, tick))
+        elif not store.renew(task.name, tick, token, lease=task.lease):
+            raise LedgerError(_lost(task, tick))
+
+    with tables.TableSink(task.target) as sink:
+        stamped = [(*row[:-1], tables.time_value(sink.db.flavor, row[-1])) for row in rows]
+        try:
+            sink.write(columns, stamped, stamp=(task.evaluation_column, tick), before_commit=before_commit)
+        except tables.Superseded as exc:
+            result.error = str(exc)
+            store.finish(
+                task.name, tick, token, state="superseded", rows=0, seconds=time.monotonic() - started,
+                error=str(exc),
+            )  # fmt: skip
+            return "superseded"
+    if not recorded:
+        store.finish(task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path)
+    return "done"
+
+
+def _lost(task: Task, tick: dt.datetime) -> str:
+    return (
+        f"task {task.name}: the claim of tick {tick.isoformat()} ran out (lease {task.lease:g} s) and "
+        "another worker took it; nothing was written. Raise lease if evaluations take that long"
+    )
+
+
+class Driver:
+    """Runs aggregate tasks: each run evaluates the latest due tick, once among all workers."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
+        """The tick the next run would evaluate, its window, and where the rows go."""
+        tick = due_tick(task, dt.datetime.now(UTC))
+        assert tick is not None
+        start, end = task.window(tick)
+        summary.plan.append(
+            {"partition": {"t": tick.isoformat()}, "reason": "aggregate", "start": start.isoformat(),
+             "end": end.isoformat(), "path": task.target.display}
+        )  # fmt: skip
+
+    def run(
+        self,
+        task: Task,
+        options: RunOptions,
+        *,
+        summary: TaskSummary,
+        budget: Budget,
+        limit: int | None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Evaluate the latest due tick unless it is done or another worker holds it."""
+        tick = due_tick(task, dt.datetime.now(UTC))
+        assert tick is not None
+        result = evaluate(self.context, task, tick)
+        summary.aggregate.append(result.as_dict())
+        if result.state == "failed":
+            summary.note_failure(f"t={tick.isoformat()}", result.error or "failed")
+        elif result.state == "done":
+            summary.exported += 1
+            summary.rows += result.rows
+            summary.bytes += result.bytes
+        return 0 if result.state == "skipped" else 1
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Compile the evaluation's select (no rows read) and check the table sink's columns."""
+    problems = []
+    tick = dt.datetime.now(UTC).replace(microsecond=0)
+    try:
+        columns, _ = _query_columns(source.url, task, tick)
+    except SluicegateError as exc:
+        return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
+    try:
+        with tables.TableSink(task.target) as sink:
+            have = set(sink.db.table_columns(task.target.table))
+    except SluicegateError as exc:
+        return [f"{task.folder / 'task.toml'} [destination]: {task.target.display}: {exc}"]
+    missing = [c for c in [*columns, *task.target.key] if c not in have]
+    if missing:
+        problems.append(
+            f"{task.folder / 'task.toml'} [destination]: {task.target.display} has no column "
+            f"{', '.join(sorted(set(missing)))}; it needs every column of the select, "
+            f"and {task.evaluation_column}"
+        )
+    return problems
+
+
+def _query_columns(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], Sequence[Any]]:
+    """The evaluation's columns, from the select run over a window of one microsecond."""
+    return evaluation_rows(url, dataclasses.replace(task, width=0.000001), tick)
+
+
+def status(task: Task, ledger: Ledger) -> dict[str, Any]:
+    """The task's evaluations by state, the latest evaluated tick and the latest error."""
+    return {"task": task.name, "kind": "aggregate", **ledger.aggregates.status(task.name)}
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """The window, the schedule and the table, for ``sluicegate tasks``."""
+    return {
+        "keys": [],
+        "time": task.window_column,
+        "capture": "explicit",
+        "window": {"table": task.window_table, "column": task.window_column, "width": task.width},
+        "every": task.every,
+        "table": task.target.table,
+        "mode": task.target.mode,
+        "file": task.file,
+    }

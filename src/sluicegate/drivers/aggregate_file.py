@@ -1,0 +1,102 @@
+"""An aggregate task's optional file: one evaluation's rows, through the pipeline, as one unit.
+
+The file is written before the table (see :func:`sluicegate.drivers.aggregate.evaluate`), at
+the path the task's template gives the tick, in the task's format, into the project's
+destination. A re-evaluation of the same tick writes the same path again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import paths
+from ..exceptions import SluicegateError
+from ..options import Budget, TaskSummary
+from ..pipeline import Outcome, Pipeline, Place, WorkUnit
+from ..sources import Column, ColumnKind, Slice
+
+if TYPE_CHECKING:
+    from . import Context
+    from .aggregate import Task
+
+
+class FileRecorder:
+    """Remembers the file's outcome; the evaluation records it with the table."""
+
+    def __init__(self) -> None:
+        self.outcome: Outcome | None = None
+        self.error: SluicegateError | None = None
+
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
+        """Put the file in place, durably (the tick's claim is checked before the table is written)."""
+        place(outcomes)
+        [self.outcome] = outcomes
+        return [True]
+
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
+        """Remember the error; the evaluation fails with it."""
+        self.error = error
+
+    def renew(self, tokens: Collection[str]) -> None:
+        """Nothing to renew: the tick's claim is checked before the table is written."""
+
+    def release(self, tokens: Collection[str]) -> int:
+        """Nothing to release."""
+        return 0
+
+
+def render_path(task: Task, tick: dt.datetime) -> str:
+    """The file of ``tick``."""
+    return paths.render(
+        task.path, {"task": task.name, "t": tick, "format": task.format, "ext": task.extension}
+    )
+
+
+def write_file(
+    context: Context, task: Task, tick: dt.datetime, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> tuple[str | None, int]:
+    """Write the rows (the tick last in each) as the tick's file; return its path (None: no rows,
+    no file) and its size."""
+    path = render_path(task, tick)
+    context.destination.check_path(path)
+    kinds = [Column(name=name, kind=_kind([row[i] for row in rows])) for i, name in enumerate(columns)]
+    recorder = FileRecorder()
+    pipeline = Pipeline(
+        read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
+        mode="rows", destination=context.destination, recorder=recorder, summary=TaskSummary(task=task.name),
+        budget=Budget(deadline=None), lease=task.lease, fault=context.fault,
+    )  # fmt: skip
+    with pipeline:
+        pipeline.export([WorkUnit(key="", slice=Slice(zone="UTC"), path=path)])
+        pipeline.flush()
+    if recorder.error is not None:
+        raise recorder.error
+    if recorder.outcome is None:
+        return None, 0
+    return recorder.outcome.path, recorder.outcome.nbytes
+
+
+_KINDS: tuple[tuple[type, ColumnKind], ...] = (
+    (bool, "bool"),
+    (int, "int"),
+    (float, "float"),
+    (decimal.Decimal, "decimal"),
+    (str, "text"),
+    (bytes, "binary"),
+    (dt.datetime, "timestamptz"),
+    (dt.date, "date"),
+)
+
+
+def _kind(values: Sequence[Any]) -> ColumnKind:
+    """The kind of a column from its first non-NULL value (a naive time is a timestamp)."""
+    value = next((v for v in values if v is not None), None)
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return "timestamp"
+    for typ, kind in _KINDS:
+        if isinstance(value, typ):
+            return kind
+    return "text" if value is None else "other"

@@ -1,0 +1,188 @@
+"""Ingesting measurement messages into a table: idempotent on the message id, one batch per transaction.
+
+A batch of :class:`~sluicegate.messages.Message` is written in one transaction of the
+table's database: the rows with ``INSERT ... ON CONFLICT (id column) DO NOTHING`` (so a
+redelivered or duplicated message leaves the row as it is), the malformed messages parked
+(``malformed = "park"``), and one log row (:class:`~sluicegate.ledger.ingest.IngestStore`)
+with the counts and the message ids. The log row commits with the rows or not at all.
+
+A malformed message (it cannot be read, or the database refuses its row: a value too long,
+a NULL where none is allowed) is reported with its id and skipped or parked; the others of
+its batch are inserted all the same (each row then goes in under its own savepoint), so one
+bad message never blocks a batch, and a batch is never redelivered forever. Any other error
+(the database is down, the table is missing) fails the batch: nothing is committed, and an
+SQS batch is not deleted, so it comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import db, tables
+from .exceptions import DataError
+from .ledger import Ledger
+from .messages import Message, parse
+
+if TYPE_CHECKING:
+    from .drivers.ingest import Task
+    from .sqs import SqsQueue
+
+MAX_REPORTED = 100  # malformed messages listed in a summary
+# MariaDB errors about one row's values: NULL, out of range, bad value, too long, foreign key, check.
+_MARIADB_ROW_ERRORS = {1048, 1264, 1292, 1366, 1406, 1452, 3819, 4025}
+
+
+@dataclass(kw_only=True)
+class IngestSummary:
+    """What an ingest did: messages received, rows inserted, duplicates, malformed ones."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    parked: int = 0
+    malformed: list[dict[str, str | None]] = field(default_factory=list)  # {"id", "error"}, the first 100
+    malformed_count: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+def row_fault(exc: BaseException) -> bool:
+    """Whether a database error is about one row's values (so only that message is malformed)."""
+    cause = exc.__cause__ or exc
+    sqlstate = getattr(cause, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate.startswith(("22", "23"))
+    if isinstance(cause, sqlite3.IntegrityError):
+        return True
+    if isinstance(cause, sqlite3.Error):
+        return "mismatch" in str(cause) or "too big" in str(cause)
+    return getattr(cause, "errno", None) in _MARIADB_ROW_ERRORS
+
+
+class Ingestor:
+    """Writes batches of messages into an ingest task's table, with their log, in one transaction each."""
+
+    def __init__(self, task: Task, target: Ledger) -> None:
+        self.task = task
+        self.target = target  # the ledger tables of the table's database (the source's inbox)
+        self.flavor: tables.Flavor = target.dialect.name
+        self.columns = [column for column, _ in task.columns]
+        self.insert = tables.Insert(
+            flavor=self.flavor, table=task.table, columns=tuple(self.columns), mode="insert", key=(task.key,)
+        )
+        target.ingest.create()
+
+    def ingest(self, messages: Sequence[Message], summary: IngestSummary) -> None:
+        """Write one batch; then each message is inserted, a duplicate, or reported as malformed."""
+        good, bad = self._split(messages)
+        try:
+            inserted, refused = self._commit(messages, good, bad, isolate=False)
+        except DataError as exc:
+            if not row_fault(exc):
+                raise
+            inserted, refused = self._commit(messages, good, bad, isolate=True)
+        summary.batches += 1
+        summary.received += len(messages)
+        summary.inserted += inserted
+        summary.duplicates += len(messages) - inserted - len(bad) - len(refused)
+        for message in [*bad, *refused]:
+            summary.malformed_count += 1
+            summary.parked += self.task.malformed == "park"
+            if len(summary.malformed) < MAX_REPORTED:
+                summary.malformed.append({"id": message.id, "error": message.error})
+
+    def _split(self, messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+        """The readable messages, first copy of each id only, and the malformed ones."""
+        good: dict[str, Message] = {}
+        bad = []
+        for message in messages:
+            if message.error is not None or message.id is None:
+                bad.append(message)
+            else:
+                good.setdefault(message.id, message)
+        return list(good.values()), bad
+
+    def _row(self, message: Message) -> tuple[Any, ...]:
+        fields = message.fields or {}
+        values = (fields.get(name) for _, name in self.task.columns)
+        return tuple(tables.time_value(self.flavor, v) if isinstance(v, dt.datetime) else v for v in values)
+
+    def _commit(
+        self, messages: Sequence[Message], good: list[Message], bad: list[Message], *, isolate: bool
+    ) -> tuple[int, list[Message]]:
+        """One transaction: the rows (each under a savepoint if ``isolate``), parked messages, the log."""
+        store, url = self.target.ingest, self.target.url
+        with self.target.core.transaction() as cur:
+            refused: list[Message] = []
+            if isolate:
+                inserted = sum(self._insert_alone(cur, m, refused) for m in good)
+            else:
+                with db.wrap_errors(url):
+                    inserted = self.insert.run(cur, [self._row(m) for m in good])
+            if self.task.malformed == "park":
+                for message in [*bad, *refused]:
+                    assert message.error is not None
+                    store.park(
+                        cur, self.task.name, message_id=message.id, body=message.body, error=message.error
+                    )
+            ids = [m.id or "" for m in messages]
+            store.record(cur, self.task.name, received=len(messages), inserted=inserted,
+                         malformed=len(bad) + len(refused), ids=ids)  # fmt: skip
+        return inserted, refused
+
+    def _insert_alone(self, cur: Any, message: Message, refused: list[Message]) -> int:
+        """Insert one message's row under a savepoint; a refused row is rolled back and reported."""
+        cur.execute("SAVEPOINT sluicegate_row")
+        try:
+            with db.wrap_errors(self.target.url):
+                inserted = self.insert.run(cur, [self._row(message)])
+        except DataError as exc:
+            if not row_fault(exc):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT sluicegate_row")
+            error = f"message {message.id}: {self.task.table} refused its row: {exc}"
+            refused.append(dataclasses.replace(message, error=error))
+            return 0
+        cur.execute("RELEASE SAVEPOINT sluicegate_row")
+        return inserted
+
+
+def read_lines(lines: Iterable[str], name: str) -> Iterator[Message]:
+    """Messages from JSON lines (blank lines skipped); each names its line, ``name:N``."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield parse(line.rstrip("\r\n"), where=f"{name}:{number}")
+
+
+def ingest_lines(ingestor: Ingestor, lines: Iterable[str], name: str, summary: IngestSummary) -> None:
+    """Ingest JSON lines in batches of the task's ``batch_size``."""
+    messages = read_lines(lines, name)
+    while batch := list(itertools.islice(messages, ingestor.task.batch_size)):
+        ingestor.ingest(batch, summary)
+
+
+def drain(
+    ingestor: Ingestor,
+    queue: SqsQueue,
+    summary: IngestSummary,
+    *,
+    fault: Callable[[str], None],
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Receive, ingest and delete batches until the queue is empty (or ``stop()``)."""
+    while not stop():
+        batch = queue.receive(ingestor.task.batch_size)
+        if not batch:
+            return
+        ingestor.ingest(batch, summary)
+        fault("after_ingest_commit")  # the rows committed; SQS has not been told
+        queue.delete(batch)

@@ -1,0 +1,114 @@
+"""Evaluations of aggregate tasks: one row per (task, tick), claimed like a schedule tick.
+
+A tick is claimed with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` (the pattern of
+:meth:`RunStore.claim_tick`, with a lease): a new tick, a failed tick whose retry time has
+come, or a tick whose claim's lease ran out (its worker died) goes to exactly one caller. A
+finished evaluation records its window, rows, duration and error, fenced by the claim token,
+so a worker whose claim was taken over records nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from .core import Store
+
+
+class AggregateStore(Store):
+    """The ``aggregate_evaluations`` of the ledger."""
+
+    SQL = "aggregates"
+
+    def claim(
+        self,
+        task: str,
+        tick: dt.datetime,
+        window: tuple[dt.datetime, dt.datetime],
+        *,
+        token: str,
+        lease: float,
+    ) -> int | None:
+        """Claim ``tick`` of ``task`` under ``token``; return the attempt number, or None when it is
+        done, being evaluated by a live claim, or failed and waiting for its retry time."""
+        ts = self.core.ts
+        params = self.core.params(
+            task=task, tick=ts(tick), window_start=ts(window[0]), window_end=ts(window[1]),
+            token=uuid.UUID(token), lease=lease,
+        )  # fmt: skip
+        row = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchone())
+        return None if row is None else int(row[0])
+
+    def renew(self, task: str, tick: dt.datetime, token: str, *, lease: float) -> bool:
+        """Extend the claim; False when it was lost."""
+        cur = self._run("renew", task=task, tick=self.core.ts(tick), token=uuid.UUID(token), lease=lease)
+        return bool(cur.rowcount == 1)
+
+    def finish(
+        self,
+        task: str,
+        tick: dt.datetime,
+        token: str,
+        *,
+        state: str = "done",
+        rows: int,
+        seconds: float,
+        path: str | None = None,
+        error: str | None = None,
+        cur: Any | None = None,
+    ) -> bool:
+        """Record the evaluation ``done`` (or ``superseded``); False when the claim was lost.
+
+        With ``cur`` the record is written in that transaction (the table sink's, when it
+        writes to the ledger database), so the table and the record commit together.
+        """
+        result = self._run(
+            "finish", cur, task=task, tick=self.core.ts(tick), token=uuid.UUID(token), state=state,
+            rows=rows, seconds=round(seconds, 6), path=path, error=error,
+        )  # fmt: skip
+        return bool(result.rowcount == 1)
+
+    def fail(
+        self, task: str, tick: dt.datetime, token: str, *, error: str, seconds: float, delay: float
+    ) -> None:
+        """Record a failed evaluation; the tick may be claimed again ``delay`` seconds from now."""
+        self._run(
+            "fail", task=task, tick=self.core.ts(tick), token=uuid.UUID(token), error=error,
+            seconds=round(seconds, 6), delay=delay,
+        )  # fmt: skip
+
+    def status(self, task: str) -> dict[str, Any]:
+        """Counts of the task's evaluations by state, its latest done tick and its latest error."""
+        row = self._run("status", task=task).fetchone()
+        done, failed, running, superseded, latest, last_error = row
+        return {
+            "evaluations": int(done or 0),
+            "failed": int(failed or 0),
+            "running": int(running or 0),
+            "superseded": int(superseded or 0),
+            "latest": self.core.from_ts(latest),
+            "last_error": last_error,
+        }
+
+    def recent(self, task: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The task's latest evaluations, newest tick first."""
+        return [self._row(r) for r in self._run("recent", task=task, limit=limit).fetchall()]
+
+    def _row(self, row: Sequence[Any]) -> dict[str, Any]:
+        tick, start, end, state, attempts, rows, seconds, path, error, started, finished = row
+        ts = self.core.from_ts
+        return {
+            "tick": ts(tick),
+            "window_start": ts(start),
+            "window_end": ts(end),
+            "state": state,
+            "attempts": int(attempts),
+            "rows": None if rows is None else int(rows),
+            "seconds": None if seconds is None else float(seconds),
+            "path": path,
+            "error": error,
+            "started_at": ts(started),
+            "finished_at": ts(finished),
+        }

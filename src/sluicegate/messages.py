@@ -1,0 +1,196 @@
+"""OpenAQ-style measurement messages, as ingest tasks receive them, checked one by one.
+
+Three shapes are read into the same fields (:data:`FIELDS`):
+
+* an **SNS notification** (an SQS body when the queue subscribes to an SNS topic, which is
+  what airmax's Lambda received): ``MessageId`` is the id, ``Timestamp`` the send time, and
+  each ``MessageAttributes`` entry (``{"Type": "String", "Value": ...}``) a field: airmax's
+  ``date_utc``, ``country``, ``location``, ``city``, ``latitude``, ``longitude``,
+  ``sourceType``, ``sourceName``, ``parameter``, ``unit``, ``value``. A JSON ``Message`` of the
+  OpenAQ shape fills the fields its attributes do not carry;
+* an **OpenAQ measurement** object: ``location``, ``parameter``, ``value``, ``unit``,
+  ``date: {"utc": ...}``, ``coordinates: {"latitude", "longitude"}``, ``country``, ``city``,
+  ``sourceName``, ``sourceType``, and an ``id`` (or ``message_id``);
+* a **flat** object with the field names themselves (what ``sluicegate ingest`` reads as JSON
+  lines), also with SQS message attributes (``StringValue``) when SNS delivered raw.
+
+A message that cannot be read (not JSON, no id, a missing field, a value that is not a
+number, a time that is not ISO 8601) becomes a :class:`Message` with an ``error`` naming its
+id and the field, never an exception: one bad message must not hold up the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+FIELDS = (
+    "id", "sent_at", "date_utc", "country", "location", "city", "latitude", "longitude",
+    "sourceType", "sourceName", "parameter", "unit", "value",
+)  # fmt: skip
+REQUIRED = ("id", "date_utc", "city", "parameter", "unit", "value")
+TIMES = ("sent_at", "date_utc")
+NUMBERS = ("latitude", "longitude", "value")
+# airmax's raw table: column -> field (the default [columns] of an ingest task)
+AIRMAX_COLUMNS: dict[str, str] = {
+    "message_id": "id",
+    "message_send_time_utc": "sent_at",
+    "measurement_time_utc": "date_utc",
+    "country_code": "country",
+    "location": "location",
+    "city": "city",
+    "latitude": "latitude",
+    "longitude": "longitude",
+    "source_type": "sourceType",
+    "source_name": "sourceName",
+    "parameter_name": "parameter",
+    "parameter_value": "value",
+    "parameter_unit": "unit",
+}
+SHOWN = 60  # characters of a bad value repeated in a message
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One received message: its fields when it could be read, else the reason it could not."""
+
+    id: str | None
+    body: str
+    fields: Mapping[str, Any] | None = None
+    error: str | None = None
+    receipt: str | None = None  # SQS receipt handle, to delete it once it is handled
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its id, or where it came from."""
+        return self.id or "(no id)"
+
+
+def parse(
+    body: str,
+    *,
+    where: str = "",
+    receipt: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    fallback_id: str | None = None,
+) -> Message:
+    """Read one message body (SNS envelope, OpenAQ object or flat object) and check its fields.
+
+    ``attributes`` are SQS message attributes (raw delivery); ``fallback_id`` the SQS message
+    id, used when the body carries none; ``where`` names a JSON line (``file:12``).
+    """
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        return Message(
+            id=fallback_id, body=body, error=f"{where or 'body'} is not JSON ({exc})", receipt=receipt
+        )
+    if not isinstance(obj, dict):
+        return Message(
+            id=fallback_id, body=body, error=f"{where or 'body'} is not a JSON object", receipt=receipt
+        )
+    raw = _fields(obj, attributes or {})
+    if raw.get("id") in (None, "") and fallback_id:
+        raw["id"] = fallback_id
+    ident = None if raw.get("id") in (None, "") else str(raw["id"])
+    fields, error = _check(raw)
+    if error is not None:
+        label = f"message {ident}" if ident else f"{where or 'a message'} (no id)"
+        return Message(id=ident, body=body, error=f"{label}: {error}", receipt=receipt)
+    return Message(id=ident, body=body, fields=fields, receipt=receipt)
+
+
+def _fields(obj: Mapping[str, Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw field values of one message, from whichever shape it has."""
+    if obj.get("Type") == "Notification" and "MessageId" in obj:
+        inner: Any = obj.get("Message")
+        try:
+            inner = json.loads(inner) if isinstance(inner, str) else inner
+        except ValueError:
+            inner = None
+        raw = _openaq(inner) if isinstance(inner, dict) else {}
+        raw.update(_attributes(obj.get("MessageAttributes") or {}, "Value"))
+        raw["id"], raw["sent_at"] = obj["MessageId"], obj.get("Timestamp", raw.get("sent_at"))
+        return raw
+    raw = _openaq(obj)
+    raw.update(_attributes(attributes, "StringValue"))
+    return raw
+
+
+def _openaq(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat fields of an OpenAQ measurement (or of a flat object, which passes through)."""
+    raw = {k: obj[k] for k in FIELDS if k in obj}
+    if "id" not in raw and "message_id" in obj:
+        raw["id"] = obj["message_id"]
+    date = obj.get("date")
+    if "date_utc" not in raw and isinstance(date, dict) and "utc" in date:
+        raw["date_utc"] = date["utc"]
+    coordinates = obj.get("coordinates")
+    if isinstance(coordinates, dict):
+        raw.setdefault("latitude", coordinates.get("latitude"))
+        raw.setdefault("longitude", coordinates.get("longitude"))
+    return raw
+
+
+def _attributes(attributes: Mapping[str, Any], value_key: str) -> dict[str, Any]:
+    """Message attributes (``{"name": {"Type": ..., "Value": ...}}``) as fields."""
+    return {
+        name: entry.get(value_key)
+        for name, entry in attributes.items()
+        if name in FIELDS and isinstance(entry, dict) and value_key in entry
+    }
+
+
+def _check(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Typed fields (times aware UTC, numbers float, the rest text), or the first problem."""
+    for name in REQUIRED:
+        if raw.get(name) in (None, ""):
+            return None, f"{name} is missing"
+    fields: dict[str, Any] = {}
+    for name in FIELDS:
+        value = raw.get(name)
+        if value is None or value == "":
+            fields[name] = None
+        elif name in TIMES:
+            fields[name] = _time(value)
+            if fields[name] is None:
+                return None, f"{name} {_shown(value)} is not an ISO 8601 time such as 2024-05-01T12:00:00Z"
+        elif name in NUMBERS:
+            fields[name] = _number(value)
+            if fields[name] is None:
+                return None, f"{name} {_shown(value)} is not a number"
+        elif isinstance(value, dict | list):
+            return None, f"{name} {_shown(value)} is not a text"
+        else:
+            fields[name] = str(value)
+    return fields, None
+
+
+def _time(value: Any) -> dt.datetime | None:
+    """An ISO 8601 time as aware UTC; without an offset it is taken as UTC (``date_utc``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text):,} characters)"

@@ -1,0 +1,103 @@
+"""What a project needs before its first export, and what check warns about.
+
+Capture triggers see only the changes made after ``sluicegate install``: :func:`uncaptured_rows`
+counts the rows they will never see, :func:`backfill` marks the partitions of those rows, and
+:func:`check_warnings` lists what would export nothing (or less safely) without failing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import capture
+from .destinations import open_destination
+from .drivers.partitioned import Task as PartitionedTask
+from .exceptions import SluicegateError, UsageError
+from .ledger import Ledger
+from .operations import ledger_of, partitioned_task
+from .sources import open_source
+from .specs import Project
+
+
+def check_warnings(project: Project) -> list[str]:
+    """Things that are not errors but weaken or silence exports: a destination that cannot
+    fence writes as strongly (see destinations), capture triggers not installed, or an empty
+    ledger for a task whose source already has rows (run backfill)."""
+    warnings: list[str] = []
+    try:
+        warnings += open_destination(project.settings.destination).warnings()
+    except SluicegateError as exc:  # check_project reports an unreachable destination
+        warnings.append(f"could not ask the destination what it guarantees: {exc}")
+    triggered = [
+        t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode == "trigger"
+    ]
+    if not triggered:
+        return warnings
+    source = open_source(project.settings.source_url)
+    try:
+        with ledger_of(project) as ledger:
+            for task in triggered:
+                warnings += _capture_warnings(task, source, ledger)
+    finally:
+        source.close()
+    return warnings
+
+
+def _capture_warnings(task: PartitionedTask, source: Any, ledger: Ledger) -> list[str]:
+    out = []
+    try:
+        if not capture.installed_triggers(task, source):
+            out.append(
+                f"task {task.name}: its capture triggers are not installed, so no change is seen; "
+                f"run 'sluicegate install {task.name}'"
+            )
+        counts = ledger.partitions.status(task)
+        known = counts.pending + counts.claimed + counts.exported + counts.failed + counts.waiting
+        if not known and capture.existing_rows(task, source):
+            out.append(
+                f"task {task.name}: the ledger has no partition while {task.capture.table} has rows; "
+                f"run 'sluicegate backfill {task.name}' to mark the rows that were there before install"
+            )
+    except SluicegateError as exc:
+        out.append(f"task {task.name}: could not inspect its capture: {exc}")
+    return out
+
+
+def uncaptured_rows(project: Project, names: Sequence[str] = ()) -> dict[str, int]:
+    """Per trigger task whose triggers are not installed yet: the rows its triggers will never see."""
+    tasks = [partitioned_task(project, n) for n in names] if names else list(project.tasks.values())
+    source = open_source(project.settings.source_url)
+    out = {}
+    try:
+        for task in tasks:
+            if not isinstance(task, PartitionedTask) or task.capture.mode != "trigger":
+                continue
+            if not capture.installed_triggers(task, source):
+                out[task.name] = capture.existing_rows(task, source)
+    finally:
+        source.close()
+    return out
+
+
+def backfill(
+    project: Project,
+    task_name: str,
+    *,
+    time_min: dt.datetime | None = None,
+    time_max: dt.datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Mark every partition of ``task_name`` that has rows (within the time range); return how many."""
+    task = partitioned_task(project, task_name)
+    if (time_min or time_max) and task.time is None:
+        raise UsageError(f"task {task.name!r} has no time key; --time-min and --time-max do not apply")
+    source = open_source(project.settings.source_url)
+    try:
+        with ledger_of(project) as ledger:
+            return capture.backfill(
+                task, ledger, source, time_min=time_min, time_max=time_max, progress=progress
+            )
+    finally:
+        source.close()

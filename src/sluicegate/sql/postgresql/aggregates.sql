@@ -1,0 +1,52 @@
+-- Evaluations of aggregate tasks, one row per (task, tick) (ledger/aggregates.py).
+-- Each block is named after the method that runs it.
+
+-- claim --
+-- Claim one tick of an aggregate task: a new tick, a failed one whose retry time has come, or one
+-- whose claim's lease ran out. Exactly one caller gets a row back.
+INSERT INTO {t}aggregate_evaluations AS e
+    (task, tick, window_start, window_end, state, claim_token, lease_until, attempts, started_at)
+VALUES (%(task)s, %(tick)s, %(window_start)s, %(window_end)s, 'running', %(token)s,
+        now() + make_interval(secs => %(lease)s), 1, now())
+ON CONFLICT (task, tick) DO UPDATE SET
+    state = 'running', claim_token = EXCLUDED.claim_token, lease_until = EXCLUDED.lease_until,
+    attempts = e.attempts + 1, started_at = now(), finished_at = NULL, error = NULL
+WHERE (e.state = 'failed' AND coalesce(e.next_attempt_at, now()) <= now())
+   OR (e.state = 'running' AND e.lease_until < now())
+RETURNING attempts;
+
+-- renew --
+-- Extend a held claim; no row when the claim was lost (its lease ran out and another worker took it).
+UPDATE {t}aggregate_evaluations SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s AND state = 'running';
+
+-- finish --
+-- Record a finished evaluation, fenced by its claim (in the table sink's transaction when the sink
+-- and the ledger share a database).
+UPDATE {t}aggregate_evaluations SET
+    state = %(state)s, claim_token = NULL, lease_until = NULL, rows = %(rows)s, seconds = %(seconds)s,
+    path = %(path)s, error = %(error)s, finished_at = now(), next_attempt_at = NULL
+WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
+
+-- fail --
+-- Record a failed evaluation, fenced by its claim; it may be claimed again after the delay.
+UPDATE {t}aggregate_evaluations SET
+    state = 'failed', claim_token = NULL, lease_until = NULL, seconds = %(seconds)s, error = %(error)s,
+    finished_at = now(), next_attempt_at = now() + make_interval(secs => %(delay)s)
+WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
+
+-- status --
+-- An aggregate task's evaluations by state, its latest done tick and its latest failure.
+SELECT count(*) FILTER (WHERE state = 'done') AS done,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'running' AND lease_until >= now()) AS running,
+       count(*) FILTER (WHERE state = 'superseded') AS superseded,
+       max(tick) FILTER (WHERE state = 'done') AS latest,
+       (SELECT error FROM {t}aggregate_evaluations f
+        WHERE f.task = %(task)s AND f.state = 'failed' ORDER BY f.tick DESC LIMIT 1) AS last_error
+FROM {t}aggregate_evaluations WHERE task = %(task)s;
+
+-- recent --
+-- The latest evaluations of an aggregate task, newest tick first.
+SELECT tick, window_start, window_end, state, attempts, rows, seconds, path, error, started_at, finished_at
+FROM {t}aggregate_evaluations WHERE task = %(task)s ORDER BY tick DESC LIMIT %(limit)s;

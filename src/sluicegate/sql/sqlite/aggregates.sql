@@ -1,0 +1,52 @@
+-- Evaluations of aggregate tasks, one row per (task, tick) (ledger/aggregates.py).
+-- Each block is named after the method that runs it. Times are UTC seconds since the epoch.
+
+-- claim --
+-- Claim one tick of an aggregate task: a new tick, a failed one whose retry time has come, or one
+-- whose claim's lease ran out. Exactly one caller gets a row back.
+INSERT INTO {t}aggregate_evaluations
+    (task, tick, window_start, window_end, state, claim_token, lease_until, attempts, started_at)
+VALUES (:task, :tick, :window_start, :window_end, 'running', :token, :now + :lease, 1, :now)
+ON CONFLICT (task, tick) DO UPDATE SET
+    state = 'running', claim_token = excluded.claim_token, lease_until = excluded.lease_until,
+    attempts = {t}aggregate_evaluations.attempts + 1, started_at = :now, finished_at = NULL, error = NULL
+WHERE ({t}aggregate_evaluations.state = 'failed'
+       AND coalesce({t}aggregate_evaluations.next_attempt_at, :now) <= :now)
+   OR ({t}aggregate_evaluations.state = 'running' AND {t}aggregate_evaluations.lease_until < :now)
+RETURNING attempts;
+
+-- renew --
+-- Extend a held claim; no row when the claim was lost (its lease ran out and another worker took it).
+UPDATE {t}aggregate_evaluations SET lease_until = :now + :lease
+WHERE task = :task AND tick = :tick AND claim_token = :token AND state = 'running';
+
+-- finish --
+-- Record a finished evaluation, fenced by its claim (in the table sink's transaction when the sink
+-- and the ledger share a database).
+UPDATE {t}aggregate_evaluations SET
+    state = :state, claim_token = NULL, lease_until = NULL, rows = :rows, seconds = :seconds,
+    path = :path, error = :error, finished_at = :now, next_attempt_at = NULL
+WHERE task = :task AND tick = :tick AND claim_token = :token;
+
+-- fail --
+-- Record a failed evaluation, fenced by its claim; it may be claimed again after the delay.
+UPDATE {t}aggregate_evaluations SET
+    state = 'failed', claim_token = NULL, lease_until = NULL, seconds = :seconds, error = :error,
+    finished_at = :now, next_attempt_at = :now + :delay
+WHERE task = :task AND tick = :tick AND claim_token = :token;
+
+-- status --
+-- An aggregate task's evaluations by state, its latest done tick and its latest failure.
+SELECT count(*) FILTER (WHERE state = 'done') AS done,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'running' AND lease_until >= :now) AS running,
+       count(*) FILTER (WHERE state = 'superseded') AS superseded,
+       max(tick) FILTER (WHERE state = 'done') AS latest,
+       (SELECT error FROM {t}aggregate_evaluations f
+        WHERE f.task = :task AND f.state = 'failed' ORDER BY f.tick DESC LIMIT 1) AS last_error
+FROM {t}aggregate_evaluations WHERE task = :task;
+
+-- recent --
+-- The latest evaluations of an aggregate task, newest tick first.
+SELECT tick, window_start, window_end, state, attempts, rows, seconds, path, error, started_at, finished_at
+FROM {t}aggregate_evaluations WHERE task = :task ORDER BY tick DESC LIMIT :limit;

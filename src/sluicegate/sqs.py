@@ -1,0 +1,120 @@
+"""An SQS queue that ingest tasks read: receive in batches, delete what was handled.
+
+A received message stays invisible for ``visibility_timeout``; it is deleted only after its
+batch committed (inserted, a duplicate, or a malformed message skipped or parked). A batch
+that failed is not deleted, so SQS delivers it again when the timeout ends, and inserting it
+again changes nothing (ingest is idempotent on the message id). boto3 is imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import validate
+from .exceptions import ConfigError, SourceUnavailable
+from .messages import Message, parse
+
+log = logging.getLogger("sluicegate.sqs")
+SQS_KEYS = frozenset({"queue_url", "region", "endpoint_url", "wait", "visibility_timeout"})
+RECEIVE_MAX = 10  # SQS returns at most 10 messages per receive
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsSpec:
+    """An ingest task's ``[sqs]``: the queue, where it is, how long to wait and to hide messages."""
+
+    queue_url: str
+    region: str | None = None
+    endpoint_url: str | None = field(default=None)
+    wait: float = 1.0  # long polling per receive; the queue counts as drained after an empty one
+    visibility_timeout: float = 60.0
+
+
+def load_sqs(raw: Any, where: str) -> SqsSpec:
+    """Read ``[sqs]`` of an ingest task."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: use a table, e.g. [sqs] then queue_url = "https://sqs..."')
+    validate.reject_unknown(raw, SQS_KEYS, where)
+    if not raw.get("queue_url"):
+        raise ConfigError(f"{where} queue_url: missing; give the URL of the SQS queue")
+    wait = validate.parse_duration(raw.get("wait", 1), where=f"{where} wait")
+    if wait > 20:
+        raise ConfigError(f"{where} wait: {wait:g} s is longer than SQS allows; use at most 20s")
+    visibility = validate.parse_duration(
+        raw.get("visibility_timeout", 60), where=f"{where} visibility_timeout"
+    )
+    return SqsSpec(
+        queue_url=str(raw["queue_url"]),
+        region=raw.get("region") or None,
+        endpoint_url=raw.get("endpoint_url") or None,
+        wait=wait,
+        visibility_timeout=visibility,
+    )
+
+
+class SqsQueue:
+    """Receives and deletes messages of one queue."""
+
+    def __init__(self, spec: SqsSpec) -> None:
+        import boto3
+
+        self.spec = spec
+        self.client: Any = boto3.session.Session().client(
+            "sqs", region_name=spec.region or "us-east-1", endpoint_url=spec.endpoint_url
+        )
+
+    def _call(self, what: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, what)(QueueUrl=self.spec.queue_url, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise SourceUnavailable(f"SQS queue {self.spec.queue_url}: {exc}; will retry") from exc
+
+    def receive(self, count: int) -> list[Message]:
+        """Up to ``count`` messages, each parsed (a malformed one carries its error)."""
+        batch: list[Message] = []
+        while len(batch) < count:
+            reply = self._call(
+                "receive_message",
+                MaxNumberOfMessages=min(RECEIVE_MAX, count - len(batch)),
+                WaitTimeSeconds=int(self.spec.wait),
+                VisibilityTimeout=int(self.spec.visibility_timeout),
+                MessageAttributeNames=["All"],
+            )
+            received = reply.get("Messages", [])
+            if not received:
+                break
+            batch += [_message(m) for m in received]
+        return batch
+
+    def delete(self, messages: Sequence[Message]) -> None:
+        """Delete handled messages; one that cannot be deleted comes back and is a duplicate then."""
+        handles = [m.receipt for m in messages if m.receipt]
+        for start in range(0, len(handles), RECEIVE_MAX):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles[start : start + RECEIVE_MAX])
+            ]
+            reply = self._call("delete_message_batch", Entries=entries)
+            for failed in reply.get("Failed", []):
+                log.warning(
+                    "SQS queue %s: a handled message was not deleted: %s", self.spec.queue_url, failed
+                )
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def _message(received: dict[str, Any]) -> Message:
+    """A received SQS message: its body parsed, its SQS attributes and id as fallbacks."""
+    return parse(
+        received.get("Body", ""),
+        where=f"SQS message {received.get('MessageId')}",
+        receipt=received.get("ReceiptHandle"),
+        attributes=received.get("MessageAttributes") or {},
+        fallback_id=received.get("MessageId"),
+    )

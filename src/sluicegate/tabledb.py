@@ -1,0 +1,214 @@
+"""Connections to databases with tables to write: PostgreSQL, SQLite, MariaDB/MySQL.
+
+The table sinks (:mod:`sluicegate.tables`), ingest and the airmax generator reach a database
+through :class:`TableDb`: one autocommit connection, its flavour, its placeholder and quoting,
+transactions, and driver errors translated once (transient ones to DestinationUnavailable,
+the rest to DataError). Times are compared and written in UTC. PostgreSQL and SQLite
+connect through :func:`sluicegate.db.connect`; MariaDB/MySQL URLs (``mariadb://``,
+``mysql://``) through MariaDB Connector/Python until MariaDB is a dialect of ``db.py``, when
+:func:`_connect` becomes ``db.connect`` for it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from . import db
+from .exceptions import ConfigError, DataError, DestinationUnavailable, SluicegateError
+from .masking import mask_url, scrub
+
+Flavor = Literal["postgresql", "sqlite", "mariadb"]
+LOCK_WAIT = 60  # seconds a writer waits for a lock (another writer of the same table)
+# MariaDB errors worth retrying: lock wait timeout, deadlock, server gone, lost connection.
+_MARIADB_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 4031}
+
+
+def flavor_of(url: str, where: str = "table url") -> Flavor:
+    """The database flavour of a URL: ``postgresql``, ``sqlite`` or ``mariadb`` (also ``mysql://``)."""
+    if url.startswith(("mariadb://", "mysql://")):
+        return "mariadb"
+    try:
+        return db.dialect_of(url).name
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: {mask_url(url)!r} is not a database URL; use sqlite:///file.db, "
+            "postgresql://user@host/db or mariadb://user@host/db"
+        ) from None
+
+
+def time_value(flavor: Flavor, value: dt.datetime) -> Any:
+    """A UTC time as a table of ``flavor`` stores it: aware on PostgreSQL, naive UTC on
+    MariaDB (``DATETIME``), ISO 8601 text with ``Z`` on SQLite; whole seconds."""
+    utc = value.astimezone(dt.UTC).replace(microsecond=0)
+    if flavor == "postgresql":
+        return utc
+    if flavor == "mariadb":
+        return utc.replace(tzinfo=None)
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """A time read back from a table (aware, naive UTC, or text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, dt.datetime):
+        raise DataError(f"{value!r} is not a time")
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class TableDb:
+    """One connection to a database with tables to write: PostgreSQL, SQLite or MariaDB/MySQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.flavor = flavor_of(url)
+        self.conn = _connect(url, self.flavor)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    @property
+    def mark(self) -> str:
+        """The driver's positional placeholder."""
+        return "%s" if self.flavor == "postgresql" else "?"
+
+    def quote(self, name: str) -> str:
+        """Quote a validated identifier, or ``schema.table``."""
+        return quote(self.flavor, name)
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Translate driver errors: transient ones to DestinationUnavailable, the rest to DataError."""
+        try:
+            yield
+        except SluicegateError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _translate(self, exc: Exception) -> SluicegateError | None:
+        if self.flavor != "mariadb":
+            translated = db.translate(exc, self.url)
+            if translated is None or isinstance(translated, DataError):
+                return translated
+            return DestinationUnavailable(str(translated))
+        import mariadb
+
+        if not isinstance(exc, mariadb.Error):
+            return None
+        where = f"database {mask_url(self.url)}"
+        detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
+        lost = isinstance(exc, mariadb.OperationalError | mariadb.InterfaceError)
+        if lost or getattr(exc, "errno", None) in _MARIADB_TRANSIENT:
+            return DestinationUnavailable(f"{where}: {detail}; will retry")
+        return DataError(f"{where}: {detail}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor in one transaction (on SQLite with the write lock), committed when the block ends."""
+        with self.errors():
+            if self.flavor == "postgresql":
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    yield cur
+                return
+            if self.flavor == "sqlite":
+                with db.transaction(self.conn, db.SQLITE, immediate=True) as cur:
+                    yield cur
+                return
+            cur = self.conn.cursor()
+            cur.execute("START TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a query; return its column names and all its rows."""
+        with self.errors():
+            cur = self.conn.cursor()
+            try:
+                cur.execute(statement, tuple(params))
+                names = [d[0] for d in cur.description or []]
+                return names, [tuple(r) for r in cur.fetchall()]
+            finally:
+                cur.close()
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement on its own; return the rows it changed."""
+        with self.errors():
+            cur = self.conn.cursor()
+            try:
+                cur.execute(statement, tuple(params))
+                return int(cur.rowcount)
+            finally:
+                cur.close()
+
+    def table_columns(self, table: str) -> list[str]:
+        """The columns of ``table``; DataError naming the table when it does not exist."""
+        try:
+            names, _ = self.query(f"SELECT * FROM {self.quote(table)} WHERE 1 = 0")
+        except DataError as exc:
+            raise DataError(f"table {table} cannot be read ({exc}); create it first") from exc
+        return names
+
+
+def quote(flavor: Flavor, name: str) -> str:
+    """Quote a validated identifier or ``schema.table`` for ``flavor``."""
+    if flavor == "mariadb":
+        return ".".join("`" + part.replace("`", "``") + "`" for part in name.split("."))
+    return db.POSTGRESQL.quote(name)
+
+
+def _connect(url: str, flavor: Flavor) -> Any:
+    """Open an autocommit connection; times are compared and written in UTC."""
+    if flavor == "mariadb":
+        return _connect_mariadb(url)
+    conn = db.connect(url)
+    if flavor == "postgresql":
+        with db.wrap_errors(url):
+            conn.execute("SET TimeZone TO 'UTC'")
+    return conn
+
+
+def _connect_mariadb(url: str) -> Any:
+    try:
+        import mariadb
+    except ImportError:
+        raise ConfigError(
+            f"{mask_url(url)}: MariaDB/MySQL needs the MariaDB driver: pip install 'sluicegate[mysql]'"
+        ) from None
+    parts = urllib.parse.urlsplit(url)
+    try:
+        conn = mariadb.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=urllib.parse.unquote(parts.username or ""),
+            password=urllib.parse.unquote(parts.password or ""),
+            database=urllib.parse.unquote(parts.path.lstrip("/")),
+            connect_timeout=10,
+            autocommit=True,
+        )
+        cur = conn.cursor()
+        cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP columns compare and read in UTC
+        cur.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
+        cur.close()
+    except mariadb.Error as exc:
+        detail = scrub(str(exc), url)
+        raise DestinationUnavailable(
+            f"database {mask_url(url)} is unavailable: {detail}; will retry"
+        ) from exc
+    return conn

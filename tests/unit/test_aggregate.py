@@ -1,0 +1,286 @@
+"""Aggregate tasks on SQLite: the window, ticks and their claims, the ledger record, files.
+
+Each test builds the airmax example project in a temporary folder and evaluates its
+``current_air_quality`` task (the mean pm25 per city over ``[t - 3h, t)``) at chosen ticks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from airmax_support import AGGREGATE, add_raw, airmax_project, stamps, table
+from sluicegate import engine, tables
+from sluicegate.drivers import Context
+from sluicegate.drivers import aggregate as agg
+from sluicegate.exceptions import ConfigError
+from sluicegate.options import RunOptions
+from sluicegate.schedules import due_tick
+from support import cli, load, read_csv
+
+UTC = dt.UTC
+T = dt.datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'airmax.db'}"
+
+
+def _evaluate(root: Path, tick: dt.datetime) -> agg.Evaluation:
+    project = load(root)
+    context = Context.open(project)
+    try:
+        task = project.tasks[AGGREGATE]
+        assert isinstance(task, agg.Task)
+        return agg.evaluate(context, task, tick)
+    finally:
+        context.close()
+
+
+def _evaluations(root: Path) -> list[dict[str, object]]:
+    project = load(root)
+    context = Context.open(project)
+    try:
+        return context.ledger.aggregates.recent(AGGREGATE, limit=100)
+    finally:
+        context.close()
+
+
+def test_the_window_is_bounded_on_both_sides_and_crosses_midnight(tmp_path: Path, url: str) -> None:
+    """At 00:01 UTC the 3-hour window is [21:01, 00:01) of the day before: 22:30 counts, 21:00 and a
+    row stamped at the tick or in the future do not (airmax had no upper bound, and its TIME-typed
+    utc_time() put the window on the wrong day after midnight)."""
+    root = airmax_project(tmp_path / "proj", url)
+    tick = dt.datetime(2024, 3, 11, 0, 1, tzinfo=UTC)
+    add_raw(url, [
+        ("Gent", dt.datetime(2024, 3, 10, 22, 30, tzinfo=UTC), 10.0),  # in
+        ("Gent", dt.datetime(2024, 3, 10, 21, 1, tzinfo=UTC), 20.0),  # in: the window's first instant
+        ("Gent", dt.datetime(2024, 3, 11, 0, 0, 59, tzinfo=UTC), 30.0),  # in: a second before the tick
+        ("Gent", dt.datetime(2024, 3, 10, 21, 0, 59, tzinfo=UTC), 1000.0),  # out: before the window
+        ("Gent", dt.datetime(2024, 3, 11, 0, 1, tzinfo=UTC), 1000.0),  # out: the tick itself
+        ("Gent", dt.datetime(2024, 3, 11, 6, 0, tzinfo=UTC), 1000.0),  # out: stamped in the future
+        ("Genk", dt.datetime(2024, 3, 10, 23, 59, tzinfo=UTC), 5.0),  # in
+    ])  # fmt: skip
+    result = _evaluate(root, tick)
+    assert (result.state, result.rows, result.error) == ("done", 2, None)
+    assert (result.window_start, result.window_end) == (dt.datetime(2024, 3, 10, 21, 1, tzinfo=UTC), tick)
+    rows = {r["city"]: r for r in table(url)}
+    assert rows["Gent"]["num_measurements"] == 3 and rows["Gent"]["parameter_value"] == pytest.approx(20.0)
+    assert rows["Genk"]["num_measurements"] == 1
+    assert stamps(list(rows.values())) == {tick}  # t is stored in every row, as UTC
+
+
+def test_a_later_evaluation_replaces_the_table_and_records_each_evaluation(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=4), 2.0)])
+    assert _evaluate(root, T).state == "done"
+    assert [r["city"] for r in table(url)] == ["Gent"]
+    later = T + dt.timedelta(hours=2, minutes=30)  # Gent's row has left the window; nothing is in it
+    add_raw(url, [("Hasselt", later - dt.timedelta(minutes=5), 3.0)], prefix="n")
+    assert _evaluate(root, later).rows == 1
+    assert [r["city"] for r in table(url)] == ["Hasselt"] and stamps(table(url)) == {later}
+    records = _evaluations(root)
+    assert [(r["tick"], r["state"], r["rows"]) for r in records] == [(later, "done", 1), (T, "done", 1)]
+    assert records[0]["window_start"] == later - dt.timedelta(hours=3)
+    assert all(isinstance(r["seconds"], float) and r["error"] is None for r in records)
+
+
+def test_a_tick_is_evaluated_once(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T).state == "done"
+    again = _evaluate(root, T)
+    assert again.state == "skipped" and again.rows == 0
+    assert len(_evaluations(root)) == 1
+
+
+def test_two_workers_never_evaluate_the_same_tick(tmp_path: Path, url: str) -> None:
+    """Eight workers, each with its own connections, start the same tick at the same moment."""
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    barrier = threading.Barrier(8)
+    states: list[str] = []
+
+    def worker() -> None:
+        project = load(root)
+        context = Context.open(project)
+        try:
+            barrier.wait()
+            states.append(agg.evaluate(context, project.tasks[AGGREGATE], T).state)  # type: ignore[arg-type]
+        finally:
+            context.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(states) == ["done"] + ["skipped"] * 7
+
+
+def test_missed_ticks_are_evaluated_once_on_restart(tmp_path: Path, url: str) -> None:
+    """The worker was down for an hour (twelve 5-minute ticks): its next run evaluates only the latest."""
+    root = airmax_project(tmp_path / "proj", url)
+    now = dt.datetime.now(UTC)
+    add_raw(url, [("Gent", now - dt.timedelta(hours=1), 1.0)])
+    before = due_tick(load(root).tasks[AGGREGATE], now - dt.timedelta(hours=1))
+    assert _evaluate(root, before).state == "done"
+    summaries = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert summaries[0].ok and summaries[0].exported == 1
+    ticks = [r["tick"] for r in _evaluations(root)]
+    assert len(ticks) == 2 and ticks[1] == before
+    assert ticks[0] == due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
+    assert engine.run(load(root), [AGGREGATE], RunOptions())[0].exported == 0  # that tick is done
+    assert len(_evaluations(root)) == 2
+
+
+def test_a_cron_schedule_ticks_in_its_zone(tmp_path: Path, url: str) -> None:
+    """schedule = "0 * * * *" in Asia/Kolkata (UTC+05:30) ticks at :30 UTC; a run evaluates the latest."""
+    root = airmax_project(tmp_path / "proj", url)
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"'))
+    [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    [evaluation] = summary.aggregate
+    tick = dt.datetime.fromisoformat(evaluation["tick"])
+    assert (tick.minute, tick.second) == (30, 0) and dt.datetime.now(UTC) - tick < dt.timedelta(hours=1)
+    assert evaluation["state"] == "done"
+
+
+def test_a_claim_whose_lease_ran_out_is_taken_over_and_fenced(tmp_path: Path, url: str) -> None:
+    """A worker that died mid-evaluation holds its tick only for the lease; after it, another worker
+    evaluates the tick, and the first one, should it wake up, can record nothing."""
+    root = airmax_project(tmp_path / "proj", url, task_extra='lease = "1s"')
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    project = load(root)
+    context = Context.open(project)
+    try:
+        store = context.ledger.aggregates
+        dead = str(uuid.uuid4())
+        assert store.claim(AGGREGATE, T, (T - dt.timedelta(hours=3), T), token=dead, lease=1) == 1
+        assert _evaluate(root, T).state == "skipped"  # the claim is alive
+        time.sleep(1.2)
+        taken = _evaluate(root, T)
+        assert taken.state == "done"
+        assert not store.finish(AGGREGATE, T, dead, rows=99, seconds=1.0)
+        assert not store.renew(AGGREGATE, T, dead, lease=60)
+        [record] = store.recent(AGGREGATE)
+        assert (record["state"], record["rows"], record["attempts"]) == ("done", 1, 2)
+    finally:
+        context.close()
+
+
+def test_a_failed_evaluation_is_recorded_and_retried(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    db = tables.TableDb(url)
+    db.execute("ALTER TABLE raw RENAME TO raw_elsewhere")  # the window's table is gone
+    failed = _evaluate(root, T)
+    assert failed.state == "failed" and failed.error is not None and "raw" in failed.error
+    [record] = _evaluations(root)
+    assert record["state"] == "failed" and "raw" in str(record["error"])
+    db.execute("ALTER TABLE raw_elsewhere RENAME TO raw")
+    db.close()
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T).state == "done"  # backoff is 0s in this project
+    [record] = _evaluations(root)
+    assert (record["state"], record["attempts"], record["error"]) == ("done", 2, None)
+
+
+def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: str) -> None:
+    """A slow worker finishing tick t after another finished t + 5m keeps the newer rows."""
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    newer = T + dt.timedelta(minutes=5)
+    assert _evaluate(root, newer).state == "done"
+    older = _evaluate(root, T)
+    assert older.state == "superseded" and "newer" in str(older.error)
+    assert stamps(table(url)) == {newer}
+    assert {r["tick"]: r["state"] for r in _evaluations(root)} == {newer: "done", T: "superseded"}
+
+
+def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
+    root = airmax_project(
+        tmp_path / "proj", url, task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "csv"'
+    )
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Genk", T - dt.timedelta(hours=2), 2.0)])
+    result = _evaluate(root, T)
+    assert result.path == "cur/20240310-1200.csv"
+    assert result.bytes == (root / "exports" / "cur" / "20240310-1200.csv").stat().st_size
+    rows = read_csv(root / "exports" / "cur" / "20240310-1200.csv")
+    assert [(r["city"], r["num_measurements"], r["evaluation_time_utc"]) for r in rows] == [
+        ("Genk", "1", "2024-03-10T12:00:00+00:00"),
+        ("Gent", "1", "2024-03-10T12:00:00+00:00"),
+    ]
+    assert _evaluations(root)[0]["path"] == "cur/20240310-1200.csv"
+
+
+def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "WITH named AS (SELECT * FROM in_window WHERE city LIKE 'G%')\n"
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,\n"
+        "       count(*) AS num_measurements FROM named GROUP BY city, parameter_name, parameter_unit\n"
+    )
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T).rows == 1
+    assert [r["city"] for r in table(url)] == ["Gent"]
+    sql = agg.evaluation_sql(load(root).tasks[AGGREGATE], "postgresql")  # type: ignore[arg-type]
+    assert sql.startswith("WITH in_window AS (SELECT * FROM \"raw\" WHERE \"measurement_time_utc\" >= %s")
+    assert "LIKE 'G%%'" in sql and ",\nnamed AS" in sql
+
+
+@pytest.mark.parametrize(
+    ("task", "select", "message"),
+    [
+        ('kind = "aggregate"\nevery = "5m"\n[destination]\ntable = "t"', None, "[window]: missing"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\n[destination]\ntable = "t"',
+         None, "[window] width: missing"),
+        ('kind = "aggregate"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\ntable = "t"',
+         None, 'give every = "5m"'),
+        ('kind = "aggregate"\nevery = "5m"\nschedule = "*/5 * * * *"\n[window]\ntable = "raw"\ncolumn = "c"\n'
+         'width = "3h"\n[destination]\ntable = "t"', None, "every or schedule, not both"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"\nmode = "upsert"', None, 'mode = "upsert" needs the key columns'),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"\nurl = "oracle://x/y"', None, "is not a database URL"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "SELECT city FROM raw GROUP BY city", "does not read in_window"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\nstep = 1\n'
+         '[destination]\ntable = "t"', None, "unknown setting 'step'"),
+    ],
+)  # fmt: skip
+def test_configuration_errors_name_the_setting(tmp_path: Path, url: str, task: str, select: str | None,
+                                               message: str) -> None:  # fmt: skip
+    root = airmax_project(tmp_path / "proj", url)
+    folder = root / "tasks" / AGGREGATE
+    (folder / "task.toml").write_text(task)
+    if select is not None:
+        (folder / "select.sql").write_text(select)
+    project = load(root)
+    assert AGGREGATE not in project.tasks
+    with pytest.raises(ConfigError) as raised:
+        project.task(AGGREGATE)
+    assert message in str(raised.value) and str(folder) in str(raised.value)
+
+
+def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text("SELECT 1 AS one FROM raw")
+    proc = cli(root, "run", AGGREGATE)
+    assert proc.returncode == 2 and "does not read in_window" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_names_a_missing_table_column(tmp_path: Path, url: str) -> None:
+    root = airmax_project(tmp_path / "proj", url)
+    assert cli(root, "check").returncode == 0
+    db = tables.TableDb(url)
+    db.execute("ALTER TABLE current_air_quality DROP COLUMN num_measurements")
+    db.close()
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "has no column num_measurements" in proc.stderr

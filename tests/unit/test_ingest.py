@@ -1,0 +1,223 @@
+"""Ingest tasks on SQLite: message shapes, idempotence on the message id, malformed messages, the log.
+
+The SQS path (moto's server over HTTP, a duplicate, a malformed message, a redelivery after a
+SIGKILL) is in tests/integration/test_ingest_sqs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airmax_support import airmax_project
+from sluicegate import messages, operations
+from sluicegate.exceptions import DataError
+from support import cli, load
+
+TASK = "measurements"
+
+
+def sns(message_id: str, **attributes: str) -> str:
+    """An SQS body as airmax's Lambda received it: an SNS notification with message attributes."""
+    return json.dumps({
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": "arn:aws:sns:us-east-1:470049585876:NewFetchObject",
+        "Message": "{}",
+        "Timestamp": "2024-03-10T11:59:30.123Z",
+        "MessageAttributes": {k: {"Type": "String", "Value": v} for k, v in attributes.items()},
+    })  # fmt: skip
+
+
+AIRMAX_ATTRIBUTES = {
+    "date_utc": "2024-03-10T11:58:00.000Z", "country": "BE", "location": "Gent-1", "city": "Gent",
+    "latitude": "51.054", "longitude": "3.717", "sourceType": "government", "sourceName": "VMM",
+    "parameter": "pm25", "unit": "µg/m³", "value": "12.5",
+}  # fmt: skip
+
+
+def line(message_id: str, **fields: Any) -> str:
+    body = {"id": message_id, "date_utc": "2024-03-10T11:00:00Z", "city": "Gent", "parameter": "pm25",
+            "unit": "µg/m³", "value": 1.0, **fields}  # fmt: skip
+    return json.dumps(body)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return airmax_project(tmp_path / "proj", f"sqlite:///{tmp_path / 'airmax.db'}")
+
+
+def _raw(root: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    try:
+        return conn.execute(
+            "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def _log(root: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    try:
+        return conn.execute(
+            "SELECT received, inserted, duplicates, malformed, message_ids FROM sluicegate_ingest_batches ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_sns_notification_airmax_received_is_read_from_its_attributes() -> None:
+    message = messages.parse(sns("5d1d0c2a-0000", **AIRMAX_ATTRIBUTES))
+    assert message.error is None and message.id == "5d1d0c2a-0000"
+    fields = message.fields
+    assert fields is not None
+    assert fields["city"] == "Gent" and fields["value"] == 12.5 and fields["latitude"] == 51.054
+    assert fields["date_utc"].isoformat() == "2024-03-10T11:58:00+00:00"
+    assert fields["sent_at"].isoformat() == "2024-03-10T11:59:30.123000+00:00"
+
+
+def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
+    openaq = {"id": "q1", "location": "Gent-1", "parameter": "pm25", "value": 3, "unit": "µg/m³",
+              "date": {"utc": "2024-03-10T11:00:00.000Z", "local": "2024-03-10T12:00:00+01:00"},
+              "coordinates": {"latitude": 51.0, "longitude": 3.7}, "country": "BE", "city": "Gent",
+              "sourceName": "VMM", "sourceType": "government"}  # fmt: skip
+    message = messages.parse(json.dumps(openaq))
+    assert message.error is None and message.fields is not None
+    assert (message.fields["longitude"], message.fields["date_utc"].hour) == (3.7, 11)
+    raw = messages.parse(
+        json.dumps({"date_utc": "2024-03-10T11:00:00Z", "parameter": "pm25", "unit": "µg/m³", "value": 1}),
+        attributes={"city": {"DataType": "String", "StringValue": "Genk"}},
+        fallback_id="sqs-id-1",
+    )
+    assert raw.error is None and raw.id == "sqs-id-1" and raw.fields and raw.fields["city"] == "Genk"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("not json", "body is not JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        (line("m1", value="twelve"), "message m1: value 'twelve' is not a number"),
+        (line("m1", value="NaN"), "message m1: value 'NaN' is not a number"),
+        (line("m1", date_utc="yesterday"), "message m1: date_utc 'yesterday' is not an ISO 8601 time"),
+        (line("m1", city=None), "message m1: city is missing"),
+        (line("m1", city={"name": "Gent"}), "message m1: city {'name': 'Gent'} is not a text"),
+        (json.dumps({"city": "Gent"}), "(no id): id is missing"),
+        (sns("s1", **{**AIRMAX_ATTRIBUTES, "value": "x"}), "message s1: value 'x' is not a number"),
+    ],
+)
+def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
+    message = messages.parse(body)
+    assert message.fields is None and message.error is not None and error in message.error
+
+
+def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_blocks_nothing(
+    root: Path, tmp_path: Path
+) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join([
+        line("m1", value=1.0),
+        line("m2", value=2.0),
+        line("m1", value=99.0),  # a duplicate in the same batch: the first copy wins
+        line("m3", value="lots"),  # malformed
+        "",
+        line("m4", value=4.0),
+    ]) + "\n")  # fmt: skip
+    first = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")
+    assert (first.received, first.inserted, first.duplicates, first.malformed_count) == (5, 3, 1, 1)
+    assert first.malformed == [{"id": "m3", "error": "message m3: value 'lots' is not a number"}]
+    again = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")  # redelivered
+    assert (again.inserted, again.duplicates, again.malformed_count) == (0, 4, 1)
+    assert [(r[0], r[2]) for r in _raw(root)] == [("m1", 1.0), ("m2", 2.0), ("m4", 4.0)]
+    assert _raw(root)[0][3] == "2024-03-10T11:00:00Z"
+    assert [row[:4] for row in _log(root)] == [(5, 3, 1, 1), (5, 0, 4, 1)]
+    assert json.loads(_log(root)[0][4]) == ["m1", "m2", "m1", "m3", "m4"]
+
+
+def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(line("ok") + "\n" + line("bad", value="x") + "\n{\n")
+    for _ in range(2):
+        summary = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
+        assert summary.inserted <= 1 and summary.malformed_count == 2 and summary.parked == 2
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    parked = conn.execute("SELECT message_id, error, body FROM sluicegate_ingest_parked ORDER BY id").fetchall()
+    conn.close()
+    # "bad" once (a redelivered message is not parked again); the line without an id each time
+    assert [(p[0], p[1].split(":")[0]) for p in parked] == [("bad", "message bad"), (None, "in.jsonl"),
+                                                            (None, "in.jsonl")]  # fmt: skip
+    assert parked[0][2] == line("bad", value="x")
+    status = {r["task"]: r for r in operations.status(load(root), [TASK])}[TASK]
+    assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (6, 1, 4, 3)
+
+
+def test_skip_parks_nothing(root: Path, tmp_path: Path) -> None:
+    toml = root / "tasks" / TASK / "task.toml"
+    toml.write_text(toml.read_text().replace('malformed = "park"', 'malformed = "skip"'))
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(line("bad", value="x") + "\n")
+    assert operations.ingest(load(root), TASK, batch.open()).parked == 0
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    assert conn.execute("SELECT count(*) FROM sluicegate_ingest_parked").fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path: Path) -> None:
+    """A value the table refuses (here a CHECK) fails only its message: the rest of the batch commits."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    root = airmax_project(tmp_path / "proj", url)
+    conn = sqlite3.connect(tmp_path / "m.db")
+    conn.execute("CREATE TABLE readings (mid TEXT PRIMARY KEY, at TEXT NOT NULL, v REAL CHECK (v >= 0))")
+    conn.close()
+    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
+        kind = "ingest"
+        table = "readings"
+        malformed = "park"
+        [columns]
+        mid = "id"
+        at = "date_utc"
+        v = "value"
+    """))  # fmt: skip
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join(line(f"m{i}", value=-1.0 if i == 2 else float(i)) for i in range(5)) + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert (summary.inserted, summary.malformed_count) == (4, 1)
+    assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(summary.malformed[0]["error"])
+    conn = sqlite3.connect(tmp_path / "m.db")
+    assert [r[0] for r in conn.execute("SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
+    assert conn.execute("SELECT received, inserted, malformed FROM sluicegate_ingest_batches").fetchall() == [
+        (5, 4, 1)
+    ]
+    conn.close()
+
+
+def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_path: Path) -> None:
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    conn.execute("ALTER TABLE raw RENAME TO raw_old")
+    conn.close()
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(line("m1") + "\n" + line("m2", value="x") + "\n")
+    with pytest.raises(DataError, match="raw"):
+        operations.ingest(load(root), TASK, batch.open())
+    assert _log(root) == []  # no log row, no parked message: the batch comes again
+    conn = sqlite3.connect(root.parent / "airmax.db")
+    assert conn.execute("SELECT count(*) FROM sluicegate_ingest_parked").fetchone()[0] == 0
+    conn.close()
+
+
+def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(root: Path) -> None:
+    good = cli(root, "ingest", TASK, "-", env={}, check=False, input_text=line("m1") + "\n")
+    assert good.returncode == 0, good.stderr
+    assert "1 messages received, 1 inserted, 0 duplicates, 0 malformed" in good.stdout
+    bad = cli(root, "ingest", TASK, "-", input_text=line("m1") + "\n" + line("m9", value="x") + "\n")
+    assert bad.returncode == 1
+    assert "0 inserted, 1 duplicates, 1 malformed (parked)" in bad.stdout
+    assert "parked: message m9: value 'x' is not a number" in bad.stderr and "Traceback" not in bad.stderr
+    none = cli(root, "ingest", TASK)
+    assert none.returncode == 2 and "has no [sqs] queue" in none.stderr
