@@ -79,12 +79,31 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
             raise ConfigError(f"folder {path.parent} for SQLite database {path.name} does not exist")
         with wrap_errors(url, ledger=ledger):
             conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
     with wrap_errors(url, ledger=ledger):
         return psycopg.connect(url, autocommit=autocommit, application_name="sluicegate")
+
+
+def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
+    """Switch ``conn``'s database to WAL, waiting while another process switches it.
+
+    Changing the journal mode needs the database to itself and SQLite answers "database is
+    locked" at once, without calling the busy handler, when two processes open a new file at the
+    same moment (two workers started together on a fresh ledger). The mode is stored in the file,
+    so the loser only has to wait for the winner.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up

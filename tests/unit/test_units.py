@@ -7,6 +7,8 @@ import datetime as dt
 import gzip
 import io
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,21 @@ def test_parquet_row_groups_of_wide_rows_stay_near_the_byte_budget(
     # ~1,018 bytes a row: 4 MiB holds 4,119 rows, rounded down to whole 1,024-row steps.
     assert sizes == [4096, 4096, 1808]
     assert pq.read_table(path).equals(table)
+
+
+def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path) -> None:
+    # Switching a new file to WAL answers "database is locked" at once (no busy wait) to every
+    # process but one; two workers started together on a fresh ledger must both get in.
+    code = (
+        "import sys, time; from sluicegate import db\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "db.connect(sys.argv[1], ledger=True).execute('CREATE TABLE IF NOT EXISTS t (x)')\n"
+    )
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path}/fresh{attempt}.db"
+        start = str(time.time() + 1.0)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE) for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors
