@@ -28,7 +28,7 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Outcome, Pipeline, Place, Previous, UnitFailed, WorkUnit
-from ..records import TableSink, coerce
+from ..records import RecordSink, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from . import Context
@@ -202,7 +202,7 @@ class StageRunner:
         self.summary = recorder.summary
         self.budget = budget
         self.lease = context.project.settings.lease
-        self._sinks: dict[str, TableSink] = {}
+        self._sinks: dict[str, RecordSink] = {}
         self._renewed = time.monotonic()
 
     def close(self) -> None:
@@ -383,7 +383,7 @@ class StageRunner:
         assert stage.table is not None and stage.url is not None
         sink = self._sinks.get(stage.name)
         if sink is None:
-            sink = self._sinks[stage.name] = TableSink(stage.url, stage.table)
+            sink = self._sinks[stage.name] = RecordSink(stage.url, stage.table)
         result = sink.upsert(records)
         return result.total, result.processed, result.errors, result.messages, stage.table.table
 
