@@ -156,7 +156,8 @@ class S3Destination(SpooledUpload):
 
     def _refused(self, call: Any) -> bool:
         try:
-            call()
+            with self._errors("probe", refusals=False):
+                call()
         except ClientError as exc:
             if _precondition_failed(exc):
                 return True
@@ -169,12 +170,12 @@ class S3Destination(SpooledUpload):
     def _current(self, path: str) -> str:
         """The condition that matches the object now at ``path``: its ETag, or "*" when absent."""
         key = self.key(path)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return "*"
-            with self._errors(key):
+        with self._errors(key):  # a lost connection is transient, like every other call's
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return "*"
                 raise
         return str(head["ETag"])
 
@@ -249,28 +250,27 @@ class S3Destination(SpooledUpload):
     def exists(self, path: str, size: int) -> bool:
         """True when the object exists with ``size`` bytes."""
         key = self.key(path)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            with self._errors(key):
+        with self._errors(key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
                 raise
         return int(head["ContentLength"]) == size
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
         key = self.key(path)
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise TerminalError(
-                    f"{self.display(path)} does not exist; run the stage that writes it"
-                ) from None
-            with self._errors(key):
-                raise
         with self._errors(key):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    raise TerminalError(
+                        f"{self.display(path)} does not exist; run the stage that writes it"
+                    ) from None
+                raise
             return bytes(body.read())
 
     def verify(self, path: str, size: int, sha256: str) -> None:
@@ -310,11 +310,18 @@ class S3Destination(SpooledUpload):
         return f"s3://{self.bucket}/{self.key(path)}"
 
     @contextlib.contextmanager
-    def _errors(self, key: str) -> Any:
+    def _errors(self, key: str, *, refusals: bool = True) -> Any:
+        """Translate the SDK's errors: 5xx, throttling and lost connections are transient.
+
+        With ``refusals=False`` a :class:`ClientError` passes through untouched (the caller
+        looks at it); lost connections are still translated.
+        """
         where = f"s3://{self.bucket}/{key} at {self.endpoint}"
         try:
             yield
         except ClientError as exc:
+            if not refusals:
+                raise
             if _precondition_failed(exc):
                 raise _Refused(where) from exc
             error = exc.response.get("Error", {})
