@@ -38,6 +38,7 @@ from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
 KEY_MAX = 1024  # bytes in an S3 object key
+PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -137,7 +138,7 @@ class S3Destination(SpooledUpload):
         ]
 
     def _probe(self) -> bool:
-        key = self.key(f".sluicegate-probe-{uuid.uuid4().hex}")
+        key = self.key(f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         try:
             with self._errors(key):
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
@@ -290,9 +291,9 @@ class S3Destination(SpooledUpload):
             self.client.head_bucket(Bucket=self.bucket)
 
     def cleanup(self, older_than: float) -> int:
-        """Remove dead processes' spools older than ``older_than`` s, and abort multipart uploads
-        under the prefix started more than a day (at least ``older_than``) ago: a live worker's
-        large upload may well outlast its lease, which it renews."""
+        """Remove dead processes' spools and probe objects older than ``older_than`` s, and abort
+        multipart uploads under the prefix started more than a day (at least ``older_than``) ago:
+        a live worker's large upload may well outlast its lease, which it renews."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(older_than, self.upload_stale_after))
         aborted = remove_stale_spools(older_than)
         with self._errors(self.prefix):
@@ -302,6 +303,13 @@ class S3Destination(SpooledUpload):
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
+                    aborted += 1
+            # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
+            probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(PROBE_PREFIX))
+            for item in listing.get("Contents", []):
+                if item["LastModified"] < probes:
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                     aborted += 1
         return aborted
 
