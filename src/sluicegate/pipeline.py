@@ -27,6 +27,7 @@ the task (nothing can be recorded).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -253,9 +254,24 @@ class Pipeline:
                 self._discard(job)
             raise
         except LedgerError:
-            for job in jobs:  # nothing can be recorded: the claims wait for their lease
+            # Nothing can be recorded: the claims wait for their lease. Files still in flight
+            # (of this batch or an earlier one) are abandoned too, so that no later flush tries
+            # to put in place a file whose spool is gone.
+            self.abandon()
+            for job in jobs:
                 self._discard(job)
             raise
+
+    def abandon(self) -> None:
+        """Drop every file in flight without recording it (the ledger cannot be written)."""
+        inflight, self._inflight = self._inflight, []
+        self._held = 0
+        for job, future in inflight:
+            with contextlib.suppress(Exception):
+                outcome = future.result()  # the publisher thread is done with the spool
+                if outcome.staged is not None:
+                    self.destination.discard(outcome.staged)
+            self._discard(job)
 
     def fail(self, unit: WorkUnit, error: BaseException) -> None:
         """Record a unit that failed before it could be read (a bad path, a bad key)."""
