@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sluicegate import db
+from sluicegate.exceptions import PermissionDenied
 from support import Db, cli, files, hours, read_csv, write_project
 
 UTC = dt.UTC
@@ -163,10 +166,10 @@ def test_archive_without_delete_fails_closed(tmp_path: Path, roles: Roles, pg_ur
 
     proc = cli(root, "run", "agency")
     assert proc.returncode != 0
+    assert not (tmp_path / "out").exists() or files(tmp_path / "out") == []
     assert "Traceback" not in proc.stderr
     message = proc.stdout + proc.stderr
     assert "delete.sql" in message and "DELETE" in message and "sluicegate grants agency" in message
-    assert not (tmp_path / "out").exists() or files(tmp_path / "out") == []
     assert _rows(pg_url, "SELECT count(*) FROM agency") == [(5,)]
     assert _rows(pg_url, "SELECT count(*) FROM sluicegate.archive_runs") == [(0,)]
     [(error,)] = _rows(pg_url, "SELECT error FROM sluicegate.task_errors WHERE task = 'agency'")
@@ -217,3 +220,12 @@ def test_a_writer_with_only_insert_records_its_changes(tmp_path: Path, roles: Ro
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM sluicegate.changes")  # the inbox is not the writer's
     assert _rows(pg_url, "SELECT count(*) FROM sluicegate.changes")[0][0] == before + 1
+
+
+def test_a_role_without_connect_is_refused_at_once_not_retried(roles: Roles) -> None:
+    stranger = roles.create("stranger")  # PUBLIC lost CONNECT: this role may not connect
+    started = time.monotonic()
+    for ledger in (False, True):
+        with pytest.raises(PermissionDenied, match="sluicegate grants"):
+            db.reconnect(roles.url(stranger), ledger=ledger, seconds=20)
+    assert time.monotonic() - started < 5  # not the reconnect loop's 20 s each
