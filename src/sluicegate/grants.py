@@ -174,7 +174,7 @@ def render(
     out.grant("connect", database=sql.Identifier(ledger_database))
     out.grant("usage", schema=sql.Identifier(schema))
     if read_only:
-        return _read_only(out, tasks, schema)
+        return _read_only(out, tasks, settings, source_database)
     _ledger_grants(out, ledger_privileges(COMMON_STORES), schema, inbox=False)
     for task in tasks:
         out.lines.append("")
@@ -182,14 +182,18 @@ def render(
     return out.text()
 
 
-def _read_only(out: _Script, tasks: Sequence[TaskBase], schema: str) -> str:
+def _read_only(out: _Script, tasks: Sequence[TaskBase], settings: Settings, source_database: str) -> str:
     """SELECT on every ledger table the tasks' kinds use: ``status`` and friends, no changes."""
-    out.comment(
-        "read only: `status`, `runs`, `partitions`, `watermarks`; claims, marks and resets are refused"
-    )
+    schema = settings.ledger_schema
+    out.comment("read only: status, runs, partitions, watermarks; marks, claims and resets are refused")
     stores = {s for t in tasks for s in (ledger_stores(t) or ())} | set(COMMON_STORES)
-    tables = {table for store in sorted(stores) for table in store_privileges(store)}
+    tables = {table for store in sorted(stores) for table in store_privileges(store)} - {"archive_commits"}
     out.tables(["SELECT"], [(schema, t) for t in tables - INBOX_TABLES])
+    if "changes" in tables:  # status counts the changes waiting in the trigger inbox
+        out.at(source_database)
+        out.grant("connect", database=sql.Identifier(source_database))
+        out.grant("usage", schema=sql.Identifier(schema))
+        out.tables(["SELECT"], [(schema, "changes")])
     return out.text()
 
 

@@ -190,7 +190,9 @@ def test_a_read_only_role_reads_status_and_changes_nothing(tmp_path: Path, roles
 
     status = cli(root, "status", "--json", env=as_reader)
     assert status.returncode == 0, status.stderr
-    assert {row["task"] for row in json.loads(status.stdout)} >= {"openaq", "studies", "agency"}
+    rows = {row["task"]: row for row in json.loads(status.stdout)}
+    assert set(rows) >= {"openaq", "studies", "agency"}
+    assert rows["openaq"]["inbox"] == 0  # the trigger inbox is readable (None when it is not)
     day = (dt.date.today() - dt.timedelta(days=2)).isoformat()
     for args in (
         ("mark", "openaq", "location_id=1", f"day={day}"), ("reset", "openaq", "--failed"), ("reexport", "openaq"),

@@ -122,6 +122,8 @@ def test_read_only_grants_select_on_the_ledger_only(tmp_path: Path) -> None:
     tables = [s for s in stmts if " ON TABLE " in s]
     assert tables and all(s.startswith('GRANT SELECT ON TABLE "sluicegate".') for s in tables)
     assert any('"sluicegate"."partitions"' in s for s in tables)
+    assert 'GRANT SELECT ON TABLE "sluicegate"."changes" TO "exporter";' in tables  # status counts the inbox
+    assert not any("archive_commits" in s for s in tables)
     assert not any("SEQUENCE" in s or "pg_read_all_stats" in s for s in stmts)
 
 
