@@ -231,3 +231,26 @@ def test_a_role_without_connect_is_refused_at_once_not_retried(roles: Roles) -> 
         with pytest.raises(PermissionDenied, match="sluicegate grants"):
             db.reconnect(roles.url(stranger), ledger=ledger, seconds=20)
     assert time.monotonic() - started < 5  # not the reconnect loop's 20 s each
+
+
+def test_a_source_table_without_select_stops_the_task_with_the_fix(
+    tmp_path: Path, roles: Roles, pg_url: str
+) -> None:
+    root, exporter = _setup(tmp_path, roles, pg_url)
+    _apply(pg_url, cli(root, "grants", "openaq", "--role", exporter, env=_as(pg_url), check=True).stdout)
+    _apply(pg_url, f'REVOKE SELECT ON sensors FROM "{exporter}"')
+
+    proc = cli(root, "run", "openaq")
+    assert proc.returncode == 1, proc.stderr  # a run-time failure, not "fix the SQL" (exit 2)
+    assert "Traceback" not in proc.stderr and "fix the SQL" not in proc.stderr
+    assert not (tmp_path / "out").exists() or files(tmp_path / "out") == []
+    [(error, config)] = _rows(
+        pg_url, "SELECT error, config FROM sluicegate.task_errors WHERE task = 'openaq'"
+    )
+    assert "permission denied for table sensors" in error and "sluicegate grants openaq" in error
+    assert not config
+    # Nothing was claimed or parked: once granted, the next run exports the partition.
+    assert _rows(pg_url, "SELECT failed, claim_token FROM sluicegate.partitions") == [(False, None)]
+    _apply(pg_url, f'GRANT SELECT ON sensors TO "{exporter}"')
+    assert cli(root, "run", "openaq").returncode == 0
+    assert len(files(tmp_path / "out")) == 1
