@@ -254,3 +254,60 @@ def test_a_source_table_without_select_stops_the_task_with_the_fix(
     _apply(pg_url, f'GRANT SELECT ON sensors TO "{exporter}"')
     assert cli(root, "run", "openaq").returncode == 0
     assert len(files(tmp_path / "out")) == 1
+
+
+@pytest.fixture
+def ledger_db(pg_server: Any, roles: Roles) -> Iterator[str]:
+    """A second database for the ledger (dropped before the roles are)."""
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _apply_by_database(server: Any, first: str, script: str) -> list[str]:
+    """Run a script with psql ``\\connect`` lines, as the owner; return the databases in order."""
+    done, database, chunk = [], first, []
+    for line in [*script.splitlines(), "\\connect END"]:
+        if line.startswith("\\connect "):
+            with psycopg.connect(server.url(database), autocommit=True) as conn:
+                conn.execute("\n".join(chunk))
+            done.append(database)
+            database, chunk = line.split(" ", 1)[1].strip('"'), []
+        else:
+            chunk.append(line)
+    return done
+
+
+def test_the_printed_grants_are_enough_with_the_ledger_elsewhere(
+    tmp_path: Path, pg_server: Any, roles: Roles, pg_url: str, ledger_db: str
+) -> None:
+    exporter = roles.create("exporter")
+    root = _project(tmp_path, pg_url, roles.url(exporter))
+    for folder in (root / "tasks" / "agency").iterdir():  # archive: see the witness note in permissions.md
+        folder.unlink()
+    (root / "tasks" / "agency").rmdir()
+    exporter_ledger = roles.url(exporter).rsplit("/", 1)[0] + f"/{ledger_db}"
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[ledger]\n", f'[ledger]\nurl = "{exporter_ledger}"\n'))
+    owner = {**_as(pg_url), "SLUICEGATE_LEDGER__URL": pg_server.url(ledger_db)}
+    cli(root, "install", env=owner, check=True)
+    db = Db(pg_url)
+    day = dt.datetime.combine(dt.date.today() - dt.timedelta(days=2), dt.time(), tzinfo=UTC)
+    db.location(1, "UTC")
+    db.insert(1, hours(day, 24))
+    db.close()
+    _apply(pg_url, "INSERT INTO records (study_id, uploaded_on) VALUES ('s0', now() - interval '2 days')")
+
+    script = cli(root, "grants", "--role", exporter, env=owner, check=True).stdout
+    databases = _apply_by_database(pg_server, ledger_db, script)
+    assert ledger_db in databases and pg_url.rsplit("/", 1)[1] in databases
+
+    proc = cli(root, "run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len([p for p in files(tmp_path / "out") if p.name.startswith("location-1-")]) == 1
+    assert len(files(tmp_path / "out" / "studies")) == 1
+    assert _rows(pg_url, "SELECT count(*) FROM sluicegate.changes") == [(0,)]
