@@ -217,7 +217,7 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     if kind == "terminal" and denied(exc):
         error = LedgerPermissionDenied if ledger else PermissionDenied
         return error(
-            f"{where}: {detail}; the role lacks that privilege: "
+            f"{where}: {detail}; the role lacks a privilege it needs: "
             "run `sluicegate grants` and apply its GRANTs as the owner"
         )
     if ledger:

@@ -99,7 +99,7 @@ class PostgresSource:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if db.denied(exc):  # the SQL is fine; the role is not (exit 1, not a config error)
                 raise PermissionDenied(
-                    f"{spec.folder / 'select.sql'}: {first}; the role lacks that privilege: "
+                    f"{spec.folder / 'select.sql'}: {first}; the role lacks a privilege it needs: "
                     f"run `sluicegate grants {spec.folder.name}` and apply its GRANTs as the owner"
                 ) from exc
             raise ConfigError(
