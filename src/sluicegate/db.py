@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 import psycopg
 
-from .exceptions import ConfigError, DataError, LedgerError, SluicegateError, SourceUnavailable
+from .exceptions import (
+    ConfigError,
+    DataError,
+    LedgerError,
+    LedgerPermissionDenied,
+    PermissionDenied,
+    SluicegateError,
+    SourceUnavailable,
+)
 from .masking import mask_url, scrub
 
 DialectName = Literal["sqlite", "postgresql"]
@@ -121,6 +129,8 @@ def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECO
         try:
             return connect(url, ledger=ledger)
         except (SourceUnavailable, LedgerError) as exc:
+            if isinstance(exc, PermissionDenied):  # waiting does not grant a privilege
+                raise
             if time.monotonic() + delay > deadline:
                 raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
             log.warning("%s; reconnecting in %.2f s", exc, delay)
@@ -154,13 +164,29 @@ def _sqlstate(exc: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
+def denied(exc: BaseException) -> bool:
+    """Whether a driver error says the role lacks a privilege (SQLSTATE 42501).
+
+    A refused connection (no CONNECT on the database) carries no SQLSTATE in psycopg: its
+    server message stands in for the code.
+    """
+    code = _sqlstate(exc)
+    if code:
+        return code == "42501"
+    return "permission denied for" in str(exc)
+
+
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     """Whether a driver error is worth retrying; None when ``exc`` is not a database error.
+
+    A missing privilege (:func:`denied`) is terminal, even when the connection was refused.
 
     Knows psycopg, sqlite3 and ADBC (whose result streams raise plain ``OSError`` with a
     ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's).
     """
     if isinstance(exc, psycopg.Error):
+        if denied(exc):
+            return "terminal"
         if isinstance(exc, psycopg.OperationalError):
             return "transient"
         code = _sqlstate(exc)
@@ -188,6 +214,12 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     role = "ledger database" if ledger else "database"
     detail = scrub(_first_line(exc), url)
     where = f"{role} {mask_url(url)}"
+    if kind == "terminal" and denied(exc):
+        error = LedgerPermissionDenied if ledger else PermissionDenied
+        return error(
+            f"{where}: {detail}; the role lacks a privilege it needs: "
+            "run `sluicegate grants` and apply its GRANTs as the owner"
+        )
     if ledger:
         hint = "; will retry" if kind == "transient" else ""
         return LedgerError(f"{where}: {detail}{hint}")

@@ -28,6 +28,7 @@ from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import EXPORT_TYPES, ExportRequest, Window
 from . import Context, Progress
 
+LEDGER_STORES = ("watermarks", "runs")  # the ledger stores a run uses (sluicegate grants)
 KEYS = ROW_KEYS | {"entity", "cursor", "export_type", "zone", "bootstrap", "safety_margin", "entities"}
 
 

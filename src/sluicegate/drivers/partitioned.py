@@ -32,6 +32,7 @@ from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from . import Context, Progress
 
+LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
 KEYS = ROW_KEYS | {"keys", "time", "capture"}
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .. import db
-from ..exceptions import LedgerError, SluicegateError
+from ..exceptions import LedgerError, PermissionDenied, SluicegateError
 from ..masking import mask_url
 from ..sql import queries
 
@@ -184,9 +184,11 @@ class SchemaStore(Store):
         try:
             with db.wrap_errors(self.core.url, ledger=True):
                 row = self.core.conn.execute(self.q["schema_version"], self.core.params()).fetchone()
-        except SluicegateError:
+        except SluicegateError as exc:
             if self.core.dialect is db.POSTGRESQL and not self.core.conn.closed:
                 self.core.conn.rollback()
+            if isinstance(exc, PermissionDenied):  # the tables exist; this role may not read them
+                raise
             return None
         return None if row is None else str(row[0])
 
