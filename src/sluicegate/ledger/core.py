@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -149,7 +150,11 @@ class Store:
 
     def __init__(self, core: LedgerCore) -> None:
         self.core = core
-        self.q = core.queries(self.SQL)
+
+    @functools.cached_property
+    def q(self) -> dict[str, str]:
+        """The store's named statements, read on first use (a command uses few of the stores)."""
+        return self.core.queries(self.SQL)
 
     def _run(self, name: str, cur: Any | None = None, **params: Any) -> Any:
         return self.core.execute(self.q[name], self.core.params(**params), cur)
