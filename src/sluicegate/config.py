@@ -67,7 +67,16 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
     "source": frozenset({"url"}),
     "ledger": frozenset({"url", "schema"}),
     "destination": frozenset(
-        {"url", "endpoint_url", "region", "access_key_id", "secret_access_key", "multipart_threshold", "sync"}
+        {
+            "url",
+            "endpoint_url",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "multipart_threshold",
+            "sync",
+            "manifests",
+        }
     ),
     "defaults": frozenset(
         {"format", "batch_size", "limit", "lease", "max_attempts", "workers", "backoff", "log_level"}
@@ -281,6 +290,7 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
             dest.get("multipart_threshold", 64 * 1024 * 1024), f"{where} multipart_threshold", 5 * 1024 * 1024
         ),
         sync=_sync(dest.get("sync", "auto"), f"{where} sync"),
+        manifests=validate.boolean(dest.get("manifests", True), f"{where} manifests"),
     )
 
 
