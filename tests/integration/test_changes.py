@@ -15,15 +15,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from sluicegate import operations
 from support import SLUICEGATE, Db, cli, files, hours, load, write_project
-
-if TYPE_CHECKING:
-    from plugins.faultproxy import FaultProxy
 
 UTC = dt.UTC
 DAY0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
@@ -64,7 +61,11 @@ def _spawn(root: Path, *args: str, fault: str | None = None) -> subprocess.Popen
     if fault:
         env["SLUICEGATE_TESTING__FAULT"] = fault
     return subprocess.Popen(
-        [SLUICEGATE, "-C", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [SLUICEGATE, "-C", str(root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -92,7 +93,10 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
 
     db.update_value(1, DAY0 + dt.timedelta(hours=3), 99.0)  # location 1, day 1: changed
     db.insert(2, [DAY0 + dt.timedelta(days=1, minutes=30)])  # location 2, day 2: changed
-    db.conn.execute("DELETE FROM measurements WHERE location_id = 3 AND datetime < ?", (db.ts(DAY0 + dt.timedelta(days=1)),))
+    db.conn.execute(
+        "DELETE FROM measurements WHERE location_id = 3 AND datetime < ?",
+        (db.ts(DAY0 + dt.timedelta(days=1)),),
+    )
     cli(root, "run", "--json", check=True)
 
     disk = _on_disk(out)
@@ -126,7 +130,9 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
         (["nosuchtask", "--since", "2024-01-01"], "no task named 'nosuchtask'"),
     ],
 )
-def test_changes_refuses_a_bad_since_or_task_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_changes_refuses_a_bad_since_or_task_with_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=1, days=1)
     cli(root, "run", check=True)
     proc = cli(root, "changes", *args)
@@ -160,3 +166,156 @@ def test_a_manifest_that_cannot_be_written_leaves_the_claims_uncommitted(tmp_pat
     assert json.loads(again.stdout)[0]["exported"] == 2  # exported again, now with its manifest
     assert db.scalar("SELECT count(*) FROM sluicegate_partitions WHERE exported_version = 0") == 0
     assert {line["path"]: line["sha256"] for line in _manifests(out)} == _on_disk(out)
+
+
+@pytest.mark.s3
+def test_a_manifest_upload_refused_by_s3_leaves_the_claims_uncommitted(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], fault_proxy: Callable[[str], Any]
+) -> None:
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    extra = f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    root, db = _project(
+        tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=2, days=1,
+        destination=f"s3://{bucket}/feed", destination_extra=extra,
+    )  # fmt: skip
+    proxy.fail(method="PUT", path_regex="/_manifests/", status=503, times=None)
+    proc = cli(root, "run", "--json")
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)[0]
+    assert summary["exported"] == 0 and summary["failed"] == 2, summary
+    assert any(e.fault == "fail" for e in proxy.faulted)
+    assert db.scalar("SELECT count(*) FROM sluicegate_partitions WHERE exported_version = 0") == 2
+    proxy.clear()
+    again = cli(root, "run", "--json", check=True)
+    assert json.loads(again.stdout)[0]["exported"] == 2
+    entries = _changes(root, "--since", "2000-01-01")
+    assert sorted(e["path"] for e in entries) == sorted(
+        f"records/csv/locationid={n}/year=2024/month=01/location-{n}-20240101.csv" for n in (1, 2)
+    )
+
+
+class _Folder:
+    """The published files and manifest lines of a local destination."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def files(self) -> dict[str, str]:
+        return _on_disk(self.out) if self.out.exists() else {}
+
+    def manifest_lines(self) -> list[dict[str, Any]]:
+        return _manifests(self.out)
+
+
+class _Bucket:
+    """The same, read from an S3 bucket over HTTP."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    def _objects(self) -> list[str]:
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        ):
+            keys += [str(o["Key"]) for o in page.get("Contents", [])]
+        return keys
+
+    def _body(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def files(self) -> dict[str, str]:
+        return {
+            key[len(self.prefix) :]: hashlib.sha256(self._body(key)).hexdigest()
+            for key in self._objects()
+            if not key[len(self.prefix) :].startswith("_manifests/")
+        }
+
+    def manifest_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for key in sorted(k for k in self._objects() if k[len(self.prefix) :].startswith("_manifests/")):
+            lines += [json.loads(line) for line in self._body(key).decode().splitlines()]
+        return lines
+
+
+FAULTS = ("mid_write", "before_place", "after_publish", "after_manifest")
+
+
+def _kill_at(root: Path, fault: str) -> None:
+    """Start a worker that stops at ``fault``, SIGKILL it there."""
+    proc = _spawn(root, "run", "--batch-size", "3", fault=fault)
+    marker = root / f".fault-{fault}"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited before {fault}: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"{fault} not reached"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    marker.unlink()
+
+
+def _check_feed(store: _Folder | _Bucket, db: Db) -> list[tuple[str, str, int]]:
+    """After any crash: manifests name only files that are there, and name every recorded file."""
+    lines = store.manifest_lines()  # each manifest parses whole: none is half written
+    present = store.files()
+    published = [(e["path"], e["sha256"], e["version"]) for e in lines if e["action"] == "published"]
+    missing = {path for path, _, _ in published} - set(present)
+    assert not missing, f"manifests name files that are not there: {sorted(missing)[:3]}"
+    recorded = db.rows(
+        "SELECT path, checksum, exported_version FROM sluicegate.partitions WHERE exported_version > 0"
+    )
+    unlisted = {(p, c, v) for p, c, v in recorded} - set(published)
+    assert not unlisted, f"files recorded on the ledger but in no manifest: {sorted(unlisted)[:3]}"
+    return published
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("where", ["folder", pytest.param("s3", marks=pytest.mark.s3)])
+def test_chaos_manifests_name_every_recorded_file_and_only_files_in_place(
+    tmp_path: Path, pg_url: str, where: str, request: pytest.FixtureRequest
+) -> None:
+    """SIGKILL at every fault point, round after round, with changes in between."""
+    if where == "s3":
+        endpoint, bucket, key, secret = request.getfixturevalue("seaweed_bucket")
+        extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+        root, db = _project(
+            tmp_path, pg_url, locations=6, days=3, lease="1s", extra_defaults="max_attempts = 100",
+            destination=f"s3://{bucket}/feed", destination_extra=extra,
+        )  # fmt: skip
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+        )
+        store: _Folder | _Bucket = _Bucket(client, bucket, "feed/")
+    else:
+        root, db = _project(
+            tmp_path, pg_url, locations=6, days=3, lease="1s", extra_defaults="max_attempts = 100"
+        )
+        store = _Folder(tmp_path / "out")
+    rng = random.Random(13)
+    for round_ in range(8):  # each fault point twice
+        for loc in rng.sample(range(1, 7), 3):  # change three location-days
+            db.insert(
+                loc, [DAY0 + dt.timedelta(days=rng.randrange(3), hours=rng.randrange(24), seconds=round_ + 1)]
+            )
+        _kill_at(root, FAULTS[round_ % len(FAULTS)])
+        _check_feed(store, db)
+        time.sleep(1.1)  # the killed worker's leases expire
+    final = cli(root, "run", "--json", check=True)
+    assert json.loads(final.stdout)[0]["failed"] == 0
+    published = _check_feed(store, db)
+    assert all(v == e for v, e in db.rows("SELECT version, exported_version FROM sluicegate.partitions"))
+    # The latest entry of every file is exactly what is in place.
+    latest = _changes(root, "--since", "2000-01-01")
+    assert {e["path"]: e["sha256"] for e in latest if e["action"] == "published"} == store.files()
+    assert len(store.files()) == 18
+    # At-least-once: kills after the manifest and before the commit list a file twice.
+    assert len(published) > len(set(published))
