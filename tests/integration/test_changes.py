@@ -257,13 +257,20 @@ def _kill_at(root: Path, fault: str) -> None:
     marker.unlink()
 
 
-def _check_feed(store: _Folder | _Bucket, db: Db) -> list[tuple[str, str, int]]:
-    """After any crash: manifests name only files that are there, and name every recorded file."""
+def _check_feed(store: _Folder | _Bucket, db: Db, seen: set[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    """After any crash: manifests name only files that were in place, and name every recorded file.
+
+    ``seen`` collects every (path, sha256) found in place after each run; a run places a path
+    at most once, so every file a manifest may name is among them.
+    """
     lines = store.manifest_lines()  # each manifest parses whole: none is half written
     present = store.files()
+    seen |= set(present.items())
     published = [(e["path"], e["sha256"], e["version"]) for e in lines if e["action"] == "published"]
     missing = {path for path, _, _ in published} - set(present)
     assert not missing, f"manifests name files that are not there: {sorted(missing)[:3]}"
+    never = {(p, c) for p, c, _ in published} - seen
+    assert not never, f"manifests name files that were never in place: {sorted(never)[:3]}"
     recorded = db.rows(
         "SELECT path, checksum, exported_version FROM sluicegate.partitions WHERE exported_version > 0"
     )
@@ -301,17 +308,18 @@ def test_chaos_manifests_name_every_recorded_file_and_only_files_in_place(
         )
         store = _Folder(tmp_path / "out")
     rng = random.Random(13)
+    seen: set[tuple[str, str]] = set()
     for round_ in range(8):  # each fault point twice
         for loc in rng.sample(range(1, 7), 3):  # change three location-days
             db.insert(
                 loc, [DAY0 + dt.timedelta(days=rng.randrange(3), hours=rng.randrange(24), seconds=round_ + 1)]
             )
         _kill_at(root, FAULTS[round_ % len(FAULTS)])
-        _check_feed(store, db)
+        _check_feed(store, db, seen)
         time.sleep(1.1)  # the killed worker's leases expire
     final = cli(root, "run", "--json", check=True)
     assert json.loads(final.stdout)[0]["failed"] == 0
-    published = _check_feed(store, db)
+    published = _check_feed(store, db, seen)
     assert all(v == e for v, e in db.rows("SELECT version, exported_version FROM sluicegate.partitions"))
     # The latest entry of every file is exactly what is in place.
     latest = _changes(root, "--since", "2000-01-01")
