@@ -106,11 +106,11 @@ class ChangeFeed:
         group without changes writes no manifest. Raises DestinationUnavailable (transient)
         when the manifest cannot be written: the caller's commit must then fail.
         """
+        if not any(o.remove or (o.path is not None and o.published) for o in outcomes):
+            return None
         now = dt.datetime.now(dt.UTC)
         seq = self.run.next_seq()
         changes = [c for o in outcomes for c in self._changes(o, now, seq)]
-        if not changes:
-            return None
         path = f"{MANIFESTS}/{now:%Y/%m/%d}/{self.run.run}-{seq:06d}.jsonl"
         body = "".join(json.dumps(c.as_json(), default=str, sort_keys=True) + "\n" for c in changes)
         staged = self.destination.stage(path)
