@@ -236,6 +236,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         value = env.get(name) or (default if dsl_folder(env) is not None else None)
         if value and not raw.get(section, {}).get(key):
             raw.setdefault(section, {})[key] = value
+    if not path.is_file():  # the Common Knowledge service's folder layout, unchanged: no change feed
+        raw.setdefault("destination", {}).setdefault("manifests", False)
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
     source = raw.get("source", {})
