@@ -232,12 +232,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
             "DSL/Export folder (see docs/service.md)"
         )
-    for section, key, name, default in DSL_DEFAULTS:
-        value = env.get(name) or (default if dsl_folder(env) is not None else None)
-        if value and not raw.get(section, {}).get(key):
-            raw.setdefault(section, {})[key] = value
-    if not path.is_file():  # the Common Knowledge service's folder layout, unchanged: no change feed
-        raw.setdefault("destination", {}).setdefault("manifests", False)
+    _fill_dsl_defaults(raw, env, dsl_only=not path.is_file())
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
     source = raw.get("source", {})
@@ -270,6 +265,17 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         fernet_key=secrets.fernet_key(env),
         fernet_key_name=secrets.fernet_key_name(env),
     )
+
+
+def _fill_dsl_defaults(raw: dict[str, Any], env: Mapping[str, str], *, dsl_only: bool) -> None:
+    """The Common Knowledge service's variables as defaults; without sluicegate.toml, its export
+    folder stays as the original left it (no change feed unless the environment asks)."""
+    for section, key, name, default in DSL_DEFAULTS:
+        value = env.get(name) or (default if dsl_folder(env) is not None else None)
+        if value and not raw.get(section, {}).get(key):
+            raw.setdefault(section, {})[key] = value
+    if dsl_only:
+        raw.setdefault("destination", {}).setdefault("manifests", False)
 
 
 def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
