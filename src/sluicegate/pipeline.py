@@ -13,9 +13,11 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    units still hold, calls ``place`` for those (``destination.sync``: the renames, deletions
    of files of units that have no rows any more, the uploads a store left pending), and
    commits them in the same transaction, so a worker whose claim was taken over never puts
-   a file in place (fencing). A group is committed when enough files or bytes are in flight
-   (``MAX_INFLIGHT``, ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest
-   ``keep`` files, which go on publishing while the driver reads its next batch.
+   a file in place (fencing). With a change feed, ``place`` then writes the group's
+   manifest (:mod:`sluicegate.changes`), so that it is durable before the commit. A group
+   is committed when enough files or bytes are in flight (``MAX_INFLIGHT``,
+   ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest ``keep`` files,
+   which go on publishing while the driver reads its next batch.
 
 It also renews the units' leases while reading (every lease/3), stops in time for the
 run's :class:`~sluicegate.options.Budget` (what is read is committed, the rest released),
@@ -31,12 +33,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .changes import ChangeFeed
 from .destinations import Destination, Staged
 from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
 from .formats import Writer, open_writer
@@ -70,6 +73,8 @@ class WorkUnit:
     previous: Previous | None = None  # None: always publish
     fenced: bool = False  # its upload is conditional on the previous file (see destinations)
     handle: Any = None  # the driver's own record of the unit (a claim, a window, a run)
+    keys: Mapping[str, Any] | None = None  # what the change feed names it by (partition keys ...)
+    version: Any = None  # ... and which version of it the file holds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +206,7 @@ class Pipeline:
         lease: float,
         fault: Fault | None = None,
         fernet_key: str | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -213,6 +219,7 @@ class Pipeline:
         self.lease = lease
         self.fault = fault or (lambda point: None)
         self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
+        self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -426,6 +433,9 @@ class Pipeline:
         # Only these: newer files in flight are committed later.
         self.destination.sync([o.staged for o in outcomes if o.staged is not None])
         self.fault("after_publish")
+        if self.feed is not None:  # after the files are in place, before the commit
+            self.feed.write(outcomes)
+            self.fault("after_manifest")
 
     def _record(self, outcomes: list[Outcome]) -> None:
         try:

@@ -274,6 +274,23 @@ class S3Destination(SpooledUpload):
                 raise
             return bytes(body.read())
 
+    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
+        """Object keys under ``prefix`` (relative to the destination's prefix), after ``start_after``.
+
+        S3 lists keys in UTF-8 byte order, so ``start_after`` skips older manifest folders
+        without listing them.
+        """
+        base = self.key("")
+        found: list[str] = []
+        extra = {"StartAfter": self.key(start_after)} if start_after else {}
+        with self._errors(self.key(prefix)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.key(prefix), **extra
+            )
+            for page in pages:
+                found += [str(o["Key"])[len(base) :] for o in page.get("Contents", [])]
+        return sorted(found)
+
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Ask the store: the object must have ``size`` bytes (a PUT was checked by its SHA-256)."""
         if not self.exists(path, size):

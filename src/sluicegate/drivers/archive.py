@@ -312,12 +312,15 @@ class Driver:
         with ctx.source.snapshot() as snapshot:
             columns, mode, chunks = snapshot.read(_select(task, ctx.source), params, want)
             recorder = Recorder(task, run, snapshot, ctx, held)
-            unit = WorkUnit(key="", slice=Slice(zone=task.zone), path=run.path, handle=run)
+            unit = WorkUnit(
+                key="", slice=Slice(zone=task.zone), path=run.path, handle=run, keys={}, version=run.run_id
+            )
             ctx.destination.check_path(run.path)
             pipeline = Pipeline(
                 read=lambda units: ((0, chunk) for chunk in chunks), format=task.format, columns=columns,
                 mode=mode, destination=ctx.destination, recorder=recorder, summary=summary,
                 budget=Budget(deadline=None), lease=ctx.project.settings.lease, fault=_pipeline_fault(ctx),
+                feed=ctx.feed(task),
             )  # fmt: skip
             with pipeline:
                 held()  # still the only run of the task, so no run finished with this file

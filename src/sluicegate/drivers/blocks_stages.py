@@ -260,6 +260,7 @@ class StageRunner:
             lease=self.lease,
             fault=ctx.fault,
             fernet_key=key,
+            feed=ctx.feed(self.task),
         )
         with pipeline:
             units = [u for c in claims if (u := self._unit(stage, c, pipeline)) is not None]
@@ -284,9 +285,11 @@ class StageRunner:
             pipeline.fail(unit, exc)
             return None
         previous = Previous(path=claim.prev_artifact, checksum=claim.prev_checksum)
+        keys = {"key": claim.key_value, "block": claim.block.label, "stage": claim.stage}
         return WorkUnit(
-            key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim
-        )
+            key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim,
+            keys=keys,
+        )  # fmt: skip
 
     def path(self, stage: StageSpec, claim: StageClaim) -> str:
         """The rendered path of a stage's file for a block."""
