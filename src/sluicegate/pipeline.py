@@ -261,9 +261,8 @@ class Pipeline:
                 self._discard(job)
             raise
         except LedgerError:
-            # Nothing can be recorded: the claims wait for their lease. Files still in flight
-            # (of this batch or an earlier one) are abandoned too, so that no later flush tries
-            # to put in place a file whose spool is gone.
+            # Nothing can be recorded (the claims wait for their lease): no later flush may
+            # put in place a file in flight, of this batch or an earlier one.
             self.abandon()
             for job in jobs:
                 self._discard(job)
