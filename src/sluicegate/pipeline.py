@@ -17,7 +17,9 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    (``MAX_INFLIGHT``, ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest
    ``keep`` files, which go on publishing while the driver reads its next batch.
 
-It also renews the units' leases while reading (every lease/3), stops in time for the
+It also keeps the units' leases alive while it holds them (every lease/3, through a
+:class:`~sluicegate.ledger.leases.LeaseKeeper` on its own thread when the driver gives one,
+else between chunks while reading), stops in time for the
 run's :class:`~sluicegate.options.Budget` (what is read is committed, the rest released),
 isolates a unit whose rows break the batch query (each unit of a failed batch is read again
 on its own), and stops at the named fault points tests kill workers at. Failures are
@@ -34,13 +36,16 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .destinations import Destination, Staged
 from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
 from .sources import Column, Mode, Slice
+
+if TYPE_CHECKING:
+    from .ledger.leases import LeaseKeeper
 
 log = logging.getLogger("sluicegate")
 
@@ -200,6 +205,7 @@ class Pipeline:
         lease: float,
         fault: Fault | None = None,
         fernet_key: str | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -212,6 +218,8 @@ class Pipeline:
         self.lease = lease
         self.fault = fault or (lambda point: None)
         self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
+        self.keeper = keeper  # renews the leases of the units in hand, from its own thread
+        self._batch_tokens: set[str] = set()
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -224,8 +232,10 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Wait for the publisher threads (commit first with :meth:`flush`)."""
+        """Wait for the publisher threads (commit first with :meth:`flush`), stop renewing."""
         self._pool.shutdown(wait=True)
+        if self.keeper is not None:
+            self.keeper.close()
 
     # ------------------------------------------------------------------ batches
 
@@ -238,6 +248,8 @@ class Pipeline:
         if not units:
             return
         jobs = [_Job(unit=u) for u in units]
+        self._batch_tokens = {u.token for u in units if u.token}
+        self._keep_leases()
         try:
             try:
                 self._stream(jobs, keep=keep)
@@ -256,6 +268,9 @@ class Pipeline:
             for job in jobs:  # nothing can be recorded: the claims wait for their lease
                 self._discard(job)
             raise
+        finally:
+            self._batch_tokens = set()
+            self._keep_leases()
 
     def fail(self, unit: WorkUnit, error: BaseException) -> None:
         """Record a unit that failed before it could be read (a bad path, a bad key)."""
@@ -270,6 +285,12 @@ class Pipeline:
             self._flush(keep)
         finally:
             self.budget.note_flush(time.monotonic() - started)
+            self._keep_leases()
+
+    def _keep_leases(self) -> None:
+        """Have the keeper renew the claims of the batch being read and of the files in flight."""
+        if self.keeper is not None:
+            self.keeper.keep(self._batch_tokens | {job.unit.token for job, _ in self._inflight})
 
     # ------------------------------------------------------------------ reading and encoding
 
@@ -287,7 +308,7 @@ class Pipeline:
                 self._write(jobs[index], chunk)
                 if self.budget.over():  # a large unit: stop reading it, not only between units
                     raise Deadline
-                if time.monotonic() - renewed > self.lease / 3:
+                if self.keeper is None and time.monotonic() - renewed > self.lease / 3:
                     self._renew(jobs)
                     renewed = time.monotonic()
         finally:
