@@ -62,16 +62,22 @@ class LeaseKeeper:
                 self._thread.start()
 
     def close(self) -> None:
-        """Stop renewing and close the connection."""
+        """Stop renewing and close the connection.
+
+        Waits for a renewal in progress at most ``every`` seconds: one stuck on a connection
+        that died without a word (a network partition) is left to finish on its own (the
+        thread is a daemon), rather than hold up the end of the run.
+        """
         self._stop.set()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join()
+            thread.join(timeout=self.every)
 
     def _loop(self) -> None:
         core: LedgerCore | None = None
         store: Renewing | None = None
+        failing = False
         try:
             while not self._stop.wait(self.every):
                 with self._lock:
@@ -85,8 +91,17 @@ class LeaseKeeper:
                     for token in tokens:
                         store.renew(token, lease=self.lease)
                     self.renewals += 1
+                    failing = False
                 except SluicegateError as exc:  # the next round tries again; the commit is fenced
-                    log.warning("could not renew the leases of %d claim(s): %s", len(tokens), exc)
+                    # Once per outage as a warning (a ledger that is down says so every lease/3).
+                    log.log(
+                        logging.DEBUG if failing else logging.WARNING,
+                        "could not renew the leases of %d claim(s): %s; trying again every %.1f s",
+                        len(tokens),
+                        exc,
+                        self.every,
+                    )
+                    failing = True
         finally:
             if core is not None:
                 core.close()
