@@ -46,7 +46,6 @@ class LeaseKeeper:
         self.make_store = store
         self.lease = lease
         self.every = lease / 3
-        self.renewals = 0  # rounds that renewed every token in hand (for tests and logs)
         self._tokens: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -90,7 +89,6 @@ class LeaseKeeper:
                         store = self.make_store(core)
                     for token in tokens:
                         store.renew(token, lease=self.lease)
-                    self.renewals += 1
                     failing = False
                 except SluicegateError as exc:  # the next round tries again; the commit is fenced
                     # Once per outage as a warning (a ledger that is down says so every lease/3).
