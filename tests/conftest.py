@@ -20,7 +20,13 @@ import pytest
 from plugins.common import STARTUP_SECONDS
 from sluicegate.config import OVERRIDE_ENV_NAMES, OVERRIDE_ENV_PREFIXES
 
-pytest_plugins = ["plugins.postgres", "plugins.s3", "plugins.mariadb_server", "plugins.faultproxy"]
+pytest_plugins = [
+    "plugins.postgres",
+    "plugins.s3",
+    "plugins.mariadb_server",
+    "plugins.faultproxy",
+    "plugins.tcpproxy",
+]
 
 SCRUBBED_ENV_NAMES = frozenset(OVERRIDE_ENV_NAMES)
 SCRUBBED_ENV_PREFIXES = OVERRIDE_ENV_PREFIXES

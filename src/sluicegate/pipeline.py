@@ -19,7 +19,9 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest ``keep`` files,
    which go on publishing while the driver reads its next batch.
 
-It also renews the units' leases while reading (every lease/3), stops in time for the
+It also keeps the units' leases alive while it holds them (every lease/3, through a
+:class:`~sluicegate.ledger.leases.LeaseKeeper` on its own thread when the driver gives one,
+else between chunks while reading), stops in time for the
 run's :class:`~sluicegate.options.Budget` (what is read is committed, the rest released),
 isolates a unit whose rows break the batch query (each unit of a failed batch is read again
 on its own), and stops at the named fault points tests kill workers at. Failures are
@@ -31,20 +33,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .changes import ChangeFeed
 from .destinations import Destination, Staged
 from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
+from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
 from .sources import Column, Mode, Slice
+
+if TYPE_CHECKING:
+    from .ledger.leases import LeaseKeeper
 
 log = logging.getLogger("sluicegate")
 
@@ -139,30 +143,10 @@ class UnitFailed:
 
 
 Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
-Fault = Callable[[str], None]
 
 
 class Deadline(Exception):
     """The run's time budget is used up: stop reading, commit what is read, release the rest."""
-
-
-def fault_point(settings_fault: str | None, root: Path) -> Fault:
-    """Pause at the named point a test asked for (``[testing] fault``), so it can kill us.
-
-    The pause writes ``root/.fault-<point>`` (our pid) and lasts until the test removes that
-    file (a stalled worker that goes on, e.g. after SIGSTOP and SIGCONT), once per process.
-    """
-    fired: set[str] = set()
-
-    def fault(point: str) -> None:
-        if settings_fault == point and point not in fired:
-            fired.add(point)
-            marker = root / f".fault-{point}"
-            marker.write_text(str(os.getpid()))
-            while marker.exists():
-                time.sleep(0.05)
-
-    return fault
 
 
 def as_export_error(exc: BaseException) -> SluicegateError:
@@ -207,6 +191,7 @@ class Pipeline:
         fault: Fault | None = None,
         fernet_key: str | None = None,
         feed: ChangeFeed | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -220,6 +205,8 @@ class Pipeline:
         self.fault = fault or (lambda point: None)
         self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
+        self.keeper = keeper  # renews the leases of the units in hand, from its own thread
+        self._batch_tokens: set[str] = set()
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -232,8 +219,10 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Wait for the publisher threads (commit first with :meth:`flush`)."""
+        """Wait for the publisher threads (commit first with :meth:`flush`), stop renewing."""
         self._pool.shutdown(wait=True)
+        if self.keeper is not None:
+            self.keeper.close()
 
     # ------------------------------------------------------------------ batches
 
@@ -246,6 +235,8 @@ class Pipeline:
         if not units:
             return
         jobs = [_Job(unit=u) for u in units]
+        self._batch_tokens = {u.token for u in units if u.token}
+        self._keep_leases()
         try:
             try:
                 self._stream(jobs, keep=keep)
@@ -267,6 +258,9 @@ class Pipeline:
             for job in jobs:
                 self._discard(job)
             raise
+        finally:
+            self._batch_tokens = set()
+            self._keep_leases()
 
     def abandon(self) -> None:
         """Drop every file in flight without recording it (the ledger cannot be written)."""
@@ -292,6 +286,12 @@ class Pipeline:
             self._flush(keep)
         finally:
             self.budget.note_flush(time.monotonic() - started)
+            self._keep_leases()
+
+    def _keep_leases(self) -> None:
+        """Have the keeper renew the claims of the batch being read and of the files in flight."""
+        if self.keeper is not None:
+            self.keeper.keep(self._batch_tokens | {job.unit.token for job, _ in self._inflight})
 
     # ------------------------------------------------------------------ reading and encoding
 
@@ -309,7 +309,7 @@ class Pipeline:
                 self._write(jobs[index], chunk)
                 if self.budget.over():  # a large unit: stop reading it, not only between units
                     raise Deadline
-                if time.monotonic() - renewed > self.lease / 3:
+                if self.keeper is None and time.monotonic() - renewed > self.lease / 3:
                     self._renew(jobs)
                     renewed = time.monotonic()
         finally:

@@ -30,7 +30,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
-    from plugins.faultproxy import FaultProxy
+    from plugins.faultproxy import Exchange, FaultProxy
 
 # Imported as a plugin, not directly: pytest must load it first to rewrite its assertions.
 
@@ -365,6 +365,23 @@ def test_delay_holds_only_the_matching_requests(seaweed: Through) -> None:
     log = seaweed.proxy.log
     assert [e.fault for e in log] == [None, "delay", None]
     assert log[1].seconds >= 0.5 and all(e.status == 200 for e in log)
+
+
+def test_before_runs_its_action_ahead_of_the_matching_request(seaweed: Through) -> None:
+    """The action changes the store (directly) before the request reaches it: the HEAD sees it."""
+    s3, bucket = seaweed.s3, seaweed.bucket
+    s3.put_object(Bucket=bucket, Key="k", Body=b"mine")
+    seen: list[str] = []
+
+    def swap(exchange: Exchange) -> None:
+        seen.append(exchange.method)
+        seaweed.direct.put_object(Bucket=bucket, Key="k", Body=b"someone else's")
+
+    rule = seaweed.proxy.before(swap, method="HEAD", path_regex=r"/k$")
+    assert s3.head_object(Bucket=bucket, Key="k")["ContentLength"] == len(b"someone else's")
+    assert s3.head_object(Bucket=bucket, Key="k")["ContentLength"] == len(b"someone else's")
+    assert (seen, rule.hits) == (["HEAD"], 1)
+    assert [e.fault for e in seaweed.proxy.log] == [None, "before", None]
 
 
 def test_down_refuses_connections_and_up_restores(seaweed: Through) -> None:

@@ -13,12 +13,15 @@ from any thread:
   bytes reached the upstream, or after the upstream answered but before the answer is relayed;
 * :meth:`~FaultProxy.corrupt_body` flips one byte of the request body on its way upstream;
 * :meth:`~FaultProxy.strip_conditional_headers` drops ``If-Match`` / ``If-None-Match``;
+* :meth:`~FaultProxy.before` runs a callback before matching requests are forwarded (to
+  change the upstream's state at an exact moment, e.g. tamper with an object between its
+  upload and the client's ``HEAD``);
 * :meth:`~FaultProxy.down` / :meth:`~FaultProxy.up` reset every new connection, and every
   request on an open one, until ``up()``;
 * :attr:`~FaultProxy.log` lists every request seen (:class:`Exchange`), and
   :attr:`~FaultProxy.faulted` the ones a fault applied to (kept whatever ``log_limit``).
 
-``fail``, ``reset``, ``corrupt_body`` and ``delay`` add a counted :class:`Rule`. Rules are tried in the
+``fail``, ``reset``, ``corrupt_body``, ``delay`` and ``before`` add a counted :class:`Rule`. Rules are tried in the
 order they were added and the first one that matches a request applies to it (and uses up one
 of its ``times``); ``times=None`` applies until :meth:`~FaultProxy.clear`.
 
@@ -80,7 +83,7 @@ class _Cut(Exception):
 class Rule:
     """One counted fault. ``hits`` counts the requests it applied to; ``times`` what is left."""
 
-    kind: str  # "fail", "reset", "corrupt" or "delay"
+    kind: str  # "fail", "reset", "corrupt", "delay" or "before"
     method: str | None = None
     path_regex: str | None = None
     times: int | None = 1  # None = until cleared
@@ -89,6 +92,7 @@ class Rule:
     message: str = ""
     after_bytes: int | None = None
     seconds: float = 0.0
+    action: Callable[[Exchange], None] | None = None  # "before": called before forwarding
     hits: int = 0
 
     def matches(self, method: str, target: str, has_body: bool) -> bool:
@@ -111,7 +115,7 @@ class Exchange:
     forwarded: bool = False  # True once the request head was sent upstream
     forwarded_headers: list[tuple[str, str]] | None = None  # as sent upstream
     status: int | None = None  # the status answered to the client; None if the connection was cut
-    fault: str | None = None  # "fail", "reset", "corrupt", "delay", "down" or None
+    fault: str | None = None  # "fail", "reset", "corrupt", "delay", "before", "down" or None
     body_bytes: int = 0  # request body bytes received from the client
     seconds: float = 0.0  # from the end of the request head to the end of the answer
     at: float = dataclasses.field(default_factory=time.time)  # arrival (Unix time)
@@ -381,6 +385,20 @@ class FaultProxy:
         """
         return self._add(Rule("delay", method, path_regex, times, seconds=seconds))
 
+    def before(
+        self,
+        action: Callable[[Exchange], None],
+        method: str | None = None,
+        path_regex: str | None = None,
+        times: int | None = 1,
+    ) -> Rule:
+        """Call ``action(exchange)`` (on the proxy's thread) before forwarding ``times`` matching requests.
+
+        The client waits meanwhile; what ``action`` does to the upstream (with a client of its
+        own, not through the proxy) happens before the request reaches it.
+        """
+        return self._add(Rule("before", method, path_regex, times, action=action))
+
     def strip_conditional_headers(self, enabled: bool = True, *, resign_secret: str | None = None) -> None:
         """Remove ``If-Match`` and ``If-None-Match`` from every forwarded request.
 
@@ -540,6 +558,8 @@ class FaultProxy:
             return self._answer_error(client, head, exchange, rule, has_body, client_keep)
         if rule is not None and rule.kind == "delay":
             time.sleep(rule.seconds)
+        if rule is not None and rule.kind == "before" and rule.action is not None:
+            rule.action(exchange)
         return self._forward(client, head, exchange, rule, has_body, client_keep)
 
     # ------------------------------------------------------------ faults answered here

@@ -3,7 +3,9 @@
 A file is staged on local disk, then published with one ``PUT`` carrying its SHA-256 (the
 store rejects a body that does not match) or, above the multipart threshold, a multipart
 upload with SHA-256 part checksums that is only visible once completed. After publishing,
-the object's size is checked with ``HEAD``. Readers never see a partial object.
+``HEAD`` checks that the object is the one uploaded (its size, the ETag the upload was
+answered with, and its SHA-256 where the store gives it), so an object replaced between the
+upload and the check is never recorded. Readers never see a partial object.
 
 Fencing (zombie workers): a partition's upload is conditional on the object the ledger last
 recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so the upload
@@ -40,7 +42,13 @@ from . import SpooledUpload, Staged, remove_stale_spools
 KEY_MAX = 1024  # bytes in an S3 object key
 PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
+# Worth retrying: throttling, the store's own failures, and a body that arrived damaged or
+# short (BadDigest: the checksum we sent does not match what the store received; the file on
+# our disk is intact, so sending it again is the cure), whether answered 400 or 5xx.
 _RETRYABLE_CODES = {
+    "BadDigest",
+    "IncompleteBody",
+    "XAmzContentSHA256Mismatch",
     "SlowDown",
     "RequestTimeout",
     "Throttling",
@@ -187,15 +195,16 @@ class S3Destination(SpooledUpload):
             {} if condition is None else {"IfNoneMatch": "*"} if condition == "*" else {"IfMatch": condition}
         )
         digest = base64.b64encode(bytes.fromhex(staged.file.sha256)).decode()
+        single = staged.file.size < self.threshold
         with self._errors(key):
             try:
-                if staged.file.size < self.threshold:
+                if single:
                     with open(staged.local_path, "rb") as body:
-                        self.client.put_object(
+                        answer = self.client.put_object(
                             Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
                         )
                 else:
-                    self._multipart(staged.local_path, key, conditions)
+                    answer = self._multipart(staged.local_path, key, conditions)
             except ClientError as exc:  # If-Match on a missing object: AWS says 404, others 412
                 if "IfMatch" in conditions and exc.response.get("Error", {}).get("Code") in (
                     "404",
@@ -203,16 +212,14 @@ class S3Destination(SpooledUpload):
                 ):
                     raise _Refused(key) from exc
                 raise
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        if int(head["ContentLength"]) != staged.file.size:
-            raise DestinationUnavailable(
-                f"s3://{self.bucket}/{key} has {head['ContentLength']} bytes after upload, "
-                f"expected {staged.file.size}; will retry"
-            )
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        _check_uploaded(
+            f"s3://{self.bucket}/{key}", staged.file.size, answer, head, digest if single else None
+        )
         return str(head["ETag"])
 
-    def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> None:
-        """A multipart upload with SHA-256 part checksums, completed under ``conditions``."""
+    def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> Any:
+        """A multipart upload with SHA-256 part checksums, completed under ``conditions``; its answer."""
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
         upload_id = upload["UploadId"]
         try:
@@ -226,7 +233,7 @@ class S3Destination(SpooledUpload):
                         Body=chunk, ChecksumSHA256=digest,
                     )  # fmt: skip
                     parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
-            self.client.complete_multipart_upload(
+            return self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
@@ -357,6 +364,29 @@ class S3Destination(SpooledUpload):
             raise TerminalError(message + "; check the bucket, credentials and permissions") from exc
         except BotoCoreError as exc:
             raise DestinationUnavailable(f"{where}: {exc}; will retry") from exc
+
+
+def _check_uploaded(where: str, size: int, answer: Any, head: Any, sha256: str | None) -> None:
+    """Raise DestinationUnavailable unless ``head`` describes the object the upload created.
+
+    Another object may have replaced ours between the upload and the ``HEAD`` (a zombie
+    worker, a person, a tool): its size, its ETag (unless the upload's answer had none), or its
+    SHA-256 (single uploads, where the store returns it) would differ. It is then not recorded;
+    the partition is exported again, and that upload replaces the stranger under the claim.
+    """
+    problems = []
+    if int(head["ContentLength"]) != size:
+        problems.append(f"has {head['ContentLength']} bytes, expected {size}")
+    uploaded = answer.get("ETag") if isinstance(answer, dict) else None
+    if uploaded and head.get("ETag") != uploaded:
+        problems.append(f"has ETag {head.get('ETag')}, the upload made {uploaded}")
+    stored = head.get("ChecksumSHA256")
+    if sha256 and stored and "-" not in stored and stored != sha256:
+        problems.append(f"has SHA-256 {stored}, expected {sha256}")
+    if problems:
+        raise DestinationUnavailable(
+            f"{where} {' and '.join(problems)} after the upload: it was replaced meanwhile; will retry"
+        )
 
 
 class _Refused(Exception):

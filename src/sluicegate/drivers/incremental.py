@@ -20,6 +20,7 @@ from typing import Any
 from .. import validate, watermarks
 from ..exceptions import ConfigError, SluicegateError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
+from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..pipeline import Deadline, Outcome, Pipeline, Place, WorkUnit
 from ..sources import ReadSpec, Slice, Source
@@ -272,6 +273,7 @@ class Driver:
                 format=task.format, columns=columns, mode=mode, destination=destination, recorder=recorder,
                 summary=summary, budget=budget, lease=settings.lease, fault=ctx.fault,
                 feed=ctx.feed(task, destination),
+                keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, WatermarkStore, lease=settings.lease),
             )  # fmt: skip
             with pipeline:
                 units = [

@@ -22,7 +22,8 @@ from typing import Any
 
 from .. import capture, validate
 from ..exceptions import ConfigError, SluicegateError, is_transient
-from ..ledger import Claim, ExportResult, Ledger
+from ..ledger import Claim, ExportResult, Ledger, PartitionStore
+from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import canonical_key, render_path, restore_partition, sample_values
 from ..paths import check_template
@@ -314,6 +315,7 @@ class _Loop:
             format=task.format, columns=columns, mode=mode, destination=ctx.destination,
             recorder=Recorder(ctx.ledger, settings), summary=summary, budget=self.budget,
             lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task),
+            keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
         done, last_batch = 0, 0.0

@@ -40,8 +40,10 @@ RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.expor
 
 -- renew --
 -- Extend the lease of every partition still held under a claim token (rows locked in pkey order, like marks).
+-- Rows locked now are skipped, never waited for: a commit (or a mark) holds them for a moment,
+-- and a renewal that waited on a lock held by a dead connection would stop every later one.
 UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE SKIP LOCKED);
 
 -- hold --
 -- Lock the rows of a batch's claims that are still held under their tokens (in pkey order,

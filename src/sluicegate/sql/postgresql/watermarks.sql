@@ -61,9 +61,10 @@ SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NU
 WHERE task = %(task)s AND entity = %(entity)s;
 
 -- renew --
--- Extend the lease of the watermark rows held under a claim token (a long window export).
+-- Extend the lease of the watermark rows held under a claim token (a long window export);
+-- rows locked at the moment are skipped (see partitions.sql renew).
 UPDATE {t}watermarks SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
+WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE SKIP LOCKED);
 
 -- release --
 -- Give back every watermark row still held under a claim token.
