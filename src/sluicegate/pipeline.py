@@ -7,8 +7,8 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    snapshot), chunk by chunk, each chunk belonging to one unit, in unit order;
 2. encodes each unit's chunks into a staged file (the format's writer);
 3. hands each complete unit to publisher threads, which finish the encoding (compression,
-   Parquet footers) and prepare the file (a durable temp file; a conditional upload), or skip
-   it when its bytes are unchanged;
+   Parquet footers) and prepare the file (a durable temp file; a conditional upload, on the
+   destination's own ``uploads_in_flight`` threads), or skip it when its bytes are unchanged;
 4. records a group with one ``recorder.commit(outcomes, place)``: the recorder locks what the
    units still hold, calls ``place`` for those (``destination.sync``: the renames, deletions
    of files of units that have no rows any more, the uploads a store left pending), and
@@ -222,7 +222,16 @@ class Pipeline:
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
-        self._inflight: list[tuple[_Job, Future[Outcome]]] = []
+        # An object store's uploads mostly wait on the network: they run on threads of their
+        # own, as many as the destination keeps in flight, while the few publisher threads
+        # above finish (compress, encode) the next files.
+        uploads = destination.uploads_in_flight
+        self._uploads = (
+            ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="sluicegate-upload")
+            if uploads
+            else None
+        )
+        self._inflight: list[tuple[_Job, Future[Outcome | Future[Outcome]]]] = []
         self._held = 0  # bytes the in-flight units keep in memory (an estimate)
 
     def __enter__(self) -> Pipeline:
@@ -232,8 +241,10 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Wait for the publisher threads (commit first with :meth:`flush`)."""
+        """Wait for the publisher and upload threads (commit first with :meth:`flush`)."""
         self._pool.shutdown(wait=True)
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=True)
 
     # ------------------------------------------------------------------ batches
 
@@ -370,11 +381,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ publishing and recording
 
-    def _publish(self, job: _Job) -> Outcome:
-        """Finish, then publish (or skip, or delete) one unit; runs on a publisher thread.
+    def _publish(self, job: _Job) -> Outcome | Future[Outcome]:
+        """Finish one unit's file, then publish it (or skip, or delete); runs on a publisher thread.
 
         Closing the writer here compresses and encodes what it deferred (see the formats),
-        in parallel with the main thread reading the next units.
+        in parallel with the main thread reading the next units. Where the destination
+        uploads on threads of its own, the upload is handed to them (a future of the outcome).
         """
         unit, previous = job.unit, job.unit.previous
         if job.writer is None:  # no rows at all: nothing to publish; an old file goes when placed
@@ -383,6 +395,14 @@ class Pipeline:
                 unit=unit, path=None, rows=0, nbytes=0, checksum=None, published=True, remove=remove
             )
         job.writer.close()
+        if self._uploads is not None:
+            return self._uploads.submit(self._send, job)
+        return self._send(job)
+
+    def _send(self, job: _Job) -> Outcome:
+        """Publish (or skip, when its bytes are unchanged) one finished file."""
+        unit, previous = job.unit, job.unit.previous
+        assert job.writer is not None
         staged = job.staged
         assert staged is not None
         if unit.fenced:
@@ -416,7 +436,8 @@ class Pipeline:
         outcomes: list[Outcome] = []
         for job, future in inflight:
             try:
-                outcomes.append(future.result())
+                result = future.result()
+                outcomes.append(result.result() if isinstance(result, Future) else result)
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))

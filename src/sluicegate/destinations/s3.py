@@ -58,6 +58,7 @@ class S3Destination(SpooledUpload):
         bucket_and_prefix = self.url[len("s3://") :]
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
         self.threshold = settings.multipart_threshold
+        self.uploads_in_flight = settings.uploads_in_flight
         session = boto3.session.Session(
             aws_access_key_id=settings.access_key_id,
             aws_secret_access_key=settings.secret_access_key,
@@ -67,7 +68,12 @@ class S3Destination(SpooledUpload):
             "s3",
             endpoint_url=settings.endpoint_url,
             config=Config(
-                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                # One connection per upload in flight (and a few for HEADs and the ledger's
+                # place), so no upload waits for, or reopens, a connection.
+                max_pool_connections=settings.uploads_in_flight + 4,
             ),
         )
         self.endpoint = mask_url(settings.endpoint_url or "aws")
