@@ -243,6 +243,8 @@ def test_uploads_in_flight_is_how_many_uploads_run_at_once(
     puts = [e for e in proxy.log if e.method == "PUT" and e.path.endswith(".csv.gz") and e.status == 200]
     assert len(puts) == 24
     assert _most_at_once([(e.at, e.at + e.seconds) for e in puts]) == uploads
+    # SeaweedFS echoes the SHA-256 it checked: no HEAD after each PUT (a round trip saved).
+    assert [e.path for e in proxy.log if e.method == "HEAD"] == []
 
 
 @pytest.mark.parametrize("value,says", [("0", "too small; use at least 1"), ("5000", "at most 1024")])

@@ -3,7 +3,8 @@
 A file is staged on local disk, then published with one ``PUT`` carrying its SHA-256 (the
 store rejects a body that does not match) or, above the multipart threshold, a multipart
 upload with SHA-256 part checksums that is only visible once completed. After publishing,
-the object's size is checked with ``HEAD``. Readers never see a partial object.
+the object's size is checked with ``HEAD``, unless the ``PUT``'s answer echoes the SHA-256
+(the store checked the body against it). Readers never see a partial object.
 
 Fencing (zombie workers): a partition's upload is conditional on the object the ledger last
 recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so the upload
@@ -197,9 +198,13 @@ class S3Destination(SpooledUpload):
             try:
                 if staged.file.size < self.threshold:
                     with open(staged.local_path, "rb") as body:
-                        self.client.put_object(
+                        answer = self.client.put_object(
                             Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
                         )
+                    if answer.get("ChecksumSHA256") == digest and answer.get("ETag"):
+                        # The store checked the body against our SHA-256 and says so: it holds
+                        # exactly these bytes, so the HEAD below would only cost a round trip.
+                        return str(answer["ETag"])
                 else:
                     self._multipart(staged.local_path, key, conditions)
             except ClientError as exc:  # If-Match on a missing object: AWS says 404, others 412
