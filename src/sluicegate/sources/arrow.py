@@ -54,7 +54,8 @@ class _AdbcConnection:
     ``adbc_driver_manager.dbapi`` imports ``pyarrow.dataset``, which loads Arrow's Parquet,
     S3, Substrait and Acero libraries: about 20 MiB of resident memory in every exporter that
     reads through ADBC, for a CSV export too. Like the DB-API connection, it does not
-    autocommit (a failed query is rolled back by the source).
+    autocommit (a failed query is rolled back by the source). Unlike it, Ctrl-C during a query
+    takes effect when the server answers (the DB-API's cancelling wrapper is private).
     """
 
     def __init__(self, url: str) -> None:
@@ -100,13 +101,11 @@ class _AdbcCursor:
         self._reader: pa.RecordBatchReader | None = None
 
     def execute(self, query: str) -> None:
-        """Run ``query`` (interruptible: Ctrl-C cancels it, as the DB-API cursor does)."""
-        from adbc_driver_manager._lib import _blocking_call
-
+        """Run ``query``; its result is read with :meth:`fetch_record_batch`."""
         self._close_reader()
         self._statement.set_sql_query(query)
-        handle, _ = _blocking_call(self._statement.execute_query, (), {}, self._statement.cancel)
-        self._reader = pa.RecordBatchReader._import_from_c(handle.address)
+        handle, _ = self._statement.execute_query()
+        self._reader = pa.RecordBatchReader.from_stream(handle)  # the Arrow C stream interface
 
     def fetch_record_batch(self) -> pa.RecordBatchReader:
         """The result of the last query."""
