@@ -351,7 +351,7 @@ def ingest(
         if lines is not None:
             ingest_lines(ingestor, lines, name, summary)
             return summary
-        from .pipeline import fault_point
+        from .faults import fault_point
         from .sqs import SqsQueue
 
         assert task.sqs is not None

@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from .changes import ChangeFeed
 from .destinations import Destination, Staged
 from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
+from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
 from .sources import Column, Mode, Slice
@@ -139,30 +138,10 @@ class UnitFailed:
 
 
 Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
-Fault = Callable[[str], None]
 
 
 class Deadline(Exception):
     """The run's time budget is used up: stop reading, commit what is read, release the rest."""
-
-
-def fault_point(settings_fault: str | None, root: Path) -> Fault:
-    """Pause at the named point a test asked for (``[testing] fault``), so it can kill us.
-
-    The pause writes ``root/.fault-<point>`` (our pid) and lasts until the test removes that
-    file (a stalled worker that goes on, e.g. after SIGSTOP and SIGCONT), once per process.
-    """
-    fired: set[str] = set()
-
-    def fault(point: str) -> None:
-        if settings_fault == point and point not in fired:
-            fired.add(point)
-            marker = root / f".fault-{point}"
-            marker.write_text(str(os.getpid()))
-            while marker.exists():
-                time.sleep(0.05)
-
-    return fault
 
 
 def as_export_error(exc: BaseException) -> SluicegateError:
@@ -222,15 +201,8 @@ class Pipeline:
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
-        # An object store's uploads mostly wait on the network: they run on threads of their
-        # own, as many as the destination keeps in flight, while the few publisher threads
-        # above finish (compress, encode) the next files.
-        uploads = destination.uploads_in_flight
-        self._uploads = (
-            ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="sluicegate-upload")
-            if uploads
-            else None
-        )
+        n = destination.uploads_in_flight  # an object store's uploads get threads of their own
+        self._uploads = ThreadPoolExecutor(n, thread_name_prefix="sluicegate-upload") if n else None
         self._inflight: list[tuple[_Job, Future[Outcome | Future[Outcome]]]] = []
         self._held = 0  # bytes the in-flight units keep in memory (an estimate)
 
@@ -285,7 +257,7 @@ class Pipeline:
         self._held = 0
         for job, future in inflight:
             with contextlib.suppress(Exception):
-                outcome = future.result()  # the publisher thread is done with the spool
+                outcome = _outcome(future)  # the publisher thread is done with the spool
                 if outcome.staged is not None:
                     self.destination.discard(outcome.staged)
             self._discard(job)
@@ -382,11 +354,11 @@ class Pipeline:
     # ------------------------------------------------------------------ publishing and recording
 
     def _publish(self, job: _Job) -> Outcome | Future[Outcome]:
-        """Finish one unit's file, then publish it (or skip, or delete); runs on a publisher thread.
+        """Finish, then publish (or skip, or delete) one unit; runs on a publisher thread.
 
         Closing the writer here compresses and encodes what it deferred (see the formats),
-        in parallel with the main thread reading the next units. Where the destination
-        uploads on threads of its own, the upload is handed to them (a future of the outcome).
+        in parallel with the main thread reading the next units. An upload thread's (see
+        ``uploads_in_flight``) future is returned when the destination has them.
         """
         unit, previous = job.unit, job.unit.previous
         if job.writer is None:  # no rows at all: nothing to publish; an old file goes when placed
@@ -401,10 +373,8 @@ class Pipeline:
 
     def _send(self, job: _Job) -> Outcome:
         """Publish (or skip, when its bytes are unchanged) one finished file."""
-        unit, previous = job.unit, job.unit.previous
-        assert job.writer is not None
-        staged = job.staged
-        assert staged is not None
+        unit, previous, staged = job.unit, job.unit.previous, job.staged
+        assert staged is not None and job.writer is not None
         if unit.fenced:
             same = previous is not None and previous.path == unit.path
             staged.condition = (previous.etag if same and previous and previous.etag else None) or "*"
@@ -436,8 +406,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         for job, future in inflight:
             try:
-                result = future.result()
-                outcomes.append(result.result() if isinstance(result, Future) else result)
+                outcomes.append(_outcome(future))
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))
@@ -519,3 +488,9 @@ class Pipeline:
             except Exception as single:
                 self._discard(fresh)
                 self._fail(job.unit, as_export_error(single))
+
+
+def _outcome(future: Future[Outcome | Future[Outcome]]) -> Outcome:
+    """A publisher thread's outcome, once the upload it handed on (if any) is done."""
+    result = future.result()
+    return result.result() if isinstance(result, Future) else result

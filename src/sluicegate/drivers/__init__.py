@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
+from ..faults import Fault, fault_point
 from ..formats import SPECS
 from ..ledger import Ledger, open_ledger
 from ..options import Budget, RunOptions, TaskSummary
-from ..pipeline import Fault, fault_point
 from ..sources import Column, Mode, ReadSpec, Source, open_source
 from ..specs import Project, TaskBase
 
