@@ -70,7 +70,12 @@ ALL_CASES = (
     "large-parquet",  # g: sluicegate parquet, 3 partitions of N/3 rows
     "daily-csv",  # g': sluicegate csv.gz, one partition per UTC day (all locations)
     "daily-parquet",  # g': sluicegate parquet, one partition per UTC day (all locations)
+    "sluicegate-s3-csv",  # h: a, to S3 (SeaweedFS on 127.0.0.1; bench/s3cases.py)
+    "sluicegate-s3-parquet",  # h: b, to S3
+    "s3-put-limit",  # h: raw boto3 PUTs of the same sizes at the best thread count
+    "sluicegate-s3-csv-30ms",  # h: sluicegate-s3-csv, 30 ms added to every request
 )
+S3_CASES = ALL_CASES[-4:]
 DESCRIPTIONS = {
     "sluicegate-csv": "sluicegate run → csv.gz, one file per location-day",
     "sluicegate-parquet": "sluicegate run → Parquet, one file per location-day",
@@ -85,6 +90,10 @@ DESCRIPTIONS = {
     "large-parquet": "sluicegate run → Parquet, 3 partitions (keys=[parameter])",
     "daily-csv": "sluicegate run → csv.gz, 1 partition per UTC day (time key only)",
     "daily-parquet": "sluicegate run → Parquet, 1 partition per UTC day (time key only)",
+    "sluicegate-s3-csv": "sluicegate run → csv.gz on S3 (SeaweedFS, 127.0.0.1), one object per location-day",
+    "sluicegate-s3-parquet": "sluicegate run → Parquet on S3 (SeaweedFS), one object per location-day",
+    "s3-put-limit": "limit: boto3 put_object (SHA-256) of the s3-csv files' sizes, best thread count",
+    "sluicegate-s3-csv-30ms": "sluicegate-s3-csv through a proxy adding 30 ms to every request",
 }
 
 
@@ -522,6 +531,7 @@ class Context:
     cap: int = 0  # location-day cases: mark only the first ``cap`` location-days (0 = all)
     cap_days: int = 0  # daily cases: mark only the first ``cap_days`` days (0 = all)
     order: str = "day"
+    s3: Any = None  # bench/s3cases.S3Bench while S3 cases run
 
 
 def out_dir(ctx: Context, name: str) -> Path:
@@ -732,7 +742,14 @@ CASES: dict[str, Callable[[Context], Run]] = {
     "large-parquet": lambda ctx: case_sluicegate(ctx, "large", "parquet"),
     "daily-csv": lambda ctx: case_sluicegate(ctx, "daily", "csv.gz"),
     "daily-parquet": lambda ctx: case_sluicegate(ctx, "daily", "parquet"),
+    **{name: (lambda ctx, name=name: _s3cases().CASES[name](ctx)) for name in S3_CASES},
 }
+
+
+def _s3cases() -> Any:
+    import s3cases  # bench/s3cases.py (imports this module as "run")
+
+    return s3cases
 
 
 # --------------------------------------------------------------------------- in-subprocess cases
@@ -921,6 +938,7 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f"{label}: sluicegate Parquet {b['partitions_per_s']:,.0f} location-days/s end to end "
                 f"(best run {_best(b, 'partitions'):,.0f}/s)"
             )
+        out += _round_two_targets(label, size)
         n = get(size, "naive")
         if a and n:
             out.append(
@@ -967,6 +985,48 @@ def targets(results: dict[str, Any]) -> list[str]:
                     f"{b['max_rss_mb']:.0f} MiB at {hi['dataset']['rows'] / 1e6:g}M = {growth:.2f}× "
                     f"(target flat, ≤ 1.15×: {ok})"
                 )
+    return out
+
+
+def _round_two_targets(label: str, size: dict[str, Any]) -> list[str]:
+    """Issue 16's targets: Parquet ÷ csv.gz, peak RSS of the location-day cases, S3."""
+    cases = size["cases"]
+    get = {name: c["summary"] for name, c in cases.items() if "summary" in c}.get
+    out = []
+    a, b = get("sluicegate-csv"), get("sluicegate-parquet")
+    if a and b:
+        ratio = b["partitions_per_s"] / a["partitions_per_s"]
+        best = _best(b, "partitions") / _best(a, "partitions")
+        ok = "MET" if ratio >= 0.8 else "NOT MET"
+        out.append(
+            f"{label}: Parquet ÷ csv.gz (location-days/s) = {ratio:.2f}× "
+            f"(best runs: {best:.2f}×; target ≥ 0.8: {ok})"
+        )
+    for case in ("sluicegate-csv", "sluicegate-csv-w2"):
+        r = get(case)
+        if r:
+            ok = "MET" if r["max_rss_mb"] <= 150 else "NOT MET"
+            out.append(f"{label}: peak RSS {case} {r['max_rss_mb']:.0f} MiB (target ≤ 150: {ok})")
+    put, far = get("s3-put-limit"), get("sluicegate-s3-csv-30ms")
+    threads = ((cases.get("s3-put-limit", {}).get("runs") or [{}])[0]).get("extra", {}).get("threads")
+    for name, got in (("csv.gz", get("sluicegate-s3-csv")), ("Parquet", get("sluicegate-s3-parquet"))):
+        if got and put:
+            ratio = got["partitions_per_s"] / put["partitions_per_s"]
+            ok = "MET" if ratio >= 0.8 else "NOT MET"
+            out.append(
+                f"{label}: S3 {name} {got['partitions_per_s']:,.0f} location-days/s ÷ the endpoint's "
+                f"PUT limit {put['partitions_per_s']:,.0f} files/s ({threads} threads) = {ratio:.2f}× "
+                f"(target ≥ 0.8: {ok})"
+            )
+        if got and a and name == "csv.gz":
+            local = got["partitions_per_s"] / a["partitions_per_s"]
+            out.append(f"{label}: S3 csv.gz ÷ local csv.gz = {local:.2f}×")
+    if far:
+        ok = "MET" if far["partitions_per_s"] >= 500 else "NOT MET"
+        out.append(
+            f"{label}: S3 csv.gz with 30 ms per request {far['partitions_per_s']:,.0f} location-days/s "
+            f"(target ≥ 500: {ok})"
+        )
     return out
 
 
@@ -1118,6 +1178,7 @@ def main(argv: list[str]) -> int:
     base = Path(tempfile.mkdtemp(prefix="sluicegate-bench-", dir="/tmp"))
     os.chmod(base, 0o755)  # the postgres user must traverse it
     pg = PgServer(base)
+    s3 = None
     results: dict[str, Any] = {"sizes": []}
     started = time.perf_counter()
     try:
@@ -1139,6 +1200,8 @@ def main(argv: list[str]) -> int:
             "versions": versions(pg),
         }
         dlt_status = dlt_available() if "dlt" in args.case_list else None
+        if set(args.case_list) & set(S3_CASES):
+            s3 = _s3cases().start(base)
         for rows in args.size_list:
             ds = load(pg, rows, args.locations or locations_for(rows))
             ctx = Context(
@@ -1150,6 +1213,7 @@ def main(argv: list[str]) -> int:
                 cap=args.cap_partitions if rows > args.slow_max_rows else 0,
                 cap_days=args.cap_days if rows > args.slow_max_rows else 0,
                 order=args.mark_order,
+                s3=s3,
             )
             size: dict[str, Any] = {"dataset": asdict(ds), "cases": {}}
             results["sizes"].append(size)
@@ -1196,6 +1260,8 @@ def main(argv: list[str]) -> int:
         log("interrupted; stopping")
         raise
     finally:
+        if s3 is not None:
+            _s3cases().stop(s3)
         pg.stop()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -1216,6 +1282,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("run", sys.modules[__name__])  # bench/s3cases.py imports it by that name
     if len(sys.argv) > 1 and sys.argv[1] == "_case":
         {"arrow-parquet": _sub_arrow_parquet, "dlt": _sub_dlt}[sys.argv[2]](*sys.argv[3:])
         sys.exit(0)

@@ -42,8 +42,8 @@ from .exceptions import ConfigError, TerminalError, UsageError
 
 if TYPE_CHECKING:
     from .destinations import Destination
-    from .pipeline import Outcome
     from .specs import Project
+    from .work import Outcome
 
 MANIFESTS = "_manifests"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")

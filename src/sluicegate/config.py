@@ -25,6 +25,8 @@ from .masking import mask_url
 from .specs import (
     COLUMN_KINDS,
     FORMATS,
+    MAX_UPLOADS_IN_FLIGHT,
+    UPLOADS_IN_FLIGHT,
     CaptureSpec,
     DestinationSettings,
     Project,
@@ -74,6 +76,7 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
             "access_key_id",
             "secret_access_key",
             "multipart_threshold",
+            "uploads_in_flight",
             "sync",
             "manifests",
         }
@@ -297,9 +300,21 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
         multipart_threshold=validate.whole_number(
             dest.get("multipart_threshold", 64 * 1024 * 1024), f"{where} multipart_threshold", 5 * 1024 * 1024
         ),
+        uploads_in_flight=_uploads_in_flight(
+            dest.get("uploads_in_flight", UPLOADS_IN_FLIGHT), f"{where} uploads_in_flight"
+        ),
         sync=_sync(dest.get("sync", "auto"), f"{where} sync"),
         manifests=validate.boolean(dest.get("manifests", True), f"{where} manifests"),
     )
+
+
+def _uploads_in_flight(value: Any, where: str) -> int:
+    number = validate.whole_number(value, where)
+    if number > MAX_UPLOADS_IN_FLIGHT:
+        raise ConfigError(
+            f"{where}: {number} is too many uploads at once; use at most {MAX_UPLOADS_IN_FLIGHT}"
+        )
+    return number
 
 
 def _sync(value: Any, where: str) -> str:

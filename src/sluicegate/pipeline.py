@@ -7,8 +7,8 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    snapshot), chunk by chunk, each chunk belonging to one unit, in unit order;
 2. encodes each unit's chunks into a staged file (the format's writer);
 3. hands each complete unit to publisher threads, which finish the encoding (compression,
-   Parquet footers) and prepare the file (a durable temp file; a conditional upload), or skip
-   it when its bytes are unchanged;
+   Parquet footers) and prepare the file (a durable temp file; a conditional upload, on the
+   destination's own ``uploads_in_flight`` threads), or skip it when its bytes are unchanged;
 4. records a group with one ``recorder.commit(outcomes, place)``: the recorder locks what the
    units still hold, calls ``place`` for those (``destination.sync``: the renames, deletions
    of files of units that have no rows any more, the uploads a store left pending), and
@@ -34,10 +34,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .changes import ChangeFeed
 from .destinations import Destination, Staged
@@ -45,7 +45,8 @@ from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
 from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
-from .sources import Column, Mode, Slice
+from .sources import Column, Mode
+from .work import Deadline, Outcome, Reader, Recorder, UnitFailed, WorkUnit
 
 if TYPE_CHECKING:
     from .ledger.leases import LeaseKeeper
@@ -55,98 +56,6 @@ log = logging.getLogger("sluicegate")
 PUBLISH_THREADS = 4
 MAX_INFLIGHT = 256  # units handed to the publishers and not yet committed ...
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
-
-
-@dataclass(frozen=True, kw_only=True)
-class Previous:
-    """A unit's last export: an unchanged file (same path and SHA-256) is not uploaded again."""
-
-    path: str | None
-    checksum: str | None
-    etag: str | None = None  # the store's ETag of that file, when the store gives one
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkUnit:
-    """One file's worth of rows: what to read, where to write, and the driver's handle on it."""
-
-    key: str  # the unit's identity in errors and counts (a partition key, an entity, a run)
-    slice: Slice  # what to read (key values, window, zone)
-    path: str  # where to write, relative to the destination
-    token: str = ""  # the claim token whose lease covers the unit ("" for none)
-    previous: Previous | None = None  # None: always publish
-    fenced: bool = False  # its upload is conditional on the previous file (see destinations)
-    handle: Any = None  # the driver's own record of the unit (a claim, a window, a run)
-    keys: Mapping[str, Any] | None = None  # what the change feed names it by (partition keys ...)
-    version: Any = None  # ... and which version of it the file holds
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
-    """A unit's file, durable at its path (or no file: the unit has no rows), ready to record."""
-
-    unit: WorkUnit
-    path: str | None
-    rows: int
-    nbytes: int
-    checksum: str | None
-    published: bool  # False: the bytes were unchanged and the upload skipped
-    remove: str | None = None  # a previous file to delete when the outcome is placed (no rows now)
-    staged: Staged | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def etag(self) -> str | None:
-        """The store's ETag of the file, once it is in place (the previous one when unchanged)."""
-        if self.staged is not None and self.staged.etag:
-            return self.staged.etag
-        previous = self.unit.previous
-        return previous.etag if previous and not self.published and self.path == previous.path else None
-
-
-Place = Callable[[Sequence[Outcome]], None]
-
-
-class Recorder(Protocol):
-    """Where a driver records outcomes: partition versions, watermarks, archive runs ..."""
-
-    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
-        """Record durable files in one transaction; False per outcome whose claim was lost.
-
-        ``place(outcomes)`` puts the files of the outcomes that will be recorded in place
-        (durably); call it before recording them, inside the transaction that fences them
-        when the units are claims, so that a lost claim's file is never put in place.
-        """
-        ...
-
-    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        """Record a failed unit (retry with backoff, or park it)."""
-        ...
-
-    def renew(self, tokens: Collection[str]) -> None:
-        """Extend the leases of the units held under ``tokens``."""
-        ...
-
-    def release(self, tokens: Collection[str]) -> int:
-        """Give back, without an attempt, what is still held under ``tokens``; return how many."""
-        ...
-
-
-@dataclass(frozen=True)
-class UnitFailed:
-    """What a read function yields, as ``(index, UnitFailed(error))``, to fail one unit of a batch.
-
-    The unit's chunks so far are discarded and the failure is recorded; the other units of
-    the batch go on (a callable that fails for one block, not a query that fails for all).
-    """
-
-    error: SluicegateError
-
-
-Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
-
-
-class Deadline(Exception):
-    """The run's time budget is used up: stop reading, commit what is read, release the rest."""
 
 
 def as_export_error(exc: BaseException) -> SluicegateError:
@@ -209,7 +118,9 @@ class Pipeline:
         self._batch_tokens: set[str] = set()
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
-        self._inflight: list[tuple[_Job, Future[Outcome]]] = []
+        n = destination.uploads_in_flight  # an object store's uploads get threads of their own
+        self._uploads = ThreadPoolExecutor(n, thread_name_prefix="sluicegate-upload") if n else None
+        self._inflight: list[tuple[_Job, Future[Outcome | Future[Outcome]]]] = []
         self._held = 0  # bytes the in-flight units keep in memory (an estimate)
 
     def __enter__(self) -> Pipeline:
@@ -219,8 +130,10 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Wait for the publisher threads (commit first with :meth:`flush`), stop renewing."""
+        """Wait for the publisher and upload threads (commit first with :meth:`flush`), stop renewing."""
         self._pool.shutdown(wait=True)
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=True)
         if self.keeper is not None:
             self.keeper.close()
 
@@ -268,7 +181,7 @@ class Pipeline:
         self._held = 0
         for job, future in inflight:
             with contextlib.suppress(Exception):
-                outcome = future.result()  # the publisher thread is done with the spool
+                outcome = _outcome(future)  # the publisher thread is done with the spool
                 if outcome.staged is not None:
                     self.destination.discard(outcome.staged)
             self._discard(job)
@@ -370,11 +283,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ publishing and recording
 
-    def _publish(self, job: _Job) -> Outcome:
+    def _publish(self, job: _Job) -> Outcome | Future[Outcome]:
         """Finish, then publish (or skip, or delete) one unit; runs on a publisher thread.
 
         Closing the writer here compresses and encodes what it deferred (see the formats),
-        in parallel with the main thread reading the next units.
+        in parallel with the main thread reading the next units. An upload thread's (see
+        ``uploads_in_flight``) future is returned when the destination has them.
         """
         unit, previous = job.unit, job.unit.previous
         if job.writer is None:  # no rows at all: nothing to publish; an old file goes when placed
@@ -383,8 +297,14 @@ class Pipeline:
                 unit=unit, path=None, rows=0, nbytes=0, checksum=None, published=True, remove=remove
             )
         job.writer.close()
-        staged = job.staged
-        assert staged is not None
+        if self._uploads is not None:
+            return self._uploads.submit(self._send, job)
+        return self._send(job)
+
+    def _send(self, job: _Job) -> Outcome:
+        """Publish (or skip, when its bytes are unchanged) one finished file."""
+        unit, previous, staged = job.unit, job.unit.previous, job.staged
+        assert staged is not None and job.writer is not None
         if unit.fenced:
             same = previous is not None and previous.path == unit.path
             staged.condition = (previous.etag if same and previous and previous.etag else None) or "*"
@@ -416,7 +336,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         for job, future in inflight:
             try:
-                outcomes.append(future.result())
+                outcomes.append(_outcome(future))
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))
@@ -498,3 +418,9 @@ class Pipeline:
             except Exception as single:
                 self._discard(fresh)
                 self._fail(job.unit, as_export_error(single))
+
+
+def _outcome(future: Future[Outcome | Future[Outcome]]) -> Outcome:
+    """A publisher thread's outcome, once the upload it handed on (if any) is done."""
+    result = future.result()
+    return result.result() if isinstance(result, Future) else result

@@ -27,6 +27,10 @@ CaptureMode = Literal["trigger", "scan", "explicit"]
 COLUMN_KINDS = ("int", "float", "decimal", "text", "timestamptz", "timestamp", "date", "bool", "binary")
 
 
+UPLOADS_IN_FLIGHT = 64  # default [destination] uploads_in_flight
+MAX_UPLOADS_IN_FLIGHT = 1024
+
+
 @dataclass(frozen=True, kw_only=True)
 class DestinationSettings:
     """Where files go: a folder, ``file://``, ``s3://bucket/prefix`` or another fsspec URL."""
@@ -37,6 +41,9 @@ class DestinationSettings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     multipart_threshold: int = 64 * 1024 * 1024
+    # Object stores (s3://): uploads kept in flight per exporter. Remote S3 answers a PUT in
+    # tens of milliseconds, so throughput is uploads in flight / latency.
+    uploads_in_flight: int = UPLOADS_IN_FLIGHT
     # Local folders: "batch" (one syncfs before and one after a group's renames; Linux),
     # "file" (fsync each file and folder), or "auto" (batch where syncfs exists).
     sync: str = "auto"

@@ -15,6 +15,8 @@ import decimal
 import io
 import sqlite3
 import struct
+import subprocess
+import sys
 import uuid
 import zoneinfo
 from collections.abc import Iterator
@@ -469,3 +471,26 @@ def test_the_exact_line_encoder_gives_arrows_bytes() -> None:
     chunks = list(arrow_source._split_lines(lines, [500, n], [0, 1]))
     assert [c.rows for _, c in chunks] == [500, n - 500]
     assert b"".join(c.data for _, c in chunks) == arrow_source._encode(table)
+
+
+def test_the_adbc_read_path_loads_neither_arrow_dataset_nor_its_libraries(pg_url: str) -> None:
+    """ADBC's DB-API module imports ``pyarrow.dataset`` (Arrow's Parquet, S3, Substrait and Acero
+    libraries, ~20 MiB resident): the exporter uses the low-level connection instead."""
+    code = (
+        "import sys\n"
+        "from sluicegate.sources import arrow\n"
+        "from sluicegate.sources.postgres import SESSION\n"
+        "conn = arrow.open_arrow(sys.argv[1], SESSION)\n"
+        "with conn.cursor() as cur:\n"
+        "    cur.execute('SELECT 1 AS one, now() AS at')\n"
+        "    [batch] = list(cur.fetch_record_batch())\n"
+        "conn.rollback()\n"
+        "conn.close()\n"
+        "assert batch.num_rows == 1 and batch.schema.names == ['one', 'at'], batch\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('pyarrow.dataset', 'pyarrow._s3fs'))),"
+        " 'libarrow_s3' in maps)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, pg_url], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "False"]

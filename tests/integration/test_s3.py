@@ -10,12 +10,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from sluicegate import engine, operations
-from support import Db, hours, load, write_project
+from support import Db, cli, hours, load, write_project
 
 UTC = dt.UTC
 KEY = "records/csv.gz/locationid=1/year=2024/month=01/location-1-20240101.csv.gz"
@@ -207,3 +208,52 @@ def test_cleanup_removes_probe_objects_a_killed_process_left(seaweed_bucket: tup
     dest.cleanup(older_than=1)
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))  # type: ignore[attr-defined]
     assert keys == ["elsewhere/.sluicegate-probe-0123abcd", "open-data/records/a.csv"]
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("uploads", [3, 10])
+def test_uploads_in_flight_is_how_many_uploads_run_at_once(
+    tmp_path: Path,
+    seaweed_bucket: tuple[str, str, str, str],
+    fault_proxy: Any,
+    uploads: int,
+) -> None:
+    """Each upload is held 0.3 s by a proxy (a slow, far store): the pipeline keeps exactly
+    ``uploads_in_flight`` of them going at once, not its few publisher threads' worth."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    proxy.delay(method="PUT", path_regex=r"\.csv\.gz$", seconds=0.3, times=None)
+    extra = (
+        f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n'
+        f"uploads_in_flight = {uploads}"
+    )
+    root, db = _project(tmp_path, f"s3://{bucket}", extra)
+    db.insert(1, hours(dt.datetime(2024, 1, 3, tzinfo=UTC), 24 * 22))  # 24 location-days in all
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (24, 0), summary.errors
+    puts = [e for e in proxy.log if e.method == "PUT" and e.path.endswith(".csv.gz") and e.status == 200]
+    assert len(puts) == 24
+    assert _most_at_once([(e.at, e.at + e.seconds) for e in puts]) == uploads
+    # SeaweedFS echoes the SHA-256 it checked: no HEAD after each PUT (a round trip saved).
+    assert [e.path for e in proxy.log if e.method == "HEAD"] == []
+
+
+@pytest.mark.parametrize("value,says", [("0", "too small; use at least 1"), ("5000", "at most 1024")])
+def test_a_bad_uploads_in_flight_is_a_config_error(tmp_path: Path, value: str, says: str) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    extra = f"uploads_in_flight = {value}"
+    root = write_project(tmp_path / "proj", source=url, destination="s3://somewhere", destination_extra=extra)
+    check = cli(root, "check")
+    assert check.returncode == 2 and says in check.stderr, check.stderr
+    assert "[destination] uploads_in_flight" in check.stderr and "Traceback" not in check.stderr
+    via_env = cli(root, "status", env={"SLUICEGATE_DESTINATION__UPLOADS_IN_FLIGHT": "many"})
+    assert via_env.returncode == 2 and "'many' is not a whole number" in via_env.stderr, via_env.stderr

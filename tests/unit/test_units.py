@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,6 +227,47 @@ def test_parquet_row_groups_of_wide_rows_stay_near_the_byte_budget(
     # ~1,018 bytes a row: 4 MiB holds 4,119 rows, rounded down to whole 1,024-row steps.
     assert sizes == [4096, 4096, 1808]
     assert pq.read_table(path).equals(table)
+
+
+def test_small_parquet_files_are_encoded_in_memory_without_dictionaries(tmp_path: Path) -> None:
+    """A location-day's file (tens to hundreds of rows) is encoded in one piece, off the GIL, with
+    plain pages (smaller and faster below a few thousand rows); a large one keeps dictionaries.
+    Either way the bytes depend on the rows only, whatever the batches and the source's types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluicegate.formats.parquet import DICTIONARY_ROWS, ParquetWriter
+    from sluicegate.sources import Column
+
+    class Counting(io.BytesIO):
+        writes = 0
+
+        def write(self, data: Any) -> int:
+            self.writes += 1
+            return super().write(data)
+
+    columns = [Column(name="id", kind="int"), Column(name="site", kind="text")]
+
+    def encode(n: int, cuts: list[int], id_type: pa.DataType) -> tuple[bytes, int]:
+        table = pa.table({"id": pa.array(range(n), id_type), "site": [f"Site {i % 3}" for i in range(n)]})
+        out = Counting()
+        writer = ParquetWriter(out, columns, None)
+        for start, end in zip([0, *cuts], [*cuts, n], strict=True):
+            writer.write(table.slice(start, end - start), "arrow")
+        writer.close()
+        return out.getvalue(), out.writes
+
+    small, writes = encode(72, [], pa.int64())
+    assert writes == 1
+    assert encode(72, [10, 11, 50], pa.int32())[0] == small  # int4 from PostgreSQL, cast to int64
+    large, _ = encode(DICTIONARY_ROWS, [], pa.int64())
+    assert encode(DICTIONARY_ROWS, [1000, 2000], pa.int32())[0] == large
+    for data, dictionary in ((small, False), (large, True)):
+        path = tmp_path / "f.parquet"
+        path.write_bytes(data)
+        meta = pq.ParquetFile(path).metadata
+        assert meta.row_group(0).column(1).has_dictionary_page is dictionary
+        assert pq.read_table(path).column("site").to_pylist()[:4] == ["Site 0", "Site 1", "Site 2", "Site 0"]
 
 
 def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path) -> None:

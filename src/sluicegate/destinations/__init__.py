@@ -13,6 +13,8 @@ Contract of every :class:`Destination`:
   conditional writes must make now). The pipeline calls it inside the ledger transaction that
   holds the claims' rows (see ``PartitionStore.commit``), so a file is only put in place
   while its claim is verified and held, and nothing is marked exported that a crash could undo.
+* ``uploads_in_flight`` says how many ``publish`` calls the pipeline runs at once on threads
+  of their own (0: on its few publisher threads), so ``publish`` must be thread-safe.
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
 * ``exists(path, size)`` is true when an object of that size is published at ``path``.
 * ``delete(path)`` removes a published object; a missing object is not an error.
@@ -114,6 +116,10 @@ class Destination(Protocol):
     """Where exported files are published."""
 
     url: str
+    # How many ``publish`` calls may run at once, on threads of their own (an object store's
+    # uploads, which mostly wait on the network); 0: publish on the publisher threads that
+    # finish the files (local work such as fsync and rename).
+    uploads_in_flight: int
 
     def stage(self, path: str) -> Staged:
         """Open a staged file for ``path``."""

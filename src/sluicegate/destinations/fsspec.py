@@ -21,6 +21,8 @@ from . import SpooledUpload, Staged, remove_stale_spools
 class FsspecDestination(SpooledUpload):
     """Publishes files through an fsspec filesystem."""
 
+    uploads_in_flight = 0  # fsspec filesystems are not all thread-safe: the publisher threads only
+
     def __init__(self, settings: DestinationSettings) -> None:
         self.url = settings.url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)

@@ -46,6 +46,8 @@ PATH_MAX = 4095  # bytes in a whole path
 class LocalDestination:
     """Publishes files under a root folder; nothing is ever written outside it."""
 
+    uploads_in_flight = 0  # publish is local work (a temp file made durable): no upload threads
+
     def __init__(self, root: str, *, stale_after: float = 3600.0, sync: str = "auto") -> None:
         self.root = Path(root).resolve()
         self.url = str(self.root)

@@ -3,9 +3,11 @@
 A file is staged on local disk, then published with one ``PUT`` carrying its SHA-256 (the
 store rejects a body that does not match) or, above the multipart threshold, a multipart
 upload with SHA-256 part checksums that is only visible once completed. After publishing,
-``HEAD`` checks that the object is the one uploaded (its size, the ETag the upload was
-answered with, and its SHA-256 where the store gives it), so an object replaced between the
-upload and the check is never recorded. Readers never see a partial object.
+the ``PUT``'s answer gives the ETag when it echoes the SHA-256 (the store checked the body
+against it); otherwise, and after a multipart upload, a ``HEAD`` checks that the object is the
+one uploaded (its size, the ETag the upload was answered with, and its SHA-256 where the store
+gives it), so an object replaced between the upload and the check is never recorded. Readers
+never see a partial object.
 
 Fencing (zombie workers): a partition's upload is conditional on the object the ledger last
 recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so the upload
@@ -66,6 +68,7 @@ class S3Destination(SpooledUpload):
         bucket_and_prefix = self.url[len("s3://") :]
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
         self.threshold = settings.multipart_threshold
+        self.uploads_in_flight = settings.uploads_in_flight
         session = boto3.session.Session(
             aws_access_key_id=settings.access_key_id,
             aws_secret_access_key=settings.secret_access_key,
@@ -75,7 +78,12 @@ class S3Destination(SpooledUpload):
             "s3",
             endpoint_url=settings.endpoint_url,
             config=Config(
-                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                # One connection per upload in flight (and a few for HEADs and the ledger's
+                # place), so no upload waits for, or reopens, a connection.
+                max_pool_connections=settings.uploads_in_flight + 4,
             ),
         )
         self.endpoint = mask_url(settings.endpoint_url or "aws")
@@ -203,6 +211,10 @@ class S3Destination(SpooledUpload):
                         answer = self.client.put_object(
                             Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
                         )
+                    if answer.get("ChecksumSHA256") == digest and answer.get("ETag"):
+                        # The store checked the body against our SHA-256 and says so: it holds
+                        # exactly these bytes, so the HEAD below would only cost a round trip.
+                        return str(answer["ETag"])
                 else:
                     answer = self._multipart(staged.local_path, key, conditions)
             except ClientError as exc:  # If-Match on a missing object: AWS says 404, others 412

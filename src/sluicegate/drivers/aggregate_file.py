@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from .. import paths
 from ..exceptions import SluicegateError
 from ..options import Budget, TaskSummary
-from ..pipeline import Outcome, Pipeline, Place, WorkUnit
+from ..pipeline import Pipeline
 from ..sources import Column, ColumnKind, Slice
+from ..work import Outcome, Place, WorkUnit
 
 if TYPE_CHECKING:
     from . import Context

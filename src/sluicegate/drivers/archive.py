@@ -33,11 +33,12 @@ from ..exceptions import ConfigError, DataError, PermissionDenied, SluicegateErr
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
-from ..pipeline import Outcome, Pipeline, Place, WorkUnit
+from ..pipeline import Pipeline
 from ..sources import Mode, Slice, Snapshot, Source
 from ..sources.sqlite import bind_named
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
+from ..work import Outcome, Place, WorkUnit
 from . import Context, Progress
 
 UTC = dt.UTC

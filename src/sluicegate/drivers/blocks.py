@@ -24,12 +24,12 @@ from ..exceptions import ConfigError, SluicegateError, UsageError
 from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
-from ..pipeline import Deadline
 from ..records import RecordSink
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS
 from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, check_distinct_paths, path_fields
+from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
 from .blocks_stages import StageRecorder, StageRunner, read_spec

@@ -27,10 +27,11 @@ from ..exceptions import (
 from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
-from ..pipeline import Outcome, Pipeline, Place, Previous, UnitFailed, WorkUnit
+from ..pipeline import Pipeline
 from ..records import RecordSink, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
+from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
 from .blocks_config import StageSpec, import_callable
 

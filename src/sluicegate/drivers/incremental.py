@@ -22,11 +22,12 @@ from ..exceptions import ConfigError, SluicegateError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
-from ..pipeline import Deadline, Outcome, Pipeline, Place, WorkUnit
+from ..pipeline import Pipeline
 from ..sources import ReadSpec, Slice, Source
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import EXPORT_TYPES, ExportRequest, Window
+from ..work import Deadline, Outcome, Place, WorkUnit
 from . import Context, Progress
 
 LEDGER_STORES = ("watermarks", "runs")  # the ledger stores a run uses (sluicegate grants)

@@ -27,10 +27,11 @@ from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import canonical_key, render_path, restore_partition, sample_values
 from ..paths import check_template
-from ..pipeline import MAX_INFLIGHT, Deadline, Outcome, Pipeline, Place, Previous, WorkUnit
+from ..pipeline import MAX_INFLIGHT, Pipeline
 from ..sources import ReadSpec, Slice, Source
 from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
+from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
 
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -115,13 +116,41 @@ def _value_bytes(table: pa.Table) -> int:
     return total
 
 
+@functools.lru_cache(maxsize=64)
+def _target_schema(schema: pa.Schema, types: tuple[pa.DataType | None, ...]) -> pa.Schema:
+    """The schema a table of ``schema`` is cast to: the task's types, the table's for the others."""
+    return pa.schema(
+        [pa.field(field.name, typ or field.type) for field, typ in zip(schema, types, strict=True)]
+    )
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` cast to ``schema``, casting only the columns whose type differs."""
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        column if column.type.equals(field.type) else column.cast(field.type)
+        for column, field in zip(table.columns, schema, strict=True)
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+# Dictionary encoding pays for itself from a few thousand rows on; below that plain pages are
+# smaller and a third faster to write (a location-day holds tens to hundreds of rows). The
+# choice depends on the rows alone: a file written in several row groups, or with at least
+# DICTIONARY_ROWS rows, uses dictionaries.
+DICTIONARY_ROWS = 2048
+
+
 class ParquetWriter:
     """Writes one partition as a Parquet file (zstd), in row groups of a fixed number of rows.
 
     Rows are kept until a row group is full and written then; the last (or only) group is
-    written by :meth:`close`, which the engine runs on a publisher thread (pyarrow releases the
-    GIL), so a partition smaller than a row group is encoded in parallel with reading the next
-    ones.
+    written by :meth:`close`, which the engine runs on a publisher thread. Arrow chunks are
+    kept as they come and cast to the file's schema only when their group is written, so for
+    a partition smaller than a row group all the per-file work (cast, encoding, footer) is
+    done there, in parallel with the main thread reading the next ones: a file written at
+    close is encoded into memory with the GIL released and handed to ``out`` in one write.
     """
 
     def __init__(self, out: BinaryIO, columns: Sequence[Column], zone: str | None) -> None:
@@ -130,8 +159,10 @@ class ParquetWriter:
         self._columns = list(columns)
         self._types = [arrow_type(c, zone) for c in columns]
         self._writer: pq.ParquetWriter | None = None
+        self._sink: pa.BufferOutputStream | None = None
         self._schema: pa.Schema | None = None
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table] = []  # cast to the file's schema
+        self._raw: list[pa.Table] = []  # as written, after the pending ones: not cast yet
         self._pending_rows = 0
         self._pending_size = 0
         self._group_rows: int | None = None  # fixed once SAMPLE_ROWS rows have arrived
@@ -142,14 +173,12 @@ class ParquetWriter:
         return self._pending_size
 
     def write(self, chunk: Any, mode: Mode) -> None:
-        """Append Arrow tables (cast to our schema) or row tuples."""
-        table = self._from_rows(chunk) if mode == "rows" else self._cast(chunk)
-        if self._schema is None:
-            self._schema = table.schema
-        elif table.schema != self._schema:
-            table = table.cast(self._schema)
+        """Append Arrow tables (cast to our schema when written) or row tuples."""
+        table = self._from_rows(chunk) if mode == "rows" else chunk
+        if not isinstance(table, pa.Table):
+            raise TypeError(f"expected an Arrow table, got {type(table).__name__}")
         self.rows += table.num_rows
-        self._pending.append(table)
+        self._raw.append(table)
         self._pending_rows += table.num_rows
         self._pending_size += table.nbytes
         if self._group_rows is None and self._pending_rows >= SAMPLE_ROWS:
@@ -159,22 +188,45 @@ class ParquetWriter:
 
     def _choose_group_rows(self) -> int:
         """Rows per group: ROW_GROUP_ROWS, or fewer so that a group of these rows is ~ROW_GROUP_BYTES."""
-        sample = pa.concat_tables(self._pending).slice(0, SAMPLE_ROWS)
+        sample = self._conformed().slice(0, SAMPLE_ROWS)
         per_row = max(1, _value_bytes(sample) // SAMPLE_ROWS)
         fitting = ROW_GROUP_BYTES // per_row // SAMPLE_ROWS * SAMPLE_ROWS
         return max(SAMPLE_ROWS, min(ROW_GROUP_ROWS, fitting))
 
-    def _open(self) -> pq.ParquetWriter:
+    def _conformed(self) -> pa.Table:
+        """The pending chunks as one table of the file's schema (they are kept cast)."""
+        self._pending += [self._conform(t) for t in self._raw]
+        self._raw = []
+        return self._pending[0] if len(self._pending) == 1 else pa.concat_tables(self._pending)
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        """``table`` in the file's schema: the task's types, then the first chunk's schema."""
+        target = _target_schema(table.schema, tuple(self._types))
+        if self._schema is None:
+            self._schema = target
+        try:
+            return _cast(_cast(table, target), self._schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(f"the batch could not be cast to the Parquet schema: {exc}") from exc
+
+    def _open(self, *, last: bool) -> pq.ParquetWriter:
+        """The file's writer; ``last``: the first group is the whole file (written at close)."""
         if self._writer is None:
             assert self._schema is not None
-            self._writer = pq.ParquetWriter(self._out, self._schema, compression="zstd")
+            dictionary = not last or self.rows >= DICTIONARY_ROWS
+            sink: Any = self._out
+            if last:  # encode in memory, without calling back into Python for every page
+                self._sink = sink = pa.BufferOutputStream()
+            self._writer = pq.ParquetWriter(
+                sink, self._schema, compression="zstd", use_dictionary=dictionary
+            )
         return self._writer
 
-    def _write_group(self, rows: int) -> None:
+    def _write_group(self, rows: int, *, last: bool = False) -> None:
         """Write the first ``rows`` pending rows as one row group; keep the rest."""
-        pending = pa.concat_tables(self._pending)
+        pending = self._conformed()
         group, rest = pending.slice(0, rows), pending.slice(rows)
-        self._open().write_table(group.combine_chunks(), row_group_size=rows)
+        self._open(last=last).write_table(group.combine_chunks(), row_group_size=rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
         self._pending_size = rest.nbytes
@@ -191,22 +243,16 @@ class ParquetWriter:
                 ) from exc
         return pa.Table.from_arrays(arrays, names=[c.name for c in self._columns])
 
-    def _cast(self, table: pa.Table) -> pa.Table:
-        fields = []
-        for field, typ in zip(table.schema, self._types, strict=True):
-            fields.append(pa.field(field.name, typ or field.type))
-        try:
-            return table.cast(pa.schema(fields))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataError(f"the batch could not be cast to the Parquet schema: {exc}") from exc
-
     def close(self) -> None:
         """Write what is pending and the footer (an empty file with the schema when there were no rows)."""
         if self._pending_rows:
-            self._write_group(self._pending_rows)
+            self._write_group(self._pending_rows, last=self._writer is None)
         if self._writer is None:
             fields = [
                 pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)
             ]
             self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression="zstd")
         self._writer.close()
+        if self._sink is not None:
+            self._out.write(self._sink.getvalue())
+            self._sink = None
