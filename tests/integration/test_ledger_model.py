@@ -309,32 +309,50 @@ class LedgerMachine(RuleBasedStateMachine):
     def commit(self, batch: list[Claim], how: str) -> None:
         """Commit a batch of results, current and stale, as drawn or with every claim still held
         added; or the files fail to go in place."""
-        self._tick()
-        broken = how == "place fails"
         if how == "with the held":
             ids = {c.id for c in batch}
             batch = batch + [c for c in self.latest.values() if c.id not in ids]
+        self._commit(batch, "place fails" if how == "place fails" else None)
+
+    @precondition(lambda self: self.ledger.dialect is db.POSTGRESQL)
+    @rule(batch=st.lists(claims, min_size=1, max_size=4, unique_by=lambda c: c.id))
+    def commit_connection_lost(self, batch: list[Claim]) -> None:
+        """PostgreSQL: the ledger connection dies once the files are in place. The commit is
+        tried again on a new connection, without placing the files again."""
+        self._commit(batch, "connection lost")
+
+    def _commit(self, batch: list[Claim], fault: str | None) -> None:
+        self._tick()
         results = [
             ExportResult(claim=c, path=f"{c.token}/{c.pkey}", rows=1, nbytes=1, checksum="c", published=True)
             for c in batch
         ]
         held = {c.id for c in batch if self.model.rows[self._key(c)].token == c.token}
         placed: list[int] = []
+        pid = self.ledger.conn.info.backend_pid if fault == "connection lost" else None
 
         def place(chosen: Sequence[ExportResult]) -> Sequence[ExportResult]:
             placed.extend(r.claim.id for r in chosen)
-            if broken:
+            if fault == "place fails":
                 raise PlaceFailed
+            if pid is not None:  # from the other connection, waiting until the backend is gone
+                assert (
+                    self.ledgers[1]
+                    .conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+                    .fetchone()[0]
+                )
             return chosen
 
-        if broken and held:
+        if fault == "place fails" and held:
             with pytest.raises(PlaceFailed):
                 self.ledger.partitions.commit(results, place)
         else:
             assert self.ledger.partitions.commit(results, place) == [c.id in held for c in batch]
         assert sorted(placed) == sorted(held), "files of stale claims were put in place, or of held ones not"
-        if broken:
+        if fault == "place fails":
             return
+        if pid is not None and held:
+            assert self.ledger.conn.info.backend_pid != pid, "the connection was not lost"
         for c, r in zip(batch, results, strict=True):
             row = self.model.rows[self._key(c)]
             if c.id not in held:
