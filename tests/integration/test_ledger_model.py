@@ -335,12 +335,9 @@ class LedgerMachine(RuleBasedStateMachine):
             placed.extend(r.claim.id for r in chosen)
             if fault == "place fails":
                 raise PlaceFailed
-            if pid is not None:  # from the other connection, waiting until the backend is gone
-                assert (
-                    self.ledgers[1]
-                    .conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
-                    .fetchone()[0]
-                )
+            if pid is not None and len(placed) == len(chosen):  # once, from the other connection
+                kill = "SELECT pg_terminate_backend(%s, 10000)"  # waits until the backend is gone
+                assert self.ledgers[1].conn.execute(kill, (pid,)).fetchone()[0]
             return chosen
 
         if fault == "place fails" and held:
