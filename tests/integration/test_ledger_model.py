@@ -62,7 +62,7 @@ DAY_KEY = TimeSpec(column="t", settle=SETTLE)
 STEPS = itertools.count()
 # Deterministic for CI: a fixed sequence of examples, no example database, no deadline.
 MODEL_SETTINGS = settings(
-    max_examples=200,
+    max_examples=120,
     stateful_step_count=50,
     derandomize=True,
     database=None,
