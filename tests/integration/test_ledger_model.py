@@ -3,8 +3,8 @@
 A Hypothesis state machine drives the real :class:`~sluicegate.ledger.PartitionStore` on
 SQLite and PostgreSQL (two connections, as two workers) through marks, claims, renewals,
 lease expiry, the clock moving on, commits with current and stale tokens, a commit whose
-files fail to go in place, failures with and without backoff, releases, resets and
-re-exports. Beside it, a few lines of plain Python say what each step should do. After
+files fail to go in place, a commit whose connection dies after placing (PostgreSQL),
+failures with and without backoff, releases, resets and re-exports. Beside it, a few lines of plain Python say what each step should do. After
 every step the ledger's rows, ``status`` and ``pending`` must agree with the model, and:
 
 * a claim never takes a partition another claim holds under a live lease;
@@ -13,8 +13,9 @@ every step the ledger's rows, ``status`` and ``pending`` must agree with the mod
 * pending, claimed, exported, failed, waiting and retrying counts agree with the model.
 
 Time is virtual: the clock "moves on" by shifting every stored time of the task back
-(``advance``). Every virtual duration is a multiple of a minute, so the milliseconds the
-test itself takes can never tip a comparison (an example runs in well under a minute).
+(``advance``). Every virtual duration is a multiple of a minute and the real clock runs
+ahead of the virtual one by the time the example has taken (well under a minute), so a
+deadline that falls exactly on the virtual ``now`` has passed: the model compares with ``<=``.
 Each example uses a task of its own in one ledger, so examples do not see each other.
 """
 
