@@ -22,12 +22,21 @@ KOLKATA = "Asia/Kolkata"
 CHATHAM = "Pacific/Chatham"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("pg", marks=pytest.mark.pg),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A source database URL: a SQLite file, or a fresh PostgreSQL database."""
+    """A source database URL: a SQLite file, or a fresh PostgreSQL or MariaDB database.
+
+    With MariaDB the ledger is a SQLite file beside the project (``support.write_project``).
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
-    url: str = request.getfixturevalue("pg_url")
+    url: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
     return url
 
 

@@ -203,3 +203,34 @@ def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere
     assert "20240102" in path.name and len(read_csv(path)) == 1
     text = (DOCS / "guarantees.md").read_text()
     assert re.search(r"millisecond resolution", text) and "julianday()" in text
+
+
+# ----------------------------------------------------------------- 11: MariaDB, what is not there yet
+
+MARIADB_URL = "mariadb://u:hunter2@127.0.0.1:1/db"  # never reached: refused while loading
+
+
+def test_a_ledger_on_mariadb_is_refused_with_exit_2(tmp_path: Path) -> None:
+    root = write_project(
+        tmp_path / "p", source=MARIADB_URL, destination=str(tmp_path / "out"), ledger=MARIADB_URL
+    )
+    proc = cli(root, "run")
+    assert proc.returncode == 2, proc.stderr
+    assert "[ledger] url: a ledger on MariaDB/MySQL" in proc.stderr
+    assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p", source=MARIADB_URL, destination=str(tmp_path / "out"))
+    task = root / "tasks" / "old"
+    task.mkdir()
+    (task / "task.toml").write_text('kind = "archive"\n')
+    (task / "select.sql").write_text("SELECT 1 AS x")
+    proc = cli(root, "tasks")
+    assert proc.returncode == 0, proc.stderr  # `tasks` lists each task's problem, the others still run
+    assert (
+        f"{task / 'task.toml'} kind: 'archive' is not supported on MariaDB/MySQL sources yet" in proc.stdout
+    )
+    assert "openaq: partitioned" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

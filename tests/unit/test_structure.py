@@ -49,6 +49,7 @@ ONE_DIALECT = {
     "add_partition_etag": "sqlite",
     "lock": "postgresql",
     "lock_held": "postgresql",
+    "delete_changes": "mariadb",  # MariaDB/MySQL have no DELETE ... RETURNING with SKIP LOCKED
 }
 
 

@@ -1,0 +1,20 @@
+-- The change inbox of trigger capture (ledger/capture.py), in a MariaDB/MySQL source database.
+-- Each block is named after the method that runs it. Bins are UTC Unix seconds.
+
+-- take_changes --
+-- Lock up to limit captured changes of a task, skipping those another worker is folding (in one transaction).
+SELECT id, `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- delete_changes --
+-- Remove the changes take_changes locked (ids as a JSON array), in the same transaction.
+DELETE FROM {t}changes
+WHERE id IN (SELECT j.id FROM JSON_TABLE(%(ids)s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j);
+
+-- peek_changes --
+-- Up to limit captured changes of a task, left in the inbox (for a dry run).
+SELECT `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s;
+
+-- count_changes --
+-- How many captured changes of a task wait in the inbox, and the time of the oldest (not kept).
+SELECT count(*), NULL FROM {t}changes WHERE task = %(task)s;
