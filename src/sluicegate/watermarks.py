@@ -210,9 +210,17 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     """How far back a not-yet-committed row may still land: ``(cap, None)`` or ``(None, reason)``.
 
     PostgreSQL: the start of the oldest open transaction on the source database, other than
-    sluicegate's own sessions (None when there is none). SQLite: a reason when a write
-    transaction is open right now.
+    sluicegate's own sessions (None when there is none). MariaDB/MySQL: the start of the
+    oldest open InnoDB transaction other than this session's (``information_schema.innodb_trx``,
+    which needs the ``PROCESS`` privilege; shown in the session's UTC). SQLite: a reason when a
+    write transaction is open right now.
     """
+    if source.dialect is db.MARIADB:
+        rows = source.execute(
+            "SELECT min(trx_started) FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id <> CONNECTION_ID()"
+        )
+        return rows[0][0], None
     if source.dialect is db.POSTGRESQL:
         rows = source.execute(
             "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
