@@ -73,8 +73,6 @@ def write_project(
 ) -> Path:
     """Write ``sluicegate.toml`` and one OpenAQ-style task; return the project root."""
     root.mkdir(parents=True, exist_ok=True)
-    if ledger is None and is_mariadb(source):  # the ledger cannot live on MariaDB yet
-        ledger = f"sqlite:///{root / 'ledger.db'}"
     ledger_line = f'url = "{ledger}"' if ledger else ""
     (root / "sluicegate.toml").write_text(
         textwrap.dedent(

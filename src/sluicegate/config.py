@@ -243,7 +243,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
     return Settings(
         root=root,
         source_url=source_url,
-        ledger_url=_ledger_url(ledger, source_url, root, path),
+        ledger_url=_resolve_db_url(str(ledger.get("url") or source_url), root),
         ledger_schema=validate.schema_name(ledger.get("schema", "sluicegate"), f"{path} [ledger] schema"),
         destination=_destination(dest, root, f"{path} [destination]"),
         format=validate.file_format(defaults.get("format", "csv.gz"), f"{where} format"),
@@ -364,19 +364,27 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
     if kind not in KINDS:
         raise ConfigError(f"{toml_path} kind: {kind!r} is not supported; use one of {', '.join(KINDS)}")
     task: TaskBase = kind_module(kind).load(name=name, folder=folder, raw=raw, settings=settings)
-    if mariadb_conn.is_url(settings.source_url):
-        _check_mariadb_task(task, toml_path)
+    _check_mariadb_task(task, toml_path, settings)
     return task
 
 
 # What runs on a MariaDB/MySQL source so far (docs/concepts.md, "MariaDB and MySQL").
 MARIADB_KINDS = ("partitioned", "incremental")
 MARIADB_CAPTURE = ("trigger", "scan", "explicit")
+MARIADB_LEDGER_KINDS = ("partitioned",)  # the stores a MariaDB ledger has: partitions, capture, runs
 
 
-def _check_mariadb_task(task: TaskBase, toml_path: Path) -> None:
-    """ConfigError for a task a MariaDB/MySQL source cannot run yet."""
-    later = "is not supported on MariaDB/MySQL sources yet (see docs/concepts.md, MariaDB and MySQL)"
+def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:
+    """ConfigError for a task a MariaDB/MySQL source or ledger cannot run yet."""
+    see = "(see docs/concepts.md, MariaDB and MySQL)"
+    if mariadb_conn.is_url(settings.ledger_url) and task.kind not in MARIADB_LEDGER_KINDS:
+        raise ConfigError(
+            f"{toml_path} kind: {task.kind!r} tasks cannot keep their ledger on MariaDB/MySQL yet; set "
+            f"[ledger] url to postgresql://... or sqlite:///ledger.db {see}"
+        )
+    if not mariadb_conn.is_url(settings.source_url):
+        return
+    later = f"is not supported on MariaDB/MySQL sources yet {see}"
     if task.kind not in MARIADB_KINDS:
         raise ConfigError(f"{toml_path} kind: {task.kind!r} {later}; supported: {', '.join(MARIADB_KINDS)}")
     mode = getattr(getattr(task, "capture", None), "mode", "explicit")
@@ -384,17 +392,6 @@ def _check_mariadb_task(task: TaskBase, toml_path: Path) -> None:
         raise ConfigError(
             f"{toml_path} [capture] mode: {mode!r} {later}; use one of {', '.join(MARIADB_CAPTURE)}"
         )
-
-
-def _ledger_url(ledger: Mapping[str, Any], source_url: str, root: Path, path: Path) -> str:
-    """The ledger URL (the source's by default), or ConfigError when the ledger cannot live there yet."""
-    url = _resolve_db_url(str(ledger.get("url") or source_url), root)
-    if mariadb_conn.is_url(url):
-        raise ConfigError(
-            f"{path} [ledger] url: a ledger on MariaDB/MySQL ({mask_url(url)}) is not supported yet; set [ledger] url "
-            "to postgresql://... or sqlite:///ledger.db (the source can stay on MariaDB)"
-        )
-    return url
 
 
 def with_format(task: TaskBase, fmt: str) -> TaskBase:

@@ -99,7 +99,7 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
     if dialect is MARIADB:
         mariadb_conn.driver()  # ConfigError when the driver is not installed
         with wrap_errors(url, ledger=ledger):
-            return mariadb_conn.connect(url, autocommit=autocommit)
+            return mariadb_conn.connect(url, autocommit=autocommit, ledger=ledger)
     with wrap_errors(url, ledger=ledger):
         return psycopg.connect(url, autocommit=autocommit, application_name="sluicegate")
 

@@ -77,14 +77,21 @@ def connect_args(url: str) -> dict[str, Any]:
     }
 
 
-def connect(url: str, *, autocommit: bool = True) -> MariaDbConnection:
-    """Open a session on ``url``, pinned as the module docstring says; driver errors are raised."""
+def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> MariaDbConnection:
+    """Open a session on ``url``, pinned as the module docstring says; driver errors are raised.
+
+    ``ledger``: the session runs ledger statements, at ``READ COMMITTED`` (PostgreSQL's level,
+    which the ledger's statements were written for): a claim's ``FOR UPDATE SKIP LOCKED`` then
+    locks only the rows it takes, not every row and gap its scan passed.
+    """
     mariadb = driver()
     conn = mariadb.connect(**connect_args(url), autocommit=autocommit)
     try:
         cur = conn.cursor()
         for setting in SESSION:
             cur.execute(setting)
+        if ledger:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cur.close()
     except BaseException:
         conn.close()

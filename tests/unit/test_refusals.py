@@ -210,19 +210,34 @@ def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere
 MARIADB_URL = "mariadb://u:hunter2@127.0.0.1:1/db"  # never reached: refused while loading
 
 
-def test_a_ledger_on_mariadb_is_refused_with_exit_2(tmp_path: Path) -> None:
+def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
+    """Partitioned tasks keep their ledger on MariaDB; an incremental task there is refused."""
     root = write_project(
-        tmp_path / "p", source=MARIADB_URL, destination=str(tmp_path / "out"), ledger=MARIADB_URL
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "out"),
+        ledger=MARIADB_URL,
+    )  # fmt: skip
+    task = root / "tasks" / "studies"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        'kind = "incremental"\nentity = "study_id"\ncursor = "at"\npath = "{study_id}/{start:%Y%m%dT%H%M%S}.{ext}"\n'
     )
-    proc = cli(root, "run")
-    assert proc.returncode == 2, proc.stderr
-    assert "[ledger] url: a ledger on MariaDB/MySQL" in proc.stderr
-    assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
+    proc = cli(root, "tasks")
+    assert (
+        f"{task / 'task.toml'} kind: 'incremental' tasks cannot keep their ledger on MariaDB/MySQL yet"
+        in proc.stdout
+    )
+    assert "openaq: partitioned" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and "hunter2" not in proc.stdout + proc.stderr
 
 
 def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> None:
-    root = write_project(tmp_path / "p", source=MARIADB_URL, destination=str(tmp_path / "out"))
+    root = write_project(
+        tmp_path / "p",
+        source=MARIADB_URL,
+        destination=str(tmp_path / "out"),
+        ledger=f"sqlite:///{tmp_path / 'l.db'}",
+    )
     task = root / "tasks" / "old"
     task.mkdir()
     (task / "task.toml").write_text('kind = "archive"\n')

@@ -127,10 +127,12 @@ class LedgerCore:
             yield cur
 
     def _lost(self) -> bool:
+        if self.dialect is db.MARIADB:
+            return bool(self.conn.closed)  # a ping: the driver keeps no broken flag
         return self.dialect is db.POSTGRESQL and bool(self.conn.closed or self.conn.broken)
 
     def _reconnect_if_lost(self) -> None:
-        """Reconnect a lost PostgreSQL connection, with backoff (see :func:`db.reconnect`)."""
+        """Reconnect a lost PostgreSQL or MariaDB connection, with backoff (see :func:`db.reconnect`)."""
         if self._lost():
             try:
                 self.conn = db.reconnect(self.url, ledger=True)

@@ -18,3 +18,12 @@ SELECT `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(lim
 -- count_changes --
 -- How many captured changes of a task wait in the inbox, and the time of the oldest (not kept).
 SELECT count(*), NULL FROM {t}changes WHERE task = %(task)s;
+
+-- get_scan --
+-- The high-water mark of a scan-mode task.
+SELECT high_water FROM {t}scans WHERE task = %(task)s;
+
+-- set_scan --
+-- Move a scan-mode task's high-water mark forward (never back).
+INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (%(task)s, %(high_water)s, UNIX_TIMESTAMP(NOW(6)))
+ON DUPLICATE KEY UPDATE high_water = GREATEST(high_water, VALUES(high_water)), scanned_at = VALUES(scanned_at);
