@@ -37,7 +37,7 @@ class CaptureStore(Store):
 
     def delete_changes(self, ids: list[int], *, cur: Any) -> None:
         """MariaDB/MySQL: remove the changes ``take_changes`` locked, in the caller's transaction."""
-        self._run("delete_changes", cur, ids=json.dumps(ids))
+        cur.executemany(self.q["delete_changes"], [{"id": i} for i in ids])
 
     def peek_changes(self, task: str, *, limit: int) -> list[tuple[list[Any], Any]]:
         """Up to ``limit`` captured changes of ``task``, left in the inbox."""

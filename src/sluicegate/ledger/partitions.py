@@ -149,7 +149,7 @@ class PartitionStore(Store):
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
-            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=lease)
+            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
             return self.claimed(cur, params["token"])
 
         rows = self.core.in_transaction(take)
@@ -158,8 +158,8 @@ class PartitionStore(Store):
         return sorted(claims, key=lambda c: c.id)
 
     def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease."""
-        self._run("claim_take", cur, ids=json.dumps(ids), token=token, lease=lease)
+        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
+        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
 
     def claimed(self, cur: Any, token: str) -> list[Any]:
         """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
@@ -257,6 +257,9 @@ class PartitionStore(Store):
                 etags=[r.etag for r in held],
             ).fetchall()
             return {int(row[0]) for row in rows}
+        if self.core.dialect is db.MARIADB:  # hold locked these rows under their tokens: one round trip
+            cur.executemany(self.q["commit_held"], [self._commit_params(r) for r in held])
+            return {r.claim.id for r in held}
         done = set()
         for r in sorted(held, key=lambda r: r.claim.pkey):  # the same lock order as mark()
             self._run(
@@ -266,6 +269,12 @@ class PartitionStore(Store):
             if cur.rowcount == 1:
                 done.add(r.claim.id)
         return done
+
+    def _commit_params(self, r: ExportResult) -> dict[str, Any]:
+        return self.core.params(
+            id=r.claim.id, token=uuid.UUID(r.claim.token), path=r.path, rows=r.rows, bytes=r.nbytes,
+            checksum=r.checksum, etag=r.etag,
+        )  # fmt: skip
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
         """Give ``claim`` back after an error; park it when terminal or out of attempts."""

@@ -7,9 +7,8 @@ SELECT id, `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %
 FOR UPDATE SKIP LOCKED;
 
 -- delete_changes --
--- Remove the changes take_changes locked (ids as a JSON array), in the same transaction.
-DELETE FROM {t}changes
-WHERE id IN (SELECT j.id FROM JSON_TABLE(%(ids)s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j);
+-- Remove one change take_changes locked, in the same transaction (run for each in one batch round trip).
+DELETE FROM {t}changes WHERE id = %(id)s;
 
 -- peek_changes --
 -- Up to limit captured changes of a task, left in the inbox (for a dry run).

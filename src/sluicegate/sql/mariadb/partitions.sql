@@ -28,13 +28,15 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
--- Take the locked rows (ids as a JSON array) under a fresh token and lease; an expired lease counts as an attempt.
+-- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
+-- an expired lease counts as an attempt. (Not WHERE id IN (a JSON list): MariaDB before 11.1
+-- runs that subquery of an UPDATE once per row of the table.)
 UPDATE {t}partitions
 SET attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END,
     claim_token = %(token)s,
     claimed_version = version,
     lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s
-WHERE id IN (SELECT j.id FROM JSON_TABLE(%(ids)s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j);
+WHERE id = %(id)s;
 
 -- claimed --
 -- The partitions held under a claim token, as a claim returns them.
@@ -51,7 +53,8 @@ UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE 
 SELECT id FROM {t}partitions WHERE id = %(id)s AND claim_token = %(token)s FOR UPDATE;
 
 -- commit_held --
--- Record a durable export at the version read at claim; fenced by the claim token.
+-- Record a durable export at the version read at claim; fenced by the claim token (the row is
+-- locked by hold in this transaction, so it still matches: run for each row in one round trip).
 UPDATE {t}partitions
 SET forced = CASE WHEN version > claimed_version THEN forced ELSE FALSE END,
     exported_version = claimed_version,
