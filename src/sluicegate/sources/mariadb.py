@@ -35,13 +35,14 @@ _STRINGS = (15, 249, 250, 251, 252, 253, 254)  # VARCHAR, the BLOB/TEXT family, 
 _OTHER: dict[int, ColumnKind] = {4: "float", 5: "float", 0: "decimal", 246: "decimal", 10: "date", 14: "date"}
 _AS_TEXT = (11, 19, 245, 247, 248)  # TIME, JSON, ENUM, SET: the server's text
 _BINARY_CHARSET = 63
+_UNSIGNED = 32  # column flag
 
 
 def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Column]:
     """The columns of a MariaDB result, from the driver's description and each column's charset."""
     columns = []
     for desc, charset in zip(description, charsets, strict=True):
-        name, code, precision, scale = desc[0], desc[1], desc[4], desc[5]
+        name, code, scale = desc[0], desc[1], desc[5]
         if code in _INT:
             columns.append(Column(name=name, kind="int"))
         elif code in _TIMES:
@@ -52,11 +53,17 @@ def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Co
             columns.append(Column(name=name, kind="text", as_text=True))
         elif code in _OTHER:
             kind = _OTHER[code]
-            digits = precision if kind == "decimal" else (24 if code == 4 else None)
+            digits = _decimal_digits(desc) if kind == "decimal" else (24 if code == 4 else None)
             columns.append(Column(name=name, kind=kind, precision=digits, scale=scale))
         else:  # BIT, GEOMETRY: bytes; NULL: nothing to encode
             columns.append(Column(name=name, kind="text" if code == 6 else "binary"))
     return columns
+
+
+def _decimal_digits(desc: Sequence[Any]) -> int:
+    """A DECIMAL's precision from its length in the description, which counts the point and the sign."""
+    length, scale, flags = int(desc[3]), int(desc[5]), int(desc[7])
+    return length - (1 if scale else 0) - (0 if flags & _UNSIGNED else 1)
 
 
 def utc_naive(value: dt.datetime) -> dt.datetime:
