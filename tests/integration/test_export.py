@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import zoneinfo
@@ -585,3 +586,20 @@ def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, m
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.mariadb
+def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_url: str) -> None:
+    root, db = _setup(tmp_path, mariadb_url)
+    db.location(1, KOLKATA)
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    checked = cli(root, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    status = cli(root, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)[0]["inbox"] == 30  # one inbox row per inserted row
+    backfilled = cli(root, "backfill", "openaq")
+    assert backfilled.returncode == 0, backfilled.stderr
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)[0]["exported"] == len(_expected(db, 1, KOLKATA)) == 2
