@@ -305,3 +305,47 @@ def test_partitions_changed_together_are_claimed_oldest_window_first(
         while batch := ledger.partitions.claim(task, limit=4, lease=600):
             days.append({(c.keys["location_id"], c.keys["day"]) for c in batch})
     assert days == [{(loc, f"2024-01-0{d}") for loc in (1, 2, 3, 4)} for d in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def test_marks_and_failures_read_the_values_before_the_row_changes(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """A re-mark after an export moves the change time; a failure counts the attempts before it.
+
+    (MariaDB's SET sees earlier assignments of the same statement: the order of its SQL matters.)
+    """
+    url = _url(request, tmp_path, dialect)
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    task = load(root).tasks["openaq"]
+    part = restore_partition(task, [1, "2024-01-01"], "UTC")
+
+    def row() -> tuple[float, int, bool, int, int]:
+        [(changed, attempts, failed, version, exported)] = ledger.conn.execute(
+            f"SELECT changed_at, attempts, failed, version, exported_version FROM {_table(url)}"
+        ).fetchall()
+        changed = changed.timestamp() if isinstance(changed, dt.datetime) else float(changed)
+        return changed, int(attempts), bool(failed), int(version), int(exported)
+
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        ledger.partitions.mark([part], task)
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        result = ExportResult(claim=claim, path="f", rows=1, nbytes=1, checksum="c", published=True)
+        assert ledger.partitions.commit([result]) == [True]
+        first = row()
+        time.sleep(0.05)
+        ledger.partitions.mark([part], task)  # exported, then changed: the change time moves
+        second = row()
+        assert second[0] > first[0] and second[3:] == (2, 1)
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        ledger.partitions.fail(claim, error="boom", terminal=False, max_attempts=2, backoff=0)
+        assert row()[1:3] == (1, False)  # 0 attempts before this one: not parked yet
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        ledger.partitions.fail(claim, error="boom", terminal=False, max_attempts=2, backoff=0)
+        assert row()[1:3] == (2, True)
+        ledger.partitions.mark([part], task)  # a new change unparks it and starts counting again
+        assert row()[1:] == (0, False, 3, 1)
