@@ -52,7 +52,7 @@ import run as bench
 from sluicegate.sql import queries
 
 SCHEMA = "sluicegate"
-Q = queries("postgresql", f'"{SCHEMA}".', f'"{SCHEMA}"')
+Q = queries("postgresql", "partitions", f'"{SCHEMA}".', f'"{SCHEMA}"')
 # Server-side measurement: every statement's duration in the log (parameters left out), and
 # per-statement totals, buffers and WAL in pg_stat_statements.
 SERVER_SETTINGS = {
@@ -370,7 +370,7 @@ def workers_run(
     }
     bench.log(
         f"{workers} worker(s): {marked:,} partitions in {seconds:.1f}s = {marked / seconds:,.0f}/s; "
-        f"claim p50 {result['claim']['transaction'].get('p50')} ms, commit_many p50 {result['commit']['statement'].get('p50')} ms; checks ok"
+        f"claim p50 {result['claim']['transaction'].get('p50')} ms, commit_held p50 {result['commit']['statement'].get('p50')} ms; checks ok"
     )
     return result
 
@@ -407,20 +407,28 @@ def explain_claim(conn: psycopg.Connection[Any], limit: int) -> str:
 
 
 def explain_commit(conn: psycopg.Connection[Any], limit: int) -> str:
-    """Claim one batch for real, EXPLAIN its commit_many (rolled back), then commit it."""
+    """Claim one batch for real, EXPLAIN its commit_held after hold (rolled back), then commit it."""
     token = uuid.uuid4()
     params = {"task": "openaq", "settle": 0.0, "limit": limit, "lease": 600.0, "token": token}
     with conn.transaction():
         ids = [r[0] for r in conn.execute(Q["claim"], params).fetchall()]
-    commit = {
+    commit = _commit_params(ids, token)
+    with conn.transaction(force_rollback=True):
+        conn.execute(Q["hold"], commit).fetchall()
+        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + Q["commit_held"], commit).fetchall()
+    with conn.transaction():
+        conn.execute(Q["hold"], commit).fetchall()
+        conn.execute(Q["commit_held"], commit)
+    return "\n".join(r[0] for r in rows)
+
+
+def _commit_params(ids: list[int], token: uuid.UUID) -> dict[str, Any]:
+    """The parameters of hold and commit_held for a batch claimed under ``token``."""
+    return {
         "ids": ids, "tokens": [token] * len(ids), "paths": [f"p/{i}.csv.gz" for i in ids],
         "rows": [72] * len(ids), "bytes": [1200] * len(ids), "checksums": ["0" * 64] * len(ids),
+        "etags": [None] * len(ids),
     }  # fmt: skip
-    with conn.transaction(force_rollback=True):
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + Q["commit_many"], commit).fetchall()
-    with conn.transaction():
-        conn.execute(Q["commit_many"], commit)
-    return "\n".join(r[0] for r in rows)
 
 
 def drain(conn: psycopg.Connection[Any], limit: int) -> dict[str, Any]:
@@ -437,14 +445,10 @@ def drain(conn: psycopg.Connection[Any], limit: int) -> dict[str, Any]:
             break
         ids = [r[0] for r in rows]
         started = time.perf_counter()
-        with conn.transaction():
-            done = conn.execute(
-                Q["commit_many"],
-                {
-                    "ids": ids, "tokens": [token] * len(ids), "paths": [f"p/{i}.csv.gz" for i in ids],
-                    "rows": [72] * len(ids), "bytes": [1200] * len(ids), "checksums": ["0" * 64] * len(ids),
-                },
-            ).fetchall()  # fmt: skip
+        with conn.transaction():  # as PartitionStore.commit does: lock the held rows, then record
+            commit = _commit_params(ids, token)
+            conn.execute(Q["hold"], commit).fetchall()
+            done = conn.execute(Q["commit_held"], commit).fetchall()
         commits.append((time.perf_counter() - started) * 1000)
         if len(done) != len(ids):
             raise RuntimeError(f"committed {len(done)} of {len(ids)} claimed partitions")
@@ -536,10 +540,10 @@ def _workers_md(runs: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Latency in ms, p50 / p90 / p99 / max, server time from the statement log. *claim txn* is the claim "
-        "statement plus its COMMIT (the WAL flush); `commit_many` runs in autocommit, so its column is the "
+        "statement plus its COMMIT (the WAL flush); `commit_held` runs in autocommit, so its column is the "
         "statement alone and its flush is in the WAL columns (every flush of the run, from pg_stat_wal).",
         "",
-        "| workers | claims | claim txn | claim statement | commits | commit_many statement | WAL MiB "
+        "| workers | claims | claim txn | claim statement | commits | commit_held statement | WAL MiB "
         "| WAL flushes | flush mean ms |",
         "|---:|---:|---|---|---:|---|---:|---:|---:|",
     ]
@@ -587,14 +591,14 @@ def _claim_md(c: dict[str, Any]) -> list[str]:
         s = c[name]
         lines += [
             f"Claim at {s['ledger_rows']:,} ledger rows (ledger {mib(s['size']['total'])} MiB): draining the "
-            f"pending rows in {s['batches']} batches, claim (+ COMMIT) {_ms(s['claim_ms'])} ms, commit_many "
+            f"pending rows in {s['batches']} batches, claim (+ COMMIT) {_ms(s['claim_ms'])} ms, commit_held "
             f"(+ COMMIT) {_ms(s['commit_ms'])} ms, client-side. EXPLAIN (ANALYZE, BUFFERS) of the first claim:",
             "",
             "```text",
             s["explain"],
             "```",
             "",
-            "EXPLAIN (ANALYZE, BUFFERS) of a commit_many of one batch:",
+            "EXPLAIN (ANALYZE, BUFFERS) of a commit_held of one batch:",
             "",
             "```text",
             s.get("explain_commit", ""),

@@ -18,7 +18,8 @@ endpoint, and builds the OpenAQ example project with trigger capture, ``lease = 
   for longer than the lease before they go through (a hung network call).
 
 Then it stops the writer and the chaos, lets the workers finish (SIGTERM), re-queues parked
-partitions, runs ``sluicegate run`` until nothing is pending, and checks every partition of
+partitions (again while draining, up to 3 times: claims of killed workers expire then and count
+as attempts), runs ``sluicegate run`` until nothing is pending, and checks every partition of
 the ledger against the database and the bucket (see :func:`check`). It prints one summary
 line and exits 1 if any file is wrong, partial, missing or stray, or any version was lost.
 The temp folder (logs, project, data) is kept when the check fails, or with ``--keep``.
@@ -586,6 +587,9 @@ def check(url: str, proj: Path, endpoint: str, cutoff: dt.datetime, evidence: Ev
 # =========================================================================== main
 
 
+MAX_REQUEUES = 3  # parked partitions are re-queued at most this often while draining
+
+
 def drain(proj: Path, url: str, deadline_s: float = 600) -> tuple[int, float, dt.datetime]:
     """``sluicegate run`` until no complete partition is pending or claimed.
 
@@ -593,11 +597,17 @@ def drain(proj: Path, url: str, deadline_s: float = 600) -> tuple[int, float, dt
     then was exported (taken just before the last ``status``).
     """
     started = time.monotonic()
-    runs = 0
+    runs = requeues = 0
     while True:
         with psycopg.connect(url) as conn:
             cutoff = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         [status] = json.loads(sluicegate(proj, "status", "--json").stdout)
+        if status["failed"] and requeues < MAX_REQUEUES:
+            # Claims of workers killed before the drain expire during it and count as attempts,
+            # so partitions near max_attempts are parked now: re-queue them, as an operator would.
+            sluicegate(proj, "reset", "openaq", "--failed")
+            requeues += 1
+            continue
         if status["pending"] == 0 and status["claimed"] == 0:
             return runs, time.monotonic() - started, cutoff
         if time.monotonic() - started > deadline_s:

@@ -231,8 +231,12 @@ def read_parquet(path: Path) -> Any:
 
 
 def files(folder: Path) -> list[Path]:
-    """Every published file under ``folder`` (temp files excluded)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and ".sluicegate-" not in p.name)
+    """Every published file under ``folder`` (temp files and change-feed manifests excluded)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and ".sluicegate-" not in p.name and "_manifests" not in p.relative_to(folder).parts
+    )
 
 
 def cli(

@@ -348,10 +348,16 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         ins=_pg_inbox_insert(task, schema, "new", time_ending),
         **{"del": _pg_inbox_insert(task, schema, "old", time_ending)},
     )
+    # SECURITY DEFINER: the function runs as its owner (the role that installs, which owns the
+    # ledger), so a writer that may only INSERT into the source table still records its changes
+    # in the inbox without any privilege on the ledger. The pinned search_path keeps a writer's
+    # objects from standing in for the functions the body calls; nobody calls it but the triggers.
     statements: list[sql.Composable] = [
-        sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
-            fn=fn, body=sql.Literal(body.as_string())
-        )
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            " SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(fn=fn, body=sql.Literal(body.as_string())),
+        sql.SQL("REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC").format(fn=fn),
     ]
     names = []
     for op, referencing in (

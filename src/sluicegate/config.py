@@ -67,7 +67,16 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
     "source": frozenset({"url"}),
     "ledger": frozenset({"url", "schema"}),
     "destination": frozenset(
-        {"url", "endpoint_url", "region", "access_key_id", "secret_access_key", "multipart_threshold", "sync"}
+        {
+            "url",
+            "endpoint_url",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "multipart_threshold",
+            "sync",
+            "manifests",
+        }
     ),
     "defaults": frozenset(
         {"format", "batch_size", "limit", "lease", "max_attempts", "workers", "backoff", "log_level"}
@@ -223,10 +232,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
             "DSL/Export folder (see docs/service.md)"
         )
-    for section, key, name, default in DSL_DEFAULTS:
-        value = env.get(name) or (default if dsl_folder(env) is not None else None)
-        if value and not raw.get(section, {}).get(key):
-            raw.setdefault(section, {})[key] = value
+    _fill_dsl_defaults(raw, env, dsl_only=not path.is_file())
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
     source = raw.get("source", {})
@@ -261,6 +267,17 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
     )
 
 
+def _fill_dsl_defaults(raw: dict[str, Any], env: Mapping[str, str], *, dsl_only: bool) -> None:
+    """The Common Knowledge service's variables as defaults; without sluicegate.toml, its export
+    folder stays as the original left it (no change feed unless the environment asks)."""
+    for section, key, name, default in DSL_DEFAULTS:
+        value = env.get(name) or (default if dsl_folder(env) is not None else None)
+        if value and not raw.get(section, {}).get(key):
+            raw.setdefault(section, {})[key] = value
+    if dsl_only:
+        raw.setdefault("destination", {}).setdefault("manifests", False)
+
+
 def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
     return ServiceSettings(
         public_metrics=validate.boolean(raw.get("public_metrics", False), f"{where} public_metrics"),
@@ -281,6 +298,7 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
             dest.get("multipart_threshold", 64 * 1024 * 1024), f"{where} multipart_threshold", 5 * 1024 * 1024
         ),
         sync=_sync(dest.get("sync", "auto"), f"{where} sync"),
+        manifests=validate.boolean(dest.get("manifests", True), f"{where} manifests"),
     )
 
 

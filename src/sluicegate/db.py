@@ -11,16 +11,23 @@ import contextlib
 import logging
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
-
 from . import mariadb_conn
-from .exceptions import ConfigError, DataError, LedgerError, SluicegateError, SourceUnavailable
+from .exceptions import (
+    ConfigError,
+    DataError,
+    LedgerError,
+    LedgerPermissionDenied,
+    PermissionDenied,
+    SluicegateError,
+    SourceUnavailable,
+)
 from .masking import mask_url, scrub
 
 DialectName = Literal["sqlite", "postgresql", "mariadb"]
@@ -100,6 +107,9 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
         mariadb_conn.driver()  # ConfigError when the driver is not installed
         with wrap_errors(url, ledger=ledger):
             return mariadb_conn.connect(url, autocommit=autocommit, ledger=ledger)
+    # psycopg is imported only here: a command on a SQLite project never pays for it.
+    import psycopg
+
     with wrap_errors(url, ledger=ledger):
         return psycopg.connect(url, autocommit=autocommit, application_name="sluicegate")
 
@@ -138,6 +148,8 @@ def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECO
         try:
             return connect(url, ledger=ledger)
         except (SourceUnavailable, LedgerError) as exc:
+            if isinstance(exc, PermissionDenied):  # waiting does not grant a privilege
+                raise
             if time.monotonic() + delay > deadline:
                 raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
             log.warning("%s; reconnecting in %.2f s", exc, delay)
@@ -163,6 +175,15 @@ _TRANSIENT_MESSAGES = (
 )
 
 
+def _psycopg() -> Any:
+    """The psycopg module if something imported it, else None.
+
+    An exception can only be a psycopg error once psycopg is imported, so the error helpers
+    never import it themselves (importing psycopg costs ~0.1 s of every command's start-up).
+    """
+    return sys.modules.get("psycopg")
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     code = getattr(exc, "sqlstate", None)
     if isinstance(code, str) and code:
@@ -171,8 +192,22 @@ def _sqlstate(exc: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
+def denied(exc: BaseException) -> bool:
+    """Whether a driver error says the role lacks a privilege (SQLSTATE 42501).
+
+    A refused connection (no CONNECT on the database) carries no SQLSTATE in psycopg: its
+    server message stands in for the code.
+    """
+    code = _sqlstate(exc)
+    if code:
+        return code == "42501"
+    return "permission denied for" in str(exc)
+
+
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     """Whether a driver error is worth retrying; None when ``exc`` is not a database error.
+
+    A missing privilege (:func:`denied`) is terminal, even when the connection was refused.
 
     Knows psycopg, sqlite3 and ADBC (whose result streams raise plain ``OSError`` with a
     ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's), and
@@ -181,7 +216,10 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     maria = mariadb_conn.classify(exc)
     if maria is not None:
         return maria
-    if isinstance(exc, psycopg.Error):
+    psycopg = _psycopg()
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        if denied(exc):
+            return "terminal"
         if isinstance(exc, psycopg.OperationalError):
             return "transient"
         code = _sqlstate(exc)
@@ -209,15 +247,24 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     role = "ledger database" if ledger else "database"
     detail = scrub(_first_line(exc), url)
     where = f"{role} {mask_url(url)}"
+    if kind == "terminal" and denied(exc):
+        error = LedgerPermissionDenied if ledger else PermissionDenied
+        return error(
+            f"{where}: {detail}; the role lacks a privilege it needs: "
+            "run `sluicegate grants` and apply its GRANTs as the owner"
+        )
     if ledger:
         hint = "; will retry" if kind == "transient" else ""
         return LedgerError(f"{where}: {detail}{hint}")
+    psycopg = _psycopg()
     if kind == "transient":
-        lost = isinstance(exc, psycopg.OperationalError | sqlite3.OperationalError) or "[libpq]" in str(exc)
-        if lost or getattr(exc, "errno", 0) in mariadb_conn.TRANSIENT_ERRNOS - {1205, 1213}:
+        lost = (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or isinstance(
+            exc, sqlite3.OperationalError
+        )
+        if lost or "[libpq]" in str(exc) or getattr(exc, "errno", 0) in mariadb_conn.LOST_ERRNOS:
             return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
         return SourceUnavailable(f"{where}: {detail}; will retry")
-    if isinstance(exc, psycopg.DataError):
+    if psycopg is not None and isinstance(exc, psycopg.DataError):
         return DataError(f"{where} rejected a value: {detail}")
     return DataError(f"{where}: {detail}")
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .changes import FeedRun
 from .drivers import Context, Progress, kind_module
 from .exceptions import ConfigError, SluicegateError
 from .options import Budget, RunOptions, TaskSummary
@@ -51,6 +52,7 @@ class Exporter:
     ) -> list[TaskSummary]:
         """Export every pending, complete unit of ``tasks`` once; return a summary per task."""
         budget = Budget.start(options.max_runtime, options.started)
+        self.context.feed_run = FeedRun()  # each pass names its manifests with a new run id
         if not options.dry_run:
             try:
                 self.context.destination.cleanup(older_than=self.project.settings.lease)

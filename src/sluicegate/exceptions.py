@@ -10,13 +10,19 @@ traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
     ├── ConfigError            bad project, task or environment setting (exit 2)
     ├── UsageError             bad command-line or API arguments (exit 2)
     ├── LedgerError            the ledger database misbehaved
+    │   └── LedgerPermissionDenied   (also a PermissionDenied)
     └── ExportError            exporting one partition failed (recorded on the ledger)
         ├── TransientError     worth retrying with backoff (network, 5xx, timeouts)
         │   ├── SourceUnavailable
         │   └── DestinationUnavailable
         └── TerminalError      retrying will not help (bad data, bad path, bad query)
             ├── BadPartitionValue
-            └── DataError
+            ├── DataError
+            └── PermissionDenied   the role lacks a privilege (SQLSTATE 42501)
+                └── LedgerPermissionDenied   ... on the ledger: stops the task
+
+A privilege does not appear by waiting, so :class:`PermissionDenied` is terminal and never
+retried or reconnected for; ``sluicegate grants`` prints the GRANTs each task kind needs.
 
 Whether a partition is retried is decided only by :func:`is_transient`.
 """
@@ -69,6 +75,14 @@ class BadPartitionValue(TerminalError):
 
 class DataError(TerminalError):
     """The rows of a partition could not be read or encoded."""
+
+
+class PermissionDenied(TerminalError):
+    """The database role lacks a privilege; run `sluicegate grants` and apply its GRANTs as the owner."""
+
+
+class LedgerPermissionDenied(PermissionDenied, LedgerError):
+    """The database role lacks a privilege on the ledger tables; run `sluicegate grants` and apply them."""
 
 
 def is_transient(exc: BaseException) -> bool:

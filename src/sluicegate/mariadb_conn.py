@@ -19,6 +19,7 @@ psycopg and sqlite3 connections: ``execute`` returning a cursor, ``cursor``, ``c
 
 from __future__ import annotations
 
+import sys
 import urllib.parse
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ SESSION = (
 TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
+LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, 1213}  # all but lock waits and deadlocks: the server is away
 SCHEMES = ("mariadb://", "mysql://")
 
 
@@ -105,11 +107,8 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     By error number: the driver raises OperationalError for data errors too (an out-of-range
     TIMESTAMP), so the class says little.
     """
-    try:
-        import mariadb
-    except ImportError:
-        return None
-    if not isinstance(exc, mariadb.Error):
+    mariadb = sys.modules.get("mariadb")  # an error can only be the driver's once it is imported
+    if mariadb is None or not isinstance(exc, mariadb.Error):
         return None
     errno = getattr(exc, "errno", None)
     if errno in TRANSIENT_ERRNOS or (isinstance(exc, mariadb.InterfaceError) and not errno):

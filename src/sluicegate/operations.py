@@ -10,23 +10,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import capture, db, timeblocks
+from . import capture, db
 from .destinations import open_destination
 from .drivers import kind_module
-from .drivers.incremental import Task as IncrementalTask
-from .drivers.ingest import Task as IngestTask
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import SluicegateError, UsageError
-from .ingest import Ingestor, IngestSummary, drain, ingest_lines
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
 from .partitions import coerce_value
 from .sources import open_source
 from .specs import Project, TaskBase
-from .timeblocks import BlockRequest
-from .watermarks import ExportRequest
+
+if TYPE_CHECKING:
+    from .drivers.incremental import Task as IncrementalTask
+    from .ingest import IngestSummary
+    from .timeblocks import BlockRequest
+    from .watermarks import ExportRequest
 
 
 @contextlib.contextmanager
@@ -213,6 +214,8 @@ def describe_tasks(project: Project) -> list[dict[str, Any]]:
 
 def incremental_task(project: Project, name: str | None) -> IncrementalTask:
     """The incremental task called ``name``, or the only one when ``name`` is None."""
+    from .drivers.incremental import Task as IncrementalTask
+
     if name is not None:
         task = project.task(name)
         if not isinstance(task, IncrementalTask):
@@ -236,6 +239,8 @@ def request_from_options(
     tag: str | None,
 ) -> ExportRequest | None:
     """Build an incremental export request from run options (None when none were given)."""
+    from .watermarks import ExportRequest
+
     if not (export_type or ignore_watermark or time_min or time_max or entities or destination or tag):
         return None
     if (time_min or time_max) and not (ignore_watermark or destination):
@@ -283,6 +288,8 @@ def blocks_request(
     The range is ``(time_min, time_max]``; without ``time_min`` it is ``interval`` hours back
     from ``time_max``. ``key`` is ``NAME=VALUE`` (``provider=lime``) or a bare value.
     """
+    from . import timeblocks
+
     zone = str(getattr(task, "zone", "UTC"))
     high = timeblocks.parse_time(time_max, zone, "time_max")
     low = None if time_min is None else timeblocks.parse_time(time_min, zone, "time_min")
@@ -294,7 +301,7 @@ def blocks_request(
             raise UsageError(
                 f"task {task.name} has no key {name!r}; its key is {getattr(task, 'key', None)!r}"
             )
-    request = BlockRequest(
+    request = timeblocks.BlockRequest(
         time_min=low,
         time_max=high,
         key_value=value,
@@ -329,6 +336,9 @@ def ingest(
     project: Project, task_name: str, lines: Iterable[str] | None = None, *, name: str = "-"
 ) -> IngestSummary:
     """Ingest JSON lines (``lines``, called ``name`` in messages), else the task's SQS queue until empty."""
+    from .drivers.ingest import Task as IngestTask
+    from .ingest import Ingestor, IngestSummary, drain, ingest_lines
+
     task = project.task(task_name)
     if not isinstance(task, IngestTask):
         raise UsageError(f"task {task_name!r} is a {task.kind} task; ingest applies to ingest tasks only")

@@ -13,9 +13,11 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
    units still hold, calls ``place`` for those (``destination.sync``: the renames, deletions
    of files of units that have no rows any more, the uploads a store left pending), and
    commits them in the same transaction, so a worker whose claim was taken over never puts
-   a file in place (fencing). A group is committed when enough files or bytes are in flight
-   (``MAX_INFLIGHT``, ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest
-   ``keep`` files, which go on publishing while the driver reads its next batch.
+   a file in place (fencing). With a change feed, ``place`` then writes the group's
+   manifest (:mod:`sluicegate.changes`), so that it is durable before the commit. A group
+   is committed when enough files or bytes are in flight (``MAX_INFLIGHT``,
+   ``MAX_INFLIGHT_BYTES``) and at the end of each batch, except the newest ``keep`` files,
+   which go on publishing while the driver reads its next batch.
 
 It also renews the units' leases while reading (every lease/3), stops in time for the
 run's :class:`~sluicegate.options.Budget` (what is read is committed, the rest released),
@@ -27,15 +29,17 @@ the task (nothing can be recorded).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .changes import ChangeFeed
 from .destinations import Destination, Staged
 from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
 from .formats import Writer, open_writer
@@ -69,6 +73,8 @@ class WorkUnit:
     previous: Previous | None = None  # None: always publish
     fenced: bool = False  # its upload is conditional on the previous file (see destinations)
     handle: Any = None  # the driver's own record of the unit (a claim, a window, a run)
+    keys: Mapping[str, Any] | None = None  # what the change feed names it by (partition keys ...)
+    version: Any = None  # ... and which version of it the file holds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +206,7 @@ class Pipeline:
         lease: float,
         fault: Fault | None = None,
         fernet_key: str | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -212,6 +219,7 @@ class Pipeline:
         self.lease = lease
         self.fault = fault or (lambda point: None)
         self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
+        self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         self._inflight: list[tuple[_Job, Future[Outcome]]] = []
@@ -253,9 +261,23 @@ class Pipeline:
                 self._discard(job)
             raise
         except LedgerError:
-            for job in jobs:  # nothing can be recorded: the claims wait for their lease
+            # Nothing can be recorded (the claims wait for their lease): no later flush may
+            # put in place a file in flight, of this batch or an earlier one.
+            self.abandon()
+            for job in jobs:
                 self._discard(job)
             raise
+
+    def abandon(self) -> None:
+        """Drop every file in flight without recording it (the ledger cannot be written)."""
+        inflight, self._inflight = self._inflight, []
+        self._held = 0
+        for job, future in inflight:
+            with contextlib.suppress(Exception):
+                outcome = future.result()  # the publisher thread is done with the spool
+                if outcome.staged is not None:
+                    self.destination.discard(outcome.staged)
+            self._discard(job)
 
     def fail(self, unit: WorkUnit, error: BaseException) -> None:
         """Record a unit that failed before it could be read (a bad path, a bad key)."""
@@ -410,6 +432,9 @@ class Pipeline:
         # Only these: newer files in flight are committed later.
         self.destination.sync([o.staged for o in outcomes if o.staged is not None])
         self.fault("after_publish")
+        if self.feed is not None:  # after the files are in place, before the commit
+            self.feed.write(outcomes)
+            self.fault("after_manifest")
 
     def _record(self, outcomes: list[Outcome]) -> None:
         try:

@@ -1,6 +1,6 @@
 """Record sinks: write JSON-like records into a database table, an idempotent upsert by a declared key.
 
-A :class:`TableSink` takes JSON-like records (dicts), checks each against the declared
+A :class:`RecordSink` takes JSON-like records (dicts), checks each against the declared
 columns (:data:`KINDS`), and upserts the valid ones into its table in **one transaction per
 call**: ``INSERT ... ON CONFLICT (key) DO UPDATE``, so writing the same records twice leaves
 one row per key. Nothing is dropped silently: a record that fails the checks, or that the
@@ -96,7 +96,7 @@ def _timestamp(value: Any, kind: str) -> dt.datetime:
     return parsed
 
 
-class TableSink:
+class RecordSink:
     """Upserts records into one table of one database."""
 
     def __init__(self, url: str, spec: TableSpec) -> None:
@@ -113,7 +113,7 @@ class TableSink:
         """Close the connection."""
         self.conn.close()
 
-    def __enter__(self) -> TableSink:
+    def __enter__(self) -> RecordSink:
         return self
 
     def __exit__(self, *exc: object) -> None:

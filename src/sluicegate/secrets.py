@@ -23,11 +23,12 @@ import binascii
 import hmac
 import re
 from collections.abc import Mapping
-from typing import Any, Final
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING, Any, Final
 
 from sluicegate.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = [
     "KEY_ENV",
@@ -109,6 +110,8 @@ def reveal(value: str | Secret) -> str:
 
 def generate_key() -> str:
     """Return a new random Fernet key (44 characters of base64url) for ``SLUICEGATE_FERNET_KEY``."""
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode("ascii")
 
 
@@ -200,6 +203,10 @@ def _key_variable(env: Mapping[str, str]) -> str | None:
 
 def _fernet(key: str, key_phrase: str, where: str | None) -> Fernet:
     """Build a Fernet from ``key``; ``key_phrase`` says where the key came from."""
+    # Imported here, not at the top: most commands never decrypt, and cryptography costs
+    # ~10 ms of every start-up.
+    from cryptography.fernet import Fernet
+
     try:
         return Fernet(key)
     except (ValueError, TypeError):
@@ -217,6 +224,8 @@ def _fernet(key: str, key_phrase: str, where: str | None) -> Fernet:
 def _decrypt(token: str, key: str, where: str, key_phrase: str) -> str:
     if not is_token(token):
         raise ConfigError(f"{where} is not a Fernet token; give the whole token as encrypt() returned it.")
+    from cryptography.fernet import InvalidToken
+
     fernet = _fernet(key, key_phrase, where)
     try:
         plain = fernet.decrypt(token)

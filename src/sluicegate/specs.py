@@ -40,6 +40,8 @@ class DestinationSettings:
     # Local folders: "batch" (one syncfs before and one after a group's renames; Linux),
     # "file" (fsync each file and folder), or "auto" (batch where syncfs exists).
     sync: str = "auto"
+    # The change feed: a manifest under _manifests/ per placed group of files (see changes.py).
+    manifests: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

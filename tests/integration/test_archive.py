@@ -225,6 +225,31 @@ def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> N
     assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
 
 
+def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    engine.run(load(root))
+    for b in range(3):
+        agency.version(b, dt.datetime.now(UTC) - dt.timedelta(hours=1), f"base{b}-new")
+    engine.run(load(root))
+    out = tmp_path / "out"
+    lines = [
+        json.loads(line)
+        for p in sorted(out.glob("_manifests/**/*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    with Ledger(url) as ledger:
+        runs = ledger.conn.execute(
+            f"SELECT id, path, checksum, rows FROM {ledger.table_prefix}archive_runs"
+        ).fetchall()
+    assert len(runs) == 2
+    assert sorted((e["version"], e["path"], e["sha256"], e["rows"], e["action"]) for e in lines) == sorted(
+        (str(i), path, checksum, rows, "published") for i, path, checksum, rows in runs
+    )
+    assert {e["path"] for e in lines} == {p.relative_to(out).as_posix() for p in files(out)}
+
+
 def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url, delete=False, boundary="now")
     agency = Agency(url)

@@ -1,5 +1,5 @@
 """The project commands: init, demo, install, tasks, check, status, mark, reexport, reset,
-generate, serve."""
+generate, serve, grants."""
 
 from __future__ import annotations
 
@@ -296,3 +296,15 @@ def generate_airmax(
         raise UsageError("give either --rows N or --duration DUR (with --rate N/min, default 100/min)")
     result = run_airmax(url, rows=rows, rate_per_min=per_min, duration_s=duration, seed=seed)
     click.echo(f"generated {result.rows:,} airmax measurements in {result.seconds:.1f}s into {mask_url(url)}")
+
+
+@main.command()
+@click.argument("tasks", nargs=-1)
+@click.option("--role", metavar="NAME", help="The role to grant to (default: the user of [source] url).")
+@click.option("--read-only", is_flag=True, help="Only what `status` needs: SELECT on the ledger.")
+@handled
+def grants(tasks: tuple[str, ...], role: str | None, read_only: bool) -> None:
+    """Print the PostgreSQL GRANTs a role needs to run TASKS (all by default); run them as the owner."""
+    from ..grants import grants as grant_script
+
+    click.echo(grant_script(load(), tasks, role=role, read_only=read_only), nl=False)

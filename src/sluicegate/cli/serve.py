@@ -12,8 +12,8 @@ import datetime as dt
 import json
 import logging
 import os
-import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,6 +22,9 @@ from ..exceptions import UsageError
 from ..masking import ScrubFilter
 from ..specs import Project
 from .app import CliState, handled, load, main
+
+if TYPE_CHECKING:
+    import socket
 
 DEFAULT_PORT = 8000
 DSL_PORT = 8002  # the Common Knowledge data-export service's port
@@ -64,6 +67,8 @@ def service_logging(project: Project, log_format: str) -> None:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on ``host:port``; UsageError naming the address when it cannot."""
+    import socket
+
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)

@@ -18,6 +18,9 @@ Contract of every :class:`Destination`:
 * ``delete(path)`` removes a published object; a missing object is not an error.
 * ``read(path)`` returns the bytes published at ``path`` (an artifact a later stage reads);
   a missing object is a TerminalError.
+* ``list_files(prefix, start_after)`` returns the relative paths of the published objects under
+  ``prefix`` (a folder, ending with ``/``), sorted, those after ``start_after`` only; temp
+  files are not listed; a missing prefix lists nothing.
 * ``verify(path, size, sha256)`` raises DestinationUnavailable unless the published object
   at ``path`` has that size (and, where the store can tell, that SHA-256).
 * Every method raises only sluicegate errors: each destination translates its own
@@ -150,6 +153,10 @@ class Destination(Protocol):
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Raise DestinationUnavailable unless ``path`` holds exactly what was published."""
+        ...
+
+    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
+        """Relative paths of the published objects under ``prefix``, sorted, after ``start_after``."""
         ...
 
     def read(self, path: str) -> bytes:

@@ -224,6 +224,18 @@ class LocalDestination:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc.strerror}") from exc
 
+    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
+        """Files under ``prefix`` (relative, sorted), after ``start_after``; temp files left out."""
+        folder = self._target(prefix.rstrip("/"))
+        found = []
+        try:
+            for dirpath, _dirs, names in os.walk(folder):
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                found += [f"{rel}/{n}" for n in names if TEMP_MARK not in n]
+        except OSError as exc:
+            raise DestinationUnavailable(f"cannot list {folder}: {exc.strerror}") from exc
+        return sorted(p for p in found if p > start_after)
+
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Read the file back and compare its size and SHA-256."""
         digest = hashlib.sha256()

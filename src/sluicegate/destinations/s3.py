@@ -38,6 +38,7 @@ from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
 KEY_MAX = 1024  # bytes in an S3 object key
+PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -137,7 +138,7 @@ class S3Destination(SpooledUpload):
         ]
 
     def _probe(self) -> bool:
-        key = self.key(f".sluicegate-probe-{uuid.uuid4().hex}")
+        key = self.key(f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         try:
             with self._errors(key):
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
@@ -156,7 +157,8 @@ class S3Destination(SpooledUpload):
 
     def _refused(self, call: Any) -> bool:
         try:
-            call()
+            with self._errors("probe", refusals=False):
+                call()
         except ClientError as exc:
             if _precondition_failed(exc):
                 return True
@@ -169,12 +171,12 @@ class S3Destination(SpooledUpload):
     def _current(self, path: str) -> str:
         """The condition that matches the object now at ``path``: its ETag, or "*" when absent."""
         key = self.key(path)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return "*"
-            with self._errors(key):
+        with self._errors(key):  # a lost connection is transient, like every other call's
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return "*"
                 raise
         return str(head["ETag"])
 
@@ -249,29 +251,45 @@ class S3Destination(SpooledUpload):
     def exists(self, path: str, size: int) -> bool:
         """True when the object exists with ``size`` bytes."""
         key = self.key(path)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            with self._errors(key):
+        with self._errors(key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
                 raise
         return int(head["ContentLength"]) == size
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
         key = self.key(path)
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise TerminalError(
-                    f"{self.display(path)} does not exist; run the stage that writes it"
-                ) from None
-            with self._errors(key):
-                raise
         with self._errors(key):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    raise TerminalError(
+                        f"{self.display(path)} does not exist; run the stage that writes it"
+                    ) from None
+                raise
             return bytes(body.read())
+
+    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
+        """Object keys under ``prefix`` (relative to the destination's prefix), after ``start_after``.
+
+        S3 lists keys in UTF-8 byte order, so ``start_after`` skips older manifest folders
+        without listing them.
+        """
+        base = self.key("")
+        found: list[str] = []
+        extra = {"StartAfter": self.key(start_after)} if start_after else {}
+        with self._errors(self.key(prefix)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.key(prefix), **extra
+            )
+            for page in pages:
+                found += [str(o["Key"])[len(base) :] for o in page.get("Contents", [])]
+        return sorted(found)
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Ask the store: the object must have ``size`` bytes (a PUT was checked by its SHA-256)."""
@@ -290,9 +308,9 @@ class S3Destination(SpooledUpload):
             self.client.head_bucket(Bucket=self.bucket)
 
     def cleanup(self, older_than: float) -> int:
-        """Remove dead processes' spools older than ``older_than`` s, and abort multipart uploads
-        under the prefix started more than a day (at least ``older_than``) ago: a live worker's
-        large upload may well outlast its lease, which it renews."""
+        """Remove dead processes' spools and probe objects older than ``older_than`` s, and abort
+        multipart uploads under the prefix started more than a day (at least ``older_than``) ago:
+        a live worker's large upload may well outlast its lease, which it renews."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(older_than, self.upload_stale_after))
         aborted = remove_stale_spools(older_than)
         with self._errors(self.prefix):
@@ -303,6 +321,13 @@ class S3Destination(SpooledUpload):
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted += 1
+            # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
+            probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(PROBE_PREFIX))
+            for item in listing.get("Contents", []):
+                if item["LastModified"] < probes:
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    aborted += 1
         return aborted
 
     def display(self, path: str) -> str:
@@ -310,11 +335,18 @@ class S3Destination(SpooledUpload):
         return f"s3://{self.bucket}/{self.key(path)}"
 
     @contextlib.contextmanager
-    def _errors(self, key: str) -> Any:
+    def _errors(self, key: str, *, refusals: bool = True) -> Any:
+        """Translate the SDK's errors: 5xx, throttling and lost connections are transient.
+
+        With ``refusals=False`` a :class:`ClientError` passes through untouched (the caller
+        looks at it); lost connections are still translated.
+        """
         where = f"s3://{self.bucket}/{key} at {self.endpoint}"
         try:
             yield
         except ClientError as exc:
+            if not refusals:
+                raise
             if _precondition_failed(exc):
                 raise _Refused(where) from exc
             error = exc.response.get("Error", {})

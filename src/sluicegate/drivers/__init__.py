@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
+from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
 from ..formats import SPECS
 from ..ledger import Ledger, open_ledger
@@ -67,6 +68,7 @@ class Context:
     source: Source
     destination: Destination
     fault: Fault
+    feed_run: FeedRun = field(default_factory=FeedRun)  # the run's manifest names (a new one per pass)
     _columns: dict[str, list[Column]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,6 +119,12 @@ class Context:
             if mode in self.source.modes and (mode != "arrow" or arrow_source.available()):
                 return mode
         return "rows"
+
+    def feed(self, task: TaskBase, destination: Destination | None = None) -> ChangeFeed | None:
+        """The change feed of ``task``'s files at ``destination`` (the project's), or None when off."""
+        if not self.project.settings.destination.manifests:
+            return None
+        return ChangeFeed(destination or self.destination, task=task.name, run=self.feed_run)
 
     def destination_for(self, url: str | None) -> Destination:
         """The project's destination, or another one (a re-export's ``--destination``)."""

@@ -67,10 +67,11 @@ def write_file(
     pipeline = Pipeline(
         read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
         mode="rows", destination=context.destination, recorder=recorder, summary=TaskSummary(task=task.name),
-        budget=Budget(deadline=None), lease=task.lease, fault=context.fault,
+        budget=Budget(deadline=None), lease=task.lease, fault=context.fault, feed=context.feed(task),
     )  # fmt: skip
     with pipeline:
-        pipeline.export([WorkUnit(key="", slice=Slice(zone="UTC"), path=path)])
+        unit = WorkUnit(key="", slice=Slice(zone="UTC"), path=path, keys={}, version=tick.isoformat())
+        pipeline.export([unit])
         pipeline.flush()
     if recorder.error is not None:
         raise recorder.error

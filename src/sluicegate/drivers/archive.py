@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import db, paths, validate
-from ..exceptions import ConfigError, DataError, SluicegateError
+from ..exceptions import ConfigError, DataError, PermissionDenied, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
@@ -42,6 +42,7 @@ from . import Context, Progress
 
 UTC = dt.UTC
 ARCHIVE_PATH = "{task}-{boundary:%Y_%m_%d-%I_%M_%S_%p}.{ext}"
+LEDGER_STORES = ("archive",)  # the ledger stores a run uses (sluicegate grants)
 KEYS = BASE_KEYS | {"zone", "boundary"}
 
 
@@ -208,8 +209,14 @@ class Driver:
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> int:
-        """Recover an unfinished run of ``task`` if there is one, else run a new one."""
+        """Recover an unfinished run of ``task`` if there is one, else run a new one.
+
+        Raises :class:`PermissionDenied` (the task fails, recorded on the ledger as its error)
+        before anything is recorded or written when the role may not run ``delete.sql``.
+        """
         store = self.context.ledger.archive
+        if task.delete_sql:
+            self._check_delete(task)
         try:
             with store.hold(task.name) as held:
                 unfinished = store.unfinished(task.name)
@@ -225,6 +232,20 @@ class Driver:
         summary.run_id = run.run_id
         summary.archive.append(dataclasses.asdict(run))
         return 1
+
+    def _check_delete(self, task: Task) -> None:
+        """Fail closed: ``EXPLAIN`` the delete (the server checks its privileges, deletes nothing)."""
+        assert task.delete_sql
+        delete = bind_named(task.delete_sql) if self.context.source.dialect is db.SQLITE else task.delete_sql
+        try:
+            self.context.source.execute(f"EXPLAIN {delete}", {"export_boundary": dt.datetime.now(UTC)})
+        except PermissionDenied as exc:
+            cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+            raise PermissionDenied(
+                f"archive task {task.name}: the source role may not run {task.folder / 'delete.sql'} "
+                f"({cause}), so nothing was exported or deleted; grant it DELETE on that table "
+                f"(`sluicegate grants {task.name}` prints the GRANTs) and run again"
+            ) from exc
 
     def _start(
         self,
@@ -291,12 +312,15 @@ class Driver:
         with ctx.source.snapshot() as snapshot:
             columns, mode, chunks = snapshot.read(_select(task, ctx.source), params, want)
             recorder = Recorder(task, run, snapshot, ctx, held)
-            unit = WorkUnit(key="", slice=Slice(zone=task.zone), path=run.path, handle=run)
+            unit = WorkUnit(
+                key="", slice=Slice(zone=task.zone), path=run.path, handle=run, keys={}, version=run.run_id
+            )
             ctx.destination.check_path(run.path)
             pipeline = Pipeline(
                 read=lambda units: ((0, chunk) for chunk in chunks), format=task.format, columns=columns,
                 mode=mode, destination=ctx.destination, recorder=recorder, summary=summary,
                 budget=Budget(deadline=None), lease=ctx.project.settings.lease, fault=_pipeline_fault(ctx),
+                feed=ctx.feed(task),
             )  # fmt: skip
             with pipeline:
                 held()  # still the only run of the task, so no run finished with this file

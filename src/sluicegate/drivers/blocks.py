@@ -25,7 +25,7 @@ from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
 from ..pipeline import Deadline
-from ..records import TableSink
+from ..records import RecordSink
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS
@@ -308,7 +308,7 @@ def check(task: Task, source: Source) -> list[str]:
     for stage in task.stages:
         if stage.table is not None and stage.url is not None and not stage.table.create:
             try:
-                with TableSink(stage.url, stage.table) as sink:
+                with RecordSink(stage.url, stage.table) as sink:
                     problems += [f"{toml} [{stage.name}] {p}" for p in sink.check()]
             except SluicegateError as exc:
                 problems.append(f"{toml} [{stage.name}] url: {exc}")

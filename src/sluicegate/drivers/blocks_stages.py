@@ -28,7 +28,7 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Outcome, Pipeline, Place, Previous, UnitFailed, WorkUnit
-from ..records import TableSink, coerce
+from ..records import RecordSink, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from . import Context
@@ -202,7 +202,7 @@ class StageRunner:
         self.summary = recorder.summary
         self.budget = budget
         self.lease = context.project.settings.lease
-        self._sinks: dict[str, TableSink] = {}
+        self._sinks: dict[str, RecordSink] = {}
         self._renewed = time.monotonic()
 
     def close(self) -> None:
@@ -260,6 +260,7 @@ class StageRunner:
             lease=self.lease,
             fault=ctx.fault,
             fernet_key=key,
+            feed=ctx.feed(self.task),
         )
         with pipeline:
             units = [u for c in claims if (u := self._unit(stage, c, pipeline)) is not None]
@@ -284,9 +285,11 @@ class StageRunner:
             pipeline.fail(unit, exc)
             return None
         previous = Previous(path=claim.prev_artifact, checksum=claim.prev_checksum)
+        keys = {"key": claim.key_value, "block": claim.block.label, "stage": claim.stage}
         return WorkUnit(
-            key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim
-        )
+            key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim,
+            keys=keys,
+        )  # fmt: skip
 
     def path(self, stage: StageSpec, claim: StageClaim) -> str:
         """The rendered path of a stage's file for a block."""
@@ -383,7 +386,7 @@ class StageRunner:
         assert stage.table is not None and stage.url is not None
         sink = self._sinks.get(stage.name)
         if sink is None:
-            sink = self._sinks[stage.name] = TableSink(stage.url, stage.table)
+            sink = self._sinks[stage.name] = RecordSink(stage.url, stage.table)
         result = sink.upsert(records)
         return result.total, result.processed, result.errors, result.messages, stage.table.table
 

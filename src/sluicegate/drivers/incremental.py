@@ -28,6 +28,7 @@ from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import EXPORT_TYPES, ExportRequest, Window
 from . import Context, Progress
 
+LEDGER_STORES = ("watermarks", "runs")  # the ledger stores a run uses (sluicegate grants)
 KEYS = ROW_KEYS | {"entity", "cursor", "export_type", "zone", "bootstrap", "safety_margin", "entities"}
 
 
@@ -270,6 +271,7 @@ class Driver:
                 read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
                 format=task.format, columns=columns, mode=mode, destination=destination, recorder=recorder,
                 summary=summary, budget=budget, lease=settings.lease, fault=ctx.fault,
+                feed=ctx.feed(task, destination),
             )  # fmt: skip
             with pipeline:
                 units = [
@@ -298,7 +300,10 @@ def _unit(
         return None
     if window.claim is not None:  # remember the window, so a crashed export is redone the same
         ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
-    return WorkUnit(key=window.entity, slice=piece, path=path, token=token, handle=window)
+    return WorkUnit(
+        key=window.entity, slice=piece, path=path, token=token, handle=window,
+        keys={task.entity: window.value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
+    )  # fmt: skip
 
 
 def check(task: Task, source: Source) -> list[str]:

@@ -32,6 +32,7 @@ from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from . import Context, Progress
 
+LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
 KEYS = ROW_KEYS | {"keys", "time", "capture"}
 
 
@@ -312,7 +313,7 @@ class _Loop:
             read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
             format=task.format, columns=columns, mode=mode, destination=ctx.destination,
             recorder=Recorder(ctx.ledger, settings), summary=summary, budget=self.budget,
-            lease=settings.lease, fault=ctx.fault,
+            lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task),
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
         done, last_batch = 0, 0.0
@@ -373,6 +374,8 @@ class _Loop:
                     previous=previous,
                     fenced=True,
                     handle=claim,
+                    keys=claim.keys,
+                    version=claim.version,
                 )
             )
         return units
@@ -391,6 +394,8 @@ def _run_workers(loop: _Loop, ctx: Context, workers: int, limit: int | None) -> 
     done = 0
     try:
         helpers = [Context.open(ctx.project) for _ in range(workers - 1)]
+        for helper in helpers:  # one run: its manifests share the run id and its numbering
+            helper.feed_run = ctx.feed_run
         with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="sluicegate-worker") as pool:
             futures = [
                 pool.submit(loop.run, helper, share, part)

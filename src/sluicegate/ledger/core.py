@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .. import db
-from ..exceptions import LedgerError, SluicegateError
+from ..exceptions import LedgerError, PermissionDenied, SluicegateError
 from ..masking import mask_url
 from ..sql import queries
 
@@ -153,7 +154,11 @@ class Store:
 
     def __init__(self, core: LedgerCore) -> None:
         self.core = core
-        self.q = core.queries(self.SQL)
+
+    @functools.cached_property
+    def q(self) -> dict[str, str]:
+        """The store's named statements, read on first use (a command uses few of the stores)."""
+        return self.core.queries(self.SQL)
 
     def _run(self, name: str, cur: Any | None = None, **params: Any) -> Any:
         return self.core.execute(self.q[name], self.core.params(**params), cur)
@@ -188,9 +193,11 @@ class SchemaStore(Store):
         try:
             with db.wrap_errors(self.core.url, ledger=True):
                 row = self.core.conn.execute(self.q["schema_version"], self.core.params()).fetchone()
-        except SluicegateError:
+        except SluicegateError as exc:
             if self.core.dialect is db.POSTGRESQL and not self.core.conn.closed:
                 self.core.conn.rollback()
+            if isinstance(exc, PermissionDenied):  # the tables exist; this role may not read them
+                raise
             return None
         return None if row is None else str(row[0])
 

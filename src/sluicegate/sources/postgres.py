@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from .. import db
-from ..exceptions import ConfigError, SluicegateError
+from ..exceptions import ConfigError, PermissionDenied, SluicegateError
 from ..partitions import canonical_key
 from . import Column, CsvChunk, Mode, ReadSpec, Slice, group_rows
 from .arrow import available as arrow_available
@@ -97,6 +97,11 @@ class PostgresSource:
                 raise
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if db.denied(exc):  # the SQL is fine; the role is not (exit 1, not a config error)
+                raise PermissionDenied(
+                    f"{spec.folder / 'select.sql'}: {first}; the role lacks a privilege it needs: "
+                    f"run `sluicegate grants {spec.folder.name}` and apply its GRANTs as the owner"
+                ) from exc
             raise ConfigError(
                 f"{spec.folder / 'select.sql'}: the query failed: {first}; fix the SQL"
             ) from None

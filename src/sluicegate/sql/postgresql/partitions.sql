@@ -14,6 +14,9 @@ SET version = p.version + 1,
 
 -- claim --
 -- Claim up to limit pending, complete partitions, oldest change first, then oldest window; an expired lease counts as an attempt.
+-- The rows are updated by "id = ANY (array)", an index scan of the primary key at any ledger
+-- size (a join with the CTE was hashed over a sequential scan of small ledgers: slower at 10k
+-- rows than at 1M).
 WITH candidate AS (
     SELECT id FROM {t}partitions
     WHERE task = %(task)s
@@ -31,8 +34,7 @@ SET claim_token = %(token)s,
     claimed_version = p.version,
     lease_until = now() + make_interval(secs => %(lease)s),
     attempts = p.attempts + CASE WHEN p.claim_token IS NULL THEN 0 ELSE 1 END
-FROM candidate
-WHERE p.id = candidate.id
+WHERE p.id = ANY (ARRAY(SELECT id FROM candidate))
 RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
           p.path, p.bytes, p.checksum, p.etag;
 
@@ -45,16 +47,21 @@ WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY
 -- Lock the rows of a batch's claims that are still held under their tokens (in pkey order,
 -- like marks), waiting at most lock_timeout: the files are put in place while these locks
 -- are held, then committed in the same transaction. Returns the ids still held.
+-- The token is compared with IS NOT DISTINCT FROM (equal here: tokens are never NULL) so that the
+-- planner joins on the primary key: every row of a batch has the same token, and a join on it
+-- meets each row with every other (quadratic in the batch size). "id = ANY" reads the rows by
+-- the primary key at any ledger size (see claim).
 SELECT p.id
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS d(id, token)
 JOIN {t}partitions AS p ON p.id = d.id
-WHERE p.claim_token = d.token
+WHERE p.claim_token IS NOT DISTINCT FROM d.token AND p.id = ANY (%(ids)s::bigint[])
 ORDER BY p.pkey
 FOR UPDATE OF p;
 
 -- commit_held --
 -- Record a batch's durable exports at their claimed versions, in one statement, fenced by the
 -- claim tokens; returns the ids recorded (the rows are locked by hold in the same transaction).
+-- Joined on the primary key, not the token, and read by "id = ANY" (see hold and claim).
 WITH done AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(paths)s::text[],
                          %(rows)s::bigint[], %(bytes)s::bigint[], %(checksums)s::text[], %(etags)s::text[])
@@ -68,7 +75,7 @@ SET exported_version = p.claimed_version,
     path = d.path, rows = d.rows, bytes = d.bytes, checksum = d.checksum, etag = d.etag,
     exported_at = now()
 FROM done AS d
-WHERE p.id = d.id AND p.claim_token = d.token
+WHERE p.id = d.id AND p.claim_token IS NOT DISTINCT FROM d.token AND p.id = ANY (%(ids)s::bigint[])
 RETURNING p.id;
 
 -- fail --

@@ -1,0 +1,243 @@
+"""What the capture triggers cost an ingest into PostgreSQL: COPY, executemany batches, small transactions.
+
+    .venv/bin/python bench/triggers.py                       # defaults below, 3 runs per case, ~4 min
+    .venv/bin/python bench/triggers.py --copy-rows 1000000 --insert-rows 1000000 --tx20-rows 100000
+    .venv/bin/python bench/triggers.py --hows tx20 --repeat 5
+
+Loads OpenAQ-like readings (300 locations x 3 sensors, one reading per sensor per hour, in
+time order, as an ingest receives them) into an empty ``measurements`` table (the schema of
+``sluicegate generate``: primary key and two indexes), without and with the capture triggers
+of the OpenAQ example (``sluicegate install``: location-days, boundary "end"), three ways:
+
+* ``copy``: one ``COPY ... FROM STDIN`` of all rows (one statement, one transaction);
+* ``insert1000``: ``executemany`` of a one-row ``INSERT`` in batches of 1,000 rows, one
+  transaction per batch (psycopg sends one statement per row, in a pipeline);
+* ``tx20``: the same with 20 rows per transaction (airmax's Lambda inserted 20 at a time).
+
+The two variants alternate, ``--repeat`` times each, after a ``TRUNCATE`` and a
+``CHECKPOINT``. Reported per case: the median rows/s and its ratio to the run without
+triggers, and the median CPU per row of the client and of the server backend (from
+/proc/<pid>/stat), whose ratio other jobs on a shared machine disturb far less than the wall
+time; the machine's other CPU use during the run is printed as a noise indicator. Every run
+with triggers is checked: the inbox must hold exactly the distinct (location, 15-minute bin)
+pairs of the loaded rows (COPY: one statement, so no duplicates) or at least those (inserts:
+one inbox row per statement and pair).
+
+The server is bench/run.py's ``PgServer`` (PostgreSQL 15, defaults with fsync on), started in a
+temp folder and stopped at the end. The report goes to stdout and
+bench/results/triggers-<timestamp>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import PgServer, busy_cpu_seconds, log  # noqa: E402
+
+from sluicegate import operations  # noqa: E402
+from sluicegate.config import load_project  # noqa: E402
+from sluicegate.generate import create_schema  # noqa: E402
+from sluicegate.scaffold import init_project  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+UTC = dt.UTC
+LOCATIONS, SENSORS_PER_LOCATION = 300, 3
+COLUMNS = "location_id, sensor_id, datetime, value, ingested_at"
+INSERT = f"INSERT INTO measurements ({COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+Row = tuple[int, int, dt.datetime, float, dt.datetime]
+
+
+def readings(count: int, start: dt.datetime = dt.datetime(2024, 1, 1, tzinfo=UTC)) -> list[Row]:
+    """``count`` hourly readings in time order: every sensor's reading of an hour, then the next hour."""
+    sensors = LOCATIONS * SENSORS_PER_LOCATION
+    out: list[Row] = []
+    for i in range(count):
+        hour, sensor = divmod(i, sensors)
+        at = start + dt.timedelta(hours=hour)
+        out.append((sensor // SENSORS_PER_LOCATION + 1, sensor + 1, at, float(i % 97), at))
+    return out
+
+
+def load_copy(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
+    text = "".join(f"{a}\t{b}\t{c.isoformat()}\t{d}\t{e.isoformat()}\n" for a, b, c, d, e in rows).encode()
+    with conn.cursor() as cur, cur.copy(f"COPY measurements ({COLUMNS}) FROM STDIN") as copy:
+        for at in range(0, len(text), 1 << 20):
+            copy.write(text[at : at + (1 << 20)])
+
+
+def load_batches(conn: psycopg.Connection[Any], rows: Sequence[Row], size: int) -> None:
+    for at in range(0, len(rows), size):
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(INSERT, rows[at : at + size])
+
+
+HOWS: dict[str, tuple[str, Callable[[psycopg.Connection[Any], Sequence[Row]], None]]] = {
+    "copy": ("COPY of all rows, one statement", load_copy),
+    "insert1000": ("executemany, 1,000 rows per transaction", lambda c, r: load_batches(c, r, 1000)),
+    "tx20": ("executemany, 20 rows per transaction", lambda c, r: load_batches(c, r, 20)),
+}
+
+
+def backend_cpu(pid: int) -> float:
+    """User + system CPU seconds of one server backend so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def set_triggers(url: str, root: Path, on: bool) -> None:
+    """Install the example's capture triggers (``sluicegate install``), or drop them."""
+    if on:
+        operations.install(load_project(root, {}))
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        for op in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS sluicegate_openaq_{op} ON measurements")
+
+
+def expected_pairs(rows: Sequence[Row]) -> int:
+    """Distinct (location, 15-minute bin) pairs of ``rows``, the bin taken from t - 1 µs (boundary "end")."""
+    return len({(r[0], int((r[2] - dt.timedelta(microseconds=1)).timestamp()) // 900) for r in rows})
+
+
+def one_run(url: str, how: str, rows: Sequence[Row], triggers: bool) -> dict[str, float]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE measurements")
+        conn.execute("DELETE FROM sluicegate.changes")
+        conn.execute("CHECKPOINT")
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        server0, client0, busy0 = backend_cpu(pid), own_cpu(), busy_cpu_seconds()
+        started = time.perf_counter()
+        HOWS[how][1](conn, rows)
+        seconds = time.perf_counter() - started
+        server, client = backend_cpu(pid) - server0, own_cpu() - client0
+        other = max(busy_cpu_seconds() - busy0 - server - client, 0.0)
+        loaded = conn.execute("SELECT count(*) FROM measurements").fetchone()[0]  # type: ignore[index]
+        pairs, inbox = conn.execute(
+            "SELECT count(DISTINCT (keys, bin)), count(*) FROM sluicegate.changes"
+        ).fetchone()  # type: ignore[misc]
+    if loaded != len(rows):
+        raise RuntimeError(f"{how}: loaded {loaded} rows, expected {len(rows)}")
+    want = expected_pairs(rows) if triggers else 0
+    if pairs != want or (how == "copy" and inbox != want):
+        raise RuntimeError(f"{how}: the inbox holds {inbox} rows, {pairs} distinct; expected {want}")
+    return {"seconds": seconds, "server": server, "client": client, "other": other, "inbox": inbox}
+
+
+def case(url: str, root: Path, how: str, count: int, repeat: int) -> dict[str, Any]:
+    """Medians of ``repeat`` runs without and with triggers, alternating."""
+    rows = readings(count)
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for _ in range(repeat):
+        for triggers in (False, True):
+            set_triggers(url, root, triggers)
+            runs[triggers].append(one_run(url, how, rows, triggers))
+    out: dict[str, Any] = {"how": how, "rows": count}
+    for triggers, values in runs.items():
+        side = "with" if triggers else "without"
+        out[side] = {
+            "rows_s": statistics.median(count / v["seconds"] for v in values),
+            "server_us": statistics.median(v["server"] for v in values) / count * 1e6,
+            "client_us": statistics.median(v["client"] for v in values) / count * 1e6,
+            "cpu_us": statistics.median(v["server"] + v["client"] for v in values) / count * 1e6,
+            "other_s": statistics.median(v["other"] for v in values),
+            "inbox": int(statistics.median(v["inbox"] for v in values)),
+        }
+    out["ratio"] = out["with"]["rows_s"] / out["without"]["rows_s"]
+    out["cpu_ratio"] = out["without"]["cpu_us"] / out["with"]["cpu_us"]
+    log(
+        f"{how}: {out['without']['rows_s']:,.0f} rows/s without triggers, {out['with']['rows_s']:,.0f} with "
+        f"({out['ratio']:.2f}x; CPU {out['cpu_ratio']:.2f}x)"
+    )
+    return out
+
+
+def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Capture triggers on PostgreSQL, {meta['when']}, {meta['pg']}, median of {meta['repeat']} runs "
+        f"per variant, load average {meta['load']}:",
+        "",
+        "| how | rows | rows/s without | rows/s with | ratio | CPU µs/row without (server + client) "
+        "| CPU µs/row with (server + client) | CPU ratio | inbox rows | other CPU s (without, with) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        a, b = r["without"], r["with"]
+        lines.append(
+            f"| {HOWS[r['how']][0]} | {r['rows']:,} | {a['rows_s']:,.0f} | {b['rows_s']:,.0f} "
+            f"| {r['ratio']:.2f} "
+            f"| {a['server_us']:.1f} + {a['client_us']:.1f} | {b['server_us']:.1f} + {b['client_us']:.1f} "
+            f"| {r['cpu_ratio']:.2f} | {b['inbox']:,} | {a['other_s']:.1f}, {b['other_s']:.1f} |"
+        )
+    lines.append("")
+    lines.append(f"Command: `{meta['command']}`")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--copy-rows", type=int, default=1_000_000)
+    parser.add_argument("--insert-rows", type=int, default=100_000)
+    parser.add_argument("--tx20-rows", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--hows", default=",".join(HOWS), help=f"subset of: {', '.join(HOWS)}")
+    args = parser.parse_args(argv)
+    counts = {"copy": args.copy_rows, "insert1000": args.insert_rows, "tx20": args.tx20_rows}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sluicegate-triggers-bench-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)  # the server runs as its own OS user when we are root
+        pg = PgServer(base)
+        try:
+            pg.start()
+            with psycopg.connect(pg.url(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE triggers")
+            url = pg.url("triggers")
+            create_schema(url)
+            root = base / "project"
+            init_project(root, example="openaq", source_url=url)
+            set_triggers(url, root, True)  # creates the ledger schema and the inbox
+            for how in (h for h in args.hows.split(",") if h):
+                results.append(case(url, root, how, counts[how], args.repeat))
+            version = pg.version()
+        finally:
+            pg.stop()
+    meta = {
+        "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
+        "pg": version,
+        "repeat": args.repeat,
+        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "command": " ".join(
+            [".venv/bin/python bench/triggers.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
+    report = render(results, meta)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"triggers-{meta['when'].replace(':', '')}.md").write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

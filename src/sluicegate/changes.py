@@ -1,0 +1,236 @@
+"""The change feed: a manifest per commit group, so consumers sync what changed without listing.
+
+Every group of files a pipeline puts in place (see :meth:`Pipeline._place
+<sluicegate.pipeline.Pipeline>`) is followed, before its ledger commit, by one manifest::
+
+    _manifests/YYYY/MM/DD/<run-id>-<seq>.jsonl
+
+one JSON line per file published or deleted by that group: ``path``, ``action``
+(``published`` or ``deleted``), ``rows``, ``bytes``, ``sha256``, ``keys`` (the partition
+keys, the entity, the block), ``version``, ``task``, ``time`` (UTC, when the manifest was
+written), ``run`` and ``seq`` (its name). Files left unchanged (same bytes) are not listed.
+
+The manifest is written through the destination like any file (staged, published, synced:
+a temp file renamed into place, or one ``PUT``), so a reader sees all of it or none of it,
+and only after the files it names are in place. The ledger commit follows it, inside the
+same transaction that holds the claims; so:
+
+* a file recorded as exported is always in a manifest (its manifest is durable first);
+* a manifest never names a file that was not in place when it was written;
+* a crash (or a lost connection) after the manifest and before the commit leaves the
+  claim uncommitted: the unit is exported again and its file appears in a second manifest.
+  The feed is at-least-once; consumers dedupe on ``(path, sha256, version)``. Files stay
+  exactly-once.
+
+:func:`read_changes` reads manifests back (``sluicegate changes``): the latest entry per
+file among the manifests after a time or after a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import ConfigError, TerminalError, UsageError
+
+if TYPE_CHECKING:
+    from .destinations import Destination
+    from .pipeline import Outcome
+    from .specs import Project
+
+MANIFESTS = "_manifests"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"^(?P<run>[0-9a-f]{32})-(?P<seq>\d+)\.jsonl$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Change:
+    """One file's line in a manifest."""
+
+    path: str
+    action: str  # "published" or "deleted"
+    rows: int
+    bytes: int
+    sha256: str | None
+    keys: dict[str, Any] = field(default_factory=dict)
+    version: Any = None
+    task: str
+    time: str  # ISO 8601, UTC, microseconds: when the manifest was written
+    run: str
+    seq: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Change:
+        """A line as written by :class:`ChangeFeed`."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def as_json(self) -> dict[str, Any]:
+        """The line's fields, for JSON."""
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class FeedRun:
+    """One run's manifest names: a run id and a counter shared by its pipelines and threads."""
+
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_seq(self) -> int:
+        """The next manifest number of this run."""
+        with self._lock:
+            return next(self._seq)
+
+
+class ChangeFeed:
+    """Writes one manifest per placed group of a task's files to a destination."""
+
+    def __init__(self, destination: Destination, *, task: str, run: FeedRun) -> None:
+        self.destination = destination
+        self.task = task
+        self.run = run
+
+    def write(self, outcomes: Sequence[Outcome]) -> str | None:
+        """Publish the manifest of ``outcomes`` (in place, durably); return its path, or None.
+
+        Call it after the outcomes' files are in place and before they are recorded. Outcomes
+        that changed no file (unchanged bytes, no rows and no previous file) are left out; a
+        group without changes writes no manifest. Raises DestinationUnavailable (transient)
+        when the manifest cannot be written: the caller's commit must then fail.
+        """
+        if not any(o.remove or (o.path is not None and o.published) for o in outcomes):
+            return None
+        now = dt.datetime.now(dt.UTC)
+        seq = self.run.next_seq()
+        changes = [c for o in outcomes for c in self._changes(o, now, seq)]
+        path = f"{MANIFESTS}/{now:%Y/%m/%d}/{self.run.run}-{seq:06d}.jsonl"
+        body = "".join(json.dumps(c.as_json(), default=str, sort_keys=True) + "\n" for c in changes)
+        staged = self.destination.stage(path)
+        try:
+            staged.file.write(body.encode())
+            self.destination.publish(staged)
+            self.destination.sync([staged])
+        except BaseException:
+            self.destination.discard(staged)
+            raise
+        return path
+
+    def _changes(self, outcome: Outcome, now: dt.datetime, seq: int) -> list[Change]:
+        unit = outcome.unit
+        common: dict[str, Any] = {
+            "keys": dict(unit.keys) if unit.keys is not None else ({"unit": unit.key} if unit.key else {}),
+            "version": unit.version,
+            "task": self.task,
+            "time": now.isoformat(timespec="microseconds"),
+            "run": self.run.run,
+            "seq": seq,
+        }
+        found = []
+        if outcome.remove:
+            deleted = Change(path=outcome.remove, action="deleted", rows=0, bytes=0, sha256=None, **common)
+            found.append(deleted)
+        if outcome.path is not None and outcome.published:
+            found.append(
+                Change(
+                    path=outcome.path,
+                    action="published",
+                    rows=outcome.rows,
+                    bytes=outcome.nbytes,
+                    sha256=outcome.checksum,
+                    **common,
+                )
+            )
+        return found
+
+
+def parse_since(text: str) -> dt.datetime | str:
+    """``--since``: an ISO 8601 time (UTC when it has no offset) or a run id (32 hex digits)."""
+    value = text.strip()
+    run = value.lower().replace("-", "")
+    if _RUN_ID.match(run):
+        return run
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is neither a time (such as 2024-05-01T00:00:00Z) nor a run id "
+            "(the 32 hex digits of a manifest name, _manifests/YYYY/MM/DD/<run-id>-<seq>.jsonl)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def read_changes(
+    destination: Destination, *, since: dt.datetime | str, task: str | None = None
+) -> list[Change]:
+    """The latest entry per file among the manifests after ``since``, oldest first.
+
+    ``since`` is a time (entries written after it) or a run id (entries of other runs written
+    after that run's last manifest). Manifests are ordered by the time in them, which is the
+    clock of the worker that wrote them: ask with an overlap (a few minutes before the last
+    time you saw) and skip what you have, by ``(path, sha256, version)``.
+    """
+    if isinstance(since, str):
+        names = [n for n in destination.list_files(f"{MANIFESTS}/") if _run_of(n) == since]
+        if not names:
+            raise UsageError(
+                f"--since {since}: no manifest of that run under {destination.display(MANIFESTS)}; "
+                "give a run id from 'sluicegate changes --json' or a time"
+            )
+        point = max(dt.datetime.fromisoformat(c.time) for n in names for c in _read(destination, n))
+        exclude: str | None = since
+    else:
+        point, exclude = since.astimezone(dt.UTC), None
+    start = f"{MANIFESTS}/{point:%Y/%m/%d}"
+    latest: dict[str, Change] = {}
+    found = [
+        c
+        for name in destination.list_files(f"{MANIFESTS}/", start_after=start)
+        if _run_of(name) is not None and _run_of(name) != exclude
+        for c in _read(destination, name)
+        if dt.datetime.fromisoformat(c.time) > point and (task is None or c.task == task)
+    ]
+    for change in sorted(found, key=lambda c: (c.time, c.run, c.seq)):
+        latest.pop(change.path, None)  # re-inserted: the dict keeps the order of the latest entries
+        latest[change.path] = change
+    return list(latest.values())
+
+
+def _run_of(name: str) -> str | None:
+    match = _NAME.match(name.rsplit("/", 1)[-1])
+    return match["run"] if match else None
+
+
+def _read(destination: Destination, name: str) -> list[Change]:
+    text = destination.read(name).decode()
+    try:
+        return [Change.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TerminalError(f"{destination.display(name)} is not a sluicegate manifest: {exc}") from None
+
+
+def list_changes(project: Project, *, since: str, task: str | None = None) -> list[Change]:
+    """``sluicegate changes``: the latest entry per file changed after ``since`` (a time or run id).
+
+    Raises UsageError for a ``since`` that is neither, ConfigError for an unknown task or when
+    the project writes no manifests.
+    """
+    from .destinations import open_destination
+
+    point = parse_since(since)
+    if task is not None:
+        project.task(task)  # an unknown name is a ConfigError naming the tasks folder
+    settings = project.settings.destination
+    if not settings.manifests:
+        raise ConfigError(
+            f"{project.settings.root / 'sluicegate.toml'} [destination] manifests is false, so no "
+            "manifests are written; set it to true (the default) to record changes from the next run"
+        )
+    return read_changes(open_destination(settings), since=point, task=task)

@@ -1,0 +1,75 @@
+"""The ledger cannot record a batch (its rows stay locked past the lock timeout) while more
+files are in flight: the run ends with the error in one line, nothing is recorded, no file is
+in place unrecorded, and the next run exports every partition once.
+
+(bench/soak.py found a related defect on S3: after such a LedgerError the run discarded the
+batch's spools but left those files in the publishing queue, and a later flush tried to upload
+a vanished spool: FileNotFoundError, a traceback. Pipeline.abandon fixes it; this test covers
+the outcome on a local folder, where the same sequence does not reach a vanished spool.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sluicegate import operations
+from support import SLUICEGATE, Db, files, hours, load, write_project
+
+pytestmark = pytest.mark.pg
+
+DAY = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+LOCATIONS, DAYS = 20, 16  # 320 location-days: more than the 256 files a run keeps in flight
+
+
+def test_a_batch_the_ledger_cannot_record_abandons_every_file_in_flight(tmp_path: Path, pg_url: str) -> None:
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), lease="2s")
+    db = Db(pg_url)
+    operations.install(load(root))
+    for location in range(1, LOCATIONS + 1):
+        db.location(location, "UTC")
+        db.insert(location, hours(DAY, 4 * DAYS, dt.timedelta(hours=6)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    worker = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    marker = root / ".fault-before_place"
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert worker.poll() is None, worker.communicate()
+        assert time.monotonic() < deadline, "the worker never reached its first flush"
+        time.sleep(0.05)
+    # Another session locks the first day's ledger rows, which are in the first flush (claims
+    # take the oldest windows first): that flush cannot record; the later days' rows are free.
+    with psycopg.connect(pg_url) as locker:
+        locker.execute(
+            "SELECT id FROM sluicegate.partitions WHERE win_start < %s FOR UPDATE",
+            (DAY + dt.timedelta(days=1),),
+        ).fetchall()
+        marker.unlink()
+        out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 1, out + err
+    [failed_run] = json.loads(out)
+    assert any("lock timeout" in e for e in failed_run["task_errors"]), failed_run
+    # Nothing was recorded as exported or failed: the claims wait for their lease.
+    assert failed_run["failed"] == 0 and failed_run["exported"] == 0, failed_run
+    assert "Traceback" not in err, err
+    assert "FileNotFoundError" not in err
+    assert files(tmp_path / "out") == [], "a file was put in place without being recorded"
+    time.sleep(2.5)  # the claims of the failed run expire
+    second = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "run", "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert second.returncode == 0, second.stderr
+    [summary] = json.loads(second.stdout)
+    assert summary["exported"] == LOCATIONS * DAYS and summary["failed"] == 0, summary
+    assert len(files(tmp_path / "out")) == LOCATIONS * DAYS
