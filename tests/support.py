@@ -31,6 +31,27 @@ FROM measurements AS m
 JOIN sensors AS s ON s.sensor_id = m.sensor_id
 JOIN locations AS l ON l.location_id = m.location_id
 """
+# MariaDB's || is OR (unless sql_mode has PIPES_AS_CONCAT): the same select with CONCAT.
+OPENAQ_SELECT_MARIADB = OPENAQ_SELECT.replace(
+    "l.name || '-' || m.sensor_id", "CONCAT(l.name, '-', m.sensor_id)"
+)
+# MariaDB's tables: DATETIME for the data's time (taken as UTC) and TIMESTAMP for the ingest
+# time, so both kinds of time column are read.
+MARIADB_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS locations (location_id INT PRIMARY KEY, name TEXT NOT NULL,"
+    " timezone VARCHAR(64) NOT NULL, lat DOUBLE, lon DOUBLE)",
+    "CREATE TABLE IF NOT EXISTS sensors (sensor_id INT PRIMARY KEY, location_id INT NOT NULL,"
+    " parameter VARCHAR(32) NOT NULL, units VARCHAR(32) NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS measurements (location_id INT NOT NULL, sensor_id INT NOT NULL,"
+    " datetime DATETIME(6) NOT NULL, value DOUBLE, ingested_at TIMESTAMP(6) NOT NULL,"
+    " PRIMARY KEY (sensor_id, datetime), KEY measurements_location_datetime_idx (location_id, datetime),"
+    " KEY measurements_ingested_at_idx (ingested_at))",
+)
+
+
+def is_mariadb(url: str) -> bool:
+    """Whether ``url`` is a MariaDB/MySQL database."""
+    return url.startswith(("mariadb://", "mysql://"))
 
 
 def write_project(
@@ -96,7 +117,7 @@ def write_project(
         )
         + capture_block
     )
-    (folder / "select.sql").write_text(OPENAQ_SELECT)
+    (folder / "select.sql").write_text(OPENAQ_SELECT_MARIADB if is_mariadb(source) else OPENAQ_SELECT)
     return root
 
 
@@ -106,11 +127,19 @@ def load(root: Path, env: dict[str, str] | None = None) -> Project:
 
 
 class Db:
-    """A tiny writer for the measurement tables, on SQLite or PostgreSQL."""
+    """A tiny writer for the measurement tables, on SQLite, PostgreSQL or MariaDB."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
+        self.mariadb = is_mariadb(url)
+        if self.mariadb:
+            from sluicegate import mariadb_conn
+
+            self.conn: Any = mariadb_conn.connect(url)
+            for statement in MARIADB_SCHEMA:
+                self.conn.execute(statement).close()
+            return
         create_schema(url)
         if self.sqlite:
             self.conn: Any = sqlite3.connect(
@@ -128,6 +157,8 @@ class Db:
     def ts(self, value: dt.datetime) -> Any:
         if self.sqlite:
             return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.mariadb:  # DATETIME and TIMESTAMP (session in UTC) take naive UTC
+            return value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     def location(self, location_id: int, timezone: str, name: str | None = None) -> None:
@@ -154,6 +185,10 @@ class Db:
             self.conn.execute("BEGIN")
             self.conn.executemany(q, rows)
             self.conn.execute("COMMIT")
+        elif self.mariadb:
+            cur = self.conn.cursor()
+            cur.executemany(q, rows)
+            cur.close()
         else:
             with self.conn.cursor() as cur:
                 cur.executemany(q, rows)
@@ -166,10 +201,15 @@ class Db:
         )
 
     def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
-        return self.conn.execute(self._p(query), params).fetchone()[0]
+        return self.rows(query, params)[0][0]
 
     def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(self._p(query), params).fetchall())
+        rows = list(self.conn.execute(self._p(query), params).fetchall())
+        if self.mariadb:  # DATETIME values are UTC
+            rows = [
+                tuple(v.replace(tzinfo=UTC) if isinstance(v, dt.datetime) else v for v in r) for r in rows
+            ]
+        return rows
 
 
 def hours(start: dt.datetime, count: int, step: dt.timedelta = dt.timedelta(hours=1)) -> list[dt.datetime]:
@@ -211,7 +251,11 @@ def cli(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     full_env.update(env or {})
     proc = subprocess.run(
-        [SLUICEGATE, "-C", str(root), *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+        [SLUICEGATE, "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
         input=input_text,
     )
     if check and proc.returncode != 0:

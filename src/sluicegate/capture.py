@@ -235,6 +235,12 @@ def installed_triggers(task: TaskSpec, source: Source) -> list[str]:
         rows = source.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (pattern,)
         )
+    elif source.dialect is db.MARIADB:
+        rows = source.execute(
+            "SELECT trigger_name FROM information_schema.triggers"
+            " WHERE trigger_schema = DATABASE() AND trigger_name LIKE ?",
+            (pattern,),
+        )
     else:
         rows = source.execute(
             "SELECT tgname FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", (pattern,)
@@ -293,6 +299,8 @@ def install(task: TaskSpec, inbox: Ledger) -> list[str]:
     time_ending = bool(task.time and task.time.boundary == "end")
     if inbox.dialect is db.POSTGRESQL:
         return _install_postgres(task, inbox, time_ending)
+    if inbox.dialect is db.MARIADB:
+        return _install_mariadb(task, inbox, time_ending)
     return _install_sqlite(task, inbox, time_ending)
 
 
@@ -399,6 +407,41 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
             f"CREATE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} BEGIN "
             + " ".join(insert(r) for r in rows)
             + " END"
+        )
+    with inbox.core.transaction() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
+
+
+def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    """Row triggers (MariaDB has no statement triggers) appending to the inbox, one row per changed row.
+
+    ``CREATE OR REPLACE TRIGGER`` swaps a trigger in one step (MariaDB commits DDL at once, so a
+    drop then a create would leave a moment without capture).
+    """
+    cap = task.capture
+    assert cap.table
+    q = db.MARIADB.quote
+    literal = "'" + task.name.replace("'", "''") + "'"
+
+    def row_values(row: str) -> str:
+        keys = ", ".join(f"{row}.{q(cap.keys[k])}" for k in task.keys)
+        bin_sql = "NULL"
+        if task.time:
+            assert cap.time
+            bin_sql = db.MARIADB.bin_expr(f"{row}.{q(cap.time)}", time_ending)
+        return f"({literal}, JSON_ARRAY({keys}), {bin_sql})"
+
+    changes = q(f"{inbox.table_prefix}changes")
+    names = []
+    statements = []
+    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(
+            f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
+            f"INSERT INTO {changes} (task, `keys`, bin) VALUES {', '.join(row_values(r) for r in rows)}"
         )
     with inbox.core.transaction() as cur:
         for statement in statements:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import secrets, validate
+from . import mariadb_conn, secrets, validate
 from .exceptions import ConfigError
 from .masking import mask_url
 from .specs import (
@@ -397,7 +397,34 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
     if kind not in KINDS:
         raise ConfigError(f"{toml_path} kind: {kind!r} is not supported; use one of {', '.join(KINDS)}")
     task: TaskBase = kind_module(kind).load(name=name, folder=folder, raw=raw, settings=settings)
+    _check_mariadb_task(task, toml_path, settings)
     return task
+
+
+# What runs on a MariaDB/MySQL source so far (docs/concepts.md, "MariaDB and MySQL").
+MARIADB_KINDS = ("partitioned", "incremental")
+MARIADB_CAPTURE = ("trigger", "scan", "explicit")
+MARIADB_LEDGER_KINDS = ("partitioned",)  # the stores a MariaDB ledger has: partitions, capture, runs
+
+
+def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:
+    """ConfigError for a task a MariaDB/MySQL source or ledger cannot run yet."""
+    see = "(see docs/concepts.md, MariaDB and MySQL)"
+    if mariadb_conn.is_url(settings.ledger_url) and task.kind not in MARIADB_LEDGER_KINDS:
+        raise ConfigError(
+            f"{toml_path} kind: {task.kind!r} tasks cannot keep their ledger on MariaDB/MySQL yet; set "
+            f"[ledger] url to postgresql://... or sqlite:///ledger.db {see}"
+        )
+    if not mariadb_conn.is_url(settings.source_url):
+        return
+    later = f"is not supported on MariaDB/MySQL sources yet {see}"
+    if task.kind not in MARIADB_KINDS:
+        raise ConfigError(f"{toml_path} kind: {task.kind!r} {later}; supported: {', '.join(MARIADB_KINDS)}")
+    mode = getattr(getattr(task, "capture", None), "mode", "explicit")
+    if mode not in MARIADB_CAPTURE:
+        raise ConfigError(
+            f"{toml_path} [capture] mode: {mode!r} {later}; use one of {', '.join(MARIADB_CAPTURE)}"
+        )
 
 
 def with_format(task: TaskBase, fmt: str) -> TaskBase:

@@ -1,4 +1,4 @@
-"""Database connections and the dialect layer (SQLite, PostgreSQL; room for MariaDB).
+"""Database connections and the dialect layer (SQLite, PostgreSQL, MariaDB/MySQL).
 
 Everything that differs between databases is behind :class:`Dialect`: how to connect, how
 a transaction that claims rows begins, how to quote an identifier, how to bin a timestamp to
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import mariadb_conn
 from .exceptions import (
     ConfigError,
     DataError,
@@ -29,7 +30,7 @@ from .exceptions import (
 )
 from .masking import mask_url, scrub
 
-DialectName = Literal["sqlite", "postgresql"]
+DialectName = Literal["sqlite", "postgresql", "mariadb"]
 log = logging.getLogger("sluicegate.db")
 
 
@@ -41,6 +42,8 @@ class Dialect:
 
     def quote(self, ident: str) -> str:
         """Quote an identifier (already validated as ``[A-Za-z_][A-Za-z0-9_]*`` or ``a.b``)."""
+        if self.name == "mariadb":
+            return ".".join("`" + part.replace("`", "``") + "`" for part in ident.split("."))
         return ".".join('"' + part.replace('"', '""') + '"' for part in ident.split("."))
 
     def bin_expr(self, column_sql: str, time_ending: bool) -> str:
@@ -48,6 +51,12 @@ class Dialect:
         if self.name == "postgresql":
             shifted = f"({column_sql} - interval '1 microsecond')" if time_ending else column_sql
             return f"to_timestamp(floor(extract(epoch FROM {shifted}) / 900) * 900)"
+        if self.name == "mariadb":
+            # Unix seconds of the bin. TIMESTAMPDIFF counts a DATETIME (and a TIMESTAMP, shown
+            # in the session's UTC) as UTC wall-clock time, without the server's zone tables and
+            # over DATETIME's whole range (UNIX_TIMESTAMP stops in 2038 before MariaDB 11.5).
+            shifted = f"({column_sql} - INTERVAL 1 MICROSECOND)" if time_ending else column_sql
+            return f"(FLOOR(TIMESTAMPDIFF(SECOND, '1970-01-01', {shifted}) / 900) * 900)"
         epoch = f"round((julianday({column_sql}) - 2440587.5) * 86400.0, 3)"
         if time_ending:
             epoch = f"({epoch} - 0.0005)"
@@ -56,6 +65,7 @@ class Dialect:
 
 SQLITE = Dialect("sqlite")
 POSTGRESQL = Dialect("postgresql")
+MARIADB = Dialect("mariadb")  # MariaDB 10.6+ and MySQL 8: mariadb:// and mysql:// URLs
 
 
 def dialect_of(url: str) -> Dialect:
@@ -64,8 +74,11 @@ def dialect_of(url: str) -> Dialect:
         return SQLITE
     if url.startswith(("postgresql://", "postgres://")):
         return POSTGRESQL
+    if mariadb_conn.is_url(url):
+        return MARIADB
     raise ConfigError(
-        f"database URL {mask_url(url)!r} is not supported; use sqlite:///path.db or postgresql://user@host/db"
+        f"database URL {mask_url(url)!r} is not supported; use sqlite:///path.db, "
+        "postgresql://user@host/db or mariadb://user@host/db"
     )
 
 
@@ -78,7 +91,7 @@ def sqlite_path(url: str) -> Path:
 
 
 def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
-    """Open a DB-API connection for ``url`` (sqlite3 or psycopg); errors as :func:`wrap_errors`."""
+    """Open a DB-API connection for ``url`` (sqlite3, psycopg or MariaDB's); errors as :func:`wrap_errors`."""
     dialect = dialect_of(url)
     if dialect is SQLITE:
         path = sqlite_path(url)
@@ -90,6 +103,10 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
             conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
+    if dialect is MARIADB:
+        mariadb_conn.driver()  # ConfigError when the driver is not installed
+        with wrap_errors(url, ledger=ledger):
+            return mariadb_conn.connect(url, autocommit=autocommit, ledger=ledger)
     # psycopg is imported only here: a command on a SQLite project never pays for it.
     import psycopg
 
@@ -193,8 +210,12 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     A missing privilege (:func:`denied`) is terminal, even when the connection was refused.
 
     Knows psycopg, sqlite3 and ADBC (whose result streams raise plain ``OSError`` with a
-    ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's).
+    ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's), and
+    MariaDB Connector/Python (by error number, :func:`sluicegate.mariadb_conn.classify`).
     """
+    maria = mariadb_conn.classify(exc)
+    if maria is not None:
+        return maria
     psycopg = _psycopg()
     if psycopg is not None and isinstance(exc, psycopg.Error):
         if denied(exc):
@@ -240,7 +261,7 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
         lost = (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or isinstance(
             exc, sqlite3.OperationalError
         )
-        if lost or "[libpq]" in str(exc):
+        if lost or "[libpq]" in str(exc) or getattr(exc, "errno", 0) in mariadb_conn.LOST_ERRNOS:
             return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
         return SourceUnavailable(f"{where}: {detail}; will retry")
     if psycopg is not None and isinstance(exc, psycopg.DataError):
@@ -288,6 +309,17 @@ def transaction(conn: Any, dialect: Dialect, *, immediate: bool = False) -> Iter
             yield cur
         except BaseException:
             cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return
+    if dialect is MARIADB:
+        cur = conn.cursor()
+        cur.execute("START TRANSACTION")
+        try:
+            yield cur
+        except BaseException:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                cur.execute("ROLLBACK")
             raise
         cur.execute("COMMIT")
         return

@@ -5,26 +5,23 @@ through :class:`TableDb`: one autocommit connection, its flavour, its placeholde
 transactions, and driver errors translated once (transient ones to DestinationUnavailable,
 the rest to DataError). Times are compared and written in UTC. PostgreSQL and SQLite
 connect through :func:`sluicegate.db.connect`; MariaDB/MySQL URLs (``mariadb://``,
-``mysql://``) through MariaDB Connector/Python until MariaDB is a dialect of ``db.py``, when
-:func:`_connect` becomes ``db.connect`` for it too.
+``mysql://``) through :mod:`sluicegate.mariadb_conn`, with this module's own error translation
+(a table sink's lost connection is a destination problem, not a source one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from . import db
+from . import db, mariadb_conn
 from .exceptions import ConfigError, DataError, DestinationUnavailable, SluicegateError
 from .masking import mask_url, scrub
 
 Flavor = Literal["postgresql", "sqlite", "mariadb"]
-LOCK_WAIT = 60  # seconds a writer waits for a lock (another writer of the same table)
-# MariaDB errors worth retrying: lock wait timeout, deadlock, server gone, lost connection.
-_MARIADB_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 4031}
+LOCK_WAIT = mariadb_conn.LOCK_WAIT  # seconds a writer waits for a lock (another writer of the same table)
 
 
 def flavor_of(url: str, where: str = "table url") -> Flavor:
@@ -110,7 +107,7 @@ class TableDb:
         where = f"database {mask_url(self.url)}"
         detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
         lost = isinstance(exc, mariadb.OperationalError | mariadb.InterfaceError)
-        if lost or getattr(exc, "errno", None) in _MARIADB_TRANSIENT:
+        if lost or mariadb_conn.classify(exc) == "transient":
             return DestinationUnavailable(f"{where}: {detail}; will retry")
         return DataError(f"{where}: {detail}")
 
@@ -185,30 +182,11 @@ def _connect(url: str, flavor: Flavor) -> Any:
 
 
 def _connect_mariadb(url: str) -> Any:
+    mariadb = mariadb_conn.driver()
     try:
-        import mariadb
-    except ImportError:
-        raise ConfigError(
-            f"{mask_url(url)}: MariaDB/MySQL needs the MariaDB driver: pip install 'sluicegate[mysql]'"
-        ) from None
-    parts = urllib.parse.urlsplit(url)
-    try:
-        conn = mariadb.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=urllib.parse.unquote(parts.username or ""),
-            password=urllib.parse.unquote(parts.password or ""),
-            database=urllib.parse.unquote(parts.path.lstrip("/")),
-            connect_timeout=10,
-            autocommit=True,
-        )
-        cur = conn.cursor()
-        cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP columns compare and read in UTC
-        cur.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
-        cur.close()
+        return mariadb_conn.connect(url)  # pinned to UTC, as every MariaDB session
     except mariadb.Error as exc:
         detail = scrub(str(exc), url)
         raise DestinationUnavailable(
             f"database {mask_url(url)} is unavailable: {detail}; will retry"
         ) from exc
-    return conn

@@ -210,9 +210,20 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     """How far back a not-yet-committed row may still land: ``(cap, None)`` or ``(None, reason)``.
 
     PostgreSQL: the start of the oldest open transaction on the source database, other than
-    sluicegate's own sessions (None when there is none). SQLite: a reason when a write
-    transaction is open right now.
+    sluicegate's own sessions (None when there is none). MariaDB/MySQL: the start of the
+    oldest open InnoDB transaction of another session connected to the source's database
+    (``information_schema.innodb_trx``, server-wide, joined to the process list for the
+    database; needs the ``PROCESS`` privilege; shown in the session's UTC, in whole seconds,
+    which only makes the cap earlier). SQLite: a reason
+    when a write transaction is open right now.
     """
+    if source.dialect is db.MARIADB:
+        rows = source.execute(
+            "SELECT min(t.trx_started) FROM information_schema.innodb_trx AS t "
+            "JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
+            "WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()"
+        )
+        return rows[0][0], None
     if source.dialect is db.POSTGRESQL:
         rows = source.execute(
             "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "

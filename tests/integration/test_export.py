@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import zoneinfo
@@ -22,16 +23,35 @@ KOLKATA = "Asia/Kolkata"
 CHATHAM = "Pacific/Chatham"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+# Sources whose ledger is a SQLite file beside the project instead of the source database.
+LEDGER_ELSEWHERE: set[str] = set()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("pg", marks=pytest.mark.pg),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb-sqlite-ledger", marks=pytest.mark.mariadb),
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A source database URL: a SQLite file, or a fresh PostgreSQL database."""
+    """A source database URL: a SQLite file, or a fresh PostgreSQL or MariaDB database.
+
+    The ledger is in the source database, or for ``mariadb-sqlite-ledger`` in a SQLite file
+    (the inbox and the triggers stay in MariaDB).
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
-    url: str = request.getfixturevalue("pg_url")
+    url: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    if request.param == "mariadb-sqlite-ledger":
+        LEDGER_ELSEWHERE.add(url)
     return url
 
 
 def _setup(tmp_path: Path, url: str, **kwargs: Any) -> tuple[Path, Db]:
+    if url in LEDGER_ELSEWHERE:
+        kwargs.setdefault("ledger", f"sqlite:///{tmp_path / 'ledger.db'}")
     root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), **kwargs)
     db = Db(url)
     project = load(root)
@@ -553,3 +573,33 @@ def test_text_with_commas_quotes_and_line_breaks_reads_back(tmp_path: Path, pg_u
         rows = read_csv(_file_for(tmp_path / "out", "csv", loc, dt.date(2024, 5, 1)))
         assert len(rows) == 24 and {r["location"] for r in rows} == {f"{name}-{loc * 10}"}
         assert [float(r["value"]) for r in rows] == [1.5 + i / 8 for i in range(24)]
+
+
+@pytest.mark.mariadb
+def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
+    root, _db = _setup(tmp_path, mariadb_url)
+    task = root / "tasks" / "old"
+    task.mkdir()
+    (task / "task.toml").write_text('kind = "archive"\n')
+    (task / "select.sql").write_text("SELECT 1 AS x")
+    proc = cli(root, "run", "old")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.mariadb
+def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_url: str) -> None:
+    root, db = _setup(tmp_path, mariadb_url)
+    db.location(1, KOLKATA)
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    checked = cli(root, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    status = cli(root, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)[0]["inbox"] == 30  # one inbox row per inserted row
+    backfilled = cli(root, "backfill", "openaq")
+    assert backfilled.returncode == 0, backfilled.stderr
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)[0]["exported"] == len(_expected(db, 1, KOLKATA)) == 2

@@ -1,4 +1,4 @@
-"""Real worker processes on one PostgreSQL ledger: concurrency, SIGKILL, lease expiry."""
+"""Real worker processes on one PostgreSQL or MariaDB ledger: concurrency, SIGKILL, lease expiry."""
 
 from __future__ import annotations
 
@@ -21,11 +21,33 @@ from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
 UTC = dt.UTC
 
 
-def _project(tmp_path: Path, pg_url: str, locations: int, days: int, lease: str = "10m") -> tuple[Path, Db]:
+@pytest.fixture(
+    params=[pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)]
+)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh PostgreSQL or MariaDB database, source and ledger at once."""
+    url: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    return url
+
+
+def _url(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> str:
+    """The database of a ``dialect`` parameter: a SQLite file, or a fresh server database."""
+    if dialect == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    url: str = request.getfixturevalue("pg_url" if dialect == "pg" else "mariadb_url")
+    return url
+
+
+def _table(url: str) -> str:
+    """The ledger's partitions table: in the ledger schema on PostgreSQL, prefixed elsewhere."""
+    return "sluicegate.partitions" if url.startswith("postgresql") else "sluicegate_partitions"
+
+
+def _project(tmp_path: Path, url: str, locations: int, days: int, lease: str = "10m") -> tuple[Path, Db]:
     root = write_project(
-        tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv.gz", lease=lease
     )
-    db = Db(pg_url)
+    db = Db(url)
     operations.install(load(root))
     for loc in range(1, locations + 1):
         db.location(loc, "UTC")
@@ -46,7 +68,7 @@ def _spawn(root: Path, *args: str, env: dict[str, str] | None = None) -> subproc
 
 
 def _ledger_rows(db: Db) -> list[tuple[int, int, bool, object]]:
-    return db.rows("SELECT version, exported_version, failed, claim_token FROM sluicegate.partitions")
+    return db.rows(f"SELECT version, exported_version, failed, claim_token FROM {_table(db.url)}")
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -59,8 +81,8 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> N
         time.sleep(0.05)
 
 
-def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) -> None:
-    root, db = _project(tmp_path, pg_url, locations=80, days=4)
+def test_two_workers_export_every_partition_once(tmp_path: Path, server_url: str) -> None:
+    root, db = _project(tmp_path, server_url, locations=80, days=4)
     project = load(root)
     with Exporter(project) as exporter:  # fold the captured changes first, so both workers find work
         assert (
@@ -87,8 +109,8 @@ def test_two_workers_export_every_partition_once(tmp_path: Path, pg_url: str) ->
     assert len(files(tmp_path / "out")) == 320
 
 
-def test_worker_killed_after_upload_before_commit(tmp_path: Path, pg_url: str) -> None:
-    root, db = _project(tmp_path, pg_url, locations=3, days=2, lease="2s")
+def test_worker_killed_after_upload_before_commit(tmp_path: Path, server_url: str) -> None:
+    root, db = _project(tmp_path, server_url, locations=3, days=2, lease="2s")
     proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "after_publish"})
     _wait_for(root / ".fault-after_publish", proc)
     proc.send_signal(signal.SIGKILL)
@@ -109,8 +131,8 @@ def test_worker_killed_after_upload_before_commit(tmp_path: Path, pg_url: str) -
     assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
 
 
-def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, pg_url: str) -> None:
-    root, db = _project(tmp_path, pg_url, locations=2, days=1, lease="2s")
+def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, server_url: str) -> None:
+    root, db = _project(tmp_path, server_url, locations=2, days=1, lease="2s")
     proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
     _wait_for(root / ".fault-mid_write", proc)
     proc.send_signal(signal.SIGKILL)
@@ -131,8 +153,8 @@ def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, pg_url: 
     assert all(v == e for v, e, _, _ in _ledger_rows(db))
 
 
-def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) -> None:
-    root, _db = _project(tmp_path, pg_url, locations=1, days=1, lease="1s")
+def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, server_url: str) -> None:
+    root, _db = _project(tmp_path, server_url, locations=1, days=1, lease="1s")
     (root / "sluicegate.toml").write_text(
         (root / "sluicegate.toml").read_text().replace("[defaults]", "[defaults]\nmax_attempts = 2")
     )
@@ -152,8 +174,8 @@ def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, pg_url: str) 
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) -> None:
-    root, _db = _project(tmp_path, pg_url, locations=2, days=1)
+def test_every_loop_stops_on_signal(tmp_path: Path, server_url: str, signum: int) -> None:
+    root, _db = _project(tmp_path, server_url, locations=2, days=1)
     proc = _spawn(root, "run", "--every", "1s", "--json")
     deadline = time.monotonic() + 60
     while len(files(tmp_path / "out")) < 2 and time.monotonic() < deadline:
@@ -165,10 +187,15 @@ def test_every_loop_stops_on_signal(tmp_path: Path, pg_url: str, signum: int) ->
     assert json.loads(out.split("\n]\n")[0] + "\n]")[0]["exported"] == 2
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
-def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, dialect: str) -> None:
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def test_batch_commit_is_fenced_per_partition(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
     """One commit for a batch records exactly the claims still held, at the version they read."""
-    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    url = _url(request, tmp_path, dialect)
     root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
     db = Db(url)
     project = load(root)
@@ -177,7 +204,7 @@ def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, diale
         db.location(loc, "UTC")
         db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 3))
     task = project.tasks["openaq"]
-    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+    table = _table(url)
 
     def absorb() -> None:  # fold the trigger inbox into the ledger, as a run does first
         with Exporter(project) as ex:
@@ -190,7 +217,7 @@ def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, diale
         )
         assert [c.keys["location_id"] for c in claims] == [1, 2, 3]
         # Location 2's lease runs out and another worker takes it over.
-        ph = "%s" if dialect == "pg" else "?"
+        ph = "?" if dialect == "sqlite" else "%s"
         past = dt.datetime(2000, 1, 1, tzinfo=UTC)
         ledger.conn.execute(
             f"UPDATE {table} SET lease_until = {ph} WHERE id = {ph}",
@@ -216,10 +243,15 @@ def test_batch_commit_is_fenced_per_partition(tmp_path: Path, pg_url: str, diale
     assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
-def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: str, dialect: str) -> None:
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def test_workers_in_one_run_export_every_partition_once(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
     """``run --workers 3``: helper exporters in threads, each with its own claims, share the work."""
-    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    url = _url(request, tmp_path, dialect)
     root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv.gz")
     db = Db(url)
     operations.install(load(root))
@@ -232,7 +264,7 @@ def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: 
     [summary] = json.loads(out)
     assert (summary["exported"], summary["failed"], summary["lost"]) == (90, 0, 0)
     assert summary["rows"] == 30 * 72
-    table = "sluicegate.partitions" if dialect == "pg" else "sluicegate_partitions"
+    table = _table(url)
     rows = db.rows(f"SELECT version, exported_version, claim_token FROM {table}")
     assert len(rows) == 90 and all(v == e and t is None for v, e, t in rows)
     assert len(files(tmp_path / "out")) == 90
@@ -246,16 +278,19 @@ def test_workers_in_one_run_export_every_partition_once(tmp_path: Path, pg_url: 
     assert json.loads(out)[0]["exported"] == 6
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "pg"])
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
 def test_partitions_changed_together_are_claimed_oldest_window_first(
-    tmp_path: Path, pg_url: str, dialect: str
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
     """A backfill marks every location-day at once: batches take whole days, not whole locations.
 
     Location-major batches (all days of a few locations) make the batch query compare every row
     with every window of its location; day-major batches compare it with one.
     """
-    url = f"sqlite:///{tmp_path / 'source.db'}" if dialect == "sqlite" else pg_url
+    url = _url(request, tmp_path, dialect)
     root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
     project = load(root)
     task = project.tasks["openaq"]
@@ -270,3 +305,47 @@ def test_partitions_changed_together_are_claimed_oldest_window_first(
         while batch := ledger.partitions.claim(task, limit=4, lease=600):
             days.append({(c.keys["location_id"], c.keys["day"]) for c in batch})
     assert days == [{(loc, f"2024-01-0{d}") for loc in (1, 2, 3, 4)} for d in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def test_marks_and_failures_read_the_values_before_the_row_changes(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """A re-mark after an export moves the change time; a failure counts the attempts before it.
+
+    (MariaDB's SET sees earlier assignments of the same statement: the order of its SQL matters.)
+    """
+    url = _url(request, tmp_path, dialect)
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    task = load(root).tasks["openaq"]
+    part = restore_partition(task, [1, "2024-01-01"], "UTC")
+
+    def row() -> tuple[float, int, bool, int, int]:
+        [(changed, attempts, failed, version, exported)] = ledger.conn.execute(
+            f"SELECT changed_at, attempts, failed, version, exported_version FROM {_table(url)}"
+        ).fetchall()
+        changed = changed.timestamp() if isinstance(changed, dt.datetime) else float(changed)
+        return changed, int(attempts), bool(failed), int(version), int(exported)
+
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        ledger.partitions.mark([part], task)
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        result = ExportResult(claim=claim, path="f", rows=1, nbytes=1, checksum="c", published=True)
+        assert ledger.partitions.commit([result]) == [True]
+        first = row()
+        time.sleep(0.05)
+        ledger.partitions.mark([part], task)  # exported, then changed: the change time moves
+        second = row()
+        assert second[0] > first[0] and second[3:] == (2, 1)
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        ledger.partitions.fail(claim, error="boom", terminal=False, max_attempts=2, backoff=0)
+        assert row()[1:3] == (1, False)  # 0 attempts before this one: not parked yet
+        [claim] = ledger.partitions.claim(task, limit=1, lease=600)
+        ledger.partitions.fail(claim, error="boom", terminal=False, max_attempts=2, backoff=0)
+        assert row()[1:3] == (2, True)
+        ledger.partitions.mark([part], task)  # a new change unparks it and starts counting again
+        assert row()[1:] == (0, False, 3, 1)

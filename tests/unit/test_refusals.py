@@ -203,3 +203,49 @@ def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere
     assert "20240102" in path.name and len(read_csv(path)) == 1
     text = (DOCS / "guarantees.md").read_text()
     assert re.search(r"millisecond resolution", text) and "julianday()" in text
+
+
+# ----------------------------------------------------------------- 11: MariaDB, what is not there yet
+
+MARIADB_URL = "mariadb://u:hunter2@127.0.0.1:1/db"  # never reached: refused while loading
+
+
+def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
+    """Partitioned tasks keep their ledger on MariaDB; an incremental task there is refused."""
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "out"),
+        ledger=MARIADB_URL,
+    )  # fmt: skip
+    task = root / "tasks" / "studies"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        'kind = "incremental"\nentity = "study_id"\ncursor = "at"\npath = "{study_id}/{start:%Y%m%dT%H%M%S}.{ext}"\n'
+    )
+    (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
+    proc = cli(root, "tasks")
+    assert (
+        f"{task / 'task.toml'} kind: 'incremental' tasks cannot keep their ledger on MariaDB/MySQL yet"
+        in proc.stdout
+    )
+    assert "openaq: partitioned" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and "hunter2" not in proc.stdout + proc.stderr
+
+
+def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> None:
+    root = write_project(
+        tmp_path / "p",
+        source=MARIADB_URL,
+        destination=str(tmp_path / "out"),
+        ledger=f"sqlite:///{tmp_path / 'l.db'}",
+    )
+    task = root / "tasks" / "old"
+    task.mkdir()
+    (task / "task.toml").write_text('kind = "archive"\n')
+    (task / "select.sql").write_text("SELECT 1 AS x")
+    proc = cli(root, "tasks")
+    assert proc.returncode == 0, proc.stderr  # `tasks` lists each task's problem, the others still run
+    assert (
+        f"{task / 'task.toml'} kind: 'archive' is not supported on MariaDB/MySQL sources yet" in proc.stdout
+    )
+    assert "openaq: partitioned" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

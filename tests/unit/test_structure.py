@@ -26,7 +26,7 @@ from sluicegate.ledger import (
     WatermarkStore,
 )
 from sluicegate.ledger.core import Store
-from sluicegate.sql import DIALECTS, STORES, queries
+from sluicegate.sql import DIALECTS, PARTIAL_DIALECTS, STORES, NotYet, queries
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "sluicegate"
@@ -49,6 +49,10 @@ ONE_DIALECT = {
     "add_partition_etag": "sqlite",
     "lock": "postgresql",
     "lock_held": "postgresql",
+    # MariaDB/MySQL have no UPDATE ... RETURNING and no DELETE ... RETURNING with SKIP LOCKED.
+    "delete_changes": "mariadb",
+    "claim_take": "mariadb",
+    "claimed": "mariadb",
 }
 
 
@@ -96,9 +100,12 @@ def _store_calls(cls: type[Store]) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("dialect", DIALECTS + PARTIAL_DIALECTS)
 @pytest.mark.parametrize("cls", STORE_CLASSES, ids=lambda c: c.__name__)
 def test_every_sql_block_is_run_by_the_method_of_its_name(dialect: str, cls: type[Store]) -> None:
+    """Every store's blocks, on every dialect; a partial dialect (MariaDB) for the stores it has."""
+    if isinstance(queries(dialect, cls.SQL, "x_", "s"), NotYet):
+        pytest.skip(f"{dialect} has no {cls.SQL} store yet")
     blocks = set(queries(dialect, cls.SQL, "x_", "s"))
     calls = _store_calls(cls)
     for method, names in calls.items():

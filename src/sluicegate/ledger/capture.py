@@ -18,13 +18,26 @@ class CaptureStore(Store):
     SQL = "capture"
 
     def take_changes(self, task: str, *, limit: int, cur: Any) -> list[tuple[list[Any], Any]]:
-        """Remove up to ``limit`` captured changes of ``task`` from the inbox, in the caller's transaction."""
+        """Remove up to ``limit`` captured changes of ``task`` from the inbox, in the caller's transaction.
+
+        MariaDB/MySQL lock the rows (``SKIP LOCKED``: two workers fold different changes), then
+        delete exactly those; elsewhere one ``DELETE ... RETURNING``.
+        """
         self._run("take_changes", cur, task=task, limit=limit)
+        rows = cur.fetchall()
+        if self.core.dialect is db.MARIADB:
+            if rows:
+                self.delete_changes([int(row[0]) for row in rows], cur=cur)
+            rows = [row[1:] for row in rows]
         out = []
-        for keys, bin_ in cur.fetchall():
+        for keys, bin_ in rows:
             values = keys if isinstance(keys, list) else json.loads(keys)
             out.append((values, self.core.from_ts(bin_)))
         return out
+
+    def delete_changes(self, ids: list[int], *, cur: Any) -> None:
+        """MariaDB/MySQL: remove the changes ``take_changes`` locked, in the caller's transaction."""
+        cur.executemany(self.q["delete_changes"], [{"id": i} for i in ids])
 
     def peek_changes(self, task: str, *, limit: int) -> list[tuple[list[Any], Any]]:
         """Up to ``limit`` captured changes of ``task``, left in the inbox."""

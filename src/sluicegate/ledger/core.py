@@ -79,6 +79,8 @@ class LedgerCore:
         if self.dialect is db.SQLITE:
             params.setdefault("now", time.time())
             return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items()}
+        if self.dialect is db.MARIADB:  # the driver takes neither UUIDs nor aware datetimes
+            return {k: (str(v) if isinstance(v, uuid.UUID) else _naive_utc(v)) for k, v in params.items()}
         return params
 
     # ------------------------------------------------------------------ running statements
@@ -126,10 +128,12 @@ class LedgerCore:
             yield cur
 
     def _lost(self) -> bool:
+        if self.dialect is db.MARIADB:
+            return bool(self.conn.closed)  # a ping: the driver keeps no broken flag
         return self.dialect is db.POSTGRESQL and bool(self.conn.closed or self.conn.broken)
 
     def _reconnect_if_lost(self) -> None:
-        """Reconnect a lost PostgreSQL connection, with backoff (see :func:`db.reconnect`)."""
+        """Reconnect a lost PostgreSQL or MariaDB connection, with backoff (see :func:`db.reconnect`)."""
         if self._lost():
             try:
                 self.conn = db.reconnect(self.url, ledger=True)
@@ -208,3 +212,10 @@ class SchemaStore(Store):
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""
         self._run("add_partition_etag", cur)
+
+
+def _naive_utc(value: Any) -> Any:
+    """An aware datetime as naive UTC (MariaDB's driver would drop the zone, not convert)."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value

@@ -4,7 +4,8 @@ The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.
 
 * a change bumps ``version``; a partition is pending while ``version > exported_version``;
 * a claim takes pending, complete partitions oldest change first (then oldest window first),
-  under a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite);
+  under a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, where
+  it takes three statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite);
 * a commit sets ``exported_version`` to the version read at claim, and only while the
   claim token still matches, so a change made during the export keeps the partition
   pending and a worker whose lease was taken over commits nothing.
@@ -139,10 +140,30 @@ class PartitionStore(Store):
         """Claim up to ``limit`` pending, complete partitions of ``task``."""
         token = uuid.uuid4()
         params = self.core.params(task=task.name, limit=limit, lease=lease, settle=_settle(task), token=token)
-        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+
+        def take(cur: Any) -> list[Any]:
+            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            rows = list(cur.fetchall())
+            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
+                return rows
+            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
+            if not rows:
+                return []
+            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            return self.claimed(cur, params["token"])
+
+        rows = self.core.in_transaction(take)
         claims = [self._claim_from_row(task.name, row, str(token)) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
+
+    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
+        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+
+    def claimed(self, cur: Any, token: str) -> list[Any]:
+        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
+        return list(self._run("claimed", cur, token=token).fetchall())
 
     def pending(self, task: PartitionKeys, *, limit: int) -> list[Claim]:
         """Return what the next claim would take, without claiming (for ``--dry-run``)."""
@@ -214,7 +235,9 @@ class PartitionStore(Store):
             ).fetchall()
             return {int(row[0]) for row in rows}
         held = set()
-        for r in results:  # the transaction holds SQLite's write lock already
+        # SQLite: the transaction holds the write lock already. MariaDB: each row is locked
+        # (FOR UPDATE), in pkey order as marks lock them, so the two cannot deadlock.
+        for r in sorted(results, key=lambda r: r.claim.pkey):
             if self._run("hold", cur, id=r.claim.id, token=uuid.UUID(r.claim.token)).fetchone():
                 held.add(r.claim.id)
         return held
@@ -234,6 +257,9 @@ class PartitionStore(Store):
                 etags=[r.etag for r in held],
             ).fetchall()
             return {int(row[0]) for row in rows}
+        if self.core.dialect is db.MARIADB:  # hold locked these rows under their tokens: one round trip
+            cur.executemany(self.q["commit_held"], [self._commit_params(r) for r in held])
+            return {r.claim.id for r in held}
         done = set()
         for r in sorted(held, key=lambda r: r.claim.pkey):  # the same lock order as mark()
             self._run(
@@ -243,6 +269,12 @@ class PartitionStore(Store):
             if cur.rowcount == 1:
                 done.add(r.claim.id)
         return done
+
+    def _commit_params(self, r: ExportResult) -> dict[str, Any]:
+        return self.core.params(
+            id=r.claim.id, token=uuid.UUID(r.claim.token), path=r.path, rows=r.rows, bytes=r.nbytes,
+            checksum=r.checksum, etag=r.etag,
+        )  # fmt: skip
 
     def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
         """Give ``claim`` back after an error; park it when terminal or out of attempts."""

@@ -147,6 +147,10 @@ def open_source(url: str) -> Source:
         from .sqlite import SqliteSource
 
         return SqliteSource(url)
+    if dialect.name == "mariadb":
+        from .mariadb import MariaDbSource
+
+        return MariaDbSource(url)
     from .postgres import PostgresSource
 
     return PostgresSource(url)

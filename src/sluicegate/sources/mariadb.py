@@ -1,0 +1,217 @@
+"""MariaDB / MySQL source: one streamed query per batch in a consistent snapshot.
+
+The session is pinned to UTC (:mod:`sluicegate.mariadb_conn`). Time columns:
+
+- ``TIMESTAMP`` holds an instant; the server shows it in the session zone, UTC, so it reads
+  as UTC whatever the server's ``time_zone``.
+- ``DATETIME`` holds a wall-clock time without a zone. sluicegate takes it as **UTC**: it is
+  compared with the windows in UTC and written as that instant (in the partition's zone, with
+  its offset). A ``DATETIME`` holding local time must be converted in ``select.sql``.
+
+Both are read as aware UTC datetimes of kind ``timestamptz``. A batch is one query joining the
+task's select to a derived table of the batch's slices (key values, UTC windows), with the keys
+and the overall time range repeated as plain predicates the optimizer pushes into the select.
+It runs in ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`` at ``REPEATABLE READ`` and is
+read with an unbuffered cursor, so memory is bounded by a chunk, not by the batch. Rows only:
+the CSV and Parquet writers encode them (there is no COPY or Arrow path on MariaDB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .. import db
+from ..exceptions import ConfigError
+from ..partitions import canonical_key
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
+
+CHUNK_ROWS = 10000
+_INT = (1, 2, 3, 8, 9, 13)  # TINY, SHORT, LONG, LONGLONG, INT24, YEAR
+_TIMES = (7, 12, 17, 18)  # TIMESTAMP, DATETIME and their fractional variants
+_STRINGS = (15, 249, 250, 251, 252, 253, 254)  # VARCHAR, the BLOB/TEXT family, VAR_STRING, STRING
+_OTHER: dict[int, ColumnKind] = {4: "float", 5: "float", 0: "decimal", 246: "decimal", 10: "date", 14: "date"}
+_AS_TEXT = (11, 19, 245, 247, 248)  # TIME, JSON, ENUM, SET: the server's text
+_BINARY_CHARSET = 63
+_UNSIGNED = 32  # column flag
+
+
+def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Column]:
+    """The columns of a MariaDB result, from the driver's description and each column's charset."""
+    columns = []
+    for desc, charset in zip(description, charsets, strict=True):
+        name, code, scale = desc[0], desc[1], desc[5]
+        if code in _INT:
+            columns.append(Column(name=name, kind="int"))
+        elif code in _TIMES:
+            columns.append(Column(name=name, kind="timestamptz"))
+        elif code in _STRINGS:
+            columns.append(Column(name=name, kind="binary" if charset == _BINARY_CHARSET else "text"))
+        elif code in _AS_TEXT:
+            columns.append(Column(name=name, kind="text", as_text=True))
+        elif code in _OTHER:
+            kind = _OTHER[code]
+            digits = _decimal_digits(desc) if kind == "decimal" else (24 if code == 4 else None)
+            columns.append(Column(name=name, kind=kind, precision=digits, scale=scale))
+        else:  # BIT, GEOMETRY: bytes; NULL: nothing to encode
+            columns.append(Column(name=name, kind="text" if code == 6 else "binary"))
+    return columns
+
+
+def _decimal_digits(desc: Sequence[Any]) -> int:
+    """A DECIMAL's precision from its length in the description, which counts the point and the sign."""
+    length, scale, flags = int(desc[3]), int(desc[5]), int(desc[7])
+    return length - (1 if scale else 0) - (0 if flags & _UNSIGNED else 1)
+
+
+def utc_naive(value: dt.datetime) -> dt.datetime:
+    """A window bound as MariaDB compares it: naive UTC (the driver drops tzinfo, it does not convert)."""
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+class MariaDbSource:
+    """Reads task selects from MariaDB 10.6+ or MySQL 8 through MariaDB Connector/Python."""
+
+    dialect = db.MARIADB
+    modes: tuple[Mode, ...] = ("rows",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = db.connect(url)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def _reconnect_if_lost(self) -> None:
+        if self.conn.closed:
+            self.conn = db.reconnect(self.url)
+
+    def describe(self, spec: ReadSpec) -> list[Column]:
+        """Run the select with no rows and map the result's types to column kinds."""
+        if spec.columns:
+            raise ConfigError(
+                f"{spec.folder / 'task.toml'} [columns]: only SQLite sources take column kinds; on "
+                "MariaDB the select's result types give them (CAST in select.sql instead)"
+            )
+        self._reconnect_if_lost()
+        import mariadb
+
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"SELECT * FROM ({spec.select_sql}) AS q LIMIT 0")
+            return column_kinds(cur.description or [], cur.metadata["charset"])
+        except mariadb.Error as exc:
+            if db.classify(exc) == "transient":
+                with db.wrap_errors(self.url):
+                    raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = spec.folder / "select.sql"
+            raise ConfigError(f"{where}: the query failed: {first}; fix the SQL") from None
+        finally:
+            cur.close()
+
+    def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a small query and return all rows (aware UTC datetimes for times)."""
+        self._reconnect_if_lost()
+        values: Any = (
+            params
+            if isinstance(params, dict)
+            else tuple(utc_naive(v) if isinstance(v, dt.datetime) else v for v in params)
+        )
+        with db.wrap_errors(self.url):
+            cur = self.conn.execute(query, values)
+            try:
+                rows = cur.fetchall() if cur.description else []
+            finally:
+                cur.close()
+        return [tuple(_aware(v) for v in row) for row in rows]
+
+    def zones(self, zone_sql: str) -> dict[str, str]:
+        """Map canonical key text to zones with a ``zone_sql`` query."""
+        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(zone_sql)}
+
+    def read(
+        self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, rows)`` chunks for ``slices`` from one streamed query in one snapshot."""
+        query, params = batch_query(spec, slices, columns)
+        times = [i for i, c in enumerate(columns) if c.kind == "timestamptz"]
+        self._reconnect_if_lost()
+        with db.wrap_errors(self.url):
+            cur = self.conn.cursor(buffered=False)
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            try:
+                cur.execute(query, params)
+                for ordinal, rows in group_rows(cur, CHUNK_ROWS):
+                    yield ordinal, _with_zones(rows, times) if times else rows
+            finally:
+                with contextlib.suppress(Exception):  # a lost connection: the read already failed
+                    cur.close()
+                    self.conn.execute("COMMIT").close()
+
+    def snapshot(self) -> contextlib.AbstractContextManager[Any]:
+        """Archive tasks do not run on MariaDB yet (task loading refuses them first)."""
+        raise ConfigError("archive tasks are not supported on MariaDB/MySQL sources yet")
+
+
+def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column]) -> tuple[str, list[Any]]:
+    """The one query that reads every slice of a batch, and its ``?`` parameters."""
+    q = db.MARIADB.quote
+    timed = spec.time_column is not None
+    width = len(spec.keys) + 1
+    first = ["? AS ord", *(f"? AS k{i}" for i in range(len(spec.keys)))]
+    if timed:  # DATETIME(6): the derived column must keep microseconds whatever the first row's
+        first += ["CAST(? AS DATETIME(6)) AS ws", "CAST(? AS DATETIME(6)) AS we"]
+        width += 2
+    rest = "SELECT " + ", ".join(["?"] * width)
+    derived = " UNION ALL ".join(["SELECT " + ", ".join(first)] + [rest] * (len(slices) - 1))
+    params: list[Any] = []
+    for idx, piece in enumerate(slices):
+        params += [idx, *piece.keys]
+        if timed:
+            assert piece.start and piece.end
+            params += [utc_naive(piece.start), utc_naive(piece.end)]
+    on = [f"q.{q(k)} = p.k{i}" for i, k in enumerate(spec.keys)]
+    where: list[str] = []
+    for i, k in enumerate(spec.keys):
+        values = sorted({s.keys[i] for s in slices}, key=str)
+        where.append(f"q.{q(k)} IN ({', '.join(['?'] * len(values))})")
+        params += values
+    if spec.time_column is not None:
+        t = f"q.{q(spec.time_column)}"
+        lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
+        on += [f"{t} {lo} p.ws", f"{t} {hi} p.we"]
+        where += [f"{t} {lo} ?", f"{t} {hi} ?"]
+        params += [
+            utc_naive(min(s.start for s in slices if s.start)),
+            utc_naive(max(s.end for s in slices if s.end)),
+        ]
+    by_name = {c.name: c for c in columns}
+    projection = ", ".join(f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns)
+    order = ", ".join(
+        f"CAST(q.{q(c)} AS CHAR)" if by_name[c].as_text else f"q.{q(c)}" for c in order_columns(spec, columns)
+    )
+    query = (
+        f"SELECT p.ord, {projection} FROM ({spec.select_sql}) AS q JOIN ({derived}) AS p "
+        f"ON {' AND '.join(on) or 'TRUE'} WHERE {' AND '.join(where) or 'TRUE'} ORDER BY p.ord, {order}"
+    )
+    return query, params
+
+
+def _aware(value: Any) -> Any:
+    return value.replace(tzinfo=dt.UTC) if isinstance(value, dt.datetime) else value
+
+
+def _with_zones(rows: list[tuple[Any, ...]], times: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Rows with their time columns as aware UTC datetimes (read as naive UTC)."""
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in times:
+            if values[i] is not None:
+                values[i] = values[i].replace(tzinfo=dt.UTC)
+        out.append(tuple(values))
+    return out

@@ -1,0 +1,146 @@
+-- Partitions of partitioned tasks: marks, claims, commits, failures (ledger/partitions.py).
+-- Each block is named after the method that runs it. MariaDB evaluates the assignments of an
+-- UPDATE (and of ON DUPLICATE KEY UPDATE) left to right, each seeing the ones before it: every
+-- SET below assigns a column only after the expressions that read its old value.
+
+-- mark --
+-- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+INSERT INTO {t}partitions (task, pkey, `keys`, zone, win_start, win_end, changed_at)
+VALUES (%(task)s, %(pkey)s, %(keys)s, %(zone)s, %(win_start)s, %(win_end)s, UNIX_TIMESTAMP(NOW(6)))
+ON DUPLICATE KEY UPDATE
+    changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)) ELSE changed_at END,
+    attempts = CASE WHEN failed THEN 0 ELSE attempts END,
+    next_attempt_at = CASE WHEN failed THEN NULL ELSE next_attempt_at END,
+    failed = FALSE,
+    version = version + 1;
+
+-- claim --
+-- Lock up to limit pending, complete partitions, oldest change first, then oldest window, skipping rows another worker holds.
+SELECT id FROM {t}partitions
+WHERE task = %(task)s
+  AND NOT failed
+  AND version > exported_version
+  AND (win_end IS NULL OR win_end <= UNIX_TIMESTAMP(NOW(6)) - %(settle)s)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
+  AND (claim_token IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)))
+ORDER BY changed_at, win_start, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- claim_take --
+-- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
+-- an expired lease counts as an attempt. (Not WHERE id IN (a JSON list): MariaDB before 11.1
+-- runs that subquery of an UPDATE once per row of the table.)
+UPDATE {t}partitions
+SET attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END,
+    claim_token = %(token)s,
+    claimed_version = version,
+    lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s
+WHERE id = %(id)s;
+
+-- claimed --
+-- The partitions held under a claim token, as a claim returns them.
+SELECT id, pkey, `keys`, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag
+FROM {t}partitions WHERE claim_token = %(token)s ORDER BY id;
+
+-- renew --
+-- Extend the lease of every partition still held under a claim token.
+UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
+
+-- hold --
+-- Lock one claim's row if it is still held under its token (called in pkey order, like marks);
+-- its file is put in place while the lock is held, then committed in the same transaction.
+SELECT id FROM {t}partitions WHERE id = %(id)s AND claim_token = %(token)s FOR UPDATE;
+
+-- commit_held --
+-- Record a durable export at the version read at claim; fenced by the claim token (the row is
+-- locked by hold in this transaction, so it still matches: run for each row in one round trip).
+UPDATE {t}partitions
+SET forced = CASE WHEN version > claimed_version THEN forced ELSE FALSE END,
+    exported_version = claimed_version,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL,
+    path = %(path)s, `rows` = %(rows)s, bytes = %(bytes)s, checksum = %(checksum)s, etag = %(etag)s,
+    exported_at = UNIX_TIMESTAMP(NOW(6))
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- fail --
+-- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+UPDATE {t}partitions
+SET failed = (%(terminal)s OR attempts + 1 >= %(max_attempts)s),
+    next_attempt_at = UNIX_TIMESTAMP(NOW(6)) + LEAST(%(backoff)s * POW(2, LEAST(attempts, 20)), 3600),
+    attempts = attempts + 1,
+    last_error = %(error)s,
+    claim_token = NULL, claimed_version = NULL, lease_until = NULL
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- release --
+-- Give back every partition still held under a claim token, without counting an attempt.
+UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
+WHERE claim_token = %(token)s;
+
+-- pending --
+-- List what the next claim would take (for --dry-run), without claiming.
+SELECT id, pkey, `keys`, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag
+FROM {t}partitions
+WHERE task = %(task)s
+  AND NOT failed
+  AND version > exported_version
+  AND (win_end IS NULL OR win_end <= UNIX_TIMESTAMP(NOW(6)) - %(settle)s)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
+  AND (claim_token IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)))
+ORDER BY changed_at, win_start, id
+LIMIT %(limit)s;
+
+-- status --
+-- Count a task's partitions by state.
+SELECT
+    coalesce(sum(NOT failed AND version > exported_version AND (claim_token IS NULL OR lease_until < n.now)
+                 AND (win_end IS NULL OR win_end <= n.now - %(settle)s)), 0) AS pending,
+    coalesce(sum(NOT failed AND claim_token IS NOT NULL AND lease_until >= n.now), 0) AS claimed,
+    coalesce(sum(NOT failed AND version = exported_version), 0) AS exported,
+    coalesce(sum(failed), 0) AS failed,
+    coalesce(sum(NOT failed AND version > exported_version AND (claim_token IS NULL OR lease_until < n.now)
+                 AND win_end > n.now - %(settle)s), 0) AS waiting,
+    coalesce(sum(NOT failed AND version > exported_version AND attempts > 0), 0) AS retrying,
+    max(n.now) - min(CASE WHEN NOT failed AND version > exported_version
+                               AND (claim_token IS NULL OR lease_until < n.now)
+                               AND (win_end IS NULL OR win_end <= n.now - %(settle)s) THEN changed_at END)
+        AS oldest_pending_age
+FROM {t}partitions CROSS JOIN (SELECT UNIX_TIMESTAMP(NOW(6)) AS now) AS n WHERE task = %(task)s;
+
+-- failures --
+-- The parked partitions of a task with their last error.
+SELECT pkey, attempts, last_error FROM {t}partitions
+WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
+
+-- partition_keys --
+-- Every partition of a task with its window, for reexport filters.
+SELECT id, `keys`, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
+
+-- reexport --
+-- Queue one partition again even if its bytes are unchanged.
+UPDATE {t}partitions
+SET changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)) ELSE changed_at END,
+    version = version + 1, forced = TRUE, failed = FALSE, attempts = 0, next_attempt_at = NULL
+WHERE id = %(id)s;
+
+-- reset_failed --
+-- Re-queue a task's parked partitions.
+UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE task = %(task)s AND failed;
+
+-- list_partitions --
+-- A page of a task's partitions with their state.
+SELECT * FROM (
+    SELECT pkey, `keys`, version, exported_version, attempts, last_error, path, `rows`, bytes, exported_at,
+           win_start, win_end,
+           CASE WHEN failed THEN 'failed'
+                WHEN version = exported_version THEN 'exported'
+                WHEN claim_token IS NOT NULL AND lease_until >= UNIX_TIMESTAMP(NOW(6)) THEN 'claimed'
+                WHEN win_end > UNIX_TIMESTAMP(NOW(6)) - %(settle)s THEN 'waiting'
+                ELSE 'pending' END AS state
+    FROM {t}partitions WHERE task = %(task)s
+) AS p
+WHERE %(state)s IS NULL OR state = %(state)s
+ORDER BY win_start IS NOT NULL, win_start, pkey
+LIMIT %(limit)s OFFSET %(offset)s;

@@ -1,0 +1,88 @@
+"""The MariaDB source on a real server: pinned sessions, TIMESTAMP vs DATETIME, column kinds."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugins.mariadb_server import mariadb_connect
+from sluicegate.sources import ReadSpec, Slice, open_source
+from sluicegate.sources.mariadb import MariaDbSource
+
+pytestmark = pytest.mark.mariadb
+UTC = dt.UTC
+
+
+@pytest.fixture
+def server_zone_ahead(mariadb_url: str) -> Iterator[None]:
+    """The server's default zone is +05:30 for the test (new sessions start in it), then UTC again."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("SET GLOBAL time_zone = '+05:30'")
+        try:
+            yield
+        finally:
+            conn.cursor().execute("SET GLOBAL time_zone = '+00:00'")
+
+
+def test_timestamp_is_an_instant_and_datetime_is_taken_as_utc(
+    mariadb_url: str, server_zone_ahead: None, tmp_path: Path
+) -> None:
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP(6) NULL, d DATETIME(6))")
+        # Written by a session in the server's zone (+05:30): the TIMESTAMP is 04:30 UTC.
+        cur.execute("INSERT INTO t VALUES (1, '2024-03-01 10:00:00', '2024-03-01 10:00:00')")
+    source = open_source(mariadb_url)
+    try:
+        assert isinstance(source, MariaDbSource)
+        assert source.execute("SELECT @@session.time_zone")[0][0] == "+00:00"
+        [(ts, d)] = source.execute("SELECT ts, d FROM t")
+        assert ts == dt.datetime(2024, 3, 1, 4, 30, tzinfo=UTC)
+        assert d == dt.datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+        # The batch read compares both with UTC windows and returns aware UTC values.
+        spec = ReadSpec(select_sql="SELECT id, ts, d FROM t", folder=tmp_path, time_column="ts")
+        columns = source.describe(spec)
+        assert [(c.name, c.kind) for c in columns] == [
+            ("id", "int"),
+            ("ts", "timestamptz"),
+            ("d", "timestamptz"),
+        ]
+        window = Slice(
+            start=dt.datetime(2024, 3, 1, 4, tzinfo=UTC), end=dt.datetime(2024, 3, 1, 5, tzinfo=UTC)
+        )
+        [(index, rows)] = list(source.read(spec, [window], columns, "rows"))
+        assert (index, rows) == (0, [(1, ts, d)])
+        later = Slice(
+            start=dt.datetime(2024, 3, 1, 10, tzinfo=UTC), end=dt.datetime(2024, 3, 1, 11, tzinfo=UTC)
+        )
+        assert list(source.read(spec, [later], columns, "rows")) == []
+    finally:
+        source.close()
+
+
+def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) -> None:
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE k (i BIGINT, f FLOAT, x DOUBLE, n DECIMAL(12,3), v VARCHAR(9), b VARBINARY(9),"
+            " bl BLOB, tx TEXT, dy DATE, tm TIME, j JSON, e ENUM('a'), bt BIT(3))"
+        )
+    source = open_source(mariadb_url)
+    try:
+        columns = source.describe(ReadSpec(select_sql="SELECT k.*, CAST(n AS DECIMAL(5,0)) AS n0, CAST(7 AS UNSIGNED) + 0.5 AS nu FROM k", folder=tmp_path))
+    finally:
+        source.close()
+    kinds = {c.name: (c.kind, c.as_text) for c in columns}
+    assert kinds == {
+        "i": ("int", False), "f": ("float", False), "x": ("float", False), "n": ("decimal", False),
+        "v": ("text", False), "b": ("binary", False), "bl": ("binary", False), "tx": ("text", False),
+        "dy": ("date", False), "tm": ("text", True), "j": ("text", True), "e": ("text", False),
+        "bt": ("binary", False), "n0": ("decimal", False), "nu": ("decimal", False),
+    }  # fmt: skip
+    by_name = {c.name: c for c in columns}
+    assert (by_name["n"].precision, by_name["n"].scale) == (12, 3) and by_name["f"].precision == 24
+    assert (by_name["n0"].precision, by_name["n0"].scale) == (5, 0)
+    assert (by_name["nu"].precision, by_name["nu"].scale) == (3, 1)
