@@ -40,9 +40,8 @@ CASES = ("ledger-mariadb", "ledger-sqlite", "read-only")
 
 def load(url: str, rows: int) -> float:
     """Create and fill the tables with ``rows`` hourly measurements; return the load seconds."""
-    from support import MARIADB_SCHEMA
-
     from sluicegate import mariadb_conn
+    from support import MARIADB_SCHEMA
 
     conn = mariadb_conn.connect(url)
     for statement in MARIADB_SCHEMA:
@@ -53,9 +52,9 @@ def load(url: str, rows: int) -> float:
     ).close()
     conn.execute(f"INSERT INTO sensors SELECT seq * 10, seq, 'pm25', 'µg/m³' FROM seq_1_to_{LOCATIONS}").close()
     conn.execute(
-        "INSERT INTO measurements SELECT 1 + seq % {n}, (1 + seq % {n}) * 10,"
-        " TIMESTAMPADD(HOUR, seq DIV {n}, '2024-01-01 00:00:00'), (seq * 7919 % 100000) / 100.0 + 0.25,"
-        " UTC_TIMESTAMP(6) FROM seq_0_to_{last}".format(n=LOCATIONS, last=rows - 1)
+        f"INSERT INTO measurements SELECT 1 + seq % {LOCATIONS}, (1 + seq % {LOCATIONS}) * 10,"
+        f" TIMESTAMPADD(HOUR, seq DIV {LOCATIONS}, '2024-01-01 00:00:00'), (seq * 7919 % 100000) / 100.0 + 0.25,"
+        f" UTC_TIMESTAMP(6) FROM seq_0_to_{rows - 1}"
     ).close()
     conn.execute("ANALYZE TABLE measurements").fetchall()
     conn.close()
@@ -97,9 +96,8 @@ def sluicegate(root: Path, *args: str) -> tuple[float, str]:
 
 def read_only(url: str) -> tuple[float, int]:
     """Stream every row of the task's select once: the floor under an export."""
-    from support import OPENAQ_SELECT_MARIADB
-
     from sluicegate import mariadb_conn
+    from support import OPENAQ_SELECT_MARIADB
 
     started = time.perf_counter()
     conn = mariadb_conn.connect(url)
@@ -164,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     for case, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
         days = runs[0].get("exported")
-        rate = f"{days / seconds:,.0f}" if days else "–"
-        print(f"| `{case}` | {days or '–'} | {seconds:.2f} | {rate} | {args.rows / seconds:,.0f} |")
+        rate = f"{days / seconds:,.0f}" if days else "-"
+        print(f"| `{case}` | {days or '-'} | {seconds:.2f} | {rate} | {args.rows / seconds:,.0f} |")
     print("\ncommand: " + shlex.join([".venv/bin/python", "bench/mariadb_export.py", *sys.argv[1:]]))
     return 0
 
