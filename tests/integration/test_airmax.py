@@ -106,8 +106,18 @@ def test_the_example_project_end_to_end_on_postgresql(tmp_path: Path, pg_url: st
     assert len(rows) == 8 and len(stamps(rows)) == 1
     tick = dt.datetime.fromisoformat(evaluation["tick"])
     landen = next(r for r in rows if r["city"] == "Landen")
-    if now - dt.timedelta(minutes=1) < tick:  # the ingested measurement is inside [t - 3h, t)
-        assert landen["parameter_value"] > 10
+    # The row is exactly the mean of Landen's raw rows in [t - 3h, t), the ingested one included
+    # when its time falls inside (the tick is the last 5-minute boundary, so it may not).
+    start = tick - dt.timedelta(hours=3)
+    db = tables.TableDb(pg_url)
+    _, raw = db.query(
+        "SELECT measurement_time_utc, parameter_value FROM raw WHERE city = 'Landen'"
+    )
+    db.close()
+    inside = [value for at, value in raw if start <= tables.parse_time(at) < tick]
+    assert landen["num_measurements"] == len(inside)
+    assert landen["parameter_value"] == pytest.approx(sum(inside) / len(inside))
+    assert (1000.0 in inside) == (start <= now - dt.timedelta(minutes=1) < tick)
     status = json.loads(cli(root, "status", "--json", check=True).stdout)
     by_task = {s["task"]: s for s in status}
     assert by_task[AGGREGATE]["evaluations"] == 1 and by_task["measurements"]["parked"] == 1

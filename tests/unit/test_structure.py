@@ -100,12 +100,25 @@ def _store_calls(cls: type[Store]) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("dialect", DIALECTS + PARTIAL_DIALECTS)
-@pytest.mark.parametrize("cls", STORE_CLASSES, ids=lambda c: c.__name__)
+# (dialect, store) pairs that exist: every store on a full dialect, the stores a partial one has.
+STORE_PAIRS = [
+    pytest.param(d, c, id=f"{d}-{c.__name__}")
+    for d in DIALECTS + PARTIAL_DIALECTS
+    for c in STORE_CLASSES
+    if not isinstance(queries(d, c.SQL, "x_", "s"), NotYet)
+]
+# What MariaDB does not have yet (its tasks are refused with exit 2; docs/concepts.md "MariaDB").
+MARIADB_NOT_YET = {"watermarks", "archive", "blocks", "aggregates", "ingest"}
+
+
+def test_a_partial_dialect_lacks_exactly_the_stores_it_documents() -> None:
+    missing = {c.SQL for c in STORE_CLASSES if isinstance(queries("mariadb", c.SQL, "x_", "s"), NotYet)}
+    assert missing == MARIADB_NOT_YET
+
+
+@pytest.mark.parametrize(("dialect", "cls"), STORE_PAIRS)
 def test_every_sql_block_is_run_by_the_method_of_its_name(dialect: str, cls: type[Store]) -> None:
     """Every store's blocks, on every dialect; a partial dialect (MariaDB) for the stores it has."""
-    if isinstance(queries(dialect, cls.SQL, "x_", "s"), NotYet):
-        pytest.skip(f"{dialect} has no {cls.SQL} store yet")
     blocks = set(queries(dialect, cls.SQL, "x_", "s"))
     calls = _store_calls(cls)
     for method, names in calls.items():
