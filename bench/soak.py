@@ -21,7 +21,9 @@ Then it stops the writer and the chaos, lets the workers finish (SIGTERM), re-qu
 partitions (again while draining, up to 3 times: claims of killed workers expire then and count
 as attempts), runs ``sluicegate run`` until nothing is pending, and checks every partition of
 the ledger against the database and the bucket (see :func:`check`). It prints one summary
-line and exits 1 if any file is wrong, partial, missing or stray, or any version was lost.
+line and exits 1 if any file is wrong, partial, missing or stray, any version was lost, or the
+change feed misses a committed file (every manifest must parse; every file the ledger records
+must be listed in one with its SHA-256).
 The temp folder (logs, project, data) is kept when the check fails, or with ``--keep``.
 """
 
@@ -381,6 +383,9 @@ class Report:
     missing_files: int = 0
     lost_versions: int = 0
     stray_objects: int = 0
+    manifests: int = 0
+    bad_manifests: int = 0
+    unlisted_files: int = 0
     open_uploads: int = 0
     uncaptured_rows: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -390,6 +395,7 @@ class Report:
         return not (
             self.mismatches or self.partial_files or self.missing_files or self.lost_versions
             or self.stray_objects or self.open_uploads or self.uncaptured_rows
+            or self.bad_manifests or self.unlisted_files
         )  # fmt: skip
 
 
@@ -578,10 +584,31 @@ def check(url: str, proj: Path, endpoint: str, cutoff: dt.datetime, evidence: Ev
         report.versions += row[2]
         if row[-1]:  # complete at the cutoff; today's partitions wait for their day to end
             checker.partition(row, expected.get(row[0], {}), set(objects))
-    stray = sorted(set(objects) - referenced)
+    manifests = sorted(k for k in objects if k.startswith(f"{PREFIX}/_manifests/"))
+    check_manifests(client, manifests, ledger, report)
+    stray = sorted(set(objects) - referenced - set(manifests))
     report.stray_objects = len(stray)
     report.problems += [f"STRAY object {k} ({objects[k]} bytes)" for k in stray[:20]]
     return report
+
+
+def check_manifests(client: Any, keys: list[str], ledger: list[Any], report: Report) -> None:
+    """The change feed: every manifest parses whole, and every file the ledger records as
+    exported is listed in one, with its path and SHA-256 (a file may be listed more than once)."""
+    listed: set[tuple[str, str]] = set()
+    for key in keys:
+        text = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+        try:
+            entries = [json.loads(line) for line in text.splitlines() if line]
+        except ValueError:
+            report.bad_manifests += 1
+            report.problems.append(f"MANIFEST {key} does not parse")
+            continue
+        listed |= {(e["path"], e["sha256"]) for e in entries if e.get("action") == "published"}
+    report.manifests = len(keys)
+    unlisted = [row for row in ledger if row[5] and row[7] and (row[5], row[7]) not in listed]
+    report.unlisted_files = len(unlisted)
+    report.problems += [f"UNLISTED file {row[5]} (sha256 {row[7]}): in no manifest" for row in unlisted[:20]]
 
 
 # =========================================================================== main
@@ -770,7 +797,9 @@ def soak(base: Path, args: argparse.Namespace) -> int:
             f"partitions={report.partitions} versions={report.versions} files_checked={report.files_checked} "
             f"mismatches={report.mismatches} partial_files={report.partial_files} "
             f"lost_versions={report.lost_versions} missing_files={report.missing_files} "
-            f"stray_objects={report.stray_objects} open_uploads={report.open_uploads} "
+            f"stray_objects={report.stray_objects} manifests={report.manifests} "
+            f"unlisted_files={report.unlisted_files} bad_manifests={report.bad_manifests} "
+            f"open_uploads={report.open_uploads} "
             f"uncaptured_rows={report.uncaptured_rows} | parked={parked} fenced_commits={totals['lost']} "
             f"exports={totals['exported']} unchanged={totals['unchanged']} "
             f"failed_attempts={totals['failed']} "
