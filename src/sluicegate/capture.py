@@ -380,22 +380,26 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     return names
 
 
+def _row_values(task: TaskSpec, dialect: db.Dialect, row: str, time_ending: bool, json_array: str) -> str:
+    """``(task, keys, bin)`` of one changed row (``NEW`` or ``OLD``) for a row trigger's inbox insert."""
+    cap = task.capture
+    keys = ", ".join(f"{row}.{dialect.quote(cap.keys[k])}" for k in task.keys)
+    bin_sql = "NULL"
+    if task.time:
+        assert cap.time
+        bin_sql = dialect.bin_expr(f"{row}.{dialect.quote(cap.time)}", time_ending)
+    literal = "'" + task.name.replace("'", "''") + "'"
+    return f"({literal}, {json_array}({keys}), {bin_sql})"
+
+
 def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
     cap = task.capture
     assert cap.table
     q = db.SQLITE.quote
-    literal = "'" + task.name.replace("'", "''") + "'"
 
     def insert(row: str) -> str:
-        keys = ", ".join(f"{row}.{q(cap.keys[k])}" for k in task.keys)
-        bin_sql = "NULL"
-        if task.time:
-            assert cap.time
-            bin_sql = db.SQLITE.bin_expr(f"{row}.{q(cap.time)}", time_ending)
-        return (
-            f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) "
-            f"VALUES ({literal}, json_array({keys}), {bin_sql});"
-        )
+        values = _row_values(task, db.SQLITE, row, time_ending, "json_array")
+        return f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) VALUES {values};"
 
     names = []
     statements = []
@@ -423,15 +427,9 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[s
     cap = task.capture
     assert cap.table
     q = db.MARIADB.quote
-    literal = "'" + task.name.replace("'", "''") + "'"
 
     def row_values(row: str) -> str:
-        keys = ", ".join(f"{row}.{q(cap.keys[k])}" for k in task.keys)
-        bin_sql = "NULL"
-        if task.time:
-            assert cap.time
-            bin_sql = db.MARIADB.bin_expr(f"{row}.{q(cap.time)}", time_ending)
-        return f"({literal}, JSON_ARRAY({keys}), {bin_sql})"
+        return _row_values(task, db.MARIADB, row, time_ending, "JSON_ARRAY")
 
     changes = q(f"{inbox.table_prefix}changes")
     names = []
