@@ -49,17 +49,20 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     bin BIGINT NULL,
     KEY {t}changes_task_idx (task, id)
 ) ENGINE = InnoDB;
+-- (watermarks tables: incremental tasks)
 CREATE TABLE IF NOT EXISTS {t}scans (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     high_water DATETIME(6),
     scanned_at DOUBLE
 ) ENGINE = InnoDB;
+-- (archive tables: archive tasks)
 CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
     fired_at DOUBLE,
     PRIMARY KEY (task, tick)
 ) ENGINE = InnoDB;
+-- (blocks tables: blocks tasks)
 CREATE TABLE IF NOT EXISTS {t}runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -71,6 +74,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     heartbeat_at DOUBLE,
     KEY {t}runs_started_idx (started_at)
 ) ENGINE = InnoDB;
+-- (aggregates tables: aggregate tasks)
 CREATE TABLE IF NOT EXISTS {t}task_errors (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     error TEXT NOT NULL,
