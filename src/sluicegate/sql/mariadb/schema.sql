@@ -75,6 +75,26 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     KEY {t}runs_started_idx (started_at)
 ) ENGINE = InnoDB;
 -- (aggregates tables: aggregate tasks)
+CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
+    task VARCHAR(255) NOT NULL,
+    tick DOUBLE NOT NULL,
+    window_start DOUBLE NOT NULL,
+    window_end DOUBLE NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    attempts INT NOT NULL DEFAULT 1,
+    next_attempt_at DOUBLE,
+    `rows` BIGINT,
+    seconds DOUBLE,
+    path TEXT,
+    error TEXT,
+    started_at DOUBLE NOT NULL,
+    finished_at DOUBLE,
+    PRIMARY KEY (task, tick),
+    CONSTRAINT {t}aggregate_evaluations_state CHECK (state IN ('running', 'done', 'failed', 'superseded')),
+    CONSTRAINT {t}aggregate_evaluations_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}task_errors (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     error TEXT NOT NULL,

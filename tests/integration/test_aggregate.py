@@ -1,7 +1,9 @@
-"""Aggregate tasks on SQLite: the window, ticks and their claims, the ledger record, files.
+"""Aggregate tasks: the window, ticks and their claims, the ledger record, files.
 
 Each test builds the airmax example project in a temporary folder and evaluates its
-``current_air_quality`` task (the mean pm25 per city over ``[t - 3h, t)``) at chosen ticks.
+``current_air_quality`` task (the mean pm25 per city over ``[t - 3h, t)``) at chosen ticks, on
+SQLite, PostgreSQL and MariaDB (the raw table, the table sink and the ledger in that database).
+Configuration errors do not depend on the database and run on SQLite only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,24 @@ UTC = dt.UTC
 T = dt.datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
 
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("pg", id="pg", marks=pytest.mark.pg),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "pg":
+        return str(request.getfixturevalue("pg_url"))
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
+    return f"sqlite:///{tmp_path / 'airmax.db'}"
+
+
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'airmax.db'}"
 
 
@@ -254,9 +272,9 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
     ],
 )  # fmt: skip
-def test_configuration_errors_name_the_setting(tmp_path: Path, url: str, task: str, select: str | None,
+def test_configuration_errors_name_the_setting(tmp_path: Path, sqlite_url: str, task: str, select: str | None,
                                                message: str) -> None:  # fmt: skip
-    root = airmax_project(tmp_path / "proj", url)
+    root = airmax_project(tmp_path / "proj", sqlite_url)
     folder = root / "tasks" / AGGREGATE
     (folder / "task.toml").write_text(task)
     if select is not None:
@@ -268,8 +286,8 @@ def test_configuration_errors_name_the_setting(tmp_path: Path, url: str, task: s
     assert message in str(raised.value) and str(folder) in str(raised.value)
 
 
-def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, url: str) -> None:
-    root = airmax_project(tmp_path / "proj", url)
+def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, sqlite_url: str) -> None:
+    root = airmax_project(tmp_path / "proj", sqlite_url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text("SELECT 1 AS one FROM raw")
     proc = cli(root, "run", AGGREGATE)
     assert proc.returncode == 2 and "does not read in_window" in proc.stderr
