@@ -221,6 +221,18 @@ def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: st
     assert {r["tick"]: r["state"] for r in _evaluations(root)} == {newer: "done", T: "superseded"}
 
 
+def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> None:
+    """One ledger row per tick adds up (105,000 a year at 5 minutes): a done evaluation forgets
+    those of ticks more than ``keep`` before it."""
+    root = airmax_project(tmp_path / "proj", url, task_extra='keep = "3h"')
+    add_raw(url, [("Gent", T - dt.timedelta(hours=5), 1.0)])
+    for hours in (4, 3, 1):
+        assert _evaluate(root, T - dt.timedelta(hours=hours)).state in ("done", "superseded")
+    assert len(_evaluations(root)) == 3
+    assert _evaluate(root, T).state == "done"
+    assert [r["tick"] for r in _evaluations(root)] == [T, T - dt.timedelta(hours=1), T - dt.timedelta(hours=3)]
+
+
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
     root = airmax_project(
         tmp_path / "proj", url, task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "csv"'
@@ -270,6 +282,8 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          'table = "t"', "SELECT city FROM raw GROUP BY city", "does not read in_window"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\nstep = 1\n'
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
+        ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
+         '[destination]\ntable = "t"', None, "keep: '1h' is shorter than the window; keep at least '3h'"),
     ],
 )  # fmt: skip
 def test_configuration_errors_name_the_setting(tmp_path: Path, sqlite_url: str, task: str, select: str | None,

@@ -91,6 +91,10 @@ class AggregateStore(Store):
             seconds=round(seconds, 6), delay=delay,
         )  # fmt: skip
 
+    def prune(self, task: str, *, before: dt.datetime) -> int:
+        """Forget the task's evaluations of ticks before ``before``; the number forgotten."""
+        return int(self._run("prune", task=task, before=self.core.ts(before)).rowcount)
+
     def status(self, task: str) -> dict[str, Any]:
         """Counts of the task's evaluations by state, its latest done tick and its latest error."""
         row = self._run("status", task=task).fetchone()
