@@ -416,6 +416,11 @@ def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> 
             f"[ledger] url to postgresql://... or sqlite:///ledger.db {see}"
         )
     if not mariadb_conn.is_url(settings.source_url):
+        if getattr(getattr(task, "time", None), "datetime_zone", None):
+            raise ConfigError(
+                f"{toml_path} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources "
+                "only; on PostgreSQL use timestamptz (or AT TIME ZONE in select.sql); remove it"
+            )
         return
     later = f"is not supported on MariaDB/MySQL sources yet {see}"
     if task.kind not in MARIADB_KINDS:

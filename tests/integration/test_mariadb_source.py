@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from plugins.mariadb_server import mariadb_connect
+from sluicegate.exceptions import ConfigError
 from sluicegate.sources import ReadSpec, Slice, open_source
 from sluicegate.sources.mariadb import MariaDbSource
 
@@ -60,6 +61,22 @@ def test_timestamp_is_an_instant_and_datetime_is_taken_as_utc(
             start=dt.datetime(2024, 3, 1, 10, tzinfo=UTC), end=dt.datetime(2024, 3, 1, 11, tzinfo=UTC)
         )
         assert list(source.read(spec, [later], columns, "rows")) == []
+    finally:
+        source.close()
+
+
+def test_datetime_zone_on_a_timestamp_time_column_is_refused(mariadb_url: str, tmp_path: Path) -> None:
+    """A TIMESTAMP is an instant already: naming a wall-clock zone for it would shift every row."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP(6) NULL)")
+    source = open_source(mariadb_url)
+    try:
+        spec = ReadSpec(
+            select_sql="SELECT id, ts FROM t", folder=tmp_path, time_column="ts", datetime_zone="Europe/Brussels"
+        )
+        window = Slice(start=dt.datetime(2024, 3, 1, tzinfo=UTC), end=dt.datetime(2024, 3, 2, tzinfo=UTC))
+        with pytest.raises(ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"):
+            list(source.read(spec, [window], source.describe(spec), "rows"))
     finally:
         source.close()
 
