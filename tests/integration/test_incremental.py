@@ -1,4 +1,5 @@
-"""Incremental (watermark) exports: the Bridge Exporter's test plan, automated, on SQLite and PostgreSQL."""
+"""Incremental (watermark) exports: the Bridge Exporter's test plan, automated, on SQLite,
+PostgreSQL and MariaDB (the ledger in the source database, or for MariaDB also in a SQLite file)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from support import SLUICEGATE, cli, files, is_mariadb, load, read_csv
 
 UTC = dt.UTC
 T = dt.datetime(2024, 5, 10, tzinfo=UTC)
+# Sources whose ledger is a SQLite file beside the project instead of the source database.
+LEDGER_ELSEWHERE: set[str] = set()
 DOCUMENTED = (
     '{"endDateTime":"2016-10-04T23:59:59Z","startDateTime":"2016-10-03T23:59:59Z","exportType":"DAILY",'
     '"ignoreLastExportTime":"true","tag":"test exporter"}'
@@ -75,13 +78,19 @@ class Records:
         "sqlite",
         pytest.param("pg", marks=pytest.mark.pg),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb-sqlite-ledger", marks=pytest.mark.mariadb),
     ]
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The source: a SQLite file, or a fresh PostgreSQL or MariaDB database (ledger then on SQLite)."""
+    """The source: a SQLite file, or a fresh PostgreSQL or MariaDB database.
+
+    The ledger is in the source database, or for ``mariadb-sqlite-ledger`` in a SQLite file.
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
     value: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    if request.param == "mariadb-sqlite-ledger":
+        LEDGER_ELSEWHERE.add(value)
     return value
 
 
@@ -90,7 +99,7 @@ def _project(
 ) -> Path:
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
-    ledger = f'[ledger]\nurl = "sqlite:///{root / "ledger.db"}"\n' if is_mariadb(url) else ""
+    ledger = f'[ledger]\nurl = "sqlite:///{root / "ledger.db"}"\n' if url in LEDGER_ELSEWHERE else ""
     (root / "sluicegate.toml").write_text(
         f'[source]\nurl = "{url}"\n{ledger}[destination]\nurl = "{tmp_path / "out"}"\n'
         f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 3\n'
@@ -485,7 +494,7 @@ def _indexes(rec: Records, url: str) -> set[str]:
 def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> None:
     """Opening a ledger made by the previous release adds what is new and keeps its rows."""
     if is_mariadb(url):
-        pytest.skip("about the ledger in the source database, which cannot be MariaDB yet")
+        pytest.skip("about upgrading a PostgreSQL or SQLite ledger made by release 4 (MariaDB's came later)")
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=5), "a")

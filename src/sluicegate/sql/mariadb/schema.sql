@@ -50,6 +50,35 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     KEY {t}changes_task_idx (task, id)
 ) ENGINE = InnoDB;
 -- (watermarks tables: incremental tasks)
+-- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
+-- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
+-- together (commit relies on it: it clears failed_end, then failed_mode where failed_end is gone).
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    watermark DOUBLE,
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    pending_start DOUBLE,
+    pending_end DOUBLE,
+    pending_type VARCHAR(32),
+    attempts INT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    failed_start DOUBLE,
+    failed_end DOUBLE,
+    failed_type VARCHAR(32),
+    failed_mode VARCHAR(16),
+    failed_destination TEXT,
+    exported_at DOUBLE,
+    `rows` BIGINT,
+    path TEXT,
+    UNIQUE KEY {t}watermarks_task_entity (task, entity),
+    KEY {t}watermarks_claim_token_idx (claim_token),
+    CONSTRAINT {t}watermarks_failed_mode CHECK (failed_mode IN ('watermark', 'reexport')),
+    CONSTRAINT {t}watermarks_failed_window CHECK ((failed_mode IS NULL) = (failed_end IS NULL)),
+    CONSTRAINT {t}watermarks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}scans (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     high_water DATETIME(6),
