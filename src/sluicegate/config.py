@@ -405,7 +405,7 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
 MARIADB_KINDS = ("partitioned", "incremental", "aggregate", "ingest")
 MARIADB_CAPTURE = ("trigger", "scan", "explicit")
 # The kinds whose stores a MariaDB ledger has.
-MARIADB_LEDGER_KINDS = ("partitioned", "incremental", "aggregate", "ingest")
+MARIADB_LEDGER_KINDS = ("partitioned", "incremental", "blocks", "aggregate", "ingest")
 
 
 def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:
