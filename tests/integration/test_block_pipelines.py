@@ -193,6 +193,18 @@ def test_a_range_against_the_provider_api_completes_around_empty_flaky_and_faili
     [status] = operations.status(load_project(root), ["trips"])
     assert status["failed"] == 1 and "HTTP 500" in status["failures"][0]["error"]
     assert status["failures"][0]["partition"] == "lime 2020-03-01T05:00-06:00 extract"
+    project = load_project(root)
+    page = operations.list_partitions(project, project.task("trips"), state="failed", limit=10, offset=0)
+    assert [(p["stage"], p["block"], p["attempts"]) for p in page] == [
+        ("extract", "2020-03-01T05:00-06:00", 3)
+    ]
+    dry = run(root, *RANGE, "--incomplete-only", "--dry-run")
+    assert "2020-03-01T05:00-06:00 extract (incomplete)" in dry.output, dry.output
+    mds.restore_block("lime", FIRST + 4 * H)
+    again = run(root, *RANGE, "--incomplete-only")  # the parked extract, then its load and publish
+    assert again.exit_code == 0, again.output
+    redone = {s: v[:2] for (k, b, s), v in ledger(ledger_url).items() if (k, b) == ("lime", FIRST + 4 * H)}
+    assert redone == {"extract": ("done", 0), "load": ("done", 0), "publish": ("done", 0)}
 
 
 @pytest.mark.pg

@@ -463,8 +463,7 @@ def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> No
     assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
 
 
-def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=2), "a")
