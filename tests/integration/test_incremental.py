@@ -541,3 +541,35 @@ def test_a_long_window_export_renews_its_watermark_claim(url: str, tmp_path: Pat
         assert wm.claim(task.name, ["s1"], lease=1) == []
         assert [w["claimed"] for w in wm.entities(task.name)] == [True]
         assert wm.renew(str(uuid.uuid4()), lease=600) == 0  # another token renews nothing
+
+
+def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_path: Path) -> None:
+    """Two workers on one ledger: a held watermark is not claimed twice; once its lease ran out the
+    other worker takes it (an attempt), the first one's commit, failure and release of it record
+    nothing, and a commit never moves a watermark backwards."""
+    project = load(_project(tmp_path, url))
+    Records(url)  # the source table
+    ledger_url, schema = project.settings.ledger_url, project.settings.ledger_schema
+    day = dt.timedelta(days=1)
+    with Ledger(ledger_url, schema=schema) as one, Ledger(ledger_url, schema=schema) as two:
+        one.ensure_schema()
+        one.watermarks.ensure("studies", ["s1", "s2"])
+        first = one.watermarks.claim("studies", ["s1", "s2"], lease=1)
+        assert [(c.entity, c.attempts) for c in first] == [("s1", 0), ("s2", 0)]
+        assert two.watermarks.claim("studies", ["s1", "s2"], lease=60) == []
+        time.sleep(1.3)
+        [second] = two.watermarks.claim("studies", ["s1"], lease=60)
+        assert (second.entity, second.attempts) == ("s1", 1)  # the expired lease counted
+        assert not one.watermarks.commit(first[0], end=T + 5 * day, rows=9, path="late")
+        one.watermarks.fail(
+            "studies", "s1", token=first[0].token, error="late", start=T - day, end=T,
+            export_type="daily", mode="watermark",
+        )  # fmt: skip
+        assert one.watermarks.release(first[0].token) == 1  # s2, which nobody took over
+        assert two.watermarks.commit(second, end=T, rows=2, path="p")
+        [again] = two.watermarks.claim("studies", ["s1"], lease=60)
+        assert two.watermarks.commit(again, end=T - day, rows=0, path=None)  # an older end
+        marks = {w["entity"]: w for w in one.watermarks.entities("studies")}
+    assert (marks["s1"]["watermark"], marks["s1"]["rows"], marks["s1"]["last_error"]) == (T, 0, None)
+    assert marks["s1"]["failed_end"] is None and marks["s1"]["attempts"] == 0
+    assert (marks["s2"]["watermark"], marks["s2"]["claimed"]) == (None, False)
