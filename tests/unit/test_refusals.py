@@ -211,7 +211,7 @@ MARIADB_URL = "mariadb://u:hunter2@127.0.0.1:1/db"  # never reached: refused whi
 
 
 def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
-    """Partitioned tasks keep their ledger on MariaDB; an incremental task there is refused."""
+    """Partitioned and incremental tasks keep their ledger on MariaDB; an archive task there is refused."""
     root = write_project(
         tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "out"),
         ledger=MARIADB_URL,
@@ -222,12 +222,16 @@ def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
         'kind = "incremental"\nentity = "study_id"\ncursor = "at"\npath = "{study_id}/{start:%Y%m%dT%H%M%S}.{ext}"\n'
     )
     (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
+    old = root / "tasks" / "old"
+    old.mkdir()
+    (old / "task.toml").write_text('kind = "archive"\n')
+    (old / "select.sql").write_text("SELECT 1 AS x")
     proc = cli(root, "tasks")
     assert (
-        f"{task / 'task.toml'} kind: 'incremental' tasks cannot keep their ledger on MariaDB/MySQL yet"
+        f"{old / 'task.toml'} kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet"
         in proc.stdout
     )
-    assert "openaq: partitioned" in proc.stdout
+    assert "openaq: partitioned" in proc.stdout and "studies: incremental" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and "hunter2" not in proc.stdout + proc.stderr
 
 

@@ -109,7 +109,7 @@ STORE_PAIRS = [
     if not isinstance(queries(d, c.SQL, "x_", "s"), NotYet)
 ]
 # What MariaDB does not have yet (its tasks are refused with exit 2; docs/concepts.md "MariaDB").
-MARIADB_NOT_YET = {"watermarks", "archive", "blocks"}
+MARIADB_NOT_YET = {"archive"}
 
 
 def test_a_partial_dialect_lacks_exactly_the_stores_it_documents() -> None:

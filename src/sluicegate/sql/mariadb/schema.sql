@@ -1,7 +1,8 @@
--- The ledger tables on MariaDB/MySQL: partitioned tasks, runs, and the trigger inbox (core: ledger/core.py).
--- Each block is named after the method that runs it. Times are UTC seconds since the epoch
--- (DOUBLE), taken from the server's clock (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so
--- leases mean the same on every worker. The stores of the other kinds are not on MariaDB yet.
+-- The ledger tables on MariaDB/MySQL: partitioned, incremental (watermarks) and blocks tasks, runs,
+-- and the trigger inbox (core: ledger/core.py). Each block is named after the method that runs it.
+-- Times are UTC seconds since the epoch (DOUBLE); those the ledger stamps are taken from the
+-- server's clock (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so leases mean the same on
+-- every worker. The stores of the other kinds (archive, aggregates, ingest) are not on MariaDB yet.
 
 -- ensure_schema --
 -- Create the ledger tables (idempotent; MariaDB commits each CREATE on its own).
@@ -50,6 +51,35 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     KEY {t}changes_task_idx (task, id)
 ) ENGINE = InnoDB;
 -- (watermarks tables: incremental tasks)
+-- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
+-- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
+-- together (commit relies on it: it clears failed_end, then failed_mode where failed_end is gone).
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    watermark DOUBLE,
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    pending_start DOUBLE,
+    pending_end DOUBLE,
+    pending_type VARCHAR(32),
+    attempts INT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    failed_start DOUBLE,
+    failed_end DOUBLE,
+    failed_type VARCHAR(32),
+    failed_mode VARCHAR(16),
+    failed_destination TEXT,
+    exported_at DOUBLE,
+    `rows` BIGINT,
+    path TEXT,
+    UNIQUE KEY {t}watermarks_task_entity (task, entity),
+    KEY {t}watermarks_claim_token_idx (claim_token),
+    CONSTRAINT {t}watermarks_failed_mode CHECK (failed_mode IN ('watermark', 'reexport')),
+    CONSTRAINT {t}watermarks_failed_window CHECK ((failed_mode IS NULL) = (failed_end IS NULL)),
+    CONSTRAINT {t}watermarks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}scans (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     high_water DATETIME(6),
@@ -63,6 +93,43 @@ CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     PRIMARY KEY (task, tick)
 ) ENGINE = InnoDB;
 -- (blocks tables: blocks tasks)
+-- One row per (task, key value, block, stage), created when a range is asked for. Key values
+-- and stages compare as PostgreSQL's text does (utf8mb4_bin); the unique key stays within
+-- InnoDB's 3072 bytes. The queue index serves the claim's order (oldest block first).
+CREATE TABLE IF NOT EXISTS {t}blocks (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    block_start DOUBLE NOT NULL,
+    block_end DOUBLE NOT NULL,
+    label VARCHAR(255) NOT NULL,
+    stage VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    position INT NOT NULL,
+    status VARCHAR(16) NOT NULL DEFAULT 'pending',
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    attempts INT NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE,
+    forced BOOLEAN NOT NULL DEFAULT FALSE,
+    records_total BIGINT,
+    records_processed BIGINT,
+    records_errors BIGINT,
+    error TEXT,
+    artifact TEXT,
+    bytes BIGINT,
+    checksum VARCHAR(128),
+    created_at DOUBLE NOT NULL,
+    started_at DOUBLE,
+    finished_at DOUBLE,
+    UNIQUE KEY {t}blocks_task_key_block_stage (task, key_value, block_start, stage),
+    KEY {t}blocks_position_idx (task, key_value, block_start, position),
+    KEY {t}blocks_queue_idx (task, block_start, key_value, position),
+    KEY {t}blocks_claim_token_idx (claim_token),
+    CONSTRAINT {t}blocks_status CHECK (status IN ('pending', 'running', 'done', 'no_data', 'failed')),
+    CONSTRAINT {t}blocks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL)),
+    CONSTRAINT {t}blocks_running_is_claimed CHECK ((status = 'running') = (claim_token IS NOT NULL)),
+    CONSTRAINT {t}blocks_window CHECK (block_start < block_end)
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
