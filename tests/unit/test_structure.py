@@ -54,6 +54,7 @@ ONE_DIALECT = {
     "claim_take": "mariadb",
     "claimed": "mariadb",
     "claim_attempts": "mariadb",
+    "upgrade_collation": "mariadb",
 }
 
 

@@ -197,7 +197,7 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
         if timed:
             assert piece.start and piece.end
             params += [wall_clock(piece.start, zone), wall_clock(piece.end, zone)]
-    on = [f"q.{q(k)} = p.k{i}" for i, k in enumerate(spec.keys)]
+    on = [_key_match(q(k), i, by_name.get(k)) for i, k in enumerate(spec.keys)]
     where: list[str] = []
     for i, k in enumerate(spec.keys):
         values = sorted({s.keys[i] for s in slices}, key=str)
@@ -221,6 +221,14 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
         f"ON {' AND '.join(on) or 'TRUE'} WHERE {' AND '.join(where) or 'TRUE'} ORDER BY p.ord, {order}"
     )
     return query, params
+
+
+def _key_match(key: str, index: int, column: Column | None) -> str:
+    """A row's key equals the slice's: text byte for byte (a column's collation may ignore case
+    or trailing spaces, and Gent and gent are two partitions); the IN list before narrows by index."""
+    if column is not None and column.kind == "text":
+        return f"CAST(CONVERT(q.{key} USING utf8mb4) AS BINARY) = CAST(p.k{index} AS BINARY)"
+    return f"q.{key} = p.k{index}"
 
 
 def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:

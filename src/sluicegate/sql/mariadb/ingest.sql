@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS {t}ingest_batches (
     message_ids LONGTEXT NOT NULL,
     ingested_at DOUBLE NOT NULL,
     KEY {t}ingest_batches_task_idx (task, id)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}ingest_parked (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS {t}ingest_parked (
     error TEXT NOT NULL,
     parked_at DOUBLE NOT NULL,
     UNIQUE KEY {t}ingest_parked_message_idx (task, message_key)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- record --
 -- In the transaction of a batch's rows: what the batch held and did (the message ids as a JSON list).

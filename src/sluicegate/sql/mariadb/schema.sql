@@ -9,7 +9,7 @@
 CREATE TABLE IF NOT EXISTS {t}meta (
     `key` VARCHAR(64) NOT NULL PRIMARY KEY,
     value VARCHAR(255) NOT NULL
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}partitions (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS {t}partitions (
     KEY {t}partitions_claim_token_idx (claim_token),
     CONSTRAINT {t}partitions_versions CHECK (exported_version <= version),
     CONSTRAINT {t}partitions_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- Append-only: no unique index, so concurrent ingest transactions never wait on each other here
 -- (one row per changed data row; the fold reads them in chunks).
 CREATE TABLE IF NOT EXISTS {t}changes (
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     `keys` TEXT NOT NULL,
     bin BIGINT NULL,
     KEY {t}changes_task_idx (task, id)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (watermarks tables: incremental tasks)
 -- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
 -- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
@@ -79,19 +79,19 @@ CREATE TABLE IF NOT EXISTS {t}watermarks (
     CONSTRAINT {t}watermarks_failed_mode CHECK (failed_mode IN ('watermark', 'reexport')),
     CONSTRAINT {t}watermarks_failed_window CHECK ((failed_mode IS NULL) = (failed_end IS NULL)),
     CONSTRAINT {t}watermarks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}scans (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     high_water DATETIME(6),
     scanned_at DOUBLE
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (archive tables: archive tasks)
 CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
     fired_at DOUBLE,
     PRIMARY KEY (task, tick)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (blocks tables: blocks tasks)
 -- One row per (task, key value, block, stage), created when a range is asked for. Key values
 -- and stages compare as PostgreSQL's text does (utf8mb4_bin); the unique key stays within
@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS {t}blocks (
     CONSTRAINT {t}blocks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL)),
     CONSTRAINT {t}blocks_running_is_claimed CHECK ((status = 'running') = (claim_token IS NOT NULL)),
     CONSTRAINT {t}blocks_window CHECK (block_start < block_end)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -140,7 +140,7 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     summary LONGTEXT,
     heartbeat_at DOUBLE,
     KEY {t}runs_started_idx (started_at)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (aggregates tables: aggregate tasks)
 CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     task VARCHAR(255) NOT NULL,
@@ -161,16 +161,27 @@ CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     PRIMARY KEY (task, tick),
     CONSTRAINT {t}aggregate_evaluations_state CHECK (state IN ('running', 'done', 'failed', 'superseded')),
     CONSTRAINT {t}aggregate_evaluations_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}task_errors (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     error TEXT NOT NULL,
     config BOOLEAN NOT NULL DEFAULT FALSE,
     at DOUBLE NOT NULL
-) ENGINE = InnoDB;
-INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-1')
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-2')
 ON DUPLICATE KEY UPDATE value = VALUES(value);
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
 SELECT value FROM {t}meta WHERE `key` = 'schema_version';
+
+-- upgrade_collation --
+-- mariadb-1 -> mariadb-2: the tables of the first release compared text without case (the
+-- server's default collation), so partition keys Gent and gent were one ledger row; binary now.
+ALTER TABLE {t}meta CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}changes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}scans CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}schedule_ticks CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}runs CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}task_errors CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
