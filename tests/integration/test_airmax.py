@@ -86,7 +86,7 @@ def test_steady_generation_keeps_its_rate_whatever_the_insert_costs(url: str) ->
 def test_the_example_project_end_to_end(tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
     """Generate, check, ingest (one good message, one malformed), evaluate: source, ledger and table
     in one PostgreSQL or MariaDB database, as airmax had them in MariaDB."""
-    db_url = str(request.getfixturevalue("db_url" if backend == "pg" else "mariadb_url"))
+    db_url = str(request.getfixturevalue("pg_url" if backend == "pg" else "mariadb_url"))
     root = tmp_path / "airmax"
     cli(tmp_path, "init", str(root), "--example", "airmax", check=True)
     toml = root / "sluicegate.toml"
