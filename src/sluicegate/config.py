@@ -402,9 +402,10 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
 
 
 # What runs on a MariaDB/MySQL source so far (docs/concepts.md, "MariaDB and MySQL").
-MARIADB_KINDS = ("partitioned", "incremental")
+MARIADB_KINDS = ("partitioned", "incremental", "archive")
 MARIADB_CAPTURE = ("trigger", "scan", "explicit")
-MARIADB_LEDGER_KINDS = ("partitioned",)  # the stores a MariaDB ledger has: partitions, capture, runs
+# The stores a MariaDB ledger has: partitions, capture, runs, archive.
+MARIADB_LEDGER_KINDS = ("partitioned", "archive")
 
 
 def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:

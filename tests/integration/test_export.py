@@ -580,11 +580,10 @@ def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, m
     root, _db = _setup(tmp_path, mariadb_url)
     task = root / "tasks" / "old"
     task.mkdir()
-    (task / "task.toml").write_text('kind = "archive"\n')
-    (task / "select.sql").write_text("SELECT 1 AS x")
+    (task / "task.toml").write_text('kind = "ingest"\ntable = "readings"\n[columns]\nmid = "id"\n')
     proc = cli(root, "run", "old")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
+    assert "kind: 'ingest' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

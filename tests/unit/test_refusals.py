@@ -240,12 +240,11 @@ def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> No
     )
     task = root / "tasks" / "old"
     task.mkdir()
-    (task / "task.toml").write_text('kind = "archive"\n')
-    (task / "select.sql").write_text("SELECT 1 AS x")
+    (task / "task.toml").write_text('kind = "ingest"\ntable = "readings"\n[columns]\nmid = "id"\n')
     proc = cli(root, "tasks")
     assert proc.returncode == 0, proc.stderr  # `tasks` lists each task's problem, the others still run
     assert (
-        f"{task / 'task.toml'} kind: 'archive' is not supported on MariaDB/MySQL sources yet" in proc.stdout
+        f"{task / 'task.toml'} kind: 'ingest' is not supported on MariaDB/MySQL sources yet" in proc.stdout
     )
     assert "openaq: partitioned" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr

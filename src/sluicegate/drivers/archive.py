@@ -1,10 +1,10 @@
 """Archive tasks: export rows to one file per run, then delete exactly those rows.
 
 One run is one work unit. The select and the delete run in one source transaction
-(:meth:`Source.snapshot`: ``REPEATABLE READ`` on PostgreSQL, the write lock on SQLite), so
-they see the same rows. The pipeline publishes the file; the recorder then verifies it (size
-and SHA-256), records it as published, and deletes: the delete must remove exactly as many
-rows as the file holds or the transaction rolls back.
+(:meth:`Source.snapshot`: ``REPEATABLE READ`` on PostgreSQL, ``SERIALIZABLE`` on MariaDB, the
+write lock on SQLite), so they see the same rows. The pipeline publishes the file; the
+recorder then verifies it (size and SHA-256), records it as published, and deletes: the
+delete must remove exactly as many rows as the file holds or the transaction rolls back.
 
 Runs of one task exclude each other: each holds the task's lock on the ledger database
 (:meth:`ArchiveStore.hold`) from before it looks for an unfinished run until it has finished.

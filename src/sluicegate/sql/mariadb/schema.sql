@@ -56,6 +56,22 @@ CREATE TABLE IF NOT EXISTS {t}scans (
     scanned_at DOUBLE
 ) ENGINE = InnoDB;
 -- (archive tables: archive tasks)
+CREATE TABLE IF NOT EXISTS {t}archive_runs (
+    id CHAR(36) NOT NULL PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    boundary DOUBLE NOT NULL,
+    path VARCHAR(512) NOT NULL,  -- with task: within InnoDB's 3072-byte key in utf8mb4
+    state VARCHAR(16) NOT NULL,
+    `rows` BIGINT,
+    bytes BIGINT,
+    checksum VARCHAR(128),
+    deleted BIGINT,
+    started_at DOUBLE NOT NULL,
+    finished_at DOUBLE,
+    UNIQUE KEY {t}archive_runs_task_path (task, path),
+    KEY {t}archive_runs_task_started_idx (task, started_at),
+    CONSTRAINT {t}archive_runs_state CHECK (state IN ('exporting', 'published', 'done'))
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
