@@ -41,12 +41,15 @@ DELETE_PG = """DELETE FROM agency
       WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
       AND updated_at < %(export_boundary)s;
 """
-# MariaDB: the original's queries without COPY; a DELETE may read its own table in a subquery.
-SELECT_MARIADB = """SELECT * FROM agency
-      WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
-      AND updated_at < %(export_boundary)s
+# MariaDB: the same rows, by a join (superseded = older than its base's latest version). A
+# single-table DELETE runs a subquery once per row before MariaDB 11.1, a multi-table one does not.
+_SUPERSEDED_MARIADB = """agency AS a
+      JOIN (SELECT base_id, max(updated_at) AS latest FROM agency GROUP BY base_id) AS m
+        ON m.base_id = a.base_id AND a.updated_at < m.latest
+      WHERE a.updated_at < %(export_boundary)s
 """
-DELETE_MARIADB = DELETE_PG
+SELECT_MARIADB = f"SELECT a.* FROM {_SUPERSEDED_MARIADB}"
+DELETE_MARIADB = f"DELETE a FROM {_SUPERSEDED_MARIADB}"
 SELECT_SQLITE = """SELECT * FROM agency a
       WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = a.base_id AND b.updated_at > a.updated_at)
       AND a.updated_at < %(export_boundary)s
@@ -509,3 +512,49 @@ def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, server_url: st
     assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
     assert len(files(tmp_path / "out")) == 1
     account(tmp_path / "out", agency, agency.added, server_url)
+
+
+def test_an_update_during_the_run_is_never_deleted_unexported(tmp_path: Path, server_url: str) -> None:
+    """A row updated after the read is not deleted with its old value in the file.
+
+    PostgreSQL: the update commits and the delete fails (serialization). MariaDB, whose deletes
+    read the latest rows, not the snapshot: the update waits for the run, then finds no row, or
+    is chosen as a deadlock's victim and rolled back (the run holds share locks on what it read).
+    """
+    root = _project(tmp_path, server_url)
+    agency = Agency(server_url)
+    _seed(agency)
+    project = load(root)
+    writer = Agency(server_url, create=False)
+    updated: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def apply() -> None:
+        try:
+            cur = writer.conn.execute("UPDATE agency SET name = 'updated' WHERE name = 'base0-v0'")
+        except Exception as exc:  # MariaDB may roll the waiting update back (1213): not applied
+            if getattr(exc, "errno", None) != 1213:
+                raise
+            updated.append(0)
+        else:
+            updated.append(cur.rowcount)
+
+    def update(point: str) -> None:  # the file is published; the delete is next
+        if point == "after_publish":
+            thread = threading.Thread(target=apply)
+            thread.start()
+            thread.join(timeout=1.0)  # MariaDB: it waits for the run's commit
+            threads.append(thread)
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=update)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    for thread in threads:
+        thread.join()
+    names = [str(r[0]) for r in agency.conn.execute("SELECT name FROM agency").fetchall()]
+    names += [r["name"] for p in files(tmp_path / "out") for r in _rows(p)]
+    assert updated in ([0], [1])
+    assert ("updated" in names) == (updated == [1]), "a committed update was deleted without being archived"
