@@ -29,6 +29,7 @@ from sluicegate import engine, mariadb_conn
 from sluicegate.drivers import archive
 from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
+from sluicegate.ledger.core import LedgerCore
 from sluicegate.options import Budget, RunOptions, TaskSummary
 from support import cli, files, is_mariadb, load
 
@@ -558,3 +559,22 @@ def test_an_update_during_the_run_is_never_deleted_unexported(tmp_path: Path, se
     names += [r["name"] for p in files(tmp_path / "out") for r in _rows(p)]
     assert updated in ([0], [1])
     assert ("updated" in names) == (updated == [1]), "a committed update was deleted without being archived"
+
+
+def test_a_mariadb_task_lock_is_one_connections_per_database_and_task(
+    mariadb_url: str, ledger_mariadb_url: str
+) -> None:
+    """GET_LOCK names are server-wide: the name holds the database, so two ledgers never share a lock."""
+    key = {"scope": "sluicegate archive sluicegate", "task": "agency"}
+    first, second, elsewhere = (LedgerCore(u) for u in (mariadb_url, mariadb_url, ledger_mariadb_url))
+    try:
+        one, two, other = (ledger_archive.ArchiveStore(c) for c in (first, second, elsewhere))
+        assert one.lock(**key) and one.lock_held(**key)
+        assert not two.lock(**key) and not two.lock_held(**key)  # the same task in the same database
+        assert two.lock(scope=key["scope"], task="other") and other.lock(**key)
+        first.conn.execute("SELECT RELEASE_ALL_LOCKS()").close()
+        assert not one.lock_held(**key)  # released (as by a reconnect): no longer held
+        assert two.lock(**key)
+    finally:
+        for core in (first, second, elsewhere):
+            core.close()
