@@ -40,6 +40,8 @@ TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
 LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, 1213}  # all but lock waits and deadlocks: the server is away
+# A missing privilege: on a database, a table, a column, or a global one (SUPER, PROCESS, ...).
+DENIED_ERRNOS = frozenset({1044, 1142, 1143, 1227})
 SCHEMES = ("mariadb://", "mysql://")
 
 
@@ -114,6 +116,11 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     if errno in TRANSIENT_ERRNOS or (isinstance(exc, mariadb.InterfaceError) and not errno):
         return "transient"
     return "terminal"
+
+
+def denied(exc: BaseException) -> bool:
+    """Whether ``exc`` is a MariaDB driver error saying the user lacks a privilege."""
+    return classify(exc) is not None and getattr(exc, "errno", None) in DENIED_ERRNOS
 
 
 class MariaDbConnection:

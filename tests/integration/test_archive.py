@@ -578,3 +578,27 @@ def test_a_mariadb_task_lock_is_one_connections_per_database_and_task(
     finally:
         for core in (first, second, elsewhere):
             core.close()
+
+
+def test_a_mariadb_source_role_without_delete_fails_closed(tmp_path: Path, mariadb_url: str) -> None:
+    """The delete is checked (EXPLAIN) before anything is recorded or written."""
+    agency = Agency(mariadb_url)
+    _seed(agency)
+    user = f"reader_{time.time_ns() % 10**9}"
+    database = mariadb_url.rpartition("/")[2]
+    agency.conn.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+    try:
+        agency.conn.execute(f"GRANT SELECT, CREATE ON `{database}`.* TO '{user}'@'%'")
+        source = re.sub(r"//[^@]*@", f"//{user}:pw@", mariadb_url)
+        root = _project(tmp_path, source, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+        proc = cli(root, "run", "agency")
+    finally:
+        agency.conn.execute(f"DROP USER '{user}'@'%'")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = proc.stdout + proc.stderr
+    assert (
+        "archive task agency: the source role may not run" in message and "DELETE command denied" in message
+    )
+    assert agency.count() == 12 and not files(tmp_path / "out")
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        assert ledger.conn.execute("SELECT count(*) FROM sluicegate_archive_runs").fetchone() == (0,)

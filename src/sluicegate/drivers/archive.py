@@ -242,10 +242,15 @@ class Driver:
             self.context.source.execute(f"EXPLAIN {delete}", {"export_boundary": dt.datetime.now(UTC)})
         except PermissionDenied as exc:
             cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+            how = (
+                ""
+                if self.context.source.dialect is db.MARIADB  # grants are printed for PostgreSQL only
+                else f" (`sluicegate grants {task.name}` prints the GRANTs)"
+            )
             raise PermissionDenied(
                 f"archive task {task.name}: the source role may not run {task.folder / 'delete.sql'} "
-                f"({cause}), so nothing was exported or deleted; grant it DELETE on that table "
-                f"(`sluicegate grants {task.name}` prints the GRANTs) and run again"
+                f"({cause}), so nothing was exported or deleted; grant it DELETE on that table{how} "
+                "and run again"
             ) from exc
 
     def _start(
