@@ -337,6 +337,8 @@ def test_crash_before_the_delete_committed_rewrites_the_same_file(
     _crash(root, point)
     [crashed] = files(tmp_path / "out")
     assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
+    [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
+    assert status["kind"] == "archive" and status["unfinished"] is True
     _seed(agency, bases=1, first=10)  # 3 more superseded rows: the redo's file differs from the crashed one
     started = time.monotonic()
     [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
