@@ -604,3 +604,31 @@ def test_a_mariadb_source_role_without_delete_fails_closed(tmp_path: Path, maria
     assert agency.count() == 12 and not files(tmp_path / "out")
     with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
         assert ledger.conn.execute("SELECT count(*) FROM sluicegate_archive_runs").fetchone() == (0,)
+
+
+def test_an_unexpected_error_before_the_delete_fails_the_run_and_deletes_nothing(
+    tmp_path: Path, layout: tuple[str, str]
+) -> None:
+    """An error sluicegate does not know (a bug) between publish and delete is a failed run, never "done"."""
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    project = load(root)
+
+    def bug(point: str) -> None:
+        if point == "after_publish":
+            raise RuntimeError("a bug")
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=bug)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    assert summary.failed == 1 and summary.errors == ["RuntimeError: a bug"]
+    assert agency.count() == 12
+    [summary] = engine.run(project)  # recovered: the same file, now deleted
+    assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
+    assert len(files(tmp_path / "out")) == 1
+    account(tmp_path / "out", agency, agency.added, ledger)

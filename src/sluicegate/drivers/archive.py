@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import db, paths, validate
-from ..exceptions import ConfigError, DataError, PermissionDenied, SluicegateError
+from ..exceptions import ConfigError, DataError, ExportError, PermissionDenied, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, as_export_error
 from ..sources import Mode, Slice, Snapshot, Source
 from ..sources.sqlite import bind_named
 from ..specs import Settings, TaskBase
@@ -134,13 +134,25 @@ class Recorder:
         self.task, self.run, self.snapshot, self.context, self.held = task, run, snapshot, context, held
         self.shared = context.project.settings.shared_database
         self.error: SluicegateError | None = None
+        self.committed = False
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Place and verify the file, record ``published``, delete its rows; ``done`` in one transaction.
 
         The task lock (``ledger.archive.hold``) keeps a second run of the task out, so the file
-        is placed without a claim to check.
+        is placed without a claim to check. An error sluicegate does not know (a bug) is raised
+        as an :class:`ExportError`, which the pipeline reports through :meth:`fail`.
         """
+        try:
+            self._commit(outcomes, place)
+        except SluicegateError:
+            raise
+        except Exception as exc:
+            raise as_export_error(exc) from exc
+        self.committed = True
+        return [True]
+
+    def _commit(self, outcomes: Sequence[Outcome], place: Place) -> None:
         place(outcomes)
         [outcome] = outcomes
         ctx, run, cur = self.context, self.run, self.snapshot.cursor
@@ -170,7 +182,6 @@ class Recorder:
         self.held()
         if self.shared:  # finished in the same transaction as the delete
             ctx.ledger.archive.done(run.run_id, deleted=run.deleted, cur=cur)
-        return [True]
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Remember the error: the snapshot is rolled back, and the run redone next time."""
@@ -334,6 +345,10 @@ class Driver:
                 pipeline.flush()
             if recorder.error is not None:
                 raise recorder.error  # rolls the snapshot back: nothing is deleted
+            if not recorder.committed:  # the pipeline swallowed what stopped it: never "done"
+                raise ExportError(
+                    f"archive task {task.name}: the run stopped before its delete; nothing was deleted"
+                )
         if not shared:
             # Separate ledger database: recorded after the delete committed. A crash in between
             # leaves the witness row, and the next run only records "done".
