@@ -172,16 +172,27 @@ class MariaDbSource:
         snapshot = _Snapshot(self.conn, cur, self.url)
         try:
             yield snapshot
+            with db.wrap_errors(self.url):
+                snapshot.end_read()
+                cur.execute("COMMIT")
         except BaseException:
+            rolled_back = True
             try:
                 snapshot.end_read()
                 cur.execute("ROLLBACK")
-            except Exception:  # the server rolls back a transaction whose connection is gone
+            except Exception:
+                rolled_back = False
+            _close(cur)
+            if not rolled_back:  # the server rolls back a transaction whose connection is gone
                 self.conn.close()
             raise
-        with db.wrap_errors(self.url):
-            snapshot.end_read()
-            cur.execute("COMMIT")
+        _close(cur)
+
+
+def _close(cursor: Any) -> None:
+    """Close a cursor now (its connection may be gone already: nothing to do then)."""
+    with contextlib.suppress(Exception):
+        cursor.close()
 
 
 def bound(statement: str, params: dict[str, Any]) -> dict[str, Any] | tuple[()]:
@@ -228,7 +239,7 @@ class _Snapshot:
         """Close the read's cursor (skipping rows not fetched), so the connection takes statements."""
         if self._reader is not None:
             reader, self._reader = self._reader, None
-            reader.close()
+            _close(reader)
 
     def execute(self, statement: str, params: dict[str, Any]) -> int:
         """Run ``statement`` (after the read); return the rows it changed."""
