@@ -337,8 +337,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def dir_stats(path: Path) -> tuple[int, int]:
+    """Data files and their bytes under ``path`` (the change feed's _manifests/ are not data files)."""
     files = nbytes = 0
-    for dirpath, _dirs, names in os.walk(path):
+    for dirpath, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if d != "_manifests"]
         for name in names:
             files += 1
             nbytes += os.path.getsize(os.path.join(dirpath, name))

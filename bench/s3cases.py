@@ -97,9 +97,10 @@ def _drop_bucket(s3: S3Bench, bucket: str) -> None:
 
 
 def _object_sizes(s3: S3Bench, bucket: str) -> list[int]:
+    """The sizes of the data objects (not the change feed's _manifests/)."""
     sizes: list[int] = []
     for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        sizes += [int(o["Size"]) for o in page.get("Contents", [])]
+        sizes += [int(o["Size"]) for o in page.get("Contents", []) if not o["Key"].startswith("_manifests/")]
     return sizes
 
 

@@ -26,7 +26,8 @@ from .partitions import (
     parse_period,
     zone_of,
 )
-from .sources import Source
+from .sources import ReadSpec, Source
+from .sources.mariadb import from_wall_clock
 
 if TYPE_CHECKING:
     from .drivers.partitioned import Task as TaskSpec
@@ -63,9 +64,13 @@ class ZoneMap:
 
 
 def fold(
-    task: TaskSpec, changes: Iterable[tuple[Sequence[Any], dt.datetime | None]], zones: ZoneMap
+    task: TaskSpec,
+    changes: Iterable[tuple[Sequence[Any], dt.datetime | None]],
+    zones: ZoneMap,
+    wall: str | None = None,
 ) -> list[Partition]:
-    """Map captured ``(keys, bin)`` changes to distinct partitions."""
+    """Map captured ``(keys, bin)`` changes to distinct partitions; ``wall``: the zone the bins
+    are wall-clock times in (taken from a MariaDB DATETIME, see :func:`wall_zone`), else UTC."""
     seen: dict[str, Partition] = {}
     for keys, bin_start in changes:
         if task.time is None:
@@ -75,6 +80,8 @@ def fold(
                 continue
             zone = zones.zone(keys)
             # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
+            if wall is not None:
+                bin_start = from_wall_clock(bin_start.replace(tzinfo=None), wall)
             local = bin_start.astimezone(zone_of(zone))
             period: Any = (
                 local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
@@ -82,6 +89,26 @@ def fold(
             part = make_partition(task, keys, period, zone)
         seen.setdefault(part.pkey, part)
     return list(seen.values())
+
+
+def wall_zone(task: TaskSpec, source: Source, table: str | None, column: str | None) -> str | None:
+    """The zone of the wall-clock times in ``table.column`` when the task names one
+    (``[time] datetime_zone``) and the column is a MariaDB DATETIME; None when its times are UTC.
+    With ``table`` None the column is the select's."""
+    if task.time is None or task.time.datetime_zone is None or column is None:
+        return None
+    if table is None:
+        spec = ReadSpec(select_sql=task.select_sql, folder=task.folder)
+        zoneless = any(c.zoneless for c in source.describe(spec) if c.name == column)
+    else:
+        schema, _, name = table.rpartition(".")
+        rows = source.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+            f"{'?' if schema else 'DATABASE()'} AND table_name = ? AND column_name = ?",
+            [schema, name, column] if schema else [name, column],
+        )
+        zoneless = bool(rows) and str(rows[0][0]).lower() == "datetime"
+    return task.time.datetime_zone if zoneless else None
 
 
 def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int:
@@ -93,11 +120,12 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
     at most an export whose unchanged bytes are detected by checksum.
     """
     zones = ZoneMap(task, source)
+    wall = wall_zone(task, source, task.capture.table, task.capture.time)
     total = 0
     while True:
         with inbox.core.transaction() as cur:
             changes = inbox.capture.take_changes(task.name, limit=ABSORB_CHUNK, cur=cur)
-            parts = fold(task, changes, zones)
+            parts = fold(task, changes, zones, wall)
             if parts and inbox is ledger:
                 ledger.partitions.mark(parts, task, cur=cur)
             elif parts:
@@ -109,7 +137,8 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
 
 def peek(task: TaskSpec, inbox: Ledger, source: Source, *, limit: int = ABSORB_CHUNK) -> list[Partition]:
     """The partitions the inbox's first ``limit`` changes would mark, leaving them in the inbox."""
-    return fold(task, inbox.capture.peek_changes(task.name, limit=limit), ZoneMap(task, source))
+    wall = wall_zone(task, source, task.capture.table, task.capture.time)
+    return fold(task, inbox.capture.peek_changes(task.name, limit=limit), ZoneMap(task, source), wall)
 
 
 def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
@@ -141,7 +170,7 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     changes = [
         (row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)
     ]
-    parts = fold(task, changes, ZoneMap(task, source))
+    parts = fold(task, changes, ZoneMap(task, source), wall_zone(task, source, cap.table, cap.time))
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
     return len(parts)
@@ -176,6 +205,7 @@ def backfill(
     if lo is None or hi is None:
         return 0
     bin_sql = source.dialect.bin_expr(column, task.time.boundary == "end")
+    wall = wall_zone(task, source, None, task.time.column)
     weeks = max(1, -(-(hi - lo) // BACKFILL_STEP))
     marked = 0
     for week in range(weeks):
@@ -186,7 +216,7 @@ def backfill(
         )
         nkeys = len(task.keys)
         changes = [(r[:nkeys], _bin_time(r[nkeys])) for r in rows]
-        marked += ledger.partitions.mark(fold(task, changes, zones), task)
+        marked += ledger.partitions.mark(fold(task, changes, zones, wall), task)
         if progress is not None:
             progress(week + 1, weeks)
     return marked

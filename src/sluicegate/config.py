@@ -402,10 +402,10 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
 
 
 # What runs on a MariaDB/MySQL source so far (docs/concepts.md, "MariaDB and MySQL").
-MARIADB_KINDS = ("partitioned", "incremental", "archive")
+MARIADB_KINDS = ("partitioned", "incremental", "aggregate", "ingest", "archive")
 MARIADB_CAPTURE = ("trigger", "scan", "explicit")
-# The stores a MariaDB ledger has: partitions, capture, runs, archive.
-MARIADB_LEDGER_KINDS = ("partitioned", "archive")
+# The kinds whose stores a MariaDB ledger has.
+MARIADB_LEDGER_KINDS = ("partitioned", "incremental", "blocks", "aggregate", "ingest", "archive")
 
 
 def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:
@@ -417,6 +417,11 @@ def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> 
             f"[ledger] url to postgresql://... or sqlite:///ledger.db {see}"
         )
     if not mariadb_conn.is_url(settings.source_url):
+        if getattr(getattr(task, "time", None), "datetime_zone", None):
+            raise ConfigError(
+                f"{toml_path} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources "
+                "only; on PostgreSQL use timestamptz (or AT TIME ZONE in select.sql); remove it"
+            )
         return
     later = f"is not supported on MariaDB/MySQL sources yet {see}"
     if task.kind not in MARIADB_KINDS:

@@ -9,6 +9,7 @@ format characters) are refused, as terminal errors with a short message.
 
 from __future__ import annotations
 
+import re
 import string
 import unicodedata
 from collections.abc import Collection, Mapping
@@ -21,6 +22,7 @@ _FORMATTER = string.Formatter()
 # Unicode categories refused in paths: control (Cc: NUL..US, DEL, C1 such as U+0085 NEL), format
 # (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces), and the line and paragraph separators.
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+_REFUSED_ASCII = re.compile(r"[\x00-\x1f\x7f\\]")  # the same, for ASCII text: controls, DEL, backslash
 SHOWN_CHARS = 40  # how much of a bad value an error message repeats
 
 
@@ -33,6 +35,9 @@ def shown(text: str) -> str:
 
 def _refused_char(text: str) -> str | None:
     """The first character of ``text`` that may not appear in a path, or None."""
+    if text.isascii():  # the usual path: one regex instead of a category lookup per character
+        found = _REFUSED_ASCII.search(text)
+        return found.group() if found else None
     for ch in text:
         if ch == "\\" or unicodedata.category(ch) in _REFUSED_CATEGORIES:
             return ch

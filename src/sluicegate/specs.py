@@ -147,6 +147,8 @@ class TimeSpec:
     zone_sql: str | None = None
     settle: float = 0.0
     boundary: Boundary = "start"
+    # MariaDB/MySQL: the zone of the wall-clock times in DATETIME columns (None: they are UTC)
+    datetime_zone: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -80,13 +80,18 @@ def test_steady_generation_keeps_its_rate_whatever_the_insert_costs(url: str) ->
     assert 2.4 <= result.seconds < 3.0, result.seconds
 
 
-@pytest.mark.pg
-def test_the_example_project_end_to_end_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+@pytest.mark.parametrize("backend", [
+    pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb),
+])  # fmt: skip
+def test_the_example_project_end_to_end(tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    """Generate, check, ingest (one good message, one malformed), evaluate: source, ledger and table
+    in one PostgreSQL or MariaDB database, as airmax had them in MariaDB."""
+    db_url = str(request.getfixturevalue("db_url" if backend == "pg" else "mariadb_url"))
     root = tmp_path / "airmax"
     cli(tmp_path, "init", str(root), "--example", "airmax", check=True)
     toml = root / "sluicegate.toml"
-    toml.write_text(toml.read_text().replace('url = "sqlite:///airmax.db"', f'url = "{pg_url}"'))
-    cli(root, "generate", "--dataset", "airmax", "--db", pg_url, "--rows", "5000", check=True)
+    toml.write_text(toml.read_text().replace('url = "sqlite:///airmax.db"', f'url = "{db_url}"'))
+    cli(root, "generate", "--dataset", "airmax", "--db", db_url, "--rows", "5000", check=True)
     assert cli(root, "check").returncode == 0
     now = dt.datetime.now(UTC).replace(microsecond=0)
     lines = [
@@ -102,14 +107,14 @@ def test_the_example_project_end_to_end_on_postgresql(tmp_path: Path, pg_url: st
     [summary] = json.loads(ran.stdout)
     [evaluation] = summary["aggregate"]
     assert evaluation["state"] == "done" and evaluation["rows"] == 8
-    rows = table(pg_url)
+    rows = table(db_url)
     assert len(rows) == 8 and len(stamps(rows)) == 1
     tick = dt.datetime.fromisoformat(evaluation["tick"])
     landen = next(r for r in rows if r["city"] == "Landen")
     # The row is exactly the mean of Landen's raw rows in [t - 3h, t), the ingested one included
     # when its time falls inside (the tick is the last 5-minute boundary, so it may not).
     start = tick - dt.timedelta(hours=3)
-    db = tables.TableDb(pg_url)
+    db = tables.TableDb(db_url)
     _, raw = db.query(
         "SELECT measurement_time_utc, parameter_value FROM raw WHERE city = 'Landen'"
     )

@@ -1,5 +1,6 @@
 """Blocks tasks against real components: the MDS and portal doubles (HTTP servers on 127.0.0.1),
-a throwaway PostgreSQL for the ledger and the loaded table, real CLI processes, SIGKILL."""
+a throwaway PostgreSQL for the loaded table and the ledger (or a throwaway MariaDB for the
+ledger: claims, leases and fencing run on both), real CLI processes, SIGKILL."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from click.testing import CliRunner
 from test_service import Server
 
 from doubles import MdsDouble, MdsProvider, PortalDouble, generate_trips
-from sluicegate import operations
+from sluicegate import mariadb_conn, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
 from sluicegate.formats.jsonl import read_records
+from sluicegate.ledger import Ledger, RangeQuery, StageResult
 from sluicegate.secrets import encrypt, generate_key
-from support import SLUICEGATE
+from sluicegate.timeblocks import blocks_between
+from support import SLUICEGATE, is_mariadb
 
 UTC = dt.UTC
 H = dt.timedelta(hours=1)
@@ -55,6 +58,15 @@ def portal() -> Iterator[PortalDouble]:
         yield double
 
 
+@pytest.fixture(params=["pg", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def ledger_url(request: pytest.FixtureRequest, pg_url: str) -> str:
+    """The ledger: in the PostgreSQL source database, or in a MariaDB database (``[ledger] url``)."""
+    if request.param == "pg":
+        return pg_url
+    url: str = request.getfixturevalue("mariadb_url")
+    return url
+
+
 def write(
     root: Path,
     url: str,
@@ -67,10 +79,12 @@ def write(
     testing: str = "",
     extract_extra: str = "",
     task_extra: str = "",
+    ledger: str | None = None,
 ) -> Path:
     (root / "tasks" / "trips").mkdir(parents=True, exist_ok=True)
+    ledger_table = f'[ledger]\nurl = "{ledger}"\n' if ledger and ledger != url else ""
     (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{url}"\n[destination]\nurl = "{root / "out"}"\n'
+        f'[source]\nurl = "{url}"\n{ledger_table}[destination]\nurl = "{root / "out"}"\n'
         f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 3\n{testing}'
     )
     keys = keys or "".join(f'[keys.{p}]\nurl = "{mds.base_url(p)}"\n' for p in mds.providers)
@@ -110,11 +124,19 @@ def run(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def ledger(url: str) -> dict[tuple[str, dt.datetime, str], tuple[Any, ...]]:
+    """The blocks ledger's rows by (key value, block start, stage), on PostgreSQL or MariaDB."""
+    columns = (
+        "key_value, block_start, stage, status, attempts, records_total, records_errors, error, artifact"
+    )
+    if is_mariadb(url):  # block_start: UTC seconds
+        conn = mariadb_conn.connect(url)
+        try:
+            found = conn.execute(f"SELECT {columns} FROM sluicegate_blocks").fetchall()
+        finally:
+            conn.close()
+        return {(r[0], dt.datetime.fromtimestamp(r[1], UTC), r[2]): tuple(r[3:]) for r in found}
     with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT key_value, block_start, stage, status, attempts, records_total, records_errors, error, "
-            "artifact FROM sluicegate.blocks"
-        ).fetchall()
+        rows = conn.execute(f"SELECT {columns} FROM sluicegate.blocks").fetchall()
     return {(r[0], r[1], r[2]): r[3:] for r in rows}
 
 
@@ -138,15 +160,15 @@ def audit(url: str) -> None:
 
 @pytest.mark.pg
 def test_a_range_against_the_provider_api_completes_around_empty_flaky_and_failing_blocks(
-    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+    tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
-    root = write(tmp_path, pg_url, mds, portal)
+    root = write(tmp_path, pg_url, mds, portal, ledger=ledger_url)
     mds.flake("lime", FIRST + 2 * H, 2, page=2)  # 503 twice on page 2, then fine
     mds.empty_block("bird", FIRST + 3 * H)
     mds.fail_block("lime", FIRST + 4 * H)  # always 500
     result = run(root, *RANGE, "--json")
     assert result.exit_code == 1, result.output  # one block failed; the rest completed
-    rows = ledger(pg_url)
+    rows = ledger(ledger_url)
     failed = rows[("lime", FIRST + 4 * H, "extract")]
     assert failed[:2] == ("failed", 3) and "HTTP 500" in failed[4]
     assert len(mds.requests("lime", FIRST + 4 * H)) == 3  # one per attempt, max_attempts 3
@@ -171,6 +193,18 @@ def test_a_range_against_the_provider_api_completes_around_empty_flaky_and_faili
     [status] = operations.status(load_project(root), ["trips"])
     assert status["failed"] == 1 and "HTTP 500" in status["failures"][0]["error"]
     assert status["failures"][0]["partition"] == "lime 2020-03-01T05:00-06:00 extract"
+    project = load_project(root)
+    page = operations.list_partitions(project, project.task("trips"), state="failed", limit=10, offset=0)
+    assert [(p["stage"], p["block"], p["attempts"]) for p in page] == [
+        ("extract", "2020-03-01T05:00-06:00", 3)
+    ]
+    dry = run(root, *RANGE, "--incomplete-only", "--dry-run")
+    assert "2020-03-01T05:00-06:00 extract (incomplete)" in dry.output, dry.output
+    mds.restore_block("lime", FIRST + 4 * H)
+    again = run(root, *RANGE, "--incomplete-only")  # the parked extract, then its load and publish
+    assert again.exit_code == 0, again.output
+    redone = {s: v[:2] for (k, b, s), v in ledger(ledger_url).items() if (k, b) == ("lime", FIRST + 4 * H)}
+    assert redone == {"extract": ("done", 0), "load": ("done", 0), "publish": ("done", 0)}
 
 
 @pytest.mark.pg
@@ -204,7 +238,7 @@ def test_the_fall_back_day_fetches_25_distinct_hours_including_both_1_am_hours(
 
 @pytest.mark.pg
 def test_loading_a_block_twice_leaves_one_row_per_trip_and_rejected_rows_are_counted(
-    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+    tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
@@ -212,13 +246,13 @@ def test_loading_a_block_twice_leaves_one_row_per_trip_and_rejected_rows_are_cou
             "trip_duration int CHECK (trip_duration < 900), end_time timestamptz, route jsonb)"
         )
     audit(pg_url)
-    root = write(tmp_path, pg_url, mds, portal, create="false")
+    root = write(tmp_path, pg_url, mds, portal, ledger=ledger_url, create="false")
     args = ["--time-max", "2020-3-1-1", "--key", "provider=lime"]
     assert run(root, *args).exit_code == 0
     trips = generate_trips("lime", FIRST, 5)
     rejected = [t for t in trips if t["trip_duration"] >= 900]
     assert 0 < len(rejected) < 5  # the data set has both kinds in this block
-    load = ledger(pg_url)[("lime", FIRST, "load")]
+    load = ledger(ledger_url)[("lime", FIRST, "load")]
     assert load[:4] == ("done", 0, 5, len(rejected))
     assert "trip_duration" in load[4] and "check constraint" in load[4]
     again = run(root, *args, "--force", "--stage", "load")
@@ -231,9 +265,9 @@ def test_loading_a_block_twice_leaves_one_row_per_trip_and_rejected_rows_are_cou
 
 @pytest.mark.pg
 def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
-    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+    tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
-    root = write(tmp_path, pg_url, mds, portal)
+    root = write(tmp_path, pg_url, mds, portal, ledger=ledger_url)
     assert (
         run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--stage", "extract").exit_code == 0
     )
@@ -249,7 +283,7 @@ def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
     )
     assert len(mds.requests()) == api_calls  # no new extract
     assert scalar(pg_url, "SELECT count(*) FROM trip_writes") == 0  # no new load
-    publish = ledger(pg_url)[("lime", FIRST, "publish")]
+    publish = ledger(ledger_url)[("lime", FIRST, "publish")]
     assert publish[:3] == ("done", 2, 5)
     [summary] = json.loads(result.output)
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("publish", "failed")] * 2 + [
@@ -259,9 +293,10 @@ def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
 
 @pytest.mark.pg
 def test_two_processes_over_one_range_run_each_block_stage_once(
-    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+    tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
-    root = write(tmp_path, pg_url, mds, portal, task_extra="batch_size = 1")  # many claims, to race
+    # batch_size 1: many claims, to race
+    root = write(tmp_path, pg_url, mds, portal, ledger=ledger_url, task_extra="batch_size = 1")
     args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-3-2-0", "--interval", "24"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     procs = [
@@ -276,16 +311,17 @@ def test_two_processes_over_one_range_run_each_block_stage_once(
             assert len(mds.requests(provider, block)) == mds.page_count(provider, block), (provider, h)
     writes = portal.writes("mds-trips")
     assert len(writes) == 2 * 24 * 5 and set(writes.values()) == {1}
-    rows = ledger(pg_url)
+    rows = ledger(ledger_url)
     assert len(rows) == 2 * 24 * 3
     assert {(v[0], v[1]) for v in rows.values()} == {("done", 0)}
 
 
 @pytest.mark.pg
 def test_a_sigkill_mid_stage_leaves_no_artifact_and_the_stage_is_reclaimed_after_its_lease(
-    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+    tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
 ) -> None:
-    root = write(tmp_path, pg_url, mds, portal, lease="3s", testing='[testing]\nfault = "mid_write"\n')
+    fault = '[testing]\nfault = "mid_write"\n'
+    root = write(tmp_path, pg_url, mds, portal, ledger=ledger_url, lease="3s", testing=fault)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     args = [
         SLUICEGATE,
@@ -308,18 +344,64 @@ def test_a_sigkill_mid_stage_leaves_no_artifact_and_the_stage_is_reclaimed_after
     proc.wait(timeout=30)
     fault.unlink()
     assert list((tmp_path / "out").rglob("trips.jsonl")) == []  # nothing visible under the real name
-    assert ledger(pg_url)[("lime", FIRST, "extract")][0] == "running"
-    write(tmp_path, pg_url, mds, portal, lease="3s")  # no fault any more
+    assert ledger(ledger_url)[("lime", FIRST, "extract")][0] == "running"
+    write(tmp_path, pg_url, mds, portal, ledger=ledger_url, lease="3s")  # no fault any more
     early = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime", "--json")
     assert json.loads(early.output)[0]["stages"] == []  # still under the dead run's lease
     time.sleep(3.5)
     result = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime")
     assert result.exit_code == 0, result.output
-    rows = ledger(pg_url)
+    rows = ledger(ledger_url)
     assert rows[("lime", FIRST, "extract")][:3] == ("done", 1, 5)  # the expired lease counted an attempt
     assert rows[("lime", FIRST, "publish")][0] == "done"
     [artifact] = (tmp_path / "out").rglob("trips.jsonl")
     assert list(read_records(artifact.read_bytes())) == generate_trips("lime", FIRST, 5)
+
+
+@pytest.mark.pg
+def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_nothing(
+    ledger_url: str,
+) -> None:
+    """Two workers on one ledger: a held stage is not claimed twice; once its lease ran out another
+    worker takes it (an attempt), and the first one's commit, failure, renewal and release are fenced."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_value=None, time_min=FIRST, time_max=FIRST + H)
+    stages = ["extract", "load", "publish"]
+    with Ledger(ledger_url) as one, Ledger(ledger_url) as two:
+        one.ensure_schema()
+        assert one.blocks.ensure("trips", ["lime", "bird"], [block], stages) == 6
+
+        def claim(led: Ledger, lease: float) -> list[Any]:
+            return led.blocks.claim(
+                where, stages=stages, zone="US/Central", grain="hour", limit=10, lease=lease
+            )
+
+        first = claim(one, 1)
+        assert [(c.key_value, c.stage, c.attempts) for c in first] == [
+            ("bird", "extract", 0),
+            ("lime", "extract", 0),
+        ]
+        assert claim(two, 60) == []  # held (their later stages wait for them)
+        assert one.blocks.renew(first[0].token, lease=1) == 2
+        time.sleep(1.3)
+        second = claim(two, 60)
+        assert [(c.id, c.attempts) for c in second] == [(c.id, 1) for c in first]  # the expired lease counted
+        late = StageResult(claim=first[0], status="done", total=5, processed=5)
+        assert not one.blocks.commit(late)
+        assert not one.blocks.fail(first[1], error="late", terminal=True, max_attempts=3, backoff=0)
+        assert one.blocks.renew(first[0].token, lease=60) == 0
+        assert one.blocks.release(first[0].token) == 0
+        assert two.blocks.commit(StageResult(claim=second[0], status="no_data"))
+        assert two.blocks.commit(StageResult(claim=second[1], status="done", total=3, processed=3))
+        rows = {(r["key_value"], r["stage"]): (r["status"], r["attempts"]) for r in one.blocks.rows(where)}
+    assert rows == {
+        ("bird", "extract"): ("no_data", 1),
+        ("bird", "load"): ("no_data", 0),  # no data: the block's later stages have nothing to do
+        ("bird", "publish"): ("no_data", 0),
+        ("lime", "extract"): ("done", 1),
+        ("lime", "load"): ("pending", 0),
+        ("lime", "publish"): ("pending", 0),
+    }
 
 
 @pytest.mark.pg

@@ -575,15 +575,32 @@ def test_text_with_commas_quotes_and_line_breaks_reads_back(tmp_path: Path, pg_u
         assert [float(r["value"]) for r in rows] == [1.5 + i / 8 for i in range(24)]
 
 
+# A blocks task reading the source (blocks tasks do not read MariaDB sources yet).
+BLOCKS_TASK = """kind = "blocks"
+zone = "UTC"
+key = "provider"
+keys = ["lime"]
+stages = ["extract", "publish"]
+[extract]
+time = "ended_at"
+path = "{stage}/{provider}/{label}.jsonl"
+[publish]
+path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
+format = "csv"
+columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
+"""
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
     task = root / "tasks" / "old"
     task.mkdir()
-    (task / "task.toml").write_text('kind = "ingest"\ntable = "readings"\n[columns]\nmid = "id"\n')
+    (task / "task.toml").write_text(BLOCKS_TASK)
+    (task / "select.sql").write_text("SELECT 1 AS ride, 'lime' AS provider, NOW() AS ended_at")
     proc = cli(root, "run", "old")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "kind: 'ingest' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
+    assert "kind: 'blocks' is not supported on MariaDB/MySQL sources yet" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -602,3 +619,34 @@ def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_ur
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)[0]["exported"] == len(_expected(db, 1, KOLKATA)) == 2
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("how", ["trigger", "scan", "backfill"])
+def test_datetime_holding_wall_clock_times_of_a_named_zone(tmp_path: Path, mariadb_url: str, how: str) -> None:
+    """``[time] datetime_zone``: the DATETIME values are Brussels wall-clock times. 23:30 on 10 March
+    is 22:30 UTC and belongs to 10 March (read as UTC it would be 00:30 on the 11th, in the wrong
+    file); 02:30 on 27 October, which the clocks pass twice, is the later one (+01:00). Each way
+    of capturing (trigger, scan, backfill) marks the right days."""
+    brussels = "Europe/Brussels"
+    root, db = _setup(tmp_path, mariadb_url, zone=brussels, capture="explicit" if how == "backfill" else how)
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('boundary = "start"', f'boundary = "start"\ndatetime_zone = "{brussels}"'))
+    db.location(1, brussels)
+    wall = [dt.datetime(2024, 3, 10, 23, 30), dt.datetime(2024, 3, 11, 0, 30), dt.datetime(2024, 10, 27, 2, 30)]
+    db.insert(1, [w.replace(tzinfo=UTC) for w in wall])  # Db stores an aware time as its naive UTC text
+    if how == "backfill":
+        assert cli(root, "backfill", "openaq").returncode == 0
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (3, 0), summary
+    out = tmp_path / "out"
+    written = {
+        day: [r["datetime"] for r in read_csv(_file_for(out, "csv", 1, day))]
+        for day in (dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 10, 27))
+    }
+    assert written == {
+        dt.date(2024, 3, 10): ["2024-03-10T23:30:00+01:00"],
+        dt.date(2024, 3, 11): ["2024-03-11T00:30:00+01:00"],
+        dt.date(2024, 10, 27): ["2024-10-27T02:30:00+01:00"],
+    }
+    assert len(files(out)) == 3

@@ -1,4 +1,5 @@
-"""Incremental (watermark) exports: the Bridge Exporter's test plan, automated, on SQLite and PostgreSQL."""
+"""Incremental (watermark) exports: the Bridge Exporter's test plan, automated, on SQLite,
+PostgreSQL and MariaDB (the ledger in the source database, or for MariaDB also in a SQLite file)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from support import SLUICEGATE, cli, files, is_mariadb, load, read_csv
 
 UTC = dt.UTC
 T = dt.datetime(2024, 5, 10, tzinfo=UTC)
+# Sources whose ledger is a SQLite file beside the project instead of the source database.
+LEDGER_ELSEWHERE: set[str] = set()
 DOCUMENTED = (
     '{"endDateTime":"2016-10-04T23:59:59Z","startDateTime":"2016-10-03T23:59:59Z","exportType":"DAILY",'
     '"ignoreLastExportTime":"true","tag":"test exporter"}'
@@ -75,13 +78,19 @@ class Records:
         "sqlite",
         pytest.param("pg", marks=pytest.mark.pg),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb-sqlite-ledger", marks=pytest.mark.mariadb),
     ]
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The source: a SQLite file, or a fresh PostgreSQL or MariaDB database (ledger then on SQLite)."""
+    """The source: a SQLite file, or a fresh PostgreSQL or MariaDB database.
+
+    The ledger is in the source database, or for ``mariadb-sqlite-ledger`` in a SQLite file.
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
     value: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    if request.param == "mariadb-sqlite-ledger":
+        LEDGER_ELSEWHERE.add(value)
     return value
 
 
@@ -90,7 +99,7 @@ def _project(
 ) -> Path:
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
-    ledger = f'[ledger]\nurl = "sqlite:///{root / "ledger.db"}"\n' if is_mariadb(url) else ""
+    ledger = f'[ledger]\nurl = "sqlite:///{root / "ledger.db"}"\n' if url in LEDGER_ELSEWHERE else ""
     (root / "sluicegate.toml").write_text(
         f'[source]\nurl = "{url}"\n{ledger}[destination]\nurl = "{tmp_path / "out"}"\n'
         f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 3\n'
@@ -454,8 +463,7 @@ def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> No
     assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
 
 
-def test_watermark_delete_restarts_from_bootstrap(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=2), "a")
@@ -485,7 +493,7 @@ def _indexes(rec: Records, url: str) -> set[str]:
 def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> None:
     """Opening a ledger made by the previous release adds what is new and keeps its rows."""
     if is_mariadb(url):
-        pytest.skip("about the ledger in the source database, which cannot be MariaDB yet")
+        pytest.skip("about upgrading a PostgreSQL or SQLite ledger made by release 4 (MariaDB's came later)")
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=5), "a")
@@ -533,3 +541,35 @@ def test_a_long_window_export_renews_its_watermark_claim(url: str, tmp_path: Pat
         assert wm.claim(task.name, ["s1"], lease=1) == []
         assert [w["claimed"] for w in wm.entities(task.name)] == [True]
         assert wm.renew(str(uuid.uuid4()), lease=600) == 0  # another token renews nothing
+
+
+def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_path: Path) -> None:
+    """Two workers on one ledger: a held watermark is not claimed twice; once its lease ran out the
+    other worker takes it (an attempt), the first one's commit, failure and release of it record
+    nothing, and a commit never moves a watermark backwards."""
+    project = load(_project(tmp_path, url))
+    Records(url)  # the source table
+    ledger_url, schema = project.settings.ledger_url, project.settings.ledger_schema
+    day = dt.timedelta(days=1)
+    with Ledger(ledger_url, schema=schema) as one, Ledger(ledger_url, schema=schema) as two:
+        one.ensure_schema()
+        one.watermarks.ensure("studies", ["s1", "s2"])
+        first = one.watermarks.claim("studies", ["s1", "s2"], lease=1)
+        assert [(c.entity, c.attempts) for c in first] == [("s1", 0), ("s2", 0)]
+        assert two.watermarks.claim("studies", ["s1", "s2"], lease=60) == []
+        time.sleep(1.3)
+        [second] = two.watermarks.claim("studies", ["s1"], lease=60)
+        assert (second.entity, second.attempts) == ("s1", 1)  # the expired lease counted
+        assert not one.watermarks.commit(first[0], end=T + 5 * day, rows=9, path="late")
+        one.watermarks.fail(
+            "studies", "s1", token=first[0].token, error="late", start=T - day, end=T,
+            export_type="daily", mode="watermark",
+        )  # fmt: skip
+        assert one.watermarks.release(first[0].token) == 1  # s2, which nobody took over
+        assert two.watermarks.commit(second, end=T, rows=2, path="p")
+        [again] = two.watermarks.claim("studies", ["s1"], lease=60)
+        assert two.watermarks.commit(again, end=T - day, rows=0, path=None)  # an older end
+        marks = {w["entity"]: w for w in one.watermarks.entities("studies")}
+    assert (marks["s1"]["watermark"], marks["s1"]["rows"], marks["s1"]["last_error"]) == (T, 0, None)
+    assert marks["s1"]["failed_end"] is None and marks["s1"]["attempts"] == 0
+    assert (marks["s2"]["watermark"], marks["s2"]["claimed"]) == (None, False)

@@ -24,7 +24,11 @@ from sluicegate.options import RunOptions
 from support import SLUICEGATE, cli, load
 
 TASK = "measurements"
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("pg", id="pg", marks=pytest.mark.pg)]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("pg", id="pg", marks=pytest.mark.pg),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
 
 
 def sns_body(message_id: str, city: str, value: str) -> str:
@@ -55,6 +59,8 @@ def sqs(moto_s3: S3Service, aws_credentials: None) -> Any:
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "pg":
         return str(request.getfixturevalue("pg_url"))
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
     return f"sqlite:///{tmp_path / 'airmax.db'}"
 
 

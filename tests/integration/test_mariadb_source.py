@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from plugins.mariadb_server import mariadb_connect
+from sluicegate.exceptions import ConfigError
+from sluicegate.ledger import Ledger
 from sluicegate.sources import ReadSpec, Slice, open_source
 from sluicegate.sources.mariadb import MariaDbSource
+from support import cli, read_csv
 
 pytestmark = pytest.mark.mariadb
 UTC = dt.UTC
@@ -64,6 +67,22 @@ def test_timestamp_is_an_instant_and_datetime_is_taken_as_utc(
         source.close()
 
 
+def test_datetime_zone_on_a_timestamp_time_column_is_refused(mariadb_url: str, tmp_path: Path) -> None:
+    """A TIMESTAMP is an instant already: naming a wall-clock zone for it would shift every row."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP(6) NULL)")
+    source = open_source(mariadb_url)
+    try:
+        spec = ReadSpec(
+            select_sql="SELECT id, ts FROM t", folder=tmp_path, time_column="ts", datetime_zone="Europe/Brussels"
+        )
+        window = Slice(start=dt.datetime(2024, 3, 1, tzinfo=UTC), end=dt.datetime(2024, 3, 2, tzinfo=UTC))
+        with pytest.raises(ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"):
+            list(source.read(spec, [window], source.describe(spec), "rows"))
+    finally:
+        source.close()
+
+
 def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) -> None:
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().execute(
@@ -86,3 +105,68 @@ def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) 
     assert (by_name["n"].precision, by_name["n"].scale) == (12, 3) and by_name["f"].precision == 24
     assert (by_name["n0"].precision, by_name["n0"].scale) == (5, 0)
     assert (by_name["nu"].precision, by_name["nu"].scale) == (3, 1)
+
+
+def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """Gent, gent and 'Gent ' are three cities to the data, though the column's collation (like
+    MariaDB's default) ignores case and trailing spaces: three ledger rows, three files, each with
+    its own row only (once, they were one ledger row, and each file read all three rows)."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(32) CHARACTER SET utf8mb4"
+            " COLLATE utf8mb4_general_ci NOT NULL, at DATETIME(6) NOT NULL, v DOUBLE)"
+        )
+    root = tmp_path / "proj"
+    task = root / "tasks" / "cities"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nformat = "csv"\n'
+    )
+    (task / "task.toml").write_text(
+        'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n'
+        '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    )
+    (task / "select.sql").write_text("SELECT city, at, v FROM readings")
+    assert cli(root, "install").returncode == 0
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)", [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)]
+        )
+        conn.commit()
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): read_csv(p) for p in out.rglob("*.csv")} == {
+        "Gent/20240301.csv": [{"city": "Gent", "at": "2024-03-01T10:00:00+00:00", "v": "1"}],
+        "gent/20240301.csv": [{"city": "gent", "at": "2024-03-01T10:00:00+00:00", "v": "2"}],
+        "Gent /20240301.csv": [{"city": "Gent ", "at": "2024-03-01T10:00:00+00:00", "v": "3"}],
+    }
+
+
+def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariadb_url: str) -> None:
+    """mariadb-1 tables compared text without case; opening the ledger converts them, keeping rows."""
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("ALTER TABLE sluicegate_partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'a', '{}', 0)")
+        cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-1' WHERE `key` = 'schema_version'")
+        conn.commit()
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT collation_name FROM information_schema.columns WHERE table_schema = DATABASE()"
+            " AND table_name = 'sluicegate_partitions' AND column_name = 'pkey'"
+        )
+        assert cur.fetchall() == [("utf8mb4_bin",)]
+        cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
+        assert cur.fetchall() == [("mariadb-2",)]
+        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)")
+        cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
+        assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters

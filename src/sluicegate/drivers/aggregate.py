@@ -41,9 +41,10 @@ from .aggregate_file import write_file
 
 UTC = dt.UTC
 IN_WINDOW = "in_window"
-KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease"}
+KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
+KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 MAX_DELAY = 3600.0  # a failed tick is retried after backoff, doubling per attempt, up to this
 _LEADING_WITH = re.compile(r"^\s*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE)
 _READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
@@ -62,6 +63,7 @@ class Task(TaskBase):
     evaluation_column: str = "evaluation_time_utc"
     file: bool = False
     lease: float = 600.0
+    keep: float = KEEP  # evaluations of older ticks are forgotten (the table holds the latest)
 
     def window(self, tick: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """The window of ``tick``: ``[tick - width, tick)``."""
@@ -102,7 +104,12 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         ),
         file="path" in raw,
         lease=validate.parse_duration(raw.get("lease", settings.lease), where=f"{where} lease"),
+        keep=validate.parse_duration(raw.get("keep", max(KEEP, width)), where=f"{where} keep"),
     )
+    if task.keep < task.width:
+        raise ConfigError(
+            f"{where} keep: {raw['keep']!r} is shorter than the window; keep at least {window['width']!r}"
+        )
     if every is None and task.schedule is None:
         raise ConfigError(
             f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'
@@ -254,6 +261,7 @@ def _write_table(
             return "superseded"
     if not recorded:
         store.finish(task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path)
+    store.prune(task.name, before=tick - dt.timedelta(seconds=task.keep))
     return "done"
 
 

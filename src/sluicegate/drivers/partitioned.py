@@ -33,6 +33,7 @@ from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
+from .partitioned_config import capture_spec, time_spec
 
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
 KEYS = ROW_KEYS | {"keys", "time", "capture"}
@@ -61,7 +62,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     where = str(folder / "task.toml")
     validate.reject_unknown(raw, KEYS, where)
     keys = validate.identifiers(raw.get("keys", []), f"{where} keys", '["location_id"]')
-    time = _time_spec(raw["time"], f"{where} [time]") if "time" in raw else None
+    time = time_spec(raw["time"], f"{where} [time]") if "time" in raw else None
     if time and time.name in keys:
         raise ConfigError(f"{where} [time] name: {time.name!r} is also a partition key; pick another name")
     if not keys and time is None:
@@ -71,7 +72,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         **row_fields(raw, settings, where, time.column if time else None),
         keys=keys,
         time=time,
-        capture=_capture_spec(raw.get("capture", {}), f"{where} [capture]", keys, time is not None),
+        capture=capture_spec(raw.get("capture", {}), f"{where} [capture]", keys, time is not None),
     )
     check_template(
         task.path, folder, allowed={*task.key_names, "format", "ext", "task"}, required=task.key_names,
@@ -79,67 +80,6 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     )  # fmt: skip
     render_path(task, sample_values(task))
     return task
-
-
-def _time_spec(raw: Any, where: str) -> TimeSpec:
-    if not isinstance(raw, dict):
-        raise ConfigError(f'{where}: use a table, e.g. [time] then column = "datetime"')
-    validate.reject_unknown(raw, {"column", "grain", "name", "zone", "zone_sql", "settle", "boundary"}, where)
-    if "column" not in raw:
-        raise ConfigError(f"{where}: 'column' is missing; name the time column of select.sql's result")
-    grain = raw.get("grain", "day")
-    if grain not in ("day", "hour"):
-        raise ConfigError(f"{where} grain: {grain!r} is not supported; use 'day' or 'hour'")
-    boundary = raw.get("boundary", "start")
-    if boundary not in ("start", "end"):
-        raise ConfigError(
-            f"{where} boundary: {boundary!r} is not valid; use 'start' for [start, end) "
-            "or 'end' for OpenAQ's time-ending (start, end]"
-        )
-    zone, zone_sql = raw.get("zone"), raw.get("zone_sql")
-    if zone and zone_sql:
-        raise ConfigError(f"{where}: set either 'zone' (one IANA zone) or 'zone_sql', not both")
-    return TimeSpec(
-        column=validate.identifier(raw["column"], f"{where} column"),
-        grain=grain,
-        name=validate.identifier(raw.get("name", grain), f"{where} name"),
-        zone=None if zone_sql else validate.zone_name(zone or "UTC", f"{where} zone"),
-        zone_sql=str(zone_sql) if zone_sql else None,
-        settle=validate.parse_duration(raw.get("settle", 0), where=f"{where} settle"),
-        boundary=boundary,
-    )
-
-
-def _capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) -> CaptureSpec:
-    if not isinstance(raw, dict):
-        raise ConfigError(f'{where}: use a table, e.g. [capture] then mode = "trigger"')
-    validate.reject_unknown(raw, {"mode", "table", "keys", "time", "cursor", "overlap"}, where)
-    mode = validate.choice(raw.get("mode", "explicit"), ("trigger", "scan", "explicit"), f"{where} mode")
-    if mode == "explicit":
-        return CaptureSpec(mode="explicit")
-    if not raw.get("table"):
-        raise ConfigError(f"{where}: 'table' is missing; name the source table whose changes mark partitions")
-    table = validate.table_name(raw["table"], f"{where} table")
-    mapping = raw.get("keys", {k: k for k in keys})
-    if not isinstance(mapping, dict) or set(mapping) != set(keys):
-        raise ConfigError(
-            f"{where} keys: map every partition key ({', '.join(keys) or 'none'}) to a column of {table}"
-        )
-    time_col, cursor = raw.get("time"), raw.get("cursor")
-    if has_time and not time_col:
-        raise ConfigError(f"{where}: 'time' is missing; name the column of {table} holding each row's time")
-    if mode == "scan" and not cursor:
-        raise ConfigError(
-            f"{where}: scan mode needs 'cursor', a column such as ingested_at that grows on change"
-        )
-    return CaptureSpec(
-        mode=mode,  # type: ignore[arg-type]
-        table=table,
-        keys={k: validate.identifier(v, f"{where} keys.{k}") for k, v in mapping.items()},
-        time=validate.identifier(time_col, f"{where} time") if time_col else None,
-        cursor=validate.identifier(cursor, f"{where} cursor") if cursor else None,
-        overlap=validate.parse_duration(raw.get("overlap", "1h"), where=f"{where} overlap"),
-    )
 
 
 def read_spec(task: Task) -> ReadSpec:
@@ -157,6 +97,7 @@ def read_spec(task: Task) -> ReadSpec:
         order_by=task.order_by,
         primary_key=task.primary_key,
         columns=task.columns,
+        datetime_zone=time.datetime_zone if time else None,
     )
 
 

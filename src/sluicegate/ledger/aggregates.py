@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .. import db
 from .core import Store
 
 
@@ -38,8 +39,19 @@ class AggregateStore(Store):
             task=task, tick=ts(tick), window_start=ts(window[0]), window_end=ts(window[1]),
             token=uuid.UUID(token), lease=lease,
         )  # fmt: skip
-        row = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchone())
+
+        def take(cur: Any) -> Any:
+            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            if self.core.dialect is not db.MARIADB:
+                return cur.fetchone()  # RETURNING attempts, or no row
+            return self.claim_attempts(cur, params)  # MariaDB/MySQL: no RETURNING
+
+        row = self.core.in_transaction(take)
         return None if row is None else int(row[0])
+
+    def claim_attempts(self, cur: Any, params: dict[str, Any]) -> Any:
+        """MariaDB: the attempt number of the tick just claimed (a one-column row)."""
+        return self._run("claim_attempts", cur, **params).fetchone()
 
     def renew(self, task: str, tick: dt.datetime, token: str, *, lease: float) -> bool:
         """Extend the claim; False when it was lost."""
@@ -78,6 +90,10 @@ class AggregateStore(Store):
             "fail", task=task, tick=self.core.ts(tick), token=uuid.UUID(token), error=error,
             seconds=round(seconds, 6), delay=delay,
         )  # fmt: skip
+
+    def prune(self, task: str, *, before: dt.datetime) -> int:
+        """Forget the task's evaluations of ticks before ``before``; the number forgotten."""
+        return int(self._run("prune", task=task, before=self.core.ts(before)).rowcount)
 
     def status(self, task: str) -> dict[str, Any]:
         """Counts of the task's evaluations by state, its latest done tick and its latest error."""

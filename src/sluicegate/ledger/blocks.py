@@ -6,8 +6,8 @@ The rules it enforces, in single SQL statements (``sql/<dialect>/blocks.sql``):
   nothing is pre-filled;
 * a claim takes pending rows (or rows whose lease expired, counting an attempt) whose
   previous stage of the same block is ``done``, under a fresh token and a lease
-  (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite): two runs never
-  hold the same (block, stage);
+  (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, where it takes three statements in one
+  transaction, ``BEGIN IMMEDIATE`` on SQLite): two runs never hold the same (block, stage);
 * a commit (``done`` or ``no_data``) and a failure are fenced by the claim token, so a
   worker whose lease was taken over records nothing; ``no_data`` also completes the later
   stages of its block in the same transaction;
@@ -120,7 +120,19 @@ class BlockStore(Store):
         params = self.core.params(
             **self._range(where), stages=self._stages(stages), limit=limit, lease=lease, token=token
         )
-        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+
+        def take(cur: Any) -> list[Any]:
+            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            rows = list(cur.fetchall())
+            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
+                return rows
+            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
+            if not rows:
+                return []
+            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            return self.claimed(cur, params["token"])
+
+        rows = self.core.in_transaction(take)
         claims = [
             StageClaim(
                 id=int(rid),
@@ -138,6 +150,14 @@ class BlockStore(Store):
             for rid, key, start, end, stage, position, attempts, forced, artifact, checksum in rows
         ]
         return sorted(claims, key=lambda c: (c.block.start, c.key_value, c.position))
+
+    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
+        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+
+    def claimed(self, cur: Any, token: str) -> list[Any]:
+        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
+        return list(self._run("claimed", cur, token=token).fetchall())
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of the rows still held under ``token``; return how many."""

@@ -27,6 +27,7 @@ log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
 UTC = dt.UTC
 SCHEMA_VERSION = "10"
+MARIADB_SCHEMA_VERSION = "mariadb-2"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
 SQLITE_ADDED_COLUMNS = (
@@ -171,12 +172,15 @@ class SchemaStore(Store):
 
     def ensure_schema(self) -> None:
         """Create the ledger tables if they do not exist, or upgrade them (idempotent, safe to race)."""
-        if self.schema_version() == SCHEMA_VERSION:
+        version = self.schema_version()
+        if version == (MARIADB_SCHEMA_VERSION if self.core.dialect is db.MARIADB else SCHEMA_VERSION):
             return
 
         def create(cur: Any) -> None:
             if self.core.dialect is db.POSTGRESQL:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'))")
+            if self.core.dialect is db.MARIADB and version == "mariadb-1":
+                self.upgrade_collation(cur)  # first: ensure_schema then records the new version
             for statement in self.q["ensure_schema"].split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
@@ -208,6 +212,11 @@ class SchemaStore(Store):
     def add_run_heartbeat(self, cur: Any) -> None:
         """SQLite, version 5: a run in progress beats."""
         self._run("add_run_heartbeat", cur)
+
+    def upgrade_collation(self, cur: Any) -> None:
+        """MariaDB, mariadb-1 to mariadb-2: compare the ledger's text as bytes (case matters)."""
+        for statement in self.q["upgrade_collation"].split(";\n"):
+            cur.execute(statement)
 
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""

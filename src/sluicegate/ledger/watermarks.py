@@ -47,7 +47,19 @@ class WatermarkStore(Store):
         token = uuid.uuid4()
         wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
         params = self.core.params(task=task, entities=wanted, token=token, lease=lease)
-        rows = self.core.in_transaction(lambda cur: cur.execute(self.q["claim"], params).fetchall())
+
+        def take(cur: Any) -> list[Any]:
+            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            rows = list(cur.fetchall())
+            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
+                return rows
+            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
+            if not rows:
+                return []
+            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            return self.claimed(cur, params["token"])
+
+        rows = self.core.in_transaction(take)
         ts = self.core.from_ts
         out = [
             WatermarkClaim(
@@ -63,6 +75,14 @@ class WatermarkStore(Store):
             for r in rows
         ]
         return sorted(out, key=lambda c: c.entity)
+
+    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
+        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+
+    def claimed(self, cur: Any, token: str) -> list[Any]:
+        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
+        return list(self._run("claimed", cur, token=token).fetchall())
 
     def set_pending(
         self, claim: WatermarkClaim, start: dt.datetime, end: dt.datetime, export_type: str

@@ -47,6 +47,7 @@ class Column:
     precision: int | None = None
     scale: int | None = None
     as_text: bool = False
+    zoneless: bool = False  # a time without a zone (MariaDB DATETIME): see ReadSpec.datetime_zone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,7 @@ class ReadSpec:
     order_by: tuple[str, ...] = ()
     primary_key: tuple[str, ...] = ()
     columns: tuple[tuple[str, str], ...] = ()  # [columns] kind pins (SQLite)
+    datetime_zone: str | None = None  # MariaDB: the zone of DATETIME values (None: UTC)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,9 +4,11 @@ The session is pinned to UTC (:mod:`sluicegate.mariadb_conn`). Time columns:
 
 - ``TIMESTAMP`` holds an instant; the server shows it in the session zone, UTC, so it reads
   as UTC whatever the server's ``time_zone``.
-- ``DATETIME`` holds a wall-clock time without a zone. sluicegate takes it as **UTC**: it is
-  compared with the windows in UTC and written as that instant (in the partition's zone, with
-  its offset). A ``DATETIME`` holding local time must be converted in ``select.sql``.
+- ``DATETIME`` holds a wall-clock time without a zone. sluicegate takes it as **UTC**, unless
+  the task names the zone of its wall-clock times (``ReadSpec.datetime_zone``, a partitioned
+  task's ``[time] datetime_zone``): then windows are compared as wall-clock times in that zone
+  and values are read as instants in it. A time the clocks pass twice (the repeated hour in
+  autumn) is taken as the second, later one, which is also how the windows cut it.
 
 Both are read as aware UTC datetimes of kind ``timestamptz``. A batch is one query joining the
 task's select to a derived table of the batch's slices (key values, UTC windows), with the keys
@@ -27,12 +29,13 @@ from typing import Any
 
 from .. import db
 from ..exceptions import ConfigError
-from ..partitions import canonical_key
+from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
 
 CHUNK_ROWS = 10000
 _INT = (1, 2, 3, 8, 9, 13)  # TINY, SHORT, LONG, LONGLONG, INT24, YEAR
 _TIMES = (7, 12, 17, 18)  # TIMESTAMP, DATETIME and their fractional variants
+_ZONELESS = (12, 18)  # DATETIME
 _STRINGS = (15, 249, 250, 251, 252, 253, 254)  # VARCHAR, the BLOB/TEXT family, VAR_STRING, STRING
 _OTHER: dict[int, ColumnKind] = {4: "float", 5: "float", 0: "decimal", 246: "decimal", 10: "date", 14: "date"}
 _AS_TEXT = (11, 19, 245, 247, 248)  # TIME, JSON, ENUM, SET: the server's text
@@ -48,7 +51,7 @@ def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Co
         if code in _INT:
             columns.append(Column(name=name, kind="int"))
         elif code in _TIMES:
-            columns.append(Column(name=name, kind="timestamptz"))
+            columns.append(Column(name=name, kind="timestamptz", zoneless=code in _ZONELESS))
         elif code in _STRINGS:
             columns.append(Column(name=name, kind="binary" if charset == _BINARY_CHARSET else "text"))
         elif code in _AS_TEXT:
@@ -71,6 +74,20 @@ def _decimal_digits(desc: Sequence[Any]) -> int:
 def utc_naive(value: dt.datetime) -> dt.datetime:
     """A window bound as MariaDB compares it: naive UTC (the driver drops tzinfo, it does not convert)."""
     return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def wall_clock(value: dt.datetime, zone: str | None) -> dt.datetime:
+    """A window bound as a DATETIME holding wall-clock times in ``zone`` compares it (naive UTC
+    when ``zone`` is None)."""
+    if zone is None or value.tzinfo is None:
+        return utc_naive(value)
+    return value.astimezone(zone_of(zone)).replace(tzinfo=None)
+
+
+def from_wall_clock(value: dt.datetime, zone: str) -> dt.datetime:
+    """A DATETIME value holding a wall-clock time in ``zone`` as an aware UTC instant (a repeated
+    wall-clock time is the later instant: see :func:`wall_clock`, which puts it in that window)."""
+    return value.replace(tzinfo=zone_of(zone), fold=1).astimezone(dt.UTC)
 
 
 class MariaDbSource:
@@ -140,7 +157,11 @@ class MariaDbSource:
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, rows)`` chunks for ``slices`` from one streamed query in one snapshot."""
         query, params = batch_query(spec, slices, columns)
-        times = [i for i, c in enumerate(columns) if c.kind == "timestamptz"]
+        times = [
+            (i, spec.datetime_zone if c.zoneless else None)
+            for i, c in enumerate(columns)
+            if c.kind == "timestamptz"
+        ]
         self._reconnect_if_lost()
         with db.wrap_errors(self.url):
             cur = self.conn.cursor(buffered=False)
@@ -253,6 +274,8 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
     """The one query that reads every slice of a batch, and its ``?`` parameters."""
     q = db.MARIADB.quote
     timed = spec.time_column is not None
+    by_name = {c.name: c for c in columns}
+    zone = _time_zone(spec, by_name)
     width = len(spec.keys) + 1
     first = ["? AS ord", *(f"? AS k{i}" for i in range(len(spec.keys)))]
     if timed:  # DATETIME(6): the derived column must keep microseconds whatever the first row's
@@ -265,8 +288,8 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
         params += [idx, *piece.keys]
         if timed:
             assert piece.start and piece.end
-            params += [utc_naive(piece.start), utc_naive(piece.end)]
-    on = [f"q.{q(k)} = p.k{i}" for i, k in enumerate(spec.keys)]
+            params += [wall_clock(piece.start, zone), wall_clock(piece.end, zone)]
+    on = [_key_match(q(k), i, by_name.get(k)) for i, k in enumerate(spec.keys)]
     where: list[str] = []
     for i, k in enumerate(spec.keys):
         values = sorted({s.keys[i] for s in slices}, key=str)
@@ -278,10 +301,9 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
         on += [f"{t} {lo} p.ws", f"{t} {hi} p.we"]
         where += [f"{t} {lo} ?", f"{t} {hi} ?"]
         params += [
-            utc_naive(min(s.start for s in slices if s.start)),
-            utc_naive(max(s.end for s in slices if s.end)),
+            wall_clock(min(s.start for s in slices if s.start), zone),
+            wall_clock(max(s.end for s in slices if s.end), zone),
         ]
-    by_name = {c.name: c for c in columns}
     projection = ", ".join(f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns)
     order = ", ".join(
         f"CAST(q.{q(c)} AS CHAR)" if by_name[c].as_text else f"q.{q(c)}" for c in order_columns(spec, columns)
@@ -293,17 +315,38 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
     return query, params
 
 
+def _key_match(key: str, index: int, column: Column | None) -> str:
+    """A row's key equals the slice's: text byte for byte (a column's collation may ignore case
+    or trailing spaces, and Gent and gent are two partitions); the IN list before narrows by index."""
+    if column is not None and column.kind == "text":
+        return f"CAST(CONVERT(q.{key} USING utf8mb4) AS BINARY) = CAST(p.k{index} AS BINARY)"
+    return f"q.{key} = p.k{index}"
+
+
+def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:
+    """The zone the time column's values are wall-clock times in; None when they are UTC."""
+    if spec.datetime_zone is None or spec.time_column is None:
+        return None
+    column = by_name.get(spec.time_column)
+    if column is None or not column.zoneless:
+        raise ConfigError(
+            f"{spec.folder / 'task.toml'} [time] datetime_zone: the time column {spec.time_column} is not "
+            "a DATETIME (a TIMESTAMP is an instant already); remove datetime_zone"
+        )
+    return spec.datetime_zone
+
+
 def _aware(value: Any) -> Any:
     return value.replace(tzinfo=dt.UTC) if isinstance(value, dt.datetime) else value
 
 
-def _with_zones(rows: list[tuple[Any, ...]], times: Sequence[int]) -> list[tuple[Any, ...]]:
-    """Rows with their time columns as aware UTC datetimes (read as naive UTC)."""
+def _with_zones(rows: list[tuple[Any, ...]], times: Sequence[tuple[int, str | None]]) -> list[Any]:
+    """Rows with their time columns as aware UTC datetimes: naive UTC, or wall-clock times in a zone."""
     out = []
     for row in rows:
         values = list(row)
-        for i in times:
+        for i, zone in times:
             if values[i] is not None:
-                values[i] = values[i].replace(tzinfo=dt.UTC)
+                values[i] = from_wall_clock(values[i], zone) if zone else values[i].replace(tzinfo=dt.UTC)
         out.append(tuple(values))
     return out

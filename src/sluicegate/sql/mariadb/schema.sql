@@ -1,14 +1,14 @@
--- The ledger tables on MariaDB/MySQL: partitioned tasks, runs, and the trigger inbox (core: ledger/core.py).
--- Each block is named after the method that runs it. Times are UTC seconds since the epoch
--- (DOUBLE), taken from the server's clock (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so
--- leases mean the same on every worker. The stores of the other kinds are not on MariaDB yet.
+-- The ledger tables on MariaDB/MySQL: every kind's stores, runs, and the trigger inbox (core:
+-- ledger/core.py). Each block is named after the method that runs it. Times are UTC seconds
+-- since the epoch (DOUBLE); those the ledger stamps are taken from the server's clock
+-- (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so leases mean the same on every worker.
 
 -- ensure_schema --
 -- Create the ledger tables (idempotent; MariaDB commits each CREATE on its own).
 CREATE TABLE IF NOT EXISTS {t}meta (
     `key` VARCHAR(64) NOT NULL PRIMARY KEY,
     value VARCHAR(255) NOT NULL
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}partitions (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS {t}partitions (
     KEY {t}partitions_claim_token_idx (claim_token),
     CONSTRAINT {t}partitions_versions CHECK (exported_version <= version),
     CONSTRAINT {t}partitions_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- Append-only: no unique index, so concurrent ingest transactions never wait on each other here
 -- (one row per changed data row; the fold reads them in chunks).
 CREATE TABLE IF NOT EXISTS {t}changes (
@@ -48,13 +48,42 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     `keys` TEXT NOT NULL,
     bin BIGINT NULL,
     KEY {t}changes_task_idx (task, id)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (watermarks tables: incremental tasks)
+-- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
+-- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
+-- together (commit relies on it: it clears failed_end, then failed_mode where failed_end is gone).
+CREATE TABLE IF NOT EXISTS {t}watermarks (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    watermark DOUBLE,
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    pending_start DOUBLE,
+    pending_end DOUBLE,
+    pending_type VARCHAR(32),
+    attempts INT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    failed_start DOUBLE,
+    failed_end DOUBLE,
+    failed_type VARCHAR(32),
+    failed_mode VARCHAR(16),
+    failed_destination TEXT,
+    exported_at DOUBLE,
+    `rows` BIGINT,
+    path TEXT,
+    UNIQUE KEY {t}watermarks_task_entity (task, entity),
+    KEY {t}watermarks_claim_token_idx (claim_token),
+    CONSTRAINT {t}watermarks_failed_mode CHECK (failed_mode IN ('watermark', 'reexport')),
+    CONSTRAINT {t}watermarks_failed_window CHECK ((failed_mode IS NULL) = (failed_end IS NULL)),
+    CONSTRAINT {t}watermarks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}scans (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     high_water DATETIME(6),
     scanned_at DOUBLE
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (archive tables: archive tasks)
 CREATE TABLE IF NOT EXISTS {t}archive_runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
@@ -77,8 +106,45 @@ CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     tick DOUBLE NOT NULL,
     fired_at DOUBLE,
     PRIMARY KEY (task, tick)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (blocks tables: blocks tasks)
+-- One row per (task, key value, block, stage), created when a range is asked for. Key values
+-- and stages compare as PostgreSQL's text does (utf8mb4_bin); the unique key stays within
+-- InnoDB's 3072 bytes. The queue index serves the claim's order (oldest block first).
+CREATE TABLE IF NOT EXISTS {t}blocks (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    block_start DOUBLE NOT NULL,
+    block_end DOUBLE NOT NULL,
+    label VARCHAR(255) NOT NULL,
+    stage VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    position INT NOT NULL,
+    status VARCHAR(16) NOT NULL DEFAULT 'pending',
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    attempts INT NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE,
+    forced BOOLEAN NOT NULL DEFAULT FALSE,
+    records_total BIGINT,
+    records_processed BIGINT,
+    records_errors BIGINT,
+    error TEXT,
+    artifact TEXT,
+    bytes BIGINT,
+    checksum VARCHAR(128),
+    created_at DOUBLE NOT NULL,
+    started_at DOUBLE,
+    finished_at DOUBLE,
+    UNIQUE KEY {t}blocks_task_key_block_stage (task, key_value, block_start, stage),
+    KEY {t}blocks_position_idx (task, key_value, block_start, position),
+    KEY {t}blocks_queue_idx (task, block_start, key_value, position),
+    KEY {t}blocks_claim_token_idx (claim_token),
+    CONSTRAINT {t}blocks_status CHECK (status IN ('pending', 'running', 'done', 'no_data', 'failed')),
+    CONSTRAINT {t}blocks_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL)),
+    CONSTRAINT {t}blocks_running_is_claimed CHECK ((status = 'running') = (claim_token IS NOT NULL)),
+    CONSTRAINT {t}blocks_window CHECK (block_start < block_end)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -89,17 +155,48 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     summary LONGTEXT,
     heartbeat_at DOUBLE,
     KEY {t}runs_started_idx (started_at)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (aggregates tables: aggregate tasks)
+CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
+    task VARCHAR(255) NOT NULL,
+    tick DOUBLE NOT NULL,
+    window_start DOUBLE NOT NULL,
+    window_end DOUBLE NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    claim_token CHAR(36),
+    lease_until DOUBLE,
+    attempts INT NOT NULL DEFAULT 1,
+    next_attempt_at DOUBLE,
+    `rows` BIGINT,
+    seconds DOUBLE,
+    path TEXT,
+    error TEXT,
+    started_at DOUBLE NOT NULL,
+    finished_at DOUBLE,
+    PRIMARY KEY (task, tick),
+    CONSTRAINT {t}aggregate_evaluations_state CHECK (state IN ('running', 'done', 'failed', 'superseded')),
+    CONSTRAINT {t}aggregate_evaluations_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}task_errors (
     task VARCHAR(255) NOT NULL PRIMARY KEY,
     error TEXT NOT NULL,
     config BOOLEAN NOT NULL DEFAULT FALSE,
     at DOUBLE NOT NULL
-) ENGINE = InnoDB;
-INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-1')
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-2')
 ON DUPLICATE KEY UPDATE value = VALUES(value);
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
 SELECT value FROM {t}meta WHERE `key` = 'schema_version';
+
+-- upgrade_collation --
+-- mariadb-1 -> mariadb-2: the tables of the first release compared text without case (the
+-- server's default collation), so partition keys Gent and gent were one ledger row; binary now.
+ALTER TABLE {t}meta CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}changes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}scans CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}schedule_ticks CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}runs CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}task_errors CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin

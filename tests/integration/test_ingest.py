@@ -1,4 +1,7 @@
-"""Ingest tasks on SQLite: message shapes, idempotence on the message id, malformed messages, the log.
+"""Ingest tasks: message shapes, idempotence on the message id, malformed messages, the log.
+
+What touches a database runs on SQLite, PostgreSQL and MariaDB (the table, its ingest log and
+its parked messages live in that database).
 
 The SQS path (moto's server over HTTP, a duplicate, a malformed message, a redelivery after a
 SIGKILL) is in tests/integration/test_ingest_sqs.py.
@@ -6,8 +9,8 @@ SIGKILL) is in tests/integration/test_ingest_sqs.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import pytest
 
 from airmax_support import airmax_project
-from sluicegate import messages, operations
+from sluicegate import messages, operations, tabledb, tables
 from sluicegate.exceptions import DataError
 from support import cli, load
 
@@ -47,29 +50,52 @@ def line(message_id: str, **fields: Any) -> str:
     return json.dumps(body)
 
 
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("pg", id="pg", marks=pytest.mark.pg),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+# Where ingest's log tables are, per database (the ledger schema on PostgreSQL, a prefix elsewhere).
+LOG_TABLES = {"postgresql": "sluicegate.ingest_", "sqlite": "sluicegate_ingest_", "mariadb": "sluicegate_ingest_"}
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "pg":
+        return str(request.getfixturevalue("pg_url"))
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
+    return f"sqlite:///{tmp_path / 'airmax.db'}"
+
+
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return airmax_project(tmp_path / "proj", f"sqlite:///{tmp_path / 'airmax.db'}")
+def root(tmp_path: Path, url: str) -> Path:
+    return airmax_project(tmp_path / "proj", url)
 
 
-def _raw(root: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(root.parent / "airmax.db")
+def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``{log}`` names the ingest log tables' prefix)."""
+    db = tables.TableDb(url)
     try:
-        return conn.execute(
-            "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id"
-        ).fetchall()
+        return [tuple(r) for r in db.query(sql.replace("{log}", LOG_TABLES[db.flavor]))[1]]
     finally:
-        conn.close()
+        db.close()
 
 
-def _log(root: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(root.parent / "airmax.db")
+def _execute(url: str, sql: str) -> None:
+    db = tables.TableDb(url)
     try:
-        return conn.execute(
-            "SELECT received, inserted, duplicates, malformed, message_ids FROM sluicegate_ingest_batches ORDER BY id"
-        ).fetchall()
+        db.execute(sql)
     finally:
-        conn.close()
+        db.close()
+
+
+def _raw(url: str) -> list[tuple[Any, ...]]:
+    return _query(url, "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id")
+
+
+def _log(url: str) -> list[tuple[Any, ...]]:
+    return _query(url, "SELECT received, inserted, duplicates, malformed, message_ids FROM {log}batches ORDER BY id")
 
 
 def test_the_sns_notification_airmax_received_is_read_from_its_attributes() -> None:
@@ -118,7 +144,7 @@ def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -
 
 
 def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_blocks_nothing(
-    root: Path, tmp_path: Path
+    root: Path, tmp_path: Path, url: str
 ) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join([
@@ -134,21 +160,19 @@ def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_block
     assert first.malformed == [{"id": "m3", "error": "message m3: value 'lots' is not a number"}]
     again = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")  # redelivered
     assert (again.inserted, again.duplicates, again.malformed_count) == (0, 4, 1)
-    assert [(r[0], r[2]) for r in _raw(root)] == [("m1", 1.0), ("m2", 2.0), ("m4", 4.0)]
-    assert _raw(root)[0][3] == "2024-03-10T11:00:00Z"
-    assert [row[:4] for row in _log(root)] == [(5, 3, 1, 1), (5, 0, 4, 1)]
-    assert json.loads(_log(root)[0][4]) == ["m1", "m2", "m1", "m3", "m4"]
+    assert [(r[0], r[2]) for r in _raw(url)] == [("m1", 1.0), ("m2", 2.0), ("m4", 4.0)]
+    assert tables.parse_time(_raw(url)[0][3]) == dt.datetime(2024, 3, 10, 11, tzinfo=dt.UTC)
+    assert [row[:4] for row in _log(url)] == [(5, 3, 1, 1), (5, 0, 4, 1)]
+    assert json.loads(_log(url)[0][4]) == ["m1", "m2", "m1", "m3", "m4"]
 
 
-def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_path: Path) -> None:
+def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_path: Path, url: str) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_text(line("ok") + "\n" + line("bad", value="x") + "\n{\n")
     for _ in range(2):
         summary = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
         assert summary.inserted <= 1 and summary.malformed_count == 2 and summary.parked == 2
-    conn = sqlite3.connect(root.parent / "airmax.db")
-    parked = conn.execute("SELECT message_id, error, body FROM sluicegate_ingest_parked ORDER BY id").fetchall()
-    conn.close()
+    parked = _query(url, "SELECT message_id, error, body FROM {log}parked ORDER BY id")
     # "bad" once (a redelivered message is not parked again); the line without an id each time
     assert [(p[0], p[1].split(":")[0]) for p in parked] == [("bad", "message bad"), (None, "in.jsonl"),
                                                             (None, "in.jsonl")]  # fmt: skip
@@ -157,24 +181,24 @@ def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_
     assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (6, 1, 4, 3)
 
 
-def test_skip_parks_nothing(root: Path, tmp_path: Path) -> None:
+def test_skip_parks_nothing(root: Path, tmp_path: Path, url: str) -> None:
     toml = root / "tasks" / TASK / "task.toml"
     toml.write_text(toml.read_text().replace('malformed = "park"', 'malformed = "skip"'))
     batch = tmp_path / "b.jsonl"
     batch.write_text(line("bad", value="x") + "\n")
     assert operations.ingest(load(root), TASK, batch.open()).parked == 0
-    conn = sqlite3.connect(root.parent / "airmax.db")
-    assert conn.execute("SELECT count(*) FROM sluicegate_ingest_parked").fetchone()[0] == 0
-    conn.close()
+    assert _query(url, "SELECT count(*) FROM {log}parked") == [(0,)]
 
 
-def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path: Path) -> None:
+TIME_TYPES = {"postgresql": "timestamptz", "sqlite": "TEXT", "mariadb": "DATETIME(6)"}
+
+
+def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path: Path, url: str) -> None:
     """A value the table refuses (here a CHECK) fails only its message: the rest of the batch commits."""
-    url = f"sqlite:///{tmp_path / 'm.db'}"
     root = airmax_project(tmp_path / "proj", url)
-    conn = sqlite3.connect(tmp_path / "m.db")
-    conn.execute("CREATE TABLE readings (mid TEXT PRIMARY KEY, at TEXT NOT NULL, v REAL CHECK (v >= 0))")
-    conn.close()
+    time_type = TIME_TYPES[tabledb.flavor_of(url)]
+    _execute(url, f"CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at {time_type} NOT NULL, "
+                  "v DOUBLE PRECISION CHECK (v >= 0))")  # fmt: skip
     (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
         kind = "ingest"
         table = "readings"
@@ -189,26 +213,18 @@ def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path
     summary = operations.ingest(load(root), TASK, batch.open())
     assert (summary.inserted, summary.malformed_count) == (4, 1)
     assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(summary.malformed[0]["error"])
-    conn = sqlite3.connect(tmp_path / "m.db")
-    assert [r[0] for r in conn.execute("SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
-    assert conn.execute("SELECT received, inserted, malformed FROM sluicegate_ingest_batches").fetchall() == [
-        (5, 4, 1)
-    ]
-    conn.close()
+    assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
+    assert _query(url, "SELECT received, inserted, malformed FROM {log}batches") == [(5, 4, 1)]
 
 
-def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_path: Path) -> None:
-    conn = sqlite3.connect(root.parent / "airmax.db")
-    conn.execute("ALTER TABLE raw RENAME TO raw_old")
-    conn.close()
+def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_path: Path, url: str) -> None:
+    _execute(url, "ALTER TABLE raw RENAME TO raw_old")
     batch = tmp_path / "b.jsonl"
     batch.write_text(line("m1") + "\n" + line("m2", value="x") + "\n")
     with pytest.raises(DataError, match="raw"):
         operations.ingest(load(root), TASK, batch.open())
-    assert _log(root) == []  # no log row, no parked message: the batch comes again
-    conn = sqlite3.connect(root.parent / "airmax.db")
-    assert conn.execute("SELECT count(*) FROM sluicegate_ingest_parked").fetchone()[0] == 0
-    conn.close()
+    assert _log(url) == []  # no log row, no parked message: the batch comes again
+    assert _query(url, "SELECT count(*) FROM {log}parked") == [(0,)]
 
 
 def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(root: Path) -> None:
@@ -221,3 +237,15 @@ def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(r
     assert "parked: message m9: value 'x' is not a number" in bad.stderr and "Traceback" not in bad.stderr
     none = cli(root, "ingest", TASK)
     assert none.returncode == 2 and "has no [sqs] queue" in none.stderr
+
+
+def test_a_malformed_message_with_a_very_long_id_is_parked_once(root: Path, tmp_path: Path, url: str) -> None:
+    """A hostile id (2,000 characters) must not fail the batch's transaction where the log is kept."""
+    long_id = "x" * 2000
+    batch = tmp_path / "long.jsonl"
+    batch.write_text(line(long_id, value="x") + "\n" + line("ok") + "\n")
+    for _ in range(2):  # the second time is a redelivery: parked once
+        summary = operations.ingest(load(root), TASK, batch.open())
+        assert summary.malformed_count == 1 and summary.parked == 1
+    assert [len(r[0]) for r in _query(url, "SELECT message_id FROM {log}parked")] == [2000]
+    assert [r[0] for r in _raw(url)] == ["ok"]

@@ -1,7 +1,9 @@
-"""Aggregate tasks on SQLite: the window, ticks and their claims, the ledger record, files.
+"""Aggregate tasks: the window, ticks and their claims, the ledger record, files.
 
 Each test builds the airmax example project in a temporary folder and evaluates its
-``current_air_quality`` task (the mean pm25 per city over ``[t - 3h, t)``) at chosen ticks.
+``current_air_quality`` task (the mean pm25 per city over ``[t - 3h, t)``) at chosen ticks, on
+SQLite, PostgreSQL and MariaDB (the raw table, the table sink and the ledger in that database).
+Configuration errors do not depend on the database and run on SQLite only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,24 @@ UTC = dt.UTC
 T = dt.datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
 
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("pg", id="pg", marks=pytest.mark.pg),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "pg":
+        return str(request.getfixturevalue("pg_url"))
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
+    return f"sqlite:///{tmp_path / 'airmax.db'}"
+
+
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'airmax.db'}"
 
 
@@ -203,6 +221,18 @@ def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: st
     assert {r["tick"]: r["state"] for r in _evaluations(root)} == {newer: "done", T: "superseded"}
 
 
+def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> None:
+    """One ledger row per tick adds up (105,000 a year at 5 minutes): a done evaluation forgets
+    those of ticks more than ``keep`` before it."""
+    root = airmax_project(tmp_path / "proj", url, task_extra='keep = "3h"')
+    add_raw(url, [("Gent", T - dt.timedelta(hours=5), 1.0)])
+    for hours in (4, 3, 1):
+        assert _evaluate(root, T - dt.timedelta(hours=hours)).state in ("done", "superseded")
+    assert len(_evaluations(root)) == 3
+    assert _evaluate(root, T).state == "done"
+    assert [r["tick"] for r in _evaluations(root)] == [T, T - dt.timedelta(hours=1), T - dt.timedelta(hours=3)]
+
+
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
     root = airmax_project(
         tmp_path / "proj", url, task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "csv"'
@@ -252,11 +282,13 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          'table = "t"', "SELECT city FROM raw GROUP BY city", "does not read in_window"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\nstep = 1\n'
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
+        ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
+         '[destination]\ntable = "t"', None, "keep: '1h' is shorter than the window; keep at least '3h'"),
     ],
 )  # fmt: skip
-def test_configuration_errors_name_the_setting(tmp_path: Path, url: str, task: str, select: str | None,
+def test_configuration_errors_name_the_setting(tmp_path: Path, sqlite_url: str, task: str, select: str | None,
                                                message: str) -> None:  # fmt: skip
-    root = airmax_project(tmp_path / "proj", url)
+    root = airmax_project(tmp_path / "proj", sqlite_url)
     folder = root / "tasks" / AGGREGATE
     (folder / "task.toml").write_text(task)
     if select is not None:
@@ -268,8 +300,8 @@ def test_configuration_errors_name_the_setting(tmp_path: Path, url: str, task: s
     assert message in str(raised.value) and str(folder) in str(raised.value)
 
 
-def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, url: str) -> None:
-    root = airmax_project(tmp_path / "proj", url)
+def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, sqlite_url: str) -> None:
+    root = airmax_project(tmp_path / "proj", sqlite_url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text("SELECT 1 AS one FROM raw")
     proc = cli(root, "run", AGGREGATE)
     assert proc.returncode == 2 and "does not read in_window" in proc.stderr

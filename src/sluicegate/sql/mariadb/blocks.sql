@@ -1,0 +1,148 @@
+-- Blocks of blocks tasks: one row per (task, key value, block, stage) (ledger/blocks.py).
+-- Each block is named after the method that runs it. Times: UTC seconds (DOUBLE); leases on the
+-- server's clock. Lists of stages are JSON arrays. MariaDB evaluates the assignments of an UPDATE
+-- left to right, each seeing the ones before it: every SET below assigns a column only after the
+-- expressions that read its old value.
+
+-- ensure --
+-- Create one (block, stage) row when a range is asked for; an existing row is kept as it is.
+INSERT INTO {t}blocks (task, key_value, block_start, block_end, label, stage, position, created_at)
+VALUES (%(task)s, %(key_value)s, %(block_start)s, %(block_end)s, %(label)s, %(stage)s, %(position)s,
+        UNIX_TIMESTAMP(NOW(6)))
+ON DUPLICATE KEY UPDATE position = VALUES(position);
+
+-- claim --
+-- Lock up to limit runnable (block, stage) rows, oldest block first, skipping rows another worker
+-- holds: pending (or running under an expired lease), due, in the range, and whose previous stage
+-- of the block is done. claim_take then takes them, in the same transaction.
+SELECT b.id FROM {t}blocks AS b
+WHERE b.task = %(task)s
+  AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(b.stage))
+  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND (%(time_min)s IS NULL OR b.block_end > %(time_min)s)
+  AND (%(time_max)s IS NULL OR b.block_end <= %(time_max)s)
+  AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < UNIX_TIMESTAMP(NOW(6))))
+  AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
+  AND (b.position = 0 OR EXISTS (
+        SELECT 1 FROM {t}blocks AS p
+        WHERE p.task = b.task AND p.key_value = b.key_value AND p.block_start = b.block_start
+          AND p.position = b.position - 1 AND p.status = 'done'))
+ORDER BY b.block_start, b.key_value, b.position
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- claim_take --
+-- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
+-- an expired lease counts as an attempt.
+UPDATE {t}blocks
+SET attempts = attempts + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
+    status = 'running',
+    claim_token = %(token)s,
+    lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s,
+    started_at = UNIX_TIMESTAMP(NOW(6))
+WHERE id = %(id)s;
+
+-- claimed --
+-- The rows held under a claim token, as a claim returns them.
+SELECT id, key_value, block_start, block_end, stage, position, attempts, forced, artifact, checksum
+FROM {t}blocks WHERE claim_token = %(token)s ORDER BY block_start, key_value, position;
+
+-- renew --
+-- Extend the lease of every row still held under a claim token.
+UPDATE {t}blocks SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
+
+-- commit --
+-- Record a finished stage (done or no_data) with its counts and artifact; fenced by the claim token.
+UPDATE {t}blocks
+SET status = %(status)s, claim_token = NULL, lease_until = NULL, next_attempt_at = NULL,
+    error = %(error)s, forced = FALSE,
+    records_total = %(total)s, records_processed = %(processed)s, records_errors = %(errors)s,
+    artifact = %(artifact)s, bytes = %(bytes)s, checksum = %(checksum)s, finished_at = UNIX_TIMESTAMP(NOW(6))
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- complete --
+-- After a stage found no data, the later stages of its block have nothing to do: "no data" too.
+UPDATE {t}blocks
+SET status = 'no_data', next_attempt_at = NULL, error = NULL, forced = FALSE,
+    records_total = 0, records_processed = 0, records_errors = 0, finished_at = UNIX_TIMESTAMP(NOW(6))
+WHERE task = %(task)s AND key_value = %(key_value)s AND block_start = %(block_start)s
+  AND position > %(position)s AND claim_token IS NULL;
+
+-- fail --
+-- Give a claimed row back after an error: retry later with backoff, or park it as failed
+-- (status and the backoff read attempts before it is counted).
+UPDATE {t}blocks
+SET status = CASE WHEN %(terminal)s OR attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = UNIX_TIMESTAMP(NOW(6)) + LEAST(%(backoff)s * POW(2, LEAST(attempts, 20)), 3600),
+    claim_token = NULL, lease_until = NULL,
+    attempts = attempts + 1,
+    error = %(error)s,
+    records_total = coalesce(%(total)s, records_total),
+    records_processed = coalesce(%(processed)s, records_processed),
+    records_errors = coalesce(%(errors)s, records_errors),
+    finished_at = UNIX_TIMESTAMP(NOW(6))
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- release --
+-- Give back every row still held under a claim token, without counting an attempt.
+UPDATE {t}blocks SET status = 'pending', claim_token = NULL, lease_until = NULL
+WHERE claim_token = %(token)s;
+
+-- reset --
+-- --force: make the stages from a position on pending again (not those running under a live lease),
+-- in blocks whose earlier stages are all done. (A self-join, not NOT EXISTS on the updated table,
+-- which MySQL refuses.)
+UPDATE {t}blocks AS b
+LEFT JOIN {t}blocks AS p
+    ON p.task = b.task AND p.key_value = b.key_value AND p.block_start = b.block_start
+   AND p.position < %(position)s AND p.status <> 'done'
+SET b.status = 'pending', b.claim_token = NULL, b.lease_until = NULL,
+    b.attempts = 0, b.next_attempt_at = NULL, b.error = NULL, b.forced = TRUE,
+    b.records_total = NULL, b.records_processed = NULL, b.records_errors = NULL
+WHERE b.task = %(task)s
+  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
+  AND b.position >= %(position)s
+  AND NOT (b.status = 'running' AND b.lease_until >= UNIX_TIMESTAMP(NOW(6)))
+  AND p.id IS NULL;
+
+-- unpark --
+-- --incomplete-only: parked (failed) stages of the range are pending again, with fresh attempts.
+UPDATE {t}blocks
+SET status = 'pending', attempts = 0, next_attempt_at = NULL
+WHERE task = %(task)s
+  AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(stage))
+  AND (%(key_value)s IS NULL OR key_value = %(key_value)s)
+  AND block_end > %(time_min)s AND block_end <= %(time_max)s
+  AND status = 'failed';
+
+-- rows --
+-- The (block, stage) rows of a range (for --dry-run and the run's report), oldest block first.
+SELECT key_value, block_start, block_end, label, stage, position, status, attempts,
+       (status = 'running' AND lease_until < UNIX_TIMESTAMP(NOW(6))) AS expired,
+       (next_attempt_at IS NOT NULL AND next_attempt_at > UNIX_TIMESTAMP(NOW(6))) AS backing_off
+FROM {t}blocks
+WHERE task = %(task)s
+  AND (%(key_value)s IS NULL OR key_value = %(key_value)s)
+  AND block_end > %(time_min)s AND block_end <= %(time_max)s
+ORDER BY block_start, key_value, position;
+
+-- counts --
+-- A task's rows per stage and status, with record counts.
+SELECT stage, min(position), status, count(*), coalesce(sum(records_errors), 0)
+FROM {t}blocks WHERE task = %(task)s
+GROUP BY stage, status ORDER BY min(position), status;
+
+-- failures --
+-- The parked (block, stage) rows of a task with their error.
+SELECT key_value, label, stage, attempts, error FROM {t}blocks
+WHERE task = %(task)s AND status = 'failed' ORDER BY block_start, key_value, position LIMIT %(limit)s;
+
+-- list_rows --
+-- A page of a task's (block, stage) rows, optionally of one status.
+SELECT key_value, label, block_start, block_end, stage, status, attempts, error, artifact,
+       records_total, records_processed, records_errors, bytes, started_at, finished_at
+FROM {t}blocks
+WHERE task = %(task)s AND (%(status)s IS NULL OR status = %(status)s)
+ORDER BY block_start, key_value, position
+LIMIT %(limit)s OFFSET %(offset)s;

@@ -1,0 +1,105 @@
+-- Per-entity watermarks of incremental tasks (ledger/watermarks.py). Times: UTC seconds (DOUBLE);
+-- leases on the server's clock. Each block is named after the method that runs it. MariaDB
+-- evaluates the assignments of an UPDATE left to right, each seeing the ones before it: every
+-- SET below assigns a column only after the expressions that read its old value.
+
+-- ensure --
+-- Make sure an entity has a watermark row (no watermark yet means: start from the bootstrap).
+-- (Not INSERT IGNORE, which would also turn a too-long entity into a warning.)
+INSERT INTO {t}watermarks (task, entity) VALUES (%(task)s, %(entity)s)
+ON DUPLICATE KEY UPDATE entity = entity;
+
+-- claim --
+-- Lock the watermark rows of the given entities (a JSON array) that nobody holds or whose lease
+-- expired, skipping rows another worker holds; claim_take then takes them, in one transaction.
+SELECT w.id FROM {t}watermarks AS w
+WHERE w.task = %(task)s
+  AND w.entity IN (
+      SELECT e.entity COLLATE utf8mb4_bin
+      FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
+  AND (w.claim_token IS NULL OR w.lease_until < UNIX_TIMESTAMP(NOW(6)))
+ORDER BY w.entity
+FOR UPDATE SKIP LOCKED;
+
+-- claim_take --
+-- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
+-- an expired lease counts as an attempt.
+UPDATE {t}watermarks
+SET attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END,
+    claim_token = %(token)s,
+    lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s
+WHERE id = %(id)s;
+
+-- claimed --
+-- The watermark rows held under a claim token, as a claim returns them.
+SELECT id, entity, watermark, pending_start, pending_end, pending_type, attempts
+FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity;
+
+-- set_pending --
+-- Remember the window a claim is exporting, so a crashed export is redone with the same window.
+UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pending_type = %(type)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- commit --
+-- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
+-- A failed watermark window is done once the watermark passes it. A failed re-export is not (it
+-- went to its own window and destination): it stays, with its attempts, for redrive.
+-- failed_end is cleared before failed_mode, which is then cleared where failed_end is gone
+-- (the two are set and cleared together: the table's failed_window check).
+UPDATE {t}watermarks
+SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s ELSE watermark END,
+    claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    attempts = CASE WHEN failed_mode = 'reexport' THEN attempts ELSE 0 END,
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE NULL END,
+    failed_start = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_start END,
+    failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_type END,
+    failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_end END,
+    failed_mode = CASE WHEN failed_end IS NULL THEN NULL ELSE failed_mode END,
+    exported_at = UNIX_TIMESTAMP(NOW(6)), `rows` = %(rows)s, path = %(path)s
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- fail --
+-- Record a failed window (for redrive) and give the claim back; the watermark does not move.
+-- An entity that never exported keeps its bootstrap start, so the next run covers the failed window.
+UPDATE {t}watermarks
+SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+    watermark = CASE WHEN watermark IS NULL AND %(mode)s = 'watermark' THEN %(start)s ELSE watermark END,
+    attempts = attempts + 1, last_error = %(error)s,
+    failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = %(mode)s,
+    failed_destination = %(destination)s
+WHERE task = %(task)s AND entity = %(entity)s
+  AND (%(token)s IS NULL OR claim_token = %(token)s);
+
+-- clear_failure --
+-- Forget a recorded failure once its window was exported (a redriven re-export).
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
+WHERE task = %(task)s AND entity = %(entity)s;
+
+-- renew --
+-- Extend the lease of the watermark rows held under a claim token (a long window export).
+UPDATE {t}watermarks SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
+
+-- release --
+-- Give back every watermark row still held under a claim token.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE claim_token = %(token)s;
+
+-- entities --
+-- Every watermark row of a task.
+SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
+       failed_destination, exported_at, `rows`, path,
+       claim_token IS NOT NULL AND lease_until >= UNIX_TIMESTAMP(NOW(6)) AS claimed
+FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
+
+-- delete --
+-- Forget an entity's watermark: its next export starts from the bootstrap.
+DELETE FROM {t}watermarks WHERE task = %(task)s AND entity = %(entity)s;
+
+-- release_one --
+-- Give back one watermark row (its window turned out empty).
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
+    pending_type = NULL
+WHERE id = %(id)s AND claim_token = %(token)s;
