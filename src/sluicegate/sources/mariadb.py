@@ -247,10 +247,12 @@ class _Snapshot:
             )
             self._reader = self.conn.cursor(buffered=False)
             self._reader.execute(f"SELECT {projection} FROM ({query}) AS q", values)
-        times = [i for i, c in enumerate(columns) if c.kind == "timestamptz"]
+        times: list[tuple[int, str | None]] = [
+            (i, None) for i, c in enumerate(columns) if c.kind == "timestamptz"
+        ]
         return columns, "rows", self._rows(times)
 
-    def _rows(self, times: Sequence[int]) -> Iterator[list[tuple[Any, ...]]]:
+    def _rows(self, times: Sequence[tuple[int, str | None]]) -> Iterator[list[tuple[Any, ...]]]:
         with db.wrap_errors(self.url):
             while chunk := self._reader.fetchmany(CHUNK_ROWS):
                 yield _with_zones(chunk, times) if times else [tuple(r) for r in chunk]
