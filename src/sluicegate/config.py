@@ -402,10 +402,10 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
 
 
 # What runs on a MariaDB/MySQL source so far (docs/concepts.md, "MariaDB and MySQL").
-MARIADB_KINDS = ("partitioned", "incremental", "aggregate", "ingest")
+MARIADB_KINDS = ("partitioned", "incremental", "aggregate", "ingest", "archive")
 MARIADB_CAPTURE = ("trigger", "scan", "explicit")
 # The kinds whose stores a MariaDB ledger has.
-MARIADB_LEDGER_KINDS = ("partitioned", "incremental", "blocks", "aggregate", "ingest")
+MARIADB_LEDGER_KINDS = ("partitioned", "incremental", "blocks", "aggregate", "ingest", "archive")
 
 
 def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> None:

@@ -193,11 +193,14 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def denied(exc: BaseException) -> bool:
-    """Whether a driver error says the role lacks a privilege (SQLSTATE 42501).
+    """Whether a driver error says the role lacks a privilege (SQLSTATE 42501, or MariaDB's numbers).
 
     A refused connection (no CONNECT on the database) carries no SQLSTATE in psycopg: its
-    server message stands in for the code.
+    server message stands in for the code. MariaDB reports most missing privileges as SQLSTATE
+    42000, shared with syntax errors: its error numbers tell them apart.
     """
+    if mariadb_conn.denied(exc):
+        return True
     code = _sqlstate(exc)
     if code:
         return code == "42501"
@@ -249,10 +252,12 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     where = f"{role} {mask_url(url)}"
     if kind == "terminal" and denied(exc):
         error = LedgerPermissionDenied if ledger else PermissionDenied
-        return error(
-            f"{where}: {detail}; the role lacks a privilege it needs: "
-            "run `sluicegate grants` and apply its GRANTs as the owner"
+        fix = (
+            "grant it as an administrator"
+            if mariadb_conn.denied(exc)  # `sluicegate grants` prints PostgreSQL's GRANTs only
+            else "run `sluicegate grants` and apply its GRANTs as the owner"
         )
+        return error(f"{where}: {detail}; the role lacks a privilege it needs: {fix}")
     if ledger:
         hint = "; will retry" if kind == "transient" else ""
         return LedgerError(f"{where}: {detail}{hint}")

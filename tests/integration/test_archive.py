@@ -24,12 +24,14 @@ import pytest
 from psycopg import sql
 from test_workers import _spawn, _wait_for
 
-from sluicegate import engine
+from plugins.mariadb_server import fresh_database
+from sluicegate import engine, mariadb_conn
 from sluicegate.drivers import archive
 from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
+from sluicegate.ledger.core import LedgerCore
 from sluicegate.options import Budget, RunOptions, TaskSummary
-from support import cli, files, load
+from support import cli, files, is_mariadb, load
 
 UTC = dt.UTC
 SELECT_PG = """COPY (SELECT * FROM agency
@@ -40,6 +42,15 @@ DELETE_PG = """DELETE FROM agency
       WHERE (base_id, updated_at) NOT IN (SELECT base_id, max(updated_at) FROM agency GROUP BY base_id)
       AND updated_at < %(export_boundary)s;
 """
+# MariaDB: the same rows, by a join (superseded = older than its base's latest version). A
+# single-table DELETE runs a subquery once per row before MariaDB 11.1, a multi-table one does not.
+_SUPERSEDED_MARIADB = """agency AS a
+      JOIN (SELECT base_id, max(updated_at) AS latest FROM agency GROUP BY base_id) AS m
+        ON m.base_id = a.base_id AND a.updated_at < m.latest
+      WHERE a.updated_at < %(export_boundary)s
+"""
+SELECT_MARIADB = f"SELECT a.* FROM {_SUPERSEDED_MARIADB}"
+DELETE_MARIADB = f"DELETE a FROM {_SUPERSEDED_MARIADB}"
 SELECT_SQLITE = """SELECT * FROM agency a
       WHERE EXISTS (SELECT 1 FROM agency b WHERE b.base_id = a.base_id AND b.updated_at > a.updated_at)
       AND a.updated_at < %(export_boundary)s
@@ -51,31 +62,42 @@ DELETE_SQLITE = """DELETE FROM agency
 
 
 class Agency:
-    """Append-only versioned rows, as in the Common Knowledge base."""
+    """Append-only versioned rows, as in the Common Knowledge base (``create``: the table too)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.sqlite = url.startswith("sqlite")
+        self.mariadb = is_mariadb(url)
         if self.sqlite:
             self.conn: Any = sqlite3.connect(
                 url[len("sqlite:///") :], isolation_level=None, check_same_thread=False
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(
+            table = (
                 "CREATE TABLE agency (id INTEGER PRIMARY KEY, base_id INTEGER, updated_at TEXT, name TEXT)"
+            )
+        elif self.mariadb:  # DATETIME(6): naive UTC (the session is pinned to UTC)
+            self.conn = mariadb_conn.connect(url)
+            table = (
+                "CREATE TABLE agency (id BIGINT AUTO_INCREMENT PRIMARY KEY, base_id INT,"
+                " updated_at DATETIME(6), name TEXT)"
             )
         else:
             self.conn = psycopg.connect(url, autocommit=True)
-            self.conn.execute(
+            table = (
                 "CREATE TABLE agency (id serial PRIMARY KEY, base_id int, updated_at timestamptz, name text)"
             )
+        if create:
+            self.conn.execute(table)
         self.inserted = 0
         self.added: list[int] = []  # the id of every row inserted through this object
 
     def version(self, base_id: int, at: dt.datetime, name: str) -> None:
         value: Any = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.sqlite else at
+        if self.mariadb:
+            value = at.astimezone(UTC).replace(tzinfo=None)
         p = "?" if self.sqlite else "%s"
         sql = f"INSERT INTO agency (base_id, updated_at, name) VALUES ({p}, {p}, {p})"
-        if self.sqlite:
+        if self.sqlite or self.mariadb:
             self.added.append(int(self.conn.execute(sql, (base_id, value, name)).lastrowid))
         else:
             self.added.append(
@@ -90,11 +112,22 @@ class Agency:
         return {int(r[0]) for r in self.conn.execute("SELECT id FROM agency").fetchall()}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+SERVERS = [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)]
+
+
+@pytest.fixture(params=["sqlite", *SERVERS])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The source database, with the ledger in it: SQLite, PostgreSQL or MariaDB."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
-    value: str = request.getfixturevalue("pg_url")
+    value: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    return value
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh PostgreSQL or MariaDB database, source and ledger at once."""
+    value: str = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
     return value
 
 
@@ -110,21 +143,31 @@ def ledger_pg_url(pg_server: Any) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def ledger_mariadb_url(mariadb_server: Any) -> Iterator[str]:
+    """A second fresh database on the MariaDB test server, for a ledger apart from the source."""
+    with fresh_database(mariadb_server) as url:
+        yield url
+
+
 @pytest.fixture(
     params=[
         pytest.param("pg", marks=pytest.mark.pg),
         pytest.param("pg+pg-ledger", marks=pytest.mark.pg),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb+mariadb-ledger", marks=pytest.mark.mariadb),
         "sqlite+sqlite-ledger",
     ]
 )
 def layout(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(source URL, ledger URL): one PostgreSQL database, or a ledger in another database."""
+    """(source URL, ledger URL): one PostgreSQL or MariaDB database, or a ledger in another database."""
     if request.param == "sqlite+sqlite-ledger":
         return f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
-    source: str = request.getfixturevalue("pg_url")
-    if request.param == "pg":
+    server = request.param.partition("+")[0]
+    source: str = request.getfixturevalue("pg_url" if server == "pg" else "mariadb_url")
+    if "+" not in request.param:
         return source, source
-    ledger: str = request.getfixturevalue("ledger_pg_url")
+    ledger: str = request.getfixturevalue(f"ledger_{server}_url")
     return source, ledger
 
 
@@ -147,9 +190,13 @@ def _project(
     )
     (task / "task.toml").write_text(f'kind = "archive"\nboundary = "{boundary}"\n')
     pg = url.startswith("postgresql")
-    (task / "select.sql").write_text(SELECT_PG if pg else SELECT_SQLITE)
+    select, delete_sql = (
+        (SELECT_PG, DELETE_PG) if pg else (SELECT_MARIADB, DELETE_MARIADB) if is_mariadb(url)
+        else (SELECT_SQLITE, DELETE_SQLITE)
+    )  # fmt: skip
+    (task / "select.sql").write_text(select)
     if delete:
-        (task / "delete.sql").write_text(DELETE_PG if pg else DELETE_SQLITE)
+        (task / "delete.sql").write_text(delete_sql)
     return root
 
 
@@ -180,9 +227,10 @@ def account(out: Path, agency: Agency, inserted: Iterable[int], ledger_url: str)
     )
     assert not (both := table & set(archived)), f"{len(both)} rows are archived and still in the table"
     assert set(archived) | table == inserted
+    rows_column = "`rows`" if is_mariadb(ledger_url) else "rows"  # a reserved word in MariaDB
     with Ledger(ledger_url) as ledger:
         runs = ledger.conn.execute(
-            f"SELECT path, state, rows, checksum, deleted FROM {ledger.table_prefix}archive_runs"
+            f"SELECT path, state, {rows_column}, checksum, deleted FROM {ledger.table_prefix}archive_runs"
         ).fetchall()
     for path, state, rows, checksum, deleted in runs:
         assert state == "done", f"the run of {path} is {state}"
@@ -239,9 +287,10 @@ def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: 
         for p in sorted(out.glob("_manifests/**/*.jsonl"))
         for line in p.read_text().splitlines()
     ]
+    rows_column = "`rows`" if is_mariadb(url) else "rows"
     with Ledger(url) as ledger:
         runs = ledger.conn.execute(
-            f"SELECT id, path, checksum, rows FROM {ledger.table_prefix}archive_runs"
+            f"SELECT id, path, checksum, {rows_column} FROM {ledger.table_prefix}archive_runs"
         ).fetchall()
     assert len(runs) == 2
     assert sorted((e["version"], e["path"], e["sha256"], e["rows"], e["action"]) for e in lines) == sorted(
@@ -258,10 +307,10 @@ def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> Non
     assert summary.rows == 9 and agency.count() == 12 and summary.archive[0]["deleted"] is None
 
 
-def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, pg_url: str) -> None:
-    root = _project(tmp_path, pg_url)
+def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, server_url: str) -> None:
+    root = _project(tmp_path, server_url)
     (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
-    agency = Agency(pg_url)
+    agency = Agency(server_url)
     _seed(agency)
     [summary] = engine.run(load(root))
     assert summary.failed == 1 and "deleted 12 rows but the file holds 9" in summary.errors[0]
@@ -288,6 +337,8 @@ def test_crash_before_the_delete_committed_rewrites_the_same_file(
     _crash(root, point)
     [crashed] = files(tmp_path / "out")
     assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
+    [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
+    assert status["kind"] == "archive" and status["unfinished"] is True
     _seed(agency, bases=1, first=10)  # 3 more superseded rows: the redo's file differs from the crashed one
     started = time.monotonic()
     [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
@@ -300,7 +351,13 @@ def test_crash_before_the_delete_committed_rewrites_the_same_file(
 
 
 @pytest.mark.parametrize(
-    "layout", [pytest.param("pg+pg-ledger", marks=pytest.mark.pg), "sqlite+sqlite-ledger"], indirect=True
+    "layout",
+    [
+        pytest.param("pg+pg-ledger", marks=pytest.mark.pg),
+        pytest.param("mariadb+mariadb-ledger", marks=pytest.mark.mariadb),
+        "sqlite+sqlite-ledger",
+    ],
+    indirect=True,
 )
 def test_crash_after_the_delete_committed_keeps_the_file(tmp_path: Path, layout: tuple[str, str]) -> None:
     source, ledger = layout
@@ -364,22 +421,30 @@ def test_a_second_run_waits_for_the_lock_then_fails_clearly(
     assert summary.failed == 0 and summary.rows == 9 and agency.count() == 3
 
 
-def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, pg_url: str) -> None:
-    root = _project(tmp_path, pg_url, boundary="now")
-    agency = Agency(pg_url)
+def test_concurrent_inserts_and_updates_lose_nothing(tmp_path: Path, server_url: str) -> None:
+    root = _project(tmp_path, server_url, boundary="now")
+    agency = Agency(server_url)
     _seed(agency, bases=20, versions=3)
-    writer = Agency.__new__(Agency)
-    writer.sqlite, writer.inserted, writer.added = False, 0, []
-    writer.conn = psycopg.connect(pg_url, autocommit=True)
+    writer = Agency(server_url, create=False)
+    concat = "CONCAT(name, '*')" if writer.mariadb else "name || '*'"
     stop = threading.Event()
+
+    deadlocks: list[int] = []
 
     def ingest() -> None:
         i = 0
         while not stop.is_set():
             writer.version(i % 20, dt.datetime.now(UTC), f"live{i}")
-            writer.conn.execute(
-                "UPDATE agency SET name = name || '*' WHERE id = (SELECT max(id) FROM agency)"
-            )
+            try:
+                writer.conn.execute(
+                    f"UPDATE agency SET name = {concat} WHERE id = (SELECT max(id) FROM agency)"
+                )
+            except Exception as exc:
+                # MariaDB: the update's subquery share-locks rows the archive run locked and
+                # then deletes; InnoDB rolls the update back (error 1213), as any writer must expect.
+                if getattr(exc, "errno", None) != 1213:
+                    raise
+                deadlocks.append(i)
             i += 1
 
     thread = threading.Thread(target=ingest)
@@ -412,14 +477,26 @@ def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path:
     assert result.returncode == 2 and "delete.sql: the query failed" in result.stderr
 
 
-def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, pg_url: str) -> None:
-    root = _project(tmp_path, pg_url)
-    agency = Agency(pg_url)
+# The connection holding a MariaDB archive lock: the name sql/mariadb/archive.sql gives it.
+MARIADB_LOCK_HOLDER = """SELECT IS_USED_LOCK(CONCAT('sluicegate archive ', LEFT(SHA2(CONCAT_WS('/',
+    DATABASE(), 'sluicegate archive sluicegate', 'agency'), 256), 40)))"""
+
+
+def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, server_url: str) -> None:
+    root = _project(tmp_path, server_url)
+    agency = Agency(server_url)
     _seed(agency)
     project = load(root)
+    killed: list[int] = []
 
     def drop_lock(point: str) -> None:  # the lock's connection dies while the run is under way
-        if point == "after_publish":
+        if point != "after_publish":
+            return
+        if agency.mariadb:
+            [holder] = agency.conn.execute(MARIADB_LOCK_HOLDER).fetchone()
+            agency.conn.execute(f"KILL CONNECTION {int(holder)}")
+            killed.append(int(holder))
+        else:
             agency.conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
             )
@@ -433,7 +510,125 @@ def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, pg_url: str) -
     assert summary.failed == 1
     assert re.fullmatch(r"lost the lock of archive task agency .*; nothing was deleted", summary.errors[0])
     assert agency.count() == 12
+    assert len(killed) == agency.mariadb  # on MariaDB: one connection held the lock, and it was killed
     [summary] = engine.run(project)  # the next run redoes it into the same file
     assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
     assert len(files(tmp_path / "out")) == 1
-    account(tmp_path / "out", agency, agency.added, pg_url)
+    account(tmp_path / "out", agency, agency.added, server_url)
+
+
+def test_an_update_during_the_run_is_never_deleted_unexported(tmp_path: Path, server_url: str) -> None:
+    """A row updated after the read is not deleted with its old value in the file.
+
+    PostgreSQL: the update commits and the delete fails (serialization). MariaDB, whose deletes
+    read the latest rows, not the snapshot: the update waits for the run, then finds no row, or
+    is chosen as a deadlock's victim and rolled back (the run holds share locks on what it read).
+    """
+    root = _project(tmp_path, server_url)
+    agency = Agency(server_url)
+    _seed(agency)
+    project = load(root)
+    writer = Agency(server_url, create=False)
+    updated: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def apply() -> None:
+        try:
+            cur = writer.conn.execute("UPDATE agency SET name = 'updated' WHERE name = 'base0-v0'")
+        except Exception as exc:  # MariaDB may roll the waiting update back (1213): not applied
+            if getattr(exc, "errno", None) != 1213:
+                raise
+            updated.append(0)
+        else:
+            updated.append(cur.rowcount)
+
+    def update(point: str) -> None:  # the file is published; the delete is next
+        if point == "after_publish":
+            thread = threading.Thread(target=apply)
+            thread.start()
+            thread.join(timeout=1.0)  # MariaDB: it waits for the run's commit
+            threads.append(thread)
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=update)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    for thread in threads:
+        thread.join()
+    names = [str(r[0]) for r in agency.conn.execute("SELECT name FROM agency").fetchall()]
+    names += [r["name"] for p in files(tmp_path / "out") for r in _rows(p)]
+    assert updated in ([0], [1])
+    assert ("updated" in names) == (updated == [1]), "a committed update was deleted without being archived"
+
+
+def test_a_mariadb_task_lock_is_one_connections_per_database_and_task(
+    mariadb_url: str, ledger_mariadb_url: str
+) -> None:
+    """GET_LOCK names are server-wide: the name holds the database, so two ledgers never share a lock."""
+    key = {"scope": "sluicegate archive sluicegate", "task": "agency"}
+    first, second, elsewhere = (LedgerCore(u) for u in (mariadb_url, mariadb_url, ledger_mariadb_url))
+    try:
+        one, two, other = (ledger_archive.ArchiveStore(c) for c in (first, second, elsewhere))
+        assert one.lock(**key) and one.lock_held(**key)
+        assert not two.lock(**key) and not two.lock_held(**key)  # the same task in the same database
+        assert two.lock(scope=key["scope"], task="other") and other.lock(**key)
+        first.conn.execute("SELECT RELEASE_ALL_LOCKS()").close()
+        assert not one.lock_held(**key)  # released (as by a reconnect): no longer held
+        assert two.lock(**key)
+    finally:
+        for core in (first, second, elsewhere):
+            core.close()
+
+
+def test_a_mariadb_source_role_without_delete_fails_closed(tmp_path: Path, mariadb_url: str) -> None:
+    """The delete is checked (EXPLAIN) before anything is recorded or written."""
+    agency = Agency(mariadb_url)
+    _seed(agency)
+    user = f"reader_{time.time_ns() % 10**9}"
+    database = mariadb_url.rpartition("/")[2]
+    agency.conn.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+    try:
+        agency.conn.execute(f"GRANT SELECT, CREATE ON `{database}`.* TO '{user}'@'%'")
+        source = re.sub(r"//[^@]*@", f"//{user}:pw@", mariadb_url)
+        root = _project(tmp_path, source, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+        proc = cli(root, "run", "agency")
+    finally:
+        agency.conn.execute(f"DROP USER '{user}'@'%'")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = proc.stdout + proc.stderr
+    assert (
+        "archive task agency: the source role may not run" in message and "DELETE command denied" in message
+    )
+    assert agency.count() == 12 and not files(tmp_path / "out")
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        assert ledger.conn.execute("SELECT count(*) FROM sluicegate_archive_runs").fetchone() == (0,)
+
+
+def test_an_unexpected_error_before_the_delete_fails_the_run_and_deletes_nothing(
+    tmp_path: Path, layout: tuple[str, str]
+) -> None:
+    """An error sluicegate does not know (a bug) between publish and delete is a failed run, never "done"."""
+    source, ledger = layout
+    root = _project(tmp_path, source, ledger=ledger)
+    agency = Agency(source)
+    _seed(agency)
+    project = load(root)
+
+    def bug(point: str) -> None:
+        if point == "after_publish":
+            raise RuntimeError("a bug")
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=bug)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    assert summary.failed == 1 and summary.errors == ["RuntimeError: a bug"]
+    assert agency.count() == 12
+    [summary] = engine.run(project)  # recovered: the same file, now deleted
+    assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
+    assert len(files(tmp_path / "out")) == 1
+    account(tmp_path / "out", agency, agency.added, ledger)

@@ -575,16 +575,32 @@ def test_text_with_commas_quotes_and_line_breaks_reads_back(tmp_path: Path, pg_u
         assert [float(r["value"]) for r in rows] == [1.5 + i / 8 for i in range(24)]
 
 
+# A blocks task reading the source (blocks tasks do not read MariaDB sources yet).
+BLOCKS_TASK = """kind = "blocks"
+zone = "UTC"
+key = "provider"
+keys = ["lime"]
+stages = ["extract", "publish"]
+[extract]
+time = "ended_at"
+path = "{stage}/{provider}/{label}.jsonl"
+[publish]
+path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
+format = "csv"
+columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
+"""
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
     task = root / "tasks" / "old"
     task.mkdir()
-    (task / "task.toml").write_text('kind = "archive"\n')
-    (task / "select.sql").write_text("SELECT 1 AS x")
+    (task / "task.toml").write_text(BLOCKS_TASK)
+    (task / "select.sql").write_text("SELECT 1 AS ride, 'lime' AS provider, NOW() AS ended_at")
     proc = cli(root, "run", "old")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet" in proc.stderr
+    assert "kind: 'blocks' is not supported on MariaDB/MySQL sources yet" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

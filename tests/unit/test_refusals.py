@@ -210,8 +210,8 @@ def test_sqlite_compares_times_at_millisecond_resolution_the_same_way_everywhere
 MARIADB_URL = "mariadb://u:hunter2@127.0.0.1:1/db"  # never reached: refused while loading
 
 
-def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
-    """Partitioned and incremental tasks keep their ledger on MariaDB; an archive task there is refused."""
+def test_every_kind_keeps_its_ledger_on_mariadb(tmp_path: Path) -> None:
+    """No kind is refused for a MariaDB ledger: `tasks` names no problem for them."""
     root = write_project(
         tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "out"),
         ledger=MARIADB_URL,
@@ -227,12 +227,25 @@ def test_a_kind_without_mariadb_ledger_tables_is_named(tmp_path: Path) -> None:
     (old / "task.toml").write_text('kind = "archive"\n')
     (old / "select.sql").write_text("SELECT 1 AS x")
     proc = cli(root, "tasks")
-    assert (
-        f"{old / 'task.toml'} kind: 'archive' tasks cannot keep their ledger on MariaDB/MySQL yet"
-        in proc.stdout
-    )
+    assert "cannot keep their ledger" not in proc.stdout
     assert "openaq: partitioned" in proc.stdout and "studies: incremental" in proc.stdout
+    assert "old: archive" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and "hunter2" not in proc.stdout + proc.stderr
+
+
+BLOCKS_TASK = """kind = "blocks"
+zone = "UTC"
+key = "provider"
+keys = ["lime"]
+stages = ["extract", "publish"]
+[extract]
+time = "ended_at"
+path = "{stage}/{provider}/{label}.jsonl"
+[publish]
+path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
+format = "csv"
+columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
+"""
 
 
 def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> None:
@@ -244,13 +257,13 @@ def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> No
     )
     task = root / "tasks" / "old"
     task.mkdir()
-    (task / "task.toml").write_text('kind = "archive"\n')
-    (task / "select.sql").write_text("SELECT 1 AS x")
+    (task / "task.toml").write_text(BLOCKS_TASK)
+    (task / "select.sql").write_text("SELECT 1 AS ride, 'lime' AS provider, NOW() AS ended_at")
     proc = cli(root, "tasks")
     assert proc.returncode == 0, proc.stderr  # `tasks` lists each task's problem, the others still run
     assert (
-        f"{task / 'task.toml'} kind: 'archive' is not supported on MariaDB/MySQL sources yet" in proc.stdout
-    )
+        f"{task / 'task.toml'} kind: 'blocks' is not supported on MariaDB/MySQL sources yet" in proc.stdout
+    ), proc.stdout
     assert "openaq: partitioned" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 

@@ -1,10 +1,10 @@
 """Archive tasks: export rows to one file per run, then delete exactly those rows.
 
 One run is one work unit. The select and the delete run in one source transaction
-(:meth:`Source.snapshot`: ``REPEATABLE READ`` on PostgreSQL, the write lock on SQLite), so
-they see the same rows. The pipeline publishes the file; the recorder then verifies it (size
-and SHA-256), records it as published, and deletes: the delete must remove exactly as many
-rows as the file holds or the transaction rolls back.
+(:meth:`Source.snapshot`: ``REPEATABLE READ`` on PostgreSQL, ``SERIALIZABLE`` on MariaDB, the
+write lock on SQLite), so they see the same rows. The pipeline publishes the file; the
+recorder then verifies it (size and SHA-256), records it as published, and deletes: the
+delete must remove exactly as many rows as the file holds or the transaction rolls back.
 
 Runs of one task exclude each other: each holds the task's lock on the ledger database
 (:meth:`ArchiveStore.hold`) from before it looks for an unfinished run until it has finished.
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import db, paths, validate
-from ..exceptions import ConfigError, DataError, PermissionDenied, SluicegateError
+from ..exceptions import ConfigError, DataError, ExportError, PermissionDenied, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, as_export_error
 from ..sources import Mode, Slice, Snapshot, Source
 from ..sources.sqlite import bind_named
 from ..specs import Settings, TaskBase
@@ -134,13 +134,25 @@ class Recorder:
         self.task, self.run, self.snapshot, self.context, self.held = task, run, snapshot, context, held
         self.shared = context.project.settings.shared_database
         self.error: SluicegateError | None = None
+        self.committed = False
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Place and verify the file, record ``published``, delete its rows; ``done`` in one transaction.
 
         The task lock (``ledger.archive.hold``) keeps a second run of the task out, so the file
-        is placed without a claim to check.
+        is placed without a claim to check. An error sluicegate does not know (a bug) is raised
+        as an :class:`ExportError`, which the pipeline reports through :meth:`fail`.
         """
+        try:
+            self._commit(outcomes, place)
+        except SluicegateError:
+            raise
+        except Exception as exc:
+            raise as_export_error(exc) from exc
+        self.committed = True
+        return [True]
+
+    def _commit(self, outcomes: Sequence[Outcome], place: Place) -> None:
         place(outcomes)
         [outcome] = outcomes
         ctx, run, cur = self.context, self.run, self.snapshot.cursor
@@ -170,7 +182,6 @@ class Recorder:
         self.held()
         if self.shared:  # finished in the same transaction as the delete
             ctx.ledger.archive.done(run.run_id, deleted=run.deleted, cur=cur)
-        return [True]
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Remember the error: the snapshot is rolled back, and the run redone next time."""
@@ -242,10 +253,15 @@ class Driver:
             self.context.source.execute(f"EXPLAIN {delete}", {"export_boundary": dt.datetime.now(UTC)})
         except PermissionDenied as exc:
             cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+            how = (
+                ""
+                if self.context.source.dialect is db.MARIADB  # grants are printed for PostgreSQL only
+                else f" (`sluicegate grants {task.name}` prints the GRANTs)"
+            )
             raise PermissionDenied(
                 f"archive task {task.name}: the source role may not run {task.folder / 'delete.sql'} "
-                f"({cause}), so nothing was exported or deleted; grant it DELETE on that table "
-                f"(`sluicegate grants {task.name}` prints the GRANTs) and run again"
+                f"({cause}), so nothing was exported or deleted; grant it DELETE on that table{how} "
+                "and run again"
             ) from exc
 
     def _start(
@@ -329,6 +345,10 @@ class Driver:
                 pipeline.flush()
             if recorder.error is not None:
                 raise recorder.error  # rolls the snapshot back: nothing is deleted
+            if not recorder.committed:  # the pipeline swallowed what stopped it: never "done"
+                raise ExportError(
+                    f"archive task {task.name}: the run stopped before its delete; nothing was deleted"
+                )
         if not shared:
             # Separate ledger database: recorded after the delete committed. A crash in between
             # leaves the witness row, and the next run only records "done".

@@ -4,8 +4,8 @@
   its file's rows, bytes and SHA-256, then ``done`` when its delete committed.
 * Runs of one task exclude each other: :meth:`ArchiveStore.hold` holds the task's lock
   on the ledger database for the whole run. The lock dies with its holder's process or
-  connection (a PostgreSQL session advisory lock, or a ``flock`` next to a SQLite ledger),
-  so a crashed run never blocks the next.
+  connection (a PostgreSQL session advisory lock, a MariaDB ``GET_LOCK``, or a ``flock`` next
+  to a SQLite ledger), so a crashed run never blocks the next.
 * When the ledger is another database than the source, the delete's transaction also
   inserts a marker row into ``archive_commits`` in the *source* database (the witness): the
   marker exists exactly when the delete committed. These methods run on a store over the
@@ -81,20 +81,22 @@ class ArchiveStore(Store):
 
         Waits up to ``wait`` seconds for it, then raises :class:`ArchiveBusy`. Yields a
         function that raises :class:`LedgerError` when the lock may have been lost (its
-        PostgreSQL session ended); the run calls it before it publishes and before the
-        delete commits. ``wait`` defaults to :data:`LOCK_WAIT`.
+        PostgreSQL or MariaDB session ended); the run calls it before it publishes and before
+        the delete commits. ``wait`` defaults to :data:`LOCK_WAIT`.
         """
         wait = LOCK_WAIT if wait is None else wait
-        if self.core.dialect is db.POSTGRESQL:
-            with self._advisory_lock(task, wait) as held:
+        if self.core.dialect is db.SQLITE:
+            with _file_lock(str(db.sqlite_path(self.core.url)), task, wait) as held:
                 yield held
         else:
-            with _file_lock(str(db.sqlite_path(self.core.url)), task, wait) as held:
+            with self._session_lock(task, wait) as held:
                 yield held
 
     @contextlib.contextmanager
-    def _advisory_lock(self, task: str, wait: float) -> Iterator[Callable[[], None]]:
-        """PostgreSQL: a session-level advisory lock on a connection of its own."""
+    def _session_lock(self, task: str, wait: float) -> Iterator[Callable[[], None]]:
+        """A lock held by a connection of its own: a PostgreSQL session-level advisory lock, or
+        a MariaDB ``GET_LOCK``. Either is released when its connection closes or is lost, and
+        the connection is never reconnected: a lost one means a lost lock."""
         session = LedgerCore(self.core.url, schema=self.core.schema)
         try:
             key = {"scope": f"sluicegate archive {self.core.schema}", "task": task}
@@ -115,12 +117,12 @@ class ArchiveStore(Store):
             session.close()  # ends the session, which releases its advisory locks
 
     def lock(self, *, scope: str, task: str) -> bool:
-        """PostgreSQL: try to take the session lock of an archive task on this connection."""
+        """PostgreSQL and MariaDB: try to take the session lock of an archive task on this connection."""
         with db.wrap_errors(self.core.url, ledger=True):
             return bool(self.core.conn.execute(self.q["lock"], {"scope": scope, "task": task}).fetchone()[0])
 
     def lock_held(self, *, scope: str, task: str) -> bool:
-        """PostgreSQL: whether this connection's session still holds the lock of an archive task."""
+        """PostgreSQL and MariaDB: whether this connection still holds the lock of an archive task."""
         with db.wrap_errors(self.core.url, ledger=True):
             row = self.core.conn.execute(self.q["lock_held"], {"scope": scope, "task": task}).fetchone()
         return bool(row[0])

@@ -88,8 +88,9 @@ class Slice:
 class Snapshot(Protocol):
     """One transaction on the source that reads and then changes rows (archive tasks).
 
-    PostgreSQL and MariaDB: ``REPEATABLE READ``, so what is read is what is deleted; SQLite:
-    the write lock (``BEGIN IMMEDIATE``). Committed when the block ends, rolled back on error.
+    PostgreSQL: ``REPEATABLE READ``, so what is read is what is deleted; MariaDB:
+    ``SERIALIZABLE`` (InnoDB's deletes do not see a snapshot, so the read locks what it read);
+    SQLite: the write lock (``BEGIN IMMEDIATE``). Committed when the block ends, rolled back on error.
     """
 
     cursor: Any  # the transaction's cursor, for ledger writes in the same database

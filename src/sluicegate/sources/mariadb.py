@@ -16,6 +16,8 @@ and the overall time range repeated as plain predicates the optimizer pushes int
 It runs in ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`` at ``REPEATABLE READ`` and is
 read with an unbuffered cursor, so memory is bounded by a chunk, not by the batch. Rows only:
 the CSV and Parquet writers encode them (there is no COPY or Arrow path on MariaDB).
+
+Archive tasks read and delete in one ``SERIALIZABLE`` transaction (:meth:`MariaDbSource.snapshot`).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class MariaDbSource:
         """Run a small query and return all rows (aware UTC datetimes for times)."""
         self._reconnect_if_lost()
         values: Any = (
-            params
+            bound(query, params)
             if isinstance(params, dict)
             else tuple(utc_naive(v) if isinstance(v, dt.datetime) else v for v in params)
         )
@@ -173,9 +175,101 @@ class MariaDbSource:
                     cur.close()
                     self.conn.execute("COMMIT").close()
 
-    def snapshot(self) -> contextlib.AbstractContextManager[Any]:
-        """Archive tasks do not run on MariaDB yet (task loading refuses them first)."""
-        raise ConfigError("archive tasks are not supported on MariaDB/MySQL sources yet")
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[_Snapshot]:
+        """A ``SERIALIZABLE`` transaction: the delete finds exactly the rows the read returned.
+
+        Not ``REPEATABLE READ`` as on PostgreSQL: InnoDB's snapshot applies to plain reads only,
+        and a ``DELETE`` (its subqueries too) reads the latest committed rows, so it would also
+        remove a row inserted or updated after the read. ``SERIALIZABLE`` makes the read a
+        locking read: the rows and gaps it scanned (in index order, the order the delete scans
+        them again) stay as read until the commit; writers to them wait for it.
+        """
+        self._reconnect_if_lost()
+        with db.wrap_errors(self.url):
+            cur = self.conn.cursor()
+            cur.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")  # this transaction only
+            cur.execute("START TRANSACTION")
+        snapshot = _Snapshot(self.conn, cur, self.url)
+        try:
+            yield snapshot
+            with db.wrap_errors(self.url):
+                snapshot.end_read()
+                cur.execute("COMMIT")
+        except BaseException:
+            rolled_back = True
+            try:
+                snapshot.end_read()
+                cur.execute("ROLLBACK")
+            except Exception:
+                rolled_back = False
+            _close(cur)
+            if not rolled_back:  # the server rolls back a transaction whose connection is gone
+                self.conn.close()
+            raise
+        _close(cur)
+
+
+def _close(cursor: Any) -> None:
+    """Close a cursor now (its connection may be gone already: nothing to do then)."""
+    with contextlib.suppress(Exception):
+        cursor.close()
+
+
+def bound(statement: str, params: dict[str, Any]) -> dict[str, Any] | tuple[()]:
+    """The named parameters ``statement`` uses (the driver refuses others), datetimes as naive UTC."""
+    used = {k: v for k, v in params.items() if f"%({k})s" in statement}
+    return {k: utc_naive(v) if isinstance(v, dt.datetime) else v for k, v in used.items()} or ()
+
+
+class _Snapshot:
+    """A read-then-delete transaction on MariaDB (archive tasks), on one connection.
+
+    The read streams through an unbuffered cursor of its own; the delete and the ledger's
+    statements run on :attr:`cursor` once the read has ended (one result at a time per connection).
+    """
+
+    def __init__(self, conn: Any, cursor: Any, url: str) -> None:
+        self.conn, self.cursor, self.url = conn, cursor, url
+        self._reader: Any = None
+
+    def read(
+        self, query: str, params: dict[str, Any], mode: Mode
+    ) -> tuple[list[Column], Mode, Iterator[Any]]:
+        """Rows, with the columns of types sluicegate has no encoding for as the server's text."""
+        values = bound(query, params)
+        with db.wrap_errors(self.url):
+            self.cursor.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", values)
+            columns = column_kinds(self.cursor.description or [], self.cursor.metadata["charset"])
+            q = db.MARIADB.quote
+            projection = ", ".join(
+                f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns
+            )
+            self._reader = self.conn.cursor(buffered=False)
+            self._reader.execute(f"SELECT {projection} FROM ({query}) AS q", values)
+        times: list[tuple[int, str | None]] = [
+            (i, None) for i, c in enumerate(columns) if c.kind == "timestamptz"
+        ]
+        return columns, "rows", self._rows(times)
+
+    def _rows(self, times: Sequence[tuple[int, str | None]]) -> Iterator[list[tuple[Any, ...]]]:
+        with db.wrap_errors(self.url):
+            while chunk := self._reader.fetchmany(CHUNK_ROWS):
+                yield _with_zones(chunk, times) if times else [tuple(r) for r in chunk]
+        self.end_read()
+
+    def end_read(self) -> None:
+        """Close the read's cursor (skipping rows not fetched), so the connection takes statements."""
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            _close(reader)
+
+    def execute(self, statement: str, params: dict[str, Any]) -> int:
+        """Run ``statement`` (after the read); return the rows it changed."""
+        self.end_read()
+        with db.wrap_errors(self.url):
+            self.cursor.execute(statement, bound(statement, params))
+            return int(self.cursor.rowcount)
 
 
 def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column]) -> tuple[str, list[Any]]:

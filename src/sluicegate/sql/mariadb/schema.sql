@@ -1,8 +1,7 @@
--- The ledger tables on MariaDB/MySQL: partitioned, incremental (watermarks) and blocks tasks, runs,
--- and the trigger inbox (core: ledger/core.py). Each block is named after the method that runs it.
--- Times are UTC seconds since the epoch (DOUBLE); those the ledger stamps are taken from the
--- server's clock (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so leases mean the same on
--- every worker. The stores of the other kinds (archive, aggregates, ingest) are not on MariaDB yet.
+-- The ledger tables on MariaDB/MySQL: every kind's stores, runs, and the trigger inbox (core:
+-- ledger/core.py). Each block is named after the method that runs it. Times are UTC seconds
+-- since the epoch (DOUBLE); those the ledger stamps are taken from the server's clock
+-- (UNIX_TIMESTAMP(NOW(6)) in a session pinned to UTC), so leases mean the same on every worker.
 
 -- ensure_schema --
 -- Create the ledger tables (idempotent; MariaDB commits each CREATE on its own).
@@ -86,6 +85,22 @@ CREATE TABLE IF NOT EXISTS {t}scans (
     scanned_at DOUBLE
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- (archive tables: archive tasks)
+CREATE TABLE IF NOT EXISTS {t}archive_runs (
+    id CHAR(36) NOT NULL PRIMARY KEY,
+    task VARCHAR(255) NOT NULL,
+    boundary DOUBLE NOT NULL,
+    path VARCHAR(512) NOT NULL,  -- with task: within InnoDB's 3072-byte key in utf8mb4
+    state VARCHAR(16) NOT NULL,
+    `rows` BIGINT,
+    bytes BIGINT,
+    checksum VARCHAR(128),
+    deleted BIGINT,
+    started_at DOUBLE NOT NULL,
+    finished_at DOUBLE,
+    UNIQUE KEY {t}archive_runs_task_path (task, path),
+    KEY {t}archive_runs_task_started_idx (task, started_at),
+    CONSTRAINT {t}archive_runs_state CHECK (state IN ('exporting', 'published', 'done'))
+) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
