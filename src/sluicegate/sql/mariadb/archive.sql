@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS {t}archive_commits (
     task VARCHAR(255) NOT NULL,
     deleted BIGINT NOT NULL,
     committed_at DOUBLE NOT NULL
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- witness --
 -- In the source database, in the delete's transaction: the marker proving that the run's delete committed.

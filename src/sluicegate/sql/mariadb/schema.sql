@@ -49,7 +49,6 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     bin BIGINT NULL,
     KEY {t}changes_task_idx (task, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- (watermarks tables: incremental tasks)
 -- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
 -- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
 -- together (commit relies on it: it clears failed_end, then failed_mode where failed_end is gone).
@@ -84,7 +83,6 @@ CREATE TABLE IF NOT EXISTS {t}scans (
     high_water DATETIME(6),
     scanned_at DOUBLE
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- (archive tables: archive tasks)
 CREATE TABLE IF NOT EXISTS {t}archive_runs (
     id CHAR(36) NOT NULL PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
@@ -100,14 +98,13 @@ CREATE TABLE IF NOT EXISTS {t}archive_runs (
     UNIQUE KEY {t}archive_runs_task_path (task, path),
     KEY {t}archive_runs_task_started_idx (task, started_at),
     CONSTRAINT {t}archive_runs_state CHECK (state IN ('exporting', 'published', 'done'))
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
     fired_at DOUBLE,
     PRIMARY KEY (task, tick)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- (blocks tables: blocks tasks)
 -- One row per (task, key value, block, stage), created when a range is asked for. Key values
 -- and stages compare as PostgreSQL's text does (utf8mb4_bin); the unique key stays within
 -- InnoDB's 3072 bytes. The queue index serves the claim's order (oldest block first).
@@ -156,7 +153,6 @@ CREATE TABLE IF NOT EXISTS {t}runs (
     heartbeat_at DOUBLE,
     KEY {t}runs_started_idx (started_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- (aggregates tables: aggregate tasks)
 CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     task VARCHAR(255) NOT NULL,
     tick DOUBLE NOT NULL,
