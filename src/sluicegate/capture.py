@@ -231,10 +231,14 @@ def _time_range(
     first, last = source.execute(f"SELECT min({value}), max({value}) FROM ({task.select_sql}) AS q")[0]
     if first is None:
         return None, None
+    # A julianday is a double: about 40 µs apart today, so the row times it gives back may lie a
+    # little either side of the real first and last rows. Widen the range by more than that
+    # (only rows inside it are marked); once, the rows at the very last time were left out.
+    slack = dt.timedelta(milliseconds=1) if sqlite else dt.timedelta(0)
     if sqlite:
         first, last = _from_julian(first), _from_julian(last)
-    lo = max(_as_time(first), time_min) if time_min else _as_time(first)
-    hi = _as_time(last) + dt.timedelta(microseconds=1)
+    lo = max(_as_time(first) - slack, time_min) if time_min else _as_time(first) - slack
+    hi = _as_time(last) + slack + dt.timedelta(microseconds=1)
     return lo, (min(hi, time_max) if time_max else hi)
 
 

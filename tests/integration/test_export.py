@@ -650,3 +650,14 @@ def test_datetime_holding_wall_clock_times_of_a_named_zone(tmp_path: Path, maria
         dt.date(2024, 10, 27): ["2024-10-27T02:30:00+01:00"],
     }
     assert len(files(out)) == 3
+
+
+def test_backfill_on_sqlite_marks_the_rows_at_the_last_time(tmp_path: Path) -> None:
+    """julianday(2026-12-02 19:00) reads back as 18:59:59.999987: the backfill's range ended 13 µs
+    before its last rows, and the partitions holding only rows at that time were never marked."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", capture="explicit", zone="UTC")
+    db.location(1, "UTC")
+    db.location(2, "UTC")
+    db.insert(1, [dt.datetime(2026, 12, 1, 21, tzinfo=UTC)])
+    db.insert(2, [dt.datetime(2026, 12, 2, 19, tzinfo=UTC)])
+    assert "marked 2 partition(s)" in cli(root, "backfill", "openaq", check=True).stdout
