@@ -4,10 +4,13 @@ Stages that write files go through the :class:`~sluicegate.pipeline.Pipeline`: `
 (one work unit per claimed block, its records from ``select.sql`` or a callable, written as
 a JSON lines artifact, optionally Fernet-encrypted) and ``publish`` to a file (the
 artifact's records in any format sluicegate writes). Stages that write elsewhere run block
-by block: ``load`` (an upsert into a table through :mod:`sluicegate.records`, one
-transaction per block) and callables (``fn(block, records, config)``, e.g. an open-data
-portal's upsert). Every outcome is recorded through one :class:`StageRecorder`: fenced by
-the claim token, ``done`` or ``no_data`` with counts, or a failure with backoff or parking.
+by block: ``load`` (the records, checked against the declared columns by
+:mod:`sluicegate.records`, written into a table through the table sink of
+:mod:`sluicegate.tables`: upsert by key, replace or insert, one transaction per block, which
+also records the outcome when the table is in the ledger database) and callables
+(``fn(block, records, config)``, e.g. an open-data portal's upsert). Every outcome is
+recorded through one :class:`StageRecorder`: fenced by the claim token, ``done`` or
+``no_data`` with counts, or a failure with backoff or parking.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import paths
 from ..exceptions import (
     DataError,
+    LedgerError,
     SluicegateError,
     SourceUnavailable,
     TerminalError,
@@ -28,12 +32,13 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import RecordSink, coerce
+from ..records import MAX_MESSAGES, Rows, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
+from ..tables import Rejected, TableSink
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
-from .blocks_config import StageSpec, import_callable
+from .blocks_config import StageSpec, declared, import_callable
 
 if TYPE_CHECKING:
     from .blocks import Task
@@ -125,9 +130,13 @@ class StageRecorder:
             for o in outcomes
         ]
 
-    def record(self, result: StageResult) -> bool:
-        """Record a finished stage, fenced by its claim; False when the lease was lost."""
-        done = self.store.commit(result)
+    def record(self, result: StageResult, *, done: bool | None = None) -> bool:
+        """Record a finished stage, fenced by its claim; False when the lease was lost.
+
+        ``done``: the commit already ran (in the transaction of a load's rows), with this outcome.
+        """
+        if done is None:
+            done = self.store.commit(result)
         self._entry(
             result.claim,
             result.status if done else "lost",
@@ -203,7 +212,7 @@ class StageRunner:
         self.summary = recorder.summary
         self.budget = budget
         self.lease = context.project.settings.lease
-        self._sinks: dict[str, RecordSink] = {}
+        self._sinks: dict[str, TableSink] = {}
         self._renewed = time.monotonic()
 
     def close(self) -> None:
@@ -221,7 +230,10 @@ class StageRunner:
         else:
             for claim in claims:
                 self._renew(claim)
-                self._per_block(stage, claim)
+                if stage.callable is None:
+                    self._load(stage, claim)
+                else:
+                    self._per_block(stage, claim)
 
     # ------------------------------------------------------------------ through the pipeline
 
@@ -347,54 +359,140 @@ class StageRunner:
         return read_records(data, fernet_key=key, where=self.context.destination.display(path))
 
     def _per_block(self, stage: StageSpec, claim: StageClaim) -> None:
-        key = unit_key(claim)
+        """A callable's stage: hand it the block's records, record the counts it returns."""
+        assert stage.callable is not None
         try:
-            total, processed, errors, messages, artifact = self._write(stage, claim)
+            fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
+            config = self.task.config_for(stage, claim.key_value)
+            counts = _counts(fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable)
         except Exception as exc:
-            error = callable_error(exc, f"{stage.callable or stage.name} for {key}")
-            self.recorder.fail_claim(claim, error)
-            self.summary.note_failure(key, str(error))
+            self._failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
             return
-        counts = (total, processed, errors)
+        total, processed, errors = counts
         if total and errors >= total:
-            error = DataError(
-                f"all {total} records were rejected: {'; '.join(messages) or 'no reason given'}"
-            )
-            self.recorder.fail_claim(claim, error, counts)
-            self.summary.note_failure(key, str(error))
+            rejected = DataError(f"all {total} records were rejected: no reason given")
+            self._failed(claim, rejected, counts=counts)
             return
-        result = StageResult(
-            claim=claim,
-            status="done" if total else "no_data",
-            total=total,
-            processed=processed,
-            errors=errors,
-            artifact=artifact,
-            error="; ".join(messages)[:2000] or None,
-        )
-        if self.recorder.record(result):
-            self.summary.note_success(key)
-            self.summary.rows += processed
+        self._recorded(_result(claim, total, processed, errors, [], stage.callable))
+
+    def _load(self, stage: StageSpec, claim: StageClaim) -> None:
+        """The built-in load: the block's records into the stage's table, in one transaction.
+
+        When the table is in the ledger database, that transaction also records the stage
+        ``done``, so a crash leaves both or neither. Elsewhere the record follows the commit;
+        a crash in between runs the block's load again after the lease, which writes the same
+        rows (upsert and insert by key; replace: the whole table again), never a second copy.
+        """
+        assert stage.target is not None
+        shared = stage.target.url == self.context.project.settings.ledger_url
+        recorded = False
+        try:
+            sink = self._sink(stage)
+            rows = declared(stage).rows(self.artifact(claim), sink.db.flavor)
+            rejected: Rejected = []
+
+            def before_commit(cur: Any) -> None:
+                nonlocal recorded
+                result = self._load_result(stage, claim, rows, rejected)  # all rejected: abandon
+                if shared and cur is not None:
+                    if not self.recorder.store.commit(result, cur=cur):
+                        raise _Lost(f"{unit_key(claim)}: the claim was taken over; nothing was written")
+                    recorded = True
+                    self.context.fault("before_load_commit")  # rows and record, not yet committed
+
+            if rows.rows:
+                sink.write(declared(stage).names, rows.rows, before_commit=before_commit, rejected=rejected)
+                self.context.fault("after_load_commit")  # the rows are in; the ledger may not know yet
+            result = self._load_result(stage, claim, rows, rejected)
+        except _AllRejected as exc:
+            self._failed(claim, exc, counts=exc.counts)
+            return
+        except _Lost:
+            self._recorded(self._load_result(stage, claim, rows, rejected), done=False)
+            return
+        except Exception as exc:
+            if not isinstance(exc, DataError):  # a lost connection: the next block reconnects
+                self._drop_sink(stage)
+            self._failed(claim, callable_error(exc, f"{stage.name} for {unit_key(claim)}"))
+            return
+        self._recorded(result, done=True if recorded else None)
+
+    def _load_result(
+        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected
+    ) -> StageResult:
+        """What a load records: counts and the first messages; raises _AllRejected when no record
+        of the block was written although it had some."""
+        assert stage.target is not None
+        columns = declared(stage)
+        messages = rows.messages + [f"{columns.shown_key(tuple(row))}: {exc}" for row, exc in rejected]
+        processed, errors = len(rows.rows) - len(rejected), rows.errors + len(rejected)
+        if rows.total and not processed:
+            raise _AllRejected(
+                f"all {rows.total} records were rejected: {'; '.join(messages[:MAX_MESSAGES])}",
+                counts=(rows.total, 0, errors),
+            )
+        return _result(claim, rows.total, processed, errors, messages[:MAX_MESSAGES], stage.target.table)
+
+    def _sink(self, stage: StageSpec) -> TableSink:
+        """The stage's table sink, opened (and its table created, with ``create``) once per run."""
+        assert stage.target is not None
+        sink = self._sinks.get(stage.name)
+        if sink is None:
+            sink = self._sinks[stage.name] = TableSink(stage.target)
+            if stage.create:
+                table = stage.target.table
+                sink.db.create_table(table, declared(stage).create_sql(sink.db.flavor, table))
+        return sink
+
+    def _drop_sink(self, stage: StageSpec) -> None:
+        sink = self._sinks.pop(stage.name, None)
+        if sink is not None:
+            sink.close()
+
+    def _recorded(self, result: StageResult, *, done: bool | None = None) -> None:
+        """Record a finished stage (``done``: already recorded, with this outcome) and count it."""
+        if self.recorder.record(result, done=done):
+            self.summary.note_success(unit_key(result.claim))
+            self.summary.rows += result.processed
         else:
             self.summary.lost += 1
 
-    def _write(self, stage: StageSpec, claim: StageClaim) -> tuple[int, int, int, list[str], str | None]:
-        records = self.artifact(claim)
-        if stage.callable is not None:
-            fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
-            counts = fn(stage_block(self.task, claim), records, self.task.config_for(stage, claim.key_value))
-            return (*_counts(counts, stage.callable), [], stage.callable)
-        assert stage.table is not None and stage.url is not None
-        sink = self._sinks.get(stage.name)
-        if sink is None:
-            sink = self._sinks[stage.name] = RecordSink(stage.url, stage.table)
-        result = sink.upsert(records)
-        return result.total, result.processed, result.errors, result.messages, stage.table.table
+    def _failed(
+        self, claim: StageClaim, error: SluicegateError, *, counts: tuple[int, int, int] | None = None
+    ) -> None:
+        self.recorder.fail_claim(claim, error, counts)
+        self.summary.note_failure(unit_key(claim), str(error))
 
     def _renew(self, claim: StageClaim) -> None:
         if time.monotonic() - self._renewed > self.lease / 3:
             self.recorder.renew([claim.token])
             self._renewed = time.monotonic()
+
+
+class _AllRejected(DataError):
+    """No record of a block fitted the columns or the table: the load is abandoned, and fails."""
+
+    def __init__(self, message: str, *, counts: tuple[int, int, int]) -> None:
+        super().__init__(message)
+        self.counts = counts
+
+
+class _Lost(LedgerError):
+    """The claim was taken over before the load committed: its rows are abandoned."""
+
+
+def _result(
+    claim: StageClaim, total: int, processed: int, errors: int, messages: list[str], artifact: str | None
+) -> StageResult:
+    return StageResult(
+        claim=claim,
+        status="done" if total else "no_data",
+        total=total,
+        processed=processed,
+        errors=errors,
+        artifact=artifact,
+        error="; ".join(messages)[:2000] or None,
+    )
 
 
 def _chunks(records: Iterable[Any], where: str) -> Iterator[list[Any]]:
