@@ -398,11 +398,10 @@ class StageRunner:
                     if not self.recorder.store.commit(result, cur=cur):
                         raise _Lost(f"{unit_key(claim)}: the claim was taken over; nothing was written")
                     recorded = True
-                    self.context.fault("before_load_commit")  # rows and record, not yet committed
 
             if rows.rows:
                 sink.write(declared(stage).names, rows.rows, before_commit=before_commit, rejected=rejected)
-                self.context.fault("after_load_commit")  # the rows are in; the ledger may not know yet
+                self.context.fault("after_load_commit")  # the rows are in; the record may not be
             result = self._load_result(stage, claim, rows, rejected)
         except _AllRejected as exc:
             self._failed(claim, exc, counts=exc.counts)
