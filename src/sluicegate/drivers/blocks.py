@@ -31,6 +31,7 @@ from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, che
 from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
+from .blocks_load import Loader
 from .blocks_stages import StageRecorder, StageRunner, read_spec
 
 KEYS = (BASE_KEYS - {"format", "path"}) | {
@@ -246,7 +247,7 @@ class Driver:
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
         recorder = StageRecorder(task, store, settings.lease, summary)
-        runner = StageRunner(ctx, task, recorder, budget)
+        runner = StageRunner(ctx, task, recorder, budget, Loader(ctx, recorder))
         claimed = 0
         try:
             while not (stop is not None and stop.is_set()) and (limit is None or claimed < limit):

@@ -4,13 +4,10 @@ Stages that write files go through the :class:`~sluicegate.pipeline.Pipeline`: `
 (one work unit per claimed block, its records from ``select.sql`` or a callable, written as
 a JSON lines artifact, optionally Fernet-encrypted) and ``publish`` to a file (the
 artifact's records in any format sluicegate writes). Stages that write elsewhere run block
-by block: ``load`` (the records, checked against the declared columns by
-:mod:`sluicegate.records`, written into a table through the table sink of
-:mod:`sluicegate.tables`: upsert by key, replace or insert, one transaction per block, which
-also records the outcome when the table is in the ledger database) and callables
-(``fn(block, records, config)``, e.g. an open-data portal's upsert). Every outcome is
-recorded through one :class:`StageRecorder`: fenced by the claim token, ``done`` or
-``no_data`` with counts, or a failure with backoff or parking.
+by block: ``load`` (into a table: :mod:`.blocks_load`) and callables (``fn(block, records,
+config)``, e.g. an open-data portal's upsert). Every outcome is recorded through one
+:class:`StageRecorder`: fenced by the claim token, ``done`` or ``no_data`` with counts, or a
+failure with backoff or parking.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from .. import paths
 from ..exceptions import (
     DataError,
-    LedgerError,
     SluicegateError,
     SourceUnavailable,
     TerminalError,
@@ -32,16 +28,16 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import MAX_MESSAGES, Rows, coerce
+from ..records import coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
-from ..tables import Rejected, TableSink
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
-from .blocks_config import StageSpec, declared, import_callable
+from .blocks_config import StageSpec, import_callable
 
 if TYPE_CHECKING:
     from .blocks import Task
+    from .blocks_load import Loader
 
 CHUNK = 1000  # records per chunk handed to a writer
 # The file column kind of each declared kind (records.KINDS).
@@ -148,6 +144,22 @@ class StageRecorder:
         )
         return done
 
+    def finish(self, result: StageResult, *, done: bool | None = None) -> None:
+        """Record a stage that ran block by block (``done``: already recorded, with this outcome)
+        and count it in the summary."""
+        if self.record(result, done=done):
+            self.summary.note_success(unit_key(result.claim))
+            self.summary.rows += result.processed
+        else:
+            self.summary.lost += 1
+
+    def failed(
+        self, claim: StageClaim, error: SluicegateError, *, counts: tuple[int, int, int] | None = None
+    ) -> None:
+        """Record a stage that failed block by block, and count it in the summary."""
+        self.fail_claim(claim, error, counts)
+        self.summary.note_failure(unit_key(claim), str(error))
+
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Record a failed unit of the pipeline."""
         self.fail_claim(unit.handle, error)
@@ -205,21 +217,21 @@ class StageRecorder:
 class StageRunner:
     """Runs one stage over a group of claims of one batch."""
 
-    def __init__(self, context: Context, task: Task, recorder: StageRecorder, budget: Budget) -> None:
+    def __init__(
+        self, context: Context, task: Task, recorder: StageRecorder, budget: Budget, loader: Loader
+    ) -> None:
         self.context = context
         self.task = task
         self.recorder = recorder
         self.summary = recorder.summary
         self.budget = budget
         self.lease = context.project.settings.lease
-        self._sinks: dict[str, TableSink] = {}
+        self.loader = loader
         self._renewed = time.monotonic()
 
     def close(self) -> None:
         """Close the table connections opened for loads."""
-        for sink in self._sinks.values():
-            sink.close()
-        self._sinks.clear()
+        self.loader.close()
 
     def run(self, stage: StageSpec, claims: Sequence[StageClaim]) -> None:
         """Run ``stage`` for ``claims`` (raises Deadline when the time budget ran out)."""
@@ -231,7 +243,7 @@ class StageRunner:
             for claim in claims:
                 self._renew(claim)
                 if stage.callable is None:
-                    self._load(stage, claim)
+                    self.loader.load(stage, claim, self.artifact)
                 else:
                     self._per_block(stage, claim)
 
@@ -366,101 +378,14 @@ class StageRunner:
             config = self.task.config_for(stage, claim.key_value)
             counts = _counts(fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable)
         except Exception as exc:
-            self._failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
+            self.recorder.failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
             return
         total, processed, errors = counts
         if total and errors >= total:
             rejected = DataError(f"all {total} records were rejected: no reason given")
-            self._failed(claim, rejected, counts=counts)
+            self.recorder.failed(claim, rejected, counts=counts)
             return
-        self._recorded(_result(claim, total, processed, errors, [], stage.callable))
-
-    def _load(self, stage: StageSpec, claim: StageClaim) -> None:
-        """The built-in load: the block's records into the stage's table, in one transaction.
-
-        When the table is in the ledger database, that transaction also records the stage
-        ``done``, so a crash leaves both or neither. Elsewhere the record follows the commit;
-        a crash in between runs the block's load again after the lease, which writes the same
-        rows (upsert and insert by key; replace: the whole table again), never a second copy.
-        """
-        assert stage.target is not None
-        shared = stage.target.url == self.context.project.settings.ledger_url
-        recorded = False
-        try:
-            sink = self._sink(stage)
-            rows = declared(stage).rows(self.artifact(claim), sink.db.flavor)
-            rejected: Rejected = []
-
-            def before_commit(cur: Any) -> None:
-                nonlocal recorded
-                result = self._load_result(stage, claim, rows, rejected)  # all rejected: abandon
-                if shared and cur is not None:
-                    if not self.recorder.store.commit(result, cur=cur):
-                        raise _Lost(f"{unit_key(claim)}: the claim was taken over; nothing was written")
-                    recorded = True
-
-            if rows.rows:
-                sink.write(declared(stage).names, rows.rows, before_commit=before_commit, rejected=rejected)
-                self.context.fault("after_load_commit")  # the rows are in; the record may not be
-            result = self._load_result(stage, claim, rows, rejected)
-        except _AllRejected as exc:
-            self._failed(claim, exc, counts=exc.counts)
-            return
-        except _Lost:
-            self._recorded(self._load_result(stage, claim, rows, rejected), done=False)
-            return
-        except Exception as exc:
-            if not isinstance(exc, DataError):  # a lost connection: the next block reconnects
-                self._drop_sink(stage)
-            self._failed(claim, callable_error(exc, f"{stage.name} for {unit_key(claim)}"))
-            return
-        self._recorded(result, done=True if recorded else None)
-
-    def _load_result(
-        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected
-    ) -> StageResult:
-        """What a load records: counts and the first messages; raises _AllRejected when no record
-        of the block was written although it had some."""
-        assert stage.target is not None
-        columns = declared(stage)
-        messages = rows.messages + [f"{columns.shown_key(tuple(row))}: {exc}" for row, exc in rejected]
-        processed, errors = len(rows.rows) - len(rejected), rows.errors + len(rejected)
-        if rows.total and not processed:
-            raise _AllRejected(
-                f"all {rows.total} records were rejected: {'; '.join(messages[:MAX_MESSAGES])}",
-                counts=(rows.total, 0, errors),
-            )
-        return _result(claim, rows.total, processed, errors, messages[:MAX_MESSAGES], stage.target.table)
-
-    def _sink(self, stage: StageSpec) -> TableSink:
-        """The stage's table sink, opened (and its table created, with ``create``) once per run."""
-        assert stage.target is not None
-        sink = self._sinks.get(stage.name)
-        if sink is None:
-            sink = self._sinks[stage.name] = TableSink(stage.target)
-            if stage.create:
-                table = stage.target.table
-                sink.db.create_table(table, declared(stage).create_sql(sink.db.flavor, table))
-        return sink
-
-    def _drop_sink(self, stage: StageSpec) -> None:
-        sink = self._sinks.pop(stage.name, None)
-        if sink is not None:
-            sink.close()
-
-    def _recorded(self, result: StageResult, *, done: bool | None = None) -> None:
-        """Record a finished stage (``done``: already recorded, with this outcome) and count it."""
-        if self.recorder.record(result, done=done):
-            self.summary.note_success(unit_key(result.claim))
-            self.summary.rows += result.processed
-        else:
-            self.summary.lost += 1
-
-    def _failed(
-        self, claim: StageClaim, error: SluicegateError, *, counts: tuple[int, int, int] | None = None
-    ) -> None:
-        self.recorder.fail_claim(claim, error, counts)
-        self.summary.note_failure(unit_key(claim), str(error))
+        self.recorder.finish(stage_result(claim, total, processed, errors, [], stage.callable))
 
     def _renew(self, claim: StageClaim) -> None:
         if time.monotonic() - self._renewed > self.lease / 3:
@@ -468,21 +393,10 @@ class StageRunner:
             self._renewed = time.monotonic()
 
 
-class _AllRejected(DataError):
-    """No record of a block fitted the columns or the table: the load is abandoned, and fails."""
-
-    def __init__(self, message: str, *, counts: tuple[int, int, int]) -> None:
-        super().__init__(message)
-        self.counts = counts
-
-
-class _Lost(LedgerError):
-    """The claim was taken over before the load committed: its rows are abandoned."""
-
-
-def _result(
+def stage_result(
     claim: StageClaim, total: int, processed: int, errors: int, messages: list[str], artifact: str | None
 ) -> StageResult:
+    """A stage finished block by block: ``done`` with its counts, or ``no_data`` without records."""
     return StageResult(
         claim=claim,
         status="done" if total else "no_data",
