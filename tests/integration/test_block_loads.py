@@ -199,3 +199,16 @@ def test_a_load_killed_after_its_commit_leaves_one_row_per_trip_and_a_rerun_comp
     blocks(root, *ONE_BLOCK)
     assert load_row(source)[:5] == ("done", 0 if shared else 1, 3, 3, 0)
     assert [r[1] for r in rows(table)] == [60, 120, 180]
+
+
+def test_check_names_a_missing_column_of_the_load_table(tmp_path: Path, urls: tuple[str, str]) -> None:
+    db = TableDb(urls[1])
+    try:
+        db.execute("CREATE TABLE trips (trip_id VARCHAR(64) PRIMARY KEY, duration BIGINT)")
+    finally:
+        db.close()
+    root = project(tmp_path, urls, create=False)
+    forget_etl()
+    result = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert result.exit_code == 2
+    assert "[load] table trips has no column 'end_time'" in result.output
