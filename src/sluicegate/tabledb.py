@@ -154,6 +154,13 @@ class TableDb:
             finally:
                 cur.close()
 
+    def create_table(self, table: str, statement: str) -> None:
+        """Run ``statement`` (a ``CREATE TABLE IF NOT EXISTS`` of ``table``); writers take turns."""
+        with self.transaction() as cur:
+            if self.flavor == "postgresql":  # concurrent CREATE ... IF NOT EXISTS can still collide
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sluicegate table {table}",))
+            cur.execute(statement)
+
     def table_columns(self, table: str) -> list[str]:
         """The columns of ``table``; DataError naming the table when it does not exist."""
         try:

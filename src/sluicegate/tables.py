@@ -18,6 +18,11 @@ A :class:`TableTarget` names a table in a database (``[destination]`` of a ``tas
 ``insert``
     insert rows whose key is new, leave the others alone (idempotent ingest).
 
+By default a row the database refuses (a constraint, a type) fails the whole write. A caller
+that passes ``rejected`` (the load stage of blocks tasks) gets the refused rows in that list
+instead, and the others are written: when a batch is refused, each row is tried again alone
+under a savepoint, so one bad row cannot keep the others out.
+
 The table must exist: its owner decides types, keys and indexes. The connection handling is
 kept to :class:`TableDb` so that MariaDB goes through ``db.connect`` once it is a dialect;
 until then MariaDB/MySQL URLs (``mariadb://`` or ``mysql://``) use MariaDB Connector/Python.
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import validate
-from .exceptions import ConfigError, DestinationUnavailable, SluicegateError
+from .exceptions import ConfigError, DataError, DestinationUnavailable, SluicegateError
 from .masking import mask_url
 from .tabledb import LOCK_WAIT, Flavor, TableDb, flavor_of, parse_time, quote, time_value
 
@@ -43,6 +48,7 @@ __all__ = [
     "MODES",
     "Flavor",
     "Insert",
+    "Rejected",
     "Superseded",
     "TableDb",
     "TableMode",
@@ -61,6 +67,7 @@ TableMode = Literal["replace", "upsert", "insert"]
 MODES: tuple[TableMode, ...] = ("replace", "upsert")  # what a task's [destination] may ask for
 TARGET_KEYS = frozenset({"url", "table", "mode", "key"})
 BeforeCommit = Callable[[Any], None]
+Rejected = list[tuple[Sequence[Any], DataError]]  # the rows the database refused, and why
 
 
 class Superseded(SluicegateError):
@@ -187,19 +194,22 @@ class TableSink:
         *,
         stamp: tuple[str, dt.datetime] | None = None,
         before_commit: BeforeCommit | None = None,
+        rejected: Rejected | None = None,
     ) -> int:
-        """Write ``rows`` (values in ``columns`` order) by the target's mode; return how many were sent.
+        """Write ``rows`` (values in ``columns`` order) by the target's mode; return how many were written.
 
         ``stamp`` (replace only): a column and the time of these rows; when the table holds
         a newer time in that column the write is refused with :class:`Superseded`, so a slow
         writer never replaces newer rows with older ones. ``before_commit(cursor)`` runs just
         before the rows become visible, with the cursor of the transaction that commits them
         (None for MariaDB's swap, which has no such transaction): raise to abandon the write.
+        ``rejected``: collect the rows the database refuses there and write the others (see the
+        module docstring), instead of failing the write.
         """
         if self.target.mode == "replace":
             if self.db.flavor == "mariadb":
-                return self._swap(columns, rows, stamp, before_commit)
-            return self._replace(columns, rows, stamp, before_commit)
+                return self._swap(columns, rows, stamp, before_commit, rejected)
+            return self._replace(columns, rows, stamp, before_commit, rejected)
         insert = Insert(
             flavor=self.db.flavor,
             table=self.target.table,
@@ -208,10 +218,44 @@ class TableSink:
             key=self.target.key,
         )
         with self.db.transaction() as cur:
-            insert.run(cur, _last_per_key(columns, rows, self.target.key))
+            written = self._insert(cur, insert, _last_per_key(columns, rows, self.target.key), rejected)
             if before_commit is not None:
                 before_commit(cur)
-        return len(rows)
+        return written
+
+    def _insert(
+        self, cur: Any, insert: Insert, rows: Sequence[Sequence[Any]], rejected: Rejected | None
+    ) -> int:
+        """Insert ``rows``; with ``rejected``, each row alone when the batch is refused. Return how
+        many were written."""
+        if rejected is None:
+            insert.run(cur, rows)
+            return len(rows)
+        try:
+            self._savepoint(cur, lambda: insert.run(cur, rows))
+            return len(rows)
+        except DataError:
+            pass
+        written = 0
+        for row in rows:
+            try:
+                self._savepoint(cur, lambda row=row: insert.run(cur, [row]))  # type: ignore[misc]
+                written += 1
+            except DataError as exc:
+                rejected.append((row, exc))
+        return written
+
+    def _savepoint(self, cur: Any, step: Callable[[], object]) -> None:
+        """Run ``step``; undo only it when the database refuses its rows (other errors end the
+        transaction: a lost connection or a deadlock is retried as a whole)."""
+        cur.execute("SAVEPOINT sluicegate_rows")
+        try:
+            with self.db.errors():
+                step()
+        except DataError:
+            cur.execute("ROLLBACK TO SAVEPOINT sluicegate_rows")
+            raise
+        cur.execute("RELEASE SAVEPOINT sluicegate_rows")
 
     def _replace(
         self,
@@ -219,6 +263,7 @@ class TableSink:
         rows: Sequence[Sequence[Any]],
         stamp: tuple[str, dt.datetime] | None,
         before_commit: BeforeCommit | None,
+        rejected: Rejected | None,
     ) -> int:
         """PostgreSQL and SQLite: DELETE and INSERT in one transaction."""
         table = self.db.quote(self.target.table)
@@ -229,10 +274,10 @@ class TableSink:
             if stamp is not None:
                 self._check_stamp(cur, stamp)
             cur.execute(f"DELETE FROM {table}")
-            insert.run(cur, rows)
+            written = self._insert(cur, insert, rows, rejected)
             if before_commit is not None:
                 before_commit(cur)
-        return len(rows)
+        return written
 
     def _check_stamp(self, cur: Any, stamp: tuple[str, dt.datetime]) -> None:
         column, at = stamp
@@ -250,6 +295,7 @@ class TableSink:
         rows: Sequence[Sequence[Any]],
         stamp: tuple[str, dt.datetime] | None,
         before_commit: BeforeCommit | None,
+        rejected: Rejected | None,
     ) -> int:
         """MariaDB/MySQL: fill a copy of the table, then swap the names in one RENAME TABLE."""
         table, new, old = (self.db.quote(n) for n in swap_names(self.target.table))
@@ -262,7 +308,7 @@ class TableSink:
                 cur.execute(f"CREATE TABLE {new} LIKE {table}")
                 try:
                     cur.execute("START TRANSACTION")
-                    insert.run(cur, rows)
+                    written = self._insert(cur, insert, rows, rejected)
                     cur.execute("COMMIT")
                     if before_commit is not None:
                         before_commit(None)
@@ -273,7 +319,7 @@ class TableSink:
                         cur.execute(f"DROP TABLE IF EXISTS {new}")
                     raise
                 cur.execute(f"DROP TABLE {old}")
-        return len(rows)
+        return written
 
     @contextlib.contextmanager
     def _swap_lock(self) -> Iterator[Any]:

@@ -223,6 +223,13 @@ def test_a_path_that_names_both_fall_back_hours_alike_is_refused(tmp_path: Path)
         (('table = "trips"', 'table = "trips; drop"'), "is not a table name"),
         (('duration = "int"', 'duration = "integer"'), "'integer' is not a kind"),
         (("max_attempts = 3", "max_attemps = 3"), "max_attemps"),
+        (
+            ('table = "trips"', 'table = "trips"\nmode = "merge"'),
+            "'merge' is not valid; use one of upsert, replace",
+        ),
+        (('key = ["trip_id"]', 'key = ["trip"]'), "key: name one or more of the declared columns"),
+        (('key = ["trip_id"]', ""), 'mode = "upsert" needs the key columns'),
+        (('table = "trips"', 'table = "trips"\nurl = "ftp://db/x"'), "is not a database URL"),
     ],
 )
 def test_configuration_errors_name_the_setting(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import db, validate
+from .. import db, tables, validate
 from ..config import read_select
 from ..exceptions import ConfigError, SluicegateError, UsageError
 from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
-from ..records import RecordSink
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS
@@ -32,6 +31,7 @@ from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, che
 from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
+from .blocks_load import Loader
 from .blocks_stages import StageRecorder, StageRunner, read_spec
 
 KEYS = (BASE_KEYS - {"format", "path"}) | {
@@ -247,7 +247,7 @@ class Driver:
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
         recorder = StageRecorder(task, store, settings.lease, summary)
-        runner = StageRunner(ctx, task, recorder, budget)
+        runner = StageRunner(ctx, task, recorder, budget, Loader(ctx, recorder))
         claimed = 0
         try:
             while not (stop is not None and stop.is_set()) and (limit is None or claimed < limit):
@@ -306,13 +306,26 @@ def check(task: Task, source: Source) -> list[str]:
         except SluicegateError as exc:
             problems.append(f"{toml} keys_sql: {exc}")
     for stage in task.stages:
-        if stage.table is not None and stage.url is not None and not stage.table.create:
-            try:
-                with RecordSink(stage.url, stage.table) as sink:
-                    problems += [f"{toml} [{stage.name}] {p}" for p in sink.check()]
-            except SluicegateError as exc:
-                problems.append(f"{toml} [{stage.name}] url: {exc}")
+        if stage.target is not None and not stage.create:
+            problems += [f"{toml} [{stage.name}] {p}" for p in _check_table(stage)]
     return problems
+
+
+def _check_table(stage: StageSpec) -> list[str]:
+    """Problems of a load's table: its database unreachable, the table missing, a column missing."""
+    assert stage.target is not None
+    table = stage.target.table
+    try:
+        sink = tables.TableSink(stage.target)
+    except SluicegateError as exc:
+        return [f"url: {exc}"]
+    try:
+        have = set(sink.db.table_columns(table))
+    except SluicegateError as exc:
+        return [str(exc)]
+    finally:
+        sink.close()
+    return [f"table {table} has no column {name!r}" for name, _ in stage.columns if name not in have]
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:

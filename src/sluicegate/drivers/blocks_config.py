@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import secrets, validate
+from .. import records, secrets, tables, validate
 from ..exceptions import ConfigError
-from ..records import KINDS, TableSpec, table_spec
 from ..specs import Settings
 
 STAGE_TYPES = ("extract", "load", "publish")
 STAGE_KEYS = {
     "extract": {"type", "callable", "sql", "time", "path", "encrypt", "config"},
-    "load": {"type", "callable", "table", "key", "columns", "create", "url", "config"},
+    "load": {"type", "callable", "table", "key", "columns", "create", "url", "mode", "config"},
     "publish": {"type", "callable", "format", "path", "columns", "config"},
 }
 FILE_FORMATS = ("csv", "csv.gz", "parquet", "jsonl")
+LOAD_MODES = ("upsert", "replace", "insert")  # the first is the default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,9 +38,9 @@ class StageSpec:
     path: str | None = None  # extract: the artifact; publish: the file
     format: str = "jsonl"
     encrypt: bool = False  # extract: Fernet-encrypt the artifact
-    table: TableSpec | None = None  # load
-    url: str | None = field(default=None, repr=False)  # load: the database (default: the source)
-    columns: tuple[tuple[str, str], ...] = ()  # publish to a file: the columns and their kinds
+    target: tables.TableTarget | None = None  # load: the table, its database, the mode and key
+    create: bool = False  # load: create the table from the declared columns when it is missing
+    columns: tuple[tuple[str, str], ...] = ()  # load, and publish to a file: the columns and their kinds
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -166,6 +166,8 @@ def _extract(
 
 
 def _load(raw: Mapping[str, Any], common: dict[str, Any], settings: Settings, where: str) -> StageSpec:
+    """The built-in load: a table sink (``url``, ``table``, ``mode``, ``key``) and the records'
+    declared ``columns``, optionally ``create``-d."""
     if "callable" in common:
         if "table" in raw:
             raise ConfigError(
@@ -177,7 +179,32 @@ def _load(raw: Mapping[str, Any], common: dict[str, Any], settings: Settings, wh
         url = secrets.reveal(
             secrets.resolve(str(url), settings.fernet_key, f"{where} url", key_name=settings.fernet_key_name)
         )
-    return StageSpec(**common, table=table_spec(dict(raw), where), url=url or settings.source_url)
+    sink = {k: raw[k] for k in ("table", "mode", "key") if k in raw}
+    if "table" in sink and not isinstance(sink["table"], str):
+        raise ConfigError(f'{where} table: use the name of a table, e.g. table = "trips"')
+    target = tables.load_target(
+        sink | ({"url": url} if url else {}),
+        where,
+        default_url=settings.source_url,
+        root=settings.root,
+        modes=LOAD_MODES,
+    )
+    columns = records.kinds(raw.get("columns"), where)
+    if not columns:
+        raise ConfigError(f'{where} columns: declare each column and its kind, e.g. {{ trip_id = "text" }}')
+    names = {name for name, _ in columns}
+    if any(k not in names for k in target.key):
+        raise ConfigError(f'{where} key: name one or more of the declared columns, e.g. key = ["trip_id"]')
+    create = raw.get("create", False)
+    if not isinstance(create, bool):
+        raise ConfigError(f"{where} create: use true or false")
+    return StageSpec(**common, target=target, create=create, columns=columns)
+
+
+def declared(stage: StageSpec) -> records.Columns:
+    """A load's declared columns and key."""
+    assert stage.target is not None
+    return records.Columns(columns=stage.columns, key=stage.target.key)
 
 
 def _publish(raw: Mapping[str, Any], common: dict[str, Any], where: str) -> StageSpec:
@@ -190,15 +217,9 @@ def _publish(raw: Mapping[str, Any], common: dict[str, Any], where: str) -> Stag
             f"{where}: publish needs a callable (e.g. sluicegate.socrata:upsert) or a file path"
         )
     fmt = validate.choice(raw.get("format", "csv"), FILE_FORMATS, f"{where} format")
-    columns = raw.get("columns", {})
-    if not isinstance(columns, dict) or (fmt != "jsonl" and not columns):
+    columns = records.kinds(raw.get("columns", {}), where)
+    if fmt != "jsonl" and not columns:
         raise ConfigError(
             f'{where} columns: declare the file\'s columns and kinds, e.g. {{ trip_id = "text" }}'
         )
-    for name, kind in columns.items():
-        validate.identifier(name, f"{where} columns")
-        if kind not in KINDS:
-            raise ConfigError(
-                f"{where} columns.{name}: {kind!r} is not a kind; use one of {', '.join(KINDS)}"
-            )
-    return StageSpec(**common, path=str(raw["path"]), format=fmt, columns=tuple(columns.items()))
+    return StageSpec(**common, path=str(raw["path"]), format=fmt, columns=columns)

@@ -4,10 +4,10 @@ Stages that write files go through the :class:`~sluicegate.pipeline.Pipeline`: `
 (one work unit per claimed block, its records from ``select.sql`` or a callable, written as
 a JSON lines artifact, optionally Fernet-encrypted) and ``publish`` to a file (the
 artifact's records in any format sluicegate writes). Stages that write elsewhere run block
-by block: ``load`` (an upsert into a table through :mod:`sluicegate.records`, one
-transaction per block) and callables (``fn(block, records, config)``, e.g. an open-data
-portal's upsert). Every outcome is recorded through one :class:`StageRecorder`: fenced by
-the claim token, ``done`` or ``no_data`` with counts, or a failure with backoff or parking.
+by block: ``load`` (into a table: :mod:`.blocks_load`) and callables (``fn(block, records,
+config)``, e.g. an open-data portal's upsert). Every outcome is recorded through one
+:class:`StageRecorder`: fenced by the claim token, ``done`` or ``no_data`` with counts, or a
+failure with backoff or parking.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import RecordSink, coerce
+from ..records import coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
@@ -37,6 +37,7 @@ from .blocks_config import StageSpec, import_callable
 
 if TYPE_CHECKING:
     from .blocks import Task
+    from .blocks_load import Loader
 
 CHUNK = 1000  # records per chunk handed to a writer
 # The file column kind of each declared kind (records.KINDS).
@@ -125,9 +126,13 @@ class StageRecorder:
             for o in outcomes
         ]
 
-    def record(self, result: StageResult) -> bool:
-        """Record a finished stage, fenced by its claim; False when the lease was lost."""
-        done = self.store.commit(result)
+    def record(self, result: StageResult, *, done: bool | None = None) -> bool:
+        """Record a finished stage, fenced by its claim; False when the lease was lost.
+
+        ``done``: the commit already ran (in the transaction of a load's rows), with this outcome.
+        """
+        if done is None:
+            done = self.store.commit(result)
         self._entry(
             result.claim,
             result.status if done else "lost",
@@ -138,6 +143,22 @@ class StageRecorder:
             result.error,
         )
         return done
+
+    def finish(self, result: StageResult, *, done: bool | None = None) -> None:
+        """Record a stage that ran block by block (``done``: already recorded, with this outcome)
+        and count it in the summary."""
+        if self.record(result, done=done):
+            self.summary.note_success(unit_key(result.claim))
+            self.summary.rows += result.processed
+        else:
+            self.summary.lost += 1
+
+    def failed(
+        self, claim: StageClaim, error: SluicegateError, *, counts: tuple[int, int, int] | None = None
+    ) -> None:
+        """Record a stage that failed block by block, and count it in the summary."""
+        self.fail_claim(claim, error, counts)
+        self.summary.note_failure(unit_key(claim), str(error))
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Record a failed unit of the pipeline."""
@@ -196,21 +217,21 @@ class StageRecorder:
 class StageRunner:
     """Runs one stage over a group of claims of one batch."""
 
-    def __init__(self, context: Context, task: Task, recorder: StageRecorder, budget: Budget) -> None:
+    def __init__(
+        self, context: Context, task: Task, recorder: StageRecorder, budget: Budget, loader: Loader
+    ) -> None:
         self.context = context
         self.task = task
         self.recorder = recorder
         self.summary = recorder.summary
         self.budget = budget
         self.lease = context.project.settings.lease
-        self._sinks: dict[str, RecordSink] = {}
+        self.loader = loader
         self._renewed = time.monotonic()
 
     def close(self) -> None:
         """Close the table connections opened for loads."""
-        for sink in self._sinks.values():
-            sink.close()
-        self._sinks.clear()
+        self.loader.close()
 
     def run(self, stage: StageSpec, claims: Sequence[StageClaim]) -> None:
         """Run ``stage`` for ``claims`` (raises Deadline when the time budget ran out)."""
@@ -221,7 +242,10 @@ class StageRunner:
         else:
             for claim in claims:
                 self._renew(claim)
-                self._per_block(stage, claim)
+                if stage.callable is None:
+                    self.loader.load(stage, claim, self.artifact)
+                else:
+                    self._per_block(stage, claim)
 
     # ------------------------------------------------------------------ through the pipeline
 
@@ -347,54 +371,41 @@ class StageRunner:
         return read_records(data, fernet_key=key, where=self.context.destination.display(path))
 
     def _per_block(self, stage: StageSpec, claim: StageClaim) -> None:
-        key = unit_key(claim)
+        """A callable's stage: hand it the block's records, record the counts it returns."""
+        assert stage.callable is not None
         try:
-            total, processed, errors, messages, artifact = self._write(stage, claim)
-        except Exception as exc:
-            error = callable_error(exc, f"{stage.callable or stage.name} for {key}")
-            self.recorder.fail_claim(claim, error)
-            self.summary.note_failure(key, str(error))
-            return
-        counts = (total, processed, errors)
-        if total and errors >= total:
-            error = DataError(
-                f"all {total} records were rejected: {'; '.join(messages) or 'no reason given'}"
-            )
-            self.recorder.fail_claim(claim, error, counts)
-            self.summary.note_failure(key, str(error))
-            return
-        result = StageResult(
-            claim=claim,
-            status="done" if total else "no_data",
-            total=total,
-            processed=processed,
-            errors=errors,
-            artifact=artifact,
-            error="; ".join(messages)[:2000] or None,
-        )
-        if self.recorder.record(result):
-            self.summary.note_success(key)
-            self.summary.rows += processed
-        else:
-            self.summary.lost += 1
-
-    def _write(self, stage: StageSpec, claim: StageClaim) -> tuple[int, int, int, list[str], str | None]:
-        records = self.artifact(claim)
-        if stage.callable is not None:
             fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
-            counts = fn(stage_block(self.task, claim), records, self.task.config_for(stage, claim.key_value))
-            return (*_counts(counts, stage.callable), [], stage.callable)
-        assert stage.table is not None and stage.url is not None
-        sink = self._sinks.get(stage.name)
-        if sink is None:
-            sink = self._sinks[stage.name] = RecordSink(stage.url, stage.table)
-        result = sink.upsert(records)
-        return result.total, result.processed, result.errors, result.messages, stage.table.table
+            config = self.task.config_for(stage, claim.key_value)
+            counts = _counts(fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable)
+        except Exception as exc:
+            self.recorder.failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
+            return
+        total, processed, errors = counts
+        if total and errors >= total:
+            rejected = DataError(f"all {total} records were rejected: no reason given")
+            self.recorder.failed(claim, rejected, counts=counts)
+            return
+        self.recorder.finish(stage_result(claim, total, processed, errors, [], stage.callable))
 
     def _renew(self, claim: StageClaim) -> None:
         if time.monotonic() - self._renewed > self.lease / 3:
             self.recorder.renew([claim.token])
             self._renewed = time.monotonic()
+
+
+def stage_result(
+    claim: StageClaim, total: int, processed: int, errors: int, messages: list[str], artifact: str | None
+) -> StageResult:
+    """A stage finished block by block: ``done`` with its counts, or ``no_data`` without records."""
+    return StageResult(
+        claim=claim,
+        status="done" if total else "no_data",
+        total=total,
+        processed=processed,
+        errors=errors,
+        artifact=artifact,
+        error="; ".join(messages)[:2000] or None,
+    )
 
 
 def _chunks(records: Iterable[Any], where: str) -> Iterator[list[Any]]:

@@ -163,8 +163,12 @@ class BlockStore(Store):
         """Extend the lease of the rows still held under ``token``; return how many."""
         return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
 
-    def commit(self, result: StageResult) -> bool:
-        """Record a finished stage (with ``no_data``, the block's later stages too); False: claim lost."""
+    def commit(self, result: StageResult, *, cur: Any | None = None) -> bool:
+        """Record a finished stage (with ``no_data``, the block's later stages too); False: claim lost.
+
+        With ``cur`` the record is written in that transaction (a load's, when its table is in
+        the ledger database), so the rows and the record commit together.
+        """
         claim = result.claim
 
         def body(cur: Any) -> bool:
@@ -188,6 +192,8 @@ class BlockStore(Store):
                 self.complete(claim, cur)
             return True
 
+        if cur is not None:
+            return body(cur)
         return bool(self.core.in_transaction(body))
 
     def complete(self, claim: StageClaim, cur: Any) -> None:

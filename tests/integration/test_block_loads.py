@@ -1,0 +1,214 @@
+"""The load stage of blocks tasks on PostgreSQL, SQLite and MariaDB: the table sink's modes.
+
+A project module extracts three trips per hour block (no HTTP); the load writes them into a
+table of each database: by key (a rerun after a crash leaves one row per trip, rows the
+database refuses are counted and the others written) or replacing the table's rows. On
+SQLite and PostgreSQL the table is in the ledger database, so the rows and the (block,
+stage) record commit in one transaction; the MariaDB table is in another database (the
+ledger is SQLite), so the record follows the rows' commit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sluicegate.cli import main
+from sluicegate.tabledb import TableDb
+from support import SLUICEGATE
+
+ETL = """
+def trips(block, config):
+    base = int(block.start.timestamp() * 1000)
+    return [{"trip_id": f"{block.key_value}-{base}-{i}", "duration": 60 * (i + 1), "end_time": base + i}
+            for i in range(3)]
+"""
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("pg", id="pg", marks=pytest.mark.pg),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+# A table the load does not create: the database refuses trips of 150 s or more.
+TABLE = {
+    "sqlite": "CREATE TABLE trips (trip_id TEXT PRIMARY KEY, duration INTEGER CHECK (duration < 150), "
+    "end_time TEXT)",
+    "postgresql": "CREATE TABLE trips (trip_id text PRIMARY KEY, duration bigint CHECK (duration < 150), "
+    "end_time timestamptz)",
+    "mariadb": "CREATE TABLE trips (trip_id VARCHAR(64) PRIMARY KEY, duration BIGINT CHECK (duration < 150), "
+    "end_time DATETIME(6))",
+}
+ONE_BLOCK = ["--time-max", "2020-3-1-1"]
+
+
+@pytest.fixture(params=BACKENDS)
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(source and ledger, the load's table): the same database but on MariaDB."""
+    sqlite = f"sqlite:///{tmp_path / 'data.db'}"
+    if request.param == "sqlite":
+        return sqlite, sqlite
+    if request.param == "pg":
+        pg: str = request.getfixturevalue("pg_url")
+        return pg, pg
+    return sqlite, request.getfixturevalue("mariadb_url")
+
+
+def project(
+    root: Path, urls: tuple[str, str], *, mode: str = "upsert", create: bool = True, testing: str = ""
+) -> Path:
+    source, table = urls
+    mode_line = "" if mode == "upsert" else f'mode = "{mode}"'  # upsert: the default, as before modes
+    (root / "tasks" / "trips").mkdir(parents=True, exist_ok=True)
+    (root / "etl.py").write_text(ETL)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{source}"\n[destination]\nurl = "out"\n'
+        f'[defaults]\nlease = "3s"\nbackoff = "0s"\n{testing}'
+    )
+    (root / "tasks" / "trips" / "task.toml").write_text(
+        textwrap.dedent(
+            f"""
+            kind = "blocks"
+            zone = "UTC"
+            key = "provider"
+            keys = ["lime"]
+            stages = ["extract", "load"]
+            [extract]
+            callable = "etl:trips"
+            [load]
+            url = "{table}"
+            table = "trips"
+            {mode_line}
+            key = ["trip_id"]
+            create = {str(create).lower()}
+            columns = {{ trip_id = "text", duration = "int", end_time = "epoch_ms" }}
+            """
+        )
+    )
+    return root
+
+
+def forget_etl() -> None:
+    """Drop a project's ``etl`` module and folder from this process (other tests have their own)."""
+    sys.modules.pop("etl", None)
+    sys.path[:] = [p for p in sys.path if not Path(p, "etl.py").exists()]
+
+
+@pytest.fixture(autouse=True)
+def _own_etl() -> Iterator[None]:
+    forget_etl()
+    yield
+    forget_etl()
+
+
+def blocks(root: Path, *args: str) -> Any:
+    forget_etl()
+    result = CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def rows(url: str) -> list[tuple[Any, ...]]:
+    db = TableDb(url)
+    try:
+        return db.query("SELECT trip_id, duration FROM trips ORDER BY trip_id")[1]
+    finally:
+        db.close()
+
+
+def load_row(source: str) -> tuple[Any, ...]:
+    """The load's ledger row: status, attempts, records total, processed, errors, error."""
+    db = TableDb(source)
+    table = "sluicegate.blocks" if db.flavor == "postgresql" else "sluicegate_blocks"
+    try:
+        _, found = db.query(
+            f"SELECT status, attempts, records_total, records_processed, records_errors, error FROM {table} "
+            "WHERE stage = 'load'"
+        )
+    finally:
+        db.close()
+    [row] = found
+    return tuple(row)
+
+
+def create_table(url: str) -> None:
+    db = TableDb(url)
+    try:
+        db.execute(TABLE[db.flavor])
+    finally:
+        db.close()
+
+
+def test_an_upsert_counts_the_rows_the_database_refuses_and_a_second_load_updates_the_others(
+    tmp_path: Path, urls: tuple[str, str]
+) -> None:
+    create_table(urls[1])
+    root = project(tmp_path, urls, create=False)
+    blocks(root, *ONE_BLOCK)
+    status, attempts, total, processed, errors, error = load_row(urls[0])
+    assert (status, attempts, total, processed, errors) == ("done", 0, 3, 2, 1)
+    assert "trip_id='lime-1583020800000-2'" in error and "duration" in error.lower()
+    assert [r[1] for r in rows(urls[1])] == [60, 120]
+    blocks(root, *ONE_BLOCK, "--force", "--stage", "load")
+    assert load_row(urls[0])[:5] == ("done", 0, 3, 2, 1)
+    assert [r[1] for r in rows(urls[1])] == [60, 120]  # updated in place, not twice
+
+
+def test_a_replace_leaves_exactly_the_last_blocks_rows(tmp_path: Path, urls: tuple[str, str]) -> None:
+    root = project(tmp_path, urls, mode="replace")
+    blocks(root, "--time-max", "2020-3-1-2", "--interval", "2")  # oldest block first
+    assert [r[0] for r in rows(urls[1])] == [f"lime-1583024400000-{i}" for i in range(3)]
+    blocks(root, *ONE_BLOCK, "--force", "--stage", "load")
+    assert [r[0] for r in rows(urls[1])] == [f"lime-1583020800000-{i}" for i in range(3)]
+
+
+def test_a_load_killed_after_its_commit_leaves_one_row_per_trip_and_a_rerun_completes_it(
+    tmp_path: Path, urls: tuple[str, str]
+) -> None:
+    """SIGKILL once the rows are committed: in the ledger database the record committed with
+    them; elsewhere it is missing, and the block's load runs again after the lease."""
+    source, table = urls
+    shared = source == table
+    root = project(tmp_path, urls, testing='[testing]\nfault = "after_load_commit"\n')
+    blocks(root, *ONE_BLOCK, "--stage", "extract")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "blocks", "trips", *ONE_BLOCK],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    fault = root / ".fault-after_load_commit"
+    deadline = time.monotonic() + 60
+    while not fault.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach after_load_commit"
+        time.sleep(0.05)
+    os.kill(int(fault.read_text()), signal.SIGKILL)
+    proc.wait(timeout=30)
+    fault.unlink()
+    assert load_row(source)[:2] == (("done", 0) if shared else ("running", 0))
+    assert [r[1] for r in rows(table)] == [60, 120, 180]
+    project(tmp_path, urls)  # no fault any more
+    time.sleep(3.5)  # the dead run's lease
+    blocks(root, *ONE_BLOCK)
+    assert load_row(source)[:5] == ("done", 0 if shared else 1, 3, 3, 0)
+    assert [r[1] for r in rows(table)] == [60, 120, 180]
+
+
+def test_check_names_a_missing_column_of_the_load_table(tmp_path: Path, urls: tuple[str, str]) -> None:
+    db = TableDb(urls[1])
+    try:
+        db.execute("CREATE TABLE trips (trip_id VARCHAR(64) PRIMARY KEY, duration BIGINT)")
+    finally:
+        db.close()
+    root = project(tmp_path, urls, create=False)
+    forget_etl()
+    result = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert result.exit_code == 2
+    assert "[load] table trips has no column 'end_time'" in result.output
