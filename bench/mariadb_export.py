@@ -9,7 +9,16 @@ process, timed from start to exit. Cases:
 
 * ``ledger-mariadb``: the ledger in the source database (``sluicegate_*`` tables);
 * ``ledger-sqlite``: the ledger in a SQLite file, the source on MariaDB;
+* ``naive-mariadb``: the OpenAQ way on MariaDB (bench/naive_openaq.py's logic): one query per
+  location-day (the task's days, not OpenAQ's time-ending ones, so the files match) on a pool
+  of ``cpu_count + 4`` threads, one connection each, ``csv`` + ``gzip``
+  in Python, one log upsert per file; no claims, leases or fsync (generous to it);
+* ``pg``: the same rows in a PostgreSQL 15 started by the run (bench/run.py's ``PgServer``),
+  source and ledger there, the same task and settings: MariaDB's figures beside PostgreSQL's;
 * ``read-only``: the batch query's floor, every row streamed once with ``cursor(buffered=False)``.
+
+Both servers are durable as configured: PostgreSQL with fsync on, MariaDB with
+``innodb_flush_log_at_trx_commit = 1`` and the doublewrite buffer on.
 
     .venv/bin/python bench/mariadb_export.py                        # 1M rows, 3 repeats
     .venv/bin/python bench/mariadb_export.py --rows 200000 --repeat 1
@@ -18,6 +27,11 @@ process, timed from start to exit. Cases:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import datetime as dt
+import gzip
+import io
 import json
 import os
 import shlex
@@ -25,17 +39,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 SLUICEGATE = str(Path(sys.executable).with_name("sluicegate"))
 DB = "bench"
 LOCATIONS = 300
-BENCH_SETTINGS = {"innodb-buffer-pool-size": "1G", "innodb-log-file-size": "512M"}
-CASES = ("ledger-mariadb", "ledger-sqlite", "read-only")
+# Durable commits, as PostgreSQL's fsync = on (the test fixture relaxes both for speed).
+BENCH_SETTINGS = {
+    "innodb-buffer-pool-size": "1G",
+    "innodb-log-file-size": "512M",
+    "innodb-flush-log-at-trx-commit": "1",
+    "innodb-doublewrite": "1",
+}
+CASES = ("ledger-mariadb", "ledger-sqlite", "naive-mariadb", "pg", "read-only")
 
 
 def load(url: str, rows: int) -> float:
@@ -50,15 +73,114 @@ def load(url: str, rows: int) -> float:
     conn.execute(
         f"INSERT INTO locations SELECT seq, CONCAT('Site ', seq), 'UTC', 50.5, 4.25 FROM seq_1_to_{LOCATIONS}"
     ).close()
-    conn.execute(f"INSERT INTO sensors SELECT seq * 10, seq, 'pm25', 'µg/m³' FROM seq_1_to_{LOCATIONS}").close()
+    conn.execute(
+        f"INSERT INTO sensors SELECT seq * 10, seq, 'pm25', 'µg/m³' FROM seq_1_to_{LOCATIONS}"
+    ).close()
     conn.execute(
         f"INSERT INTO measurements SELECT 1 + seq % {LOCATIONS}, (1 + seq % {LOCATIONS}) * 10,"
-        f" TIMESTAMPADD(HOUR, seq DIV {LOCATIONS}, '2024-01-01 00:00:00'), (seq * 7919 % 100000) / 100.0 + 0.25,"
+        f" TIMESTAMPADD(HOUR, seq DIV {LOCATIONS}, '2024-01-01 00:00:00'),"
+        " (seq * 7919 % 100000) / 100.0 + 0.25,"
         f" UTC_TIMESTAMP(6) FROM seq_0_to_{rows - 1}"
     ).close()
     conn.execute("ANALYZE TABLE measurements").fetchall()
     conn.close()
     return time.perf_counter() - started
+
+
+def load_pg(url: str, rows: int) -> float:
+    """The same rows as :func:`load`, in PostgreSQL; return the load seconds."""
+    import psycopg
+
+    from sluicegate.generate import create_schema
+
+    create_schema(url)
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO locations SELECT g, 'Site ' || g, 'UTC', 50.5, 4.25"
+            f" FROM generate_series(1, {LOCATIONS}) g"
+        )
+        conn.execute(
+            f"INSERT INTO sensors SELECT g * 10, g, 'pm25', 'µg/m³' FROM generate_series(1, {LOCATIONS}) g"
+        )
+        conn.execute(
+            f"INSERT INTO measurements SELECT 1 + g % {LOCATIONS}, (1 + g % {LOCATIONS}) * 10,"
+            f" timestamptz '2024-01-01 00:00:00+00' + (g / {LOCATIONS}) * interval '1 hour',"
+            f" (g * 7919 % 100000) / 100.0 + 0.25, now() FROM generate_series(0, {rows - 1}) g"
+        )
+        conn.execute("VACUUM ANALYZE measurements")
+    return time.perf_counter() - started
+
+
+NAIVE_PENDING = "SELECT DISTINCT location_id, DATE(datetime) FROM measurements ORDER BY 1, 2"
+NAIVE_LOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS naive_export_log (location_id INT NOT NULL, day DATE NOT NULL,"
+    " path VARCHAR(255) NOT NULL, `rows` INT NOT NULL, exported_at TIMESTAMP(6) NOT NULL"
+    " DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (location_id, day))"
+)
+NAIVE_LOG = (
+    "INSERT INTO naive_export_log (location_id, day, path, `rows`) VALUES (?, ?, ?, ?)"
+    " ON DUPLICATE KEY UPDATE path = VALUES(path), `rows` = VALUES(`rows`),"
+    " exported_at = CURRENT_TIMESTAMP(6)"
+)
+
+
+def naive(url: str, out: Path, threads: int) -> tuple[float, int, int]:
+    """The OpenAQ exporter's way on MariaDB (see bench/naive_openaq.py): one query per
+    location-day (days start at midnight UTC, as the task's), a thread pool, csv + gzip in
+    Python, a log upsert.
+    Returns (seconds, partitions, rows)."""
+    from sluicegate import mariadb_conn
+    from support import OPENAQ_SELECT_MARIADB
+
+    query = (
+        f"SELECT * FROM ({OPENAQ_SELECT_MARIADB}) AS q WHERE q.location_id = ?"
+        " AND q.datetime >= ? AND q.datetime < ? ORDER BY q.sensors_id, q.datetime"
+    )
+    local = threading.local()
+    conns: list[Any] = []
+    lock = threading.Lock()
+
+    def export(location_id: int, day: dt.date) -> int:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = mariadb_conn.connect(url)
+            with lock:
+                conns.append(conn)
+        start = dt.datetime.combine(day, dt.time())
+        cur = conn.cursor()
+        cur.execute(query, (location_id, start, start + dt.timedelta(days=1)))
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        cur.close()
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(names)
+        for row in rows:  # DATETIME is UTC here: written as ISO 8601 with its offset
+            writer.writerow(
+                [v.replace(tzinfo=dt.UTC).isoformat() if isinstance(v, dt.datetime) else v for v in row]
+            )
+        rel = f"records/csv.gz/locationid={location_id}/location-{location_id}-{day:%Y%m%d}.csv.gz"
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0))
+        conn.execute(NAIVE_LOG, (location_id, day, rel, len(rows))).close()
+        return len(rows)
+
+    started = time.perf_counter()
+    setup = mariadb_conn.connect(url)
+    setup.execute(NAIVE_LOG_DDL).close()
+    setup.execute("TRUNCATE naive_export_log").close()
+    pending = setup.execute(NAIVE_PENDING).fetchall()
+    setup.close()
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            rows = sum(pool.map(lambda p: export(*p), pending))
+    finally:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+    return time.perf_counter() - started, len(pending), rows
 
 
 def project(tmp: Path, url: str, case: str) -> Path:
@@ -110,13 +232,32 @@ def read_only(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, rows
 
 
-def run_case(tmp: Path, url: str, case: str, rows: int) -> dict[str, Any]:
+def drop_pg_ledger(url: str) -> None:
+    """Remove the ledger schema a previous pg case left."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS sluicegate CASCADE")
+
+
+def run_case(tmp: Path, urls: dict[str, str], case: str, rows: int) -> dict[str, Any]:
     """One measurement of ``case``."""
+    url = urls["mariadb"]
     if case == "read-only":
         seconds, count = read_only(url)
         assert count == rows, (count, rows)
         return {"seconds": seconds, "rows_per_s": rows / seconds}
-    drop_ledger(url)
+    if case == "naive-mariadb":
+        threads = (os.cpu_count() or 1) + 4
+        seconds, partitions, count = naive(url, tmp / f"naive-{time.monotonic_ns()}", threads)
+        assert count == rows, (count, rows)
+        return {"seconds": seconds, "exported": partitions, "location_days_per_s": partitions / seconds,
+                "rows_per_s": rows / seconds, "threads": threads}  # fmt: skip
+    if case == "pg":
+        url = urls["pg"]
+        drop_pg_ledger(url)
+    else:
+        drop_ledger(url)
     root = project(tmp, url, case)
     marked_s, _ = sluicegate(root, "backfill", "openaq")
     seconds, out = sluicegate(root, "run", "--json")
@@ -132,7 +273,9 @@ def run_case(tmp: Path, url: str, case: str, rows: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
@@ -142,20 +285,36 @@ def main(argv: list[str] | None = None) -> int:
 
     binaries = find_binaries()
     results: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
-    with (
-        MariaDbInstance(binaries, default_run_as(), {**MARIADB_SETTINGS, **BENCH_SETTINGS}) as instance,
-        tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp,
-    ):
+    with contextlib.ExitStack() as stack:
+        instance = stack.enter_context(
+            MariaDbInstance(binaries, default_run_as(), {**MARIADB_SETTINGS, **BENCH_SETTINGS})
+        )
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluicegate-bench-")))
         instance.initialise()
         server = instance.start()
         from plugins.mariadb_server import mariadb_connect
 
         mariadb_connect(server.url()).cursor().execute(f"CREATE DATABASE {DB}")
-        url = server.url(DB)
-        print(f"MariaDB {binaries.version_text}: loaded {args.rows:,} rows in {load(url, args.rows):.1f} s")
+        urls = {"mariadb": server.url(DB)}
+        loaded = load(urls["mariadb"], args.rows)
+        print(f"MariaDB {binaries.version_text}: loaded {args.rows:,} rows in {loaded:.1f} s")
+        if "pg" in cases:
+            import psycopg
+            from run import PG_USER, PgServer
+
+            tmp.chmod(0o755)  # PostgreSQL runs as its own OS user when we are root
+            pg = PgServer(tmp)
+            stack.callback(pg.stop)
+            pg.start()
+            with psycopg.connect(
+                f"postgresql://{PG_USER}@127.0.0.1:{pg.port}/postgres", autocommit=True
+            ) as c:
+                c.execute(f"CREATE DATABASE {DB}")
+            urls["pg"] = f"postgresql://{PG_USER}@127.0.0.1:{pg.port}/{DB}"
+            print(f"{pg.version()}: loaded {args.rows:,} rows in {load_pg(urls['pg'], args.rows):.1f} s")
         for _ in range(args.repeat):  # round robin, so a burst of load hits every case alike
             for case in cases:
-                results[case].append(run_case(Path(tmp), url, case, args.rows))
+                results[case].append(run_case(tmp, urls, case, args.rows))
                 print(case, json.dumps(results[case][-1]), flush=True)
     print(f"\n| case | location-days | seconds (median of {args.repeat}) | location-days/s | rows/s |")
     print("|---|---:|---:|---:|---:|")
