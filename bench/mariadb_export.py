@@ -106,7 +106,7 @@ def load_pg(url: str, rows: int) -> float:
         conn.execute(
             f"INSERT INTO measurements SELECT 1 + g % {LOCATIONS}, (1 + g % {LOCATIONS}) * 10,"
             f" timestamptz '2024-01-01 00:00:00+00' + (g / {LOCATIONS}) * interval '1 hour',"
-            f" (g * 7919 % 100000) / 100.0 + 0.25, now() FROM generate_series(0, {rows - 1}) g"
+            f" (g::bigint * 7919 % 100000) / 100.0 + 0.25, now() FROM generate_series(0, {rows - 1}) g"
         )
         conn.execute("VACUUM ANALYZE measurements")
     return time.perf_counter() - started
