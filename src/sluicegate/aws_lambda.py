@@ -21,7 +21,8 @@ Lambda time limit, default 30), ``SLUICEGATE_TASK`` (SQS only), and every overri
 Every run logs one JSON line to stdout, which Lambda sends to CloudWatch Logs.
 
 This module uses only the stable API: ``load_project``, ``run``, ``RunOptions``,
-``watermarks.load_request`` and ``operations.incremental_task``.
+``watermarks.load_request`` and ``operations.incremental_task``; and, as the command line does,
+``options.prefer_system_allocator`` on import.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ from typing import Any, Protocol
 
 from . import ConfigError, RunOptions, SluicegateError, UsageError, load_project, run
 from .operations import incremental_task
+from .options import prefer_system_allocator
 from .watermarks import load_request
+
+prefer_system_allocator()  # before the first run imports pyarrow
 
 DEFAULT_MARGIN = 30.0  # seconds: releasing claims, closing connections and returning must fit in it
 MARGIN_ENV = "SLUICEGATE_LAMBDA_MARGIN"

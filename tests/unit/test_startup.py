@@ -45,3 +45,35 @@ def test_status_on_a_sqlite_project_imports_no_heavy_dependency(tmp_path: Path) 
     assert report["code"] == 0, out
     assert "openaq: 0 pending" in out
     assert report["heavy"] == [], f"status imported {report['heavy']}"
+
+
+ALLOCATOR_PROBE = """
+import sys
+from sluicegate.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+import pyarrow
+print("\\nPOOL " + pyarrow.default_memory_pool().backend_name)
+"""
+
+
+def _pool_after_cli(root: Path, preset: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICEGATE_", "ARROW_"))}
+    if preset:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    proc = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE, "-C", str(root), "run"],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )  # fmt: skip
+    return proc.stdout.rpartition("\nPOOL ")[2].strip()
+
+
+def test_the_cli_has_arrow_allocate_with_malloc_unless_the_environment_names_a_pool(tmp_path: Path) -> None:
+    """mimalloc, Arrow's default, held 20-35 MiB more at peak (bench/README.md); a user's choice stands."""
+    url = f"sqlite:///{tmp_path / 'data.db'}"
+    Db(url).close()
+    root = write_project(tmp_path / "proj", source=url, destination=f"file://{tmp_path / 'out'}")
+    assert _pool_after_cli(root, None) == "system"
+    assert _pool_after_cli(root, "mimalloc") == "mimalloc"

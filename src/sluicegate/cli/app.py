@@ -22,6 +22,7 @@ import click
 from ..config import Project, load_project, parse_duration
 from ..exceptions import ConfigError, SluicegateError, UsageError
 from ..masking import ScrubFilter, mask_url, scrub
+from ..options import prefer_system_allocator
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("sluicegate")
@@ -146,6 +147,7 @@ def timestamp(_ctx: Any, param: click.Parameter, value: str | None) -> dt.dateti
 @click.pass_context
 def main(ctx: click.Context, project_dir: Path, verbose: bool) -> None:
     """sluicegate: incremental, exactly-once exports from SQL databases to files."""
+    prefer_system_allocator()
     state = ctx.ensure_object(CliState)
     state.verbose = verbose
     state.project_dir = project_dir
