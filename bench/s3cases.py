@@ -97,10 +97,11 @@ def _drop_bucket(s3: S3Bench, bucket: str) -> None:
 
 
 def _object_sizes(s3: S3Bench, bucket: str) -> list[int]:
-    """The sizes of the data objects (not the change feed's _manifests/)."""
+    """The sizes of the data objects (not the change feed's ``_manifests/``, under the URL's prefix)."""
     sizes: list[int] = []
     for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        sizes += [int(o["Size"]) for o in page.get("Contents", []) if not o["Key"].startswith("_manifests/")]
+        contents = page.get("Contents", [])
+        sizes += [int(o["Size"]) for o in contents if "/_manifests/" not in "/" + o["Key"]]
     return sizes
 
 
