@@ -207,6 +207,21 @@ def denied(exc: BaseException) -> bool:
     return "permission denied for" in str(exc)
 
 
+def rolled_back(exc: BaseException) -> bool:
+    """Whether the server rolled a transaction back to end a deadlock or a serialization
+    conflict (MariaDB 1213; SQLSTATE 40P01, 40001): none of it stayed, and it may simply be run again.
+
+    ``exc`` is a driver error, or a sluicegate error raised from one.
+    """
+    cause = exc.__cause__ if isinstance(exc, SluicegateError) and exc.__cause__ is not None else exc
+    if mariadb_conn.deadlocked(cause):
+        return True
+    code = _sqlstate(cause)
+    if code:
+        return code in ("40P01", "40001")
+    return any(text in str(cause) for text in ("deadlock detected", "could not serialize access"))
+
+
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     """Whether a driver error is worth retrying; None when ``exc`` is not a database error.
 

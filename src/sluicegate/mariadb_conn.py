@@ -42,6 +42,7 @@ TRANSIENT_ERRNOS = frozenset(
 LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, 1213}  # all but lock waits and deadlocks: the server is away
 # A missing privilege: on a database, a table, a column, or a global one (SUPER, PROCESS, ...).
 DENIED_ERRNOS = frozenset({1044, 1142, 1143, 1227})
+DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
 SCHEMES = ("mariadb://", "mysql://")
 
 
@@ -131,6 +132,11 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
 def denied(exc: BaseException) -> bool:
     """Whether ``exc`` is a MariaDB driver error saying the user lacks a privilege."""
     return classify(exc) is not None and getattr(exc, "errno", None) in DENIED_ERRNOS
+
+
+def deadlocked(exc: BaseException) -> bool:
+    """Whether ``exc`` is a MariaDB driver error saying InnoDB rolled back the transaction (a deadlock)."""
+    return classify(exc) is not None and getattr(exc, "errno", None) == DEADLOCK_ERRNO
 
 
 class MariaDbConnection:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -349,3 +352,94 @@ def test_marks_and_failures_read_the_values_before_the_row_changes(
         assert row()[1:3] == (2, True)
         ledger.partitions.mark([part], task)  # a new change unparks it and starts counting again
         assert row()[1:] == (0, False, 3, 1)
+
+
+def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> tuple[dict[str, int], list[BaseException]]:
+    """For 4 s, one thread claims and commits batches of 40 of 200 partitions (holding the locks
+    while "placing" files, 5 ms), another marks all 200 again and again; return what each did and
+    the errors that ended them. ``claims_apart``: claims and marks never run at the same time
+    (commits and marks still do)."""
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    days = range(1, 11)
+    parts = [restore_partition(task, [loc, f"2024-01-{day:02d}"], "UTC") for loc in range(1, 21) for day in days]
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    with ledger() as first:
+        first.ensure_schema()
+        first.partitions.mark(parts, task)
+    stop, gate = threading.Event(), threading.Lock() if claims_apart else contextlib.nullcontext()
+    errors: list[BaseException] = []
+    done = {"commits": 0, "marks": 0}
+
+    def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
+        time.sleep(0.005)  # the rows stay locked while the files are put in place
+        return held
+
+    def commit_loop(lg: Ledger) -> None:
+        while not stop.is_set():
+            with gate:
+                claims = lg.partitions.claim(task, limit=40, lease=600)
+            results = [
+                ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True)
+                for c in claims
+            ]
+            lg.partitions.commit(results, place)
+            done["commits"] += bool(results)
+
+    def mark_loop(lg: Ledger) -> None:
+        while not stop.is_set():
+            with gate:
+                lg.partitions.mark(list(reversed(parts)), task)
+            done["marks"] += 1
+
+    def run(loop: Callable[[Ledger], None]) -> None:
+        try:
+            with ledger() as lg:
+                loop(lg)
+        except BaseException as exc:  # returned to the test
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(loop,)) for loop in (commit_loop, mark_loop)]
+    for thread in threads:
+        thread.start()
+    time.sleep(4)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    return done, errors
+
+
+def _innodb_deadlocks(url: str) -> int:
+    from sluicegate import mariadb_conn
+
+    conn = mariadb_conn.connect(url)
+    [(_, value)] = conn.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'").fetchall()
+    conn.close()
+    return int(value)
+
+
+@pytest.mark.mariadb
+def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(tmp_path: Path, mariadb_url: str) -> None:
+    """A batch commit locks its rows by partition key in the order marks lock them: no deadlock."""
+    before = _innodb_deadlocks(mariadb_url)
+    done, errors = _race_commits_and_marks(tmp_path, mariadb_url, claims_apart=True)
+    assert not errors, errors
+    assert done["commits"] >= 10 and done["marks"] >= 10, done
+    assert _innodb_deadlocks(mariadb_url) == before
+
+
+@pytest.mark.parametrize("dialect", [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_claims_commits_and_marks_at_once_end_no_worker(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """On MariaDB a claim's SKIP LOCKED scan can wait for a row a mark is changing, and InnoDB
+    then rolls one of them back as a deadlock's victim: the ledger runs that transaction again,
+    so neither the worker nor the ingest stops."""
+    done, errors = _race_commits_and_marks(tmp_path, _url(request, tmp_path, dialect), claims_apart=False)
+    assert not errors, errors
+    assert done["commits"] >= 10 and done["marks"] >= 10, done

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import itertools
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from ..sql import queries
 
 log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
+DEADLOCK_TRIES = 8  # runs of a ledger transaction the server keeps choosing as a deadlock's victim
 UTC = dt.UTC
 SCHEMA_VERSION = "10"
 MARIADB_SCHEMA_VERSION = "mariadb-2"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
@@ -95,19 +98,28 @@ class LedgerCore:
         return self.retrying(lambda: self.conn.execute(statement, params))
 
     def retrying(self, step: Callable[[], T]) -> T:
-        """Run ``step``; if the connection was lost, reconnect (with backoff) and run it once more.
+        """Run ``step``; if the connection was lost, reconnect (with backoff) and run it once more;
+        if the server rolled it back to end a deadlock, run it again (up to DEADLOCK_TRIES times).
 
         Every ledger statement may run twice: marks only bump a version, and claims of
         this run's token, commits, failures, renewals and releases are fenced by the token.
+        (On MariaDB a claim's ``SKIP LOCKED`` scan can still wait for a row a mark is
+        changing, and InnoDB then picks one of the two as a deadlock's victim.)
         """
-        for attempt in (1, 2):
+        reconnected = False
+        for attempt in itertools.count(1):
             self._reconnect_if_lost()
             try:
                 with db.wrap_errors(self.url, ledger=True):
                     return step()
-            except LedgerError:
-                if attempt == 2 or not self._lost():
+            except LedgerError as exc:
+                if db.rolled_back(exc) and attempt < DEADLOCK_TRIES:
+                    log.info("ledger transaction rolled back by the server (%s); running it again", exc)
+                    time.sleep(random.uniform(0, 0.01 * attempt))  # let the other one finish
+                    continue
+                if reconnected or not self._lost():
                     raise
+                reconnected = True
                 log.warning("ledger connection to %s lost; reconnecting", mask_url(self.url))
         raise AssertionError("unreachable")
 

@@ -235,8 +235,16 @@ class PartitionStore(Store):
             ).fetchall()
             return {int(row[0]) for row in rows}
         held = set()
-        # SQLite: the transaction holds the write lock already. MariaDB: each row is locked
-        # (FOR UPDATE), in pkey order as marks lock them, so the two cannot deadlock.
+        if self.core.dialect is db.MARIADB:
+            # One statement per task (not one per row: 0.1-0.2 ms a partition) locks the rows in
+            # pkey order, as marks lock them, so the two cannot deadlock; keep those still ours.
+            for task in sorted({r.claim.task for r in results}):
+                mine = sorted((r for r in results if r.claim.task == task), key=lambda r: r.claim.pkey)
+                pkeys = json.dumps([r.claim.pkey for r in mine])
+                tokens = dict(self._run("hold", cur, task=task, pkeys=pkeys).fetchall())
+                held |= {r.claim.id for r in mine if _same_token(tokens.get(r.claim.id), r.claim.token)}
+            return held
+        # SQLite: the transaction holds the write lock already.
         for r in sorted(results, key=lambda r: r.claim.pkey):
             if self._run("hold", cur, id=r.claim.id, token=uuid.UUID(r.claim.token)).fetchone():
                 held.add(r.claim.id)
@@ -360,3 +368,8 @@ class PartitionStore(Store):
                 item[key] = self.core.from_ts(item[key])
             out.append(item)
         return out
+
+
+def _same_token(stored: Any, token: str) -> bool:
+    """Whether the token read from the ledger (text, or None) is ``token``."""
+    return stored is not None and uuid.UUID(str(stored)) == uuid.UUID(token)

@@ -48,9 +48,16 @@ FROM {t}partitions WHERE claim_token = %(token)s ORDER BY id;
 UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
 
 -- hold --
--- Lock one claim's row if it is still held under its token (called in pkey order, like marks);
--- its file is put in place while the lock is held, then committed in the same transaction.
-SELECT id FROM {t}partitions WHERE id = %(id)s AND claim_token = %(token)s FOR UPDATE;
+-- Lock the rows of a batch's claims and read their tokens, in one round trip: one lookup of the
+-- unique (task, pkey) key per pkey, in the order given (sorted, as marks lock the same keys),
+-- so a commit and a mark cannot deadlock. The caller keeps the rows still held under its
+-- tokens; their files are put in place while the locks are held, then committed in the same
+-- transaction.
+SELECT p.id, p.claim_token
+FROM JSON_TABLE(%(pkeys)s, '$[*]' COLUMNS (pkey VARCHAR(512) PATH '$')) AS j
+STRAIGHT_JOIN {t}partitions AS p FORCE INDEX ({t}partitions_task_pkey)
+    ON p.task = %(task)s AND p.pkey = j.pkey COLLATE utf8mb4_bin
+FOR UPDATE;
 
 -- commit_held --
 -- Record a durable export at the version read at claim; fenced by the claim token (the row is
