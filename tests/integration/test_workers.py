@@ -443,3 +443,29 @@ def test_claims_commits_and_marks_at_once_end_no_worker(
     done, errors = _race_commits_and_marks(tmp_path, _url(request, tmp_path, dialect), claims_apart=False)
     assert not errors, errors
     assert done["commits"] >= 10 and done["marks"] >= 10, done
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def test_a_batch_commit_finds_partitions_whose_keys_are_not_ascii(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """The commit looks the batch's rows up by their keys' text: accents, symbols, emoji, quotes."""
+    url = _url(request, tmp_path, dialect)
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    names = ["Liège", "µg/m³", "Zürich 😀", 'quote " and \\ backslash', "Gent", "gent"]
+    parts = [restore_partition(task, [name, "2024-01-01"], "UTC") for name in names]
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.partitions.mark(parts, task)
+        claims = ledger.partitions.claim(task, limit=10, lease=600)
+        assert sorted(c.keys["location_id"] for c in claims) == sorted(names)
+        results = [
+            ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims
+        ]
+        assert ledger.partitions.commit(results) == [True] * len(names)
+        assert ledger.partitions.claim(task, limit=10, lease=600) == []  # all exported
