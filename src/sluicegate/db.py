@@ -160,13 +160,14 @@ def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECO
 # SQLSTATE classes and codes worth retrying: connection exceptions, insufficient resources,
 # operator intervention (shutdown, crash, cannot connect now, query cancelled), serialization
 # failures, deadlocks, lock timeouts.
-_TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", "40001", "40P01", "55P03")
+_ROLLED_BACK_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock: see rolled_back
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", *_ROLLED_BACK_SQLSTATES, "55P03")
 _SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
 # ADBC's result stream reports a server error as text only (``OSError: [libpq] ... ERROR: ...``,
 # no SQLSTATE): PostgreSQL's own wording of the transient errors above stands in for the code.
+_ROLLED_BACK_MESSAGES = ("could not serialize access", "deadlock detected")
 _TRANSIENT_MESSAGES = (
-    "could not serialize access",
-    "deadlock detected",
+    *_ROLLED_BACK_MESSAGES,
     "canceling statement due to",
     "could not obtain lock",
     "out of memory",
@@ -218,8 +219,8 @@ def rolled_back(exc: BaseException) -> bool:
         return True
     code = _sqlstate(cause)
     if code:
-        return code in ("40P01", "40001")
-    return any(text in str(cause) for text in ("deadlock detected", "could not serialize access"))
+        return code in _ROLLED_BACK_SQLSTATES
+    return any(text in str(cause) for text in _ROLLED_BACK_MESSAGES)
 
 
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:

@@ -39,10 +39,10 @@ SESSION = (
 TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
-LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, 1213}  # all but lock waits and deadlocks: the server is away
+DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
+LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, DEADLOCK_ERRNO}  # not lock waits or deadlocks: the server is away
 # A missing privilege: on a database, a table, a column, or a global one (SUPER, PROCESS, ...).
 DENIED_ERRNOS = frozenset({1044, 1142, 1143, 1227})
-DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
 SCHEMES = ("mariadb://", "mysql://")
 
 

@@ -17,11 +17,18 @@ import pytest
 
 from sluicegate import capture, operations
 from sluicegate.engine import Exporter
-from sluicegate.ledger import ExportResult, Ledger
+from sluicegate.ledger import Claim, ExportResult, Ledger
 from sluicegate.partitions import restore_partition
 from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
+
+
+# A test of the ledger itself, on each database it may live in (``dialect``, see ``_url``).
+EVERY_LEDGER = pytest.mark.parametrize(
+    "dialect",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
 
 
 @pytest.fixture(
@@ -190,10 +197,7 @@ def test_every_loop_stops_on_signal(tmp_path: Path, server_url: str, signum: int
     assert json.loads(out.split("\n]\n")[0] + "\n]")[0]["exported"] == 2
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
-)
+@EVERY_LEDGER
 def test_batch_commit_is_fenced_per_partition(
     tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
@@ -246,10 +250,7 @@ def test_batch_commit_is_fenced_per_partition(
     assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
-)
+@EVERY_LEDGER
 def test_workers_in_one_run_export_every_partition_once(
     tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
@@ -281,10 +282,7 @@ def test_workers_in_one_run_export_every_partition_once(
     assert json.loads(out)[0]["exported"] == 6
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
-)
+@EVERY_LEDGER
 def test_partitions_changed_together_are_claimed_oldest_window_first(
     tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
@@ -310,10 +308,7 @@ def test_partitions_changed_together_are_claimed_oldest_window_first(
     assert days == [{(loc, f"2024-01-0{d}") for loc in (1, 2, 3, 4)} for d in (1, 2, 3)]
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
-)
+@EVERY_LEDGER
 def test_marks_and_failures_read_the_values_before_the_row_changes(
     tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
@@ -354,6 +349,11 @@ def test_marks_and_failures_read_the_values_before_the_row_changes(
         assert row()[1:] == (0, False, 3, 1)
 
 
+def _published(claims: Sequence[Claim]) -> list[ExportResult]:
+    """A published one-row file ``f<id>`` for each claim, as an exporter reports it."""
+    return [ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims]
+
+
 def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> tuple[dict[str, int], list[BaseException]]:
     """For 4 s, one thread claims and commits batches of 40 of 200 partitions (holding the locks
     while "placing" files, 5 ms), another marks all 200 again and again; return what each did and
@@ -383,12 +383,8 @@ def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> 
         while not stop.is_set():
             with gate:
                 claims = lg.partitions.claim(task, limit=40, lease=600)
-            results = [
-                ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True)
-                for c in claims
-            ]
-            lg.partitions.commit(results, place)
-            done["commits"] += bool(results)
+            lg.partitions.commit(_published(claims), place)
+            done["commits"] += bool(claims)
 
     def mark_loop(lg: Ledger) -> None:
         while not stop.is_set():
@@ -433,22 +429,16 @@ def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(tmp_pat
     assert _innodb_deadlocks(mariadb_url) == before
 
 
-@pytest.mark.parametrize("dialect", [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)])
-def test_claims_commits_and_marks_at_once_end_no_worker(
-    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
-) -> None:
+def test_claims_commits_and_marks_at_once_end_no_worker(tmp_path: Path, server_url: str) -> None:
     """On MariaDB a claim's SKIP LOCKED scan can wait for a row a mark is changing, and InnoDB
     then rolls one of them back as a deadlock's victim: the ledger runs that transaction again,
     so neither the worker nor the ingest stops."""
-    done, errors = _race_commits_and_marks(tmp_path, _url(request, tmp_path, dialect), claims_apart=False)
+    done, errors = _race_commits_and_marks(tmp_path, server_url, claims_apart=False)
     assert not errors, errors
     assert done["commits"] >= 10 and done["marks"] >= 10, done
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
-)
+@EVERY_LEDGER
 def test_a_batch_commit_finds_partitions_whose_keys_are_not_ascii(
     tmp_path: Path, request: pytest.FixtureRequest, dialect: str
 ) -> None:
@@ -464,8 +454,5 @@ def test_a_batch_commit_finds_partitions_whose_keys_are_not_ascii(
         ledger.partitions.mark(parts, task)
         claims = ledger.partitions.claim(task, limit=10, lease=600)
         assert sorted(c.keys["location_id"] for c in claims) == sorted(names)
-        results = [
-            ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims
-        ]
-        assert ledger.partitions.commit(results) == [True] * len(names)
+        assert ledger.partitions.commit(_published(claims)) == [True] * len(names)
         assert ledger.partitions.claim(task, limit=10, lease=600) == []  # all exported
