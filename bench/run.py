@@ -264,6 +264,23 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def _profiled(argv: list[str]) -> list[str]:
+    """``argv`` under py-spy when BENCH_PROFILE names a folder and the command is sluicegate.
+
+    The profile (py-spy's raw format; every thread with native frames unless
+    BENCH_PROFILE_OPTIONS says otherwise, e.g. ``--gil`` for the threads holding the GIL) of
+    each run goes to ``$BENCH_PROFILE/<n>.raw``; a profiled run's figures are not comparable.
+    """
+    folder = os.environ.get("BENCH_PROFILE")
+    if not folder or argv[0] != SLUICEGATE:
+        return argv
+    spy = os.environ.get("BENCH_PY_SPY") or shutil.which("py-spy") or "py-spy"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    out = Path(folder) / f"{time.time_ns()}.raw"
+    options = os.environ.get("BENCH_PROFILE_OPTIONS", "--threads --native").split()
+    return [spy, "record", "-r", "200", *options, "-f", "raw", "-o", str(out), "--", *argv]
+
+
 def measure(
     cmd: list[str], *, env: dict[str, str] | None = None, shell: bool = False, timeout: float = 3600
 ) -> tuple[Run, str]:
@@ -279,7 +296,8 @@ def measure(
     stats_path = Path(stats_name)
     stdout_path = Path(tempfile.mkstemp(prefix="bench-out-")[1])
     stderr_path = Path(tempfile.mkstemp(prefix="bench-err-")[1])
-    argv = cmd if not shell else ["bash", "-o", "pipefail", "-c", cmd[0]]
+    plain = cmd if not shell else ["bash", "-o", "pipefail", "-c", cmd[0]]
+    argv = _profiled(plain)
     time.sleep(0.2)  # let the harness's own backends exit and be reaped before the CPU snapshot
     server_before = _SERVER.cpu_seconds() if _SERVER else 0.0
     busy_before = busy_cpu_seconds()
@@ -304,6 +322,8 @@ def measure(
                 raise
             seconds = time.perf_counter() - started
         stdout = stdout_path.read_text(errors="replace")
+        if argv is not plain:  # py-spy writes its own lines to the same stdout
+            stdout = "".join(x for x in stdout.splitlines(True) if not x.startswith("py-spy> "))
         if proc.returncode != 0:
             stderr = stderr_path.read_text(errors="replace")
             raise CaseFailed(f"exit {proc.returncode}: {(stderr or stdout).strip()[-1500:]}", stdout)
