@@ -231,12 +231,13 @@ def test_parquet_row_groups_of_wide_rows_stay_near_the_byte_budget(
 
 def test_small_parquet_files_are_encoded_in_memory_without_dictionaries(tmp_path: Path) -> None:
     """A location-day's file (tens to hundreds of rows) is encoded in one piece, off the GIL, with
-    plain pages (smaller and faster below a few thousand rows); a large one keeps dictionaries.
+    plain pages (smaller and faster below a few thousand rows) and, below SNAPPY_ROWS rows, snappy
+    instead of zstd; a large one keeps dictionaries and zstd.
     Either way the bytes depend on the rows only, whatever the batches and the source's types."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sluicegate.formats.parquet import DICTIONARY_ROWS, ParquetWriter
+    from sluicegate.formats.parquet import DICTIONARY_ROWS, SNAPPY_ROWS, ParquetWriter
     from sluicegate.sources import Column
 
     class Counting(io.BytesIO):
@@ -259,14 +260,20 @@ def test_small_parquet_files_are_encoded_in_memory_without_dictionaries(tmp_path
 
     small, writes = encode(72, [], pa.int64())
     assert writes == 1
+    assert 72 < SNAPPY_ROWS <= 500 < DICTIONARY_ROWS
+    medium, _ = encode(500, [], pa.int64())
+    assert encode(500, [100, 130], pa.int32())[0] == medium  # the codec follows the rows, not the batches
     assert encode(72, [10, 11, 50], pa.int32())[0] == small  # int4 from PostgreSQL, cast to int64
     large, _ = encode(DICTIONARY_ROWS, [], pa.int64())
     assert encode(DICTIONARY_ROWS, [1000, 2000], pa.int32())[0] == large
-    for data, dictionary in ((small, False), (large, True)):
+    for data, dictionary in ((small, False), (medium, False), (large, True)):
         path = tmp_path / "f.parquet"
         path.write_bytes(data)
         meta = pq.ParquetFile(path).metadata
         assert meta.row_group(0).column(1).has_dictionary_page is dictionary
+        # zstd's per-column set-up outweighs a few dozen rows; snappy is as small there.
+        codec = "SNAPPY" if meta.num_rows < SNAPPY_ROWS else "ZSTD"
+        assert [meta.row_group(0).column(i).compression for i in range(2)] == [codec, codec]
         assert pq.read_table(path).column("site").to_pylist()[:4] == ["Site 0", "Site 1", "Site 2", "Site 0"]
 
 

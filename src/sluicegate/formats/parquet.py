@@ -1,4 +1,4 @@
-"""Parquet with real column types and zstd compression.
+"""Parquet with real column types, zstd-compressed (snappy for files of a few dozen rows).
 
 Timestamps carry the partition's zone (``timestamp[us, tz=...]``), integers are int64,
 floats float64, ``numeric(p, s)`` is ``decimal128(p, s)``, text is string, bytes are binary.
@@ -155,10 +155,22 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
 # choice depends on the rows alone: a file written in several row groups, or with at least
 # DICTIONARY_ROWS rows, uses dictionaries.
 DICTIONARY_ROWS = 2048
+# zstd sets up a compression context for every column chunk (on a VM that includes a CPUID
+# trap): in a file of a few dozen rows that costs more than encoding the whole file, and the
+# pages are too small for zstd to beat snappy (location-days of ~70 rows: 3,340 bytes a file
+# with snappy, 3,355 with zstd, 0.14 against 0.33 ms to write; bench/README.md). A file
+# written in one piece with fewer than SNAPPY_ROWS rows is snappy-compressed, any other zstd;
+# like the dictionaries, the codec depends on the rows alone. Every Parquet reader reads both.
+SNAPPY_ROWS = 128
+
+
+def _codec(rows: int, *, whole: bool) -> str:
+    """The compression of a file of ``rows`` rows; ``whole``: written as one row group at close."""
+    return "snappy" if whole and rows < SNAPPY_ROWS else "zstd"
 
 
 class ParquetWriter:
-    """Writes one partition as a Parquet file (zstd), in row groups of a fixed number of rows.
+    """Writes one partition as a Parquet file (see SNAPPY_ROWS), in row groups of a fixed number of rows.
 
     Rows are kept until a row group is full and written then; the last (or only) group is
     written by :meth:`close`, which the engine runs on a publisher thread. Arrow chunks are
@@ -235,7 +247,7 @@ class ParquetWriter:
             if last:  # encode in memory, without calling back into Python for every page
                 self._sink = sink = pa.BufferOutputStream()
             self._writer = pq.ParquetWriter(
-                sink, self._schema, compression="zstd", use_dictionary=dictionary
+                sink, self._schema, compression=_codec(self.rows, whole=last), use_dictionary=dictionary
             )
         return self._writer
 
@@ -268,7 +280,7 @@ class ParquetWriter:
             fields = [
                 pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)
             ]
-            self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression="zstd")
+            self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression=_codec(0, whole=True))
         self._writer.close()
         if self._sink is not None:
             self._out.write(self._sink.getvalue())
