@@ -205,6 +205,24 @@ def test_a_put_whose_answer_echoes_the_checksum_is_recorded_without_a_head(store
     _exactly_once(store)
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["small-body", "large-body"])
+def test_a_small_object_is_sent_in_one_go_without_waiting_for_100_continue(
+    store: Store, in_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore sends every body with ``Expect: 100-continue`` and waits for the go-ahead (a
+    round trip more per object); sluicegate keeps that for bodies above SMALL_BODY bytes."""
+    from sluicegate.destinations import s3
+
+    monkeypatch.setattr(s3, "SMALL_BODY", 2 * MiB if in_memory else 64 * 1024)  # SMALL is ~1 MB
+    store.proxy.clear_log()
+    first = _export(store)
+    assert (first.exported, first.failed) == (2, 0), first
+    [put] = [e for e in store.proxy.log if e.method == "PUT" and re.search(ONE_PUT, e.path)]
+    assert put.status == 200 and put.body_bytes > 64 * 1024
+    assert (put.header("Expect") is None) is in_memory, put.headers
+    _exactly_once(store)
+
+
 @pytest.mark.parametrize("name", [BIG], ids=["multipart"])
 def test_an_object_replaced_between_upload_and_check_is_not_recorded(store: Store, name: str) -> None:
     """Someone overwrites the object (same size, one byte changed) just before sluicegate's
