@@ -73,6 +73,20 @@ def test_moto_publish_skip_unchanged_and_force(tmp_path: Path, s3_bucket: tuple[
     assert restored.exported == 1 and len(_rows(client, bucket, f"open-data/{KEY}")) == 24
 
 
+def test_small_objects_are_uploaded_from_memory_without_a_temp_file(
+    tmp_path: Path, s3_bucket: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file up to SPOOL_BYTES is uploaded from memory: with no usable temp folder at all,
+    location-days still publish (a spool file per object cost more client CPU than the PUT)."""
+    endpoint, bucket = s3_bucket
+    root, _db = _project(tmp_path, f"s3://{bucket}/mem", f'endpoint_url = "{endpoint}"')
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (2, 0), summary.errors
+    assert len(_rows(_client(endpoint), bucket, f"mem/{KEY}")) == 24
+    assert not (tmp_path / "no-such-folder").exists()
+
+
 def test_seaweed_checks_signatures_and_checksums(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
 ) -> None:

@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import itertools
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -178,18 +181,32 @@ class Destination(Protocol):
         ...
 
 
+_SPOOL_NAMES = itertools.count()  # spool names: the pid, a random part per process, a counter
+_SPOOL_RANDOM = uuid.uuid4().hex[:8]
+
+
 class SpooledUpload:
-    """Shared by destinations that upload whole objects: files are staged in the local temp folder."""
+    """Shared by destinations that upload whole objects: files are staged in memory, and in the
+    local temp folder (``sluicegate-<pid>-*.part``) past SPOOL_BYTES."""
 
     def stage(self, path: str) -> Staged:
-        """Spool the file to ``sluicegate-*.part`` in the temp folder."""
+        """Spool the file: in memory while small, then to ``sluicegate-<pid>-*.part`` in the temp folder."""
+        name = f"sluicegate-{os.getpid()}-{_SPOOL_RANDOM}{next(_SPOOL_NAMES)}.part"
+        spool = Spool(Path(tempfile.gettempdir()) / name)
+        file = HashingWriter(spool, f"the spool file of {path}")
+        return Staged(path=path, file=file, local_path=str(spool.path), handle=spool)
+
+    @staticmethod
+    def on_disk(staged: Staged) -> str:
+        """``staged``'s spool file, written out first if its bytes were in memory."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f"sluicegate-{os.getpid()}-", suffix=".part")
+            staged.handle.materialize()
+            staged.handle.close()
         except OSError as exc:
-            raise DestinationUnavailable(f"cannot spool {path} to the temp folder: {exc.strerror}") from exc
-        raw = os.fdopen(fd, "wb")
-        file = HashingWriter(raw, f"the spool file of {path}")
-        return Staged(path=path, file=file, local_path=tmp, handle=raw)
+            raise DestinationUnavailable(
+                f"cannot spool {staged.path} to the temp folder: {exc.strerror}"
+            ) from exc
+        return staged.local_path
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Nothing to do: an object is durable once its upload completed."""
@@ -199,11 +216,82 @@ class SpooledUpload:
         return []
 
     def discard(self, staged: Staged) -> None:
-        """Remove the local spool file."""
+        """Forget the spool: its bytes in memory, or its file."""
         with contextlib.suppress(OSError):
-            staged.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged.local_path)
+            staged.handle.drop()
+        if staged.handle.on_disk:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.local_path)
+
+
+SPOOL_BYTES = 1024 * 1024  # a partition's bytes kept in memory before its temp file is written
+
+
+class Spool:
+    """A write-only file that keeps its bytes in memory until they exceed SPOOL_BYTES.
+
+    Past that, or when :meth:`materialize` is called, the bytes go to the temp file ``path``
+    (``prepare`` is called with its folder first), so memory stays bounded whatever the
+    partition size. A small file may never reach the disk: see :meth:`value`.
+    """
+
+    def __init__(self, path: Path, prepare: Callable[[Path], None] | None = None) -> None:
+        self.path = path
+        self.prepare = prepare
+        self.buffer: io.BytesIO | None = io.BytesIO()
+        self.file: BinaryIO | None = None
+        self.closed = False
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the temp file exists."""
+        return self.file is not None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``."""
+        if self.file is not None:
+            return self.file.write(data)
+        assert self.buffer is not None
+        self.buffer.write(data)
+        if self.buffer.tell() > SPOOL_BYTES:
+            self.materialize()
+        return len(data)
+
+    def materialize(self) -> None:
+        """Move the bytes to the temp file (idempotent)."""
+        if self.file is not None:
+            return
+        if self.prepare is not None:
+            self.prepare(self.path.parent)
+        self.file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
+        assert self.buffer is not None
+        self.file.write(self.buffer.getbuffer())
+        self.buffer = None
+
+    def flush(self) -> None:
+        """Flush the temp file, if any."""
+        if self.file is not None:
+            self.file.flush()
+
+    def fileno(self) -> int:
+        """The temp file's descriptor (after materialize)."""
+        assert self.file is not None
+        return self.file.fileno()
+
+    def value(self) -> bytes | None:
+        """The bytes, when they are still in memory only (None once on disk or dropped)."""
+        return None if self.buffer is None or self.file is not None else self.buffer.getvalue()
+
+    def close(self) -> None:
+        """Close the temp file (bytes still in memory stay readable by :meth:`value`)."""
+        self.closed = True
+        if self.file is not None:
+            self.file.close()
+
+    def drop(self) -> None:
+        """Close, and forget the bytes kept in memory."""
+        self.close()
+        self.buffer = None
 
 
 def remove_stale_spools(older_than: float) -> int:

@@ -48,7 +48,7 @@ class FsspecDestination(SpooledUpload):
         try:
             parent = full.rsplit("/", 1)[0]
             self.fs.makedirs(parent, exist_ok=True)
-            self.fs.put_file(staged.local_path, full)
+            self.fs.put_file(self.on_disk(staged), full)
             if self.fs.size(full) != staged.file.size:
                 raise DestinationUnavailable(f"{self.display(staged.path)} has the wrong size after upload")
         except OSError as exc:

@@ -23,7 +23,6 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
-import io
 import itertools
 import os
 import threading
@@ -31,11 +30,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, TerminalError
 from ..paths import shown
-from . import HashingWriter, Staged
+from . import HashingWriter, Spool, Staged
 
 TEMP_MARK = ".sluicegate-"
 TEMP_SUFFIX = ".tmp"
@@ -85,7 +83,7 @@ class LocalDestination:
         if len(f".{name}{tail}".encode()) > NAME_MAX:  # a long name: the temp name takes a digest of it
             name = hashlib.sha256(name.encode()).hexdigest()[:32]
         tmp = target.parent / f".{name}{tail}"
-        spool = _Spool(tmp, self._prepare)
+        spool = Spool(tmp, self._prepare)
         return Staged(path=path, file=HashingWriter(spool, str(tmp)), local_path=str(tmp), handle=spool)
 
     def _prepare(self, folder: Path) -> None:
@@ -321,63 +319,3 @@ def _check(result: int) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-SPOOL_BYTES = 1024 * 1024  # a partition's bytes kept in memory before its temp file is written
-
-
-class _Spool:
-    """A write-only file that keeps its bytes in memory until they exceed SPOOL_BYTES.
-
-    Past that, or when published, the bytes go to the temp file ``path`` beside the target,
-    so memory stays bounded whatever the partition size.
-    """
-
-    def __init__(self, path: Path, prepare: Callable[[Path], None]) -> None:
-        self.path = path
-        self.prepare = prepare
-        self.buffer: io.BytesIO | None = io.BytesIO()
-        self.file: BinaryIO | None = None
-        self.closed = False
-
-    @property
-    def on_disk(self) -> bool:
-        """Whether the temp file exists."""
-        return self.file is not None
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append ``data``."""
-        if self.file is not None:
-            return self.file.write(data)
-        assert self.buffer is not None
-        self.buffer.write(data)
-        if self.buffer.tell() > SPOOL_BYTES:
-            self.materialize()
-        return len(data)
-
-    def materialize(self) -> None:
-        """Move the bytes to the temp file (idempotent)."""
-        if self.file is not None:
-            return
-        self.prepare(self.path.parent)
-        self.file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
-        assert self.buffer is not None
-        self.file.write(self.buffer.getbuffer())
-        self.buffer = None
-
-    def flush(self) -> None:
-        """Flush the temp file, if any."""
-        if self.file is not None:
-            self.file.flush()
-
-    def fileno(self) -> int:
-        """The temp file's descriptor (after materialize)."""
-        assert self.file is not None
-        return self.file.fileno()
-
-    def close(self) -> None:
-        """Close the temp file and drop the buffer."""
-        self.closed = True
-        self.buffer = None
-        if self.file is not None:
-            self.file.close()

@@ -1,8 +1,9 @@
 """S3 and S3-compatible stores through boto3.
 
-A file is staged on local disk, then published with one ``PUT`` carrying its SHA-256 (the
-store rejects a body that does not match) or, above the multipart threshold, a multipart
-upload with SHA-256 part checksums that is only visible once completed. After publishing,
+A file is staged in memory (on local disk past SPOOL_BYTES), then published with one ``PUT``
+carrying its SHA-256 (the store rejects a body that does not match) or, above the multipart
+threshold, a multipart upload with SHA-256 part checksums that is only visible once
+completed. After publishing,
 the ``PUT``'s answer gives the ETag when it echoes the SHA-256 (the store checked the body
 against it); otherwise, and after a multipart upload, a ``HEAD`` checks that the object is the
 one uploaded (its size, the ETag the upload was answered with, and its SHA-256 where the store
@@ -211,16 +212,13 @@ class S3Destination(SpooledUpload):
         with self._errors(key):
             try:
                 if single:
-                    with open(staged.local_path, "rb") as body:
-                        answer = self.client.put_object(
-                            Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
-                        )
+                    answer = self._put(staged, key, digest, conditions)
                     if answer.get("ChecksumSHA256") == digest and answer.get("ETag"):
                         # The store checked the body against our SHA-256 and says so: it holds
                         # exactly these bytes, so the HEAD below would only cost a round trip.
                         return str(answer["ETag"])
                 else:
-                    answer = self._multipart(staged.local_path, key, conditions)
+                    answer = self._multipart(self.on_disk(staged), key, conditions)
             except ClientError as exc:  # If-Match on a missing object: AWS says 404, others 412
                 if "IfMatch" in conditions and exc.response.get("Error", {}).get("Code") in (
                     "404",
@@ -233,6 +231,18 @@ class S3Destination(SpooledUpload):
             f"s3://{self.bucket}/{key}", staged.file.size, answer, head, digest if single else None
         )
         return str(head["ETag"])
+
+    def _put(self, staged: Staged, key: str, digest: str, conditions: dict[str, str]) -> Any:
+        """One PutObject of ``staged``'s bytes, from memory when they never reached the disk."""
+        data = staged.handle.value()
+        if data is not None:
+            return self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest, **conditions
+            )
+        with open(staged.local_path, "rb") as body:
+            return self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
+            )
 
     def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> Any:
         """A multipart upload with SHA-256 part checksums, completed under ``conditions``; its answer."""
