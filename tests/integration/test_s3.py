@@ -271,3 +271,32 @@ def test_a_bad_uploads_in_flight_is_a_config_error(tmp_path: Path, value: str, s
     assert "[destination] uploads_in_flight" in check.stderr and "Traceback" not in check.stderr
     via_env = cli(root, "status", env={"SLUICEGATE_DESTINATION__UPLOADS_IN_FLIGHT": "many"})
     assert via_env.returncode == 2 and "'many' is not a whole number" in via_env.stderr, via_env.stderr
+
+
+def test_an_fsspec_destination_publishes_small_and_spooled_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec's ``put_file`` wants a path: a file kept in memory is written to the temp folder
+    first, and every spool file is gone afterwards (here fsspec's own in-memory filesystem)."""
+    import fsspec
+
+    from sluicegate.destinations import SPOOL_BYTES
+
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination="memory://sg-test/out", fmt="csv")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))  # a small day
+    db.location(2, "UTC")  # a day of one reading a second: a spool past SPOOL_BYTES
+    db.insert(2, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 86_400, dt.timedelta(seconds=1)))
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (2, 0), summary.errors
+    fs = fsspec.filesystem("memory")
+    sizes = sorted(fs.size(p) for p in fs.find("/sg-test/out") if "/_manifests/" not in p)
+    assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
+    assert list(spools.iterdir()) == []
+    fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process

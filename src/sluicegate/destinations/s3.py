@@ -3,12 +3,11 @@
 A file is staged in memory (on local disk past SPOOL_BYTES), then published with one ``PUT``
 carrying its SHA-256 (the store rejects a body that does not match) or, above the multipart
 threshold, a multipart upload with SHA-256 part checksums that is only visible once
-completed. After publishing,
-the ``PUT``'s answer gives the ETag when it echoes the SHA-256 (the store checked the body
-against it); otherwise, and after a multipart upload, a ``HEAD`` checks that the object is the
-one uploaded (its size, the ETag the upload was answered with, and its SHA-256 where the store
-gives it), so an object replaced between the upload and the check is never recorded. Readers
-never see a partial object.
+completed. After publishing, the ``PUT``'s answer gives the ETag when it echoes the SHA-256
+(the store checked the body against it); otherwise, and after a multipart upload, a ``HEAD``
+checks that the object is the one uploaded (its size, the ETag the upload was answered with,
+and its SHA-256 where the store gives it), so an object replaced between the upload and the
+check is never recorded. Readers never see a partial object.
 
 Fencing (zombie workers): a partition's upload is conditional on the object the ledger last
 recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so the upload
