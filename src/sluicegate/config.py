@@ -77,6 +77,7 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
             "secret_access_key",
             "multipart_threshold",
             "uploads_in_flight",
+            "s3_client",
             "sync",
             "manifests",
         }
@@ -303,6 +304,7 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
         uploads_in_flight=_uploads_in_flight(
             dest.get("uploads_in_flight", UPLOADS_IN_FLIGHT), f"{where} uploads_in_flight"
         ),
+        s3_client=_s3_client(dest.get("s3_client", "crt"), f"{where} s3_client"),
         sync=_sync(dest.get("sync", "auto"), f"{where} sync"),
         manifests=validate.boolean(dest.get("manifests", True), f"{where} manifests"),
     )
@@ -315,6 +317,12 @@ def _uploads_in_flight(value: Any, where: str) -> int:
             f"{where}: {number} is too many uploads at once; use at most {MAX_UPLOADS_IN_FLIGHT}"
         )
     return number
+
+
+def _s3_client(value: Any, where: str) -> str:
+    if value not in ("crt", "boto3"):
+        raise ConfigError(f"{where} = {value!r} is not an S3 client; use crt or boto3")
+    return str(value)
 
 
 def _sync(value: Any, where: str) -> str:

@@ -44,6 +44,9 @@ class DestinationSettings:
     # Object stores (s3://): uploads kept in flight per exporter. Remote S3 answers a PUT in
     # tens of milliseconds, so throughput is uploads in flight / latency.
     uploads_in_flight: int = UPLOADS_IN_FLIGHT
+    # s3://: "crt" sends small PUTs through the AWS Common Runtime (C, off the GIL), "boto3"
+    # sends every request through botocore.
+    s3_client: str = "crt"
     # Local folders: "batch" (one syncfs before and one after a group's renames; Linux),
     # "file" (fsync each file and folder), or "auto" (batch where syncfs exists).
     sync: str = "auto"

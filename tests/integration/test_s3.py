@@ -202,7 +202,9 @@ def test_a_live_workers_multipart_upload_is_not_aborted_by_another_runs_cleanup(
     assert [u["Key"] for u in left] == ["open-data/in-progress.csv.gz"]
 
 
-def test_cleanup_removes_probe_objects_a_killed_process_left(seaweed_bucket: tuple[str, str, str, str]) -> None:
+def test_cleanup_removes_probe_objects_a_killed_process_left(
+    seaweed_bucket: tuple[str, str, str, str],
+) -> None:
     """The conditional-write probe PUTs and DELETEs an empty object; a process killed (or cut off
     from the endpoint) in between leaves it behind. bench/soak.py found seven in a 30-minute run."""
     from sluicegate.config import DestinationSettings
@@ -300,3 +302,138 @@ def test_an_fsspec_destination_publishes_small_and_spooled_files(
     assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
     assert list(spools.iterdir()) == []
     fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process
+
+
+def _published(dest: Any, path: str, body: bytes, condition: str | None = None) -> Any:
+    """Stage ``body`` for ``path`` and publish it the way the pipeline does; the Staged."""
+    staged = dest.stage(path)
+    staged.file.write(body)
+    staged.condition = condition
+    dest.publish(staged)
+    return staged
+
+
+def _agents(proxy: Any, method: str = "PUT") -> list[str]:
+    return [(e.header("User-Agent") or "").split("/")[0] for e in proxy.log if e.method == method]
+
+
+@pytest.mark.parametrize("s3_client,agent", [("crt", "CRTS3NativeClient"), ("boto3", "Boto3")])
+def test_small_puts_go_through_the_chosen_client(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], fault_proxy: Any, s3_client: str, agent: str
+) -> None:
+    """By default a location-day's PUT is signed and sent by the AWS Common Runtime (C, off the
+    GIL; bench/README.md); ``s3_client = "boto3"`` keeps every request on botocore. Either way
+    SeaweedFS checked the signature and the SHA-256, and no HEAD follows the PUT."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    extra = (
+        f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n'
+        f's3_client = "{s3_client}"'
+    )
+    root, _db = _project(tmp_path, f"s3://{bucket}/out", extra)
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (2, 0), summary.errors
+    data_puts = [e for e in proxy.log if e.method == "PUT" and e.path.endswith(".csv.gz")]
+    assert len(data_puts) == 2 and {e.status for e in data_puts} == {200}
+    assert {(e.header("User-Agent") or "").split("/")[0] for e in data_puts} == {agent}
+    assert {e.header("x-amz-checksum-sha256") is not None for e in data_puts} == {True}
+    assert [e.path for e in proxy.log if e.method == "HEAD"] == []
+    assert len(_rows(_client(endpoint, key, secret), bucket, f"out/{KEY}")) == 24
+
+
+def test_crt_puts_keys_with_any_characters_and_honours_conditions(
+    seaweed_bucket: tuple[str, str, str, str], fault_proxy: Any
+) -> None:
+    """Keys with spaces, '+', '%', '=', '~', non-ASCII, "?", "#" and "&" arrive as written
+    (the CRT signs the path exactly as it is sent); an object already there refuses
+    ``If-None-Match: *`` and a stale ``If-Match``, which leaves the write to ``sync`` (the
+    ledger's fenced overwrite), and the CRT stays in use after those refusals."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    dest = open_destination(
+        DestinationSettings(
+            url=f"s3://{bucket}/odd prefix",
+            endpoint_url=proxy.url,
+            access_key_id=key,
+            secret_access_key=secret,
+        )
+    )
+    client = _client(endpoint, key, secret)
+    paths = ["a b/c+d%e=f~g.csv", "zoë/Łódź/日本.csv", "q?r#s&t.csv"]
+    for number, path in enumerate(paths):
+        staged = _published(dest, path, f"id\n{number}\n".encode(), condition="*")
+        assert not staged.pending and staged.etag
+        got = client.get_object(Bucket=bucket, Key=f"odd prefix/{path}")  # type: ignore[attr-defined]
+        assert got["Body"].read() == f"id\n{number}\n".encode() and got["ETag"] == staged.etag
+    assert set(_agents(proxy)) - {"Boto3"} == {"CRTS3NativeClient"}  # (the probe is botocore's)
+    proxy.clear_log()
+    refused = _published(dest, paths[0], b"id\nnew\n", condition="*")
+    stale = _published(dest, paths[0], b"id\nnewer\n", condition='"0123456789abcdef0123456789abcdef"')
+    assert refused.pending and stale.pending
+    assert [e.status for e in proxy.log if e.method == "PUT"] == [412, 412]
+    assert _agents(proxy) == ["CRTS3NativeClient", "CRTS3NativeClient"]
+    assert client.get_object(Bucket=bucket, Key=f"odd prefix/{paths[0]}")["Body"].read() == b"id\n0\n"  # type: ignore[attr-defined]
+
+
+def test_a_crt_put_that_fails_is_sent_again_through_botocore(
+    seaweed_bucket: tuple[str, str, str, str], fault_proxy: Any
+) -> None:
+    """A 5xx is sent again by botocore and the CRT stays in use; an answer that would repeat
+    (403 here) moves PUTs to botocore for the rest of the run: one wasted request, not one per
+    file, and botocore's error reporting as before."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+    from sluicegate.destinations.s3_crt import CRT_RETRIES
+
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    dest = open_destination(
+        DestinationSettings(
+            url=f"s3://{bucket}", endpoint_url=proxy.url, access_key_id=key, secret_access_key=secret
+        )
+    )
+    assert dest.conditional()  # type: ignore[attr-defined]
+    proxy.clear_log()
+    proxy.fail(method="PUT", path_regex=r"one\.csv$", status=503, times=CRT_RETRIES + 1)
+    _published(dest, "one.csv", b"id\n1\n")
+    puts = [e.status for e in proxy.log if e.method == "PUT"]
+    assert list(zip(puts, _agents(proxy), strict=True)) == [(503, "CRTS3NativeClient")] * (
+        CRT_RETRIES + 1
+    ) + [(200, "Boto3")]
+    proxy.clear_log()
+    _published(dest, "two.csv", b"id\n2\n")
+    assert _agents(proxy) == ["CRTS3NativeClient"]  # a 5xx does not give the CRT up
+    proxy.clear_log()
+    proxy.fail(method="PUT", path_regex=r"three\.csv$", status=403, times=1, code="AccessDenied")
+    _published(dest, "three.csv", b"id\n3\n")
+    _published(dest, "four.csv", b"id\n4\n")
+    assert [
+        (e.status, a)
+        for e, a in zip([e for e in proxy.log if e.method == "PUT"], _agents(proxy), strict=True)
+    ] == [
+        (403, "CRTS3NativeClient"),
+        (200, "Boto3"),
+        (200, "Boto3"),
+    ]
+    client = _client(endpoint, key, secret)
+    assert [
+        client.get_object(Bucket=bucket, Key=f"{n}.csv")["Body"].read() for n in ("one", "three", "four")
+    ] == [  # type: ignore[attr-defined]
+        b"id\n1\n",
+        b"id\n3\n",
+        b"id\n4\n",
+    ]
+
+
+def test_a_bad_s3_client_is_a_config_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(
+        tmp_path / "proj", source=url, destination="s3://somewhere", destination_extra='s3_client = "curl"'
+    )
+    check = cli(root, "check")
+    assert check.returncode == 2, check.stderr
+    assert "[destination] s3_client" in check.stderr and "use crt or boto3" in check.stderr
+    assert "Traceback" not in check.stderr

@@ -2,8 +2,9 @@
 
 Two partitions: location 1's file (about 8 MB of CSV) goes as a real multipart upload (the
 threshold is set to its minimum, 5 MiB: two parts), location 2's (about 1 MB) as one PUT.
-Each test breaks one kind of request more often than boto3 retries it (four attempts: three
-retries with backoff), runs a real export, and checks that the partition was neither committed nor parked
+Each test breaks one kind of request more often than it is retried (boto3: four attempts,
+three retries with backoff; a single PUT first goes through the CRT, which tries it
+CRT_RETRIES + 1 times before botocore sends it again), runs a real export, and checks that the partition was neither committed nor parked
 but waits for its retry, with no object under its name (nothing partial, nothing damaged);
 then the next run (backoff 0) exports it, and the store holds exactly one object per
 partition, whose bytes are the ones the ledger recorded (SHA-256 and ETag), every version
@@ -27,6 +28,7 @@ import boto3
 import pytest
 
 from sluicegate import engine, operations
+from sluicegate.destinations.s3_crt import CRT_RETRIES
 from support import Db, load, write_project
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ def on_the_wire(name: str) -> str:
 BIG, SMALL = key(1), key(2)
 PART_2 = on_the_wire(BIG) + r"\?.*partNumber=2"  # the second part's UploadPart (a PUT)
 ONE_PUT = on_the_wire(SMALL) + "$"
+BOTO_TRIES = 4  # botocore's attempts at one request ("standard" retries, max_attempts 3, plus the first)
+PUT_TRIES = CRT_RETRIES + 1 + BOTO_TRIES  # a single PUT's attempts in one run: the CRT's, then botocore's
 
 
 @dataclasses.dataclass
@@ -140,46 +144,65 @@ def _statuses(store: Store, pattern: str, method: str = "PUT") -> list[int | Non
 
 
 @pytest.mark.parametrize(
-    ("name", "pattern", "status", "code"),
-    [(SMALL, ONE_PUT, 503, "SlowDown"), (BIG, PART_2, 500, "InternalError")],
+    ("name", "pattern", "status", "code", "tries"),
+    [(SMALL, ONE_PUT, 503, "SlowDown", PUT_TRIES), (BIG, PART_2, 500, "InternalError", BOTO_TRIES)],
     ids=["put-503-slowdown", "multipart-part-500"],
 )
 def test_throttling_and_server_errors_are_retried(
-    store: Store, name: str, pattern: str, status: int, code: str
+    store: Store, name: str, pattern: str, status: int, code: str, tries: int
 ) -> None:
-    """Five answers in a row: boto3's four attempts fail the first run (transient: retried,
-    not parked); in the second, one more fails and boto3's first retry goes through."""
-    rule = store.proxy.fail(method="PUT", path_regex=pattern, status=status, code=code, times=5)
+    """One answer more than a run's attempts: they all fail the first run (transient: retried,
+    not parked); in the second, one more fails and the next attempt goes through."""
+    rule = store.proxy.fail(method="PUT", path_regex=pattern, status=status, code=code, times=tries + 1)
     first = _export(store)
     assert (first.exported, first.failed) == (1, 1), first
     _waits_for_retry(store, name, code)
     second = _export(store)
     assert (second.exported, second.failed) == (1, 0), second
-    assert rule.hits == 5 and _statuses(store, pattern) == [status] * 5 + [200]
+    assert rule.hits == tries + 1 and _statuses(store, pattern) == [status] * (tries + 1) + [200]
     _exactly_once(store)
 
 
 @pytest.mark.parametrize(
-    ("name", "pattern", "after"),
-    [(SMALL, ONE_PUT, 256 * 1024), (BIG, PART_2, 1 * MiB)],
+    ("name", "pattern", "after", "tries"),
+    [(SMALL, ONE_PUT, 256 * 1024, PUT_TRIES), (BIG, PART_2, 1 * MiB, BOTO_TRIES)],
     ids=["put", "multipart-part"],
 )
 def test_a_connection_reset_mid_upload_leaves_no_object_and_is_retried(
-    store: Store, name: str, pattern: str, after: int
+    store: Store, name: str, pattern: str, after: int, tries: int
 ) -> None:
-    rule = store.proxy.reset(method="PUT", path_regex=pattern, after_bytes=after, times=4)
+    rule = store.proxy.reset(method="PUT", path_regex=pattern, after_bytes=after, times=tries)
     first = _export(store)
     assert (first.exported, first.failed) == (1, 1), first
     _waits_for_retry(store, name, "")
     second = _export(store)
     assert (second.exported, second.failed) == (1, 0), second
-    assert rule.hits == 4 and _statuses(store, pattern) == [None] * 4 + [200]
+    assert rule.hits == tries and _statuses(store, pattern) == [None] * tries + [200]
     _exactly_once(store)
 
 
-@pytest.mark.parametrize(
-    ("name", "pattern"), [(SMALL, ONE_PUT), (BIG, PART_2)], ids=["put", "multipart-part"]
-)
+def test_a_single_put_damaged_on_the_way_is_sent_again_at_once(store: Store) -> None:
+    """The CRT's PUT of location 2 arrives damaged: SeaweedFS answers 400 BadDigest (the SHA-256
+    sent does not match the body it got), botocore sends the intact bytes again in the same
+    run, and the CRT keeps the next PUTs (a damaged body is not a reason to give it up)."""
+    rule = store.proxy.corrupt_body(method="PUT", path_regex=ONE_PUT, times=1)
+    store.proxy.clear_log()
+    first = _export(store)
+    assert (first.exported, first.failed) == (2, 0), first
+    puts = [e for e in store.proxy.log if e.method == "PUT" and re.search(ONE_PUT, e.path)]
+    agents = [(e.header("User-Agent") or "").split("/")[0] for e in puts]
+    assert rule.hits == 1 and list(zip(_statuses(store, ONE_PUT), agents, strict=True)) == [
+        (400, "CRTS3NativeClient"),
+        (200, "Boto3"),
+    ]
+    _exactly_once(store)
+    manifests = [e for e in store.proxy.log if e.method == "PUT" and "/_manifests/" in e.path]
+    assert manifests and {(e.header("User-Agent") or "").split("/")[0] for e in manifests} == {
+        "CRTS3NativeClient"
+    }
+
+
+@pytest.mark.parametrize(("name", "pattern"), [(BIG, PART_2)], ids=["multipart-part"])
 def test_a_body_damaged_on_the_way_is_rejected_and_sent_again(store: Store, name: str, pattern: str) -> None:
     """SeaweedFS answers 400 BadDigest (the SHA-256 sent does not match the body it got): a
     transient error, since the file on disk is intact; never an object, never committed."""
@@ -214,6 +237,7 @@ def test_a_small_object_is_sent_in_one_go_without_waiting_for_100_continue(
     from sluicegate.destinations import s3
 
     monkeypatch.setattr(s3, "SMALL_BODY", 2 * MiB if in_memory else 64 * 1024)  # SMALL is ~1 MB
+    monkeypatch.setattr(s3.S3Destination, "_crt_puts", lambda *_: None)  # as with s3_client = "boto3"
     store.proxy.clear_log()
     first = _export(store)
     assert (first.exported, first.failed) == (2, 0), first

@@ -25,11 +25,12 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import os
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.handlers
@@ -43,6 +44,11 @@ from ..paths import shown
 from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
+if TYPE_CHECKING:
+    from .s3_crt import CrtPuts
+
+log = logging.getLogger("sluicegate")
+
 KEY_MAX = 1024  # bytes in an S3 object key
 SMALL_BODY = 1024 * 1024  # bytes up to which a body goes without "Expect: 100-continue"
 PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
@@ -50,6 +56,8 @@ UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart 
 # Worth retrying: throttling, the store's own failures, and a body that arrived damaged or
 # short (BadDigest: the checksum we sent does not match what the store received; the file on
 # our disk is intact, so sending it again is the cure), whether answered 400 or 5xx.
+# botocore honours these and the CRT does not: with any of them set, PUTs stay on botocore.
+_CRT_UNSUPPORTED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 _RETRYABLE_CODES = {
     "BadDigest",
     "IncompleteBody",
@@ -90,10 +98,31 @@ class S3Destination(SpooledUpload):
             ),
         )
         _continue_only_for_large_bodies(self.client)
+        self._crt = self._crt_puts(settings, session)
+        self._crt_lock = threading.Lock()
         self.endpoint = mask_url(settings.endpoint_url or "aws")
         self._conditional: bool | None = None  # probed on first use
         self.upload_stale_after = UPLOAD_STALE_AFTER
         self._probe_lock = threading.Lock()
+
+    def _crt_puts(self, settings: DestinationSettings, session: Any) -> CrtPuts | None:
+        """The CRT client for small PUTs, or None where they stay on botocore (see s3_crt)."""
+        if settings.s3_client != "crt" or any(os.environ.get(name) for name in _CRT_UNSUPPORTED_ENV):
+            return None
+        from .s3_crt import CrtPuts  # imported only for s3:// destinations
+
+        credentials = session.get_credentials()
+        if credentials is None or not CrtPuts.usable(self.bucket, settings.endpoint_url):
+            return None  # botocore says what is missing, as it always did
+        return CrtPuts(
+            bucket=self.bucket,
+            region=session.region_name,
+            endpoint_url=settings.endpoint_url,
+            credentials=credentials,
+            connections=settings.uploads_in_flight + 4,
+            connect_timeout=10,
+            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
+        )
 
     def key(self, path: str) -> str:
         """The object key for a relative path."""
@@ -235,6 +264,11 @@ class S3Destination(SpooledUpload):
         """One PutObject of ``staged``'s bytes, from memory when they never reached the disk."""
         data = staged.handle.value()
         if data is not None:
+            crt = self._crt
+            if crt is not None:
+                answer = self._put_by_crt(crt, key, data, digest, conditions)
+                if answer is not None:
+                    return answer
             return self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest, **conditions
             )
@@ -242,6 +276,35 @@ class S3Destination(SpooledUpload):
             return self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest, **conditions
             )
+
+    def _put_by_crt(
+        self, crt: CrtPuts, key: str, data: bytes, digest: str, conditions: dict[str, str]
+    ) -> dict[str, str] | None:
+        """The PUT through the CRT; None when it failed and botocore should send it again.
+
+        A refused condition is final (412, or 404 to an ``If-Match``). A failure that may pass
+        (no answer, 408, 429, 5xx, a body damaged on the way) is sent again through botocore,
+        which retries it and reports it as ever. Any other answer (a signature, region or
+        permission problem) would repeat: PUTs then stay on botocore for the rest of the run.
+        """
+        from .s3_crt import PutFailed
+
+        try:
+            answer = crt.put(key, data, digest, conditions)
+        except PutFailed as exc:
+            if exc.status == 412 or (exc.status == 404 and "IfMatch" in conditions):
+                raise _Refused(key) from exc
+            if not (exc.status in (0, 408, 429) or exc.status >= 500 or exc.code in _RETRYABLE_CODES):
+                with self._crt_lock:
+                    if self._crt is crt:
+                        self._crt = None
+                        where = f"s3://{self.bucket}/{key}"
+                        log.warning("%s: the CRT's PUT failed (%s); PUTs go through botocore now", where, exc)
+            return None
+        return {
+            "ETag": answer.headers.get("etag", ""),
+            "ChecksumSHA256": answer.headers.get("x-amz-checksum-sha256", ""),
+        }
 
     def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> Any:
         """A multipart upload with SHA-256 part checksums, completed under ``conditions``; its answer."""
