@@ -73,9 +73,10 @@ ALL_CASES = (
     "sluicegate-s3-csv",  # h: a, to S3 (SeaweedFS on 127.0.0.1; bench/s3cases.py)
     "sluicegate-s3-parquet",  # h: b, to S3
     "s3-put-limit",  # h: raw boto3 PUTs of the same sizes at the best thread count
+    "s3-put-limit-crt",  # h: raw awscrt PUTs of the same sizes, 64 in flight
     "sluicegate-s3-csv-30ms",  # h: sluicegate-s3-csv, 30 ms added to every request
 )
-S3_CASES = ALL_CASES[-4:]
+S3_CASES = ALL_CASES[-5:]
 DESCRIPTIONS = {
     "sluicegate-csv": "sluicegate run → csv.gz, one file per location-day",
     "sluicegate-parquet": "sluicegate run → Parquet, one file per location-day",
@@ -93,6 +94,7 @@ DESCRIPTIONS = {
     "sluicegate-s3-csv": "sluicegate run → csv.gz on S3 (SeaweedFS, 127.0.0.1), one object per location-day",
     "sluicegate-s3-parquet": "sluicegate run → Parquet on S3 (SeaweedFS), one object per location-day",
     "s3-put-limit": "limit: boto3 put_object (SHA-256) of the s3-csv files' sizes, best thread count",
+    "s3-put-limit-crt": "limit: awscrt S3 PUTs (SHA-256) of the s3-csv files' sizes, 64 in flight",
     "sluicegate-s3-csv-30ms": "sluicegate-s3-csv through a proxy adding 30 ms to every request",
 }
 
@@ -1029,15 +1031,19 @@ def _round_two_targets(label: str, size: dict[str, Any]) -> list[str]:
         if r:
             ok = "MET" if r["max_rss_mb"] <= 150 else "NOT MET"
             out.append(f"{label}: peak RSS {case} {r['max_rss_mb']:.0f} MiB (target ≤ 150: {ok})")
-    put, far = get("s3-put-limit"), get("sluicegate-s3-csv-30ms")
+    # The endpoint's limit: the faster of raw boto3 PUTs (best thread count) and raw CRT PUTs.
+    limits = [(n, get(n)) for n in ("s3-put-limit", "s3-put-limit-crt") if get(n)]
+    put_name, put = max(limits, key=lambda one: one[1]["partitions_per_s"]) if limits else ("", None)
+    far = get("sluicegate-s3-csv-30ms")
     threads = ((cases.get("s3-put-limit", {}).get("runs") or [{}])[0]).get("extra", {}).get("threads")
+    how = f"{threads} threads" if put_name == "s3-put-limit" else "awscrt, 64 in flight"
     for name, got in (("csv.gz", get("sluicegate-s3-csv")), ("Parquet", get("sluicegate-s3-parquet"))):
         if got and put:
             ratio = got["partitions_per_s"] / put["partitions_per_s"]
             ok = "MET" if ratio >= 0.8 else "NOT MET"
             out.append(
                 f"{label}: S3 {name} {got['partitions_per_s']:,.0f} location-days/s ÷ the endpoint's "
-                f"PUT limit {put['partitions_per_s']:,.0f} files/s ({threads} threads) = {ratio:.2f}× "
+                f"PUT limit {put['partitions_per_s']:,.0f} files/s ({how}) = {ratio:.2f}× "
                 f"(target ≥ 0.8: {ok})"
             )
         if got and a and name == "csv.gz":

@@ -7,6 +7,8 @@ the same through a proxy that adds 30 ms to every request (S3 from another regio
 * ``s3-put-limit``: raw boto3 ``put_object`` calls with ``ChecksumSHA256``, one per file of the
   latest ``sluicegate-s3-csv`` run, same sizes (random bytes), from the best of 4 to 64
   threads (chosen by a short calibration before the timed run, reported in the notes).
+* ``s3-put-limit-crt``: the same PUTs through awscrt's S3 client (signing and checksum header
+  in C), 64 in flight: the endpoint's limit is the faster of the two.
 * ``sluicegate-s3-csv-30ms``: ``sluicegate-s3-csv`` through ``bench/latency_proxy.py`` (its own
   process): every request reaches the store 30 ms after it was sent.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -46,7 +49,10 @@ from run import (  # noqa: E402
 )
 from soak import ACCESS_KEY, SECRET_KEY, Seaweed, s3_client  # noqa: E402
 
-S3_CASES = ("sluicegate-s3-csv", "sluicegate-s3-parquet", "s3-put-limit", "sluicegate-s3-csv-30ms")
+S3_CASES = (
+    "sluicegate-s3-csv", "sluicegate-s3-parquet", "s3-put-limit", "s3-put-limit-crt", "sluicegate-s3-csv-30ms"
+)  # fmt: skip
+CRT_IN_FLIGHT = 64
 LATENCY_S = 0.03
 PUT_THREADS = (4, 8, 16, 32, 64)  # the put limit's calibration
 CALIBRATION_FILES = 600  # PUTs per thread count when calibrating
@@ -193,10 +199,40 @@ def case_put_limit(ctx: Context) -> Run:
     return run
 
 
+def case_put_limit_crt(ctx: Context) -> Run:
+    s3: S3Bench = ctx.s3
+    if not s3.sizes:
+        raise CaseFailed("needs the file sizes of a sluicegate-s3-csv run before it (list that case too)")
+    sizes_path = ctx.base / "s3-put-sizes.json"
+    sizes_path.write_text(json.dumps(s3.sizes))
+    bucket = _fresh_bucket(s3)
+    try:
+        sub = [
+            sys.executable,
+            __file__,
+            "_put_crt",
+            s3.weed.endpoint,
+            str(sizes_path),
+            bucket,
+            str(CRT_IN_FLIGHT),
+        ]
+        run, stdout = measure(sub, env=child_env())
+        sizes = _object_sizes(s3, bucket)
+    finally:
+        _drop_bucket(s3, bucket)
+    info = json.loads(stdout)
+    run.partitions, run.bytes, run.rows = info["files"], info["bytes"], None
+    run.extra = {"in_flight": CRT_IN_FLIGHT, "puts_per_s": info["puts_per_s"]}
+    if len(sizes) != len(s3.sizes) or sum(sizes) != sum(s3.sizes):
+        raise CaseFailed(f"{len(sizes)} objects of {sum(sizes):,} bytes, expected {len(s3.sizes)}")
+    return run
+
+
 CASES = {
     "sluicegate-s3-csv": lambda ctx: case_sluicegate_s3(ctx, "csv.gz"),
     "sluicegate-s3-parquet": lambda ctx: case_sluicegate_s3(ctx, "parquet"),
     "s3-put-limit": case_put_limit,
+    "s3-put-limit-crt": case_put_limit_crt,
     "sluicegate-s3-csv-30ms": lambda ctx: case_sluicegate_s3(ctx, "csv.gz", latency=LATENCY_S),
 }
 
@@ -233,6 +269,64 @@ def _sub_put(endpoint: str, sizes_path: str, bucket: str, threads: str, limit: s
     print(json.dumps({"files": len(sizes), "bytes": sum(sizes), "puts_per_s": len(sizes) / seconds}))
 
 
+def _sub_put_crt(endpoint: str, sizes_path: str, bucket: str, in_flight: str) -> None:
+    """PUT one object of each size (random bytes, x-amz-checksum-sha256) through awscrt's S3
+    client, ``in_flight`` requests at once, path-style as sluicegate sends them."""
+    import threading
+    import urllib.parse
+
+    from awscrt import s3 as crt_s3
+    from awscrt.auth import AwsCredentialsProvider
+    from awscrt.http import HttpHeaders, HttpRequest
+    from awscrt.io import ClientBootstrap
+
+    sizes = json.loads(Path(sizes_path).read_text())
+    provider = AwsCredentialsProvider.new_static(ACCESS_KEY, SECRET_KEY)
+    client = crt_s3.S3Client(
+        bootstrap=ClientBootstrap.get_or_create_static_default(),
+        region="us-east-1",
+        tls_mode=crt_s3.S3RequestTlsMode.DISABLED,
+        signing_config=crt_s3.create_default_s3_signing_config(
+            region="us-east-1", credential_provider=provider
+        ),
+        max_active_connections_override=int(in_flight) + 4,
+    )
+    host = urllib.parse.urlsplit(endpoint).netloc
+    slots = threading.Semaphore(int(in_flight))
+    failures: list[str] = []
+
+    def done(error: Exception | None = None, **_: Any) -> None:
+        if error is not None:
+            failures.append(repr(error))
+        slots.release()
+
+    started = time.perf_counter()
+    requests = []
+    for index, size in enumerate(sizes):
+        body = os.urandom(size)
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        headers = HttpHeaders(
+            [("Host", host), ("Content-Length", str(size)), ("x-amz-checksum-sha256", digest)]
+        )
+        slots.acquire()
+        requests.append(
+            client.make_request(
+                type=crt_s3.S3RequestType.DEFAULT,
+                operation_name="PutObject",
+                on_done=done,
+                request=HttpRequest("PUT", f"/{bucket}/put/{index:07d}", headers, io.BytesIO(body)),
+            )
+        )
+    for request in requests:
+        request.finished_future.result()
+    seconds = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} PUTs failed, first: {failures[0]}")
+    print(json.dumps({"files": len(sizes), "bytes": sum(sizes), "puts_per_s": len(sizes) / seconds}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "_put":
         _sub_put(*sys.argv[2:])
+    elif sys.argv[1] == "_put_crt":
+        _sub_put_crt(*sys.argv[2:])
