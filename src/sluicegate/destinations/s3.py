@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,11 +54,11 @@ KEY_MAX = 1024  # bytes in an S3 object key
 SMALL_BODY = 1024 * 1024  # bytes up to which a body goes without "Expect: 100-continue"
 PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
+# botocore honours these and the CRT does not: with any of them set, PUTs stay on botocore.
+_CRT_UNSUPPORTED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 # Worth retrying: throttling, the store's own failures, and a body that arrived damaged or
 # short (BadDigest: the checksum we sent does not match what the store received; the file on
 # our disk is intact, so sending it again is the cure), whether answered 400 or 5xx.
-# botocore honours these and the CRT does not: with any of them set, PUTs stay on botocore.
-_CRT_UNSUPPORTED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 _RETRYABLE_CODES = {
     "BadDigest",
     "IncompleteBody",
@@ -112,12 +113,17 @@ class S3Destination(SpooledUpload):
         from .s3_crt import CrtPuts  # imported only for s3:// destinations
 
         credentials = session.get_credentials()
-        if credentials is None or not CrtPuts.usable(self.bucket, settings.endpoint_url):
+        # Where botocore sends requests (the setting, AWS_ENDPOINT_URL_S3, a profile, or AWS):
+        # the CRT must send them to the same place.
+        endpoint = str(self.client.meta.endpoint_url)
+        aws = not settings.endpoint_url and urllib.parse.urlsplit(endpoint).netloc.endswith(".amazonaws.com")
+        if credentials is None or not CrtPuts.usable(self.bucket, aws):
             return None  # botocore says what is missing, as it always did
         return CrtPuts(
             bucket=self.bucket,
             region=session.region_name,
-            endpoint_url=settings.endpoint_url,
+            endpoint_url=endpoint,
+            aws=aws,
             credentials=credentials,
             connections=settings.uploads_in_flight + 4,
             connect_timeout=10,

@@ -58,22 +58,22 @@ class CrtPuts:
         *,
         bucket: str,
         region: str,
-        endpoint_url: str | None,
+        endpoint_url: str,  # the one botocore resolved (settings, AWS_ENDPOINT_URL_S3, or AWS's)
+        aws: bool,  # AWS itself (no endpoint of the user's): virtual-hosted style
         credentials: Any,  # botocore's Credentials (refreshable ones are asked again each time)
         connections: int,
         connect_timeout: float,
         ca_bundle: str | None = None,  # AWS_CA_BUNDLE, as botocore reads it: trusted for https
     ) -> None:
         self.bucket = bucket
-        if endpoint_url:  # an S3-compatible store (or a proxy): path-style, as botocore sends
-            url = urllib.parse.urlsplit(endpoint_url)
+        url = urllib.parse.urlsplit(endpoint_url)
+        tls = url.scheme == "https"
+        if aws:  # bucket.s3.<region>.amazonaws.com (or its FIPS/dual-stack twin); see usable()
+            self.host = f"{bucket}.{url.netloc}"
+            self.base = ""
+        else:  # an S3-compatible store (or a proxy): path-style, as botocore sends
             self.host = url.netloc
             self.base = url.path.rstrip("/") + "/" + urllib.parse.quote(bucket, safe="")
-            tls = url.scheme == "https"
-        else:  # AWS: virtual-hosted style (bucket names with dots go through botocore)
-            self.host = f"{bucket}.s3.{region}.amazonaws.com"
-            self.base = ""
-            tls = True
 
         def current() -> AwsCredentials:
             frozen = credentials.get_frozen_credentials()
@@ -99,9 +99,9 @@ class CrtPuts:
         )
 
     @staticmethod
-    def usable(bucket: str, endpoint_url: str | None) -> bool:
+    def usable(bucket: str, aws: bool) -> bool:
         """Whether a bucket's PUTs can go this way (AWS's virtual hosts need DNS-safe names)."""
-        return bool(endpoint_url) or "." not in bucket
+        return not aws or "." not in bucket
 
     def put(self, key: str, body: bytes, sha256_b64: str, conditions: dict[str, str]) -> Answer:
         """PUT ``body`` at ``key``; raise :class:`PutFailed` unless the store answered 2xx."""
