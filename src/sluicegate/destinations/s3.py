@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 import threading
-import urllib.parse
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,8 +53,6 @@ KEY_MAX = 1024  # bytes in an S3 object key
 SMALL_BODY = 1024 * 1024  # bytes up to which a body goes without "Expect: 100-continue"
 PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
-# botocore honours these and the CRT does not: with any of them set, PUTs stay on botocore.
-_CRT_UNSUPPORTED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 # Worth retrying: throttling, the store's own failures, and a body that arrived damaged or
 # short (BadDigest: the checksum we sent does not match what the store received; the file on
 # our disk is intact, so sending it again is the cure), whether answered 400 or 5xx.
@@ -99,36 +96,16 @@ class S3Destination(SpooledUpload):
             ),
         )
         _continue_only_for_large_bodies(self.client)
-        self._crt = self._crt_puts(settings, session)
+        self._crt: CrtPuts | None = None
+        if settings.s3_client == "crt":
+            from .s3_crt import crt_puts  # awscrt only where it is used
+
+            self._crt = crt_puts(settings, session, str(self.client.meta.endpoint_url), self.bucket)
         self._crt_lock = threading.Lock()
         self.endpoint = mask_url(settings.endpoint_url or "aws")
         self._conditional: bool | None = None  # probed on first use
         self.upload_stale_after = UPLOAD_STALE_AFTER
         self._probe_lock = threading.Lock()
-
-    def _crt_puts(self, settings: DestinationSettings, session: Any) -> CrtPuts | None:
-        """The CRT client for small PUTs, or None where they stay on botocore (see s3_crt)."""
-        if settings.s3_client != "crt" or any(os.environ.get(name) for name in _CRT_UNSUPPORTED_ENV):
-            return None
-        from .s3_crt import CrtPuts  # imported only for s3:// destinations
-
-        credentials = session.get_credentials()
-        # Where botocore sends requests (the setting, AWS_ENDPOINT_URL_S3, a profile, or AWS):
-        # the CRT must send them to the same place.
-        endpoint = str(self.client.meta.endpoint_url)
-        aws = not settings.endpoint_url and urllib.parse.urlsplit(endpoint).netloc.endswith(".amazonaws.com")
-        if credentials is None or not CrtPuts.usable(self.bucket, aws):
-            return None  # botocore says what is missing, as it always did
-        return CrtPuts(
-            bucket=self.bucket,
-            region=session.region_name,
-            endpoint_url=endpoint,
-            aws=aws,
-            credentials=credentials,
-            connections=settings.uploads_in_flight + 4,
-            connect_timeout=10,
-            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
-        )
 
     def key(self, path: str) -> str:
         """The object key for a relative path."""

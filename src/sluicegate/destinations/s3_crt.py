@@ -17,6 +17,7 @@ redirects stay the single place where S3's failures are understood.
 from __future__ import annotations
 
 import io
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -27,9 +28,37 @@ from awscrt.auth import AwsCredentials, AwsCredentialsProvider
 from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, ClientTlsContext, TlsContextOptions
 
+from ..specs import DestinationSettings
+
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")  # in an S3 error answer's XML body
 PUT_TIMEOUT = 120.0  # seconds for one small PUT, retries included (botocore: 60 s per read)
 CRT_RETRIES = 2  # the CRT's own retries of a 5xx or lost connection, before botocore sends it again
+# botocore honours these and the CRT does not: with any of them set, PUTs stay on botocore.
+UNSUPPORTED_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def crt_puts(settings: DestinationSettings, session: Any, endpoint: str, bucket: str) -> CrtPuts | None:
+    """The CRT client for a destination's small PUTs, or None where they stay on botocore.
+
+    ``endpoint`` is where botocore sends requests (the setting, ``AWS_ENDPOINT_URL_S3``, a
+    profile, or AWS): the CRT must send them to the same place.
+    """
+    if any(os.environ.get(name) for name in UNSUPPORTED_ENV):
+        return None
+    credentials = session.get_credentials()
+    aws = not settings.endpoint_url and urllib.parse.urlsplit(endpoint).netloc.endswith(".amazonaws.com")
+    if credentials is None or not CrtPuts.usable(bucket, aws):
+        return None  # botocore says what is missing, as it always did
+    return CrtPuts(
+        bucket=bucket,
+        region=session.region_name,
+        endpoint_url=endpoint,
+        aws=aws,
+        credentials=credentials,
+        connections=settings.uploads_in_flight + 4,
+        connect_timeout=10,
+        ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
+    )
 
 
 @dataclass(frozen=True)
