@@ -466,9 +466,7 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
     assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
     server = Server(folder)
     try:
-        page = server.get(
-            f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}
-        ).json()
+        page = server.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
         assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
         first = page[0]
         assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)

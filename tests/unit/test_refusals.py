@@ -270,19 +270,10 @@ def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> No
 
 def test_datetime_zone_outside_mariadb_exits_2_naming_the_setting(tmp_path: Path) -> None:
     """``[time] datetime_zone`` is about MariaDB's DATETIME; on SQLite or PostgreSQL it would be ignored."""
-    root = write_project(
-        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
-    )
+    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o"))
     toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(
-        toml.read_text().replace(
-            'boundary = "start"', 'boundary = "start"\ndatetime_zone = "Europe/Brussels"'
-        )
-    )
+    toml.write_text(toml.read_text().replace('boundary = "start"', 'boundary = "start"\ndatetime_zone = "Europe/Brussels"'))
     proc = cli(root, "run", "openaq")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert (
-        f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only"
-        in proc.stderr
-    )
+    assert f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
