@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,64 +169,53 @@ def case_sluicegate_s3(ctx: Context, fmt: str, *, latency: float = 0.0) -> Run:
         _drop_bucket(s3, bucket)
 
 
-def case_put_limit(ctx: Context) -> Run:
+def _sizes_file(ctx: Context) -> Path:
+    """The latest sluicegate-s3-csv run's object sizes, written where a PUT process reads them."""
     s3: S3Bench = ctx.s3
     if not s3.sizes:
         raise CaseFailed("needs the file sizes of a sluicegate-s3-csv run before it (list that case too)")
-    sizes_path = ctx.base / "s3-put-sizes.json"
-    sizes_path.write_text(json.dumps(s3.sizes))
-    sub = [sys.executable, __file__, "_put", s3.weed.endpoint, str(sizes_path)]
+    path = ctx.base / "s3-put-sizes.json"
+    path.write_text(json.dumps(s3.sizes))
+    return path
+
+
+def _timed_puts(s3: S3Bench, command: Callable[[str], list[str]], extra: dict[str, Any]) -> Run:
+    """Run ``command(bucket)`` (a ``_put`` process) into a fresh bucket, timed; check the objects."""
+    bucket = _fresh_bucket(s3)
+    try:
+        run, stdout = measure(command(bucket), env=child_env())
+        sizes = _object_sizes(s3, bucket)
+    finally:
+        _drop_bucket(s3, bucket)
+    info = json.loads(stdout)
+    run.partitions, run.bytes, run.rows = info["files"], info["bytes"], None
+    run.extra = {**extra, "puts_per_s": info["puts_per_s"]}
+    if len(sizes) != len(s3.sizes) or sum(sizes) != sum(s3.sizes):
+        raise CaseFailed(f"{len(sizes)} objects of {sum(sizes):,} bytes, expected {len(s3.sizes)}")
+    return run
+
+
+def case_put_limit(ctx: Context) -> Run:
+    s3: S3Bench = ctx.s3
+    sub = [sys.executable, __file__, "_put", s3.weed.endpoint, str(_sizes_file(ctx))]
     if not s3.put_threads:  # calibrate once: the thread count at which this endpoint is fastest
         bucket = _fresh_bucket(s3)
         try:
             for threads in PUT_THREADS:
-                run, stdout = measure([*sub, bucket, str(threads), str(CALIBRATION_FILES)], env=child_env())
+                _run, stdout = measure([*sub, bucket, str(threads), str(CALIBRATION_FILES)], env=child_env())
                 s3.calibration[threads] = round(json.loads(stdout)["puts_per_s"], 1)
         finally:
             _drop_bucket(s3, bucket)
         s3.put_threads = max(s3.calibration, key=lambda t: s3.calibration[t])
         log(f"s3-put-limit calibration (PUTs/s by threads): {s3.calibration}; using {s3.put_threads}")
-    bucket = _fresh_bucket(s3)
-    try:
-        run, stdout = measure([*sub, bucket, str(s3.put_threads), "0"], env=child_env())
-        sizes = _object_sizes(s3, bucket)
-    finally:
-        _drop_bucket(s3, bucket)
-    info = json.loads(stdout)
-    run.partitions, run.bytes, run.rows = info["files"], info["bytes"], None
-    run.extra = {"threads": s3.put_threads, "calibration": s3.calibration, "puts_per_s": info["puts_per_s"]}
-    if len(sizes) != len(s3.sizes) or sum(sizes) != sum(s3.sizes):
-        raise CaseFailed(f"{len(sizes)} objects of {sum(sizes):,} bytes, expected {len(s3.sizes)}")
-    return run
+    extra = {"threads": s3.put_threads, "calibration": s3.calibration}
+    return _timed_puts(s3, lambda bucket: [*sub, bucket, str(s3.put_threads), "0"], extra)
 
 
 def case_put_limit_crt(ctx: Context) -> Run:
     s3: S3Bench = ctx.s3
-    if not s3.sizes:
-        raise CaseFailed("needs the file sizes of a sluicegate-s3-csv run before it (list that case too)")
-    sizes_path = ctx.base / "s3-put-sizes.json"
-    sizes_path.write_text(json.dumps(s3.sizes))
-    bucket = _fresh_bucket(s3)
-    try:
-        sub = [
-            sys.executable,
-            __file__,
-            "_put_crt",
-            s3.weed.endpoint,
-            str(sizes_path),
-            bucket,
-            str(CRT_IN_FLIGHT),
-        ]
-        run, stdout = measure(sub, env=child_env())
-        sizes = _object_sizes(s3, bucket)
-    finally:
-        _drop_bucket(s3, bucket)
-    info = json.loads(stdout)
-    run.partitions, run.bytes, run.rows = info["files"], info["bytes"], None
-    run.extra = {"in_flight": CRT_IN_FLIGHT, "puts_per_s": info["puts_per_s"]}
-    if len(sizes) != len(s3.sizes) or sum(sizes) != sum(s3.sizes):
-        raise CaseFailed(f"{len(sizes)} objects of {sum(sizes):,} bytes, expected {len(s3.sizes)}")
-    return run
+    sub = [sys.executable, __file__, "_put_crt", s3.weed.endpoint, str(_sizes_file(ctx))]
+    return _timed_puts(s3, lambda bucket: [*sub, bucket, str(CRT_IN_FLIGHT)], {"in_flight": CRT_IN_FLIGHT})
 
 
 CASES = {
