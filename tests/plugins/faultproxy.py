@@ -125,6 +125,11 @@ class Exchange:
         headers = (self.forwarded_headers or []) if forwarded else self.headers
         return _get(headers, name)
 
+    @property
+    def agent(self) -> str:
+        """The client's product, from its User-Agent: "Boto3", "CRTS3NativeClient", ..."""
+        return (self.header("User-Agent") or "").split("/")[0]
+
 
 def _get(headers: list[tuple[str, str]], name: str) -> str | None:
     wanted = name.lower()

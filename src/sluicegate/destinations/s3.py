@@ -285,8 +285,8 @@ class S3Destination(SpooledUpload):
                         log.warning("%s: the CRT's PUT failed (%s); PUTs go through botocore now", where, exc)
             return None
         return {
-            "ETag": answer.headers.get("etag", ""),
-            "ChecksumSHA256": answer.headers.get("x-amz-checksum-sha256", ""),
+            "ETag": answer.get("etag", ""),
+            "ChecksumSHA256": answer.get("x-amz-checksum-sha256", ""),
         }
 
     def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> Any:

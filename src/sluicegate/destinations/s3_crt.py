@@ -20,7 +20,6 @@ import io
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 from awscrt import s3 as crt_s3
@@ -59,14 +58,6 @@ def crt_puts(settings: DestinationSettings, session: Any, endpoint: str, bucket:
         connect_timeout=10,
         ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
     )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a successful PUT answered: the HTTP status and its headers (lower-case names)."""
-
-    status: int
-    headers: dict[str, str]
 
 
 class PutFailed(Exception):
@@ -132,8 +123,9 @@ class CrtPuts:
         """Whether a bucket's PUTs can go this way (AWS's virtual hosts need DNS-safe names)."""
         return not aws or "." not in bucket
 
-    def put(self, key: str, body: bytes, sha256_b64: str, conditions: dict[str, str]) -> Answer:
-        """PUT ``body`` at ``key``; raise :class:`PutFailed` unless the store answered 2xx."""
+    def put(self, key: str, body: bytes, sha256_b64: str, conditions: dict[str, str]) -> dict[str, str]:
+        """PUT ``body`` at ``key``: the answer's headers (lower-case names); raise
+        :class:`PutFailed` unless the store answered 2xx."""
         headers = [
             ("Host", self.host),
             ("Content-Length", str(len(body))),
@@ -173,4 +165,5 @@ class CrtPuts:
         status = int(answered.get("status", 0))
         if not 200 <= status < 300:
             raise PutFailed(status, f"HTTP {status}")
-        return Answer(status, answered.get("headers", {}))
+        answer: dict[str, str] = answered.get("headers", {})
+        return answer
