@@ -39,16 +39,10 @@ class CsvWriter:
         self.rows = 0
         self._gz = GzipWriter(out, gzip_level) if gzip_level is not None else None
         self._out: Any = self._gz if self._gz is not None else out
-        self._text = io.StringIO()
-        self._csv = csv.writer(self._text, lineterminator="\n")
-        self._convert = [_converter(c, zone) for c in columns]
-        self._write_rows([[c.name for c in columns]])
-        self._flush_text()
-
-    def _flush_text(self) -> None:
-        self._out.write(self._text.getvalue().encode("utf-8"))
-        self._text.seek(0)
-        self._text.truncate()
+        self._columns = columns
+        self._zone = zone
+        self._convert: list[Callable[[Any], Any]] | None = None  # for row tuples, made on first use
+        self._out.write(encode_rows([[c.name for c in columns]]))
 
     @property
     def held(self) -> int:
@@ -61,40 +55,51 @@ class CsvWriter:
             self._out.write(chunk.data)
             self.rows += chunk.rows
             return
+        if self._convert is None:
+            self._convert = [_converter(c, self._zone) for c in self._columns]
         convert = self._convert
         try:
-            self._write_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
+            data = encode_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
         except (ValueError, TypeError) as exc:
             raise DataError(f"a row could not be encoded as CSV: {exc}") from exc
+        self._out.write(data)
         self.rows += len(chunk)
-        self._flush_text()
-
-    def _write_rows(self, rows: list[list[Any]]) -> None:
-        """Encode rows into the text buffer, quoting a field with a CR as well as one with an LF.
-
-        The csv module quotes only the characters of its line terminator (``\\n``), so a lone CR
-        would be written bare and split the record for most readers. Rows are encoded in one C
-        call; only when the result holds a CR are they encoded again, the rows with a CR in a
-        field by a writer whose terminator is CRLF (which quotes both), its CRLF made LF.
-        """
-        start = self._text.tell()
-        self._csv.writerows(rows)
-        if self._text.getvalue().find("\r", start) < 0:
-            return
-        self._text.seek(start)
-        self._text.truncate()
-        for row in rows:
-            if any(isinstance(v, str) and "\r" in v for v in row):
-                line = io.StringIO()
-                csv.writer(line, lineterminator="\r\n").writerow(row)
-                self._text.write(line.getvalue()[:-2] + "\n")
-            else:
-                self._csv.writerow(row)
 
     def close(self) -> None:
         """Compress what is still buffered and write the gzip trailer, if any."""
         if self._gz is not None:
             self._gz.close()
+
+
+def encode_rows(rows: list[list[Any]]) -> bytes:
+    """Rows as UTF-8 CSV lines, quoting a field with a CR as well as one with an LF.
+
+    The csv module quotes only the characters of its line terminator (``\\n``), so a lone CR
+    would be written bare and split the record for most readers. Rows are encoded in one C
+    call; only when the result holds a CR are they encoded again, the rows with a CR in a
+    field by a writer whose terminator is CRLF (which quotes both), its CRLF made LF.
+
+    The ``csv.writer`` lives for one call only: once it has written, it keeps a 128 KiB record
+    buffer, and an exporter holds hundreds of open files (a writer each) until their batch
+    commits. One writer per file cost 64 MiB per exporter.
+    """
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    value = text.getvalue()
+    if "\r" in value:
+        text = io.StringIO()
+        plain = csv.writer(text, lineterminator="\n")
+        crlf = csv.writer(text, lineterminator="\r\n")
+        for row in rows:
+            if any(isinstance(v, str) and "\r" in v for v in row):
+                crlf.writerow(row)
+                text.seek(text.tell() - 2)  # its CRLF made LF
+                text.truncate()
+                text.write("\n")
+            else:
+                plain.writerow(row)
+        value = text.getvalue()
+    return value.encode("utf-8")
 
 
 def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
