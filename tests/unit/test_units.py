@@ -293,3 +293,15 @@ def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path
         ]
         errors = [p.communicate(timeout=60)[1].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
+
+
+@pytest.mark.parametrize(
+    "limit,workers,shares",
+    [(None, 2, [None, None]), (6, 3, [2, 2, 2]), (5, 2, [3, 2]), (4, 3, [2, 1, 1]), (1, 3, [1]), (0, 2, [0])],
+)
+def test_a_limit_is_shared_out_exactly_between_workers(
+    limit: int | None, workers: int, shares: list[int | None]
+) -> None:
+    from sluicegate.drivers.partitioned import limit_shares
+
+    assert limit_shares(limit, workers) == shares

@@ -331,22 +331,24 @@ def _run_workers(loop: _Loop, ctx: Context, workers: int, limit: int | None) -> 
     Each helper has its own connections, claims and publishers, exactly like another worker
     process on the same ledger: while one waits on the database or the disk, the others encode.
     """
-    share = None if limit is None else -(-limit // workers)
+    shares = limit_shares(limit, workers)
+    if len(shares) == 1:  # a limit below the worker count: fewer workers, not more partitions
+        return loop.run(ctx, shares[0])
     helpers: list[Context] = []
-    parts = [TaskSummary(task=loop.task.name) for _ in range(workers - 1)]
+    parts = [TaskSummary(task=loop.task.name) for _ in shares[1:]]
     errors: list[BaseException] = []
     done = 0
     try:
-        helpers = [Context.open(ctx.project) for _ in range(workers - 1)]
+        helpers = [Context.open(ctx.project) for _ in shares[1:]]
         for helper in helpers:  # one run: its manifests share the run id and its numbering
             helper.feed_run = ctx.feed_run
-        with ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="sluicegate-worker") as pool:
+        with ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="sluicegate-worker") as pool:
             futures = [
                 pool.submit(loop.run, helper, share, part)
-                for helper, part in zip(helpers, parts, strict=True)
+                for helper, share, part in zip(helpers, shares[1:], parts, strict=True)
             ]
             try:
-                done += loop.run(ctx, share)
+                done += loop.run(ctx, shares[0])
             except SluicegateError as exc:
                 errors.append(exc)
             for future in futures:
@@ -362,6 +364,18 @@ def _run_workers(loop: _Loop, ctx: Context, workers: int, limit: int | None) -> 
     if errors:
         raise errors[0]
     return done
+
+
+def limit_shares(limit: int | None, workers: int) -> list[int | None]:
+    """Each worker's share of ``limit``: together exactly ``limit``, and no worker with nothing to do.
+
+    ``limit_shares(5, 2) == [3, 2]``; ``limit_shares(1, 3) == [1]`` (one worker);
+    ``limit_shares(None, 2) == [None, None]``.
+    """
+    if limit is None:
+        return [None] * workers
+    count = max(1, min(workers, limit))
+    return [limit // count + (1 if i < limit % count else 0) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------- check, status, describe
