@@ -26,6 +26,11 @@ def check_warnings(project: Project) -> list[str]:
     fence writes as strongly (see destinations), capture triggers not installed, or an empty
     ledger for a task whose source already has rows (run backfill)."""
     warnings: list[str] = []
+    if not project.tasks and not project.problems:
+        warnings.append(
+            f"{project.settings.root} has no tasks: add a folder per task under its tasks/ folder"
+            " (`sluicegate init FOLDER` writes an example to start from)"
+        )
     try:
         warnings += open_destination(project.settings.destination).warnings()
     except SluicegateError as exc:  # check_project reports an unreachable destination

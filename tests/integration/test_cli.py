@@ -168,6 +168,32 @@ def test_init_creates_a_project_that_check_understands(tmp_path: Path) -> None:
     assert cli(tmp_path, "init", str(folder)).returncode == 2
 
 
+def test_a_project_without_a_tasks_folder_is_empty_and_check_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "sluicegate.toml").write_text(
+        '[source]\nurl = "sqlite:///m.db"\n[destination]\nurl = "out"\n[defaults]\nworkers = "auto"\n'
+    )
+    status = cli(root, "status")
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    checked = cli(root, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"warning: {root} has no tasks: add a folder per task" in checked.stderr
+
+
+def test_workers_must_be_a_whole_number_or_auto(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    toml = '[source]\nurl = "sqlite:///m.db"\n[destination]\nurl = "out"\n[defaults]\nworkers = {}\n'
+    (root / "sluicegate.toml").write_text(toml.format('"many"'))
+    proc = cli(root, "status")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "[defaults] workers: 'many' is not a whole number; use one (exporters per run), or \"auto\"" in proc.stderr
+    (root / "sluicegate.toml").write_text(toml.format(0))
+    proc = cli(root, "status")
+    assert proc.returncode == 2 and "[defaults] workers: 0 is too small; use at least 1" in proc.stderr
+
+
 def test_check_warns_when_the_role_is_named_like_the_ledger_schema(tmp_path: Path, pg_url: str) -> None:
     root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), fmt="csv")
     Db(pg_url)

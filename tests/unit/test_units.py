@@ -305,3 +305,22 @@ def test_a_limit_is_shared_out_exactly_between_workers(
     from sluicegate.drivers.partitioned import limit_shares
 
     assert limit_shares(limit, workers) == shares
+
+
+@pytest.mark.parametrize(
+    "url,cores,workers",
+    [
+        ("postgresql://u@h/db", 2, 2),
+        ("postgres://u@h/db", 16, 2),
+        ("postgresql://u@h/db", 1, 1),
+        ("sqlite:///m.db", 2, 1),
+    ],
+)
+def test_workers_default_to_two_on_postgresql_with_two_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    (tmp_path / "sluicegate.toml").write_text(f'[source]\nurl = "{url}"\n[destination]\nurl = "out"\n')
+    assert load_settings(tmp_path, {}).workers == workers
+    assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "3"}).workers == 3
+    assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "auto"}).workers == workers

@@ -30,7 +30,10 @@ from .render import ProgressBars, render_run
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    help="Exporters working in parallel, each claiming its own batches (default: [defaults] workers, 1).",
+    help=(
+        "Exporters working in parallel, each claiming its own batches"
+        " (default: [defaults] workers: auto, 2 on PostgreSQL)."
+    ),
 )
 @click.option(
     "--max-runtime",
