@@ -323,4 +323,4 @@ def test_workers_default_to_two_on_postgresql_with_two_cores(
     (tmp_path / "sluicegate.toml").write_text(f'[source]\nurl = "{url}"\n[destination]\nurl = "out"\n')
     assert load_settings(tmp_path, {}).workers == workers
     assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "3"}).workers == 3
-    assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "auto"}).workers == workers
+    assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "Auto"}).workers == workers
