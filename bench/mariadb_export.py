@@ -8,6 +8,7 @@ capture), ``sluicegate backfill`` (marks every location-day), and ``sluicegate r
 process, timed from start to exit. Cases:
 
 * ``ledger-mariadb``: the ledger in the source database (``sluicegate_*`` tables);
+* ``ledger-mariadb-w2``: the same with ``run --workers 2`` (the defaults run 1 on MariaDB);
 * ``ledger-sqlite``: the ledger in a SQLite file, the source on MariaDB;
 * ``naive-mariadb``: the OpenAQ way on MariaDB (bench/naive_openaq.py's logic): one query per
   location-day (the task's days, not OpenAQ's time-ending ones, so the files match) on a pool
@@ -58,7 +59,7 @@ BENCH_SETTINGS = {
     "innodb-flush-log-at-trx-commit": "1",
     "innodb-doublewrite": "1",
 }
-CASES = ("ledger-mariadb", "ledger-sqlite", "naive-mariadb", "pg", "read-only")
+CASES = ("ledger-mariadb", "ledger-mariadb-w2", "ledger-sqlite", "naive-mariadb", "pg", "read-only")
 
 
 def load(url: str, rows: int) -> float:
@@ -258,9 +259,10 @@ def run_case(tmp: Path, urls: dict[str, str], case: str, rows: int) -> dict[str,
         drop_pg_ledger(url)
     else:
         drop_ledger(url)
-    root = project(tmp, url, case)
+    workers = ["--workers", "2"] if case.endswith("-w2") else []
+    root = project(tmp, url, case.removesuffix("-w2"))
     marked_s, _ = sluicegate(root, "backfill", "openaq")
-    seconds, out = sluicegate(root, "run", "--json")
+    seconds, out = sluicegate(root, "run", "--json", *workers)
     [summary] = json.loads(out)
     assert summary["failed"] == 0 and summary["rows"] == rows, summary
     return {

@@ -273,16 +273,17 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
 
 
 def _workers(value: Any, source_url: str, where: str) -> int:
-    """``[defaults] workers``; ``"auto"`` (the default) is 2 on a PostgreSQL source, else 1.
+    """``[defaults] workers``; ``"auto"`` (the default) is 2 on a PostgreSQL or MariaDB source, else 1.
 
-    Measured with bench/run.py (bench/README.md): on PostgreSQL a second exporter overlaps one's
-    waits (the batch query, the syncs, the commit) with the other's encoding, 1.11-1.29x the
-    location-days/s of one on two cores, for ~27 MiB more peak RSS (145 MiB). On the embedded
-    SQLite source, read under the same GIL as the encoding, it gained nothing. One core: 1.
+    Measured (bench/README.md): a second exporter overlaps one's waits (the batch query, the
+    syncs, the commit) with the other's encoding, 1.11-1.29x the location-days/s of one on two
+    cores from PostgreSQL (bench/run.py) and 1.05-1.54x from MariaDB (bench/mariadb_export.py),
+    for ~27 MiB more peak RSS (145 MiB). On the embedded SQLite source, read under the same GIL
+    as the encoding, it gained nothing. One core: 1.
     """
     if isinstance(value, str) and value.strip().lower() == "auto":
-        postgres = source_url.startswith(("postgresql://", "postgres://"))
-        return 2 if postgres and (os.cpu_count() or 1) >= 2 else 1
+        server = source_url.startswith(("postgresql://", "postgres://")) or mariadb_conn.is_url(source_url)
+        return 2 if server and (os.cpu_count() or 1) >= 2 else 1
     if isinstance(value, str) and not value.strip().isdigit():
         raise ConfigError(f'{where}: {value!r} is not a whole number; use one (exporters per run), or "auto"')
     return validate.whole_number(value, where)

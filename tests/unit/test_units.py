@@ -313,10 +313,12 @@ def test_a_limit_is_shared_out_exactly_between_workers(
         ("postgresql://u@h/db", 2, 2),
         ("postgres://u@h/db", 16, 2),
         ("postgresql://u@h/db", 1, 1),
+        ("mariadb://u@h/db", 2, 2),
+        ("mysql://u@h/db", 1, 1),
         ("sqlite:///m.db", 2, 1),
     ],
 )
-def test_workers_default_to_two_on_postgresql_with_two_cores(
+def test_workers_default_to_two_on_a_database_server_with_two_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, cores: int, workers: int
 ) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cores)

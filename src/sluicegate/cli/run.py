@@ -32,7 +32,7 @@ from .render import ProgressBars, render_run
     type=click.IntRange(1, 64),
     help=(
         "Exporters working in parallel, each claiming its own batches"
-        " (default: [defaults] workers: auto, 2 on PostgreSQL)."
+        " (default: [defaults] workers: auto, 2 on PostgreSQL and MariaDB)."
     ),
 )
 @click.option(
