@@ -39,9 +39,7 @@ class CsvWriter:
         self.rows = 0
         self._gz = GzipWriter(out, gzip_level) if gzip_level is not None else None
         self._out: Any = self._gz if self._gz is not None else out
-        self._columns = columns
-        self._zone = zone
-        self._convert: list[Callable[[Any], Any]] | None = None  # for row tuples, made on first use
+        self._convert = [_converter(c, zone) for c in columns]
         self._out.write(encode_rows([[c.name for c in columns]]))
 
     @property
@@ -55,8 +53,6 @@ class CsvWriter:
             self._out.write(chunk.data)
             self.rows += chunk.rows
             return
-        if self._convert is None:
-            self._convert = [_converter(c, self._zone) for c in self._columns]
         convert = self._convert
         try:
             data = encode_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
