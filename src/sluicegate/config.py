@@ -273,7 +273,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
 
 
 def _workers(value: Any, source_url: str, where: str) -> int:
-    """``[defaults] workers``; ``"auto"`` (the default) is 2 on a PostgreSQL or MariaDB source, else 1.
+    """``[defaults] workers``; ``"auto"`` (the default) is 2 on a database server (PostgreSQL,
+    MariaDB), 1 on SQLite.
 
     Measured (bench/README.md): a second exporter overlaps one's waits (the batch query, the
     syncs, the commit) with the other's encoding, 1.11-1.29x the location-days/s of one on two
@@ -282,8 +283,8 @@ def _workers(value: Any, source_url: str, where: str) -> int:
     as the encoding, it gained nothing. One core: 1.
     """
     if isinstance(value, str) and value.strip().lower() == "auto":
-        server = source_url.startswith(("postgresql://", "postgres://")) or mariadb_conn.is_url(source_url)
-        return 2 if server and (os.cpu_count() or 1) >= 2 else 1
+        in_process = source_url.startswith("sqlite:")  # read under the encoding's GIL
+        return 2 if not in_process and (os.cpu_count() or 1) >= 2 else 1
     if isinstance(value, str) and not value.strip().isdigit():
         raise ConfigError(f'{where}: {value!r} is not a whole number; use one (exporters per run), or "auto"')
     return validate.whole_number(value, where)
