@@ -288,6 +288,54 @@ def test_a_partition_has_the_same_bytes_whatever_it_is_exported_with(tmp_path: P
     )
 
 
+def test_parquet_partitions_of_one_batch_keep_their_zone_types_and_own_errors(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The Arrow path casts a batch once per zone: each file still has its partition's zone and
+    the task's types, its bytes are those it has when exported alone, and a value that does not
+    fit its Parquet type fails that partition alone."""
+    assert arrow_source.available(), "the ADBC driver (the `fast` extra) is needed for the Arrow path"
+    zones = {1: ST_JOHNS, 2: "Asia/Tokyo", 3: "UTC"}
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE zm (k int, t timestamptz, d numeric(6,2))")
+        conn.execute("CREATE TABLE zm_zones (k int, zone text)")
+        for k, zone in zones.items():
+            conn.execute("INSERT INTO zm_zones VALUES (%s, %s)", (k, zone))
+            for i in range(3):
+                value = "NaN" if k == 3 and i == 1 else f"{k}.{i}5"
+                conn.execute(
+                    "INSERT INTO zm VALUES (%s, %s, %s::numeric)", (k, NOON + dt.timedelta(hours=i), value)
+                )
+    roots = {}
+    for name in ("together", "alone"):
+        root = roots[name] = _project(tmp_path / name, pg_url, "SELECT k, t, d FROM zm", "parquet")
+        (root / "tasks/typed/task.toml").write_text(
+            'keys = ["k"]\npath = "{k}/{day:%Y%m%d}.{ext}"\n'
+            '[time]\ncolumn = "t"\nzone_sql = "SELECT k, zone FROM zm_zones"\n'
+        )
+    for k in (1, 2, 3):
+        operations.mark(load(roots["together"]), "typed", {"k": str(k), "day": DAY.isoformat()})
+    [summary] = engine.run(load(roots["together"]))
+    assert (summary.exported, summary.failed) == (2, 1), summary.errors
+    [error] = summary.errors
+    assert error.startswith('[3,"2024-11-02"]: ') and "'NaN' is not a valid decimal128" in error
+    assert not _file(roots["together"], 3, DAY, "parquet").exists()
+    for k in (1, 2):
+        table = pq.read_table(_file(roots["together"], k, DAY, "parquet"))
+        assert str(table.schema) == str(
+            pa.schema([("k", pa.int64()), ("t", pa.timestamp("us", tz=zones[k])), ("d", pa.decimal128(6, 2))])
+        )
+        assert table.column("t").to_pylist() == [
+            (NOON + dt.timedelta(hours=i)).astimezone(zoneinfo.ZoneInfo(zones[k])) for i in range(3)
+        ]
+        assert table.column("d").to_pylist() == [decimal.Decimal(f"{k}.{i}5") for i in range(3)]
+    _export(roots["alone"], (2, DAY))
+    assert (
+        _file(roots["alone"], 2, DAY, "parquet").read_bytes()
+        == _file(roots["together"], 2, DAY, "parquet").read_bytes()
+    )
+
+
 @pytest.mark.parametrize("path", ["arrow", "copy"])
 def test_every_timestamptz_value_takes_its_own_offset(
     path: str, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch

@@ -19,34 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..arrowtypes import arrow_type, cast_column
 from ..exceptions import DataError
 from ..sources import Column, Mode
 from .csv import parse_time, value_text
-
-
-def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
-    """The Arrow type for a column kind; None means 'infer from the values'."""
-    if col.kind == "int":
-        return pa.int64()
-    if col.kind == "float":
-        return pa.float64()
-    if col.kind == "decimal":
-        if col.precision and col.scale is not None and col.precision <= 38:
-            return pa.decimal128(col.precision, col.scale)
-        return pa.string()
-    if col.kind == "text":
-        return pa.string()
-    if col.kind == "timestamptz":
-        return pa.timestamp("us", tz=zone or "UTC")
-    if col.kind == "timestamp":
-        return pa.timestamp("us")
-    if col.kind == "date":
-        return pa.date32()
-    if col.kind == "bool":
-        return pa.bool_()
-    if col.kind == "binary":
-        return pa.binary()
-    return None
 
 
 def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
@@ -143,10 +119,7 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` cast to ``schema``, casting only the columns whose type differs."""
     if table.schema.equals(schema):
         return table
-    columns = [
-        column if column.type.equals(field.type) else column.cast(field.type)
-        for column, field in zip(table.columns, schema, strict=True)
-    ]
+    columns = [cast_column(column, field.type) for column, field in zip(table.columns, schema, strict=True)]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -258,7 +231,8 @@ class ParquetWriter:
         self._open(last=last).write_table(group.combine_chunks(), row_group_size=rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        self._pending_size = rest.nbytes
+        # nbytes releases the GIL and waits for it (see write); most files have no rest.
+        self._pending_size = rest.nbytes if rest.num_rows else 0
 
     def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         arrays = []

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
+from ..arrowtypes import arrow_type, cast_column
 from ..partitions import BIN_SECONDS, zone_of
 from . import Column, CsvChunk, Slice
 
@@ -127,29 +128,68 @@ class _AdbcCursor:
 
 
 def read_arrow(
-    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
+    aconn: Any,
+    conn: psycopg.Connection[Any],
+    query: sql.Composed,
+    params: list[Any],
+    parts: Sequence[Slice],
+    columns: Sequence[Column],
 ) -> Iterator[tuple[int, pa.Table]]:
-    """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column."""
+    """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column.
+
+    Each slice comes in the Parquet writer's types (:func:`arrow_type`, timestamps in its
+    partition's zone), cast once per record batch and zone, so the writers of ~500 small
+    partitions do not cast each of them again.
+    """
     text = psycopg.ClientCursor(conn).mogrify(query, params)
     with aconn.cursor() as cur:
         cur.execute(text)
         reader = cur.fetch_record_batch()
         for batch in reader:
-            yield from _split(batch)
+            yield from _split(batch, parts, columns)
 
 
-def _split(batch: pa.RecordBatch) -> Iterator[tuple[int, pa.Table]]:
+def _typed(table: pa.Table, types: Sequence[pa.DataType | None]) -> pa.Table | None:
+    """``table`` with its columns cast to ``types`` (None: as they are); None when one fails.
+
+    The Parquet writer casts each partition's slice to its types, and reports a value that
+    does not fit for that partition alone.
+    """
+    if len(types) != table.num_columns:
+        return None
+    columns = list(table.columns)
+    try:
+        columns = [c if t is None else cast_column(c, t) for c, t in zip(columns, types, strict=True)]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _split(
+    batch: pa.RecordBatch, parts: Sequence[Slice], columns: Sequence[Column]
+) -> Iterator[tuple[int, pa.Table]]:
     if batch.num_rows == 0:
         return
     ords = batch.column(0)
     table = pa.Table.from_batches([batch]).drop_columns([batch.schema.names[0]])
+    # Cast what needs a compute call once (zoned timestamps stay in UTC), then give each zone
+    # a view of that.
+    utc = _typed(table, [arrow_type(c, "UTC") for c in columns])
+    zoned: dict[str | None, pa.Table] = {}
     # Rows arrive ordered by ord: find the runs with run-end encoding.
     runs = pc.run_end_encode(ords)
     ends = runs.run_ends.to_pylist()
     values = runs.values.to_pylist()
     start = 0
     for end, value in zip(ends, values, strict=True):
-        yield int(value), table.slice(start, end - start)
+        index = int(value)
+        source = table
+        if utc is not None:
+            zone = parts[index].zone
+            if zone not in zoned:
+                zoned[zone] = _typed(utc, [arrow_type(c, zone) for c in columns]) or utc
+            source = zoned[zone]
+        yield index, source.slice(start, end - start)
         start = end
 
 

@@ -141,7 +141,7 @@ class PostgresSource:
                 elif mode == "arrow":
                     from .arrow import read_arrow
 
-                    yield from read_arrow(self._arrow_conn(), self.conn, query, params)
+                    yield from read_arrow(self._arrow_conn(), self.conn, query, params, slices, columns)
                 else:
                     yield from self._read_rows(query, params)
         except SluicegateError:
