@@ -318,7 +318,10 @@ def test_parquet_partitions_of_one_batch_keep_their_zone_types_and_own_errors(
     [summary] = engine.run(load(roots["together"]))
     assert (summary.exported, summary.failed) == (2, 1), summary.errors
     [error] = summary.errors
-    assert error.startswith('[3,"2024-11-02"]: ') and "'NaN' is not a valid decimal128" in error
+    assert error.startswith(
+        "[3,\"2024-11-02\"]: column 'd' could not be written as Parquet decimal128(6, 2): "
+    )
+    assert "'NaN' is not a valid decimal128" in error and "cast it in select.sql" in error
     assert not _file(roots["together"], 3, DAY, "parquet").exists()
     for k in (1, 2):
         table = pq.read_table(_file(roots["together"], k, DAY, "parquet"))

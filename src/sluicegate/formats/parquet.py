@@ -116,10 +116,21 @@ def _target_schema(schema: pa.Schema, types: tuple[pa.DataType | None, ...]) -> 
 
 
 def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``, casting only the columns whose type differs."""
+    """``table`` cast to ``schema``, casting only the columns whose type differs.
+
+    A value that does not fit its column's type is a DataError naming the column.
+    """
     if table.schema.equals(schema):
         return table
-    columns = [cast_column(column, field.type) for column, field in zip(table.columns, schema, strict=True)]
+    columns = []
+    for column, field in zip(table.columns, schema, strict=True):
+        try:
+            columns.append(cast_column(column, field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(
+                f"column {field.name!r} could not be written as Parquet {field.type}: {exc}; cast it "
+                "in select.sql to a type that holds every value (text, for example)"
+            ) from exc
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -206,10 +217,7 @@ class ParquetWriter:
         target = _target_schema(table.schema, tuple(self._types))
         if self._schema is None:
             self._schema = target
-        try:
-            return _cast(_cast(table, target), self._schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataError(f"the batch could not be cast to the Parquet schema: {exc}") from exc
+        return _cast(_cast(table, target), self._schema)
 
     def _open(self, *, last: bool) -> pq.ParquetWriter:
         """The file's writer; ``last``: the first group is the whole file (written at close)."""
