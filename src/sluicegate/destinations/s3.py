@@ -69,6 +69,31 @@ _RETRYABLE_CODES = {
 }
 
 
+_SESSIONS: dict[tuple[Any, ...], boto3.session.Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(settings: DestinationSettings) -> boto3.session.Session:
+    """The process's boto3 session for these credentials and region (call with _SESSIONS_LOCK held).
+
+    A session keeps the S3 service model it loaded, ~12 MiB: the exporters of ``run --workers
+    N`` (one destination each) make their clients from one session instead of N. The key
+    includes every ``AWS_*`` variable, which a session reads when it is made (profiles,
+    config files, endpoints), so a changed environment gets a new session.
+    """
+    region = settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    key = (settings.access_key_id, settings.secret_access_key, region, aws_env)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            region_name=region,
+        )
+    return session
+
+
 class S3Destination(SpooledUpload):
     """Publishes objects under ``s3://bucket/prefix``."""
 
@@ -78,29 +103,26 @@ class S3Destination(SpooledUpload):
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
         self.threshold = settings.multipart_threshold
         self.uploads_in_flight = settings.uploads_in_flight
-        session = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            region_name=settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        )
-        self.client = session.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-                # One connection per upload in flight (and a few for HEADs and the ledger's
-                # place), so no upload waits for, or reopens, a connection.
-                max_pool_connections=settings.uploads_in_flight + 4,
-            ),
-        )
-        _continue_only_for_large_bodies(self.client)
-        self._crt: CrtPuts | None = None
-        if settings.s3_client == "crt":
-            from .s3_crt import crt_puts  # awscrt only where it is used
+        with _SESSIONS_LOCK:  # a session is not thread-safe: its clients are made one at a time
+            session = _session(settings)
+            self.client = session.client(
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                config=Config(
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=10,
+                    read_timeout=60,
+                    # One connection per upload in flight (and a few for HEADs and the ledger's
+                    # place), so no upload waits for, or reopens, a connection.
+                    max_pool_connections=settings.uploads_in_flight + 4,
+                ),
+            )
+            _continue_only_for_large_bodies(self.client)
+            self._crt: CrtPuts | None = None
+            if settings.s3_client == "crt":
+                from .s3_crt import crt_puts  # awscrt only where it is used
 
-            self._crt = crt_puts(settings, session, str(self.client.meta.endpoint_url), self.bucket)
+                self._crt = crt_puts(settings, session, str(self.client.meta.endpoint_url), self.bucket)
         self._crt_lock = threading.Lock()
         self.endpoint = mask_url(settings.endpoint_url or "aws")
         self._conditional: bool | None = None  # probed on first use
