@@ -446,20 +446,20 @@ def test_exporters_of_a_process_make_their_clients_from_one_session(
     exporters' clients (each with its own connection pool) from one session per credentials,
     region and AWS_* environment, and both publish."""
     from sluicegate import options
-    from sluicegate.destinations import s3
+    from sluicegate.destinations import s3, s3_session
     from sluicegate.specs import DestinationSettings
 
     endpoint, bucket, key, secret = seaweed_bucket
-    s3._SESSIONS.clear()
+    s3_session._SESSIONS.clear()
     settings = DestinationSettings(
         url=f"s3://{bucket}/x", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
     )
     first, second = s3.S3Destination(settings), s3.S3Destination(settings)
-    assert first.client is not second.client and len(s3._SESSIONS) == 1
+    assert first.client is not second.client and len(s3_session._SESSIONS) == 1
     s3.S3Destination(DestinationSettings(url=settings.url, endpoint_url=endpoint, access_key_id=key))
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")  # a session reads AWS_* when it is made
     s3.S3Destination(settings)
-    assert len(s3._SESSIONS) == 3
+    assert len(s3_session._SESSIONS) == 3
 
     extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
     root, db = _project(tmp_path, f"s3://{bucket}/two", extra)
@@ -467,5 +467,5 @@ def test_exporters_of_a_process_make_their_clients_from_one_session(
     db.insert(2, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 48))
     [summary] = engine.run(load(root), options=options.RunOptions(workers=2))
     assert (summary.exported, summary.failed) == (4, 0), summary.errors
-    assert len(s3._SESSIONS) == 3  # no new session: the run's exporters used the one made above
+    assert len(s3_session._SESSIONS) == 3  # no new session: the run's exporters used the one made above
     assert len(_rows(_client(endpoint, key, secret), bucket, f"two/{KEY}")) == 24

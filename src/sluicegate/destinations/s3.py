@@ -26,13 +26,11 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import botocore.handlers
 import botocore.utils
 from botocore.config import Config
@@ -43,6 +41,7 @@ from ..masking import mask_url
 from ..paths import shown
 from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
+from .s3_session import shared_session
 
 if TYPE_CHECKING:
     from .s3_crt import CrtPuts
@@ -69,31 +68,6 @@ _RETRYABLE_CODES = {
 }
 
 
-_SESSIONS: dict[tuple[Any, ...], boto3.session.Session] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def _session(settings: DestinationSettings) -> boto3.session.Session:
-    """The process's boto3 session for these credentials and region (call with _SESSIONS_LOCK held).
-
-    A session keeps the S3 service model it loaded, ~12 MiB: the exporters of ``run --workers
-    N`` (one destination each) make their clients from one session instead of N. The key
-    includes every ``AWS_*`` variable, which a session reads when it is made (profiles,
-    config files, endpoints), so a changed environment gets a new session.
-    """
-    region = settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-    key = (settings.access_key_id, settings.secret_access_key, region, aws_env)
-    session = _SESSIONS.get(key)
-    if session is None:
-        session = _SESSIONS[key] = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            region_name=region,
-        )
-    return session
-
-
 class S3Destination(SpooledUpload):
     """Publishes objects under ``s3://bucket/prefix``."""
 
@@ -103,8 +77,7 @@ class S3Destination(SpooledUpload):
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
         self.threshold = settings.multipart_threshold
         self.uploads_in_flight = settings.uploads_in_flight
-        with _SESSIONS_LOCK:  # a session is not thread-safe: its clients are made one at a time
-            session = _session(settings)
+        with shared_session(settings) as session:
             self.client = session.client(
                 "s3",
                 endpoint_url=settings.endpoint_url,
