@@ -235,12 +235,17 @@ class ParquetWriter:
     def _write_group(self, rows: int, *, last: bool = False) -> None:
         """Write the first ``rows`` pending rows as one row group; keep the rest."""
         pending = self._conformed()
-        group, rest = pending.slice(0, rows), pending.slice(rows)
-        self._open(last=last).write_table(group.combine_chunks(), row_group_size=rows)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
+        if rows == pending.num_rows:  # most files: one group of the rows as they came
+            group, rest = pending, None
+        else:
+            group, rest = pending.slice(0, rows), pending.slice(rows)
+        if any(column.num_chunks != 1 for column in group.columns):
+            group = group.combine_chunks()  # pages must not depend on how the rows were batched
+        self._open(last=last).write_table(group, row_group_size=rows)
+        self._pending = [rest] if rest is not None else []
+        self._pending_rows = rest.num_rows if rest is not None else 0
         # nbytes releases the GIL and waits for it (see write); most files have no rest.
-        self._pending_size = rest.nbytes if rest.num_rows else 0
+        self._pending_size = rest.nbytes if rest is not None else 0
 
     def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         arrays = []
