@@ -157,9 +157,8 @@ def _typed(table: pa.Table, types: Sequence[pa.DataType | None]) -> pa.Table | N
     """
     if len(types) != table.num_columns:
         return None
-    columns = list(table.columns)
     try:
-        columns = [c if t is None else cast_column(c, t) for c, t in zip(columns, types, strict=True)]
+        columns = [c if t is None else cast_column(c, t) for c, t in zip(table.columns, types, strict=True)]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     return pa.Table.from_arrays(columns, names=table.column_names)
@@ -187,7 +186,8 @@ def _split(
         if utc is not None:
             zone = parts[index].zone
             if zone not in zoned:
-                zoned[zone] = _typed(utc, [arrow_type(c, zone) for c in columns]) or utc
+                typed = _typed(utc, [arrow_type(c, zone) for c in columns])
+                zoned[zone] = utc if typed is None else typed
             source = zoned[zone]
         yield index, source.slice(start, end - start)
         start = end
