@@ -14,7 +14,7 @@ recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so 
 of a worker stopped past its lease, after another worker published a newer file, is refused
 (412). Such a refused upload is not an error: :meth:`S3Destination.sync` (called while the
 ledger holds the claim's row) overwrites whatever is there if, and only if, the claim is
-still ours. Whether the endpoint honours conditional writes is probed once per process;
+still ours. Whether the endpoint honours conditional writes is probed once per destination (one per exporter);
 where it does not, every partition upload waits for ``sync``, under the ledger's row
 locks: as safe, slower.
 """
