@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -141,12 +141,21 @@ def read_arrow(
     partition's zone), cast once per record batch and zone, so the writers of ~500 small
     partitions do not cast each of them again.
     """
+    with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
+        for batch in batches:
+            yield from _split(batch, parts, columns)
+
+
+def _batches(
+    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
+) -> Generator[pa.RecordBatch, None, None]:
+    """The non-empty record batches of ``query``, its parameters bound by psycopg."""
     text = psycopg.ClientCursor(conn).mogrify(query, params)
     with aconn.cursor() as cur:
         cur.execute(text)
-        reader = cur.fetch_record_batch()
-        for batch in reader:
-            yield from _split(batch, parts, columns)
+        for batch in cur.fetch_record_batch():
+            if batch.num_rows:
+                yield batch
 
 
 def _typed(table: pa.Table, types: Sequence[pa.DataType | None]) -> pa.Table | None:
@@ -167,8 +176,6 @@ def _typed(table: pa.Table, types: Sequence[pa.DataType | None]) -> pa.Table | N
 def _split(
     batch: pa.RecordBatch, parts: Sequence[Slice], columns: Sequence[Column]
 ) -> Iterator[tuple[int, pa.Table]]:
-    if batch.num_rows == 0:
-        return
     ords = batch.column(0)
     table = pa.Table.from_batches([batch]).drop_columns([batch.schema.names[0]])
     # Cast what needs a compute call once (zoned timestamps stay in UTC), then give each zone
@@ -206,14 +213,11 @@ def read_csv(
     The query selects ``ord``, the ``columns``, then for each float column the server's text
     of the values whose text Arrow would spell differently (NULL for the others).
     """
-    text = psycopg.ClientCursor(conn).mogrify(query, params)
     offsets = _Offsets(parts)
     floats = [i for i, c in enumerate(columns) if c.kind == "float"]
-    with aconn.cursor() as cur:
-        cur.execute(text)
-        for batch in cur.fetch_record_batch():
-            if batch.num_rows:
-                yield from encode_batch(batch, offsets, floats)
+    with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
+        for batch in batches:
+            yield from encode_batch(batch, offsets, floats)
 
 
 def encode_batch(
