@@ -19,9 +19,9 @@ The two variants alternate, ``--repeat`` times each, after a ``TRUNCATE`` and a
 triggers, and the median CPU per row of the client and of the server backend (from
 /proc/<pid>/stat), whose ratio other jobs on a shared machine disturb far less than the wall
 time; the machine's other CPU use during the run is printed as a noise indicator. Every run
-with triggers is checked: the inbox must hold exactly the distinct (location, 15-minute bin)
-pairs of the loaded rows (COPY: one statement, so no duplicates) or at least those (inserts:
-one inbox row per statement and pair).
+with triggers is checked: for the COPY, the inbox must hold exactly one run per location and UTC
+day of the rows, its first and last 15-minute bins; for the inserts (one row per statement),
+exactly the rows' distinct (location, bin) pairs, each as a run of one bin.
 
 The server is bench/run.py's ``PgServer`` (PostgreSQL 15, defaults with fsync on), started in a
 temp folder and stopped at the end. The report goes to stdout and
@@ -114,15 +114,24 @@ def set_triggers(url: str, root: Path, on: bool) -> None:
             conn.execute(f"DROP TRIGGER IF EXISTS sluicegate_openaq_{op} ON measurements")
 
 
-def expected_pairs(rows: Sequence[Row]) -> int:
-    """Distinct (location, 15-minute bin) pairs of ``rows``, the bin taken from t - 1 µs (boundary "end")."""
-    return len({(r[0], int((r[2] - dt.timedelta(microseconds=1)).timestamp()) // 900) for r in rows})
+def bins(rows: Sequence[Row]) -> set[tuple[int, int]]:
+    """Distinct (location, bin) pairs of ``rows``; a bin: Unix seconds, from t - 1 µs (boundary "end")."""
+    return {(r[0], int((r[2] - dt.timedelta(microseconds=1)).timestamp()) // 900 * 900) for r in rows}
+
+
+def expected_runs(rows: Sequence[Row]) -> set[tuple[int, int, int]]:
+    """What one statement of ``rows`` records: per location and UTC day of its bins, the first and last."""
+    runs: dict[tuple[int, int], tuple[int, int]] = {}
+    for location, bin_start in bins(rows):
+        first, last = runs.get((location, bin_start // 86400), (bin_start, bin_start))
+        runs[(location, bin_start // 86400)] = (min(first, bin_start), max(last, bin_start))
+    return {(location, first, last) for (location, _), (first, last) in runs.items()}
 
 
 def one_run(url: str, how: str, rows: Sequence[Row], triggers: bool) -> dict[str, float]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE measurements")
-        conn.execute("DELETE FROM sluicegate.changes")
+        conn.execute("DELETE FROM sluicegate.change_runs")
         conn.execute("CHECKPOINT")
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         server0, client0, busy0 = backend_cpu(pid), own_cpu(), busy_cpu_seconds()
@@ -132,14 +141,24 @@ def one_run(url: str, how: str, rows: Sequence[Row], triggers: bool) -> dict[str
         server, client = backend_cpu(pid) - server0, own_cpu() - client0
         other = max(busy_cpu_seconds() - busy0 - server - client, 0.0)
         loaded = conn.execute("SELECT count(*) FROM measurements").fetchone()[0]  # type: ignore[index]
-        pairs, inbox = conn.execute(
-            "SELECT count(DISTINCT (keys, bin)), count(*) FROM sluicegate.changes"
-        ).fetchone()  # type: ignore[misc]
+        recorded = conn.execute(
+            "SELECT (keys->>0)::int, extract(epoch FROM first_bin)::bigint,"
+            " extract(epoch FROM last_bin)::bigint FROM sluicegate.change_runs"
+        ).fetchall()
     if loaded != len(rows):
         raise RuntimeError(f"{how}: loaded {loaded} rows, expected {len(rows)}")
-    want = expected_pairs(rows) if triggers else 0
-    if pairs != want or (how == "copy" and inbox != want):
-        raise RuntimeError(f"{how}: the inbox holds {inbox} rows, {pairs} distinct; expected {want}")
+    inbox = len(recorded)
+    if not triggers:
+        if inbox:
+            raise RuntimeError(f"{how}: {inbox} inbox rows without triggers")
+    elif how == "copy":  # one statement: exactly its runs
+        want = expected_runs(rows)
+        if inbox != len(want) or set(recorded) != want:
+            raise RuntimeError(f"{how}: the inbox holds {inbox} runs, expected the {len(want)} of the rows")
+    else:  # one row per statement: its bin, once or more
+        pairs = {(location, first) for location, first, _ in recorded}
+        if any(first != last for _, first, last in recorded) or pairs != bins(rows):
+            raise RuntimeError(f"{how}: the inbox's {inbox} rows are not the rows' (location, bin) pairs")
     return {"seconds": seconds, "server": server, "client": client, "other": other, "inbox": inbox}
 
 

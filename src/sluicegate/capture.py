@@ -12,7 +12,7 @@ transaction. No change is lost: the inbox row commits or rolls back with the dat
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 ABSORB_CHUNK = 20000
 UTC = dt.UTC
+BIN = dt.timedelta(minutes=15)  # the capture's time bin: every zone's hours begin on one
+ONE_DAY = dt.timedelta(days=1)
 
 
 class ZoneMap:
@@ -65,30 +67,55 @@ class ZoneMap:
 
 def fold(
     task: TaskSpec,
-    changes: Iterable[tuple[Sequence[Any], dt.datetime | None]],
+    changes: Iterable[tuple[Sequence[Any], dt.datetime | None, dt.datetime | None]],
     zones: ZoneMap,
     wall: str | None = None,
 ) -> list[Partition]:
-    """Map captured ``(keys, bin)`` changes to distinct partitions; ``wall``: the zone the bins
-    are wall-clock times in (taken from a MariaDB DATETIME, see :func:`wall_zone`), else UTC."""
+    """Map captured ``(keys, first bin, last bin)`` changes to distinct partitions.
+
+    A change marks every partition from its first bin's to its last bin's (the same bin twice:
+    one partition). ``wall``: the zone the bins are wall-clock times in (taken from a MariaDB
+    DATETIME, see :func:`wall_zone`), else UTC."""
     seen: dict[str, Partition] = {}
-    for keys, bin_start in changes:
+    for keys, first, last in changes:
         if task.time is None:
             part = make_partition(task, keys, None, None)
-        else:
-            if bin_start is None:
-                continue
-            zone = zones.zone(keys)
-            # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
-            if wall is not None:
-                bin_start = from_wall_clock(bin_start.replace(tzinfo=None), wall)
-            local = bin_start.astimezone(zone_of(zone))
-            period: Any = (
-                local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
-            )
+            seen.setdefault(part.pkey, part)
+            continue
+        if first is None or last is None:
+            continue
+        zone = zones.zone(keys)
+        # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
+        if wall is not None:
+            first = from_wall_clock(first.replace(tzinfo=None), wall)
+            last = from_wall_clock(last.replace(tzinfo=None), wall)
+        for period in _periods(first, last, zone_of(zone), task.time.grain):
             part = make_partition(task, keys, period, zone)
-        seen.setdefault(part.pkey, part)
+            seen.setdefault(part.pkey, part)
     return list(seen.values())
+
+
+def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str) -> Iterator[Any]:
+    """The local periods (dates, or hours of the day) from ``first``'s to ``last``'s, in order.
+
+    A run is recorded for one UTC day (hour) of a statement, so it spans at most three local
+    periods; the one between its first's and last's holds changed rows unless it is shorter than
+    the UTC day (a day whose clocks went forward), where it may be marked without need, which
+    costs one export of unchanged rows and loses nothing. Local midnights are stepped over as
+    instants, so a date a zone skipped (Pacific/Apia's 2011-12-30) is never made up.
+    """
+    instant, previous = first, None
+    while instant <= last:
+        local = instant.astimezone(zone)
+        if grain == "day":
+            period: Any = local.date()
+            following = dt.datetime.combine(period + ONE_DAY, dt.time(), tzinfo=zone).astimezone(UTC)
+        else:  # hours are stepped over a bin at a time: some zones' hours begin at :15, :30 or :45 UTC
+            period, following = local.replace(minute=0, second=0, microsecond=0), instant + BIN
+        # Aware times of one zone compare by wall clock: the offset tells a fall-back night's 01:00s apart.
+        if (period, local.utcoffset()) != previous:
+            yield period
+        previous, instant = (period, local.utcoffset()), following if following > instant else instant + BIN
 
 
 def wall_zone(task: TaskSpec, source: Source, table: str | None, column: str | None) -> str | None:
@@ -167,9 +194,10 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
             select += f" WHERE {q(cap.cursor)} > %s"
             params.append(since)
     nkeys = len(task.keys)
-    changes = [
-        (row[:nkeys], _bin_time(row[nkeys]) if task.time else None) for row in source.execute(select, params)
-    ]
+    changes = []
+    for row in source.execute(select, params):
+        bin_start = _bin_time(row[nkeys]) if task.time else None
+        changes.append((row[:nkeys], bin_start, bin_start))
     parts = fold(task, changes, ZoneMap(task, source), wall_zone(task, source, cap.table, cap.time))
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
@@ -199,7 +227,7 @@ def backfill(
     zones = ZoneMap(task, source)
     if task.time is None:
         rows = source.execute(f"{select} FROM ({task.select_sql}) AS q")
-        return ledger.partitions.mark(fold(task, [(r, None) for r in rows], zones), task)
+        return ledger.partitions.mark(fold(task, [(r, None, None) for r in rows], zones), task)
     column = f"q.{q(task.time.column)}"
     lo, hi = _time_range(task, source, column, time_min, time_max)
     if lo is None or hi is None:
@@ -215,7 +243,7 @@ def backfill(
             _bounds(source, start, end),
         )
         nkeys = len(task.keys)
-        changes = [(r[:nkeys], _bin_time(r[nkeys])) for r in rows]
+        changes = [(r[:nkeys], _bin_time(r[nkeys]), _bin_time(r[nkeys])) for r in rows]
         marked += ledger.partitions.mark(fold(task, changes, zones, wall), task)
         if progress is not None:
             progress(week + 1, weeks)
@@ -256,32 +284,6 @@ def _bounds(source: Source, start: dt.datetime, end: dt.datetime) -> list[Any]:
     return [start.isoformat(), end.isoformat()] if source.dialect is db.SQLITE else [start, end]
 
 
-def existing_rows(task: TaskSpec, source: Source) -> int:
-    """Rows already in the capture table: changes made before the triggers that they never saw."""
-    assert task.capture.table
-    return int(source.execute(f"SELECT count(*) FROM {source.dialect.quote(task.capture.table)}")[0][0])
-
-
-def installed_triggers(task: TaskSpec, source: Source) -> list[str]:
-    """The names of the task's capture triggers present in the source database."""
-    pattern = f"sluicegate_{task.name}_%"
-    if source.dialect is db.SQLITE:
-        rows = source.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (pattern,)
-        )
-    elif source.dialect is db.MARIADB:
-        rows = source.execute(
-            "SELECT trigger_name FROM information_schema.triggers"
-            " WHERE trigger_schema = DATABASE() AND trigger_name LIKE ?",
-            (pattern,),
-        )
-    else:
-        rows = source.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", (pattern,)
-        )
-    return sorted(str(r[0]) for r in rows)
-
-
 def _as_time(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -312,170 +314,3 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
     raw = assignments[task.time.name]
     period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone)
     return ledger.partitions.mark([make_partition(task, keys, period, zone)], task)
-
-
-# ---------------------------------------------------------------------------- triggers
-
-
-def install(task: TaskSpec, inbox: Ledger) -> list[str]:
-    """Create (or replace) the capture triggers of ``task`` in the source database.
-
-    Returns the names of the triggers created. ``inbox`` is ledger-table access on the
-    source database; its inbox table is created if missing.
-    """
-    cap = task.capture
-    if cap.mode != "trigger":
-        raise UsageError(
-            f"task {task.name!r} uses capture mode {cap.mode!r}; only 'trigger' tasks install triggers"
-        )
-    assert cap.table
-    inbox.ensure_schema()
-    time_ending = bool(task.time and task.time.boundary == "end")
-    if inbox.dialect is db.POSTGRESQL:
-        return _install_postgres(task, inbox, time_ending)
-    if inbox.dialect is db.MARIADB:
-        return _install_mariadb(task, inbox, time_ending)
-    return _install_sqlite(task, inbox, time_ending)
-
-
-def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool) -> Any:
-    """The trigger function's INSERT of the changed rows' keys and time bins (``alias``: new or old)."""
-    from psycopg import sql
-
-    cap = task.capture
-    # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
-    ref = sql.Identifier(f"changed_{alias}")
-    keys = sql.SQL(", ").join(sql.SQL("{}.{}").format(ref, sql.Identifier(cap.keys[k])) for k in task.keys)
-    bin_sql: sql.Composable = sql.SQL("NULL::timestamptz")
-    if task.time:
-        assert cap.time
-        col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
-        bin_sql = sql.SQL(db.POSTGRESQL.bin_expr(col, time_ending))
-    return sql.SQL(
-        "INSERT INTO {changes} (task, keys, bin)"
-        " SELECT DISTINCT {task}, jsonb_build_array({keys}), {bin} FROM {src} AS {alias}"
-    ).format(
-        changes=sql.Identifier(schema, "changes"),
-        task=sql.Literal(task.name),
-        keys=keys,
-        bin=bin_sql,
-        src=sql.Identifier(f"sluicegate_{alias}"),
-        alias=sql.Identifier(f"changed_{alias}"),
-    )
-
-
-def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
-    from psycopg import sql
-
-    cap = task.capture
-    assert cap.table
-    schema = inbox.table_prefix.rstrip(".")
-    table = sql.Identifier(*cap.table.split("."))
-    fn = sql.Identifier(schema, f"capture_{task.name}")
-    body = sql.SQL(
-        "BEGIN\n"
-        "  IF TG_OP IN ('INSERT', 'UPDATE') THEN {ins}; END IF;\n"
-        "  IF TG_OP IN ('UPDATE', 'DELETE') THEN {del}; END IF;\n"
-        "  RETURN NULL;\n"
-        "END"
-    ).format(
-        ins=_pg_inbox_insert(task, schema, "new", time_ending),
-        **{"del": _pg_inbox_insert(task, schema, "old", time_ending)},
-    )
-    # SECURITY DEFINER: the function runs as its owner (the role that installs, which owns the
-    # ledger), so a writer that may only INSERT into the source table still records its changes
-    # in the inbox without any privilege on the ledger. The pinned search_path keeps a writer's
-    # objects from standing in for the functions the body calls; nobody calls it but the triggers.
-    statements: list[sql.Composable] = [
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-            " SET search_path = pg_catalog, pg_temp AS {body}"
-        ).format(fn=fn, body=sql.Literal(body.as_string())),
-        sql.SQL("REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC").format(fn=fn),
-    ]
-    names = []
-    for op, referencing in (
-        ("INSERT", "NEW TABLE AS sluicegate_new"),
-        ("UPDATE", "OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
-        ("DELETE", "OLD TABLE AS sluicegate_old"),
-    ):
-        name = f"sluicegate_{task.name}_{op.lower()}"
-        names.append(name)
-        statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
-        statements.append(
-            sql.SQL(
-                "CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing
-                + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
-            ).format(name=sql.Identifier(name), table=table, fn=fn)
-        )  # fmt: skip
-    with inbox.core.transaction() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    return names
-
-
-def _row_values(task: TaskSpec, dialect: db.Dialect, row: str, time_ending: bool, json_array: str) -> str:
-    """``(task, keys, bin)`` of one changed row (``NEW`` or ``OLD``) for a row trigger's inbox insert."""
-    cap = task.capture
-    keys = ", ".join(f"{row}.{dialect.quote(cap.keys[k])}" for k in task.keys)
-    bin_sql = "NULL"
-    if task.time:
-        assert cap.time
-        bin_sql = dialect.bin_expr(f"{row}.{dialect.quote(cap.time)}", time_ending)
-    literal = "'" + task.name.replace("'", "''") + "'"
-    return f"({literal}, {json_array}({keys}), {bin_sql})"
-
-
-def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
-    cap = task.capture
-    assert cap.table
-    q = db.SQLITE.quote
-
-    def insert(row: str) -> str:
-        values = _row_values(task, db.SQLITE, row, time_ending, "json_array")
-        return f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) VALUES {values};"
-
-    names = []
-    statements = []
-    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = f"sluicegate_{task.name}_{op.lower()}"
-        names.append(name)
-        statements.append(f"DROP TRIGGER IF EXISTS {q(name)}")
-        statements.append(
-            f"CREATE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} BEGIN "
-            + " ".join(insert(r) for r in rows)
-            + " END"
-        )
-    with inbox.core.transaction() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    return names
-
-
-def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
-    """Row triggers (MariaDB has no statement triggers) appending to the inbox, one row per changed row.
-
-    ``CREATE OR REPLACE TRIGGER`` swaps a trigger in one step (MariaDB commits DDL at once, so a
-    drop then a create would leave a moment without capture).
-    """
-    cap = task.capture
-    assert cap.table
-    q = db.MARIADB.quote
-
-    def row_values(row: str) -> str:
-        return _row_values(task, db.MARIADB, row, time_ending, "JSON_ARRAY")
-
-    changes = q(f"{inbox.table_prefix}changes")
-    names = []
-    statements = []
-    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = f"sluicegate_{task.name}_{op.lower()}"
-        names.append(name)
-        statements.append(
-            f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
-            f"INSERT INTO {changes} (task, `keys`, bin) VALUES {', '.join(row_values(r) for r in rows)}"
-        )
-    with inbox.core.transaction() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    return names

@@ -41,7 +41,7 @@ from .sql import parse
 # Stores every run uses: the ledger's version (schema) and task errors and runs (runs).
 COMMON_STORES = ("schema", "runs")
 # Ledger tables that live in the source database when the ledger is another database.
-INBOX_TABLES = frozenset({"changes", "archive_commits"})
+INBOX_TABLES = frozenset({"changes", "change_runs", "archive_commits"})
 PRIVILEGE_ORDER = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _DDL = re.compile(r"\b(CREATE|ALTER|DROP)\s", re.IGNORECASE)
 _TABLE = re.compile(r"\{t\}(\w+)")
@@ -193,7 +193,7 @@ def _read_only(out: _Script, tasks: Sequence[TaskBase], settings: Settings, sour
         out.at(source_database)
         out.grant("connect", database=sql.Identifier(source_database))
         out.grant("usage", schema=sql.Identifier(schema))
-        out.tables(["SELECT"], [(schema, "changes")])
+        out.tables(["SELECT"], [(schema, t) for t in sorted(tables & INBOX_TABLES)])
     return out.text()
 
 

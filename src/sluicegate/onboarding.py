@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import capture
+from . import capture, capture_triggers
 from .destinations import open_destination
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import SluicegateError, UsageError
@@ -53,14 +53,14 @@ def check_warnings(project: Project) -> list[str]:
 def _capture_warnings(task: PartitionedTask, source: Any, ledger: Ledger) -> list[str]:
     out = []
     try:
-        if not capture.installed_triggers(task, source):
+        if not capture_triggers.installed_triggers(task, source):
             out.append(
                 f"task {task.name}: its capture triggers are not installed, so no change is seen; "
                 f"run 'sluicegate install {task.name}'"
             )
         counts = ledger.partitions.status(task)
         known = counts.pending + counts.claimed + counts.exported + counts.failed + counts.waiting
-        if not known and capture.existing_rows(task, source):
+        if not known and capture_triggers.existing_rows(task, source):
             out.append(
                 f"task {task.name}: the ledger has no partition while {task.capture.table} has rows; "
                 f"run 'sluicegate backfill {task.name}' to mark the rows that were there before install"
@@ -79,8 +79,8 @@ def uncaptured_rows(project: Project, names: Sequence[str] = ()) -> dict[str, in
         for task in tasks:
             if not isinstance(task, PartitionedTask) or task.capture.mode != "trigger":
                 continue
-            if not capture.installed_triggers(task, source):
-                out[task.name] = capture.existing_rows(task, source)
+            if not capture_triggers.installed_triggers(task, source):
+                out[task.name] = capture_triggers.existing_rows(task, source)
     finally:
         source.close()
     return out

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import capture, db
+from . import capture, capture_triggers, db
 from .destinations import open_destination
 from .drivers import kind_module
 from .drivers.partitioned import Task as PartitionedTask
@@ -95,7 +95,7 @@ def install(project: Project, names: Sequence[str] = ()) -> dict[str, list[str]]
     chosen = [partitioned_task(project, n) for n in names] if names else list(project.tasks.values())
     tasks = [t for t in chosen if isinstance(t, PartitionedTask) and (t.capture.mode == "trigger" or names)]
     with ledger_of(project), Ledger(s.source_url, schema=s.ledger_schema) as inbox:
-        return {t.name: capture.install(t, inbox) for t in tasks}
+        return {t.name: capture_triggers.install(t, inbox) for t in tasks}
 
 
 def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:

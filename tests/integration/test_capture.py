@@ -84,3 +84,48 @@ def test_a_rolled_back_insert_records_nothing_and_a_committed_one_its_partition_
     db.conn.execute("COMMIT")
     assert _absorbed(root) == {'[1,"2024-05-01"]': 1, '[1,"2024-05-03"]': 1}
     db.close()
+
+
+# Irregular readings of three zones over four UTC days, with gaps: each location's UTC day is one
+# run of bins on PostgreSQL; its local days (+05:45, and New York across the spring-forward night
+# of 2024-03-10) must come out exactly, each once, none made up for the gaps.
+SPREAD = {
+    1: ("UTC", ["2024-03-08T00:00", "2024-03-08T23:45", "2024-03-10T12:00"]),
+    2: ("Asia/Kathmandu", ["2024-03-08T18:14", "2024-03-08T18:15", "2024-03-09T03:00", "2024-03-11T18:15"]),
+    3: ("America/New_York", ["2024-03-09T04:59", "2024-03-09T05:00", "2024-03-10T04:30", "2024-03-10T06:59",
+                             "2024-03-10T07:00", "2024-03-11T03:59", "2024-03-11T04:00"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("boundary", ["start", "end"])
+def test_one_statement_over_days_and_zones_marks_exactly_the_local_days_of_its_rows(
+    backend: str, tmp_path: Path, boundary: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), boundary=boundary)
+    db = Db(backend)
+    operations.install(load(root))
+    rows, want, runs = [], set(), set()
+    for location, (zone, times) in SPREAD.items():
+        db.location(location, zone)
+        for text in times:
+            at = dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+            rows.append((location, location * 10, db.ts(at), 1.0, db.ts(at)))
+            owner = at - dt.timedelta(microseconds=1) if boundary == "end" else at
+            want.add(f'[{location},"{owner.astimezone(ZoneInfo(zone)).date().isoformat()}"]')
+            runs.add((location, owner.date()))
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+    insert = f"INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at) VALUES {values}"
+    db.conn.execute(insert.replace("%s", "?") if db.sqlite else insert, [v for row in rows for v in row])
+    if db.sqlite:
+        db.conn.commit()
+    else:  # one statement: one run per location and UTC day, not a row per bin
+        assert db.scalar("SELECT count(*) FROM sluicegate.change_runs") == len(runs) < len(rows)
+        # a change as the triggers of version 10 recorded it, still folded after the upgrade
+        db.conn.execute(
+            "INSERT INTO sluicegate.changes (task, keys, bin) VALUES ('openaq', '[1]', '2024-03-12T06:00Z')"
+        )
+        want.add('[1,"2024-03-12"]')
+    assert _absorbed(root) == dict.fromkeys(want, 1)
+    db.close()

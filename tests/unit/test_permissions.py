@@ -77,7 +77,8 @@ def test_partitioned_grants(tmp_path: Path) -> None:
     for table in ("locations", "measurements", "sensors"):
         assert f'GRANT SELECT ON TABLE "public"."{table}" TO "exporter";' in stmts
     # The inbox is taken with DELETE ... FOR UPDATE SKIP LOCKED: locking rows needs UPDATE too.
-    assert 'GRANT SELECT, UPDATE, DELETE ON TABLE "sluicegate"."changes" TO "exporter";' in stmts
+    for inbox in ("change_runs", "changes"):  # PostgreSQL's runs, and single bins from triggers before 11
+        assert f'GRANT SELECT, UPDATE, DELETE ON TABLE "sluicegate"."{inbox}" TO "exporter";' in stmts
     assert 'GRANT SELECT, INSERT, UPDATE ON TABLE "sluicegate"."partitions" TO "exporter";' in stmts
     assert 'GRANT USAGE ON SEQUENCE "sluicegate"."partitions_id_seq" TO "exporter";' in stmts
     assert 'GRANT SELECT ON TABLE "sluicegate"."meta" TO "exporter";' in stmts
@@ -113,6 +114,7 @@ def test_a_separate_ledger_gets_its_own_database_section(tmp_path: Path) -> None
     assert '\\connect "prod"' in lines and '\\connect "books"' in lines
     source_part = text.split('\\connect "prod"', 1)[1].split('\\connect "books"', 1)[0]
     assert '"sluicegate"."changes"' in source_part  # the inbox lives with the source
+    assert '"sluicegate"."change_runs"' in source_part
     assert '"sluicegate"."archive_commits"' in text.split('\\connect "prod"')[-1]
     assert 'GRANT CONNECT ON DATABASE "books" TO "exporter";' in lines
 
@@ -123,6 +125,7 @@ def test_read_only_grants_select_on_the_ledger_only(tmp_path: Path) -> None:
     assert tables and all(s.startswith('GRANT SELECT ON TABLE "sluicegate".') for s in tables)
     assert any('"sluicegate"."partitions"' in s for s in tables)
     assert 'GRANT SELECT ON TABLE "sluicegate"."changes" TO "exporter";' in tables  # status counts the inbox
+    assert 'GRANT SELECT ON TABLE "sluicegate"."change_runs" TO "exporter";' in tables
     assert not any("archive_commits" in s for s in tables)
     assert not any("SEQUENCE" in s or "pg_read_all_stats" in s for s in stmts)
 

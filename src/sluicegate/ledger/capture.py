@@ -10,6 +10,9 @@ from .. import db
 from .core import Store
 
 UTC = dt.UTC
+# A captured change: the key values, and the first and last 15-minute bins of a run of the
+# changed rows' bins (the same bin twice for one bin; None twice for a task without time).
+Change = tuple[list[Any], Any, Any]
 
 
 class CaptureStore(Store):
@@ -17,11 +20,12 @@ class CaptureStore(Store):
 
     SQL = "capture"
 
-    def take_changes(self, task: str, *, limit: int, cur: Any) -> list[tuple[list[Any], Any]]:
+    def take_changes(self, task: str, *, limit: int, cur: Any) -> list[Change]:
         """Remove up to ``limit`` captured changes of ``task`` from the inbox, in the caller's transaction.
 
-        MariaDB/MySQL lock the rows (``SKIP LOCKED``: two workers fold different changes), then
-        delete exactly those; elsewhere one ``DELETE ... RETURNING``.
+        Each is ``(keys, first bin, last bin)``. MariaDB/MySQL lock the rows (``SKIP LOCKED``:
+        two workers fold different changes), then delete exactly those; elsewhere one ``DELETE
+        ... RETURNING``. PostgreSQL takes up to ``limit`` from each of its two inbox tables.
         """
         self._run("take_changes", cur, task=task, limit=limit)
         rows = cur.fetchall()
@@ -29,22 +33,20 @@ class CaptureStore(Store):
             if rows:
                 self.delete_changes([int(row[0]) for row in rows], cur=cur)
             rows = [row[1:] for row in rows]
-        out = []
-        for keys, bin_ in rows:
-            values = keys if isinstance(keys, list) else json.loads(keys)
-            out.append((values, self.core.from_ts(bin_)))
-        return out
+        return [self._change(row) for row in rows]
 
     def delete_changes(self, ids: list[int], *, cur: Any) -> None:
         """MariaDB/MySQL: remove the changes ``take_changes`` locked, in the caller's transaction."""
         cur.executemany(self.q["delete_changes"], [{"id": i} for i in ids])
 
-    def peek_changes(self, task: str, *, limit: int) -> list[tuple[list[Any], Any]]:
-        """Up to ``limit`` captured changes of ``task``, left in the inbox."""
-        out = []
-        for keys, bin_ in self._run("peek_changes", task=task, limit=limit).fetchall():
-            out.append((keys if isinstance(keys, list) else json.loads(keys), self.core.from_ts(bin_)))
-        return out
+    def peek_changes(self, task: str, *, limit: int) -> list[Change]:
+        """Up to ``limit`` captured changes of ``task`` (from each inbox table), left in the inbox."""
+        return [self._change(row) for row in self._run("peek_changes", task=task, limit=limit).fetchall()]
+
+    def _change(self, row: Any) -> Change:
+        keys, first, last = row
+        values = keys if isinstance(keys, list) else json.loads(keys)
+        return values, self.core.from_ts(first), self.core.from_ts(last)
 
     def count_changes(self, task: str) -> tuple[int, dt.datetime | None]:
         """How many captured changes of ``task`` wait in the inbox, and when the oldest was made."""

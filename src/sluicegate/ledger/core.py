@@ -29,7 +29,7 @@ log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
 DEADLOCK_TRIES = 8  # runs of a ledger transaction the server keeps choosing as a deadlock's victim
 UTC = dt.UTC
-SCHEMA_VERSION = "10"
+SCHEMA_VERSION = "11"
 MARIADB_SCHEMA_VERSION = "mariadb-2"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.

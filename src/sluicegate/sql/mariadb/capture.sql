@@ -2,8 +2,9 @@
 -- Each block is named after the method that runs it. Bins are UTC Unix seconds.
 
 -- take_changes --
--- Lock up to limit captured changes of a task, skipping those another worker is folding (in one transaction).
-SELECT id, `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s
+-- Lock up to limit captured changes of a task, skipping those another worker is folding (in one transaction),
+-- as (id, keys, first bin, last bin): row triggers record one bin per row.
+SELECT id, `keys`, bin, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- delete_changes --
@@ -12,7 +13,7 @@ DELETE FROM {t}changes WHERE id = %(id)s;
 
 -- peek_changes --
 -- Up to limit captured changes of a task, left in the inbox (for a dry run).
-SELECT `keys`, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s;
+SELECT `keys`, bin, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s;
 
 -- count_changes --
 -- How many captured changes of a task wait in the inbox, and the time of the oldest (not kept).

@@ -2,10 +2,19 @@
 -- Each block is named after the method that runs it.
 
 -- take_changes --
--- Remove up to limit captured changes of a task from the inbox, returning them.
-DELETE FROM {t}changes
-WHERE id IN (SELECT id FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING keys, bin;
+-- Remove up to limit captured changes of a task from each inbox table, returning them as
+-- (keys, first bin, last bin): runs from change_runs, and single bins from changes (written
+-- by the triggers of sluicegate before version 11 until `sluicegate install` replaces them).
+WITH bins AS (
+    DELETE FROM {t}changes
+    WHERE id IN (SELECT id FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING keys, bin AS first_bin, bin AS last_bin
+), runs AS (
+    DELETE FROM {t}change_runs
+    WHERE id IN (SELECT id FROM {t}change_runs WHERE task = %(task)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING keys, first_bin, last_bin
+)
+SELECT keys, first_bin, last_bin FROM bins UNION ALL SELECT keys, first_bin, last_bin FROM runs;
 
 -- get_scan --
 -- The high-water mark of a scan-mode task.
@@ -18,9 +27,15 @@ ON CONFLICT (task) DO UPDATE
 SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
 
 -- peek_changes --
--- Up to limit captured changes of a task, left in the inbox (for a dry run).
-SELECT keys, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s;
+-- Up to limit captured changes of a task from each inbox table, left there (for a dry run).
+(SELECT keys, bin, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s)
+UNION ALL
+(SELECT keys, first_bin, last_bin FROM {t}change_runs WHERE task = %(task)s ORDER BY id LIMIT %(limit)s);
 
 -- count_changes --
--- How many captured changes of a task wait in the inbox, and the time of the oldest.
-SELECT count(*), min(changed_at) FROM {t}changes WHERE task = %(task)s;
+-- How many captured changes (bins and runs) of a task wait in the inbox, and the time of the oldest.
+SELECT sum(n), min(oldest) FROM (
+    SELECT count(*) AS n, min(changed_at) AS oldest FROM {t}changes WHERE task = %(task)s
+    UNION ALL
+    SELECT count(*), min(changed_at) FROM {t}change_runs WHERE task = %(task)s
+) AS inbox;

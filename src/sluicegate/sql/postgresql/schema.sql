@@ -180,7 +180,19 @@ CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     PRIMARY KEY (task, tick),
     CONSTRAINT aggregate_evaluations_claim_has_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '10')
+-- version 11: capture triggers record runs of bins, one row per changed key values and UTC day
+-- (hour, for hourly tasks) of a statement: (first bin, last bin). A new table, so that a worker
+-- of an older version, which reads only changes, never takes a run it would read as one bin.
+CREATE TABLE IF NOT EXISTS {t}change_runs (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    keys jsonb NOT NULL,
+    first_bin timestamptz,
+    last_bin timestamptz,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS change_runs_task_idx ON {t}change_runs (task, id);
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '11')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- schema_version --

@@ -2,10 +2,11 @@
 -- Each block is named after the method that runs it.
 
 -- take_changes --
--- Remove up to limit captured changes of a task from the inbox, returning them (inside one transaction).
+-- Remove up to limit captured changes of a task from the inbox, returning them (inside one transaction)
+-- as (keys, first bin, last bin): SQLite's row triggers record one bin per row.
 DELETE FROM {t}changes
 WHERE id IN (SELECT id FROM {t}changes WHERE task = :task ORDER BY id LIMIT :limit)
-RETURNING keys, bin;
+RETURNING keys, bin, bin;
 
 -- get_scan --
 -- The high-water mark of a scan-mode task.
@@ -19,7 +20,7 @@ SET high_water = max(high_water, excluded.high_water), scanned_at = :now;
 
 -- peek_changes --
 -- Up to limit captured changes of a task, left in the inbox (for a dry run).
-SELECT keys, bin FROM {t}changes WHERE task = :task ORDER BY id LIMIT :limit;
+SELECT keys, bin, bin FROM {t}changes WHERE task = :task ORDER BY id LIMIT :limit;
 
 -- count_changes --
 -- How many captured changes of a task wait in the inbox, and the time of the oldest (SQLite: not kept).

@@ -168,7 +168,8 @@ CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     PRIMARY KEY (task, tick),
     CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '10');
+-- version 11: no change here (PostgreSQL's capture triggers record runs of bins in a new table)
+INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '11');
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).

@@ -1,0 +1,229 @@
+"""Capture triggers: ``sluicegate install`` creates them, ``check`` and ``status`` look for them.
+
+On PostgreSQL, statement-level triggers with transition tables call one ``SECURITY DEFINER``
+function per task that appends runs of bins to the ``change_runs`` inbox; on SQLite and
+MariaDB, row triggers append one bin per changed row to ``changes``. :mod:`sluicegate.capture`
+folds what they record into partition versions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import db
+from .exceptions import UsageError
+from .ledger import Ledger
+from .sources import Source
+
+if TYPE_CHECKING:
+    from .drivers.partitioned import Task as TaskSpec
+
+
+def existing_rows(task: TaskSpec, source: Source) -> int:
+    """Rows already in the capture table: changes made before the triggers that they never saw."""
+    assert task.capture.table
+    return int(source.execute(f"SELECT count(*) FROM {source.dialect.quote(task.capture.table)}")[0][0])
+
+
+def installed_triggers(task: TaskSpec, source: Source) -> list[str]:
+    """The names of the task's capture triggers present in the source database."""
+    pattern = f"sluicegate_{task.name}_%"
+    if source.dialect is db.SQLITE:
+        rows = source.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (pattern,)
+        )
+    elif source.dialect is db.MARIADB:
+        rows = source.execute(
+            "SELECT trigger_name FROM information_schema.triggers"
+            " WHERE trigger_schema = DATABASE() AND trigger_name LIKE ?",
+            (pattern,),
+        )
+    else:
+        rows = source.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", (pattern,)
+        )
+    return sorted(str(r[0]) for r in rows)
+
+
+def install(task: TaskSpec, inbox: Ledger) -> list[str]:
+    """Create (or replace) the capture triggers of ``task`` in the source database.
+
+    Returns the names of the triggers created. ``inbox`` is ledger-table access on the
+    source database; its inbox table is created if missing.
+    """
+    cap = task.capture
+    if cap.mode != "trigger":
+        raise UsageError(
+            f"task {task.name!r} uses capture mode {cap.mode!r}; only 'trigger' tasks install triggers"
+        )
+    assert cap.table
+    inbox.ensure_schema()
+    time_ending = bool(task.time and task.time.boundary == "end")
+    if inbox.dialect is db.POSTGRESQL:
+        return _install_postgres(task, inbox, time_ending)
+    if inbox.dialect is db.MARIADB:
+        return _install_mariadb(task, inbox, time_ending)
+    return _install_sqlite(task, inbox, time_ending)
+
+
+def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool) -> Any:
+    """The trigger function's INSERT of the changed rows' runs of bins (``alias``: new or old).
+
+    One inbox row per key values and UTC day (UTC hour, for an hourly task) of the statement's
+    rows: their first and last 15-minute bins, which :func:`fold` turns into every local period
+    between. So a COPY of a year of hourly readings writes a row per location and day, not one
+    per reading hour, and a one-row statement writes one row, as before.
+    """
+    from psycopg import sql
+
+    cap = task.capture
+    # "new" and "old" would clash with PL/pgSQL's NEW and OLD records: alias as changed_*.
+    ref = sql.Identifier(f"changed_{alias}")
+    names = [sql.Identifier(f"k{i}") for i in range(len(task.keys))]
+    columns = [
+        sql.SQL("{}.{} AS {}").format(ref, sql.Identifier(cap.keys[k]), name)
+        for k, name in zip(task.keys, names, strict=True)
+    ]
+    keys = sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(names))
+    changes = sql.Identifier(schema, "change_runs")
+    src = sql.SQL("{} AS {}").format(sql.Identifier(f"sluicegate_{alias}"), ref)
+    if not task.time:
+        return sql.SQL(
+            "INSERT INTO {changes} (task, keys, first_bin, last_bin) SELECT DISTINCT {task}, {keys},"
+            " NULL::timestamptz, NULL::timestamptz FROM (SELECT {cols} FROM {src}) AS c"
+        ).format(
+            changes=changes, task=sql.Literal(task.name), keys=keys, cols=sql.SQL(", ").join(columns), src=src
+        )
+    assert cap.time
+    col = sql.SQL("{}.{}").format(ref, sql.Identifier(cap.time)).as_string()
+    columns.append(sql.SQL("{} AS bin").format(sql.SQL(db.POSTGRESQL.bin_number(col, time_ending))))
+    per_window = sql.Literal(96 if task.time.grain == "day" else 4)  # bins per UTC day (hour)
+    return sql.SQL(
+        "INSERT INTO {changes} (task, keys, first_bin, last_bin)"
+        " SELECT {task}, {keys}, to_timestamp(min(bin) * 900), to_timestamp(max(bin) * 900)"
+        " FROM (SELECT {cols} FROM {src}) AS c GROUP BY {group}"
+    ).format(
+        changes=changes,
+        task=sql.Literal(task.name),
+        keys=keys,
+        cols=sql.SQL(", ").join(columns),
+        src=src,
+        group=sql.SQL(", ").join([*names, sql.SQL("floor(bin / {})").format(per_window)]),
+    )
+
+
+def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    from psycopg import sql
+
+    cap = task.capture
+    assert cap.table
+    schema = inbox.table_prefix.rstrip(".")
+    table = sql.Identifier(*cap.table.split("."))
+    fn = sql.Identifier(schema, f"capture_{task.name}")
+    body = sql.SQL(
+        "BEGIN\n"
+        "  IF TG_OP IN ('INSERT', 'UPDATE') THEN {ins}; END IF;\n"
+        "  IF TG_OP IN ('UPDATE', 'DELETE') THEN {del}; END IF;\n"
+        "  RETURN NULL;\n"
+        "END"
+    ).format(
+        ins=_pg_inbox_insert(task, schema, "new", time_ending),
+        **{"del": _pg_inbox_insert(task, schema, "old", time_ending)},
+    )
+    # SECURITY DEFINER: the function runs as its owner (the role that installs, which owns the
+    # ledger), so a writer that may only INSERT into the source table still records its changes
+    # in the inbox without any privilege on the ledger. The pinned search_path keeps a writer's
+    # objects from standing in for the functions the body calls; nobody calls it but the triggers.
+    statements: list[sql.Composable] = [
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            " SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(fn=fn, body=sql.Literal(body.as_string())),
+        sql.SQL("REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC").format(fn=fn),
+    ]
+    names = []
+    for op, referencing in (
+        ("INSERT", "NEW TABLE AS sluicegate_new"),
+        ("UPDATE", "OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
+        ("DELETE", "OLD TABLE AS sluicegate_old"),
+    ):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
+        statements.append(
+            sql.SQL(
+                "CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing
+                + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+            ).format(name=sql.Identifier(name), table=table, fn=fn)
+        )  # fmt: skip
+    with inbox.core.transaction() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
+
+
+def _row_values(task: TaskSpec, dialect: db.Dialect, row: str, time_ending: bool, json_array: str) -> str:
+    """``(task, keys, bin)`` of one changed row (``NEW`` or ``OLD``) for a row trigger's inbox insert."""
+    cap = task.capture
+    keys = ", ".join(f"{row}.{dialect.quote(cap.keys[k])}" for k in task.keys)
+    bin_sql = "NULL"
+    if task.time:
+        assert cap.time
+        bin_sql = dialect.bin_expr(f"{row}.{dialect.quote(cap.time)}", time_ending)
+    literal = "'" + task.name.replace("'", "''") + "'"
+    return f"({literal}, {json_array}({keys}), {bin_sql})"
+
+
+def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    cap = task.capture
+    assert cap.table
+    q = db.SQLITE.quote
+
+    def insert(row: str) -> str:
+        values = _row_values(task, db.SQLITE, row, time_ending, "json_array")
+        return f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) VALUES {values};"
+
+    names = []
+    statements = []
+    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(f"DROP TRIGGER IF EXISTS {q(name)}")
+        statements.append(
+            f"CREATE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} BEGIN "
+            + " ".join(insert(r) for r in rows)
+            + " END"
+        )
+    with inbox.core.transaction() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
+
+
+def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    """Row triggers (MariaDB has no statement triggers) appending to the inbox, one row per changed row.
+
+    ``CREATE OR REPLACE TRIGGER`` swaps a trigger in one step (MariaDB commits DDL at once, so a
+    drop then a create would leave a moment without capture).
+    """
+    cap = task.capture
+    assert cap.table
+    q = db.MARIADB.quote
+
+    def row_values(row: str) -> str:
+        return _row_values(task, db.MARIADB, row, time_ending, "JSON_ARRAY")
+
+    changes = q(f"{inbox.table_prefix}changes")
+    names = []
+    statements = []
+    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
+        name = f"sluicegate_{task.name}_{op.lower()}"
+        names.append(name)
+        statements.append(
+            f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
+            f"INSERT INTO {changes} (task, `keys`, bin) VALUES {', '.join(row_values(r) for r in rows)}"
+        )
+    with inbox.core.transaction() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return names
