@@ -49,7 +49,8 @@ class Dialect:
     def bin_expr(self, column_sql: str, time_ending: bool) -> str:
         """SQL for the 15-minute UTC bin holding ``column_sql`` (minus 1 µs when time-ending)."""
         if self.name == "postgresql":
-            return f"to_timestamp({self.bin_number(column_sql, time_ending)} * 900)"
+            number = self.bin_number(column_sql, time_ending)
+            return f"pg_catalog.to_timestamp({number} OPERATOR(pg_catalog.*) 900)"
         if self.name == "mariadb":
             # Unix seconds of the bin. TIMESTAMPDIFF counts a DATETIME (and a TIMESTAMP, shown
             # in the session's UTC) as UTC wall-clock time, without the server's zone tables and
@@ -65,9 +66,13 @@ class Dialect:
         """PostgreSQL: SQL for the number of the 15-minute UTC bin holding ``column_sql`` (Unix
         seconds / 900, a double). Whole seconds as a double are exact, and the arithmetic costs a
         fraction of ``numeric``'s (``extract`` returns numeric): a capture trigger computes it
-        for every row of a COPY."""
-        shifted = f"({column_sql} - interval '1 microsecond')" if time_ending else column_sql
-        return f"floor(date_part('epoch', date_trunc('second', {shifted})) / 900)"
+        for every row of a COPY. Every function, operator and type is named in ``pg_catalog``,
+        so the trigger function (``SECURITY DEFINER``) may run under its caller's search_path."""
+        shifted = column_sql
+        if time_ending:
+            shifted = f"({column_sql} OPERATOR(pg_catalog.-) '1 microsecond'::pg_catalog.interval)"
+        epoch = f"pg_catalog.date_part('epoch', pg_catalog.date_trunc('second', {shifted}))"
+        return f"pg_catalog.floor({epoch} OPERATOR(pg_catalog./) 900)"
 
 
 SQLITE = Dialect("sqlite")

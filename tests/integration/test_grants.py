@@ -217,14 +217,31 @@ def test_a_writer_with_only_insert_records_its_changes(tmp_path: Path, roles: Ro
     _apply(pg_url, f'GRANT INSERT ON measurements TO "{writer}"')
     before = _rows(pg_url, "SELECT count(*) FROM sluicegate.change_runs")[0][0]
 
+    # The trigger function runs as the ledger's owner under the writer's search_path: a writer
+    # who may create objects puts on it a closer match for a function and an operator the
+    # function's body calls. Named in pg_catalog, they are not taken.
+    _apply(pg_url, f'CREATE SCHEMA hijack AUTHORIZATION "{writer}"')
     with psycopg.connect(roles.url(writer), autocommit=True) as conn:
+        conn.execute("SET search_path = hijack, public")
+        conn.execute(
+            "CREATE FUNCTION hijack.jsonb_build_array(integer) RETURNS jsonb LANGUAGE sql"
+            " AS $$ SELECT '[\"hijacked\"]'::jsonb $$"
+        )
+        conn.execute(
+            "CREATE FUNCTION hijack.div(double precision, integer) RETURNS double precision LANGUAGE sql"
+            " AS $$ SELECT 0::double precision $$"
+        )
+        conn.execute("CREATE OPERATOR hijack./ (leftarg = double precision, rightarg = integer, function = hijack.div)")
+        assert conn.execute("SELECT 7::double precision / 7, jsonb_build_array(1)").fetchone() == (0, ["hijacked"])
         conn.execute(
             "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at)"
-            " VALUES (1, 10, now() - interval '3 days', 2.5, now())"
+            " VALUES (1, 10, '2024-05-02T10:20Z', 2.5, now())"
         )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM sluicegate.change_runs")  # the inbox is not the writer's
     assert _rows(pg_url, "SELECT count(*) FROM sluicegate.change_runs")[0][0] == before + 1
+    recorded = _rows(pg_url, "SELECT keys, first_bin, last_bin FROM sluicegate.change_runs ORDER BY id DESC LIMIT 1")
+    assert recorded == [([1], dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC), dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC))]
 
 
 def test_a_role_without_connect_is_refused_at_once_not_retried(roles: Roles) -> None:
