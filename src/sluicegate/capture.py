@@ -89,7 +89,14 @@ def fold(
         if wall is not None:
             first = from_wall_clock(first.replace(tzinfo=None), wall)
             last = from_wall_clock(last.replace(tzinfo=None), wall)
-        for period in _periods(first, last, zone_of(zone), task.time.grain):
+        if first == last:  # one bin (every change on SQLite and MariaDB, and from scans): one period
+            local = first.astimezone(zone_of(zone))
+            periods: Iterable[Any] = [
+                local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
+            ]
+        else:
+            periods = _periods(first, last, zone_of(zone), task.time.grain)
+        for period in periods:
             part = make_partition(task, keys, period, zone)
             seen.setdefault(part.pkey, part)
     return list(seen.values())
