@@ -11,7 +11,7 @@ import pytest
 from sluicegate import capture, operations
 from sluicegate.ledger import Ledger
 from sluicegate.sources import open_source
-from support import Db, hours, load, write_project
+from support import Db, cli, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
 DAY = dt.datetime(2024, 5, 1, tzinfo=UTC)
@@ -129,3 +129,36 @@ def test_one_statement_over_days_and_zones_marks_exactly_the_local_days_of_its_r
         want.add('[1,"2024-03-12"]')
     assert _absorbed(root) == dict.fromkeys(want, 1)
     db.close()
+
+
+@pytest.mark.pg
+def test_a_source_inbox_of_version_10_is_upgraded_by_the_first_run_with_the_ledger_elsewhere(
+    tmp_path: Path, pg_url: str, pg_server: Any
+) -> None:
+    """With the ledger in another database, the inbox tables in the source are upgraded too."""
+    import psycopg
+
+    ledger_url = pg_url + "_ledger"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{ledger_url.rsplit("/", 1)[1]}"')
+    try:
+        root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), ledger=ledger_url)
+        db = Db(pg_url)
+        operations.install(load(root))
+        db.location(1, "UTC")
+        db.insert(1, hours(DAY + dt.timedelta(hours=1), 3))
+        # The source's inbox as release 10 left it: no change_runs, its change as one bin in changes.
+        db.conn.execute("DROP TABLE sluicegate.change_runs")
+        db.conn.execute("UPDATE sluicegate.meta SET value = '10' WHERE key = 'schema_version'")
+        db.conn.execute("INSERT INTO sluicegate.changes (task, keys, bin) VALUES ('openaq', '[1]', %s)", (DAY,))
+        proc = cli(root, "run")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        [exported] = [p for p in files(tmp_path / "out") if p.name.startswith("location-1-")]
+        assert exported.name.endswith("20240501.csv") and len(read_csv(exported)) == 3
+        assert db.scalar("SELECT value FROM sluicegate.meta WHERE key = 'schema_version'") == "11"
+        assert db.scalar("SELECT count(*) FROM sluicegate.change_runs") == 0
+        assert db.scalar("SELECT count(*) FROM sluicegate.changes") == 0
+        db.close()
+    finally:
+        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{ledger_url.rsplit("/", 1)[1]}" WITH (FORCE)')

@@ -115,6 +115,7 @@ def test_a_separate_ledger_gets_its_own_database_section(tmp_path: Path) -> None
     source_part = text.split('\\connect "prod"', 1)[1].split('\\connect "books"', 1)[0]
     assert '"sluicegate"."changes"' in source_part  # the inbox lives with the source
     assert '"sluicegate"."change_runs"' in source_part
+    assert 'GRANT SELECT ON TABLE "sluicegate"."meta" TO "exporter";' in source_part  # its schema version
     assert '"sluicegate"."archive_commits"' in text.split('\\connect "prod"')[-1]
     assert 'GRANT CONNECT ON DATABASE "books" TO "exporter";' in lines
 
