@@ -1,8 +1,10 @@
 """Change capture: triggers, scans and explicit marks turn source changes into ledger versions.
 
-Triggers do not touch the ledger row of a partition directly. They append the changed rows'
-partition keys and 15-minute time bin to a small inbox table (``changes``) in the same
-transaction as the data, and :func:`absorb` folds the inbox into partition versions before
+Triggers (:mod:`sluicegate.capture_triggers`) do not touch the ledger row of a partition
+directly. They append the changed rows' partition keys and 15-minute time bins to a small inbox
+table in the same transaction as the data (``changes``: one bin per row; PostgreSQL's
+``change_runs``: the first and last bin per keys and UTC day of a statement), and
+:func:`absorb` folds the inbox into partition versions before
 each claim. This keeps the partition's local day computed in one place (Python's zoneinfo,
 which SQLite lacks), and it keeps concurrent ingest transactions from queueing on the same
 ledger row, which a trigger that upserted the ledger row would do for the whole ingest
