@@ -194,8 +194,6 @@ def _read_only(out: _Script, tasks: Sequence[TaskBase], settings: Settings, sour
         out.grant("connect", database=sql.Identifier(source_database))
         out.grant("usage", schema=sql.Identifier(schema))
         out.tables(["SELECT"], [(schema, t) for t in sorted(tables & INBOX_TABLES)])
-        if not settings.shared_database:  # status checks the inbox tables' schema version there too
-            out.tables(["SELECT"], [(schema, "meta")])
     return out.text()
 
 
@@ -248,7 +246,7 @@ def _task(
             )
         out.grant("usage", schema=sql.Identifier(settings.ledger_schema))
         _ledger_grants(out, privileges, settings.ledger_schema, inbox=True)
-        if not settings.shared_database:  # a run checks the inbox tables' schema version there too
+        if not settings.shared_database and "changes" in privileges:  # the fold checks their version
             out.tables(["SELECT"], [(settings.ledger_schema, "meta")])
     out.at(ledger_database)
     out.comment(f"task {task.name}: its ledger tables")

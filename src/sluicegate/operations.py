@@ -126,7 +126,7 @@ def _inbox_of(project: Project, ledger: Ledger) -> Iterator[Ledger | None]:
         yield ledger
         return
     try:
-        inbox = open_ledger(s.source_url, s.ledger_schema)  # upgraded, as the run's is
+        inbox = Ledger(s.source_url, schema=s.ledger_schema)
     except SluicegateError:
         yield None
         return

@@ -79,9 +79,7 @@ class Context:
         ledger = open_ledger(s.ledger_url, s.ledger_schema)
         opened: list[Any] = [ledger]
         try:
-            # The inbox tables in the source database are upgraded with the ledger's: a trigger
-            # inbox of an older release lacks change_runs, which the fold reads.
-            inbox = ledger if s.shared_database else open_ledger(s.source_url, s.ledger_schema)
+            inbox = ledger if s.shared_database else Ledger(s.source_url, schema=s.ledger_schema)
             opened.append(inbox)
             source = open_source(s.source_url)
             opened.append(source)
