@@ -91,14 +91,7 @@ def fold(
         if wall is not None:
             first = from_wall_clock(first.replace(tzinfo=None), wall)
             last = from_wall_clock(last.replace(tzinfo=None), wall)
-        if first == last:  # one bin (every change on SQLite and MariaDB, and from scans): one period
-            local = first.astimezone(zone_of(zone))
-            periods: Iterable[Any] = [
-                local.date() if task.time.grain == "day" else local.replace(minute=0, second=0, microsecond=0)
-            ]
-        else:
-            periods = _periods(first, last, zone_of(zone), task.time.grain)
-        for period in periods:
+        for period in _periods(first, last, zone_of(zone), task.time.grain):
             part = make_partition(task, keys, period, zone)
             seen.setdefault(part.pkey, part)
     return list(seen.values())
@@ -116,15 +109,18 @@ def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str)
     instant, previous = first, None
     while instant <= last:
         local = instant.astimezone(zone)
-        if grain == "day":
-            period: Any = local.date()
-            following = dt.datetime.combine(period + ONE_DAY, dt.time(), tzinfo=zone).astimezone(UTC)
-        else:  # hours are stepped over a bin at a time: some zones' hours begin at :15, :30 or :45 UTC
-            period, following = local.replace(minute=0, second=0, microsecond=0), instant + BIN
+        period: Any = local.date() if grain == "day" else local.replace(minute=0, second=0, microsecond=0)
         # Aware times of one zone compare by wall clock: the offset tells a fall-back night's 01:00s apart.
         if (period, local.utcoffset()) != previous:
             yield period
-        previous, instant = (period, local.utcoffset()), following if following > instant else instant + BIN
+        if instant == last:  # one bin (every change on SQLite and MariaDB, and from scans): done
+            return
+        previous = (period, local.utcoffset())
+        if grain == "day":
+            following = dt.datetime.combine(period + ONE_DAY, dt.time(), tzinfo=zone).astimezone(UTC)
+        else:  # hours are stepped over a bin at a time: some zones' hours begin at :15, :30 or :45 UTC
+            following = instant + BIN
+        instant = following if following > instant else instant + BIN
 
 
 def wall_zone(task: TaskSpec, source: Source, table: str | None, column: str | None) -> str | None:
