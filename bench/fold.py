@@ -20,9 +20,9 @@ import argparse
 import datetime as dt
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -31,13 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import triggers  # noqa: E402
-from run import PgServer, log  # noqa: E402
+from run import log  # noqa: E402
 
 from sluicegate import capture  # noqa: E402
 from sluicegate.config import load_project  # noqa: E402
-from sluicegate.generate import create_schema  # noqa: E402
 from sluicegate.ledger import Ledger  # noqa: E402
-from sluicegate.scaffold import init_project  # noqa: E402
 from sluicegate.sources import open_source  # noqa: E402
 
 ZONES = ("UTC", "Asia/Kathmandu", "America/New_York", "Europe/Brussels")
@@ -56,6 +54,29 @@ def location_days(rows: list[triggers.Row]) -> set[str]:
     return out
 
 
+def one_run(url: str, task: Any, rows: list[triggers.Row], want: set[str]) -> tuple[float, float, int]:
+    """Empty the table and the ledger, COPY ``rows``, fold: (seconds, client CPU seconds, top version)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE measurements")
+        conn.execute("DELETE FROM sluicegate.partitions")
+        triggers.load_copy(conn, rows)
+    source = open_source(url)
+    try:
+        with Ledger(url) as ledger:
+            started, cpu = time.perf_counter(), time.process_time()
+            capture.absorb(task, ledger, ledger, source)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            marked = ledger.conn.execute("SELECT pkey, version FROM sluicegate.partitions").fetchall()
+    finally:
+        source.close()
+    got = {str(pkey) for pkey, _ in marked}
+    if got != want:
+        raise RuntimeError(f"the fold marked {len(got)} partitions; the rows have {len(want)}")
+    top = max(int(version) for _, version in marked)
+    log(f"fold: {seconds:.2f} s, {cpu:.2f} s client CPU, {len(got):,} partitions, version {top}")
+    return seconds, cpu, top
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,50 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = triggers.readings(args.rows)
     want = location_days(rows)
     runs = []
-    with tempfile.TemporaryDirectory(prefix="sluicegate-fold-bench-") as tmp:
-        base = Path(tmp)
-        base.chmod(0o755)  # the server runs as its own OS user when we are root
-        pg = PgServer(base)
-        try:
-            pg.start()
-            with psycopg.connect(pg.url(), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE fold")
-            url = pg.url("fold")
-            create_schema(url)
-            root = base / "project"
-            init_project(root, example="openaq", source_url=url)
-            triggers.set_triggers(url, root, True)
-            with psycopg.connect(url, autocommit=True) as conn:
-                for location in range(1, triggers.LOCATIONS + 1):
-                    conn.execute(
-                        "INSERT INTO locations (location_id, name, timezone) VALUES (%s, %s, %s)",
-                        (location, f"site {location}", zone_of(location)),
-                    )
-            task = load_project(root, {}).tasks["openaq"]
-            for _ in range(args.repeat):
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute("TRUNCATE measurements")
-                    conn.execute("DELETE FROM sluicegate.partitions")
-                    triggers.load_copy(conn, rows)
-                source = open_source(url)
-                try:
-                    with Ledger(url) as ledger:
-                        started, cpu = time.perf_counter(), time.process_time()
-                        capture.absorb(task, ledger, ledger, source)  # type: ignore[arg-type]
-                        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-                        marked = ledger.conn.execute(
-                            "SELECT pkey, version FROM sluicegate.partitions"
-                        ).fetchall()
-                finally:
-                    source.close()
-                got = {str(pkey) for pkey, _ in marked}
-                if got != want:
-                    raise RuntimeError(f"the fold marked {len(got)} partitions; the rows have {len(want)}")
-                top = max(int(version) for _, version in marked)
-                log(f"fold: {seconds:.2f} s, {cpu:.2f} s client CPU, {len(got):,} partitions, version {top}")
-                runs.append((seconds, cpu, top))
-        finally:
-            pg.stop()
+    with triggers.triggered_database("fold") as (_, url, root):
+        with psycopg.connect(url, autocommit=True) as conn:
+            for location in range(1, triggers.LOCATIONS + 1):
+                conn.execute(
+                    "INSERT INTO locations (location_id, name, timezone) VALUES (%s, %s, %s)",
+                    (location, f"site {location}", zone_of(location)),
+                )
+        task = load_project(root, {}).tasks["openaq"]
+        for _ in range(args.repeat):
+            runs.append(one_run(url, task, rows, want))
     print(
         f"fold of a {args.rows:,}-row COPY's inbox, median of {len(runs)}: "
         f"{statistics.median(r[0] for r in runs):.2f} s wall, {statistics.median(r[1] for r in runs):.2f} s "

@@ -31,6 +31,7 @@ bench/results/triggers-<timestamp>.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import resource
@@ -38,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,29 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def triggered_database(name: str) -> Iterator[tuple[PgServer, str, Path]]:
+    """A throwaway PostgreSQL holding database ``name`` with the tables of ``sluicegate generate``,
+    and the OpenAQ example project (``root``) with its capture triggers installed; yields
+    ``(server, url, root)`` and stops the server on exit."""
+    with tempfile.TemporaryDirectory(prefix=f"sluicegate-{name}-bench-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)  # the server runs as its own OS user when we are root
+        pg = PgServer(base)
+        try:
+            pg.start()
+            with psycopg.connect(pg.url(), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            url = pg.url(name)
+            create_schema(url)
+            root = base / "project"
+            init_project(root, example="openaq", source_url=url)
+            set_triggers(url, root, True)  # creates the ledger schema and the inbox
+            yield pg, url, root
+        finally:
+            pg.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,24 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = {"copy": args.copy_rows, "insert1000": args.insert_rows, "tx20": args.tx20_rows}
     results = []
-    with tempfile.TemporaryDirectory(prefix="sluicegate-triggers-bench-") as tmp:
-        base = Path(tmp)
-        base.chmod(0o755)  # the server runs as its own OS user when we are root
-        pg = PgServer(base)
-        try:
-            pg.start()
-            with psycopg.connect(pg.url(), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE triggers")
-            url = pg.url("triggers")
-            create_schema(url)
-            root = base / "project"
-            init_project(root, example="openaq", source_url=url)
-            set_triggers(url, root, True)  # creates the ledger schema and the inbox
-            for how in (h for h in args.hows.split(",") if h):
-                results.append(case(url, root, how, counts[how], args.repeat))
-            version = pg.version()
-        finally:
-            pg.stop()
+    with triggered_database("triggers") as (pg, url, root):
+        for how in (h for h in args.hows.split(",") if h):
+            results.append(case(url, root, how, counts[how], args.repeat))
+        version = pg.version()
     meta = {
         "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
         "pg": version,
