@@ -29,6 +29,9 @@ from psycopg import sql
 from ..arrowtypes import arrow_type, cast_column
 from ..partitions import BIN_SECONDS, zone_of
 from . import Column, CsvChunk, Slice
+from .ahead import read_ahead
+
+BATCH_BYTES = 1 << 20  # per record batch, ADBC's aim (its default 16 MiB): see .ahead
 
 
 def available() -> bool:
@@ -104,6 +107,7 @@ class _AdbcCursor:
     def execute(self, query: str) -> None:
         """Run ``query``; its result is read with :meth:`fetch_record_batch`."""
         self._close_reader()
+        self._statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
         self._statement.set_sql_query(query)
         handle, _ = self._statement.execute_query()
         self._reader = pa.RecordBatchReader.from_stream(handle)  # the Arrow C stream interface
@@ -153,9 +157,10 @@ def _batches(
     text = psycopg.ClientCursor(conn).mogrify(query, params)
     with aconn.cursor() as cur:
         cur.execute(text)
-        for batch in cur.fetch_record_batch():
-            if batch.num_rows:
-                yield batch
+        with read_ahead(cur.fetch_record_batch()) as batches:
+            for batch in batches:
+                if batch.num_rows:
+                    yield batch
 
 
 def _typed(table: pa.Table, types: Sequence[pa.DataType | None]) -> pa.Table | None:
