@@ -972,13 +972,14 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f"{label}: sluicegate csv.gz ÷ naive OpenAQ (location-days/s) = "
                 f"{a['partitions_per_s'] / n['partitions_per_s']:.2f}×"
             )
-        for big, limit, target_name in (
-            ("large-csv", "copy-pigz", "COPY|pigz"),
-            ("large-csv", "copy-pigz-sorted", "COPY|pigz in sluicegate's order"),
-            ("large-parquet", "arrow-parquet", "Arrow→Parquet"),
-            ("large-parquet", "arrow-parquet-sorted", "Arrow→Parquet in sluicegate's order"),
-            ("daily-csv", "copy-pigz", "COPY|pigz"),
-            ("daily-parquet", "arrow-parquet", "Arrow→Parquet"),
+        # Issue 16: at least 0.9x of a limit in the same (sorted) order, 0.7x of an unsorted one.
+        for big, limit, target_name, target in (
+            ("large-csv", "copy-pigz", "COPY|pigz", 0.7),
+            ("large-csv", "copy-pigz-sorted", "COPY|pigz in sluicegate's order", 0.9),
+            ("large-parquet", "arrow-parquet", "Arrow→Parquet", 0.7),
+            ("large-parquet", "arrow-parquet-sorted", "Arrow→Parquet in sluicegate's order", 0.9),
+            ("daily-csv", "copy-pigz", "COPY|pigz", 0.7),
+            ("daily-parquet", "arrow-parquet", "Arrow→Parquet", 0.7),
         ):
             g, lim = get(size, big), get(size, limit)
             error = re.sub(r"database postgresql://\S+: ", "", size["cases"].get(big, {}).get("error") or "")
@@ -987,10 +988,11 @@ def targets(results: dict[str, Any]) -> list[str]:
             if g and lim:
                 ratio = g["rows_per_s"] / lim["rows_per_s"]
                 best = _best(g, "rows") / _best(lim, "rows")
-                ok = "MET" if ratio >= 0.7 else "NOT MET"
+                ok = "MET" if ratio >= target else "NOT MET"
                 out.append(
                     f"{label}: large partitions {big} {g['rows_per_s']:,} rows/s ÷ {target_name} "
-                    f"{lim['rows_per_s']:,} rows/s = {ratio:.2f} (best runs: {best:.2f}; target ≥ 0.7: {ok})"
+                    f"{lim['rows_per_s']:,} rows/s = {ratio:.2f} (best runs: {best:.2f}; "
+                    f"target ≥ {target}: {ok})"
                 )
     sizes = results["sizes"]
     if len(sizes) >= 2:
