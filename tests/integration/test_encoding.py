@@ -549,7 +549,7 @@ def test_the_adbc_read_path_loads_neither_arrow_dataset_nor_its_libraries(pg_url
 
 def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> None:
     """A batch is read ahead while the last is encoded, so three are in memory per exporter:
-    ADBC is asked for 1 MiB batches (its default, 16 MiB, cost 95 MiB of peak RSS on a large
+    ADBC is asked for 1 MiB batches (its default, 16 MiB, cost 93 MiB of peak RSS on a large
     partition). Every row arrives once, in order, through the reading thread."""
     assert arrow_source.available(), "the ADBC driver (the `fast` extra) is needed for the Arrow path"
     conn = arrow_source.open_arrow(pg_url, pg_source.SESSION)

@@ -7,7 +7,7 @@ large partition's client time (``py-spy``, ``bench/README.md``). :func:`read_ahe
 reading to a thread of its own, one batch ahead: at most two batches more are in memory, the
 one waiting and the one being read. So :data:`.arrow.BATCH_BYTES` asks ADBC for 1 MiB
 batches instead of its default 16 MiB: that took 26 MiB off a location-day run's peak RSS
-and 95 MiB off a large partition's, at the same speed (``bench/README.md``, "Reading ahead").
+and 93 MiB off a large partition's, at the same speed (``bench/README.md``, "Reading ahead").
 """
 
 from __future__ import annotations
