@@ -202,11 +202,7 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
         else:
             select += f" WHERE {q(cap.cursor)} > %s"
             params.append(since)
-    nkeys = len(task.keys)
-    changes = []
-    for row in source.execute(select, params):
-        bin_start = _bin_time(row[nkeys]) if task.time else None
-        changes.append((row[:nkeys], bin_start, bin_start))
+    changes = _one_bin_each(source.execute(select, params), len(task.keys), timed=task.time is not None)
     parts = fold(task, changes, ZoneMap(task, source), wall_zone(task, source, cap.table, cap.time))
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
@@ -251,8 +247,7 @@ def backfill(
             f"{select}, {bin_sql} FROM ({task.select_sql}) AS q WHERE {_between(source, column)}",
             _bounds(source, start, end),
         )
-        nkeys = len(task.keys)
-        changes = [(r[:nkeys], _bin_time(r[nkeys]), _bin_time(r[nkeys])) for r in rows]
+        changes = _one_bin_each(rows, len(task.keys), timed=True)
         marked += ledger.partitions.mark(fold(task, changes, zones, wall), task)
         if progress is not None:
             progress(week + 1, weeks)
@@ -298,6 +293,18 @@ def _as_time(value: Any) -> dt.datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     parsed = dt.datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _one_bin_each(
+    rows: Iterable[Sequence[Any]], nkeys: int, *, timed: bool
+) -> list[tuple[Sequence[Any], dt.datetime | None, dt.datetime | None]]:
+    """Changes of one bin each (its first and last bin the same) from rows of the key values
+    followed, when ``timed``, by the bin (scans and backfills read rows, not runs)."""
+    changes = []
+    for row in rows:
+        bin_start = _bin_time(row[nkeys]) if timed else None
+        changes.append((row[:nkeys], bin_start, bin_start))
+    return changes
 
 
 def _bin_time(value: Any) -> dt.datetime:

@@ -8,6 +8,7 @@ folds what they record into partition versions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
@@ -161,9 +162,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
                 + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
             ).format(name=sql.Identifier(name), table=table, fn=fn)
         )  # fmt: skip
-    with inbox.core.transaction() as cur:
-        for statement in statements:
-            cur.execute(statement)
+    _execute(inbox, statements)
     return names
 
 
@@ -199,9 +198,7 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
             + " ".join(insert(r) for r in rows)
             + " END"
         )
-    with inbox.core.transaction() as cur:
-        for statement in statements:
-            cur.execute(statement)
+    _execute(inbox, statements)
     return names
 
 
@@ -228,7 +225,12 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[s
             f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
             f"INSERT INTO {changes} (task, `keys`, bin) VALUES {', '.join(row_values(r) for r in rows)}"
         )
+    _execute(inbox, statements)
+    return names
+
+
+def _execute(inbox: Ledger, statements: Sequence[Any]) -> None:
+    """Run the statements that create a task's triggers in one transaction."""
     with inbox.core.transaction() as cur:
         for statement in statements:
             cur.execute(statement)
-    return names
