@@ -61,6 +61,7 @@ ALL_CASES = (
     "sluicegate-parquet",  # b
     "sluicegate-csv-w2",  # a, with run --workers 2
     "sluicegate-csv-w1",  # a, with run --workers 1 (the default before "auto")
+    "sluicegate-csv-p2",  # a, as two processes of run --workers 1 started together
     "naive",  # c
     "copy-pigz",  # d
     "copy-pigz-sorted",  # d, in the order sluicegate writes (large-csv's ORDER BY)
@@ -83,6 +84,7 @@ DESCRIPTIONS = {
     "sluicegate-parquet": "sluicegate run → Parquet, one file per location-day",
     "sluicegate-csv-w2": "sluicegate run --workers 2 → csv.gz, one file per location-day",
     "sluicegate-csv-w1": "sluicegate run --workers 1 → csv.gz, one file per location-day",
+    "sluicegate-csv-p2": "two sluicegate run --workers 1 processes at once → csv.gz, a file per location-day",
     "naive": "naive OpenAQ: 1 query per location-day, csv+gzip, 6 threads",
     "copy-pigz": "limit: psql COPY (select) TO STDOUT csv, piped to pigz -6, one file",
     "copy-pigz-sorted": "the same COPY|pigz with ORDER BY parameter, sensors_id, datetime (as sluicegate)",
@@ -590,16 +592,20 @@ def checkpoint(ctx: Context) -> None:
         conn.execute("CHECKPOINT")
 
 
-def case_sluicegate(ctx: Context, task: str, fmt: str, *args: str) -> Run:
+def case_sluicegate(ctx: Context, task: str, fmt: str, *args: str, processes: int = 1) -> Run:
     cap = {"openaq": ctx.cap, "daily": ctx.cap_days}.get(task, 0)
     marked, mark_s = reset_ledger(ctx.proj, ctx.ds, task, cap=cap, order=ctx.order)
     dest = out_dir(ctx, f"sluicegate-{task}-{fmt}")
     env = child_env(SLUICEGATE_DESTINATION__URL=str(dest), SLUICEGATE_DEFAULTS__FORMAT=fmt)
+    argv = [SLUICEGATE, "-C", str(ctx.proj), "run", task, "--json", *args]
     try:
-        run, stdout = measure([SLUICEGATE, "-C", str(ctx.proj), "run", task, "--json", *args], env=env)
+        if processes == 1:
+            run, stdout = measure(argv, env=env)
+            summary = json.loads(stdout)[0]
+        else:
+            run, summary = _measure_processes(ctx, argv, env, processes)
     except CaseFailed as exc:
         raise CaseFailed(_sluicegate_error(exc.stdout) or str(exc)) from None
-    summary = json.loads(stdout)[0]
     if summary["failed"] or summary["errors"]:
         raise CaseFailed(f"{summary['failed']} failed: {summary['errors'][:3]}")
     run.partitions = summary["exported"] + summary["unchanged"]
@@ -616,6 +622,26 @@ def case_sluicegate(ctx: Context, task: str, fmt: str, *args: str) -> Run:
         raise CaseFailed(f"{files} files in {dest}, expected {run.partitions}")
     set_aside(ctx, dest)
     return run
+
+
+def _measure_processes(
+    ctx: Context, argv: list[str], env: dict[str, str], processes: int
+) -> tuple[Run, dict[str, Any]]:
+    """``processes`` copies of ``argv`` started together (separate workers on one ledger), as one
+    measured shell command; their JSON summaries added up (``seconds``: the longest)."""
+    outs = [ctx.base / f"process-{i}.json" for i in range(processes)]
+    cmd = " ".join(f"{shlex.join(argv)} > {shlex.quote(str(out))} & p{i}=$!;" for i, out in enumerate(outs))
+    cmd += " " + " && ".join(f"wait $p{i}" for i in range(processes))
+    run, _ = measure([cmd], shell=True, env=env)
+    parts = [json.loads(out.read_text())[0] for out in outs]
+    for out in outs:
+        out.unlink()
+    summary = dict(parts[0])
+    for key in ("exported", "unchanged", "rows", "bytes", "failed"):
+        summary[key] = sum(p[key] for p in parts)
+    summary["errors"] = [e for p in parts for e in p["errors"]]
+    summary["seconds"] = max(p["seconds"] for p in parts)
+    return run, summary
 
 
 def _sluicegate_error(stdout: str) -> str | None:
@@ -759,6 +785,7 @@ CASES: dict[str, Callable[[Context], Run]] = {
     "sluicegate-parquet": lambda ctx: case_sluicegate(ctx, "openaq", "parquet"),
     "sluicegate-csv-w2": lambda ctx: case_sluicegate(ctx, "openaq", "csv.gz", "--workers", "2"),
     "sluicegate-csv-w1": lambda ctx: case_sluicegate(ctx, "openaq", "csv.gz", "--workers", "1"),
+    "sluicegate-csv-p2": lambda ctx: case_sluicegate(ctx, "openaq", "csv.gz", "--workers", "1", processes=2),
     "naive": case_naive,
     "copy-pigz": case_copy_pigz,
     "copy-pigz-sorted": lambda ctx: case_copy_pigz(ctx, SORTED_ORDER),
@@ -1031,7 +1058,7 @@ def _round_two_targets(label: str, size: dict[str, Any]) -> list[str]:
             f"{label}: Parquet ÷ csv.gz (location-days/s) = {ratio:.2f}× "
             f"(best runs: {best:.2f}×; target ≥ 0.8: {ok})"
         )
-    for case in ("sluicegate-csv", "sluicegate-csv-w2", "sluicegate-csv-w1"):
+    for case in ("sluicegate-csv", "sluicegate-csv-w2", "sluicegate-csv-w1", "sluicegate-csv-p2"):
         r = get(case)
         if r:
             ok = "MET" if r["max_rss_mb"] <= 150 else "NOT MET"

@@ -79,16 +79,33 @@ class Change:
 
 @dataclass(kw_only=True)
 class FeedRun:
-    """One run's manifest names: a run id and a counter shared by its pipelines and threads."""
+    """One run's manifest names: a run id and a counter shared by its pipelines and threads.
+
+    The counter gives ``start``, ``start + step``, ...; :meth:`split` hands out lanes of it to
+    helper processes, so every manifest of the run still gets its own number.
+    """
 
     run: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    start: int = 1
+    step: int = 1
+    _seq: Iterator[int] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._seq = itertools.count(self.start, self.step)
 
     def next_seq(self) -> int:
         """The next manifest number of this run."""
         with self._lock:
             return next(self._seq)
+
+    def split(self, lanes: int) -> list[FeedRun]:
+        """Keep one of ``lanes`` interleaved lanes of the numbers still unused; return the others."""
+        with self._lock:
+            first = next(self._seq)
+            old, self.step = self.step, self.step * lanes
+            self._seq = itertools.count(first, self.step)
+            return [FeedRun(run=self.run, start=first + k * old, step=self.step) for k in range(1, lanes)]
 
 
 class ChangeFeed:

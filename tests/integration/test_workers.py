@@ -458,3 +458,107 @@ def test_a_batch_commit_finds_partitions_whose_keys_are_not_ascii(
         assert sorted(c.keys["location_id"] for c in claims) == sorted(names)
         assert ledger.partitions.commit(_published(claims)) == [True] * len(names)
         assert ledger.partitions.claim(task, limit=10, lease=600) == []  # all exported
+
+
+def _helper_at_fault(marker: Path, proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    """The pid of ``proc``'s helper process once it, too, stopped at the fault point."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(marker.read_text())
+            if pid != proc.pid:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                assert int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid  # a child of the run
+                assert "sluicegate.drivers.helpers" in Path(f"/proc/{pid}/cmdline").read_text()
+                return pid
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no helper process reached the fault point: {proc.communicate()}")
+        time.sleep(0.05)
+
+
+def _gone(pid: int, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # exited; its parent was killed, so nobody reaps it yet
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# 300 partitions in batches of 3: each exporter stops at the fault point once it has more than
+# MAX_INFLIGHT // 2 (128) files in flight, so the run and its helper each hold ~130 claims there
+# and ~40 partitions are still pending.
+LOCATIONS, DAYS = 100, 3
+
+
+@pytest.mark.pg
+def test_a_killed_helper_process_is_reported_and_its_claims_expire(tmp_path: Path, pg_url: str) -> None:
+    """``--workers 2``: the second exporter is a real process; SIGKILL it mid-batch, and the run
+    finishes the rest, says what happened (exit 1), and the next run exports the helper's claims
+    once their lease expires."""
+    root, db = _project(tmp_path, pg_url, locations=LOCATIONS, days=DAYS, lease="3s")
+    marker = root / ".fault-before_place"
+    proc = _spawn(
+        root, "run", "--workers", "2", "--batch-size", "3", "--json",
+        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    try:
+        helper = _helper_at_fault(marker, proc)
+        os.kill(helper, signal.SIGKILL)
+        marker.unlink()  # the run itself goes on
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    [summary] = json.loads(out)
+    [error] = summary["task_errors"]
+    assert f"helper exporter (process {helper}) was killed by SIGKILL" in error
+    stuck = [r for r in _ledger_rows(db) if r[3] is not None]
+    assert stuck and all(e == 0 for _, e, _, _ in stuck)  # still claimed by the dead helper
+    assert summary["exported"] + len(stuck) == LOCATIONS * DAYS, summary  # the run did all the rest
+    time.sleep(3.5)
+    again = _spawn(root, "run", "--json")
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == len(stuck)
+    assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
+    published = files(tmp_path / "out")
+    assert len(published) == LOCATIONS * DAYS and all(len(read_csv(p)) == 24 for p in published)
+
+
+@pytest.mark.pg
+def test_a_helper_finishes_its_batch_and_stops_when_its_run_is_killed(tmp_path: Path, pg_url: str) -> None:
+    """SIGKILL of the process that started a helper closes the helper's stdin: the helper
+    commits what it has claimed, claims nothing more and exits, instead of running on alone."""
+    root, db = _project(tmp_path, pg_url, locations=LOCATIONS, days=DAYS)
+    marker = root / ".fault-before_place"
+    proc = _spawn(
+        root, "run", "--workers", "2", "--batch-size", "3",
+        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    helper = 0
+    try:
+        helper = _helper_at_fault(marker, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        marker.unlink()  # the helper goes on with what it holds
+        assert _gone(helper), "the helper kept running after its run was killed"
+    finally:
+        proc.kill()
+        if helper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper, signal.SIGKILL)
+    rows = _ledger_rows(db)
+    committed = sum(1 for v, e, _, t in rows if v == e and t is None)
+    orphaned = sum(1 for _, e, _, t in rows if e == 0 and t is not None)  # the killed run's claims
+    pending = sum(1 for _, e, _, t in rows if e == 0 and t is None)
+    assert committed > 0 and orphaned > 0 and committed + orphaned + pending == LOCATIONS * DAYS
+    assert pending > 0  # what nobody had claimed stays for the next run: the helper stopped
+    assert len(files(tmp_path / "out")) == committed

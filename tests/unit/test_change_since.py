@@ -23,3 +23,19 @@ def test_since_is_a_time_with_utc_by_default_or_a_run_id() -> None:
 def test_anything_else_is_a_usage_error_naming_both_forms(text: str) -> None:
     with pytest.raises(UsageError, match=r"neither a time .* nor a run id"):
         parse_since(text)
+
+
+def test_manifest_numbers_stay_unique_when_a_run_is_split_among_helper_processes() -> None:
+    """``FeedRun.split``: the run keeps one lane of its numbers and hands out the others."""
+    from sluicegate.changes import FeedRun
+
+    run = FeedRun()
+    taken = [run.next_seq(), run.next_seq()]  # before any helper starts
+    lanes = run.split(3)
+    assert [lane.run for lane in lanes] == [run.run, run.run]
+    taken += [run.next_seq() for _ in range(5)]
+    taken += [lane.next_seq() for lane in lanes for _ in range(5)]
+    inner = lanes[0].split(2)  # a lane split again (a second task of the same pass)
+    taken += [n for one in (lanes[0], *inner) for n in (one.next_seq(), one.next_seq())]
+    assert len(taken) == len(set(taken)) == 2 + 5 + 10 + 4 and min(taken) == 1
+    assert taken[:3] == [1, 2, 3]  # the run itself goes on where it was

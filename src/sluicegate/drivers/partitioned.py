@@ -3,8 +3,8 @@
 The driver captures changes into partition versions (triggers' inbox, scans), then claims
 pending, complete partitions in batches and exports each batch through the pipeline; the
 recorder commits versions (fenced by the claim token) or records failures with backoff.
-``run --workers N`` runs N such loops in threads, each with its own connections and claims,
-like N worker processes on one ledger.
+``run --workers N`` runs N such loops: this one, and N - 1 helper processes (drivers/helpers.py)
+started once a claim comes back full, each with its own connections and claims.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
+from .helpers import Helpers, orders_for
 from .partitioned_config import capture_spec, time_spec
 
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -229,14 +229,14 @@ class Driver:
         elif task.capture.mode == "scan":
             summary.marked = capture.scan(task, ctx.ledger, ctx.source)
         workers = options.workers or ctx.project.settings.workers
-        loop = _Loop(task=task, options=options, summary=summary, budget=budget, progress=progress, stop=stop)
+        loop = Loop(task=task, options=options, summary=summary, budget=budget, progress=progress, stop=stop)
         if workers <= 1:
             return loop.run(ctx, limit)
         return _run_workers(loop, ctx, workers, limit)
 
 
 @dataclass(kw_only=True)
-class _Loop:
+class Loop:
     """Claim a batch, export it, repeat: one worker's loop over a task."""
 
     task: Task
@@ -245,6 +245,9 @@ class _Loop:
     budget: Budget
     progress: Progress | None
     stop: threading.Event | None
+    # Called once, with the partitions claimed so far and the limit, when a claim came back
+    # full (more work waits); returns this loop's limit from then on.
+    grow: Callable[[int, int | None], int | None] | None = None
 
     def run(self, ctx: Context, limit: int | None, summary: TaskSummary | None = None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
@@ -272,6 +275,8 @@ class _Loop:
                     claims = ctx.ledger.partitions.claim(task, limit=n, lease=settings.lease)
                     if not claims:
                         break
+                    if self.grow is not None and len(claims) == n:
+                        limit, self.grow = self.grow(done + n, limit), None
                     started = time.monotonic()
                     # The batch's last files are still being published while the next batch is read.
                     pipeline.export(self._units(ctx, pipeline, claims), keep=MAX_INFLIGHT // 2)
@@ -325,45 +330,28 @@ class _Loop:
         return units
 
 
-def _run_workers(loop: _Loop, ctx: Context, workers: int, limit: int | None) -> int:
-    """Run the loop here and on ``workers - 1`` helper contexts in threads; share the limit out.
+def _run_workers(loop: Loop, ctx: Context, workers: int, limit: int | None) -> int:
+    """Run the loop here; once a claim comes back full, start ``workers - 1`` helper processes
+    and share out what is left of the limit. Each helper has its own connections, claims and
+    publishers, exactly like another worker process on the same ledger."""
+    group = Helpers(loop.progress, loop.stop)
 
-    Each helper has its own connections, claims and publishers, exactly like another worker
-    process on the same ledger: while one waits on the database or the disk, the others encode.
-    """
-    shares = limit_shares(limit, workers)
-    if len(shares) == 1:  # a limit below the worker count: fewer workers, not more partitions
-        return loop.run(ctx, shares[0])
-    helpers: list[Context] = []
-    parts = [TaskSummary(task=loop.task.name) for _ in shares[1:]]
-    errors: list[BaseException] = []
-    done = 0
+    def grow(claimed: int, limit: int | None) -> int | None:
+        shares = limit_shares(None if limit is None else limit - claimed, workers)
+        if shares[0] == 0:
+            return limit
+        group.start(orders_for(ctx, loop.task, loop.options, loop.budget, shares[1:]))
+        return None if shares[0] is None else claimed + shares[0]
+
     try:
-        helpers = [Context.open(ctx.project) for _ in shares[1:]]
-        for helper in helpers:  # one run: its manifests share the run id and its numbering
-            helper.feed_run = ctx.feed_run
-        with ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="sluicegate-worker") as pool:
-            futures = [
-                pool.submit(loop.run, helper, share, part)
-                for helper, share, part in zip(helpers, shares[1:], parts, strict=True)
-            ]
-            try:
-                done += loop.run(ctx, shares[0])
-            except SluicegateError as exc:
-                errors.append(exc)
-            for future in futures:
-                try:
-                    done += future.result()
-                except SluicegateError as exc:
-                    errors.append(exc)
-    finally:
-        for helper in helpers:
-            helper.close()
-    for part in parts:
-        loop.summary.merge(part)
+        done = dataclasses.replace(loop, grow=grow).run(ctx, limit)
+    except BaseException:
+        group.finish(loop.summary, stopping=True)
+        raise
+    claimed, errors = group.finish(loop.summary)
     if errors:
         raise errors[0]
-    return done
+    return done + claimed
 
 
 def limit_shares(limit: int | None, workers: int) -> list[int | None]:
@@ -374,7 +362,9 @@ def limit_shares(limit: int | None, workers: int) -> list[int | None]:
     """
     if limit is None:
         return [None] * workers
-    count = max(1, min(workers, limit))
+    if limit <= 0:
+        return [0]
+    count = min(workers, limit)
     return [limit // count + (1 if i < limit % count else 0) for i in range(count)]
 
 
