@@ -562,3 +562,42 @@ def test_a_helper_finishes_its_batch_and_stops_when_its_run_is_killed(tmp_path: 
     assert committed > 0 and orphaned > 0 and committed + orphaned + pending == LOCATIONS * DAYS
     assert pending > 0  # what nobody had claimed stays for the next run: the helper stopped
     assert len(files(tmp_path / "out")) == committed
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("batch,helpers", [(4, 0), (3, 1)])  # 11 left < 4 batches of 4; 12 left = 4 of 3
+def test_a_helper_starts_only_when_enough_is_left_after_the_first_claim(
+    tmp_path: Path, pg_url: str, batch: int, helpers: int
+) -> None:
+    """A helper process costs more to start than a few batches take: with fewer than
+    HELPER_BATCHES batches per helper left after a full first claim, the run works alone."""
+    from sluicegate.drivers.partitioned import HELPER_BATCHES
+
+    assert HELPER_BATCHES == 4
+    root, _db = _project(tmp_path, pg_url, locations=5, days=3)  # 15 partitions
+    marker = root / ".fault-before_place"
+    proc = _spawn(
+        root, "run", "--workers", "2", "--batch-size", str(batch),
+        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    children: list[int] = []
+    try:
+        _wait_for(marker, proc)
+        time.sleep(3)  # a helper, had one been started, would be running by now
+        children = [
+            pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if _parent_of(pid) == proc.pid
+        ]  # fmt: skip
+        assert len(children) == helpers, children
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _parent_of(pid: int) -> int | None:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return None
