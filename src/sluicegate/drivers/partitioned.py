@@ -4,7 +4,8 @@ The driver captures changes into partition versions (triggers' inbox, scans), th
 pending, complete partitions in batches and exports each batch through the pipeline; the
 recorder commits versions (fenced by the claim token) or records failures with backoff.
 ``run --workers N`` runs N such loops: this one, and N - 1 helper processes (drivers/helpers.py)
-started once a claim comes back full, each with its own connections and claims.
+started once a claim comes back full and enough is pending, each with its own connections
+and claims.
 """
 
 from __future__ import annotations
@@ -250,9 +251,9 @@ class Loop:
     # full (more work waits); returns this loop's limit from then on.
     grow: Callable[[int, int | None], int | None] | None = None
 
-    def run(self, ctx: Context, limit: int | None, summary: TaskSummary | None = None) -> int:
+    def run(self, ctx: Context, limit: int | None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
-        task, settings, summary = self.task, ctx.project.settings, summary or self.summary
+        task, settings, summary = self.task, ctx.project.settings, self.summary
         spec = read_spec(task)
         columns = ctx.columns(task, spec)
         mode = ctx.mode(task.format)
