@@ -85,8 +85,9 @@ class Helper:
                 message = pickle.load(channel)
             except Exception:  # end of the stream, or the helper died in the middle of a message
                 return
-            if message[0] == "batch":  # its summary so far: what counts if it dies later
+            if message[0] == "batch":  # its counts so far: what counts if it dies later
                 _, claimed, self.summary = message
+                self.claimed += claimed
                 if self._progress is not None:
                     self._progress(self.summary, claimed)
             elif message[0] == "error":
