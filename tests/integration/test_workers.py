@@ -601,3 +601,36 @@ def _parent_of(pid: int) -> int | None:
     with contextlib.suppress(OSError, IndexError, ValueError):
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return None
+
+
+@pytest.mark.pg
+def test_sigterm_during_every_stops_the_helpers_after_their_batch(tmp_path: Path, pg_url: str) -> None:
+    """``run --every`` with a helper: SIGTERM to the run (only to it, as ``kill PID`` sends it)
+    reaches the helper too. Both finish what they hold and stop; nothing stays claimed, and
+    partitions nobody had claimed yet wait for the next run."""
+    root, db = _project(tmp_path, pg_url, locations=100, days=10)  # 1,000 partitions
+    marker = root / ".fault-before_place"
+    proc = _spawn(
+        root, "run", "--every", "1s", "--workers", "2", "--batch-size", "3", "--json",
+        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    helper = 0
+    try:
+        helper = _helper_at_fault(marker, proc)
+        proc.send_signal(signal.SIGTERM)
+        marker.unlink()
+        out, err = proc.communicate(timeout=120)
+        assert _gone(helper), "the helper kept running after its run stopped"
+    finally:
+        proc.kill()
+        if helper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "finishing the batch in hand" in err
+    [summary] = json.loads(out.split("\n]\n")[0] + "\n]")
+    rows = _ledger_rows(db)
+    assert all(t is None for _, _, _, t in rows)  # every claim committed or given back
+    committed = sum(1 for v, e, _, _ in rows if v == e)
+    assert summary["exported"] == committed == len(files(tmp_path / "out")) > 0
+    assert committed < 1000  # the helper stopped too, instead of exporting everything
