@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -467,8 +467,7 @@ def _helper_at_fault(marker: Path, proc: subprocess.Popen[str], timeout: float =
         with contextlib.suppress(OSError, ValueError):
             pid = int(marker.read_text())
             if pid != proc.pid:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                assert int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid  # a child of the run
+                assert _parent_of(pid) == proc.pid  # a child of the run
                 assert "sluicegate.drivers.helpers" in Path(f"/proc/{pid}/cmdline").read_text()
                 return pid
         if proc.poll() is not None:
@@ -477,6 +476,26 @@ def _helper_at_fault(marker: Path, proc: subprocess.Popen[str], timeout: float =
             proc.kill()
             raise AssertionError(f"no helper process reached the fault point: {proc.communicate()}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _stalled_with_helper(root: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``run --workers 2 --batch-size 3 ARGS`` with fault ``before_place``: the run and its helper
+    process, once both wait at the fault (remove ``root/.fault-before_place`` to let them go on).
+    Whatever is still alive at the end is killed."""
+    proc = _spawn(
+        root, "run", "--workers", "2", "--batch-size", "3", *args,
+        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    helper = 0
+    try:
+        helper = _helper_at_fault(root / ".fault-before_place", proc)
+        yield proc, helper
+    finally:
+        proc.kill()
+        if helper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper, signal.SIGKILL)
 
 
 def _gone(pid: int, timeout: float = 60) -> bool:
@@ -504,18 +523,10 @@ def test_a_killed_helper_process_is_reported_and_its_claims_expire(tmp_path: Pat
     finishes the rest, says what happened (exit 1), and the next run exports the helper's claims
     once their lease expires."""
     root, db = _project(tmp_path, pg_url, locations=LOCATIONS, days=DAYS, lease="3s")
-    marker = root / ".fault-before_place"
-    proc = _spawn(
-        root, "run", "--workers", "2", "--batch-size", "3", "--json",
-        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
-    )  # fmt: skip
-    try:
-        helper = _helper_at_fault(marker, proc)
+    with _stalled_with_helper(root, "--json") as (proc, helper):
         os.kill(helper, signal.SIGKILL)
-        marker.unlink()  # the run itself goes on
+        (root / ".fault-before_place").unlink()  # the run itself goes on
         out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
     assert proc.returncode == 1, err
     [summary] = json.loads(out)
     [error] = summary["task_errors"]
@@ -538,23 +549,11 @@ def test_a_helper_finishes_its_batch_and_stops_when_its_run_is_killed(tmp_path: 
     """SIGKILL of the process that started a helper closes the helper's stdin: the helper
     commits what it has claimed, claims nothing more and exits, instead of running on alone."""
     root, db = _project(tmp_path, pg_url, locations=LOCATIONS, days=DAYS)
-    marker = root / ".fault-before_place"
-    proc = _spawn(
-        root, "run", "--workers", "2", "--batch-size", "3",
-        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
-    )  # fmt: skip
-    helper = 0
-    try:
-        helper = _helper_at_fault(marker, proc)
+    with _stalled_with_helper(root) as (proc, helper):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        marker.unlink()  # the helper goes on with what it holds
+        (root / ".fault-before_place").unlink()  # the helper goes on with what it holds
         assert _gone(helper), "the helper kept running after its run was killed"
-    finally:
-        proc.kill()
-        if helper:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(helper, signal.SIGKILL)
     rows = _ledger_rows(db)
     committed = sum(1 for v, e, _, t in rows if v == e and t is None)
     orphaned = sum(1 for _, e, _, t in rows if e == 0 and t is not None)  # the killed run's claims
@@ -609,23 +608,11 @@ def test_sigterm_during_every_stops_the_helpers_after_their_batch(tmp_path: Path
     reaches the helper too. Both finish what they hold and stop; nothing stays claimed, and
     partitions nobody had claimed yet wait for the next run."""
     root, db = _project(tmp_path, pg_url, locations=100, days=10)  # 1,000 partitions
-    marker = root / ".fault-before_place"
-    proc = _spawn(
-        root, "run", "--every", "1s", "--workers", "2", "--batch-size", "3", "--json",
-        env={"SLUICEGATE_TESTING__FAULT": "before_place"},
-    )  # fmt: skip
-    helper = 0
-    try:
-        helper = _helper_at_fault(marker, proc)
+    with _stalled_with_helper(root, "--every", "1s", "--json") as (proc, helper):
         proc.send_signal(signal.SIGTERM)
-        marker.unlink()
+        (root / ".fault-before_place").unlink()
         out, err = proc.communicate(timeout=120)
         assert _gone(helper), "the helper kept running after its run stopped"
-    finally:
-        proc.kill()
-        if helper:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(helper, signal.SIGKILL)
     assert proc.returncode == 0, err
     assert "finishing the batch in hand" in err
     [summary] = json.loads(out.split("\n]\n")[0] + "\n]")

@@ -342,11 +342,11 @@ def _run_workers(loop: Loop, ctx: Context, workers: int, limit: int | None) -> i
     wanted = HELPER_BATCHES * (loop.options.batch_size or loop.task.batch_size) * (workers - 1)
 
     def grow(claimed: int, limit: int | None) -> int | None:
-        shares = limit_shares(None if limit is None else limit - claimed, workers)
         if (limit is not None and limit - claimed < wanted) or len(
             ctx.ledger.partitions.pending(loop.task, limit=wanted)
         ) < wanted:
             return limit
+        shares = limit_shares(None if limit is None else limit - claimed, workers)
         group.start(orders_for(ctx, loop.task, loop.options, loop.budget, shares[1:]))
         return None if shares[0] is None else claimed + shares[0]
 
