@@ -128,9 +128,14 @@ class ChangeFeed:
             return None
         now = dt.datetime.now(dt.UTC)
         seq = self.run.next_seq()
-        changes = [c for o in outcomes for c in self._changes(o, now, seq)]
+        stamp = {
+            "task": self.task,
+            "time": now.isoformat(timespec="microseconds"),
+            "run": self.run.run,
+            "seq": seq,
+        }
         path = f"{MANIFESTS}/{now:%Y/%m/%d}/{self.run.run}-{seq:06d}.jsonl"
-        body = "".join(json.dumps(c.as_json(), default=str, sort_keys=True) + "\n" for c in changes)
+        body = "".join(_LINE.encode(line) + "\n" for o in outcomes for line in _lines(o, stamp))
         staged = self.destination.stage(path)
         try:
             staged.file.write(body.encode())
@@ -141,32 +146,34 @@ class ChangeFeed:
             raise
         return path
 
-    def _changes(self, outcome: Outcome, now: dt.datetime, seq: int) -> list[Change]:
-        unit = outcome.unit
-        common: dict[str, Any] = {
-            "keys": dict(unit.keys) if unit.keys is not None else ({"unit": unit.key} if unit.key else {}),
-            "version": unit.version,
-            "task": self.task,
-            "time": now.isoformat(timespec="microseconds"),
-            "run": self.run.run,
-            "seq": seq,
-        }
-        found = []
-        if outcome.remove:
-            deleted = Change(path=outcome.remove, action="deleted", rows=0, bytes=0, sha256=None, **common)
-            found.append(deleted)
-        if outcome.path is not None and outcome.published:
-            found.append(
-                Change(
-                    path=outcome.path,
-                    action="published",
-                    rows=outcome.rows,
-                    bytes=outcome.nbytes,
-                    sha256=outcome.checksum,
-                    **common,
-                )
-            )
-        return found
+
+# A manifest line's JSON: one encoder for all (json.dumps with options builds one per call).
+_LINE = json.JSONEncoder(default=str, sort_keys=True)
+
+
+def _lines(outcome: Outcome, stamp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest lines (the fields of :class:`Change`) of one outcome: a deletion, a
+    published file, both or none. ``stamp``: the manifest's task, time, run and seq."""
+    unit = outcome.unit
+    keys = dict(unit.keys) if unit.keys is not None else ({"unit": unit.key} if unit.key else {})
+    common = {"keys": keys, "version": unit.version, **stamp}
+    found = []
+    if outcome.remove:
+        found.append(
+            {"path": outcome.remove, "action": "deleted", "rows": 0, "bytes": 0, "sha256": None, **common}
+        )
+    if outcome.path is not None and outcome.published:
+        found.append(
+            {
+                "path": outcome.path,
+                "action": "published",
+                "rows": outcome.rows,
+                "bytes": outcome.nbytes,
+                "sha256": outcome.checksum,
+                **common,
+            }
+        )
+    return found
 
 
 def parse_since(text: str) -> dt.datetime | str:

@@ -13,7 +13,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Collection, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .exceptions import BadPartitionValue, ConfigError
@@ -103,9 +103,8 @@ def render(template: str, named: Mapping[str, Any], *, checked: Collection[str] 
 
 def safe_relative_path(rendered: str) -> str:
     """Return ``rendered`` when it is a clean relative POSIX path; raise BadPartitionValue otherwise."""
-    pure = PurePosixPath(rendered)
-    parts = rendered.split("/")
-    if not rendered or pure.is_absolute() or any(p in ("", ".", "..") for p in parts):
+    parts = rendered.split("/")  # a POSIX path is absolute when it starts with "/": parts[0] == ""
+    if any(p in ("", ".", "..") for p in parts):
         raise BadPartitionValue(
             f"rendered path {shown(rendered)} is empty, absolute or escapes the destination; "
             "fix the partition value or the path template"

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from sluicegate import operations
+from sluicegate.changes import Change
 from support import SLUICEGATE, Db, cli, files, hours, load, write_project
 
 UTC = dt.UTC
@@ -84,6 +85,7 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
     assert {line["path"] for line in lines} == set(_on_disk(out))  # every file, in one run's manifests
     assert {line["sha256"] for line in lines} == set(_on_disk(out).values())
     assert all(line["action"] == "published" and line["task"] == "openaq" for line in lines)
+    assert all(set(line) == set(Change.__dataclass_fields__) for line in lines)  # every field, no other
     assert all(line["keys"]["location_id"] == 1 for line in lines if "location-1-" in line["path"])
     assert all(line["version"] == 1 and line["rows"] == 24 for line in lines)
     run_id = lines[0]["run"]

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from sluicegate import engine, operations
 from sluicegate.sources import arrow as arrow_source
+from sluicegate.sources import pg_query
 from sluicegate.sources import postgres as pg_source
 from support import cli, load
 
@@ -564,3 +565,30 @@ def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> No
     assert [v for b in batches for v in b.column(0).to_pylist()] == list(range(1, 200_001))
     assert len(batches) >= 5  # ~10 MiB of result
     assert max(b.nbytes for b in batches) <= 2 * arrow_source.BATCH_BYTES
+
+
+def test_inlined_parameters_are_the_literals_psycopg_would_bind(pg_url: str) -> None:
+    """The ADBC path binds a batch's parameters as literals itself, each distinct value once
+    (pg_query.inline); the text must be exactly what psycopg's client-side binding gives,
+    for repeated, equal-but-different (1 == True, one instant in two zones) and hostile values."""
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    instant = dt.datetime(2024, 3, 31, 1, tzinfo=UTC)
+    values: list[Any] = [
+        0, 7, 7, -3, 2**63 - 1, 2**63, 2**70, True, 1, False, 0, None, 1.5, decimal.Decimal("1.50"),
+        "it's", "it's", "100%", "%s", "back\\slash", "new\nline", "", "UTC",
+        instant, instant.astimezone(paris), instant.replace(tzinfo=None), instant,
+        dt.date(2024, 3, 31), uuid.UUID(int=5), [1, 2, 3], ["a'b", None], b"\x00\xff",
+    ]
+    params = values * 3  # a batch repeats its values
+    query = sql.SQL("SELECT {} FROM (VALUES ({})) AS v WHERE 'a%%' LIKE 'a%%'").format(
+        sql.SQL(", ").join(sql.SQL("%s") for _ in params[1:]), sql.SQL("%s")
+    )
+    with psycopg.connect(pg_url) as conn:
+        expected = psycopg.ClientCursor(conn).mogrify(query, params)
+        assert pg_query.inline(conn, query, params) == expected
+        # A '%' that Python's formatting and psycopg's read differently: psycopg decides, as before.
+        odd = sql.SQL("SELECT %s, {}").format(sql.Identifier("pct%d"))
+        with pytest.raises(psycopg.ProgrammingError):
+            psycopg.ClientCursor(conn).mogrify(odd, [1])
+        with pytest.raises(psycopg.ProgrammingError):
+            pg_query.inline(conn, odd, [1])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -46,6 +46,7 @@ from hypothesis.stateful import (
 
 from sluicegate import db
 from sluicegate.ledger import Claim, ExportResult, Ledger
+from sluicegate.ledger.core import pg_array
 from sluicegate.partitions import Partition
 from sluicegate.specs import TimeSpec
 
@@ -455,3 +456,24 @@ def test_ledger_against_model(ledgers: list[Ledger]) -> None:
     """Every sequence of operations the machine tries leaves the ledger where the model says."""
     machine = type("BoundLedgerMachine", (LedgerMachine,), {"ledgers": ledgers})
     run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
+
+
+@pytest.mark.pg
+def test_array_literals_read_back_as_the_values_they_were_made_of(pg_url: str) -> None:
+    """The ledger passes a batch's paths, checksums and etags as one array literal each
+    (core.pg_array): any text, quotes, backslashes, braces, commas, "NULL" and empty strings
+    included, must come back unchanged, and None as NULL."""
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+
+        @given(st.lists(st.none() | st.text(alphabet=st.characters(blacklist_characters="\x00"))))
+        @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        def round_trip(values: list[str | None]) -> None:
+            assert conn.execute("SELECT %s::text[]", [pg_array(values)]).fetchone() == (values,)
+
+        round_trip()
+        fixed = ['a"b', "c\\d", "{e,f}", "NULL", "", " g ", "é\n\t", None]
+        assert conn.execute("SELECT %s::text[]", [pg_array(fixed)]).fetchone() == (fixed,)
+        ints = [0, -1, 2**63 - 1, None]
+        assert conn.execute("SELECT %s::bigint[]", [pg_array(ints)]).fetchone() == (ints,)

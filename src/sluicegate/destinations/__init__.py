@@ -192,9 +192,9 @@ class SpooledUpload:
     def stage(self, path: str) -> Staged:
         """Spool the file: in memory while small, then to ``sluicegate-<pid>-*.part`` in the temp folder."""
         name = f"sluicegate-{os.getpid()}-{_SPOOL_RANDOM}{next(_SPOOL_NAMES)}.part"
-        spool = Spool(Path(tempfile.gettempdir()) / name)
+        spool = Spool(os.path.join(tempfile.gettempdir(), name))
         file = HashingWriter(spool, f"the spool file of {path}")
-        return Staged(path=path, file=file, local_path=str(spool.path), handle=spool)
+        return Staged(path=path, file=file, local_path=spool.path, handle=spool)
 
     @staticmethod
     def on_disk(staged: Staged) -> str:
@@ -235,7 +235,7 @@ class Spool:
     partition size. A small file may never reach the disk: see :meth:`value`.
     """
 
-    def __init__(self, path: Path, prepare: Callable[[Path], None] | None = None) -> None:
+    def __init__(self, path: str, prepare: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.prepare = prepare
         self.buffer: io.BytesIO | None = io.BytesIO()
@@ -262,7 +262,7 @@ class Spool:
         if self.file is not None:
             return
         if self.prepare is not None:
-            self.prepare(self.path.parent)
+            self.prepare(os.path.dirname(self.path))
         self.file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
         assert self.buffer is not None
         self.file.write(self.buffer.getbuffer())

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .. import db
@@ -240,3 +240,20 @@ def _naive_utc(value: Any) -> Any:
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     return value
+
+
+def pg_array(values: Iterable[int | str | None]) -> str:
+    """A PostgreSQL array literal (``{1,"a",NULL}``) of ``values``, for a ``%s::type[]`` parameter.
+
+    psycopg adapts a list element by element in Python; a batch's commit passes seven lists of
+    ~500 (5% of a run's CPU). The literal is one string, parsed by the server's array input.
+    """
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        elif type(value) is int:
+            items.append(str(value))
+        else:
+            items.append('"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import db
 from ..partitions import Partition, PartitionKeys
-from .core import Store
+from .core import Store, pg_array
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,8 +230,8 @@ class PartitionStore(Store):
             rows = self._run(
                 "hold",
                 cur,
-                ids=[r.claim.id for r in results],
-                tokens=[uuid.UUID(r.claim.token) for r in results],
+                ids=pg_array(r.claim.id for r in results),
+                tokens=pg_array(r.claim.token for r in results),
             ).fetchall()
             return {int(row[0]) for row in rows}
         held = set()
@@ -256,13 +256,13 @@ class PartitionStore(Store):
             rows = self._run(
                 "commit_held",
                 cur,
-                ids=[r.claim.id for r in held],
-                tokens=[uuid.UUID(r.claim.token) for r in held],
-                paths=[r.path for r in held],
-                rows=[r.rows for r in held],
-                bytes=[r.nbytes for r in held],
-                checksums=[r.checksum for r in held],
-                etags=[r.etag for r in held],
+                ids=pg_array(r.claim.id for r in held),
+                tokens=pg_array(r.claim.token for r in held),
+                paths=pg_array(r.path for r in held),
+                rows=pg_array(r.rows for r in held),
+                bytes=pg_array(r.nbytes for r in held),
+                checksums=pg_array(r.checksum for r in held),
+                etags=pg_array(r.etag for r in held),
             ).fetchall()
             return {int(row[0]) for row in rows}
         if self.core.dialect is db.MARIADB:  # hold locked these rows under their tokens: one round trip

@@ -30,6 +30,7 @@ from ..arrowtypes import arrow_type, cast_column
 from ..partitions import BIN_SECONDS, zone_of
 from . import Column, CsvChunk, Slice
 from .ahead import read_ahead
+from .pg_query import inline
 
 BATCH_BYTES = 1 << 20  # per record batch, ADBC's aim (its default 16 MiB): see .ahead
 
@@ -154,7 +155,7 @@ def _batches(
     aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
 ) -> Generator[pa.RecordBatch, None, None]:
     """The non-empty record batches of ``query``, its parameters bound by psycopg."""
-    text = psycopg.ClientCursor(conn).mogrify(query, params)
+    text = inline(conn, query, params)
     with aconn.cursor() as cur:
         cur.execute(text)
         with read_ahead(cur.fetch_record_batch()) as batches:
