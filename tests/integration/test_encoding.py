@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import decimal
 import io
+import json
 import sqlite3
 import struct
 import subprocess
@@ -31,6 +32,7 @@ import pytest
 from psycopg import sql
 
 from sluicegate import engine, operations
+from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import pg_query
 from sluicegate.sources import postgres as pg_source
@@ -530,9 +532,9 @@ def test_the_adbc_read_path_loads_neither_arrow_dataset_nor_its_libraries(pg_url
     libraries, ~20 MiB resident): the exporter uses the low-level connection instead."""
     code = (
         "import sys\n"
-        "from sluicegate.sources import arrow\n"
+        "from sluicegate.sources import adbc, arrow  # noqa: F401 - both modules of the read path\n"
         "from sluicegate.sources.postgres import SESSION\n"
-        "conn = arrow.open_arrow(sys.argv[1], SESSION)\n"
+        "conn = adbc.open_arrow(sys.argv[1], SESSION)\n"
         "with conn.cursor() as cur:\n"
         "    cur.execute('SELECT 1 AS one, now() AS at')\n"
         "    [batch] = list(cur.fetch_record_batch())\n"
@@ -553,7 +555,7 @@ def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> No
     ADBC is asked for 1 MiB batches (its default, 16 MiB, cost 93 MiB of peak RSS on a large
     partition). Every row arrives once, in order, through the reading thread."""
     assert arrow_source.available(), "the ADBC driver (the `fast` extra) is needed for the Arrow path"
-    conn = arrow_source.open_arrow(pg_url, pg_source.SESSION)
+    conn = adbc_source.open_arrow(pg_url, pg_source.SESSION)
     query = sql.SQL("SELECT i, repeat('x', 40) AS pad FROM generate_series(1, %s) AS i")
     try:
         with psycopg.connect(pg_url) as pconn:
@@ -564,7 +566,7 @@ def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> No
     assert sum(b.num_rows for b in batches) == 200_000
     assert [v for b in batches for v in b.column(0).to_pylist()] == list(range(1, 200_001))
     assert len(batches) >= 5  # ~10 MiB of result
-    assert max(b.nbytes for b in batches) <= 2 * arrow_source.BATCH_BYTES
+    assert max(b.nbytes for b in batches) <= 2 * adbc_source.BATCH_BYTES
 
 
 def test_inlined_parameters_are_the_literals_psycopg_would_bind(pg_url: str) -> None:
@@ -592,3 +594,27 @@ def test_inlined_parameters_are_the_literals_psycopg_would_bind(pg_url: str) -> 
             psycopg.ClientCursor(conn).mogrify(odd, [1])
         with pytest.raises(psycopg.ProgrammingError):
             pg_query.inline(conn, odd, [1])
+
+
+def test_a_failed_batch_leaves_its_session_settings_to_the_next(tmp_path: Path, pg_url: str) -> None:
+    """An SQL error on the ADBC read path rolls back the read's transaction. The session
+    settings the batch query expects (here IntervalStyle) must survive that rollback; they
+    were undone with it, and later batches then read values as text in the database's own
+    style."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        database = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET IntervalStyle = 'iso_8601'").format(database))
+        conn.execute("CREATE TABLE m (k int, t timestamptz)")
+        conn.execute("INSERT INTO m VALUES (1, %s), (2, %s)", (NOON, NOON))
+    # k = 1 divides by zero when its batch is read; k = 2 reads after it, on the same connection.
+    select = "SELECT k, t, 1 / (k - 1) AS one, interval '90 minutes' AS span FROM m"
+    root = _project(tmp_path, pg_url, select, "csv")
+    project = load(root)
+    for k in (1, 2):
+        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    proc = cli(root, "run", "--batch-size", "1", "--json")
+    [summary] = json.loads(proc.stdout)
+    assert (summary["exported"], summary["failed"]) == (1, 1), summary
+    assert "division by zero" in summary["errors"][0]
+    assert _csv_rows(_file(root, 2, DAY, "csv"))[1][-2:] == ["1", "01:30:00"]
+

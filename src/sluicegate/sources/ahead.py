@@ -5,7 +5,7 @@ pyarrow calls without the GIL; the CSV and Parquet encoding of a batch also runs
 without it. Done one after the other on the reading thread, the decoding was about 40 % of a
 large partition's client time (``py-spy``, ``bench/README.md``). :func:`read_ahead` moves the
 reading to a thread of its own, one batch ahead: at most two batches more are in memory, the
-one waiting and the one being read. So :data:`.arrow.BATCH_BYTES` asks ADBC for 1 MiB
+one waiting and the one being read. So :data:`.adbc.BATCH_BYTES` asks ADBC for 1 MiB
 batches instead of its default 16 MiB: that took 26 MiB off a location-day run's peak RSS
 and 93 MiB off a large partition's, at the same speed (``bench/README.md``, "Reading ahead").
 """

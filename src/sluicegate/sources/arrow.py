@@ -32,104 +32,10 @@ from . import Column, CsvChunk, Slice
 from .ahead import read_ahead
 from .pg_query import inline
 
-BATCH_BYTES = 1 << 20  # per record batch, ADBC's aim (its default 16 MiB): see .ahead
-
 
 def available() -> bool:
     """True when the ADBC PostgreSQL driver is installed."""
     return importlib.util.find_spec("adbc_driver_postgresql") is not None
-
-
-def open_arrow(url: str, session: Sequence[str]) -> Any:
-    """An ADBC connection with the session settings the batch query expects (``session``)."""
-    conn = _AdbcConnection(url)
-    try:
-        with conn.cursor() as cur:
-            for setting in session:
-                cur.execute(setting)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-class _AdbcConnection:
-    """ADBC's low-level connection, as much of its DB-API one as sluicegate uses.
-
-    ``adbc_driver_manager.dbapi`` imports ``pyarrow.dataset``, which loads Arrow's Parquet,
-    S3, Substrait and Acero libraries: about 20 MiB of resident memory in every exporter that
-    reads through ADBC, for a CSV export too. Like the DB-API connection, it does not
-    autocommit (a failed query is rolled back by the source). Unlike it, Ctrl-C during a query
-    takes effect when the server answers (the DB-API's cancelling wrapper is private).
-    """
-
-    def __init__(self, url: str) -> None:
-        import adbc_driver_manager as adbc
-        import adbc_driver_postgresql
-
-        self._db = adbc_driver_postgresql.connect(url)
-        try:
-            self._conn = adbc.AdbcConnection(self._db)
-            self._conn.set_autocommit(False)
-        except BaseException:
-            self._db.close()
-            raise
-
-    @contextlib.contextmanager
-    def cursor(self) -> Iterator[_AdbcCursor]:
-        """A statement, closed after use."""
-        import adbc_driver_manager as adbc
-
-        cursor = _AdbcCursor(adbc.AdbcStatement(self._conn))
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-
-    def rollback(self) -> None:
-        """Roll back the open transaction."""
-        self._conn.rollback()
-
-    def close(self) -> None:
-        """Close the connection and its database handle."""
-        try:
-            self._conn.close()
-        finally:
-            self._db.close()
-
-
-class _AdbcCursor:
-    """One ADBC statement: ``execute`` a query, then read its result as Arrow record batches."""
-
-    def __init__(self, statement: Any) -> None:
-        self._statement = statement
-        self._reader: pa.RecordBatchReader | None = None
-
-    def execute(self, query: str) -> None:
-        """Run ``query``; its result is read with :meth:`fetch_record_batch`."""
-        self._close_reader()
-        self._statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        self._statement.set_sql_query(query)
-        handle, _ = self._statement.execute_query()
-        self._reader = pa.RecordBatchReader.from_stream(handle)  # the Arrow C stream interface
-
-    def fetch_record_batch(self) -> pa.RecordBatchReader:
-        """The result of the last query."""
-        if self._reader is None:
-            raise RuntimeError("fetch_record_batch() before execute()")
-        return self._reader
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
-    def close(self) -> None:
-        """Release the result and the statement."""
-        try:
-            self._close_reader()
-        finally:
-            self._statement.close()
 
 
 def read_arrow(

@@ -150,7 +150,7 @@ class PostgresSource:
 
     def _arrow_conn(self) -> Any:
         if self._arrow is None:
-            from .arrow import open_arrow
+            from .adbc import open_arrow
 
             with db.wrap_errors(self.url):
                 self._arrow = open_arrow(self.url, SESSION)
