@@ -32,6 +32,7 @@ import pytest
 from psycopg import sql
 
 from sluicegate import engine, operations
+from sluicegate.options import RunOptions
 from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import pg_query
@@ -618,3 +619,33 @@ def test_a_failed_batch_leaves_its_session_settings_to_the_next(tmp_path: Path, 
     assert "division by zero" in summary["errors"][0]
     assert _csv_rows(_file(root, 2, DAY, "csv"))[1][-2:] == ["1", "01:30:00"]
 
+
+@pytest.mark.parametrize("path", ["arrow", "copy", "rows"])
+def test_batches_of_many_partitions_are_read_without_parallel_workers(
+    tmp_path: Path, pg_url: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of more than PARALLEL_SLICES partitions is read with parallel workers off (a
+    parallel plan doubled the server's CPU for 500 small partitions); a smaller one, on the
+    same connection, with the database's own setting again."""
+    _use_path(path, monkeypatch)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        database = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET max_parallel_workers_per_gather = 3").format(database))
+        conn.execute("CREATE TABLE m (k int, t timestamptz)")
+        conn.execute("INSERT INTO m SELECT k, %s FROM generate_series(1, 20) AS k", (NOON,))
+    select = "SELECT k, t, current_setting('max_parallel_workers_per_gather') AS workers FROM m"
+    root = _project(tmp_path, pg_url, select, "parquet" if path == "rows" else "csv")
+    project = load(root)
+    for k in range(1, 21):
+        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    big = pg_source.PARALLEL_SLICES + 2
+    [summary] = engine.run(load(root), options=RunOptions(batch_size=big))
+    assert (summary.exported, summary.failed) == (20, 0), summary.errors
+    workers = {}
+    for k in range(1, 21):
+        if path == "rows":
+            workers[k] = pq.read_table(_file(root, k, DAY, "parquet")).column("workers").to_pylist()[0]
+        else:
+            workers[k] = _csv_rows(_file(root, k, DAY, "csv"))[1][-1]
+    # Claimed in key order: the first batch holds `big` partitions, the second the last two.
+    assert sorted(workers.values()) == ["0"] * big + ["3"] * (20 - big), workers
