@@ -6,7 +6,8 @@ Every task kind exports through a :class:`Pipeline`. A driver hands it batches o
 1. reads the batch with one query (its ``read`` function: a source read, or an archive
    snapshot), chunk by chunk, each chunk belonging to one unit, in unit order;
 2. encodes each unit's chunks into a staged file (the format's writer);
-3. hands each complete unit to publisher threads, which finish the encoding (compression,
+3. hands complete units to publisher threads, a group of up to ``GROUP_UNITS`` at a time
+   (one hand-over per file cost ~5% of a run's CPU), which finish the encoding (compression,
    Parquet footers) and prepare the file (a durable temp file; a conditional upload, on the
    destination's own ``uploads_in_flight`` threads), or skip it when its bytes are unchanged;
 4. records a group with one ``recorder.commit(outcomes, place)``: the recorder locks what the
@@ -56,6 +57,8 @@ log = logging.getLogger("sluicegate")
 PUBLISH_THREADS = 4
 MAX_INFLIGHT = 256  # units handed to the publishers and not yet committed ...
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
+GROUP_UNITS = 8  # sealed units handed to a publisher thread together ...
+GROUP_BYTES = 1024 * 1024  # ... or fewer, once they hold this much
 
 
 def as_export_error(exc: BaseException) -> SluicegateError:
@@ -120,7 +123,8 @@ class Pipeline:
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         n = destination.uploads_in_flight  # an object store's uploads get threads of their own
         self._uploads = ThreadPoolExecutor(n, thread_name_prefix="sluicegate-upload") if n else None
-        self._inflight: list[tuple[_Job, Future[Outcome | Future[Outcome]]]] = []
+        self._inflight: list[tuple[_Job, _Slot]] = []
+        self._group = _Group()  # sealed units not yet handed to a publisher thread
         self._held = 0  # bytes the in-flight units keep in memory (an estimate)
 
     def __enter__(self) -> Pipeline:
@@ -177,11 +181,12 @@ class Pipeline:
 
     def abandon(self) -> None:
         """Drop every file in flight without recording it (the ledger cannot be written)."""
+        self._hand_over()
         inflight, self._inflight = self._inflight, []
         self._held = 0
-        for job, future in inflight:
+        for job, slot in inflight:
             with contextlib.suppress(Exception):
-                outcome = _outcome(future)  # the publisher thread is done with the spool
+                outcome = _outcome(slot)  # the publisher thread is done with the spool
                 if outcome.staged is not None:
                     self.destination.discard(outcome.staged)
             self._discard(job)
@@ -232,6 +237,7 @@ class Pipeline:
         for job in jobs[position:]:
             self._seal(job)
             self._check_deadline()
+        self._hand_over()  # the publishers finish the batch while the next one is claimed
         self.flush(keep=keep)
 
     def _write(self, job: _Job, chunk: Any) -> None:
@@ -279,7 +285,29 @@ class Pipeline:
             return
         job.held = (job.staged.file.size if job.staged else 0) + (job.writer.held if job.writer else 0)
         self._held += job.held
-        self._inflight.append((job, self._pool.submit(self._publish, job)))
+        group = self._group
+        group.jobs.append(job)
+        group.held += job.held
+        self._inflight.append((job, (group, len(group.jobs) - 1)))
+        if len(group.jobs) >= GROUP_UNITS or group.held >= GROUP_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the sealed units to a publisher thread: one hand-over (a future, a queue, a
+        thread woken) per group instead of one per file (~5% of a run's CPU for small files)."""
+        group = self._group
+        if group.jobs:
+            self._group = _Group()
+            group.future = self._pool.submit(self._publish_group, group.jobs)
+
+    def _publish_group(self, jobs: list[_Job]) -> list[Outcome | Future[Outcome] | BaseException]:
+        results: list[Outcome | Future[Outcome] | BaseException] = []
+        for job in jobs:
+            try:
+                results.append(self._publish(job))
+            except BaseException as exc:  # its unit's outcome, raised where that is awaited
+                results.append(exc)
+        return results
 
     # ------------------------------------------------------------------ publishing and recording
 
@@ -330,13 +358,14 @@ class Pipeline:
         )
 
     def _flush(self, keep: int) -> None:
+        self._hand_over()
         cut = len(self._inflight) - keep
         inflight, self._inflight = self._inflight[:cut], self._inflight[cut:]
         self._held -= sum(job.held for job, _ in inflight)
         outcomes: list[Outcome] = []
-        for job, future in inflight:
+        for job, slot in inflight:
             try:
-                outcomes.append(_outcome(future))
+                outcomes.append(_outcome(slot))
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))
@@ -420,7 +449,25 @@ class Pipeline:
                 self._fail(job.unit, as_export_error(single))
 
 
-def _outcome(future: Future[Outcome | Future[Outcome]]) -> Outcome:
+class _Group:
+    """Sealed units handed to one publisher thread together (see ``Pipeline._hand_over``)."""
+
+    __slots__ = ("future", "held", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: list[_Job] = []
+        self.held = 0
+        self.future: Future[list[Outcome | Future[Outcome] | BaseException]] | None = None
+
+
+_Slot = tuple[_Group, int]  # a unit's group and its place in it
+
+
+def _outcome(slot: _Slot) -> Outcome:
     """A publisher thread's outcome, once the upload it handed on (if any) is done."""
-    result = future.result()
+    group, index = slot
+    assert group.future is not None, "waited for a unit not handed over"
+    result = group.future.result()[index]
+    if isinstance(result, BaseException):
+        raise result
     return result.result() if isinstance(result, Future) else result
