@@ -572,14 +572,16 @@ def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> No
 
 def test_inlined_parameters_are_the_literals_psycopg_would_bind(pg_url: str) -> None:
     """The ADBC path binds a batch's parameters as literals itself, each distinct value once
-    (pg_query.inline); the text must be exactly what psycopg's client-side binding gives,
-    for repeated, equal-but-different (1 == True, one instant in two zones) and hostile values."""
+    (pg_query.inline); the text must be exactly what psycopg's client-side binding gives, for
+    repeated, equal-but-different (1 == True, 0.0 == -0.0, 1.5 == 1.50, one instant in two
+    zones, the two 02:30 of a night when clocks go back) and hostile values."""
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     instant = dt.datetime(2024, 3, 31, 1, tzinfo=UTC)
     values: list[Any] = [
-        0, 7, 7, -3, 2**63 - 1, 2**63, 2**70, True, 1, False, 0, None, 1.5, decimal.Decimal("1.50"),
-        "it's", "it's", "100%", "%s", "back\\slash", "new\nline", "", "UTC",
-        instant, instant.astimezone(paris), instant.replace(tzinfo=None), instant,
+        0, 7, 7, -3, 2**63 - 1, 2**63, 2**70, True, 1, False, 0, None, 1.5, 0.0, -0.0,
+        decimal.Decimal("1.5"), decimal.Decimal("1.50"), "it's", "it's", "100%", "%s", "back\\slash",
+        "new\nline", "", "UTC", instant, instant.astimezone(paris), instant.replace(tzinfo=None), instant,
+        dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris), dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),
         dt.date(2024, 3, 31), uuid.UUID(int=5), [1, 2, 3], ["a'b", None], b"\x00\xff",
     ]
     params = values * 3  # a batch repeats its values

@@ -9,6 +9,9 @@ same text for a value.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,26 +113,30 @@ def inline(conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[
     locations), so each distinct value is adapted once: 1 ms a batch instead of mogrify's 10.
     """
     cursor = psycopg.ClientCursor(conn)
-    cache: dict[Any, str] = {}
+    cache: dict[tuple[type, str], str] = {}
     literals = []
     for value in params:
         if type(value) is int and 0 <= value < 1 << 63:
             literals.append(str(value))  # what mogrify writes for a non-negative int8
             continue
-        try:  # equal values of other types or zones may read differently: both are in the key
-            key: Any = (type(value), value, getattr(value, "tzinfo", None))
-            literal = cache.get(key)
-        except TypeError:  # unhashable (a list): adapted each time
-            key, literal = None, None
+        if type(value) not in _CACHED:  # a list, or a type whose repr may not tell its values apart
+            literals.append(cursor.mogrify("%s", [value]))
+            continue
+        # By repr, not by equality: 0.0 == -0.0, Decimal("1.5") == Decimal("1.50"), and equal
+        # instants in two zones or folds are equal, yet each has its own literal.
+        key = (type(value), repr(value))
+        literal = cache.get(key)
         if literal is None:
-            literal = cursor.mogrify("%s", [value])
-            if key is not None:
-                cache[key] = literal
+            literal = cache[key] = cursor.mogrify("%s", [value])
         literals.append(literal)
     try:
         return query.as_string(conn) % tuple(literals)
     except (TypeError, ValueError):  # a '%' psycopg reads differently: let it bind (or refuse) as before
         return cursor.mogrify(query, params)
+
+
+# The types whose repr tells apart every literal psycopg writes for them (see inline).
+_CACHED = {str, int, float, bool, decimal.Decimal, dt.date, dt.datetime, dt.time, uuid.UUID, bytes}
 
 
 def _time_conditions(
