@@ -2,7 +2,8 @@
 
 ADBC's PostgreSQL driver reads the result with binary ``COPY`` straight into Arrow memory,
 which is several times faster than building Arrow arrays from Python rows. The query is
-rendered with psycopg's client-side binding, so values are quoted by psycopg.
+rendered with psycopg's client-side binding (each distinct value once, ``pg_query.inline``),
+so values are quoted by psycopg.
 
 CSV is encoded by Arrow's C++ CSV writer a record batch at a time, after the values whose text
 sluicegate defines are made text with vectorised compute: timestamps (ISO 8601, each value in
