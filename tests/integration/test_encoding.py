@@ -82,6 +82,26 @@ def _export(root: Path, *partitions: tuple[int, dt.date]) -> None:
     assert summary.exported == len(partitions)
 
 
+def _one_row_per_key(pg_url: str, keys: range, setting: str) -> None:
+    """Table ``m (k, t)``: one row per key at NOON, in a database whose default ``setting``
+    (``name = value``) differs from what a session would otherwise see."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        database = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(database))
+        conn.execute("CREATE TABLE m (k int, t timestamptz)")
+        conn.execute(
+            "INSERT INTO m SELECT k, %s FROM generate_series(%s::int, %s::int) AS k",
+            (NOON, keys.start, keys.stop - 1),
+        )
+
+
+def _mark(root: Path, keys: range) -> None:
+    """Mark partition ``(k, DAY)`` of each key changed, in key order."""
+    project = load(root)
+    for k in keys:
+        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+
+
 def _file(root: Path, k: int, day: dt.date, fmt: str) -> Path:
     return root / "out" / str(k) / f"{day:%Y%m%d}.{fmt}"
 
@@ -604,18 +624,12 @@ def test_a_failed_batch_leaves_its_session_settings_to_the_next(tmp_path: Path, 
     settings the batch query expects (here IntervalStyle) must survive that rollback; they
     were undone with it, and later batches then read values as text in the database's own
     style."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        database = sql.Identifier(conn.info.dbname)
-        conn.execute(sql.SQL("ALTER DATABASE {} SET IntervalStyle = 'iso_8601'").format(database))
-        conn.execute("CREATE TABLE m (k int, t timestamptz)")
-        conn.execute("INSERT INTO m SELECT k, %s FROM generate_series(0, 2) AS k", (NOON,))
+    _one_row_per_key(pg_url, range(3), "IntervalStyle = 'iso_8601'")
     # k = 1 divides by zero when its batch is read. It is claimed between k = 0 and k = 2 (in
     # either order), so one of them is read after it, on the same connection.
     select = "SELECT k, t, 1 / (k - 1) AS one, interval '90 minutes' AS span FROM m"
     root = _project(tmp_path, pg_url, select, "csv")
-    project = load(root)
-    for k in (0, 1, 2):
-        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    _mark(root, range(3))
     proc = cli(root, "run", "--batch-size", "1", "--json")
     [summary] = json.loads(proc.stdout)
     assert (summary["exported"], summary["failed"]) == (2, 1), summary
@@ -632,16 +646,10 @@ def test_batches_of_many_partitions_are_read_without_parallel_workers(
     parallel plan doubled the server's CPU for 500 small partitions); a smaller one, on the
     same connection, with the database's own setting again."""
     _use_path(path, monkeypatch)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        database = sql.Identifier(conn.info.dbname)
-        conn.execute(sql.SQL("ALTER DATABASE {} SET max_parallel_workers_per_gather = 3").format(database))
-        conn.execute("CREATE TABLE m (k int, t timestamptz)")
-        conn.execute("INSERT INTO m SELECT k, %s FROM generate_series(1, 20) AS k", (NOON,))
+    _one_row_per_key(pg_url, range(1, 21), "max_parallel_workers_per_gather = 3")
     select = "SELECT k, t, current_setting('max_parallel_workers_per_gather') AS workers FROM m"
     root = _project(tmp_path, pg_url, select, "parquet" if path == "rows" else "csv")
-    project = load(root)
-    for k in range(1, 21):
-        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    _mark(root, range(1, 21))
     big = pg_source.PARALLEL_SLICES + 2
     [summary] = engine.run(load(root), options=RunOptions(batch_size=big))
     assert (summary.exported, summary.failed) == (20, 0), summary.errors
