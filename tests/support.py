@@ -48,6 +48,23 @@ MARIADB_SCHEMA = (
     " KEY measurements_ingested_at_idx (ingested_at))",
 )
 
+# Column names a driver or Python's %-formatting could take for placeholders, or that close a
+# quoted identifier or look qualified: a source must quote and escape each as one name.
+HOSTILE_NAMES = [
+    "pct%d",
+    "100%",
+    "a%%b",
+    "%s",
+    "%(k)s",
+    "q?",
+    "x:y",
+    ":k",
+    'say "hi"',
+    "back`tick",
+    "semi;--",
+    "v.1",
+]
+
 
 def is_mariadb(url: str) -> bool:
     """Whether ``url`` is a MariaDB/MySQL database."""

@@ -42,9 +42,14 @@ class Dialect:
 
     def quote(self, ident: str) -> str:
         """Quote an identifier (already validated as ``[A-Za-z_][A-Za-z0-9_]*`` or ``a.b``)."""
+        return ".".join(self.quote_name(part) for part in ident.split("."))
+
+    def quote_name(self, name: str) -> str:
+        """Quote one name as it is, dots and all: a column of a select's result may be called
+        anything (``v.1``, ``pct%d``, a backtick)."""
         if self.name == "mariadb":
-            return ".".join("`" + part.replace("`", "``") + "`" for part in ident.split("."))
-        return ".".join('"' + part.replace('"', '""') + '"' for part in ident.split("."))
+            return "`" + name.replace("`", "``") + "`"
+        return '"' + name.replace('"', '""') + '"'
 
     def bin_expr(self, column_sql: str, time_ending: bool) -> str:
         """SQL for the 15-minute UTC bin holding ``column_sql`` (minus 1 µs when time-ending)."""

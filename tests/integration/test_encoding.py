@@ -37,7 +37,7 @@ from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import pg_query
 from sluicegate.sources import postgres as pg_source
-from support import cli, load
+from support import HOSTILE_NAMES, cli, load
 
 UTC = dt.UTC
 ST_JOHNS = "America/St_Johns"  # -03:30 / -02:30, and -03:30:52 (local mean time) before 1935
@@ -661,3 +661,40 @@ def test_batches_of_many_partitions_are_read_without_parallel_workers(
             workers[k] = _csv_rows(_file(root, k, DAY, "csv"))[1][-1]
     # Claimed in key order: the first batch holds `big` partitions, the second the last two.
     assert sorted(workers.values()) == ["0"] * big + ["3"] * (20 - big), workers
+
+
+
+@pytest.mark.parametrize(
+    ("path", "fmt"),
+    [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet"), ("sqlite", "csv"), ("sqlite", "parquet")],
+)
+def test_column_names_with_placeholder_and_quote_characters_are_read_on_every_path(
+    tmp_path: Path, pg_url: str, path: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column named ``pct%d`` failed every partition on the ADBC and COPY paths (psycopg took
+    the ``%`` inside the quoted identifier for a placeholder), ``v.1`` on SQLite and MariaDB
+    (quoted as ``"v"."1"``). Each name comes back as the header, with its values."""
+    hostile = ", ".join(
+        f"k * {i} AS {sql.Identifier(name).as_string()}" for i, name in enumerate(HOSTILE_NAMES, start=2)
+    )
+    if path == "sqlite":
+        url = _sqlite(tmp_path / "s.db", [(k, "2024-11-02T12:00:00Z") for k in (1, 2)], "k, t")
+        root = _project(tmp_path / "proj", url, f"SELECT k, t, {hostile} FROM m", fmt, ledger=False)
+        _export(root, (1, DAY), (2, DAY))
+    else:
+        _use_path(path, monkeypatch)
+        _one_row_per_key(pg_url, range(1, 3), "DateStyle = 'ISO, MDY'")
+        root = _project(tmp_path, pg_url, f"SELECT k, t, {hostile} FROM m", fmt)
+        _mark(root, range(1, 3))
+        [summary] = engine.run(load(root))
+        assert (summary.exported, summary.failed) == (2, 0), summary.errors
+    for k in (1, 2):
+        expected = [k * i for i in range(2, 2 + len(HOSTILE_NAMES))]
+        if fmt == "csv":
+            header, row = _csv_rows(_file(root, k, DAY, "csv"))
+            assert header[2:] == HOSTILE_NAMES
+            assert row[2:] == [str(v) for v in expected]
+        else:
+            table = pq.read_table(_file(root, k, DAY, "parquet"))
+            assert table.column_names[2:] == HOSTILE_NAMES
+            assert [table.column(n).to_pylist() for n in HOSTILE_NAMES] == [[v] for v in expected]

@@ -14,7 +14,7 @@ from sluicegate.exceptions import ConfigError
 from sluicegate.ledger import Ledger
 from sluicegate.sources import ReadSpec, Slice, open_source
 from sluicegate.sources.mariadb import MariaDbSource
-from support import cli, read_csv
+from support import HOSTILE_NAMES, cli, read_csv
 
 pytestmark = pytest.mark.mariadb
 UTC = dt.UTC
@@ -170,3 +170,32 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)")
         cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
         assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters
+
+
+def test_column_names_with_placeholder_and_quote_characters_are_read(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """Names the driver could take for placeholders (``?``, ``%s``), that close a quoted
+    identifier (a backtick) or that look qualified (``v.1``) come back as the header."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, v INT)")
+        cur.execute("INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 3)")
+        conn.commit()
+    root = tmp_path / "proj"
+    task = root / "tasks" / "cities"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nformat = "csv"\n'
+    )
+    (task / "task.toml").write_text('keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n')
+    hostile = ", ".join(
+        f"v * {i} AS `{name.replace('`', '``')}`" for i, name in enumerate(HOSTILE_NAMES, start=2)
+    )
+    (task / "select.sql").write_text(f"SELECT city, at, {hostile} FROM readings")
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    [row] = read_csv(tmp_path / "out" / "Gent" / "20240301.csv")
+    assert list(row)[2:] == HOSTILE_NAMES
+    assert list(row.values())[2:] == [str(3 * i) for i in range(2, 2 + len(HOSTILE_NAMES))]

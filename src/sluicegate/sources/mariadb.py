@@ -241,7 +241,7 @@ class _Snapshot:
         with db.wrap_errors(self.url):
             self.cursor.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", values)
             columns = column_kinds(self.cursor.description or [], self.cursor.metadata["charset"])
-            q = db.MARIADB.quote
+            q = db.MARIADB.quote_name
             projection = ", ".join(
                 f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns
             )
@@ -274,7 +274,7 @@ class _Snapshot:
 
 def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column]) -> tuple[str, list[Any]]:
     """The one query that reads every slice of a batch, and its ``?`` parameters."""
-    q = db.MARIADB.quote
+    q = db.MARIADB.quote_name
     timed = spec.time_column is not None
     by_name = {c.name: c for c in columns}
     zone = _time_zone(spec, by_name)

@@ -39,6 +39,16 @@ KINDS: dict[int, ColumnKind] = {
 REAL_OID = 700
 
 
+def name(column: str) -> sql.Identifier:
+    """A column of the task's select as an identifier in a query that binds parameters.
+
+    '%' is doubled, as in :func:`select_sql`: psycopg reads a '%' anywhere in the query text,
+    quoted identifiers included, as the start of a placeholder (a column ``pct%d`` failed every
+    batch), and binding turns '%%' back into '%'.
+    """
+    return sql.Identifier(column.replace("%", "%%"))
+
+
 def select_sql(spec: ReadSpec) -> sql.Composable:
     """The task's select as a composable; '%' doubled so it survives parameter binding."""
     return sql.SQL(spec.select_sql.replace("%", "%%"))
@@ -70,13 +80,12 @@ def batch_query(
         if by_day:
             params.append(piece.day)
     on: list[sql.Composable] = [
-        sql.SQL("q.{} = p.{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))
-        for i, k in enumerate(spec.keys)
+        sql.SQL("q.{} = p.{}").format(name(k), sql.Identifier(f"k{i}")) for i, k in enumerate(spec.keys)
     ]
     where: list[sql.Composable] = []
     where_params: list[Any] = []
     for i, k in enumerate(spec.keys):
-        where.append(sql.SQL("q.{} = ANY(%s)").format(sql.Identifier(k)))
+        where.append(sql.SQL("q.{} = ANY(%s)").format(name(k)))
         where_params.append(sorted({s.keys[i] for s in slices}, key=str))
     if spec.time_column is not None:
         conditions, bounds = _time_conditions(spec, slices, by_day)
@@ -87,7 +96,7 @@ def batch_query(
     # Types read as text may have no ordering (json): they are sorted by that text.
     by_name = {c.name: c for c in columns}
     order = sql.SQL(", ").join(
-        sql.SQL("q.{}::text" if by_name[c].as_text else "q.{}").format(sql.Identifier(c))
+        sql.SQL("q.{}::text" if by_name[c].as_text else "q.{}").format(name(c))
         for c in order_columns(spec, columns)
     )
     query = sql.SQL(
@@ -144,7 +153,7 @@ def _time_conditions(
 ) -> tuple[list[sql.Composable], list[Any]]:
     """The window join conditions, then the two overall range predicates and their bounds."""
     assert spec.time_column is not None
-    t = sql.Identifier(spec.time_column)
+    t = name(spec.time_column)
     lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
     conditions: list[sql.Composable] = [
         sql.SQL("q.{} " + lo + " p.ws").format(t),
@@ -183,7 +192,7 @@ def projection(
 
 
 def _ref(col: Column) -> sql.Composable:
-    return sql.SQL("q.{}").format(sql.Identifier(col.name))
+    return sql.SQL("q.{}").format(name(col.name))
 
 
 def typed_expr(col: Column) -> sql.Composable:

@@ -70,7 +70,7 @@ class SqliteSource:
         """The kind of a column's first non-NULL value, by one small query."""
         if name == spec.time_column:
             return "timestamptz"
-        column = f"q.{self.dialect.quote(name)}"
+        column = f"q.{self.dialect.quote_name(name)}"
         query = f"SELECT typeof({column}) FROM ({spec.select_sql}) AS q WHERE {column} IS NOT NULL LIMIT 1"
         with db.wrap_errors(self.url):
             row = self.conn.execute(query).fetchone()
@@ -89,7 +89,7 @@ class SqliteSource:
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, rows)`` chunks for ``slices`` from one query in one read transaction."""
-        q = self.dialect.quote
+        q = self.dialect.quote_name
         timed = spec.time_column is not None
         nkeys = len(spec.keys)
         width = nkeys + (3 if timed else 1)
