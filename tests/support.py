@@ -49,7 +49,8 @@ MARIADB_SCHEMA = (
 )
 
 # Column names a driver or Python's %-formatting could take for placeholders, or that close a
-# quoted identifier or look qualified: a source must quote and escape each as one name.
+# quoted identifier or look qualified, or that a batch query uses itself: a source must quote
+# and escape each as one name, and never take one of them for its own.
 HOSTILE_NAMES = [
     "pct%d",
     "100%",
@@ -63,6 +64,15 @@ HOSTILE_NAMES = [
     "back`tick",
     "semi;--",
     "v.1",
+    # the batch queries' own aliases
+    "ord",
+    "k0",
+    "ws",
+    "we",
+    "zone",
+    "day",
+    "p",
+    "q",
 ]
 
 

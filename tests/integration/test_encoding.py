@@ -698,3 +698,21 @@ def test_column_names_with_placeholder_and_quote_characters_are_read_on_every_pa
             table = pq.read_table(_file(root, k, DAY, "parquet"))
             assert table.column_names[2:] == HOSTILE_NAMES
             assert [table.column(n).to_pylist() for n in HOSTILE_NAMES] == [[v] for v in expected]
+
+
+def test_two_result_columns_of_one_name_are_a_config_error(tmp_path: Path, pg_url: str) -> None:
+    """Two columns named v were accepted, then every partition failed on its read ("column
+    reference v is ambiguous") and was retried each run. Now `run` and `check` refuse the task
+    with one sentence naming select.sql and the column; nothing is claimed."""
+    _one_row_per_key(pg_url, range(1, 3), "DateStyle = 'ISO, MDY'")
+    root = _project(tmp_path, pg_url, "SELECT k, t, 1 AS v, k AS v FROM m", "csv")
+    _mark(root, range(1, 3))
+    for command in ("run", "check"):
+        proc = cli(root, command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        out = proc.stdout + proc.stderr
+        assert "select.sql: the result has two columns named 'v'; give each its own name" in out
+        assert "Traceback" not in out
+    [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
+    assert (status["pending"], status["failed"], status["retrying"], status["failures"]) == (2, 0, 0, [])
+    assert not [p for p in (root / "out").rglob("*") if p.is_file()]

@@ -199,3 +199,14 @@ def test_column_names_with_placeholder_and_quote_characters_are_read(
     [row] = read_csv(tmp_path / "out" / "Gent" / "20240301.csv")
     assert list(row)[2:] == HOSTILE_NAMES
     assert list(row.values())[2:] == [str(3 * i) for i in range(2, 2 + len(HOSTILE_NAMES))]
+
+
+def test_two_result_columns_of_one_name_are_a_config_error(mariadb_url: str, tmp_path: Path) -> None:
+    """MariaDB refuses them itself in the describe's derived table: a config error, before any claim."""
+    source = MariaDbSource(mariadb_url)
+    try:
+        spec = ReadSpec(select_sql="SELECT 1 AS v, 2 AS v", folder=tmp_path)
+        with pytest.raises(ConfigError, match=r"select.sql: the query failed: Duplicate column name 'v'; fix the SQL"):
+            source.describe(spec)
+    finally:
+        source.close()

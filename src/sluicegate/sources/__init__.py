@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 from ..db import Dialect, dialect_of
+from ..exceptions import ConfigError
 
 Mode = Literal["rows", "csv", "arrow"]
 ColumnKind = Literal[
@@ -157,6 +158,20 @@ def open_source(url: str) -> Source:
     from .postgres import PostgresSource
 
     return PostgresSource(url)
+
+
+def distinct_names(spec: ReadSpec, columns: list[Column]) -> list[Column]:
+    """``columns``, when no two share a name; a batch query names each (``q."v"`` would be
+    ambiguous) and a file's header and schema must tell them apart."""
+    seen: set[str] = set()
+    for column in columns:
+        if column.name in seen:
+            raise ConfigError(
+                f"{spec.folder / 'select.sql'}: the result has two columns named {column.name!r}; "
+                "give each its own name (AS ...)"
+            )
+        seen.add(column.name)
+    return columns
 
 
 def order_columns(spec: ReadSpec, columns: Sequence[Column]) -> list[str]:

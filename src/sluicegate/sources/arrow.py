@@ -90,7 +90,7 @@ def _split(
     batch: pa.RecordBatch, parts: Sequence[Slice], columns: Sequence[Column]
 ) -> Iterator[tuple[int, pa.Table]]:
     ords = batch.column(0)
-    table = pa.Table.from_batches([batch]).drop_columns([batch.schema.names[0]])
+    table = pa.Table.from_batches([batch]).remove_column(0)  # by place: the select may have an "ord"
     # Cast what needs a compute call once (zoned timestamps stay in UTC), then give each zone
     # a view of that.
     utc = _typed(table, [arrow_type(c, "UTC") for c in columns])

@@ -22,7 +22,7 @@ from psycopg import sql
 from .. import db
 from ..exceptions import ConfigError, PermissionDenied, SluicegateError
 from ..partitions import canonical_key
-from . import Column, CsvChunk, Mode, ReadSpec, Slice, group_rows
+from . import Column, CsvChunk, Mode, ReadSpec, Slice, distinct_names, group_rows
 from .arrow import available as arrow_available
 from .pg_query import batch_query, column_of, select_sql, typed_expr
 
@@ -118,7 +118,7 @@ class PostgresSource:
                 f"{spec.folder / 'task.toml'} [columns]: only SQLite sources take column kinds; on "
                 "PostgreSQL the select's result types give them (cast in select.sql instead)"
             )
-        return [column_of(d) for d in desc]
+        return distinct_names(spec, [column_of(d) for d in desc])
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
