@@ -14,13 +14,17 @@ transaction. No change is lost: the inbox row commits or rolls back with the dat
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
 from .exceptions import ConfigError, UsageError
 from .ledger import Ledger
+from .ledger.capture import BEYOND
 from .partitions import (
+    EARLIEST,
+    LATEST,
     Partition,
     canonical_key,
     coerce_value,
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 ABSORB_CHUNK = 20000
 UTC = dt.UTC
+log = logging.getLogger("sluicegate.capture")
 BIN = dt.timedelta(minutes=15)  # the capture's time bin: every zone's hours begin on one
 ONE_DAY = dt.timedelta(days=1)
 
@@ -77,7 +82,12 @@ def fold(
 
     A change marks every partition from its first bin's to its last bin's (the same bin twice:
     one partition). ``wall``: the zone the bins are wall-clock times in (taken from a MariaDB
-    DATETIME, see :func:`wall_zone`), else UTC."""
+    DATETIME, see :func:`wall_zone`), else UTC.
+
+    A change outside :data:`EARLIEST` to :data:`LATEST` (a row's time of ``infinity``, or in
+    the year 9999) has no partition sluicegate can export: it is logged as a warning and left
+    out, so that it cannot stop every other change from being folded (it did: the fold failed,
+    each run, and nothing was exported)."""
     seen: dict[str, Partition] = {}
     for keys, first, last in changes:
         if task.time is None:
@@ -85,6 +95,9 @@ def fold(
             seen.setdefault(part.pkey, part)
             continue
         if first is None or last is None:
+            continue
+        if first < EARLIEST or last > LATEST:
+            _set_aside(task, keys, early=first < EARLIEST)
             continue
         zone = zones.zone(keys)
         # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
@@ -95,6 +108,16 @@ def fold(
             part = make_partition(task, keys, period, zone)
             seen.setdefault(part.pkey, part)
     return list(seen.values())
+
+
+def _set_aside(task: TaskSpec, keys: Sequence[Any], early: bool) -> None:
+    pairs = ", ".join(f"{k}={v}" for k, v in zip(task.keys, keys, strict=True)) or "its rows"
+    when = f"before {EARLIEST.date().isoformat()}" if early else f"after {LATEST.date().isoformat()}"
+    log.warning(
+        "task %s: a change to %s at a time %s UTC (or infinity) has no partition and is not "
+        "exported; fix the rows' time",
+        task.name, pairs, when,
+    )  # fmt: skip
 
 
 def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str) -> Iterator[Any]:
@@ -260,7 +283,20 @@ def _time_range(
     """The first and last row times of the select, within the bounds given (the end exclusive)."""
     sqlite = source.dialect is db.SQLITE
     value = f"julianday({column})" if sqlite else column
-    first, last = source.execute(f"SELECT min({value}), max({value}) FROM ({task.select_sql}) AS q")[0]
+    # Rows at times no partition can have (outside EARLIEST to LATEST, or infinity) are counted
+    # and left out: a max() of 'infinity' cannot be read back, and the backfill failed.
+    inside = f"{_between(source, column)} AND {column} IS NOT NULL"
+    first, last, outside = source.execute(
+        f"SELECT min(CASE WHEN {inside} THEN {value} END), max(CASE WHEN {inside} THEN {value} END),"
+        f" sum(CASE WHEN {column} IS NULL OR {inside} THEN 0 ELSE 1 END) FROM ({task.select_sql}) AS q",
+        [*_bounds(source, EARLIEST, LATEST)] * 3,
+    )[0]
+    if outside:
+        log.warning(
+            "task %s: %s row(s) at a time before %s or after %s UTC (or infinity) have no partition "
+            "and are not marked; fix their time",
+            task.name, outside, EARLIEST.date().isoformat(), LATEST.date().isoformat(),
+        )  # fmt: skip
     if first is None:
         return None, None
     # A julianday is a double: about 40 µs apart today, so the row times it gives back may lie a
@@ -310,7 +346,10 @@ def _one_bin_each(
 def _bin_time(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value
-    return dt.datetime.fromtimestamp(int(value), UTC)
+    try:
+        return dt.datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, ValueError, OSError):  # beyond datetime's years: fold sets it aside
+        return BEYOND
 
 
 def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[str, Any]) -> int:

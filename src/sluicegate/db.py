@@ -31,6 +31,7 @@ from .exceptions import (
 from .masking import mask_url, scrub
 
 DialectName = Literal["sqlite", "postgresql", "mariadb"]
+PG_BINS = (-69039456, 281557920)  # the bins of 0001-01-02 and 9999-12-30 UTC (Unix seconds / 900)
 log = logging.getLogger("sluicegate.db")
 
 
@@ -54,8 +55,12 @@ class Dialect:
     def bin_expr(self, column_sql: str, time_ending: bool) -> str:
         """SQL for the 15-minute UTC bin holding ``column_sql`` (minus 1 µs when time-ending)."""
         if self.name == "postgresql":
-            number = self.bin_number(column_sql, time_ending)
-            return f"pg_catalog.to_timestamp({number} OPERATOR(pg_catalog.*) 900)"
+            # A time outside the years 1 to 9999 ('infinity') gets the bin of 0001-01-02 or
+            # 9999-12-30, which psycopg can load and capture.fold sets aside with a warning.
+            n = self.bin_number(column_sql, time_ending)
+            lo, hi = PG_BINS
+            clamped = f"CASE WHEN {n} < {lo} THEN {lo} WHEN {n} > {hi} THEN {hi} ELSE {n} END"
+            return f"pg_catalog.to_timestamp(({clamped}) OPERATOR(pg_catalog.*) 900)"
         if self.name == "mariadb":
             # Unix seconds of the bin. TIMESTAMPDIFF counts a DATETIME (and a TIMESTAMP, shown
             # in the session's UTC) as UTC wall-clock time, without the server's zone tables and

@@ -23,6 +23,10 @@ from .specs import TimeSpec
 UTC = dt.UTC
 BIN_SECONDS = 900  # every zone in use today has an offset that is a multiple of 15 minutes
 _EPSILON = dt.timedelta(microseconds=1)
+# The times whose partitions can be named and windowed in any zone: a local day, its window and
+# the next midnight must stay within Python's years 1 to 9999 (capture sets aside changes outside).
+EARLIEST = dt.datetime(1, 1, 3, tzinfo=UTC)
+LATEST = dt.datetime(9999, 12, 29, tzinfo=UTC)
 
 
 class PartitionKeys(Protocol):
@@ -111,15 +115,25 @@ def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
     """Parse a period written by a user or stored in the ledger."""
     try:
         if time.grain == "day":
-            return dt.date.fromisoformat(text[:10])
+            day = dt.date.fromisoformat(text[:10])
+            if not EARLIEST.date() <= day <= LATEST.date():
+                raise OverflowError
+            return day
         value = dt.datetime.fromisoformat(text)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone_of(zone))
+        if not EARLIEST <= value <= LATEST:
+            raise OverflowError
     except ValueError:
         raise UsageError(
             f"{time.name}={text!r} is not a valid {time.grain}; use YYYY-MM-DD"
             + ("" if time.grain == "day" else "THH:00 (local time, optional offset)")
         ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone_of(zone))
+    except OverflowError:
+        raise UsageError(
+            f"{time.name}={text!r} is outside the periods sluicegate can export "
+            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()}); give a {time.grain} between"
+        ) from None
     return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
 
 

@@ -21,7 +21,7 @@ DAY = dt.datetime(2024, 5, 1, tzinfo=UTC)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
-    url: str = request.getfixturevalue("pg_url")
+    url: str = request.getfixturevalue("mariadb_url" if request.param == "mariadb" else "pg_url")
     return url
 
 
@@ -162,3 +162,65 @@ def test_a_source_inbox_of_version_10_is_upgraded_by_the_first_run_with_the_ledg
     finally:
         with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{ledger_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+# Times no partition can have: PostgreSQL's infinities, and instants whose local day in the
+# location's zone lies beyond year 9999 (+14:00) or before year 1 (-10:00).
+OUT_OF_RANGE = {
+    "infinity": ("UTC", "infinity"),
+    "-infinity": ("UTC", "-infinity"),
+    "year 10000 locally": ("Pacific/Kiritimati", "9999-12-31T23:30:00+00:00"),
+    "year 0 locally": ("Pacific/Honolulu", "0001-01-01T00:10:00+00:00"),
+}
+
+
+@pytest.mark.parametrize("how", ["trigger", "scan", "backfill"])
+@pytest.mark.parametrize("bad", list(OUT_OF_RANGE))
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
+def test_a_row_at_a_time_no_partition_can_have_does_not_stop_the_others(
+    backend: str, tmp_path: Path, bad: str, how: str
+) -> None:
+    """One row at 'infinity' (or whose local day is in year 10000) made every fold fail, every
+    run, before anything was claimed: nothing of any location was exported again (an
+    OverflowError with a traceback, or "timestamp too large"). Now its change is set aside with
+    a warning naming the location, and the others are exported."""
+    zone, text = OUT_OF_RANGE[bad]
+    sqlite = backend.startswith("sqlite")
+    if not backend.startswith("postgresql") and "infinity" in text:
+        pytest.skip("only PostgreSQL has infinite times")
+    root = write_project(
+        tmp_path / "proj",
+        source=backend,
+        destination=str(tmp_path / "out"),
+        capture="explicit" if how == "backfill" else how,
+    )
+    db = Db(backend)
+    if how == "trigger":
+        operations.install(load(root))
+    db.location(1, "UTC")
+    db.location(2, zone)
+    db.insert(1, [DAY + dt.timedelta(hours=10)])
+    at: Any = text.replace("+00:00", "Z") if sqlite else text  # strftime writes year 1 as "1"
+    if db.mariadb:
+        at = db.ts(dt.datetime.fromisoformat(text))
+    db.conn.execute(_insert_sql(db), (2, 20, at, 1.0, db.ts(dt.datetime.now(UTC))))
+    db.insert(1, [DAY + dt.timedelta(days=1, hours=10)])
+    if how == "backfill":
+        backfilled = cli(root, "backfill", "openaq")
+        assert backfilled.returncode == 0, backfilled.stderr
+        assert "1 row(s) at a time before 0001-01-03 or after 9999-12-29 UTC" in backfilled.stderr
+    for attempt in (1, 2):  # the change is gone after the first run: the second is clean
+        ran = cli(root, "run", "--json")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "Traceback" not in ran.stderr
+        if attempt == 1 and how != "backfill":
+            assert "a change to location_id=2 at a time" in ran.stderr, ran.stderr
+            assert "has no partition and is not exported; fix the rows' time" in ran.stderr
+        elif how == "trigger":
+            assert "location_id=2" not in ran.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in files(out)) == ["location-1-20240501.csv", "location-1-20240502.csv"]
+    db.close()

@@ -106,6 +106,11 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert cli(root, "run", "--max-runtime", "soon").returncode == 2
     bad = cli(root, "mark", "openaq", "location=1")
     assert bad.returncode == 2 and "keys are: location_id, day" in bad.stderr
+    # A day whose window would leave Python's years (it was an OverflowError with a traceback).
+    for day in ("9999-12-31", "0001-01-01"):
+        far = cli(root, "mark", "openaq", "location_id=1", f"day={day}")
+        assert far.returncode == 2 and "Traceback" not in far.stderr, far.stderr
+        assert f"day='{day}' is outside the periods sluicegate can export (0001-01-03 to 9999-12-29)" in far.stderr
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
 

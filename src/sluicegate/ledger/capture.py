@@ -13,6 +13,9 @@ UTC = dt.UTC
 # A captured change: the key values, and the first and last 15-minute bins of a run of the
 # changed rows' bins (the same bin twice for one bin; None twice for a task without time).
 Change = tuple[list[Any], Any, Any]
+# A bin no datetime can hold (SQLite and MariaDB keep bins as Unix seconds): later than any
+# time a partition can have, so the fold sets its change aside (capture.fold).
+BEYOND = dt.datetime.max.replace(tzinfo=UTC)
 
 
 class CaptureStore(Store):
@@ -46,7 +49,13 @@ class CaptureStore(Store):
     def _change(self, row: Any) -> Change:
         keys, first, last = row
         values = keys if isinstance(keys, list) else json.loads(keys)
-        return values, self.core.from_ts(first), self.core.from_ts(last)
+        return values, self._bin(first), self._bin(last)
+
+    def _bin(self, value: Any) -> dt.datetime | None:
+        try:
+            return self.core.from_ts(value)
+        except (OverflowError, ValueError, OSError):  # out of datetime's years, or not a number
+            return BEYOND
 
     def count_changes(self, task: str) -> tuple[int, dt.datetime | None]:
         """How many captured changes of ``task`` wait in the inbox, and when the oldest was made."""

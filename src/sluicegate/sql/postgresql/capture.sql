@@ -13,8 +13,19 @@ WITH bins AS (
     DELETE FROM {t}change_runs
     WHERE id IN (SELECT id FROM {t}change_runs WHERE task = %(task)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
     RETURNING keys, first_bin, last_bin
+), taken AS (
+    SELECT keys, first_bin, last_bin FROM bins UNION ALL SELECT keys, first_bin, last_bin FROM runs
 )
-SELECT keys, first_bin, last_bin FROM bins UNION ALL SELECT keys, first_bin, last_bin FROM runs;
+-- A bin outside the years 1 to 9999 (a row's time of 'infinity') comes back as the nearest of
+-- 0001-01-02 and 9999-12-30, which Python can hold and capture.fold sets aside with a warning.
+SELECT keys,
+    CASE WHEN first_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
+         WHEN first_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
+         ELSE first_bin END,
+    CASE WHEN last_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
+         WHEN last_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
+         ELSE last_bin END
+FROM taken;
 
 -- get_scan --
 -- The high-water mark of a scan-mode task.
@@ -27,10 +38,20 @@ ON CONFLICT (task) DO UPDATE
 SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now();
 
 -- peek_changes --
--- Up to limit captured changes of a task from each inbox table, left there (for a dry run).
-(SELECT keys, bin, bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s)
-UNION ALL
-(SELECT keys, first_bin, last_bin FROM {t}change_runs WHERE task = %(task)s ORDER BY id LIMIT %(limit)s);
+-- Up to limit captured changes of a task from each inbox table, left there (for a dry run);
+-- bins clamped as take_changes does.
+SELECT keys,
+    CASE WHEN first_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
+         WHEN first_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
+         ELSE first_bin END,
+    CASE WHEN last_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
+         WHEN last_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
+         ELSE last_bin END
+FROM (
+    (SELECT keys, bin AS first_bin, bin AS last_bin FROM {t}changes WHERE task = %(task)s ORDER BY id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT keys, first_bin, last_bin FROM {t}change_runs WHERE task = %(task)s ORDER BY id LIMIT %(limit)s)
+) AS waiting;
 
 -- count_changes --
 -- How many captured changes (bins and runs) of a task wait in the inbox, and the time of the oldest.
