@@ -308,7 +308,10 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
             return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
         return SourceUnavailable(f"{where}: {detail}; will retry")
     if psycopg is not None and isinstance(exc, psycopg.DataError):
-        return DataError(f"{where} rejected a value: {detail}")
+        from .sources.times import unwrap
+
+        own = unwrap(detail)  # a value sluicegate's batch query refused itself
+        return DataError(own if own is not None else f"{where} rejected a value: {detail}")
     return DataError(f"{where}: {detail}")
 
 

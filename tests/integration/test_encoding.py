@@ -716,3 +716,79 @@ def test_two_result_columns_of_one_name_are_a_config_error(tmp_path: Path, pg_ur
     [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
     assert (status["pending"], status["failed"], status["retrying"], status["failures"]) == (2, 0, 0, [])
     assert not [p for p in (root / "out").rglob("*") if p.is_file()]
+
+
+# Times PostgreSQL holds and files cannot: beyond years 1 to 9999, and the infinities.
+UNWRITABLE_TIMES = {
+    "timestamptz infinity": "'infinity'::timestamptz",
+    "timestamptz -infinity": "'-infinity'::timestamptz",
+    "timestamptz year 20000": "'20000-01-01 00:00+00'::timestamptz",
+    "timestamptz BC": "'0044-03-15 12:00+00 BC'::timestamptz",
+    "timestamp infinity": "'infinity'::timestamp",
+    "date infinity": "'infinity'::date",
+    "date BC": "'0044-03-15 BC'::date",
+}
+# The last instant of year 9999, and the first of year 1, are still written (k = 2).
+EDGE = "'9999-12-31 23:59:59+00'::timestamptz"
+FIRST = "'0001-01-01 00:00:00'::timestamp"
+
+
+@pytest.mark.parametrize(("path", "fmt"), [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet")])
+@pytest.mark.parametrize("case", list(UNWRITABLE_TIMES))
+def test_a_time_no_file_can_hold_fails_its_partition_by_name_on_every_path(
+    tmp_path: Path, pg_url: str, path: str, fmt: str, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'infinity' in a timestamptz column was written into CSV on the default (ADBC) path as
+    Arrow's "<value out of range: ...>", BC times lost their era on the COPY path, a timestamp
+    of infinity became an empty field there, and ADBC's Parquet held meaningless instants; all
+    exported without an error. Now the partition fails with the column's name and what to do,
+    and the other partition of the batch is exported, its edge-of-calendar times intact."""
+    _use_path(path, monkeypatch)
+    _one_row_per_key(pg_url, range(1, 3), "DateStyle = 'ISO, MDY'")
+    bad = UNWRITABLE_TIMES[case]
+    kind = bad.split("::")[1]
+    select = (
+        f"SELECT k, t, CASE WHEN k = 1 THEN {bad} ELSE {EDGE if kind == 'timestamptz' else FIRST}::{kind} END"
+        ' AS "valid_to" FROM m'
+    )
+    root = _project(tmp_path, pg_url, select, fmt, zone="UTC")
+    _mark(root, range(1, 3))
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (1, 1), summary.errors
+    [error] = summary.errors
+    assert error.startswith('[1,"2024-11-02"]: ')
+    assert "column 'valid_to' holds" in error and "outside the years 1 to 9999 (or infinity)" in error
+    assert "cast it in select.sql" in error
+    assert not _file(root, 1, DAY, fmt).exists()
+    edge = {
+        ("timestamptz", "csv"): "9999-12-31T23:59:59+00:00",
+        ("timestamptz", "parquet"): dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        ("timestamp", "csv"): "0001-01-01T00:00:00",
+        ("timestamp", "parquet"): dt.datetime(1, 1, 1),
+        ("date", "csv"): "0001-01-01",
+        ("date", "parquet"): dt.date(1, 1, 1),
+    }[(kind, fmt)]
+    if fmt == "csv":
+        assert _csv_rows(_file(root, 2, DAY, fmt))[1][2] == edge
+    else:
+        table = pq.read_table(_file(root, 2, DAY, fmt))
+        value = table.column("valid_to").cast(pa.int64() if kind != "date" else pa.int32())[0].as_py()
+        expected = edge - dt.datetime(1970, 1, 1, tzinfo=edge.tzinfo) if kind != "date" else edge - dt.date(1970, 1, 1)
+        assert value == (expected // dt.timedelta(microseconds=1) if kind != "date" else expected.days)
+
+
+def test_a_time_in_year_10000_locally_is_refused_in_csv_and_kept_in_parquet(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """CSV holds local time: 9999-12-31 23:00 UTC is in year 10000 at +14:00 and cannot be
+    written; Parquet holds the instant, which is fine."""
+    _one_row_per_key(pg_url, range(1, 2), "DateStyle = 'ISO, MDY'")
+    select = "SELECT k, t, '9999-12-31 23:00+00'::timestamptz AS until FROM m"
+    for fmt, failed in (("csv", 1), ("parquet", 0)):
+        root = _project(tmp_path / fmt, pg_url, select, fmt, zone="Pacific/Kiritimati")
+        project = load(root)
+        operations.mark(project, "typed", {"k": "1", "day": "2024-11-03"})
+        [summary] = engine.run(load(root))
+        assert (summary.exported, summary.failed) == (1 - failed, failed), summary.errors
+        if failed:
+            assert "column 'until' holds a time outside the years 1 to 9999" in summary.errors[0]

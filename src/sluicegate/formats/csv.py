@@ -60,7 +60,7 @@ class CsvWriter:
         convert = self._convert
         try:
             data = encode_rows([[f(v) for f, v in zip(convert, row, strict=True)] for row in chunk])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # Overflow: a local time past year 9999
             raise DataError(f"a row could not be encoded as CSV: {exc}") from exc
         self._out.write(data)
         self.rows += len(chunk)

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from ..arrowtypes import arrow_type, cast_column
 from ..partitions import BIN_SECONDS, zone_of
-from . import Column, CsvChunk, Slice
+from . import Column, CsvChunk, Slice, times
 from .ahead import read_ahead
 from .pg_query import inline
 
@@ -55,6 +55,7 @@ def read_arrow(
     """
     with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
         for batch in batches:
+            times.check_batch(batch, parts, columns, local=False)
             yield from _split(batch, parts, columns)
 
 
@@ -130,6 +131,7 @@ def read_csv(
     floats = [i for i, c in enumerate(columns) if c.kind == "float"]
     with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
         for batch in batches:
+            times.check_batch(batch, parts, columns, local=True)
             yield from encode_batch(batch, offsets, floats)
 
 

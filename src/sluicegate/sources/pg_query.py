@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import Column, ColumnKind, Mode, ReadSpec, Slice, order_columns
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, order_columns, times
 
 KINDS: dict[int, ColumnKind] = {
     16: "bool",
@@ -188,7 +188,19 @@ def projection(
     if mode == "csv":
         floats = [c for c in columns if c.kind == "float"]
         return [_arrow_csv_expr(c) for c in columns] + [_float_text_expr(c) for c in floats]
-    return [typed_expr(c) for c in columns]
+    if mode == "rows":  # psycopg would refuse a time outside years 1 to 9999 without naming it
+        return [_checked_expr(c) for c in columns]
+    return [typed_expr(c) for c in columns]  # ADBC: sources.times checks each Arrow batch
+
+
+def _checked_expr(col: Column) -> sql.Composable:
+    """:func:`typed_expr`, with dates and timestamps outside years 1 to 9999 (UTC) refused by name."""
+    c = _ref(col)
+    if col.kind == "timestamptz":
+        return times.guard(col, sql.SQL("({} AT TIME ZONE 'UTC')").format(c), c, "timestamptz")
+    if col.kind in ("timestamp", "date"):
+        return times.guard(col, c, c, col.kind)
+    return typed_expr(col)
 
 
 def _ref(col: Column) -> sql.Composable:
@@ -242,26 +254,38 @@ def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
     """Server-side text for one column in our CSV dialect (ISO 8601 times with offset)."""
     c = _ref(col)
     if col.kind == "timestamptz":
-        off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
-            c=c, z=zone
-        )
-        # The offset of each value's own instant in the zone, with seconds only when it has them
-        # (local mean time before standard zones), as Python's isoformat() writes it.
-        return sql.SQL(
-            "to_char({c} AT TIME ZONE {z}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
-            " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
-            " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
-            " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
-            " || CASE WHEN mod(abs({off}), 60) = 0 THEN ''"
-            " ELSE ':' || to_char(mod(abs({off}), 60), 'FM00') END"
-        ).format(c=c, off=off, z=zone)
+        local = sql.SQL("({} AT TIME ZONE {})").format(c, zone)
+        return times.guard(col, local, _timestamptz_text(c, zone))
     if col.kind == "timestamp":
-        return sql.SQL(
-            "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
-            " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
-        ).format(c=c)
+        return times.guard(col, c, _timestamp_text(c))
+    if col.kind == "date":
+        return times.guard(col, c, sql.SQL("{}::text").format(c))
     if col.kind == "bool":
         return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c)
     if col.kind == "binary":
         return _hex_expr(c)
     return c
+
+
+def _timestamptz_text(c: sql.Composable, zone: sql.Composable) -> sql.Composable:
+    """ISO 8601 text of a timestamptz in ``zone``, with its own offset."""
+    off = sql.SQL("extract(epoch FROM ({c} AT TIME ZONE {z}) - ({c} AT TIME ZONE 'UTC'))::int").format(
+        c=c, z=zone
+    )
+    # The offset of each value's own instant in the zone, with seconds only when it has them
+    # (local mean time before standard zones), as Python's isoformat() writes it.
+    return sql.SQL(
+        "to_char({c} AT TIME ZONE {z}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
+        " || CASE WHEN {off} < 0 THEN '-' ELSE '+' END"
+        " || to_char(abs({off}) / 3600, 'FM00') || ':' || to_char(mod(abs({off}), 3600) / 60, 'FM00')"
+        " || CASE WHEN mod(abs({off}), 60) = 0 THEN ''"
+        " ELSE ':' || to_char(mod(abs({off}), 60), 'FM00') END"
+    ).format(c=c, off=off, z=zone)
+
+
+def _timestamp_text(c: sql.Composable) -> sql.Composable:
+    return sql.SQL(
+        "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        " || CASE WHEN date_trunc('second', {c}) = {c} THEN '' ELSE to_char({c}, '.US') END"
+    ).format(c=c)
