@@ -482,6 +482,35 @@ def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) ->
     assert "[columns]" in summary.errors[0]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize(
+    ("value", "shown"), [(1700000000, "1700000000 (int)"), (b"\x00", "b'\\x00' (bytes)"), (2.5, "2.5 (float)")]
+)
+def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
+    tmp_path: Path, fmt: str, value: Any, shown: str
+) -> None:
+    """SQLite columns take any type. A number in a column of kind timestamptz was written into
+    CSV as it was, and Parquet took it for microseconds since 1970 (1969-12-31 in the file);
+    a BLOB became Python's ``b'\\x00'`` in CSV. Now that partition fails, naming the column and
+    the value; the other is exported."""
+    rows = [(1, "2024-11-02T12:00:00Z", value), (2, "2024-11-02T12:00:00Z", "2024-01-01T00:00:00Z")]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, u")
+    root = _project(tmp_path / "p", url, "SELECT k, t, u FROM m", fmt, extra='[columns]\nu = "timestamptz"\n', ledger=False)
+    project = load(root)
+    for k in (1, 2):
+        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (1, 1), summary.errors
+    assert f"column 'u' holds {shown}, not a time; store times as ISO 8601 text" in summary.errors[0]
+    assert summary.errors[0].startswith('[1,"2024-11-02"]')
+    if fmt == "csv":
+        assert _csv_rows(_file(root, 2, DAY, fmt))[1][2] == "2023-12-31T20:30:00-03:30"
+    else:
+        assert pq.read_table(_file(root, 2, DAY, fmt)).column("u").to_pylist() == [
+            dt.datetime(2024, 1, 1, tzinfo=UTC).astimezone(zoneinfo.ZoneInfo(ST_JOHNS))
+        ]
+
+
 def test_columns_errors_name_the_file_the_key_and_the_choices(tmp_path: Path, pg_url: str) -> None:
     url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", 1)])
     root = _project(tmp_path / "a", url, "SELECT k, t, v FROM m", "csv", extra='[columns]\nv = "double"\n')

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from ..exceptions import DataError
 from ..partitions import zone_of
-from ..sources import Column, Mode
+from ..sources import Column, Mode, times
 from .deflate import GzipWriter
 
 
@@ -112,7 +112,7 @@ def encode_rows(rows: list[list[Any]]) -> bytes:
 def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
     if col.kind in ("timestamptz", "timestamp"):
         tz = zone_of(zone) if zone else None
-        return lambda v: _format_time(v, tz, col.kind)
+        return lambda v: _format_time(v, tz, col)
     if col.kind == "bool":
         return lambda v: None if v is None else ("true" if v else "false")
     if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
@@ -153,16 +153,35 @@ def float_text(value: float) -> str:
 _SPECIAL = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 
 
-def _format_time(value: Any, tz: dt.tzinfo | None, kind: str) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str) and kind == "timestamptz":
+def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
+    if isinstance(value, str):
+        if col.kind != "timestamptz":
+            return value  # a SQLite timestamp's text, as stored
         value = parse_time(value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and tz is not None:
-            value = value.astimezone(tz)
+            try:
+                value = value.astimezone(tz)
+            except OverflowError:  # its local time is in year 10000 (or 0)
+                raise DataError(times.message(col.name)) from None
         return value.isoformat()
-    return value
+    if value is None:
+        return None
+    raise DataError(not_a_time(col.name, value))
+
+
+def not_a_time(column: str, value: Any) -> str:
+    """The error of a value in a time column that is no time (SQLite columns take any type).
+
+    Such values were written as they were into CSV (a BLOB as Python's ``b'...'``), and Parquet
+    took an integer for microseconds since 1970.
+    """
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return (
+        f"column {column!r} holds {shown} ({type(value).__name__}), not a time; store times as "
+        "ISO 8601 text (2024-05-03T10:00:00Z), or convert them in select.sql (for example "
+        f"datetime({column}, 'unixepoch') for Unix seconds)"
+    )
 
 
 def parse_time(text: str) -> dt.datetime:

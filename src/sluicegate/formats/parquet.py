@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from ..arrowtypes import arrow_type, cast_column
 from ..exceptions import DataError
 from ..sources import Column, Mode
-from .csv import parse_time, value_text
+from .csv import not_a_time, parse_time, value_text
 
 
 def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
@@ -33,6 +33,10 @@ def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
     other values in their CSV spelling.
     """
     kind = col.kind
+    if kind in ("timestamptz", "timestamp", "date"):
+        other = next((v for v in values if v is not None and not isinstance(v, str | dt.date)), None)
+        if other is not None:
+            raise DataError(not_a_time(col.name, other))
     if kind == "timestamptz":
         values = [parse_time(v) if isinstance(v, str) else v for v in values]
     elif kind == "timestamp":

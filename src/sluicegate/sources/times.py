@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
-
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import DataError
 from ..partitions import zone_of
 from . import Column, Slice
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 # Bounds as Arrow holds them: days and microseconds since 1970-01-01, the end exclusive.
 FIRST_DAY, END_DAY = -719162, 2932897  # 0001-01-01, 10000-01-01
@@ -106,6 +107,8 @@ def guard(
     planner cannot fold the cast (and fail) ahead of the rows. '%' is doubled: the query binds
     parameters.
     """
+    from psycopg import sql  # PostgreSQL only: SQLite projects do not load psycopg
+
     bound = "date" if column.kind == "date" else "timestamp"
     head, tail = (MARK + message(column.name, "\0")).split("\0")
     return sql.SQL(
