@@ -28,6 +28,7 @@ from .partitions import (
     Partition,
     canonical_key,
     coerce_value,
+    exportable,
     make_partition,
     parse_period,
     zone_of,
@@ -368,4 +369,4 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
     zone = ZoneMap(task, source).zone(keys)
     raw = assignments[task.time.name]
     period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone)
-    return ledger.partitions.mark([make_partition(task, keys, period, zone)], task)
+    return ledger.partitions.mark([make_partition(task, keys, exportable(period, task.time), zone)], task)

@@ -115,26 +115,28 @@ def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
     """Parse a period written by a user or stored in the ledger."""
     try:
         if time.grain == "day":
-            day = dt.date.fromisoformat(text[:10])
-            if not EARLIEST.date() <= day <= LATEST.date():
-                raise OverflowError
-            return day
+            return dt.date.fromisoformat(text[:10])
         value = dt.datetime.fromisoformat(text)
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=zone_of(zone))
-        if not EARLIEST <= value <= LATEST:
-            raise OverflowError
     except ValueError:
         raise UsageError(
             f"{time.name}={text!r} is not a valid {time.grain}; use YYYY-MM-DD"
             + ("" if time.grain == "day" else "THH:00 (local time, optional offset)")
         ) from None
-    except OverflowError:
-        raise UsageError(
-            f"{time.name}={text!r} is outside the periods sluicegate can export "
-            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()}); give a {time.grain} between"
-        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone_of(zone))
     return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
+
+
+def exportable(period: dt.date | dt.datetime, time: TimeSpec) -> dt.date | dt.datetime:
+    """``period`` (a user's), when its window fits in Python's years; a UsageError otherwise
+    (``mark`` of 9999-12-31 was an OverflowError with a traceback)."""
+    first, last = (EARLIEST, LATEST) if isinstance(period, dt.datetime) else (EARLIEST.date(), LATEST.date())
+    if not first <= period <= last:
+        raise UsageError(
+            f"{time.name}={period.isoformat()!r} is outside the periods sluicegate can export "
+            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()}); give a {time.grain} between"
+        )
+    return period
 
 
 def make_partition(task: PartitionKeys, keys: Sequence[Any], period: Any, zone: str | None) -> Partition:
