@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,41 @@ def test_two_result_columns_of_one_name_are_a_config_error(mariadb_url: str, tmp
             source.describe(spec)
     finally:
         source.close()
+
+
+def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(mariadb_url: str, tmp_path: Path) -> None:
+    """A zero DATETIME (0000-00-00, allowed by a lax sql_mode) made MariaDB Connector/Python
+    raise "year 0 is out of range", and the partition failed with that text alone. Now the error
+    says what it is and what to do, and the other partition of the batch is exported (its YEAR of
+    0000 is read as 0)."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = ''")
+        cur.execute("CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, y YEAR, d DATETIME)")
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0, '2024-01-01'),"
+            " ('Leuven', '2024-03-01 10:00:00', 2024, '0000-00-00 00:00:00')"
+        )
+        conn.commit()
+    root = tmp_path / "proj"
+    task = root / "tasks" / "cities"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (task / "task.toml").write_text('keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n')
+    (task / "select.sql").write_text("SELECT city, at, y, d FROM readings")
+    for city in ("Gent", "Leuven"):
+        assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["failed"]) == (1, 1)
+    [error] = summary["errors"]
+    assert error.startswith('["Leuven","2024-03-01"]: ')
+    assert "MariaDB's driver could not read a value of this partition (year 0 is out of range)" in error
+    assert "such as a zero date (0000-00-00); convert the column in select.sql" in error
+    assert read_csv(tmp_path / "out" / "Gent" / "20240301.csv") == [
+        {"city": "Gent", "at": "2024-03-01T10:00:00+00:00", "y": "0", "d": "2024-01-01T00:00:00+00:00"}
+    ]

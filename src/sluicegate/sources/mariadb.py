@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import db
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, DataError
 from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
 
@@ -168,7 +168,7 @@ class MariaDbSource:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             try:
                 cur.execute(query, params)
-                for ordinal, rows in group_rows(cur, CHUNK_ROWS):
+                for ordinal, rows in group_rows(_converting(cur), CHUNK_ROWS):
                     yield ordinal, _with_zones(rows, times) if times else rows
             finally:
                 with contextlib.suppress(Exception):  # a lost connection: the read already failed
@@ -336,6 +336,30 @@ def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:
             "a DATETIME (a TIMESTAMP is an instant already); remove datetime_zone"
         )
     return spec.datetime_zone
+
+
+class _converting:
+    """A cursor whose ``fetchmany`` turns the driver's failure to convert a value into a DataError.
+
+    MariaDB Connector/Python 1.1 raises a ValueError ("year 0 is out of range"), or a
+    ``SystemError`` around one, for a value it cannot make a Python object of: a zero date
+    (``0000-00-00``, which a ``sql_mode`` without ``NO_ZERO_DATE`` lets a table hold). The
+    partition failed with that text alone.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def fetchmany(self, size: int) -> Any:
+        try:
+            return self.cursor.fetchmany(size)
+        except (SystemError, ValueError) as exc:
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise DataError(
+                f"MariaDB's driver could not read a value of this partition ({cause}), such as a "
+                "zero date (0000-00-00); convert the column in select.sql (for example "
+                "NULLIF(col, '0000-00-00 00:00:00'), or CAST(col AS CHAR) to keep its text)"
+            ) from exc
 
 
 def _aware(value: Any) -> Any:
