@@ -230,7 +230,14 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[s
 
 
 def _execute(inbox: Ledger, statements: Sequence[Any]) -> None:
-    """Run the statements that create a task's triggers in one transaction."""
+    """Run the statements that create a task's triggers in one transaction.
+
+    On PostgreSQL one install at a time (a transaction-level advisory lock): two at once, from
+    two deploy hosts say, replaced the same function and triggers together and one of them
+    failed with "tuple concurrently updated".
+    """
     with inbox.core.transaction() as cur:
+        if inbox.dialect is db.POSTGRESQL:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate install'))")
         for statement in statements:
             cur.execute(statement)
