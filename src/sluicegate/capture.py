@@ -86,11 +86,15 @@ def fold(
     DATETIME, see :func:`wall_zone`), else UTC.
 
     A change outside :data:`EARLIEST` to :data:`LATEST` (a row's time of ``infinity``, or in
-    the year 9999) has no partition sluicegate can export: it is logged as a warning and left
-    out, so that it cannot stop every other change from being folded (it did: the fold failed,
-    each run, and nothing was exported)."""
+    the year 9999), or with a NULL key value, has no partition sluicegate can export: it is
+    logged as a warning and left out, so that it cannot stop every other change from being
+    folded (it did: the fold failed, each run, and nothing was exported; a NULL key with a fixed
+    zone was recorded exported with no file)."""
     seen: dict[str, Partition] = {}
     for keys, first, last in changes:
+        if any(value is None for value in keys):  # the batch query's `=` would never read them
+            _set_aside(task, keys, "with a NULL key")
+            continue
         if task.time is None:
             part = make_partition(task, keys, None, None)
             seen.setdefault(part.pkey, part)
@@ -98,7 +102,12 @@ def fold(
         if first is None or last is None:
             continue
         if first < EARLIEST or last > LATEST:
-            _set_aside(task, keys, early=first < EARLIEST)
+            edge = (
+                f"before {EARLIEST.date().isoformat()}"
+                if first < EARLIEST
+                else f"after {LATEST.date().isoformat()}"
+            )
+            _set_aside(task, keys, f"at a time {edge} UTC (or infinity)")
             continue
         zone = zones.zone(keys)
         # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
@@ -111,13 +120,11 @@ def fold(
     return list(seen.values())
 
 
-def _set_aside(task: TaskSpec, keys: Sequence[Any], early: bool) -> None:
-    pairs = ", ".join(f"{k}={v}" for k, v in zip(task.keys, keys, strict=True)) or "its rows"
-    when = f"before {EARLIEST.date().isoformat()}" if early else f"after {LATEST.date().isoformat()}"
+def _set_aside(task: TaskSpec, keys: Sequence[Any], why: str) -> None:
+    pairs = ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in zip(task.keys, keys, strict=True))
     log.warning(
-        "task %s: a change to %s at a time %s UTC (or infinity) has no partition and is not "
-        "exported; fix the rows' time",
-        task.name, pairs, when,
+        "task %s: a change to %s %s has no partition and is not exported; fix the rows in the source",
+        task.name, pairs or "its rows", why,
     )  # fmt: skip
 
 

@@ -76,6 +76,11 @@ def check_template(
 
 def check_value(name: str, value: Any) -> None:
     """Raise BadPartitionValue when a key value cannot be part of a path."""
+    if value is None:  # a row with a NULL key: the batch query's `=` never reads it
+        raise BadPartitionValue(
+            f"partition value {name} is NULL: rows with a NULL key belong to no partition and would "
+            f"never be read; give them a value in select.sql (COALESCE({name}, ...)) or leave them out"
+        )
     text = str(value)
     if text in ("", ".", "..") or "/" in text:
         reason = "it is empty, '.', '..' or holds a slash"

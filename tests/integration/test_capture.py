@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ def test_a_row_at_a_time_no_partition_can_have_does_not_stop_the_others(
         assert "Traceback" not in ran.stderr
         if attempt == 1 and how != "backfill":
             assert "a change to location_id=2 at a time" in ran.stderr, ran.stderr
-            assert "has no partition and is not exported; fix the rows' time" in ran.stderr
+            assert "has no partition and is not exported; fix the rows in the source" in ran.stderr
         elif how == "trigger":
             assert "location_id=2" not in ran.stderr
     out = tmp_path / "out"
@@ -251,4 +252,31 @@ def test_two_installs_at_once_both_succeed(backend: str, tmp_path: Path) -> None
             assert proc.returncode == 0, out + err
     db.insert(1, [DAY + dt.timedelta(hours=1)])
     assert _absorbed(root) == {'[1,"2024-05-01"]': 1}
+    db.close()
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("zone", ["UTC", None])
+def test_a_row_with_a_null_key_is_set_aside_and_stops_nothing(pg_url: str, tmp_path: Path, zone: str | None) -> None:
+    """A row whose capture key is NULL: with a fixed zone its change became partition
+    [null, day], which the batch query (``q.k = p.k0``) never reads, and the ledger recorded it
+    exported with no file and no word; with ``zone_sql`` the fold stopped the whole task, every
+    run ("zone_sql returned no zone for location_id=None"). Now the change is set aside with a
+    warning naming the key, and the other partitions are exported."""
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone=zone)
+    db = Db(pg_url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.conn.execute("ALTER TABLE measurements ALTER COLUMN location_id DROP NOT NULL")
+    db.conn.execute(_insert_sql(db), (None, 10, db.ts(DAY + dt.timedelta(hours=2)), 1.0, db.ts(DAY)))
+    db.insert(1, [DAY + dt.timedelta(hours=1)])
+    for attempt in (1, 2):
+        ran = cli(root, "run", "--json")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        [summary] = json.loads(ran.stdout)
+        assert (summary["exported"], summary["failed"], summary["task_errors"]) == (2 - attempt, 0, [])
+        warned = "a change to location_id=NULL with a NULL key has no partition and is not exported"
+        assert (warned in ran.stderr) == (attempt == 1), ran.stderr
+    assert "0 failed" in cli(root, "status").stdout
+    assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
     db.close()
