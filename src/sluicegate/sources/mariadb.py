@@ -168,7 +168,7 @@ class MariaDbSource:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             try:
                 cur.execute(query, params)
-                for ordinal, rows in group_rows(_converting(cur), CHUNK_ROWS):
+                for ordinal, rows in group_rows(_Converting(cur), CHUNK_ROWS):
                     yield ordinal, _with_zones(rows, times) if times else rows
             finally:
                 with contextlib.suppress(Exception):  # a lost connection: the read already failed
@@ -338,7 +338,7 @@ def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:
     return spec.datetime_zone
 
 
-class _converting:
+class _Converting:
     """A cursor whose ``fetchmany`` turns the driver's failure to convert a value into a DataError.
 
     MariaDB Connector/Python 1.1 raises a ValueError ("year 0 is out of range"), or a
