@@ -108,6 +108,22 @@ def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) 
     assert (by_name["nu"].precision, by_name["nu"].scale) == (3, 1)
 
 
+def _cities(tmp_path: Path, mariadb_url: str, select: str, task_extra: str = "") -> Path:
+    """A project with one task ``cities``: key ``city``, UTC days of ``at``, csv into tmp_path/out."""
+    root = tmp_path / "proj"
+    task = root / "tasks" / "cities"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (task / "task.toml").write_text(
+        'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n' + task_extra
+    )
+    (task / "select.sql").write_text(select)
+    return root
+
+
 def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     mariadb_url: str, tmp_path: Path
 ) -> None:
@@ -120,17 +136,8 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
             "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(32) CHARACTER SET utf8mb4"
             " COLLATE utf8mb4_general_ci NOT NULL, at DATETIME(6) NOT NULL, v DOUBLE)"
         )
-    root = tmp_path / "proj"
-    task = root / "tasks" / "cities"
-    task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nformat = "csv"\n'
-    )
-    (task / "task.toml").write_text(
-        'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n'
-        '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
-    )
-    (task / "select.sql").write_text("SELECT city, at, v FROM readings")
+    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, v FROM readings", capture)
     assert cli(root, "install").returncode == 0
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
@@ -183,17 +190,10 @@ def test_column_names_with_placeholder_and_quote_characters_are_read(
         cur.execute("CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, v INT)")
         cur.execute("INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 3)")
         conn.commit()
-    root = tmp_path / "proj"
-    task = root / "tasks" / "cities"
-    task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n[defaults]\nformat = "csv"\n'
-    )
-    (task / "task.toml").write_text('keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n')
     hostile = ", ".join(
         f"v * {i} AS `{name.replace('`', '``')}`" for i, name in enumerate(HOSTILE_NAMES, start=2)
     )
-    (task / "select.sql").write_text(f"SELECT city, at, {hostile} FROM readings")
+    root = _cities(tmp_path, mariadb_url, f"SELECT city, at, {hostile} FROM readings")
     assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -227,15 +227,7 @@ def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(mariadb_url
             " ('Leuven', '2024-03-01 10:00:00', 2024, '0000-00-00 00:00:00')"
         )
         conn.commit()
-    root = tmp_path / "proj"
-    task = root / "tasks" / "cities"
-    task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
-    )
-    (task / "task.toml").write_text('keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n')
-    (task / "select.sql").write_text("SELECT city, at, y, d FROM readings")
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, y, d FROM readings")
     for city in ("Gent", "Leuven"):
         assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
     ran = cli(root, "run", "--json")
