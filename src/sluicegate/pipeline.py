@@ -341,7 +341,7 @@ class Pipeline:
             previous is not None
             and checksum == previous.checksum
             and unit.path == previous.path
-            and self.destination.exists(unit.path, staged.file.size)
+            and self.destination.exists(unit.path, staged.file.size, previous.etag)
         )
         if unchanged:
             self.destination.discard(staged)

@@ -73,6 +73,29 @@ def test_moto_publish_skip_unchanged_and_force(tmp_path: Path, s3_bucket: tuple[
     assert restored.exported == 1 and len(_rows(client, bucket, f"open-data/{KEY}")) == 24
 
 
+def test_an_object_replaced_by_other_bytes_of_the_same_size_is_uploaded_again(
+    tmp_path: Path, s3_bucket: tuple[str, str]
+) -> None:
+    """The unchanged-file skip compares the object's ETag with the ledger's, not only its size:
+    an object someone overwrote with other bytes of the same length is put right by the next
+    export of its partition, instead of being recorded as unchanged."""
+    endpoint, bucket = s3_bucket
+    root, _db = _project(tmp_path, f"s3://{bucket}/open-data", f'endpoint_url = "{endpoint}"')
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (2, 0)
+    client = _client(endpoint)
+    key = f"open-data/{KEY}"
+    good = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    client.put_object(Bucket=bucket, Key=key, Body=b"x" * len(good))  # type: ignore[attr-defined]
+    operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
+    [again] = engine.run(load(root))
+    assert (again.exported, again.unchanged, again.failed) == (1, 0, 0), again.errors
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == good  # type: ignore[attr-defined]
+    operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
+    [third] = engine.run(load(root))
+    assert (third.exported, third.unchanged) == (0, 1)  # and the skip still works
+
+
 def test_small_objects_are_uploaded_from_memory_without_a_temp_file(
     tmp_path: Path, s3_bucket: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

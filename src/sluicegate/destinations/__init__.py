@@ -144,8 +144,9 @@ class Destination(Protocol):
         """Remove a staged file that will not be published."""
         ...
 
-    def exists(self, path: str, size: int) -> bool:
-        """True when an object of ``size`` bytes is published at ``path``."""
+    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
+        """True when an object of ``size`` bytes is published at ``path`` (and, on a store
+        that gives ETags, one whose ETag is ``etag`` when that is given)."""
         ...
 
     def delete(self, path: str) -> None:

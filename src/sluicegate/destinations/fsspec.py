@@ -59,8 +59,8 @@ class FsspecDestination(SpooledUpload):
     def check_path(self, path: str) -> None:
         """No limit is known for an arbitrary fsspec filesystem; its own errors apply."""
 
-    def exists(self, path: str, size: int) -> bool:
-        """True when ``path`` exists with ``size`` bytes."""
+    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
+        """True when ``path`` exists with ``size`` bytes (files have no ETag to compare)."""
         full = self._full(path)
         try:
             return bool(self.fs.exists(full) and self.fs.size(full) == size)

@@ -191,8 +191,8 @@ class LocalDestination:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged.local_path)
 
-    def exists(self, path: str, size: int) -> bool:
-        """True when ``path`` exists with ``size`` bytes."""
+    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
+        """True when ``path`` exists with ``size`` bytes (files have no ETag to compare)."""
         try:
             return os.stat(self._target(path)).st_size == size
         except FileNotFoundError:

@@ -321,8 +321,9 @@ class S3Destination(SpooledUpload):
                 "shorten the partition values, the path template or the prefix"
             )
 
-    def exists(self, path: str, size: int) -> bool:
-        """True when the object exists with ``size`` bytes."""
+    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
+        """True when the object exists with ``size`` bytes and, when ``etag`` is given, that
+        ETag: an object replaced by other bytes of the same size is not taken for ours."""
         key = self.key(path)
         with self._errors(key):
             try:
@@ -331,7 +332,7 @@ class S3Destination(SpooledUpload):
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
-        return int(head["ContentLength"]) == size
+        return int(head["ContentLength"]) == size and (etag is None or head.get("ETag") == etag)
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
