@@ -332,7 +332,8 @@ class S3Destination(SpooledUpload):
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
-        return int(head["ContentLength"]) == size and (etag is None or head.get("ETag") == etag)
+        same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
+        return int(head["ContentLength"]) == size and same
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
