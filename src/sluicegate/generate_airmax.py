@@ -103,7 +103,7 @@ def measurement(rng: random.Random, sent: dt.datetime) -> dict[str, Any]:
 
 def _row(flavor: tables.Flavor, m: dict[str, Any]) -> tuple[Any, ...]:
     times = ("message_send_time_utc", "measurement_time_utc")
-    return tuple(tables.time_value(flavor, m[c]) if c in times else m[c] for c in COLUMNS)
+    return tuple(tables.time_value(flavor, m[c], whole_seconds=True) if c in times else m[c] for c in COLUMNS)
 
 
 def generate(

@@ -37,15 +37,19 @@ def flavor_of(url: str, where: str = "table url") -> Flavor:
         ) from None
 
 
-def time_value(flavor: Flavor, value: dt.datetime) -> Any:
+def time_value(flavor: Flavor, value: dt.datetime, *, whole_seconds: bool = False) -> Any:
     """A UTC time as a table of ``flavor`` stores it: aware on PostgreSQL, naive UTC on
-    MariaDB (``DATETIME``), ISO 8601 text with ``Z`` on SQLite; whole seconds."""
-    utc = value.astimezone(dt.UTC).replace(microsecond=0)
+    MariaDB (``DATETIME``; a ``DATETIME`` without a fraction keeps whole seconds), ISO 8601
+    text with ``Z`` on SQLite (a fraction only when there is one). ``whole_seconds`` drops the
+    fraction (the aggregate's evaluation times, which are whole seconds by design)."""
+    utc = value.astimezone(dt.UTC)
+    if whole_seconds:
+        utc = utc.replace(microsecond=0)
     if flavor == "postgresql":
         return utc
     if flavor == "mariadb":
         return utc.replace(tzinfo=None)
-    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if utc.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: Any) -> dt.datetime | None:

@@ -249,3 +249,20 @@ def test_a_malformed_message_with_a_very_long_id_is_parked_once(root: Path, tmp_
         assert summary.malformed_count == 1 and summary.parked == 1
     assert [len(r[0]) for r in _query(url, "SELECT message_id FROM {log}parked")] == [2000]
     assert [r[0] for r in _raw(url)] == ["ok"]
+
+
+def test_a_time_with_a_fraction_of_a_second_is_stored_with_it(root: Path, tmp_path: Path, url: str) -> None:
+    """Ingest keeps a message's microseconds (it used to cut them off without a word); a whole
+    second stays as it was written before, so SQLite's text of existing rows does not change."""
+    batch = tmp_path / "batch.jsonl"
+    lines = [line("m1", date_utc="2024-03-10T11:00:00.900Z"), line("m2", date_utc="2024-03-10T11:00:01Z")]
+    batch.write_text("\n".join(lines) + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")
+    assert (summary.inserted, summary.malformed_count) == (2, 0)
+    stored = [tables.parse_time(row[3]) for row in _raw(url)]
+    assert stored == [
+        dt.datetime(2024, 3, 10, 11, 0, 0, 900000, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 10, 11, 0, 1, tzinfo=dt.UTC),
+    ]
+    if url.startswith("sqlite"):
+        assert [row[3] for row in _raw(url)] == ["2024-03-10T11:00:00.900000Z", "2024-03-10T11:00:01Z"]

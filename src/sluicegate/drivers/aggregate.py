@@ -208,7 +208,7 @@ def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str],
     source = tables.TableDb(url)
     try:
         start, end = task.window(tick)
-        bounds = [tables.time_value(source.flavor, start), tables.time_value(source.flavor, end)]
+        bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
         names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
     finally:
         source.close()
@@ -249,7 +249,8 @@ def _write_table(
             raise LedgerError(_lost(task, tick))
 
     with tables.TableSink(task.target) as sink:
-        stamped = [(*row[:-1], tables.time_value(sink.db.flavor, row[-1])) for row in rows]
+        flavor = sink.db.flavor
+        stamped = [(*row[:-1], tables.time_value(flavor, row[-1], whole_seconds=True)) for row in rows]
         try:
             sink.write(columns, stamped, stamp=(task.evaluation_column, tick), before_commit=before_commit)
         except tables.Superseded as exc:

@@ -2,12 +2,12 @@
 -- 8,388,607 rows, about 58 days at 100 rows a minute), message ids that may not repeat, the
 -- index on measurement_time_utc that every window query needs (airmax had none: each
 -- evaluation scanned the whole table), and a key on current_air_quality.
--- Times are DATETIME in UTC. `sluicegate generate --dataset airmax` runs this file.
+-- Times are DATETIME(6) in UTC (microseconds, as a message may carry them). `sluicegate generate --dataset airmax` runs this file.
 CREATE TABLE IF NOT EXISTS raw (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     message_id VARCHAR(255) NOT NULL,
-    message_send_time_utc DATETIME,
-    measurement_time_utc DATETIME NOT NULL,
+    message_send_time_utc DATETIME(6),
+    measurement_time_utc DATETIME(6) NOT NULL,
     country_code VARCHAR(2),
     location VARCHAR(255),
     city VARCHAR(255),
