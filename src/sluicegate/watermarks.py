@@ -30,7 +30,7 @@ from . import db, paths
 from .exceptions import ConfigError, UsageError
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
-from .partitions import coerce_value, zone_of
+from .partitions import zone_of
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -374,7 +374,8 @@ def _watermark_window(
 def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[str, Any]:
     chosen = request.entities or task.entities
     if chosen:
-        return {str(e): coerce_value(str(e)) if isinstance(e, str) else e for e in chosen}
+        # Text stays text ("007" is not 7): the driver reads it as the entity column's kind.
+        return {str(e): e for e in chosen}
     found = discover_entities(task, source)
     if not found:
         raise ConfigError(f"{task.folder / 'select.sql'} returned no entities; nothing to export")
@@ -418,7 +419,7 @@ def redrive_windows(
     by_entity = {f["entity"]: f for f in retry}
     windows: list[Window] = [
         Window(
-            entity=f["entity"], value=coerce_value(f["entity"]), start=f["failed_start"], end=f["failed_end"],
+            entity=f["entity"], value=f["entity"], start=f["failed_start"], end=f["failed_end"],
             export_type=f["failed_type"], claim=None, mode="redrive", destination=f["failed_destination"],
         )  # a failed re-export: its own window and destination again
         for f in retry
@@ -438,7 +439,7 @@ def redrive_windows(
         windows.append(
             Window(
                 entity=c.entity,
-                value=coerce_value(c.entity),
+                value=c.entity,  # the ledger's text; the driver reads it as the column's kind
                 start=start,
                 end=f["failed_end"],
                 export_type=f["failed_type"],

@@ -577,3 +577,72 @@ def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_pa
     assert (marks["s1"]["watermark"], marks["s1"]["rows"], marks["s1"]["last_error"]) == (T, 0, None)
     assert marks["s1"]["failed_end"] is None and marks["s1"]["attempts"] == 0
     assert (marks["s2"]["watermark"], marks["s2"]["claimed"]) == (None, False)
+
+
+def _by_study(tmp_path: Path) -> dict[str, list[str]]:
+    """Each exported file's payloads, by the study folder it is in."""
+    found: dict[str, list[str]] = {}
+    for path in files(tmp_path / "out"):
+        found.setdefault(path.relative_to(tmp_path / "out").parts[0], []).extend(
+            r["payload"] for r in read_csv(path)
+        )
+    return found
+
+
+def test_entities_named_in_text_are_read_as_text_and_redriven_so(url: str, tmp_path: Path) -> None:
+    """Studies "007", "7" and "+7" of a text column are three entities. They used to be read as
+    the integer 7: "007"'s and "+7"'s files got study 7's rows, theirs were never exported, and
+    their watermarks moved; redrive of a failed "007" did the same."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    for study in ("007", "7", "+7"):
+        rec.add(study, T - dt.timedelta(hours=5), f"row of {study}")
+    first = _run(root, export_type="daily", end=T, entities=("007", "+7"))
+    assert first.failed == 0
+    assert _by_study(tmp_path) == {"007": ["row of 007"], "+7": ["row of +7"]}
+    out = tmp_path / "out"
+    rec.add("007", T + dt.timedelta(hours=5), "second row of 007")
+    rec.add("7", T + dt.timedelta(hours=5), "second row of 7")
+    (out / "007" / "daily").rename(out / "moved")
+    (out / "007" / "daily").write_text("a file where a folder must go")
+    assert _run(root, export_type="daily", end=T + dt.timedelta(days=1), entities=("007",)).failed == 1
+    (out / "007" / "daily").unlink()
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["exported"] == 1, redrive
+    assert _by_study(tmp_path)["007"] == ["second row of 007"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def test_an_integer_entity_column_takes_entities_written_as_its_integers(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """On an integer entity column "7" names entity 7, and "007" or "+7" fail their window with
+    a message (they would select entity 7's rows under another name); a text column's "123" works
+    on PostgreSQL (it used to be sent as an integer: "operator does not exist: text = integer")."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    root = _project(tmp_path, url)
+    select = root / "tasks" / "studies" / "select.sql"
+    select.write_text("SELECT record_id, CAST(study_id AS INTEGER) AS study_id, uploaded_on, payload FROM records")
+    rec = Records(url)
+    rec.add("7", T - dt.timedelta(hours=5), "row of 7")
+    rec.add("123", T - dt.timedelta(hours=5), "row of 123")
+    summary = _run(root, export_type="daily", end=T, entities=("7", "007", "+7"))
+    assert summary.failed == 2 and _by_study(tmp_path) == {"7": ["row of 7"]}
+    assert any("'007' is not an integer" in e and "'7'" in e for e in summary.errors), summary.errors
+    select.write_text("SELECT record_id, study_id, uploaded_on, payload FROM records")
+    assert _run(root, export_type="daily", end=T, entities=("123",)).failed == 0
+    assert _by_study(tmp_path)["123"] == ["row of 123"]
+
+
+@pytest.mark.pg
+def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) -> None:
+    """A text cursor failed every run on PostgreSQL ("operator does not exist: text >=
+    timestamptz") while ``check`` said the task was fine."""
+    root = _project(tmp_path, pg_url)
+    Records(pg_url)
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on::text AS uploaded_on, payload FROM records"
+    )
+    result = cli(root, "check")
+    assert result.returncode == 2
+    assert "cursor: column 'uploaded_on' is text, not a time" in result.stdout + result.stderr

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import validate, watermarks
-from ..exceptions import ConfigError, SluicegateError
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..pipeline import Pipeline
-from ..sources import ReadSpec, Slice, Source
+from ..sources import Column, ReadSpec, Slice, Source
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import EXPORT_TYPES, ExportRequest, Window
@@ -278,7 +278,9 @@ class Driver:
             )  # fmt: skip
             with pipeline:
                 units = [
-                    u for w in group if (u := _unit(task, w, pipeline, destination, ctx.ledger)) is not None
+                    u
+                    for w in group
+                    if (u := _unit(task, w, pipeline, destination, ctx.ledger, columns)) is not None
                 ]
                 try:
                     for at in range(0, len(units), task.batch_size):
@@ -290,12 +292,19 @@ class Driver:
 
 
 def _unit(
-    task: Task, window: Window, pipeline: Pipeline, destination: Any, ledger: Ledger
+    task: Task,
+    window: Window,
+    pipeline: Pipeline,
+    destination: Any,
+    ledger: Ledger,
+    columns: Sequence[Column],
 ) -> WorkUnit | None:
     """The work unit of a window (its path checked); a window whose path is unusable fails here."""
     token = window.claim.token if window.claim else ""
     piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
     try:
+        value = entity_value(task, window.value, columns)
+        piece = dataclasses.replace(piece, keys=(value,))
         path = watermarks.window_path(task, window)
         destination.check_path(path)
     except SluicegateError as exc:
@@ -305,24 +314,55 @@ def _unit(
         ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
     return WorkUnit(
         key=window.entity, slice=piece, path=path, token=token, handle=window,
-        keys={task.entity: window.value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
+        keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
     )  # fmt: skip
+
+
+def entity_value(task: Task, value: Any, columns: Sequence[Column]) -> Any:
+    """An entity named in text (task.toml, ``--entity``, a request, the ledger) as the entity
+    column holds it: an integer column's entity must be written as the integer is ("7", not
+    "007" or "+7", which would select entity 7's rows); any other column compares as text."""
+    kind = next((c.kind for c in columns if c.name == task.entity), None)
+    if not isinstance(value, str) or kind != "int":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or str(number) != value:
+        raise BadPartitionValue(
+            f"entity {value!r} is not an integer as written in column {task.entity!r} "
+            "(its values are integers); name it as the column holds it, such as "
+            f"{str(number) if number is not None else '42'!r}"
+        )
+    return number
+
+
+CURSOR_KINDS = ("timestamptz", "timestamp", "date")
 
 
 def check(task: Task, source: Source) -> list[str]:
     """Problems of an incremental task against the live source."""
     toml = task.folder / "task.toml"
     try:
-        columns = {c.name for c in source.describe(read_spec(task))}
+        described = source.describe(read_spec(task))
     except SluicegateError as exc:
         return [str(exc)]
+    columns = {c.name: c for c in described}
     wanted = [("entity", task.entity), ("cursor", task.cursor)]
     wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
-    return [
+    problems = [
         f"{toml} {field}: {name!r} is not a column of select.sql's result"
         for field, name in wanted
         if name not in columns
     ]
+    cursor = columns.get(task.cursor)
+    if cursor is not None and cursor.kind not in CURSOR_KINDS:
+        problems.append(
+            f"{toml} cursor: column {task.cursor!r} is {cursor.kind}, not a time; windows compare it "
+            "with times, so cast it in select.sql (to timestamptz on PostgreSQL, for example)"
+        )
+    return problems
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
