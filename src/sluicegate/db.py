@@ -112,8 +112,18 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
-    """Open a DB-API connection for ``url`` (sqlite3, psycopg or MariaDB's); errors as :func:`wrap_errors`."""
+# PostgreSQL sessions are named, so that the incremental tasks' late-commit cap
+# (watermarks.commit_horizon) can leave out sluicegate's own readers and ledger, whose open
+# transactions add no rows to the source, and must count its writers (ingest, table sinks,
+# blocks loads), whose rows may commit behind a watermark like anyone's.
+APPLICATION_NAME = "sluicegate"
+WRITER_APPLICATION_NAME = "sluicegate writer"
+
+
+def connect(url: str, *, autocommit: bool = True, ledger: bool = False, writer: bool = False) -> Any:
+    """Open a DB-API connection for ``url`` (sqlite3, psycopg or MariaDB's); errors as :func:`wrap_errors`.
+
+    ``writer``: the session writes rows of the source's tables (see APPLICATION_NAME)."""
     dialect = dialect_of(url)
     if dialect is SQLITE:
         path = sqlite_path(url)
@@ -133,7 +143,8 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False) -> Any:
     import psycopg
 
     with wrap_errors(url, ledger=ledger):
-        return psycopg.connect(url, autocommit=autocommit, application_name="sluicegate")
+        name = WRITER_APPLICATION_NAME if writer else APPLICATION_NAME
+        return psycopg.connect(url, autocommit=autocommit, application_name=name)
 
 
 def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:

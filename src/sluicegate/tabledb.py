@@ -185,7 +185,7 @@ def _connect(url: str, flavor: Flavor) -> Any:
     """Open an autocommit connection; times are compared and written in UTC."""
     if flavor == "mariadb":
         return _connect_mariadb(url)
-    conn = db.connect(url)
+    conn = db.connect(url, writer=True)  # its rows count for incremental tasks' late-commit cap
     if flavor == "postgresql":
         with db.wrap_errors(url):
             conn.execute("SET TimeZone TO 'UTC'")

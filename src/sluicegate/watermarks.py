@@ -210,11 +210,12 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     """How far back a not-yet-committed row may still land: ``(cap, None)`` or ``(None, reason)``.
 
     PostgreSQL: the start of the oldest open transaction on the source database, other than
-    sluicegate's own sessions (None when there is none). MariaDB/MySQL: the start of the
-    oldest open InnoDB transaction of another session connected to the source's database
-    (``information_schema.innodb_trx``, server-wide, joined to the process list for the
-    database; needs the ``PROCESS`` privilege; shown in the session's UTC, in whole seconds,
-    which only makes the cap earlier). SQLite: a reason
+    sluicegate's own readers and ledger (None when there is none); its writers (ingest, table
+    sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``) count like any other session.
+    MariaDB/MySQL: the start of the oldest open InnoDB transaction of another session connected
+    to the source's database (``information_schema.innodb_trx``, server-wide, joined to the
+    process list for the database; needs the ``PROCESS`` privilege; shown in the session's UTC,
+    in whole seconds, which only makes the cap earlier). SQLite: a reason
     when a write transaction is open right now.
     """
     if source.dialect is db.MARIADB:
@@ -227,8 +228,9 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     if source.dialect is db.POSTGRESQL:
         rows = source.execute(
             "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND application_name <> 'sluicegate' "
-            "AND backend_type = 'client backend'"
+            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND application_name <> %s "
+            "AND backend_type = 'client backend'",
+            (db.APPLICATION_NAME,),
         )
         return rows[0][0], None
     probe = sqlite3.connect(db.sqlite_path(source.url), timeout=0, isolation_level=None)

@@ -395,6 +395,28 @@ def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp
     assert _payloads(tmp_path) == ["early", "late"]
 
 
+@pytest.mark.pg
+def test_a_sluicegate_writers_open_transaction_caps_the_window_too(pg_url: str, tmp_path: Path) -> None:
+    """The late-commit cap left out every session named 'sluicegate', so a row that sluicegate's
+    own ingest, table sink or blocks load was still committing (its cursor the transaction's
+    start) fell behind the watermark and was never exported. Writers count now."""
+    from sluicegate import tables
+
+    root = _project(tmp_path, pg_url, bootstrap="beginning")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    writer = tables.TableDb(pg_url)  # the connection ingest and the table sinks write through
+    writer.conn.execute("BEGIN")
+    writer.conn.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'late')")
+    time.sleep(0.3)
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early"]
+    writer.conn.execute("COMMIT")
+    writer.close()
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
 # 11: the request message through the CLI
 def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
