@@ -247,19 +247,19 @@ class Pipeline:
             job.error = chunk.error
             return
         try:
-            if job.writer is None:
-                job.staged = self.destination.stage(job.unit.path)
-                job.writer = open_writer(
-                    self.format,
-                    job.staged.file,
-                    self.columns,
-                    job.unit.slice.zone,
-                    fernet_key=self.fernet_key,
-                )
-            job.writer.write(chunk, self.mode)
+            self._open(job).write(chunk, self.mode)
             self.fault("mid_write")
         except SluicegateError as exc:
             job.error = exc
+
+    def _open(self, job: _Job) -> Writer:
+        """The unit's writer, opened (and its file staged) on its first rows."""
+        if job.writer is None:
+            job.staged = self.destination.stage(job.unit.path)
+            job.writer = open_writer(
+                self.format, job.staged.file, self.columns, job.unit.slice.zone, fernet_key=self.fernet_key
+            )
+        return job.writer
 
     def _renew(self, jobs: list[_Job]) -> None:
         # Also the earlier batch whose last files are still in flight (committed later).
@@ -279,6 +279,11 @@ class Pipeline:
         if job.done:
             return
         job.done = True
+        if job.error is None and job.writer is None and job.unit.empty_file:
+            try:  # no rows, and the unit wants a file all the same: the header (or schema) alone
+                self._open(job)
+            except SluicegateError as exc:
+                job.error = exc
         if job.error is not None:
             self._discard(job)
             self._fail(job.unit, job.error)

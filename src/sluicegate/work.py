@@ -38,6 +38,7 @@ class WorkUnit:
     handle: Any = None  # the driver's own record of the unit (a claim, a window, a run)
     keys: Mapping[str, Any] | None = None  # what the change feed names it by (partition keys ...)
     version: Any = None  # ... and which version of it the file holds
+    empty_file: bool = False  # write a file even when it has no rows (an archive run: the header)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -299,6 +299,25 @@ def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: 
     assert {e["path"] for e in lines} == {p.relative_to(out).as_posix() for p in files(out)}
 
 
+def test_a_run_with_no_rows_writes_the_header_it_records(url: str, tmp_path: Path) -> None:
+    """A run whose select matches nothing writes a file with the header alone, as documented.
+    It used to write no file and record the path all the same: the ledger named a file that
+    was never published."""
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    _seed(agency)
+    engine.run(load(root))
+    [empty] = engine.run(load(root))  # everything superseded was archived by the first run
+    assert (empty.rows, empty.failed) == (0, 0), empty.errors
+    out = tmp_path / "out"
+    with Ledger(url) as ledger:
+        paths = [r[0] for r in ledger.conn.execute(f"SELECT path FROM {ledger.table_prefix}archive_runs")]
+    assert sorted(p.relative_to(out).as_posix() for p in files(out)) == sorted(paths) and len(paths) == 2
+    second = next(p for p in files(out) if "-2." in p.name)
+    header = gzip.decompress(second.read_bytes()).decode()
+    assert header.count("\n") == 1 and header.startswith("id,")
+
+
 def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url, delete=False, boundary="now")
     agency = Agency(url)

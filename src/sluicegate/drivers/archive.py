@@ -330,8 +330,9 @@ class Driver:
             columns, mode, chunks = snapshot.read(_select(task, ctx.source), params, want)
             recorder = Recorder(task, run, snapshot, ctx, held)
             unit = WorkUnit(
-                key="", slice=Slice(zone=task.zone), path=run.path, handle=run, keys={}, version=run.run_id
-            )
+                key="", slice=Slice(zone=task.zone), path=run.path, handle=run, keys={}, version=run.run_id,
+                empty_file=True,  # a run with no rows still writes its file: the header alone
+            )  # fmt: skip
             ctx.destination.check_path(run.path)
             pipeline = Pipeline(
                 read=lambda units: ((0, chunk) for chunk in chunks), format=task.format, columns=columns,
