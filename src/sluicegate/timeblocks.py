@@ -14,6 +14,7 @@ label carries the UTC offset (``01:00-05:00`` and ``01:00-06:00``).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +28,8 @@ HOUR = dt.timedelta(hours=1)
 Grain = Literal["hour", "day"]
 GRAINS: tuple[Grain, ...] = ("hour", "day")
 MAX_BLOCKS = 50_000  # per request and key: about 5.7 years of hours
+# How far before a range blocks_between looks for the whole hour its first block starts at.
+LOOK_BACK = dt.timedelta(hours=27)
 # atd-mds's command-line times: yyyy-mm-dd-hh, local, not necessarily zero-padded.
 _ATD_TIME = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})-(\d{1,2})$")
 
@@ -83,10 +86,13 @@ def blocks_between(time_min: dt.datetime, time_max: dt.datetime, *, grain: Grain
             "time_min must be before time_max"
         )
     tz = ZoneInfo(zone)
-    ends = _hour_ends(time_min, time_max, tz) if grain == "hour" else _day_ends(time_min, time_max, tz)
+    if grain == "hour":  # each block starts at the whole hour before its end (see _hour_marks)
+        marks = _hour_marks(time_min - LOOK_BACK, time_max, tz)
+        pairs = [(start, end) for start, end in itertools.pairwise(marks) if end > time_min]
+    else:
+        pairs = [(_previous_midnight(end, tz), end) for end in _day_ends(time_min, time_max, tz)]
     out = []
-    for end in ends:
-        start = end - HOUR if grain == "hour" else _previous_midnight(end, tz)
+    for start, end in pairs:
         out.append(Block(start=start, end=end, zone=zone, grain=grain))
         if len(out) > MAX_BLOCKS:
             raise UsageError(
@@ -96,17 +102,29 @@ def blocks_between(time_min: dt.datetime, time_max: dt.datetime, *, grain: Grain
     return out
 
 
-def _hour_ends(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
-    """Local hour boundaries in ``(time_min, time_max]``, stepped on the UTC time line."""
-    local = time_min.astimezone(tz)
-    end = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-    while end <= time_min:
-        end += HOUR
-    ends: list[dt.datetime] = []
-    while end <= time_max and len(ends) <= MAX_BLOCKS:
-        ends.append(end)
-        end += HOUR
-    return ends
+def _hour_marks(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
+    """The instants in ``(time_min, time_max]`` at which the local clock shows a whole hour.
+
+    Found on the wall clock, not stepped by 60 minutes on the UTC time line: where the zone's
+    offset changes by other than whole hours (Lord Howe's 30-minute DST, Kathmandu in 1986),
+    stepping from wherever a request began put its blocks on a grid 30 minutes off another
+    request's, and the same rows went into two blocks. A block across such a change is 30 or
+    90 minutes long; one across an ordinary DST change is an hour, as before.
+    """
+    wall = time_min.astimezone(tz).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    last = time_max.astimezone(tz).replace(tzinfo=None)
+    marks: set[dt.datetime] = set()
+    try:
+        while wall <= last + HOUR and len(marks) <= MAX_BLOCKS + 64:  # + LOOK_BACK's
+            for fold in (0, 1):  # a wall time the clocks pass twice is two instants
+                instant = wall.replace(tzinfo=tz, fold=fold).astimezone(UTC)
+                shown = instant.astimezone(tz).replace(tzinfo=None)
+                if shown == wall and time_min < instant <= time_max:  # not in a gap
+                    marks.add(instant)
+            wall += HOUR
+    except OverflowError:  # past year 9999: no more hours
+        pass
+    return sorted(marks)
 
 
 def _day_ends(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:

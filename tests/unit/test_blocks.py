@@ -4,6 +4,7 @@ errors, and whole runs on SQLite with callables from the project folder."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -182,6 +184,29 @@ def test_spring_forward_day_has_23_blocks_and_none_is_empty() -> None:
     assert all(b.end - b.start == dt.timedelta(hours=1) for b in blocks)
     assert len({b.label for b in blocks}) == 23
     assert "2020-03-08T02:00" not in " ".join(b.label for b in blocks)  # 02:00 does not exist that day
+
+
+@pytest.mark.parametrize(
+    ("zone", "low", "later", "high"),
+    [
+        ("Australia/Lord_Howe", "2024-04-06T22:00", "2024-04-07T03:00", "2024-04-07T06:00"),  # DST ends: 30 min
+        ("Asia/Kathmandu", "1985-12-31T20:00", "1986-01-01T02:00", "1986-01-01T04:00"),  # +05:30 to +05:45
+    ],
+)
+def test_hour_blocks_tile_the_time_line_whatever_the_request_and_the_offset_change(
+    zone: str, low: str, later: str, high: str
+) -> None:
+    """Every request gets the same hour blocks: each starts where the one before ends, at a
+    whole local hour. Where the offset changed by other than whole hours, blocks were stepped by
+    60 minutes from wherever a request began: a request across the change and one after it got
+    grids 30 (or 15) minutes apart, and the same rows went into two blocks."""
+    end = parse_time(high, zone, "time_max")
+    across = blocks_between(parse_time(low, zone, "time_min"), end, grain="hour", zone=zone)
+    after = blocks_between(parse_time(later, zone, "time_min"), end, grain="hour", zone=zone)
+    assert all(a.end == b.start for a, b in itertools.pairwise(across))
+    local = ZoneInfo(zone)
+    assert {(b.start.astimezone(local).minute, b.end.astimezone(local).minute) for b in across} == {(0, 0)}
+    assert after and {(b.start, b.end) for b in after} <= {(b.start, b.end) for b in across}
 
 
 def test_day_blocks_are_local_days() -> None:
