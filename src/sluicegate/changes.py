@@ -189,7 +189,12 @@ def parse_since(text: str) -> dt.datetime | str:
             f"--since {text!r} is neither a time (such as 2024-05-01T00:00:00Z) nor a run id "
             "(the 32 hex digits of a manifest name, _manifests/YYYY/MM/DD/<run-id>-<seq>.jsonl)"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that takes it past them
+        raise UsageError(
+            f"--since {text!r} is outside the years 1 to 9999 in UTC; give a later (or earlier) time"
+        ) from None
 
 
 def read_changes(
@@ -213,7 +218,8 @@ def read_changes(
         exclude: str | None = since
     else:
         point, exclude = since.astimezone(dt.UTC), None
-    start = f"{MANIFESTS}/{point:%Y/%m/%d}"
+    # Zero-padded by hand: strftime writes year 999 as "999", which sorts after "2026".
+    start = f"{MANIFESTS}/{point.year:04d}/{point.month:02d}/{point.day:02d}"
     latest: dict[str, Change] = {}
     found = [
         c

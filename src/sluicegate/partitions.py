@@ -29,6 +29,22 @@ EARLIEST = dt.datetime(1, 1, 3, tzinfo=UTC)
 LATEST = dt.datetime(9999, 12, 29, tzinfo=UTC)
 
 
+def in_range(value: dt.datetime, what: str) -> dt.datetime:
+    """``value`` (naive: UTC) as an aware UTC time within EARLIEST..LATEST; raises UsageError
+    naming ``what`` otherwise (a time near year 1 or 9999 whose offset takes it past them
+    cannot be converted, named in a path, or windowed)."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise UsageError(
+            f"{what} {value.isoformat()} is outside the times sluicegate can export "
+            f"({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} UTC); give a time between them"
+        )
+    return utc
+
+
 class PartitionKeys(Protocol):
     """What these functions need of a partitioned task: its name, keys, time key and path."""
 

@@ -30,7 +30,7 @@ from . import db, paths
 from .exceptions import ConfigError, UsageError
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
-from .partitions import zone_of
+from .partitions import in_range, zone_of
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -60,6 +60,14 @@ class ExportRequest:
     entities: tuple[str, ...] = ()
     tag: str | None = None
     destination: str | None = None
+
+    def __post_init__(self) -> None:
+        # From every entry point (CLI, request message, HTTP, Python): a time without an offset
+        # is UTC, and one that cannot be windowed is refused before anything is claimed.
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, in_range(value, f"the window's {name}"))
 
     @property
     def touches_watermarks(self) -> bool:
@@ -123,9 +131,14 @@ def parse_request(data: Mapping[str, Any]) -> ExportRequest:
         raise UsageError(
             "studyWhitelist: give a non-empty list of study ids, or leave it out for all studies"
         )
+    odd = [s for s in whitelist or () if isinstance(s, bool) or not isinstance(s, str | int) or s == ""]
+    if odd:
+        raise UsageError(f"studyWhitelist: {json.dumps(odd[0])} is not a study id; give strings or integers")
     _check_window(start, end, ignore)
     _check_type(export_type, start, end, bool(whitelist))
     tag = data.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise UsageError(f"tag: {json.dumps(tag)} is not a string")
     return ExportRequest(
         export_type=export_type or "daily",
         start=start,

@@ -120,6 +120,8 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
     # Since the beginning: the latest entry of every file, which is exactly what is on disk.
     entries = _changes(root, "--since", "2000-01-01")
     assert {e["path"]: e["sha256"] for e in entries if e["action"] == "published"} == disk
+    # ... also from before year 1000, whose manifest folder name sorts after 2026's unless padded
+    assert _changes(root, "--since", "0999-01-01T00:00:00Z") == entries
     text = cli(root, "changes", "--since", run_id, check=True).stdout
     assert "deleted" in text and "location-2-20240102.csv" in text
 
@@ -130,6 +132,7 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
         (["--since", "yesterday"], "is neither a time"),
         (["--since", "0" * 32], "no manifest of that run"),
         (["nosuchtask", "--since", "2024-01-01"], "no task named 'nosuchtask'"),
+        (["--since", "0001-01-01T00:00:00+01:00"], "outside the years 1 to 9999"),
     ],
 )
 def test_changes_refuses_a_bad_since_or_task_with_exit_2(

@@ -474,6 +474,17 @@ def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> No
             "is not supported",
         ),
         ('{"exportType":"DAILY","endDateTime":"yesterday"}', "is not an ISO 8601 date-time"),
+        ('{"exportType":"DAILY","endDateTime":"9999-12-31T23:59:59-12:00"}', "outside the times sluicegate"),
+        ('{"exportType":"DAILY","endDateTime":"0001-01-01T00:00:00+05:00"}', "outside the times sluicegate"),
+        (
+            '{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","studyWhitelist":[null]}',
+            "null is not a study id",
+        ),
+        (
+            '{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","studyWhitelist":[["a"]]}',
+            '["a"] is not a study id',
+        ),
+        ('{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","tag":{"a":1}}', "is not a string"),
         ("not json", "not valid JSON"),
     ],
 )
@@ -668,3 +679,13 @@ def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) ->
     result = cli(root, "check")
     assert result.returncode == 2
     assert "cursor: column 'uploaded_on' is text, not a time" in result.stdout + result.stderr
+
+
+def test_a_bootstrap_that_cannot_be_windowed_is_a_config_error(tmp_path: Path) -> None:
+    """A bootstrap near year 1 whose offset takes it before it loaded, then failed at run time
+    with an OverflowError traceback (exit 1) and left the entities claimed for a lease."""
+    root = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", bootstrap="0001-01-01T00:00:00+01:00")
+    Records(f"sqlite:///{tmp_path / 's.db'}").add("s1", T, "x")
+    result = cli(root, "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bootstrap 0001-01-01T00:00:00+01:00 is outside the times sluicegate can export" in result.stderr

@@ -207,6 +207,20 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         assert re["summary"][0]["exported"] == 55 + in_window  # the pending ones, plus the re-queued window
         bad = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 0})
         assert bad.status_code == 422
+        # Hostile bodies get 422 with a reason, not a 500 (nor a run that fails later):
+        raw = {**AUTH, "Content-Type": "application/json"}
+        for body_text in ('{"limit": 1e400}', '{"limit": 100000000000000000000}', '{"tag": "\\ud800"}'):
+            answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=raw, content=body_text)
+            assert answer.status_code == 422 and answer.json()["detail"], body_text
+        far = server.get(f"{server.url}/tasks/openaq/partitions", params={"offset": str(10**20)})
+        assert far.status_code == 422
+        # A time without an offset is UTC, as for the incremental tasks (it was a 500).
+        naive = {"reexport": True, "time_min": "2024-01-01T00:00:00", "time_max": "2024-01-02T00:00:00"}
+        again = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=naive)
+        assert again.status_code == 202, again.text
+        listed = server.get(f"{server.url}/tasks/openaq/partitions", params={"limit": 1000}).json()
+        day_one = sum(p["keys"]["day"] == "2024-01-01" for p in listed)
+        assert day_one > in_window and server.wait_run(again.json()["run_id"])["summary"][0]["exported"] == day_one
     finally:
         server.stop()
 

@@ -25,7 +25,9 @@ from .render import ProgressBars, render_run
 
 @main.command()
 @click.argument("tasks", nargs=-1)
-@click.option("--limit", type=click.IntRange(1), help="At most N partitions in this run (OpenAQ's LIMIT).")
+@click.option(
+    "--limit", type=click.IntRange(1, 2**31 - 1), help="At most N partitions in this run (OpenAQ's LIMIT)."
+)
 @click.option("--batch-size", type=click.IntRange(1), help="Partitions claimed and read per query.")
 @click.option(
     "--workers",

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import validate, watermarks
-from ..exceptions import BadPartitionValue, ConfigError, SluicegateError
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
+from ..partitions import in_range
 from ..pipeline import Pipeline
 from ..sources import Column, ReadSpec, Slice, Source
 from ..specs import RowTask, Settings
@@ -88,11 +89,16 @@ def _bootstrap(value: Any, where: str) -> str:
     if text in ("yesterday", "beginning"):
         return text
     try:
-        return dt.datetime.fromisoformat(text).isoformat()
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
             f"{where}: {text!r} is not a bootstrap; use 'yesterday', 'beginning' or an ISO 8601 time"
         ) from None
+    try:
+        in_range(parsed, "the bootstrap")
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return parsed.isoformat()
 
 
 def read_spec(task: Task) -> ReadSpec:

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from .. import operations
 from ..config import load_project
-from ..exceptions import ConfigError, SluicegateError
+from ..exceptions import ConfigError, LedgerError, SluicegateError, TransientError
 from .deps import READ, ServiceState
 from .metrics import Metrics
 from .routes import exports, ops, runs, tasks
@@ -81,6 +83,7 @@ def create_app(
         max_body_size=settings.max_request_bytes,
     )
     app.state.service = state
+    _answer_errors(app)
     for router in (exports.router, tasks.router, runs.router):
         app.include_router(router, dependencies=READ)
     app.include_router(ops.router)  # each route carries its own guard (/healthz has none)
@@ -92,3 +95,24 @@ def _statuses(state: ServiceState) -> list[dict[str, object]]:
         return operations.status(state.load())
     except SluicegateError:  # a scrape must not fail: the broken project shows in /healthz
         return []
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Answer invalid bodies and unanswered sluicegate errors with a message, never a bare 500."""
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(SluicegateError, _sluicegate_error)
+
+
+async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:
+    """422 with what was wrong and where, without echoing the value: FastAPI's own answer
+    repeats it, and a value JSON cannot hold (``1e400`` read as infinity) made that a 500."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+async def _sluicegate_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A sluicegate error a route did not answer itself (the ledger out of reach or locked, a
+    broken ledger URL) gets its message: 503 when it may pass, else 500."""
+    status = 503 if isinstance(exc, TransientError | LedgerError) else 500
+    return JSONResponse(status_code=status, content={"detail": str(exc)})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+MAX_COUNT = 2**31 - 1  # limits and offsets: the largest every ledger database stores as an integer
 
 
 class ExportTask(BaseModel):
@@ -41,15 +43,30 @@ class TaskInfo(BaseModel):
 class RunRequest(BaseModel):
     """The options of ``sluicegate run``."""
 
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     dry_run: bool = False
     reexport: bool = Field(default=False, description="Partitioned tasks: queue the time window again first.")
-    time_min: dt.datetime | None = None
-    time_max: dt.datetime | None = None
+    time_min: dt.datetime | None = Field(default=None, description="Without an offset: UTC.")
+    time_max: dt.datetime | None = Field(default=None, description="Without an offset: UTC.")
     ignore_watermark: bool = False
     export_type: Literal["daily", "hourly", "instant"] | None = None
     entities: list[str] | None = None
     tag: str | None = None
+
+    @field_validator("time_min", "time_max")
+    @classmethod
+    def _utc_when_naive(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+    @field_validator("tag", "entities")
+    @classmethod
+    def _encodable(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for text in [value] if isinstance(value, str) else value or ():
+            try:
+                text.encode()
+            except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no database stores it
+                raise ValueError("holds a character that is not valid Unicode (a lone surrogate)") from None
+        return value
 
 
 class RunAccepted(BaseModel):

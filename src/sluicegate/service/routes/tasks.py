@@ -11,7 +11,7 @@ from ...drivers.incremental import Task as IncrementalTask
 from ...options import RunOptions
 from ...specs import Project, TaskBase
 from ..deps import GUARD, ProjectDep, State, library, task_or_404
-from ..models import PartitionInfo, RunAccepted, RunRequest, TaskInfo
+from ..models import MAX_COUNT, PartitionInfo, RunAccepted, RunRequest, TaskInfo
 
 router = APIRouter()
 
@@ -58,7 +58,7 @@ def list_partitions(
         Query(),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_COUNT)] = 0,
 ) -> list[PartitionInfo]:
     """A page of a task's partitions (a blocks task's (block, stage) rows), optionally of one state."""
     task = task_or_404(p, name)
