@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import re
 import zoneinfo
 from collections.abc import Collection, Mapping
@@ -28,7 +29,7 @@ def parse_duration(value: str | int | float, *, where: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ConfigError(f"{where}: duration {value!r} is negative; use a value such as '30s' or '72h'")
-        return float(value)
+        return _bounded(float(value), value, where)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {value!r} is not a duration; use a value such as '30s', '14m' or '72h'")
     parts = re.findall(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?", value)
@@ -39,7 +40,16 @@ def parse_duration(value: str | int | float, *, where: str) -> float:
         m = _DURATION.match(part)
         assert m is not None
         total += float(m.group(1)) * _UNITS[m.group(2)]
-    return total
+    return _bounded(total, value, where)
+
+
+MAX_DURATION = 1000 * 365.25 * 86400  # seconds: past this, times computed from now leave the calendar
+
+
+def _bounded(seconds: float, value: object, where: str) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:  # TOML's inf and nan, or 1e300
+        raise ConfigError(f"{where}: duration {value!r} is too long; use at most 1000 years ('52000w')")
+    return seconds
 
 
 def reject_unknown(

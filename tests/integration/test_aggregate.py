@@ -251,7 +251,8 @@ def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) 
 
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick
+        "-- cities starting with G\n/* a block\n   comment */ "
         "WITH named AS (SELECT * FROM in_window WHERE city LIKE 'G%')\n"
         "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,\n"
         "       count(*) AS num_measurements FROM named GROUP BY city, parameter_name, parameter_unit\n"

@@ -46,7 +46,10 @@ WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
 KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 MAX_DELAY = 3600.0  # a failed tick is retried after backoff, doubling per attempt, up to this
-_LEADING_WITH = re.compile(r"^\s*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE)
+# The select's own WITH, after any blank space and comments (-- to the line end, /* ... */).
+_LEADING_WITH = re.compile(
+    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE | re.DOTALL
+)
 _READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
 
 
