@@ -345,3 +345,45 @@ def test_status_page_in_a_headless_browser(pg_project: tuple[Path, Db], tmp_path
     finally:
         server.stop()
     assert files(Path(str(root).replace("proj", "out")))
+
+
+def test_a_queued_run_is_alive_and_stopping_the_service_records_it_not_started(
+    pg_project: tuple[Path, Db], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waiting for a free worker thread beats (it used to show as abandoned after two
+    minutes of waiting, then flip to succeeded), and stopping the service records the runs that
+    never started instead of running the whole queue first; the run in hand stops after its
+    batch, and what it did not export stays pending."""
+    import threading
+
+    from sluicegate.engine import RunOptions
+    from sluicegate.ledger import runs as ledger_runs
+
+    root, _ = pg_project
+    with (root / "sluicegate.toml").open("a") as fh:
+        fh.write('\n[testing]\nfault = "mid_write"\n')
+    monkeypatch.setattr(ledger_runs, "ABANDONED_AFTER", 1.0)
+    manager = RunManager(lambda: load(root), Metrics(), workers=1, heartbeat=0.2)
+    first = manager.start(["openaq"], RunOptions(batch_size=10, workers=1), label="openaq")
+    marker = root / ".fault-mid_write"
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    queued = manager.start(["openaq"], RunOptions(), label="openaq")
+    time.sleep(2.0)  # twice ABANDONED_AFTER
+    with Ledger(load(root).settings.ledger_url) as ledger:
+        assert ledger.runs.get(queued)["state"] == "running"  # type: ignore[index]
+    closer = threading.Thread(target=manager.close)
+    closer.start()
+    time.sleep(0.3)
+    marker.unlink()
+    closer.join(60)
+    assert not closer.is_alive()
+    with Ledger(load(root).settings.ledger_url) as ledger:
+        done, waited = ledger.runs.get(first), ledger.runs.get(queued)
+    assert done is not None and waited is not None
+    assert done["state"] == "succeeded" and 0 < done["summary"][0]["exported"] < 60
+    assert waited["state"] == "failed" and "stopped before this run started" in str(waited["summary"])
+    [status] = operations.status(load(root), ["openaq"])
+    assert status["pending"] == 60 - done["summary"][0]["exported"]
