@@ -260,6 +260,15 @@ def test_refuses_to_start_without_a_token(pg_project: tuple[Path, Db]) -> None:
         timeout=30,
     )
     assert result.returncode == 2 and "SLUICEGATE_API_TOKEN is not set" in result.stderr
+    # A token no client can send (headers are Latin-1) locked everyone out: refused at start.
+    odd = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "serve", "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        env={**env, "SLUICEGATE_API_TOKEN": "t\u00f8k"},
+        timeout=30,
+    )
+    assert odd.returncode == 2 and "outside printable ASCII" in odd.stderr, odd.stderr
     server = Server(root, "--insecure-no-auth", token=None)
     try:
         assert "NO AUTHENTICATION" in server.log.read_text()

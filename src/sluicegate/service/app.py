@@ -44,11 +44,7 @@ def create_app(
     ``sluicegate.toml`` (broken task folders are reported by the routes). ``banner`` is logged
     when the service has started (``sluicegate serve`` passes the address it is bound to).
     """
-    if not token and not insecure:
-        raise ConfigError(
-            "SLUICEGATE_API_TOKEN is not set; set it (clients send 'Authorization: Bearer <token>') "
-            "or pass --insecure-no-auth to run without authentication"
-        )
+    _check_tokens(token, read_token, insecure=insecure)
     root = Path(project_dir)
     settings = load_project(root, env).settings.service
     metrics = Metrics()
@@ -95,6 +91,22 @@ def _statuses(state: ServiceState) -> list[dict[str, object]]:
         return operations.status(state.load())
     except SluicegateError:  # a scrape must not fail: the broken project shows in /healthz
         return []
+
+
+def _check_tokens(token: str | None, read_token: str | None, *, insecure: bool) -> None:
+    """Refuse to run without a token (unless ``insecure``), or with one that no client can send
+    back (HTTP headers are read as Latin-1)."""
+    if not token and not insecure:
+        raise ConfigError(
+            "SLUICEGATE_API_TOKEN is not set; set it (clients send 'Authorization: Bearer <token>') "
+            "or pass --insecure-no-auth to run without authentication"
+        )
+    for name, value in (("SLUICEGATE_API_TOKEN", token), ("SLUICEGATE_READ_TOKEN", read_token)):
+        if value and not (value.isascii() and value.isprintable() and " " not in value):
+            raise ConfigError(
+                f"{name} holds a space or a character outside printable ASCII; use a token such as "
+                "the output of 'openssl rand -hex 32'"
+            )
 
 
 def _answer_errors(app: FastAPI) -> None:
