@@ -3,6 +3,7 @@ PostgreSQL and MariaDB (the ledger in the source database, or for MariaDB also i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -689,3 +690,26 @@ def test_a_bootstrap_that_cannot_be_windowed_is_a_config_error(tmp_path: Path) -
     result = cli(root, "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "bootstrap 0001-01-01T00:00:00+01:00 is outside the times sluicegate can export" in result.stderr
+
+
+def test_an_unexpected_error_gives_the_claimed_entities_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no driver expected (a bug, or an OverflowError as far-future times gave) used to
+    leave every entity of the run claimed for a whole lease: the next run said "another export
+    holds this entity" for ten minutes. They are given back at once now."""
+    from sluicegate import watermarks
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "a")
+
+    def broken(*_: Any) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(watermarks, "window_path", broken)
+    with contextlib.suppress(RuntimeError):  # raised, or recorded as the task's error
+        _run(root, export_type="daily", end=T)
+    monkeypatch.undo()
+    again = _run(root, export_type="daily", end=T)
+    assert again.failed == 0 and _payloads(tmp_path) == ["a"], again.entities

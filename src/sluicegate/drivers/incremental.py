@@ -9,6 +9,7 @@ forward, compare-and-set, only after its window's file is durable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -258,6 +259,13 @@ class Driver:
                     self._export(task, windows, summary, budget)
             else:
                 self._export(task, windows, summary, budget)
+        except BaseException:
+            # Whatever stopped the export, the entities it still holds are given back now, not
+            # after a whole lease of "another export holds this entity".
+            with contextlib.suppress(SluicegateError):
+                for token in {w.claim.token for w in windows if w.claim is not None}:
+                    ctx.ledger.watermarks.release(token)
+            raise
         finally:
             if recorded_here and summary.run_id is not None:
                 ctx.ledger.runs.finish(summary.run_id, [summary.as_dict()])
