@@ -40,7 +40,7 @@ def in_range(value: dt.datetime, what: str) -> dt.datetime:
     if utc is None or not EARLIEST <= utc <= LATEST:
         raise UsageError(
             f"{what} {value.isoformat()} is outside the times sluicegate can export "
-            f"({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} UTC); give a time between them"
+            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} UTC); give a time between them"
         )
     return utc
 

@@ -337,6 +337,8 @@ def entity_value(task: Task, value: Any, columns: Sequence[Column]) -> Any:
     column holds it: an integer column's entity must be written as the integer is ("7", not
     "007" or "+7", which would select entity 7's rows); any other column compares as text."""
     kind = next((c.kind for c in columns if c.name == task.entity), None)
+    if kind == "text" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # entities = [7] in task.toml, for a text column
     if not isinstance(value, str) or kind != "int":
         return value
     try:
