@@ -238,13 +238,22 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
         run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
         assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
         metrics = server.get(f"{server.url}/metrics").text
-        assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics
+        assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics and "sluicegate_ledger_up 1.0" in metrics
         assert 'sluicegate_partitions{state="exported",task="openaq"} 60.0' in metrics
         assert 'sluicegate_exports_total{task="openaq"} 60.0' in metrics
         assert "sluicegate_run_duration_seconds_count" in metrics
         health = server.get(f"{server.url}/healthz").json()
         assert health == {"status": "ok", "checks": {"source": "ok", "ledger": "ok", "destination": "ok"}}
         assert server.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["RunInfo"]
+        # The ledger out of reach: the gauges say so (they used to vanish, silencing alerts), and
+        # the routes answer with the reason (they gave a bare "Internal Server Error").
+        toml = root / "sluicegate.toml"
+        text = toml.read_text()
+        assert "[ledger]\n" in text
+        toml.write_text(text.replace("[ledger]\n", '[ledger]\nurl = "sqlite:////no-such-folder/ledger.db"\n'))
+        assert "sluicegate_ledger_up 0.0" in server.get(f"{server.url}/metrics").text
+        runs = server.get(f"{server.url}/runs")
+        assert runs.status_code in (500, 503) and "no-such-folder" in runs.json()["detail"]
     finally:
         server.stop()
 

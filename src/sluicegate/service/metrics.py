@@ -30,12 +30,20 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created serie
 class LedgerCollector(Collector):
     """Gauges from ``statuses()`` (the per-task status rows), read at each scrape."""
 
-    def __init__(self, statuses: Callable[[], Sequence[dict[str, Any]]]) -> None:
-        self.statuses = statuses
+    def __init__(self, statuses: Callable[[], Sequence[dict[str, Any]] | None]) -> None:
+        self.statuses = statuses  # None: the project or the ledger could not be read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Partitions by state, the age of the oldest pending change, and broken task folders."""
-        rows = self.statuses()
+        """Partitions by state, the age of the oldest pending change, and broken task folders;
+        ``sluicegate_ledger_up`` says whether they could be read (an alert on the others would
+        otherwise fall silent while the ledger is down)."""
+        read = self.statuses()
+        rows = read or []
+        yield GaugeMetricFamily(
+            "sluicegate_ledger_up",
+            "1 when the project and its ledger could be read for this scrape, else 0.",
+            value=0 if read is None else 1,
+        )
         parts = GaugeMetricFamily(
             "sluicegate_partitions", "Partitions by state, from the ledger.", labels=["task", "state"]
         )
@@ -111,7 +119,7 @@ class Metrics:
             self.failures.labels(s.task).inc(s.failed + len(s.task_errors))
             self.seconds.labels(s.task).observe(s.seconds)
 
-    def watch(self, statuses: Callable[[], Sequence[dict[str, Any]]]) -> None:
+    def watch(self, statuses: Callable[[], Sequence[dict[str, Any]] | None]) -> None:
         """Add the ledger gauges, read through ``statuses`` at scrape time."""
         self.ledger = LedgerCollector(statuses)
         self.registry.register(self.ledger)
