@@ -277,3 +277,17 @@ def test_datetime_zone_outside_mariadb_exits_2_naming_the_setting(tmp_path: Path
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- counts beyond a database integer
+
+
+@pytest.mark.parametrize("option", ["--limit", "--batch-size"])
+def test_a_count_no_database_integer_holds_is_a_usage_error(tmp_path: Path, option: str) -> None:
+    """``--batch-size 99999999999999999999`` reached SQLite and gave an OverflowError traceback."""
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
+    )
+    proc = cli(root, "run", option, str(10**20))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"Invalid value for '{option}'" in proc.stderr

@@ -8,6 +8,7 @@ import click
 
 from .. import operations
 from ..options import RunOptions, TaskSummary
+from ..timeblocks import MAX_BLOCKS
 from .app import handled, load, main
 from .run import run_loop
 
@@ -22,7 +23,7 @@ from .run import run_loop
 @click.option("--time-min", help="Only blocks ending after this time (the range is exclusive here).")
 @click.option(
     "--interval",
-    type=click.IntRange(1),
+    type=click.IntRange(1, MAX_BLOCKS),
     default=1,
     show_default=True,
     help="Hours back from --time-max; ignored when --time-min is given.",

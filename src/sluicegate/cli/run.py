@@ -22,13 +22,13 @@ from ..watermarks import EXPORT_TYPES, load_request
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
 from .render import ProgressBars, render_run
 
+COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as an integer
+
 
 @main.command()
 @click.argument("tasks", nargs=-1)
-@click.option(
-    "--limit", type=click.IntRange(1, 2**31 - 1), help="At most N partitions in this run (OpenAQ's LIMIT)."
-)
-@click.option("--batch-size", type=click.IntRange(1), help="Partitions claimed and read per query.")
+@click.option("--limit", type=COUNT, help="At most N partitions in this run (OpenAQ's LIMIT).")
+@click.option("--batch-size", type=COUNT, help="Partitions claimed and read per query.")
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
