@@ -104,7 +104,6 @@ class Variants:
 
     def _raw(self, bucket: str, count: int, key: Callable[[int], str], condition: bool) -> None:
         from awscrt import s3 as crt_s3
-        from awscrt.http import HttpHeaders, HttpRequest
 
         slots = threading.Semaphore(IN_FLIGHT)
         failures: list[str] = []
@@ -122,21 +121,12 @@ class Variants:
                     done_all.set()
 
         for index in range(count):
-            body = self.bodies[index % BODIES]
-            headers = [
-                ("Host", self.host),
-                ("Content-Length", str(len(body))),
-                ("x-amz-checksum-sha256", self.digests[index % BODIES]),
-            ]
-            if condition:
-                headers.append(("If-None-Match", "*"))
-            path = f"/{bucket}/{urllib.parse.quote(key(index), safe='/~')}"
             slots.acquire()
             self.crt.make_request(
                 type=crt_s3.S3RequestType.DEFAULT,
                 operation_name="PutObject",
                 on_done=finished,
-                request=HttpRequest("PUT", path, HttpHeaders(headers), io.BytesIO(body)),
+                request=self._request(self.host, f"/{bucket}", key(index), index, condition),
             )
         done_all.wait()
         if failures:
@@ -165,6 +155,17 @@ class Variants:
     def _body(self, index: int) -> tuple[bytes, str]:
         return self.bodies[index % BODIES], self.digests[index % BODIES]
 
+    def _request(self, host: str, base: str, key: str, index: int, condition: bool) -> Any:
+        """The PUT of body ``index`` at ``base``/``key``, with its SHA-256 (and ``If-None-Match: *``)."""
+        from awscrt.http import HttpHeaders, HttpRequest
+
+        body, digest = self._body(index)
+        headers = [("Host", host), ("Content-Length", str(len(body))), ("x-amz-checksum-sha256", digest)]
+        if condition:
+            headers.append(("If-None-Match", "*"))
+        path = f"{base}/{urllib.parse.quote(key, safe='/~')}"
+        return HttpRequest("PUT", path, HttpHeaders(headers), io.BytesIO(body))
+
     def threads(self, bucket: str, count: int) -> None:
         puts = self._puts(bucket)
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
@@ -174,19 +175,11 @@ class Variants:
 
     def callbacks(self, bucket: str, count: int) -> None:
         from awscrt import s3 as crt_s3
-        from awscrt.http import HttpHeaders, HttpRequest
 
         puts = self._puts(bucket)
         slots = threading.Semaphore(IN_FLIGHT)
         outcomes: list[Future[int]] = []
         for index in range(count):
-            body = self.bodies[index % BODIES]
-            headers = [
-                ("Host", puts.host),
-                ("Content-Length", str(len(body))),
-                ("x-amz-checksum-sha256", self.digests[index % BODIES]),
-                ("If-None-Match", "*"),
-            ]
             outcome: Future[int] = Future()
             answered: dict[str, Any] = {}
 
@@ -207,13 +200,12 @@ class Variants:
                     outcome.set_result(int(answered.get("status", 0)))
 
             slots.acquire()
-            path = f"{puts.base}/{urllib.parse.quote(nested_key(index), safe='/~')}"
             puts.client.make_request(
                 type=crt_s3.S3RequestType.DEFAULT,
                 operation_name="PutObject",
                 on_headers=on_headers,
                 on_done=on_done,
-                request=HttpRequest("PUT", path, HttpHeaders(headers), io.BytesIO(body)),
+                request=self._request(puts.host, puts.base, nested_key(index), index, True),
             )
             outcomes.append(outcome)
         statuses = {outcome.result() for outcome in outcomes}
