@@ -132,6 +132,18 @@ def test_block_gzip_is_standard_and_deterministic(tmp_path: Path) -> None:
 
     whole = compress([data])
     assert whole == compress([data[i : i + 7777] for i in range(0, len(data), 7777)])  # any write sizes
+    # Pieces are kept as views until a block fills: a caller that reuses its (mutable) buffer
+    # after write() must not change what was written.
+    out = io.BytesIO()
+    writer = GzipWriter(out, 6)
+    scratch = bytearray(3 * BLOCK // 2)
+    for i in range(0, len(data), len(scratch)):
+        piece = data[i : i + len(scratch)]
+        scratch[: len(piece)] = piece
+        writer.write(memoryview(scratch)[: len(piece)])
+    scratch[:] = b"x" * len(scratch)
+    writer.close()
+    assert out.getvalue() == whole
     assert gzip.decompress(whole) == data and len(whole) < len(data) / 3
     target = tmp_path / "big.csv.gz"
     target.write_bytes(whole)

@@ -56,7 +56,11 @@ class GzipWriter:
         self._level = level
         self._crc = 0
         self._size = 0
-        self._buffer = bytearray()
+        # Written data not yet in a block, as read-only views: a block is joined from them in
+        # one copy (a bytearray buffer copied each byte three times, ~10 % of a large export's
+        # reading thread).
+        self._pieces: deque[memoryview] = deque()
+        self._held = 0
         self._previous = b""
         self._pending: deque[Future[bytes]] = deque()
         extra_flags = 2 if level == 9 else 4 if level == 1 else 0  # as gzip.GzipFile writes them
@@ -65,16 +69,34 @@ class GzipWriter:
     @property
     def buffered(self) -> int:
         """Bytes kept until a block is full (below one block: all of them, compressed by :meth:`close`)."""
-        return len(self._buffer)
+        return self._held
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Buffer ``data``; each full block is compressed in the background."""
-        self._buffer += data
-        while len(self._buffer) >= BLOCK:
-            block = bytes(self._buffer[:BLOCK])
-            del self._buffer[:BLOCK]
-            self._submit(block)
-        return len(data)
+        view = memoryview(data).cast("B")
+        if not view.readonly:  # the caller may reuse a mutable buffer: keep a copy
+            view = memoryview(bytes(view))
+        size = len(view)
+        if size:
+            self._pieces.append(view)
+            self._held += size
+        while self._held >= BLOCK:
+            self._submit(self._take(BLOCK))
+        return size
+
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` held bytes, joined in one copy."""
+        parts: list[memoryview] = []
+        need = size
+        while need:
+            piece = self._pieces.popleft()
+            if len(piece) > need:
+                self._pieces.appendleft(piece[need:])
+                piece = piece[:need]
+            parts.append(piece)
+            need -= len(piece)
+        self._held -= size
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
     def _submit(self, block: bytes) -> None:
         self._crc = zlib.crc32(block, self._crc)
@@ -89,9 +111,8 @@ class GzipWriter:
         while self._pending:
             self._out.write(self._pending.popleft().result())
         # The last block is compressed here: a small file never leaves the calling thread.
-        last = bytes(self._buffer)
+        last = self._take(self._held)
         self._crc = zlib.crc32(last, self._crc)
         self._size += len(last)
         self._out.write(_deflate(last, self._previous, self._level, True))
-        self._buffer = bytearray()
         self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
