@@ -693,6 +693,71 @@ def test_batches_of_many_partitions_are_read_without_parallel_workers(
 
 
 
+# When the statement that read a row began: the partitions of one batch query share it (the
+# rows path's cursor fetches up to 10,000 rows in one statement), and no others do.
+READ_AT = "statement_timestamp() AS read_at"
+
+
+def _rows_per_key(pg_url: str, keys: range, rows: int) -> None:
+    """Table ``m (k, t, v)``: ``rows`` rows per key on DAY, in no particular order."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, v double precision)")
+        conn.execute(
+            "INSERT INTO m SELECT k, %s + i * interval '1 second', (i * 7919 %% 1000) / 10.0"
+            " FROM generate_series(%s::int, %s::int) AS k, generate_series(1, %s) AS i ORDER BY random()",
+            (NOON, keys.start, keys.stop - 1, rows),
+        )
+        conn.execute("ANALYZE m")
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy", "rows"])
+def test_large_partitions_are_read_one_per_query_with_the_same_bytes(
+    tmp_path: Path, pg_url: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the planner expects many rows per partition, a batch is read a partition per query
+    (each its own, smaller sort); the files are the bytes a single batch query gives."""
+    _use_path(path, monkeypatch)
+    _rows_per_key(pg_url, range(1, 4), 2_000)
+    fmt = "parquet" if path == "rows" else "csv"
+    files = {}
+    for split in (False, True):
+        monkeypatch.setattr(pg_source, "SPLIT_ROWS", 0 if split else 10**12)
+        monkeypatch.setattr(pg_source, "SPLIT_COST", 1e9)  # whatever the plans cost
+        root = _project(tmp_path / str(split), pg_url, f"SELECT k, t, v, {READ_AT} FROM m", fmt)
+        _mark(root, range(1, 4))
+        [summary] = engine.run(load(root), options=RunOptions(batch_size=3))
+        assert (summary.exported, summary.failed, summary.rows) == (3, 0, 6_000), summary.errors
+        files[split] = [_file(root, k, DAY, fmt) for k in range(1, 4)]
+    reads = {}
+    for split, paths in files.items():
+        if fmt == "csv":
+            rows = [_csv_rows(path)[1:] for path in paths]
+            reads[split] = {r[3] for part in rows for r in part}
+            files[split] = [[r[:3] for r in part] for part in rows]
+        else:
+            tables = [pq.read_table(path) for path in paths]
+            reads[split] = {v for table in tables for v in table.column("read_at").to_pylist()}
+            files[split] = [table.drop_columns(["read_at"]) for table in tables]
+    assert files[True] == files[False]  # the same rows, in the same order
+    assert (len(reads[False]), len(reads[True])) == (1, 3)  # one query, then one per partition
+
+
+def test_partitions_are_not_read_one_per_query_when_each_query_would_scan_the_table(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no index on the key, a query per partition would scan the whole table once per
+    partition: the planner's costs say so, and the batch stays one query, however many rows
+    each partition holds."""
+    _rows_per_key(pg_url, range(1, 21), 500)
+    monkeypatch.setattr(pg_source, "SPLIT_ROWS", 0)  # the costs alone decide
+    root = _project(tmp_path, pg_url, f"SELECT k, t, v, {READ_AT} FROM m", "csv")
+    _mark(root, range(1, 21))
+    [summary] = engine.run(load(root), options=RunOptions(batch_size=20))
+    assert (summary.exported, summary.failed) == (20, 0), summary.errors
+    reads = {row[3] for k in range(1, 21) for row in _csv_rows(_file(root, k, DAY, "csv"))[1:]}
+    assert len(reads) == 1  # one query read them all
+
+
 @pytest.mark.parametrize(
     ("path", "fmt"),
     [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet"), ("sqlite", "csv"), ("sqlite", "parquet")],
