@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from . import paths
-from .exceptions import BadPartitionValue, UsageError
+from .exceptions import BadPartitionValue, ConfigError, UsageError
 from .specs import TimeSpec
 
 UTC = dt.UTC
@@ -189,6 +189,94 @@ def sample_values(task: PartitionKeys) -> tuple[Any, ...]:
             dt.date(2024, 1, 31) if task.time.grain == "day" else dt.datetime(2024, 1, 31, 13, tzinfo=UTC)
         )
     return tuple(values)
+
+
+# Key values tried in pairs: a template that cuts or indexes a key ({k[0]}, {k:.2}) names both
+# values of a pair alike.
+_KEY_PAIRS = ((1, 2), (10, 11), ("ab1", "ab2"), ("a", "b"))
+_DST_ZONE = "America/New_York"  # for hours in zones read per partition: one with DST
+
+
+def check_distinct_paths(task: PartitionKeys, where: str) -> None:
+    """Raise ConfigError when the path template names two partitions alike.
+
+    Tried: consecutive periods over two years (days, or hours around a DST change and every
+    midnight), and pairs of values of each key. A template such as ``{k}/{day:%Y-%m}`` passed
+    the check that every key is used, and then a month's partitions all wrote one file, each
+    overwriting the last while the ledger recorded every one as exported.
+    """
+    base = _renderable_sample(task, where)
+    for i, name in enumerate(task.key_names[: len(task.keys)]):
+        for a, b in _KEY_PAIRS:
+            paths_ = _try_render(task, base, i, (a, b))
+            if paths_ is not None and paths_[0] == paths_[1]:
+                raise ConfigError(
+                    f"{where}: partitions with {name}={a!r} and {name}={b!r} would share the file "
+                    f"{paths_[0]!r}; use the whole {{{name}}} in the template"
+                )
+    if task.time is None:
+        return
+    seen: dict[str, Any] = {}
+    for period in _sample_periods(task.time):
+        path = _try_render(task, base, len(base) - 1, (period,))
+        if path is None:
+            continue
+        if path[0] in seen:
+            raise ConfigError(
+                f"{where}: the {task.time.name}s {_shown_period(seen[path[0]])} and {_shown_period(period)} "
+                f"would share the file {path[0]!r}; name every {task.time.grain} apart, "
+                + ("e.g. {day:%Y-%m-%d}" if task.time.grain == "day" else "e.g. {hour:%Y-%m-%dT%H%z}")
+            )
+        seen[path[0]] = period
+
+
+def _renderable_sample(task: PartitionKeys, where: str) -> list[Any]:
+    """Sample values the template renders: keys as integers, else as text (a key's type is the
+    select's, unknown at load: ``{k:.6}`` takes only text, ``{k:04d}`` only integers)."""
+    ints = list(sample_values(task))
+    texts = ["x" if i < len(task.keys) else v for i, v in enumerate(ints)]
+    try:
+        render_path(task, ints)
+        return ints
+    except BadPartitionValue as exc:
+        if _try_render(task, texts, 0, (texts[0],) if texts else ()) is not None:
+            return texts
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _try_render(
+    task: PartitionKeys, base: list[Any], index: int, values: tuple[Any, ...]
+) -> list[str] | None:
+    """The paths of ``base`` with ``values[j]`` at ``index`` in turn; None if one cannot be rendered."""
+    rendered = []
+    for value in values:
+        try:
+            rendered.append(render_path(task, [*base[:index], value, *base[index + 1 :]]))
+        except BadPartitionValue:
+            return None
+    return rendered
+
+
+def _sample_periods(time: TimeSpec) -> list[Any]:
+    first = dt.date(2023, 1, 1)
+    days = [first + dt.timedelta(days=n) for n in range(731)]
+    if time.grain == "day":
+        return days
+    tz = zone_of(time.zone or _DST_ZONE)
+    instants = {dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC) for day in days}
+    # Every hour of the days around each change of offset in 2024, both 01:00 hours of a
+    # fall-back night among them (stepped in UTC: local hours that differ only in their fold
+    # compare equal).
+    for day in days[365:]:
+        before = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+        if before.utcoffset() != (before + dt.timedelta(days=1)).utcoffset():
+            start = before.astimezone(UTC) - dt.timedelta(days=1)
+            instants.update(start + dt.timedelta(hours=n) for n in range(72))
+    return [instant.astimezone(tz) for instant in sorted(instants)]
+
+
+def _shown_period(period: Any) -> str:
+    return str(period.isoformat())
 
 
 def parse_assignments(task: PartitionKeys, pairs: Sequence[str]) -> dict[str, str]:

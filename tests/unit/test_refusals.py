@@ -144,6 +144,52 @@ def test_destinations_check_their_own_length_limits(tmp_path: Path) -> None:
         s3.check_path("k" * (1025 - len("prefix/")))
 
 
+@pytest.mark.parametrize(
+    "path,grain,zone,shared",
+    [
+        ("{site}/{day:%Y-%m}.csv", "day", "UTC", "the days 2023-01-01 and 2023-01-02"),
+        ("{site}/{day:%m-%d}.csv", "day", "UTC", "the days 2023-01-01 and 2024-01-01"),
+        ("{site[0]}/{day}.csv", "day", "UTC", "site='ab1' and site='ab2'"),
+        ("{site}/{hour:%Y%m%d%H}.csv", "hour", "Europe/Brussels", "2024-10-27T02:00:00+02:00 and"),
+        ("{site}/{hour:%Y%m%d%H}.csv", "hour", None, "2024-11-03T01:00:00-04:00 and"),
+    ],
+)
+def test_a_path_template_that_names_two_partitions_alike_is_refused_at_load(
+    tmp_path: Path, path: str, grain: str, zone: str | None, shared: str
+) -> None:
+    """``{site}/{day:%Y-%m}`` used every key, so it passed; then each day of a month overwrote
+    the month's one file while the ledger recorded every day as exported."""
+    root, _ = _site_project(tmp_path)
+    zone_line = f'zone = "{zone}"' if zone else 'zone_sql = "SELECT name, timezone FROM locations"'
+    (root / "tasks/bysite/task.toml").write_text(
+        f'keys = ["site"]\npath = "{path}"\nformat = "csv"\n[time]\ncolumn = "datetime"\n'
+        f'grain = "{grain}"\n{zone_line}\n'
+    )
+    proc = cli(root, "check")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "would share the file" in out and shared in out, out
+
+
+def test_partitions_of_one_batch_that_render_to_one_file_park_the_later_ones(tmp_path: Path) -> None:
+    """A key cut by a format spec escapes the sampled check; the batch still never writes two
+    partitions to one file."""
+    root, db = _site_project(tmp_path)
+    (root / "tasks/bysite/task.toml").write_text(
+        'keys = ["site"]\npath = "{site:.6}/{day}.csv"\nformat = "csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n'
+    )
+    for loc, name in {1: "north-1", 2: "north-2"}.items():
+        db.location(loc, "UTC", name=name)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    project = load(root)
+    for name in ("north-1", "north-2"):
+        operations.mark(project, "bysite", {"site": name, "day": "2024-01-01"})
+    [summary] = engine.run(project, ["bysite"])
+    assert (summary.exported, summary.failed) == (1, 1), summary.errors
+    assert "would share the file 'north-/2024-01-01.csv'" in summary.errors[0]
+    [written] = files(tmp_path / "out")
+    assert [row["site"] for row in read_csv(written)] == ["north-1"]  # the first partition's row
+
+
 def test_a_long_name_still_gets_a_temp_file_beside_its_target(tmp_path: Path) -> None:
     """A 250-byte name would overflow NAME_MAX once the temp suffix is added: the temp file takes
     a digest of the name, and the file is published under its real name."""

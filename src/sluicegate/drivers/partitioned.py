@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import capture, validate
-from ..exceptions import ConfigError, SluicegateError, is_transient
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
-from ..partitions import canonical_key, render_path, restore_partition, sample_values
+from ..partitions import canonical_key, check_distinct_paths, render_path, restore_partition
 from ..paths import check_template
 from ..pipeline import MAX_INFLIGHT, Pipeline
 from ..sources import ReadSpec, Slice, Source
@@ -80,7 +80,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         task.path, folder, allowed={*task.key_names, "format", "ext", "task"}, required=task.key_names,
         what="partition key",
     )  # fmt: skip
-    render_path(task, sample_values(task))
+    check_distinct_paths(task, f"{where} path")  # and that it renders at all
     return task
 
 
@@ -297,6 +297,7 @@ class Loop:
         units = []
         max_attempts = ctx.project.settings.max_attempts
         task = self.task
+        owners: dict[str, str] = {}  # rendered path -> the partition of this batch that writes it
         for claim in claims:
             unit = WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim)
             try:
@@ -305,6 +306,12 @@ class Loop:
                 part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
                 path = render_path(task, part.values)
                 ctx.destination.check_path(path)
+                owner = owners.setdefault(path, claim.pkey)
+                if owner != claim.pkey:  # the load-time check tries samples; these are real values
+                    raise BadPartitionValue(
+                        f"partitions {owner} and {claim.pkey} would share the file {path!r}; "
+                        f"use every key whole in {task.folder / 'task.toml'} path"
+                    )
             except (SluicegateError, KeyError) as exc:
                 pipeline.fail(unit, exc)
                 continue
