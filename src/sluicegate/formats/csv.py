@@ -113,8 +113,8 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
     if col.kind in ("timestamptz", "timestamp"):
         tz = zone_of(zone) if zone else None
         return lambda v: _format_time(v, tz, col)
-    if col.kind == "bool":
-        return lambda v: None if v is None else ("true" if v else "false")
+    if col.kind == "bool":  # SQLite stores booleans as integers; other values are written as stored
+        return lambda v: ("true" if v else "false") if isinstance(v, int) else value_text(v)
     if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
         return lambda v: value_text(v.encode() if isinstance(v, str) else v)
     return value_text
