@@ -897,3 +897,19 @@ def test_a_time_in_year_10000_locally_is_refused_in_csv_and_kept_in_parquet(
         assert (summary.exported, summary.failed) == (1 - failed, failed), summary.errors
         if failed:
             assert "column 'until' holds a time outside the years 1 to 9999" in summary.errors[0]
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:30:00+01:00"])
+def test_a_sqlite_time_whose_instant_is_outside_years_1_to_9999_fails_in_parquet_by_name(
+    tmp_path: Path, text: str
+) -> None:
+    """Parquet holds the UTC instant: SQLite text whose instant falls in year 10000 or year 0
+    was written, and no reader could load the file back."""
+    url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", text)], "k, t, until")
+    pin = '[columns]\nuntil = "timestamptz"\n'
+    root = _project(tmp_path / "p", url, "SELECT k, t, until FROM m", "parquet", extra=pin, ledger=False)
+    operations.mark(load(root), "typed", {"k": "1", "day": DAY.isoformat()})
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (0, 1), summary.errors
+    assert f"column 'until' holds {text!r} outside the years 1 to 9999" in summary.errors[0]
+    assert not _file(root, 1, DAY, "parquet").exists()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..arrowtypes import arrow_type, cast_column
 from ..exceptions import DataError
-from ..sources import Column, Mode
+from ..sources import Column, Mode, times
 from .csv import not_a_time, parse_time, value_text
 
 
@@ -38,7 +38,7 @@ def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
         if other is not None:
             raise DataError(not_a_time(col.name, other))
     if kind == "timestamptz":
-        values = [parse_time(v) if isinstance(v, str) else v for v in values]
+        values = [_instant(col, v) if isinstance(v, str) else v for v in values]
     elif kind == "timestamp":
         values = [_parse_naive(v) if isinstance(v, str) else v for v in values]
     elif kind == "date":
@@ -57,6 +57,15 @@ def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
     elif kind == "decimal" and any(isinstance(v, str) for v in values):
         return pa.array(values, type=pa.string()).cast(typ)
     return pa.array(values, type=typ)
+
+
+def _instant(col: Column, text: str) -> dt.datetime:
+    """A timestamptz stored as text, as a UTC instant within years 1 to 9999 (Parquet holds the
+    instant: 9999-12-31T23:00-05:00 is in year 10000 there, and no reader could load it)."""
+    try:
+        return parse_time(text).astimezone(dt.UTC)
+    except OverflowError:
+        raise DataError(times.message(col.name, repr(text))) from None
 
 
 def _text(value: Any) -> str:
