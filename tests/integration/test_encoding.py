@@ -913,3 +913,28 @@ def test_a_sqlite_time_whose_instant_is_outside_years_1_to_9999_fails_in_parquet
     assert (summary.exported, summary.failed) == (0, 1), summary.errors
     assert f"column 'until' holds {text!r} outside the years 1 to 9999" in summary.errors[0]
     assert not _file(root, 1, DAY, "parquet").exists()
+
+
+def test_json_lines_from_sqlite_are_strict_json_with_times_in_the_zone(tmp_path: Path) -> None:
+    """JSON lines wrote SQLite's text times as stored (no offset, not in the task's zone) and
+    infinite floats as a bare ``Infinity``, which no strict JSON parser reads."""
+    rows = [
+        (1, "2024-11-02 12:00:00", float("inf"), 1),
+        (1, "2024-11-02T14:00:00+01:00", float("nan"), 0),
+        (1, "2024-11-02T14:30:00Z", float("-inf"), None),
+    ]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v, flag")
+    pins = '[columns]\nflag = "bool"\n'
+    root = _project(tmp_path / "p", url, "SELECT k, t, v, flag FROM m", "jsonl", extra=pins, ledger=False)
+    _export(root, (1, DAY))
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    lines = _file(root, 1, DAY, "jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert records == [
+        {"k": 1, "t": "2024-11-02T09:30:00-02:30", "v": "Infinity", "flag": True},
+        {"k": 1, "t": "2024-11-02T10:30:00-02:30", "v": None, "flag": False},  # SQLite stores NaN as NULL
+        {"k": 1, "t": "2024-11-02T12:00:00-02:30", "v": "-Infinity", "flag": None},
+    ]

@@ -3,8 +3,10 @@
 Records come as dicts (from a callable stage) or as row tuples (from a SQL source), which
 are named by the columns. Values JSON has no type for are written as text: timestamps in
 ISO 8601 (in the unit's zone when one is given), dates, decimals (exactly, as their text),
-UUIDs; bytes as base64. Keys keep the order the record gave them, so the same records give
-the same bytes.
+UUIDs, and the floats NaN, Infinity and -Infinity (spelled as in CSV: JSON has no token for
+them); bytes as base64. Row tuples take their columns' kinds, as in CSV: SQLite's text in a
+``timestamptz`` column is a time in the unit's zone, its integers in a ``bool`` column are
+booleans. Keys keep the order the record gave them, so the same records give the same bytes.
 
 Encrypted files (``fernet_key``) hold one Fernet token of the whole JSON lines text, as
 atd-mds stored its payloads: ``Fernet(key).decrypt(file)`` gives the lines back. A token is
@@ -18,13 +20,15 @@ import base64
 import datetime as dt
 import decimal
 import json
+import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..exceptions import DataError, TerminalError
-from ..sources import Column, Mode
+from ..sources import Column, Mode, times
+from .csv import float_text, parse_time
 
 
 class JsonlWriter:
@@ -36,6 +40,7 @@ class JsonlWriter:
         self.out = out
         self.names = [c.name for c in columns]
         self.zone = ZoneInfo(zone) if zone else None
+        self._convert = [self._converter(c) for c in columns]
         self.rows = 0
         self._fernet = None
         self._buffer = bytearray()
@@ -53,9 +58,14 @@ class JsonlWriter:
         """Append records: a list of dicts, or of row tuples named by the columns."""
         lines = bytearray()
         for record in chunk:
-            named = record if isinstance(record, dict) else dict(zip(self.names, record, strict=True))
+            if isinstance(record, dict):
+                named = {k: _finite(v) for k, v in record.items()}
+            else:
+                named = {n: f(v) for n, f, v in zip(self.names, self._convert, record, strict=True)}
             try:
-                text = json.dumps(named, ensure_ascii=False, separators=(",", ":"), default=self._value)
+                text = json.dumps(
+                    named, ensure_ascii=False, separators=(",", ":"), default=self._value, allow_nan=False
+                )
             except (TypeError, ValueError) as exc:
                 raise DataError(f"a record cannot be written as JSON: {exc}") from None
             lines += text.encode("utf-8") + b"\n"
@@ -71,6 +81,23 @@ class JsonlWriter:
             self.out.write(self._fernet.encrypt(bytes(self._buffer)))
             self._buffer = bytearray()
 
+    def _converter(self, col: Column) -> Callable[[Any], Any]:
+        """What a row value of ``col`` becomes before JSON encoding (SQLite holds text and integers)."""
+        if col.kind == "timestamptz":
+            return lambda v: self._time(col, v) if isinstance(v, str) else _finite(v)
+        if col.kind == "bool":
+            return lambda v: bool(v) if isinstance(v, int) else _finite(v)
+        if col.kind == "binary":
+            return lambda v: v.encode() if isinstance(v, str) else _finite(v)
+        return _finite
+
+    def _time(self, col: Column, text: str) -> dt.datetime:
+        value = parse_time(text)
+        try:
+            return value.astimezone(self.zone) if self.zone is not None else value
+        except OverflowError:  # its local time is in year 10000 (or 0)
+            raise DataError(times.message(col.name, repr(text))) from None
+
     def _value(self, value: Any) -> Any:
         if isinstance(value, dt.datetime):
             if value.tzinfo is not None and self.zone is not None:
@@ -83,6 +110,13 @@ class JsonlWriter:
         if isinstance(value, bytes | bytearray | memoryview):
             return base64.b64encode(bytes(value)).decode("ascii")
         raise TypeError(f"a value of type {type(value).__name__} is not JSON")
+
+
+def _finite(value: Any) -> Any:
+    """A NaN or infinite float as text, which JSON can hold; any other value as it is."""
+    if type(value) is float and not math.isfinite(value):
+        return float_text(value)
+    return value
 
 
 def read_records(
