@@ -202,6 +202,30 @@ def test_a_long_name_still_gets_a_temp_file_beside_its_target(tmp_path: Path) ->
     assert (tmp_path / "out" / name).read_bytes() == b"a,b\n"
 
 
+def test_only_sluicegate_temp_names_are_cleaned_or_hidden_and_no_file_may_take_one(tmp_path: Path) -> None:
+    """Stale-file cleanup removed any name holding ".sluicegate-" and ending in ".tmp": a
+    partition value "r.sluicegate-1.tmp" got its published file deleted (and hidden from
+    listings) while the ledger said exported."""
+    out = tmp_path / "out"
+    first = LocalDestination(str(out), stale_after=0)
+    for name in ("day/r.sluicegate-1.tmp", "day/a.csv"):
+        staged = first.stage(name)
+        staged.file.write(b"x\n")
+        first.publish(staged)
+    first.sync()
+    dead = out / "day" / ".b.csv.sluicegate-0123abcd-7.tmp"  # what a killed worker leaves
+    dead.write_bytes(b"partial")
+    later = LocalDestination(str(out), stale_after=0)  # another process: cleans "day" once
+    staged = later.stage("day/b.csv")
+    staged.file.write(b"y\n")
+    later.publish(staged)
+    later.sync()
+    assert sorted(p.name for p in (out / "day").iterdir()) == ["a.csv", "b.csv", "r.sluicegate-1.tmp"]
+    assert later.list_files("day") == ["day/a.csv", "day/b.csv", "day/r.sluicegate-1.tmp"]
+    with pytest.raises(BadPartitionValue, match="has the form of sluicegate's temp files"):
+        later.check_path("day/.x.csv.sluicegate-0123abcd-7.tmp")
+
+
 # ----------------------------------------------------------------- 15: install with a broken task
 
 

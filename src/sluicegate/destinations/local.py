@@ -25,6 +25,7 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 import threading
 import time
 import uuid
@@ -37,6 +38,11 @@ from . import HashingWriter, Spool, Staged
 
 TEMP_MARK = ".sluicegate-"
 TEMP_SUFFIX = ".tmp"
+# The names of temp files exactly (``.<name>.sluicegate-<8 hex>-<serial>.tmp``, and the check's
+# probe without a serial): only these are hidden from listings and removed when stale, and no
+# published file may take such a name. Any name holding ".sluicegate-" and ending in ".tmp"
+# was taken for a temp file, so a partition value could get its published file deleted.
+TEMP_NAME = re.compile(r"\..*\.sluicegate-[0-9a-f]{8}(?:-[0-9]+)?\.tmp", re.DOTALL)
 NAME_MAX = 255  # bytes in one file name on Linux file systems
 PATH_MAX = 4095  # bytes in a whole path
 
@@ -231,7 +237,7 @@ class LocalDestination:
         try:
             for dirpath, _dirs, names in os.walk(folder):
                 rel = Path(dirpath).relative_to(self.root).as_posix()
-                found += [f"{rel}/{n}" for n in names if TEMP_MARK not in n]
+                found += [f"{rel}/{n}" for n in names if not TEMP_NAME.fullmatch(n)]
         except OSError as exc:
             raise DestinationUnavailable(f"cannot list {folder}: {exc.strerror}") from exc
         return sorted(p for p in found if p > start_after)
@@ -265,7 +271,13 @@ class LocalDestination:
         return []
 
     def check_path(self, path: str) -> None:
-        """Refuse a file or folder name over 255 bytes, or a whole path over 4,095 bytes."""
+        """Refuse a file or folder name over 255 bytes, or a whole path over 4,095 bytes, and a
+        file name of the form of sluicegate's temp files (which stale-file cleanup removes)."""
+        if TEMP_NAME.fullmatch(path.rpartition("/")[2]):
+            raise BadPartitionValue(
+                f"file name {shown(path.rpartition('/')[2])} has the form of sluicegate's temp files, "
+                "which are deleted when stale; change the partition value or the path template"
+            )
         for part in path.split("/"):
             if len(part.encode()) > NAME_MAX:
                 raise BadPartitionValue(
@@ -296,7 +308,7 @@ class LocalDestination:
         cutoff = time.time() - self.stale_after
         with os.scandir(folder) as entries:
             for entry in entries:
-                if TEMP_MARK in entry.name and entry.name.endswith(TEMP_SUFFIX):
+                if TEMP_NAME.fullmatch(entry.name):
                     with contextlib.suppress(FileNotFoundError):
                         if entry.stat().st_mtime < cutoff:
                             os.unlink(entry.path)
