@@ -189,6 +189,8 @@ def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: t
     client = _client(endpoint)
     client.create_multipart_upload(Bucket=bucket, Key="open-data/left-by-a-dead-worker.csv.gz")  # type: ignore[attr-defined]
     client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours.csv.gz")  # type: ignore[attr-defined]
+    # A sibling prefix that starts like ours ("open-data"): another tool's, not under our folder.
+    client.create_multipart_upload(Bucket=bucket, Key="open-data-archive/backup.tar")  # type: ignore[attr-defined]
     spool = Path(tempfile.gettempdir()) / "sluicegate-deadbeef.part"  # a version without the pid
     live = Path(tempfile.gettempdir()) / f"sluicegate-{os.getpid()}-live.part"  # a live process's
     live.write_bytes(b"in use")
@@ -201,7 +203,8 @@ def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: t
     dest.upload_stale_after = 0  # type: ignore[attr-defined]
     assert dest.cleanup(older_than=0) >= 2  # the upload under the prefix, the dead spool (and others')
     left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])  # type: ignore[attr-defined]
-    assert [u["Key"] for u in left] == ["elsewhere/not-ours.csv.gz"] and not spool.exists()
+    assert sorted(u["Key"] for u in left) == ["elsewhere/not-ours.csv.gz", "open-data-archive/backup.tar"]
+    assert not spool.exists()
     assert live.exists(), "the spool of a live process was removed"
     live.unlink()
 

@@ -388,21 +388,24 @@ class S3Destination(SpooledUpload):
         a live worker's large upload may well outlast its lease, which it renews."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(older_than, self.upload_stale_after))
         aborted = remove_stale_spools(older_than)
+        # Only under the prefix as a folder: "exports" must not reach "exports-archive/...".
+        under = self.key("")
         with self._errors(self.prefix):
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
-            for upload in listing.get("Uploads", []):
-                if upload["Initiated"] < cutoff:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
+            uploads = self.client.get_paginator("list_multipart_uploads")
+            pages = uploads.paginate(Bucket=self.bucket, Prefix=under)
+            stale = [u for page in pages for u in page.get("Uploads", []) if u["Initiated"] < cutoff]
+            for upload in stale:
+                key, upload_id = upload["Key"], upload["UploadId"]
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                aborted += 1
             # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
             probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(PROBE_PREFIX))
-            for item in listing.get("Contents", []):
-                if item["LastModified"] < probes:
-                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
-                    aborted += 1
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.key(PROBE_PREFIX)
+            )
+            for item in [i for page in pages for i in page.get("Contents", []) if i["LastModified"] < probes]:
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                aborted += 1
         return aborted
 
     def display(self, path: str) -> str:
