@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -224,6 +225,21 @@ def test_only_sluicegate_temp_names_are_cleaned_or_hidden_and_no_file_may_take_o
     assert later.list_files("day") == ["day/a.csv", "day/b.csv", "day/r.sluicegate-1.tmp"]
     with pytest.raises(BadPartitionValue, match="has the form of sluicegate's temp files"):
         later.check_path("day/.x.csv.sluicegate-0123abcd-7.tmp")
+
+
+def test_a_folder_removed_under_a_long_lived_destination_is_made_again(tmp_path: Path) -> None:
+    """``run --every`` keeps one destination: it made each folder once, so after someone removed
+    one (``_manifests``, a partition's folder) every later file for it failed until a restart."""
+    out = tmp_path / "out"
+    local = LocalDestination(str(out))
+    for name in ("site/a.csv", "site/b.csv"):
+        staged = local.stage(name)
+        staged.file.write(name.encode())
+        local.publish(staged)
+        local.sync()
+        if name == "site/a.csv":
+            shutil.rmtree(out / "site")
+    assert [p.name for p in (out / "site").iterdir()] == ["b.csv"]
 
 
 # ----------------------------------------------------------------- 15: install with a broken task

@@ -93,9 +93,17 @@ class LocalDestination:
         return Staged(path=path, file=HashingWriter(spool, tmp), local_path=tmp, handle=spool)
 
     def _prepare(self, folder: str) -> None:
-        """Create ``folder`` once and clear dead workers' temp files in it."""
+        """Create ``folder`` (once, unless it has gone since) and clear dead workers' temp files in it.
+
+        A long-lived process (``run --every``, ``serve``) made each folder once; when someone
+        then removed it (pruning ``_manifests``, or a partition's folder), every later file for
+        it failed until the process restarted. A stat per file is what checking costs.
+        """
         if folder in self._cleaned:
-            return
+            if os.path.isdir(folder):
+                return
+            with self._lock:
+                self._cleaned.discard(folder)
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
