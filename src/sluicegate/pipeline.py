@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from .changes import ChangeFeed
 from .destinations import Destination, Staged
-from .exceptions import ExportError, LedgerError, SluicegateError, is_transient
+from .exceptions import ExportError, LedgerError, SluicegateError, TerminalError, is_transient
 from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
@@ -255,6 +255,8 @@ class Pipeline:
     def _open(self, job: _Job) -> Writer:
         """The unit's writer, opened (and its file staged) on its first rows."""
         if job.writer is None:
+            if job.unit.refuse_file is not None:
+                raise TerminalError(job.unit.refuse_file)
             job.staged = self.destination.stage(job.unit.path)
             job.writer = open_writer(
                 self.format, job.staged.file, self.columns, job.unit.slice.zone, fernet_key=self.fernet_key

@@ -39,6 +39,7 @@ class WorkUnit:
     keys: Mapping[str, Any] | None = None  # what the change feed names it by (partition keys ...)
     version: Any = None  # ... and which version of it the file holds
     empty_file: bool = False  # write a file even when it has no rows (an archive run: the header)
+    refuse_file: str | None = None  # why it may not write its file (another unit's): fails on a first row
 
 
 @dataclass(frozen=True, kw_only=True)

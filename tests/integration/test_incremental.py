@@ -95,8 +95,17 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return value
 
 
+WINDOWS_APART = "{study_id}/{type}/{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.{ext}"
+
+
 def _project(
-    tmp_path: Path, url: str, *, bootstrap: str = "yesterday", lease: str = "10m", margin: str = "0s"
+    tmp_path: Path,
+    url: str,
+    *,
+    bootstrap: str = "yesterday",
+    lease: str = "10m",
+    margin: str = "0s",
+    path: str = WINDOWS_APART,
 ) -> Path:
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
@@ -112,7 +121,7 @@ def _project(
             entity = "study_id"
             cursor = "uploaded_on"
             format = "csv"
-            path = "{{study_id}}/{{type}}/{{start:%Y%m%dT%H%M%SZ}}-{{end:%Y%m%dT%H%M%SZ}}.{{ext}}"
+            path = "{path}"
             zone = "UTC"
             bootstrap = "{bootstrap}"
             safety_margin = "{margin}"
@@ -175,6 +184,27 @@ def test_hourly_and_instant(url: str, tmp_path: Path) -> None:
     assert instant.entities[0]["start"] == hour.isoformat()
     assert "a-minute-ago" in _payloads(tmp_path)
     assert _marks(root)["s1"] is not None and _marks(root)["s1"] > hour  # type: ignore[operator]
+
+
+def test_a_window_that_would_overwrite_an_earlier_windows_file_fails(url: str, tmp_path: Path) -> None:
+    """``{start:%Y%m%d}`` names every window of a day alike: an hourly (or instant) window
+    overwrote the day's earlier file, whose rows were then in no file while the watermark had
+    passed them. The window now fails, recorded for redrive, and the file stays; a window that
+    wrote no file in between does not hide the one before it."""
+    root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%d}.{ext}")
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=12), "a")
+    rec.add("s1", T + dt.timedelta(minutes=30), "b")
+    rec.add("s1", T + dt.timedelta(minutes=105), "c")
+    assert _run(root, export_type="daily", end=T).exported == 1  # [T - 1 day, T): 20240509.csv
+    assert _run(root, export_type="hourly", end=T + dt.timedelta(hours=1)).exported == 1  # 20240510.csv
+    empty = _run(root, export_type="instant", end=T + dt.timedelta(minutes=90))  # no rows, no file
+    assert (empty.exported, empty.rows, empty.failed) == (1, 0, 0), str(empty.entities) + str(empty)
+    third = _run(root, export_type="instant", end=T + dt.timedelta(hours=2))
+    assert (third.exported, third.failed) == (0, 1)
+    assert "would overwrite s1/20240510.csv, the file of an earlier window" in third.errors[0]
+    assert _payloads(tmp_path) == ["a", "b"]
+    assert _marks(root) == {"s1": T + dt.timedelta(minutes=90)}  # c is still ahead of it
 
 
 # 3 and 4: --ignore-watermark and the override destination never touch watermarks

@@ -326,8 +326,15 @@ def _unit(
         return None
     if window.claim is not None:  # remember the window, so a crashed export is redone the same
         ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
+    refuse = None
+    if window.claim is not None and window.claim.path == path:  # the last file is an earlier window's
+        refuse = (
+            f"window [{window.start.isoformat()}, {window.end.isoformat()}) would overwrite {path}, "
+            f"the file of an earlier window; name windows apart in {task.folder / 'task.toml'} path: "
+            "{start:%Y%m%dT%H%M%SZ}, with .%f for windows under a second"
+        )
     return WorkUnit(
-        key=window.entity, slice=piece, path=path, token=token, handle=window,
+        key=window.entity, slice=piece, path=path, token=token, handle=window, refuse_file=refuse,
         keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
     )  # fmt: skip
 

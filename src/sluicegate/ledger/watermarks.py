@@ -25,6 +25,7 @@ class WatermarkClaim:
     pending_type: str | None
     attempts: int
     token: str
+    path: str | None = None  # the entity's last file (an earlier window's)
 
 
 def _token(token: str | None) -> uuid.UUID | None:
@@ -71,6 +72,7 @@ class WatermarkStore(Store):
                 pending_type=r[5],
                 attempts=int(r[6]),
                 token=str(token),
+                path=r[7],
             )
             for r in rows
         ]

@@ -32,7 +32,7 @@ WHERE id = %(id)s;
 
 -- claimed --
 -- The watermark rows held under a claim token, as a claim returns them.
-SELECT id, entity, watermark, pending_start, pending_end, pending_type, attempts
+SELECT id, entity, watermark, pending_start, pending_end, pending_type, attempts, path
 FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity;
 
 -- set_pending --
@@ -41,6 +41,8 @@ UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pendi
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- commit --
+-- path stays the last file's when a window wrote none: the driver refuses a later window that
+-- would overwrite it (a path template that names two windows alike).
 -- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
 -- A failed watermark window is done once the watermark passes it. A failed re-export is not (it
 -- went to its own window and destination): it stays, with its attempts, for redrive.
@@ -55,7 +57,7 @@ SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s 
     failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_type END,
     failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_end END,
     failed_mode = CASE WHEN failed_end IS NULL THEN NULL ELSE failed_mode END,
-    exported_at = UNIX_TIMESTAMP(NOW(6)), `rows` = %(rows)s, path = %(path)s
+    exported_at = UNIX_TIMESTAMP(NOW(6)), `rows` = %(rows)s, path = COALESCE(%(path)s, path)
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- fail --

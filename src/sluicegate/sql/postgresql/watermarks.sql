@@ -19,7 +19,7 @@ SET claim_token = %(token)s,
     attempts = w.attempts + CASE WHEN w.claim_token IS NULL THEN 0 ELSE 1 END
 FROM candidate
 WHERE w.id = candidate.id
-RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts;
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts, w.path;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.
@@ -27,6 +27,8 @@ UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pendi
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- commit --
+-- path stays the last file's when a window wrote none: the driver refuses a later window that
+-- would overwrite it (a path template that names two windows alike).
 -- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
 UPDATE {t}watermarks
 SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s ELSE watermark END,
@@ -39,7 +41,7 @@ SET watermark = CASE WHEN watermark IS NULL OR watermark < %(end)s THEN %(end)s 
     failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_type END,
     failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_end END,
     failed_mode = CASE WHEN failed_mode = 'watermark' AND failed_end <= %(end)s THEN NULL ELSE failed_mode END,
-    exported_at = now(), rows = %(rows)s, path = %(path)s
+    exported_at = now(), rows = %(rows)s, path = COALESCE(%(path)s, path)
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- fail --

@@ -13,7 +13,7 @@ SET claim_token = :token,
     attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END
 WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
   AND (claim_token IS NULL OR lease_until < :now)
-RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts;
+RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.
@@ -21,6 +21,8 @@ UPDATE {t}watermarks SET pending_start = :start, pending_end = :end, pending_typ
 WHERE id = :id AND claim_token = :token;
 
 -- commit --
+-- path stays the last file's when a window wrote none: the driver refuses a later window that
+-- would overwrite it (a path template that names two windows alike).
 -- Advance the watermark to the window end (compare-and-set: never backwards), fenced by the claim.
 UPDATE {t}watermarks
 SET watermark = CASE WHEN watermark IS NULL OR watermark < :end THEN :end ELSE watermark END,
@@ -33,7 +35,7 @@ SET watermark = CASE WHEN watermark IS NULL OR watermark < :end THEN :end ELSE w
     failed_type = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_type END,
     failed_end = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_end END,
     failed_mode = CASE WHEN failed_mode = 'watermark' AND failed_end <= :end THEN NULL ELSE failed_mode END,
-    exported_at = :now, rows = :rows, path = :path
+    exported_at = :now, rows = :rows, path = COALESCE(:path, path)
 WHERE id = :id AND claim_token = :token;
 
 -- fail --
