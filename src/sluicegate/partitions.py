@@ -200,7 +200,7 @@ _DST_ZONE = "America/New_York"  # for hours in zones read per partition: one wit
 def check_distinct_paths(task: PartitionKeys, where: str) -> None:
     """Raise ConfigError when the path template names two partitions alike.
 
-    Tried: consecutive periods over two years (days, or hours around a DST change and every
+    Tried: consecutive periods over 13 months (days, or hours around a DST change and every
     midnight), and pairs of values of each key. A template such as ``{k}/{day:%Y-%m}`` passed
     the check that every key is used, and then a month's partitions all wrote one file, each
     overwriting the last while the ledger recorded every one as exported.
@@ -259,15 +259,16 @@ def _try_render(
 
 def _sample_periods(time: TimeSpec) -> list[Any]:
     first = dt.date(2023, 1, 1)
-    days = [first + dt.timedelta(days=n) for n in range(731)]
+    # 13 months: consecutive days ({day:%Y-%m}), and the same days a year apart ({day:%m-%d}, %j).
+    days = [first + dt.timedelta(days=n) for n in range(400)]
     if time.grain == "day":
         return days
     tz = zone_of(time.zone or _DST_ZONE)
     instants = {dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC) for day in days}
-    # Every hour of the days around each change of offset in 2024, both 01:00 hours of a
+    # Every hour of the days around each change of offset in 2023, both 01:00 hours of a
     # fall-back night among them (stepped in UTC: local hours that differ only in their fold
     # compare equal).
-    for day in days[365:]:
+    for day in days[:365]:
         before = dt.datetime.combine(day, dt.time(), tzinfo=tz)
         if before.utcoffset() != (before + dt.timedelta(days=1)).utcoffset():
             start = before.astimezone(UTC) - dt.timedelta(days=1)

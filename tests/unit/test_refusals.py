@@ -151,8 +151,8 @@ def test_destinations_check_their_own_length_limits(tmp_path: Path) -> None:
         ("{site}/{day:%Y-%m}.csv", "day", "UTC", "the days 2023-01-01 and 2023-01-02"),
         ("{site}/{day:%m-%d}.csv", "day", "UTC", "the days 2023-01-01 and 2024-01-01"),
         ("{site[0]}/{day}.csv", "day", "UTC", "site='ab1' and site='ab2'"),
-        ("{site}/{hour:%Y%m%d%H}.csv", "hour", "Europe/Brussels", "2024-10-27T02:00:00+02:00 and"),
-        ("{site}/{hour:%Y%m%d%H}.csv", "hour", None, "2024-11-03T01:00:00-04:00 and"),
+        ("{site}/{hour:%Y%m%d%H}.csv", "hour", "Europe/Brussels", "2023-10-29T02:00:00+02:00 and"),
+        ("{site}/{hour:%Y%m%d%H}.csv", "hour", None, "2023-11-05T01:00:00-04:00 and"),
     ],
 )
 def test_a_path_template_that_names_two_partitions_alike_is_refused_at_load(
