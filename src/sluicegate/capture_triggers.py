@@ -26,24 +26,76 @@ def existing_rows(task: TaskSpec, source: Source) -> int:
     return int(source.execute(f"SELECT count(*) FROM {source.dialect.quote(task.capture.table)}")[0][0])
 
 
-def installed_triggers(task: TaskSpec, source: Source) -> list[str]:
-    """The names of the task's capture triggers present in the source database."""
-    pattern = f"sluicegate_{task.name}_%"
+OPERATIONS = ("insert", "update", "delete")
+
+
+def _trigger_name(task: TaskSpec, operation: str) -> str:
+    return f"sluicegate_{task.name}_{operation.lower()}"
+
+
+def trigger_names(task: TaskSpec) -> list[str]:
+    """The names of the task's three capture triggers."""
+    return [_trigger_name(task, op) for op in OPERATIONS]
+
+
+_PG_TRIGGERS = (
+    "SELECT t.tgname, n.nspname FROM pg_catalog.pg_trigger t"
+    " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE t.tgrelid = pg_catalog.to_regclass(%s) AND t.tgname = ANY(%s) AND NOT t.tgisinternal"
+)
+
+
+def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
+    """The task's triggers present on its capture table, each with the schema of the ledger it
+    feeds (PostgreSQL: its function's schema; elsewhere the inbox has one name, so "")."""
+    assert task.capture.table
+    names, table = trigger_names(task), task.capture.table
     if source.dialect is db.SQLITE:
         rows = source.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (pattern,)
+            "SELECT name, '' FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
+            f" AND name IN ({', '.join('?' * len(names))})",
+            (table, *names),
         )
     elif source.dialect is db.MARIADB:
         rows = source.execute(
-            "SELECT trigger_name FROM information_schema.triggers"
-            " WHERE trigger_schema = DATABASE() AND trigger_name LIKE ?",
-            (pattern,),
+            "SELECT trigger_name, '' FROM information_schema.triggers"
+            " WHERE event_object_schema = COALESCE(%s, DATABASE()) AND event_object_table = %s"
+            f" AND trigger_name IN ({', '.join(['%s'] * len(names))})",
+            (*(table.rsplit(".", 1) if "." in table else (None, table)), *names),
         )
     else:
-        rows = source.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", (pattern,)
+        rows = source.execute(_PG_TRIGGERS, (db.POSTGRESQL.quote(table), names))
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def installed_triggers(task: TaskSpec, source: Source, schema: str) -> list[str]:
+    """The task's capture triggers present on its capture table and feeding the ledger ``schema``
+    (a trigger of another project's ledger schema, or on another table, does not count)."""
+    found = _triggers_on_table(task, source)
+    return sorted(n for n, s in found.items() if source.dialect is not db.POSTGRESQL or s == schema)
+
+
+def missing_triggers(task: TaskSpec, source: Source, schema: str) -> list[str]:
+    """The task's capture triggers that are not installed for the ledger ``schema``."""
+    present = set(installed_triggers(task, source, schema))
+    return [n for n in trigger_names(task) if n not in present]
+
+
+def _refuse_foreign(task: TaskSpec, found: dict[str, str], schema: str) -> None:
+    """Refuse to replace triggers that feed another project's ledger schema (PostgreSQL).
+
+    Two projects with the same task name over one table share trigger names: installing the
+    second re-pointed the first's triggers at its own ledger, and the first project saw no
+    change again while ``check`` said all was well.
+    """
+    foreign = sorted({s for s in found.values() if s != schema})
+    if foreign:
+        raise UsageError(
+            f"task {task.name!r}: the triggers {', '.join(trigger_names(task))} on {task.capture.table}"
+            f" feed the ledger schema {foreign[0]!r} of another project; give this task another name"
+            " (rename its folder), or drop that project's triggers first"
         )
-    return sorted(str(r[0]) for r in rows)
 
 
 def install(task: TaskSpec, inbox: Ledger) -> list[str]:
@@ -153,7 +205,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         ("UPDATE", "OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
         ("DELETE", "OLD TABLE AS sluicegate_old"),
     ):
-        name = f"sluicegate_{task.name}_{op.lower()}"
+        name = _trigger_name(task, op)
         names.append(name)
         statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
         statements.append(
@@ -162,7 +214,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
                 + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
             ).format(name=sql.Identifier(name), table=table, fn=fn)
         )  # fmt: skip
-    _execute(inbox, statements)
+    _execute(inbox, statements, task)
     return names
 
 
@@ -190,7 +242,7 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
     names = []
     statements = []
     for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = f"sluicegate_{task.name}_{op.lower()}"
+        name = _trigger_name(task, op)
         names.append(name)
         statements.append(f"DROP TRIGGER IF EXISTS {q(name)}")
         statements.append(
@@ -219,7 +271,7 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[s
     names = []
     statements = []
     for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = f"sluicegate_{task.name}_{op.lower()}"
+        name = _trigger_name(task, op)
         names.append(name)
         statements.append(
             f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
@@ -229,15 +281,20 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[s
     return names
 
 
-def _execute(inbox: Ledger, statements: Sequence[Any]) -> None:
+def _execute(inbox: Ledger, statements: Sequence[Any], task: TaskSpec | None = None) -> None:
     """Run the statements that create a task's triggers in one transaction.
 
     On PostgreSQL one install at a time (a transaction-level advisory lock): two at once, from
     two deploy hosts say, replaced the same function and triggers together and one of them
-    failed with "tuple concurrently updated".
+    failed with "tuple concurrently updated". There, under that lock, ``task``'s triggers are
+    first checked not to feed another project's ledger schema.
     """
     with inbox.core.transaction() as cur:
         if inbox.dialect is db.POSTGRESQL:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate install'))")
+            if task is not None:
+                assert task.capture.table
+                cur.execute(_PG_TRIGGERS, (db.POSTGRESQL.quote(task.capture.table), trigger_names(task)))
+                _refuse_foreign(task, {str(r[0]): str(r[1]) for r in cur.fetchall()}, inbox.schema)
         for statement in statements:
             cur.execute(statement)

@@ -53,10 +53,11 @@ def check_warnings(project: Project) -> list[str]:
 def _capture_warnings(task: PartitionedTask, source: Any, ledger: Ledger) -> list[str]:
     out = []
     try:
-        if not capture_triggers.installed_triggers(task, source):
+        missing = capture_triggers.missing_triggers(task, source, ledger.schema)
+        if missing:
             out.append(
-                f"task {task.name}: its capture triggers are not installed, so no change is seen; "
-                f"run 'sluicegate install {task.name}'"
+                f"task {task.name}: capture triggers are not installed on {task.capture.table}"
+                f" ({', '.join(missing)}), so those changes go unseen; run 'sluicegate install {task.name}'"
             )
         counts = ledger.partitions.status(task)
         known = counts.pending + counts.claimed + counts.exported + counts.failed + counts.waiting
@@ -79,7 +80,7 @@ def uncaptured_rows(project: Project, names: Sequence[str] = ()) -> dict[str, in
         for task in tasks:
             if not isinstance(task, PartitionedTask) or task.capture.mode != "trigger":
                 continue
-            if not capture_triggers.installed_triggers(task, source):
+            if not capture_triggers.installed_triggers(task, source, project.settings.ledger_schema):
                 out[task.name] = capture_triggers.existing_rows(task, source)
     finally:
         source.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sluicegate import capture, operations
+from sluicegate import capture, capture_triggers, operations
 from sluicegate.ledger import Ledger
 from sluicegate.sources import open_source
 from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
@@ -285,4 +285,84 @@ def test_a_row_with_a_null_key_is_set_aside_and_stops_nothing(pg_url: str, tmp_p
         assert (warned in ran.stderr) == (attempt == 1), ran.stderr
     assert "0 failed" in cli(root, "status").stdout
     assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
+    db.close()
+
+
+@pytest.mark.pg
+def test_a_second_project_with_the_same_task_name_does_not_take_the_first_ones_triggers(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Projects `a` and `b` (ledger schema sg_b) each with a task `openaq` on one table: installing
+    `b` re-pointed `a`'s triggers at sg_b, and `a` saw no change again while `check` said ok."""
+    a = write_project(tmp_path / "a", source=pg_url, destination=str(tmp_path / "out_a"))
+    b = write_project(tmp_path / "b", source=pg_url, destination=str(tmp_path / "out_b"))
+    toml = b / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[ledger]", '[ledger]\nschema = "sg_b"'))
+    db = Db(pg_url)
+    db.location(1, "UTC")
+    assert cli(a, "install").returncode == 0
+    refused = cli(b, "install")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "feed the ledger schema 'sluicegate' of another project" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    db.insert(1, [DAY + dt.timedelta(hours=1)])
+    assert _absorbed(a) == {'[1,"2024-05-01"]': 1}  # a still sees its changes
+    ok, other = cli(a, "check"), cli(b, "check")
+    assert "not installed" not in ok.stderr, ok.stderr
+    assert "capture triggers are not installed on measurements" in other.stderr, other.stderr
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
+def test_check_names_the_missing_triggers_of_a_task_whose_name_prefixes_another(
+    backend: str, tmp_path: Path
+) -> None:
+    """`check` looked for `sluicegate_<task>_%`: the triggers of `openaq_2` (and `_` being a
+    wildcard) hid that `openaq` had none."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    (root / "tasks" / "openaq_2").mkdir()
+    for name in ("task.toml", "select.sql"):
+        (root / "tasks" / "openaq_2" / name).write_text((root / "tasks" / "openaq" / name).read_text())
+    db = Db(backend)
+    db.location(1, "UTC")
+    assert cli(root, "install", "openaq_2").returncode == 0
+    check = cli(root, "check")
+    assert "task openaq: capture triggers are not installed on measurements" in check.stderr, check.stderr
+    assert "sluicegate_openaq_insert, sluicegate_openaq_update, sluicegate_openaq_delete" in check.stderr
+    assert "task openaq_2: capture" not in check.stderr
+    assert cli(root, "install", "openaq").returncode == 0
+    assert "not installed" not in cli(root, "check").stderr
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
+def test_the_longest_task_name_allowed_gets_three_working_triggers_and_a_longer_one_is_refused(
+    backend: str, tmp_path: Path
+) -> None:
+    """A 61-character task name: PostgreSQL cut its three trigger names to one, so only the
+    last (DELETE) stayed and inserts and updates were never seen."""
+    longest = "t" * 45
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), task=longest)
+    db = Db(backend)
+    db.location(1, "UTC")
+    assert cli(root, "install").returncode == 0
+    project = load(root)
+    source = open_source(backend)
+    try:
+        found = capture_triggers.installed_triggers(
+            project.tasks[longest], source, project.settings.ledger_schema  # type: ignore[arg-type]
+        )
+    finally:
+        source.close()
+    assert found == sorted(f"sluicegate_{longest}_{op}" for op in ("insert", "update", "delete"))
+    (root / "tasks" / longest).rename(root / "tasks" / (longest + "x"))
+    refused = cli(root, "check")
+    assert refused.returncode == 2
+    assert f"the task name '{longest}x' has 46 characters" in refused.stderr, refused.stderr
     db.close()

@@ -58,6 +58,10 @@ class Task(RowTask):
 
 # ---------------------------------------------------------------------------- loading
 
+# "sluicegate_" + name + "_delete" within PostgreSQL's 63-byte identifiers (MariaDB allows 64):
+# longer names were cut to one shared name, so the three triggers replaced one another.
+MAX_TRIGGER_TASK_NAME = 45
+
 
 def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
     """Read a partitioned task's ``task.toml``."""
@@ -76,6 +80,12 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         time=time,
         capture=capture_spec(raw.get("capture", {}), f"{where} [capture]", keys, time is not None),
     )
+    if task.capture.mode == "trigger" and len(name) > MAX_TRIGGER_TASK_NAME:
+        raise ConfigError(
+            f"{folder}: the task name {name!r} has {len(name)} characters; a task with capture triggers"
+            f" may have at most {MAX_TRIGGER_TASK_NAME} (its trigger names are built from it and"
+            " PostgreSQL cuts names at 63 bytes): rename the folder"
+        )
     check_template(
         task.path, folder, allowed={*task.key_names, "format", "ext", "task"}, required=task.key_names,
         what="partition key",
