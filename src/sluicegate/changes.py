@@ -240,11 +240,16 @@ def _run_of(name: str) -> str | None:
 
 
 def _read(destination: Destination, name: str) -> list[Change]:
-    text = destination.read(name).decode()
+    """A manifest's entries; one that is not UTF-8 JSON lines with an aware ISO ``time`` is refused."""
     try:
-        return [Change.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
-    except (ValueError, TypeError, KeyError) as exc:
+        text = destination.read(name).decode()
+        changes = [Change.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
+        for change in changes:
+            if dt.datetime.fromisoformat(change.time).utcoffset() is None:
+                raise ValueError(f"time {change.time!r} has no UTC offset")
+    except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
         raise TerminalError(f"{destination.display(name)} is not a sluicegate manifest: {exc}") from None
+    return changes
 
 
 def list_changes(project: Project, *, since: str, task: str | None = None) -> list[Change]:

@@ -133,6 +133,7 @@ OVERRIDE_ENV_NAMES = (
     "LOCAL_SAVE_DIRECTORY",
     "LOG_LEVEL",
 )
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OVERRIDE_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
 # The SLUICEGATE_* variables that are not SECTION__KEY overrides (read by the service, the
 # secrets module, the Lambda handler and the CLI). Any other plain SLUICEGATE_* is a typo.
@@ -240,6 +241,27 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
     _fill_dsl_defaults(raw, env, dsl_only=not path.is_file())
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
+    try:
+        return _settings(raw, path, root, env)
+    except ConfigError as exc:  # name the variable a bad value came from, not only the file
+        for (section, key), name in _env_origins(env).items():
+            if f"[{section}] {key}:" in str(exc):
+                raise ConfigError(f"{exc} (the value comes from the environment variable {name})") from exc
+        raise
+
+
+def _env_origins(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """The environment variable each overridden ``(section, key)`` came from."""
+    out = {("defaults", k): n for n, k in (("LIMIT", "limit"), ("WRITE_FILE_FORMAT", "format"),
+                                          ("LOG_LEVEL", "log_level")) if n in env}  # fmt: skip
+    for name in env:
+        section, sep, key = name.removeprefix("SLUICEGATE_").partition("__")
+        if name.startswith("SLUICEGATE_") and sep:
+            out[(section.lower(), key.lower())] = name
+    return out
+
+
+def _settings(raw: dict[str, Any], path: Path, root: Path, env: Mapping[str, str]) -> Settings:
     source = raw.get("source", {})
     if not source.get("url"):
         raise ConfigError(f"{path}: [source] url is missing; set it to sqlite:///file.db or postgresql://...")
@@ -260,16 +282,22 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         format=validate.file_format(defaults.get("format", "csv.gz"), f"{where} format"),
         batch_size=validate.whole_number(defaults.get("batch_size", 500), f"{where} batch_size"),
         limit=None if limit in (None, "", 0, "0") else validate.whole_number(limit, f"{where} limit"),
-        lease=parse_duration(defaults.get("lease", "10m"), where=f"{where} lease"),
+        lease=validate.lease(defaults.get("lease", "10m"), f"{where} lease"),
         max_attempts=validate.whole_number(defaults.get("max_attempts", 5), f"{where} max_attempts"),
         workers=_workers(defaults.get("workers", "auto"), source_url, f"{where} workers"),
         backoff=parse_duration(defaults.get("backoff", "30s"), where=f"{where} backoff"),
-        log_level=str(defaults.get("log_level", "WARNING")).upper(),
+        log_level=_log_level(defaults.get("log_level", "WARNING"), f"{where} log_level"),
         service=_service(raw.get("service", {}), f"{path} [service]"),
         fault=raw.get("testing", {}).get("fault") or None,
         fernet_key=secrets.fernet_key(env),
         fernet_key_name=secrets.fernet_key_name(env),
     )
+
+
+def _log_level(value: Any, where: str) -> str:
+    """A logging level's name, any case (``warn`` and ``fatal`` as Python's logging takes them)."""
+    name = str(value).strip().upper()
+    return validate.choice({"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name), LOG_LEVELS, where)
 
 
 def _workers(value: Any, source_url: str, where: str) -> int:
@@ -318,7 +346,10 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
         access_key_id=dest.get("access_key_id") or None,
         secret_access_key=dest.get("secret_access_key") or None,
         multipart_threshold=validate.whole_number(
-            dest.get("multipart_threshold", 64 * 1024 * 1024), f"{where} multipart_threshold", 5 * 1024 * 1024
+            dest.get("multipart_threshold", 64 * 1024**2),
+            f"{where} multipart_threshold",
+            minimum=5 * 1024**2,
+            maximum=5 * 1024**3,  # S3's largest part
         ),
         uploads_in_flight=_uploads_in_flight(
             dest.get("uploads_in_flight", UPLOADS_IN_FLIGHT), f"{where} uploads_in_flight"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -288,16 +289,21 @@ def parse_assignments(task: PartitionKeys, pairs: Sequence[str]) -> dict[str, st
         if not sep or key not in task.key_names:
             names = ", ".join(task.key_names)
             raise UsageError(f"{pair!r} is not KEY=VALUE for task {task.name!r}; keys are: {names}")
+        if key in out and out[key] != value:
+            raise UsageError(f"{key} is given twice ({out[key]!r} and {value!r}); give each key once")
         out[key] = value
     return out
 
 
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
 def coerce_value(value: str) -> Any:
-    """Interpret a command-line key value: integers stay integers, the rest is text."""
-    try:
-        return int(value)
-    except ValueError:
-        return value
+    """Interpret a command-line key value: an integer as written in SQL (``7``, ``-3``, within 64
+    bits) is an integer; anything else (``007``, ``1_0``, `` 7``, a 30-digit id) stays text."""
+    if _INTEGER.fullmatch(value) and -(2**63) <= (number := int(value)) < 2**63:
+        return number
+    return value
 
 
 def keys_from_mapping(task: PartitionKeys, mapping: Mapping[str, Any]) -> tuple[Any, ...]:

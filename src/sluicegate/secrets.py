@@ -115,21 +115,23 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
-def encrypt(value: str, key: str) -> str:
+def encrypt(value: str, key: str, *, key_name: str | None = None) -> str:
     """Encrypt ``value`` with ``key``; return the Fernet token as text.
 
-    Raises :class:`ConfigError` when ``key`` is not a Fernet key.
+    Raises :class:`ConfigError` when ``key`` is not a Fernet key (naming ``key_name``, the
+    environment variable it came from, when given).
     """
-    return _fernet(key, "the key", None).encrypt(value.encode("utf-8")).decode("ascii")
+    phrase = f"the key in {key_name}" if key_name else "the key"
+    return _fernet(key, phrase, None).encrypt(value.encode("utf-8")).decode("ascii")
 
 
-def decrypt(token: str, key: str) -> str:
+def decrypt(token: str, key: str, *, key_name: str | None = None) -> str:
     """Decrypt the Fernet ``token`` with ``key`` and return the text.
 
     Raises :class:`ConfigError` when ``token`` is not a token, ``key`` is not a Fernet
     key, or the token was not made with ``key`` (or was damaged).
     """
-    return _decrypt(token, key, "The value", "the given key")
+    return _decrypt(token, key, "The value", f"the key in {key_name}" if key_name else "the given key")
 
 
 def is_token(value: str) -> bool:
@@ -214,7 +216,8 @@ def _fernet(key: str, key_phrase: str, where: str | None) -> Fernet:
         problem = f"{key_phrase} is not a Fernet key (32 bytes in base64url, 44 characters)"
         if where is None:
             raise ConfigError(
-                f"{problem[0].upper()}{problem[1:]}; make one with sluicegate.secrets.generate_key()."
+                f"{problem[0].upper()}{problem[1:]}; make one with 'sluicegate secret key'"
+                " (or sluicegate.secrets.generate_key())."
             ) from None
         raise ConfigError(
             f"{where} cannot be decrypted: {problem}; use the key it was encrypted with."

@@ -87,8 +87,24 @@ def table_name(value: Any, where: str) -> str:
     return text
 
 
-def whole_number(value: Any, where: str, minimum: int = 1) -> int:
-    """A whole number of at least ``minimum``."""
+MAX_WHOLE = 2**31 - 1  # a count every ledger database stores as an integer (the CLI's COUNT too)
+MIN_LEASE = 1.0  # seconds: claims are renewed every third of the lease
+
+
+def lease(value: Any, where: str) -> float:
+    """A claim's lease: a duration of at least :data:`MIN_LEASE`.
+
+    A lease of 0 let every claim expire before its export committed, so a healthy run parked
+    every partition as failed after max_attempts "expired leases".
+    """
+    seconds = parse_duration(value, where=where)
+    if seconds < MIN_LEASE:
+        raise ConfigError(f"{where}: {value!r} is too short to renew a claim in; use at least '1s' ('10m')")
+    return seconds
+
+
+def whole_number(value: Any, where: str, minimum: int = 1, maximum: int = MAX_WHOLE) -> int:
+    """A whole number from ``minimum`` to ``maximum``."""
     if isinstance(value, bool):
         raise ConfigError(f"{where}: {value!r} is not a whole number")
     try:
@@ -97,6 +113,8 @@ def whole_number(value: Any, where: str, minimum: int = 1) -> int:
         raise ConfigError(f"{where}: {value!r} is not a whole number") from None
     if number < minimum:
         raise ConfigError(f"{where}: {number} is too small; use at least {minimum}")
+    if number > maximum:
+        raise ConfigError(f"{where}: {number} is too large; use at most {maximum}")
     return number
 
 

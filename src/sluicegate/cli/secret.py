@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import secrets
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, UsageError
 from .app import handled, main
 
 
@@ -28,7 +28,12 @@ def _key() -> str:
 
 
 def _value(value: str) -> str:
-    return sys.stdin.read().rstrip("\n") if value == "-" else value
+    if value != "-":
+        return value
+    try:
+        return sys.stdin.buffer.read().decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError:
+        raise UsageError("standard input is not UTF-8 text; give the value as UTF-8") from None
 
 
 @secret.command()
@@ -36,7 +41,7 @@ def _value(value: str) -> str:
 @handled
 def encrypt(value: str) -> None:
     """Print VALUE (- reads it from stdin) as a Fernet token to paste into task.toml."""
-    click.echo(secrets.encrypt(_value(value), _key()))
+    click.echo(secrets.encrypt(_value(value), _key(), key_name=secrets.fernet_key_name(os.environ)))
 
 
 @secret.command()
@@ -44,7 +49,7 @@ def encrypt(value: str) -> None:
 @handled
 def decrypt(token: str) -> None:
     """Print the text of a Fernet TOKEN (- reads it from stdin)."""
-    click.echo(secrets.decrypt(_value(token).strip(), _key()))
+    click.echo(secrets.decrypt(_value(token).strip(), _key(), key_name=secrets.fernet_key_name(os.environ)))
 
 
 @secret.command()

@@ -106,7 +106,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             raw.get("evaluation_column", "evaluation_time_utc"), f"{where} evaluation_column"
         ),
         file="path" in raw,
-        lease=validate.parse_duration(raw.get("lease", settings.lease), where=f"{where} lease"),
+        lease=validate.lease(raw.get("lease", settings.lease), f"{where} lease"),
         keep=validate.parse_duration(raw.get("keep", max(KEEP, width)), where=f"{where} keep"),
     )
     if task.keep < task.width:
