@@ -34,7 +34,7 @@ from psycopg import sql
 
 from . import db
 from .drivers import kind_module
-from .exceptions import ConfigError
+from .exceptions import ConfigError, UsageError
 from .specs import Project, Settings, TaskBase
 from .sql import parse
 
@@ -128,11 +128,14 @@ class _Script:
 
     def at(self, database: str) -> None:
         if self.several and database != self.database:
+            if not database.isprintable():  # a psql meta-command ends at the line's end
+                raise ConfigError(f"the database name {database!r} holds a control character; rename it")
             self.lines.append(f"\\connect {sql.Identifier(database).as_string()}")
         self.database = database
 
     def comment(self, text: str) -> None:
-        self.lines.append(f"-- {text}")
+        """A comment line; names from the catalogs or the command line in it cannot end the line."""
+        self.lines.append("-- " + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text))
 
     def grant(self, name: str, **parts: sql.Composable) -> None:
         statement = sql.SQL(templates()[name]).format(role=self.role, **parts).as_string() + ";"
@@ -315,6 +318,8 @@ def grants(
 ) -> str:
     """The GRANT script for ``role`` (default: the source URL's user) to run the named tasks."""
     settings = project.settings
+    if role is not None and (not role or not role.isprintable()):
+        raise UsageError(f"--role {role!r} is not a role name; give the name as it is, on one line")
     if (
         db.dialect_of(settings.source_url) is not db.POSTGRESQL
         or db.dialect_of(settings.ledger_url) is not db.POSTGRESQL

@@ -14,10 +14,16 @@ import pytest
 
 import sluicegate
 from sluicegate import db, grants
-from sluicegate.exceptions import LedgerError, LedgerPermissionDenied, PermissionDenied, is_transient
+from sluicegate.exceptions import (
+    ConfigError,
+    LedgerError,
+    LedgerPermissionDenied,
+    PermissionDenied,
+    is_transient,
+)
 from sluicegate.grants import SourceNeeds
 from sluicegate.sql import STORES
-from support import load, write_project
+from support import cli, load, write_project
 
 SOURCE = "postgresql://exporter:pw@db.example/prod"
 LEDGER = "postgresql://exporter:pw@ledger.example/books"
@@ -181,3 +187,29 @@ def test_grants_refuse_sqlite(tmp_path: Path) -> None:
     )
     with pytest.raises(sluicegate.ConfigError, match="PostgreSQL only"):
         grants.grants(load(root))
+
+
+def test_names_with_line_breaks_stay_inside_their_comment_lines(tmp_path: Path) -> None:
+    """A role, schema or table name with a newline ended its comment line, and what followed it
+    (`DROP TABLE measurements; --`) became a statement of the printed script. In statements the
+    names are quoted identifiers, where a newline is only a character."""
+    evil = "bob\nDROP TABLE measurements; --"
+    project = _project(tmp_path)
+    text = grants.render(
+        project.select(["openaq"]), NEEDS, role=evil, settings=project.settings,
+        source_database="prod", ledger_database="prod",
+    )  # fmt: skip
+    assert "-- GRANTs for role bob\\nDROP TABLE measurements; -- (PostgreSQL)" in text, text
+    assert 'TO "bob\nDROP TABLE measurements; --";' in text
+    assert "\nDROP TABLE measurements; -- (PostgreSQL)" not in text
+    with pytest.raises(ConfigError, match="holds a control character"):
+        grants.render(
+            project.select(["openaq"]), NEEDS, role="x", settings=project.settings,
+            source_database="prod", ledger_database="bo\nks",
+        )  # fmt: skip
+
+
+def test_grants_refuses_a_role_name_on_two_lines(tmp_path: Path) -> None:
+    proc = cli(_project(tmp_path).settings.root, "grants", "--role", "bob\nDROP TABLE measurements; --")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not a role name; give the name as it is, on one line" in proc.stderr
