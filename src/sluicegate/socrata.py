@@ -13,7 +13,8 @@ settings in its config (values may be Fernet tokens):
 ``columns``
     the record fields to send (default: every field);
 ``batch``
-    records per request (default 1000); ``timeout`` seconds per request (default 60).
+    records per request, 1 to 100000 (default 1000); ``timeout`` per request, seconds or a
+    duration such as ``"90s"`` (default 60).
 
 It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
 deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
@@ -29,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from . import httpclient
+from . import httpclient, validate
 from .exceptions import ConfigError, DestinationUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
@@ -46,11 +47,18 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     auth = (
         (reveal(config["username"]), reveal(config.get("password", ""))) if config.get("username") else None
     )
+    where = f"sluicegate.socrata:upsert for {block.key_value or block.task}"
     columns = config.get("columns")
-    size = int(config.get("batch", 1000))
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise ConfigError(f"{where}: columns {columns!r} is not a list of field names")
+    # batch = 0 posted nothing and returned a total of 0, so the stage recorded "no data".
+    size = validate.whole_number(config.get("batch", 1000), f"{where}: batch", maximum=100_000)
+    timeout = validate.parse_duration(config.get("timeout", 60), where=f"{where}: timeout")
+    if timeout <= 0:
+        raise ConfigError(f"{where}: timeout {config['timeout']!r} is not a positive number of seconds")
     counts = {"total": 0, "processed": 0, "errors": 0}
     rows = iter(records)
-    with httpclient.client(timeout=float(config.get("timeout", 60)), headers=headers, auth=auth) as client:
+    with httpclient.client(timeout=timeout, headers=headers, auth=auth) as client:
         while batch := list(itertools.islice(rows, size)):
             if columns:
                 batch = [{c: r.get(c) for c in columns} for r in batch]

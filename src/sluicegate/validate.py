@@ -105,7 +105,7 @@ def lease(value: Any, where: str) -> float:
 
 def whole_number(value: Any, where: str, minimum: int = 1, maximum: int = MAX_WHOLE) -> int:
     """A whole number from ``minimum`` to ``maximum``."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"{where}: {value!r} is not a whole number")
     try:
         number = int(value)

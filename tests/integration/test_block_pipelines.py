@@ -291,6 +291,25 @@ def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
     ]
 
 
+@pytest.mark.parametrize("batch", [0, "0", -1, "x", 2.5])
+def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_any_post(
+    portal: PortalDouble, batch: object
+) -> None:
+    """`batch = 0` posted nothing and returned a total of 0: the publish stage recorded that the
+    block had no data, and its records never reached the portal."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import ConfigError
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    records = [{"trip_id": str(i)} for i in range(5)]
+    config = {"url": portal.url, "dataset": "mds-trips"}
+    with pytest.raises(ConfigError, match="sluicegate.socrata:upsert for lime: batch: .* (too small|not a whole)"):
+        socrata.upsert(block, iter(records), {**config, "batch": batch})  # type: ignore[arg-type]
+    assert portal.upserts() == []
+    counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
+    assert counts["total"] == 5 and [len(c.rows or []) for c in portal.upserts()] == [2, 2, 1]
+
+
 @pytest.mark.pg
 def test_two_processes_over_one_range_run_each_block_stage_once(
     tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
