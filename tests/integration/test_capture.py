@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sluicegate import capture, capture_triggers, operations
+from sluicegate import capture, capture_triggers, db, operations
 from sluicegate.ledger import Ledger
 from sluicegate.sources import open_source
 from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
@@ -366,3 +366,26 @@ def test_the_longest_task_name_allowed_gets_three_working_triggers_and_a_longer_
     assert refused.returncode == 2
     assert f"the task name '{longest}x' has 46 characters" in refused.stderr, refused.stderr
     db.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
+def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(backend: str, tmp_path: Path) -> None:
+    """A worker of an older release wrote its own schema version over a newer ledger's (`!=`),
+    then ran on tables it did not know."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    assert cli(root, "status").returncode == 0  # creates the ledger
+    newer = "mariadb-3" if backend.startswith("mariadb") else "12"
+    with Ledger(backend) as ledger:
+        t, k = ledger.table_prefix, "`key`" if ledger.dialect is db.MARIADB else "key"
+        bump = f"UPDATE {t}meta SET value = '{newer}' WHERE {k} = 'schema_version'"
+        ledger.core.in_transaction(lambda cur: cur.execute(bump))
+        refused = cli(root, "status")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"has schema version {newer}, newer than this sluicegate's" in refused.stderr
+        # Two releases upgrading at once: the older one's statements run, and still keep the version.
+        statements = [s for s in ledger.schema_store.q["ensure_schema"].split(";\n") if s.strip()]
+        ledger.core.in_transaction(lambda cur: [cur.execute(s) for s in statements])
+        assert ledger.schema_store.schema_version() == newer

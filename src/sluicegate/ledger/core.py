@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .. import db
-from ..exceptions import LedgerError, PermissionDenied, SluicegateError
+from ..exceptions import ConfigError, LedgerError, PermissionDenied, SluicegateError
 from ..masking import mask_url
 from ..sql import queries
 
@@ -185,8 +185,16 @@ class SchemaStore(Store):
     def ensure_schema(self) -> None:
         """Create the ledger tables if they do not exist, or upgrade them (idempotent, safe to race)."""
         version = self.schema_version()
-        if version == (MARIADB_SCHEMA_VERSION if self.core.dialect is db.MARIADB else SCHEMA_VERSION):
+        ours = MARIADB_SCHEMA_VERSION if self.core.dialect is db.MARIADB else SCHEMA_VERSION
+        if version == ours:
             return
+        if version is not None and _version_number(version) > _version_number(ours):
+            # An older release would have written its own version over it (and run on tables
+            # it does not know); the version row is also only ever raised (schema.sql).
+            raise ConfigError(
+                f"the ledger at {mask_url(self.core.url)} has schema version {version}, newer than this"
+                f" sluicegate's {ours}: run the release that upgraded it (or a newer one) on every worker"
+            )
 
         def create(cur: Any) -> None:
             if self.core.dialect is db.POSTGRESQL:
@@ -233,6 +241,12 @@ class SchemaStore(Store):
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""
         self._run("add_partition_etag", cur)
+
+
+def _version_number(version: str) -> int:
+    """``11`` or ``mariadb-2`` as a number; a version this release cannot read counts as newer."""
+    number = version.removeprefix("mariadb-")
+    return int(number) if number.isdigit() else 2**31
 
 
 def _naive_utc(value: Any) -> Any:

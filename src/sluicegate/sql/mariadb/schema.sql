@@ -179,8 +179,11 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
     config BOOLEAN NOT NULL DEFAULT FALSE,
     at DOUBLE NOT NULL
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+-- The version is only ever raised: an older release must not lower it.
 INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-2')
-ON DUPLICATE KEY UPDATE value = VALUES(value);
+ON DUPLICATE KEY UPDATE value = IF(
+    CAST(SUBSTRING(value, 9) AS UNSIGNED) < 2, VALUES(value), value
+);
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).

@@ -192,8 +192,10 @@ CREATE TABLE IF NOT EXISTS {t}change_runs (
     changed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS change_runs_task_idx ON {t}change_runs (task, id);
+-- The version is only ever raised: an older release must not lower it.
 INSERT INTO {t}meta (key, value) VALUES ('schema_version', '11')
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+    WHERE {t}meta.value ~ '^[0-9]{1,9}$' AND {t}meta.value::int < 11;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).

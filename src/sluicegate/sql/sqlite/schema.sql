@@ -169,7 +169,10 @@ CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
 -- version 11: no change here (PostgreSQL's capture triggers record runs of bins in a new table)
-INSERT OR REPLACE INTO {t}meta (key, value) VALUES ('schema_version', '11');
+-- The version is only ever raised: an older release must not lower it.
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '11')
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE CAST({t}meta.value AS INTEGER) < 11;
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).
