@@ -271,7 +271,7 @@ def backfill(
     bin_sql = source.dialect.bin_expr(column, task.time.boundary == "end")
     wall = wall_zone(task, source, None, task.time.column)
     weeks = max(1, -(-(hi - lo) // BACKFILL_STEP))
-    marked = 0
+    marked: set[str] = set()  # a local day across two weeks' chunks is marked (and counted) once
     for week in range(weeks):
         start, end = lo + week * BACKFILL_STEP, min(lo + (week + 1) * BACKFILL_STEP, hi)
         rows = source.execute(
@@ -279,10 +279,12 @@ def backfill(
             _bounds(source, start, end),
         )
         changes = _one_bin_each(rows, len(task.keys), timed=True)
-        marked += ledger.partitions.mark(fold(task, changes, zones, wall), task)
+        new = [p for p in fold(task, changes, zones, wall) if p.pkey not in marked]
+        ledger.partitions.mark(new, task)
+        marked.update(p.pkey for p in new)
         if progress is not None:
             progress(week + 1, weeks)
-    return marked
+    return len(marked)
 
 
 def _time_range(

@@ -105,6 +105,20 @@ def test_backfill_with_a_time_range_marks_only_that_range(tmp_path: Path) -> Non
     assert 0 < len(expected) == st["pending"] + st["waiting"] < len(_partitions_of(db))
 
 
+def test_backfill_counts_a_local_day_across_two_weeks_of_rows_once(tmp_path: Path) -> None:
+    """Backfill reads a week of rows per query: a local day cut by a week's edge was marked in
+    both weeks and counted twice (51 partitions reported, 46 in the ledger)."""
+    root, db = tmp_path / "p", tmp_path / "p" / "measurements.db"
+    cli(tmp_path, "init", str(root), check=True)
+    cli(tmp_path, "generate", "--db", f"sqlite:///{db}", "--rows", "3000", "--locations", "5", check=True)
+    cli(root, "install", check=True)
+    expected = _partitions_of(db)
+    out = cli(root, "backfill", "openaq", check=True)
+    st = _status(root)
+    assert f"marked {len(expected):,} partition(s)" in out.stdout, (out.stdout, len(expected))
+    assert st["pending"] + st["waiting"] == len(expected)
+
+
 # 2. run reported a failure that status never showed; run and check disagreed on its kind.
 def test_a_task_level_failure_is_on_the_ledger_until_a_run_succeeds(tmp_path: Path) -> None:
     root = tmp_path / "p"
@@ -388,3 +402,11 @@ def test_readme_your_own_database_block(tmp_path: Path, pg_url: str) -> None:
     exported = files(tmp_path / "mine" / "exports")
     st = _status(tmp_path / "mine")
     assert len(exported) == st["exported"] > 0 and st["pending"] == 0
+
+
+@pytest.mark.parametrize("example", ["openaq", "airmax", "mds"])
+def test_the_next_steps_init_prints_name_the_examples_own_tasks(tmp_path: Path, example: str) -> None:
+    """`init --example mds` told the newcomer to `backfill mds`, a task the project does not have."""
+    out = cli(tmp_path, "init", str(tmp_path / example), "--example", example, check=True).stdout
+    named = re.findall(r" (?:backfill|blocks|ingest|run) ([a-z_]+)", out.split("next:")[1])
+    assert named and all((tmp_path / example / "tasks" / task).is_dir() for task in named), (out, named)

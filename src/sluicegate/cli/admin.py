@@ -33,16 +33,22 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
 
     for path in init_project(folder, example=example, force=force, source_url=source_url):
         click.echo(f"wrote {path}")
-    me = invoked_as()
+    me = f"{invoked_as()} -C {folder}"
     where = "[destination] url" if source_url else "[source] url (your database) and [destination] url"
-    click.echo(
-        f"next:\n"
-        f"  1. check {where} in {folder / 'sluicegate.toml'}, and the query in {folder / 'tasks'}\n"
-        f"  2. {me} -C {folder} check\n"
-        f"  3. {me} -C {folder} install           # capture triggers: changes from now on\n"
-        f"  4. {me} -C {folder} backfill {example}  # the rows that were there before install\n"
-        f"  5. {me} -C {folder} run"
-    )
+    steps = {  # each example's own tasks (the openaq one's task is called openaq)
+        "airmax": [
+            f"{me} ingest measurements messages.jsonl     # or [sqs] in tasks/measurements/task.toml",
+            f"{me} run current_air_quality --every 30s  # or: {me} serve",
+        ],
+        "mds": [f"{me} blocks trips --time-min 2020-3-1-0 --time-max 2020-3-1-6  # see docs/blocks.md"],
+    }.get(example, [
+        f"{me} install           # capture triggers: changes from now on",
+        f"{me} backfill {example}  # the rows that were there before install",
+        f"{me} run",
+    ])  # fmt: skip
+    lines = [f"check {where} in {folder / 'sluicegate.toml'}, and the queries in {folder / 'tasks'}"]
+    lines += [f"{me} check", *steps]
+    click.echo("next:\n" + "\n".join(f"  {n}. {line}" for n, line in enumerate(lines, 1)))
 
 
 @main.command()
