@@ -303,7 +303,7 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     block = type("Block", (), {"key_value": "lime", "task": "trips"})()
     records = [{"trip_id": str(i)} for i in range(5)]
     config = {"url": portal.url, "dataset": "mds-trips"}
-    with pytest.raises(ConfigError, match="sluicegate.socrata:upsert for lime: batch: .* (too small|not a whole)"):
+    with pytest.raises(ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"):
         socrata.upsert(block, iter(records), {**config, "batch": batch})  # type: ignore[arg-type]
     assert portal.upserts() == []
     counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
