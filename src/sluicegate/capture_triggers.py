@@ -53,7 +53,7 @@ def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
     names, table = trigger_names(task), task.capture.table
     if source.dialect is db.SQLITE:
         rows = source.execute(
-            "SELECT name, '' FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
+            "SELECT name, '' FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
             f" AND name IN ({', '.join('?' * len(names))})",
             (table, *names),
         )

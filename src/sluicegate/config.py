@@ -133,7 +133,7 @@ OVERRIDE_ENV_NAMES = (
     "LOCAL_SAVE_DIRECTORY",
     "LOG_LEVEL",
 )
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # [defaults] log_level
 OVERRIDE_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
 # The SLUICEGATE_* variables that are not SECTION__KEY overrides (read by the service, the
 # secrets module, the Lambda handler and the CLI). Any other plain SLUICEGATE_* is a typo.
