@@ -194,7 +194,9 @@ def sample_values(task: PartitionKeys) -> tuple[Any, ...]:
 
 # Key values tried in pairs: a template that cuts or indexes a key ({k[0]}, {k:.2}) names both
 # values of a pair alike.
-_KEY_PAIRS = ((1, 2), (10, 11), ("ab1", "ab2"), ("a", "b"))
+# Values that differ only at their end: a key cut by a format spec ({k:.8}, {k:.3e}) shows.
+_KEY_PAIRS = ((1, 2), (10, 11), (123456789012, 123456789013), ("ab1", "ab2"), ("a", "b"),
+              ("n" * 47 + "1", "n" * 47 + "2"))  # fmt: skip
 _DST_ZONE = "America/New_York"  # for hours in zones read per partition: one with DST
 
 

@@ -151,6 +151,8 @@ def test_destinations_check_their_own_length_limits(tmp_path: Path) -> None:
         ("{site}/{day:%Y-%m}.csv", "day", "UTC", "the days 2023-01-01 and 2023-01-02"),
         ("{site}/{day:%m-%d}.csv", "day", "UTC", "the days 2023-01-01 and 2024-01-01"),
         ("{site[0]}/{day}.csv", "day", "UTC", "site='ab1' and site='ab2'"),
+        ("{site:.6}/{day}.csv", "day", "UTC", "would share the file 'nnnnnn/"),
+        ("{site:.40}/{day}.csv", "day", "UTC", "site='nnnnnnnn"),
         ("{site}/{hour:%Y%m%d%H}.csv", "hour", "Europe/Brussels", "2023-10-29T02:00:00+02:00 and"),
         ("{site}/{hour:%Y%m%d%H}.csv", "hour", None, "2023-11-05T01:00:00-04:00 and"),
     ],
@@ -172,23 +174,24 @@ def test_a_path_template_that_names_two_partitions_alike_is_refused_at_load(
 
 
 def test_partitions_of_one_batch_that_render_to_one_file_park_the_later_ones(tmp_path: Path) -> None:
-    """A key cut by a format spec escapes the sampled check; the batch still never writes two
-    partitions to one file."""
+    """A key cut by a format spec past the sampled values' length escapes the check at load; the
+    batch still never writes two partitions to one file."""
     root, db = _site_project(tmp_path)
     (root / "tasks/bysite/task.toml").write_text(
-        'keys = ["site"]\npath = "{site:.6}/{day}.csv"\nformat = "csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n'
+        'keys = ["site"]\npath = "{site:.60}/{day}.csv"\nformat = "csv"\n[time]\ncolumn = "datetime"\nzone = "UTC"\n'
     )
-    for loc, name in {1: "north-1", 2: "north-2"}.items():
+    north = "north" + "-" * 55
+    for loc, name in {1: north + "1", 2: north + "2"}.items():
         db.location(loc, "UTC", name=name)
         db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
     project = load(root)
-    for name in ("north-1", "north-2"):
+    for name in (north + "1", north + "2"):
         operations.mark(project, "bysite", {"site": name, "day": "2024-01-01"})
     [summary] = engine.run(project, ["bysite"])
     assert (summary.exported, summary.failed) == (1, 1), summary.errors
-    assert "would share the file 'north-/2024-01-01.csv'" in summary.errors[0]
+    assert f"would share the file '{north}/2024-01-01.csv'" in summary.errors[0]
     [written] = files(tmp_path / "out")
-    assert [row["site"] for row in read_csv(written)] == ["north-1"]  # the first partition's row
+    assert [row["site"] for row in read_csv(written)] == [north + "1"]  # the first partition's row
 
 
 def test_a_long_name_still_gets_a_temp_file_beside_its_target(tmp_path: Path) -> None:
