@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .exceptions import ConfigError, UsageError
+from .exceptions import BadPartitionValue, ConfigError, UsageError
 from .ledger import Ledger
 from .ledger.capture import BEYOND
 from .partitions import (
@@ -31,6 +31,7 @@ from .partitions import (
     exportable,
     make_partition,
     parse_period,
+    restore_partition,
     zone_of,
 )
 from .sources import ReadSpec, Source
@@ -109,7 +110,11 @@ def fold(
             )
             _set_aside(task, keys, f"at a time {edge} UTC (or infinity)")
             continue
-        zone = zones.zone(keys)
+        try:
+            zone = zones.zone(keys)
+        except (ConfigError, BadPartitionValue) as exc:  # an orphan key, or a zone that is not IANA's
+            _set_aside(task, keys, f"({exc})", remedy=_backfill_hint(task, first, last, wall))
+            continue
         # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
         if wall is not None:
             first = from_wall_clock(first.replace(tzinfo=None), wall)
@@ -120,12 +125,44 @@ def fold(
     return list(seen.values())
 
 
-def _set_aside(task: TaskSpec, keys: Sequence[Any], why: str) -> None:
+def _set_aside(
+    task: TaskSpec, keys: Sequence[Any], why: str, *, remedy: str = "fix the rows in the source"
+) -> None:
     pairs = ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in zip(task.keys, keys, strict=True))
     log.warning(
-        "task %s: a change to %s %s has no partition and is not exported; fix the rows in the source",
-        task.name, pairs or "its rows", why,
+        "task %s: a change to %s %s has no partition and is not exported; %s",
+        task.name, pairs or "its rows", why, remedy,
     )  # fmt: skip
+
+
+def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: str | None) -> str:
+    """How to export a change once its key has a zone: the backfill of its days (a day either side)."""
+    if wall is not None:
+        first, last = (
+            from_wall_clock(first.replace(tzinfo=None), wall),
+            from_wall_clock(last.replace(tzinfo=None), wall),
+        )
+    low, high = (first - ONE_DAY).date().isoformat(), (last + 2 * ONE_DAY).date().isoformat()
+    return f"once it has one, run 'sluicegate backfill {task.name} --time-min {low} --time-max {high}'"
+
+
+def rezone(
+    task: TaskSpec, ledger: Ledger, source: Source, chosen: Iterable[tuple[dict[str, Any], Any]]
+) -> int:
+    """Mark again each chosen ``(keys, window start)`` partition whose key's ``zone_sql`` zone
+    changed, so that it is cut in the new zone's day (``reexport``); return how many."""
+    if task.time is None or not task.time.zone_sql:
+        return 0
+    zones, moved = ZoneMap(task, source), []
+    for keys, start in chosen:
+        values = [keys[k] for k in task.key_names]
+        try:
+            part = restore_partition(task, values, zones.zone(values[:-1]))
+        except (ConfigError, BadPartitionValue):  # no zone now: it keeps the one it was cut in
+            continue
+        if part.start != start:
+            moved.append(part)
+    return ledger.partitions.mark(moved, task)
 
 
 def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str) -> Iterator[Any]:

@@ -183,6 +183,17 @@ def reexport(
         return not (time_max and start and start >= time_max)
 
     with ledger_of(project) as ledger:
+        if task.time is not None and task.time.zone_sql:  # a key whose zone changed: its days are cut anew
+            chosen = [
+                (keys, start)
+                for _, keys, start, end in ledger.partitions.partition_keys(task)
+                if accept(keys, start, end)
+            ]
+            source = open_source(project.settings.source_url)
+            try:
+                capture.rezone(task, ledger, source, chosen)
+            finally:
+                source.close()
         return ledger.partitions.reexport(task, accept)
 
 

@@ -389,3 +389,69 @@ def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(ba
         statements = [s for s in ledger.schema_store.q["ensure_schema"].split(";\n") if s.strip()]
         ledger.core.in_transaction(lambda cur: [cur.execute(s) for s in statements])
         assert ledger.schema_store.schema_version() == newer
+
+
+def _values_by_file(out: Path) -> dict[str, list[str]]:
+    return {p.name: sorted(r["value"] for r in read_csv(p)) for p in files(out)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_a_location_whose_zone_changes_has_its_days_cut_in_the_new_zone(backend: str, tmp_path: Path) -> None:
+    """`zone_sql` gives location 1 a new zone: a later change to a day already in the ledger kept
+    the old zone's window, so a row outside it was in no file; and a new day's window overlapped
+    an old one, so a row was in two files. Now a mark re-cuts the day in the key's current zone,
+    and `reexport` re-cuts the days nothing changed."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "Asia/Kolkata")  # UTC+05:30
+    db.location(2, "America/Chicago")  # UTC-05:00 in May
+    db.insert(1, [DAY + dt.timedelta(hours=10)], value=1.0)  # Kolkata 2024-05-01
+    db.insert(2, [DAY + dt.timedelta(hours=12), DAY + dt.timedelta(hours=20)], value=2.0)  # Chicago 2024-05-01
+    assert cli(root, "run").returncode == 0
+    db.conn.execute("UPDATE locations SET timezone = 'America/Chicago' WHERE location_id = 1")
+    db.conn.execute("UPDATE locations SET timezone = 'Asia/Kolkata' WHERE location_id = 2")
+    db.insert(1, [DAY + dt.timedelta(hours=20)], value=7.0)  # Chicago 2024-05-01, Kolkata 2024-05-02
+    db.insert(2, [DAY + dt.timedelta(hours=26)], value=9.0)  # Kolkata 2024-05-02 from 2024-05-01 18:30Z
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    got = _values_by_file(tmp_path / "out")
+    assert got["location-1-20240501.csv"] == ["1", "7"], got  # Chicago's day: 05:00Z to 05:00Z
+    assert got["location-2-20240502.csv"] == ["2.125", "9"], got
+    ran = cli(root, "reexport", "openaq", "location_id=2")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert cli(root, "run").returncode == 0
+    got = _values_by_file(tmp_path / "out")
+    assert got["location-2-20240501.csv"] == ["2"], got  # 20:00Z is in the 2024-05-02 file only
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_path: Path) -> None:
+    """A measurement of location 99, which `zone_sql` does not know (no foreign key stops it),
+    or a location whose zone is not an IANA name: the fold raised, every run, and no other
+    change of the task was exported. Now the change is set aside with a warning that says how
+    to export it once the key has a zone, and the other changes go out."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.location(2, "Mars/Olympus")
+    db.insert(99, [DAY + dt.timedelta(hours=3)])
+    db.insert(2, [DAY + dt.timedelta(hours=4)])
+    db.insert(1, [DAY + dt.timedelta(hours=1)])
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
+    assert "a change to location_id=99 (" in ran.stderr and "returned no zone for location_id=99" in ran.stderr
+    assert "'Mars/Olympus' is not an IANA zone name" in ran.stderr, ran.stderr
+    hint = "run 'sluicegate backfill openaq --time-min 2024-04-30 --time-max 2024-05-03'"
+    assert hint in ran.stderr, ran.stderr
+    db.location(99, "UTC")
+    db.conn.execute("UPDATE locations SET timezone = 'Europe/Paris' WHERE location_id = 2")
+    assert cli(root, "backfill", "openaq", "--time-min", "2024-04-30", "--time-max", "2024-05-03").returncode == 0
+    assert cli(root, "run").returncode == 0
+    assert [p.name for p in files(tmp_path / "out")] == [
+        "location-1-20240501.csv", "location-2-20240501.csv", "location-99-20240501.csv",
+    ]  # fmt: skip
+    db.close()

@@ -5,9 +5,11 @@
 
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+-- The zone and window are the ones just computed (a key's zone_sql zone may have changed).
 INSERT INTO {t}partitions (task, pkey, `keys`, zone, win_start, win_end, changed_at)
 VALUES (%(task)s, %(pkey)s, %(keys)s, %(zone)s, %(win_start)s, %(win_end)s, UNIX_TIMESTAMP(NOW(6)))
 ON DUPLICATE KEY UPDATE
+    zone = VALUES(zone), win_start = VALUES(win_start), win_end = VALUES(win_end),
     changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)) ELSE changed_at END,
     attempts = CASE WHEN failed THEN 0 ELSE attempts END,
     next_attempt_at = CASE WHEN failed THEN NULL ELSE next_attempt_at END,

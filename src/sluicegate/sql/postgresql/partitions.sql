@@ -3,10 +3,14 @@
 
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+-- The zone and window are the ones just computed: when zone_sql gives a key a new zone, the
+-- partition's day is cut in that zone from now on (a window kept from the old zone left a
+-- change that fell outside it in no file, or in two).
 INSERT INTO {t}partitions AS p (task, pkey, keys, zone, win_start, win_end)
 VALUES (%(task)s, %(pkey)s, %(keys)s, %(zone)s, %(win_start)s, %(win_end)s)
 ON CONFLICT (task, pkey) DO UPDATE
 SET version = p.version + 1,
+    zone = EXCLUDED.zone, win_start = EXCLUDED.win_start, win_end = EXCLUDED.win_end,
     changed_at = CASE WHEN p.version = p.exported_version THEN now() ELSE p.changed_at END,
     attempts = CASE WHEN p.failed THEN 0 ELSE p.attempts END,
     next_attempt_at = CASE WHEN p.failed THEN NULL ELSE p.next_attempt_at END,

@@ -3,10 +3,12 @@
 
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
+-- The zone and window are the ones just computed (a key's zone_sql zone may have changed).
 INSERT INTO {t}partitions (task, pkey, keys, zone, win_start, win_end, changed_at)
 VALUES (:task, :pkey, :keys, :zone, :win_start, :win_end, :now)
 ON CONFLICT (task, pkey) DO UPDATE
 SET version = version + 1,
+    zone = excluded.zone, win_start = excluded.win_start, win_end = excluded.win_end,
     changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END,
     attempts = CASE WHEN failed THEN 0 ELSE attempts END,
     next_attempt_at = CASE WHEN failed THEN NULL ELSE next_attempt_at END,
