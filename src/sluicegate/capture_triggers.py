@@ -167,7 +167,41 @@ def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool)
     )
 
 
+def _pg_row_insert(task: TaskSpec, schema: str, row: str, time_ending: bool) -> Any:
+    """The row trigger function's INSERT of one changed row's keys and bin (``row``: NEW or OLD)."""
+    from psycopg import sql
+
+    cap = task.capture
+    keys = sql.SQL("pg_catalog.jsonb_build_array({})").format(
+        sql.SQL(", ").join(sql.SQL(row + ".{}").format(sql.Identifier(cap.keys[k])) for k in task.keys)
+    )
+    when = sql.SQL("NULL::pg_catalog.timestamptz")
+    if task.time:
+        assert cap.time
+        column = sql.SQL(row + ".{}").format(sql.Identifier(cap.time)).as_string()
+        number = db.POSTGRESQL.bin_number(column, time_ending)
+        when = sql.SQL(f"pg_catalog.to_timestamp({number} OPERATOR(pg_catalog.*) 900)")
+    return sql.SQL("INSERT INTO {} (task, keys, first_bin, last_bin) VALUES ({}, {}, {}, {})").format(
+        sql.Identifier(schema, "change_runs"), sql.Literal(task.name), keys, when, when
+    )
+
+
+def _pg_partitioned(inbox: Ledger, table: str) -> bool:
+    """Whether ``table`` is a partitioned table or one partition of one (PostgreSQL)."""
+    row = inbox.conn.execute(
+        "SELECT c.relkind = 'p' OR c.relispartition FROM pg_catalog.pg_class c"
+        " WHERE c.oid = pg_catalog.to_regclass(%s)",
+        (db.POSTGRESQL.quote(table),),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+    """Statement triggers with transition tables: one inbox row per keys and UTC day of a
+    statement. On a partitioned table (or one of its partitions) they are row triggers instead:
+    PostgreSQL fires a statement trigger only on the table a statement names, so writes straight
+    into a partition were never captured, while a row trigger on the partitioned table is cloned
+    onto every partition, those created later included, and fires however the row got there."""
     from psycopg import sql
 
     cap = task.capture
@@ -175,16 +209,18 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     schema = inbox.table_prefix.rstrip(".")
     table = sql.Identifier(*cap.table.split("."))
     fn = sql.Identifier(schema, f"capture_{task.name}")
+    per_row = _pg_partitioned(inbox, cap.table)
+    if per_row:
+        ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
+    else:
+        ins, delete = (_pg_inbox_insert(task, schema, r, time_ending) for r in ("new", "old"))
     body = sql.SQL(
         "BEGIN\n"
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN {ins}; END IF;\n"  # INSERT, UPDATE
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN {del}; END IF;\n"  # UPDATE, DELETE
         "  RETURN NULL;\n"
         "END"
-    ).format(
-        ins=_pg_inbox_insert(task, schema, "new", time_ending),
-        **{"del": _pg_inbox_insert(task, schema, "old", time_ending)},
-    )
+    ).format(ins=ins, **{"del": delete})
     # SECURITY DEFINER: the function runs as its owner (the role that installs, which owns the
     # ledger), so a writer that may only INSERT into the source table still records its changes
     # in the inbox without any privilege on the ledger. It runs under the writer's search_path,
@@ -201,19 +237,19 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     ]
     names = []
     for op, referencing in (
-        ("INSERT", "NEW TABLE AS sluicegate_new"),
-        ("UPDATE", "OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
-        ("DELETE", "OLD TABLE AS sluicegate_old"),
+        ("INSERT", "REFERENCING NEW TABLE AS sluicegate_new"),
+        ("UPDATE", "REFERENCING OLD TABLE AS sluicegate_old NEW TABLE AS sluicegate_new"),
+        ("DELETE", "REFERENCING OLD TABLE AS sluicegate_old"),
     ):
         name = _trigger_name(task, op)
         names.append(name)
+        each = "FOR EACH ROW" if per_row else f"{referencing} FOR EACH STATEMENT"
         statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table))
         statements.append(
             sql.SQL(
-                "CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing
-                + " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+                "CREATE TRIGGER {name} AFTER " + op + " ON {table} " + each + " EXECUTE FUNCTION {fn}()"
             ).format(name=sql.Identifier(name), table=table, fn=fn)
-        )  # fmt: skip
+        )
     _execute(inbox, statements, task)
     return names
 

@@ -455,3 +455,34 @@ def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_p
         "location-1-20240501.csv", "location-2-20240501.csv", "location-99-20240501.csv",
     ]  # fmt: skip
     db.close()
+
+
+@pytest.mark.pg
+def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg_url: str, tmp_path: Path) -> None:
+    """The capture table is declaratively partitioned. Statement triggers fire only on the
+    table a statement names, so an INSERT into a partition (`pmeas_2024_05`) was never
+    captured, and `install` and `check` said all was well. Row triggers on the partitioned
+    table are cloned onto every partition, one created after `install` too."""
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('table = "measurements"', 'table = "pmeas"'))
+    db = Db(pg_url)
+    db.conn.execute(
+        "CREATE TABLE pmeas (location_id int NOT NULL, datetime timestamptz NOT NULL, value float8)"
+        " PARTITION BY RANGE (datetime)"
+    )
+    db.conn.execute("CREATE TABLE pmeas_2024_05 PARTITION OF pmeas FOR VALUES FROM ('2024-05-01') TO ('2024-06-01')")
+    ran = cli(root, "install")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    db.conn.execute("CREATE TABLE pmeas_2024_06 PARTITION OF pmeas FOR VALUES FROM ('2024-06-01') TO ('2024-07-01')")
+    db.conn.execute("INSERT INTO pmeas VALUES (1, '2024-05-01 01:00Z', 1), (4, '2024-05-03 01:00Z', 1)")
+    db.conn.execute("INSERT INTO pmeas_2024_05 VALUES (2, '2024-05-02 01:00Z', 1)")
+    db.conn.execute("INSERT INTO pmeas_2024_06 VALUES (3, '2024-06-01 01:00Z', 1)")
+    db.conn.execute("UPDATE pmeas SET datetime = '2024-06-05 01:00Z' WHERE location_id = 1")  # moves partition
+    db.conn.execute("DELETE FROM pmeas_2024_05 WHERE location_id = 4")
+    assert sorted(_absorbed(root)) == [
+        '[1,"2024-05-01"]', '[1,"2024-06-05"]', '[2,"2024-05-02"]', '[3,"2024-06-01"]', '[4,"2024-05-03"]',
+    ]  # fmt: skip
+    checked = cli(root, "check")
+    assert "not installed" not in checked.stderr, checked.stderr
+    db.close()
