@@ -359,12 +359,21 @@ def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> No
 
 def test_datetime_zone_outside_mariadb_exits_2_naming_the_setting(tmp_path: Path) -> None:
     """``[time] datetime_zone`` is about MariaDB's DATETIME; on SQLite or PostgreSQL it would be ignored."""
-    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o"))
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
+    )
     toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(toml.read_text().replace('boundary = "start"', 'boundary = "start"\ndatetime_zone = "Europe/Brussels"'))
+    toml.write_text(
+        toml.read_text().replace(
+            'boundary = "start"', 'boundary = "start"\ndatetime_zone = "Europe/Brussels"'
+        )
+    )
     proc = cli(root, "run", "openaq")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only" in proc.stderr
+    assert (
+        f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only"
+        in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -380,3 +389,41 @@ def test_a_count_no_database_integer_holds_is_a_usage_error(tmp_path: Path, opti
     proc = cli(root, "run", option, str(10**20))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"Invalid value for '{option}'" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("dropped", ["datetime", "location_id", "sensors_id"])
+def test_a_select_missing_a_task_column_stops_the_task_and_parks_nothing(
+    tmp_path: Path, workers: str, dropped: str
+) -> None:
+    """select.sql no longer returns the [time] column, a key or an `order_by` column: every
+    claimed partition failed on the batch query and was parked (exit 1), and after the SQL was
+    fixed they stayed parked until `reset --failed`. Now the task stops before any claim with
+    `check`'s sentence (exit 2), and its partitions wait, pending."""
+    root = write_project(
+        tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out")
+    )
+    db = Db(f"sqlite:///{tmp_path / 's.db'}")
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [dt.datetime(2024, 5, 1, 1, tzinfo=UTC), dt.datetime(2024, 5, 2, 1, tzinfo=UTC)])
+    select = root / "tasks" / "openaq" / "select.sql"
+    good = select.read_text()
+    column = {
+        "datetime": "m.datetime",
+        "location_id": "m.location_id",
+        "sensors_id": "m.sensor_id AS sensors_id",
+    }
+    assert column[dropped] in good
+    select.write_text(good.replace(column[dropped] + ", ", "", 1))
+    ran = cli(root, "run", "--workers", workers)
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert f"{dropped!r} is not a column of select.sql's result" in ran.stderr
+    assert "; fix select.sql or the task" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert "2 pending" in cli(root, "status").stdout
+    select.write_text(good)
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert len(files(tmp_path / "out")) == 2
+    db.close()

@@ -266,6 +266,9 @@ class Loop:
         task, settings, summary = self.task, ctx.project.settings, self.summary
         spec = read_spec(task)
         columns = ctx.columns(task, spec)
+        missing = missing_columns(task, {c.name for c in columns})
+        if missing:  # before any claim: every partition would fail on the same query, and be parked
+            raise ConfigError(f"{missing[0]}; fix select.sql or the task")
         mode = ctx.mode(task.format)
         pipeline = Pipeline(
             read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
@@ -399,9 +402,27 @@ def check(task: Task, source: Source) -> list[str]:
     """Problems of a partitioned task against the live source (columns, zones, capture table)."""
     toml = task.folder / "task.toml"
     try:
-        columns = {c.name for c in source.describe(read_spec(task))}
+        problems = missing_columns(task, {c.name for c in source.describe(read_spec(task))})
     except SluicegateError as exc:
         return [str(exc)]
+    if task.time and task.time.zone_sql:
+        problems += _check_zones(task, source, toml)
+    cap = task.capture
+    if cap.mode in ("trigger", "scan") and cap.table:
+        wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
+        q = source.dialect.quote
+        try:
+            source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
+        except SluicegateError as exc:
+            problems.append(
+                f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
+            )
+    return problems
+
+
+def missing_columns(task: Task, columns: Collection[str]) -> list[str]:
+    """The task's key, time, ``order_by`` and ``primary_key`` columns that select.sql does not return."""
+    toml = task.folder / "task.toml"
     problems = [
         f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
         for key in task.keys
@@ -415,18 +436,6 @@ def check(task: Task, source: Source) -> list[str]:
             for name in names
             if name not in columns
         ]
-    if task.time and task.time.zone_sql:
-        problems += _check_zones(task, source, toml)
-    cap = task.capture
-    if cap.mode in ("trigger", "scan") and cap.table:
-        wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
-        q = source.dialect.quote
-        try:
-            source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
-        except SluicegateError as exc:
-            problems.append(
-                f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
-            )
     return problems
 
 
