@@ -207,3 +207,18 @@ def test_check_warns_when_the_role_is_named_like_the_ledger_schema(tmp_path: Pat
     toml.write_text(toml.read_text().replace("[ledger]", '[ledger]\nschema = "exporter"'))
     result = cli(root, "check")
     assert result.returncode == 2 and "is also the name of the database role" in result.stderr
+
+
+def test_dry_run_keeps_to_its_limit_and_does_not_count_waiting_days(tmp_path: Path) -> None:
+    """Changes in the trigger inbox were listed past `--limit`, and a change to today's
+    (incomplete) day was counted as "would be exported"."""
+    root, db = _sqlite_project(tmp_path, fmt="csv")  # 2 locations x 2 days in the inbox
+    today = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    db.insert(1, [today])
+    plan = cli(root, "run", "--dry-run", check=True)
+    assert "openaq: 4 partition(s) would be exported; 1 more wait until their period is complete" in plan.stdout
+    limited = cli(root, "run", "--dry-run", "--limit", "2", "--json", check=True)
+    [summary] = json.loads(limited.stdout)
+    assert len(summary["plan"]) == 2 and not any(e["waiting"] for e in summary["plan"])
+    assert files(tmp_path / "out") == []
+    db.close()

@@ -16,7 +16,9 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
         return
     for s in summaries:
         if dry_run:
-            click.echo(f"{s.task}: {len(s.plan)} partition(s) would be exported")
+            waiting = sum(1 for entry in s.plan if entry.get("waiting"))
+            later = f"; {waiting} more wait until their period is complete" if waiting else ""
+            click.echo(f"{s.task}: {len(s.plan) - waiting} partition(s) would be exported{later}")
             for entry in s.plan:
                 keys = " ".join(f"{k}={v}" for k, v in entry["partition"].items())
                 window = f" [{entry['start']}, {entry['end']})" if "start" in entry else ""

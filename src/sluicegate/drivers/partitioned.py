@@ -197,15 +197,18 @@ class Driver:
                 entry["error"] = str(exc)
             summary.plan.append(entry)
         if task.capture.mode == "trigger":
-            self._plan_inbox(task, summary)
+            self._plan_inbox(task, summary, limit or 1000)
 
-    def _plan_inbox(self, task: Task, summary: TaskSummary) -> None:
-        """Add the partitions that changes waiting in the trigger inbox would mark."""
+    def _plan_inbox(self, task: Task, summary: TaskSummary, limit: int) -> None:
+        """Add the partitions that changes waiting in the trigger inbox would mark (up to ``limit``
+        entries in all); one whose period is not over is listed as waiting."""
         ctx = self.context
         listed = {canonical_key([e["partition"][k] for k in task.key_names]) for e in summary.plan}
         settle = dt.timedelta(seconds=task.time.settle if task.time else 0)
         now = dt.datetime.now(dt.UTC)
         for part in capture.peek(task, ctx.inbox, ctx.source):
+            if len(summary.plan) >= limit:
+                break
             if part.pkey in listed:
                 continue
             keys = json.loads(canonical_key(part.values))
@@ -216,6 +219,7 @@ class Driver:
                 if complete
                 else "captured change; waits until its period is complete",
                 "version": None,
+                "waiting": not complete,
             }
             try:
                 entry["path"] = ctx.destination.display(render_path(task, part.values))
