@@ -185,7 +185,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def _openaq_db_url(env: Mapping[str, str], role: str) -> str | None:
     host, db = env.get("DATABASE_HOST"), env.get("DATABASE_DB")
-    if not host or not db:
+    if not host or not db or (role == "WRITE" and not env.get("DATABASE_WRITE_USER")):  # ledger: the source's
         return None
     user = quote(env.get(f"DATABASE_{role}_USER", ""), safe="")
     password = env.get(f"DATABASE_{role}_PASSWORD")

@@ -110,6 +110,10 @@ def test_openaq_environment_maps_onto_settings(tmp_path: Path) -> None:
         tmp_path, {**env, "SLUICEGATE_DEFAULTS__LIMIT": "5", "SLUICEGATE_SOURCE__URL": "sqlite:///b.db"}
     )
     assert ours.limit == 5 and ours.source_url.endswith("/b.db")
+    # No write user: the ledger is the source's database with the source's user (it was a URL
+    # with no user at all, which libpq took as the OS user's).
+    reader = {k: v for k, v in env.items() if not k.startswith("DATABASE_WRITE_")}
+    assert load_settings(tmp_path, reader).ledger_url == s.source_url
     with pytest.raises(ConfigError, match="WRITE_FILE_LOCATION='ftp' is not a valid location"):
         load_settings(tmp_path, {"WRITE_FILE_LOCATION": "ftp"})
 
