@@ -662,3 +662,19 @@ def test_backfill_on_sqlite_marks_the_rows_at_the_last_time(tmp_path: Path) -> N
     db.insert(1, [dt.datetime(2026, 12, 1, 21, tzinfo=UTC)])
     db.insert(2, [dt.datetime(2026, 12, 2, 19, tzinfo=UTC)])
     assert "marked 2 partition(s)" in cli(root, "backfill", "openaq", check=True).stdout
+
+
+def test_a_partition_parked_for_expired_leases_reports_the_attempts_it_had(tmp_path: Path) -> None:
+    """Two leases expired (max_attempts 2): the next claim parks the partition unread with "gave
+    up after 2 attempts", and `status` said "after 3 attempt(s)", counting the claim that gave up."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root, db = _setup(tmp_path, url, fmt="csv", capture="explicit", extra_defaults="max_attempts = 2")
+    db.location(1, "UTC")
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    assert operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"}) == 1
+    db.conn.execute("UPDATE sluicegate_partitions SET attempts = 2")  # as two expired leases leave it
+    [summary] = engine.run(load(root))
+    assert summary.failed == 1 and "gave up after 2 attempts (leases expired" in summary.errors[0]
+    [failure] = operations.status(load(root))[0]["failures"]
+    assert failure["attempts"] == 2, failure
+    assert files(tmp_path / "out") == []

@@ -142,6 +142,7 @@ class Recorder:
             terminal=not is_transient(error),
             max_attempts=self.settings.max_attempts,
             backoff=self.settings.backoff,
+            counted=not isinstance(error, LeaseExpired),
         )
 
     def renew(self, tokens: Collection[str]) -> None:

@@ -284,11 +284,24 @@ class PartitionStore(Store):
             checksum=r.checksum, etag=r.etag,
         )  # fmt: skip
 
-    def fail(self, claim: Claim, *, error: str, terminal: bool, max_attempts: int, backoff: float) -> bool:
-        """Give ``claim`` back after an error; park it when terminal or out of attempts."""
+    def fail(
+        self,
+        claim: Claim,
+        *,
+        error: str,
+        terminal: bool,
+        max_attempts: int,
+        backoff: float,
+        counted: bool = True,
+    ) -> bool:
+        """Give ``claim`` back after an error; park it when terminal or out of attempts.
+
+        ``counted``: whether this claim was an attempt (not when it is parked, unread, for the
+        leases that expired before it)."""
         cur = self._run(
             "fail",
             id=claim.id,
+            counted=int(counted),
             token=uuid.UUID(claim.token),
             error=error[:2000],
             terminal=terminal,

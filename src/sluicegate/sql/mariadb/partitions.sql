@@ -75,10 +75,11 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+-- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.
 UPDATE {t}partitions
 SET failed = (%(terminal)s OR attempts + 1 >= %(max_attempts)s),
     next_attempt_at = UNIX_TIMESTAMP(NOW(6)) + LEAST(%(backoff)s * POW(2, LEAST(attempts, 20)), 3600),
-    attempts = attempts + 1,
+    attempts = attempts + %(counted)s,
     last_error = %(error)s,
     claim_token = NULL, claimed_version = NULL, lease_until = NULL
 WHERE id = %(id)s AND claim_token = %(token)s;

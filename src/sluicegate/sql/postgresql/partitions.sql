@@ -86,9 +86,10 @@ RETURNING p.id;
 
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+-- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.
 UPDATE {t}partitions
 SET claim_token = NULL, claimed_version = NULL, lease_until = NULL,
-    attempts = attempts + 1,
+    attempts = attempts + %(counted)s,
     last_error = %(error)s,
     failed = %(terminal)s OR attempts + 1 >= %(max_attempts)s,
     next_attempt_at = now() + make_interval(secs => least(%(backoff)s * power(2, attempts), 3600))

@@ -55,9 +55,10 @@ WHERE id = :id AND claim_token = :token;
 
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
+-- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.
 UPDATE {t}partitions
 SET claim_token = NULL, claimed_version = NULL, lease_until = NULL,
-    attempts = attempts + 1,
+    attempts = attempts + :counted,
     last_error = :error,
     failed = (:terminal OR attempts + 1 >= :max_attempts),
     next_attempt_at = :now + min(:backoff * (1 << min(attempts, 20)), 3600)
