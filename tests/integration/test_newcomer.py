@@ -410,3 +410,18 @@ def test_the_next_steps_init_prints_name_the_examples_own_tasks(tmp_path: Path, 
     out = cli(tmp_path, "init", str(tmp_path / example), "--example", example, check=True).stdout
     named = re.findall(r" (?:backfill|blocks|ingest|run) ([a-z_]+)", out.split("next:")[1])
     assert named and all((tmp_path / example / "tasks" / task).is_dir() for task in named), (out, named)
+
+
+def test_the_airmax_examples_next_steps_run_as_printed(tmp_path: Path) -> None:
+    """The next steps said `ingest measurements messages.jsonl`, a file the example did not
+    have: the newcomer's second command failed. The example ships one message of each shape."""
+    root = tmp_path / "airmax"
+    out = cli(tmp_path, "init", str(root), "--example", "airmax", check=True).stdout
+    steps = [line.split("#")[0].split()[4:] for line in out.split("next:")[1].splitlines() if " -C " in line]
+    steps = [[a for a in step if a not in ("--every", "30s")] for step in steps]
+    assert [s[0] for s in steps] == ["generate", "check", "ingest", "run"], steps
+    for step in steps:
+        proc = cli(root, *step)
+        assert proc.returncode == 0, (step, proc.stdout + proc.stderr)
+        if step[0] == "ingest":
+            assert "3 messages received, 3 inserted, 0 duplicates, 0 malformed" in proc.stdout

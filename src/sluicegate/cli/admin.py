@@ -37,7 +37,7 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
     where = "[destination] url" if source_url else "[source] url (your database) and [destination] url"
     steps = {  # each example's own tasks (the openaq one's task is called openaq)
         "airmax": [
-            f"{me} ingest measurements messages.jsonl     # or [sqs] in tasks/measurements/task.toml",
+            f"{me} ingest measurements {folder / 'messages.jsonl'}  # a sample, or [sqs]",
             f"{me} run current_air_quality --every 30s  # or: {me} serve",
         ],
         "mds": [f"{me} blocks trips --time-min 2020-3-1-0 --time-max 2020-3-1-6  # see docs/blocks.md"],
@@ -47,6 +47,8 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
         f"{me} run",
     ])  # fmt: skip
     lines = [f"check {where} in {folder / 'sluicegate.toml'}, and the queries in {folder / 'tasks'}"]
+    if example == "airmax":  # its tables and some data first, in the SQLite file the example reads
+        lines.append(f"{me} generate --dataset airmax --db sqlite:///{folder / 'airmax.db'} --rows 50000")
     lines += [f"{me} check", *steps]
     click.echo("next:\n" + "\n".join(f"  {n}. {line}" for n, line in enumerate(lines, 1)))
 
