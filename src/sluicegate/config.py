@@ -444,7 +444,7 @@ def load_task(folder: Path, settings: Settings, *, dsl: bool = False) -> TaskBas
 
     name = folder.name
     if not validate.TASK_NAME.match(name):
-        raise ConfigError(f"{folder}: task folder name {name!r} must start with a letter or digit")
+        raise ConfigError(f"{folder}: task folder name {name!r}: {validate.TASK_NAME_RULE}")
     toml_path = folder / "task.toml"
     if dsl and not toml_path.exists():
         missing = [f for f in ("select.sql", "delete.sql") if not (folder / f).is_file()]

@@ -115,3 +115,12 @@ def test_mark_refuses_a_key_given_twice(tmp_path: Path) -> None:
     err = _one_line_error(cli(root, "mark", "openaq", "location_id=1", "day=2024-01-01", "day=2024-01-02"))
     assert "day is given twice ('2024-01-01' and '2024-01-02')" in err
     assert cli(root, "mark", "openaq", "location_id=1", "day=2024-01-01", "day=2024-01-01").returncode == 0
+
+
+@pytest.mark.parametrize("name", ["a b", "_hidden", "zürich"])
+def test_a_task_folder_name_is_refused_with_the_rule_it_breaks(tmp_path: Path, name: str) -> None:
+    """A folder `a b` was told it "must start with a letter or digit", which it does."""
+    root = _project(tmp_path)
+    (root / "tasks" / "openaq").rename(root / "tasks" / name)
+    err = _one_line_error(cli(root, "check"))
+    assert f"task folder name {name!r}: use only letters, digits, '_', '.' and '-'" in err, err
