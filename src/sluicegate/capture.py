@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import db
@@ -31,6 +32,7 @@ from .partitions import (
     exportable,
     make_partition,
     parse_period,
+    plain_key,
     restore_partition,
     zone_of,
 )
@@ -92,9 +94,13 @@ def fold(
     folded (it did: the fold failed, each run, and nothing was exported; a NULL key with a fixed
     zone was recorded exported with no file)."""
     seen: dict[str, Partition] = {}
-    for keys, first, last in changes:
+    for raw, first, last in changes:
+        keys = tuple(plain_key(value) for value in raw)
         if any(value is None for value in keys):  # the batch query's `=` would never read them
             _set_aside(task, keys, "with a NULL key")
+            continue
+        if any(isinstance(value, Decimal) for value in keys):
+            _set_aside(task, keys, "with a number no float holds", remedy="use an integer or text key column")
             continue
         if task.time is None:
             part = make_partition(task, keys, None, None)

@@ -14,6 +14,7 @@ import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -87,7 +88,29 @@ def canonical_key(values: Sequence[Any]) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        value = plain_key(value)
+        return str(value) if isinstance(value, Decimal) else value
     return value
+
+
+def plain_key(value: Any) -> Any:
+    """A key value as partitions hold it: a ``Decimal`` (PostgreSQL ``numeric``, a DECIMAL) as
+    the int it equals, else as the float that is exactly it, the way the trigger inbox's JSON
+    gives it back. One that no float holds stays a ``Decimal``, which the fold sets aside: as a
+    float it was rounded onto another key (0.1000000000000000001 onto 0.1) or onto no row at all,
+    and the partition was recorded exported with no file."""
+    if isinstance(value, Decimal) and value.is_finite():
+        if value == value.to_integral_value():
+            return int(value)
+        if Decimal(repr(float(value))) == value:
+            return float(value)
+    return value
+
+
+def json_number(text: str) -> Any:
+    """``json.loads``'s ``parse_float``: a JSON number with a fraction, as :func:`plain_key` gives it."""
+    return plain_key(Decimal(text))
 
 
 @lru_cache(maxsize=512)

@@ -486,3 +486,42 @@ def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg
     checked = cli(root, "check")
     assert "not installed" not in checked.stderr, checked.stderr
     db.close()
+
+
+@pytest.mark.pg
+def test_numeric_keys_are_exact_and_backfill_takes_them(pg_url: str, tmp_path: Path) -> None:
+    """A `numeric` key went through the inbox's JSON as a float: 0.1000000000000000001 became
+    0.1 (its row in no file) and 12345678901234567.891 a partition recorded exported with no
+    file; `backfill` of any numeric key crashed ("Decimal is not JSON serializable"). Now a key
+    is the int or float that is exactly it, one no float holds is set aside with a warning, and
+    backfill marks exactly the partitions the triggers did."""
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
+    folder = root / "tasks" / "openaq"
+    (folder / "task.toml").write_text(
+        'keys = ["k"]\npath = "nk/{k}/{day:%Y-%m-%d}.{ext}"\n[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "trigger"\ntable = "nk"\ntime = "t"\n'
+    )
+    (folder / "select.sql").write_text("SELECT k, t, v FROM nk")
+    db = Db(pg_url)
+    db.conn.execute("CREATE TABLE nk (k numeric NOT NULL, t timestamptz NOT NULL, v float8)")
+    assert cli(root, "install").returncode == 0
+    db.conn.execute(
+        "INSERT INTO nk VALUES (1.5, '2024-05-01 10:00Z', 1), (12345678901234567.891, '2024-05-01 10:00Z', 2),"
+        " (0.1, '2024-05-01 10:00Z', 3), (0.1000000000000000001, '2024-05-01 11:00Z', 4),"
+        " (7, '2024-05-01 11:00Z', 5), (7.00, '2024-05-01 12:00Z', 6)"
+    )
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)[0]["exported"] == 3
+    assert "a change to k=12345678901234567.891 with a number no float holds" in ran.stderr
+    assert "a change to k=0.1000000000000000001 with a number no float holds" in ran.stderr
+    got = {p.parent.name: sorted(r["v"] for r in read_csv(p)) for p in files(tmp_path / "out")}
+    assert got == {"0.1": ["3"], "1.5": ["1"], "7": ["5", "6"]}, got
+    pkeys = sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate.partitions"))
+    assert pkeys == ['[0.1,"2024-05-01"]', '[1.5,"2024-05-01"]', '[7,"2024-05-01"]']
+    backfilled = cli(root, "backfill", "openaq")
+    assert backfilled.returncode == 0 and "Traceback" not in backfilled.stderr, backfilled.stderr
+    assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate.partitions")) == pkeys
+    [summary] = json.loads(cli(root, "run", "--json").stdout)
+    assert (summary["exported"], summary["unchanged"]) == (0, 3)
+    db.close()

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from .. import db
+from ..partitions import json_number
 from .core import Store
 
 UTC = dt.UTC
@@ -48,7 +49,7 @@ class CaptureStore(Store):
 
     def _change(self, row: Any) -> Change:
         keys, first, last = row
-        values = keys if isinstance(keys, list) else json.loads(keys)
+        values = keys if isinstance(keys, list) else json.loads(keys, parse_float=json_number)
         return values, self._bin(first), self._bin(last)
 
     def _bin(self, value: Any) -> dt.datetime | None:

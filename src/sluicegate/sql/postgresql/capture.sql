@@ -18,7 +18,7 @@ WITH bins AS (
 )
 -- A bin outside the years 1 to 9999 (a row's time of 'infinity') comes back as the nearest of
 -- 0001-01-02 and 9999-12-30, which Python can hold and capture.fold sets aside with a warning.
-SELECT keys,
+SELECT keys::text,  -- parsed by ledger/capture.py: exact numbers (partitions.json_number)
     CASE WHEN first_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
          WHEN first_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
          ELSE first_bin END,
@@ -40,7 +40,7 @@ SET high_water = greatest(s.high_water, EXCLUDED.high_water), scanned_at = now()
 -- peek_changes --
 -- Up to limit captured changes of a task from each inbox table, left there (for a dry run);
 -- bins clamped as take_changes does.
-SELECT keys,
+SELECT keys::text,  -- parsed by ledger/capture.py: exact numbers (partitions.json_number)
     CASE WHEN first_bin < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
          WHEN first_bin > '9999-12-30 00:00:00+00' THEN '9999-12-30 00:00:00+00'::timestamptz
          ELSE first_bin END,
