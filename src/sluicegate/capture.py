@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .exceptions import BadPartitionValue, ConfigError, UsageError
+from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
 from .ledger import Ledger
 from .ledger.capture import BEYOND
 from .partitions import (
@@ -405,6 +405,22 @@ def _bin_time(value: Any) -> dt.datetime:
         return BEYOND
 
 
+def _typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Command-line key values as the select's key columns hold them: `7` stays text for a text
+    column (as an integer it was a second partition beside the one the triggers mark)."""
+    from .drivers.partitioned import read_spec
+
+    texts = [k for k in task.keys if isinstance(assignments[k], str)]
+    try:
+        kinds = {c.name: c.kind for c in source.describe(read_spec(task))} if texts else {}
+    except SluicegateError:  # the select cannot be described now: `run` will say why
+        kinds = {}
+    return tuple(
+        assignments[k] if k not in texts or kinds.get(k) == "text" else coerce_value(assignments[k])
+        for k in task.keys
+    )
+
+
 def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[str, Any]) -> int:
     """Mark one partition changed from explicit key values (``sluicegate mark``)."""
     missing = [k for k in task.key_names if k not in assignments]
@@ -412,10 +428,7 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
         raise UsageError(
             f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=..."
         )
-    keys = tuple(
-        coerce_value(str(assignments[k])) if isinstance(assignments[k], str) else assignments[k]
-        for k in task.keys
-    )
+    keys = _typed_keys(task, source, assignments)
     if task.time is None:
         return ledger.partitions.mark([make_partition(task, keys, None, None)], task)
     zone = ZoneMap(task, source).zone(keys)

@@ -427,3 +427,18 @@ def test_a_select_missing_a_task_column_stops_the_task_and_parks_nothing(
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert len(files(tmp_path / "out")) == 2
     db.close()
+
+
+def test_mark_keeps_a_number_like_value_of_a_text_key_as_text(tmp_path: Path) -> None:
+    """`mark bysite site=7` made the integer 7: a partition beside the one its rows belong to
+    ("7"), exported with no file."""
+    root, db = _site_project(tmp_path)
+    db.location(1, "UTC", name="7")
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    marked = cli(root, "mark", "bysite", "site=7", "day=2024-01-01")
+    assert marked.returncode == 0, marked.stderr
+    pkeys = [r[0] for r in db.rows("SELECT pkey FROM sluicegate_partitions WHERE task = 'bysite'")]
+    assert pkeys == ['["7","2024-01-01"]']
+    [summary] = engine.run(load(root), ["bysite"])
+    assert (summary.exported, summary.rows) == (1, 1)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["7/2024-01-01.csv"]
