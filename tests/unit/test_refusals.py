@@ -442,3 +442,21 @@ def test_mark_keeps_a_number_like_value_of_a_text_key_as_text(tmp_path: Path) ->
     [summary] = engine.run(load(root), ["bysite"])
     assert (summary.exported, summary.rows) == (1, 1)
     assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["7/2024-01-01.csv"]
+
+
+def test_a_column_named_in_another_case_is_no_missing_column_on_sqlite(tmp_path: Path) -> None:
+    """SQLite (and MariaDB) column names are case-insensitive: `order_by = ["SENSORS_ID"]` reads
+    fine, so neither `check` nor the run's column check may call it missing."""
+    root = write_project(tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out"))
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('order_by = ["sensors_id"]', 'order_by = ["SENSORS_ID"]'))
+    db = Db(f"sqlite:///{tmp_path / 's.db'}")
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [dt.datetime(2024, 5, 1, 1, tzinfo=UTC)])
+    checked = cli(root, "check")
+    assert checked.returncode == 0, checked.stderr
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert len(files(tmp_path / "out")) == 1
+    db.close()

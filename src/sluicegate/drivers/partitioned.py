@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, validate
+from .. import capture, db, validate
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -271,7 +271,7 @@ class Loop:
         task, settings, summary = self.task, ctx.project.settings, self.summary
         spec = read_spec(task)
         columns = ctx.columns(task, spec)
-        missing = missing_columns(task, {c.name for c in columns})
+        missing = missing_columns(task, [c.name for c in columns], ctx.source)
         if missing:  # before any claim: every partition would fail on the same query, and be parked
             raise ConfigError(f"{missing[0]}; fix select.sql or the task")
         mode = ctx.mode(task.format)
@@ -407,7 +407,7 @@ def check(task: Task, source: Source) -> list[str]:
     """Problems of a partitioned task against the live source (columns, zones, capture table)."""
     toml = task.folder / "task.toml"
     try:
-        problems = missing_columns(task, {c.name for c in source.describe(read_spec(task))})
+        problems = missing_columns(task, [c.name for c in source.describe(read_spec(task))], source)
     except SluicegateError as exc:
         return [str(exc)]
     if task.time and task.time.zone_sql:
@@ -425,21 +425,24 @@ def check(task: Task, source: Source) -> list[str]:
     return problems
 
 
-def missing_columns(task: Task, columns: Collection[str]) -> list[str]:
-    """The task's key, time, ``order_by`` and ``primary_key`` columns that select.sql does not return."""
+def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[str]:
+    """The task's key, time, ``order_by`` and ``primary_key`` columns that select.sql does not
+    return (by any case on SQLite and MariaDB, whose column names are case-insensitive)."""
     toml = task.folder / "task.toml"
+    fold = (lambda name: name) if source.dialect is db.POSTGRESQL else str.lower
+    present = {fold(c) for c in columns}
     problems = [
         f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
         for key in task.keys
-        if key not in columns
+        if fold(key) not in present
     ]
-    if task.time and task.time.column not in columns:
+    if task.time and fold(task.time.column) not in present:
         problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
     for field_name, names in (("order_by", task.order_by), ("primary_key", task.primary_key)):
         problems += [
             f"{toml} {field_name}: {name!r} is not a column of select.sql's result"
             for name in names
-            if name not in columns
+            if fold(name) not in present
         ]
     return problems
 
