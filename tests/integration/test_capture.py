@@ -485,6 +485,16 @@ def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg
     ]  # fmt: skip
     checked = cli(root, "check")
     assert "not installed" not in checked.stderr, checked.stderr
+    # A statement trigger there, as an older release installed, is reported until installed again.
+    db.conn.execute("DROP TRIGGER sluicegate_openaq_insert ON pmeas")
+    db.conn.execute(
+        "CREATE TRIGGER sluicegate_openaq_insert AFTER INSERT ON pmeas REFERENCING NEW TABLE AS"
+        " sluicegate_new FOR EACH STATEMENT EXECUTE FUNCTION sluicegate.capture_openaq()"
+    )
+    checked = cli(root, "check")
+    assert "capture triggers are not installed on pmeas (sluicegate_openaq_insert)" in checked.stderr
+    assert cli(root, "install").returncode == 0
+    assert "not installed" not in cli(root, "check").stderr
     db.close()
 
 
