@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
+from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .ledger.capture import BEYOND
 from .partitions import (
@@ -49,6 +49,10 @@ BIN = dt.timedelta(minutes=15)  # the capture's time bin: every zone's hours beg
 ONE_DAY = dt.timedelta(days=1)
 
 
+class NoZone(ConfigError):
+    """``zone_sql`` returned no zone for a key (a failing query raises a plain ConfigError)."""
+
+
 class ZoneMap:
     """Resolves the zone of a partition from the task's fixed zone or its ``zone_sql``."""
 
@@ -64,11 +68,17 @@ class ZoneMap:
             return self.task.time.zone
         if self._map is None:
             assert self.task.time.zone_sql
-            self._map = self.source.zones(self.task.time.zone_sql)
+            try:
+                self._map = self.source.zones(self.task.time.zone_sql)
+            except SluicegateError as exc:
+                if is_transient(exc):
+                    raise
+                where = f"{self.task.folder / 'task.toml'} [time] zone_sql"
+                raise ConfigError(f"{where}: the query failed: {exc}; fix the SQL") from exc
         zone = self._map.get(canonical_key(keys))
         if zone is None:
             pairs = ", ".join(f"{k}={v}" for k, v in zip(self.task.keys, keys, strict=True))
-            raise ConfigError(
+            raise NoZone(
                 f"{self.task.folder / 'task.toml'} [time] zone_sql returned no zone for {pairs}; "
                 "add it to the query's result"
             )
@@ -116,9 +126,9 @@ def fold(
             )
             _set_aside(task, keys, f"at a time {edge} UTC (or infinity)")
             continue
-        try:
+        try:  # a zone_sql query that fails raises: the changes stay in the inbox
             zone = zones.zone(keys)
-        except (ConfigError, BadPartitionValue) as exc:  # an orphan key, or a zone that is not IANA's
+        except (NoZone, BadPartitionValue) as exc:  # an orphan key, or a zone that is not IANA's
             _set_aside(task, keys, f"({exc})", remedy=_backfill_hint(task, first, last, wall))
             continue
         # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
@@ -164,7 +174,7 @@ def rezone(
         values = [keys[k] for k in task.key_names]
         try:
             part = restore_partition(task, values, zones.zone(values[:-1]))
-        except (ConfigError, BadPartitionValue):  # no zone now: it keeps the one it was cut in
+        except (NoZone, BadPartitionValue):  # no zone now: it keeps the one it was cut in
             continue
         if part.start != start:
             moved.append(part)

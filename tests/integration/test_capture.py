@@ -535,3 +535,25 @@ def test_numeric_keys_are_exact_and_backfill_takes_them(pg_url: str, tmp_path: P
     [summary] = json.loads(cli(root, "run", "--json").stdout)
     assert (summary["exported"], summary["unchanged"]) == (0, 3)
     db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_a_failing_zone_query_keeps_the_changes_in_the_inbox(backend: str, tmp_path: Path) -> None:
+    """Only a key without a zone is set aside: when the zone_sql query itself fails, the run
+    stops (exit 2) and the captured changes wait in the inbox for the fixed query."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=1)])
+    toml = root / "tasks" / "openaq" / "task.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace("SELECT location_id, timezone FROM locations", "SELECT location_id, tz FROM locations"))
+    ran = cli(root, "run")
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "zone_sql" in ran.stderr and "set aside" not in ran.stderr and "has no partition" not in ran.stderr
+    toml.write_text(good)
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
+    db.close()
