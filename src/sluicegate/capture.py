@@ -422,13 +422,22 @@ def _typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) 
 
     texts = [k for k in task.keys if isinstance(assignments[k], str)]
     try:
-        kinds = {c.name: c.kind for c in source.describe(read_spec(task))} if texts else {}
+        kinds = {c.name.lower(): c.kind for c in source.describe(read_spec(task))} if texts else {}
     except SluicegateError:  # the select cannot be described now: `run` will say why
         kinds = {}
-    return tuple(
-        assignments[k] if k not in texts or kinds.get(k) == "text" else coerce_value(assignments[k])
-        for k in task.keys
-    )
+
+    def typed(key: str) -> Any:
+        text, kind = assignments[key], kinds.get(key.lower())
+        if key not in texts or kind == "text":
+            return text
+        if kind in ("float", "decimal"):  # `1.50` is the key 1.5, as the triggers record it
+            try:
+                return plain_key(Decimal(text.strip()))
+            except ArithmeticError:
+                return text
+        return coerce_value(text)
+
+    return tuple(typed(k) for k in task.keys)
 
 
 def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[str, Any]) -> int:
@@ -439,6 +448,9 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
             f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=..."
         )
     keys = _typed_keys(task, source, assignments)
+    inexact = [f"{k}={v}" for k, v in zip(task.keys, keys, strict=True) if isinstance(v, Decimal)]
+    if inexact:
+        raise UsageError(f"{inexact[0]} has more digits than a float holds: no partition can have it")
     if task.time is None:
         return ledger.partitions.mark([make_partition(task, keys, None, None)], task)
     zone = ZoneMap(task, source).zone(keys)

@@ -534,6 +534,11 @@ def test_numeric_keys_are_exact_and_backfill_takes_them(pg_url: str, tmp_path: P
     assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate.partitions")) == pkeys
     [summary] = json.loads(cli(root, "run", "--json").stdout)
     assert (summary["exported"], summary["unchanged"]) == (0, 3)
+    # `mark` reads a numeric key's value as the select holds it: 1.50 is the partition 1.5.
+    assert cli(root, "mark", "openaq", "k=1.50", "day=2024-05-01").returncode == 0
+    assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate.partitions")) == pkeys
+    refused = cli(root, "mark", "openaq", "k=0.1000000000000000001", "day=2024-05-01")
+    assert refused.returncode == 2 and "k=0.1000000000000000001 has more digits than a float holds" in refused.stderr
     db.close()
 
 
