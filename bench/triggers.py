@@ -3,6 +3,7 @@
     .venv/bin/python bench/triggers.py                       # defaults below, 3 runs per case, ~4 min
     .venv/bin/python bench/triggers.py --copy-rows 1000000 --insert-rows 1000000 --tx20-rows 100000
     .venv/bin/python bench/triggers.py --hows tx20 --repeat 5
+    .venv/bin/python bench/triggers.py --partitioned     # measurements partitioned by month
 
 Loads OpenAQ-like readings (300 locations x 3 sensors, one reading per sensor per hour, in
 time order, as an ingest receives them) into an empty ``measurements`` table (the schema of
@@ -22,6 +23,10 @@ time; the machine's other CPU use during the run is printed as a noise indicator
 with triggers is checked: for the COPY, the inbox must hold exactly one run per location and UTC
 day of the rows, its first and last 15-minute bins; for the inserts (one row per statement),
 exactly the rows' distinct (location, bin) pairs, each as a run of one bin.
+
+With ``--partitioned`` the table is declaratively partitioned by month (the same columns,
+key and indexes), where ``install`` makes row triggers: every run then records one inbox row
+per row written, and is checked for exactly the rows' (location, bin) pairs.
 
 The server is bench/run.py's ``PgServer`` (PostgreSQL 15, defaults with fsync on), started in a
 temp folder and stopped at the end. The report goes to stdout and
@@ -129,7 +134,26 @@ def expected_runs(rows: Sequence[Row]) -> set[tuple[int, int, int]]:
     return {(location, first, last) for (location, _), (first, last) in runs.items()}
 
 
-def one_run(url: str, how: str, rows: Sequence[Row], triggers: bool) -> dict[str, float]:
+def partition_by_month(url: str) -> None:
+    """Make ``measurements`` a table partitioned by month of ``datetime`` (2024), with the same
+    columns, key and indexes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE measurements_p (LIKE measurements INCLUDING ALL) PARTITION BY RANGE (datetime)"
+        )
+        conn.execute("DROP TABLE measurements")
+        conn.execute("ALTER TABLE measurements_p RENAME TO measurements")
+        for month in range(1, 13):
+            start, end = dt.date(2024, month, 1), dt.date(2024 + month // 12, month % 12 + 1, 1)
+            conn.execute(
+                f"CREATE TABLE measurements_{month:02d} PARTITION OF measurements"
+                f" FOR VALUES FROM ('{start}') TO ('{end}')"
+            )
+
+
+def one_run(
+    url: str, how: str, rows: Sequence[Row], triggers: bool, per_row: bool = False
+) -> dict[str, float]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE measurements")
         conn.execute("DELETE FROM sluicegate.change_runs")
@@ -152,25 +176,25 @@ def one_run(url: str, how: str, rows: Sequence[Row], triggers: bool) -> dict[str
     if not triggers:
         if inbox:
             raise RuntimeError(f"{how}: {inbox} inbox rows without triggers")
-    elif how == "copy":  # one statement: exactly its runs
+    elif how == "copy" and not per_row:  # one statement: exactly its runs
         want = expected_runs(rows)
         if inbox != len(want) or set(recorded) != want:
             raise RuntimeError(f"{how}: the inbox holds {inbox} runs, expected the {len(want)} of the rows")
-    else:  # one row per statement: its bin, once or more
+    else:  # one row per statement (or row triggers): its bin, once or more
         pairs = {(location, first) for location, first, _ in recorded}
         if any(first != last for _, first, last in recorded) or pairs != bins(rows):
             raise RuntimeError(f"{how}: the inbox's {inbox} rows are not the rows' (location, bin) pairs")
     return {"seconds": seconds, "server": server, "client": client, "other": other, "inbox": inbox}
 
 
-def case(url: str, root: Path, how: str, count: int, repeat: int) -> dict[str, Any]:
+def case(url: str, root: Path, how: str, count: int, repeat: int, per_row: bool = False) -> dict[str, Any]:
     """Medians of ``repeat`` runs without and with triggers, alternating."""
     rows = readings(count)
     runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for _ in range(repeat):
         for triggers in (False, True):
             set_triggers(url, root, triggers)
-            runs[triggers].append(one_run(url, how, rows, triggers))
+            runs[triggers].append(one_run(url, how, rows, triggers, per_row))
     out: dict[str, Any] = {"how": how, "rows": count}
     for triggers, values in runs.items():
         side = "with" if triggers else "without"
@@ -193,7 +217,8 @@ def case(url: str, root: Path, how: str, count: int, repeat: int) -> dict[str, A
 
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"Capture triggers on PostgreSQL, {meta['when']}, {meta['pg']}, median of {meta['repeat']} runs "
+        f"Capture triggers on PostgreSQL{meta['table']}, {meta['when']}, {meta['pg']}, "
+        f"median of {meta['repeat']} runs "
         f"per variant, load average {meta['load']}:",
         "",
         "| how | rows | rows/s without | rows/s with | ratio | CPU µs/row without (server + client) "
@@ -214,7 +239,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def triggered_database(name: str) -> Iterator[tuple[PgServer, str, Path]]:
+def triggered_database(name: str, partitioned: bool = False) -> Iterator[tuple[PgServer, str, Path]]:
     """A throwaway PostgreSQL holding database ``name`` with the tables of ``sluicegate generate``,
     and the OpenAQ example project (``root``) with its capture triggers installed; yields
     ``(server, url, root)`` and stops the server on exit."""
@@ -228,6 +253,8 @@ def triggered_database(name: str) -> Iterator[tuple[PgServer, str, Path]]:
                 conn.execute(f"CREATE DATABASE {name}")
             url = pg.url(name)
             create_schema(url)
+            if partitioned:
+                partition_by_month(url)
             root = base / "project"
             init_project(root, example="openaq", source_url=url)
             set_triggers(url, root, True)  # creates the ledger schema and the inbox
@@ -245,17 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tx20-rows", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hows", default=",".join(HOWS), help=f"subset of: {', '.join(HOWS)}")
+    parser.add_argument("--partitioned", action="store_true", help="measurements partitioned by month")
     args = parser.parse_args(argv)
     counts = {"copy": args.copy_rows, "insert1000": args.insert_rows, "tx20": args.tx20_rows}
     results = []
-    with triggered_database("triggers") as (pg, url, root):
+    with triggered_database("triggers", args.partitioned) as (pg, url, root):
         for how in (h for h in args.hows.split(",") if h):
-            results.append(case(url, root, how, counts[how], args.repeat))
+            results.append(case(url, root, how, counts[how], args.repeat, args.partitioned))
         version = pg.version()
     meta = {
         "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
         "pg": version,
         "repeat": args.repeat,
+        "table": " (measurements partitioned by month: row triggers)" if args.partitioned else "",
         "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "command": " ".join(
             [".venv/bin/python bench/triggers.py", *(argv if argv is not None else sys.argv[1:])]
