@@ -88,18 +88,21 @@ def canonical_key(values: Sequence[Any]) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
-    if isinstance(value, Decimal):
+    if isinstance(value, Decimal | float):
         value = plain_key(value)
         return str(value) if isinstance(value, Decimal) else value
     return value
 
 
 def plain_key(value: Any) -> Any:
-    """A key value as partitions hold it: a ``Decimal`` (PostgreSQL ``numeric``, a DECIMAL) as
-    the int it equals, else as the float that is exactly it, the way the trigger inbox's JSON
-    gives it back. One that no float holds stays a ``Decimal``, which the fold sets aside: as a
-    float it was rounded onto another key (0.1000000000000000001 onto 0.1) or onto no row at all,
-    and the partition was recorded exported with no file."""
+    """A key value as partitions hold it, one value for numbers SQL calls equal: a whole number
+    (7, 7.0, a ``numeric`` 7.00) is the int, another ``Decimal`` (PostgreSQL ``numeric``, a
+    DECIMAL) the float that is exactly it, the way the trigger inbox's JSON gives it back. One
+    that no float holds stays a ``Decimal``, which the fold sets aside: as a float it was rounded
+    onto another key (0.1000000000000000001 onto 0.1) or onto no row at all, and the partition
+    was recorded exported with no file."""
+    if isinstance(value, float) and value.is_integer():  # 7.0 and 7 are one partition, not two files
+        return int(value)
     if isinstance(value, Decimal) and value.is_finite():
         if value == value.to_integral_value():
             return int(value)

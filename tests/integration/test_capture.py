@@ -562,3 +562,31 @@ def test_a_failing_zone_query_keeps_the_changes_in_the_inbox(backend: str, tmp_p
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
     db.close()
+
+
+def test_a_real_key_of_a_whole_number_is_one_partition_whichever_way_it_is_marked(tmp_path: Path) -> None:
+    """SQL calls 7 and 7.0 equal, so they are one partition: a SQLite REAL key 7.0 came out of
+    the inbox as 7 (once exact numbers were read) but out of backfill as 7.0, two partitions
+    whose files both held every row of the key."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    folder = root / "tasks" / "openaq"
+    (folder / "task.toml").write_text(
+        'keys = ["k"]\npath = "r/{k}/{day:%Y-%m-%d}.{ext}"\n[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "trigger"\ntable = "r"\ntime = "t"\n'
+    )
+    (folder / "select.sql").write_text("SELECT k, t, v FROM r")
+    db = Db(url)
+    db.conn.execute("CREATE TABLE r (k REAL NOT NULL, t TEXT NOT NULL, v REAL)")
+    assert cli(root, "install").returncode == 0
+    db.conn.execute("INSERT INTO r VALUES (7.0, '2024-05-01T10:00:00Z', 1), (2.5, '2024-05-01T11:00:00Z', 2)")
+    assert cli(root, "run").returncode == 0
+    pkeys = sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate_partitions"))
+    assert pkeys == ['[2.5,"2024-05-01"]', '[7,"2024-05-01"]']
+    assert cli(root, "backfill", "openaq").returncode == 0
+    assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate_partitions")) == pkeys
+    assert cli(root, "run").returncode == 0
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")) == [
+        "r/2.5/2024-05-01.csv", "r/7/2024-05-01.csv",
+    ]  # fmt: skip
+    db.close()
