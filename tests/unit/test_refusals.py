@@ -444,9 +444,10 @@ def test_mark_keeps_a_number_like_value_of_a_text_key_as_text(tmp_path: Path) ->
     assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["7/2024-01-01.csv"]
 
 
-def test_a_column_named_in_another_case_is_no_missing_column_on_sqlite(tmp_path: Path) -> None:
-    """SQLite (and MariaDB) column names are case-insensitive: `order_by = ["SENSORS_ID"]` reads
-    fine, so neither `check` nor the run's column check may call it missing."""
+def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Path) -> None:
+    """The readers look columns up by exact name (MariaDB's order and byte-exact key match, SQLite's
+    time column), so `order_by = ["SENSORS_ID"]` for `sensors_id` is refused by `check` and by the
+    run before any claim (exit 2), and the partition waits, pending."""
     root = write_project(tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out"))
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('order_by = ["sensors_id"]', 'order_by = ["SENSORS_ID"]'))
@@ -454,9 +455,8 @@ def test_a_column_named_in_another_case_is_no_missing_column_on_sqlite(tmp_path:
     operations.install(load(root))
     db.location(1, "UTC")
     db.insert(1, [dt.datetime(2024, 5, 1, 1, tzinfo=UTC)])
-    checked = cli(root, "check")
-    assert checked.returncode == 0, checked.stderr
+    assert cli(root, "check").returncode == 2
     ran = cli(root, "run")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert len(files(tmp_path / "out")) == 1
+    assert ran.returncode == 2 and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
+    assert "1 pending" in cli(root, "status").stdout and files(tmp_path / "out") == []
     db.close()

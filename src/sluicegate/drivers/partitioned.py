@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, db, validate
+from .. import capture, validate
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -427,22 +427,31 @@ def check(task: Task, source: Source) -> list[str]:
 
 def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[str]:
     """The task's key, time, ``order_by`` and ``primary_key`` columns that select.sql does not
-    return (by any case on SQLite and MariaDB, whose column names are case-insensitive)."""
+    return, by exact name: the readers look columns up by exact name on every dialect (a name in
+    another case broke MariaDB's order and byte-exact key match, and SQLite's time column)."""
     toml = task.folder / "task.toml"
-    fold = (lambda name: name) if source.dialect is db.POSTGRESQL else str.lower
-    present = {fold(c) for c in columns}
+    present = set(columns)
+    by_case = {c.lower(): c for c in columns}
+
+    def hint(name: str) -> str:
+        other = by_case.get(name.lower())
+        return f" (it has {other!r}: write the name as select.sql returns it)" if other else ""
+
     problems = [
         f"{toml} keys: {key!r} is not a column of select.sql's result ({', '.join(sorted(columns))})"
         for key in task.keys
-        if fold(key) not in present
+        if key not in present
     ]
-    if task.time and fold(task.time.column) not in present:
-        problems.append(f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result")
+    if task.time and task.time.column not in present:
+        problems.append(
+            f"{toml} [time] column: {task.time.column!r} is not a column of select.sql's result"
+            + hint(task.time.column)
+        )
     for field_name, names in (("order_by", task.order_by), ("primary_key", task.primary_key)):
         problems += [
-            f"{toml} {field_name}: {name!r} is not a column of select.sql's result"
+            f"{toml} {field_name}: {name!r} is not a column of select.sql's result{hint(name)}"
             for name in names
-            if fold(name) not in present
+            if name not in present
         ]
     return problems
 
