@@ -101,10 +101,10 @@ def plain_key(value: Any) -> Any:
     that no float holds stays a ``Decimal``, which the fold sets aside: as a float it was rounded
     onto another key (0.1000000000000000001 onto 0.1) or onto no row at all, and the partition
     was recorded exported with no file."""
-    if isinstance(value, float) and value.is_integer():  # 7.0 and 7 are one partition, not two files
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:  # 7.0 and 7: one partition
         return int(value)
     if isinstance(value, Decimal) and value.is_finite():
-        if value == value.to_integral_value():
+        if value == value.to_integral_value() and abs(value) < 2**63:  # beyond: drivers bind no int
             return int(value)
         if Decimal(repr(float(value))) == value:
             return float(value)

@@ -579,14 +579,17 @@ def test_a_real_key_of_a_whole_number_is_one_partition_whichever_way_it_is_marke
     db = Db(url)
     db.conn.execute("CREATE TABLE r (k REAL NOT NULL, t TEXT NOT NULL, v REAL)")
     assert cli(root, "install").returncode == 0
-    db.conn.execute("INSERT INTO r VALUES (7.0, '2024-05-01T10:00:00Z', 1), (2.5, '2024-05-01T11:00:00Z', 2)")
+    db.conn.execute(
+        "INSERT INTO r VALUES (7.0, '2024-05-01T10:00:00Z', 1), (2.5, '2024-05-01T11:00:00Z', 2),"
+        " (1e19, '2024-05-01T12:00:00Z', 3)"  # a whole number past 64 bits stays a float
+    )
     assert cli(root, "run").returncode == 0
     pkeys = sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate_partitions"))
-    assert pkeys == ['[2.5,"2024-05-01"]', '[7,"2024-05-01"]']
+    assert pkeys == ['[1e+19,"2024-05-01"]', '[2.5,"2024-05-01"]', '[7,"2024-05-01"]']
     assert cli(root, "backfill", "openaq").returncode == 0
     assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate_partitions")) == pkeys
     assert cli(root, "run").returncode == 0
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")) == [
-        "r/2.5/2024-05-01.csv", "r/7/2024-05-01.csv",
+        "r/1e+19/2024-05-01.csv", "r/2.5/2024-05-01.csv", "r/7/2024-05-01.csv",
     ]  # fmt: skip
     db.close()
