@@ -303,7 +303,9 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     block = type("Block", (), {"key_value": "lime", "task": "trips"})()
     records = [{"trip_id": str(i)} for i in range(5)]
     config = {"url": portal.url, "dataset": "mds-trips"}
-    with pytest.raises(ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"):
+    with pytest.raises(
+        ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"
+    ):
         socrata.upsert(block, iter(records), {**config, "batch": batch})  # type: ignore[arg-type]
     assert portal.upserts() == []
     counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
@@ -424,6 +426,40 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
 
 
 @pytest.mark.pg
+def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_url: str) -> None:
+    """``--force`` from extract leaves alone a block whose load another worker holds (it would
+    commit the old artifact as done over the new extract) and resets the others; ``busy`` counts
+    the blocks left alone."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_value=None, time_min=FIRST, time_max=FIRST + H)
+    stages = ["extract", "load", "publish"]
+    with Ledger(ledger_url) as led:
+        led.ensure_schema()
+        led.blocks.ensure("trips", ["lime", "bird"], [block], stages)
+        claim = led.blocks.claim(where, stages=stages, zone="US/Central", grain="hour", limit=10, lease=60)
+        for c in claim:
+            assert led.blocks.commit(StageResult(claim=c, status="done", total=1, processed=1))
+        [load] = [c for c in led.blocks.claim(where, stages=["load"], zone="US/Central", grain="hour",
+                                              limit=1, lease=60)]  # fmt: skip
+        assert led.blocks.reset(where, position=0) == 3  # the other block's three stages
+        assert led.blocks.busy(where, position=0) == 1
+        rows = {(r["key_value"], r["stage"]): r["status"] for r in led.blocks.rows(where)}
+        held = load.key_value
+        other = "bird" if held == "lime" else "lime"
+        assert rows == {
+            (held, "extract"): "done",
+            (held, "load"): "running",
+            (held, "publish"): "pending",
+            (other, "extract"): "pending",
+            (other, "load"): "pending",
+            (other, "publish"): "pending",
+        }
+        assert led.blocks.commit(StageResult(claim=load, status="done", total=1, processed=1))
+        assert led.blocks.busy(where, position=0) == 0
+        assert led.blocks.reset(where, position=1) == 2  # the held block's load and publish (the other waits on extract)
+
+
+@pytest.mark.pg
 def test_fernet_config_works_a_wrong_key_exits_2_and_nothing_secret_is_logged(
     tmp_path: Path, pg_url: str, portal: PortalDouble
 ) -> None:
@@ -485,7 +521,9 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
     assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
     server = Server(folder)
     try:
-        page = server.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
+        page = server.get(
+            f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}
+        ).json()
         assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
         first = page[0]
         assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)

@@ -189,7 +189,12 @@ def test_spring_forward_day_has_23_blocks_and_none_is_empty() -> None:
 @pytest.mark.parametrize(
     ("zone", "low", "later", "high"),
     [
-        ("Australia/Lord_Howe", "2024-04-06T22:00", "2024-04-07T03:00", "2024-04-07T06:00"),  # DST ends: 30 min
+        (
+            "Australia/Lord_Howe",
+            "2024-04-06T22:00",
+            "2024-04-07T03:00",
+            "2024-04-07T06:00",
+        ),  # DST ends: 30 min
         ("Asia/Kathmandu", "1985-12-31T20:00", "1986-01-01T02:00", "1986-01-01T04:00"),  # +05:30 to +05:45
     ],
 )
@@ -313,6 +318,33 @@ def test_done_stages_do_not_run_again_until_forced_and_force_resets_them_first(t
     assert [c["call"] for c in calls(root)] == ["extract", "publish", "publish"]  # extract not re-run
     conn = sqlite3.connect(root / "data.db")
     assert conn.execute("SELECT count(*) FROM trips").fetchone() == (3,)  # the upsert, twice, 3 rows
+
+
+def test_force_leaves_a_block_alone_while_another_run_holds_a_later_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forcing the extract of a block whose publish another run holds under a live lease would let
+    that run commit the old artifact as done after the new extract: the block is left alone, with
+    a warning, and forced once the other run is over."""
+    root = make_project(tmp_path)
+    args = ["--time-max", "2020-1-1-1", "--key", "provider=bird"]
+    assert blocks_cli(root, *args).exit_code == 0
+    conn = sqlite3.connect(root / "data.db")
+    with conn:  # another run's live claim of the publish stage
+        conn.execute(
+            "UPDATE sluicegate_blocks SET status = 'running', lease_until = 9e9, claim_token = 'x' WHERE stage = 'publish'"
+        )
+    forced = blocks_cli(root, *args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(calls(root, "extract")) == 1  # not re-extracted under the other run's publish
+    assert "1 block(s) not forced: a stage from 'extract' on is running in another run" in caplog.text
+    with conn:  # the other run ends
+        conn.execute(
+            "UPDATE sluicegate_blocks SET status = 'done', lease_until = NULL, claim_token = NULL WHERE stage = 'publish'"
+        )
+    assert blocks_cli(root, *args, "--force").exit_code == 0
+    assert len(calls(root, "extract")) == 2 and [r[3] for r in ledger_rows(root)] == ["done"] * 3
+    conn.close()
 
 
 def test_incomplete_only_takes_parked_stages_again(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ without re-running the stages before it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
 from .blocks_load import Loader
 from .blocks_stages import StageRecorder, StageRunner, read_spec
+
+log = logging.getLogger(__name__)
 
 KEYS = (BASE_KEYS - {"format", "path"}) | {
     "grain",
@@ -243,7 +246,16 @@ class Driver:
             blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
             store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
             if request.force:
-                store.reset(where, position=min(task.stages.index(s) for s in chosen))
+                position = min(task.stages.index(s) for s in chosen)
+                store.reset(where, position=position)
+                if busy := store.busy(where, position=position):
+                    log.warning(
+                        "%s: %d block(s) not forced: a stage from %r on is running in another run; "
+                        "run the same command again once that run ends",
+                        task.name,
+                        busy,
+                        task.stages[position].name,
+                    )
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
         recorder = StageRecorder(task, store, settings.lease, summary)

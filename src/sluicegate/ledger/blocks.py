@@ -241,6 +241,11 @@ class BlockStore(Store):
         """``--force``: stages from ``position`` on are pending again, where the earlier ones are done."""
         return int(self._run("reset", **self._range(where), position=position).rowcount)
 
+    def busy(self, where: RangeQuery, *, position: int) -> int:
+        """How many blocks of the range have a stage from ``position`` on running under a live lease
+        (``reset`` leaves those blocks alone)."""
+        return int(self._run("busy", **self._range(where), position=position).fetchone()[0])
+
     def unpark(self, where: RangeQuery, *, stages: Sequence[str]) -> int:
         """``--incomplete-only``: the range's parked stages among ``stages`` are pending again."""
         return int(self._run("unpark", **self._range(where), stages=self._stages(stages)).rowcount)

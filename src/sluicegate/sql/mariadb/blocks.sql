@@ -89,13 +89,16 @@ UPDATE {t}blocks SET status = 'pending', claim_token = NULL, lease_until = NULL
 WHERE claim_token = %(token)s;
 
 -- reset --
--- --force: make the stages from a position on pending again (not those running under a live lease),
--- in blocks whose earlier stages are all done. (A self-join, not NOT EXISTS on the updated table,
--- which MySQL refuses.)
+-- --force: make the stages from a position on pending again, in blocks whose earlier stages are all
+-- done and none of whose stages from the position on is running under a live lease (another run's
+-- load would commit the old artifact as done over the new extract). (A self-join, not NOT EXISTS on
+-- the updated table, which MySQL refuses.)
 UPDATE {t}blocks AS b
 LEFT JOIN {t}blocks AS p
     ON p.task = b.task AND p.key_value = b.key_value AND p.block_start = b.block_start
-   AND p.position < %(position)s AND p.status <> 'done'
+   AND ((p.position < %(position)s AND p.status <> 'done')
+        OR (p.position >= %(position)s AND p.status = 'running'
+            AND p.lease_until >= UNIX_TIMESTAMP(NOW(6))))
 SET b.status = 'pending', b.claim_token = NULL, b.lease_until = NULL,
     b.attempts = 0, b.next_attempt_at = NULL, b.error = NULL, b.forced = TRUE,
     b.records_total = NULL, b.records_processed = NULL, b.records_errors = NULL
@@ -103,8 +106,17 @@ WHERE b.task = %(task)s
   AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
-  AND NOT (b.status = 'running' AND b.lease_until >= UNIX_TIMESTAMP(NOW(6)))
   AND p.id IS NULL;
+
+-- busy --
+-- --force: the blocks of the range that reset left alone because a stage from the position on is
+-- running under a live lease.
+SELECT count(DISTINCT b.key_value, b.block_start) FROM {t}blocks AS b
+WHERE b.task = %(task)s
+  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
+  AND b.position >= %(position)s
+  AND b.status = 'running' AND b.lease_until >= UNIX_TIMESTAMP(NOW(6));
 
 -- unpark --
 -- --incomplete-only: parked (failed) stages of the range are pending again, with fresh attempts.

@@ -81,8 +81,9 @@ UPDATE {t}blocks SET status = 'pending', claim_token = NULL, lease_until = NULL
 WHERE id IN (SELECT id FROM {t}blocks WHERE claim_token = %(token)s ORDER BY id FOR UPDATE);
 
 -- reset --
--- --force: make the stages from a position on pending again (not those running under a live lease),
--- in blocks whose earlier stages are all done.
+-- --force: make the stages from a position on pending again, in blocks whose earlier stages are all
+-- done and none of whose stages from the position on is running under a live lease (another run's
+-- load would commit the old artifact as done over the new extract).
 UPDATE {t}blocks AS b
 SET status = 'pending', claim_token = NULL, lease_until = NULL,
     attempts = 0, next_attempt_at = NULL, error = NULL, forced = true,
@@ -91,11 +92,21 @@ WHERE b.task = %(task)s
   AND (%(key_value)s::text IS NULL OR b.key_value = %(key_value)s::text)
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
-  AND NOT (b.status = 'running' AND b.lease_until >= now())
   AND NOT EXISTS (
       SELECT 1 FROM {t}blocks AS p
       WHERE p.task = b.task AND p.key_value = b.key_value AND p.block_start = b.block_start
-        AND p.position < %(position)s AND p.status <> 'done');
+        AND ((p.position < %(position)s AND p.status <> 'done')
+             OR (p.position >= %(position)s AND p.status = 'running' AND p.lease_until >= now())));
+
+-- busy --
+-- --force: the blocks of the range that reset left alone because a stage from the position on is
+-- running under a live lease (another run's; forcing its earlier stage would let it commit old data).
+SELECT count(DISTINCT (b.key_value, b.block_start)) FROM {t}blocks AS b
+WHERE b.task = %(task)s
+  AND (%(key_value)s::text IS NULL OR b.key_value = %(key_value)s::text)
+  AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
+  AND b.position >= %(position)s
+  AND b.status = 'running' AND b.lease_until >= now();
 
 -- unpark --
 -- --incomplete-only: parked (failed) stages of the range are pending again, with fresh attempts.
