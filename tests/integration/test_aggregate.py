@@ -162,7 +162,9 @@ def test_a_cron_schedule_ticks_in_its_zone(tmp_path: Path, url: str) -> None:
     """schedule = "0 * * * *" in Asia/Kolkata (UTC+05:30) ticks at :30 UTC; a run evaluates the latest."""
     root = airmax_project(tmp_path / "proj", url)
     toml = root / "tasks" / AGGREGATE / "task.toml"
-    toml.write_text(toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"'))
+    toml.write_text(
+        toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"')
+    )
     [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
     [evaluation] = summary.aggregate
     tick = dt.datetime.fromisoformat(evaluation["tick"])
@@ -221,6 +223,61 @@ def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: st
     assert {r["tick"]: r["state"] for r in _evaluations(root)} == {newer: "done", T: "superseded"}
 
 
+@pytest.mark.parametrize("mode", ["replace", "upsert"])
+def test_a_slow_older_evaluation_yields_to_a_newer_one_done_while_it_ran(
+    tmp_path: Path, url: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tick T's query is slow; tick T + 5m is evaluated and written meanwhile. T's result must not
+    land over it, though the table holds no newer stamp to compare: replace, where T + 5m's
+    result is empty, and upsert, where the stamps are per row."""
+    extra = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]' if mode == "upsert" else ""
+    root = airmax_project(tmp_path / "proj", url, destination_extra=extra)
+    newer = T + dt.timedelta(minutes=5)
+    add_raw(url, [("Gent", T - dt.timedelta(minutes=178), 1.0)])  # in T's window only
+    if mode == "upsert":
+        add_raw(url, [("Gent", T + dt.timedelta(minutes=1), 9.0)], prefix="n")  # in T + 5m's only
+    query = agg.evaluation_rows
+
+    def slow(url: str, task: agg.Task, tick: dt.datetime) -> tuple[list[str], list[tuple[object, ...]]]:
+        found = query(url, task, tick)
+        if tick == T:  # the newer tick, evaluated while this one's query ran
+            monkeypatch.setattr(agg, "evaluation_rows", query)
+            assert _evaluate(root, newer).state == "done"
+        return found
+
+    monkeypatch.setattr(agg, "evaluation_rows", slow)
+    older = _evaluate(root, T)
+    assert older.state == "superseded" and newer.isoformat() in str(older.error)
+    rows = table(url)
+    if mode == "upsert":
+        assert [(r["city"], float(r["parameter_value"])) for r in rows] == [("Gent", 9.0)]
+        assert stamps(rows) == {newer}
+    else:
+        assert rows == []
+    assert {r["tick"]: r["state"] for r in _evaluations(root)} == {newer: "done", T: "superseded"}
+
+
+def test_an_older_evaluation_yields_to_a_newer_tick_under_way(tmp_path: Path, url: str) -> None:
+    """Another worker holds tick T + 5m (its write may be waiting for this one's table lock): T's
+    rows are not written, so they cannot land after T + 5m's."""
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    newer = T + dt.timedelta(minutes=5)
+    project = load(root)
+    context = Context.open(project)
+    try:
+        task = project.tasks[AGGREGATE]
+        assert isinstance(task, agg.Task)
+        token = str(uuid.uuid4())
+        assert (
+            context.ledger.aggregates.claim(AGGREGATE, newer, task.window(newer), token=token, lease=60) == 1
+        )
+    finally:
+        context.close()
+    older = _evaluate(root, T)
+    assert older.state == "superseded" and table(url) == []
+
+
 def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> None:
     """One ledger row per tick adds up (105,000 a year at 5 minutes): a done evaluation forgets
     those of ticks more than ``keep`` before it."""
@@ -230,7 +287,11 @@ def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> 
         assert _evaluate(root, T - dt.timedelta(hours=hours)).state in ("done", "superseded")
     assert len(_evaluations(root)) == 3
     assert _evaluate(root, T).state == "done"
-    assert [r["tick"] for r in _evaluations(root)] == [T, T - dt.timedelta(hours=1), T - dt.timedelta(hours=3)]
+    assert [r["tick"] for r in _evaluations(root)] == [
+        T,
+        T - dt.timedelta(hours=1),
+        T - dt.timedelta(hours=3),
+    ]
 
 
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
@@ -261,7 +322,7 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
     assert _evaluate(root, T).rows == 1
     assert [r["city"] for r in table(url)] == ["Gent"]
     sql = agg.evaluation_sql(load(root).tasks[AGGREGATE], "postgresql")  # type: ignore[arg-type]
-    assert sql.startswith("WITH in_window AS (SELECT * FROM \"raw\" WHERE \"measurement_time_utc\" >= %s")
+    assert sql.startswith('WITH in_window AS (SELECT * FROM "raw" WHERE "measurement_time_utc" >= %s')
     assert "LIKE 'G%%'" in sql and ",\nnamed AS" in sql
 
 

@@ -42,9 +42,10 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
         if s.ingest is not None:
             click.echo(f"  {ingest_text(s.ingest)}")
         for ev in s.aggregate:
-            what = {"skipped": "already evaluated, or being evaluated by another worker"}.get(
-                ev["state"], f"{ev['state']}, {ev['rows']:,} rows into {ev['table']}"
-            )
+            what = {
+                "skipped": "already evaluated, or being evaluated by another worker",
+                "superseded": f"superseded, {ev['rows']:,} rows not written: {ev['error']}",
+            }.get(ev["state"], f"{ev['state']}, {ev['rows']:,} rows into {ev['table']}")
             click.echo(f"  t={ev['tick']} [{ev['window_start']}, {ev['window_end']}): {what}")
         for error in s.errors:
             click.echo(f"  error: {error}", err=True)

@@ -242,6 +242,14 @@ def _write_table(
     def before_commit(cur: Any) -> None:
         nonlocal recorded
         result.seconds = time.monotonic() - started
+        # Under the table's write lock: a newer tick done (or under way) wins, though its rows may
+        # be none (replace) or other keys (upsert), where the table holds no newer stamp to see.
+        newer = store.newer(task.name, tick, cur=cur if shared else None)
+        if newer is not None:
+            raise tables.Superseded(
+                f"{task.target.display}: the evaluation of {newer.isoformat()}, newer than "
+                f"{tick.isoformat()}, is done or under way; kept its rows"
+            )
         if shared and cur is not None:
             recorded = store.finish(
                 task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path, cur=cur

@@ -82,6 +82,12 @@ class AggregateStore(Store):
         )  # fmt: skip
         return bool(result.rowcount == 1)
 
+    def newer(self, task: str, tick: dt.datetime, *, cur: Any | None = None) -> dt.datetime | None:
+        """The newest tick after ``tick`` that is done or being evaluated under a live claim, if any
+        (in ``cur``'s transaction when given: the table sink's, holding the table's write lock)."""
+        row = self._run("newer", cur, task=task, tick=self.core.ts(tick)).fetchone()
+        return None if row is None else self.core.from_ts(row[0])
+
     def fail(
         self, task: str, tick: dt.datetime, token: str, *, error: str, seconds: float, delay: float
     ) -> None:

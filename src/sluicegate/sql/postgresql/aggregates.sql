@@ -28,6 +28,13 @@ UPDATE {t}aggregate_evaluations SET
     path = %(path)s, error = %(error)s, finished_at = now(), next_attempt_at = NULL
 WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
 
+-- newer --
+-- The newest tick of an aggregate task after a given one that is done, or being evaluated under a
+-- live claim: an older evaluation that finds one yields (superseded) instead of writing over it.
+SELECT max(tick) FROM {t}aggregate_evaluations
+WHERE task = %(task)s AND tick > %(tick)s
+  AND (state = 'done' OR (state = 'running' AND lease_until >= now()));
+
 -- fail --
 -- Record a failed evaluation, fenced by its claim; it may be claimed again after the delay.
 UPDATE {t}aggregate_evaluations SET
