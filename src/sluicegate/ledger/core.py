@@ -30,6 +30,7 @@ T = TypeVar("T")
 DEADLOCK_TRIES = 8  # runs of a ledger transaction the server keeps choosing as a deadlock's victim
 UTC = dt.UTC
 SCHEMA_VERSION = "11"
+MARIADB_INBOX_VERSION = "mariadb-inbox-1"  # 97d6833: the trigger inbox only, in the default collation
 MARIADB_SCHEMA_VERSION = "mariadb-2"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
@@ -201,6 +202,9 @@ class SchemaStore(Store):
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('sluicegate ledger schema'))")
             if self.core.dialect is db.MARIADB and version == "mariadb-1":
                 self.upgrade_collation(cur)  # first: ensure_schema then records the new version
+            if self.core.dialect is db.MARIADB and version == MARIADB_INBOX_VERSION:
+                for statement in self.q["upgrade_inbox"].split(";\n"):  # its two tables; the rest are new
+                    cur.execute(statement)
             for statement in self.q["ensure_schema"].split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
@@ -244,7 +248,10 @@ class SchemaStore(Store):
 
 
 def _version_number(version: str) -> int:
-    """``11`` or ``mariadb-2`` as a number; a version this release cannot read counts as newer."""
+    """``11`` or ``mariadb-2`` as a number; a version this release cannot read counts as newer
+    (``mariadb-inbox-1``, the inbox alone of the release before the MariaDB ledger, is older)."""
+    if version == MARIADB_INBOX_VERSION:
+        return 0
     number = version.removeprefix("mariadb-")
     return int(number) if number.isdigit() else 2**31
 

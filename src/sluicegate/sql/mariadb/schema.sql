@@ -179,11 +179,14 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
     config BOOLEAN NOT NULL DEFAULT FALSE,
     at DOUBLE NOT NULL
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- The version is only ever raised: an older release must not lower it.
+-- The version is only ever raised: an older release must not lower it (mariadb-inbox-1, the
+-- inbox alone of the release before the ledger, is older than every number).
 INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-2')
-ON DUPLICATE KEY UPDATE value = IF(
-    CAST(SUBSTRING(value, 9) AS UNSIGNED) < 2, VALUES(value), value
-);
+ON DUPLICATE KEY UPDATE value = CASE
+    WHEN value = 'mariadb-inbox-1' THEN VALUES(value)
+    WHEN CAST(SUBSTRING(value, 9) AS UNSIGNED) < 2 THEN VALUES(value)
+    ELSE value
+END;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).
@@ -199,3 +202,9 @@ ALTER TABLE {t}scans CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE {t}schedule_ticks CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE {t}runs CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE {t}task_errors CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
+
+-- upgrade_inbox --
+-- mariadb-inbox-1 -> mariadb-2: the release before the MariaDB ledger made only the trigger inbox,
+-- in the server's default (case-blind) collation; binary now, as the tables made later are.
+ALTER TABLE {t}meta CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE {t}changes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
