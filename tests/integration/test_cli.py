@@ -222,3 +222,18 @@ def test_dry_run_keeps_to_its_limit_and_does_not_count_waiting_days(tmp_path: Pa
     assert len(summary["plan"]) == 2 and not any(e["waiting"] for e in summary["plan"])
     assert files(tmp_path / "out") == []
     db.close()
+
+
+def test_dry_run_limit_counts_only_partitions_to_export_not_waiting_ones(tmp_path: Path) -> None:
+    """A change to today's day, first in the inbox, used up `--limit 1`: the plan showed nothing
+    that would be exported."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"))
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)])
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    [summary] = json.loads(cli(root, "run", "--dry-run", "--limit", "1", "--json", check=True).stdout)
+    assert sorted(e["waiting"] for e in summary["plan"]) == [False, True]
+    db.close()

@@ -202,18 +202,23 @@ class Driver:
 
     def _plan_inbox(self, task: Task, summary: TaskSummary, limit: int) -> None:
         """Add the partitions that changes waiting in the trigger inbox would mark (up to ``limit``
-        entries in all); one whose period is not over is listed as waiting."""
+        to export in all); one whose period is not over is listed as waiting, and does not count
+        towards the limit (up to ``limit`` of those too)."""
         ctx = self.context
         listed = {canonical_key([e["partition"][k] for k in task.key_names]) for e in summary.plan}
         settle = dt.timedelta(seconds=task.time.settle if task.time else 0)
         now = dt.datetime.now(dt.UTC)
+        due, waiting = len(summary.plan), 0
         for part in capture.peek(task, ctx.inbox, ctx.source):
-            if len(summary.plan) >= limit:
+            if due >= limit:
                 break
             if part.pkey in listed:
                 continue
             keys = json.loads(canonical_key(part.values))
             complete = part.end is None or part.end <= now - settle
+            if not complete and waiting >= limit:
+                continue
+            due, waiting = due + complete, waiting + (not complete)
             entry: dict[str, Any] = {
                 "partition": dict(zip(task.key_names, keys, strict=True)),
                 "reason": "captured change (folded in at the start of the run)"
