@@ -176,22 +176,52 @@ def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool)
     )
 
 
+# The row trigger's memory of the last (task, keys, bin) it recorded in this transaction: the
+# same again (the next sensor of a location in the same hour) adds no inbox row. set_config's
+# local value ends with the transaction and is undone with a rolled-back savepoint, as the inbox
+# row it stands for is, so a skipped row's change always commits or rolls back with a recorded one.
+ROW_MEMORY = "sluicegate.capture_last"
+
+
 def _pg_row_insert(task: TaskSpec, schema: str, row: str, time_ending: bool) -> Any:
-    """The row trigger function's INSERT of one changed row's keys and bin (``row``: NEW or OLD)."""
+    """The row trigger function's recording of one changed row's keys and bin (``row``: NEW or
+    OLD), unless it is the last one recorded in this transaction."""
     from psycopg import sql
 
     cap = task.capture
     keys = sql.SQL("pg_catalog.jsonb_build_array({})").format(
         sql.SQL(", ").join(sql.SQL(row + ".{}").format(sql.Identifier(cap.keys[k])) for k in task.keys)
     )
-    when = sql.SQL("NULL::pg_catalog.timestamptz")
+    number = sql.SQL("NULL::pg_catalog.float8")
     if task.time:
         assert cap.time
         column = sql.SQL(row + ".{}").format(sql.Identifier(cap.time)).as_string()
-        number = db.POSTGRESQL.bin_number(column, time_ending)
-        when = sql.SQL(f"pg_catalog.to_timestamp({number} OPERATOR(pg_catalog.*) 900)")
-    return sql.SQL("INSERT INTO {} (task, keys, first_bin, last_bin) VALUES ({}, {}, {}, {})").format(
-        sql.Identifier(schema, "change_runs"), sql.Literal(task.name), keys, when, when
+        number = sql.SQL(db.POSTGRESQL.bin_number(column, time_ending))
+    when = sql.SQL("pg_catalog.to_timestamp(changed_bin OPERATOR(pg_catalog.*) 900)")
+    cat = "OPERATOR(pg_catalog.||)"
+    return sql.SQL(
+        "changed_keys := {keys}; changed_bin := {number};\n"
+        "  sig := {me} "
+        + cat
+        + " changed_keys::pg_catalog.text "
+        + cat
+        + " ' ' "
+        + cat
+        + " COALESCE(changed_bin::pg_catalog.text, '');\n"
+        "  IF NOT COALESCE(sig OPERATOR(pg_catalog.=)"
+        " pg_catalog.current_setting({memory}, true), false) THEN\n"
+        "    INSERT INTO {changes} (task, keys, first_bin, last_bin)"
+        " VALUES ({task}, changed_keys, {when}, {when});\n"
+        "    PERFORM pg_catalog.set_config({memory}, sig, true);\n"
+        "  END IF"
+    ).format(
+        keys=keys,
+        number=number,
+        me=sql.Literal(f"{schema}.{task.name} "),
+        memory=sql.Literal(ROW_MEMORY),
+        changes=sql.Identifier(schema, "change_runs"),
+        task=sql.Literal(task.name),
+        when=when,
     )
 
 
@@ -223,8 +253,13 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
     else:
         ins, delete = (_pg_inbox_insert(task, schema, r, time_ending) for r in ("new", "old"))
+    declare = (
+        "DECLARE changed_keys pg_catalog.jsonb; changed_bin pg_catalog.float8; sig pg_catalog.text;\n"
+        if per_row
+        else ""
+    )
     body = sql.SQL(
-        "BEGIN\n"
+        declare + "BEGIN\n"
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN {ins}; END IF;\n"  # INSERT, UPDATE
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN {del}; END IF;\n"  # UPDATE, DELETE
         "  RETURN NULL;\n"
