@@ -4,6 +4,7 @@
     .venv/bin/python bench/triggers.py --copy-rows 1000000 --insert-rows 1000000 --tx20-rows 100000
     .venv/bin/python bench/triggers.py --hows tx20 --repeat 5
     .venv/bin/python bench/triggers.py --partitioned     # measurements partitioned by month
+    .venv/bin/python bench/triggers.py --row-triggers    # [capture] triggers = "row" on the plain table
 
 Loads OpenAQ-like readings (300 locations x 3 sensors, one reading per sensor per hour, in
 time order, as an ingest receives them) into an empty ``measurements`` table (the schema of
@@ -239,7 +240,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def triggered_database(name: str, partitioned: bool = False) -> Iterator[tuple[PgServer, str, Path]]:
+def triggered_database(
+    name: str, partitioned: bool = False, row_triggers: bool = False
+) -> Iterator[tuple[PgServer, str, Path]]:
     """A throwaway PostgreSQL holding database ``name`` with the tables of ``sluicegate generate``,
     and the OpenAQ example project (``root``) with its capture triggers installed; yields
     ``(server, url, root)`` and stops the server on exit."""
@@ -257,6 +260,9 @@ def triggered_database(name: str, partitioned: bool = False) -> Iterator[tuple[P
                 partition_by_month(url)
             root = base / "project"
             init_project(root, example="openaq", source_url=url)
+            if row_triggers:
+                toml = root / "tasks" / "openaq" / "task.toml"
+                toml.write_text(toml.read_text() + 'triggers = "row"\n')  # [capture] is the last table
             set_triggers(url, root, True)  # creates the ledger schema and the inbox
             yield pg, url, root
         finally:
@@ -273,18 +279,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hows", default=",".join(HOWS), help=f"subset of: {', '.join(HOWS)}")
     parser.add_argument("--partitioned", action="store_true", help="measurements partitioned by month")
+    parser.add_argument(
+        "--row-triggers", action="store_true", help='[capture] triggers = "row" on the plain table'
+    )
     args = parser.parse_args(argv)
     counts = {"copy": args.copy_rows, "insert1000": args.insert_rows, "tx20": args.tx20_rows}
     results = []
-    with triggered_database("triggers", args.partitioned) as (pg, url, root):
+    per_row = args.partitioned or args.row_triggers
+    with triggered_database("triggers", args.partitioned, args.row_triggers) as (pg, url, root):
         for how in (h for h in args.hows.split(",") if h):
-            results.append(case(url, root, how, counts[how], args.repeat, args.partitioned))
+            results.append(case(url, root, how, counts[how], args.repeat, per_row))
         version = pg.version()
     meta = {
         "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
         "pg": version,
         "repeat": args.repeat,
-        "table": " (measurements partitioned by month: row triggers)" if args.partitioned else "",
+        "table": " (measurements partitioned by month: row triggers)"
+        if args.partitioned
+        else (' ([capture] triggers = "row")' if args.row_triggers else ""),
         "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "command": " ".join(
             [".venv/bin/python bench/triggers.py", *(argv if argv is not None else sys.argv[1:])]

@@ -65,16 +65,18 @@ def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
             (*(table.rsplit(".", 1) if "." in table else (None, table)), *names),
         )
     else:
-        rows = source.execute(_PG_WORKING_TRIGGERS, (db.POSTGRESQL.quote(table), names))
+        want_row = task.capture.triggers == "row"
+        rows = source.execute(_PG_WORKING_TRIGGERS, (db.POSTGRESQL.quote(table), names, want_row))
     return {str(r[0]): str(r[1]) for r in rows}
 
 
 # A statement trigger on a partitioned table (or a partition), as releases before row triggers
 # for those installed, misses writes straight into a partition: it counts as not installed, so
-# `check` and `status` ask for `install` again.
+# `check` and `status` ask for `install` again. So does one where `[capture] triggers = "row"`
+# asks for row triggers (the setting changed since `install`).
 _PG_WORKING_TRIGGERS = (
-    _PG_TRIGGERS + " AND (t.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 1 = 1 OR NOT EXISTS ("
-    "SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.tgrelid AND (c.relkind = 'p' OR c.relispartition)))"
+    _PG_TRIGGERS + " AND (t.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 1 = 1 OR (NOT %s AND NOT EXISTS ("
+    "SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.tgrelid AND (c.relkind = 'p' OR c.relispartition))))"
 )
 
 
@@ -237,7 +239,9 @@ def _pg_partitioned(inbox: Ledger, table: str) -> bool:
 
 def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
     """Statement triggers with transition tables: one inbox row per keys and UTC day of a
-    statement. On a partitioned table (or one of its partitions) they are row triggers instead:
+    statement. With ``[capture] triggers = "row"`` they are row triggers (cheaper for a table
+    written one row per statement, dearer for a COPY). On a partitioned table (or one of its
+    partitions) they are row triggers whatever the setting:
     PostgreSQL fires a statement trigger only on the table a statement names, so writes straight
     into a partition were never captured, while a row trigger on the partitioned table is cloned
     onto every partition, those created later included, and fires however the row got there."""
@@ -248,7 +252,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     schema = inbox.table_prefix.rstrip(".")
     table = sql.Identifier(*cap.table.split("."))
     fn = sql.Identifier(schema, f"capture_{task.name}")
-    per_row = _pg_partitioned(inbox, cap.table)
+    per_row = cap.triggers == "row" or _pg_partitioned(inbox, cap.table)
     if per_row:
         ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
     else:

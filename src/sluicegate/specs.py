@@ -164,6 +164,7 @@ class CaptureSpec:
     time: str | None = None
     cursor: str | None = None
     overlap: float = 3600.0
+    triggers: Literal["statement", "row"] = "statement"  # PostgreSQL; elsewhere they are row triggers
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -568,6 +568,62 @@ def test_a_row_trigger_records_a_partition_and_bin_once_per_transaction_and_surv
 
 
 @pytest.mark.pg
+def test_capture_triggers_row_makes_row_triggers_on_a_plain_table(pg_url: str, tmp_path: Path) -> None:
+    """`[capture] triggers = "row"`: a table written one row per statement pays less for row
+    triggers than for statement triggers with transition tables (bench/README.md). They skip
+    the repeat of the last keys and bin, and `check` reports statement triggers left from
+    before the setting as not installed."""
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    db = Db(pg_url)
+    assert cli(root, "install").returncode == 0
+    row_bit = "SELECT tgtype::int & 1 FROM pg_trigger WHERE tgname = 'sluicegate_openaq_insert'"
+    assert db.rows(row_bit) == [(0,)]  # statement triggers by default
+    toml.write_text(toml.read_text() + 'triggers = "row"\n')
+    checked = cli(root, "check")
+    assert "capture triggers are not installed on measurements" in checked.stderr
+    assert cli(root, "install").returncode == 0
+    assert db.rows(row_bit) == [(1,)]
+    assert "not installed" not in cli(root, "check").stderr
+    db.location(1, "UTC")
+    with db.conn.transaction():
+        for sensor in (1, 2, 3):
+            db.conn.execute(
+                "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at)"
+                " VALUES (1, %s, '2024-05-01 10:00Z', 1, now())",
+                (sensor,),
+            )
+    assert db.rows("SELECT count(*) FROM sluicegate.change_runs") == [(1,)]
+    assert sorted(_absorbed(root)) == ['[1,"2024-05-01"]']
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('triggers = "rows"', "[capture] triggers: 'rows' is not valid; use one of statement, row"),
+        ('triggers = "row"\nmode = "scan"', '[capture] triggers: only for mode = "trigger"'),
+    ],
+)
+def test_a_wrong_capture_triggers_setting_is_refused(tmp_path: Path, line: str, message: str) -> None:
+    root = write_project(
+        tmp_path / "proj",
+        source=f"sqlite:///{tmp_path / 's.db'}",
+        destination=str(tmp_path / "out"),
+        zone="UTC",
+    )
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text()
+    if "scan" in line:
+        text = text.replace('mode = "trigger"\n', "").replace(
+            "[capture]\n", '[capture]\ncursor = "ingested_at"\n'
+        )
+    toml.write_text(text + line + "\n")
+    checked = cli(root, "check")
+    assert checked.returncode == 2 and message in checked.stderr, checked.stderr
+
+
+@pytest.mark.pg
 def test_numeric_keys_are_exact_and_backfill_takes_them(pg_url: str, tmp_path: Path) -> None:
     """A `numeric` key went through the inbox's JSON as a float: 0.1000000000000000001 became
     0.1 (its row in no file) and 12345678901234567.891 a partition recorded exported with no

@@ -50,8 +50,11 @@ def capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) ->
     """A partitioned task's ``[capture]`` table."""
     if not isinstance(raw, dict):
         raise ConfigError(f'{where}: use a table, e.g. [capture] then mode = "trigger"')
-    validate.reject_unknown(raw, {"mode", "table", "keys", "time", "cursor", "overlap"}, where)
+    validate.reject_unknown(raw, {"mode", "table", "keys", "time", "cursor", "overlap", "triggers"}, where)
     mode = validate.choice(raw.get("mode", "explicit"), ("trigger", "scan", "explicit"), f"{where} mode")
+    triggers = validate.choice(raw.get("triggers", "statement"), ("statement", "row"), f"{where} triggers")
+    if "triggers" in raw and mode != "trigger":
+        raise ConfigError(f'{where} triggers: only for mode = "trigger"; remove it, or set mode = "trigger"')
     if mode == "explicit":
         return CaptureSpec(mode="explicit")
     if not raw.get("table"):
@@ -76,4 +79,5 @@ def capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) ->
         time=validate.identifier(time_col, f"{where} time") if time_col else None,
         cursor=validate.identifier(cursor, f"{where} cursor") if cursor else None,
         overlap=validate.parse_duration(raw.get("overlap", "1h"), where=f"{where} overlap"),
+        triggers=triggers,  # type: ignore[arg-type]
     )
