@@ -594,6 +594,11 @@ def test_capture_triggers_row_makes_row_triggers_on_a_plain_table(pg_url: str, t
                 (sensor,),
             )
     assert db.rows("SELECT count(*) FROM sluicegate.change_runs") == [(1,)]
+    db.conn.execute(  # another transaction remembers nothing of the last one
+        "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at)"
+        " VALUES (1, 4, '2024-05-01 10:00Z', 1, now())"
+    )
+    assert db.rows("SELECT count(*) FROM sluicegate.change_runs") == [(2,)]
     assert sorted(_absorbed(root)) == ['[1,"2024-05-01"]']
     db.close()
 
