@@ -183,6 +183,7 @@ def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool)
 # local value ends with the transaction and is undone with a rolled-back savepoint, as the inbox
 # row it stands for is, so a skipped row's change always commits or rolls back with a recorded one.
 ROW_MEMORY = "sluicegate.capture_last"
+ROW_DECLARE = "DECLARE changed_keys pg_catalog.jsonb; changed_bin pg_catalog.float8; sig pg_catalog.text;\n"
 
 
 def _pg_row_insert(task: TaskSpec, schema: str, row: str, time_ending: bool) -> Any:
@@ -257,13 +258,8 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
     else:
         ins, delete = (_pg_inbox_insert(task, schema, r, time_ending) for r in ("new", "old"))
-    declare = (
-        "DECLARE changed_keys pg_catalog.jsonb; changed_bin pg_catalog.float8; sig pg_catalog.text;\n"
-        if per_row
-        else ""
-    )
     body = sql.SQL(
-        declare + "BEGIN\n"
+        (ROW_DECLARE if per_row else "") + "BEGIN\n"
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN {ins}; END IF;\n"  # INSERT, UPDATE
         "  IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN {del}; END IF;\n"  # UPDATE, DELETE
         "  RETURN NULL;\n"

@@ -456,7 +456,9 @@ def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_ur
         }
         assert led.blocks.commit(StageResult(claim=load, status="done", total=1, processed=1))
         assert led.blocks.busy(where, position=0) == 0
-        assert led.blocks.reset(where, position=1) == 2  # the held block's load and publish (the other waits on extract)
+        assert (
+            led.blocks.reset(where, position=1) == 2
+        )  # the held block's load and publish (the other waits on extract)
 
 
 @pytest.mark.pg

@@ -55,6 +55,7 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "claimed": "mariadb",
     "claim_attempts": "mariadb",
     "upgrade_collation": "mariadb",
+    "upgrade_inbox": "mariadb",
 }
 
 

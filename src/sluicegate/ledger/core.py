@@ -203,8 +203,7 @@ class SchemaStore(Store):
             if self.core.dialect is db.MARIADB and version == "mariadb-1":
                 self.upgrade_collation(cur)  # first: ensure_schema then records the new version
             if self.core.dialect is db.MARIADB and version == MARIADB_INBOX_VERSION:
-                for statement in self.q["upgrade_inbox"].split(";\n"):  # its two tables; the rest are new
-                    cur.execute(statement)
+                self.upgrade_inbox(cur)  # its two tables; ensure_schema creates the rest
             for statement in self.q["ensure_schema"].split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
@@ -240,6 +239,12 @@ class SchemaStore(Store):
     def upgrade_collation(self, cur: Any) -> None:
         """MariaDB, mariadb-1 to mariadb-2: compare the ledger's text as bytes (case matters)."""
         for statement in self.q["upgrade_collation"].split(";\n"):
+            cur.execute(statement)
+
+    def upgrade_inbox(self, cur: Any) -> None:
+        """MariaDB, mariadb-inbox-1 to mariadb-2: the inbox tables of the release before the
+        MariaDB ledger compare text as bytes, as the tables created with them do."""
+        for statement in self.q["upgrade_inbox"].split(";\n"):
             cur.execute(statement)
 
     def add_partition_etag(self, cur: Any) -> None:
