@@ -326,6 +326,7 @@ def blocks_request(
     assert isinstance(task, blocks.Task)
     blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
     blocks.key_values(task, project.settings.source_url, request)
+    timeblocks.blocks_between(low, high, grain=task.grain, zone=task.zone)  # empty or too long: usage errors
     return request
 
 

@@ -27,6 +27,7 @@ UTC = dt.UTC
 HOUR = dt.timedelta(hours=1)
 Grain = Literal["hour", "day"]
 GRAINS: tuple[Grain, ...] = ("hour", "day")
+FIRST_YEAR, LAST_YEAR = 2, 9998  # times a request may name
 MAX_BLOCKS = 50_000  # per request and key: about 5.7 years of hours
 # How far before a range blocks_between looks for the whole hour its first block starts at.
 LOOK_BACK = dt.timedelta(hours=27)
@@ -170,7 +171,15 @@ def parse_time(text: str, zone: str, where: str) -> dt.datetime:
         )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(UTC)
+    try:  # a day's blocks reach a day either side: keep clear of datetime's years 1 and 9999
+        instant = parsed.astimezone(UTC)
+        if not FIRST_YEAR <= instant.year <= LAST_YEAR:
+            raise OverflowError
+    except OverflowError:
+        raise UsageError(
+            f"{where} {text!r} is out of range; use a time between the years {FIRST_YEAR} and {LAST_YEAR}"
+        ) from None
+    return instant
 
 
 def request_range(

@@ -347,6 +347,34 @@ def test_force_leaves_a_block_alone_while_another_run_holds_a_later_stage(
     conn.close()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--time-min", "2020-3-2-1", "--time-max", "2020-3-1-1"],
+            "is empty; time_min must be before time_max",
+        ),
+        (["--time-min", "1900-1-1-0", "--time-max", "2020-1-1-0"], "holds more than 50,000 hour blocks"),
+        (
+            ["--time-max", "9999-12-31-23"],
+            "time_max '9999-12-31-23' is out of range; use a time between the years",
+        ),
+        (["--time-max", "0001-01-01-00"], "time_max '0001-01-01-00' is out of range"),
+    ],
+)
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_range_that_cannot_run_is_a_usage_error(
+    tmp_path: Path, args: list[str], message: str, dry: bool
+) -> None:
+    """A reversed or too long range was a task error (exit 1, the dry run saying only "0 would
+    run"); the years 1 and 9999 crashed with an OverflowError traceback. Exit 2, one sentence."""
+    root = make_project(tmp_path)
+    result = blocks_cli(root, *args, *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert calls(root) == []
+
+
 def test_incomplete_only_takes_parked_stages_again(tmp_path: Path) -> None:
     root = make_project(tmp_path)
     args = ["--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=lime"]
