@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,17 +48,23 @@ def coerce(value: Any, kind: str) -> Any:
     if kind == "int":
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"{value!r} is not a whole number")
-        return int(value)
+        number = int(value)
+        if not -(2**63) <= number < 2**63:  # what every database's 64-bit integer column holds
+            raise ValueError(f"{value!r} does not fit a 64-bit integer")
+        return number
     if kind == "float":
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
-        return float(value)
+        real = float(value)
+        if not math.isfinite(real):  # SQLite would store NULL, MariaDB refuses it, PostgreSQL keeps it
+            raise ValueError(f"{value!r} is not a finite number")
+        return real
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{value!r} is not true or false")
         return value
     if kind == "json":
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)  # NaN is no JSON
     return _timestamp(value, kind)
 
 
@@ -65,7 +72,10 @@ def _timestamp(value: Any, kind: str) -> dt.datetime:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value / 1000 if kind == "epoch_ms" else value, dt.UTC)
+        try:
+            return dt.datetime.fromtimestamp(value / 1000 if kind == "epoch_ms" else value, dt.UTC)
+        except (OverflowError, OSError):  # the C library's limit, or past year 9999
+            raise ValueError(f"{value!r} is not a time between the years 1 and 9999") from None
     if kind == "epoch_ms":
         raise ValueError(f"{value!r} is not unix milliseconds")
     parsed = dt.datetime.fromisoformat(str(value))

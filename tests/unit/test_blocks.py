@@ -375,6 +375,74 @@ def test_a_range_that_cannot_run_is_a_usage_error(
     assert calls(root) == []
 
 
+HOSTILE_TASK = """
+kind = "blocks"
+zone = "UTC"
+key = "provider"
+keys = ["a"]
+[extract]
+callable = "hostile:records"
+path = "{stage}/{provider}/{label}.jsonl"
+[load]
+table = "recs"
+key = ["id"]
+create = true
+columns = { id = "text", v = "int", f = "float", ts = "epoch_ms" }
+[publish]
+path = "pub/{provider}/{label}.{ext}"
+format = "csv"
+columns = { id = "text", v = "int", f = "float" }
+"""
+
+
+@pytest.mark.parametrize(
+    ("bad", "load_error", "publish_errors"),
+    [
+        (
+            '{"id": "x", "v": 1, "f": 1, "ts": 1e20}',
+            "ts: 1e+20 is not a time between the years 1 and 9999",
+            0,
+        ),
+        (
+            '{"id": "x", "v": 10**26, "f": 1, "ts": 1}',
+            "v: 100000000000000000000000000 does not fit a 64-bit",
+            1,
+        ),
+        ('{"id": "x", "v": 1, "f": "abc", "ts": 1}', "f: could not convert string to float: 'abc'", 1),
+        ('{"id": "x", "v": 1, "f": float("nan"), "ts": 1}', "is not a finite number", 1),
+    ],
+)
+def test_one_record_that_does_not_fit_is_counted_and_the_others_are_loaded_and_published(
+    tmp_path: Path, bad: str, load_error: str, publish_errors: int
+) -> None:
+    """One hostile record parked the whole block's load (OSError, OverflowError) or, counted by
+    the load, failed its publish; a NaN float was stored as NULL with no error counted."""
+    root = tmp_path / "proj"
+    (root / "tasks" / "t").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///blk.db"\n[destination]\nurl = "out"\n')
+    (root / "hostile.py").write_text(
+        f"def records(block, config):\n    return [{{'id': 'ok', 'v': 1, 'f': 1.5, 'ts': 1}}, {bad}]\n"
+    )
+    (root / "tasks" / "t" / "task.toml").write_text(HOSTILE_TASK)
+    sys.modules.pop("hostile", None)
+    sys.path[:] = [p for p in sys.path if not Path(p, "hostile.py").exists()]  # other cases' projects
+    result = CliRunner().invoke(main, ["-C", str(root), "blocks", "t", "--time-max", "2020-3-1-1"])
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(root / "blk.db")
+    ledger = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT stage, status, records_total, records_errors, error FROM sluicegate_blocks"
+        )
+    }
+    assert ledger["load"][:3] == ("done", 2, 1) and load_error in ledger["load"][3]
+    assert ledger["publish"][:3] == ("done", 2, publish_errors)
+    assert conn.execute("SELECT id, v, f FROM recs").fetchall() == [("ok", 1, 1.5)]
+    [published] = (root / "out" / "pub" / "a").iterdir()
+    assert published.read_text().splitlines() == ["id,v,f", "ok,1,1.5"] + ["x,1,1"] * (1 - publish_errors)
+    conn.close()
+
+
 def test_incomplete_only_takes_parked_stages_again(tmp_path: Path) -> None:
     root = make_project(tmp_path)
     args = ["--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=lime"]

@@ -28,7 +28,7 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import coerce
+from ..records import MAX_MESSAGES, coerce
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
@@ -102,6 +102,7 @@ class StageRecorder:
         self.store = store
         self.lease = lease
         self.summary = summary
+        self.skipped: dict[int, list[str]] = {}  # claim id: a publish's records that did not fit
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Put the files in place, then record them: ``done`` with the file, or ``no_data``.
@@ -111,20 +112,22 @@ class StageRecorder:
         are placed before the claims are checked (as for incremental windows).
         """
         place(outcomes)
-        return [
-            self.record(
-                StageResult(
-                    claim=o.unit.handle,
-                    status="done" if o.rows else "no_data",
-                    total=o.rows,
-                    processed=o.rows,
-                    artifact=o.path,
-                    bytes=o.nbytes if o.path else None,
-                    checksum=o.checksum,
-                )
+        results = []
+        for o in outcomes:
+            skipped = self.skipped.pop(o.unit.handle.id, [])
+            result = StageResult(
+                claim=o.unit.handle,
+                status="done" if o.rows or skipped else "no_data",
+                total=o.rows + len(skipped),
+                processed=o.rows,
+                errors=len(skipped),
+                error="; ".join(skipped[:MAX_MESSAGES])[:2000] or None,
+                artifact=o.path,
+                bytes=o.nbytes if o.path else None,
+                checksum=o.checksum,
             )
-            for o in outcomes
-        ]
+            results.append(self.record(result))
+        return results
 
     def record(self, result: StageResult, *, done: bool | None = None) -> bool:
         """Record a finished stage, fenced by its claim; False when the lease was lost.
@@ -351,10 +354,11 @@ class StageRunner:
         def read(units: Sequence[WorkUnit]) -> Iterator[tuple[int, Any]]:
             for index, unit in enumerate(units):
                 try:
-                    records: Iterable[Any] = self.artifact(unit.handle)
-                    if columns:
-                        records = (_row(r, columns, unit.key) for r in records)
+                    skipped = self.recorder.skipped[unit.handle.id] = []
+                    records = _Fitting(self.artifact(unit.handle), columns, skipped)
                     yield from ((index, chunk) for chunk in _chunks(records, unit.key))
+                    if skipped and len(skipped) == records.seen:  # as the load: nothing fit, it failed
+                        raise DataError(f"{unit.key}: all {len(skipped)} records were rejected: {skipped[0]}")
                 except SluicegateError as exc:  # this block's artifact; the others go on
                     yield index, UnitFailed(exc)
 
@@ -425,11 +429,36 @@ def _columns(stage: StageSpec) -> list[Column]:
     return [Column(name=name, kind=COLUMN_KIND[kind]) for name, kind in stage.columns]
 
 
-def _row(record: dict[str, Any], columns: Sequence[tuple[str, str]], where: str) -> tuple[Any, ...]:
-    try:
-        return tuple(coerce(record.get(name), kind) for name, kind in columns)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(f"{where}: a record does not fit the declared columns: {exc}") from None
+class _Fitting:
+    """The records of an artifact as rows of the declared columns; a record that does not fit
+    is left out with its reason in ``skipped`` (the load counted it already), not the block's
+    failure. ``seen``: the records read so far."""
+
+    def __init__(
+        self, records: Iterable[Any], columns: Sequence[tuple[str, str]], skipped: list[str]
+    ) -> None:
+        self.records, self.columns, self.skipped, self.seen = iter(records), columns, skipped, 0
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for record in self.records:
+            self.seen += 1
+            if not self.columns:  # no declared columns: the records as they are
+                yield record
+                continue
+            if not isinstance(record, Mapping):
+                self.skipped.append(
+                    f"record {self.seen}: a {type(record).__name__}, not a record (an object)"
+                )
+                continue
+            row = []
+            for name, kind in self.columns:
+                try:
+                    row.append(coerce(record.get(name), kind))
+                except (ValueError, TypeError, OverflowError) as exc:
+                    self.skipped.append(f"record {self.seen}: {name}: {exc}")
+                    break
+            else:
+                yield tuple(row)
 
 
 def _counts(counts: Any, where: str) -> tuple[int, int, int]:
