@@ -228,6 +228,38 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         server.stop()
 
 
+def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
+    """POST /tasks/{blocks task}/runs ignored time_min and time_max (it ran only what the ledger
+    already held): they are the range of blocks to run, as for `sluicegate blocks`; a range
+    that cannot run, or times given to a task they do not apply to, is a 422."""
+    root = tmp_path / "proj"
+    (root / "tasks" / "t").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///blk.db"\n[destination]\nurl = "out"\n')
+    (root / "gen.py").write_text("def records(block, config):\n    return [{'id': block.label}]\n")
+    (root / "tasks" / "t" / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["a"]\nstages = ["extract"]\n'
+        '[extract]\ncallable = "gen:records"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+    )
+    server = Server(root)
+    try:
+        body = {"time_min": "2020-03-01T00:00:00Z", "time_max": "2020-03-01T03:00:00Z"}
+        started = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=body)
+        assert started.status_code == 202, started.text
+        run = server.wait_run(started.json()["run_id"])
+        assert [s["block"] for s in run["summary"][0]["stages"]] == [
+            "2020-03-01T01:00+00:00", "2020-03-01T02:00+00:00", "2020-03-01T03:00+00:00",
+        ]  # fmt: skip
+        assert len(list((root / "out" / "extract" / "a").iterdir())) == 3
+        for bad, reason in (
+            ({"time_min": "2020-03-01T00:00:00Z"}, "time_min needs time_max"),
+            ({"time_min": "2020-03-02T00:00:00Z", "time_max": "2020-03-01T00:00:00Z"}, "is empty"),
+        ):
+            answer = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=bad)
+            assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text
+    finally:
+        server.stop()
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()

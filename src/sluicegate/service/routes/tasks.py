@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ... import operations
 from ...drivers.incremental import Task as IncrementalTask
+from ...exceptions import UsageError
 from ...options import RunOptions
 from ...specs import Project, TaskBase
 from ..deps import GUARD, ProjectDep, State, library, task_or_404
@@ -78,7 +79,23 @@ def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = 
 
 
 def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
-    request = None
+    request, blocks = None, None
+    if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
+        if body.time_max is not None:
+            blocks = operations.blocks_request(
+                p,
+                task,
+                time_max=body.time_max.isoformat(),
+                time_min=None if body.time_min is None else body.time_min.isoformat(),
+            )
+        elif body.time_min is not None:
+            raise UsageError("time_min needs time_max: the range of blocks to run ends at time_max")
+        return RunOptions(limit=body.limit, dry_run=body.dry_run, blocks=blocks)
+    if (body.time_min or body.time_max) and not (isinstance(task, IncrementalTask) or body.reexport):
+        raise UsageError(
+            f"time_min and time_max do not apply to {task.kind} task {task.name!r} "
+            "(a partitioned task takes them with reexport)"
+        )
     if isinstance(task, IncrementalTask):
         request = operations.request_from_options(
             export_type=body.export_type,
