@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import db, tables
 from .exceptions import DataError
 from .ledger import Ledger
-from .messages import Message, parse
+from .messages import Message, clean, parse
 
 if TYPE_CHECKING:
     from .drivers.ingest import Task
@@ -132,8 +132,9 @@ class Ingestor:
                 for message in [*bad, *refused]:
                     assert message.error is not None
                     store.park(
-                        cur, self.task.name, message_id=message.id, body=message.body, error=message.error
-                    )
+                        cur, self.task.name, message_id=message.id, body=clean(message.body),
+                        error=clean(message.error),
+                    )  # fmt: skip
             ids = [m.id or "" for m in messages]
             store.record(cur, self.task.name, received=len(messages), inserted=inserted,
                          malformed=len(bad) + len(refused), ids=ids)  # fmt: skip
@@ -156,14 +157,35 @@ class Ingestor:
         return inserted
 
 
-def read_lines(lines: Iterable[str], name: str) -> Iterator[Message]:
-    """Messages from JSON lines (blank lines skipped); each names its line, ``name:N``."""
-    for number, line in enumerate(lines, 1):
+def read_lines(lines: Iterable[str | bytes], name: str) -> Iterator[Message]:
+    """Messages from JSON lines (blank lines skipped); each names its line, ``name:N``.
+
+    Lines of bytes are decoded here, one by one, so a line that is not UTF-8 is one malformed
+    message (with the byte and where it is) and the others are read all the same."""
+    for number, raw in enumerate(lines, 1):
+        where = f"{name}:{number}"
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _undecodable(raw, exc, where)
+                continue
+        else:
+            line = raw
         if line.strip():
-            yield parse(line.rstrip("\r\n"), where=f"{name}:{number}")
+            yield parse(line.rstrip("\r\n"), where=where)
 
 
-def ingest_lines(ingestor: Ingestor, lines: Iterable[str], name: str, summary: IngestSummary) -> None:
+def _undecodable(line: bytes, exc: UnicodeDecodeError, where: str) -> Message:
+    """A line that is not UTF-8: malformed, kept with its bad bytes as ``\\xff`` (its id if readable)."""
+    body = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+    ident = parse(line.decode("utf-8", "surrogateescape"), where=where).id
+    label = f"message {ident}: " if ident else ""
+    error = f"{label}{where} is not UTF-8 text (byte 0x{line[exc.start]:02x} at byte {exc.start + 1})"
+    return Message(id=ident, body=body, error=error)
+
+
+def ingest_lines(ingestor: Ingestor, lines: Iterable[str | bytes], name: str, summary: IngestSummary) -> None:
     """Ingest JSON lines in batches of the task's ``batch_size``."""
     messages = read_lines(lines, name)
     while batch := list(itertools.islice(messages, ingestor.task.batch_size)):

@@ -15,7 +15,8 @@ Three shapes are read into the same fields (:data:`FIELDS`):
   lines), also with SQS message attributes (``StringValue``) when SNS delivered raw.
 
 A message that cannot be read (not JSON, no id, a missing field, a value that is not a
-number, a time that is not ISO 8601) becomes a :class:`Message` with an ``error`` naming its
+number or too large for one, a time that is not ISO 8601 or outside years 1 to 9999 in UTC,
+a text that is not valid Unicode or holds a NUL) becomes a :class:`Message` with an ``error`` naming its
 id and the field, never an exception: one bad message must not hold up the others.
 """
 
@@ -52,6 +53,7 @@ AIRMAX_COLUMNS: dict[str, str] = {
     "parameter_unit": "unit",
 }
 SHOWN = 60  # characters of a bad value repeated in a message
+OUT_OF_RANGE = dt.datetime.min.replace(tzinfo=dt.UTC)  # _time's answer for a time beyond years 1 to 9999
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +98,7 @@ def parse(
     raw = _fields(obj, attributes or {})
     if raw.get("id") in (None, "") and fallback_id:
         raw["id"] = fallback_id
-    ident = None if raw.get("id") in (None, "") else str(raw["id"])
+    ident = None if raw.get("id") in (None, "") else clean(str(raw["id"]))
     fields, error = _check(raw)
     if error is not None:
         label = f"message {ident}" if ident else f"{where or 'a message'} (no id)"
@@ -159,36 +161,64 @@ def _check(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
             fields[name] = _time(value)
             if fields[name] is None:
                 return None, f"{name} {_shown(value)} is not an ISO 8601 time such as 2024-05-01T12:00:00Z"
+            if fields[name] is OUT_OF_RANGE:
+                return None, f"{name} {_shown(value)} is outside years 1 to 9999 in UTC"
         elif name in NUMBERS:
             fields[name] = _number(value)
             if fields[name] is None:
                 return None, f"{name} {_shown(value)} is not a number"
+            if not math.isfinite(fields[name]):
+                return None, f"{name} {_shown(value)} is beyond the range of a number (a 64-bit float)"
         elif isinstance(value, dict | list):
             return None, f"{name} {_shown(value)} is not a text"
+        elif "\x00" in str(value):
+            return None, f"{name} {_shown(value)} is not a text a database can store (it holds a NUL)"
+        elif clean(str(value)) != str(value):
+            return None, f"{name} {_shown(value)} is not valid Unicode text (it holds a lone surrogate)"
         else:
             fields[name] = str(value)
     return fields, None
 
 
 def _time(value: Any) -> dt.datetime | None:
-    """An ISO 8601 time as aware UTC; without an offset it is taken as UTC (``date_utc``)."""
+    """An ISO 8601 time as aware UTC; without an offset it is taken as UTC (``date_utc``).
+
+    None when it is not one; :data:`OUT_OF_RANGE` when its UTC falls outside years 1 to 9999
+    (``0001-01-01T00:00:00+01:00``)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+    try:
+        return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+    except OverflowError:
+        return OUT_OF_RANGE
 
 
 def _number(value: Any) -> float | None:
+    """A float (infinite when it is too large for one: ``1`` and 400 zeros), or None (also NaN)."""
     if isinstance(value, bool):
         return None
     try:
         number = float(value)
+    except OverflowError:
+        return math.inf
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+    return None if math.isnan(number) else number
+
+
+def clean(text: str) -> str:
+    """``text`` as every database stores it and a terminal prints it: lone surrogates (a JSON
+    ``\\ud800``, an undecodable byte read with ``surrogateescape``) and NUL (which PostgreSQL
+    refuses in text) become backslash escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def _shown(value: Any) -> str:

@@ -345,9 +345,10 @@ def delete_watermark(project: Project, task_name: str, entity: str) -> bool:
 
 
 def ingest(
-    project: Project, task_name: str, lines: Iterable[str] | None = None, *, name: str = "-"
+    project: Project, task_name: str, lines: Iterable[str | bytes] | None = None, *, name: str = "-"
 ) -> IngestSummary:
-    """Ingest JSON lines (``lines``, called ``name`` in messages), else the task's SQS queue until empty."""
+    """Ingest JSON lines (``lines``, called ``name`` in messages; bytes are decoded line by line as
+    UTF-8), else the task's SQS queue until empty."""
     from .drivers.ingest import Task as IngestTask
     from .ingest import Ingestor, IngestSummary, drain, ingest_lines
 

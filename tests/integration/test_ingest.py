@@ -144,6 +144,13 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1", city={"name": "Gent"}), "message m1: city {'name': 'Gent'} is not a text"),
         (json.dumps({"city": "Gent"}), "(no id): id is missing"),
         (sns("s1", **{**AIRMAX_ATTRIBUTES, "value": "x"}), "message s1: value 'x' is not a number"),
+        # hostile values that used to raise (OverflowError, UnicodeEncodeError) instead
+        (line("m1").replace('"value": 1.0', '"value": 1' + "0" * 400), "is beyond the range of a number"),
+        (line("m1", date_utc="0001-01-01T00:00:00+01:00"), "date_utc '0001-01-01T00:00:00+01:00' is outside"),
+        (line("m1", date_utc="9999-12-31T23:30:00-01:00"), "is outside years 1 to 9999 in UTC"),
+        (line("m1", city="X\ud800"), "message m1: city 'X\\ud800' is not valid Unicode text"),
+        (line("\udcff"), "message \\udcff: id '\\udcff' is not valid Unicode text"),
+        (line("m1", city="G\x00nt"), "message m1: city 'G\\x00nt' is not a text a database can store"),
     ],
 )
 def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
@@ -276,3 +283,47 @@ def test_a_time_with_a_fraction_of_a_second_is_stored_with_it(root: Path, tmp_pa
     ]
     if url.startswith("sqlite"):
         assert [row[3] for row in _raw(url)] == ["2024-03-10T11:00:00.900000Z", "2024-03-10T11:00:01Z"]
+
+
+HOSTILE = [
+    pytest.param(
+        line("big").replace('"value": 1.0', '"value": 1' + "0" * 400).encode(), "big", id="huge-int"
+    ),
+    pytest.param(line("old", date_utc="0001-01-01T00:00:00+01:00").encode(), "old", id="year-1-offset"),
+    pytest.param(line("sur", city="X\ud800").encode(), "sur", id="lone-surrogate"),
+    pytest.param(line("nul", city="X\u0000").encode(), "nul", id="nul-in-a-text"),  # PostgreSQL refuses it
+    pytest.param(b"\x00" + line("nul-byte").encode(), None, id="nul-byte-not-json"),
+    pytest.param(line("nonutf", city="Gent").encode().replace(b"Gent", b"G\xffnt"), "nonutf", id="not-utf8"),
+]
+
+
+@pytest.mark.parametrize(("hostile", "hostile_id"), HOSTILE)
+def test_a_hostile_message_is_parked_and_the_rest_of_its_batch_inserted(
+    root: Path, tmp_path: Path, url: str, hostile: bytes, hostile_id: str | None
+) -> None:
+    """A value that made Python itself fail (OverflowError, UnicodeEncodeError/DecodeError) is one
+    malformed message like any other: it used to raise, losing the batch (an SQS one forever)."""
+    batch = tmp_path / "hostile.jsonl"
+    batch.write_bytes(line("good-1").encode() + b"\n" + hostile + b"\n" + line("good-2").encode() + b"\n")
+    with batch.open("rb") as lines:
+        summary = operations.ingest(load(root), TASK, lines, name="hostile.jsonl")
+    assert (summary.received, summary.inserted, summary.malformed_count, summary.parked) == (3, 2, 1, 1)
+    assert summary.malformed[0]["id"] == hostile_id
+    assert [r[0] for r in _raw(url)] == ["good-1", "good-2"]
+    parked_rows = _query(url, "SELECT message_id, error, body FROM {log}parked")
+    assert [r[0] for r in parked_rows] == [hostile_id]
+    prefix = f"message {hostile_id}: " if hostile_id else "hostile.jsonl:2 is not JSON"
+    assert parked_rows[0][1].startswith(prefix)
+    logged = _query(url, "SELECT received, inserted, malformed FROM {log}batches ORDER BY id")
+    assert logged == [(3, 2, 1)]
+
+
+def test_ingest_cli_reports_a_line_that_is_not_utf8_and_exits_1(root: Path, tmp_path: Path, url: str) -> None:
+    batch = tmp_path / "latin1.jsonl"
+    batch.write_bytes(line("ok").encode() + b"\n" + b'{"city": "Li\xe8ge"}\n')
+    proc = cli(root, "ingest", TASK, str(batch))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "1 inserted, 0 duplicates, 1 malformed (parked)" in proc.stdout
+    assert f"parked: {batch}:2 is not UTF-8 text (byte 0xe8 at byte 13)" in proc.stderr
+    assert [r[0] for r in _raw(url)] == ["ok"]
+    assert _query(url, "SELECT message_id, body FROM {log}parked") == [(None, '{"city": "Li\\xe8ge"}')]

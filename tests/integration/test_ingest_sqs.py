@@ -171,3 +171,23 @@ def test_run_drains_the_queue_in_batches(tmp_path: Path, source: str, sqs: Any) 
     assert len(_raw(source)) == 35 and _left(sqs, queue_url) == 0
     [empty] = engine.run(load(root), [TASK], RunOptions())
     assert empty.ingest is not None and empty.ingest["received"] == 0
+
+
+def test_hostile_messages_are_parked_and_deleted_not_redelivered_forever(
+    tmp_path: Path, source: str, sqs: Any
+) -> None:
+    """Values that made Python raise (a huge integer, a time before year 1 in UTC, a lone surrogate)
+    used to fail the whole batch, which then came back after every visibility timeout."""
+    queue_url = _queue(sqs)
+    huge = sns_body("sns-big", "Gent", "1").replace('"Value": "1"', '"Value": 1' + "0" * 400)
+    year_1 = sns_body("sns-old", "Gent", "1").replace("2024-03-10T11:58:00.000Z", "0001-01-01T00:00:00+01:00")
+    surrogate = sns_body("sns-sur", "Gent", "1").replace('"Value": "Gent"', '"Value": "G\\ud800nt"')
+    _send(sqs, queue_url, [huge, year_1, surrogate, sns_body("sns-ok", "Genk", "7")])
+    root = _project(tmp_path, source, sqs, queue_url)
+    proc = cli(root, "ingest", TASK, "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["received"], summary["inserted"], summary["malformed_count"], summary["parked"]) == (4, 1, 3, 3)
+    assert sorted(str(m["id"]) for m in summary["malformed"]) == ["sns-big", "sns-old", "sns-sur"]
+    assert _raw(source) == [("sns-ok", "Genk", 7.0)]
+    assert _left(sqs, queue_url) == 0  # handled, so deleted

@@ -14,7 +14,7 @@ from .render import ingest_text
 
 @main.command()
 @click.argument("task")
-@click.argument("source", type=click.File("r", encoding="utf-8"), required=False)
+@click.argument("source", type=click.File("rb"), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handled
 def ingest(task: str, source: Any, as_json: bool) -> None:
