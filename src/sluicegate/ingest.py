@@ -46,9 +46,11 @@ class IngestSummary:
     inserted: int = 0
     duplicates: int = 0
     batches: int = 0
-    parked: int = 0
+    parked: int = 0  # malformed messages this ingest parked
+    already_parked: int = 0  # malformed messages parked before (the same id, or body without an id)
     malformed: list[dict[str, str | None]] = field(default_factory=list)  # {"id", "error"}, the first 100
     malformed_count: int = 0
+    malformed_setting: str = "skip"  # the task's `malformed`: "skip" or "park"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -85,18 +87,20 @@ class Ingestor:
         """Write one batch; then each message is inserted, a duplicate, or reported as malformed."""
         good, bad = self._split(messages)
         try:
-            inserted, refused = self._commit(messages, good, bad, isolate=False)
+            inserted, refused, parked = self._commit(messages, good, bad, isolate=False)
         except DataError as exc:
             if not row_fault(exc):
                 raise
-            inserted, refused = self._commit(messages, good, bad, isolate=True)
+            inserted, refused, parked = self._commit(messages, good, bad, isolate=True)
         summary.batches += 1
         summary.received += len(messages)
         summary.inserted += inserted
         summary.duplicates += len(messages) - inserted - len(bad) - len(refused)
+        summary.parked += parked
+        if self.task.malformed == "park":
+            summary.already_parked += len(bad) + len(refused) - parked
         for message in [*bad, *refused]:
             summary.malformed_count += 1
-            summary.parked += self.task.malformed == "park"
             if len(summary.malformed) < MAX_REPORTED:
                 summary.malformed.append({"id": message.id, "error": message.error})
 
@@ -118,11 +122,13 @@ class Ingestor:
 
     def _commit(
         self, messages: Sequence[Message], good: list[Message], bad: list[Message], *, isolate: bool
-    ) -> tuple[int, list[Message]]:
-        """One transaction: the rows (each under a savepoint if ``isolate``), parked messages, the log."""
+    ) -> tuple[int, list[Message], int]:
+        """One transaction: the rows (each under a savepoint if ``isolate``), parked messages, the log.
+        Returns the rows inserted, the messages whose row was refused, and the messages parked anew."""
         store, url = self.target.ingest, self.target.url
         with self.target.core.transaction() as cur:
             refused: list[Message] = []
+            parked = 0
             if isolate:
                 inserted = sum(self._insert_alone(cur, m, refused) for m in good)
             else:
@@ -131,14 +137,14 @@ class Ingestor:
             if self.task.malformed == "park":
                 for message in [*bad, *refused]:
                     assert message.error is not None
-                    store.park(
+                    parked += store.park(
                         cur, self.task.name, message_id=message.id, body=clean(message.body),
                         error=clean(message.error),
                     )  # fmt: skip
             ids = [m.id or "" for m in messages]
             store.record(cur, self.task.name, received=len(messages), inserted=inserted,
                          malformed=len(bad) + len(refused), ids=ids)  # fmt: skip
-        return inserted, refused
+        return inserted, refused, parked
 
     def _insert_alone(self, cur: Any, message: Message, refused: list[Message]) -> int:
         """Insert one message's row under a savepoint; a refused row is rolled back and reported."""

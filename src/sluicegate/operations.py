@@ -358,7 +358,7 @@ def ingest(
     if lines is None and task.sqs is None:
         raise UsageError(f"task {task_name!r} has no [sqs] queue; give a file of JSON lines, or - for stdin")
     s = project.settings
-    summary = IngestSummary()
+    summary = IngestSummary(malformed_setting=task.malformed)
     with Ledger(s.source_url, schema=s.ledger_schema) as target:
         ingestor = Ingestor(task, target)
         if lines is not None:

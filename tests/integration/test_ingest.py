@@ -184,16 +184,20 @@ def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_block
 def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_path: Path, url: str) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_text(line("ok") + "\n" + line("bad", value="x") + "\n{\n")
-    for _ in range(2):
-        summary = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
-        assert summary.inserted <= 1 and summary.malformed_count == 2 and summary.parked == 2
+    first = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
+    assert (first.inserted, first.malformed_count, first.parked, first.already_parked) == (1, 2, 2, 0)
+    # ingested again: both are malformed again, but parked before, and the summary says so
+    again = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
+    assert (again.inserted, again.malformed_count, again.parked, again.already_parked) == (0, 2, 0, 2)
     parked = _query(url, "SELECT message_id, error, body FROM {log}parked ORDER BY id")
-    # "bad" once (a redelivered message is not parked again); the line without an id each time
-    assert [(p[0], p[1].split(":")[0]) for p in parked] == [("bad", "message bad"), (None, "in.jsonl"),
-                                                            (None, "in.jsonl")]  # fmt: skip
-    assert parked[0][2] == line("bad", value="x")
+    # "bad" once (a redelivered message is not parked again); the line without an id once per body
+    assert [(p[0], p[1].split(":")[0]) for p in parked] == [("bad", "message bad"), (None, "in.jsonl")]
+    assert parked[0][2] == line("bad", value="x") and parked[1][2] == "{"
+    other = tmp_path / "other.jsonl"
+    other.write_text("}\n")  # another body without an id is parked
+    assert operations.ingest(load(root), TASK, other.open(), name="other.jsonl").parked == 1
     status = {r["task"]: r for r in operations.status(load(root), [TASK])}[TASK]
-    assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (6, 1, 4, 3)
+    assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (7, 1, 5, 3)
 
 
 def test_skip_parks_nothing(root: Path, tmp_path: Path, url: str) -> None:
@@ -261,9 +265,9 @@ def test_a_malformed_message_with_a_very_long_id_is_parked_once(root: Path, tmp_
     long_id = "x" * 2000
     batch = tmp_path / "long.jsonl"
     batch.write_text(line(long_id, value="x") + "\n" + line("ok") + "\n")
-    for _ in range(2):  # the second time is a redelivery: parked once
+    for parked in (1, 0):  # the second time is a redelivery: parked once
         summary = operations.ingest(load(root), TASK, batch.open())
-        assert summary.malformed_count == 1 and summary.parked == 1
+        assert (summary.malformed_count, summary.parked, summary.already_parked) == (1, parked, 1 - parked)
     assert [len(r[0]) for r in _query(url, "SELECT message_id FROM {log}parked")] == [2000]
     assert [r[0] for r in _raw(url)] == ["ok"]
 
@@ -305,17 +309,18 @@ def test_a_hostile_message_is_parked_and_the_rest_of_its_batch_inserted(
     malformed message like any other: it used to raise, losing the batch (an SQS one forever)."""
     batch = tmp_path / "hostile.jsonl"
     batch.write_bytes(line("good-1").encode() + b"\n" + hostile + b"\n" + line("good-2").encode() + b"\n")
-    with batch.open("rb") as lines:
-        summary = operations.ingest(load(root), TASK, lines, name="hostile.jsonl")
-    assert (summary.received, summary.inserted, summary.malformed_count, summary.parked) == (3, 2, 1, 1)
-    assert summary.malformed[0]["id"] == hostile_id
+    for parked in (1, 0):  # again: the good ones are duplicates, the hostile one was parked before
+        with batch.open("rb") as lines:
+            summary = operations.ingest(load(root), TASK, lines, name="hostile.jsonl")
+        assert (summary.received, summary.malformed_count, summary.parked) == (3, 1, parked)
+        assert summary.malformed[0]["id"] == hostile_id
     assert [r[0] for r in _raw(url)] == ["good-1", "good-2"]
     parked_rows = _query(url, "SELECT message_id, error, body FROM {log}parked")
     assert [r[0] for r in parked_rows] == [hostile_id]
     prefix = f"message {hostile_id}: " if hostile_id else "hostile.jsonl:2 is not JSON"
     assert parked_rows[0][1].startswith(prefix)
     logged = _query(url, "SELECT received, inserted, malformed FROM {log}batches ORDER BY id")
-    assert logged == [(3, 2, 1)]
+    assert logged == [(3, 2, 1), (3, 0, 1)]
 
 
 def test_ingest_cli_reports_a_line_that_is_not_utf8_and_exits_1(root: Path, tmp_path: Path, url: str) -> None:
@@ -327,3 +332,24 @@ def test_ingest_cli_reports_a_line_that_is_not_utf8_and_exits_1(root: Path, tmp_
     assert f"parked: {batch}:2 is not UTF-8 text (byte 0xe8 at byte 13)" in proc.stderr
     assert [r[0] for r in _raw(url)] == ["ok"]
     assert _query(url, "SELECT message_id, body FROM {log}parked") == [(None, '{"city": "Li\\xe8ge"}')]
+
+
+def test_the_ingest_summary_says_what_was_parked_now_and_before(root: Path, tmp_path: Path) -> None:
+    clean = cli(root, "ingest", TASK, "-", input_text=line("m1") + "\n")
+    assert clean.returncode == 0 and "0 malformed (parked)" in clean.stdout  # park is set: not "(skipped)"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line("m2", city=None) + "\nnotjson\n")
+    first = cli(root, "ingest", TASK, str(bad), "--json")
+    assert first.returncode == 1
+    assert {k: json.loads(first.stdout)[k] for k in ("parked", "already_parked")} == {
+        "parked": 2,
+        "already_parked": 0,
+    }
+    again = cli(root, "ingest", TASK, str(bad))
+    assert again.returncode == 1 and "2 malformed (0 parked, 2 parked before)" in again.stdout
+    toml = root / "tasks" / TASK / "task.toml"
+    toml.write_text(toml.read_text().replace('malformed = "park"', 'malformed = "skip"'))
+    skipped = cli(root, "ingest", TASK, str(bad))
+    assert (
+        "2 malformed (skipped)" in skipped.stdout and "skipped: message m2: city is missing" in skipped.stderr
+    )

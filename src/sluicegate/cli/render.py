@@ -55,7 +55,10 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
 
 def ingest_text(counts: dict[str, Any]) -> str:
     """An ingest's counts on one line."""
-    kept = "parked" if counts["parked"] else "skipped"
+    kept = "skipped"
+    if counts.get("malformed_setting") == "park":
+        before = counts.get("already_parked", 0)
+        kept = f"{counts['parked']:,} parked, {before:,} parked before" if before else "parked"
     return (
         f"{counts['received']:,} messages received, {counts['inserted']:,} inserted, "
         f"{counts['duplicates']:,} duplicates, {counts['malformed_count']:,} malformed ({kept})"

@@ -121,7 +121,7 @@ class Driver:
         """Drain the task's SQS queue into its table; a task without ``[sqs]`` has nothing to do."""
         if task.sqs is None:
             return 0
-        ingested = IngestSummary()
+        ingested = IngestSummary(malformed_setting=task.malformed)
         queue = SqsQueue(task.sqs)
         try:
             drain(

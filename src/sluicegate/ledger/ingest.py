@@ -53,9 +53,11 @@ class IngestStore(Store):
             duplicates=received - inserted - malformed, message_ids=json.dumps(list(ids)),
         )  # fmt: skip
 
-    def park(self, cur: Any, task: str, *, message_id: str | None, body: str, error: str) -> None:
-        """Keep a malformed message and the reason, in the transaction of its batch (``cur``)."""
-        self._run("park", cur, task=task, message_id=message_id, body=body, error=error)
+    def park(self, cur: Any, task: str, *, message_id: str | None, body: str, error: str) -> bool:
+        """Keep a malformed message and the reason, in the transaction of its batch (``cur``);
+        False when it was parked before (its id, or for a message without one its body)."""
+        cur = self._run("park", cur, task=task, message_id=message_id, body=body, error=error)
+        return int(cur.rowcount) > 0
 
     def status(self, task: str) -> dict[str, Any]:
         """An ingest task's totals: batches, messages received, inserted, duplicates, malformed, parked."""

@@ -39,10 +39,14 @@ VALUES (%(task)s, %(received)s, %(inserted)s, %(duplicates)s, %(malformed)s, %(m
 
 -- park --
 -- In the transaction of a batch's rows: a message that could not be ingested, kept with the reason
--- (once per message id: a redelivered one is not parked twice; NULL ids never collide).
+-- (once per message id: a redelivered one is not parked twice; NULL ids never collide in the
+-- unique key, so one without an id is kept once per body by the NOT EXISTS).
 INSERT INTO {t}ingest_parked (task, message_id, body, error, parked_at)
-VALUES (%(task)s, %(message_id)s, %(body)s, %(error)s, UNIX_TIMESTAMP(NOW(6)))
-ON DUPLICATE KEY UPDATE id = id;
+SELECT %(task)s, %(message_id)s, %(body)s, %(error)s, UNIX_TIMESTAMP(NOW(6)) FROM DUAL
+WHERE %(message_id)s IS NOT NULL
+   OR NOT EXISTS (SELECT 1 FROM {t}ingest_parked p
+                  WHERE p.task = %(task)s AND p.message_key IS NULL AND p.body = %(body)s)
+ON DUPLICATE KEY UPDATE id = {t}ingest_parked.id;
 
 -- status --
 -- An ingest task's batches and messages so far, and its parked messages.

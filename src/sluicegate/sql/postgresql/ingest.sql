@@ -37,8 +37,12 @@ VALUES (%(task)s, %(received)s, %(inserted)s, %(duplicates)s, %(malformed)s, %(m
 
 -- park --
 -- In the transaction of a batch's rows: a message that could not be ingested, kept with the reason
--- (once per message id: a redelivered one is not parked twice).
-INSERT INTO {t}ingest_parked (task, message_id, body, error) VALUES (%(task)s, %(message_id)s, %(body)s, %(error)s)
+-- (once per message id: a redelivered one is not parked twice; one without an id once per body).
+INSERT INTO {t}ingest_parked (task, message_id, body, error)
+SELECT %(task)s, CAST(%(message_id)s AS text), %(body)s, %(error)s
+WHERE CAST(%(message_id)s AS text) IS NOT NULL
+   OR NOT EXISTS (SELECT 1 FROM {t}ingest_parked
+                  WHERE task = %(task)s AND message_id IS NULL AND body = CAST(%(body)s AS text))
 ON CONFLICT DO NOTHING;
 
 -- status --

@@ -35,8 +35,11 @@ VALUES (:task, :received, :inserted, :duplicates, :malformed, :message_ids, :now
 
 -- park --
 -- In the transaction of a batch's rows: a message that could not be ingested, kept with the reason
--- (once per message id: a redelivered one is not parked twice).
-INSERT INTO {t}ingest_parked (task, message_id, body, error, parked_at) VALUES (:task, :message_id, :body, :error, :now)
+-- (once per message id: a redelivered one is not parked twice; one without an id once per body).
+INSERT INTO {t}ingest_parked (task, message_id, body, error, parked_at)
+SELECT :task, :message_id, :body, :error, :now
+WHERE :message_id IS NOT NULL
+   OR NOT EXISTS (SELECT 1 FROM {t}ingest_parked WHERE task = :task AND message_id IS NULL AND body = :body)
 ON CONFLICT DO NOTHING;
 
 -- status --
