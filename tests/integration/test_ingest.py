@@ -353,3 +353,11 @@ def test_the_ingest_summary_says_what_was_parked_now_and_before(root: Path, tmp_
     assert (
         "2 malformed (skipped)" in skipped.stdout and "skipped: message m2: city is missing" in skipped.stderr
     )
+
+
+def test_run_of_an_ingest_task_without_a_queue_says_how_messages_get_in(root: Path) -> None:
+    proc = cli(root, "run", TASK)
+    assert proc.returncode == 0, proc.stderr
+    assert "no [sqs] queue in" in proc.stdout and f"sluicegate ingest {TASK} FILE" in proc.stdout
+    summary = json.loads(cli(root, "run", TASK, "--json").stdout)[0]
+    assert "no [sqs] queue" in summary["ingest"]["note"] and summary["ingest"]["received"] == 0

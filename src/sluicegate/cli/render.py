@@ -54,7 +54,9 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
 
 
 def ingest_text(counts: dict[str, Any]) -> str:
-    """An ingest's counts on one line."""
+    """An ingest's counts on one line (or why there was nothing to ingest)."""
+    if counts.get("note"):
+        return str(counts["note"])
     kept = "skipped"
     if counts.get("malformed_setting") == "park":
         before = counts.get("already_parked", 0)

@@ -118,8 +118,14 @@ class Driver:
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> int:
-        """Drain the task's SQS queue into its table; a task without ``[sqs]`` has nothing to do."""
+        """Drain the task's SQS queue into its table; a task without ``[sqs]`` has nothing to do (the
+        summary says so, and how messages get in)."""
         if task.sqs is None:
+            note = (
+                f"no [sqs] queue in {task.folder / 'task.toml'}, so a run has nothing to drain; "
+                f"ingest JSON lines with `sluicegate ingest {task.name} FILE`, or add [sqs] queue_url"
+            )
+            summary.ingest = {**IngestSummary(malformed_setting=task.malformed).as_dict(), "note": note}
             return 0
         ingested = IngestSummary(malformed_setting=task.malformed)
         queue = SqsQueue(task.sqs)
