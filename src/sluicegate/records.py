@@ -44,7 +44,12 @@ def coerce(value: Any, kind: str) -> Any:
     if kind == "text":
         if isinstance(value, dict | list):
             raise ValueError(f"{type(value).__name__} is not text")
-        return str(value)
+        text = str(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # JSON's "\ud800": no database driver sends it
+            raise ValueError(f"{text[:40]!r} is not valid Unicode text (a lone surrogate)") from None
+        return text
     if kind == "int":
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"{value!r} is not a whole number")

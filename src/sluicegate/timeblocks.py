@@ -190,7 +190,15 @@ def request_range(
         return time_min, time_max
     if interval < 1:
         raise UsageError(f"interval {interval} must be at least 1 hour")
-    return time_max - interval * HOUR, time_max
+    try:
+        time_min = time_max - interval * HOUR
+        if time_min.year < FIRST_YEAR:
+            raise OverflowError
+    except OverflowError:
+        raise UsageError(
+            f"interval {interval} reaches back before the year {FIRST_YEAR}; ask for fewer hours"
+        ) from None
+    return time_min, time_max
 
 
 def path_fields(*, task: str, stage: str, key: str | None, key_value: str, block: Block) -> dict[str, Any]:

@@ -360,6 +360,7 @@ def test_force_leaves_a_block_alone_while_another_run_holds_a_later_stage(
             "time_max '9999-12-31-23' is out of range; use a time between the years",
         ),
         (["--time-max", "0001-01-01-00"], "time_max '0001-01-01-00' is out of range"),
+        (["--time-max", "0003-01-01-00", "--interval", "50000"], "reaches back before the year 2"),
     ],
 )
 @pytest.mark.parametrize("dry", [False, True])
@@ -410,6 +411,7 @@ columns = { id = "text", v = "int", f = "float" }
         ),
         ('{"id": "x", "v": 1, "f": "abc", "ts": 1}', "f: could not convert string to float: 'abc'", 1),
         ('{"id": "x", "v": 1, "f": float("nan"), "ts": 1}', "is not a finite number", 1),
+        ('{"id": "x\\ud800", "v": 1, "f": 1, "ts": 1}', "is not valid Unicode text (a lone surrogate)", 1),
     ],
 )
 def test_one_record_that_does_not_fit_is_counted_and_the_others_are_loaded_and_published(

@@ -68,7 +68,10 @@ class JsonlWriter:
                 )
             except (TypeError, ValueError) as exc:
                 raise DataError(f"a record cannot be written as JSON: {exc}") from None
-            lines += text.encode("utf-8") + b"\n"
+            try:
+                lines += text.encode("utf-8") + b"\n"
+            except UnicodeEncodeError:  # a lone surrogate: kept as JSON's \ud800 escape, for readers to judge
+                lines += json.dumps(json.loads(text), separators=(",", ":")).encode("ascii") + b"\n"
             self.rows += 1
         if self._fernet is not None:
             self._buffer += lines
