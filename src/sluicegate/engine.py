@@ -16,7 +16,7 @@ from typing import Any
 
 from .changes import FeedRun
 from .drivers import Context, Progress, kind_module
-from .exceptions import ConfigError, SluicegateError
+from .exceptions import ConfigError, SluicegateError, UsageError
 from .options import Budget, RunOptions, TaskSummary
 from .specs import Project, TaskBase
 
@@ -95,7 +95,7 @@ class Exporter:
             # A task-level problem (bad query, no zone, ledger down) stops this task only; it is
             # recorded on the ledger, so status shows it until a run of the task succeeds.
             summary.task_errors.append(str(exc))
-            summary.config_error = summary.config_error or isinstance(exc, ConfigError)
+            summary.config_error = summary.config_error or isinstance(exc, ConfigError | UsageError)  # exit 2
             log.debug("task %s failed", task.name, exc_info=True)
             self._remember(task, str(exc), config=isinstance(exc, ConfigError))
             return 0

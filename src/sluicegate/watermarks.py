@@ -294,6 +294,14 @@ def plan_windows(
     """Decide each entity's window; return the windows to export, notes on the others, the claim token."""
     export_type = request.export_type or task.export_type
     end = request.end or type_end(export_type, now, task)
+    latest = now - dt.timedelta(seconds=task.safety_margin)
+    if request.touches_watermarks and end > latest:
+        # The watermark would pass rows not written yet: every one of them, cursor before the
+        # end, would then be in no file (a re-export window, which moves no watermark, may).
+        raise UsageError(
+            f"task {task.name}: endDateTime {end.isoformat()} is in the future (the latest end is now"
+            f" minus safety_margin, {latest.isoformat(timespec='seconds')}); give an end that has passed"
+        )
     values = _entity_values(task, request, source)
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
