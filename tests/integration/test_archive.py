@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import signal
 import sqlite3
 import threading
@@ -271,6 +272,35 @@ def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> N
     assert names == {first.name, first.name.replace(".csv.gz", "-2.csv.gz")}
     assert first.read_bytes() == content
     assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_no_archive_task_takes_a_file_name_another_task_used(tmp_path: Path) -> None:
+    """Names were only kept apart within a task, and "-2" went before the first dot: task
+    "my.arch"'s second file of a day was "my-2.arch-<day>...", the first file of task
+    "my-2.arch", and replaced it after its rows were deleted. Two tasks whose paths render
+    alike overwrote each other the same way."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    (root / "tasks" / "agency").rename(root / "tasks" / "my.arch")
+    shutil.copytree(root / "tasks" / "my.arch", root / "tasks" / "my-2.arch")
+    agency = Agency(url)
+    _seed(agency)
+    engine.run(load(root), ["my-2.arch"])
+    [first] = files(tmp_path / "out")
+    content = first.read_bytes()
+    engine.run(load(root), ["my.arch"])  # nothing left to archive: its file holds the header
+    engine.run(load(root), ["my.arch"])
+    names = sorted(p.name for p in files(tmp_path / "out"))
+    day = first.name.removeprefix("my-2.arch-")
+    assert names == sorted([first.name, f"my.arch-{day}", f"my.arch-{day}".replace(".csv.gz", "-2.csv.gz")])
+    assert first.read_bytes() == content and len(_rows(first)) == 9
+    for folder in ("my.arch", "my-2.arch"):  # paths that render alike, with no {task}
+        with (root / "tasks" / folder / "task.toml").open("a") as toml:
+            toml.write('path = "archive-{boundary:%Y%m%d}.{ext}"\n')
+    engine.run(load(root))
+    alike = {p.name for p in files(tmp_path / "out") if p.name.startswith("archive-")}
+    [plain] = [n for n in alike if not n.endswith("-2.csv.gz")]
+    assert alike == {plain, plain.replace(".csv.gz", "-2.csv.gz")}
 
 
 def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: Path) -> None:

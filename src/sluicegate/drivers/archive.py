@@ -307,11 +307,14 @@ class Driver:
     def _free_path(self, task: Task, boundary: dt.datetime, run_id: str) -> str:
         base = render_archive_path(task, boundary, run_id[:8])
         folder, slash, name = base.rpartition("/")
-        stem, dot, ext = name.partition(".")  # "-2" goes before the whole extension (.csv.gz)
+        # "-2" goes before the whole extension (.csv.gz), not before the first dot: task
+        # "my.arch"'s second file of a day was "my-2.arch-<day>.csv", task "my-2.arch"'s first.
+        suffix = f".{task.extension}"
+        stem, ext = (name[: -len(suffix)], suffix) if name.endswith(suffix) else (name, "")
         candidate, n = base, 1
-        while self.context.ledger.archive.path_taken(task.name, candidate):
+        while self.context.ledger.archive.path_taken(candidate):  # by any task: one destination
             n += 1
-            candidate = f"{folder}{slash}{stem}-{n}{dot}{ext}"
+            candidate = f"{folder}{slash}{stem}-{n}{ext}"
         return candidate
 
     def _export(

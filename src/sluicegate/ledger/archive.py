@@ -55,9 +55,11 @@ class ArchiveStore(Store):
         assert boundary is not None
         return str(row[0]), boundary, str(row[2]), str(row[3]), int(row[4] or 0), int(row[5] or 0)
 
-    def path_taken(self, task: str, path: str) -> bool:
-        """Whether a run of ``task`` has used the file name ``path``."""
-        return self._run("path_taken", task=task, path=path).fetchone() is not None
+    def path_taken(self, path: str) -> bool:
+        """Whether a run of any archive task has used the file name ``path`` (tasks whose paths
+        render alike, or one's "-2" name another's, would otherwise overwrite a file whose rows
+        are already deleted)."""
+        return self._run("path_taken", path=path).fetchone() is not None
 
     def start(self, run_id: str, task: str, boundary: dt.datetime, path: str) -> None:
         """Record a new run before anything is written."""

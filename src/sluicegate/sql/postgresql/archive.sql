@@ -7,8 +7,8 @@ SELECT id, boundary, path, state, rows, bytes, checksum FROM {t}archive_runs
 WHERE task = %(task)s AND state <> 'done' ORDER BY started_at LIMIT 1;
 
 -- path_taken --
--- Whether an archive file name was already used by a run of the task.
-SELECT 1 FROM {t}archive_runs WHERE task = %(task)s AND path = %(path)s;
+-- Whether an archive file name was already used by a run of any archive task (one destination).
+SELECT 1 FROM {t}archive_runs WHERE path = %(path)s;
 
 -- start --
 -- Record a new archive run before anything is written.
