@@ -402,6 +402,15 @@ def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[
     found = discover_entities(task, source)
     if not found:
         raise ConfigError(f"{task.folder / 'select.sql'} returned no entities; nothing to export")
+    kinds = {type(v).__name__: v for v in found}
+    if len(kinds) > 1:
+        # A SQLite column without a type keeps 7 and '7' apart: one of them was read as the
+        # other, matched no row, and its rows were in no file while its watermark moved on.
+        shown = ", ".join(f"{v!r} ({k})" for k, v in sorted(kinds.items()))
+        raise ConfigError(
+            f"{task.folder / 'select.sql'}: the entity column {task.entity!r} holds values of more than one"
+            f" type ({shown}); return it as one type, e.g. CAST({task.entity} AS TEXT) AS {task.entity}"
+        )
     return {str(v): v for v in found}
 
 

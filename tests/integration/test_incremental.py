@@ -532,6 +532,31 @@ def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> No
     assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_entity_column_of_mixed_types_is_refused_before_any_watermark_moves(tmp_path: Path) -> None:
+    """A SQLite column without a type held 'a' and 5: entity 5 was read as the text '5', matched
+    no row, was "exported" with 0 rows and its watermark passed the row. Now the run stops (exit
+    2) naming the column and the cast that fixes it; with the cast both rows are exported."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    conn.execute(
+        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id, uploaded_on TEXT, payload TEXT)"
+    )
+    conn.execute(
+        "INSERT INTO records (study_id, uploaded_on, payload)"
+        " VALUES ('a', '2024-05-01T00:00:00Z', 'TEXT-A'), (5, '2024-05-01T00:00:01Z', 'INT-5')"
+    )
+    conn.close()
+    refused = cli(root, "run", "--type", "instant")
+    assert refused.returncode == 2 and "holds values of more than one type" in refused.stdout + refused.stderr
+    assert _marks(root) == {} and files(tmp_path / "out") == []
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, CAST(study_id AS TEXT) AS study_id, uploaded_on, payload FROM records"
+    )
+    assert cli(root, "run", "--type", "instant").returncode == 0
+    assert _payloads(tmp_path) == ["INT-5", "TEXT-A"]
+
+
 def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
