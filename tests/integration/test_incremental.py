@@ -557,6 +557,29 @@ def test_an_entity_column_of_mixed_types_is_refused_before_any_watermark_moves(t
     assert _payloads(tmp_path) == ["INT-5", "TEXT-A"]
 
 
+def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
+    """ISO 8601 forms SQLite's julianday() cannot read (basic form, +0100) were in no window,
+    silently; `check` now counts them and names one."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    conn.execute(
+        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id TEXT, uploaded_on TEXT, payload)"
+    )
+    conn.execute("INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '2024-05-01T00:00:00Z')")
+    assert cli(root, "check").returncode == 0
+    conn.execute(
+        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '20240501T000000Z'), ('s1', NULL)"
+    )
+    conn.close()
+    checked = cli(root, "check")
+    assert checked.returncode == 2
+    assert (
+        "1 row(s) have a uploaded_on SQLite cannot read as a time (such as '20240501T000000Z')"
+        in checked.stderr
+    )
+
+
 def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)

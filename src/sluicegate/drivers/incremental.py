@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import validate, watermarks
+from .. import db, validate, watermarks
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
@@ -385,7 +385,29 @@ def check(task: Task, source: Source) -> list[str]:
             f"{toml} cursor: column {task.cursor!r} is {cursor.kind}, not a time; windows compare it "
             "with times, so cast it in select.sql (to timestamptz on PostgreSQL, for example)"
         )
+    if cursor is not None and source.dialect is db.SQLITE:
+        problems += _unreadable_cursors(task, source)
     return problems
+
+
+def _unreadable_cursors(task: Task, source: Source) -> list[str]:
+    """SQLite: rows whose cursor is set but julianday() cannot read (ISO 8601's basic form
+    20260101T000000Z, an offset +0100, an integer): they are in no window, and no run says so."""
+    cursor = db.SQLITE.quote(task.cursor)
+    try:
+        count, example = source.execute(
+            f"SELECT count(*), min(q.{cursor}) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q"
+            f" WHERE q.{cursor} IS NOT NULL AND julianday(q.{cursor}) IS NULL"
+        )[0]
+    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
+        return []
+    if not count:
+        return []
+    return [
+        f"{task.folder / 'select.sql'}: {count:,} row(s) have a {task.cursor} SQLite cannot read as a time"
+        f" (such as {example!r}), so they are in no window and never exported; write them as"
+        " YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in select.sql"
+    ]
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
