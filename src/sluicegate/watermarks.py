@@ -303,9 +303,20 @@ def plan_windows(
             f" minus safety_margin, {latest.isoformat(timespec='seconds')}); give an end that has passed"
         )
     values = _entity_values(task, request, source)
+    unkeyable = [e for e in values if "\x00" in e]  # the ledger's entity lists (JSON) end a text at a NUL
+    refused = [
+        {
+            "entity": e,
+            "rows": 0,
+            "error": f"entity {e!r} holds a NUL character, which the ledger cannot keep; clean the"
+            f" {task.entity} values, or replace it in select.sql",
+        }
+        for e in unkeyable
+    ]
+    values = {e: v for e, v in values.items() if e not in unkeyable}
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
-        return windows, notes, None
+        return windows, refused + notes, None
     horizon, held = commit_horizon(source)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
@@ -331,7 +342,7 @@ def plan_windows(
         else:
             windows.append(window)
     token = claims[0].token if claims and claim else None
-    return windows, notes, token
+    return windows, refused + notes, token
 
 
 def _reexport_windows(

@@ -580,6 +580,28 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
     )
 
 
+def test_an_entity_with_a_nul_fails_each_run_and_the_others_are_exported(tmp_path: Path) -> None:
+    """An entity holding a NUL was never claimed (the ledger's JSON list ended it at the NUL):
+    every run said another export held it, exit 0, and its rows were never exported."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    conn.execute(
+        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id TEXT, uploaded_on TEXT, payload)"
+    )
+    conn.execute(
+        "INSERT INTO records (study_id, uploaded_on, payload)"
+        " VALUES ('a' || char(0) || 'b', '2024-05-01T00:00:00Z', 'NUL'), ('s1', '2024-05-01T00:00:00Z', 'OK')"
+    )
+    conn.close()
+    for _ in range(2):
+        ran = cli(root, "run", "--type", "instant", "--json")
+        assert ran.returncode == 1
+        [summary] = json.loads(ran.stdout)
+        assert summary["failed"] == 1 and "holds a NUL character" in json.dumps(summary["errors"])
+    assert _payloads(tmp_path) == ["OK"]
+
+
 def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)

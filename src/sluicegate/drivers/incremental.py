@@ -212,6 +212,9 @@ class Driver:
                 claim=claim,
             )
         summary.entities += notes
+        for note in notes:
+            if "error" in note:  # an entity that cannot be exported at all: a failure of this run
+                summary.note_failure(str(note["entity"]), str(note["error"]))
         if request.destination:  # an override: failures are recorded with it, for redrive
             windows = [dataclasses.replace(w, destination=request.destination) for w in windows]
         return windows
