@@ -68,6 +68,13 @@ class ExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
+        for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
+            if isinstance(text, str):
+                try:  # a lone surrogate (JSON "\ud800", or a non-UTF-8 argument): no database keeps it
+                    text.encode()
+                except UnicodeEncodeError:
+                    message = f"{name} {text!r} is not valid Unicode text; write it in UTF-8"
+                    raise UsageError(message) from None
 
     @property
     def touches_watermarks(self) -> bool:

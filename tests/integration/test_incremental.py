@@ -505,6 +505,11 @@ def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> No
             "is not supported",
         ),
         ('{"exportType":"DAILY","endDateTime":"yesterday"}', "is not an ISO 8601 date-time"),
+        (
+            '{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","tag":"\\ud800"}',
+            "is not valid Unicode",
+        ),
+        ('{"exportType":"INSTANT","studyWhitelist":["\\ud800"]}', "is not valid Unicode text"),
         # A watermark moved past now: every row written later with a cursor before it was in no file.
         (
             '{"exportType":"DAILY","endDateTime":"2999-01-01T00:00:00Z"}',
@@ -600,6 +605,14 @@ def test_an_entity_with_a_nul_fails_each_run_and_the_others_are_exported(tmp_pat
         [summary] = json.loads(ran.stdout)
         assert summary["failed"] == 1 and "holds a NUL character" in json.dumps(summary["errors"])
     assert _payloads(tmp_path) == ["OK"]
+
+
+def test_a_request_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    root = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    req = tmp_path / "req.json"
+    req.write_bytes(b'{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","tag":"\xff"}')
+    result = cli(root, "request", str(req))
+    assert result.returncode == 2 and "the request is not UTF-8 text (byte 0xff at byte 67)" in result.stderr
 
 
 def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> None:

@@ -97,14 +97,21 @@ def run(
 
 
 @main.command()
-@click.argument("source", type=click.File("r"))
+@click.argument("source", type=click.File("rb"))
 @click.option("--task", "task_name", help="The incremental task (needed when the project has several).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handled
 def request(source: Any, task_name: str | None, as_json: bool) -> None:
     """Run one export request message (Bridge Exporter JSON) from a FILE or - for stdin."""
     project = load()
-    parsed = load_request(source.read())
+    data = source.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"the request is not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start + 1})"
+        ) from None
+    parsed = load_request(text)
     task = incremental_task(project, task_name)
     run_loop(project, [task], RunOptions(request=parsed), every=None, as_json=as_json, names=(task.name,))
 

@@ -252,10 +252,10 @@ class Driver:
             return 0
         request = options.request or ExportRequest()
         recorded_here = not options.recorded
-        if recorded_here:
-            run_request = {**request.as_dict(), "redrive": options.redrive}
-            summary.run_id = ctx.ledger.runs.start(task.name, tag=request.tag, request=run_request)
         try:
+            if recorded_here:
+                run_request = {**request.as_dict(), "redrive": options.redrive}
+                summary.run_id = ctx.ledger.runs.start(task.name, tag=request.tag, request=run_request)
             if recorded_here:  # a CLI run beats (the service's RunManager beats for the runs it records)
                 assert summary.run_id is not None
                 with run_heartbeat(ctx.ledger.url, ctx.ledger.schema, summary.run_id):
