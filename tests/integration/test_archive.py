@@ -303,6 +303,24 @@ def test_no_archive_task_takes_a_file_name_another_task_used(tmp_path: Path) -> 
     assert alike == {plain, plain.replace(".csv.gz", "-2.csv.gz")}
 
 
+def test_a_path_that_escapes_the_destination_skips_its_task_only(tmp_path: Path) -> None:
+    """A path template rendering outside the destination stopped every command (check, run,
+    run of another task, status) with exit 1, without naming the file."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    shutil.copytree(root / "tasks" / "agency", root / "tasks" / "bad")
+    with (root / "tasks" / "bad" / "task.toml").open("a") as toml:
+        toml.write('path = "../{task}-{run}.{ext}"\n')
+    agency = Agency(url)
+    _seed(agency)
+    checked = cli(root, "check")
+    assert checked.returncode == 2 and "tasks/bad/task.toml path: rendered path" in checked.stderr
+    ran = cli(root, "run")
+    assert ran.returncode == 2 and "task bad skipped" in ran.stderr
+    assert len(files(tmp_path / "out")) == 1 and agency.count() == 3  # agency ran
+    assert cli(root, "status").returncode == 0
+
+
 def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     agency = Agency(url)

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import db, paths, validate
-from ..exceptions import ConfigError, DataError, ExportError, PermissionDenied, SluicegateError
+from ..exceptions import (
+    BadPartitionValue,
+    ConfigError,
+    DataError,
+    ExportError,
+    PermissionDenied,
+    SluicegateError,
+)
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
@@ -88,7 +95,10 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     paths.check_template(
         task.path, folder, allowed={"task", "boundary", "run", "format", "ext"}, required=(), what="run field"
     )
-    render_archive_path(task, dt.datetime(2024, 1, 31, tzinfo=UTC), "0123abcd")
+    try:  # a template that escapes the destination is the task's configuration error
+        render_archive_path(task, dt.datetime(2024, 1, 31, tzinfo=UTC), "0123abcd")
+    except BadPartitionValue as exc:
+        raise ConfigError(f"{folder / 'task.toml'} path: {exc}") from None
     return task
 
 

@@ -81,7 +81,10 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         required=(task.entity, "start"), what="window field",
     )  # fmt: skip
     sample = dt.datetime(2024, 1, 31, tzinfo=dt.UTC)
-    watermarks.render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
+    try:  # a template that escapes the destination is the task's configuration error
+        watermarks.render_window_path(task, "entity-1", "daily", sample, sample + dt.timedelta(days=1))
+    except BadPartitionValue as exc:
+        raise ConfigError(f"{folder / 'task.toml'} path: {exc}") from None
     return task
 
 
