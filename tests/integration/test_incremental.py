@@ -310,6 +310,25 @@ def test_redrive_sends_a_failed_override_reexport_to_its_own_destination(url: st
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
 
 
+def test_a_reexport_to_a_destination_that_is_down_is_recorded_and_a_bad_url_exits_2(tmp_path: Path) -> None:
+    """`run --destination` to an FTP server that refuses, or to an unknown scheme, crashed with a
+    traceback and recorded nothing for redrive."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "a")
+    window = ["--time-min", (T - dt.timedelta(days=1)).isoformat(), "--time-max", T.isoformat()]
+    down = cli(root, "run", "--destination", "ftp://bob:pw@127.0.0.1:1/x", *window)
+    assert (
+        down.returncode == 1
+        and "Traceback" not in down.stderr
+        and "Connection refused" in down.stdout + down.stderr
+    )
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_mode"] == "reexport" and row["failed_destination"] == "ftp://bob:pw@127.0.0.1:1/x"
+    bad = cli(root, "run", "--destination", "nosuch://bucket/x", *window)
+    assert bad.returncode == 2 and "Protocol not known: nosuch" in bad.stdout + bad.stderr
+
+
 # 6: an end before the watermark exports nothing and moves nothing
 def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)

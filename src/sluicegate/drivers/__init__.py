@@ -34,9 +34,11 @@ from typing import Any, Protocol
 
 from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
+from ..exceptions import DestinationUnavailable, SluicegateError, UsageError
 from ..faults import Fault, fault_point
 from ..formats import SPECS
 from ..ledger import Ledger, open_ledger
+from ..masking import mask_url
 from ..options import Budget, RunOptions, TaskSummary
 from ..sources import Column, Mode, ReadSpec, Source, open_source
 from ..specs import Project, TaskBase
@@ -131,7 +133,16 @@ class Context:
         if url is None:
             return self.destination
         settings = self.project.settings.destination
-        return open_destination(dataclasses.replace(settings, url=url))
+        try:
+            return open_destination(dataclasses.replace(settings, url=url))
+        except SluicegateError:
+            raise
+        except (ValueError, ImportError) as exc:  # an unknown scheme, a URL that is no URL
+            raise UsageError(
+                f"destination {mask_url(url)}: {exc}; give a folder, file://, or s3:// URL"
+            ) from None
+        except OSError as exc:  # down, refused, unreachable: retried by redrive
+            raise DestinationUnavailable(f"destination {mask_url(url)}: {exc}") from None
 
 
 class Driver(Protocol):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import db, validate, watermarks
-from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
+from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, SluicegateError, UsageError
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -288,7 +288,17 @@ class Driver:
         for window in windows:
             groups.setdefault(window.destination, []).append(window)
         for url, group in groups.items():
-            destination = ctx.destination_for(url)
+            try:
+                destination = ctx.destination_for(url)
+            except DestinationUnavailable as exc:  # recorded with the windows' destination, for redrive
+                for window in group:
+                    piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
+                    token = window.claim.token if window.claim else ""
+                    recorder.fail(
+                        WorkUnit(key=window.entity, slice=piece, path="", token=token, handle=window), exc
+                    )
+                    summary.note_failure(window.entity, str(exc))
+                continue
             pipeline = Pipeline(
                 read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
                 format=task.format, columns=columns, mode=mode, destination=destination, recorder=recorder,
