@@ -329,6 +329,20 @@ def test_a_reexport_to_a_destination_that_is_down_is_recorded_and_a_bad_url_exit
     assert bad.returncode == 2 and "Protocol not known: nosuch" in bad.stdout + bad.stderr
 
 
+def test_a_dry_run_lists_every_entity_though_one_cannot_be_in_a_path(tmp_path: Path) -> None:
+    """One entity no path can hold (a/b) made the dry run list nothing and exit 1."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "a")
+    rec.add("a/b", T - dt.timedelta(hours=5), "b")
+    dry = cli(root, "run", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    [summary] = json.loads(dry.stdout)
+    plan = {e["partition"]["entity"]: e for e in summary["plan"]}
+    assert set(plan) == {"s1", "a/b"} and "path" in plan["s1"] and "holds a slash" in plan["a/b"]["error"]
+
+
 # 6: an end before the watermark exports nothing and moves nothing
 def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)

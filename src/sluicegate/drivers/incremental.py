@@ -215,7 +215,7 @@ class Driver:
                 claim=claim,
             )
         summary.entities += notes
-        for note in notes:
+        for note in notes if claim else ():
             if "error" in note:  # an entity that cannot be exported at all: a failure of this run
                 summary.note_failure(str(note["entity"]), str(note["error"]))
         if request.destination:  # an override: failures are recorded with it, for redrive
@@ -225,17 +225,19 @@ class Driver:
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
         """Each entity's window in ``summary.plan`` (and notes on the others), without claiming."""
         windows = self._windows(task, options, claim=False, summary=summary)
-        summary.plan = [
-            {
+        for w in windows:  # one entity no path can hold is listed with its error, not the end of the plan
+            entry: dict[str, Any] = {
                 "partition": {"entity": w.entity},
                 "reason": w.mode,
                 "start": w.start.isoformat(),
                 "end": w.end.isoformat(),
                 "type": w.export_type,
-                "path": watermarks.window_path(task, w),
             }
-            for w in windows
-        ]
+            try:
+                entry["path"] = watermarks.window_path(task, w)
+            except SluicegateError as exc:
+                entry["error"] = str(exc)
+            summary.plan.append(entry)
 
     def run(
         self,
