@@ -62,19 +62,17 @@ class ExportRequest:
     destination: str | None = None
 
     def __post_init__(self) -> None:
-        # From every entry point (CLI, request message, HTTP, Python): a time without an offset
-        # is UTC, and one that cannot be windowed is refused before anything is claimed.
+        # From every entry point (CLI, request, HTTP, Python): a time without an offset is UTC, one
+        # that cannot be windowed is refused before any claim, and so is text no database keeps.
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
         for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
-            if isinstance(text, str):
-                try:  # a lone surrogate (JSON "\ud800", or a non-UTF-8 argument): no database keeps it
-                    text.encode()
-                except UnicodeEncodeError:
-                    message = f"{name} {text!r} is not valid Unicode text; write it in UTF-8"
-                    raise UsageError(message) from None
+            if isinstance(text, str) and text.encode("utf-8", "surrogatepass") != text.encode(
+                "utf-8", "replace"
+            ):
+                raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")
 
     @property
     def touches_watermarks(self) -> bool:
@@ -288,6 +286,19 @@ def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     return sorted((r[0] for r in rows), key=str)
 
 
+def check_end(task: TaskSpec, request: ExportRequest, now: dt.datetime) -> dt.datetime:
+    """The run's window end; a watermark run's may not be in the future: the watermark would pass
+    rows not written yet, each then in no file (a re-export window, which moves none, may)."""
+    end = request.end or type_end(request.export_type or task.export_type, now, task)
+    latest = now - dt.timedelta(seconds=task.safety_margin)
+    if request.touches_watermarks and end > latest:
+        raise UsageError(
+            f"task {task.name}: endDateTime {end.isoformat()} is in the future (the latest end is now"
+            f" minus safety_margin, {latest.isoformat(timespec='seconds')}); give an end that has passed"
+        )
+    return end
+
+
 def plan_windows(
     task: TaskSpec,
     request: ExportRequest,
@@ -300,26 +311,11 @@ def plan_windows(
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Decide each entity's window; return the windows to export, notes on the others, the claim token."""
     export_type = request.export_type or task.export_type
-    end = request.end or type_end(export_type, now, task)
-    latest = now - dt.timedelta(seconds=task.safety_margin)
-    if request.touches_watermarks and end > latest:
-        # The watermark would pass rows not written yet: every one of them, cursor before the
-        # end, would then be in no file (a re-export window, which moves no watermark, may).
-        raise UsageError(
-            f"task {task.name}: endDateTime {end.isoformat()} is in the future (the latest end is now"
-            f" minus safety_margin, {latest.isoformat(timespec='seconds')}); give an end that has passed"
-        )
+    end = check_end(task, request, now)
     values = _entity_values(task, request, source)
     unkeyable = [e for e in values if "\x00" in e]  # the ledger's entity lists (JSON) end a text at a NUL
-    refused = [
-        {
-            "entity": e,
-            "rows": 0,
-            "error": f"entity {e!r} holds a NUL character, which the ledger cannot keep; clean the"
-            f" {task.entity} values, or replace it in select.sql",
-        }
-        for e in unkeyable
-    ]
+    why = f"holds a NUL character, which the ledger cannot keep; clean the {task.entity} values in select.sql"
+    refused = [{"entity": e, "rows": 0, "error": f"entity {e!r} {why}"} for e in unkeyable]
     values = {e: v for e, v in values.items() if e not in unkeyable}
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)

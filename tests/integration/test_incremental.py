@@ -343,6 +343,30 @@ def test_a_dry_run_lists_every_entity_though_one_cannot_be_in_a_path(tmp_path: P
     assert set(plan) == {"s1", "a/b"} and "path" in plan["s1"] and "holds a slash" in plan["a/b"]["error"]
 
 
+@pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        (
+            "SELECT record_id, study_id, uploaded_on AS uploadedon, payload FROM records",
+            "cursor: 'uploaded_on'",
+        ),
+        ("SELECT record_id, study_id, uploaded_on, payload FROM", "select.sql: the query failed"),
+    ],
+)
+def test_a_select_that_does_not_fit_exits_2_before_any_claim(
+    tmp_path: Path, select: str, message: str
+) -> None:
+    """A misspelt cursor column failed a window per entity, counting attempts, exit 1; a syntax
+    error exited 1 too. Both are the task's configuration: exit 2, no failure recorded."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "a")
+    (root / "tasks" / "studies" / "select.sql").write_text(select)
+    ran = cli(root, "run", "--type", "daily", "--entity", "s1")
+    assert ran.returncode == 2 and message in ran.stdout + ran.stderr
+    assert all(w["failed_end"] is None for w in operations.watermarks(load(root), "studies"))
+
+
 # 6: an end before the watermark exports nothing and moves nothing
 def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import db, validate, watermarks
-from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, SluicegateError, UsageError
+from ..exceptions import (
+    BadPartitionValue,
+    ConfigError,
+    DataError,
+    DestinationUnavailable,
+    SluicegateError,
+    UsageError,
+)
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -196,9 +203,29 @@ class Driver:
     def __init__(self, context: Context) -> None:
         self.context = context
 
+    def _select_fits(self, task: Task) -> None:
+        """Before any claim: select.sql runs and returns the entity, cursor, order_by and primary_key
+        columns (a misspelt column failed a window per entity and counted attempts, exit 1)."""
+        try:
+            described = self.context.source.describe(read_spec(task))
+        except DataError as exc:  # the query itself fails: its SQL, not the data (an outage is transient)
+            raise ConfigError(f"{task.folder / 'select.sql'}: {exc}") from None
+        names = {c.name for c in described}
+        wanted = [("entity", task.entity), ("cursor", task.cursor)]
+        wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
+        for field_name, name in wanted:
+            if name not in names:
+                raise ConfigError(
+                    f"{task.folder / 'task.toml'} {field_name}: {name!r} is not a column of select.sql's"
+                    f" result ({', '.join(sorted(names))})"
+                )
+
     def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
         request = options.request or ExportRequest()
+        if not options.redrive:
+            watermarks.check_end(task, request, dt.datetime.now(dt.UTC))  # a usage error first
+        self._select_fits(task)
         store = ctx.ledger.watermarks
         if options.redrive:
             windows, notes, _ = watermarks.redrive_windows(
