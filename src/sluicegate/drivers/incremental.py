@@ -206,19 +206,12 @@ class Driver:
     def _select_fits(self, task: Task) -> None:
         """Before any claim: select.sql runs and returns the entity, cursor, order_by and primary_key
         columns (a misspelt column failed a window per entity and counted attempts, exit 1)."""
-        try:
-            described = self.context.source.describe(read_spec(task))
+        try:  # described once per context: the export reuses it
+            described = self.context.columns(task, read_spec(task))
         except DataError as exc:  # the query itself fails: its SQL, not the data (an outage is transient)
             raise ConfigError(f"{task.folder / 'select.sql'}: {exc}") from None
-        names = {c.name for c in described}
-        wanted = [("entity", task.entity), ("cursor", task.cursor)]
-        wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
-        for field_name, name in wanted:
-            if name not in names:
-                raise ConfigError(
-                    f"{task.folder / 'task.toml'} {field_name}: {name!r} is not a column of select.sql's"
-                    f" result ({', '.join(sorted(names))})"
-                )
+        if missing := missing_columns(task, {c.name for c in described}):
+            raise ConfigError("; ".join(missing))
 
     def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
@@ -320,12 +313,8 @@ class Driver:
             try:
                 destination = ctx.destination_for(url)
             except DestinationUnavailable as exc:  # recorded with the windows' destination, for redrive
-                for window in group:
-                    piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
-                    token = window.claim.token if window.claim else ""
-                    recorder.fail(
-                        WorkUnit(key=window.entity, slice=piece, path="", token=token, handle=window), exc
-                    )
+                for window in group:  # as Pipeline.fail would, had the destination opened
+                    recorder.fail(_fileless_unit(task, window), exc)
                     summary.note_failure(window.entity, str(exc))
                 continue
             pipeline = Pipeline(
@@ -350,6 +339,13 @@ class Driver:
                     pipeline.flush()
 
 
+def _fileless_unit(task: Task, window: Window) -> WorkUnit:
+    """A window's work unit before it has a path: what a failure to reach its file is recorded on."""
+    piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
+    token = window.claim.token if window.claim else ""
+    return WorkUnit(key=window.entity, slice=piece, path="", token=token, handle=window)
+
+
 def _unit(
     task: Task,
     window: Window,
@@ -359,15 +355,13 @@ def _unit(
     columns: Sequence[Column],
 ) -> WorkUnit | None:
     """The work unit of a window (its path checked); a window whose path is unusable fails here."""
-    token = window.claim.token if window.claim else ""
-    piece = Slice(keys=(window.value,), start=window.start, end=window.end, zone=task.zone)
+    unit = _fileless_unit(task, window)
     try:
         value = entity_value(task, window.value, columns)
-        piece = dataclasses.replace(piece, keys=(value,))
         path = watermarks.window_path(task, window)
         destination.check_path(path)
     except SluicegateError as exc:
-        pipeline.fail(WorkUnit(key=window.entity, slice=piece, path="", token=token, handle=window), exc)
+        pipeline.fail(unit, exc)  # recorded on the window (the unit's handle)
         return None
     if window.claim is not None:  # remember the window, so a crashed export is redone the same
         ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
@@ -378,8 +372,8 @@ def _unit(
             f"the file of an earlier window; name windows apart in {task.folder / 'task.toml'} path: "
             "{start:%Y%m%dT%H%M%SZ}, with .%f for windows under a second"
         )
-    return WorkUnit(
-        key=window.entity, slice=piece, path=path, token=token, handle=window, refuse_file=refuse,
+    return dataclasses.replace(
+        unit, slice=dataclasses.replace(unit.slice, keys=(value,)), path=path, refuse_file=refuse,
         keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
     )  # fmt: skip
 
@@ -417,13 +411,7 @@ def check(task: Task, source: Source) -> list[str]:
     except SluicegateError as exc:
         return [str(exc)]
     columns = {c.name: c for c in described}
-    wanted = [("entity", task.entity), ("cursor", task.cursor)]
-    wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
-    problems = [
-        f"{toml} {field}: {name!r} is not a column of select.sql's result"
-        for field, name in wanted
-        if name not in columns
-    ]
+    problems = missing_columns(task, set(columns))
     cursor = columns.get(task.cursor)
     if cursor is not None and cursor.kind not in CURSOR_KINDS:
         problems.append(
@@ -433,6 +421,17 @@ def check(task: Task, source: Source) -> list[str]:
     if cursor is not None and source.dialect is db.SQLITE:
         problems += _unreadable_cursors(task, source)
     return problems
+
+
+def missing_columns(task: Task, names: set[str]) -> list[str]:
+    """The entity, cursor, order_by and primary_key columns the select does not return (``names``)."""
+    wanted = [("entity", task.entity), ("cursor", task.cursor)]
+    wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
+    return [
+        f"{task.folder / 'task.toml'} {field}: {name!r} is not a column of select.sql's result"
+        for field, name in wanted
+        if name not in names
+    ]
 
 
 def _unreadable_cursors(task: Task, source: Source) -> list[str]:
