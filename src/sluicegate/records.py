@@ -141,7 +141,9 @@ class Columns:
                     messages.append(f"record {number}: {exc}")
         return Rows(rows=rows, errors=errors, messages=messages)
 
-    def _row(self, record: Mapping[str, Any], flavor: Flavor) -> tuple[Any, ...]:
+    def values(self, record: Any) -> tuple[Any, ...]:
+        """A record's values of the declared columns, coerced to their kinds; ValueError naming
+        the column when one does not fit (or the key is missing)."""
         if not isinstance(record, Mapping):
             raise ValueError(f"a {type(record).__name__}, not a record (an object)")
         out = []
@@ -150,11 +152,14 @@ class Columns:
             if value is None and name in self.key:
                 raise ValueError(f"key {name} is missing")
             try:
-                value = coerce(value, kind)
+                out.append(coerce(value, kind))
             except (ValueError, TypeError, OverflowError) as exc:
                 raise ValueError(f"{name}: {exc}") from None
-            out.append(_stored(value, kind, flavor))
         return tuple(out)
+
+    def _row(self, record: Mapping[str, Any], flavor: Flavor) -> tuple[Any, ...]:
+        values = self.values(record)
+        return tuple(_stored(v, kind, flavor) for v, (_, kind) in zip(values, self.columns, strict=True))
 
     def shown_key(self, row: tuple[Any, ...]) -> str:
         """A row's key (or its first column) for a message: ``trip_id='t-1'``."""

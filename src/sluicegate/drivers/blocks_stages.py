@@ -28,7 +28,7 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import MAX_MESSAGES, coerce
+from ..records import MAX_MESSAGES, Columns
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
@@ -437,28 +437,21 @@ class _Fitting:
     def __init__(
         self, records: Iterable[Any], columns: Sequence[tuple[str, str]], skipped: list[str]
     ) -> None:
-        self.records, self.columns, self.skipped, self.seen = iter(records), columns, skipped, 0
+        self.records, self.skipped, self.seen = iter(records), skipped, 0
+        self.columns = Columns(columns=tuple(columns))
 
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+    def __iter__(self) -> Iterator[Any]:
         for record in self.records:
             self.seen += 1
-            if not self.columns:  # no declared columns: the records as they are
+            if not self.columns.columns:  # no declared columns: the records as they are
                 yield record
                 continue
-            if not isinstance(record, Mapping):
-                self.skipped.append(
-                    f"record {self.seen}: a {type(record).__name__}, not a record (an object)"
-                )
+            try:
+                row = self.columns.values(record)
+            except ValueError as exc:
+                self.skipped.append(f"record {self.seen}: {exc}")
                 continue
-            row = []
-            for name, kind in self.columns:
-                try:
-                    row.append(coerce(record.get(name), kind))
-                except (ValueError, TypeError, OverflowError) as exc:
-                    self.skipped.append(f"record {self.seen}: {name}: {exc}")
-                    break
-            else:
-                yield tuple(row)
+            yield row
 
 
 def _counts(counts: Any, where: str) -> tuple[int, int, int]:
