@@ -39,7 +39,7 @@ def airmax_project(
             [ledger]
             {ledger_line}
             [destination]
-            url = "{root / "exports"}"
+            url = "{root / 'exports'}"
             [defaults]
             format = "csv"
             backoff = "0s"

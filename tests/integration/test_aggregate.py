@@ -162,9 +162,7 @@ def test_a_cron_schedule_ticks_in_its_zone(tmp_path: Path, url: str) -> None:
     """schedule = "0 * * * *" in Asia/Kolkata (UTC+05:30) ticks at :30 UTC; a run evaluates the latest."""
     root = airmax_project(tmp_path / "proj", url)
     toml = root / "tasks" / AGGREGATE / "task.toml"
-    toml.write_text(
-        toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"')
-    )
+    toml.write_text(toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"'))
     [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
     [evaluation] = summary.aggregate
     tick = dt.datetime.fromisoformat(evaluation["tick"])
@@ -287,11 +285,7 @@ def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> 
         assert _evaluate(root, T - dt.timedelta(hours=hours)).state in ("done", "superseded")
     assert len(_evaluations(root)) == 3
     assert _evaluate(root, T).state == "done"
-    assert [r["tick"] for r in _evaluations(root)] == [
-        T,
-        T - dt.timedelta(hours=1),
-        T - dt.timedelta(hours=3),
-    ]
+    assert [r["tick"] for r in _evaluations(root)] == [T, T - dt.timedelta(hours=1), T - dt.timedelta(hours=3)]
 
 
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
@@ -322,7 +316,7 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
     assert _evaluate(root, T).rows == 1
     assert [r["city"] for r in table(url)] == ["Gent"]
     sql = agg.evaluation_sql(load(root).tasks[AGGREGATE], "postgresql")  # type: ignore[arg-type]
-    assert sql.startswith('WITH in_window AS (SELECT * FROM "raw" WHERE "measurement_time_utc" >= %s')
+    assert sql.startswith("WITH in_window AS (SELECT * FROM \"raw\" WHERE \"measurement_time_utc\" >= %s")
     assert "LIKE 'G%%'" in sql and ",\nnamed AS" in sql
 
 

@@ -39,12 +39,7 @@ def _index_columns(db: tables.TableDb) -> set[str]:
         return {r[0] for r in db.query("SELECT indexdef FROM pg_indexes WHERE tablename = 'raw'")[1]}
     if db.flavor == "mariadb":
         return {r[4] for r in db.query("SHOW INDEX FROM raw")[1] if r[3] == 1}
-    return {
-        r[0]
-        for r in db.query(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'raw' AND sql IS NOT NULL"
-        )[1]
-    }
+    return {r[0] for r in db.query("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'raw' AND sql IS NOT NULL")[1]}
 
 
 def test_the_airmax_data_set_in_each_database(url: str) -> None:
@@ -64,9 +59,7 @@ def test_the_airmax_data_set_in_each_database(url: str) -> None:
         indexed = " ".join(_index_columns(db))
         assert "measurement_time_utc" in indexed  # the index airmax lacked
         big = 2**40  # far past airmax's mediumint (8,388,607 rows, about 58 days at 100 a minute)
-        statement = (
-            f"INSERT INTO raw (id, message_id, measurement_time_utc) VALUES ({db.mark}, {db.mark}, {db.mark})"
-        )
+        statement = f"INSERT INTO raw (id, message_id, measurement_time_utc) VALUES ({db.mark}, {db.mark}, {db.mark})"
         db.execute(statement, (big, "big", tables.time_value(db.flavor, dt.datetime.now(UTC))))
         assert db.query(f"SELECT id FROM raw WHERE message_id = {db.mark}", ("big",))[1] == [(big,)]
     finally:
@@ -122,7 +115,9 @@ def test_the_example_project_end_to_end(tmp_path: Path, request: pytest.FixtureR
     # when its time falls inside (the tick is the last 5-minute boundary, so it may not).
     start = tick - dt.timedelta(hours=3)
     db = tables.TableDb(db_url)
-    _, raw = db.query("SELECT measurement_time_utc, parameter_value FROM raw WHERE city = 'Landen'")
+    _, raw = db.query(
+        "SELECT measurement_time_utc, parameter_value FROM raw WHERE city = 'Landen'"
+    )
     db.close()
     inside = [value for at, value in raw if start <= tables.parse_time(at) < tick]
     assert landen["num_measurements"] == len(inside)

@@ -303,9 +303,7 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     block = type("Block", (), {"key_value": "lime", "task": "trips"})()
     records = [{"trip_id": str(i)} for i in range(5)]
     config = {"url": portal.url, "dataset": "mds-trips"}
-    with pytest.raises(
-        ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"
-    ):
+    with pytest.raises(ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"):
         socrata.upsert(block, iter(records), {**config, "batch": batch})  # type: ignore[arg-type]
     assert portal.upserts() == []
     counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
@@ -456,9 +454,7 @@ def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_ur
         }
         assert led.blocks.commit(StageResult(claim=load, status="done", total=1, processed=1))
         assert led.blocks.busy(where, position=0) == 0
-        assert (
-            led.blocks.reset(where, position=1) == 2
-        )  # the held block's load and publish (the other waits on extract)
+        assert led.blocks.reset(where, position=1) == 2  # the held block's load and publish (the other waits on extract)
 
 
 @pytest.mark.pg
@@ -523,9 +519,7 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
     assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
     server = Server(folder)
     try:
-        page = server.get(
-            f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}
-        ).json()
+        page = server.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
         assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
         first = page[0]
         assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)

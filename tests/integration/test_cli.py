@@ -110,10 +110,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     for day in ("9999-12-31", "0001-01-01"):
         far = cli(root, "mark", "openaq", "location_id=1", f"day={day}")
         assert far.returncode == 2 and "Traceback" not in far.stderr, far.stderr
-        assert (
-            f"day='{day}' is outside the periods sluicegate can export (0001-01-03 to 9999-12-29)"
-            in far.stderr
-        )
+        assert f"day='{day}' is outside the periods sluicegate can export (0001-01-03 to 9999-12-29)" in far.stderr
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
 
@@ -196,10 +193,7 @@ def test_workers_must_be_a_whole_number_or_auto(tmp_path: Path) -> None:
     (root / "sluicegate.toml").write_text(toml.format('"many"'))
     proc = cli(root, "status")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert (
-        "[defaults] workers: 'many' is not a whole number; use one (exporters per run), or \"auto\""
-        in proc.stderr
-    )
+    assert "[defaults] workers: 'many' is not a whole number; use one (exporters per run), or \"auto\"" in proc.stderr
     (root / "sluicegate.toml").write_text(toml.format(0))
     proc = cli(root, "status")
     assert proc.returncode == 2 and "[defaults] workers: 0 is too small; use at least 1" in proc.stderr
@@ -222,9 +216,7 @@ def test_dry_run_keeps_to_its_limit_and_does_not_count_waiting_days(tmp_path: Pa
     today = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     db.insert(1, [today])
     plan = cli(root, "run", "--dry-run", check=True)
-    assert (
-        "openaq: 4 partition(s) would be exported; 1 more wait until their period is complete" in plan.stdout
-    )
+    assert "openaq: 4 partition(s) would be exported; 1 more wait until their period is complete" in plan.stdout
     limited = cli(root, "run", "--dry-run", "--limit", "2", "--json", check=True)
     [summary] = json.loads(limited.stdout)
     assert len(summary["plan"]) == 2 and not any(e["waiting"] for e in summary["plan"])

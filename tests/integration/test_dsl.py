@@ -103,9 +103,7 @@ def test_the_original_folders_and_environment_serve_unchanged(tmp_path: Path, pg
     # agency ran twice: the second run found nothing left to archive and wrote its own file,
     # the header alone (as documented), under the next free name instead of overwriting the first.
     again = f"agency-{midnight}-2.csv.gz"
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [again, *(f"{t}-{midnight}.csv.gz" for t in TABLES)]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([again, *(f"{t}-{midnight}.csv.gz" for t in TABLES)])
     assert gzip.decompress((out / again).read_bytes()).decode().count("\n") == 1
     with psycopg.connect(pg_url) as conn:
         for table in TABLES:

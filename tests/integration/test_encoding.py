@@ -495,8 +495,7 @@ def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) ->
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 @pytest.mark.parametrize(
-    ("value", "shown"),
-    [(1700000000, "1700000000 (int)"), (b"\x00", "b'\\x00' (bytes)"), (2.5, "2.5 (float)")],
+    ("value", "shown"), [(1700000000, "1700000000 (int)"), (b"\x00", "b'\\x00' (bytes)"), (2.5, "2.5 (float)")]
 )
 def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
     tmp_path: Path, fmt: str, value: Any, shown: str
@@ -507,14 +506,7 @@ def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
     the value; the other is exported."""
     rows = [(1, "2024-11-02T12:00:00Z", value), (2, "2024-11-02T12:00:00Z", "2024-01-01T00:00:00Z")]
     url = _sqlite(tmp_path / "s.db", rows, "k, t, u")
-    root = _project(
-        tmp_path / "p",
-        url,
-        "SELECT k, t, u FROM m",
-        fmt,
-        extra='[columns]\nu = "timestamptz"\n',
-        ledger=False,
-    )
+    root = _project(tmp_path / "p", url, "SELECT k, t, u FROM m", fmt, extra='[columns]\nu = "timestamptz"\n', ledger=False)
     project = load(root)
     for k in (1, 2):
         operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
@@ -646,42 +638,11 @@ def test_inlined_parameters_are_the_literals_psycopg_would_bind(pg_url: str) -> 
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     instant = dt.datetime(2024, 3, 31, 1, tzinfo=UTC)
     values: list[Any] = [
-        0,
-        7,
-        7,
-        -3,
-        2**63 - 1,
-        2**63,
-        2**70,
-        True,
-        1,
-        False,
-        0,
-        None,
-        1.5,
-        0.0,
-        -0.0,
-        decimal.Decimal("1.5"),
-        decimal.Decimal("1.50"),
-        "it's",
-        "it's",
-        "100%",
-        "%s",
-        "back\\slash",
-        "new\nline",
-        "",
-        "UTC",
-        instant,
-        instant.astimezone(paris),
-        instant.replace(tzinfo=None),
-        instant,
-        dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris),
-        dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),
-        dt.date(2024, 3, 31),
-        uuid.UUID(int=5),
-        [1, 2, 3],
-        ["a'b", None],
-        b"\x00\xff",
+        0, 7, 7, -3, 2**63 - 1, 2**63, 2**70, True, 1, False, 0, None, 1.5, 0.0, -0.0,
+        decimal.Decimal("1.5"), decimal.Decimal("1.50"), "it's", "it's", "100%", "%s", "back\\slash",
+        "new\nline", "", "UTC", instant, instant.astimezone(paris), instant.replace(tzinfo=None), instant,
+        dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris), dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),
+        dt.date(2024, 3, 31), uuid.UUID(int=5), [1, 2, 3], ["a'b", None], b"\x00\xff",
     ]
     params = values * 3  # a batch repeats its values
     query = sql.SQL("SELECT {} FROM (VALUES ({})) AS v WHERE 'a%%' LIKE 'a%%'").format(
@@ -740,6 +701,7 @@ def test_batches_of_many_partitions_are_read_without_parallel_workers(
             workers[k] = _csv_rows(_file(root, k, DAY, "csv"))[1][-1]
     # Claimed in key order: the first batch holds `big` partitions, the second the last two.
     assert sorted(workers.values()) == ["0"] * big + ["3"] * (20 - big), workers
+
 
 
 # When the statement that read a row began: the partitions of one batch query share it (the
@@ -809,14 +771,7 @@ def test_partitions_are_not_read_one_per_query_when_each_query_would_scan_the_ta
 
 @pytest.mark.parametrize(
     ("path", "fmt"),
-    [
-        ("arrow", "csv"),
-        ("copy", "csv"),
-        ("arrow", "parquet"),
-        ("rows", "parquet"),
-        ("sqlite", "csv"),
-        ("sqlite", "parquet"),
-    ],
+    [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet"), ("sqlite", "csv"), ("sqlite", "parquet")],
 )
 def test_column_names_with_placeholder_and_quote_characters_are_read_on_every_path(
     tmp_path: Path, pg_url: str, path: str, fmt: str, monkeypatch: pytest.MonkeyPatch
@@ -883,9 +838,7 @@ EDGE = "'9999-12-31 23:59:59+00'::timestamptz"
 FIRST = "'0001-01-01 00:00:00'::timestamp"
 
 
-@pytest.mark.parametrize(
-    ("path", "fmt"), [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet")]
-)
+@pytest.mark.parametrize(("path", "fmt"), [("arrow", "csv"), ("copy", "csv"), ("arrow", "parquet"), ("rows", "parquet")])
 @pytest.mark.parametrize("case", list(UNWRITABLE_TIMES))
 def test_a_time_no_file_can_hold_fails_its_partition_by_name_on_every_path(
     tmp_path: Path, pg_url: str, path: str, fmt: str, case: str, monkeypatch: pytest.MonkeyPatch
@@ -925,11 +878,7 @@ def test_a_time_no_file_can_hold_fails_its_partition_by_name_on_every_path(
     else:
         table = pq.read_table(_file(root, 2, DAY, fmt))
         value = table.column("valid_to").cast(pa.int64() if kind != "date" else pa.int32())[0].as_py()
-        expected = (
-            edge - dt.datetime(1970, 1, 1, tzinfo=edge.tzinfo)
-            if kind != "date"
-            else edge - dt.date(1970, 1, 1)
-        )
+        expected = edge - dt.datetime(1970, 1, 1, tzinfo=edge.tzinfo) if kind != "date" else edge - dt.date(1970, 1, 1)
         assert value == (expected // dt.timedelta(microseconds=1) if kind != "date" else expected.days)
 
 

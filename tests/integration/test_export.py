@@ -624,9 +624,7 @@ def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_ur
 
 @pytest.mark.mariadb
 @pytest.mark.parametrize("how", ["trigger", "scan", "backfill"])
-def test_datetime_holding_wall_clock_times_of_a_named_zone(
-    tmp_path: Path, mariadb_url: str, how: str
-) -> None:
+def test_datetime_holding_wall_clock_times_of_a_named_zone(tmp_path: Path, mariadb_url: str, how: str) -> None:
     """``[time] datetime_zone``: the DATETIME values are Brussels wall-clock times. 23:30 on 10 March
     is 22:30 UTC and belongs to 10 March (read as UTC it would be 00:30 on the 11th, in the wrong
     file); 02:30 on 27 October, which the clocks pass twice, is the later one (+01:00). Each way
@@ -634,15 +632,9 @@ def test_datetime_holding_wall_clock_times_of_a_named_zone(
     brussels = "Europe/Brussels"
     root, db = _setup(tmp_path, mariadb_url, zone=brussels, capture="explicit" if how == "backfill" else how)
     toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(
-        toml.read_text().replace('boundary = "start"', f'boundary = "start"\ndatetime_zone = "{brussels}"')
-    )
+    toml.write_text(toml.read_text().replace('boundary = "start"', f'boundary = "start"\ndatetime_zone = "{brussels}"'))
     db.location(1, brussels)
-    wall = [
-        dt.datetime(2024, 3, 10, 23, 30),
-        dt.datetime(2024, 3, 11, 0, 30),
-        dt.datetime(2024, 10, 27, 2, 30),
-    ]
+    wall = [dt.datetime(2024, 3, 10, 23, 30), dt.datetime(2024, 3, 11, 0, 30), dt.datetime(2024, 10, 27, 2, 30)]
     db.insert(1, [w.replace(tzinfo=UTC) for w in wall])  # Db stores an aware time as its naive UTC text
     if how == "backfill":
         assert cli(root, "backfill", "openaq").returncode == 0

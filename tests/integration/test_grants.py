@@ -28,9 +28,7 @@ UTC = dt.UTC
 PASSWORD = "grants-Secret-1"
 
 # Changes waiting in the trigger inbox: runs, and single bins from triggers of before version 11.
-INBOX_COUNT = (
-    "SELECT (SELECT count(*) FROM sluicegate.change_runs) + (SELECT count(*) FROM sluicegate.changes)"
-)
+INBOX_COUNT = "SELECT (SELECT count(*) FROM sluicegate.change_runs) + (SELECT count(*) FROM sluicegate.changes)"
 
 
 class Roles:
@@ -233,13 +231,8 @@ def test_a_writer_with_only_insert_records_its_changes(tmp_path: Path, roles: Ro
             "CREATE FUNCTION hijack.div(double precision, integer) RETURNS double precision LANGUAGE sql"
             " AS $$ SELECT 0::double precision $$"
         )
-        conn.execute(
-            "CREATE OPERATOR hijack./ (leftarg = double precision, rightarg = integer, function = hijack.div)"
-        )
-        assert conn.execute("SELECT 7::double precision / 7, jsonb_build_array(1)").fetchone() == (
-            0,
-            ["hijacked"],
-        )
+        conn.execute("CREATE OPERATOR hijack./ (leftarg = double precision, rightarg = integer, function = hijack.div)")
+        assert conn.execute("SELECT 7::double precision / 7, jsonb_build_array(1)").fetchone() == (0, ["hijacked"])
         conn.execute(
             "INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at)"
             " VALUES (1, 10, '2024-05-02T10:20Z', 2.5, now())"
@@ -247,12 +240,8 @@ def test_a_writer_with_only_insert_records_its_changes(tmp_path: Path, roles: Ro
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM sluicegate.change_runs")  # the inbox is not the writer's
     assert _rows(pg_url, "SELECT count(*) FROM sluicegate.change_runs")[0][0] == before + 1
-    recorded = _rows(
-        pg_url, "SELECT keys, first_bin, last_bin FROM sluicegate.change_runs ORDER BY id DESC LIMIT 1"
-    )
-    assert recorded == [
-        ([1], dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC), dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC))
-    ]
+    recorded = _rows(pg_url, "SELECT keys, first_bin, last_bin FROM sluicegate.change_runs ORDER BY id DESC LIMIT 1")
+    assert recorded == [([1], dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC), dt.datetime(2024, 5, 2, 10, 15, tzinfo=UTC))]
 
 
 def test_a_role_without_connect_is_refused_at_once_not_retried(roles: Roles) -> None:

@@ -831,9 +831,7 @@ def test_an_integer_entity_column_takes_entities_written_as_its_integers(
     url = f"sqlite:///{tmp_path / 'source.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     root = _project(tmp_path, url)
     select = root / "tasks" / "studies" / "select.sql"
-    select.write_text(
-        "SELECT record_id, CAST(study_id AS INTEGER) AS study_id, uploaded_on, payload FROM records"
-    )
+    select.write_text("SELECT record_id, CAST(study_id AS INTEGER) AS study_id, uploaded_on, payload FROM records")
     rec = Records(url)
     rec.add("7", T - dt.timedelta(hours=5), "row of 7")
     rec.add("123", T - dt.timedelta(hours=5), "row of 123")

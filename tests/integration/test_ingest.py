@@ -56,11 +56,7 @@ BACKENDS = [
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
 ]
 # Where ingest's log tables are, per database (the ledger schema on PostgreSQL, a prefix elsewhere).
-LOG_TABLES = {
-    "postgresql": "sluicegate.ingest_",
-    "sqlite": "sluicegate_ingest_",
-    "mariadb": "sluicegate_ingest_",
-}
+LOG_TABLES = {"postgresql": "sluicegate.ingest_", "sqlite": "sluicegate_ingest_", "mariadb": "sluicegate_ingest_"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -95,15 +91,11 @@ def _execute(url: str, sql: str) -> None:
 
 
 def _raw(url: str) -> list[tuple[Any, ...]]:
-    return _query(
-        url, "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id"
-    )
+    return _query(url, "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id")
 
 
 def _log(url: str) -> list[tuple[Any, ...]]:
-    return _query(
-        url, "SELECT received, inserted, duplicates, malformed, message_ids FROM {log}batches ORDER BY id"
-    )
+    return _query(url, "SELECT received, inserted, duplicates, malformed, message_ids FROM {log}batches ORDER BY id")
 
 
 def test_the_sns_notification_airmax_received_is_read_from_its_attributes() -> None:
@@ -231,9 +223,7 @@ def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path
     batch.write_text("\n".join(line(f"m{i}", value=-1.0 if i == 2 else float(i)) for i in range(5)) + "\n")
     summary = operations.ingest(load(root), TASK, batch.open())
     assert (summary.inserted, summary.malformed_count) == (4, 1)
-    assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(
-        summary.malformed[0]["error"]
-    )
+    assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(summary.malformed[0]["error"])
     assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
     assert _query(url, "SELECT received, inserted, malformed FROM {log}batches") == [(5, 4, 1)]
 

@@ -68,7 +68,8 @@ def _project(tmp_path: Path, source: str, sqs: Any, queue_url: str) -> Path:
     root = airmax_project(tmp_path / "proj", source)
     toml = root / "tasks" / TASK / "task.toml"
     toml.write_text(
-        toml.read_text() + f'\n[sqs]\nqueue_url = "{queue_url}"\nendpoint_url = "{sqs.meta.endpoint_url}"\n'
+        toml.read_text()
+        + f'\n[sqs]\nqueue_url = "{queue_url}"\nendpoint_url = "{sqs.meta.endpoint_url}"\n'
         'region = "us-east-1"\nwait = "1s"\nvisibility_timeout = "2s"\n'
     )
     return root
@@ -88,9 +89,7 @@ def _left(sqs: Any, queue_url: str) -> int:
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 def _raw(url: str) -> list[tuple[Any, ...]]:
@@ -144,12 +143,7 @@ def test_a_batch_redelivered_after_a_kill_leaves_one_row_per_message(
     again = cli(root, "ingest", TASK, "--json")
     assert again.returncode == 1, again.stderr  # malformed messages were reported
     summary = json.loads(again.stdout)
-    assert (summary["received"], summary["inserted"], summary["duplicates"], summary["malformed_count"]) == (
-        6,
-        0,
-        4,
-        2,
-    )
+    assert (summary["received"], summary["inserted"], summary["duplicates"], summary["malformed_count"]) == (6, 0, 4, 2)
     assert "message sns-3: value 'not a number' is not a number" in again.stderr
     assert "is not JSON" in again.stderr
     assert _raw(source) == [("sns-1", "Gent", 12.5), ("sns-2", "Genk", 7.0), ("sns-4", "Hasselt", 3.25)]

@@ -467,15 +467,8 @@ def test_array_literals_read_back_as_the_values_they_were_made_of(pg_url: str) -
 
     with psycopg.connect(pg_url) as conn:
 
-        @given(
-            st.lists(
-                st.none()
-                | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
-            )
-        )
-        @settings(
-            max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-        )
+        @given(st.lists(st.none() | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))))
+        @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
         def round_trip(values: list[str | None]) -> None:
             assert conn.execute("SELECT %s::text[]", [pg_array(values)]).fetchone() == (values,)
 

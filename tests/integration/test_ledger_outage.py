@@ -54,9 +54,7 @@ class Setup:
             return {
                 str(p.relative_to(self.out)): p.read_bytes()
                 for p in self.out.rglob("*")
-                if p.is_file()
-                and ".sluicegate-" not in p.name
-                and "_manifests" not in p.relative_to(self.out).parts
+                if p.is_file() and ".sluicegate-" not in p.name and "_manifests" not in p.relative_to(self.out).parts
             }
         listed = self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])
         return {

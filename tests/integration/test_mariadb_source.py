@@ -75,15 +75,10 @@ def test_datetime_zone_on_a_timestamp_time_column_is_refused(mariadb_url: str, t
     source = open_source(mariadb_url)
     try:
         spec = ReadSpec(
-            select_sql="SELECT id, ts FROM t",
-            folder=tmp_path,
-            time_column="ts",
-            datetime_zone="Europe/Brussels",
+            select_sql="SELECT id, ts FROM t", folder=tmp_path, time_column="ts", datetime_zone="Europe/Brussels"
         )
         window = Slice(start=dt.datetime(2024, 3, 1, tzinfo=UTC), end=dt.datetime(2024, 3, 2, tzinfo=UTC))
-        with pytest.raises(
-            ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"
-        ):
+        with pytest.raises(ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"):
             list(source.read(spec, [window], source.describe(spec), "rows"))
     finally:
         source.close()
@@ -97,12 +92,7 @@ def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) 
         )
     source = open_source(mariadb_url)
     try:
-        columns = source.describe(
-            ReadSpec(
-                select_sql="SELECT k.*, CAST(n AS DECIMAL(5,0)) AS n0, CAST(7 AS UNSIGNED) + 0.5 AS nu FROM k",
-                folder=tmp_path,
-            )
-        )
+        columns = source.describe(ReadSpec(select_sql="SELECT k.*, CAST(n AS DECIMAL(5,0)) AS n0, CAST(7 AS UNSIGNED) + 0.5 AS nu FROM k", folder=tmp_path))
     finally:
         source.close()
     kinds = {c.name: (c.kind, c.as_text) for c in columns}
@@ -151,8 +141,7 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     assert cli(root, "install").returncode == 0
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
-            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)",
-            [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)],
+            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)", [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)]
         )
         conn.commit()
     ran = cli(root, "run", "--json")
@@ -171,12 +160,8 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        cur.execute(
-            "ALTER TABLE sluicegate_partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-        )
-        cur.execute(
-            "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'a', '{}', 0)"
-        )
+        cur.execute("ALTER TABLE sluicegate_partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'a', '{}', 0)")
         cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-1' WHERE `key` = 'schema_version'")
         conn.commit()
     with Ledger(mariadb_url) as ledger:
@@ -190,9 +175,7 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         assert cur.fetchall() == [("utf8mb4_bin",)]
         cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
         assert cur.fetchall() == [("mariadb-2",)]
-        cur.execute(
-            "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)"
-        )
+        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)")
         cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
         assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters
 
@@ -257,17 +240,13 @@ def test_two_result_columns_of_one_name_are_a_config_error(mariadb_url: str, tmp
     source = MariaDbSource(mariadb_url)
     try:
         spec = ReadSpec(select_sql="SELECT 1 AS v, 2 AS v", folder=tmp_path)
-        with pytest.raises(
-            ConfigError, match=r"select.sql: the query failed: Duplicate column name 'v'; fix the SQL"
-        ):
+        with pytest.raises(ConfigError, match=r"select.sql: the query failed: Duplicate column name 'v'; fix the SQL"):
             source.describe(spec)
     finally:
         source.close()
 
 
-def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(
-    mariadb_url: str, tmp_path: Path
-) -> None:
+def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(mariadb_url: str, tmp_path: Path) -> None:
     """A zero DATETIME (0000-00-00, allowed by a lax sql_mode) made MariaDB Connector/Python
     raise "year 0 is out of range", and the partition failed with that text alone. Now the error
     says what it is and what to do, and the other partition of the batch is exported (its YEAR of
@@ -275,9 +254,7 @@ def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
         cur.execute("SET SESSION sql_mode = ''")
-        cur.execute(
-            "CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, y YEAR, d DATETIME)"
-        )
+        cur.execute("CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, y YEAR, d DATETIME)")
         cur.execute(
             "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0, '2024-01-01'),"
             " ('Leuven', '2024-03-01 10:00:00', 2024, '0000-00-00 00:00:00')"

@@ -220,10 +220,7 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         assert again.status_code == 202, again.text
         listed = server.get(f"{server.url}/tasks/openaq/partitions", params={"limit": 1000}).json()
         day_one = sum(p["keys"]["day"] == "2024-01-01" for p in listed)
-        assert (
-            day_one > in_window
-            and server.wait_run(again.json()["run_id"])["summary"][0]["exported"] == day_one
-        )
+        assert day_one > in_window and server.wait_run(again.json()["run_id"])["summary"][0]["exported"] == day_one
     finally:
         server.stop()
 
@@ -273,9 +270,7 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
         run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
         assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
         metrics = server.get(f"{server.url}/metrics").text
-        assert (
-            'sluicegate_task_broken{task="broken"} 1.0' in metrics and "sluicegate_ledger_up 1.0" in metrics
-        )
+        assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics and "sluicegate_ledger_up 1.0" in metrics
         assert 'sluicegate_partitions{state="exported",task="openaq"} 60.0' in metrics
         assert 'sluicegate_exports_total{task="openaq"} 60.0' in metrics
         assert "sluicegate_run_duration_seconds_count" in metrics

@@ -48,9 +48,7 @@ def test_readers_never_see_an_empty_or_mixed_table_during_100_evaluations(
 ) -> None:
     source, sink = urls
     root = airmax_project(tmp_path / "proj", source, sink=sink, width="1d")
-    add_raw(
-        source, [(city, T - dt.timedelta(minutes=10 * i + 1), float(i)) for city in CITIES for i in range(5)]
-    )
+    add_raw(source, [(city, T - dt.timedelta(minutes=10 * i + 1), float(i)) for city in CITIES for i in range(5)])
     project = load(root)
     task = project.tasks[AGGREGATE]
     assert isinstance(task, agg.Task)
@@ -102,9 +100,7 @@ def test_an_upsert_updates_rows_by_key_and_inserts_new_ones(urls: tuple[str, str
     with tables.TableSink(target) as sink_:
         stamp = tables.time_value(sink_.db.flavor, T)
         sink_.write(columns, [("Gent", "pm25", "ug", 1.0, 1, stamp), ("Genk", "pm25", "ug", 2.0, 2, stamp)])
-        sink_.write(
-            columns, [("Gent", "pm25", "ug", 10.0, 10, stamp), ("Leuven", "pm25", "ug", 3.0, 3, stamp)]
-        )
+        sink_.write(columns, [("Gent", "pm25", "ug", 10.0, 10, stamp), ("Leuven", "pm25", "ug", 3.0, 3, stamp)])
     rows = [(r["city"], r["parameter_value"], r["num_measurements"]) for r in table(url)]
     assert rows == [("Genk", 2.0, 2), ("Gent", 10.0, 10), ("Leuven", 3.0, 3)]
 

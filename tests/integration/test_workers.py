@@ -353,14 +353,10 @@ def test_marks_and_failures_read_the_values_before_the_row_changes(
 
 def _published(claims: Sequence[Claim]) -> list[ExportResult]:
     """A published one-row file ``f<id>`` for each claim, as an exporter reports it."""
-    return [
-        ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims
-    ]
+    return [ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims]
 
 
-def _race_commits_and_marks(
-    tmp_path: Path, url: str, *, claims_apart: bool
-) -> tuple[dict[str, int], list[BaseException]]:
+def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> tuple[dict[str, int], list[BaseException]]:
     """For 4 s, one thread claims and commits batches of 40 of 200 partitions (holding the locks
     while "placing" files, 5 ms), another marks all 200 again and again; return what each did and
     the errors that ended them. ``claims_apart``: claims and marks never run at the same time
@@ -369,9 +365,7 @@ def _race_commits_and_marks(
     project = load(root)
     task = project.tasks["openaq"]
     days = range(1, 11)
-    parts = [
-        restore_partition(task, [loc, f"2024-01-{day:02d}"], "UTC") for loc in range(1, 21) for day in days
-    ]
+    parts = [restore_partition(task, [loc, f"2024-01-{day:02d}"], "UTC") for loc in range(1, 21) for day in days]
 
     def ledger() -> Ledger:
         return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
@@ -428,9 +422,7 @@ def _innodb_deadlocks(url: str) -> int:
 
 
 @pytest.mark.mariadb
-def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(
-    tmp_path: Path, mariadb_url: str
-) -> None:
+def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(tmp_path: Path, mariadb_url: str) -> None:
     """A batch commit locks its rows by partition key in the order marks lock them: no deadlock."""
     before = _innodb_deadlocks(mariadb_url)
     done, errors = _race_commits_and_marks(tmp_path, mariadb_url, claims_apart=True)

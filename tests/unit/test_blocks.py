@@ -189,12 +189,7 @@ def test_spring_forward_day_has_23_blocks_and_none_is_empty() -> None:
 @pytest.mark.parametrize(
     ("zone", "low", "later", "high"),
     [
-        (
-            "Australia/Lord_Howe",
-            "2024-04-06T22:00",
-            "2024-04-07T03:00",
-            "2024-04-07T06:00",
-        ),  # DST ends: 30 min
+        ("Australia/Lord_Howe", "2024-04-06T22:00", "2024-04-07T03:00", "2024-04-07T06:00"),  # DST ends: 30 min
         ("Asia/Kathmandu", "1985-12-31T20:00", "1986-01-01T02:00", "1986-01-01T04:00"),  # +05:30 to +05:45
     ],
 )

@@ -441,18 +441,14 @@ def test_mark_keeps_a_number_like_value_of_a_text_key_as_text(tmp_path: Path) ->
     assert pkeys == ['["7","2024-01-01"]']
     [summary] = engine.run(load(root), ["bysite"])
     assert (summary.exported, summary.rows) == (1, 1)
-    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == [
-        "7/2024-01-01.csv"
-    ]
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["7/2024-01-01.csv"]
 
 
 def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Path) -> None:
     """The readers look columns up by exact name (MariaDB's order and byte-exact key match, SQLite's
     time column), so `order_by = ["SENSORS_ID"]` for `sensors_id` is refused by `check` and by the
     run before any claim (exit 2), and the partition waits, pending."""
-    root = write_project(
-        tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out")
-    )
+    root = write_project(tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out"))
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('order_by = ["sensors_id"]', 'order_by = ["SENSORS_ID"]'))
     db = Db(f"sqlite:///{tmp_path / 's.db'}")
@@ -461,9 +457,6 @@ def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Pa
     db.insert(1, [dt.datetime(2024, 5, 1, 1, tzinfo=UTC)])
     assert cli(root, "check").returncode == 2
     ran = cli(root, "run")
-    assert (
-        ran.returncode == 2
-        and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
-    )
+    assert ran.returncode == 2 and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
     assert "1 pending" in cli(root, "status").stdout and files(tmp_path / "out") == []
     db.close()

@@ -307,8 +307,7 @@ def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path
         url = f"sqlite:///{tmp_path}/fresh{attempt}.db"
         start = str(time.time() + 1.0)
         procs = [
-            subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE)
-            for _ in range(4)
+            subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE) for _ in range(4)
         ]
         errors = [p.communicate(timeout=60)[1].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
