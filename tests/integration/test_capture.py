@@ -458,12 +458,8 @@ def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_p
     db.close()
 
 
-@pytest.mark.pg
-def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg_url: str, tmp_path: Path) -> None:
-    """The capture table is declaratively partitioned. Statement triggers fire only on the
-    table a statement names, so an INSERT into a partition (`pmeas_2024_05`) was never
-    captured, and `install` and `check` said all was well. Row triggers on the partitioned
-    table are cloned onto every partition, one created after `install` too."""
+def _partitioned_project(pg_url: str, tmp_path: Path) -> tuple[Path, Db]:
+    """A project whose task captures `pmeas`, a table partitioned by month with May 2024's partition."""
     root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('table = "measurements"', 'table = "pmeas"'))
@@ -473,6 +469,16 @@ def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg
         " PARTITION BY RANGE (datetime)"
     )
     db.conn.execute("CREATE TABLE pmeas_2024_05 PARTITION OF pmeas FOR VALUES FROM ('2024-05-01') TO ('2024-06-01')")
+    return root, db
+
+
+@pytest.mark.pg
+def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg_url: str, tmp_path: Path) -> None:
+    """The capture table is declaratively partitioned. Statement triggers fire only on the
+    table a statement names, so an INSERT into a partition (`pmeas_2024_05`) was never
+    captured, and `install` and `check` said all was well. Row triggers on the partitioned
+    table are cloned onto every partition, one created after `install` too."""
+    root, db = _partitioned_project(pg_url, tmp_path)
     ran = cli(root, "install")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     db.conn.execute("CREATE TABLE pmeas_2024_06 PARTITION OF pmeas FOR VALUES FROM ('2024-06-01') TO ('2024-07-01')")
@@ -507,17 +513,7 @@ def test_a_row_trigger_records_a_partition_and_bin_once_per_transaction_and_surv
     transaction and skip it when it comes again. A savepoint rolled back takes its inbox row
     away: the memory must go with it, or the next row of that location and hour records
     nothing and its day is never exported."""
-    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
-    toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(toml.read_text().replace('table = "measurements"', 'table = "pmeas"'))
-    db = Db(pg_url)
-    db.conn.execute(
-        "CREATE TABLE pmeas (location_id int NOT NULL, datetime timestamptz NOT NULL, value float8)"
-        " PARTITION BY RANGE (datetime)"
-    )
-    db.conn.execute(
-        "CREATE TABLE pmeas_2024_05 PARTITION OF pmeas FOR VALUES FROM ('2024-05-01') TO ('2024-06-01')"
-    )
+    root, db = _partitioned_project(pg_url, tmp_path)
     assert cli(root, "install").returncode == 0
     with db.conn.transaction():  # three sensors of location 1 in one hour, then another hour
         for value in (1, 2, 3):

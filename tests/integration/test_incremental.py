@@ -594,21 +594,33 @@ def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> No
     assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
 
 
+RECORDS_SQLITE = (
+    "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id {study_type}, uploaded_on TEXT, payload TEXT)"
+)
+
+
+def _sqlite(tmp_path: Path, *statements: str) -> None:
+    """Run statements on the SQLite source `s.db` (values Records cannot write: raw text cursors...)."""
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
 def test_an_entity_column_of_mixed_types_is_refused_before_any_watermark_moves(tmp_path: Path) -> None:
     """A SQLite column without a type held 'a' and 5: entity 5 was read as the text '5', matched
     no row, was "exported" with 0 rows and its watermark passed the row. Now the run stops (exit
     2) naming the column and the cast that fixes it; with the cast both rows are exported."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     root = _project(tmp_path, url, bootstrap="beginning")
-    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
-    conn.execute(
-        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id, uploaded_on TEXT, payload TEXT)"
-    )
-    conn.execute(
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type=""),  # no type: 'a' and 5 are kept apart
         "INSERT INTO records (study_id, uploaded_on, payload)"
-        " VALUES ('a', '2024-05-01T00:00:00Z', 'TEXT-A'), (5, '2024-05-01T00:00:01Z', 'INT-5')"
+        " VALUES ('a', '2024-05-01T00:00:00Z', 'TEXT-A'), (5, '2024-05-01T00:00:01Z', 'INT-5')",
     )
-    conn.close()
     refused = cli(root, "run", "--type", "instant")
     assert refused.returncode == 2 and "holds values of more than one type" in refused.stdout + refused.stderr
     assert _marks(root) == {} and files(tmp_path / "out") == []
@@ -624,16 +636,13 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
     silently; `check` now counts them and names one."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     root = _project(tmp_path, url)
-    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
-    conn.execute(
-        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id TEXT, uploaded_on TEXT, payload)"
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '2024-05-01T00:00:00Z')",
     )
-    conn.execute("INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '2024-05-01T00:00:00Z')")
     assert cli(root, "check").returncode == 0
-    conn.execute(
-        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '20240501T000000Z'), ('s1', NULL)"
-    )
-    conn.close()
+    _sqlite(tmp_path, "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '20240501T000000Z'), ('s1', NULL)")
     checked = cli(root, "check")
     assert checked.returncode == 2
     assert (
@@ -647,15 +656,12 @@ def test_an_entity_with_a_nul_fails_each_run_and_the_others_are_exported(tmp_pat
     every run said another export held it, exit 0, and its rows were never exported."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     root = _project(tmp_path, url, bootstrap="beginning")
-    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
-    conn.execute(
-        "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id TEXT, uploaded_on TEXT, payload)"
-    )
-    conn.execute(
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
         "INSERT INTO records (study_id, uploaded_on, payload)"
-        " VALUES ('a' || char(0) || 'b', '2024-05-01T00:00:00Z', 'NUL'), ('s1', '2024-05-01T00:00:00Z', 'OK')"
+        " VALUES ('a' || char(0) || 'b', '2024-05-01T00:00:00Z', 'NUL'), ('s1', '2024-05-01T00:00:00Z', 'OK')",
     )
-    conn.close()
     for _ in range(2):
         ran = cli(root, "run", "--type", "instant", "--json")
         assert ran.returncode == 1

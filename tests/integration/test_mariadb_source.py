@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,19 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     }
 
 
+def _upgraded(cur: Any, table: str, column: str) -> tuple[str, str]:
+    """The ledger's schema version, and the collation of one of its text columns."""
+    cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
+    [(version,)] = cur.fetchall()
+    cur.execute(
+        "SELECT collation_name FROM information_schema.columns WHERE table_schema = DATABASE()"
+        " AND table_name = ? AND column_name = ?",
+        (table, column),
+    )
+    [(collation,)] = cur.fetchall()
+    return version, collation
+
+
 def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariadb_url: str) -> None:
     """mariadb-1 tables compared text without case; opening the ledger converts them, keeping rows."""
     with Ledger(mariadb_url) as ledger:
@@ -168,13 +182,7 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        cur.execute(
-            "SELECT collation_name FROM information_schema.columns WHERE table_schema = DATABASE()"
-            " AND table_name = 'sluicegate_partitions' AND column_name = 'pkey'"
-        )
-        assert cur.fetchall() == [("utf8mb4_bin",)]
-        cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
-        assert cur.fetchall() == [("mariadb-2",)]
+        assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-2", "utf8mb4_bin")
         cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)")
         cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
         assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters
@@ -200,13 +208,7 @@ def test_the_inbox_of_the_release_before_the_mariadb_ledger_is_upgraded(mariadb_
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
-        assert cur.fetchall() == [("mariadb-2",)]
-        cur.execute(
-            "SELECT collation_name FROM information_schema.columns WHERE table_schema = DATABASE()"
-            " AND table_name = 'sluicegate_changes' AND column_name = 'keys'"
-        )
-        assert cur.fetchall() == [("utf8mb4_bin",)]
+        assert _upgraded(cur, "sluicegate_changes", "keys") == ("mariadb-2", "utf8mb4_bin")
         cur.execute("SELECT task, `keys` FROM sluicegate_changes")
         assert cur.fetchall() == [("t", '["Gent"]')]
         cur.execute("SELECT count(*) FROM sluicegate_partitions")
