@@ -45,10 +45,8 @@ def coerce(value: Any, kind: str) -> Any:
         if isinstance(value, dict | list):
             raise ValueError(f"{type(value).__name__} is not text")
         text = str(value)
-        try:
-            text.encode()
-        except UnicodeEncodeError:  # JSON's "\ud800": no database driver sends it
-            raise ValueError(f"{text[:40]!r} is not valid Unicode text (a lone surrogate)") from None
+        if not validate.is_unicode(text):
+            raise ValueError(f"{text[:40]!r} is not valid Unicode text (a lone surrogate)")
         return text
     if kind == "int":
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):

@@ -159,6 +159,16 @@ def schema_name(value: Any, where: str) -> str:
     return value
 
 
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: no lone surrogate (JSON's ``\\ud800``, or a byte read
+    with ``surrogateescape``), which no database driver sends."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def choice(value: Any, choices: Collection[str], where: str) -> str:
     """One of ``choices``."""
     if value not in choices:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import db, paths
+from . import db, paths, validate
 from .exceptions import ConfigError, UsageError
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
@@ -69,9 +69,7 @@ class ExportRequest:
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
         for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
-            if isinstance(text, str) and text.encode("utf-8", "surrogatepass") != text.encode(
-                "utf-8", "replace"
-            ):
+            if isinstance(text, str) and not validate.is_unicode(text):
                 raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")
 
     @property

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from ..validate import is_unicode
+
 MAX_COUNT = 2**31 - 1  # limits and offsets: the largest every ledger database stores as an integer
 
 
@@ -62,10 +64,8 @@ class RunRequest(BaseModel):
     @classmethod
     def _encodable(cls, value: str | list[str] | None) -> str | list[str] | None:
         for text in [value] if isinstance(value, str) else value or ():
-            try:
-                text.encode()
-            except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no database stores it
-                raise ValueError("holds a character that is not valid Unicode (a lone surrogate)") from None
+            if not is_unicode(text):  # a lone surrogate (JSON "\ud800"): no database stores it
+                raise ValueError("holds a character that is not valid Unicode (a lone surrogate)")
         return value
 
 
