@@ -88,7 +88,7 @@ def _store_calls(cls: type[Store]) -> dict[str, set[str]]:
             if (
                 isinstance(sub, ast.Call)
                 and isinstance(sub.func, ast.Attribute)
-                and sub.func.attr == "_run"
+                and sub.func.attr in ("_run", "_script")  # a statement, or a block of several
                 and sub.args
                 and isinstance(sub.args[0], ast.Constant)
             ):

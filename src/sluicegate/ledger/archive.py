@@ -141,8 +141,7 @@ class ArchiveStore(Store):
             return
 
         def create(cur: Any) -> None:
-            for statement in self.q["witness_create"].split(";\n"):
-                cur.execute(statement)
+            self._script("witness_create", cur)
 
         try:
             self.core.in_transaction(create)

@@ -177,6 +177,12 @@ class Store:
     def _run(self, name: str, cur: Any | None = None, **params: Any) -> Any:
         return self.core.execute(self.q[name], self.core.params(**params), cur)
 
+    def _script(self, name: str, cur: Any) -> None:
+        """Run a block of several statements (DDL, no parameters), one at a time on ``cur``."""
+        for statement in self.q[name].split(";\n"):
+            if statement.strip():
+                cur.execute(statement)
+
 
 class SchemaStore(Store):
     """Creating and upgrading the ledger tables."""
@@ -204,9 +210,7 @@ class SchemaStore(Store):
                 self.upgrade_collation(cur)  # first: ensure_schema then records the new version
             if self.core.dialect is db.MARIADB and version == MARIADB_INBOX_VERSION:
                 self.upgrade_inbox(cur)  # its two tables; ensure_schema creates the rest
-            for statement in self.q["ensure_schema"].split(";\n"):
-                if statement.strip():
-                    cur.execute(statement)
+            self._script("ensure_schema", cur)
             if self.core.dialect is db.SQLITE:
                 for table, column, method in SQLITE_ADDED_COLUMNS:
                     columns = {row[1] for row in cur.execute(f"PRAGMA table_info({self.core.prefix}{table})")}
@@ -238,14 +242,12 @@ class SchemaStore(Store):
 
     def upgrade_collation(self, cur: Any) -> None:
         """MariaDB, mariadb-1 to mariadb-2: compare the ledger's text as bytes (case matters)."""
-        for statement in self.q["upgrade_collation"].split(";\n"):
-            cur.execute(statement)
+        self._script("upgrade_collation", cur)
 
     def upgrade_inbox(self, cur: Any) -> None:
         """MariaDB, mariadb-inbox-1 to mariadb-2: the inbox tables of the release before the
         MariaDB ledger compare text as bytes, as the tables created with them do."""
-        for statement in self.q["upgrade_inbox"].split(";\n"):
-            cur.execute(statement)
+        self._script("upgrade_inbox", cur)
 
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""

@@ -32,8 +32,7 @@ class IngestStore(Store):
             return
 
         def create(cur: Any) -> None:
-            for statement in self.q["create"].split(";\n"):
-                cur.execute(statement)
+            self._script("create", cur)
 
         try:
             self.core.in_transaction(create)
