@@ -210,6 +210,10 @@ def _fernet(key: str, key_phrase: str, where: str | None) -> Fernet:
     from cryptography.fernet import Fernet
 
     try:
+        # Checked here too: cryptography 51 takes a key without its "=" padding, which 50 refused
+        # and our docs and users' other tools (atd-mds) call malformed.
+        if not (isinstance(key, str) and len(key) == 44 and _BASE64URL.fullmatch(key)):
+            raise ValueError("not 44 characters of padded base64url")
         return Fernet(key)
     except (ValueError, TypeError):
         # `from None`: the causes are cryptography's and binascii's messages; never print the key.
