@@ -21,7 +21,7 @@ Lambda time limit, default 30), ``SLUICEGATE_TASK`` (SQS only), and every overri
 Every run logs one JSON line to stdout, which Lambda sends to CloudWatch Logs.
 
 This module uses only the stable API: ``load_project``, ``run``, ``RunOptions``,
-``watermarks.load_request`` and ``operations.incremental_task``; and, as the command line does,
+``export_request.load_request`` and ``operations.incremental_task``; and, as the command line does,
 ``options.prefer_system_allocator`` on import.
 """
 
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import ConfigError, RunOptions, SluicegateError, UsageError, load_project, run
+from .export_request import load_request
 from .operations import incremental_task
 from .options import prefer_system_allocator
-from .watermarks import load_request
 
 prefer_system_allocator()  # before the first run imports pyarrow
 

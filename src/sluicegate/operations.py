@@ -25,9 +25,9 @@ from .specs import Project, TaskBase
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as IncrementalTask
+    from .export_request import ExportRequest
     from .ingest import IngestSummary
     from .timeblocks import BlockRequest
-    from .watermarks import ExportRequest
 
 
 @contextlib.contextmanager
@@ -250,7 +250,7 @@ def request_from_options(
     tag: str | None,
 ) -> ExportRequest | None:
     """Build an incremental export request from run options (None when none were given)."""
-    from .watermarks import ExportRequest
+    from .export_request import ExportRequest
 
     if not (export_type or ignore_watermark or time_min or time_max or entities or destination or tag):
         return None

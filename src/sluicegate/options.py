@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .export_request import ExportRequest
     from .timeblocks import BlockRequest
-    from .watermarks import ExportRequest
 
 MAX_ERRORS = 20  # unit errors listed in a task's summary
 ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"

@@ -20,180 +20,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from . import db, paths, validate
-from .exceptions import ConfigError, UsageError
+from . import db, paths
+from .exceptions import ConfigError, SluicegateError, UsageError
+from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
-from .partitions import in_range, zone_of
+from .partitions import zone_of
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
 
 UTC = dt.UTC
 BEGINNING = dt.datetime(1970, 1, 1, tzinfo=UTC)
-ExportType = Literal["daily", "hourly", "instant"]
-EXPORT_TYPES = ("daily", "hourly", "instant")
-REQUEST_FIELDS = (
-    "endDateTime",
-    "startDateTime",
-    "exportType",
-    "ignoreLastExportTime",
-    "studyWhitelist",
-    "tag",
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExportRequest:
-    """What an incremental run exports (from the CLI, a request message or a Python call)."""
-
-    export_type: str | None = None
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    ignore_watermark: bool = False
-    entities: tuple[str, ...] = ()
-    tag: str | None = None
-    destination: str | None = None
-
-    def __post_init__(self) -> None:
-        # From every entry point (CLI, request, HTTP, Python): a time without an offset is UTC, one
-        # that cannot be windowed is refused before any claim, and so is text no database keeps.
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, in_range(value, f"the window's {name}"))
-        for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
-            if isinstance(text, str) and not validate.is_unicode(text):
-                raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")
-
-    @property
-    def touches_watermarks(self) -> bool:
-        """False for re-exports (explicit window, or another destination)."""
-        return not (self.ignore_watermark or self.destination)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the destination URL is masked)."""
-        out = dataclasses.asdict(self)
-        if self.destination:
-            out["destination"] = mask_url(self.destination)
-        return out
-
-
-def _parse_time(value: Any, field: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise UsageError(f"{field}: {value!r} is not an ISO 8601 date-time such as 2016-10-04T23:59:59Z")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(
-            f"{field}: {value!r} is not an ISO 8601 date-time such as 2016-10-04T23:59:59Z"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _parse_bool(value: Any, field: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"  # the documented re-export message writes "true" as a string
-    raise UsageError(f"{field}: {value!r} is not true or false")
-
-
-def parse_request(data: Mapping[str, Any]) -> ExportRequest:
-    """Validate a Bridge Exporter request message (v1 fields and rules).
-
-    One deliberate difference: an ``exportType`` beside an explicit ``startDateTime`` is
-    accepted when ``ignoreLastExportTime`` is true (the original's own documented
-    re-export message does this); the type then only labels the files.
-    """
-    if not isinstance(data, Mapping):
-        raise UsageError("the request must be a JSON object")
-    unknown = sorted(set(data) - set(REQUEST_FIELDS))
-    if unknown:
-        raise UsageError(
-            f"request field {unknown[0]!r} is not supported; use only {', '.join(REQUEST_FIELDS)}"
-        )
-    ignore = _parse_bool(data.get("ignoreLastExportTime", False), "ignoreLastExportTime")
-    export_type = data.get("exportType")
-    if export_type is not None:
-        if not isinstance(export_type, str) or export_type.lower() not in EXPORT_TYPES:
-            raise UsageError(f"exportType: {export_type!r} is not valid; use DAILY, HOURLY or INSTANT")
-        export_type = export_type.lower()
-    start = (
-        _parse_time(data["startDateTime"], "startDateTime") if data.get("startDateTime") is not None else None
-    )
-    end = _parse_time(data["endDateTime"], "endDateTime") if data.get("endDateTime") is not None else None
-    whitelist = data.get("studyWhitelist")
-    if whitelist is not None and (not isinstance(whitelist, list) or not whitelist):
-        raise UsageError(
-            "studyWhitelist: give a non-empty list of study ids, or leave it out for all studies"
-        )
-    odd = [s for s in whitelist or () if isinstance(s, bool) or not isinstance(s, str | int) or s == ""]
-    if odd:
-        raise UsageError(f"studyWhitelist: {json.dumps(odd[0])} is not a study id; give strings or integers")
-    _check_window(start, end, ignore)
-    _check_type(export_type, start, end, bool(whitelist))
-    tag = data.get("tag")
-    if tag is not None and not isinstance(tag, str):
-        raise UsageError(f"tag: {json.dumps(tag)} is not a string")
-    return ExportRequest(
-        export_type=export_type or "daily",
-        start=start,
-        end=end,
-        ignore_watermark=ignore,
-        entities=tuple(str(s) for s in whitelist or ()),
-        tag=None if tag is None else str(tag),
-    )
-
-
-def _check_window(start: dt.datetime | None, end: dt.datetime | None, ignore: bool) -> None:
-    """An explicit window needs ignoreLastExportTime and an end after its start."""
-    if start is not None:
-        if not ignore:
-            raise UsageError(
-                "startDateTime requires ignoreLastExportTime=true (a re-export of an explicit window)"
-            )
-        if end is None:
-            raise UsageError("startDateTime requires endDateTime")
-        if start >= end:
-            raise UsageError(
-                f"startDateTime {start.isoformat()} must be before endDateTime {end.isoformat()}"
-            )
-    elif ignore:
-        raise UsageError(
-            "ignoreLastExportTime=true needs startDateTime and endDateTime: the window to re-export"
-        )
-
-
-def _check_type(
-    export_type: str | None, start: dt.datetime | None, end: dt.datetime | None, listed: bool
-) -> None:
-    """DAILY and HOURLY need an end, INSTANT must have none, HOURLY and INSTANT need studies."""
-    if export_type is None and start is None:
-        raise UsageError(
-            "give exportType (DAILY, HOURLY or INSTANT), or startDateTime with ignoreLastExportTime=true"
-        )
-    if export_type in ("daily", "hourly") and end is None:
-        raise UsageError(f"{export_type.upper()} exports require endDateTime")
-    if export_type == "instant" and end is not None:
-        raise UsageError("INSTANT exports must not have endDateTime (the end is now minus the safety margin)")
-    if export_type in ("instant", "hourly") and not listed:
-        raise UsageError(f"{export_type.upper()} exports require studyWhitelist")
-
-
-def load_request(text: str) -> ExportRequest:
-    """Parse a request message from JSON text."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"the request is not valid JSON: {exc}") from None
-    return parse_request(data)
 
 
 # ---------------------------------------------------------------------------- windows
@@ -274,6 +117,26 @@ class Window:
     destination: str | None = None  # a re-export's override destination (None: the project's)
 
 
+def unreadable_cursors(task: TaskSpec, source: Any) -> list[str]:
+    """SQLite: rows whose cursor is set but julianday() cannot read (ISO 8601's basic form
+    20260101T000000Z, an offset +0100, an integer): they are in no window, and no run says so."""
+    cursor = db.SQLITE.quote(task.cursor)
+    try:
+        count, example = source.execute(
+            f"SELECT count(*), min(q.{cursor}) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q"
+            f" WHERE q.{cursor} IS NOT NULL AND julianday(q.{cursor}) IS NULL"
+        )[0]
+    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
+        return []
+    if not count:
+        return []
+    return [
+        f"{task.folder / 'select.sql'}: {count:,} row(s) have a {task.cursor} SQLite cannot read as a time"
+        f" (such as {example!r}), so they are in no window and never exported; write them as"
+        " YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in select.sql"
+    ]
+
+
 def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     """Every entity present in the source, with one query."""
     q = source.dialect.quote
@@ -351,19 +214,40 @@ def _reexport_windows(
 ) -> tuple[list[Window], list[dict[str, Any]]]:  # fmt: skip
     """Windows of a re-export (an explicit window, or another destination): no claims, no watermark moves."""
     windows, notes = [], []
-    current = {w["entity"]: w["watermark"] for w in wm.entities(task.name)}
+    rows = {w["entity"]: w for w in wm.entities(task.name)}
     for entity, value in values.items():
-        start = request.start or current.get(entity) or bootstrap_start(task, end)
+        row = rows.get(entity, {})
+        start = request.start or row.get("watermark") or bootstrap_start(task, end)
         if start >= end:
             notes.append({"entity": entity, "rows": 0, "note": f"window [{start}, {end}) is empty"})
             continue
-        windows.append(
-            Window(
-                entity=entity, value=value, start=start, end=end, export_type=export_type, claim=None,
-                mode="reexport",
-            )
+        window = Window(
+            entity=entity, value=value, start=start, end=end, export_type=export_type, claim=None,
+            mode="reexport", destination=request.destination,
         )  # fmt: skip
+        owed = _owed_reexport(task, row, window)
+        if owed is True:  # this very re-export failed before: once it succeeds, nothing is owed
+            window = dataclasses.replace(window, mode="redrive")
+        elif owed:
+            notes.append({"entity": entity, "rows": 0, "error": owed})
+            continue
+        windows.append(window)
     return windows, notes
+
+
+def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bool | str | None:
+    """True when ``window`` is the entity's failed re-export; why not to start it when another
+    failed re-export is owed (the ledger keeps one per entity); None when none is owed."""
+    if row.get("failed_mode") != "reexport":
+        return None
+    failed = (row["failed_start"], row["failed_end"], row["failed_type"], row["failed_destination"])
+    if failed == (window.start, window.end, window.export_type, window.destination):
+        return True
+    where = mask_url(row["failed_destination"]) if row["failed_destination"] else "the project's destination"
+    return (
+        f"entity {window.entity!r} still owes a failed re-export of [{row['failed_start'].isoformat()}, "
+        f"{row['failed_end'].isoformat()}) to {where}; run `sluicegate redrive {task.name}` first"
+    )
 
 
 def _unclaimed(task: TaskSpec, wm: WatermarkStore, values: dict[str, Any]) -> list[WatermarkClaim]:
@@ -374,9 +258,9 @@ def _unclaimed(task: TaskSpec, wm: WatermarkStore, values: dict[str, Any]) -> li
             id=0,
             entity=e,
             watermark=rows.get(e, {}).get("watermark"),
-            pending_start=None,
-            pending_end=None,
-            pending_type=None,
+            pending_start=rows.get(e, {}).get("pending_start"),  # a failed or crashed window: redone
+            pending_end=rows.get(e, {}).get("pending_end"),
+            pending_type=rows.get(e, {}).get("pending_type"),
             attempts=0,
             token="",
         )
@@ -472,6 +356,9 @@ def redrive_windows(
     claims = wm.claim(task.name, marked, lease=lease) if marked else []
     for c in claims:
         f = by_entity[c.entity]
+        if c.pending_start is not None and c.pending_end is not None:  # its file may be in place
+            f = {**f, "failed_start": c.pending_start, "failed_end": c.pending_end}
+            f["failed_type"] = c.pending_type or f["failed_type"]
         start = max(f["failed_start"], c.watermark) if c.watermark else f["failed_start"]
         if start >= f["failed_end"]:
             wm.clear_failure(task.name, c.entity)

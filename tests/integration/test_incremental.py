@@ -21,8 +21,8 @@ from test_workers import _spawn, _wait_for
 
 from sluicegate import engine, mariadb_conn, operations
 from sluicegate.engine import RunOptions
+from sluicegate.export_request import ExportRequest, load_request
 from sluicegate.ledger import SCHEMA_VERSION, Ledger
-from sluicegate.watermarks import ExportRequest, load_request
 from support import SLUICEGATE, cli, files, is_mariadb, load, read_csv
 
 UTC = dt.UTC
@@ -238,7 +238,8 @@ def test_reexport_and_override_leave_watermarks(url: str, tmp_path: Path) -> Non
     assert _marks(root) == before
 
 
-# 5 and 7: failures keep the watermark; the next run exports the whole window; redrive then exports nothing new
+# 5 and 7: failures keep the watermark; the next run redoes the failed window, then goes on to its end;
+# redrive then exports nothing new
 def test_failed_entity_keeps_its_watermark_and_redrive(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
@@ -255,10 +256,11 @@ def test_failed_entity_keeps_its_watermark_and_redrive(url: str, tmp_path: Path)
     rec.add("s2", T + dt.timedelta(hours=2), "s2-b")
     (out / "s2").unlink()
     second = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
-    s2 = next(e for e in second.entities if e["entity"] == "s2")
-    assert (
-        s2["start"] == (T - dt.timedelta(days=1)).isoformat() and s2["rows"] == 2
-    )  # the whole missed window
+    s2 = [(e["start"], e["end"], e["rows"]) for e in second.entities if e["entity"] == "s2"]
+    days = [(T + dt.timedelta(days=d)).isoformat() for d in (-1, 0, 1)]
+    # the failed window again (its own file), then on to the run's end, in the same run
+    assert s2 == [(days[0], days[1], 1), (days[1], days[2], 1)] and second.failed == 0
+    assert _marks(root)["s2"] == T + dt.timedelta(days=1)
     redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
     assert redrive["exported"] == 0 and all(e["rows"] == 0 for e in redrive["entities"])
     assert _payloads(tmp_path).count("s2-a") == 1
@@ -401,7 +403,9 @@ def test_killed_export_is_redone_once(url: str, tmp_path: Path) -> None:
     result = json.loads(cli(root, "request", str(later), "--json", check=True).stdout)[0]
     assert result["entities"][0]["end"] == T.isoformat()  # the interrupted window, redone as it was
     assert _payloads(tmp_path) == sorted(f"r{h}" for h in range(10))
-    assert _marks(root) == {"s1": T}
+    # then on to the request's end, in the same run (a window of its own)
+    assert result["entities"][1]["start"] == T.isoformat() and result["entities"][1]["rows"] == 0
+    assert _marks(root) == {"s1": T + dt.timedelta(days=1)}
 
 
 # 8: two identical requests at once: one exports, the other exports zero rows
@@ -894,3 +898,110 @@ def test_an_unexpected_error_gives_the_claimed_entities_back(
     monkeypatch.undo()
     again = _run(root, export_type="daily", end=T)
     assert again.failed == 0 and _payloads(tmp_path) == ["a"], again.entities
+
+
+def _feed_blocked(tmp_path: Path) -> Path:
+    """Make the change feed unwritable: a window fails after its file was put in place."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    blocker = out / "_manifests"
+    blocker.write_text("a file where the manifests folder must go")
+    return blocker
+
+
+def test_a_window_failing_after_its_file_is_placed_is_redone_to_that_file(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    blocker = _feed_blocked(tmp_path)
+    first = _run(root, export_type="daily", end=T)
+    assert first.failed == 1 and len(files(tmp_path / "out")) == 1  # the file was placed, then the feed failed
+    [placed] = files(tmp_path / "out")
+    rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
+    assert rows["s1"]["pending_end"] == T and rows["s1"]["failed_end"] == T
+    blocker.unlink()
+    rec.add("s1", T + dt.timedelta(hours=2), "s1-b")
+    second = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert second.failed == 0 and [e["rows"] for e in second.entities] == [1, 1]
+    assert placed in files(tmp_path / "out") and len(files(tmp_path / "out")) == 2
+    assert _payloads(tmp_path).count("s1-a") == 1 and _payloads(tmp_path).count("s1-b") == 1
+    assert _marks(root) == {"s1": T + dt.timedelta(days=1)}
+    row = operations.watermarks(load(root), "studies")[0]
+    assert row["failed_end"] is None and row["pending_end"] is None
+
+
+def test_redrive_redoes_the_window_a_run_died_in_after_a_failure(url: str, tmp_path: Path) -> None:
+    """A pending window (a run that died) wins over the recorded failure: its file may be in place."""
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        store = ledger.watermarks
+        store.ensure("studies", ["s1"])
+        [claim] = store.claim("studies", ["s1"], lease=600)
+        day = T - dt.timedelta(days=1)
+        store.fail("studies", "s1", token=claim.token, error="boom", start=day, end=T - dt.timedelta(hours=12),
+                   export_type="daily", mode="watermark")  # fmt: skip
+        [claim] = store.claim("studies", ["s1"], lease=0.001)  # a ledger of an older version: pending cleared,
+        store.set_pending(claim, day, T, "daily")  # then a wider window, and the run died
+    time.sleep(0.01)
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    [entry] = redrive["entities"]
+    assert (entry["start"], entry["end"], entry["rows"]) == (day.isoformat(), T.isoformat(), 1)
+    assert _marks(root) == {"s1": T}
+
+
+def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s1").write_text("blocked")
+    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
+    assert _run(root, **window, destination=str(other)).failed == 1
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s1").write_text("blocked")
+    assert _run(root, export_type="daily", end=T).failed == 1  # a regular window fails too
+    [row] = operations.watermarks(load(root), "studies")
+    assert (row["failed_mode"], row["failed_destination"], row["pending_end"]) == ("reexport", str(other), T)
+    # another re-export of the entity is refused while one is owed: the ledger keeps one
+    refused = _run(root, **{**window, "start": T - dt.timedelta(days=2)}, destination=str(other))
+    assert refused.failed == 1 and "still owes a failed re-export" in refused.entities[0]["error"]
+    (other / "s1").unlink()
+    (tmp_path / "out" / "s1").unlink()
+    assert _run(root, export_type="daily", end=T).failed == 0  # the regular window: clears nothing owed
+    assert operations.watermarks(load(root), "studies")[0]["failed_mode"] == "reexport"
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["exported"] == 1 and len(files(other)) == 1 and "s1-a" in files(other)[0].read_text()
+    assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+def test_retrying_the_failed_reexport_itself_clears_it(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s1").write_text("blocked")
+    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
+    assert _run(root, **window, destination=str(other)).failed == 1
+    (other / "s1").unlink()
+    assert _run(root, **window, destination=str(other)).failed == 0 and len(files(other)) == 1
+    assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+def test_a_failing_reexport_leaves_a_regular_claim_alone(url: str, tmp_path: Path) -> None:
+    root = _project(tmp_path, url)
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        store = ledger.watermarks
+        store.ensure("studies", ["s1"])
+        [claim] = store.claim("studies", ["s1"], lease=600)
+        store.set_pending(claim, T - dt.timedelta(days=1), T, "daily")
+        store.fail("studies", "s1", token=None, error="re-export failed", start=T - dt.timedelta(days=3),
+                   end=T - dt.timedelta(days=2), export_type="daily", mode="reexport", destination="/x")  # fmt: skip
+        assert store.commit(claim, end=T, rows=0, path=None)  # the regular export still holds its claim
+        [row] = store.entities("studies")
+    assert row["watermark"] == T and row["failed_mode"] == "reexport" and row["failed_destination"] == "/x"

@@ -14,11 +14,11 @@ import click
 from .. import operations
 from ..engine import Exporter
 from ..exceptions import UsageError
+from ..export_request import EXPORT_TYPES, load_request
 from ..masking import mask_url
 from ..operations import incremental_task, request_from_options
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
-from ..watermarks import EXPORT_TYPES, load_request
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
 from .render import ProgressBars, render_run
 
@@ -149,7 +149,8 @@ def watermark_list(task: str, as_json: bool) -> None:
             if r["failed_end"]
             else ""
         )
-        click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{failed}")
+        redo = f", window {r['pending_start']}..{r['pending_end']} to redo" if r["pending_end"] else ""
+        click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{redo}{failed}")
 
 
 @watermark.command(name="delete")

@@ -72,6 +72,7 @@ class Context:
     fault: Fault
     feed_run: FeedRun = field(default_factory=FeedRun)  # the run's manifest names (a new one per pass)
     _columns: dict[str, list[Column]] = field(default_factory=dict)
+    _others: dict[str, Destination] = field(default_factory=dict)  # re-exports' destinations, opened
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -132,9 +133,12 @@ class Context:
         """The project's destination, or another one (a re-export's ``--destination``)."""
         if url is None:
             return self.destination
+        if url in self._others:
+            return self._others[url]
         settings = self.project.settings.destination
         try:
-            return open_destination(dataclasses.replace(settings, url=url))
+            self._others[url] = open_destination(dataclasses.replace(settings, url=url))
+            return self._others[url]
         except SluicegateError:
             raise
         except (ValueError, ImportError) as exc:  # an unknown scheme, a URL that is no URL

@@ -27,6 +27,7 @@ from ..exceptions import (
     SluicegateError,
     UsageError,
 )
+from ..export_request import EXPORT_TYPES, ExportRequest
 from ..ledger import Ledger, WatermarkStore, run_heartbeat
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -35,7 +36,7 @@ from ..pipeline import Pipeline
 from ..sources import Column, ReadSpec, Slice, Source
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
-from ..watermarks import EXPORT_TYPES, ExportRequest, Window
+from ..watermarks import Window
 from ..work import Deadline, Outcome, Place, WorkUnit
 from . import Context, Progress
 
@@ -219,6 +220,9 @@ class Driver:
         if not options.redrive:
             watermarks.check_end(task, request, dt.datetime.now(dt.UTC))  # a usage error first
         self._select_fits(task)
+        if request.destination:  # a URL no destination takes exits 2 before any entity is planned
+            with contextlib.suppress(DestinationUnavailable):  # down: recorded on each window, for redrive
+                ctx.destination_for(request.destination)
         store = ctx.ledger.watermarks
         if options.redrive:
             windows, notes, _ = watermarks.redrive_windows(
@@ -238,9 +242,7 @@ class Driver:
         for note in notes if claim else ():
             if "error" in note:  # an entity that cannot be exported at all: a failure of this run
                 summary.note_failure(str(note["entity"]), str(note["error"]))
-        if request.destination:  # an override: failures are recorded with it, for redrive
-            windows = [dataclasses.replace(w, destination=request.destination) for w in windows]
-        return windows
+        return windows  # a re-export's windows carry its override destination, for redrive
 
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
         """Each entity's window in ``summary.plan`` (and notes on the others), without claiming."""
@@ -284,9 +286,9 @@ class Driver:
             if recorded_here:  # a CLI run beats (the service's RunManager beats for the runs it records)
                 assert summary.run_id is not None
                 with run_heartbeat(ctx.ledger.url, ctx.ledger.schema, summary.run_id):
-                    self._export(task, windows, summary, budget)
+                    self._export_and_catch_up(task, windows, options, summary, budget)
             else:
-                self._export(task, windows, summary, budget)
+                self._export_and_catch_up(task, windows, options, summary, budget)
         except BaseException:
             # Whatever stopped the export, the entities it still holds are given back now, not
             # after a whole lease of "another export holds this entity".
@@ -298,6 +300,21 @@ class Driver:
             if recorded_here and summary.run_id is not None:
                 ctx.ledger.runs.finish(summary.run_id, [summary.as_dict()])
         return len(windows)
+
+    def _export_and_catch_up(
+        self, task: Task, windows: list[Window], options: RunOptions, summary: TaskSummary, budget: Budget
+    ) -> None:
+        """Export the windows; an entity whose window was a failed or crashed one, redone to its
+        own file (which may be in place), then goes on to the run's end in a second window."""
+        self._export(task, windows, summary, budget)
+        redone = sorted({w.entity for w in windows if w.claim and w.claim.pending_end is not None})
+        request = options.request or ExportRequest()
+        if not redone or options.redrive or budget.over():
+            return
+        more = dataclasses.replace(options, request=dataclasses.replace(request, entities=tuple(redone)))
+        later = self._windows(task, more, claim=True, summary=summary)
+        windows += later  # given back with the others should the export stop
+        self._export(task, later, summary, budget)
 
     def _export(self, task: Task, windows: list[Window], summary: TaskSummary, budget: Budget) -> None:
         """Export windows, grouped by destination (a re-export's override, or the project's)."""
@@ -419,7 +436,7 @@ def check(task: Task, source: Source) -> list[str]:
             "with times, so cast it in select.sql (to timestamptz on PostgreSQL, for example)"
         )
     if cursor is not None and source.dialect is db.SQLITE:
-        problems += _unreadable_cursors(task, source)
+        problems += watermarks.unreadable_cursors(task, source)
     return problems
 
 
@@ -431,26 +448,6 @@ def missing_columns(task: Task, names: set[str]) -> list[str]:
         f"{task.folder / 'task.toml'} {field}: {name!r} is not a column of select.sql's result"
         for field, name in wanted
         if name not in names
-    ]
-
-
-def _unreadable_cursors(task: Task, source: Source) -> list[str]:
-    """SQLite: rows whose cursor is set but julianday() cannot read (ISO 8601's basic form
-    20260101T000000Z, an offset +0100, an integer): they are in no window, and no run says so."""
-    cursor = db.SQLITE.quote(task.cursor)
-    try:
-        count, example = source.execute(
-            f"SELECT count(*), min(q.{cursor}) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q"
-            f" WHERE q.{cursor} IS NOT NULL AND julianday(q.{cursor}) IS NULL"
-        )[0]
-    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
-        return []
-    if not count:
-        return []
-    return [
-        f"{task.folder / 'select.sql'}: {count:,} row(s) have a {task.cursor} SQLite cannot read as a time"
-        f" (such as {example!r}), so they are in no window and never exported; write them as"
-        " YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in select.sql"
     ]
 
 

@@ -119,20 +119,25 @@ class WatermarkStore(Store):
         mode: str,
         destination: str | None = None,
     ) -> None:
-        """Record a failed window (with a re-export's override destination) for redrive."""
+        """Record a failed window for redrive: a watermark window under its claim (which stays the
+        entity's pending window), or a re-export with its override destination (no claim)."""
+        window = {"start": self.core.ts(start), "end": self.core.ts(end), "type": export_type}
         if mode == "reexport":  # an entity never exported still gets a row, so redrive sees it
             self.ensure(task, [entity])
+            self.fail_reexport(task, entity, error=error, destination=destination, **window)
+        else:
+            self.fail_window(task, entity, token=token, error=error, **window)
+
+    def fail_window(self, task: str, entity: str, *, token: str | None, error: str, **window: Any) -> None:
+        """Record a failed watermark window; the claim is given back, the window stays pending."""
+        self._run("fail_window", task=task, entity=entity, token=_token(token), error=error[:2000], **window)
+
+    def fail_reexport(
+        self, task: str, entity: str, *, error: str, destination: str | None, **window: Any
+    ) -> None:
+        """Record a failed re-export (its window and destination); claims are left alone."""
         self._run(
-            "fail",
-            task=task,
-            entity=entity,
-            token=_token(token),
-            error=error[:2000],
-            start=self.core.ts(start),
-            end=self.core.ts(end),
-            type=export_type,
-            mode=mode,
-            destination=destination,
+            "fail_reexport", task=task, entity=entity, error=error[:2000], destination=destination, **window
         )
 
     def clear_failure(self, task: str, entity: str) -> None:
@@ -154,13 +159,15 @@ class WatermarkStore(Store):
     def entities(self, task: str) -> list[dict[str, Any]]:
         """Every watermark row of ``task`` as a dict."""
         names = (
-            "entity", "watermark", "attempts", "last_error", "failed_start", "failed_end", "failed_type",
-            "failed_mode", "failed_destination", "exported_at", "rows", "path", "claimed",
+            "entity", "watermark", "pending_start", "pending_end", "pending_type", "attempts", "last_error",
+            "failed_start", "failed_end", "failed_type", "failed_mode", "failed_destination", "exported_at",
+            "rows", "path", "claimed",
         )  # fmt: skip
         out = []
         for row in self._run("entities", task=task).fetchall():
             item = dict(zip(names, row, strict=True))
-            for key in ("watermark", "failed_start", "failed_end", "exported_at"):
+            times = ("watermark", "pending_start", "pending_end", "failed_start", "failed_end", "exported_at")
+            for key in times:
                 item[key] = self.core.from_ts(item[key])
             item["claimed"] = bool(item["claimed"])
             out.append(item)

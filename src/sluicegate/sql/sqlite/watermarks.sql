@@ -38,16 +38,35 @@ SET watermark = CASE WHEN watermark IS NULL OR watermark < :end THEN :end ELSE w
     exported_at = :now, rows = :rows, path = COALESCE(:path, path)
 WHERE id = :id AND claim_token = :token;
 
--- fail --
--- Record a failed window (for redrive) and give the claim back; the watermark does not move.
+-- fail_window --
+-- Record a failed watermark window (for redrive) and give the claim back; the watermark does not move.
+-- The window stays pending: the next run or redrive exports this very window again, to the same
+-- file, which may already be in place (a failure after placing it: a manifest, the commit).
+-- A failed re-export recorded earlier keeps the failure columns: it is owed to its own destination.
+-- (MariaDB assigns left to right: what reads failed_mode comes before failed_mode is set.)
 UPDATE {t}watermarks
-SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL, pending_type = NULL,
+SET claim_token = NULL, lease_until = NULL,
     -- an entity that never exported keeps its bootstrap start, so the next run covers the failed window
-    watermark = CASE WHEN watermark IS NULL AND :mode = 'watermark' THEN :start ELSE watermark END,
-    attempts = attempts + 1, last_error = :error,
-    failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = :mode, failed_destination = :destination
-WHERE task = :task AND entity = :entity
-  AND (:token IS NULL OR claim_token = :token);
+    watermark = COALESCE(watermark, :start),
+    attempts = CASE WHEN failed_mode = 'reexport' THEN attempts ELSE attempts + 1 END,
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE :error END,
+    failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE :start END,
+    failed_end = CASE WHEN failed_mode = 'reexport' THEN failed_end ELSE :end END,
+    failed_type = CASE WHEN failed_mode = 'reexport' THEN failed_type ELSE :type END,
+    failed_destination = CASE WHEN failed_mode = 'reexport' THEN failed_destination ELSE NULL END,
+    failed_mode = CASE WHEN failed_mode = 'reexport' THEN failed_mode ELSE 'watermark' END
+WHERE task = :task AND entity = :entity AND claim_token = :token;
+
+-- fail_reexport --
+-- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
+-- leaves the entity's claim and pending window alone (a regular export may be under way).
+-- A failed watermark window recorded earlier stays pending, and is redone by the next run.
+UPDATE {t}watermarks
+SET attempts = CASE WHEN failed_mode = 'reexport' THEN attempts + 1 ELSE 1 END,
+    last_error = :error,
+    failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = 'reexport',
+    failed_destination = :destination
+WHERE task = :task AND entity = :entity;
 
 -- clear_failure --
 -- Forget a recorded failure once its window was exported (a redriven re-export).
@@ -68,7 +87,7 @@ WHERE claim_token = :token;
 
 -- entities --
 -- Every watermark row of a task.
-SELECT entity, watermark, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
+SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
        failed_destination, exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed
 FROM {t}watermarks WHERE task = :task ORDER BY entity;
 
