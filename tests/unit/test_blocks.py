@@ -510,6 +510,16 @@ def test_encrypted_artifacts_round_trip_and_need_the_key(tmp_path: Path) -> None
     assert [r["duration"] for r in read_records(data, fernet_key=key)] == [60, 120, 180]
 
 
+def test_a_malformed_artifact_key_exits_2_naming_its_variable(tmp_path: Path) -> None:
+    """cryptography 51 takes a key without its '=' padding: the key is checked at start-up,
+    before any block is claimed, and the message names the variable it came from."""
+    root = make_project(tmp_path, extract_extra="encrypt = true")
+    unpadded = generate_key().rstrip("=")
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", env={"ATD_MDS_FERNET_KEY": unpadded})
+    assert result.exit_code == 2 and "key in ATD_MDS_FERNET_KEY is not a Fernet key" in result.output
+    assert not list(root.rglob("trips.jsonl"))
+
+
 def test_jsonl_writes_records_and_rows(tmp_path: Path) -> None:
     import io
 

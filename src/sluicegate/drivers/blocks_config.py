@@ -155,7 +155,8 @@ def _extract(
             f"(or {secrets.LEGACY_KEY_ENV}) to a Fernet key"
         )
     if encrypt:
-        secrets.encrypt("", settings.fernet_key or "")  # a malformed key fails here, at start-up
+        # a malformed key fails here, at start-up, naming the variable it came from
+        secrets.encrypt("", settings.fernet_key or "", key_name=settings.fernet_key_name)
     time = validate.identifier(raw["time"], f"{where} time") if "time" in raw else None
     if time is not None and not (folder / "select.sql").is_file():
         raise ConfigError(
