@@ -699,3 +699,30 @@ def test_an_unexpected_error_before_the_delete_fails_the_run_and_deletes_nothing
     assert summary.archive[0]["recovered"] is True and summary.archive[0]["deleted"] == 9
     assert len(files(tmp_path / "out")) == 1
     account(tmp_path / "out", agency, agency.added, ledger)
+
+
+def test_a_parquet_archive_of_a_mixed_column_gives_advice_an_archive_task_can_follow(tmp_path: Path) -> None:
+    """The error advised task.toml [columns], which an archive task refuses as an unknown setting."""
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    with sqlite3.connect(tmp_path / "src.db") as conn:  # name without a type: SQLite keeps 5 and 'text' apart
+        conn.execute("CREATE TABLE agency (id INTEGER PRIMARY KEY, base_id INTEGER, updated_at TEXT, name)")
+    agency = Agency(url, create=False)
+    t0 = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    agency.version(1, t0, "text")
+    agency.version(1, t0 + dt.timedelta(hours=1), "newer")
+    agency.conn.execute("INSERT INTO agency (base_id, updated_at, name) VALUES (2, '2020-01-01T00:00:00Z', 5)")
+    agency.version(2, t0 + dt.timedelta(hours=1), "newer")
+    root = _project(tmp_path, url)
+    task = root / "tasks" / "agency"
+    (task / "task.toml").write_text('kind = "archive"\nboundary = "midnight"\nformat = "parquet"\n')
+    failed = cli(root, "run")
+    assert failed.returncode == 1 and "CAST(name AS TEXT) AS name" in failed.stdout + failed.stderr
+    select = (task / "select.sql").read_text()
+    (task / "select.sql").write_text(select.replace("SELECT *", "SELECT a.id, a.base_id, a.updated_at,"
+                                                    " CAST(a.name AS TEXT) AS name"))  # fmt: skip
+    done = cli(root, "run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [archived] = files(tmp_path / "out")
+    import pyarrow.parquet as pq
+
+    assert sorted(pq.read_table(archived).column("name").to_pylist()) == ["5", "text"]
