@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
 
 UTC = dt.UTC
-BEGINNING = dt.datetime(1970, 1, 1, tzinfo=UTC)
+# bootstrap = "beginning": rows from before 1970 are history too (1850's weather). Year 1000 is
+# MariaDB's earliest DATETIME, and the earliest year strftime writes with four digits in a path.
+BEGINNING = dt.datetime(1000, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------- windows

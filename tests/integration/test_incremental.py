@@ -1005,3 +1005,15 @@ def test_a_failing_reexport_leaves_a_regular_claim_alone(url: str, tmp_path: Pat
         assert store.commit(claim, end=T, rows=0, path=None)  # the regular export still holds its claim
         [row] = store.entities("studies")
     assert row["watermark"] == T and row["failed_mode"] == "reexport" and row["failed_destination"] == "/x"
+
+
+def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: Path) -> None:
+    """"beginning" was 1970-01-01: a weather record of 1850 was in no window, and no run said so."""
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    rec.add("s1", dt.datetime(1850, 6, 1, tzinfo=UTC), "1850")
+    rec.add("s1", dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), "1969")
+    rec.add("s1", T - dt.timedelta(hours=1), "recent")
+    done = _run(root, export_type="daily", end=T)
+    assert done.failed == 0 and _payloads(tmp_path) == ["1850", "1969", "recent"]
+    assert files(tmp_path / "out")[0].name.startswith("10000101T000000Z-")
