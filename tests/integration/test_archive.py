@@ -726,3 +726,37 @@ def test_a_parquet_archive_of_a_mixed_column_gives_advice_an_archive_task_can_fo
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(archived).column("name").to_pylist()) == ["5", "text"]
+
+
+def test_a_run_chooses_its_file_name_under_the_naming_lock(tmp_path: Path) -> None:
+    """Two tasks whose paths render alike, run side by side, both found a name free before either
+    recorded it, and one file replaced the other after its rows were deleted."""
+    import fcntl
+    import os
+
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    agency = Agency(url)
+    _seed(agency)
+    root = _project(tmp_path, url)
+    project = load(root)
+    task_lock = f"{tmp_path / 'src.db'}.archive-agency.lock"
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        with ledger.archive.hold("(file names)"):  # archive.NAMING_LOCK
+            proc = _spawn(root, "run", "--json")
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:  # until the run holds its task
+                fd = os.open(task_lock, os.O_RDWR | os.O_CREAT)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    break
+                finally:
+                    os.close(fd)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            # the run holds its task's lock, and names no file while another run is naming one
+            assert proc.poll() is None and ledger.archive.unfinished("agency") is None
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)[0]["rows"] == 9 and len(files(tmp_path / "out")) == 1

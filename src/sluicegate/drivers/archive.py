@@ -51,6 +51,7 @@ from . import Context, Progress
 UTC = dt.UTC
 ARCHIVE_PATH = "{task}-{boundary:%Y_%m_%d-%I_%M_%S_%p}.{ext}"
 LEDGER_STORES = ("archive",)  # the ledger stores a run uses (sluicegate grants)
+NAMING_LOCK = "(file names)"  # the archive lock taken to choose a file name (no task is named so)
 KEYS = BASE_KEYS | {"zone", "boundary"}
 
 
@@ -285,8 +286,12 @@ class Driver:
     ) -> ArchiveRun:
         """Record a new run under a file name no run of the task has used, then export."""
         run_id = str(uuid.uuid4())
-        path = self._free_path(task, boundary, run_id)
-        self.context.ledger.archive.start(run_id, task.name, boundary, path)
+        store = self.context.ledger.archive
+        # Runs of two tasks whose paths render alike (`sluicegate run` runs tasks side by side)
+        # both found a name free before either recorded it: one name at a time.
+        with store.hold(NAMING_LOCK):
+            path = self._free_path(task, boundary, run_id)
+            store.start(run_id, task.name, boundary, path)
         run = ArchiveRun(run_id=run_id, path=path, boundary=boundary.isoformat(), recovered=recovered)
         return self._export(task, run, held, summary)
 
