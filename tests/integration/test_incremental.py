@@ -1017,3 +1017,16 @@ def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: P
     done = _run(root, export_type="daily", end=T)
     assert done.failed == 0 and _payloads(tmp_path) == ["1850", "1969", "recent"]
     assert files(tmp_path / "out")[0].name.startswith("10000101T000000Z-")
+
+
+def test_a_failed_window_that_fails_again_is_tried_once_per_run(url: str, tmp_path: Path) -> None:
+    """The catch-up after a redone window is for windows that were committed, not failed again."""
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s1").write_text("blocked")
+    assert _run(root, export_type="daily", end=T).failed == 1
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 1 and len([e for e in again.entities if e["entity"] == "s1"]) == 1
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["attempts"] == 2 and row["pending_end"] == T and row["watermark"] == T - dt.timedelta(days=1)

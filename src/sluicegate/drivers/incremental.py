@@ -307,7 +307,8 @@ class Driver:
         """Export the windows; an entity whose window was a failed or crashed one, redone to its
         own file (which may be in place), then goes on to the run's end in a second window."""
         self._export(task, windows, summary, budget)
-        redone = sorted({w.entity for w in windows if w.claim and w.claim.pending_end is not None})
+        moved = {e["entity"] for e in summary.entities if e.get("watermark_moved")}  # not failed again
+        redone = sorted({w.entity for w in windows if w.claim and w.claim.pending_end is not None} & moved)
         request = options.request or ExportRequest()
         if not redone or options.redrive or budget.over():
             return
