@@ -930,6 +930,42 @@ def test_a_window_failing_after_its_file_is_placed_is_redone_to_that_file(url: s
     assert row["failed_end"] is None and row["pending_end"] is None
 
 
+def test_a_failed_window_stays_pending_when_a_later_run_gives_its_claim_back(url: str, tmp_path: Path) -> None:
+    """A run that claimed the entity and gave it back unread (its --max-runtime ran out before the
+    window, an error) used to clear the pending window: the next run widened the failed window,
+    whose file was in place, into a file under another name, and its rows were in two files."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    blocker = _feed_blocked(tmp_path)
+    assert _run(root, export_type="daily", end=T).failed == 1
+    blocker.unlink()
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        [claim] = ledger.watermarks.claim("studies", ["s1"], lease=600)
+        assert claim.pending_end == T
+        ledger.watermarks.release(claim.token)  # as a run whose budget ran out before reading it
+    rec.add("s1", T + dt.timedelta(hours=2), "s1-b")
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 0 and [e["end"] for e in again.entities] == [
+        T.isoformat(), (T + dt.timedelta(days=1)).isoformat()
+    ], again.entities
+    assert _payloads(tmp_path) == ["s1-a", "s1-b"] and len(files(tmp_path / "out")) == 2
+
+
+def test_a_redone_window_that_fails_again_is_not_tried_twice_in_one_run(url: str, tmp_path: Path) -> None:
+    """The catch-up after a redone window used to claim the entity again even when the redo had
+    failed: the same window was exported a second time in the run, and counted two attempts."""
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    _feed_blocked(tmp_path)
+    assert _run(root, export_type="daily", end=T).failed == 1
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 1 and len(again.entities) == 1, again.entities
+    [row] = operations.watermarks(load(root), "studies")
+    assert (row["attempts"], row["pending_end"], row["failed_end"]) == (2, T, T)
+
+
 def test_redrive_redoes_the_window_a_run_died_in_after_a_failure(url: str, tmp_path: Path) -> None:
     """A pending window (a run that died) wins over the recorded failure: its file may be in place."""
     root = _project(tmp_path, url)
@@ -1018,15 +1054,3 @@ def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: P
     assert done.failed == 0 and _payloads(tmp_path) == ["1850", "1969", "recent"]
     assert files(tmp_path / "out")[0].name.startswith("10000101T000000Z-")
 
-
-def test_a_failed_window_that_fails_again_is_tried_once_per_run(url: str, tmp_path: Path) -> None:
-    """The catch-up after a redone window is for windows that were committed, not failed again."""
-    root = _project(tmp_path, url)
-    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "s1").write_text("blocked")
-    assert _run(root, export_type="daily", end=T).failed == 1
-    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
-    assert again.failed == 1 and len([e for e in again.entities if e["entity"] == "s1"]) == 1
-    [row] = operations.watermarks(load(root), "studies")
-    assert row["attempts"] == 2 and row["pending_end"] == T and row["watermark"] == T - dt.timedelta(days=1)

@@ -306,9 +306,13 @@ class Driver:
     ) -> None:
         """Export the windows; an entity whose window was a failed or crashed one, redone to its
         own file (which may be in place), then goes on to the run's end in a second window."""
+        seen = len(summary.entities)
         self._export(task, windows, summary, budget)
-        moved = {e["entity"] for e in summary.entities if e.get("watermark_moved")}  # not failed again
-        redone = sorted({w.entity for w in windows if w.claim and w.claim.pending_end is not None} & moved)
+        committed = {e["entity"] for e in summary.entities[seen:] if e.get("watermark_moved")}
+        # Only a redo that committed goes on: one that failed again is still pending (next run).
+        redone = sorted(
+            {w.entity for w in windows if w.claim and w.claim.pending_end is not None} & committed
+        )
         request = options.request or ExportRequest()
         if not redone or options.redrive or budget.over():
             return

@@ -88,9 +88,9 @@ UPDATE {t}watermarks SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE SKIP LOCKED);
 
 -- release --
--- Give back every watermark row still held under a claim token.
-UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
-    pending_type = NULL
+-- Give back every watermark row still held under a claim token. The pending window stays: it
+-- may be a failed or crashed window whose file is in place, so the next run redoes exactly it.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
 
 -- entities --

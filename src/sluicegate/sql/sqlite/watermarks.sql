@@ -80,9 +80,9 @@ WHERE task = :task AND entity = :entity;
 UPDATE {t}watermarks SET lease_until = :now + :lease WHERE claim_token = :token;
 
 -- release --
--- Give back every watermark row still held under a claim token.
-UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL, pending_start = NULL, pending_end = NULL,
-    pending_type = NULL
+-- Give back every watermark row still held under a claim token. The pending window stays: it
+-- may be a failed or crashed window whose file is in place, so the next run redoes exactly it.
+UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = :token;
 
 -- entities --
