@@ -8,11 +8,11 @@ folds what they record into partition versions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .exceptions import UsageError
+from .exceptions import ConfigError, SluicegateError, UsageError
 from .ledger import Ledger
 from .sources import Source
 
@@ -27,6 +27,7 @@ def existing_rows(task: TaskSpec, source: Source) -> int:
 
 
 OPERATIONS = ("insert", "update", "delete")
+SQLITE_COLUMNS = "SELECT name FROM pragma_table_info(?)"  # a SQLite table's columns, in order
 
 
 def _trigger_name(task: TaskSpec, operation: str) -> str:
@@ -310,10 +311,57 @@ def _row_values(task: TaskSpec, dialect: db.Dialect, row: str, time_ending: bool
     return f"({literal}, {json_array}({keys}), {bin_sql})"
 
 
+def capture_problems(task: TaskSpec, source: Source) -> list[str]:
+    """Why the capture table or its ``[capture]`` columns cannot be read (trigger and scan modes)."""
+    cap = task.capture
+    if cap.mode not in ("trigger", "scan") or not cap.table:
+        return []
+    wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
+    q = source.dialect.quote
+    try:
+        if source.dialect is db.SQLITE:  # where a quoted name that is no column reads as a string
+            found = [str(r[0]) for r in source.execute(SQLITE_COLUMNS, (cap.table,))]
+            if problems := missing_capture_columns(task, found):
+                return problems
+        source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
+    except SluicegateError as exc:
+        return [
+            f"{task.folder / 'task.toml'} [capture]: table {cap.table!r} or its columns {wanted} are not"
+            f" readable: {exc}"
+        ]
+    return []
+
+
+def missing_capture_columns(task: TaskSpec, columns: Collection[str]) -> list[str]:
+    """The ``[capture]`` columns that the capture table's ``columns`` lack (any case), as messages.
+
+    SQLite reads a double-quoted name that is no column as a string: ``SELECT "datetme"`` passed
+    ``check``, and the installed trigger broke every INSERT of the application with "no such
+    column: NEW.datetme". So SQLite's capture columns are looked up by name.
+    """
+    cap = task.capture
+    have = {c.lower() for c in columns}
+    wanted = [(f"keys.{k}", cap.keys[k]) for k in task.keys]
+    wanted += [(name, c) for name, c in (("time", cap.time), ("cursor", cap.cursor)) if c]
+    if not columns:
+        return [f"{task.folder / 'task.toml'} [capture] table: {cap.table!r} is not a table of the source"]
+    return [
+        f"{task.folder / 'task.toml'} [capture] {name}: {column!r} is not a column of {cap.table}"
+        f" ({', '.join(columns)})"
+        for name, column in wanted
+        if column.lower() not in have
+    ]
+
+
 def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
     cap = task.capture
     assert cap.table
     q = db.SQLITE.quote
+    with inbox.core.transaction() as cur:
+        cur.execute(SQLITE_COLUMNS, (cap.table,))
+        problems = missing_capture_columns(task, [str(r[0]) for r in cur.fetchall()])
+    if problems:  # a trigger naming no column would break the application's every write
+        raise ConfigError("; ".join(problems))
 
     def insert(row: str) -> str:
         values = _row_values(task, db.SQLITE, row, time_ending, "json_array")

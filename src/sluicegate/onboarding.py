@@ -14,7 +14,7 @@ from typing import Any
 from . import capture, capture_triggers
 from .destinations import open_destination
 from .drivers.partitioned import Task as PartitionedTask
-from .exceptions import SluicegateError, UsageError
+from .exceptions import ConfigError, SluicegateError, UsageError
 from .ledger import Ledger
 from .operations import ledger_of, partitioned_task
 from .sources import open_source
@@ -80,6 +80,8 @@ def uncaptured_rows(project: Project, names: Sequence[str] = ()) -> dict[str, in
         for task in tasks:
             if not isinstance(task, PartitionedTask) or task.capture.mode != "trigger":
                 continue
+            if problems := capture_triggers.capture_problems(task, source):  # before any trigger is made
+                raise ConfigError("; ".join(problems))
             if not capture_triggers.installed_triggers(task, source, project.settings.ledger_schema):
                 out[task.name] = capture_triggers.existing_rows(task, source)
     finally:

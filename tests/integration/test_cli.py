@@ -100,6 +100,27 @@ def test_check_reports_query_and_column_problems(tmp_path: Path) -> None:
     assert result.returncode == 2 and "select.sql: the query failed" in result.stderr
 
 
+def test_a_capture_column_typo_on_sqlite_fails_check_and_install(tmp_path: Path) -> None:
+    """SQLite reads "datetme" (no such column) as a string: check and install passed, and the
+    trigger then broke every INSERT of the application with "no such column: NEW.datetme"."""
+    root, db = _sqlite_project(tmp_path, fmt="csv")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    good = toml.read_text()
+    typos = (('time = "datetme"', "time"), ('{ location_id = "locationid" }', "keys.location_id"))
+    for month, (typo, field) in enumerate(typos, start=2):
+        toml.write_text(good.replace('time = "datetime"' if field == "time" else '{ location_id = "location_id" }',
+                                     typo))  # fmt: skip
+        for command in ("check", "install"):
+            result = cli(root, command)
+            assert result.returncode == 2, (command, result.stdout, result.stderr)
+            assert f"[capture] {field}:" in result.stderr and "is not a column of measurements" in result.stderr
+            assert "Traceback" not in result.stderr
+        db.insert(1, hours(dt.datetime(2024, month, 1, tzinfo=UTC), 1))  # the application still writes
+    toml.write_text(good.replace('table = "measurements"', 'table = "measurement"'))
+    result = cli(root, "install")
+    assert result.returncode == 2 and "'measurement' is not a table of the source" in result.stderr
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "run", "--limit", "0").returncode == 2

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, validate
+from .. import capture, capture_triggers, validate
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -417,17 +417,7 @@ def check(task: Task, source: Source) -> list[str]:
         return [str(exc)]
     if task.time and task.time.zone_sql:
         problems += _check_zones(task, source, toml)
-    cap = task.capture
-    if cap.mode in ("trigger", "scan") and cap.table:
-        wanted = [cap.keys[k] for k in task.keys] + [c for c in (cap.time, cap.cursor) if c]
-        q = source.dialect.quote
-        try:
-            source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
-        except SluicegateError as exc:
-            problems.append(
-                f"{toml} [capture]: table {cap.table!r} or its columns {wanted} are not readable: {exc}"
-            )
-    return problems
+    return problems + capture_triggers.capture_problems(task, source)
 
 
 def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[str]:
