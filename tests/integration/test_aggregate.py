@@ -316,7 +316,9 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
     assert _evaluate(root, T).rows == 1
     assert [r["city"] for r in table(url)] == ["Gent"]
     sql = agg.evaluation_sql(load(root).tasks[AGGREGATE], "postgresql")  # type: ignore[arg-type]
-    assert sql.startswith("WITH in_window AS (SELECT * FROM \"raw\" WHERE \"measurement_time_utc\" >= %s")
+    assert sql.startswith(
+        'WITH in_window AS (SELECT * FROM "raw" AS sluicegate_window WHERE sluicegate_window."measurement_time_utc" >= %s'
+    )
     assert "LIKE 'G%%'" in sql and ",\nnamed AS" in sql
 
 
@@ -372,3 +374,18 @@ def test_check_names_a_missing_table_column(tmp_path: Path, url: str) -> None:
     db.close()
     proc = cli(root, "check")
     assert proc.returncode == 2 and "has no column num_measurements" in proc.stderr
+
+
+def test_a_misspelt_window_column_fails_check_and_run_and_keeps_the_table(tmp_path: Path, url: str) -> None:
+    """On SQLite "measurement_time" (no such column) read as a string: check said ok, and each
+    evaluation found no row in its window and replaced the readers' table with nothing."""
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=1), 2.0)])
+    assert _evaluate(root, T).rows == 2 and len(table(url)) == 2
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('column = "measurement_time_utc"', 'column = "measurement_time"'))
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "measurement_time" in proc.stderr and "Traceback" not in proc.stderr
+    failed = _evaluate(root, T + dt.timedelta(minutes=5))
+    assert failed.state == "failed" and "measurement_time" in str(failed.error)
+    assert len(table(url)) == 2  # the readers' table keeps the last good evaluation

@@ -41,6 +41,7 @@ from .aggregate_file import write_file
 
 UTC = dt.UTC
 IN_WINDOW = "in_window"
+WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
@@ -143,12 +144,15 @@ def _every(raw: Mapping[str, Any], where: str) -> float | None:
 def evaluation_sql(task: Task, flavor: tables.Flavor) -> str:
     """The select with the window as a CTE ``in_window`` before it; two placeholders: start, end."""
     mark = "%s" if flavor == "postgresql" else "?"
-    col = tables.quote(flavor, task.window_column)
+    # Qualified: SQLite reads an unqualified double-quoted name that is no column as a string, so a
+    # misspelt column put no row in any window and each evaluation emptied the readers' table.
+    col = f"{WINDOW_ALIAS}.{tables.quote(flavor, task.window_column)}"
     if flavor == "sqlite":  # times are text there: compare them as times, never as strings
         bound = f"julianday({col}) >= julianday({mark}) AND julianday({col}) < julianday({mark})"
     else:
         bound = f"{col} >= {mark} AND {col} < {mark}"
-    cte = f"{IN_WINDOW} AS (SELECT * FROM {tables.quote(flavor, task.window_table)} WHERE {bound})"
+    table = tables.quote(flavor, task.window_table)
+    cte = f"{IN_WINDOW} AS (SELECT * FROM {table} AS {WINDOW_ALIAS} WHERE {bound})"
     # psycopg reads % as the start of a placeholder once there are parameters; the select has none.
     select = task.select_sql.replace("%", "%%") if flavor == "postgresql" else task.select_sql
     match = _LEADING_WITH.match(select)
