@@ -265,8 +265,13 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     """Mark partitions whose rows have a cursor newer than the last scan minus the overlap."""
     cap = task.capture
     assert cap.table and cap.cursor
-    q = source.dialect.quote
-    high_water = source.execute(f"SELECT max({q(cap.cursor)}) FROM {q(cap.table)}")[0][0]
+    dq = source.dialect.quote
+
+    def q(name: str) -> str:  # qualified: SQLite reads an unqualified quoted name that is no column as text
+        return f"c.{dq(name)}"
+
+    table = f"{dq(cap.table)} AS c"
+    high_water = source.execute(f"SELECT max({q(cap.cursor)}) FROM {table}")[0][0]
     if high_water is None:
         return 0
     high = _as_time(high_water)
@@ -277,7 +282,7 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     if task.time:
         assert cap.time
         cols.append(source.dialect.bin_expr(q(cap.time), time_ending))
-    select = f"SELECT DISTINCT {', '.join(cols) or '1'} FROM {q(cap.table)}"
+    select = f"SELECT DISTINCT {', '.join(cols) or '1'} FROM {table}"
     params: list[Any] = []
     if since is not None:
         if source.dialect is db.SQLITE:

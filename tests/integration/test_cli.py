@@ -121,6 +121,23 @@ def test_a_capture_column_typo_on_sqlite_fails_check_and_install(tmp_path: Path)
     assert result.returncode == 2 and "'measurement' is not a table of the source" in result.stderr
 
 
+def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: Path) -> None:
+    """The scan read SELECT DISTINCT "locationid" as the text 'locationid': a partition
+    location_id=locationid was marked and exported empty, and the real ones never were."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv",
+                         capture="scan")  # fmt: skip
+    db = Db(url)
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('{ location_id = "location_id" }', '{ location_id = "locationid" }'))
+    result = cli(root, "run")
+    assert result.returncode == 2 and "[capture] keys.location_id: 'locationid'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and not files(tmp_path / "out")
+    assert not [p for p in operations.status(load(root), ["openaq"]) if p.get("pending")]
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "run", "--limit", "0").returncode == 2

@@ -249,6 +249,8 @@ class Driver:
         if task.capture.mode == "trigger":
             summary.marked = capture.absorb(task, ctx.ledger, ctx.inbox, ctx.source)
         elif task.capture.mode == "scan":
+            if problems := capture_triggers.capture_problems(task, ctx.source):  # a typo, before it marks
+                raise ConfigError("; ".join(problems))
             summary.marked = capture.scan(task, ctx.ledger, ctx.source)
         workers = options.workers or ctx.project.settings.workers
         loop = Loop(task=task, options=options, summary=summary, budget=budget, progress=progress, stop=stop)
