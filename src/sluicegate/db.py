@@ -106,7 +106,14 @@ def dialect_of(url: str) -> Dialect:
 
 def sqlite_path(url: str) -> Path:
     """Return the file path of a ``sqlite:///`` URL."""
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url[len("sqlite:") :]
+    if not url.startswith("sqlite:///") and url.startswith("sqlite:"):
+        # sqlite://nope.db opened /nope.db at the root of the file system; sqlite:nope.db, a file
+        # in whatever folder the command ran from.
+        raise ConfigError(
+            f"database URL {url!r}: a SQLite URL has three slashes before its path; write"
+            " sqlite:///file.db (relative to the project folder) or sqlite:////abs/path/file.db"
+        )
+    path = url[len("sqlite:///") :]
     if not path:
         raise ConfigError(f"database URL {url!r} has no file path; use sqlite:///path/to/file.db")
     return Path(path)

@@ -138,6 +138,19 @@ def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: P
     assert not [p for p in operations.status(load(root), ["openaq"]) if p.get("pending")]
 
 
+def test_a_sqlite_url_with_two_slashes_is_refused_not_opened_at_the_root(tmp_path: Path) -> None:
+    """sqlite://x.db opened /x.db, at the root of the file system, and made the ledger there."""
+    name = f"sluicegate-test-{tmp_path.name}.db"
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    settings = root / "sluicegate.toml"
+    settings.write_text(settings.read_text().replace(f"sqlite:///{tmp_path / 's.db'}", f"sqlite://{name}"))
+    assert f"sqlite://{name}" in settings.read_text()
+    for command in ("check", "run", "status"):
+        result = cli(root, command)
+        assert result.returncode == 2 and "a SQLite URL has three slashes" in result.stderr, result.stderr
+    assert not (Path("/") / name).exists()
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "run", "--limit", "0").returncode == 2
