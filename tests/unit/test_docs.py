@@ -32,3 +32,13 @@ def test_every_command_has_a_help_block() -> None:
     documented = {line for line, _, _ in cli_help.blocks((REPO / "docs" / "cli.md").read_text())}  # type: ignore[attr-defined]
     missing = [name for name in main.commands if f"$ sluicegate {name} --help" not in documented]
     assert not missing, f"docs/cli.md has no help block for: {missing}"
+
+
+def test_every_code_block_of_the_docs_is_closed() -> None:
+    """An unclosed fence in cli.md swallowed the next heading and kept a stale help block inside."""
+    pages = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md", REPO / "bench" / "README.md"]
+    for page in pages:
+        fences = [line for line in page.read_text().splitlines() if line.lstrip().startswith("```")]
+        closed = [f for i, f in enumerate(fences) if i % 2 == 1]
+        assert len(fences) % 2 == 0, f"{page}: a code block is not closed"
+        assert all(f.strip() == "```" for f in closed), f"{page}: a fence opens where one should close"
