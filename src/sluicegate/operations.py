@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import capture, capture_triggers, db
+from . import capture, capture_triggers, db, validate
 from .destinations import open_destination
 from .drivers import kind_module
 from .drivers.partitioned import Task as PartitionedTask
@@ -85,7 +85,8 @@ def partitioned_task(project: Project, name: str) -> PartitionedTask:
     """The partitioned task called ``name`` (marks, re-exports and resets apply only to those)."""
     task = project.task(name)
     if not isinstance(task, PartitionedTask):
-        raise UsageError(f"task {name!r} is a {task.kind} task; this applies to partitioned tasks only")
+        kind = validate.a_or_an(task.kind)
+        raise UsageError(f"task {name!r} is {kind} task; this applies to partitioned tasks only")
     return task
 
 
@@ -256,12 +257,14 @@ def request_from_options(
         return None
     if (time_min or time_max) and not (ignore_watermark or destination):
         raise UsageError(
-            "time_min and time_max re-export a window: also set ignore_watermark (or a destination)"
+            "--time-min and --time-max re-export a window: also give --ignore-watermark (or --destination)"
         )
     if ignore_watermark and not (time_min and time_max):
-        raise UsageError("ignore_watermark needs time_min and time_max: the window to re-export")
+        raise UsageError("--ignore-watermark needs --time-min and --time-max: the window to re-export")
     if time_min and time_max and time_min >= time_max:
-        raise UsageError(f"time_min {time_min.isoformat()} must be before time_max {time_max.isoformat()}")
+        raise UsageError(
+            f"--time-min {time_min.isoformat()} must be before --time-max {time_max.isoformat()}"
+        )
     return ExportRequest(
         export_type=export_type,
         start=time_min,
@@ -277,7 +280,8 @@ def blocks_task(project: Project, name: str) -> TaskBase:
     """The blocks task called ``name``."""
     task = project.task(name)
     if task.kind != "blocks":
-        raise UsageError(f"task {name!r} is a {task.kind} task; this applies to blocks tasks only")
+        kind = validate.a_or_an(task.kind)
+        raise UsageError(f"task {name!r} is {kind} task; this applies to blocks tasks only")
     return task
 
 
@@ -354,7 +358,8 @@ def ingest(
 
     task = project.task(task_name)
     if not isinstance(task, IngestTask):
-        raise UsageError(f"task {task_name!r} is a {task.kind} task; ingest applies to ingest tasks only")
+        kind = validate.a_or_an(task.kind)
+        raise UsageError(f"task {task_name!r} is {kind} task; ingest applies to ingest tasks only")
     if lines is None and task.sqs is None:
         raise UsageError(f"task {task_name!r} has no [sqs] queue; give a file of JSON lines, or - for stdin")
     s = project.settings

@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import validate
 from .exceptions import BadPartitionValue, ConfigError
 
 _FORMATTER = string.Formatter()
@@ -65,7 +66,8 @@ def check_template(
     unknown = sorted(used - set(allowed))
     if unknown:
         raise ConfigError(
-            f"{where}: {{{unknown[0]}}} is not a {what}; use one of {', '.join(sorted(allowed))}"
+            f"{where}: {{{unknown[0]}}} is not {validate.a_or_an(what)};"
+            f" use one of {', '.join(sorted(allowed))}"
         )
     missing = [k for k in required if k not in used]
     if missing:

@@ -216,3 +216,8 @@ def column_kinds(raw: Any, where: str, time_column: str | None) -> tuple[tuple[s
             )
         pins.append((str(name), str(kind)))
     return tuple(pins)
+
+
+def a_or_an(noun: str) -> str:
+    """``noun`` with its indefinite article: "an aggregate", "a blocks"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
