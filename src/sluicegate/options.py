@@ -63,6 +63,7 @@ class TaskSummary:
     task_errors: list[str] = field(default_factory=list)  # errors that stopped the task itself
     config_error: bool = False  # one of them is the task's configuration (exit code 2)
     plan: list[dict[str, Any]] = field(default_factory=list)
+    plan_cut: bool = False  # a dry run listed its limit of units: there may be more
     entities: list[dict[str, Any]] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)  # blocks tasks: each (block, stage) run

@@ -271,6 +271,10 @@ def test_dry_run_keeps_to_its_limit_and_does_not_count_waiting_days(tmp_path: Pa
     limited = cli(root, "run", "--dry-run", "--limit", "2", "--json", check=True)
     [summary] = json.loads(limited.stdout)
     assert len(summary["plan"]) == 2 and not any(e["waiting"] for e in summary["plan"])
+    assert summary["plan_cut"] is True
+    # the count of a listing cut at --limit is a floor, and says so (it read "2 would be exported")
+    text = cli(root, "run", "--dry-run", "--limit", "2", check=True).stdout
+    assert "openaq: at least 2 partition(s) would be exported (the first 2 listed" in text
     assert files(tmp_path / "out") == []
     db.close()
 

@@ -18,7 +18,12 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
         if dry_run:
             waiting = sum(1 for entry in s.plan if entry.get("waiting"))
             later = f"; {waiting} more wait until their period is complete" if waiting else ""
-            click.echo(f"{s.task}: {len(s.plan) - waiting} partition(s) would be exported{later}")
+            due = len(s.plan) - waiting
+            if s.plan_cut:  # the listing stopped at --limit: the count is a floor
+                more = f" (the first {due} listed; --limit N lists more)"
+                click.echo(f"{s.task}: at least {due} partition(s) would be exported{more}{later}")
+            else:
+                click.echo(f"{s.task}: {due} partition(s) would be exported{later}")
             for entry in s.plan:
                 keys = " ".join(f"{k}={v}" for k, v in entry["partition"].items())
                 window = f" [{entry['start']}, {entry['end']})" if "start" in entry else ""

@@ -185,7 +185,9 @@ class Driver:
 
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
         """The partitions the next claim would take, with why and where, in ``summary.plan``."""
-        for claim in self.context.ledger.partitions.pending(task, limit=limit or 1000):
+        pending = self.context.ledger.partitions.pending(task, limit=limit or 1000)
+        summary.plan_cut = len(pending) >= (limit or 1000)
+        for claim in pending:
             entry: dict[str, Any] = {
                 "partition": claim.keys,
                 "reason": claim.reason,
@@ -211,6 +213,7 @@ class Driver:
         due, waiting = len(summary.plan), 0
         for part in capture.peek(task, ctx.inbox, ctx.source):
             if due >= limit:
+                summary.plan_cut = True
                 break
             if part.pkey in listed:
                 continue
