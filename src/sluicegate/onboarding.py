@@ -13,6 +13,7 @@ from typing import Any
 
 from . import capture, capture_triggers
 from .destinations import open_destination
+from .drivers import partitioned
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, SluicegateError, UsageError
 from .ledger import Ledger
@@ -103,6 +104,8 @@ def backfill(
         raise UsageError(f"task {task.name!r} has no time key; --time-min and --time-max do not apply")
     source = open_source(project.settings.source_url)
     try:
+        if problems := partitioned.check(task, source):  # a misspelt column: exit 2, naming it
+            raise ConfigError("; ".join(problems))
         with ledger_of(project) as ledger:
             return capture.backfill(
                 task, ledger, source, time_min=time_min, time_max=time_max, progress=progress

@@ -91,6 +91,18 @@ def test_rows_before_install_are_reported_and_backfilled(tmp_path: Path) -> None
     assert "warning" not in cli(root, "check", check=True).stderr
 
 
+def test_backfill_of_a_misspelt_time_column_exits_2_naming_it(tmp_path: Path) -> None:
+    """It failed with 'database ...: no such column: q.date_time' and exit 1, naming no setting."""
+    root, _ = _new_project(tmp_path, rows=2000)
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text()
+    assert 'column = "datetime"' in text
+    toml.write_text(text.replace('column = "datetime"', 'column = "date_time"', 1))
+    result = cli(root, "backfill", "openaq")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "[time] column: 'date_time' is not a column of select.sql's result" in result.stderr
+
+
 def test_backfill_with_a_time_range_marks_only_that_range(tmp_path: Path) -> None:
     root, db = _new_project(tmp_path, rows=20000)
     cli(root, "install", check=True)
