@@ -16,7 +16,7 @@ from . import capture, capture_triggers, db, validate
 from .destinations import open_destination
 from .drivers import kind_module
 from .drivers.partitioned import Task as PartitionedTask
-from .exceptions import SluicegateError, UsageError
+from .exceptions import ConfigError, SluicegateError, UsageError
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
 from .partitions import coerce_value
@@ -354,7 +354,6 @@ def ingest(
     """Ingest JSON lines (``lines``, called ``name`` in messages; bytes are decoded line by line as
     UTF-8), else the task's SQS queue until empty."""
     from .drivers.ingest import Task as IngestTask
-    from .ingest import Ingestor, IngestSummary, drain, ingest_lines
 
     task = project.task(task_name)
     if not isinstance(task, IngestTask):
@@ -362,6 +361,19 @@ def ingest(
         raise UsageError(f"task {task_name!r} is {kind} task; ingest applies to ingest tasks only")
     if lines is None and task.sqs is None:
         raise UsageError(f"task {task_name!r} has no [sqs] queue; give a file of JSON lines, or - for stdin")
+    try:
+        return _ingest(project, task, lines, name)
+    except SluicegateError as exc:  # the table or a column misspelt: a configuration error, named
+        from .drivers import ingest as driver
+
+        if problems := driver.check(task, None):  # type: ignore[arg-type]  # (it reads no source)
+            raise ConfigError("; ".join(problems)) from exc
+        raise
+
+
+def _ingest(project: Project, task: Any, lines: Iterable[str | bytes] | None, name: str) -> IngestSummary:
+    from .ingest import Ingestor, IngestSummary, drain, ingest_lines
+
     s = project.settings
     summary = IngestSummary(malformed_setting=task.malformed)
     with Ledger(s.source_url, schema=s.ledger_schema) as target:

@@ -19,7 +19,7 @@ import pytest
 
 from airmax_support import airmax_project
 from sluicegate import messages, operations, tabledb, tables
-from sluicegate.exceptions import DataError
+from sluicegate.exceptions import ConfigError, DataError
 from support import cli, load
 
 TASK = "measurements"
@@ -232,10 +232,13 @@ def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_pat
     _execute(url, "ALTER TABLE raw RENAME TO raw_old")
     batch = tmp_path / "b.jsonl"
     batch.write_text(line("m1") + "\n" + line("m2", value="x") + "\n")
-    with pytest.raises(DataError, match="raw"):
+    with pytest.raises(ConfigError, match=r"task\.toml table: .*raw") as info:  # named, exit 2
         operations.ingest(load(root), TASK, batch.open())
+    assert isinstance(info.value.__cause__, DataError)
     assert _log(url) == []  # no log row, no parked message: the batch comes again
     assert _query(url, "SELECT count(*) FROM {log}parked") == [(0,)]
+    result = cli(root, "ingest", TASK, str(batch))
+    assert result.returncode == 2 and "task.toml table:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(root: Path) -> None:
