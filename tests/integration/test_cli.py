@@ -155,6 +155,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "run", "--limit", "0").returncode == 2
     assert cli(root, "run", "--max-runtime", "soon").returncode == 2
+    for option in ("--every", "--max-runtime"):  # `--every 0s` ran once, as if not given
+        zero = cli(root, "run", option, "0s")
+        assert zero.returncode == 2 and "give a duration longer than 0s" in zero.stderr
     bad = cli(root, "mark", "openaq", "location=1")
     assert bad.returncode == 2 and "keys are: location_id, day" in bad.stderr
     # A day whose window would leave Python's years (it was an OverflowError with a traceback).

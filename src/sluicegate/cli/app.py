@@ -115,10 +115,14 @@ def echo_json(data: Any) -> None:
 def duration(_ctx: Any, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
+    where = f"--{param.name.replace('_', '-') if param.name else 'duration'}"
     try:
-        return parse_duration(value, where=f"--{param.name.replace('_', '-') if param.name else 'duration'}")
+        seconds = parse_duration(value, where=where)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+    if seconds <= 0:  # `--every 0s` ran once; `--max-runtime 0s`, nothing
+        raise click.BadParameter(f"{where} {value!r}: give a duration longer than 0s, such as 30s")
+    return seconds
 
 
 def timestamp(_ctx: Any, param: click.Parameter, value: str | None) -> dt.datetime | None:
