@@ -242,13 +242,17 @@ def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bo
     failed re-export is owed (the ledger keeps one per entity); None when none is owed."""
     if row.get("failed_mode") != "reexport":
         return None
-    failed = (row["failed_start"], row["failed_end"], row["failed_type"], row["failed_destination"])
-    if failed == (window.start, window.end, window.export_type, window.destination):
+    def place(url: str | None) -> str | None:  # "out/" and "out" are one destination
+        return url.rstrip("/") or url if url else None
+
+    failed = (row["failed_start"], row["failed_end"], row["failed_type"], place(row["failed_destination"]))
+    if failed == (window.start, window.end, window.export_type, place(window.destination)):
         return True
     where = mask_url(row["failed_destination"]) if row["failed_destination"] else "the project's destination"
     return (
-        f"entity {window.entity!r} still owes a failed re-export of [{row['failed_start'].isoformat()}, "
-        f"{row['failed_end'].isoformat()}) to {where}; run `sluicegate redrive {task.name}` first"
+        f"entity {window.entity!r} still owes a failed {row['failed_type']} re-export of"
+        f" [{row['failed_start'].isoformat()}, {row['failed_end'].isoformat()}) to {where}; run"
+        f" `sluicegate redrive {task.name}` first"
     )
 
 
