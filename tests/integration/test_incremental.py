@@ -921,6 +921,8 @@ def test_a_window_failing_after_its_file_is_placed_is_redone_to_that_file(url: s
     assert rows["s1"]["pending_end"] == T and rows["s1"]["failed_end"] == T
     blocker.unlink()
     rec.add("s1", T + dt.timedelta(hours=2), "s1-b")
+    [dry] = json.loads(cli(root, "run", "--dry-run", "--json", check=True).stdout)
+    assert dry["plan"][0]["reason"].startswith("redo:") and dry["plan"][0]["end"] == T.isoformat()
     second = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
     assert second.failed == 0 and [e["rows"] for e in second.entities] == [1, 1]
     assert placed in files(tmp_path / "out") and len(files(tmp_path / "out")) == 2

@@ -41,6 +41,7 @@ from ..work import Deadline, Outcome, Place, WorkUnit
 from . import Context, Progress
 
 LEDGER_STORES = ("watermarks", "runs")  # the ledger stores a run uses (sluicegate grants)
+REDO = "redo: a failed or interrupted window, to its own file; the run then goes on to its end"
 KEYS = ROW_KEYS | {"entity", "cursor", "export_type", "zone", "bootstrap", "safety_margin", "entities"}
 
 
@@ -250,7 +251,7 @@ class Driver:
         for w in windows:  # one entity no path can hold is listed with its error, not the end of the plan
             entry: dict[str, Any] = {
                 "partition": {"entity": w.entity},
-                "reason": w.mode,
+                "reason": w.mode if not (w.claim and w.claim.pending_end) else REDO,
                 "start": w.start.isoformat(),
                 "end": w.end.isoformat(),
                 "type": w.export_type,
