@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .exceptions import ConfigError, SluicegateError, UsageError
+from .exceptions import ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .sources import Source
 
@@ -325,6 +325,8 @@ def capture_problems(task: TaskSpec, source: Source) -> list[str]:
                 return problems
         source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
     except SluicegateError as exc:
+        if is_transient(exc):  # the source is down, not misconfigured: the run fails as an outage
+            raise
         return [
             f"{task.folder / 'task.toml'} [capture]: table {cap.table!r} or its columns {wanted} are not"
             f" readable: {exc}"

@@ -16,7 +16,7 @@ from . import capture, capture_triggers, db, validate
 from .destinations import open_destination
 from .drivers import kind_module
 from .drivers.partitioned import Task as PartitionedTask
-from .exceptions import ConfigError, SluicegateError, UsageError
+from .exceptions import ConfigError, DataError, SluicegateError, UsageError
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
 from .partitions import coerce_value
@@ -257,13 +257,18 @@ def request_from_options(
         return None
     if (time_min or time_max) and not (ignore_watermark or destination):
         raise UsageError(
-            "--time-min and --time-max re-export a window: also give --ignore-watermark (or --destination)"
+            "--time-min/time_min and --time-max/time_max re-export a window: also give"
+            " --ignore-watermark/ignore_watermark (or a destination)"
         )
     if ignore_watermark and not (time_min and time_max):
-        raise UsageError("--ignore-watermark needs --time-min and --time-max: the window to re-export")
+        raise UsageError(
+            "--ignore-watermark/ignore_watermark needs --time-min/time_min and --time-max/time_max:"
+            " the window to re-export"
+        )
     if time_min and time_max and time_min >= time_max:
         raise UsageError(
-            f"--time-min {time_min.isoformat()} must be before --time-max {time_max.isoformat()}"
+            f"--time-min/time_min {time_min.isoformat()} must be before --time-max/time_max"
+            f" {time_max.isoformat()}"
         )
     return ExportRequest(
         export_type=export_type,
@@ -363,7 +368,7 @@ def ingest(
         raise UsageError(f"task {task_name!r} has no [sqs] queue; give a file of JSON lines, or - for stdin")
     try:
         return _ingest(project, task, lines, name)
-    except SluicegateError as exc:  # the table or a column misspelt: a configuration error, named
+    except DataError as exc:  # the table or a column misspelt: a configuration error, named (not an outage)
         from .drivers import ingest as driver
 
         if problems := driver.check(task, None):  # type: ignore[arg-type]  # (it reads no source)

@@ -84,7 +84,7 @@ def blocks_between(time_min: dt.datetime, time_max: dt.datetime, *, grain: Grain
     if time_max <= time_min:
         raise UsageError(
             f"the range ({time_min.isoformat()}, {time_max.isoformat()}] is empty; "
-            "--time-min must be before --time-max"
+            "--time-min/time_min must be before --time-max/time_max"
         )
     tz = ZoneInfo(zone)
     if grain == "hour":  # each block starts at the whole hour before its end (see _hour_marks)

@@ -248,11 +248,17 @@ def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bo
     failed = (row["failed_start"], row["failed_end"], row["failed_type"], place(row["failed_destination"]))
     if failed == (window.start, window.end, window.export_type, place(window.destination)):
         return True
-    where = mask_url(row["failed_destination"]) if row["failed_destination"] else "the project's destination"
+    dest = row["failed_destination"]
+    where = mask_url(dest) if dest else "the project's destination"
+    retry = (  # the same re-export again: a retry, which redrive may have given up (max_attempts)
+        f"sluicegate run {task.name} --entity {window.entity} --type {row['failed_type']}"
+        f" --time-min {row['failed_start'].isoformat()} --time-max {row['failed_end'].isoformat()}"
+        + (f" --destination {mask_url(dest)}" if dest else " --ignore-watermark")
+    )
     return (
         f"entity {window.entity!r} still owes a failed {row['failed_type']} re-export of"
         f" [{row['failed_start'].isoformat()}, {row['failed_end'].isoformat()}) to {where}; run"
-        f" `sluicegate redrive {task.name}` first"
+        f" `sluicegate redrive {task.name}`, or retry it with `{retry}`, before another re-export of it"
     )
 
 

@@ -1057,3 +1057,29 @@ def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: P
     assert done.failed == 0 and _payloads(tmp_path) == ["1850", "1969", "recent"]
     assert files(tmp_path / "out")[0].name.startswith("10000101T000000Z-")
 
+
+
+def test_a_reexport_redrive_gave_up_on_is_retried_with_the_command_the_refusal_gives(
+    url: str, tmp_path: Path
+) -> None:
+    """Once redrive gave up (max_attempts), every other re-export of the entity was refused with
+    'run redrive first', which did nothing: the refusal now gives the retry that clears it."""
+    import shlex
+
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s1").write_text("blocked")
+    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
+    assert _run(root, **window, destination=str(other)).failed == 1
+    for _ in range(3):
+        cli(root, "redrive", "studies")
+    gave_up = json.loads(cli(root, "redrive", "studies", "--json").stdout)[0]["entities"][0]
+    assert "gave up after 3 attempts" in gave_up["note"]
+    (other / "s1").unlink()
+    refused = _run(root, **{**window, "start": T - dt.timedelta(days=2)}, destination=str(other))
+    command = refused.entities[0]["error"].split("retry it with `")[1].split("`")[0]
+    retried = cli(root, *shlex.split(command)[1:])
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert len(files(other)) == 1 and operations.watermarks(load(root), "studies")[0]["failed_end"] is None

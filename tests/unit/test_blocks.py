@@ -347,7 +347,7 @@ def test_force_leaves_a_block_alone_while_another_run_holds_a_later_stage(
     [
         (
             ["--time-min", "2020-3-2-1", "--time-max", "2020-3-1-1"],
-            "is empty; --time-min must be before --time-max",
+            "is empty; --time-min/time_min must be before --time-max/time_max",
         ),
         (["--time-min", "1900-1-1-0", "--time-max", "2020-1-1-0"], "holds more than 50,000 hour blocks"),
         (

@@ -149,7 +149,10 @@ def watermark_list(task: str, as_json: bool) -> None:
             if r["failed_end"]
             else ""
         )
-        redo = f", window {r['pending_start']}..{r['pending_end']} to redo" if r["pending_end"] else ""
+        redo = ""
+        if r["pending_end"]:  # held by a live claim: being exported now; else left by a failure or crash
+            what = "being exported" if r["claimed"] else "to redo"
+            redo = f", window {r['pending_start']}..{r['pending_end']} {what}"
         click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{redo}{failed}")
 
 
