@@ -1083,3 +1083,23 @@ def test_a_reexport_redrive_gave_up_on_is_retried_with_the_command_the_refusal_g
     retried = cli(root, *shlex.split(command)[1:])
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert len(files(other)) == 1 and operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+def test_a_run_out_of_time_leaves_no_window_to_redo_for_entities_it_did_not_reach(tmp_path: Path) -> None:
+    """Every window was stored pending before the first batch: the entities of later batches kept
+    a window they never read, and their next run wrote two files (the redo, then the rest)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    for study in ("s1", "s2"):
+        rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write('batch_size = 1\n[testing]\nfault = "after_publish"\n')
+    proc = _spawn(root, "run", "--type", "instant", "--max-runtime", "2s", "--json")
+    _wait_for(root / ".fault-after_publish", proc)
+    time.sleep(2.5)  # the budget runs out while s1's file is being placed
+    (root / ".fault-after_publish").unlink()
+    out, err = proc.communicate(timeout=60)
+    rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
+    assert rows["s1"]["watermark"] is not None and rows["s1"]["pending_end"] is None, (out, err)
+    assert rows["s2"]["watermark"] is None and rows["s2"]["pending_end"] is None, (out, err)

@@ -348,14 +348,19 @@ class Driver:
                 keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, WatermarkStore, lease=settings.lease),
             )  # fmt: skip
             with pipeline:
-                units = [
-                    u
-                    for w in group
-                    if (u := _unit(task, w, pipeline, destination, ctx.ledger, columns)) is not None
-                ]
                 try:
-                    for at in range(0, len(units), task.batch_size):
-                        pipeline.export(units[at : at + task.batch_size])
+                    for at in range(0, len(group), task.batch_size):
+                        # A batch's windows are stored pending just before it is read: a run out of
+                        # time gives the later entities back unread, with no window to redo.
+                        if at and budget.over():
+                            summary.released += recorder.release({w.claim.token for w in group if w.claim})
+                            return
+                        units = [
+                            u
+                            for w in group[at : at + task.batch_size]
+                            if (u := _unit(task, w, pipeline, destination, ctx.ledger, columns)) is not None
+                        ]
+                        pipeline.export(units)
                 except Deadline:
                     return
                 finally:
