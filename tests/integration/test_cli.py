@@ -151,6 +151,17 @@ def test_a_sqlite_url_with_two_slashes_is_refused_not_opened_at_the_root(tmp_pat
     assert not (Path("/") / name).exists()
 
 
+def test_status_and_tasks_exit_2_when_a_task_folder_is_broken(tmp_path: Path) -> None:
+    """They listed the broken task and exited 0, so a monitoring check never saw it."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    assert cli(root, "status").returncode == 0 and cli(root, "tasks").returncode == 0
+    (root / "tasks" / "broken").mkdir()
+    (root / "tasks" / "broken" / "select.sql").write_text("SELECT 1")
+    for command in (["status"], ["status", "--json"], ["tasks"], ["tasks", "--json"]):
+        result = cli(root, *command)
+        assert result.returncode == 2 and "broken" in result.stdout and "openaq" in result.stdout, command
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "run", "--limit", "0").returncode == 2

@@ -154,6 +154,9 @@ def test_run_and_status_work_on_a_dsl_folder_and_a_task_toml_refines_it(tmp_path
     assert sorted(p.suffixes[-1] for p in (tmp_path / "exported-data").iterdir()) == [".csv", ".gz"]
     tasks = cli(workdir, "tasks", env=env)
     assert "broken: ERROR" in tasks.stdout and "delete.sql is missing" in tasks.stdout
+    assert tasks.returncode == 2 and "agency" in tasks.stdout  # the others are listed all the same
+    status = cli(workdir, "status", env=env)
+    assert status.returncode == 2 and "broken: ERROR" in status.stdout and "agency" in status.stdout
 
 
 def test_a_folder_that_is_neither_a_project_nor_a_dsl_folder_says_what_to_do(tmp_path: Path) -> None:

@@ -116,15 +116,17 @@ def tasks_cmd(as_json: bool) -> None:
     tasks = operations.describe_tasks(load())
     if as_json:
         echo_json(tasks)
-        return
-    for t in tasks:
-        if "error" in t:
-            click.echo(f"{t['name']}: ERROR {t['error']}")
-        else:
-            click.echo(
-                f"{t['name']}: {t['kind']}, {t['format']}, "
-                f"keys {', '.join(t['keys'])}, capture {t['capture']}"
-            )
+    else:
+        for t in tasks:
+            if "error" in t:
+                click.echo(f"{t['name']}: ERROR {t['error']}")
+            else:
+                click.echo(
+                    f"{t['name']}: {t['kind']}, {t['format']}, "
+                    f"keys {', '.join(t['keys'])}, capture {t['capture']}"
+                )
+    if any("error" in t for t in tasks):  # a broken task folder is a configuration error (monitoring)
+        sys.exit(2)
 
 
 @main.command()
@@ -151,16 +153,18 @@ def status(task: str | None, as_json: bool) -> None:
     rows = operations.status(load(), [task] if task else [])
     if as_json:
         echo_json(rows)
-        return
-    for r in rows:
-        if "error" in r:
-            click.echo(f"{r['task']}: ERROR {r['error']}")
-            continue
-        click.echo(status_line(r))
-        if r.get("task_error"):
-            click.echo(f"  last run failed: {r['task_error']}")
-        for f in r.get("failures", []):
-            click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
+    else:
+        for r in rows:
+            if "error" in r:
+                click.echo(f"{r['task']}: ERROR {r['error']}")
+                continue
+            click.echo(status_line(r))
+            if r.get("task_error"):
+                click.echo(f"  last run failed: {r['task_error']}")
+            for f in r.get("failures", []):
+                click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
+    if any("error" in r for r in rows):  # a broken task folder: exit 2, so monitoring sees it
+        sys.exit(2)
 
 
 def ago(seconds: float) -> str:
