@@ -318,7 +318,8 @@ def test_a_path_that_escapes_the_destination_skips_its_task_only(tmp_path: Path)
     ran = cli(root, "run")
     assert ran.returncode == 2 and "task bad skipped" in ran.stderr
     assert len(files(tmp_path / "out")) == 1 and agency.count() == 3  # agency ran
-    assert cli(root, "status").returncode == 0
+    status = cli(root, "status")  # lists agency, and bad with its error (exit 2: a broken task)
+    assert status.returncode == 2 and "agency:" in status.stdout and "bad: ERROR" in status.stdout
 
 
 def test_each_archive_run_lists_its_file_in_the_change_feed(url: str, tmp_path: Path) -> None:

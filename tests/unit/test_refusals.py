@@ -349,7 +349,7 @@ def test_a_kind_not_supported_on_a_mariadb_source_is_named(tmp_path: Path) -> No
     (task / "task.toml").write_text(BLOCKS_TASK)
     (task / "select.sql").write_text("SELECT 1 AS ride, 'lime' AS provider, NOW() AS ended_at")
     proc = cli(root, "tasks")
-    assert proc.returncode == 0, proc.stderr  # `tasks` lists each task's problem, the others still run
+    assert proc.returncode == 2, proc.stderr  # `tasks` lists each task's problem and the others, then exits 2
     assert (
         f"{task / 'task.toml'} kind: 'blocks' is not supported on MariaDB/MySQL sources yet" in proc.stdout
     ), proc.stdout
