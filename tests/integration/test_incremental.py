@@ -990,22 +990,29 @@ def test_redrive_redoes_the_window_a_run_died_in_after_a_failure(url: str, tmp_p
     assert _marks(root) == {"s1": T}
 
 
-def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, tmp_path: Path) -> None:
+REEXPORT = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
+
+
+def _failed_reexport(tmp_path: Path, url: str) -> tuple[Path, Path]:
+    """A project whose re-export of s1's day to ``other`` failed (a file where s1's folder goes)."""
     root = _project(tmp_path, url)
-    rec = Records(url)
-    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
     other = tmp_path / "other"
     other.mkdir()
     (other / "s1").write_text("blocked")
-    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
-    assert _run(root, **window, destination=str(other)).failed == 1
+    assert _run(root, **REEXPORT, destination=str(other)).failed == 1
+    return root, other
+
+
+def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, tmp_path: Path) -> None:
+    root, other = _failed_reexport(tmp_path, url)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "s1").write_text("blocked")
     assert _run(root, export_type="daily", end=T).failed == 1  # a regular window fails too
     [row] = operations.watermarks(load(root), "studies")
     assert (row["failed_mode"], row["failed_destination"], row["pending_end"]) == ("reexport", str(other), T)
     # another re-export of the entity is refused while one is owed: the ledger keeps one
-    refused = _run(root, **{**window, "start": T - dt.timedelta(days=2)}, destination=str(other))
+    refused = _run(root, **{**REEXPORT, "start": T - dt.timedelta(days=2)}, destination=str(other))
     assert refused.failed == 1 and "still owes a failed daily re-export" in refused.entities[0]["error"]
     (other / "s1").unlink()
     (tmp_path / "out" / "s1").unlink()
@@ -1017,15 +1024,9 @@ def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, 
 
 
 def test_retrying_the_failed_reexport_itself_clears_it(url: str, tmp_path: Path) -> None:
-    root = _project(tmp_path, url)
-    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "s1").write_text("blocked")
-    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
-    assert _run(root, **window, destination=str(other)).failed == 1
+    root, other = _failed_reexport(tmp_path, url)
     (other / "s1").unlink()
-    retried = _run(root, **window, destination=f"{other}/")  # the same folder, written with a slash
+    retried = _run(root, **REEXPORT, destination=f"{other}/")  # the same folder, written with a slash
     assert retried.failed == 0 and len(files(other)) == 1
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
 
@@ -1066,19 +1067,13 @@ def test_a_reexport_redrive_gave_up_on_is_retried_with_the_command_the_refusal_g
     'run redrive first', which did nothing: the refusal now gives the retry that clears it."""
     import shlex
 
-    root = _project(tmp_path, url)
-    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "s1").write_text("blocked")
-    window = {"start": T - dt.timedelta(days=1), "end": T, "ignore_watermark": True, "export_type": "daily"}
-    assert _run(root, **window, destination=str(other)).failed == 1
+    root, other = _failed_reexport(tmp_path, url)
     for _ in range(3):
         cli(root, "redrive", "studies")
     gave_up = json.loads(cli(root, "redrive", "studies", "--json").stdout)[0]["entities"][0]
     assert "gave up after 3 attempts" in gave_up["note"]
     (other / "s1").unlink()
-    refused = _run(root, **{**window, "start": T - dt.timedelta(days=2)}, destination=str(other))
+    refused = _run(root, **{**REEXPORT, "start": T - dt.timedelta(days=2)}, destination=str(other))
     command = refused.entities[0]["error"].split("retry it with `")[1].split("`")[0]
     retried = cli(root, *shlex.split(command)[1:])
     assert retried.returncode == 0, retried.stdout + retried.stderr
