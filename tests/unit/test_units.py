@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zlib_ng import gzip_ng
 
 from sluicegate.config import TimeSpec, load_settings, mask_url, parse_duration
 from sluicegate.exceptions import BadPartitionValue, ConfigError
@@ -153,12 +154,17 @@ def test_block_gzip_is_standard_and_deterministic(tmp_path: Path) -> None:
     target.write_bytes(whole)
     unzipped = subprocess.run(["gzip", "-dc", str(target)], capture_output=True, check=True).stdout
     assert unzipped == data  # the system's gunzip reads it too
-    # Below one block: byte for byte what gzip.GzipFile(filename="", mtime=0) writes.
+    # Below one block: byte for byte what zlib-ng's gzip_ng.GzipFile(filename="", mtime=0) writes.
     small = data[: BLOCK // 2]
     reference = io.BytesIO()
-    with gzip.GzipFile(filename="", fileobj=reference, mode="wb", compresslevel=6, mtime=0) as gz:
+    with gzip_ng.GzipFile(filename="", fileobj=reference, mode="wb", compresslevel=6, mtime=0) as gz:
         gz.write(small)
     assert compress([small]) == reference.getvalue()
+    # zlib-ng's deflate, not the system zlib's: the same data, other bytes.
+    system = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=system, mode="wb", compresslevel=6, mtime=0) as gz:
+        gz.write(small)
+    assert compress([small]) != system.getvalue()
     assert (
         gzip.decompress(compress([])) == b""
         and gzip.decompress(compress([data[: 2 * BLOCK]])) == data[: 2 * BLOCK]
