@@ -242,8 +242,12 @@ def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bo
     failed re-export is owed (the ledger keeps one per entity); None when none is owed."""
     if row.get("failed_mode") != "reexport":
         return None
-    def place(url: str | None) -> str | None:  # "out/" and "out" are one destination
-        return url.rstrip("/") or url if url else None
+
+    def place(url: str | None) -> str | None:  # "out/", "out" and "file://out" are one destination
+        if not url:
+            return None
+        url = url.removeprefix("file://")  # as destinations.open_destination reads it
+        return url.rstrip("/") or url
 
     failed = (row["failed_start"], row["failed_end"], row["failed_type"], place(row["failed_destination"]))
     if failed == (window.start, window.end, window.export_type, place(window.destination)):
