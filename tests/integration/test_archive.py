@@ -729,6 +729,25 @@ def test_a_parquet_archive_of_a_mixed_column_gives_advice_an_archive_task_can_fo
     assert sorted(pq.read_table(archived).column("name").to_pylist()) == ["5", "text"]
 
 
+def test_a_run_kept_waiting_for_the_naming_lock_says_what_it_waited_for(tmp_path: Path) -> None:
+    from sluicegate.ledger.archive import NAMING_LOCK, ArchiveBusy
+
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    _seed(Agency(url))
+    project = load(_project(tmp_path, url))
+    settings = project.settings
+    with Ledger(settings.ledger_url, schema=settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        with (
+            Ledger(settings.ledger_url, schema=settings.ledger_schema) as other,
+            ledger.archive.hold(NAMING_LOCK),
+            pytest.raises(ArchiveBusy) as busy,
+            other.archive.hold(NAMING_LOCK, wait=0.2),
+        ):
+            pass
+    assert str(busy.value).startswith("another archive run is choosing its file name (waited 0.2 s)")
+
+
 def test_a_run_chooses_its_file_name_under_the_naming_lock(tmp_path: Path) -> None:
     """Two tasks whose paths render alike, run side by side, both found a name free before either
     recorded it, and one file replaced the other after its rows were deleted."""

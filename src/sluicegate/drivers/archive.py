@@ -38,6 +38,7 @@ from ..exceptions import (
     SluicegateError,
 )
 from ..ledger import Ledger
+from ..ledger.archive import NAMING_LOCK
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
 from ..pipeline import Pipeline, as_export_error
@@ -51,7 +52,6 @@ from . import Context, Progress
 UTC = dt.UTC
 ARCHIVE_PATH = "{task}-{boundary:%Y_%m_%d-%I_%M_%S_%p}.{ext}"
 LEDGER_STORES = ("archive",)  # the ledger stores a run uses (sluicegate grants)
-NAMING_LOCK = "(file names)"  # the archive lock taken to choose a file name (no task is named so)
 KEYS = BASE_KEYS | {"zone", "boundary"}
 
 

@@ -28,6 +28,7 @@ from ..exceptions import DataError, LedgerError, SluicegateError, TransientError
 from .core import LedgerCore, Store
 
 LOCK_WAIT = 60.0  # seconds a run waits for another run of the same archive task to finish
+NAMING_LOCK = "(file names)"  # the archive lock taken to choose a file name (no task is named so)
 _LOCK_POLL = 0.2
 
 
@@ -171,7 +172,7 @@ def _file_lock(ledger_file: str, task: str, wait: float) -> Iterator[Callable[[]
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise LedgerError(f"cannot open the lock file {path} of archive task {task}: {exc}") from exc
+        raise LedgerError(f"cannot open the archive lock file {path}: {exc}") from exc
     try:
 
         def take() -> bool:
@@ -191,8 +192,10 @@ def _wait_for(take: Callable[[], bool], task: str, wait: float) -> None:
     deadline = time.monotonic() + wait
     while not take():
         if time.monotonic() >= deadline:
-            raise ArchiveBusy(
-                f"another run of archive task {task} is in progress (waited {wait:g} s); "
-                "run it again when that run has finished"
+            busy = (
+                "another archive run is choosing its file name"
+                if task == NAMING_LOCK
+                else f"another run of archive task {task} is in progress"
             )
+            raise ArchiveBusy(f"{busy} (waited {wait:g} s); run it again when that run has finished")
         time.sleep(_LOCK_POLL)
