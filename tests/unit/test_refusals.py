@@ -460,3 +460,26 @@ def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Pa
     assert ran.returncode == 2 and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
     assert "1 pending" in cli(root, "status").stdout and files(tmp_path / "out") == []
     db.close()
+
+
+@pytest.mark.parametrize(
+    "entity,path,blamed",
+    [
+        ("studyid", "{study_id}/{start:%Y%m%d}.{ext}", "task.toml entity: 'studyid' is not in path"),
+        ("study_id", "{study_id}/{stat:%Y%m%d}.{ext}", "task.toml path: {stat} is not a window field"),
+    ],
+)
+def test_a_misspelt_incremental_entity_is_blamed_not_the_path(
+    tmp_path: Path, entity: str, path: str, blamed: str
+) -> None:
+    """The path names the entity column; a typo in `entity` was reported as a path error."""
+    from sluicegate.exceptions import ConfigError
+
+    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o"))
+    task = root / "tasks" / "studies"
+    task.mkdir()
+    (task / "task.toml").write_text(f'kind = "incremental"\nentity = "{entity}"\ncursor = "at"\npath = "{path}"\n')
+    (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
+    with pytest.raises(ConfigError) as refused:
+        load(root).task("studies")
+    assert blamed in str(refused.value) and str(task / "task.toml") in str(refused.value)

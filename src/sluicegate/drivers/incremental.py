@@ -83,8 +83,15 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         safety_margin=validate.parse_duration(raw.get("safety_margin", "1m"), where=f"{where} safety_margin"),
         entities=tuple(str(e) for e in entities),
     )
-    from ..paths import check_template
+    from ..paths import check_template, template_fields
 
+    with contextlib.suppress(ValueError):  # a malformed template: check_template names it
+        unknown = sorted(template_fields(task.path) - {"type", "start", "end", "format", "ext", "task"})
+        if task.entity not in unknown and unknown:  # the path names another entity column
+            raise ConfigError(
+                f"{where} entity: {task.entity!r} is not in path {task.path!r}, which uses "
+                f"{{{unknown[0]}}}; set entity to the column the path names, or fix the path"
+            )
     check_template(
         task.path, folder, allowed={task.entity, "type", "start", "end", "format", "ext", "task"},
         required=(task.entity, "start"), what="window field",
