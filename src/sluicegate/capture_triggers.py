@@ -27,7 +27,15 @@ def existing_rows(task: TaskSpec, source: Source) -> int:
 
 
 OPERATIONS = ("insert", "update", "delete")
-SQLITE_COLUMNS = "SELECT name FROM pragma_table_info(?)"  # a SQLite table's columns, in order
+# A SQLite table's columns, in order: parameters (table, schema or None), see sqlite_table.
+SQLITE_COLUMNS = "SELECT name FROM pragma_table_info(?, ?)"
+
+
+def sqlite_table(table: str) -> tuple[str, str | None]:
+    """``(name, schema)`` of a ``[capture] table`` as SQLITE_COLUMNS takes them: ``main.m`` is
+    table ``m`` of schema ``main``, as the quoted ``"main"."m"`` of the triggers reads it."""
+    schema, _, name = table.rpartition(".")
+    return name, schema or None
 
 
 def _trigger_name(task: TaskSpec, operation: str) -> str:
@@ -53,10 +61,12 @@ def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
     assert task.capture.table
     names, table = trigger_names(task), task.capture.table
     if source.dialect is db.SQLITE:
+        name, schema = sqlite_table(table)
+        master = f"{db.SQLITE.quote_name(schema)}.sqlite_master" if schema else "sqlite_master"
         rows = source.execute(
-            "SELECT name, '' FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
+            f"SELECT name, '' FROM {master} WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
             f" AND name IN ({', '.join('?' * len(names))})",
-            (table, *names),
+            (name, *names),
         )
     elif source.dialect is db.MARIADB:
         rows = source.execute(
@@ -320,7 +330,7 @@ def capture_problems(task: TaskSpec, source: Source) -> list[str]:
     q = source.dialect.quote
     try:
         if source.dialect is db.SQLITE:  # where a quoted name that is no column reads as a string
-            found = [str(r[0]) for r in source.execute(SQLITE_COLUMNS, (cap.table,))]
+            found = [str(r[0]) for r in source.execute(SQLITE_COLUMNS, sqlite_table(cap.table))]
             if problems := missing_capture_columns(task, found):
                 return problems
         source.execute(f"SELECT {', '.join(q(c) for c in wanted) or '1'} FROM {q(cap.table)} WHERE 1 = 0")
@@ -360,7 +370,7 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
     assert cap.table
     q = db.SQLITE.quote
     with inbox.core.transaction() as cur:
-        cur.execute(SQLITE_COLUMNS, (cap.table,))
+        cur.execute(SQLITE_COLUMNS, sqlite_table(cap.table))
         problems = missing_capture_columns(task, [str(r[0]) for r in cur.fetchall()])
     if problems:  # a trigger naming no column would break the application's every write
         raise ConfigError("; ".join(problems))

@@ -121,6 +121,24 @@ def test_a_capture_column_typo_on_sqlite_fails_check_and_install(tmp_path: Path)
     assert result.returncode == 2 and "'measurement' is not a table of the source" in result.stderr
 
 
+def test_a_schema_qualified_capture_table_on_sqlite_is_checked_installed_and_captured(tmp_path: Path) -> None:
+    """`table = "main.measurements"` (a name the triggers quote as "main"."measurements") was looked
+    up as one table name: install refused it as "not a table of the source"."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('table = "measurements"', 'table = "main.measurements"'))
+    db = Db(url)
+    db.location(1, "UTC")
+    for command in ("install", "check"):
+        result = cli(root, command)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+    assert "are not installed" not in result.stdout + result.stderr  # check finds them on the table
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))  # captured by the installed triggers
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert (summary["exported"], summary["rows"]) == (1, 24) and len(files(tmp_path / "out")) == 1
+
+
 def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: Path) -> None:
     """The scan read SELECT DISTINCT "locationid" as the text 'locationid': a partition
     location_id=locationid was marked and exported empty, and the real ones never were."""
