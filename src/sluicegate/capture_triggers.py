@@ -38,6 +38,19 @@ def sqlite_table(table: str) -> tuple[str, str | None]:
     return name, schema or None
 
 
+def _sqlite_schema_problem(task: TaskSpec) -> list[str]:
+    """A SQLite capture table outside the main database: a SQLite source is one database file,
+    and a trigger cannot reference another database."""
+    assert task.capture.table
+    name, schema = sqlite_table(task.capture.table)
+    if schema is None or schema.lower() == "main":
+        return []
+    return [
+        f"{task.folder / 'task.toml'} [capture] table: {task.capture.table!r} is in schema {schema!r}; "
+        f"a SQLite source captures tables of its own database only: write table = {name!r}"
+    ]
+
+
 def _trigger_name(task: TaskSpec, operation: str) -> str:
     return f"sluicegate_{task.name}_{operation.lower()}"
 
@@ -330,6 +343,8 @@ def capture_problems(task: TaskSpec, source: Source) -> list[str]:
     q = source.dialect.quote
     try:
         if source.dialect is db.SQLITE:  # where a quoted name that is no column reads as a string
+            if problems := _sqlite_schema_problem(task):
+                return problems
             found = [str(r[0]) for r in source.execute(SQLITE_COLUMNS, sqlite_table(cap.table))]
             if problems := missing_capture_columns(task, found):
                 return problems
@@ -369,9 +384,10 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
     cap = task.capture
     assert cap.table
     q = db.SQLITE.quote
+    problems = _sqlite_schema_problem(task)
     with inbox.core.transaction() as cur:
         cur.execute(SQLITE_COLUMNS, sqlite_table(cap.table))
-        problems = missing_capture_columns(task, [str(r[0]) for r in cur.fetchall()])
+        problems = problems or missing_capture_columns(task, [str(r[0]) for r in cur.fetchall()])
     if problems:  # a trigger naming no column would break the application's every write
         raise ConfigError("; ".join(problems))
 

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from . import validate
@@ -50,6 +51,11 @@ class ExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
+        dest = self.destination
+        if dest and ("://" not in dest or dest.startswith("file://")):
+            # A folder, absolute as the local destination resolves it: the ledger records a
+            # failed re-export's destination for redrive, which may run from another folder.
+            object.__setattr__(self, "destination", str(Path(dest.removeprefix("file://")).resolve()))
         for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
             if isinstance(text, str) and not validate.is_unicode(text):
                 raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")

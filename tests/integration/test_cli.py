@@ -137,6 +137,11 @@ def test_a_schema_qualified_capture_table_on_sqlite_is_checked_installed_and_cap
     db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))  # captured by the installed triggers
     [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
     assert (summary["exported"], summary["rows"]) == (1, 24) and len(files(tmp_path / "out")) == 1
+    # Another schema cannot hold a table of a SQLite source: named, exit 2 (was "unknown database")
+    toml.write_text(toml.read_text().replace('table = "main.measurements"', 'table = "aux.measurements"'))
+    for command in ("check", "install"):
+        result = cli(root, command)
+        assert result.returncode == 2 and "[capture] table: 'aux.measurements' is in schema 'aux'" in result.stderr
 
 
 def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: Path) -> None:

@@ -1023,10 +1023,13 @@ def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, 
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
 
 
-@pytest.mark.parametrize("spelling", ["{}/", "file://{}"])  # the same folder, written another way
-def test_retrying_the_failed_reexport_itself_clears_it(url: str, tmp_path: Path, spelling: str) -> None:
+@pytest.mark.parametrize("spelling", ["{}/", "file://{}", "other"])  # the same folder, written another way
+def test_retrying_the_failed_reexport_itself_clears_it(
+    url: str, tmp_path: Path, spelling: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, other = _failed_reexport(tmp_path, url)
     (other / "s1").unlink()
+    monkeypatch.chdir(tmp_path)  # "other": relative to the folder the command runs in
     retried = _run(root, **REEXPORT, destination=spelling.format(other))
     assert retried.failed == 0 and len(files(other)) == 1
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None

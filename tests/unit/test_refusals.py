@@ -467,6 +467,7 @@ def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Pa
     [
         ("studyid", "{study_id}/{start:%Y%m%d}.{ext}", "task.toml entity: 'studyid' is not in path"),
         ("study_id", "{study_id}/{stat:%Y%m%d}.{ext}", "task.toml path: {stat} is not a window field"),
+        ("studyid", "{study_id}/{stat:%Y%m%d}.{ext}", "task.toml path: {stat} is not a window field"),
     ],
 )
 def test_a_misspelt_incremental_entity_is_blamed_not_the_path(

@@ -87,7 +87,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
 
     with contextlib.suppress(ValueError):  # a malformed template: check_template names it
         unknown = sorted(template_fields(task.path) - {"type", "start", "end", "format", "ext", "task"})
-        if task.entity not in unknown and unknown:  # the path names another entity column
+        if len(unknown) == 1 and task.entity not in unknown:  # the path names another entity column
             raise ConfigError(
                 f"{where} entity: {task.entity!r} is not in path {task.path!r}, which uses "
                 f"{{{unknown[0]}}}; set entity to the column the path names, or fix the path"
