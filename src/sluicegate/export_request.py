@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import validate
+from .destinations import local_folder
 from .exceptions import UsageError
 from .masking import mask_url
 from .partitions import in_range
@@ -51,11 +52,11 @@ class ExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
-        dest = self.destination
-        if dest and ("://" not in dest or dest.startswith("file://")):
+        folder = local_folder(self.destination) if self.destination else None
+        if folder is not None:
             # A folder, absolute as the local destination resolves it: the ledger records a
             # failed re-export's destination for redrive, which may run from another folder.
-            object.__setattr__(self, "destination", str(Path(dest.removeprefix("file://")).resolve()))
+            object.__setattr__(self, "destination", str(Path(folder).resolve()))
         for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
             if isinstance(text, str) and not validate.is_unicode(text):
                 raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import db, paths
+from .destinations import local_folder
 from .exceptions import ConfigError, SluicegateError, UsageError
 from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
@@ -246,7 +247,7 @@ def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bo
     def place(url: str | None) -> str | None:  # "out/", "out" and "file://out" are one destination
         if not url:
             return None
-        url = url.removeprefix("file://")  # as destinations.open_destination reads it
+        url = local_folder(url) or url  # as destinations.open_destination reads it
         return url.rstrip("/") or url
 
     failed = (row["failed_start"], row["failed_end"], row["failed_type"], place(row["failed_destination"]))

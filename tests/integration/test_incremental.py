@@ -1023,7 +1023,7 @@ def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, 
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
 
 
-@pytest.mark.parametrize("spelling", ["{}/", "file://{}", "other"])  # the same folder, written another way
+@pytest.mark.parametrize("spelling", ["{}/", "file://{}", "file://localhost{}", "other"])  # one folder, written another way
 def test_retrying_the_failed_reexport_itself_clears_it(
     url: str, tmp_path: Path, spelling: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -325,6 +325,15 @@ def _alive(spool_name: str) -> bool:
     return True
 
 
+def local_folder(url: str) -> str | None:
+    """The folder a destination URL names on local disk (``DIR``, ``file://DIR``,
+    ``file://localhost/DIR``), as given; None for a remote URL (``s3://``, other fsspec ones)."""
+    if url.startswith("file://"):
+        rest = url.removeprefix("file://")
+        return rest.removeprefix("localhost") if rest.startswith("localhost/") else rest
+    return None if "://" in url else url
+
+
 def open_destination(settings: DestinationSettings, *, stale_after: float = 3600.0) -> Destination:
     """Open the destination named by ``settings.url``."""
     url = settings.url
@@ -332,10 +341,11 @@ def open_destination(settings: DestinationSettings, *, stale_after: float = 3600
         from .s3 import S3Destination
 
         return S3Destination(settings)
-    if "://" in url and not url.startswith("file://"):
+    folder = local_folder(url)
+    if folder is None:
         from .fsspec import FsspecDestination
 
         return FsspecDestination(settings)
     from .local import LocalDestination
 
-    return LocalDestination(url.removeprefix("file://"), stale_after=stale_after, sync=settings.sync)
+    return LocalDestination(folder, stale_after=stale_after, sync=settings.sync)
