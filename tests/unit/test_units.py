@@ -348,3 +348,22 @@ def test_workers_default_to_two_on_a_database_server_with_two_cores(
     assert load_settings(tmp_path, {}).workers == workers
     assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "3"}).workers == 3
     assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "Auto"}).workers == workers
+
+
+def test_the_parquet_writers_schema_memo_tells_schemas_apart() -> None:
+    """Schemas are looked up with equals (not hashed per chunk): each zone's, and metadata, count."""
+    import pyarrow as pa
+
+    from sluicegate.formats.parquet import _Recent
+
+    calls: list[pa.Schema] = []
+    memo = _Recent(lambda schema, n: (calls.append(schema), str(schema.field(0).type), n)[1:], size=2)
+    utc, paris = (pa.schema([pa.field("t", pa.timestamp("us", tz=z))]) for z in ("UTC", "Europe/Paris"))
+    tagged = utc.with_metadata({b"k": b"v"})
+    assert memo(utc, 1) == ("timestamp[us, tz=UTC]", 1) and memo(paris, 1)[0] == "timestamp[us, tz=Europe/Paris]"
+    assert memo(pa.schema([pa.field("t", pa.timestamp("us", tz="UTC"))]), 1)[0].endswith("UTC]")  # found: equal
+    assert memo(utc, 2) == ("timestamp[us, tz=UTC]", 2) and len(calls) == 3  # other arguments: computed
+    memo(tagged, 1)
+    assert len(calls) == 4  # other metadata: computed, and the oldest entry (size 2) is dropped
+    memo(paris, 1)
+    assert len(calls) == 5

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -108,8 +107,29 @@ def _value_bytes(table: pa.Table) -> int:
 VARIABLE_WIDTH_GUESS = 32  # bytes per value of a string or binary column, for memory estimates
 
 
-@functools.lru_cache(maxsize=64)
-def _row_estimate(schema: pa.Schema) -> int:
+class _Recent:
+    """The last few results of ``compute(schema, *extra)``, found with ``Schema.equals``.
+
+    An ``lru_cache`` keyed on the schema hashed it for every chunk of every file (~5 µs each,
+    under the GIL): a Parquet location-day paid that twice per file. ``equals`` takes ~0.1 µs,
+    and a task's files share a handful of schemas (one per zone).
+    """
+
+    def __init__(self, compute: Callable[..., Any], size: int = 8) -> None:
+        self._compute = compute
+        self._size = size
+        self._items: tuple[tuple[pa.Schema, tuple[Any, ...], Any], ...] = ()  # replaced whole: thread-safe
+
+    def __call__(self, schema: pa.Schema, *extra: Any) -> Any:
+        for known, args, value in self._items:
+            if args == extra and known.equals(schema, check_metadata=True):
+                return value
+        value = self._compute(schema, *extra)
+        self._items = ((schema, extra, value), *self._items[: self._size - 1])
+        return value
+
+
+def _row_estimate_of(schema: pa.Schema) -> int:
     """Bytes per row of a table of ``schema``, from the types alone (for back-pressure)."""
     total = 0
     for field in schema:
@@ -120,12 +140,15 @@ def _row_estimate(schema: pa.Schema) -> int:
     return total
 
 
-@functools.lru_cache(maxsize=64)
-def _target_schema(schema: pa.Schema, types: tuple[pa.DataType | None, ...]) -> pa.Schema:
+def _target_schema_of(schema: pa.Schema, types: tuple[pa.DataType | None, ...]) -> pa.Schema:
     """The schema a table of ``schema`` is cast to: the task's types, the table's for the others."""
     return pa.schema(
         [pa.field(field.name, typ or field.type) for field, typ in zip(schema, types, strict=True)]
     )
+
+
+_row_estimate = _Recent(_row_estimate_of)
+_target_schema = _Recent(_target_schema_of)
 
 
 def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
