@@ -85,13 +85,13 @@ class Ingestor:
 
     def ingest(self, messages: Sequence[Message], summary: IngestSummary) -> None:
         """Write one batch; then each message is inserted, a duplicate, or reported as malformed."""
-        good, bad = self._split(messages)
+        good, bad, later = self._split(messages)
         try:
             inserted, refused, parked = self._commit(messages, good, bad, isolate=False)
         except DataError as exc:
             if not row_fault(exc):
                 raise
-            inserted, refused, parked = self._commit(messages, good, bad, isolate=True)
+            inserted, refused, parked = self._commit(messages, good, bad, isolate=True, later=later)
         summary.batches += 1
         summary.received += len(messages)
         summary.inserted += inserted
@@ -104,16 +104,22 @@ class Ingestor:
             if len(summary.malformed) < MAX_REPORTED:
                 summary.malformed.append({"id": message.id, "error": message.error})
 
-    def _split(self, messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
-        """The readable messages, first copy of each id only, and the malformed ones."""
+    def _split(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[Message], list[Message], dict[str, list[Message]]]:
+        """The readable messages (the first copy of each id), the malformed ones, and the later
+        copies of each id (tried in turn when the table refuses the first one's row)."""
         good: dict[str, Message] = {}
+        later: dict[str, list[Message]] = {}
         bad = []
         for message in messages:
             if message.error is not None or message.id is None:
                 bad.append(message)
+            elif message.id in good:
+                later.setdefault(message.id, []).append(message)
             else:
-                good.setdefault(message.id, message)
-        return list(good.values()), bad
+                good[message.id] = message
+        return list(good.values()), bad, later
 
     def _row(self, message: Message) -> tuple[Any, ...]:
         fields = message.fields or {}
@@ -121,16 +127,32 @@ class Ingestor:
         return tuple(tables.time_value(self.flavor, v) if isinstance(v, dt.datetime) else v for v in values)
 
     def _commit(
-        self, messages: Sequence[Message], good: list[Message], bad: list[Message], *, isolate: bool
+        self,
+        messages: Sequence[Message],
+        good: list[Message],
+        bad: list[Message],
+        *,
+        isolate: bool,
+        later: dict[str, list[Message]] | None = None,
     ) -> tuple[int, list[Message], int]:
         """One transaction: the rows (each under a savepoint if ``isolate``), parked messages, the log.
-        Returns the rows inserted, the messages whose row was refused, and the messages parked anew."""
+        Returns the rows inserted, the messages whose row was refused, and the messages parked anew.
+
+        With ``isolate``, a message whose row is refused is followed by the next copy of its id in
+        the batch (``later``), until one is inserted or found in the table: a valid message was
+        counted a duplicate of a refused one, and never inserted."""
         store, url = self.target.ingest, self.target.url
         with self.target.core.transaction() as cur:
             refused: list[Message] = []
             parked = 0
             if isolate:
-                inserted = sum(self._insert_alone(cur, m, refused) for m in good)
+                inserted = 0
+                for message in good:
+                    for copy in (message, *(later or {}).get(message.id or "", ())):
+                        before = len(refused)
+                        inserted += self._insert_alone(cur, copy, refused)
+                        if len(refused) == before:  # inserted, or its id is in the table already
+                            break
             else:
                 with db.wrap_errors(url):
                     inserted = self.insert.run(cur, [self._row(m) for m in good])

@@ -226,6 +226,16 @@ def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path
     assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(summary.malformed[0]["error"])
     assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
     assert _query(url, "SELECT received, inserted, malformed FROM {log}batches") == [(5, 4, 1)]
+    # A refused copy of an id, then a good copy in the same batch: the good one is inserted (it
+    # was counted a duplicate of the refused one and lost), and a third copy is a duplicate.
+    again = tmp_path / "again.jsonl"
+    again.write_text("\n".join([line("m9", value=-1.0), line("m9", value=9.0), line("m9", value=7.0),
+                                 line("m8", value=8.0)]) + "\n")  # fmt: skip
+    summary = operations.ingest(load(root), TASK, again.open())
+    assert (summary.inserted, summary.duplicates, summary.malformed_count) == (2, 1, 1)
+    assert _query(url, "SELECT mid, v FROM readings WHERE mid IN ('m8', 'm9') ORDER BY mid") == [
+        ("m8", 8.0), ("m9", 9.0)
+    ]
 
 
 def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_path: Path, url: str) -> None:
