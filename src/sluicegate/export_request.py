@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ class ExportRequest:
         for name, text in [("tag", self.tag), *(("an entity", e) for e in self.entities)]:
             if isinstance(text, str) and not validate.is_unicode(text):
                 raise UsageError(f"{name} {text!r} is not valid Unicode text; write it in UTF-8")
+            if isinstance(text, str) and any(unicodedata.category(c) == "Cc" for c in text):
+                raise UsageError(f"{name} {text!r} holds a control character; write it without one")
 
     @property
     def touches_watermarks(self) -> bool:

@@ -209,7 +209,9 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         assert bad.status_code == 422
         # Hostile bodies get 422 with a reason, not a 500 (nor a run that fails later):
         raw = {**AUTH, "Content-Type": "application/json"}
-        for body_text in ('{"limit": 1e400}', '{"limit": 100000000000000000000}', '{"tag": "\\ud800"}'):
+        hostile = ('{"limit": 1e400}', '{"limit": 100000000000000000000}', '{"tag": "\\ud800"}',
+                   '{"tag": "x\\u0000"}', '{"entities": ["a\\nb"]}', '{"dryrun": true}')  # fmt: skip
+        for body_text in hostile:  # a misspelt field ("dryrun") started a real run of everything
             answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=raw, content=body_text)
             assert answer.status_code == 422 and answer.json()["detail"], body_text
         far = server.get(f"{server.url}/tasks/openaq/partitions", params={"offset": str(10**20)})

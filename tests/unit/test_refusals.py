@@ -484,3 +484,17 @@ def test_a_misspelt_incremental_entity_is_blamed_not_the_path(
     with pytest.raises(ConfigError) as refused:
         load(root).task("studies")
     assert blamed in str(refused.value) and str(task / "task.toml") in str(refused.value)
+
+
+def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_raw() -> None:
+    """From the CLI, a request or HTTP: such an entity was given a watermark and a failed window
+    that redrive retried, and its name went raw (a newline, an escape sequence) to the terminal."""
+    from sluicegate.cli.render import printable
+    from sluicegate.exceptions import UsageError
+    from sluicegate.export_request import ExportRequest
+
+    for hostile in ({"entities": ("a\nb",)}, {"entities": ("\x00",)}, {"tag": "\x1b[31mred"}):
+        with pytest.raises(UsageError, match="holds a control character"):
+            ExportRequest(**hostile)  # type: ignore[arg-type]
+    assert ExportRequest(entities=("é-1",), tag="nightly run").entities == ("é-1",)
+    assert printable("site\x1b[31m") == "'site\\x1b[31m'" and printable("é-1 x") == "é-1 x"

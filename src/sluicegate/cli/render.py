@@ -10,6 +10,13 @@ from ..options import TaskSummary
 from .app import echo_json
 
 
+def printable(value: Any) -> str:
+    """A value from the source or the ledger for a terminal line: as it is, or quoted when it
+    holds a character a terminal would act on (a newline, an escape sequence, a NUL)."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
 def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> None:
     if as_json:
         echo_json([s.as_dict() for s in summaries])
@@ -25,13 +32,13 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
             else:
                 click.echo(f"{s.task}: {due} partition(s) would be exported{later}")
             for entry in s.plan:
-                keys = " ".join(f"{k}={v}" for k, v in entry["partition"].items())
+                keys = " ".join(f"{k}={printable(v)}" for k, v in entry["partition"].items())
                 window = f" [{entry['start']}, {entry['end']})" if "start" in entry else ""
                 click.echo(
                     f"  {keys}{window}  ({entry['reason']}) -> {entry.get('path') or entry.get('error')}"
                 )
             for note in s.entities:
-                click.echo(f"  entity={note['entity']}: {note.get('note', '')}")
+                click.echo(f"  entity={printable(note['entity'])}: {note.get('note', '')}")
             continue
         click.echo(
             f"{s.task}: {s.exported} exported, {s.unchanged} unchanged, {s.failed} failed, "
@@ -43,7 +50,7 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                 if entry.get("error")
                 else f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
             )
-            click.echo(f"  entity={entry['entity']}: {what}")
+            click.echo(f"  entity={printable(entry['entity'])}: {what}")
         if s.ingest is not None:
             click.echo(f"  {ingest_text(s.ingest)}")
         for ev in s.aggregate:

@@ -20,7 +20,7 @@ from ..operations import incremental_task, request_from_options
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
-from .render import ProgressBars, render_run
+from .render import ProgressBars, printable, render_run
 
 COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as an integer
 
@@ -153,7 +153,8 @@ def watermark_list(task: str, as_json: bool) -> None:
         if r["pending_end"]:  # held by a live claim: being exported now; else left by a failure or crash
             what = "being exported" if r["claimed"] else "to redo"
             redo = f", window {r['pending_start']}..{r['pending_end']} {what}"
-        click.echo(f"{r['entity']}: watermark {r['watermark'] or '(none: bootstrap)'}{redo}{failed}")
+        mark = r["watermark"] or "(none: bootstrap)"
+        click.echo(f"{printable(r['entity'])}: watermark {mark}{redo}{failed}")
 
 
 @watermark.command(name="delete")

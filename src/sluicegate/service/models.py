@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..validate import is_unicode
 
@@ -45,6 +46,9 @@ class TaskInfo(BaseModel):
 class RunRequest(BaseModel):
     """The options of ``sluicegate run``."""
 
+    # A misspelt field ("dryrun", "entites") must not start a real run of everything (422).
+    model_config = ConfigDict(extra="forbid")
+
     limit: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     dry_run: bool = False
     reexport: bool = Field(default=False, description="Partitioned tasks: queue the time window again first.")
@@ -66,6 +70,8 @@ class RunRequest(BaseModel):
         for text in [value] if isinstance(value, str) else value or ():
             if not is_unicode(text):  # a lone surrogate (JSON "\ud800"): no database stores it
                 raise ValueError("holds a character that is not valid Unicode (a lone surrogate)")
+            if any(unicodedata.category(c) == "Cc" for c in text):  # NUL, a newline, an escape
+                raise ValueError("holds a control character")
         return value
 
 
