@@ -9,6 +9,8 @@ again changes nothing (ingest is idempotent on the message id). boto3 is importe
 from __future__ import annotations
 
 import logging
+import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,13 +48,41 @@ def load_sqs(raw: Any, where: str) -> SqsSpec:
     visibility = validate.parse_duration(
         raw.get("visibility_timeout", 60), where=f"{where} visibility_timeout"
     )
+    region = _text(raw, "region", where)
+    if region is not None and not _REGION.fullmatch(region):
+        raise ConfigError(f"{where} region: {region!r} is not a region name; write one like \"eu-west-1\"")
     return SqsSpec(
-        queue_url=str(raw["queue_url"]),
-        region=raw.get("region") or None,
-        endpoint_url=raw.get("endpoint_url") or None,
+        queue_url=_url(raw, "queue_url", where) or "",
+        region=region,
+        endpoint_url=_url(raw, "endpoint_url", where),
         wait=wait,
         visibility_timeout=visibility,
     )
+
+
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # as botocore checks it
+
+
+def _text(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} {key}: {value!r} is not text; write it in quotes")
+    return value
+
+
+def _url(raw: dict[str, Any], key: str, where: str) -> str | None:
+    """An http(s) URL setting (boto3 raised "Invalid endpoint" with a traceback on others)."""
+    value = _text(raw, key, where)
+    if value is not None:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"{where} {key}: {value!r} is not an http(s) URL; write it whole, e.g. "
+                '"https://sqs.eu-west-1.amazonaws.com/123456789012/measurements"'
+            )
+    return value
 
 
 class SqsQueue:

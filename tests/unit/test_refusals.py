@@ -498,3 +498,25 @@ def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_
             ExportRequest(**hostile)  # type: ignore[arg-type]
     assert ExportRequest(entities=("é-1",), tag="nightly run").entities == ("é-1",)
     assert printable("site\x1b[31m") == "'site\\x1b[31m'" and printable("é-1 x") == "é-1 x"
+
+
+@pytest.mark.parametrize(
+    "sqs,message",
+    [
+        ({"queue_url": "q"}, "[sqs] queue_url: 'q' is not an http(s) URL"),
+        ({"queue_url": 5}, "[sqs] queue_url: 5 is not text"),
+        ({"queue_url": "https://sqs.eu-west-1.amazonaws.com/1/m", "region": 5}, "[sqs] region: 5 is not text"),
+        ({"queue_url": "https://h/1/m", "region": "eu west"}, "[sqs] region: 'eu west' is not a region name"),
+        ({"queue_url": "https://h/1/m", "endpoint_url": "not a url"}, "[sqs] endpoint_url: 'not a url' is not"),
+    ],
+)
+def test_bad_sqs_settings_are_named_not_a_traceback(sqs: dict[str, object], message: str) -> None:
+    """boto3 raised TypeError or "Invalid endpoint" with a traceback (exit 1), and check said ok."""
+    from sluicegate.exceptions import ConfigError
+    from sluicegate.sqs import load_sqs
+
+    with pytest.raises(ConfigError) as refused:
+        load_sqs(sqs, "t/task.toml [sqs]")
+    assert message in str(refused.value)
+    good = load_sqs({"queue_url": "http://127.0.0.1:9324/queue/m", "region": "elasticmq"}, "t/task.toml [sqs]")
+    assert (good.queue_url, good.region, good.endpoint_url) == ("http://127.0.0.1:9324/queue/m", "elasticmq", None)
