@@ -14,6 +14,7 @@ label carries the UTC offset (``01:00-05:00`` and ``01:00-06:00``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import re
 from dataclasses import dataclass
@@ -219,34 +220,68 @@ def path_fields(*, task: str, stage: str, key: str | None, key_value: str, block
 def transition_days(zone: str, year: int = 2024) -> list[dt.date]:
     """The local days of ``year`` on which ``zone`` changes its UTC offset (DST starts and ends)."""
     tz = ZoneInfo(zone)
+
+    def offset(day: dt.date) -> dt.timedelta | None:
+        return dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset()
+
     days = []
-    day = dt.date(year, 1, 1)
-    while day.year == year:
-        start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
-        after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
-        if start.utcoffset() != after.utcoffset():
-            days.append(day)
-        day += dt.timedelta(days=1)
+    firsts = [dt.date(year, m, 1) for m in range(1, 13)] + [dt.date(year + 1, 1, 1)]
+    for first, next_first in itertools.pairwise(firsts):  # a month with no change is skipped whole
+        if offset(first) == offset(next_first):
+            continue
+        day = first
+        while day < next_first:
+            if offset(day) != offset(day + dt.timedelta(days=1)):
+                days.append(day)
+            day += dt.timedelta(days=1)
     return days
 
 
+# Days on which every template is rendered for two days of blocks: a plain stretch, a month's
+# and a year's end, and every offset change of the zone in these years (zones changed their rules:
+# America/Sao_Paulo had daylight saving time until 2019).
+SAMPLE_DAYS = (dt.date(2024, 1, 15), dt.date(2024, 4, 30), dt.date(2023, 12, 31))
+TRANSITION_YEARS = range(2000, 2031)
+
+
+@functools.lru_cache(maxsize=32)
+def _kinds_of_change(zone: str) -> tuple[dt.date, ...]:
+    """The first day of each kind of offset change (offset before, offset after) of ``zone`` in
+    TRANSITION_YEARS: a template that tells a change's blocks apart tells them apart every year,
+    and a task is loaded by every command (rendering every change of 31 years took ~60 ms)."""
+    tz = ZoneInfo(zone)
+    first: dict[tuple[dt.timedelta | None, dt.timedelta | None], dt.date] = {}
+    for year in TRANSITION_YEARS:
+        for day in transition_days(zone, year):
+            after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz).utcoffset()
+            first.setdefault((dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset(), after), day)
+    return tuple(first.values())
+
+
 def check_distinct_paths(render: Any, *, zone: str, grain: Grain, where: str) -> None:
-    """Raise ConfigError when ``render(block)`` gives two blocks around a DST change the same path.
+    """Raise ConfigError when ``render(block)`` gives two blocks the same path.
 
     ``render`` maps a :class:`Block` to its rendered path. atd-mds's layout
-    ``{Y}/{M}/{D}/{H}`` named both 01:00 hours of a fall-back day alike, so one overwrote the other.
+    ``{Y}/{M}/{D}/{H}`` named both 01:00 hours of a fall-back day alike, so one overwrote the other;
+    a template coarser than the grain (``{block:%Y%m%d}`` for hours) names every block of a day alike.
     """
     tz = ZoneInfo(zone)
-    for day in transition_days(zone):
-        lo = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC) - dt.timedelta(days=1)
+    changes = _kinds_of_change(zone)
+    for day in [*SAMPLE_DAYS, *changes]:
+        lo = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC) - dt.timedelta(hours=1)
         seen: dict[str, Block] = {}
-        for block in blocks_between(lo, lo + dt.timedelta(days=3), grain=grain, zone=zone):
+        for block in blocks_between(lo, lo + dt.timedelta(days=2, hours=2), grain=grain, zone=zone):
             path = render(block)
             if path in seen:
-                raise ConfigError(
-                    f"{where}: blocks {seen[path].label} and {block.label} would share the path {path!r} "
-                    f"(the repeated hour when {zone} leaves daylight saving time); add the offset, "
+                why = (
+                    f" (the repeated hour when {zone} leaves daylight saving time); add the offset, "
                     "e.g. {block:%Y/%m/%d/%H%z}, or use {label}"
+                    if day in changes
+                    else f"; name each {grain} block apart, e.g. with {{label}}"
+                )
+                raise ConfigError(
+                    f"{where}: blocks {seen[path].label} and {block.label} would share the path"
+                    f" {path!r}{why}"
                 )
             seen[path] = block
 

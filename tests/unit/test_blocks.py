@@ -241,6 +241,37 @@ def test_a_path_that_names_both_fall_back_hours_alike_is_refused(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # a template coarser than the blocks, in a zone with no daylight saving time: never rendered
+        ((("US/Central", "UTC"), ("%Y/%m/%d/%H%z", "%Y%m%d")), "would share the path"),
+        ((("%Y/%m/%d/%H%z", "%Q"),), "would share the path"),
+        # the fall-back hour in a zone that had daylight saving time until 2019 (not in 2024)
+        ((("US/Central", "America/Sao_Paulo"), ("%Y/%m/%d/%H%z", "%Y/%m/%d/%H")), "repeated hour"),
+        # a path that escapes the destination, in UTC: refused at load, not after the extract ran
+        ((("US/Central", "UTC"), ('"{{stage}}/', '"../{{stage}}/')), "escapes the destination"),
+        # a stage writing over another's file: the publish over the extract it reads
+        ((('callable = "etl:portal"', 'path = "extract/{{provider}}/{{label}}.jsonl"\ncolumns = {{ trip_id = "text" }}'),
+          ("{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl", "extract/{{provider}}/{{label}}.jsonl")),
+         "names the same file as [extract] path"),
+    ],
+)
+def test_paths_that_would_overwrite_each_other_are_refused_at_load(
+    tmp_path: Path, changes: tuple[tuple[str, str], ...], message: str
+) -> None:
+    """Found by probing: each of these ran with exit 0 and every block done, while one file
+    replaced another's (or the run failed only after the extract)."""
+    task = TASK
+    for old, new in changes:
+        assert old in task
+        task = task.replace(old, new)
+    root = make_project(tmp_path, task=task.format(extract_extra="", create="true"))
+    result = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "task.toml" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     ("change", "message"),
     [
         (('callable = "etl:trips"', 'callable = "etl:nope"'), "has no function 'nope'"),

@@ -12,6 +12,7 @@ without re-running the stages before it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from .. import db, tables, validate
 from ..config import read_select
-from ..exceptions import ConfigError, SluicegateError, UsageError
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
 from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
@@ -130,7 +131,27 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     for stage in stages:
         if stage.path is not None:
             _check_path(task, stage, where)
+    _check_stages_apart(task, where)
     return task
+
+
+def _check_stages_apart(task: Task, where: str) -> None:
+    """Two stages whose paths render alike would write over each other's file (a publish over
+    the extract it reads)."""
+    sample = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)
+    block = blocks_between(sample, sample + dt.timedelta(days=3), grain=task.grain, zone=task.zone)[0]
+    owners: dict[str, str] = {}
+    for stage in task.stages:
+        if stage.path is None:
+            continue
+        fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
+        path = render(stage.path, fields | {"format": stage.format, "ext": stage.format})
+        if path in owners:
+            raise ConfigError(
+                f"{where} [{stage.name}] path: it names the same file as [{owners[path]}] path ({path!r});"
+                " give each stage its own path"
+            )
+        owners[path] = stage.name
 
 
 def _check_path(task: Task, stage: StageSpec, where: str) -> None:
@@ -151,7 +172,10 @@ def _check_path(task: Task, stage: StageSpec, where: str) -> None:
         fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
         return render(stage.path or "", fields | {"format": stage.format, "ext": stage.format})
 
-    check_distinct_paths(rendered, zone=task.zone, grain=task.grain, where=f"{where} [{stage.name}] path")
+    try:
+        check_distinct_paths(rendered, zone=task.zone, grain=task.grain, where=f"{where} [{stage.name}] path")
+    except BadPartitionValue as exc:  # absolute, or escapes the destination: refused before any run
+        raise ConfigError(f"{where} [{stage.name}] path: {exc}") from None
 
 
 def chosen_stages(task: Task, request: BlockRequest | None) -> list[StageSpec]:
