@@ -655,3 +655,25 @@ def test_extract_from_sql_and_publish_to_a_csv_file(tmp_path: Path) -> None:
     assert statuses[("bird", "2020-01-01T02:00-06:00", "extract")] == "no_data"
     assert statuses[("lime", "2020-01-01T02:00-06:00", "publish")] == "done"
     assert len(statuses) == 2 * 2 * 2  # keys from keys_sql, two blocks, two stages
+
+
+def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_path: Path) -> None:
+    """keys_sql gives 1; select.sql's key is an expression (no integer affinity on SQLite), which
+    compared 1 with the ledger's '1' as different: every block was "no data", never retried."""
+    task = SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT pid FROM prov").replace(
+        'provider = "text"', 'provider = "int"'
+    )
+    root = make_project(tmp_path, task=task)
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE prov (pid INTEGER)")
+    conn.execute("INSERT INTO prov VALUES (1)")
+    conn.execute("CREATE TABLE rides (ride INTEGER, pid INTEGER, ended_at TEXT)")
+    conn.execute("INSERT INTO rides VALUES (7, 1, '2020-01-01T06:10:00Z')")
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, pid + 0 AS provider, ended_at FROM rides")
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1")  # 06:00Z-07:00Z
+    assert result.exit_code == 0, result.output
+    statuses = {(r[0], r[2]): r[3] for r in ledger_rows(root)}
+    assert statuses == {("1", "extract"): "done", ("1", "publish"): "done"}
+    [record] = read_records((root / "out/extract/1/2020-01-01T01:00-06:00.jsonl").read_bytes())
+    assert record["ride"] == 7

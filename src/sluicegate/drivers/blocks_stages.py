@@ -217,6 +217,16 @@ class StageRecorder:
         )
 
 
+def key_param(task: Task, value: str, columns: Sequence[Column]) -> Any:
+    """A key value (text on the ledger) as the select's key column compares it: an integer column
+    takes the integer. SQLite compares 1 and '1' as different where the column has no integer
+    affinity (an expression such as ``p.pid + 0``): every block of such a key was "no data"."""
+    kind = next((c.kind for c in columns if c.name == task.key), None)
+    if kind == "int" and value.lstrip("-").isdigit() and str(int(value)) == value:
+        return int(value)
+    return task.typed_key(value)
+
+
 class StageRunner:
     """Runs one stage over a group of claims of one batch."""
 
@@ -291,14 +301,16 @@ class StageRunner:
             feed=ctx.feed(self.task),
         )
         with pipeline:
-            units = [u for c in claims if (u := self._unit(stage, c, pipeline)) is not None]
+            units = [u for c in claims if (u := self._unit(stage, c, pipeline, columns)) is not None]
             try:
                 pipeline.export(units)
             finally:
                 pipeline.flush()
 
-    def _unit(self, stage: StageSpec, claim: StageClaim, pipeline: Pipeline) -> WorkUnit | None:
-        value = self.task.typed_key(claim.key_value)
+    def _unit(
+        self, stage: StageSpec, claim: StageClaim, pipeline: Pipeline, columns: Sequence[Column]
+    ) -> WorkUnit | None:
+        value = key_param(self.task, claim.key_value, columns)
         piece = Slice(
             keys=(value,) if self.task.key else (),
             start=claim.block.start,
