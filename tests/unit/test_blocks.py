@@ -677,3 +677,24 @@ def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_pat
     assert statuses == {("1", "extract"): "done", ("1", "publish"): "done"}
     [record] = read_records((root / "out/extract/1/2020-01-01T01:00-06:00.jsonl").read_bytes())
     assert record["ride"] == 7
+
+
+def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_path: Path) -> None:
+    """The publish file of rows since deleted stayed in place (and on the ledger as the publish's
+    artifact) while the ledger said "no data" for the block."""
+    root = make_project(tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'"))
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
+    conn.execute("INSERT INTO rides VALUES (1, 'lime', '2020-01-01T06:10:00Z')")
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    assert blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1").exit_code == 0
+    published = root / "out/csv/lime/20200101T0100-0600.csv"
+    assert published.exists() and "1,lime," in published.read_text()
+    conn.execute("DELETE FROM rides")
+    conn.commit()
+    again = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1", "--key", "provider=lime", "--force")
+    assert again.exit_code == 0, again.output
+    assert not published.exists() and not (root / "out/extract/lime/2020-01-01T01:00-06:00.jsonl").exists()
+    artifacts = conn.execute("SELECT stage, status, artifact FROM sluicegate_blocks WHERE key_value = 'lime'")
+    assert sorted(artifacts.fetchall()) == [("extract", "no_data", None), ("publish", "no_data", None)]

@@ -282,7 +282,9 @@ class Driver:
                     )
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
-        recorder = StageRecorder(task, store, settings.lease, summary)
+        recorder = StageRecorder(
+            task, store, settings.lease, summary, delete=lambda path: ctx.destination.delete(path)
+        )
         runner = StageRunner(ctx, task, recorder, budget, Loader(ctx, recorder))
         claimed = 0
         try:

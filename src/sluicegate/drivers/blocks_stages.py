@@ -13,7 +13,7 @@ failure with backoff or parking.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import paths
@@ -97,12 +97,27 @@ def callable_error(exc: Exception, where: str) -> SluicegateError:
 class StageRecorder:
     """Records (block, stage) outcomes: the pipeline's recorder, and the per-block stages'."""
 
-    def __init__(self, task: Task, store: BlockStore, lease: float, summary: TaskSummary) -> None:
+    def __init__(
+        self,
+        task: Task,
+        store: BlockStore,
+        lease: float,
+        summary: TaskSummary,
+        delete: Callable[[str], None] | None = None,
+    ) -> None:
         self.task = task
         self.store = store
         self.lease = lease
         self.summary = summary
         self.skipped: dict[int, list[str]] = {}  # claim id: a publish's records that did not fit
+        self._delete = delete  # the destination's: files of later stages a "no data" makes stale
+        self._files = {s.name for s in task.stages if s.path is not None}
+
+    def forget(self, stage: str, artifact: str) -> None:
+        """A later stage's file, published from rows a forced re-run found gone: deleted (it was
+        left in place, its rows still published, while the ledger said "no data")."""
+        if self._delete is not None and stage in self._files:
+            self._delete(artifact)
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Put the files in place, then record them: ``done`` with the file, or ``no_data``.
@@ -135,7 +150,7 @@ class StageRecorder:
         ``done``: the commit already ran (in the transaction of a load's rows), with this outcome.
         """
         if done is None:
-            done = self.store.commit(result)
+            done = self.store.commit(result, forget=self.forget)
         self._entry(
             result.claim,
             result.status if done else "lost",

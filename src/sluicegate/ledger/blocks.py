@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,11 +163,19 @@ class BlockStore(Store):
         """Extend the lease of the rows still held under ``token``; return how many."""
         return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
 
-    def commit(self, result: StageResult, *, cur: Any | None = None) -> bool:
+    def commit(
+        self,
+        result: StageResult,
+        *,
+        cur: Any | None = None,
+        forget: Callable[[str, str], None] | None = None,
+    ) -> bool:
         """Record a finished stage (with ``no_data``, the block's later stages too); False: claim lost.
 
         With ``cur`` the record is written in that transaction (a load's, when its table is in
-        the ledger database), so the rows and the record commit together.
+        the ledger database), so the rows and the record commit together. ``forget(stage,
+        artifact)`` is called, in the transaction, for each later stage's artifact that a
+        ``no_data`` makes the ledger forget (its file, published from rows now gone, is deleted).
         """
         claim = result.claim
 
@@ -189,23 +197,31 @@ class BlockStore(Store):
             if cur.rowcount != 1:
                 return False
             if result.status == "no_data":
-                self.complete(claim, cur)
+                for stage, artifact in self.complete(claim, cur):
+                    if forget is not None:
+                        forget(stage, artifact)
             return True
 
         if cur is not None:
             return body(cur)
         return bool(self.core.in_transaction(body))
 
-    def complete(self, claim: StageClaim, cur: Any) -> None:
-        """Mark the stages after ``claim`` in its block ``no_data`` (inside the commit's transaction)."""
-        self._run(
-            "complete",
-            cur,
-            task=claim.task,
-            key_value=claim.key_value,
-            block_start=self.core.ts(claim.block.start),
-            position=claim.position,
-        )
+    def complete(self, claim: StageClaim, cur: Any) -> list[tuple[str, str]]:
+        """Mark the stages after ``claim`` in its block ``no_data`` (inside the commit's transaction);
+        return the (stage, artifact) each of them had recorded, now cleared."""
+        where = {
+            "task": claim.task,
+            "key_value": claim.key_value,
+            "block_start": self.core.ts(claim.block.start),
+            "position": claim.position,
+        }
+        stale = self.stale(cur, where)
+        self._run("complete", cur, **where)
+        return stale
+
+    def stale(self, cur: Any, where: dict[str, Any]) -> list[tuple[str, str]]:
+        """The (stage, artifact) of the stages after a block's position (``complete``'s ``where``)."""
+        return [(str(r[0]), str(r[1])) for r in self._run("stale", cur, **where).fetchall()]
 
     def fail(
         self,

@@ -53,11 +53,19 @@ SET status = %(status)s, claim_token = NULL, lease_until = NULL, next_attempt_at
     artifact = %(artifact)s, bytes = %(bytes)s, checksum = %(checksum)s, finished_at = now()
 WHERE id = %(id)s AND claim_token = %(token)s;
 
+-- stale --
+-- The files the later stages of a block published, which complete is about to forget (their
+-- rows say no_data from then on): deleted by the recorder in the same transaction.
+SELECT stage, artifact FROM {t}blocks
+WHERE task = %(task)s AND key_value = %(key_value)s AND block_start = %(block_start)s
+  AND position > %(position)s AND claim_token IS NULL AND artifact IS NOT NULL;
+
 -- complete --
 -- After a stage found no data, the later stages of its block have nothing to do: "no data" too.
 UPDATE {t}blocks
 SET status = 'no_data', next_attempt_at = NULL, error = NULL, forced = false,
-    records_total = 0, records_processed = 0, records_errors = 0, finished_at = now()
+    records_total = 0, records_processed = 0, records_errors = 0,
+    artifact = NULL, bytes = NULL, checksum = NULL, finished_at = now()
 WHERE task = %(task)s AND key_value = %(key_value)s AND block_start = %(block_start)s
   AND position > %(position)s AND claim_token IS NULL;
 

@@ -48,11 +48,19 @@ SET status = :status, claim_token = NULL, lease_until = NULL, next_attempt_at = 
     artifact = :artifact, bytes = :bytes, checksum = :checksum, finished_at = :now
 WHERE id = :id AND claim_token = :token;
 
+-- stale --
+-- The files the later stages of a block published, which complete is about to forget (their
+-- rows say no_data from then on): deleted by the recorder in the same transaction.
+SELECT stage, artifact FROM {t}blocks
+WHERE task = :task AND key_value = :key_value AND block_start = :block_start
+  AND position > :position AND claim_token IS NULL AND artifact IS NOT NULL;
+
 -- complete --
 -- After a stage found no data, the later stages of its block have nothing to do: "no data" too.
 UPDATE {t}blocks
 SET status = 'no_data', next_attempt_at = NULL, error = NULL, forced = 0,
-    records_total = 0, records_processed = 0, records_errors = 0, finished_at = :now
+    records_total = 0, records_processed = 0, records_errors = 0,
+    artifact = NULL, bytes = NULL, checksum = NULL, finished_at = :now
 WHERE task = :task AND key_value = :key_value AND block_start = :block_start
   AND position > :position AND claim_token IS NULL;
 
