@@ -698,3 +698,31 @@ def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_pa
     assert not published.exists() and not (root / "out/extract/lime/2020-01-01T01:00-06:00.jsonl").exists()
     artifacts = conn.execute("SELECT stage, status, artifact FROM sluicegate_blocks WHERE key_value = 'lime'")
     assert sorted(artifacts.fetchall()) == [("extract", "no_data", None), ("publish", "no_data", None)]
+
+
+@pytest.mark.parametrize(
+    ("select", "task_change", "message"),
+    [
+        ("SELECT ride, ended_at FROM rides", None, "key: 'provider' is not a column of select.sql's result"),
+        ("SELECT ride, provider, ended_at FROM rides", ('time = "ended_at"', 'time = "ended"'),
+         "[extract] time: 'ended' is not a column of select.sql's result"),
+        ("SELECT ride, provider, ended_at FROM rides", ("FROM rides", "FROM nosuch"), "keys_sql: "),
+    ],
+)
+def test_a_select_or_key_query_that_cannot_work_stops_the_run_before_any_block(
+    tmp_path: Path, select: str, task_change: tuple[str, str] | None, message: str
+) -> None:
+    """Each block failed with "no such column: q.provider" (an alias of ours, naming neither the
+    file nor the setting), counting attempts; a broken keys_sql exited 1 naming only the database."""
+    task = SQL_TASK if task_change is None else SQL_TASK.replace(*task_change)
+    root = make_project(tmp_path, task=task)
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
+    conn.execute("INSERT INTO rides VALUES (1, 'lime', '2020-01-01T06:10:00Z')")
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text(select)
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "task.toml" in result.output and "Traceback" not in result.output
+    made = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sluicegate_blocks'").fetchone()[0]
+    assert not made or all(r[4] == 0 for r in ledger_rows(root))  # no block was tried

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import db, tables, validate
 from ..config import read_select
-from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
@@ -200,7 +200,12 @@ def key_values(task: Task, source_url: str, request: BlockRequest | None) -> lis
         if request and request.key_value:
             raise UsageError(f"task {task.name} has no key; run it without a key value")
         return [""]
-    values = list(task.keys) if task.keys else _query_keys(source_url, task.keys_sql or "")
+    try:
+        values = list(task.keys) if task.keys else _query_keys(source_url, task.keys_sql or "")
+    except SluicegateError as exc:
+        if is_transient(exc):
+            raise
+        raise ConfigError(f"{task.folder / 'task.toml'} keys_sql: {exc}; fix the query") from exc
     if request and request.key_value is not None:
         if request.key_value not in values:
             known = ", ".join(values[:20]) or "none"
@@ -263,6 +268,8 @@ class Driver:
         """Run every runnable (block, stage) of the request (or of the ledger); return how many ran."""
         ctx, settings = self.context, self.context.project.settings
         request, store = options.blocks, ctx.ledger.blocks
+        if problems := source_problems(task, ctx.source, outage=True):  # before any claim
+            raise ConfigError("; ".join(problems))
         chosen = chosen_stages(task, request)
         where = range_of(task, request)
         if request is not None:
@@ -322,8 +329,10 @@ class Driver:
             self.context.ledger.blocks.release(claims[0].token)
 
 
-def check(task: Task, source: Source) -> list[str]:
-    """Problems of a blocks task against the live databases: its select, key query and load tables."""
+def source_problems(task: Task, source: Source, *, outage: bool = False) -> list[str]:
+    """Problems of a blocks task's select and key query against the source. ``outage``: a
+    transient error (the database is down) is raised, not listed: a run checks this before any
+    claim (a missing key column failed every block with "no such column: q.provider")."""
     problems = []
     toml = task.folder / "task.toml"
     extract = task.stages[0]
@@ -331,8 +340,10 @@ def check(task: Task, source: Source) -> list[str]:
         try:
             columns = {c.name for c in source.describe(read_spec(task, extract))}
         except SluicegateError as exc:
+            if outage and is_transient(exc):
+                raise
             columns, problems = set(), [str(exc)]
-        wanted = [("time", extract.time)] + ([("key", task.key)] if task.key else [])
+        wanted = [("[extract] time", extract.time)] + ([("key", task.key)] if task.key else [])
         problems += [
             f"{toml} {f}: {n!r} is not a column of select.sql's result"
             for f, n in wanted
@@ -342,7 +353,16 @@ def check(task: Task, source: Source) -> list[str]:
         try:
             _query_keys(source.url, task.keys_sql)
         except SluicegateError as exc:
+            if outage and is_transient(exc):
+                raise
             problems.append(f"{toml} keys_sql: {exc}")
+    return problems
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Problems of a blocks task against the live databases: its select, key query and load tables."""
+    problems = source_problems(task, source)
+    toml = task.folder / "task.toml"
     for stage in task.stages:
         if stage.target is not None and not stage.create:
             problems += [f"{toml} [{stage.name}] {p}" for p in _check_table(stage)]
