@@ -366,11 +366,12 @@ def ingest(
         raise UsageError(f"task {task_name!r} is {kind} task; ingest applies to ingest tasks only")
     if lines is None and task.sqs is None:
         raise UsageError(f"task {task_name!r} has no [sqs] queue; give a file of JSON lines, or - for stdin")
+    from .drivers import ingest as driver
+
+    driver.refuse_if_broken(task)
     try:
         return _ingest(project, task, lines, name)
-    except DataError as exc:  # the table or a column misspelt: a configuration error, named (not an outage)
-        from .drivers import ingest as driver
-
+    except DataError as exc:  # a column of the wrong type: a configuration error, named (not an outage)
         if problems := driver.check(task, None):  # type: ignore[arg-type]  # (it reads no source)
             raise ConfigError("; ".join(problems)) from exc
         raise

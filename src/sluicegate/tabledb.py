@@ -174,6 +174,43 @@ class TableDb:
         return names
 
 
+    def unique_on(self, table: str, column: str) -> bool:
+        """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
+        insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
+        CONFLICT (column)`` refuse to run without it; MariaDB's would insert every copy)."""
+        schema, _, name = table.rpartition(".")
+        if self.flavor == "sqlite":
+            s = schema or None
+            rows = self.query(_SQLITE_UNIQUE, (name, s, s, s, column, name, s, column, name, s))[1]
+        elif self.flavor == "postgresql":
+            rows = self.query(_PG_UNIQUE, (self.quote(table), column))[1]
+        else:
+            rows = self.query(_MARIADB_UNIQUE, (schema or None, name, column))[1]
+        return bool(rows)
+
+
+# SQLite: a unique index of one column, or the table's primary key when it is that column alone
+# (an INTEGER PRIMARY KEY is the rowid: it has no index of its own).
+_SQLITE_UNIQUE = (
+    "SELECT 1 FROM pragma_index_list(?, ?) AS l WHERE l.\"unique\" = 1"
+    " AND (SELECT count(*) FROM pragma_index_info(l.name, ?)) = 1"
+    " AND (SELECT i.name FROM pragma_index_info(l.name, ?) AS i) = ?"
+    " UNION ALL SELECT 1 FROM pragma_table_info(?, ?) AS c WHERE c.pk = 1 AND c.name = ?"
+    " AND (SELECT count(*) FROM pragma_table_info(?, ?) WHERE pk > 0) = 1"
+)
+_PG_UNIQUE = (
+    "SELECT 1 FROM pg_catalog.pg_index i"
+    " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+    " WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1"
+    " AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = %s"
+)
+_MARIADB_UNIQUE = (
+    "SELECT index_name FROM information_schema.statistics"
+    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
+    " GROUP BY index_name HAVING count(*) = 1 AND max(non_unique) = 0 AND max(column_name) = ?"
+)
+
+
 def quote(flavor: Flavor, name: str) -> str:
     """Quote a validated identifier or ``schema.table`` for ``flavor``."""
     if flavor == "mariadb":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import tables, validate
-from ..exceptions import ConfigError, SluicegateError
+from ..exceptions import ConfigError, SluicegateError, is_transient
 from ..ingest import Ingestor, IngestSummary, drain
 from ..ledger import Ledger
 from ..messages import AIRMAX_COLUMNS, FIELDS
@@ -127,6 +127,7 @@ class Driver:
             )
             summary.ingest = {**IngestSummary(malformed_setting=task.malformed).as_dict(), "note": note}
             return 0
+        refuse_if_broken(task)
         ingested = IngestSummary(malformed_setting=task.malformed)
         queue = SqsQueue(task.sqs)
         try:
@@ -142,19 +143,34 @@ class Driver:
 
 def check(task: Task, source: Source) -> list[str]:
     """The table exists and has every mapped column."""
+    toml, table, key = task.folder / "task.toml", task.table, task.key
     target = tables.TableDb(task.url)
     try:
-        have = set(target.table_columns(task.table))
+        have = set(target.table_columns(table))
+        missing = sorted(column for column, _ in task.columns if column not in have)
+        if missing:
+            return [f"{toml} [columns]: table {table} has no column {', '.join(missing)}"]
+        if not target.unique_on(table, key):  # each message is inserted once, by its id
+            index = f"{table.rpartition('.')[2]}_{key}_key"
+            return [
+                f"{toml} table: {table} has no unique index on {key} alone, the message id column;"
+                f" create one (CREATE UNIQUE INDEX {index} ON {table} ({key})): without it a"
+                " redelivered message is refused, or inserted again"
+            ]
     except SluicegateError as exc:
-        return [f"{task.folder / 'task.toml'} table: {exc}"]
+        if is_transient(exc):  # the database is down: an outage, not a problem of the task
+            raise
+        return [f"{toml} table: {exc}"]
     finally:
         target.close()
-    missing = sorted(column for column, _ in task.columns if column not in have)
-    if missing:
-        return [
-            f"{task.folder / 'task.toml'} [columns]: table {task.table} has no column {', '.join(missing)}"
-        ]
     return []
+
+
+def refuse_if_broken(task: Task) -> None:
+    """Before any message is taken: the table, its columns and its unique index on the id column
+    (without it MariaDB inserted every redelivered copy, PostgreSQL and SQLite refused every batch)."""
+    if problems := check(task, None):  # type: ignore[arg-type]  # (it reads no source)
+        raise ConfigError("; ".join(problems))
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
