@@ -356,8 +356,9 @@ def redrive_windows(
     retry = []
     for f in failures:
         if f["attempts"] >= max_attempts:  # the same bound as partitions: max_attempts tries in all
-            note = f"gave up after {f['attempts']} attempts: {f['last_error']}"
-            notes.append({"entity": f["entity"], "rows": 0, "note": note})
+            # still owed: a failure of the run (exit 1), so that a check of redrive's exit code sees it
+            error = f"gave up after {f['attempts']} attempts: {f['last_error']}"
+            notes.append({"entity": f["entity"], "rows": 0, "error": error})
         else:
             retry.append(f)
     by_entity = {f["entity"]: f for f in retry}

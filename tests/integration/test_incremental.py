@@ -1074,8 +1074,10 @@ def test_a_reexport_redrive_gave_up_on_is_retried_with_the_command_the_refusal_g
     root, other = _failed_reexport(tmp_path, url)
     for _ in range(3):
         cli(root, "redrive", "studies")
-    gave_up = json.loads(cli(root, "redrive", "studies", "--json").stdout)[0]["entities"][0]
-    assert "gave up after 3 attempts" in gave_up["note"]
+    again = cli(root, "redrive", "studies", "--json")
+    assert again.returncode == 1  # the window is still owed: it exited 0, and a monitor saw nothing
+    gave_up = json.loads(again.stdout)[0]["entities"][0]
+    assert "gave up after 3 attempts" in gave_up["error"]
     (other / "s1").unlink()
     refused = _run(root, **{**REEXPORT, "start": T - dt.timedelta(days=2)}, destination=str(other))
     command = refused.entities[0]["error"].split("retry it with `")[1].split("`")[0]
