@@ -342,6 +342,14 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
         ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
          '[destination]\ntable = "t"', None, "keep: '1h' is shorter than the window; keep at least '3h'"),
+        # fractions of a second: windows were reported from :58.5 but read from :58 (overlaps, gaps)
+        ('kind = "aggregate"\nevery = "1.5s"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
+         '[destination]\ntable = "t"', None, "every: '1.5s' is not whole seconds"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "90.5s"\n'
+         '[destination]\ntable = "t"', None, "[window] width: '90.5s' is not whole seconds"),
+        # a file outside the destination: it failed only at the first evaluation
+        ('kind = "aggregate"\nevery = "5m"\npath = "../{t:%Y%m%d%H%M}.csv"\n[window]\ntable = "raw"\n'
+         'column = "c"\nwidth = "3h"\n[destination]\ntable = "t"', None, "path: rendered path"),
     ],
 )  # fmt: skip
 def test_configuration_errors_name_the_setting(tmp_path: Path, sqlite_url: str, task: str, select: str | None,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths, tables, validate
-from ..exceptions import ConfigError, DataError, LedgerError, SluicegateError
+from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..schedules import due_tick
@@ -37,7 +37,7 @@ from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
-from .aggregate_file import write_file
+from .aggregate_file import render_path, write_file
 
 UTC = dt.UTC
 IN_WINDOW = "in_window"
@@ -91,6 +91,8 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     width = validate.parse_duration(window["width"], where=f"{where} [window] width")
     if width <= 0:
         raise ConfigError(f'{where} [window] width: must be longer than 0, e.g. "3h"')
+    if not width.is_integer():  # windows are read in whole seconds: they would overlap or leave gaps
+        raise ConfigError(f'{where} [window] width: {window["width"]!r} is not whole seconds; use e.g. "3h"')
     task = Task(
         **base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH),
         window_table=validate.table_name(window["table"], f"{where} [window] table"),
@@ -127,6 +129,10 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         paths.check_template(
             task.path, folder, allowed={"task", "t", "format", "ext"}, required=(), what="evaluation field"
         )
+        try:  # an absolute or ../ path: refused now, not at the first evaluation
+            render_path(task, dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC))
+        except BadPartitionValue as exc:
+            raise ConfigError(f"{where} path: {exc}") from None
     return task
 
 
@@ -138,6 +144,8 @@ def _every(raw: Mapping[str, Any], where: str) -> float | None:
     every = validate.parse_duration(raw["every"], where=f"{where} every")
     if every < 1:
         raise ConfigError(f'{where} every: {raw["every"]!r} is too short; use at least "1s"')
+    if not every.is_integer():  # windows are read in whole seconds: they would overlap
+        raise ConfigError(f'{where} every: {raw["every"]!r} is not whole seconds; use e.g. "2s"')
     return every
 
 
