@@ -200,6 +200,8 @@ def read_lines(lines: Iterable[str | bytes], name: str) -> Iterator[Message]:
                 continue
         else:
             line = raw
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark (files saved on Windows)
         if line.strip():
             yield parse(line.rstrip("\r\n"), where=where)
 

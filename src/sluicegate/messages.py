@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,12 @@ def parse(
     if raw.get("id") in (None, "") and fallback_id:
         raw["id"] = fallback_id
     ident = None if raw.get("id") in (None, "") else clean(str(raw["id"]))
+    if isinstance(raw.get("id"), bool | float | dict | list):  # True was stored as the id "True"
+        shown = json.dumps(raw["id"])[:80]
+        return Message(
+            id=None, body=body, error=f"{where or 'a message'}: id {shown} is not a message id; give a"
+            " string or an integer", receipt=receipt,
+        )  # fmt: skip
     fields, error = _check(raw)
     if error is not None:
         label = f"message {ident}" if ident else f"{where or 'a message'} (no id)"
@@ -197,10 +204,15 @@ def _time(value: Any) -> dt.datetime | None:
         return OUT_OF_RANGE
 
 
+_DIGIT = re.compile(r"[0-9]")
+
+
 def _number(value: Any) -> float | None:
     """A float (infinite when it is too large for one: ``1`` and 400 zeros), or None (also NaN)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, str) and (value != value.strip() or "_" in value or not _DIGIT.search(value)):
+        return None  # Python's float() takes " 5 ", "1_000", "Infinity" and "nan": JSON numbers do not
     try:
         number = float(value)
     except OverflowError:

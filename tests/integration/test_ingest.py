@@ -144,6 +144,12 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1", city="X\ud800"), "message m1: city 'X\\ud800' is not valid Unicode text"),
         (line("\udcff"), "message \\udcff: id '\\udcff' is not valid Unicode text"),
         (line("m1", city="G\x00nt"), "message m1: city 'G\\x00nt' is not a text a database can store"),
+        # what Python's float() takes and a JSON number is not; an id that is no id (True was "True")
+        (line("m1", value="1_000"), "message m1: value '1_000' is not a number"),
+        (line("m1", value=" 5 "), "message m1: value ' 5 ' is not a number"),
+        (line("m1", value="Infinity"), "message m1: value 'Infinity' is not a number"),
+        (line("m1").replace('"id": "m1"', '"id": true'), "id true is not a message id"),
+        (line("m1").replace('"id": "m1"', '"id": 1.5'), "id 1.5 is not a message id"),
     ],
 )
 def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
@@ -273,6 +279,16 @@ def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     _execute(url, "CREATE UNIQUE INDEX nouniq_mid_key ON nouniq (mid)")
     assert cli(root, "ingest", TASK, str(batch)).returncode == 0
     assert _query(url, "SELECT count(*) FROM nouniq") == [(1,)]
+
+
+def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_message(tmp_path: Path) -> None:
+    """A file saved with a UTF-8 BOM made its first line "not JSON"."""
+    batch = tmp_path / "bom.jsonl"
+    batch.write_bytes(b"\xef\xbb\xbf" + (line("m1") + "\n" + line("m2") + "\n").encode())
+    from sluicegate.ingest import read_lines
+
+    for lines in (batch.open("rb"), batch.open(encoding="utf-8")):
+        assert [m.error for m in read_lines(lines, "bom.jsonl")] == [None, None]
 
 
 def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(root: Path) -> None:
