@@ -286,6 +286,9 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         (('key = ["trip_id"]', 'key = ["trip"]'), "key: name one or more of the declared columns"),
         (('key = ["trip_id"]', ""), 'mode = "upsert" needs the key columns'),
         (('table = "trips"', 'table = "trips"\nurl = "ftp://db/x"'), "is not a database URL"),
+        # an empty or repeated stage list was reported as "unknown setting 'extract'"
+        (('kind = "blocks"', 'kind = "blocks"\nstages = []'), "stages: use a list of stage names"),
+        (('kind = "blocks"', 'kind = "blocks"\nstages = ["extract", "extract"]'), "may appear once"),
     ],
 )
 def test_configuration_errors_name_the_setting(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -87,10 +87,8 @@ class Task(TaskBase):
 def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings) -> Task:
     """Read a blocks task's ``task.toml``."""
     where = str(folder / "task.toml")
-    names = raw.get("stages", ["extract", "load", "publish"])
-    sections = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
-    validate.reject_unknown(raw, KEYS | sections, where)
-    stages = blocks_config.stages(raw, folder, settings, where)
+    stages = blocks_config.stages(raw, folder, settings, where)  # first: an empty or repeated list is named
+    validate.reject_unknown(raw, KEYS | {s.name for s in stages}, where)
     key = validate.identifier(raw["key"], f"{where} key") if "key" in raw else None
     extract = raw.get(stages[0].name, {})
     if key and "path" not in extract:  # the default artifact path, per key value
