@@ -194,10 +194,12 @@ def plan_windows(
         claims = wm.claim(task.name, list(values), lease=lease)
     else:  # dry run: read watermarks without claiming
         claims = _unclaimed(task, wm, values)
-    notes = [
-        {"entity": e, "rows": 0, "note": "another export holds this entity; nothing exported"}
-        for e in sorted(set(values) - {c.entity for c in claims})
-    ]
+    held_note = (  # a killed export's claim looked held for no stated time
+        "another export holds this entity; nothing exported (if that export died, its claim is free"
+        f" again within its lease, {lease:g} s)"
+    )
+    taken = sorted(set(values) - {c.entity for c in claims})
+    notes = [{"entity": e, "rows": 0, "note": held_note} for e in taken]
     windows = []
     for c in claims:
         window = _watermark_window(task, c, values[c.entity], export_type, end, capped)

@@ -369,6 +369,20 @@ def test_a_select_that_does_not_fit_exits_2_before_any_claim(
     assert all(w["failed_end"] is None for w in operations.watermarks(load(root), "studies"))
 
 
+def test_an_entity_another_export_holds_says_when_its_claim_is_free_again(url: str, tmp_path: Path) -> None:
+    """After a request was killed, runs said "another export holds this entity" for a whole lease
+    (10 minutes by default) without saying so."""
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=1), "a")
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1"])
+        assert ledger.watermarks.claim("studies", ["s1"], lease=600)  # a worker that died
+    held = _run(root, export_type="daily", end=T)
+    assert held.exported == 0 and "free again within its lease, 600 s" in held.entities[0]["note"]
+
+
 # 6: an end before the watermark exports nothing and moves nothing
 def test_end_before_watermark_is_a_no_op(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
