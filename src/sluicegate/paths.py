@@ -55,10 +55,20 @@ def template_fields(template: str) -> set[str]:
 
 
 def check_template(
-    template: str, folder: Path, *, allowed: Collection[str], required: Collection[str], what: str = "key"
+    template: str,
+    folder: Path,
+    *,
+    allowed: Collection[str],
+    required: Collection[str],
+    what: str = "key",
+    where: str | None = None,
+    sharing: str | None = None,
 ) -> None:
-    """Raise ConfigError when ``template`` is malformed, uses an unknown field or lacks a required one."""
-    where = f"{folder / 'task.toml'} path"
+    """Raise ConfigError when ``template`` is malformed, uses an unknown field or lacks a required one.
+
+    ``where`` names the setting (default: task.toml's ``path``); ``sharing`` what would share a
+    file without a required field (default: two of ``what``)."""
+    where = where or f"{folder / 'task.toml'} path"
     try:
         used = template_fields(template)
     except ValueError as exc:
@@ -72,7 +82,8 @@ def check_template(
     missing = [k for k in required if k not in used]
     if missing:
         raise ConfigError(
-            f"{where}: the template does not use {{{missing[0]}}}, so two {what}s' files would share a name"
+            f"{where}: the template does not use {{{missing[0]}}}, so {sharing or f'two {what}s'}' files"
+            " would share a name"
         )
 
 

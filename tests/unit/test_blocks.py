@@ -289,6 +289,9 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         # an empty or repeated stage list was reported as "unknown setting 'extract'"
         (('kind = "blocks"', 'kind = "blocks"\nstages = []'), "stages: use a list of stage names"),
         (('kind = "blocks"', 'kind = "blocks"\nstages = ["extract", "extract"]'), "may appear once"),
+        # the stage named, and what would share a file (it said "two block fields' files")
+        (("{stage}/{provider}/{block", "{stage}/{block"),
+         "[extract] path: the template does not use {provider}, so two key values' files would share"),
     ],
 )
 def test_configuration_errors_name_the_setting(tmp_path: Path, change: tuple[str, str], message: str) -> None:

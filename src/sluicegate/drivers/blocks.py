@@ -158,8 +158,9 @@ def _check_path(task: Task, stage: StageSpec, where: str) -> None:
     allowed = BLOCK_FIELDS | {"task", "stage", "format", "ext"} | ({task.key} if task.key else set())
     assert stage.path is not None
     check_template(
-        stage.path, folder, allowed=allowed, required=[task.key] if task.key else [], what="block field"
-    )
+        stage.path, folder, allowed=allowed, required=[task.key] if task.key else [], what="block field",
+        where=f"{where} [{stage.name}] path", sharing="two key values",
+    )  # fmt: skip
     if not template_fields(stage.path) & BLOCK_FIELDS:
         raise ConfigError(
             f"{where} [{stage.name}] path: the template uses no block field ({{block}}, {{label}}, "
