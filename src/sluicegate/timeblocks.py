@@ -225,8 +225,11 @@ def transition_days(zone: str, year: int = 2024) -> list[dt.date]:
         return dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset()
 
     days = []
-    firsts = [dt.date(year, m, 1) for m in range(1, 13)] + [dt.date(year + 1, 1, 1)]
-    for first, next_first in itertools.pairwise(firsts):  # a month with no change is skipped whole
+    # A week whose ends have one offset is skipped whole (zones change twice in a month, as
+    # Africa/Casablanca around Ramadan, but not twice in a week).
+    end = dt.date(year + 1, 1, 1)
+    firsts = sorted({min(dt.date(year, 1, 1) + dt.timedelta(weeks=w), end) for w in range(54)})
+    for first, next_first in itertools.pairwise(firsts):
         if offset(first) == offset(next_first):
             continue
         day = first

@@ -732,3 +732,18 @@ def test_a_select_or_key_query_that_cannot_work_stops_the_run_before_any_block(
     assert message in result.output and "task.toml" in result.output and "Traceback" not in result.output
     made = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sluicegate_blocks'").fetchone()[0]
     assert not made or all(r[4] == 0 for r in ledger_rows(root))  # no block was tried
+
+
+@pytest.mark.parametrize("zone", ["Africa/Casablanca", "America/Sao_Paulo", "Australia/Lord_Howe", "UTC"])
+def test_transition_days_are_every_day_the_offset_changes(zone: str) -> None:
+    """Weeks whose ends share an offset are skipped: Casablanca changes twice within a month."""
+    from sluicegate.timeblocks import transition_days
+
+    tz = ZoneInfo(zone)
+    for year in (2019, 2024):
+        days = [dt.date(year, 1, 1) + dt.timedelta(days=n) for n in range(366)]
+        every = [
+            d for d in days if d.year == year and dt.datetime.combine(d, dt.time(), tzinfo=tz).utcoffset()
+            != dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=tz).utcoffset()
+        ]  # fmt: skip
+        assert transition_days(zone, year) == every
