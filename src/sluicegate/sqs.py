@@ -50,7 +50,7 @@ def load_sqs(raw: Any, where: str) -> SqsSpec:
     )
     region = _text(raw, "region", where)
     if region is not None and not _REGION.fullmatch(region):
-        raise ConfigError(f"{where} region: {region!r} is not a region name; write one like \"eu-west-1\"")
+        raise ConfigError(f'{where} region: {region!r} is not a region name; write one like "eu-west-1"')
     return SqsSpec(
         queue_url=_url(raw, "queue_url", where) or "",
         region=region,

@@ -173,7 +173,6 @@ class TableDb:
             raise DataError(f"table {table} cannot be read ({exc}); create it first") from exc
         return names
 
-
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
         insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
@@ -192,7 +191,7 @@ class TableDb:
 # SQLite: a unique index of one column, or the table's primary key when it is that column alone
 # (an INTEGER PRIMARY KEY is the rowid: it has no index of its own).
 _SQLITE_UNIQUE = (
-    "SELECT 1 FROM pragma_index_list(?, ?) AS l WHERE l.\"unique\" = 1"
+    'SELECT 1 FROM pragma_index_list(?, ?) AS l WHERE l."unique" = 1'
     " AND (SELECT count(*) FROM pragma_index_info(l.name, ?)) = 1"
     " AND (SELECT i.name FROM pragma_index_info(l.name, ?) AS i) = ?"
     " UNION ALL SELECT 1 FROM pragma_table_info(?, ?) AS c WHERE c.pk = 1 AND c.name = ?"

@@ -283,8 +283,7 @@ def check_distinct_paths(render: Any, *, zone: str, grain: Grain, where: str) ->
                     else f"; name each {grain} block apart, e.g. with {{label}}"
                 )
                 raise ConfigError(
-                    f"{where}: blocks {seen[path].label} and {block.label} would share the path"
-                    f" {path!r}{why}"
+                    f"{where}: blocks {seen[path].label} and {block.label} would share the path {path!r}{why}"
                 )
             seen[path] = block
 
