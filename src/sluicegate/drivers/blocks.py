@@ -267,7 +267,7 @@ class Driver:
         """Run every runnable (block, stage) of the request (or of the ledger); return how many ran."""
         ctx, settings = self.context, self.context.project.settings
         request, store = options.blocks, ctx.ledger.blocks
-        if problems := source_problems(task, ctx.source, outage=True):  # before any claim
+        if problems := select_problems(task, ctx.source, outage=True):  # before any claim
             raise ConfigError("; ".join(problems))
         chosen = chosen_stages(task, request)
         where = range_of(task, request)
@@ -288,9 +288,7 @@ class Driver:
                     )
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
-        recorder = StageRecorder(
-            task, store, settings.lease, summary, delete=lambda path: ctx.destination.delete(path)
-        )
+        recorder = StageRecorder(task, store, settings.lease, summary, delete=ctx.destination.delete)
         runner = StageRunner(ctx, task, recorder, budget, Loader(ctx, recorder))
         claimed = 0
         try:
@@ -328,40 +326,37 @@ class Driver:
             self.context.ledger.blocks.release(claims[0].token)
 
 
-def source_problems(task: Task, source: Source, *, outage: bool = False) -> list[str]:
-    """Problems of a blocks task's select and key query against the source. ``outage``: a
+def select_problems(task: Task, source: Source, *, outage: bool = False) -> list[str]:
+    """Problems of a blocks task's select (its key and ``[extract] time`` columns). ``outage``: a
     transient error (the database is down) is raised, not listed: a run checks this before any
-    claim (a missing key column failed every block with "no such column: q.provider")."""
-    problems = []
-    toml = task.folder / "task.toml"
+    claim (a missing key column failed every block with "no such column: q.provider"). The key
+    query needs no such check in a run: :func:`key_values` names its error itself."""
     extract = task.stages[0]
-    if extract.time is not None:
-        try:
-            columns = {c.name for c in source.describe(read_spec(task, extract))}
-        except SluicegateError as exc:
-            if outage and is_transient(exc):
-                raise
-            columns, problems = set(), [str(exc)]
-        wanted = [("[extract] time", extract.time)] + ([("key", task.key)] if task.key else [])
-        problems += [
-            f"{toml} {f}: {n!r} is not a column of select.sql's result"
-            for f, n in wanted
-            if columns and n not in columns
-        ]
-    if task.keys_sql:
-        try:
-            _query_keys(source.url, task.keys_sql)
-        except SluicegateError as exc:
-            if outage and is_transient(exc):
-                raise
-            problems.append(f"{toml} keys_sql: {exc}")
-    return problems
+    if extract.time is None:
+        return []
+    try:
+        columns = {c.name for c in source.describe(read_spec(task, extract))}
+    except SluicegateError as exc:
+        if outage and is_transient(exc):
+            raise
+        return [str(exc)]
+    wanted = [("[extract] time", extract.time)] + ([("key", task.key)] if task.key else [])
+    return [
+        f"{task.folder / 'task.toml'} {f}: {n!r} is not a column of select.sql's result"
+        for f, n in wanted
+        if n not in columns
+    ]
 
 
 def check(task: Task, source: Source) -> list[str]:
     """Problems of a blocks task against the live databases: its select, key query and load tables."""
-    problems = source_problems(task, source)
+    problems = select_problems(task, source)
     toml = task.folder / "task.toml"
+    if task.keys_sql:
+        try:
+            _query_keys(source.url, task.keys_sql)
+        except SluicegateError as exc:
+            problems.append(f"{toml} keys_sql: {exc}")
     for stage in task.stages:
         if stage.target is not None and not stage.create:
             problems += [f"{toml} [{stage.name}] {p}" for p in _check_table(stage)]
