@@ -638,16 +638,25 @@ columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
 """
 
 
+RIDES_SELECT = "SELECT ride, provider, ended_at FROM rides"
+
+
+def with_rides(root: Path, rides: list[tuple[int, str, str]], select: str = RIDES_SELECT) -> sqlite3.Connection:
+    """The SQL task's source: ``rides`` (ride, provider, ended_at) and its select.sql; the open connection."""
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
+    conn.executemany("INSERT INTO rides VALUES (?, ?, ?)", rides)
+    conn.commit()
+    (root / "tasks" / "trips" / "select.sql").write_text(select)
+    return conn
+
+
 def test_extract_from_sql_and_publish_to_a_csv_file(tmp_path: Path) -> None:
     """The built-in extract (select.sql cut by the key and time columns) and file publish."""
     root = make_project(tmp_path, task=SQL_TASK)
-    conn = sqlite3.connect(root / "data.db")
-    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
     rides = [(1, "lime", "2020-01-01T06:10:00Z"), (2, "lime", "2020-01-01T06:59:59Z"),
              (3, "lime", "2020-01-01T07:00:00Z"), (4, "bird", "2020-01-01T06:30:00Z")]  # fmt: skip
-    conn.executemany("INSERT INTO rides VALUES (?, ?, ?)", rides)
-    conn.commit()
-    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    with_rides(root, rides).close()
     result = blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2")  # 06:00Z-08:00Z
     assert result.exit_code == 0, result.output
     out = root / "out"
@@ -689,11 +698,7 @@ def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_pa
     """The publish file of rows since deleted stayed in place (and on the ledger as the publish's
     artifact) while the ledger said "no data" for the block."""
     root = make_project(tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'"))
-    conn = sqlite3.connect(root / "data.db")
-    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
-    conn.execute("INSERT INTO rides VALUES (1, 'lime', '2020-01-01T06:10:00Z')")
-    conn.commit()
-    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")])
     assert blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1").exit_code == 0
     published = root / "out/csv/lime/20200101T0100-0600.csv"
     assert published.exists() and "1,lime," in published.read_text()
@@ -710,9 +715,9 @@ def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_pa
     ("select", "task_change", "message"),
     [
         ("SELECT ride, ended_at FROM rides", None, "key: 'provider' is not a column of select.sql's result"),
-        ("SELECT ride, provider, ended_at FROM rides", ('time = "ended_at"', 'time = "ended"'),
+        (RIDES_SELECT, ('time = "ended_at"', 'time = "ended"'),
          "[extract] time: 'ended' is not a column of select.sql's result"),
-        ("SELECT ride, provider, ended_at FROM rides", ("FROM rides", "FROM nosuch"), "keys_sql: "),
+        (RIDES_SELECT, ("FROM rides", "FROM nosuch"), "keys_sql: "),
     ],
 )
 def test_a_select_or_key_query_that_cannot_work_stops_the_run_before_any_block(
@@ -722,11 +727,7 @@ def test_a_select_or_key_query_that_cannot_work_stops_the_run_before_any_block(
     file nor the setting), counting attempts; a broken keys_sql exited 1 naming only the database."""
     task = SQL_TASK if task_change is None else SQL_TASK.replace(*task_change)
     root = make_project(tmp_path, task=task)
-    conn = sqlite3.connect(root / "data.db")
-    conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
-    conn.execute("INSERT INTO rides VALUES (1, 'lime', '2020-01-01T06:10:00Z')")
-    conn.commit()
-    (root / "tasks" / "trips" / "select.sql").write_text(select)
+    conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")], select)
     result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1")
     assert result.exit_code == 2, result.output
     assert message in result.output and "task.toml" in result.output and "Traceback" not in result.output
