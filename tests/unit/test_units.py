@@ -350,20 +350,38 @@ def test_workers_default_to_two_on_a_database_server_with_two_cores(
     assert load_settings(tmp_path, {"SLUICEGATE_DEFAULTS__WORKERS": "Auto"}).workers == workers
 
 
-def test_the_parquet_writers_schema_memo_tells_schemas_apart() -> None:
-    """Schemas are looked up with equals (not hashed per chunk): each zone's, and metadata, count."""
+def test_the_parquet_writers_layout_is_shared_per_zone_and_tells_schemas_apart() -> None:
+    """A zone's files share one layout (found by the columns list's identity); source schemas are
+    told apart by type and metadata; casting in place gives exactly the rebuilt table's schema."""
+    import io
+
     import pyarrow as pa
 
-    from sluicegate.formats.parquet import _Recent
+    from sluicegate.formats.parquet import ParquetWriter, _layout
+    from sluicegate.sources import Column
 
-    calls: list[pa.Schema] = []
-    memo = _Recent(lambda schema, n: (calls.append(schema), str(schema.field(0).type), n)[1:], size=2)
-    utc, paris = (pa.schema([pa.field("t", pa.timestamp("us", tz=z))]) for z in ("UTC", "Europe/Paris"))
-    tagged = utc.with_metadata({b"k": b"v"})
-    assert memo(utc, 1) == ("timestamp[us, tz=UTC]", 1) and memo(paris, 1)[0] == "timestamp[us, tz=Europe/Paris]"
-    assert memo(pa.schema([pa.field("t", pa.timestamp("us", tz="UTC"))]), 1)[0].endswith("UTC]")  # found: equal
-    assert memo(utc, 2) == ("timestamp[us, tz=UTC]", 2) and len(calls) == 3  # other arguments: computed
-    memo(tagged, 1)
-    assert len(calls) == 4  # other metadata: computed, and the oldest entry (size 2) is dropped
-    memo(paris, 1)
-    assert len(calls) == 5
+    columns = [Column(name="t", kind="timestamptz"), Column(name="v", kind="int")]
+    paris = _layout(columns, "Europe/Paris")
+    assert _layout(columns, "Europe/Paris") is paris and _layout(columns, "UTC") is not paris
+    assert _layout(list(columns), "Europe/Paris") is not paris  # another list: its own layout
+    utc_schema = pa.schema([pa.field("t", pa.timestamp("us", tz="UTC")), pa.field("v", pa.int64())])
+    plain = paris.conversion(utc_schema)
+    assert paris.conversion(pa.schema(list(utc_schema))) is plain  # equal schema: found
+    assert plain.casts == (0,) and plain.in_place
+    tagged = paris.conversion(utc_schema.with_metadata({b"k": b"v"}))
+    required = paris.conversion(pa.schema([utc_schema.field(0), pa.field("v", pa.int64(), nullable=False)]))
+    assert tagged is not plain and not tagged.in_place and not required.in_place
+    target = pa.schema([pa.field("t", pa.timestamp("us", tz="Europe/Paris")), pa.field("v", pa.int64())])
+    table = pa.table({"t": pa.array([0, 3_600_000_000], pa.timestamp("us", tz="UTC")), "v": [1, 2]})
+    for source in (table, table.replace_schema_metadata({b"k": b"v"})):
+        converted = paris.conversion(source.schema).apply(source)
+        assert converted.schema.equals(target, check_metadata=True) and converted["v"].to_pylist() == [1, 2]
+        assert converted["t"].cast(pa.int64()).to_pylist() == [0, 3_600_000_000]
+    files = []
+    for source in (table, table.replace_schema_metadata({b"k": b"v"})):
+        out = io.BytesIO()
+        writer = ParquetWriter(out, columns, "Europe/Paris")
+        writer.write(source, "arrow")
+        writer.close()
+        files.append(out.getvalue())
+    assert files[0] == files[1]  # cast in place or rebuilt: the same file

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -107,26 +107,66 @@ def _value_bytes(table: pa.Table) -> int:
 VARIABLE_WIDTH_GUESS = 32  # bytes per value of a string or binary column, for memory estimates
 
 
-class _Recent:
-    """The last few results of ``compute(schema, *extra)``, found with ``Schema.equals``.
+class _Conversion:
+    """How the source's tables of one schema become a file's: the file's schema, the columns
+    whose type changes (``casts``), and a row's size for back-pressure, from the types alone."""
 
-    An ``lru_cache`` keyed on the schema hashed it for every chunk of every file (~5 µs each,
-    under the GIL): a Parquet location-day paid that twice per file. ``equals`` takes ~0.1 µs,
-    and a task's files share a handful of schemas (one per zone).
+    def __init__(self, source: pa.Schema, types: tuple[pa.DataType | None, ...]) -> None:
+        self.schema = pa.schema([pa.field(f.name, t or f.type) for f, t in zip(source, types, strict=True)])
+        self.casts = tuple(i for i, f in enumerate(source) if not f.type.equals(self.schema.field(i).type))
+        # Replacing the cast columns alone gives exactly the file's schema unless the source's
+        # schema has metadata or a field the file's differs from in more than its type (nullable).
+        same = (f.equals(self.schema.field(i), check_metadata=True) for i, f in enumerate(source))
+        self.in_place = source.metadata is None and all(i in self.casts or s for i, s in enumerate(same))
+        self.row_bytes = _row_estimate_of(source)
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """``table`` (of the source schema) in the file's schema."""
+        if not self.in_place:
+            return _cast(table, self.schema)
+        for i in self.casts:
+            field = self.schema.field(i)
+            table = table.set_column(i, field, _cast_column(table.column(i), field))
+        return table
+
+
+class _Layout:
+    """A task's columns in one zone, in Arrow: their types, and a :class:`_Conversion` for each
+    schema the source's tables come in (one, or a few when some columns' types are inferred).
+
+    The files of a zone share one (see :func:`_layout`). Working this out for every file, with a
+    memo of eight entries that the benchmark's twelve zones cycled through (OpenAQ's locations
+    have hundreds), cost 25-35 µs of a 70-row file's ~250 (bench/README.md). Schemas are
+    compared with ``Schema.equals`` (~0.1 µs); hashing one costs ~5 µs.
     """
 
-    def __init__(self, compute: Callable[..., Any], size: int = 8) -> None:
-        self._compute = compute
-        self._size = size
-        self._items: tuple[tuple[pa.Schema, tuple[Any, ...], Any], ...] = ()  # replaced whole: thread-safe
+    def __init__(self, columns: Sequence[Column], zone: str | None) -> None:
+        self.columns = columns
+        self.types = tuple(arrow_type(c, zone) for c in columns)
+        self._known: tuple[tuple[pa.Schema, _Conversion], ...] = ()  # replaced whole: thread-safe
 
-    def __call__(self, schema: pa.Schema, *extra: Any) -> Any:
-        for known, args, value in self._items:
-            if args == extra and known.equals(schema, check_metadata=True):
-                return value
-        value = self._compute(schema, *extra)
-        self._items = ((schema, extra, value), *self._items[: self._size - 1])
-        return value
+    def conversion(self, schema: pa.Schema) -> _Conversion:
+        for known, conversion in self._known:
+            if known.equals(schema, check_metadata=True):
+                return conversion
+        conversion = _Conversion(schema, self.types)
+        self._known = ((schema, conversion), *self._known[:7])
+        return conversion
+
+
+_LAYOUTS_KEPT = 4096
+_layouts: dict[tuple[int, str | None], _Layout] = {}
+
+
+def _layout(columns: Sequence[Column], zone: str | None) -> _Layout:
+    """The shared layout of ``columns`` (the pipeline's one list: found by identity) in ``zone``."""
+    key = (id(columns), zone)
+    layout = _layouts.get(key)
+    if layout is None or layout.columns is not columns:  # the layout holds its list: ids are not reused
+        if len(_layouts) >= _LAYOUTS_KEPT:
+            _layouts.clear()
+        layout = _layouts[key] = _Layout(columns, zone)
+    return layout
 
 
 def _row_estimate_of(schema: pa.Schema) -> int:
@@ -140,33 +180,22 @@ def _row_estimate_of(schema: pa.Schema) -> int:
     return total
 
 
-def _target_schema_of(schema: pa.Schema, types: tuple[pa.DataType | None, ...]) -> pa.Schema:
-    """The schema a table of ``schema`` is cast to: the task's types, the table's for the others."""
-    return pa.schema(
-        [pa.field(field.name, typ or field.type) for field, typ in zip(schema, types, strict=True)]
-    )
-
-
-_row_estimate = _Recent(_row_estimate_of)
-_target_schema = _Recent(_target_schema_of)
+def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    """``column`` as ``field``'s type; a value that does not fit is a DataError naming the column."""
+    try:
+        return cast_column(column, field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            f"column {field.name!r} could not be written as Parquet {field.type}: {exc}; cast it "
+            "in select.sql to a type that holds every value (text, for example)"
+        ) from exc
 
 
 def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``, casting only the columns whose type differs.
-
-    A value that does not fit its column's type is a DataError naming the column.
-    """
+    """``table`` rebuilt in ``schema``, casting only the columns whose type differs."""
     if table.schema.equals(schema):
         return table
-    columns = []
-    for column, field in zip(table.columns, schema, strict=True):
-        try:
-            columns.append(cast_column(column, field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataError(
-                f"column {field.name!r} could not be written as Parquet {field.type}: {exc}; cast it "
-                "in select.sql to a type that holds every value (text, for example)"
-            ) from exc
+    columns = [_cast_column(c, f) for c, f in zip(table.columns, schema, strict=True)]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -203,8 +232,7 @@ class ParquetWriter:
     def __init__(self, out: BinaryIO, columns: Sequence[Column], zone: str | None) -> None:
         self.rows = 0
         self._out = out
-        self._columns = list(columns)
-        self._types = [arrow_type(c, zone) for c in columns]
+        self._layout = _layout(columns, zone)
         self._writer: pq.ParquetWriter | None = None
         self._sink: pa.BufferOutputStream | None = None
         self._schema: pa.Schema | None = None
@@ -229,7 +257,7 @@ class ParquetWriter:
         self._pending_rows += table.num_rows
         # An estimate from the types: nbytes or a compute call per chunk releases the GIL and
         # waits to get it back from the publisher threads (0.2-0.5 ms a call, measured).
-        self._pending_size += table.num_rows * _row_estimate(table.schema)
+        self._pending_size += table.num_rows * self._layout.conversion(table.schema).row_bytes
         if self._group_rows is None and self._pending_rows >= SAMPLE_ROWS:
             self._group_rows = self._choose_group_rows()
         while self._group_rows is not None and self._pending_rows >= self._group_rows:
@@ -250,10 +278,10 @@ class ParquetWriter:
 
     def _conform(self, table: pa.Table) -> pa.Table:
         """``table`` in the file's schema: the task's types, then the first chunk's schema."""
-        target = _target_schema(table.schema, tuple(self._types))
+        conversion = self._layout.conversion(table.schema)
         if self._schema is None:
-            self._schema = target
-        return _cast(_cast(table, target), self._schema)
+            self._schema = conversion.schema
+        return _cast(conversion.apply(table), self._schema)
 
     def _open(self, *, last: bool) -> pq.ParquetWriter:
         """The file's writer; ``last``: the first group is the whole file (written at close)."""
@@ -285,7 +313,8 @@ class ParquetWriter:
 
     def _from_rows(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         arrays = []
-        for i, (col, typ) in enumerate(zip(self._columns, self._types, strict=True)):
+        layout = self._layout
+        for i, (col, typ) in enumerate(zip(layout.columns, layout.types, strict=True)):
             try:
                 arrays.append(_array(col, typ, [row[i] for row in rows]))
             except (ValueError, TypeError, decimal.InvalidOperation, OverflowError) as exc:  # Arrow's too
@@ -295,7 +324,7 @@ class ParquetWriter:
                     f"CAST({col.name} AS TEXT) AS {col.name}, or set it in task.toml [columns] where the "
                     "task's kind takes them)"
                 ) from exc
-        return pa.Table.from_arrays(arrays, names=[c.name for c in self._columns])
+        return pa.Table.from_arrays(arrays, names=[c.name for c in layout.columns])
 
     def close(self) -> None:
         """Write what is pending and the footer (an empty file with the schema when there were no rows)."""
@@ -303,7 +332,8 @@ class ParquetWriter:
             self._write_group(self._pending_rows, last=self._writer is None)
         if self._writer is None:
             fields = [
-                pa.field(c.name, t or pa.null()) for c, t in zip(self._columns, self._types, strict=True)
+                pa.field(c.name, t or pa.null())
+                for c, t in zip(self._layout.columns, self._layout.types, strict=True)
             ]
             self._writer = pq.ParquetWriter(self._out, pa.schema(fields), compression=_codec(0, whole=True))
         self._writer.close()
