@@ -212,3 +212,50 @@ def test_check_names_a_missing_column_of_the_load_table(tmp_path: Path, urls: tu
     result = CliRunner().invoke(main, ["-C", str(root), "check"])
     assert result.exit_code == 2
     assert "[load] table trips has no column 'end_time'" in result.output
+
+
+RIDES = {
+    "sqlite": "CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)",
+    "pg": "CREATE TABLE rides (ride bigint, provider text, ended_at timestamptz)",
+}
+# A time no block holds besides NULL, and the select that leaves both kinds out.
+ODD_TIME = {"sqlite": "20200301T003000Z", "pg": "infinity"}
+TIMED_ONLY = {"sqlite": " WHERE julianday(ended_at) IS NOT NULL", "pg": " WHERE isfinite(ended_at)"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])  # blocks read no MariaDB source
+def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, request: Any) -> None:
+    """A NULL time (and SQLite text julianday() cannot read, PostgreSQL's infinity) puts a row in
+    no block: every block is extracted and the row never is. check names the count (exit 2)."""
+    url = {
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'data.db'}",
+        "pg": lambda: request.getfixturevalue("pg_url"),
+    }[backend]()
+    db = TableDb(url)
+    try:
+        db.execute(RIDES[backend])
+        db.execute(
+            "INSERT INTO rides VALUES (1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', NULL), (3, 'lime', NULL)"
+        )
+        db.execute(f"INSERT INTO rides VALUES (4, 'lime', '{ODD_TIME[backend]}')")
+    finally:
+        db.close()
+    task = tmp_path / "tasks" / "trips"
+    task.mkdir(parents=True)
+    (tmp_path / "sluicegate.toml").write_text(f'[source]\nurl = "{url}"\n[destination]\nurl = "out"\n')
+    (task / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["lime"]\nstages = ["extract"]\n'
+        '[extract]\ntime = "ended_at"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+    )
+    select = "SELECT ride, provider, ended_at FROM rides"
+    (task / "select.sql").write_text(select)
+    result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
+    assert result.exit_code == 2, result.output
+    assert f"{task / 'select.sql'}: 2 row(s) have no ended_at (NULL), so no block holds them" in result.output
+    assert (
+        f"1 row(s) have a time in ended_at that no block can hold (such as '{ODD_TIME[backend]}')"
+        in result.output
+    )
+    (task / "select.sql").write_text(select + TIMED_ONLY[backend])  # left out on purpose: no problem
+    result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
+    assert result.exit_code == 0, result.output

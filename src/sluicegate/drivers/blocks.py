@@ -348,9 +348,46 @@ def select_problems(task: Task, source: Source, *, outage: bool = False) -> list
     ]
 
 
+def timeless_rows(task: Task, source: Source) -> list[str]:
+    """Rows of the select that no block holds: a NULL ``[extract] time``, on SQLite one that
+    ``julianday()`` cannot read (blocks compare it so), on PostgreSQL ``±infinity``. Nothing
+    else would say so: every block is exported and the rows are not in any."""
+    extract = task.stages[0]
+    assert extract.time is not None
+    t = f"q.{source.dialect.quote(extract.time)}"
+    odd = (
+        f"julianday({t}) IS NULL" if source.dialect is db.SQLITE else f"NOT isfinite({t})"
+    )  # no MariaDB source
+    select = task.select_sql.rstrip().rstrip(";")
+    try:
+        nulls, others, example = source.execute(
+            f"SELECT sum(CASE WHEN {t} IS NULL THEN 1 ELSE 0 END), sum(CASE WHEN {t} IS NULL THEN 0 ELSE 1"
+            f" END), min(CAST({t} AS TEXT)) FROM ({select}) AS q WHERE {t} IS NULL OR {odd}"
+        )[0]
+    except SluicegateError as exc:  # such as a text column on PostgreSQL, which no block compares either
+        return [f"{task.folder / 'task.toml'} [extract] time: {exc}"]
+    where, out = f"{task.folder / 'select.sql'}", []
+    if nulls:
+        out.append(
+            f"{where}: {nulls:,} row(s) have no {extract.time} (NULL), so no block holds them and they are"
+            f" never extracted; give them a time, or leave them out in select.sql (WHERE {extract.time}"
+            " IS NOT NULL) if that is meant"
+        )
+    if others:
+        out.append(
+            f"{where}: {others:,} row(s) have a time in {extract.time} that no block can hold (such as"
+            f" {example!r}), so they are never extracted; write it as YYYY-MM-DD HH:MM:SS[.ffffff] with an"
+            " optional Z or ±HH:MM, a finite time, or convert it in select.sql"
+        )
+    return out
+
+
 def check(task: Task, source: Source) -> list[str]:
-    """Problems of a blocks task against the live databases: its select, key query and load tables."""
+    """Problems of a blocks task against the live databases: its select, its rows' times, key
+    query and load tables."""
     problems = select_problems(task, source)
+    if not problems and task.stages[0].time is not None:
+        problems += timeless_rows(task, source)
     toml = task.folder / "task.toml"
     if task.keys_sql:
         try:
