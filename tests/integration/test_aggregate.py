@@ -162,7 +162,9 @@ def test_a_cron_schedule_ticks_in_its_zone(tmp_path: Path, url: str) -> None:
     """schedule = "0 * * * *" in Asia/Kolkata (UTC+05:30) ticks at :30 UTC; a run evaluates the latest."""
     root = airmax_project(tmp_path / "proj", url)
     toml = root / "tasks" / AGGREGATE / "task.toml"
-    toml.write_text(toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"'))
+    toml.write_text(
+        toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Asia/Kolkata"')
+    )
     [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
     [evaluation] = summary.aggregate
     tick = dt.datetime.fromisoformat(evaluation["tick"])
@@ -285,7 +287,11 @@ def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> 
         assert _evaluate(root, T - dt.timedelta(hours=hours)).state in ("done", "superseded")
     assert len(_evaluations(root)) == 3
     assert _evaluate(root, T).state == "done"
-    assert [r["tick"] for r in _evaluations(root)] == [T, T - dt.timedelta(hours=1), T - dt.timedelta(hours=3)]
+    assert [r["tick"] for r in _evaluations(root)] == [
+        T,
+        T - dt.timedelta(hours=1),
+        T - dt.timedelta(hours=3),
+    ]
 
 
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
@@ -391,9 +397,34 @@ def test_a_misspelt_window_column_fails_check_and_run_and_keeps_the_table(tmp_pa
     add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=1), 2.0)])
     assert _evaluate(root, T).rows == 2 and len(table(url)) == 2
     toml = root / "tasks" / AGGREGATE / "task.toml"
-    toml.write_text(toml.read_text().replace('column = "measurement_time_utc"', 'column = "measurement_time"'))
+    toml.write_text(
+        toml.read_text().replace('column = "measurement_time_utc"', 'column = "measurement_time"')
+    )
     proc = cli(root, "check")
     assert proc.returncode == 2 and "measurement_time" in proc.stderr and "Traceback" not in proc.stderr
     failed = _evaluate(root, T + dt.timedelta(minutes=5))
     assert failed.state == "failed" and "measurement_time" in str(failed.error)
     assert len(table(url)) == 2  # the readers' table keeps the last good evaluation
+
+
+def test_a_select_returning_the_evaluation_column_names_the_setting_to_change(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The column sluicegate adds must not be one the select returns: the default name is blamed
+    on the select, a name set in task.toml on that setting (it said "set evaluation_column"
+    either way, after "the query failed")."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text('evaluation_column = "city"\n' + toml.read_text())  # a top-level setting
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "query failed" not in proc.stderr, proc.stderr
+    assert "task.toml evaluation_column: 'city' is a column select.sql returns" in proc.stderr
+    toml.write_text(toml.read_text().replace('evaluation_column = "city"', ""))
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(select.read_text().replace("SELECT city,", "SELECT city, 0 AS evaluation_time_utc,"))
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "query failed" not in proc.stderr, proc.stderr
+    assert "select.sql returns a column evaluation_time_utc, which sluicegate adds" in proc.stderr
+    assert "with evaluation_column in task.toml" in proc.stderr
+    failed = _evaluate(root, T)  # a run records the same sentence on the ledger
+    assert failed.state == "failed" and "returns a column evaluation_time_utc" in str(failed.error)

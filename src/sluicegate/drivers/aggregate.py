@@ -42,6 +42,7 @@ from .aggregate_file import render_path, write_file
 UTC = dt.UTC
 IN_WINDOW = "in_window"
 WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
+DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
@@ -64,7 +65,7 @@ class Task(TaskBase):
     width: float
     every: float | None
     target: tables.TableTarget
-    evaluation_column: str = "evaluation_time_utc"
+    evaluation_column: str = DEFAULT_EVALUATION_COLUMN
     file: bool = False
     lease: float = 600.0
     keep: float = KEEP  # evaluations of older ticks are forgotten (the table holds the latest)
@@ -106,7 +107,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             root=settings.root,
         ),
         evaluation_column=validate.identifier(
-            raw.get("evaluation_column", "evaluation_time_utc"), f"{where} evaluation_column"
+            raw.get("evaluation_column", DEFAULT_EVALUATION_COLUMN), f"{where} evaluation_column"
         ),
         file="path" in raw,
         lease=validate.lease(raw.get("lease", settings.lease), f"{where} lease"),
@@ -220,19 +221,36 @@ def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
 def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run the evaluation's select of ``tick`` on the database at ``url``; return the column names
     and the rows, the tick added to each."""
+    names, rows = _select(url, task, tick)
+    if (clash := _clash(task, names)) is not None:
+        raise DataError(clash)
+    return [*names, task.evaluation_column], [(*row, tick) for row in rows]
+
+
+def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
     source = tables.TableDb(url)
     try:
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
-        names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
+        return source.query(evaluation_sql(task, source.flavor), bounds)
     finally:
         source.close()
-    if task.evaluation_column in names:
-        raise DataError(
+
+
+def _clash(task: Task, names: Sequence[str]) -> str | None:
+    """The problem of a select that returns the column sluicegate adds (the evaluation time)."""
+    if task.evaluation_column not in names:
+        return None
+    if task.evaluation_column == DEFAULT_EVALUATION_COLUMN:
+        return (
             f"{task.folder / 'select.sql'} returns a column {task.evaluation_column}, which sluicegate adds "
-            "(the evaluation time); remove it from the select or set evaluation_column"
+            "(the evaluation time); remove it from the select, or name the added column otherwise with "
+            "evaluation_column in task.toml"
         )
-    return [*names, task.evaluation_column], [(*row, tick) for row in rows]
+    return (
+        f"{task.folder / 'task.toml'} evaluation_column: {task.evaluation_column!r} is a column select.sql "
+        "returns, and sluicegate adds it (the evaluation time); choose a name the select does not return"
+    )
 
 
 def _write_table(
@@ -342,9 +360,12 @@ def check(task: Task, source: Source) -> list[str]:
     problems = []
     tick = dt.datetime.now(UTC).replace(microsecond=0)
     try:
-        columns, _ = _query_columns(source.url, task, tick)
+        names, _ = _select(source.url, dataclasses.replace(task, width=0.000001), tick)  # no rows read
     except SluicegateError as exc:
         return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
+    if (clash := _clash(task, names)) is not None:
+        return [clash]
+    columns = [*names, task.evaluation_column]
     try:
         with tables.TableSink(task.target) as sink:
             have = set(sink.db.table_columns(task.target.table))
@@ -358,11 +379,6 @@ def check(task: Task, source: Source) -> list[str]:
             f"and {task.evaluation_column}"
         )
     return problems
-
-
-def _query_columns(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], Sequence[Any]]:
-    """The evaluation's columns, from the select run over a window of one microsecond."""
-    return evaluation_rows(url, dataclasses.replace(task, width=0.000001), tick)
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
