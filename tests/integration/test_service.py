@@ -206,23 +206,35 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         )
         assert re["summary"][0]["exported"] == 55 + in_window  # the pending ones, plus the re-queued window
         bad = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={"limit": 0})
-        assert bad.status_code == 422
+        assert bad.status_code == 422 and bad.json()["detail"].startswith(
+            "field 'limit' of the request body: Input should be greater than"
+        )  # one sentence, as every other 422; the pydantic list is under "errors"
+        assert [e["loc"] for e in bad.json()["errors"]] == [["body", "limit"]]
         # Hostile bodies get 422 with a reason, not a 500 (nor a run that fails later):
         raw = {**AUTH, "Content-Type": "application/json"}
         hostile = ('{"limit": 1e400}', '{"limit": 100000000000000000000}', '{"tag": "\\ud800"}',
                    '{"tag": "x\\u0000"}', '{"entities": ["a\\nb"]}', '{"dryrun": true}')  # fmt: skip
         for body_text in hostile:  # a misspelt field ("dryrun") started a real run of everything
             answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=raw, content=body_text)
-            assert answer.status_code == 422 and answer.json()["detail"], body_text
+            assert answer.status_code == 422 and isinstance(answer.json()["detail"], str), body_text
+        misspelt = httpx.post(f"{server.url}/tasks/openaq/runs", headers=raw, content=hostile[-1])
+        assert (
+            "field 'dryrun' of the request body: Extra inputs are not permitted" in misspelt.json()["detail"]
+        )
         far = server.get(f"{server.url}/tasks/openaq/partitions", params={"offset": str(10**20)})
-        assert far.status_code == 422
+        assert far.status_code == 422 and far.json()["detail"].startswith(
+            "field 'offset' of the query string"
+        )
         # A time without an offset is UTC, as for the incremental tasks (it was a 500).
         naive = {"reexport": True, "time_min": "2024-01-01T00:00:00", "time_max": "2024-01-02T00:00:00"}
         again = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=naive)
         assert again.status_code == 202, again.text
         listed = server.get(f"{server.url}/tasks/openaq/partitions", params={"limit": 1000}).json()
         day_one = sum(p["keys"]["day"] == "2024-01-01" for p in listed)
-        assert day_one > in_window and server.wait_run(again.json()["run_id"])["summary"][0]["exported"] == day_one
+        assert (
+            day_one > in_window
+            and server.wait_run(again.json()["run_id"])["summary"][0]["exported"] == day_one
+        )
     finally:
         server.stop()
 
@@ -272,7 +284,9 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
         run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
         assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
         metrics = server.get(f"{server.url}/metrics").text
-        assert 'sluicegate_task_broken{task="broken"} 1.0' in metrics and "sluicegate_ledger_up 1.0" in metrics
+        assert (
+            'sluicegate_task_broken{task="broken"} 1.0' in metrics and "sluicegate_ledger_up 1.0" in metrics
+        )
         assert 'sluicegate_partitions{state="exported",task="openaq"} 60.0' in metrics
         assert 'sluicegate_exports_total{task="openaq"} 60.0' in metrics
         assert "sluicegate_run_duration_seconds_count" in metrics

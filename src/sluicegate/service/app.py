@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,11 +117,24 @@ def _answer_errors(app: FastAPI) -> None:
 
 
 async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:
-    """422 with what was wrong and where, without echoing the value: FastAPI's own answer
-    repeats it, and a value JSON cannot hold (``1e400`` read as infinity) made that a 500."""
+    """422 with one sentence naming the first field that is wrong (``detail``, a string as in
+    every other 422), and each error's place, message and type (``errors``). The value is not
+    echoed: FastAPI's own answer repeats it, and a value JSON cannot hold (``1e400`` read as
+    infinity) made that a 500."""
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})
+    return JSONResponse(status_code=422, content={"detail": _sentence(errors), "errors": errors})
+
+
+def _sentence(errors: list[dict[str, Any]]) -> str:
+    """``field 'limit' of the request body: Input should be greater than 0; ...``."""
+    if not errors:
+        return "the request is not valid; see docs/service.md"
+    place, *path = [str(p) for p in errors[0].get("loc", ())] or ["body"]
+    where = {"body": "the request body", "query": "the query string", "path": "the URL"}.get(place, place)
+    field = f"field {'.'.join(path)!r} of {where}" if path else where
+    more = f" (and {len(errors) - 1} more problem(s), listed in 'errors')" if len(errors) > 1 else ""
+    return f"{field}: {errors[0].get('msg', 'not valid')}{more}; fix it (the fields: docs/service.md)"
 
 
 async def _sluicegate_error(_request: Request, exc: Exception) -> JSONResponse:
