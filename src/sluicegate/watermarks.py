@@ -120,6 +120,15 @@ class Window:
     destination: str | None = None  # a re-export's override destination (None: the project's)
 
 
+def not_recorded(task: str, entity: str) -> str:
+    """What a failed re-export's error adds when the ledger kept another one the entity owes
+    (the ledger holds one failed re-export per entity; two at once used to lose the first)."""
+    return (
+        f"; not recorded for redrive: {entity!r} already owes a failed re-export of another window (another"
+        f" run's), which is kept: run 'sluicegate redrive {task}', then this re-export again"
+    )
+
+
 def unreadable_cursors(task: TaskSpec, source: Any) -> list[str]:
     """SQLite: rows whose cursor is set but julianday() cannot read (ISO 8601's basic form
     20260101T000000Z, an offset +0100, an integer): they are in no window, and no run says so."""

@@ -612,9 +612,7 @@ def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> No
     assert result.returncode == 2 and error in result.stderr and "Traceback" not in result.stderr
 
 
-RECORDS_SQLITE = (
-    "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id {study_type}, uploaded_on TEXT, payload TEXT)"
-)
+RECORDS_SQLITE = "CREATE TABLE records (record_id INTEGER PRIMARY KEY, study_id {study_type}, uploaded_on TEXT, payload TEXT)"
 
 
 def _sqlite(tmp_path: Path, *statements: str) -> None:
@@ -660,7 +658,10 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
         "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '2024-05-01T00:00:00Z')",
     )
     assert cli(root, "check").returncode == 0
-    _sqlite(tmp_path, "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '20240501T000000Z'), ('s1', NULL)")
+    _sqlite(
+        tmp_path,
+        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '20240501T000000Z'), ('s1', NULL)",
+    )
     checked = cli(root, "check")
     assert checked.returncode == 2
     assert (
@@ -855,7 +856,9 @@ def test_an_integer_entity_column_takes_entities_written_as_its_integers(
     url = f"sqlite:///{tmp_path / 'source.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     root = _project(tmp_path, url)
     select = root / "tasks" / "studies" / "select.sql"
-    select.write_text("SELECT record_id, CAST(study_id AS INTEGER) AS study_id, uploaded_on, payload FROM records")
+    select.write_text(
+        "SELECT record_id, CAST(study_id AS INTEGER) AS study_id, uploaded_on, payload FROM records"
+    )
     rec = Records(url)
     rec.add("7", T - dt.timedelta(hours=5), "row of 7")
     rec.add("123", T - dt.timedelta(hours=5), "row of 123")
@@ -929,7 +932,9 @@ def test_a_window_failing_after_its_file_is_placed_is_redone_to_that_file(url: s
     rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
     blocker = _feed_blocked(tmp_path)
     first = _run(root, export_type="daily", end=T)
-    assert first.failed == 1 and len(files(tmp_path / "out")) == 1  # the file was placed, then the feed failed
+    assert (
+        first.failed == 1 and len(files(tmp_path / "out")) == 1
+    )  # the file was placed, then the feed failed
     [placed] = files(tmp_path / "out")
     rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
     assert rows["s1"]["pending_end"] == T and rows["s1"]["failed_end"] == T
@@ -946,7 +951,9 @@ def test_a_window_failing_after_its_file_is_placed_is_redone_to_that_file(url: s
     assert row["failed_end"] is None and row["pending_end"] is None
 
 
-def test_a_failed_window_stays_pending_when_a_later_run_gives_its_claim_back(url: str, tmp_path: Path) -> None:
+def test_a_failed_window_stays_pending_when_a_later_run_gives_its_claim_back(
+    url: str, tmp_path: Path
+) -> None:
     """A run that claimed the entity and gave it back unread (its --max-runtime ran out before the
     window, an error) used to clear the pending window: the next run widened the failed window,
     whose file was in place, into a file under another name, and its rows were in two files."""
@@ -964,7 +971,8 @@ def test_a_failed_window_stays_pending_when_a_later_run_gives_its_claim_back(url
     rec.add("s1", T + dt.timedelta(hours=2), "s1-b")
     again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
     assert again.failed == 0 and [e["end"] for e in again.entities] == [
-        T.isoformat(), (T + dt.timedelta(days=1)).isoformat()
+        T.isoformat(),
+        (T + dt.timedelta(days=1)).isoformat(),
     ], again.entities
     assert _payloads(tmp_path) == ["s1-a", "s1-b"] and len(files(tmp_path / "out")) == 2
 
@@ -995,7 +1003,9 @@ def test_redrive_redoes_the_window_a_run_died_in_after_a_failure(url: str, tmp_p
         day = T - dt.timedelta(days=1)
         store.fail("studies", "s1", token=claim.token, error="boom", start=day, end=T - dt.timedelta(hours=12),
                    export_type="daily", mode="watermark")  # fmt: skip
-        [claim] = store.claim("studies", ["s1"], lease=0.001)  # a ledger of an older version: pending cleared,
+        [claim] = store.claim(
+            "studies", ["s1"], lease=0.001
+        )  # a ledger of an older version: pending cleared,
         store.set_pending(claim, day, T, "daily")  # then a wider window, and the run died
     time.sleep(0.01)
     redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
@@ -1037,7 +1047,9 @@ def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, 
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
 
 
-@pytest.mark.parametrize("spelling", ["{}/", "file://{}", "file://localhost{}", "other"])  # one folder, written another way
+@pytest.mark.parametrize(
+    "spelling", ["{}/", "file://{}", "file://localhost{}", "other"]
+)  # one folder, written another way
 def test_retrying_the_failed_reexport_itself_clears_it(
     url: str, tmp_path: Path, spelling: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1065,8 +1077,58 @@ def test_a_failing_reexport_leaves_a_regular_claim_alone(url: str, tmp_path: Pat
     assert row["watermark"] == T and row["failed_mode"] == "reexport" and row["failed_destination"] == "/x"
 
 
+def test_two_failed_reexports_at_once_keep_the_first_owed_and_tell_the_second(
+    url: str, tmp_path: Path
+) -> None:
+    """The ledger holds one failed re-export per entity. Two re-exports of s1 that ran at once
+    and both failed (neither saw the other's failure when it started) wrote over each other: the
+    first was never redriven. Now the owed one is kept and the second's error says so; redriving
+    clears only the re-export it exported."""
+    from sluicegate.drivers.incremental import Recorder
+    from sluicegate.exceptions import DestinationUnavailable
+    from sluicegate.options import TaskSummary
+    from sluicegate.sources import Slice
+    from sluicegate.watermarks import Window
+    from sluicegate.work import WorkUnit
+
+    root = _project(tmp_path, url)
+    project = load(root)
+
+    def window(days: int, destination: str) -> Window:
+        return Window(entity="s1", value="s1", start=T - dt.timedelta(days=days), export_type="daily",
+                      end=T - dt.timedelta(days=days - 1), claim=None, mode="reexport", destination=destination)  # fmt: skip
+
+    first, second, elsewhere = window(3, "/x"), window(2, "/x"), window(3, "/y")  # elsewhere: first's span
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        store = ledger.watermarks
+        summary = TaskSummary(task="studies")
+        recorder = Recorder(project.tasks["studies"], store, lease=600, summary=summary)  # type: ignore[arg-type]
+        for window in (first, second, elsewhere, first):
+            unit = WorkUnit(key="s1", slice=Slice(keys=("s1",)), path="p",
+                            handle=window)  # fmt: skip
+            recorder.fail(unit, DestinationUnavailable(f"{window.start:%d} to {window.destination} failed"))
+        errors = [e["error"] for e in summary.entities]
+        assert "not recorded" not in errors[0] and "not recorded" not in errors[3]  # the owed one, twice
+        for error in errors[1:3]:
+            assert "not recorded for redrive: 's1' already owes a failed re-export" in error
+            assert "'sluicegate redrive studies'" in error
+        [row] = store.entities("studies")
+        assert (row["failed_start"], row["failed_end"], row["failed_destination"]) == (
+            first.start,
+            first.end,
+            "/x",
+        )
+        assert row["attempts"] == 2 and row["last_error"] == f"{first.start:%d} to /x failed"
+        store.clear_reexport("studies", second)  # not the owed one: nothing cleared
+        store.clear_reexport("studies", elsewhere)
+        assert store.entities("studies")[0]["failed_end"] == first.end
+        store.clear_reexport("studies", first)
+        assert store.entities("studies")[0]["failed_end"] is None
+
+
 def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: Path) -> None:
-    """"beginning" was 1970-01-01: a weather record of 1850 was in no window, and no run said so."""
+    """ "beginning" was 1970-01-01: a weather record of 1850 was in no window, and no run said so."""
     root = _project(tmp_path, url, bootstrap="beginning")
     rec = Records(url)
     rec.add("s1", dt.datetime(1850, 6, 1, tzinfo=UTC), "1850")
@@ -1075,7 +1137,6 @@ def test_bootstrap_beginning_exports_rows_from_before_1970(url: str, tmp_path: P
     done = _run(root, export_type="daily", end=T)
     assert done.failed == 0 and _payloads(tmp_path) == ["1850", "1969", "recent"]
     assert files(tmp_path / "out")[0].name.startswith("10000101T000000Z-")
-
 
 
 def test_a_reexport_redrive_gave_up_on_is_retried_with_the_command_the_refusal_gives(

@@ -158,7 +158,7 @@ class Recorder:
                 done = self.store.commit(window.claim, end=window.end, rows=outcome.rows, path=outcome.path)
             else:
                 if window.mode == "redrive":
-                    self.store.clear_failure(self.task.name, window.entity)
+                    self.store.clear_reexport(self.task.name, window)
                 done = True
             out.append(done)
             self._entry(window, rows=outcome.rows, file=outcome.path, ok=done)
@@ -167,7 +167,7 @@ class Recorder:
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Record the failed window for redrive; the watermark does not move."""
         window: Window = unit.handle
-        self.store.fail(
+        recorded = self.store.fail(
             self.task.name,
             window.entity,
             token=window.claim.token if window.claim else None,
@@ -178,7 +178,8 @@ class Recorder:
             mode="watermark" if window.claim else "reexport",
             destination=window.destination,
         )
-        self._entry(window, rows=0, file=None, ok=False, error=str(error))
+        note = "" if recorded else watermarks.not_recorded(self.task.name, window.entity)
+        self._entry(window, rows=0, file=None, ok=False, error=str(error) + note)
 
     def renew(self, tokens: Collection[str]) -> None:
         """Extend the watermark claims of a long export."""

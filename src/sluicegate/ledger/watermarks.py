@@ -118,15 +118,16 @@ class WatermarkStore(Store):
         export_type: str,
         mode: str,
         destination: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a failed window for redrive: a watermark window under its claim (which stays the
-        entity's pending window), or a re-export with its override destination (no claim)."""
+        entity's pending window), or a re-export with its override destination (no claim).
+        False: a re-export not recorded, because the entity owes another one (see fail_reexport)."""
         window = {"start": self.core.ts(start), "end": self.core.ts(end), "type": export_type}
         if mode == "reexport":  # an entity never exported still gets a row, so redrive sees it
             self.ensure(task, [entity])
-            self.fail_reexport(task, entity, error=error, destination=destination, **window)
-        else:
-            self.fail_window(task, entity, token=token, error=error, **window)
+            return self.fail_reexport(task, entity, error=error, destination=destination, **window)
+        self.fail_window(task, entity, token=token, error=error, **window)
+        return True
 
     def fail_window(self, task: str, entity: str, *, token: str | None, error: str, **window: Any) -> None:
         """Record a failed watermark window; the claim is given back, the window stays pending."""
@@ -134,15 +135,25 @@ class WatermarkStore(Store):
 
     def fail_reexport(
         self, task: str, entity: str, *, error: str, destination: str | None, **window: Any
-    ) -> None:
-        """Record a failed re-export (its window and destination); claims are left alone."""
-        self._run(
+    ) -> bool:
+        """Record a failed re-export (its window and destination); claims are left alone. False
+        when the entity owes a failed re-export of another window or destination: that one is kept."""
+        cur = self._run(
             "fail_reexport", task=task, entity=entity, error=error[:2000], destination=destination, **window
         )
+        return bool(cur.rowcount == 1)
 
     def clear_failure(self, task: str, entity: str) -> None:
         """Forget a recorded failure (its window was exported)."""
         self._run("clear_failure", task=task, entity=entity)
+
+    def clear_reexport(self, task: str, window: Any) -> None:
+        """Forget the failed re-export of this :class:`~sluicegate.watermarks.Window` (its entity,
+        span, type and destination: redriven), and no other."""
+        self._run(
+            "clear_reexport", task=task, entity=window.entity, start=self.core.ts(window.start),
+            end=self.core.ts(window.end), type=window.export_type, destination=window.destination,
+        )  # fmt: skip
 
     def release_one(self, claim: WatermarkClaim) -> None:
         """Give back one watermark row without exporting (an empty window)."""

@@ -83,12 +83,17 @@ WHERE task = %(task)s AND entity = %(entity)s AND claim_token = %(token)s;
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
 -- leaves the entity's claim and pending window alone (a regular export may be under way).
 -- A failed watermark window recorded earlier stays pending, and is redone by the next run.
+-- One failed re-export is owed per entity: another window's failure is not recorded over it
+-- (two re-exports run at once, both failed: the first was lost); the run reports it instead.
 UPDATE {t}watermarks
 SET attempts = CASE WHEN failed_mode = 'reexport' THEN attempts + 1 ELSE 1 END,
     last_error = %(error)s,
     failed_start = %(start)s, failed_end = %(end)s, failed_type = %(type)s, failed_mode = 'reexport',
     failed_destination = %(destination)s
-WHERE task = %(task)s AND entity = %(entity)s;
+WHERE task = %(task)s AND entity = %(entity)s
+  AND (NOT (failed_mode <=> 'reexport')
+       OR (failed_start = %(start)s AND failed_end = %(end)s AND failed_type = %(type)s
+           AND failed_destination <=> %(destination)s));
 
 -- clear_failure --
 -- Forget a recorded failure once its window was exported (a redriven re-export).
@@ -96,6 +101,14 @@ UPDATE {t}watermarks
 SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
     last_error = NULL, attempts = 0
 WHERE task = %(task)s AND entity = %(entity)s;
+
+-- clear_reexport --
+-- Forget a recorded failed re-export once it was exported again (redriven): that window's only.
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
+WHERE task = %(task)s AND entity = %(entity)s AND failed_mode = 'reexport' AND failed_start = %(start)s
+  AND failed_end = %(end)s AND failed_type = %(type)s AND failed_destination <=> %(destination)s;
 
 -- renew --
 -- Extend the lease of the watermark rows held under a claim token (a long window export).

@@ -61,12 +61,17 @@ WHERE task = :task AND entity = :entity AND claim_token = :token;
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
 -- leaves the entity's claim and pending window alone (a regular export may be under way).
 -- A failed watermark window recorded earlier stays pending, and is redone by the next run.
+-- One failed re-export is owed per entity: another window's failure is not recorded over it
+-- (two re-exports run at once, both failed: the first was lost); the run reports it instead.
 UPDATE {t}watermarks
 SET attempts = CASE WHEN failed_mode = 'reexport' THEN attempts + 1 ELSE 1 END,
     last_error = :error,
     failed_start = :start, failed_end = :end, failed_type = :type, failed_mode = 'reexport',
     failed_destination = :destination
-WHERE task = :task AND entity = :entity;
+WHERE task = :task AND entity = :entity
+  AND (failed_mode IS NOT 'reexport'
+       OR (failed_start = :start AND failed_end = :end AND failed_type = :type
+           AND failed_destination IS :destination));
 
 -- clear_failure --
 -- Forget a recorded failure once its window was exported (a redriven re-export).
@@ -74,6 +79,14 @@ UPDATE {t}watermarks
 SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
     last_error = NULL, attempts = 0
 WHERE task = :task AND entity = :entity;
+
+-- clear_reexport --
+-- Forget a recorded failed re-export once it was exported again (redriven): that window's only.
+UPDATE {t}watermarks
+SET failed_start = NULL, failed_end = NULL, failed_type = NULL, failed_mode = NULL, failed_destination = NULL,
+    last_error = NULL, attempts = 0
+WHERE task = :task AND entity = :entity AND failed_mode = 'reexport' AND failed_start = :start
+  AND failed_end = :end AND failed_type = :type AND failed_destination IS :destination;
 
 -- renew --
 -- Extend the lease of the watermark rows held under a claim token (a long window export).
