@@ -210,8 +210,8 @@ def _undecodable(line: bytes, exc: UnicodeDecodeError, where: str) -> Message:
     """A line that is not UTF-8: malformed, kept with its bad bytes as ``\\xff`` (its id if readable)."""
     body = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
     ident = parse(line.decode("utf-8", "surrogateescape"), where=where).id
-    label = f"message {ident}: " if ident else ""
-    error = f"{label}{where} is not UTF-8 text (byte 0x{line[exc.start]:02x} at byte {exc.start + 1})"
+    label = f"{where}: message {ident}: the line" if ident else where  # as messages.parse names it
+    error = f"{label} is not UTF-8 text (byte 0x{line[exc.start]:02x} at byte {exc.start + 1})"
     return Message(id=ident, body=body, error=error)
 
 

@@ -87,7 +87,7 @@ def parse(
     id, used when the body carries none; ``where`` names a JSON line (``file:12``).
     """
     try:
-        obj = json.loads(body)
+        obj = _loads(body)
     except ValueError as exc:
         return Message(
             id=fallback_id, body=body, error=f"{where or 'body'} is not JSON ({exc})", receipt=receipt
@@ -108,7 +108,11 @@ def parse(
         )  # fmt: skip
     fields, error = _check(raw)
     if error is not None:
-        label = f"message {ident}" if ident else f"{where or 'a message'} (no id)"
+        label = (
+            (f"{where}: " if where else "") + f"message {ident}"
+            if ident
+            else f"{where or 'a message'} (no id)"
+        )
         return Message(id=ident, body=body, error=f"{label}: {error}", receipt=receipt)
     return Message(id=ident, body=body, fields=fields, receipt=receipt)
 
@@ -118,7 +122,7 @@ def _fields(obj: Mapping[str, Any], attributes: Mapping[str, Any]) -> dict[str, 
     if obj.get("Type") == "Notification" and "MessageId" in obj:
         inner: Any = obj.get("Message")
         try:
-            inner = json.loads(inner) if isinstance(inner, str) else inner
+            inner = _loads(inner) if isinstance(inner, str) else inner
         except ValueError:
             inner = None
         raw = _openaq(inner) if isinstance(inner, dict) else {}
@@ -205,6 +209,25 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 _DIGIT = re.compile(r"[0-9]")
+
+
+class _Literal(str):
+    """A JSON number no float holds (``1e400``), or ``NaN``/``Infinity`` (which JSON has not), as
+    written: json.loads made them inf and nan, so a message showed ``inf`` for ``1e400`` and a
+    text field stored it so. A number field refuses it by its own spelling; text keeps it."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _loads(text: str) -> Any:
+    """JSON, with numbers no float holds and NaN/Infinity kept as written (see _Literal)."""
+    return json.loads(text, parse_float=_json_float, parse_constant=_Literal)
+
+
+def _json_float(text: str) -> float | _Literal:
+    number = float(text)
+    return number if math.isfinite(number) else _Literal(text)
 
 
 def _number(value: Any) -> float | None:

@@ -57,7 +57,11 @@ BACKENDS = [
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
 ]
 # Where ingest's log tables are, per database (the ledger schema on PostgreSQL, a prefix elsewhere).
-LOG_TABLES = {"postgresql": "sluicegate.ingest_", "sqlite": "sluicegate_ingest_", "mariadb": "sluicegate_ingest_"}
+LOG_TABLES = {
+    "postgresql": "sluicegate.ingest_",
+    "sqlite": "sluicegate_ingest_",
+    "mariadb": "sluicegate_ingest_",
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -92,11 +96,15 @@ def _execute(url: str, sql: str) -> None:
 
 
 def _raw(url: str) -> list[tuple[Any, ...]]:
-    return _query(url, "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id")
+    return _query(
+        url, "SELECT message_id, city, parameter_value, measurement_time_utc FROM raw ORDER BY message_id"
+    )
 
 
 def _log(url: str) -> list[tuple[Any, ...]]:
-    return _query(url, "SELECT received, inserted, duplicates, malformed, message_ids FROM {log}batches ORDER BY id")
+    return _query(
+        url, "SELECT received, inserted, duplicates, malformed, message_ids FROM {log}batches ORDER BY id"
+    )
 
 
 def test_the_sns_notification_airmax_received_is_read_from_its_attributes() -> None:
@@ -150,11 +158,29 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1", value="Infinity"), "message m1: value 'Infinity' is not a number"),
         (line("m1").replace('"id": "m1"', '"id": true'), "id true is not a message id"),
         (line("m1").replace('"id": "m1"', '"id": 1.5'), "id 1.5 is not a message id"),
+        # JSON numbers no float holds, and what JSON has not, named as written (1e400 was "inf")
+        (line("m1").replace('"value": 1.0', '"value": 1e400'), "message m1: value 1e400 is beyond the range"),
+        (
+            line("m1").replace('"value": 1.0', '"value": -1E+999'),
+            "message m1: value -1E+999 is beyond the range",
+        ),
+        (line("m1").replace('"value": 1.0', '"value": NaN'), "message m1: value NaN is not a number"),
+        (
+            line("m1").replace('"value": 1.0', '"value": -Infinity'),
+            "message m1: value -Infinity is not a number",
+        ),
     ],
 )
 def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
     message = messages.parse(body)
     assert message.fields is None and message.error is not None and error in message.error
+    assert messages.parse(body, where="batch.jsonl:7").error.startswith("batch.jsonl:7")  # type: ignore[union-attr]
+
+
+def test_a_text_field_keeps_a_huge_number_as_written() -> None:
+    message = messages.parse(line("m1", value=2.5, country="X").replace('"country": "X"', '"country": 1e400'))
+    assert message.error is None and message.fields is not None
+    assert (message.fields["country"], message.fields["value"]) == ("1e400", 2.5)  # was "inf"
 
 
 def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_blocks_nothing(
@@ -171,7 +197,9 @@ def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_block
     ]) + "\n")  # fmt: skip
     first = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")
     assert (first.received, first.inserted, first.duplicates, first.malformed_count) == (5, 3, 1, 1)
-    assert first.malformed == [{"id": "m3", "error": "message m3: value 'lots' is not a number"}]
+    assert first.malformed == [
+        {"id": "m3", "error": "batch.jsonl:4: message m3: value 'lots' is not a number"}
+    ]
     again = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")  # redelivered
     assert (again.inserted, again.duplicates, again.malformed_count) == (0, 4, 1)
     assert [(r[0], r[2]) for r in _raw(url)] == [("m1", 1.0), ("m2", 2.0), ("m4", 4.0)]
@@ -190,7 +218,10 @@ def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_
     assert (again.inserted, again.malformed_count, again.parked, again.already_parked) == (0, 2, 0, 2)
     parked = _query(url, "SELECT message_id, error, body FROM {log}parked ORDER BY id")
     # "bad" once (a redelivered message is not parked again); the line without an id once per body
-    assert [(p[0], p[1].split(":")[0]) for p in parked] == [("bad", "message bad"), (None, "in.jsonl")]
+    assert [p[0] for p in parked] == ["bad", None]  # each error gives the line: the file's name and number
+    assert parked[0][1].startswith("in.jsonl:2: message bad: value 'x'") and parked[1][1].startswith(
+        "in.jsonl:3 is"
+    )
     assert parked[0][2] == line("bad", value="x") and parked[1][2] == "{"
     other = tmp_path / "other.jsonl"
     other.write_text("}\n")  # another body without an id is parked
@@ -230,7 +261,9 @@ def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path
     batch.write_text("\n".join(line(f"m{i}", value=-1.0 if i == 2 else float(i)) for i in range(5)) + "\n")
     summary = operations.ingest(load(root), TASK, batch.open())
     assert (summary.inserted, summary.malformed_count) == (4, 1)
-    assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(summary.malformed[0]["error"])
+    assert summary.malformed[0]["id"] == "m2" and "readings refused its row" in str(
+        summary.malformed[0]["error"]
+    )
     assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["m0", "m1", "m3", "m4"]
     assert _query(url, "SELECT received, inserted, malformed FROM {log}batches") == [(5, 4, 1)]
     # A refused copy of an id, then a good copy in the same batch: the good one is inserted (it
@@ -241,7 +274,8 @@ def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path
     summary = operations.ingest(load(root), TASK, again.open())
     assert (summary.inserted, summary.duplicates, summary.malformed_count) == (2, 1, 1)
     assert _query(url, "SELECT mid, v FROM readings WHERE mid IN ('m8', 'm9') ORDER BY mid") == [
-        ("m8", 8.0), ("m9", 9.0)
+        ("m8", 8.0),
+        ("m9", 9.0),
     ]
 
 
@@ -298,7 +332,10 @@ def test_ingest_cli_reads_stdin_and_exits_1_after_reporting_malformed_messages(r
     bad = cli(root, "ingest", TASK, "-", input_text=line("m1") + "\n" + line("m9", value="x") + "\n")
     assert bad.returncode == 1
     assert "0 inserted, 1 duplicates, 1 malformed (parked)" in bad.stdout
-    assert "parked: message m9: value 'x' is not a number" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        "parked: stdin:2: message m9: value 'x' is not a number" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
     none = cli(root, "ingest", TASK)
     assert none.returncode == 2 and "has no [sqs] queue" in none.stderr
 
@@ -360,7 +397,7 @@ def test_a_hostile_message_is_parked_and_the_rest_of_its_batch_inserted(
     assert [r[0] for r in _raw(url)] == ["good-1", "good-2"]
     parked_rows = _query(url, "SELECT message_id, error, body FROM {log}parked")
     assert [r[0] for r in parked_rows] == [hostile_id]
-    prefix = f"message {hostile_id}: " if hostile_id else "hostile.jsonl:2 is not JSON"
+    prefix = f"hostile.jsonl:2: message {hostile_id}: " if hostile_id else "hostile.jsonl:2 is not JSON"
     assert parked_rows[0][1].startswith(prefix)
     logged = _query(url, "SELECT received, inserted, malformed FROM {log}batches ORDER BY id")
     assert logged == [(3, 2, 1), (3, 0, 1)]
@@ -393,9 +430,7 @@ def test_the_ingest_summary_says_what_was_parked_now_and_before(root: Path, tmp_
     toml = root / "tasks" / TASK / "task.toml"
     toml.write_text(toml.read_text().replace('malformed = "park"', 'malformed = "skip"'))
     skipped = cli(root, "ingest", TASK, str(bad))
-    assert (
-        "2 malformed (skipped)" in skipped.stdout and "skipped: message m2: city is missing" in skipped.stderr
-    )
+    assert "2 malformed (skipped)" in skipped.stdout and ":1: message m2: city is missing" in skipped.stderr
 
 
 def test_run_of_an_ingest_task_without_a_queue_says_how_messages_get_in(root: Path) -> None:
