@@ -384,7 +384,7 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
     """Two workers on one ledger: a held stage is not claimed twice; once its lease ran out another
     worker takes it (an attempt), and the first one's commit, failure, renewal and release are fenced."""
     [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
-    where = RangeQuery(task="trips", key_value=None, time_min=FIRST, time_max=FIRST + H)
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
     stages = ["extract", "load", "publish"]
     with Ledger(ledger_url) as one, Ledger(ledger_url) as two:
         one.ensure_schema()
@@ -429,7 +429,7 @@ def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_ur
     commit the old artifact as done over the new extract) and resets the others; ``busy`` counts
     the blocks left alone."""
     [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
-    where = RangeQuery(task="trips", key_value=None, time_min=FIRST, time_max=FIRST + H)
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
     stages = ["extract", "load", "publish"]
     with Ledger(ledger_url) as led:
         led.ensure_schema()
@@ -455,6 +455,40 @@ def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_ur
         assert led.blocks.commit(StageResult(claim=load, status="done", total=1, processed=1))
         assert led.blocks.busy(where, position=0) == 0
         assert led.blocks.reset(where, position=1) == 2  # the held block's load and publish (the other waits on extract)
+
+
+@pytest.mark.pg
+def test_range_calls_see_only_the_key_values_the_task_has_now(ledger_url: str) -> None:
+    """Claim, reset, busy, unpark and rows are about the key values given (those the task has now,
+    matched exactly: a quote and a backslash too); the rows of a removed key value stay as they are."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    odd = 'o"d\\d'
+    everyone = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
+    now = RangeQuery(task="trips", key_values=("lime", odd), time_min=FIRST, time_max=FIRST + H)
+    nobody = RangeQuery(task="trips", key_values=(), time_min=FIRST, time_max=FIRST + H)
+    stages = ["extract", "load", "publish"]
+    with Ledger(ledger_url) as led:
+        led.ensure_schema()
+        led.blocks.ensure("trips", ["lime", "bird", odd], [block], stages)
+
+        def claim(where: RangeQuery) -> list[Any]:
+            return led.blocks.claim(where, stages=stages, zone="US/Central", grain="hour", limit=10, lease=60)
+
+        assert claim(nobody) == []
+        held = claim(now)
+        assert sorted(c.key_value for c in held) == ["lime", odd]
+        [bird] = claim(everyone)  # as a run from before bird was removed would
+        assert led.blocks.fail(bird, error="gone", terminal=True, max_attempts=3, backoff=0)
+        assert led.blocks.unpark(now, stages=stages) == 0  # bird's parked extract is not the task's now
+        assert led.blocks.busy(now, position=0) == 2 and led.blocks.busy(nobody, position=0) == 0
+        assert {r["key_value"] for r in led.blocks.rows(now)} == {"lime", odd}
+        assert {r["key_value"] for r in led.blocks.rows(everyone)} == {"lime", "bird", odd}
+        for c in held:
+            assert led.blocks.commit(StageResult(claim=c, status="done", total=1, processed=1))
+        assert led.blocks.reset(now, position=0) == 6  # lime's and odd's stages, not bird's
+        assert led.blocks.unpark(everyone, stages=stages) == 1  # bird's, when every key value is asked for
+        statuses = {(r["key_value"], r["stage"]): r["status"] for r in led.blocks.rows(everyone)}
+    assert statuses[("bird", "extract")] == "pending" and set(statuses.values()) == {"pending"}
 
 
 @pytest.mark.pg

@@ -491,6 +491,42 @@ def test_incomplete_only_takes_parked_stages_again(tmp_path: Path) -> None:
     assert [r[3] for r in ledger_rows(root)] == ["done", "done", "done"]
 
 
+def test_a_key_value_removed_from_keys_is_left_on_the_ledger_and_not_worked_on(tmp_path: Path) -> None:
+    """A provider dropped from ``keys`` kept being worked on: its pending stages were claimed by
+    range runs and by ``sluicegate run`` (while ``--dry-run`` listed only the current keys), and
+    ``--force`` and ``--incomplete-only`` took its stages again. Its rows now stay as they were,
+    and ``status`` still shows them."""
+    root = make_project(tmp_path)
+    assert blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2", "--stage", "extract").exit_code == 0
+    assert blocks_cli(root, "--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=bird").exit_code == 1
+    bird_calls = [c for c in calls(root) if c["key"] == "bird"]
+    assert len(bird_calls) == 5  # the 01:00 and 02:00 extracts, the 05:00 one's three attempts (parked)
+    bird_rows = [r for r in ledger_rows(root) if r[0] == "bird"]
+    assert [r[3] for r in bird_rows] == ["done", "pending", "pending"] * 2 + ["failed", "pending", "pending"]
+    task = root / "tasks" / "trips" / "task.toml"
+    task.write_text(task.read_text().replace('keys = ["lime", "bird"]', 'keys = ["lime"]'))
+    (root / "etl.py").write_text(ETL.replace('FAILING = ("T05:00",)', "FAILING = ()"))  # bird's would pass now
+
+    runs = {
+        "range": ["blocks", "trips", "--time-max", "2020-1-1-1", "--interval", "1"],
+        "plain": ["run", "trips"],
+        "force": ["blocks", "trips", "--time-max", "2020-1-1-2", "--interval", "1", "--force"],
+        "incomplete": ["blocks", "trips", "--time-max", "2020-1-1-5", "--interval", "1", "--incomplete-only"],
+    }
+    for what, args in runs.items():
+        sys.modules.pop("etl", None)
+        result = CliRunner().invoke(main, ["-C", str(root), *args])
+        assert result.exit_code == 0, (what, result.output)
+        assert [c for c in calls(root) if c["key"] == "bird"] == bird_calls, what  # nothing for bird
+    assert [r for r in ledger_rows(root) if r[0] == "bird"] == bird_rows  # its rows as they were
+    lime = {(r[1][11:16], r[2]): r[3] for r in ledger_rows(root) if r[0] == "lime"}
+    assert [lime[(hour, "publish")] for hour in ("01:00", "02:00", "05:00")] == ["done"] * 3
+    status = operations.status(load_project(root), ["trips"])[0]
+    assert status["by_stage"]["load"]["pending"] == 3 and status["failed"] == 1  # bird's, still shown
+    bad = blocks_cli(root, "--time-max", "2020-1-1-2", "--key", "provider=bird")
+    assert bad.exit_code == 2 and "provider 'bird' is not a key value of task trips" in bad.output
+
+
 def test_a_failed_publish_is_retried_without_running_extract_or_load_again(tmp_path: Path) -> None:
     root = make_project(tmp_path)
     (root / "portal-fails").write_text("2")
@@ -709,6 +745,24 @@ def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_pa
     assert not published.exists() and not (root / "out/extract/lime/2020-01-01T01:00-06:00.jsonl").exists()
     artifacts = conn.execute("SELECT stage, status, artifact FROM sluicegate_blocks WHERE key_value = 'lime'")
     assert sorted(artifacts.fetchall()) == [("extract", "no_data", None), ("publish", "no_data", None)]
+
+
+def test_a_key_value_keys_sql_no_longer_returns_is_not_worked_on(tmp_path: Path) -> None:
+    """The same for ``keys_sql``: a provider whose rides are gone is no longer a key value, and
+    its pending publish stayed claimable (a run published its file anyway)."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z"), (2, "bird", "2020-01-01T06:20:00Z")])
+    assert blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1", "--stage", "extract").exit_code == 0
+    conn.execute("DELETE FROM rides WHERE provider = 'bird'")
+    conn.commit()
+    for args in (["blocks", "trips", "--time-max", "2020-1-1-1", "--interval", "1"], ["run", "trips"]):
+        result = CliRunner().invoke(main, ["-C", str(root), *args])
+        assert result.exit_code == 0, result.output
+    assert (root / "out/csv/lime/20200101T0100-0600.csv").exists()
+    assert not (root / "out/csv/bird").exists()
+    statuses = {(r[0], r[2]): r[3] for r in ledger_rows(root)}
+    assert statuses == {("bird", "extract"): "done", ("bird", "publish"): "pending",
+                        ("lime", "extract"): "done", ("lime", "publish"): "done"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

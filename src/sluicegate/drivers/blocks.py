@@ -225,13 +225,12 @@ def _query_keys(url: str, sql: str) -> list[str]:
     return sorted({str(row[0]) for row in rows if row[0] is not None})
 
 
-def range_of(task: Task, request: BlockRequest | None) -> RangeQuery:
-    """What the ledger calls of a run are about (every block of the task without a request)."""
-    if request is None:
-        return RangeQuery(task=task.name, key_value=None, time_min=None, time_max=None)
-    return RangeQuery(
-        task=task.name, key_value=request.key_value, time_min=request.time_min, time_max=request.time_max
-    )
+def range_of(task: Task, request: BlockRequest | None, keys: Sequence[str]) -> RangeQuery:
+    """What the ledger calls of a run are about: the blocks of ``keys`` (the key values the task has
+    now, from :func:`key_values`) in the request's range, or in any range without a request. Rows
+    of a key value since removed from ``keys`` stay on the ledger (and in ``status``) untouched."""
+    low, high = (request.time_min, request.time_max) if request is not None else (None, None)
+    return RangeQuery(task=task.name, key_values=tuple(keys), time_min=low, time_max=high)
 
 
 class Driver:
@@ -250,7 +249,7 @@ class Driver:
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
         blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
-        rows = self.context.ledger.blocks.rows(range_of(task, request))
+        rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
 
     def run(
@@ -270,9 +269,9 @@ class Driver:
         if problems := select_problems(task, ctx.source, outage=True):  # before any claim
             raise ConfigError("; ".join(problems))
         chosen = chosen_stages(task, request)
-        where = range_of(task, request)
+        keys = key_values(task, settings.source_url, request)
+        where = range_of(task, request, keys)
         if request is not None:
-            keys = key_values(task, settings.source_url, request)
             blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
             store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
             if request.force:

@@ -72,10 +72,14 @@ class StageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RangeQuery:
-    """Which rows a call is about: a task, optionally one key value, blocks ending in (time_min, time_max]."""
+    """Which rows a call is about: a task, its key values, blocks ending in (time_min, time_max].
+
+    ``key_values`` are the values the task has now (or the one asked for): rows of a value since
+    removed from ``keys`` (or no longer returned by ``keys_sql``) are not claimed, reset or
+    unparked. ``None``: every key value on the ledger."""
 
     task: str
-    key_value: str | None
+    key_values: tuple[str, ...] | None
     time_min: dt.datetime | None
     time_max: dt.datetime | None
 
@@ -118,7 +122,7 @@ class BlockStore(Store):
         """Claim up to ``limit`` runnable (block, stage) rows, oldest block first."""
         token = uuid.uuid4()
         params = self.core.params(
-            **self._range(where), stages=self._stages(stages), limit=limit, lease=lease, token=token
+            **self._range(where), stages=self._list(stages), limit=limit, lease=lease, token=token
         )
 
         def take(cur: Any) -> list[Any]:
@@ -264,7 +268,7 @@ class BlockStore(Store):
 
     def unpark(self, where: RangeQuery, *, stages: Sequence[str]) -> int:
         """``--incomplete-only``: the range's parked stages among ``stages`` are pending again."""
-        return int(self._run("unpark", **self._range(where), stages=self._stages(stages)).rowcount)
+        return int(self._run("unpark", **self._range(where), stages=self._list(stages)).rowcount)
 
     # ------------------------------------------------------------------ reporting
 
@@ -337,13 +341,14 @@ class BlockStore(Store):
     def _range(self, where: RangeQuery) -> dict[str, Any]:
         return {
             "task": where.task,
-            "key_value": where.key_value,
+            "key_values": None if where.key_values is None else self._list(where.key_values),
             "time_min": self.core.ts(where.time_min),
             "time_max": self.core.ts(where.time_max),
         }
 
-    def _stages(self, stages: Iterable[str]) -> Any:
-        return list(stages) if self.core.dialect is db.POSTGRESQL else json.dumps(list(stages))
+    def _list(self, values: Iterable[str]) -> Any:
+        """A list parameter: an array on PostgreSQL, a JSON array elsewhere."""
+        return list(values) if self.core.dialect is db.POSTGRESQL else json.dumps(list(values))
 
     def _ts(self, value: Any) -> dt.datetime:
         parsed = self.core.from_ts(value)

@@ -1,7 +1,8 @@
 -- Blocks of blocks tasks: one row per (task, key value, block, stage) (ledger/blocks.py).
 -- Each block is named after the method that runs it. Times: UTC seconds (DOUBLE); leases on the
--- server's clock. Lists of stages are JSON arrays. MariaDB evaluates the assignments of an UPDATE
--- left to right, each seeing the ones before it: every SET below assigns a column only after the
+-- server's clock. Lists of stages and of key values are JSON arrays; calls about a range see only
+-- the key values the task has now (NULL: all). MariaDB evaluates the assignments of an UPDATE left
+-- to right, each seeing the ones before it: every SET below assigns a column only after the
 -- expressions that read its old value.
 
 -- ensure --
@@ -18,7 +19,7 @@ ON DUPLICATE KEY UPDATE position = VALUES(position);
 SELECT b.id FROM {t}blocks AS b
 WHERE b.task = %(task)s
   AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(b.stage))
-  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(b.key_value)))
   AND (%(time_min)s IS NULL OR b.block_end > %(time_min)s)
   AND (%(time_max)s IS NULL OR b.block_end <= %(time_max)s)
   AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < UNIX_TIMESTAMP(NOW(6))))
@@ -111,7 +112,7 @@ SET b.status = 'pending', b.claim_token = NULL, b.lease_until = NULL,
     b.attempts = 0, b.next_attempt_at = NULL, b.error = NULL, b.forced = TRUE,
     b.records_total = NULL, b.records_processed = NULL, b.records_errors = NULL
 WHERE b.task = %(task)s
-  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(b.key_value)))
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
   AND p.id IS NULL;
@@ -121,7 +122,7 @@ WHERE b.task = %(task)s
 -- running under a live lease.
 SELECT count(DISTINCT b.key_value, b.block_start) FROM {t}blocks AS b
 WHERE b.task = %(task)s
-  AND (%(key_value)s IS NULL OR b.key_value = %(key_value)s)
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(b.key_value)))
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
   AND b.status = 'running' AND b.lease_until >= UNIX_TIMESTAMP(NOW(6));
@@ -132,7 +133,7 @@ UPDATE {t}blocks
 SET status = 'pending', attempts = 0, next_attempt_at = NULL
 WHERE task = %(task)s
   AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(stage))
-  AND (%(key_value)s IS NULL OR key_value = %(key_value)s)
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(key_value)))
   AND block_end > %(time_min)s AND block_end <= %(time_max)s
   AND status = 'failed';
 
@@ -143,7 +144,7 @@ SELECT key_value, block_start, block_end, label, stage, position, status, attemp
        (next_attempt_at IS NOT NULL AND next_attempt_at > UNIX_TIMESTAMP(NOW(6))) AS backing_off
 FROM {t}blocks
 WHERE task = %(task)s
-  AND (%(key_value)s IS NULL OR key_value = %(key_value)s)
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(key_value)))
   AND block_end > %(time_min)s AND block_end <= %(time_max)s
 ORDER BY block_start, key_value, position;
 

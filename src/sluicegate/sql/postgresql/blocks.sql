@@ -1,5 +1,6 @@
 -- Blocks of blocks tasks: one row per (task, key value, block, stage) (ledger/blocks.py).
--- Each block is named after the method that runs it.
+-- Each block is named after the method that runs it. Calls about a range see only the key values
+-- the task has now (an array; NULL: all).
 
 -- ensure --
 -- Create one (block, stage) row when a range is asked for; an existing row is kept as it is.
@@ -15,7 +16,7 @@ WITH candidate AS (
     SELECT b.id FROM {t}blocks AS b
     WHERE b.task = %(task)s
       AND b.stage = ANY(%(stages)s::text[])
-      AND (%(key_value)s::text IS NULL OR b.key_value = %(key_value)s::text)
+      AND (%(key_values)s::text[] IS NULL OR b.key_value = ANY(%(key_values)s::text[]))
       AND (%(time_min)s::timestamptz IS NULL OR b.block_end > %(time_min)s::timestamptz)
       AND (%(time_max)s::timestamptz IS NULL OR b.block_end <= %(time_max)s::timestamptz)
       AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < now()))
@@ -97,7 +98,7 @@ SET status = 'pending', claim_token = NULL, lease_until = NULL,
     attempts = 0, next_attempt_at = NULL, error = NULL, forced = true,
     records_total = NULL, records_processed = NULL, records_errors = NULL
 WHERE b.task = %(task)s
-  AND (%(key_value)s::text IS NULL OR b.key_value = %(key_value)s::text)
+  AND (%(key_values)s::text[] IS NULL OR b.key_value = ANY(%(key_values)s::text[]))
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
   AND NOT EXISTS (
@@ -111,7 +112,7 @@ WHERE b.task = %(task)s
 -- running under a live lease (another run's; forcing its earlier stage would let it commit old data).
 SELECT count(DISTINCT (b.key_value, b.block_start)) FROM {t}blocks AS b
 WHERE b.task = %(task)s
-  AND (%(key_value)s::text IS NULL OR b.key_value = %(key_value)s::text)
+  AND (%(key_values)s::text[] IS NULL OR b.key_value = ANY(%(key_values)s::text[]))
   AND b.block_end > %(time_min)s AND b.block_end <= %(time_max)s
   AND b.position >= %(position)s
   AND b.status = 'running' AND b.lease_until >= now();
@@ -122,7 +123,7 @@ UPDATE {t}blocks
 SET status = 'pending', attempts = 0, next_attempt_at = NULL
 WHERE task = %(task)s
   AND stage = ANY(%(stages)s::text[])
-  AND (%(key_value)s::text IS NULL OR key_value = %(key_value)s::text)
+  AND (%(key_values)s::text[] IS NULL OR key_value = ANY(%(key_values)s::text[]))
   AND block_end > %(time_min)s AND block_end <= %(time_max)s
   AND status = 'failed';
 
@@ -133,7 +134,7 @@ SELECT key_value, block_start, block_end, label, stage, position, status, attemp
        (next_attempt_at IS NOT NULL AND next_attempt_at > now()) AS backing_off
 FROM {t}blocks
 WHERE task = %(task)s
-  AND (%(key_value)s::text IS NULL OR key_value = %(key_value)s::text)
+  AND (%(key_values)s::text[] IS NULL OR key_value = ANY(%(key_values)s::text[]))
   AND block_end > %(time_min)s AND block_end <= %(time_max)s
 ORDER BY block_start, key_value, position;
 

@@ -1,5 +1,6 @@
 -- Blocks of blocks tasks: one row per (task, key value, block, stage) (ledger/blocks.py).
--- Each block is named after the method that runs it. Lists of stages are JSON arrays (json_each).
+-- Each block is named after the method that runs it. Lists of stages and of key values are JSON
+-- arrays (json_each). Calls about a range see only the key values the task has now (NULL: all).
 
 -- ensure --
 -- Create one (block, stage) row when a range is asked for; an existing row is kept as it is.
@@ -21,7 +22,7 @@ WHERE id IN (
     SELECT b.id FROM {t}blocks AS b
     WHERE b.task = :task
       AND b.stage IN (SELECT value FROM json_each(:stages))
-      AND (:key_value IS NULL OR b.key_value = :key_value)
+      AND (:key_values IS NULL OR b.key_value IN (SELECT value FROM json_each(:key_values)))
       AND (:time_min IS NULL OR b.block_end > :time_min)
       AND (:time_max IS NULL OR b.block_end <= :time_max)
       AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < :now))
@@ -94,7 +95,7 @@ SET status = 'pending', claim_token = NULL, lease_until = NULL,
 WHERE id IN (
     SELECT b.id FROM {t}blocks AS b
     WHERE b.task = :task
-      AND (:key_value IS NULL OR b.key_value = :key_value)
+      AND (:key_values IS NULL OR b.key_value IN (SELECT value FROM json_each(:key_values)))
       AND b.block_end > :time_min AND b.block_end <= :time_max
       AND b.position >= :position
       AND NOT EXISTS (
@@ -109,7 +110,7 @@ WHERE id IN (
 -- running under a live lease (another run's; forcing its earlier stage would let it commit old data).
 SELECT count(DISTINCT b.key_value || ' ' || b.block_start) FROM {t}blocks AS b
 WHERE b.task = :task
-  AND (:key_value IS NULL OR b.key_value = :key_value)
+  AND (:key_values IS NULL OR b.key_value IN (SELECT value FROM json_each(:key_values)))
   AND b.block_end > :time_min AND b.block_end <= :time_max
   AND b.position >= :position
   AND b.status = 'running' AND b.lease_until >= :now;
@@ -120,7 +121,7 @@ UPDATE {t}blocks
 SET status = 'pending', attempts = 0, next_attempt_at = NULL
 WHERE task = :task
   AND stage IN (SELECT value FROM json_each(:stages))
-  AND (:key_value IS NULL OR key_value = :key_value)
+  AND (:key_values IS NULL OR key_value IN (SELECT value FROM json_each(:key_values)))
   AND block_end > :time_min AND block_end <= :time_max
   AND status = 'failed';
 
@@ -131,7 +132,7 @@ SELECT key_value, block_start, block_end, label, stage, position, status, attemp
        (next_attempt_at IS NOT NULL AND next_attempt_at > :now) AS backing_off
 FROM {t}blocks
 WHERE task = :task
-  AND (:key_value IS NULL OR key_value = :key_value)
+  AND (:key_values IS NULL OR key_value IN (SELECT value FROM json_each(:key_values)))
   AND block_end > :time_min AND block_end <= :time_max
 ORDER BY block_start, key_value, position;
 
