@@ -281,6 +281,18 @@ def request_from_options(
     )
 
 
+def check_limit(tasks: Sequence[TaskBase], limit: int | None, *, named: bool) -> None:
+    """Refuse a run's ``limit`` for an incremental task (one it names, or every task of the run):
+    it counts partitions, and an incremental run exports each entity's window to the same end."""
+    incremental = [t.name for t in tasks if t.kind == "incremental"]
+    if limit is not None and incremental and (named or len(incremental) == len(tasks)):
+        raise UsageError(
+            f"--limit/limit {limit} does not apply to incremental task {incremental[0]!r}: it counts"
+            " partitions, and an incremental run exports every entity's window; leave it out"
+            " (--entity/entities exports fewer entities)"
+        )
+
+
 def blocks_task(project: Project, name: str) -> TaskBase:
     """The blocks task called ``name``."""
     task = project.task(name)

@@ -1179,3 +1179,31 @@ def test_a_run_out_of_time_leaves_no_window_to_redo_for_entities_it_did_not_reac
     rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
     assert rows["s1"]["watermark"] is not None and rows["s1"]["pending_end"] is None, (out, err)
     assert rows["s2"]["watermark"] is None and rows["s2"]["pending_end"] is None, (out, err)
+
+
+def test_a_limit_for_an_incremental_run_is_refused_not_ignored(tmp_path: Path) -> None:
+    """``run studies --limit 1`` exported every entity: the limit counts partitions, which an
+    incremental task has none of, and it was dropped without a word. A run of every task of a
+    project that has others still takes it (for them) and runs the incremental task whole."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    for study in ("s1", "s2", "s3"):
+        rec.add(study, T, study)
+    message = "--limit/limit 1 does not apply to incremental task 'studies'"
+    for args in (("studies",), (), ("studies", "--dry-run")):
+        refused = cli(root, "run", *args, "--limit", "1")
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stdout, refused.stderr)
+        assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+    assert files(tmp_path / "out") == []
+    blocks = root / "tasks" / "hours"
+    blocks.mkdir()
+    (blocks / "task.toml").write_text(
+        'kind = "blocks"\nstages = ["extract"]\n[extract]\ncallable = "gen:records"\npath = "b/{label}.jsonl"\n'
+    )
+    (root / "gen.py").write_text("def records(block, config):\n    return [{'at': block.label}]\n")
+    named = cli(root, "run", "studies", "hours", "--limit", "1")
+    assert named.returncode == 2 and message in named.stderr, named.stderr
+    every = cli(root, "run", "--limit", "1")
+    assert every.returncode == 0, (every.stdout, every.stderr)
+    assert sorted(p.parent.parent.name for p in files(tmp_path / "out")) == ["s1", "s2", "s3"]

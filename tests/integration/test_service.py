@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -267,6 +268,36 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
         ):
             answer = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=bad)
             assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text
+    finally:
+        server.stop()
+
+
+def test_a_limit_for_an_incremental_task_is_a_422(tmp_path: Path) -> None:
+    """POST /tasks/{incremental task}/runs with a limit started a run that exported every entity:
+    the limit counts partitions and was dropped without a word. It is a 422 now, as
+    ``run --limit`` exits 2; a run without it is started."""
+    root = tmp_path / "proj"
+    (root / "tasks" / "studies").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///s.db"\n[destination]\nurl = "out"\n')
+    (root / "tasks" / "studies" / "task.toml").write_text(
+        'kind = "incremental"\nentity = "study_id"\ncursor = "at"\nbootstrap = "beginning"\n'
+        'path = "{study_id}/{start:%Y%m%dT%H%M%S}.{ext}"\n'
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text("SELECT study_id, at FROM records")
+    with sqlite3.connect(root / "s.db") as conn:
+        conn.execute("CREATE TABLE records (study_id TEXT, at TEXT)")
+        conn.executemany("INSERT INTO records VALUES (?, '2024-01-01T00:00:00Z')", [("a",), ("b",)])
+    conn.close()
+    server = Server(root)
+    try:
+        refused = httpx.post(f"{server.url}/tasks/studies/runs", headers=AUTH, json={"limit": 1})
+        assert refused.status_code == 422, refused.text
+        assert "limit 1 does not apply to incremental task 'studies'" in refused.json()["detail"]
+        assert server.get(f"{server.url}/runs").json() == []  # no run was started
+        started = httpx.post(f"{server.url}/tasks/studies/runs", headers=AUTH, json={})
+        assert started.status_code == 202, started.text
+        assert server.wait_run(started.json()["run_id"])["state"] == "succeeded"
+        assert sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_")) == ["a", "b"]
     finally:
         server.stop()
 

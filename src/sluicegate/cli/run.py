@@ -16,7 +16,7 @@ from ..engine import Exporter
 from ..exceptions import UsageError
 from ..export_request import EXPORT_TYPES, load_request
 from ..masking import mask_url
-from ..operations import incremental_task, request_from_options
+from ..operations import check_limit, incremental_task, request_from_options
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
@@ -75,6 +75,7 @@ def run(
     """Export every pending, complete partition of TASKS (all by default)."""
     project = load()
     selected = project.select(list(tasks))
+    check_limit(selected, limit, named=bool(tasks))
     request = request_from_options(
         export_type=export_type,
         ignore_watermark=ignore_watermark,

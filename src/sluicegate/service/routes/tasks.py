@@ -79,6 +79,7 @@ def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = 
 
 
 def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
+    operations.check_limit([task], body.limit, named=True)
     request, blocks = None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
         if body.time_max is not None:
