@@ -276,6 +276,10 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
     [
         (('callable = "etl:trips"', 'callable = "etl:nope"'), "has no function 'nope'"),
         (('keys = ["lime", "bird"]', ""), "give the values of provider"),
+        # an empty key value was told to "use a list of key values", which it was
+        (('keys = ["lime", "bird"]', 'keys = ["lime", ""]'), 'keys: key value 2 is empty (""); remove it'),
+        (('keys = ["lime", "bird"]', 'keys = { "" = { url = "x" } }'), '[keys.""] names an empty key value'),
+        (('keys = ["lime", "bird"]', 'keys = ["lime", 1.5]'), "keys: 1.5 is not a key value; use text"),
         (('table = "trips"', 'table = "trips; drop"'), "is not a table name"),
         (('duration = "int"', 'duration = "integer"'), "'integer' is not a kind"),
         (("max_attempts = 3", "max_attemps = 3"), "max_attemps"),

@@ -66,10 +66,21 @@ def key_values(
     """``keys``: a list of key values, or a table of them with each one's settings."""
     keys = raw.get("keys", [])
     if isinstance(keys, list):
-        if not all(isinstance(k, str | int) and str(k) for k in keys):
-            raise ConfigError(f'{where} keys: use a list of key values, e.g. keys = ["lime", "bird"]')
+        for k in keys:
+            if not isinstance(k, str | int) or isinstance(k, bool):
+                raise ConfigError(
+                    f"{where} keys: {k!r} is not a key value; use text or whole numbers,"
+                    ' e.g. keys = ["lime", "bird"]'
+                )
+        if "" in keys:
+            raise ConfigError(
+                f'{where} keys: key value {keys.index("") + 1} is empty (""); remove it or write the value,'
+                ' e.g. keys = ["lime", "bird"]'
+            )
         return tuple(str(k) for k in keys), {}
     if isinstance(keys, dict):
+        if "" in keys:
+            raise ConfigError(f'{where} keys: [keys.""] names an empty key value; name it, e.g. [keys.lime]')
         per_key = {str(k): resolve_values(v, settings, f"{where} keys.{k}") for k, v in keys.items()}
         return tuple(per_key), per_key
     raise ConfigError(
