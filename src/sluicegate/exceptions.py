@@ -24,10 +24,14 @@ traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
 A privilege does not appear by waiting, so :class:`PermissionDenied` is terminal and never
 retried or reconnected for; ``sluicegate grants`` prints the GRANTs each task kind needs.
 
-Whether a partition is retried is decided only by :func:`is_transient`.
+Whether a partition is retried is decided only by :func:`is_transient`. A value a message
+quotes from the source, the ledger or a task (a key value, an entity) goes through
+:func:`printable`, so a newline in it cannot split the message's line in two.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SluicegateError(Exception):
@@ -83,6 +87,13 @@ class PermissionDenied(TerminalError):
 
 class LedgerPermissionDenied(PermissionDenied, LedgerError):
     """The database role lacks a privilege on the ledger tables; run `sluicegate grants` and apply them."""
+
+
+def printable(value: Any) -> str:
+    """A value from the source or the ledger for a message or a terminal line: as it is, or quoted
+    (``'a\\nb'``) when it holds a character a terminal would act on (a newline, an escape, a NUL)."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import printable
+
 if TYPE_CHECKING:
     from .export_request import ExportRequest
     from .timeblocks import BlockRequest
@@ -75,9 +77,10 @@ class TaskSummary:
     def note_failure(self, unit: str, message: str) -> None:
         """Record that ``unit`` failed (a retry in the same run is not counted again).
 
-        Its error line is ``"unit: message"``, or the message alone for the unnamed unit ``""``.
+        Its error line is ``"unit: message"``, or the message alone for the unnamed unit ``""``; a
+        unit holding a newline or another control character (an entity) is quoted, as printable does.
         """
-        self._failures[unit] = f"{unit}: {message}" if unit else message
+        self._failures[unit] = f"{printable(unit)}: {message}" if unit else message
         self._sync_failures()
 
     def note_success(self, partition: str) -> None:

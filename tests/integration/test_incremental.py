@@ -689,6 +689,22 @@ def test_an_entity_with_a_nul_fails_each_run_and_the_others_are_exported(tmp_pat
     assert _payloads(tmp_path) == ["OK"]
 
 
+def test_an_entity_with_a_newline_is_quoted_in_the_runs_error_line(tmp_path: Path) -> None:
+    """The error line of a failed window began with the entity as it was: a newline in it split
+    the line in two (the entity's own summary line was quoted already)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('x' || char(10) || 'y', '2024-05-01', 'NL')",
+    )
+    ran = cli(root, "run", "--type", "instant")
+    assert ran.returncode == 1
+    assert "  error: 'x\\ny': partition value study_id='x\\ny' cannot be used" in ran.stderr, ran.stderr
+    assert not any(line.startswith("y") for line in ran.stderr.splitlines()), ran.stderr
+
+
 def test_a_request_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
     root = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
     req = tmp_path / "req.json"

@@ -626,6 +626,31 @@ def test_encrypted_config_values_work_and_a_wrong_key_is_one_clear_line(tmp_path
     assert missing.exit_code == 2 and "is encrypted; set SLUICEGATE_FERNET_KEY" in missing.output
 
 
+def test_a_key_value_with_a_newline_is_quoted_in_every_line_that_names_it(tmp_path: Path) -> None:
+    """Messages naming a (block, stage) started with its key value as it was: one holding a newline
+    split the run's error line, the status line and the dry-run line in two, and so did the list
+    of known values and the setting a bad [keys.<value>] secret was reported under."""
+    task = TASK.format(extract_extra="", create="true").replace('keys = ["lime", "bird"]', 'keys = ["lime", "a\\nb"]')
+    root = make_project(tmp_path, task=task)
+    quoted = "'a\\nb' 2020-01-01T01:00-06:00 extract"
+    dry = blocks_cli(root, "--time-max", "2020-1-1-1", "--dry-run")
+    assert f"  {quoted} (new)\n" in dry.output, dry.output
+    run = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert run.exit_code == 1
+    assert f"  error: {quoted}: partition value provider='a\\nb' cannot be used" in run.output, run.output
+    status = CliRunner().invoke(main, ["-C", str(root), "status"])
+    assert f"  failed {quoted} after 1 attempt(s): partition value" in status.output, status.output
+    unknown = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=jump")
+    assert unknown.exit_code == 2 and "known: lime, 'a\\nb'\n" in unknown.output, unknown.output
+    for out in (dry.output, run.output, status.output, unknown.output):
+        assert not any(line.startswith("b ") for line in out.splitlines()), out  # no line split
+    table = task.replace('keys = ["lime", "a\\nb"]', f'[keys."a\\nb"]\ntoken = "{encrypt("t", generate_key())}"')
+    (root / "tasks" / "trips" / "task.toml").write_text(textwrap.dedent(table))
+    wrong = blocks_cli(root, "--time-max", "2020-1-1-1", env={"SLUICEGATE_FERNET_KEY": generate_key()})
+    assert wrong.exit_code == 2 and wrong.output.count("\n") == 1, wrong.output
+    assert "keys.'a\\nb'.token could not be decrypted" in wrong.output, wrong.output
+
+
 def test_secret_commands_encrypt_and_decrypt(tmp_path: Path) -> None:
     key = generate_key()
     runner = CliRunner()

@@ -7,6 +7,7 @@ from collections import Counter
 import click
 
 from .. import operations
+from ..exceptions import printable
 from ..options import RunOptions, TaskSummary
 from ..timeblocks import MAX_BLOCKS
 from .app import handled, load, main
@@ -92,7 +93,7 @@ def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) ->
         if dry_run:
             click.echo(f"{s.task}: {len(s.plan)} (block, stage) would run")
             for entry in s.plan:
-                who = f"{entry['key']} " if entry["key"] else ""
+                who = f"{printable(entry['key'])} " if entry["key"] else ""
                 click.echo(f"  {who}{entry['block']} {entry['stage']} ({entry['reason']})")
             continue
         counts: dict[str, Counter[str]] = {}

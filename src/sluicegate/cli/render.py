@@ -6,15 +6,9 @@ from typing import Any
 
 import click
 
+from ..exceptions import printable
 from ..options import TaskSummary
 from .app import echo_json
-
-
-def printable(value: Any) -> str:
-    """A value from the source or the ledger for a terminal line: as it is, or quoted when it
-    holds a character a terminal would act on (a newline, an escape sequence, a NUL)."""
-    text = str(value)
-    return text if text.isprintable() else repr(text)
 
 
 def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> None:

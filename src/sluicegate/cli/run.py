@@ -13,14 +13,14 @@ import click
 
 from .. import operations
 from ..engine import Exporter
-from ..exceptions import UsageError
+from ..exceptions import UsageError, printable
 from ..export_request import EXPORT_TYPES, load_request
 from ..masking import mask_url
 from ..operations import check_limit, incremental_task, request_from_options
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
-from .render import ProgressBars, printable, render_run
+from .render import ProgressBars, render_run
 
 COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as an integer
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import db, tables, validate
 from ..config import read_select
-from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
+from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient, printable
 from ..ledger import Ledger, RangeQuery
 from ..options import Budget, RunOptions, TaskSummary
 from ..paths import check_template, render, template_fields
@@ -207,7 +207,7 @@ def key_values(task: Task, source_url: str, request: BlockRequest | None) -> lis
         raise ConfigError(f"{task.folder / 'task.toml'} keys_sql: {exc}; fix the query") from exc
     if request and request.key_value is not None:
         if request.key_value not in values:
-            known = ", ".join(values[:20]) or "none"
+            known = ", ".join(printable(v) for v in values[:20]) or "none"
             raise UsageError(
                 f"{task.key} {request.key_value!r} is not a key value of task {task.name}; known: {known}"
             )
@@ -434,7 +434,7 @@ def status(task: Task, ledger: Ledger) -> dict[str, Any]:
         "by_stage": counts,
         "failures": [
             {
-                "partition": " ".join(p for p in (f["key_value"], f["block"], f["stage"]) if p),
+                "partition": " ".join(p for p in (printable(f["key_value"]), f["block"], f["stage"]) if p),
                 "attempts": f["attempts"],
                 "error": f["error"],
             }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import records, secrets, tables, validate
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, printable
 from ..specs import Settings
 
 STAGE_TYPES = ("extract", "load", "publish")
@@ -81,7 +81,9 @@ def key_values(
     if isinstance(keys, dict):
         if "" in keys:
             raise ConfigError(f'{where} keys: [keys.""] names an empty key value; name it, e.g. [keys.lime]')
-        per_key = {str(k): resolve_values(v, settings, f"{where} keys.{k}") for k, v in keys.items()}
+        per_key = {
+            str(k): resolve_values(v, settings, f"{where} keys.{printable(k)}") for k, v in keys.items()
+        }
         return tuple(per_key), per_key
     raise ConfigError(
         f"{where} keys: use a list of key values, or a table per key ([keys.lime] then url = ...)"

@@ -23,6 +23,7 @@ from ..exceptions import (
     SourceUnavailable,
     TerminalError,
     is_transient,
+    printable,
 )
 from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
@@ -63,8 +64,9 @@ def read_spec(task: Task, stage: StageSpec) -> ReadSpec:
 
 
 def unit_key(claim: StageClaim) -> str:
-    """A (block, stage) in messages and summaries: ``lime 2020-01-01T01:00-06:00 extract``."""
-    return " ".join(p for p in (claim.key_value, claim.block.label, claim.stage) if p)
+    """A (block, stage) in messages and summaries: ``lime 2020-01-01T01:00-06:00 extract`` (the key
+    value as :func:`printable` shows it: a newline in it must not split an error line)."""
+    return " ".join(p for p in (printable(claim.key_value), claim.block.label, claim.stage) if p)
 
 
 def stage_block(task: Task, claim: StageClaim) -> StageBlock:
