@@ -281,15 +281,25 @@ def request_from_options(
     )
 
 
+# What a run's limit counts; the other kinds' runs do not count anything it could cap.
+LIMITED_KINDS = ("partitioned", "blocks")
+_UNLIMITED = {
+    "incremental": "an incremental run exports every entity's window; --entity/entities exports fewer",
+    "aggregate": "an aggregate run evaluates the due ticks",
+    "archive": "an archive run moves what its cutoff gives",
+    "ingest": "an ingest run reads what it is given",
+}
+
+
 def check_limit(tasks: Sequence[TaskBase], limit: int | None, *, named: bool) -> None:
-    """Refuse a run's ``limit`` for an incremental task (one it names, or every task of the run):
-    it counts partitions, and an incremental run exports each entity's window to the same end."""
-    incremental = [t.name for t in tasks if t.kind == "incremental"]
-    if limit is not None and incremental and (named or len(incremental) == len(tasks)):
+    """Refuse a run's ``limit`` for a task whose kind it does not apply to (a task the run names,
+    or every task of the run): it counts partitions and blocks, and those kinds have neither."""
+    other = [t for t in tasks if t.kind not in LIMITED_KINDS]
+    if limit is not None and other and (named or len(other) == len(tasks)):
+        task = other[0]
         raise UsageError(
-            f"--limit/limit {limit} does not apply to incremental task {incremental[0]!r}: it counts"
-            " partitions, and an incremental run exports every entity's window; leave it out"
-            " (--entity/entities exports fewer entities)"
+            f"--limit/limit {limit} does not apply to {task.kind} task {task.name!r}: it counts"
+            f" partitions and blocks, and {_UNLIMITED.get(task.kind, 'this kind has neither')}; leave it out"
         )
 
 

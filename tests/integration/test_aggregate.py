@@ -428,3 +428,19 @@ def test_a_select_returning_the_evaluation_column_names_the_setting_to_change(
     assert "with evaluation_column in task.toml" in proc.stderr
     failed = _evaluate(root, T)  # a run records the same sentence on the ledger
     assert failed.state == "failed" and "returns a column evaluation_time_utc" in str(failed.error)
+
+
+def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
+    """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
+    have without it. A run of every task, all of such kinds, is refused too."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    for args, kind, name in (
+        ([AGGREGATE], "aggregate", AGGREGATE),
+        (["measurements"], "ingest", "measurements"),
+        ([], "", ""),
+    ):
+        proc = cli(root, "run", *args, "--limit", "1")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"--limit/limit 1 does not apply to {kind} task {name!r}" in proc.stderr or not kind
+        assert "does not apply to" in proc.stderr and "leave it out" in proc.stderr
+    assert _evaluations(root) == []  # nothing ran
