@@ -100,8 +100,8 @@ def parse(
     if raw.get("id") in (None, "") and fallback_id:
         raw["id"] = fallback_id
     ident = None if raw.get("id") in (None, "") else clean(str(raw["id"]))
-    if isinstance(raw.get("id"), bool | float | dict | list):  # True was stored as the id "True"
-        shown = json.dumps(raw["id"])[:80]
+    if isinstance(raw.get("id"), bool | float | dict | list | _Literal):  # True was stored as the id "True"
+        shown = raw["id"] if isinstance(raw["id"], _Literal) else json.dumps(raw["id"])[:80]
         return Message(
             id=None, body=body, error=f"{where or 'a message'}: id {shown} is not a message id; give a"
             " string or an integer", receipt=receipt,

@@ -169,6 +169,7 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
             line("m1").replace('"value": 1.0', '"value": -Infinity'),
             "message m1: value -Infinity is not a number",
         ),
+        (line("m1").replace('"id": "m1"', '"id": 1e400'), "id 1e400 is not a message id"),  # not "1e400"
     ],
 )
 def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
