@@ -1197,6 +1197,36 @@ def test_a_run_out_of_time_leaves_no_window_to_redo_for_entities_it_did_not_reac
     assert rows["s2"]["watermark"] is None and rows["s2"]["pending_end"] is None, (out, err)
 
 
+def test_a_run_that_stalled_past_its_lease_writes_no_file_for_an_entity_taken_over(tmp_path: Path) -> None:
+    """Run A claims s1 and s2 (a batch each), and stalls while writing s1, past its lease. Run B
+    takes both over: it redoes s1's stored window and exports s2 to its own end. A resumed wrote
+    s2's window to its own end, another name: s2's row in two files (helper-44's probe). A now
+    checks that it still holds a claim once the window is stored, and leaves s2 alone."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning", lease="2s")
+    rec = Records(url)
+    for study in ("s1", "s2"):
+        rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("batch_size = 1\n")
+    stalled = _spawn(
+        root, "run", "--type", "instant", "--json", env={"SLUICEGATE_TESTING__FAULT": "mid_write"}
+    )
+    _wait_for(root / ".fault-mid_write", stalled)  # writing s1; s2 claimed, its window not stored
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # its lease runs out (the lease keeper is stopped too)
+        took_over = json.loads(cli(root, "run", "--type", "instant", "--json", check=True).stdout)[0]
+        assert took_over["failed"] == 0
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+        (root / ".fault-mid_write").unlink()
+    out, err = stalled.communicate(timeout=60)
+    assert stalled.returncode == 0, (out, err)
+    assert _payloads(tmp_path) == ["s1-a", "s2-a"], [p.name for p in files(tmp_path / "out")]  # each once
+    assert json.loads(out)[0]["lost"] >= 1  # s2 (and s1, whose commit B made), not exported by A
+
+
 def test_a_limit_for_an_incremental_run_is_refused_not_ignored(tmp_path: Path) -> None:
     """``run studies --limit 1`` exported every entity: the limit counts partitions, which an
     incremental task has none of, and it was dropped without a word. A run of every task of a

@@ -148,8 +148,8 @@ class Recorder:
 
         A window's file has its window in its name and the window is closed (the end is capped
         below the oldest open transaction), so two exporters of one window write the same rows:
-        the files are placed before the claims are checked. Re-exports move nothing.
-        """
+        the files are placed before the claims are checked (a window is written only once stored
+        pending under a claim still held, see _unit). Re-exports move nothing."""
         place(outcomes)
         out = []
         for outcome in outcomes:
@@ -383,17 +383,12 @@ def _fileless_unit(task: Task, window: Window) -> WorkUnit:
 
 
 def _unit(
-    task: Task,
-    window: Window,
-    pipeline: Pipeline,
-    destination: Any,
-    ledger: Ledger,
-    columns: Sequence[Column],
+    task: Task, window: Window, pipeline: Pipeline, destination: Any, ledger: Ledger, cols: Sequence[Column]
 ) -> WorkUnit | None:
     """The work unit of a window (its path checked); a window whose path is unusable fails here."""
     unit = _fileless_unit(task, window)
     try:
-        value = entity_value(task, window.value, columns)
+        value = entity_value(task, window.value, cols)
         path = watermarks.window_path(task, window)
         destination.check_path(path)
     except SluicegateError as exc:
@@ -401,6 +396,9 @@ def _unit(
         return None
     if window.claim is not None:  # remember the window, so a crashed export is redone the same
         ledger.watermarks.set_pending(window.claim, window.start, window.end, window.export_type)
+        if not ledger.watermarks.holds(window.claim):  # lost before: another run's now (see holds)
+            pipeline.summary.lost += 1
+            return None
     refuse = None
     if window.claim is not None and window.claim.path == path:  # the last file is an earlier window's
         refuse = (

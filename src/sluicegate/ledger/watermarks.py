@@ -106,6 +106,10 @@ class WatermarkStore(Store):
         )
         return bool(cur.rowcount == 1)
 
+    def holds(self, claim: WatermarkClaim) -> bool:
+        """Whether ``claim`` still holds its row (checked once its window is stored)."""
+        return bool(self._run("holds", id=claim.id, token=_token(claim.token)).fetchone()[0])
+
     def fail(
         self,
         task: str,

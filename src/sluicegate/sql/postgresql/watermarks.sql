@@ -26,6 +26,12 @@ RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending
 UPDATE {t}watermarks SET pending_start = %(start)s, pending_end = %(end)s, pending_type = %(type)s
 WHERE id = %(id)s AND claim_token = %(token)s;
 
+-- holds --
+-- Whether a claim still holds its row, its window stored (set_pending): a run that stalled past
+-- its lease may have lost the entity to another run before storing it, which then exported it
+-- to another end; that window must not be written.
+SELECT count(*) FROM {t}watermarks WHERE id = %(id)s AND claim_token = %(token)s;
+
 -- commit --
 -- path stays the last file's when a window wrote none: the driver refuses a later window that
 -- would overwrite it (a path template that names two windows alike).

@@ -20,6 +20,12 @@ RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attem
 UPDATE {t}watermarks SET pending_start = :start, pending_end = :end, pending_type = :type
 WHERE id = :id AND claim_token = :token;
 
+-- holds --
+-- Whether a claim still holds its row, its window stored (set_pending): a run that stalled past
+-- its lease may have lost the entity to another run before storing it, which then exported it
+-- to another end; that window must not be written.
+SELECT count(*) FROM {t}watermarks WHERE id = :id AND claim_token = :token;
+
 -- commit --
 -- path stays the last file's when a window wrote none: the driver refuses a later window that
 -- would overwrite it (a path template that names two windows alike).
