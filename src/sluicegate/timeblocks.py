@@ -220,21 +220,17 @@ def path_fields(*, task: str, stage: str, key: str | None, key_value: str, block
 def transition_days(zone: str, year: int = 2024) -> list[dt.date]:
     """The local days of ``year`` on which ``zone`` changes its UTC offset (DST starts and ends)."""
     tz = ZoneInfo(zone)
-
-    def offset(day: dt.date) -> dt.timedelta | None:
-        return dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset()
-
     days = []
     # A week whose ends have one offset is skipped whole (zones change twice in a month, as
     # Africa/Casablanca around Ramadan, but not twice in a week).
     end = dt.date(year + 1, 1, 1)
     firsts = sorted({min(dt.date(year, 1, 1) + dt.timedelta(weeks=w), end) for w in range(54)})
     for first, next_first in itertools.pairwise(firsts):
-        if offset(first) == offset(next_first):
+        if _offset(first, tz) == _offset(next_first, tz):
             continue
         day = first
         while day < next_first:
-            if offset(day) != offset(day + dt.timedelta(days=1)):
+            if _offset(day, tz) != _offset(day + dt.timedelta(days=1), tz):
                 days.append(day)
             day += dt.timedelta(days=1)
     return days
@@ -256,9 +252,13 @@ def _kinds_of_change(zone: str) -> tuple[dt.date, ...]:
     first: dict[tuple[dt.timedelta | None, dt.timedelta | None], dt.date] = {}
     for year in TRANSITION_YEARS:
         for day in transition_days(zone, year):
-            after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz).utcoffset()
-            first.setdefault((dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset(), after), day)
+            first.setdefault((_offset(day, tz), _offset(day + dt.timedelta(days=1), tz)), day)
     return tuple(first.values())
+
+
+def _offset(day: dt.date, tz: ZoneInfo) -> dt.timedelta | None:
+    """``tz``'s UTC offset at the start of local ``day``."""
+    return dt.datetime.combine(day, dt.time(), tzinfo=tz).utcoffset()
 
 
 def check_distinct_paths(render: Any, *, zone: str, grain: Grain, where: str) -> None:

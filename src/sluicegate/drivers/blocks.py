@@ -142,8 +142,7 @@ def _check_stages_apart(task: Task, where: str) -> None:
     for stage in task.stages:
         if stage.path is None:
             continue
-        fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
-        path = render(stage.path, fields | {"format": stage.format, "ext": stage.format})
+        path = _sample_path(task, stage, block)
         if path in owners:
             raise ConfigError(
                 f"{where} [{stage.name}] path: it names the same file as [{owners[path]}] path ({path!r});"
@@ -152,29 +151,32 @@ def _check_stages_apart(task: Task, where: str) -> None:
         owners[path] = stage.name
 
 
+def _sample_path(task: Task, stage: StageSpec, block: Block) -> str:
+    """The stage's path for ``block`` and a sample key value (what load-time checks compare)."""
+    fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
+    return render(stage.path or "", fields | {"format": stage.format, "ext": stage.format})
+
+
 def _check_path(task: Task, stage: StageSpec, where: str) -> None:
     """The stage's path template: known fields, the key, a block field, a distinct path per block."""
-    folder = task.folder
+    folder, setting = task.folder, f"{where} [{stage.name}] path"
     allowed = BLOCK_FIELDS | {"task", "stage", "format", "ext"} | ({task.key} if task.key else set())
     assert stage.path is not None
     check_template(
         stage.path, folder, allowed=allowed, required=[task.key] if task.key else [], what="block field",
-        where=f"{where} [{stage.name}] path", sharing="two key values",
+        where=setting, sharing="two key values",
     )  # fmt: skip
     if not template_fields(stage.path) & BLOCK_FIELDS:
         raise ConfigError(
-            f"{where} [{stage.name}] path: the template uses no block field ({{block}}, {{label}}, "
+            f"{setting}: the template uses no block field ({{block}}, {{label}}, "
             "{start} or {end}), so every block's file would share a name"
         )
-
-    def rendered(block: Block) -> str:
-        fields = path_fields(task=task.name, stage=stage.name, key=task.key, key_value="k", block=block)
-        return render(stage.path or "", fields | {"format": stage.format, "ext": stage.format})
-
     try:
-        check_distinct_paths(rendered, zone=task.zone, grain=task.grain, where=f"{where} [{stage.name}] path")
+        check_distinct_paths(
+            lambda b: _sample_path(task, stage, b), zone=task.zone, grain=task.grain, where=setting
+        )
     except BadPartitionValue as exc:  # absolute, or escapes the destination: refused before any run
-        raise ConfigError(f"{where} [{stage.name}] path: {exc}") from None
+        raise ConfigError(f"{setting}: {exc}") from None
 
 
 def chosen_stages(task: Task, request: BlockRequest | None) -> list[StageSpec]:
@@ -354,9 +356,8 @@ def timeless_rows(task: Task, source: Source) -> list[str]:
     extract = task.stages[0]
     assert extract.time is not None
     t = f"q.{source.dialect.quote(extract.time)}"
-    odd = (
-        f"julianday({t}) IS NULL" if source.dialect is db.SQLITE else f"NOT isfinite({t})"
-    )  # no MariaDB source
+    # blocks read SQLite and PostgreSQL sources only
+    odd = f"julianday({t}) IS NULL" if source.dialect is db.SQLITE else f"NOT isfinite({t})"
     select = task.select_sql.rstrip().rstrip(";")
     try:
         nulls, others, example = source.execute(
