@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import posixpath
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from .masking import mask_url
 from .partitions import zone_of
 
 if TYPE_CHECKING:
+    from .destinations import Destination
     from .drivers.incremental import Task as TaskSpec
 
 UTC = dt.UTC
@@ -77,17 +79,33 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     MariaDB/MySQL: the start of the oldest open InnoDB transaction of another session connected
     to the source's database (``information_schema.innodb_trx``, server-wide, joined to the
     process list for the database; needs the ``PROCESS`` privilege; shown in the session's UTC,
-    in whole seconds, which only makes the cap earlier). SQLite: a reason
-    when a write transaction is open right now.
+    in whole seconds, which only makes the cap earlier; a prepared XA transaction whose session
+    ended counts too, whatever its database). SQLite: a reason
+    when a write transaction is open right now; PostgreSQL: one when a prepared transaction is.
     """
     if source.dialect is db.MARIADB:
+        # A prepared XA transaction whose session ended has thread id 0 and no database to
+        # match: it counts whatever its database (an earlier cap, never a lost row).
         rows = source.execute(
             "SELECT min(t.trx_started) FROM information_schema.innodb_trx AS t "
-            "JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
-            "WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()"
+            "LEFT JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
+            "WHERE (p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID())"
+            " OR t.trx_mysql_thread_id = 0"
         )
         return rows[0][0], None
     if source.dialect is db.POSTGRESQL:
+        # A prepared transaction (two-phase commit) has left pg_stat_activity, and its start is
+        # nowhere: its rows may be stamped any time before it was prepared, so exports wait.
+        prepared = source.execute(
+            "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()"
+            " ORDER BY prepared LIMIT 1"
+        )
+        if prepared:
+            gid, at = prepared[0]
+            return None, (
+                f"prepared transaction {gid!r} (prepared {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) is open on"
+                f" the source; held back until COMMIT PREPARED or ROLLBACK PREPARED ends it"
+            )
         rows = source.execute(
             "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND application_name <> %s "
@@ -356,6 +374,46 @@ def render_window_path(
         "task": task.name,
     }
     return paths.render(task.path, named, checked=(task.entity,))
+
+
+def _names_window_exactly(task: TaskSpec, window: Window, path: str) -> bool:
+    """True when no window of the entity a second longer or shorter, at either end, has ``path``."""
+    second = dt.timedelta(seconds=1)
+    for start, end in (
+        (window.start - second, window.end),
+        (window.start + second, window.end),
+        (window.start, window.end - second),
+        (window.start, window.end + second),
+    ):
+        if render_window_path(task, window.entity, window.export_type, start, end) == path:
+            return False
+    return True
+
+
+def refuse_overwrites(
+    task: TaskSpec, windows: list[Window], destination_for: Callable[[str | None], Destination]
+) -> None:
+    """Refuse a re-export whose file is published already when the path does not name windows
+    by their start and end: that file may be a longer window's, whose rows the re-export would drop."""
+    for window in windows:
+        if window.claim is not None:  # a regular window: the claim's own checks apply
+            continue
+        try:
+            path = window_path(task, window)
+            if _names_window_exactly(task, window, path):
+                continue
+            destination = destination_for(window.destination)
+            listed = destination.list_files(posixpath.dirname(path))
+            published = path in {p.removeprefix("./") for p in listed}
+        except SluicegateError:  # a path or a destination that fails: recorded on the window itself
+            continue
+        if published:
+            raise UsageError(
+                f"re-exporting {window.entity} [{window.start.isoformat()}, {window.end.isoformat()}) would"
+                f" overwrite {destination.display(path)}, which another window may have written (path in"
+                f" {task.folder / 'task.toml'} does not name each window's start and end); re-export to"
+                " another folder with --destination, or add {end:%Y%m%dT%H%M%SZ} to path"
+            )
 
 
 def redrive_windows(

@@ -207,6 +207,26 @@ def test_a_window_that_would_overwrite_an_earlier_windows_file_fails(url: str, t
     assert _marks(root) == {"s1": T + dt.timedelta(minutes=90)}  # c is still ahead of it
 
 
+def test_a_reexport_that_would_overwrite_a_longer_windows_file_is_refused(url: str, tmp_path: Path) -> None:
+    """With windows named by their start only, re-exporting the first day of a four-day window
+    replaced that window's file with one day's rows: three days were in no file, the watermark
+    past them. Such a re-export is now refused before any work; to another folder it runs."""
+    root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}.{ext}")
+    rec = Records(url)
+    for days in range(1, 5):
+        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
+    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
+    assert _run(root, export_type="daily", end=T).rows == 4  # one file for [T - 4 days, T)
+    day = {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+    refused = _run(root, export_type="daily", ignore_watermark=True, **day)
+    assert refused.config_error and (refused.exported, refused.rows) == (0, 0)  # exit 2
+    assert "would overwrite" in refused.task_errors[0] and "s1/20240506T000000Z.csv" in refused.task_errors[0]
+    assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+    elsewhere = _run(root, export_type="daily", destination=str(tmp_path / "elsewhere"), **day)
+    assert (elsewhere.rows, elsewhere.failed) == (1, 0)
+    assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+
+
 # 3 and 4: --ignore-watermark and the override destination never touch watermarks
 def test_reexport_and_override_leave_watermarks(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
@@ -519,6 +539,59 @@ def test_a_sluicegate_writers_open_transaction_caps_the_window_too(pg_url: str, 
     assert _payloads(tmp_path) == ["early"]
     writer.conn.execute("COMMIT")
     writer.close()
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
+@pytest.mark.pg
+def test_a_prepared_transaction_holds_exports_back(pg_url: str, tmp_path: Path) -> None:
+    """A prepared transaction (two-phase commit) is in no session, so the late-commit cap did
+    not see it: an export passed its row, stamped at the transaction's start, and once it was
+    committed the row was behind the watermark, in no file. Exports now wait for it."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    writer = psycopg.connect(pg_url)
+    writer.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'late')")
+    writer.execute("PREPARE TRANSACTION 'sg-test'")
+    writer.close()  # the transaction outlives its session
+    try:
+        time.sleep(0.3)
+        during = _run(root, export_type="instant", entities=("s1",))
+        assert _payloads(tmp_path) == [] and _marks(root).get("s1") is None
+        assert "prepared transaction 'sg-test'" in during.entities[0]["note"]
+        rec.conn.execute("COMMIT PREPARED 'sg-test'")
+    finally:  # a database with a prepared transaction cannot be dropped
+        if rec.conn.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = 'sg-test'").fetchone():
+            rec.conn.execute("ROLLBACK PREPARED 'sg-test'")
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["early", "late"]
+
+
+@pytest.mark.mariadb
+def test_a_prepared_xa_transaction_caps_the_window(mariadb_url: str, tmp_path: Path) -> None:
+    """A prepared XA transaction whose session ended has no process list row, so the join
+    that ties transactions to the source's database dropped it and the cap did not apply: its
+    row, stamped inside it, fell behind the watermark once committed."""
+    root = _project(tmp_path, mariadb_url, bootstrap="beginning")
+    rec = Records(mariadb_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    time.sleep(1.1)  # innodb_trx has whole seconds: begin after the first row's second
+    writer = mariadb_conn.connect(mariadb_url)
+    for statement in ("XA START 'sg-test'", "INSERT INTO records (study_id, payload) VALUES ('s1', 'late')"):
+        writer.execute(statement)
+    writer.execute("XA END 'sg-test'")
+    writer.execute("XA PREPARE 'sg-test'")
+    writer.close()  # the prepared transaction outlives its session
+    try:
+        time.sleep(0.3)
+        _run(root, export_type="instant", entities=("s1",))
+        assert _payloads(tmp_path) == ["early"]
+        rec.conn.execute("XA COMMIT 'sg-test'")
+    finally:  # never leave it prepared: it holds its locks
+        if rec.conn.execute("XA RECOVER").fetchall():
+            rec.conn.execute("XA ROLLBACK 'sg-test'")
+    time.sleep(0.3)  # innodb_trx is a cache, refreshed at most every 0.1 s
     _run(root, export_type="instant", entities=("s1",))
     assert _payloads(tmp_path) == ["early", "late"]
 

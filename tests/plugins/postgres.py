@@ -47,6 +47,7 @@ PG_SETTINGS = {
     "full_page_writes": "off",
     "synchronous_commit": "off",
     "max_connections": "200",
+    "max_prepared_transactions": "10",  # a test holds one open (two-phase commit)
     "password_encryption": "scram-sha-256",
     "log_connections": "on",
 }

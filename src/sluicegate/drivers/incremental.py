@@ -247,6 +247,8 @@ class Driver:
                 lease=settings.lease,
                 claim=claim,
             )
+        if not options.redrive:  # a re-export that could drop a longer window's rows: exit 2, as planned
+            watermarks.refuse_overwrites(task, windows, ctx.destination_for)
         summary.entities += notes
         for note in notes if claim else ():
             if "error" in note:  # an entity that cannot be exported at all: a failure of this run
