@@ -119,6 +119,19 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
+def require_source_file(url: str) -> None:
+    """Refuse a SQLite source whose file is missing: opened, a typo'd path would be a new,
+    empty database, where every select fails (or exports nothing) and the ledger is made."""
+    if dialect_of(url) is not SQLITE:
+        return
+    path = sqlite_path(url)
+    if not path.exists():
+        raise ConfigError(
+            f"SQLite database {path} does not exist; check [source] url in sluicegate.toml"
+            " (a relative path is read from the project folder)"
+        )
+
+
 # PostgreSQL sessions are named, so that the incremental tasks' late-commit cap
 # (watermarks.commit_horizon) can leave out sluicegate's own readers and ledger, whose open
 # transactions add no rows to the source, and must count its writers (ingest, table sinks,

@@ -33,6 +33,8 @@ REQUEST_FIELDS = (
     "tag",
 )
 
+EMPTY_DESTINATION = "the destination is empty; give a folder, file:// or s3:// URL, or leave it out"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExportRequest:
@@ -53,6 +55,8 @@ class ExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, in_range(value, f"the window's {name}"))
+        if self.destination is not None and not self.destination.strip():  # else a regular export ran
+            raise UsageError(EMPTY_DESTINATION)
         folder = local_folder(self.destination) if self.destination else None
         if folder is not None:
             # A folder, absolute as the local destination resolves it: the ledger records a

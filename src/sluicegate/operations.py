@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture, capture_triggers, db, validate
 from .destinations import open_destination
-from .drivers import kind_module
+from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, DataError, SluicegateError, UsageError
 from .ledger import Ledger, open_ledger
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 def ledger_of(project: Project) -> Iterator[Ledger]:
     """The project's ledger, its tables created or upgraded, closed after the block."""
     s = project.settings
+    require_source(project, ledger=True)  # a ledger in the source would make a typo'd path's file
     ledger = open_ledger(s.ledger_url, s.ledger_schema)
     try:
         yield ledger
@@ -47,6 +48,7 @@ def check_project(project: Project) -> list[str]:
     s = project.settings
     toml = s.root / "sluicegate.toml"
     try:
+        require_source(project)
         source = open_source(s.source_url)
     except SluicegateError as exc:
         return [*problems, f"[source] url {mask_url(s.source_url)}: {exc}"]
@@ -253,9 +255,10 @@ def request_from_options(
     """Build an incremental export request from run options (None when none were given)."""
     from .export_request import ExportRequest
 
-    if not (export_type or ignore_watermark or time_min or time_max or entities or destination or tag):
+    sent = destination is not None  # "" too: ExportRequest refuses it (it was a regular export)
+    if not (export_type or ignore_watermark or time_min or time_max or entities or sent or tag):
         return None
-    if (time_min or time_max) and not (ignore_watermark or destination):
+    if (time_min or time_max) and not (ignore_watermark or sent):
         raise UsageError(
             "--time-min/time_min and --time-max/time_max re-export a window: also give"
             " --ignore-watermark/ignore_watermark (or a destination)"

@@ -113,7 +113,9 @@ def test_a_capture_column_typo_on_sqlite_fails_check_and_install(tmp_path: Path)
         for command in ("check", "install"):
             result = cli(root, command)
             assert result.returncode == 2, (command, result.stdout, result.stderr)
-            assert f"[capture] {field}:" in result.stderr and "is not a column of measurements" in result.stderr
+            assert (
+                f"[capture] {field}:" in result.stderr and "is not a column of measurements" in result.stderr
+            )
             assert "Traceback" not in result.stderr
         db.insert(1, hours(dt.datetime(2024, month, 1, tzinfo=UTC), 1))  # the application still writes
     toml.write_text(good.replace('table = "measurements"', 'table = "measurement"'))
@@ -141,7 +143,10 @@ def test_a_schema_qualified_capture_table_on_sqlite_is_checked_installed_and_cap
     toml.write_text(toml.read_text().replace('table = "main.measurements"', 'table = "aux.measurements"'))
     for command in ("check", "install"):
         result = cli(root, command)
-        assert result.returncode == 2 and "[capture] table: 'aux.measurements' is in schema 'aux'" in result.stderr
+        assert (
+            result.returncode == 2
+            and "[capture] table: 'aux.measurements' is in schema 'aux'" in result.stderr
+        )
 
 
 def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: Path) -> None:
@@ -154,9 +159,13 @@ def test_a_scan_key_typo_on_sqlite_marks_no_partition_named_after_it(tmp_path: P
     db.location(1, "UTC")
     db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
     toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(toml.read_text().replace('{ location_id = "location_id" }', '{ location_id = "locationid" }'))
+    toml.write_text(
+        toml.read_text().replace('{ location_id = "location_id" }', '{ location_id = "locationid" }')
+    )
     result = cli(root, "run")
-    assert result.returncode == 2 and "[capture] keys.location_id: 'locationid'" in result.stdout + result.stderr
+    assert (
+        result.returncode == 2 and "[capture] keys.location_id: 'locationid'" in result.stdout + result.stderr
+    )
     assert "Traceback" not in result.stderr and not files(tmp_path / "out")
     assert not [p for p in operations.status(load(root), ["openaq"]) if p.get("pending")]
 
@@ -172,6 +181,22 @@ def test_a_sqlite_url_with_two_slashes_is_refused_not_opened_at_the_root(tmp_pat
         result = cli(root, command)
         assert result.returncode == 2 and "a SQLite URL has three slashes" in result.stderr, result.stderr
     assert not (Path("/") / name).exists()
+
+
+def test_a_typod_sqlite_source_path_is_refused_not_created(tmp_path: Path) -> None:
+    """A typo in [source] url made a new, empty database (the ledger's tables in it), and the
+    run blamed each task's select.sql for the missing table."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    settings = root / "sluicegate.toml"
+    settings.write_text(
+        settings.read_text().replace(f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'S.db'}")
+    )
+    for command in ("run", "check", "status"):
+        result = cli(root, command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert f"SQLite database {tmp_path / 'S.db'} does not exist" in result.stdout + result.stderr
+        assert "select.sql" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "S.db").exists() and files(tmp_path / "out") == []
 
 
 def test_status_and_tasks_exit_2_when_a_task_folder_is_broken(tmp_path: Path) -> None:
@@ -198,7 +223,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     for day in ("9999-12-31", "0001-01-01"):
         far = cli(root, "mark", "openaq", "location_id=1", f"day={day}")
         assert far.returncode == 2 and "Traceback" not in far.stderr, far.stderr
-        assert f"day='{day}' is outside the periods sluicegate can export (0001-01-03 to 9999-12-29)" in far.stderr
+        assert (
+            f"day='{day}' is outside the periods sluicegate can export (0001-01-03 to 9999-12-29)"
+            in far.stderr
+        )
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
 
@@ -256,8 +284,12 @@ def test_init_creates_a_project_that_check_understands(tmp_path: Path) -> None:
     folder = tmp_path / "new"
     cli(tmp_path, "init", str(folder), check=True)
     assert (folder / "sluicegate.toml").exists() and (folder / "tasks/openaq/select.sql").exists()
-    result = cli(folder, "check")
-    assert result.returncode == 2 and "select.sql: the query failed" in result.stderr  # no tables yet
+    result = cli(folder, "check")  # no database yet: check says where it looked
+    assert (
+        result.returncode == 2
+        and f"SQLite database {folder / 'measurements.db'} does not exist" in result.stderr
+    )
+    assert not (folder / "measurements.db").exists()
     assert cli(tmp_path, "init", str(folder)).returncode == 2
 
 
@@ -281,7 +313,10 @@ def test_workers_must_be_a_whole_number_or_auto(tmp_path: Path) -> None:
     (root / "sluicegate.toml").write_text(toml.format('"many"'))
     proc = cli(root, "status")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "[defaults] workers: 'many' is not a whole number; use one (exporters per run), or \"auto\"" in proc.stderr
+    assert (
+        "[defaults] workers: 'many' is not a whole number; use one (exporters per run), or \"auto\""
+        in proc.stderr
+    )
     (root / "sluicegate.toml").write_text(toml.format(0))
     proc = cli(root, "status")
     assert proc.returncode == 2 and "[defaults] workers: 0 is too small; use at least 1" in proc.stderr
@@ -304,7 +339,9 @@ def test_dry_run_keeps_to_its_limit_and_does_not_count_waiting_days(tmp_path: Pa
     today = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     db.insert(1, [today])
     plan = cli(root, "run", "--dry-run", check=True)
-    assert "openaq: 4 partition(s) would be exported; 1 more wait until their period is complete" in plan.stdout
+    assert (
+        "openaq: 4 partition(s) would be exported; 1 more wait until their period is complete" in plan.stdout
+    )
     limited = cli(root, "run", "--dry-run", "--limit", "2", "--json", check=True)
     [summary] = json.loads(limited.stdout)
     assert len(summary["plan"]) == 2 and not any(e["waiting"] for e in summary["plan"])

@@ -135,6 +135,7 @@ def test_backfill_counts_a_local_day_across_two_weeks_of_rows_once(tmp_path: Pat
 def test_a_task_level_failure_is_on_the_ledger_until_a_run_succeeds(tmp_path: Path) -> None:
     root = tmp_path / "p"
     cli(tmp_path, "init", str(root), check=True)
+    sqlite3.connect(root / "measurements.db").close()  # a database without the task's table
     check = cli(root, "check")
     run = cli(root, "run")
     assert check.returncode == run.returncode == 2, (check.stderr, run.stderr)
@@ -354,7 +355,8 @@ def _incremental_task(root: Path) -> None:
 
 def test_public_metrics_and_the_task_error_metric(tmp_path: Path) -> None:
     root = tmp_path / "p"
-    cli(tmp_path, "init", str(root), check=True)  # no database yet: the task's query fails
+    cli(tmp_path, "init", str(root), check=True)
+    sqlite3.connect(root / "measurements.db").close()  # no table yet: the task's query fails
     with (root / "sluicegate.toml").open("a") as fh:
         fh.write("\n[service]\npublic_metrics = true\n")
     assert cli(root, "run").returncode == 2

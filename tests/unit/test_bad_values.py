@@ -4,6 +4,7 @@ where the value came from, exit 2 for configuration and usage, never a traceback
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ WIDE = str(10**23)
 
 
 def _project(tmp_path: Path) -> Path:
+    sqlite3.connect(tmp_path / "s.db").close()  # an empty source: sluicegate never makes one
     return write_project(
         tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o"), zone="UTC"
     )
@@ -33,7 +35,11 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> st
         # An OverflowError traceback from SQLite, at the first claim.
         ("SLUICEGATE_DEFAULTS__BATCH_SIZE", WIDE, f"batch_size: {WIDE} is too large; use at most 2147483647"),
         # Every claim expired before its commit: a healthy run parked every partition.
-        ("SLUICEGATE_DEFAULTS__LEASE", "0s", "lease: '0s' is too short to renew a claim in; use at least '1s'"),
+        (
+            "SLUICEGATE_DEFAULTS__LEASE",
+            "0s",
+            "lease: '0s' is too short to renew a claim in; use at least '1s'",
+        ),
         ("SLUICEGATE_DEFAULTS__LEASE", "0.5", "lease: '0.5' is too short"),
         # logging.BASIC_FORMAT is an attribute of logging, not a level: a TypeError traceback.
         ("LOG_LEVEL", "BASIC_FORMAT", "log_level: 'BASIC_FORMAT' is not valid; use one of DEBUG, INFO"),
@@ -55,8 +61,12 @@ def test_log_levels_are_taken_in_any_case_with_pythons_aliases(tmp_path: Path) -
 
 
 def test_secret_encrypt_refuses_stdin_that_is_not_utf8(tmp_path: Path) -> None:
-    key = subprocess.run([SLUICEGATE, "secret", "key"], capture_output=True, text=True, check=True).stdout.strip()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")} | {"SLUICEGATE_FERNET_KEY": key}
+    key = subprocess.run(
+        [SLUICEGATE, "secret", "key"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")} | {
+        "SLUICEGATE_FERNET_KEY": key
+    }
     proc = subprocess.run(
         [SLUICEGATE, "secret", "encrypt", "-"], input=b"\xff\xfe", capture_output=True, env=env, timeout=60
     )
@@ -64,7 +74,11 @@ def test_secret_encrypt_refuses_stdin_that_is_not_utf8(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "standard input is not UTF-8 text" in err
     good = subprocess.run(
-        [SLUICEGATE, "secret", "encrypt", "-"], input="h\u00e9llo\n".encode(), capture_output=True, env=env, timeout=60
+        [SLUICEGATE, "secret", "encrypt", "-"],
+        input="h\u00e9llo\n".encode(),
+        capture_output=True,
+        env=env,
+        timeout=60,
     )
     token = good.stdout.decode().strip()
     back = subprocess.run([SLUICEGATE, "secret", "decrypt", token], capture_output=True, env=env, timeout=60)

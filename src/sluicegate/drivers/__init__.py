@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
+from .. import db
 from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
 from ..exceptions import DestinationUnavailable, SluicegateError, UsageError
@@ -54,6 +55,18 @@ def kind_module(kind: str) -> ModuleType:
     if kind not in KINDS:
         raise KeyError(kind)
     return importlib.import_module(f"{__name__}.{kind}")
+
+
+def require_source(project: Project, *, ledger: bool = False) -> None:
+    """Refuse a missing SQLite source file when the project's tasks read the source and none
+    writes it (ingest, blocks loads): then a typo'd path, opened, is a new, empty database, and
+    every select blamed its own SQL for the missing table. ``ledger``: only when the ledger is
+    in the source (opening it is what would make the file)."""
+    kinds = {t.kind for t in project.tasks.values()}
+    if ledger and not project.settings.shared_database:
+        return
+    if kinds - {"blocks", "ingest"} and not kinds & {"blocks", "ingest"}:
+        db.require_source_file(project.settings.source_url)
 
 
 @dataclass(kw_only=True)
@@ -79,6 +92,7 @@ class Context:
     def open(cls, project: Project) -> Context:
         """Connect to the ledger (creating its tables), the source and the destination."""
         s = project.settings
+        require_source(project)  # before a ledger in the source makes its file
         ledger = open_ledger(s.ledger_url, s.ledger_schema)
         opened: list[Any] = [ledger]
         try:
