@@ -147,23 +147,34 @@ def not_recorded(task: str, entity: str) -> str:
     )
 
 
-def unreadable_cursors(task: TaskSpec, source: Any) -> list[str]:
-    """SQLite: rows whose cursor is set but julianday() cannot read (ISO 8601's basic form
-    20260101T000000Z, an offset +0100, an integer): they are in no window, and no run says so."""
-    cursor = db.SQLITE.quote(task.cursor)
+def unreadable_cursors(task: TaskSpec, source: Any, *, first: bool = False) -> list[str]:
+    """SQLite: rows whose cursor is set but is no time julianday() reads as such: text it cannot
+    read (ISO 8601's basic form 20260101T000000Z, an offset +0100), or an integer (or text with
+    no date in it), which it reads as a Julian day number, not Unix time. They are in no window
+    the writer meant, and no run says so. A REAL is a Julian day, as SQLite documents.
+
+    ``first``: judge the first row with a cursor only (a run's cheap probe, before it claims).
+    """
+    cursor = f"q.{db.SQLITE.quote(task.cursor)}"
+    rows = f"FROM ({task.select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL"
+    number = f"typeof({cursor}) = 'integer' OR (typeof({cursor}) = 'text' AND {cursor} NOT LIKE '%-%')"
+    bad = f"(julianday({cursor}) IS NULL OR {number})"
+    query = (
+        f"SELECT {bad}, {cursor} {rows} LIMIT 1"
+        if first
+        else f"SELECT count(*), min({cursor}) {rows} AND {bad}"
+    )
     try:
-        count, example = source.execute(
-            f"SELECT count(*), min(q.{cursor}) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q"
-            f" WHERE q.{cursor} IS NOT NULL AND julianday(q.{cursor}) IS NULL"
-        )[0]
+        count, example = (source.execute(query) or [(0, None)])[0]
     except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
         return []
     if not count:
         return []
     return [
-        f"{task.folder / 'select.sql'}: {count:,} row(s) have a {task.cursor} SQLite cannot read as a time"
-        f" (such as {example!r}), so they are in no window and never exported; write them as"
-        " YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in select.sql"
+        f"{task.folder / 'select.sql'}: {'the first' if first else f'{count:,}'} row(s) have a {task.cursor}"
+        f" SQLite cannot read as a time (such as {example!r}), so they are in no window and never exported;"
+        " write them as YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in"
+        " select.sql (Unix seconds: datetime(col, 'unixepoch'))"
     ]
 
 

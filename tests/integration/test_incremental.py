@@ -349,6 +349,10 @@ def test_a_reexport_to_a_destination_that_is_down_is_recorded_and_a_bad_url_exit
     assert row["failed_mode"] == "reexport" and row["failed_destination"] == "ftp://bob:pw@127.0.0.1:1/x"
     bad = cli(root, "run", "--destination", "nosuch://bucket/x", *window)
     assert bad.returncode == 2 and "Protocol not known: nosuch" in bad.stdout + bad.stderr
+    empty = cli(root, "run", "--destination", "", *window)  # was a regular export, to the project's folder
+    assert (
+        empty.returncode == 2 and "the destination is empty" in empty.stderr and not files(tmp_path / "out")
+    )
 
 
 def test_a_dry_run_lists_every_entity_though_one_cannot_be_in_a_path(tmp_path: Path) -> None:
@@ -743,6 +747,25 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
     )
 
 
+def test_an_integer_sqlite_cursor_is_refused_not_read_as_julian_days(tmp_path: Path) -> None:
+    """SQLite's julianday() reads an integer as a Julian day number: 2460437 is 2024-05-01,
+    Unix seconds are no day at all. Either way the rows' windows were not what the writer
+    meant, `check` passed them, and a run exported nothing, exit 0. Both refuse now."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT").replace("uploaded_on TEXT", "uploaded_on INTEGER"),
+        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', 2460437), ('s1', '2024-05-01T00:00:00Z')",
+    )
+    checked = cli(root, "check")
+    assert checked.returncode == 2 and "1 row(s) have a uploaded_on SQLite cannot read" in checked.stderr
+    assert "datetime(col, 'unixepoch')" in checked.stderr
+    run = cli(root, "run")
+    assert run.returncode == 2 and "the first row(s) have a uploaded_on SQLite cannot read" in run.stderr
+    assert files(tmp_path / "out") == [] and operations.watermarks(load(root), "studies") == []
+
+
 def test_an_entity_with_a_nul_fails_each_run_and_the_others_are_exported(tmp_path: Path) -> None:
     """An entity holding a NUL was never claimed (the ledger's JSON list ended it at the NUL):
     every run said another export held it, exit 0, and its rows were never exported."""
@@ -971,6 +994,15 @@ def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) ->
     result = cli(root, "check")
     assert result.returncode == 2
     assert "cursor: column 'uploaded_on' is text, not a time" in result.stdout + result.stderr
+    # A run said the same per entity, in the driver's words, exit 1; it now refuses before any claim.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'x')")
+    run = cli(root, "run")
+    assert run.returncode == 2 and "cursor: column 'uploaded_on' is text, not a time" in run.stderr, run
+    assert "operator does not exist" not in run.stdout + run.stderr
+    assert all(
+        w["attempts"] == 0 and w["claim_token"] is None for w in operations.watermarks(load(root), "studies")
+    )
 
 
 def test_a_bootstrap_that_cannot_be_windowed_is_a_config_error(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import db, validate, watermarks
+from .. import validate, watermarks
 from ..exceptions import (
     BadPartitionValue,
     ConfigError,
@@ -33,12 +33,15 @@ from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import in_range
 from ..pipeline import Pipeline
-from ..sources import Column, ReadSpec, Slice, Source
+from ..sources import Column, ReadSpec, Slice
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
 from ..work import Deadline, Outcome, Place, WorkUnit
 from . import Context, Progress
+from .incremental_check import check, cursor_problems, missing_columns
+
+__all__ = ["Driver", "Task", "check", "describe", "load", "status"]
 
 LEDGER_STORES = ("watermarks", "runs")  # the ledger stores a run uses (sluicegate grants)
 REDO = "redo: a failed or interrupted window, to its own file; the run then goes on to its end"
@@ -215,13 +218,15 @@ class Driver:
 
     def _select_fits(self, task: Task) -> None:
         """Before any claim: select.sql runs and returns the entity, cursor, order_by and primary_key
-        columns (a misspelt column failed a window per entity and counted attempts, exit 1)."""
+        columns, its cursor a time (a misspelt column failed a window per entity, exit 1)."""
         try:  # described once per context: the export reuses it
             described = self.context.columns(task, read_spec(task))
         except DataError as exc:  # the query itself fails: its SQL, not the data (an outage is transient)
             raise ConfigError(f"{task.folder / 'select.sql'}: {exc}") from None
-        if missing := missing_columns(task, {c.name for c in described}):
-            raise ConfigError("; ".join(missing))
+        if problems := missing_columns(task, {c.name for c in described}) + cursor_problems(
+            task, described, self.context.source, probe=True
+        ):
+            raise ConfigError("; ".join(problems))
 
     def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
@@ -434,40 +439,6 @@ def entity_value(task: Task, value: Any, columns: Sequence[Column]) -> Any:
             f"{str(number) if number is not None else '42'!r}"
         )
     return number
-
-
-CURSOR_KINDS = ("timestamptz", "timestamp", "date")
-
-
-def check(task: Task, source: Source) -> list[str]:
-    """Problems of an incremental task against the live source."""
-    toml = task.folder / "task.toml"
-    try:
-        described = source.describe(read_spec(task))
-    except SluicegateError as exc:
-        return [str(exc)]
-    columns = {c.name: c for c in described}
-    problems = missing_columns(task, set(columns))
-    cursor = columns.get(task.cursor)
-    if cursor is not None and cursor.kind not in CURSOR_KINDS:
-        problems.append(
-            f"{toml} cursor: column {task.cursor!r} is {cursor.kind}, not a time; windows compare it "
-            "with times, so cast it in select.sql (to timestamptz on PostgreSQL, for example)"
-        )
-    if cursor is not None and source.dialect is db.SQLITE:
-        problems += watermarks.unreadable_cursors(task, source)
-    return problems
-
-
-def missing_columns(task: Task, names: set[str]) -> list[str]:
-    """The entity, cursor, order_by and primary_key columns the select does not return (``names``)."""
-    wanted = [("entity", task.entity), ("cursor", task.cursor)]
-    wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
-    return [
-        f"{task.folder / 'task.toml'} {field}: {name!r} is not a column of select.sql's result"
-        for field, name in wanted
-        if name not in names
-    ]
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""Incremental tasks against the live source: what ``check`` reports, and what a run refuses
+before it claims anything (exit 2) rather than failing every entity's window (exit 1)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import db, watermarks
+from ..exceptions import SluicegateError
+from ..sources import Column, Source
+
+if TYPE_CHECKING:
+    from .incremental import Task
+
+CURSOR_KINDS = ("timestamptz", "timestamp", "date")
+
+
+def check(task: Task, source: Source) -> list[str]:
+    """Problems of an incremental task against the live source."""
+    from .incremental import read_spec
+
+    try:
+        described = source.describe(read_spec(task))
+    except SluicegateError as exc:
+        return [str(exc)]
+    problems = missing_columns(task, {c.name for c in described})
+    problems += cursor_problems(task, described, source)
+    if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
+        problems += watermarks.unreadable_cursors(task, source)
+    return problems
+
+
+def missing_columns(task: Task, names: set[str]) -> list[str]:
+    """The entity, cursor, order_by and primary_key columns the select does not return (``names``)."""
+    wanted = [("entity", task.entity), ("cursor", task.cursor)]
+    wanted += [("order_by", c) for c in task.order_by] + [("primary_key", c) for c in task.primary_key]
+    return [
+        f"{task.folder / 'task.toml'} {field}: {name!r} is not a column of select.sql's result"
+        for field, name in wanted
+        if name not in names
+    ]
+
+
+def cursor_problems(task: Task, described: list[Column], source: Source, *, probe: bool = False) -> list[str]:
+    """A cursor that is not a time: windows compare it with times, so every window fails (or,
+    on SQLite, an integer is read as a Julian day number and no window holds its row).
+
+    ``probe``: on SQLite, look at the first row's cursor (``check`` counts every row instead).
+    """
+    toml = task.folder / "task.toml"
+    cursor = next((c for c in described if c.name == task.cursor), None)
+    if cursor is None:
+        return []
+    if cursor.kind not in CURSOR_KINDS:  # SQLite reports every cursor as timestamptz
+        return [
+            f"{toml} cursor: column {task.cursor!r} is {cursor.kind}, not a time; windows compare it "
+            "with times, so cast it in select.sql (to timestamptz on PostgreSQL, for example)"
+        ]
+    if not probe or source.dialect is not db.SQLITE:
+        return []
+    return watermarks.unreadable_cursors(task, source, first=True)
