@@ -151,7 +151,22 @@ def window_of(period: dt.date | dt.datetime, time: TimeSpec, zone: str) -> tuple
         return start.astimezone(UTC), end.astimezone(UTC)
     assert isinstance(period, dt.datetime)
     start_utc = period.astimezone(UTC)
-    return start_utc, start_utc + dt.timedelta(hours=1)
+    return start_utc, _next_hour(start_utc, tz)
+
+
+def _next_hour(start: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The UTC start of the local hour after the one starting at ``start``.
+
+    Usually an hour later; but where the clocks move by half an hour (Australia/Lord_Howe), a
+    fall-back hour lasts 90 minutes and a spring-forward one 30 (or the next hour starts at
+    :30 local): windows taken as one UTC hour left rows in no file and put others in two.
+    """
+    for hours in (1, 2):
+        local = (start + dt.timedelta(hours=hours)).astimezone(tz)
+        following = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        if following > start:
+            return following
+    return start + dt.timedelta(hours=1)  # no zone moves its clocks back by an hour or more twice
 
 
 def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:

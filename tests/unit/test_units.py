@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import gzip
 import io
+import itertools
 import subprocess
 import sys
 import time
@@ -79,6 +80,22 @@ def test_hour_grain_keeps_both_fall_back_hours_apart() -> None:
     second = period_of(dt.datetime(2024, 10, 27, 1, 30, tzinfo=UTC), spec, "Europe/Brussels")
     assert str(first) == "2024-10-27 02:00:00+02:00" and str(second) == "2024-10-27 02:00:00+01:00"
     assert window_of(first, spec, "Europe/Brussels")[1] == window_of(second, spec, "Europe/Brussels")[0]
+
+
+@pytest.mark.parametrize("start", ["2024-04-06T10:00", "2024-10-05T10:00"])  # Lord Howe: back, forward
+def test_hour_windows_tile_where_the_clocks_move_by_half_an_hour(start: str) -> None:
+    # Australia/Lord_Howe moves its clocks by 30 minutes: its hours around a change are 90 or
+    # 30 minutes long. Every instant lies in the window of its own hour, and in no other.
+    zone = "Australia/Lord_Howe"
+    spec = TimeSpec(column="t", grain="hour", name="hour", zone=zone)
+    first = dt.datetime.fromisoformat(start).replace(tzinfo=UTC)
+    instants = [first + dt.timedelta(minutes=5 * n) for n in range(12 * 12)]
+    windows = {window_of(period_of(t, spec, zone), spec, zone) for t in instants}
+    ordered = sorted(windows)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ordered))  # no gap, no overlap
+    for t in instants:
+        start_utc, end_utc = window_of(period_of(t, spec, zone), spec, zone)
+        assert start_utc <= t < end_utc
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a\x00b", "a\nb", ""])
