@@ -885,11 +885,12 @@ def test_a_time_no_file_can_hold_fails_its_partition_by_name_on_every_path(
 def test_a_time_in_year_10000_locally_is_refused_in_csv_and_kept_in_parquet(
     tmp_path: Path, pg_url: str
 ) -> None:
-    """CSV holds local time: 9999-12-31 23:00 UTC is in year 10000 at +14:00 and cannot be
-    written; Parquet holds the instant, which is fine."""
+    """CSV and JSON lines hold local time: 9999-12-31 23:00 UTC is in year 10000 at +14:00 and
+    cannot be written (JSON lines failed with a bare "OverflowError: date value out of range",
+    naming no column); Parquet holds the instant, which is fine."""
     _one_row_per_key(pg_url, range(1, 2), "DateStyle = 'ISO, MDY'")
     select = "SELECT k, t, '9999-12-31 23:00+00'::timestamptz AS until FROM m"
-    for fmt, failed in (("csv", 1), ("parquet", 0)):
+    for fmt, failed in (("csv", 1), ("parquet", 0), ("jsonl", 1)):
         root = _project(tmp_path / fmt, pg_url, select, fmt, zone="Pacific/Kiritimati")
         project = load(root)
         operations.mark(project, "typed", {"k": "1", "day": "2024-11-03"})

@@ -87,19 +87,22 @@ class JsonlWriter:
     def _converter(self, col: Column) -> Callable[[Any], Any]:
         """What a row value of ``col`` becomes before JSON encoding (SQLite holds text and integers)."""
         if col.kind == "timestamptz":
-            return lambda v: self._time(col, v) if isinstance(v, str) else _finite(v)
+            return lambda v: self._time(col, v) if isinstance(v, str | dt.datetime) else _finite(v)
         if col.kind == "bool":
             return lambda v: bool(v) if isinstance(v, int) else _finite(v)
         if col.kind == "binary":
             return lambda v: v.encode() if isinstance(v, str) else _finite(v)
         return _finite
 
-    def _time(self, col: Column, text: str) -> dt.datetime:
-        value = parse_time(text)
+    def _time(self, col: Column, text: str | dt.datetime) -> dt.datetime:
+        """A time in the unit's zone: SQLite's text, or a driver's datetime (naive: as it is)."""
+        value = parse_time(text) if isinstance(text, str) else text
         try:
-            return value.astimezone(self.zone) if self.zone is not None else value
-        except OverflowError:  # its local time is in year 10000 (or 0)
-            raise DataError(times.message(col.name, repr(text))) from None
+            return value.astimezone(self.zone) if self.zone is not None and value.tzinfo else value
+        except OverflowError:  # its local time is in year 10000 (or 0): was a bare OverflowError
+            raise DataError(
+                times.message(col.name, repr(text) if isinstance(text, str) else "a time")
+            ) from None
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, dt.datetime):
