@@ -30,6 +30,7 @@ from .partitions import (
     canonical_key,
     coerce_value,
     exportable,
+    hour_of,
     make_partition,
     parse_period,
     plain_key,
@@ -193,13 +194,15 @@ def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str)
     instant, previous = first, None
     while instant <= last:
         local = instant.astimezone(zone)
-        period: Any = local.date() if grain == "day" else local.replace(minute=0, second=0, microsecond=0)
-        # Aware times of one zone compare by wall clock: the offset tells a fall-back night's 01:00s apart.
-        if (period, local.utcoffset()) != previous:
+        period: Any = local.date() if grain == "day" else hour_of(instant, zone)
+        # An hour by its instant: aware times of one zone compare by wall clock (a fall-back
+        # night has two 01:00s), and an hour around a change may span two offsets (Chatham).
+        seen = period if grain == "day" else period.astimezone(UTC)
+        if seen != previous:
             yield period
         if instant == last:  # one bin (every change on SQLite and MariaDB, and from scans): done
             return
-        previous = (period, local.utcoffset())
+        previous = seen
         if grain == "day":
             following = dt.datetime.combine(period + ONE_DAY, dt.time(), tzinfo=zone).astimezone(UTC)
         else:  # hours are stepped over a bin at a time: some zones' hours begin at :15, :30 or :45 UTC

@@ -138,7 +138,7 @@ def period_of(instant: dt.datetime, time: TimeSpec, zone: str) -> dt.date | dt.d
     local = instant.astimezone(zone_of(zone))
     if time.grain == "day":
         return local.date()
-    return local.replace(minute=0, second=0, microsecond=0)
+    return hour_of(instant, zone_of(zone))
 
 
 def window_of(period: dt.date | dt.datetime, time: TimeSpec, zone: str) -> tuple[dt.datetime, dt.datetime]:
@@ -154,19 +154,53 @@ def window_of(period: dt.date | dt.datetime, time: TimeSpec, zone: str) -> tuple
     return start_utc, _next_hour(start_utc, tz)
 
 
-def _next_hour(start: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    """The UTC start of the local hour after the one starting at ``start``.
+QUARTER = dt.timedelta(minutes=15)  # every zone's offset since 1980 is a whole number of quarter hours
+_HOUR = dt.timedelta(hours=1)
 
-    Usually an hour later; but where the clocks move by half an hour (Australia/Lord_Howe), a
-    fall-back hour lasts 90 minutes and a spring-forward one 30 (or the next hour starts at
-    :30 local): windows taken as one UTC hour left rows in no file and put others in two.
+
+def _whole_hour(instant: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
+    """``instant`` as local time when the zone's clock reads a whole hour then."""
+    local = instant.astimezone(tz)
+    return local if local.minute == local.second == local.microsecond == 0 else None
+
+
+def hour_of(instant: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The local hour ``instant`` is in: the last instant at or before it at which the zone's
+    clock read a whole hour, as local time (its offset tells a fall-back night's hours apart).
+
+    Usually the local time with minutes cut off. Where the clocks move by 30 or 45 minutes
+    (Australia/Lord_Howe, Pacific/Chatham) an hour around the change lasts 30 to 105 minutes, and
+    cutting the minutes off gave an hour whose window did not hold ``instant``: rows in no file.
     """
-    for hours in (1, 2):
-        local = (start + dt.timedelta(hours=hours)).astimezone(tz)
-        following = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-        if following > start:
-            return following
-    return start + dt.timedelta(hours=1)  # no zone moves its clocks back by an hour or more twice
+    local = instant.astimezone(tz)
+    cut = local.replace(minute=0, second=0, microsecond=0)
+    try:
+        if (instant - 2 * _HOUR).astimezone(tz).utcoffset() == local.utcoffset():
+            return cut  # no clock change in the last two hours
+        utc = instant.astimezone(UTC)
+        step = utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+        for _ in range(12):
+            if (found := _whole_hour(step, tz)) is not None:
+                return found
+            step -= QUARTER
+    except OverflowError:  # at the ends of Python's years
+        pass
+    return cut  # an offset of local mean time, off the quarter hours
+
+
+def _next_hour(start: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The UTC start of the local hour after the one starting at ``start`` (see :func:`hour_of`)."""
+    try:
+        if (start + _HOUR).astimezone(tz).utcoffset() == start.astimezone(tz).utcoffset():
+            return start + _HOUR
+        step = start + QUARTER
+        for _ in range(12):
+            if _whole_hour(step, tz) is not None:
+                return step
+            step += QUARTER
+    except OverflowError:
+        pass
+    return start + _HOUR
 
 
 def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
@@ -182,7 +216,10 @@ def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone_of(zone))
-    return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
+    try:
+        return hour_of(value.astimezone(UTC), zone_of(zone))  # the hour that holds it (see hour_of)
+    except OverflowError:  # outside Python's years in UTC: exportable() says so
+        return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
 
 
 def exportable(period: dt.date | dt.datetime, time: TimeSpec) -> dt.date | dt.datetime:

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from zlib_ng import gzip_ng, zlib_ng
 
+from sluicegate import capture
 from sluicegate.config import TimeSpec, load_settings, mask_url, parse_duration
 from sluicegate.exceptions import BadPartitionValue, ConfigError
 from sluicegate.formats import deflate
 from sluicegate.formats.deflate import BLOCK, GzipWriter
-from sluicegate.partitions import period_of, window_of
+from sluicegate.partitions import parse_period, period_of, window_of, zone_of
 from sluicegate.paths import safe_relative_path
 
 UTC = dt.UTC
@@ -82,20 +83,37 @@ def test_hour_grain_keeps_both_fall_back_hours_apart() -> None:
     assert window_of(first, spec, "Europe/Brussels")[1] == window_of(second, spec, "Europe/Brussels")[0]
 
 
-@pytest.mark.parametrize("start", ["2024-04-06T10:00", "2024-10-05T10:00"])  # Lord Howe: back, forward
-def test_hour_windows_tile_where_the_clocks_move_by_half_an_hour(start: str) -> None:
-    # Australia/Lord_Howe moves its clocks by 30 minutes: its hours around a change are 90 or
-    # 30 minutes long. Every instant lies in the window of its own hour, and in no other.
-    zone = "Australia/Lord_Howe"
+@pytest.mark.parametrize(
+    ("zone", "start"),
+    [
+        ("Australia/Lord_Howe", "2024-04-06T10:00"),  # back by 30 minutes
+        ("Australia/Lord_Howe", "2024-10-05T10:00"),  # forward by 30 minutes
+        ("Pacific/Chatham", "2024-04-06T08:00"),  # back by an hour, at 03:45 local
+        ("Pacific/Chatham", "2024-09-28T08:00"),  # forward by an hour, at 02:45 local
+        ("America/New_York", "2024-11-03T00:00"),
+    ],
+)
+def test_hour_windows_tile_where_the_clocks_move_off_the_hour(zone: str, start: str) -> None:
+    """Lord Howe moves its clocks by 30 minutes, Chatham at :45: hours around a change last 30
+    to 105 minutes. Cutting the minutes off a local time gave some instants an hour whose window
+    did not hold them (rows in no file) and some windows overlapping (rows in two). Every
+    instant now lies in its own hour's window, the hour a restored ledger key and a capture
+    give it too, and the windows tile."""
     spec = TimeSpec(column="t", grain="hour", name="hour", zone=zone)
     first = dt.datetime.fromisoformat(start).replace(tzinfo=UTC)
     instants = [first + dt.timedelta(minutes=5 * n) for n in range(12 * 12)]
     windows = {window_of(period_of(t, spec, zone), spec, zone) for t in instants}
-    ordered = sorted(windows)
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(ordered))  # no gap, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(sorted(windows)))  # no gap, no overlap
     for t in instants:
-        start_utc, end_utc = window_of(period_of(t, spec, zone), spec, zone)
+        hour = period_of(t, spec, zone)
+        start_utc, end_utc = window_of(hour, spec, zone)
         assert start_utc <= t < end_utc
+        restored = parse_period(hour.isoformat(), spec, zone)  # as the ledger stores it
+        assert restored.astimezone(UTC) == hour.astimezone(UTC)  # type: ignore[union-attr]
+    captured = list(capture._periods(instants[0], instants[-1], zone_of(zone), "hour"))
+    assert [h.astimezone(UTC) for h in captured] == sorted(
+        {period_of(t, spec, zone).astimezone(UTC) for t in instants}
+    )
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a\x00b", "a\nb", ""])
@@ -328,7 +346,8 @@ def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path
         url = f"sqlite:///{tmp_path}/fresh{attempt}.db"
         start = str(time.time() + 1.0)
         procs = [
-            subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE) for _ in range(4)
+            subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE)
+            for _ in range(4)
         ]
         errors = [p.communicate(timeout=60)[1].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
