@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -255,6 +256,30 @@ def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) 
     assert sorted(r["name"] for r in rows) == sorted(f"base{b}-v{v}" for b in range(3) for v in range(3))
     assert agency.count() == 3 and summary.archive[0]["deleted"] == 9
     assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
+def test_a_sqlite_boundary_is_bound_in_utc(tmp_path: Path, zone: str) -> None:
+    """On SQLite the boundary was bound as Python's default adapter wrote it, in the task's
+    zone with a space (2026-12-06 00:00:00+09:00): compared as text with UTC times, a Tokyo
+    boundary archived and deleted the rows of the hours after it, and a Los Angeles one held
+    back those before it. It is bound as UTC text now (...T15:00:00.000000Z)."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    with (root / "tasks" / "agency" / "task.toml").open("a") as fh:
+        fh.write(f'zone = "{zone}"\n')
+    local = dt.datetime.now(ZoneInfo(zone))
+    boundary = dt.datetime.combine(local.date(), dt.time(), tzinfo=ZoneInfo(zone))
+    agency = Agency(url)
+    for hours, name in [(-1, "before"), (1, "after")]:  # each row superseded by a later version
+        agency.version(1 if hours < 0 else 2, boundary + dt.timedelta(hours=hours), name)
+        agency.version(
+            1 if hours < 0 else 2, boundary + dt.timedelta(hours=hours, minutes=1), f"{name}-latest"
+        )
+    [summary] = engine.run(load(root))
+    assert summary.failed == 0, summary.errors
+    assert [r["name"] for p in files(tmp_path / "out") for r in _rows(p)] == ["before"]
+    assert agency.count() == 3
 
 
 def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> None:
@@ -711,7 +736,9 @@ def test_a_parquet_archive_of_a_mixed_column_gives_advice_an_archive_task_can_fo
     t0 = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     agency.version(1, t0, "text")
     agency.version(1, t0 + dt.timedelta(hours=1), "newer")
-    agency.conn.execute("INSERT INTO agency (base_id, updated_at, name) VALUES (2, '2020-01-01T00:00:00Z', 5)")
+    agency.conn.execute(
+        "INSERT INTO agency (base_id, updated_at, name) VALUES (2, '2020-01-01T00:00:00Z', 5)"
+    )
     agency.version(2, t0 + dt.timedelta(hours=1), "newer")
     root = _project(tmp_path, url)
     task = root / "tasks" / "agency"

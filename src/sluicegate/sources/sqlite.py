@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -131,6 +132,22 @@ class SqliteSource:
             yield _Snapshot(cur, self.url)
 
 
+def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
+    """Aware times as UTC ISO 8601 text with microseconds (2026-12-06T00:00:00.000000Z).
+
+    Python's default adapter bound them in their own offset with a space (2026-12-06
+    00:00:00+09:00), so a text comparison with times stored in UTC put a Tokyo boundary's
+    rows of the morning before it: archived and deleted a day early. The form compares as
+    text with UTC times stored as ...Z, to the microsecond, and julianday() reads it.
+    """
+    return {
+        name: value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if isinstance(value, dt.datetime) and value.tzinfo is not None
+        else value
+        for name, value in params.items()
+    }
+
+
 class _Snapshot:
     """A read-then-change transaction on SQLite (archive tasks)."""
 
@@ -143,7 +160,7 @@ class _Snapshot:
     ) -> tuple[list[Column], Mode, Iterator[Any]]:
         """Run ``query``; rows of values as SQLite stores them (kind "other": written as they are)."""
         with db.wrap_errors(self.url):
-            self.cursor.execute(bind_named(query), params)
+            self.cursor.execute(bind_named(query), _utc_text(params))
         columns = [Column(name=d[0], kind="other") for d in self.cursor.description]
         return columns, "rows", self._chunks()
 
@@ -155,5 +172,5 @@ class _Snapshot:
     def execute(self, statement: str, params: dict[str, Any]) -> int:
         """Run ``statement``; return the rows it changed."""
         with db.wrap_errors(self.url):
-            self.cursor.execute(bind_named(statement), params)
+            self.cursor.execute(bind_named(statement), _utc_text(params))
             return int(self.cursor.rowcount)
