@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -190,3 +190,48 @@ def load_request(text: str) -> ExportRequest:
     except json.JSONDecodeError as exc:
         raise UsageError(f"the request is not valid JSON: {exc}") from None
     return parse_request(data)
+
+
+def time_range(time_min: dt.datetime | None, time_max: dt.datetime | None) -> None:
+    """Refuse a time range that holds nothing (it used to mark, re-queue or export nothing, exit 0)."""
+    if time_min and time_max and time_min >= time_max:
+        raise UsageError(
+            f"--time-min/time_min {time_min.isoformat()} must be before --time-max/time_max"
+            f" {time_max.isoformat()}"
+        )
+
+
+def request_from_options(
+    *,
+    export_type: str | None,
+    ignore_watermark: bool,
+    time_min: dt.datetime | None,
+    time_max: dt.datetime | None,
+    entities: Sequence[str],
+    destination: str | None,
+    tag: str | None,
+) -> ExportRequest | None:
+    """Build an incremental export request from run options (None when none were given)."""
+    sent = destination is not None  # "" too: ExportRequest refuses it (it was a regular export)
+    if not (export_type or ignore_watermark or time_min or time_max or entities or sent or tag):
+        return None
+    if (time_min or time_max) and not (ignore_watermark or sent):
+        raise UsageError(
+            "--time-min/time_min and --time-max/time_max re-export a window: also give"
+            " --ignore-watermark/ignore_watermark (or a destination)"
+        )
+    if ignore_watermark and not (time_min and time_max):
+        raise UsageError(
+            "--ignore-watermark/ignore_watermark needs --time-min/time_min and --time-max/time_max:"
+            " the window to re-export"
+        )
+    time_range(time_min, time_max)
+    return ExportRequest(
+        export_type=export_type,
+        start=time_min,
+        end=time_max,
+        ignore_watermark=ignore_watermark,
+        entities=tuple(entities),
+        tag=tag,
+        destination=destination,
+    )

@@ -16,6 +16,7 @@ from .destinations import open_destination
 from .drivers import partitioned
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, SluicegateError, UsageError
+from .export_request import time_range
 from .ledger import Ledger
 from .operations import ledger_of, partitioned_task
 from .sources import open_source
@@ -102,6 +103,7 @@ def backfill(
     task = partitioned_task(project, task_name)
     if (time_min or time_max) and task.time is None:
         raise UsageError(f"task {task.name!r} has no time key; --time-min and --time-max do not apply")
+    time_range(time_min, time_max)
     source = open_source(project.settings.source_url)
     try:
         if problems := partitioned.check(task, source):  # a misspelt column: exit 2, naming it

@@ -17,6 +17,7 @@ from .destinations import open_destination
 from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, DataError, SluicegateError, UsageError
+from .export_request import time_range
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
 from .partitions import coerce_value
@@ -25,7 +26,6 @@ from .specs import Project, TaskBase
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as IncrementalTask
-    from .export_request import ExportRequest
     from .ingest import IngestSummary
     from .timeblocks import BlockRequest
 
@@ -176,6 +176,7 @@ def reexport(
     task = partitioned_task(project, task_name)
     if (time_min or time_max) and task.time is None:
         raise UsageError(f"task {task.name!r} has no time key; time_min and time_max do not apply")
+    time_range(time_min, time_max)
     wanted = {k: str(coerce_value(v)) for k, v in assignments.items()}
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
@@ -240,48 +241,6 @@ def incremental_task(project: Project, name: str | None) -> IncrementalTask:
         names = ", ".join(t.name for t in found) or "none"
         raise UsageError(f"name the incremental task; the project has: {names}")
     return found[0]
-
-
-def request_from_options(
-    *,
-    export_type: str | None,
-    ignore_watermark: bool,
-    time_min: dt.datetime | None,
-    time_max: dt.datetime | None,
-    entities: Sequence[str],
-    destination: str | None,
-    tag: str | None,
-) -> ExportRequest | None:
-    """Build an incremental export request from run options (None when none were given)."""
-    from .export_request import ExportRequest
-
-    sent = destination is not None  # "" too: ExportRequest refuses it (it was a regular export)
-    if not (export_type or ignore_watermark or time_min or time_max or entities or sent or tag):
-        return None
-    if (time_min or time_max) and not (ignore_watermark or sent):
-        raise UsageError(
-            "--time-min/time_min and --time-max/time_max re-export a window: also give"
-            " --ignore-watermark/ignore_watermark (or a destination)"
-        )
-    if ignore_watermark and not (time_min and time_max):
-        raise UsageError(
-            "--ignore-watermark/ignore_watermark needs --time-min/time_min and --time-max/time_max:"
-            " the window to re-export"
-        )
-    if time_min and time_max and time_min >= time_max:
-        raise UsageError(
-            f"--time-min/time_min {time_min.isoformat()} must be before --time-max/time_max"
-            f" {time_max.isoformat()}"
-        )
-    return ExportRequest(
-        export_type=export_type,
-        start=time_min,
-        end=time_max,
-        ignore_watermark=ignore_watermark,
-        entities=tuple(entities),
-        tag=tag,
-        destination=destination,
-    )
 
 
 # What a run's limit counts; the other kinds' runs do not count anything it could cap.
@@ -376,6 +335,24 @@ def delete_watermark(project: Project, task_name: str, entity: str) -> bool:
     task = incremental_task(project, task_name)
     with ledger_of(project) as ledger:
         return ledger.watermarks.delete(task.name, entity)
+
+
+def forget_reexport(project: Project, task_name: str, entity: str) -> dict[str, Any]:
+    """Drop ``entity``'s owed failed re-export (one no retry can finish, such as one to a
+    destination that is gone); its watermark stays. Return the row as it was."""
+    from .watermarks import Window
+
+    task = incremental_task(project, task_name)
+    with ledger_of(project) as ledger:
+        row = next((w for w in ledger.watermarks.entities(task.name) if w["entity"] == entity), None)
+        if row is None or row["failed_mode"] != "reexport":
+            raise UsageError(f"entity {entity!r} of task {task.name!r} owes no failed re-export to forget")
+        window = Window(
+            entity=entity, value=entity, start=row["failed_start"], end=row["failed_end"], claim=None,
+            export_type=row["failed_type"], mode="reexport", destination=row["failed_destination"],
+        )  # fmt: skip
+        ledger.watermarks.clear_reexport(task.name, window)
+    return row
 
 
 def ingest(

@@ -304,6 +304,7 @@ def _owed_reexport(task: TaskSpec, row: Mapping[str, Any], window: Window) -> bo
         f"entity {window.entity!r} still owes a failed {row['failed_type']} re-export of"
         f" [{row['failed_start'].isoformat()}, {row['failed_end'].isoformat()}) to {where}; run"
         f" `sluicegate redrive {task.name}`, or retry it with `{retry}`, before another re-export of it"
+        f" (or drop it: `sluicegate watermark forget {task.name} {window.entity}`)"
     )
 
 

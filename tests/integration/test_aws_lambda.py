@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import sqlite3
 import textwrap
 import time
 import uuid
@@ -358,6 +359,7 @@ def test_sqs_fifo_batch_stops_at_the_first_failure(
     (root / "tasks" / "studies" / "select.sql").write_text(
         "SELECT 's1' AS study_id, '2024-05-09T01:00:00Z' AS uploaded_on"
     )
+    sqlite3.connect(tmp_path / "source.db").close()  # a select of constants, in an existing database
     monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
     good = json.dumps({"exportType": "DAILY", "endDateTime": T.isoformat()})
     event = sqs_event(good, "{}", good, queue="exports.fifo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def test_one_statement_over_days_and_zones_marks_exactly_the_local_days_of_its_r
 ) -> None:
     from zoneinfo import ZoneInfo
 
-    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), boundary=boundary)
+    root = write_project(
+        tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), boundary=boundary
+    )
     db = Db(backend)
     operations.install(load(root))
     rows, want, runs = [], set(), set()
@@ -118,7 +121,9 @@ def test_one_statement_over_days_and_zones_marks_exactly_the_local_days_of_its_r
             want.add(f'[{location},"{owner.astimezone(ZoneInfo(zone)).date().isoformat()}"]')
             runs.add((location, owner.date()))
     values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
-    insert = f"INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at) VALUES {values}"
+    insert = (
+        f"INSERT INTO measurements (location_id, sensor_id, datetime, value, ingested_at) VALUES {values}"
+    )
     db.conn.execute(insert.replace("%s", "?") if db.sqlite else insert, [v for row in rows for v in row])
     if db.sqlite:
         db.conn.commit()
@@ -144,7 +149,9 @@ def test_a_source_inbox_of_version_10_is_upgraded_by_the_first_run_with_the_ledg
     with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{ledger_url.rsplit("/", 1)[1]}"')
     try:
-        root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), ledger=ledger_url)
+        root = write_project(
+            tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), ledger=ledger_url
+        )
         db = Db(pg_url)
         operations.install(load(root))
         db.location(1, "UTC")
@@ -152,7 +159,9 @@ def test_a_source_inbox_of_version_10_is_upgraded_by_the_first_run_with_the_ledg
         # The source's inbox as release 10 left it: no change_runs, its change as one bin in changes.
         db.conn.execute("DROP TABLE sluicegate.change_runs")
         db.conn.execute("UPDATE sluicegate.meta SET value = '10' WHERE key = 'schema_version'")
-        db.conn.execute("INSERT INTO sluicegate.changes (task, keys, bin) VALUES ('openaq', '[1]', %s)", (DAY,))
+        db.conn.execute(
+            "INSERT INTO sluicegate.changes (task, keys, bin) VALUES ('openaq', '[1]', %s)", (DAY,)
+        )
         proc = cli(root, "run")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         [exported] = [p for p in files(tmp_path / "out") if p.name.startswith("location-1-")]
@@ -235,7 +244,8 @@ def test_a_row_at_a_time_no_partition_can_have_does_not_stop_the_others(
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    "backend",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
     indirect=True,
 )
 def test_two_installs_at_once_both_succeed(backend: str, tmp_path: Path) -> None:
@@ -264,7 +274,9 @@ def test_two_installs_at_once_both_succeed(backend: str, tmp_path: Path) -> None
 
 @pytest.mark.pg
 @pytest.mark.parametrize("zone", ["UTC", None])
-def test_a_row_with_a_null_key_is_set_aside_and_stops_nothing(pg_url: str, tmp_path: Path, zone: str | None) -> None:
+def test_a_row_with_a_null_key_is_set_aside_and_stops_nothing(
+    pg_url: str, tmp_path: Path, zone: str | None
+) -> None:
     """A row whose capture key is NULL: with a fixed zone its change became partition
     [null, day], which the batch query (``q.k = p.k0``) never reads, and the ledger recorded it
     exported with no file and no word; with ``zone_sql`` the fold stopped the whole task, every
@@ -315,7 +327,8 @@ def test_a_second_project_with_the_same_task_name_does_not_take_the_first_ones_t
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    "backend",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
     indirect=True,
 )
 def test_check_names_the_missing_triggers_of_a_task_whose_name_prefixes_another(
@@ -340,7 +353,8 @@ def test_check_names_the_missing_triggers_of_a_task_whose_name_prefixes_another(
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    "backend",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
     indirect=True,
 )
 def test_the_longest_task_name_allowed_gets_three_working_triggers_and_a_longer_one_is_refused(
@@ -357,7 +371,9 @@ def test_the_longest_task_name_allowed_gets_three_working_triggers_and_a_longer_
     source = open_source(backend)
     try:
         found = capture_triggers.installed_triggers(
-            project.tasks[longest], source, project.settings.ledger_schema  # type: ignore[arg-type]
+            project.tasks[longest],
+            source,
+            project.settings.ledger_schema,  # type: ignore[arg-type]
         )
     finally:
         source.close()
@@ -370,13 +386,18 @@ def test_the_longest_task_name_allowed_gets_three_working_triggers_and_a_longer_
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    "backend",
+    ["sqlite", pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)],
     indirect=True,
 )
-def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(backend: str, tmp_path: Path) -> None:
+def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(
+    backend: str, tmp_path: Path
+) -> None:
     """A worker of an older release wrote its own schema version over a newer ledger's (`!=`),
     then ran on tables it did not know."""
     root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    if backend.startswith("sqlite"):  # the source database is there: status creates the ledger in it
+        sqlite3.connect(db.sqlite_path(backend)).close()
     assert cli(root, "status").returncode == 0  # creates the ledger
     newer = "mariadb-3" if backend.startswith("mariadb") else "12"
     with Ledger(backend) as ledger:
@@ -408,7 +429,9 @@ def test_a_location_whose_zone_changes_has_its_days_cut_in_the_new_zone(backend:
     db.location(1, "Asia/Kolkata")  # UTC+05:30
     db.location(2, "America/Chicago")  # UTC-05:00 in May
     db.insert(1, [DAY + dt.timedelta(hours=10)], value=1.0)  # Kolkata 2024-05-01
-    db.insert(2, [DAY + dt.timedelta(hours=12), DAY + dt.timedelta(hours=20)], value=2.0)  # Chicago 2024-05-01
+    db.insert(
+        2, [DAY + dt.timedelta(hours=12), DAY + dt.timedelta(hours=20)], value=2.0
+    )  # Chicago 2024-05-01
     assert cli(root, "run").returncode == 0
     db.conn.execute("UPDATE locations SET timezone = 'America/Chicago' WHERE location_id = 1")
     db.conn.execute("UPDATE locations SET timezone = 'Asia/Kolkata' WHERE location_id = 2")
@@ -444,13 +467,18 @@ def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_p
     ran = cli(root, "run")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
-    assert "a change to location_id=99 (" in ran.stderr and "returned no zone for location_id=99" in ran.stderr
+    assert (
+        "a change to location_id=99 (" in ran.stderr and "returned no zone for location_id=99" in ran.stderr
+    )
     assert "'Mars/Olympus' is not an IANA zone name" in ran.stderr, ran.stderr
     hint = "run 'sluicegate backfill openaq --time-min 2024-04-30 --time-max 2024-05-03'"
     assert hint in ran.stderr, ran.stderr
     db.location(99, "UTC")
     db.conn.execute("UPDATE locations SET timezone = 'Europe/Paris' WHERE location_id = 2")
-    assert cli(root, "backfill", "openaq", "--time-min", "2024-04-30", "--time-max", "2024-05-03").returncode == 0
+    assert (
+        cli(root, "backfill", "openaq", "--time-min", "2024-04-30", "--time-max", "2024-05-03").returncode
+        == 0
+    )
     assert cli(root, "run").returncode == 0
     assert [p.name for p in files(tmp_path / "out")] == [
         "location-1-20240501.csv", "location-2-20240501.csv", "location-99-20240501.csv",
@@ -468,12 +496,16 @@ def _partitioned_project(pg_url: str, tmp_path: Path) -> tuple[Path, Db]:
         "CREATE TABLE pmeas (location_id int NOT NULL, datetime timestamptz NOT NULL, value float8)"
         " PARTITION BY RANGE (datetime)"
     )
-    db.conn.execute("CREATE TABLE pmeas_2024_05 PARTITION OF pmeas FOR VALUES FROM ('2024-05-01') TO ('2024-06-01')")
+    db.conn.execute(
+        "CREATE TABLE pmeas_2024_05 PARTITION OF pmeas FOR VALUES FROM ('2024-05-01') TO ('2024-06-01')"
+    )
     return root, db
 
 
 @pytest.mark.pg
-def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg_url: str, tmp_path: Path) -> None:
+def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(
+    pg_url: str, tmp_path: Path
+) -> None:
     """The capture table is declaratively partitioned. Statement triggers fire only on the
     table a statement names, so an INSERT into a partition (`pmeas_2024_05`) was never
     captured, and `install` and `check` said all was well. Row triggers on the partitioned
@@ -481,11 +513,15 @@ def test_writes_straight_into_a_partition_of_a_partitioned_table_are_captured(pg
     root, db = _partitioned_project(pg_url, tmp_path)
     ran = cli(root, "install")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    db.conn.execute("CREATE TABLE pmeas_2024_06 PARTITION OF pmeas FOR VALUES FROM ('2024-06-01') TO ('2024-07-01')")
+    db.conn.execute(
+        "CREATE TABLE pmeas_2024_06 PARTITION OF pmeas FOR VALUES FROM ('2024-06-01') TO ('2024-07-01')"
+    )
     db.conn.execute("INSERT INTO pmeas VALUES (1, '2024-05-01 01:00Z', 1), (4, '2024-05-03 01:00Z', 1)")
     db.conn.execute("INSERT INTO pmeas_2024_05 VALUES (2, '2024-05-02 01:00Z', 1)")
     db.conn.execute("INSERT INTO pmeas_2024_06 VALUES (3, '2024-06-01 01:00Z', 1)")
-    db.conn.execute("UPDATE pmeas SET datetime = '2024-06-05 01:00Z' WHERE location_id = 1")  # moves partition
+    db.conn.execute(
+        "UPDATE pmeas SET datetime = '2024-06-05 01:00Z' WHERE location_id = 1"
+    )  # moves partition
     db.conn.execute("DELETE FROM pmeas_2024_05 WHERE location_id = 4")
     assert sorted(_absorbed(root)) == [
         '[1,"2024-05-01"]', '[1,"2024-06-05"]', '[2,"2024-05-02"]', '[3,"2024-06-01"]', '[4,"2024-05-03"]',
@@ -631,7 +667,10 @@ def test_numeric_keys_are_exact_and_backfill_takes_them(pg_url: str, tmp_path: P
     assert cli(root, "mark", "openaq", "k=1.50", "day=2024-05-01").returncode == 0
     assert sorted(r[0] for r in db.rows("SELECT pkey FROM sluicegate.partitions")) == pkeys
     refused = cli(root, "mark", "openaq", "k=0.1000000000000000001", "day=2024-05-01")
-    assert refused.returncode == 2 and "k=0.1000000000000000001 has more digits than a float holds" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "k=0.1000000000000000001 has more digits than a float holds" in refused.stderr
+    )
     db.close()
 
 
@@ -646,7 +685,9 @@ def test_a_failing_zone_query_keeps_the_changes_in_the_inbox(backend: str, tmp_p
     db.insert(1, [DAY + dt.timedelta(hours=1)])
     toml = root / "tasks" / "openaq" / "task.toml"
     good = toml.read_text()
-    toml.write_text(good.replace("SELECT location_id, timezone FROM locations", "SELECT location_id, tz FROM locations"))
+    toml.write_text(
+        good.replace("SELECT location_id, timezone FROM locations", "SELECT location_id, tz FROM locations")
+    )
     ran = cli(root, "run")
     assert ran.returncode == 2, ran.stdout + ran.stderr
     assert "zone_sql" in ran.stderr and "set aside" not in ran.stderr and "has no partition" not in ran.stderr

@@ -229,6 +229,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         )
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
+    for command in ("backfill", "reexport"):  # a range that holds nothing did nothing, exit 0
+        backwards = cli(root, command, "openaq", "--time-min", "2024-05-03", "--time-max", "2024-05-01")
+        assert backwards.returncode == 2, (command, backwards.stdout, backwards.stderr)
+        assert "--time-min/time_min 2024-05-03T00:00:00+00:00 must be before" in backwards.stderr
 
 
 def test_secrets_never_reach_output(tmp_path: Path, pg_url: str, pg_password: str) -> None:

@@ -347,6 +347,15 @@ def test_a_reexport_to_a_destination_that_is_down_is_recorded_and_a_bad_url_exit
     )
     [row] = operations.watermarks(load(root), "studies")
     assert row["failed_mode"] == "reexport" and row["failed_destination"] == "ftp://bob:pw@127.0.0.1:1/x"
+    # A destination that is gone for good: the owed re-export blocked every other one until now.
+    again = cli(root, "run", "--destination", str(tmp_path / "elsewhere"), *window)
+    assert again.returncode == 1 and "watermark forget studies s1" in again.stdout + again.stderr
+    forgot = cli(root, "watermark", "forget", "studies", "s1")
+    assert forgot.returncode == 0 and "ftp://bob:***@127.0.0.1:1/x" in forgot.stdout, forgot.stderr
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_mode"] is None and row["failed_end"] is None
+    assert cli(root, "watermark", "forget", "studies", "s1").returncode == 2  # nothing owed now
+    assert cli(root, "run", "--destination", str(tmp_path / "elsewhere"), *window).returncode == 0
     bad = cli(root, "run", "--destination", "nosuch://bucket/x", *window)
     assert bad.returncode == 2 and "Protocol not known: nosuch" in bad.stdout + bad.stderr
     empty = cli(root, "run", "--destination", "", *window)  # was a regular export, to the project's folder

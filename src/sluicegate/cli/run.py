@@ -14,9 +14,9 @@ import click
 from .. import operations
 from ..engine import Exporter
 from ..exceptions import UsageError, printable
-from ..export_request import EXPORT_TYPES, load_request
+from ..export_request import EXPORT_TYPES, load_request, request_from_options
 from ..masking import mask_url
-from ..operations import check_limit, incremental_task, request_from_options
+from ..operations import check_limit, incremental_task
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
 from .app import duration, echo_json, handled, load, main, process_started, timestamp
@@ -130,7 +130,7 @@ def redrive(task: str, as_json: bool) -> None:
 
 @main.group()
 def watermark() -> None:
-    """Show or delete the per-entity watermarks of an incremental task."""
+    """Show or delete the watermarks of an incremental task; forget a failed re-export."""
 
 
 @watermark.command(name="list")
@@ -167,6 +167,20 @@ def watermark_delete(task: str, entity: str) -> None:
     if not operations.delete_watermark(load(), task, entity):
         raise UsageError(f"task {task!r} has no watermark for entity {entity!r}")
     click.echo(f"deleted the watermark of {task} {entity}")
+
+
+@watermark.command(name="forget")
+@click.argument("task")
+@click.argument("entity")
+@handled
+def watermark_forget(task: str, entity: str) -> None:
+    """Drop ENTITY's owed failed re-export (one no retry can finish); its watermark stays."""
+    row = operations.forget_reexport(load(), task, entity)
+    where = mask_url(row["failed_destination"]) if row["failed_destination"] else "the project's destination"
+    click.echo(
+        f"forgot the failed {row['failed_type']} re-export of {task} {entity}"
+        f" [{row['failed_start'].isoformat()}, {row['failed_end'].isoformat()}) to {where}"
+    )
 
 
 def run_loop(

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
-from ... import operations
+from ... import export_request, operations
 from ...drivers.incremental import Task as IncrementalTask
 from ...exceptions import UsageError
 from ...options import RunOptions
@@ -98,7 +98,7 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
             "(a partitioned task takes them with reexport)"
         )
     if isinstance(task, IncrementalTask):
-        request = operations.request_from_options(
+        request = export_request.request_from_options(
             export_type=body.export_type,
             ignore_watermark=body.ignore_watermark,
             time_min=body.time_min,
