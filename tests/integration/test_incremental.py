@@ -692,6 +692,7 @@ def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> No
 )
 def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> None:
     root = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    sqlite3.connect(tmp_path / "s.db").close()
     req = tmp_path / "req.json"
     req.write_text(message)
     result = cli(root, "request", str(req))
