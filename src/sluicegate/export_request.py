@@ -235,3 +235,16 @@ def request_from_options(
         tag=tag,
         destination=destination,
     )
+
+
+def check_kinds(tasks: Sequence[Any], request: ExportRequest | None, *, named: bool) -> None:
+    """Refuse a run's request options for a task that is not incremental (a task the run names,
+    or every task of the run): such a run ignored them and exported as if they were not given."""
+    other = [t for t in tasks if t.kind != "incremental"]
+    if request is not None and other and (named or len(other) == len(tasks)):
+        task = other[0]
+        raise UsageError(
+            "--type, --ignore-watermark, --time-min, --time-max, --entity, --destination and --tag apply"
+            f" to incremental tasks only, and {validate.a_or_an(task.kind)} task {task.name!r} is not"
+            " one; leave them out (`sluicegate reexport` re-exports a partitioned task's partitions)"
+        )

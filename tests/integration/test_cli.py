@@ -229,6 +229,12 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         )
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
+    for args in (["openaq", "--entity", "1"], ["--type", "daily"], ["--tag", "nightly"]):  # were ignored
+        ignored = cli(root, "run", *args)
+        assert (
+            ignored.returncode == 2
+            and "apply to incremental tasks only, and a partitioned task" in ignored.stderr
+        )
     for command in ("backfill", "reexport"):  # a range that holds nothing did nothing, exit 0
         backwards = cli(root, command, "openaq", "--time-min", "2024-05-03", "--time-max", "2024-05-01")
         assert backwards.returncode == 2, (command, backwards.stdout, backwards.stderr)

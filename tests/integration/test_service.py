@@ -222,6 +222,10 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         assert (
             "field 'dryrun' of the request body: Extra inputs are not permitted" in misspelt.json()["detail"]
         )
+        for extra in ({"entities": ["1"]}, {"export_type": "daily"}, {"tag": "nightly"}):  # were ignored
+            ignored = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=extra)
+            assert ignored.status_code == 422, ignored.text
+            assert "applies to incremental tasks, not partitioned task 'openaq'" in ignored.json()["detail"]
         far = server.get(f"{server.url}/tasks/openaq/partitions", params={"offset": str(10**20)})
         assert far.status_code == 422 and far.json()["detail"].startswith(
             "field 'offset' of the query string"

@@ -14,7 +14,7 @@ import click
 from .. import operations
 from ..engine import Exporter
 from ..exceptions import UsageError, printable
-from ..export_request import EXPORT_TYPES, load_request, request_from_options
+from ..export_request import EXPORT_TYPES, check_kinds, load_request, request_from_options
 from ..masking import mask_url
 from ..operations import check_limit, incremental_task
 from ..options import RunOptions, TaskSummary
@@ -85,6 +85,7 @@ def run(
         destination=destination,
         tag=tag,
     )
+    check_kinds(selected, request, named=bool(tasks))
     options = RunOptions(
         limit=limit,
         batch_size=batch_size,

@@ -97,6 +97,9 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
             f"time_min and time_max do not apply to {task.kind} task {task.name!r} "
             "(a partitioned task takes them with reexport)"
         )
+    ignored = [name for name in ("export_type", "ignore_watermark", "entities", "tag") if getattr(body, name)]
+    if ignored and not isinstance(task, IncrementalTask):  # ignored: the run went on without them
+        raise UsageError(f"{ignored[0]} applies to incremental tasks, not {task.kind} task {task.name!r}")
     if isinstance(task, IncrementalTask):
         request = export_request.request_from_options(
             export_type=body.export_type,
