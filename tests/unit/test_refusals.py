@@ -441,14 +441,18 @@ def test_mark_keeps_a_number_like_value_of_a_text_key_as_text(tmp_path: Path) ->
     assert pkeys == ['["7","2024-01-01"]']
     [summary] = engine.run(load(root), ["bysite"])
     assert (summary.exported, summary.rows) == (1, 1)
-    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == ["7/2024-01-01.csv"]
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")] == [
+        "7/2024-01-01.csv"
+    ]
 
 
 def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Path) -> None:
     """The readers look columns up by exact name (MariaDB's order and byte-exact key match, SQLite's
     time column), so `order_by = ["SENSORS_ID"]` for `sensors_id` is refused by `check` and by the
     run before any claim (exit 2), and the partition waits, pending."""
-    root = write_project(tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out"))
+    root = write_project(
+        tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out")
+    )
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('order_by = ["sensors_id"]', 'order_by = ["SENSORS_ID"]'))
     db = Db(f"sqlite:///{tmp_path / 's.db'}")
@@ -457,7 +461,10 @@ def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Pa
     db.insert(1, [dt.datetime(2024, 5, 1, 1, tzinfo=UTC)])
     assert cli(root, "check").returncode == 2
     ran = cli(root, "run")
-    assert ran.returncode == 2 and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
+    assert (
+        ran.returncode == 2
+        and "'SENSORS_ID' is not a column of select.sql's result (it has 'sensors_id'" in ran.stderr
+    )
     assert "1 pending" in cli(root, "status").stdout and files(tmp_path / "out") == []
     db.close()
 
@@ -476,14 +483,37 @@ def test_a_misspelt_incremental_entity_is_blamed_not_the_path(
     """The path names the entity column; a typo in `entity` was reported as a path error."""
     from sluicegate.exceptions import ConfigError
 
-    root = write_project(tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o"))
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
+    )
     task = root / "tasks" / "studies"
     task.mkdir()
-    (task / "task.toml").write_text(f'kind = "incremental"\nentity = "{entity}"\ncursor = "at"\npath = "{path}"\n')
+    (task / "task.toml").write_text(
+        f'kind = "incremental"\nentity = "{entity}"\ncursor = "at"\npath = "{path}"\n'
+    )
     (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
     with pytest.raises(ConfigError) as refused:
         load(root).task("studies")
     assert blamed in str(refused.value) and str(task / "task.toml") in str(refused.value)
+
+
+@pytest.mark.parametrize("entities", ["[true]", "[1.5]", '"s1"', '[["s1"]]'])
+def test_an_incremental_entities_list_of_other_values_is_refused(tmp_path: Path, entities: str) -> None:
+    """`entities = [true]` was taken as the entity "True", which no select returns."""
+    from sluicegate.exceptions import ConfigError
+
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
+    )
+    task = root / "tasks" / "studies"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        f'kind = "incremental"\nentity = "s"\ncursor = "at"\npath = "{{s}}/{{start:%Y%m%dT%H%M%S}}.{{ext}}"\n'
+        f"entities = {entities}\n"
+    )
+    (task / "select.sql").write_text("SELECT 1 AS s, 2 AS at")
+    with pytest.raises(ConfigError, match=r"task\.toml entities: use a list of entity values"):
+        load(root).task("studies")
 
 
 def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_raw() -> None:
@@ -505,9 +535,15 @@ def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_
     [
         ({"queue_url": "q"}, "[sqs] queue_url: 'q' is not an http(s) URL"),
         ({"queue_url": 5}, "[sqs] queue_url: 5 is not text"),
-        ({"queue_url": "https://sqs.eu-west-1.amazonaws.com/1/m", "region": 5}, "[sqs] region: 5 is not text"),
+        (
+            {"queue_url": "https://sqs.eu-west-1.amazonaws.com/1/m", "region": 5},
+            "[sqs] region: 5 is not text",
+        ),
         ({"queue_url": "https://h/1/m", "region": "eu west"}, "[sqs] region: 'eu west' is not a region name"),
-        ({"queue_url": "https://h/1/m", "endpoint_url": "not a url"}, "[sqs] endpoint_url: 'not a url' is not"),
+        (
+            {"queue_url": "https://h/1/m", "endpoint_url": "not a url"},
+            "[sqs] endpoint_url: 'not a url' is not",
+        ),
     ],
 )
 def test_bad_sqs_settings_are_named_not_a_traceback(sqs: dict[str, object], message: str) -> None:
@@ -518,5 +554,11 @@ def test_bad_sqs_settings_are_named_not_a_traceback(sqs: dict[str, object], mess
     with pytest.raises(ConfigError) as refused:
         load_sqs(sqs, "t/task.toml [sqs]")
     assert message in str(refused.value)
-    good = load_sqs({"queue_url": "http://127.0.0.1:9324/queue/m", "region": "elasticmq"}, "t/task.toml [sqs]")
-    assert (good.queue_url, good.region, good.endpoint_url) == ("http://127.0.0.1:9324/queue/m", "elasticmq", None)
+    good = load_sqs(
+        {"queue_url": "http://127.0.0.1:9324/queue/m", "region": "elasticmq"}, "t/task.toml [sqs]"
+    )
+    assert (good.queue_url, good.region, good.endpoint_url) == (
+        "http://127.0.0.1:9324/queue/m",
+        "elasticmq",
+        None,
+    )
