@@ -22,7 +22,7 @@ import dataclasses
 import datetime as dt
 import posixpath
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -232,12 +232,7 @@ def plan_windows(
         claims = wm.claim(task.name, list(values), lease=lease)
     else:  # dry run: read watermarks without claiming
         claims = _unclaimed(task, wm, values)
-    held_note = (  # a killed export's claim looked held for no stated time
-        "another export holds this entity; nothing exported (if that export died, its claim is free"
-        f" again within its lease, {lease:g} s)"
-    )
-    taken = sorted(set(values) - {c.entity for c in claims})
-    notes = [{"entity": e, "rows": 0, "note": held_note} for e in taken]
+    notes = _held(values, claims, lease)
     windows = []
     for c in claims:
         window = _watermark_window(task, c, values[c.entity], export_type, end, capped)
@@ -249,6 +244,15 @@ def plan_windows(
             windows.append(window)
     token = claims[0].token if claims and claim else None
     return windows, refused + notes, token
+
+
+def _held(wanted: Collection[str], claims: list[WatermarkClaim], lease: float) -> list[dict[str, Any]]:
+    """A note for each wanted entity another export holds (so it was not claimed)."""
+    note = (  # a killed export's claim looked held for no stated time
+        "another export holds this entity; nothing exported (if that export died, its claim is free"
+        f" again within its lease, {lease:g} s)"
+    )
+    return [{"entity": e, "rows": 0, "note": note} for e in sorted(set(wanted) - {c.entity for c in claims})]
 
 
 def _reexport_windows(
@@ -453,6 +457,7 @@ def redrive_windows(
     ]  # fmt: skip
     marked = [e for e, f in by_entity.items() if f["failed_mode"] == "watermark"]
     claims = wm.claim(task.name, marked, lease=lease) if marked else []
+    notes += _held(marked, claims, lease)  # was skipped without a word
     for c in claims:
         f = by_entity[c.entity]
         if c.pending_start is not None and c.pending_end is not None:  # its file may be in place

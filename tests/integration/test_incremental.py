@@ -300,6 +300,23 @@ def test_redrive_retries_the_failed_window(url: str, tmp_path: Path) -> None:
     assert _marks(root) == {"s1": T} and operations.status(load(root), ["studies"])[0]["failed"] == 0
 
 
+def test_redrive_says_so_when_another_export_holds_a_failed_entity(tmp_path: Path) -> None:
+    """A failed entity that another run held was left out of redrive without a word: the summary
+    listed nothing for it, exit 0, and the operator took it for redriven."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "s1-a")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s1").write_text("blocked")
+    assert _run(root, export_type="daily", end=T).failed == 1
+    with Ledger(url) as ledger:
+        [held] = ledger.watermarks.claim("studies", ["s1"], lease=600)
+        redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+        assert [e["entity"] for e in redrive["entities"]] == ["s1"]
+        assert "another export holds this entity" in redrive["entities"][0]["note"]
+        ledger.watermarks.release(held.token)
+
+
 def test_redrive_sends_a_failed_override_reexport_to_its_own_destination(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
     rec = Records(url)
