@@ -497,7 +497,7 @@ def test_a_misspelt_incremental_entity_is_blamed_not_the_path(
     assert blamed in str(refused.value) and str(task / "task.toml") in str(refused.value)
 
 
-@pytest.mark.parametrize("entities", ["[true]", "[1.5]", '"s1"', '[["s1"]]'])
+@pytest.mark.parametrize("entities", ["[true]", "[1.5]", '"s1"', '[["s1"]]', "5"])
 def test_an_incremental_entities_list_of_other_values_is_refused(tmp_path: Path, entities: str) -> None:
     """`entities = [true]` was taken as the entity "True", which no select returns."""
     from sluicegate.exceptions import ConfigError

@@ -62,9 +62,9 @@ def require_source(project: Project, *, ledger: bool = False) -> None:
     writes it (ingest, blocks loads): then a typo'd path, opened, is a new, empty database, and
     every select blamed its own SQL for the missing table. ``ledger``: only when the ledger is
     in the source (opening it is what would make the file)."""
-    kinds = {t.kind for t in project.tasks.values()}
     if ledger and not project.settings.shared_database:
         return
+    kinds = {t.kind for t in project.tasks.values()}
     if kinds - {"blocks", "ingest"} and not kinds & {"blocks", "ingest"}:
         db.require_source_file(project.settings.source_url)
 

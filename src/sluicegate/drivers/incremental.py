@@ -72,10 +72,8 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
                 f"{where}: '{field_name}' is missing; name the {field_name} column of select.sql's result"
             )
     entities = raw.get("entities", [])
-    if not isinstance(entities, list) or not all(
-        isinstance(e, str | int) and not isinstance(e, bool)
-        for e in entities  # true was "True"
-    ):
+    listed = entities if isinstance(entities, list) else [None]
+    if any(isinstance(e, bool) or not isinstance(e, str | int) for e in listed):  # true was "True"
         raise ConfigError(f'{where} entities: use a list of entity values, e.g. entities = ["study-a"]')
     cursor = validate.identifier(raw["cursor"], f"{where} cursor")
     task = Task(
