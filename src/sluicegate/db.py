@@ -215,6 +215,9 @@ def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECO
 # failures, deadlocks, lock timeouts.
 _ROLLED_BACK_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock: see rolled_back
 _TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", *_ROLLED_BACK_SQLSTATES, "55P03")
+# Program limits exceeded (an index entry too large for its page, a statement too complex): the
+# same statement fails the same way again, though psycopg calls the class an OperationalError.
+_LIMIT_SQLSTATES = ("54",)
 _SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
 # ADBC's result stream reports a server error as text only (``OSError: [libpq] ... ERROR: ...``,
 # no SQLSTATE): PostgreSQL's own wording of the transient errors above stands in for the code.
@@ -290,11 +293,11 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
         return maria
     psycopg = _psycopg()
     if psycopg is not None and isinstance(exc, psycopg.Error):
-        if denied(exc):
+        code = _sqlstate(exc)
+        if denied(exc) or (code and code.startswith(_LIMIT_SQLSTATES)):
             return "terminal"
         if isinstance(exc, psycopg.OperationalError):
             return "transient"
-        code = _sqlstate(exc)
         return "transient" if code and code.startswith(_TRANSIENT_SQLSTATES) else "terminal"
     if isinstance(exc, sqlite3.Error):
         busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import db, tables
-from .exceptions import DataError
+from .exceptions import DataError, LedgerError
 from .ledger import Ledger
 from .messages import Message, clean, parse
 
@@ -61,8 +61,8 @@ def row_fault(exc: BaseException) -> bool:
     """Whether a database error is about one row's values (so only that message is malformed)."""
     cause = exc.__cause__ or exc
     sqlstate = getattr(cause, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        return sqlstate.startswith(("22", "23"))
+    if isinstance(sqlstate, str) and sqlstate:  # 54000: an index entry too large (a huge id)
+        return sqlstate.startswith(("22", "23", "54000"))
     if isinstance(cause, sqlite3.IntegrityError):
         return True
     if isinstance(cause, sqlite3.Error):
@@ -157,16 +157,29 @@ class Ingestor:
                 with db.wrap_errors(url):
                     inserted = self.insert.run(cur, [self._row(m) for m in good])
             if self.task.malformed == "park":
-                for message in [*bad, *refused]:
-                    assert message.error is not None
-                    parked += store.park(
-                        cur, self.task.name, message_id=message.id, body=clean(message.body),
-                        error=clean(message.error),
-                    )  # fmt: skip
+                parked = sum(self._park(cur, message) for message in [*bad, *refused])
             ids = [m.id or "" for m in messages]
             store.record(cur, self.task.name, received=len(messages), inserted=inserted,
                          malformed=len(bad) + len(refused), ids=ids)  # fmt: skip
         return inserted, refused, parked
+
+    def _park(self, cur: Any, message: Message) -> bool:
+        """Park a malformed message under a savepoint; one whose id the parked table's index cannot
+        hold (PostgreSQL's index entries end near 2.7 kB) is parked once per body, as one without
+        an id, instead of failing its batch (which SQS would deliver again forever)."""
+        store, body = self.target.ingest, clean(message.body)
+        assert message.error is not None
+        error = clean(message.error)
+        cur.execute("SAVEPOINT sluicegate_park")
+        try:
+            parked = store.park(cur, self.task.name, message_id=message.id, body=body, error=error)
+        except LedgerError as exc:
+            if message.id is None or not row_fault(exc):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT sluicegate_park")
+            parked = store.park(cur, self.task.name, message_id=None, body=body, error=error)
+        cur.execute("RELEASE SAVEPOINT sluicegate_park")
+        return parked
 
     def _insert_alone(self, cur: Any, message: Message, refused: list[Message]) -> int:
         """Insert one message's row under a savepoint; a refused row is rolled back and reported."""
