@@ -276,10 +276,8 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_limit_for_an_incremental_task_is_a_422(tmp_path: Path) -> None:
-    """POST /tasks/{incremental task}/runs with a limit started a run that exported every entity:
-    the limit counts partitions and was dropped without a word. It is a 422 now, as
-    ``run --limit`` exits 2; a run without it is started."""
+def _studies_project(tmp_path: Path) -> Path:
+    """A SQLite project with one incremental task, ``studies``, over two entities."""
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
     (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///s.db"\n[destination]\nurl = "out"\n')
@@ -292,6 +290,14 @@ def test_a_limit_for_an_incremental_task_is_a_422(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE records (study_id TEXT, at TEXT)")
         conn.executemany("INSERT INTO records VALUES (?, '2024-01-01T00:00:00Z')", [("a",), ("b",)])
     conn.close()
+    return root
+
+
+def test_a_limit_for_an_incremental_task_is_a_422(tmp_path: Path) -> None:
+    """POST /tasks/{incremental task}/runs with a limit started a run that exported every entity:
+    the limit counts partitions and was dropped without a word. It is a 422 now, as
+    ``run --limit`` exits 2; a run without it is started."""
+    root = _studies_project(tmp_path)
     server = Server(root)
     try:
         refused = httpx.post(f"{server.url}/tasks/studies/runs", headers=AUTH, json={"limit": 1})
@@ -302,6 +308,27 @@ def test_a_limit_for_an_incremental_task_is_a_422(tmp_path: Path) -> None:
         assert started.status_code == 202, started.text
         assert server.wait_run(started.json()["run_id"])["state"] == "succeeded"
         assert sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_")) == ["a", "b"]
+    finally:
+        server.stop()
+
+
+def test_a_post_without_the_api_token_is_refused_whatever_its_body(tmp_path: Path) -> None:
+    """FastAPI reads a body before the route's guard: a caller without a token got 422 about its
+    body ("field '1' of the request body", the character offset named as a field), or 400 for
+    bytes that are not UTF-8, instead of 401. A body that is not JSON is named as such."""
+    server = Server(_studies_project(tmp_path))
+    url, raw = f"{server.url}/tasks/studies/runs", {"Content-Type": "application/json"}
+    try:
+        for body in (b"{bad", b'{"tag": "\xff"}', b'{"limit": 0}'):
+            for headers in (raw, {**raw, "Authorization": "Bearer wrong"}):
+                answer = httpx.post(url, headers=headers, content=body)
+                assert answer.status_code == 401, (body, answer.text)
+                assert answer.headers["WWW-Authenticate"] == "Bearer"
+        bad = httpx.post(url, headers={**raw, **AUTH}, content=b"{bad")
+        assert bad.status_code == 422 and bad.json()["detail"].startswith(
+            "the request body is not JSON (Expecting property name enclosed in double quotes at character 1)"
+        ), bad.text
+        assert server.get(f"{server.url}/runs").json() == []  # no run was started
     finally:
         server.stop()
 

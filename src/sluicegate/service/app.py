@@ -8,19 +8,19 @@ dependencies read from ``app.state.service`` (``service/deps.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from .. import operations
 from ..config import load_project
 from ..exceptions import ConfigError, LedgerError, SluicegateError, TransientError
-from .deps import READ, ServiceState
+from .deps import READ, ServiceState, authorized
 from .metrics import Metrics
 from .routes import exports, ops, runs, tasks
 from .runs import RunManager
@@ -81,6 +81,7 @@ def create_app(
     )
     app.state.service = state
     _answer_errors(app)
+    app.middleware("http")(_posts_need_the_api_token)
     for router in (exports.router, tasks.router, runs.router):
         app.include_router(router, dependencies=READ)
     app.include_router(ops.router)  # each route carries its own guard (/healthz has none)
@@ -110,6 +111,20 @@ def _check_tokens(token: str | None, read_token: str | None, *, insecure: bool) 
             )
 
 
+async def _posts_need_the_api_token(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Every POST starts a run and needs the API token, checked before the body is read: FastAPI
+    reads a body before the route's guard, so a caller without a token got 422 (or 400) about
+    its body instead of 401."""
+    if request.method == "POST":
+        try:
+            authorized(request.app.state.service, request.headers.get("authorization"))
+        except HTTPException as refused:
+            return JSONResponse({"detail": refused.detail}, refused.status_code, refused.headers)
+    return await call_next(request)
+
+
 def _answer_errors(app: FastAPI) -> None:
     """Answer invalid bodies and unanswered sluicegate errors with a message, never a bare 500."""
     app.add_exception_handler(RequestValidationError, _invalid_body)
@@ -123,7 +138,14 @@ async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:
     infinity) made that a 500."""
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": _sentence(errors), "errors": errors})
+    detail = _sentence(errors)
+    if errors and errors[0].get("type") == "json_invalid":  # its loc is the offset, no field
+        where, reason = errors[0]["loc"][-1], exc.errors()[0].get("ctx", {}).get("error", "")
+        detail = (
+            f"the request body is not JSON ({reason} at character {where}); send a JSON object "
+            'such as {"dry_run": true} (the fields: docs/service.md)'
+        )
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
 
 
 def _sentence(errors: list[dict[str, Any]]) -> str:
