@@ -328,6 +328,10 @@ def test_a_post_without_the_api_token_is_refused_whatever_its_body(tmp_path: Pat
         assert bad.status_code == 422 and bad.json()["detail"].startswith(
             "the request body is not JSON (Expecting property name enclosed in double quotes at character 1)"
         ), bad.text
+        latin1 = httpx.post(url, headers={**raw, **AUTH}, content=b'{"tag": "\xff"}')  # a bare 400 before
+        assert latin1.status_code == 422 and latin1.json()["detail"].startswith(
+            "the request body is not UTF-8 JSON"
+        )
         assert server.get(f"{server.url}/runs").json() == []  # no run was started
     finally:
         server.stop()
@@ -343,6 +347,11 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
         assert "select.sql not found" in tasks["broken"]["error"] and tasks["openaq"]["error"] is None
         assert [t["name"] for t in server.get(f"{server.url}/exports").json()] == ["agency", "openaq"]
         assert server.get(f"{server.url}/tasks/broken").json()["error"]
+        for answer in (  # the Common Knowledge routes said "Task not found" of a broken task
+            httpx.get(f"{server.url}/exports/broken", headers=AUTH),
+            httpx.post(f"{server.url}/exports/broken", headers=AUTH),
+        ):
+            assert answer.status_code == 409 and "select.sql not found" in answer.json()["detail"]
         run = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH).json()
         assert server.wait_run(run["run_id"])["summary"][0]["exported"] == 60
         metrics = server.get(f"{server.url}/metrics").text

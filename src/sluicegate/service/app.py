@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import operations
 from ..config import load_project
@@ -128,7 +130,21 @@ async def _posts_need_the_api_token(
 def _answer_errors(app: FastAPI) -> None:
     """Answer invalid bodies and unanswered sluicegate errors with a message, never a bare 500."""
     app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(StarletteHTTPException, _unreadable_body)
     app.add_exception_handler(SluicegateError, _sluicegate_error)
+
+
+async def _unreadable_body(request: Request, exc: Exception) -> Response:
+    """A body FastAPI cannot decode (bytes that are not UTF-8) is a 422 with a reason, as every
+    other bad body; it was a 400 "There was an error parsing the body"."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        detail = (
+            "the request body is not UTF-8 JSON; send a JSON object in UTF-8 such as"
+            ' {"dry_run": true} (the fields: docs/service.md)'
+        )
+        return JSONResponse(status_code=422, content={"detail": detail})
+    return await http_exception_handler(request, exc)
 
 
 async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:

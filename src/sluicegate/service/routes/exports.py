@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from ...drivers.archive import Task as ArchiveTask
 from ...options import RunOptions
 from ...specs import TaskBase
-from ..deps import GUARD, ProjectDep, State
+from ..deps import GUARD, ProjectDep, State, task_or_404
 from ..models import ExportTask, StatusOk
 
 router = APIRouter(tags=["compatible"])
@@ -26,10 +26,8 @@ def list_exports(p: ProjectDep) -> list[ExportTask]:
 
 @router.get("/exports/{name}", response_model=ExportTask)
 def get_export(name: str, p: ProjectDep) -> ExportTask:
-    """One task; 404 when unknown."""
-    if name not in p.tasks:
-        raise HTTPException(status_code=404, detail="Task not found")
-    return _export_task(p.tasks[name])
+    """One task; 404 when unknown, 409 with its error when its folder does not load."""
+    return _export_task(task_or_404(p, name))
 
 
 @router.post("/exports", response_model=StatusOk, dependencies=GUARD)
@@ -40,7 +38,6 @@ def run_all_exports(state: State) -> StatusOk:
 
 @router.post("/exports/{name}", response_model=StatusOk, dependencies=GUARD)
 def run_export(name: str, state: State, p: ProjectDep) -> StatusOk:
-    """Run one task in the background; 404 when unknown."""
-    if name not in p.tasks:
-        raise HTTPException(status_code=404, detail="Task not found")
+    """Run one task in the background; 404 when unknown, 409 when its folder does not load."""
+    task_or_404(p, name)  # a broken task was "not found", though /tasks/{name} gave its error
     return StatusOk(run_id=state.runs.start([name], RunOptions(), label=name))
