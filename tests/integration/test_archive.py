@@ -258,12 +258,13 @@ def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) 
     assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
 
 
-@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles", "UTC"])
 def test_a_sqlite_boundary_is_bound_in_utc(tmp_path: Path, zone: str) -> None:
     """On SQLite the boundary was bound as Python's default adapter wrote it, in the task's
-    zone with a space (2026-12-06 00:00:00+09:00): compared as text with UTC times, a Tokyo
-    boundary archived and deleted the rows of the hours after it, and a Los Angeles one held
-    back those before it. It is bound as UTC text now (...T15:00:00.000000Z)."""
+    zone (2026-12-06 00:00:00+09:00): compared as text with UTC times, a Tokyo boundary
+    archived and deleted the rows of the hours after it, and a Los Angeles one held back those
+    before it. It is bound in UTC now, with the space: no row after the boundary is archived
+    whichever of the two common forms it is stored in."""
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
     with (root / "tasks" / "agency" / "task.toml").open("a") as fh:
@@ -271,15 +272,24 @@ def test_a_sqlite_boundary_is_bound_in_utc(tmp_path: Path, zone: str) -> None:
     local = dt.datetime.now(ZoneInfo(zone))
     boundary = dt.datetime.combine(local.date(), dt.time(), tzinfo=ZoneInfo(zone))
     agency = Agency(url)
-    for hours, name in [(-1, "before"), (1, "after")]:  # each row superseded by a later version
-        agency.version(1 if hours < 0 else 2, boundary + dt.timedelta(hours=hours), name)
-        agency.version(
-            1 if hours < 0 else 2, boundary + dt.timedelta(hours=hours, minutes=1), f"{name}-latest"
-        )
+    base = 0
+    for minutes, name in [(-60, "before"), (60, "after"), (-1, "just-before"), (1, "just-after")]:
+        for form in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d %H:%M:%S"):  # each row superseded by a later one
+            base += 1
+            for extra, label in [(0, f"{name} {form[8]}"), (0.5, "latest")]:
+                at = (boundary + dt.timedelta(minutes=minutes + extra)).astimezone(UTC).strftime(form)
+                agency.conn.execute(
+                    "INSERT INTO agency (base_id, updated_at, name) VALUES (?, ?, ?)", (base, at, label)
+                )
     [summary] = engine.run(load(root))
     assert summary.failed == 0, summary.errors
-    assert [r["name"] for p in files(tmp_path / "out") for r in _rows(p)] == ["before"]
-    assert agency.count() == 3
+    archived = sorted(r["name"] for p in files(tmp_path / "out") for r in _rows(p))
+    # Nothing after the boundary, in either form. Before it: SQLite's own form always; the
+    # ...T...Z form when the boundary is a UTC midnight (text compares 'T' after ' ', so such
+    # rows of the boundary's UTC date wait for the next run: never archived early).
+    utc = ["before T", "just-before T"] if zone == "UTC" else []
+    assert archived == sorted(["before  ", "just-before  ", *utc])
+    assert agency.count() == 16 - len(archived)
 
 
 def test_second_run_the_same_day_never_overwrites(url: str, tmp_path: Path) -> None:

@@ -133,15 +133,16 @@ class SqliteSource:
 
 
 def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
-    """Aware times as UTC ISO 8601 text with microseconds (2026-12-06T00:00:00.000000Z).
+    """Aware times as UTC text in the form Python's adapter gives, ``2026-12-05 15:00:00+00:00``.
 
-    Python's default adapter bound them in their own offset with a space (2026-12-06
-    00:00:00+09:00), so a text comparison with times stored in UTC put a Tokyo boundary's
-    rows of the morning before it: archived and deleted a day early. The form compares as
-    text with UTC times stored as ...Z, to the microsecond, and julianday() reads it.
+    The adapter bound them in their own offset (``2026-12-06 00:00:00+09:00``), so a text
+    comparison with times stored in UTC put a Tokyo boundary's next hours before it: archived
+    and deleted early. In UTC, the space keeps both common stored forms right: ``...T...Z``
+    compares after it from the boundary's date on, and SQLite's own ``2026-12-05 15:00:00``
+    compares by its time; julianday() reads it.
     """
     return {
-        name: value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        name: value.astimezone(dt.UTC).isoformat(" ")
         if isinstance(value, dt.datetime) and value.tzinfo is not None
         else value
         for name, value in params.items()
