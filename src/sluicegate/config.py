@@ -200,7 +200,9 @@ def _resolve_db_url(url: str, root: Path) -> str:
     return url
 
 
-def _resolve_dest_url(url: str, root: Path) -> str:
+def _resolve_dest_url(url: str, root: Path, where: str) -> str:
+    if problem := validate.s3_bucket_problem(url):  # else every upload fails, and is retried
+        raise ConfigError(f"{where} url: {url!r} {problem}; write s3://BUCKET or s3://BUCKET/prefix")
     if "://" in url:
         return url
     path = Path(url)
@@ -266,13 +268,11 @@ def _settings(raw: dict[str, Any], path: Path, root: Path, env: Mapping[str, str
     if not source.get("url"):
         raise ConfigError(f"{path}: [source] url is missing; set it to sqlite:///file.db or postgresql://...")
     source_url = _resolve_db_url(str(source["url"]), root)
-    ledger = raw.get("ledger", {})
-    dest = raw.get("destination", {})
+    ledger, dest = raw.get("ledger", {}), raw.get("destination", {})
     if not dest.get("url"):
         raise ConfigError(f"{path}: [destination] url is missing; set it to a folder or s3://bucket/prefix")
     defaults = raw.get("defaults", {})
-    where = f"{path} [defaults]"
-    limit = defaults.get("limit")
+    where, limit = f"{path} [defaults]", defaults.get("limit")
     return Settings(
         root=root,
         source_url=source_url,
@@ -340,7 +340,7 @@ def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
 
 def _destination(dest: Mapping[str, Any], root: Path, where: str) -> DestinationSettings:
     return DestinationSettings(
-        url=_resolve_dest_url(str(dest["url"]), root),
+        url=_resolve_dest_url(str(dest["url"]), root, where),
         endpoint_url=dest.get("endpoint_url") or None,
         region=dest.get("region") or None,
         access_key_id=dest.get("access_key_id") or None,

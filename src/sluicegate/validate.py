@@ -221,3 +221,18 @@ def column_kinds(raw: Any, where: str, time_column: str | None) -> tuple[tuple[s
 def a_or_an(noun: str) -> str:
     """``noun`` with its indefinite article: "an aggregate", "a blocks"."""
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+# The bucket names botocore accepts (an access point's ARN aside): anything else fails every request.
+_S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
+
+def s3_bucket_problem(url: str) -> str | None:
+    """Why an ``s3://`` URL names no bucket S3 could have (``s3://``, ``s3:///prefix``, a name with
+    a space); None when it names one, or is no ``s3://`` URL."""
+    if not url.startswith("s3://"):
+        return None
+    bucket = url.removeprefix("s3://").partition("/")[0]
+    if bucket.startswith("arn:") or _S3_BUCKET.fullmatch(bucket):
+        return None
+    return "names no bucket" if not bucket else f"names the bucket {bucket!r}, which S3 does not allow"

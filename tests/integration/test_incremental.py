@@ -381,6 +381,21 @@ def test_a_reexport_to_a_destination_that_is_down_is_recorded_and_a_bad_url_exit
     )
 
 
+def test_a_reexport_to_an_s3_url_without_a_bucket_exits_2_and_owes_nothing(tmp_path: Path) -> None:
+    """`--destination s3://` failed each entity with "will retry" (exit 1), and recorded a failed
+    re-export to that URL, which then refused every other re-export of the entity."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=5), "a")
+    window = ["--time-min", (T - dt.timedelta(days=1)).isoformat(), "--time-max", T.isoformat()]
+    for dest in ("s3://", "s3:///prefix"):
+        bad = cli(root, "run", "--destination", dest, *window)
+        assert bad.returncode == 2 and f"destination {dest}: names no bucket" in bad.stdout + bad.stderr
+        assert "will retry" not in bad.stdout + bad.stderr
+    assert all(row["failed_mode"] is None for row in operations.watermarks(load(root), "studies"))
+    assert cli(root, "run", "--destination", str(tmp_path / "elsewhere"), *window).returncode == 0
+
+
 def test_a_dry_run_lists_every_entity_though_one_cannot_be_in_a_path(tmp_path: Path) -> None:
     """One entity no path can hold (a/b) made the dry run list nothing and exit 1."""
     url = f"sqlite:///{tmp_path / 's.db'}"

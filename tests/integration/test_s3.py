@@ -465,6 +465,26 @@ def test_a_bad_s3_client_is_a_config_error(tmp_path: Path) -> None:
     assert "Traceback" not in check.stderr
 
 
+@pytest.mark.parametrize(
+    ("dest", "says"),
+    [
+        ("s3://", "names no bucket"),
+        ("s3:///exports", "names no bucket"),
+        ("s3://my bucket/exports", "names the bucket 'my bucket', which S3 does not allow"),
+    ],
+)
+def test_an_s3_url_without_a_bucket_is_a_config_error(tmp_path: Path, dest: str, says: str) -> None:
+    """Was accepted: every partition then failed with botocore's multi-line "Parameter validation
+    failed", taken for an outage ("will retry") and retried with backoff until it was parked."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=dest)
+    for command in ("check", "run"):
+        result = cli(root, command)
+        assert result.returncode == 2, result.stderr
+        assert f"[destination] url: {dest!r} {says}; write s3://BUCKET" in result.stderr
+        assert "Traceback" not in result.stderr and "will retry" not in result.stderr
+
+
 def test_exporters_of_a_process_make_their_clients_from_one_session(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,7 @@ from ..exceptions import BadPartitionValue, DestinationUnavailable, TerminalErro
 from ..masking import mask_url
 from ..paths import shown
 from ..specs import DestinationSettings
+from ..validate import s3_bucket_problem
 from . import SpooledUpload, Staged, remove_stale_spools
 from .s3_session import shared_session
 
@@ -72,6 +73,8 @@ class S3Destination(SpooledUpload):
     """Publishes objects under ``s3://bucket/prefix``."""
 
     def __init__(self, settings: DestinationSettings) -> None:
+        if problem := s3_bucket_problem(settings.url):  # a re-export's --destination: exit 2
+            raise ValueError(problem)
         self.url = settings.url.rstrip("/")
         bucket_and_prefix = self.url[len("s3://") :]
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
