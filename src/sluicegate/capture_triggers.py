@@ -83,11 +83,15 @@ def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
         )
     elif source.dialect is db.MARIADB:
         rows = source.execute(
-            "SELECT trigger_name, '' FROM information_schema.triggers"
+            "SELECT trigger_name, action_statement FROM information_schema.triggers"
             " WHERE event_object_schema = COALESCE(%s, DATABASE()) AND event_object_table = %s"
             f" AND trigger_name IN ({', '.join(['%s'] * len(names))})",
             (*(table.rsplit(".", 1) if "." in table else (None, table)), *names),
         )
+        # A trigger made for other [capture] keys or time, or another [time] boundary, records
+        # the wrong partitions: it counts as not installed, so `check` asks for `install` again.
+        bodies = dict(_mariadb_triggers(task, "sluicegate_"))
+        rows = [(name, "") for name, body in rows if bodies.get(str(name), (None, None))[1] == str(body)]
     else:
         want_row = task.capture.triggers == "row"
         rows = source.execute(_PG_WORKING_TRIGGERS, (db.POSTGRESQL.quote(table), names, want_row))
@@ -150,7 +154,7 @@ def install(task: TaskSpec, inbox: Ledger) -> list[str]:
     if inbox.dialect is db.POSTGRESQL:
         return _install_postgres(task, inbox, time_ending)
     if inbox.dialect is db.MARIADB:
-        return _install_mariadb(task, inbox, time_ending)
+        return _install_mariadb(task, inbox)
     return _install_sqlite(task, inbox, time_ending)
 
 
@@ -410,31 +414,37 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
     return names
 
 
-def _install_mariadb(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+def _install_mariadb(task: TaskSpec, inbox: Ledger) -> list[str]:
     """Row triggers (MariaDB has no statement triggers) appending to the inbox, one row per changed row.
 
     ``CREATE OR REPLACE TRIGGER`` swaps a trigger in one step (MariaDB commits DDL at once, so a
     drop then a create would leave a moment without capture).
     """
-    cap = task.capture
-    assert cap.table
-    q = db.MARIADB.quote
+    assert task.capture.table
+    table = db.MARIADB.quote(task.capture.table)
+    triggers = _mariadb_triggers(task, inbox.table_prefix)
+    _execute(
+        inbox,
+        [
+            f"CREATE OR REPLACE TRIGGER {db.MARIADB.quote(name)} AFTER {op} ON {table} FOR EACH ROW {body}"
+            for name, (op, body) in triggers
+        ],
+    )
+    return [name for name, _ in triggers]
 
-    def row_values(row: str) -> str:
-        return _row_values(task, db.MARIADB, row, time_ending, "JSON_ARRAY")
 
-    changes = q(f"{inbox.table_prefix}changes")
-    names = []
-    statements = []
+def _mariadb_triggers(task: TaskSpec, prefix: str) -> list[tuple[str, tuple[str, str]]]:
+    """``(name, (operation, body))`` of each MariaDB capture trigger of ``task``, as ``install``
+    creates it and ``information_schema.triggers.action_statement`` shows it."""
+    time_ending = bool(task.time and task.time.boundary == "end")
+    changes = db.MARIADB.quote(f"{prefix}changes")
+    out = []
     for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = _trigger_name(task, op)
-        names.append(name)
-        statements.append(
-            f"CREATE OR REPLACE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} FOR EACH ROW "
-            f"INSERT INTO {changes} (task, `keys`, bin) VALUES {', '.join(row_values(r) for r in rows)}"
+        values = ", ".join(_row_values(task, db.MARIADB, r, time_ending, "JSON_ARRAY") for r in rows)
+        out.append(
+            (_trigger_name(task, op), (op, f"INSERT INTO {changes} (task, `keys`, bin) VALUES {values}"))
         )
-    _execute(inbox, statements)
-    return names
+    return out
 
 
 def _execute(inbox: Ledger, statements: Sequence[Any], task: TaskSpec | None = None) -> None:

@@ -155,6 +155,34 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     }
 
 
+def test_triggers_installed_for_another_boundary_are_reported_and_replaced(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """Triggers installed before `[time] boundary = "end"` still bin a midnight reading into the
+    next day: an update of it re-exported that day, and the day the row is in kept its old value,
+    while `check` said all was well."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(32) NOT NULL,"
+            " at DATETIME(6) NOT NULL, v DOUBLE)"
+        )
+    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, v FROM readings", capture)
+    assert cli(root, "install").returncode == 0
+    toml = root / "tasks" / "cities" / "task.toml"
+    toml.write_text(toml.read_text().replace("[time]\n", '[time]\nboundary = "end"\n'))
+    checked = cli(root, "check")
+    assert "capture triggers are not installed on readings" in checked.stderr, checked.stderr
+    assert cli(root, "install").returncode == 0
+    assert "not installed" not in cli(root, "check").stderr
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("INSERT INTO readings (city, at, v) VALUES ('Gent', '2024-03-02 00:00:00', 1)")
+    assert cli(root, "run").returncode == 0
+    assert read_csv(tmp_path / "out" / "Gent" / "20240301.csv") == [
+        {"city": "Gent", "at": "2024-03-02T00:00:00+00:00", "v": "1"}
+    ]
+
+
 def _upgraded(cur: Any, table: str, column: str) -> tuple[str, str]:
     """The ledger's schema version, and the collation of one of its text columns."""
     cur.execute("SELECT value FROM sluicegate_meta WHERE `key` = 'schema_version'")
