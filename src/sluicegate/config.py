@@ -481,8 +481,8 @@ def _check_mariadb_task(task: TaskBase, toml_path: Path, settings: Settings) -> 
     if not mariadb_conn.is_url(settings.source_url):
         if getattr(getattr(task, "time", None), "datetime_zone", None):
             raise ConfigError(
-                f"{toml_path} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources "
-                "only; on PostgreSQL use timestamptz (or AT TIME ZONE in select.sql); remove it"
+                f"{toml_path} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only"
+                "; remove it (store times with an offset: timestamptz, or on SQLite text with Z or ±HH:MM)"
             )
         return
     later = f"is not supported on MariaDB/MySQL sources yet {see}"

@@ -374,6 +374,7 @@ def test_datetime_zone_outside_mariadb_exits_2_naming_the_setting(tmp_path: Path
         f"{toml} [time] datetime_zone: applies to DATETIME columns of MariaDB/MySQL sources only"
         in proc.stderr
     )
+    assert "on SQLite text with Z or ±HH:MM" in proc.stderr  # it gave PostgreSQL's advice on SQLite
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
