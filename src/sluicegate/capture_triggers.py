@@ -61,7 +61,8 @@ def trigger_names(task: TaskSpec) -> list[str]:
 
 
 _PG_TRIGGERS = (
-    "SELECT t.tgname, n.nspname FROM pg_catalog.pg_trigger t"
+    "SELECT t.tgname, n.nspname, p.prosrc, t.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 1 = 1"
+    " FROM pg_catalog.pg_trigger t"
     " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
     " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
     " WHERE t.tgrelid = pg_catalog.to_regclass(%s) AND t.tgname = ANY(%s) AND NOT t.tgisinternal"
@@ -70,17 +71,23 @@ _PG_TRIGGERS = (
 
 def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
     """The task's triggers present on its capture table, each with the schema of the ledger it
-    feeds (PostgreSQL: its function's schema; elsewhere the inbox has one name, so "")."""
+    feeds (PostgreSQL: its function's schema; elsewhere the inbox has one name, so "").
+
+    A trigger made for other ``[capture]`` keys or time, or another ``[time] boundary``, records
+    the wrong partitions: it counts as not installed, so ``check`` asks for ``install`` again.
+    """
     assert task.capture.table
     names, table = trigger_names(task), task.capture.table
     if source.dialect is db.SQLITE:
         name, schema = sqlite_table(table)
         master = f"{db.SQLITE.quote_name(schema)}.sqlite_master" if schema else "sqlite_master"
         rows = source.execute(
-            f"SELECT name, '' FROM {master} WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
+            f"SELECT name, sql FROM {master} WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
             f" AND name IN ({', '.join('?' * len(names))})",
             (name, *names),
         )
+        wanted = dict(_sqlite_triggers(task))
+        rows = [(name, "") for name, create in rows if wanted.get(str(name)) == str(create)]
     elif source.dialect is db.MARIADB:
         rows = source.execute(
             "SELECT trigger_name, action_statement FROM information_schema.triggers"
@@ -88,13 +95,12 @@ def _triggers_on_table(task: TaskSpec, source: Source) -> dict[str, str]:
             f" AND trigger_name IN ({', '.join(['%s'] * len(names))})",
             (*(table.rsplit(".", 1) if "." in table else (None, table)), *names),
         )
-        # A trigger made for other [capture] keys or time, or another [time] boundary, records
-        # the wrong partitions: it counts as not installed, so `check` asks for `install` again.
         bodies = dict(_mariadb_triggers(task, "sluicegate_"))
         rows = [(name, "") for name, body in rows if bodies.get(str(name), (None, None))[1] == str(body)]
     else:
         want_row = task.capture.triggers == "row"
         rows = source.execute(_PG_WORKING_TRIGGERS, (db.POSTGRESQL.quote(table), names, want_row))
+        rows = [r for r in rows if r[2] == _pg_function_body(task, str(r[1]), per_row=bool(r[3]))]
     return {str(r[0]): str(r[1]) for r in rows}
 
 
@@ -150,12 +156,11 @@ def install(task: TaskSpec, inbox: Ledger) -> list[str]:
         )
     assert cap.table
     inbox.ensure_schema()
-    time_ending = bool(task.time and task.time.boundary == "end")
     if inbox.dialect is db.POSTGRESQL:
-        return _install_postgres(task, inbox, time_ending)
+        return _install_postgres(task, inbox)
     if inbox.dialect is db.MARIADB:
         return _install_mariadb(task, inbox)
-    return _install_sqlite(task, inbox, time_ending)
+    return _install_sqlite(task, inbox)
 
 
 def _pg_inbox_insert(task: TaskSpec, schema: str, alias: str, time_ending: bool) -> Any:
@@ -266,7 +271,30 @@ def _pg_partitioned(inbox: Ledger, table: str) -> bool:
     return bool(row and row[0])
 
 
-def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+def _pg_function_body(task: TaskSpec, schema: str, *, per_row: bool) -> str:
+    """The source of ``task``'s trigger function feeding the ledger ``schema``, as ``install``
+    creates it and ``pg_proc.prosrc`` shows it."""
+    from psycopg import sql
+
+    time_ending = bool(task.time and task.time.boundary == "end")
+    if per_row:
+        ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
+    else:
+        ins, delete = (_pg_inbox_insert(task, schema, r, time_ending) for r in ("new", "old"))
+    return (
+        sql.SQL(
+            (ROW_DECLARE if per_row else "") + "BEGIN\n"
+            "  IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN {ins}; END IF;\n"  # INSERT, UPDATE
+            "  IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN {del}; END IF;\n"  # UPDATE, DELETE
+            "  RETURN NULL;\n"
+            "END"
+        )
+        .format(ins=ins, **{"del": delete})
+        .as_string()
+    )
+
+
+def _install_postgres(task: TaskSpec, inbox: Ledger) -> list[str]:
     """Statement triggers with transition tables: one inbox row per keys and UTC day of a
     statement. With ``[capture] triggers = "row"`` they are row triggers (cheaper for a table
     written one row per statement, dearer for a COPY). On a partitioned table (or one of its
@@ -282,17 +310,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
     table = sql.Identifier(*cap.table.split("."))
     fn = sql.Identifier(schema, f"capture_{task.name}")
     per_row = cap.triggers == "row" or _pg_partitioned(inbox, cap.table)
-    if per_row:
-        ins, delete = (_pg_row_insert(task, schema, r, time_ending) for r in ("NEW", "OLD"))
-    else:
-        ins, delete = (_pg_inbox_insert(task, schema, r, time_ending) for r in ("new", "old"))
-    body = sql.SQL(
-        (ROW_DECLARE if per_row else "") + "BEGIN\n"
-        "  IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN {ins}; END IF;\n"  # INSERT, UPDATE
-        "  IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN {del}; END IF;\n"  # UPDATE, DELETE
-        "  RETURN NULL;\n"
-        "END"
-    ).format(ins=ins, **{"del": delete})
+    body = _pg_function_body(task, schema, per_row=per_row)
     # SECURITY DEFINER: the function runs as its owner (the role that installs, which owns the
     # ledger), so a writer that may only INSERT into the source table still records its changes
     # in the inbox without any privilege on the ledger. It runs under the writer's search_path,
@@ -304,7 +322,7 @@ def _install_postgres(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {fn}() RETURNS pg_catalog.trigger LANGUAGE plpgsql"
             " SECURITY DEFINER AS {body}"
-        ).format(fn=fn, body=sql.Literal(body.as_string())),
+        ).format(fn=fn, body=sql.Literal(body)),
         sql.SQL("REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC").format(fn=fn),
     ]
     names = []
@@ -384,7 +402,7 @@ def missing_capture_columns(task: TaskSpec, columns: Collection[str]) -> list[st
     ]
 
 
-def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[str]:
+def _install_sqlite(task: TaskSpec, inbox: Ledger) -> list[str]:
     cap = task.capture
     assert cap.table
     q = db.SQLITE.quote
@@ -395,23 +413,32 @@ def _install_sqlite(task: TaskSpec, inbox: Ledger, time_ending: bool) -> list[st
     if problems:  # a trigger naming no column would break the application's every write
         raise ConfigError("; ".join(problems))
 
+    triggers = _sqlite_triggers(task)
+    drops = [f"DROP TRIGGER IF EXISTS {q(name)}" for name, _ in triggers]
+    _execute(inbox, drops + [create for _, create in triggers])  # one transaction
+    return [name for name, _ in triggers]
+
+
+def _sqlite_triggers(task: TaskSpec) -> list[tuple[str, str]]:
+    """``(name, CREATE TRIGGER statement)`` of each SQLite capture trigger of ``task``, as
+    ``install`` creates it and ``sqlite_master.sql`` keeps it."""
+    assert task.capture.table
+    q = db.SQLITE.quote
+    time_ending = bool(task.time and task.time.boundary == "end")
+
     def insert(row: str) -> str:
         values = _row_values(task, db.SQLITE, row, time_ending, "json_array")
         return f"INSERT OR IGNORE INTO sluicegate_changes (task, keys, bin) VALUES {values};"
 
-    names = []
-    statements = []
-    for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"])):
-        name = _trigger_name(task, op)
-        names.append(name)
-        statements.append(f"DROP TRIGGER IF EXISTS {q(name)}")
-        statements.append(
-            f"CREATE TRIGGER {q(name)} AFTER {op} ON {q(cap.table)} BEGIN "
+    return [
+        (
+            _trigger_name(task, op),
+            f"CREATE TRIGGER {q(_trigger_name(task, op))} AFTER {op} ON {q(task.capture.table)} BEGIN "
             + " ".join(insert(r) for r in rows)
-            + " END"
+            + " END",
         )
-    _execute(inbox, statements)
-    return names
+        for op, rows in (("INSERT", ["NEW"]), ("UPDATE", ["OLD", "NEW"]), ("DELETE", ["OLD"]))
+    ]
 
 
 def _install_mariadb(task: TaskSpec, inbox: Ledger) -> list[str]:

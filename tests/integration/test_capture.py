@@ -272,6 +272,36 @@ def test_two_installs_at_once_both_succeed(backend: str, tmp_path: Path) -> None
     db.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+@pytest.mark.parametrize("change", ["boundary", "time"])
+def test_triggers_made_for_another_boundary_or_time_count_as_not_installed(
+    backend: str, tmp_path: Path, change: str
+) -> None:
+    """Triggers installed before `[time] boundary = "end"` (or another `[capture] time`) kept
+    binning rows the old way: a midnight reading marked the next day, so the day that holds it
+    kept its old file, while `check` said all was well. They count as not installed now."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    db = Db(backend)
+    db.location(1, "UTC")
+    assert cli(root, "install").returncode == 0
+    assert "not installed" not in cli(root, "check").stderr
+    toml = root / "tasks" / "openaq" / "task.toml"
+    before = toml.read_text()
+    old, new = ('boundary = "start"', 'boundary = "end"')
+    if change == "time":
+        old, new = ('time = "datetime"', 'time = "ingested_at"')
+    assert old in before
+    toml.write_text(before.replace(old, new))
+    checked = cli(root, "check")
+    assert "capture triggers are not installed on measurements" in checked.stderr, checked.stderr
+    assert cli(root, "install").returncode == 0
+    assert "not installed" not in cli(root, "check").stderr
+    if change == "boundary":  # a reading at midnight is the day before's, as the task now says
+        db.insert(1, [DAY])
+        assert _absorbed(root) == {'[1,"2024-04-30"]': 1}
+    db.close()
+
+
 @pytest.mark.pg
 @pytest.mark.parametrize("zone", ["UTC", None])
 def test_a_row_with_a_null_key_is_set_aside_and_stops_nothing(
