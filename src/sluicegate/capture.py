@@ -242,6 +242,7 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
         # The inbox tables in the source database are upgraded with the ledger's (by the owner's
         # first run after an upgrade): an inbox of schema 10 lacks change_runs, which the fold reads.
         inbox.ensure_schema()
+    _warn_unless_installed(task, inbox, source)
     zones = ZoneMap(task, source)
     wall = wall_zone(task, source, task.capture.table, task.capture.time)
     total = 0
@@ -256,6 +257,22 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
         total += len(parts)
         if len(changes) < ABSORB_CHUNK:
             return total
+
+
+def _warn_unless_installed(task: TaskSpec, inbox: Ledger, source: Source) -> None:
+    """Say so when the task's triggers are missing (never installed, the table made again) or
+    were made for another boundary, time or keys: a run took nothing from the inbox, exit 0, and
+    no one heard. MariaDB shows triggers only to a role with TRIGGER on the table: not asked."""
+    if source.dialect is db.MARIADB:
+        return
+    from .capture_triggers import missing_triggers
+
+    if missing := missing_triggers(task, source, inbox.schema):
+        log.warning(
+            "task %s: capture triggers %s are not installed on %s as the task is now set up, so its"
+            " changes go unseen; run 'sluicegate install %s'",
+            task.name, ", ".join(missing), task.capture.table, task.name,
+        )  # fmt: skip
 
 
 def peek(task: TaskSpec, inbox: Ledger, source: Source, *, limit: int = ABSORB_CHUNK) -> list[Partition]:
