@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import posixpath
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -419,8 +418,7 @@ def refuse_overwrites(
             if _names_window_exactly(task, window, path):
                 continue
             destination = destination_for(window.destination)
-            listed = destination.list_files(posixpath.dirname(path))
-            published = path in {p.removeprefix("./") for p in listed}
+            published = destination.exists(path)
         except SluicegateError:  # a path or a destination that fails: recorded on the window itself
             continue
         if published:

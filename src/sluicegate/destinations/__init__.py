@@ -144,9 +144,9 @@ class Destination(Protocol):
         """Remove a staged file that will not be published."""
         ...
 
-    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
-        """True when an object of ``size`` bytes is published at ``path`` (and, on a store
-        that gives ETags, one whose ETag is ``etag`` when that is given)."""
+    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
+        """True when an object is published at ``path``: of ``size`` bytes when that is given
+        (and, on a store that gives ETags, one whose ETag is ``etag`` when that is given)."""
         ...
 
     def delete(self, path: str) -> None:

@@ -59,11 +59,11 @@ class FsspecDestination(SpooledUpload):
     def check_path(self, path: str) -> None:
         """No limit is known for an arbitrary fsspec filesystem; its own errors apply."""
 
-    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
-        """True when ``path`` exists with ``size`` bytes (files have no ETag to compare)."""
+    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
+        """True when ``path`` exists (with ``size`` bytes, when given; files have no ETag)."""
         full = self._full(path)
         try:
-            return bool(self.fs.exists(full) and self.fs.size(full) == size)
+            return bool(self.fs.exists(full) and (size is None or self.fs.size(full) == size))
         except OSError as exc:
             raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc}") from exc
 

@@ -205,14 +205,15 @@ class LocalDestination:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged.local_path)
 
-    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
-        """True when ``path`` exists with ``size`` bytes (files have no ETag to compare)."""
+    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
+        """True when ``path`` exists (with ``size`` bytes, when given; files have no ETag)."""
         try:
-            return os.stat(self._target(path)).st_size == size
+            found = os.stat(self._target(path)).st_size
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc.strerror}") from exc
+        return size is None or found == size
 
     def delete(self, path: str) -> None:
         """Remove ``path`` if present (durably by the next :meth:`sync`)."""

@@ -324,7 +324,7 @@ class S3Destination(SpooledUpload):
                 "shorten the partition values, the path template or the prefix"
             )
 
-    def exists(self, path: str, size: int, etag: str | None = None) -> bool:
+    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
         """True when the object exists with ``size`` bytes and, when ``etag`` is given, that
         ETag: an object replaced by other bytes of the same size is not taken for ours."""
         key = self.key(path)
@@ -336,7 +336,7 @@ class S3Destination(SpooledUpload):
                     return False
                 raise
         same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
-        return int(head["ContentLength"]) == size and same
+        return (size is None or int(head["ContentLength"]) == size) and same
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
