@@ -348,7 +348,7 @@ class Pipeline:
             previous is not None
             and checksum == previous.checksum
             and unit.path == previous.path
-            and self.destination.exists(unit.path, staged.file.size, previous.etag)
+            and self.destination.exists(unit.path, staged.file.size, previous.etag, checksum)
         )
         if unchanged:
             self.destination.discard(staged)

@@ -141,6 +141,40 @@ def test_worker_killed_after_upload_before_commit(tmp_path: Path, server_url: st
     assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
 
 
+def test_a_file_left_by_a_killed_worker_is_replaced_even_when_its_size_matches(tmp_path: Path) -> None:
+    """Killed after its file was put in place: the file holds a value the ledger never recorded.
+    The rows then go back to what was committed, so the next export has the ledger's SHA-256
+    and the same size as the file in place; it must still replace that file, not call it
+    unchanged (the published file said 2.5 for ever, the source and the ledger 1.5)."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), lease="1s")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    at = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    db.insert(1, hours(at, 24))
+    first = _spawn(root, "run")
+    assert first.wait(timeout=60) == 0, first.communicate()
+    [path] = files(tmp_path / "out")
+    committed = path.read_bytes()
+    db.update_value(1, at, 2.5)  # 1.5 -> 2.5: the same number of bytes
+    proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "after_publish"})
+    _wait_for(root / ".fault-after_publish", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (root / ".fault-after_publish").unlink()
+    left = path.read_bytes()
+    assert left != committed and len(left) == len(committed)
+    db.update_value(1, at, 1.5)  # back to the committed rows
+    time.sleep(1.5)  # the killed worker's lease expires
+    again = _spawn(root, "run", "--json")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert json.loads(out)[0]["exported"] == 1
+    assert path.read_bytes() == committed
+    assert read_csv(path)[0]["value"] == "1.5"
+
+
 def test_worker_killed_mid_write_leaves_no_partial_file(tmp_path: Path, server_url: str) -> None:
     root, db = _project(tmp_path, server_url, locations=2, days=1, lease="2s")
     proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
@@ -353,10 +387,14 @@ def test_marks_and_failures_read_the_values_before_the_row_changes(
 
 def _published(claims: Sequence[Claim]) -> list[ExportResult]:
     """A published one-row file ``f<id>`` for each claim, as an exporter reports it."""
-    return [ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims]
+    return [
+        ExportResult(claim=c, path=f"f{c.id}", rows=1, nbytes=1, checksum="c", published=True) for c in claims
+    ]
 
 
-def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> tuple[dict[str, int], list[BaseException]]:
+def _race_commits_and_marks(
+    tmp_path: Path, url: str, *, claims_apart: bool
+) -> tuple[dict[str, int], list[BaseException]]:
     """For 4 s, one thread claims and commits batches of 40 of 200 partitions (holding the locks
     while "placing" files, 5 ms), another marks all 200 again and again; return what each did and
     the errors that ended them. ``claims_apart``: claims and marks never run at the same time
@@ -365,7 +403,9 @@ def _race_commits_and_marks(tmp_path: Path, url: str, *, claims_apart: bool) -> 
     project = load(root)
     task = project.tasks["openaq"]
     days = range(1, 11)
-    parts = [restore_partition(task, [loc, f"2024-01-{day:02d}"], "UTC") for loc in range(1, 21) for day in days]
+    parts = [
+        restore_partition(task, [loc, f"2024-01-{day:02d}"], "UTC") for loc in range(1, 21) for day in days
+    ]
 
     def ledger() -> Ledger:
         return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
@@ -422,7 +462,9 @@ def _innodb_deadlocks(url: str) -> int:
 
 
 @pytest.mark.mariadb
-def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(tmp_path: Path, mariadb_url: str) -> None:
+def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(
+    tmp_path: Path, mariadb_url: str
+) -> None:
     """A batch commit locks its rows by partition key in the order marks lock them: no deadlock."""
     before = _innodb_deadlocks(mariadb_url)
     done, errors = _race_commits_and_marks(tmp_path, mariadb_url, claims_apart=True)

@@ -144,9 +144,12 @@ class Destination(Protocol):
         """Remove a staged file that will not be published."""
         ...
 
-    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
+    def exists(
+        self, path: str, size: int | None = None, etag: str | None = None, sha256: str | None = None
+    ) -> bool:
         """True when an object is published at ``path``: of ``size`` bytes when that is given
-        (and, on a store that gives ETags, one whose ETag is ``etag`` when that is given)."""
+        (and, on a store that gives ETags, one whose ETag is ``etag`` when that is given; on one
+        that does not, one whose SHA-256 is ``sha256`` when that is given)."""
         ...
 
     def delete(self, path: str) -> None:

@@ -9,6 +9,7 @@ are needed, at the cost of uploading while those rows are locked).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import fsspec
@@ -59,11 +60,16 @@ class FsspecDestination(SpooledUpload):
     def check_path(self, path: str) -> None:
         """No limit is known for an arbitrary fsspec filesystem; its own errors apply."""
 
-    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
-        """True when ``path`` exists (with ``size`` bytes, when given; files have no ETag)."""
+    def exists(
+        self, path: str, size: int | None = None, etag: str | None = None, sha256: str | None = None
+    ) -> bool:
+        """True when ``path`` exists (with ``size`` bytes, when given) and, when ``sha256`` is
+        given, those bytes (no ETag to compare; a same-sized file left by a killed worker is not ours)."""
         full = self._full(path)
         try:
-            return bool(self.fs.exists(full) and (size is None or self.fs.size(full) == size))
+            if not (self.fs.exists(full) and (size is None or self.fs.size(full) == size)):
+                return False
+            return sha256 is None or hashlib.sha256(bytes(self.fs.cat_file(full))).hexdigest() == sha256
         except OSError as exc:
             raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc}") from exc
 

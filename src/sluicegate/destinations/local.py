@@ -205,15 +205,25 @@ class LocalDestination:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged.local_path)
 
-    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
-        """True when ``path`` exists (with ``size`` bytes, when given; files have no ETag)."""
+    def exists(
+        self, path: str, size: int | None = None, etag: str | None = None, sha256: str | None = None
+    ) -> bool:
+        """True when ``path`` exists (with ``size`` bytes, when given) and, when ``sha256`` is
+        given, holds those bytes.
+
+        Files have no ETag, and a size says little: a worker killed after putting its file in
+        place and before its commit left a file the ledger does not record, often of the same
+        size (a value 1.5 that became 2.5); taken for the recorded one, it stayed published.
+        """
+        target = self._target(path)
         try:
-            found = os.stat(self._target(path)).st_size
+            if size is not None and os.stat(target).st_size != size:
+                return False
+            return _sha256(target) == sha256 if sha256 is not None else os.path.exists(target)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise DestinationUnavailable(f"cannot look at {self.display(path)}: {exc.strerror}") from exc
-        return size is None or found == size
 
     def delete(self, path: str) -> None:
         """Remove ``path`` if present (durably by the next :meth:`sync`)."""
@@ -253,14 +263,11 @@ class LocalDestination:
 
     def verify(self, path: str, size: int, sha256: str) -> None:
         """Read the file back and compare its size and SHA-256."""
-        digest = hashlib.sha256()
         try:
-            with open(self._target(path), "rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
+            digest = _sha256(self._target(path))
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read back {self.display(path)}: {exc.strerror}") from exc
-        if digest.hexdigest() != sha256:
+        if digest != sha256:
             raise DestinationUnavailable(f"{self.display(path)} does not match what was written")
 
     def check(self) -> None:
@@ -340,3 +347,12 @@ def _check(result: int) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _sha256(target: str) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(target, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -324,9 +324,12 @@ class S3Destination(SpooledUpload):
                 "shorten the partition values, the path template or the prefix"
             )
 
-    def exists(self, path: str, size: int | None = None, etag: str | None = None) -> bool:
+    def exists(
+        self, path: str, size: int | None = None, etag: str | None = None, sha256: str | None = None
+    ) -> bool:
         """True when the object exists with ``size`` bytes and, when ``etag`` is given, that
-        ETag: an object replaced by other bytes of the same size is not taken for ours."""
+        ETag: an object replaced by other bytes of the same size is not taken for ours (the
+        ETag is the store's fingerprint of the bytes, so ``sha256`` is not read back)."""
         key = self.key(path)
         with self._errors(key):
             try:
