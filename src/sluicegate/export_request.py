@@ -189,6 +189,10 @@ def load_request(text: str) -> ExportRequest:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"the request is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of 4,301+ digits; arrays nested too deep
+        # Not a JSONDecodeError: it escaped as a traceback, and in Lambda it failed the whole
+        # SQS batch, so one such message sent every other one back (and to the dead-letter queue).
+        raise UsageError(f"the request is not JSON sluicegate can read: {exc}") from None
     return parse_request(data)
 
 

@@ -222,7 +222,10 @@ class _Literal(str):
 
 def _loads(text: str) -> Any:
     """JSON, with numbers no float holds and NaN/Infinity kept as written (see _Literal)."""
-    return json.loads(text, parse_float=_json_float, parse_constant=_Literal)
+    try:
+        return json.loads(text, parse_float=_json_float, parse_constant=_Literal)
+    except RecursionError:  # arrays or objects nested too deep: a malformed message, not a crash
+        raise ValueError("it is nested too deeply") from None
 
 
 def _json_float(text: str) -> float | _Literal:

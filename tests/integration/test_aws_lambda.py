@@ -371,6 +371,44 @@ def test_sqs_fifo_batch_stops_at_the_first_failure(
     assert "exportType" in lines[1]["error"] and "earlier message of this FIFO batch" in lines[2]["error"]
 
 
+@pytest.mark.parametrize(
+    "poison",
+    [
+        '{"exportType": "DAILY", "tag": ' + "1" * 5000 + "}",  # json.loads: ValueError, not a decode error
+        "[" * 100_000 + "]" * 100_000,  # json.loads: RecursionError
+    ],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_sqs_a_body_json_cannot_hold_fails_only_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], poison: str
+) -> None:
+    """A body that json.loads refuses with another error than a decode error is malformed, like
+    any other: the handler raised, so the whole batch came back, the good records too."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = tmp_path / "proj"
+    (root / "tasks" / "studies").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+    )
+    (root / "tasks" / "studies" / "task.toml").write_text(
+        'kind = "incremental"\nentity = "study_id"\ncursor = "uploaded_on"\nentities = ["s1"]\n'
+        'path = "{study_id}/{start:%Y%m%d}.{ext}"\nformat = "csv"\n'
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT 's1' AS study_id, '2024-05-09T01:00:00Z' AS uploaded_on"
+    )
+    sqlite3.connect(tmp_path / "source.db").close()
+    monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+    good = json.dumps({"exportType": "DAILY", "endDateTime": T.isoformat()})
+    event = sqs_event(good, poison)
+    result = aws_lambda.handler(event, Context(remaining_s=60.0))
+    ids = [r["messageId"] for r in event["Records"]]
+    assert result == {"batchItemFailures": [{"itemIdentifier": ids[1]}]}
+    first, second = log_lines(capsys)
+    assert first["ok"] is True and second["malformed"] is True
+    assert "not JSON sluicegate can read" in second["error"]
+
+
 def test_sqs_records_that_do_not_fit_in_the_time_left_come_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
