@@ -17,7 +17,8 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
     ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query.
 
 The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``end_time``,
-and pages are followed through ``links.next`` to the end. A 5xx answer (after the page's
+and pages are followed through ``links.next`` to the end (a ``links.next`` that is not a
+URL, or leads back to a page already served, is terminal: the paging loops). A 5xx answer (after the page's
 retries) and network errors are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
 provider's ``error_description``.
@@ -55,6 +56,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
         headers["Authorization"] = f"Bearer {reveal(config['token'])}"
     with httpclient.client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
         next_url: str | None = url
+        seen: set[str] = set()  # pages after the first: a links.next seen before is a loop
         while next_url:
             body = get_page(client, next_url, params, config)
             data = body.get("data") if isinstance(body, dict) else None
@@ -63,8 +65,26 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                     f"{mask_url(next_url)} answered without data.trips; is it an MDS /trips API?"
                 )
             yield from data["trips"]
-            links = body.get("links") or {}
-            next_url, params = links.get("next"), None
+            next_url, params = _next_page(body, next_url, seen), None
+
+
+def _next_page(body: dict[str, Any], page: str, seen: set[str]) -> str | None:
+    """The page ``links.next`` names, or None at the end; a loop or a link that is not a URL is
+    terminal. A provider whose links.next led back to a page it had served made the stage read
+    the same trips for ever, its lease renewed, so no run could take the block again."""
+    links = body.get("links") or {}
+    following = links.get("next") if isinstance(links, dict) else links
+    if following is None or following == "":
+        return None
+    if not isinstance(following, str):
+        raise TerminalError(f"{mask_url(page)} answered with links.next {following!r}, which is not a URL")
+    if following in seen:
+        raise TerminalError(
+            f"{mask_url(page)} answered with links.next {mask_url(following)}, a page it had served "
+            "already: the provider's paging loops; ask the provider to fix it"
+        )
+    seen.add(following)
+    return following
 
 
 def get_page(

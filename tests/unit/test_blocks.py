@@ -189,7 +189,12 @@ def test_spring_forward_day_has_23_blocks_and_none_is_empty() -> None:
 @pytest.mark.parametrize(
     ("zone", "low", "later", "high"),
     [
-        ("Australia/Lord_Howe", "2024-04-06T22:00", "2024-04-07T03:00", "2024-04-07T06:00"),  # DST ends: 30 min
+        (
+            "Australia/Lord_Howe",
+            "2024-04-06T22:00",
+            "2024-04-07T03:00",
+            "2024-04-07T06:00",
+        ),  # DST ends: 30 min
         ("Asia/Kathmandu", "1985-12-31T20:00", "1986-01-01T02:00", "1986-01-01T04:00"),  # +05:30 to +05:45
     ],
 )
@@ -251,9 +256,19 @@ def test_a_path_that_names_both_fall_back_hours_alike_is_refused(tmp_path: Path)
         # a path that escapes the destination, in UTC: refused at load, not after the extract ran
         ((("US/Central", "UTC"), ('"{{stage}}/', '"../{{stage}}/')), "escapes the destination"),
         # a stage writing over another's file: the publish over the extract it reads
-        ((('callable = "etl:portal"', 'path = "extract/{{provider}}/{{label}}.jsonl"\ncolumns = {{ trip_id = "text" }}'),
-          ("{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl", "extract/{{provider}}/{{label}}.jsonl")),
-         "names the same file as [extract] path"),
+        (
+            (
+                (
+                    'callable = "etl:portal"',
+                    'path = "extract/{{provider}}/{{label}}.jsonl"\ncolumns = {{ trip_id = "text" }}',
+                ),
+                (
+                    "{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl",
+                    "extract/{{provider}}/{{label}}.jsonl",
+                ),
+            ),
+            "names the same file as [extract] path",
+        ),
     ],
 )
 def test_paths_that_would_overwrite_each_other_are_refused_at_load(
@@ -294,8 +309,10 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         (('kind = "blocks"', 'kind = "blocks"\nstages = []'), "stages: use a list of stage names"),
         (('kind = "blocks"', 'kind = "blocks"\nstages = ["extract", "extract"]'), "may appear once"),
         # the stage named, and what would share a file (it said "two block fields' files")
-        (("{stage}/{provider}/{block", "{stage}/{block"),
-         "[extract] path: the template does not use {provider}, so two key values' files would share"),
+        (
+            ("{stage}/{provider}/{block", "{stage}/{block"),
+            "[extract] path: the template does not use {provider}, so two key values' files would share",
+        ),
     ],
 )
 def test_configuration_errors_name_the_setting(tmp_path: Path, change: tuple[str, str], message: str) -> None:
@@ -501,15 +518,22 @@ def test_a_key_value_removed_from_keys_is_left_on_the_ledger_and_not_worked_on(t
     ``--force`` and ``--incomplete-only`` took its stages again. Its rows now stay as they were,
     and ``status`` still shows them."""
     root = make_project(tmp_path)
-    assert blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2", "--stage", "extract").exit_code == 0
-    assert blocks_cli(root, "--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=bird").exit_code == 1
+    assert (
+        blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2", "--stage", "extract").exit_code == 0
+    )
+    assert (
+        blocks_cli(root, "--time-max", "2020-1-1-5", "--interval", "1", "--key", "provider=bird").exit_code
+        == 1
+    )
     bird_calls = [c for c in calls(root) if c["key"] == "bird"]
     assert len(bird_calls) == 5  # the 01:00 and 02:00 extracts, the 05:00 one's three attempts (parked)
     bird_rows = [r for r in ledger_rows(root) if r[0] == "bird"]
     assert [r[3] for r in bird_rows] == ["done", "pending", "pending"] * 2 + ["failed", "pending", "pending"]
     task = root / "tasks" / "trips" / "task.toml"
     task.write_text(task.read_text().replace('keys = ["lime", "bird"]', 'keys = ["lime"]'))
-    (root / "etl.py").write_text(ETL.replace('FAILING = ("T05:00",)', "FAILING = ()"))  # bird's would pass now
+    (root / "etl.py").write_text(
+        ETL.replace('FAILING = ("T05:00",)', "FAILING = ()")
+    )  # bird's would pass now
 
     runs = {
         "range": ["blocks", "trips", "--time-max", "2020-1-1-1", "--interval", "1"],
@@ -630,7 +654,9 @@ def test_a_key_value_with_a_newline_is_quoted_in_every_line_that_names_it(tmp_pa
     """Messages naming a (block, stage) started with its key value as it was: one holding a newline
     split the run's error line, the status line and the dry-run line in two, and so did the list
     of known values and the setting a bad [keys.<value>] secret was reported under."""
-    task = TASK.format(extract_extra="", create="true").replace('keys = ["lime", "bird"]', 'keys = ["lime", "a\\nb"]')
+    task = TASK.format(extract_extra="", create="true").replace(
+        'keys = ["lime", "bird"]', 'keys = ["lime", "a\\nb"]'
+    )
     root = make_project(tmp_path, task=task)
     quoted = "'a\\nb' 2020-01-01T01:00-06:00 extract"
     dry = blocks_cli(root, "--time-max", "2020-1-1-1", "--dry-run")
@@ -644,7 +670,9 @@ def test_a_key_value_with_a_newline_is_quoted_in_every_line_that_names_it(tmp_pa
     assert unknown.exit_code == 2 and "known: lime, 'a\\nb'\n" in unknown.output, unknown.output
     for out in (dry.output, run.output, status.output, unknown.output):
         assert not any(line.startswith("b ") for line in out.splitlines()), out  # no line split
-    table = task.replace('keys = ["lime", "a\\nb"]', f'[keys."a\\nb"]\ntoken = "{encrypt("t", generate_key())}"')
+    table = task.replace(
+        'keys = ["lime", "a\\nb"]', f'[keys."a\\nb"]\ntoken = "{encrypt("t", generate_key())}"'
+    )
     (root / "tasks" / "trips" / "task.toml").write_text(textwrap.dedent(table))
     wrong = blocks_cli(root, "--time-max", "2020-1-1-1", env={"SLUICEGATE_FERNET_KEY": generate_key()})
     assert wrong.exit_code == 2 and wrong.output.count("\n") == 1, wrong.output
@@ -706,7 +734,9 @@ columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
 RIDES_SELECT = "SELECT ride, provider, ended_at FROM rides"
 
 
-def with_rides(root: Path, rides: list[tuple[int, str, str]], select: str = RIDES_SELECT) -> sqlite3.Connection:
+def with_rides(
+    root: Path, rides: list[tuple[int, str, str]], select: str = RIDES_SELECT
+) -> sqlite3.Connection:
     """The SQL task's source: ``rides`` (ride, provider, ended_at) and its select.sql; the open connection."""
     conn = sqlite3.connect(root / "data.db")
     conn.execute("CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)")
@@ -750,7 +780,9 @@ def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_pat
     conn.execute("CREATE TABLE rides (ride INTEGER, pid INTEGER, ended_at TEXT)")
     conn.execute("INSERT INTO rides VALUES (7, 1, '2020-01-01T06:10:00Z')")
     conn.commit()
-    (root / "tasks" / "trips" / "select.sql").write_text("SELECT ride, pid + 0 AS provider, ended_at FROM rides")
+    (root / "tasks" / "trips" / "select.sql").write_text(
+        "SELECT ride, pid + 0 AS provider, ended_at FROM rides"
+    )
     result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1")  # 06:00Z-07:00Z
     assert result.exit_code == 0, result.output
     statuses = {(r[0], r[2]): r[3] for r in ledger_rows(root)}
@@ -762,14 +794,18 @@ def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_pat
 def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_path: Path) -> None:
     """The publish file of rows since deleted stayed in place (and on the ledger as the publish's
     artifact) while the ledger said "no data" for the block."""
-    root = make_project(tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'"))
+    root = make_project(
+        tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'")
+    )
     conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")])
     assert blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1").exit_code == 0
     published = root / "out/csv/lime/20200101T0100-0600.csv"
     assert published.exists() and "1,lime," in published.read_text()
     conn.execute("DELETE FROM rides")
     conn.commit()
-    again = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1", "--key", "provider=lime", "--force")
+    again = blocks_cli(
+        root, "--time-max", "2020-1-1-1", "--interval", "1", "--key", "provider=lime", "--force"
+    )
     assert again.exit_code == 0, again.output
     assert not published.exists() and not (root / "out/extract/lime/2020-01-01T01:00-06:00.jsonl").exists()
     artifacts = conn.execute("SELECT stage, status, artifact FROM sluicegate_blocks WHERE key_value = 'lime'")
@@ -781,7 +817,9 @@ def test_a_key_value_keys_sql_no_longer_returns_is_not_worked_on(tmp_path: Path)
     its pending publish stayed claimable (a run published its file anyway)."""
     root = make_project(tmp_path, task=SQL_TASK)
     conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z"), (2, "bird", "2020-01-01T06:20:00Z")])
-    assert blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1", "--stage", "extract").exit_code == 0
+    assert (
+        blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1", "--stage", "extract").exit_code == 0
+    )
     conn.execute("DELETE FROM rides WHERE provider = 'bird'")
     conn.commit()
     for args in (["blocks", "trips", "--time-max", "2020-1-1-1", "--interval", "1"], ["run", "trips"]):
@@ -798,8 +836,11 @@ def test_a_key_value_keys_sql_no_longer_returns_is_not_worked_on(tmp_path: Path)
     ("select", "task_change", "message"),
     [
         ("SELECT ride, ended_at FROM rides", None, "key: 'provider' is not a column of select.sql's result"),
-        (RIDES_SELECT, ('time = "ended_at"', 'time = "ended"'),
-         "[extract] time: 'ended' is not a column of select.sql's result"),
+        (
+            RIDES_SELECT,
+            ('time = "ended_at"', 'time = "ended"'),
+            "[extract] time: 'ended' is not a column of select.sql's result",
+        ),
         (RIDES_SELECT, ("FROM rides", "FROM nosuch"), "keys_sql: "),
     ],
 )
@@ -831,3 +872,47 @@ def test_transition_days_are_every_day_the_offset_changes(zone: str) -> None:
             != dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=tz).utcoffset()
         ]  # fmt: skip
         assert transition_days(zone, year) == every
+
+
+@pytest.mark.parametrize(
+    ("links", "message"),
+    [
+        ({"next": "http://mds.test/p/trips?page=1"}, "a page it had served already"),
+        (["http://mds.test/p/trips?page=1"], "which is not a URL"),
+        ({"next": 7}, "which is not a URL"),
+    ],
+    ids=["loop", "links-a-list", "next-a-number"],
+)
+def test_mds_paging_that_loops_or_is_not_a_url_is_terminal(
+    monkeypatch: pytest.MonkeyPatch, links: Any, message: str
+) -> None:
+    """A provider whose links.next led back to a page it had served kept the extract reading the
+    same trips for ever (its lease renewed, so no other run could take the block)."""
+    import httpx
+
+    from sluicegate import httpclient, mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    served = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        served.append(str(request.url))
+        if len(served) > 10:
+            raise AssertionError("the extract follows links.next for ever")
+        return httpx.Response(200, json={"data": {"trips": [{"trip_id": "t1"}]}, "links": links})
+
+    monkeypatch.setattr(
+        httpclient, "client", lambda **kw: httpx.Client(transport=httpx.MockTransport(answer), **kw)
+    )
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    block = StageBlock(
+        task="trips",
+        stage="extract",
+        key="provider",
+        key_value="p",
+        block=Block(start=start, end=start + dt.timedelta(hours=1), zone="UTC"),
+    )
+    with pytest.raises(TerminalError, match=message):
+        list(mds.trips(block, {"url": "http://mds.test/p"}))
+    assert len(served) <= 3
