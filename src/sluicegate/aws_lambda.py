@@ -137,7 +137,8 @@ def _scheduled_tasks(event: Mapping[str, Any]) -> list[str]:
             f"the scheduled event's detail has {', '.join(map(repr, unknown))}; "
             'only "tasks" (a list of task names) is accepted'
         )
-    tasks = detail.get("tasks") or []
+    tasks = detail.get("tasks")
+    tasks = [] if tasks is None else tasks  # "", 0, false or {} ran every task, as an empty list does
     if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
         raise UsageError(f'the scheduled event\'s detail "tasks" must be a list of task names, not {tasks!r}')
     return tasks

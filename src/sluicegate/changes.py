@@ -68,7 +68,14 @@ class Change:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Change:
-        """A line as written by :class:`ChangeFeed`."""
+        """A line as written by :class:`ChangeFeed`; TypeError for a field of another type (a
+        hand-edited manifest's "seq": "1" failed the sort of every entry with a traceback)."""
+        texts, numbers = ("path", "action", "task", "time", "run"), ("rows", "bytes", "seq")
+        wrong = [k for k in texts if not isinstance(data.get(k), str)]
+        wrong += [k for k in numbers if isinstance(data.get(k), bool) or not isinstance(data.get(k), int)]
+        if wrong:
+            kind = "text" if wrong[0] in texts else "whole number"
+            raise TypeError(f"field {wrong[0]!r} is {data.get(wrong[0])!r}, not a {kind}")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def as_json(self) -> dict[str, Any]:
@@ -214,7 +221,13 @@ def read_changes(
                 f"--since {since}: no manifest of that run under {destination.display(MANIFESTS)}; "
                 "give a run id from 'sluicegate changes --json' or a time"
             )
-        point = max(dt.datetime.fromisoformat(c.time) for n in names for c in _read(destination, n))
+        times = [dt.datetime.fromisoformat(c.time) for n in names for c in _read(destination, n)]
+        if not times:  # its manifests were emptied by hand: max() of nothing was a traceback
+            raise UsageError(
+                f"--since {since}: the manifests of that run under {destination.display(MANIFESTS)} hold"
+                " no entries; give a time instead"
+            )
+        point = max(times)
         exclude: str | None = since
     else:
         point, exclude = since.astimezone(dt.UTC), None

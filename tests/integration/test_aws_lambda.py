@@ -240,6 +240,9 @@ def test_scheduled_event_with_too_little_time_fails_loudly(
     [
         ({"task": "openaq"}, r"detail has 'task'; only \"tasks\""),
         ({"tasks": "openaq"}, r"\"tasks\" must be a list of task names, not 'openaq'"),
+        ({"tasks": ""}, r"\"tasks\" must be a list of task names, not ''"),  # these ran every task
+        ({"tasks": False}, r"\"tasks\" must be a list of task names, not False"),
+        ({"tasks": {}}, r"\"tasks\" must be a list of task names, not \{\}"),
         ([], r"detail must be an object"),
     ],
 )

@@ -103,6 +103,11 @@ def test_a_key_that_is_not_a_fernet_key_names_its_variable_and_how_to_make_one(t
          b' "run": "r", "seq": 1, "keys": {}}\n', "Invalid isoformat string: 'x'"),
         (b'{"time": "2030-01-01T00:00:00", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": "",'
          b' "task": "t", "run": "r", "seq": 1, "keys": {}}\n', "has no UTC offset"),
+        # two entries for one path, one seq a string: the sort was a TypeError with a traceback
+        (b'{"time": "2030-01-01T00:00:00Z", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": "",'
+         b' "task": "t", "run": "r", "seq": 2, "keys": {}}\n'
+         b'{"time": "2030-01-01T00:00:00Z", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": "",'
+         b' "task": "t", "run": "r", "seq": "1", "keys": {}}\n', "field 'seq' is '1', not a whole number"),
     ],
 )  # fmt: skip
 def test_changes_names_a_manifest_it_cannot_read(tmp_path: Path, content: bytes, says: str) -> None:
@@ -112,6 +117,16 @@ def test_changes_names_a_manifest_it_cannot_read(tmp_path: Path, content: bytes,
     (folder / f"{'a' * 32}-000001.jsonl").write_bytes(content)
     err = _one_line_error(cli(root, "changes", "--since", "2000-01-01"), code=1)
     assert f"{'a' * 32}-000001.jsonl is not a sluicegate manifest" in err and says in err, err
+
+
+def test_changes_since_a_run_whose_manifests_hold_nothing_says_so(tmp_path: Path) -> None:
+    """`changes --since RUN` after that run's manifest was emptied by hand: max() of nothing."""
+    root = _project(tmp_path)
+    folder = tmp_path / "o" / "_manifests" / "2030" / "01" / "01"
+    folder.mkdir(parents=True)
+    (folder / f"{'a' * 32}-000001.jsonl").write_bytes(b"")
+    err = _one_line_error(cli(root, "changes", "--since", "a" * 32))
+    assert "the manifests of that run" in err and "hold no entries; give a time instead" in err
 
 
 @pytest.mark.parametrize(
