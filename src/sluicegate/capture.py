@@ -267,7 +267,11 @@ def _warn_unless_installed(task: TaskSpec, inbox: Ledger, source: Source) -> Non
         return
     from .capture_triggers import missing_triggers
 
-    if missing := missing_triggers(task, source, inbox.schema):
+    try:
+        missing = missing_triggers(task, source, inbox.schema)
+    except SluicegateError:  # the catalog out of reach: the run goes on, as it did before it asked
+        return
+    if missing:
         log.warning(
             "task %s: capture triggers %s are not installed on %s as the task is now set up, so its"
             " changes go unseen; run 'sluicegate install %s'",
