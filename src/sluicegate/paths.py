@@ -9,10 +9,12 @@ format characters) are refused, as terminal errors with a short message.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import re
 import string
 import unicodedata
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,20 @@ def safe_relative_path(rendered: str) -> str:
             f"({unicodedata.name(ch, 'unnamed')}); fix the partition value or the path template"
         )
     return rendered
+
+
+def near_times(t: dt.datetime) -> Iterator[dt.datetime]:
+    """Times that differ from ``t`` by one second, minute, hour, half day, day, week, month (same
+    day, same year), year or century: a path that renders one of them as it renders ``t`` does not
+    name that part of ``t`` (``{end:%H%M%S}`` names no day: a four-day window has a one-day one's name)."""
+    for seconds in (1, 60, 3600, 12 * 3600, 86400, 7 * 86400):
+        for sign in (1, -1):
+            with contextlib.suppress(OverflowError):
+                yield t + sign * dt.timedelta(seconds=seconds)
+    months = [t.month + k for k in (1, -1, 2, -2) if 1 <= t.month + k <= 12]
+    for month in months:
+        with contextlib.suppress(ValueError):  # no 31st in that month
+            yield t.replace(month=month)
+    for year in (t.year + 1, t.year - 1, t.year + 100, t.year - 100):
+        with contextlib.suppress(ValueError):  # no 29 February that year, or out of range
+            yield t.replace(year=year)

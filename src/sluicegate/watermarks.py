@@ -392,15 +392,11 @@ def render_window_path(
 
 
 def _names_window_exactly(task: TaskSpec, window: Window, path: str) -> bool:
-    """True when no window of the entity a second longer or shorter, at either end, has ``path``."""
-    second = dt.timedelta(seconds=1)
-    for start, end in (
-        (window.start - second, window.end),
-        (window.start + second, window.end),
-        (window.start, window.end - second),
-        (window.start, window.end + second),
-    ):
-        if render_window_path(task, window.entity, window.export_type, start, end) == path:
+    """True when no window of the entity a second, minute, ... or year longer or shorter, at either
+    end, has ``path`` (one only a second apart missed a path that names the end's time but not its day)."""
+    starts = [(start, window.end) for start in paths.near_times(window.start)]
+    for start, end in starts + [(window.start, end) for end in paths.near_times(window.end)]:
+        if start < end and render_window_path(task, window.entity, window.export_type, start, end) == path:
             return False
     return True
 

@@ -227,6 +227,28 @@ def test_a_reexport_that_would_overwrite_a_longer_windows_file_is_refused(url: s
     assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
 
 
+def test_a_reexport_is_refused_when_the_path_names_the_time_of_day_but_not_the_date(
+    url: str, tmp_path: Path
+) -> None:
+    """The check asked only whether a window a second longer or shorter had the same name: with
+    the end named by its time of day (``{end:%H%M%S}``), the first day of a four-day window had
+    that window's name, was not refused, and replaced its file (three days in no file)."""
+    root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}-{end:%H%M%S}.{ext}")
+    rec = Records(url)
+    for days in range(1, 5):
+        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
+    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
+    assert _run(root, export_type="daily", end=T).rows == 4  # one file for [T - 4 days, T)
+    day = {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+    refused = _run(root, export_type="daily", ignore_watermark=True, **day)
+    assert refused.config_error and (refused.exported, refused.rows) == (0, 0)  # exit 2
+    assert (
+        "would overwrite" in refused.task_errors[0]
+        and "s1/20240506T000000Z-000000.csv" in refused.task_errors[0]
+    )
+    assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+
+
 # 3 and 4: --ignore-watermark and the override destination never touch watermarks
 def test_reexport_and_override_leave_watermarks(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)
