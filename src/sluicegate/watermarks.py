@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,6 @@ from .masking import mask_url
 from .partitions import zone_of
 
 if TYPE_CHECKING:
-    from .destinations import Destination
     from .drivers.incremental import Task as TaskSpec
 
 UTC = dt.UTC
@@ -389,41 +388,6 @@ def render_window_path(
         "task": task.name,
     }
     return paths.render(task.path, named, checked=(task.entity,))
-
-
-def _names_window_exactly(task: TaskSpec, window: Window, path: str) -> bool:
-    """True when no window of the entity a second, minute, ... or year longer or shorter, at either
-    end, has ``path`` (one only a second apart missed a path that names the end's time but not its day)."""
-    starts = [(start, window.end) for start in paths.near_times(window.start)]
-    for start, end in starts + [(window.start, end) for end in paths.near_times(window.end)]:
-        if start < end and render_window_path(task, window.entity, window.export_type, start, end) == path:
-            return False
-    return True
-
-
-def refuse_overwrites(
-    task: TaskSpec, windows: list[Window], destination_for: Callable[[str | None], Destination]
-) -> None:
-    """Refuse a re-export whose file is published already when the path does not name windows
-    by their start and end: that file may be a longer window's, whose rows the re-export would drop."""
-    for window in windows:
-        if window.claim is not None:  # a regular window: the claim's own checks apply
-            continue
-        try:
-            path = window_path(task, window)
-            if _names_window_exactly(task, window, path):
-                continue
-            destination = destination_for(window.destination)
-            published = destination.exists(path)
-        except SluicegateError:  # a path or a destination that fails: recorded on the window itself
-            continue
-        if published:
-            raise UsageError(
-                f"re-exporting {window.entity} [{window.start.isoformat()}, {window.end.isoformat()}) would"
-                f" overwrite {destination.display(path)}, which another window may have written (path in"
-                f" {task.folder / 'task.toml'} does not name each window's start and end); re-export to"
-                " another folder with --destination, or add {end:%Y%m%dT%H%M%SZ} to path"
-            )
 
 
 def redrive_windows(

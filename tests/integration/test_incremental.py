@@ -249,6 +249,36 @@ def test_a_reexport_is_refused_when_the_path_names_the_time_of_day_but_not_the_d
     assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
 
 
+def test_a_redriven_reexport_does_not_overwrite_a_longer_window_written_since(tmp_path: Path) -> None:
+    """The overwrite check was made for `run` only: a re-export of one day that failed, redriven
+    after a regular run had written the four-day window's file under the same name, replaced that
+    file with the one day's rows (three days in no file, the watermark past them), exit 0. That
+    window now fails in redrive (exit 1), its record kept, and the file stays."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}.{ext}")
+    rec = Records(url)
+    for days in range(1, 5):
+        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
+    undecodable = (T - dt.timedelta(days=4, hours=-2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    rec.conn.execute(
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', ?, CAST(X'FF' AS TEXT))",
+        (undecodable,),
+    )
+    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
+    day = {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+    assert _run(root, export_type="daily", ignore_watermark=True, **day).failed == 1  # recorded for redrive
+    rec.conn.execute("DELETE FROM records WHERE uploaded_on = ?", (undecodable,))
+    assert _run(root, export_type="daily", end=T).rows == 4  # one file for [T - 4 days, T)
+    redrive = cli(root, "redrive", "studies")
+    assert redrive.returncode == 1, redrive.stdout + redrive.stderr
+    assert "would overwrite" in redrive.stdout and "watermark forget studies s1" in redrive.stdout
+    assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+    [row] = operations.watermarks(load(root), "studies")
+    assert (row["failed_mode"], row["failed_start"], row["watermark"]) == ("reexport", day["start"], T)
+    assert cli(root, "watermark", "forget", "studies", "s1").returncode == 0
+    assert cli(root, "redrive", "studies").returncode == 0 and _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+
+
 # 3 and 4: --ignore-watermark and the override destination never touch watermarks
 def test_reexport_and_override_leave_watermarks(url: str, tmp_path: Path) -> None:
     root = _project(tmp_path, url)

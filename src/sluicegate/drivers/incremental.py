@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import validate, watermarks
+from .. import overwrites, validate, watermarks
 from ..exceptions import (
     BadPartitionValue,
     ConfigError,
@@ -253,8 +253,11 @@ class Driver:
                 lease=settings.lease,
                 claim=claim,
             )
-        if not options.redrive:  # a re-export that could drop a longer window's rows: exit 2, as planned
-            watermarks.refuse_overwrites(task, windows, ctx.destination_for)
+        if options.redrive:  # a redriven re-export that could drop a longer window's rows fails (exit 1)
+            windows, held = overwrites.hold_overwrites(task, windows, ctx.destination_for)
+            notes += held
+        else:  # a re-export that could drop a longer window's rows: exit 2, as planned
+            overwrites.refuse_overwrites(task, windows, ctx.destination_for)
         summary.entities += notes
         for note in notes if claim else ():
             if "error" in note:  # an entity that cannot be exported at all: a failure of this run
