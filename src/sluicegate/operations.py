@@ -351,7 +351,8 @@ def forget_reexport(project: Project, task_name: str, entity: str) -> dict[str, 
             entity=entity, value=entity, start=row["failed_start"], end=row["failed_end"], claim=None,
             export_type=row["failed_type"], mode="reexport", destination=row["failed_destination"],
         )  # fmt: skip
-        ledger.watermarks.clear_reexport(task.name, window)
+        if not ledger.watermarks.clear_reexport(task.name, window):  # redriven or replaced meanwhile
+            raise UsageError(f"entity {entity!r} of task {task.name!r} no longer owes that re-export")
     return row
 
 

@@ -151,12 +151,14 @@ class WatermarkStore(Store):
         """Forget a recorded failure (its window was exported)."""
         self._run("clear_failure", task=task, entity=entity)
 
-    def clear_reexport(self, task: str, window: Any) -> None:
+    def clear_reexport(self, task: str, window: Any) -> int:
         """Forget the failed re-export of this :class:`~sluicegate.watermarks.Window` (its entity,
-        span, type and destination: redriven), and no other."""
-        self._run(
-            "clear_reexport", task=task, entity=window.entity, start=self.core.ts(window.start),
-            end=self.core.ts(window.end), type=window.export_type, destination=window.destination,
+        span, type and destination: redriven), and no other; return how many rows it cleared."""
+        return int(
+            self._run(
+                "clear_reexport", task=task, entity=window.entity, start=self.core.ts(window.start),
+                end=self.core.ts(window.end), type=window.export_type, destination=window.destination,
+            ).rowcount
         )  # fmt: skip
 
     def release_one(self, claim: WatermarkClaim) -> None:
