@@ -140,7 +140,10 @@ def safe_relative_path(rendered: str) -> str:
 def near_times(t: dt.datetime) -> Iterator[dt.datetime]:
     """Times that differ from ``t`` by one second, minute, hour, half day, day, week, month (same
     day, same year), year or century: a path that renders one of them as it renders ``t`` does not
-    name that part of ``t`` (``{end:%H%M%S}`` names no day: a four-day window has a one-day one's name)."""
+    name that part of ``t`` (``{end:%H%M%S}`` names no day: a four-day window has a one-day one's name).
+    A ``t`` with a fraction of a second also gives its whole second (a path without ``%f``)."""
+    if t.microsecond:
+        yield t.replace(microsecond=0)
     for seconds in (1, 60, 3600, 12 * 3600, 86400, 7 * 86400):
         for sign in (1, -1):
             with contextlib.suppress(OverflowError):

@@ -227,6 +227,22 @@ def test_a_reexport_that_would_overwrite_a_longer_windows_file_is_refused(url: s
     assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
 
 
+def test_a_reexport_a_fraction_of_a_second_short_is_refused(tmp_path: Path) -> None:
+    """With windows named to the second, a re-export starting half a second into a window had
+    the window's name, passed the check (a second apart gave another name) and replaced its
+    file without the rows of that half second. A fractional bound is checked as its second too."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "early")
+    rec.add("s1", T - dt.timedelta(days=1) + dt.timedelta(seconds=0.2), "at-0.2s")
+    _run(root, export_type="daily", end=T)
+    short = {"start": T - dt.timedelta(days=1) + dt.timedelta(seconds=0.5), "end": T}
+    refused = _run(root, export_type="daily", ignore_watermark=True, **short)
+    assert refused.config_error and "would overwrite" in refused.task_errors[0]
+    assert _payloads(tmp_path) == ["at-0.2s", "early"]
+
+
 def test_a_reexport_is_refused_when_the_path_names_the_time_of_day_but_not_the_date(
     url: str, tmp_path: Path
 ) -> None:
