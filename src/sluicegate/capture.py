@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from . import db
+from . import capture_triggers, db
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .ledger.capture import BEYOND
@@ -265,10 +265,8 @@ def _warn_unless_installed(task: TaskSpec, inbox: Ledger, source: Source) -> Non
     no one heard. MariaDB shows triggers only to a role with TRIGGER on the table: not asked."""
     if source.dialect is db.MARIADB:
         return
-    from .capture_triggers import missing_triggers
-
     try:
-        missing = missing_triggers(task, source, inbox.schema)
+        missing = capture_triggers.missing_triggers(task, source, inbox.schema)
     except SluicegateError:  # the catalog out of reach: the run goes on, as it did before it asked
         return
     if missing:

@@ -345,10 +345,9 @@ def test_sqs_failed_export_and_not_json_fail_their_records_only(
     assert marks == {"s3": T, "a/b": T - dt.timedelta(days=1)}
 
 
-def test_sqs_fifo_batch_stops_at_the_first_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """On a FIFO queue, the records after a failed one are not run and come back too, in order."""
+def _constant_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-entity incremental project whose select is of constants, in an existing SQLite
+    database, as the Lambda handler's project (SLUICEGATE_PROJECT)."""
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root = tmp_path / "proj"
     (root / "tasks" / "studies").mkdir(parents=True)
@@ -362,8 +361,15 @@ def test_sqs_fifo_batch_stops_at_the_first_failure(
     (root / "tasks" / "studies" / "select.sql").write_text(
         "SELECT 's1' AS study_id, '2024-05-09T01:00:00Z' AS uploaded_on"
     )
-    sqlite3.connect(tmp_path / "source.db").close()  # a select of constants, in an existing database
+    sqlite3.connect(tmp_path / "source.db").close()
     monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+
+
+def test_sqs_fifo_batch_stops_at_the_first_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a FIFO queue, the records after a failed one are not run and come back too, in order."""
+    _constant_project(tmp_path, monkeypatch)
     good = json.dumps({"exportType": "DAILY", "endDateTime": T.isoformat()})
     event = sqs_event(good, "{}", good, queue="exports.fifo")
     result = aws_lambda.handler(event, Context(remaining_s=60.0))
@@ -387,21 +393,7 @@ def test_sqs_a_body_json_cannot_hold_fails_only_its_record(
 ) -> None:
     """A body that json.loads refuses with another error than a decode error is malformed, like
     any other: the handler raised, so the whole batch came back, the good records too."""
-    url = f"sqlite:///{tmp_path / 'source.db'}"
-    root = tmp_path / "proj"
-    (root / "tasks" / "studies").mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-    )
-    (root / "tasks" / "studies" / "task.toml").write_text(
-        'kind = "incremental"\nentity = "study_id"\ncursor = "uploaded_on"\nentities = ["s1"]\n'
-        'path = "{study_id}/{start:%Y%m%d}.{ext}"\nformat = "csv"\n'
-    )
-    (root / "tasks" / "studies" / "select.sql").write_text(
-        "SELECT 's1' AS study_id, '2024-05-09T01:00:00Z' AS uploaded_on"
-    )
-    sqlite3.connect(tmp_path / "source.db").close()
-    monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+    _constant_project(tmp_path, monkeypatch)
     good = json.dumps({"exportType": "DAILY", "endDateTime": T.isoformat()})
     event = sqs_event(good, poison)
     result = aws_lambda.handler(event, Context(remaining_s=60.0))

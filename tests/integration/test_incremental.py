@@ -207,17 +207,22 @@ def test_a_window_that_would_overwrite_an_earlier_windows_file_fails(url: str, t
     assert _marks(root) == {"s1": T + dt.timedelta(minutes=90)}  # c is still ahead of it
 
 
+def _four_day_window(root: Path, url: str) -> dict[str, dt.datetime]:
+    """One file for s1's window [T - 4 days, T), a row each day; return its first day's bounds."""
+    rec = Records(url)
+    for days in range(1, 5):
+        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
+    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
+    assert _run(root, export_type="daily", end=T).rows == 4
+    return {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+
+
 def test_a_reexport_that_would_overwrite_a_longer_windows_file_is_refused(url: str, tmp_path: Path) -> None:
     """With windows named by their start only, re-exporting the first day of a four-day window
     replaced that window's file with one day's rows: three days were in no file, the watermark
     past them. Such a re-export is now refused before any work; to another folder it runs."""
     root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}.{ext}")
-    rec = Records(url)
-    for days in range(1, 5):
-        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
-    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
-    assert _run(root, export_type="daily", end=T).rows == 4  # one file for [T - 4 days, T)
-    day = {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+    day = _four_day_window(root, url)
     refused = _run(root, export_type="daily", ignore_watermark=True, **day)
     assert refused.config_error and (refused.exported, refused.rows) == (0, 0)  # exit 2
     assert "would overwrite" in refused.task_errors[0] and "s1/20240506T000000Z.csv" in refused.task_errors[0]
@@ -250,12 +255,7 @@ def test_a_reexport_is_refused_when_the_path_names_the_time_of_day_but_not_the_d
     the end named by its time of day (``{end:%H%M%S}``), the first day of a four-day window had
     that window's name, was not refused, and replaced its file (three days in no file)."""
     root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}-{end:%H%M%S}.{ext}")
-    rec = Records(url)
-    for days in range(1, 5):
-        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
-    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
-    assert _run(root, export_type="daily", end=T).rows == 4  # one file for [T - 4 days, T)
-    day = {"start": T - dt.timedelta(days=4), "end": T - dt.timedelta(days=3)}
+    day = _four_day_window(root, url)
     refused = _run(root, export_type="daily", ignore_watermark=True, **day)
     assert refused.config_error and (refused.exported, refused.rows) == (0, 0)  # exit 2
     assert (

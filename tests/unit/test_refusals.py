@@ -470,6 +470,18 @@ def test_a_column_named_in_another_case_is_refused_before_any_claim(tmp_path: Pa
     db.close()
 
 
+def _studies_task(tmp_path: Path, toml: str, select: str) -> tuple[Path, Path]:
+    """A project on a SQLite source with the task folder ``tasks/studies``: (root, its folder)."""
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
+    )
+    task = root / "tasks" / "studies"
+    task.mkdir()
+    (task / "task.toml").write_text(toml)
+    (task / "select.sql").write_text(select)
+    return root, task
+
+
 @pytest.mark.parametrize(
     "entity,path,blamed",
     [
@@ -484,15 +496,11 @@ def test_a_misspelt_incremental_entity_is_blamed_not_the_path(
     """The path names the entity column; a typo in `entity` was reported as a path error."""
     from sluicegate.exceptions import ConfigError
 
-    root = write_project(
-        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
+    root, task = _studies_task(
+        tmp_path,
+        f'kind = "incremental"\nentity = "{entity}"\ncursor = "at"\npath = "{path}"\n',
+        "SELECT 1 AS study_id, 2 AS at",
     )
-    task = root / "tasks" / "studies"
-    task.mkdir()
-    (task / "task.toml").write_text(
-        f'kind = "incremental"\nentity = "{entity}"\ncursor = "at"\npath = "{path}"\n'
-    )
-    (task / "select.sql").write_text("SELECT 1 AS study_id, 2 AS at")
     with pytest.raises(ConfigError) as refused:
         load(root).task("studies")
     assert blamed in str(refused.value) and str(task / "task.toml") in str(refused.value)
@@ -503,16 +511,12 @@ def test_an_incremental_entities_list_of_other_values_is_refused(tmp_path: Path,
     """`entities = [true]` was taken as the entity "True", which no select returns."""
     from sluicegate.exceptions import ConfigError
 
-    root = write_project(
-        tmp_path / "p", source=f"sqlite:///{tmp_path / 'src.db'}", destination=str(tmp_path / "o")
-    )
-    task = root / "tasks" / "studies"
-    task.mkdir()
-    (task / "task.toml").write_text(
+    root, _ = _studies_task(
+        tmp_path,
         f'kind = "incremental"\nentity = "s"\ncursor = "at"\npath = "{{s}}/{{start:%Y%m%dT%H%M%S}}.{{ext}}"\n'
-        f"entities = {entities}\n"
+        f"entities = {entities}\n",
+        "SELECT 1 AS s, 2 AS at",
     )
-    (task / "select.sql").write_text("SELECT 1 AS s, 2 AS at")
     with pytest.raises(ConfigError, match=r"task\.toml entities: use a list of entity values"):
         load(root).task("studies")
 

@@ -217,9 +217,8 @@ class LocalDestination:
         """
         target = self._target(path)
         try:
-            if size is not None and os.stat(target).st_size != size:
-                return False
-            return _sha256(target) == sha256 if sha256 is not None else os.path.exists(target)
+            found = os.stat(target).st_size  # one stat: missing is FileNotFoundError
+            return (size is None or found == size) and (sha256 is None or _sha256(target) == sha256)
         except FileNotFoundError:
             return False
         except OSError as exc:
