@@ -30,6 +30,19 @@ def _names_window_exactly(task: TaskSpec, window: Window, path: str) -> bool:
     return True
 
 
+def exclusive(task: TaskSpec, window: Window, path: str, destination: Destination) -> str | None:
+    """Why a re-export's file may not replace one that appears at ``path`` while it runs (a regular
+    run's longer window, named alike), or None: a regular window, or a path naming its window exactly."""
+    if window.claim is not None or _names_window_exactly(task, window, path):
+        return None
+    span = f"[{window.start.isoformat()}, {window.end.isoformat()})"
+    return (
+        f"re-exporting {window.entity} {span} did not replace {destination.display(path)}, which another"
+        f" window's export wrote meanwhile (path in {task.folder / 'task.toml'} does not name each window's"
+        " start and end); re-export to another folder with --destination, or add {end:%Y%m%dT%H%M%SZ} to path"
+    )
+
+
 def _overwrites(
     task: TaskSpec, windows: list[Window], destination_for: Callable[[str | None], Destination]
 ) -> Iterator[tuple[Window, str]]:

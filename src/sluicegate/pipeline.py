@@ -343,6 +343,8 @@ class Pipeline:
         if unit.fenced:
             same = previous is not None and previous.path == unit.path
             staged.condition = (previous.etag if same and previous and previous.etag else None) or "*"
+        if unit.exclusive:
+            staged.condition, staged.exclusive = "*", True
         checksum = staged.file.sha256
         unchanged = (
             previous is not None
@@ -389,7 +391,7 @@ class Pipeline:
         self.destination.sync([o.staged for o in outcomes if o.staged is not None])
         self.fault("after_publish")
         if self.feed is not None:  # after the files are in place, before the commit
-            self.feed.write(outcomes)
+            self.feed.write([o for o in outcomes if o.staged is None or not o.staged.refused])
             self.fault("after_manifest")
 
     def _record(self, outcomes: list[Outcome]) -> None:
@@ -404,6 +406,10 @@ class Pipeline:
                 self._fail(outcome.unit, exc)
             return
         for outcome, done in zip(outcomes, committed, strict=True):
+            if outcome.staged is not None and outcome.staged.refused:  # a file appeared at its path
+                self._drop([outcome])
+                self._fail(outcome.unit, TerminalError(outcome.unit.exclusive or "a file is in the way"))
+                continue
             if not done:
                 # Our lease expired and another worker claimed the unit: it commits, and its
                 # file is the one in place (ours was never placed).

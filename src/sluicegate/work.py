@@ -40,6 +40,7 @@ class WorkUnit:
     version: Any = None  # ... and which version of it the file holds
     empty_file: bool = False  # write a file even when it has no rows (an archive run: the header)
     refuse_file: str | None = None  # why it may not write its file (another unit's): fails on a first row
+    exclusive: str | None = None  # why it may not replace a file at its path: it fails if one appears
 
 
 @dataclass(frozen=True, kw_only=True)

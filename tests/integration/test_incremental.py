@@ -232,6 +232,39 @@ def test_a_reexport_that_would_overwrite_a_longer_windows_file_is_refused(url: s
     assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
 
 
+def test_a_reexport_does_not_replace_a_longer_windows_file_published_while_it_ran(
+    url: str, tmp_path: Path
+) -> None:
+    """The overwrite check runs before a re-export reads: a regular run that published the
+    four-day window's file under the same name meanwhile had it replaced by one day's rows (three
+    days in no file, the watermark past them). The re-export's file now goes only where no file
+    is: it fails (exit 1), recorded for redrive, and the four-day file stays."""
+    root = _project(tmp_path, url, path="{study_id}/{start:%Y%m%dT%H%M%SZ}.{ext}")
+    rec = Records(url)
+    for days in range(1, 5):
+        rec.add("s1", T - dt.timedelta(days=days, hours=-1), f"d{days}")
+    _run(root, export_type="daily", end=T - dt.timedelta(days=4))  # no rows: the watermark is set
+    day = [(T - dt.timedelta(days=d)).isoformat() for d in (4, 3)]
+    fault = root / ".fault-before_place"
+    reexport = _spawn(
+        root, "run", "--type", "daily", "--ignore-watermark", "--time-min", day[0], "--time-max", day[1],
+        "--json", env={"SLUICEGATE_TESTING__FAULT": "before_place"},
+    )  # fmt: skip
+    _wait_for(fault, reexport)  # its file is written, checked, not yet in place
+    try:
+        assert _run(root, export_type="daily", end=T).rows == 4
+    finally:
+        fault.unlink()
+    out, err = reexport.communicate(timeout=60)
+    assert reexport.returncode == 1, (out, err)
+    [entry] = json.loads(out)[0]["entities"]
+    assert "did not replace" in entry["error"] and "s1/20240506T000000Z.csv" in entry["error"], entry
+    assert _payloads(tmp_path) == ["d1", "d2", "d3", "d4"]
+    assert [p.name for p in files(tmp_path / "out")] == ["20240506T000000Z.csv"]  # no temp file left
+    [row] = operations.watermarks(load(root), "studies")
+    assert row["failed_mode"] == "reexport" and "did not replace" in str(row["last_error"]), row
+
+
 def test_a_reexport_a_fraction_of_a_second_short_is_refused(tmp_path: Path) -> None:
     """With windows named to the second, a re-export starting half a second into a window had
     the window's name, passed the check (a second apart gave another name) and replaced its

@@ -515,3 +515,47 @@ def test_exporters_of_a_process_make_their_clients_from_one_session(
     assert (summary.exported, summary.failed) == (4, 0), summary.errors
     assert len(s3_session._SESSIONS) == 3  # no new session: the run's exporters used the one made above
     assert len(_rows(_client(endpoint, key, secret), bucket, f"two/{KEY}")) == 24
+
+
+def _exclusive(dest: Any, path: str, body: bytes) -> Any:
+    """Publish and place ``body`` at ``path`` only where no object is (a re-export's file); the Staged."""
+    staged = dest.stage(path)
+    staged.file.write(body)
+    staged.condition, staged.exclusive = "*", True
+    dest.publish(staged)
+    dest.sync([staged])
+    return staged
+
+
+@pytest.mark.parametrize("store", ["seaweed", "folder-file", "folder-batch", "fsspec"])
+def test_an_exclusive_file_is_not_put_where_an_object_already_is(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """A re-export whose path may be a longer window's file is placed only where no object is:
+    on S3 ``If-None-Match: *`` (then a HEAD in ``sync``), on disk a hard link that fails if the
+    name is taken, elsewhere a check first. The object that is there stays, and no temp file is left."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+    from sluicegate.destinations.local import LocalDestination
+
+    if store == "seaweed":
+        endpoint, bucket, key, secret = request.getfixturevalue("seaweed_bucket")
+        settings = DestinationSettings(
+            url=f"s3://{bucket}/x", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
+        )
+        dest: Any = open_destination(settings)
+        assert dest.conditional()
+    elif store == "fsspec":
+        import fsspec
+
+        dest = open_destination(DestinationSettings(url="memory://sg-exclusive/x"))
+        request.addfinalizer(lambda: fsspec.filesystem("memory").rm("/sg-exclusive", recursive=True))
+    else:
+        dest = LocalDestination(str(tmp_path / "x"), sync=store.split("-")[1])
+    first = _exclusive(dest, "s1/day.csv", b"first\n")
+    assert not first.refused and dest.read("s1/day.csv") == b"first\n"
+    again = _exclusive(dest, "s1/day.csv", b"second\n")
+    assert again.refused and dest.read("s1/day.csv") == b"first\n"
+    assert dest.list_files("s1/") == ["s1/day.csv"]
+    if store.startswith("folder"):
+        assert [p.name for p in (tmp_path / "x" / "s1").iterdir()] == ["day.csv"]

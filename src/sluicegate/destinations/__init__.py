@@ -13,6 +13,8 @@ Contract of every :class:`Destination`:
   conditional writes must make now). The pipeline calls it inside the ledger transaction that
   holds the claims' rows (see ``PartitionStore.commit``), so a file is only put in place
   while its claim is verified and held, and nothing is marked exported that a crash could undo.
+  An ``exclusive`` file is not put where an object already is: sync discards it and sets
+  ``refused`` (atomically on disk and on stores with conditional writes; elsewhere checked first).
 * ``uploads_in_flight`` says how many ``publish`` calls the pipeline runs at once on threads
   of their own (0: on its few publisher threads), so ``publish`` must be thread-safe.
 * ``discard(staged)`` removes the staged file; never fails if it is already gone.
@@ -63,6 +65,10 @@ class Staged:
     condition: str | None = None
     etag: str | None = None  # the store's ETag of the published object, once known
     pending: bool = False  # publish left the write to sync (a conflict, or no conditional writes)
+    # Put in place only where no object is (a re-export whose name a longer window's file may
+    # have): sync then sets ``refused`` instead of replacing one that appeared meanwhile.
+    exclusive: bool = False
+    refused: bool = False
 
 
 class HashingWriter:

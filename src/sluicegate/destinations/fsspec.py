@@ -38,6 +38,10 @@ class FsspecDestination(SpooledUpload):
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Upload ``staged`` (under the ledger's row locks), each verified by its size."""
         for one in staged or ():
+            if one.exclusive and self.exists(one.path):  # checked, then written: not atomic here
+                one.refused = True
+                self.discard(one)
+                continue
             self._upload(one)
 
     def warnings(self) -> list[str]:

@@ -141,7 +141,7 @@ class LocalDestination:
         done = 0
         try:
             for done_staged, target in renames:
-                os.replace(done_staged.local_path, target)
+                _put_in_place(done_staged, target)
                 done += 1
                 with self._lock:
                     self._unsynced.add(os.path.dirname(target))
@@ -184,7 +184,7 @@ class LocalDestination:
                 if renames:
                     _check(syncfs(fd))  # the new files' bytes are durable ...
                     for staged, target in renames:
-                        os.replace(staged.local_path, target)  # ... before any takes a target's name
+                        _put_in_place(staged, target)  # ... before any takes a target's name
                         done += 1
                 _check(syncfs(fd))  # the renames (and deletions) are durable
             finally:
@@ -340,6 +340,27 @@ def _syncfs() -> Callable[[int], int] | None:
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
     return func
+
+
+def _put_in_place(staged: Staged, target: str) -> None:
+    """Rename the temp file to ``target``; an ``exclusive`` one only where no file is: a hard link
+    fails if one is (atomically), else the temp file goes and ``refused`` is set."""
+    if not staged.exclusive:
+        os.replace(staged.local_path, target)
+        return
+    try:
+        os.link(staged.local_path, target)
+    except FileExistsError:
+        staged.refused = True
+    except OSError as exc:  # a file system without hard links: checked first, then renamed
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(target):
+            staged.refused = True
+        else:
+            os.replace(staged.local_path, target)
+            return
+    os.unlink(staged.local_path)
 
 
 def _check(result: int) -> None:

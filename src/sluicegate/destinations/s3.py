@@ -14,9 +14,8 @@ recorded (``If-Match: <ETag>``, or ``If-None-Match: *`` when there is none), so 
 of a worker stopped past its lease, after another worker published a newer file, is refused
 (412). Such a refused upload is not an error: :meth:`S3Destination.sync` (called while the
 ledger holds the claim's row) overwrites whatever is there if, and only if, the claim is
-still ours. Whether the endpoint honours conditional writes is probed once per destination (one per exporter);
-where it does not, every partition upload waits for ``sync``, under the ledger's row
-locks: as safe, slower.
+still ours (an ``exclusive`` one is refused if any object is there). Whether the endpoint honours
+conditional writes is probed once per exporter; where not, uploads wait for ``sync``: safe, slower.
 """
 
 from __future__ import annotations
@@ -141,8 +140,11 @@ class S3Destination(SpooledUpload):
             if not one.pending:
                 continue
             try:
-                condition = self._current(one.path) if self.conditional() else None
-                one.etag = self._upload(one, condition)
+                current = self._current(one.path) if one.exclusive or self.conditional() else None
+                if one.exclusive and current != "*":
+                    one.refused = True  # an object is there now: not ours to replace
+                    continue
+                one.etag = self._upload(one, current if self.conditional() else None)
                 one.pending = False
             except _Refused:
                 raise DestinationUnavailable(

@@ -158,6 +158,9 @@ class Recorder:
         out = []
         for outcome in outcomes:
             window: Window = outcome.unit.handle
+            if outcome.staged is not None and outcome.staged.refused:  # not placed: the pipeline fails it
+                out.append(False)
+                continue
             if window.claim is not None:
                 done = self.store.commit(window.claim, end=window.end, rows=outcome.rows, path=outcome.path)
             else:
@@ -420,6 +423,7 @@ def _unit(
     return dataclasses.replace(
         unit, slice=dataclasses.replace(unit.slice, keys=(value,)), path=path, refuse_file=refuse,
         keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
+        exclusive=overwrites.exclusive(task, window, path, destination),
     )  # fmt: skip
 
 
