@@ -34,7 +34,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,15 @@ class ChangeFeed:
         """
         if not any(o.remove or (o.path is not None and o.published) for o in outcomes):
             return None
+        return self._manifest(lambda stamp: [line for o in outcomes for line in _lines(o, stamp)])
+
+    def deleted(self, path: str, *, keys: Mapping[str, Any]) -> str | None:
+        """Publish the manifest of one file deleted outside an outcome (a blocks task's later
+        stage, whose rows a re-run found gone); as :meth:`write`, before the deletion's commit."""
+        line = {"path": path, "action": "deleted", "rows": 0, "bytes": 0, "sha256": None, "keys": dict(keys)}
+        return self._manifest(lambda stamp: [line | {"version": None, **stamp}])
+
+    def _manifest(self, lines: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> str:
         now = dt.datetime.now(dt.UTC)
         seq = self.run.next_seq()
         stamp = {
@@ -142,7 +151,7 @@ class ChangeFeed:
             "seq": seq,
         }
         path = f"{MANIFESTS}/{now:%Y/%m/%d}/{self.run.run}-{seq:06d}.jsonl"
-        body = "".join(_LINE.encode(line) + "\n" for o in outcomes for line in _lines(o, stamp))
+        body = "".join(_LINE.encode(line) + "\n" for line in lines(stamp))
         staged = self.destination.stage(path)
         try:
             staged.file.write(body.encode())

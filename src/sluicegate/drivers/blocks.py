@@ -289,7 +289,9 @@ class Driver:
                     )
             if request.incomplete_only:
                 store.unpark(where, stages=[s.name for s in chosen])
-        recorder = StageRecorder(task, store, settings.lease, summary, delete=ctx.destination.delete)
+        recorder = StageRecorder(
+            task, store, settings.lease, summary, delete=ctx.destination.delete, feed=ctx.feed(task)
+        )
         runner = StageRunner(ctx, task, recorder, budget, Loader(ctx, recorder))
         claimed = 0
         try:

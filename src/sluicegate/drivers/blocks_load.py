@@ -64,7 +64,7 @@ class Loader:
                 nonlocal recorded
                 result = self._load_result(stage, claim, rows, rejected)  # all rejected: abandon
                 if shared and cur is not None:
-                    if not self.recorder.store.commit(result, cur=cur, forget=self.recorder.forget):
+                    if not self.recorder.store.commit(result, cur=cur, forget=self.recorder.forgetter(claim)):
                         raise _Lost(f"{unit_key(claim)}: the claim was taken over; nothing was written")
                     recorded = True
 

@@ -17,14 +17,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from typing import TYPE_CHECKING, Any
 
 from .. import paths
-from ..exceptions import (
-    DataError,
-    SluicegateError,
-    SourceUnavailable,
-    TerminalError,
-    is_transient,
-    printable,
-)
+from ..changes import ChangeFeed
+from ..exceptions import DataError, SluicegateError, SourceUnavailable, TerminalError, is_transient, printable
 from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
@@ -43,14 +37,9 @@ if TYPE_CHECKING:
 CHUNK = 1000  # records per chunk handed to a writer
 # The file column kind of each declared kind (records.KINDS).
 COLUMN_KIND: dict[str, ColumnKind] = {
-    "text": "text",
-    "int": "int",
-    "float": "float",
-    "bool": "bool",
-    "json": "text",
-    "timestamptz": "timestamptz",
-    "epoch_ms": "timestamptz",
-}
+    "text": "text", "int": "int", "float": "float", "bool": "bool",
+    "json": "text", "timestamptz": "timestamptz", "epoch_ms": "timestamptz",
+}  # fmt: skip
 
 
 def read_spec(task: Task, stage: StageSpec) -> ReadSpec:
@@ -106,6 +95,7 @@ class StageRecorder:
         lease: float,
         summary: TaskSummary,
         delete: Callable[[str], None] | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.task = task
         self.store = store
@@ -113,13 +103,23 @@ class StageRecorder:
         self.summary = summary
         self.skipped: dict[int, list[str]] = {}  # claim id: a publish's records that did not fit
         self._delete = delete  # the destination's: files of later stages a "no data" makes stale
+        self._feed = feed  # the change feed, told of those deletions
         self._files = {s.name for s in task.stages if s.path is not None}
 
-    def forget(self, stage: str, artifact: str) -> None:
-        """A later stage's file, published from rows a forced re-run found gone: deleted (it was
-        left in place, its rows still published, while the ledger said "no data")."""
-        if self._delete is not None and stage in self._files:
-            self._delete(artifact)
+    def forgetter(self, claim: StageClaim) -> Callable[[str, str], None]:
+        """``forget(stage, artifact)`` for the commit of ``claim``'s "no data": a later stage's
+        file, published from rows a forced re-run found gone, is deleted (it was left in place
+        while the ledger said "no data"), and the deletion written to the change feed before
+        the commit, as every deletion is (its readers had the file as published)."""
+        return lambda stage, artifact: self._forget(claim, stage, artifact)
+
+    def _forget(self, claim: StageClaim, stage: str, artifact: str) -> None:
+        if self._delete is None or stage not in self._files:
+            return
+        self._delete(artifact)
+        if self._feed is not None:
+            keys = {"key": claim.key_value, "block": claim.block.label, "stage": stage}
+            self._feed.deleted(artifact, keys=keys)
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Put the files in place, then record them: ``done`` with the file, or ``no_data``.
@@ -152,7 +152,7 @@ class StageRecorder:
         ``done``: the commit already ran (in the transaction of a load's rows), with this outcome.
         """
         if done is None:
-            done = self.store.commit(result, forget=self.forget)
+            done = self.store.commit(result, forget=self.forgetter(result.claim))
         self._entry(
             result.claim,
             result.status if done else "lost",

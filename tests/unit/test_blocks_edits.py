@@ -1,0 +1,42 @@
+"""Blocks tasks after the operator changed something: rows deleted at the source and a forced
+re-run, the task's settings edited between runs. On SQLite, with the CLI in this process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from test_blocks import SQL_TASK, blocks_cli, make_project, with_rides
+
+from sluicegate.cli import main
+
+RANGE = ["--time-max", "2020-1-1-1", "--interval", "1"]
+
+
+def latest_changes(root: Path) -> dict[str, str]:
+    """``sluicegate changes``: the latest action per file."""
+    result = CliRunner().invoke(main, ["-C", str(root), "changes", "trips", "--since", "2000-01-01", "--json"])
+    assert result.exit_code == 0, result.output
+    return {c["path"]: c["action"] for c in json.loads(result.output)}
+
+
+def test_a_later_stages_file_a_no_data_rerun_deletes_is_in_the_change_feed(tmp_path: Path) -> None:
+    """The publish file of rows since deleted was removed with the extract's "no data", but the
+    feed named only the extract's deletion: its readers kept the publish file as published."""
+    root = make_project(
+        tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'")
+    )
+    conn = with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")])
+    assert blocks_cli(root, *RANGE).exit_code == 0
+    published = "csv/lime/20200101T0100-0600.csv"
+    assert latest_changes(root)[published] == "published"
+    conn.execute("DELETE FROM rides")
+    conn.commit()
+    again = blocks_cli(root, *RANGE, "--key", "provider=lime", "--force")
+    assert again.exit_code == 0, again.output
+    assert not (root / "out" / published).exists()
+    assert latest_changes(root) == {
+        "extract/lime/2020-01-01T01:00-06:00.jsonl": "deleted",
+        published: "deleted",
+    }
