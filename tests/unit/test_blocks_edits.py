@@ -40,3 +40,24 @@ def test_a_later_stages_file_a_no_data_rerun_deletes_is_in_the_change_feed(tmp_p
         "extract/lime/2020-01-01T01:00-06:00.jsonl": "deleted",
         published: "deleted",
     }
+
+
+def test_a_changed_grain_is_refused_not_taken_for_done_blocks(tmp_path: Path) -> None:
+    """After ``grain = "day"`` replaced hours, the day starting where the first hour block started
+    was that hour's row (keyed by its start), already done: the day was never exported, and
+    ``run`` wrote each pending hour's file under its day's one path."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z"), (2, "lime", "2020-01-01T09:10:00Z")])
+    hours = blocks_cli(root, "--time-max", "2020-1-2-0", "--interval", "24", "--stage", "extract")
+    assert hours.exit_code == 0, hours.output
+    toml = root / "tasks/trips/task.toml"
+    toml.write_text(toml.read_text().replace('zone = "US/Central"', 'zone = "US/Central"\ngrain = "day"'))
+    for args in (["--dry-run"], []):
+        day = blocks_cli(root, "--time-max", "2020-1-2-0", "--interval", "24", *args)
+        assert day.exit_code == 2, day.output
+        assert "the grain or zone changed since it was made" in day.output
+        assert "Traceback" not in day.output
+    assert not (root / "out/extract/lime/2020-01-01.jsonl").exists()
+    pending = CliRunner().invoke(main, ["-C", str(root), "run", "trips"])  # the hours' publish stages
+    assert "the grain or zone changed" in pending.output
+    assert not (root / "out/csv").exists()

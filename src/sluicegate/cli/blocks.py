@@ -95,6 +95,8 @@ def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) ->
             for entry in s.plan:
                 who = f"{printable(entry['key'])} " if entry["key"] else ""
                 click.echo(f"  {who}{entry['block']} {entry['stage']} ({entry['reason']})")
+            for error in s.task_errors:  # why it would not run (exit 2): a bad key query, ...
+                click.echo(f"  task error: {error}", err=True)
             continue
         counts: dict[str, Counter[str]] = {}
         for entry in s.stages:

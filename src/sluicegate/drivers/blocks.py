@@ -34,6 +34,7 @@ from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
 from .blocks_load import Loader
+from .blocks_plan import check_claims, check_grain, plan_entries
 from .blocks_stages import StageRecorder, StageRunner, read_spec
 
 log = logging.getLogger(__name__)
@@ -246,11 +247,10 @@ class Driver:
         request = options.blocks
         if request is None:
             return
-        from .blocks_plan import plan_entries
-
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
         blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+        check_grain(task, self.context.ledger.blocks, range_of(task, request, keys), blocks)
         rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
 
@@ -274,21 +274,7 @@ class Driver:
         keys = key_values(task, settings.source_url, request)
         where = range_of(task, request, keys)
         if request is not None:
-            blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
-            store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
-            if request.force:
-                position = min(task.stages.index(s) for s in chosen)
-                store.reset(where, position=position)
-                if busy := store.busy(where, position=position):
-                    log.warning(
-                        "%s: %d block(s) not forced: a stage from %r on is running in another run; "
-                        "run the same command again once that run ends",
-                        task.name,
-                        busy,
-                        task.stages[position].name,
-                    )
-            if request.incomplete_only:
-                store.unpark(where, stages=[s.name for s in chosen])
+            self._ask(task, request, chosen, keys, where)
         recorder = StageRecorder(
             task, store, settings.lease, summary, delete=ctx.destination.delete, feed=ctx.feed(task)
         )
@@ -315,9 +301,37 @@ class Driver:
             runner.close()
         return claimed
 
+    def _ask(
+        self,
+        task: Task,
+        request: BlockRequest,
+        chosen: Sequence[StageSpec],
+        keys: Sequence[str],
+        where: RangeQuery,
+    ) -> None:
+        """The request's rows created, then its stages forced or unparked as asked."""
+        store = self.context.ledger.blocks
+        blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+        check_grain(task, store, where, blocks)
+        store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
+        if request.force:
+            position = min(task.stages.index(s) for s in chosen)
+            store.reset(where, position=position)
+            if busy := store.busy(where, position=position):
+                log.warning(
+                    "%s: %d block(s) not forced: a stage from %r on is running in another run; "
+                    "run the same command again once that run ends",
+                    task.name,
+                    busy,
+                    task.stages[position].name,
+                )
+        if request.incomplete_only:
+            store.unpark(where, stages=[s.name for s in chosen])
+
     def _batch(self, task: Task, runner: StageRunner, claims: Sequence[Any]) -> bool:
         """Run a batch, stage by stage; False when the time budget ran out."""
         try:
+            check_claims(task, claims)  # rows of another grain or zone: released, refused
             for stage in task.stages:
                 group = [c for c in claims if c.stage == stage.name]
                 if group:

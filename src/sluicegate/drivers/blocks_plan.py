@@ -8,14 +8,19 @@ before it in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..timeblocks import Block, BlockRequest
+from ..exceptions import ConfigError, printable
+from ..ledger import BlockStore, RangeQuery
+from ..timeblocks import Block, BlockRequest, blocks_between
 
 if TYPE_CHECKING:
     from .blocks import Task
+
+LONGEST = dt.timedelta(hours=26)  # longer than any block (a fall-back day)
 
 RUNS = "runs"  # the state of a stage this run would run (its later stages may follow)
 
@@ -85,3 +90,40 @@ def _runs(
             break
         previous = status
     return out
+
+
+def check_grain(task: Task, store: BlockStore, where: RangeQuery, blocks: Sequence[Block]) -> None:
+    """Refuse a request whose blocks overlap rows of other blocks (ConfigError): the task's ``grain``
+    or ``zone`` changed since they were made. Rows are keyed by their start, so the day starting
+    at an hour block's start was that hour's row, ``done``, and the day was never exported."""
+    if not blocks:
+        return
+    low, high = blocks[0].start, blocks[-1].end
+    wanted = {(b.start, b.end) for b in blocks}
+    near = dataclasses.replace(where, time_min=low, time_max=high + LONGEST)
+    for row in store.rows(near):
+        if row["block_start"] < high and (row["block_start"], row["block_end"]) not in wanted:
+            raise _changed(task, row["key_value"], row["block_start"], row["block_end"])
+
+
+def check_claims(task: Task, claims: Sequence[Any]) -> None:
+    """The same for claimed rows (a run without a range works on what the ledger holds): each must
+    be a block of the task's grain and zone, or its file would be named as one (24 hours of a
+    day written to the day's one path)."""
+    for claim in claims:
+        block = claim.block
+        found = blocks_between(
+            block.end - dt.timedelta(seconds=1), block.end, grain=task.grain, zone=task.zone
+        )
+        if [(b.start, b.end) for b in found] != [(block.start, block.end)]:
+            raise _changed(task, claim.key_value, block.start, block.end)
+
+
+def _changed(task: Task, key: str, start: dt.datetime, end: dt.datetime) -> ConfigError:
+    whose = f"{task.key} {printable(key)}'s " if task.key else ""
+    return ConfigError(
+        f"{task.folder / 'task.toml'} grain, zone: the ledger holds {whose}block {start:%Y-%m-%dT%H:%MZ} to"
+        f" {end.astimezone(dt.UTC):%Y-%m-%dT%H:%MZ}, which is not a {task.grain} block in {task.zone}: the"
+        " grain or zone changed since it was made; put them back, or give the task a new name (folder)"
+        " for blocks of the new grain"
+    )
