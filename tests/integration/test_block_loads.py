@@ -259,3 +259,36 @@ def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, requ
     (task / "select.sql").write_text(select + TIMED_ONLY[backend])  # left out on purpose: no problem
     result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])
+def test_check_counts_the_rows_outside_the_years_blocks_reach(
+    tmp_path: Path, backend: str, request: Any
+) -> None:
+    """A request reaches the years 2 to 9998 only, so a "forever" time such as 9999-12-31 (or one
+    before the year 2) is in no block: never extracted, and check said ok."""
+    url = {
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'data.db'}",
+        "pg": lambda: request.getfixturevalue("pg_url"),
+    }[backend]()
+    db = TableDb(url)
+    try:
+        db.execute(RIDES[backend])
+        db.execute(
+            "INSERT INTO rides VALUES (1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', '9999-12-31 00:00:00'),"
+            " (3, 'lime', '0001-06-01 00:00:00')"
+        )
+    finally:
+        db.close()
+    task = tmp_path / "tasks" / "trips"
+    task.mkdir(parents=True)
+    (tmp_path / "sluicegate.toml").write_text(f'[source]\nurl = "{url}"\n[destination]\nurl = "out"\n')
+    (task / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["lime"]\nstages = ["extract"]\n'
+        '[extract]\ntime = "ended_at"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+    )
+    (task / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
+    assert result.exit_code == 2, result.output
+    assert "2 row(s) have a time in ended_at that no block can hold (such as '0001-06-01" in result.output
+    assert "in the years 2 to 9998" in result.output

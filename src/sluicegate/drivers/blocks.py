@@ -29,7 +29,17 @@ from ..paths import check_template, render, template_fields
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS
-from ..timeblocks import GRAINS, Block, BlockRequest, Grain, blocks_between, check_distinct_paths, path_fields
+from ..timeblocks import (
+    FIRST_YEAR,
+    GRAINS,
+    LAST_YEAR,
+    Block,
+    BlockRequest,
+    Grain,
+    blocks_between,
+    check_distinct_paths,
+    path_fields,
+)
 from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
@@ -372,8 +382,13 @@ def timeless_rows(task: Task, source: Source) -> list[str]:
     extract = task.stages[0]
     assert extract.time is not None
     t = f"q.{source.dialect.quote(extract.time)}"
-    # blocks read SQLite and PostgreSQL sources only
-    odd = f"julianday({t}) IS NULL" if source.dialect is db.SQLITE else f"NOT isfinite({t})"
+    # blocks read SQLite and PostgreSQL sources only; none reaches before the year 2 or after 9998
+    low, high = f"'{FIRST_YEAR:04d}-01-01'", f"'{LAST_YEAR + 1}-01-01'"
+    if source.dialect is db.SQLITE:
+        j = f"julianday({t})"
+        odd = f"{j} IS NULL OR {j} < julianday({low}) OR {j} >= julianday({high})"
+    else:
+        odd = f"NOT isfinite({t}) OR {t} < {low} OR {t} >= {high}"
     select = task.select_sql.rstrip().rstrip(";")
     try:
         nulls, others, example = source.execute(
@@ -393,7 +408,8 @@ def timeless_rows(task: Task, source: Source) -> list[str]:
         out.append(
             f"{where}: {others:,} row(s) have a time in {extract.time} that no block can hold (such as"
             f" {example!r}), so they are never extracted; write it as YYYY-MM-DD HH:MM:SS[.ffffff] with an"
-            " optional Z or ±HH:MM, a finite time, or convert it in select.sql"
+            f" optional Z or ±HH:MM, a finite time in the years {FIRST_YEAR} to {LAST_YEAR}, or convert it"
+            " (or leave it out) in select.sql"
         )
     return out
 
