@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -25,10 +26,14 @@ from doubles import MdsDouble, MdsProvider, PortalDouble, generate_trips
 from sluicegate import mariadb_conn, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
+from sluicegate.drivers.blocks_stages import StageRecorder
 from sluicegate.formats.jsonl import read_records
 from sluicegate.ledger import Ledger, RangeQuery, StageResult
+from sluicegate.options import TaskSummary
 from sluicegate.secrets import encrypt, generate_key
+from sluicegate.sources import Slice
 from sluicegate.timeblocks import blocks_between
+from sluicegate.work import Outcome, WorkUnit
 from support import SLUICEGATE, is_mariadb
 
 UTC = dt.UTC
@@ -303,7 +308,9 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     block = type("Block", (), {"key_value": "lime", "task": "trips"})()
     records = [{"trip_id": str(i)} for i in range(5)]
     config = {"url": portal.url, "dataset": "mds-trips"}
-    with pytest.raises(ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"):
+    with pytest.raises(
+        ConfigError, match=r"sluicegate\.socrata:upsert for lime: batch: .* (too small|not a whole)"
+    ):
         socrata.upsert(block, iter(records), {**config, "batch": batch})  # type: ignore[arg-type]
     assert portal.upserts() == []
     counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
@@ -423,6 +430,42 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
     }
 
 
+def test_a_late_worker_puts_no_file_in_place_over_the_new_owners(ledger_url: str) -> None:
+    """A worker stalled past its lease while another re-extracted the block (with rows that arrived
+    meanwhile) and committed: resumed, it renamed its older artifact over the newer one (its
+    commit then lost), so the ledger's checksum named bytes no longer there. The files are now
+    placed in the transaction that locks the rows still held."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
+    with Ledger(ledger_url) as one, Ledger(ledger_url) as two:
+        one.ensure_schema()
+        one.blocks.ensure("trips", ["lime"], [block], ["extract"])
+        [late] = one.blocks.claim(
+            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=1
+        )
+        time.sleep(1.3)
+        [owner] = two.blocks.claim(
+            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60
+        )
+        placed: list[tuple[str, int]] = []
+
+        def commit(led: Ledger, held: Any, rows: int) -> list[bool]:
+            unit = WorkUnit(
+                key="lime", slice=Slice(), path="extract/lime.jsonl", token=held.token, handle=held
+            )
+            outcome = Outcome(
+                unit=unit, path=unit.path, rows=rows, nbytes=rows, checksum=str(rows), published=True
+            )
+            recorder = StageRecorder(SimpleNamespace(stages=()), led.blocks, 60, TaskSummary(task="trips"))  # type: ignore[arg-type]
+            return recorder.commit([outcome], lambda outs: placed.extend((o.path, o.rows) for o in outs))
+
+        assert commit(two, owner, 4) == [True]
+        assert commit(one, late, 3) == [False]
+        rows = one.blocks.list_rows("trips", status=None, limit=10, offset=0)
+    assert placed == [("extract/lime.jsonl", 4)]  # the late worker's 3 rows were never put in place
+    assert [(r["status"], r["records_total"]) for r in rows] == [("done", 4)]
+
+
 @pytest.mark.pg
 def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_url: str) -> None:
     """``--force`` from extract leaves alone a block whose load another worker holds (it would
@@ -454,7 +497,9 @@ def test_force_resets_no_block_with_a_stage_running_under_a_live_lease(ledger_ur
         }
         assert led.blocks.commit(StageResult(claim=load, status="done", total=1, processed=1))
         assert led.blocks.busy(where, position=0) == 0
-        assert led.blocks.reset(where, position=1) == 2  # the held block's load and publish (the other waits on extract)
+        assert (
+            led.blocks.reset(where, position=1) == 2
+        )  # the held block's load and publish (the other waits on extract)
 
 
 @pytest.mark.pg
@@ -553,7 +598,9 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
     assert collections.Counter(r.path.split("/")[1] for r in mds.requests()) == {"lime": 9, "bird": 9}
     server = Server(folder)
     try:
-        page = server.get(f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}).json()
+        page = server.get(
+            f"{server.url}/tasks/trips/partitions", params={"state": "done", "limit": 100}
+        ).json()
         assert len(page) == 18 and {p["stage"] for p in page} == {"extract", "load", "publish"}
         first = page[0]
         assert (first["block"], first["state"], first["rows"]) == ("2020-02-29T23:00-06:00", "done", 5)

@@ -122,29 +122,25 @@ class StageRecorder:
             self._feed.deleted(artifact, keys=keys)
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
-        """Put the files in place, then record them: ``done`` with the file, or ``no_data``.
+        """Put the files in place, then record them (``done`` with the file, or ``no_data``), in one
+        ledger transaction that first locks the rows still held under their claims: a worker
+        whose lease was taken over places nothing. Its extract may be older than the new
+        owner's (rows arrived since), and placed after it, it replaced the newer artifact."""
+        by_id = {o.unit.handle.id: o for o in outcomes}
+        results = [self._result(o) for o in outcomes]
+        recorded = self.store.commit_placed(
+            results, lambda held: place([by_id[r.claim.id] for r in held]), forget=self.forgetter
+        )
+        return [self.record(r, done=done) for r, done in zip(results, recorded, strict=True)]
 
-        A stage's artifact path names its block and stage, and a block's extract is a closed
-        time range, so two exporters of one (block, stage) write the same records: the files
-        are placed before the claims are checked (as for incremental windows).
-        """
-        place(outcomes)
-        results = []
-        for o in outcomes:
-            skipped = self.skipped.pop(o.unit.handle.id, [])
-            result = StageResult(
-                claim=o.unit.handle,
-                status="done" if o.rows or skipped else "no_data",
-                total=o.rows + len(skipped),
-                processed=o.rows,
-                errors=len(skipped),
-                error="; ".join(skipped[:MAX_MESSAGES])[:2000] or None,
-                artifact=o.path,
-                bytes=o.nbytes if o.path else None,
-                checksum=o.checksum,
-            )
-            results.append(self.record(result))
-        return results
+    def _result(self, o: Outcome) -> StageResult:
+        skipped = self.skipped.pop(o.unit.handle.id, [])
+        return StageResult(
+            claim=o.unit.handle, status="done" if o.rows or skipped else "no_data",
+            total=o.rows + len(skipped), processed=o.rows, errors=len(skipped),
+            error="; ".join(skipped[:MAX_MESSAGES])[:2000] or None,
+            artifact=o.path, bytes=o.nbytes if o.path else None, checksum=o.checksum,
+        )  # fmt: skip
 
     def record(self, result: StageResult, *, done: bool | None = None) -> bool:
         """Record a finished stage, fenced by its claim; False when the lease was lost.

@@ -210,6 +210,40 @@ class BlockStore(Store):
             return body(cur)
         return bool(self.core.in_transaction(body))
 
+    def commit_placed(
+        self,
+        results: Sequence[StageResult],
+        place: Callable[[Sequence[StageResult]], None],
+        *,
+        forget: Callable[[StageClaim], Callable[[str, str], None]],
+    ) -> list[bool]:
+        """Record finished stages whose files ``place(held)`` puts in place, in one transaction that
+        first locks the rows still held under their claims: a claim taken over is neither placed
+        nor recorded. If ``place`` raises, nothing is recorded. On a lost connection after the
+        files were placed, the commit is tried again without placing them again."""
+        placed: set[int] | None = None
+
+        def body(cur: Any) -> set[int]:
+            nonlocal placed
+            ordered = sorted(results, key=lambda r: r.claim.id)
+            held = [r for r in ordered if self.hold(cur, r.claim)]
+            if placed is None:
+                if held:
+                    place(held)
+                placed = {r.claim.id for r in held}
+            return {
+                r.claim.id
+                for r in held
+                if r.claim.id in placed and self.commit(r, cur=cur, forget=forget(r.claim))
+            }
+
+        recorded = self.core.in_transaction(body) if results else set()
+        return [r.claim.id in recorded for r in results]
+
+    def hold(self, cur: Any, claim: StageClaim) -> bool:
+        """In ``cur``'s transaction: lock ``claim``'s row if it is still held under its token."""
+        return self._run("hold", cur, id=claim.id, token=uuid.UUID(claim.token)).fetchone() is not None
+
     def complete(self, claim: StageClaim, cur: Any) -> list[tuple[str, str]]:
         """Mark the stages after ``claim`` in its block ``no_data`` (inside the commit's transaction);
         return the (stage, artifact) each of them had recorded, now cleared."""

@@ -52,6 +52,11 @@ FROM {t}blocks WHERE claim_token = %(token)s ORDER BY block_start, key_value, po
 -- Extend the lease of every row still held under a claim token.
 UPDATE {t}blocks SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
 
+-- hold --
+-- Lock a claimed row still held under its token (none: the claim was taken over), before its file
+-- is put in place and recorded in the same transaction: a worker whose lease ran out places nothing.
+SELECT id FROM {t}blocks WHERE id = %(id)s AND claim_token = %(token)s FOR UPDATE;
+
 -- commit --
 -- Record a finished stage (done or no_data) with its counts and artifact; fenced by the claim token.
 UPDATE {t}blocks

@@ -45,6 +45,11 @@ RETURNING b.id, b.key_value, b.block_start, b.block_end, b.stage, b.position, b.
 UPDATE {t}blocks SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id IN (SELECT id FROM {t}blocks WHERE claim_token = %(token)s ORDER BY id FOR UPDATE);
 
+-- hold --
+-- Lock a claimed row still held under its token (none: the claim was taken over), before its file
+-- is put in place and recorded in the same transaction: a worker whose lease ran out places nothing.
+SELECT id FROM {t}blocks WHERE id = %(id)s AND claim_token = %(token)s FOR UPDATE;
+
 -- commit --
 -- Record a finished stage (done or no_data) with its counts and artifact; fenced by the claim token.
 UPDATE {t}blocks

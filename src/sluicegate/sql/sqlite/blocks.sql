@@ -40,6 +40,11 @@ RETURNING id, key_value, block_start, block_end, stage, position, attempts, forc
 -- Extend the lease of every row still held under a claim token.
 UPDATE {t}blocks SET lease_until = :now + :lease WHERE claim_token = :token;
 
+-- hold --
+-- Lock a claimed row still held under its token (none: the claim was taken over), before its file
+-- is put in place and recorded in the same transaction: a worker whose lease ran out places nothing.
+SELECT id FROM {t}blocks WHERE id = :id AND claim_token = :token;
+
 -- commit --
 -- Record a finished stage (done or no_data) with its counts and artifact; fenced by the claim token.
 UPDATE {t}blocks
