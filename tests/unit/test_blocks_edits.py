@@ -61,3 +61,17 @@ def test_a_changed_grain_is_refused_not_taken_for_done_blocks(tmp_path: Path) ->
     pending = CliRunner().invoke(main, ["-C", str(root), "run", "trips"])  # the hours' publish stages
     assert "the grain or zone changed" in pending.output
     assert not (root / "out/csv").exists()
+
+
+def test_later_stages_read_the_extracts_recorded_artifact_after_its_path_was_edited(tmp_path: Path) -> None:
+    """Blocks extracted, then ``[extract] path`` edited: their publish read the file at the new
+    path, never written, and was parked ("does not exist; run the stage that writes it") while
+    the extract, done, would not run again."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")])
+    assert blocks_cli(root, *RANGE, "--stage", "extract").exit_code == 0
+    toml = root / "tasks/trips/task.toml"
+    toml.write_text(toml.read_text().replace('path = "{stage}/{provider}/', 'path = "raw/{provider}/'))
+    result = blocks_cli(root, *RANGE)
+    assert result.exit_code == 0, result.output
+    assert "1,lime," in (root / "out/csv/lime/20200101T0100-0600.csv").read_text()

@@ -392,9 +392,10 @@ class StageRunner:
     # ------------------------------------------------------------------ block by block
 
     def artifact(self, claim: StageClaim) -> Iterator[dict[str, Any]]:
-        """The records the extract stage wrote for the block of ``claim``."""
+        """The records the extract stage wrote for the block of ``claim``, at the path it recorded
+        (an edited ``[extract] path`` would point later stages at a file never written)."""
         extract = self.task.stages[0]
-        path = self.path(extract, claim)
+        path = self.recorder.store.extracted(claim, extract.name) or self.path(extract, claim)
         key = self.context.project.settings.fernet_key if extract.encrypt else None
         data = self.context.destination.read(path)
         return read_records(data, fernet_key=key, where=self.context.destination.display(path))

@@ -257,6 +257,14 @@ class BlockStore(Store):
         self._run("complete", cur, **where)
         return stale
 
+    def extracted(self, claim: StageClaim, stage: str) -> str | None:
+        """The artifact ``stage`` (the extract) recorded for ``claim``'s block, if it is done."""
+        row = self._run(
+            "extracted", task=claim.task, key_value=claim.key_value,
+            block_start=self.core.ts(claim.block.start), stage=stage,
+        ).fetchone()  # fmt: skip
+        return str(row[0]) if row and row[0] else None
+
     def stale(self, cur: Any, where: dict[str, Any]) -> list[tuple[str, str]]:
         """The (stage, artifact) of the stages after a block's position (``complete``'s ``where``)."""
         return [(str(r[0]), str(r[1])) for r in self._run("stale", cur, **where).fetchall()]

@@ -59,6 +59,13 @@ SET status = %(status)s, claim_token = NULL, lease_until = NULL, next_attempt_at
     artifact = %(artifact)s, bytes = %(bytes)s, checksum = %(checksum)s, finished_at = now()
 WHERE id = %(id)s AND claim_token = %(token)s;
 
+-- extracted --
+-- Where a block's extract stage wrote its artifact (the path recorded when it was done): later
+-- stages read it there, not at the path the task's template gives now (it may have been edited).
+SELECT artifact FROM {t}blocks
+WHERE task = %(task)s AND key_value = %(key_value)s AND block_start = %(block_start)s
+  AND stage = %(stage)s AND status = 'done';
+
 -- stale --
 -- The files the later stages of a block published, which complete is about to forget (their
 -- rows say no_data from then on): deleted by the recorder in the same transaction.
