@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConfigError, printable
+from ..exceptions import ConfigError
 from ..ledger import BlockStore, RangeQuery
 from ..timeblocks import Block, BlockRequest, blocks_between
 
@@ -101,9 +101,9 @@ def check_grain(task: Task, store: BlockStore, where: RangeQuery, blocks: Sequen
     low, high = blocks[0].start, blocks[-1].end
     wanted = {(b.start, b.end) for b in blocks}
     near = dataclasses.replace(where, time_min=low, time_max=high + LONGEST)
-    for row in store.rows(near):
-        if row["block_start"] < high and (row["block_start"], row["block_end"]) not in wanted:
-            raise _changed(task, row["key_value"], row["block_start"], row["block_end"])
+    for start, end in sorted(store.spans(near)):
+        if start < high and (start, end) not in wanted:
+            raise _changed(task, start, end)
 
 
 def check_claims(task: Task, claims: Sequence[Any]) -> None:
@@ -116,14 +116,14 @@ def check_claims(task: Task, claims: Sequence[Any]) -> None:
             block.end - dt.timedelta(seconds=1), block.end, grain=task.grain, zone=task.zone
         )
         if [(b.start, b.end) for b in found] != [(block.start, block.end)]:
-            raise _changed(task, claim.key_value, block.start, block.end)
+            raise _changed(task, block.start, block.end)
 
 
-def _changed(task: Task, key: str, start: dt.datetime, end: dt.datetime) -> ConfigError:
-    whose = f"{task.key} {printable(key)}'s " if task.key else ""
+def _changed(task: Task, start: dt.datetime, end: dt.datetime) -> ConfigError:
+    grain = "an hour" if task.grain == "hour" else "a day"
     return ConfigError(
-        f"{task.folder / 'task.toml'} grain, zone: the ledger holds {whose}block {start:%Y-%m-%dT%H:%MZ} to"
-        f" {end.astimezone(dt.UTC):%Y-%m-%dT%H:%MZ}, which is not a {task.grain} block in {task.zone}: the"
+        f"{task.folder / 'task.toml'} grain, zone: the ledger holds a block {start:%Y-%m-%dT%H:%MZ} to"
+        f" {end.astimezone(dt.UTC):%Y-%m-%dT%H:%MZ}, which is not {grain} block in {task.zone}: the"
         " grain or zone changed since it was made; put them back, or give the task a new name (folder)"
         " for blocks of the new grain"
     )

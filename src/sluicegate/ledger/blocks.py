@@ -336,6 +336,10 @@ class BlockStore(Store):
             out.append(item)
         return out
 
+    def spans(self, where: RangeQuery) -> list[tuple[dt.datetime, dt.datetime]]:
+        """The distinct ``(block_start, block_end)`` of a range's rows (UTC)."""
+        return [(self._ts(a), self._ts(b)) for a, b in self._run("spans", **self._range(where)).fetchall()]
+
     def counts(self, task: str) -> dict[str, dict[str, Any]]:
         """Per stage, in stage order: rows per status and the records rejected by loads."""
         out: dict[str, dict[str, Any]] = {}

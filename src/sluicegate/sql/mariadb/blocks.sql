@@ -160,6 +160,14 @@ WHERE task = %(task)s
   AND block_end > %(time_min)s AND block_end <= %(time_max)s
 ORDER BY block_start, key_value, position;
 
+-- spans --
+-- The distinct windows of a range's rows (one per block, whatever the key values and stages):
+-- a run compares them with the blocks it asks for, to refuse a grain or zone changed since.
+SELECT DISTINCT block_start, block_end FROM {t}blocks
+WHERE task = %(task)s
+  AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(key_value)))
+  AND block_end > %(time_min)s AND block_end <= %(time_max)s;
+
 -- counts --
 -- A task's rows per stage and status, with record counts.
 SELECT stage, min(position), status, count(*), coalesce(sum(records_errors), 0)

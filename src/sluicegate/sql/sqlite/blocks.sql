@@ -148,6 +148,14 @@ WHERE task = :task
   AND block_end > :time_min AND block_end <= :time_max
 ORDER BY block_start, key_value, position;
 
+-- spans --
+-- The distinct windows of a range's rows (one per block, whatever the key values and stages):
+-- a run compares them with the blocks it asks for, to refuse a grain or zone changed since.
+SELECT DISTINCT block_start, block_end FROM {t}blocks
+WHERE task = :task
+  AND (:key_values IS NULL OR key_value IN (SELECT value FROM json_each(:key_values)))
+  AND block_end > :time_min AND block_end <= :time_max;
+
 -- counts --
 -- A task's rows per stage and status, with record counts.
 SELECT stage, min(position), status, count(*), coalesce(sum(records_errors), 0)
