@@ -200,9 +200,8 @@ def _resolve_db_url(url: str, root: Path) -> str:
     return url
 
 
-def _resolve_dest_url(url: str, root: Path, where: str) -> str:
-    if problem := validate.s3_bucket_problem(url):  # else every upload fails, and is retried
-        raise ConfigError(f"{where} url: {url!r} {problem}; write s3://BUCKET or s3://BUCKET/prefix")
+def _resolve_dest_url(value: Any, root: Path, where: str) -> str:
+    url = validate.destination_url(value, where)
     if "://" in url:
         return url
     path = Path(url)
@@ -340,7 +339,7 @@ def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
 
 def _destination(dest: Mapping[str, Any], root: Path, where: str) -> DestinationSettings:
     return DestinationSettings(
-        url=_resolve_dest_url(str(dest["url"]), root, where),
+        url=_resolve_dest_url(dest["url"], root, where),
         endpoint_url=dest.get("endpoint_url") or None,
         region=dest.get("region") or None,
         access_key_id=dest.get("access_key_id") or None,

@@ -227,6 +227,18 @@ def a_or_an(noun: str) -> str:
 _S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
+def destination_url(value: Any, where: str) -> str:
+    """``[destination] url`` as text, refused (not coerced: ``5`` was a folder "5") when it is
+    not text, or when it is an ``s3://`` URL that names no bucket S3 could have."""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where} url: {value!r} is not text; write a quoted folder, s3://BUCKET/prefix or URL"
+        )
+    if problem := s3_bucket_problem(value):  # else every upload fails, and is retried
+        raise ConfigError(f"{where} url: {value!r} {problem}; write s3://BUCKET or s3://BUCKET/prefix")
+    return value
+
+
 def s3_bucket_problem(url: str) -> str | None:
     """Why an ``s3://`` URL names no bucket S3 could have (``s3://``, ``s3:///prefix``, a name with
     a space); None when it names one, or is no ``s3://`` URL."""

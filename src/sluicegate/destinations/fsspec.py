@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import fsspec
 
-from ..exceptions import DestinationUnavailable, TerminalError
+from ..exceptions import ConfigError, DestinationUnavailable, TerminalError
+from ..masking import mask_url
 from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
 
@@ -26,7 +27,15 @@ class FsspecDestination(SpooledUpload):
 
     def __init__(self, settings: DestinationSettings) -> None:
         self.url = settings.url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        except (ValueError, ImportError) as exc:  # an unknown protocol, or its package is missing
+            raise ConfigError(
+                f"destination URL {mask_url(self.url)!r}: {exc}; use a folder, s3://BUCKET/prefix"
+                " or an fsspec URL whose package is installed"
+            ) from exc
+        except OSError as exc:  # a filesystem that connects at once (ftp://, sftp://) and cannot
+            raise DestinationUnavailable(f"destination URL {mask_url(self.url)!r}: {exc}") from exc
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}"

@@ -1,0 +1,47 @@
+"""What a newcomer types wrong in sluicegate.toml, or where a newcomer keeps a project: one
+clear line and exit 2, and hints that can be pasted back into a shell."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from support import cli, write_project
+
+
+def _project(root: Path, destination: str) -> Path:
+    sqlite3.connect(root.parent / "src.db").close()
+    return write_project(root, source=f"sqlite:///{root.parent / 'src.db'}", destination=destination)
+
+
+@pytest.mark.parametrize("value", ["5", '["exports"]', "true"])
+def test_a_destination_url_that_is_not_text_is_refused(tmp_path: Path, value: str) -> None:
+    """`url = 5` exported into a folder named "5", `url = ["a"]` into one named "['a']"."""
+    root = _project(tmp_path / "p", "exports")
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('url = "exports"', f"url = {value}", 1))
+    assert f"url = {value}" in toml.read_text()
+    proc = cli(root, "run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[destination] url" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["tasks"]
+
+
+@pytest.mark.parametrize(
+    "url,code",
+    [
+        ("foo://x/y", 2),  # a protocol fsspec does not know
+        ("gs://bucket/x", 2),  # gcsfs is not installed
+        ("ftp://user:hunter2@host.invalid/x", 1),  # the host cannot be reached
+    ],
+)
+def test_an_fsspec_destination_that_cannot_be_opened_is_one_line(tmp_path: Path, url: str, code: int) -> None:
+    root = _project(tmp_path / "p", url)
+    for command, expected in (("run", code), ("check", 2)):  # check lists every problem: exit 2
+        proc = cli(root, command, timeout=60)
+        assert proc.returncode == expected, (command, proc.stdout + proc.stderr)
+        assert "Traceback" not in proc.stderr and "destination URL '" in proc.stderr, proc.stderr
+        assert "hunter2" not in proc.stderr
