@@ -3,6 +3,7 @@ clear line and exit 2, and hints that can be pasted back into a shell."""
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -45,3 +46,24 @@ def test_an_fsspec_destination_that_cannot_be_opened_is_one_line(tmp_path: Path,
         assert proc.returncode == expected, (command, proc.stdout + proc.stderr)
         assert "Traceback" not in proc.stderr and "destination URL '" in proc.stderr, proc.stderr
         assert "hunter2" not in proc.stderr
+
+
+def test_init_and_install_hints_quote_a_folder_with_spaces(tmp_path: Path) -> None:
+    """`init "my proj"` printed `sluicegate -C my proj check`: pasted, that is `-C my` and a
+    command `proj`."""
+    folder = tmp_path / "my proj é"
+    out = cli(tmp_path, "init", str(folder), check=True).stdout
+    steps = [
+        line.split(". ", 1)[1].split("#")[0] for line in out.split("next:")[1].splitlines() if " -C " in line
+    ]
+    assert steps
+    for step in steps:
+        words = shlex.split(step)
+        assert words[1:3] == ["-C", str(folder)], (step, words)
+    cli(tmp_path, "generate", "--db", f"sqlite:///{folder / 'measurements.db'}", "--rows", "200", check=True)
+    installed = cli(folder, "install", check=True).stdout
+    hint = installed.split("run ", 1)[1].split(" to mark", 1)[0]
+    assert shlex.split(shlex.split(hint)[0])[1:] == ["-C", str(folder), "backfill", "openaq"], installed
+    marked = cli(folder, "backfill", "openaq", check=True).stdout
+    hint = marked.split("; ", 1)[1].removesuffix(" exports them\n")
+    assert shlex.split(shlex.split(hint)[0])[1:] == ["-C", str(folder), "run"], marked

@@ -4,6 +4,7 @@ generate, serve, grants."""
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ..exceptions import UsageError
 from ..masking import mask_url
 from ..options import RunOptions
 from ..partitions import parse_assignments
-from .app import duration, echo_json, handled, invoked_as, load, main, timestamp
+from .app import duration, echo_json, handled, load, main, on_project, quoted, timestamp
 from .render import ScanBar, render_summaries
 
 
@@ -33,11 +34,11 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
 
     for path in init_project(folder, example=example, force=force, source_url=source_url):
         click.echo(f"wrote {path}")
-    me = f"{invoked_as()} -C {folder}"
+    me = on_project(folder)
     where = "[destination] url" if source_url else "[source] url (your database) and [destination] url"
     steps = {  # each example's own tasks (the openaq one's task is called openaq)
         "airmax": [
-            f"{me} ingest measurements {folder / 'messages.jsonl'}  # a sample, or [sqs]",
+            f"{me} ingest measurements {shlex.quote(str(folder / 'messages.jsonl'))}  # a sample, or [sqs]",
             f"{me} run current_air_quality --every 30s  # or: {me} serve",
         ],
         "mds": [f"{me} blocks trips --time-min 2020-3-1-0 --time-max 2020-3-1-6  # see docs/blocks.md"],
@@ -48,7 +49,8 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
     ])  # fmt: skip
     lines = [f"check {where} in {folder / 'sluicegate.toml'}, and the queries in {folder / 'tasks'}"]
     if example == "airmax":  # its tables and some data first, in the SQLite file the example reads
-        lines.append(f"{me} generate --dataset airmax --db sqlite:///{folder / 'airmax.db'} --rows 50000")
+        db = shlex.quote(f"sqlite:///{folder / 'airmax.db'}")
+        lines.append(f"{me} generate --dataset airmax --db {db} --rows 50000")
     lines += [f"{me} check", *steps]
     click.echo("next:\n" + "\n".join(f"  {n}. {line}" for n, line in enumerate(lines, 1)))
 
@@ -74,12 +76,12 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
         summaries = exporter.run_once(list(project.tasks.values()), RunOptions())
         statuses = operations.status(project)
     render_summaries(summaries, statuses)
-    me = invoked_as()
+    me = on_project(folder)
     click.echo(
         f"\nfiles are in {project.settings.destination.url}; the folder is a project: try\n"
-        f"  {me} -C {folder} status\n"
-        f"  {me} -C {folder} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
-        f"  {me} -C {folder} run"
+        f"  {me} status\n"
+        f"  {me} mark openaq location_id=1 day=<YYYY-MM-DD>\n"
+        f"  {me} run"
     )
 
 
@@ -91,13 +93,13 @@ def install(tasks: tuple[str, ...]) -> None:
     project = load()
     before = onboarding.uncaptured_rows(project, tasks)
     installed = operations.install(project, tasks)
-    me = invoked_as()
+    backfill = on_project(project.settings.root)
     for task, names in installed.items():
         click.echo(f"{task}: installed {', '.join(names)}")
         if before.get(task):
             click.echo(
                 f"{task}: {before[task]:,} row(s) were there before the triggers, which will never see them; "
-                f"run '{me} -C {project.settings.root} backfill {task}' to mark their partitions"
+                f"run {quoted(f'{backfill} backfill {task}')} to mark their partitions"
             )
     broken = [p for p in project.problems if not tasks or p.name in tasks]
     for problem in broken:
@@ -214,8 +216,8 @@ def backfill(task: str, time_min: dt.datetime | None, time_max: dt.datetime | No
     project = load()
     with ScanBar(f"backfilling {task}") as bar:
         count = onboarding.backfill(project, task, time_min=time_min, time_max=time_max, progress=bar.update)
-    me = invoked_as()
-    click.echo(f"marked {count:,} partition(s) of {task}; '{me} -C {project.settings.root} run' exports them")
+    me = on_project(project.settings.root)
+    click.echo(f"marked {count:,} partition(s) of {task}; {quoted(f'{me} run')} exports them")
 
 
 @main.command()

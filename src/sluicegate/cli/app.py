@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -61,9 +62,19 @@ def invoked_as() -> str:
     if on_path and argv0.exists() and Path(on_path).resolve() == argv0.resolve():
         return "sluicegate"
     try:
-        return str(argv0.resolve().relative_to(Path.cwd()))
+        return shlex.quote(str(argv0.resolve().relative_to(Path.cwd())))
     except ValueError:
-        return str(argv0.resolve()) if argv0.name == "sluicegate" else "sluicegate"
+        return shlex.quote(str(argv0.resolve())) if argv0.name == "sluicegate" else "sluicegate"
+
+
+def on_project(folder: str | Path) -> str:
+    """``sluicegate -C FOLDER`` as the user can paste it into a shell (a folder with a space quoted)."""
+    return f"{invoked_as()} -C {shlex.quote(str(folder))}"
+
+
+def quoted(command: str) -> str:
+    """``command`` in quotes within a sentence: single ones unless the command has its own."""
+    return f'"{command}"' if "'" in command else f"'{command}'"
 
 
 class CliState:
