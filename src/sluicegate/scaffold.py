@@ -23,6 +23,17 @@ def init_project(
         raise UsageError(f"--example {example!r} is not known; use one of: {', '.join(EXAMPLES)}")
     if (folder / "sluicegate.toml").exists() and not force:
         raise UsageError(f"{folder / 'sluicegate.toml'} already exists; pick an empty folder or pass --force")
+    try:  # a folder under a file, or one this user may not write: one line, not a traceback
+        written = _copy_example(example, folder)
+        if source_url:
+            _set_source(folder / "sluicegate.toml", source_url)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename and Path(exc.filename) != folder else ""
+        raise UsageError(f"cannot write the project into {folder}: {where}{exc.strerror or exc}") from exc
+    return written
+
+
+def _copy_example(example: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     root = resources.files(__package__).joinpath("templates", example)
@@ -33,8 +44,6 @@ def init_project(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 written.append(target)
-    if source_url:
-        _set_source(folder / "sluicegate.toml", source_url)
     return written
 
 

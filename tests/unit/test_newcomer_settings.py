@@ -67,3 +67,16 @@ def test_init_and_install_hints_quote_a_folder_with_spaces(tmp_path: Path) -> No
     marked = cli(folder, "backfill", "openaq", check=True).stdout
     hint = marked.split("; ", 1)[1].removesuffix(" exports them\n")
     assert shlex.split(shlex.split(hint)[0])[1:] == ["-C", str(folder), "run"], marked
+
+
+@pytest.mark.parametrize("command", ["init", "demo"])
+def test_init_into_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path, command: str) -> None:
+    """`init afile/proj` (or a folder this user may not write) ended in a traceback."""
+    (tmp_path / "afile").write_text("not a folder\n")
+    proc = cli(tmp_path, command, str(tmp_path / "afile" / "proj"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        proc.stderr.startswith("sluicegate: error: cannot write the project into ")
+        and "Traceback" not in proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
