@@ -314,7 +314,7 @@ def _workers(value: Any, source_url: str, where: str) -> int:
         return 2 if not in_process and (os.cpu_count() or 1) >= 2 else 1
     if isinstance(value, str) and not value.strip().isdigit():
         raise ConfigError(f'{where}: {value!r} is not a whole number; use one (exporters per run), or "auto"')
-    return validate.whole_number(value, where)
+    return validate.whole_number(value, where, maximum=64)  # as run --workers: each is a process
 
 
 def _fill_dsl_defaults(raw: dict[str, Any], env: Mapping[str, str], *, dsl_only: bool) -> None:

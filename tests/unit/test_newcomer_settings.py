@@ -80,3 +80,16 @@ def test_init_into_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path, comm
         and "Traceback" not in proc.stderr
     )
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_workers_in_the_settings_are_capped_as_run_workers_is(tmp_path: Path) -> None:
+    """`run --workers 65` was refused but `[defaults] workers = 65` (or 5000) was taken: a typo
+    could start thousands of exporter processes."""
+    root = _project(tmp_path / "p", "exports")
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[defaults]", "[defaults]\nworkers = 65", 1))
+    proc = cli(root, "run", "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[defaults] workers: 65 is too large; use at most 64" in proc.stderr
+    toml.write_text(toml.read_text().replace("workers = 65", "workers = 64"))
+    assert cli(root, "run", "--dry-run").returncode == 0
