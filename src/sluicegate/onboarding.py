@@ -23,16 +23,21 @@ from .sources import open_source
 from .specs import Project
 
 
+def no_tasks(project: Project) -> str | None:
+    """Why ``run``, ``status`` and ``check`` of a project without a task do nothing, or None."""
+    if project.tasks or project.problems:
+        return None
+    return (
+        f"{project.settings.root} has no tasks: add a folder per task under its tasks/ folder"
+        " (`sluicegate init FOLDER` writes an example to start from)"
+    )
+
+
 def check_warnings(project: Project) -> list[str]:
     """Things that are not errors but weaken or silence exports: a destination that cannot
     fence writes as strongly (see destinations), capture triggers not installed, or an empty
     ledger for a task whose source already has rows (run backfill)."""
-    warnings: list[str] = []
-    if not project.tasks and not project.problems:
-        warnings.append(
-            f"{project.settings.root} has no tasks: add a folder per task under its tasks/ folder"
-            " (`sluicegate init FOLDER` writes an example to start from)"
-        )
+    warnings = [warning] if (warning := no_tasks(project)) else []
     try:
         warnings += open_destination(project.settings.destination).warnings()
     except SluicegateError as exc:  # check_project reports an unreachable destination

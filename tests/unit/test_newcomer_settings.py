@@ -93,3 +93,14 @@ def test_workers_in_the_settings_are_capped_as_run_workers_is(tmp_path: Path) ->
     assert "[defaults] workers: 65 is too large; use at most 64" in proc.stderr
     toml.write_text(toml.read_text().replace("workers = 65", "workers = 64"))
     assert cli(root, "run", "--dry-run").returncode == 0
+
+
+def test_run_and_status_of_a_project_without_tasks_say_so(tmp_path: Path) -> None:
+    """They printed nothing and exited 0 (`run --every` kept doing nothing); only `check` said why."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///x.db"\n[destination]\nurl = "out"\n')
+    for command in ("run", "status", "check"):
+        proc = cli(root, command)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"warning: {root} has no tasks" in proc.stderr, (command, proc.stderr)

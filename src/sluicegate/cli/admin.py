@@ -152,7 +152,10 @@ def check() -> None:
 @handled
 def status(task: str | None, as_json: bool) -> None:
     """Per task: partitions pending, claimed, exported, failed, waiting, oldest pending change."""
-    rows = operations.status(load(), [task] if task else [])
+    project = load()
+    if warning := onboarding.no_tasks(project):
+        click.echo(f"warning: {warning}", err=True)
+    rows = operations.status(project, [task] if task else [])
     if as_json:
         echo_json(rows)
     else:

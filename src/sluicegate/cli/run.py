@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import operations
+from .. import onboarding, operations
 from ..engine import Exporter
 from ..exceptions import UsageError, printable
 from ..export_request import EXPORT_TYPES, check_kinds, load_request, request_from_options
@@ -74,6 +74,8 @@ def run(
 ) -> None:
     """Export every pending, complete partition of TASKS (all by default)."""
     project = load()
+    if warning := onboarding.no_tasks(project):  # else it exits 0 without a word (or loops, with --every)
+        click.echo(f"warning: {warning}", err=True)
     selected = project.select(list(tasks))
     check_limit(selected, limit, named=bool(tasks))
     request = request_from_options(
