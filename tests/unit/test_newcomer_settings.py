@@ -104,3 +104,14 @@ def test_run_and_status_of_a_project_without_tasks_say_so(tmp_path: Path) -> Non
         proc = cli(root, command)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"warning: {root} has no tasks" in proc.stderr, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("db", ["sqlite:///{tmp}/afile", "postgresql://u:hunter2@127.0.0.1:1/x"])
+def test_generate_into_a_database_it_cannot_use_is_one_line(tmp_path: Path, db: str) -> None:
+    """A file that is no SQLite database, or a server that is not there, ended in a traceback
+    (`--dataset airmax` already said it in one line)."""
+    (tmp_path / "afile").write_text("not a database, but long enough to be read as one\\n" * 10)
+    proc = cli(tmp_path, "generate", "--db", db.format(tmp=tmp_path), "--rows", "10", timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("sluicegate: error: database ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "hunter2" not in proc.stderr, proc.stderr

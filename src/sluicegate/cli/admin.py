@@ -13,6 +13,7 @@ import click
 
 from .. import onboarding, operations
 from ..config import load_project
+from ..db import wrap_errors
 from ..engine import Exporter
 from ..exceptions import UsageError
 from ..masking import mask_url
@@ -292,9 +293,10 @@ def generate(
         generate_airmax(url, rows=rows, per_min=per_min, duration=duration, seed=seed)
         return
     try:
-        result = run_generate(
-            url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
-        )
+        with wrap_errors(url):  # an unreachable server, a file that is no database: one line, as airmax's
+            result = run_generate(
+                url, rows=rows, rate_per_min=per_min, duration_s=duration, locations=locations, seed=seed
+            )
     except ValueError as exc:  # the generator names the bad URL or argument
         raise UsageError(str(exc)) from None
     click.echo(
