@@ -115,3 +115,14 @@ def test_generate_into_a_database_it_cannot_use_is_one_line(tmp_path: Path, db: 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.startswith("sluicegate: error: database ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "hunter2" not in proc.stderr, proc.stderr
+
+
+def test_dry_run_lists_a_claimable_partition_with_its_time_key_last(tmp_path: Path) -> None:
+    """A marked partition was listed `day=... location_id=1` (the ledger's keys, sorted by name),
+    one from the trigger inbox `location_id=1 day=...`, as everywhere else."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination="out", capture="explicit", zone="UTC")
+    cli(tmp_path, "generate", "--db", url, "--rows", "10", "--locations", "1", check=True)
+    cli(root, "mark", "openaq", "location_id=1", "day=2024-05-03", check=True)
+    out = cli(root, "run", "--dry-run", check=True).stdout
+    assert "  location_id=1 day=2024-05-03  (new) -> " in out, out

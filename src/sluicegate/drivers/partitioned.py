@@ -192,7 +192,7 @@ class Driver:
         summary.plan_cut = len(pending) >= (limit or 1000)
         for claim in pending:
             entry: dict[str, Any] = {
-                "partition": claim.keys,
+                "partition": {k: claim.keys[k] for k in task.key_names},  # the ledger's are sorted by name
                 "reason": claim.reason,
                 "version": claim.version,
             }
