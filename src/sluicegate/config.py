@@ -94,8 +94,7 @@ SETTINGS_KEYS: dict[str, frozenset[str]] = {
 def read_toml(path: Path, missing: str | None = None) -> dict[str, Any]:
     """Parse a TOML file; ``missing`` is the advice when it does not exist."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(validate.text_file(path))
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; {missing or 'create it'}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -427,7 +426,7 @@ def read_select(folder: Path) -> str:
     select_path = folder / "select.sql"
     if not select_path.is_file():
         raise ConfigError(f"{select_path} not found; every task folder needs a select.sql")
-    select_sql = unwrap_copy(select_path.read_text(encoding="utf-8").strip().rstrip(";").strip())
+    select_sql = unwrap_copy(validate.text_file(select_path).strip().rstrip(";").strip())
     if not select_sql or all(line.strip().startswith("--") for line in select_sql.splitlines()):
         raise ConfigError(f"{select_path} is empty; write the SELECT whose rows this task exports")
     return select_sql + "\n"  # a trailing "-- comment" must not swallow our closing parenthesis

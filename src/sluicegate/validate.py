@@ -13,6 +13,7 @@ import math
 import re
 import zoneinfo
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from .exceptions import ConfigError
@@ -225,6 +226,24 @@ def a_or_an(noun: str) -> str:
 
 # The bucket names botocore accepts (an access point's ARN aside): anything else fails every request.
 _S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
+
+def text_file(path: Path) -> str:
+    """A task or project file's text: one that is not UTF-8, or cannot be read, is a ConfigError
+    naming it (it was a UnicodeDecodeError's traceback). FileNotFoundError is the caller's."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a folder of that name, or a file this user may not read
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start + 1});"
+            " save it as UTF-8"
+        ) from None
 
 
 def destination_url(value: Any, where: str) -> str:

@@ -126,3 +126,27 @@ def test_dry_run_lists_a_claimable_partition_with_its_time_key_last(tmp_path: Pa
     cli(root, "mark", "openaq", "location_id=1", "day=2024-05-03", check=True)
     out = cli(root, "run", "--dry-run", check=True).stdout
     assert "  location_id=1 day=2024-05-03  (new) -> " in out, out
+
+
+@pytest.mark.parametrize(
+    "name,says",
+    [
+        ("tasks/openaq/select.sql", "is not UTF-8 text (byte 0xe9 at byte "),
+        ("tasks/openaq/task.toml", "is not UTF-8 text (byte 0xe9 at byte "),
+        ("sluicegate.toml", "is not UTF-8 text (byte 0xe9 at byte "),
+    ],
+)
+def test_a_file_saved_in_latin_1_is_named_in_one_line(tmp_path: Path, name: str, says: str) -> None:
+    """A select.sql, task.toml or sluicegate.toml with a Latin-1 'é' (an editor's default on
+    some systems) ended in a UnicodeDecodeError traceback."""
+    root = _project(tmp_path / "p", "exports")
+    path = root / name
+    path.write_bytes(
+        path.read_bytes()
+        + "\n# café\n".encode("latin-1").replace(b"#", b"--" if name.endswith(".sql") else b"#")
+    )
+    for command in ("status", "run"):
+        proc = cli(root, command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        out = proc.stdout + proc.stderr  # status lists a broken task on stdout, with the others
+        assert f"{path} {says}" in out and "Traceback" not in out, out
