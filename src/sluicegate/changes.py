@@ -286,9 +286,15 @@ def list_changes(project: Project, *, since: str, task: str | None = None) -> li
     if task is not None:
         project.task(task)  # an unknown name is a ConfigError naming the tasks folder
     settings = project.settings.destination
+    toml = project.settings.root / "sluicegate.toml"
+    if not settings.manifests and not toml.is_file():  # a DSL_PATH folder served without one
+        raise ConfigError(
+            "no manifests are written for a DSL_PATH folder without sluicegate.toml; set "
+            "SLUICEGATE_DESTINATION__MANIFESTS=true to record changes from the next run"
+        )
     if not settings.manifests:
         raise ConfigError(
-            f"{project.settings.root / 'sluicegate.toml'} [destination] manifests is false, so no "
+            f"{toml} [destination] manifests is false, so no "
             "manifests are written; set it to true (the default) to record changes from the next run"
         )
     return read_changes(open_destination(settings), since=point, task=task)

@@ -150,3 +150,20 @@ def test_a_file_saved_in_latin_1_is_named_in_one_line(tmp_path: Path, name: str,
         assert proc.returncode == 2, proc.stdout + proc.stderr
         out = proc.stdout + proc.stderr  # status lists a broken task on stdout, with the others
         assert f"{path} {says}" in out and "Traceback" not in out, out
+
+
+def test_changes_of_a_dsl_folder_names_the_variable_not_a_missing_file(tmp_path: Path) -> None:
+    """`changes` in DSL mode said "<root>/sluicegate.toml [destination] manifests is false" of a
+    file that does not exist; the feed is off there by default and a variable turns it on."""
+    (tmp_path / "DSL" / "agency").mkdir(parents=True)
+    (tmp_path / "DSL" / "agency" / "select.sql").write_text("SELECT 1 AS x\n")
+    (tmp_path / "DSL" / "agency" / "delete.sql").write_text("DELETE FROM t WHERE 0\n")
+    env = {"DSL_PATH": str(tmp_path / "DSL"), "DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"}
+    env["EXPORT_PATH"] = str(tmp_path / "out")
+    proc = cli(tmp_path, "changes", "--since", "2024-01-01", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "sluicegate.toml [destination]" not in proc.stderr
+    assert "SLUICEGATE_DESTINATION__MANIFESTS=true" in proc.stderr, proc.stderr
+    env["SLUICEGATE_DESTINATION__MANIFESTS"] = "true"
+    proc = cli(tmp_path, "changes", "--since", "2024-01-01", env=env)
+    assert proc.returncode == 0 and "no changes since" in proc.stderr, proc.stderr
