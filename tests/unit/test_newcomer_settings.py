@@ -167,3 +167,17 @@ def test_changes_of_a_dsl_folder_names_the_variable_not_a_missing_file(tmp_path:
     env["SLUICEGATE_DESTINATION__MANIFESTS"] = "true"
     proc = cli(tmp_path, "changes", "--since", "2024-01-01", env=env)
     assert proc.returncode == 0 and "no changes since" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [("status",), ("install",), ("mark", "openaq", "location_id=1", "day=2024-05-03")]
+)
+def test_a_command_that_ends_on_an_unreachable_database_does_not_promise_to_retry(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`status` or `install` against a server that is down said "...; will retry" and exited."""
+    root = write_project(tmp_path / "p", source="postgresql://me:hunter2@127.0.0.1:1/db", destination="out")
+    proc = cli(root, *command, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Connection refused" in proc.stderr and "will retry" not in proc.stderr, proc.stderr
+    assert "hunter2" not in proc.stderr

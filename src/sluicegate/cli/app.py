@@ -87,7 +87,8 @@ def fail(exc: BaseException, verbose: bool) -> None:
         import traceback
 
         click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
-    click.echo(f"sluicegate: error: {scrub(str(exc))}", err=True)
+    # A transient error says "will retry" for the partition it failed; the command ends here.
+    click.echo(f"sluicegate: error: {scrub(str(exc)).removesuffix('; will retry')}", err=True)
     sys.exit(2 if isinstance(exc, ConfigError | UsageError) else 1)
 
 
