@@ -124,10 +124,8 @@ def tasks_cmd(as_json: bool) -> None:
             if "error" in t:
                 click.echo(f"{t['name']}: ERROR {t['error']}")
             else:
-                click.echo(
-                    f"{t['name']}: {t['kind']}, {t['format']}, "
-                    f"keys {', '.join(t['keys'])}, capture {t['capture']}"
-                )
+                keys = f"keys {', '.join(t['keys'])}, " if t["keys"] else ""  # archive, aggregate: none
+                click.echo(f"{t['name']}: {t['kind']}, {t['format']}, {keys}capture {t['capture']}")
     if any("error" in t for t in tasks):  # a broken task folder is a configuration error (monitoring)
         sys.exit(2)
 
