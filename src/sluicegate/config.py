@@ -234,7 +234,8 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             )
     else:
         raise ConfigError(
-            f"{root} holds no sluicegate.toml and DSL_PATH is not set: run 'sluicegate init {root}' to "
+            f"{root} {'holds no sluicegate.toml' if root.is_dir() else 'does not exist'} and DSL_PATH is not "
+            f"set: run 'sluicegate init {root}' to "
             "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
             "DSL/Export folder (see docs/service.md)"
         )

@@ -193,3 +193,14 @@ def test_tasks_leaves_out_the_keys_of_a_task_without_any(tmp_path: Path) -> None
     lines = cli(root, "tasks", check=True).stdout.splitlines()
     assert "agency: archive, csv.gz, capture explicit" in lines, lines
     assert "openaq: partitioned, csv, keys location_id, day, capture trigger" in lines, lines
+
+
+def test_a_project_folder_that_does_not_exist_is_called_so(tmp_path: Path) -> None:
+    """`-C /typo` said "/typo holds no sluicegate.toml", as of a folder that is there."""
+    proc = cli(tmp_path / "typo", "status")
+    assert (
+        proc.returncode == 2 and f"{tmp_path / 'typo'} does not exist and DSL_PATH is not set" in proc.stderr
+    )
+    (tmp_path / "empty").mkdir()
+    proc = cli(tmp_path / "empty", "status")
+    assert proc.returncode == 2 and "empty holds no sluicegate.toml and DSL_PATH is not set" in proc.stderr
