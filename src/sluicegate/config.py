@@ -203,7 +203,7 @@ def _resolve_dest_url(value: Any, root: Path, where: str) -> str:
     url = validate.destination_url(value, where)
     if "://" in url:
         return url
-    path = Path(url)
+    path = Path(url).expanduser()  # "~/exports" was a folder named "~" in the project
     return str(path if path.is_absolute() else (root / path).resolve())
 
 

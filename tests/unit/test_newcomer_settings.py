@@ -204,3 +204,14 @@ def test_a_project_folder_that_does_not_exist_is_called_so(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     proc = cli(tmp_path / "empty", "status")
     assert proc.returncode == 2 and "empty holds no sluicegate.toml and DSL_PATH is not set" in proc.stderr
+
+
+def test_a_destination_under_the_home_folder_is_not_a_folder_named_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`url = "~/exports"` exported into `<project>/~/exports`."""
+    from support import load
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = _project(tmp_path / "p", "~/exports")
+    assert load(root).settings.destination.url == str(tmp_path / "home" / "exports")
