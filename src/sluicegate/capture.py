@@ -482,5 +482,5 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
         return ledger.partitions.mark([make_partition(task, keys, None, None)], task)
     zone = ZoneMap(task, source).zone(keys)
     raw = assignments[task.time.name]
-    period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone)
+    period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone, strict=True)
     return ledger.partitions.mark([make_partition(task, keys, exportable(period, task.time), zone)], task)

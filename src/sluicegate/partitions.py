@@ -203,11 +203,12 @@ def _next_hour(start: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     return start + _HOUR
 
 
-def parse_period(text: str, time: TimeSpec, zone: str) -> dt.date | dt.datetime:
-    """Parse a period written by a user or stored in the ledger."""
+def parse_period(text: str, time: TimeSpec, zone: str, *, strict: bool = False) -> dt.date | dt.datetime:
+    """Parse a period written by a user (``strict``: a day is a date and nothing more, where
+    ``2024-05-03T10:00`` or ``2024-05-03xyz`` marked the 3rd) or stored in the ledger."""
     try:
         if time.grain == "day":
-            return dt.date.fromisoformat(text[:10])
+            return dt.date.fromisoformat(text if strict else text[:10])
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(

@@ -128,6 +128,18 @@ def test_dry_run_lists_a_claimable_partition_with_its_time_key_last(tmp_path: Pa
     assert "  location_id=1 day=2024-05-03  (new) -> " in out, out
 
 
+@pytest.mark.parametrize("day", ["2024-05-03T10:00", "2024-05-03xyz", "2024-05-03 "])
+def test_mark_refuses_a_day_followed_by_anything(tmp_path: Path, day: str) -> None:
+    """``day=2024-05-03T10:00`` (or ``2024-05-03xyz``) marked the 3rd, exit 0: only the first ten
+    characters were read, and the confirmation repeated what was typed."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination="out", capture="explicit", zone="UTC")
+    cli(tmp_path, "generate", "--db", url, "--rows", "10", "--locations", "1", check=True)
+    proc = cli(root, "mark", "openaq", "location_id=1", f"day={day}")
+    assert proc.returncode == 2 and "is not a valid day; use YYYY-MM-DD" in proc.stderr, proc.stderr
+    assert "(new)" not in cli(root, "run", "--dry-run", check=True).stdout
+
+
 @pytest.mark.parametrize(
     "name,says",
     [
