@@ -398,11 +398,8 @@ def load_project(root: Path | str, env: Mapping[str, str] | None = None) -> Proj
         )
     tasks: dict[str, TaskBase] = {}
     problems: list[TaskProblem] = []
-    folders = (
-        sorted(p for p in tasks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if tasks_dir.is_dir()
-        else []
-    )
+    found = tasks_dir.iterdir() if tasks_dir.is_dir() else ()  # not .hidden, nor Python's __pycache__
+    folders = sorted(p for p in found if p.is_dir() and not p.name.startswith((".", "__pycache__")))
     for folder in folders:
         try:
             task = load_task(folder, settings, dsl=dsl is not None)

@@ -23,7 +23,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-TASK_NAME_RULE = "use only letters, digits, '_', '.' and '-', and a letter or digit first"
+TASK_NAME_RULE = "use only ASCII letters, digits, '_', '.' and '-', and a letter or digit first"
 
 
 def parse_duration(value: str | int | float, *, where: str) -> float:

@@ -152,4 +152,4 @@ def test_a_task_folder_name_is_refused_with_the_rule_it_breaks(tmp_path: Path, n
     root = _project(tmp_path)
     (root / "tasks" / "openaq").rename(root / "tasks" / name)
     err = _one_line_error(cli(root, "check"))
-    assert f"task folder name {name!r}: use only letters, digits, '_', '.' and '-'" in err, err
+    assert f"task folder name {name!r}: use only ASCII letters, digits, '_', '.' and '-'" in err, err

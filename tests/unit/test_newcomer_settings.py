@@ -227,3 +227,14 @@ def test_a_destination_under_the_home_folder_is_not_a_folder_named_tilde(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     root = _project(tmp_path / "p", "~/exports")
     assert load(root).settings.destination.url == str(tmp_path / "home" / "exports")
+
+
+def test_a_pycache_folder_under_tasks_is_no_task(tmp_path: Path) -> None:
+    """Python leaves ``__pycache__`` where a helper module was imported from: it was reported as a
+    broken task folder, and ``status`` and ``run`` exited 2. Dot-folders were already skipped."""
+    root = _project(tmp_path / "p", "exports")
+    (root / "tasks" / "__pycache__").mkdir()
+    (root / "tasks" / "__pycache__" / "helpers.cpython-311.pyc").write_bytes(b"\0")
+    proc = cli(root, "tasks")
+    assert proc.returncode == 0 and "__pycache__" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("openaq: "), proc.stdout
