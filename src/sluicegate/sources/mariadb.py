@@ -307,14 +307,25 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
             wall_clock(max(s.end for s in slices if s.end), zone),
         ]
     projection = ", ".join(f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns)
-    order = ", ".join(
-        f"CAST(q.{q(c)} AS CHAR)" if by_name[c].as_text else f"q.{q(c)}" for c in order_columns(spec, columns)
-    )
+    order = ", ".join(_order_expr(q(c), by_name[c]) for c in order_columns(spec, columns))
     query = (
         f"SELECT p.ord, {projection} FROM ({spec.select_sql}) AS q JOIN ({derived}) AS p "
         f"ON {' AND '.join(on) or 'TRUE'} WHERE {' AND '.join(where) or 'TRUE'} ORDER BY p.ord, {order}"
     )
     return query, params
+
+
+def _order_expr(name: str, column: Column) -> str:
+    """A column of the rows' order; text also by its bytes, after the collation's order.
+
+    A collation may tie different text (utf8mb4_general_ci, the default, ties Gent, gent and
+    'gent '): the tie is broken byte for byte, so the same rows always come in one order and
+    give one file, whatever order the server read them in.
+    """
+    value = f"CAST(q.{name} AS CHAR)" if column.as_text else f"q.{name}"
+    if column.kind != "text":
+        return value
+    return f"{value}, CAST(CONVERT({value} USING utf8mb4) AS BINARY)"
 
 
 def _key_match(key: str, index: int, column: Column | None) -> str:
