@@ -334,3 +334,29 @@ def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_
         words, key=lambda w: (w.casefold().rstrip().replace("ë", "e"), w.encode())
     )
 
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_decimals_are_written_as_mariadb_writes_them_never_with_an_exponent(
+    mariadb_url: str, tmp_path: Path, fmt: str
+) -> None:
+    """A DECIMAL comes from the driver as a Python Decimal, whose str() takes an exponent for
+    small values: 0.0000000001 in a DECIMAL(20,10) was written 1E-10, its zero 0E-10."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), d DECIMAL(20,10), e DECIMAL(12,0))")
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0.0000000001, 100000000000),"
+            " ('Gent', '2024-03-01 10:01:00', 0, 0), ('Gent', '2024-03-01 10:02:00', -0.0000001, -5)"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, d, e FROM readings")
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"csv"', f'"{fmt}"'))
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    path = tmp_path / "out" / "Gent" / f"20240301.{fmt}"
+    if fmt == "csv":
+        values = [(row["d"], row["e"]) for row in read_csv(path)]
+    else:
+        values = [(row["d"], row["e"]) for row in map(json.loads, path.read_text().splitlines())]
+    assert values == [("0.0000000001", "100000000000"), ("0.0000000000", "0"), ("-0.0000001000", "-5")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import functools
 import io
 from collections.abc import Callable, Sequence
@@ -121,7 +122,8 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
 
 
 def value_text(value: Any) -> Any:
-    """A value as PostgreSQL writes it where Python's text differs: floats and bytes.
+    """A value as PostgreSQL writes it where Python's text differs: floats, bytes and decimals
+    (MariaDB's driver returns a Decimal, whose str() is 1E-10 for 0.0000000001).
 
     Other values are returned as they are, for the csv module to write.
     """
@@ -129,6 +131,8 @@ def value_text(value: Any) -> Any:
         return float_text(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")  # never with an exponent, every digit of its scale
     return value
 
 

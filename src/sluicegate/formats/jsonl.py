@@ -111,7 +111,9 @@ class JsonlWriter:
             return value.isoformat()
         if isinstance(value, dt.date | dt.time):
             return value.isoformat()
-        if isinstance(value, decimal.Decimal | uuid.UUID):
+        if isinstance(value, decimal.Decimal):
+            return format(value, "f")  # as the database writes it: 0.0000000001, not 1E-10
+        if isinstance(value, uuid.UUID):
             return str(value)
         if isinstance(value, bytes | bytearray | memoryview):
             return base64.b64encode(bytes(value)).decode("ascii")
