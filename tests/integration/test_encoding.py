@@ -939,3 +939,46 @@ def test_json_lines_from_sqlite_are_strict_json_with_times_in_the_zone(tmp_path:
         {"k": 1, "t": "2024-11-02T10:30:00-02:30", "v": None, "flag": False},  # SQLite stores NaN as NULL
         {"k": 1, "t": "2024-11-02T12:00:00-02:30", "v": "-Infinity", "flag": None},
     ]
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+def test_inet_is_its_text_cast_on_every_path(tmp_path: Path, pg_url: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A type read as the server's text has one text on every path. COPY wrote ``inet`` with its
+    output function (``10.0.0.1``, ``::1``), the Arrow path and Parquet its cast to text
+    (``10.0.0.1/32``, ``::1/128``): one address, two spellings, by whether ADBC was installed."""
+    _use_path(path, monkeypatch)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, a inet, c cidr)")
+        conn.execute("INSERT INTO m VALUES (1, %s, '10.0.0.1', '10.0.0.0/8'), (1, %s, '::1', '::1/128')",
+                     (NOON, NOON + dt.timedelta(minutes=1)))
+    root = _project(tmp_path, pg_url, "SELECT k, t, a, c FROM m", "csv")
+    _export(root, (1, DAY))
+    assert [r[2:] for r in _csv_rows(_file(root, 1, DAY, "csv"))] == [
+        ["a", "c"], ["10.0.0.1/32", "10.0.0.0/8"], ["::1/128", "::1/128"]
+    ]
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+def test_rows_equal_only_as_numbers_have_one_order_whatever_the_insert_order(
+    tmp_path: Path, pg_url: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a primary key, rows are ordered by every column, so that the same rows give the
+    same bytes. But -0 = 0 and 1.5 = 1.50 sort as ties while their text differs: their order was
+    the order the server read them in, and the same rows written again gave another file."""
+    _use_path(path, monkeypatch)
+    rows = [(1, NOON, -0.0, decimal.Decimal("1.5")), (1, NOON, 0.0, decimal.Decimal("1.50")),
+            (1, NOON, 0.0, decimal.Decimal("1.500"))]
+    root = _project(tmp_path, pg_url, "SELECT k, t, f, n FROM m", "csv")
+    files = []
+    for order in (rows, rows[::-1]):
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS m")
+            conn.execute("CREATE TABLE m (k int, t timestamptz, f float8, n numeric)")
+            conn.cursor().executemany("INSERT INTO m VALUES (%s, %s, %s, %s)", order)
+        _mark(root, range(1, 2))
+        [summary] = engine.run(load(root))
+        assert summary.exported + summary.unchanged == 1, summary.errors
+        files.append(_file(root, 1, DAY, "csv").read_bytes())
+    assert files[0] == files[1]
+    assert summary.unchanged == 1  # not uploaded again
+    assert [r[2:] for r in _csv_rows(_file(root, 1, DAY, "csv"))[1:]] == [["-0", "1.5"], ["0", "1.50"], ["0", "1.500"]]

@@ -93,12 +93,8 @@ def batch_query(
         where += conditions[-2:]
         where_params += bounds
     zone = sql.SQL("p.zone") if timed else sql.Literal("UTC")
-    # Types read as text may have no ordering (json): they are sorted by that text.
     by_name = {c.name: c for c in columns}
-    order = sql.SQL(", ").join(
-        sql.SQL("q.{}::text" if by_name[c].as_text else "q.{}").format(name(c))
-        for c in order_columns(spec, columns)
-    )
+    order = sql.SQL(", ").join(_order_expr(by_name[c]) for c in order_columns(spec, columns))
     query = sql.SQL(
         "SELECT p.ord, {projection} FROM ({select}) AS q "
         "JOIN (VALUES {values}) AS p({names}) ON {on} WHERE {where} ORDER BY p.ord, {order}"
@@ -112,6 +108,17 @@ def batch_query(
         order=order,
     )
     return query, params + where_params
+
+
+def _order_expr(col: Column) -> sql.Composable:
+    """A column of the rows' order. Types read as text may have no ordering (json): they are
+    sorted by that text. Numbers equal as numbers but not as text (-0 and 0, 1.5 and 1.50) are
+    then sorted by their text, so the same rows always come in one order and give one file."""
+    if col.as_text:
+        return sql.SQL("q.{}::text").format(name(col.name))
+    if col.kind in ("float", "decimal"):
+        return sql.SQL("q.{c}, q.{c}::text").format(c=name(col.name))
+    return sql.SQL("q.{}").format(name(col.name))
 
 
 def inline(conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[Any]) -> str:
@@ -264,6 +271,8 @@ def _csv_expr(col: Column, zone: sql.Composable) -> sql.Composable:
         return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c)
     if col.kind == "binary":
         return _hex_expr(c)
+    if col.as_text:  # the cast's text, as the other paths read it (inet: 10.0.0.1/32, not 10.0.0.1)
+        return sql.SQL("{}::text").format(c)
     return c
 
 
