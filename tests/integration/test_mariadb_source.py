@@ -360,3 +360,41 @@ def test_decimals_are_written_as_mariadb_writes_them_never_with_an_exponent(
     else:
         values = [(row["d"], row["e"]) for row in map(json.loads, path.read_text().splitlines())]
     assert values == [("0.0000000001", "100000000000"), ("0.0000000000", "0"), ("-0.0000001000", "-5")]
+
+
+@pytest.mark.parametrize("task_extra", ["", 'primary_key = ["id"]\n'])
+def test_an_error_in_the_middle_of_a_batch_fails_its_partition_and_not_the_process(
+    mariadb_url: str, tmp_path: Path, task_extra: str
+) -> None:
+    """MariaDB Connector/Python does not raise an error the server sends in the middle of a
+    streamed result: it returned a row of unset values, and reading it crashed the exporter
+    (SIGSEGV, no ledger record, the same crash on every retry). With a primary key the error comes
+    after the rows of the partitions before it; without one, before any row (the sort needs the
+    value). Either way, the partition whose subquery returns two rows fails with the server's
+    message, and the others are exported whole."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (id INT, city VARCHAR(32), at DATETIME(6))")
+        cur.execute("CREATE TABLE names (city VARCHAR(32), name VARCHAR(32))")
+        cur.executemany(
+            "INSERT INTO readings VALUES (?, ?, '2024-03-01 10:00:00')",
+            [(i, city) for city in ("Gent", "Leuven", "Namur") for i in range(2_000)],
+        )
+        cur.execute("INSERT INTO names VALUES ('Gent', 'Ghent'), ('Leuven', 'Louvain'), ('Leuven', 'Löwen'), ('Namur', 'Namen')")
+        conn.commit()
+    select = "SELECT id, city, at, (SELECT name FROM names WHERE names.city = r.city) AS name FROM readings AS r"
+    root = _cities(tmp_path, mariadb_url, select)
+    task = root / "tasks" / "cities" / "task.toml"
+    task.write_text(task_extra + task.read_text())
+    for city in ("Gent", "Leuven", "Namur"):
+        assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["failed"]) == (2, 1), summary
+    [error] = summary["errors"]
+    assert error.startswith('["Leuven","2024-03-01"]: ') and error.endswith("Subquery returns more than 1 row")
+    for city, name in (("Gent", "Ghent"), ("Namur", "Namen")):
+        rows = read_csv(tmp_path / "out" / city / "20240301.csv")
+        assert sorted(int(r["id"]) for r in rows) == list(range(2_000))
+        assert {r["name"] for r in rows} == {name}

@@ -27,8 +27,9 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .. import db
-from ..exceptions import ConfigError, DataError
+from .. import db, mariadb_conn
+from ..exceptions import ConfigError, DataError, SourceUnavailable
+from ..masking import mask_url
 from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
 
@@ -168,7 +169,7 @@ class MariaDbSource:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             try:
                 cur.execute(query, params)
-                for ordinal, rows in group_rows(_Converting(cur), CHUNK_ROWS):
+                for ordinal, rows in group_rows(_Converting(cur, self.conn, self.url), CHUNK_ROWS):
                     yield ordinal, _with_zones(rows, times) if times else rows
             finally:
                 with contextlib.suppress(Exception):  # a lost connection: the read already failed
@@ -254,7 +255,8 @@ class _Snapshot:
 
     def _rows(self, times: Sequence[tuple[int, str | None]]) -> Iterator[list[tuple[Any, ...]]]:
         with db.wrap_errors(self.url):
-            while chunk := self._reader.fetchmany(CHUNK_ROWS):
+            reader = _Converting(self._reader, self.conn, self.url)
+            while chunk := reader.fetchmany(CHUNK_ROWS):
                 yield _with_zones(chunk, times) if times else [tuple(r) for r in chunk]
         self.end_read()
 
@@ -350,18 +352,38 @@ def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:
 
 
 class _Converting:
-    """A cursor whose ``fetchmany`` turns the driver's failure to convert a value into a DataError.
+    """A streamed cursor whose ``fetchmany`` fails on every error the server sent, and turns the
+    driver's failure to convert a value into a DataError.
 
-    MariaDB Connector/Python 1.1 raises a ValueError ("year 0 is out of range"), or a
-    ``SystemError`` around one, for a value it cannot make a Python object of: a zero date
-    (``0000-00-00``, which a ``sql_mode`` without ``NO_ZERO_DATE`` lets a table hold). The
-    partition failed with that text alone.
+    MariaDB Connector/Python 1.1 does not raise an error the server sends in the middle of an
+    unbuffered result (a subquery that returns more than one row, a lost connection): the fetch
+    returns one row of unset values, which crashed the interpreter when read, and then ends as if
+    the result were complete (without an ORDER BY, the rows before the error are a complete-looking
+    partition). So each fetch's last row is kept until the next fetch, and when the result ends
+    the server's diagnostics (``SHOW ERRORS``) are asked before that row is handed over; with an
+    error there, the read fails with it and the row is never read.
+
+    It raises a ValueError ("year 0 is out of range"), or a ``SystemError`` around one, for a
+    value it cannot make a Python object of: a zero date (``0000-00-00``, which a ``sql_mode``
+    without ``NO_ZERO_DATE`` lets a table hold). The partition failed with that text alone.
     """
 
-    def __init__(self, cursor: Any) -> None:
-        self.cursor = cursor
+    def __init__(self, cursor: Any, conn: Any, url: str) -> None:
+        self.cursor, self.conn, self.url = cursor, conn, url
+        self._held: list[Any] = []  # the last row fetched: read only once the stream is known sound
 
     def fetchmany(self, size: int) -> Any:
+        while True:
+            rows = self._fetch(size)
+            if not rows:
+                self._check()
+                rows, self._held = self._held, []
+                return rows
+            rows, self._held = self._held + rows[:-1], rows[-1:]
+            if rows:
+                return rows
+
+    def _fetch(self, size: int) -> Any:
         try:
             return self.cursor.fetchmany(size)
         except (SystemError, ValueError) as exc:
@@ -371,6 +393,21 @@ class _Converting:
                 "zero date (0000-00-00); convert the column in select.sql (for example "
                 "NULLIF(col, '0000-00-00 00:00:00'), or CAST(col AS CHAR) to keep its text)"
             ) from exc
+
+    def _check(self) -> None:
+        """Raise the error the server ended the result with, as :func:`db.wrap_errors` would."""
+        cur = self.conn.execute("SHOW ERRORS LIMIT 1")
+        try:
+            errors = cur.fetchall()
+        finally:
+            cur.close()
+        if errors:
+            self._held = []  # a row of unset values: never read
+            _, code, message = errors[0]
+            where = f"database {mask_url(self.url)}"
+            if int(code) in mariadb_conn.TRANSIENT_ERRNOS:
+                raise SourceUnavailable(f"{where}: {message}; will retry")
+            raise DataError(f"{where}: {message}")
 
 
 def _aware(value: Any) -> Any:
