@@ -398,3 +398,24 @@ def test_an_error_in_the_middle_of_a_batch_fails_its_partition_and_not_the_proce
         rows = read_csv(tmp_path / "out" / city / "20240301.csv")
         assert sorted(int(r["id"]) for r in rows) == list(range(2_000))
         assert {r["name"] for r in rows} == {name}
+
+
+def test_a_float_column_is_written_as_postgresql_writes_a_real(mariadb_url: str, tmp_path: Path) -> None:
+    """A FLOAT is single precision (like PostgreSQL's ``real``): the docs write it with the digits
+    of its single-precision value. The driver widens it to a double, and CSV took the double's
+    digits: 0.1 was written 0.10000000149011612."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), f FLOAT, d DOUBLE)")
+        cur.executemany(
+            "INSERT INTO readings VALUES ('Gent', ?, ?, 0.1)",
+            [(f"2024-03-01 10:0{i}:00", v) for i, v in enumerate([0.1, 1234567.0, 123456.0, 1e-05, -2.5, 3.4028234663852886e38, None])],
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, f, d FROM readings")
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    rows = read_csv(tmp_path / "out" / "Gent" / "20240301.csv")
+    assert [r["f"] for r in rows] == ["0.1", "1.234567e+06", "123456", "1e-05", "-2.5", "3.4028235e+38", ""]
+    assert {r["d"] for r in rows} == {"0.1"}

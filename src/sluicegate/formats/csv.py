@@ -16,6 +16,8 @@ import datetime as dt
 import decimal
 import functools
 import io
+import math
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
@@ -118,6 +120,8 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
         return lambda v: ("true" if v else "false") if isinstance(v, int) else value_text(v)
     if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
         return lambda v: value_text(v.encode() if isinstance(v, str) else v)
+    if col.kind == "float" and col.precision == 24:  # MariaDB's FLOAT: as PostgreSQL writes a real
+        return lambda v: single_text(v) if type(v) is float else value_text(v)
     return value_text
 
 
@@ -155,6 +159,43 @@ def float_text(value: float) -> str:
 
 
 _SPECIAL = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+def single_text(value: float) -> str:
+    """A single-precision float (widened to a double) as PostgreSQL writes a ``real``: the
+    shortest digits that read back as that single (strictly inside its rounding interval, as
+    PostgreSQL's Ryu picks them), plain from 1e-4 below 1e6, else with an exponent (``0.1``,
+    ``1.234567e+06``), where the double's digits would be 0.10000000149011612."""
+    if not math.isfinite(value) or value == 0:
+        return float_text(value)
+    size = abs(value)
+    low, high = _single_interval(size)
+    for digits in range(1, 10):  # nine significant digits tell every single apart
+        text = f"{size:.{digits - 1}e}"
+        if low < decimal.Decimal(text) < high:
+            break
+    else:  # not a single's value (a driver gave a double): the double's text
+        return float_text(value)
+    mantissa, exponent = text.split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    power = int(exponent)
+    sign = "-" if value < 0 else ""
+    if -4 <= power < 6:
+        return sign + float_text(float(text))
+    return f"{sign}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+
+
+def _single_interval(size: float) -> tuple[decimal.Decimal, decimal.Decimal]:
+    """The decimals that round to the positive single ``size``: between the midpoints to its neighbours."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", size))
+    below, above = (struct.unpack("<f", struct.pack("<I", b))[0] for b in (bits - 1, bits + 1))
+    exact = decimal.Decimal(size)
+    if math.isinf(above):  # the largest single: its interval is as wide above as below
+        above = size + (size - below)
+    with decimal.localcontext() as context:
+        context.prec = 200
+        return (exact + decimal.Decimal(below)) / 2, (exact + decimal.Decimal(above)) / 2
 
 
 def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
