@@ -981,4 +981,4 @@ def test_rows_equal_only_as_numbers_have_one_order_whatever_the_insert_order(
         files.append(_file(root, 1, DAY, "csv").read_bytes())
     assert files[0] == files[1]
     assert summary.unchanged == 1  # not uploaded again
-    assert [r[2:] for r in _csv_rows(_file(root, 1, DAY, "csv"))[1:]] == [["-0", "1.5"], ["0", "1.50"], ["0", "1.500"]]
+    assert [r[2:] for r in _csv_rows(_file(root, 1, DAY, "csv"))[1:]] == [["0", "1.50"], ["0", "1.500"], ["-0", "1.5"]]
