@@ -419,3 +419,25 @@ def test_a_float_column_is_written_as_postgresql_writes_a_real(mariadb_url: str,
     rows = read_csv(tmp_path / "out" / "Gent" / "20240301.csv")
     assert [r["f"] for r in rows] == ["0.1", "1.234567e+06", "123456", "1e-05", "-2.5", "3.4028235e+38", ""]
     assert {r["d"] for r in rows} == {"0.1"}
+
+
+def test_a_value_parquet_cannot_hold_names_a_cast_mariadb_accepts(mariadb_url: str, tmp_path: Path) -> None:
+    """A BIGINT UNSIGNED above 2^63 does not fit Parquet's int64: the partition fails naming the
+    column and a cast. The cast it named, CAST(ub AS TEXT), is a syntax error on MariaDB."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), ub BIGINT UNSIGNED)")
+        cur.execute("INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 18446744073709551615)")
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, ub FROM readings")
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"csv"', '"parquet"'))
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [error] = json.loads(ran.stdout)[0]["errors"]
+    assert "column 'ub' (int) could not be encoded as Parquet" in error
+    assert "CAST(ub AS TEXT) AS ub (AS CHAR on MariaDB;" in error
+    (root / "tasks" / "cities" / "select.sql").write_text("SELECT city, at, CAST(ub AS CHAR) AS ub FROM readings")
+    assert cli(root, "reexport", "cities", "city=Gent").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr

@@ -320,9 +320,9 @@ class ParquetWriter:
             except (ValueError, TypeError, decimal.InvalidOperation, OverflowError) as exc:  # Arrow's too
                 raise DataError(  # CAST works for every task kind; an archive task takes no [columns]
                     f"column {col.name!r} ({col.kind}) could not be encoded as Parquet: {exc}; give it one"
-                    f" type in select.sql, e.g. CAST({col.name} AS TEXT) AS {col.name} (on SQLite, whose"
-                    " column's kind is that of its first non-NULL value, task.toml [columns] can set it"
-                    " where the task's kind takes them)"
+                    f" type in select.sql, e.g. CAST({col.name} AS TEXT) AS {col.name} (AS CHAR on MariaDB;"
+                    " on SQLite, whose column's kind is that of its first non-NULL value, task.toml"
+                    " [columns] can set it where the task's kind takes them)"
                 ) from exc
         return pa.Table.from_arrays(arrays, names=[c.name for c in layout.columns])
 
