@@ -65,6 +65,8 @@ class Exporter:
             started = time.monotonic()
             if not budget.can_start(0.0):  # the time budget was used up by earlier tasks
                 log.info("task %s not started: the run's max_runtime is used up", task.name)
+            elif stop is not None and stop.is_set():  # SIGINT or SIGTERM during an earlier task
+                log.info("task %s not started: the run was told to stop", task.name)
             else:
                 done = self._run_task(task, options, summary, budget, remaining, progress, stop)
                 if remaining is not None and task.kind == "partitioned":

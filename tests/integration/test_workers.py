@@ -19,7 +19,7 @@ from sluicegate import capture, operations
 from sluicegate.engine import Exporter
 from sluicegate.ledger import Claim, ExportResult, Ledger
 from sluicegate.partitions import restore_partition
-from support import SLUICEGATE, Db, files, hours, load, read_csv, write_project
+from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
 
@@ -663,3 +663,44 @@ def test_sigterm_during_every_stops_the_helpers_after_their_batch(tmp_path: Path
     committed = sum(1 for v, e, _, _ in rows if v == e)
     assert summary["exported"] == committed == len(files(tmp_path / "out")) > 0
     assert committed < 1000  # the helper stopped too, instead of exporting everything
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_plain_run_stopped_by_a_signal_finishes_its_batch_and_holds_nothing(
+    tmp_path: Path, signum: int
+) -> None:
+    """Ctrl-C during ``run`` (without ``--every``) ended in click's "Aborted!", exit 1, with the
+    batch's partitions claimed until their lease ran out (10 min): the next run passed them by.
+    Now the batch in hand is finished and committed, nothing is left claimed, later batches
+    wait for the next run, and the exit status says a signal stopped it."""
+    root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", locations=6, days=1)
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("batch_size = 2\n")
+    fault = root / ".fault-mid_write"
+    proc = _spawn(root, "run", "--workers", "1", "--json", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(fault, proc)  # writing the first batch's first file
+    proc.send_signal(signum)
+    time.sleep(0.3)
+    fault.unlink()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "finishing the batch in hand" in err and "Aborted" not in err
+    assert json.loads(out)[0]["exported"] == 2, out
+    [status] = operations.status(load(root))
+    assert (status["claimed"], status["exported"], status["pending"]) == (0, 2, 4), status
+    again = cli(root, "run")
+    assert again.returncode == 0 and len(files(tmp_path / "out")) == 6, again.stderr
+
+
+def test_a_second_signal_stops_a_run_at_once(tmp_path: Path) -> None:
+    """A run asked to stop finishes its batch, which may take long: Ctrl-C again stops it now."""
+    root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", locations=2, days=1)
+    fault = root / ".fault-mid_write"
+    proc = _spawn(root, "run", "--workers", "1", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(fault, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)  # the fault's pause never ended: only the signal did
+    assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err
+    assert files(tmp_path / "out") == []

@@ -196,7 +196,7 @@ def run_loop(
     names: Sequence[str],
     render: Callable[[list[TaskSummary], bool, bool], None] = render_run,
 ) -> None:
-    stop = stop_on_signals() if every else None
+    stop, received = stop_on_signals()  # a plain run too: claims left held waited out their lease
     failed = config = False
     with Exporter(project) as exporter:
         while True:
@@ -204,26 +204,35 @@ def run_loop(
             failed = failed or not all(s.ok for s in summaries)
             config = config or any(s.config_error for s in summaries)
             render(summaries, as_json, options.dry_run)
-            if stop is None or stop.wait(every or 0):
+            if every is None or stop.wait(every):
                 break
     broken = [p for p in project.problems if not names or p.name in names]
     for problem in broken:
         click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
-    sys.exit(2 if broken or config else 1 if failed else 0)
+    code = 2 if broken or config else 1 if failed else 0
+    if received and every is None and not code:  # stopped short: what is left is still pending
+        code = 128 + received[0]
+    sys.exit(code)
 
 
-def stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+def stop_on_signals() -> tuple[threading.Event, list[int]]:
+    """SIGINT and SIGTERM set the event: the run finishes the batch in hand (its files placed, its
+    claims committed or given back), then stops; a second one stops it at once. Also the signals
+    received, first first."""
+    stop, received = threading.Event(), []
 
     def handler(signum: int, _frame: Any) -> None:
-        click.echo(
-            f"sluicegate: {signal.Signals(signum).name}: finishing the batch in hand, then stopping", err=True
-        )
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) > 1:  # asked twice: stop now (claims in hand wait out their lease)
+            click.echo(f"sluicegate: {name} again: stopping now", err=True)
+            raise SystemExit(128 + signum)
+        click.echo(f"sluicegate: {name}: finishing the batch in hand, then stopping (again: now)", err=True)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    return stop
+    return stop, received
 
 
 def run_with_progress(
