@@ -10,6 +10,7 @@ ledger is SQLite), so the record follows the rows' commit.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -292,3 +293,27 @@ def test_check_counts_the_rows_outside_the_years_blocks_reach(
     assert result.exit_code == 2, result.output
     assert "2 row(s) have a time in ended_at that no block can hold (such as '0001-06-01" in result.output
     assert "in the years 2 to 9998" in result.output
+
+
+def test_a_parked_load_says_no_retry_and_a_removed_stage_is_no_longer_counted(tmp_path: Path) -> None:
+    """A load parked after its last attempt was shown as "...; will retry" (nothing would), and
+    once ``[load]`` was removed from the task its parked rows stayed "failed" in ``status`` for
+    ever: nothing could clear them (``--stage load`` is refused). A removed stage's rows are kept
+    on the ledger and left out of ``status``."""
+    sqlite = f"sqlite:///{tmp_path / 'data.db'}"
+    root = project(tmp_path / "p", (sqlite, "postgresql://nobody@127.0.0.1:1/none"))
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("max_attempts = 1\n")
+    forget_etl()
+    failed = CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *ONE_BLOCK])
+    assert failed.exit_code == 1, failed.output
+    shown = CliRunner().invoke(main, ["-C", str(root), "status", "--json"])
+    [row] = json.loads(shown.output)
+    assert row["failed"] == 1 and "load" in row["stages"], row
+    [failure] = row["failures"]
+    assert failure["error"] and not failure["error"].endswith("will retry"), failure
+    toml = root / "tasks" / "trips" / "task.toml"
+    text = toml.read_text()
+    toml.write_text(text[: text.index("[load]")].replace('["extract", "load"]', '["extract"]'))
+    [row] = json.loads(CliRunner().invoke(main, ["-C", str(root), "status", "--json"]).output)
+    assert (row["failed"], row["failures"]) == (0, []) and "load" not in row["stages"], row

@@ -451,7 +451,8 @@ def _check_table(stage: StageSpec) -> list[str]:
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
     """Blocks per stage and status, and the parked (block, stage) rows with their errors."""
-    counts = ledger.blocks.counts(task.name)
+    current = {s.name for s in task.stages}  # a removed stage's rows are kept, not counted
+    counts = {stage: row for stage, row in ledger.blocks.counts(task.name).items() if stage in current}
     blocks = sum(v for k, v in next(iter(counts.values()), {}).items() if k != "record_errors")
     parts = []
     for stage, row in counts.items():
@@ -469,9 +470,10 @@ def status(task: Task, ledger: Ledger) -> dict[str, Any]:
             {
                 "partition": " ".join(p for p in (printable(f["key_value"]), f["block"], f["stage"]) if p),
                 "attempts": f["attempts"],
-                "error": f["error"],
+                "error": str(f["error"] or "").removesuffix("; will retry"),  # parked: nothing will
             }
             for f in ledger.blocks.failures(task.name)
+            if f["stage"] in current
         ],
     }
 

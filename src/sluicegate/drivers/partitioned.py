@@ -479,8 +479,8 @@ def status(task: Task, ledger: Ledger) -> dict[str, Any]:
     row: dict[str, Any] = dict(ledger.partitions.status(task).__dict__)
     row["kind"] = "partitioned"
     row["failures"] = [
-        {"partition": pkey, "attempts": attempts, "error": error}
-        for pkey, attempts, error in ledger.partitions.failures(task, limit=10)
+        {"partition": pkey, "attempts": attempts, "error": str(error or "").removesuffix("; will retry")}
+        for pkey, attempts, error in ledger.partitions.failures(task, limit=10)  # parked: nothing will
     ]
     return row
 
