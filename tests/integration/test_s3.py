@@ -178,6 +178,18 @@ def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     assert status["failed"] == 0 and status["retrying"] == 2
 
 
+def test_a_partition_parked_after_its_last_attempt_does_not_say_will_retry(tmp_path: Path) -> None:
+    """Its error was shown as the transient one it got, "...; will retry", though nothing will."""
+    extra = 'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "k"\nsecret_access_key = "s"'
+    root, _db = _project(tmp_path, "s3://nowhere", extra)
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("max_attempts = 1\n")
+    assert engine.run(load(root))[0].failed == 2
+    [status] = operations.status(load(root))
+    assert status["failed"] == 2 and len(status["failures"]) == 2, status
+    assert all("127.0.0.1:9" in f["error"] and "retry" not in f["error"] for f in status["failures"]), status
+
+
 pytestmark = pytest.mark.s3
 
 
