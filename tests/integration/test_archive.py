@@ -27,7 +27,7 @@ from psycopg import sql
 from test_workers import _spawn, _wait_for
 
 from plugins.mariadb_server import fresh_database
-from sluicegate import engine, mariadb_conn
+from sluicegate import engine, mariadb_conn, operations
 from sluicegate.drivers import archive
 from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
@@ -256,6 +256,21 @@ def test_original_layout_archives_superseded_versions(url: str, tmp_path: Path) 
     assert sorted(r["name"] for r in rows) == sorted(f"base{b}-v{v}" for b in range(3) for v in range(3))
     assert agency.count() == 3 and summary.archive[0]["deleted"] == 9
     assert len(_archived_ids(tmp_path)) + agency.count() == agency.inserted
+
+
+def test_status_names_the_last_runs_file_rows_and_deletion(url: str, tmp_path: Path) -> None:
+    """``status`` of an archive task said ``agency: archive, unfinished False``: nothing of its runs."""
+    root = _project(tmp_path, url)
+    agency = Agency(url)
+    assert operations.status(load(root))[0]["last_run"] == "none yet"
+    _seed(agency)
+    [summary] = engine.run(load(root))
+    [row] = operations.status(load(root))
+    [path] = files(tmp_path / "out")
+    assert (row["file"], row["rows"], row["deleted"], row["unfinished"]) == (path.name, 9, 9, "none"), row
+    assert row["last_run"] and row["last_run"] != "none yet" and summary.failed == 0
+    line = cli(root, "status").stdout
+    assert f"file {path.name}, rows 9, deleted 9, unfinished none" in line and "False" not in line, line
 
 
 @pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles", "UTC"])

@@ -404,11 +404,18 @@ def check(task: Task, source: Source) -> list[str]:
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
-    """Archive tasks have no partitions: their runs are in ``sluicegate status`` as runs."""
+    """Archive tasks have no partitions: the latest finished run (its file, rows and rows deleted)
+    and whether a run is unfinished (the next run completes it first)."""
+    last, unfinished = ledger.archive.last_done(task.name), ledger.archive.unfinished(task.name)
     return {
         "task": task.name,
         "kind": "archive",
-        "unfinished": ledger.archive.unfinished(task.name) is not None,
+        "last_run": last["finished_at"].isoformat(timespec="seconds") if last else "none yet",
+        "rows_before": last["boundary"].isoformat() if last else None,
+        "file": last["path"] if last else None,
+        "rows": last["rows"] if last else None,
+        "deleted": last["deleted"] if last else None,
+        "unfinished": f"{unfinished[3]} run to {unfinished[2]}" if unfinished else "none",
     }
 
 

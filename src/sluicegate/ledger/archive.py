@@ -56,6 +56,20 @@ class ArchiveStore(Store):
         assert boundary is not None
         return str(row[0]), boundary, str(row[2]), str(row[3]), int(row[4] or 0), int(row[5] or 0)
 
+    def last_done(self, task: str) -> dict[str, Any] | None:
+        """The latest finished run of ``task``: boundary, path, rows, deleted, finished_at."""
+        row = self._run("last_done", task=task).fetchone()
+        if row is None:
+            return None
+        boundary, finished = self.core.from_ts(row[0]), self.core.from_ts(row[4])
+        return {
+            "boundary": boundary,
+            "path": str(row[1]),
+            "rows": row[2],
+            "deleted": row[3],
+            "finished_at": finished,
+        }
+
     def path_taken(self, path: str) -> bool:
         """Whether a run of any archive task has used the file name ``path`` (tasks whose paths
         render alike, or one's "-2" name another's, would otherwise overwrite a file whose rows

@@ -6,6 +6,11 @@
 SELECT id, boundary, path, state, rows, bytes, checksum FROM {t}archive_runs
 WHERE task = :task AND state <> 'done' ORDER BY started_at LIMIT 1;
 
+-- last_done --
+-- The latest finished archive run of a task (status): its boundary, file, rows and deletion.
+SELECT boundary, path, rows, deleted, finished_at FROM {t}archive_runs
+WHERE task = :task AND state = 'done' ORDER BY finished_at DESC LIMIT 1;
+
 -- path_taken --
 -- Whether an archive file name was already used by a run of any archive task (one destination).
 SELECT 1 FROM {t}archive_runs WHERE path = :path;
