@@ -48,7 +48,7 @@ class IngestSummary:
     batches: int = 0
     parked: int = 0  # malformed messages this ingest parked
     already_parked: int = 0  # malformed messages parked before (the same id, or body without an id)
-    malformed: list[dict[str, str | None]] = field(default_factory=list)  # {"id", "error"}, the first 100
+    malformed: list[dict[str, Any]] = field(default_factory=list)  # {"id", "error"[, "parked_before"]}, 100
     malformed_count: int = 0
     malformed_setting: str = "skip"  # the task's `malformed`: "skip" or "park"
 
@@ -96,13 +96,13 @@ class Ingestor:
         summary.received += len(messages)
         summary.inserted += inserted
         summary.duplicates += len(messages) - inserted - len(bad) - len(refused)
-        summary.parked += parked
-        if self.task.malformed == "park":
-            summary.already_parked += len(bad) + len(refused) - parked
-        for message in [*bad, *refused]:
+        summary.parked += sum(parked)
+        summary.already_parked += len(parked) - sum(parked)
+        for message, anew in itertools.zip_longest([*bad, *refused], parked):
             summary.malformed_count += 1
             if len(summary.malformed) < MAX_REPORTED:
-                summary.malformed.append({"id": message.id, "error": message.error})
+                before = {"parked_before": True} if anew is False else {}  # said so when it was parked
+                summary.malformed.append({"id": message.id, "error": message.error, **before})
 
     def _split(
         self, messages: Sequence[Message]
@@ -134,9 +134,10 @@ class Ingestor:
         *,
         isolate: bool,
         later: dict[str, list[Message]] | None = None,
-    ) -> tuple[int, list[Message], int]:
+    ) -> tuple[int, list[Message], list[bool]]:
         """One transaction: the rows (each under a savepoint if ``isolate``), parked messages, the log.
-        Returns the rows inserted, the messages whose row was refused, and the messages parked anew.
+        Returns the rows inserted, the messages whose row was refused, and (``malformed = "park"``)
+        for each malformed message, bad then refused, whether it was parked now (False: before).
 
         With ``isolate``, a message whose row is refused is followed by the next copy of its id in
         the batch (``later``), until one is inserted or found in the table: a valid message was
@@ -144,7 +145,7 @@ class Ingestor:
         store, url = self.target.ingest, self.target.url
         with self.target.core.transaction() as cur:
             refused: list[Message] = []
-            parked = 0
+            parked: list[bool] = []
             if isolate:
                 inserted = 0
                 for message in good:
@@ -157,7 +158,7 @@ class Ingestor:
                 with db.wrap_errors(url):
                     inserted = self.insert.run(cur, [self._row(m) for m in good])
             if self.task.malformed == "park":
-                parked = sum(self._park(cur, message) for message in [*bad, *refused])
+                parked = [self._park(cur, message) for message in [*bad, *refused]]
             ids = [m.id or "" for m in messages]
             store.record(cur, self.task.name, received=len(messages), inserted=inserted,
                          malformed=len(bad) + len(refused), ids=ids)  # fmt: skip

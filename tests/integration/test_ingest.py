@@ -218,6 +218,9 @@ def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_
     # ingested again: both are malformed again, but parked before, and the summary says so
     again = operations.ingest(load(root), TASK, batch.open(), name="in.jsonl")
     assert (again.inserted, again.malformed_count, again.parked, again.already_parked) == (0, 2, 0, 2)
+    assert [m.get("parked_before") for m in first.malformed + again.malformed] == [None, None, True, True]
+    said = cli(root, "ingest", TASK, str(batch))  # the CLI said "parked: ..." of them again
+    assert said.returncode == 1 and said.stderr.count("sluicegate: parked before: ") == 2, said.stderr
     parked = _query(url, "SELECT message_id, error, body FROM {log}parked ORDER BY id")
     # "bad" once (a redelivered message is not parked again); the line without an id once per body
     assert [p[0] for p in parked] == ["bad", None]  # each error gives the line: the file's name and number
@@ -229,7 +232,7 @@ def test_park_keeps_each_malformed_message_once_with_its_reason(root: Path, tmp_
     other.write_text("}\n")  # another body without an id is parked
     assert operations.ingest(load(root), TASK, other.open(), name="other.jsonl").parked == 1
     status = {r["task"]: r for r in operations.status(load(root), [TASK])}[TASK]
-    assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (7, 1, 5, 3)
+    assert (status["received"], status["inserted"], status["malformed"], status["parked"]) == (10, 1, 7, 3)
 
 
 def test_skip_parks_nothing(root: Path, tmp_path: Path, url: str) -> None:

@@ -29,7 +29,8 @@ def ingest(task: str, source: Any, as_json: bool) -> None:
     else:
         click.echo(f"{task}: {ingest_text(summary.as_dict())}")
     for entry in summary.malformed:
-        what = "parked" if summary.malformed_setting == "park" else "skipped"
+        what = "skipped" if summary.malformed_setting != "park" else "parked"
+        what += " before" if entry.get("parked_before") else ""  # sent again: it is parked once
         click.echo(f"sluicegate: {what}: {entry['error']}", err=True)
     if summary.malformed_count > len(summary.malformed):
         click.echo(f"sluicegate: ... and {summary.malformed_count - len(summary.malformed)} more", err=True)
