@@ -424,7 +424,7 @@ def read_select(folder: Path) -> str:
     select_path = folder / "select.sql"
     if not select_path.is_file():
         raise ConfigError(f"{select_path} not found; every task folder needs a select.sql")
-    select_sql = unwrap_copy(validate.text_file(select_path).strip().rstrip(";").strip())
+    select_sql = unwrap_copy(validate.statement(validate.text_file(select_path)))
     if not select_sql or all(line.strip().startswith("--") for line in select_sql.splitlines()):
         raise ConfigError(f"{select_path} is empty; write the SELECT whose rows this task exports")
     return select_sql + "\n"  # a trailing "-- comment" must not swallow our closing parenthesis

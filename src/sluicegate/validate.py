@@ -228,6 +228,19 @@ def a_or_an(noun: str) -> str:
 _S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
+_COMMENTS = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.S)  # whitespace and SQL comments only
+
+
+def statement(text: str) -> str:
+    """An SQL file's statement without its final ``;``, also one that comments follow
+    (``SELECT ... ; -- note`` was passed on with the ``;`` inside sluicegate's query: a syntax error)."""
+    text = text.strip()
+    for cut in (i for i in range(len(text) - 1, -1, -1) if text[i] == ";"):
+        if _COMMENTS.fullmatch(text, cut + 1):  # else it is in a comment or a string, or not the last
+            text = text[:cut] + text[cut + 1 :]
+    return text.strip()
+
+
 def text_file(path: Path) -> str:
     """A task or project file's text: one that is not UTF-8, or cannot be read, is a ConfigError
     naming it (it was a UnicodeDecodeError's traceback). FileNotFoundError is the caller's."""

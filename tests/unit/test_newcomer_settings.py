@@ -3,6 +3,7 @@ clear line and exit 2, and hints that can be pasted back into a shell."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sqlite3
 from pathlib import Path
@@ -238,3 +239,17 @@ def test_a_pycache_folder_under_tasks_is_no_task(tmp_path: Path) -> None:
     proc = cli(root, "tasks")
     assert proc.returncode == 0 and "__pycache__" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert proc.stdout.startswith("openaq: "), proc.stdout
+
+
+@pytest.mark.parametrize("tail", [";", " ; -- the end", "; /* done */  -- really; done", ";\n-- a;b\n"])
+def test_a_select_whose_semicolon_comments_follow_runs(tmp_path: Path, tail: str) -> None:
+    """``SELECT ... ; -- note`` was refused with "syntax error at or near ';'": only a ``;`` at the
+    very end was taken off before the select went inside sluicegate's query."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "p", source=url, destination="out", capture="explicit", zone="UTC")
+    cli(tmp_path, "generate", "--db", url, "--rows", "10", "--locations", "1", check=True)
+    select = root / "tasks" / "openaq" / "select.sql"
+    select.write_text(select.read_text().rstrip().rstrip(";") + tail)
+    cli(root, "mark", "openaq", "location_id=1", "day=2024-05-03", check=True)
+    proc = cli(root, "run", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["exported"] == 1, proc.stdout + proc.stderr

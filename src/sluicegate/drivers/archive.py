@@ -76,7 +76,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         )
     delete_path = folder / "delete.sql"
     delete_sql = (
-        validate.text_file(delete_path).strip().rstrip(";").strip() if delete_path.is_file() else None
+        validate.statement(validate.text_file(delete_path)) if delete_path.is_file() else None
     )
     if delete_sql is not None and not delete_sql:
         raise ConfigError(f"{delete_path} is empty; remove it for a snapshot export or write the DELETE")
