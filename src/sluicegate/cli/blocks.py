@@ -99,7 +99,8 @@ def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) ->
                 click.echo(f"  task error: {error}", err=True)
             continue
         counts: dict[str, Counter[str]] = {}
-        for entry in s.stages:
+        last = {(e["key"], e["block"], e["stage"]): e for e in s.stages}  # a failure retried since: its end
+        for entry in last.values():
             counts.setdefault(entry["stage"], Counter())[entry["status"]] += 1
         per_stage = "; ".join(
             f"{stage} " + ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in c.items())
