@@ -196,6 +196,14 @@ def test_a_command_that_ends_on_an_unreachable_database_does_not_promise_to_retr
     assert "hunter2" not in proc.stderr
 
 
+def test_check_against_an_unreachable_database_does_not_promise_to_retry(tmp_path: Path) -> None:
+    """``check`` listed "[source] url ...: ... Connection refused; will retry" and exited 2."""
+    root = write_project(tmp_path / "p", source="postgresql://me:hunter2@127.0.0.1:1/db", destination="out")
+    proc = cli(root, "check", timeout=60)
+    assert proc.returncode == 2 and "Connection refused" in proc.stderr, proc.stdout + proc.stderr
+    assert "will retry" not in proc.stderr and "hunter2" not in proc.stderr, proc.stderr
+
+
 def test_tasks_leaves_out_the_keys_of_a_task_without_any(tmp_path: Path) -> None:
     """An archive (or aggregate) task was listed as `agency: archive, csv.gz, keys , capture ...`."""
     root = _project(tmp_path / "p", "exports")
