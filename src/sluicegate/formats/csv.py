@@ -18,7 +18,7 @@ import functools
 import io
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ..exceptions import DataError
@@ -169,12 +169,8 @@ def single_text(value: float) -> str:
     if not math.isfinite(value) or value == 0:
         return float_text(value)
     size = abs(value)
-    low, high = _single_interval(size)
-    for digits in range(1, 10):  # nine significant digits tell every single apart
-        text = f"{size:.{digits - 1}e}"
-        if low < decimal.Decimal(text) < high:
-            break
-    else:  # not a single's value (a driver gave a double): the double's text
+    text = _shortest_single(size)
+    if text is None:  # not a single's value (a driver gave a double): the double's text
         return float_text(value)
     mantissa, exponent = text.split("e")
     if "." in mantissa:
@@ -184,6 +180,42 @@ def single_text(value: float) -> str:
     if -4 <= power < 6:
         return sign + float_text(float(text))
     return f"{sign}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+
+
+def _shortest_single(size: float) -> str | None:
+    """The fewest digits (``%e``) strictly inside the positive ``size``'s rounding interval, or None.
+
+    This runs for every FLOAT value of a CSV file: the bounds of a single's interval are exact
+    doubles, and rounding a decimal to a double keeps its order, so a candidate whose double is
+    strictly between them is inside; only one that rounds onto a bound is compared exactly (the
+    Decimal arithmetic for every candidate took 20 times float_text's time)."""
+    (bits,) = _BITS.unpack(_SINGLE.pack(size))
+    if _SINGLE.unpack(_BITS.pack(bits))[0] != size:  # a double, not a single: compared exactly
+        if bits == 0:  # below the smallest single
+            return None
+        low, high = _single_interval(size)
+        return next((t for t in _candidates(size) if low < decimal.Decimal(t) < high), None)
+    below, above = _SINGLE.unpack(_BITS.pack(bits - 1))[0], _SINGLE.unpack(_BITS.pack(bits + 1))[0]
+    if math.isinf(above):  # the largest single: its interval is as wide above as below
+        above = size + (size - below)
+    low_bound, high_bound = (size + below) / 2, (size + above) / 2  # exact: singles' midpoints fit a double
+    for form in _FORMS:
+        text = form % size
+        near = float(text)
+        if low_bound < near < high_bound:
+            return text
+        if near in (low_bound, high_bound) and low_bound < decimal.Decimal(text) < high_bound:
+            return text
+    return None
+
+
+def _candidates(size: float) -> Iterator[str]:
+    """``size`` with 1 to 9 significant digits: nine tell every single apart."""
+    return (form % size for form in _FORMS)
+
+
+_SINGLE, _BITS = struct.Struct("<f"), struct.Struct("<I")
+_FORMS = tuple(f"%.{digits}e" for digits in range(9))
 
 
 def _single_interval(size: float) -> tuple[decimal.Decimal, decimal.Decimal]:
