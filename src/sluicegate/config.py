@@ -203,7 +203,10 @@ def _resolve_dest_url(value: Any, root: Path, where: str) -> str:
     url = validate.destination_url(value, where)
     if "://" in url:
         return url
-    path = Path(url).expanduser()  # "~/exports" was a folder named "~" in the project
+    try:  # "~/exports" was a folder named "~" in the project; ~nosuchuser raised a traceback
+        path = Path(url).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{where} url: {url!r} names no home folder here; write its full path") from None
     return str(path if path.is_absolute() else (root / path).resolve())
 
 

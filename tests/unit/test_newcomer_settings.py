@@ -238,6 +238,15 @@ def test_a_destination_under_the_home_folder_is_not_a_folder_named_tilde(
     assert load(root).settings.destination.url == str(tmp_path / "home" / "exports")
 
 
+def test_a_destination_under_an_unknown_home_folder_is_one_line(tmp_path: Path) -> None:
+    """`url = "~nosuchuser/exports"` (a folder named so in the project before ~ was expanded)
+    raised pathlib's RuntimeError: a traceback, exit 1, on every command."""
+    root = _project(tmp_path / "p", "~nosuchuser-sluicegate/exports")
+    proc = cli(root, "status")
+    assert proc.returncode == 2, proc.stderr
+    assert "names no home folder here" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_pycache_folder_under_tasks_is_no_task(tmp_path: Path) -> None:
     """Python leaves ``__pycache__`` where a helper module was imported from: it was reported as a
     broken task folder, and ``status`` and ``run`` exited 2. Dot-folders were already skipped."""
