@@ -51,7 +51,7 @@ class Exporter:
         stop: threading.Event | None = None,
     ) -> list[TaskSummary]:
         """Export every pending, complete unit of ``tasks`` once; return a summary per task."""
-        budget = Budget.start(options.max_runtime, options.started)
+        budget = Budget.start(options.max_runtime, options.started, stop)
         self.context.feed_run = FeedRun()  # each pass names its manifests with a new run id
         if not options.dry_run:
             try:
@@ -65,7 +65,7 @@ class Exporter:
             started = time.monotonic()
             if not budget.can_start(0.0):  # the time budget was used up by earlier tasks
                 log.info("task %s not started: the run's max_runtime is used up", task.name)
-            elif stop is not None and stop.is_set():  # SIGINT or SIGTERM during an earlier task
+            elif budget.stopped():  # SIGINT or SIGTERM during an earlier task
                 log.info("task %s not started: the run was told to stop", task.name)
             else:
                 done = self._run_task(task, options, summary, budget, remaining, progress, stop)

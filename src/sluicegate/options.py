@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -129,13 +130,20 @@ class Budget:
 
     deadline: float | None
     flush: float = 0.1  # the longest flush (wait for publishers, sync, commit) seen so far
+    stop: threading.Event | None = None  # set by SIGINT or SIGTERM: start no new batch
 
     @classmethod
-    def start(cls, max_runtime: float | None, started: float | None = None) -> Budget:
+    def start(
+        cls, max_runtime: float | None, started: float | None = None, stop: threading.Event | None = None
+    ) -> Budget:
         """A budget of ``max_runtime`` seconds counted from ``started`` (default: now)."""
         if max_runtime is None:
-            return cls(deadline=None)
-        return cls(deadline=(started if started is not None else time.monotonic()) + max_runtime)
+            return cls(deadline=None, stop=stop)
+        return cls(deadline=(started if started is not None else time.monotonic()) + max_runtime, stop=stop)
+
+    def stopped(self) -> bool:
+        """Whether the run was told to stop (finish the batch in hand, start no other)."""
+        return self.stop is not None and self.stop.is_set()
 
     def _room(self) -> float:
         assert self.deadline is not None

@@ -233,8 +233,9 @@ _COMMENTS = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.S)  # whitespace and S
 
 def statement(text: str) -> str:
     """An SQL file's statement without its final ``;``, also one that comments follow
-    (``SELECT ... ; -- note`` was passed on with the ``;`` inside sluicegate's query: a syntax error)."""
-    text = text.strip()
+    (``SELECT ... ; -- note`` was passed on with the ``;`` inside sluicegate's query: a syntax error).
+    Line ends are read as Python's text mode reads them: a lone CR ends a ``--`` comment too."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     for cut in (i for i in range(len(text) - 1, -1, -1) if text[i] == ";"):
         if _COMMENTS.fullmatch(text, cut + 1):  # else it is in a comment or a string, or not the last
             text = text[:cut] + text[cut + 1 :]

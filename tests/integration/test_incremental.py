@@ -1501,3 +1501,30 @@ def test_a_limit_for_an_incremental_run_is_refused_not_ignored(tmp_path: Path) -
     every = cli(root, "run", "--limit", "1")
     assert every.returncode == 0, (every.stdout, every.stderr)
     assert sorted(p.parent.parent.name for p in files(tmp_path / "out")) == ["s1", "s2", "s3"]
+
+
+def test_a_signal_stops_an_incremental_run_between_batches(tmp_path: Path) -> None:
+    """A plain run told to stop exported every entity's window all the same (the driver never
+    looked at the signal): a long catch-up went on after Ctrl-C. It now stops after the batch
+    in hand: the later entities are given back, their watermarks unmoved, for the next run."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    for study in ("s1", "s2", "s3"):
+        rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("batch_size = 1\n")
+    fault = root / ".fault-mid_write"
+    proc = _spawn(root, "run", "--type", "instant", "--json", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(fault, proc)  # writing the first entity's file
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    fault.unlink()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "finishing the batch in hand" in err, (out, err)
+    rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
+    assert [e for e, r in sorted(rows.items()) if r["watermark"] is not None] == ["s1"], rows
+    assert not any(r["claimed"] for r in rows.values()), rows
+    assert _payloads(tmp_path) == ["s1-a"]
+    _run(root, export_type="instant")
+    assert _payloads(tmp_path) == ["s1-a", "s2-a", "s3-a"]

@@ -258,7 +258,9 @@ def test_a_pycache_folder_under_tasks_is_no_task(tmp_path: Path) -> None:
     assert proc.stdout.startswith("openaq: "), proc.stdout
 
 
-@pytest.mark.parametrize("tail", [";", " ; -- the end", "; /* done */  -- really; done", ";\n-- a;b\n"])
+@pytest.mark.parametrize(
+    "tail", [";", " ; -- the end", "; /* done */  -- really; done", ";\n-- a;b\n", " -- a note\r;\r\n"]
+)
 def test_a_select_whose_semicolon_comments_follow_runs(tmp_path: Path, tail: str) -> None:
     """``SELECT ... ; -- note`` was refused with "syntax error at or near ';'": only a ``;`` at the
     very end was taken off before the select went inside sluicegate's query."""

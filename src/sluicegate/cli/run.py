@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import signal
 import sys
 import threading
@@ -221,13 +223,17 @@ def stop_on_signals() -> tuple[threading.Event, list[int]]:
     received, first first."""
     stop, received = threading.Event(), []
 
+    def say(text: str) -> None:  # not click.echo: the handler may run inside a write to stderr
+        with contextlib.suppress(OSError):
+            os.write(2, f"sluicegate: {text}\n".encode())
+
     def handler(signum: int, _frame: Any) -> None:
         received.append(signum)
         name = signal.Signals(signum).name
-        if len(received) > 1:  # asked twice: stop now (claims in hand wait out their lease)
-            click.echo(f"sluicegate: {name} again: stopping now", err=True)
+        if len(received) > 1:  # asked twice: stop now, as on any error (see docs/guarantees.md)
+            say(f"{name} again: stopping now")
             raise SystemExit(128 + signum)
-        click.echo(f"sluicegate: {name}: finishing the batch in hand, then stopping (again: now)", err=True)
+        say(f"{name}: finishing the batch in hand, then stopping (again: now)")
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

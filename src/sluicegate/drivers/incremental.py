@@ -337,7 +337,7 @@ class Driver:
             {w.entity for w in windows if w.claim and w.claim.pending_end is not None} & committed
         )
         request = options.request or ExportRequest()
-        if not redone or options.redrive or budget.over():
+        if not redone or options.redrive or budget.over() or budget.stopped():
             return
         more = dataclasses.replace(options, request=dataclasses.replace(request, entities=tuple(redone)))
         later = self._windows(task, more, claim=True, summary=summary)
@@ -374,7 +374,7 @@ class Driver:
                     for at in range(0, len(group), task.batch_size):
                         # A batch's windows are stored pending just before it is read: a run out of
                         # time gives the later entities back unread, with no window to redo.
-                        if at and budget.over():
+                        if at and (budget.over() or budget.stopped()):  # out of time, or told to stop
                             summary.released += recorder.release({w.claim.token for w in group if w.claim})
                             return
                         units = [
