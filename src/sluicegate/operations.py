@@ -150,7 +150,10 @@ def _inbox_count(inbox: Ledger, task: str) -> int | None:
 def status_text(row: Mapping[str, Any]) -> str:
     """A status row of a kind without partitions as one line: ``entities 3, failed 0, ...``."""
     skip = {"task", "kind", "failures", "error", "task_error", "task_error_at", "by_stage"}
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k not in skip and v is not None)
+    shown = {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in row.items()}  # not True
+    return ", ".join(
+        f"{k.replace('_', ' ')} {v}" for k, v in shown.items() if k not in skip and v is not None
+    )
 
 
 def mark(project: Project, task_name: str, assignments: Mapping[str, Any]) -> int:

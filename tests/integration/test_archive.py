@@ -267,10 +267,10 @@ def test_status_names_the_last_runs_file_rows_and_deletion(url: str, tmp_path: P
     [summary] = engine.run(load(root))
     [row] = operations.status(load(root))
     [path] = files(tmp_path / "out")
-    assert (row["file"], row["rows"], row["deleted"], row["unfinished"]) == (path.name, 9, 9, "none"), row
+    assert (row["file"], row["rows"], row["deleted"], row["unfinished"]) == (path.name, 9, 9, False), row
     assert row["last_run"] and row["last_run"] != "none yet" and summary.failed == 0
     line = cli(root, "status").stdout
-    assert f"file {path.name}, rows 9, deleted 9, unfinished none" in line and "False" not in line, line
+    assert f"file {path.name}, rows 9, deleted 9, unfinished no" in line and "False" not in line, line
 
 
 @pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles", "UTC"])
@@ -457,6 +457,7 @@ def test_crash_before_the_delete_committed_rewrites_the_same_file(
     assert len(_rows(crashed)) == 9 and agency.count() == 12  # in a verified file and still in the database
     [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
     assert status["kind"] == "archive" and status["unfinished"] is True
+    assert status["unfinished_run"] in (f"exporting to {crashed.name}", f"published to {crashed.name}")
     _seed(agency, bases=1, first=10)  # 3 more superseded rows: the redo's file differs from the crashed one
     started = time.monotonic()
     [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)

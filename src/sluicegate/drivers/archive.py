@@ -415,7 +415,8 @@ def status(task: Task, ledger: Ledger) -> dict[str, Any]:
         "file": last["path"] if last else None,
         "rows": last["rows"] if last else None,
         "deleted": last["deleted"] if last else None,
-        "unfinished": f"{unfinished[3]} run to {unfinished[2]}" if unfinished else "none",
+        "unfinished": unfinished is not None,  # the next run completes it first
+        "unfinished_run": f"{unfinished[3]} to {unfinished[2]}" if unfinished else None,
     }
 
 
