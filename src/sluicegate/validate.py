@@ -228,17 +228,37 @@ def a_or_an(noun: str) -> str:
 _S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
-_COMMENTS = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.S)  # whitespace and SQL comments only
-
-
 def statement(text: str) -> str:
     """An SQL file's statement without its final ``;``, also one that comments follow
     (``SELECT ... ; -- note`` was passed on with the ``;`` inside sluicegate's query: a syntax error).
+    Quoted names, strings and comments are skipped, so ``"semi;--"`` is a name, not a ``;``; text
+    this cannot read (a quote never closed) keeps only the old rule, a ``;`` at the very end.
     Line ends are read as Python's text mode reads them: a lone CR ends a ``--`` comment too."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    for cut in (i for i in range(len(text) - 1, -1, -1) if text[i] == ";"):
-        if _COMMENTS.fullmatch(text, cut + 1):  # else it is in a comment or a string, or not the last
-            text = text[:cut] + text[cut + 1 :]
+    cuts: list[int] = []  # the ';' after the last token (whitespace and comments between)
+    i = 0
+    while i < len(text):
+        if text[i] in "'\"`":  # a string or quoted name; a doubled quote is one quote in it
+            end = text.find(text[i], i + 1)
+            while end != -1 and text.startswith(text[i], end + 1):
+                end = text.find(text[i], end + 2)
+            if end == -1:
+                return text.rstrip(";").strip()
+            i, cuts = end + 1, []
+        elif text.startswith("--", i):
+            end = text.find("\n", i)
+            i = len(text) if end == -1 else end + 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = len(text) if end == -1 else end + 2
+        else:
+            if text[i] == ";":
+                cuts.append(i)
+            elif not text[i].isspace():
+                cuts = []
+            i += 1
+    for cut in reversed(cuts):
+        text = text[:cut] + text[cut + 1 :]
     return text.strip()
 
 

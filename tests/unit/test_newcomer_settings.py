@@ -272,3 +272,23 @@ def test_a_select_whose_semicolon_comments_follow_runs(tmp_path: Path, tail: str
     cli(root, "mark", "openaq", "location_id=1", "day=2024-05-03", check=True)
     proc = cli(root, "run", "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["exported"] == 1, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,statement",
+    [
+        ('SELECT 1 AS "semi;--" FROM t', 'SELECT 1 AS "semi;--" FROM t'),  # a name, not a ';' and a comment
+        ("SELECT `a;--`, 'b;/*' FROM t ;", "SELECT `a;--`, 'b;/*' FROM t"),
+        ("SELECT 'it''s;' ; -- done", "SELECT 'it''s;'  -- done"),
+        ("SELECT 1 ;; /* a */ ; -- b", "SELECT 1  /* a */  -- b"),
+        ("SELECT 1; SELECT 2;", "SELECT 1; SELECT 2"),  # two statements stay two: the database says so
+        ("SELECT 'never closed;", "SELECT 'never closed"),  # unreadable: a final ';' only, as before
+    ],
+)
+def test_only_a_final_semicolon_outside_names_strings_and_comments_is_taken_off(
+    text: str, statement: str
+) -> None:
+    """The first version took ``;--"`` in a quoted column name for a final ';' and a comment."""
+    from sluicegate.validate import statement as final
+
+    assert final(text) == statement
