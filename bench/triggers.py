@@ -196,6 +196,11 @@ def case(url: str, root: Path, how: str, count: int, repeat: int, per_row: bool 
         for triggers in (False, True):
             set_triggers(url, root, triggers)
             runs[triggers].append(one_run(url, how, rows, triggers, per_row))
+    return summarize(how, count, runs)
+
+
+def summarize(how: str, count: int, runs: dict[bool, list[dict[str, float]]]) -> dict[str, Any]:
+    """The medians of the runs without (False) and with (True) triggers, and their ratios."""
     out: dict[str, Any] = {"how": how, "rows": count}
     for triggers, values in runs.items():
         side = "with" if triggers else "without"
@@ -217,10 +222,17 @@ def case(url: str, root: Path, how: str, count: int, repeat: int, per_row: bool 
 
 
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [
+    title = (
         f"Capture triggers on PostgreSQL{meta['table']}, {meta['when']}, {meta['pg']}, "
-        f"median of {meta['repeat']} runs "
-        f"per variant, load average {meta['load']}:",
+        f"median of {meta['repeat']} runs per variant, load average {meta['load']}:"
+    )
+    return table(title, results, {how: label for how, (label, _) in HOWS.items()}, meta["command"])
+
+
+def table(title: str, results: list[dict[str, Any]], labels: dict[str, str], command: str) -> str:
+    """The report: ``title``, a row per case (``labels`` names them), the command."""
+    lines = [
+        title,
         "",
         "| how | rows | rows/s without | rows/s with | ratio | CPU µs/row without (server + client) "
         "| CPU µs/row with (server + client) | CPU ratio | inbox rows | other CPU s (without, with) |",
@@ -229,13 +241,12 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in results:
         a, b = r["without"], r["with"]
         lines.append(
-            f"| {HOWS[r['how']][0]} | {r['rows']:,} | {a['rows_s']:,.0f} | {b['rows_s']:,.0f} "
+            f"| {labels[r['how']]} | {r['rows']:,} | {a['rows_s']:,.0f} | {b['rows_s']:,.0f} "
             f"| {r['ratio']:.2f} "
             f"| {a['server_us']:.1f} + {a['client_us']:.1f} | {b['server_us']:.1f} + {b['client_us']:.1f} "
             f"| {r['cpu_ratio']:.2f} | {b['inbox']:,} | {a['other_s']:.1f}, {b['other_s']:.1f} |"
         )
-    lines.append("")
-    lines.append(f"Command: `{meta['command']}`")
+    lines += ["", f"Command: `{command}`"]
     return "\n".join(lines)
 
 

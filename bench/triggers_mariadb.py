@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import busy_cpu_seconds, log  # noqa: E402
-from triggers import Row, backend_cpu, bins, own_cpu, readings  # noqa: E402
+from run import busy_cpu_seconds  # noqa: E402
+from triggers import Row, backend_cpu, bins, own_cpu, readings, summarize, table  # noqa: E402
 
 from sluicegate import mariadb_conn, operations  # noqa: E402
 from sluicegate.config import load_project  # noqa: E402
@@ -166,44 +165,15 @@ def case(url: str, server: Server, root: Path, how: str, count: int, repeat: int
         for triggers in (False, True):
             set_triggers(url, root, triggers)
             runs[triggers].append(one_run(url, server, how, rows, triggers))
-    out: dict[str, Any] = {"how": how, "rows": count}
-    for triggers, values in runs.items():
-        out["with" if triggers else "without"] = {
-            "rows_s": statistics.median(count / v["seconds"] for v in values),
-            "server_us": statistics.median(v["server"] for v in values) / count * 1e6,
-            "client_us": statistics.median(v["client"] for v in values) / count * 1e6,
-            "cpu_us": statistics.median(v["server"] + v["client"] for v in values) / count * 1e6,
-            "other_s": statistics.median(v["other"] for v in values),
-            "inbox": int(statistics.median(v["inbox"] for v in values)),
-        }
-    out["ratio"] = out["with"]["rows_s"] / out["without"]["rows_s"]
-    out["cpu_ratio"] = out["without"]["cpu_us"] / out["with"]["cpu_us"]
-    log(
-        f"{how}: {out['without']['rows_s']:,.0f} rows/s without triggers, {out['with']['rows_s']:,.0f} with "
-        f"({out['ratio']:.2f}x; CPU {out['cpu_ratio']:.2f}x)"
-    )
-    return out
+    return summarize(how, count, runs)
 
 
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [
+    title = (
         f"Capture triggers on MariaDB {meta['version']}, {meta['when']}, median of {meta['repeat']} runs "
-        f"per variant, load average {meta['load']}:",
-        "",
-        "| how | rows | rows/s without | rows/s with | ratio | CPU µs/row without (server + client) "
-        "| CPU µs/row with (server + client) | CPU ratio | inbox rows | other CPU s (without, with) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        a, b = r["without"], r["with"]
-        lines.append(
-            f"| {HOWS[r['how']]} | {r['rows']:,} | {a['rows_s']:,.0f} | {b['rows_s']:,.0f} "
-            f"| {r['ratio']:.2f} "
-            f"| {a['server_us']:.1f} + {a['client_us']:.1f} | {b['server_us']:.1f} + {b['client_us']:.1f} "
-            f"| {r['cpu_ratio']:.2f} | {b['inbox']:,} | {a['other_s']:.1f}, {b['other_s']:.1f} |"
-        )
-    lines += ["", f"Command: `{meta['command']}`"]
-    return "\n".join(lines)
+        f"per variant, load average {meta['load']}:"
+    )
+    return table(title, results, HOWS, meta["command"])
 
 
 @contextlib.contextmanager
