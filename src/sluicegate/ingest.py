@@ -19,14 +19,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import db, tables
-from .exceptions import DataError, LedgerError
+from .exceptions import DataError, LedgerError, SluicegateError
 from .ledger import Ledger
+from .ledger.core import DEADLOCK_TRIES
 from .messages import Message, clean, parse
 
 if TYPE_CHECKING:
@@ -86,12 +89,16 @@ class Ingestor:
     def ingest(self, messages: Sequence[Message], summary: IngestSummary) -> None:
         """Write one batch; then each message is inserted, a duplicate, or reported as malformed."""
         good, bad, later = self._split(messages)
-        try:
-            inserted, refused, parked = self._commit(messages, good, bad, isolate=False)
-        except DataError as exc:
-            if not row_fault(exc):
-                raise
-            inserted, refused, parked = self._commit(messages, good, bad, isolate=True, later=later)
+        for attempt in itertools.count(1):
+            try:
+                inserted, refused, parked = self._write(messages, good, bad, later)
+                break
+            except SluicegateError as exc:
+                # Another ingest of the same ids in another order (a file while `serve` drains the
+                # queue): the server rolled this batch back whole, so it is simply run again.
+                if not db.rolled_back(exc) or attempt >= DEADLOCK_TRIES:
+                    raise
+                time.sleep(random.uniform(0, 0.05 * attempt))  # let the other one finish
         summary.batches += 1
         summary.received += len(messages)
         summary.inserted += inserted
@@ -103,6 +110,18 @@ class Ingestor:
             if len(summary.malformed) < MAX_REPORTED:
                 before = {"parked_before": True} if anew is False else {}  # said so when it was parked
                 summary.malformed.append({"id": message.id, "error": message.error, **before})
+
+    def _write(
+        self, messages: Sequence[Message], good: list[Message], bad: list[Message],
+        later: dict[str, list[Message]],
+    ) -> tuple[int, list[Message], int]:  # fmt: skip
+        """One transaction of the batch: all rows at once, or (when a row is refused) each alone."""
+        try:
+            return self._commit(messages, good, bad, isolate=False)
+        except DataError as exc:
+            if not row_fault(exc):
+                raise
+            return self._commit(messages, good, bad, isolate=True, later=later)
 
     def _split(
         self, messages: Sequence[Message]

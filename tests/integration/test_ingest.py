@@ -14,9 +14,12 @@ import datetime as dt
 import hashlib
 import json
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from airmax_support import airmax_project
@@ -465,3 +468,32 @@ def test_run_of_an_ingest_task_without_a_queue_says_how_messages_get_in(root: Pa
     assert "no [sqs] queue in" in proc.stdout and f"sluicegate ingest {TASK} FILE" in proc.stdout
     summary = json.loads(cli(root, "run", TASK, "--json").stdout)[0]
     assert "no [sqs] queue" in summary["ingest"]["note"] and summary["ingest"]["received"] == 0
+
+
+@pytest.mark.pg
+def test_a_batch_the_server_rolls_back_to_end_a_deadlock_is_run_again(tmp_path: Path, pg_url: str) -> None:
+    """Two ingests of overlapping ids in another order (an `ingest FILE` while `serve` drains the
+    queue) deadlock; the victim's batch committed nothing and is run again, not the end of the
+    ingest with "database ... is unavailable: deadlock detected"."""
+    root = airmax_project(tmp_path / "proj", pg_url)
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(line("a") + "\n" + line("z") + "\n")
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql")) as other:
+        other.execute("INSERT INTO raw (message_id, measurement_time_utc) VALUES ('z', now())")
+        result: dict[str, Any] = {}
+
+        def ingest() -> None:
+            try:
+                result["summary"] = operations.ingest(load(root), TASK, batch.open(), name="batch.jsonl")
+            except Exception as exc:  # reported by the assertion below
+                result["error"] = exc
+
+        worker = threading.Thread(target=ingest)
+        worker.start()
+        time.sleep(0.3)  # the ingest holds 'a' and waits for 'z'
+        other.execute("INSERT INTO raw (message_id, measurement_time_utc) VALUES ('a', now())")
+        other.rollback()  # the ingest, the deadlock's victim, may go on now
+        worker.join(timeout=30)
+    assert "error" not in result, result.get("error")
+    assert (result["summary"].inserted, result["summary"].duplicates) == (2, 0)
+    assert [r[0] for r in _raw(pg_url)] == ["a", "z"]
