@@ -22,6 +22,7 @@ from .messages import Message, parse
 log = logging.getLogger("sluicegate.sqs")
 SQS_KEYS = frozenset({"queue_url", "region", "endpoint_url", "wait", "visibility_timeout"})
 RECEIVE_MAX = 10  # SQS returns at most 10 messages per receive
+MAX_VISIBILITY = 43200.0  # seconds: the longest visibility timeout SQS allows (12 hours)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,11 @@ def load_sqs(raw: Any, where: str) -> SqsSpec:
     visibility = validate.parse_duration(
         raw.get("visibility_timeout", 60), where=f"{where} visibility_timeout"
     )
+    if not visibility.is_integer() or visibility > MAX_VISIBILITY:  # SQS refused each receive: "will retry"
+        raise ConfigError(
+            f"{where} visibility_timeout: {raw['visibility_timeout']!r} is not whole seconds from 0 to 12h, "
+            'which SQS allows; use e.g. "60s"'
+        )
     region = _text(raw, "region", where)
     if region is not None and not _REGION.fullmatch(region):
         raise ConfigError(f'{where} region: {region!r} is not a region name; write one like "eu-west-1"')

@@ -549,6 +549,15 @@ def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_
             {"queue_url": "https://h/1/m", "endpoint_url": "not a url"},
             "[sqs] endpoint_url: 'not a url' is not",
         ),
+        # SQS refused every receive ("maximum visibility timeout is 43200"): a run said "will retry"
+        (
+            {"queue_url": "https://h/1/m", "visibility_timeout": "13h"},
+            "[sqs] visibility_timeout: '13h' is not whole seconds from 0 to 12h",
+        ),
+        (  # sent as int(): 0, so each message came straight back
+            {"queue_url": "https://h/1/m", "visibility_timeout": "0.5s"},
+            "[sqs] visibility_timeout: '0.5s' is not whole seconds",
+        ),
     ],
 )
 def test_bad_sqs_settings_are_named_not_a_traceback(sqs: dict[str, object], message: str) -> None:
