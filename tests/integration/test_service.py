@@ -337,6 +337,25 @@ def test_a_post_without_the_api_token_is_refused_whatever_its_body(tmp_path: Pat
         server.stop()
 
 
+def test_a_json_body_sent_as_a_form_says_to_send_it_as_json(tmp_path: Path) -> None:
+    """`curl -d '{"dry_run": true}'` sends Content-Type application/x-www-form-urlencoded; FastAPI
+    read the body as bytes and answered "Input should be a valid dictionary", of a body that is one."""
+    server = Server(_studies_project(tmp_path))
+    url = f"{server.url}/tasks/studies/runs"
+    try:
+        for kind in ("application/x-www-form-urlencoded", "text/plain"):
+            answer = httpx.post(url, headers={**AUTH, "Content-Type": kind}, content=b'{"dry_run": true}')
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["detail"].startswith(
+                f"the request body was sent as {kind}, not JSON; send it"
+            ), answer.text
+        assert server.get(f"{server.url}/runs").json() == []  # no run was started
+        wrong = httpx.post(url, headers=AUTH, json=[])  # JSON, but not an object: named as before
+        assert "Input should be a valid dictionary" in wrong.json()["detail"], wrong.text
+    finally:
+        server.stop()
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()

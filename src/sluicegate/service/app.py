@@ -147,7 +147,7 @@ async def _unreadable_body(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:
+async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
     """422 with one sentence naming the first field that is wrong (``detail``, a string as in
     every other 422), and each error's place, message and type (``errors``). The value is not
     echoed: FastAPI's own answer repeats it, and a value JSON cannot hold (``1e400`` read as
@@ -160,6 +160,14 @@ async def _invalid_body(_request: Request, exc: Exception) -> JSONResponse:
         detail = (
             f"the request body is not JSON ({reason} at character {where}); send a JSON object "
             'such as {"dry_run": true} (the fields: docs/service.md)'
+        )
+    sent = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if errors and errors[0].get("type") == "model_attributes_type" and "json" not in sent:
+        # FastAPI reads a body of another type (curl -d sends a form's) as bytes: the JSON object
+        # in it was answered "Input should be a valid dictionary".
+        detail = (
+            f"the request body was sent as {sent or 'no Content-Type'}, not JSON; send it with "
+            "Content-Type: application/json (curl: -H 'Content-Type: application/json' or --json)"
         )
     return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
 
