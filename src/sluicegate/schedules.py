@@ -21,6 +21,13 @@ def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
 
     local = now.astimezone(zone_of(zone))
     tick: dt.datetime = croniter(schedule, local + dt.timedelta(microseconds=1)).get_prev(dt.datetime)
+    # croniter's get_prev goes wrong in the hour a fall-back repeats: at 02:00 CET (01:00 UTC) on
+    # Europe/Brussels' fall-back day "*/30 * * * *" gave 02:00 CEST (00:00 UTC), an hour back, and
+    # "30 2 * * *" the day before. Its get_next is right there, so step on to the last tick due.
+    # (Compared in UTC: aware times of one zone compare by wall clock, blind to the fold.)
+    ticks = croniter(schedule, tick)
+    while (following := ticks.get_next(dt.datetime)).astimezone(dt.UTC) <= now:
+        tick = following
     return tick.astimezone(dt.UTC)
 
 

@@ -421,3 +421,30 @@ def test_the_parquet_writers_layout_is_shared_per_zone_and_tells_schemas_apart()
         writer.close()
         files.append(out.getvalue())
     assert files[0] == files[1]  # cast in place or rebuilt: the same file
+
+
+@pytest.mark.parametrize(
+    "schedule,now,tick",
+    [
+        # Europe/Brussels falls back at 03:00 CEST (01:00 UTC) on 2026-10-25: 02:00-02:59 twice.
+        ("*/30 * * * *", "01:00", "01:00"),  # was 00:00 (an hour back): 01:00 and 01:30 never fired
+        ("*/30 * * * *", "01:36", "01:30"),  # was 00:30
+        ("0 * * * *", "01:12", "01:00"),  # was 00:00
+        ("30 2 * * *", "01:12", "00:30"),  # was 2026-10-24 00:30: the day before
+        ("30 2 * * *", "01:36", "01:30"),  # the second 02:30 local
+        ("*/5 * * * *", "01:03", "01:00"),  # an aggregate every 5 minutes: its tick stood still an hour
+        ("*/30 * * * *", "00:40", "00:30"),  # before the change, as before
+        ("0 * * * *", "02:06", "02:00"),  # after it
+    ],
+)
+def test_a_schedule_ticks_on_through_the_hour_a_fall_back_repeats(schedule: str, now: str, tick: str) -> None:
+    """croniter's get_prev went back an hour (or a day) in the repeated hour: a serve replica saw
+    an old tick and fired nothing, and an aggregate task on a cron schedule re-found its done tick
+    for an hour, leaving its table stale."""
+    from sluicegate.schedules import latest_tick
+
+    day = dt.datetime(2026, 10, 25, tzinfo=UTC)
+    at = dt.datetime.combine(day.date(), dt.time.fromisoformat(now), tzinfo=UTC)
+    assert latest_tick(schedule, "Europe/Brussels", at + dt.timedelta(seconds=7)) == dt.datetime.combine(
+        day.date(), dt.time.fromisoformat(tick), tzinfo=UTC
+    )
