@@ -198,6 +198,15 @@ def schedule(raw: Mapping[str, Any], where: str) -> tuple[str | None, str]:
 
     if not isinstance(expression, str) or not croniter.is_valid(expression):
         raise ConfigError(f"{where} schedule: {expression!r} is not a cron expression such as '*/5 * * * *'")
+    now = dt.datetime.now(dt.UTC)
+    try:  # valid, yet without a tick ("0 0 30 2 *"): each run and serve's scheduler ended in a traceback
+        croniter(expression, now).get_prev(dt.datetime)
+        croniter(expression, now).get_next(dt.datetime)
+    except ValueError:  # croniter's CroniterBadDateError
+        raise ConfigError(
+            f"{where} schedule: {expression!r} has no tick before or after now (a date no month has, "
+            "such as 30 February, or a year gone by); fix the day, month or year"
+        ) from None
     return expression, zone_name(zone, f"{where} schedule_zone")
 
 

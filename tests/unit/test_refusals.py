@@ -576,3 +576,18 @@ def test_bad_sqs_settings_are_named_not_a_traceback(sqs: dict[str, object], mess
         "elasticmq",
         None,
     )
+
+
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4,6 *", "* * * * * * 2020"])
+def test_a_cron_schedule_that_never_fires_is_refused_when_the_task_loads(expression: str) -> None:
+    """croniter takes "0 0 30 2 *" as valid; check said ok, and run, run --dry-run and serve's
+    scheduler ended in CroniterBadDateError's traceback ("failed to find prev date")."""
+    from sluicegate.exceptions import ConfigError
+    from sluicegate.validate import schedule
+
+    with pytest.raises(ConfigError) as refused:
+        schedule({"schedule": expression}, "t/task.toml")
+    assert str(refused.value).startswith(
+        f"t/task.toml schedule: {expression!r} has no tick before or after now"
+    )
+    assert schedule({"schedule": "0 0 29 2 *"}, "t/task.toml") == ("0 0 29 2 *", "UTC")  # leap days: fine
