@@ -114,7 +114,7 @@ class Ingestor:
     def _write(
         self, messages: Sequence[Message], good: list[Message], bad: list[Message],
         later: dict[str, list[Message]],
-    ) -> tuple[int, list[Message], int]:  # fmt: skip
+    ) -> tuple[int, list[Message], list[bool]]:  # fmt: skip
         """One transaction of the batch: all rows at once, or (when a row is refused) each alone."""
         try:
             return self._commit(messages, good, bad, isolate=False)
