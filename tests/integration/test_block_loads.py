@@ -224,10 +224,9 @@ ODD_TIME = {"sqlite": "20200301T003000Z", "pg": "infinity"}
 TIMED_ONLY = {"sqlite": " WHERE julianday(ended_at) IS NOT NULL", "pg": " WHERE isfinite(ended_at)"}
 
 
-@pytest.mark.parametrize("backend", BACKENDS[:2])  # blocks read no MariaDB source
-def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, request: Any) -> None:
-    """A NULL time (and SQLite text julianday() cannot read, PostgreSQL's infinity) puts a row in
-    no block: every block is extracted and the row never is. check names the count (exit 2)."""
+def _rides_task(tmp_path: Path, backend: str, request: Any, *values: str) -> Path:
+    """A project in ``tmp_path`` whose blocks task extracts the rides table (a row per VALUES
+    tuple of each of ``values``, inserted one statement each); the task's folder."""
     url = {
         "sqlite": lambda: f"sqlite:///{tmp_path / 'data.db'}",
         "pg": lambda: request.getfixturevalue("pg_url"),
@@ -235,10 +234,8 @@ def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, requ
     db = TableDb(url)
     try:
         db.execute(RIDES[backend])
-        db.execute(
-            "INSERT INTO rides VALUES (1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', NULL), (3, 'lime', NULL)"
-        )
-        db.execute(f"INSERT INTO rides VALUES (4, 'lime', '{ODD_TIME[backend]}')")
+        for rows in values:
+            db.execute(f"INSERT INTO rides VALUES {rows}")
     finally:
         db.close()
     task = tmp_path / "tasks" / "trips"
@@ -248,8 +245,17 @@ def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, requ
         'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["lime"]\nstages = ["extract"]\n'
         '[extract]\ntime = "ended_at"\npath = "{stage}/{provider}/{label}.jsonl"\n'
     )
-    select = "SELECT ride, provider, ended_at FROM rides"
-    (task / "select.sql").write_text(select)
+    (task / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    return task
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])  # blocks read no MariaDB source
+def test_check_counts_the_rows_no_block_holds(tmp_path: Path, backend: str, request: Any) -> None:
+    """A NULL time (and SQLite text julianday() cannot read, PostgreSQL's infinity) puts a row in
+    no block: every block is extracted and the row never is. check names the count (exit 2)."""
+    values = "(1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', NULL), (3, 'lime', NULL)"
+    task = _rides_task(tmp_path, backend, request, values, f"(4, 'lime', '{ODD_TIME[backend]}')")
+    select = (task / "select.sql").read_text()
     result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
     assert result.exit_code == 2, result.output
     assert f"{task / 'select.sql'}: 2 row(s) have no ended_at (NULL), so no block holds them" in result.output
@@ -268,27 +274,8 @@ def test_check_counts_the_rows_outside_the_years_blocks_reach(
 ) -> None:
     """A request reaches the years 2 to 9998 only, so a "forever" time such as 9999-12-31 (or one
     before the year 2) is in no block: never extracted, and check said ok."""
-    url = {
-        "sqlite": lambda: f"sqlite:///{tmp_path / 'data.db'}",
-        "pg": lambda: request.getfixturevalue("pg_url"),
-    }[backend]()
-    db = TableDb(url)
-    try:
-        db.execute(RIDES[backend])
-        db.execute(
-            "INSERT INTO rides VALUES (1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', '9999-12-31 00:00:00'),"
-            " (3, 'lime', '0001-06-01 00:00:00')"
-        )
-    finally:
-        db.close()
-    task = tmp_path / "tasks" / "trips"
-    task.mkdir(parents=True)
-    (tmp_path / "sluicegate.toml").write_text(f'[source]\nurl = "{url}"\n[destination]\nurl = "out"\n')
-    (task / "task.toml").write_text(
-        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["lime"]\nstages = ["extract"]\n'
-        '[extract]\ntime = "ended_at"\npath = "{stage}/{provider}/{label}.jsonl"\n'
-    )
-    (task / "select.sql").write_text("SELECT ride, provider, ended_at FROM rides")
+    values = "(1, 'lime', '2020-03-01 00:10:00'), (2, 'lime', '9999-12-31 00:00:00')"
+    _rides_task(tmp_path, backend, request, values, "(3, 'lime', '0001-06-01 00:00:00')")
     result = CliRunner().invoke(main, ["-C", str(tmp_path), "check"])
     assert result.exit_code == 2, result.output
     assert "2 row(s) have a time in ended_at that no block can hold (such as '0001-06-01" in result.output
