@@ -221,12 +221,19 @@ def summarize(how: str, count: int, runs: dict[bool, list[dict[str, float]]]) ->
     return out
 
 
-def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    title = (
-        f"Capture triggers on PostgreSQL{meta['table']}, {meta['when']}, {meta['pg']}, "
-        f"median of {meta['repeat']} runs per variant, load average {meta['load']}:"
+def publish(what: str, repeat: int, results: list[dict[str, Any]], labels: dict[str, str], script: str,
+            argv: list[str] | None) -> None:  # fmt: skip
+    """Print the report of ``results`` (``labels`` names each case; ``what`` was measured, with
+    ``script`` and ``argv``) and keep it in bench/results/<script's name>-<time>.md."""
+    when = dt.datetime.now(UTC).isoformat(timespec="minutes")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    command = " ".join([f".venv/bin/python bench/{script}", *(argv if argv is not None else sys.argv[1:])])
+    report = table(
+        f"{what}, {when}, median of {repeat} runs per variant, load average {load}:", results, labels, command
     )
-    return table(title, results, {how: label for how, (label, _) in HOWS.items()}, meta["command"])
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{Path(script).stem.replace('_', '-')}-{when.replace(':', '')}.md").write_text(report + "\n")
 
 
 def table(title: str, results: list[dict[str, Any]], labels: dict[str, str], command: str) -> str:
@@ -301,22 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         for how in (h for h in args.hows.split(",") if h):
             results.append(case(url, root, how, counts[how], args.repeat, per_row))
         version = pg.version()
-    meta = {
-        "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
-        "pg": version,
-        "repeat": args.repeat,
-        "table": " (measurements partitioned by month: row triggers)"
+    table_kind = (
+        " (measurements partitioned by month: row triggers)"
         if args.partitioned
-        else (' ([capture] triggers = "row")' if args.row_triggers else ""),
-        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "command": " ".join(
-            [".venv/bin/python bench/triggers.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-    }
-    report = render(results, meta)
-    print(report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"triggers-{meta['when'].replace(':', '')}.md").write_text(report + "\n")
+        else (' ([capture] triggers = "row")' if args.row_triggers else "")
+    )
+    labels = {how: label for how, (label, _) in HOWS.items()}
+    publish(f"Capture triggers on PostgreSQL{table_kind}, {version}", args.repeat, results, labels,
+            "triggers.py", argv)  # fmt: skip
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import busy_cpu_seconds  # noqa: E402
-from triggers import Row, backend_cpu, bins, own_cpu, readings, summarize, table  # noqa: E402
+from triggers import Row, backend_cpu, bins, own_cpu, publish, readings, summarize  # noqa: E402
 
 from sluicegate import mariadb_conn, operations  # noqa: E402
 from sluicegate.config import load_project  # noqa: E402
@@ -168,14 +167,6 @@ def case(url: str, server: Server, root: Path, how: str, count: int, repeat: int
     return summarize(how, count, runs)
 
 
-def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    title = (
-        f"Capture triggers on MariaDB {meta['version']}, {meta['when']}, median of {meta['repeat']} runs "
-        f"per variant, load average {meta['load']}:"
-    )
-    return table(title, results, HOWS, meta["command"])
-
-
 @contextlib.contextmanager
 def triggered_database() -> Iterator[tuple[Server, str, Path]]:
     """A throwaway MariaDB with the tests' measurement tables and a project whose task captures
@@ -217,19 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             case(url, server, root, how, counts[how], args.repeat) for how in args.hows.split(",") if how
         ]
         version = server.version
-    meta = {
-        "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
-        "version": version,
-        "repeat": args.repeat,
-        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "command": " ".join(
-            [".venv/bin/python bench/triggers_mariadb.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-    }
-    report = render(results, meta)
-    print(report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"triggers-mariadb-{meta['when'].replace(':', '')}.md").write_text(report + "\n")
+    publish(f"Capture triggers on MariaDB {version}", args.repeat, results, HOWS, "triggers_mariadb.py", argv)
     return 0
 
 
