@@ -356,6 +356,39 @@ def test_a_json_body_sent_as_a_form_says_to_send_it_as_json(tmp_path: Path) -> N
         server.stop()
 
 
+def test_a_body_with_a_repeated_field_or_a_loose_value_starts_no_run(tmp_path: Path) -> None:
+    """JSON keeps the last of a repeated key: ``{"dry_run": true, "dry_run": false}`` started a
+    real run of a request that asked for a dry run first. And pydantic's lax mode read
+    ``"dry_run": "yes"`` or ``"no"``, ``"limit": "2"`` or ``true`` as a bool or a number. Both are
+    422 now, naming the field; no run is started."""
+    server = Server(_studies_project(tmp_path))
+    url, raw = f"{server.url}/tasks/studies/runs", {**AUTH, "Content-Type": "application/json"}
+    try:
+        repeated = httpx.post(url, headers=raw, content=b'{"dry_run": true, "dry_run": false}')
+        assert repeated.status_code == 422, repeated.text
+        assert repeated.json()["detail"].startswith(
+            "the request body names field 'dry_run' twice; send each field once"
+        ), repeated.text
+        nested = httpx.post(url, headers=raw, content=b'{"entities": ["a"], "x": {"k": 1, "k": 2}}')
+        assert nested.status_code == 422 and "'k' twice" in nested.json()["detail"], nested.text
+        for body in ('{"dry_run": "yes"}', '{"dry_run": "no"}', '{"dry_run": 0}', '{"reexport": "true"}',
+                     '{"ignore_watermark": 1}', '{"limit": "2"}', '{"limit": true}', '{"limit": 2.0}'):  # fmt: skip
+            loose = httpx.post(url, headers=raw, content=body.encode())
+            assert loose.status_code == 422, (body, loose.text)
+            field = body.split('"')[1]
+            assert loose.json()["detail"].startswith(f"field {field!r} of the request body: Input should be")
+        assert server.get(f"{server.url}/runs").json() == []  # no run was started
+        # strict fields still read a time from its JSON text, and a dry run writes nothing
+        window = b'"time_min": "2023-12-31T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"'
+        body = b'{"dry_run": true, "ignore_watermark": true, ' + window + b"}"
+        started = httpx.post(url, headers=raw, content=body)
+        assert started.status_code == 202, started.text
+        assert server.wait_run(started.json()["run_id"])["state"] == "succeeded"
+        assert not (tmp_path / "proj" / "out").exists() or not any((tmp_path / "proj" / "out").iterdir())
+    finally:
+        server.stop()
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()

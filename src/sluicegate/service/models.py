@@ -6,7 +6,7 @@ import datetime as dt
 import unicodedata
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from ..validate import is_unicode
 
@@ -49,12 +49,15 @@ class RunRequest(BaseModel):
     # A misspelt field ("dryrun", "entites") must not start a real run of everything (422).
     model_config = ConfigDict(extra="forbid")
 
-    limit: int | None = Field(default=None, ge=1, le=MAX_COUNT)
-    dry_run: bool = False
-    reexport: bool = Field(default=False, description="Partitioned tasks: queue the time window again first.")
+    # Strict: lax mode read "yes", "no", 0 and "1" as booleans and "2", true and 2.0 as a limit.
+    limit: StrictInt | None = Field(default=None, ge=1, le=MAX_COUNT)
+    dry_run: StrictBool = False
+    reexport: StrictBool = Field(
+        default=False, description="Partitioned tasks: queue the time window again first."
+    )
     time_min: dt.datetime | None = Field(default=None, description="Without an offset: UTC.")
     time_max: dt.datetime | None = Field(default=None, description="Without an offset: UTC.")
-    ignore_watermark: bool = False
+    ignore_watermark: StrictBool = False
     export_type: Literal["daily", "hourly", "instant"] | None = None
     entities: list[str] | None = None
     tag: str | None = None

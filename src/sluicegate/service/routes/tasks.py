@@ -11,7 +11,7 @@ from ...drivers.incremental import Task as IncrementalTask
 from ...exceptions import UsageError
 from ...options import RunOptions
 from ...specs import Project, TaskBase
-from ..deps import GUARD, ProjectDep, State, library, task_or_404
+from ..deps import BODY, ProjectDep, State, library, task_or_404
 from ..models import MAX_COUNT, PartitionInfo, RunAccepted, RunRequest, TaskInfo
 
 router = APIRouter()
@@ -68,7 +68,7 @@ def list_partitions(
 
 
 @router.post(
-    "/tasks/{name}/runs", response_model=RunAccepted, status_code=202, dependencies=GUARD, tags=["runs"]
+    "/tasks/{name}/runs", response_model=RunAccepted, status_code=202, dependencies=BODY, tags=["runs"]
 )
 def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = None) -> RunAccepted:
     """Start a run of one task with the options of ``sluicegate run``."""
