@@ -497,3 +497,18 @@ def test_a_batch_the_server_rolls_back_to_end_a_deadlock_is_run_again(tmp_path: 
     assert "error" not in result, result.get("error")
     assert (result["summary"].inserted, result["summary"].duplicates) == (2, 0)
     assert [r[0] for r in _raw(pg_url)] == ["a", "z"]
+
+
+def test_a_message_whose_id_is_an_escaped_nul_is_not_taken_for_one_with_a_nul(
+    root: Path, tmp_path: Path, url: str
+) -> None:
+    """An id holding a NUL is stored with the NUL written as the four characters ``\\x00``; a
+    valid message whose id is those characters is still told apart from it, in either order."""
+    batch = tmp_path / "ids.jsonl"
+    for text, counts in ((line("a\\x00"), (1, 0)), (line("a\x00"), (0, 1)), (line("a\\x00"), (0, 0))):
+        batch.write_text(text + "\n")
+        summary = operations.ingest(load(root), TASK, batch.open("rb"), name="ids.jsonl")
+        assert (summary.inserted, summary.malformed_count) == counts, (text, summary)
+    assert [r[0] for r in _raw(url)] == ["a\\x00"]
+    parked = _query(url, "SELECT message_id, error FROM {log}parked")
+    assert len(parked) == 1 and "holds a NUL" in parked[0][1], parked
