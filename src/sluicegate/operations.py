@@ -463,7 +463,8 @@ def health(project: Project) -> dict[str, str]:
     s = project.settings
     checks: dict[str, str] = {}
     for label, url in (("source", s.source_url), ("ledger", s.ledger_url)):
-        try:
+        try:  # a typo'd SQLite source path, opened, would be a new, empty database
+            require_source(project, ledger=label == "ledger")
             conn = db.connect(url)
             try:
                 with db.wrap_errors(url):

@@ -389,6 +389,27 @@ def test_a_body_with_a_repeated_field_or_a_loose_value_starts_no_run(tmp_path: P
         server.stop()
 
 
+def test_a_missing_sqlite_source_fails_the_health_check_and_is_not_created(tmp_path: Path) -> None:
+    """With a typo in [source] url, /healthz opened the path, which made a new, empty SQLite file:
+    it answered "ok", and every run after it blamed select.sql for the missing table. The check
+    fails now naming the file, and a run is refused the same way; no file is made."""
+    root = _studies_project(tmp_path)
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("s.db", "typo.db"))
+    server = Server(root)
+    try:
+        health = server.get(f"{server.url}/healthz")
+        assert health.status_code == 503, health.text
+        assert health.json()["checks"]["source"].startswith(
+            f"SQLite database {root / 'typo.db'} does not exist"
+        )
+        refused = httpx.post(f"{server.url}/tasks/studies/runs", headers=AUTH, json={})
+        assert refused.status_code == 500 and "typo.db does not exist" in refused.json()["detail"]
+    finally:
+        server.stop()
+    assert not (root / "typo.db").exists()
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()
