@@ -18,11 +18,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from . import mariadb_conn, secrets, validate
+from . import mariadb_conn, secrets, settings_env, validate
 from .exceptions import ConfigError
 from .masking import mask_url
+from .settings_env import OVERRIDE_ENV_NAMES, OVERRIDE_ENV_PREFIXES, SETTINGS_KEYS
 from .specs import (
     COLUMN_KINDS,
     FORMATS,
@@ -65,31 +65,6 @@ __all__ = [
     "with_format",
 ]
 
-# Every key of sluicegate.toml, by section.
-SETTINGS_KEYS: dict[str, frozenset[str]] = {
-    "source": frozenset({"url"}),
-    "ledger": frozenset({"url", "schema"}),
-    "destination": frozenset(
-        {
-            "url",
-            "endpoint_url",
-            "region",
-            "access_key_id",
-            "secret_access_key",
-            "multipart_threshold",
-            "uploads_in_flight",
-            "s3_client",
-            "sync",
-            "manifests",
-        }
-    ),
-    "defaults": frozenset(
-        {"format", "batch_size", "limit", "lease", "max_attempts", "workers", "backoff", "log_level"}
-    ),
-    "service": frozenset({"public_metrics", "max_request_bytes"}),
-    "testing": frozenset({"fault"}),
-}
-
 
 def read_toml(path: Path, missing: str | None = None) -> dict[str, Any]:
     """Parse a TOML file; ``missing`` is the advice when it does not exist."""
@@ -119,77 +94,7 @@ def dsl_folder(env: Mapping[str, str]) -> Path | None:
     return default if env.get("DATABASE_URL") and default.is_dir() else None
 
 
-# Every environment variable that overrides or fills sluicegate.toml (see _env_overrides): the
-# OpenAQ exporter's names, the Common Knowledge service's, and the prefixes of
-# SLUICEGATE_SECTION__KEY and DATABASE_*.
-OVERRIDE_ENV_NAMES = (
-    "DSL_PATH",
-    "EXPORT_PATH",
-    "LIMIT",
-    "WRITE_FILE_LOCATION",
-    "WRITE_FILE_FORMAT",
-    "OPEN_DATA_BUCKET",
-    "LOCAL_SAVE_DIRECTORY",
-    "LOG_LEVEL",
-)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # [defaults] log_level
-OVERRIDE_ENV_PREFIXES = ("SLUICEGATE_", "DATABASE_")
-# The SLUICEGATE_* variables that are not SECTION__KEY overrides (read by the service, the
-# secrets module, the Lambda handler and the CLI). Any other plain SLUICEGATE_* is a typo.
-PLAIN_ENV_NAMES = (
-    "SLUICEGATE_API_TOKEN",
-    "SLUICEGATE_READ_TOKEN",
-    "SLUICEGATE_FERNET_KEY",
-    "SLUICEGATE_PROJECT",
-    "SLUICEGATE_TASK",
-    "SLUICEGATE_LAMBDA_MARGIN",
-)
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Collect overrides: OpenAQ exporter names first, then ``SLUICEGATE_SECTION__KEY`` on top."""
-    out: dict[str, dict[str, str]] = {}
-
-    def put(section: str, key: str, value: str) -> None:
-        out.setdefault(section, {})[key] = value
-
-    # The OpenAQ exporter's environment, so its users can switch without renaming.
-    for name, key in (("LIMIT", "limit"), ("WRITE_FILE_FORMAT", "format"), ("LOG_LEVEL", "log_level")):
-        if name in env:
-            put("defaults", key, env[name])
-    location = env.get("WRITE_FILE_LOCATION")
-    if location == "s3" and env.get("OPEN_DATA_BUCKET"):
-        put("destination", "url", f"s3://{env['OPEN_DATA_BUCKET']}")
-    elif location == "local" or (location is None and "LOCAL_SAVE_DIRECTORY" in env):
-        put("destination", "url", env.get("LOCAL_SAVE_DIRECTORY") or ".")
-    elif location is not None and location not in ("s3", "local"):
-        raise ConfigError(f"WRITE_FILE_LOCATION={location!r} is not a valid location; use 's3' or 'local'")
-    for role, section in (("READ", "source"), ("WRITE", "ledger")):
-        url = env.get(f"DATABASE_{role}_URL") or _openaq_db_url(env, role)
-        if url:
-            put(section, "url", url)
-    for name, value in env.items():
-        if not name.startswith("SLUICEGATE_"):
-            continue
-        if "__" not in name:
-            validate.reject_unknown({name: 1}, PLAIN_ENV_NAMES, "environment", what="variable")
-            continue
-        section, _, key = name[len("SLUICEGATE_") :].partition("__")
-        section, key = section.lower(), key.lower()
-        validate.reject_unknown({section: 1}, SETTINGS_KEYS, f"environment variable {name}", what="section")
-        validate.reject_unknown({key: 1}, SETTINGS_KEYS[section], f"environment variable {name}")
-        put(section, key, value)
-    return out
-
-
-def _openaq_db_url(env: Mapping[str, str], role: str) -> str | None:
-    host, db = env.get("DATABASE_HOST"), env.get("DATABASE_DB")
-    if not host or not db or (role == "WRITE" and not env.get("DATABASE_WRITE_USER")):  # ledger: the source's
-        return None
-    user = quote(env.get(f"DATABASE_{role}_USER", ""), safe="")
-    password = env.get(f"DATABASE_{role}_PASSWORD")
-    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
-    return f"postgresql://{auth}{host}:{env.get('DATABASE_PORT', '5432')}/{db}"
 
 
 def _resolve_db_url(url: str, root: Path) -> str:
@@ -243,26 +148,16 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             "DSL/Export folder (see docs/service.md)"
         )
     _fill_dsl_defaults(raw, env, dsl_only=not path.is_file())
-    for section, values in _env_overrides(env).items():
+    for section, values in settings_env.overrides(env).items():
         raw.setdefault(section, {}).update(values)
+    settings_env.require_s3_destination(env, raw)
     try:
         return _settings(raw, path, root, env)
     except ConfigError as exc:  # name the variable a bad value came from, not only the file
-        for (section, key), name in _env_origins(env).items():
+        for (section, key), name in settings_env.origins(env).items():
             if f"[{section}] {key}:" in str(exc):
                 raise ConfigError(f"{exc} (the value comes from the environment variable {name})") from exc
         raise
-
-
-def _env_origins(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
-    """The environment variable each overridden ``(section, key)`` came from."""
-    out = {("defaults", k): n for n, k in (("LIMIT", "limit"), ("WRITE_FILE_FORMAT", "format"),
-                                          ("LOG_LEVEL", "log_level")) if n in env}  # fmt: skip
-    for name in env:
-        section, sep, key = name.removeprefix("SLUICEGATE_").partition("__")
-        if name.startswith("SLUICEGATE_") and sep:
-            out[(section.lower(), key.lower())] = name
-    return out
 
 
 def _settings(raw: dict[str, Any], path: Path, root: Path, env: Mapping[str, str]) -> Settings:
