@@ -916,3 +916,11 @@ def test_mds_paging_that_loops_or_is_not_a_url_is_terminal(
     with pytest.raises(TerminalError, match=message):
         list(mds.trips(block, {"url": "http://mds.test/p"}))
     assert len(served) <= 3
+
+
+def test_an_extract_sql_key_is_refused_not_ignored(tmp_path: Path) -> None:
+    """[extract] took ``sql`` and never read it: a query written there ran nowhere, silently.
+    An extract from SQL reads select.sql (``time``), as docs/tasks.md says."""
+    root = make_project(tmp_path, extract_extra='sql = "SELECT * FROM trips"')
+    [problem] = load_project(root).problems
+    assert "sql" in problem.message and "[extract]" in problem.message

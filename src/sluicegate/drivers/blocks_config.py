@@ -19,7 +19,7 @@ from ..specs import Settings
 
 STAGE_TYPES = ("extract", "load", "publish")
 STAGE_KEYS = {
-    "extract": {"type", "callable", "sql", "time", "path", "encrypt", "config"},
+    "extract": {"type", "callable", "time", "path", "encrypt", "config"},
     "load": {"type", "callable", "table", "key", "columns", "create", "url", "mode", "config"},
     "publish": {"type", "callable", "format", "path", "columns", "config"},
 }
