@@ -186,7 +186,9 @@ def _check_type(
 def load_request(text: str) -> ExportRequest:
     """Parse a request message from JSON text."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=validate.unique_keys)
+    except validate.RepeatedKey as exc:
+        raise UsageError(f"the request {exc}; give each field once") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"the request is not valid JSON: {exc}") from None
     except (ValueError, RecursionError) as exc:  # an integer of 4,301+ digits; arrays nested too deep

@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .validate import RepeatedKey, unique_keys
+
 FIELDS = (
     "id", "sent_at", "date_utc", "country", "location", "city", "latitude", "longitude",
     "sourceType", "sourceName", "parameter", "unit", "value",
@@ -88,6 +90,8 @@ def parse(
     """
     try:
         obj = _loads(body)
+    except RepeatedKey as exc:  # JSON keeps the last: which value the sender meant is unknown
+        return Message(id=fallback_id, body=body, error=f"{where or 'body'} {exc}", receipt=receipt)
     except ValueError as exc:
         return Message(
             id=fallback_id, body=body, error=f"{where or 'body'} is not JSON ({exc})", receipt=receipt
@@ -223,7 +227,9 @@ class _Literal(str):
 def _loads(text: str) -> Any:
     """JSON, with numbers no float holds and NaN/Infinity kept as written (see _Literal)."""
     try:
-        return json.loads(text, parse_float=_json_float, parse_constant=_Literal)
+        return json.loads(
+            text, parse_float=_json_float, parse_constant=_Literal, object_pairs_hook=unique_keys
+        )
     except RecursionError:  # arrays or objects nested too deep: a malformed message, not a crash
         raise ValueError("it is nested too deeply") from None
 

@@ -160,6 +160,23 @@ def schema_name(value: Any, where: str) -> str:
     return value
 
 
+class RepeatedKey(ValueError):
+    """A JSON object names a key twice: JSON keeps the last without a word."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads`: an object that names a key twice is refused
+    (``{"dry_run": true, "dry_run": false}`` was read as a real run)."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RepeatedKey(f"names field {key!r} twice")
+            seen.add(key)
+    return out
+
+
 def is_unicode(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8: no lone surrogate (JSON's ``\\ud800``, or a byte read
     with ``surrogateescape``), which no database driver sends."""

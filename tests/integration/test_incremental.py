@@ -821,6 +821,10 @@ def test_documented_reexport_message_is_accepted(url: str, tmp_path: Path) -> No
         ),
         ('{"exportType":"DAILY","endDateTime":"2024-01-02T00:00:00Z","tag":{"a":1}}', "is not a string"),
         ("not json", "not valid JSON"),
+        (  # JSON keeps the last: the request was run as INSTANT without a word
+            '{"exportType":"DAILY","exportType":"INSTANT","studyWhitelist":["a"]}',
+            "the request names field 'exportType' twice; give each field once",
+        ),
     ],
 )
 def test_invalid_requests_exit_2(tmp_path: Path, message: str, error: str) -> None:

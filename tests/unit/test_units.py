@@ -155,9 +155,11 @@ def test_openaq_environment_maps_onto_settings(tmp_path: Path) -> None:
         load_settings(tmp_path, {"WRITE_FILE_LOCATION": "ftp"})
     # s3 without a bucket wrote the files to the file's local folder without a word
     for bucketless in ({"WRITE_FILE_LOCATION": "s3"}, {"WRITE_FILE_LOCATION": "s3", "OPEN_DATA_BUCKET": ""}):
-        with pytest.raises(ConfigError, match="^WRITE_FILE_LOCATION=s3 needs OPEN_DATA_BUCKET"):
+        with pytest.raises(ConfigError, match=r"^WRITE_FILE_LOCATION=s3 needs OPEN_DATA_BUCKET"):
             load_settings(tmp_path, bucketless)
-    in_file = load_settings(tmp_path, {"WRITE_FILE_LOCATION": "s3", "SLUICEGATE_DESTINATION__URL": "s3://b/p"})
+    in_file = load_settings(
+        tmp_path, {"WRITE_FILE_LOCATION": "s3", "SLUICEGATE_DESTINATION__URL": "s3://b/p"}
+    )
     assert in_file.destination.url == "s3://b/p"  # the bucket given another way is enough
 
 

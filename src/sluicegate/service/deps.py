@@ -12,13 +12,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
 from ..config import load_project
 from ..exceptions import SluicegateError
 from ..specs import Project, TaskBase
+from ..validate import RepeatedKey, unique_keys
 from .metrics import Metrics
 from .runs import RunManager
 
@@ -93,30 +94,16 @@ def metrics_readable(state: State, authorization: Annotated[str | None, Header()
         readable(state, authorization)
 
 
-def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _Repeated(key)
-        seen.add(key)
-    return dict(pairs)
-
-
-class _Repeated(Exception):
-    pass
-
-
 async def fields_once(request: Request) -> None:
     """422 for a JSON body that names a field twice: JSON keeps the last, so
     ``{"dry_run": true, "dry_run": false}`` started a real run. A body that is not JSON is left
     to FastAPI, which names it."""
     try:
-        json.loads(await request.body(), object_pairs_hook=_once)
-    except _Repeated as repeated:
+        json.loads(await request.body(), object_pairs_hook=unique_keys)
+    except RepeatedKey as repeated:
         raise HTTPException(
             status_code=422,
-            detail=f"the request body names field {repeated.args[0]!r} twice; send each field once "
-            "(the fields: docs/service.md)",
+            detail=f"the request body {repeated}; send each field once (the fields: docs/service.md)",
         ) from None
     except ValueError:  # not JSON, or not UTF-8: FastAPI's answer names it
         return
