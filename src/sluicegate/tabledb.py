@@ -187,6 +187,19 @@ class TableDb:
             rows = self.query(_MARIADB_UNIQUE, (schema or None, name, column))[1]
         return bool(rows)
 
+    def folding_collation(self, table: str, column: str) -> str | None:
+        """The collation of ``column`` when it is not binary on MariaDB/MySQL (the default
+        ``utf8mb4_general_ci`` takes ``ABC`` for ``abc``, ``cafe`` for ``café`` and ``m1 `` for
+        ``m1``: a unique index on it drops a message whose id differs only so); else None."""
+        if self.flavor != "mariadb":
+            return None
+        schema, _, name = table.rpartition(".")
+        rows = self.query(_MARIADB_COLLATION, (schema or None, name, column))[1]
+        collation = rows[0][0] if rows else None
+        if collation is None or str(collation).endswith("nopad_bin") or collation == "utf8mb4_0900_bin":
+            return None
+        return str(collation)
+
 
 # SQLite: a unique index of one column, or the table's primary key when it is that column alone
 # (an INTEGER PRIMARY KEY is the rowid: it has no index of its own).
@@ -207,6 +220,11 @@ _MARIADB_UNIQUE = (
     "SELECT index_name FROM information_schema.statistics"
     " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
     " GROUP BY index_name HAVING count(*) = 1 AND max(non_unique) = 0 AND max(column_name) = ?"
+)
+
+_MARIADB_COLLATION = (
+    "SELECT collation_name FROM information_schema.columns"
+    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_name = ?"
 )
 
 

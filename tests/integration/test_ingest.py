@@ -250,13 +250,19 @@ def test_skip_parks_nothing(root: Path, tmp_path: Path, url: str) -> None:
 
 
 TIME_TYPES = {"postgresql": "timestamptz", "sqlite": "TEXT", "mariadb": "DATETIME(6)"}
+ID_TYPES = {
+    "postgresql": "VARCHAR(64)",
+    "sqlite": "VARCHAR(64)",
+    "mariadb": "VARCHAR(64) COLLATE utf8mb4_nopad_bin",
+}
 
 
 def test_a_row_the_database_refuses_is_reported_and_the_others_inserted(tmp_path: Path, url: str) -> None:
     """A value the table refuses (here a CHECK) fails only its message: the rest of the batch commits."""
     root = airmax_project(tmp_path / "proj", url)
     time_type = TIME_TYPES[tabledb.flavor_of(url)]
-    _execute(url, f"CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at {time_type} NOT NULL, "
+    id_type = ID_TYPES[tabledb.flavor_of(url)]
+    _execute(url, f"CREATE TABLE readings (mid {id_type} PRIMARY KEY, at {time_type} NOT NULL, "
                   "v DOUBLE PRECISION CHECK (v >= 0))")  # fmt: skip
     (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
         kind = "ingest"
@@ -309,7 +315,8 @@ def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     or inserted every redelivered copy of a message (MariaDB)."""
     root = airmax_project(tmp_path / "proj", url)
     time_type = TIME_TYPES[tabledb.flavor_of(url)]
-    _execute(url, f"CREATE TABLE nouniq (mid VARCHAR(64), at {time_type} NOT NULL, v DOUBLE PRECISION)")
+    id_type = ID_TYPES[tabledb.flavor_of(url)]
+    _execute(url, f"CREATE TABLE nouniq (mid {id_type}, at {time_type} NOT NULL, v DOUBLE PRECISION)")
     (root / "tasks" / TASK / "task.toml").write_text(
         'kind = "ingest"\ntable = "nouniq"\n[columns]\nmid = "id"\nat = "date_utc"\nv = "value"\n'
     )
@@ -323,6 +330,40 @@ def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     _execute(url, "CREATE UNIQUE INDEX nouniq_mid_key ON nouniq (mid)")
     assert cli(root, "ingest", TASK, str(batch)).returncode == 0
     assert _query(url, "SELECT count(*) FROM nouniq") == [(1,)]
+
+
+def test_ids_that_differ_in_case_accents_or_trailing_spaces_are_different_messages(
+    root: Path, tmp_path: Path, url: str
+) -> None:
+    """MariaDB's default collation took ABC for abc and cafe for café: the second was lost as a duplicate."""
+    ids = ["abc", "ABC", "café", "cafe", "m1", "m1 ", "ß", "ss"]
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join(line(i, value=float(n)) for n, i in enumerate(ids)) + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert (summary.inserted, summary.duplicates) == (8, 0)
+    assert sorted(r[0] for r in _raw(url)) == sorted(ids)
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_id_column_that_folds_case_is_refused_before_any_message(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    root = airmax_project(tmp_path / "proj", mariadb_url)
+    _execute(mariadb_url, "CREATE TABLE folds (mid VARCHAR(64) PRIMARY KEY, at DATETIME(6) NOT NULL)")
+    (root / "tasks" / TASK / "task.toml").write_text(
+        'kind = "ingest"\ntable = "folds"\n[columns]\nmid = "id"\nat = "date_utc"\n'
+    )
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(line("abc") + "\n" + line("ABC") + "\n")
+    for command in (["check"], ["ingest", TASK, str(batch)]):
+        result = cli(root, *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "folds.mid compares message ids by collation utf8mb4_" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(0,)]
+    _execute(mariadb_url, "ALTER TABLE folds MODIFY mid VARCHAR(64) NOT NULL COLLATE utf8mb4_nopad_bin")
+    assert cli(root, "ingest", TASK, str(batch)).returncode == 0
+    assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(2,)]
 
 
 def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_message(tmp_path: Path) -> None:

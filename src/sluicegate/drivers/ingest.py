@@ -157,6 +157,13 @@ def check(task: Task, source: Source) -> list[str]:
                 f" create one (CREATE UNIQUE INDEX {index} ON {table} ({key})): without it a"
                 " redelivered message is refused, or inserted again"
             ]
+        if collation := target.folding_collation(table, key):  # MariaDB: ABC = abc, cafe = café
+            return [
+                f"{toml} table: {table}.{key} compares message ids by collation {collation}, which takes"
+                f" ids that differ in case, accents or trailing spaces for the same one (a message is"
+                f" lost as a duplicate); make it exact (ALTER TABLE {table} MODIFY {key}"
+                " VARCHAR(255) NOT NULL COLLATE utf8mb4_nopad_bin)"
+            ]
     except SluicegateError as exc:
         if is_transient(exc):  # the database is down: an outage, not a problem of the task
             raise

@@ -5,7 +5,7 @@
 -- Times are DATETIME(6) in UTC (microseconds, as a message may carry them). `sluicegate generate --dataset airmax` runs this file.
 CREATE TABLE IF NOT EXISTS raw (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    message_id VARCHAR(255) NOT NULL,
+    message_id VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,  -- exact: abc is not ABC, cafe not café
     message_send_time_utc DATETIME(6),
     measurement_time_utc DATETIME(6) NOT NULL,
     country_code VARCHAR(2),
