@@ -12,6 +12,9 @@ Every session is pinned, whatever the server's or the account's defaults:
   which sluicegate takes as UTC (see docs/concepts.md, "MariaDB and MySQL").
 - ``REPEATABLE READ``, InnoDB's default, for the snapshots a batch read or an archive run opens.
 - a lock wait bounded at :data:`LOCK_WAIT` seconds.
+- ``STRICT_ALL_TABLES`` added to the server's ``sql_mode``: without a strict mode (``sql_mode =
+  ''``) MariaDB cuts a too-long text and clamps a number out of range with only a warning, so an
+  ingested message id lost its end (and two ids became one) and a value came out wrong.
 
 :class:`MariaDbConnection` gives the connection the small surface the rest of the code uses on
 psycopg and sqlite3 connections: ``execute`` returning a cursor, ``cursor``, ``closed``.
@@ -32,6 +35,7 @@ SESSION = (
     "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     f"SET SESSION lock_wait_timeout = {LOCK_WAIT}",
     f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT}",
+    "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')",
 )
 # Server and client error numbers worth retrying: too many connections, server shutdown,
 # connection killed, lock wait timeout, deadlock, read-only (a failover), network errors,

@@ -366,6 +366,32 @@ def test_a_mariadb_id_column_that_folds_case_is_refused_before_any_message(
     assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(2,)]
 
 
+@pytest.mark.mariadb
+def test_a_mariadb_server_without_strict_mode_truncates_nothing(tmp_path: Path, mariadb_url: str) -> None:
+    """With sql_mode = '' (no STRICT_*) MariaDB cut a 256-character id to 255 (so two ids with one
+    prefix were one message, the second lost as a duplicate), clamped a latitude of 1000 to
+    99.999999 and cut country BEL to BE, with a warning and no error: each is now refused."""
+    root = airmax_project(tmp_path / "proj", mariadb_url)
+    admin = tables.TableDb(mariadb_url)
+    mode = admin.query("SELECT @@GLOBAL.sql_mode")[1][0][0]
+    admin.execute("SET GLOBAL sql_mode = ''")
+    try:
+        batch = tmp_path / "b.jsonl"
+        lines = [
+            line("a" * 255 + "x"),
+            line("a" * 255 + "y"),
+            line("lat", latitude=1000.0),
+            line("cc", country="BEL"),
+        ]
+        batch.write_text("\n".join(lines) + "\n")
+        summary = operations.ingest(load(root), TASK, batch.open())
+    finally:
+        admin.execute(f"SET GLOBAL sql_mode = '{mode}'")
+        admin.close()
+    assert (summary.inserted, summary.duplicates, summary.malformed_count) == (0, 0, 4), summary
+    assert _raw(mariadb_url) == []
+
+
 def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_message(tmp_path: Path) -> None:
     """A file saved with a UTF-8 BOM made its first line "not JSON"."""
     batch = tmp_path / "bom.jsonl"
