@@ -350,7 +350,12 @@ def _last_per_key(
 
 
 def swap_names(table: str) -> tuple[str, str, str]:
-    """``table`` and the names of its copy and of the old table during a swap (same schema)."""
+    """``table`` and the names of its copy and of the old table during a swap (same schema).
+
+    A name too long for the suffixes within MariaDB's 64 characters is cut, and ends in a digest
+    of the whole name: two tables that share their first 52 characters share no copy."""
     schema, dot, name = table.rpartition(".")
-    base = re.sub(r"[^A-Za-z0-9_]", "_", name)[:52]
+    base = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if len(base) > 52:
+        base = f"{base[:43]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return table, f"{schema}{dot}{base}__sg_new", f"{schema}{dot}{base}__sg_old"

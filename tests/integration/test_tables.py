@@ -48,7 +48,9 @@ def test_readers_never_see_an_empty_or_mixed_table_during_100_evaluations(
 ) -> None:
     source, sink = urls
     root = airmax_project(tmp_path / "proj", source, sink=sink, width="1d")
-    add_raw(source, [(city, T - dt.timedelta(minutes=10 * i + 1), float(i)) for city in CITIES for i in range(5)])
+    add_raw(
+        source, [(city, T - dt.timedelta(minutes=10 * i + 1), float(i)) for city in CITIES for i in range(5)]
+    )
     project = load(root)
     task = project.tasks[AGGREGATE]
     assert isinstance(task, agg.Task)
@@ -100,7 +102,9 @@ def test_an_upsert_updates_rows_by_key_and_inserts_new_ones(urls: tuple[str, str
     with tables.TableSink(target) as sink_:
         stamp = tables.time_value(sink_.db.flavor, T)
         sink_.write(columns, [("Gent", "pm25", "ug", 1.0, 1, stamp), ("Genk", "pm25", "ug", 2.0, 2, stamp)])
-        sink_.write(columns, [("Gent", "pm25", "ug", 10.0, 10, stamp), ("Leuven", "pm25", "ug", 3.0, 3, stamp)])
+        sink_.write(
+            columns, [("Gent", "pm25", "ug", 10.0, 10, stamp), ("Leuven", "pm25", "ug", 3.0, 3, stamp)]
+        )
     rows = [(r["city"], r["parameter_value"], r["num_measurements"]) for r in table(url)]
     assert rows == [("Genk", 2.0, 2), ("Gent", 10.0, 10), ("Leuven", 3.0, 3)]
 
@@ -137,3 +141,35 @@ def test_a_failed_swap_leaves_the_table_and_no_copy_behind(mariadb_url: str) -> 
         _, names = sink.db.query("SHOW TABLES")
     assert [r["city"] for r in table(mariadb_url)] == ["Gent"]
     assert sorted(n[0] for n in names) == [AGGREGATE, "raw"]
+
+
+@pytest.mark.mariadb
+def test_swaps_of_two_long_table_names_with_one_prefix_never_mix(mariadb_url: str) -> None:
+    """The copies were named after the table's first 52 characters: two tables that share them
+    shared one copy, so one swap dropped the other's copy, or swapped its rows in."""
+    prefix = "current_air_quality_per_city_parameter_and_unit_over_"
+    names = [prefix + "hour", prefix + "day"]
+    db = tables.TableDb(mariadb_url)
+    for name in names:
+        db.execute(f"CREATE TABLE {name} (task VARCHAR(8) NOT NULL, n INT NOT NULL)")
+    db.close()
+    errors: list[Exception] = []
+
+    def writer(name: str, tag: str) -> None:
+        with tables.TableSink(tables.TableTarget(url=mariadb_url, table=name)) as sink:
+            for n in range(30):
+                try:
+                    sink.write(["task", "n"], [(tag, n)])
+                except Exception as exc:  # any error here is the defect
+                    errors.append(exc)
+
+    threads = [
+        threading.Thread(target=writer, args=(name, tag)) for name, tag in zip(names, "HD", strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for name, tag in zip(names, "HD", strict=True):
+        assert [(r["task"], r["n"]) for r in table(mariadb_url, name, order="n")] == [(tag, 29)]
