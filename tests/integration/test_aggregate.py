@@ -310,6 +310,26 @@ def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) 
     assert _evaluations(root)[0]["path"] == "cur/20240310-1200.csv"
 
 
+@pytest.mark.pg
+def test_a_json_column_is_written_back_to_postgresql_and_into_the_file(tmp_path: Path, pg_url: str) -> None:
+    """A select returning jsonb failed every evaluation: psycopg read it as a dict and could not
+    send a dict back ("cannot adapt type 'dict'")."""
+    root = airmax_project(tmp_path / "proj", pg_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        " count(*) AS num_measurements, jsonb_build_object('min', min(parameter_value)) AS extra"
+        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    db = tables.TableDb(pg_url)
+    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN extra jsonb")
+    db.close()
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.0)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None)
+    assert [r["extra"] for r in table(pg_url)] == [{"min": 2.0}]
+    assert [r["extra"] for r in read_csv(root / "exports" / "cur" / "1200.csv")] == ['{"min": 2}']
+
+
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick

@@ -229,6 +229,11 @@ def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str],
 
 def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
     source = tables.TableDb(url)
+    if source.flavor == "postgresql":  # json values as their text: psycopg cannot send a dict back
+        from psycopg.types.string import TextLoader
+
+        for name in ("json", "jsonb"):
+            source.conn.adapters.register_loader(name, TextLoader)
     try:
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
