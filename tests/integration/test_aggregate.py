@@ -330,6 +330,22 @@ def test_a_json_column_is_written_back_to_postgresql_and_into_the_file(tmp_path:
     assert [r["extra"] for r in read_csv(root / "exports" / "cur" / "1200.csv")] == ['{"min": 2}']
 
 
+@pytest.mark.pg
+def test_a_numeric_result_goes_into_a_sqlite_table(tmp_path: Path, pg_url: str) -> None:
+    """round(avg(...)::numeric, 1) is a Decimal, which sqlite3 cannot bind: every evaluation into a
+    SQLite table failed ("type 'decimal.Decimal' is not supported")."""
+    sink = f"sqlite:///{tmp_path / 'sink.db'}"
+    root = airmax_project(tmp_path / "proj", pg_url, sink=sink)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, round(avg(parameter_value)::numeric, 1) AS parameter_value,"
+        " count(*) AS num_measurements FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.25)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None)
+    assert [(r["parameter_value"], r["num_measurements"]) for r in table(sink)] == [(3.1, 2)]
+
+
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick

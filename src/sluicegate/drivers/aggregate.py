@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import re
 import threading
 import time
@@ -296,7 +297,10 @@ def _write_table(
 
     with tables.TableSink(task.target) as sink:
         flavor = sink.db.flavor
-        stamped = [(*row[:-1], tables.time_value(flavor, row[-1], whole_seconds=True)) for row in rows]
+        cells = _sqlite_cell if flavor == "sqlite" else (lambda value: value)
+        stamped = [
+            (*map(cells, row[:-1]), tables.time_value(flavor, row[-1], whole_seconds=True)) for row in rows
+        ]
         try:
             sink.write(columns, stamped, stamp=(task.evaluation_column, tick), before_commit=before_commit)
         except tables.Superseded as exc:
@@ -310,6 +314,12 @@ def _write_table(
         store.finish(task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path)
     store.prune(task.name, before=tick - dt.timedelta(seconds=task.keep))
     return "done"
+
+
+def _sqlite_cell(value: Any) -> Any:
+    """A value as SQLite takes it: a Decimal (PostgreSQL's avg and sum of integers, MariaDB's of a
+    DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a number."""
+    return str(value) if isinstance(value, decimal.Decimal) else value
 
 
 def _lost(task: Task, tick: dt.datetime) -> str:
