@@ -188,17 +188,23 @@ class TableDb:
         return bool(rows)
 
     def folding_collation(self, table: str, column: str) -> str | None:
-        """The collation of ``column`` when it is not binary on MariaDB/MySQL (the default
-        ``utf8mb4_general_ci`` takes ``ABC`` for ``abc``, ``cafe`` for ``café`` and ``m1 `` for
-        ``m1``: a unique index on it drops a message whose id differs only so); else None."""
-        if self.flavor != "mariadb":
-            return None
+        """The collation of the unique index on ``column`` when it folds ids together, else None.
+
+        MariaDB's default ``utf8mb4_general_ci`` takes ``ABC`` for ``abc``, ``cafe`` for ``café``
+        and ``m1 `` for ``m1`` (only ``*nopad_bin`` and binary types are exact); so do SQLite's
+        ``NOCASE`` and ``RTRIM``, PostgreSQL's ``citext`` and nondeterministic collations. A
+        message whose id differs only so is dropped as a duplicate."""
         schema, _, name = table.rpartition(".")
-        rows = self.query(_MARIADB_COLLATION, (schema or None, name, column))[1]
-        collation = rows[0][0] if rows else None
-        if collation is None or str(collation).endswith("nopad_bin") or collation == "utf8mb4_0900_bin":
-            return None
-        return str(collation)
+        if self.flavor == "sqlite":
+            s = schema or None
+            rows = self.query(_SQLITE_COLLATION, (name, s, s, column, s))[1]
+        elif self.flavor == "postgresql":
+            rows = self.query(_PG_COLLATION, (self.quote(table), column))[1]
+        else:
+            rows = self.query(_MARIADB_COLLATION, (schema or None, name, column))[1]
+            exact = not rows or rows[0][0] is None or str(rows[0][0]).endswith("nopad_bin")
+            rows = [] if exact or rows[0][0] == "utf8mb4_0900_bin" else rows
+        return str(rows[0][0]) if rows else None
 
 
 # SQLite: a unique index of one column, or the table's primary key when it is that column alone
@@ -222,6 +228,20 @@ _MARIADB_UNIQUE = (
     " GROUP BY index_name HAVING count(*) = 1 AND max(non_unique) = 0 AND max(column_name) = ?"
 )
 
+_SQLITE_COLLATION = (
+    "SELECT x.coll FROM pragma_index_list(?, ?) AS l JOIN pragma_index_xinfo(l.name, ?) AS x"
+    " WHERE l.\"unique\" = 1 AND x.key = 1 AND x.name = ? AND upper(x.coll) <> 'BINARY'"
+    " AND (SELECT count(*) FROM pragma_index_info(l.name, ?)) = 1"
+)
+_PG_COLLATION = (
+    "SELECT CASE WHEN t.typname = 'citext' THEN 'citext' ELSE c.collname END FROM pg_catalog.pg_index i"
+    " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+    " JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+    " LEFT JOIN pg_catalog.pg_collation c ON c.oid = i.indcollation[0]"
+    " WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1"
+    " AND a.attname = %s"
+    " AND (t.typname = 'citext' OR NOT coalesce(c.collisdeterministic, true))"
+)
 _MARIADB_COLLATION = (
     "SELECT collation_name FROM information_schema.columns"
     " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_name = ?"

@@ -358,7 +358,7 @@ def test_a_mariadb_id_column_that_folds_case_is_refused_before_any_message(
     for command in (["check"], ["ingest", TASK, str(batch)]):
         result = cli(root, *command)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
-        assert "folds.mid compares message ids by collation utf8mb4_" in result.stderr, result.stderr
+        assert "folds.mid compares message ids by utf8mb4_" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(0,)]
     _execute(mariadb_url, "ALTER TABLE folds MODIFY mid VARCHAR(64) NOT NULL COLLATE utf8mb4_nopad_bin")
@@ -390,6 +390,39 @@ def test_a_mariadb_server_without_strict_mode_truncates_nothing(tmp_path: Path, 
         admin.close()
     assert (summary.inserted, summary.duplicates, summary.malformed_count) == (0, 0, 4), summary
     assert _raw(mariadb_url) == []
+
+
+@pytest.mark.parametrize(
+    ("backend", "id_type"),
+    [
+        pytest.param("sqlite", "TEXT COLLATE NOCASE", id="sqlite-nocase"),
+        pytest.param("sqlite", "TEXT COLLATE RTRIM", id="sqlite-rtrim"),
+        pytest.param("pg", "citext", id="pg-citext", marks=pytest.mark.pg),
+        pytest.param("pg", 'text COLLATE "sg_ci"', id="pg-nondeterministic", marks=pytest.mark.pg),
+    ],
+)
+def test_an_id_column_that_folds_case_is_refused_on_sqlite_and_postgresql(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, id_type: str
+) -> None:
+    """As on MariaDB: ON CONFLICT (mid) DO NOTHING took ABC for abc and dropped it as a duplicate."""
+    url = str(request.getfixturevalue("pg_url")) if backend == "pg" else f"sqlite:///{tmp_path / 'a.db'}"
+    root = airmax_project(tmp_path / "proj", url)
+    if id_type == "citext":
+        _execute(url, "CREATE EXTENSION IF NOT EXISTS citext")
+    if "sg_ci" in id_type:
+        _execute(
+            url, "CREATE COLLATION sg_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+        )
+    _execute(url, f"CREATE TABLE folds (mid {id_type} NOT NULL UNIQUE, at TEXT NOT NULL)")
+    (root / "tasks" / TASK / "task.toml").write_text(
+        'kind = "ingest"\ntable = "folds"\n[columns]\nmid = "id"\nat = "date_utc"\n'
+    )
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join(line(i) for i in ("abc", "ABC", "m1", "m1 ")) + "\n")
+    result = cli(root, "ingest", TASK, str(batch))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "folds.mid compares message ids by " in result.stderr and "Traceback" not in result.stderr
+    assert _query(url, "SELECT count(*) FROM folds") == [(0,)]
 
 
 def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_message(tmp_path: Path) -> None:

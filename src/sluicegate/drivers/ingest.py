@@ -88,6 +88,14 @@ def _columns(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+# How to make a message id column compare exactly, per database.
+_EXACT = {
+    "mariadb": "ALTER TABLE {table} MODIFY {key} VARCHAR(255) NOT NULL COLLATE utf8mb4_nopad_bin",
+    "postgresql": 'ALTER TABLE {table} ALTER {key} TYPE text COLLATE "C"',
+    "sqlite": "declare {key} TEXT without COLLATE NOCASE or RTRIM (SQLite cannot alter it: copy the table)",
+}
+
+
 def summarize(ingested: IngestSummary, summary: TaskSummary) -> None:
     """Put an ingest's counts into a run summary: malformed messages are its failed units."""
     summary.ingest = ingested.as_dict()
@@ -157,12 +165,12 @@ def check(task: Task, source: Source) -> list[str]:
                 f" create one (CREATE UNIQUE INDEX {index} ON {table} ({key})): without it a"
                 " redelivered message is refused, or inserted again"
             ]
-        if collation := target.folding_collation(table, key):  # MariaDB: ABC = abc, cafe = café
+        if collation := target.folding_collation(table, key):  # ABC = abc, cafe = café
+            fix = _EXACT[target.flavor].format(table=table, key=key)
             return [
-                f"{toml} table: {table}.{key} compares message ids by collation {collation}, which takes"
-                f" ids that differ in case, accents or trailing spaces for the same one (a message is"
-                f" lost as a duplicate); make it exact (ALTER TABLE {table} MODIFY {key}"
-                " VARCHAR(255) NOT NULL COLLATE utf8mb4_nopad_bin)"
+                f"{toml} table: {table}.{key} compares message ids by {collation}, which takes ids that"
+                " differ in case, accents or trailing spaces for the same one (a message is lost as a"
+                f" duplicate); make the comparison exact: {fix}"
             ]
     except SluicegateError as exc:
         if is_transient(exc):  # the database is down: an outage, not a problem of the task
