@@ -346,6 +346,37 @@ def test_a_numeric_result_goes_into_a_sqlite_table(tmp_path: Path, pg_url: str) 
     assert [(r["parameter_value"], r["num_measurements"]) for r in table(sink)] == [(3.1, 2)]
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize("sink_kind", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_an_array_and_a_uuid_from_postgresql_go_into_another_database_as_text(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_url: str, sink_kind: str
+) -> None:
+    """An array went into MariaDB as Python's repr (['m0'], silently), and into SQLite not at all
+    ("type 'list' is not supported"), as did a uuid."""
+    sink = (
+        f"sqlite:///{tmp_path / 'sink.db'}"
+        if sink_kind == "sqlite"
+        else request.getfixturevalue("mariadb_url")
+    )
+    root = airmax_project(tmp_path / "proj", pg_url, sink=sink)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        " count(*) AS num_measurements, array_agg(message_id ORDER BY message_id) AS ids,"
+        " '6ecd8c99-4036-403d-bf84-cf8400f67836'::uuid AS u"
+        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    db = tables.TableDb(sink)
+    for column in ("ids", "u"):
+        db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN {column} TEXT")
+    db.close()
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.0)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None)
+    assert [(r["ids"], r["u"]) for r in table(sink)] == [
+        ('["m0", "m1"]', "6ecd8c99-4036-403d-bf84-cf8400f67836")
+    ]
+
+
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import json
 import re
 import threading
 import time
@@ -297,7 +298,7 @@ def _write_table(
 
     with tables.TableSink(task.target) as sink:
         flavor = sink.db.flavor
-        cells = _sqlite_cell if flavor == "sqlite" else (lambda value: value)
+        cells = _foreign_cell if flavor != "postgresql" else (lambda value: value)
         stamped = [
             (*map(cells, row[:-1]), tables.time_value(flavor, row[-1], whole_seconds=True)) for row in rows
         ]
@@ -316,10 +317,15 @@ def _write_table(
     return "done"
 
 
-def _sqlite_cell(value: Any) -> Any:
-    """A value as SQLite takes it: a Decimal (PostgreSQL's avg and sum of integers, MariaDB's of a
-    DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a number."""
-    return str(value) if isinstance(value, decimal.Decimal) else value
+def _foreign_cell(value: Any) -> Any:
+    """A value as SQLite and MariaDB take it: a Decimal (PostgreSQL's avg of integers, MariaDB's of
+    a DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a number; a PostgreSQL
+    array as JSON text (MariaDB's driver sent Python's repr, SQLite's none); a uuid as its text."""
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, list):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return value
 
 
 def _lost(task: Task, tick: dt.datetime) -> str:
