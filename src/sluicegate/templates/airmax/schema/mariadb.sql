@@ -2,10 +2,12 @@
 -- 8,388,607 rows, about 58 days at 100 rows a minute), message ids that may not repeat, the
 -- index on measurement_time_utc that every window query needs (airmax had none: each
 -- evaluation scanned the whole table), and a key on current_air_quality.
+-- message_id compares exactly (utf8mb4_nopad_bin; on MySQL 8 use utf8mb4_0900_bin): the default
+-- utf8mb4_general_ci took ABC for abc and dropped the second message as a duplicate.
 -- Times are DATETIME(6) in UTC (microseconds, as a message may carry them). `sluicegate generate --dataset airmax` runs this file.
 CREATE TABLE IF NOT EXISTS raw (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    message_id VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,  -- exact: abc is not ABC, cafe not café
+    message_id VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,
     message_send_time_utc DATETIME(6),
     measurement_time_utc DATETIME(6) NOT NULL,
     country_code VARCHAR(2),
