@@ -173,3 +173,30 @@ def test_swaps_of_two_long_table_names_with_one_prefix_never_mix(mariadb_url: st
     assert errors == []
     for name, tag in zip(names, "HD", strict=True):
         assert [(r["task"], r["n"]) for r in table(mariadb_url, name, order="n")] == [(tag, 29)]
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("mode", ["replace", "upsert"])
+def test_groups_that_differ_only_in_case_are_two_rows_in_the_mariadb_table(
+    tmp_path: Path, mariadb_url: str, mode: str
+) -> None:
+    """The example's MariaDB table keyed its groups case-insensitively: Gent and GENT from a
+    SQLite (or PostgreSQL) select failed every evaluation ("Duplicate entry"), or with upsert
+    became one row with GENT's name and Gent's mean."""
+    source = f"sqlite:///{tmp_path / 'airmax.db'}"
+    extra = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]' if mode == "upsert" else ""
+    root = airmax_project(tmp_path / "proj", source, sink=mariadb_url, destination_extra=extra)
+    add_raw(source, [("Gent", T - dt.timedelta(minutes=5), 1.0), ("GENT", T - dt.timedelta(minutes=6), 3.0),
+                     ("Gent", T - dt.timedelta(minutes=7), 5.0)])  # fmt: skip
+    project = load(root)
+    context = Context.open(project)
+    try:
+        result = agg.evaluate(context, project.tasks[AGGREGATE], T)  # type: ignore[arg-type]
+    finally:
+        context.close()
+    assert (result.state, result.error) == ("done", None)
+    rows = table(mariadb_url, order="num_measurements")
+    assert [(r["city"], r["parameter_value"], r["num_measurements"]) for r in rows] == [
+        ("GENT", 3.0, 1),
+        ("Gent", 3.0, 2),
+    ]

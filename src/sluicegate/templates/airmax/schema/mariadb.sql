@@ -23,10 +23,12 @@ CREATE TABLE IF NOT EXISTS raw (
     UNIQUE KEY raw_message_id (message_id),
     KEY raw_measurement_time (measurement_time_utc)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+-- Its key compares exactly too: a select on SQLite or PostgreSQL groups Gent and GENT apart, and a
+-- case-insensitive key failed each evaluation with "Duplicate entry" (or merged them, with upsert).
 CREATE TABLE IF NOT EXISTS current_air_quality (
-    city VARCHAR(255) NOT NULL,
-    parameter_name VARCHAR(255) NOT NULL,
-    parameter_unit VARCHAR(255) NOT NULL,
+    city VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,
+    parameter_name VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,
+    parameter_unit VARCHAR(255) COLLATE utf8mb4_nopad_bin NOT NULL,
     parameter_value DOUBLE,
     num_measurements BIGINT NOT NULL,
     evaluation_time_utc DATETIME NOT NULL,
