@@ -304,7 +304,8 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     if task.time:
         assert cap.time
         cols.append(source.dialect.bin_expr(q(cap.time), time_ending))
-    select = f"SELECT DISTINCT {', '.join(cols) or '1'} FROM {table}"
+    exact = source.dialect.exact_copies(cols[: len(task.keys)])
+    select = f"SELECT DISTINCT {', '.join(cols + exact) or '1'} FROM {table}"
     params: list[Any] = []
     if since is not None:
         if source.dialect is db.SQLITE:
@@ -313,7 +314,8 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
         else:
             select += f" WHERE {q(cap.cursor)} > %s"
             params.append(since)
-    changes = _one_bin_each(source.execute(select, params), len(task.keys), timed=task.time is not None)
+    rows = [r[: len(cols)] for r in source.execute(select, params)]
+    changes = _one_bin_each(rows, len(task.keys), timed=task.time is not None)
     parts = fold(task, changes, ZoneMap(task, source), wall_zone(task, source, cap.table, cap.time))
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
@@ -339,11 +341,14 @@ def backfill(
     ``progress(done, total)`` is called after each week. Returns the partitions marked.
     """
     q = source.dialect.quote
-    select = f"SELECT DISTINCT {', '.join(f'q.{q(k)}' for k in task.keys) or '1'}"
+    keys = [f"q.{q(k)}" for k in task.keys]
+    exact = "".join(f", {c}" for c in source.dialect.exact_copies(keys))  # cut off each row below
+    select = f"SELECT DISTINCT {', '.join(keys) or '1'}"
     zones = ZoneMap(task, source)
     if task.time is None:
-        rows = source.execute(f"{select} FROM ({task.select_sql}) AS q")
-        return ledger.partitions.mark(fold(task, [(r, None, None) for r in rows], zones), task)
+        rows = source.execute(f"{select}{exact} FROM ({task.select_sql}) AS q")
+        keyed = [(r[: len(keys)], None, None) for r in rows]
+        return ledger.partitions.mark(fold(task, keyed, zones), task)
     column = f"q.{q(task.time.column)}"
     lo, hi = _time_range(task, source, column, time_min, time_max)
     if lo is None or hi is None:
@@ -355,10 +360,10 @@ def backfill(
     for week in range(weeks):
         start, end = lo + week * BACKFILL_STEP, min(lo + (week + 1) * BACKFILL_STEP, hi)
         rows = source.execute(
-            f"{select}, {bin_sql} FROM ({task.select_sql}) AS q WHERE {_between(source, column)}",
+            f"{select}, {bin_sql}{exact} FROM ({task.select_sql}) AS q WHERE {_between(source, column)}",
             _bounds(source, start, end),
         )
-        changes = _one_bin_each(rows, len(task.keys), timed=True)
+        changes = _one_bin_each([r[: len(keys) + 1] for r in rows], len(task.keys), timed=True)
         new = [p for p in fold(task, changes, zones, wall) if p.pkey not in marked]
         ledger.partitions.mark(new, task)
         marked.update(p.pkey for p in new)

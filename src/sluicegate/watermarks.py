@@ -178,11 +178,10 @@ def unreadable_cursors(task: TaskSpec, source: Any, *, first: bool = False) -> l
 
 def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     """Every entity present in the source, with one query."""
-    q = source.dialect.quote
-    rows = source.execute(
-        f"SELECT DISTINCT q.{q(task.entity)} FROM ({task.select_sql}) AS q "
-        f"WHERE q.{q(task.entity)} IS NOT NULL"
-    )
+    column = f"q.{source.dialect.quote(task.entity)}"
+    listed = ", ".join([column, *source.dialect.exact_copies([column])])
+    query = f"SELECT DISTINCT {listed} FROM ({task.select_sql}) AS q WHERE {column} IS NOT NULL"
+    rows = source.execute(query)
     return sorted((r[0] for r in rows), key=str)
 
 

@@ -76,10 +76,15 @@ def test_datetime_zone_on_a_timestamp_time_column_is_refused(mariadb_url: str, t
     source = open_source(mariadb_url)
     try:
         spec = ReadSpec(
-            select_sql="SELECT id, ts FROM t", folder=tmp_path, time_column="ts", datetime_zone="Europe/Brussels"
+            select_sql="SELECT id, ts FROM t",
+            folder=tmp_path,
+            time_column="ts",
+            datetime_zone="Europe/Brussels",
         )
         window = Slice(start=dt.datetime(2024, 3, 1, tzinfo=UTC), end=dt.datetime(2024, 3, 2, tzinfo=UTC))
-        with pytest.raises(ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"):
+        with pytest.raises(
+            ConfigError, match=r"\[time\] datetime_zone: the time column ts is not a DATETIME"
+        ):
             list(source.read(spec, [window], source.describe(spec), "rows"))
     finally:
         source.close()
@@ -93,7 +98,12 @@ def test_column_kinds_follow_the_result_types(mariadb_url: str, tmp_path: Path) 
         )
     source = open_source(mariadb_url)
     try:
-        columns = source.describe(ReadSpec(select_sql="SELECT k.*, CAST(n AS DECIMAL(5,0)) AS n0, CAST(7 AS UNSIGNED) + 0.5 AS nu FROM k", folder=tmp_path))
+        columns = source.describe(
+            ReadSpec(
+                select_sql="SELECT k.*, CAST(n AS DECIMAL(5,0)) AS n0, CAST(7 AS UNSIGNED) + 0.5 AS nu FROM k",
+                folder=tmp_path,
+            )
+        )
     finally:
         source.close()
     kinds = {c.name: (c.kind, c.as_text) for c in columns}
@@ -142,7 +152,8 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     assert cli(root, "install").returncode == 0
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
-            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)", [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)]
+            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)",
+            [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)],
         )
         conn.commit()
     ran = cli(root, "run", "--json")
@@ -153,6 +164,38 @@ def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
         "gent/20240301.csv": [{"city": "gent", "at": "2024-03-01T10:00:00+00:00", "v": "2"}],
         "Gent /20240301.csv": [{"city": "Gent ", "at": "2024-03-01T10:00:00+00:00", "v": "3"}],
     }
+
+
+@pytest.mark.parametrize("how", ["backfill", "scan"])
+def test_a_backfill_or_scan_marks_keys_differing_only_in_case_or_trailing_spaces(
+    mariadb_url: str, tmp_path: Path, how: str
+) -> None:
+    """As above, for the partitions a backfill or a scan finds: their SELECT DISTINCT compared the
+    keys by the column's collation and returned Gent, gent and 'Gent ' as one city, so two of the
+    three were never marked and their rows were in no file."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(32) CHARACTER SET utf8mb4"
+            " COLLATE utf8mb4_general_ci NOT NULL, at DATETIME(6) NOT NULL, v DOUBLE)"
+        )
+        cur.executemany(
+            "INSERT INTO readings (city, at, v) VALUES (?, '2024-03-01 10:00:00', ?)",
+            [("Gent", 1.0), ("gent", 2.0), ("Gent ", 3.0)],
+        )
+        conn.commit()
+    capture = (
+        '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "at"\n' if how == "scan" else ""
+    )
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, v FROM readings", capture)
+    if how == "backfill":
+        assert cli(root, "backfill", "cities").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): [r["v"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+        "Gent/20240301.csv": ["1"], "gent/20240301.csv": ["2"], "Gent /20240301.csv": ["3"],
+    }  # fmt: skip
 
 
 def test_triggers_installed_for_another_boundary_are_reported_and_replaced(
@@ -202,8 +245,12 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        cur.execute("ALTER TABLE sluicegate_partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
-        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'a', '{}', 0)")
+        cur.execute(
+            "ALTER TABLE sluicegate_partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+        )
+        cur.execute(
+            "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'a', '{}', 0)"
+        )
         cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-1' WHERE `key` = 'schema_version'")
         conn.commit()
     with Ledger(mariadb_url) as ledger:
@@ -211,7 +258,9 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
         assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-2", "utf8mb4_bin")
-        cur.execute("INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)")
+        cur.execute(
+            "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)"
+        )
         cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
         assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters
 
@@ -270,13 +319,17 @@ def test_two_result_columns_of_one_name_are_a_config_error(mariadb_url: str, tmp
     source = MariaDbSource(mariadb_url)
     try:
         spec = ReadSpec(select_sql="SELECT 1 AS v, 2 AS v", folder=tmp_path)
-        with pytest.raises(ConfigError, match=r"select.sql: the query failed: Duplicate column name 'v'; fix the SQL"):
+        with pytest.raises(
+            ConfigError, match=r"select.sql: the query failed: Duplicate column name 'v'; fix the SQL"
+        ):
             source.describe(spec)
     finally:
         source.close()
 
 
-def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(mariadb_url: str, tmp_path: Path) -> None:
+def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(
+    mariadb_url: str, tmp_path: Path
+) -> None:
     """A zero DATETIME (0000-00-00, allowed by a lax sql_mode) made MariaDB Connector/Python
     raise "year 0 is out of range", and the partition failed with that text alone. Now the error
     says what it is and what to do, and the other partition of the batch is exported (its YEAR of
@@ -284,7 +337,9 @@ def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(mariadb_url
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
         cur.execute("SET SESSION sql_mode = ''")
-        cur.execute("CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, y YEAR, d DATETIME)")
+        cur.execute(
+            "CREATE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL, y YEAR, d DATETIME)"
+        )
         cur.execute(
             "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0, '2024-01-01'),"
             " ('Leuven', '2024-03-01 10:00:00', 2024, '0000-00-00 00:00:00')"
@@ -323,7 +378,9 @@ def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_
                 "CREATE OR REPLACE TABLE readings (city VARCHAR(32) NOT NULL, at DATETIME(6) NOT NULL,"
                 " w VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL)"
             )
-            cur.executemany("INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', ?)", [(w,) for w in order])
+            cur.executemany(
+                "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', ?)", [(w,) for w in order]
+            )
             conn.commit()
         assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
         ran = cli(root, "run", "--json")
@@ -343,7 +400,9 @@ def test_decimals_are_written_as_mariadb_writes_them_never_with_an_exponent(
     small values: 0.0000000001 in a DECIMAL(20,10) was written 1E-10, its zero 0E-10."""
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), d DECIMAL(20,10), e DECIMAL(12,0))")
+        cur.execute(
+            "CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), d DECIMAL(20,10), e DECIMAL(12,0))"
+        )
         cur.execute(
             "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0.0000000001, 100000000000),"
             " ('Gent', '2024-03-01 10:01:00', 0, 0), ('Gent', '2024-03-01 10:02:00', -0.0000001, -5)"
@@ -380,9 +439,13 @@ def test_an_error_in_the_middle_of_a_batch_fails_its_partition_and_not_the_proce
             "INSERT INTO readings VALUES (?, ?, '2024-03-01 10:00:00')",
             [(i, city) for city in ("Gent", "Leuven", "Namur") for i in range(2_000)],
         )
-        cur.execute("INSERT INTO names VALUES ('Gent', 'Ghent'), ('Leuven', 'Louvain'), ('Leuven', 'Löwen'), ('Namur', 'Namen')")
+        cur.execute(
+            "INSERT INTO names VALUES ('Gent', 'Ghent'), ('Leuven', 'Louvain'), ('Leuven', 'Löwen'), ('Namur', 'Namen')"
+        )
         conn.commit()
-    select = "SELECT id, city, at, (SELECT name FROM names WHERE names.city = r.city) AS name FROM readings AS r"
+    select = (
+        "SELECT id, city, at, (SELECT name FROM names WHERE names.city = r.city) AS name FROM readings AS r"
+    )
     root = _cities(tmp_path, mariadb_url, select)
     task = root / "tasks" / "cities" / "task.toml"
     task.write_text(task_extra + task.read_text())
@@ -393,7 +456,9 @@ def test_an_error_in_the_middle_of_a_batch_fails_its_partition_and_not_the_proce
     [summary] = json.loads(ran.stdout)
     assert (summary["exported"], summary["failed"]) == (2, 1), summary
     [error] = summary["errors"]
-    assert error.startswith('["Leuven","2024-03-01"]: ') and error.endswith("Subquery returns more than 1 row")
+    assert error.startswith('["Leuven","2024-03-01"]: ') and error.endswith(
+        "Subquery returns more than 1 row"
+    )
     for city, name in (("Gent", "Ghent"), ("Namur", "Namen")):
         rows = read_csv(tmp_path / "out" / city / "20240301.csv")
         assert sorted(int(r["id"]) for r in rows) == list(range(2_000))
@@ -409,7 +474,10 @@ def test_a_float_column_is_written_as_postgresql_writes_a_real(mariadb_url: str,
         cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), f FLOAT, d DOUBLE)")
         cur.executemany(
             "INSERT INTO readings VALUES ('Gent', ?, ?, 0.1)",
-            [(f"2024-03-01 10:0{i}:00", v) for i, v in enumerate([0.1, 1234567.0, 123456.0, 1e-05, -2.5, 3.4028234663852886e38, None])],
+            [
+                (f"2024-03-01 10:0{i}:00", v)
+                for i, v in enumerate([0.1, 1234567.0, 123456.0, 1e-05, -2.5, 3.4028234663852886e38, None])
+            ],
         )
         conn.commit()
     root = _cities(tmp_path, mariadb_url, "SELECT city, at, f, d FROM readings")
@@ -430,14 +498,18 @@ def test_a_value_parquet_cannot_hold_names_a_cast_mariadb_accepts(mariadb_url: s
         cur.execute("INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 18446744073709551615)")
         conn.commit()
     root = _cities(tmp_path, mariadb_url, "SELECT city, at, ub FROM readings")
-    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"csv"', '"parquet"'))
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace('"csv"', '"parquet"')
+    )
     assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 1, ran.stdout + ran.stderr
     [error] = json.loads(ran.stdout)[0]["errors"]
     assert "column 'ub' (int) could not be encoded as Parquet" in error
     assert "CAST(ub AS TEXT) AS ub (AS CHAR on MariaDB;" in error
-    (root / "tasks" / "cities" / "select.sql").write_text("SELECT city, at, CAST(ub AS CHAR) AS ub FROM readings")
+    (root / "tasks" / "cities" / "select.sql").write_text(
+        "SELECT city, at, CAST(ub AS CHAR) AS ub FROM readings"
+    )
     assert cli(root, "reexport", "cities", "city=Gent").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
