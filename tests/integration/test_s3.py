@@ -178,6 +178,26 @@ def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     assert status["failed"] == 0 and status["retrying"] == 2
 
 
+def test_missing_credentials_are_a_terminal_failure_that_names_the_settings(
+    tmp_path: Path, moto_s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No key anywhere was "Unable to locate credentials; will retry", retried 5 times with backoff."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "absent"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = f'endpoint_url = "{moto_s3.endpoint_url}"'
+    root, _db = _project(tmp_path, f"s3://{moto_s3.make_bucket()}", endpoint)
+    [summary] = engine.run(load(root))
+    assert summary.failed == 2
+    [status] = operations.status(load(root))
+    assert status["failed"] == 2 and status["retrying"] == 0, status
+    assert all("access_key_id" in f["error"] and "retry" not in f["error"] for f in status["failures"])
+    [problem] = operations.check_project(load(root))
+    assert "access_key_id" in problem and "retry" not in problem, problem
+
+
 def test_a_partition_parked_after_its_last_attempt_does_not_say_will_retry(tmp_path: Path) -> None:
     """Its error was shown as the transient one it got, "...; will retry", though nothing will."""
     extra = 'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "k"\nsecret_access_key = "s"'

@@ -232,9 +232,9 @@ def test_a_small_object_is_sent_in_one_go_without_waiting_for_100_continue(
 ) -> None:
     """botocore sends every body with ``Expect: 100-continue`` and waits for the go-ahead (a
     round trip more per object); sluicegate keeps that for bodies above SMALL_BODY bytes."""
-    from sluicegate.destinations import s3, s3_crt
+    from sluicegate.destinations import s3_crt, s3_session
 
-    monkeypatch.setattr(s3, "SMALL_BODY", 2 * MiB if in_memory else 64 * 1024)  # SMALL is ~1 MB
+    monkeypatch.setattr(s3_session, "SMALL_BODY", 2 * MiB if in_memory else 64 * 1024)  # SMALL is ~1 MB
     monkeypatch.setattr(s3_crt, "crt_puts", lambda *_: None)  # as with s3_client = "boto3"
     store.proxy.clear_log()
     first = _export(store)

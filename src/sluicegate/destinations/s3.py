@@ -30,8 +30,6 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import botocore.handlers
-import botocore.utils
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -41,7 +39,7 @@ from ..paths import shown
 from ..specs import DestinationSettings
 from ..validate import s3_bucket_problem
 from . import SpooledUpload, Staged, remove_stale_spools
-from .s3_session import shared_session
+from .s3_session import NO_CREDENTIALS, continue_only_for_large_bodies, shared_session
 
 if TYPE_CHECKING:
     from .s3_crt import CrtPuts
@@ -49,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluicegate")
 
 KEY_MAX = 1024  # bytes in an S3 object key
-SMALL_BODY = 1024 * 1024  # bytes up to which a body goes without "Expect: 100-continue"
 PROBE_PREFIX = ".sluicegate-probe-"  # + a random name: the conditional-write probe's object
 UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart upload is abandoned
 # Worth retrying: throttling, the store's own failures, and a body that arrived damaged or
@@ -92,7 +89,7 @@ class S3Destination(SpooledUpload):
                     max_pool_connections=settings.uploads_in_flight + 4,
                 ),
             )
-            _continue_only_for_large_bodies(self.client)
+            continue_only_for_large_bodies(self.client)
             self._crt: CrtPuts | None = None
             if settings.s3_client == "crt":
                 from .s3_crt import crt_puts  # awscrt only where it is used
@@ -441,6 +438,11 @@ class S3Destination(SpooledUpload):
             if status >= 500 or status in (408, 429) or error.get("Code") in _RETRYABLE_CODES:
                 raise DestinationUnavailable(message + "; will retry") from exc
             raise TerminalError(message + "; check the bucket, credentials and permissions") from exc
+        except NO_CREDENTIALS as exc:  # retrying finds none
+            raise TerminalError(
+                f"{where}: {exc}; set access_key_id and secret_access_key under [destination],"
+                " or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
+            ) from exc
         except BotoCoreError as exc:
             raise DestinationUnavailable(f"{where}: {exc}; will retry") from exc
 
@@ -466,27 +468,6 @@ def _check_uploaded(where: str, size: int, answer: Any, head: Any, sha256: str |
         raise DestinationUnavailable(
             f"{where} {' and '.join(problems)} after the upload: it was replaced meanwhile; will retry"
         )
-
-
-def _continue_only_for_large_bodies(client: Any) -> None:
-    """Have ``client`` send ``Expect: 100-continue`` only with bodies above SMALL_BODY bytes.
-
-    botocore sends it with every S3 body and then waits for the store's ``100 Continue``
-    before the first byte: a round trip more per object, 30 ms more per PUT to another
-    region, for a check (is the request refused before its body is sent?) that only pays off
-    on large bodies.
-    """
-    standard = getattr(botocore.handlers, "add_expect_header", None)
-    if standard is None:  # a botocore without it sends no Expect header at all
-        return
-    client.meta.events.unregister("before-call.s3", standard)
-
-    def expect_large(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
-        body = params.get("body")
-        if body is not None and (botocore.utils.determine_content_length(body) or 0) > SMALL_BODY:
-            standard(model, params, **kwargs)
-
-    client.meta.events.register("before-call.s3", expect_large)
 
 
 class _Refused(Exception):
