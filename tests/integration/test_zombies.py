@@ -186,3 +186,29 @@ def test_an_endpoint_that_ignores_conditions_is_detected_and_still_fenced(
     assert (summary["exported"], summary["lost"]) == (0, 1), summary
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == body
     assert str(NEW_VALUE) in _values(body)
+
+
+@pytest.mark.parametrize("status", [501, 400])
+def test_an_endpoint_that_refuses_conditional_headers_is_detected_and_exports(
+    tmp_path: Path,
+    seaweed_bucket: tuple[str, str, str, str],
+    fault_proxy: Callable[[str], Any],
+    status: int,
+) -> None:
+    """A store that answers a conditional PUT with 501 NotImplemented (as AWS did before it had
+    conditional writes) or 400, instead of ignoring the header: its first probe PUT failed as
+    "NotImplemented; will retry", so every partition failed until parked."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    proxy.fail("PUT", r"\.sluicegate-probe-", status=status, times=None, code="NotImplemented")
+    extra = f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root, _db = _project(tmp_path, url, f"s3://{bucket}", extra)
+    check = cli(root, "check")
+    assert check.returncode == 0, check.stderr
+    assert "ignores conditional writes" in check.stderr, check.stderr
+    run = cli(root, "run", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    [summary] = json.loads(run.stdout)
+    assert (summary["exported"], summary["failed"]) == (1, 0), summary
+    assert _s3(endpoint, key, secret).get_object(Bucket=bucket, Key=KEY)["ContentLength"] > 0

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
@@ -168,34 +168,31 @@ class S3Destination(SpooledUpload):
 
     def _probe(self) -> bool:
         key = self.key(f"{PROBE_PREFIX}{uuid.uuid4().hex}")
-        try:
-            with self._errors(key):
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
-            refused = [
-                self._refused(
-                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
-                ),
-                self._refused(
-                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfMatch='"0"')
-                ),
-            ]
+
+        def put(**condition: str) -> Callable[[], Any]:
+            return lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **condition)
+
+        try:  # a store that refuses the headers (400, 501) instead of ignoring them honours none
+            if self._answer(put(IfNoneMatch="*")) != "ok":
+                return False
+            return self._answer(put(IfNoneMatch="*")) == self._answer(put(IfMatch='"0"')) == "refused"
         finally:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
-        return all(refused)
 
-    def _refused(self, call: Any) -> bool:
+    def _answer(self, call: Callable[[], Any]) -> str:
+        """How the store answered a probe's conditional PUT: "ok", "refused" or "not understood"."""
         try:
             with self._errors("probe", refusals=False):
                 call()
         except ClientError as exc:
             if _precondition_failed(exc):
-                return True
+                return "refused"
             if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) in (400, 501):
-                return False  # conditions not understood
-            with self._errors("probe"):
+                return "not understood"
+            with self._errors(self.key(PROBE_PREFIX)):
                 raise
-        return False
+        return "ok"
 
     def _current(self, path: str) -> str:
         """The condition that matches the object now at ``path``: its ETag, or "*" when absent."""
