@@ -169,6 +169,21 @@ def test_seaweed_wrong_secret_is_a_terminal_failure(
     assert "not-the-secret" not in " ".join(summary.errors)
 
 
+def test_check_fails_when_the_credentials_cannot_write_to_the_bucket(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], fault_proxy: Any
+) -> None:
+    """Read-only credentials (every PUT 403 AccessDenied) passed `check` ("ok", exit 0, a mere
+    warning) though `check` says it tests that the destination can be written; `run` then failed."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    proxy.fail("PUT", None, status=403, times=None, code="AccessDenied")
+    extra = f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    root, _db = _project(tmp_path, f"s3://{bucket}/exports", extra)
+    check = cli(root, "check")
+    assert check.returncode != 0, check.stdout + check.stderr
+    assert "[destination] url" in check.stderr and "AccessDenied" in check.stderr, check.stderr
+
+
 def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     extra = 'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "k"\nsecret_access_key = "s"'
     root, _db = _project(tmp_path, "s3://nowhere", extra, backoff="1h")

@@ -380,9 +380,11 @@ class S3Destination(SpooledUpload):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def check(self) -> None:
-        """Check the bucket is reachable and writable."""
+        """Check the bucket is reachable and writable: the conditional-write probe PUTs (and
+        deletes) an object under the prefix, so read-only credentials fail here, not in a run."""
         with self._errors(self.key(".sluicegate-probe")):
             self.client.head_bucket(Bucket=self.bucket)
+        self.conditional()
 
     def cleanup(self, older_than: float) -> int:
         """Remove dead processes' spools and probe objects older than ``older_than`` s, and abort
