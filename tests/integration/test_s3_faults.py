@@ -269,3 +269,20 @@ def test_an_object_replaced_between_upload_and_check_is_not_recorded(store: Stor
     assert (second.exported, second.failed) == (1, 0), second
     _exactly_once(store)
     assert store.s3.get_object(Bucket=store.bucket, Key=name)["Body"].read() != strangers[0]
+
+
+def test_an_object_deleted_between_upload_and_check_is_retried_not_parked(store: Store) -> None:
+    """Someone (a person, a lifecycle rule, another worker placing an emptied partition) deletes
+    the object just before sluicegate's HEAD after a multipart upload: the HEAD's 404 parked the
+    partition at once as "404 Not Found; check the bucket, credentials and permissions"."""
+    store.proxy.before(
+        lambda _: store.s3.delete_object(Bucket=store.bucket, Key=BIG),
+        method="HEAD",
+        path_regex=on_the_wire(BIG) + "$",
+    )
+    first = _export(store)
+    assert (first.exported, first.failed) == (1, 1), first
+    _waits_for_retry(store, BIG, "deleted")
+    second = _export(store)
+    assert (second.exported, second.failed) == (1, 0), second
+    _exactly_once(store)

@@ -201,7 +201,7 @@ class S3Destination(SpooledUpload):
             try:
                 head = self.client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if _missing(exc):
                     return "*"
                 raise
         return str(head["ETag"])
@@ -231,7 +231,14 @@ class S3Destination(SpooledUpload):
                 ):
                     raise _Refused(key) from exc
                 raise
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            except ClientError as exc:  # as much a stranger's doing as an object replaced meanwhile
+                if not _missing(exc):
+                    raise
+                raise DestinationUnavailable(
+                    f"s3://{self.bucket}/{key} is gone after the upload: it was deleted meanwhile; will retry"
+                ) from exc
         _check_uploaded(
             f"s3://{self.bucket}/{key}", staged.file.size, answer, head, digest if single else None
         )
@@ -331,7 +338,7 @@ class S3Destination(SpooledUpload):
             try:
                 head = self.client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if _missing(exc):
                     return False
                 raise
         same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
@@ -344,7 +351,7 @@ class S3Destination(SpooledUpload):
             try:
                 body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if _missing(exc):
                     raise TerminalError(
                         f"{self.display(path)} does not exist; run the stage that writes it"
                     ) from None
@@ -471,6 +478,11 @@ def _check_uploaded(where: str, size: int, answer: Any, head: Any, sha256: str |
 
 class _Refused(Exception):
     """The store refused a conditional write: the object is not what the condition said."""
+
+
+def _missing(exc: ClientError) -> bool:
+    """Whether the store answered that the object (or key) is not there."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def _precondition_failed(exc: ClientError) -> bool:
