@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from sluicegate import engine, operations
+from sluicegate import changes, engine, operations
 from support import Db, cli, hours, load, write_project
 
 UTC = dt.UTC
@@ -375,6 +375,35 @@ def test_an_fsspec_destination_publishes_small_and_spooled_files(
     assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
     assert list(spools.iterdir()) == []
     fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process
+
+
+def test_an_fsspec_url_naming_the_stores_root_is_not_taken_for_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory://`` lost its "//" to the trailing-slash strip: fsspec read ``memory:`` as a
+    relative local path, and the files went to a folder named "memory:" in the working directory."""
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination="memory://", fmt="csv")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (1, 0), summary.errors
+    assert not (tmp_path / "memory:").exists()
+    fs = fsspec.filesystem("memory")
+    try:
+        name = "records/csv/locationid=1/year=2024/month=01/location-1-20240101.csv"
+        assert fs.exists(f"/{name}")
+        [change] = changes.list_changes(load(root), since="2000-01-01T00:00:00Z")
+        assert change.path == name
+    finally:
+        for top in ("/records", "/_manifests"):
+            if fs.exists(top):
+                fs.rm(top, recursive=True)
 
 
 def _published(dest: Any, path: str, body: bytes, condition: str | None = None) -> Any:

@@ -26,7 +26,8 @@ class FsspecDestination(SpooledUpload):
     uploads_in_flight = 0  # fsspec filesystems are not all thread-safe: the publisher threads only
 
     def __init__(self, settings: DestinationSettings) -> None:
-        self.url = settings.url.rstrip("/")
+        scheme, sep, rest = settings.url.partition("://")  # "memory://" must keep its "//":
+        self.url = scheme + sep + rest.rstrip("/")  # fsspec reads "memory:" as a local path
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ValueError, ImportError) as exc:  # an unknown protocol, or its package is missing
