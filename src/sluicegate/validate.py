@@ -320,10 +320,15 @@ def destination_url(value: Any, where: str) -> str:
 
 def s3_bucket_problem(url: str) -> str | None:
     """Why an ``s3://`` URL names no bucket S3 could have (``s3://``, ``s3:///prefix``, a name with
-    a space); None when it names one, or is no ``s3://`` URL."""
+    a space) or a prefix with an empty, ``.`` or ``..`` segment (S3-compatible stores rewrite
+    ``a//b`` to ``a/b``, so listing the prefix finds nothing, or refuse the key); None when it
+    names a bucket and a clean prefix, or is no ``s3://`` URL."""
     if not url.startswith("s3://"):
         return None
-    bucket = url.removeprefix("s3://").partition("/")[0]
-    if bucket.startswith("arn:") or _S3_BUCKET.fullmatch(bucket):
-        return None
-    return "names no bucket" if not bucket else f"names the bucket {bucket!r}, which S3 does not allow"
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not (bucket.startswith("arn:") or _S3_BUCKET.fullmatch(bucket)):
+        return "names no bucket" if not bucket else f"names the bucket {bucket!r}, which S3 does not allow"
+    prefix = prefix.rstrip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        return f"has the prefix {prefix!r}, with an empty, '.' or '..' segment that stores rewrite or refuse"
+    return None

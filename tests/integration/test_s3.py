@@ -561,6 +561,21 @@ def test_an_s3_url_without_a_bucket_is_a_config_error(tmp_path: Path, dest: str,
         assert "Traceback" not in result.stderr and "will retry" not in result.stderr
 
 
+@pytest.mark.parametrize("prefix", ["a//b", "/exports", "../x", "./x", "exports/./2024"])
+def test_an_s3_prefix_with_an_empty_or_dot_segment_is_a_config_error(tmp_path: Path, prefix: str) -> None:
+    """Was accepted: SeaweedFS stored "a//b/..." as "a/b/..." (so `changes`, which lists
+    "a//b/_manifests/", found nothing, and clean-up never found the stale uploads and probes),
+    and refused "../x/..." and "./x/..." keys with InvalidRequest, parking every partition."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    dest = f"s3://bucket/{prefix}/"
+    root = write_project(tmp_path / "proj", source=url, destination=dest)
+    for command in ("check", "run"):
+        result = cli(root, command)
+        assert result.returncode == 2, result.stderr
+        assert f"[destination] url: {dest!r} has the prefix {prefix!r}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_exporters_of_a_process_make_their_clients_from_one_session(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
