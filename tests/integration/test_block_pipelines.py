@@ -609,3 +609,52 @@ def test_the_mds_example_runs_end_to_end_against_the_doubles(
         assert "extract: 6 done; load: 6 done; publish: 6 done" in html
     finally:
         server.stop()
+
+
+@pytest.mark.pg
+def test_a_late_worker_uploads_no_artifact_over_the_new_owners_on_s3(
+    tmp_path: Path,
+    pg_url: str,
+    mds: MdsDouble,
+    portal: PortalDouble,
+    seaweed_bucket: tuple[str, str, str, str],
+    fault_proxy: Any,
+) -> None:
+    """On S3 a stage's file was uploaded as soon as it was written, before the ledger transaction
+    that checks the claim: a worker stalled past its lease, resumed after the new owner had
+    extracted and committed the block, put its older artifact over the owner's. Its upload is now
+    conditional (refused where an object is), and only a held claim overwrites."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    proxy = fault_proxy(endpoint)
+    s3 = (
+        f'url = "s3://{bucket}"\nendpoint_url = "{proxy.url}"\n'
+        f'access_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    )
+
+    def configure(testing: str = "") -> None:
+        write(tmp_path, pg_url, mds, portal, lease="3s", testing=testing)
+        toml = tmp_path / "sluicegate.toml"
+        toml.write_text(toml.read_text().replace(f'url = "{tmp_path / "out"}"', s3))
+
+    configure('[testing]\nfault = "mid_write"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    one_block = ["--time-max", "2020-3-1-1", "--key", "provider=lime"]
+    late = subprocess.Popen(
+        [SLUICEGATE, "-C", str(tmp_path), "blocks", "trips", *one_block],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    marker = tmp_path / ".fault-mid_write"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert late.poll() is None and time.monotonic() < deadline, late.communicate()
+        time.sleep(0.05)
+    late.send_signal(signal.SIGSTOP)
+    configure()
+    time.sleep(3.5)  # the stalled worker's lease runs out
+    owner = run(tmp_path, *one_block)
+    assert owner.exit_code == 0, owner.output
+    marker.unlink()
+    late.send_signal(signal.SIGCONT)
+    late.communicate(timeout=120)
+    artifact = [e for e in proxy.log if e.method == "PUT" and e.path.endswith("/trips.jsonl")]
+    assert [e.status for e in artifact if e.status == 200] == [200], [(e.path, e.status) for e in artifact]

@@ -339,9 +339,9 @@ class StageRunner:
             return None
         previous = Previous(path=claim.prev_artifact, checksum=claim.prev_checksum)
         keys = {"key": claim.key_value, "block": claim.block.label, "stage": claim.stage}
-        return WorkUnit(
+        return WorkUnit(  # fenced: on S3 a late worker's upload is refused, left to the held claim's commit
             key=unit.key, slice=piece, path=path, token=claim.token, previous=previous, handle=claim,
-            keys=keys,
+            keys=keys, fenced=True,
         )  # fmt: skip
 
     def path(self, stage: StageSpec, claim: StageClaim) -> str:
