@@ -256,6 +256,30 @@ def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: t
     live.unlink()
 
 
+def test_a_cleanup_racing_another_runs_cleanup_goes_on(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
+    """Two runs started at once both abort the stale uploads: the one whose abort found the
+    upload gone (404 NoSuchUpload) raised, and stopped cleaning up (the rest stayed billed)."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+
+    endpoint, bucket = s3_bucket
+    client: Any = _client(endpoint)
+    for name in ("a", "b"):
+        client.create_multipart_upload(Bucket=bucket, Key=f"open-data/{name}.csv.gz")
+    dest: Any = open_destination(DestinationSettings(url=f"s3://{bucket}/open-data", endpoint_url=endpoint))
+    dest.upload_stale_after = 0
+    abort = dest.client.abort_multipart_upload
+
+    def raced(**request: Any) -> Any:
+        if request["Key"].endswith("a.csv.gz"):  # the other run got there first
+            client.abort_multipart_upload(**request)
+        return abort(**request)
+
+    dest.client.abort_multipart_upload = raced
+    dest.cleanup(older_than=3600)
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_a_live_workers_multipart_upload_is_not_aborted_by_another_runs_cleanup(
     seaweed_bucket: tuple[str, str, str, str],
 ) -> None:

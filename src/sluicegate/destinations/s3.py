@@ -407,7 +407,12 @@ class S3Destination(SpooledUpload):
             stale = [u for page in pages for u in page.get("Uploads", []) if u["Initiated"] < cutoff]
             for upload in stale:
                 key, upload_id = upload["Key"], upload["UploadId"]
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:  # another run's clean-up aborted it first: go on
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                    continue
                 aborted += 1
             # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
             probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
