@@ -155,6 +155,14 @@ def test_seaweed_multipart_upload(tmp_path: Path, seaweed_bucket: tuple[str, str
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
 
 
+def test_check_says_when_the_bucket_does_not_exist(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
+    """`check` said only "s3://.../.sluicegate-probe at ...: 404 Not Found" (HeadBucket's answer has no body)."""
+    endpoint, bucket = s3_bucket
+    root, _db = _project(tmp_path, f"s3://{bucket}-gone/exports", f'endpoint_url = "{endpoint}"')
+    [problem] = operations.check_project(load(root))
+    assert f"bucket '{bucket}-gone' does not exist" in problem and "[destination] url" in problem, problem
+
+
 def test_seaweed_wrong_secret_is_a_terminal_failure(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
 ) -> None:

@@ -236,9 +236,8 @@ class S3Destination(SpooledUpload):
             except ClientError as exc:  # as much a stranger's doing as an object replaced meanwhile
                 if not _missing(exc):
                     raise
-                raise DestinationUnavailable(
-                    f"s3://{self.bucket}/{key} is gone after the upload: it was deleted meanwhile; will retry"
-                ) from exc
+                gone = f"s3://{self.bucket}/{key} is gone after the upload (deleted meanwhile); will retry"
+                raise DestinationUnavailable(gone) from exc
         _check_uploaded(
             f"s3://{self.bucket}/{key}", staged.file.size, answer, head, digest if single else None
         )
@@ -387,10 +386,15 @@ class S3Destination(SpooledUpload):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def check(self) -> None:
-        """Check the bucket is reachable and writable: the conditional-write probe PUTs (and
-        deletes) an object under the prefix, so read-only credentials fail here, not in a run."""
+        """Check the bucket is there and writable (the conditional-write probe puts an object)."""
         with self._errors(self.key(".sluicegate-probe")):
-            self.client.head_bucket(Bucket=self.bucket)
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # HeadBucket answers without a body: only "404 Not Found"
+                if not _missing(exc):
+                    raise
+                gone = f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the url"
+                raise TerminalError(gone) from exc
         self.conditional()
 
     def cleanup(self, older_than: float) -> int:
@@ -409,11 +413,10 @@ class S3Destination(SpooledUpload):
                 key, upload_id = upload["Key"], upload["UploadId"]
                 try:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    aborted += 1
                 except ClientError as exc:  # another run's clean-up aborted it first: go on
                     if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                         raise
-                    continue
-                aborted += 1
             # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
             probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
             pages = self.client.get_paginator("list_objects_v2").paginate(
