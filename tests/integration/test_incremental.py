@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import signal
 import sqlite3
@@ -1127,6 +1128,38 @@ def test_an_integer_entity_column_takes_entities_written_as_its_integers(
     select.write_text("SELECT record_id, study_id, uploaded_on, payload FROM records")
     assert _run(root, export_type="daily", end=T, entities=("123",)).failed == 0
     assert _by_study(tmp_path)["123"] == ["row of 123"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def test_an_entity_named_in_text_is_read_as_the_columns_other_kinds_hold_it(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An entity named in text (--entity, a redo's second window, redrive) on a column of
+    another kind than text or integer: on SQLite "1.5" matched no REAL 1.5, so its window
+    exported no rows and the watermark passed them; on PostgreSQL a uuid (numeric, date) column
+    failed every such window with "operator does not exist: uuid = text"."""
+    url = f"sqlite:///{tmp_path / 'source.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("1.5", T - dt.timedelta(hours=5), "row of 1.5")
+    rec.add("2.5", T - dt.timedelta(hours=5), "row of 2.5")
+    sqlite_kind = "study_id * 1.0" if backend == "sqlite" else "study_id::numeric"
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        f"SELECT record_id, {sqlite_kind} AS study_id, uploaded_on, payload FROM records"
+    )
+    summary = _run(root, export_type="daily", end=T, entities=("1.5", "1.50"))
+    assert _by_study(tmp_path) == {"1.5": ["row of 1.5"]}, summary.entities
+    assert summary.failed == 1 and "'1.50'" in summary.errors[0] and "'1.5'" in summary.errors[0]
+    assert _marks(root) == {"1.5": T, "1.50": dt.datetime(2024, 5, 9, tzinfo=UTC)}
+    if backend == "pg":
+        (root / "tasks" / "studies" / "select.sql").write_text(
+            "SELECT record_id, md5(study_id)::uuid AS study_id, uploaded_on, payload FROM records"
+        )
+        name = str(uuid.UUID(hashlib.md5(b"2.5").hexdigest()))
+        assert _run(root, export_type="daily", end=T).failed == 0 and name in _by_study(tmp_path)
+        rec.add("2.5", T + dt.timedelta(hours=5), "second row of 2.5")
+        assert _run(root, export_type="daily", end=T + dt.timedelta(days=1), entities=(name,)).failed == 0
+        assert _by_study(tmp_path)[name] == ["row of 2.5", "second row of 2.5"]
 
 
 @pytest.mark.pg

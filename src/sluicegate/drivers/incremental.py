@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,8 @@ class Driver:
         columns = ctx.columns(task, spec)
         mode = ctx.mode(task.format)
         recorder = Recorder(task, ctx.ledger.watermarks, settings.lease, summary)
+        # Entities named in text, on a column neither text nor integer: looked up once, when needed.
+        found = functools.cache(lambda: {str(v): v for v in watermarks.discover_entities(task, ctx.source)})
         groups: dict[str | None, list[Window]] = {}
         for window in windows:
             groups.setdefault(window.destination, []).append(window)
@@ -380,7 +383,7 @@ class Driver:
                         units = [
                             u
                             for w in group[at : at + task.batch_size]
-                            if (u := _unit(task, w, pipeline, destination, ctx.ledger, columns)) is not None
+                            if (u := _unit(task, w, pipeline, ctx, columns, found)) is not None
                         ]
                         pipeline.export(units)
                 except Deadline:
@@ -397,12 +400,13 @@ def _fileless_unit(task: Task, window: Window) -> WorkUnit:
 
 
 def _unit(
-    task: Task, window: Window, pipeline: Pipeline, destination: Any, ledger: Ledger, cols: Sequence[Column]
-) -> WorkUnit | None:
+    task: Task, window: Window, pipeline: Pipeline, ctx: Context, cols: Sequence[Column],
+    found: Callable[[], Mapping[str, Any]],
+) -> WorkUnit | None:  # fmt: skip
     """The work unit of a window (its path checked); a window whose path is unusable fails here."""
-    unit = _fileless_unit(task, window)
+    unit, ledger, destination = _fileless_unit(task, window), ctx.ledger, pipeline.destination
     try:
-        value = entity_value(task, window.value, cols)
+        value = entity_value(task, window.value, cols, found)
         path = watermarks.window_path(task, window)
         destination.check_path(path)
     except SluicegateError as exc:
@@ -427,15 +431,32 @@ def _unit(
     )  # fmt: skip
 
 
-def entity_value(task: Task, value: Any, columns: Sequence[Column]) -> Any:
+def entity_value(
+    task: Task, value: Any, columns: Sequence[Column], found: Callable[[], Mapping[str, Any]] = dict
+) -> Any:
     """An entity named in text (task.toml, ``--entity``, a request, the ledger) as the entity
     column holds it: an integer column's entity must be written as the integer is ("7", not
-    "007" or "+7", which would select entity 7's rows); any other column compares as text."""
-    kind = next((c.kind for c in columns if c.name == task.entity), None)
-    if kind == "text" and isinstance(value, int) and not isinstance(value, bool):
+    "007" or "+7", which would select entity 7's rows); a text column compares as text; any other
+    (float, decimal, date, uuid) takes the source's value whose text it is (``found``: each
+    entity's text to its value), else "1.5" matched no REAL 1.5 (no rows, the watermark moved)."""
+    column = next((c for c in columns if c.name == task.entity), None)
+    number = isinstance(value, int) and not isinstance(value, bool)
+    if column is not None and column.kind == "text" and number:
         return str(value)  # entities = [7] in task.toml, for a text column
-    if not isinstance(value, str) or kind != "int":
+    if not isinstance(value, str) or column is None or (column.kind == "text" and not column.as_text):
         return value
+    if column.kind == "int":
+        return _integer(task, value)
+    held = found()
+    if value in held:
+        return held[value]
+    raise BadPartitionValue(
+        f"entity {value!r} matches no value of column {task.entity!r} (its values are {column.kind}, not "
+        f"text); name it as the source writes it, such as {next(iter(held), '1.5')!r}, or wait for its rows"
+    )
+
+
+def _integer(task: Task, value: str) -> int:
     try:
         number = int(value)
     except ValueError:
