@@ -122,6 +122,21 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     return None, None
 
 
+def horizon_problems(task: TaskSpec, source: Any) -> list[str]:
+    """PostgreSQL: a source role that cannot see other roles' ``xact_start`` (neither superuser nor
+    in ``pg_read_all_stats``) caps no window for their open transactions, and a row one of them
+    writes lands below a watermark that has passed it, never exported; ``check`` says so."""
+    if source.dialect is not db.POSTGRESQL:
+        return []
+    if source.execute("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")[0][0]:
+        return []
+    return [
+        f"task {task.name}: the source role cannot see other roles' open transactions, so the late-commit"
+        " cap misses them and their rows can fall below the watermark, never exported; grant it"
+        " pg_read_all_stats (see `sluicegate grants`)"
+    ]
+
+
 @dataclass(kw_only=True)
 class Window:
     """One entity window being exported in this run."""

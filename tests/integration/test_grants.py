@@ -162,6 +162,32 @@ def test_the_printed_grants_are_enough_for_every_kind(tmp_path: Path, roles: Rol
     assert _rows(pg_url, INBOX_COUNT) == [(0,)]  # the inbox was folded
 
 
+def test_check_names_a_missing_pg_read_all_stats_that_would_lose_late_commits(
+    tmp_path: Path, roles: Roles, pg_url: str
+) -> None:
+    """Without pg_read_all_stats the exporter sees no other role's open transaction, so the
+    late-commit cap does not apply and a row such a transaction writes (DEFAULT now()) lands
+    below a watermark that has moved past it. `check` said "ok"; it now names the grant."""
+    root, exporter = _setup(tmp_path, roles, pg_url)
+    _apply(pg_url, cli(root, "grants", "--role", exporter, env=_as(pg_url), check=True).stdout)
+    _apply(pg_url, f'REVOKE pg_read_all_stats FROM "{exporter}"')
+    cli(root, "run", "studies", "--type", "instant", check=True)
+    with psycopg.connect(pg_url) as writer:  # the owner, another role: its transaction stays open
+        writer.execute("INSERT INTO records (study_id, uploaded_on) VALUES ('s0', now())")
+        time.sleep(0.2)
+        cli(root, "run", "studies", "--type", "instant", check=True)
+        writer.commit()
+    cli(root, "run", "studies", "--type", "instant", check=True)
+    exported = sum(len(read_csv(p)) for p in files(tmp_path / "out" / "studies"))
+    assert exported == 5  # the late row is in no file: what check must warn about
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pg_read_all_stats" in proc.stdout + proc.stderr and "sluicegate grants" in proc.stdout + proc.stderr
+    _apply(pg_url, f'GRANT pg_read_all_stats TO "{exporter}"')
+    proc = cli(root, "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_archive_without_delete_fails_closed(tmp_path: Path, roles: Roles, pg_url: str) -> None:
     root, exporter = _setup(tmp_path, roles, pg_url)
     _apply(pg_url, cli(root, "grants", "agency", "--role", exporter, env=_as(pg_url), check=True).stdout)

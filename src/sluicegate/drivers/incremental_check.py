@@ -25,6 +25,7 @@ def check(task: Task, source: Source) -> list[str]:
         return [str(exc)]
     problems = missing_columns(task, {c.name for c in described})
     problems += cursor_problems(task, described, source)
+    problems += watermarks.horizon_problems(task, source)
     if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
         problems += watermarks.unreadable_cursors(task, source)
     return problems
