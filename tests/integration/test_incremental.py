@@ -895,6 +895,29 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
     )
 
 
+def test_a_sqlite_cursor_julianday_reads_but_python_does_not_fails_by_column_or_is_read(
+    tmp_path: Path,
+) -> None:
+    """julianday() reads '2024-05-09 12:00:00z' (RFC 3339's lower-case z) and '2024-02-30' (as
+    March 1), so their rows are in the window; writing them failed the window with "'...' is not
+    an ISO 8601 timestamp", naming no column and no fix. The z is UTC; the impossible date fails
+    its window naming the column, the value and what to do, and the watermark stays."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', '2024-05-09 12:00:00z', 'z')",
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s2', '2024-02-30 00:00:00', 'f')",
+    )
+    summary = _run(root, export_type="daily", end=T, entities=("s1", "s2"))
+    assert _by_study(tmp_path) == {"s1": ["z"]}
+    [error] = summary.errors
+    assert "column 'uploaded_on' holds '2024-02-30 00:00:00', which is not an ISO 8601 time" in error
+    assert "select.sql" in error
+    assert _marks(root) == {"s1": T, "s2": dt.datetime(1000, 1, 1, tzinfo=UTC)}
+
+
 def test_an_integer_sqlite_cursor_is_refused_not_read_as_julian_days(tmp_path: Path) -> None:
     """SQLite's julianday() reads an integer as a Julian day number: 2460437 is 2024-05-01,
     Unix seconds are no day at all. Either way the rows' windows were not what the writer

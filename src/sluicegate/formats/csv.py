@@ -234,7 +234,7 @@ def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
     if isinstance(value, str):
         if col.kind != "timestamptz":
             return value  # a SQLite timestamp's text, as stored
-        value = parse_time(value)
+        value = parse_time(value, col.name)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and tz is not None:
             try:
@@ -261,9 +261,14 @@ def not_a_time(column: str, value: Any) -> str:
     )
 
 
-def parse_time(text: str) -> dt.datetime:
+def parse_time(text: str, column: str) -> dt.datetime:
+    """A SQLite time's text: what julianday() reads as a time (RFC 3339's lower-case z too) is
+    read as that time, or fails by column (julianday() reads 2024-02-30 as March 1)."""
     try:
-        value = dt.datetime.fromisoformat(text)
+        value = dt.datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
     except ValueError:
-        raise DataError(f"{text!r} is not an ISO 8601 timestamp") from None
+        raise DataError(
+            f"column {column!r} holds {text!r}, which is not an ISO 8601 time; correct it in the source,"
+            " or convert it in select.sql (to YYYY-MM-DD HH:MM:SS[.ffffff] with Z or ±HH:MM)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -96,7 +96,7 @@ class JsonlWriter:
 
     def _time(self, col: Column, text: str | dt.datetime) -> dt.datetime:
         """A time in the unit's zone: SQLite's text, or a driver's datetime (naive: as it is)."""
-        value = parse_time(text) if isinstance(text, str) else text
+        value = parse_time(text, col.name) if isinstance(text, str) else text
         try:
             return value.astimezone(self.zone) if self.zone is not None and value.tzinfo else value
         except OverflowError:  # its local time is in year 10000 (or 0): was a bare OverflowError

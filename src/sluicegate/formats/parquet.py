@@ -62,7 +62,7 @@ def _instant(col: Column, text: str) -> dt.datetime:
     """A timestamptz stored as text, as a UTC instant within years 1 to 9999 (Parquet holds the
     instant: 9999-12-31T23:00-05:00 is in year 10000 there, and no reader could load it)."""
     try:
-        return parse_time(text).astimezone(dt.UTC)
+        return parse_time(text, col.name).astimezone(dt.UTC)
     except OverflowError:
         raise DataError(times.message(col.name, repr(text))) from None
 
