@@ -221,8 +221,12 @@ def plan_windows(
     now: dt.datetime,
     lease: float,
     claim: bool = True,
+    whole_days: bool = False,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
-    """Decide each entity's window; return the windows to export, notes on the others, the claim token."""
+    """Decide each entity's window; return the windows to export, notes on the others, the claim token.
+
+    ``whole_days``: the cursor is a date, compared as its UTC midnight; a window that ended during
+    a day took the rows dated that day so far, and its later ones were below the watermark."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
@@ -239,6 +243,10 @@ def plan_windows(
     # A row an open transaction writes may carry a cursor up to safety_margin before that
     # transaction began (a client's clock, a batch time): the window stops short of it.
     capped = min(end, horizon - dt.timedelta(seconds=task.safety_margin)) if horizon else end
+    why = "a transaction that began then is still open"
+    day = dt.datetime.combine(end.astimezone(zone_of(task.zone)).date(), dt.time(), tzinfo=UTC)
+    if whole_days and day < capped:  # the day of the end in zone is not over: its dates wait
+        capped, why = day, f"rows dated {day.date()} wait until that day is over in {task.zone}"
     if claim:
         wm.ensure(task.name, list(values))
         claims = wm.claim(task.name, list(values), lease=lease)
@@ -247,7 +255,7 @@ def plan_windows(
     notes = _held(values, claims, lease)
     windows = []
     for c in claims:
-        window = _watermark_window(task, c, values[c.entity], export_type, end, capped)
+        window = _watermark_window(task, c, values[c.entity], export_type, end, (capped, why))
         if isinstance(window, str):  # nothing to export: the reason
             notes.append({"entity": c.entity, "rows": 0, "note": window})
             if claim:
@@ -343,9 +351,11 @@ def _unclaimed(task: TaskSpec, wm: WatermarkStore, values: dict[str, Any]) -> li
 
 
 def _watermark_window(
-    task: TaskSpec, c: WatermarkClaim, value: Any, export_type: str, end: dt.datetime, capped: dt.datetime
-) -> Window | str:
-    """The window of a claimed entity, or why it has none."""
+    task: TaskSpec, c: WatermarkClaim, value: Any, export_type: str, end: dt.datetime,
+    cap: tuple[dt.datetime, str],
+) -> Window | str:  # fmt: skip
+    """The window of a claimed entity, or why it has none (``cap``: the capped end, and why)."""
+    capped, why = cap
     if c.pending_end is not None and c.pending_start is not None:
         # An export of this window died before committing: redo exactly that window (same file).
         start, stop, etype = c.pending_start, c.pending_end, c.pending_type or export_type
@@ -353,7 +363,7 @@ def _watermark_window(
         start, stop, etype = c.watermark or bootstrap_start(task, end), capped, export_type
     if start >= stop:
         if capped < end and start < end:
-            return f"held back to {capped.isoformat()}: a transaction that began then is still open"
+            return f"held back to {capped.isoformat()}: {why}"
         return (
             f"the window end {stop.isoformat()} is not after the watermark {start.isoformat()}; "
             "nothing exported, watermark unchanged"

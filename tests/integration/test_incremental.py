@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import time
 import uuid
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -1183,6 +1184,40 @@ def test_an_entity_named_in_text_is_read_as_the_columns_other_kinds_hold_it(
         rec.add("2.5", T + dt.timedelta(hours=5), "second row of 2.5")
         assert _run(root, export_type="daily", end=T + dt.timedelta(days=1), entities=(name,)).failed == 0
         assert _by_study(tmp_path)[name] == ["row of 2.5", "second row of 2.5"]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles"])
+def test_a_date_cursor_window_ends_before_a_day_that_is_not_over(
+    pg_url: str, tmp_path: Path, zone: str
+) -> None:
+    """A date cursor compares as its UTC midnight. An instant (or hourly, or a daily run in a zone
+    behind UTC) window ends during a day, so it took the rows dated that day written so far and
+    the watermark passed the day: its later rows were below it, never exported. The window now
+    ends at the midnight of the day that is not over yet in the task's zone."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning")
+    toml = root / "tasks" / "studies" / "task.toml"
+    toml.write_text(toml.read_text().replace('zone = "UTC"', f'zone = "{zone}"'))
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, (uploaded_on AT TIME ZONE 'UTC')::date AS uploaded_on, payload FROM records"
+    )
+    rec = Records(pg_url)
+    now = dt.datetime.now(UTC)
+    today = dt.datetime.combine(now.astimezone(zoneinfo.ZoneInfo(zone)).date(), dt.time(), tzinfo=UTC)
+    rec.add("s1", today - dt.timedelta(days=1), "yesterday")
+    rec.add("s1", today, "today, early")
+    for export_type in ("instant", "hourly", "daily"):
+        summary = _run(root, export_type=export_type, entities=("s1",))
+        assert summary.failed == 0, summary.errors
+        assert _marks(root)["s1"] <= today, (export_type, summary.entities)  # type: ignore[operator]
+    rec.add("s1", today, "today, later")
+    assert _payloads(tmp_path) == ["yesterday"]
+    owed = _run(
+        root, ignore_watermark=True, start=today, end=today + dt.timedelta(days=1),
+        destination=str(tmp_path / "owed"), entities=("s1",),
+    )  # fmt: skip
+    assert sorted(r["payload"] for p in files(tmp_path / "owed") for r in read_csv(p)) == [
+        "today, early", "today, later"
+    ], owed.entities
 
 
 @pytest.mark.pg

@@ -221,9 +221,10 @@ class Driver:
     def __init__(self, context: Context) -> None:
         self.context = context
 
-    def _select_fits(self, task: Task) -> None:
+    def _select_fits(self, task: Task) -> bool:
         """Before any claim: select.sql runs and returns the entity, cursor, order_by and primary_key
-        columns, its cursor a time (a misspelt column failed a window per entity, exit 1)."""
+        columns, its cursor a time (a misspelt column failed a window per entity, exit 1); True
+        when the cursor is a date."""
         try:  # described once per context: the export reuses it
             described = self.context.columns(task, read_spec(task))
         except DataError as exc:  # the query itself fails: its SQL, not the data (an outage is transient)
@@ -232,13 +233,14 @@ class Driver:
             task, described, self.context.source, probe=True
         ):
             raise ConfigError("; ".join(problems))
+        return any(c.name == task.cursor and c.kind == "date" for c in described)
 
     def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
         request = options.request or ExportRequest()
         if not options.redrive:
             watermarks.check_end(task, request, dt.datetime.now(dt.UTC))  # a usage error first
-        self._select_fits(task)
+        dated = self._select_fits(task)
         if request.destination:  # a URL no destination takes exits 2 before any entity is planned
             with contextlib.suppress(DestinationUnavailable):  # down: recorded on each window, for redrive
                 ctx.destination_for(request.destination)
@@ -249,14 +251,9 @@ class Driver:
             )
         else:
             windows, notes, _ = watermarks.plan_windows(
-                task,
-                request,
-                ctx.source,
-                store,
-                now=dt.datetime.now(dt.UTC),
-                lease=settings.lease,
-                claim=claim,
-            )
+                task, request, ctx.source, store, now=dt.datetime.now(dt.UTC), lease=settings.lease,
+                claim=claim, whole_days=dated,
+            )  # fmt: skip
         if options.redrive:  # a redriven re-export that could drop a longer window's rows fails (exit 1)
             windows, held = overwrites.hold_overwrites(task, windows, ctx.destination_for)
             notes += held
