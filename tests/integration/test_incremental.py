@@ -1220,6 +1220,23 @@ def test_a_date_cursor_window_ends_before_a_day_that_is_not_over(
     ], owed.entities
 
 
+def test_a_sqlite_cursor_of_dates_as_text_waits_for_the_day_to_end(tmp_path: Path) -> None:
+    """SQLite has no date type: a cursor written as date('now') (YYYY-MM-DD text) lost the rows
+    dated today that came after an instant run, as a date column did on PostgreSQL."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', date('now', '-1 day'), 'yesterday')",
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', date('now'), 'today, early')",
+    )
+    summary = _run(root, export_type="instant", entities=("s1",))
+    today = dt.datetime.combine(dt.datetime.now(UTC).date(), dt.time(), tzinfo=UTC)
+    assert _marks(root) == {"s1": today}, summary.entities
+    assert _payloads(tmp_path) == ["yesterday"]
+
+
 @pytest.mark.pg
 def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) -> None:
     """A text cursor failed every run on PostgreSQL ("operator does not exist: text >=

@@ -233,7 +233,8 @@ class Driver:
             task, described, self.context.source, probe=True
         ):
             raise ConfigError("; ".join(problems))
-        return any(c.name == task.cursor and c.kind == "date" for c in described)
+        dated = any(c.name == task.cursor and c.kind == "date" for c in described)
+        return dated or watermarks.sqlite_dates(task, self.context.source)
 
     def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
