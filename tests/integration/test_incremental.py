@@ -1184,6 +1184,11 @@ def test_an_entity_named_in_text_is_read_as_the_columns_other_kinds_hold_it(
         rec.add("2.5", T + dt.timedelta(hours=5), "second row of 2.5")
         assert _run(root, export_type="daily", end=T + dt.timedelta(days=1), entities=(name,)).failed == 0
         assert _by_study(tmp_path)[name] == ["row of 2.5", "second row of 2.5"]
+        # A type the server compares with text (name, citext): a name with no rows is as before.
+        (root / "tasks" / "studies" / "select.sql").write_text(
+            "SELECT record_id, study_id::name AS study_id, uploaded_on, payload FROM records"
+        )
+        assert _run(root, export_type="daily", end=T, entities=("no-rows-yet",)).failed == 0
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles"])

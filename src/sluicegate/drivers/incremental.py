@@ -446,8 +446,8 @@ def entity_value(
     if column.kind == "int":
         return _integer(task, value)
     held = found()
-    if value in held:
-        return held[value]
+    if value in held or column.as_text:  # a type read as text (name, citext) compares with text
+        return held.get(value, value)
     raise BadPartitionValue(
         f"entity {value!r} matches no value of column {task.entity!r} (its values are {column.kind}, not "
         f"text); name it as the source writes it, such as {next(iter(held), '1.5')!r}, or wait for its rows"
