@@ -833,3 +833,41 @@ def test_a_run_chooses_its_file_name_under_the_naming_lock(tmp_path: Path) -> No
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert json.loads(out)[0]["rows"] == 9 and len(files(tmp_path / "out")) == 1
+
+
+def test_a_run_that_lost_its_lock_while_reading_never_replaces_the_next_runs_file(
+    tmp_path: Path, server_url: str
+) -> None:
+    """The lock dies during the read; a second run redoes the run and deletes; the first one must
+    not then put its older file (without the rows that arrived meanwhile) over the second's."""
+    root = _project(tmp_path, server_url)
+    agency = Agency(server_url)
+    _seed(agency)
+    project = load(root)
+    second: list[TaskSummary] = []
+
+    def lose_lock_then_let_another_run(point: str) -> None:
+        if point != "mid_write" or second:
+            return
+        if agency.mariadb:
+            [holder] = agency.conn.execute(MARIADB_LOCK_HOLDER).fetchone()
+            agency.conn.execute(f"KILL CONNECTION {int(holder)}")
+        else:
+            agency.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            )
+        if not agency.mariadb:  # MariaDB: the first run's share locks keep writers and deleters out
+            _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the first run's snapshot
+            second.extend(engine.run(load(root)))
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=lose_lock_then_let_another_run)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    assert summary.failed == 1 and agency.count() == (4 if second else 12)
+    if second:
+        assert second[0].archive[0]["recovered"] is True and second[0].archive[0]["deleted"] == 12
+    engine.run(project)  # MariaDB: redoes the first run
+    account(tmp_path / "out", agency, agency.added, server_url)

@@ -164,6 +164,9 @@ class Recorder:
         return [True]
 
     def _commit(self, outcomes: Sequence[Outcome], place: Place) -> None:
+        # A run whose lock died during its read may have been redone, deleted and finished by
+        # another run since: its older file must not replace that run's at the same name.
+        self.held()
         place(outcomes)
         [outcome] = outcomes
         ctx, run, cur = self.context, self.run, self.snapshot.cursor
