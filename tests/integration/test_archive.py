@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import boto3
 import psycopg
 import pytest
 from psycopg import sql
@@ -871,3 +872,78 @@ def test_a_run_that_lost_its_lock_while_reading_never_replaces_the_next_runs_fil
         assert second[0].archive[0]["recovered"] is True and second[0].archive[0]["deleted"] == 12
     engine.run(project)  # MariaDB: redoes the first run
     account(tmp_path / "out", agency, agency.added, server_url)
+
+
+@pytest.mark.pg
+def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
+    tmp_path: Path, pg_url: str, s3_bucket: tuple[str, str]
+) -> None:
+    """As above, on S3: the first run's upload must wait for its lock check, not go to the key at once."""
+    endpoint, bucket = s3_bucket
+    root = _project(tmp_path, pg_url)
+    config = (root / "sluicegate.toml").read_text()
+    (root / "sluicegate.toml").write_text(
+        config.replace(
+            f'url = "{tmp_path / "out"}"', f'url = "s3://{bucket}/out"\nendpoint_url = "{endpoint}"'
+        )
+    )
+    agency = Agency(pg_url)
+    _seed(agency)
+    project = load(root)
+    second: list[TaskSummary] = []
+
+    def lose_lock_then_let_another_run(point: str) -> None:
+        if point == "mid_write" and not second:
+            agency.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            )
+            _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the first run's snapshot
+            second.extend(engine.run(load(root)))
+
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=lose_lock_then_let_another_run)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )  # fmt: skip
+    [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
+             if "_manifests" not in o["Key"]]  # fmt: skip
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    archived = {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
+    assert set(agency.added) - agency.ids() == archived, "rows were deleted that are in no object"
+
+
+def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
+    """A run that published its object and deleted nothing is redone into the same key (fenced uploads)."""
+    endpoint, bucket = s3_bucket
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    config = (root / "sluicegate.toml").read_text()
+    (root / "sluicegate.toml").write_text(
+        config.replace(
+            f'url = "{tmp_path / "out"}"', f'url = "s3://{bucket}/out"\nendpoint_url = "{endpoint}"'
+        )
+    )
+    agency = Agency(url)
+    _seed(agency)
+    (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
+    [failed] = engine.run(load(root))
+    assert failed.failed == 1 and agency.count() == 12
+    _seed(agency, bases=1, first=10)
+    (root / "tasks/agency/delete.sql").write_text(DELETE_SQLITE)
+    [summary] = engine.run(load(root))
+    assert summary.failed == 0 and summary.archive[0]["recovered"] is True and agency.count() == 4
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )  # fmt: skip
+    [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
+             if "_manifests" not in o["Key"]]  # fmt: skip
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    archived = {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
+    assert set(agency.added) - agency.ids() == archived and len(archived) == 12

@@ -353,6 +353,7 @@ class Driver:
             unit = WorkUnit(
                 key="", slice=Slice(zone=task.zone), path=run.path, handle=run, keys={}, version=run.run_id,
                 empty_file=True,  # a run with no rows still writes its file: the header alone
+                fenced=True,  # S3: no upload over an object there before the lock check (``Recorder``)
             )  # fmt: skip
             ctx.destination.check_path(run.path)
             pipeline = Pipeline(
