@@ -947,3 +947,35 @@ def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tupl
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     archived = {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
     assert set(agency.added) - agency.ids() == archived and len(archived) == 12
+
+
+@pytest.mark.mariadb
+def test_a_file_name_longer_than_the_ledger_holds_is_refused_not_cut(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    """A MariaDB server without strict mode cuts a too-long VARCHAR with a warning: the ledger then
+    held another name than the file's, and a second task rendering the same name took it again."""
+    root = _project(tmp_path, mariadb_url)
+    long = "d" * 200
+    for name in ("agency", "copy"):
+        task = root / "tasks" / name
+        if name != "agency":
+            shutil.copytree(root / "tasks/agency", task)
+        (task / "task.toml").write_text(
+            f'kind = "archive"\npath = "{long}/{long}/{long}/{{boundary:%Y%m%d}}.{{ext}}"\n'
+        )
+    agency = Agency(mariadb_url)
+    admin = mariadb_conn.connect(mariadb_url)
+    [mode] = admin.execute("SELECT @@GLOBAL.sql_mode").fetchone()
+    admin.execute("SET GLOBAL sql_mode = ''")  # a server as many older installations run it
+    try:
+        _seed(agency)
+        [first] = engine.run(load(root), ["agency"])
+        assert first.failed == 1 and "Data too long for column 'path'" in first.errors[0]
+        assert agency.count() == 12 and not files(tmp_path / "out")  # refused before anything was written
+        _seed(agency, first=10)
+        engine.run(load(root), ["copy"])
+    finally:
+        admin.execute("SET GLOBAL sql_mode = %s", (mode,))
+    archived = [int(r["id"]) for p in files(tmp_path / "out") for r in _rows(p)]
+    assert not (lost := set(agency.added) - agency.ids() - set(archived)), f"rows lost: {sorted(lost)}"
