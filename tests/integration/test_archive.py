@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -29,6 +30,7 @@ from test_workers import _spawn, _wait_for
 
 from plugins.mariadb_server import fresh_database
 from sluicegate import engine, mariadb_conn, operations
+from sluicegate.destinations import local as local_destination
 from sluicegate.drivers import archive
 from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
@@ -979,3 +981,37 @@ def test_a_file_name_longer_than_the_ledger_holds_is_refused_not_cut(
         admin.execute("SET GLOBAL sql_mode = %s", (mode,))
     archived = [int(r["id"]) for p in files(tmp_path / "out") for r in _rows(p)]
     assert not (lost := set(agency.added) - agency.ids() - set(archived)), f"rows lost: {sorted(lost)}"
+
+
+def test_a_file_on_another_file_system_is_made_durable_before_the_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sync = "batch"`` makes files durable with syncfs(2), which reaches one file system: a task
+    folder that is a mount point or a symlink to another one must be synced too, before the delete."""
+    elsewhere = Path("/dev/shm") / f"sluicegate-test-{time.time_ns()}"
+    if not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test folder")
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    (root / "tasks/agency/task.toml").write_text('kind = "archive"\npath = "{task}/{task}-{run}.{ext}"\n')
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/agency").symlink_to(elsewhere)
+    real = local_destination._syncfs()
+    if real is None:
+        pytest.skip("needs Linux syncfs(2)")
+    synced: list[int] = []
+
+    def recording(fd: int) -> int:
+        synced.append(os.fstat(fd).st_dev)
+        return real(fd)
+
+    monkeypatch.setattr(local_destination, "_syncfs", lambda: recording)
+    agency = Agency(url)
+    _seed(agency)
+    try:
+        [summary] = engine.run(load(root))
+        assert summary.failed == 0 and agency.count() == 3
+        assert synced.count(elsewhere.stat().st_dev) >= 2, "the file's bytes and its rename were never synced"
+    finally:
+        shutil.rmtree(elsewhere)

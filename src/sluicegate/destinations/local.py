@@ -9,10 +9,10 @@ newer one. Two ways to make it durable, chosen by ``[destination] sync``:
   fsync each folder a file was renamed into, before the ledger commit. Every file costs at
   least one journal commit of the file system.
 * ``batch`` (``auto`` on Linux): write the group of temp files without fsync, then one
-  ``syncfs`` makes all of them durable at once, then the renames, then a second ``syncfs``
-  makes the renames durable, then the ledger commit. A crash at any point leaves each
-  target either the old file or the complete new one, as with ``file``; it is several times
-  faster for small files. ``syncfs`` flushes the whole file system, so on a disk shared with
+  ``syncfs`` per file system they are on makes all of them durable at once, then the renames,
+  then a second ``syncfs`` makes the renames durable, then the ledger commit. A crash at any
+  point leaves each target either the old file or the complete new one, as with ``file``; it
+  is several times faster for small files. ``syncfs`` flushes the whole file system, so on a disk shared with
   heavy writers ``file`` may be the better choice.
 """
 
@@ -179,16 +179,19 @@ class LocalDestination:
             return
         done = 0
         try:
-            fd = os.open(self.root, os.O_RDONLY)
+            fds = _file_systems([self.url, *(os.path.dirname(target) for _, target in renames)])
             try:
                 if renames:
-                    _check(syncfs(fd))  # the new files' bytes are durable ...
+                    for fd in fds:
+                        _check(syncfs(fd))  # the new files' bytes are durable ...
                     for staged, target in renames:
                         _put_in_place(staged, target)  # ... before any takes a target's name
                         done += 1
-                _check(syncfs(fd))  # the renames (and deletions) are durable
+                for fd in fds:
+                    _check(syncfs(fd))  # the renames (and deletions) are durable
             finally:
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
         except OSError as exc:
             for staged, _ in renames[done:]:
                 self.discard(staged)
@@ -340,6 +343,27 @@ def _syncfs() -> Callable[[int], int] | None:
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
     return func
+
+
+def _file_systems(folders: list[str]) -> list[int]:
+    """An open folder per file system among ``folders``: syncfs(2) of the root does not reach a
+    folder under it that is a mount point, or a symlink to another file system."""
+    fds: list[int] = []
+    devices: set[int] = set()
+    try:
+        for folder in dict.fromkeys(folders):
+            fd = os.open(folder, os.O_RDONLY)
+            device = os.fstat(fd).st_dev
+            if device in devices:
+                os.close(fd)
+            else:
+                devices.add(device)
+                fds.append(fd)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 def _put_in_place(staged: Staged, target: str) -> None:
