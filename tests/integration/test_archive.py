@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -1015,3 +1016,43 @@ def test_a_file_on_another_file_system_is_made_durable_before_the_delete(
         assert synced.count(elsewhere.stat().st_dev) >= 2, "the file's bytes and its rename were never synced"
     finally:
         shutil.rmtree(elsewhere)
+
+
+@pytest.mark.pg
+def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_next_runs_file(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock dies just after the check before the file is placed, and a second run redoes the
+    run and finishes: the first run's ledger row (locked before the file is placed) stops it."""
+    root = _project(tmp_path, pg_url)
+    agency = Agency(pg_url)
+    _seed(agency)
+    project = load(root)
+    hold = ledger_archive.ArchiveStore.hold
+    checks: list[int] = []
+    second: list[TaskSummary] = []
+
+    @contextlib.contextmanager
+    def racing_hold(self: Any, task: str, **kwargs: Any) -> Iterator[Any]:
+        with hold(self, task, **kwargs) as held:
+            if task != "agency" or checks:  # the second run, and the naming lock, as they are
+                yield held
+                return
+
+            def check() -> None:
+                held()
+                checks.append(1)
+                if len(checks) == 2:  # the check before the file is placed has just passed
+                    agency.conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                        " WHERE locktype = 'advisory' AND objsubid = 2"
+                    )
+                    _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the snapshot
+                    second.extend(engine.run(load(root)))
+
+            yield check
+
+    monkeypatch.setattr(ledger_archive.ArchiveStore, "hold", racing_hold)
+    [summary] = engine.run(project)
+    assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
+    account(tmp_path / "out", agency, agency.added, pg_url)

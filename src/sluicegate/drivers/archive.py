@@ -150,6 +150,10 @@ class Recorder:
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Place and verify the file, record ``published``, delete its rows; ``done`` in one transaction.
 
+        With the ledger in the source database, ``published`` comes first: it locks the run's
+        ledger row until the commit, so a run that redoes this one (after this one's lock died)
+        cannot place its file in between, nor this one after it.
+
         The task lock (``ledger.archive.hold``) keeps a second run of the task out, so the file
         is placed without a claim to check. An error sluicegate does not know (a bug) is raised
         as an :class:`ExportError`, which the pipeline reports through :meth:`fail`.
@@ -164,20 +168,20 @@ class Recorder:
         return [True]
 
     def _commit(self, outcomes: Sequence[Outcome], place: Place) -> None:
+        [outcome] = outcomes
+        ctx, run, cur = self.context, self.run, self.snapshot.cursor
         # A run whose lock died during its read may have been redone, deleted and finished by
         # another run since: its older file must not replace that run's at the same name.
         self.held()
+        if self.shared:  # and the run's ledger row, locked from here to the commit: a run that
+            self._published(outcome, cur)  # redoes it waits, or this one fails, before placing
         place(outcomes)
-        [outcome] = outcomes
-        ctx, run, cur = self.context, self.run, self.snapshot.cursor
         if outcome.path is not None:
             assert outcome.checksum is not None
             ctx.destination.verify(outcome.path, outcome.nbytes, outcome.checksum)
         run.rows, run.bytes = outcome.rows, outcome.nbytes
-        ctx.ledger.archive.published(
-            run.run_id, rows=outcome.rows, nbytes=outcome.nbytes, checksum=outcome.checksum or "",
-            cur=cur if self.shared else None,
-        )  # fmt: skip
+        if not self.shared:  # on the ledger at once: published and verified
+            self._published(outcome, None)
         ctx.fault("after_publish")  # the file is published, verified and recorded; nothing deleted
         if self.task.delete_sql:
             deleted = self.snapshot.execute(
@@ -196,6 +200,15 @@ class Recorder:
         self.held()
         if self.shared:  # finished in the same transaction as the delete
             ctx.ledger.archive.done(run.run_id, deleted=run.deleted, cur=cur)
+
+    def _published(self, outcome: Outcome, cur: Any) -> None:
+        self.context.ledger.archive.published(
+            self.run.run_id,
+            rows=outcome.rows,
+            nbytes=outcome.nbytes,
+            checksum=outcome.checksum or "",
+            cur=cur,
+        )
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Remember the error: the snapshot is rolled back, and the run redone next time."""
