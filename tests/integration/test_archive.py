@@ -1019,12 +1019,15 @@ def test_a_file_on_another_file_system_is_made_durable_before_the_delete(
 
 
 @pytest.mark.pg
+@pytest.mark.parametrize("apart", [False, True], ids=["shared", "ledger-apart"])
 def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_next_runs_file(
-    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, apart: bool
 ) -> None:
     """The lock dies just after the check before the file is placed, and a second run redoes the
-    run and finishes: the first run's ledger row (locked before the file is placed) stops it."""
-    root = _project(tmp_path, pg_url)
+    run and finishes: the first run's ledger row, or its witness row with the ledger apart (either
+    locked before the file is placed), stops it."""
+    ledger = request.getfixturevalue("ledger_pg_url") if apart else pg_url
+    root = _project(tmp_path, pg_url, ledger=ledger if apart else None)
     agency = Agency(pg_url)
     _seed(agency)
     project = load(root)
@@ -1055,4 +1058,4 @@ def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_nex
     monkeypatch.setattr(ledger_archive.ArchiveStore, "hold", racing_hold)
     [summary] = engine.run(project)
     assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
-    account(tmp_path / "out", agency, agency.added, pg_url)
+    account(tmp_path / "out", agency, agency.added, ledger)

@@ -150,8 +150,8 @@ class Recorder:
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Place and verify the file, record ``published``, delete its rows; ``done`` in one transaction.
 
-        With the ledger in the source database, ``published`` comes first: it locks the run's
-        ledger row until the commit, so a run that redoes this one (after this one's lock died)
+        With the ledger in the source database, ``published`` comes first, else the witness: it
+        locks a row until the commit, so a run that redoes this one (after this one's lock died)
         cannot place its file in between, nor this one after it.
 
         The task lock (``ledger.archive.hold``) keeps a second run of the task out, so the file
@@ -171,10 +171,16 @@ class Recorder:
         [outcome] = outcomes
         ctx, run, cur = self.context, self.run, self.snapshot.cursor
         # A run whose lock died during its read may have been redone, deleted and finished by
-        # another run since: its older file must not replace that run's at the same name.
+        # another run since: its older file must not replace that run's at the same name. Past
+        # the lock check, a row that such a run writes too is locked here until the commit, so
+        # one of the two waits, or fails, before placing: the run's ledger row with the ledger
+        # in the source database, else its witness (which commits with the delete or not at
+        # all; the delete must remove exactly as many rows as the file holds).
         self.held()
-        if self.shared:  # and the run's ledger row, locked from here to the commit: a run that
-            self._published(outcome, cur)  # redoes it waits, or this one fails, before placing
+        if self.shared:
+            self._published(outcome, cur)
+        elif self.task.delete_sql:
+            ctx.inbox.archive.witness(cur, run.run_id, self.task.name, outcome.rows)
         place(outcomes)
         if outcome.path is not None:
             assert outcome.checksum is not None
@@ -194,8 +200,6 @@ class Recorder:
                     "rolled back, nothing deleted: make delete.sql remove exactly the rows select.sql returns"
                 )
             run.deleted = deleted
-            if not self.shared:  # the witness commits with the delete, or not at all
-                ctx.inbox.archive.witness(cur, run.run_id, self.task.name, deleted)
         ctx.fault("before_delete_commit")
         self.held()
         if self.shared:  # finished in the same transaction as the delete
