@@ -146,6 +146,12 @@ def deadlocked(exc: BaseException) -> bool:
     return classify(exc) is not None and getattr(exc, "errno", None) == DEADLOCK_ERRNO
 
 
+def exact_collation(conn: MariaDbConnection) -> str:
+    """The server's binary NO PAD collation of utf8mb4, which compares text as PostgreSQL does,
+    trailing spaces and all: MariaDB's ``utf8mb4_nopad_bin``, MySQL 8's ``utf8mb4_0900_bin``."""
+    return "utf8mb4_nopad_bin" if "mariadb" in str(conn.raw.server_info).lower() else "utf8mb4_0900_bin"
+
+
 class MariaDbConnection:
     """A driver connection with the ``execute`` / ``closed`` surface of psycopg and sqlite3."""
 

@@ -216,20 +216,10 @@ def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     return sorted((r[0] for r in rows), key=str)
 
 
-def _unkeyable(task: TaskSpec, values: Mapping[str, Any], *, padded: bool) -> list[dict[str, Any]]:
-    """Entities the ledger cannot keep, failed with why: one holding a NUL (its JSON lists end a
-    text there); on a MariaDB ledger (``padded``: PAD SPACE), one that differs from another only by
-    trailing spaces (the two shared one watermark row: its rows were never exported)."""
-    clean = f"clean the {task.entity} values in select.sql"
-    out = [{"entity": e, "rows": 0, "error": f"entity {e!r} holds a NUL character, which the ledger"
-            f" cannot keep; {clean}"} for e in values if "\x00" in e]  # fmt: skip
-    if padded:
-        first: dict[str, str] = {}
-        for e in sorted(values):
-            if e != (same := first.setdefault(e.rstrip(" "), e)):
-                why = f"differs from {same!r} only by trailing spaces, which a MariaDB ledger takes as one"
-                out.append({"entity": e, "rows": 0, "error": f"entity {e!r} {why}; {clean} (trim them)"})
-    return out
+def _unkeyable(task: TaskSpec, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Entities holding a NUL, each failed with why: the ledger's entity lists (JSON) end a text there."""
+    why = f"holds a NUL character, which the ledger cannot keep; clean the {task.entity} values in select.sql"
+    return [{"entity": e, "rows": 0, "error": f"entity {e!r} {why}"} for e in values if "\x00" in e]
 
 
 def check_end(task: TaskSpec, request: ExportRequest, now: dt.datetime) -> dt.datetime:
@@ -262,7 +252,7 @@ def plan_windows(
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
-    refused = _unkeyable(task, values, padded=wm.core.dialect is db.MARIADB)
+    refused = _unkeyable(task, values)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)

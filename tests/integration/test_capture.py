@@ -432,7 +432,7 @@ def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(
     if backend.startswith("sqlite"):  # the source database is there: status creates the ledger in it
         sqlite3.connect(db.sqlite_path(backend)).close()
     assert cli(root, "status").returncode == 0  # creates the ledger
-    newer = "mariadb-3" if backend.startswith("mariadb") else "12"
+    newer = "mariadb-4" if backend.startswith("mariadb") else "12"
     with Ledger(backend) as ledger:
         t, k = ledger.table_prefix, "`key`" if ledger.dialect is db.MARIADB else "key"
         bump = f"UPDATE {t}meta SET value = '{newer}' WHERE {k} = 'schema_version'"

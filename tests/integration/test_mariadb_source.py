@@ -257,12 +257,38 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-2", "utf8mb4_bin")
+        assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-3", "utf8mb4_bin")
         cur.execute(
             "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)"
         )
         cur.execute("SELECT pkey FROM sluicegate_partitions ORDER BY pkey")
         assert cur.fetchall() == [("A",), ("a",)]  # two rows now: case matters
+
+
+def test_a_mariadb_2_ledger_keeps_entities_and_key_values_apart_by_trailing_spaces(mariadb_url: str) -> None:
+    """mariadb-2 compared entities and blocks' key values as utf8mb4_bin, which is PAD SPACE:
+    's1' and 's1 ' were one watermark row. Opening the ledger makes both columns NO PAD."""
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        for table, column, size in (("watermarks", "entity", 512), ("blocks", "key_value", 255)):
+            cur.execute(
+                f"ALTER TABLE sluicegate_{table} MODIFY {column} VARCHAR({size}) CHARACTER SET utf8mb4"
+                " COLLATE utf8mb4_bin NOT NULL"
+            )
+        cur.execute("INSERT INTO sluicegate_watermarks (task, entity) VALUES ('t', 's1')")
+        cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-2' WHERE `key` = 'schema_version'")
+        conn.commit()
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("t", ["s1 ", "s1"])
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        assert _upgraded(cur, "sluicegate_watermarks", "entity") == ("mariadb-3", "utf8mb4_nopad_bin")
+        assert _upgraded(cur, "sluicegate_blocks", "key_value") == ("mariadb-3", "utf8mb4_nopad_bin")
+        cur.execute("SELECT entity FROM sluicegate_watermarks ORDER BY entity")
+        assert cur.fetchall() == [("s1",), ("s1 ",)]  # two rows now: the space matters
 
 
 def test_the_inbox_of_the_release_before_the_mariadb_ledger_is_upgraded(mariadb_url: str) -> None:
@@ -285,7 +311,7 @@ def test_the_inbox_of_the_release_before_the_mariadb_ledger_is_upgraded(mariadb_
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        assert _upgraded(cur, "sluicegate_changes", "keys") == ("mariadb-2", "utf8mb4_bin")
+        assert _upgraded(cur, "sluicegate_changes", "keys") == ("mariadb-3", "utf8mb4_bin")
         cur.execute("SELECT task, `keys` FROM sluicegate_changes")
         assert cur.fetchall() == [("t", '["Gent"]')]
         cur.execute("SELECT count(*) FROM sluicegate_partitions")

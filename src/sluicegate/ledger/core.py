@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
-from .. import db
+from .. import db, mariadb_conn
 from ..exceptions import ConfigError, LedgerError, PermissionDenied, SluicegateError
 from ..masking import mask_url
 from ..sql import queries
@@ -31,7 +31,7 @@ DEADLOCK_TRIES = 8  # runs of a ledger transaction the server keeps choosing as 
 UTC = dt.UTC
 SCHEMA_VERSION = "11"
 MARIADB_INBOX_VERSION = "mariadb-inbox-1"  # 97d6833: the trigger inbox only, in the default collation
-MARIADB_SCHEMA_VERSION = "mariadb-2"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
+MARIADB_SCHEMA_VERSION = "mariadb-3"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
 SQLITE_ADDED_COLUMNS = (
@@ -56,9 +56,12 @@ class LedgerCore:
             self.prefix, self._schema_sql = quoted + ".", quoted
         else:
             self.prefix, self._schema_sql = "sluicegate_", ""
+        self._exact = mariadb_conn.exact_collation(self.conn) if self.dialect is db.MARIADB else ""
 
     def queries(self, store: str) -> dict[str, str]:
         """The named statements of ``store`` for this database."""
+        if self.dialect is db.MARIADB:
+            return queries(self.dialect.name, store, self.prefix, self._schema_sql, self._exact)
         return queries(self.dialect.name, store, self.prefix, self._schema_sql)
 
     def close(self) -> None:
@@ -210,6 +213,8 @@ class SchemaStore(Store):
                 self.upgrade_collation(cur)  # first: ensure_schema then records the new version
             if self.core.dialect is db.MARIADB and version == MARIADB_INBOX_VERSION:
                 self.upgrade_inbox(cur)  # its two tables; ensure_schema creates the rest
+            if self.core.dialect is db.MARIADB and version == "mariadb-2":
+                self.upgrade_padding(cur)  # before ensure_schema records mariadb-3
             self._script("ensure_schema", cur)
             if self.core.dialect is db.SQLITE:
                 for table, column, method in SQLITE_ADDED_COLUMNS:
@@ -248,6 +253,11 @@ class SchemaStore(Store):
         """MariaDB, mariadb-inbox-1 to mariadb-2: the inbox tables of the release before the
         MariaDB ledger compare text as bytes, as the tables created with them do."""
         self._script("upgrade_inbox", cur)
+
+    def upgrade_padding(self, cur: Any) -> None:
+        """MariaDB, mariadb-2 to mariadb-3: entities and blocks' key values compare with trailing
+        spaces (NO PAD), as PostgreSQL's text does."""
+        self._script("upgrade_padding", cur)
 
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""

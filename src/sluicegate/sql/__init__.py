@@ -14,6 +14,7 @@ from importlib import resources
 
 from ..exceptions import ConfigError
 
+EXACT = "utf8mb4_nopad_bin"  # MariaDB's; MySQL 8 names it utf8mb4_0900_bin (mariadb_conn.exact_collation)
 _BLOCK = re.compile(r"^-- ([a-z_]+) --\s*$", re.MULTILINE)
 DIALECTS = ("postgresql", "sqlite")
 # Dialects whose stores are being added one by one: a missing file is a store not supported yet.
@@ -36,17 +37,19 @@ def parse(text: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=64)
-def queries(dialect: str, store: str, prefix: str, schema: str = "") -> dict[str, str]:
+def queries(dialect: str, store: str, prefix: str, schema: str = "", exact: str = EXACT) -> dict[str, str]:
     """The named statements of ``store`` for ``dialect`` with table prefix ``prefix``.
 
     ``schema`` (PostgreSQL only) replaces ``{t_schema}``; both come from validated names.
+    ``exact`` (MariaDB only) replaces ``{exact}``: the server's NO PAD binary collation.
     """
     path = resources.files(__package__).joinpath(dialect, f"{store}.sql")
     if dialect in PARTIAL_DIALECTS and not path.is_file():
         return NotYet(dialect, store)
     text = path.read_text(encoding="utf-8")
     return {
-        name: body.replace("{t_schema}", schema).replace("{t}", prefix) for name, body in parse(text).items()
+        name: body.replace("{t_schema}", schema).replace("{t}", prefix).replace("{exact}", exact)
+        for name, body in parse(text).items()
     }
 
 

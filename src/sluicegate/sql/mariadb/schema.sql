@@ -49,13 +49,14 @@ CREATE TABLE IF NOT EXISTS {t}changes (
     bin BIGINT NULL,
     KEY {t}changes_task_idx (task, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- Entities compare as PostgreSQL's text does (binary, case-sensitive): utf8mb4_bin. With task:
+-- Entities compare as PostgreSQL's text does (bytes, trailing spaces too): {exact}, the NO PAD
+-- binary collation (utf8mb4_bin is PAD SPACE: 's1' and 's1 ' were one row). With task:
 -- within InnoDB's 3072-byte key in utf8mb4. failed_mode and failed_end are set and cleared
 -- together (commit relies on it: it clears failed_end, then failed_mode where failed_end is gone).
 CREATE TABLE IF NOT EXISTS {t}watermarks (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
-    entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL,
     watermark DOUBLE,
     claim_token CHAR(36),
     lease_until DOUBLE,
@@ -106,12 +107,12 @@ CREATE TABLE IF NOT EXISTS {t}schedule_ticks (
     PRIMARY KEY (task, tick)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- One row per (task, key value, block, stage), created when a range is asked for. Key values
--- and stages compare as PostgreSQL's text does (utf8mb4_bin); the unique key stays within
+-- compare as PostgreSQL's text does ({exact}, as entities), stages as bytes; the unique key stays within
 -- InnoDB's 3072 bytes. The queue index serves the claim's order (oldest block first).
 CREATE TABLE IF NOT EXISTS {t}blocks (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     task VARCHAR(255) NOT NULL,
-    key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL,
     block_start DOUBLE NOT NULL,
     block_end DOUBLE NOT NULL,
     label VARCHAR(255) NOT NULL,
@@ -181,10 +182,10 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- The version is only ever raised: an older release must not lower it (mariadb-inbox-1, the
 -- inbox alone of the release before the ledger, is older than every number).
-INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-2')
+INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-3')
 ON DUPLICATE KEY UPDATE value = CASE
     WHEN value = 'mariadb-inbox-1' THEN VALUES(value)
-    WHEN CAST(SUBSTRING(value, 9) AS UNSIGNED) < 2 THEN VALUES(value)
+    WHEN CAST(SUBSTRING(value, 9) AS UNSIGNED) < 3 THEN VALUES(value)
     ELSE value
 END;
 
@@ -208,3 +209,9 @@ ALTER TABLE {t}task_errors CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
 -- in the server's default (case-blind) collation; binary now, as the tables made later are.
 ALTER TABLE {t}meta CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE {t}changes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
+
+-- upgrade_padding --
+-- mariadb-2 -> mariadb-3: entities and blocks' key values compared as utf8mb4_bin, which is PAD
+-- SPACE: 's1' and 's1 ' were one watermark row, and the second's rows were never exported.
+ALTER TABLE {t}watermarks MODIFY entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL;
+ALTER TABLE {t}blocks MODIFY key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL

@@ -15,7 +15,7 @@ ON DUPLICATE KEY UPDATE entity = entity;
 SELECT w.id FROM {t}watermarks AS w
 WHERE w.task = %(task)s
   AND w.entity IN (
-      SELECT e.entity COLLATE utf8mb4_bin
+      SELECT e.entity COLLATE {exact}
       FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
   AND (w.claim_token IS NULL OR w.lease_until < UNIX_TIMESTAMP(NOW(6)))
 ORDER BY w.entity
