@@ -243,8 +243,10 @@ def _number(value: Any) -> float | None:
     """A float (infinite when it is too large for one: ``1`` and 400 zeros), or None (also NaN)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and (value != value.strip() or "_" in value or not _DIGIT.search(value)):
-        return None  # Python's float() takes " 5 ", "1_000", "Infinity" and "nan": JSON numbers do not
+    if isinstance(value, str) and (
+        value != value.strip() or "_" in value or not value.isascii() or not _DIGIT.search(value)
+    ):  # Python's float() takes " 5 ", "1_000", "Infinity", "nan" and "1٢" (12.0): JSON numbers do not
+        return None
     try:
         number = float(value)
     except OverflowError:

@@ -160,6 +160,7 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1", value="1_000"), "message m1: value '1_000' is not a number"),
         (line("m1", value=" 5 "), "message m1: value ' 5 ' is not a number"),
         (line("m1", value="Infinity"), "message m1: value 'Infinity' is not a number"),
+        (line("m1", value="1\u0662"), "message m1: value '1\u0662' is not a number"),  # was 12.0
         (line("m1").replace('"id": "m1"', '"id": true'), "id true is not a message id"),
         (line("m1").replace('"id": "m1"', '"id": 1.5'), "id 1.5 is not a message id"),
         # JSON numbers no float holds, and what JSON has not, named as written (1e400 was "inf")
