@@ -138,7 +138,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
         if not env.get("DATABASE_URL"):
             raise ConfigError(
                 "DSL_PATH is set but DATABASE_URL is not: set it to the PostgreSQL database the "
-                "select.sql and delete.sql files run in (postgresql://user:password@host/db)"
+                "select.sql and delete.sql files run in, such as postgresql://exporter@db.example.org/openaq"
             )
     else:
         raise ConfigError(
