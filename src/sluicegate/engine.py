@@ -101,7 +101,10 @@ class Exporter:
             log.debug("task %s failed", task.name, exc_info=True)
             self._remember(task, str(exc), config=isinstance(exc, ConfigError))
             return 0
-        self._remember(task, None)
+        # A driver whose failed unit has no ledger row of its own (an archive task's one run)
+        # leaves the failure as the task's error: status shows it until a run succeeds.
+        unrecorded = getattr(driver, "failures_unrecorded", False) and summary.errors
+        self._remember(task, summary.errors[0] if unrecorded else None)
         return done
 
     def _remember(self, task: TaskBase, error: str | None, *, config: bool = False) -> None:

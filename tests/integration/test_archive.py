@@ -431,12 +431,20 @@ def test_snapshot_without_delete_sql_keeps_rows(url: str, tmp_path: Path) -> Non
 
 def test_delete_that_removes_other_rows_is_rolled_back(tmp_path: Path, server_url: str) -> None:
     root = _project(tmp_path, server_url)
+    good = (root / "tasks/agency/delete.sql").read_text()
     (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
     agency = Agency(server_url)
     _seed(agency)
     [summary] = engine.run(load(root))
     assert summary.failed == 1 and "deleted 12 rows but the file holds 9" in summary.errors[0]
     assert agency.count() == 12
+    # status said only "unfinished yes": the run's error was on no ledger row, until a run succeeds
+    status = cli(root, "status").stdout
+    assert "unfinished yes" in status and "last run failed: " in status
+    assert "delete.sql deleted 12 rows but the file holds 9" in status.partition("last run failed: ")[2]
+    (root / "tasks/agency/delete.sql").write_text(good)
+    [again] = engine.run(load(root))
+    assert again.failed == 0 and "last run failed" not in cli(root, "status").stdout
 
 
 def _crash(root: Path, point: str) -> None:

@@ -75,9 +75,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             f"{where} boundary: {boundary!r} is not valid; use 'midnight' (today, in zone) or 'now'"
         )
     delete_path = folder / "delete.sql"
-    delete_sql = (
-        validate.statement(validate.text_file(delete_path)) if delete_path.is_file() else None
-    )
+    delete_sql = validate.statement(validate.text_file(delete_path)) if delete_path.is_file() else None
     if delete_sql is not None and not delete_sql:
         raise ConfigError(f"{delete_path} is empty; remove it for a snapshot export or write the DELETE")
     task = Task(
@@ -228,6 +226,8 @@ class Recorder:
 
 class Driver:
     """Runs archive tasks."""
+
+    failures_unrecorded = True  # a failed run has no ledger row of its own: the engine keeps its error
 
     def __init__(self, context: Context) -> None:
         self.context = context
