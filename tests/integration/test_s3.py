@@ -682,3 +682,27 @@ def test_an_exclusive_file_is_not_put_where_an_object_already_is(
     assert dest.list_files("s1/") == ["s1/day.csv"]
     if store.startswith("folder"):
         assert [p.name for p in (tmp_path / "x" / "s1").iterdir()] == ["day.csv"]
+
+
+def test_an_fsspec_store_that_refuses_writes_fails_check() -> None:
+    """fsspec's check only made the root folder, which an object store does without a request:
+    a store that refuses every write passed, and each export failed after it."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+    from sluicegate.exceptions import DestinationUnavailable
+
+    class ReadOnly(MemoryFileSystem):  # type: ignore[misc]
+        protocol = "sgreadonly"
+
+        def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+            raise PermissionError(f"{path}: read-only")
+
+    fsspec.register_implementation("sgreadonly", ReadOnly, clobber=True)
+    with pytest.raises(DestinationUnavailable, match=r"^destination sgreadonly://ro/x is not writable"):
+        open_destination(DestinationSettings(url="sgreadonly://ro/x")).check()
+    writable = open_destination(DestinationSettings(url="memory://sg-check/x"))
+    writable.check()  # and leaves no probe behind
+    assert fsspec.filesystem("memory").ls("/sg-check/x") == []

@@ -10,6 +10,7 @@ are needed, at the cost of uploading while those rows are locked).
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 
 import fsspec
@@ -125,10 +126,14 @@ class FsspecDestination(SpooledUpload):
             raise DestinationUnavailable(f"cannot delete {self.display(path)}: {exc}") from exc
 
     def check(self) -> None:
-        """Check the root can be listed or created."""
+        """Check an object can be written under the root (and remove it): ``makedirs`` alone does
+        nothing on an object store, so read-only credentials passed and every export failed."""
+        probe = f"{self.root}/.sluicegate-probe-{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(self.root, exist_ok=True)
-        except OSError as exc:
+            self.fs.pipe_file(probe, b"")
+            self.fs.rm_file(probe)
+        except (OSError, NotImplementedError) as exc:
             raise DestinationUnavailable(f"destination {self.url} is not writable: {exc}") from exc
 
     def cleanup(self, older_than: float) -> int:
