@@ -9,6 +9,7 @@ Configuration errors do not depend on the database and run on SQLite only.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 import uuid
@@ -170,6 +171,32 @@ def test_a_cron_schedule_ticks_in_its_zone(tmp_path: Path, url: str) -> None:
     tick = dt.datetime.fromisoformat(evaluation["tick"])
     assert (tick.minute, tick.second) == (30, 0) and dt.datetime.now(UTC) - tick < dt.timedelta(hours=1)
     assert evaluation["state"] == "done"
+
+
+def test_a_daily_schedule_window_is_the_local_day_across_clock_changes(tmp_path: Path, url: str) -> None:
+    """width = "1d" with a daily schedule in a zone is 24 hours: on the day the clocks go back the
+    local day's first hour was in no window, and on the day they go forward the previous day's
+    last hour was counted twice. width = "schedule" is the time since the schedule's last tick."""
+    root = airmax_project(tmp_path / "proj", url)
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    text = toml.read_text().replace(
+        'every = "5m"', 'schedule = "0 0 * * *"\nschedule_zone = "Europe/Brussels"'
+    )
+    toml.write_text(re.sub(r'width = "[^"]*"', 'width = "schedule"', text))
+    utc = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    add_raw(url, [
+        ("Gent", utc(2024, 10, 26, 21, 30), 1000.0),  # 26 Oct 23:30 local: the day before
+        ("Gent", utc(2024, 10, 26, 22, 30), 10.0),  # 27 Oct 00:30 local: was in no window
+        ("Gent", utc(2024, 10, 27, 22, 30), 20.0),  # 27 Oct 23:30 local (CET)
+        ("Leuven", utc(2024, 3, 30, 22, 30), 30.0),  # 30 Mar 23:30 local: was counted on 31 Mar too
+        ("Leuven", utc(2024, 3, 30, 23, 30), 40.0),  # 31 Mar 00:30 local
+    ])  # fmt: skip
+    spring = _evaluate(root, utc(2024, 3, 31, 22))  # 1 Apr 00:00 CEST: the 23-hour day before it
+    assert (spring.window_start, spring.window_end) == (utc(2024, 3, 30, 23), utc(2024, 3, 31, 22))
+    assert {r["city"]: r["num_measurements"] for r in table(url)} == {"Leuven": 1}
+    fall = _evaluate(root, utc(2024, 10, 27, 23))  # 28 Oct 00:00 CET: the 25-hour day before it
+    assert (fall.window_start, fall.window_end) == (utc(2024, 10, 26, 22), utc(2024, 10, 27, 23))
+    assert {r["city"]: r["num_measurements"] for r in table(url)} == {"Gent": 2}
 
 
 def test_a_claim_whose_lease_ran_out_is_taken_over_and_fenced(tmp_path: Path, url: str) -> None:

@@ -34,7 +34,7 @@ from .. import paths, tables, validate
 from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
-from ..schedules import due_tick
+from ..schedules import due_tick, latest_tick
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
@@ -71,9 +71,13 @@ class Task(TaskBase):
     file: bool = False
     lease: float = 600.0
     keep: float = KEEP  # evaluations of older ticks are forgotten (the table holds the latest)
+    since_previous_tick: bool = False  # width = "schedule": [the cron schedule's previous tick, tick)
 
     def window(self, tick: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        """The window of ``tick``: ``[tick - width, tick)``."""
+        """The window of ``tick``: ``[tick - width, tick)``, or from the schedule's previous tick
+        (a daily schedule's local day: 23 or 25 hours when the clocks change)."""
+        if self.since_previous_tick and self.schedule:
+            return latest_tick(self.schedule, self.schedule_zone, tick - dt.timedelta(microseconds=1)), tick
         return tick - dt.timedelta(seconds=self.width), tick
 
 
@@ -91,11 +95,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     for key in sorted(WINDOW_KEYS - set(window)):
         raise ConfigError(f"{where} [window] {key}: missing; the window needs table, column and width")
     every = _every(raw, where)
-    width = validate.parse_duration(window["width"], where=f"{where} [window] width")
-    if width <= 0:
-        raise ConfigError(f'{where} [window] width: must be longer than 0, e.g. "3h"')
-    if not width.is_integer():  # windows are read in whole seconds: they would overlap or leave gaps
-        raise ConfigError(f'{where} [window] width: {window["width"]!r} is not whole seconds; use e.g. "3h"')
+    width = _width(window["width"], every, raw.get("schedule"), where)
     task = Task(
         **base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH),
         window_table=validate.table_name(window["table"], f"{where} [window] table"),
@@ -114,6 +114,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         file="path" in raw,
         lease=validate.lease(raw.get("lease", settings.lease), f"{where} lease"),
         keep=validate.parse_duration(raw.get("keep", max(KEEP, width)), where=f"{where} keep"),
+        since_previous_tick=window["width"] == "schedule" and every is None,
     )
     if task.keep < task.width:
         raise ConfigError(
@@ -137,6 +138,23 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         except BadPartitionValue as exc:
             raise ConfigError(f"{where} path: {exc}") from None
     return task
+
+
+def _width(value: Any, every: float | None, schedule: Any, where: str) -> float:
+    """``[window] width`` in seconds. ``"schedule"`` is the time since the previous tick: ``every``,
+    or for a cron schedule 0 here (``Task.window`` asks the schedule; ``keep`` is not checked)."""
+    if value == "schedule":
+        if every is not None:
+            return every
+        if not isinstance(schedule, str):
+            raise ConfigError(f'{where} [window] width: "schedule" needs every or a cron schedule')
+        return 0.0
+    width = validate.parse_duration(value, where=f"{where} [window] width")
+    if width <= 0:
+        raise ConfigError(f'{where} [window] width: must be longer than 0, e.g. "3h" or "schedule"')
+    if not width.is_integer():  # windows are read in whole seconds: they would overlap or leave gaps
+        raise ConfigError(f'{where} [window] width: {value!r} is not whole seconds; use e.g. "3h"')
+    return width
 
 
 def _every(raw: Mapping[str, Any], where: str) -> float | None:
@@ -381,7 +399,8 @@ def check(task: Task, source: Source) -> list[str]:
     problems = []
     tick = dt.datetime.now(UTC).replace(microsecond=0)
     try:
-        names, _ = _select(source.url, dataclasses.replace(task, width=0.000001), tick)  # no rows read
+        no_rows = dataclasses.replace(task, width=0.000001, since_previous_tick=False)
+        names, _ = _select(source.url, no_rows, tick)  # no rows read
     except SluicegateError as exc:
         return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
     if (clash := _clash(task, names)) is not None:
@@ -413,7 +432,11 @@ def describe(task: Task) -> dict[str, Any]:
         "keys": [],
         "time": task.window_column,
         "capture": "explicit",
-        "window": {"table": task.window_table, "column": task.window_column, "width": task.width},
+        "window": {
+            "table": task.window_table,
+            "column": task.window_column,
+            "width": "schedule" if task.since_previous_tick else task.width,
+        },
         "every": task.every,
         "table": task.target.table,
         "mode": task.target.mode,
