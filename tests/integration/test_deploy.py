@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -481,6 +482,7 @@ def test_deployment_probes_against_the_real_service(tmp_path: Path) -> None:
         container["readinessProbe"]["httpGet"]["path"],
         container["livenessProbe"]["httpGet"]["path"],
     )
+    sqlite3.connect(tmp_path / "source.db").close()  # a source that is there (/healthz no longer makes it)
     good = {**env, "SLUICEGATE_SOURCE__URL": f"sqlite:///{tmp_path / 'source.db'}"}
     with _serving(container["args"], good) as url:
         assert (_status(url + ready), _status(url + alive)) == (200, 200)
