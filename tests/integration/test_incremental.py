@@ -1662,3 +1662,30 @@ def test_entities_that_differ_only_by_trailing_spaces(url: str, tmp_path: Path) 
     assert exported == {"s1": ["plain"], "s1 ": ["spaced"]}, summary.entities
     assert set(_marks(root)) == {"s1", "s1 "}
     assert _run(root, export_type="daily", end=T + dt.timedelta(days=1)).failed == 0
+
+
+def test_check_names_a_timestamp_cursor_in_a_database_of_another_zone(pg_url: str, tmp_path: Path) -> None:
+    """A `timestamp` cursor is read as UTC; where the database's TimeZone is New York a writer's
+    now() stores New York wall-clock times, five hours behind: an instant run's watermark passes
+    such a row before it is written, and it is never exported. check said nothing."""
+    root = _project(tmp_path, pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE records (record_id serial PRIMARY KEY, study_id text, uploaded_on timestamp)"
+        )
+        conn.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(),"
+            " 'America/New_York'); END $$"
+        )
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on FROM records"
+    )
+    checked = cli(root, "check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "column 'uploaded_on' is a timestamp without time zone, read as UTC, but the database's" in (
+        checked.stderr
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on AT TIME ZONE 'America/New_York' AS uploaded_on FROM records"
+    )
+    assert cli(root, "check").returncode == 0  # the fix the message gives

@@ -26,6 +26,7 @@ def check(task: Task, source: Source) -> list[str]:
     problems = missing_columns(task, {c.name for c in described})
     problems += cursor_problems(task, described, source)
     problems += watermarks.horizon_problems(task, source)
+    problems += naive_cursor_zone(task, described, source)
     if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
         problems += watermarks.unreadable_cursors(task, source)
     return problems
@@ -60,3 +61,24 @@ def cursor_problems(task: Task, described: list[Column], source: Source, *, prob
     if not probe or source.dialect is not db.SQLITE:
         return []
     return watermarks.unreadable_cursors(task, source, first=True)
+
+
+_UTC_NAMES = ("UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu")
+
+
+def naive_cursor_zone(task: Task, described: list[Column], source: Source) -> list[str]:
+    """PostgreSQL: a ``timestamp`` cursor (without time zone) is read as UTC. In a database whose
+    TimeZone is another zone a writer's ``now()`` stores that zone's wall-clock time, hours off:
+    west of UTC its rows fall below an instant window's watermark and are never exported."""
+    cursor = next((c for c in described if c.name == task.cursor), None)
+    if source.dialect is not db.POSTGRESQL or cursor is None or cursor.kind != "timestamp":
+        return []
+    [(zone,)] = source.execute("SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'TimeZone'")
+    if zone in _UTC_NAMES:
+        return []
+    return [
+        f"{task.folder / 'task.toml'} cursor: column {task.cursor!r} is a timestamp without time zone,"
+        f" read as UTC, but the database's TimeZone is {zone!r}, where now() stores wall-clock times"
+        f" and rows can fall below the watermark; in select.sql read it in its zone ({task.cursor}"
+        f" AT TIME ZONE '{zone}' AS {task.cursor}), or make the column timestamptz"
+    ]
