@@ -1067,3 +1067,31 @@ def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_nex
     [summary] = engine.run(project)
     assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
     account(tmp_path / "out", agency, agency.added, ledger)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+@pytest.mark.parametrize("value", ["'infinity'::timestamptz", "'0044-03-15 BC'::date", "'infinity'::timestamp"])
+def test_a_time_no_file_can_hold_fails_the_run_by_column_and_deletes_nothing(
+    tmp_path: Path, pg_url: str, fmt: str, value: str
+) -> None:
+    """Parquet and JSON lines read an archive's rows with psycopg, which refused 'infinity' or a
+    BC time with "database ... rejected a value: timestamp too large (after year 10K)", naming
+    neither the column nor what to do (partitioned tasks name both). Now the run fails with the
+    column's name and the cast to make in select.sql, and deletes nothing."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE held (id int, t timestamptz)")
+        conn.execute("INSERT INTO held VALUES (1, now() - interval '2 days')")
+    root = tmp_path / "proj"
+    task = root / "tasks" / "held"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n')
+    (task / "task.toml").write_text(f'kind = "archive"\nboundary = "midnight"\nformat = "{fmt}"\n')
+    (task / "select.sql").write_text(f"SELECT id, t, {value} AS valid_to FROM held WHERE t < %(export_boundary)s")
+    (task / "delete.sql").write_text("DELETE FROM held WHERE t < %(export_boundary)s")
+    result = cli(root, "run")
+    assert result.returncode == 1
+    assert "column 'valid_to' holds" in result.stdout + result.stderr
+    assert "cast it in select.sql" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM held").fetchone() == (1,)

@@ -24,7 +24,7 @@ from ..exceptions import ConfigError, PermissionDenied, SluicegateError
 from ..partitions import canonical_key
 from . import Column, CsvChunk, Mode, ReadSpec, Slice, distinct_names, group_rows
 from .arrow import available as arrow_available
-from .pg_query import batch_query, column_of, select_sql, typed_expr
+from .pg_query import batch_query, column_of, projection, select_sql
 
 CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 10000
@@ -284,8 +284,10 @@ class _Snapshot:
             columns = [column_of(d) for d in self.cursor.description or []]
         if mode == "csv":
             return columns, "csv", self._copy(query, params)
+        # As a partitioned task's rows: a time outside years 1 to 9999 fails by column's name.
         typed = sql.SQL("SELECT {} FROM ({}) AS q").format(
-            sql.SQL(", ").join(typed_expr(c) for c in columns), sql.SQL(query)
+            sql.SQL(", ").join(projection(columns, "rows", sql.Literal("UTC"), server_text=False)),
+            sql.SQL(query),
         )
         with db.wrap_errors(self.url):
             self.cursor.execute(typed, params)
