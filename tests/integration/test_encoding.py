@@ -982,3 +982,24 @@ def test_rows_equal_only_as_numbers_have_one_order_whatever_the_insert_order(
     assert files[0] == files[1]
     assert summary.unchanged == 1  # not uploaded again
     assert [r[2:] for r in _csv_rows(_file(root, 1, DAY, "csv"))[1:]] == [["0", "1.50"], ["0", "1.500"], ["-0", "1.5"]]
+
+
+def test_json_lines_write_a_real_with_its_own_digits_as_postgresql_does(typed_db: str, tmp_path: Path) -> None:
+    """A ``real`` is read widened to a double (exactly, so Parquet gets the same value on every
+    path), and JSON lines wrote that double's digits: 0.10000000149011612 where PostgreSQL's
+    ``to_json`` and the CSV file say 0.1. Now it is the real's own shortest digits, as a number
+    (NaN and the infinities as text, as for any float)."""
+    root = _project(tmp_path, typed_db, "SELECT k, t, v FROM typed_real", "jsonl")
+    _export(root, (1, DAY))
+    lines = _file(root, 1, DAY, "jsonl").read_text().split("\n")[:-1]
+    values = [line.split('"v":', 1)[1].removesuffix("}") for line in lines]
+    with psycopg.connect(typed_db) as conn:
+        expected = [r[0] for r in conn.execute("SELECT to_json(v)::text FROM typed_real ORDER BY t")]
+    assert values == [
+        e if e in ('"NaN"', '"Infinity"', '"-Infinity"') else float_json(e) for e in expected
+    ]
+
+
+def float_json(text: str | None) -> str:
+    """PostgreSQL's JSON for a real (``to_json``; SQL NULL for NULL) as Python's json writes that number."""
+    return "null" if text is None else json.dumps(float(text))

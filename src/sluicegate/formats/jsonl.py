@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import DataError, TerminalError
 from ..sources import Column, Mode, times
-from .csv import float_text, parse_time
+from .csv import float_text, parse_time, single_text
 
 
 class JsonlWriter:
@@ -92,6 +92,8 @@ class JsonlWriter:
             return lambda v: bool(v) if isinstance(v, int) else _finite(v)
         if col.kind == "binary":
             return lambda v: v.encode() if isinstance(v, str) else _finite(v)
+        if col.kind == "float" and col.precision == 24:  # a real, read widened: its own digits, as in CSV
+            return lambda v: _finite(float(single_text(v))) if type(v) is float else _finite(v)
         return _finite
 
     def _time(self, col: Column, text: str | dt.datetime) -> dt.datetime:
