@@ -538,3 +538,34 @@ def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, 
         assert f"--limit/limit 1 does not apply to {kind} task {name!r}" in proc.stderr or not kind
         assert "does not apply to" in proc.stderr and "leave it out" in proc.stderr
     assert _evaluations(root) == []  # nothing ran
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(
+    ("column", "expr"),
+    [("ids", "ARRAY[1, NULL]::int[]"), ("span", "interval '1 day -1 second'"), ("rec", "ROW(1, 'x')"),
+     ("rng", "int4range(1, 5)")],
+)  # fmt: skip
+def test_a_value_the_file_cannot_hold_as_postgresql_writes_it_fails_by_column(
+    tmp_path: Path, pg_url: str, fmt: str, column: str, expr: str
+) -> None:
+    """The evaluation's file was written from psycopg's Python values: an int[] as "[1, None]",
+    interval '1 day -1 second' as "23:59:59", a record as "('1', 'x')", a range as "[1, 5)", all
+    silently (PostgreSQL writes {1,NULL}, 1 day -00:00:01, (1,x), [1,5)); JSON lines failed
+    naming no column. Now the evaluation fails, naming the column and the cast to make."""
+    root = airmax_project(tmp_path / "proj", pg_url, task_extra=f'path = "cur/{{t:%H%M}}.{{ext}}"\nformat = "{fmt}"')
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        f" count(*) AS num_measurements, {expr} AS {column}"
+        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    db = tables.TableDb(pg_url)
+    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN {column} text")
+    db.close()
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert result.state == "failed"
+    assert result.error is not None and f"column {column!r}" in result.error
+    assert f"CAST({column} AS text) AS {column}" in result.error
+    assert not (root / "exports" / "cur").exists()

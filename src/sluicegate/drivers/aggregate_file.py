@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import ipaddress
+import uuid
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import paths
-from ..exceptions import SluicegateError
+from ..exceptions import DataError, SluicegateError
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..sources import Column, ColumnKind, Slice
@@ -63,7 +65,7 @@ def write_file(
     no file) and its size."""
     path = render_path(task, tick)
     context.destination.check_path(path)
-    kinds = [Column(name=name, kind=_kind([row[i] for row in rows])) for i, name in enumerate(columns)]
+    kinds = [Column(name=name, kind=_kind(name, [row[i] for row in rows])) for i, name in enumerate(columns)]
     recorder = FileRecorder()
     pipeline = Pipeline(
         read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
@@ -93,12 +95,26 @@ _KINDS: tuple[tuple[type, ColumnKind], ...] = (
 )
 
 
-def _kind(values: Sequence[Any]) -> ColumnKind:
-    """The kind of a column from its first non-NULL value (a naive time is a timestamp)."""
+# Other values whose text (str) is the database's: anything else (a list, a tuple, a timedelta,
+# a range) would be written as Python spells it ("[1, None]", "23:59:59" for 1 day -1 second).
+_AS_TEXT = (uuid.UUID, dt.time, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Interface,
+            ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network)  # fmt: skip
+
+
+def _kind(name: str, values: Sequence[Any]) -> ColumnKind:
+    """The kind of a column from its first non-NULL value (a naive time is a timestamp); raises
+    DataError for a value the file could not hold as the database writes it."""
     value = next((v for v in values if v is not None), None)
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return "timestamp"
     for typ, kind in _KINDS:
         if isinstance(value, typ):
             return kind
-    return "text" if value is None else "other"
+    if value is None:
+        return "text"
+    if not isinstance(value, _AS_TEXT):
+        raise DataError(
+            f"column {name!r} holds a {type(value).__name__}, which the file cannot hold as the database "
+            f"writes it; cast it in select.sql: CAST({name} AS text) AS {name}"
+        )
+    return "other"
