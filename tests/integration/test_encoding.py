@@ -1003,3 +1003,38 @@ def test_json_lines_write_a_real_with_its_own_digits_as_postgresql_does(typed_db
 def float_json(text: str | None) -> str:
     """PostgreSQL's JSON for a real (``to_json``; SQL NULL for NULL) as Python's json writes that number."""
     return "null" if text is None else json.dumps(float(text))
+
+
+@pytest.mark.parametrize(("fmt", "path"), [("csv", "arrow"), ("csv", "copy"), ("parquet", "arrow"), ("parquet", "rows"), ("jsonl", "rows")])  # fmt: skip
+def test_text_of_a_sql_ascii_database_is_text_on_every_path(
+    pg_server: Any, tmp_path: Path, fmt: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg reads the text of a SQL_ASCII database (a client_encoding of SQL_ASCII) as bytes,
+    so every text value went into Parquet without ADBC as "\\x" and hex, and into JSON lines as
+    base64, silently; ADBC and COPY wrote the text. Sessions now ask for UTF-8 on every path."""
+    _use_path(path, monkeypatch)
+    dbname = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+                sql.Identifier(dbname)
+            )
+        )
+    url = pg_server.url(dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, v text)")
+        conn.execute("INSERT INTO m VALUES (1, %s, 'plain'), (1, %s, NULL)", (NOON, NOON + dt.timedelta(minutes=1)))
+    root = _project(tmp_path, url, "SELECT k, t, v FROM m", fmt)
+    try:
+        _export(root, (1, DAY))
+    finally:
+        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    file = _file(root, 1, DAY, fmt)
+    if fmt == "csv":
+        values = [row[2] for row in _csv_rows(file)[1:]]
+    elif fmt == "parquet":
+        values = pq.read_table(file).column("v").to_pylist()
+    else:
+        values = [json.loads(line)["v"] for line in file.read_text().split("\n")[:-1]]
+    assert values == ["plain", "" if fmt == "csv" else None]

@@ -45,8 +45,10 @@ SPLIT_COST = 1.25  # the one-partition plan's cost x partitions, at most this x 
 # windows are compared in UTC. Batches are sorted by partition: enough work_mem keeps that sort
 # in memory. JIT compiled the batch query for seconds and won nothing back. The rest pins the
 # server's text for values (a role or database may set other defaults): ISO dates, floats in
-# their shortest exact form, intervals and bytea as PostgreSQL writes them by default.
+# their shortest exact form, intervals and bytea as PostgreSQL writes them by default. Text comes
+# as UTF-8: psycopg reads the text of a SQL_ASCII database (client_encoding SQL_ASCII) as bytes.
 SESSION = (
+    "SET client_encoding TO 'UTF8'",
     "SET TimeZone TO 'UTC'",
     "SET work_mem TO '64MB'",
     "SET jit TO off",
