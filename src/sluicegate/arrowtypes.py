@@ -17,8 +17,8 @@ def arrow_type(col: Column, zone: str | None) -> pa.DataType | None:
         return pa.int64()
     if col.kind == "float":
         return pa.float64()
-    if col.kind == "decimal":
-        if col.precision and col.scale is not None and col.precision <= 38:
+    if col.kind == "decimal":  # PostgreSQL 15's scales below 0 or above the precision: no Parquet decimal
+        if col.precision and col.scale is not None and 0 <= col.scale <= col.precision <= 38:
             return pa.decimal128(col.precision, col.scale)
         return pa.string()
     if col.kind == "text":

@@ -1038,3 +1038,28 @@ def test_text_of_a_sql_ascii_database_is_text_on_every_path(
     else:
         values = [json.loads(line)["v"] for line in file.read_text().split("\n")[:-1]]
     assert values == ["plain", "" if fmt == "csv" else None]
+
+
+@pytest.mark.parametrize("path", ["arrow", "rows"])
+@pytest.mark.parametrize(
+    ("pg_type", "values"), [("numeric(5, -2)", ["12300", "-100"]), ("numeric(3, 5)", ["0.00123", "-0.00001"])]
+)
+def test_a_numeric_whose_scale_parquet_cannot_declare_is_its_text(
+    tmp_path: Path, pg_url: str, path: str, pg_type: str, values: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL 15 takes a negative scale, or one above the precision; a Parquet decimal takes
+    neither, and every partition failed with "OSError: Scale must be a non-negative integer that
+    does not exceed precision for Decimal logical type", naming no column. Such a column is now
+    a string of PostgreSQL's text, as a numeric without a precision is."""
+    _use_path(path, monkeypatch)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        if conn.info.server_version < 150000:
+            pytest.skip("PostgreSQL 15 or later takes these scales")
+        conn.execute(sql.SQL("CREATE TABLE m (k int, t timestamptz, v {})").format(sql.SQL(pg_type)))
+        for i, value in enumerate([*values, None]):
+            conn.execute("INSERT INTO m VALUES (1, %s, %s::numeric)", (NOON + dt.timedelta(minutes=i), value))
+    root = _project(tmp_path, pg_url, "SELECT k, t, v FROM m", "parquet")
+    _export(root, (1, DAY))
+    table = pq.read_table(_file(root, 1, DAY, "parquet"))
+    assert str(table.schema.field("v").type) == "string"
+    assert table.column("v").to_pylist() == [*values, None]
