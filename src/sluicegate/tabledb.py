@@ -256,13 +256,15 @@ def quote(flavor: Flavor, name: str) -> str:
 
 
 def _connect(url: str, flavor: Flavor) -> Any:
-    """Open an autocommit connection; times are compared and written in UTC."""
+    """Open an autocommit connection; times are compared and written in UTC, text as UTF-8
+    (psycopg reads a SQL_ASCII database's text, in its own client_encoding, as bytes)."""
     if flavor == "mariadb":
         return _connect_mariadb(url)
     conn = db.connect(url, writer=True)  # its rows count for incremental tasks' late-commit cap
     if flavor == "postgresql":
         with db.wrap_errors(url):
             conn.execute("SET TimeZone TO 'UTC'")
+            conn.execute("SET client_encoding TO 'UTF8'")
     return conn
 
 

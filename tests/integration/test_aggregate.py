@@ -13,7 +13,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -569,3 +571,28 @@ def test_a_value_the_file_cannot_hold_as_postgresql_writes_it_fails_by_column(
     assert result.error is not None and f"column {column!r}" in result.error
     assert f"CAST({column} AS text) AS {column}" in result.error
     assert not (root / "exports" / "cur").exists()
+
+
+@pytest.fixture
+def sql_ascii_url(pg_server: Any) -> Iterator[str]:
+    """A fresh database whose encoding is SQL_ASCII (bytes as stored, no conversion)."""
+    name = f"test_{uuid.uuid4().hex}"
+    admin = tables.TableDb(pg_server.url("postgres"))
+    admin.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    yield pg_server.url(name)
+    admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.mark.pg
+def test_text_of_a_sql_ascii_database_is_read_and_written_as_text(tmp_path: Path, sql_ascii_url: str) -> None:
+    """psycopg speaks a SQL_ASCII database's own client_encoding: it sent "µg/m³" as ASCII
+    (UnicodeEncodeError: no row could be written) and read text back as bytes (the file held
+    "\\x4765..." for "Gent"). The table connections now ask for UTF-8."""
+    root = airmax_project(tmp_path / "proj", sql_ascii_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
+    add_raw(sql_ascii_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None)
+    [row] = read_csv(root / "exports" / "cur" / "1200.csv")
+    assert (row["city"], row["parameter_unit"]) == ("Gent", "µg/m³")
+    assert [(r["city"], r["parameter_unit"]) for r in table(sql_ascii_url)] == [("Gent", "µg/m³")]
