@@ -135,13 +135,14 @@ def _answer_errors(app: FastAPI) -> None:
 
 
 async def _unreadable_body(request: Request, exc: Exception) -> Response:
-    """A body FastAPI cannot decode (bytes that are not UTF-8) is a 422 with a reason, as every
-    other bad body; it was a 400 "There was an error parsing the body"."""
+    """A body FastAPI cannot decode (bytes that are not UTF-8, arrays nested too deep for Python's
+    parser) is a 422 with a reason, as every other bad body; it was a 400 "There was an error
+    parsing the body"."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         detail = (
-            "the request body is not UTF-8 JSON; send a JSON object in UTF-8 such as"
-            ' {"dry_run": true} (the fields: docs/service.md)'
+            "the request body is not UTF-8 JSON, or is nested too deeply; send a JSON object in UTF-8"
+            ' such as {"dry_run": true} (the fields: docs/service.md)'
         )
         return JSONResponse(status_code=422, content={"detail": detail})
     return await http_exception_handler(request, exc)

@@ -105,7 +105,7 @@ async def fields_once(request: Request) -> None:
             status_code=422,
             detail=f"the request body {repeated}; send each field once (the fields: docs/service.md)",
         ) from None
-    except ValueError:  # not JSON, or not UTF-8: FastAPI's answer names it
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep: FastAPI answers it
         return
 
 
