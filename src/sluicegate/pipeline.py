@@ -325,9 +325,9 @@ class Pipeline:
         in parallel with the main thread reading the next units. An upload thread's (see
         ``uploads_in_flight``) future is returned when the destination has them.
         """
-        unit, previous = job.unit, job.unit.previous
+        unit = job.unit
         if job.writer is None:  # no rows at all: nothing to publish; an old file goes when placed
-            remove = previous.path if previous is not None and previous.path else None
+            remove = self._stale(unit)
             return Outcome(
                 unit=unit, path=None, rows=0, nbytes=0, checksum=None, published=True, remove=remove
             )
@@ -335,6 +335,20 @@ class Pipeline:
         if self._uploads is not None:
             return self._uploads.submit(self._send, job)
         return self._send(job)
+
+    def _stale(self, unit: WorkUnit) -> str | None:
+        """The file a unit without rows must delete: its recorded one, or else one at its own path.
+
+        A worker killed after putting the unit's file in place, before its commit, left a file
+        the ledger does not record; with the rows gone since, it stayed published for good
+        (unlisted by the feed when the kill came before the manifest).
+        """
+        previous = unit.previous
+        if previous is None:  # a unit that keeps no file record (always published)
+            return None
+        if previous.path:
+            return previous.path
+        return unit.path if unit.path and self.destination.exists(unit.path) else None
 
     def _send(self, job: _Job) -> Outcome:
         """Publish (or skip, when its bytes are unchanged) one finished file."""

@@ -332,3 +332,21 @@ def test_chaos_manifests_name_every_recorded_file_and_only_files_in_place(
     assert len(store.files()) == 18
     # At-least-once: kills after the manifest and before the commit list a file twice.
     assert len(published) > len(set(published))
+
+
+@pytest.mark.parametrize("fault", ["after_publish", "after_manifest"])
+def test_a_file_placed_by_a_killed_worker_goes_when_its_partition_empties(tmp_path: Path, fault: str) -> None:
+    """A worker killed after placing a partition's first file leaves it unrecorded; the rows are
+    then deleted: the next export (no rows, no file on the ledger) deletes that file and says so."""
+    root, db = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=1, days=1, lease="1s")
+    out = tmp_path / "out"
+    since = dt.datetime.now(UTC).isoformat()
+    _kill_at(root, fault)
+    path = "records/csv/locationid=1/year=2024/month=01/location-1-20240101.csv"
+    assert path in _on_disk(out)  # in place, not recorded
+    db.conn.execute("DELETE FROM measurements WHERE location_id = 1")
+    time.sleep(1.1)  # the killed worker's lease expires
+    cli(root, "run", check=True)
+    assert _on_disk(out) == {}  # no rows, no file
+    assert db.scalar("SELECT count(*) FROM sluicegate_partitions WHERE path IS NOT NULL") == 0
+    assert [(e["path"], e["action"]) for e in _changes(root, "--since", since)] == [(path, "deleted")]
