@@ -350,3 +350,23 @@ def test_a_file_placed_by_a_killed_worker_goes_when_its_partition_empties(tmp_pa
     assert _on_disk(out) == {}  # no rows, no file
     assert db.scalar("SELECT count(*) FROM sluicegate_partitions WHERE path IS NOT NULL") == 0
     assert [(e["path"], e["action"]) for e in _changes(root, "--since", since)] == [(path, "deleted")]
+
+
+def test_a_listed_file_deleted_by_a_killed_worker_is_listed_as_deleted(tmp_path: Path) -> None:
+    """A killed worker placed and listed a partition's file without recording it; the rows go,
+    and the worker exporting that (no rows) is killed after deleting the file, before its
+    manifest: the next export lists the deletion, though no file is left to delete."""
+    root, db = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=1, days=1, lease="1s")
+    out = tmp_path / "out"
+    since = dt.datetime.now(UTC).isoformat()
+    _kill_at(root, "after_manifest")  # placed and listed, not recorded
+    path = "records/csv/locationid=1/year=2024/month=01/location-1-20240101.csv"
+    assert [(e["path"], e["action"]) for e in _changes(root, "--since", since)] == [(path, "published")]
+    db.conn.execute("DELETE FROM measurements WHERE location_id = 1")
+    time.sleep(1.1)
+    _kill_at(root, "after_publish")  # deleted, not listed, not recorded
+    assert _on_disk(out) == {}
+    time.sleep(1.1)
+    cli(root, "run", check=True)
+    assert [(e["path"], e["action"]) for e in _changes(root, "--since", since)] == [(path, "deleted")]
+

@@ -353,7 +353,11 @@ class Loop:
             # A forced export never counts as unchanged (no checksum to compare), but its upload
             # is still conditional on the file the ledger recorded.
             checksum = None if claim.forced else claim.prev_checksum
-            previous = Previous(path=claim.prev_path, checksum=checksum, etag=claim.prev_etag)
+            # An earlier try that did not commit (attempts) may have placed and listed a file at
+            # the path without recording it: with no rows now, its deletion is listed even when
+            # that try's own deletion of it, unlisted, was cut short since.
+            prev_path = claim.prev_path or (path if claim.attempts else None)
+            previous = Previous(path=prev_path, checksum=checksum, etag=claim.prev_etag)
             units.append(
                 WorkUnit(
                     key=claim.pkey,
