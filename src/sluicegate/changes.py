@@ -240,8 +240,9 @@ def read_changes(
         exclude: str | None = since
     else:
         point, exclude = since.astimezone(dt.UTC), None
-    # Zero-padded by hand: strftime writes year 999 as "999", which sorts after "2026".
-    start = f"{MANIFESTS}/{point.year:04d}/{point.month:02d}/{point.day:02d}"
+    # Zero-padded by hand: strftime writes year 999 as "999", which sorts after "2026". The day's
+    # folder with its "/": SeaweedFS skips the whole folder a StartAfter names without it.
+    start = f"{MANIFESTS}/{point.year:04d}/{point.month:02d}/{point.day:02d}/"
     latest: dict[str, Change] = {}
     found = [
         c

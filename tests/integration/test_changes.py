@@ -370,3 +370,21 @@ def test_a_listed_file_deleted_by_a_killed_worker_is_listed_as_deleted(tmp_path:
     cli(root, "run", check=True)
     assert [(e["path"], e["action"]) for e in _changes(root, "--since", since)] == [(path, "deleted")]
 
+
+@pytest.mark.s3
+def test_changes_since_a_time_today_lists_todays_manifests_on_seaweedfs(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
+    """SeaweedFS skips a whole folder named by StartAfter ("_manifests/YYYY/MM/DD"): the
+    manifests of the day of --since were never read, so every change since a time today was missed."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    root, _db = _project(
+        tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=2, days=1,
+        destination=f"s3://{bucket}/feed", destination_extra=extra,
+    )  # fmt: skip
+    since = dt.datetime.now(UTC).isoformat()
+    cli(root, "run", check=True)
+    assert sorted(e["path"] for e in _changes(root, "--since", since)) == [
+        f"records/csv/locationid={n}/year=2024/month=01/location-{n}-20240101.csv" for n in (1, 2)
+    ]
