@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .destinations import Staged
+from .destinations import Destination, Staged
 from .exceptions import SluicegateError
 from .sources import Slice
 
@@ -63,6 +63,21 @@ class Outcome:
             return self.staged.etag
         previous = self.unit.previous
         return previous.etag if previous and not self.published and self.path == previous.path else None
+
+    def left_behind(self, destination: Destination) -> bool:
+        """Whether the object this outcome uploaded is still at its path (when unsure: yes).
+
+        Asked of a claim lost at its commit: an upload can land anyway (S3: If-None-Match: *
+        after the new owner committed the unit with no rows, deleting nothing), leaving an
+        object that nobody records and that the change feed never lists.
+        """
+        staged = self.staged
+        if staged is None or not staged.etag or staged.pending or self.path is None:
+            return False
+        try:
+            return destination.exists(self.path, etag=staged.etag)
+        except SluicegateError:
+            return True
 
 
 Place = Callable[[Sequence[Outcome]], None]

@@ -212,3 +212,36 @@ def test_an_endpoint_that_refuses_conditional_headers_is_detected_and_exports(
     [summary] = json.loads(run.stdout)
     assert (summary["exported"], summary["failed"]) == (1, 0), summary
     assert _s3(endpoint, key, secret).get_object(Bucket=bucket, Key=KEY)["ContentLength"] > 0
+
+
+def test_a_zombie_upload_never_lands_after_its_partition_was_emptied(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
+    """The zombie stalls before its first upload (If-None-Match: *); the rows are deleted and a
+    second worker commits the partition with no file. The zombie's upload must not land then."""
+    endpoint, bucket, key, secret = seaweed_bucket
+    extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root, db = _project(tmp_path, url, f"s3://{bucket}", extra)
+    client = _s3(endpoint, key, secret)
+    zombie = _stall(root, "mid_write")
+    db.conn.execute("DELETE FROM measurements")
+    time.sleep(2.5)  # the zombie's 2 s lease expires
+    second = _spawn(root)
+    _out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    # The second worker committed the delete (version 2) with no file.
+    assert db.rows("SELECT path, exported_version FROM sluicegate_partitions") == [(None, 2)]
+    summary = _resume(zombie, root, "mid_write")
+    assert summary["lost"] == 1, summary
+    # Its upload landed (If-None-Match: * on a missing object): the zombie queued the partition
+    # again, so the next run deletes the object and lists the deletion.
+    since = dt.datetime.now(UTC).isoformat()
+    third = _spawn(root)
+    _out, err = third.communicate(timeout=120)
+    assert third.returncode == 0, err
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="records/").get("Contents", [])
+    assert listed == [], "the zombie's object stayed for a partition with no rows"
+    assert db.rows("SELECT path, version = exported_version FROM sluicegate_partitions") == [(None, 1)]
+    changes = json.loads(cli(root, "changes", "--since", since, "--json", check=True).stdout)
+    assert [(c["path"], c["action"]) for c in changes] == [(KEY, "deleted")]

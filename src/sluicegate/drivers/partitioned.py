@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import capture, capture_triggers, validate
+from ..destinations import Destination
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -119,9 +120,10 @@ def read_spec(task: Task) -> ReadSpec:
 class Recorder:
     """Fenced commits of partition versions; failures retried with backoff or parked."""
 
-    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, ledger: Ledger, settings: Settings, destination: Destination) -> None:
         self.store = ledger.partitions
         self.settings = settings
+        self.destination = destination
 
     def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
         """Put in place, then record, the files of the partitions still claimed, in one transaction."""
@@ -135,7 +137,11 @@ class Recorder:
                 for r, o in zip(held, placed, strict=True)
             ]
 
-        return self.store.commit([_result(o) for o in outcomes], place_held)
+        done = self.store.commit([_result(o) for o in outcomes], place_held)
+        # A lost claim's upload that landed anyway: the next export deletes (and lists) it.
+        lost = zip(outcomes, done, strict=True)
+        self.store.requeue([o.unit.handle.id for o, ok in lost if not ok and o.left_behind(self.destination)])
+        return done
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Back off (transient) or park (terminal, or out of attempts)."""
@@ -161,13 +167,9 @@ class Recorder:
 def _result(outcome: Outcome) -> ExportResult:
     """What the ledger records of an outcome (the ETag is added once the file is in place)."""
     return ExportResult(
-        claim=outcome.unit.handle,
-        path=outcome.path,
-        rows=outcome.rows,
-        nbytes=outcome.nbytes,
-        checksum=outcome.checksum,
-        published=outcome.published,
-    )
+        claim=outcome.unit.handle, path=outcome.path, rows=outcome.rows, nbytes=outcome.nbytes,
+        checksum=outcome.checksum, published=outcome.published,
+    )  # fmt: skip
 
 
 class LeaseExpired(SluicegateError):
@@ -291,7 +293,7 @@ class Loop:
         pipeline = Pipeline(
             read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
             format=task.format, columns=columns, mode=mode, destination=ctx.destination,
-            recorder=Recorder(ctx.ledger, settings), summary=summary, budget=self.budget,
+            recorder=Recorder(ctx.ledger, settings, ctx.destination), summary=summary, budget=self.budget,
             lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task),
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
         )  # fmt: skip
@@ -353,9 +355,7 @@ class Loop:
             # A forced export never counts as unchanged (no checksum to compare), but its upload
             # is still conditional on the file the ledger recorded.
             checksum = None if claim.forced else claim.prev_checksum
-            # An earlier try that did not commit (attempts) may have placed and listed a file at
-            # the path without recording it: with no rows now, its deletion is listed even when
-            # that try's own deletion of it, unlisted, was cut short since.
+            # An earlier try that did not commit may have placed and listed a file there, unrecorded.
             prev_path = claim.prev_path or (path if claim.attempts else None)
             previous = Previous(path=prev_path, checksum=checksum, etag=claim.prev_etag)
             units.append(

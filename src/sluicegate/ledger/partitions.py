@@ -358,6 +358,12 @@ class PartitionStore(Store):
             self.core.in_transaction(lambda cur: cur.executemany(self.q["reexport"], chosen))
         return len(chosen)
 
+    def requeue(self, ids: Sequence[int]) -> None:
+        """Queue the partitions ``ids`` again (one more version, not forced)."""
+        chosen = [self.core.params(id=pid) for pid in ids]
+        if chosen:
+            self.core.in_transaction(lambda cur: cur.executemany(self.q["requeue"], chosen))
+
     def reset_failed(self, task: PartitionKeys) -> int:
         """Re-queue the task's parked partitions; return how many."""
         return int(self._run("reset_failed", task=task.name).rowcount)

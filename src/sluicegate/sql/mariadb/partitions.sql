@@ -135,6 +135,13 @@ SET changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)
     version = version + 1, forced = TRUE, failed = FALSE, attempts = 0, next_attempt_at = NULL
 WHERE id = %(id)s;
 
+-- requeue --
+-- Queue one partition again: a lost claim's upload landed at its path after all (Recorder.commit).
+UPDATE {t}partitions
+SET changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)) ELSE changed_at END,
+    version = version + 1
+WHERE id = %(id)s;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE task = %(task)s AND failed;

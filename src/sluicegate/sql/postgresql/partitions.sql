@@ -148,6 +148,13 @@ SET version = version + 1, forced = true, failed = false, attempts = 0, next_att
     changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
 WHERE id = %(id)s;
 
+-- requeue --
+-- Queue one partition again: a lost claim's upload landed at its path after all (Recorder.commit).
+UPDATE {t}partitions
+SET version = version + 1,
+    changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
+WHERE id = %(id)s;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions

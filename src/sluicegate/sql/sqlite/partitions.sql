@@ -113,6 +113,13 @@ SET version = version + 1, forced = 1, failed = 0, attempts = 0, next_attempt_at
     changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END
 WHERE id = :id;
 
+-- requeue --
+-- Queue one partition again: a lost claim's upload landed at its path after all (Recorder.commit).
+UPDATE {t}partitions
+SET version = version + 1,
+    changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END
+WHERE id = :id;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions SET failed = 0, attempts = 0, next_attempt_at = NULL WHERE task = :task AND failed;
