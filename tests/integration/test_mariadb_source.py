@@ -539,3 +539,30 @@ def test_a_value_parquet_cannot_hold_names_a_cast_mariadb_accepts(mariadb_url: s
     assert cli(root, "reexport", "cities", "city=Gent").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize("how", ["trigger", "scan"])
+def test_the_rows_of_a_float_key_are_exported(mariadb_url: str, tmp_path: Path, how: str) -> None:
+    """A FLOAT key comes from the capture trigger (JSON_ARRAY) or a scan as the digits of its
+    single-precision value (0.1), and the batch compared the FLOAT column with that double: 0.1
+    and -3.3 were marked and "exported" as files without their rows."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city FLOAT, at DATETIME(6) NOT NULL)"
+        )
+    capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
+    capture += 'cursor = "at"\n' if how == "scan" else ""
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    if how == "trigger":
+        assert cli(root, "install").returncode == 0
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [(0.1,), (1.5,), (-3.3,)]
+        )
+        conn.commit()
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+        "0.1/20240301.csv": ["1"], "1.5/20240301.csv": ["2"], "-3.3/20240301.csv": ["3"],
+    }  # fmt: skip

@@ -297,7 +297,8 @@ def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Colum
     where: list[str] = []
     for i, k in enumerate(spec.keys):
         values = sorted({s.keys[i] for s in slices}, key=str)
-        where.append(f"q.{q(k)} IN ({', '.join(['?'] * len(values))})")
+        value = "CAST(? AS FLOAT)" if _single(by_name.get(k)) else "?"
+        where.append(f"q.{q(k)} IN ({', '.join([value] * len(values))})")
         params += values
     if spec.time_column is not None:
         t = f"q.{q(spec.time_column)}"
@@ -335,7 +336,16 @@ def _key_match(key: str, index: int, column: Column | None) -> str:
     or trailing spaces, and Gent and gent are two partitions); the IN list before narrows by index."""
     if column is not None and column.kind == "text":
         return f"CAST(CONVERT(q.{key} USING utf8mb4) AS BINARY) = CAST(p.k{index} AS BINARY)"
+    if _single(column):
+        return f"q.{key} = CAST(p.k{index} AS FLOAT)"
     return f"q.{key} = p.k{index}"
+
+
+def _single(column: Column | None) -> bool:
+    """Whether ``column`` is a FLOAT: its key values come from triggers, scans and backfills as
+    the digits of the single-precision value (0.1), which equal it only as a FLOAT again (as a
+    double, 0.1 is not the FLOAT 0.1, and the partition's rows were in no file)."""
+    return column is not None and column.kind == "float" and column.precision == 24
 
 
 def _time_zone(spec: ReadSpec, by_name: dict[str, Column]) -> str | None:
