@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
+from .capture_keys import refuse_binary_keys
 from .exceptions import ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .sources import Source
@@ -449,6 +450,7 @@ def _install_mariadb(task: TaskSpec, inbox: Ledger) -> list[str]:
     """
     assert task.capture.table
     table = db.MARIADB.quote(task.capture.table)
+    refuse_binary_keys(task, inbox)
     triggers = _mariadb_triggers(task, inbox.table_prefix)
     _execute(
         inbox,

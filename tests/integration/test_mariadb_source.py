@@ -566,3 +566,27 @@ def test_the_rows_of_a_float_key_are_exported(mariadb_url: str, tmp_path: Path, 
     assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
         "0.1/20240301.csv": ["1"], "1.5/20240301.csv": ["2"], "-3.3/20240301.csv": ["3"],
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["VARBINARY(8)", "BIT(3)", "BLOB"])
+def test_install_refuses_a_bytes_key_column_that_would_fail_the_tables_writes(
+    mariadb_url: str, tmp_path: Path, kind: str
+) -> None:
+    """The trigger's JSON_ARRAY of a VARBINARY key x'00ff' is no UTF-8 text: the inbox refused
+    it and the application's INSERT failed ("Incorrect string value"); a BIT key was recorded as
+    a control character, and every run failed with a JSONDecodeError traceback."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            f"CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city {kind}, at DATETIME(6) NOT NULL)"
+        )
+    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    installed = cli(root, "install")
+    assert installed.returncode == 2, installed.stdout + installed.stderr
+    assert f"[capture] keys.city: column 'city' of readings is {kind.split('(')[0]}, whose bytes" in (
+        installed.stderr
+    )
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        value = "b'101'" if kind.startswith("BIT") else "x'00ff'"
+        conn.cursor().execute(f"INSERT INTO readings (city, at) VALUES ({value}, '2024-03-01 10:00:00')")
+        conn.commit()

@@ -1,0 +1,39 @@
+"""MariaDB capture triggers' key columns: those whose values a trigger can record as JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .exceptions import ConfigError
+from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from .drivers.partitioned import Task as TaskSpec
+
+_MARIADB_KEY_TYPES = (
+    "SELECT column_name, data_type FROM information_schema.columns"
+    " WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s"
+)
+# Bytes a JSON text cannot hold: the trigger's JSON_ARRAY of such a key (x'00ff') failed the
+# application's INSERT ("Incorrect string value" for the inbox's `keys`).
+_MARIADB_BYTES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit", "geometry",
+                  "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+                  "geometrycollection"}  # fmt: skip
+
+
+def refuse_binary_keys(task: TaskSpec, inbox: Ledger) -> None:
+    """Refuse ``[capture] keys`` columns of a bytes type before any trigger could fail a write."""
+    cap = task.capture
+    assert cap.table
+    where = cap.table.rsplit(".", 1) if "." in cap.table else (None, cap.table)
+    with inbox.core.transaction() as cur:
+        cur.execute(_MARIADB_KEY_TYPES, tuple(where))
+        types = {str(name).lower(): str(kind).lower() for name, kind in cur.fetchall()}
+    for key in task.keys:
+        kind = types.get(cap.keys[key].lower())
+        if kind in _MARIADB_BYTES:
+            raise ConfigError(
+                f"{task.folder / 'task.toml'} [capture] keys.{key}: column {cap.keys[key]!r} of"
+                f" {cap.table} is {kind.upper()}, whose bytes a capture trigger cannot record (it would"
+                " fail the table's writes); use a text or integer key column"
+            )
