@@ -113,6 +113,9 @@ def fold(
         if any(isinstance(value, Decimal) for value in keys):
             _set_aside(task, keys, "with a number no float holds", remedy="use an integer or text key column")
             continue
+        if not all(isinstance(value, str | int | float | dt.date) for value in keys):  # bytes, a TIME
+            _set_aside(task, keys, "of a type no key holds", remedy="use an integer or text key column")
+            continue
         if task.time is None:
             part = make_partition(task, keys, None, None)
             seen.setdefault(part.pkey, part)

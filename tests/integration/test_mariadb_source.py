@@ -590,3 +590,43 @@ def test_install_refuses_a_bytes_key_column_that_would_fail_the_tables_writes(
         value = "b'101'" if kind.startswith("BIT") else "x'00ff'"
         conn.cursor().execute(f"INSERT INTO readings (city, at) VALUES ({value}, '2024-03-01 10:00:00')")
         conn.commit()
+
+
+@pytest.mark.parametrize("how", ["scan", "backfill"])
+def test_a_key_of_a_type_no_partition_key_holds_is_set_aside_not_a_traceback(
+    mariadb_url: str, tmp_path: Path, how: str
+) -> None:
+    """A scan or a backfill reads a TIME key as a timedelta and a VARBINARY one as bytes, which a
+    partition key (JSON) cannot hold: the run (or the backfill) died with a TypeError traceback,
+    and the other keys' rows were never exported. Now the change is set aside with a warning."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), t TIME,"
+            " b VARBINARY(8), at DATETIME(6) NOT NULL)"
+        )
+        conn.cursor().execute(
+            "INSERT INTO readings (city, t, b, at) VALUES ('Gent', '-10:00:00', x'00ff', '2024-03-01 10:00:00')"
+        )
+        conn.commit()
+    capture = (
+        '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "at"\n' if how == "scan" else ""
+    )
+    root = _cities(tmp_path, mariadb_url, "SELECT city, t, b, at FROM readings", capture)
+    task = root / "tasks" / "cities" / "task.toml"
+    task.write_text(
+        task.read_text().replace('"city"]', '"city", "t", "b"]').replace("{city}/", "{city}/{t}/{b}/")
+    )
+    if how == "backfill":
+        filled = cli(root, "backfill", "cities")
+        assert filled.returncode == 0, filled.stdout + filled.stderr
+        assert (
+            "of a type no key holds has no partition and is not exported; use an integer or text key column"
+            in filled.stderr
+        )
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    if how == "scan":
+        assert (
+            "of a type no key holds has no partition and is not exported; use an integer or text key column"
+            in ran.stderr
+        )
