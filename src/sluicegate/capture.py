@@ -299,7 +299,13 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     high_water = source.execute(f"SELECT max({q(cap.cursor)}) FROM {table}")[0][0]
     if high_water is None:
         return 0
-    high = _as_time(high_water)
+    try:
+        high = _as_time(high_water)
+    except ValueError:  # an id, a TIME: str() of it is no ISO 8601 time
+        raise ConfigError(
+            f"{task.folder / 'task.toml'} [capture] cursor: {cap.cursor!r} holds {high_water!r}, which is"
+            " not a time; name a column holding the time each row was written, such as ingested_at"
+        ) from None
     last = ledger.capture.get_scan(task.name)
     since = _as_time(last) - dt.timedelta(seconds=cap.overlap) if last else None
     cols = [q(cap.keys[k]) for k in task.keys]

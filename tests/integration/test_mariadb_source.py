@@ -630,3 +630,21 @@ def test_a_key_of_a_type_no_partition_key_holds_is_set_aside_not_a_traceback(
             "of a type no key holds has no partition and is not exported; use an integer or text key column"
             in ran.stderr
         )
+
+
+def test_a_scan_cursor_that_holds_no_time_is_a_config_error_not_a_traceback(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """`[capture] cursor = "id"` (an AUTO_INCREMENT, which grows with every write too): the scan's
+    max(id) was parsed as an ISO 8601 time and every run died with a ValueError traceback."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), at DATETIME(6) NOT NULL)"
+        )
+        conn.cursor().execute("INSERT INTO readings (city, at) VALUES ('Gent', '2024-03-01 10:00:00')")
+        conn.commit()
+    capture = '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "id"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    ran = cli(root, "run")
+    assert "Traceback" not in ran.stderr and ran.returncode == 2, ran.stdout + ran.stderr
+    assert "[capture] cursor: 'id' holds 1, which is not a time; name a column holding the time" in ran.stderr
