@@ -648,3 +648,28 @@ def test_a_scan_cursor_that_holds_no_time_is_a_config_error_not_a_traceback(
     ran = cli(root, "run")
     assert "Traceback" not in ran.stderr and ran.returncode == 2, ran.stdout + ran.stderr
     assert "[capture] cursor: 'id' holds 1, which is not a time; name a column holding the time" in ran.stderr
+
+
+def test_a_year_key_of_0000_from_the_trigger_is_exported_not_a_traceback(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """MariaDB's JSON_ARRAY writes a YEAR of 0 as the number 0000, which is no JSON: every run
+    died in the fold with a JSONDecodeError traceback, and no change of the task was folded again."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city YEAR, at DATETIME(6) NOT NULL)"
+        )
+    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    assert cli(root, "install").returncode == 0
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [(0,), (2024,)]
+        )
+        conn.commit()
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+        "0/20240301.csv": ["1"], "2024/20240301.csv": ["2"],
+    }  # fmt: skip

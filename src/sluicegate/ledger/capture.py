@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from .. import db
@@ -17,6 +18,8 @@ Change = tuple[list[Any], Any, Any]
 # A bin no datetime can hold (SQLite and MariaDB keep bins as Unix seconds): later than any
 # time a partition can have, so the fold sets its change aside (capture.fold).
 BEYOND = dt.datetime.max.replace(tzinfo=UTC)
+# MariaDB's JSON_ARRAY writes a YEAR of 0 as the number 0000, which is no JSON.
+_ZERO_YEAR = re.compile(r"(?<=[\[,\s])0000(?=\s*[,\]])")
 
 
 class CaptureStore(Store):
@@ -49,7 +52,7 @@ class CaptureStore(Store):
 
     def _change(self, row: Any) -> Change:
         keys, first, last = row
-        values = keys if isinstance(keys, list) else json.loads(keys, parse_float=json_number)
+        values = keys if isinstance(keys, list) else _keys(keys)
         return values, self._bin(first), self._bin(last)
 
     def _bin(self, value: Any) -> dt.datetime | None:
@@ -77,3 +80,12 @@ class CaptureStore(Store):
         if self.core.dialect is db.SQLITE:
             value = high_water.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self._run("set_scan", task=task, high_water=value)
+
+
+def _keys(text: str) -> list[Any]:
+    """The key values of a change's JSON array (a YEAR 0 from a MariaDB trigger as 0: the fold of
+    its ``0000`` failed every run with a JSONDecodeError traceback, and no change was folded)."""
+    try:
+        return list(json.loads(text, parse_float=json_number))
+    except json.JSONDecodeError:
+        return list(json.loads(_ZERO_YEAR.sub("0", text), parse_float=json_number))
