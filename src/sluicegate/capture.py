@@ -4,11 +4,10 @@ Triggers (:mod:`sluicegate.capture_triggers`) do not touch the ledger row of a p
 directly. They append the changed rows' partition keys and 15-minute time bins to a small inbox
 table in the same transaction as the data (``changes``: one bin per row; PostgreSQL's
 ``change_runs``: the first and last bin per keys and UTC day of a statement), and
-:func:`absorb` folds the inbox into partition versions before
-each claim. This keeps the partition's local day computed in one place (Python's zoneinfo,
-which SQLite lacks), and it keeps concurrent ingest transactions from queueing on the same
-ledger row, which a trigger that upserted the ledger row would do for the whole ingest
-transaction. No change is lost: the inbox row commits or rolls back with the data.
+:func:`absorb` folds the inbox into partition versions before each claim. This keeps the
+partition's local day computed in one place (Python's zoneinfo, which SQLite lacks), and it keeps
+concurrent ingest transactions from queueing on the same ledger row, as a trigger upserting it would
+for the whole ingest transaction. No change is lost: the inbox row commits or rolls back with the data.
 """
 
 from __future__ import annotations
@@ -120,7 +119,8 @@ def fold(
             part = make_partition(task, keys, None, None)
             seen.setdefault(part.pkey, part)
             continue
-        if first is None or last is None:
+        if first is None or last is None:  # MariaDB's bin of a zero date (2024-03-00) is NULL
+            _set_aside(task, keys, "at a NULL or zero time (0000-00-00)", remedy="fix their time")
             continue
         if first < EARLIEST or last > LATEST:
             edge = (
@@ -447,8 +447,8 @@ def _one_bin_each(
     return changes
 
 
-def _bin_time(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
+def _bin_time(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
         return value
     try:
         return dt.datetime.fromtimestamp(int(value), UTC)

@@ -673,3 +673,30 @@ def test_a_year_key_of_0000_from_the_trigger_is_exported_not_a_traceback(
     assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
         "0/20240301.csv": ["1"], "2024/20240301.csv": ["2"],
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["trigger", "scan"])
+def test_a_row_at_a_zero_date_is_set_aside_with_a_warning(mariadb_url: str, tmp_path: Path, how: str) -> None:
+    """A lax sql_mode lets a DATETIME hold 2024-03-00, whose 15-minute bin MariaDB computes as
+    NULL: a scan died with a TypeError traceback on every run (nothing of the task was marked
+    again), and the trigger's change was dropped without a word."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), at DATETIME(6) NOT NULL)"
+        )
+    capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
+    capture += 'cursor = "at"\n' if how == "scan" else ""
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    if how == "trigger":
+        assert cli(root, "install").returncode == 0
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = ''")
+        cur.execute(
+            "INSERT INTO readings (city, at) VALUES ('Gent', '2024-03-00 10:00:00'), ('Namur', '2024-03-01 10:00:00')"
+        )
+        conn.commit()
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "a change to city=Gent at a NULL or zero time (0000-00-00) has no partition" in ran.stderr
+    assert [r["id"] for r in read_csv(tmp_path / "out" / "Namur" / "20240301.csv")] == ["2"]
