@@ -397,8 +397,8 @@ def _time_range(
     )[0]
     if outside:
         log.warning(
-            "task %s: %s row(s) at a time before %s or after %s UTC (or infinity) have no partition "
-            "and are not marked; fix their time",
+            "task %s: %s row(s) at a time before %s or after %s UTC (or infinity, a zero date) have no "
+            "partition and are not marked; fix their time",
             task.name, outside, EARLIEST.date().isoformat(), LATEST.date().isoformat(),
         )  # fmt: skip
     if first is None:
@@ -421,7 +421,8 @@ def _from_julian(day: float) -> dt.datetime:
 def _between(source: Source, column: str) -> str:
     if source.dialect is db.SQLITE:
         return f"julianday({column}) >= julianday(?) AND julianday({column}) < julianday(?)"
-    return f"{column} >= %s AND {column} < %s"
+    valid = f"TIMESTAMPDIFF(SECOND, '1970-01-01', {column}) IS NOT NULL"  # not a zero date (2024-03-00)
+    return f"{column} >= %s AND {column} < %s" + (f" AND {valid}" if source.dialect is db.MARIADB else "")
 
 
 def _bounds(source: Source, start: dt.datetime, end: dt.datetime) -> list[Any]:
@@ -429,9 +430,7 @@ def _bounds(source: Source, start: dt.datetime, end: dt.datetime) -> list[Any]:
 
 
 def _as_time(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = dt.datetime.fromisoformat(str(value))
+    parsed = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

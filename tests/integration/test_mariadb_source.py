@@ -700,3 +700,27 @@ def test_a_row_at_a_zero_date_is_set_aside_with_a_warning(mariadb_url: str, tmp_
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "a change to city=Gent at a NULL or zero time (0000-00-00) has no partition" in ran.stderr
     assert [r["id"] for r in read_csv(tmp_path / "out" / "Namur" / "20240301.csv")] == ["2"]
+
+
+def test_a_backfill_counts_rows_at_a_zero_date_and_marks_the_others(mariadb_url: str, tmp_path: Path) -> None:
+    """The backfill's min() and max() of the time column returned a DATETIME 2024-03-00 (a lax
+    sql_mode lets it in), which MariaDB Connector/Python cannot read: the backfill died with a
+    SystemError traceback and marked nothing."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), at DATETIME(6))"
+        )
+        cur.execute("SET SESSION sql_mode = ''")
+        cur.execute(
+            "INSERT INTO readings (city, at) VALUES ('Gent', '2024-03-00 10:00:00'), ('Namur', '2024-03-01 10:00:00')"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings")
+    filled = cli(root, "backfill", "cities")
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    assert "1 row(s) at a time before 0001-01-03 or after 9999-12-29 UTC (or infinity, a zero date)" in (
+        filled.stderr
+    )
+    assert cli(root, "run").returncode == 0
+    assert [r["id"] for r in read_csv(tmp_path / "out" / "Namur" / "20240301.csv")] == ["2"]
