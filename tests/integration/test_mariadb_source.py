@@ -724,3 +724,29 @@ def test_a_backfill_counts_rows_at_a_zero_date_and_marks_the_others(mariadb_url:
     )
     assert cli(root, "run").returncode == 0
     assert [r["id"] for r in read_csv(tmp_path / "out" / "Namur" / "20240301.csv")] == ["2"]
+
+
+def test_a_float_key_is_one_partition_whoever_reads_it(mariadb_url: str, tmp_path: Path) -> None:
+    """The driver reads a FLOAT as 0.1 in a query without parameters and as 0.10000000149011612 in
+    one with them (a backfill's, a scan's after the first): the same rows were marked under both
+    keys, and written twice, to 0.1/... by the trigger and to 0.10000000149011612/... by a backfill."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city FLOAT, at DATETIME(6) NOT NULL)"
+        )
+    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    assert cli(root, "install").returncode == 0
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')",
+            [(0.1,), (-3.3,), (16777216.0,)],
+        )
+        conn.commit()
+    assert cli(root, "backfill", "cities").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+        "0.1/20240301.csv": ["1"], "-3.3/20240301.csv": ["2"], "16777216/20240301.csv": ["3"],
+    }  # fmt: skip

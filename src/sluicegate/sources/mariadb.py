@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -145,9 +146,13 @@ class MariaDbSource:
             cur = self.conn.execute(query, values)
             try:
                 rows = cur.fetchall() if cur.description else []
+                singles = [desc[1] == 4 for desc in cur.description or ()]  # FLOAT
             finally:
                 cur.close()
-        return [tuple(_aware(v) for v in row) for row in rows]
+        return [
+            tuple(_single_digits(v) if one else _aware(v) for v, one in zip(row, singles, strict=True))
+            for row in rows
+        ]
 
     def zones(self, zone_sql: str) -> dict[str, str]:
         """Map canonical key text to zones with a ``zone_sql`` query."""
@@ -418,6 +423,19 @@ class _Converting:
             if int(code) in mariadb_conn.TRANSIENT_ERRNOS:
                 raise SourceUnavailable(f"{where}: {message}; will retry")
             raise DataError(f"{where}: {message}")
+
+
+def _single_digits(value: Any) -> Any:
+    """A FLOAT as the shortest digits of its single-precision value (0.1), as the capture trigger's
+    JSON gives it: the driver reads it so without parameters and widened (0.10000000149011612) with
+    them, and a scan or backfill marked the same rows under both keys, each with its own file."""
+    if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(1, 10):
+        if struct.pack("<f", float(text := f"{value:.{digits}g}")) == packed:
+            return float(text)
+    return value
 
 
 def _aware(value: Any) -> Any:
