@@ -750,3 +750,19 @@ def test_a_float_key_is_one_partition_whoever_reads_it(mariadb_url: str, tmp_pat
     assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
         "0.1/20240301.csv": ["1"], "-3.3/20240301.csv": ["2"], "16777216/20240301.csv": ["3"],
     }  # fmt: skip
+
+
+def test_a_scan_reads_a_year_key_of_0000(mariadb_url: str, tmp_path: Path) -> None:
+    """MariaDB Connector/Python cannot read a YEAR of 0000 sent by the text protocol (a query
+    without parameters, such as a task's first scan): every run died with a SystemError traceback."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city YEAR, at DATETIME(6) NOT NULL)"
+        )
+        conn.cursor().execute("INSERT INTO readings (city, at) VALUES (0, '2024-03-01 10:00:00')")
+        conn.commit()
+    capture = '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "at"\n'
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [r["id"] for r in read_csv(tmp_path / "out" / "0" / "20240301.csv")] == ["1"]

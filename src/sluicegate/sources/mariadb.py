@@ -143,8 +143,9 @@ class MariaDbSource:
             else tuple(utc_naive(v) if isinstance(v, dt.datetime) else v for v in params)
         )
         with db.wrap_errors(self.url):
-            cur = self.conn.execute(query, values)
+            cur = self.conn.raw.cursor(binary=True)  # the text protocol's YEAR 0000 fails the driver
             try:
+                cur.execute(query, values or ())
                 rows = cur.fetchall() if cur.description else []
                 singles = [desc[1] == 4 for desc in cur.description or ()]  # FLOAT
             finally:
