@@ -192,6 +192,18 @@ def test_check_fails_when_the_credentials_cannot_write_to_the_bucket(
     assert "[destination] url" in check.stderr and "AccessDenied" in check.stderr, check.stderr
 
 
+def test_health_writes_nothing_to_the_bucket(
+    tmp_path: Path, s3_bucket: tuple[str, str], fault_proxy: Any
+) -> None:
+    """/healthz (open to anyone, polled by every load balancer) asks whether the bucket is there;
+    since `check` also probes writes, each poll PUT three probe objects and DELETEd one."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(endpoint)
+    root, _db = _project(tmp_path, f"s3://{bucket}/exports", f'endpoint_url = "{proxy.url}"')
+    assert operations.health(load(root))["destination"] == "ok"
+    assert [e.method for e in proxy.log if e.method not in ("HEAD", "GET")] == []
+
+
 def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     extra = 'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "k"\nsecret_access_key = "s"'
     root, _db = _project(tmp_path, "s3://nowhere", extra, backoff="1h")

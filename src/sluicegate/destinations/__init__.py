@@ -162,8 +162,10 @@ class Destination(Protocol):
         """Remove a published object; missing is fine."""
         ...
 
-    def check(self) -> None:
-        """Raise when the destination cannot be written (used by ``check`` and health)."""
+    def check(self, *, write: bool = True) -> None:
+        """Raise when the destination cannot be written (used by ``check`` and health). Health
+        passes ``write=False``: an object store is then only asked whether it is there, as a
+        probe object written on every poll is requests billed (a local folder is written still)."""
         ...
 
     def check_path(self, path: str) -> None:

@@ -125,12 +125,15 @@ class FsspecDestination(SpooledUpload):
         except OSError as exc:
             raise DestinationUnavailable(f"cannot delete {self.display(path)}: {exc}") from exc
 
-    def check(self) -> None:
+    def check(self, *, write: bool = True) -> None:
         """Check an object can be written under the root (and remove it): ``makedirs`` alone does
-        nothing on an object store, so read-only credentials passed and every export failed."""
+        nothing on an object store, so read-only credentials passed and every export failed.
+        Without ``write`` (health): ``makedirs`` alone."""
         probe = f"{self.root}/.sluicegate-probe-{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(self.root, exist_ok=True)
+            if not write:
+                return
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except (OSError, NotImplementedError) as exc:

@@ -272,8 +272,8 @@ class LocalDestination:
         if digest != sha256:
             raise DestinationUnavailable(f"{self.display(path)} does not match what was written")
 
-    def check(self) -> None:
-        """Check the root folder can be created and written."""
+    def check(self, *, write: bool = True) -> None:
+        """Check the root folder can be created and written (``write`` too: a local file is cheap)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe{TEMP_MARK}{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"

@@ -39,7 +39,7 @@ from ..paths import shown
 from ..specs import DestinationSettings
 from ..validate import s3_bucket_problem
 from . import SpooledUpload, Staged, remove_stale_spools
-from .s3_session import NO_CREDENTIALS, continue_only_for_large_bodies, shared_session
+from .s3_session import CREDENTIALS_HINT, NO_CREDENTIALS, continue_only_for_large_bodies, shared_session
 
 if TYPE_CHECKING:
     from .s3_crt import CrtPuts
@@ -385,8 +385,8 @@ class S3Destination(SpooledUpload):
         with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def check(self) -> None:
-        """Check the bucket is there and writable (the conditional-write probe puts an object)."""
+    def check(self, *, write: bool = True) -> None:
+        """Check the bucket is there and, with ``write``, writable (the write probe puts objects)."""
         with self._errors(self.key(".sluicegate-probe")):
             try:
                 self.client.head_bucket(Bucket=self.bucket)
@@ -395,7 +395,8 @@ class S3Destination(SpooledUpload):
                     raise
                 gone = f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the url"
                 raise TerminalError(gone) from exc
-        self.conditional()
+        if write:  # not for health: objects put on every poll are requests billed
+            self.conditional()
 
     def cleanup(self, older_than: float) -> int:
         """Remove dead processes' spools and probe objects older than ``older_than`` s, and abort
@@ -453,10 +454,7 @@ class S3Destination(SpooledUpload):
                 raise DestinationUnavailable(message + "; will retry") from exc
             raise TerminalError(message + "; check the bucket, credentials and permissions") from exc
         except NO_CREDENTIALS as exc:  # retrying finds none
-            raise TerminalError(
-                f"{where}: {exc}; set access_key_id and secret_access_key under [destination],"
-                " or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
-            ) from exc
+            raise TerminalError(f"{where}: {exc}; {CREDENTIALS_HINT}") from exc
         except BotoCoreError as exc:
             raise DestinationUnavailable(f"{where}: {exc}; will retry") from exc
 

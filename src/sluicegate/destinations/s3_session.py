@@ -27,6 +27,10 @@ NO_CREDENTIALS = (
     botocore.exceptions.PartialCredentialsError,
     botocore.exceptions.ProfileNotFound,
 )
+CREDENTIALS_HINT = (
+    "set access_key_id and secret_access_key under [destination],"
+    " or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
+)
 _SESSIONS: dict[tuple[Any, ...], boto3.session.Session] = {}
 _LOCK = threading.Lock()
 
