@@ -596,3 +596,22 @@ def test_text_of_a_sql_ascii_database_is_read_and_written_as_text(tmp_path: Path
     [row] = read_csv(root / "exports" / "cur" / "1200.csv")
     assert (row["city"], row["parameter_unit"]) == ("Gent", "µg/m³")
     assert [(r["city"], r["parameter_unit"]) for r in table(sql_ascii_url)] == [("Gent", "µg/m³")]
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_time_the_file_cannot_hold_names_a_cast_mariadb_takes(tmp_path: Path, mariadb_url: str) -> None:
+    """MariaDB's driver gives a TIME as a timedelta, which fails the file by column; the error
+    said CAST(col AS text), a syntax error on MariaDB (its cast is CAST(col AS CHAR))."""
+    root = airmax_project(tmp_path / "proj", mariadb_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        " count(*) AS num_measurements, SEC_TO_TIME(3600) AS span"
+        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    db = tables.TableDb(mariadb_url)
+    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN span TEXT")
+    db.close()
+    add_raw(mariadb_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert result.state == "failed" and result.error is not None and "column 'span'" in result.error
+    assert "CAST(span AS CHAR) AS span" in result.error, result.error

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import paths
+from .. import db, paths
 from ..exceptions import DataError, SluicegateError
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
@@ -65,7 +65,8 @@ def write_file(
     no file) and its size."""
     path = render_path(task, tick)
     context.destination.check_path(path)
-    kinds = [Column(name=name, kind=_kind(name, [row[i] for row in rows])) for i, name in enumerate(columns)]
+    text = "CHAR" if db.dialect_of(context.project.settings.source_url) is db.MARIADB else "text"  # its cast
+    kinds = [Column(name=n, kind=_kind(n, [row[i] for row in rows], text)) for i, n in enumerate(columns)]
     recorder = FileRecorder()
     pipeline = Pipeline(
         read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
@@ -101,9 +102,10 @@ _AS_TEXT = (uuid.UUID, dt.time, ipaddress.IPv4Address, ipaddress.IPv6Address, ip
             ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network)  # fmt: skip
 
 
-def _kind(name: str, values: Sequence[Any]) -> ColumnKind:
+def _kind(name: str, values: Sequence[Any], text: str = "text") -> ColumnKind:
     """The kind of a column from its first non-NULL value (a naive time is a timestamp); raises
-    DataError for a value the file could not hold as the database writes it."""
+    DataError for a value the file could not hold as the database writes it (``text``: the type
+    the select casts to, MariaDB's ``CHAR``)."""
     value = next((v for v in values if v is not None), None)
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return "timestamp"
@@ -115,6 +117,6 @@ def _kind(name: str, values: Sequence[Any]) -> ColumnKind:
     if not isinstance(value, _AS_TEXT):
         raise DataError(
             f"column {name!r} holds a {type(value).__name__}, which the file cannot hold as the database "
-            f"writes it; cast it in select.sql: CAST({name} AS text) AS {name}"
+            f"writes it; cast it in select.sql: CAST({name} AS {text}) AS {name}"
         )
     return "other"
