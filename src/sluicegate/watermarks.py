@@ -264,9 +264,13 @@ def plan_windows(
     # transaction began (a client's clock, a batch time): the window stops short of it.
     capped = min(end, horizon - dt.timedelta(seconds=task.safety_margin)) if horizon else end
     why = "a transaction that began then is still open"
-    day = dt.datetime.combine(end.astimezone(zone_of(task.zone)).date(), dt.time(), tzinfo=UTC)
-    if whole_days and day < capped:  # the day of the end in zone is not over: its dates wait
-        capped, why = day, f"rows dated {day.date()} wait until that day is over in {task.zone}"
+    # The day of the end in zone, or in UTC when that is earlier (east of UTC, a writer's UTC
+    # date, such as SQLite's date('now'), is a day behind): not over, its dates wait.
+    days = (end.astimezone(zone_of(task.zone)).date(), end.astimezone(UTC).date())
+    day = dt.datetime.combine(min(days), dt.time(), tzinfo=UTC)
+    if whole_days and day < capped:
+        zone = task.zone if day.date() == days[0] else "UTC"
+        capped, why = day, f"rows dated {day.date()} wait until that day is over in {zone}"
     if claim:
         wm.ensure(task.name, list(values))
         claims = wm.claim(task.name, list(values), lease=lease)

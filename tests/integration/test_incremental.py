@@ -1243,6 +1243,26 @@ def test_a_sqlite_cursor_of_dates_as_text_waits_for_the_day_to_end(tmp_path: Pat
     assert _payloads(tmp_path) == ["yesterday"]
 
 
+def test_a_utc_date_cursor_waits_for_the_utc_day_in_a_zone_ahead_of_utc(tmp_path: Path) -> None:
+    """The date cap took the end's day in the task's zone: east of UTC that day has begun while
+    the UTC day (date('now'), CURRENT_DATE in a UTC session) is still being written, so a window
+    ending at 20:00 UTC took the rows dated that UTC day so far and passed the rest."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    toml = root / "tasks" / "studies" / "task.toml"
+    toml.write_text(toml.read_text().replace('zone = "UTC"', 'zone = "Asia/Tokyo"'))
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', '2024-03-09', 'the day before')",
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', '2024-03-10', 'that day, early')",
+    )
+    end = dt.datetime(2024, 3, 10, 20, tzinfo=UTC)  # 2024-03-11 05:00 in Tokyo; 2024-03-10 in UTC
+    summary = _run(root, export_type="instant", entities=("s1",), end=end)
+    assert _marks(root) == {"s1": dt.datetime(2024, 3, 10, tzinfo=UTC)}, summary.entities
+    assert _payloads(tmp_path) == ["the day before"]
+
+
 @pytest.mark.pg
 def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) -> None:
     """A text cursor failed every run on PostgreSQL ("operator does not exist: text >=
