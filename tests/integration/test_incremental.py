@@ -1709,3 +1709,17 @@ def test_check_names_a_timestamp_cursor_in_a_database_of_another_zone(pg_url: st
         "SELECT record_id, study_id, uploaded_on AT TIME ZONE 'America/New_York' AS uploaded_on FROM records"
     )
     assert cli(root, "check").returncode == 0  # the fix the message gives
+
+
+@pytest.mark.parametrize("zone", ["utc", "Etc/Zulu", "GMT0", "+00:00"])
+def test_check_takes_every_spelling_of_utc_for_utc(pg_url: str, tmp_path: Path, zone: str) -> None:
+    """The zone was compared with a list of names, so a database whose TimeZone is UTC spelt
+    otherwise ('utc', as postgresql.conf may have it, 'Etc/Zulu', 'GMT0', '+00:00') failed check
+    (exit 2) for a timestamp cursor that is read right."""
+    root = _project(tmp_path, pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE records (record_id serial PRIMARY KEY, study_id text, uploaded_on timestamp)")
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET TimeZone = '{zone}'")
+    (root / "tasks" / "studies" / "select.sql").write_text("SELECT record_id, study_id, uploaded_on FROM records")
+    problems = operations.check_project(load(root))
+    assert not [p for p in problems if "timestamp without time zone" in p], problems

@@ -63,7 +63,13 @@ def cursor_problems(task: Task, described: list[Column], source: Source, *, prob
     return watermarks.unreadable_cursors(task, source, first=True)
 
 
-_UTC_NAMES = ("UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu")
+# The database's TimeZone, and whether it was UTC all of the past year (whatever its spelling:
+# 'utc', 'Etc/Zulu', 'GMT0', '+00:00'; a list of names took those for other zones).
+_ZONE = (
+    "SELECT s.reset_val, (SELECT bool_and(t AT TIME ZONE s.reset_val = t AT TIME ZONE 'UTC')"
+    " FROM generate_series(now() - interval '1 year', now(), interval '1 week') AS t)"
+    " FROM pg_catalog.pg_settings AS s WHERE s.name = 'TimeZone'"
+)
 
 
 def naive_cursor_zone(task: Task, described: list[Column], source: Source) -> list[str]:
@@ -73,8 +79,8 @@ def naive_cursor_zone(task: Task, described: list[Column], source: Source) -> li
     cursor = next((c for c in described if c.name == task.cursor), None)
     if source.dialect is not db.POSTGRESQL or cursor is None or cursor.kind != "timestamp":
         return []
-    [(zone,)] = source.execute("SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'TimeZone'")
-    if zone in _UTC_NAMES:
+    [(zone, utc)] = source.execute(_ZONE)
+    if utc:
         return []
     return [
         f"{task.folder / 'task.toml'} cursor: column {task.cursor!r} is a timestamp without time zone,"
