@@ -123,10 +123,15 @@ def origins(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
 def require_s3_destination(env: Mapping[str, str], raw: Mapping[str, Any]) -> None:
     """``WRITE_FILE_LOCATION=s3`` without ``OPEN_DATA_BUCKET`` (or an ``s3://`` destination in the
     file) is refused: the files went to the local folder without a word."""
-    if env.get("WRITE_FILE_LOCATION") == "s3" and not str(raw.get("destination", {}).get("url")).startswith(
-        "s3:"
-    ):
+    url = str(raw.get("destination", {}).get("url"))
+    if env.get("WRITE_FILE_LOCATION") != "s3" or url.startswith("s3:"):
+        return
+    if env.get("OPEN_DATA_BUCKET"):  # SLUICEGATE_DESTINATION__URL, applied after it, named a folder
         raise ConfigError(
-            'WRITE_FILE_LOCATION=s3 needs OPEN_DATA_BUCKET (or [destination] url = "s3://bucket/prefix");'
-            " set it to the bucket, or set WRITE_FILE_LOCATION=local"
+            f"WRITE_FILE_LOCATION=s3 names bucket {env['OPEN_DATA_BUCKET']!r}, but"
+            f" SLUICEGATE_DESTINATION__URL sets the destination to {url!r}; unset one of the two"
         )
+    raise ConfigError(
+        'WRITE_FILE_LOCATION=s3 needs OPEN_DATA_BUCKET (or [destination] url = "s3://bucket/prefix");'
+        " set it to the bucket, or set WRITE_FILE_LOCATION=local"
+    )

@@ -157,6 +157,9 @@ def test_openaq_environment_maps_onto_settings(tmp_path: Path) -> None:
     for bucketless in ({"WRITE_FILE_LOCATION": "s3"}, {"WRITE_FILE_LOCATION": "s3", "OPEN_DATA_BUCKET": ""}):
         with pytest.raises(ConfigError, match=r"^WRITE_FILE_LOCATION=s3 needs OPEN_DATA_BUCKET"):
             load_settings(tmp_path, bucketless)
+    both = {"WRITE_FILE_LOCATION": "s3", "OPEN_DATA_BUCKET": "b", "SLUICEGATE_DESTINATION__URL": "out"}
+    with pytest.raises(ConfigError, match=r"^WRITE_FILE_LOCATION=s3 names bucket 'b', but SLUICEGATE_DEST"):
+        load_settings(tmp_path, both)  # it said the bucket was missing
     in_file = load_settings(
         tmp_path, {"WRITE_FILE_LOCATION": "s3", "SLUICEGATE_DESTINATION__URL": "s3://b/p"}
     )
