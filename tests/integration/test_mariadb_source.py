@@ -135,6 +135,26 @@ def _cities(tmp_path: Path, mariadb_url: str, select: str, task_extra: str = "")
     return root
 
 
+def _readings(tmp_path: Path, mariadb_url: str, city: str, how: str) -> Path:
+    """Table ``readings (id, city <city>, at)`` and a ``cities`` task capturing it by ``how``
+    ("trigger", installed, or "scan")."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute(
+            f"CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city {city}, at DATETIME(6) NOT NULL)"
+        )
+    capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
+    capture += 'cursor = "at"\n' if how == "scan" else ""
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    if how == "trigger":
+        assert cli(root, "install").returncode == 0
+    return root
+
+
+def _ids_by_file(out: Path) -> dict[str, list[str]]:
+    """Each published CSV's path under ``out`` and its rows' ids."""
+    return {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")}
+
+
 def test_keys_differing_only_in_case_or_trailing_spaces_are_separate_partitions(
     mariadb_url: str, tmp_path: Path
 ) -> None:
@@ -546,15 +566,7 @@ def test_the_rows_of_a_float_key_are_exported(mariadb_url: str, tmp_path: Path, 
     """A FLOAT key comes from the capture trigger (JSON_ARRAY) or a scan as the digits of its
     single-precision value (0.1), and the batch compared the FLOAT column with that double: 0.1
     and -3.3 were marked and "exported" as files without their rows."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city FLOAT, at DATETIME(6) NOT NULL)"
-        )
-    capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
-    capture += 'cursor = "at"\n' if how == "scan" else ""
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
-    if how == "trigger":
-        assert cli(root, "install").returncode == 0
+    root = _readings(tmp_path, mariadb_url, "FLOAT", how)
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
             "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [(0.1,), (1.5,), (-3.3,)]
@@ -562,8 +574,7 @@ def test_the_rows_of_a_float_key_are_exported(mariadb_url: str, tmp_path: Path, 
         conn.commit()
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = tmp_path / "out"
-    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+    assert _ids_by_file(tmp_path / "out") == {
         "0.1/20240301.csv": ["1"], "1.5/20240301.csv": ["2"], "-3.3/20240301.csv": ["3"],
     }  # fmt: skip
 
@@ -655,13 +666,7 @@ def test_a_year_key_of_0000_from_the_trigger_is_exported_not_a_traceback(
 ) -> None:
     """MariaDB's JSON_ARRAY writes a YEAR of 0 as the number 0000, which is no JSON: every run
     died in the fold with a JSONDecodeError traceback, and no change of the task was folded again."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city YEAR, at DATETIME(6) NOT NULL)"
-        )
-    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
-    assert cli(root, "install").returncode == 0
+    root = _readings(tmp_path, mariadb_url, "YEAR", "trigger")
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
             "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [(0,), (2024,)]
@@ -669,8 +674,7 @@ def test_a_year_key_of_0000_from_the_trigger_is_exported_not_a_traceback(
         conn.commit()
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = tmp_path / "out"
-    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+    assert _ids_by_file(tmp_path / "out") == {
         "0/20240301.csv": ["1"], "2024/20240301.csv": ["2"],
     }  # fmt: skip
 
@@ -680,15 +684,7 @@ def test_a_row_at_a_zero_date_is_set_aside_with_a_warning(mariadb_url: str, tmp_
     """A lax sql_mode lets a DATETIME hold 2024-03-00, whose 15-minute bin MariaDB computes as
     NULL: a scan died with a TypeError traceback on every run (nothing of the task was marked
     again), and the trigger's change was dropped without a word."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), at DATETIME(6) NOT NULL)"
-        )
-    capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
-    capture += 'cursor = "at"\n' if how == "scan" else ""
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
-    if how == "trigger":
-        assert cli(root, "install").returncode == 0
+    root = _readings(tmp_path, mariadb_url, "VARCHAR(8)", how)
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
         cur.execute("SET SESSION sql_mode = ''")
@@ -730,13 +726,7 @@ def test_a_float_key_is_one_partition_whoever_reads_it(mariadb_url: str, tmp_pat
     """The driver reads a FLOAT as 0.1 in a query without parameters and as 0.10000000149011612 in
     one with them (a backfill's, a scan's after the first): the same rows were marked under both
     keys, and written twice, to 0.1/... by the trigger and to 0.10000000149011612/... by a backfill."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city FLOAT, at DATETIME(6) NOT NULL)"
-        )
-    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
-    assert cli(root, "install").returncode == 0
+    root = _readings(tmp_path, mariadb_url, "FLOAT", "trigger")
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().executemany(
             "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')",
@@ -746,8 +736,7 @@ def test_a_float_key_is_one_partition_whoever_reads_it(mariadb_url: str, tmp_pat
     assert cli(root, "backfill", "cities").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    out = tmp_path / "out"
-    assert {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")} == {
+    assert _ids_by_file(tmp_path / "out") == {
         "0.1/20240301.csv": ["1"], "-3.3/20240301.csv": ["2"], "16777216/20240301.csv": ["3"],
     }  # fmt: skip
 
