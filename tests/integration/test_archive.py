@@ -885,6 +885,25 @@ def test_a_run_that_lost_its_lock_while_reading_never_replaces_the_next_runs_fil
     account(tmp_path / "out", agency, agency.added, server_url)
 
 
+def _to_s3(root: Path, tmp_path: Path, endpoint: str, bucket: str) -> None:
+    """Point the project's destination at ``s3://bucket/out`` on ``endpoint``."""
+    config = (root / "sluicegate.toml").read_text()
+    s3 = f'url = "s3://{bucket}/out"\nendpoint_url = "{endpoint}"'
+    (root / "sluicegate.toml").write_text(config.replace(f'url = "{tmp_path / "out"}"', s3))
+
+
+def _archived_on_s3(endpoint: str, bucket: str) -> set[int]:
+    """The ids in the one archive object under ``out/`` (the change feed left out)."""
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )  # fmt: skip
+    [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
+             if "_manifests" not in o["Key"]]  # fmt: skip
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
+
+
 @pytest.mark.pg
 def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
     tmp_path: Path, pg_url: str, s3_bucket: tuple[str, str]
@@ -892,12 +911,7 @@ def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
     """As above, on S3: the first run's upload must wait for its lock check, not go to the key at once."""
     endpoint, bucket = s3_bucket
     root = _project(tmp_path, pg_url)
-    config = (root / "sluicegate.toml").read_text()
-    (root / "sluicegate.toml").write_text(
-        config.replace(
-            f'url = "{tmp_path / "out"}"', f'url = "s3://{bucket}/out"\nendpoint_url = "{endpoint}"'
-        )
-    )
+    _to_s3(root, tmp_path, endpoint, bucket)
     agency = Agency(pg_url)
     _seed(agency)
     project = load(root)
@@ -918,14 +932,7 @@ def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
             project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
         )
     assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )  # fmt: skip
-    [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
-             if "_manifests" not in o["Key"]]  # fmt: skip
-    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    archived = {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
+    archived = _archived_on_s3(endpoint, bucket)
     assert set(agency.added) - agency.ids() == archived, "rows were deleted that are in no object"
 
 
@@ -934,12 +941,7 @@ def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tupl
     endpoint, bucket = s3_bucket
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
-    config = (root / "sluicegate.toml").read_text()
-    (root / "sluicegate.toml").write_text(
-        config.replace(
-            f'url = "{tmp_path / "out"}"', f'url = "s3://{bucket}/out"\nendpoint_url = "{endpoint}"'
-        )
-    )
+    _to_s3(root, tmp_path, endpoint, bucket)
     agency = Agency(url)
     _seed(agency)
     (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
@@ -949,14 +951,7 @@ def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tupl
     (root / "tasks/agency/delete.sql").write_text(DELETE_SQLITE)
     [summary] = engine.run(load(root))
     assert summary.failed == 0 and summary.archive[0]["recovered"] is True and agency.count() == 4
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )  # fmt: skip
-    [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
-             if "_manifests" not in o["Key"]]  # fmt: skip
-    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    archived = {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
+    archived = _archived_on_s3(endpoint, bucket)
     assert set(agency.added) - agency.ids() == archived and len(archived) == 12
 
 
@@ -1070,7 +1065,9 @@ def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_nex
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-@pytest.mark.parametrize("value", ["'infinity'::timestamptz", "'0044-03-15 BC'::date", "'infinity'::timestamp"])
+@pytest.mark.parametrize(
+    "value", ["'infinity'::timestamptz", "'0044-03-15 BC'::date", "'infinity'::timestamp"]
+)
 def test_a_time_no_file_can_hold_fails_the_run_by_column_and_deletes_nothing(
     tmp_path: Path, pg_url: str, fmt: str, value: str
 ) -> None:
@@ -1084,9 +1081,13 @@ def test_a_time_no_file_can_hold_fails_the_run_by_column_and_deletes_nothing(
     root = tmp_path / "proj"
     task = root / "tasks" / "held"
     task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n')
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+    )
     (task / "task.toml").write_text(f'kind = "archive"\nboundary = "midnight"\nformat = "{fmt}"\n')
-    (task / "select.sql").write_text(f"SELECT id, t, {value} AS valid_to FROM held WHERE t < %(export_boundary)s")
+    (task / "select.sql").write_text(
+        f"SELECT id, t, {value} AS valid_to FROM held WHERE t < %(export_boundary)s"
+    )
     (task / "delete.sql").write_text("DELETE FROM held WHERE t < %(export_boundary)s")
     result = cli(root, "run")
     assert result.returncode == 1
