@@ -22,7 +22,8 @@ _MARIADB_BYTES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "long
 
 
 def refuse_binary_keys(task: TaskSpec, inbox: Ledger) -> None:
-    """Refuse ``[capture] keys`` columns of a bytes type before any trigger could fail a write."""
+    """Refuse ``[capture] keys`` columns of a bytes type before any trigger could fail a write,
+    and FLOAT ones, whose values a trigger records inexactly."""
     cap = task.capture
     assert cap.table
     where = cap.table.rsplit(".", 1) if "." in cap.table else (None, cap.table)
@@ -31,6 +32,13 @@ def refuse_binary_keys(task: TaskSpec, inbox: Ledger) -> None:
         types = {str(name).lower(): str(kind).lower() for name, kind in cur.fetchall()}
     for key in task.keys:
         kind = types.get(cap.keys[key].lower())
+        if kind == "float":  # JSON_ARRAY writes 6 significant digits: 1.2345678 matched no row
+            raise ConfigError(
+                f"{task.folder / 'task.toml'} [capture] keys.{key}: column {cap.keys[key]!r} of"
+                f" {cap.table} is FLOAT, which a capture trigger records with 6 significant digits"
+                " (1.2345678 as 1.23457, matching no row: its partition would be exported without its"
+                " rows); make it DOUBLE or DECIMAL, or use a text or integer key column"
+            )
         if kind in _MARIADB_BYTES:
             raise ConfigError(
                 f"{task.folder / 'task.toml'} [capture] keys.{key}: column {cap.keys[key]!r} of"
