@@ -135,17 +135,19 @@ def _cities(tmp_path: Path, mariadb_url: str, select: str, task_extra: str = "")
     return root
 
 
-def _readings(tmp_path: Path, mariadb_url: str, city: str, how: str) -> Path:
-    """Table ``readings (id, city <city>, at)`` and a ``cities`` task capturing it by ``how``
-    ("trigger", installed, or "scan")."""
+def _readings(
+    tmp_path: Path, mariadb_url: str, city: str, how: str, *, cursor: str = "at", install: bool = True
+) -> Path:
+    """Table ``readings (id, city <city>, at)`` and a ``cities`` task capturing it by ``how``:
+    "trigger" (installed, unless not ``install``) or "scan" (on ``cursor``)."""
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().execute(
             f"CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city {city}, at DATETIME(6) NOT NULL)"
         )
     capture = f'[capture]\nmode = "{how}"\ntable = "readings"\ntime = "at"\n'
-    capture += 'cursor = "at"\n' if how == "scan" else ""
+    capture += f'cursor = "{cursor}"\n' if how == "scan" else ""
     root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
-    if how == "trigger":
+    if how == "trigger" and install:
         assert cli(root, "install").returncode == 0
     return root
 
@@ -583,12 +585,7 @@ def test_install_refuses_a_float_key_column_whose_values_a_trigger_records_inexa
 ) -> None:
     """The trigger's JSON_ARRAY writes a FLOAT with 6 significant digits: 1.2345678 was recorded as
     1.23457, which matches no row, and its partition was marked exported with no rows."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city FLOAT, at DATETIME(6) NOT NULL)"
-        )
-    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    root = _readings(tmp_path, mariadb_url, "FLOAT", "trigger", install=False)
     installed = cli(root, "install")
     assert installed.returncode == 2, installed.stdout + installed.stderr
     assert "[capture] keys.city: column 'city' of readings is FLOAT, which a capture trigger records" in (
@@ -603,12 +600,7 @@ def test_install_refuses_a_bytes_key_column_that_would_fail_the_tables_writes(
     """The trigger's JSON_ARRAY of a VARBINARY key x'00ff' is no UTF-8 text: the inbox refused
     it and the application's INSERT failed ("Incorrect string value"); a BIT key was recorded as
     a control character, and every run failed with a JSONDecodeError traceback."""
-    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            f"CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city {kind}, at DATETIME(6) NOT NULL)"
-        )
-    capture = '[capture]\nmode = "trigger"\ntable = "readings"\ntime = "at"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
+    root = _readings(tmp_path, mariadb_url, kind, "trigger", install=False)
     installed = cli(root, "install")
     assert installed.returncode == 2, installed.stdout + installed.stderr
     assert f"[capture] keys.city: column 'city' of readings is {kind.split('(')[0]}, whose bytes" in (
@@ -665,14 +657,10 @@ def test_a_scan_cursor_that_holds_no_time_is_a_config_error_not_a_traceback(
 ) -> None:
     """`[capture] cursor = "id"` (an AUTO_INCREMENT, which grows with every write too): the scan's
     max(id) was parsed as an ISO 8601 time and every run died with a ValueError traceback."""
+    root = _readings(tmp_path, mariadb_url, "VARCHAR(8)", "scan", cursor="id")
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city VARCHAR(8), at DATETIME(6) NOT NULL)"
-        )
         conn.cursor().execute("INSERT INTO readings (city, at) VALUES ('Gent', '2024-03-01 10:00:00')")
         conn.commit()
-    capture = '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "id"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
     ran = cli(root, "run")
     assert "Traceback" not in ran.stderr and ran.returncode == 2, ran.stdout + ran.stderr
     assert "[capture] cursor: 'id' holds 1, which is not a time; name a column holding the time" in ran.stderr
@@ -761,14 +749,10 @@ def test_a_float_key_is_one_partition_whoever_reads_it(mariadb_url: str, tmp_pat
 def test_a_scan_reads_a_year_key_of_0000(mariadb_url: str, tmp_path: Path) -> None:
     """MariaDB Connector/Python cannot read a YEAR of 0000 sent by the text protocol (a query
     without parameters, such as a task's first scan): every run died with a SystemError traceback."""
+    root = _readings(tmp_path, mariadb_url, "YEAR", "scan")
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
-        conn.cursor().execute(
-            "CREATE TABLE readings (id INT AUTO_INCREMENT PRIMARY KEY, city YEAR, at DATETIME(6) NOT NULL)"
-        )
         conn.cursor().execute("INSERT INTO readings (city, at) VALUES (0, '2024-03-01 10:00:00')")
         conn.commit()
-    capture = '[capture]\nmode = "scan"\ntable = "readings"\ntime = "at"\ncursor = "at"\n'
-    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at FROM readings", capture)
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert [r["id"] for r in read_csv(tmp_path / "out" / "0" / "20240301.csv")] == ["1"]
