@@ -339,19 +339,26 @@ def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) 
     assert _evaluations(root)[0]["path"] == "cur/20240310-1200.csv"
 
 
+def _also_select(root: Path, sink: str, **columns: tuple[str, str]) -> None:
+    """Have the airmax aggregate select ``columns`` too (name: its SQL expression and the type of
+    the table column that holds it), and add those columns to its table in ``sink``."""
+    extra = "".join(f", {expr} AS {name}" for name, (expr, _) in columns.items())
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        f" count(*) AS num_measurements{extra} FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    db = tables.TableDb(sink)
+    for name, (_, kind) in columns.items():
+        db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN {name} {kind}")
+    db.close()
+
+
 @pytest.mark.pg
 def test_a_json_column_is_written_back_to_postgresql_and_into_the_file(tmp_path: Path, pg_url: str) -> None:
     """A select returning jsonb failed every evaluation: psycopg read it as a dict and could not
     send a dict back ("cannot adapt type 'dict'")."""
     root = airmax_project(tmp_path / "proj", pg_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
-        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        " count(*) AS num_measurements, jsonb_build_object('min', min(parameter_value)) AS extra"
-        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
-    )
-    db = tables.TableDb(pg_url)
-    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN extra jsonb")
-    db.close()
+    _also_select(root, pg_url, extra=("jsonb_build_object('min', min(parameter_value))", "jsonb"))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.0)])
     result = _evaluate(root, T)
     assert (result.state, result.error) == ("done", None)
@@ -388,16 +395,11 @@ def test_an_array_and_a_uuid_from_postgresql_go_into_another_database_as_text(
         else request.getfixturevalue("mariadb_url")
     )
     root = airmax_project(tmp_path / "proj", pg_url, sink=sink)
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
-        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        " count(*) AS num_measurements, array_agg(message_id ORDER BY message_id) AS ids,"
-        " '6ecd8c99-4036-403d-bf84-cf8400f67836'::uuid AS u"
-        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
-    )
-    db = tables.TableDb(sink)
-    for column in ("ids", "u"):
-        db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN {column} TEXT")
-    db.close()
+    _also_select(
+        root, sink,
+        ids=("array_agg(message_id ORDER BY message_id)", "TEXT"),
+        u=("'6ecd8c99-4036-403d-bf84-cf8400f67836'::uuid", "TEXT"),
+    )  # fmt: skip
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.0)])
     result = _evaluate(root, T)
     assert (result.state, result.error) == ("done", None)
@@ -556,15 +558,10 @@ def test_a_value_the_file_cannot_hold_as_postgresql_writes_it_fails_by_column(
     interval '1 day -1 second' as "23:59:59", a record as "('1', 'x')", a range as "[1, 5)", all
     silently (PostgreSQL writes {1,NULL}, 1 day -00:00:01, (1,x), [1,5)); JSON lines failed
     naming no column. Now the evaluation fails, naming the column and the cast to make."""
-    root = airmax_project(tmp_path / "proj", pg_url, task_extra=f'path = "cur/{{t:%H%M}}.{{ext}}"\nformat = "{fmt}"')
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
-        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        f" count(*) AS num_measurements, {expr} AS {column}"
-        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    root = airmax_project(
+        tmp_path / "proj", pg_url, task_extra=f'path = "cur/{{t:%H%M}}.{{ext}}"\nformat = "{fmt}"'
     )
-    db = tables.TableDb(pg_url)
-    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN {column} text")
-    db.close()
+    _also_select(root, pg_url, **{column: (expr, "text")})
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert result.state == "failed"
@@ -578,7 +575,9 @@ def sql_ascii_url(pg_server: Any) -> Iterator[str]:
     """A fresh database whose encoding is SQL_ASCII (bytes as stored, no conversion)."""
     name = f"test_{uuid.uuid4().hex}"
     admin = tables.TableDb(pg_server.url("postgres"))
-    admin.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    admin.execute(
+        f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )
     yield pg_server.url(name)
     admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     admin.close()
@@ -589,7 +588,9 @@ def test_text_of_a_sql_ascii_database_is_read_and_written_as_text(tmp_path: Path
     """psycopg speaks a SQL_ASCII database's own client_encoding: it sent "µg/m³" as ASCII
     (UnicodeEncodeError: no row could be written) and read text back as bytes (the file held
     "\\x4765..." for "Gent"). The table connections now ask for UTF-8."""
-    root = airmax_project(tmp_path / "proj", sql_ascii_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
+    root = airmax_project(
+        tmp_path / "proj", sql_ascii_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+    )
     add_raw(sql_ascii_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert (result.state, result.error) == ("done", None)
@@ -599,18 +600,15 @@ def test_text_of_a_sql_ascii_database_is_read_and_written_as_text(tmp_path: Path
 
 
 @pytest.mark.mariadb
-def test_a_mariadb_time_the_file_cannot_hold_names_a_cast_mariadb_takes(tmp_path: Path, mariadb_url: str) -> None:
+def test_a_mariadb_time_the_file_cannot_hold_names_a_cast_mariadb_takes(
+    tmp_path: Path, mariadb_url: str
+) -> None:
     """MariaDB's driver gives a TIME as a timedelta, which fails the file by column; the error
     said CAST(col AS text), a syntax error on MariaDB (its cast is CAST(col AS CHAR))."""
-    root = airmax_project(tmp_path / "proj", mariadb_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
-        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        " count(*) AS num_measurements, SEC_TO_TIME(3600) AS span"
-        " FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    root = airmax_project(
+        tmp_path / "proj", mariadb_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
     )
-    db = tables.TableDb(mariadb_url)
-    db.execute(f"ALTER TABLE {AGGREGATE} ADD COLUMN span TEXT")
-    db.close()
+    _also_select(root, mariadb_url, span=("SEC_TO_TIME(3600)", "TEXT"))
     add_raw(mariadb_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert result.state == "failed" and result.error is not None and "column 'span'" in result.error
