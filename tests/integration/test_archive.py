@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,6 +31,7 @@ from test_workers import _spawn, _wait_for
 
 from plugins.mariadb_server import fresh_database
 from sluicegate import engine, mariadb_conn, operations
+from sluicegate.config import Project
 from sluicegate.destinations import local as local_destination
 from sluicegate.drivers import archive
 from sluicegate.ledger import Ledger
@@ -609,8 +610,23 @@ def test_check_compiles_archive_queries_without_running_them(url: str, tmp_path:
 
 
 # The connection holding a MariaDB archive lock: the name sql/mariadb/archive.sql gives it.
+# Ends the session that holds an archive task's lock (a PostgreSQL advisory lock).
+PG_KILL_LOCK_HOLDER = (
+    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+)
 MARIADB_LOCK_HOLDER = """SELECT IS_USED_LOCK(CONCAT('sluicegate archive ', LEFT(SHA2(CONCAT_WS('/',
     DATABASE(), 'sluicegate archive sluicegate', 'agency'), 256), 40)))"""
+
+
+def _archive_with(project: Project, fault: Callable[[str], None]) -> TaskSummary:
+    """Run the ``agency`` archive task in this process, with ``fault`` called at each fault point."""
+    with engine.Exporter(project) as exporter:
+        context = dataclasses.replace(exporter.context, fault=fault)
+        summary = TaskSummary(task="agency")
+        archive.Driver(context).run(
+            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
+        )
+    return summary
 
 
 def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, server_url: str) -> None:
@@ -628,16 +644,9 @@ def test_a_run_that_lost_its_lock_deletes_nothing(tmp_path: Path, server_url: st
             agency.conn.execute(f"KILL CONNECTION {int(holder)}")
             killed.append(int(holder))
         else:
-            agency.conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
-            )
+            agency.conn.execute(PG_KILL_LOCK_HOLDER)
 
-    with engine.Exporter(project) as exporter:
-        context = dataclasses.replace(exporter.context, fault=drop_lock)
-        summary = TaskSummary(task="agency")
-        archive.Driver(context).run(
-            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
-        )
+    summary = _archive_with(project, drop_lock)
     assert summary.failed == 1
     assert re.fullmatch(r"lost the lock of archive task agency .*; nothing was deleted", summary.errors[0])
     assert agency.count() == 12
@@ -680,12 +689,7 @@ def test_an_update_during_the_run_is_never_deleted_unexported(tmp_path: Path, se
             thread.join(timeout=1.0)  # MariaDB: it waits for the run's commit
             threads.append(thread)
 
-    with engine.Exporter(project) as exporter:
-        context = dataclasses.replace(exporter.context, fault=update)
-        summary = TaskSummary(task="agency")
-        archive.Driver(context).run(
-            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
-        )
+    _archive_with(project, update)
     for thread in threads:
         thread.join()
     names = [str(r[0]) for r in agency.conn.execute("SELECT name FROM agency").fetchall()]
@@ -751,12 +755,7 @@ def test_an_unexpected_error_before_the_delete_fails_the_run_and_deletes_nothing
         if point == "after_publish":
             raise RuntimeError("a bug")
 
-    with engine.Exporter(project) as exporter:
-        context = dataclasses.replace(exporter.context, fault=bug)
-        summary = TaskSummary(task="agency")
-        archive.Driver(context).run(
-            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
-        )
+    summary = _archive_with(project, bug)
     assert summary.failed == 1 and summary.errors == ["RuntimeError: a bug"]
     assert agency.count() == 12
     [summary] = engine.run(project)  # recovered: the same file, now deleted
@@ -865,19 +864,12 @@ def test_a_run_that_lost_its_lock_while_reading_never_replaces_the_next_runs_fil
             [holder] = agency.conn.execute(MARIADB_LOCK_HOLDER).fetchone()
             agency.conn.execute(f"KILL CONNECTION {int(holder)}")
         else:
-            agency.conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
-            )
+            agency.conn.execute(PG_KILL_LOCK_HOLDER)
         if not agency.mariadb:  # MariaDB: the first run's share locks keep writers and deleters out
             _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the first run's snapshot
             second.extend(engine.run(load(root)))
 
-    with engine.Exporter(project) as exporter:
-        context = dataclasses.replace(exporter.context, fault=lose_lock_then_let_another_run)
-        summary = TaskSummary(task="agency")
-        archive.Driver(context).run(
-            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
-        )
+    summary = _archive_with(project, lose_lock_then_let_another_run)
     assert summary.failed == 1 and agency.count() == (4 if second else 12)
     if second:
         assert second[0].archive[0]["recovered"] is True and second[0].archive[0]["deleted"] == 12
@@ -919,18 +911,11 @@ def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
 
     def lose_lock_then_let_another_run(point: str) -> None:
         if point == "mid_write" and not second:
-            agency.conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
-            )
+            agency.conn.execute(PG_KILL_LOCK_HOLDER)
             _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the first run's snapshot
             second.extend(engine.run(load(root)))
 
-    with engine.Exporter(project) as exporter:
-        context = dataclasses.replace(exporter.context, fault=lose_lock_then_let_another_run)
-        summary = TaskSummary(task="agency")
-        archive.Driver(context).run(
-            project.tasks["agency"], RunOptions(), summary=summary, budget=Budget(deadline=None), limit=None
-        )
+    summary = _archive_with(project, lose_lock_then_let_another_run)
     assert summary.failed == 1 and second[0].archive[0]["deleted"] == 12 and agency.count() == 4
     archived = _archived_on_s3(endpoint, bucket)
     assert set(agency.added) - agency.ids() == archived, "rows were deleted that are in no object"
@@ -1049,10 +1034,7 @@ def test_a_run_whose_lock_dies_right_after_its_last_check_never_replaces_the_nex
                 held()
                 checks.append(1)
                 if len(checks) == 2:  # the check before the file is placed has just passed
-                    agency.conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_locks"
-                        " WHERE locktype = 'advisory' AND objsubid = 2"
-                    )
+                    agency.conn.execute(PG_KILL_LOCK_HOLDER)
                     _seed(agency, bases=1, first=10)  # 3 more superseded rows, after the snapshot
                     second.extend(engine.run(load(root)))
 
