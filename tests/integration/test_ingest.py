@@ -309,6 +309,24 @@ def test_a_missing_table_fails_the_batch_and_commits_nothing(root: Path, tmp_pat
     assert result.returncode == 2 and "task.toml table:" in result.stderr and "Traceback" not in result.stderr
 
 
+def _refused_before_any_message(
+    root: Path, url: str, table: str, ids: list[str], why: str, *, columns: str = ""
+) -> Path:
+    """Point the task at ``table`` (``mid`` and ``at``, and ``columns``): check and ingest of a batch
+    of ``ids`` exit 2 saying ``why``, and nothing is inserted. The batch file, to ingest again."""
+    (root / "tasks" / TASK / "task.toml").write_text(
+        f'kind = "ingest"\ntable = "{table}"\n[columns]\nmid = "id"\nat = "date_utc"\n{columns}'
+    )
+    batch = root.parent / "b.jsonl"
+    batch.write_text("".join(line(i) + "\n" for i in ids))
+    for command in (["check"], ["ingest", TASK, str(batch)]):
+        result = cli(root, *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert why in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert _query(url, f"SELECT count(*) FROM {table}") == [(0,)]
+    return batch
+
+
 def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     tmp_path: Path, url: str
 ) -> None:
@@ -318,16 +336,9 @@ def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     time_type = TIME_TYPES[tabledb.flavor_of(url)]
     id_type = ID_TYPES[tabledb.flavor_of(url)]
     _execute(url, f"CREATE TABLE nouniq (mid {id_type}, at {time_type} NOT NULL, v DOUBLE PRECISION)")
-    (root / "tasks" / TASK / "task.toml").write_text(
-        'kind = "ingest"\ntable = "nouniq"\n[columns]\nmid = "id"\nat = "date_utc"\nv = "value"\n'
+    batch = _refused_before_any_message(
+        root, url, "nouniq", ["m1", "m1"], "has no unique index on mid alone", columns='v = "value"\n'
     )
-    batch = tmp_path / "b.jsonl"
-    batch.write_text(line("m1") + "\n" + line("m1") + "\n")
-    for command in (["check"], ["ingest", TASK, str(batch)]):
-        result = cli(root, *command)
-        assert result.returncode == 2, (command, result.stdout, result.stderr)
-        assert "has no unique index on mid alone" in result.stderr and "Traceback" not in result.stderr
-    assert _query(url, "SELECT count(*) FROM nouniq") == [(0,)]
     _execute(url, "CREATE UNIQUE INDEX nouniq_mid_key ON nouniq (mid)")
     assert cli(root, "ingest", TASK, str(batch)).returncode == 0
     assert _query(url, "SELECT count(*) FROM nouniq") == [(1,)]
@@ -351,17 +362,9 @@ def test_a_mariadb_id_column_that_folds_case_is_refused_before_any_message(
 ) -> None:
     root = airmax_project(tmp_path / "proj", mariadb_url)
     _execute(mariadb_url, "CREATE TABLE folds (mid VARCHAR(64) PRIMARY KEY, at DATETIME(6) NOT NULL)")
-    (root / "tasks" / TASK / "task.toml").write_text(
-        'kind = "ingest"\ntable = "folds"\n[columns]\nmid = "id"\nat = "date_utc"\n'
+    batch = _refused_before_any_message(
+        root, mariadb_url, "folds", ["abc", "ABC"], "folds.mid compares message ids by utf8mb4_"
     )
-    batch = tmp_path / "b.jsonl"
-    batch.write_text(line("abc") + "\n" + line("ABC") + "\n")
-    for command in (["check"], ["ingest", TASK, str(batch)]):
-        result = cli(root, *command)
-        assert result.returncode == 2, (command, result.stdout, result.stderr)
-        assert "folds.mid compares message ids by utf8mb4_" in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
-    assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(0,)]
     _execute(mariadb_url, "ALTER TABLE folds MODIFY mid VARCHAR(64) NOT NULL COLLATE utf8mb4_nopad_bin")
     assert cli(root, "ingest", TASK, str(batch)).returncode == 0
     assert _query(mariadb_url, "SELECT count(*) FROM folds") == [(2,)]
@@ -415,15 +418,9 @@ def test_an_id_column_that_folds_case_is_refused_on_sqlite_and_postgresql(
             url, "CREATE COLLATION sg_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
         )
     _execute(url, f"CREATE TABLE folds (mid {id_type} NOT NULL UNIQUE, at TEXT NOT NULL)")
-    (root / "tasks" / TASK / "task.toml").write_text(
-        'kind = "ingest"\ntable = "folds"\n[columns]\nmid = "id"\nat = "date_utc"\n'
+    _refused_before_any_message(
+        root, url, "folds", ["abc", "ABC", "m1", "m1 "], "folds.mid compares message ids by "
     )
-    batch = tmp_path / "b.jsonl"
-    batch.write_text("\n".join(line(i) for i in ("abc", "ABC", "m1", "m1 ")) + "\n")
-    result = cli(root, "ingest", TASK, str(batch))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "folds.mid compares message ids by " in result.stderr and "Traceback" not in result.stderr
-    assert _query(url, "SELECT count(*) FROM folds") == [(0,)]
 
 
 def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_message(tmp_path: Path) -> None:
