@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import struct
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import db, mariadb_conn
 from ..exceptions import ConfigError, DataError, SourceUnavailable
+from ..formats.csv import single_text
 from ..masking import mask_url
 from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
@@ -427,16 +428,13 @@ class _Converting:
 
 
 def _single_digits(value: Any) -> Any:
-    """A FLOAT as the shortest digits of its single-precision value (0.1), as the capture trigger's
-    JSON gives it: the driver reads it so without parameters and widened (0.10000000149011612) with
-    them, and a scan or backfill marked the same rows under both keys, each with its own file."""
-    if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
+    """A FLOAT as the shortest digits of its single-precision value (0.1), as a CSV file writes it
+    (:func:`~sluicegate.formats.csv.single_text`): the driver reads it so without parameters and
+    widened (0.10000000149011612) with them, and a scan or backfill marked the same rows under
+    both keys, each with its own file."""
+    if not isinstance(value, float) or not math.isfinite(value):
         return value
-    packed = struct.pack("<f", value)
-    for digits in range(1, 10):
-        if struct.pack("<f", float(text := f"{value:.{digits}g}")) == packed:
-            return float(text)
-    return value
+    return float(single_text(value))
 
 
 def _aware(value: Any) -> Any:
