@@ -530,6 +530,31 @@ def test_a_failed_group_sync_leaves_later_files_queued(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_batch_sync_reaches_the_file_system_of_a_deleted_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sync = "batch"`` syncs a file system per folder involved: a deletion under a folder that
+    is another mount (no rename there) must be made durable too, not only the root's."""
+    from sluicegate.destinations import local
+
+    dest = LocalDestination(str(tmp_path / "out"), sync="batch")
+    gone = tmp_path / "out" / "other-mount" / "old.csv"
+    gone.parent.mkdir(parents=True)
+    gone.write_text("x\n")
+    seen: list[list[str]] = []
+    real = local._file_systems
+    monkeypatch.setattr(local, "_file_systems", lambda folders: seen.append(folders) or real(folders))
+    dest.delete("other-mount/old.csv")
+    staged = dest.stage("kept.csv")
+    staged.file.write(b"y\n")
+    dest.publish(staged)
+    dest.sync()
+    assert not gone.exists() and (tmp_path / "out" / "kept.csv").read_text() == "y\n"
+    assert [str(gone.parent) in folders for folders in seen] == [True]
+    dest.sync()  # nothing new since: no second pass over the deleted file's folder
+    assert len(seen) == 1
+
+
 def test_a_declared_primary_key_orders_rows_instead_of_every_column(backend: str, tmp_path: Path) -> None:
     """With ``primary_key`` the rows are sorted by it alone; `check` rejects a key the select lacks."""
     root, db = _setup(tmp_path, backend, fmt="csv")
@@ -624,7 +649,9 @@ def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_ur
 
 @pytest.mark.mariadb
 @pytest.mark.parametrize("how", ["trigger", "scan", "backfill"])
-def test_datetime_holding_wall_clock_times_of_a_named_zone(tmp_path: Path, mariadb_url: str, how: str) -> None:
+def test_datetime_holding_wall_clock_times_of_a_named_zone(
+    tmp_path: Path, mariadb_url: str, how: str
+) -> None:
     """``[time] datetime_zone``: the DATETIME values are Brussels wall-clock times. 23:30 on 10 March
     is 22:30 UTC and belongs to 10 March (read as UTC it would be 00:30 on the 11th, in the wrong
     file); 02:30 on 27 October, which the clocks pass twice, is the later one (+01:00). Each way
@@ -632,9 +659,15 @@ def test_datetime_holding_wall_clock_times_of_a_named_zone(tmp_path: Path, maria
     brussels = "Europe/Brussels"
     root, db = _setup(tmp_path, mariadb_url, zone=brussels, capture="explicit" if how == "backfill" else how)
     toml = root / "tasks" / "openaq" / "task.toml"
-    toml.write_text(toml.read_text().replace('boundary = "start"', f'boundary = "start"\ndatetime_zone = "{brussels}"'))
+    toml.write_text(
+        toml.read_text().replace('boundary = "start"', f'boundary = "start"\ndatetime_zone = "{brussels}"')
+    )
     db.location(1, brussels)
-    wall = [dt.datetime(2024, 3, 10, 23, 30), dt.datetime(2024, 3, 11, 0, 30), dt.datetime(2024, 10, 27, 2, 30)]
+    wall = [
+        dt.datetime(2024, 3, 10, 23, 30),
+        dt.datetime(2024, 3, 11, 0, 30),
+        dt.datetime(2024, 10, 27, 2, 30),
+    ]
     db.insert(1, [w.replace(tzinfo=UTC) for w in wall])  # Db stores an aware time as its naive UTC text
     if how == "backfill":
         assert cli(root, "backfill", "openaq").returncode == 0

@@ -64,7 +64,6 @@ class LocalDestination:
         self._cleaned: set[str] = set()
         self._unsynced: set[str] = set()
         self._renames: list[tuple[Staged, str]] = []  # written, not yet in place
-        self._dirty = False  # batch mode: a file was deleted since the last sync
         # Unique temp names without a system call per file: a random prefix per process, then a counter.
         self._prefix = f"{uuid.uuid4().hex[:8]}-"
         self._serial = itertools.count()
@@ -173,13 +172,14 @@ class LocalDestination:
         return renames
 
     def _sync_batch(self, syncfs: Callable[[int], int], renames: list[tuple[Staged, str]]) -> None:
-        with self._lock:
-            dirty, self._dirty = self._dirty, False
-        if not renames and not dirty:
+        with self._lock:  # folders of files deleted since the last sync, perhaps on other mounts
+            deleted, self._unsynced = self._unsynced, set()
+        if not renames and not deleted:
             return
         done = 0
         try:
-            fds = _file_systems([self.url, *(os.path.dirname(target) for _, target in renames)])
+            folders = [self.url, *deleted, *(os.path.dirname(target) for _, target in renames)]
+            fds = _file_systems(folders)
             try:
                 if renames:
                     for fd in fds:
@@ -237,7 +237,6 @@ class LocalDestination:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot delete {target}: {exc.strerror}") from exc
         with self._lock:
-            self._dirty = True
             self._unsynced.add(os.path.dirname(target))
 
     def read(self, path: str) -> bytes:
