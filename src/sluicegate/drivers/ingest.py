@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import tables, validate
+from .. import mariadb_conn, tables, validate
 from ..exceptions import ConfigError, SluicegateError, is_transient
 from ..ingest import Ingestor, IngestSummary, drain
 from ..ledger import Ledger
@@ -90,7 +90,7 @@ def _columns(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
 
 # How to make a message id column compare exactly, per database.
 _EXACT = {
-    "mariadb": "ALTER TABLE {table} MODIFY {key} VARCHAR(255) NOT NULL COLLATE utf8mb4_nopad_bin",
+    "mariadb": "ALTER TABLE {table} MODIFY {key} VARCHAR(255) NOT NULL COLLATE {exact}",
     "postgresql": 'ALTER TABLE {table} ALTER {key} TYPE text COLLATE "C"',
     "sqlite": "declare {key} TEXT without COLLATE NOCASE or RTRIM (SQLite cannot alter it: copy the table)",
 }
@@ -166,7 +166,8 @@ def check(task: Task, source: Source) -> list[str]:
                 " redelivered message is refused, or inserted again"
             ]
         if collation := target.folding_collation(table, key):  # ABC = abc, cafe = café
-            fix = _EXACT[target.flavor].format(table=table, key=key)
+            exact = mariadb_conn.exact_collation(target.conn) if target.flavor == "mariadb" else ""
+            fix = _EXACT[target.flavor].format(table=table, key=key, exact=exact)
             return [
                 f"{toml} table: {table}.{key} compares message ids by {collation}, which takes ids that"
                 " differ in case, accents or trailing spaces for the same one (a message is lost as a"
