@@ -1709,6 +1709,10 @@ def test_check_names_a_timestamp_cursor_in_a_database_of_another_zone(pg_url: st
         "SELECT record_id, study_id, uploaded_on AT TIME ZONE 'America/New_York' AS uploaded_on FROM records"
     )
     assert cli(root, "check").returncode == 0  # the fix the message gives
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on AT TIME ZONE 'UTC' AS uploaded_on FROM records"
+    )
+    assert cli(root, "check").returncode == 0  # writers that store UTC say so the same way
 
 
 @pytest.mark.parametrize("zone", ["utc", "Etc/Zulu", "GMT0", "+00:00"])

@@ -86,5 +86,6 @@ def naive_cursor_zone(task: Task, described: list[Column], source: Source) -> li
         f"{task.folder / 'task.toml'} cursor: column {task.cursor!r} is a timestamp without time zone,"
         f" read as UTC, but the database's TimeZone is {zone!r}, where now() stores wall-clock times"
         f" and rows can fall below the watermark; in select.sql read it in its zone ({task.cursor}"
-        f" AT TIME ZONE '{zone}' AS {task.cursor}), or make the column timestamptz"
+        f" AT TIME ZONE '{zone}' AS {task.cursor}; 'UTC' if its writers store UTC times), or make"
+        " the column timestamptz"
     ]
