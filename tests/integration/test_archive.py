@@ -940,6 +940,37 @@ def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tupl
     assert set(agency.added) - agency.ids() == archived and len(archived) == 12
 
 
+def test_an_s3_object_replaced_by_one_of_the_same_size_before_the_verify_deletes_nothing(
+    tmp_path: Path, s3_bucket: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer puts other bytes of the same size at the key between the upload and the
+    verify: the verify must see it is not our object (its ETag), and nothing is deleted."""
+    from sluicegate.destinations.s3 import S3Destination
+
+    endpoint, bucket = s3_bucket
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    _to_s3(root, tmp_path, endpoint, bucket)
+    agency = Agency(url)
+    _seed(agency)
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )  # fmt: skip
+    sync = S3Destination.sync
+
+    def sync_then_overwrite(self: S3Destination, staged: Any = None) -> None:
+        sync(self, staged)
+        for one in staged or ():
+            key = self.key(one.path)
+            size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+            client.put_object(Bucket=bucket, Key=key, Body=b"x" * size)  # a stranger's object
+
+    monkeypatch.setattr(S3Destination, "sync", sync_then_overwrite)
+    [summary] = engine.run(load(root))
+    assert summary.failed == 1 and agency.count() == 12, "rows were deleted that are in no object"
+
+
 @pytest.mark.mariadb
 def test_a_file_name_longer_than_the_ledger_holds_is_refused_not_cut(
     tmp_path: Path, mariadb_url: str

@@ -25,8 +25,9 @@ Contract of every :class:`Destination`:
 * ``list_files(prefix, start_after)`` returns the relative paths of the published objects under
   ``prefix`` (a folder, ending with ``/``), sorted, those after ``start_after`` only; temp
   files are not listed; a missing prefix lists nothing.
-* ``verify(path, size, sha256)`` raises DestinationUnavailable unless the published object
-  at ``path`` has that size (and, where the store can tell, that SHA-256).
+* ``verify(path, size, sha256, etag)`` raises DestinationUnavailable unless the published
+  object at ``path`` has that size (and, where the store can tell, that SHA-256; on a store
+  that gives ETags, the ETag its upload was answered with, when given).
 * Every method raises only sluicegate errors: each destination translates its own
   ``OSError`` and SDK errors (transient: DestinationUnavailable; terminal: TerminalError).
 * ``check_path(path)`` raises :class:`~sluicegate.exceptions.BadPartitionValue` (terminal) when
@@ -172,7 +173,7 @@ class Destination(Protocol):
         """Raise BadPartitionValue when ``path`` is too long for this destination."""
         ...
 
-    def verify(self, path: str, size: int, sha256: str) -> None:
+    def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
         """Raise DestinationUnavailable unless ``path`` holds exactly what was published."""
         ...
 

@@ -111,7 +111,7 @@ class FsspecDestination(SpooledUpload):
         found = [str(n)[len(base) :] if str(n).startswith(base) else str(n) for n in names]
         return sorted(p for p in found if p > start_after)
 
-    def verify(self, path: str, size: int, sha256: str) -> None:
+    def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
         """The object must exist with ``size`` bytes."""
         if not self.exists(path, size):
             raise DestinationUnavailable(f"{self.display(path)} is missing or has the wrong size")

@@ -262,8 +262,8 @@ class LocalDestination:
             raise DestinationUnavailable(f"cannot list {folder}: {exc.strerror}") from exc
         return sorted(p for p in found if p > start_after)
 
-    def verify(self, path: str, size: int, sha256: str) -> None:
-        """Read the file back and compare its size and SHA-256."""
+    def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
+        """Read the file back and compare its size and SHA-256 (files have no ETag)."""
         try:
             digest = _sha256(self._target(path))
         except OSError as exc:

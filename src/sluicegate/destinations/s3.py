@@ -374,10 +374,10 @@ class S3Destination(SpooledUpload):
                 found += [str(o["Key"])[len(base) :] for o in page.get("Contents", [])]
         return sorted(found)
 
-    def verify(self, path: str, size: int, sha256: str) -> None:
-        """Ask the store: the object must have ``size`` bytes (a PUT was checked by its SHA-256)."""
-        if not self.exists(path, size):
-            raise DestinationUnavailable(f"{self.display(path)} is missing or has the wrong size")
+    def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
+        """Ask the store: ``size`` bytes, and the ETag that the upload (checked by SHA-256) got."""
+        if not self.exists(path, size, etag):  # a size alone passes other bytes of that size
+            raise DestinationUnavailable(f"{self.display(path)} is missing or not the object uploaded")
 
     def delete(self, path: str) -> None:
         """Delete the object (missing is fine)."""

@@ -182,7 +182,7 @@ class Recorder:
         place(outcomes)
         if outcome.path is not None:
             assert outcome.checksum is not None
-            ctx.destination.verify(outcome.path, outcome.nbytes, outcome.checksum)
+            ctx.destination.verify(outcome.path, outcome.nbytes, outcome.checksum, outcome.etag)
         run.rows, run.bytes = outcome.rows, outcome.nbytes
         if not self.shared:  # on the ledger at once: published and verified
             self._published(outcome, None)
