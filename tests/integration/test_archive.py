@@ -531,6 +531,34 @@ def test_a_run_without_witness_table_keeps_the_file_it_cannot_vouch_for(tmp_path
     assert agency.count() == 3  # the rows are in both files: repeated, never lost
 
 
+def test_a_run_recovered_from_another_source_database_keeps_the_file_whose_rows_it_deleted(
+    tmp_path: Path,
+) -> None:
+    """The delete committed, then the run died before its `done`; source.url now names another
+    database, one with a witness table (archived by another project): the file is kept."""
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    root = _project(tmp_path, a, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    agency = Agency(a)
+    _seed(agency)
+    _crash(root, "after_delete_commit")
+    [first] = files(tmp_path / "out")
+    content = first.read_bytes()
+    assert len(_rows(first)) == 9 and agency.count() == 3
+    other = tmp_path / "other"
+    other.mkdir()
+    other_root = _project(other, b, ledger=f"sqlite:///{other / 'ledger.db'}")
+    other_agency = Agency(b)
+    _seed(other_agency)
+    cli(other_root, "run", check=True)  # b.db has its own witness rows now
+    _seed(other_agency, first=10)
+    config = (root / "sluicegate.toml").read_text()
+    (root / "sluicegate.toml").write_text(config.replace(a, b))
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["path"] != first.name
+    assert first.read_bytes() == content, "a file whose rows were deleted was written over"
+    assert other_agency.count() == 6 and len(files(tmp_path / "out")) == 2
+
+
 def test_a_second_run_waits_for_the_lock_then_fails_clearly(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

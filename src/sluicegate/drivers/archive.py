@@ -11,10 +11,13 @@ Runs of one task exclude each other: each holds the task's lock on the ledger da
 A run that did not finish is recovered first by the next run, which must know whether its
 delete committed: with the ledger in the source database, ``done`` is written in the delete's
 transaction; otherwise the delete's transaction also inserts a witness row into the source
-database. A recovered run whose delete committed is only recorded as ``done`` (its file is
-never touched again); one that deleted nothing is redone into the same file name: every row
-of the old file is still in the source, so no second file repeats them. A file name that a
-run used is never given to another run: a second run with the same boundary gets ``-2``.
+database, where the run committed a start marker before writing its file. A recovered run
+whose delete committed is only recorded as ``done`` (its file is never touched again); one
+that deleted nothing is redone into the same file name: every row of the old file is still in
+the source, so no second file repeats them. A published run with neither row read another
+database (source.url changed since): its file is kept, and the rows go to a new file. A file
+name that a run used is never given to another run: a second run with the same boundary gets
+``-2``.
 """
 
 from __future__ import annotations
@@ -326,13 +329,14 @@ class Driver:
         run = ArchiveRun(run_id=run_id, path=path, boundary=boundary.isoformat(), recovered=True)
         if not ctx.project.settings.shared_database:
             deleted = ctx.inbox.archive.witnessed(run_id)
-            if deleted is not None:  # the delete committed; only the ledger's "done" was lost
+            if deleted is not None and deleted >= 0:  # the delete committed; only "done" was lost
                 run.rows, run.bytes, run.deleted = rows, nbytes, deleted
                 ctx.ledger.archive.done(run_id, deleted=deleted)
                 return run
-            if state == "published" and task.delete_sql and not ctx.inbox.archive.witness_exists():
-                # No witness table: an older sluicegate published this file, and whether its
-                # delete committed is unknown. Keep the file and write the rows to a new one.
+            if state == "published" and task.delete_sql and deleted is None:
+                # No marker of the run in the source database: source.url names another
+                # database than the one the run read (whose delete may have committed), or an
+                # older sluicegate published this file. Keep the file; the rows go to a new one.
                 ctx.ledger.archive.done(run_id, deleted=None)
                 return self._start(task, boundary, held, summary, recovered=True)
         # Nothing of this run was deleted: each row of its file is still in the source database,
@@ -360,6 +364,7 @@ class Driver:
         shared = ctx.project.settings.shared_database
         if not shared and task.delete_sql:
             ctx.inbox.archive.witness_create()
+            ctx.inbox.archive.witness_start(run.run_id, task.name)
         params = {"export_boundary": dt.datetime.fromisoformat(run.boundary)}
         want: Mode = (
             "csv" if task.format in ("csv", "csv.gz") and ctx.source.dialect is db.POSTGRESQL else "rows"

@@ -6,10 +6,11 @@
   on the ledger database for the whole run. The lock dies with its holder's process or
   connection (a PostgreSQL session advisory lock, a MariaDB ``GET_LOCK``, or a ``flock`` next
   to a SQLite ledger), so a crashed run never blocks the next.
-* When the ledger is another database than the source, the delete's transaction also
-  inserts a marker row into ``archive_commits`` in the *source* database (the witness): the
-  marker exists exactly when the delete committed. These methods run on a store over the
-  source database.
+* When the ledger is another database than the source, each run first commits a start
+  marker row into ``archive_commits`` in the *source* database (``deleted`` -1, under an id
+  derived from the run's), and the delete's transaction inserts the run's own row (the
+  witness): that row exists exactly when the delete committed, and a run with neither row
+  read another database. These methods run on a store over the source database.
 """
 
 from __future__ import annotations
@@ -167,16 +168,30 @@ class ArchiveStore(Store):
                 "let the source user create it"
             ) from exc
 
+    def witness_start(self, run_id: str, task: str) -> None:
+        """Commit the start marker of ``run_id`` (a row of its own) before its file is written."""
+        self._run("witness_start", id=_start_marker(run_id), task=task)
+
     def witness(self, cur: Any, run_id: str, task: str, deleted: int) -> None:
         """Insert the marker of ``run_id`` in the open transaction of its delete (``cur``)."""
         self._run("witness", cur, id=uuid.UUID(run_id), task=task, deleted=deleted)
 
     def witnessed(self, run_id: str) -> int | None:
-        """How many rows ``run_id`` deleted, or None when its delete never committed."""
+        """How many rows ``run_id`` deleted; -1 when its delete never committed; None when this
+        database has no marker of the run at all (the run read another database, or an older
+        sluicegate, which wrote no start markers, ran it)."""
         if not self.witness_exists():
             return None
-        row = self._run("witnessed", id=uuid.UUID(run_id)).fetchone()
-        return None if row is None else int(row[0])
+        for marker in (uuid.UUID(run_id), _start_marker(run_id)):
+            row = self._run("witnessed", id=marker).fetchone()
+            if row is not None:
+                return int(row[0])
+        return None
+
+
+def _start_marker(run_id: str) -> uuid.UUID:
+    """The id of a run's start marker in ``archive_commits``: derived from the run's, never equal to one."""
+    return uuid.uuid5(uuid.UUID(run_id), "started")
 
 
 @contextlib.contextmanager

@@ -56,11 +56,16 @@ CREATE TABLE IF NOT EXISTS {t}archive_commits (
     committed_at DOUBLE NOT NULL
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
+-- witness_start --
+-- In the source database, committed before the run's file is written: the run's start marker (deleted -1).
+INSERT IGNORE INTO {t}archive_commits (run_id, task, deleted, committed_at)
+VALUES (%(id)s, %(task)s, -1, UNIX_TIMESTAMP(NOW(6)));
+
 -- witness --
 -- In the source database, in the delete's transaction: the marker proving that the run's delete committed.
 INSERT INTO {t}archive_commits (run_id, task, deleted, committed_at)
 VALUES (%(id)s, %(task)s, %(deleted)s, UNIX_TIMESTAMP(NOW(6)));
 
 -- witnessed --
--- In the source database: the rows a run deleted, if its delete committed.
+-- In the source database: the rows a run deleted, if its delete committed (or -1: a run's start marker).
 SELECT deleted FROM {t}archive_commits WHERE run_id = %(id)s;

@@ -55,10 +55,14 @@ CREATE TABLE IF NOT EXISTS {t}archive_commits (
     committed_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- witness_start --
+-- In the source database, committed before the run's file is written: the run's start marker (deleted -1).
+INSERT INTO {t}archive_commits (run_id, task, deleted) VALUES (%(id)s, %(task)s, -1) ON CONFLICT (run_id) DO NOTHING;
+
 -- witness --
 -- In the source database, in the delete's transaction: the marker proving that the run's delete committed.
 INSERT INTO {t}archive_commits (run_id, task, deleted) VALUES (%(id)s, %(task)s, %(deleted)s);
 
 -- witnessed --
--- In the source database: the rows a run deleted, if its delete committed.
+-- In the source database: the rows a run deleted, if its delete committed (or -1: a run's start marker).
 SELECT deleted FROM {t}archive_commits WHERE run_id = %(id)s;

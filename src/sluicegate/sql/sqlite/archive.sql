@@ -41,10 +41,14 @@ CREATE TABLE IF NOT EXISTS {t}archive_commits (
     committed_at REAL NOT NULL
 );
 
+-- witness_start --
+-- In the source database, committed before the run's file is written: the run's start marker (deleted -1).
+INSERT OR IGNORE INTO {t}archive_commits (run_id, task, deleted, committed_at) VALUES (:id, :task, -1, :now);
+
 -- witness --
 -- In the source database, in the delete's transaction: the marker proving that the run's delete committed.
 INSERT INTO {t}archive_commits (run_id, task, deleted, committed_at) VALUES (:id, :task, :deleted, :now);
 
 -- witnessed --
--- In the source database: the rows a run deleted, if its delete committed.
+-- In the source database: the rows a run deleted, if its delete committed (or -1: a run's start marker).
 SELECT deleted FROM {t}archive_commits WHERE run_id = :id;
