@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import boto3
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 from test_workers import _spawn, _wait_for
@@ -513,6 +514,27 @@ def test_crash_after_the_delete_committed_keeps_the_file(tmp_path: Path, layout:
     }
     assert first.read_bytes() == content
     account(tmp_path / "out", agency, agency.added, ledger)
+
+
+def test_a_run_redone_after_the_format_changed_keeps_its_file_s_format(tmp_path: Path) -> None:
+    """A csv.gz run crashed before its delete; format became Parquet before the next run. The
+    redo wrote Parquet bytes under the recorded `.csv.gz` name: a file no reader could open as
+    what its name says. It is redone in the format its name records; the next run in Parquet."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, source)
+    agency = Agency(source)
+    _seed(agency)
+    _crash(root, "after_publish")
+    [crashed] = files(tmp_path / "out")
+    toml = root / "tasks" / "agency" / "task.toml"
+    toml.write_text(toml.read_text() + 'format = "parquet"\n')
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["recovered"] is True and summary["archive"][0]["deleted"] == 9
+    assert files(tmp_path / "out") == [crashed] and len(_rows(crashed)) == 9  # gzip CSV, as named
+    _seed(agency, bases=1, first=10)
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    [parquet] = [p for p in files(tmp_path / "out") if p.name.endswith(".parquet")]
+    assert pq.read_table(parquet).num_rows == summary["archive"][0]["deleted"] == 3
 
 
 def test_a_run_without_witness_table_keeps_the_file_it_cannot_vouch_for(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from ..exceptions import (
     PermissionDenied,
     SluicegateError,
 )
+from ..formats import SPECS as FORMATS
 from ..ledger import Ledger
 from ..ledger.archive import NAMING_LOCK
 from ..options import Budget, RunOptions, TaskSummary
@@ -340,8 +341,9 @@ class Driver:
                 ctx.ledger.archive.done(run_id, deleted=None)
                 return self._start(task, boundary, held, summary, recovered=True)
         # Nothing of this run was deleted: each row of its file is still in the source database,
-        # so the same file name is written again, and no second file repeats those rows.
-        return self._export(task, run, held, summary)
+        # so the same file name is written again, and no second file repeats those rows; in the
+        # format that name says, should `format` have changed since (the next run takes the new).
+        return self._export(task, run, held, summary, fmt=_named_format(path, task.format))
 
     def _free_path(self, task: Task, boundary: dt.datetime, run_id: str) -> str:
         base = render_archive_path(task, boundary, run_id[:8])
@@ -357,18 +359,18 @@ class Driver:
         return candidate
 
     def _export(
-        self, task: Task, run: ArchiveRun, held: Callable[[], None], summary: TaskSummary
-    ) -> ArchiveRun:
+        self, task: Task, run: ArchiveRun, held: Callable[[], None], summary: TaskSummary,
+        fmt: str | None = None,
+    ) -> ArchiveRun:  # fmt: skip
         """Read, publish, verify, delete: one snapshot; then, with a separate ledger, ``done``."""
         ctx = self.context
+        fmt = fmt or task.format
         shared = ctx.project.settings.shared_database
         if not shared and task.delete_sql:
             ctx.inbox.archive.witness_create()
             ctx.inbox.archive.witness_start(run.run_id, task.name)
         params = {"export_boundary": dt.datetime.fromisoformat(run.boundary)}
-        want: Mode = (
-            "csv" if task.format in ("csv", "csv.gz") and ctx.source.dialect is db.POSTGRESQL else "rows"
-        )
+        want: Mode = "csv" if fmt in ("csv", "csv.gz") and ctx.source.dialect is db.POSTGRESQL else "rows"
         with ctx.source.snapshot() as snapshot:
             columns, mode, chunks = snapshot.read(_select(task, ctx.source), params, want)
             recorder = Recorder(task, run, snapshot, ctx, held)
@@ -379,7 +381,7 @@ class Driver:
             )  # fmt: skip
             ctx.destination.check_path(run.path)
             pipeline = Pipeline(
-                read=lambda units: ((0, chunk) for chunk in chunks), format=task.format, columns=columns,
+                read=lambda units: ((0, chunk) for chunk in chunks), format=fmt, columns=columns,
                 mode=mode, destination=ctx.destination, recorder=recorder, summary=summary,
                 budget=Budget(deadline=None), lease=ctx.project.settings.lease, fault=_pipeline_fault(ctx),
                 feed=ctx.feed(task),
@@ -400,6 +402,13 @@ class Driver:
             ctx.fault("after_delete_commit")
             ctx.ledger.archive.done(run.run_id, deleted=run.deleted)
         return run
+
+
+def _named_format(path: str, configured: str) -> str:
+    """The format whose extension ends ``path`` (the longest: ``.csv.gz`` before ``.csv``), or
+    ``configured`` when none does (a path template without ``{ext}``)."""
+    named = [f for f, spec in FORMATS.items() if path.endswith(f".{spec.extension}")]
+    return max(named, key=len) if named else configured
 
 
 def _pipeline_fault(ctx: Context) -> Callable[[str], None]:
