@@ -54,9 +54,9 @@ class NoZone(ConfigError):
 
 
 class ZoneMap:
-    """Resolves the zone of a partition from the task's fixed zone or its ``zone_sql``."""
+    """Resolves the zone of a partition from the task's fixed zone or its ``zone_sql`` (``source``)."""
 
-    def __init__(self, task: TaskSpec, source: Source) -> None:
+    def __init__(self, task: TaskSpec, source: Source | None) -> None:
         self.task = task
         self.source = source
         self._map: dict[str, str] | None = None
@@ -67,7 +67,7 @@ class ZoneMap:
         if self.task.time.zone:
             return self.task.time.zone
         if self._map is None:
-            assert self.task.time.zone_sql
+            assert self.task.time.zone_sql and self.source is not None
             try:
                 self._map = self.source.zones(self.task.time.zone_sql)
             except SluicegateError as exc:
@@ -167,20 +167,21 @@ def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: 
 
 
 def rezone(
-    task: TaskSpec, ledger: Ledger, source: Source, chosen: Iterable[tuple[dict[str, Any], Any]]
+    task: TaskSpec, ledger: Ledger, source: Source | None, chosen: Iterable[tuple[dict[str, Any], Any, Any]]
 ) -> int:
-    """Mark again each chosen ``(keys, window start)`` partition whose key's ``zone_sql`` zone
-    changed, so that it is cut in the new zone's day (``reexport``); return how many."""
-    if task.time is None or not task.time.zone_sql:
+    """Mark again each chosen ``(keys, window start, window end)`` partition whose window in its
+    zone now (the task's ``zone``, or its key's ``zone_sql`` zone: ``source`` is needed only for
+    that) is another, so that it is cut in the new zone's day (``reexport``); return how many."""
+    if task.time is None:
         return 0
     zones, moved = ZoneMap(task, source), []
-    for keys, start in chosen:
+    for keys, start, end in chosen:
         values = [keys[k] for k in task.key_names]
         try:
             part = restore_partition(task, values, zones.zone(values[:-1]))
         except (NoZone, BadPartitionValue):  # no zone now: it keeps the one it was cut in
             continue
-        if part.start != start:
+        if (part.start, part.end) != (start, end):  # a DST day may keep its start and move its end
             moved.append(part)
     return ledger.partitions.mark(moved, task)
 

@@ -190,17 +190,18 @@ def reexport(
         return not (time_max and start and start >= time_max)
 
     with ledger_of(project) as ledger:
-        if task.time is not None and task.time.zone_sql:  # a key whose zone changed: its days are cut anew
+        if task.time is not None:  # a zone changed (the task's, or a key's zone_sql one): days are cut anew
             chosen = [
-                (keys, start)
+                (keys, start, end)
                 for _, keys, start, end in ledger.partitions.partition_keys(task)
                 if accept(keys, start, end)
             ]
-            source = open_source(project.settings.source_url)
+            source = open_source(project.settings.source_url) if task.time.zone_sql else None
             try:
                 capture.rezone(task, ledger, source, chosen)
             finally:
-                source.close()
+                if source is not None:
+                    source.close()
         return ledger.partitions.reexport(task, accept)
 
 

@@ -484,6 +484,32 @@ def test_a_location_whose_zone_changes_has_its_days_cut_in_the_new_zone(backend:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_reexport_after_the_task_zone_changed_cuts_every_day_in_the_new_zone(
+    backend: str, tmp_path: Path
+) -> None:
+    """The task's `zone` changed from UTC to Asia/Tokyo: `reexport` re-cut only `zone_sql` keys,
+    so every file stayed cut in UTC days, and a later change re-cut its own day only, which left
+    the hours between the two zones' midnights in two files or in none."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC")
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=h) for h in (1, 20, 30)], value=1.0)  # UTC 05-01, 05-01, 05-02
+    assert cli(root, "run").returncode == 0
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('zone = "UTC"', 'zone = "Asia/Tokyo"'))
+    ran = cli(root, "reexport", "openaq")
+    assert ran.returncode == 0 and "queued 2 partition(s)" in ran.stdout, ran.stdout + ran.stderr
+    assert cli(root, "run").returncode == 0
+    got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(tmp_path / "out")}
+    assert got == {  # Tokyo's 2024-05-02 runs from 2024-05-01T15:00Z to 2024-05-02T15:00Z
+        "location-1-20240501.csv": ["2024-05-01T10:00:00+09:00"],
+        "location-1-20240502.csv": ["2024-05-02T05:00:00+09:00", "2024-05-02T15:00:00+09:00"],
+    }, got
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
 def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_path: Path) -> None:
     """A measurement of location 99, which `zone_sql` does not know (no foreign key stops it),
     or a location whose zone is not an IANA name: the fold raised, every run, and no other
