@@ -20,7 +20,7 @@ from .exceptions import ConfigError, DataError, SluicegateError, UsageError
 from .export_request import time_range
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
-from .partitions import coerce_value
+from .partitions import coerce_value, period_filter
 from .sources import open_source
 from .specs import Project, TaskBase
 
@@ -180,10 +180,14 @@ def reexport(
     if (time_min or time_max) and task.time is None:
         raise UsageError(f"task {task.name!r} has no time key; time_min and time_max do not apply")
     time_range(time_min, time_max)
-    wanted = {k: str(coerce_value(v)) for k, v in assignments.items()}
+    when = task.time.name if task.time is not None and task.time.name in assignments else None
+    period = period_filter(task.time, assignments[when]) if task.time is not None and when else None
+    wanted = {k: str(coerce_value(v)) for k, v in assignments.items() if k != when}
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
         if any(str(keys.get(k)) != v for k, v in wanted.items()):
+            return False
+        if period is not None and not period(keys.get(str(when)), start, end):
             return False
         if time_min and end and end <= time_min:
             return False

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -221,6 +221,25 @@ def parse_period(text: str, time: TimeSpec, zone: str, *, strict: bool = False) 
         return hour_of(value.astimezone(UTC), zone_of(zone))  # the hour that holds it (see hour_of)
     except OverflowError:  # outside Python's years in UTC: exportable() says so
         return value.astimezone(zone_of(zone)).replace(minute=0, second=0, microsecond=0)
+
+
+def period_filter(time: TimeSpec, text: str) -> Callable[[Any, dt.datetime | None, dt.datetime | None], bool]:
+    """Whether a partition (its stored time key and UTC window) is the period a user wrote
+    (``reexport day=2024-05-03``); one ``mark`` would refuse is a UsageError. A day matches its
+    date however ISO 8601 writes it, an hour with an offset the hour holding that instant, one
+    without the local hour it names (both hours of a fall-back night)."""
+    period = parse_period(text, time, "UTC", strict=True)
+    if time.grain == "day":
+        return lambda stored, start, end: str(stored) == period.isoformat()
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is not None:
+        return lambda stored, start, end: start is not None and end is not None and start <= value < end
+
+    def wall(stored: Any, start: dt.datetime | None, end: dt.datetime | None) -> bool:
+        local = dt.datetime.fromisoformat(str(stored)).replace(tzinfo=None)
+        return local <= value < local + _HOUR
+
+    return wall
 
 
 def exportable(period: dt.date | dt.datetime, time: TimeSpec) -> dt.date | dt.datetime:

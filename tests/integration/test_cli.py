@@ -41,6 +41,29 @@ def test_run_json_summary_and_dry_run(tmp_path: Path) -> None:
     assert status[0]["pending"] == 2 and status[0]["exported"] == 2
 
 
+def test_reexport_reads_the_time_key_as_mark_does(tmp_path: Path) -> None:
+    """`reexport openaq day=2024-13-45` (a typo) printed "queued 0 partition(s)" and exit 0, and a
+    day or hour written another way than the ledger stores it (`day=20240101`, `hour=2024-01-01T10:00`)
+    matched no partition: the value was compared as text. Now it is read as `mark` reads it."""
+    root, _ = _sqlite_project(tmp_path, zone="UTC")
+    cli(root, "run", check=True)
+    typo = cli(root, "reexport", "openaq", "location_id=1", "day=2024-13-45")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stdout + typo.stderr
+    assert "day='2024-13-45' is not a valid day; use YYYY-MM-DD" in typo.stderr
+    assert "queued 2 partition(s)" in cli(root, "reexport", "openaq", "day=20240101", check=True).stdout
+    (tmp_path / "hours").mkdir()
+    root, _ = _sqlite_project(tmp_path / "hours", zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('grain = "day"', 'grain = "hour"\nname = "hour"')
+    toml.write_text(text.replace("{day:", "{hour:").replace("%Y%m%d", "%Y%m%dT%H%z"))
+    cli(root, "run", check=True)
+    for hour in ("2024-01-01T10:00", "2024-01-01T10:30", "2024-01-01T10:00:00Z", "2024-01-01T11:00+01:00"):
+        queued = cli(root, "reexport", "openaq", "location_id=2", f"hour={hour}", check=True)
+        assert "queued 1 partition(s)" in queued.stdout, (hour, queued.stdout)
+    bad = cli(root, "reexport", "openaq", "hour=10am")
+    assert bad.returncode == 2 and "hour='10am' is not a valid hour" in bad.stderr, bad.stderr
+
+
 def test_limit_and_openaq_environment(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
     target = tmp_path / "openaq-style"
