@@ -185,6 +185,8 @@ def reexport(
     wanted = {k: str(coerce_value(v)) for k, v in assignments.items() if k != when}
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
+        if set(keys) != set(task.key_names):  # recorded before a key was added or removed: no export
+            return False
         if any(str(keys.get(k)) != v for k, v in wanted.items()):
             return False
         if period is not None and not period(keys.get(str(when)), start, end):

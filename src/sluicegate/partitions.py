@@ -272,6 +272,16 @@ def restore_partition(task: PartitionKeys, values: Sequence[Any], zone: str | No
     return make_partition(task, values[:-1], period, zone)
 
 
+def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:
+    """Raise BadPartitionValue when a partition was recorded with other keys than the task has
+    now (a key added or removed since): it can no longer be restored, rendered or exported."""
+    if set(keys) != set(task.key_names):
+        raise BadPartitionValue(
+            f"partition {pkey} was recorded with the keys {', '.join(keys)} and task {task.name!r} "
+            f"now has {', '.join(task.key_names)}: it can no longer be exported"
+        )
+
+
 def render_path(task: PartitionKeys, values: Sequence[Any]) -> str:
     """Render a partitioned task's path for partition ``values``; never a path outside the destination."""
     named: dict[str, Any] = dict(zip(task.key_names, values, strict=True))

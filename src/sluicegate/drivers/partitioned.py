@@ -26,7 +26,7 @@ from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_tra
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
-from ..partitions import canonical_key, check_distinct_paths, render_path, restore_partition
+from ..partitions import canonical_key, check_distinct_paths, render_path, restore_partition, same_keys
 from ..paths import check_template
 from ..pipeline import MAX_INFLIGHT, Pipeline
 from ..sources import ReadSpec, Slice, Source
@@ -336,6 +336,7 @@ class Loop:
             try:
                 if claim.attempts >= max_attempts:
                     raise LeaseExpired(claim.attempts)
+                same_keys(task, claim.keys, claim.pkey)
                 part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
                 path = render_path(task, part.values)
                 ctx.destination.check_path(path)

@@ -153,7 +153,7 @@ class PartitionStore(Store):
             return self.claimed(cur, params["token"])
 
         rows = self.core.in_transaction(take)
-        claims = [self._claim_from_row(task.name, row, str(token)) for row in rows]
+        claims = [self._claim_from_row(task, row, str(token)) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
 
@@ -168,15 +168,15 @@ class PartitionStore(Store):
     def pending(self, task: PartitionKeys, *, limit: int) -> list[Claim]:
         """Return what the next claim would take, without claiming (for ``--dry-run``)."""
         cur = self._run("pending", task=task.name, limit=limit, settle=_settle(task))
-        return [self._claim_from_row(task.name, row, "") for row in cur.fetchall()]
+        return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
 
-    def _claim_from_row(self, task: str, row: Sequence[Any], token: str) -> Claim:
+    def _claim_from_row(self, task: PartitionKeys, row: Sequence[Any], token: str) -> Claim:
         pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row
         return Claim(
             id=int(pid),
-            task=task,
+            task=task.name,
             pkey=pkey,
-            keys=keys if isinstance(keys, dict) else json.loads(keys),
+            keys=_named(keys, pkey, task.key_names),
             zone=zone,
             version=int(version),
             attempts=int(attempts),
@@ -340,11 +340,11 @@ class PartitionStore(Store):
         return [
             (
                 int(pid),
-                keys if isinstance(keys, dict) else json.loads(keys),
+                _named(keys, pkey, task.key_names),
                 self.core.from_ts(start),
                 self.core.from_ts(end),
             )
-            for pid, keys, start, end in self._run("partition_keys", task=task.name).fetchall()
+            for pid, pkey, keys, start, end in self._run("partition_keys", task=task.name).fetchall()
         ]
 
     def reexport(self, task: PartitionKeys, accept: Callable[[dict[str, Any], Any, Any], bool]) -> int:
@@ -387,6 +387,17 @@ class PartitionStore(Store):
                 item[key] = self.core.from_ts(item[key])
             out.append(item)
         return out
+
+
+def _named(keys: Any, pkey: str, names: Sequence[str]) -> dict[str, Any]:
+    """A partition's key values (JSON text, or a dict) by the task's key names now: a key renamed
+    since the row was recorded (``[time] name``) is read from the canonical key, its values in
+    declared order; a row with another number of keys keeps the names it was recorded with."""
+    named = keys if isinstance(keys, dict) else json.loads(keys)
+    if set(named) == set(names):
+        return dict(named)
+    values = json.loads(pkey)
+    return dict(zip(names, values, strict=True)) if len(values) == len(names) else dict(named)
 
 
 def _same_token(stored: Any, token: str) -> bool:

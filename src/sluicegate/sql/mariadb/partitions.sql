@@ -126,7 +126,7 @@ WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
 
 -- partition_keys --
 -- Every partition of a task with its window, for reexport filters.
-SELECT id, `keys`, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
+SELECT id, pkey, `keys`, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
 
 -- reexport --
 -- Queue one partition again even if its bytes are unchanged.

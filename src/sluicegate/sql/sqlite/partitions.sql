@@ -104,7 +104,7 @@ WHERE task = :task AND failed ORDER BY changed_at, id LIMIT :limit;
 
 -- partition_keys --
 -- Every partition of a task with its window, for reexport filters.
-SELECT id, keys, win_start, win_end FROM {t}partitions WHERE task = :task;
+SELECT id, pkey, keys, win_start, win_end FROM {t}partitions WHERE task = :task;
 
 -- reexport --
 -- Queue one partition again even if its bytes are unchanged.
