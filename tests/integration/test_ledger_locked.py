@@ -14,8 +14,10 @@ import datetime as dt
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -73,3 +75,33 @@ def test_a_batch_the_ledger_cannot_record_abandons_every_file_in_flight(tmp_path
     [summary] = json.loads(second.stdout)
     assert summary["exported"] == LOCATIONS * DAYS and summary["failed"] == 0, summary
     assert len(files(tmp_path / "out")) == LOCATIONS * DAYS
+
+
+def test_reexport_locks_partitions_in_the_order_marks_and_commits_do(tmp_path: Path, pg_url: str) -> None:
+    """`reexport` updated its rows in the table's physical order, while marks and commits lock
+    them in pkey order: with a worker holding one row and waiting for the next, the two deadlocked
+    and PostgreSQL aborted one of them (the run's fold or commit, or the operator's command)."""
+    from sluicegate.partitions import make_partition
+
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
+    task = load(root).tasks["openaq"]
+    days = [DAY.date(), (DAY + dt.timedelta(days=1)).date()]
+    with operations.ledger_of(load(root)) as ledger:
+        for day in reversed(days):  # the later day first: physical order is not pkey order
+            ledger.partitions.mark([make_partition(task, [1], day, "UTC")], task)  # type: ignore[arg-type]
+        table = f"{ledger.table_prefix}partitions"
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as on a large ledger: a sequential scan
+        dbname = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        conn.execute(f'ALTER DATABASE "{dbname}" SET enable_indexscan = off')
+        conn.execute(f'ALTER DATABASE "{dbname}" SET enable_bitmapscan = off')
+    with psycopg.connect(pg_url) as worker:  # a fold marking both days, in pkey order
+        worker.execute(f"SELECT id FROM {table} WHERE pkey = %s FOR UPDATE", ['[1,"2024-01-01"]'])
+        done: list[Any] = []
+        operator = threading.Thread(target=lambda: done.append(operations.reexport(load(root), "openaq", {})))
+        operator.start()
+        time.sleep(1.5)  # the operator's reexport is waiting for a lock by now
+        worker.execute("SET lock_timeout = '5s'")
+        worker.execute(f"SELECT id FROM {table} WHERE pkey = %s FOR UPDATE", ['[1,"2024-01-02"]'])
+        worker.commit()
+        operator.join(timeout=30)
+    assert done == [2]

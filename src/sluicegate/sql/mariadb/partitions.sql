@@ -125,8 +125,9 @@ SELECT pkey, attempts, last_error FROM {t}partitions
 WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
 
 -- partition_keys --
--- Every partition of a task with its window, for reexport filters.
-SELECT id, pkey, `keys`, win_start, win_end FROM {t}partitions WHERE task = %(task)s;
+-- Every partition of a task with its window, for reexport filters, in pkey order: reexport
+-- locks them in this order, as marks and commits do (the table's order deadlocked with them).
+SELECT id, pkey, `keys`, win_start, win_end FROM {t}partitions WHERE task = %(task)s ORDER BY pkey;
 
 -- reexport --
 -- Queue one partition again even if its bytes are unchanged.
