@@ -442,6 +442,13 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          'table = "t"\nurl = "oracle://x/y"', None, "is not a database URL"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
          'table = "t"', "SELECT city FROM raw GROUP BY city", "does not read in_window"),
+        # in_window only in a comment or a string: each window aggregated the whole table
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "SELECT city FROM raw -- not in_window yet\nGROUP BY city", "does not read in_window"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "/* FROM in_window */ SELECT city FROM raw GROUP BY city", "does not read in_window"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "SELECT city, 'it''s in_window' AS note FROM raw GROUP BY city", "does not read in_window"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\nstep = 1\n'
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
         ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'

@@ -55,6 +55,9 @@ _LEADING_WITH = re.compile(
     r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE | re.DOTALL
 )
 _READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
+# What is not SQL code: comments and string literals ('' is a quote inside one), left out when
+# looking for in_window: "-- in_window" passed, and each window aggregated the whole table.
+_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)|'(?:[^']|'')*(?:'|$)", re.DOTALL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +127,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         raise ConfigError(
             f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'
         )
-    if not _READS_WINDOW.search(task.select_sql):
+    if not _READS_WINDOW.search(_NOT_CODE.sub(" ", task.select_sql)):
         raise ConfigError(
             f"{folder / 'select.sql'}: the select does not read {IN_WINDOW}, so the window bounds nothing; "
             f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"
