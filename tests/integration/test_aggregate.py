@@ -408,6 +408,29 @@ def test_an_array_and_a_uuid_from_postgresql_go_into_another_database_as_text(
     ]
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize(
+    ("expr", "kind", "said"),
+    [("'NaN'::float8", "REAL", "holds NaN, which a SQLite table stores as NULL"),
+     ("interval '1 day'", "TEXT", "holds a timedelta, which a SQLite table cannot store"),
+     ("'10.0.0.1'::inet", "TEXT", "cannot store; cast it in select.sql: CAST(x AS text) AS x")],
+)  # fmt: skip
+def test_a_value_a_sqlite_table_cannot_hold_fails_by_column(
+    tmp_path: Path, pg_url: str, expr: str, kind: str, said: str
+) -> None:
+    """A PostgreSQL NaN went into a SQLite table as NULL, silently (sqlite3 binds NaN so); an
+    interval or an inet failed with "Error binding parameter 6", naming no column. Now the
+    evaluation fails naming the column and what to write in select.sql; the table keeps its rows."""
+    sink = f"sqlite:///{tmp_path / 'sink.db'}"
+    root = airmax_project(tmp_path / "proj", pg_url, sink=sink)
+    _also_select(root, sink, x=(expr, kind))
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert result.state == "failed" and result.error is not None
+    assert "column 'x'" in result.error and said in result.error, result.error
+    assert table(sink) == [] and _evaluations(root)[0]["state"] == "failed"
+
+
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick

@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import json
+import math
 import re
 import threading
 import time
@@ -319,10 +320,12 @@ def _write_table(
 
     with tables.TableSink(task.target) as sink:
         flavor = sink.db.flavor
-        cells = _foreign_cell if flavor != "postgresql" else (lambda value: value)
+        cells = _foreign_cell if flavor != "postgresql" else (lambda flavor, name, value: value)
         stamped = [
-            (*map(cells, row[:-1]), tables.time_value(flavor, row[-1], whole_seconds=True)) for row in rows
-        ]
+            (*(cells(flavor, c, v) for c, v in zip(columns, row[:-1], strict=False)),
+             tables.time_value(flavor, row[-1], whole_seconds=True))
+            for row in rows
+        ]  # fmt: skip
         try:
             sink.write(columns, stamped, stamp=(task.evaluation_column, tick), before_commit=before_commit)
         except tables.Superseded as exc:
@@ -338,15 +341,31 @@ def _write_table(
     return "done"
 
 
-def _foreign_cell(value: Any) -> Any:
-    """A value as SQLite and MariaDB take it: a Decimal (PostgreSQL's avg of integers, MariaDB's of
-    a DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a number; a PostgreSQL
-    array as JSON text (MariaDB's driver sent Python's repr, SQLite's none); a uuid as its text."""
+def _foreign_cell(flavor: tables.Flavor, name: str, value: Any) -> Any:
+    """A value of column ``name`` as SQLite and MariaDB take it: a Decimal (PostgreSQL's avg of
+    integers, MariaDB's of a DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a
+    number; a PostgreSQL array as JSON text (MariaDB's driver sent Python's repr, SQLite's none); a
+    uuid as its text. Raises DataError for a value SQLite would store as NULL (NaN) or not at all."""
     if isinstance(value, decimal.Decimal | uuid.UUID):
         return str(value)
     if isinstance(value, list):
         return json.dumps(value, default=str, ensure_ascii=False)
+    if flavor != "sqlite":
+        return value
+    if isinstance(value, float) and math.isnan(value):  # sqlite3 binds NaN as NULL, silently
+        raise DataError(
+            f"column {name!r} holds NaN, which a SQLite table stores as NULL; make it NULL or a number "
+            f"in select.sql, for example NULLIF({name}, 'NaN') AS {name}"
+        )
+    if value is not None and not isinstance(value, _SQLITE_TYPES):
+        raise DataError(
+            f"column {name!r} holds a {type(value).__name__}, which a SQLite table cannot store; "
+            f"cast it in select.sql: CAST({name} AS text) AS {name}"
+        )
     return value
+
+
+_SQLITE_TYPES = (int, float, str, bytes, bytearray, memoryview, dt.date)  # what sqlite3 binds
 
 
 def _lost(task: Task, tick: dt.datetime) -> str:
