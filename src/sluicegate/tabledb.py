@@ -277,3 +277,61 @@ def _connect_mariadb(url: str) -> Any:
         raise DestinationUnavailable(
             f"database {mask_url(url)} is unavailable: {detail}; will retry"
         ) from exc
+
+
+class Unreadable(str):
+    """A PostgreSQL date or time Python cannot hold (``infinity``, ``24:00``, year 10000), as its text."""
+
+    type_name = ""
+
+
+_TIME_TYPES = ("date", "time", "timetz", "timestamp", "timestamptz")
+
+
+def read_times_leniently(conn: Any) -> None:
+    """Have a psycopg connection read a date or time Python cannot hold as :class:`Unreadable`
+    (psycopg raised DataError for the whole result, naming neither the column nor the fix)."""
+    import psycopg
+    from psycopg.adapt import Loader
+
+    for name in _TIME_TYPES:
+        info = psycopg.postgres.types.get(name)
+        assert info is not None
+        strict = conn.adapters.get_loader(info.oid, psycopg.pq.Format.TEXT)
+
+        class Lenient(Loader):
+            inner, type_name = strict, name
+
+            def __init__(self, oid: int, context: Any = None) -> None:
+                super().__init__(oid, context)
+                self.strict = self.inner(oid, context)
+
+            def load(self, data: Any) -> Any:
+                try:
+                    return self.strict.load(data)
+                except psycopg.DataError:
+                    value = Unreadable(bytes(data).decode())
+                    value.type_name = self.type_name
+                    return value
+
+        conn.adapters.register_loader(info.oid, Lenient)
+
+
+def check_readable(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Raise DataError naming the first column of ``rows`` that holds an :class:`Unreadable` time
+    (or an array holding one)."""
+    for row in rows:
+        for name, cell in zip(names, row, strict=False):
+            if (value := _unreadable(cell)) is not None:
+                raise DataError(
+                    f"column {name!r} holds the {value.type_name} {str(value)!r}, which sluicegate cannot "
+                    f"read as a time (years 1 to 9999, no infinity or 24:00); cast it in select.sql, "
+                    f"for example CAST({name} AS text) AS {name}"
+                )
+
+
+def _unreadable(value: Any) -> Unreadable | None:
+    """``value`` if it is :class:`Unreadable`, else the first such element of an array, or None."""
+    if isinstance(value, list):
+        return next((found for v in value if (found := _unreadable(v)) is not None), None)
+    return value if isinstance(value, Unreadable) else None

@@ -431,6 +431,29 @@ def test_a_value_a_sqlite_table_cannot_hold_fails_by_column(
     assert table(sink) == [] and _evaluations(root)[0]["state"] == "failed"
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize(
+    ("expr", "kind", "said"),
+    [("'24:00'::time", "time", "holds the time '24:00:00'"),
+     ("'infinity'::timestamptz", "timestamptz", "holds the timestamptz 'infinity'"),
+     ("max('-infinity'::date)", "date", "holds the date '-infinity'"),
+     ("ARRAY[[now(), now()], [now(), 'infinity']]", "timestamptz[]", "holds the timestamptz 'infinity'")],
+)  # fmt: skip
+def test_a_postgresql_time_python_cannot_hold_fails_by_column(
+    tmp_path: Path, pg_url: str, expr: str, kind: str, said: str
+) -> None:
+    """time '24:00' and ±infinity failed the evaluation with psycopg's "can't parse time" or
+    "timestamp too large", naming neither the column nor what to do."""
+    root = airmax_project(tmp_path / "proj", pg_url)
+    _also_select(root, pg_url, x=(expr, kind))
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert result.state == "failed" and result.error is not None
+    assert f"column 'x' {said}" in result.error, result.error
+    assert "CAST(x AS text) AS x" in result.error
+    assert _evaluations(root)[0]["state"] == "failed"
+
+
 def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, url: str) -> None:
     root = airmax_project(tmp_path / "proj", url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text(  # comments before WITH failed every tick

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import paths, tables, validate
+from .. import paths, tabledb, tables, validate
 from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
@@ -258,10 +258,13 @@ def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tu
 
         for name in ("json", "jsonb"):
             source.conn.adapters.register_loader(name, TextLoader)
+        tabledb.read_times_leniently(source.conn)  # 'infinity' failed naming no column
     try:
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
-        return source.query(evaluation_sql(task, source.flavor), bounds)
+        names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
+        tabledb.check_readable(names, rows)
+        return names, rows
     finally:
         source.close()
 
