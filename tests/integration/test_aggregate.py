@@ -411,7 +411,7 @@ def test_an_array_and_a_uuid_from_postgresql_go_into_another_database_as_text(
 @pytest.mark.pg
 @pytest.mark.parametrize(
     ("expr", "kind", "said"),
-    [("'NaN'::float8", "REAL", "holds NaN, which a SQLite table stores as NULL"),
+    [("'NaN'::float8", "REAL", "holds NaN, which a SQLite table cannot store; make it NULL"),
      ("interval '1 day'", "TEXT", "holds a timedelta, which a SQLite table cannot store"),
      ("'10.0.0.1'::inet", "TEXT", "cannot store; cast it in select.sql: CAST(x AS text) AS x")],
 )  # fmt: skip
@@ -429,6 +429,23 @@ def test_a_value_a_sqlite_table_cannot_hold_fails_by_column(
     assert result.state == "failed" and result.error is not None
     assert "column 'x'" in result.error and said in result.error, result.error
     assert table(sink) == [] and _evaluations(root)[0]["state"] == "failed"
+
+
+@pytest.mark.pg
+@pytest.mark.mariadb
+@pytest.mark.parametrize("value", ["NaN", "-Infinity"])
+def test_a_float_a_mariadb_table_cannot_hold_fails_by_column(
+    tmp_path: Path, pg_url: str, mariadb_url: str, value: str
+) -> None:
+    """A PostgreSQL NaN or infinity failed the evaluation with the driver's "Float value 'nan' is
+    not supported.", naming no column."""
+    root = airmax_project(tmp_path / "proj", pg_url, sink=mariadb_url)
+    _also_select(root, mariadb_url, x=(f"'{value}'::float8", "DOUBLE"))
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert result.state == "failed" and result.error is not None
+    assert f"column 'x' holds {value}, which a MariaDB table cannot store" in result.error, result.error
+    assert f"NULLIF(x, '{value}') AS x" in result.error and table(mariadb_url) == []
 
 
 @pytest.mark.pg

@@ -348,19 +348,21 @@ def _foreign_cell(flavor: tables.Flavor, name: str, value: Any) -> Any:
     """A value of column ``name`` as SQLite and MariaDB take it: a Decimal (PostgreSQL's avg of
     integers, MariaDB's of a DECIMAL) as its exact text, which a REAL or NUMERIC column stores as a
     number; a PostgreSQL array as JSON text (MariaDB's driver sent Python's repr, SQLite's none); a
-    uuid as its text. Raises DataError for a value SQLite would store as NULL (NaN) or not at all."""
+    uuid as its text. Raises DataError for a value the table would store as NULL (NaN on SQLite) or
+    not at all."""
     if isinstance(value, decimal.Decimal | uuid.UUID):
         return str(value)
     if isinstance(value, list):
         return json.dumps(value, default=str, ensure_ascii=False)
-    if flavor != "sqlite":
-        return value
-    if isinstance(value, float) and math.isnan(value):  # sqlite3 binds NaN as NULL, silently
+    # sqlite3 binds NaN as NULL, silently; MariaDB holds neither NaN nor infinity
+    if isinstance(value, float) and (math.isnan(value) if flavor == "sqlite" else not math.isfinite(value)):
+        spelt = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[str(value)]
         raise DataError(
-            f"column {name!r} holds NaN, which a SQLite table stores as NULL; make it NULL or a number "
-            f"in select.sql, for example NULLIF({name}, 'NaN') AS {name}"
+            f"column {name!r} holds {spelt}, which a {'SQLite' if flavor == 'sqlite' else 'MariaDB'} table "
+            f"cannot store; make it NULL or a number in select.sql, for example NULLIF({name}, '{spelt}') "
+            f"AS {name}"
         )
-    if value is not None and not isinstance(value, _SQLITE_TYPES):
+    if flavor == "sqlite" and value is not None and not isinstance(value, _SQLITE_TYPES):
         raise DataError(
             f"column {name!r} holds a {type(value).__name__}, which a SQLite table cannot store; "
             f"cast it in select.sql: CAST({name} AS text) AS {name}"
