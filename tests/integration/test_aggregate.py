@@ -420,15 +420,18 @@ def test_a_value_a_sqlite_table_cannot_hold_fails_by_column(
 ) -> None:
     """A PostgreSQL NaN went into a SQLite table as NULL, silently (sqlite3 binds NaN so); an
     interval or an inet failed with "Error binding parameter 6", naming no column. Now the
-    evaluation fails naming the column and what to write in select.sql; the table keeps its rows."""
+    evaluation fails naming the column and what to write in select.sql; the table keeps its rows,
+    and the evaluation's file is not written (it was, before the table refused the value)."""
     sink = f"sqlite:///{tmp_path / 'sink.db'}"
-    root = airmax_project(tmp_path / "proj", pg_url, sink=sink)
+    extra = 'path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+    root = airmax_project(tmp_path / "proj", pg_url, sink=sink, task_extra=extra)
     _also_select(root, sink, x=(expr, kind))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert result.state == "failed" and result.error is not None
     assert "column 'x'" in result.error and said in result.error, result.error
     assert table(sink) == [] and _evaluations(root)[0]["state"] == "failed"
+    assert not (root / "exports" / "cur").exists()
 
 
 @pytest.mark.pg
@@ -438,14 +441,16 @@ def test_a_float_a_mariadb_table_cannot_hold_fails_by_column(
     tmp_path: Path, pg_url: str, mariadb_url: str, value: str
 ) -> None:
     """A PostgreSQL NaN or infinity failed the evaluation with the driver's "Float value 'nan' is
-    not supported.", naming no column."""
-    root = airmax_project(tmp_path / "proj", pg_url, sink=mariadb_url)
+    not supported.", naming no column, after the evaluation's file was written."""
+    extra = 'path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+    root = airmax_project(tmp_path / "proj", pg_url, sink=mariadb_url, task_extra=extra)
     _also_select(root, mariadb_url, x=(f"'{value}'::float8", "DOUBLE"))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert result.state == "failed" and result.error is not None
     assert f"column 'x' holds {value}, which a MariaDB table cannot store" in result.error, result.error
     assert f"NULLIF(x, '{value}') AS x" in result.error and table(mariadb_url) == []
+    assert not (root / "exports" / "cur").exists()
 
 
 @pytest.mark.pg

@@ -229,9 +229,10 @@ def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
     try:
         columns, rows = evaluation_rows(context.project.settings.source_url, task, tick)
         result.rows = len(rows)
+        cells = _table_rows(task, columns, rows)  # a value the table cannot hold: no file either
         if task.file:
             result.path, result.bytes = write_file(context, task, tick, columns, rows)
-        result.state = _write_table(context, task, tick, token, columns, rows, result, started)
+        result.state = _write_table(context, task, tick, token, columns, cells, result, started)
     except SluicegateError as exc:
         result.state, result.error = "failed", str(exc)
         result.seconds = time.monotonic() - started
@@ -295,8 +296,9 @@ def _write_table(
     result: Evaluation,
     started: float,
 ) -> str:
-    """Write the rows into the table sink and record the evaluation: in one transaction when
-    the table is in the ledger database, else right after (the claim checked just before)."""
+    """Write the rows (:func:`_table_rows`) into the table sink and record the evaluation: in one
+    transaction when the table is in the ledger database, else right after (the claim checked
+    just before)."""
     store = context.ledger.aggregates
     shared = task.target.url == context.project.settings.ledger_url
     recorded = False
@@ -322,15 +324,8 @@ def _write_table(
             raise LedgerError(_lost(task, tick))
 
     with tables.TableSink(task.target) as sink:
-        flavor = sink.db.flavor
-        cells = _foreign_cell if flavor != "postgresql" else (lambda flavor, name, value: value)
-        stamped = [
-            (*(cells(flavor, c, v) for c, v in zip(columns, row[:-1], strict=False)),
-             tables.time_value(flavor, row[-1], whole_seconds=True))
-            for row in rows
-        ]  # fmt: skip
         try:
-            sink.write(columns, stamped, stamp=(task.evaluation_column, tick), before_commit=before_commit)
+            sink.write(columns, rows, stamp=(task.evaluation_column, tick), before_commit=before_commit)
         except tables.Superseded as exc:
             result.error = str(exc)
             store.finish(
@@ -342,6 +337,18 @@ def _write_table(
         store.finish(task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path)
     store.prune(task.name, before=tick - dt.timedelta(seconds=task.keep))
     return "done"
+
+
+def _table_rows(task: Task, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows (the tick last) as the table's database takes them; raises DataError for a value
+    it cannot hold."""
+    flavor = tables.flavor_of(task.target.url)
+    cell = _foreign_cell if flavor != "postgresql" else (lambda flavor, name, value: value)
+    return [
+        (*(cell(flavor, c, v) for c, v in zip(columns, row[:-1], strict=False)),
+         tables.time_value(flavor, row[-1], whole_seconds=True))
+        for row in rows
+    ]  # fmt: skip
 
 
 def _foreign_cell(flavor: tables.Flavor, name: str, value: Any) -> Any:
@@ -359,8 +366,8 @@ def _foreign_cell(flavor: tables.Flavor, name: str, value: Any) -> Any:
         spelt = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[str(value)]
         raise DataError(
             f"column {name!r} holds {spelt}, which a {'SQLite' if flavor == 'sqlite' else 'MariaDB'} table "
-            f"cannot store; make it NULL or a number in select.sql, for example NULLIF({name}, '{spelt}') "
-            f"AS {name}"
+            f"cannot store; make it NULL or a number in select.sql (from PostgreSQL: "
+            f"NULLIF({name}, '{spelt}') AS {name})"
         )
     if flavor == "sqlite" and value is not None and not isinstance(value, _SQLITE_TYPES):
         raise DataError(
