@@ -323,6 +323,19 @@ def test_evaluations_older_than_keep_are_forgotten(tmp_path: Path, url: str) -> 
     ]
 
 
+def test_a_sqlite_table_in_the_ledger_file_spelt_otherwise_is_written_with_the_record(tmp_path: Path) -> None:
+    """The table's URL named the ledger's SQLite file another way ("/./", a symlinked folder): the
+    evaluation took the file's write lock for the table, then waited on it for the ledger's record
+    until "database is locked", on every tick. The same file is now one database, however spelt."""
+    url = f"sqlite:///{tmp_path / 'airmax.db'}"
+    root = airmax_project(tmp_path / "proj", url, sink=f"sqlite:///{tmp_path}/./airmax.db")
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    started = time.monotonic()
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None) and time.monotonic() - started < 10
+    assert [r["city"] for r in table(url)] == ["Gent"] and _evaluations(root)[0]["state"] == "done"
+
+
 def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) -> None:
     root = airmax_project(
         tmp_path / "proj", url, task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "csv"'

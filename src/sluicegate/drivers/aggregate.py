@@ -300,7 +300,7 @@ def _write_table(
     transaction when the table is in the ledger database, else right after (the claim checked
     just before)."""
     store = context.ledger.aggregates
-    shared = task.target.url == context.project.settings.ledger_url
+    shared = tabledb.same_database(task.target.url, context.project.settings.ledger_url)
     recorded = False
 
     def before_commit(cur: Any) -> None:
