@@ -616,6 +616,20 @@ def test_a_select_returning_the_evaluation_column_names_the_setting_to_change(
     assert failed.state == "failed" and "returns a column evaluation_time_utc" in str(failed.error)
 
 
+def test_a_select_returning_the_evaluation_column_in_other_case_is_refused(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SQLite reads "Evaluation_Time_UTC" and "evaluation_time_utc" as one column and took the first
+    of the two an INSERT named: the table's evaluation time was the select's value, not the tick."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(select.read_text().replace("SELECT city,", "SELECT city, 0 AS Evaluation_Time_UTC,"))
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    failed = _evaluate(root, T)
+    assert failed.state == "failed", stamps(table(sqlite_url))
+    assert "returns a column Evaluation_Time_UTC, which sluicegate adds" in str(failed.error)
+
+
 def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
     """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
     have without it. A run of every task, all of such kinds, is refused too."""

@@ -271,12 +271,15 @@ def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tu
 
 
 def _clash(task: Task, names: Sequence[str]) -> str | None:
-    """The problem of a select that returns the column sluicegate adds (the evaluation time)."""
-    if task.evaluation_column not in names:
+    """The problem of a select that returns the column sluicegate adds (the evaluation time), in
+    any case: SQLite took the first of two columns named alike, so the select's value stood in
+    for the tick, silently."""
+    same = [n for n in names if n.casefold() == task.evaluation_column.casefold()]
+    if not same:
         return None
     if task.evaluation_column == DEFAULT_EVALUATION_COLUMN:
         return (
-            f"{task.folder / 'select.sql'} returns a column {task.evaluation_column}, which sluicegate adds "
+            f"{task.folder / 'select.sql'} returns a column {same[0]}, which sluicegate adds "
             "(the evaluation time); remove it from the select, or name the added column otherwise with "
             "evaluation_column in task.toml"
         )
