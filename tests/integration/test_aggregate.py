@@ -630,6 +630,20 @@ def test_a_select_returning_the_evaluation_column_in_other_case_is_refused(
     assert "returns a column Evaluation_Time_UTC, which sluicegate adds" in str(failed.error)
 
 
+def test_a_select_returning_two_columns_of_one_name_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    """SELECT ..., count(*) AS num_measurements, 99 AS NUM_measurements: SQLite's INSERT took the first
+    of the two and dropped the other, silently (and the file held both)."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(select.read_text().replace("SELECT city,", "SELECT city, 99 AS NUM_measurements,"))
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    failed = _evaluate(root, T)
+    assert failed.state == "failed", table(sqlite_url)
+    assert "returns two columns named num_measurements (in any case)" in str(failed.error), failed.error
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "two columns named num_measurements" in proc.stderr, proc.stderr
+
+
 def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
     """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
     have without it. A run of every task, all of such kinds, is refused too."""

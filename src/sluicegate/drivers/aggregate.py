@@ -271,9 +271,15 @@ def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tu
 
 
 def _clash(task: Task, names: Sequence[str]) -> str | None:
-    """The problem of a select that returns the column sluicegate adds (the evaluation time), in
-    any case: SQLite took the first of two columns named alike, so the select's value stood in
-    for the tick, silently."""
+    """The problem of a select that returns two columns of one name, or the column sluicegate adds
+    (the evaluation time), in any case: SQLite took the first of two columns an INSERT named
+    alike, so the select's value stood in for the other (or for the tick), silently."""
+    folded = [n.casefold() for n in names]
+    if twice := next((n for i, n in enumerate(names) if folded.index(folded[i]) != i), None):
+        return (
+            f"{task.folder / 'select.sql'} returns two columns named {twice} (in any case), and a table "
+            "holds one; name each column once (AS another_name)"
+        )
     same = [n for n in names if n.casefold() == task.evaluation_column.casefold()]
     if not same:
         return None
