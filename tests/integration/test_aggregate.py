@@ -425,6 +425,7 @@ def test_an_array_and_a_uuid_from_postgresql_go_into_another_database_as_text(
 @pytest.mark.parametrize(
     ("expr", "kind", "said"),
     [("'NaN'::float8", "REAL", "holds NaN, which a SQLite table cannot store; make it NULL"),
+     ("avg('NaN'::numeric)", "REAL", "holds NaN, which a SQLite table cannot store; make it NULL"),
      ("interval '1 day'", "TEXT", "holds a timedelta, which a SQLite table cannot store"),
      ("'10.0.0.1'::inet", "TEXT", "cannot store; cast it in select.sql: CAST(x AS text) AS x")],
 )  # fmt: skip

@@ -366,6 +366,8 @@ def _foreign_cell(flavor: tables.Flavor, name: str, value: Any) -> Any:
     number; a PostgreSQL array as JSON text (MariaDB's driver sent Python's repr, SQLite's none); a
     uuid as its text. Raises DataError for a value the table would store as NULL (NaN on SQLite) or
     not at all."""
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        value = float(value)  # a numeric NaN went in as the text 'NaN', which REAL columns keep as text
     if isinstance(value, decimal.Decimal | uuid.UUID):
         return str(value)
     if isinstance(value, list):
