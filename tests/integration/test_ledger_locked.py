@@ -105,3 +105,32 @@ def test_reexport_locks_partitions_in_the_order_marks_and_commits_do(tmp_path: P
         worker.commit()
         operator.join(timeout=30)
     assert done == [2]
+
+
+def test_partitions_lock_in_the_order_marks_sort_them_under_any_collation(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Marks lock partitions in Python's order of their pkeys (code points); hold, renew, release
+    and reexport in the database's ``ORDER BY pkey``. Under a database collation such as en-US
+    (the default of most managed PostgreSQL) "antwerp" sorts before "Gent", in Python after it:
+    the two orders disagreed, and a mark and a commit of the same partitions could deadlock."""
+    from sluicegate.partitions import make_partition
+
+    root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")
+    task = load(root).tasks["openaq"]
+    names = ["antwerp", "Gent", "zwolle", "Brugge"]
+    with operations.ledger_of(load(root)) as ledger:
+        table = f"{ledger.table_prefix}partitions"
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as in a database created en-US
+            conn.execute(f'ALTER TABLE {table} ALTER pkey TYPE text COLLATE "en-US-x-icu"')
+            by_db = [
+                r[0]
+                for r in conn.execute(
+                    'SELECT n FROM unnest(%s::text[]) AS u(n) ORDER BY n COLLATE "en-US-x-icu"', [names]
+                )
+            ]
+        assert by_db != sorted(names)  # the premise: this collation disagrees with Python's order
+        parts = [make_partition(task, [name], DAY.date(), "UTC") for name in names]  # type: ignore[arg-type]
+        ledger.partitions.mark(parts, task)  # type: ignore[arg-type]
+        listed = [keys["location_id"] for _, keys, _, _ in ledger.partitions.partition_keys(task)]  # type: ignore[arg-type]
+    assert listed == sorted(names)  # reexport's lock order is the marks' order

@@ -1,5 +1,8 @@
 -- Partitions of partitioned tasks: marks, claims, commits, failures (ledger/partitions.py).
 -- Each block is named after the method that runs it.
+-- Rows are locked in pkey order COLLATE "C" (bytes: for UTF-8, the code point order in which
+-- marks sort them in Python); the database's collation (en-US on most managed servers) puts
+-- "antwerp" before "Gent", and a mark and a commit locking in two orders could deadlock.
 
 -- mark --
 -- Record a change to one partition: insert it, or bump its version (clears a parked failure).
@@ -47,7 +50,7 @@ RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.expor
 -- Rows locked now are skipped, never waited for: a commit (or a mark) holds them for a moment,
 -- and a renewal that waited on a lock held by a dead connection would stop every later one.
 UPDATE {t}partitions SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE SKIP LOCKED);
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey COLLATE "C" FOR UPDATE SKIP LOCKED);
 
 -- hold --
 -- Lock the rows of a batch's claims that are still held under their tokens (in pkey order,
@@ -61,7 +64,7 @@ SELECT p.id
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS d(id, token)
 JOIN {t}partitions AS p ON p.id = d.id
 WHERE p.claim_token IS NOT DISTINCT FROM d.token AND p.id = ANY (%(ids)s::bigint[])
-ORDER BY p.pkey
+ORDER BY p.pkey COLLATE "C"
 FOR UPDATE OF p;
 
 -- commit_held --
@@ -98,7 +101,7 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 -- release --
 -- Give back every partition still held under a claim token, without counting an attempt.
 UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
-WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE);
+WHERE id IN (SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey COLLATE "C" FOR UPDATE);
 
 -- pending --
 -- List what the next claim would take (for --dry-run), without claiming.
@@ -140,7 +143,7 @@ WHERE task = %(task)s AND failed ORDER BY changed_at, id LIMIT %(limit)s;
 -- partition_keys --
 -- Every partition of a task with its window, for reexport filters, in pkey order: reexport
 -- locks them in this order, as marks and commits do (the table's order deadlocked with them).
-SELECT id, pkey, keys, win_start, win_end FROM {t}partitions WHERE task = %(task)s ORDER BY pkey;
+SELECT id, pkey, keys, win_start, win_end FROM {t}partitions WHERE task = %(task)s ORDER BY pkey COLLATE "C";
 
 -- reexport --
 -- Queue one partition again even if its bytes are unchanged.
@@ -157,10 +160,10 @@ SET version = version + 1,
 WHERE id = %(id)s;
 
 -- reset_failed --
--- Re-queue a task's parked partitions.
+-- Re-queue a task's parked partitions (locked in pkey order, as marks lock them).
 UPDATE {t}partitions
 SET failed = false, attempts = 0, next_attempt_at = NULL
-WHERE task = %(task)s AND failed;
+WHERE id IN (SELECT id FROM {t}partitions WHERE task = %(task)s AND failed ORDER BY pkey COLLATE "C" FOR UPDATE);
 
 -- list_partitions --
 -- A page of a task's partitions with their state.
@@ -175,5 +178,5 @@ SELECT * FROM (
     FROM {t}partitions WHERE task = %(task)s
 ) AS p
 WHERE %(state)s::text IS NULL OR state = %(state)s::text
-ORDER BY win_start NULLS FIRST, pkey
+ORDER BY win_start NULLS FIRST, pkey COLLATE "C"
 LIMIT %(limit)s OFFSET %(offset)s;
