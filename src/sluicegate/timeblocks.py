@@ -104,6 +104,18 @@ def blocks_between(time_min: dt.datetime, time_max: dt.datetime, *, grain: Grain
     return out
 
 
+def check_over(blocks: list[Block], now: dt.datetime) -> None:
+    """Raise UsageError when the last of ``blocks`` has not ended by ``now``: a block is run once,
+    so its records stamped after the run (the rest of the current hour) would never be extracted."""
+    if blocks and blocks[-1].end > now:
+        last = blocks[-1]
+        raise UsageError(
+            f"the block {last.label} is not over yet (it ends at {last.end.isoformat()}, it is now "
+            f"{now.isoformat(timespec='seconds')}), and a block done is not run again; give a "
+            "--time-max/time_max that has passed"
+        )
+
+
 def _hour_marks(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
     """The instants in ``(time_min, time_max]`` at which the local clock shows a whole hour.
 

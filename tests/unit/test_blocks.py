@@ -767,6 +767,25 @@ def test_extract_from_sql_and_publish_to_a_csv_file(tmp_path: Path) -> None:
     assert len(statuses) == 2 * 2 * 2  # keys from keys_sql, two blocks, two stages
 
 
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_block_not_over_yet_is_refused_not_marked_done(tmp_path: Path, dry: bool) -> None:
+    """The block of the current hour was extracted and recorded done: the rows stamped later in
+    that hour were never extracted (no run takes a done block again without --force)."""
+    root = make_project(
+        tmp_path, task=SQL_TASK.replace("SELECT DISTINCT provider FROM rides", "SELECT 'lime'")
+    )
+    now = dt.datetime.now(UTC)
+    with_rides(root, [(1, "lime", (now - dt.timedelta(seconds=1)).isoformat())]).close()
+    hour_end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    result = blocks_cli(root, "--time-max", hour_end.isoformat(), *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    assert "is not over yet" in result.output and "Traceback" not in result.output
+    assert ledger_rows(root) == [] and not (root / "out").exists()
+    # a --time-max inside the hour asks for the blocks that ended before it: the last hour's
+    result = blocks_cli(root, "--time-max", now.isoformat(), *(["--dry-run"] if dry else []))
+    assert result.exit_code == 0, result.output
+
+
 def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_path: Path) -> None:
     """keys_sql gives 1; select.sql's key is an expression (no integer affinity on SQLite), which
     compared 1 with the ledger's '1' as different: every block was "no data", never retried."""

@@ -38,6 +38,7 @@ from ..timeblocks import (
     Grain,
     blocks_between,
     check_distinct_paths,
+    check_over,
     path_fields,
 )
 from ..work import Deadline
@@ -260,6 +261,7 @@ class Driver:
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
         blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+        check_over(blocks, dt.datetime.now(dt.UTC))
         check_grain(task, self.context.ledger.blocks, range_of(task, request, keys), blocks)
         rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
@@ -322,6 +324,7 @@ class Driver:
         """The request's rows created, then its stages forced or unparked as asked."""
         store = self.context.ledger.blocks
         blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+        check_over(blocks, dt.datetime.now(dt.UTC))  # before any row: an unfinished block would be done
         check_grain(task, store, where, blocks)
         store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
         if request.force:
