@@ -171,6 +171,28 @@ def test_a_replace_leaves_exactly_the_last_blocks_rows(tmp_path: Path, urls: tup
     assert [r[0] for r in rows(urls[1])] == [f"lime-1583020800000-{i}" for i in range(3)]
 
 
+CASE_ETL = """
+def trips(block, config):
+    return [{"trip_id": t, "duration": d, "end_time": 0}
+            for d, t in enumerate(["Trip-A", "trip-a", "trip-a ", "trip-\u00e1"], 1)]
+"""
+
+
+def test_a_created_table_keeps_ids_that_differ_only_by_case_accent_or_trailing_space_apart(
+    tmp_path: Path, urls: tuple[str, str]
+) -> None:
+    """On MariaDB the created table's text key took the server's default collation, which takes
+    ``Trip-A``, ``trip-a``, ``trip-a `` and ``trip-á`` for one id: the load counted four records
+    processed and the table held one row."""
+    root = project(tmp_path, urls)
+    (root / "etl.py").write_text(CASE_ETL)
+    blocks(root, *ONE_BLOCK)
+    assert load_row(urls[0])[:5] == ("done", 0, 4, 4, 0)
+    assert sorted(r[1] for r in rows(urls[1])) == [1, 2, 3, 4]
+    blocks(root, *ONE_BLOCK, "--force", "--stage", "load")  # upserted again: still one row each
+    assert sorted(r[1] for r in rows(urls[1])) == [1, 2, 3, 4]
+
+
 def test_a_load_killed_after_its_commit_leaves_one_row_per_trip_and_a_rerun_completes_it(
     tmp_path: Path, urls: tuple[str, str]
 ) -> None:

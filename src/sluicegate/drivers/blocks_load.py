@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import mariadb_conn
 from ..exceptions import DataError, LedgerError, SluicegateError, TerminalError
 from ..ledger import StageClaim, StageResult
 from ..records import MAX_MESSAGES, Rows
@@ -115,7 +116,9 @@ class Loader:
             sink = self._sinks[stage.name] = TableSink(stage.target)
             if stage.create:
                 table = stage.target.table
-                sink.db.create_table(table, declared(stage).create_sql(sink.db.flavor, table))
+                flavor = sink.db.flavor
+                exact = mariadb_conn.exact_collation(sink.db.conn) if flavor == "mariadb" else ""
+                sink.db.create_table(table, declared(stage).create_sql(flavor, table, exact=exact))
         return sink
 
     def _drop_sink(self, stage: StageSpec) -> None:
