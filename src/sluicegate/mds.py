@@ -46,7 +46,13 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     if "url" not in config:
         raise ConfigError(f"sluicegate.mds:trips for {block.key_value or block.task}: set url, the API root")
     url = f"{reveal(config['url']).rstrip('/')}/trips"
-    scale = 1 if config.get("units", "ms") == "s" else 1000
+    units = config.get("units", "ms")
+    if units not in ("ms", "s"):  # read as ms, a wrong unit asked for 1970: every block "no data"
+        raise ConfigError(
+            f"sluicegate.mds:trips for {block.key_value or block.task}: units {units!r} is not a unit"
+            ' of the API\'s times; use "ms" (MDS 0.4) or "s"'
+        )
+    scale = 1 if units == "s" else 1000
     params: dict[str, Any] | None = {
         "start_time": int(block.start.timestamp() * scale),
         "end_time": int(block.end.timestamp() * scale),

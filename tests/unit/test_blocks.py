@@ -937,6 +937,34 @@ def test_mds_paging_that_loops_or_is_not_a_url_is_terminal(
     assert len(served) <= 3
 
 
+@pytest.mark.parametrize("units", ["seconds", "S", 1000])
+def test_mds_units_other_than_ms_or_s_are_refused_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, units: Any
+) -> None:
+    """``units = "seconds"`` was read as milliseconds: the provider was asked for 1970, answered
+    no trips, and every block of the range was recorded "no data", never fetched again."""
+    import httpx
+
+    from sluicegate import httpclient, mds
+    from sluicegate.timeblocks import Block, StageBlock
+
+    served = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        served.append(str(request.url))
+        return httpx.Response(200, json={"data": {"trips": []}})
+
+    monkeypatch.setattr(
+        httpclient, "client", lambda **kw: httpx.Client(transport=httpx.MockTransport(answer), **kw)
+    )
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    block = Block(start=start, end=start + dt.timedelta(hours=1), zone="UTC")
+    stage_block = StageBlock(task="trips", stage="extract", key="provider", key_value="p", block=block)
+    with pytest.raises(ConfigError, match=f"units {units!r}.*ms.*s"):
+        list(mds.trips(stage_block, {"url": "http://mds.test/p", "units": units}))
+    assert served == []
+
+
 def test_an_extract_sql_key_is_refused_not_ignored(tmp_path: Path) -> None:
     """[extract] took ``sql`` and never read it: a query written there ran nowhere, silently.
     An extract from SQL reads select.sql (``time``), as docs/tasks.md says."""
