@@ -21,7 +21,8 @@ and pages are followed through ``links.next`` to the end (a ``links.next`` that 
 URL, or leads back to a page already served, is terminal: the paging loops). A 5xx answer (after the page's
 retries) and network errors are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
-provider's ``error_description``.
+provider's ``error_description``. A redirect is not followed (the token would go to an
+address nobody configured): it is terminal, naming where it leads.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def get_page(
             raise SourceUnavailable(f"{shown}: HTTP {response.status_code}{_reason(response)}; will retry")
         if response.status_code >= 400:
             raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}")
+        if response.is_redirect:  # not followed: the token would go to an address nobody configured
+            where = mask_url(response.headers.get("Location", "?"))
+            raise TerminalError(
+                f"{shown} answered HTTP {response.status_code}, a redirect to {where}; set url to the"
+                " API root it names if that is the provider's"
+            )
         try:
             return response.json()
         except ValueError:

@@ -965,6 +965,33 @@ def test_mds_units_other_than_ms_or_s_are_refused_before_any_request(
     assert served == []
 
 
+def test_an_mds_redirect_is_named_not_taken_for_a_page_that_is_not_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A provider that moved its API (301 to https, or to /trips/) parked every block with
+    "answered with something that is not JSON": the client does not follow redirects (the token
+    would go to the new address unasked), and the message sent the operator to the wrong cause."""
+    import httpx
+
+    from sluicegate import httpclient, mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            301, headers={"Location": "https://mds.test/v2/trips"}, text="<html>moved</html>"
+        )
+
+    monkeypatch.setattr(
+        httpclient, "client", lambda **kw: httpx.Client(transport=httpx.MockTransport(answer), **kw)
+    )
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    block = Block(start=start, end=start + dt.timedelta(hours=1), zone="UTC")
+    stage_block = StageBlock(task="trips", stage="extract", key="provider", key_value="p", block=block)
+    with pytest.raises(TerminalError, match=r"HTTP 301, a redirect to https://mds\.test/v2/trips; set url"):
+        list(mds.trips(stage_block, {"url": "http://mds.test/p"}))
+
+
 def test_an_extract_sql_key_is_refused_not_ignored(tmp_path: Path) -> None:
     """[extract] took ``sql`` and never read it: a query written there ran nowhere, silently.
     An extract from SQL reads select.sql (``time``), as docs/tasks.md says."""
