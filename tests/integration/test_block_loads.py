@@ -237,6 +237,30 @@ def test_check_names_a_missing_column_of_the_load_table(tmp_path: Path, urls: tu
     assert "[load] table trips has no column 'end_time'" in result.output
 
 
+FOLDING = {
+    "sqlite": "CREATE TABLE trips (trip_id TEXT COLLATE NOCASE PRIMARY KEY, duration INTEGER, end_time TEXT)",
+    "mariadb": "CREATE TABLE trips (trip_id VARCHAR(64) COLLATE utf8mb4_general_ci PRIMARY KEY,"
+    " duration BIGINT, end_time DATETIME(6))",
+}
+
+
+@pytest.mark.parametrize("urls", [BACKENDS[0], BACKENDS[2]], indirect=True)
+def test_check_names_a_load_key_whose_collation_folds_ids_together(tmp_path: Path, urls: tuple[str, str]) -> None:
+    """A table whose key compares Trip-A and trip-a as one: each load overwrote one trip with the
+    other, recorded as processed, and check said nothing."""
+    db = TableDb(urls[1])
+    try:
+        db.execute(FOLDING[db.flavor])
+    finally:
+        db.close()
+    root = project(tmp_path, urls, create=False)
+    forget_etl()
+    result = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert result.exit_code == 2, result.output
+    assert "[load] table trips compares trip_id by" in result.output
+    assert "differ only in case, accents or trailing spaces" in result.output
+
+
 RIDES = {
     "sqlite": "CREATE TABLE rides (ride INTEGER, provider TEXT, ended_at TEXT)",
     "pg": "CREATE TABLE rides (ride bigint, provider text, ended_at timestamptz)",

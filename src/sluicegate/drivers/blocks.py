@@ -436,7 +436,7 @@ def check(task: Task, source: Source) -> list[str]:
 
 
 def _check_table(stage: StageSpec) -> list[str]:
-    """Problems of a load's table: its database unreachable, the table missing, a column missing."""
+    """Problems of a load's table: unreachable, missing, a column missing, a key that folds ids together."""
     assert stage.target is not None
     table = stage.target.table
     try:
@@ -445,11 +445,18 @@ def _check_table(stage: StageSpec) -> list[str]:
         return [f"url: {exc}"]
     try:
         have = set(sink.db.table_columns(table))
+        folding = [
+            (k, c) for k in sorted(have & set(stage.target.key)) if (c := sink.db.folding_collation(table, k))
+        ]
     except SluicegateError as exc:
         return [str(exc)]
     finally:
         sink.close()
-    return [f"table {table} has no column {name!r}" for name, _ in stage.columns if name not in have]
+    return [f"table {table} has no column {name!r}" for name, _ in stage.columns if name not in have] + [
+        f"table {table} compares {k} by {c}, which takes ids that differ only in case, accents or trailing"
+        f" spaces for one (a record overwrites another); make {k}'s comparison exact (binary)"
+        for k, c in folding
+    ]
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
