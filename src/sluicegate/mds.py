@@ -54,6 +54,8 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
             ' of the API\'s times; use "ms" (MDS 0.4) or "s"'
         )
     scale = 1 if units == "s" else 1000
+    for name, default, whole in (("timeout", 30, False), ("retries", 5, True), ("max_wait", 60, False)):
+        _setting(config, name, default, whole=whole, who=block.key_value or block.task)
     params: dict[str, Any] | None = {
         "start_time": int(block.start.timestamp() * scale),
         "end_time": int(block.end.timestamp() * scale),
@@ -73,6 +75,20 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                 )
             yield from data["trips"]
             next_url, params = _next_page(body, next_url, seen), None
+
+
+def _setting(config: Mapping[str, Any], name: str, default: float, *, whole: bool, who: str) -> float:
+    """A number setting: ConfigError naming it when it is not one (``retries = -1`` ended in
+    "AssertionError: unreachable", ``timeout = "30s"`` in a bare ValueError)."""
+    value = config.get(name, default)
+    try:
+        number = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        number = -1.0
+    if number < 0 or (name == "timeout" and number == 0) or (whole and number != int(number)):
+        kind = "a whole number of at least 0" if whole else "a number of seconds above 0"
+        raise ConfigError(f"sluicegate.mds:trips for {who}: {name} {value!r} is not {kind}")
+    return number
 
 
 def _next_page(body: dict[str, Any], page: str, seen: set[str]) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -937,12 +938,25 @@ def test_mds_paging_that_loops_or_is_not_a_url_is_terminal(
     assert len(served) <= 3
 
 
-@pytest.mark.parametrize("units", ["seconds", "S", 1000])
-def test_mds_units_other_than_ms_or_s_are_refused_before_any_request(
-    monkeypatch: pytest.MonkeyPatch, units: Any
+@pytest.mark.parametrize(
+    ("setting", "units", "message"),
+    [
+        ("units", "seconds", "units 'seconds' is not a unit"),
+        ("units", "S", "units 'S' is not a unit"),
+        ("units", 1000, "units 1000 is not a unit"),
+        ("retries", -1, "retries -1 is not a whole number of at least 0"),
+        ("retries", 1.5, "retries 1.5 is not a whole number"),
+        ("timeout", "30s", "timeout '30s' is not a number of seconds above 0"),
+        ("timeout", 0, "timeout 0 is not a number of seconds above 0"),
+        ("max_wait", None, "max_wait None is not a number of seconds"),
+    ],
+)
+def test_mds_settings_that_cannot_work_are_refused_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, setting: str, units: Any, message: str
 ) -> None:
     """``units = "seconds"`` was read as milliseconds: the provider was asked for 1970, answered
-    no trips, and every block of the range was recorded "no data", never fetched again."""
+    no trips, and every block of the range was recorded "no data", never fetched again.
+    ``retries = -1`` parked every block with "AssertionError: unreachable"."""
     import httpx
 
     from sluicegate import httpclient, mds
@@ -960,8 +974,8 @@ def test_mds_units_other_than_ms_or_s_are_refused_before_any_request(
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     block = Block(start=start, end=start + dt.timedelta(hours=1), zone="UTC")
     stage_block = StageBlock(task="trips", stage="extract", key="provider", key_value="p", block=block)
-    with pytest.raises(ConfigError, match=f"units {units!r}.*ms.*s"):
-        list(mds.trips(stage_block, {"url": "http://mds.test/p", "units": units}))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        list(mds.trips(stage_block, {"url": "http://mds.test/p", setting: units}))
     assert served == []
 
 
