@@ -112,6 +112,15 @@ def dialect_of(url: str) -> Dialect:
     )
 
 
+def same_database(url: str, other: str) -> bool:
+    """Whether two URLs name one database: for SQLite the same file however spelt (``/./``, a
+    symlinked folder; a writer of both through two connections waits on its own lock), else
+    the same URL."""
+    if url.startswith("sqlite:") and other.startswith("sqlite:"):
+        return sqlite_path(url).resolve() == sqlite_path(other).resolve()
+    return url == other
+
+
 def sqlite_path(url: str) -> Path:
     """Return the file path of a ``sqlite:///`` URL."""
     if not url.startswith("sqlite:///") and url.startswith("sqlite:"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from .db import same_database
 from .exceptions import ConfigError
 from .masking import mask_url
 
@@ -98,8 +99,8 @@ class Settings:
 
     @property
     def shared_database(self) -> bool:
-        """Whether the ledger lives in the source database."""
-        return self.ledger_url == self.source_url
+        """Whether the ledger lives in the source database (a SQLite file however spelt)."""
+        return same_database(self.ledger_url, self.source_url)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -335,11 +335,3 @@ def _unreadable(value: Any) -> Unreadable | None:
     if isinstance(value, list):
         return next((found for v in value if (found := _unreadable(v)) is not None), None)
     return value if isinstance(value, Unreadable) else None
-
-
-def same_database(url: str, other: str) -> bool:
-    """Whether two URLs name one database: for SQLite the same file however spelt (a writer of
-    both through two connections waits on its own lock), else the same URL."""
-    if url.startswith("sqlite:") and other.startswith("sqlite:"):
-        return db.sqlite_path(url).resolve() == db.sqlite_path(other).resolve()
-    return url == other

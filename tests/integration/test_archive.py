@@ -537,6 +537,22 @@ def test_a_run_redone_after_the_format_changed_keeps_its_file_s_format(tmp_path:
     assert pq.read_table(parquet).num_rows == summary["archive"][0]["deleted"] == 3
 
 
+def test_a_ledger_in_the_source_file_spelt_otherwise_is_the_shared_database(tmp_path: Path) -> None:
+    """[ledger] url named the source's SQLite file another way (``/./``): taken for another
+    database, the run wrote its witness and its ``done`` through a second connection to the file
+    its own snapshot held locked, and waited on itself until it failed with "database is locked"."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, source, ledger=f"sqlite:///{tmp_path}/./source.db")
+    agency = Agency(source)
+    _seed(agency)
+    assert load(root).settings.shared_database
+    started = time.monotonic()
+    [summary] = json.loads(cli(root, "run", "--json", check=True).stdout)
+    assert summary["archive"][0]["deleted"] == 9 and agency.count() == 3
+    assert time.monotonic() - started < 20
+    assert _archived_ids(tmp_path) == sorted(set(agency.added) - agency.ids())
+
+
 def test_a_run_without_witness_table_keeps_the_file_it_cannot_vouch_for(tmp_path: Path) -> None:
     """A run recorded by an older sluicegate (no witness table): its file is kept, the rows go to a new one."""
     source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"

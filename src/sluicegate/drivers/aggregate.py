@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import paths, tabledb, tables, validate
+from .. import db, paths, tabledb, tables, validate
 from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
@@ -309,7 +309,7 @@ def _write_table(
     transaction when the table is in the ledger database, else right after (the claim checked
     just before)."""
     store = context.ledger.aggregates
-    shared = tabledb.same_database(task.target.url, context.project.settings.ledger_url)
+    shared = db.same_database(task.target.url, context.project.settings.ledger_url)
     recorded = False
 
     def before_commit(cur: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import mariadb_conn
+from .. import db, mariadb_conn
 from ..exceptions import DataError, LedgerError, SluicegateError, TerminalError
 from ..ledger import StageClaim, StageResult
 from ..records import MAX_MESSAGES, Rows
@@ -54,7 +54,7 @@ class Loader:
         rows (upsert and insert by key; replace: the whole table again), never a second copy.
         """
         assert stage.target is not None
-        shared = stage.target.url == self.context.project.settings.ledger_url
+        shared = db.same_database(stage.target.url, self.context.project.settings.ledger_url)
         recorded = False
         try:
             sink = self._sink(stage)
