@@ -493,8 +493,9 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
     if inexact:
         raise UsageError(f"{inexact[0]} has more digits than a float holds: no partition can have it")
     if task.time is None:
-        return ledger.partitions.mark([make_partition(task, keys, None, None)], task)
+        return ledger.partitions.mark([make_partition(task, keys, None, None)], task, strict=True)
     zone = ZoneMap(task, source).zone(keys)
     raw = assignments[task.time.name]
     period = raw if isinstance(raw, dt.date) else parse_period(str(raw), task.time, zone, strict=True)
-    return ledger.partitions.mark([make_partition(task, keys, exportable(period, task.time), zone)], task)
+    part = make_partition(task, keys, exportable(period, task.time), zone)
+    return ledger.partitions.mark([part], task, strict=True)

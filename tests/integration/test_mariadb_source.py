@@ -756,3 +756,25 @@ def test_a_scan_reads_a_year_key_of_0000(mariadb_url: str, tmp_path: Path) -> No
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert [r["id"] for r in read_csv(tmp_path / "out" / "0" / "20240301.csv")] == ["1"]
+
+
+@pytest.mark.parametrize("how", ["trigger", "scan"])
+def test_a_key_longer_than_the_ledger_holds_is_set_aside_not_every_runs_failure(
+    mariadb_url: str, tmp_path: Path, how: str
+) -> None:
+    """The MariaDB ledger's pkey is a VARCHAR(512): one change to a 600-character city failed the
+    mark of every change with "Data too long for column 'pkey'", on every run, so no row of the
+    task was exported again. Now that one change is set aside with a warning; `mark` refuses it."""
+    root = _readings(tmp_path, mariadb_url, "VARCHAR(1000)", how)
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [("x" * 600,), ("Gent",)]
+        )
+        conn.commit()
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "is longer than the ledger's 512 characters; it is not marked or exported" in ran.stderr
+    assert _ids_by_file(tmp_path / "out") == {"Gent/20240301.csv": ["2"]}
+    marked = cli(root, "mark", "cities", f"city={'x' * 600}", "day=2024-03-01")
+    assert marked.returncode == 2 and "Traceback" not in marked.stderr, marked.stdout + marked.stderr
+    assert "is longer than the ledger's 512 characters; no partition can have it" in marked.stderr

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import db
+from .. import db, paths
+from ..exceptions import UsageError
 from ..partitions import Partition, PartitionKeys
 from .core import Store, pg_array
+
+log = logging.getLogger("sluicegate.capture")
+# The longest partition key (canonical JSON text) a ledger's pkey column holds: VARCHAR(512) on
+# MariaDB (sql/mariadb/schema.sql, within InnoDB's key length); text elsewhere.
+PKEY_CHARS = {db.MARIADB: 512}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,11 +108,21 @@ class PartitionStore(Store):
 
     SQL = "partitions"
 
-    def mark(self, partitions: Iterable[Partition], task: PartitionKeys, *, cur: Any | None = None) -> int:
+    def mark(
+        self,
+        partitions: Iterable[Partition],
+        task: PartitionKeys,
+        *,
+        cur: Any | None = None,
+        strict: bool = False,
+    ) -> int:
         """Record a change to each partition (insert or bump version); return how many.
 
-        With ``cur`` the marks join the caller's transaction on this database.
+        With ``cur`` the marks join the caller's transaction on this database. A partition whose
+        key the ledger cannot hold is left out with a warning, or with ``strict`` (``sluicegate
+        mark``) refused with a UsageError.
         """
+        partitions = [p for p in partitions if not self._too_long(task, p, strict=strict)]
         # Sorted, so concurrent workers lock ledger rows in one order and cannot deadlock.
         # One moment of change for the whole call, as now() is one moment per transaction on PostgreSQL.
         extra = {"now": time.time()} if self.core.dialect is db.SQLITE else {}
@@ -117,6 +134,19 @@ class PartitionStore(Store):
             return len(rows)
         self.core.in_transaction(lambda tx: tx.executemany(self.q["mark"], rows))
         return len(rows)
+
+    def _too_long(self, task: PartitionKeys, part: Partition, *, strict: bool) -> bool:
+        """Whether ``part``'s key is longer than the ledger's pkey column holds: its insert failed
+        the whole mark, and so every run of the task, with "Data too long for column 'pkey'"."""
+        limit = PKEY_CHARS.get(self.core.dialect)
+        if limit is None or len(part.pkey) <= limit:
+            return False
+        problem = f"the key of partition {paths.shown(part.pkey)} is longer than the ledger's {limit}"
+        problem += " characters"
+        if strict:
+            raise UsageError(f"{problem}; no partition can have it")
+        log.warning("task %s: %s; it is not marked or exported; use a shorter key column", task.name, problem)
+        return True
 
     def _mark_params(self, task: PartitionKeys, part: Partition) -> dict[str, Any]:
         keys = dict(zip(task.key_names, (_plain(v) for v in part.values), strict=True))
