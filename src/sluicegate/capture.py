@@ -476,7 +476,7 @@ def _typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) 
                 return plain_key(Decimal(text.strip()))
             except ArithmeticError:
                 return text
-        return coerce_value(text)
+        return coerce_value(text, unsigned=kind == "int" and source.dialect is db.MARIADB)
 
     return tuple(typed(k) for k in task.keys)
 

@@ -408,10 +408,11 @@ def parse_assignments(task: PartitionKeys, pairs: Sequence[str]) -> dict[str, st
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
-def coerce_value(value: str) -> Any:
+def coerce_value(value: str, *, unsigned: bool = False) -> Any:
     """Interpret a command-line key value: an integer as written in SQL (``7``, ``-3``, within 64
-    bits) is an integer; anything else (``007``, ``1_0``, `` 7``, a 30-digit id) stays text."""
-    if _INTEGER.fullmatch(value) and -(2**63) <= (number := int(value)) < 2**63:
+    bits) is an integer; anything else (``007``, ``1_0``, `` 7``, a 30-digit id) stays text.
+    ``unsigned``: up to 2^64 - 1 too, which a MariaDB ``BIGINT UNSIGNED`` key column holds."""
+    if _INTEGER.fullmatch(value) and -(2**63) <= (number := int(value)) < 2 ** (64 if unsigned else 63):
         return number
     return value
 

@@ -778,3 +778,24 @@ def test_a_key_longer_than_the_ledger_holds_is_set_aside_not_every_runs_failure(
     marked = cli(root, "mark", "cities", f"city={'x' * 600}", "day=2024-03-01")
     assert marked.returncode == 2 and "Traceback" not in marked.stderr, marked.stdout + marked.stderr
     assert "is longer than the ledger's 512 characters; no partition can have it" in marked.stderr
+
+
+def test_mark_of_a_bigint_unsigned_key_above_2_63_is_the_partition_capture_marks(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """`mark city=18446744073709551615` kept the value as text (beyond a signed 64-bit integer),
+    a second partition beside the integer one the scan marks: with both pending, the run failed
+    (exit 1) saying they would share a file, to be fixed by a path "using every key whole"."""
+    root = _readings(tmp_path, mariadb_url, "BIGINT UNSIGNED", "scan")
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (city, at) VALUES (?, '2024-03-01 10:00:00')", [(2**64 - 1,), (2**64 - 2,)]
+        )
+        conn.commit()
+    assert cli(root, "mark", "cities", f"city={2**64 - 1}", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout)[0]["exported"] == 2
+    assert _ids_by_file(tmp_path / "out") == {
+        "18446744073709551615/20240301.csv": ["1"], "18446744073709551614/20240301.csv": ["2"],
+    }  # fmt: skip
