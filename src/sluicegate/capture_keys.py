@@ -1,11 +1,14 @@
-"""MariaDB capture triggers' key columns: those whose values a trigger can record as JSON."""
+"""Capture columns capture cannot use: MariaDB trigger key columns whose values a trigger cannot
+record as JSON, and scan cursors that hold no time."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .exceptions import ConfigError
+from . import db
+from .exceptions import ConfigError, SluicegateError
 from .ledger import Ledger
+from .sources import ReadSpec, Source
 
 if TYPE_CHECKING:
     from .drivers.partitioned import Task as TaskSpec
@@ -45,3 +48,28 @@ def refuse_binary_keys(task: TaskSpec, inbox: Ledger) -> None:
                 f" {cap.table} is {kind.upper()}, whose bytes a capture trigger cannot record (it would"
                 " fail the table's writes); use a text or integer key column"
             )
+
+
+_NO_TIME = ("int", "float", "decimal", "bool", "binary")  # no max() of these reads as a time
+
+
+def scan_cursor_problems(task: TaskSpec, source: Source) -> list[str]:
+    """A scan's cursor of a type that holds no time (an AUTO_INCREMENT id, a MariaDB TIME): `check`
+    passed it, and every run with a row in the table failed (exit 2) on the scan's max() of it."""
+    cap = task.capture
+    if cap.mode != "scan" or not cap.table or not cap.cursor or source.dialect is db.SQLITE:
+        return []  # SQLite: every value may be a time's text
+    q = source.dialect.quote
+    try:
+        [column] = source.describe(
+            ReadSpec(select_sql=f"SELECT {q(cap.cursor)} FROM {q(cap.table)}", folder=task.folder)
+        )
+    except SluicegateError:  # unreadable: capture_problems said why
+        return []
+    if column.kind not in _NO_TIME and not column.as_text:
+        return []
+    kind = "text" if column.as_text else column.kind
+    return [
+        f"{task.folder / 'task.toml'} [capture] cursor: column {cap.cursor!r} of {cap.table} is {kind}, not a"
+        " time; name a column holding the time each row was written, such as ingested_at"
+    ]

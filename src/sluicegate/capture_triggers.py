@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .capture_keys import refuse_binary_keys
+from .capture_keys import refuse_binary_keys, scan_cursor_problems
 from .exceptions import ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .sources import Source
@@ -379,7 +379,7 @@ def capture_problems(task: TaskSpec, source: Source) -> list[str]:
             f"{task.folder / 'task.toml'} [capture]: table {cap.table!r} or its columns {wanted} are not"
             f" readable: {exc}"
         ]
-    return []
+    return scan_cursor_problems(task, source)
 
 
 def missing_capture_columns(task: TaskSpec, columns: Collection[str]) -> list[str]:

@@ -656,14 +656,19 @@ def test_a_scan_cursor_that_holds_no_time_is_a_config_error_not_a_traceback(
     mariadb_url: str, tmp_path: Path
 ) -> None:
     """`[capture] cursor = "id"` (an AUTO_INCREMENT, which grows with every write too): the scan's
-    max(id) was parsed as an ISO 8601 time and every run died with a ValueError traceback."""
+    max(id) was parsed as an ISO 8601 time and every run died with a ValueError traceback. And
+    `check` passed it: the first run with a row in the table failed."""
     root = _readings(tmp_path, mariadb_url, "VARCHAR(8)", "scan", cursor="id")
+    problem = "[capture] cursor: column 'id' of readings is int, not a time; name a column holding the time"
+    checked = cli(root, "check")
+    said = checked.stdout + checked.stderr
+    assert checked.returncode == 2 and problem in said, said
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         conn.cursor().execute("INSERT INTO readings (city, at) VALUES ('Gent', '2024-03-01 10:00:00')")
         conn.commit()
     ran = cli(root, "run")
     assert "Traceback" not in ran.stderr and ran.returncode == 2, ran.stdout + ran.stderr
-    assert "[capture] cursor: 'id' holds 1, which is not a time; name a column holding the time" in ran.stderr
+    assert problem in ran.stderr
 
 
 def test_a_year_key_of_0000_from_the_trigger_is_exported_not_a_traceback(
