@@ -148,13 +148,10 @@ class MariaDbSource:
             try:
                 cur.execute(query, values or ())
                 rows = cur.fetchall() if cur.description else []
-                singles = [desc[1] == 4 for desc in cur.description or ()]  # FLOAT
+                converters = [_converter(desc) for desc in cur.description or ()]
             finally:
                 cur.close()
-        return [
-            tuple(_single_digits(v) if one else _aware(v) for v, one in zip(row, singles, strict=True))
-            for row in rows
-        ]
+        return [tuple(convert(v) for v, convert in zip(row, converters, strict=True)) for row in rows]
 
     def zones(self, zone_sql: str) -> dict[str, str]:
         """Map canonical key text to zones with a ``zone_sql`` query."""
@@ -435,6 +432,26 @@ def _single_digits(value: Any) -> Any:
     if not isinstance(value, float) or not math.isfinite(value):
         return value
     return float(single_text(value))
+
+
+def _converter(desc: Sequence[Any]) -> Any:
+    """How a small query's value of a result column is returned: a FLOAT as its single-precision
+    digits, a TIME as the server's text, a time as an aware UTC datetime."""
+    if desc[1] == 4:  # FLOAT
+        return _single_digits
+    if desc[1] in (11, 19):  # TIME
+        return lambda v: _time_text(v, int(desc[5] or 0)) if isinstance(v, dt.timedelta) else v
+    return _aware
+
+
+def _time_text(value: dt.timedelta, decimals: int) -> str:
+    """A TIME as MariaDB writes it (``-10:00:00``, ``838:59:59.500000``), and as a capture trigger's
+    JSON records a TIME key: the driver's timedelta was a key of no type a partition holds, so a
+    scan or backfill set aside every row the triggers exported."""
+    micros = value // dt.timedelta(microseconds=1)
+    seconds, fraction = divmod(abs(micros), 1_000_000)
+    text = f"{'-' if micros < 0 else ''}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return text + f".{fraction:06d}"[: decimals + 1] if decimals else text
 
 
 def _aware(value: Any) -> Any:
