@@ -158,10 +158,7 @@ def _set_aside(
 def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: str | None) -> str:
     """How to export a change once its key has a zone: the backfill of its days (a day either side)."""
     if wall is not None:
-        first, last = (
-            from_wall_clock(first.replace(tzinfo=None), wall),
-            from_wall_clock(last.replace(tzinfo=None), wall),
-        )
+        first, last = (from_wall_clock(t.replace(tzinfo=None), wall) for t in (first, last))
     low, high = (first - ONE_DAY).date().isoformat(), (last + 2 * ONE_DAY).date().isoformat()
     return f"once it has one, run 'sluicegate backfill {task.name} --time-min {low} --time-max {high}'"
 
