@@ -919,6 +919,45 @@ def test_a_sqlite_cursor_julianday_reads_but_python_does_not_fails_by_column_or_
     assert _marks(root) == {"s1": T, "s2": dt.datetime(1000, 1, 1, tzinfo=UTC)}
 
 
+def test_check_names_sqlite_cursors_of_impossible_dates_and_dates_among_times(tmp_path: Path) -> None:
+    """julianday() reads '2024-02-30' as March 1 and hour 24 as the next midnight, so `check`
+    passed them while every run failed their window. A date alone among times was passed too:
+    a run judges the cursor by its first row, a time, so after a window ending at noon the rows
+    dated that day were below the watermark, never exported. `check` now names both (exit 2)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    _sqlite(
+        tmp_path,
+        RECORDS_SQLITE.format(study_type="TEXT"),
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', '2024-03-10 08:00:00', 'morning')",
+    )
+    assert cli(root, "check").returncode == 0
+    _run(root, export_type="instant", entities=("s1",), end=dt.datetime(2024, 3, 10, 12, tzinfo=UTC))
+    _sqlite(
+        tmp_path,
+        "INSERT INTO records (study_id, uploaded_on, payload) VALUES ('s1', '2024-03-10', 'dated that day')",
+    )
+    _run(root, export_type="instant", entities=("s1",), end=dt.datetime(2024, 3, 11, 12, tzinfo=UTC))
+    assert _payloads(tmp_path) == ["morning"]  # what check must warn of: the date alone is lost
+    checked = cli(root, "check")
+    assert checked.returncode == 2
+    assert (
+        "1 row(s) have a uploaded_on that is a date alone (such as '2024-03-10') among times"
+        in checked.stderr
+    )
+    _sqlite(
+        tmp_path,
+        "DELETE FROM records WHERE payload = 'dated that day'",
+        "INSERT INTO records (study_id, uploaded_on) VALUES ('s1', '2024-02-30 10:00:00'), ('s1', '2024-03-10 24:00:00')",
+    )
+    checked = cli(root, "check")
+    assert checked.returncode == 2 and "date alone" not in checked.stderr
+    assert (
+        "2 row(s) have a uploaded_on that is no time of the calendar (such as '2024-02-30 10:00:00')"
+        in checked.stderr
+    )
+
+
 def test_an_integer_sqlite_cursor_is_refused_not_read_as_julian_days(tmp_path: Path) -> None:
     """SQLite's julianday() reads an integer as a Julian day number: 2460437 is 2024-05-01,
     Unix seconds are no day at all. Either way the rows' windows were not what the writer
@@ -1722,8 +1761,12 @@ def test_check_takes_every_spelling_of_utc_for_utc(pg_url: str, tmp_path: Path, 
     (exit 2) for a timestamp cursor that is read right."""
     root = _project(tmp_path, pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE records (record_id serial PRIMARY KEY, study_id text, uploaded_on timestamp)")
+        conn.execute(
+            "CREATE TABLE records (record_id serial PRIMARY KEY, study_id text, uploaded_on timestamp)"
+        )
         conn.execute(f"ALTER DATABASE {conn.info.dbname} SET TimeZone = '{zone}'")
-    (root / "tasks" / "studies" / "select.sql").write_text("SELECT record_id, study_id, uploaded_on FROM records")
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on FROM records"
+    )
     problems = operations.check_project(load(root))
     assert not [p for p in problems if "timestamp without time zone" in p], problems

@@ -28,7 +28,7 @@ def check(task: Task, source: Source) -> list[str]:
     problems += watermarks.horizon_problems(task, source)
     problems += naive_cursor_zone(task, described, source)
     if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
-        problems += watermarks.unreadable_cursors(task, source)
+        problems += watermarks.unreadable_cursors(task, source) + sqlite_cursor_forms(task, source)
     return problems
 
 
@@ -89,3 +89,39 @@ def naive_cursor_zone(task: Task, described: list[Column], source: Source) -> li
         f" AT TIME ZONE '{zone}' AS {task.cursor}; 'UTC' if its writers store UTC times), or make"
         " the column timestamptz"
     ]
+
+
+def sqlite_cursor_forms(task: Task, source: Source) -> list[str]:
+    """SQLite: cursors julianday() reads but that are no time of the calendar (2024-02-30 as March
+    1, hour 24 as the next midnight: every run fails their window), and dates alone among times
+    (a run judges the cursor by its first row: a time there, and a window ending during a day
+    passed the rows dated that day, never exported)."""
+    c = f"q.{db.SQLITE.quote(task.cursor)}"
+    text = f"typeof({c}) = 'text' AND julianday({c}) IS NOT NULL"
+    day_of = f"substr({c}, 1, 10)"  # read alone, an impossible day moves on: its text differs
+    bad = f"({text} AND (date(julianday({day_of})) IS NOT {day_of} OR substr({c}, 12, 2) = '24'))"
+    day = f"({text} AND length({c}) = 10 AND NOT {bad})"
+    select = task.select_sql.rstrip().rstrip(";")
+    query = (
+        f"SELECT sum({bad}), min(CASE WHEN {bad} THEN {c} END), sum({day}),"
+        f" min(CASE WHEN {day} THEN {c} END), sum({text} AND length({c}) > 10) FROM ({select}) AS q"
+    )
+    try:
+        [(bad_rows, bad_example, days, day_example, times)] = source.execute(query)
+    except SluicegateError:  # a select this wrapping does not suit: as unreadable_cursors
+        return []
+    where, problems = task.folder / "select.sql", []
+    if bad_rows:
+        problems.append(
+            f"{where}: {bad_rows:,} row(s) have a {task.cursor} that is no time of the calendar (such as"
+            f" {bad_example!r}), which SQLite reads as another time and a run cannot write, so every run"
+            " fails their window; correct them in the source"
+        )
+    if days and times:
+        problems.append(
+            f"{where}: {days:,} row(s) have a {task.cursor} that is a date alone (such as {day_example!r})"
+            f" among times; a run judges the cursor by its first row, and when that is a time, a window"
+            " that ends during a day leaves the later rows dated that day below the watermark, never"
+            f" exported; return one form in select.sql (date({task.cursor}) for dates, or times)"
+        )
+    return problems
