@@ -355,8 +355,8 @@ class Pipeline:
         unit, previous, staged = job.unit, job.unit.previous, job.staged
         assert staged is not None and job.writer is not None
         if unit.fenced:
-            same = previous is not None and previous.path == unit.path
-            staged.condition = (previous.etag if same and previous and previous.etag else None) or "*"
+            etag = previous.etag if previous is not None and previous.path == unit.path else ""
+            staged.condition, staged.pending = etag or "*", etag is None  # None: see Staged.pending
         if unit.exclusive:
             staged.condition, staged.exclusive = "*", True
         checksum = staged.file.sha256

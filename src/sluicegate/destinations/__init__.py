@@ -65,7 +65,10 @@ class Staged:
     # "*" (no object yet), or the ETag the ledger recorded for it (stores that support it).
     condition: str | None = None
     etag: str | None = None  # the store's ETag of the published object, once known
-    pending: bool = False  # publish left the write to sync (a conflict, or no conditional writes)
+    # publish left the write to sync (a conflict, or no conditional writes); set before, by a
+    # fenced unit whose earlier file is at its path with no ETag recorded (the blocks ledger
+    # keeps none): "*" is refused only after the whole upload, which sync then sent again.
+    pending: bool = False
     # Put in place only where no object is (a re-export whose name a longer window's file may
     # have): sync then sets ``refused`` instead of replacing one that appeared meanwhile.
     exclusive: bool = False

@@ -113,8 +113,8 @@ class S3Destination(SpooledUpload):
         not honour conditions.
         """
         staged.handle.close()
-        if staged.condition is not None and not self.conditional():
-            staged.pending = True
+        if staged.pending or (staged.condition is not None and not self.conditional()):
+            staged.pending = True  # left to sync (so told: an earlier file whose ETag is unknown)
             return
         try:
             staged.etag = self._upload(staged, staged.condition)
