@@ -72,7 +72,8 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     """How far back a not-yet-committed row may still land: ``(cap, None)`` or ``(None, reason)``.
 
     PostgreSQL: the start of the oldest open transaction on the source database, other than
-    sluicegate's own readers and ledger (None when there is none); its writers (ingest, table
+    sluicegate's own readers and ledger, or the server's clock now when earlier (a server clock
+    behind this host's stamped later rows below an instant end); its writers (ingest, table
     sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``) count like any other session.
     MariaDB/MySQL: the start of the oldest open InnoDB transaction of another session connected
     to the source's database (``information_schema.innodb_trx``, server-wide, joined to the
@@ -104,10 +105,10 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
                 f"prepared transaction {gid!r} (prepared {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) is open on"
                 f" the source; held back until COMMIT PREPARED or ROLLBACK PREPARED ends it"
             )
-        rows = source.execute(
-            "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND application_name <> %s "
-            "AND backend_type = 'client backend'",
+        rows = source.execute(  # no earlier than the server's clock: its now() stamps later rows
+            "SELECT least(min(xact_start), clock_timestamp()) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            " AND application_name <> %s AND backend_type = 'client backend'",
             (db.APPLICATION_NAME,),
         )
         return rows[0][0], None
@@ -263,7 +264,7 @@ def plan_windows(
     # A row an open transaction writes may carry a cursor up to safety_margin before that
     # transaction began (a client's clock, a batch time): the window stops short of it.
     capped = min(end, horizon - dt.timedelta(seconds=task.safety_margin)) if horizon else end
-    why = "a transaction that began then is still open"
+    why = "a transaction that began then is still open (or the source's clock is there)"
     # The day of the end in zone, or in UTC when that is earlier (east of UTC, a writer's UTC
     # date, such as SQLite's date('now'), is a day behind): not over, its dates wait.
     days = (end.astimezone(zone_of(task.zone)).date(), end.astimezone(UTC).date())

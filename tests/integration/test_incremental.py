@@ -15,6 +15,7 @@ import time
 import uuid
 import zoneinfo
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -22,6 +23,7 @@ import pytest
 from test_workers import _spawn, _wait_for
 
 from sluicegate import engine, mariadb_conn, operations
+from sluicegate.drivers import incremental
 from sluicegate.engine import RunOptions
 from sluicegate.export_request import ExportRequest, load_request
 from sluicegate.ledger import SCHEMA_VERSION, Ledger
@@ -643,6 +645,30 @@ def test_late_commit_with_old_cursor_is_not_lost(url: str, tmp_path: Path) -> No
     writer.close()
     _run(root, export_type="instant", entities=("s1",))
     assert _payloads(tmp_path) == ["early", "late"]
+
+
+@pytest.mark.pg
+def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instant window ended at this host's clock minus safety_margin. With the server's clock
+    3 minutes behind (more than the margin, 0 s here), a row its DEFAULT now() stamped after the
+    export, with no transaction open then, fell below the watermark and was never exported. The
+    server's clock now caps the window too."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="0s")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=10), "early")
+
+    class Ahead(dt.datetime):  # this host's clock, 3 minutes ahead of the server's
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Any:
+            return dt.datetime.now(tz) + dt.timedelta(minutes=3)
+
+    monkeypatch.setattr(incremental, "dt", SimpleNamespace(UTC=UTC, timedelta=dt.timedelta, datetime=Ahead))
+    _run(root, export_type="instant", entities=("s1",))
+    rec.conn.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'after')")  # DEFAULT now()
+    _run(root, export_type="instant", entities=("s1",))
+    assert _payloads(tmp_path) == ["after", "early"]
 
 
 @pytest.mark.pg
