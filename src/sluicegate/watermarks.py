@@ -79,14 +79,15 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     to the source's database (``information_schema.innodb_trx``, server-wide, joined to the
     process list for the database; needs the ``PROCESS`` privilege; shown in the session's UTC,
     in whole seconds, which only makes the cap earlier; a prepared XA transaction whose session
-    ended counts too, whatever its database). SQLite: a reason
+    ended counts too, whatever its database), or the server's clock when earlier. SQLite: a reason
     when a write transaction is open right now; PostgreSQL: one when a prepared transaction is.
     """
     if source.dialect is db.MARIADB:
         # A prepared XA transaction whose session ended has thread id 0 and no database to
         # match: it counts whatever its database (an earlier cap, never a lost row).
-        rows = source.execute(
-            "SELECT min(t.trx_started) FROM information_schema.innodb_trx AS t "
+        rows = source.execute(  # LEAST is NULL with a NULL: no open transaction, the clock alone
+            "SELECT COALESCE(LEAST(min(t.trx_started), UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6))"
+            " FROM information_schema.innodb_trx AS t "
             "LEFT JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
             "WHERE (p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID())"
             " OR t.trx_mysql_thread_id = 0"

@@ -647,16 +647,20 @@ def test_late_commit_with_old_cursor_is_not_lost(url: str, tmp_path: Path) -> No
     assert _payloads(tmp_path) == ["early", "late"]
 
 
-@pytest.mark.pg
+@pytest.mark.parametrize(
+    "server",
+    [pytest.param("pg_url", marks=pytest.mark.pg), pytest.param("mariadb_url", marks=pytest.mark.mariadb)],
+)
 def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An instant window ended at this host's clock minus safety_margin. With the server's clock
     3 minutes behind (more than the margin, 0 s here), a row its DEFAULT now() stamped after the
     export, with no transaction open then, fell below the watermark and was never exported. The
-    server's clock now caps the window too."""
-    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="0s")
-    rec = Records(pg_url)
+    server's clock now caps the window too (MariaDB: its UTC_TIMESTAMP(6))."""
+    source = request.getfixturevalue(server)
+    root = _project(tmp_path, source, bootstrap="beginning", margin="0s")
+    rec = Records(source)
     rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=10), "early")
 
     class Ahead(dt.datetime):  # this host's clock, 3 minutes ahead of the server's
@@ -666,7 +670,7 @@ def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
 
     monkeypatch.setattr(incremental, "dt", SimpleNamespace(UTC=UTC, timedelta=dt.timedelta, datetime=Ahead))
     _run(root, export_type="instant", entities=("s1",))
-    rec.conn.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'after')")  # DEFAULT now()
+    rec.conn.execute("INSERT INTO records (study_id, payload) VALUES ('s1', 'after')")  # the server's now
     _run(root, export_type="instant", entities=("s1",))
     assert _payloads(tmp_path) == ["after", "early"]
 
