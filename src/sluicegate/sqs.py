@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,19 +112,26 @@ class SqsQueue:
             raise SourceUnavailable(f"SQS queue {self.spec.queue_url}: {exc}; will retry") from exc
 
     def receive(self, count: int) -> list[Message]:
-        """Up to ``count`` messages, each parsed (a malformed one carries its error)."""
+        """Up to ``count`` messages, each parsed (a malformed one carries its error).
+
+        Collecting stops once half the visibility timeout has passed since the first messages
+        came, leaving the other half for the commit and the delete: under a steady trickle the
+        batch filled for longer than the timeout, and its first messages came back into it."""
         batch: list[Message] = []
-        while len(batch) < count:
+        deadline = float("inf")
+        while len(batch) < count and (now := time.monotonic()) < deadline:
             reply = self._call(
                 "receive_message",
                 MaxNumberOfMessages=min(RECEIVE_MAX, count - len(batch)),
-                WaitTimeSeconds=int(self.spec.wait),
+                WaitTimeSeconds=int(min(self.spec.wait, deadline - now)),
                 VisibilityTimeout=int(self.spec.visibility_timeout),
                 MessageAttributeNames=["All"],
             )
             received = reply.get("Messages", [])
             if not received:
                 break
+            if not batch:
+                deadline = time.monotonic() + self.spec.visibility_timeout / 2
             batch += [_message(m) for m in received]
         return batch
 

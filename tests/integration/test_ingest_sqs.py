@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -181,7 +182,50 @@ def test_hostile_messages_are_parked_and_deleted_not_redelivered_forever(
     proc = cli(root, "ingest", TASK, "--json")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     summary = json.loads(proc.stdout)
-    assert (summary["received"], summary["inserted"], summary["malformed_count"], summary["parked"]) == (4, 1, 3, 3)
+    assert (summary["received"], summary["inserted"], summary["malformed_count"], summary["parked"]) == (
+        4,
+        1,
+        3,
+        3,
+    )
     assert sorted(str(m["id"]) for m in summary["malformed"]) == ["sns-big", "sns-old", "sns-sur"]
     assert _raw(source) == [("sns-ok", "Genk", 7.0)]
     assert _left(sqs, queue_url) == 0  # handled, so deleted
+
+
+@pytest.mark.parametrize("source", [pytest.param("sqlite", id="sqlite")], indirect=True)
+def test_a_trickle_of_messages_is_not_collected_past_the_visibility_timeout(
+    tmp_path: Path, source: str, sqs: Any
+) -> None:
+    """A batch was collected until it held ``batch_size`` messages or a receive came back empty:
+    under a steady trickle (a message every half second) that took longer than the visibility
+    timeout, so its first messages were delivered again, into the same batch (counted as
+    duplicates of themselves, their receive count going up each time: with a redrive policy a
+    message went to the dead-letter queue unread). A batch is committed before its first
+    messages' timeout ends now: each message is received once."""
+    queue_url = _queue(sqs)
+    root = _project(tmp_path, source, sqs, queue_url)  # wait 1s, visibility_timeout 2s, batch_size 500
+    sending = subprocess.Popen(
+        [sys.executable, "-c", TRICKLE, sqs.meta.endpoint_url, queue_url], env={**os.environ}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while _left(sqs, queue_url) == 0 and time.monotonic() < deadline:  # the trickle has begun
+            time.sleep(0.05)
+        [summary] = engine.run(load(root), [TASK], RunOptions())
+    finally:
+        sending.wait(timeout=30)
+    assert summary.ingest is not None
+    assert summary.ingest["duplicates"] == 0, summary.ingest  # each message received once
+    assert summary.ingest["batches"] > 1, summary.ingest
+    assert len(_raw(source)) == summary.ingest["inserted"] == summary.ingest["received"]
+
+
+TRICKLE = """
+import sys, time, boto3
+sqs = boto3.session.Session().client("sqs", endpoint_url=sys.argv[1], region_name="us-east-1")
+for i in range(16):
+    sqs.send_message(QueueUrl=sys.argv[2], MessageBody='{"id": "t%02d", "date_utc": "2024-03-10T11:58:00Z", '
+                     '"city": "Gent", "parameter": "pm25", "unit": "ug", "value": %d}' % (i, i))
+    time.sleep(0.5)
+"""
