@@ -410,6 +410,25 @@ def test_a_missing_sqlite_source_fails_the_health_check_and_is_not_created(tmp_p
     assert not (root / "typo.db").exists()
 
 
+def test_a_reexport_while_the_ledger_is_down_is_a_503_not_a_422(tmp_path: Path) -> None:
+    """POST /tasks/{name}/runs with reexport queues the window on the ledger before the run starts;
+    with the ledger out of reach that answered 422, a client error not to retry, of a message
+    ending "will retry". It is a 503 now, as every other request the ledger outage stops."""
+    sqlite3.connect(tmp_path / "s.db").close()
+    root = write_project(
+        tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "out"),
+        ledger="postgresql://nobody@127.0.0.1:1/ledger",
+    )  # fmt: skip
+    server = Server(root)
+    try:
+        body = {"reexport": True, "time_min": "2024-01-01T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"}
+        answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=body)
+        assert answer.status_code == 503, answer.text
+        assert "ledger database postgresql://nobody@127.0.0.1:1/ledger" in answer.json()["detail"]
+    finally:
+        server.stop()
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()

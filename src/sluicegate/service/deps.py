@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 
 from ..config import load_project
-from ..exceptions import SluicegateError
+from ..exceptions import LedgerError, SluicegateError, TransientError
 from ..specs import Project, TaskBase
 from ..validate import RepeatedKey, unique_keys
 from .metrics import Metrics
@@ -125,8 +125,11 @@ def task_or_404(p: Project, name: str) -> TaskBase:
 
 
 def library(call: Callable[[], object]) -> object:
-    """Run a library call; a sluicegate error is a 422 with its message."""
+    """Run a library call; a sluicegate error is a 422 with its message. The ledger or a database
+    out of reach is not the request's fault: it goes to the app's handler, a 503 (it was a 422)."""
     try:
         return call()
+    except (TransientError, LedgerError):
+        raise
     except SluicegateError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
