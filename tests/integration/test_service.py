@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -19,6 +20,7 @@ from test_archive import DELETE_PG, SELECT_PG, Agency
 
 from sluicegate import operations
 from sluicegate.config import load_project
+from sluicegate.exceptions import SluicegateError
 from sluicegate.ledger import Ledger, run_heartbeat
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler, latest_tick
@@ -531,6 +533,27 @@ def test_one_scheduler_among_replicas_fires_a_tick(pg_project: tuple[Path, Db]) 
     assert sorted(len(f) for f in later) == [0, 1]
     for m in managers:
         m.close()
+
+
+def test_a_tick_whose_claim_failed_fires_on_the_next_look(pg_project: tuple[Path, Db]) -> None:
+    """The scheduler marked a tick seen before claiming it on the ledger: when the claim failed (a
+    ledger error at that moment) every later look skipped the tick, so a daily run was lost for the
+    day. A tick is seen once it is claimed (or another replica has it) now; it fires on the next look."""
+    root, db = pg_project
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text('schedule = "0 2 * * *"\n' + toml.read_text())
+    now = dt.datetime(2024, 6, 1, 2, 0, 3, tzinfo=UTC)
+    manager = RunManager(lambda: load_project(root, {}), Metrics())
+    scheduler = Scheduler(lambda: load_project(root, {}), manager)
+    try:
+        db.conn.execute("ALTER TABLE sluicegate.schedule_ticks RENAME TO schedule_ticks_away")
+        with contextlib.suppress(SluicegateError):  # the claim fails (the loop logs what tick raises)
+            scheduler.tick(now)
+        db.conn.execute("ALTER TABLE sluicegate.schedule_ticks_away RENAME TO schedule_ticks")
+        assert len(scheduler.tick(now + dt.timedelta(seconds=5))) == 1  # it was never fired
+        assert scheduler.tick(now + dt.timedelta(seconds=10)) == []  # once
+    finally:
+        manager.close()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and os.environ.get("CI") != "true", reason="no chromium")

@@ -33,6 +33,7 @@ class Scheduler:
         self.runs = runs
         self.interval = interval
         self.seen: dict[str, dt.datetime] = {}
+        self.won: dict[str, dt.datetime] = {}  # ticks this replica claimed, started or not
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +68,19 @@ class Scheduler:
                 tick = due_tick(task, now)
                 if tick is None or self.seen.get(task.name) == tick:
                     continue
-                self.seen[task.name] = tick
-                if ledger.runs.claim_tick(task.name, tick):
-                    started.append(self.runs.start([task.name], RunOptions(), label=f"schedule:{task.name}"))
+                try:
+                    started += self._fire(ledger, task.name, tick)
+                except SluicegateError:  # the other tasks' ticks go on
+                    log.warning("scheduled run of %s not started; trying again", task.name, exc_info=True)
         return started
+
+    def _fire(self, ledger: Any, name: str, tick: dt.datetime) -> list[str]:
+        """Claim and start ``name``'s tick. Seen once started (or another replica's): a claim or
+        start that failed (the ledger out of reach) is tried again on the next look, not skipped."""
+        if self.won.get(name) != tick and not ledger.runs.claim_tick(name, tick):
+            self.seen[name] = tick
+            return []
+        self.won[name] = tick
+        run_id = self.runs.start([name], RunOptions(), label=f"schedule:{name}")
+        self.seen[name] = tick
+        return [run_id]
