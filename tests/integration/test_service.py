@@ -639,3 +639,42 @@ def test_a_queued_run_is_alive_and_stopping_the_service_records_it_not_started(
     assert waited["state"] == "failed" and "stopped before this run started" in str(waited["summary"])
     [status] = operations.status(load(root), ["openaq"])
     assert status["pending"] == 60 - done["summary"][0]["exported"]
+
+
+def test_runs_waiting_for_a_worker_share_one_ledger_connection(
+    pg_project: tuple[Path, Db], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run waiting for a worker thread beat on a thread and a ledger connection of its own: a
+    client posting runs faster than they finish held one PostgreSQL connection per waiting run, until
+    the server's max_connections refused every run, and every other client of that database. The
+    waiting runs beat together now, on one connection, and still show as running."""
+    from sluicegate.engine import RunOptions
+    from sluicegate.ledger import runs as ledger_runs
+
+    root, db = pg_project
+    with (root / "sluicegate.toml").open("a") as fh:
+        fh.write('\n[testing]\nfault = "mid_write"\n')
+    monkeypatch.setattr(ledger_runs, "ABANDONED_AFTER", 1.0)
+
+    def connections() -> int:
+        return int(db.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                   .fetchone()[0])  # fmt: skip
+
+    manager = RunManager(lambda: load(root), Metrics(), workers=1, heartbeat=0.2)
+    marker = root / ".fault-mid_write"
+    try:
+        manager.start(["openaq"], RunOptions(batch_size=10, workers=1), label="openaq")
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        time.sleep(0.5)
+        before = connections()
+        queued = [manager.start(["openaq"], RunOptions(), label="openaq") for _ in range(20)]
+        time.sleep(2.0)  # twice ABANDONED_AFTER
+        assert connections() - before <= 2, (before, connections())
+        with Ledger(load(root).settings.ledger_url) as ledger:
+            assert {ledger.runs.get(q)["state"] for q in queued} == {"running"}  # type: ignore[index]
+    finally:
+        marker.unlink(missing_ok=True)
+        manager.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -15,7 +14,8 @@ from typing import Any
 from ..engine import Exporter
 from ..exceptions import SluicegateError
 from ..ledger import run_heartbeat
-from ..ledger.runs import HEARTBEAT_SECONDS
+from ..ledger.core import LedgerCore
+from ..ledger.runs import HEARTBEAT_SECONDS, RunStore
 from ..operations import ledger_of
 from ..options import RunOptions
 from ..specs import Project
@@ -30,9 +30,11 @@ class RunManager:
     """Starts runs in the background and records them on the ledger.
 
     A run beats from the moment it is recorded, so one waiting for a free worker thread is
-    shown as running, not abandoned. :meth:`close` (the service stopping) asks the runs in hand
-    to stop after their batch, and records the runs that never started as finished with a
-    reason, instead of running the whole queue (or leaving them to look abandoned).
+    shown as running, not abandoned. The waiting runs beat together, on one thread and one
+    ledger connection (a connection each exhausted the database's connections when runs piled
+    up); a run that starts beats on its own. :meth:`close` (the service stopping) asks the runs
+    in hand to stop after their batch, and records the runs that never started as finished with
+    a reason, instead of running the whole queue (or leaving them to look abandoned).
     """
 
     def __init__(
@@ -49,7 +51,9 @@ class RunManager:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sluicegate-run")
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._queued: dict[str, tuple[Future[None], contextlib.ExitStack, Project]] = {}
+        self._queued: dict[str, tuple[Future[None], Project]] = {}
+        self._beater = threading.Thread(target=self._beat_queued, name="sluicegate-queue-beat", daemon=True)
+        self._beater.start()
 
     def start(self, names: Sequence[str], options: RunOptions, *, label: str) -> str:
         """Record a run (with the request's tag), then execute it on a worker thread; return its id."""
@@ -59,18 +63,14 @@ class RunManager:
         tag = options.request.tag if options.request else None
         with ledger_of(project) as ledger:
             run_id = ledger.runs.start(label, tag=tag, request=request)
-        s = project.settings
-        beat = contextlib.ExitStack()  # closed by the run when it ends, or by close() if it never starts
-        beat.enter_context(run_heartbeat(s.ledger_url, s.ledger_schema, run_id, every=self.heartbeat))
         with self._lock:
             try:
                 options = dataclasses.replace(options, recorded=True)
-                future = self.pool.submit(self._execute, project, tasks, options, run_id, beat)
+                future = self.pool.submit(self._execute, project, tasks, options, run_id)
             except RuntimeError:  # the service is stopping
-                beat.close()
                 self._finish(project, run_id, [_not_started()])
                 raise
-            self._queued[run_id] = (future, beat, project)
+            self._queued[run_id] = (future, project)
         log.info(
             "run %s started: %s (%s)",
             run_id,
@@ -86,14 +86,17 @@ class RunManager:
         tasks: Sequence[Any],
         options: RunOptions,
         run_id: str,
-        beat: contextlib.ExitStack,
     ) -> None:
         with self._lock:
             self._queued.pop(run_id, None)
         started = time.monotonic()
         summaries: list[dict[str, Any]] = []
+        s = project.settings
         try:
-            with beat, Exporter(project) as exporter:
+            with (
+                run_heartbeat(s.ledger_url, s.ledger_schema, run_id, every=self.heartbeat),
+                Exporter(project) as exporter,
+            ):
                 results = exporter.run_once(tasks, options, stop=self._stop)
             self.metrics.record(results)
             summaries = [r.as_dict() for r in results]
@@ -129,22 +132,51 @@ class RunManager:
         except SluicegateError as exc:  # the run will show as abandoned once its heartbeat stops
             log.warning("run %s: could not record its end: %s", run_id, exc)
 
+    def _beat_queued(self) -> None:
+        """Every ``heartbeat`` seconds until :meth:`close`, beat for each run waiting for a worker,
+        over one connection per ledger (reopened on the next beat when it fails)."""
+        cores: dict[tuple[str, str], LedgerCore] = {}
+        try:
+            while not self._stop.wait(self.heartbeat):
+                with self._lock:
+                    waiting = [(r, p.settings) for r, (_, p) in self._queued.items()]
+                if not waiting:  # no connection held while nothing waits
+                    _close_all(cores)
+                for run_id, s in waiting:
+                    where = (s.ledger_url, s.ledger_schema)
+                    try:
+                        if where not in cores:
+                            cores[where] = LedgerCore(s.ledger_url, schema=s.ledger_schema)
+                        RunStore(cores[where]).heartbeat(run_id)
+                    except SluicegateError as exc:  # the run goes on; it may show as abandoned
+                        log.warning("run %s: heartbeat failed: %s", run_id, exc)
+                        if (lost := cores.pop(where, None)) is not None:
+                            lost.close()
+        finally:
+            _close_all(cores)
+
     def close(self) -> None:
         """Stop: runs in hand stop after their batch (what they read is committed, the rest stays
         pending); runs still waiting are recorded as not started."""
         self._stop.set()
         with self._lock:
             queued = list(self._queued.items())
-        for _, (future, _, _) in queued:
+        for _, (future, _) in queued:
             future.cancel()
-        for run_id, (future, beat, project) in queued:
+        self._beater.join()
+        for run_id, (future, project) in queued:
             if future.cancelled():
-                beat.close()
                 self._finish(project, run_id, [_not_started()])
                 log.info(
                     "run %s not started: the service is stopping", run_id, extra={"event": "run_cancelled"}
                 )
         self.pool.shutdown(wait=True)
+
+
+def _close_all(cores: dict[tuple[str, str], LedgerCore]) -> None:
+    for core in cores.values():
+        core.close()
+    cores.clear()
 
 
 def _not_started() -> dict[str, Any]:
