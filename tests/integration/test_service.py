@@ -678,3 +678,24 @@ def test_runs_waiting_for_a_worker_share_one_ledger_connection(
     finally:
         marker.unlink(missing_ok=True)
         manager.close()
+
+
+def test_a_body_over_the_limit_is_a_413_with_a_sentence(tmp_path: Path) -> None:
+    """A body over [service] max_request_bytes was answered in plain text "Content Too Large" (with
+    a Content-Length) or {"detail": "Content Too Large"} (chunked): not JSON for one, and neither said
+    the limit or what to do. Both are JSON with one sentence now, and no run is started."""
+    server = Server(_studies_project(tmp_path))
+    url, raw = f"{server.url}/tasks/studies/runs", {**AUTH, "Content-Type": "application/json"}
+    body = b'{"tag": "' + b"x" * (70 * 1024) + b'"}'
+    try:
+        for content in (body, iter([body[:40000], body[40000:]])):  # with a Content-Length, and chunked
+            answer = httpx.post(url, headers=raw, content=content)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["detail"].startswith(
+                "the request body is larger than [service] max_request_bytes (65536 bytes); send"
+            ), answer.text
+        anonymous = httpx.post(url, headers={"Content-Type": "application/json"}, content=body)
+        assert anonymous.status_code == 401, anonymous.text  # the token is checked first
+        assert server.get(f"{server.url}/runs").json() == []  # no run was started
+    finally:
+        server.stop()

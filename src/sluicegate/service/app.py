@@ -17,7 +17,9 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import operations
 from ..config import load_project
@@ -79,10 +81,10 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         description="Incremental, exactly-once exports from SQL databases to files.",
-        max_body_size=settings.max_request_bytes,
     )
     app.state.service = state
     _answer_errors(app)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # inside the token check
     app.middleware("http")(_posts_need_the_api_token)
     for router in (exports.router, tasks.router, runs.router):
         app.include_router(router, dependencies=READ)
@@ -125,6 +127,44 @@ async def _posts_need_the_api_token(
         except HTTPException as refused:
             return JSONResponse({"detail": refused.detail}, refused.status_code, refused.headers)
     return await call_next(request)
+
+
+class BodyLimit:
+    """413 with a sentence for a request body over ``[service] max_request_bytes``: by its
+    Content-Length before any of it is read, or once the bytes read pass the limit. FastAPI's own
+    limit answered plain text "Content Too Large", which named neither the limit nor what to do."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _refusal(self) -> HTTPException:
+        return HTTPException(
+            status_code=413,
+            detail=f"the request body is larger than [service] max_request_bytes ({self.limit} bytes); "
+            "send a smaller one (the fields: docs/service.md)",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            refused = self._refusal()
+            await JSONResponse({"detail": refused.detail}, 413)(scope, receive, send)
+            return
+        read = 0
+
+        async def limited() -> Message:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > self.limit:  # raised inside the route: the app's handler answers it
+                raise self._refusal()
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _answer_errors(app: FastAPI) -> None:
