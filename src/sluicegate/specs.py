@@ -196,7 +196,8 @@ class Project:
         raise ConfigError(f"no task named {name!r} in {self.settings.root / 'tasks'}; known tasks: {known}")
 
     def select(self, names: tuple[str, ...] | list[str]) -> list[TaskBase]:
-        """Return the named tasks (all tasks when ``names`` is empty)."""
+        """Return the named tasks (all tasks when ``names`` is empty), each once, in the order first
+        named: ``run studies studies`` ran the task twice, with two summaries."""
         if not names:
             return [self.tasks[n] for n in sorted(self.tasks)]
-        return [self.task(n) for n in names]
+        return [self.task(n) for n in dict.fromkeys(names)]

@@ -252,6 +252,21 @@ def test_scheduled_event_with_a_bad_detail_is_refused(detail: Any, message: str,
         aws_lambda.handler(event, Context(remaining_s=600.0))
 
 
+def test_scheduled_event_naming_a_task_twice_runs_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``detail.tasks: ["studies", "studies"]`` (and ``sluicegate run studies studies``) ran the
+    task twice, with two summaries: a task named again is the same task, run once."""
+    _constant_project(tmp_path, monkeypatch)
+    event = {**SCHEDULED_EVENT, "detail": {"tasks": ["studies", "studies"]}}
+    result = aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert [s["task"] for s in result["tasks"]] == ["studies"] and result["ok"] is True, result
+    [line] = log_lines(capsys)
+    assert [s["task"] for s in line["summaries"]] == ["studies"]
+    project = load(tmp_path / "proj")
+    assert [t.name for t in project.select(["studies", "studies"])] == ["studies"]
+
+
 def test_unknown_event_and_bad_margin_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UsageError, match=r"does not know this event \(keys: hello\)"):
         aws_lambda.handler({"hello": "world"}, Context(remaining_s=600.0))
