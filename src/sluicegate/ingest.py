@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import math
 import random
 import sqlite3
 import time
@@ -262,10 +263,12 @@ def drain(
     *,
     fault: Callable[[str], None],
     stop: Callable[[], bool] = lambda: False,
+    left: Callable[[], float] = lambda: math.inf,
 ) -> None:
-    """Receive, ingest and delete batches until the queue is empty (or ``stop()``)."""
+    """Receive, ingest and delete batches until the queue is empty, or ``stop()``, or the run's
+    time is up (``left()`` seconds remain): a batch being collected ends then too, and is committed."""
     while not stop():
-        batch = queue.receive(ingestor.task.batch_size)
+        batch = queue.receive(ingestor.task.batch_size, stop=stop, left=left)
         if not batch:
             return
         ingestor.ingest(batch, summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -152,6 +153,10 @@ class Budget:
     def can_start(self, batch: float) -> bool:
         """Whether a batch that takes ``batch`` seconds (the last one's time) still fits."""
         return self.deadline is None or self._room() > batch * 1.2
+
+    def left(self) -> float:
+        """Seconds reading may go on before the flush and the exit must begin (inf: no deadline)."""
+        return math.inf if self.deadline is None else max(self._room(), 0.0)
 
     def over(self) -> bool:
         """Whether reading must stop now so that the flush and the exit still fit."""

@@ -9,10 +9,11 @@ again changes nothing (ingest is idempotent on the message id). boto3 is importe
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,19 +112,31 @@ class SqsQueue:
         except (BotoCoreError, ClientError) as exc:
             raise SourceUnavailable(f"SQS queue {self.spec.queue_url}: {exc}; will retry") from exc
 
-    def receive(self, count: int) -> list[Message]:
+    def receive(
+        self,
+        count: int,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        left: Callable[[], float] = lambda: math.inf,
+    ) -> list[Message]:
         """Up to ``count`` messages, each parsed (a malformed one carries its error).
 
         Collecting stops once half the visibility timeout has passed since the first messages
         came, leaving the other half for the commit and the delete: under a steady trickle the
-        batch filled for longer than the timeout, and its first messages came back into it."""
+        batch filled for longer than the timeout, and its first messages came back into it. It
+        stops too when ``stop()`` (SIGTERM) or when the run's time is up (``left()`` seconds
+        remain; a long poll is shortened to them): the batch filled on past Lambda's time limit.
+        What was received by then is returned, to be committed; the rest stays in the queue."""
         batch: list[Message] = []
-        deadline = float("inf")
-        while len(batch) < count and (now := time.monotonic()) < deadline:
+        deadline = math.inf
+        while len(batch) < count and not stop():
+            room = min(deadline - time.monotonic(), left())
+            if room <= 0:
+                break
             reply = self._call(
                 "receive_message",
                 MaxNumberOfMessages=min(RECEIVE_MAX, count - len(batch)),
-                WaitTimeSeconds=int(min(self.spec.wait, deadline - now)),
+                WaitTimeSeconds=int(min(self.spec.wait, room)),
                 VisibilityTimeout=int(self.spec.visibility_timeout),
                 MessageAttributeNames=["All"],
             )

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -229,3 +230,42 @@ for i in range(16):
                      '"city": "Gent", "parameter": "pm25", "unit": "ug", "value": %d}' % (i, i))
     time.sleep(0.5)
 """
+
+
+@pytest.mark.parametrize("end", ["max_runtime", "stop"])
+@pytest.mark.parametrize("source", [pytest.param("sqlite", id="sqlite")], indirect=True)
+def test_a_run_whose_time_ends_during_a_trickle_returns_and_keeps_what_it_received(
+    tmp_path: Path, source: str, sqs: Any, end: str
+) -> None:
+    """The receive loop did not look at the run's budget or its stop (SIGTERM): with a
+    visibility timeout of 60 s, a batch was collected for up to 30 s past ``--max-runtime``
+    (past Lambda's margin, so the invocation timed out, again and again). Collecting ends when
+    the run must stop now: the run returns within its time, what it received is inserted and
+    deleted, and what it did not receive is still in the queue."""
+    queue_url = _queue(sqs)
+    root = _project(tmp_path, source, sqs, queue_url)
+    toml = root / "tasks" / TASK / "task.toml"
+    toml.write_text(toml.read_text().replace('visibility_timeout = "2s"', 'visibility_timeout = "60s"'))
+    sending = subprocess.Popen(
+        [sys.executable, "-c", TRICKLE, sqs.meta.endpoint_url, queue_url], env={**os.environ}
+    )
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)
+    try:
+        deadline = time.monotonic() + 20
+        while _left(sqs, queue_url) == 0 and time.monotonic() < deadline:  # the trickle has begun
+            time.sleep(0.05)
+        project, options = load(root), RunOptions(max_runtime=2.0 if end == "max_runtime" else None)
+        started = time.monotonic()
+        if end == "stop":
+            timer.start()
+        [summary] = engine.run(project, [TASK], options, stop=stop)
+        elapsed = time.monotonic() - started
+    finally:
+        timer.cancel()
+        sending.wait(timeout=30)
+    assert elapsed < 4.0, f"the run took {elapsed:.1f} s of its 2 s (the trickle lasts 8 s)"
+    assert summary.ingest is not None and summary.ingest["duplicates"] == 0, summary.ingest
+    received = summary.ingest["received"]
+    assert 0 < received < 16 and len(_raw(source)) == summary.ingest["inserted"] == received
+    assert _left(sqs, queue_url) == 16 - received  # nothing received is left hidden, nothing lost

@@ -141,7 +141,7 @@ class Driver:
         try:
             drain(
                 Ingestor(task, self.context.inbox), queue, ingested, fault=self.context.fault,
-                stop=lambda: bool(stop and stop.is_set()) or not budget.can_start(0.0),
+                stop=lambda: bool(stop and stop.is_set()) or not budget.can_start(0.0), left=budget.left,
             )  # fmt: skip
         finally:
             queue.close()
