@@ -395,6 +395,37 @@ def test_sqs_fifo_batch_stops_at_the_first_failure(
     assert "exportType" in lines[1]["error"] and "earlier message of this FIFO batch" in lines[2]["error"]
 
 
+def test_sqs_reexport_runs_while_another_export_holds_its_entity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entity claimed by a concurrent invocation: a re-export (an explicit window) takes no
+    claim, so it is exported all the same and only then deleted; a request that moves watermarks
+    exports nothing for the held entity and is deleted (the holder moves the watermark, and later
+    runs catch up), as docs/deploying.md says."""
+    _constant_project(tmp_path, monkeypatch)
+    project = load(tmp_path / "proj")
+    reexport = json.dumps(
+        {"startDateTime": "2024-05-09T00:00:00Z", "endDateTime": "2024-05-10T00:00:00Z",
+         "exportType": "DAILY", "ignoreLastExportTime": True}
+    )  # fmt: skip
+    daily = json.dumps({"exportType": "DAILY", "endDateTime": T.isoformat()})
+    with operations.ledger_of(project) as ledger:
+        ledger.watermarks.ensure("studies", ["s1"])
+        [held] = ledger.watermarks.claim("studies", ["s1"], lease=600)  # the other invocation
+        try:
+            result = aws_lambda.handler(sqs_event(reexport, daily), Context(remaining_s=60.0))
+        finally:
+            ledger.watermarks.release(held.token)
+    assert result == {"batchItemFailures": []}
+    rows = (tmp_path / "out" / "s1" / "20240509.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("s1,2024-05-09T01:00:00")  # the re-export's file
+    first, second = log_lines(capsys)
+    assert first["ok"] is True and first["summary"]["rows"] == 1
+    assert second["ok"] is True and second["summary"]["exported"] == 0
+    [mark] = operations.watermarks(load(tmp_path / "proj"), "studies")
+    assert mark["watermark"] != T  # the held request moved nothing
+
+
 @pytest.mark.parametrize(
     "poison",
     [
