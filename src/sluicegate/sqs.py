@@ -126,20 +126,29 @@ class SqsQueue:
         batch filled for longer than the timeout, and its first messages came back into it. It
         stops too when ``stop()`` (SIGTERM) or when the run's time is up (``left()`` seconds
         remain; a long poll is shortened to them): the batch filled on past Lambda's time limit.
-        What was received by then is returned, to be committed; the rest stays in the queue."""
+        What was received by then is returned, to be committed; the rest stays in the queue. So
+        it is when a receive fails after others succeeded (an error only when none did)."""
         batch: list[Message] = []
         deadline = math.inf
         while len(batch) < count and not stop():
             room = min(deadline - time.monotonic(), left())
             if room <= 0:
                 break
-            reply = self._call(
-                "receive_message",
-                MaxNumberOfMessages=min(RECEIVE_MAX, count - len(batch)),
-                WaitTimeSeconds=int(min(self.spec.wait, room)),
-                VisibilityTimeout=int(self.spec.visibility_timeout),
-                MessageAttributeNames=["All"],
-            )
+            try:
+                reply = self._call(
+                    "receive_message",
+                    MaxNumberOfMessages=min(RECEIVE_MAX, count - len(batch)),
+                    WaitTimeSeconds=int(min(self.spec.wait, room)),
+                    VisibilityTimeout=int(self.spec.visibility_timeout),
+                    MessageAttributeNames=["All"],
+                )
+            except SourceUnavailable as exc:
+                if not batch:
+                    raise
+                # The messages in hand are committed, not dropped: they would come back after
+                # the visibility timeout with a higher receive count (a dead-letter queue's).
+                log.warning("receiving more failed; ingesting the %d messages received: %s", len(batch), exc)
+                break
             received = reply.get("Messages", [])
             if not received:
                 break

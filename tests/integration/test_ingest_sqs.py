@@ -70,8 +70,7 @@ def _project(tmp_path: Path, source: str, sqs: Any, queue_url: str) -> Path:
     root = airmax_project(tmp_path / "proj", source)
     toml = root / "tasks" / TASK / "task.toml"
     toml.write_text(
-        toml.read_text()
-        + f'\n[sqs]\nqueue_url = "{queue_url}"\nendpoint_url = "{sqs.meta.endpoint_url}"\n'
+        toml.read_text() + f'\n[sqs]\nqueue_url = "{queue_url}"\nendpoint_url = "{sqs.meta.endpoint_url}"\n'
         'region = "us-east-1"\nwait = "1s"\nvisibility_timeout = "2s"\n'
     )
     return root
@@ -91,7 +90,9 @@ def _left(sqs: Any, queue_url: str) -> int:
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
 def _raw(url: str) -> list[tuple[Any, ...]]:
@@ -145,7 +146,12 @@ def test_a_batch_redelivered_after_a_kill_leaves_one_row_per_message(
     again = cli(root, "ingest", TASK, "--json")
     assert again.returncode == 1, again.stderr  # malformed messages were reported
     summary = json.loads(again.stdout)
-    assert (summary["received"], summary["inserted"], summary["duplicates"], summary["malformed_count"]) == (6, 0, 4, 2)
+    assert (summary["received"], summary["inserted"], summary["duplicates"], summary["malformed_count"]) == (
+        6,
+        0,
+        4,
+        2,
+    )
     assert "message sns-3: value 'not a number' is not a number" in again.stderr
     assert "is not JSON" in again.stderr
     assert _raw(source) == [("sns-1", "Gent", 12.5), ("sns-2", "Genk", 7.0), ("sns-4", "Hasselt", 3.25)]
@@ -167,6 +173,37 @@ def test_run_drains_the_queue_in_batches(tmp_path: Path, source: str, sqs: Any) 
     assert len(_raw(source)) == 35 and _left(sqs, queue_url) == 0
     [empty] = engine.run(load(root), [TASK], RunOptions())
     assert empty.ingest is not None and empty.ingest["received"] == 0
+
+
+def test_a_receive_that_fails_mid_batch_keeps_the_messages_already_received(
+    tmp_path: Path, sqs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 12 takes two receives (SQS gives at most 10 a call). The second failed (the
+    queue out of reach): the 10 received were dropped, to come back after the visibility timeout
+    with a higher receive count (into a dead-letter queue, with a low maxReceiveCount). They are
+    now ingested, and the next receive goes on."""
+    from sluicegate.exceptions import SourceUnavailable
+    from sluicegate.sqs import SqsQueue
+
+    source = f"sqlite:///{tmp_path / 'airmax.db'}"
+    queue_url = _queue(sqs)
+    _send(sqs, queue_url, [sns_body(f"m{i:03d}", "Gent", str(i)) for i in range(15)])
+    root = _project(tmp_path, source, sqs, queue_url)
+    toml = root / "tasks" / TASK / "task.toml"
+    toml.write_text(toml.read_text().replace("batch_size = 500", "batch_size = 12"))
+    real, receives = SqsQueue._call, []
+
+    def flaky(self: SqsQueue, what: str, **kwargs: Any) -> Any:
+        if what == "receive_message":
+            receives.append(what)
+            if len(receives) == 2:
+                raise SourceUnavailable(f"SQS queue {queue_url}: connection reset; will retry")
+        return real(self, what, **kwargs)
+
+    monkeypatch.setattr(SqsQueue, "_call", flaky)
+    [summary] = engine.run(load(root), [TASK], RunOptions())
+    assert summary.ingest is not None and summary.ingest["inserted"] == 15, summary.as_dict()
+    assert len(_raw(source)) == 15 and _left(sqs, queue_url) == 0
 
 
 def test_hostile_messages_are_parked_and_deleted_not_redelivered_forever(
