@@ -559,6 +559,23 @@ def test_configuration_errors_name_the_setting(tmp_path: Path, sqlite_url: str, 
     assert message in str(raised.value) and str(folder) in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "select",
+    ['SELECT city, count(*) AS "driver\'s count" FROM in_window GROUP BY city',
+     'SELECT city AS "a--b" FROM in_window GROUP BY city',
+     "SELECT city AS `it's` FROM in_window GROUP BY city"],
+)  # fmt: skip
+def test_a_quote_or_dashes_in_a_quoted_name_do_not_hide_in_window(
+    tmp_path: Path, sqlite_url: str, select: str
+) -> None:
+    """A ' or -- inside a double-quoted (or backticked) name was read as the start of a string or
+    a comment running to the end, so a select reading in_window was refused as not reading it."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(select)
+    project = load(root)
+    assert AGGREGATE in project.tasks, project.problems
+
+
 def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, sqlite_url: str) -> None:
     root = airmax_project(tmp_path / "proj", sqlite_url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text("SELECT 1 AS one FROM raw")
