@@ -27,6 +27,7 @@ address nobody configured): it is terminal, naming where it leads.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -85,6 +86,8 @@ def _setting(config: Mapping[str, Any], name: str, default: float, *, whole: boo
         number = float(value) if not isinstance(value, bool) else -1.0
     except (TypeError, ValueError):
         number = -1.0
+    if math.isnan(number) or (math.isinf(number) and name != "max_wait"):  # TOML's nan, inf
+        number = -1.0  # max_wait = inf: no cap on a Retry-After
     if number < 0 or (name == "timeout" and number == 0) or (whole and number != int(number)):
         kind = "a whole number of at least 0" if whole else "a number of seconds above 0"
         raise ConfigError(f"sluicegate.mds:trips for {who}: {name} {value!r} is not {kind}")

@@ -949,6 +949,12 @@ def test_mds_paging_that_loops_or_is_not_a_url_is_terminal(
         ("timeout", "30s", "timeout '30s' is not a number of seconds above 0"),
         ("timeout", 0, "timeout 0 is not a number of seconds above 0"),
         ("max_wait", None, "max_wait None is not a number of seconds"),
+        # TOML's inf and nan: int() of them raised OverflowError/ValueError, naming no setting
+        ("retries", float("inf"), "retries inf is not a whole number of at least 0"),
+        ("retries", float("nan"), "retries nan is not a whole number of at least 0"),
+        ("timeout", float("nan"), "timeout nan is not a number of seconds above 0"),
+        ("timeout", float("inf"), "timeout inf is not a number of seconds above 0"),
+        ("max_wait", float("nan"), "max_wait nan is not a number of seconds"),
     ],
 )
 def test_mds_settings_that_cannot_work_are_refused_before_any_request(
