@@ -576,6 +576,27 @@ def test_a_quote_or_dashes_in_a_quoted_name_do_not_hide_in_window(
     assert AGGREGATE in project.tasks, project.problems
 
 
+@pytest.mark.parametrize(
+    ("source", "select"),
+    [("mariadb://u:p@127.0.0.1:9/db", "SELECT 'it\\'s' AS note, count(*) AS n FROM in_window"),
+     (None, "SELECT E'it\\'s' AS note, count(*) AS n FROM in_window"),
+     (None, "SELECT 'C:\\' AS note, count(*) AS n FROM in_window WHERE 'a' = 'a'")],
+)  # fmt: skip
+def test_a_backslash_in_a_literal_does_not_hide_in_window(
+    tmp_path: Path, sqlite_url: str, source: str | None, select: str
+) -> None:
+    """MariaDB reads \\' in a literal as a quote (PostgreSQL in E'...' only): the check ended the
+    literal there, took the next ' for the start of another running to the end, and refused a
+    select reading in_window as not reading it (it loaded before that check)."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    if source is not None:
+        toml = root / "sluicegate.toml"
+        toml.write_text(toml.read_text().replace(f'url = "{sqlite_url}"', f'url = "{source}"', 1))
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(select)
+    project = load(root)
+    assert AGGREGATE in project.tasks, project.problems
+
+
 def test_a_broken_aggregate_task_exits_2_with_one_line(tmp_path: Path, sqlite_url: str) -> None:
     root = airmax_project(tmp_path / "proj", sqlite_url)
     (root / "tasks" / AGGREGATE / "select.sql").write_text("SELECT 1 AS one FROM raw")

@@ -58,10 +58,12 @@ _LEADING_WITH = re.compile(
 _READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
 # What is not SQL code: comments and string literals ('' is a quote inside one), left out when
 # looking for in_window: "-- in_window" passed, and each window aggregated the whole table. A
-# quoted name ("driver's", `a--b`) is matched first and kept: its ' or -- starts nothing.
-_NOT_CODE = re.compile(
-    r'("(?:[^"]|"")*"|`(?:[^`]|``)*`)' r"|--[^\n]*|/\*.*?(?:\*/|$)|'(?:[^']|'')*(?:'|$)", re.DOTALL
-)
+# quoted name ("driver's", `a--b`) is matched first and kept: its ' or -- starts nothing. In
+# MariaDB's literals and PostgreSQL's E'...', \' is a quote, not the end ('C:\' elsewhere).
+_ESCAPED = r"'(?:[^'\\]|\\.|'')*(?:'|$)"
+_NAMES_COMMENTS = r'("(?:[^"]|"")*"|`(?:[^`]|``)*`)' r"|--[^\n]*|/\*.*?(?:\*/|$)"
+_NOT_CODE = re.compile(rf"{_NAMES_COMMENTS}|\b[Ee]{_ESCAPED}|'(?:[^']|'')*(?:'|$)", re.DOTALL)
+_NOT_CODE_MARIADB = re.compile(rf"{_NAMES_COMMENTS}|{_ESCAPED}", re.DOTALL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +133,8 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         raise ConfigError(
             f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'
         )
-    if not _READS_WINDOW.search(_NOT_CODE.sub(lambda m: m[1] or " ", task.select_sql)):
+    not_code = _NOT_CODE_MARIADB if db.dialect_of(settings.source_url) is db.MARIADB else _NOT_CODE
+    if not _READS_WINDOW.search(not_code.sub(lambda m: m[1] or " ", task.select_sql)):
         raise ConfigError(
             f"{folder / 'select.sql'}: the select does not read {IN_WINDOW}, so the window bounds nothing; "
             f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"
