@@ -68,31 +68,32 @@ def bootstrap_start(spec: TaskSpec, end: dt.datetime) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
-    """How far back a not-yet-committed row may still land: ``(cap, None)`` or ``(None, reason)``.
+def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str | None]:
+    """Where a window must end for no later-committed row to land below it: ``(cap, None)``,
+    ``(None, None)`` (no cap) or ``(None, reason)`` (hold every window back).
 
-    PostgreSQL: the start of the oldest open transaction on the source database, other than
-    sluicegate's own readers and ledger, or the server's clock now when earlier (a server clock
-    behind this host's stamped later rows below an instant end); its writers (ingest, table
+    The cap is the start of the oldest open transaction less ``margin`` (a row it writes may be
+    stamped up to that much before it began), or the server's clock now when earlier (a clock
+    behind this host's stamps later rows below an end taken from this host's; no margin: a
+    period's end, an hour or a day, is not cut just after it). PostgreSQL: transactions on the
+    source database, other than sluicegate's own readers and ledger; its writers (ingest, table
     sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``) count like any other session.
-    MariaDB/MySQL: the start of the oldest open InnoDB transaction of another session connected
-    to the source's database (``information_schema.innodb_trx``, server-wide, joined to the
-    process list for the database; needs the ``PROCESS`` privilege; shown in the session's UTC,
-    in whole seconds, which only makes the cap earlier; a prepared XA transaction whose session
-    ended counts too, whatever its database), or the server's clock when earlier. SQLite: a reason
-    when a write transaction is open right now; PostgreSQL: one when a prepared transaction is.
-    """
+    MariaDB/MySQL: InnoDB transactions of other sessions connected to the source's database
+    (``information_schema.innodb_trx``, server-wide, joined to the process list for the
+    database; needs the ``PROCESS`` privilege; shown in the session's UTC, in whole seconds,
+    which only makes the cap earlier; a prepared XA transaction whose session ended counts too,
+    whatever its database). SQLite: a reason when a write transaction is open right now;
+    PostgreSQL: one when a prepared transaction is."""
     if source.dialect is db.MARIADB:
         # A prepared XA transaction whose session ended has thread id 0 and no database to
         # match: it counts whatever its database (an earlier cap, never a lost row).
-        rows = source.execute(  # LEAST is NULL with a NULL: no open transaction, the clock alone
-            "SELECT COALESCE(LEAST(min(t.trx_started), UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6))"
-            " FROM information_schema.innodb_trx AS t "
+        rows = source.execute(
+            "SELECT min(t.trx_started), UTC_TIMESTAMP(6) FROM information_schema.innodb_trx AS t "
             "LEFT JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
             "WHERE (p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID())"
             " OR t.trx_mysql_thread_id = 0"
         )
-        return rows[0][0], None
+        return _cap(rows[0][0], rows[0][1], margin), None
     if source.dialect is db.POSTGRESQL:
         # A prepared transaction (two-phase commit) has left pg_stat_activity, and its start is
         # nowhere: its rows may be stamped any time before it was prepared, so exports wait.
@@ -106,13 +107,13 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
                 f"prepared transaction {gid!r} (prepared {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) is open on"
                 f" the source; held back until COMMIT PREPARED or ROLLBACK PREPARED ends it"
             )
-        rows = source.execute(  # no earlier than the server's clock: its now() stamps later rows
-            "SELECT least(min(xact_start), clock_timestamp()) FROM pg_stat_activity"
+        rows = source.execute(
+            "SELECT min(xact_start), clock_timestamp() FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
             " AND application_name <> %s AND backend_type = 'client backend'",
             (db.APPLICATION_NAME,),
         )
-        return rows[0][0], None
+        return _cap(rows[0][0], rows[0][1], margin), None
     probe = sqlite3.connect(db.sqlite_path(source.url), timeout=0, isolation_level=None)
     try:
         probe.execute("BEGIN IMMEDIATE")
@@ -122,6 +123,11 @@ def commit_horizon(source: Any) -> tuple[dt.datetime | None, str | None]:
     finally:
         probe.close()
     return None, None
+
+
+def _cap(started: dt.datetime | None, clock: dt.datetime, margin: float) -> dt.datetime:
+    """The earlier of ``started`` (the oldest open transaction's) less ``margin`` and ``clock``."""
+    return clock if started is None else min(started - dt.timedelta(seconds=margin), clock)
 
 
 def horizon_problems(task: TaskSpec, source: Any) -> list[str]:
@@ -259,12 +265,10 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    horizon, held = commit_horizon(source)
+    horizon, held = commit_horizon(source, task.safety_margin)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
-    # A row an open transaction writes may carry a cursor up to safety_margin before that
-    # transaction began (a client's clock, a batch time): the window stops short of it.
-    capped = min(end, horizon - dt.timedelta(seconds=task.safety_margin)) if horizon else end
+    capped = min(end, horizon) if horizon else end  # see commit_horizon
     why = "a transaction that began then is still open (or the source's clock is there)"
     # The day of the end in zone, or in UTC when that is earlier (east of UTC, a writer's UTC
     # date, such as SQLite's date('now'), is a day behind): not over, its dates wait.

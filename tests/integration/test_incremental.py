@@ -675,6 +675,27 @@ def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
     assert _payloads(tmp_path) == ["after", "early"]
 
 
+@pytest.mark.parametrize(
+    "server",
+    [pytest.param("pg_url", marks=pytest.mark.pg), pytest.param("mariadb_url", marks=pytest.mark.mariadb)],
+)
+def test_an_hourly_window_ends_at_the_hour_however_large_the_margin(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The server's clock capped windows less safety_margin: with no transaction open, an
+    hourly run within the margin after the hour (here: a 2 h margin) ended its window inside the
+    last hour, and every later window was shifted; a daily run at midnight stuck on its file name.
+    The margin is for transactions' starts; the clock caps as it is."""
+    source = request.getfixturevalue(server)
+    root = _project(tmp_path, source, bootstrap="beginning", margin="2h")
+    rec = Records(source)
+    hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    rec.add("s1", hour - dt.timedelta(minutes=30), "last-hour")
+    summary = _run(root, export_type="hourly", entities=("s1",))
+    assert summary.entities[0]["end"] == hour.isoformat(), summary.entities
+    assert _payloads(tmp_path) == ["last-hour"]
+
+
 @pytest.mark.pg
 def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
     """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
