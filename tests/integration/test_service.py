@@ -431,6 +431,38 @@ def test_a_reexport_while_the_ledger_is_down_is_a_503_not_a_422(tmp_path: Path) 
         server.stop()
 
 
+@pytest.mark.pg
+def test_a_ledger_role_without_privileges_is_a_500_not_a_503(
+    tmp_path: Path, pg_server: Any, pg_url: str
+) -> None:
+    """A ledger role lacking its GRANTs is the deployment's error, not an outage to wait out:
+    it answered 503 ("try again later") like a ledger out of reach."""
+    import psycopg
+
+    sqlite3.connect(tmp_path / "s.db").close()
+    source = f"sqlite:///{tmp_path / 's.db'}"
+    owner = write_project(tmp_path / "owner", source=source, destination=str(tmp_path / "out"), ledger=pg_url)
+    with operations.ledger_of(load(owner)):  # the ledger's tables, made by their owner
+        pass
+    role, dbname = f"bare_{os.getpid()}", pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'bare'")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO {role}')
+    bare = f"postgresql://{role}:bare@{pg_server.host}:{pg_server.port}/{dbname}"
+    root = write_project(tmp_path / "proj", source=source, destination=str(tmp_path / "out"), ledger=bare)
+    server = Server(root)
+    try:
+        body = {"reexport": True, "time_min": "2024-01-01T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"}
+        answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=body)
+        assert answer.status_code == 500, answer.text
+        assert "sluicegate grants" in answer.json()["detail"], answer.text
+    finally:
+        server.stop()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     (root / "tasks" / "broken").mkdir()

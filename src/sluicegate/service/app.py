@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import operations
 from ..config import load_project
-from ..exceptions import ConfigError, LedgerError, SluicegateError, TransientError
+from ..exceptions import ConfigError, LedgerError, PermissionDenied, SluicegateError, TransientError
 from .deps import READ, ServiceState, authorized
 from .metrics import Metrics
 from .routes import exports, ops, runs, tasks
@@ -226,6 +226,8 @@ def _sentence(errors: list[dict[str, Any]]) -> str:
 
 async def _sluicegate_error(_request: Request, exc: Exception) -> JSONResponse:
     """A sluicegate error a route did not answer itself (the ledger out of reach or locked, a
-    broken ledger URL) gets its message: 503 when it may pass, else 500."""
-    status = 503 if isinstance(exc, TransientError | LedgerError) else 500
+    broken ledger URL) gets its message: 503 when it may pass, else 500 (a role lacking its
+    GRANTs is the deployment's to fix, not an outage to wait out)."""
+    passing = isinstance(exc, TransientError | LedgerError) and not isinstance(exc, PermissionDenied)
+    status = 503 if passing else 500
     return JSONResponse(status_code=status, content={"detail": str(exc)})
