@@ -148,8 +148,13 @@ class RunManager:
                         if where not in cores:
                             cores[where] = LedgerCore(s.ledger_url, schema=s.ledger_schema)
                         RunStore(cores[where]).heartbeat(run_id)
-                    except SluicegateError as exc:  # the run goes on; it may show as abandoned
-                        log.warning("run %s: heartbeat failed: %s", run_id, exc)
+                    except Exception as exc:  # any: this one thread beats for every waiting run
+                        log.warning(  # the run goes on; it may show as abandoned
+                            "run %s: heartbeat failed: %s",
+                            run_id,
+                            exc,
+                            exc_info=not isinstance(exc, SluicegateError),
+                        )
                         if (lost := cores.pop(where, None)) is not None:
                             lost.close()
         finally:
