@@ -180,3 +180,14 @@ def _imports(module: Path) -> set[str]:
 def test_configuration_and_partitions_do_not_import_each_other() -> None:
     assert "config" not in _imports(SRC / "partitions.py")
     assert "partitions" not in _imports(SRC / "config.py")
+
+
+def test_postgresql_orders_partition_keys_by_their_bytes() -> None:
+    """Marks lock partitions in Python's order of their pkeys (code points, = UTF-8 bytes); every
+    PostgreSQL statement that orders (and so locks) them by pkey must use that order, not the
+    database's collation (en-US puts "antwerp" before "Gent"): two orders of locking deadlock."""
+    import re
+
+    sql = (Path(sluicegate.__file__).parent / "sql" / "postgresql" / "partitions.sql").read_text()
+    ordered = re.findall(r"ORDER BY[^;]*?\bpkey\b(?:\s+COLLATE\s+\"C\")?", sql)
+    assert ordered and all(o.endswith('COLLATE "C"') for o in ordered), ordered
