@@ -329,7 +329,9 @@ def blocks_request(
     assert isinstance(task, blocks.Task)
     blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
     blocks.key_values(task, project.settings.source_url, request)
-    timeblocks.blocks_between(low, high, grain=task.grain, zone=task.zone)  # empty or too long: usage errors
+    blocks_asked = timeblocks.blocks_between(low, high, grain=task.grain, zone=task.zone)  # empty, too long
+    # not over: a service run was accepted (202), then failed; refused up front, as by the CLI
+    timeblocks.check_over(blocks_asked, dt.datetime.now(dt.UTC))
     return request
 
 

@@ -271,6 +271,8 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
         for bad, reason in (
             ({"time_min": "2020-03-01T00:00:00Z"}, "time_min needs time_max"),
             ({"time_min": "2020-03-02T00:00:00Z", "time_max": "2020-03-01T00:00:00Z"}, "is empty"),
+            # a future range was accepted (202), and the run then failed
+            ({"time_min": "2099-03-01T00:00:00Z", "time_max": "2099-03-01T03:00:00Z"}, "is not over yet"),
         ):
             answer = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=bad)
             assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text

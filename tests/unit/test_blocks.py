@@ -118,6 +118,8 @@ def blocks_cli(root: Path, *args: str, env: dict[str, str] | None = None) -> Any
 def ledger_rows(root: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(root / "data.db")
     try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sluicegate_blocks'").fetchone():
+            return []  # refused before the ledger was made
         return conn.execute(
             "SELECT key_value, label, stage, status, attempts, records_total, records_errors, error "
             "FROM sluicegate_blocks ORDER BY block_start, key_value, position"
@@ -135,7 +137,7 @@ def ledger_rows(root: Path) -> list[tuple[Any, ...]]:
         ({"time_max": "2020-1-1-1", "interval": 1}, 1),
         ({"time_max": "2020-1-1-1", "interval": 2}, 2),
         ({"time_max": "2020-1-1-1", "interval": 23}, 23),
-        ({"time_max": "2029-1-2-1", "time_min": "2029-1-1-1", "interval": 5}, 24),  # interval ignored
+        ({"time_max": "2019-1-2-1", "time_min": "2019-1-1-1", "interval": 5}, 24),  # interval ignored
     ],
 )
 def test_the_originals_cli_cases_give_as_many_blocks(
