@@ -324,15 +324,14 @@ def blocks_request(
         force=force,
         incomplete_only=incomplete_only,
     )
-    from .drivers import blocks
+    from .drivers import blocks, blocks_plan
 
     assert isinstance(task, blocks.Task)
     blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
     blocks.key_values(task, project.settings.source_url, request)
-    blocks_asked = timeblocks.blocks_between(low, high, grain=task.grain, zone=task.zone)  # empty, too long
-    # not over: a service run was accepted (202), then failed; refused up front, as by the CLI
-    timeblocks.check_over(blocks_asked, dt.datetime.now(dt.UTC))
-    return request
+    # empty, too long, not over (a service run was accepted (202), then failed) or none settled:
+    # refused up front, as by the CLI; cut to the settled blocks
+    return blocks_plan.settled_blocks(task, request)[0]
 
 
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:

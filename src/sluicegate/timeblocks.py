@@ -116,6 +116,27 @@ def check_over(blocks: list[Block], now: dt.datetime) -> None:
         )
 
 
+def settled(blocks: list[Block], now: dt.datetime, settle: float) -> list[Block]:
+    """The blocks that ended ``settle`` seconds or more before ``now`` (records come late: MDS
+    providers deliver trips hours after they end, a database commits a transaction later).
+
+    Raises UsageError when the last block is not over (:func:`check_over`), or none has settled:
+    the request would run nothing now.
+    """
+    check_over(blocks, now)
+    wait = dt.timedelta(seconds=settle)
+    ready = [b for b in blocks if b.end <= now - wait]
+    if blocks and not ready:
+        first = blocks[0]
+        raise UsageError(
+            f"no block of the range has settled: the first, {first.label}, ended at "
+            f"{first.end.isoformat()}, less than the task's settle ({wait}) ago, so it runs from "
+            f"{(first.end + wait).isoformat()}; ask again then, or for a range reaching further back "
+            "(a larger --interval)"
+        )
+    return ready
+
+
 def _hour_marks(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
     """The instants in ``(time_min, time_max]`` at which the local clock shows a whole hour.
 

@@ -301,6 +301,7 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         (('table = "trips"', 'table = "trips; drop"'), "is not a table name"),
         (('duration = "int"', 'duration = "integer"'), "'integer' is not a kind"),
         (("max_attempts = 3", "max_attemps = 3"), "max_attemps"),
+        (("max_attempts = 3", 'settle = "soon"'), "settle: 'soon' is not a duration"),
         (
             ('table = "trips"', 'table = "trips"\nmode = "merge"'),
             "'merge' is not valid; use one of upsert, replace",
@@ -787,6 +788,35 @@ def test_a_block_not_over_yet_is_refused_not_marked_done(tmp_path: Path, dry: bo
     # a --time-max inside the hour asks for the blocks that ended before it: the last hour's
     result = blocks_cli(root, "--time-max", now.isoformat(), *(["--dry-run"] if dry else []))
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_blocks_that_ended_less_than_settle_ago_are_left_out_and_run_later(
+    tmp_path: Path, dry: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A block one second old was extracted and done: the trips a provider delivered later were
+    never extracted. With settle, such blocks are left out (a warning) and the others run; a
+    range with no settled block is refused, before any row is made."""
+    root = make_project(tmp_path, task=TASK.format(extract_extra="", create="true").replace(
+        "max_attempts = 3", 'max_attempts = 3\nsettle = "2h"'))  # fmt: skip
+    etl = (root / "etl.py").read_text()  # no block empty or failing whatever the hour now
+    (root / "etl.py").write_text(etl.replace('("T03:00",)', "()").replace('("T05:00",)', "()"))
+    hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    flag = ["--dry-run"] if dry else []
+    result = blocks_cli(root, "--time-max", hour.isoformat(), "--interval", "4", *flag)
+    assert result.exit_code == 0, result.output
+    settled = {(hour - dt.timedelta(hours=h)).isoformat() for h in (2, 3)}  # ended 2 h ago or more
+    assert "2 block(s) from" in caplog.text and "left out: they ended less than settle" in caplog.text
+    if dry:
+        assert "12 (block, stage) would run" in result.output  # 2 blocks x 2 providers x 3 stages
+        assert ledger_rows(root) == []
+    else:
+        assert {c["end"] for c in calls(root, "extract")} == settled and len(calls(root, "extract")) == 4
+        assert len(ledger_rows(root)) == 2 * 2 * 3  # only the settled blocks have rows
+    refused = blocks_cli(root, "--time-max", hour.isoformat(), "--interval", "1", *flag)
+    assert refused.exit_code == 2, refused.output
+    assert "no block of the range has settled" in refused.output and "Traceback" not in refused.output
+    assert len(calls(root, "extract")) == (0 if dry else 4)
 
 
 def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_path: Path) -> None:

@@ -38,30 +38,21 @@ from ..timeblocks import (
     Grain,
     blocks_between,
     check_distinct_paths,
-    check_over,
     path_fields,
 )
 from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
 from .blocks_load import Loader
-from .blocks_plan import check_claims, check_grain, plan_entries
+from .blocks_plan import check_claims, check_grain, plan_entries, settled_blocks
 from .blocks_stages import StageRecorder, StageRunner, read_spec
 
 log = logging.getLogger(__name__)
 
 KEYS = (BASE_KEYS - {"format", "path"}) | {
-    "grain",
-    "zone",
-    "key",
-    "keys",
-    "keys_sql",
-    "stages",
-    "config",
-    "max_attempts",
-    "backoff",
-    "batch_size",
-}
+    "grain", "zone", "key", "keys", "keys_sql", "stages", "config", "max_attempts", "backoff", "batch_size",
+    "settle",
+}  # fmt: skip
 BLOCK_FIELDS = {"block", "start", "end", "label"}
 
 
@@ -81,6 +72,7 @@ class Task(TaskBase):
     max_attempts: int = 5
     backoff: float = 30.0
     batch_size: int = 50
+    settle: float = 0.0  # seconds after its end before a block runs: late records
 
     def typed_key(self, value: str) -> Any:
         """A key value as the source compares it (text: PostgreSQL casts an untyped parameter)."""
@@ -137,6 +129,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         ),
         backoff=validate.parse_duration(raw.get("backoff", settings.backoff), where=f"{where} backoff"),
         batch_size=validate.whole_number(raw.get("batch_size", 50), f"{where} batch_size"),
+        settle=validate.parse_duration(raw.get("settle", 0), where=f"{where} settle"),
     )
     for stage in stages:
         if stage.path is not None:
@@ -260,8 +253,7 @@ class Driver:
             return
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
-        blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
-        check_over(blocks, dt.datetime.now(dt.UTC))
+        request, blocks = settled_blocks(task, request)
         check_grain(task, self.context.ledger.blocks, range_of(task, request, keys), blocks)
         rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
@@ -284,9 +276,10 @@ class Driver:
             raise ConfigError("; ".join(problems))
         chosen = chosen_stages(task, request)
         keys = key_values(task, settings.source_url, request)
+        if request is not None:  # before any row: a block is done once, so only settled ones
+            request, blocks = settled_blocks(task, request)
+            self._ask(task, request, chosen, keys, range_of(task, request, keys), blocks)
         where = range_of(task, request, keys)
-        if request is not None:
-            self._ask(task, request, chosen, keys, where)
         recorder = StageRecorder(
             task, store, settings.lease, summary, delete=ctx.destination.delete, feed=ctx.feed(task)
         )
@@ -320,11 +313,10 @@ class Driver:
         chosen: Sequence[StageSpec],
         keys: Sequence[str],
         where: RangeQuery,
+        blocks: list[Block],
     ) -> None:
         """The request's rows created, then its stages forced or unparked as asked."""
         store = self.context.ledger.blocks
-        blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
-        check_over(blocks, dt.datetime.now(dt.UTC))  # before any row: an unfinished block would be done
         check_grain(task, store, where, blocks)
         store.ensure(task.name, keys, blocks, [s.name for s in task.stages])
         if request.force:
@@ -497,4 +489,5 @@ def describe(task: Task) -> dict[str, Any]:
         "grain": task.grain,
         "zone": task.zone,
         "stages": [s.name for s in task.stages],
+        "settle": task.settle,
     }

@@ -10,19 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError
 from ..ledger import BlockStore, RangeQuery
-from ..timeblocks import Block, BlockRequest, blocks_between
+from ..timeblocks import Block, BlockRequest, blocks_between, settled
 
 if TYPE_CHECKING:
     from .blocks import Task
 
+log = logging.getLogger(__name__)
+
 LONGEST = dt.timedelta(hours=26)  # longer than any block (a fall-back day)
 
 RUNS = "runs"  # the state of a stage this run would run (its later stages may follow)
+
+
+def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, list[Block]]:
+    """The request cut to its blocks that ended ``settle`` ago or more, and those blocks.
+
+    The later ones are left out, with a warning: a cron asking every hour for the hours up to
+    now runs each block once it has settled (its range reaching back beyond ``settle``). A range
+    whose last block is not over, or none of whose blocks has settled, is a UsageError.
+    """
+    blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
+    ready = settled(blocks, dt.datetime.now(dt.UTC), task.settle)
+    if len(ready) < len(blocks):
+        log.warning(
+            "%s: %d block(s) from %s on left out: they ended less than settle (%s) ago, and records"
+            " may still come; a later request that covers them runs them",
+            task.name,
+            len(blocks) - len(ready),
+            blocks[len(ready)].label,
+            dt.timedelta(seconds=task.settle),
+        )
+        request = dataclasses.replace(request, time_max=ready[-1].end)
+    return request, ready
 
 
 def plan_entries(
