@@ -11,10 +11,12 @@ refuses. ``create = true`` makes the table from the declared kinds (:meth:`Colum
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +117,49 @@ class Rows:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LastPerKey:
+    """A block's records with one per key, the last (the one a table upserting them all keeps), in
+    their order; ``numbers``: their places among the records that came; ``duplicates``: how many
+    records a later one of their key replaced, with the first few ``messages``."""
+
+    records: list[Any]
+    numbers: list[int]
+    duplicates: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def last_per_key(records: Iterable[Any], columns: Columns | None) -> LastPerKey:
+    """The records, the last per key of ``columns``: what a load by that key leaves in its table,
+    whatever its mode, so a publish of them has the same rows. A record that does not fit the
+    columns is kept as it is (the load rejects it); without a key, every record is kept."""
+    kept: dict[Any, tuple[int, Any]] = {}
+    duplicates, messages = 0, list[str]()
+    for number, record in enumerate(records, 1):
+        key: Any = ("", number)  # unique: not deduplicated
+        if columns is not None and columns.key:
+            with contextlib.suppress(ValueError):
+                named = dict(zip(columns.names, columns.values(record), strict=True))
+                key = tuple(json.dumps(named[k], sort_keys=True, default=str) for k in columns.key)
+        if key in kept:
+            duplicates += 1
+            if len(messages) < MAX_MESSAGES:
+                shown = ", ".join(
+                    f"{k}={json.loads(v)!r}" for k, v in zip(columns.key if columns else (), key, strict=True)
+                )
+                messages.append(
+                    f"record {kept[key][0]}: {shown} comes again in record {number}; the last is kept"
+                )
+        kept[key] = (number, record)
+    ordered = sorted(kept.values(), key=lambda pair: pair[0])
+    return LastPerKey(
+        records=[r for _, r in ordered],
+        numbers=[n for n, _ in ordered],
+        duplicates=duplicates,
+        messages=messages,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Columns:
     """The declared columns of a table, in table order, and its key columns (none for a replace)."""
 
@@ -126,11 +171,14 @@ class Columns:
         """The column names."""
         return tuple(name for name, _ in self.columns)
 
-    def rows(self, records: Iterable[Mapping[str, Any]], flavor: Flavor) -> Rows:
-        """The records as rows for a table of ``flavor``; records that do not fit are counted."""
+    def rows(
+        self, records: Iterable[Mapping[str, Any]], flavor: Flavor, numbers: Sequence[int] | None = None
+    ) -> Rows:
+        """The records as rows for a table of ``flavor``; records that do not fit are counted (and
+        named by their ``numbers`` in the artifact: 1, 2, ... by default)."""
         rows: list[tuple[Any, ...]] = []
         errors, messages = 0, list[str]()
-        for number, record in enumerate(records, 1):
+        for number, record in zip(numbers or itertools.count(1), records, strict=False):
             try:
                 rows.append(self._row(record, flavor))
             except ValueError as exc:
@@ -194,3 +242,34 @@ def _stored(value: Any, kind: str, flavor: Flavor) -> Any:
 
         return Jsonb(value, dumps=str)  # already JSON text: sent as jsonb, not as text
     return value
+
+
+class Fitting:
+    """The records of an artifact as rows of the declared ``columns`` (as they are without any),
+    the last per key of the load's ``loaded`` columns (the table's rows); a record that does not fit is
+    left out with its reason in ``skipped`` (the load counted it already), not the block's failure.
+    ``seen``: the records read so far (duplicates left out)."""
+
+    def __init__(
+        self, records: Iterable[Any], columns: Sequence[tuple[str, str]], loaded: Columns | None
+    ) -> None:
+        self.last = last_per_key(records, loaded) if loaded is not None and loaded.key else None
+        self.records = (
+            zip(self.last.numbers, self.last.records, strict=True) if self.last else enumerate(records, 1)
+        )
+        self.columns = Columns(columns=tuple(columns))
+        self.skipped: list[str] = []
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for number, record in self.records:
+            self.seen += 1
+            if not self.columns.columns:  # no declared columns: the records as they are
+                yield record
+                continue
+            try:
+                row = self.columns.values(record)
+            except ValueError as exc:
+                self.skipped.append(f"record {number}: {exc}")
+                continue
+            yield row

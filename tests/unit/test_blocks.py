@@ -819,6 +819,54 @@ def test_blocks_that_ended_less_than_settle_ago_are_left_out_and_run_later(
     assert len(calls(root, "extract")) == (0 if dry else 4)
 
 
+DUPS_TASK = """
+kind = "blocks"
+zone = "UTC"
+[extract]
+callable = "dups:trips"
+path = "{stage}/{label}.jsonl"
+[load]
+table = "trips"
+key = ["trip_id"]
+mode = "MODE"
+create = true
+columns = { trip_id = "text", duration = "int" }
+[publish]
+path = "pub/{label}.csv"
+format = "csv"
+columns = { duration = "int" }
+"""
+
+
+@pytest.mark.parametrize("mode", ["upsert", "insert", "replace"])
+def test_a_key_twice_in_a_block_is_published_as_loaded_and_counted_a_duplicate(
+    tmp_path: Path, mode: str
+) -> None:
+    """The load kept the last record of a key (replace: the first) and counted both as
+    processed; the publish file had both: file and table disagreed. Both have the last record
+    per key now, and the other is counted a duplicate, not processed."""
+    root = make_project(tmp_path, task=DUPS_TASK.replace("MODE", mode))
+    (root / "dups.py").write_text(
+        'def trips(block, config):\n    return [{"trip_id": "t", "duration": 0}, {"trip_id": "t", "duration": 99}]\n'
+    )
+    sys.modules.pop("dups", None)
+    result = CliRunner().invoke(
+        main, ["-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(root / "data.db")
+    try:
+        assert conn.execute("SELECT trip_id, duration FROM trips").fetchall() == [("t", 99)]
+    finally:
+        conn.close()
+    assert (root / "out" / "pub" / "2020-01-01T01:00+00:00.csv").read_text().split() == ["duration", "99"]
+    stages = {e["stage"]: e for e in json.loads(result.output)[0]["stages"]}
+    for stage in ("load", "publish"):
+        entry = stages[stage]
+        assert (entry["records"], entry["processed"], entry["errors"], entry["duplicates"]) == (2, 1, 0, 1)
+        assert "trip_id='t'" in entry["error"] and "the last is kept" in entry["error"]
+
+
 def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_path: Path) -> None:
     """keys_sql gives 1; select.sql's key is an expression (no integer affinity on SQLite), which
     compared 1 with the ledger's '1' as different: every block was "no data", never retried."""

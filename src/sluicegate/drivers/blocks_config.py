@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,12 @@ def declared(stage: StageSpec) -> records.Columns:
     """A load's declared columns and key."""
     assert stage.target is not None
     return records.Columns(columns=stage.columns, key=stage.target.key)
+
+
+def loaded(stages: Sequence[StageSpec]) -> records.Columns | None:
+    """The declared columns and key of the first built-in load: the rows a built-in publish has
+    (the last record per key), so file and table agree."""
+    return next((declared(s) for s in stages if s.target is not None), None)
 
 
 def _publish(raw: Mapping[str, Any], common: dict[str, Any], where: str) -> StageSpec:

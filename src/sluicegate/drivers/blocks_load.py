@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import db, mariadb_conn
 from ..exceptions import DataError, LedgerError, SluicegateError, TerminalError
 from ..ledger import StageClaim, StageResult
-from ..records import MAX_MESSAGES, Rows
+from ..records import MAX_MESSAGES, LastPerKey, Rows, last_per_key
 from ..tables import Rejected, TableSink
 from . import Context
 from .blocks_config import StageSpec, declared
@@ -58,12 +58,15 @@ class Loader:
         recorded = False
         try:
             sink = self._sink(stage)
-            rows = declared(stage).rows(read(claim), sink.db.flavor)
+            # the last record per key, whatever the mode: what the publish has (an upsert kept the
+            # last, insert and replace the first; the file had both)
+            last = last_per_key(read(claim), declared(stage))
+            rows = declared(stage).rows(last.records, sink.db.flavor, last.numbers)
             rejected: Rejected = []
 
             def before_commit(cur: Any) -> None:
                 nonlocal recorded
-                result = self._load_result(stage, claim, rows, rejected)  # all rejected: abandon
+                result = self._load_result(stage, claim, rows, rejected, last)  # all rejected: abandon
                 if shared and cur is not None:
                     if not self.recorder.store.commit(result, cur=cur, forget=self.recorder.forgetter(claim)):
                         raise _Lost(f"{unit_key(claim)}: the claim was taken over; nothing was written")
@@ -72,12 +75,12 @@ class Loader:
             if rows.rows:
                 sink.write(declared(stage).names, rows.rows, before_commit=before_commit, rejected=rejected)
                 self.context.fault("after_load_commit")  # the rows are in; the record may not be
-            result = self._load_result(stage, claim, rows, rejected)
+            result = self._load_result(stage, claim, rows, rejected, last)
         except _AllRejected as exc:
             self.recorder.failed(claim, exc, counts=exc.counts)
             return
         except _Lost:
-            self.recorder.finish(self._load_result(stage, claim, rows, rejected), done=False)
+            self.recorder.finish(self._load_result(stage, claim, rows, rejected, last), done=False)
             return
         except Exception as exc:
             if not isinstance(exc, DataError):  # a lost connection: the next block reconnects
@@ -93,20 +96,22 @@ class Loader:
         self.recorder.finish(result, done=True if recorded else None)
 
     def _load_result(
-        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected
+        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected, last: LastPerKey
     ) -> StageResult:
-        """What a load records: counts and the first messages; raises _AllRejected when no record
-        of the block was written although it had some."""
+        """What a load records: counts (a record another of its key replaced is a duplicate) and the
+        first messages; raises _AllRejected when no record of the block was written although it had some."""
         assert stage.target is not None
         columns = declared(stage)
         messages = rows.messages + [f"{columns.shown_key(tuple(row))}: {exc}" for row, exc in rejected]
         processed, errors = len(rows.rows) - len(rejected), rows.errors + len(rejected)
+        total = rows.total + last.duplicates
         if rows.total and not processed:
             raise _AllRejected(
                 f"all {rows.total} records were rejected: {'; '.join(messages[:MAX_MESSAGES])}",
-                counts=(rows.total, 0, errors),
+                counts=(total, 0, errors),
             )
-        return stage_result(claim, rows.total, processed, errors, messages[:MAX_MESSAGES], stage.target.table)
+        messages = (messages + last.messages)[:MAX_MESSAGES]
+        return stage_result(claim, total, processed, errors, messages, stage.target.table, last.duplicates)
 
     def _sink(self, stage: StageSpec) -> TableSink:
         """The stage's table sink, opened (and its table created, with ``create``) once per run."""

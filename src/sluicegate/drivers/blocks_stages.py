@@ -23,12 +23,12 @@ from ..formats.jsonl import read_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
-from ..records import MAX_MESSAGES, Columns
+from ..records import MAX_MESSAGES, Fitting
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
-from .blocks_config import StageSpec, import_callable
+from .blocks_config import StageSpec, import_callable, loaded
 
 if TYPE_CHECKING:
     from .blocks import Task
@@ -101,7 +101,7 @@ class StageRecorder:
         self.store = store
         self.lease = lease
         self.summary = summary
-        self.skipped: dict[int, list[str]] = {}  # claim id: a publish's records that did not fit
+        self.fitted: dict[int, Fitting] = {}  # claim id: a publish's records (those that did not fit)
         self._delete = delete  # the destination's: files of later stages a "no data" makes stale
         self._feed = feed  # the change feed, told of those deletions
         self._files = {s.name for s in task.stages if s.path is not None}
@@ -134,11 +134,14 @@ class StageRecorder:
         return [self.record(r, done=done) for r, done in zip(results, recorded, strict=True)]
 
     def _result(self, o: Outcome) -> StageResult:
-        skipped = self.skipped.pop(o.unit.handle.id, [])
+        fit = self.fitted.pop(o.unit.handle.id, None)
+        skipped, dups = (fit.skipped, fit.last) if fit else ([], None)
+        duplicates, messages = (dups.duplicates, dups.messages) if dups else (0, [])
         return StageResult(
             claim=o.unit.handle, status="done" if o.rows or skipped else "no_data",
-            total=o.rows + len(skipped), processed=o.rows, errors=len(skipped),
-            error="; ".join(skipped[:MAX_MESSAGES])[:2000] or None,
+            total=o.rows + len(skipped) + duplicates, processed=o.rows, errors=len(skipped),
+            duplicates=duplicates,
+            error="; ".join((skipped + messages)[:MAX_MESSAGES])[:2000] or None,
             artifact=o.path, bytes=o.nbytes if o.path else None, checksum=o.checksum,
         )  # fmt: skip
 
@@ -149,15 +152,8 @@ class StageRecorder:
         """
         if done is None:
             done = self.store.commit(result, forget=self.forgetter(result.claim))
-        self._entry(
-            result.claim,
-            result.status if done else "lost",
-            result.total,
-            result.processed,
-            result.errors,
-            result.artifact,
-            result.error,
-        )
+        counts = (result.total, result.processed, result.errors, result.duplicates)
+        self._entry(result.claim, result.status if done else "lost", *counts, result.artifact, result.error)
         return done
 
     def finish(self, result: StageResult, *, done: bool | None = None) -> None:
@@ -194,7 +190,7 @@ class StageRecorder:
             counts=counts,
         )
         total, processed, errors = counts or (0, 0, 0)
-        self._entry(claim, "failed", total, processed, errors, None, str(error))
+        self._entry(claim, "failed", total, processed, errors, 0, None, str(error))
 
     def renew(self, tokens: Collection[str]) -> None:
         """Extend the leases of the claims in hand."""
@@ -212,6 +208,7 @@ class StageRecorder:
         total: int,
         processed: int,
         errors: int,
+        duplicates: int,
         artifact: str | None,
         error: str | None,
     ) -> None:
@@ -224,6 +221,7 @@ class StageRecorder:
                 "records": total,
                 "processed": processed,
                 "errors": errors,
+                "duplicates": duplicates,  # records another of their key replaced: not processed
                 "artifact": artifact,
                 **({"error": error} if error else {}),
             }
@@ -374,15 +372,18 @@ class StageRunner:
         return read
 
     def _artifact_chunks(self, stage: StageSpec) -> Any:
-        columns = stage.columns
+        columns, keyed = stage.columns, loaded(self.task.stages)  # the table's rows: the last per key
 
         def read(units: Sequence[WorkUnit]) -> Iterator[tuple[int, Any]]:
             for index, unit in enumerate(units):
                 try:
-                    skipped = self.recorder.skipped[unit.handle.id] = []
-                    records = _Fitting(self.artifact(unit.handle), columns, skipped)
+                    records = self.recorder.fitted[unit.handle.id] = Fitting(
+                        self.artifact(unit.handle), columns, keyed
+                    )
                     yield from ((index, chunk) for chunk in _chunks(records, unit.key))
-                    if skipped and len(skipped) == records.seen:  # as the load: nothing fit, it failed
+                    if (skipped := records.skipped) and len(
+                        skipped
+                    ) == records.seen:  # as the load: it failed
                         raise DataError(f"{unit.key}: all {len(skipped)} records were rejected: {skipped[0]}")
                 except SluicegateError as exc:  # this block's artifact; the others go on
                     yield index, UnitFailed(exc)
@@ -424,7 +425,13 @@ class StageRunner:
 
 
 def stage_result(
-    claim: StageClaim, total: int, processed: int, errors: int, messages: list[str], artifact: str | None
+    claim: StageClaim,
+    total: int,
+    processed: int,
+    errors: int,
+    messages: list[str],
+    artifact: str | None,
+    duplicates: int = 0,
 ) -> StageResult:
     """A stage finished block by block: ``done`` with its counts, or ``no_data`` without records."""
     return StageResult(
@@ -433,6 +440,7 @@ def stage_result(
         total=total,
         processed=processed,
         errors=errors,
+        duplicates=duplicates,
         artifact=artifact,
         error="; ".join(messages)[:2000] or None,
     )
@@ -453,31 +461,6 @@ def _chunks(records: Iterable[Any], where: str) -> Iterator[list[Any]]:
 
 def _columns(stage: StageSpec) -> list[Column]:
     return [Column(name=name, kind=COLUMN_KIND[kind]) for name, kind in stage.columns]
-
-
-class _Fitting:
-    """The records of an artifact as rows of the declared columns; a record that does not fit
-    is left out with its reason in ``skipped`` (the load counted it already), not the block's
-    failure. ``seen``: the records read so far."""
-
-    def __init__(
-        self, records: Iterable[Any], columns: Sequence[tuple[str, str]], skipped: list[str]
-    ) -> None:
-        self.records, self.skipped, self.seen = iter(records), skipped, 0
-        self.columns = Columns(columns=tuple(columns))
-
-    def __iter__(self) -> Iterator[Any]:
-        for record in self.records:
-            self.seen += 1
-            if not self.columns.columns:  # no declared columns: the records as they are
-                yield record
-                continue
-            try:
-                row = self.columns.values(record)
-            except ValueError as exc:
-                self.skipped.append(f"record {self.seen}: {exc}")
-                continue
-            yield row
 
 
 def _counts(counts: Any, where: str) -> tuple[int, int, int]:

@@ -64,6 +64,7 @@ class StageResult:
     total: int = 0
     processed: int = 0
     errors: int = 0
+    duplicates: int = 0  # records a later one of their key replaced (in total, not processed; not stored)
     artifact: str | None = None
     bytes: int | None = None
     checksum: str | None = None
