@@ -381,9 +381,8 @@ class StageRunner:
                         self.artifact(unit.handle), columns, keyed
                     )
                     yield from ((index, chunk) for chunk in _chunks(records, unit.key))
-                    if (skipped := records.skipped) and len(
-                        skipped
-                    ) == records.seen:  # as the load: it failed
+                    skipped = records.skipped
+                    if skipped and len(skipped) == records.seen:  # as the load: nothing fit, it failed
                         raise DataError(f"{unit.key}: all {len(skipped)} records were rejected: {skipped[0]}")
                 except SluicegateError as exc:  # this block's artifact; the others go on
                     yield index, UnitFailed(exc)
