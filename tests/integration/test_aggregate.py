@@ -768,3 +768,35 @@ def test_a_mariadb_time_the_file_cannot_hold_names_a_cast_mariadb_takes(
     result = _evaluate(root, T)
     assert result.state == "failed" and result.error is not None and "column 'span'" in result.error
     assert "CAST(span AS CHAR) AS span" in result.error, result.error
+
+
+def test_a_sqlite_window_column_of_unix_seconds_fails_check_and_run_and_keeps_the_table(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """julianday(1710072000) is NULL: with Unix seconds in the window column no row was in any
+    window, check said ok, and each evaluation replaced the readers' table with nothing."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    add_raw(
+        sqlite_url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=1), 2.0)]
+    )
+    db = tables.TableDb(sqlite_url)
+    db.execute("ALTER TABLE raw ADD COLUMN measured INTEGER")
+    db.execute("UPDATE raw SET measured = CAST(strftime('%s', measurement_time_utc) AS INTEGER)")
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('column = "measurement_time_utc"', 'column = "measured"'))
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "raw.measured holds 1710068400 (integer)" in proc.stderr and "'unixepoch'" in proc.stderr
+    db.execute(
+        "INSERT INTO current_air_quality (city, parameter_name, parameter_unit, parameter_value, num_measurements,"
+        " evaluation_time_utc) VALUES ('Gent', 'pm25', 'ug/m3', 1.0, 1, '2024-03-10T11:55:00Z')"  # good rows, from before
+    )
+    failed = _evaluate(root, T)
+    assert failed.state == "failed" and "raw.measured holds 1710068400 (integer)" in str(failed.error)
+    assert len(table(sqlite_url)) == 1  # the readers' table keeps the last good evaluation
+    fix = re.search(r"\((?:Unix seconds: )(UPDATE .*)\)$", str(failed.error))
+    assert fix is not None
+    db.execute(fix.group(1))  # the fix the message gives works
+    db.close()
+    assert cli(root, "check").returncode == 0
+    assert _evaluate(root, T + dt.timedelta(minutes=5)).rows == 2

@@ -40,6 +40,7 @@ from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
+from .aggregate_check import unreadable_times
 from .aggregate_file import render_path, write_file
 
 UTC = dt.UTC
@@ -258,7 +259,9 @@ def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str],
     return [*names, task.evaluation_column], [(*row, tick) for row in rows]
 
 
-def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
+def _select(
+    url: str, task: Task, tick: dt.datetime, *, forms: bool = True
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     source = tables.TableDb(url)
     if source.flavor == "postgresql":  # json values as their text: psycopg cannot send a dict back
         from psycopg.types.string import TextLoader
@@ -267,6 +270,8 @@ def _select(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tu
             source.conn.adapters.register_loader(name, TextLoader)
         tabledb.read_times_leniently(source.conn)  # 'infinity' failed naming no column
     try:
+        if forms and source.flavor == "sqlite" and (problem := unreadable_times(source, task)):
+            raise DataError(problem)
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
         names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
@@ -447,15 +452,21 @@ class Driver:
 
 def check(task: Task, source: Source) -> list[str]:
     """Compile the evaluation's select (no rows read) and check the table sink's columns."""
-    problems = []
+    problems: list[str] = []
     tick = dt.datetime.now(UTC).replace(microsecond=0)
     try:
         no_rows = dataclasses.replace(task, width=0.000001, since_previous_tick=False)
-        names, _ = _select(source.url, no_rows, tick)  # no rows read
+        names, _ = _select(source.url, no_rows, tick, forms=False)  # no rows read
     except SluicegateError as exc:
         return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
     if (clash := _clash(task, names)) is not None:
         return [clash]
+    if tables.flavor_of(source.url) == "sqlite":
+        window = tables.TableDb(source.url)
+        try:
+            problems += [p for p in [unreadable_times(window, task)] if p]
+        finally:
+            window.close()
     columns = [*names, task.evaluation_column]
     try:
         with tables.TableSink(task.target) as sink:
