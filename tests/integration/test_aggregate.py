@@ -23,6 +23,7 @@ from airmax_support import AGGREGATE, add_raw, airmax_project, stamps, table
 from sluicegate import engine, tables
 from sluicegate.drivers import Context
 from sluicegate.drivers import aggregate as agg
+from sluicegate.drivers.aggregate_check import reads_window
 from sluicegate.exceptions import ConfigError
 from sluicegate.options import RunOptions
 from sluicegate.schedules import due_tick
@@ -531,6 +532,11 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          'table = "t"', "/* FROM in_window */ SELECT city FROM raw GROUP BY city", "does not read in_window"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
          'table = "t"', "SELECT city, 'it''s in_window' AS note FROM raw GROUP BY city", "does not read in_window"),
+        # in_window only as a name the select gives: the select read raw, the whole table
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "SELECT city, count(*) AS in_window FROM raw GROUP BY city", "does not read in_window"),
+        ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n[destination]\n'
+         'table = "t"', "SELECT in_window.city FROM raw AS in_window GROUP BY 1", "does not read in_window"),
         ('kind = "aggregate"\nevery = "5m"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\nstep = 1\n'
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
         ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
@@ -800,3 +806,43 @@ def test_a_sqlite_window_column_of_unix_seconds_fails_check_and_run_and_keeps_th
     db.close()
     assert cli(root, "check").returncode == 0
     assert _evaluate(root, T + dt.timedelta(minutes=5)).rows == 2
+
+
+@pytest.mark.parametrize(
+    ("flavor", "select", "reads"),
+    [
+        # passed as reading the window, and each window aggregated the whole table
+        ("mariadb", "SELECT city FROM raw # in_window\nGROUP BY city", False),
+        ("mariadb", 'SELECT city, "in_window" AS note FROM raw GROUP BY city', False),
+        ("mariadb", "SELECT city, 'it\\'s in_window' AS note FROM raw GROUP BY city", False),
+        ("postgresql", "SELECT city, $$ in_window $$ AS note FROM raw GROUP BY city", False),
+        ("postgresql", "SELECT city, $q$ it's in_window $q$ AS note FROM raw GROUP BY city", False),
+        ("sqlite", "SELECT city, count(*) AS in_window FROM raw GROUP BY city", False),
+        ("postgresql", 'SELECT city, count(*) AS "in_window" FROM raw GROUP BY city', False),
+        # what reads it still does, in each dialect
+        ("postgresql", "SELECT a # b AS x FROM in_window", True),  # # is an operator there
+        ("postgresql", "SELECT price$usd, cost$usd FROM in_window", True),  # $ inside names
+        ("postgresql", 'SELECT count(*) FROM "in_window"', True),
+        ("postgresql", "SELECT in_window.city FROM in_window GROUP BY 1", True),
+        ("postgresql", "SELECT $$x$$ AS a, w.city FROM in_window AS w", True),
+        ("mariadb", "SELECT 1--1 AS a FROM in_window", True),  # -- without a space is no comment
+        ("mariadb", "SELECT '\\\\' AS a FROM in_window", True),  # a string of one backslash
+        ("mariadb", "SELECT count(*) FROM `in_window`", True),
+        ("sqlite", 'SELECT count(*) FROM "in_window" AS w', True),
+        ("sqlite", "SELECT count(*) FROM stations JOIN in_window USING (city)", True),
+    ],
+)  # fmt: skip
+def test_in_window_counts_only_as_code_of_the_source_dialect(
+    flavor: tables.Flavor, select: str, reads: bool
+) -> None:
+    assert reads_window(select, flavor) is reads
+
+
+@pytest.mark.pg
+def test_a_postgresql_dollar_quoted_in_window_is_refused_at_load(tmp_path: Path, pg_url: str) -> None:
+    root = airmax_project(tmp_path / "proj", pg_url)
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, $$in_window$$ AS note FROM raw GROUP BY city"
+    )
+    with pytest.raises(ConfigError, match="does not read in_window"):
+        load(root).task(AGGREGATE)

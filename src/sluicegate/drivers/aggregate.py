@@ -40,11 +40,10 @@ from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
-from .aggregate_check import unreadable_times
+from .aggregate_check import IN_WINDOW, reads_window, unreadable_times
 from .aggregate_file import render_path, write_file
 
 UTC = dt.UTC
-IN_WINDOW = "in_window"
 WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
 DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
@@ -56,15 +55,6 @@ MAX_DELAY = 3600.0  # a failed tick is retried after backoff, doubling per attem
 _LEADING_WITH = re.compile(
     r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH(\s+RECURSIVE)?\s+", re.IGNORECASE | re.DOTALL
 )
-_READS_WINDOW = re.compile(rf"\b{IN_WINDOW}\b", re.IGNORECASE)
-# What is not SQL code: comments and string literals ('' is a quote inside one), left out when
-# looking for in_window: "-- in_window" passed, and each window aggregated the whole table. A
-# quoted name ("driver's", `a--b`) is matched first and kept: its ' or -- starts nothing. In
-# MariaDB's literals and PostgreSQL's E'...', \' is a quote, not the end ('C:\' elsewhere).
-_ESCAPED = r"'(?:[^'\\]|\\.|'')*(?:'|$)"
-_NAMES_COMMENTS = r'("(?:[^"]|"")*"|`(?:[^`]|``)*`)' r"|--[^\n]*|/\*.*?(?:\*/|$)"
-_NOT_CODE = re.compile(rf"{_NAMES_COMMENTS}|\b[Ee]{_ESCAPED}|'(?:[^']|'')*(?:'|$)", re.DOTALL)
-_NOT_CODE_MARIADB = re.compile(rf"{_NAMES_COMMENTS}|{_ESCAPED}", re.DOTALL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +124,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         raise ConfigError(
             f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'
         )
-    not_code = _NOT_CODE_MARIADB if db.dialect_of(settings.source_url) is db.MARIADB else _NOT_CODE
-    if not _READS_WINDOW.search(not_code.sub(lambda m: m[1] or " ", task.select_sql)):
+    if not reads_window(task.select_sql, tables.flavor_of(settings.source_url, "[source] url")):
         raise ConfigError(
             f"{folder / 'select.sql'}: the select does not read {IN_WINDOW}, so the window bounds nothing; "
             f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"

@@ -1,14 +1,43 @@
-"""Checks of an aggregate task that read its window table: can SQLite read the window column's
-values as times."""
+"""Checks of an aggregate task that read its SQL or its window table: does the select read the
+window (``in_window`` as code, in the source database's dialect), and can SQLite read the
+window column's values as times."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from .. import tables
 
 if TYPE_CHECKING:
     from .aggregate import Task
+
+IN_WINDOW = "in_window"
+# What is not SQL code, per dialect: comments and string literals, left out when looking for
+# in_window ("-- in_window" passed, and each window aggregated the whole table). ('' is a quote
+# inside a string everywhere; MariaDB also escapes with a backslash, and without ANSI_QUOTES a
+# double-quoted text is a string; PostgreSQL has $$ ... $$ and $tag$ ... $tag$ strings.)
+_BLOCK = r"/\*.*?(?:\*/|$)"
+_NOT_CODE = {
+    "sqlite": re.compile(rf"--[^\n]*|{_BLOCK}|'(?:[^']|'')*(?:'|$)", re.DOTALL),
+    "postgresql": re.compile(
+        rf"--[^\n]*|{_BLOCK}|'(?:[^']|'')*(?:'|$)|(?<![\w$])\$([A-Za-z_]\w*|)\$.*?(?:\$\1\$|$)", re.DOTALL
+    ),
+    "mariadb": re.compile(
+        rf"(?:--(?=\s|$)|#)[^\n]*|{_BLOCK}|'(?:[^'\\]|\\.|'')*(?:'|$)|\"(?:[^\"\\]|\\.|\"\")*(?:\"|$)",
+        re.DOTALL,
+    ),
+}
+# in_window as a name read, not one given (SELECT count(*) AS in_window FROM raw reads no window,
+# nor does FROM raw AS in_window), nor a qualifier (in_window.city, that alias's column).
+_NAMED_WINDOW = re.compile(rf"(\bAS\s+[\"`\[]?)?\b{IN_WINDOW}\b(?![\"`\]]?\s*\.)", re.IGNORECASE)
+
+
+def reads_window(select_sql: str, flavor: tables.Flavor) -> bool:
+    """Whether the select names ``in_window`` in its code (not in a comment or a string, not as a
+    name it gives with ``AS``, not as the qualifier of a column)."""
+    code = _NOT_CODE[flavor].sub(" ", select_sql)
+    return any(match.group(1) is None for match in _NAMED_WINDOW.finditer(code))
 
 
 def unreadable_times(source: tables.TableDb, task: Task) -> str | None:
