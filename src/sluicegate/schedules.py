@@ -31,6 +31,26 @@ def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
     return tick.astimezone(dt.UTC)
 
 
+def longest_gap(schedule: str, zone: str, now: dt.datetime, *, ticks: int = 2000) -> float:
+    """The longest time (seconds) between two ticks of the cron ``schedule`` from its latest tick
+    at or before ``now`` over the next year (every month length, leap day and clock change), and
+    to the first tick after that year (0 0 29 2 *: four years). At most ``ticks`` ticks are read
+    (a schedule as frequent as every minute stops there): loading a task stays cheap."""
+    from croniter import croniter
+
+    tick = latest_tick(schedule, zone, now)
+    ahead, gap = croniter(schedule, tick.astimezone(zone_of(zone))), 0.0
+    for _ in range(ticks):
+        try:
+            following = ahead.get_next(dt.datetime).astimezone(dt.UTC)
+        except ValueError:  # croniter's CroniterBadDateError: the schedule's years end ("... 2020-2027")
+            break
+        gap, tick = max(gap, (following - tick).total_seconds()), following
+        if tick > now + dt.timedelta(days=366):
+            break
+    return gap
+
+
 def every_tick(every: float, now: dt.datetime) -> dt.datetime:
     """The most recent multiple of ``every`` seconds since the epoch at or before ``now`` (UTC)."""
     seconds = math.floor(now.timestamp() / every) * every

@@ -31,6 +31,7 @@ from support import cli, load, read_csv
 
 UTC = dt.UTC
 T = dt.datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
+YEAR = dt.datetime.now(UTC).year
 
 
 BACKENDS = [
@@ -541,6 +542,14 @@ def test_select_sql_with_its_own_with_clause_and_percent_signs(tmp_path: Path, u
          '[destination]\ntable = "t"', None, "unknown setting 'step'"),
         ('kind = "aggregate"\nevery = "5m"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
          '[destination]\ntable = "t"', None, "keep: '1h' is shorter than the window; keep at least '3h'"),
+        # width = "schedule": a window is the gap between two ticks, and keep was not checked against it
+        ('kind = "aggregate"\nschedule = "0 0 * * *"\nkeep = "1h"\n[window]\ntable = "raw"\ncolumn = "c"\n'
+         'width = "schedule"\n[destination]\ntable = "t"', None,
+         "keep: '1h' is shorter than the longest gap between two ticks of schedule '0 0 * * *' (a window with "
+         'width = "schedule"); keep at least \'1d\''),
+        ('kind = "aggregate"\nschedule = "0 0 * * *"\nschedule_zone = "Europe/Brussels"\nkeep = "1d"\n[window]\n'
+         'table = "raw"\ncolumn = "c"\nwidth = "schedule"\n[destination]\ntable = "t"', None,
+         "keep at least '25h'"),  # the day the clocks go back
         # fractions of a second: windows were reported from :58.5 but read from :58 (overlaps, gaps)
         ('kind = "aggregate"\nevery = "1.5s"\n[window]\ntable = "raw"\ncolumn = "c"\nwidth = "3h"\n'
          '[destination]\ntable = "t"', None, "every: '1.5s' is not whole seconds"),
@@ -845,4 +854,29 @@ def test_a_postgresql_dollar_quoted_in_window_is_refused_at_load(tmp_path: Path,
         "SELECT city, $$in_window$$ AS note FROM raw GROUP BY city"
     )
     with pytest.raises(ConfigError, match="does not read in_window"):
+        load(root).task(AGGREGATE)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "keep"),
+    [
+        ("0 0 1 * *", 31 * 86400.0),
+        ("0 0 31 * *", 61 * 86400.0),
+        ("0 0 29 2 *", 1461 * 86400.0),
+        (f"0 0 1 1 * 0 2020-{YEAR + 1}", (dt.date(YEAR + 1, 1, 1) - dt.date(YEAR, 1, 1)).days * 86400.0),
+    ],  # its years end: no traceback
+)
+def test_keep_covers_the_longest_window_of_a_schedule_by_default(
+    tmp_path: Path, sqlite_url: str, schedule: str, keep: float
+) -> None:
+    """keep defaulted to 30 days, shorter than a monthly schedule's windows with width = "schedule"."""
+    root = airmax_project(tmp_path / "proj", sqlite_url, width="schedule")
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('every = "5m"', f'schedule = "{schedule}"'))
+    task = load(root).task(AGGREGATE)
+    assert isinstance(task, agg.Task) and task.keep == keep
+    toml.write_text(
+        toml.read_text().replace(f'schedule = "{schedule}"', f'schedule = "{schedule}"\nkeep = "30d"')
+    )
+    with pytest.raises(ConfigError, match="keep: '30d' is shorter than the longest gap"):
         load(root).task(AGGREGATE)

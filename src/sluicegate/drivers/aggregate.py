@@ -35,12 +35,12 @@ from .. import db, paths, tabledb, tables, validate
 from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
-from ..schedules import due_tick, latest_tick
+from ..schedules import due_tick, latest_tick, longest_gap
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
-from .aggregate_check import IN_WINDOW, reads_window, unreadable_times
+from .aggregate_check import IN_WINDOW, KEEP, keep_seconds, reads_window, unreadable_times
 from .aggregate_file import render_path, write_file
 
 UTC = dt.UTC
@@ -49,7 +49,6 @@ DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
-KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 MAX_DELAY = 3600.0  # a failed tick is retried after backoff, doubling per attempt, up to this
 # The select's own WITH, after any blank space and comments (-- to the line end, /* ... */).
 _LEADING_WITH = re.compile(
@@ -96,8 +95,13 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         raise ConfigError(f"{where} [window] {key}: missing; the window needs table, column and width")
     every = _every(raw, where)
     width = _width(window["width"], every, raw.get("schedule"), where)
+    fields = base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH)
+    since_previous_tick = window["width"] == "schedule" and every is None
+    # width = "schedule" with a cron schedule: a window is as long as the gap before its tick
+    now = dt.datetime.now(UTC)
+    gap = longest_gap(fields["schedule"], fields["schedule_zone"], now) if since_previous_tick else None
     task = Task(
-        **base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH),
+        **fields,
         window_table=validate.table_name(window["table"], f"{where} [window] table"),
         window_column=validate.identifier(window["column"], f"{where} [window] column"),
         width=width,
@@ -113,13 +117,9 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         ),
         file="path" in raw,
         lease=validate.lease(raw.get("lease", settings.lease), f"{where} lease"),
-        keep=validate.parse_duration(raw.get("keep", max(KEEP, width)), where=f"{where} keep"),
-        since_previous_tick=window["width"] == "schedule" and every is None,
+        keep=keep_seconds(raw, where, width=width, gap=gap),
+        since_previous_tick=since_previous_tick,
     )
-    if task.keep < task.width:
-        raise ConfigError(
-            f"{where} keep: {raw['keep']!r} is shorter than the window; keep at least {window['width']!r}"
-        )
     if every is None and task.schedule is None:
         raise ConfigError(
             f'{where}: give every = "5m" (or a cron schedule) for when the aggregate is evaluated'

@@ -1,18 +1,21 @@
-"""Checks of an aggregate task that read its SQL or its window table: does the select read the
-window (``in_window`` as code, in the source database's dialect), and can SQLite read the
-window column's values as times."""
+"""Checks of an aggregate task: does the select read the window (``in_window`` as code, in the
+source database's dialect), can SQLite read the window column's values as times, and does
+``keep`` cover a window."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from .. import tables
+from .. import tables, validate
+from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
     from .aggregate import Task
 
 IN_WINDOW = "in_window"
+KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 # What is not SQL code, per dialect: comments and string literals, left out when looking for
 # in_window ("-- in_window" passed, and each window aggregated the whole table). ('' is a quote
 # inside a string everywhere; MariaDB also escapes with a backslash, and without ANSI_QUOTES a
@@ -61,3 +64,29 @@ def unreadable_times(source: tables.TableDb, task: Task) -> str | None:
         f"text such as 2024-03-10T12:00:00Z (Unix seconds: UPDATE {table} SET {column} = datetime({column}, "
         f"'unixepoch') WHERE julianday({column}) IS NULL AND datetime({column}, 'unixepoch') IS NOT NULL)"
     )
+
+
+def keep_seconds(raw: Mapping[str, Any], where: str, *, width: float, gap: float | None) -> float:
+    """``keep`` in seconds: by default 30 days or the longest window, if longer; refused when
+    shorter than the window, or with ``width = "schedule"`` and a cron schedule (``gap``, its
+    longest gap between two ticks) than that gap: a monthly schedule's 31 days."""
+    keep = validate.parse_duration(raw.get("keep", max(KEEP, width, gap or 0.0)), where=f"{where} keep")
+    if gap is not None and keep < gap:
+        raise ConfigError(
+            f"{where} keep: {raw['keep']!r} is shorter than the longest gap between two ticks of schedule "
+            f'{raw["schedule"]!r} (a window with width = "schedule"); keep at least {_spelt(gap)!r}'
+        )
+    if keep < width:
+        width_text = raw["window"]["width"]
+        raise ConfigError(
+            f"{where} keep: {raw['keep']!r} is shorter than the window; keep at least {width_text!r}"
+        )
+    return keep
+
+
+def _spelt(seconds: float) -> str:
+    """A whole number of seconds as a duration: "31d", "25h", "90m" or "45s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
