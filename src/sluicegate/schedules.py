@@ -21,6 +21,11 @@ def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
 
     local = now.astimezone(zone_of(zone))
     tick: dt.datetime = croniter(schedule, local + dt.timedelta(microseconds=1)).get_prev(dt.datetime)
+    if tick.astimezone(dt.UTC) > now:  # a microsecond before a tick in the hour a fall-back repeats:
+        # "0 * * * *" gave 02:00 CET (01:00 UTC) for 00:59:59.999999 UTC, so the window of width =
+        # "schedule" before that tick was empty. Start before the repeated hour; step on below.
+        earlier = (now - dt.timedelta(hours=3)).astimezone(zone_of(zone))
+        tick = croniter(schedule, earlier).get_prev(dt.datetime)
     # croniter's get_prev goes wrong in the hour a fall-back repeats: at 02:00 CET (01:00 UTC) on
     # Europe/Brussels' fall-back day "*/30 * * * *" gave 02:00 CEST (00:00 UTC), an hour back, and
     # "30 2 * * *" the day before. Its get_next is right there, so step on to the last tick due.

@@ -880,3 +880,23 @@ def test_keep_covers_the_longest_window_of_a_schedule_by_default(
     )
     with pytest.raises(ConfigError, match="keep: '30d' is shorter than the longest gap"):
         load(root).task(AGGREGATE)
+
+
+def test_a_schedule_window_in_the_hour_a_fall_back_repeats_is_the_hour_before(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """width = "schedule" and "0 * * * *" in Europe/Brussels: the window of 02:00 CET (01:00 UTC) on
+    the fall-back day started at that tick itself (croniter's previous tick of a microsecond
+    before it), so it was empty, the hour before it was in no window and the table was emptied."""
+    root = airmax_project(tmp_path / "proj", sqlite_url, width="schedule")
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('every = "5m"', 'schedule = "0 * * * *"\nschedule_zone = "Europe/Brussels"')
+    )
+    utc = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    add_raw(sqlite_url, [("Gent", utc(2024, 10, 27, 0, 30), 1.0), ("Gent", utc(2024, 10, 27, 1, 30), 2.0)])
+    for hour in (0, 1, 2):  # 02:00 CEST, 02:00 CET, 03:00 CET
+        tick = utc(2024, 10, 27, hour)
+        result = _evaluate(root, tick)
+        assert (result.window_start, result.window_end) == (tick - dt.timedelta(hours=1), tick)
+        assert result.rows == (hour > 0)
