@@ -305,7 +305,17 @@ def load_project(root: Path | str, env: Mapping[str, str] | None = None) -> Proj
             problems.append(TaskProblem(name=folder.name, folder=folder, message=str(exc)))
         else:
             tasks[task.name] = task
+    for name, message in _shared_tables(tasks).items():
+        problems.append(TaskProblem(name=name, folder=tasks.pop(name).folder, message=message))
     return Project(settings=settings, tasks=tasks, problems=tuple(problems))
+
+
+def _shared_tables(tasks: Mapping[str, TaskBase]) -> dict[str, str]:
+    """Aggregate tasks that write one table where either replaces its rows, with the problem."""
+    from .drivers.aggregate import Task as AggregateTask
+    from .drivers.aggregate_check import shared_tables
+
+    return shared_tables([t for t in tasks.values() if isinstance(t, AggregateTask)])
 
 
 _COPY_WRAPPER = re.compile(r"^\s*COPY\s*\((?P<query>.*)\)\s*TO\s+STDOUT\b.*$", re.IGNORECASE | re.DOTALL)

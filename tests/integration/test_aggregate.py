@@ -900,3 +900,34 @@ def test_a_schedule_window_in_the_hour_a_fall_back_repeats_is_the_hour_before(
         result = _evaluate(root, tick)
         assert (result.window_start, result.window_end) == (tick - dt.timedelta(hours=1), tick)
         assert result.rows == (hour > 0)
+
+
+def test_two_tasks_replacing_one_table_are_refused(tmp_path: Path, sqlite_url: str) -> None:
+    """Two aggregate tasks writing one table, either in replace mode: each evaluation of one removed
+    the other's rows, and readers saw the two results by turns."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    folder = root / "tasks" / AGGREGATE
+    other = root / "tasks" / "hourly_air_quality"
+    other.mkdir()
+    (other / "select.sql").write_text((folder / "select.sql").read_text())
+    toml = (folder / "task.toml").read_text()
+    (other / "task.toml").write_text(
+        toml.replace('width = "3h"', 'width = "1h"').replace(
+            f'table = "{AGGREGATE}"', 'table = "Current_Air_Quality"'
+        )
+    )
+    project = load(root)
+    assert AGGREGATE not in project.tasks and "hourly_air_quality" not in project.tasks
+    proc = cli(root, "run", AGGREGATE)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"{folder / 'task.toml'} [destination]: task hourly_air_quality also writes table {AGGREGATE}"
+        in proc.stderr
+    )
+    # both upserting: one table of two tasks' keys is meant
+    for path, text in (
+        (folder / "task.toml", toml),
+        (other / "task.toml", (other / "task.toml").read_text()),
+    ):
+        path.write_text(text.replace("[destination]", '[destination]\nmode = "upsert"\nkey = ["city"]'))
+    assert {AGGREGATE, "hourly_air_quality"} <= set(load(root).tasks)

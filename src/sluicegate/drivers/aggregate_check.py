@@ -5,10 +5,10 @@ source database's dialect), can SQLite read the window column's values as times,
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import tables, validate
+from .. import db, tables, validate
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -90,3 +90,26 @@ def _spelt(seconds: float) -> str:
         if seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def shared_tables(tasks: Sequence[Task]) -> dict[str, str]:
+    """Per aggregate task name, the problem of a table another aggregate task writes too, where
+    either replaces its rows: each evaluation of one removed the other's rows (readers saw the two
+    tasks' results by turns)."""
+    problems: dict[str, str] = {}
+    for i, task in enumerate(tasks):
+        for other in tasks[i + 1 :]:
+            a, b = task.target, other.target
+            fold = (lambda name: name) if tables.flavor_of(a.url) == "postgresql" else str.casefold
+            if "replace" not in (a.mode, b.mode) or fold(a.table) != fold(b.table):
+                continue
+            if db.same_database(a.url, b.url):
+                for one, two in ((task, other), (other, task)):
+                    problems.setdefault(
+                        one.name,
+                        f"{one.folder / 'task.toml'} [destination]: task {two.name} also writes "
+                        f'{a.display}, and mode = "replace" makes the table one task\'s rows, so each '
+                        "evaluation of one removes the other's; give each task its own table (or both "
+                        'mode = "upsert", with keys whose rows differ)',
+                    )
+    return problems
