@@ -931,3 +931,32 @@ def test_two_tasks_replacing_one_table_are_refused(tmp_path: Path, sqlite_url: s
     ):
         path.write_text(text.replace("[destination]", '[destination]\nmode = "upsert"\nkey = ["city"]'))
     assert {AGGREGATE, "hourly_air_quality"} <= set(load(root).tasks)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("kind", ["BIGINT", "DOUBLE"])
+def test_a_mariadb_window_column_of_unix_seconds_fails_check_and_run_and_keeps_the_table(
+    tmp_path: Path, mariadb_url: str, kind: str
+) -> None:
+    """MariaDB compares a number column with the window's DATETIME bounds as numbers (1710072000 <
+    20240310120000): check said ok, and each evaluation found no row and emptied the table."""
+    root = airmax_project(tmp_path / "proj", mariadb_url)
+    add_raw(
+        mariadb_url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Leuven", T - dt.timedelta(hours=1), 2.0)]
+    )
+    assert _evaluate(root, T).rows == 2
+    db = tables.TableDb(mariadb_url)
+    db.execute(f"ALTER TABLE raw ADD COLUMN measured {kind}")
+    db.execute("UPDATE raw SET measured = UNIX_TIMESTAMP(measurement_time_utc)")
+    db.close()
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('column = "measurement_time_utc"', 'column = "measured"'))
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"raw.measured is a {kind} column, which MariaDB compares with the window's times as numbers"
+        in proc.stderr
+    )
+    failed = _evaluate(root, T + dt.timedelta(minutes=5))
+    assert failed.state == "failed" and f"raw.measured is a {kind} column" in str(failed.error)
+    assert len(table(mariadb_url)) == 2  # the readers' table keeps the last good evaluation

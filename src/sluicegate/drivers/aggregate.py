@@ -259,7 +259,7 @@ def _select(
             source.conn.adapters.register_loader(name, TextLoader)
         tabledb.read_times_leniently(source.conn)  # 'infinity' failed naming no column
     try:
-        if forms and source.flavor == "sqlite" and (problem := unreadable_times(source, task)):
+        if forms and (problem := unreadable_times(source, task)):
             raise DataError(problem)
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
@@ -450,7 +450,7 @@ def check(task: Task, source: Source) -> list[str]:
         return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
     if (clash := _clash(task, names)) is not None:
         return [clash]
-    if tables.flavor_of(source.url) == "sqlite":
+    if tables.flavor_of(source.url) != "postgresql":
         window = tables.TableDb(source.url)
         try:
             problems += [p for p in [unreadable_times(window, task)] if p]

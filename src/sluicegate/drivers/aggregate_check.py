@@ -44,6 +44,15 @@ def reads_window(select_sql: str, flavor: tables.Flavor) -> bool:
 
 
 def unreadable_times(source: tables.TableDb, task: Task) -> str | None:
+    """The problem of a window column whose values no window holds: on SQLite one ``julianday()``
+    cannot read, on MariaDB a number column. (PostgreSQL refuses to compare a number or text
+    with the window's times.)"""
+    if source.flavor == "mariadb":
+        return _mariadb_numbers(source, task)
+    return _sqlite_unreadable(source, task) if source.flavor == "sqlite" else None
+
+
+def _sqlite_unreadable(source: tables.TableDb, task: Task) -> str | None:
     """SQLite: the problem of a window column holding a value ``julianday()`` cannot read (Unix
     seconds such as 1710072000, text that is no ISO 8601 time), which no window holds: with Unix
     seconds in every row each evaluation found no row and emptied the readers' table. One row is
@@ -64,6 +73,34 @@ def unreadable_times(source: tables.TableDb, task: Task) -> str | None:
         f"text such as 2024-03-10T12:00:00Z (Unix seconds: UPDATE {table} SET {column} = datetime({column}, "
         f"'unixepoch') WHERE julianday({column}) IS NULL AND datetime({column}, 'unixepoch') IS NOT NULL)"
     )
+
+
+def _mariadb_numbers(source: tables.TableDb, task: Task) -> str | None:
+    """MariaDB: the problem of a window column of a number type (Unix seconds), which MariaDB
+    compares with the window's DATETIME bounds as numbers (1710072000 < 20240310120000): each
+    evaluation found no row and emptied the readers' table."""
+    schema, _, name = task.window_table.rpartition(".")
+    _, rows = source.query(
+        "SELECT data_type FROM information_schema.columns"
+        " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_name = ?",
+        (schema or None, name, task.window_column),
+    )
+    kind = str(rows[0][0]).lower() if rows else ""
+    if kind not in _MARIADB_NUMBERS:
+        return None
+    table, column = task.window_table, task.window_column
+    return (
+        f"{task.folder / 'task.toml'} [window] column: {table}.{column} is a {kind.upper()} column, which "
+        "MariaDB compares with the window's times as numbers, so no window would hold a row; make it a "
+        f"DATETIME of UTC times (Unix seconds: FROM_UNIXTIME({column}) in a session with time_zone = "
+        "'+00:00'), or point [window] table at a view that converts it"
+    )
+
+
+_MARIADB_NUMBERS = frozenset(
+    {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal", "numeric", "float",
+     "double", "real", "bit", "year"}
+)  # fmt: skip
 
 
 def keep_seconds(raw: Mapping[str, Any], where: str, *, width: float, gap: float | None) -> float:
