@@ -594,7 +594,7 @@ def test_a_quote_or_dashes_in_a_quoted_name_do_not_hide_in_window(
 @pytest.mark.parametrize(
     ("source", "select"),
     [("mariadb://u:p@127.0.0.1:9/db", "SELECT 'it\\'s' AS note, count(*) AS n FROM in_window"),
-     (None, "SELECT E'it\\'s' AS note, count(*) AS n FROM in_window"),
+     ("postgresql://u:p@127.0.0.1:9/db", "SELECT E'it\\'s' AS note, count(*) AS n FROM in_window"),
      (None, "SELECT 'C:\\' AS note, count(*) AS n FROM in_window WHERE 'a' = 'a'")],
 )  # fmt: skip
 def test_a_backslash_in_a_literal_does_not_hide_in_window(

@@ -19,15 +19,21 @@ KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by de
 # What is not SQL code, per dialect: comments and string literals, left out when looking for
 # in_window ("-- in_window" passed, and each window aggregated the whole table). ('' is a quote
 # inside a string everywhere; MariaDB also escapes with a backslash, and without ANSI_QUOTES a
-# double-quoted text is a string; PostgreSQL has $$ ... $$ and $tag$ ... $tag$ strings.)
+# double-quoted text is a string; PostgreSQL has $$ ... $$ and $tag$ ... $tag$ strings, and
+# E'...' with backslash escapes.) A quoted name ("driver's count", `a--b`) is matched first and
+# kept (group "name"): its ' or -- starts nothing.
 _BLOCK = r"/\*.*?(?:\*/|$)"
+_QUOTED = r'(?P<name>"(?:[^"]|"")*"|`(?:[^`]|``)*`)'
 _NOT_CODE = {
-    "sqlite": re.compile(rf"--[^\n]*|{_BLOCK}|'(?:[^']|'')*(?:'|$)", re.DOTALL),
+    "sqlite": re.compile(rf"{_QUOTED}|--[^\n]*|{_BLOCK}|'(?:[^']|'')*(?:'|$)", re.DOTALL),
     "postgresql": re.compile(
-        rf"--[^\n]*|{_BLOCK}|'(?:[^']|'')*(?:'|$)|(?<![\w$])\$([A-Za-z_]\w*|)\$.*?(?:\$\1\$|$)", re.DOTALL
+        rf"{_QUOTED}|--[^\n]*|{_BLOCK}|(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*(?:'|$)|'(?:[^']|'')*(?:'|$)"
+        r"|(?<![\w$])\$([A-Za-z_]\w*|)\$.*?(?:\$\2\$|$)",
+        re.DOTALL,
     ),
     "mariadb": re.compile(
-        rf"(?:--(?=\s|$)|#)[^\n]*|{_BLOCK}|'(?:[^'\\]|\\.|'')*(?:'|$)|\"(?:[^\"\\]|\\.|\"\")*(?:\"|$)",
+        r"(?P<name>`(?:[^`]|``)*`)"
+        rf"|(?:--(?=\s|$)|#)[^\n]*|{_BLOCK}|'(?:[^'\\]|\\.|'')*(?:'|$)|\"(?:[^\"\\]|\\.|\"\")*(?:\"|$)",
         re.DOTALL,
     ),
 }
@@ -39,7 +45,7 @@ _NAMED_WINDOW = re.compile(rf"(\bAS\s+[\"`\[]?)?\b{IN_WINDOW}\b(?![\"`\]]?\s*\.)
 def reads_window(select_sql: str, flavor: tables.Flavor) -> bool:
     """Whether the select names ``in_window`` in its code (not in a comment or a string, not as a
     name it gives with ``AS``, not as the qualifier of a column)."""
-    code = _NOT_CODE[flavor].sub(" ", select_sql)
+    code = _NOT_CODE[flavor].sub(lambda m: m["name"] or " ", select_sql)
     return any(match.group(1) is None for match in _NAMED_WINDOW.finditer(code))
 
 
