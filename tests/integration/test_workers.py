@@ -473,6 +473,45 @@ def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(
     assert _innodb_deadlocks(mariadb_url) == before
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("operation", ["renew", "release"])
+def test_renew_and_release_lock_partitions_in_the_order_marks_do(
+    tmp_path: Path, mariadb_url: str, operation: str
+) -> None:
+    """On MariaDB renew and release were one UPDATE ... WHERE claim_token, which locked its rows
+    in the claim_token index's order (by id), while marks and commits lock them in pkey order:
+    a fold marking two claimed partitions and a lease renewal (or the end of a run giving its
+    claims back) deadlocked, and InnoDB rolled the fold's transaction back."""
+    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    later, earlier = (restore_partition(task, [1, day], "UTC") for day in ("2024-01-02", "2024-01-01"))
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    with ledger() as lg:
+        lg.ensure_schema()
+        for part in (later, earlier):  # the later day first: id order is not pkey order
+            lg.partitions.mark([part], task)
+        [claim, _] = lg.partitions.claim(task, limit=2, lease=600)
+    before = _innodb_deadlocks(mariadb_url)
+    done: list[int] = []
+    with ledger() as marker, ledger() as other:
+        if operation == "renew":
+            act = threading.Thread(target=lambda: done.append(other.partitions.renew(claim.token, lease=600)))
+        else:
+            act = threading.Thread(target=lambda: done.append(other.partitions.release(claim.token)))
+        with marker.partitions.core.transaction() as cur:  # a fold's marks, in pkey order
+            marker.partitions.mark([earlier], task, cur=cur)
+            act.start()
+            time.sleep(1)  # the renewal or release waits for the first row by now
+            marker.partitions.mark([later], task, cur=cur)
+        act.join(timeout=30)
+    assert done == [2]
+    assert _innodb_deadlocks(mariadb_url) == before
+
+
 def test_claims_commits_and_marks_at_once_end_no_worker(tmp_path: Path, server_url: str) -> None:
     """On MariaDB a claim's SKIP LOCKED scan can wait for a row a mark is changing, and InnoDB
     then rolls one of them back as a deadlock's victim: the ledger runs that transaction again,

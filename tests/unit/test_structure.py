@@ -54,6 +54,8 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "claim_take": "mariadb",
     "claimed": "mariadb",
     "claim_attempts": "mariadb",
+    "renew_rows": "mariadb",
+    "release_rows": "mariadb",
     "upgrade_collation": "mariadb",
     "upgrade_inbox": "mariadb",
     "upgrade_padding": "mariadb",

@@ -221,7 +221,25 @@ class PartitionStore(Store):
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of partitions still held under ``token``; return how many."""
-        return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
+        if self.core.dialect is not db.MARIADB:
+            return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
+
+        def body(cur: Any) -> int:  # MariaDB: find the rows, then lock them in pkey order
+            ids = [int(row[0]) for row in self._run("renew", cur, token=uuid.UUID(token)).fetchall()]
+            return self.renew_rows(cur, ids, token=token, lease=lease)
+
+        return self.core.in_transaction(body)
+
+    def renew_rows(self, cur: Any, ids: Sequence[int], *, token: str, lease: float) -> int:
+        """MariaDB/MySQL: extend the leases of ``ids`` still held under ``token``, in that order."""
+        return self._each(cur, self.q["renew_rows"], ids, token=uuid.UUID(token), lease=lease)
+
+    def _each(self, cur: Any, statement: str, ids: Sequence[int], **params: Any) -> int:
+        """Run ``statement`` for each of ``ids`` in that order (one round trip); return the rows changed."""
+        if not ids:
+            return 0
+        cur.executemany(statement, [self.core.params(id=i, **params) for i in ids])
+        return int(cur.rowcount)
 
     def commit(self, results: Sequence[ExportResult], place: Place | None = None) -> list[bool]:
         """Mark each claim exported at its claimed version, in one transaction.
@@ -342,7 +360,18 @@ class PartitionStore(Store):
 
     def release(self, token: str) -> int:
         """Give back every partition still held under ``token``; return how many."""
-        return int(self._run("release", token=uuid.UUID(token)).rowcount)
+        if self.core.dialect is not db.MARIADB:
+            return int(self._run("release", token=uuid.UUID(token)).rowcount)
+
+        def body(cur: Any) -> int:  # MariaDB: find the rows, then lock them in pkey order
+            ids = [int(row[0]) for row in self._run("release", cur, token=uuid.UUID(token)).fetchall()]
+            return self.release_rows(cur, ids, token=token)
+
+        return self.core.in_transaction(body)
+
+    def release_rows(self, cur: Any, ids: Sequence[int], *, token: str) -> int:
+        """MariaDB/MySQL: give back ``ids`` if still held under ``token``, in that order."""
+        return self._each(cur, self.q["release_rows"], ids, token=uuid.UUID(token))
 
     # ------------------------------------------------------------------ reporting and admin
 

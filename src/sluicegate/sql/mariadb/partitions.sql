@@ -46,8 +46,16 @@ SELECT id, pkey, `keys`, zone, version, attempts, forced, exported_version, path
 FROM {t}partitions WHERE claim_token = %(token)s ORDER BY id;
 
 -- renew --
--- Extend the lease of every partition still held under a claim token.
-UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
+-- The partitions held under a claim token, in pkey order (utf8mb4_bin: code points, the order
+-- marks sort them in), not locked: renew_rows then locks them in this order. One UPDATE ...
+-- WHERE claim_token locked them in the claim_token index's order (by id), and deadlocked with a
+-- mark or a commit of the same partitions.
+SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey;
+
+-- renew_rows --
+-- Extend the lease of one partition renew found, if still held under the token (run for each row
+-- in one batch round trip, in renew's order).
+UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- hold --
 -- Lock the rows of a batch's claims and read their tokens, in one round trip: one lookup of the
@@ -85,9 +93,15 @@ SET failed = (%(terminal)s OR attempts + 1 >= %(max_attempts)s),
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- release --
--- Give back every partition still held under a claim token, without counting an attempt.
+-- The partitions held under a claim token, in pkey order, not locked: release_rows then locks
+-- them in the order marks and commits do (see renew).
+SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey;
+
+-- release_rows --
+-- Give back one partition release found, if still held under the token, without counting an
+-- attempt (run for each row in one batch round trip, in release's order).
 UPDATE {t}partitions SET claim_token = NULL, claimed_version = NULL, lease_until = NULL
-WHERE claim_token = %(token)s;
+WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- pending --
 -- List what the next claim would take (for --dry-run), without claiming.
