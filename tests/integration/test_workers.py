@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -139,6 +140,60 @@ def test_worker_killed_after_upload_before_commit(tmp_path: Path, server_url: st
     assert again.returncode == 0, err
     assert json.loads(out)[0]["exported"] == 6
     assert all(v == e and t is None for v, e, _, t in _ledger_rows(db))
+
+
+KILL_POINTS = ("mid_write", "before_place", "after_publish", "after_manifest", None)  # None: a timed kill
+
+
+@pytest.mark.mariadb
+def test_workers_killed_over_rounds_of_late_data_export_each_partition_once(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    """Three workers at once on a MariaDB source and ledger, one of them SIGKILLed (at a fault
+    point or after a random time) in each of several rounds, late rows inserted between rounds:
+    in the end every partition is exported once at its latest version, its file holds exactly
+    the source's rows, nothing stays claimed, and no file is in place that the ledger does not
+    record."""
+    rng = random.Random(75)
+    root, db = _project(tmp_path, mariadb_url, locations=6, days=3, lease="2s")
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("[defaults]", "[defaults]\nmax_attempts = 20"))
+    day0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    for round_, point in enumerate(KILL_POINTS):
+        if round_:  # late rows for a few complete days, between the hours already there
+            for loc in rng.sample(range(1, 7), 3):
+                start = day0 + dt.timedelta(days=rng.randrange(3), minutes=30 + round_)
+                db.insert(loc, hours(start, 4), value=100.0 * round_)
+        env = {"SLUICEGATE_TESTING__FAULT": point} if point else {}
+        victim = _spawn(root, "run", "--batch-size", "2", env=env)
+        if point:  # alone, it reaches the point with claims in hand; the others start beside it
+            _wait_for(root / f".fault-{point}", victim)
+        others = [_spawn(root, "run", "--batch-size", "2") for _ in range(2)]
+        time.sleep(rng.uniform(0.2, 2.0))
+        victim.kill()
+        victim.communicate()
+        (root / f".fault-{point}").unlink(missing_ok=True)
+        for proc in others:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        time.sleep(2.2)  # the victim's claims expire
+    final = _spawn(root, "run")
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    rows = db.rows(f"SELECT pkey, version, exported_version, failed, claim_token, path FROM {_table(db.url)}")
+    assert len(rows) == 18
+    assert all(v == e and not f and t is None for _, v, e, f, t, _ in rows), rows
+    out_dir = tmp_path / "out"
+    assert sorted(out_dir / p for *_, p in rows) == files(out_dir)
+    for pkey, *_, path in rows:
+        loc, day = json.loads(pkey)
+        start = dt.datetime.fromisoformat(day).replace(tzinfo=UTC)
+        expected = db.rows(
+            "SELECT value FROM measurements WHERE location_id = %s AND datetime >= %s AND datetime < %s",
+            (loc, db.ts(start), db.ts(start + dt.timedelta(days=1))),
+        )
+        got = sorted(float(r["value"]) for r in read_csv(out_dir / path))
+        assert got == sorted(float(v) for (v,) in expected), pkey
 
 
 def test_a_file_left_by_a_killed_worker_is_replaced_even_when_its_size_matches(tmp_path: Path) -> None:
