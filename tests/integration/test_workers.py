@@ -196,6 +196,42 @@ def test_workers_killed_over_rounds_of_late_data_export_each_partition_once(
         assert got == sorted(float(v) for (v,) in expected), pkey
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("point", ["before_place", "after_publish"])
+def test_connections_killed_mid_commit_on_mariadb_are_reconnected(
+    tmp_path: Path, mariadb_url: str, point: str
+) -> None:
+    """KILL CONNECTION of every session of a run (source and ledger) while it records a batch:
+    before the commit's transaction, or inside it with the files in place (after_publish). The
+    run reconnects and commits (without placing again): every partition exported once, none
+    claimed, every file recorded and complete."""
+    from sluicegate import mariadb_conn
+
+    root, _db = _project(tmp_path, mariadb_url, locations=3, days=2, lease="5s")
+    proc = _spawn(root, "run", "--json", env={"SLUICEGATE_TESTING__FAULT": point})
+    _wait_for(root / f".fault-{point}", proc)
+    admin = mariadb_conn.connect(mariadb_url)
+    sessions = admin.execute(
+        "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+    ).fetchall()
+    for (session,) in sessions:
+        admin.execute(f"KILL CONNECTION {int(session)}")
+    (root / f".fault-{point}").unlink()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    if point == "after_publish":  # the commit's transaction was open on the killed session
+        assert "lost; reconnecting" in err, err
+    [summary] = json.loads(out)
+    assert (summary["exported"], summary["lost"], summary["failed"]) == (6, 0, 0), summary
+    rows = Db(mariadb_url).rows(
+        f"SELECT version, exported_version, claim_token, path FROM {_table(mariadb_url)}"
+    )
+    assert all(v == e == 1 and t is None for v, e, t, _ in rows), rows
+    assert sorted(tmp_path / "out" / p for *_, p in rows) == files(tmp_path / "out")
+    assert all(len(read_csv(p)) == 24 for p in files(tmp_path / "out"))
+
+
 def test_a_file_left_by_a_killed_worker_is_replaced_even_when_its_size_matches(tmp_path: Path) -> None:
     """Killed after its file was put in place: the file holds a value the ledger never recorded.
     The rows then go back to what was committed, so the next export has the ledger's SHA-256
