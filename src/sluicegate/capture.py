@@ -166,21 +166,23 @@ def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: 
 def rezone(
     task: TaskSpec, ledger: Ledger, source: Source | None, chosen: Iterable[tuple[dict[str, Any], Any, Any]]
 ) -> int:
-    """Mark again each chosen ``(keys, window start, window end)`` partition whose window in its
-    zone now (the task's ``zone``, or its key's ``zone_sql`` zone: ``source`` is needed only for
-    that) is another, so that it is cut in the new zone's day (``reexport``); return how many."""
+    """Mark each period of its zone now (the task's ``zone``, or its key's ``zone_sql`` one: only
+    that needs ``source``) that holds part of a chosen ``(keys, window start, window end)``
+    partition whose window moved, so its rows are cut in the new zone (``reexport``); return how many."""
     if task.time is None:
         return 0
-    zones, moved = ZoneMap(task, source), []
+    zones, moved = ZoneMap(task, source), dict[str, Partition]()
     for keys, start, end in chosen:
         values = [keys[k] for k in task.key_names]
         try:
-            part = restore_partition(task, values, zones.zone(values[:-1]))
+            part = restore_partition(task, values, zone := zones.zone(values[:-1]))
         except (NoZone, BadPartitionValue):  # no zone now: it keeps the one it was cut in
             continue
-        if (part.start, part.end) != (start, end):  # a DST day may keep its start and move its end
-            moved.append(part)
-    return ledger.partitions.mark(moved, task)
+        if (part.start, part.end) != (start, end) and start and end:  # a DST day may move its end alone
+            for period in _periods(start, end - dt.timedelta(microseconds=1), zone_of(zone), task.time.grain):
+                new = make_partition(task, values[:-1], period, zone)
+                moved.setdefault(new.pkey, new)
+    return ledger.partitions.mark(moved.values(), task)
 
 
 def _periods(first: dt.datetime, last: dt.datetime, zone: dt.tzinfo, grain: str) -> Iterator[Any]:

@@ -498,8 +498,8 @@ def test_reexport_after_the_task_zone_changed_cuts_every_day_in_the_new_zone(
     assert cli(root, "run").returncode == 0
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('zone = "UTC"', 'zone = "Asia/Tokyo"'))
-    ran = cli(root, "reexport", "openaq")
-    assert ran.returncode == 0 and "queued 2 partition(s)" in ran.stdout, ran.stdout + ran.stderr
+    ran = cli(root, "reexport", "openaq")  # and Tokyo's 2024-05-03, which holds UTC's 2024-05-02 15:00Z on
+    assert ran.returncode == 0 and "queued 3 partition(s)" in ran.stdout, ran.stdout + ran.stderr
     assert cli(root, "run").returncode == 0
     got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(tmp_path / "out")}
     assert got == {  # Tokyo's 2024-05-02 runs from 2024-05-01T15:00Z to 2024-05-02T15:00Z
@@ -821,4 +821,29 @@ def test_a_real_key_of_a_whole_number_is_one_partition_whichever_way_it_is_marke
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files(tmp_path / "out")) == [
         "r/1e+19/2024-05-01.csv", "r/2.5/2024-05-01.csv", "r/7/2024-05-01.csv",
     ]  # fmt: skip
+    db.close()
+
+
+def test_reexport_after_the_task_zone_changed_covers_the_hours_the_old_day_held_past_the_new_midnight(
+    tmp_path: Path,
+) -> None:
+    """UTC's 2024-05-01 held a row at 20:00Z, which is Tokyo's 2024-05-02: the re-cut exported
+    Tokyo's 2024-05-01 alone, so that row was in no file while its day was recorded exported."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=h) for h in (1, 20)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('zone = "UTC"', 'zone = "Asia/Tokyo"'))
+    ran = cli(root, "reexport", "openaq")
+    assert ran.returncode == 0 and "queued 2 partition(s)" in ran.stdout, ran.stdout + ran.stderr
+    assert cli(root, "run").returncode == 0
+    got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(tmp_path / "out")}
+    assert got == {
+        "location-1-20240501.csv": ["2024-05-01T10:00:00+09:00"],
+        "location-1-20240502.csv": ["2024-05-02T05:00:00+09:00"],
+    }, got
     db.close()
