@@ -34,6 +34,7 @@ from .partitions import (
     parse_period,
     plain_key,
     restore_partition,
+    superseded,
     zone_of,
 )
 from .sources import ReadSpec, Source
@@ -166,22 +167,20 @@ def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: 
 def rezone(
     task: TaskSpec, ledger: Ledger, source: Source | None, chosen: Iterable[tuple[dict[str, Any], Any, Any]]
 ) -> int:
-    """Mark each period of its zone now (the task's ``zone``, or its key's ``zone_sql`` one: only
-    that needs ``source``) that holds part of a chosen ``(keys, window start, window end)``
-    partition whose window moved, so its rows are cut in the new zone (``reexport``); return how many."""
-    if task.time is None:
-        return 0
-    zones, moved = ZoneMap(task, source), dict[str, Partition]()
+    """Mark each period of its zone now (``source`` for ``zone_sql``) holding part of a chosen
+    ``(keys, start, end)`` cut in another, retiring a ``superseded`` hour (``reexport``); return how many."""
+    zones, moved, grain = ZoneMap(task, source), dict[str, Partition](), task.time.grain if task.time else ""
     for keys, start, end in chosen:
         values = [keys[k] for k in task.key_names]
         try:
             part = restore_partition(task, values, zone := zones.zone(values[:-1]))
         except (NoZone, BadPartitionValue):  # no zone now: it keeps the one it was cut in
             continue
-        if (part.start, part.end) != (start, end) and start and end:  # a DST day may move its end alone
-            for period in _periods(start, end - dt.timedelta(microseconds=1), zone_of(zone), task.time.grain):
-                new = make_partition(task, values[:-1], period, zone)
+        if (part.pkey, part.start, part.end) != (canonical_key(values), start, end) and start and end:
+            for period in _periods(start, end - dt.timedelta(microseconds=1), zone_of(zone), grain):
+                new = make_partition(task, values[:-1], period, zone)  # a DST day may move its end alone
                 moved.setdefault(new.pkey, new)
+            moved.update(superseded(task, values, part, start, end))
     return ledger.partitions.mark(moved.values(), task)
 
 

@@ -8,6 +8,7 @@ is computed with :mod:`zoneinfo`, so a 23- or 25-hour day is exactly as long as 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -270,6 +271,51 @@ def restore_partition(task: PartitionKeys, values: Sequence[Any], zone: str | No
     assert zone is not None
     period = parse_period(str(values[-1]), task.time, zone)
     return make_partition(task, values[:-1], period, zone)
+
+
+def superseded(
+    task: PartitionKeys, values: Sequence[Any], part: Partition, start: dt.datetime, end: dt.datetime
+) -> dict[str, Partition]:
+    """The marks that retire a recorded hour (``values``, window ``start`` to ``end``) whose key
+    names another hour in its zone now (``part``'s; reexport re-cuts its rows into that zone's
+    hours): the hour itself, in the new zone, whose export then writes no rows and deletes its
+    file (see :func:`file_of`), and the new zone's hour of the same wall clock, whose
+    export replaces a file of the same name. None for a day, or an hour of the same key."""
+    pkey = canonical_key(values)
+    if task.time is None or task.time.grain != "hour" or part.pkey == pkey or part.zone is None:
+        return {}
+    old = Partition(task=task.name, values=tuple(values), zone=part.zone, start=start, end=end)
+    twin = _wall_twin(task, values, part.zone)
+    return {pkey: old, twin.pkey: twin}
+
+
+def _wall_twin(task: PartitionKeys, values: Sequence[Any], zone: str) -> Partition:
+    """The hour of ``zone`` whose clock reads as the stored hour ``values[-1]`` does."""
+    assert task.time is not None
+    wall = dt.datetime.fromisoformat(str(values[-1])).replace(tzinfo=None).isoformat()
+    return make_partition(task, values[:-1], parse_period(wall, task.time, zone), zone)
+
+
+def file_of(
+    task: PartitionKeys, values: Sequence[Any], part: Partition, claim: Any
+) -> tuple[Partition, str, Any]:
+    """``(partition, path, previous path)`` of a ``claim`` (a ledger Claim) restored as ``part``.
+
+    An hour retired by :func:`superseded` (its key names another hour in its zone now) gets an
+    empty window, so its export writes no rows and deletes its file; it has no path when it has
+    no file, or when the hour of its zone with the same wall clock is written there (that
+    export replaces it)."""
+    if part.pkey == claim.pkey or part.zone is None:
+        path = render_path(task, part.values)
+        # An earlier try that did not commit may have placed and listed a file there, unrecorded.
+        return part, path, claim.prev_path or (path if claim.attempts else None)
+    empty = dataclasses.replace(part, end=part.start)
+    if (
+        not claim.prev_path
+        or render_path(task, _wall_twin(task, values, part.zone).values) == claim.prev_path
+    ):
+        return empty, "", None
+    return empty, claim.prev_path, claim.prev_path
 
 
 def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from sluicegate import capture, capture_triggers, db, operations
 from sluicegate.ledger import Ledger
+from sluicegate.partitions import zone_of
 from sluicegate.sources import open_source
 from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
 
@@ -846,4 +847,52 @@ def test_reexport_after_the_task_zone_changed_covers_the_hours_the_old_day_held_
         "location-1-20240501.csv": ["2024-05-01T10:00:00+09:00"],
         "location-1-20240502.csv": ["2024-05-02T05:00:00+09:00"],
     }, got
+    db.close()
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Asia/Kathmandu", "Asia/Tokyo", "zone_sql Asia/Kolkata"])
+@pytest.mark.parametrize("name", ["{hour:%Y%m%dT%H%M%z}", "{hour:%Y%m%dT%H}"])
+def test_reexport_after_an_hour_zone_change_leaves_each_row_in_one_file(
+    tmp_path: Path, zone: str, name: str
+) -> None:
+    """Hours cut in UTC and re-cut in another zone: the re-cut stored each hour under a new key
+    (its offset is in the key) and the old key's partition was exported again too, so with
+    Asia/Kolkata (+05:30) rows were in two files; with Asia/Tokyo the old files stayed and a later
+    change wrote the same rows under the new key. The old hours' files are now deleted, unless
+    the new zone's hour of the same wall clock has that file name (its export replaces it)."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    keyed, zone = zone.startswith("zone_sql "), zone.removeprefix("zone_sql ")
+    if keyed and "%z" not in name:
+        pytest.skip("hours of zones read per key must be named apart (their zone may have DST)")
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone=None if keyed else "UTC"
+    )
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('grain = "day"', 'grain = "hour"')
+    toml.write_text(text.replace("{day:%Y%m%d}", name).replace("{day:", "{hour:"))
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    instants = [DAY + dt.timedelta(minutes=m) for m in (10, 40, 70, 300, 330, 590)]
+    db.insert(1, instants, value=1.0)
+    assert cli(root, "run").returncode == 0
+    if keyed:
+        db.conn.execute("UPDATE locations SET timezone = ? WHERE location_id = 1", (zone,))
+    toml.write_text(toml.read_text().replace('zone = "UTC"', f'zone = "{zone}"'))
+    ran = cli(root, "reexport", "openaq")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert cli(root, "run").returncode == 0
+    got = {
+        p.name: [dt.datetime.fromisoformat(r["datetime"]) for r in read_csv(p)]
+        for p in files(tmp_path / "out")
+    }
+    every = sorted(t for rows in got.values() for t in rows)
+    assert every == instants, got
+    assert all(t.utcoffset() == instants[0].astimezone(zone_of(zone)).utcoffset() for t in every), got
+    again = cli(root, "reexport", "openaq")  # a second re-cut finds nothing left to retire or add
+    assert again.returncode == 0 and cli(root, "run").returncode == 0
+    assert {
+        p.name: [dt.datetime.fromisoformat(r["datetime"]) for r in read_csv(p)]
+        for p in files(tmp_path / "out")
+    } == got
     db.close()

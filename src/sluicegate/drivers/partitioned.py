@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, capture_triggers, validate
+from .. import capture, capture_triggers, partitions, validate
 from ..destinations import Destination
 from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
@@ -337,15 +337,16 @@ class Loop:
                 if claim.attempts >= max_attempts:
                     raise LeaseExpired(claim.attempts)
                 same_keys(task, claim.keys, claim.pkey)
-                part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
-                path = render_path(task, part.values)
-                ctx.destination.check_path(path)
-                owner = owners.setdefault(path, claim.pkey)
-                if owner != claim.pkey:  # the load-time check tries samples; these are real values
-                    raise BadPartitionValue(
-                        f"partitions {owner} and {claim.pkey} would share the file {path!r}; "
-                        f"use every key whole in {task.folder / 'task.toml'} path"
-                    )
+                part = restore_partition(task, values := [claim.keys[k] for k in task.key_names], claim.zone)
+                part, path, prev_path = partitions.file_of(task, values, part, claim)
+                if path:  # none for a retired hour (see superseded) without a file of its own
+                    ctx.destination.check_path(path)
+                    owner = owners.setdefault(path, claim.pkey)
+                    if owner != claim.pkey:  # the load-time check tries samples; these are real values
+                        raise BadPartitionValue(
+                            f"partitions {owner} and {claim.pkey} would share the file {path!r}; "
+                            f"use every key whole in {task.folder / 'task.toml'} path"
+                        )
             except (SluicegateError, KeyError) as exc:
                 pipeline.fail(unit, exc)
                 continue
@@ -356,8 +357,6 @@ class Loop:
             # A forced export never counts as unchanged (no checksum to compare), but its upload
             # is still conditional on the file the ledger recorded.
             checksum = None if claim.forced else claim.prev_checksum
-            # An earlier try that did not commit may have placed and listed a file there, unrecorded.
-            prev_path = claim.prev_path or (path if claim.attempts else None)
             previous = Previous(path=prev_path, checksum=checksum, etag=claim.prev_etag)
             units.append(
                 WorkUnit(
