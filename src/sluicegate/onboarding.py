@@ -42,6 +42,10 @@ def check_warnings(project: Project) -> list[str]:
         warnings += open_destination(project.settings.destination).warnings()
     except SluicegateError as exc:  # check_project reports an unreachable destination
         warnings.append(f"could not ask the destination what it guarantees: {exc}")
+    zoned = [t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.time and t.time.zone]
+    if zoned:
+        with ledger_of(project) as ledger:
+            warnings += [w for t in zoned if (w := _zone_warning(t, ledger))]
     triggered = [
         t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode == "trigger"
     ]
@@ -55,6 +59,19 @@ def check_warnings(project: Project) -> list[str]:
     finally:
         source.close()
     return warnings
+
+
+def _zone_warning(task: PartitionedTask, ledger: Ledger) -> str | None:
+    """Partitions cut in another zone than the task's: their files overlap the new zone's periods."""
+    assert task.time is not None and task.time.zone is not None
+    count = ledger.partitions.other_zones(task, task.time.zone)
+    if not count:
+        return None
+    return (
+        f"task {task.name}: {count} partition(s) were cut in another zone than its zone {task.time.zone}, so "
+        f"their files overlap the new zone's {task.time.grain}s; run 'sluicegate reexport {task.name}' to "
+        "re-cut them, or keep those files as they are"
+    )
 
 
 def _capture_warnings(task: PartitionedTask, source: Any, ledger: Ledger) -> list[str]:

@@ -197,17 +197,17 @@ def reexport(
 
     with ledger_of(project) as ledger:
         if task.time is not None:  # a zone changed (the task's, or a key's zone_sql one): days are cut anew
-            chosen = [
-                (keys, start, end)
-                for _, keys, start, end in ledger.partitions.partition_keys(task)
-                if accept(keys, start, end)
-            ]
+            chosen = [row for row in ledger.partitions.partition_keys(task) if accept(*row[1:])]
             source = open_source(project.settings.source_url) if task.time.zone_sql else None
             try:
-                capture.rezone(task, ledger, source, chosen)
+                capture.rezone(task, ledger, source, [row[1:] for row in chosen])
             finally:
                 if source is not None:
                     source.close()
+            if task.time.zone and ledger.partitions.other_zones(task, task.time.zone):  # the days that kept
+                ledger.partitions.relabel(
+                    [row[0] for row in chosen], task.time.zone
+                )  # their window: no warning
         return ledger.partitions.reexport(task, accept)
 
 

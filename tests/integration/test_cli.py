@@ -399,3 +399,40 @@ def test_dry_run_limit_counts_only_partitions_to_export_not_waiting_ones(tmp_pat
     [summary] = json.loads(cli(root, "run", "--dry-run", "--limit", "1", "--json", check=True).stdout)
     assert sorted(e["waiting"] for e in summary["plan"]) == [False, True]
     db.close()
+
+
+def test_status_and_check_say_when_partitions_were_cut_in_another_zone(tmp_path: Path) -> None:
+    """After the task's `zone` changed (UTC to Asia/Tokyo), nothing said that the files of the
+    days already exported overlap the new zone's days, nor that `reexport` re-cuts them. Status
+    counts them and check warns (exit 0: keeping the old files is a choice); a reexport clears
+    both, also for days whose windows are the same in the new zone (UTC to Etc/UTC)."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 5, 1, tzinfo=UTC), 30), value=1.0)
+    assert cli(root, "run").returncode == 0
+    toml = root / "tasks" / "openaq" / "task.toml"
+    for zone in ("Etc/UTC", "Asia/Tokyo"):  # the same windows, then others
+        toml.write_text(
+            toml.read_text().replace(toml.read_text().split('zone = "')[1].split('"')[0], zone, 1)
+        )
+        n = json.loads(cli(root, "status", "--json").stdout)[0]["exported"]
+        status = cli(root, "status")
+        assert (
+            f"{n} partition(s) cut in another zone than the task's ('sluicegate reexport openaq' re-cuts them)"
+            in status.stdout
+        ), status.stdout
+        assert json.loads(cli(root, "status", "--json").stdout)[0]["other_zone"] == n
+        check = cli(root, "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert (
+            f"warning: task openaq: {n} partition(s) were cut in another zone than its zone {zone}"
+            in check.stderr
+        ), check.stderr
+        assert cli(root, "reexport", "openaq").returncode == 0
+        assert "another zone" not in cli(root, "status").stdout
+        assert "another zone" not in cli(root, "check").stderr
+        assert cli(root, "run").returncode == 0
+    db.close()

@@ -193,6 +193,9 @@ def status_line(r: dict[str, Any]) -> str:
     age = r["oldest_pending_age"]
     if r["pending"] and age is not None:
         line += f"; oldest pending change {ago(age)}"
+    if r.get("other_zone"):
+        again = f"'sluicegate reexport {r['task']}' re-cuts them"
+        line += f"; {r['other_zone']} partition(s) cut in another zone than the task's ({again})"
     return line
 
 

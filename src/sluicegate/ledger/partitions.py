@@ -423,6 +423,16 @@ class PartitionStore(Store):
         if chosen:
             self.core.in_transaction(lambda cur: cur.executemany(self.q["requeue"], chosen))
 
+    def other_zones(self, task: PartitionKeys, zone: str) -> int:
+        """How many partitions of ``task`` were cut in another zone than ``zone`` (the task's)."""
+        return int(self._run("other_zones", task=task.name, zone=zone).fetchone()[0])
+
+    def relabel(self, ids: Sequence[int], zone: str) -> None:
+        """Record the partitions ``ids``, whose windows in ``zone`` are the ones they have, as cut in it."""
+        chosen = [self.core.params(id=pid, zone=zone) for pid in ids]
+        if chosen:
+            self.core.in_transaction(lambda cur: cur.executemany(self.q["relabel"], chosen))
+
     def reset_failed(self, task: PartitionKeys) -> int:
         """Re-queue the task's parked partitions; return how many."""
         return int(self._run("reset_failed", task=task.name).rowcount)

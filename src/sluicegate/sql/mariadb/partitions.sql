@@ -157,6 +157,14 @@ SET changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)
     version = version + 1
 WHERE id = %(id)s;
 
+-- other_zones --
+-- How many of a task's partitions were cut in another zone than the task's (its zone changed).
+SELECT count(*) FROM {t}partitions WHERE task = %(task)s AND zone IS NOT NULL AND zone <> %(zone)s;
+
+-- relabel --
+-- Record a partition as cut in the task's zone now, where its window there is the same.
+UPDATE {t}partitions SET zone = %(zone)s WHERE id = %(id)s AND zone <> %(zone)s;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE task = %(task)s AND failed;

@@ -159,6 +159,14 @@ SET version = version + 1,
     changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
 WHERE id = %(id)s;
 
+-- other_zones --
+-- How many of a task's partitions were cut in another zone than the task's (its zone changed).
+SELECT count(*) FROM {t}partitions WHERE task = %(task)s AND zone IS NOT NULL AND zone <> %(zone)s;
+
+-- relabel --
+-- Record a partition as cut in the task's zone now, where its window there is the same.
+UPDATE {t}partitions SET zone = %(zone)s WHERE id = %(id)s AND zone <> %(zone)s;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions (locked in pkey order, as marks lock them).
 UPDATE {t}partitions

@@ -121,6 +121,14 @@ SET version = version + 1,
     changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END
 WHERE id = :id;
 
+-- other_zones --
+-- How many of a task's partitions were cut in another zone than the task's (its zone changed).
+SELECT count(*) FROM {t}partitions WHERE task = :task AND zone IS NOT NULL AND zone <> :zone;
+
+-- relabel --
+-- Record a partition as cut in the task's zone now, where its window there is the same.
+UPDATE {t}partitions SET zone = :zone WHERE id = :id AND zone <> :zone;
+
 -- reset_failed --
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions SET failed = 0, attempts = 0, next_attempt_at = NULL WHERE task = :task AND failed;
