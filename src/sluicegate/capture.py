@@ -454,12 +454,13 @@ def _bin_time(value: Any) -> dt.datetime | None:
         return BEYOND
 
 
-def _typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Command-line key values as the select's key columns hold them: `7` stays text for a text
-    column (as an integer it was a second partition beside the one the triggers mark)."""
+def typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-line key values (of the non-time keys given) as the select's key columns hold them:
+    `7` stays text for a text column (as an integer it was a second partition beside the one the
+    triggers mark); `mark`, and `reexport`'s filter, where `1.50` was not the float key 1.5."""
     from .drivers.partitioned import read_spec
 
-    texts = [k for k in task.keys if isinstance(assignments[k], str)]
+    texts = [k for k in task.keys if isinstance(assignments.get(k), str)]
     try:
         kinds = {c.name.lower(): c.kind for c in source.describe(read_spec(task))} if texts else {}
     except SluicegateError:  # the select cannot be described now: `run` will say why
@@ -476,7 +477,7 @@ def _typed_keys(task: TaskSpec, source: Source, assignments: Mapping[str, Any]) 
                 return text
         return coerce_value(text, unsigned=kind == "int" and source.dialect is db.MARIADB)
 
-    return tuple(typed(k) for k in task.keys)
+    return {k: typed(k) for k in task.keys if k in assignments}
 
 
 def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[str, Any]) -> int:
@@ -486,7 +487,7 @@ def mark(task: TaskSpec, ledger: Ledger, source: Source, assignments: Mapping[st
         raise UsageError(
             f"task {task.name!r} needs a value for {missing[0]}; give {'=... '.join(task.key_names)}=..."
         )
-    keys = _typed_keys(task, source, assignments)
+    keys = tuple(typed_keys(task, source, assignments).values())  # every key: checked above
     inexact = [f"{k}={v}" for k, v in zip(task.keys, keys, strict=True) if isinstance(v, Decimal)]
     if inexact:
         raise UsageError(f"{inexact[0]} has more digits than a float holds: no partition can have it")

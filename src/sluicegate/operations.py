@@ -182,12 +182,12 @@ def reexport(
     time_range(time_min, time_max)
     when = task.time.name if task.time is not None and task.time.name in assignments else None
     period = period_filter(task.time, assignments[when]) if task.time is not None and when else None
-    wanted = {k: str(coerce_value(v)) for k, v in assignments.items() if k != when}
+    wanted = _typed_filter(project, task, {k: v for k, v in assignments.items() if k != when})
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
         if set(keys) != set(task.key_names):  # recorded before a key was added or removed: no export
             return False
-        if any(str(keys.get(k)) != v for k, v in wanted.items()):
+        if any(keys.get(k) != v for k, v in wanted.items()):
             return False
         if period is not None and not period(keys.get(str(when)), start, end):
             return False
@@ -209,6 +209,16 @@ def reexport(
                     [row[0] for row in chosen], task.time.zone
                 )  # their window: no warning
         return ledger.partitions.reexport(task, accept)
+
+
+def _typed_filter(project: Project, task: PartitionedTask, wanted: dict[str, str]) -> dict[str, Any]:
+    """``reexport``'s key values read as ``mark`` reads them (typed by the key's column)."""
+    try:
+        source = open_source(project.settings.source_url) if wanted else None
+    except SluicegateError:  # the source is out of reach: read as integers or text
+        return {k: coerce_value(v) for k, v in wanted.items()}
+    with contextlib.closing(source) if source else contextlib.nullcontext():
+        return capture.typed_keys(task, source, wanted) if source else {}
 
 
 def reset_failed(project: Project, task_name: str) -> int:

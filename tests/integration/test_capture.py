@@ -896,3 +896,30 @@ def test_reexport_after_an_hour_zone_change_leaves_each_row_in_one_file(
         for p in files(tmp_path / "out")
     } == got
     db.close()
+
+
+def test_reexport_reads_a_key_value_as_mark_does(tmp_path: Path) -> None:
+    """`reexport TASK k=1.50` queued nothing for the float key 1.5 (it compared text), while
+    `mark` reads 1.50 as 1.5; a text key `7` is still not the integer 7."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    folder = root / "tasks" / "openaq"
+    (folder / "task.toml").write_text(
+        'keys = ["k", "s"]\npath = "nk/{k}/{s}/{day:%Y-%m-%d}.{ext}"\n[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "trigger"\ntable = "nk"\ntime = "t"\n'
+    )
+    (folder / "select.sql").write_text("SELECT k, s, t, v FROM nk")
+    conn = sqlite3.connect(tmp_path / "source.db", isolation_level=None)
+    conn.execute("CREATE TABLE nk (k REAL NOT NULL, s TEXT NOT NULL, t TEXT NOT NULL, v REAL)")
+    assert cli(root, "install").returncode == 0
+    conn.execute(
+        "INSERT INTO nk VALUES (1.5, '7', '2024-05-01T10:00:00Z', 1), (2, '8', '2024-05-01T10:00:00Z', 2)"
+    )
+    assert cli(root, "run").returncode == 0
+    for pairs, count in ((["k=1.50"], 1), (["k=1.5", "s=7"], 1), (["k=2.0"], 1), (["s=07"], 0), (["k=3"], 0)):
+        ran = cli(root, "reexport", "openaq", *pairs)
+        assert ran.returncode == 0 and f"queued {count} partition(s)" in ran.stdout, (
+            pairs,
+            ran.stdout + ran.stderr,
+        )
+    conn.close()
