@@ -301,21 +301,19 @@ def file_of(
 ) -> tuple[Partition, str, Any]:
     """``(partition, path, previous path)`` of a ``claim`` (a ledger Claim) restored as ``part``.
 
-    An hour retired by :func:`superseded` (its key names another hour in its zone now) gets an
-    empty window, so its export writes no rows and deletes its file; it has no path when it has
-    no file, or when the hour of its zone with the same wall clock is written there (that
-    export replaces it)."""
-    if part.pkey == claim.pkey or part.zone is None:
+    An hour retired by :func:`superseded` (its time key names another hour in its zone now; the
+    other keys may just be in another order) gets an empty window, so its export writes no rows
+    and deletes its file; it has no path when it has no file, or when the hour of its zone with
+    the same wall clock is written there (that export replaces it)."""
+    hour = task.time is not None and task.time.grain == "hour" and "T" in str(values[-1])  # a stored hour
+    if not hour or part.zone is None or canonical_key(part.values[-1:]) == canonical_key(values[-1:]):
         path = render_path(task, part.values)
         # An earlier try that did not commit may have placed and listed a file there, unrecorded.
         return part, path, claim.prev_path or (path if claim.attempts else None)
-    empty = dataclasses.replace(part, end=part.start)
-    if (
-        not claim.prev_path
-        or render_path(task, _wall_twin(task, values, part.zone).values) == claim.prev_path
-    ):
+    empty, recorded = dataclasses.replace(part, end=part.start), claim.prev_path
+    if not recorded or render_path(task, _wall_twin(task, values, part.zone).values) == recorded:
         return empty, "", None
-    return empty, claim.prev_path, claim.prev_path
+    return empty, recorded, recorded
 
 
 def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:

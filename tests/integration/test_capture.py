@@ -923,3 +923,33 @@ def test_reexport_reads_a_key_value_as_mark_does(tmp_path: Path) -> None:
             ran.stdout + ran.stderr,
         )
     conn.close()
+
+
+def test_a_change_after_the_keys_were_reordered_is_exported(tmp_path: Path) -> None:
+    """keys = ["location_id", "sensors_id"] became ["sensors_id", "location_id"]: a partition
+    recorded before has its values in the old order, and a claim whose restored key text differed
+    from the recorded one was taken for a retired hour, exported with no rows: the change at
+    07:00 was in no file while its day was recorded exported."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('keys = ["location_id"]', 'keys = ["location_id", "sensors_id"]')
+    text = text.replace("location-{location_id}", "location-{location_id}-{sensors_id}")
+    toml.write_text(
+        text.replace(
+            '{ location_id = "location_id" }', '{ location_id = "location_id", sensors_id = "sensor_id" }'
+        )
+    )
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=h) for h in (1, 5)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    toml.write_text(
+        toml.read_text().replace('["location_id", "sensors_id"]', '["sensors_id", "location_id"]')
+    )
+    db.insert(1, [DAY + dt.timedelta(hours=7)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(tmp_path / "out")}
+    assert got == {"location-1-10-20240501.csv": [f"2024-05-01T0{h}:00:00+00:00" for h in (1, 5, 7)]}, got
+    db.close()
