@@ -204,10 +204,8 @@ def reexport(
             finally:
                 if source is not None:
                     source.close()
-            if task.time.zone and ledger.partitions.other_zones(task, task.time.zone):  # the days that kept
-                ledger.partitions.relabel(
-                    [row[0] for row in chosen], task.time.zone
-                )  # their window: no warning
+            if task.time.zone and ledger.partitions.other_zones(task, task.time.zone):  # days that kept
+                ledger.partitions.relabel([row[0] for row in chosen], task.time.zone)  # their window
         return ledger.partitions.reexport(task, accept)
 
 
