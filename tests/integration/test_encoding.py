@@ -455,6 +455,38 @@ def test_sqlite_parquet_files_of_a_task_share_one_schema(tmp_path: Path) -> None
     assert sorted(table.column("v").to_pylist(), key=str) == [1.5, None]
 
 
+def test_sqlite_times_within_one_millisecond_keep_their_order_whatever_the_insert_order(
+    tmp_path: Path,
+) -> None:
+    """julianday() rounds to the millisecond, and the rows were ordered by it alone: times less
+    than a millisecond apart came in the order SQLite read them, so the same rows inserted in
+    another order gave another file (``.0002`` before ``.0001``). Now they come in their text's
+    order (the times' order, in one form) whatever the insert order."""
+    times = [
+        "2024-11-02T12:00:00.000100Z",
+        "2024-11-02T12:00:00.000150Z",
+        "2024-11-02T12:00:00.000200Z",
+        "2024-11-02T12:00:00.000999Z",
+        "2024-11-02T12:00:01.000400Z",
+        "2024-11-02T12:00:00.999600Z",
+    ]
+    files = []
+    for i, order in enumerate((times, times[::-1])):
+        url = _sqlite(tmp_path / f"s{i}.db", [(1, t, 5) for t in order])
+        root = _project(tmp_path / f"p{i}", url, "SELECT k, t, v FROM m", "csv", zone="UTC", ledger=False)
+        _export(root, (1, DAY))
+        files.append(_file(root, 1, DAY, "csv").read_bytes())
+    assert files[0] == files[1]
+    assert [r[1] for r in _csv_rows(_file(root, 1, DAY, "csv"))[1:]] == [
+        "2024-11-02T12:00:00.000100+00:00",
+        "2024-11-02T12:00:00.000150+00:00",
+        "2024-11-02T12:00:00.000200+00:00",
+        "2024-11-02T12:00:00.000999+00:00",
+        "2024-11-02T12:00:00.999600+00:00",
+        "2024-11-02T12:00:01.000400+00:00",
+    ]
+
+
 def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) -> None:
     """Defect 11: ``[columns]`` fixes a kind the first value would get wrong; BLOBs are ``\\x`` hex in CSV and
     binary in Parquet; a boolean kind writes 0/1 as false/true."""

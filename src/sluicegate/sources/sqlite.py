@@ -108,7 +108,7 @@ class SqliteSource:
             lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
             on += [f"{t} {lo} julianday(p.ws)", f"{t} {hi} julianday(p.we)"]
         order = ", ".join(
-            f"julianday(q.{q(c)})" if c == spec.time_column else f"q.{q(c)}"
+            _time_order(f"q.{q(c)}") if c == spec.time_column else f"q.{q(c)}"
             for c in order_columns(spec, columns)
         )
         query = (
@@ -130,6 +130,17 @@ class SqliteSource:
         """The write lock for the block (``BEGIN IMMEDIATE``): nothing changes between read and delete."""
         with db.wrap_errors(self.url), db.transaction(self.conn, self.dialect, immediate=True) as cur:
             yield _Snapshot(cur, self.url)
+
+
+def _time_order(column: str) -> str:
+    """The order of a time column's text: by julianday(), then within its millisecond by the text.
+
+    julianday() rounds to the nearest millisecond, so times less than a millisecond apart
+    (``.0001`` and ``.0002``) tied and came in the order SQLite read them: the same rows inserted
+    in another order gave another file. Their text tells them apart (in their time order when
+    they are written in one form), so the order is total.
+    """
+    return f"julianday({column}), {column}"
 
 
 def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
