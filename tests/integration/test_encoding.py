@@ -487,6 +487,29 @@ def test_sqlite_times_within_one_millisecond_keep_their_order_whatever_the_inser
     ]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_sqlite_numbers_equal_only_as_numbers_have_one_order_whatever_the_insert_order(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A SQLite column without a type keeps 1 and 1.0, 0, 0.0 and -0.0 apart (as does an
+    expression in select.sql), but they sort as ties, and came in the order SQLite read them:
+    the same rows inserted in another order gave another file (JSON ``1`` and ``1.0``, CSV
+    ``0`` and ``-0``). Now an integer comes before a real, and 0.0 before -0.0."""
+    values = [1.0, 1, -0.0, 0.0, 0, 0.0]
+    files = []
+    for i, order in enumerate((values, values[::-1])):
+        url = _sqlite(tmp_path / f"s{i}.db", [(1, "2024-11-02T12:00:00Z", v) for v in order])
+        root = _project(tmp_path / f"p{i}", url, "SELECT k, t, v FROM m", fmt, zone="UTC", ledger=False)
+        _export(root, (1, DAY))
+        files.append(_file(root, 1, DAY, fmt).read_bytes())
+    assert files[0] == files[1]
+    if fmt == "jsonl":
+        assert [json.loads(line)["v"] for line in files[0].splitlines()] == [0, 0.0, 0.0, -0.0, 1, 1.0]
+        assert [line.split(b'"v":')[1] for line in files[0].splitlines()] == [
+            b"0}", b"0.0}", b"0.0}", b"-0.0}", b"1}", b"1.0}"
+        ]
+
+
 def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) -> None:
     """Defect 11: ``[columns]`` fixes a kind the first value would get wrong; BLOBs are ``\\x`` hex in CSV and
     binary in Parquet; a boolean kind writes 0/1 as false/true."""

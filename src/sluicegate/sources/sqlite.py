@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ class SqliteSource:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = db.connect(url)
+        self.conn.create_function(_NEGATIVE_ZERO, 1, _negative_zero, deterministic=True)
 
     def close(self) -> None:
         """Close the connection."""
@@ -107,8 +109,9 @@ class SqliteSource:
             t = f"julianday(q.{q(spec.time_column)})"
             lo, hi = (">", "<=") if spec.time_ending else (">=", "<")
             on += [f"{t} {lo} julianday(p.ws)", f"{t} {hi} julianday(p.we)"]
+        value_order = _value_order if not spec.primary_key else str  # a unique key leaves no ties
         order = ", ".join(
-            _time_order(f"q.{q(c)}") if c == spec.time_column else f"q.{q(c)}"
+            _time_order(f"q.{q(c)}") if c == spec.time_column else value_order(f"q.{q(c)}")
             for c in order_columns(spec, columns)
         )
         query = (
@@ -141,6 +144,25 @@ def _time_order(column: str) -> str:
     they are written in one form), so the order is total.
     """
     return f"julianday({column}), {column}"
+
+
+def _value_order(column: str) -> str:
+    """A column of the rows' order: by value, then numbers equal as numbers by type and sign.
+
+    A column without a type (or an expression) keeps 1 and 1.0, and 0.0 and -0.0, apart, and
+    each is written in its own way (JSON ``1`` and ``1.0``, CSV ``0`` and ``-0``), but SQLite
+    sorts them as ties: they came in the order it read them, and the same rows gave another
+    file. An integer comes first, then a real, 0.0 before -0.0 (whose sign SQL cannot see).
+    """
+    sign = f"CASE WHEN {column} = 0 THEN {_NEGATIVE_ZERO}({column}) ELSE 0 END"
+    return f"{column}, CASE typeof({column}) WHEN 'integer' THEN 0 WHEN 'real' THEN 1 + {sign} END"
+
+
+_NEGATIVE_ZERO = "sluicegate_negative_zero"
+
+
+def _negative_zero(value: Any) -> int:
+    return int(type(value) is float and math.copysign(1.0, value) < 0)
 
 
 def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
