@@ -32,6 +32,7 @@ from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
 from .partitions import zone_of
+from .sources.sqlite import unreadable_times
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -176,27 +177,7 @@ def unreadable_cursors(task: TaskSpec, source: Any, *, first: bool = False) -> l
 
     ``first``: judge the first row with a cursor only (a run's cheap probe, before it claims).
     """
-    cursor = f"q.{db.SQLITE.quote(task.cursor)}"
-    rows = f"FROM ({task.select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL"
-    number = f"typeof({cursor}) = 'integer' OR (typeof({cursor}) = 'text' AND {cursor} NOT LIKE '%-%')"
-    bad = f"(julianday({cursor}) IS NULL OR {number})"
-    query = (
-        f"SELECT {bad}, {cursor} {rows} LIMIT 1"
-        if first
-        else f"SELECT count(*), min({cursor}) {rows} AND {bad}"
-    )
-    try:
-        count, example = (source.execute(query) or [(0, None)])[0]
-    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
-        return []
-    if not count:
-        return []
-    return [
-        f"{task.folder / 'select.sql'}: {'the first' if first else f'{count:,}'} row(s) have a {task.cursor}"
-        f" SQLite cannot read as a time (such as {example!r}), so they are in no window and never exported;"
-        " write them as YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in"
-        " select.sql (Unix seconds: datetime(col, 'unixepoch'))"
-    ]
+    return unreadable_times(source, task.folder, task.select_sql, task.cursor, first=first)
 
 
 def sqlite_dates(task: TaskSpec, source: Any) -> bool:

@@ -577,6 +577,29 @@ def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
         ]
 
 
+def test_check_counts_sqlite_times_no_partition_reads(tmp_path: Path) -> None:
+    """SQLite's julianday() cannot read an offset without a colon, ISO 8601's basic form or a
+    lower-case t: such a row is in no partition's window and never exported (its capture logged
+    a change 'at a NULL or zero time'), and ``check`` said every task was ok. Now it counts them."""
+    rows = [
+        (1, "2024-11-02T12:00:00Z", 1),
+        (1, "2024-11-02T12:00:00+0100", 2),
+        (1, "20241102T120000Z", 3),
+        (1, "2024-11-02t12:00:00z", 4),
+    ]
+    url = _sqlite(tmp_path / "s.db", rows)
+    root = _project(tmp_path / "p", url, "SELECT k, t, v FROM m", "csv")
+    checked = cli(root, "check")
+    assert checked.returncode == 2, checked.stderr
+    assert (
+        "select.sql: 3 row(s) have a t SQLite cannot read as a time (such as '2024-11-02T12:00:00+0100'),"
+        " so they are in no window and never exported" in checked.stderr
+    )
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("DELETE FROM m WHERE v > 1")
+    assert cli(root, "check").returncode == 0
+
+
 def test_columns_errors_name_the_file_the_key_and_the_choices(tmp_path: Path, pg_url: str) -> None:
     url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", 1)])
     root = _project(tmp_path / "a", url, "SELECT k, t, v FROM m", "csv", extra='[columns]\nv = "double"\n')

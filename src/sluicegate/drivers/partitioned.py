@@ -30,6 +30,7 @@ from ..partitions import canonical_key, check_distinct_paths, render_path, resto
 from ..paths import check_template
 from ..pipeline import MAX_INFLIGHT, Pipeline
 from ..sources import ReadSpec, Slice, Source
+from ..sources.sqlite import unreadable_time_rows
 from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
@@ -429,7 +430,7 @@ def check(task: Task, source: Source) -> list[str]:
         return [str(exc)]
     if task.time and task.time.zone_sql:
         problems += _check_zones(task, source, toml)
-    return problems + capture_triggers.capture_problems(task, source)
+    return problems + unreadable_time_rows(task, source) + capture_triggers.capture_problems(task, source)
 
 
 def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[str]:

@@ -8,10 +8,11 @@ import math
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from .. import db
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SluicegateError
 from ..partitions import canonical_key
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
 
@@ -163,6 +164,50 @@ _NEGATIVE_ZERO = "sluicegate_negative_zero"
 
 def _negative_zero(value: Any) -> int:
     return int(type(value) is float and math.copysign(1.0, value) < 0)
+
+
+def unreadable_time_rows(task: Any, source: Any) -> list[str]:
+    """SQLite: a partitioned task's rows whose [time] column no partition reads (see below).
+
+    Their changes were logged as set aside at a NULL time, and ``check`` said every task was ok.
+    """
+    if task.time is None or source.dialect is not db.SQLITE:
+        return []
+    return unreadable_times(source, task.folder, task.select_sql, task.time.column)
+
+
+def unreadable_times(
+    source: Any, folder: Path, select_sql: str, column: str, *, first: bool = False
+) -> list[str]:
+    """Rows whose time ``column`` is set but is no time julianday() reads as such: text it cannot
+    read (ISO 8601's basic form 20260101T000000Z, an offset +0100), or an integer (or text with
+    no date in it), which it reads as a Julian day number, not Unix time. They are in no window
+    (an incremental task's cursor) or partition (a partitioned task's [time] column) the writer
+    meant. A REAL is a Julian day, as SQLite documents.
+
+    ``first``: judge the first row with a time only (a run's cheap probe, before it claims).
+    """
+    cursor = f"q.{db.SQLITE.quote(column)}"
+    rows = f"FROM ({select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL"
+    number = f"typeof({cursor}) = 'integer' OR (typeof({cursor}) = 'text' AND {cursor} NOT LIKE '%-%')"
+    bad = f"(julianday({cursor}) IS NULL OR {number})"
+    query = (
+        f"SELECT {bad}, {cursor} {rows} LIMIT 1"
+        if first
+        else f"SELECT count(*), min({cursor}) {rows} AND {bad}"
+    )
+    try:
+        count, example = (source.execute(query) or [(0, None)])[0]
+    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
+        return []
+    if not count:
+        return []
+    return [
+        f"{folder / 'select.sql'}: {'the first' if first else f'{count:,}'} row(s) have a {column}"
+        f" SQLite cannot read as a time (such as {example!r}), so they are in no window and never exported;"
+        " write them as YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in"
+        " select.sql (Unix seconds: datetime(col, 'unixepoch'))"
+    ]
 
 
 def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
