@@ -29,8 +29,7 @@ from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import canonical_key, check_distinct_paths, render_path, restore_partition, same_keys
 from ..paths import check_template
 from ..pipeline import MAX_INFLIGHT, Pipeline
-from ..sources import ReadSpec, Slice, Source
-from ..sources.sqlite import unreadable_time_rows
+from ..sources import ReadSpec, Slice, Source, sqlite
 from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
@@ -423,14 +422,14 @@ def limit_shares(limit: int | None, workers: int) -> list[int | None]:
 
 def check(task: Task, source: Source) -> list[str]:
     """Problems of a partitioned task against the live source (columns, zones, capture table)."""
-    toml = task.folder / "task.toml"
     try:
         problems = missing_columns(task, [c.name for c in source.describe(read_spec(task))], source)
     except SluicegateError as exc:
         return [str(exc)]
     if task.time and task.time.zone_sql:
-        problems += _check_zones(task, source, toml)
-    return problems + unreadable_time_rows(task, source) + capture_triggers.capture_problems(task, source)
+        problems += _check_zones(task, source, task.folder / "task.toml")
+    problems += sqlite.unreadable_time_rows(task, source)
+    return problems + capture_triggers.capture_problems(task, source)
 
 
 def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[str]:
