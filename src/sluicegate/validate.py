@@ -290,7 +290,8 @@ def statement(text: str) -> str:
 
 def text_file(path: Path) -> str:
     """A task or project file's text: one that is not UTF-8, or cannot be read, is a ConfigError
-    naming it (it was a UnicodeDecodeError's traceback). FileNotFoundError is the caller's."""
+    naming it (it was a UnicodeDecodeError's traceback). FileNotFoundError is the caller's. A
+    leading byte-order mark (Notepad's "UTF-8 with BOM") is dropped: TOML and SQL read it as text."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -298,7 +299,7 @@ def text_file(path: Path) -> str:
     except OSError as exc:  # a folder of that name, or a file this user may not read
         raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start + 1});"

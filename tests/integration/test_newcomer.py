@@ -439,3 +439,17 @@ def test_the_airmax_examples_next_steps_run_as_printed(tmp_path: Path) -> None:
         assert proc.returncode == 0, (step, proc.stdout + proc.stderr)
         if step[0] == "ingest":
             assert "3 messages received, 3 inserted, 0 duplicates, 0 malformed" in proc.stdout
+
+
+def test_files_saved_with_a_byte_order_mark_load_as_written(tmp_path: Path) -> None:
+    """A sluicegate.toml or task.toml saved as Notepad's "UTF-8 with BOM" failed with "invalid
+    TOML (Invalid statement (at line 1, column 1)); fix the syntax": nothing to see there."""
+    from support import load
+
+    root, _ = _new_project(tmp_path, rows=2000)
+    task = root / "tasks" / "openaq"
+    for path in (root / "sluicegate.toml", task / "task.toml", task / "select.sql"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    proc = cli(root, "check")
+    assert proc.returncode == 0 and "ok: every task checked" in proc.stdout, proc.stdout + proc.stderr
+    assert not load(root).tasks["openaq"].select_sql.startswith("\ufeff")
