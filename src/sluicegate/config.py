@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,12 +142,7 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
                 "select.sql and delete.sql files run in, such as postgresql://exporter@db.example.org/openaq"
             )
     else:
-        raise ConfigError(
-            f"{root} {'holds no sluicegate.toml' if root.is_dir() else 'does not exist'} and DSL_PATH is not "
-            f"set: run 'sluicegate init {root}' to "
-            "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
-            "DSL/Export folder (see docs/service.md)"
-        )
+        raise ConfigError(_no_project(root))
     _fill_dsl_defaults(raw, env, dsl_only=not path.is_file())
     for section, values in settings_env.overrides(env).items():
         raw.setdefault(section, {}).update(values)
@@ -158,6 +154,23 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
             if f"[{section}] {key}:" in str(exc):
                 raise ConfigError(f"{exc} (the value comes from the environment variable {name})") from exc
         raise
+
+
+def _no_project(root: Path) -> str:
+    """Why ``root`` is not a project, and what to do; inside one, the way to the project."""
+    if root.is_dir():
+        outer = next((p for p in root.resolve().parents if (p / "sluicegate.toml").is_file()), None)
+        if outer is not None:  # tasks/openaq/ of a project: init there would nest a second one
+            return (
+                f"{root} holds no sluicegate.toml but is inside the project {outer}: run the command "
+                f"there, or give the project with 'sluicegate -C {shlex.quote(str(outer))} ...'"
+            )
+    return (
+        f"{root} {'holds no sluicegate.toml' if root.is_dir() else 'does not exist'} and DSL_PATH is not "
+        f"set: run 'sluicegate init {root}' to "
+        "create a project, or set DSL_PATH, DATABASE_URL and EXPORT_PATH to serve a Common Knowledge "
+        "DSL/Export folder (see docs/service.md)"
+    )
 
 
 def _settings(raw: dict[str, Any], path: Path, root: Path, env: Mapping[str, str]) -> Settings:

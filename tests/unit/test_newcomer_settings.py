@@ -227,6 +227,18 @@ def test_a_project_folder_that_does_not_exist_is_called_so(tmp_path: Path) -> No
     assert proc.returncode == 2 and "empty holds no sluicegate.toml and DSL_PATH is not set" in proc.stderr
 
 
+def test_a_command_run_inside_a_projects_task_folder_names_the_project(tmp_path: Path) -> None:
+    """From `tasks/openaq/` of a project, `status` said "run 'sluicegate init .../tasks/openaq' to
+    create a project": a second project nested in the first's task folder."""
+    root = _project(tmp_path / "my p", "exports")
+    inner = root / "tasks" / "openaq"
+    proc = cli(inner, "status")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"is inside the project {root}:" in proc.stderr and "init" not in proc.stderr, proc.stderr
+    assert f"sluicegate -C {shlex.quote(str(root))} ..." in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_a_destination_under_the_home_folder_is_not_a_folder_named_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
