@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import sqlite3
@@ -453,3 +454,24 @@ def test_files_saved_with_a_byte_order_mark_load_as_written(tmp_path: Path) -> N
     proc = cli(root, "check")
     assert proc.returncode == 0 and "ok: every task checked" in proc.stdout, proc.stdout + proc.stderr
     assert not load(root).tasks["openaq"].select_sql.startswith("\ufeff")
+
+
+def test_the_airmax_next_steps_generate_into_the_source_init_was_given(tmp_path: Path) -> None:
+    """`init --example airmax --source sqlite:///other.db` still said `generate --db
+    sqlite:///<folder>/airmax.db`: the data went into a file the project does not read, and the
+    next step, `check`, failed on a database without the table raw."""
+    root = tmp_path / "airmax"
+    out = cli(
+        tmp_path, "init", str(root), "--example", "airmax", "--source", "sqlite:///other.db", check=True
+    )
+    lines = [line.split("#")[0] for line in out.stdout.split("next:")[1].splitlines() if " -C " in line]
+    steps = [[a for a in shlex.split(line)[4:] if a not in ("--every", "30s")] for line in lines]
+    assert [s[0] for s in steps] == ["generate", "check", "ingest", "run"], steps
+    for step in steps:
+        proc = cli(root, *step)
+        assert proc.returncode == 0, (step, proc.stdout + proc.stderr)
+    assert (root / "other.db").is_file() and not (root / "airmax.db").exists()
+    out = cli(
+        tmp_path, "init", str(tmp_path / "pg"), "--example", "airmax", "--source", "postgresql://me:pw@h/db"
+    )
+    assert "--db 'postgresql://me:***@h/db' --rows 50000  # your password for ***" in out.stdout, out.stdout

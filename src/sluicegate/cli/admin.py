@@ -49,11 +49,20 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
         f"{me} run",
     ])  # fmt: skip
     lines = [f"check {where} in {folder / 'sluicegate.toml'}, and the queries in {folder / 'tasks'}"]
-    if example == "airmax":  # its tables and some data first, in the SQLite file the example reads
-        db = shlex.quote(f"sqlite:///{folder / 'airmax.db'}")
-        lines.append(f"{me} generate --dataset airmax --db {db} --rows 50000")
+    if example == "airmax":  # its tables and some data first, in the database the project reads
+        lines.append(f"{me} generate --dataset airmax --db {_generate_db(folder, source_url)}")
     lines += [f"{me} check", *steps]
     click.echo("next:\n" + "\n".join(f"  {n}. {line}" for n, line in enumerate(lines, 1)))
+
+
+def _generate_db(folder: Path, source_url: str | None) -> str:
+    """``--db`` for ``generate`` (which reads a relative SQLite path from the current folder):
+    the project's ``[source] url``, its password masked with a note to put it back."""
+    url = source_url or "sqlite:///airmax.db"
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):  # relative to the project
+        url = f"sqlite:///{folder / url[len('sqlite:///') :]}"
+    masked = mask_url(url)
+    return shlex.quote(masked) + " --rows 50000" + ("" if masked == url else "  # your password for ***")
 
 
 @main.command()
