@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 from pathlib import Path
 
 from sluicegate import operations
-from support import Db, cli, files, hours, load, read_csv, write_project
+from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
 
 UTC = dt.UTC
 
@@ -436,3 +437,15 @@ def test_status_and_check_say_when_partitions_were_cut_in_another_zone(tmp_path:
         assert "another zone" not in cli(root, "check").stderr
         assert cli(root, "run").returncode == 0
     db.close()
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(tmp_path: Path) -> None:
+    """`sluicegate run -C proj` said only "No such option '-C'", though -C is an option."""
+    for args, hint in (
+        (["run", "-C", str(tmp_path)], "sluicegate -C FOLDER run ..."),
+        (["status", "-v"], "sluicegate -v status ..."),
+        (["watermark", "list", "x", "--project", str(tmp_path)], "sluicegate -C FOLDER watermark ..."),
+    ):
+        proc = subprocess.run([SLUICEGATE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"is a global option and goes before the command: {hint}" in proc.stderr, proc.stderr

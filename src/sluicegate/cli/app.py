@@ -147,7 +147,25 @@ def timestamp(_ctx: Any, param: click.Parameter, value: str | None) -> dt.dateti
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-@click.group(epilog=ENV_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The group: a global option given after the command (`run -C demo`) is named as such."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            if exc.option_name in ("-C", "--project", "-v", "--verbose"):
+                sub = ctx.invoked_subcommand or "COMMAND"
+                hint = "-C FOLDER" if exc.option_name in ("-C", "--project") else "-v"
+                raise click.UsageError(
+                    f"{exc.option_name} is a global option and goes before the command: "
+                    f"sluicegate {hint} {sub} ...",
+                    exc.ctx,
+                ) from None
+            raise
+
+
+@click.group(cls=_Main, epilog=ENV_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
     "--project",
