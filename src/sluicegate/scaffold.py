@@ -21,10 +21,8 @@ def init_project(
     ``source_url`` replaces the example's ``[source] url`` in the new ``sluicegate.toml``."""
     if example not in EXAMPLES:
         raise UsageError(f"--example {example!r} is not known; use one of: {', '.join(EXAMPLES)}")
-    if (folder / "sluicegate.toml").exists() and not force:
-        raise UsageError(f"{folder / 'sluicegate.toml'} already exists; pick an empty folder or pass --force")
     try:  # a folder under a file, or one this user may not write: one line, not a traceback
-        written = _copy_example(example, folder)
+        written = _copy_example(example, folder, force=force)
         if source_url:
             _set_source(folder / "sluicegate.toml", source_url)
     except OSError as exc:
@@ -33,17 +31,21 @@ def init_project(
     return written
 
 
-def _copy_example(example: str, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+def _copy_example(example: str, folder: Path, *, force: bool) -> list[Path]:
+    """Copy the example's files; without ``force``, refuse before writing any if one exists
+    (a select.sql of the user's own was overwritten when only sluicegate.toml was missing)."""
     written = []
     root = resources.files(__package__).joinpath("templates", example)
     with resources.as_file(root) as src:
-        for path in sorted(Path(src).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                target = folder / path.relative_to(src)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-                written.append(target)
+        sources = [p for p in sorted(Path(src).rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+        targets = [folder / path.relative_to(src) for path in sources]
+        if not force and (there := next((t for t in targets if t.exists() or t.is_symlink()), None)):
+            raise UsageError(f"{there} already exists; pick an empty folder or pass --force to overwrite it")
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, target in zip(sources, targets, strict=True):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            written.append(target)
     return written
 
 

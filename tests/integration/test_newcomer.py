@@ -475,3 +475,18 @@ def test_the_airmax_next_steps_generate_into_the_source_init_was_given(tmp_path:
         tmp_path, "init", str(tmp_path / "pg"), "--example", "airmax", "--source", "postgresql://me:pw@h/db"
     )
     assert "--db 'postgresql://me:***@h/db' --rows 50000  # your password for ***" in out.stdout, out.stdout
+
+
+def test_init_overwrites_no_file_of_the_users_own_without_force(tmp_path: Path) -> None:
+    """`init` checked only sluicegate.toml: in a folder with a select.sql of the user's own and no
+    sluicegate.toml yet, it replaced that query with the example's, without a word."""
+    root = tmp_path / "own"
+    (root / "tasks" / "openaq").mkdir(parents=True)
+    (root / "tasks" / "openaq" / "select.sql").write_text("SELECT 42 AS mine\n")
+    proc = cli(tmp_path, "init", str(root))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{root / 'tasks' / 'openaq' / 'select.sql'} already exists" in proc.stderr, proc.stderr
+    assert (root / "tasks" / "openaq" / "select.sql").read_text() == "SELECT 42 AS mine\n"
+    assert not (root / "sluicegate.toml").exists()
+    cli(tmp_path, "init", str(root), "--force", check=True)
+    assert "SELECT 42" not in (root / "tasks" / "openaq" / "select.sql").read_text()

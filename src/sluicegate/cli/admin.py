@@ -26,7 +26,7 @@ from .render import ScanBar, render_summaries
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--example", default="openaq", show_default=True, help="Which example project to start from.")
-@click.option("--force", is_flag=True, help="Overwrite an existing sluicegate.toml.")
+@click.option("--force", is_flag=True, help="Overwrite the files of the example that exist.")
 @click.option("--source", "source_url", metavar="URL", help="Your database (written as [source] url).")
 @handled
 def init(folder: Path, example: str, force: bool, source_url: str | None) -> None:
