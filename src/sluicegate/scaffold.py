@@ -86,7 +86,7 @@ def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force
         for path in (database, folder / "measurements.db-wal", folder / "measurements.db-shm"):
             path.unlink(missing_ok=True)
         shutil.rmtree(folder / "exports", ignore_errors=True)
-    init_project(folder, force=True)
+    init_project(folder, force=force)  # without --force, a project there is not overwritten
     url = f"sqlite:///{database.resolve()}"
     create_schema(url)
     install(load_project(folder, {}))  # creates the ledger and the capture triggers

@@ -490,3 +490,17 @@ def test_init_overwrites_no_file_of_the_users_own_without_force(tmp_path: Path) 
     assert not (root / "sluicegate.toml").exists()
     cli(tmp_path, "init", str(root), "--force", check=True)
     assert "SELECT 42" not in (root / "tasks" / "openaq" / "select.sql").read_text()
+
+
+def test_demo_into_a_project_folder_leaves_the_project_alone_without_force(tmp_path: Path) -> None:
+    """`demo FOLDER` checked only for FOLDER/measurements.db: into a project on PostgreSQL it
+    replaced that project's sluicegate.toml (its [source] url) and select.sql without a word."""
+    root = tmp_path / "pg"
+    cli(tmp_path, "init", str(root), "--source", "postgresql://me@localhost/db", check=True)
+    (root / "tasks" / "openaq" / "select.sql").write_text("-- my query\nSELECT 1 AS x\n")
+    proc = cli(tmp_path, "demo", str(root), "--rows", "100", "--locations", "2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"{root / 'sluicegate.toml'} already exists" in proc.stderr, proc.stderr
+    assert 'url = "postgresql://me@localhost/db"' in (root / "sluicegate.toml").read_text()
+    assert (root / "tasks" / "openaq" / "select.sql").read_text().startswith("-- my query")
+    assert not (root / "measurements.db").exists()
