@@ -504,3 +504,14 @@ def test_demo_into_a_project_folder_leaves_the_project_alone_without_force(tmp_p
     assert 'url = "postgresql://me@localhost/db"' in (root / "sluicegate.toml").read_text()
     assert (root / "tasks" / "openaq" / "select.sql").read_text().startswith("-- my query")
     assert not (root / "measurements.db").exists()
+
+
+def test_the_mds_next_steps_say_the_provider_urls_are_placeholders(tmp_path: Path) -> None:
+    """`init --example mds` said "check ... the queries in mds/tasks" (it has none) and then
+    `blocks trips ...`, which failed with "Connection refused" on 127.0.0.1:8001: nothing said
+    that the providers' and the portal's URLs were placeholders to replace."""
+    root = tmp_path / "mds"
+    out = cli(tmp_path, "init", str(root), "--example", "mds", check=True).stdout
+    first = out.split("next:")[1].splitlines()[1]
+    assert f"MDS API url and token and the portal's url in {root / 'tasks' / 'trips' / 'task.toml'}" in first
+    assert "queries" not in first and "placeholders" in first, first

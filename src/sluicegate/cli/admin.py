@@ -49,6 +49,11 @@ def init(folder: Path, example: str, force: bool, source_url: str | None) -> Non
         f"{me} run",
     ])  # fmt: skip
     lines = [f"check {where} in {folder / 'sluicegate.toml'}, and the queries in {folder / 'tasks'}"]
+    if example == "mds":  # no queries: the providers' APIs and the portal, placeholders on 127.0.0.1
+        lines[0] = (
+            f"check {where} in {folder / 'sluicegate.toml'}, and set each provider's MDS API url and "
+            f"token and the portal's url in {folder / 'tasks' / 'trips' / 'task.toml'} (placeholders now)"
+        )
     if example == "airmax":  # its tables and some data first, in the database the project reads
         lines.append(f"{me} generate --dataset airmax --db {_generate_db(folder, source_url)}")
     lines += [f"{me} check", *steps]
