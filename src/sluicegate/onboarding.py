@@ -27,6 +27,14 @@ def no_tasks(project: Project) -> str | None:
     """Why ``run``, ``status`` and ``check`` of a project without a task do nothing, or None."""
     if project.tasks or project.problems:
         return None
+    tasks = project.settings.root / "tasks"
+    stray = [tasks / name for name in ("task.toml", "select.sql") if (tasks / name).is_file()]
+    if stray:  # the files of a task put straight into tasks/, not into a folder of their own
+        return (
+            f"{project.settings.root} has no tasks: {stray[0]} is not in a task folder; move "
+            f"{' and '.join(p.name for p in stray)} into a folder named after the task, "
+            f"such as {tasks / 'mytask'}/"
+        )
     return (
         f"{project.settings.root} has no tasks: add a folder per task under its tasks/ folder"
         " (`sluicegate init FOLDER` writes an example to start from)"

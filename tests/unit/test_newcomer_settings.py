@@ -107,6 +107,23 @@ def test_run_and_status_of_a_project_without_tasks_say_so(tmp_path: Path) -> Non
         assert f"warning: {root} has no tasks" in proc.stderr, (command, proc.stderr)
 
 
+def test_a_task_put_straight_into_tasks_is_named_with_where_it_goes(tmp_path: Path) -> None:
+    """tasks/task.toml and tasks/select.sql (no task folder) gave only "has no tasks: add a
+    folder per task", with `check` saying ok: the files that were there went unmentioned."""
+    root = tmp_path / "p"
+    (root / "tasks").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///x.db"\n[destination]\nurl = "out"\n')
+    (root / "tasks" / "task.toml").write_text('keys = ["location_id"]\n')
+    (root / "tasks" / "select.sql").write_text("SELECT 1 AS location_id\n")
+    for command in ("run", "status", "check"):
+        proc = cli(root, command)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+        assert (
+            f"{root / 'tasks' / 'task.toml'} is not in a task folder; move task.toml and select.sql into a"
+            f" folder named after the task, such as {root / 'tasks' / 'mytask'}/" in proc.stderr
+        ), (command, proc.stderr)
+
+
 @pytest.mark.parametrize("db", ["sqlite:///{tmp}/afile", "postgresql://u:hunter2@127.0.0.1:1/x"])
 def test_generate_into_a_database_it_cannot_use_is_one_line(tmp_path: Path, db: str) -> None:
     """A file that is no SQLite database, or a server that is not there, ended in a traceback
