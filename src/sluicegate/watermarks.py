@@ -73,12 +73,13 @@ def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str 
     """Where a window must end for no later-committed row to land below it: ``(cap, None)``,
     ``(None, None)`` (no cap) or ``(None, reason)`` (hold every window back).
 
-    The cap is the start of the oldest open transaction less ``margin`` (a row it writes may be
-    stamped up to that much before it began), or the server's clock now when earlier (a clock
-    behind this host's stamps later rows below an end taken from this host's; no margin: a
-    period's end, an hour or a day, is not cut just after it). PostgreSQL: transactions on the
-    source database, other than sluicegate's own readers and ledger; its writers (ingest, table
-    sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``) count like any other session.
+    The cap is the start of the oldest open transaction, or the server's clock now when earlier
+    (a clock behind this host's stamps later rows below an end taken from this host's), less
+    ``margin``: a row may be stamped up to that much before its transaction began, also in one
+    that begins after this look (:func:`plan_windows` keeps hourly and daily windows whole).
+    PostgreSQL: transactions on the source database, other than sluicegate's own readers and
+    ledger; its writers (ingest, table sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``)
+    count like any other session.
     MariaDB/MySQL: InnoDB transactions of other sessions connected to the source's database
     (``information_schema.innodb_trx``, server-wide, joined to the process list for the
     database; needs the ``PROCESS`` privilege; shown in the session's UTC, in whole seconds,
@@ -127,8 +128,8 @@ def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str 
 
 
 def _cap(started: dt.datetime | None, clock: dt.datetime, margin: float) -> dt.datetime:
-    """The earlier of ``started`` (the oldest open transaction's) less ``margin`` and ``clock``."""
-    return clock if started is None else min(started - dt.timedelta(seconds=margin), clock)
+    """The earlier of ``started`` (the oldest open transaction's) and ``clock``, less ``margin``."""
+    return (clock if started is None else min(started, clock)) - dt.timedelta(seconds=margin)
 
 
 def horizon_problems(task: TaskSpec, source: Any) -> list[str]:
@@ -250,7 +251,9 @@ def plan_windows(
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     capped = min(end, horizon) if horizon else end  # see commit_horizon
-    why = "a transaction that began then is still open (or the source's clock is there)"
+    if capped < end and export_type != "instant":  # whole hours or days: the last one waits
+        capped = type_end(export_type, capped, task)  # (a window cut in a day stuck on its name)
+    why = "a transaction that began then is still open, or the source's clock is within safety_margin"
     # The day of the end in zone, or in UTC when that is earlier (east of UTC, a writer's UTC
     # date, such as SQLite's date('now'), is a day behind): not over, its dates wait.
     days = (end.astimezone(zone_of(task.zone)).date(), end.astimezone(UTC).date())
