@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,19 @@ def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str 
     finally:
         probe.close()
     return None, None
+
+
+MAX_MARGIN_WAIT = 120.0  # seconds an hourly or daily run waits for its margin, at most
+
+
+def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt.datetime | None) -> float:
+    """Seconds to wait before an hourly or daily window can end at its period's end: only when
+    the source's clock alone (no older transaction) is within ``safety_margin`` of it, and not
+    longer than MAX_MARGIN_WAIT; else 0, and the window ends a period earlier."""
+    if export_type == "instant" or horizon is None or horizon >= end:
+        return 0.0
+    wait = (end - horizon).total_seconds() + 0.05
+    return wait if wait <= min(task.safety_margin, MAX_MARGIN_WAIT) else 0.0
 
 
 def _cap(started: dt.datetime | None, clock: dt.datetime, margin: float) -> dt.datetime:
@@ -248,6 +262,9 @@ def plan_windows(
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
     horizon, held = commit_horizon(source, task.safety_margin)
+    if claim and (wait := _margin_wait(task, export_type, end, horizon)):
+        time.sleep(wait)  # a run just after the hour (or midnight): not a whole period later
+        horizon, held = commit_horizon(source, task.safety_margin)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     capped = min(end, horizon) if horizon else end  # see commit_horizon

@@ -703,6 +703,25 @@ def test_an_hourly_window_within_the_margin_of_its_end_waits_whole(
 
 
 @pytest.mark.pg
+def test_a_run_just_after_its_end_waits_out_the_margin_rather_than_a_period(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A run within safety_margin after its window's end (an hourly run at the hour) would end
+    its window a whole hour earlier; when the wait is short (the margin, at most 2 minutes) it
+    waits for the source's clock to pass end + margin instead, and exports up to the end."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="3s")
+    rec = Records(pg_url)
+    end = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+    rec.add("s1", end - dt.timedelta(minutes=90), "before")
+    rec.add("s1", end - dt.timedelta(seconds=2), "just-before-the-end")
+    started = time.monotonic()
+    summary = _run(root, export_type="hourly", end=end, entities=("s1",))
+    assert summary.entities[0]["end"] == end.isoformat(), summary.entities
+    assert _payloads(tmp_path) == ["before", "just-before-the-end"]
+    assert 1.0 <= time.monotonic() - started < 30
+
+
+@pytest.mark.pg
 def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
     """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
     time) and commits after an export that started 3 s into that transaction: the window end is
