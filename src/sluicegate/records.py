@@ -139,7 +139,7 @@ def last_per_key(records: Iterable[Any], columns: Columns | None) -> LastPerKey:
         if columns is not None and columns.key:
             with contextlib.suppress(ValueError):
                 named = dict(zip(columns.names, columns.values(record), strict=True))
-                key = tuple(json.dumps(named[k], sort_keys=True, default=str) for k in columns.key)
+                key = tuple(_key_text(named[k]) for k in columns.key)
         if key in kept:
             duplicates += 1
             if len(messages) < MAX_MESSAGES:
@@ -157,6 +157,17 @@ def last_per_key(records: Iterable[Any], columns: Columns | None) -> LastPerKey:
         duplicates=duplicates,
         messages=messages,
     )
+
+
+def _key_text(value: Any) -> str:
+    """A key value as text that is one for values a table's key takes for one: a time by its UTC
+    instant (two offsets of one instant were two keys, one row of a ``timestamptz`` key), a float
+    without the sign of its zero."""
+    if isinstance(value, dt.datetime):
+        value = value.astimezone(dt.UTC).isoformat()
+    elif isinstance(value, float):
+        value += 0.0  # -0.0 + 0.0 is 0.0
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -867,6 +867,25 @@ def test_a_key_twice_in_a_block_is_published_as_loaded_and_counted_a_duplicate(
         assert "trip_id='t'" in entry["error"] and "the last is kept" in entry["error"]
 
 
+@pytest.mark.parametrize(
+    ("kind", "first", "second"),
+    [
+        ("timestamptz", "2024-01-01T00:00:00+00:00", "2024-01-01T01:00:00+01:00"),
+        ("timestamptz", 1704067200, "2024-01-01T01:00:00+01:00"),
+        ("float", 0.0, -0.0),
+    ],
+)
+def test_records_of_one_key_value_however_written_are_one_key(kind: str, first: Any, second: Any) -> None:
+    """A timestamptz key of one instant written with two offsets is one row of a PostgreSQL or
+    MariaDB table (and 0.0, -0.0 one float key): the block's records were kept as two keys, so an
+    insert kept the first and the publish file had both."""
+    from sluicegate.records import Columns, last_per_key
+
+    columns = Columns(columns=(("k", kind), ("v", "int")), key=("k",))
+    last = last_per_key([{"k": first, "v": 1}, {"k": second, "v": 2}], columns)
+    assert (last.records, last.duplicates) == ([{"k": second, "v": 2}], 1), last
+
+
 def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_path: Path) -> None:
     """keys_sql gives 1; select.sql's key is an expression (no integer affinity on SQLite), which
     compared 1 with the ledger's '1' as different: every block was "no data", never retried."""
