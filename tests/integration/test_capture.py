@@ -953,3 +953,32 @@ def test_a_change_after_the_keys_were_reordered_is_exported(tmp_path: Path) -> N
     got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(tmp_path / "out")}
     assert got == {"location-1-10-20240501.csv": [f"2024-05-01T0{h}:00:00+00:00" for h in (1, 5, 7)]}, got
     db.close()
+
+
+def test_a_dry_run_after_an_hour_zone_change_shows_no_file_for_a_retired_hour(tmp_path: Path) -> None:
+    """An hour cut in UTC and retired by the re-cut in Asia/Tokyo writes no file (the Tokyo hour
+    of the same wall clock replaces its file): `run --dry-run` listed it with the path of the
+    Tokyo hour it restores as, another partition's file, so two partitions seemed to write one."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('grain = "day"', 'grain = "hour"')
+    toml.write_text(text.replace("{day:%Y%m%d}", "{hour:%Y%m%dT%H}").replace("{day:", "{hour:"))
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=h) for h in (1, 10)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    toml.write_text(toml.read_text().replace('zone = "UTC"', 'zone = "Asia/Tokyo"'))
+    assert cli(root, "reexport", "openaq").returncode == 0
+    dry = cli(root, "run", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    [summary] = json.loads(dry.stdout)
+    paths = {e["partition"]["hour"]: e.get("path") for e in summary["plan"]}
+    assert paths["2024-05-01T10:00:00+00:00"] is None, paths  # retired: Tokyo's 10:00 replaces its file
+    shown = [p for p in paths.values() if p]
+    assert len(shown) == len(set(shown)), paths
+    assert cli(root, "run").returncode == 0
+    written = {p.name for p in files(tmp_path / "out")}
+    assert written <= {Path(p).name for p in shown}, (paths, written)  # an hour without rows has none
+    db.close()

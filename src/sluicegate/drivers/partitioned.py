@@ -199,8 +199,9 @@ class Driver:
                 "version": claim.version,
             }
             try:
-                part = restore_partition(task, [claim.keys[k] for k in task.key_names], claim.zone)
-                entry["path"] = self.context.destination.display(render_path(task, part.values))
+                part = restore_partition(task, values := [claim.keys[k] for k in task.key_names], claim.zone)
+                path = partitions.file_of(task, values, part, claim)[1]  # as run: none for a retired hour
+                entry["path"] = self.context.destination.display(path) if path else None
             except SluicegateError as exc:
                 entry["error"] = str(exc)
             summary.plan.append(entry)
@@ -354,8 +355,7 @@ class Loop:
             piece = Slice(
                 keys=part.values[: len(task.keys)], start=part.start, end=part.end, zone=part.zone, day=day
             )
-            # A forced export never counts as unchanged (no checksum to compare), but its upload
-            # is still conditional on the file the ledger recorded.
+            # A forced export is never unchanged (no checksum), but its upload is still fenced.
             checksum = None if claim.forced else claim.prev_checksum
             previous = Previous(path=prev_path, checksum=checksum, etag=claim.prev_etag)
             units.append(
