@@ -96,10 +96,9 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
     every = _every(raw, where)
     width = _width(window["width"], every, raw.get("schedule"), where)
     fields = base_fields(name=name, folder=folder, raw=raw, settings=settings, default_path=DEFAULT_PATH)
-    since_previous_tick = window["width"] == "schedule" and every is None
-    # width = "schedule" with a cron schedule: a window is as long as the gap before its tick
+    since_previous_tick = window["width"] == "schedule" and every is None  # a window: the gap before its tick
     now = dt.datetime.now(UTC)
-    gap = longest_gap(fields["schedule"], fields["schedule_zone"], now) if since_previous_tick else None
+    gap = _schedule_gap(raw, fields, now, where) if since_previous_tick else None
     task = Task(
         **fields,
         window_table=validate.table_name(window["table"], f"{where} [window] table"),
@@ -155,6 +154,12 @@ def _width(value: Any, every: float | None, schedule: Any, where: str) -> float:
     if not width.is_integer():  # windows are read in whole seconds: they would overlap or leave gaps
         raise ConfigError(f'{where} [window] width: {value!r} is not whole seconds; use e.g. "3h"')
     return width
+
+
+def _schedule_gap(raw: Mapping[str, Any], fields: Mapping[str, Any], now: dt.datetime, where: str) -> float:
+    """A cron schedule's longest gap between ticks when longer than ``keep`` (30 days unless set)."""
+    keep = validate.parse_duration(raw.get("keep", KEEP), where=f"{where} keep")
+    return longest_gap(fields["schedule"], fields["schedule_zone"], now, beyond=keep)
 
 
 def _every(raw: Mapping[str, Any], where: str) -> float | None:
