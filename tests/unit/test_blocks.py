@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -801,6 +802,9 @@ def test_blocks_that_ended_less_than_settle_ago_are_left_out_and_run_later(
         "max_attempts = 3", 'max_attempts = 3\nsettle = "2h"'))  # fmt: skip
     etl = (root / "etl.py").read_text()  # no block empty or failing whatever the hour now
     (root / "etl.py").write_text(etl.replace('("T03:00",)', "()").replace('("T05:00",)', "()"))
+    now = dt.datetime.now(UTC)
+    if now.minute == 59 and now.second >= 30:  # the hour must not turn while the test runs
+        time.sleep(61 - now.second)
     hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     flag = ["--dry-run"] if dry else []
     result = blocks_cli(root, "--time-max", hour.isoformat(), "--interval", "4", *flag)

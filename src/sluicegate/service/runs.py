@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -156,7 +157,8 @@ class RunManager:
                             exc_info=not isinstance(exc, SluicegateError),
                         )
                         if (lost := cores.pop(where, None)) is not None:
-                            lost.close()
+                            with contextlib.suppress(Exception):  # a broken connection's close
+                                lost.close()
         finally:
             _close_all(cores)
 
