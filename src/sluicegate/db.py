@@ -363,7 +363,16 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
 
         own = unwrap(detail)  # a value sluicegate's batch query refused itself
         return DataError(own if own is not None else f"{where} rejected a value: {detail}")
+    if isinstance(exc, sqlite3.OperationalError) and (bad := _UNDECODABLE.search(str(exc))):
+        column = bad["column"]  # TEXT that is no UTF-8: read it as bytes, or repair it
+        return DataError(
+            f"{where}: {detail}; read the column as bytes in select.sql (CAST({column} AS BLOB) AS"
+            f" {column}) or repair its text in the source"
+        )
     return DataError(f"{where}: {detail}")
+
+
+_UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(?P<column>[^']+)'")
 
 
 @contextlib.contextmanager

@@ -711,3 +711,29 @@ def test_a_partition_parked_for_expired_leases_reports_the_attempts_it_had(tmp_p
     [failure] = operations.status(load(root))[0]["failures"]
     assert failure["attempts"] == 2, failure
     assert files(tmp_path / "out") == []
+
+
+def test_sqlite_text_that_is_no_utf8_fails_its_partition_with_the_cast_that_reads_it(tmp_path: Path) -> None:
+    """SQLite keeps any bytes in TEXT; Python's driver cannot read them as text, and the failure
+    named the column and value but not what to do."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    for loc in (1, 2):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 5, 1, tzinfo=dt.UTC), 2))
+    db.conn.execute("UPDATE locations SET name = CAST(X'61FF62' AS TEXT) WHERE location_id = 1")
+    assert cli(root, "backfill", "openaq").returncode == 0
+    [summary] = engine.run(load(root), ["openaq"])
+    assert (summary.exported, summary.failed) == (1, 1)  # the other location's day is exported
+    [error] = summary.errors
+    assert "Could not decode to UTF-8 column 'location'" in error
+    assert "CAST(location AS BLOB) AS location" in error, error
+    select = root / "tasks" / "openaq" / "select.sql"
+    select.write_text(
+        select.read_text().replace(
+            "l.name || '-' || m.sensor_id AS location",
+            "CAST(l.name || '-' || m.sensor_id AS BLOB) AS location",
+        )
+    )
+    assert cli(root, "reset", "openaq", "--failed").returncode == 0
+    [again] = engine.run(load(root), ["openaq"])
+    assert (again.exported, again.failed) == (1, 0), again.as_dict()
