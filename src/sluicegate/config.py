@@ -158,6 +158,9 @@ def load_settings(root: Path, env: Mapping[str, str]) -> Settings:
 
 def _no_project(root: Path) -> str:
     """Why ``root`` is not a project, and what to do; inside one, the way to the project."""
+    if (root / "sluicegate.toml").is_dir():  # `init` would refuse: it "already exists"
+        toml = root / "sluicegate.toml"
+        return f"{toml} is a folder, not a file; remove it, then run 'sluicegate init {root}'"
     if root.is_dir():
         outer = next((p for p in root.resolve().parents if (p / "sluicegate.toml").is_file()), None)
         if outer is not None:  # tasks/openaq/ of a project: init there would nest a second one

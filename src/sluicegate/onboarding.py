@@ -28,6 +28,9 @@ def no_tasks(project: Project) -> str | None:
     if project.tasks or project.problems:
         return None
     tasks = project.settings.root / "tasks"
+    if tasks.exists() and not tasks.is_dir():
+        root = project.settings.root
+        return f"{root} has no tasks: {tasks} is a file, not a folder; make it a folder of tasks"
     stray = [tasks / name for name in ("task.toml", "select.sql") if (tasks / name).is_file()]
     if stray:  # the files of a task put straight into tasks/, not into a folder of their own
         return (

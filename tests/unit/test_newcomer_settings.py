@@ -124,6 +124,21 @@ def test_a_task_put_straight_into_tasks_is_named_with_where_it_goes(tmp_path: Pa
         ), (command, proc.stderr)
 
 
+def test_a_project_whose_config_or_tasks_is_the_wrong_kind_of_file_says_so(tmp_path: Path) -> None:
+    """sluicegate.toml as a folder said "holds no sluicegate.toml: run 'sluicegate init'", which
+    then refused because it "already exists"; tasks as a file said only "has no tasks"."""
+    root = tmp_path / "p"
+    (root / "sluicegate.toml").mkdir(parents=True)
+    proc = cli(root, "status")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{root / 'sluicegate.toml'} is a folder, not a file; remove it" in proc.stderr, proc.stderr
+    (root / "sluicegate.toml").rmdir()
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///x.db"\n[destination]\nurl = "out"\n')
+    (root / "tasks").write_text("")
+    proc = cli(root, "status")
+    assert f"{root / 'tasks'} is a file, not a folder; make it a folder of tasks" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("db", ["sqlite:///{tmp}/afile", "postgresql://u:hunter2@127.0.0.1:1/x"])
 def test_generate_into_a_database_it_cannot_use_is_one_line(tmp_path: Path, db: str) -> None:
     """A file that is no SQLite database, or a server that is not there, ended in a traceback
