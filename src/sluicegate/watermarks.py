@@ -132,9 +132,8 @@ MAX_MARGIN_WAIT = 120.0  # seconds an hourly or daily run waits for its margin, 
 
 
 def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt.datetime | None) -> float:
-    """Seconds to wait before an hourly or daily window can end at its period's end: only when
-    the source's clock alone (no older transaction) is within ``safety_margin`` of it, and not
-    longer than MAX_MARGIN_WAIT; else 0, and the window ends a period earlier."""
+    """Seconds to wait before an hourly or daily window can end at its period's end (at most the
+    margin and MAX_MARGIN_WAIT; else 0, and the window ends a period earlier)."""
     if export_type == "instant" or horizon is None or horizon >= end:
         return 0.0
     wait = (end - horizon).total_seconds() + 0.05

@@ -482,8 +482,8 @@ def status(task: Task, ledger: Ledger) -> dict[str, Any]:
     """Partition counts by state, and the parked partitions with their errors."""
     row: dict[str, Any] = dict(ledger.partitions.status(task).__dict__)
     row["kind"] = "partitioned"
-    zone = task.time.zone if task.time else None  # partitions cut before the task's zone changed:
-    row["other_zone"] = ledger.partitions.other_zones(task, zone) if zone else None  # reexport re-cuts them
+    if not (task.time and task.time.zone):  # zone_sql: no one zone (else cut in another: reexport)
+        row["other_zone"] = None
     row["failures"] = [
         {"partition": pkey, "attempts": attempts, "error": str(error or "").removesuffix("; will retry")}
         for pkey, attempts, error in ledger.partitions.failures(task, limit=10)  # parked: nothing will

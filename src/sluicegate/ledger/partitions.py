@@ -91,6 +91,7 @@ class TaskStatus:
     waiting: int
     retrying: int
     oldest_pending_age: float | None
+    other_zone: int = 0  # cut in another zone than the task's (None given: 0)
 
 
 def _settle(task: PartitionKeys) -> float:
@@ -377,8 +378,9 @@ class PartitionStore(Store):
 
     def status(self, task: PartitionKeys) -> TaskStatus:
         """Count the task's partitions by state."""
-        row = self._run("status", task=task.name, settle=_settle(task)).fetchone()
-        pending, claimed, exported, failed, waiting, retrying, age = row
+        zone = task.time.zone if task.time else None
+        row = self._run("status", task=task.name, settle=_settle(task), zone=zone).fetchone()
+        pending, claimed, exported, failed, waiting, retrying, age, other_zone = row
         return TaskStatus(
             task=task.name,
             pending=int(pending or 0),
@@ -388,6 +390,7 @@ class PartitionStore(Store):
             waiting=int(waiting or 0),
             retrying=int(retrying or 0),
             oldest_pending_age=None if age is None else float(age),
+            other_zone=int(other_zone or 0),
         )
 
     def failures(self, task: PartitionKeys, *, limit: int = 20) -> list[tuple[str, int, str]]:

@@ -130,7 +130,8 @@ SELECT
     max(n.now) - min(CASE WHEN NOT failed AND version > exported_version
                                AND (claim_token IS NULL OR lease_until < n.now)
                                AND (win_end IS NULL OR win_end <= n.now - %(settle)s) THEN changed_at END)
-        AS oldest_pending_age
+        AS oldest_pending_age,
+    sum(zone IS NOT NULL AND zone <> %(zone)s) AS other_zone
 FROM {t}partitions CROSS JOIN (SELECT UNIX_TIMESTAMP(NOW(6)) AS now) AS n WHERE task = %(task)s;
 
 -- failures --

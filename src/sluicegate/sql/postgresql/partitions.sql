@@ -132,7 +132,8 @@ SELECT
     extract(epoch FROM now() - min(changed_at) FILTER (WHERE NOT failed AND version > exported_version
                      AND (claim_token IS NULL OR lease_until < now())
                      AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))))
-        AS oldest_pending_age
+        AS oldest_pending_age,
+    count(*) FILTER (WHERE zone IS NOT NULL AND zone <> %(zone)s) AS other_zone
 FROM {t}partitions WHERE task = %(task)s;
 
 -- failures --

@@ -94,7 +94,8 @@ SELECT
                  AND win_end > :now - :settle), 0) AS waiting,
     coalesce(sum(NOT failed AND version > exported_version AND attempts > 0), 0) AS retrying,
     :now - min(CASE WHEN NOT failed AND version > exported_version AND (claim_token IS NULL OR lease_until < :now)
-                         AND (win_end IS NULL OR win_end <= :now - :settle) THEN changed_at END) AS oldest_pending_age
+                         AND (win_end IS NULL OR win_end <= :now - :settle) THEN changed_at END) AS oldest_pending_age,
+    sum(zone IS NOT NULL AND zone <> :zone) AS other_zone
 FROM {t}partitions WHERE task = :task;
 
 -- failures --
