@@ -6,13 +6,15 @@
 For each size: a fresh ledger (``Ledger.ensure_schema``) holding ``exported`` partitions that
 were exported long ago plus ``pending`` partitions marked an hour ago, inserted straight into
 ``sluicegate.partitions`` and vacuumed. Then ``EXPLAIN (ANALYZE, BUFFERS)`` of the claim
-statement and of the commit statement of one batch (both rolled back), and the pending
-partitions drained as one worker does it, through the library: ``PartitionStore.claim``
-(``batch`` per claim, the default 500) then ``PartitionStore.commit`` of the whole batch (the
-``hold`` and ``commit_held`` statements in one transaction, as the pipeline does after the
-files are durable), until nothing is pending. Reported: wall time and CPU (this process plus
-the ledger connection's backend, from /proc) per partition, amortised over the drain, the
-median claim and commit times per batch, and the machine's other CPU use (a noise indicator).
+statement, of the commit statement of one batch and of its ``paths_taken`` (all rolled back),
+and the pending partitions drained as one worker does it, through the library:
+``PartitionStore.claim`` (``batch`` per claim, the default 500), ``PartitionStore.paths_taken``
+of the batch's paths (the claim loop's check that no partition takes another's file), then
+``PartitionStore.commit`` of the whole batch (the ``hold`` and ``commit_held`` statements in
+one transaction, as the pipeline does after the files are durable), until nothing is pending.
+Reported: wall time and CPU (this process plus the ledger connection's backend, from /proc) per
+partition, amortised over the drain, the median claim, paths_taken and commit times per batch,
+and the machine's other CPU use (a noise indicator).
 Every drain is checked: each pending partition committed once, at its version.
 
 The server is bench/run.py's ``PgServer`` (PostgreSQL 15, defaults with fsync on: every claim
@@ -47,7 +49,7 @@ from sluicegate.ledger import ExportResult, Ledger  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 UTC = dt.UTC
-TASK = SimpleNamespace(name="openaq", time=None)  # what claim() reads of a task (no settle)
+TASK = SimpleNamespace(name="openaq", time=None, key_names=("location_id", "day"))  # what claim() reads
 LEASE = 600.0
 INSERT_PENDING = """
 INSERT INTO sluicegate.partitions (task, pkey, keys, zone, win_start, win_end, changed_at)
@@ -94,8 +96,9 @@ def fill(url: str, exported: int, pending: int) -> int:
         return int(conn.execute("SELECT count(*) FROM sluicegate.partitions").fetchone()[0])  # type: ignore[index]
 
 
-def explain(ledger: Ledger, batch: int) -> tuple[str, str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim, and of the commit of the batch it took; both rolled back."""
+def explain(ledger: Ledger, batch: int) -> tuple[str, ...]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim, of the commit of the batch it took, and of the
+    paths_taken of its paths; all rolled back."""
     q = ledger.partitions.q
     token = uuid.uuid4()
     claim = {"task": "openaq", "settle": 0.0, "limit": batch, "lease": LEASE, "token": token}
@@ -114,14 +117,18 @@ def explain(ledger: Ledger, batch: int) -> tuple[str, str]:
         commit_plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + q["commit_held"], commit
         ).fetchall()
-    return "\n".join(r[0] for r in plan), "\n".join(r[0] for r in commit_plan)
+        taken = {"task": "openaq", "paths": "{" + ",".join(f"p/{i}.csv.gz" for i in ids) + "}"}
+        paths_plan = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + q["paths_taken"], taken
+        ).fetchall()
+    return tuple("\n".join(r[0] for r in p) for p in (plan, commit_plan, paths_plan))
 
 
 def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
     """Claim and commit every pending partition, ``batch`` at a time, through the library."""
     pid = ledger.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     server0, client0, busy0 = backend_cpu(pid), own_cpu(), busy_cpu_seconds()
-    claims_ms, commits_ms, done = [], [], 0
+    claims_ms, paths_ms, commits_ms, done = [], [], [], 0
     started = time.perf_counter()
     while True:
         t0 = time.perf_counter()
@@ -129,6 +136,9 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
         t1 = time.perf_counter()
         if not claims:
             break
+        if ledger.partitions.paths_taken(TASK, {f"p/{c.id}.csv.gz" for c in claims}):  # type: ignore[arg-type]
+            raise RuntimeError("a pending partition's path is recorded for another partition")
+        t15 = time.perf_counter()
         results = [
             ExportResult(
                 claim=c, path=f"p/{c.id}.csv.gz", rows=72, nbytes=1200, checksum="0" * 64, published=True
@@ -140,7 +150,8 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
         if not all(recorded):
             raise RuntimeError(f"committed {sum(recorded)} of {len(results)} claimed partitions")
         claims_ms.append((t1 - t0) * 1000)
-        commits_ms.append((t2 - t1) * 1000)
+        paths_ms.append((t15 - t1) * 1000)
+        commits_ms.append((t2 - t15) * 1000)
         done += len(claims)
     seconds = time.perf_counter() - started
     server, client = backend_cpu(pid) - server0, own_cpu() - client0
@@ -158,6 +169,7 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
         "client_us": client / done * 1e6,
         "server_us": server / done * 1e6,
         "claim_ms_p50": statistics.median(claims_ms),
+        "paths_ms_p50": statistics.median(paths_ms),
         "commit_ms_p50": statistics.median(commits_ms),
         "other_s": other,
     }
@@ -179,14 +191,15 @@ def stage(url: str, exported: int, pending: int, batch: int, repeat: int) -> dic
     )
     log(
         f"ledger of {rows:,} rows: {out['ms_per_partition']:.3f} ms per partition (claim p50 "
-        f"{out['claim_ms_p50']:.1f} ms, commit p50 {out['commit_ms_p50']:.1f} ms per batch of {batch})"
+        f"{out['claim_ms_p50']:.1f} ms, paths_taken p50 {out['paths_ms_p50']:.1f} ms, commit p50 "
+        f"{out['commit_ms_p50']:.1f} ms per batch of {batch})"
     )
     return out
 
 
 def _short(plan: str) -> str:
-    """The plan with long literal id arrays shortened."""
-    return re.sub(r"'\{[0-9,]{40,}\}'", lambda m: f"'{{... {m.group().count(',') + 1} ids}}'", plan)
+    """The plan with long literal arrays (ids, paths) shortened."""
+    return re.sub(r"'\{[^'{}]{40,}\}'", lambda m: f"'{{... {m.group().count(',') + 1} values}}'", plan)
 
 
 def render(stages: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -195,15 +208,17 @@ def render(stages: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"median of {meta['repeat']} drains, load average {meta['load']}:",
         "",
         "| ledger rows (exported + pending) | ms per partition, median (best) | CPU µs per partition "
-        "(server + client) | claim p50 ms per batch | commit p50 ms per batch | other CPU s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "(server + client) | claim p50 ms per batch | paths_taken p50 ms per batch | commit p50 ms per batch "
+        "| other CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in stages:
         lines.append(
             f"| {s['ledger_rows']:,} ({s['exported']:,} + {s['pending']:,}) "
             f"| {s['ms_per_partition']:.3f} ({s['best_ms']:.3f}) "
             f"| {s['server_us']:.0f} + {s['client_us']:.0f} "
-            f"| {s['claim_ms_p50']:.1f} | {s['commit_ms_p50']:.1f} | {s['other_s']:.1f} |"
+            f"| {s['claim_ms_p50']:.1f} | {s['paths_ms_p50']:.1f} | {s['commit_ms_p50']:.1f} "
+            f"| {s['other_s']:.1f} |"
         )
     for s in stages:
         lines += [
@@ -222,6 +237,8 @@ def render(stages: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             s["plans"][1],
             "```",
         ]
+        lines += ["", f"paths_taken of one batch at {s['ledger_rows']:,} ledger rows:", "", "```text"]
+        lines += [_short(s["plans"][2]), "```"]
     lines += ["", f"Command: `{meta['command']}`"]
     return "\n".join(lines)
 

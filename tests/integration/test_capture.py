@@ -167,7 +167,7 @@ def test_a_source_inbox_of_version_10_is_upgraded_by_the_first_run_with_the_ledg
         assert proc.returncode == 0, proc.stdout + proc.stderr
         [exported] = [p for p in files(tmp_path / "out") if p.name.startswith("location-1-")]
         assert exported.name.endswith("20240501.csv") and len(read_csv(exported)) == 3
-        assert db.scalar("SELECT value FROM sluicegate.meta WHERE key = 'schema_version'") == "11"
+        assert db.scalar("SELECT value FROM sluicegate.meta WHERE key = 'schema_version'") == "12"
         assert db.scalar("SELECT count(*) FROM sluicegate.change_runs") == 0
         assert db.scalar("SELECT count(*) FROM sluicegate.changes") == 0
         db.close()
@@ -433,7 +433,7 @@ def test_an_older_release_refuses_a_newer_ledger_and_never_lowers_its_version(
     if backend.startswith("sqlite"):  # the source database is there: status creates the ledger in it
         sqlite3.connect(db.sqlite_path(backend)).close()
     assert cli(root, "status").returncode == 0  # creates the ledger
-    newer = "mariadb-4" if backend.startswith("mariadb") else "12"
+    newer = "mariadb-5" if backend.startswith("mariadb") else "13"
     with Ledger(backend) as ledger:
         t, k = ledger.table_prefix, "`key`" if ledger.dialect is db.MARIADB else "key"
         bump = f"UPDATE {t}meta SET value = '{newer}' WHERE {k} = 'schema_version'"

@@ -1143,17 +1143,19 @@ def test_a_version_4_ledger_is_migrated_in_place(url: str, tmp_path: Path) -> No
     rec.conn.execute(f"CREATE INDEX {old_index} ON {prefix}partitions (task, changed_at, id)")
     assert _indexes(rec, url) >= {"partitions_pending_idx"}
     rec.conn.execute(f"DROP TABLE {prefix}task_errors")  # as releases before 7 made it: no such table
+    rec.conn.execute(f"DROP INDEX {prefix}partitions_path_idx")  # as releases before 12 made it
     if not url.startswith("sqlite"):  # PostgreSQL's inbox of runs came with 11
         rec.conn.execute(f"DROP TABLE {prefix}change_runs")
     rec.conn.execute(f"UPDATE {prefix}meta SET value = '4' WHERE key = 'schema_version'")
     assert _marks(root) == {"s1": T}  # any command opens (and migrates) the ledger
     version = rec.conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
-    assert version[0] == SCHEMA_VERSION == "11"
+    assert version[0] == SCHEMA_VERSION == "12"
     assert rec.conn.execute(f"SELECT count(*) FROM {prefix}task_errors").fetchone()[0] == 0
     if not url.startswith("sqlite"):
         assert rec.conn.execute(f"SELECT count(*) FROM {prefix}change_runs").fetchone()[0] == 0
     indexes = _indexes(rec, url)
     assert "partitions_queue_idx" in indexes and "partitions_pending_idx" not in indexes
+    assert "partitions_path_idx" in indexes
     for table, column in added:
         assert rec.conn.execute(f"SELECT count({column}) FROM {prefix}{table}").fetchone()[0] == 0
     assert first.run_id is not None

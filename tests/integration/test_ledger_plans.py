@@ -70,3 +70,39 @@ def test_a_commit_is_fenced_by_the_token(pg_url: str) -> None:
                 "SELECT id FROM sluicegate.partitions WHERE claim_token IS NOT NULL"
             ).fetchall()
         assert left == [(ids[1],)]
+
+
+def _index_scans(plan: Any) -> set[str]:
+    """The indexes an EXPLAIN (FORMAT JSON) plan reads."""
+    own = {plan["Index Name"]} if "Index Name" in plan else set()
+    return own.union(*(_index_scans(child) for child in plan.get("Plans", ())))
+
+
+def test_the_paths_of_a_batch_are_looked_up_by_index_and_long_paths_are_recorded(pg_url: str) -> None:
+    """The claim loop's check that no partition takes another's file looks the batch's paths up
+    by (task, left(path, 500)): a btree entry of the whole path would refuse a 3,000-byte path
+    ("index row size exceeds btree maximum"), which a local folder allows."""
+    with Ledger(pg_url) as ledger:
+        ledger.ensure_schema()
+        conn = ledger.conn
+        conn.execute(PENDING, {"n": 40 * BATCH})
+        long = "d/" + "".join(uuid.uuid4().hex for _ in range(100)) + ".csv"  # 3,206 bytes, incompressible
+        conn.execute(
+            "UPDATE sluicegate.partitions SET path = CASE WHEN id = 7 THEN %s ELSE 'p/' || id || '.csv' END",
+            (long,),
+        )
+        conn.execute("ANALYZE sluicegate.partitions")
+
+        class Task:
+            name = "openaq"
+
+        paths = {f"p/{i}.csv" for i in range(1, BATCH + 1)} - {"p/7.csv"} | {long, "p/none.csv", "p/1.csv "}
+        found = ledger.partitions.paths_taken(Task, paths)  # type: ignore[arg-type]
+        assert sorted(pkey for _, pkey, _ in found) == sorted(f"[{i}]" for i in range(1, BATCH + 1))
+        assert {path for path, _, _ in found} == paths - {"p/none.csv", "p/1.csv "}
+        taken = {"task": "openaq", "paths": "{" + ",".join(f'"{p}"' for p in sorted(paths)) + "}"}
+        [[explained]] = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + ledger.partitions.q["paths_taken"], taken
+        ).fetchall()
+        plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+        assert _index_scans(plan) == {"partitions_path_idx"}

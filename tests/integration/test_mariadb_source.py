@@ -279,7 +279,7 @@ def test_a_ledger_of_the_first_mariadb_release_is_upgraded_to_binary_text(mariad
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-3", "utf8mb4_bin")
+        assert _upgraded(cur, "sluicegate_partitions", "pkey") == ("mariadb-4", "utf8mb4_bin")
         cur.execute(
             "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at) VALUES ('t', 'A', '{}', 0)"
         )
@@ -300,6 +300,8 @@ def test_a_mariadb_2_ledger_keeps_entities_and_key_values_apart_by_trailing_spac
                 " COLLATE utf8mb4_bin NOT NULL"
             )
         cur.execute("INSERT INTO sluicegate_watermarks (task, entity) VALUES ('t', 's1')")
+        # before mariadb-4, no path index
+        cur.execute("ALTER TABLE sluicegate_partitions DROP KEY sluicegate_partitions_path_idx")
         cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-2' WHERE `key` = 'schema_version'")
         conn.commit()
     with Ledger(mariadb_url) as ledger:
@@ -307,10 +309,38 @@ def test_a_mariadb_2_ledger_keeps_entities_and_key_values_apart_by_trailing_spac
         ledger.watermarks.ensure("t", ["s1 ", "s1"])
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        assert _upgraded(cur, "sluicegate_watermarks", "entity") == ("mariadb-3", "utf8mb4_nopad_bin")
-        assert _upgraded(cur, "sluicegate_blocks", "key_value") == ("mariadb-3", "utf8mb4_nopad_bin")
+        assert _upgraded(cur, "sluicegate_watermarks", "entity") == ("mariadb-4", "utf8mb4_nopad_bin")
+        assert _upgraded(cur, "sluicegate_blocks", "key_value") == ("mariadb-4", "utf8mb4_nopad_bin")
         cur.execute("SELECT entity FROM sluicegate_watermarks ORDER BY entity")
         assert cur.fetchall() == [("s1",), ("s1 ",)]  # two rows now: the space matters
+        cur.execute("SHOW INDEX FROM sluicegate_partitions WHERE Key_name = 'sluicegate_partitions_path_idx'")
+        assert [(row[4], row[7]) for row in cur.fetchall()] == [("task", None), ("path", 255)]
+
+
+def test_the_paths_a_batch_would_take_are_found_by_index_and_exactly(mariadb_url: str) -> None:
+    """The claim loop's check that no partition takes another's file: utf8mb4_bin pads, so the
+    index finds 'p/1.csv' for 'p/1.csv '; only the exact path counts."""
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+        rows = [(f"[{i}]", f"p/{i}.csv") for i in range(1, 201)]
+        ledger.core.in_transaction(
+            lambda cur: cur.executemany(
+                "INSERT INTO sluicegate_partitions (task, pkey, `keys`, changed_at, path) VALUES ('t', ?, '{}', 0, ?)",
+                rows,
+            )
+        )
+
+        class Task:
+            name = "t"
+
+        found = ledger.partitions.paths_taken(Task, {"p/1.csv", "p/2.csv ", "p/3.csv", "p/none.csv"})  # type: ignore[arg-type]
+        assert sorted(found) == [("p/1.csv", "[1]", None), ("p/3.csv", "[3]", None)]
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        statement = ledger.partitions.q["paths_taken"].replace("%(paths)s", "?").replace("%(task)s", "?")
+        cur.execute("EXPLAIN " + statement, ('["p/1.csv", "p/3.csv"]', "t"))
+        keys = {row[5] for row in cur.fetchall()}  # the key each table is read by
+        assert "sluicegate_partitions_path_idx" in keys, keys
 
 
 def test_the_inbox_of_the_release_before_the_mariadb_ledger_is_upgraded(mariadb_url: str) -> None:
@@ -333,7 +363,7 @@ def test_the_inbox_of_the_release_before_the_mariadb_ledger_is_upgraded(mariadb_
         ledger.ensure_schema()
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
-        assert _upgraded(cur, "sluicegate_changes", "keys") == ("mariadb-3", "utf8mb4_bin")
+        assert _upgraded(cur, "sluicegate_changes", "keys") == ("mariadb-4", "utf8mb4_bin")
         cur.execute("SELECT task, `keys` FROM sluicegate_changes")
         assert cur.fetchall() == [("t", '["Gent"]')]
         cur.execute("SELECT count(*) FROM sluicegate_partitions")

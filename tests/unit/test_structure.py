@@ -59,6 +59,8 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "upgrade_collation": "mariadb",
     "upgrade_inbox": "mariadb",
     "upgrade_padding": "mariadb",
+    "path_index_missing": "mariadb",
+    "upgrade_path_index": "mariadb",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import capture, capture_triggers, partitions, validate
 from ..destinations import Destination
-from ..exceptions import BadPartitionValue, ConfigError, SluicegateError, is_transient
+from ..exceptions import ConfigError, SluicegateError, is_transient
 from ..ledger import Claim, ExportResult, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -36,6 +36,7 @@ from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
 from .helpers import Helpers, orders_for
 from .partitioned_config import capture_spec, time_spec
+from .partitioned_paths import not_taken, shared_file
 
 HELPER_BATCHES = 4  # batches per helper still pending before --workers starts helper processes
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -281,6 +282,7 @@ class Loop:
     # Called once, with the partitions claimed so far and the limit, when a claim came back
     # full (more work waits); returns this loop's limit from then on.
     grow: Callable[[int, int | None], int | None] | None = None
+    owners: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> partition, of files in flight
 
     def run(self, ctx: Context, limit: int | None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
@@ -331,7 +333,6 @@ class Loop:
         units = []
         max_attempts = ctx.project.settings.max_attempts
         task = self.task
-        owners: dict[str, str] = {}  # rendered path -> the partition of this batch that writes it
         for claim in claims:
             unit = WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim)
             try:
@@ -342,12 +343,9 @@ class Loop:
                 part, path, prev_path = partitions.file_of(task, values, part, claim)
                 if path:  # none for a retired hour (see superseded) without a file of its own
                     ctx.destination.check_path(path)
-                    owner = owners.setdefault(path, claim.pkey)
+                    owner = self.owners.setdefault(path, claim.pkey)
                     if owner != claim.pkey:  # the load-time check tries samples; these are real values
-                        raise BadPartitionValue(
-                            f"partitions {owner} and {claim.pkey} would share the file {path!r}; "
-                            f"use every key whole in {task.folder / 'task.toml'} path"
-                        )
+                        raise shared_file(task, owner, claim.pkey, path)
             except (SluicegateError, KeyError) as exc:
                 pipeline.fail(unit, exc)
                 continue
@@ -371,7 +369,7 @@ class Loop:
                     version=claim.version,
                 )
             )
-        return units
+        return not_taken(ctx.ledger.partitions, task, units, pipeline.fail, self.owners)
 
 
 def _run_workers(loop: Loop, ctx: Context, workers: int, limit: int | None) -> int:

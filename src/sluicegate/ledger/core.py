@@ -29,9 +29,9 @@ log = logging.getLogger("sluicegate.ledger")
 T = TypeVar("T")
 DEADLOCK_TRIES = 8  # runs of a ledger transaction the server keeps choosing as a deadlock's victim
 UTC = dt.UTC
-SCHEMA_VERSION = "11"
+SCHEMA_VERSION = "12"
 MARIADB_INBOX_VERSION = "mariadb-inbox-1"  # 97d6833: the trigger inbox only, in the default collation
-MARIADB_SCHEMA_VERSION = "mariadb-3"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
+MARIADB_SCHEMA_VERSION = "mariadb-4"  # MariaDB's tables are versioned on their own (sql/mariadb/schema.sql)
 # Columns added since version 4 on SQLite: (table, column, the method adding it);
 # PostgreSQL adds them with ADD COLUMN IF NOT EXISTS in ensure_schema.
 SQLITE_ADDED_COLUMNS = (
@@ -215,6 +215,9 @@ class SchemaStore(Store):
                 self.upgrade_inbox(cur)  # its two tables; ensure_schema creates the rest
             if self.core.dialect is db.MARIADB and version == "mariadb-2":
                 self.upgrade_padding(cur)  # before ensure_schema records mariadb-3
+            old_table = self.core.dialect is db.MARIADB and version not in (None, MARIADB_INBOX_VERSION)
+            if old_table and self.path_index_missing(cur):  # mariadb-1 to -3: the table, not the index
+                self.upgrade_path_index(cur)  # before ensure_schema records mariadb-4
             self._script("ensure_schema", cur)
             if self.core.dialect is db.SQLITE:
                 for table, column, method in SQLITE_ADDED_COLUMNS:
@@ -258,6 +261,14 @@ class SchemaStore(Store):
         """MariaDB, mariadb-2 to mariadb-3: entities and blocks' key values compare with trailing
         spaces (NO PAD), as PostgreSQL's text does."""
         self._script("upgrade_padding", cur)
+
+    def path_index_missing(self, cur: Any) -> bool:
+        """MariaDB, before mariadb-4: whether the partitions table lacks its path index."""
+        return bool(self._run("path_index_missing", cur).fetchone()[0])
+
+    def upgrade_path_index(self, cur: Any) -> None:
+        """MariaDB, mariadb-3 to mariadb-4: index the partitions' paths (PartitionStore.paths_taken)."""
+        self._script("upgrade_path_index", cur)
 
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +200,14 @@ class PartitionStore(Store):
         """Return what the next claim would take, without claiming (for ``--dry-run``)."""
         cur = self._run("pending", task=task.name, limit=limit, settle=_settle(task))
         return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
+
+    def paths_taken(self, task: PartitionKeys, paths: Collection[str]) -> list[tuple[str, str, str | None]]:
+        """``(path, pkey, zone)`` of the task's partitions that recorded one of ``paths``."""
+        if not paths:
+            return []
+        chosen = pg_array(paths) if self.core.dialect is db.POSTGRESQL else json.dumps(list(paths))
+        rows = self._run("paths_taken", task=task.name, paths=chosen).fetchall()
+        return [(path, pkey, zone) for path, pkey, zone in rows if path in paths]  # exact (MariaDB pads)
 
     def _claim_from_row(self, task: PartitionKeys, row: Sequence[Any], token: str) -> Claim:
         pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row

@@ -116,6 +116,15 @@ WHERE task = %(task)s
 ORDER BY changed_at, win_start, id
 LIMIT %(limit)s;
 
+-- paths_taken --
+-- The partitions of a task that recorded one of the paths (a JSON list): a batch's partition may
+-- not take another's file. One lookup of the (task, path) index per path; the caller compares
+-- the paths exactly (utf8mb4_bin pads: 'a' and 'a ' are equal here).
+SELECT p.path, p.pkey, p.zone
+FROM JSON_TABLE(%(paths)s, '$[*]' COLUMNS (path TEXT PATH '$')) AS j
+STRAIGHT_JOIN {t}partitions AS p FORCE INDEX ({t}partitions_path_idx)
+    ON p.task = %(task)s AND p.path = j.path COLLATE utf8mb4_bin;
+
 -- status --
 -- Count a task's partitions by state.
 SELECT

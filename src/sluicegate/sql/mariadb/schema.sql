@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS {t}partitions (
     UNIQUE KEY {t}partitions_task_pkey (task, pkey),
     KEY {t}partitions_queue_idx (task, failed, changed_at, win_start, id),
     KEY {t}partitions_claim_token_idx (claim_token),
+    KEY {t}partitions_path_idx (task, path(255)),  -- paths_taken; within InnoDB's 3072-byte key
     CONSTRAINT {t}partitions_versions CHECK (exported_version <= version),
     CONSTRAINT {t}partitions_lease CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
@@ -182,10 +183,10 @@ CREATE TABLE IF NOT EXISTS {t}task_errors (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- The version is only ever raised: an older release must not lower it (mariadb-inbox-1, the
 -- inbox alone of the release before the ledger, is older than every number).
-INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-3')
+INSERT INTO {t}meta (`key`, value) VALUES ('schema_version', 'mariadb-4')
 ON DUPLICATE KEY UPDATE value = CASE
     WHEN value = 'mariadb-inbox-1' THEN VALUES(value)
-    WHEN CAST(SUBSTRING(value, 9) AS UNSIGNED) < 3 THEN VALUES(value)
+    WHEN CAST(SUBSTRING(value, 9) AS UNSIGNED) < 4 THEN VALUES(value)
     ELSE value
 END;
 
@@ -215,3 +216,15 @@ ALTER TABLE {t}changes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
 -- SPACE: 's1' and 's1 ' were one watermark row, and the second's rows were never exported.
 ALTER TABLE {t}watermarks MODIFY entity VARCHAR(512) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL;
 ALTER TABLE {t}blocks MODIFY key_value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {exact} NOT NULL
+
+-- path_index_missing --
+-- mariadb-1 to mariadb-3: whether the partitions table still lacks the path index of mariadb-4
+-- (MySQL has no ADD KEY IF NOT EXISTS, and MariaDB commits DDL at once: a start that failed after
+-- adding it must not add it again).
+SELECT COUNT(*) = 0 FROM information_schema.statistics
+WHERE table_schema = DATABASE() AND table_name = '{t}partitions' AND index_name = '{t}partitions_path_idx';
+
+-- upgrade_path_index --
+-- mariadb-3 -> mariadb-4: a partition may not take a file another partition of its task recorded
+-- (paths_taken looks the batch's paths up by this index).
+ALTER TABLE {t}partitions ADD KEY {t}partitions_path_idx (task, path(255))

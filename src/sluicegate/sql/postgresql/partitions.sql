@@ -116,6 +116,14 @@ WHERE task = %(task)s
 ORDER BY changed_at, win_start, id
 LIMIT %(limit)s;
 
+-- paths_taken --
+-- The partitions of a task that recorded one of the paths: a batch's partition may not take
+-- another's file. Looked up by the index on (task, left(path, 500)), as it holds long paths.
+SELECT path, pkey, zone FROM {t}partitions
+WHERE task = %(task)s
+  AND left(path, 500) = ANY (ARRAY(SELECT left(p, 500) FROM unnest(%(paths)s::text[]) AS p))
+  AND path = ANY (%(paths)s::text[]);
+
 -- status --
 -- Count a task's partitions by state.
 SELECT

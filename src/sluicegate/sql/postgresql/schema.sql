@@ -192,10 +192,14 @@ CREATE TABLE IF NOT EXISTS {t}change_runs (
     changed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS change_runs_task_idx ON {t}change_runs (task, id);
+-- version 12: a partition may not take a file another partition of its task recorded (paths_taken
+-- looks the batch's paths up). On the path's first 500 characters: a btree entry holds at most
+-- 2,704 bytes, and a local path may have 4,095.
+CREATE INDEX IF NOT EXISTS partitions_path_idx ON {t}partitions (task, left(path, 500));
 -- The version is only ever raised: an older release must not lower it.
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '11')
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '12')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-    WHERE {t}meta.value ~ '^[0-9]{1,9}$' AND {t}meta.value::int < 11;
+    WHERE {t}meta.value ~ '^[0-9]{1,9}$' AND {t}meta.value::int < 12;
 
 -- schema_version --
 -- The ledger schema version (fails when the tables do not exist yet).

@@ -82,6 +82,12 @@ WHERE task = :task
 ORDER BY changed_at, win_start, id
 LIMIT :limit;
 
+-- paths_taken --
+-- The partitions of a task that recorded one of the paths (a JSON list): a batch's partition may
+-- not take another's file (one lookup of the (task, path) index per path).
+SELECT path, pkey, zone FROM {t}partitions
+WHERE task = :task AND path IN (SELECT value FROM json_each(:paths));
+
 -- status --
 -- Count a task's partitions by state.
 SELECT

@@ -169,10 +169,12 @@ CREATE TABLE IF NOT EXISTS {t}aggregate_evaluations (
     CHECK ((claim_token IS NULL) = (lease_until IS NULL))
 );
 -- version 11: no change here (PostgreSQL's capture triggers record runs of bins in a new table)
+-- version 12: a partition may not take a file another partition of its task recorded (paths_taken)
+CREATE INDEX IF NOT EXISTS {t}partitions_path_idx ON {t}partitions (task, path);
 -- The version is only ever raised: an older release must not lower it.
-INSERT INTO {t}meta (key, value) VALUES ('schema_version', '11')
+INSERT INTO {t}meta (key, value) VALUES ('schema_version', '12')
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
-    WHERE CAST({t}meta.value AS INTEGER) < 11;
+    WHERE CAST({t}meta.value AS INTEGER) < 12;
 
 -- add_failed_destination --
 -- Version 5 (SQLite has no ADD COLUMN IF NOT EXISTS: run when the column is missing).

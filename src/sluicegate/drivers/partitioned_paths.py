@@ -1,0 +1,85 @@
+"""A partition never takes the file of another partition of its task.
+
+The path template is tried with sample values at load (``partitions.check_distinct_paths``) and a
+batch's partitions against each other (``Loop._units``); :func:`not_taken` checks a batch against
+the files the ledger records for the task's other partitions. Keys that differ only in type (an
+untyped SQLite column holds ``1`` and ``'1'``) render one path: claimed in different batches, the
+second file replaced the first and both partitions were recorded exported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import types
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..exceptions import BadPartitionValue, SluicegateError
+from ..ledger import PartitionStore
+from ..partitions import file_of, restore_partition
+from ..pipeline import MAX_INFLIGHT
+from ..work import WorkUnit
+
+if TYPE_CHECKING:
+    from .partitioned import Task
+
+
+def shared_file(task: Task, first: str, second: str, path: str) -> BadPartitionValue:
+    """The error of partition ``second``, which would write ``first``'s file ``path``."""
+    problem = f"partitions {first} and {second} would share the file {path!r}"
+    a, b = json.loads(first), json.loads(second)
+    typed = [
+        (name, x, y)
+        for name, x, y in zip(task.key_names, a, b, strict=False)
+        if type(x) is not type(y) and str(x) == str(y)
+    ]
+    if typed and len(a) == len(b) and all(str(x) == str(y) for x, y in zip(a, b, strict=True)):
+        name, x, y = typed[0]
+        return BadPartitionValue(
+            f"{problem}: their keys differ only in type ({name} {x!r} and {y!r}); make {name} one type"
+            f" in {task.folder / 'select.sql'} (e.g. CAST({name} AS TEXT) AS {name})"
+        )
+    return BadPartitionValue(f"{problem}; use every key whole in {task.folder / 'task.toml'} path")
+
+
+def not_taken(
+    store: PartitionStore,
+    task: Task,
+    units: Sequence[WorkUnit],
+    fail: Callable[[WorkUnit, Exception], None],
+    owners: dict[str, str],
+) -> list[WorkUnit]:
+    """``units`` but those whose path the ledger records for another partition of ``task``, which
+    fail (terminally: the other keeps its file); one ledger query for the batch.
+
+    ``owners`` (path -> partition) holds the loop's newest files, this batch's among them (the
+    claim loop refused a second partition for one of them): any file in flight, not yet recorded,
+    is among the last MAX_INFLIGHT. The refused partitions leave it, and the oldest entries."""
+    by_path = {u.path: u for u in units if u.path}
+    refused: set[str] = set()
+    for path, pkey, zone in store.paths_taken(task, set(by_path)):
+        unit = by_path[path]
+        if unit.key != pkey and unit.key not in refused and _still_owns(task, pkey, zone, path):
+            fail(unit, shared_file(task, pkey, unit.key, path))
+            refused.add(unit.key)
+            if owners.get(path) == unit.key:
+                del owners[path]
+    for path in list(itertools.islice(owners, max(0, len(owners) - MAX_INFLIGHT - len(units)))):
+        del owners[path]
+    return [u for u in units if u.key not in refused]
+
+
+def _still_owns(task: Task, pkey: str, zone: str | None, path: str) -> bool:
+    """Whether the partition ``pkey`` (cut in ``zone``) that recorded ``path`` would write or
+    delete it when exported again: not an hour retired by a zone change whose file the hour of
+    the same wall clock takes over (``partitions.superseded``), which neither writes nor deletes it."""
+    values = json.loads(pkey)
+    if task.time is not None and zone is None:
+        return True  # not a partition of the task as it is now: its file is its last one
+    try:
+        part = restore_partition(task, values, zone)
+        _, new, previous = file_of(task, values, part, types.SimpleNamespace(prev_path=path, attempts=0))
+    except (SluicegateError, KeyError, TypeError, ValueError):
+        return True  # it cannot be restored (or exported) again: its file is its last one
+    return path in (new, previous)
