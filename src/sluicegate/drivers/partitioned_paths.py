@@ -38,7 +38,7 @@ def shared_file(task: Task, first: str, second: str, path: str) -> BadPartitionV
         name, x, y = typed[0]
         return BadPartitionValue(
             f"{problem}: their keys differ only in type ({name} {x!r} and {y!r}); make {name} one type"
-            f" in {task.folder / 'select.sql'} (e.g. CAST({name} AS TEXT) AS {name})"
+            f" in {task.folder / 'select.sql'} (e.g. CAST({name} AS TEXT) AS {name}; AS CHAR on MariaDB)"
         )
     return BadPartitionValue(f"{problem}; use every key whole in {task.folder / 'task.toml'} path")
 
