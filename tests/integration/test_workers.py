@@ -165,13 +165,15 @@ def test_workers_killed_over_rounds_of_late_data_export_each_partition_once(
                 start = day0 + dt.timedelta(days=rng.randrange(3), minutes=30 + round_)
                 db.insert(loc, hours(start, 4), value=100.0 * round_)
         env = {"SLUICEGATE_TESTING__FAULT": point} if point else {}
-        victim = _spawn(root, "run", "--batch-size", "2", env=env)
+        # One process: a helper process it started would pause at the fault point too, outlive
+        # the kill (it stops after its batch, which the pause never ends) and hold its pipes.
+        victim = _spawn(root, "run", "--batch-size", "2", "--workers", "1", env=env)
         if point:  # alone, it reaches the point with claims in hand; the others start beside it
             _wait_for(root / f".fault-{point}", victim)
         others = [_spawn(root, "run", "--batch-size", "2") for _ in range(2)]
         time.sleep(rng.uniform(0.2, 2.0))
         victim.kill()
-        victim.communicate()
+        victim.communicate(timeout=60)
         (root / f".fault-{point}").unlink(missing_ok=True)
         for proc in others:
             _, err = proc.communicate(timeout=120)
