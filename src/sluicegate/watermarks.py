@@ -247,11 +247,13 @@ def plan_windows(
     lease: float,
     claim: bool = True,
     whole_days: bool = False,
+    room: float = MAX_MARGIN_WAIT,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Decide each entity's window; return the windows to export, notes on the others, the claim token.
 
     ``whole_days``: the cursor is a date, compared as its UTC midnight; a window that ended during
-    a day took the rows dated that day so far, and its later ones were below the watermark."""
+    a day took the rows dated that day so far, and its later ones were below the watermark.
+    ``room``: the run's time left (--max-runtime, a Lambda's); a longer wait for the margin is not made."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
@@ -261,7 +263,7 @@ def plan_windows(
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
     horizon, held = commit_horizon(source, task.safety_margin)
-    if claim and (wait := _margin_wait(task, export_type, end, horizon)):
+    if claim and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= room:
         time.sleep(wait)  # a run just after the hour (or midnight): not a whole period later
         horizon, held = commit_horizon(source, task.safety_margin)
     if held:
@@ -367,17 +369,14 @@ def _unclaimed(task: TaskSpec, wm: WatermarkStore, values: dict[str, Any]) -> li
     rows = {w["entity"]: w for w in wm.entities(task.name)}
     return [
         WatermarkClaim(
-            id=0,
-            entity=e,
+            id=0, entity=e, attempts=0, token="",
             watermark=rows.get(e, {}).get("watermark"),
             pending_start=rows.get(e, {}).get("pending_start"),  # a failed or crashed window: redone
             pending_end=rows.get(e, {}).get("pending_end"),
             pending_type=rows.get(e, {}).get("pending_type"),
-            attempts=0,
-            token="",
         )
         for e in values
-    ]
+    ]  # fmt: skip
 
 
 def _watermark_window(

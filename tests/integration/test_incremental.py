@@ -722,6 +722,26 @@ def test_a_run_just_after_its_end_waits_out_the_margin_rather_than_a_period(
 
 
 @pytest.mark.pg
+def test_a_run_whose_max_runtime_is_shorter_than_the_margin_wait_does_not_wait(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The wait for the margin after the boundary ignored --max-runtime (a Lambda's time left):
+    a run with 2 s left slept 8 s, past its budget, and a Lambda invoked at the hour with less
+    time than the margin was killed asleep every hour, never exporting. With no room for the
+    wait the run exports up to the period before, within its budget."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="10s")
+    rec = Records(pg_url)
+    end = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+    rec.add("s1", end - dt.timedelta(hours=3), "long-before")
+    started = time.monotonic()
+    request = ExportRequest(export_type="hourly", end=end, entities=("s1",))
+    [summary] = engine.run(load(root), ["studies"], RunOptions(request=request, max_runtime=2.0))
+    assert time.monotonic() - started < 4, "slept past --max-runtime"
+    assert summary.entities[0]["end"] < end.isoformat(), summary.entities
+    assert _payloads(tmp_path) == ["long-before"]
+
+
+@pytest.mark.pg
 def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
     """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
     time) and commits after an export that started 3 s into that transaction: the window end is

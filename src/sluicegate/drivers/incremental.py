@@ -236,7 +236,9 @@ class Driver:
         dated = any(c.name == task.cursor and c.kind == "date" for c in described)
         return dated or watermarks.sqlite_dates(task, self.context.source)
 
-    def _windows(self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary) -> list[Window]:
+    def _windows(
+        self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary, room: float = 0.0
+    ) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
         request = options.request or ExportRequest()
         if not options.redrive:
@@ -253,7 +255,7 @@ class Driver:
         else:
             windows, notes, _ = watermarks.plan_windows(
                 task, request, ctx.source, store, now=dt.datetime.now(dt.UTC), lease=settings.lease,
-                claim=claim, whole_days=dated,
+                claim=claim, whole_days=dated, room=room,
             )  # fmt: skip
         if options.redrive:  # a redriven re-export that could drop a longer window's rows fails (exit 1)
             windows, held = overwrites.hold_overwrites(task, windows, ctx.destination_for)
@@ -296,7 +298,7 @@ class Driver:
     ) -> int:
         """Export each entity's window, recorded as a run on the ledger; return windows exported."""
         ctx = self.context
-        windows = self._windows(task, options, claim=True, summary=summary)
+        windows = self._windows(task, options, claim=True, summary=summary, room=budget.left())
         if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
             return 0
         request = options.request or ExportRequest()
