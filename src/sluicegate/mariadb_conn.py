@@ -47,6 +47,7 @@ TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
 DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
+DUPLICATE_KEY_NAME_ERRNO = 1061  # ER_DUP_KEYNAME: ALTER TABLE ... ADD KEY of a key that exists
 LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, DEADLOCK_ERRNO}  # not lock waits or deadlocks: the server is away
 # A missing privilege: on a database, a table, a column, or a global one (SUPER, PROCESS, ...).
 DENIED_ERRNOS = frozenset({1044, 1142, 1143, 1227})
@@ -144,6 +145,11 @@ def denied(exc: BaseException) -> bool:
 def deadlocked(exc: BaseException) -> bool:
     """Whether ``exc`` is a MariaDB driver error saying InnoDB rolled back the transaction (a deadlock)."""
     return classify(exc) is not None and getattr(exc, "errno", None) == DEADLOCK_ERRNO
+
+
+def duplicate_key_name(exc: BaseException) -> bool:
+    """Whether ``exc`` is a MariaDB driver error saying an index of that name exists already."""
+    return classify(exc) is not None and getattr(exc, "errno", None) == DUPLICATE_KEY_NAME_ERRNO
 
 
 def exact_collation(conn: MariaDbConnection) -> str:

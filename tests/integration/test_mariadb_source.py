@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from plugins.mariadb_server import mariadb_connect
 from sluicegate.exceptions import ConfigError
 from sluicegate.ledger import Ledger
+from sluicegate.ledger.core import SchemaStore
 from sluicegate.sources import ReadSpec, Slice, open_source
 from sluicegate.sources.mariadb import MariaDbSource
 from support import HOSTILE_NAMES, cli, read_csv
@@ -315,6 +317,47 @@ def test_a_mariadb_2_ledger_keeps_entities_and_key_values_apart_by_trailing_spac
         assert cur.fetchall() == [("s1",), ("s1 ",)]  # two rows now: the space matters
         cur.execute("SHOW INDEX FROM sluicegate_partitions WHERE Key_name = 'sluicegate_partitions_path_idx'")
         assert [(row[4], row[7]) for row in cur.fetchall()] == [("task", None), ("path", 255)]
+
+
+def test_two_workers_upgrading_a_mariadb_3_ledger_at_once_both_start(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mariadb-3 -> mariadb-4 adds the path index after asking whether it is missing: two workers
+    started together (a deploy) both saw it missing, and the second ALTER failed with "Duplicate
+    key name": that worker did not start. Both looked before either added it here."""
+    with Ledger(mariadb_url) as ledger:
+        ledger.ensure_schema()
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("ALTER TABLE sluicegate_partitions DROP KEY sluicegate_partitions_path_idx")
+        cur.execute("UPDATE sluicegate_meta SET value = 'mariadb-3' WHERE `key` = 'schema_version'")
+        conn.commit()
+    looked = threading.Barrier(2, timeout=20)
+    missing = SchemaStore.path_index_missing
+
+    def both_look_first(self: SchemaStore, cur: Any) -> bool:
+        answer = missing(self, cur)
+        looked.wait()
+        return answer
+
+    monkeypatch.setattr(SchemaStore, "path_index_missing", both_look_first)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with Ledger(mariadb_url) as ledger:
+                ledger.ensure_schema()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=start) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        assert _upgraded(conn.cursor(), "sluicegate_partitions", "pkey") == ("mariadb-4", "utf8mb4_bin")
 
 
 def test_the_paths_a_batch_would_take_are_found_by_index_and_exactly(mariadb_url: str) -> None:

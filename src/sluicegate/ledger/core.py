@@ -267,8 +267,13 @@ class SchemaStore(Store):
         return bool(self._run("path_index_missing", cur).fetchone()[0])
 
     def upgrade_path_index(self, cur: Any) -> None:
-        """MariaDB, mariadb-3 to mariadb-4: index the partitions' paths (PartitionStore.paths_taken)."""
-        self._script("upgrade_path_index", cur)
+        """MariaDB, mariadb-3 to mariadb-4: index the partitions' paths (PartitionStore.paths_taken).
+        Two workers upgrading at once both find it missing: the second's ADD KEY finds it made."""
+        try:
+            self._script("upgrade_path_index", cur)
+        except Exception as exc:
+            if not mariadb_conn.duplicate_key_name(exc):
+                raise
 
     def add_partition_etag(self, cur: Any) -> None:
         """SQLite, version 8: each partition's object ETag, for conditional writes."""
