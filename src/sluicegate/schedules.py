@@ -44,20 +44,48 @@ def longest_gap(schedule: str, zone: str, now: dt.datetime, *, beyond: float) ->
     The gap around an instant is the time from the latest tick to the next; instants ``beyond``
     apart (at most 400 of them: a shorter ``beyond`` is read as a year's 400th, 22 h) fall in every
     gap longer than that, so each is found exactly, at a few croniter steps per instant (reading
-    every tick of a year cost 0.23 s for an hourly schedule, on every command that loads it)."""
+    every tick of a year cost 0.23 s for an hourly schedule, on every command that loads it).
+    A gap of 22 h or less comes back every day (a day without a tick is a gap of a day or more)
+    but around a clock change, which is read too (0 3-23 * * * in America/New_York: 5 h once)."""
     from croniter import croniter
 
+    def around(at: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        tick = latest_tick(schedule, zone, at)
+        return tick, croniter(schedule, tick.astimezone(zone_of(zone))).get_next(dt.datetime).astimezone(
+            dt.UTC
+        )
+
     step = dt.timedelta(seconds=max(beyond, 366 * 86400 / 400))
+    year = now + dt.timedelta(days=366)
+    changes = [a for t in _clock_changes(zone, now, year) for a in (t - dt.timedelta(seconds=1), t)]
     at, gap = now, 0.0
-    while at <= now + dt.timedelta(days=366):
+    while at <= year or changes:
         try:
-            tick = latest_tick(schedule, zone, at)
-            following = croniter(schedule, tick.astimezone(zone_of(zone))).get_next(dt.datetime)
+            tick, following = around(changes.pop() if at > year else at)
         except ValueError:  # croniter's CroniterBadDateError: the schedule's years end ("... 2020-2027")
-            break
-        gap = max(gap, (following.astimezone(dt.UTC) - tick).total_seconds())
-        at = max(at + step, following.astimezone(dt.UTC))
+            at = year + step  # then only the clock changes before that end
+            continue
+        gap = max(gap, (following - tick).total_seconds())
+        if at <= year:
+            at = max(at + step, following)
     return gap if gap > beyond else 0.0
+
+
+def _clock_changes(zone: str, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """The instants (to the second) in ``[start, end]`` at which ``zone``'s offset from UTC changes."""
+    tz, found = zone_of(zone), []
+    day = dt.timedelta(days=1)
+    at = start
+    while at < end:
+        low, high = at, min(at + day, end)
+        if low.astimezone(tz).utcoffset() != high.astimezone(tz).utcoffset():
+            while (high - low).total_seconds() > 1:
+                middle = low + (high - low) / 2
+                same = middle.astimezone(tz).utcoffset() == low.astimezone(tz).utcoffset()
+                low, high = (middle, high) if same else (low, middle)
+            found.append(high)
+        at += day
+    return found
 
 
 def every_tick(every: float, now: dt.datetime) -> dt.datetime:

@@ -459,3 +459,17 @@ def test_a_schedule_ticks_on_through_the_hour_a_fall_back_repeats(schedule: str,
     assert latest_tick(schedule, "Europe/Brussels", at + dt.timedelta(seconds=7)) == dt.datetime.combine(
         day.date(), dt.time.fromisoformat(tick), tzinfo=UTC
     )
+
+
+@pytest.mark.parametrize("hours", range(0, 24 * 12, 7))
+def test_a_schedule_s_longest_gap_at_a_clock_change_is_found_whatever_keep(hours: int) -> None:
+    """0 3-23 * * * in America/New_York: 4 h from 23:00 to 03:00, 5 h the night the clocks go back.
+    With keep = "4h30m" (shorter than a year's 400th, 22 h) the gap was looked for only around
+    instants 22 h apart, which missed that one night in most years' samplings (45 of 58 load
+    times here), so keep = "4h30m" was accepted with width = "schedule" and a 5 h window."""
+    from sluicegate.schedules import longest_gap
+
+    now = dt.datetime(2026, 1, 1, tzinfo=UTC) + dt.timedelta(hours=hours, minutes=hours % 60)
+    assert longest_gap("0 3-23 * * *", "America/New_York", now, beyond=4.5 * 3600) == 5 * 3600
+    assert longest_gap("0 3-23 * * *", "America/New_York", now, beyond=5 * 3600) == 0.0
+    assert longest_gap("0 0-9,20-23 * * *", "Europe/Brussels", now, beyond=10.5 * 3600) == 11 * 3600
