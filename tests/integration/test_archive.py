@@ -950,6 +950,16 @@ def _to_s3(root: Path, tmp_path: Path, endpoint: str, bucket: str) -> None:
     (root / "sluicegate.toml").write_text(config.replace(f'url = "{tmp_path / "out"}"', s3))
 
 
+def _seeded_on_s3(tmp_path: Path, endpoint: str, bucket: str) -> tuple[Path, Agency]:
+    """A SQLite project archiving to ``s3://bucket/out`` on ``endpoint``, its table seeded."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    _to_s3(root, tmp_path, endpoint, bucket)
+    agency = Agency(url)
+    _seed(agency)
+    return root, agency
+
+
 def _archived_on_s3(endpoint: str, bucket: str) -> set[int]:
     """The ids in the one archive object under ``out/`` (the change feed left out)."""
     client = boto3.client(
@@ -990,11 +1000,7 @@ def test_a_run_that_lost_its_lock_never_replaces_the_next_runs_object_on_s3(
 def test_a_redone_run_replaces_its_own_s3_object(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
     """A run that published its object and deleted nothing is redone into the same key (fenced uploads)."""
     endpoint, bucket = s3_bucket
-    url = f"sqlite:///{tmp_path / 'source.db'}"
-    root = _project(tmp_path, url)
-    _to_s3(root, tmp_path, endpoint, bucket)
-    agency = Agency(url)
-    _seed(agency)
+    root, agency = _seeded_on_s3(tmp_path, endpoint, bucket)
     (root / "tasks/agency/delete.sql").write_text("DELETE FROM agency WHERE updated_at < %(export_boundary)s")
     [failed] = engine.run(load(root))
     assert failed.failed == 1 and agency.count() == 12
@@ -1014,11 +1020,7 @@ def test_an_s3_object_replaced_by_one_of_the_same_size_before_the_verify_deletes
     from sluicegate.destinations.s3 import S3Destination
 
     endpoint, bucket = s3_bucket
-    url = f"sqlite:///{tmp_path / 'source.db'}"
-    root = _project(tmp_path, url)
-    _to_s3(root, tmp_path, endpoint, bucket)
-    agency = Agency(url)
-    _seed(agency)
+    root, agency = _seeded_on_s3(tmp_path, endpoint, bucket)
     client = boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
         region_name="us-east-1",

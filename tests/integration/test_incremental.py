@@ -647,10 +647,14 @@ def test_late_commit_with_old_cursor_is_not_lost(url: str, tmp_path: Path) -> No
     assert _payloads(tmp_path) == ["early", "late"]
 
 
-@pytest.mark.parametrize(
+# A test on each database server (a fixture named "server": its URL through request.getfixturevalue).
+ON_SERVERS = pytest.mark.parametrize(
     "server",
     [pytest.param("pg_url", marks=pytest.mark.pg), pytest.param("mariadb_url", marks=pytest.mark.mariadb)],
 )
+
+
+@ON_SERVERS
 def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
     server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -675,10 +679,7 @@ def test_a_source_clock_behind_the_hosts_puts_no_later_row_below_the_watermark(
     assert _payloads(tmp_path) == ["after", "early"]
 
 
-@pytest.mark.parametrize(
-    "server",
-    [pytest.param("pg_url", marks=pytest.mark.pg), pytest.param("mariadb_url", marks=pytest.mark.mariadb)],
-)
+@ON_SERVERS
 def test_an_hourly_window_within_the_margin_of_its_end_waits_whole(
     server: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
