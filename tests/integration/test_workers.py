@@ -598,11 +598,46 @@ def test_renew_and_release_lock_partitions_in_the_order_marks_do(
         with marker.partitions.core.transaction() as cur:  # a fold's marks, in pkey order
             marker.partitions.mark([earlier], task, cur=cur)
             act.start()
-            time.sleep(1)  # the renewal or release waits for the first row by now
+            time.sleep(1)  # the release waits for the first row by now (a renewal skipped it)
             marker.partitions.mark([later], task, cur=cur)
         act.join(timeout=30)
-    assert done == [2]
+    # A renewal skips the row the fold holds (as on PostgreSQL); a release waits for it.
+    assert done == ([1] if operation == "renew" else [2])
     assert _innodb_deadlocks(mariadb_url) == before
+
+
+@pytest.mark.mariadb
+def test_a_renewal_skips_a_partition_a_stuck_transaction_holds(tmp_path: Path, mariadb_url: str) -> None:
+    """On MariaDB a renewal waited for a row lock, where PostgreSQL's skips locked rows: one
+    partition held by a stuck session (or by a commit placing files) stopped the renewal of
+    every other partition of the claim for the lock wait timeout (60 s), then it failed, and
+    their leases ran out under a live worker."""
+    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    parts = [restore_partition(task, [1, day], "UTC") for day in ("2024-01-01", "2024-01-02", "2024-01-03")]
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    with ledger() as lg:
+        lg.ensure_schema()
+        lg.partitions.mark(parts, task)
+        claims = lg.partitions.claim(task, limit=3, lease=600)
+    done: list[int] = []
+    with ledger() as stuck, ledger() as other:
+        renewal = threading.Thread(
+            target=lambda: done.append(other.partitions.renew(claims[0].token, lease=900))
+        )
+        with stuck.partitions.core.transaction() as cur:
+            cur.execute(f"SELECT id FROM {_table(mariadb_url)} WHERE id = %s FOR UPDATE", (claims[1].id,))
+            cur.fetchall()
+            started = time.monotonic()
+            renewal.start()
+            renewal.join(timeout=20)
+            waited = time.monotonic() - started
+        renewal.join(timeout=90)
+    assert done == [2] and waited < 10, (done, waited)
 
 
 def test_claims_commits_and_marks_at_once_end_no_worker(tmp_path: Path, server_url: str) -> None:

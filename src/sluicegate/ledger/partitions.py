@@ -233,14 +233,14 @@ class PartitionStore(Store):
         if self.core.dialect is not db.MARIADB:
             return int(self._run("renew", token=uuid.UUID(token), lease=lease).rowcount)
 
-        def body(cur: Any) -> int:  # MariaDB: find the rows, then lock them in pkey order
+        def body(cur: Any) -> int:  # MariaDB: lock the rows no one else holds, then extend them
             ids = [int(row[0]) for row in self._run("renew", cur, token=uuid.UUID(token)).fetchall()]
             return self.renew_rows(cur, ids, token=token, lease=lease)
 
         return self.core.in_transaction(body)
 
     def renew_rows(self, cur: Any, ids: Sequence[int], *, token: str, lease: float) -> int:
-        """MariaDB/MySQL: extend the leases of ``ids`` still held under ``token``, in that order."""
+        """MariaDB/MySQL: extend the leases of ``ids`` (locked by ``renew``) still held under ``token``."""
         return self._each(cur, self.q["renew_rows"], ids, token=uuid.UUID(token), lease=lease)
 
     def _each(self, cur: Any, statement: str, ids: Sequence[int], **params: Any) -> int:

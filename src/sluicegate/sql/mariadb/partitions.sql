@@ -46,15 +46,17 @@ SELECT id, pkey, `keys`, zone, version, attempts, forced, exported_version, path
 FROM {t}partitions WHERE claim_token = %(token)s ORDER BY id;
 
 -- renew --
--- The partitions held under a claim token, in pkey order (utf8mb4_bin: code points, the order
--- marks sort them in), not locked: renew_rows then locks them in this order. One UPDATE ...
--- WHERE claim_token locked them in the claim_token index's order (by id), and deadlocked with a
--- mark or a commit of the same partitions.
-SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey;
+-- Lock the partitions held under a claim token, skipping rows locked now, never waiting for
+-- them (as on PostgreSQL): a commit (or a mark) holds them for a moment, and a renewal that
+-- waited on a lock held by a stuck session stopped the renewal of every other row for the lock
+-- wait timeout. Never waiting, it cannot deadlock with a mark or a commit, whatever order the
+-- scan locks in (one UPDATE ... WHERE claim_token waited, and deadlocked with them).
+-- renew_rows then extends the leases of the rows locked here.
+SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey FOR UPDATE SKIP LOCKED;
 
 -- renew_rows --
--- Extend the lease of one partition renew found, if still held under the token (run for each row
--- in one batch round trip, in renew's order).
+-- Extend the lease of one partition renew locked, if still held under the token (run for each row
+-- in one batch round trip).
 UPDATE {t}partitions SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- hold --
@@ -93,8 +95,10 @@ SET failed = (%(terminal)s OR attempts + 1 >= %(max_attempts)s),
 WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- release --
--- The partitions held under a claim token, in pkey order, not locked: release_rows then locks
--- them in the order marks and commits do (see renew).
+-- The partitions held under a claim token, in pkey order (utf8mb4_bin: code points, the order
+-- marks sort them in), not locked: release_rows then locks them in the order marks and commits
+-- do. One UPDATE ... WHERE claim_token locked them in the claim_token index's order (by id),
+-- and deadlocked with a mark or a commit of the same partitions.
 SELECT id FROM {t}partitions WHERE claim_token = %(token)s ORDER BY pkey;
 
 -- release_rows --
