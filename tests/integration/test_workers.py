@@ -640,6 +640,63 @@ def test_a_renewal_skips_a_partition_a_stuck_transaction_holds(tmp_path: Path, m
     assert done == [2] and waited < 10, (done, waited)
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("operation", ["reset_failed", "requeue"])
+def test_reset_failed_and_requeue_lock_partitions_in_the_order_marks_do(
+    tmp_path: Path, mariadb_url: str, operation: str
+) -> None:
+    """On MariaDB ``reset --failed`` was one UPDATE ... WHERE task AND failed, which locked its
+    rows in the queue index's order (oldest change first), and a requeue updated its rows in
+    the order the pipeline lost them, while marks lock them in pkey order: a fold marking the
+    same two partitions deadlocked with them, and InnoDB rolled one transaction back."""
+    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    later, earlier = (restore_partition(task, [1, day], "UTC") for day in ("2024-01-02", "2024-01-01"))
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    with ledger() as lg:
+        lg.ensure_schema()
+        for part in (
+            later,
+            earlier,
+        ):  # the later day changed first: neither id nor change order is pkey order
+            lg.partitions.mark([part], task)
+            time.sleep(0.01)
+        claims = lg.partitions.claim(task, limit=2, lease=600)
+        for claim in claims:
+            assert lg.partitions.fail(claim, error="boom", terminal=True, max_attempts=3, backoff=1)
+    lost = sorted(claims, key=lambda c: c.pkey, reverse=True)  # the later day first
+    before = _innodb_deadlocks(mariadb_url)
+    done: list[int] = []
+    with ledger() as marker, ledger() as other:
+        if operation == "reset_failed":
+            act = threading.Thread(target=lambda: done.append(other.partitions.reset_failed(task)))
+        else:
+            act = threading.Thread(target=lambda: done.append(other.partitions.requeue(lost) or len(lost)))
+        try:
+            with marker.partitions.core.transaction() as cur:  # a fold's marks, in pkey order
+                marker.partitions.mark([earlier], task, cur=cur)
+                act.start()
+                time.sleep(1)  # the operator's command (or the requeue) waits for the first row by now
+                marker.partitions.mark([later], task, cur=cur)
+        finally:
+            act.join(timeout=30)
+    assert _innodb_deadlocks(mariadb_url) == before
+    # The fold's marks cleared the parking before the reset got the rows: nothing left to reset.
+    assert done == ([0] if operation == "reset_failed" else [2])
+    with ledger() as lg:  # one version from the first mark, one from the fold's, one from a requeue
+        versions = lg.partitions.core.conn.execute(f"SELECT version FROM {_table(mariadb_url)}").fetchall()
+    assert [v for (v,) in versions] == ([2, 2] if operation == "reset_failed" else [3, 3])
+    with ledger() as lg:  # parked again, with no fold about: the reset takes both
+        for claim in lg.partitions.claim(task, limit=2, lease=600):
+            assert lg.partitions.fail(claim, error="boom", terminal=True, max_attempts=3, backoff=1)
+        assert lg.partitions.reset_failed(task) == 2
+        assert len(lg.partitions.claim(task, limit=2, lease=600)) == 2
+
+
 def test_claims_commits_and_marks_at_once_end_no_worker(tmp_path: Path, server_url: str) -> None:
     """On MariaDB a claim's SKIP LOCKED scan can wait for a row a mark is changing, and InnoDB
     then rolls one of them back as a deadlock's victim: the ledger runs that transaction again,

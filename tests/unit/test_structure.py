@@ -56,6 +56,7 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "claim_attempts": "mariadb",
     "renew_rows": "mariadb",
     "release_rows": "mariadb",
+    "reset_failed_rows": "mariadb",
     "upgrade_collation": "mariadb",
     "upgrade_inbox": "mariadb",
     "upgrade_padding": "mariadb",

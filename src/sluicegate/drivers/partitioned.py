@@ -141,7 +141,7 @@ class Recorder:
         done = self.store.commit([_result(o) for o in outcomes], place_held)
         # A lost claim's upload that landed anyway: the next export deletes (and lists) it.
         lost = zip(outcomes, done, strict=True)
-        self.store.requeue([o.unit.handle.id for o, ok in lost if not ok and o.left_behind(self.destination)])
+        self.store.requeue([o.unit.handle for o, ok in lost if not ok and o.left_behind(self.destination)])
         return done
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:

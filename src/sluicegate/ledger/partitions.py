@@ -428,9 +428,10 @@ class PartitionStore(Store):
             self.core.in_transaction(lambda cur: cur.executemany(self.q["reexport"], chosen))
         return len(chosen)
 
-    def requeue(self, ids: Sequence[int]) -> None:
-        """Queue the partitions ``ids`` again (one more version, not forced)."""
-        chosen = [self.core.params(id=pid) for pid in ids]
+    def requeue(self, claims: Sequence[Claim]) -> None:
+        """Queue the partitions of ``claims`` again (one more version, not forced), in pkey order
+        (the lock order of marks: the order the pipeline lost them deadlocked with a fold)."""
+        chosen = [self.core.params(id=c.id) for c in sorted(claims, key=lambda c: c.pkey)]
         if chosen:
             self.core.in_transaction(lambda cur: cur.executemany(self.q["requeue"], chosen))
 
@@ -446,7 +447,18 @@ class PartitionStore(Store):
 
     def reset_failed(self, task: PartitionKeys) -> int:
         """Re-queue the task's parked partitions; return how many."""
-        return int(self._run("reset_failed", task=task.name).rowcount)
+        if self.core.dialect is not db.MARIADB:
+            return int(self._run("reset_failed", task=task.name).rowcount)
+
+        def body(cur: Any) -> int:  # MariaDB: find the rows, then lock them in pkey order
+            ids = [int(row[0]) for row in self._run("reset_failed", cur, task=task.name).fetchall()]
+            return self.reset_failed_rows(cur, ids)
+
+        return self.core.in_transaction(body)
+
+    def reset_failed_rows(self, cur: Any, ids: Sequence[int]) -> int:
+        """MariaDB/MySQL: re-queue ``ids`` if still parked, in that order."""
+        return self._each(cur, self.q["reset_failed_rows"], ids)
 
     def list_partitions(
         self, task: PartitionKeys, *, state: str | None, limit: int, offset: int

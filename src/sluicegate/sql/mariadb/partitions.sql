@@ -180,8 +180,15 @@ SELECT count(*) FROM {t}partitions WHERE task = %(task)s AND zone IS NOT NULL AN
 UPDATE {t}partitions SET zone = %(zone)s WHERE id = %(id)s AND zone <> %(zone)s;
 
 -- reset_failed --
--- Re-queue a task's parked partitions.
-UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE task = %(task)s AND failed;
+-- A task's parked partitions, in pkey order, not locked: reset_failed_rows then locks them in
+-- the order marks and commits do. One UPDATE ... WHERE task AND failed locked them in the queue
+-- index's order (oldest change first), and deadlocked with a fold marking the same partitions.
+SELECT id FROM {t}partitions WHERE task = %(task)s AND failed ORDER BY pkey;
+
+-- reset_failed_rows --
+-- Re-queue one partition reset_failed found, if still parked (run for each row in one batch
+-- round trip, in reset_failed's order).
+UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE id = %(id)s AND failed;
 
 -- list_partitions --
 -- A page of a task's partitions with their state.
