@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import textwrap
+import threading
 import time
 import uuid
 import zoneinfo
@@ -1201,6 +1202,32 @@ def test_a_long_window_export_renews_its_watermark_claim(url: str, tmp_path: Pat
         assert wm.claim(task.name, ["s1"], lease=1) == []
         assert [w["claimed"] for w in wm.entities(task.name)] == [True]
         assert wm.renew(str(uuid.uuid4()), lease=600) == 0  # another token renews nothing
+
+
+@pytest.mark.mariadb
+def test_a_watermark_renewal_skips_a_row_a_stuck_transaction_holds(mariadb_url: str, tmp_path: Path) -> None:
+    """On MariaDB a watermark renewal was one UPDATE ... WHERE claim_token, which waited for a
+    row lock where PostgreSQL's skips locked rows: one entity held by a stuck session stopped
+    the renewal of every other entity of the claim for the lock wait timeout (60 s)."""
+    project = load(_project(tmp_path, mariadb_url))
+    task = project.tasks["studies"]
+    done: list[int] = []
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure(task.name, ["s1", "s2", "s3"])
+        claims = ledger.watermarks.claim(task.name, ["s1", "s2", "s3"], lease=600)
+        with Ledger(project.settings.ledger_url) as stuck, stuck.watermarks.core.transaction() as cur:
+            cur.execute("SELECT id FROM sluicegate_watermarks WHERE id = %s FOR UPDATE", (claims[1].id,))
+            cur.fetchall()
+            renewal = threading.Thread(
+                target=lambda: done.append(ledger.watermarks.renew(claims[0].token, lease=900))
+            )
+            started = time.monotonic()
+            renewal.start()
+            renewal.join(timeout=20)
+            waited = time.monotonic() - started
+        renewal.join(timeout=90)
+    assert done == [2] and waited < 10, (done, waited)
 
 
 def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_path: Path) -> None:

@@ -167,7 +167,23 @@ class WatermarkStore(Store):
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of the watermark rows held under ``token``; return how many."""
-        return int(self._run("renew", token=_token(token), lease=lease).rowcount)
+        if self.core.dialect is not db.MARIADB:
+            return int(self._run("renew", token=_token(token), lease=lease).rowcount)
+
+        def body(cur: Any) -> int:  # MariaDB: lock the rows no one else holds, then extend them
+            ids = [int(row[0]) for row in self._run("renew", cur, token=_token(token)).fetchall()]
+            return self.renew_rows(cur, ids, token=token, lease=lease)
+
+        return self.core.in_transaction(body)
+
+    def renew_rows(self, cur: Any, ids: Sequence[int], *, token: str, lease: float) -> int:
+        """MariaDB/MySQL: extend the leases of ``ids`` (locked by ``renew``) still held under ``token``."""
+        if not ids:
+            return 0
+        cur.executemany(
+            self.q["renew_rows"], [self.core.params(id=i, token=_token(token), lease=lease) for i in ids]
+        )
+        return int(cur.rowcount)
 
     def release(self, token: str) -> int:
         """Give back every watermark row held under ``token``."""

@@ -117,8 +117,16 @@ WHERE task = %(task)s AND entity = %(entity)s AND failed_mode = 'reexport' AND f
   AND failed_end = %(end)s AND failed_type = %(type)s AND failed_destination <=> %(destination)s;
 
 -- renew --
--- Extend the lease of the watermark rows held under a claim token (a long window export).
-UPDATE {t}watermarks SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE claim_token = %(token)s;
+-- Lock the watermark rows held under a claim token (a long window export), skipping rows locked
+-- now, never waiting for them (as on PostgreSQL; see partitions.sql renew): one UPDATE ...
+-- WHERE claim_token waited for a row a stuck session held, and renewed no other row meanwhile.
+-- renew_rows then extends the leases of the rows locked here.
+SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE SKIP LOCKED;
+
+-- renew_rows --
+-- Extend the lease of one watermark row renew locked, if still held under the token (run for
+-- each row in one batch round trip).
+UPDATE {t}watermarks SET lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- release --
 -- Give back every watermark row still held under a claim token. The pending window stays: it
