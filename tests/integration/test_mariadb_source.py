@@ -911,3 +911,35 @@ def test_a_time_key_is_the_partition_the_trigger_marks(
         f"838:59:59{fraction}/20240301.csv": ["3"],
         ("00:00:01.500000" if fraction else "00:00:01") + "/20240301.csv": ["4"],
     }
+
+
+def test_a_quote_escaped_with_a_backslash_is_refused_at_check_not_failed_per_partition(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """MariaDB takes 'don\\'t' as one string, MariaDB Connector/Python ends the string at the
+    backslash's quote: the batch query's ? parameters after the select were hidden from it, and
+    every partition failed with "You have an error in your SQL syntax", while check said ok."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6))")
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00'), ('don''t', '2024-03-01 11:00:00')"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at FROM readings WHERE city <> 'don\\'t'")
+    checked = cli(root, "check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "select.sql: MariaDB Connector/Python misreads this query" in checked.stderr
+    assert "write the quote doubled" in checked.stderr and "Traceback" not in checked.stderr
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    refused = cli(root, "run", "--json")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    [summary] = json.loads(refused.stdout)
+    assert summary["config_error"] and "write the quote doubled" in summary["task_errors"][0]
+    (root / "tasks" / "cities" / "select.sql").write_text(
+        "SELECT city, at FROM readings WHERE city <> 'don''t'"
+    )
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [r["city"] for r in read_csv(tmp_path / "out" / "Gent" / "20240301.csv")] == ["Gent"]

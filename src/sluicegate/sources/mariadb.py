@@ -121,16 +121,24 @@ class MariaDbSource:
         self._reconnect_if_lost()
         import mariadb
 
-        cur = self.conn.cursor()
+        cur, where, kinds = self.conn.cursor(), spec.folder / "select.sql", None
         try:
             cur.execute(f"SELECT * FROM ({spec.select_sql}) AS q LIMIT 0")
-            return column_kinds(cur.description or [], cur.metadata["charset"])
+            kinds = column_kinds(cur.description or [], cur.metadata["charset"])
+            # The reads put ? parameters after the select: the driver must find them where the server does.
+            cur.execute(f"SELECT 1 FROM ({spec.select_sql}) AS q JOIN (SELECT ? AS p) AS p LIMIT 0", (0,))
+            return kinds
         except mariadb.Error as exc:
             if db.classify(exc) == "transient":
                 with db.wrap_errors(self.url):
                     raise
+            if kinds is not None:  # the select alone ran
+                raise ConfigError(
+                    f"{where}: MariaDB Connector/Python misreads this query once it has parameters (to it a "
+                    "quote escaped with a backslash, \\' or \\\", ends the string); "
+                    "write the quote doubled ('' or \"\")"
+                ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            where = spec.folder / "select.sql"
             raise ConfigError(f"{where}: the query failed: {first}; fix the SQL") from None
         finally:
             cur.close()
