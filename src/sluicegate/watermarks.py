@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
-import time
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,14 +37,12 @@ from .sources.sqlite import unreadable_times
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
+    from .options import Budget
 
 UTC = dt.UTC
 # bootstrap = "beginning": rows from before 1970 are history too (1850's weather). Year 1000 is
 # MariaDB's earliest DATETIME, and the earliest year strftime writes with four digits in a path.
 BEGINNING = dt.datetime(1000, 1, 1, tzinfo=UTC)
-
-
-# ---------------------------------------------------------------------------- windows
 
 
 def type_end(export_type: str, now: dt.datetime, spec: TaskSpec) -> dt.datetime:
@@ -129,6 +127,7 @@ def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str 
 
 
 MAX_MARGIN_WAIT = 120.0  # seconds an hourly or daily run waits for its margin, at most
+STOPPED = "the run was told to stop (SIGINT or SIGTERM) while it waited out safety_margin; nothing exported"
 
 
 def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt.datetime | None) -> float:
@@ -247,13 +246,14 @@ def plan_windows(
     lease: float,
     claim: bool = True,
     whole_days: bool = False,
-    room: float = MAX_MARGIN_WAIT,
+    budget: Budget | None = None,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Decide each entity's window; return the windows to export, notes on the others, the claim token.
 
     ``whole_days``: the cursor is a date, compared as its UTC midnight; a window that ended during
     a day took the rows dated that day so far, and its later ones were below the watermark.
-    ``room``: the run's time left (--max-runtime, a Lambda's); a longer wait for the margin is not made."""
+    ``budget``: the run's (None: no wait for the margin); no longer wait is made than its time left
+    (--max-runtime, a Lambda's), and its stop (SIGINT or SIGTERM) ends the wait, nothing claimed."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
@@ -263,9 +263,10 @@ def plan_windows(
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
     horizon, held = commit_horizon(source, task.safety_margin)
-    if claim and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= room:
-        time.sleep(wait)  # a run just after the hour (or midnight): not a whole period later
-        horizon, held = commit_horizon(source, task.safety_margin)
+    if claim and budget and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= budget.left():
+        # a run just after the hour (or midnight): not a whole period later; a signal ends the wait
+        stopped = (budget.stop or threading.Event()).wait(wait)
+        horizon, held = (None, STOPPED) if stopped else commit_horizon(source, task.safety_margin)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     capped = min(end, horizon) if horizon else end  # see commit_horizon

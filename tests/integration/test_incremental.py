@@ -744,6 +744,28 @@ def test_a_run_whose_max_runtime_is_shorter_than_the_margin_wait_does_not_wait(
 
 
 @pytest.mark.pg
+def test_a_signal_ends_the_margin_wait_at_once(pg_url: str, tmp_path: Path) -> None:
+    """SIGTERM (systemd stopping a timer's run) during the wait for the margin after the hour
+    was noted and then slept through: the run sat up to 2 minutes before it stopped. It now
+    stops at once, claiming and exporting nothing, its exit code the signal's."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="40s")
+    Records(pg_url).add("s1", T, "before")
+    end = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+    message = tmp_path / "request.json"
+    message.write_text(
+        json.dumps({"endDateTime": end.isoformat(), "exportType": "HOURLY", "studyWhitelist": ["s1"]})
+    )
+    proc = _spawn(root, "request", str(message))
+    time.sleep(4)  # loaded, connected and waiting (a signal before the wait: no wait at all)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - signalled < 5, "slept out the margin after SIGTERM"
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert _marks(root) in ({}, {"s1": None}) and not files(tmp_path / "out")
+
+
+@pytest.mark.pg
 def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
     """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
     time) and commits after an export that started 3 s into that transaction: the window end is

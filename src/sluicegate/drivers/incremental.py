@@ -237,7 +237,7 @@ class Driver:
         return dated or watermarks.sqlite_dates(task, self.context.source)
 
     def _windows(
-        self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary, room: float = 0.0
+        self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary, budget: Budget | None
     ) -> list[Window]:
         ctx, settings = self.context, self.context.project.settings
         request = options.request or ExportRequest()
@@ -255,7 +255,7 @@ class Driver:
         else:
             windows, notes, _ = watermarks.plan_windows(
                 task, request, ctx.source, store, now=dt.datetime.now(dt.UTC), lease=settings.lease,
-                claim=claim, whole_days=dated, room=room,
+                claim=claim, whole_days=dated, budget=budget,
             )  # fmt: skip
         if options.redrive:  # a redriven re-export that could drop a longer window's rows fails (exit 1)
             windows, held = overwrites.hold_overwrites(task, windows, ctx.destination_for)
@@ -270,7 +270,7 @@ class Driver:
 
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
         """Each entity's window in ``summary.plan`` (and notes on the others), without claiming."""
-        windows = self._windows(task, options, claim=False, summary=summary)
+        windows = self._windows(task, options, claim=False, summary=summary, budget=None)
         for w in windows:  # one entity no path can hold is listed with its error, not the end of the plan
             entry: dict[str, Any] = {
                 "partition": {"entity": w.entity},
@@ -298,7 +298,7 @@ class Driver:
     ) -> int:
         """Export each entity's window, recorded as a run on the ledger; return windows exported."""
         ctx = self.context
-        windows = self._windows(task, options, claim=True, summary=summary, room=budget.left())
+        windows = self._windows(task, options, claim=True, summary=summary, budget=budget)
         if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
             return 0
         request = options.request or ExportRequest()
@@ -341,7 +341,7 @@ class Driver:
         if not redone or options.redrive or budget.over() or budget.stopped():
             return
         more = dataclasses.replace(options, request=dataclasses.replace(request, entities=tuple(redone)))
-        later = self._windows(task, more, claim=True, summary=summary)
+        later = self._windows(task, more, claim=True, summary=summary, budget=None)  # waited already
         windows += later  # given back with the others should the export stop
         self._export(task, later, summary, budget)
 
