@@ -33,7 +33,6 @@ from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
 from .partitions import zone_of
-from .sources.sqlite import unreadable_times
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -139,24 +138,29 @@ def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt
     return wait if wait <= min(task.safety_margin, MAX_MARGIN_WAIT) else 0.0
 
 
+def _wait_margin(
+    task: TaskSpec, source: Any, horizon: dt.datetime, wait: float, budget: Budget, *,
+    values: Collection[str], claim: bool,
+) -> tuple[dt.datetime | None, str | None, list[dict[str, Any]]]:  # fmt: skip
+    """Wait ``wait`` s for the margin (a run just after the hour or midnight: not a whole period
+    later), then the horizon again; the run's stop (SIGINT or SIGTERM) ends the wait, and then
+    nothing is claimed. No wait longer than the run's time left (--max-runtime, a Lambda's) is
+    asked for. A dry run (not ``claim``) plans the window the run exports after it, with a note."""
+    if not claim:
+        note = f"the run first waits {wait:.0f} s, until the source's clock is past the end + safety_margin"
+        return (
+            horizon + dt.timedelta(seconds=wait),
+            None,
+            [{"entity": e, "rows": 0, "note": note} for e in values],
+        )
+    if (budget.stop or threading.Event()).wait(wait):
+        return None, STOPPED, []
+    return *commit_horizon(source, task.safety_margin), []
+
+
 def _cap(started: dt.datetime | None, clock: dt.datetime, margin: float) -> dt.datetime:
     """The earlier of ``started`` (the oldest open transaction's) and ``clock``, less ``margin``."""
     return (clock if started is None else min(started, clock)) - dt.timedelta(seconds=margin)
-
-
-def horizon_problems(task: TaskSpec, source: Any) -> list[str]:
-    """PostgreSQL: a source role that cannot see other roles' ``xact_start`` (neither superuser nor
-    in ``pg_read_all_stats``) caps no window for their open transactions, and a row one of them
-    writes lands below a watermark that has passed it, never exported; ``check`` says so."""
-    if source.dialect is not db.POSTGRESQL:
-        return []
-    if source.execute("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")[0][0]:
-        return []
-    return [
-        f"task {task.name}: the source role cannot see other roles' open transactions, so the late-commit"
-        " cap misses them and their rows can fall below the watermark, never exported; grant it"
-        " pg_read_all_stats (see `sluicegate grants`)"
-    ]
 
 
 @dataclass(kw_only=True)
@@ -180,17 +184,6 @@ def not_recorded(task: str, entity: str) -> str:
         f"; not recorded for redrive: {entity!r} already owes a failed re-export of another window (another"
         f" run's), which is kept: run 'sluicegate redrive {task}', then this re-export again"
     )
-
-
-def unreadable_cursors(task: TaskSpec, source: Any, *, first: bool = False) -> list[str]:
-    """SQLite: rows whose cursor is set but is no time julianday() reads as such: text it cannot
-    read (ISO 8601's basic form 20260101T000000Z, an offset +0100), or an integer (or text with
-    no date in it), which it reads as a Julian day number, not Unix time. They are in no window
-    the writer meant, and no run says so. A REAL is a Julian day, as SQLite documents.
-
-    ``first``: judge the first row with a cursor only (a run's cheap probe, before it claims).
-    """
-    return unreadable_times(source, task.folder, task.select_sql, task.cursor, first=first)
 
 
 def sqlite_dates(task: TaskSpec, source: Any) -> bool:
@@ -252,8 +245,7 @@ def plan_windows(
 
     ``whole_days``: the cursor is a date, compared as its UTC midnight; a window that ended during
     a day took the rows dated that day so far, and its later ones were below the watermark.
-    ``budget``: the run's (None: no wait for the margin); no longer wait is made than its time left
-    (--max-runtime, a Lambda's), and its stop (SIGINT or SIGTERM) ends the wait, nothing claimed."""
+    ``budget``: the run's (None: no wait for the margin, see :func:`_wait_margin`)."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
@@ -263,10 +255,9 @@ def plan_windows(
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
     horizon, held = commit_horizon(source, task.safety_margin)
-    if claim and budget and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= budget.left():
-        # a run just after the hour (or midnight): not a whole period later; a signal ends the wait
-        stopped = (budget.stop or threading.Event()).wait(wait)
-        horizon, held = (None, STOPPED) if stopped else commit_horizon(source, task.safety_margin)
+    waits: list[dict[str, Any]] = []  # a dry run's: the run waits first
+    if budget and horizon and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= budget.left():
+        horizon, held, waits = _wait_margin(task, source, horizon, wait, budget, values=values, claim=claim)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     capped = min(end, horizon) if horizon else end  # see commit_horizon
@@ -296,7 +287,7 @@ def plan_windows(
         else:
             windows.append(window)
     token = claims[0].token if claims and claim else None
-    return windows, refused + notes, token
+    return windows, refused + waits + notes, token
 
 
 def _held(wanted: Collection[str], claims: list[WatermarkClaim], lease: float) -> list[dict[str, Any]]:

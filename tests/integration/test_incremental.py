@@ -766,6 +766,27 @@ def test_a_signal_ends_the_margin_wait_at_once(pg_url: str, tmp_path: Path) -> N
 
 
 @pytest.mark.pg
+def test_a_dry_run_within_the_margin_shows_the_window_the_run_exports_after_its_wait(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A dry run never waits for the margin, and so listed a window a whole period shorter than
+    the run (which waits) exports. It now lists the run's window and says the run waits first."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="30s")
+    Records(pg_url).add("s1", T, "before")
+    end = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+    request = ExportRequest(export_type="hourly", end=end, entities=("s1",))
+    started = time.monotonic()
+    [summary] = engine.run(load(root), ["studies"], RunOptions(request=request, dry_run=True))
+    assert time.monotonic() - started < 10, "a dry run waited"
+    assert [p["end"] for p in summary.plan] == [end.isoformat()], summary.plan
+    assert "the run first waits" in summary.entities[0]["note"], summary.entities
+    # with no room for the wait (--max-runtime), the run does not wait: nor does its plan
+    short = RunOptions(request=request, dry_run=True, max_runtime=2.0)
+    [summary] = engine.run(load(root), ["studies"], short)
+    assert [p["end"] < end.isoformat() for p in summary.plan] == [True] and not summary.entities, summary
+
+
+@pytest.mark.pg
 def test_a_back_dated_cursor_in_an_open_transaction_is_not_lost(pg_url: str, tmp_path: Path) -> None:
     """A writer stamps its row 1 s before its own transaction began (a client clock, a batch
     time) and commits after an export that started 3 s into that transaction: the window end is

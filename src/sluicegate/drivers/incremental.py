@@ -270,7 +270,8 @@ class Driver:
 
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
         """Each entity's window in ``summary.plan`` (and notes on the others), without claiming."""
-        windows = self._windows(task, options, claim=False, summary=summary, budget=None)
+        budget = Budget.start(options.max_runtime, options.started)  # the run's, for the margin's wait
+        windows = self._windows(task, options, claim=False, summary=summary, budget=budget)
         for w in windows:  # one entity no path can hold is listed with its error, not the end of the plan
             entry: dict[str, Any] = {
                 "partition": {"entity": w.entity},
@@ -304,11 +305,9 @@ class Driver:
         request = options.request or ExportRequest()
         recorded_here = not options.recorded
         try:
-            if recorded_here:
+            if recorded_here:  # a CLI run beats (the service's RunManager beats for the runs it records)
                 run_request = {**request.as_dict(), "redrive": options.redrive}
                 summary.run_id = ctx.ledger.runs.start(task.name, tag=request.tag, request=run_request)
-            if recorded_here:  # a CLI run beats (the service's RunManager beats for the runs it records)
-                assert summary.run_id is not None
                 with run_heartbeat(ctx.ledger.url, ctx.ledger.schema, summary.run_id):
                     self._export_and_catch_up(task, windows, options, summary, budget)
             else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import db, watermarks
+from .. import db
 from ..exceptions import SluicegateError
 from ..sources import Column, Source
+from ..sources.sqlite import unreadable_times
 
 if TYPE_CHECKING:
     from .incremental import Task
@@ -25,11 +26,37 @@ def check(task: Task, source: Source) -> list[str]:
         return [str(exc)]
     problems = missing_columns(task, {c.name for c in described})
     problems += cursor_problems(task, described, source)
-    problems += watermarks.horizon_problems(task, source)
+    problems += horizon_problems(task, source)
     problems += naive_cursor_zone(task, described, source)
     if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
-        problems += watermarks.unreadable_cursors(task, source) + sqlite_cursor_forms(task, source)
+        problems += unreadable_cursors(task, source) + sqlite_cursor_forms(task, source)
     return problems
+
+
+def horizon_problems(task: Task, source: Source) -> list[str]:
+    """PostgreSQL: a source role that cannot see other roles' ``xact_start`` (neither superuser nor
+    in ``pg_read_all_stats``) caps no window for their open transactions, and a row one of them
+    writes lands below a watermark that has passed it, never exported; ``check`` says so."""
+    if source.dialect is not db.POSTGRESQL:
+        return []
+    if source.execute("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")[0][0]:
+        return []
+    return [
+        f"task {task.name}: the source role cannot see other roles' open transactions, so the late-commit"
+        " cap misses them and their rows can fall below the watermark, never exported; grant it"
+        " pg_read_all_stats (see `sluicegate grants`)"
+    ]
+
+
+def unreadable_cursors(task: Task, source: Source, *, first: bool = False) -> list[str]:
+    """SQLite: rows whose cursor is set but is no time julianday() reads as such: text it cannot
+    read (ISO 8601's basic form 20260101T000000Z, an offset +0100), or an integer (or text with
+    no date in it), which it reads as a Julian day number, not Unix time. They are in no window
+    the writer meant, and no run says so. A REAL is a Julian day, as SQLite documents.
+
+    ``first``: judge the first row with a cursor only (a run's cheap probe, before it claims).
+    """
+    return unreadable_times(source, task.folder, task.select_sql, task.cursor, first=first)
 
 
 def missing_columns(task: Task, names: set[str]) -> list[str]:
@@ -60,7 +87,7 @@ def cursor_problems(task: Task, described: list[Column], source: Source, *, prob
         ]
     if not probe or source.dialect is not db.SQLITE:
         return []
-    return watermarks.unreadable_cursors(task, source, first=True)
+    return unreadable_cursors(task, source, first=True)
 
 
 # The database's TimeZone, and whether it was UTC all of the past year (whatever its spelling:
