@@ -1876,6 +1876,24 @@ def test_a_signal_stops_an_incremental_run_between_batches(tmp_path: Path) -> No
     assert _payloads(tmp_path) == ["s1-a", "s2-a", "s3-a"]
 
 
+def test_a_dry_run_says_why_a_task_cannot_be_planned(tmp_path: Path) -> None:
+    """A task error (here select.sql naming a column the table lacks) made `run --dry-run` print
+    "0 partition(s) would be exported" and exit 2 with no word of why; it now prints the error."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T)
+    (root / "tasks" / "studies" / "select.sql").write_text("SELECT no_such_column FROM records")
+    dry = cli(root, "run", "--dry-run")
+    assert dry.returncode == 2 and "no_such_column" in dry.stderr, (dry.stdout, dry.stderr)
+    assert "Traceback" not in dry.stderr
+    # an entity that cannot be exported was listed with a blank where its reason belongs
+    rec.add("s\x002", T)
+    (root / "tasks" / "studies" / "select.sql").write_text("SELECT * FROM records")
+    dry = cli(root, "run", "--dry-run", "--type", "instant")
+    assert "entity='s\\x002': error: entity" in dry.stdout, dry.stdout
+
+
 def test_entities_that_differ_only_by_trailing_spaces(url: str, tmp_path: Path) -> None:
     """'s1' and 's1 ' are two entities, each with its file. A MariaDB source's DISTINCT (PAD
     SPACE) found only one, and the other's rows were in no file; a MariaDB ledger's entity column

@@ -32,7 +32,10 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                     f"  {keys}{window}  ({entry['reason']}) -> {entry.get('path') or entry.get('error')}"
                 )
             for note in s.entities:
-                click.echo(f"  entity={printable(note['entity'])}: {note.get('note', '')}")
+                what = note.get("note") or f"error: {note.get('error')}"  # a failure: its reason, not a blank
+                click.echo(f"  entity={printable(note['entity'])}: {what}")
+            for error in s.task_errors:  # why the task has no plan (its exit code is 2 or 1)
+                click.echo(f"  task error: {error}", err=True)
             continue
         click.echo(
             f"{s.task}: {s.exported} exported, {s.unchanged} unchanged, {s.failed} failed, "
