@@ -126,6 +126,7 @@ def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str 
 
 
 MAX_MARGIN_WAIT = 120.0  # seconds an hourly or daily run waits for its margin, at most
+NO_ROWS = "{} returned no rows yet; nothing to export"
 STOPPED = "the run was told to stop (SIGINT or SIGTERM) while it waited out safety_margin; nothing exported"
 
 
@@ -139,13 +140,18 @@ def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt
 
 
 def _wait_margin(
-    task: TaskSpec, source: Any, horizon: dt.datetime, wait: float, budget: Budget, *,
+    task: TaskSpec, source: Any, window: tuple[str, dt.datetime], budget: Budget | None, *,
     values: Collection[str], claim: bool,
 ) -> tuple[dt.datetime | None, str | None, list[dict[str, Any]]]:  # fmt: skip
-    """Wait ``wait`` s for the margin (a run just after the hour or midnight: not a whole period
-    later), then the horizon again; the run's stop (SIGINT or SIGTERM) ends the wait, and then
-    nothing is claimed. No wait longer than the run's time left (--max-runtime, a Lambda's) is
-    asked for. A dry run (not ``claim``) plans the window the run exports after it, with a note."""
+    """:func:`commit_horizon`, after waiting for the margin when the window (its type and end) would
+    end a whole period earlier without (a run just after the hour or midnight), with notes for a
+    dry run. The run's stop (SIGINT or SIGTERM) ends the wait, and then nothing is claimed. No
+    wait longer than its time left (--max-runtime, a Lambda's) is made, none without a budget.
+    A dry run (not ``claim``) plans the window the run exports after the wait, noting the wait."""
+    horizon, held = commit_horizon(source, task.safety_margin)
+    wait = _margin_wait(task, *window, horizon)
+    if budget is None or horizon is None or not 0 < wait <= budget.left():
+        return horizon, held, []
     if not claim:
         note = f"the run first waits {wait:.0f} s, until the source's clock is past the end + safety_margin"
         return (
@@ -251,13 +257,12 @@ def plan_windows(
     values = _entity_values(task, request, source)
     refused = _unkeyable(task, values)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
+    if not values and not refused:  # select.sql returned no row (a table that is empty yet)
+        return [], [{"entity": None, "rows": 0, "note": NO_ROWS.format(task.folder / "select.sql")}], None
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    horizon, held = commit_horizon(source, task.safety_margin)
-    waits: list[dict[str, Any]] = []  # a dry run's: the run waits first
-    if budget and horizon and 0 < (wait := _margin_wait(task, export_type, end, horizon)) <= budget.left():
-        horizon, held, waits = _wait_margin(task, source, horizon, wait, budget, values=values, claim=claim)
+    horizon, held, waits = _wait_margin(task, source, (export_type, end), budget, values=values, claim=claim)
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
     capped = min(end, horizon) if horizon else end  # see commit_horizon
@@ -400,8 +405,11 @@ def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[
         # Text stays text ("007" is not 7): the driver reads it as the entity column's kind.
         return {str(e): e for e in chosen}
     found = discover_entities(task, source)
-    if not found:
-        raise ConfigError(f"{task.folder / 'select.sql'} returned no entities; nothing to export")
+    if not found and source.execute(f"SELECT 1 FROM ({task.select_sql}) AS q LIMIT 1"):
+        raise ConfigError(  # rows, all without one: the entity column is the wrong one, or misread
+            f"{task.folder / 'select.sql'} returned rows but no entities: {task.entity} is NULL in every"
+            f" row; set entity to the column that names each row's entity, or fill it in"
+        )
     kinds = {type(v).__name__: v for v in found}
     if len(kinds) > 1:
         # A SQLite column without a type keeps 7 and '7' apart: one of them was read as the

@@ -1894,6 +1894,31 @@ def test_a_dry_run_says_why_a_task_cannot_be_planned(tmp_path: Path) -> None:
     assert "entity='s\\x002': error: entity" in dry.stdout, dry.stdout
 
 
+def test_an_empty_source_table_is_nothing_to_export_yet_and_null_entities_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """A new project whose table has no rows yet exited 2 on every run ("returned no entities"),
+    as if misconfigured, and status said its last run failed: a cron job alarmed until the first
+    row came. It is now a note and exit 0. Rows whose entity is NULL in every one still exit 2."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    for args in (("run",), ("run", "--dry-run")):
+        done = cli(root, *args)
+        assert done.returncode == 0 and "returned no rows yet; nothing to export" in done.stdout, done
+        assert "entity=" not in done.stdout and "Traceback" not in done.stderr
+    assert "failed:" not in cli(root, "status", check=True).stdout
+    rec.conn.execute("ALTER TABLE records ADD COLUMN owner TEXT")
+    rec.add("s1", T)
+    toml = root / "tasks" / "studies" / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('entity = "study_id"', 'entity = "owner"').replace("study_id}", "owner}")
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text("SELECT * FROM records")
+    done = cli(root, "run")
+    assert done.returncode == 2 and "owner is NULL in every row" in done.stderr, done
+
+
 def test_entities_that_differ_only_by_trailing_spaces(url: str, tmp_path: Path) -> None:
     """'s1' and 's1 ' are two entities, each with its file. A MariaDB source's DISTINCT (PAD
     SPACE) found only one, and the other's rows were in no file; a MariaDB ledger's entity column

@@ -33,7 +33,7 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                 )
             for note in s.entities:
                 what = note.get("note") or f"error: {note.get('error')}"  # a failure: its reason, not a blank
-                click.echo(f"  entity={printable(note['entity'])}: {what}")
+                click.echo(f"  {entity_text(note)}{what}")
             for error in s.task_errors:  # why the task has no plan (its exit code is 2 or 1)
                 click.echo(f"  task error: {error}", err=True)
             continue
@@ -47,7 +47,7 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                 if entry.get("error")
                 else f"{entry['rows']:,} rows -> {entry['file'] or 'no file (no rows)'}"
             )
-            click.echo(f"  entity={printable(entry['entity'])}: {what}")
+            click.echo(f"  {entity_text(entry)}{what}")
         if s.ingest is not None:
             click.echo(f"  {ingest_text(s.ingest)}")
         for ev in s.aggregate:
@@ -60,6 +60,11 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
             click.echo(f"  error: {error}", err=True)
         for error in s.task_errors:
             click.echo(f"  task error: {error}", err=True)
+
+
+def entity_text(entry: dict[str, Any]) -> str:
+    """``entity=NAME: `` before a line about one entity; nothing before one about the task (None)."""
+    return "" if entry["entity"] is None else f"entity={printable(entry['entity'])}: "
 
 
 def ingest_text(counts: dict[str, Any]) -> str:
