@@ -42,6 +42,24 @@ def test_run_json_summary_and_dry_run(tmp_path: Path) -> None:
     assert status[0]["pending"] == 2 and status[0]["exported"] == 2
 
 
+def test_a_reader_that_leaves_the_pipe_early_changes_no_exit_code(tmp_path: Path) -> None:
+    """`sluicegate run --dry-run | head -1` exited 1 (a BrokenPipeError, which click turns into 1
+    whatever the command's own exit code): a script under `set -o pipefail` failed on a listing.
+    The lines after the reader left now go nowhere, and the command's exit code is its own."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    cli(root, "run", check=True)
+    cli(root, "reexport", "openaq", check=True)
+    for args, code in ((["run", "--dry-run"], 0), (["run", "--dry-run", "--json"], 0), (["status"], 0),
+                       (["check"], 0), (["status", "--json"], 0), (["run", "--dry-run", "nope"], 2)):  # fmt: skip
+        proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader leaves before the first line
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == code and "Traceback" not in err and "Broken" not in err, (args, err)
+
+
 def test_reexport_reads_the_time_key_as_mark_does(tmp_path: Path) -> None:
     """`reexport openaq day=2024-13-45` (a typo) printed "queued 0 partition(s)" and exit 0, and a
     day or hour written another way than the ledger stores it (`day=20240101`, `hour=2024-01-01T10:00`)

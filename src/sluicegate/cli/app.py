@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import io
 import json
 import logging
 import os
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +77,45 @@ def on_project(folder: str | Path) -> str:
 def quoted(command: str) -> str:
     """``command`` in quotes within a sentence: single ones unless the command has its own."""
     return f'"{command}"' if "'" in command else f"'{command}'"
+
+
+class _ReaderMayLeave(io.RawIOBase):
+    """Standard output into a pipe whose reader may leave (``sluicegate status | head -1``): what is
+    written after it left goes nowhere, where a BrokenPipeError ended the command with exit code 1
+    (click's, whatever the command's own) and left its last lines unwritten to stderr too."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.gone = fd, False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        if not self.gone:
+            try:
+                return os.write(self.fd, data)
+            except BrokenPipeError:
+                self.gone = True
+        return len(data)
+
+
+def quiet_when_the_reader_leaves() -> None:
+    """Standard output into a pipe: ignore the reader leaving (see :class:`_ReaderMayLeave`)."""
+    try:
+        fd = sys.stdout.fileno()
+        piped = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): as it is
+        return
+    if piped:
+        sys.stdout.flush()
+        raw = io.BufferedWriter(_ReaderMayLeave(fd))
+        sys.stdout = io.TextIOWrapper(raw, encoding=sys.stdout.encoding, errors=sys.stdout.errors)
 
 
 class CliState:
@@ -182,6 +223,7 @@ class _Main(click.Group):
 def main(ctx: click.Context, project_dir: Path, verbose: bool) -> None:
     """sluicegate: incremental, exactly-once exports from SQL databases to files."""
     prefer_system_allocator()
+    quiet_when_the_reader_leaves()
     state = ctx.ensure_object(CliState)
     state.verbose = verbose
     state.project_dir = project_dir
