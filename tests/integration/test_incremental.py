@@ -1035,6 +1035,12 @@ def test_check_counts_sqlite_cursors_no_window_can_hold(tmp_path: Path) -> None:
         "1 row(s) have a uploaded_on SQLite cannot read as a time (such as '20240501T000000Z')"
         in checked.stderr
     )
+    # a NULL cursor is in no window either, and no run said so
+    assert "1 row(s) have a NULL uploaded_on, which no window holds" in checked.stderr
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT * FROM records WHERE uploaded_on IS NOT NULL"
+    )
+    assert "NULL" not in cli(root, "check").stderr
 
 
 def test_a_sqlite_cursor_julianday_reads_but_python_does_not_fails_by_column_or_is_read(

@@ -27,10 +27,26 @@ def check(task: Task, source: Source) -> list[str]:
     problems = missing_columns(task, {c.name for c in described})
     problems += cursor_problems(task, described, source)
     problems += horizon_problems(task, source)
+    if task.cursor in {c.name for c in described}:
+        problems += null_cursors(task, source)
     problems += naive_cursor_zone(task, described, source)
     if task.cursor in {c.name for c in described} and source.dialect is db.SQLITE:
         problems += unreadable_cursors(task, source) + sqlite_cursor_forms(task, source)
     return problems
+
+
+def null_cursors(task: Task, source: Source) -> list[str]:
+    """Rows whose cursor is NULL: no window ``[start, end)`` holds them, so no run exports them
+    and none says so; select.sql should give them a time or leave them out, as it means."""
+    cursor = f"q.{source.dialect.quote(task.cursor)}"
+    query = f"SELECT count(*) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NULL"
+    if not (count := source.execute(query)[0][0]):
+        return []
+    return [
+        f"{task.folder / 'select.sql'}: {count} row(s) have a NULL {task.cursor}, which no window holds,"
+        f" so they are never exported; give them a time (COALESCE({task.cursor}, ...) AS {task.cursor})"
+        f" or leave them out (WHERE {task.cursor} IS NOT NULL)"
+    ]
 
 
 def horizon_problems(task: Task, source: Source) -> list[str]:
