@@ -304,8 +304,9 @@ def blocks_request(
     skip: Sequence[str] = (),
     force: bool = False,
     incomplete_only: bool = False,
-) -> BlockRequest:
-    """A blocks request from atd-mds-style arguments: times as yyyy-mm-dd-hh (the task's zone) or ISO 8601.
+) -> tuple[BlockRequest, str | None]:
+    """A blocks request from atd-mds-style arguments: times as yyyy-mm-dd-hh (the task's zone) or ISO 8601,
+    and the warning naming the blocks it leaves out because they have not settled (None if none).
 
     The range is ``(time_min, time_max]``; without ``time_min`` it is ``interval`` hours back
     from ``time_max``. ``key`` is ``NAME=VALUE`` (``provider=lime``) or a bare value.
@@ -339,7 +340,8 @@ def blocks_request(
     blocks.key_values(task, project.settings.source_url, request)
     # empty, too long, not over (a service run was accepted (202), then failed) or none settled:
     # refused up front, as by the CLI; cut to the settled blocks
-    return blocks_plan.settled_blocks(task, request)[0]
+    request, _, note = blocks_plan.settled_blocks(task, request)
+    return request, note
 
 
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:

@@ -280,6 +280,40 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_blocks_run_that_leaves_out_unsettled_blocks_says_so(tmp_path: Path) -> None:
+    """With settle, a range's newest blocks are left out of the run: the 202 said only the run's id,
+    so a caller could not tell that its request did less than asked (the warning was only in the
+    service's log). The answer lists it, as the CLI warns."""
+    root = tmp_path / "proj"
+    (root / "tasks" / "t").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///blk.db"\n[destination]\nurl = "out"\n')
+    (root / "gen.py").write_text("def records(block, config):\n    return [{'id': block.label}]\n")
+    (root / "tasks" / "t" / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["a"]\nstages = ["extract"]\n'
+        'settle = "2h"\n[extract]\ncallable = "gen:records"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+    )
+    now = dt.datetime.now(dt.UTC)
+    if now.minute == 59 and now.second >= 50:  # the hour must not turn between the two requests
+        time.sleep(61 - now.second)
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    server = Server(root)
+    try:
+        body = {"time_min": (hour - dt.timedelta(hours=4)).isoformat(), "time_max": hour.isoformat()}
+        started = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=body)
+        assert started.status_code == 202, started.text
+        (warning,) = started.json()["warnings"]
+        left = (hour - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M+00:00")
+        assert f"2 block(s) from {left} on left out" in warning, warning
+        run = server.wait_run(started.json()["run_id"])
+        assert len(run["summary"][0]["stages"]) == 2  # the two settled blocks
+        body["time_max"] = (hour - dt.timedelta(hours=2)).isoformat()  # settled blocks only
+        settled = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=body)
+        assert settled.status_code == 202 and settled.json()["warnings"] == [], settled.text
+        server.wait_run(settled.json()["run_id"])
+    finally:
+        server.stop()
+
+
 def _studies_project(tmp_path: Path) -> Path:
     """A SQLite project with one incremental task, ``studies``, over two entities."""
     root = tmp_path / "proj"

@@ -146,7 +146,7 @@ def test_the_originals_cli_cases_give_as_many_blocks(
 ) -> None:
     """atd-mds's test_mds_cli.py cases: interval N gives N hour-ending blocks; a range is (min, max]."""
     project = load_project(make_project(tmp_path))
-    request = operations.blocks_request(project, project.task("trips"), **args)
+    request, _ = operations.blocks_request(project, project.task("trips"), **args)
     blocks = blocks_between(request.time_min, request.time_max, grain="hour", zone=CENTRAL)
     assert len(blocks) == expected
     assert blocks[-1].local_end.replace(tzinfo=None) == dt.datetime.strptime(args["time_max"], "%Y-%m-%d-%H")

@@ -66,7 +66,7 @@ def blocks(
     skip = [
         name for name, off in (("extract", no_extract), ("load", no_load), ("publish", no_publish)) if off
     ]
-    request = operations.blocks_request(
+    request, _ = operations.blocks_request(  # the warning is logged
         project,
         spec,
         time_max=time_max,

@@ -253,7 +253,7 @@ class Driver:
             return
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
-        request, blocks = settled_blocks(task, request)
+        request, blocks, _ = settled_blocks(task, request)
         check_grain(task, self.context.ledger.blocks, range_of(task, request, keys), blocks)
         rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
@@ -277,7 +277,7 @@ class Driver:
         chosen = chosen_stages(task, request)
         keys = key_values(task, settings.source_url, request)
         if request is not None:  # before any row: a block is done once, so only settled ones
-            request, blocks = settled_blocks(task, request)
+            request, blocks, _ = settled_blocks(task, request)
             self._ask(task, request, chosen, keys, range_of(task, request, keys), blocks)
         where = range_of(task, request, keys)
         recorder = StageRecorder(

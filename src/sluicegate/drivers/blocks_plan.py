@@ -28,8 +28,9 @@ LONGEST = dt.timedelta(hours=26)  # longer than any block (a fall-back day)
 RUNS = "runs"  # the state of a stage this run would run (its later stages may follow)
 
 
-def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, list[Block]]:
-    """The request cut to its blocks that ended ``settle`` ago or more, and those blocks.
+def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, list[Block], str | None]:
+    """The request cut to its blocks that ended ``settle`` ago or more, those blocks, and the
+    warning naming the blocks left out (None when none is).
 
     The later ones are left out, with a warning: a cron asking every hour for the hours up to
     now runs each block once it has settled (its range reaching back beyond ``settle``). A range
@@ -37,17 +38,15 @@ def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, lis
     """
     blocks = blocks_between(request.time_min, request.time_max, grain=task.grain, zone=task.zone)
     ready = settled(blocks, dt.datetime.now(dt.UTC), task.settle)
-    if len(ready) < len(blocks):
-        log.warning(
-            "%s: %d block(s) from %s on left out: they ended less than settle (%s) ago, and records"
-            " may still come; a later request that covers them runs them",
-            task.name,
-            len(blocks) - len(ready),
-            blocks[len(ready)].label,
-            dt.timedelta(seconds=task.settle),
-        )
-        request = dataclasses.replace(request, time_max=ready[-1].end)
-    return request, ready
+    if len(ready) == len(blocks):
+        return request, ready, None
+    note = (
+        f"{task.name}: {len(blocks) - len(ready)} block(s) from {blocks[len(ready)].label} on left out: "
+        f"they ended less than settle ({dt.timedelta(seconds=task.settle)}) ago, and records may "
+        "still come; a later request that covers them runs them"
+    )
+    log.warning("%s", note)
+    return dataclasses.replace(request, time_max=ready[-1].end), ready, note
 
 
 def plan_entries(

@@ -82,6 +82,8 @@ class RunAccepted(BaseModel):
     """A run was recorded and started."""
 
     run_id: str
+    # What the run leaves out of the request: a blocks range's blocks that have not settled.
+    warnings: list[str] = Field(default_factory=list)
 
 
 class RunInfo(BaseModel):

@@ -73,17 +73,19 @@ def list_partitions(
 def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = None) -> RunAccepted:
     """Start a run of one task with the options of ``sluicegate run``."""
     task = task_or_404(p, name)
-    options = library(lambda: _run_options(p, task, body or RunRequest()))
-    assert isinstance(options, RunOptions)
-    return RunAccepted(run_id=state.runs.start([name], options, label=name))
+    found = library(lambda: _run_options(p, task, body or RunRequest()))
+    assert isinstance(found, tuple)
+    options, warnings = found
+    return RunAccepted(run_id=state.runs.start([name], options, label=name), warnings=warnings)
 
 
-def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
+def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptions, list[str]]:
+    """The run's options, and warnings about what it leaves out of the request."""
     operations.check_limit([task], body.limit, named=True)
-    request, blocks = None, None
+    request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
         if body.time_max is not None:
-            blocks = operations.blocks_request(
+            blocks, note = operations.blocks_request(
                 p,
                 task,
                 time_max=body.time_max.isoformat(),
@@ -91,7 +93,7 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
             )
         elif body.time_min is not None:
             raise UsageError("time_min needs time_max: the range of blocks to run ends at time_max")
-        return RunOptions(limit=body.limit, dry_run=body.dry_run, blocks=blocks)
+        return RunOptions(limit=body.limit, dry_run=body.dry_run, blocks=blocks), [note] if note else []
     if (body.time_min or body.time_max) and not (isinstance(task, IncrementalTask) or body.reexport):
         raise UsageError(
             f"time_min and time_max do not apply to {task.kind} task {task.name!r} "
@@ -112,4 +114,4 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> RunOptions:
         )
     elif body.reexport and not body.dry_run:
         operations.reexport(p, task.name, {}, time_min=body.time_min, time_max=body.time_max)
-    return RunOptions(limit=body.limit, dry_run=body.dry_run, request=request)
+    return RunOptions(limit=body.limit, dry_run=body.dry_run, request=request), []
