@@ -16,7 +16,7 @@ import datetime as dt
 import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,31 +132,50 @@ def last_per_key(records: Iterable[Any], columns: Columns | None) -> LastPerKey:
     """The records, the last per key of ``columns``: what a load by that key leaves in its table,
     whatever its mode, so a publish of them has the same rows. A record that does not fit the
     columns is kept as it is (the load rejects it); without a key, every record is kept."""
-    kept: dict[Any, tuple[int, Any]] = {}
-    duplicates, messages = 0, list[str]()
-    for number, record in enumerate(records, 1):
-        key: Any = ("", number)  # unique: not deduplicated
-        if columns is not None and columns.key:
-            with contextlib.suppress(ValueError):
-                named = dict(zip(columns.names, columns.values(record), strict=True))
-                key = tuple(_key_text(named[k]) for k in columns.key)
-        if key in kept:
-            duplicates += 1
-            if len(messages) < MAX_MESSAGES:
-                shown = ", ".join(
-                    f"{k}={json.loads(v)!r}" for k, v in zip(columns.key if columns else (), key, strict=True)
-                )
-                messages.append(
-                    f"record {kept[key][0]}: {shown} comes again in record {number}; the last is kept"
-                )
-        kept[key] = (number, record)
-    ordered = sorted(kept.values(), key=lambda pair: pair[0])
+    listed = list(records)
+    kept = KeptPerKey.of(listed, columns)
+    numbers = [n for n in range(1, len(listed) + 1) if n in kept.numbers]
     return LastPerKey(
-        records=[r for _, r in ordered],
-        numbers=[n for n, _ in ordered],
-        duplicates=duplicates,
-        messages=messages,
+        records=[listed[n - 1] for n in numbers],
+        numbers=numbers,
+        duplicates=kept.duplicates,
+        messages=kept.messages,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeptPerKey:
+    """The places (1, 2, ...) of the records that are the last of their key, without the records:
+    a second pass over them keeps those (a block's records held at once took the memory of the
+    block many times over). ``duplicates`` and ``messages`` as in :class:`LastPerKey`."""
+
+    numbers: set[int]
+    duplicates: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: Iterable[Any], columns: Columns | None) -> KeptPerKey:
+        """The last record per key of ``columns`` among ``records``."""
+        kept: dict[Any, int] = {}
+        duplicates, messages = 0, list[str]()
+        for number, record in enumerate(records, 1):
+            key: Any = ("", number)  # unique: not deduplicated
+            if columns is not None and columns.key:
+                with contextlib.suppress(ValueError):
+                    named = dict(zip(columns.names, columns.values(record), strict=True))
+                    key = tuple(_key_text(named[k]) for k in columns.key)
+            if key in kept:
+                duplicates += 1
+                if len(messages) < MAX_MESSAGES:
+                    shown = ", ".join(
+                        f"{k}={json.loads(v)!r}"
+                        for k, v in zip(columns.key if columns else (), key, strict=True)
+                    )
+                    messages.append(
+                        f"record {kept[key]}: {shown} comes again in record {number}; the last is kept"
+                    )
+            kept[key] = number
+        return cls(numbers=set(kept.values()), duplicates=duplicates, messages=messages)
 
 
 def _key_text(value: Any) -> str:
@@ -262,12 +281,12 @@ class Fitting:
     ``seen``: the records read so far (duplicates left out)."""
 
     def __init__(
-        self, records: Iterable[Any], columns: Sequence[tuple[str, str]], loaded: Columns | None
+        self, records: Callable[[], Iterable[Any]], columns: Sequence[tuple[str, str]], loaded: Columns | None
     ) -> None:
-        self.last = last_per_key(records, loaded) if loaded is not None and loaded.key else None
-        self.records = (
-            zip(self.last.numbers, self.last.records, strict=True) if self.last else enumerate(records, 1)
-        )
+        """``records()`` gives the records anew: with a key, a first pass finds the last per key."""
+        self.last = KeptPerKey.of(records(), loaded) if loaded is not None and loaded.key else None
+        kept = self.last.numbers if self.last else None
+        self.records = ((n, r) for n, r in enumerate(records(), 1) if kept is None or n in kept)
         self.columns = Columns(columns=tuple(columns))
         self.skipped: list[str] = []
         self.seen = 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import db, mariadb_conn
 from ..exceptions import DataError, LedgerError, SluicegateError, TerminalError
 from ..ledger import StageClaim, StageResult
-from ..records import MAX_MESSAGES, LastPerKey, Rows, last_per_key
+from ..records import MAX_MESSAGES, KeptPerKey, Rows
 from ..tables import Rejected, TableSink
 from . import Context
 from .blocks_config import StageSpec, declared
@@ -43,10 +43,13 @@ class Loader:
         self._sinks.clear()
 
     def load(
-        self, stage: StageSpec, claim: StageClaim, read: Callable[[StageClaim], Iterable[Mapping[str, Any]]]
+        self,
+        stage: StageSpec,
+        claim: StageClaim,
+        read: Callable[[StageClaim], Callable[[], Iterable[Mapping[str, Any]]]],
     ) -> None:
-        """The built-in load: the block's records (``read(claim)``) into the stage's table, in one
-        transaction.
+        """The built-in load: the block's records (each ``read(claim)()`` a pass over them) into
+        the stage's table, in one transaction.
 
         When the table is in the ledger database, that transaction also records the stage
         ``done``, so a crash leaves both or neither. Elsewhere the record follows the commit;
@@ -60,8 +63,11 @@ class Loader:
             sink = self._sink(stage)
             # the last record per key, whatever the mode: what the publish has (an upsert kept the
             # last, insert and replace the first; the file had both)
-            last = last_per_key(read(claim), declared(stage))
-            rows = declared(stage).rows(last.records, sink.db.flavor, last.numbers)
+            # last, in a first pass: the records are not held, only their rows
+            passes = read(claim)
+            last = KeptPerKey.of(passes(), declared(stage))
+            records = (r for n, r in enumerate(passes(), 1) if n in last.numbers)
+            rows = declared(stage).rows(records, sink.db.flavor, sorted(last.numbers))
             rejected: Rejected = []
 
             def before_commit(cur: Any) -> None:
@@ -96,7 +102,7 @@ class Loader:
         self.recorder.finish(result, done=True if recorded else None)
 
     def _load_result(
-        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected, last: LastPerKey
+        self, stage: StageSpec, claim: StageClaim, rows: Rows, rejected: Rejected, last: KeptPerKey
     ) -> StageResult:
         """What a load records: counts (a record another of its key replaced is a duplicate) and the
         first messages; raises _AllRejected when no record of the block was written although it had some."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .. import paths
 from ..changes import ChangeFeed
 from ..exceptions import DataError, SluicegateError, SourceUnavailable, TerminalError, is_transient, printable
-from ..formats.jsonl import read_records
+from ..formats.jsonl import decrypt, parse_records
 from ..ledger import BlockStore, StageClaim, StageResult
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
@@ -267,7 +267,7 @@ class StageRunner:
             for claim in claims:
                 self._renew(claim)
                 if stage.callable is None:
-                    self.loader.load(stage, claim, self.artifact)
+                    self.loader.load(stage, claim, self.artifact_passes)
                 else:
                     self._per_block(stage, claim)
 
@@ -378,7 +378,7 @@ class StageRunner:
             for index, unit in enumerate(units):
                 try:
                     records = self.recorder.fitted[unit.handle.id] = Fitting(
-                        self.artifact(unit.handle), columns, keyed
+                        self.artifact_passes(unit.handle), columns, keyed
                     )
                     yield from ((index, chunk) for chunk in _chunks(records, unit.key))
                     skipped = records.skipped
@@ -394,11 +394,17 @@ class StageRunner:
     def artifact(self, claim: StageClaim) -> Iterator[dict[str, Any]]:
         """The records the extract stage wrote for the block of ``claim``, at the path it recorded
         (an edited ``[extract] path`` would point later stages at a file never written)."""
+        return self.artifact_passes(claim)()
+
+    def artifact_passes(self, claim: StageClaim) -> Callable[[], Iterator[dict[str, Any]]]:
+        """:meth:`artifact` read (and decrypted) once, each call a new pass over its records."""
         extract = self.task.stages[0]
         path = self.recorder.store.extracted(claim, extract.name) or self.path(extract, claim)
         key = self.context.project.settings.fernet_key if extract.encrypt else None
+        where = self.context.destination.display(path)
         data = self.context.destination.read(path)
-        return read_records(data, fernet_key=key, where=self.context.destination.display(path))
+        lines = decrypt(data, key, where) if key else data
+        return lambda: parse_records(lines, where)
 
     def _per_block(self, stage: StageSpec, claim: StageClaim) -> None:
         """A callable's stage: hand it the block's records, record the counts it returns."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import io
 import json
 import math
 import uuid
@@ -137,16 +138,26 @@ def read_records(
     Raises TerminalError naming ``where`` when the file cannot be decrypted or a line is not
     a JSON object.
     """
-    if fernet_key:
-        from cryptography.fernet import Fernet, InvalidToken
+    yield from parse_records(decrypt(data, fernet_key, where) if fernet_key else data, where)
 
-        try:
-            data = Fernet(fernet_key).decrypt(data)
-        except InvalidToken:
-            raise TerminalError(
-                f"{where} could not be decrypted with the Fernet key; it was written with another key"
-            ) from None
-    for number, line in enumerate(data.splitlines(), 1):
+
+def decrypt(data: bytes, fernet_key: str, where: str) -> bytes:
+    """The JSON lines of an encrypted file; TerminalError naming ``where`` with another key."""
+    from cryptography.fernet import Fernet, InvalidToken
+
+    try:
+        return Fernet(fernet_key).decrypt(data)
+    except InvalidToken:
+        raise TerminalError(
+            f"{where} could not be decrypted with the Fernet key; it was written with another key"
+        ) from None
+
+
+def parse_records(data: bytes, where: str) -> Iterator[dict[str, Any]]:
+    """The records of JSON lines, one line at a time: a list of a block's lines was a second copy
+    of the file in memory. Lines end as ``bytes.splitlines`` ends them (``\\n``, ``\\r\\n``, ``\\r``)."""
+    lines = (line for chunk in io.BytesIO(data) for line in chunk.splitlines())
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
