@@ -20,7 +20,7 @@ from .exceptions import ConfigError, DataError, SluicegateError, UsageError
 from .export_request import time_range
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
-from .partitions import coerce_value, period_filter
+from .partitions import coerce_value, period_filter, reads_as
 from .sources import open_source
 from .specs import Project, TaskBase
 
@@ -182,13 +182,13 @@ def reexport(
     time_range(time_min, time_max)
     when = task.time.name if task.time is not None and task.time.name in assignments else None
     period = period_filter(task.time, assignments[when]) if task.time is not None and when else None
-    wanted = _typed_filter(project, task, {k: v for k, v in assignments.items() if k != when})
+    wanted = _typed_filter(project, task, texts := {k: v for k, v in assignments.items() if k != when})
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
         if set(keys) != set(task.key_names):  # recorded before a key was added or removed: no export
             return False
-        if any(keys.get(k) != v for k, v in wanted.items()):
-            return False
+        if any(keys.get(k) != v and not reads_as(keys.get(k), texts[k]) for k, v in wanted.items()):
+            return False  # typed as the source has it, or as the partition holds it
         if period is not None and not period(keys.get(str(when)), start, end):
             return False
         if time_min and end and end <= time_min:

@@ -461,6 +461,25 @@ def coerce_value(value: str, *, unsigned: bool = False) -> Any:
     return value
 
 
+def reads_as(recorded: Any, text: str) -> bool:
+    """Whether a key value a partition holds is the one a command line's ``text`` names, read as
+    a value of its kind: the text '7' or the integer 7, the float 1.5 for ``1.50``. What the source
+    says a key column holds is not needed, so a filter matches when the source is out of reach
+    or its select returns no row to tell a kind by."""
+    if isinstance(recorded, str):
+        return recorded == text
+    if isinstance(recorded, bool):
+        return False
+    if isinstance(recorded, int):
+        return bool(coerce_value(text, unsigned=True) == recorded)
+    if isinstance(recorded, float):
+        try:
+            return bool(plain_key(Decimal(text.strip())) == recorded)
+        except ArithmeticError:
+            return False
+    return False
+
+
 def keys_from_mapping(task: PartitionKeys, mapping: Mapping[str, Any]) -> tuple[Any, ...]:
     """Return the non-time key values of ``mapping`` in declared order."""
     return tuple(mapping[k] for k in task.keys)

@@ -83,6 +83,19 @@ def test_reexport_reads_the_time_key_as_mark_does(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "hour='10am' is not a valid hour" in bad.stderr, bad.stderr
 
 
+def test_reexport_finds_its_partitions_when_the_select_returns_no_row(tmp_path: Path) -> None:
+    """Once the source's rows were deleted, SQLite's select told no kind for location_id: `1` was
+    read as the text '1', matched none of the partitions (the integer 1), and `reexport` said
+    "queued 0" with exit 0. A key value now matches a partition holding it, as that partition holds it."""
+    root, db = _sqlite_project(tmp_path, zone="UTC")
+    cli(root, "run", check=True)
+    db.conn.execute("DELETE FROM measurements")
+    db.conn.commit()
+    queued = cli(root, "reexport", "openaq", "location_id=1", check=True)
+    assert "queued 2 partition(s)" in queued.stdout, queued.stdout
+    assert "queued 0 partition(s)" in cli(root, "reexport", "openaq", "location_id=01", check=True).stdout
+
+
 def test_limit_and_openaq_environment(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
     target = tmp_path / "openaq-style"
