@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db
+from . import db, partitions
 from .capture_keys import refuse_binary_keys, scan_cursor_problems
 from .exceptions import ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
@@ -144,12 +144,15 @@ def _refuse_foreign(task: TaskSpec, found: dict[str, str], schema: str) -> None:
         )
 
 
-def install(task: TaskSpec, inbox: Ledger) -> list[str]:
+def install(task: TaskSpec, inbox: Ledger, ledger: Ledger | None = None) -> list[str]:
     """Create (or replace) the capture triggers of ``task`` in the source database.
 
     Returns the names of the triggers created. ``inbox`` is ledger-table access on the
-    source database; its inbox table is created if missing.
+    source database; its inbox table is created if missing. Triggers record a change's keys in
+    the order of ``keys``: one the ``ledger``'s partitions do not have is refused first.
     """
+    if ledger is not None:
+        partitions.check_key_order(task, ledger.partitions, str(task.folder / "task.toml"))
     cap = task.capture
     if cap.mode != "trigger":
         raise UsageError(

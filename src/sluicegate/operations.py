@@ -97,8 +97,8 @@ def install(project: Project, names: Sequence[str] = ()) -> dict[str, list[str]]
     s = project.settings
     chosen = [partitioned_task(project, n) for n in names] if names else list(project.tasks.values())
     tasks = [t for t in chosen if isinstance(t, PartitionedTask) and (t.capture.mode == "trigger" or names)]
-    with ledger_of(project), Ledger(s.source_url, schema=s.ledger_schema) as inbox:
-        return {t.name: capture_triggers.install(t, inbox) for t in tasks}
+    with ledger_of(project) as ledger, Ledger(s.source_url, schema=s.ledger_schema) as inbox:
+        return {t.name: capture_triggers.install(t, inbox, ledger) for t in tasks}
 
 
 def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:

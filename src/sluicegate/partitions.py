@@ -326,6 +326,21 @@ def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:
         )
 
 
+def check_key_order(task: PartitionKeys, store: Any, where: str) -> None:
+    """ConfigError when the ledger's first partitions name their keys in another order than ``keys``."""
+    for row in store.list_partitions(task, state=None, limit=20, offset=0):
+        ids, named = json.loads(row["partition"]), row["keys"]
+        values = [json.dumps(named.get(k)) for k in task.keys]
+        moved = set(named) == set(task.key_names) and ids != [named[k] for k in task.key_names]
+        if moved and len(set(values)) == len(values):  # distinct values tell each key's place
+            order = [task.keys[values.index(json.dumps(v))] for v in ids[: len(task.keys)]]
+            raise ConfigError(
+                f"{where} keys: the ledger's partitions of task {task.name!r} name their keys in the"
+                f" order {order}, not {list(task.keys)}; put keys back in that order (it makes a "
+                "partition's id: in another order each change is a new partition of the same file)"
+            )
+
+
 def render_path(task: PartitionKeys, values: Sequence[Any]) -> str:
     """Render a partitioned task's path for partition ``values``; never a path outside the destination."""
     named: dict[str, Any] = dict(zip(task.key_names, values, strict=True))

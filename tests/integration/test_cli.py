@@ -96,6 +96,38 @@ def test_reexport_finds_its_partitions_when_the_select_returns_no_row(tmp_path: 
     assert "queued 0 partition(s)" in cli(root, "reexport", "openaq", "location_id=01", check=True).stdout
 
 
+def test_keys_reordered_then_install_is_refused(tmp_path: Path) -> None:
+    """`keys = ["location_id", "sensors_id"]` reordered, then `install`: the triggers recorded changes
+    in the new order, which makes a partition's id, so the next change was a second partition of the
+    exported one's file, parked ("would share the file ...; use every key whole in path": it did),
+    and the change was never exported. install now refuses (exit 2) naming the order to keep; the
+    triggers it left record in the ledger's order, and the change is exported."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    two = toml.read_text().replace('keys = ["location_id"]', 'keys = ["location_id", "sensors_id"]')
+    two = two.replace("location-{location_id}", "location-{location_id}-{sensors_id}")
+    toml.write_text(two.replace('{ location_id = "location_id" }', '{ location_id = "location_id", sensors_id = "sensor_id" }'))  # fmt: skip
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 48))
+    assert "2 exported" in cli(root, "run", check=True).stdout
+    toml.write_text(
+        toml.read_text().replace('["location_id", "sensors_id"]', '["sensors_id", "location_id"]')
+    )
+    refused = cli(root, "install")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stdout + refused.stderr
+    assert (
+        "keys in the order ['location_id', 'sensors_id'], not ['sensors_id', 'location_id']" in refused.stderr
+    )
+    db.insert(1, [dt.datetime(2024, 1, 1, 0, 30, tzinfo=UTC)])
+    again = json.loads(cli(root, "run", "--json", check=True).stdout)[0]
+    assert (again["exported"], again["failed"], again["rows"]) == (1, 0, 25), again
+    status = json.loads(cli(root, "status", "--json", check=True).stdout)[0]
+    assert (status["exported"], status["failed"]) == (2, 0), status
+
+
 def test_limit_and_openaq_environment(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
     target = tmp_path / "openaq-style"

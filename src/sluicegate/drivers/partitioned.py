@@ -261,6 +261,8 @@ class Driver:
         elif task.capture.mode == "scan":
             if problems := capture_triggers.capture_problems(task, ctx.source):  # a typo, before it marks
                 raise ConfigError("; ".join(problems))
+            # a scan marks ids in the order of keys now; triggers record theirs as installed
+            partitions.check_key_order(task, ctx.ledger.partitions, str(task.folder / "task.toml"))
             summary.marked = capture.scan(task, ctx.ledger, ctx.source)
         workers = options.workers or ctx.project.settings.workers
         loop = Loop(task=task, options=options, summary=summary, budget=budget, progress=progress, stop=stop)
