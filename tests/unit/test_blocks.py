@@ -343,7 +343,8 @@ def test_unknown_stage_and_key_value_are_usage_errors(tmp_path: Path) -> None:
 
 
 def test_an_empty_block_is_no_data_and_the_range_goes_on_and_a_failing_one_is_parked(tmp_path: Path) -> None:
-    """The original exit(0)-ed on an empty block and skipped the rest of the range."""
+    """The original exit(0)-ed on an empty block and skipped the rest of the range. A block parked
+    after its last attempt said it "will retry": no run takes it again without --incomplete-only."""
     root = make_project(tmp_path)
     result = blocks_cli(root, "--time-max", "2020-1-1-6", "--interval", "6", "--key", "provider=lime")
     assert result.exit_code == 1  # a block failed
@@ -353,6 +354,7 @@ def test_an_empty_block_is_no_data_and_the_range_goes_on_and_a_failing_one_is_pa
     assert all(rows[(f"0{h}:00", s)][3] == "done" for h in (4, 6) for s in ("extract", "load", "publish"))
     failed = rows[("05:00", "extract")]
     assert failed[3:5] == ("failed", 3) and "provider timed out" in failed[7]  # transient, max_attempts 3
+    assert not failed[7].endswith("will retry"), failed[7]  # parked: it said "; will retry"
     assert len([c for c in calls(root, "extract") if c["block"].startswith("2020-01-01T05:00")]) == 3
     assert rows[("05:00", "load")][3] == "pending"  # waits for its extract
     status = operations.status(load_project(root), ["trips"])[0]

@@ -169,8 +169,7 @@ class StageRecorder:
         self, claim: StageClaim, error: SluicegateError, *, counts: tuple[int, int, int] | None = None
     ) -> None:
         """Record a stage that failed block by block, and count it in the summary."""
-        self.fail_claim(claim, error, counts)
-        self.summary.note_failure(unit_key(claim), str(error))
+        self.summary.note_failure(unit_key(claim), self.fail_claim(claim, error, counts))
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Record a failed unit of the pipeline."""
@@ -178,19 +177,23 @@ class StageRecorder:
 
     def fail_claim(
         self, claim: StageClaim, error: SluicegateError, counts: tuple[int, int, int] | None = None
-    ) -> None:
-        """Retry later with backoff, or park (terminal, or out of attempts)."""
+    ) -> str:
+        """Retry later with backoff, or park (terminal, or out of attempts); return the error recorded:
+        a parked one does not say "will retry"."""
         terminal = not is_transient(error)
+        parked = terminal or claim.attempts + 1 >= self.task.max_attempts  # as the ledger's fail decides
+        text = str(error).removesuffix("; will retry") if parked else str(error)
         self.store.fail(
             claim,
-            error=str(error),
+            error=text,
             terminal=terminal,
             max_attempts=self.task.max_attempts,
             backoff=self.task.backoff,
             counts=counts,
         )
         total, processed, errors = counts or (0, 0, 0)
-        self._entry(claim, "failed", total, processed, errors, 0, None, str(error))
+        self._entry(claim, "failed", total, processed, errors, 0, None, text)
+        return text
 
     def renew(self, tokens: Collection[str]) -> None:
         """Extend the leases of the claims in hand."""
