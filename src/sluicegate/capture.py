@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from . import capture_triggers, db
+from . import capture_keys, capture_triggers, db
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from .ledger import Ledger
 from .ledger.capture import BEYOND
@@ -251,7 +251,7 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
     while True:
         with inbox.core.transaction() as cur:
             changes = inbox.capture.take_changes(task.name, limit=ABSORB_CHUNK, cur=cur)
-            parts = fold(task, changes, zones, wall)
+            parts = fold(task, capture_keys.of_keys(task, changes), zones, wall)
             if parts and inbox is ledger:
                 ledger.partitions.mark(parts, task, cur=cur)
             elif parts:
@@ -282,7 +282,7 @@ def _warn_unless_installed(task: TaskSpec, inbox: Ledger, source: Source) -> Non
 def peek(task: TaskSpec, inbox: Ledger, source: Source, *, limit: int = ABSORB_CHUNK) -> list[Partition]:
     """The partitions the inbox's first ``limit`` changes would mark, leaving them in the inbox."""
     wall = wall_zone(task, source, task.capture.table, task.capture.time)
-    return fold(task, inbox.capture.peek_changes(task.name, limit=limit), ZoneMap(task, source), wall)
+    return fold(task, capture_keys.peek_changes(task, inbox, limit), ZoneMap(task, source), wall)
 
 
 def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:

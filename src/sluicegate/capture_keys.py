@@ -3,7 +3,9 @@ record as JSON, and scan cursors that hold no time."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import db
 from .exceptions import ConfigError, SluicegateError
@@ -12,6 +14,29 @@ from .sources import ReadSpec, Source
 
 if TYPE_CHECKING:
     from .drivers.partitioned import Task as TaskSpec
+
+log = logging.getLogger("sluicegate.capture")
+
+
+def of_keys(task: TaskSpec, changes: Sequence[Any]) -> list[Any]:
+    """The captured ``(keys, first, last)`` changes with a value for each of the task's keys. The
+    others, recorded by triggers installed before a key was added or removed, can be no partition's:
+    they are left out with a warning (folding them failed every run, a traceback, exit 1)."""
+    kept = [change for change in changes if len(change[0]) == len(task.keys)]
+    if len(kept) < len(changes):
+        log.warning(
+            "task %s: %d captured change(s) hold other keys than %s (their triggers were installed "
+            "before keys changed) and are not exported; run 'sluicegate install %s', then "
+            "'sluicegate backfill %s' over the periods they changed",
+            task.name, len(changes) - len(kept), ", ".join(task.keys), task.name, task.name,
+        )  # fmt: skip
+    return kept
+
+
+def peek_changes(task: TaskSpec, inbox: Ledger, limit: int) -> list[Any]:
+    """The inbox's first ``limit`` changes of ``task`` (:func:`of_keys`), left in the inbox."""
+    return of_keys(task, inbox.capture.peek_changes(task.name, limit=limit))
+
 
 _MARIADB_KEY_TYPES = (
     "SELECT column_name, data_type FROM information_schema.columns"

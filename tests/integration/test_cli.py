@@ -128,6 +128,26 @@ def test_keys_reordered_then_install_is_refused(tmp_path: Path) -> None:
     assert (status["exported"], status["failed"]) == (2, 0), status
 
 
+def test_changes_captured_before_a_key_was_added_are_set_aside_not_a_traceback(tmp_path: Path) -> None:
+    """The inbox held changes the triggers recorded with keys ["location_id"]; after sensors_id was
+    added to keys, every run folded them into partitions of one key value too few: a traceback
+    (zip() argument 2 is shorter), exit 1, and no change exported again. They are left out with a
+    warning saying to install and backfill, and the run goes on."""
+    root, db = _sqlite_project(tmp_path, zone="UTC")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    two = toml.read_text().replace('keys = ["location_id"]', 'keys = ["location_id", "sensors_id"]')
+    two = two.replace("location-{location_id}", "location-{location_id}-{sensors_id}")
+    toml.write_text(two.replace('{ location_id = "location_id" }', '{ location_id = "location_id", sensors_id = "sensor_id" }'))  # fmt: skip
+    for command in ("run --dry-run", "run"):
+        result = cli(root, *command.split())
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        assert "hold other keys than location_id, sensors_id" in result.stderr, result.stderr
+    cli(root, "install", check=True)
+    db.insert(1, [dt.datetime(2024, 1, 1, 0, 30, tzinfo=UTC)])
+    again = json.loads(cli(root, "run", "--json", check=True).stdout)[0]
+    assert (again["exported"], again["failed"]) == (1, 0), again
+
+
 def test_limit_and_openaq_environment(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv.gz")
     target = tmp_path / "openaq-style"
