@@ -299,6 +299,12 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         (('keys = ["lime", "bird"]', 'keys = ["lime", ""]'), 'keys: key value 2 is empty (""); remove it'),
         (('keys = ["lime", "bird"]', 'keys = { "" = { url = "x" } }'), '[keys.""] names an empty key value'),
         (('keys = ["lime", "bird"]', 'keys = ["lime", 1.5]'), "keys: 1.5 is not a key value; use text"),
+        # its blocks were made but never claimed: pending for ever, "nothing to run", exit 0
+        (
+            ('keys = ["lime", "bird"]', 'keys = ["lime", "x\\u0000y"]'),
+            r"keys: the key value 'x\x00y' holds a NUL",
+        ),
+        (('keys = ["lime", "bird"]', 'keys = { "x\\u0000y" = {} }'), "holds a NUL character; remove it"),
         (('table = "trips"', 'table = "trips; drop"'), "is not a table name"),
         (('duration = "int"', 'duration = "integer"'), "'integer' is not a kind"),
         (("max_attempts = 3", "max_attemps = 3"), "max_attemps"),

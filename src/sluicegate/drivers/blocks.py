@@ -212,6 +212,7 @@ def key_values(task: Task, source_url: str, request: BlockRequest | None) -> lis
         if is_transient(exc):
             raise
         raise ConfigError(f"{task.folder / 'task.toml'} keys_sql: {exc}; fix the query") from exc
+    blocks_config.check_nul(values, f"{task.folder / 'task.toml'} keys_sql")
     if request and request.key_value is not None:
         if request.key_value not in values:
             known = ", ".join(printable(v) for v in values[:20]) or "none"

@@ -65,6 +65,8 @@ def key_values(
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     """``keys``: a list of key values, or a table of them with each one's settings."""
     keys = raw.get("keys", [])
+    if isinstance(keys, list | dict):  # a NUL: PostgreSQL refuses it, SQLite's JSON cuts the value there
+        check_nul(keys, f"{where} keys")
     if isinstance(keys, list):
         for k in keys:
             if not isinstance(k, str | int) or isinstance(k, bool):
@@ -88,6 +90,13 @@ def key_values(
     raise ConfigError(
         f"{where} keys: use a list of key values, or a table per key ([keys.lime] then url = ...)"
     )
+
+
+def check_nul(values: Any, where: str) -> None:
+    """ConfigError naming the first key value that holds a NUL character: no ledger database keeps
+    it whole, so its blocks were made but never claimed (pending for ever, exit 0)."""
+    if (nul := next((v for v in values if "\0" in str(v)), None)) is not None:
+        raise ConfigError(f"{where}: the key value {printable(nul)} holds a NUL character; remove it")
 
 
 def import_callable(spec: str, root: Path, where: str) -> Callable[..., Any]:
