@@ -73,6 +73,7 @@ class Staged:
     # have): sync then sets ``refused`` instead of replacing one that appeared meanwhile.
     exclusive: bool = False
     refused: bool = False
+    device: int | None = None  # a local temp file's st_dev, from the fstat of its publish
 
 
 class HashingWriter:
