@@ -144,15 +144,22 @@ def period_of(instant: dt.datetime, time: TimeSpec, zone: str) -> dt.date | dt.d
 
 def window_of(period: dt.date | dt.datetime, time: TimeSpec, zone: str) -> tuple[dt.datetime, dt.datetime]:
     """Return the UTC ``(start, end)`` of a local period; DST-safe."""
-    tz = zone_of(zone)
     if time.grain == "day":
-        day = period if not isinstance(period, dt.datetime) else period.date()
-        start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
-        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
-        return start.astimezone(UTC), end.astimezone(UTC)
+        return _day_window(period if not isinstance(period, dt.datetime) else period.date(), zone)
+    tz = zone_of(zone)
     assert isinstance(period, dt.datetime)
     start_utc = period.astimezone(UTC)
     return start_utc, _next_hour(start_utc, tz)
+
+
+@lru_cache(maxsize=4096)
+def _day_window(day: dt.date, zone: str) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC window of a local day: the same for a batch's locations in one zone, so made once
+    (~4 µs a claim, bench/README.md)."""
+    tz = zone_of(zone)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 QUARTER = dt.timedelta(minutes=15)  # every zone's offset since 1980 is a whole number of quarter hours

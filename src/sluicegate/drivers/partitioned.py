@@ -336,7 +336,6 @@ class Loop:
         max_attempts = ctx.project.settings.max_attempts
         task = self.task
         for claim in claims:
-            unit = WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim)
             try:
                 if claim.attempts >= max_attempts:
                     raise LeaseExpired(claim.attempts)
@@ -348,8 +347,10 @@ class Loop:
                     owner = self.owners.setdefault(path, claim.pkey)
                     if owner != claim.pkey:  # the load-time check tries samples; these are real values
                         raise shared_file(task, owner, claim.pkey, path)
-            except (SluicegateError, KeyError) as exc:
-                pipeline.fail(unit, exc)
+            except (SluicegateError, KeyError) as exc:  # its unit made here only (~3 µs a claim)
+                pipeline.fail(
+                    WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim), exc
+                )
                 continue
             day = part.values[-1] if task.time and task.time.grain == "day" else None
             piece = Slice(
