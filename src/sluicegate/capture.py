@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture_keys, capture_triggers, db
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
+from .keytext import coerce_value
 from .ledger import Ledger
 from .ledger.capture import BEYOND
 from .partitions import (
@@ -27,7 +28,6 @@ from .partitions import (
     LATEST,
     Partition,
     canonical_key,
-    coerce_value,
     exportable,
     hour_of,
     make_partition,

@@ -18,9 +18,9 @@ from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, DataError, SluicegateError, UsageError
 from .export_request import time_range
+from .keytext import coerce_value, period_filter, reads_as
 from .ledger import Ledger, open_ledger
 from .masking import mask_url
-from .partitions import coerce_value, period_filter, reads_as
 from .sources import open_source
 from .specs import Project, TaskBase
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluicegate.partitions import coerce_value
+from sluicegate.keytext import coerce_value
 from support import SLUICEGATE, cli, write_project
 
 WIDE = str(10**23)

@@ -16,9 +16,9 @@ from ..config import load_project
 from ..db import wrap_errors
 from ..engine import Exporter
 from ..exceptions import UsageError
+from ..keytext import parse_assignments
 from ..masking import mask_url
 from ..options import RunOptions
-from ..partitions import parse_assignments
 from .app import duration, echo_json, handled, load, main, on_project, quoted, timestamp
 from .render import ScanBar, render_summaries
 

@@ -348,9 +348,8 @@ class Loop:
                     if owner != claim.pkey:  # the load-time check tries samples; these are real values
                         raise shared_file(task, owner, claim.pkey, path)
             except (SluicegateError, KeyError) as exc:  # its unit made here only (~3 µs a claim)
-                pipeline.fail(
-                    WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim), exc
-                )
+                failed = WorkUnit(key=claim.pkey, slice=Slice(), path="", token=claim.token, handle=claim)
+                pipeline.fail(failed, exc)
                 continue
             day = part.values[-1] if task.time and task.time.grain == "day" else None
             piece = Slice(
