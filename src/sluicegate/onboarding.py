@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import capture, capture_triggers
+from . import capture, capture_triggers, partitions
 from .destinations import open_destination
 from .drivers import partitioned
 from .drivers.partitioned import Task as PartitionedTask
@@ -141,7 +141,8 @@ def backfill(
     try:
         if problems := partitioned.check(task, source):  # a misspelt column: exit 2, naming it
             raise ConfigError("; ".join(problems))
-        with ledger_of(project) as ledger:
+        with ledger_of(project) as ledger:  # a partition's id is its keys in the order of keys
+            partitions.check_key_order(task, ledger.partitions, str(task.folder / "task.toml"))
             return capture.backfill(
                 task, ledger, source, time_min=time_min, time_max=time_max, progress=progress
             )

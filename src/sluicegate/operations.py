@@ -1,8 +1,7 @@
 """Library calls behind the CLI commands and the HTTP routes other than ``run``.
 
-check, install, status, mark, reexport, reset, tasks, watermarks, runs, partitions, health:
-each opens what it needs, does one thing, and returns plain data. Kind-specific parts are
-asked of the kind's driver module (``check``, ``status``, ``describe``).
+check, install, status, mark, reexport, reset, tasks, watermarks, runs, partitions, health: each
+opens what it needs and returns plain data; the kind's driver module does the kind-specific parts.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import capture, capture_triggers, db, validate
+from . import capture, capture_triggers, db, partitions, validate
 from .destinations import open_destination
 from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
@@ -161,7 +160,8 @@ def mark(project: Project, task_name: str, assignments: Mapping[str, Any]) -> in
     task = partitioned_task(project, task_name)
     source = open_source(project.settings.source_url)
     try:
-        with ledger_of(project) as ledger:
+        with ledger_of(project) as ledger:  # a partition's id is its keys in the order of keys
+            partitions.check_key_order(task, ledger.partitions, str(task.folder / "task.toml"))
             return capture.mark(task, ledger, source, assignments)
     finally:
         source.close()

@@ -121,6 +121,11 @@ def test_keys_reordered_then_install_is_refused(tmp_path: Path) -> None:
     assert (
         "keys in the order ['location_id', 'sensors_id'], not ['sensors_id', 'location_id']" in refused.stderr
     )
+    # mark and backfill make partition ids in the order of keys too: each was a second partition
+    for command in ("mark openaq sensors_id=10 location_id=1 day=2024-01-01", "backfill openaq"):
+        marked = cli(root, *command.split())
+        assert marked.returncode == 2 and "Traceback" not in marked.stderr, marked.stdout + marked.stderr
+        assert "not ['sensors_id', 'location_id']" in marked.stderr, marked.stderr
     db.insert(1, [dt.datetime(2024, 1, 1, 0, 30, tzinfo=UTC)])
     again = json.loads(cli(root, "run", "--json", check=True).stdout)[0]
     assert (again["exported"], again["failed"], again["rows"]) == (1, 0, 25), again
