@@ -708,6 +708,7 @@ def test_a_partition_parked_for_expired_leases_reports_the_attempts_it_had(tmp_p
     db.conn.execute("UPDATE sluicegate_partitions SET attempts = 2")  # as two expired leases leave it
     [summary] = engine.run(load(root))
     assert summary.failed == 1 and "gave up after 2 attempts (leases expired" in summary.errors[0]
+    assert "run 'sluicegate reset openaq --failed' to retry" in summary.errors[0], summary.errors
     [failure] = operations.status(load(root))[0]["failures"]
     assert failure["attempts"] == 2, failure
     assert files(tmp_path / "out") == []

@@ -176,10 +176,10 @@ def _result(outcome: Outcome) -> ExportResult:
 class LeaseExpired(SluicegateError):
     """A partition whose leases kept expiring (its worker died or ran out of time)."""
 
-    def __init__(self, attempts: int) -> None:
+    def __init__(self, attempts: int, task: str) -> None:
         super().__init__(
             f"gave up after {attempts} attempts (leases expired: the exporting worker died "
-            "or ran out of time); run 'sluicegate reset TASK --failed' to retry"
+            f"or ran out of time); run 'sluicegate reset {task} --failed' to retry"
         )
 
 
@@ -338,7 +338,7 @@ class Loop:
         for claim in claims:
             try:
                 if claim.attempts >= max_attempts:
-                    raise LeaseExpired(claim.attempts)
+                    raise LeaseExpired(claim.attempts, task.name)
                 same_keys(task, claim.keys, claim.pkey)
                 part = restore_partition(task, values := [claim.keys[k] for k in task.key_names], claim.zone)
                 part, path, prev_path = partitions.file_of(task, values, part, claim)
