@@ -60,6 +60,20 @@ def test_a_reader_that_leaves_the_pipe_early_changes_no_exit_code(tmp_path: Path
         assert proc.returncode == code and "Traceback" not in err and "Broken" not in err, (args, err)
 
 
+def test_a_reader_that_leaves_a_pipe_shared_with_stderr_changes_no_exit_code(tmp_path: Path) -> None:
+    """`sluicegate run --dry-run nope 2>&1 | head -1`: the error written to standard error, the
+    same pipe as standard output, after the reader left raised BrokenPipeError, and the exit code
+    was click's 1, not the command's 2."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    for args, code in ((["run", "--dry-run", "nope"], 2), (["status"], 0), (["run", "--dry-run"], 0)):
+        proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader of both leaves before the first line
+        assert proc.wait(timeout=120) == code, args
+
+
 def test_reexport_reads_the_time_key_as_mark_does(tmp_path: Path) -> None:
     """`reexport openaq day=2024-13-45` (a typo) printed "queued 0 partition(s)" and exit 0, and a
     day or hour written another way than the ledger stores it (`day=20240101`, `hour=2024-01-01T10:00`)

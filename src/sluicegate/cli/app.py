@@ -106,16 +106,22 @@ class _ReaderMayLeave(io.RawIOBase):
 
 
 def quiet_when_the_reader_leaves() -> None:
-    """Standard output into a pipe: ignore the reader leaving (see :class:`_ReaderMayLeave`)."""
-    try:
-        fd = sys.stdout.fileno()
-        piped = stat.S_ISFIFO(os.fstat(fd).st_mode)
-    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): as it is
-        return
-    if piped:
-        sys.stdout.flush()
-        raw = io.BufferedWriter(_ReaderMayLeave(fd))
-        sys.stdout = io.TextIOWrapper(raw, encoding=sys.stdout.encoding, errors=sys.stdout.errors)
+    """Standard output and error into a pipe: ignore the reader leaving (see :class:`_ReaderMayLeave`).
+    Both: ``2>&1 | head`` puts an error's line (exit 2) in the pipe the reader left."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+            piped = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except (AttributeError, OSError, ValueError):  # not a file (a test's capture): as it is
+            continue
+        if piped:
+            stream.flush()
+            raw = io.BufferedWriter(_ReaderMayLeave(fd))
+            wrapped = io.TextIOWrapper(
+                raw, encoding=stream.encoding, errors=stream.errors, line_buffering=stream.line_buffering
+            )
+            setattr(sys, name, wrapped)
 
 
 class CliState:
