@@ -126,7 +126,7 @@ class MariaDbSource:
             cur.execute(f"SELECT * FROM ({spec.select_sql}) AS q LIMIT 0")
             kinds = column_kinds(cur.description or [], cur.metadata["charset"])
             # The reads put ? parameters after the select: the driver must find them where the server does.
-            cur.execute(f"SELECT 1 FROM ({spec.select_sql}) AS q JOIN (SELECT ? AS p) AS p LIMIT 0", (0,))
+            cur.execute(*probe_query(spec, kinds))
             return kinds
         except mariadb.Error as exc:
             if db.classify(exc) == "transient":
@@ -284,6 +284,16 @@ class _Snapshot:
         with db.wrap_errors(self.url):
             self.cursor.execute(statement, bound(statement, params))
             return int(self.cursor.rowcount)
+
+
+def probe_query(spec: ReadSpec, columns: Sequence[Column]) -> tuple[str, list[Any]]:
+    """The reads' query (of one made-up slice, no row read) that describe runs: a column named with a
+    quote is in it more than once, as in the reads. The select with one ? when it cannot be made."""
+    at = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    with contextlib.suppress(KeyError, ConfigError):  # a missing column: describe's caller names it
+        query, params = batch_query(spec, [Slice(keys=(0,) * len(spec.keys), start=at, end=at)], columns)
+        return f"{query} LIMIT 0", params
+    return f"SELECT 1 FROM ({spec.select_sql}) AS q JOIN (SELECT ? AS p) AS p LIMIT 0", [0]
 
 
 def batch_query(spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column]) -> tuple[str, list[Any]]:
