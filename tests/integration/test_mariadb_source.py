@@ -963,3 +963,23 @@ def test_a_column_named_with_a_quote_is_not_taken_for_an_escaped_quote(
     ran = cli(root, "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert [r["don't"] for r in read_csv(tmp_path / "out" / "Gent" / "20240301.csv")] == ["1"]
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        "SELECT city, at FROM readings -- the city's readings\nWHERE 1",
+        'SELECT city, at FROM readings WHERE city <> "x\'y"',
+    ],
+)
+def test_a_quote_in_a_comment_or_the_other_quotes_string_is_refused_with_what_to_do(
+    mariadb_url: str, tmp_path: Path, select: str
+) -> None:
+    """The driver also takes a quote in a comment, or in a "..." string, for the start of a string:
+    check refused such a select saying only "write the quote doubled", which in "x'y" changes the
+    value compared ("x''y") and in a comment is no answer."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6))")
+    checked = cli(_cities(tmp_path, mariadb_url, select), "check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "in a comment" in checked.stderr and "of the other quote" in checked.stderr, checked.stderr

@@ -135,8 +135,9 @@ class MariaDbSource:
             if kinds is not None:  # the select alone ran
                 raise ConfigError(
                     f"{where}: MariaDB Connector/Python misreads this query once it has parameters (to it a "
-                    "quote escaped with a backslash, \\' or \\\", ends the string); "
-                    "write the quote doubled ('' or \"\")"
+                    "quote escaped with a backslash, \\' or \\\", ends the string, and one in a comment or "
+                    'in a string of the other quote, "don\'t", starts one); write the quote doubled in a '
+                    "string of its own quote ('don''t'), and none in comments"
                 ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{where}: the query failed: {first}; fix the SQL") from None
