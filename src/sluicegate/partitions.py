@@ -315,8 +315,8 @@ def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:
 
 def check_key_order(task: PartitionKeys, store: Any, where: str) -> None:
     """ConfigError when the ledger's first partitions name their keys in another order than ``keys``."""
-    for row in store.list_partitions(task, state=None, limit=20, offset=0):
-        ids, named = json.loads(row["partition"]), row["keys"]
+    for pkey, named in store.key_samples(task, 20):
+        ids = json.loads(pkey)
         values = [json.dumps(named.get(k)) for k in task.keys]
         moved = set(named) == set(task.key_names) and ids != [named[k] for k in task.key_names]
         if moved and len(set(values)) == len(values):  # distinct values tell each key's place

@@ -3,12 +3,12 @@
 The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.sql``):
 
 * a change bumps ``version``; a partition is pending while ``version > exported_version``;
-* a claim takes pending, complete partitions oldest change first (then oldest window first),
-  under a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, where
-  it takes three statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite);
-* a commit sets ``exported_version`` to the version read at claim, and only while the
-  claim token still matches, so a change made during the export keeps the partition
-  pending and a worker whose lease was taken over commits nothing.
+* a claim takes pending, complete partitions oldest change first (then oldest window first), under
+  a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, there in three
+  statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite);
+* a commit sets ``exported_version`` to the version read at claim, and only while the claim token
+  still matches: a change made during the export keeps the partition pending, and a worker whose
+  lease was taken over commits nothing.
 """
 
 from __future__ import annotations
@@ -212,21 +212,10 @@ class PartitionStore(Store):
     def _claim_from_row(self, task: PartitionKeys, row: Sequence[Any], token: str) -> Claim:
         pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row
         return Claim(
-            id=int(pid),
-            task=task.name,
-            pkey=pkey,
-            keys=_named(keys, pkey, task.key_names),
-            zone=zone,
-            version=int(version),
-            attempts=int(attempts),
-            forced=bool(forced),
-            exported_version=int(exported),
-            token=token,
-            prev_path=path,
-            prev_bytes=nbytes,
-            prev_checksum=checksum,
-            prev_etag=etag,
-        )
+            id=int(pid), task=task.name, pkey=pkey, keys=_named(keys, pkey, task.key_names), zone=zone,
+            version=int(version), attempts=int(attempts), forced=bool(forced), exported_version=int(exported),
+            token=token, prev_path=path, prev_bytes=nbytes, prev_checksum=checksum, prev_etag=etag,
+        )  # fmt: skip
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of partitions still held under ``token``; return how many."""
@@ -459,6 +448,11 @@ class PartitionStore(Store):
     def reset_failed_rows(self, cur: Any, ids: Sequence[int]) -> int:
         """MariaDB/MySQL: re-queue ``ids`` if still parked, in that order."""
         return self._each(cur, self.q["reset_failed_rows"], ids)
+
+    def key_samples(self, task: PartitionKeys, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` of the task's partitions (any): their canonical key and named keys."""
+        rows = self._run("key_samples", task=task.name, limit=limit).fetchall()
+        return [(pkey, keys if isinstance(keys, dict) else json.loads(keys)) for pkey, keys in rows]
 
     def list_partitions(
         self, task: PartitionKeys, *, state: str | None, limit: int, offset: int

@@ -190,6 +190,11 @@ SELECT id FROM {t}partitions WHERE task = %(task)s AND failed ORDER BY pkey;
 -- round trip, in reset_failed's order).
 UPDATE {t}partitions SET failed = FALSE, attempts = 0, next_attempt_at = NULL WHERE id = %(id)s AND failed;
 
+-- key_samples --
+-- Some partitions of a task with their named keys (check_key_order): any of them, read by the
+-- (task, pkey) index, never a sort of the task's partitions.
+SELECT pkey, `keys` FROM {t}partitions WHERE task = %(task)s LIMIT %(limit)s;
+
 -- list_partitions --
 -- A page of a task's partitions with their state.
 SELECT * FROM (

@@ -140,6 +140,11 @@ UPDATE {t}partitions SET zone = :zone WHERE id = :id AND zone <> :zone;
 -- Re-queue a task's parked partitions.
 UPDATE {t}partitions SET failed = 0, attempts = 0, next_attempt_at = NULL WHERE task = :task AND failed;
 
+-- key_samples --
+-- Some partitions of a task with their named keys (check_key_order): any of them, read by the
+-- (task, pkey) index, never a sort of the task's partitions.
+SELECT pkey, keys FROM {t}partitions WHERE task = :task LIMIT :limit;
+
 -- list_partitions --
 -- A page of a task's partitions with their state.
 SELECT * FROM (
