@@ -84,22 +84,27 @@ class Change:
         return {name: getattr(self, name) for name in self.__dataclass_fields__} | {"keys": dict(self.keys)}
 
 
+REGION = 2**32  # the numbers of one lane: each helper's lane starts at a region of its own
+
+
 @dataclass(kw_only=True)
 class FeedRun:
     """One run's manifest names: a run id and a counter shared by its pipelines and threads.
 
-    The counter gives ``start``, ``start + step``, ...; :meth:`split` hands out lanes of it to
-    helper processes, so every manifest of the run still gets its own number.
+    The counter gives ``start``, ``start + 1``, ...; :meth:`split` hands each helper process a
+    lane of its own, numbered from a fresh multiple of REGION (2^32 manifests a lane), so every
+    manifest of the run gets its own number. Lanes split in this process share its count of
+    regions; a helper's lane is never split (helpers start no helpers).
     """
 
     run: str = field(default_factory=lambda: uuid.uuid4().hex)
     start: int = 1
-    step: int = 1
     _seq: Iterator[int] = field(init=False)
+    _regions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._seq = itertools.count(self.start, self.step)
+        self._seq = itertools.count(self.start)
 
     def next_seq(self) -> int:
         """The next manifest number of this run."""
@@ -107,12 +112,12 @@ class FeedRun:
             return next(self._seq)
 
     def split(self, lanes: int) -> list[FeedRun]:
-        """Keep one of ``lanes`` interleaved lanes of the numbers still unused; return the others."""
+        """Keep counting here; return ``lanes - 1`` lanes for helpers, each in a region of its own.
+        (Interleaved lanes multiplied the step at each split: a pass whose tasks started helpers
+        one after another numbered its manifests past 2^53, then past a 255-byte name.)"""
         with self._lock:
-            first = next(self._seq)
-            old, self.step = self.step, self.step * lanes
-            self._seq = itertools.count(first, self.step)
-            return [FeedRun(run=self.run, start=first + k * old, step=self.step) for k in range(1, lanes)]
+            regions = [next(self._regions) for _ in range(1, lanes)]
+        return [FeedRun(run=self.run, start=r * REGION + 1, _regions=self._regions) for r in regions]
 
 
 class ChangeFeed:

@@ -39,3 +39,18 @@ def test_manifest_numbers_stay_unique_when_a_run_is_split_among_helper_processes
     taken += [n for one in (lanes[0], *inner) for n in (one.next_seq(), one.next_seq())]
     assert len(taken) == len(set(taken)) == 2 + 5 + 10 + 4 and min(taken) == 1
     assert taken[:3] == [1, 2, 3]  # the run itself goes on where it was
+
+
+def test_manifest_numbers_stay_small_when_many_tasks_of_a_pass_start_helpers() -> None:
+    """Each split multiplied the lanes' step: 30 tasks of one pass starting 7 helpers each gave
+    seq 176848577040768610699874890, past 2^53 (JavaScript readers round it) after ~18 such tasks
+    and past a 255-byte manifest name after ~240 (every manifest write, so every commit, failed)."""
+    from sluicegate.changes import FeedRun
+
+    run, taken = FeedRun(), []
+    for _ in range(300):  # a pass of 300 tasks, each with 8 workers
+        lanes = run.split(8)
+        taken += [run.next_seq()] + [lane.next_seq() for lane in lanes for _ in range(3)]
+    assert len(taken) == len(set(taken)) == 300 * 22
+    assert max(taken) < 2**53, max(taken)
+    assert [n for n in taken if n < 2**32] == list(range(1, 301))  # the run's own lane counts on

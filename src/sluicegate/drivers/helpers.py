@@ -48,7 +48,7 @@ class Orders:
     limit: int | None  # its share of the run's limit
     deadline: float | None  # the run's Budget (time.monotonic() is the same clock in every process)
     flush: float
-    feed: tuple[str, int, int]  # its lane of the run's manifest names: run id, first number, step
+    feed: tuple[str, int]  # its lane of the run's manifest names: run id, first number
     log_level: int
 
 
@@ -172,7 +172,7 @@ def orders_for(
             limit=limit,
             deadline=budget.deadline,
             flush=budget.flush,
-            feed=(lane.run, lane.start, lane.step),
+            feed=(lane.run, lane.start),
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         for limit, lane in zip(limits, lanes, strict=True)
@@ -205,8 +205,8 @@ def main() -> None:
     summary, claimed, ctx = TaskSummary(task=orders.task.name), 0, None
     try:
         ctx = Context.open(orders.project)
-        run, start, step = orders.feed
-        ctx.feed_run = FeedRun(run=run, start=start, step=step)
+        run, start = orders.feed
+        ctx.feed_run = FeedRun(run=run, start=start)
         budget = Budget(deadline=orders.deadline, flush=orders.flush)
         loop = Loop(
             task=orders.task, options=orders.options, summary=summary, budget=budget,
