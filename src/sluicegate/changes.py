@@ -69,13 +69,24 @@ class Change:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Change:
         """A line as written by :class:`ChangeFeed`; TypeError for a field of another type (a
-        hand-edited manifest's "seq": "1" failed the sort of every entry with a traceback)."""
+        hand-edited manifest's "seq": "1" failed the sort of every entry with a traceback; a line
+        that is no object, "keys" no object or "sha256" no text, the listing or its --json)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a line is {data!r}, not an object")
         texts, numbers = ("path", "action", "task", "time", "run"), ("rows", "bytes", "seq")
-        wrong = [k for k in texts if not isinstance(data.get(k), str)]
-        wrong += [k for k in numbers if isinstance(data.get(k), bool) or not isinstance(data.get(k), int)]
+        wrong = [(k, "a text") for k in texts if not isinstance(data.get(k), str)]
+        wrong += [
+            (k, "a whole number")
+            for k in numbers
+            if isinstance(data.get(k), bool) or not isinstance(data.get(k), int)
+        ]
+        if not isinstance(data.get("keys", {}), dict):
+            wrong.append(("keys", "an object"))
+        if not isinstance(data.get("sha256"), str | None):
+            wrong.append(("sha256", "a text or null"))
         if wrong:
-            kind = "text" if wrong[0] in texts else "whole number"
-            raise TypeError(f"field {wrong[0]!r} is {data.get(wrong[0])!r}, not a {kind}")
+            name, kind = wrong[0]
+            raise TypeError(f"field {name!r} is {data.get(name)!r}, not {kind}")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def as_json(self) -> dict[str, Any]:

@@ -108,6 +108,13 @@ def test_a_key_that_is_not_a_fernet_key_names_its_variable_and_how_to_make_one(t
          b' "task": "t", "run": "r", "seq": 2, "keys": {}}\n'
          b'{"time": "2030-01-01T00:00:00Z", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": "",'
          b' "task": "t", "run": "r", "seq": "1", "keys": {}}\n', "field 'seq' is '1', not a whole number"),
+        # a line that is JSON but no object, keys that are no object, a sha256 that is no text:
+        # each was a traceback (in the reading, in --json, in the text listing)
+        (b'["p", "put"]\n', "a line is ['p', 'put'], not an object"),
+        (b'{"time": "2030-01-01T00:00:00Z", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": "",'
+         b' "task": "t", "run": "r", "seq": 1, "keys": "k"}\n', "field 'keys' is 'k', not an object"),
+        (b'{"time": "2030-01-01T00:00:00Z", "path": "p", "action": "put", "rows": 1, "bytes": 1, "sha256": 5,'
+         b' "task": "t", "run": "r", "seq": 1, "keys": {}}\n', "field 'sha256' is 5, not a text or null"),
     ],
 )  # fmt: skip
 def test_changes_names_a_manifest_it_cannot_read(tmp_path: Path, content: bytes, says: str) -> None:
