@@ -1988,3 +1988,32 @@ def test_check_takes_every_spelling_of_utc_for_utc(pg_url: str, tmp_path: Path, 
     )
     problems = operations.check_project(load(root))
     assert not [p for p in problems if "timestamp without time zone" in p], problems
+
+
+@pytest.mark.parametrize("fault", ["after_publish", "after_manifest"])
+def test_a_window_file_placed_by_a_killed_run_goes_when_its_redo_has_no_rows(
+    tmp_path: Path, fault: str
+) -> None:
+    """A run killed after placing a window's file leaves it unrecorded (and unlisted before the
+    manifest); the rows are deleted: the redo of that window (no rows) deleted nothing, so the
+    file stayed in place for good, never listed or listed as published."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url, lease="1s")
+    rec = Records(url)
+    for h in range(3):
+        rec.add("s1", T - dt.timedelta(hours=h + 1), f"r{h}")
+    req = tmp_path / "req.json"
+    req.write_text('{"exportType": "DAILY", "endDateTime": "2024-05-10T00:00:00Z"}')
+    proc = _spawn(root, "request", str(req), env={"SLUICEGATE_TESTING__FAULT": fault})
+    _wait_for(root / f".fault-{fault}", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [placed] = files(tmp_path / "out")
+    rec.conn.execute("DELETE FROM records")
+    rec.add("s1", T + dt.timedelta(hours=1), "later")  # s1 is still found, after the window
+    time.sleep(1.1)  # the killed run's lease expires
+    cli(root, "request", str(req), check=True)
+    assert files(tmp_path / "out") == [], placed  # no rows, no file
+    entries = json.loads(cli(root, "changes", "--since", "2000-01-01", "--json", check=True).stdout)
+    path = placed.relative_to(tmp_path / "out").as_posix()
+    assert [(e["path"], e["action"]) for e in entries] == [(path, "deleted")]

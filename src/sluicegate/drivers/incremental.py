@@ -38,7 +38,7 @@ from ..sources import Column, ReadSpec, Slice
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
-from ..work import Deadline, Outcome, Place, WorkUnit
+from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
 from .incremental_check import check, cursor_problems, missing_columns
 
@@ -402,7 +402,7 @@ def _unit(
     task: Task, window: Window, pipeline: Pipeline, ctx: Context, cols: Sequence[Column],
     found: Callable[[], Mapping[str, Any]],
 ) -> WorkUnit | None:  # fmt: skip
-    """The work unit of a window (its path checked); a window whose path is unusable fails here."""
+    """The work unit of a window (its path checked, else it fails); a redo without rows deletes its file."""
     unit, ledger, destination = _fileless_unit(task, window), ctx.ledger, pipeline.destination
     try:
         value = entity_value(task, window.value, cols, found)
@@ -416,7 +416,7 @@ def _unit(
         if not ledger.watermarks.holds(window.claim):  # lost before: another run's now (see holds)
             pipeline.summary.lost += 1
             return None
-    refuse = None
+    refuse, redo = None, window.claim is not None and window.claim.pending_start is not None
     if window.claim is not None and window.claim.path == path:  # the last file is an earlier window's
         refuse = (
             f"window [{window.start.isoformat()}, {window.end.isoformat()}) would overwrite {path}, "
@@ -427,6 +427,7 @@ def _unit(
         unit, slice=dataclasses.replace(unit.slice, keys=(value,)), path=path, refuse_file=refuse,
         keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
         exclusive=overwrites.exclusive(task, window, path, destination),
+        previous=Previous(path=None, checksum=None) if redo and not refuse else None,
     )  # fmt: skip
 
 
