@@ -707,11 +707,29 @@ def test_a_partition_parked_for_expired_leases_reports_the_attempts_it_had(tmp_p
     assert operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"}) == 1
     db.conn.execute("UPDATE sluicegate_partitions SET attempts = 2")  # as two expired leases leave it
     [summary] = engine.run(load(root))
-    assert summary.failed == 1 and "gave up after 2 attempts (leases expired" in summary.errors[0]
+    assert summary.failed == 1 and "gave up after 2 attempts, max_attempts being 2" in summary.errors[0]
+    assert "leases expired as a worker died or timed out" in summary.errors[0], summary.errors
     assert "run 'sluicegate reset openaq --failed' to retry" in summary.errors[0], summary.errors
     [failure] = operations.status(load(root))[0]["failures"]
     assert failure["attempts"] == 2, failure
     assert files(tmp_path / "out") == []
+
+
+def test_a_partition_parked_by_a_lowered_max_attempts_is_not_said_to_have_lost_leases(tmp_path: Path) -> None:
+    """max_attempts lowered from 5 to 2 under a partition with 3 failed exports: the next claim
+    parked it, and `status` blamed "leases expired: the exporting worker died", which none had."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root, db = _setup(tmp_path, url, fmt="csv", capture="explicit", extra_defaults="max_attempts = 2")
+    db.location(1, "UTC")
+    db.insert(1, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
+    assert operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"}) == 1
+    db.conn.execute("UPDATE sluicegate_partitions SET attempts = 3, last_error = 'source unreachable'")
+    [summary] = engine.run(load(root))
+    assert summary.failed == 1, summary
+    [failure] = operations.status(load(root))[0]["failures"]
+    assert "leases expired:" not in failure["error"], failure
+    assert "gave up after 3 attempts, max_attempts being 2 (failed exports count, and" in failure["error"]
+    assert failure["attempts"] == 3, failure
 
 
 def test_sqlite_text_that_is_no_utf8_fails_its_partition_with_the_cast_that_reads_it(tmp_path: Path) -> None:

@@ -307,7 +307,7 @@ def test_expired_leases_count_as_attempts_and_park(tmp_path: Path, server_url: s
     out, _ = final.communicate(timeout=60)
     assert final.returncode == 1 and json.loads(out)[0]["failed"] == 1
     [status] = operations.status(load(root))
-    assert status["failed"] == 1 and "leases expired" in status["failures"][0]["error"]
+    assert status["failed"] == 1 and "leases expired as a worker died" in status["failures"][0]["error"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -174,12 +174,12 @@ def _result(outcome: Outcome) -> ExportResult:
 
 
 class LeaseExpired(SluicegateError):
-    """A partition whose leases kept expiring (its worker died or ran out of time)."""
+    """A partition claimed with no attempt left: leases expired, or ``max_attempts`` was lowered."""
 
-    def __init__(self, attempts: int, task: str) -> None:
+    def __init__(self, attempts: int, task: str, max_attempts: int) -> None:
         super().__init__(
-            f"gave up after {attempts} attempts (leases expired: the exporting worker died "
-            f"or ran out of time); run 'sluicegate reset {task} --failed' to retry"
+            f"gave up after {attempts} attempts, max_attempts being {max_attempts} (failed exports count, and"
+            f" leases expired as a worker died or timed out); run 'sluicegate reset {task} --failed' to retry"
         )
 
 
@@ -338,7 +338,7 @@ class Loop:
         for claim in claims:
             try:
                 if claim.attempts >= max_attempts:
-                    raise LeaseExpired(claim.attempts, task.name)
+                    raise LeaseExpired(claim.attempts, task.name, max_attempts)
                 same_keys(task, claim.keys, claim.pkey)
                 part = restore_partition(task, values := [claim.keys[k] for k in task.key_names], claim.zone)
                 part, path, prev_path = partitions.file_of(task, values, part, claim)
