@@ -185,7 +185,7 @@ def reexport(
     wanted = _typed_filter(project, task, texts := {k: v for k, v in assignments.items() if k != when})
 
     def accept(keys: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> bool:
-        if set(keys) != set(task.key_names):  # recorded before a key was added or removed: no export
+        if not partitions.recorded_alike(task, keys):  # before a key was added or removed, or grain changed
             return False
         if any(keys.get(k) != v and not reads_as(keys.get(k), texts[k]) for k, v in wanted.items()):
             return False  # typed as the source has it, or as the partition holds it

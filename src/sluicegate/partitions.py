@@ -303,14 +303,37 @@ def file_of(
     return empty, recorded, recorded
 
 
-def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str) -> None:
+def same_keys(task: PartitionKeys, keys: Mapping[str, Any], pkey: str, zone: str | None = None) -> None:
     """Raise BadPartitionValue when a partition was recorded with other keys than the task has
-    now (a key added or removed since): it can no longer be restored, rendered or exported."""
+    now (a key added or removed since), or at another ``[time] grain`` (a day read as the hour
+    at its midnight held that hour's rows only): it can no longer be restored or exported."""
     if set(keys) != set(task.key_names):
         raise BadPartitionValue(
             f"partition {pkey} was recorded with the keys {', '.join(keys)} and task {task.name!r} "
             f"now has {', '.join(task.key_names)}: it can no longer be exported"
         )
+    if task.time is not None and (grain := _grain_of(keys[task.time.name])) != task.time.grain:
+        start = dt.datetime.combine(dt.date.fromisoformat(str(keys[task.time.name])[:10]), dt.time())
+        start, end = (d.replace(tzinfo=zone_of(zone or "UTC")) for d in (start, start + dt.timedelta(days=1)))
+        end += dt.timedelta(seconds=1 if task.time.boundary == "end" else 0)  # a row at the end is in it
+        raise BadPartitionValue(
+            f"partition {pkey} was recorded as {'a day' if grain == 'day' else 'an hour'}, and task "
+            f'{task.name!r} now has [time] grain = "{task.time.grain}": it can no longer be exported; run '
+            f"'sluicegate backfill {task.name} --time-min {start.isoformat()} --time-max {end.isoformat()}'"
+            f" to mark its rows' {task.time.grain}s"
+        )
+
+
+def recorded_alike(task: PartitionKeys, keys: Mapping[str, Any]) -> bool:
+    """Whether a partition was recorded with the task's keys and ``[time] grain`` (see same_keys)."""
+    return set(keys) == set(task.key_names) and (
+        task.time is None or _grain_of(keys[task.time.name]) == task.time.grain
+    )
+
+
+def _grain_of(value: Any) -> str:
+    """The grain a time key's stored value was recorded at: a date (10 characters) or an hour."""
+    return "day" if len(str(value)) <= 10 else "hour"
 
 
 def check_key_order(task: PartitionKeys, store: Any, where: str) -> None:

@@ -546,6 +546,52 @@ def test_a_renamed_time_key_keeps_exporting_the_days_recorded_under_its_old_name
     db.close()
 
 
+def test_a_day_recorded_before_grain_became_hour_is_not_exported_as_its_first_hour(tmp_path: Path) -> None:
+    """`[time] grain` changed from day to hour: a day marked before (pending) was read as the
+    hour at its midnight, exported with that hour's rows only and recorded as done, so the rest
+    of the day's changed rows were never exported; `reexport` queued every old day the same way."""
+    backend = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(
+        tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC", capture="explicit"
+    )
+    db = Db(backend)
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=1)], value=1.0)
+    db.insert(1, [DAY + dt.timedelta(hours=5)], value=2.0)
+    assert cli(root, "mark", "openaq", "location_id=1", "day=2024-05-01").returncode == 0
+    assert cli(root, "run").returncode == 0
+    db.insert(1, [DAY], value=3.0)
+    assert cli(root, "mark", "openaq", "location_id=1", "day=2024-05-01").returncode == 0  # pending
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('grain = "day"', 'grain = "hour"').replace("{day:", "{hour:")
+    toml.write_text(text.replace("{hour:%Y%m%d}", "{hour:%Y%m%dT%H%z}"))
+    ran = cli(root, "run")
+    assert ran.returncode == 1 and "0 exported" in ran.stdout, ran.stdout + ran.stderr
+    assert "was recorded as a day, and task 'openaq' now has [time] grain = \"hour\"" in ran.stderr, (
+        ran.stderr
+    )
+    assert (
+        "backfill openaq --time-min 2024-05-01T00:00:00+00:00 --time-max 2024-05-02T00:00:00+00:00"
+        in ran.stderr
+    ), ran.stderr
+    assert not list((tmp_path / "out").rglob("*T00+0000.csv"))  # no "hour" holding only midnight's row
+    skipped = cli(root, "reexport", "openaq")  # the days recorded before cannot be exported as hours
+    assert "queued 0 partition(s)" in skipped.stdout, skipped.stdout + skipped.stderr
+    assert (
+        cli(root, "backfill", "openaq", "--time-min", "2024-05-01", "--time-max", "2024-05-02").returncode
+        == 0
+    )
+    hourly = cli(root, "run")  # the day stays parked (status names it); each of its hours is exported
+    assert hourly.returncode == 0 and "3 exported" in hourly.stdout, hourly.stdout + hourly.stderr
+    hours = {p.name: [r["value"] for r in read_csv(p)] for p in files(tmp_path / "out") if "T" in p.name}
+    assert hours == {
+        "location-1-20240501T00+0000.csv": ["3"],
+        "location-1-20240501T01+0000.csv": ["1"],
+        "location-1-20240501T05+0000.csv": ["2"],
+    }, hours
+    db.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
 def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_path: Path) -> None:
     """A measurement of location 99, which `zone_sql` does not know (no foreign key stops it),

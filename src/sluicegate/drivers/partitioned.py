@@ -339,7 +339,7 @@ class Loop:
             try:
                 if claim.attempts >= max_attempts:
                     raise LeaseExpired(claim.attempts, task.name, max_attempts)
-                same_keys(task, claim.keys, claim.pkey)
+                same_keys(task, claim.keys, claim.pkey, claim.zone)
                 part = restore_partition(task, values := [claim.keys[k] for k in task.key_names], claim.zone)
                 part, path, prev_path = partitions.file_of(task, values, part, claim)
                 if path:  # none for a retired hour (see superseded) without a file of its own
