@@ -139,8 +139,9 @@ def _refuse_foreign(task: TaskSpec, found: dict[str, str], schema: str) -> None:
     if foreign:
         raise UsageError(
             f"task {task.name!r}: the triggers {', '.join(trigger_names(task))} on {task.capture.table}"
-            f" feed the ledger schema {foreign[0]!r} of another project; give this task another name"
-            " (rename its folder), or drop that project's triggers first"
+            f" feed the ledger schema {foreign[0]!r} of another project (or of this one, before its [ledger]"
+            " schema was changed); give this task another name (rename its folder), or drop those triggers"
+            " first"
         )
 
 

@@ -351,6 +351,7 @@ def test_a_second_project_with_the_same_task_name_does_not_take_the_first_ones_t
     refused = cli(b, "install")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "feed the ledger schema 'sluicegate' of another project" in refused.stderr
+    assert "(or of this one, before its [ledger] schema was changed)" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     db.insert(1, [DAY + dt.timedelta(hours=1)])
     assert _absorbed(a) == {'[1,"2024-05-01"]': 1}  # a still sees its changes
