@@ -65,8 +65,10 @@ def check_template(
     what: str = "key",
     where: str | None = None,
     sharing: str | None = None,
+    fmt: str | None = None,
 ) -> None:
-    """Raise ConfigError when ``template`` is malformed, uses an unknown field or lacks a required one.
+    """Raise ConfigError when ``template`` is malformed, uses an unknown field or lacks a required one,
+    or (given the task's format ``fmt``) ends in another format's extension written out.
 
     ``where`` names the setting (default: task.toml's ``path``); ``sharing`` what would share a
     file without a required field (default: two of ``what``)."""
@@ -86,6 +88,21 @@ def check_template(
         raise ConfigError(
             f"{where}: the template does not use {{{missing[0]}}}, so {sharing or f'two {what}s'}' files"
             " would share a name"
+        )
+    if fmt is not None:
+        _check_extension(template, fmt, where)
+
+
+def _check_extension(template: str, fmt: str, where: str) -> None:
+    """A template ending in ``.csv.gz`` written out, with ``format = "parquet"`` set since, wrote
+    Parquet bytes under the CSV name (over the earlier CSV files, at the same paths)."""
+    from .formats import SPECS  # formats read sources, which render paths
+
+    named = [f for f, spec in SPECS.items() if template.endswith(f".{spec.extension}")]
+    if named and (written := max(named, key=len)) != fmt:
+        raise ConfigError(
+            f"{where}: the file name ends in '.{SPECS[written].extension}' but the format is {fmt!r};"
+            " end the path with .{ext} (or set the format the name says)"
         )
 
 

@@ -639,3 +639,32 @@ def test_a_cron_schedule_that_never_fires_is_refused_when_the_task_loads(express
         f"t/task.toml schedule: {expression!r} has no tick before or after now"
     )
     assert schedule({"schedule": "0 0 29 2 *"}, "t/task.toml") == ("0 0 29 2 *", "UTC")  # leap days: fine
+
+
+@pytest.mark.parametrize(
+    "path,fmt,refused",
+    [
+        ("{site}/{day}.csv.gz", "parquet", "ends in '.csv.gz' but the format is 'parquet'"),
+        ("{site}/{day}.csv", "csv.gz", "ends in '.csv' but the format is 'csv.gz'"),
+        ("{site}/{day}.csv.gz", "csv.gz", None),
+        ("{site}/{day}.{ext}", "parquet", None),
+        ("{site}/{day}.dat", "parquet", None),
+    ],
+)
+def test_a_path_naming_another_format_than_the_tasks_is_refused(
+    tmp_path: Path, path: str, fmt: str, refused: str | None
+) -> None:
+    """A path written out as ".csv.gz" and `format = "parquet"` set since: each partition's
+    Parquet bytes replaced its CSV.gz file under the same .csv.gz name, which no reader opens."""
+    root, _db = _site_project(tmp_path)
+    toml = root / "tasks" / "bysite" / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('"{site}/{day}.csv"', json.dumps(path)).replace('"csv"', f'"{fmt}"')
+    )
+    checked = cli(root, "check")
+    if refused is None:
+        assert "bysite" not in checked.stderr, checked.stderr
+        return
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert refused in checked.stderr and "end the path with .{ext}" in checked.stderr, checked.stderr
+    assert "Traceback" not in checked.stderr

@@ -96,8 +96,9 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         boundary=boundary,
     )
     paths.check_template(
-        task.path, folder, allowed={"task", "boundary", "run", "format", "ext"}, required=(), what="run field"
-    )
+        task.path, folder, allowed={"task", "boundary", "run", "format", "ext"}, required=(),
+        what="run field", fmt=task.format,
+    )  # fmt: skip
     try:  # a template that escapes the destination is the task's configuration error
         render_archive_path(task, dt.datetime(2024, 1, 31, tzinfo=UTC), "0123abcd")
     except BadPartitionValue as exc:

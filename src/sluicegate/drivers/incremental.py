@@ -99,7 +99,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             )
     check_template(
         task.path, folder, allowed={task.entity, "type", "start", "end", "format", "ext", "task"},
-        required=(task.entity, "start"), what="window field",
+        required=(task.entity, "start"), what="window field", fmt=task.format,
     )  # fmt: skip
     sample = dt.datetime(2024, 1, 31, tzinfo=dt.UTC)
     try:  # a template that escapes the destination is the task's configuration error

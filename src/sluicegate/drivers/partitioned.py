@@ -90,7 +90,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
         )
     check_template(
         task.path, folder, allowed={*task.key_names, "format", "ext", "task"}, required=task.key_names,
-        what="partition key",
+        what="partition key", fmt=task.format,
     )  # fmt: skip
     check_distinct_paths(task, f"{where} path")  # and that it renders at all
     return task
