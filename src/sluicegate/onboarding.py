@@ -18,7 +18,7 @@ from .drivers.partitioned import Task as PartitionedTask
 from .exceptions import ConfigError, SluicegateError, UsageError
 from .export_request import time_range
 from .ledger import Ledger
-from .operations import ledger_of, partitioned_task
+from .operations import inbox_count, inbox_of, ledger_of, partitioned_task
 from .sources import open_source
 from .specs import Project
 
@@ -57,6 +57,7 @@ def check_warnings(project: Project) -> list[str]:
     if zoned:
         with ledger_of(project) as ledger:
             warnings += [w for t in zoned if (w := _zone_warning(t, ledger))]
+    warnings += _unused_triggers(project)
     triggered = [
         t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode == "trigger"
     ]
@@ -70,6 +71,26 @@ def check_warnings(project: Project) -> list[str]:
     finally:
         source.close()
     return warnings
+
+
+def _unused_triggers(project: Project) -> list[str]:
+    """Changes waiting in the inbox for a task that no longer reads it (``[capture] mode`` changed
+    from trigger): its triggers go on recording every write, and the inbox grew for good."""
+    tasks = [
+        t for t in project.tasks.values() if isinstance(t, PartitionedTask) and t.capture.mode != "trigger"
+    ]
+    if not tasks:
+        return []
+    out = []
+    with ledger_of(project) as ledger, inbox_of(project, ledger) as inbox:
+        for task in tasks:
+            if inbox is not None and (count := inbox_count(inbox, task.name)):
+                out.append(
+                    f"task {task.name}: {count} change(s) recorded by capture triggers wait in the inbox, but"
+                    f" its [capture] mode is {task.capture.mode!r}, so no run reads them; drop its triggers"
+                    f" ({', '.join(capture_triggers.trigger_names(task))}) from the table they are on"
+                )
+    return out
 
 
 def _zone_warning(task: PartitionedTask, ledger: Ledger) -> str | None:

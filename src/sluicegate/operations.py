@@ -104,12 +104,12 @@ def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per task: its kind's counts (partitions by state, entities, ...), its failures, the
     changes waiting in its trigger inbox, and the error that stopped its last run, if any."""
     out = []
-    with ledger_of(project) as ledger, _inbox_of(project, ledger) as inbox:
+    with ledger_of(project) as ledger, inbox_of(project, ledger) as inbox:
         errors = ledger.runs.task_errors()
         for task in project.select(list(names)):
             row = kind_module(task.kind).status(task, ledger)
             if inbox is not None and isinstance(task, PartitionedTask) and task.capture.mode == "trigger":
-                row["inbox"] = _inbox_count(inbox, task.name)
+                row["inbox"] = inbox_count(inbox, task.name)
             if task.name in errors:
                 row["task_error"] = errors[task.name]["error"]
                 row["task_error_at"] = errors[task.name]["at"]
@@ -121,7 +121,7 @@ def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _inbox_of(project: Project, ledger: Ledger) -> Iterator[Ledger | None]:
+def inbox_of(project: Project, ledger: Ledger) -> Iterator[Ledger | None]:
     """The ledger tables in the source database (the trigger inbox), or None if unreachable."""
     s = project.settings
     if s.shared_database:
@@ -138,7 +138,7 @@ def _inbox_of(project: Project, ledger: Ledger) -> Iterator[Ledger | None]:
         inbox.close()
 
 
-def _inbox_count(inbox: Ledger, task: str) -> int | None:
+def inbox_count(inbox: Ledger, task: str) -> int | None:
     """Changes of ``task`` waiting in the inbox (None when the inbox cannot be read)."""
     try:
         return inbox.capture.count_changes(task)[0]

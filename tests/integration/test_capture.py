@@ -547,6 +547,33 @@ def test_a_renamed_time_key_keeps_exporting_the_days_recorded_under_its_old_name
     db.close()
 
 
+def test_check_names_the_triggers_a_scan_task_left_behind(tmp_path: Path) -> None:
+    """`[capture] mode` changed from trigger to scan: the triggers stayed, recorded every write
+    into an inbox that no run reads any more (it grew for good), and `check` said all was well."""
+    backend = f"sqlite:///{tmp_path / 'source.db'}"
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC")
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=1)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    assert "capture triggers" not in cli(root, "check").stderr
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(toml.read_text().replace('mode = "trigger"', 'mode = "scan"\ncursor = "ingested_at"'))
+    db.insert(1, [DAY + dt.timedelta(hours=2)], value=2.0)
+    assert cli(root, "run").returncode == 0
+    checked = cli(root, "check")
+    assert (
+        "task openaq: 1 change(s) recorded by capture triggers wait in the inbox, but its [capture] mode"
+        in (checked.stderr)
+    ), checked.stderr
+    assert (
+        "drop its triggers (sluicegate_openaq_insert, sluicegate_openaq_update, sluicegate_openaq_delete)"
+        in (checked.stderr)
+    )
+    db.close()
+
+
 def test_a_day_recorded_before_grain_became_hour_is_not_exported_as_its_first_hour(tmp_path: Path) -> None:
     """`[time] grain` changed from day to hour: a day marked before (pending) was read as the
     hour at its midnight, exported with that hour's rows only and recorded as done, so the rest
