@@ -264,7 +264,7 @@ def test_a_path_that_names_both_fall_back_hours_alike_is_refused(tmp_path: Path)
             (
                 (
                     'callable = "etl:portal"',
-                    'path = "extract/{{provider}}/{{label}}.jsonl"\ncolumns = {{ trip_id = "text" }}',
+                    'path = "extract/{{provider}}/{{label}}.jsonl"\nformat = "jsonl"\ncolumns = {{ trip_id = "text" }}',
                 ),
                 (
                     "{{stage}}/{{provider}}/{{block:%Y/%m/%d/%H%z}}/trips.jsonl",

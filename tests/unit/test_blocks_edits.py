@@ -16,7 +16,9 @@ RANGE = ["--time-max", "2020-1-1-1", "--interval", "1"]
 
 def latest_changes(root: Path) -> dict[str, str]:
     """``sluicegate changes``: the latest action per file."""
-    result = CliRunner().invoke(main, ["-C", str(root), "changes", "trips", "--since", "2000-01-01", "--json"])
+    result = CliRunner().invoke(
+        main, ["-C", str(root), "changes", "trips", "--since", "2000-01-01", "--json"]
+    )
     assert result.exit_code == 0, result.output
     return {c["path"]: c["action"] for c in json.loads(result.output)}
 
@@ -75,3 +77,17 @@ def test_later_stages_read_the_extracts_recorded_artifact_after_its_path_was_edi
     result = blocks_cli(root, *RANGE)
     assert result.exit_code == 0, result.output
     assert "1,lime," in (root / "out/csv/lime/20200101T0100-0600.csv").read_text()
+
+
+def test_a_publish_path_naming_another_format_is_refused(tmp_path: Path) -> None:
+    """`[publish] format = "parquet"` set under a path written out as ".csv": each block's
+    Parquet file replaced its CSV one under the .csv name."""
+    root = make_project(tmp_path, task=SQL_TASK)
+    toml = root / "tasks/trips/task.toml"
+    text = toml.read_text().replace("%M%z}.{ext}", "%M%z}.csv")
+    assert 'format = "csv"' in text and "%M%z}.csv" in text, text
+    toml.write_text(text.replace('format = "csv"', 'format = "parquet"'))
+    with_rides(root, [(1, "lime", "2020-01-01T06:10:00Z")]).close()
+    refused = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert refused.exit_code == 2, refused.output
+    assert "[publish] path: the file name ends in '.csv' but the format is 'parquet'" in refused.output

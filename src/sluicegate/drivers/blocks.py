@@ -169,7 +169,7 @@ def _check_path(task: Task, stage: StageSpec, where: str) -> None:
     assert stage.path is not None
     check_template(
         stage.path, folder, allowed=allowed, required=[task.key] if task.key else [], what="block field",
-        where=setting, sharing="two key values",
+        where=setting, sharing="two key values", fmt=stage.format,
     )  # fmt: skip
     if not template_fields(stage.path) & BLOCK_FIELDS:
         raise ConfigError(
