@@ -607,6 +607,41 @@ def test_two_cli_processes_over_one_range_run_each_block_stage_once(tmp_path: Pa
     assert {r[3] for r in ledger_rows(root)} == {"done", "no_data"}
 
 
+def test_a_block_whose_worker_is_killed_every_time_is_parked_after_max_attempts(tmp_path: Path) -> None:
+    """A poison block that kills its process: each run dies holding it, the next takes it over
+    when the lease ran out (an attempt); once max_attempts (3) are used up it is parked, not run
+    again for ever, and the other key's block (in batches of its own) is done."""
+    root = make_project(
+        tmp_path,
+        task=TASK.replace("max_attempts = 3", "max_attempts = 3\nbatch_size = 1").format(
+            extract_extra="", create="true"
+        ),
+    )
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace('lease = "10m"', 'lease = "1s"')
+    )
+    poison = 'def trips(block, config):\n    if block.key_value == "lime":\n        _note("extract", block)\n'
+    poison += "        os.kill(os.getpid(), 9)\n"
+    (root / "etl.py").write_text(
+        ETL.replace(
+            "def trips(block, config):\n",
+            poison + "    return _trips(block, config)\n\ndef _trips(block, config):\n",
+        )
+    )
+    args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1"]
+    codes = []
+    for _ in range(5):
+        codes.append(subprocess.run(args, capture_output=True, timeout=120).returncode)
+        time.sleep(1.2)  # the dead run's lease runs out
+    assert codes[:3] == [-9, -9, -9] and codes[3] == 1, codes
+    assert len(calls(root, "extract")) == 3 + 1  # lime killed 3 times (max_attempts), bird once
+    rows = {(r[0], r[2]): r[3:5] for r in ledger_rows(root)}
+    assert rows[("lime", "extract")] == ("failed", 3)
+    assert rows[("bird", "publish")] == ("done", 0)
+    status = CliRunner().invoke(main, ["-C", str(root), "status", "trips"])
+    assert "leases expired" in status.output, status.output
+
+
 # --------------------------------------------------------------------------- artifacts and secrets
 
 

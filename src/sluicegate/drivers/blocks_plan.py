@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, TerminalError
 from ..ledger import BlockStore, RangeQuery
 from ..timeblocks import Block, BlockRequest, blocks_between, settled
 
@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 LONGEST = dt.timedelta(hours=26)  # longer than any block (a fall-back day)
 
 RUNS = "runs"  # the state of a stage this run would run (its later stages may follow)
+
+
+class LeasesExpired(TerminalError):
+    """A (block, stage) whose leases kept expiring (its worker died each time): parked, not run."""
+
+    def __init__(self, attempts: int, task: str) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempts (leases expired: the worker died or ran out of "
+            f"time); run 'sluicegate blocks {task}' with --incomplete-only to retry"
+        )
 
 
 def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, list[Block], str | None]:

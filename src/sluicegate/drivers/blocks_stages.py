@@ -29,6 +29,7 @@ from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
 from .blocks_config import StageSpec, import_callable, loaded
+from .blocks_plan import LeasesExpired
 
 if TYPE_CHECKING:
     from .blocks import Task
@@ -190,6 +191,7 @@ class StageRecorder:
             max_attempts=self.task.max_attempts,
             backoff=self.task.backoff,
             counts=counts,
+            counted=not isinstance(error, LeasesExpired),  # parked for the expired leases: no attempt
         )
         total, processed, errors = counts or (0, 0, 0)
         self._entry(claim, "failed", total, processed, errors, 0, None, text)
@@ -262,6 +264,8 @@ class StageRunner:
 
     def run(self, stage: StageSpec, claims: Sequence[StageClaim]) -> None:
         """Run ``stage`` for ``claims`` (raises Deadline when the time budget ran out)."""
+        if not (claims := [c for c in claims if not self._spent(c)]):
+            return
         if stage.type == "extract":
             self._extract(stage, claims)
         elif stage.type == "publish" and stage.callable is None:
@@ -273,6 +277,14 @@ class StageRunner:
                     self.loader.load(stage, claim, self.artifact_passes)
                 else:
                     self._per_block(stage, claim)
+
+    def _spent(self, claim: StageClaim) -> bool:
+        """Park, unrun, a stage whose leases expired ``max_attempts`` times (a block that kills
+        its process must not be retried for ever); True when it was parked."""
+        if claim.attempts < self.task.max_attempts:
+            return False
+        self.recorder.failed(claim, LeasesExpired(claim.attempts, self.task.name))
+        return True
 
     # ------------------------------------------------------------------ through the pipeline
 

@@ -279,8 +279,11 @@ class BlockStore(Store):
         max_attempts: int,
         backoff: float,
         counts: tuple[int, int, int] | None = None,
+        counted: bool = True,
     ) -> bool:
-        """Give ``claim`` back after an error (backoff), or park it; ``counts``: total, processed, errors."""
+        """Give ``claim`` back after an error (backoff), or park it; ``counts``: total, processed, errors.
+        ``counted``: whether this claim was an attempt (not when it is parked, unrun, for the leases
+        that expired before it)."""
         total, processed, errors = counts if counts is not None else (None, None, None)
         cur = self._run(
             "fail",
@@ -293,6 +296,7 @@ class BlockStore(Store):
             total=total,
             processed=processed,
             errors=errors,
+            counted=int(counted),
         )
         return bool(cur.rowcount == 1)
 

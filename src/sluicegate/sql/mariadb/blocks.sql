@@ -92,11 +92,12 @@ WHERE task = %(task)s AND key_value = %(key_value)s AND block_start = %(block_st
 -- fail --
 -- Give a claimed row back after an error: retry later with backoff, or park it as failed
 -- (status and the backoff read attempts before it is counted).
+-- counted is 0 when the row is parked for the leases that expired before: no new attempt was made.
 UPDATE {t}blocks
 SET status = CASE WHEN %(terminal)s OR attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
     next_attempt_at = UNIX_TIMESTAMP(NOW(6)) + LEAST(%(backoff)s * POW(2, LEAST(attempts, 20)), 3600),
     claim_token = NULL, lease_until = NULL,
-    attempts = attempts + 1,
+    attempts = attempts + %(counted)s,
     error = %(error)s,
     records_total = coalesce(%(total)s, records_total),
     records_processed = coalesce(%(processed)s, records_processed),

@@ -79,10 +79,11 @@ WHERE task = :task AND key_value = :key_value AND block_start = :block_start
 
 -- fail --
 -- Give a claimed row back after an error: retry later with backoff, or park it as failed.
+-- counted is 0 when the row is parked for the leases that expired before: no new attempt was made.
 UPDATE {t}blocks
 SET status = CASE WHEN :terminal OR attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
     claim_token = NULL, lease_until = NULL,
-    attempts = attempts + 1,
+    attempts = attempts + :counted,
     error = :error,
     records_total = coalesce(:total, records_total),
     records_processed = coalesce(:processed, records_processed),
