@@ -29,18 +29,23 @@ def _secret_name(name: str) -> bool:
 
 
 def _split(url: str) -> tuple[str, str, str, str] | None:
-    """``(scheme://, userinfo, rest-of-authority-and-path, query-and-fragment)`` or None."""
+    """``(scheme://, userinfo, rest-of-authority-and-path, query-and-fragment)`` or None.
+
+    The userinfo ends at the last ``@`` before the first ``/``, even past a ``?`` or ``#``:
+    libpq reads ``postgresql://u:pa?ss@h/db`` as the password ``pa?ss``, and it connects. Without
+    a ``:`` before it, an ``@`` after a ``?`` or ``#`` is the query's (``h/?token=t&to=a@b``)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
+    slash = rest.find("/")
+    at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
+    if at >= 0 and ":" not in rest[:at]:
+        at = rest.rfind(
+            "@", 0, min((i for i in (slash, rest.find("?"), rest.find("#")) if i >= 0), default=at)
+        )
+    userinfo, rest = (rest[:at], rest[at:]) if at >= 0 else ("", rest)
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    head, tail = rest[:cut], rest[cut:]
-    slash = head.find("/")
-    authority_end = slash if slash >= 0 else len(head)
-    at = head.rfind("@", 0, authority_end)
-    if at < 0:
-        return f"{scheme}{sep}", "", head, tail
-    return f"{scheme}{sep}", head[:at], head[at:], tail
+    return f"{scheme}{sep}", userinfo, rest[:cut], rest[cut:]
 
 
 def _mask_query(tail: str) -> str:

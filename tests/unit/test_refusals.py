@@ -38,6 +38,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
         ("postgresql://h/db?aws_secret_access_key=hunter2&x=1", "hunter2"),
         ("postgresql://h/db?api_token=hunter2", "hunter2"),
         ("mariadb://u@h/db?PASSWORD=hunter2", "hunter2"),
+        # libpq takes a raw ? or # in the password as part of it (the URL connects)
+        ("postgresql://u:hun?ter2@h/db", "ter2"),
+        ("postgresql://u:hun#ter2@h:5432/db?sslmode=require", "ter2"),
+        ("postgresql://u:hun?ter2@h", "ter2"),
     ],
 )
 def test_mask_url_hides_userinfo_passwords_and_secret_parameters(url: str, secret: str) -> None:
