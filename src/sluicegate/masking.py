@@ -111,4 +111,7 @@ class ScrubFilter(logging.Filter):
         cleaned = scrub(message, *self.urls)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
+        if record.exc_info:  # a driver's exception in the traceback may repeat a password
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), *self.urls)
+            record.exc_info = None  # formatters print exc_text (no handler formats the raw one)
         return True

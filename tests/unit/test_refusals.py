@@ -77,6 +77,48 @@ def test_a_password_in_the_query_string_never_reaches_the_terminal(tmp_path: Pat
         assert "password=***" in proc.stderr
 
 
+def test_a_password_the_driver_echoes_is_masked_in_the_verbose_traceback(tmp_path: Path) -> None:
+    """libpq repeats a password it cannot parse ("invalid percent-encoded token: ..."): the one-line
+    error masked it, but -v printed the traceback of the driver's exception as it was."""
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
+    )
+    env = {"SLUICEGATE_SOURCE__URL": "postgresql://u:hun%ZZter2@127.0.0.1:1/db"}
+    for args in (("status",), ("-v", "status"), ("-v", "run")):
+        proc = cli(root, *args, env=env)
+        assert proc.returncode != 0
+        assert "ter2" not in proc.stdout + proc.stderr, args
+        assert "invalid percent-encoded token" in proc.stderr, args
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_logged_traceback_is_masked_like_its_message(json_lines: bool) -> None:
+    """A record logged with exc_info (engine's -v "task failed", the service's crashes) printed the
+    driver's exception untouched: the filter masked only the message."""
+    import io
+    import logging
+
+    from sluicegate.cli.serve import JsonLines
+    from sluicegate.masking import ScrubFilter
+
+    url = "postgresql://u:hun%ZZter2@127.0.0.1:1/db"
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonLines() if json_lines else logging.Formatter("%(message)s"))
+    handler.addFilter(ScrubFilter(url))
+    logger = logging.getLogger("sluicegate.test_masked_traceback")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError('invalid percent-encoded token: "hun%ZZter2"')
+        except ValueError:
+            logger.error("task failed", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    assert "ter2" not in out.getvalue()
+    assert "ValueError: invalid percent-encoded token" in out.getvalue()
+
+
 # ----------------------------------------------------------------- 13: the ledger schema name
 
 

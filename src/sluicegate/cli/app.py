@@ -127,15 +127,16 @@ def quiet_when_the_reader_leaves() -> None:
 class CliState:
     verbose: bool = False
     project_dir: Path = Path(".")
+    urls: tuple[str, ...] = ()  # the project's database URLs, whose secrets an error may repeat
 
 
-def fail(exc: BaseException, verbose: bool) -> None:
-    if verbose:
+def fail(exc: BaseException, verbose: bool, urls: tuple[str, ...] = ()) -> None:
+    if verbose:  # the driver's own exception, chained, may repeat a password: masked with the URLs
         import traceback
 
-        click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
+        click.echo(scrub("".join(traceback.format_exception(exc)), *urls), err=True, nl=False)
     # A transient error says "will retry" for the partition it failed; the command ends here.
-    click.echo(f"sluicegate: error: {scrub(str(exc)).removesuffix('; will retry')}", err=True)
+    click.echo(f"sluicegate: error: {scrub(str(exc), *urls).removesuffix('; will retry')}", err=True)
     sys.exit(2 if isinstance(exc, ConfigError | UsageError) else 1)
 
 
@@ -148,7 +149,7 @@ def handled(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SluicegateError as exc:
-            fail(exc, state.verbose)
+            fail(exc, state.verbose, state.urls)
         return None
 
     return wrapper  # type: ignore[return-value]
@@ -157,6 +158,7 @@ def handled(func: F) -> F:
 def load() -> Project:
     state = click.get_current_context().find_object(CliState) or CliState()
     project = load_project(state.project_dir, os.environ)
+    state.urls = (project.settings.source_url, project.settings.ledger_url)
     level = logging.DEBUG if state.verbose else getattr(logging, project.settings.log_level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # driver logs may echo a connection string

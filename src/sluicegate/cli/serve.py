@@ -43,8 +43,8 @@ class JsonLines(logging.Formatter):
             "message": record.getMessage(),
         }
         out.update({k: getattr(record, k) for k in LOG_FIELDS if hasattr(record, k)})
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:  # exc_text: masked by ScrubFilter
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
