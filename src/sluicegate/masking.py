@@ -33,16 +33,19 @@ def _split(url: str) -> tuple[str, str, str, str] | None:
 
     The userinfo ends at the last ``@`` before the first ``/``, even past a ``?`` or ``#``:
     libpq reads ``postgresql://u:pa?ss@h/db`` as the password ``pa?ss``, and it connects. Without
-    a ``:`` before it, an ``@`` after a ``?`` or ``#`` is the query's (``h/?token=t&to=a@b``)."""
+    a ``:`` before it, an ``@`` after a ``?`` or ``#`` is the query's (``h/?token=t&to=a@b``).
+    A raw ``/`` in the password (``u:pa/ss@h/db``, which no driver reads) leaves ``u:pa`` before
+    the first ``/``, a host with no port number: the userinfo then ends at the last ``@``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
     slash = rest.find("/")
+    query = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
     if at >= 0 and ":" not in rest[:at]:
-        at = rest.rfind(
-            "@", 0, min((i for i in (slash, rest.find("?"), rest.find("#")) if i >= 0), default=at)
-        )
+        at = rest.rfind("@", 0, min(query, slash) if slash >= 0 else query)
+    elif at < 0 and 0 <= slash < query and not rest[:slash].rpartition(":")[2].isdigit():
+        at = rest.rfind("@") if ":" in rest[:slash] else at  # u:pa/ss@h, not host:port/...
     userinfo, rest = (rest[:at], rest[at:]) if at >= 0 else ("", rest)
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     return f"{scheme}{sep}", userinfo, rest[:cut], rest[cut:]

@@ -42,6 +42,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
         ("postgresql://u:hun?ter2@h/db", "ter2"),
         ("postgresql://u:hun#ter2@h:5432/db?sslmode=require", "ter2"),
         ("postgresql://u:hun?ter2@h", "ter2"),
+        # a raw / (base64 passwords have them) leaves a URL no driver reads, but it is printed
+        ("postgresql://u:hun/ter2@h:5432/db", "ter2"),
+        ("mariadb://u:h/u?n#ter2@h/db", "ter2"),
     ],
 )
 def test_mask_url_hides_userinfo_passwords_and_secret_parameters(url: str, secret: str) -> None:
@@ -60,6 +63,13 @@ def test_mask_url_keeps_what_is_not_secret() -> None:
 
     url = "postgresql://u@h:5432/db?sslmode=require&application_name=x"
     assert mask_url(url) == url
+    for url in (
+        "postgresql://h:5432/my@db",
+        "postgresql://[::1]:5432/a@b",
+        "https://h/a@b?c=d",
+        "s3://b/a:b@c",
+    ):
+        assert mask_url(url) == url
     assert scrub('use a list of column names, e.g. keys = ["location_id"]') == (
         'use a list of column names, e.g. keys = ["location_id"]'
     )
