@@ -74,6 +74,13 @@ def driver() -> Any:
 def connect_args(url: str) -> dict[str, Any]:
     """The driver's connect arguments for ``url`` (``mariadb://user:password@host:port/database``)."""
     parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 3306
+    except ValueError:  # u:pa/ss@h: what follows the first ':' is read as the port
+        raise ConfigError(
+            f"database URL {mask_url(url)!r}: its port is not a number up to 65535; "
+            "percent-encode a / ? # or @ in the user name or password (%2F %3F %23 %40)"
+        ) from None
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not database or parts.query:
         raise ConfigError(
@@ -82,7 +89,7 @@ def connect_args(url: str) -> dict[str, Any]:
         )
     return {
         "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
+        "port": port,
         "user": urllib.parse.unquote(parts.username or ""),
         "password": urllib.parse.unquote(parts.password or ""),
         "database": database,

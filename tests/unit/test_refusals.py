@@ -101,6 +101,25 @@ def test_a_password_the_driver_echoes_is_masked_in_the_verbose_traceback(tmp_pat
         assert "invalid percent-encoded token" in proc.stderr, args
 
 
+@pytest.mark.parametrize(
+    "url", ["mariadb://u:hun/ter2@127.0.0.1:1/db", "mariadb://u:hun?ter2@h/db", "mariadb://u:hunter2@h:x/db"]
+)
+def test_a_mariadb_url_whose_port_is_not_a_number_is_a_config_error(tmp_path: Path, url: str) -> None:
+    """urlsplit reads what follows the first ':' of u:hun/ter2 as the port: the run ended with
+    ValueError's traceback (exit 1, no -v), which named a piece of the password."""
+    root = write_project(
+        tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
+    )
+    proc = cli(root, "status", env={"SLUICEGATE_SOURCE__URL": url})
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "Traceback" not in proc.stderr
+        and "ter2" not in proc.stdout + proc.stderr
+        and "hun" not in proc.stderr
+    )
+    assert "percent-encode" in proc.stderr
+
+
 @pytest.mark.parametrize("json_lines", [False, True])
 def test_a_logged_traceback_is_masked_like_its_message(json_lines: bool) -> None:
     """A record logged with exc_info (engine's -v "task failed", the service's crashes) printed the
