@@ -431,6 +431,31 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
     }
 
 
+def test_a_stage_parked_for_its_expired_leases_counts_no_new_attempt(ledger_url: str) -> None:
+    """Each take-over of an expired lease counts an attempt; the claim that finds them used up
+    parks the stage without counting one more (fail's counted), on PostgreSQL and MariaDB."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
+    with Ledger(ledger_url) as led:
+        led.ensure_schema()
+        led.blocks.ensure("trips", ["lime"], [block], ["extract"])
+        for attempts in range(3):  # a run that dies holding it, three times
+            [claim] = led.blocks.claim(
+                where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=0.2
+            )
+            assert claim.attempts == attempts
+            time.sleep(0.4)
+        [claim] = led.blocks.claim(
+            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60
+        )
+        assert claim.attempts == 3
+        assert led.blocks.fail(
+            claim, error="gave up", terminal=True, max_attempts=3, backoff=0, counted=False
+        )
+        rows = led.blocks.rows(where)
+    assert [(r["status"], r["attempts"]) for r in rows] == [("failed", 3)]
+
+
 def test_a_late_worker_puts_no_file_in_place_over_the_new_owners(ledger_url: str) -> None:
     """A worker stalled past its lease while another re-extracted the block (with rows that arrived
     meanwhile) and committed: resumed, it renamed its older artifact over the newer one (its
