@@ -659,6 +659,25 @@ def test_encrypted_artifacts_round_trip_and_need_the_key(tmp_path: Path) -> None
     assert [r["duration"] for r in read_records(data, fernet_key=key)] == [60, 120, 180]
 
 
+def test_a_callables_error_that_carries_its_url_credentials_is_masked(tmp_path: Path) -> None:
+    """httpx's raise_for_status names the URL with its user:password and query: a stage's callable
+    that let it through put the password in the ledger's error, status and the run's output."""
+    root = make_project(tmp_path)
+    raising = (
+        "def portal(block, records, config):\n    import httpx\n"
+        "    url = 'https://etl:hunter2@portal.example/api?token=s3cr3t'\n"
+        "    httpx.Response(401, request=httpx.Request('POST', url)).raise_for_status()\n\n"
+        "def _portal(block, records, config):\n"
+    )
+    (root / "etl.py").write_text(ETL.replace("def portal(block, records, config):\n", raising))
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--key", "provider=lime")
+    assert result.exit_code == 1 and "HTTP 401" in result.output, result.output
+    status = CliRunner().invoke(main, ["-C", str(root), "status", "trips", "--json"])
+    shown = result.output + status.output + repr(ledger_rows(root))
+    assert "hunter2" not in shown and "s3cr3t" not in shown
+    assert "https://etl:***@portal.example/api?token=***" in shown
+
+
 def test_a_malformed_artifact_key_exits_2_naming_its_variable(tmp_path: Path) -> None:
     """cryptography 51 takes a key without its '=' padding: the key is checked at start-up,
     before any block is claimed, and the message names the variable it came from."""

@@ -21,6 +21,7 @@ from ..changes import ChangeFeed
 from ..exceptions import DataError, SluicegateError, SourceUnavailable, TerminalError, is_transient, printable
 from ..formats.jsonl import decrypt, parse_records
 from ..ledger import BlockStore, StageClaim, StageResult
+from ..masking import scrub
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..records import MAX_MESSAGES, Fitting
@@ -72,18 +73,19 @@ def stage_block(task: Task, claim: StageClaim) -> StageBlock:
 
 
 def callable_error(exc: Exception, where: str) -> SluicegateError:
-    """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else)."""
+    """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else);
+    a URL's credentials in its text (httpx's raise_for_status names the URL) are masked."""
     if isinstance(exc, SluicegateError):
         return exc
-    module = type(exc).__module__
+    module, text = type(exc).__module__, scrub(str(exc))
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(status, int):
         if status >= 500 or status in (408, 429):
             return SourceUnavailable(f"{where}: HTTP {status}; will retry")
-        return TerminalError(f"{where}: HTTP {status}: {exc}")
+        return TerminalError(f"{where}: HTTP {status}: {text}")
     if module.startswith(("httpx", "httpcore")) or isinstance(exc, OSError | TimeoutError):
-        return SourceUnavailable(f"{where}: {type(exc).__name__}: {exc}; will retry")
-    return TerminalError(f"{where}: {type(exc).__name__}: {exc}")
+        return SourceUnavailable(f"{where}: {type(exc).__name__}: {text}; will retry")
+    return TerminalError(f"{where}: {type(exc).__name__}: {text}")
 
 
 class StageRecorder:
