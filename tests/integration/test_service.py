@@ -22,6 +22,7 @@ from sluicegate import operations
 from sluicegate.config import load_project
 from sluicegate.exceptions import SluicegateError
 from sluicegate.ledger import Ledger, run_heartbeat
+from sluicegate.options import RunOptions
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler, latest_tick
 from support import SLUICEGATE, Db, files, hours, load, write_project
@@ -622,6 +623,38 @@ def test_a_tick_whose_claim_failed_fires_on_the_next_look(pg_project: tuple[Path
         assert scheduler.tick(now + dt.timedelta(seconds=10)) == []  # once
     finally:
         manager.close()
+
+
+def test_a_crashed_runs_recorded_error_masks_the_database_password(
+    pg_project: tuple[Path, Db], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error sluicegate does not know was recorded on the run (and served by GET /runs) as
+    its text: a driver's message that repeats the password kept it."""
+    from sluicegate import engine
+
+    root, _db = pg_project
+    password = pg_url.split("://")[1].split("@")[0].split(":")[1]
+
+    def crash(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(f'password authentication failed: "{password}"')
+
+    monkeypatch.setattr(engine.Exporter, "run_once", crash)
+    env: dict[str, str] = {}
+    manager = RunManager(lambda: load_project(root, env), Metrics(), workers=1)
+    try:
+        run_id = manager.start(["openaq"], RunOptions(), label="test")
+        deadline = time.monotonic() + 30
+        while (run := operations_run(root, env, run_id)) is None or run.get("finished_at") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        manager.close()
+    assert password not in repr(run) and "RuntimeError: password authentication failed" in repr(run)
+
+
+def operations_run(root: Path, env: dict[str, str], run_id: str) -> dict[str, Any] | None:
+    with Ledger(load_project(root, env).settings.ledger_url) as ledger:
+        return ledger.runs.get(run_id)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and os.environ.get("CI") != "true", reason="no chromium")

@@ -17,6 +17,7 @@ from ..exceptions import SluicegateError
 from ..ledger import run_heartbeat
 from ..ledger.core import LedgerCore
 from ..ledger.runs import HEARTBEAT_SECONDS, RunStore
+from ..masking import scrub
 from ..operations import ledger_of
 from ..options import RunOptions
 from ..specs import Project
@@ -105,7 +106,8 @@ class RunManager:
             summaries = [{"task": "*", "failed": 0, "task_errors": [str(exc)]}]
         except Exception as exc:  # recorded on the run, never silently lost
             log.exception("run %s crashed", run_id)
-            summaries = [{"task": "*", "failed": 0, "task_errors": [f"{type(exc).__name__}: {exc}"]}]
+            text = scrub(f"{type(exc).__name__}: {exc}", s.source_url, s.ledger_url)  # may echo a password
+            summaries = [{"task": "*", "failed": 0, "task_errors": [text]}]
         self._finish(project, run_id, summaries)
         seconds = time.monotonic() - started
         exported = sum(int(s.get("exported") or 0) for s in summaries)
