@@ -678,6 +678,35 @@ def test_a_callables_error_that_carries_its_url_credentials_is_masked(tmp_path: 
     assert "https://etl:***@portal.example/api?token=***" in shown
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "message"),
+    [
+        ("encrypt = true", "encrypt = true", "set SLUICEGATE_FERNET_KEY to the key it was written with"),
+        ("encrypt = true", "", "is encrypted; turn encrypt on again"),  # was: line 1 is not JSON
+        ("", "encrypt = true", "is not encrypted (written before encrypt was on)"),  # was: another key
+    ],
+)
+def test_an_artifact_read_with_another_key_or_encryption_says_what_to_do(
+    tmp_path: Path, first: str, then: str, message: str
+) -> None:
+    """The key rotated, or [extract] encrypt turned off or on, between the extract and the load:
+    the load is parked with a sentence naming the file and what to do, and the old key (or
+    setting) with --incomplete-only takes it again."""
+    old, new = generate_key(), generate_key()
+    root = make_project(tmp_path, extract_extra=first)
+    args = ("--time-max", "2020-1-1-1", "--key", "provider=lime")
+    assert blocks_cli(root, *args, "--stage", "extract", env={"SLUICEGATE_FERNET_KEY": old}).exit_code == 0
+    toml = root / "tasks" / "trips" / "task.toml"
+    toml.write_text(TASK.format(extract_extra=then, create="true"))
+    result = blocks_cli(root, *args, env={"SLUICEGATE_FERNET_KEY": new})
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "--force" in result.output and "Traceback" not in result.output
+    toml.write_text(TASK.format(extract_extra=first, create="true"))
+    again = blocks_cli(root, *args, "--incomplete-only", env={"SLUICEGATE_FERNET_KEY": old})
+    assert again.exit_code == 0, again.output
+    assert {r[3] for r in ledger_rows(root)} == {"done"}
+
+
 def test_a_malformed_artifact_key_exits_2_naming_its_variable(tmp_path: Path) -> None:
     """cryptography 51 takes a key without its '=' padding: the key is checked at start-up,
     before any block is claimed, and the message names the variable it came from."""

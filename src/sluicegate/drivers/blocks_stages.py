@@ -420,7 +420,7 @@ class StageRunner:
         key = self.context.project.settings.fernet_key if extract.encrypt else None
         where = self.context.destination.display(path)
         data = self.context.destination.read(path)
-        lines = decrypt(data, key, where) if key else data
+        lines = decrypt(data, key, where)
         return lambda: parse_records(lines, where)
 
     def _per_block(self, stage: StageSpec, claim: StageClaim) -> None:

@@ -138,18 +138,30 @@ def read_records(
     Raises TerminalError naming ``where`` when the file cannot be decrypted or a line is not
     a JSON object.
     """
-    yield from parse_records(decrypt(data, fernet_key, where) if fernet_key else data, where)
+    yield from parse_records(decrypt(data, fernet_key, where), where)
 
 
-def decrypt(data: bytes, fernet_key: str, where: str) -> bytes:
-    """The JSON lines of an encrypted file; TerminalError naming ``where`` with another key."""
+def decrypt(data: bytes, fernet_key: str | None, where: str) -> bytes:
+    """The JSON lines of a file encrypted with ``fernet_key`` (None: of a plain one); TerminalError
+    naming ``where`` and what to do when it was written with another key, or encryption was turned
+    on or off since (a plain file's first line is a JSON object, never a token)."""
     from cryptography.fernet import Fernet, InvalidToken
 
+    redo = "or write it again (sluicegate blocks TASK ... --force)"
+    if not data.startswith(b"gAAAAA"):
+        if fernet_key and data:
+            raise TerminalError(f"{where} is not encrypted (written before encrypt was on); {redo}")
+        return data
+    if not fernet_key:
+        raise TerminalError(
+            f"{where} is encrypted; turn encrypt on again with the key it was written with, {redo}"
+        )
     try:
         return Fernet(fernet_key).decrypt(data)
     except InvalidToken:
         raise TerminalError(
-            f"{where} could not be decrypted with the Fernet key; it was written with another key"
+            f"{where} could not be decrypted with the Fernet key; set SLUICEGATE_FERNET_KEY to the key "
+            f"it was written with, {redo}"
         ) from None
 
 
