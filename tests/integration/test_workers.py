@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -567,6 +568,20 @@ def test_commits_and_marks_of_the_same_partitions_at_once_never_deadlock(
 
 
 @pytest.mark.mariadb
+def _two_days_on_mariadb(tmp_path: Path, mariadb_url: str) -> tuple[Any, Callable[[], Ledger], list[Any]]:
+    """A MariaDB project's openaq task, a way to open its ledger, and two days of location 1
+    (the later first)."""
+    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
+    project = load(root)
+    task = project.tasks["openaq"]
+    days = [restore_partition(task, [1, day], "UTC") for day in ("2024-01-02", "2024-01-01")]
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    return task, ledger, days
+
+
 @pytest.mark.parametrize("operation", ["renew", "release"])
 def test_renew_and_release_lock_partitions_in_the_order_marks_do(
     tmp_path: Path, mariadb_url: str, operation: str
@@ -575,14 +590,7 @@ def test_renew_and_release_lock_partitions_in_the_order_marks_do(
     in the claim_token index's order (by id), while marks and commits lock them in pkey order:
     a fold marking two claimed partitions and a lease renewal (or the end of a run giving its
     claims back) deadlocked, and InnoDB rolled the fold's transaction back."""
-    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
-    project = load(root)
-    task = project.tasks["openaq"]
-    later, earlier = (restore_partition(task, [1, day], "UTC") for day in ("2024-01-02", "2024-01-01"))
-
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
-
+    task, ledger, (later, earlier) = _two_days_on_mariadb(tmp_path, mariadb_url)
     with ledger() as lg:
         lg.ensure_schema()
         for part in (later, earlier):  # the later day first: id order is not pkey order
@@ -649,14 +657,7 @@ def test_reset_failed_and_requeue_lock_partitions_in_the_order_marks_do(
     rows in the queue index's order (oldest change first), and a requeue updated its rows in
     the order the pipeline lost them, while marks lock them in pkey order: a fold marking the
     same two partitions deadlocked with them, and InnoDB rolled one transaction back."""
-    root = write_project(tmp_path / "proj", source=mariadb_url, destination=str(tmp_path / "out"), fmt="csv")
-    project = load(root)
-    task = project.tasks["openaq"]
-    later, earlier = (restore_partition(task, [1, day], "UTC") for day in ("2024-01-02", "2024-01-01"))
-
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
-
+    task, ledger, (later, earlier) = _two_days_on_mariadb(tmp_path, mariadb_url)
     with ledger() as lg:
         lg.ensure_schema()
         for part in (
