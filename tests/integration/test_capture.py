@@ -511,6 +511,17 @@ def test_reexport_after_the_task_zone_changed_cuts_every_day_in_the_new_zone(
     db.close()
 
 
+def _one_day_exported(tmp_path: Path, backend: str) -> tuple[Path, Db]:
+    """A project in UTC with its triggers installed, whose one reading (location 1, DAY) is exported."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC")
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=1)], value=1.0)
+    assert cli(root, "run").returncode == 0
+    return root, db
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
 def test_a_renamed_time_key_keeps_exporting_the_days_recorded_under_its_old_name(
     backend: str, tmp_path: Path
@@ -518,12 +529,7 @@ def test_a_renamed_time_key_keeps_exporting_the_days_recorded_under_its_old_name
     """`[time] name` changed from day to date: a day recorded before was read by its old name, so
     a later change to it failed every claim with "KeyError: 'date'" (never exported again), and
     `reexport` of a static-zone task raised a traceback. A key added since is refused by name."""
-    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC")
-    db = Db(backend)
-    operations.install(load(root))
-    db.location(1, "UTC")
-    db.insert(1, [DAY + dt.timedelta(hours=1)], value=1.0)
-    assert cli(root, "run").returncode == 0
+    root, db = _one_day_exported(tmp_path, backend)
     toml = root / "tasks" / "openaq" / "task.toml"
     text = toml.read_text().replace('grain = "day"', 'grain = "day"\nname = "date"')
     toml.write_text(text.replace("{day:", "{date:"))
@@ -551,12 +557,7 @@ def test_check_names_the_triggers_a_scan_task_left_behind(tmp_path: Path) -> Non
     """`[capture] mode` changed from trigger to scan: the triggers stayed, recorded every write
     into an inbox that no run reads any more (it grew for good), and `check` said all was well."""
     backend = f"sqlite:///{tmp_path / 'source.db'}"
-    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"), zone="UTC")
-    db = Db(backend)
-    operations.install(load(root))
-    db.location(1, "UTC")
-    db.insert(1, [DAY + dt.timedelta(hours=1)], value=1.0)
-    assert cli(root, "run").returncode == 0
+    root, db = _one_day_exported(tmp_path, backend)
     assert "capture triggers" not in cli(root, "check").stderr
     toml = root / "tasks" / "openaq" / "task.toml"
     toml.write_text(toml.read_text().replace('mode = "trigger"', 'mode = "scan"\ncursor = "ingested_at"'))

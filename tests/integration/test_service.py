@@ -247,18 +247,24 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
         server.stop()
 
 
-def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
-    """POST /tasks/{blocks task}/runs ignored time_min and time_max (it ran only what the ledger
-    already held): they are the range of blocks to run, as for `sluicegate blocks`; a range
-    that cannot run, or times given to a task they do not apply to, is a 422."""
+def _hourly_blocks_project(tmp_path: Path, settings: str = "") -> Path:
+    """A project whose blocks task t extracts one record per hour of key a (its ``settings`` added)."""
     root = tmp_path / "proj"
     (root / "tasks" / "t").mkdir(parents=True)
     (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///blk.db"\n[destination]\nurl = "out"\n')
     (root / "gen.py").write_text("def records(block, config):\n    return [{'id': block.label}]\n")
     (root / "tasks" / "t" / "task.toml").write_text(
         'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["a"]\nstages = ["extract"]\n'
-        '[extract]\ncallable = "gen:records"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+        f'{settings}[extract]\ncallable = "gen:records"\npath = "{{stage}}/{{provider}}/{{label}}.jsonl"\n'
     )
+    return root
+
+
+def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
+    """POST /tasks/{blocks task}/runs ignored time_min and time_max (it ran only what the ledger
+    already held): they are the range of blocks to run, as for `sluicegate blocks`; a range
+    that cannot run, or times given to a task they do not apply to, is a 422."""
+    root = _hourly_blocks_project(tmp_path)
     server = Server(root)
     try:
         body = {"time_min": "2020-03-01T00:00:00Z", "time_max": "2020-03-01T03:00:00Z"}
@@ -285,14 +291,7 @@ def test_a_blocks_run_that_leaves_out_unsettled_blocks_says_so(tmp_path: Path) -
     """With settle, a range's newest blocks are left out of the run: the 202 said only the run's id,
     so a caller could not tell that its request did less than asked (the warning was only in the
     service's log). The answer lists it, as the CLI warns."""
-    root = tmp_path / "proj"
-    (root / "tasks" / "t").mkdir(parents=True)
-    (root / "sluicegate.toml").write_text('[source]\nurl = "sqlite:///blk.db"\n[destination]\nurl = "out"\n')
-    (root / "gen.py").write_text("def records(block, config):\n    return [{'id': block.label}]\n")
-    (root / "tasks" / "t" / "task.toml").write_text(
-        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["a"]\nstages = ["extract"]\n'
-        'settle = "2h"\n[extract]\ncallable = "gen:records"\npath = "{stage}/{provider}/{label}.jsonl"\n'
-    )
+    root = _hourly_blocks_project(tmp_path, 'settle = "2h"\n')
     now = dt.datetime.now(dt.UTC)
     if now.minute == 59 and now.second >= 50:  # the hour must not turn between the two requests
         time.sleep(61 - now.second)
