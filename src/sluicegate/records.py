@@ -117,37 +117,13 @@ class Rows:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LastPerKey:
-    """A block's records with one per key, the last (the one a table upserting them all keeps), in
-    their order; ``numbers``: their places among the records that came; ``duplicates``: how many
-    records a later one of their key replaced, with the first few ``messages``."""
-
-    records: list[Any]
-    numbers: list[int]
-    duplicates: int = 0
-    messages: list[str] = field(default_factory=list)
-
-
-def last_per_key(records: Iterable[Any], columns: Columns | None) -> LastPerKey:
-    """The records, the last per key of ``columns``: what a load by that key leaves in its table,
-    whatever its mode, so a publish of them has the same rows. A record that does not fit the
-    columns is kept as it is (the load rejects it); without a key, every record is kept."""
-    listed = list(records)
-    kept = KeptPerKey.of(listed, columns)
-    numbers = [n for n in range(1, len(listed) + 1) if n in kept.numbers]
-    return LastPerKey(
-        records=[listed[n - 1] for n in numbers],
-        numbers=numbers,
-        duplicates=kept.duplicates,
-        messages=kept.messages,
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
 class KeptPerKey:
-    """The places (1, 2, ...) of the records that are the last of their key, without the records:
-    a second pass over them keeps those (a block's records held at once took the memory of the
-    block many times over). ``duplicates`` and ``messages`` as in :class:`LastPerKey`."""
+    """The places (1, 2, ...) of the records that are the last of their key of ``columns``, without
+    the records: what a load by that key leaves in its table, whatever its mode, so a publish keeps
+    the same records in a second pass over them (a block's records held at once took the memory of
+    the block many times over). A record that does not fit the columns is kept (the load rejects
+    it); without a key, every record is. ``duplicates``: how many records a later one of their key
+    replaced, with the first few ``messages``."""
 
     numbers: set[int]
     duplicates: int = 0
