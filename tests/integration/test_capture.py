@@ -642,7 +642,7 @@ def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_p
         "a change to location_id=99 (" in ran.stderr and "returned no zone for location_id=99" in ran.stderr
     )
     assert "'Mars/Olympus' is not an IANA zone name" in ran.stderr, ran.stderr
-    hint = "run 'sluicegate backfill openaq --time-min 2024-04-30 --time-max 2024-05-03'"
+    hint = f"run 'sluicegate -C {root} backfill openaq --time-min 2024-04-30 --time-max 2024-05-03'"
     assert hint in ran.stderr, ran.stderr
     db.location(99, "UTC")
     db.conn.execute("UPDATE locations SET timezone = 'Europe/Paris' WHERE location_id = 2")

@@ -360,6 +360,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert (
             ignored.returncode == 2
             and "apply to incremental tasks only, and a partitioned task" in ignored.stderr
+            and f"(`sluicegate -C {root} reexport` re-exports" in ignored.stderr  # as typed from here
         )
     for command in ("backfill", "reexport"):  # a range that holds nothing did nothing, exit 0
         backwards = cli(root, command, "openaq", "--time-min", "2024-05-03", "--time-max", "2024-05-01")
@@ -524,7 +525,8 @@ def test_status_and_check_say_when_partitions_were_cut_in_another_zone(tmp_path:
         n = json.loads(cli(root, "status", "--json").stdout)[0]["exported"]
         status = cli(root, "status")
         assert (
-            f"{n} partition(s) cut in another zone than the task's ('sluicegate reexport openaq' re-cuts them)"
+            f"{n} partition(s) cut in another zone than the task's ('sluicegate -C {root} reexport openaq'"
+            " re-cuts them)"
             in status.stdout
         ), status.stdout
         assert json.loads(cli(root, "status", "--json").stdout)[0]["other_zone"] == n

@@ -182,7 +182,7 @@ def test_check_names_a_missing_pg_read_all_stats_that_would_lose_late_commits(
     assert exported == 5  # the late row is in no file: what check must warn about
     proc = cli(root, "check")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "pg_read_all_stats" in proc.stdout + proc.stderr and "sluicegate grants" in proc.stdout + proc.stderr
+    assert "pg_read_all_stats" in proc.stdout + proc.stderr and f"sluicegate -C {root} grants" in proc.stdout + proc.stderr
     _apply(pg_url, f'GRANT pg_read_all_stats TO "{exporter}"')
     proc = cli(root, "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -198,7 +198,7 @@ def test_archive_without_delete_fails_closed(tmp_path: Path, roles: Roles, pg_ur
     assert not (tmp_path / "out").exists() or files(tmp_path / "out") == []
     assert "Traceback" not in proc.stderr
     message = proc.stdout + proc.stderr
-    assert "delete.sql" in message and "DELETE" in message and "sluicegate grants agency" in message
+    assert "delete.sql" in message and "DELETE" in message and f"sluicegate -C {root} grants agency" in message
     assert _rows(pg_url, "SELECT count(*) FROM agency") == [(5,)]
     assert _rows(pg_url, "SELECT count(*) FROM sluicegate.archive_runs") == [(0,)]
     [(error,)] = _rows(pg_url, "SELECT error FROM sluicegate.task_errors WHERE task = 'agency'")
@@ -230,7 +230,7 @@ def test_a_read_only_role_reads_status_and_changes_nothing(tmp_path: Path, roles
         assert proc.returncode != 0, args
         assert "Traceback" not in proc.stderr
         assert "permission denied for table partitions" in proc.stderr
-        assert "sluicegate grants" in proc.stderr
+        assert f"sluicegate -C {root} grants" in proc.stderr
     assert _rows(pg_url, "SELECT task, pkey, version FROM sluicegate.partitions ORDER BY 1, 2") == before
 
 

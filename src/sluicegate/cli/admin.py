@@ -19,7 +19,7 @@ from ..exceptions import UsageError
 from ..keytext import parse_assignments
 from ..masking import mask_url
 from ..options import RunOptions
-from .app import duration, echo_json, handled, load, main, on_project, quoted, timestamp
+from .app import duration, echo_json, handled, load, main, on_project, quoted, timestamp, typed_here
 from .render import ScanBar, render_summaries
 
 
@@ -118,7 +118,9 @@ def install(tasks: tuple[str, ...]) -> None:
             )
     broken = [p for p in project.problems if not tasks or p.name in tasks]
     for problem in broken:
-        click.echo(f"sluicegate: error: task {problem.name} not installed: {problem.message}", err=True)
+        click.echo(
+            typed_here(f"sluicegate: error: task {problem.name} not installed: {problem.message}"), err=True
+        )
     if broken:
         sys.exit(2)
     if not installed:
@@ -136,7 +138,7 @@ def tasks_cmd(as_json: bool) -> None:
     else:
         for t in tasks:
             if "error" in t:
-                click.echo(f"{t['name']}: ERROR {t['error']}")
+                click.echo(typed_here(f"{t['name']}: ERROR {t['error']}"))
             else:
                 keys = f"keys {', '.join(t['keys'])}, " if t["keys"] else ""  # archive, aggregate: none
                 click.echo(f"{t['name']}: {t['kind']}, {t['format']}, {keys}capture {t['capture']}")
@@ -151,11 +153,11 @@ def check() -> None:
     project = load()
     problems = operations.check_project(project)
     for problem in problems:  # check retries nothing: a database that is down is reported as it is
-        click.echo(problem.removesuffix("; will retry"), err=True)
+        click.echo(typed_here(problem.removesuffix("; will retry")), err=True)
     if problems:
         sys.exit(2)
     for warning in onboarding.check_warnings(project):
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(typed_here(f"warning: {warning}"), err=True)
     click.echo("ok: every task checked")
 
 
@@ -167,20 +169,22 @@ def status(task: str | None, as_json: bool) -> None:
     """Per task: partitions pending, claimed, exported, failed, waiting, oldest pending change."""
     project = load()
     if warning := onboarding.no_tasks(project):
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(typed_here(f"warning: {warning}"), err=True)
     rows = operations.status(project, [task] if task else [])
     if as_json:
         echo_json(rows)
     else:
         for r in rows:
             if "error" in r:
-                click.echo(f"{r['task']}: ERROR {r['error']}")
+                click.echo(typed_here(f"{r['task']}: ERROR {r['error']}"))
                 continue
-            click.echo(status_line(r))
+            click.echo(typed_here(status_line(r)))
             if r.get("task_error"):
-                click.echo(f"  last run failed: {r['task_error']}")
+                click.echo(typed_here(f"  last run failed: {r['task_error']}"))
             for f in r.get("failures", []):
-                click.echo(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
+                click.echo(
+                    typed_here(f"  failed {f['partition']} after {f['attempts']} attempt(s): {f['error']}")
+                )
     if any("error" in r for r in rows):  # a broken task folder: exit 2, so monitoring sees it
         sys.exit(2)
 

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import stat
 import sys
@@ -130,13 +131,49 @@ class CliState:
     urls: tuple[str, ...] = ()  # the project's database URLs, whose secrets an error may repeat
 
 
+_HINTED = re.compile(r"(?<=['`\"(])sluicegate (?=[a-z])(?!init\b|demo\b)")  # these name their folder
+
+
+def typed_here(text: str, folder: Path | None = None) -> str:
+    """``text`` with each quoted ``sluicegate COMMAND`` as the user can type it again: with
+    ``-C FOLDER`` when the project is another folder than the current one. A cron job's
+    ``sluicegate -C /srv/exports run`` that says to run 'sluicegate backfill openaq' means
+    'sluicegate -C /srv/exports backfill openaq'; typed as said, it finds no project."""
+    if folder is None:
+        ctx = click.get_current_context(silent=True)
+        state = ctx.find_object(CliState) if ctx else None
+        folder = state.project_dir if state else Path(".")
+    try:
+        if folder.resolve() == Path.cwd().resolve():
+            return text
+    except OSError:
+        return text
+    return _HINTED.sub(f"sluicegate -C {shlex.quote(str(folder))} ", text)
+
+
+class _TypedHere(logging.Filter):
+    """A logging filter that gives a warning's hints the project's ``-C FOLDER`` (:func:`typed_here`)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        typed = typed_here(message, self.folder)
+        if typed != message:
+            record.msg, record.args = typed, None
+        return True
+
+
 def fail(exc: BaseException, verbose: bool, urls: tuple[str, ...] = ()) -> None:
     if verbose:  # the driver's own exception, chained, may repeat a password: masked with the URLs
         import traceback
 
         click.echo(scrub("".join(traceback.format_exception(exc)), *urls), err=True, nl=False)
     # A transient error says "will retry" for the partition it failed; the command ends here.
-    click.echo(f"sluicegate: error: {scrub(str(exc), *urls).removesuffix('; will retry')}", err=True)
+    message = typed_here(scrub(str(exc), *urls).removesuffix("; will retry"))
+    click.echo(f"sluicegate: error: {message}", err=True)
     sys.exit(2 if isinstance(exc, ConfigError | UsageError) else 1)
 
 
@@ -163,6 +200,7 @@ def load() -> Project:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # driver logs may echo a connection string
         handler.addFilter(ScrubFilter(project.settings.source_url, project.settings.ledger_url))
+        handler.addFilter(_TypedHere(state.project_dir))
     log.debug(
         "source %s, ledger %s", mask_url(project.settings.source_url), mask_url(project.settings.ledger_url)
     )

@@ -10,7 +10,7 @@ from .. import operations
 from ..exceptions import printable
 from ..options import RunOptions, TaskSummary
 from ..timeblocks import MAX_BLOCKS
-from .app import handled, load, main
+from .app import handled, load, main, typed_here
 from .run import run_loop
 
 
@@ -96,7 +96,7 @@ def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) ->
                 who = f"{printable(entry['key'])} " if entry["key"] else ""
                 click.echo(f"  {who}{entry['block']} {entry['stage']} ({entry['reason']})")
             for error in s.task_errors:  # why it would not run (exit 2): a bad key query, ...
-                click.echo(f"  task error: {error}", err=True)
+                click.echo(typed_here(f"  task error: {error}"), err=True)
             continue
         counts: dict[str, Counter[str]] = {}
         last = {(e["key"], e["block"], e["stage"]): e for e in s.stages}  # a failure retried since: its end
@@ -108,6 +108,6 @@ def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) ->
         )
         click.echo(f"{s.task}: {per_stage or 'nothing to run'} in {s.seconds:.2f}s")
         for error in s.errors:
-            click.echo(f"  error: {error}", err=True)
+            click.echo(typed_here(f"  error: {error}"), err=True)
         for error in s.task_errors:
-            click.echo(f"  task error: {error}", err=True)
+            click.echo(typed_here(f"  task error: {error}"), err=True)

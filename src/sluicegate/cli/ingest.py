@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import operations
-from .app import echo_json, handled, load, main
+from .app import echo_json, handled, load, main, typed_here
 from .render import ingest_text
 
 
@@ -31,7 +31,7 @@ def ingest(task: str, source: Any, as_json: bool) -> None:
     for entry in summary.malformed:
         what = "skipped" if summary.malformed_setting != "park" else "parked"
         what += " before" if entry.get("parked_before") else ""  # sent again: it is parked once
-        click.echo(f"sluicegate: {what}: {entry['error']}", err=True)
+        click.echo(typed_here(f"sluicegate: {what}: {entry['error']}"), err=True)
     if summary.malformed_count > len(summary.malformed):
         click.echo(f"sluicegate: ... and {summary.malformed_count - len(summary.malformed)} more", err=True)
     sys.exit(1 if summary.malformed_count else 0)

@@ -8,7 +8,7 @@ import click
 
 from ..exceptions import printable
 from ..options import TaskSummary
-from .app import echo_json
+from .app import echo_json, typed_here
 
 
 def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> None:
@@ -35,7 +35,7 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
                 what = note.get("note") or f"error: {note.get('error')}"  # a failure: its reason, not a blank
                 click.echo(f"  {entity_text(note)}{what}")
             for error in s.task_errors:  # why the task has no plan (its exit code is 2 or 1)
-                click.echo(f"  task error: {error}", err=True)
+                click.echo(typed_here(f"  task error: {error}"), err=True)
             continue
         click.echo(
             f"{s.task}: {s.exported} exported, {s.unchanged} unchanged, {s.failed} failed, "
@@ -57,9 +57,9 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
             }.get(ev["state"], f"{ev['state']}, {ev['rows']:,} rows into {ev['table']}")
             click.echo(f"  t={ev['tick']} [{ev['window_start']}, {ev['window_end']}): {what}")
         for error in s.errors:
-            click.echo(f"  error: {error}", err=True)
+            click.echo(typed_here(f"  error: {error}"), err=True)
         for error in s.task_errors:
-            click.echo(f"  task error: {error}", err=True)
+            click.echo(typed_here(f"  task error: {error}"), err=True)
 
 
 def entity_text(entry: dict[str, Any]) -> str:

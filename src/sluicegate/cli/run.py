@@ -21,7 +21,7 @@ from ..masking import mask_url
 from ..operations import check_limit, incremental_task
 from ..options import RunOptions, TaskSummary
 from ..specs import Project
-from .app import duration, echo_json, handled, load, main, process_started, timestamp
+from .app import duration, echo_json, handled, load, main, process_started, timestamp, typed_here
 from .render import ProgressBars, render_run
 
 COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as an integer
@@ -77,7 +77,7 @@ def run(
     """Export every pending, complete partition of TASKS (all by default)."""
     project = load()
     if warning := onboarding.no_tasks(project):  # else it exits 0 without a word (or loops, with --every)
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(typed_here(f"warning: {warning}"), err=True)
     selected = project.select(list(tasks))
     check_limit(selected, limit, named=bool(tasks))
     request = request_from_options(
@@ -210,7 +210,7 @@ def run_loop(
                 break
     broken = [p for p in project.problems if not names or p.name in names]
     for problem in broken:
-        click.echo(f"sluicegate: task {problem.name} skipped: {problem.message}", err=True)
+        click.echo(typed_here(f"sluicegate: task {problem.name} skipped: {problem.message}"), err=True)
     code = 2 if broken or config else 1 if failed else 0
     if received and every is None and not code:  # stopped short: what is left is still pending
         code = 128 + received[0]
