@@ -91,12 +91,23 @@ def secrets_of(url: str) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+# A secret this short also turns up inside words ("a" in "table"): it is masked where it stands
+# alone. A longer one is masked wherever it appears (a driver may glue it to other text).
+_SHORT = 6
+
+
+def _masked(text: str, secret: str) -> str:
+    if len(secret) >= _SHORT:
+        return text.replace(secret, MASK)
+    return re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", MASK, text)
+
+
 def scrub(text: str, *urls: str | None) -> str:
     """``text`` with every secret of ``urls`` and every ``password=...``-style pair masked."""
     for url in urls:
         if url:
             for secret in secrets_of(url):
-                text = text.replace(secret, MASK)
+                text = _masked(text, secret)
     text = _URL.sub(lambda m: mask_url(m.group(0)), text)
     return _PAIR.sub(lambda m: f"{m.group(1)}={MASK}", text)
 

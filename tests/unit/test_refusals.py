@@ -75,6 +75,21 @@ def test_mask_url_keeps_what_is_not_secret() -> None:
     )
 
 
+def test_a_short_password_is_masked_where_it_stands_alone_and_leaves_words_whole() -> None:
+    """A one- or two-letter password replaced everywhere garbled every error that went through the
+    masker ("t***ble" for "table" with the password "a"); it is masked where it stands alone."""
+    from sluicegate.masking import scrub
+
+    url = "postgresql://u:ab@h/db"
+    message = 'relation "tabby" has no column ab_id; password ab rejected for "u:ab@h" (ab)'
+    assert (
+        scrub(message, url)
+        == 'relation "tabby" has no column ab_id; password *** rejected for "u:***@h" (***)'
+    )
+    long = "postgresql://u:s3cretpw@h/db"  # a long one goes wherever it appears, even inside a word
+    assert scrub("xs3cretpwx and s3cretpw", long) == "x***x and ***"
+
+
 def test_a_password_in_the_query_string_never_reaches_the_terminal(tmp_path: Path) -> None:
     root = write_project(
         tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
