@@ -2017,3 +2017,48 @@ def test_a_window_file_placed_by_a_killed_run_goes_when_its_redo_has_no_rows(
     entries = json.loads(cli(root, "changes", "--since", "2000-01-01", "--json", check=True).stdout)
     path = placed.relative_to(tmp_path / "out").as_posix()
     assert [(e["path"], e["action"]) for e in entries] == [(path, "deleted")]
+
+
+def _deleted(root: Path) -> list[tuple[str, str]]:
+    entries = json.loads(cli(root, "changes", "--since", "2000-01-01", "--json", check=True).stdout)
+    return [(e["path"], e["action"]) for e in entries]
+
+
+def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: Path) -> None:
+    """A re-export (--ignore-watermark) of a window whose rows were deleted had no rows and left
+    the window's earlier file in place: rows the source no longer has, published under the
+    window's own name, while a partition re-exported empty has its file deleted."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    assert _run(root, export_type="daily", end=T).exported == 1
+    [placed] = files(tmp_path / "out")
+    rec.conn.execute("DELETE FROM records")
+    rec.add("s1", T + dt.timedelta(hours=1), "later")  # s1 is still found, after the window
+    again = _run(root, **REEXPORT)
+    assert again.failed == 0 and again.entities[0]["rows"] == 0, again.entities
+    assert files(tmp_path / "out") == []
+    assert _deleted(root)[-1] == (placed.relative_to(tmp_path / "out").as_posix(), "deleted")
+    assert _marks(root) == {"s1": T}
+
+
+def test_a_redriven_reexport_whose_rows_were_deleted_deletes_its_file(tmp_path: Path) -> None:
+    """A re-export that failed after placing its file, redriven once its rows were deleted,
+    left that file in place (no rows, nothing deleted) and cleared the owed re-export."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "_manifests").write_text("blocked")
+    assert _run(root, **REEXPORT, destination=str(other)).failed == 1
+    [placed] = files(other)
+    (other / "_manifests").unlink()
+    rec.conn.execute("DELETE FROM records")
+    rec.add("s1", T + dt.timedelta(hours=1), "later")
+    redrive = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert redrive["failed"] == 0 and redrive["entities"][0]["rows"] == 0, redrive
+    assert placed not in files(other)
+    assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None

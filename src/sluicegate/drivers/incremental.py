@@ -41,6 +41,7 @@ from ..watermarks import Window
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
 from .incremental_check import check, cursor_problems, missing_columns
+from .incremental_entities import entity_value
 
 __all__ = ["Driver", "Task", "check", "describe", "load", "status"]
 
@@ -402,7 +403,8 @@ def _unit(
     task: Task, window: Window, pipeline: Pipeline, ctx: Context, cols: Sequence[Column],
     found: Callable[[], Mapping[str, Any]],
 ) -> WorkUnit | None:  # fmt: skip
-    """The work unit of a window (its path checked, else it fails); a redo without rows deletes its file."""
+    """The work unit of a window (its path checked, else it fails). A redo, or a re-export whose path
+    names its window exactly, without rows deletes the file at its path (this window's, no other's)."""
     unit, ledger, destination = _fileless_unit(task, window), ctx.ledger, pipeline.destination
     try:
         value = entity_value(task, window.value, cols, found)
@@ -416,7 +418,8 @@ def _unit(
         if not ledger.watermarks.holds(window.claim):  # lost before: another run's now (see holds)
             pipeline.summary.lost += 1
             return None
-    refuse, redo = None, window.claim is not None and window.claim.pending_start is not None
+    refuse, exclusive = None, overwrites.exclusive(task, window, path, destination)
+    redo = window.claim.pending_start is not None if window.claim else exclusive is None
     if window.claim is not None and window.claim.path == path:  # the last file is an earlier window's
         refuse = (
             f"window [{window.start.isoformat()}, {window.end.isoformat()}) would overwrite {path}, "
@@ -426,48 +429,9 @@ def _unit(
     return dataclasses.replace(
         unit, slice=dataclasses.replace(unit.slice, keys=(value,)), path=path, refuse_file=refuse,
         keys={task.entity: value}, version=f"{window.start.isoformat()}/{window.end.isoformat()}",
-        exclusive=overwrites.exclusive(task, window, path, destination),
+        exclusive=exclusive,
         previous=Previous(path=None, checksum=None) if redo and not refuse else None,
     )  # fmt: skip
-
-
-def entity_value(
-    task: Task, value: Any, columns: Sequence[Column], found: Callable[[], Mapping[str, Any]] = dict
-) -> Any:
-    """An entity named in text (task.toml, ``--entity``, a request, the ledger) as the entity
-    column holds it: an integer column's entity must be written as the integer is ("7", not
-    "007" or "+7", which would select entity 7's rows); a text column compares as text; any other
-    (float, decimal, date, uuid) takes the source's value whose text it is (``found``: each
-    entity's text to its value), else "1.5" matched no REAL 1.5 (no rows, the watermark moved)."""
-    column = next((c for c in columns if c.name == task.entity), None)
-    number = isinstance(value, int) and not isinstance(value, bool)
-    if column is not None and column.kind == "text" and number:
-        return str(value)  # entities = [7] in task.toml, for a text column
-    if not isinstance(value, str) or column is None or (column.kind == "text" and not column.as_text):
-        return value
-    if column.kind == "int":
-        return _integer(task, value)
-    held = found()
-    if value in held or column.as_text:  # a type read as text (name, citext) compares with text
-        return held.get(value, value)
-    raise BadPartitionValue(
-        f"entity {value!r} matches no value of column {task.entity!r} (its values are {column.kind}, not "
-        f"text); name it as the source writes it, such as {next(iter(held), '1.5')!r}, or wait for its rows"
-    )
-
-
-def _integer(task: Task, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or str(number) != value:
-        raise BadPartitionValue(
-            f"entity {value!r} is not an integer as written in column {task.entity!r} "
-            "(its values are integers); name it as the column holds it, such as "
-            f"{str(number) if number is not None else '42'!r}"
-        )
-    return number
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
