@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import db, paths
 from .destinations import local_folder
-from .exceptions import ConfigError, SluicegateError, UsageError
+from .exceptions import ConfigError, UsageError
 from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
@@ -192,22 +192,6 @@ def not_recorded(task: str, entity: str) -> str:
     )
 
 
-def sqlite_dates(task: TaskSpec, source: Any) -> bool:
-    """SQLite: whether the first row's cursor is a date alone (YYYY-MM-DD text, such as
-    date('now')), which compares as its UTC midnight, as a date column does elsewhere."""
-    if source.dialect is not db.SQLITE:
-        return False
-    cursor = f"q.{db.SQLITE.quote(task.cursor)}"
-    query = (
-        f"SELECT typeof({cursor}) = 'text' AND length({cursor}) = 10"
-        f" FROM ({task.select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL LIMIT 1"
-    )
-    try:
-        return bool((source.execute(query) or [(0,)])[0][0])
-    except SluicegateError:  # a select this wrapping does not suit: as unreadable_cursors
-        return False
-
-
 def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     """Every entity present in the source, with one query."""
     column = f"q.{source.dialect.quote(task.entity)}"
@@ -215,6 +199,16 @@ def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     query = f"SELECT DISTINCT {listed} FROM ({task.select_sql}) AS q WHERE {column} IS NOT NULL"
     rows = source.execute(query)
     return sorted((r[0] for r in rows), key=str)
+
+
+def _gone_pending(task: TaskSpec, wm: WatermarkStore, found: Collection[str]) -> dict[str, Any]:
+    """Entities with a pending window that the source no longer has (every row deleted): a failed or
+    killed try may have placed the window's file, which their redo (no rows) deletes; left unfound,
+    never redone, that file of rows the source no longer has stayed published for good."""
+    rows = wm.entities(task.name)
+    return {
+        r["entity"]: r["entity"] for r in rows if r["pending_end"] is not None and r["entity"] not in found
+    }
 
 
 def _unkeyable(task: TaskSpec, values: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -255,6 +249,8 @@ def plan_windows(
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
+    if not (request.entities or task.entities) and request.touches_watermarks:
+        values |= _gone_pending(task, wm, values)
     refused = _unkeyable(task, values)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     if not values and not refused:  # select.sql returned no row (a table that is empty yet)

@@ -1991,12 +1991,14 @@ def test_check_takes_every_spelling_of_utc_for_utc(pg_url: str, tmp_path: Path, 
 
 
 @pytest.mark.parametrize("fault", ["after_publish", "after_manifest"])
+@pytest.mark.parametrize("found", [True, False], ids=["found", "gone"])
 def test_a_window_file_placed_by_a_killed_run_goes_when_its_redo_has_no_rows(
-    tmp_path: Path, fault: str
+    tmp_path: Path, fault: str, found: bool
 ) -> None:
     """A run killed after placing a window's file leaves it unrecorded (and unlisted before the
     manifest); the rows are deleted: the redo of that window (no rows) deleted nothing, so the
-    file stayed in place for good, never listed or listed as published."""
+    file stayed in place for good, never listed or listed as published. With every row of the
+    entity gone (the table empty), the entity was not found, and its window was never redone."""
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url, lease="1s")
     rec = Records(url)
@@ -2010,7 +2012,8 @@ def test_a_window_file_placed_by_a_killed_run_goes_when_its_redo_has_no_rows(
     proc.wait()
     [placed] = files(tmp_path / "out")
     rec.conn.execute("DELETE FROM records")
-    rec.add("s1", T + dt.timedelta(hours=1), "later")  # s1 is still found, after the window
+    if found:
+        rec.add("s1", T + dt.timedelta(hours=1), "later")  # s1 is still found, after the window
     time.sleep(1.1)  # the killed run's lease expires
     cli(root, "request", str(req), check=True)
     assert files(tmp_path / "out") == [], placed  # no rows, no file
@@ -2022,6 +2025,32 @@ def test_a_window_file_placed_by_a_killed_run_goes_when_its_redo_has_no_rows(
 def _deleted(root: Path) -> list[tuple[str, str]]:
     entries = json.loads(cli(root, "changes", "--since", "2000-01-01", "--json", check=True).stdout)
     return [(e["path"], e["action"]) for e in entries]
+
+
+@pytest.mark.parametrize("others", [True, False], ids=["entity-gone", "table-empty"])
+def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
+    tmp_path: Path, others: bool
+) -> None:
+    """A window that failed after its file was placed stays pending; when every row of its
+    entity was deleted since, the entity was no longer found, so its window was never redone:
+    the file of rows the source no longer has stayed published for good, unrecorded, unlisted."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    blocker = _feed_blocked(tmp_path)
+    assert _run(root, export_type="daily", end=T).failed == 1
+    [placed] = files(tmp_path / "out")
+    blocker.unlink()
+    rec.conn.execute("DELETE FROM records")
+    if others:
+        rec.add("s2", T + dt.timedelta(hours=1), "s2-a")
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 0, again.entities
+    assert placed not in files(tmp_path / "out")
+    assert (placed.relative_to(tmp_path / "out").as_posix(), "deleted") in _deleted(root)
+    row = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}["s1"]
+    assert row["pending_end"] is None and row["failed_end"] is None and row["watermark"] >= T
 
 
 def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: Path) -> None:

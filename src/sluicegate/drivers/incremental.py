@@ -40,7 +40,7 @@ from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
 from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
-from .incremental_check import check, cursor_problems, missing_columns
+from .incremental_check import check, cursor_problems, missing_columns, sqlite_dates
 from .incremental_entities import entity_value
 
 __all__ = ["Driver", "Task", "check", "describe", "load", "status"]
@@ -235,7 +235,7 @@ class Driver:
         ):
             raise ConfigError("; ".join(problems))
         dated = any(c.name == task.cursor and c.kind == "date" for c in described)
-        return dated or watermarks.sqlite_dates(task, self.context.source)
+        return dated or sqlite_dates(task, self.context.source)
 
     def _windows(
         self, task: Task, options: RunOptions, *, claim: bool, summary: TaskSummary, budget: Budget | None

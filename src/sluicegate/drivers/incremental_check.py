@@ -168,3 +168,19 @@ def sqlite_cursor_forms(task: Task, source: Source) -> list[str]:
             f" exported; return one form in select.sql (date({task.cursor}) for dates, or times)"
         )
     return problems
+
+
+def sqlite_dates(task: Task, source: Source) -> bool:
+    """SQLite: whether the first row's cursor is a date alone (YYYY-MM-DD text, such as
+    date('now')), which compares as its UTC midnight, as a date column does elsewhere."""
+    if source.dialect is not db.SQLITE:
+        return False
+    cursor = f"q.{db.SQLITE.quote(task.cursor)}"
+    query = (
+        f"SELECT typeof({cursor}) = 'text' AND length({cursor}) = 10"
+        f" FROM ({task.select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL LIMIT 1"
+    )
+    try:
+        return bool((source.execute(query) or [(0,)])[0][0])
+    except SluicegateError:  # a select this wrapping does not suit: as unreadable_cursors
+        return False
