@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 MANIFESTS = "_manifests"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^(?P<run>[0-9a-f]{32})-(?P<seq>\d+)\.jsonl$")
+_POSITION = re.compile(r"^(?P<run>[0-9a-f]{32})-(?P<seq>\d+)$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,9 +209,16 @@ def _lines(outcome: Outcome, stamp: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def parse_since(text: str) -> dt.datetime | str:
-    """``--since``: an ISO 8601 time (UTC when it has no offset) or a run id (32 hex digits)."""
+Since = dt.datetime | str | tuple[str, int]  # a time, a run id, or a manifest's (run, seq)
+
+
+def parse_since(text: str) -> Since:
+    """``--since``: an ISO 8601 time (UTC when it has no offset), a run id (32 hex digits), or
+    the position of a manifest, ``<run-id>-<seq>`` (its name; an entry's ``run`` and ``seq``)."""
     value = text.strip()
+    position = _POSITION.match(value.lower())
+    if position:
+        return position["run"], int(position["seq"])
     run = value.lower().replace("-", "")
     if _RUN_ID.match(run):
         return run
@@ -219,7 +227,8 @@ def parse_since(text: str) -> dt.datetime | str:
     except ValueError:
         raise UsageError(
             f"--since {text!r} is neither a time (such as 2024-05-01T00:00:00Z) nor a run id "
-            "(the 32 hex digits of a manifest name, _manifests/YYYY/MM/DD/<run-id>-<seq>.jsonl)"
+            "(the 32 hex digits of a manifest name, _manifests/YYYY/MM/DD/<run-id>-<seq>.jsonl) "
+            "nor a manifest's <run-id>-<seq>"
         ) from None
     try:
         return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
@@ -229,33 +238,19 @@ def parse_since(text: str) -> dt.datetime | str:
         ) from None
 
 
-def read_changes(
-    destination: Destination, *, since: dt.datetime | str, task: str | None = None
-) -> list[Change]:
+def read_changes(destination: Destination, *, since: Since, task: str | None = None) -> list[Change]:
     """The latest entry per file among the manifests after ``since``, oldest first.
 
-    ``since`` is a time (entries written after it) or a run id (entries of other runs written
-    after that run's last manifest). Manifests are ordered by the time in them, which is the
-    clock of the worker that wrote them: ask with an overlap (a few minutes before the last
-    time you saw) and skip what you have, by ``(path, sha256, version)``.
+    ``since`` is a time (entries written after it), a run id (entries of other runs written
+    after that run's last manifest) or a manifest's ``(run, seq)``: the entries of every
+    manifest after that one, in the order of (``time``, ``run``, ``seq``), so a consumer that
+    remembers the ``run`` and ``seq`` of the last entry it saw gets each later entry once,
+    whichever runs, lanes or workers wrote them. ``time`` is the clock of the worker that wrote
+    the manifest: one that appears after a later-stamped one was read (processes writing at
+    once, clocks apart) is missed by a position; then ask with a time and an overlap (a few
+    minutes before the last time you saw) and skip what you have, by ``(path, sha256, version)``.
     """
-    if isinstance(since, str):
-        names = [n for n in destination.list_files(f"{MANIFESTS}/") if _run_of(n) == since]
-        if not names:
-            raise UsageError(
-                f"--since {since}: no manifest of that run under {destination.display(MANIFESTS)}; "
-                "give a run id from 'sluicegate changes --json' or a time"
-            )
-        times = [dt.datetime.fromisoformat(c.time) for n in names for c in _read(destination, n)]
-        if not times:  # its manifests were emptied by hand: max() of nothing was a traceback
-            raise UsageError(
-                f"--since {since}: the manifests of that run under {destination.display(MANIFESTS)} hold"
-                " no entries; give a time instead"
-            )
-        point = max(times)
-        exclude: str | None = since
-    else:
-        point, exclude = since.astimezone(dt.UTC), None
+    point, after = _start(destination, since)
     # Zero-padded by hand: strftime writes year 999 as "999", which sorts after "2026". The day's
     # folder with its "/": SeaweedFS skips the whole folder a StartAfter names without it.
     start = f"{MANIFESTS}/{point.year:04d}/{point.month:02d}/{point.day:02d}/"
@@ -263,9 +258,9 @@ def read_changes(
     found = [
         c
         for name in destination.list_files(f"{MANIFESTS}/", start_after=start)
-        if _run_of(name) is not None and _run_of(name) != exclude
+        if _run_of(name) is not None
         for c in _read(destination, name)
-        if dt.datetime.fromisoformat(c.time) > point and (task is None or c.task == task)
+        if after(c) and (task is None or c.task == task)
     ]
     for change in sorted(found, key=lambda c: (c.time, c.run, c.seq)):
         latest.pop(change.path, None)  # re-inserted: the dict keeps the order of the latest entries
@@ -273,9 +268,41 @@ def read_changes(
     return list(latest.values())
 
 
+def _start(destination: Destination, since: Since) -> tuple[dt.datetime, Callable[[Change], bool]]:
+    """The time ``since`` starts at, and whether an entry comes after it."""
+    if isinstance(since, dt.datetime):
+        point = since.astimezone(dt.UTC)
+        return point, lambda c: dt.datetime.fromisoformat(c.time) > point
+    run, seq = (since, None) if isinstance(since, str) else since
+    shown = run if seq is None else f"{run}-{seq}"
+    names = [n for n in destination.list_files(f"{MANIFESTS}/") if _of(n, run, seq)]
+    what = "that run" if seq is None else "that name"
+    if not names:
+        raise UsageError(
+            f"--since {shown}: no manifest of {what} under {destination.display(MANIFESTS)}; "
+            "give a run id, or the run and seq of an entry, from 'sluicegate changes --json', or a time"
+        )
+    times = [dt.datetime.fromisoformat(c.time) for n in names for c in _read(destination, n)]
+    if not times:  # its manifests were emptied by hand: max() of nothing was a traceback
+        raise UsageError(
+            f"--since {shown}: the manifests of {what} under {destination.display(MANIFESTS)} hold"
+            " no entries; give a time instead"
+        )
+    point = max(times)
+    if seq is None:
+        return point, lambda c: c.run != run and dt.datetime.fromisoformat(c.time) > point
+    return point, lambda c: (dt.datetime.fromisoformat(c.time), c.run, c.seq) > (point, run, seq)
+
+
 def _run_of(name: str) -> str | None:
     match = _NAME.match(name.rsplit("/", 1)[-1])
     return match["run"] if match else None
+
+
+def _of(name: str, run: str, seq: int | None) -> bool:
+    """Whether ``name`` is a manifest of ``run`` (numbered ``seq``, when given)."""
+    match = _NAME.match(name.rsplit("/", 1)[-1])
+    return match is not None and match["run"] == run and (seq is None or int(match["seq"]) == seq)
 
 
 def _read(destination: Destination, name: str) -> list[Change]:

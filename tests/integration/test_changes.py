@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from sluicegate import operations
-from sluicegate.changes import Change
+from sluicegate.changes import Change, ChangeFeed, FeedRun
+from sluicegate.destinations import open_destination
 from support import SLUICEGATE, Db, cli, files, hours, load, write_project
 
 UTC = dt.UTC
@@ -124,6 +125,32 @@ def test_changes_since_a_time_or_a_run_lists_exactly_what_changed(tmp_path: Path
     assert _changes(root, "--since", "0999-01-01T00:00:00Z") == entries
     text = cli(root, "changes", "--since", run_id, check=True).stdout
     assert "deleted" in text and "location-2-20240102.csv" in text
+
+
+def test_a_consumer_that_remembers_its_last_entry_gets_exactly_the_later_entries(tmp_path: Path) -> None:
+    """Two runs of the task overlap (two processes) and one run's lanes interleave (a helper's
+    manifests numbered in a region of their own): a consumer that remembers the position of the
+    last entry it saw (``<run>-<seq>``) gets every later entry once. With only a run id, the
+    other run's manifests written before that run's last one, and the rest of that run, were
+    skipped."""
+    root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=1, days=1)
+    cli(root, "run", check=True)
+    destination = open_destination(load(root).settings.destination)
+    first, second = FeedRun(), FeedRun()
+    feeds = [ChangeFeed(destination, task="openaq", run=run) for run in (first, *first.split(2), second)]
+    got = _changes(root, "--since", "2000-01-01")
+    written: list[str] = []
+    for round_ in range(4):
+        for n, feed in enumerate([*feeds, feeds[0], feeds[2]]):  # the runs and the lanes interleave
+            written.append(f"gone/{round_}-{n}.csv")
+            feed.deleted(written[-1], keys={"n": n})
+            time.sleep(0.002)
+        last = got[-1]
+        got += _changes(root, "--since", f"{last['run']}-{last['seq']}")
+    assert [e["path"] for e in got[len(got) - len(written) :]] == written
+    assert len(got) == len(written) + 1  # the first run's file, then each written entry once
+    refused = cli(root, "changes", "--since", f"{first.run}-999")
+    assert refused.returncode == 2 and "no manifest" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(

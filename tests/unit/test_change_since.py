@@ -17,6 +17,8 @@ def test_since_is_a_time_with_utc_by_default_or_a_run_id() -> None:
     run = "5f0c3e9a1b2c4d5e8f90a1b2c3d4e5f6"
     assert parse_since(run) == run
     assert parse_since("5F0C3E9A-1B2C-4D5E-8F90-A1B2C3D4E5F6") == run  # a UUID as printed elsewhere
+    assert parse_since(f"{run}-000012") == (run, 12)  # a manifest's position: its run and seq
+    assert parse_since(f"{run}-4294967297") == (run, 2**32 + 1)  # a helper's lane
 
 
 @pytest.mark.parametrize("text", ["yesterday", "", "5f0c3e9a", "2024-13-01"])

@@ -1,4 +1,4 @@
-"""``changes``: what the change feed says changed since a time or a run."""
+"""``changes``: what the change feed says changed since a time, a run or a manifest."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from .app import echo_json, handled, load, main
 @click.option(
     "--since",
     required=True,
-    metavar="TIME|RUN_ID",
-    help="Changes written after this ISO 8601 time (UTC without an offset), or after the last "
-    "manifest of this run (the 32 hex digits of its manifests' names).",
+    metavar="TIME|RUN_ID|RUN_ID-SEQ",
+    help="Changes written after this ISO 8601 time (UTC without an offset), after the last "
+    "manifest of this run (the 32 hex digits of its manifests' names), or after this manifest "
+    "(the run and seq of the last entry you saw: each later entry once).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @handled
