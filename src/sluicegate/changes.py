@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigError, TerminalError, UsageError
+from .exceptions import ConfigError, PermissionDenied, TerminalError, UsageError
 
 if TYPE_CHECKING:
     from .destinations import Destination
@@ -306,15 +306,33 @@ def _of(name: str, run: str, seq: int | None) -> bool:
 
 
 def _read(destination: Destination, name: str) -> list[Change]:
-    """A manifest's entries; one that is not UTF-8 JSON lines with an aware ISO ``time`` is refused."""
+    """A manifest's entries; one that is not UTF-8 JSON lines with an aware ISO ``time``, each
+    ending in a newline, is refused, and so is one deleted since it was listed."""
     try:
-        text = destination.read(name).decode()
+        data = destination.read(name)
+    except PermissionDenied:
+        raise
+    except TerminalError:  # "does not exist; run the stage that writes it" spoke of blocks
+        if destination.exists(name):
+            raise
+        raise TerminalError(
+            f"{destination.display(name)} was deleted while 'sluicegate changes' was reading the feed"
+            " (by hand, or by an expiry rule on _manifests/); run the command again"
+        ) from None
+    try:
+        text = data.decode()
+        if text and not text.endswith("\n"):  # every line is written with its newline
+            raise ValueError("its last line has no end")
         changes = [Change.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
         for change in changes:
             if dt.datetime.fromisoformat(change.time).utcoffset() is None:
                 raise ValueError(f"time {change.time!r} has no UTC offset")
     except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
-        raise TerminalError(f"{destination.display(name)} is not a sluicegate manifest: {exc}") from None
+        raise TerminalError(
+            f"{destination.display(name)} is damaged (cut short or edited since it was written:"
+            f" {exc}); restore it from a copy, or move it out of _manifests/ and 'sluicegate"
+            " reexport' the files it named"
+        ) from None
     return changes
 
 

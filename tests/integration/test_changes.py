@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from sluicegate import operations
 from sluicegate.changes import Change, ChangeFeed, FeedRun
+from sluicegate.cli import main
 from sluicegate.destinations import open_destination
+from sluicegate.destinations.local import LocalDestination
 from support import SLUICEGATE, Db, cli, files, hours, load, write_project
 
 UTC = dt.UTC
@@ -151,6 +154,39 @@ def test_a_consumer_that_remembers_its_last_entry_gets_exactly_the_later_entries
     assert len(got) == len(written) + 1  # the first run's file, then each written entry once
     refused = cli(root, "changes", "--since", f"{first.run}-999")
     assert refused.returncode == 2 and "no manifest" in refused.stderr, refused.stderr
+
+
+def test_a_manifest_cut_short_or_deleted_while_changes_reads_is_named_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest cut short said it was "not a sluicegate manifest"; one deleted between the
+    listing and its read (an expiry rule on _manifests/) said "does not exist; run the stage
+    that writes it", a stage of a blocks task. Each now names the file and what to do, exit 1."""
+    root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 's.db'}", locations=2, days=1)
+    cli(root, "run", check=True)
+    (manifest,) = (tmp_path / "out" / "_manifests").rglob("*.jsonl")
+    body = manifest.read_bytes()
+    for cut in (body[:-1], body[: len(body) // 2 + 7]):  # its last line whole but for its end; mid-line
+        manifest.write_bytes(cut)
+        proc = cli(root, "changes", "--since", "2000-01-01")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"sluicegate: error: {manifest} is damaged (cut short"), proc.stderr
+        assert "restore it" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    manifest.write_bytes(body)
+    listed = LocalDestination.list_files
+
+    def listed_then_deleted(self: LocalDestination, prefix: str, start_after: str = "") -> list[str]:
+        names = listed(self, prefix, start_after)
+        manifest.unlink(missing_ok=True)
+        return names
+
+    monkeypatch.setattr(LocalDestination, "list_files", listed_then_deleted)
+    result = CliRunner().invoke(main, ["-C", str(root), "changes", "--since", "2000-01-01"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr.startswith(f"sluicegate: error: {manifest} was deleted while"), result.stderr
+    assert "run the stage" not in result.stderr and len(result.stderr.splitlines()) == 1
+    monkeypatch.undo()
+    assert _changes(root, "--since", "2000-01-01") == []  # asked again: the deleted one is not listed
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,7 @@ def test_changes_names_a_manifest_it_cannot_read(tmp_path: Path, content: bytes,
     folder.mkdir(parents=True)
     (folder / f"{'a' * 32}-000001.jsonl").write_bytes(content)
     err = _one_line_error(cli(root, "changes", "--since", "2000-01-01"), code=1)
-    assert f"{'a' * 32}-000001.jsonl is not a sluicegate manifest" in err and says in err, err
+    assert f"{'a' * 32}-000001.jsonl is damaged (cut short or edited" in err and says in err, err
 
 
 def test_changes_since_a_run_whose_manifests_hold_nothing_says_so(tmp_path: Path) -> None:
