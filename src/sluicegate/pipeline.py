@@ -421,14 +421,13 @@ class Pipeline:
             return
         for outcome, done in zip(outcomes, committed, strict=True):
             if outcome.staged is not None and outcome.staged.refused:  # a file appeared at its path
+                done = TerminalError(outcome.unit.exclusive or "a file is in the way")
+            if isinstance(done, SluicegateError) or not done:  # its file was never put in place
                 self._drop([outcome])
-                self._fail(outcome.unit, TerminalError(outcome.unit.exclusive or "a file is in the way"))
-                continue
-            if not done:
-                # Our lease expired and another worker claimed the unit: it commits, and its
-                # file is the one in place (ours was never placed).
-                self._drop([outcome])
-                self.summary.lost += 1
+                if isinstance(done, SluicegateError):  # refused (another unit's file is there): it fails
+                    self._fail(outcome.unit, done)
+                else:  # our lease expired and another worker claimed the unit: it commits its file
+                    self.summary.lost += 1
                 continue
             self.summary.note_success(outcome.unit.key)
             if outcome.published:

@@ -86,8 +86,9 @@ Place = Callable[[Sequence[Outcome]], None]
 class Recorder(Protocol):
     """Where a driver records outcomes: partition versions, watermarks, archive runs ..."""
 
-    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
-        """Record durable files in one transaction; False per outcome whose claim was lost.
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> Sequence[bool | SluicegateError]:
+        """Record durable files in one transaction; False per outcome whose claim was lost, or
+        the error of one the recorder refused (its file was not put in place: it fails).
 
         ``place(outcomes)`` puts the files of the outcomes that will be recorded in place
         (durably); call it before recording them, inside the transaction that fences them

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -929,3 +930,109 @@ def test_a_second_signal_stops_a_run_at_once(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=30)  # the fault's pause never ended: only the signal did
     assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err
     assert files(tmp_path / "out") == []
+
+
+@EVERY_LEDGER
+def test_two_processes_never_write_partitions_whose_keys_differ_only_in_type_to_one_file(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """SQLite's untyped column holds 1 and '1': two partitions that render 1/20241102.csv. The
+    check against the ledger's files was made before the file was put in place, so a worker
+    paused there (or just slower) passed it while another exported the other partition; its
+    file then replaced that one, and both were recorded exported: row a or b was in no file.
+    The check is now made in the commit, under a lock of the path: the later one is parked."""
+    ledger = None if dialect == "sqlite" else _url(request, tmp_path, dialect)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), capture="explicit", ledger=ledger
+    )
+    task = root / "tasks" / "typed"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        'keys = ["k"]\npath = "{k}/{day:%Y%m%d}.csv"\nformat = "csv"\nbatch_size = 1\n'
+        '[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "scan"\ntable = "m"\nkeys = { k = "k" }\ntime = "t"\ncursor = "t"\n'
+    )
+    (task / "select.sql").write_text("SELECT k, t, v FROM m")
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as conn, conn:
+        conn.execute("CREATE TABLE m (k, t TEXT, v)")
+        conn.executemany(
+            "INSERT INTO m VALUES (?, ?, ?)",
+            [(1, "2024-11-02T10:00:00Z", "a"), ("1", "2024-11-02T11:00:00Z", "b")],
+        )
+    paused = _spawn(
+        root, "run", "typed", "--limit", "1", "--json", env={"SLUICEGATE_TESTING__FAULT": "before_place"}
+    )
+    marker = root / ".fault-before_place"
+    _wait_for(marker, paused)  # its file is prepared, not yet in place nor recorded
+    other = _spawn(root, "run", "typed", "--json")
+    out, err = other.communicate(timeout=120)
+    assert json.loads(out)[0]["exported"] == 1, out + err
+    marker.unlink()
+    out, err = paused.communicate(timeout=120)
+    late = json.loads(out)[0]
+    assert (late["exported"], late["failed"]) == (0, 1), out + err
+    [status] = operations.status(load(root), ["typed"])
+    assert (status["exported"], status["failed"]) == (1, 1), status
+    [failure] = status["failures"]
+    kept = "a" if failure["partition"] == '["1","2024-11-02"]' else "b"
+    [written] = files(tmp_path / "out")
+    assert [row["v"] for row in read_csv(written)] == [kept]  # the exported partition's file is intact
+    error = failure["error"]
+    assert '[1,"2024-11-02"]' in error and '["1","2024-11-02"]' in error and "'1/20241102.csv'" in error
+    assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error
+
+
+@EVERY_LEDGER
+def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """Two workers commit two partitions that render one file, at once: the second waits for the
+    first's lock of the file (its rows are not locked: another partition), then sees its path
+    recorded and may refuse it. Without the lock both passed the check, and both files were placed."""
+    url = _url(request, tmp_path, dialect)
+    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
+    task = project.tasks["openaq"]
+    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2)]
+    entered, release = threading.Event(), threading.Event()
+    seen: list[list[tuple[str, str, str | None]]] = []
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
+        entered.set()  # the file is being put in place, its lock held
+        assert release.wait(30)
+        return held
+
+    def vet(held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]) -> Sequence[ExportResult]:
+        seen.append(taken)
+        return held if not taken else []
+
+    with ledger() as first, ledger() as second:
+        first.ensure_schema()
+        first.partitions.mark(parts, task)
+        one, two = sorted(
+            first.partitions.claim(task, limit=2, lease=600), key=lambda c: c.keys["location_id"]
+        )
+        [mine, theirs] = [
+            ExportResult(claim=c, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
+            for c in (one, two)
+        ]
+        done: dict[str, list[bool]] = {}
+        early = threading.Thread(
+            target=lambda: done.update(early=first.partitions.commit([mine], place, vet))
+        )
+        early.start()
+        assert entered.wait(30)
+        late = threading.Thread(
+            target=lambda: done.update(late=second.partitions.commit([theirs], None, vet))
+        )
+        late.start()
+        time.sleep(0.5)
+        assert len(seen) == 1, seen  # the late commit waits for the file's lock
+        release.set()
+        early.join(30)
+        late.join(30)
+    assert done == {"early": [True], "late": [False]}
+    assert seen == [[], [("same.csv", one.pkey, "UTC")]]

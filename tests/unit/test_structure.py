@@ -61,6 +61,8 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "upgrade_inbox": "mariadb",
     "upgrade_padding": "mariadb",
     "path_index_missing": "mariadb",
+    "lock_paths": ("postgresql", "mariadb"),  # SQLite: BEGIN IMMEDIATE serializes commits
+    "unlock_paths": "mariadb",  # PostgreSQL's advisory locks end with the transaction
     "upgrade_path_index": "mariadb",
 }
 

@@ -36,7 +36,7 @@ from ..work import Deadline, Outcome, Place, Previous, WorkUnit
 from . import Context, Progress
 from .helpers import Helpers, orders_for
 from .partitioned_config import capture_spec, time_spec
-from .partitioned_paths import not_taken, shared_file
+from .partitioned_paths import SharedFiles, not_taken, shared_file
 
 HELPER_BATCHES = 4  # batches per helper still pending before --workers starts helper processes
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -121,13 +121,13 @@ def read_spec(task: Task) -> ReadSpec:
 class Recorder:
     """Fenced commits of partition versions; failures retried with backoff or parked."""
 
-    def __init__(self, ledger: Ledger, settings: Settings, destination: Destination) -> None:
-        self.store = ledger.partitions
+    def __init__(self, ledger: Ledger, settings: Settings, destination: Destination, task: Task) -> None:
+        self.store, self.task = ledger.partitions, task
         self.settings = settings
         self.destination = destination
 
-    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
-        """Put in place, then record, the files of the partitions still claimed, in one transaction."""
+    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool | SluicegateError]:
+        """Put in place, then record, the files of the partitions still claimed (SharedFiles vets them)."""
         by_id = {o.unit.handle.id: o for o in outcomes}
 
         def place_held(held: Sequence[ExportResult]) -> list[ExportResult]:
@@ -138,11 +138,11 @@ class Recorder:
                 for r, o in zip(held, placed, strict=True)
             ]
 
-        done = self.store.commit([_result(o) for o in outcomes], place_held)
+        done = self.store.commit([_result(o) for o in outcomes], place_held, vet := SharedFiles(self.task))
         # A lost claim's upload that landed anyway: the next export deletes (and lists) it.
         lost = zip(outcomes, done, strict=True)
         self.store.requeue([o.unit.handle for o, ok in lost if not ok and o.left_behind(self.destination)])
-        return done
+        return vet.verdicts([o.unit.handle.id for o in outcomes], done)
 
     def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         """Back off (transient) or park (terminal, or out of attempts)."""
@@ -298,8 +298,8 @@ class Loop:
         pipeline = Pipeline(
             read=lambda units: ctx.source.read(spec, [u.slice for u in units], columns, mode),
             format=task.format, columns=columns, mode=mode, destination=ctx.destination,
-            recorder=Recorder(ctx.ledger, settings, ctx.destination), summary=summary, budget=self.budget,
-            lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task),
+            recorder=Recorder(ctx.ledger, settings, ctx.destination, task), budget=self.budget,
+            lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task), summary=summary,
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size

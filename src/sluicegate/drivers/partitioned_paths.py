@@ -2,9 +2,11 @@
 
 The path template is tried with sample values at load (``partitions.check_distinct_paths``) and a
 batch's partitions against each other (``Loop._units``); :func:`not_taken` checks a batch against
-the files the ledger records for the task's other partitions. Keys that differ only in type (an
-untyped SQLite column holds ``1`` and ``'1'``) render one path: claimed in different batches, the
-second file replaced the first and both partitions were recorded exported.
+the files the ledger records for the task's other partitions, and :class:`SharedFiles` checks a
+commit again, with its files locked, before they are put in place: another worker may have
+exported the other partition since. Keys that differ only in type (an untyped SQLite column holds
+``1`` and ``'1'``) render one path: claimed in different batches (or by two processes), the second
+file replaced the first and both partitions were recorded exported.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..exceptions import BadPartitionValue, SluicegateError
-from ..ledger import PartitionStore
+from ..ledger import ExportResult, PartitionStore
 from ..partitions import file_of, restore_partition
 from ..pipeline import MAX_INFLIGHT
 from ..work import WorkUnit
@@ -58,7 +60,7 @@ def not_taken(
     is among the last MAX_INFLIGHT. The refused partitions leave it, and the oldest entries."""
     by_path = {u.path: u for u in units if u.path}
     refused: set[str] = set()
-    for path, pkey, zone in store.paths_taken(task, set(by_path)):
+    for path, pkey, zone in store.paths_taken(task.name, set(by_path)):
         unit = by_path[path]
         if unit.key != pkey and unit.key not in refused and _still_owns(task, pkey, zone, path):
             fail(unit, shared_file(task, pkey, unit.key, path))
@@ -68,6 +70,30 @@ def not_taken(
     for path in list(itertools.islice(owners, max(0, len(owners) - MAX_INFLIGHT - len(units)))):
         del owners[path]
     return [u for u in units if u.key not in refused]
+
+
+class SharedFiles:
+    """A commit's ``vet`` (``PartitionStore.commit``): with the files locked, a held claim whose file
+    another partition of the task recorded since the claim was checked (another worker exported
+    it meanwhile) is neither placed nor recorded; :meth:`verdicts` gives its error instead."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.refused: dict[int, SluicegateError] = {}
+
+    def __call__(
+        self, held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]
+    ) -> list[ExportResult]:
+        by_path = {r.path: r for r in held if r.path}
+        for path, pkey, zone in taken:
+            mine = by_path[path]
+            if mine.claim.pkey != pkey and _still_owns(self.task, pkey, zone, path):
+                self.refused[mine.claim.id] = shared_file(self.task, pkey, mine.claim.pkey, path)
+        return [r for r in held if r.claim.id not in self.refused]
+
+    def verdicts(self, ids: Sequence[int], done: Sequence[bool]) -> list[bool | SluicegateError]:
+        """Per claim id: whether it was recorded, or the error that refused its file."""
+        return [self.refused.get(i, ok) for i, ok in zip(ids, done, strict=True)]
 
 
 def _still_owns(task: Task, pkey: str, zone: str | None, path: str) -> bool:

@@ -30,9 +30,10 @@ from .aggregates import AggregateStore
 from .archive import ArchiveBusy, ArchiveStore
 from .blocks import BlockStore, RangeQuery, StageClaim, StageResult
 from .capture import CaptureStore
+from .claims import Claim, ExportResult
 from .core import SCHEMA_VERSION, LedgerCore, SchemaStore, Store
 from .ingest import IngestStore
-from .partitions import Claim, ExportResult, PartitionStore, TaskStatus
+from .partitions import PartitionStore, TaskStatus
 from .runs import ABANDONED_AFTER, HEARTBEAT_SECONDS, RunStore, run_heartbeat
 from .watermarks import WatermarkClaim, WatermarkStore
 

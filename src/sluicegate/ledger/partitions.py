@@ -14,6 +14,7 @@ The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -23,60 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import db, paths
-from ..exceptions import UsageError
+from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
+from .claims import Claim, ExportResult, Place, Vet
 from .core import Store, pg_array
 
 log = logging.getLogger("sluicegate.capture")
 # The longest partition key (canonical JSON text) a ledger's pkey column holds: VARCHAR(512) on
 # MariaDB (sql/mariadb/schema.sql, within InnoDB's key length); text elsewhere.
 PKEY_CHARS = {db.MARIADB: 512}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Claim:
-    """A partition held by this worker until ``commit``, ``fail`` or ``release``."""
-
-    id: int
-    task: str
-    pkey: str
-    keys: dict[str, Any]
-    zone: str | None
-    version: int
-    attempts: int
-    forced: bool
-    exported_version: int
-    token: str
-    prev_path: str | None
-    prev_bytes: int | None
-    prev_checksum: str | None
-    prev_etag: str | None = None  # the store's ETag of the published object, when it gives one
-
-    @property
-    def reason(self) -> str:
-        """Why this partition is exported: new, changed, retry or forced."""
-        if self.forced:
-            return "forced"
-        if self.attempts > 0:
-            return "retry"
-        return "new" if self.exported_version == 0 else "changed"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExportResult:
-    """A durable export of one claim, ready to be committed."""
-
-    claim: Claim
-    path: str | None
-    rows: int
-    nbytes: int
-    checksum: str | None
-    published: bool
-    etag: str | None = None
-
-
-# Puts the files of the held results in place; returns them as they are to be recorded.
-Place = Callable[[Sequence[ExportResult]], Sequence[ExportResult]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,13 +157,33 @@ class PartitionStore(Store):
         cur = self._run("pending", task=task.name, limit=limit, settle=_settle(task))
         return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
 
-    def paths_taken(self, task: PartitionKeys, paths: Collection[str]) -> list[tuple[str, str, str | None]]:
+    def paths_taken(
+        self, task: str, paths: Collection[str], cur: Any = None
+    ) -> list[tuple[str, str, str | None]]:
         """``(path, pkey, zone)`` of the task's partitions that recorded one of ``paths``."""
         if not paths:
             return []
         chosen = pg_array(paths) if self.core.dialect is db.POSTGRESQL else json.dumps(list(paths))
-        rows = self._run("paths_taken", task=task.name, paths=chosen).fetchall()
+        rows = self._run("paths_taken", cur, task=task, paths=chosen).fetchall()
         return [(path, pkey, zone) for path, pkey, zone in rows if path in paths]  # exact (MariaDB pads)
+
+    def lock_paths(self, cur: Any, results: Sequence[ExportResult], names: list[str]) -> None:
+        """In ``cur``'s transaction: lock the files of ``results`` until it ends, waiting for another
+        worker's commit of one of them (SQLite: the transaction's write lock does). MariaDB's locks
+        last until :meth:`unlock_paths` frees ``names``."""
+        digests = sorted(
+            {hashlib.sha256(f"{r.claim.task}/{r.path}".encode()).hexdigest() for r in results if r.path}
+        )
+        if self.core.dialect is db.POSTGRESQL and digests:
+            self._run("lock_paths", cur, keys=pg_array(int(d[:16], 16) - (1 << 63) for d in digests))
+        elif self.core.dialect is db.MARIADB and digests:
+            names += [f"sluicegate file {d[:40]}" for d in digests]
+            if any(got != 1 for (got,) in self._run("lock_paths", cur, names=json.dumps(names)).fetchall()):
+                raise LedgerError("another worker held a file this run was to put in place for 10 s")
+
+    def unlock_paths(self, names: list[str]) -> None:
+        """MariaDB: free the locks of files :meth:`lock_paths` took on this connection."""
+        self._run("unlock_paths", names=json.dumps(names)).fetchall()
 
     def _claim_from_row(self, task: PartitionKeys, row: Sequence[Any], token: str) -> Claim:
         pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row
@@ -239,7 +215,9 @@ class PartitionStore(Store):
         cur.executemany(statement, [self.core.params(id=i, **params) for i in ids])
         return int(cur.rowcount)
 
-    def commit(self, results: Sequence[ExportResult], place: Place | None = None) -> list[bool]:
+    def commit(
+        self, results: Sequence[ExportResult], place: Place | None = None, vet: Vet | None = None
+    ) -> list[bool]:
         """Mark each claim exported at its claimed version, in one transaction.
 
         Fencing: the rows of the claims still held are locked first (``hold``), then
@@ -249,24 +227,36 @@ class PartitionStore(Store):
         recorded and the error propagates. If the connection is lost after the files were
         placed, the commit is tried once more on a new connection without placing again: the
         claims still held are committed (their files are in place), the others are not.
+        With ``vet``, the files of the held claims are locked first, and only those ``vet`` keeps
+        of the ones another partition of the task recorded are placed and recorded.
         Returns, per result, whether it was recorded.
         """
         if not results:
             return []
         placed: Sequence[ExportResult] | None = None
+        names: list[str] = []  # MariaDB's locks of the files
 
         def body(cur: Any) -> set[int]:
             nonlocal placed
             held_ids = self.hold(cur, results)
             if placed is None:
-                held = [r for r in results if r.claim.id in held_ids]
+                held: Sequence[ExportResult] = [r for r in results if r.claim.id in held_ids]
+                if vet is not None and held:
+                    self.lock_paths(cur, held, names)
+                    held = vet(
+                        held, self.paths_taken(held[0].claim.task, {r.path for r in held if r.path}, cur)
+                    )
                 placed = place(held) if place is not None and held else held
                 chosen = placed
             else:  # a retry on a new connection: the files are in place already
                 chosen = [r for r in placed if r.claim.id in held_ids]
             return self.commit_held(cur, chosen) if chosen else set()
 
-        recorded = self.core.in_transaction(body)
+        try:
+            recorded = self.core.in_transaction(body)
+        finally:
+            if names:
+                self.unlock_paths(names)
         return [r.claim.id in recorded for r in results]
 
     def hold(self, cur: Any, results: Sequence[ExportResult]) -> set[int]:

@@ -129,6 +129,16 @@ FROM JSON_TABLE(%(paths)s, '$[*]' COLUMNS (path TEXT PATH '$')) AS j
 STRAIGHT_JOIN {t}partitions AS p FORCE INDEX ({t}partitions_path_idx)
     ON p.task = %(task)s AND p.path = j.path COLLATE utf8mb4_bin;
 
+-- lock_paths --
+-- Lock the files a commit puts in place, one named lock per task and path (digests, in order),
+-- waiting at most 10 s for another worker's commit of one of them: a paths_taken after it sees that
+-- commit (two partitions whose keys differ only in type render one file). unlock_paths frees them.
+SELECT GET_LOCK(j.name, 10) FROM JSON_TABLE(%(names)s, '$[*]' COLUMNS (name VARCHAR(64) PATH '$')) AS j;
+
+-- unlock_paths --
+-- Free the named locks of lock_paths, once the commit ended.
+SELECT RELEASE_LOCK(j.name) FROM JSON_TABLE(%(names)s, '$[*]' COLUMNS (name VARCHAR(64) PATH '$')) AS j;
+
 -- status --
 -- Count a task's partitions by state.
 SELECT

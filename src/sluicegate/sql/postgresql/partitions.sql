@@ -124,6 +124,12 @@ WHERE task = %(task)s
   AND left(path, 500) = ANY (ARRAY(SELECT left(p, 500) FROM unnest(%(paths)s::text[]) AS p))
   AND path = ANY (%(paths)s::text[]);
 
+-- lock_paths --
+-- Lock the files a commit puts in place, one advisory lock per task and path (digests, in order)
+-- until the transaction ends: a paths_taken after it sees any other worker's commit of one of them
+-- (two partitions whose keys differ only in type render one file). lock_timeout applies (hold).
+SELECT pg_advisory_xact_lock(k) FROM unnest(%(keys)s::bigint[]) AS k;
+
 -- status --
 -- Count a task's partitions by state.
 SELECT

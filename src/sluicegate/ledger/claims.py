@@ -1,0 +1,56 @@
+"""What a claim of a partition holds, and what its durable export records (``ledger/partitions.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """A partition held by this worker until ``commit``, ``fail`` or ``release``."""
+
+    id: int
+    task: str
+    pkey: str
+    keys: dict[str, Any]
+    zone: str | None
+    version: int
+    attempts: int
+    forced: bool
+    exported_version: int
+    token: str
+    prev_path: str | None
+    prev_bytes: int | None
+    prev_checksum: str | None
+    prev_etag: str | None = None  # the store's ETag of the published object, when it gives one
+
+    @property
+    def reason(self) -> str:
+        """Why this partition is exported: new, changed, retry or forced."""
+        if self.forced:
+            return "forced"
+        if self.attempts > 0:
+            return "retry"
+        return "new" if self.exported_version == 0 else "changed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """A durable export of one claim, ready to be committed."""
+
+    claim: Claim
+    path: str | None
+    rows: int
+    nbytes: int
+    checksum: str | None
+    published: bool
+    etag: str | None = None
+
+
+# Puts the files of the held results in place; returns them as they are to be recorded.
+Place = Callable[[Sequence[ExportResult]], Sequence[ExportResult]]
+# Given the held results and the (path, pkey, zone) of the task's partitions that recorded one of
+# their files, returns those that may take their files (the others are neither placed nor recorded).
+Vet = Callable[[Sequence[ExportResult], list[tuple[str, str, str | None]]], Sequence[ExportResult]]
