@@ -390,7 +390,8 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
     ledger_url: str,
 ) -> None:
     """Two workers on one ledger: a held stage is not claimed twice; once its lease ran out another
-    worker takes it (an attempt), and the first one's commit, failure, renewal and release are fenced."""
+    worker takes its rows over, one at a time (an attempt only for the one the dead claim held
+    alone), and the first one's commit, failure, renewal and release are fenced."""
     [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
     where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
     stages = ["extract", "load", "publish"]
@@ -398,10 +399,11 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
         one.ensure_schema()
         assert one.blocks.ensure("trips", ["lime", "bird"], [block], stages) == 6
 
-        def claim(led: Ledger, lease: float) -> list[Any]:
+        def claim(led: Ledger, lease: float, *, taken: bool = False) -> list[Any]:
             return led.blocks.claim(
-                where, stages=stages, zone="US/Central", grain="hour", limit=10, lease=lease
-            )
+                where, stages=stages, zone="US/Central", grain="hour", limit=1 if taken else 10, lease=lease,
+                taken=taken,
+            )  # fmt: skip
 
         first = claim(one, 1)
         assert [(c.key_value, c.stage, c.attempts) for c in first] == [
@@ -411,8 +413,11 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
         assert claim(two, 60) == []  # held (their later stages wait for them)
         assert one.blocks.renew(first[0].token, lease=1) == 2
         time.sleep(1.3)
-        second = claim(two, 60)
-        assert [(c.id, c.attempts) for c in second] == [(c.id, 1) for c in first]  # the expired lease counted
+        assert claim(two, 60) == []  # nothing pending: the dead claim's rows are taken over on their own
+        second = [*claim(two, 60, taken=True), *claim(two, 60, taken=True)]
+        assert claim(two, 60, taken=True) == []
+        # one row at a time: bird's death was lime's as much as its own; lime, alone then, counted
+        assert [(c.id, c.attempts) for c in second] == [(first[0].id, 0), (first[1].id, 1)]
         late = StageResult(claim=first[0], status="done", total=5, processed=5)
         assert not one.blocks.commit(late)
         assert not one.blocks.fail(first[1], error="late", terminal=True, max_attempts=3, backoff=0)
@@ -422,7 +427,7 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
         assert two.blocks.commit(StageResult(claim=second[1], status="done", total=3, processed=3))
         rows = {(r["key_value"], r["stage"]): (r["status"], r["attempts"]) for r in one.blocks.rows(where)}
     assert rows == {
-        ("bird", "extract"): ("no_data", 1),
+        ("bird", "extract"): ("no_data", 0),
         ("bird", "load"): ("no_data", 0),  # no data: the block's later stages have nothing to do
         ("bird", "publish"): ("no_data", 0),
         ("lime", "extract"): ("done", 1),
@@ -441,12 +446,18 @@ def test_a_stage_parked_for_its_expired_leases_counts_no_new_attempt(ledger_url:
         led.blocks.ensure("trips", ["lime"], [block], ["extract"])
         for attempts in range(3):  # a run that dies holding it, three times
             [claim] = led.blocks.claim(
-                where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=0.2
+                where,
+                stages=["extract"],
+                zone="US/Central",
+                grain="hour",
+                limit=1,
+                lease=0.2,
+                taken=attempts > 0,
             )
             assert claim.attempts == attempts
             time.sleep(0.4)
         [claim] = led.blocks.claim(
-            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60
+            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60, taken=True
         )
         assert claim.attempts == 3
         assert led.blocks.fail(
@@ -471,7 +482,7 @@ def test_a_late_worker_puts_no_file_in_place_over_the_new_owners(ledger_url: str
         )
         time.sleep(1.3)
         [owner] = two.blocks.claim(
-            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60
+            where, stages=["extract"], zone="US/Central", grain="hour", limit=1, lease=60, taken=True
         )
         placed: list[tuple[str, int]] = []
 

@@ -642,6 +642,39 @@ def test_a_block_whose_worker_is_killed_every_time_is_parked_after_max_attempts(
     assert "leases expired" in status.output, status.output
 
 
+def test_a_block_that_kills_its_worker_takes_down_no_other_block_of_its_batch(tmp_path: Path) -> None:
+    """With batches of 50, the poison block (lime) died with bird's block in its batch; each run then
+    took both over together (an attempt each) and died again, until both were parked, bird never
+    run. A dead claim's rows are now taken over one at a time, counted only when alone in it: bird
+    is done in the next run, without an attempt, and only lime is parked."""
+    root = make_project(tmp_path)
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace('lease = "10m"', 'lease = "1s"')
+    )
+    poison = 'def trips(block, config):\n    if block.key_value == "lime":\n        _note("extract", block)\n'
+    poison += "        os.kill(os.getpid(), 9)\n"
+    (root / "etl.py").write_text(
+        ETL.replace(
+            "def trips(block, config):\n",
+            poison + "    return _trips(block, config)\n\ndef _trips(block, config):\n",
+        )
+    )
+    args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1"]
+    codes, after_second = [], {}
+    for run in range(5):
+        codes.append(subprocess.run(args, capture_output=True, timeout=120).returncode)
+        if run == 1:
+            after_second = {(r[0], r[2]): r[3:5] for r in ledger_rows(root)}
+        time.sleep(1.2)  # the dead run's lease runs out
+    assert codes[:4] == [-9, -9, -9, 1], codes
+    assert {s: after_second[("bird", s)] for s in ("extract", "load", "publish")} == {
+        "extract": ("done", 0), "load": ("done", 0), "publish": ("done", 0),
+    }  # fmt: skip
+    rows = {(r[0], r[2]): r[3:5] for r in ledger_rows(root)}
+    assert rows[("lime", "extract")] == ("failed", 3)
+    assert rows[("bird", "publish")] == ("done", 0)
+
+
 # --------------------------------------------------------------------------- artifacts and secrets
 
 

@@ -288,14 +288,8 @@ class Driver:
         claimed = 0
         try:
             while not (stop is not None and stop.is_set()) and (limit is None or claimed < limit):
-                claims = store.claim(
-                    where,
-                    stages=[s.name for s in chosen],
-                    zone=task.zone,
-                    grain=task.grain,
-                    limit=min(task.batch_size, limit - claimed) if limit else task.batch_size,
-                    lease=settings.lease,
-                )
+                size = min(task.batch_size, limit - claimed) if limit else task.batch_size
+                claims = self._claim(task, where, [s.name for s in chosen], size)
                 if not claims:
                     break
                 claimed += len(claims)
@@ -306,6 +300,17 @@ class Driver:
         finally:
             runner.close()
         return claimed
+
+    def _claim(self, task: Task, where: RangeQuery, stages: list[str], size: int) -> list[Any]:
+        """A batch of pending rows; when none is left, one row of a dead claim, in a batch of its own:
+        a block that kills its worker (or whose stage crashed the run) then takes down no other."""
+        lease = self.context.project.settings.lease
+        for taken, limit in ((False, size), (True, 1)):
+            if claims := self.context.ledger.blocks.claim(
+                where, stages=stages, zone=task.zone, grain=task.grain, limit=limit, lease=lease, taken=taken
+            ):
+                return claims
+        return []
 
     def _ask(
         self,

@@ -118,12 +118,27 @@ class BlockStore(Store):
         return len(rows)
 
     def claim(
-        self, where: RangeQuery, *, stages: Sequence[str], zone: str, grain: Any, limit: int, lease: float
+        self,
+        where: RangeQuery,
+        *,
+        stages: Sequence[str],
+        zone: str,
+        grain: Any,
+        limit: int,
+        lease: float,
+        taken: bool = False,
     ) -> list[StageClaim]:
-        """Claim up to ``limit`` runnable (block, stage) rows, oldest block first."""
+        """Claim up to ``limit`` runnable (block, stage) rows, oldest block first: pending ones, or with
+        ``taken`` rows of dead claims (running under an expired lease; an attempt only when the dead
+        claim held the row alone)."""
         token = uuid.uuid4()
         params = self.core.params(
-            **self._range(where), stages=self._list(stages), limit=limit, lease=lease, token=token
+            **self._range(where),
+            stages=self._list(stages),
+            limit=limit,
+            lease=lease,
+            token=token,
+            taken=taken,
         )
 
         def take(cur: Any) -> list[Any]:
@@ -134,7 +149,8 @@ class BlockStore(Store):
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
-            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            alone = {int(row[0]): bool(row[1]) for row in rows}
+            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
             return self.claimed(cur, params["token"])
 
         rows = self.core.in_transaction(take)
@@ -156,9 +172,13 @@ class BlockStore(Store):
         ]
         return sorted(claims, key=lambda c: (c.block.start, c.key_value, c.position))
 
-    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
-        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` locked (id: whether a dead claim held it alone) under
+        ``token`` and a lease (one round trip)."""
+        cur.executemany(
+            self.q["claim_take"],
+            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
+        )
 
     def claimed(self, cur: Any, token: str) -> list[Any]:
         """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""

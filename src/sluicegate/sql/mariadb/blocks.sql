@@ -13,16 +13,19 @@ VALUES (%(task)s, %(key_value)s, %(block_start)s, %(block_end)s, %(label)s, %(st
 ON DUPLICATE KEY UPDATE position = VALUES(position);
 
 -- claim --
--- Lock up to limit runnable (block, stage) rows, oldest block first, skipping rows another worker
--- holds: pending (or running under an expired lease), due, in the range, and whose previous stage
--- of the block is done. claim_take then takes them, in the same transaction.
-SELECT b.id FROM {t}blocks AS b
+-- Lock up to limit runnable (block, stage) rows, skipping rows another worker holds: due, in the
+-- range, previous stage done; pending ones, or with taken the rows of dead claims (running under an
+-- expired lease; see postgresql/blocks.sql), and whether the dead claim held the row alone.
+-- claim_take then takes them, in the same transaction.
+SELECT b.id, NOT EXISTS (SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)
+FROM {t}blocks AS b
 WHERE b.task = %(task)s
   AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(b.stage))
   AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(b.key_value)))
   AND (%(time_min)s IS NULL OR b.block_end > %(time_min)s)
   AND (%(time_max)s IS NULL OR b.block_end <= %(time_max)s)
-  AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < UNIX_TIMESTAMP(NOW(6))))
+  AND (CASE WHEN %(taken)s THEN b.status = 'running' AND b.lease_until < UNIX_TIMESTAMP(NOW(6))
+            ELSE b.status = 'pending' END)
   AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
   AND (b.position = 0 OR EXISTS (
         SELECT 1 FROM {t}blocks AS p
@@ -34,9 +37,9 @@ FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
 -- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
--- an expired lease counts as an attempt.
+-- taking over a row its dead claim held alone (claim's second column) counts as an attempt.
 UPDATE {t}blocks
-SET attempts = attempts + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
+SET attempts = attempts + CASE WHEN status = 'running' AND %(alone)s THEN 1 ELSE 0 END,
     status = 'running',
     claim_token = %(token)s,
     lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s,

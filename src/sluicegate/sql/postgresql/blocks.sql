@@ -10,8 +10,11 @@ ON CONFLICT (task, key_value, block_start, stage) DO UPDATE SET position = EXCLU
 WHERE b.position <> EXCLUDED.position;
 
 -- claim --
--- Claim up to limit runnable (block, stage) rows: pending (or running under an expired lease, which
--- counts as an attempt), due, in the range, and whose previous stage of the block is done.
+-- Claim up to limit runnable (block, stage) rows: due, in the range, and whose previous stage of
+-- the block is done; pending ones, or with taken the rows of dead claims (running under an expired
+-- lease). Taking over a row its dead claim held alone counts as an attempt: a dead batch's rows are
+-- taken over one at a time (limit 1), uncounted while others share the claim, so a block that kills
+-- its worker is counted for its own deaths, and the others of its batch are not.
 WITH candidate AS (
     SELECT b.id FROM {t}blocks AS b
     WHERE b.task = %(task)s
@@ -19,7 +22,8 @@ WITH candidate AS (
       AND (%(key_values)s::text[] IS NULL OR b.key_value = ANY(%(key_values)s::text[]))
       AND (%(time_min)s::timestamptz IS NULL OR b.block_end > %(time_min)s::timestamptz)
       AND (%(time_max)s::timestamptz IS NULL OR b.block_end <= %(time_max)s::timestamptz)
-      AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < now()))
+      AND (CASE WHEN %(taken)s THEN b.status = 'running' AND b.lease_until < now()
+                ELSE b.status = 'pending' END)
       AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())
       AND (b.position = 0 OR EXISTS (
             SELECT 1 FROM {t}blocks AS p
@@ -33,7 +37,8 @@ UPDATE {t}blocks AS b
 SET status = 'running',
     claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = b.attempts + CASE WHEN b.status = 'running' THEN 1 ELSE 0 END,
+    attempts = b.attempts + CASE WHEN b.status = 'running' AND NOT EXISTS (
+        SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id) THEN 1 ELSE 0 END,
     started_at = now()
 FROM candidate
 WHERE b.id = candidate.id

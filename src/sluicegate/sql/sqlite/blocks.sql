@@ -10,13 +10,16 @@ ON CONFLICT (task, key_value, block_start, stage) DO UPDATE SET position = exclu
 WHERE position <> excluded.position;
 
 -- claim --
--- Claim up to limit runnable (block, stage) rows (run inside BEGIN IMMEDIATE): pending (or running
--- under an expired lease, which counts as an attempt), due, in the range, previous stage done.
+-- Claim up to limit runnable (block, stage) rows (run inside BEGIN IMMEDIATE): due, in the range,
+-- previous stage done; pending ones, or with taken the rows of dead claims (running under an expired
+-- lease). Taking over a row its dead claim held alone counts as an attempt (see postgresql/blocks.sql).
 UPDATE {t}blocks
 SET status = 'running',
     claim_token = :token,
     lease_until = :now + :lease,
-    attempts = attempts + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
+    attempts = attempts + CASE WHEN status = 'running' AND NOT EXISTS (
+        SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = {t}blocks.claim_token AND o.id <> {t}blocks.id)
+        THEN 1 ELSE 0 END,
     started_at = :now
 WHERE id IN (
     SELECT b.id FROM {t}blocks AS b
@@ -25,7 +28,8 @@ WHERE id IN (
       AND (:key_values IS NULL OR b.key_value IN (SELECT value FROM json_each(:key_values)))
       AND (:time_min IS NULL OR b.block_end > :time_min)
       AND (:time_max IS NULL OR b.block_end <= :time_max)
-      AND (b.status = 'pending' OR (b.status = 'running' AND b.lease_until < :now))
+      AND (CASE WHEN :taken THEN b.status = 'running' AND b.lease_until < :now
+                ELSE b.status = 'pending' END)
       AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= :now)
       AND (b.position = 0 OR EXISTS (
             SELECT 1 FROM {t}blocks AS p
