@@ -675,6 +675,25 @@ def test_a_block_that_kills_its_worker_takes_down_no_other_block_of_its_batch(tm
     assert rows[("bird", "publish")] == ("done", 0)
 
 
+@pytest.mark.parametrize("stage", ["extract", "publish"])
+def test_a_callable_that_calls_sys_exit_fails_its_block_and_the_others_go_on(
+    tmp_path: Path, stage: str
+) -> None:
+    """A provider library that calls sys.exit() (as atd-mds's scripts did) escaped the stage: the
+    run exited with its code and no message, every claim given back without an attempt, so each
+    run died the same way and no block of the batch was ever done. It is a terminal error now."""
+    root = make_project(tmp_path)
+    fn = "def trips(block, config):\n" if stage == "extract" else "def portal(block, records, config):\n"
+    exits = fn + '    if block.key_value == "lime":\n        raise SystemExit(3)\n'
+    (root / "etl.py").write_text(ETL.replace(fn, exits))
+    result = blocks_cli(root, "--time-max", "2020-1-1-1")
+    assert result.exit_code == 1, result.output
+    rows = {(r[0], r[2]): (r[3], r[7]) for r in ledger_rows(root)}
+    assert rows[("bird", "publish")] == ("done", None)
+    status, error = rows[("lime", stage)]
+    assert status == "failed" and "SystemExit: 3" in error, error
+
+
 # --------------------------------------------------------------------------- artifacts and secrets
 
 

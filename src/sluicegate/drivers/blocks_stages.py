@@ -72,7 +72,7 @@ def stage_block(task: Task, claim: StageClaim) -> StageBlock:
     )
 
 
-def callable_error(exc: Exception, where: str) -> SluicegateError:
+def callable_error(exc: BaseException, where: str) -> SluicegateError:
     """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else);
     a URL's credentials in its text (httpx's raise_for_status names the URL) are masked."""
     if isinstance(exc, SluicegateError):
@@ -383,7 +383,7 @@ class StageRunner:
                 try:
                     records = fn(stage_block(self.task, claim), self.task.config_for(stage, claim.key_value))
                     yield from ((index, chunk) for chunk in _chunks(records, where))
-                except Exception as exc:  # this block fails; the batch's other blocks go on
+                except (Exception, SystemExit) as exc:  # sys.exit() too: this block fails, the others go on
                     yield index, UnitFailed(callable_error(exc, where))
 
         return read
@@ -430,7 +430,7 @@ class StageRunner:
             fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
             config = self.task.config_for(stage, claim.key_value)
             counts = _counts(fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a library's sys.exit() fails this block only
             self.recorder.failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
             return
         total, processed, errors = counts
