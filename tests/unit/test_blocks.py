@@ -694,6 +694,41 @@ def test_a_callable_that_calls_sys_exit_fails_its_block_and_the_others_go_on(
     assert status == "failed" and "SystemExit: 3" in error, error
 
 
+def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_lists_the_ledgers_work(
+    tmp_path: Path,
+) -> None:
+    """A stage whose leases expired max_attempts times was listed as "lease expired" (its later
+    stages too) though the run parks it unrun, and `sluicegate run --dry-run` listed nothing for a
+    blocks task ("0 partition(s) would be exported") though `run` works on the ledger's blocks."""
+    root = make_project(tmp_path)
+    assert blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2").exit_code == 0
+    conn = sqlite3.connect(root / "data.db")
+    first = "label LIKE '%T01:00%' AND key_value = "
+    conn.execute(f"UPDATE sluicegate_blocks SET status = 'pending', attempts = 1 WHERE {first}'bird'")
+    conn.execute(f"UPDATE sluicegate_blocks SET status = 'pending' WHERE {first}'lime'")
+    conn.execute(  # its worker died holding it, a third time
+        "UPDATE sluicegate_blocks SET status = 'running', claim_token = 'dead', lease_until = 0, attempts = 2"
+        f" WHERE {first}'lime' AND stage = 'extract'"
+    )
+    conn.commit()
+    conn.close()
+    dry = blocks_cli(root, "--time-max", "2020-1-1-2", "--interval", "2", "--dry-run")
+    for out in (dry.output, CliRunner().invoke(main, ["-C", str(root), "run", "--dry-run"]).output):
+        assert "trips: 3 (block, stage) would run" in out, out
+        assert "bird 2020-01-01T01:00-06:00 extract (retry)" in out
+        assert (
+            "lime 2020-01-01T01:00-06:00 extract (parked, not run: its 3 attempts are used up (leases"
+            " expired); then 'sluicegate blocks trips --time-max 2020-01-01T07:00:00+00:00 --incomplete-only'"
+            " retries it)"
+        ) in out
+        assert "lime 2020-01-01T01:00-06:00 load" not in out and "lease expired)" not in out
+    run = CliRunner().invoke(main, ["-C", str(root), "run"])
+    assert run.exit_code == 1, run.output
+    rows = {(r[0], r[1][11:16], r[2]): r[3:5] for r in ledger_rows(root)}
+    assert rows[("lime", "01:00", "extract")] == ("failed", 3)
+    assert rows[("bird", "01:00", "publish")] == ("done", 1)
+
+
 # --------------------------------------------------------------------------- artifacts and secrets
 
 

@@ -7,7 +7,6 @@ from collections import Counter
 import click
 
 from .. import operations
-from ..exceptions import printable
 from ..options import RunOptions, TaskSummary
 from ..timeblocks import MAX_BLOCKS
 from .app import handled, load, main, typed_here
@@ -84,19 +83,14 @@ def blocks(
 
 def render_blocks(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> None:
     """One line per task (counts per stage), then each failure; the plan for a dry run."""
-    from .render import render_run
+    from .render import render_blocks_plan, render_run
 
     if as_json:
         render_run(summaries, as_json, dry_run)
         return
     for s in summaries:
         if dry_run:
-            click.echo(f"{s.task}: {len(s.plan)} (block, stage) would run")
-            for entry in s.plan:
-                who = f"{printable(entry['key'])} " if entry["key"] else ""
-                click.echo(f"  {who}{entry['block']} {entry['stage']} ({entry['reason']})")
-            for error in s.task_errors:  # why it would not run (exit 2): a bad key query, ...
-                click.echo(typed_here(f"  task error: {error}"), err=True)
+            render_blocks_plan(s)
             continue
         counts: dict[str, Counter[str]] = {}
         last = {(e["key"], e["block"], e["stage"]): e for e in s.stages}  # a failure retried since: its end

@@ -11,11 +11,31 @@ from ..options import TaskSummary
 from .app import echo_json, typed_here
 
 
+def render_blocks_plan(s: TaskSummary) -> None:
+    """A blocks task's dry run: each (block, stage) that would run, and why; those it would park."""
+    parks = [e for e in s.plan if e.get("parks")]
+    click.echo(f"{s.task}: {len(s.plan) - len(parks)} (block, stage) would run")
+    for entry in s.plan:
+        who = f"{printable(entry['key'])} " if entry["key"] else ""
+        why = (
+            f"parked, not run: {entry['reason']}; then 'sluicegate blocks {s.task} --time-max"
+            f" {entry['end']} --incomplete-only' retries it"
+            if entry.get("parks")
+            else entry["reason"]
+        )
+        click.echo(typed_here(f"  {who}{entry['block']} {entry['stage']} ({why})"))
+    for error in s.task_errors:  # why it would not run (exit 2): a bad key query, ...
+        click.echo(typed_here(f"  task error: {error}"), err=True)
+
+
 def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> None:
     if as_json:
         echo_json([s.as_dict() for s in summaries])
         return
     for s in summaries:
+        if dry_run and s.plan and "stage" in s.plan[0]:  # a blocks task's (block, stage) rows
+            render_blocks_plan(s)
+            continue
         if dry_run:
             waiting = sum(1 for entry in s.plan if entry.get("waiting"))
             later = f"; {waiting} more wait until their period is complete" if waiting else ""

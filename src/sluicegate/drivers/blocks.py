@@ -44,7 +44,7 @@ from ..work import Deadline
 from . import Context, Progress, blocks_config
 from .blocks_config import StageSpec
 from .blocks_load import Loader
-from .blocks_plan import check_claims, check_grain, plan_entries, settled_blocks
+from .blocks_plan import check_claims, check_grain, ledger_blocks, plan_entries, settled_blocks
 from .blocks_stages import StageRecorder, StageRunner, read_spec
 
 log = logging.getLogger(__name__)
@@ -248,15 +248,16 @@ class Driver:
         self.context = context
 
     def plan(self, task: Task, options: RunOptions, *, summary: TaskSummary, limit: int | None) -> None:
-        """Each (block, stage) the request would run now, and why; nothing is written."""
-        request = options.blocks
-        if request is None:
-            return
+        """Each (block, stage) the request (none: ``run``, the ledger's blocks) would run now, and why."""
+        request, store = options.blocks, self.context.ledger.blocks
         chosen = chosen_stages(task, request)
         keys = key_values(task, self.context.project.settings.source_url, request)
-        request, blocks, _ = settled_blocks(task, request)
-        check_grain(task, self.context.ledger.blocks, range_of(task, request, keys), blocks)
-        rows = self.context.ledger.blocks.rows(range_of(task, request, keys))
+        if request is None:
+            blocks, rows = ledger_blocks(task, store, range_of(task, None, keys))
+        else:
+            request, blocks, _ = settled_blocks(task, request)
+            check_grain(task, store, range_of(task, request, keys), blocks)
+            rows = store.rows(range_of(task, request, keys))
         summary.plan = plan_entries(task, request, [s.name for s in chosen], keys, blocks, rows)[:limit]
 
     def run(

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LONGEST = dt.timedelta(hours=26)  # longer than any block (a fall-back day)
 
 RUNS = "runs"  # the state of a stage this run would run (its later stages may follow)
+PARKS = "parks"  # ... and of one it would park without running it (its attempts are used up)
 
 
 class LeasesExpired(TerminalError):
@@ -61,20 +62,25 @@ def settled_blocks(task: Task, request: BlockRequest) -> tuple[BlockRequest, lis
 
 def plan_entries(
     task: Task,
-    request: BlockRequest,
+    request: BlockRequest | None,
     chosen: Sequence[str],
     keys: Sequence[str],
     blocks: Sequence[Block],
     rows: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """``[{key, block, start, end, stage, reason}]`` for each (block, stage) the request would run."""
+    """``[{key, block, start, end, stage, reason}]`` for each (block, stage) the request would run
+    (``parks``: one it would park unrun, its attempts used up). Without a request (``sluicegate
+    run``), the ``blocks`` of the ledger's ``rows``: a block missing for a key value is not made."""
     existing = {(r["key_value"], r["block_start"], r["stage"]): r for r in rows}
-    first_forced = min(i for i, s in enumerate(task.stages) if s.name in chosen) if request.force else None
+    force = request is not None and request.force
+    first_forced = min(i for i, s in enumerate(task.stages) if s.name in chosen) if force else None
     out = []
     for block in blocks:
         for key in sorted(keys):
+            if request is None and (key, block.start, task.stages[0].name) not in existing:
+                continue
             states = [
-                _state(existing.get((key, block.start, s.name)), s.name in chosen, request)
+                _state(existing.get((key, block.start, s.name)), s.name in chosen, request, task.max_attempts)
                 for s in task.stages
             ]
             if first_forced is not None and all(st == "done" for st, _ in states[:first_forced]):
@@ -83,17 +89,34 @@ def plan_entries(
     return out
 
 
-def _state(row: dict[str, Any] | None, chosen: bool, request: BlockRequest) -> tuple[str, str]:
+def ledger_blocks(
+    task: Task, store: BlockStore, where: RangeQuery
+) -> tuple[list[Block], list[dict[str, Any]]]:
+    """The blocks of the ledger's rows in ``where`` (a run without a request works on those), and the rows."""
+    rows = store.rows(where)
+    spans = sorted({(r["block_start"], r["block_end"]) for r in rows})
+    return [Block(start=a, end=b, zone=task.zone, grain=task.grain) for a, b in spans], rows
+
+
+def _state(
+    row: dict[str, Any] | None, chosen: bool, request: BlockRequest | None, max_attempts: int
+) -> tuple[str, str]:
     """``(status, reason)`` of one (block, stage) before the run."""
     if row is None:
         return "pending", "new"
     status = row["status"]
-    if status == "failed" and chosen and request.incomplete_only:
+    if status == "failed" and chosen and request is not None and request.incomplete_only:
         return "pending", "incomplete"
-    if status == "running":
-        return ("pending", "lease expired") if row["expired"] else ("running", "")
+    if status == "running" and not row["expired"]:
+        return "running", ""
     if status == "pending" and row["backing_off"]:
         return "backing off", ""
+    attempts = row["attempts"] + (1 if status == "running" and row["alone"] else 0)  # as the claim counts
+    if status in ("pending", "running") and attempts >= max_attempts:  # the run parks it, unrun
+        why = "leases expired" if status == "running" else "max_attempts lowered"
+        return PARKS, f"its {attempts} attempts are used up ({why})"
+    if status == "running":
+        return "pending", "lease expired"
     return status, "retry" if status == "pending" and row["attempts"] else "pending"
 
 
@@ -108,7 +131,7 @@ def _runs(
     out = []
     previous = "done"
     for stage, (status, reason) in zip(task.stages, states, strict=True):
-        if status == "pending" and stage.name in chosen and previous in ("done", RUNS):
+        if status in ("pending", PARKS) and stage.name in chosen and previous in ("done", RUNS):
             out.append(
                 {
                     "key": key,
@@ -117,9 +140,10 @@ def _runs(
                     "end": block.end.astimezone(dt.UTC).isoformat(),
                     "stage": stage.name,
                     "reason": reason,
+                    **({"parks": True} if status == PARKS else {}),
                 }
             )
-            status = RUNS
+            status = RUNS if status == "pending" else "failed"
         if status == "no_data":
             break
         previous = status

@@ -340,7 +340,8 @@ class BlockStore(Store):
     # ------------------------------------------------------------------ reporting
 
     def rows(self, where: RangeQuery) -> list[dict[str, Any]]:
-        """The rows of a range: key value, block window and label, stage, status, attempts, lease state."""
+        """The rows of a range: key value, block window and label, stage, status, attempts, lease state
+        (``alone``: the only row its claim holds, so that taking it over counts an attempt)."""
         names = (
             "key_value",
             "block_start",
@@ -352,12 +353,17 @@ class BlockStore(Store):
             "attempts",
             "expired",
             "backing_off",
+            "alone",
         )
         out = []
         for row in self._run("rows", **self._range(where)).fetchall():
             item = dict(zip(names, row, strict=True))
             item["block_start"], item["block_end"] = self._ts(row[1]), self._ts(row[2])
-            item["expired"], item["backing_off"] = bool(item["expired"]), bool(item["backing_off"])
+            item.update(
+                expired=bool(item["expired"]),
+                backing_off=bool(item["backing_off"]),
+                alone=bool(item["alone"]),
+            )
             out.append(item)
         return out
 

@@ -146,14 +146,18 @@ WHERE task = %(task)s
   AND status = 'failed';
 
 -- rows --
--- The (block, stage) rows of a range (for --dry-run and the run's report), oldest block first.
+-- The (block, stage) rows of a range (for --dry-run and the run's report; no range: every block), oldest
+-- first; alone: running under a claim that holds no other row (taking it over is an attempt).
 SELECT key_value, block_start, block_end, label, stage, position, status, attempts,
        (status = 'running' AND lease_until < now()) AS expired,
-       (next_attempt_at IS NOT NULL AND next_attempt_at > now()) AS backing_off
-FROM {t}blocks
+       (next_attempt_at IS NOT NULL AND next_attempt_at > now()) AS backing_off,
+       (status = 'running' AND NOT EXISTS (
+           SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)) AS alone
+FROM {t}blocks AS b
 WHERE task = %(task)s
   AND (%(key_values)s::text[] IS NULL OR key_value = ANY(%(key_values)s::text[]))
-  AND block_end > %(time_min)s AND block_end <= %(time_max)s
+  AND (%(time_min)s::timestamptz IS NULL OR block_end > %(time_min)s::timestamptz)
+  AND (%(time_max)s::timestamptz IS NULL OR block_end <= %(time_max)s::timestamptz)
 ORDER BY block_start, key_value, position;
 
 -- spans --
