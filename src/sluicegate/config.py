@@ -254,7 +254,7 @@ def _service(raw: Mapping[str, Any], where: str) -> ServiceSettings:
 def _destination(dest: Mapping[str, Any], root: Path, where: str) -> DestinationSettings:
     return DestinationSettings(
         url=_resolve_dest_url(dest["url"], root, where),
-        endpoint_url=dest.get("endpoint_url") or None,
+        endpoint_url=validate.endpoint_url(dest.get("endpoint_url"), where),
         region=dest.get("region") or None,
         access_key_id=dest.get("access_key_id") or None,
         secret_access_key=dest.get("secret_access_key") or None,

@@ -11,6 +11,7 @@ import datetime as dt
 import difflib
 import math
 import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -317,6 +318,26 @@ def destination_url(value: Any, where: str) -> str:
     if problem := s3_bucket_problem(value):  # else every upload fails, and is retried
         raise ConfigError(f"{where} url: {value!r} {problem}; write s3://BUCKET or s3://BUCKET/prefix")
     return value
+
+
+def endpoint_url(value: Any, where: str) -> str | None:
+    """``[destination] endpoint_url``: a whole http(s) URL with a valid port, or None when unset
+    (boto3 raised "Invalid endpoint" with a traceback on ``localhost:9000``, and a port out of
+    range failed every upload as a network error to retry)."""
+    if value is None or value == "":
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+        _ = parts and parts.port  # raises on a port out of range or not a number
+    except ValueError:  # that, or a broken IPv6 address
+        parts = None
+    whole = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+    if not whole:
+        raise ConfigError(
+            f"{where} endpoint_url: {value!r} is not an http(s) URL; write it whole, "
+            'e.g. "http://127.0.0.1:9000", or remove it for AWS'
+        )
+    return str(value)
 
 
 def s3_bucket_problem(url: str) -> str | None:

@@ -620,6 +620,24 @@ def test_an_s3_prefix_with_an_empty_or_dot_segment_is_a_config_error(tmp_path: P
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["localhost:9000", "http://127.0.0.1:99999", "ftp://store", "http://[::1"]
+)
+def test_an_endpoint_url_that_is_no_http_url_is_a_config_error(tmp_path: Path, endpoint: str) -> None:
+    """Was accepted: "localhost:9000" (no scheme) and "http://[::1" ended `run` with botocore's
+    "Invalid endpoint" traceback (exit 1); a port out of range failed every partition as a
+    network error, "will retry", until it was parked."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Db(url)  # the source is there: only the endpoint is wrong
+    extra = f'endpoint_url = "{endpoint}"'
+    root = write_project(tmp_path / "proj", source=url, destination="s3://bucket", destination_extra=extra)
+    for command in ("check", "run"):
+        result = cli(root, command)
+        assert result.returncode == 2, result.stderr
+        assert f"[destination] endpoint_url: {endpoint!r} is not an http(s) URL" in result.stderr
+        assert "Traceback" not in result.stderr and "will retry" not in result.stderr
+
+
 def test_exporters_of_a_process_make_their_clients_from_one_session(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
