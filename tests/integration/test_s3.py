@@ -16,6 +16,8 @@ import boto3
 import pytest
 
 from sluicegate import changes, engine, operations
+from sluicegate.destinations import open_destination
+from sluicegate.exceptions import TerminalError
 from support import Db, cli, hours, load, write_project
 
 UTC = dt.UTC
@@ -190,6 +192,29 @@ def test_check_fails_when_the_credentials_cannot_write_to_the_bucket(
     check = cli(root, "check")
     assert check.returncode != 0, check.stdout + check.stderr
     assert "[destination] url" in check.stderr and "AccessDenied" in check.stderr, check.stderr
+
+
+@pytest.mark.parametrize("code", ["ExpiredToken", "AuthorizationHeaderMalformed"])
+def test_check_fails_when_every_put_is_refused_with_400(
+    tmp_path: Path, s3_bucket: tuple[str, str], fault_proxy: Any, code: str
+) -> None:
+    """An expired session token or the wrong region (400 to every PUT) passed `check` (exit 0,
+    with the false warning that the store ignores conditional writes): the probe took the 400
+    to its conditional PUT for a store that does not understand the header, and the exporter
+    kept that verdict for its life, so uploads waited for the ledger lock after the cure."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(endpoint)
+    proxy.fail("PUT", None, status=400, times=None, code=code)
+    root, _db = _project(tmp_path, f"s3://{bucket}/exports", f'endpoint_url = "{proxy.url}"')
+    check = cli(root, "check")
+    assert check.returncode != 0, check.stdout + check.stderr
+    assert "[destination] url" in check.stderr and code in check.stderr, check.stderr
+    assert "ignores conditional writes" not in check.stdout + check.stderr
+    dest = open_destination(load(root).settings.destination)
+    with pytest.raises(TerminalError, match=code):
+        dest.check()
+    proxy.clear()
+    assert dest.conditional() and dest.warnings() == []  # once the token is renewed
 
 
 def test_health_writes_nothing_to_the_bucket(

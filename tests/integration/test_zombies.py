@@ -200,7 +200,9 @@ def test_an_endpoint_that_refuses_conditional_headers_is_detected_and_exports(
     "NotImplemented; will retry", so every partition failed until parked."""
     endpoint, bucket, key, secret = seaweed_bucket
     proxy = fault_proxy(endpoint)
-    proxy.fail("PUT", r"\.sluicegate-probe-", status=status, times=None, code="NotImplemented")
+    proxy.fail(
+        "PUT", r"\.sluicegate-probe-", status=status, times=None, code="NotImplemented", conditional=True
+    )
     extra = f'endpoint_url = "{proxy.url}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root, _db = _project(tmp_path, url, f"s3://{bucket}", extra)

@@ -8,7 +8,8 @@ from any thread:
 * :meth:`~FaultProxy.latency` delays every request before it is handled;
 * :meth:`~FaultProxy.delay` holds matching requests for a while before forwarding them (a
   network call that hangs, then goes through);
-* :meth:`~FaultProxy.fail` answers matching requests itself with an S3-style XML error;
+* :meth:`~FaultProxy.fail` answers matching requests (or only conditional ones) itself with an
+  S3-style XML error;
 * :meth:`~FaultProxy.reset` cuts both connections (RST, ``SO_LINGER`` 0) after K request body
   bytes reached the upstream, or after the upstream answered but before the answer is relayed;
 * :meth:`~FaultProxy.corrupt_body` flips one byte of the request body on its way upstream;
@@ -93,10 +94,13 @@ class Rule:
     after_bytes: int | None = None
     seconds: float = 0.0
     action: Callable[[Exchange], None] | None = None  # "before": called before forwarding
+    conditional: bool = False  # only requests with If-Match or If-None-Match
     hits: int = 0
 
-    def matches(self, method: str, target: str, has_body: bool) -> bool:
+    def matches(self, method: str, target: str, has_body: bool, conditional: bool = False) -> bool:
         if self.times is not None and self.times <= 0:
+            return False
+        if self.conditional and not conditional:
             return False
         if self.method is not None and self.method.upper() != method.upper():
             return False
@@ -344,14 +348,19 @@ class FaultProxy:
         times: int | None = 1,
         code: str = "SlowDown",
         message: str | None = None,
+        *,
+        conditional: bool = False,
     ) -> Rule:
-        """Answer ``times`` matching requests with ``status`` and ``<Error><Code>code``, unforwarded.
+        """Answer ``times`` matching requests with ``status`` and ``<Error><Code>code``, unforwarded
+        (with ``conditional``, only requests that carry ``If-Match`` or ``If-None-Match``).
 
         A request body not yet received is never read: with ``Expect: 100-continue`` the
         error is the answer to the head, and the connection is closed after it.
         """
         text = message or MESSAGES.get(code, f"Injected {code}.")
-        return self._add(Rule("fail", method, path_regex, times, status=status, code=code, message=text))
+        rule = Rule("fail", method, path_regex, times, status=status, code=code, message=text)
+        rule.conditional = conditional
+        return self._add(rule)
 
     def reset(
         self,
@@ -469,10 +478,10 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def _take_rule(self, method: str, target: str, has_body: bool) -> Rule | None:
+    def _take_rule(self, method: str, target: str, has_body: bool, conditional: bool = False) -> Rule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, target, has_body):
+                if rule.matches(method, target, has_body, conditional):
                     if rule.times is not None:
                         rule.times -= 1
                     rule.hits += 1
@@ -554,7 +563,8 @@ class FaultProxy:
         if delay:
             time.sleep(delay)
         has_body = "chunked" in head.tokens("transfer-encoding") or int(head.get("content-length") or 0) > 0
-        rule = self._take_rule(exchange.method, exchange.path, has_body)
+        conditional = any(k.lower() in CONDITIONAL_HEADERS for k, _ in head.headers)
+        rule = self._take_rule(exchange.method, exchange.path, has_body, conditional)
         if rule is not None:
             exchange.fault = rule.kind
             self._note_fault(exchange)

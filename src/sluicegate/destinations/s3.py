@@ -53,15 +53,8 @@ UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart 
 # short (BadDigest: the checksum we sent does not match what the store received; the file on
 # our disk is intact, so sending it again is the cure), whether answered 400 or 5xx.
 _RETRYABLE_CODES = {
-    "BadDigest",
-    "IncompleteBody",
-    "XAmzContentSHA256Mismatch",
-    "SlowDown",
-    "RequestTimeout",
-    "Throttling",
-    "ThrottlingException",
-    "InternalError",
-    "ServiceUnavailable",
+    *("BadDigest", "IncompleteBody", "XAmzContentSHA256Mismatch", "SlowDown", "RequestTimeout"),
+    *("Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable"),
 }
 
 
@@ -173,7 +166,11 @@ class S3Destination(SpooledUpload):
             return lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **condition)
 
         try:  # a store that refuses the headers (400, 501) instead of ignoring them honours none
-            if self._answer(put(IfNoneMatch="*")) != "ok":
+            first = self._answer(put(IfNoneMatch="*"))
+            if first == "not understood":  # unless a plain PUT is refused too (expired token, region)
+                with self._errors(key):
+                    put()()
+            if first != "ok":
                 return False
             return self._answer(put(IfNoneMatch="*")) == self._answer(put(IfMatch='"0"')) == "refused"
         finally:
