@@ -255,9 +255,9 @@ def _destination(dest: Mapping[str, Any], root: Path, where: str) -> Destination
     return DestinationSettings(
         url=_resolve_dest_url(dest["url"], root, where),
         endpoint_url=validate.endpoint_url(dest.get("endpoint_url"), where),
-        region=dest.get("region") or None,
-        access_key_id=dest.get("access_key_id") or None,
-        secret_access_key=dest.get("secret_access_key") or None,
+        region=validate.region(dest.get("region"), where),
+        access_key_id=validate.secret_text(dest.get("access_key_id"), f"{where} access_key_id"),
+        secret_access_key=validate.secret_text(dest.get("secret_access_key"), f"{where} secret_access_key"),
         multipart_threshold=validate.whole_number(
             dest.get("multipart_threshold", 64 * 1024**2),
             f"{where} multipart_threshold",

@@ -25,6 +25,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TASK_NAME_RULE = "use only ASCII letters, digits, '_', '.' and '-', and a letter or digit first"
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")  # botocore's validate_region_name
 
 
 def parse_duration(value: str | int | float, *, where: str) -> float:
@@ -338,6 +339,28 @@ def endpoint_url(value: Any, where: str) -> str | None:
             'e.g. "http://127.0.0.1:9000", or remove it for AWS'
         )
     return str(value)
+
+
+def region(value: Any, where: str) -> str | None:
+    """``[destination] region``: a region name as botocore accepts it, or None when unset
+    (botocore's TypeError or InvalidRegionError ended `check` and `run` with a traceback)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _REGION.fullmatch(value):
+        raise ConfigError(
+            f'{where} region: {value!r} is not a region name; write one such as "eu-west-1", '
+            "or remove it for AWS_DEFAULT_REGION"
+        )
+    return value
+
+
+def secret_text(value: Any, where: str) -> str | None:
+    """A credential setting as text, or None when unset; the value is never shown."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} is not text; write it in quotes")
+    return value
 
 
 def s3_bucket_problem(url: str) -> str | None:

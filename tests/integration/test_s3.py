@@ -663,6 +663,30 @@ def test_an_endpoint_url_that_is_no_http_url_is_a_config_error(tmp_path: Path, e
         assert "Traceback" not in result.stderr and "will retry" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("region = 5", "region: 5 is not a region name"),
+        ('region = "us east 1"', "region: 'us east 1' is not a region name"),
+        ("access_key_id = 5", "access_key_id is not text"),
+        ("secret_access_key = 123456", "secret_access_key is not text"),
+    ],
+)
+def test_a_region_or_key_that_boto3_refuses_is_a_config_error(
+    tmp_path: Path, setting: str, says: str
+) -> None:
+    """Was accepted: boto3's TypeError, AssertionError or InvalidRegionError ended `check` and
+    `run` with a traceback (exit 1). A credential's value is never shown."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Db(url)
+    root = write_project(tmp_path / "proj", source=url, destination="s3://bucket", destination_extra=setting)
+    for command in ("check", "run"):
+        result = cli(root, command)
+        assert result.returncode == 2, result.stderr
+        assert f"[destination] {says}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "123456" not in result.stderr
+
+
 def test_exporters_of_a_process_make_their_clients_from_one_session(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
