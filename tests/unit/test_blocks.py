@@ -718,7 +718,8 @@ def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_list
         assert "bird 2020-01-01T01:00-06:00 extract (retry)" in out
         assert (
             "lime 2020-01-01T01:00-06:00 extract (parked, not run: its 3 attempts are used up (leases"
-            " expired); then 'sluicegate blocks trips --time-max 2020-01-01T07:00:00+00:00 --incomplete-only'"
+            f" expired); then 'sluicegate -C {root} blocks trips --time-max 2020-01-01T07:00:00+00:00"
+            " --incomplete-only'"
             " retries it)"
         ) in out
         assert "lime 2020-01-01T01:00-06:00 load" not in out and "lease expired)" not in out
