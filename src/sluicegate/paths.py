@@ -101,7 +101,7 @@ def _check_extension(template: str, fmt: str, where: str) -> None:
     named = [f for f, spec in SPECS.items() if template.endswith(f".{spec.extension}")]
     if named and (written := max(named, key=len)) != fmt:
         raise ConfigError(
-            f"{where}: the file name ends in '.{SPECS[written].extension}' but the format is {fmt!r};"
+            f"{where}: {shown(template)} ends in '.{SPECS[written].extension}' but the format is {fmt!r};"
             " end the path with .{ext} (or set the format the name says)"
         )
 

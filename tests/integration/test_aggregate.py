@@ -354,6 +354,26 @@ def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) 
     assert _evaluations(root)[0]["path"] == "cur/20240310-1200.csv"
 
 
+@pytest.mark.parametrize(
+    ("path", "fmt", "written"),
+    [("cur/{t:%Y%m%d-%H%M}.csv", "parquet", ".csv"), ("cur/{t:%Y%m%d-%H%M}.parquet", "csv.gz", ".parquet")],
+)
+def test_a_file_path_naming_another_format_is_refused_at_load(
+    tmp_path: Path, sqlite_url: str, path: str, fmt: str, written: str
+) -> None:
+    """The other kinds refused a path ending in another format's extension; an aggregate took
+    `format = "parquet"` with a `.csv` path and wrote Parquet bytes under the CSV name."""
+    root = airmax_project(tmp_path / "proj", sqlite_url, task_extra=f'path = "{path}"\nformat = "{fmt}"')
+    for args in (("check",), ("run", AGGREGATE)):
+        proc = cli(root, *args)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        message = proc.stderr.strip()
+        assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+        assert str(root / "tasks" / AGGREGATE) in message and repr(path) in message, message
+        assert f"ends in '{written}' but the format is '{fmt}'" in message, message
+    assert not (root / "exports" / "cur").exists()
+
+
 def _also_select(root: Path, sink: str, **columns: tuple[str, str]) -> None:
     """Have the airmax aggregate select ``columns`` too (name: its SQL expression and the type of
     the table column that holds it), and add those columns to its table in ``sink``."""

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import db, paths, tabledb, tables, validate
-from ..exceptions import BadPartitionValue, ConfigError, DataError, LedgerError, SluicegateError
+from .. import db, tabledb, tables, validate
+from ..exceptions import ConfigError, DataError, LedgerError, SluicegateError
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..schedules import due_tick, latest_tick, longest_gap
@@ -41,7 +41,7 @@ from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
 from .aggregate_check import IN_WINDOW, KEEP, keep_seconds, reads_window, unreadable_times
-from .aggregate_file import render_path, write_file
+from .aggregate_file import check_path, write_file
 
 UTC = dt.UTC
 WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
@@ -129,13 +129,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"
         )
     if task.file:
-        paths.check_template(
-            task.path, folder, allowed={"task", "t", "format", "ext"}, required=(), what="evaluation field"
-        )
-        try:  # an absolute or ../ path: refused now, not at the first evaluation
-            render_path(task, dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC))
-        except BadPartitionValue as exc:
-            raise ConfigError(f"{where} path: {exc}") from None
+        check_path(task, where)
     return task
 
 

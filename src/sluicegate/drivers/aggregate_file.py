@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import db, paths
-from ..exceptions import DataError, SluicegateError
+from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..sources import Column, ColumnKind, Slice
@@ -56,6 +56,19 @@ def render_path(task: Task, tick: dt.datetime) -> str:
     return paths.render(
         task.path, {"task": task.name, "t": tick, "format": task.format, "ext": task.extension}
     )
+
+
+def check_path(task: Task, where: str) -> None:
+    """Raise ConfigError for a path template with an unknown field, ending in another format's
+    extension than the task's, or leaving the destination: at load, not at the first evaluation."""
+    paths.check_template(
+        task.path, task.folder, allowed={"task", "t", "format", "ext"}, required=(), what="evaluation field",
+        fmt=task.format,
+    )  # fmt: skip
+    try:  # an absolute or ../ path
+        render_path(task, dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC))
+    except BadPartitionValue as exc:
+        raise ConfigError(f"{where} path: {exc}") from None
 
 
 def write_file(
