@@ -718,6 +718,26 @@ def test_a_select_returning_two_columns_of_one_name_is_refused(tmp_path: Path, s
     assert proc.returncode == 2 and "two columns named num_measurements" in proc.stderr, proc.stderr
 
 
+def test_an_upsert_key_the_select_does_not_return_fails_check_and_the_evaluation(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """key = ["city", ...] with a select that returns no city: check said ok, and each run ended in
+    ValueError's traceback ("'city' is not in list") with the tick's claim left running."""
+    upsert = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
+    root = airmax_project(tmp_path / "proj", sqlite_url, destination_extra=upsert)
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(
+        select.read_text().replace("SELECT city,", "SELECT").replace("GROUP BY city,", "GROUP BY")
+    )
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "[destination] key: city is not a column select.sql returns" in proc.stderr, proc.stderr
+    failed = _evaluate(root, T)
+    assert failed.state == "failed" and "key: city is not a column" in str(failed.error), failed.error
+    assert _evaluations(root)[0]["state"] == "failed" and table(sqlite_url) == []
+
+
 def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
     """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
     have without it. A run of every task, all of such kinds, is refused too."""

@@ -40,12 +40,19 @@ from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
 from . import Context, Progress
-from .aggregate_check import IN_WINDOW, KEEP, keep_seconds, reads_window, unreadable_times
+from .aggregate_check import (
+    DEFAULT_EVALUATION_COLUMN,
+    IN_WINDOW,
+    KEEP,
+    column_clash,
+    keep_seconds,
+    reads_window,
+    unreadable_times,
+)
 from .aggregate_file import check_path, write_file
 
 UTC = dt.UTC
 WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
-DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
@@ -242,7 +249,7 @@ def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str],
     """Run the evaluation's select of ``tick`` on the database at ``url``; return the column names
     and the rows, the tick added to each."""
     names, rows = _select(url, task, tick)
-    if (clash := _clash(task, names)) is not None:
+    if (clash := column_clash(task, names)) is not None:
         raise DataError(clash)
     return [*names, task.evaluation_column], [(*row, tick) for row in rows]
 
@@ -267,31 +274,6 @@ def _select(
         return names, rows
     finally:
         source.close()
-
-
-def _clash(task: Task, names: Sequence[str]) -> str | None:
-    """The problem of a select that returns two columns of one name, or the column sluicegate adds
-    (the evaluation time), in any case: SQLite took the first of two columns an INSERT named
-    alike, so the select's value stood in for the other (or for the tick), silently."""
-    folded = [n.casefold() for n in names]
-    if twice := next((n for i, n in enumerate(names) if folded.index(folded[i]) != i), None):
-        return (
-            f"{task.folder / 'select.sql'} returns two columns named {twice} (in any case), and a table "
-            "holds one; name each column once (AS another_name)"
-        )
-    same = [n for n in names if n.casefold() == task.evaluation_column.casefold()]
-    if not same:
-        return None
-    if task.evaluation_column == DEFAULT_EVALUATION_COLUMN:
-        return (
-            f"{task.folder / 'select.sql'} returns a column {same[0]}, which sluicegate adds "
-            "(the evaluation time); remove it from the select, or name the added column otherwise with "
-            "evaluation_column in task.toml"
-        )
-    return (
-        f"{task.folder / 'task.toml'} evaluation_column: {task.evaluation_column!r} is a column select.sql "
-        "returns, and sluicegate adds it (the evaluation time); choose a name the select does not return"
-    )
 
 
 def _write_table(
@@ -447,7 +429,7 @@ def check(task: Task, source: Source) -> list[str]:
         names, _ = _select(source.url, no_rows, tick, forms=False)  # no rows read
     except SluicegateError as exc:
         return [f"{task.folder / 'select.sql'}: the query failed: {exc}; fix the SQL"]
-    if (clash := _clash(task, names)) is not None:
+    if (clash := column_clash(task, names)) is not None:
         return [clash]
     if tables.flavor_of(source.url) != "postgresql":
         window = tables.TableDb(source.url)

@@ -1,6 +1,6 @@
 """Checks of an aggregate task: does the select read the window (``in_window`` as code, in the
-source database's dialect), can SQLite read the window column's values as times, and does
-``keep`` cover a window."""
+source database's dialect), do its columns fit the table sink, can SQLite read the window
+column's values as times, and does ``keep`` cover a window."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .aggregate import Task
 
 IN_WINDOW = "in_window"
+DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 # What is not SQL code, per dialect: comments and string literals, left out when looking for
 # in_window ("-- in_window" passed, and each window aggregated the whole table). ('' is a quote
@@ -47,6 +48,44 @@ def reads_window(select_sql: str, flavor: tables.Flavor) -> bool:
     name it gives with ``AS``, not as the qualifier of a column)."""
     code = _NOT_CODE[flavor].sub(lambda m: m["name"] or " ", select_sql)
     return any(match.group(1) is None for match in _NAMED_WINDOW.finditer(code))
+
+
+def column_clash(task: Task, names: Sequence[str]) -> str | None:
+    """The problem of a select that returns two columns of one name, or the column sluicegate adds
+    (the evaluation time), in any case: SQLite took the first of two columns an INSERT named
+    alike, so the select's value stood in for the other (or for the tick), silently. Or of an
+    upsert key the select does not return."""
+    folded = [n.casefold() for n in names]
+    if twice := next((n for i, n in enumerate(names) if folded.index(folded[i]) != i), None):
+        return (
+            f"{task.folder / 'select.sql'} returns two columns named {twice} (in any case), and a table "
+            "holds one; name each column once (AS another_name)"
+        )
+    same = [n for n in names if n.casefold() == task.evaluation_column.casefold()]
+    if not same:
+        return _missing_key(task, names)
+    if task.evaluation_column == DEFAULT_EVALUATION_COLUMN:
+        return (
+            f"{task.folder / 'select.sql'} returns a column {same[0]}, which sluicegate adds "
+            "(the evaluation time); remove it from the select, or name the added column otherwise with "
+            "evaluation_column in task.toml"
+        )
+    return (
+        f"{task.folder / 'task.toml'} evaluation_column: {task.evaluation_column!r} is a column select.sql "
+        "returns, and sluicegate adds it (the evaluation time); choose a name the select does not return"
+    )
+
+
+def _missing_key(task: Task, names: Sequence[str]) -> str | None:
+    """An upsert key that is no column of the select nor the evaluation column: check said ok, and
+    each evaluation ended in ValueError's traceback, its claim left running."""
+    missing = [k for k in task.target.key if k not in {*names, task.evaluation_column}]
+    if not missing:
+        return None
+    return (
+        f"{task.folder / 'task.toml'} [destination] key: {missing[0]} is not a column select.sql returns "
+        f"({', '.join(names)}); name the key's columns as the select does"
+    )
 
 
 def unreadable_times(source: tables.TableDb, task: Task) -> str | None:
