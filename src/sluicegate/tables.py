@@ -56,6 +56,7 @@ __all__ = [
     "TableTarget",
     "flavor_of",
     "load_target",
+    "null_key",
     "parse_time",
     "quote",
     "resolve_url",
@@ -339,6 +340,20 @@ class TableSink:
                 cur.execute("SELECT RELEASE_LOCK(?)", (name,))
                 cur.fetchall()
                 cur.close()
+
+
+def null_key(target: TableTarget, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str | None:
+    """The problem of rows of an upsert or insert with NULL in a key column: a NULL equals no
+    other value, so ON CONFLICT (ON DUPLICATE KEY) never matched them and each write added them again."""
+    for key in target.key if target.mode != "replace" else ():
+        at = list(columns).index(key) if key in columns else None
+        if at is not None and (nulls := sum(row[at] is None for row in rows)):
+            return (
+                f"{target.display}: key column {key} is NULL in {nulls} of {len(rows)} rows, and a NULL key "
+                f"matches no row, so each write would add them again; give it a value (COALESCE({key}, ...)) "
+                "or leave those rows out"
+            )
+    return None
 
 
 def _last_per_key(

@@ -738,6 +738,33 @@ def test_an_upsert_key_the_select_does_not_return_fails_check_and_the_evaluation
     assert _evaluations(root)[0]["state"] == "failed" and table(sqlite_url) == []
 
 
+def test_an_upsert_row_with_a_null_key_fails_the_evaluation_instead_of_adding_it_again(
+    tmp_path: Path, url: str
+) -> None:
+    """A NULL equals no other value, so ON CONFLICT (ON DUPLICATE KEY) never matched a group whose
+    key column was NULL: each evaluation added its row again, beside the older ones."""
+    upsert = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
+    root = airmax_project(
+        tmp_path / "proj", url, destination_extra=upsert, task_extra='path = "cur/{t:%H%M}.{ext}"'
+    )
+    db = tables.TableDb(url)
+    text = "varchar(100)" if db.flavor == "mariadb" else "text"
+    time_type = {"sqlite": "text", "postgresql": "timestamptz", "mariadb": "datetime"}[db.flavor]
+    db.execute("DROP TABLE current_air_quality")
+    db.execute(
+        f"CREATE TABLE current_air_quality (city {text}, parameter_name {text}, parameter_unit {text}, "
+        f"parameter_value double precision, num_measurements bigint, evaluation_time_utc {time_type}, "
+        "UNIQUE (city, parameter_name, parameter_unit))"
+    )
+    db.close()
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 4.0), (None, T - dt.timedelta(hours=2), 2.0)])  # type: ignore[list-item]
+    for minutes in (0, 5):
+        failed = _evaluate(root, T + dt.timedelta(minutes=minutes))
+        assert failed.state == "failed", table(url)
+        assert "key column city is NULL" in str(failed.error) and "COALESCE(city" in str(failed.error)
+    assert table(url) == [] and not (root / "exports" / "cur").exists()  # no file either
+
+
 def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
     """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
     have without it. A run of every task, all of such kinds, is refused too."""

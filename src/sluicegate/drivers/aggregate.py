@@ -332,6 +332,8 @@ def _write_table(
 def _table_rows(task: Task, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The rows (the tick last) as the table's database takes them; raises DataError for a value
     it cannot hold."""
+    if (null := tables.null_key(task.target, columns, rows)) is not None:  # before the file is written
+        raise DataError(null)
     flavor = tables.flavor_of(task.target.url)
     cell = _foreign_cell if flavor != "postgresql" else (lambda flavor, name, value: value)
     return [
