@@ -374,6 +374,35 @@ def test_a_file_path_naming_another_format_is_refused_at_load(
     assert not (root / "exports" / "cur").exists()
 
 
+@pytest.mark.parametrize(
+    ("timing", "path", "twins"),
+    [('every = "5m"', "cur/{t:%H%M}.{ext}", "2024-01-15T12:00:00Z and 2024-01-16T12:00:00Z"),
+     ('every = "5m"', "cur/{t:%Y%m%d%H}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
+     ('every = "30s"', "cur/{t:%Y%m%d%H%M}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:00:30Z"),
+     ('every = "5m"', "{task}/latest.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
+     ('schedule = "*/5 * * * *"', "cur/{t:%Y%m%d%H}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
+     ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%m%d}.{ext}",
+      "2024-01-15T05:00:00Z and 2025-01-15T05:00:00Z"),
+     ('every = "1h"', "cur/{t:%Y%m%d%H}.{ext}", None),
+     ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}", None),
+     ('every = "5m"', "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}", None)],
+)  # fmt: skip
+def test_a_file_path_that_names_two_ticks_alike_is_refused_at_load(
+    tmp_path: Path, sqlite_url: str, timing: str, path: str, twins: str | None
+) -> None:
+    """path = "cur/{t:%H%M}.csv": each day's 12:00 evaluation replaced the day before's file, and
+    the ledger and the manifests still named that file for both ticks (no history was kept)."""
+    root = airmax_project(tmp_path / "proj", sqlite_url, task_extra=f'path = "{path}"')
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(toml.read_text().replace('every = "5m"', timing))
+    if twins is None:
+        assert AGGREGATE in load(root).tasks, load(root).problems
+        return
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"names the ticks {twins} alike" in proc.stderr and repr(path) in proc.stderr, proc.stderr
+
+
 def _also_select(root: Path, sink: str, **columns: tuple[str, str]) -> None:
     """Have the airmax aggregate select ``columns`` too (name: its SQL expression and the type of
     the table column that holds it), and add those columns to its table in ``sink``."""
@@ -392,13 +421,15 @@ def _also_select(root: Path, sink: str, **columns: tuple[str, str]) -> None:
 def test_a_json_column_is_written_back_to_postgresql_and_into_the_file(tmp_path: Path, pg_url: str) -> None:
     """A select returning jsonb failed every evaluation: psycopg read it as a dict and could not
     send a dict back ("cannot adapt type 'dict'")."""
-    root = airmax_project(tmp_path / "proj", pg_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"')
+    root = airmax_project(
+        tmp_path / "proj", pg_url, task_extra='path = "cur/{t:%Y%m%d%H%M}.{ext}"\nformat = "csv"'
+    )
     _also_select(root, pg_url, extra=("jsonb_build_object('min', min(parameter_value))", "jsonb"))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0), ("Gent", T - dt.timedelta(hours=2), 2.0)])
     result = _evaluate(root, T)
     assert (result.state, result.error) == ("done", None)
     assert [r["extra"] for r in table(pg_url)] == [{"min": 2.0}]
-    assert [r["extra"] for r in read_csv(root / "exports" / "cur" / "1200.csv")] == ['{"min": 2}']
+    assert [r["extra"] for r in read_csv(root / "exports" / "cur" / "202403101200.csv")] == ['{"min": 2}']
 
 
 @pytest.mark.pg
@@ -459,7 +490,7 @@ def test_a_value_a_sqlite_table_cannot_hold_fails_by_column(
     evaluation fails naming the column and what to write in select.sql; the table keeps its rows,
     and the evaluation's file is not written (it was, before the table refused the value)."""
     sink = f"sqlite:///{tmp_path / 'sink.db'}"
-    extra = 'path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+    extra = 'path = "cur/{t:%Y%m%d%H%M}.{ext}"\nformat = "csv"'
     root = airmax_project(tmp_path / "proj", pg_url, sink=sink, task_extra=extra)
     _also_select(root, sink, x=(expr, kind))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
@@ -478,7 +509,7 @@ def test_a_float_a_mariadb_table_cannot_hold_fails_by_column(
 ) -> None:
     """A PostgreSQL NaN or infinity failed the evaluation with the driver's "Float value 'nan' is
     not supported.", naming no column, after the evaluation's file was written."""
-    extra = 'path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+    extra = 'path = "cur/{t:%Y%m%d%H%M}.{ext}"\nformat = "csv"'
     root = airmax_project(tmp_path / "proj", pg_url, sink=mariadb_url, task_extra=extra)
     _also_select(root, mariadb_url, x=(f"'{value}'::float8", "DOUBLE"))
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
@@ -745,7 +776,7 @@ def test_an_upsert_row_with_a_null_key_fails_the_evaluation_instead_of_adding_it
     key column was NULL: each evaluation added its row again, beside the older ones."""
     upsert = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
     root = airmax_project(
-        tmp_path / "proj", url, destination_extra=upsert, task_extra='path = "cur/{t:%H%M}.{ext}"'
+        tmp_path / "proj", url, destination_extra=upsert, task_extra='path = "cur/{t:%Y%m%d%H%M}.{ext}"'
     )
     db = tables.TableDb(url)
     text = "varchar(100)" if db.flavor == "mariadb" else "text"
@@ -796,7 +827,7 @@ def test_a_value_the_file_cannot_hold_as_postgresql_writes_it_fails_by_column(
     silently (PostgreSQL writes {1,NULL}, 1 day -00:00:01, (1,x), [1,5)); JSON lines failed
     naming no column. Now the evaluation fails, naming the column and the cast to make."""
     root = airmax_project(
-        tmp_path / "proj", pg_url, task_extra=f'path = "cur/{{t:%H%M}}.{{ext}}"\nformat = "{fmt}"'
+        tmp_path / "proj", pg_url, task_extra=f'path = "cur/{{t:%Y%m%d%H%M}}.{{ext}}"\nformat = "{fmt}"'
     )
     _also_select(root, pg_url, **{column: (expr, "text")})
     add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
@@ -826,12 +857,12 @@ def test_text_of_a_sql_ascii_database_is_read_and_written_as_text(tmp_path: Path
     (UnicodeEncodeError: no row could be written) and read text back as bytes (the file held
     "\\x4765..." for "Gent"). The table connections now ask for UTF-8."""
     root = airmax_project(
-        tmp_path / "proj", sql_ascii_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+        tmp_path / "proj", sql_ascii_url, task_extra='path = "cur/{t:%Y%m%d%H%M}.{ext}"\nformat = "csv"'
     )
     add_raw(sql_ascii_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
     result = _evaluate(root, T)
     assert (result.state, result.error) == ("done", None)
-    [row] = read_csv(root / "exports" / "cur" / "1200.csv")
+    [row] = read_csv(root / "exports" / "cur" / "202403101200.csv")
     assert (row["city"], row["parameter_unit"]) == ("Gent", "µg/m³")
     assert [(r["city"], r["parameter_unit"]) for r in table(sql_ascii_url)] == [("Gent", "µg/m³")]
 
@@ -843,7 +874,7 @@ def test_a_mariadb_time_the_file_cannot_hold_names_a_cast_mariadb_takes(
     """MariaDB's driver gives a TIME as a timedelta, which fails the file by column; the error
     said CAST(col AS text), a syntax error on MariaDB (its cast is CAST(col AS CHAR))."""
     root = airmax_project(
-        tmp_path / "proj", mariadb_url, task_extra='path = "cur/{t:%H%M}.{ext}"\nformat = "csv"'
+        tmp_path / "proj", mariadb_url, task_extra='path = "cur/{t:%Y%m%d%H%M}.{ext}"\nformat = "csv"'
     )
     _also_select(root, mariadb_url, span=("SEC_TO_TIME(3600)", "TEXT"))
     add_raw(mariadb_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from .. import db, paths
 from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
 from ..options import Budget, TaskSummary
+from ..partitions import zone_of
 from ..pipeline import Pipeline
+from ..schedules import due_tick
 from ..sources import Column, ColumnKind, Slice
 from ..work import Outcome, Place, WorkUnit
 
@@ -51,6 +53,9 @@ class FileRecorder:
         return 0
 
 
+SAMPLE = dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC)  # the tick the path is tried on at load
+
+
 def render_path(task: Task, tick: dt.datetime) -> str:
     """The file of ``tick``."""
     return paths.render(
@@ -66,9 +71,45 @@ def check_path(task: Task, where: str) -> None:
         fmt=task.format,
     )  # fmt: skip
     try:  # an absolute or ../ path
-        render_path(task, dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC))
+        render_path(task, SAMPLE)
     except BadPartitionValue as exc:
         raise ConfigError(f"{where} path: {exc}") from None
+    if twins := _twin_ticks(task):
+        first, second = (f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in twins)
+        raise ConfigError(
+            f"{where} path: {paths.shown(task.path)} names the ticks {first} and {second} alike, so the "
+            "later one's file would replace the earlier one's; name each tick in full, e.g. "
+            "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
+        )
+
+
+def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
+    """Two ticks of the task whose files the path names alike (the next 60 ticks after a sample,
+    and the ticks a minute, hour, day, ..., century from it), in order; None when there are none."""
+    from croniter import croniter
+
+    try:
+        tick = due_tick(task, SAMPLE)
+        assert tick is not None
+        if task.schedule is None:
+            following = [tick + dt.timedelta(seconds=(task.every or 0) * k) for k in range(1, 61)]
+        else:
+            local = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone)))
+            following = [local.get_next(dt.datetime).astimezone(dt.UTC) for _ in range(60)]
+    except ValueError:  # croniter's CroniterBadDateError: the schedule's years end
+        return None
+    name = render_path(task, tick)
+    for other in [*following, *(t for t in paths.near_times(tick) if _is_tick(task, t))]:
+        if render_path(task, other) == name:
+            return min(tick, other), max(tick, other)
+    return None
+
+
+def _is_tick(task: Task, at: dt.datetime) -> bool:
+    try:
+        return due_tick(task, at) == at
+    except ValueError:  # before the schedule's first year
+        return False
 
 
 def write_file(
