@@ -173,6 +173,19 @@ class TableDb:
             raise DataError(f"table {table} cannot be read ({exc}); create it first") from exc
         return names
 
+    def required_columns(self, table: str) -> list[str]:
+        """The columns of ``table`` an INSERT must give a value: NOT NULL, without a default, and not
+        numbered or computed by the database (an identity, auto_increment, SQLite's rowid, generated)."""
+        schema, _, name = table.rpartition(".")
+        if self.flavor == "sqlite":
+            s = schema or None
+            rows = self.query(_SQLITE_REQUIRED, (name, s, name, s))[1]
+        elif self.flavor == "postgresql":
+            rows = self.query(_PG_REQUIRED, (self.quote(table),))[1]
+        else:
+            rows = self.query(_MARIADB_REQUIRED, (schema or None, name))[1]
+        return [str(r[0]) for r in rows]
+
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
         insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
@@ -228,6 +241,22 @@ _MARIADB_UNIQUE = (
     " GROUP BY index_name HAVING count(*) = 1 AND max(non_unique) = 0 AND max(column_name) = ?"
 )
 
+_SQLITE_REQUIRED = (
+    'SELECT c.name FROM pragma_table_info(?, ?) AS c WHERE c."notnull" = 1 AND c.dflt_value IS NULL'
+    " AND NOT (c.pk = 1 AND upper(c.type) = 'INTEGER'"
+    " AND (SELECT count(*) FROM pragma_table_info(?, ?) WHERE pk > 0) = 1)"
+)
+_PG_REQUIRED = (
+    "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(%s)"
+    " AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef"
+    " AND a.attidentity = '' AND a.attgenerated = '' ORDER BY a.attnum"
+)
+_MARIADB_REQUIRED = (
+    "SELECT column_name FROM information_schema.columns"
+    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND is_nullable = 'NO'"
+    " AND column_default IS NULL AND extra NOT LIKE '%auto_increment%' AND extra NOT LIKE '%GENERATED%'"
+    " ORDER BY ordinal_position"
+)
 _SQLITE_COLLATION = (
     "SELECT x.coll FROM pragma_index_list(?, ?) AS l JOIN pragma_index_xinfo(l.name, ?) AS x"
     " WHERE l.\"unique\" = 1 AND x.key = 1 AND x.name = ? AND upper(x.coll) <> 'BINARY'"

@@ -344,6 +344,35 @@ def test_a_table_without_a_unique_index_on_the_id_is_refused_before_any_message(
     assert _query(url, "SELECT count(*) FROM nouniq") == [(1,)]
 
 
+def test_a_table_column_that_needs_a_value_no_message_field_gives_is_refused_before_any_message(
+    tmp_path: Path, url: str
+) -> None:
+    """A NOT NULL column without a default that [columns] does not map: check said ok, and the
+    table refused every message's row, so each one was reported malformed and skipped (from SQS:
+    deleted). A column with a default, or one the database numbers itself, needs no field."""
+    root = airmax_project(tmp_path / "proj", url)
+    flavor = tabledb.flavor_of(url)
+    serial = {"sqlite": "INTEGER PRIMARY KEY", "postgresql": "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+              "mariadb": "BIGINT AUTO_INCREMENT PRIMARY KEY"}[flavor]  # fmt: skip
+    _execute(
+        url,
+        f"CREATE TABLE stations (n {serial}, mid {ID_TYPES[flavor]} NOT NULL UNIQUE, "
+        f"at {TIME_TYPES[flavor]} NOT NULL, station VARCHAR(20) NOT NULL, note VARCHAR(20) NOT NULL DEFAULT 'x')",
+    )
+    batch = _refused_before_any_message(
+        root, url, "stations", ["m1", "m2"],
+        "stations.station needs a value (NOT NULL, without a default) and [columns] maps no field to it",
+    )  # fmt: skip
+    toml = root / "tasks" / TASK / "task.toml"
+    toml.write_text(toml.read_text() + 'station = "location"\n')
+    assert cli(root, "check").returncode == 0
+    assert cli(root, "ingest", TASK, str(batch)).returncode == 1  # no location in these messages: NULL
+    _execute(url, "ALTER TABLE stations DROP COLUMN station")
+    toml.write_text(toml.read_text().replace('station = "location"\n', ""))
+    assert cli(root, "ingest", TASK, str(batch)).returncode == 0
+    assert _query(url, "SELECT count(*) FROM stations") == [(2,)]
+
+
 def test_ids_that_differ_in_case_accents_or_trailing_spaces_are_different_messages(
     root: Path, tmp_path: Path, url: str
 ) -> None:

@@ -158,6 +158,13 @@ def check(task: Task, source: Source) -> list[str]:
         missing = sorted(column for column, _ in task.columns if column not in have)
         if missing:
             return [f"{toml} [columns]: table {table} has no column {', '.join(missing)}"]
+        mapped = {column for column, _ in task.columns}
+        if unmapped := [c for c in target.required_columns(table) if c not in mapped]:
+            return [
+                f"{toml} [columns]: {table}.{unmapped[0]} needs a value (NOT NULL, without a default) and"
+                " [columns] maps no field to it, so the table would refuse every message; map it to a field"
+                f' ({unmapped[0]} = "location") or give the column a default'
+            ]
         if not target.unique_on(table, key):  # each message is inserted once, by its id
             index = f"{table.rpartition('.')[2]}_{key}_key"
             return [
