@@ -57,7 +57,7 @@ def longest_gap(schedule: str, zone: str, now: dt.datetime, *, beyond: float) ->
 
     step = dt.timedelta(seconds=max(beyond, 366 * 86400 / 400))
     year = now + dt.timedelta(days=366)
-    changes = [a for t in _clock_changes(zone, now, year) for a in (t - dt.timedelta(seconds=1), t)]
+    changes = [a for t in clock_changes(zone, now, year) for a in (t - dt.timedelta(seconds=1), t)]
     at, gap = now, 0.0
     while at <= year or changes:
         try:
@@ -71,7 +71,7 @@ def longest_gap(schedule: str, zone: str, now: dt.datetime, *, beyond: float) ->
     return gap if gap > beyond else 0.0
 
 
-def _clock_changes(zone: str, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+def clock_changes(zone: str, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     """The instants (to the second) in ``[start, end]`` at which ``zone``'s offset from UTC changes."""
     tz, found = zone_of(zone), []
     day = dt.timedelta(days=1)

@@ -376,13 +376,16 @@ def test_a_file_path_naming_another_format_is_refused_at_load(
 
 @pytest.mark.parametrize(
     ("timing", "path", "twins"),
-    [('every = "5m"', "cur/{t:%H%M}.{ext}", "2024-01-15T12:00:00Z and 2024-01-16T12:00:00Z"),
+    [('every = "5m"', "cur/{t:%H%M}.{ext}", "2024-01-15T00:00:00Z and 2024-01-16T00:00:00Z"),
      ('every = "5m"', "cur/{t:%Y%m%d%H}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
      ('every = "30s"', "cur/{t:%Y%m%d%H%M}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:00:30Z"),
      ('every = "5m"', "{task}/latest.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
      ('schedule = "*/5 * * * *"', "cur/{t:%Y%m%d%H}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
      ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%m%d}.{ext}",
       "2024-01-15T05:00:00Z and 2025-01-15T05:00:00Z"),
+     # 02:30 comes twice the night the clocks go back: one UTC day, two ticks
+     ('schedule = "30 2 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
+      "2024-10-27T00:30:00Z and 2024-10-27T01:30:00Z"),
      ('every = "1h"', "cur/{t:%Y%m%d%H}.{ext}", None),
      ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}", None),
      ('every = "5m"', "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}", None)],

@@ -19,7 +19,7 @@ from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateEr
 from ..options import Budget, TaskSummary
 from ..partitions import zone_of
 from ..pipeline import Pipeline
-from ..schedules import due_tick
+from ..schedules import clock_changes, due_tick
 from ..sources import Column, ColumnKind, Slice
 from ..work import Outcome, Place, WorkUnit
 
@@ -84,25 +84,36 @@ def check_path(task: Task, where: str) -> None:
 
 
 def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
-    """Two ticks of the task whose files the path names alike (the next 60 ticks after a sample,
-    and the ticks a minute, hour, day, ..., century from it), in order; None when there are none."""
-    from croniter import croniter
-
+    """Two ticks of the task whose files the path names alike, in order, or None: among a sample
+    tick, the 60 after it and those a minute, hour, day, ..., century from it; and the 60 ticks
+    from a day before each clock change of the schedule's zone in the year after it (02:30 comes
+    twice the night the clocks go back)."""
     try:
         tick = due_tick(task, SAMPLE)
         assert tick is not None
-        if task.schedule is None:
-            following = [tick + dt.timedelta(seconds=(task.every or 0) * k) for k in range(1, 61)]
-        else:
-            local = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone)))
-            following = [local.get_next(dt.datetime).astimezone(dt.UTC) for _ in range(60)]
+        runs = [[*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))]]
+        if task.schedule is not None:
+            changes = clock_changes(task.schedule_zone, SAMPLE, SAMPLE + dt.timedelta(days=366))
+            runs += [_following(task, due_tick(task, at - dt.timedelta(days=1))) for at in changes]
     except ValueError:  # croniter's CroniterBadDateError: the schedule's years end
         return None
-    name = render_path(task, tick)
-    for other in [*following, *(t for t in paths.near_times(tick) if _is_tick(task, t))]:
-        if render_path(task, other) == name:
-            return min(tick, other), max(tick, other)
+    for run in runs:
+        named: dict[str, dt.datetime] = {}
+        for at in run:
+            if (other := named.setdefault(render_path(task, at), at)) != at:
+                return min(at, other), max(at, other)
     return None
+
+
+def _following(task: Task, tick: dt.datetime | None) -> list[dt.datetime]:
+    """``tick`` and the 60 ticks after it."""
+    from croniter import croniter
+
+    assert tick is not None
+    if task.schedule is None:
+        return [tick + dt.timedelta(seconds=(task.every or 0) * k) for k in range(61)]
+    local = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone)))
+    return [tick, *(local.get_next(dt.datetime).astimezone(dt.UTC) for _ in range(60))]
 
 
 def _is_tick(task: Task, at: dt.datetime) -> bool:
