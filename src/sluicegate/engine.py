@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +53,9 @@ class Exporter:
     ) -> list[TaskSummary]:
         """Export every pending, complete unit of ``tasks`` once; return a summary per task."""
         budget = Budget.start(options.max_runtime, options.started, stop)
-        self.context.feed_run = FeedRun()  # each pass names its manifests with a new run id
+        # Each pass names its manifests with a new run id; the service's with the id it answered
+        # (POST /exports), so 'sluicegate changes --since RUN_ID' finds that run's manifests.
+        self.context.feed_run = FeedRun(run=uuid.UUID(options.run_id).hex) if options.run_id else FeedRun()
         if not options.dry_run:
             try:
                 self.context.destination.cleanup(older_than=self.project.settings.lease)

@@ -45,8 +45,13 @@ class RunOptions:
     dry_run: bool = False
     request: ExportRequest | None = None  # incremental tasks: type, window, entities, destination, tag
     redrive: bool = False  # incremental tasks: re-run only the recorded failures
-    recorded: bool = False  # the caller (the HTTP service) already recorded this run on the ledger
+    run_id: str | None = None  # the caller (the HTTP service) recorded this run on the ledger under it
     blocks: BlockRequest | None = None  # blocks tasks: the range, key value and stages to run
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the caller recorded this run on the ledger (its manifests are named by its id)."""
+        return self.run_id is not None
 
 
 @dataclass(kw_only=True)

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from sluicegate.ledger import Ledger, run_heartbeat
 from sluicegate.options import RunOptions
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler, latest_tick
-from support import SLUICEGATE, Db, files, hours, load, write_project
+from support import SLUICEGATE, Db, cli, files, hours, load, write_project
 
 UTC = dt.UTC
 TOKEN = "t0ken-for-tests"
@@ -123,6 +124,11 @@ def test_original_endpoints_and_auth(pg_project: tuple[Path, Db]) -> None:
         assert httpx.post(f"{server.url}/exports/nope", headers=AUTH).status_code == 404
         ok = httpx.post(f"{server.url}/exports/openaq", headers=AUTH).json()
         assert ok["status"] == "Ok" and server.wait_run(ok["run_id"])["state"] == "succeeded"
+        # The run's manifests carry the id the service answered, so the change feed finds that run.
+        manifests = [m.name for m in (root.parent / "out" / "_manifests").rglob("*.jsonl")]
+        assert manifests and all(m.startswith(uuid.UUID(ok["run_id"]).hex) for m in manifests), manifests
+        since = cli(root, "changes", "--since", ok["run_id"])
+        assert since.returncode == 0 and "no changes since" in since.stderr, since.stderr
         everything = httpx.post(f"{server.url}/exports", headers=AUTH).json()
         run = server.wait_run(everything["run_id"])
         assert {s["task"] for s in run["summary"]} == {"agency", "openaq"}

@@ -67,7 +67,7 @@ class RunManager:
             run_id = ledger.runs.start(label, tag=tag, request=request)
         with self._lock:
             try:
-                options = dataclasses.replace(options, recorded=True)
+                options = dataclasses.replace(options, run_id=run_id)  # its manifests' name too
                 future = self.pool.submit(self._execute, project, tasks, options, run_id)
             except RuntimeError:  # the service is stopping
                 self._finish(project, run_id, [_not_started()])
