@@ -165,6 +165,19 @@ def test_check_says_when_the_bucket_does_not_exist(tmp_path: Path, s3_bucket: tu
     assert f"bucket '{bucket}-gone' does not exist" in problem and "[destination] url" in problem, problem
 
 
+def test_a_run_into_a_missing_bucket_names_the_bucket_not_its_probe(
+    tmp_path: Path, s3_bucket: tuple[str, str]
+) -> None:
+    """A run said "s3://b-gone/exports/.sluicegate-probe-... at ...: NoSuchBucket ...; check the
+    bucket, credentials and permissions", naming a key the user never wrote."""
+    endpoint, bucket = s3_bucket
+    root, _db = _project(tmp_path, f"s3://{bucket}-gone/exports", f'endpoint_url = "{endpoint}"')
+    proc = cli(root, "run")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"bucket '{bucket}-gone' does not exist at {endpoint}; create it or fix the url" in line, line
+
+
 def test_seaweed_wrong_secret_is_a_terminal_failure(
     tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
 ) -> None:

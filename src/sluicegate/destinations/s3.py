@@ -390,8 +390,7 @@ class S3Destination(SpooledUpload):
             except ClientError as exc:  # HeadBucket answers without a body: only "404 Not Found"
                 if not _missing(exc):
                     raise
-                gone = f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the url"
-                raise TerminalError(gone) from exc
+                raise TerminalError(self._no_bucket) from exc
         if write:  # not for health: objects put on every poll are requests billed
             self.conditional()
 
@@ -425,6 +424,10 @@ class S3Destination(SpooledUpload):
                 aborted += 1
         return aborted
 
+    @property
+    def _no_bucket(self) -> str:
+        return f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the url"
+
     def display(self, path: str) -> str:
         """The ``s3://`` URL of ``path``."""
         return f"s3://{self.bucket}/{self.key(path)}"
@@ -446,6 +449,8 @@ class S3Destination(SpooledUpload):
                 raise _Refused(where) from exc
             error = exc.response.get("Error", {})
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if error.get("Code") == "NoSuchBucket":  # the bucket's fault, not the key's (a run's probe)
+                raise TerminalError(f"{self._no_bucket} (at {key})") from exc
             message = f"{where}: {error.get('Code', status)} {error.get('Message', '')}".strip()
             if status >= 500 or status in (408, 429) or error.get("Code") in _RETRYABLE_CODES:
                 raise DestinationUnavailable(message + "; will retry") from exc
