@@ -136,7 +136,7 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
         t1 = time.perf_counter()
         if not claims:
             break
-        if ledger.partitions.paths_taken(TASK, {f"p/{c.id}.csv.gz" for c in claims}):  # type: ignore[arg-type]
+        if ledger.partitions.paths_taken(TASK.name, {f"p/{c.id}.csv.gz" for c in claims}):  # type: ignore[arg-type]
             raise RuntimeError("a pending partition's path is recorded for another partition")
         t15 = time.perf_counter()
         results = [
