@@ -298,3 +298,60 @@ def test_max_runtime_ends_the_process_inside_its_budget(tmp_path: Path) -> None:
     assert 0 < summary["exported"] < 6000
     [status] = operations.status(load(root), ["openaq"])
     assert status["claimed"] == 0 and status["exported"] == summary["exported"]
+
+
+def _run_until_killed_at_poison(root: Path, url: str) -> int:
+    """One ``sluicegate run``, SIGKILLed (as the OOM killer would) once it reads the poison
+    partition (its select sleeps in ``pg_sleep``); its exit code (-9 when killed)."""
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    with psycopg.connect(url, autocommit=True) as admin:
+        while proc.poll() is None:
+            sleeping = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
+            if pids := [pid for (pid,) in admin.execute(sleeping).fetchall()]:
+                proc.kill()
+                proc.wait()
+                for pid in pids:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            time.sleep(0.05)
+    proc.communicate()
+    return proc.returncode
+
+
+@pytest.mark.pg
+def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_batch(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Location 3's first day kills the worker each time it is read. It died with the nine other
+    partitions of its batch; each run then claimed the ten back together (an attempt each) and died
+    again, until all ten were parked, nine never exported. A dead claim's partitions are now taken
+    over one at a time, counted only when alone in it: the nine are exported, only the poison is parked."""
+    db = Db(pg_url)
+    db.conn.execute(
+        "CREATE FUNCTION poison(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF loc = 3 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_sleep(60); END IF; RETURN 1; END $$"
+    )
+    _fill(db, range(1, 6))
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, poison(m.location_id, m.datetime)"
+        " AS p FROM measurements AS m"
+    )
+    root = _project(
+        tmp_path, pg_url, "csv", select, lease="1s", extra_defaults="max_attempts = 2\nworkers = 1"
+    )
+    _mark_all(root, range(1, 6))
+    codes = []
+    for _ in range(6):
+        codes.append(_run_until_killed_at_poison(root, pg_url))
+        if codes[-1] != -9:
+            break
+        time.sleep(1.3)  # the dead run's lease runs out
+    assert codes[0] == -9 and codes[-1] == 1, codes
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["exported"], status["failed"], status["claimed"], status["pending"]) == (9, 1, 0, 0), (
+        status
+    )
+    [failure] = status["failures"]
+    assert json.loads(failure["partition"]) == [3, "2024-01-01"] and failure["attempts"] == 2, failure
+    assert len(files(tmp_path / "out")) == 9

@@ -122,11 +122,13 @@ class Model:
     def unheld(self, row: Row) -> bool:
         return not row.failed and row.version > row.exported and not self.live(row)
 
-    def claimable(self) -> set[int]:
+    def claimable(self, *, dead: bool = False) -> set[int]:
+        """Pending partitions no claim holds, or with ``dead`` those of dead claims (expired leases)."""
         return {
             k
             for k, r in self.rows.items()
             if self.unheld(r)
+            and (r.token is not None) == dead
             and self.complete(k)
             and (r.next_attempt_at is None or r.next_attempt_at <= self.now)
         }
@@ -231,7 +233,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.rows)
     @rule(target=claims, limit=st.integers(1, len(KEYS)), worker=st.sampled_from([0, 1]))
     def claim(self, limit: int, worker: int) -> Any:
-        """A worker claims up to ``limit`` partitions: only unheld, complete, due ones, oldest change first."""
+        """A worker claims up to ``limit`` partitions: only unclaimed, complete, due ones, oldest change first."""
         self._tick()
         got = self.ledgers[worker].partitions.claim(self.task, limit=limit, lease=LEASE)
         keys = [self._key(c) for c in got]
@@ -249,7 +251,29 @@ class LedgerMachine(RuleBasedStateMachine):
         for c in got:
             self.latest[self._key(c)] = c
             row = self.model.rows[self._key(c)]
-            row.attempts += 1 if row.token is not None else 0  # taking over an expired lease
+            row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
+            assert (c.version, c.exported_version, c.attempts, c.forced) == (
+                row.version, row.exported, row.attempts, row.forced,
+            )  # fmt: skip
+        return multiple(*got)
+
+    @precondition(lambda self: self.model.rows)
+    @rule(target=claims, worker=st.sampled_from([0, 1]))
+    def take_over(self, worker: int) -> Any:
+        """A worker takes over one partition of a dead claim, the oldest change first, alone: an
+        attempt only when the dead claim held it alone."""
+        self._tick()
+        got = self.ledgers[worker].partitions.take_over(self.task, lease=LEASE)
+        dead = self.model.claimable(dead=True)
+        assert len(got) == min(1, len(dead)), f"took over {got} of {sorted(dead)}"
+        for c in got:
+            key = self._key(c)
+            assert key in dead and self.model.rows[key].changed == min(
+                self.model.rows[k].changed for k in dead
+            )
+            self.latest[key] = c
+            row = self.model.rows[key]
+            row.attempts += not any(r.token == row.token for r in self.model.rows.values() if r is not row)
             row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
             assert (c.version, c.exported_version, c.attempts, c.forced) == (
                 row.version, row.exported, row.attempts, row.forced,
@@ -430,7 +454,7 @@ class LedgerMachine(RuleBasedStateMachine):
         s = self.ledger.partitions.status(self.task)
         assert (s.pending, s.claimed, s.exported, s.failed, s.waiting, s.retrying) == self.model.status()
         due = {self._key(c) for c in self.ledger.partitions.pending(self.task, limit=len(KEYS))}
-        assert due == self.model.claimable()
+        assert due == self.model.claimable() | self.model.claimable(dead=True)
 
 
 class PlaceFailed(Exception):
@@ -467,8 +491,15 @@ def test_array_literals_read_back_as_the_values_they_were_made_of(pg_url: str) -
 
     with psycopg.connect(pg_url) as conn:
 
-        @given(st.lists(st.none() | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))))
-        @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(
+            st.lists(
+                st.none()
+                | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+            )
+        )
+        @settings(
+            max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        )
         def round_trip(values: list[str | None]) -> None:
             assert conn.execute("SELECT %s::text[]", [pg_array(values)]).fetchone() == (values,)
 

@@ -359,7 +359,8 @@ def test_batch_commit_is_fenced_per_partition(
             f"UPDATE {table} SET lease_until = {ph} WHERE id = {ph}",
             (past if dialect == "pg" else past.timestamp(), claims[1].id),
         )
-        [taken] = ledger.partitions.claim(task, limit=10, lease=600)
+        assert ledger.partitions.claim(task, limit=10, lease=600) == []  # dead claims: taken over alone
+        [taken] = ledger.partitions.take_over(task, lease=600)
         assert taken.id == claims[1].id and taken.token != claims[1].token
         # Location 3 changes while it is being exported.
         db.insert(3, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC)])
@@ -377,6 +378,39 @@ def test_batch_commit_is_fenced_per_partition(
     assert one == (claims[0].version, claims[0].version, True, f"f{claims[0].id}")
     assert not two[2] and two[3] is None  # still held by the new owner, nothing recorded
     assert three[1] == claims[2].version < three[0] and three[2] and three[3] == f"f{claims[2].id}"
+
+
+@EVERY_LEDGER
+def test_a_dead_batch_is_taken_over_one_partition_at_a_time_counted_when_alone(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """A worker died holding three partitions (one of them may have killed it): a claim of pending
+    work takes none of them; they are taken over one at a time, oldest change first, each under a
+    token of its own, an attempt only for the one its dead claim held alone (the last)."""
+    url = _url(request, tmp_path, dialect)
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
+    )
+    db = Db(url)
+    project = load(root)
+    operations.install(project)
+    task = project.tasks["openaq"]
+    for loc in (1, 2, 3, 4):
+        db.location(loc, "UTC")
+        operations.mark(project, "openaq", {"location_id": str(loc), "day": "2024-01-01"})
+    table, ph = _table(url), "?" if dialect == "sqlite" else "%s"
+    past = dt.datetime(2000, 1, 1, tzinfo=UTC)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        dead = ledger.partitions.claim(task, limit=3, lease=600)
+        ledger.conn.execute(
+            f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL",
+            (past if dialect == "pg" else past.timestamp(),),
+        )
+        [fresh] = ledger.partitions.claim(task, limit=10, lease=600)  # the pending one only
+        taken = [ledger.partitions.take_over(task, lease=600) for _ in range(4)]
+    assert str(fresh.keys["location_id"]) == "4" and taken[3] == []
+    assert [(t.id, t.attempts) for [t] in taken[:3]] == [(dead[0].id, 0), (dead[1].id, 0), (dead[2].id, 1)]
+    assert len({t.token for [t] in taken[:3]} | {dead[0].token}) == 4
 
 
 @EVERY_LEDGER

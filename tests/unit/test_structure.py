@@ -84,7 +84,16 @@ def test_public_api_is_exactly_all() -> None:
 
 
 def _store_calls(cls: type[Store]) -> dict[str, set[str]]:
-    """Per method of ``cls``: the SQL block names it runs (``self._run("x"`` or ``self.q["x"]``)."""
+    """Per method of ``cls`` and of the stores it builds on (``PartitionAdmin``): the SQL block
+    names it runs (``self._run("x"`` or ``self.q["x"]``)."""
+    out: dict[str, set[str]] = {}
+    for base in cls.__mro__:
+        if issubclass(base, Store) and base is not Store:
+            out |= _class_calls(base)
+    return out
+
+
+def _class_calls(cls: type[Store]) -> dict[str, set[str]]:
     [klass] = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
     assert isinstance(klass, ast.ClassDef)
     out: dict[str, set[str]] = {}

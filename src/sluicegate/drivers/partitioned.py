@@ -15,15 +15,14 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import capture, capture_triggers, partitions, validate
-from ..destinations import Destination
-from ..exceptions import ConfigError, SluicegateError, is_transient
-from ..ledger import Claim, ExportResult, Ledger, PartitionStore
+from ..exceptions import ConfigError, SluicegateError
+from ..ledger import Claim, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import canonical_key, check_distinct_paths, render_path, restore_partition, same_keys
@@ -32,11 +31,12 @@ from ..pipeline import MAX_INFLIGHT, Pipeline
 from ..sources import ReadSpec, Slice, Source, sqlite
 from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
-from ..work import Deadline, Outcome, Place, Previous, WorkUnit
+from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
 from .helpers import Helpers, orders_for
 from .partitioned_config import capture_spec, time_spec
-from .partitioned_paths import SharedFiles, not_taken, shared_file
+from .partitioned_paths import not_taken, shared_file
+from .partitioned_recorder import LeaseExpired, Recorder
 
 HELPER_BATCHES = 4  # batches per helper still pending before --workers starts helper processes
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -116,71 +116,6 @@ def read_spec(task: Task) -> ReadSpec:
 
 
 # ---------------------------------------------------------------------------- the driver
-
-
-class Recorder:
-    """Fenced commits of partition versions; failures retried with backoff or parked."""
-
-    def __init__(self, ledger: Ledger, settings: Settings, destination: Destination, task: Task) -> None:
-        self.store, self.task = ledger.partitions, task
-        self.settings = settings
-        self.destination = destination
-
-    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool | SluicegateError]:
-        """Put in place, then record, the files of the partitions still claimed (SharedFiles vets them)."""
-        by_id = {o.unit.handle.id: o for o in outcomes}
-
-        def place_held(held: Sequence[ExportResult]) -> list[ExportResult]:
-            placed = [by_id[r.claim.id] for r in held]
-            place(placed)
-            return [  # dataclasses.replace costs ~5 µs a file; a local file has no ETag
-                r if r.etag == o.etag else dataclasses.replace(r, etag=o.etag)
-                for r, o in zip(held, placed, strict=True)
-            ]
-
-        done = self.store.commit([_result(o) for o in outcomes], place_held, vet := SharedFiles(self.task))
-        # A lost claim's upload that landed anyway: the next export deletes (and lists) it.
-        lost = zip(outcomes, done, strict=True)
-        self.store.requeue([o.unit.handle for o, ok in lost if not ok and o.left_behind(self.destination)])
-        return vet.verdicts([o.unit.handle.id for o in outcomes], done)
-
-    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        """Back off (transient) or park (terminal, or out of attempts)."""
-        self.store.fail(
-            unit.handle,
-            error=str(error) or type(error).__name__,
-            terminal=not is_transient(error),
-            max_attempts=self.settings.max_attempts,
-            backoff=self.settings.backoff,
-            counted=not isinstance(error, LeaseExpired),
-        )
-
-    def renew(self, tokens: Collection[str]) -> None:
-        """Extend the claims' leases."""
-        for token in tokens:
-            self.store.renew(token, lease=self.settings.lease)
-
-    def release(self, tokens: Collection[str]) -> int:
-        """Give back what is still claimed, without an attempt."""
-        return sum(self.store.release(token) for token in tokens)
-
-
-def _result(outcome: Outcome) -> ExportResult:
-    """What the ledger records of an outcome (the ETag is added once the file is in place)."""
-    return ExportResult(
-        claim=outcome.unit.handle, path=outcome.path, rows=outcome.rows, nbytes=outcome.nbytes,
-        checksum=outcome.checksum, published=outcome.published,
-    )  # fmt: skip
-
-
-class LeaseExpired(SluicegateError):
-    """A partition claimed with no attempt left: leases expired, or ``max_attempts`` was lowered."""
-
-    def __init__(self, attempts: int, task: str, max_attempts: int) -> None:
-        super().__init__(
-            f"gave up after {attempts} attempts, max_attempts being {max_attempts} (failed exports count, and"
-            f" leases expired as a worker died or timed out); run 'sluicegate reset {task} --failed' to retry"
-        )
 
 
 class Driver:
@@ -312,14 +247,17 @@ class Loop:
                     ):
                         break
                     n = batch_size if limit is None else min(batch_size, limit - done)
-                    claims = ctx.ledger.partitions.claim(task, limit=n, lease=settings.lease)
+                    claims, alone = self._claim(ctx, n)
                     if not claims:
                         break
-                    if self.grow is not None and len(claims) == n:
+                    if self.grow is not None and len(claims) == n and not alone:
                         limit, self.grow = self.grow(done + n, limit), None
                     started = time.monotonic()
+                    if alone:  # nothing else in flight while it is exported, nothing after it
+                        pipeline.flush()
                     # The batch's last files are still being published while the next batch is read.
-                    pipeline.export(self._units(ctx, pipeline, claims), keep=MAX_INFLIGHT // 2)
+                    keep = 0 if alone else MAX_INFLIGHT // 2
+                    pipeline.export(self._units(ctx, pipeline, claims), keep=keep)
                     last_batch = time.monotonic() - started
                     done += len(claims)
                     if self.progress is not None:
@@ -329,6 +267,15 @@ class Loop:
             finally:
                 pipeline.flush()
         return done
+
+    def _claim(self, ctx: Context, size: int) -> tuple[list[Claim], bool]:
+        """One partition of a dead claim (its lease expired), taken over alone, and True; else a
+        batch of pending ones. Taken over first, so new work never makes it wait; alone, so one
+        that kills its worker (the OOM killer, a crash) takes no other partition down again."""
+        store, lease = ctx.ledger.partitions, ctx.project.settings.lease
+        if claims := store.take_over(self.task, lease=lease):
+            return claims, True
+        return store.claim(self.task, limit=size, lease=lease), False
 
     def _units(self, ctx: Context, pipeline: Pipeline, claims: list[Claim]) -> list[WorkUnit]:
         """A work unit per claim; a claim whose partition cannot be exported fails here."""

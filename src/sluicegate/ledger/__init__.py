@@ -33,7 +33,8 @@ from .capture import CaptureStore
 from .claims import Claim, ExportResult
 from .core import SCHEMA_VERSION, LedgerCore, SchemaStore, Store
 from .ingest import IngestStore
-from .partitions import PartitionStore, TaskStatus
+from .partition_admin import TaskStatus
+from .partitions import PartitionStore
 from .runs import ABANDONED_AFTER, HEARTBEAT_SECONDS, RunStore, run_heartbeat
 from .watermarks import WatermarkClaim, WatermarkStore
 

@@ -5,7 +5,8 @@ The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.
 * a change bumps ``version``; a partition is pending while ``version > exported_version``;
 * a claim takes pending, complete partitions oldest change first (then oldest window first), under
   a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, there in three
-  statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite);
+  statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite); a partition of a dead claim (its
+  lease expired) is taken over alone, an attempt only when the dead claim held it alone;
 * a commit sets ``exported_version`` to the version read at claim, and only while the claim token
   still matches: a change made during the export keeps the partition pending, and a worker whose
   lease was taken over commits nothing.
@@ -19,39 +20,20 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from .. import db, paths
 from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
 from .claims import Claim, ExportResult, Place, Vet
-from .core import Store, pg_array
+from .core import pg_array
+from .partition_admin import PartitionAdmin, named_keys, settle_seconds
 
 log = logging.getLogger("sluicegate.capture")
 # The longest partition key (canonical JSON text) a ledger's pkey column holds: VARCHAR(512) on
 # MariaDB (sql/mariadb/schema.sql, within InnoDB's key length); text elsewhere.
 PKEY_CHARS = {db.MARIADB: 512}
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskStatus:
-    """Partition counts of one task by state."""
-
-    task: str
-    pending: int
-    claimed: int
-    exported: int
-    failed: int
-    waiting: int
-    retrying: int
-    oldest_pending_age: float | None
-    other_zone: int = 0  # cut in another zone than the task's (None given: 0)
-
-
-def _settle(task: PartitionKeys) -> float:
-    return task.time.settle if task.time else 0.0
 
 
 def _plain(value: Any) -> Any:
@@ -60,7 +42,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PartitionStore(Store):
+class PartitionStore(PartitionAdmin):
     """Marks, claims, commits and failures of partitions."""
 
     SQL = "partitions"
@@ -124,19 +106,31 @@ class PartitionStore(Store):
         return json.dumps(value, sort_keys=True)
 
     def claim(self, task: PartitionKeys, *, limit: int, lease: float) -> list[Claim]:
-        """Claim up to ``limit`` pending, complete partitions of ``task``."""
+        """Claim up to ``limit`` pending, complete partitions of ``task`` (none held by a claim)."""
+        return self._take(task, self.q["claim"], limit=limit, lease=lease)
+
+    def take_over(self, task: PartitionKeys, *, lease: float) -> list[Claim]:
+        """Claim one partition of a dead claim (held under an expired lease), oldest change first,
+        in a claim of its own: one partition that kills its worker then takes down no other. It
+        counts as an attempt only when the dead claim held it alone (it died on its own)."""
+        return self._take(task, self.q["take_over"], limit=1, lease=lease)
+
+    def _take(self, task: PartitionKeys, statement: str, *, limit: int, lease: float) -> list[Claim]:
         token = uuid.uuid4()
-        params = self.core.params(task=task.name, limit=limit, lease=lease, settle=_settle(task), token=token)
+        params = self.core.params(
+            task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=token
+        )
 
         def take(cur: Any) -> list[Any]:
-            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
             if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
                 return rows
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
-            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            alone = {int(row[0]): len(row) > 1 and bool(row[1]) for row in rows}
+            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
             return self.claimed(cur, params["token"])
 
         rows = self.core.in_transaction(take)
@@ -144,9 +138,13 @@ class PartitionStore(Store):
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
 
-    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
-        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
+        held it alone) under ``token`` and a lease (one round trip)."""
+        cur.executemany(
+            self.q["claim_take"],
+            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
+        )
 
     def claimed(self, cur: Any, token: str) -> list[Any]:
         """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
@@ -154,7 +152,7 @@ class PartitionStore(Store):
 
     def pending(self, task: PartitionKeys, *, limit: int) -> list[Claim]:
         """Return what the next claim would take, without claiming (for ``--dry-run``)."""
-        cur = self._run("pending", task=task.name, limit=limit, settle=_settle(task))
+        cur = self._run("pending", task=task.name, limit=limit, settle=settle_seconds(task))
         return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
 
     def paths_taken(
@@ -188,7 +186,7 @@ class PartitionStore(Store):
     def _claim_from_row(self, task: PartitionKeys, row: Sequence[Any], token: str) -> Claim:
         pid, pkey, keys, zone, version, attempts, forced, exported, path, nbytes, checksum, etag = row
         return Claim(
-            id=int(pid), task=task.name, pkey=pkey, keys=_named(keys, pkey, task.key_names), zone=zone,
+            id=int(pid), task=task.name, pkey=pkey, keys=named_keys(keys, pkey, task.key_names), zone=zone,
             version=int(version), attempts=int(attempts), forced=bool(forced), exported_version=int(exported),
             token=token, prev_path=path, prev_bytes=nbytes, prev_checksum=checksum, prev_etag=etag,
         )  # fmt: skip
@@ -207,13 +205,6 @@ class PartitionStore(Store):
     def renew_rows(self, cur: Any, ids: Sequence[int], *, token: str, lease: float) -> int:
         """MariaDB/MySQL: extend the leases of ``ids`` (locked by ``renew``) still held under ``token``."""
         return self._each(cur, self.q["renew_rows"], ids, token=uuid.UUID(token), lease=lease)
-
-    def _each(self, cur: Any, statement: str, ids: Sequence[int], **params: Any) -> int:
-        """Run ``statement`` for each of ``ids`` in that order (one round trip); return the rows changed."""
-        if not ids:
-            return 0
-        cur.executemany(statement, [self.core.params(id=i, **params) for i in ids])
-        return int(cur.rowcount)
 
     def commit(
         self, results: Sequence[ExportResult], place: Place | None = None, vet: Vet | None = None
@@ -360,120 +351,6 @@ class PartitionStore(Store):
     def release_rows(self, cur: Any, ids: Sequence[int], *, token: str) -> int:
         """MariaDB/MySQL: give back ``ids`` if still held under ``token``, in that order."""
         return self._each(cur, self.q["release_rows"], ids, token=uuid.UUID(token))
-
-    # ------------------------------------------------------------------ reporting and admin
-
-    def status(self, task: PartitionKeys) -> TaskStatus:
-        """Count the task's partitions by state."""
-        zone = task.time.zone if task.time else None
-        row = self._run("status", task=task.name, settle=_settle(task), zone=zone).fetchone()
-        pending, claimed, exported, failed, waiting, retrying, age, other_zone = row
-        return TaskStatus(
-            task=task.name,
-            pending=int(pending or 0),
-            claimed=int(claimed or 0),
-            exported=int(exported or 0),
-            failed=int(failed or 0),
-            waiting=int(waiting or 0),
-            retrying=int(retrying or 0),
-            oldest_pending_age=None if age is None else float(age),
-            other_zone=int(other_zone or 0),
-        )
-
-    def failures(self, task: PartitionKeys, *, limit: int = 20) -> list[tuple[str, int, str]]:
-        """Return ``(partition, attempts, last error)`` of parked partitions."""
-        return [tuple(r) for r in self._run("failures", task=task.name, limit=limit).fetchall()]
-
-    def partition_keys(self, task: PartitionKeys) -> list[tuple[int, dict[str, Any], Any, Any]]:
-        """Every partition of a task: ``(id, keys, window start, window end)``."""
-        return [
-            (
-                int(pid),
-                _named(keys, pkey, task.key_names),
-                self.core.from_ts(start),
-                self.core.from_ts(end),
-            )
-            for pid, pkey, keys, start, end in self._run("partition_keys", task=task.name).fetchall()
-        ]
-
-    def reexport(self, task: PartitionKeys, accept: Callable[[dict[str, Any], Any, Any], bool]) -> int:
-        """Queue again every partition for which ``accept(keys, win_start, win_end)`` is true."""
-        chosen = [
-            self.core.params(id=pid)
-            for pid, keys, start, end in self.partition_keys(task)
-            if accept(keys, start, end)
-        ]
-        if chosen:
-            self.core.in_transaction(lambda cur: cur.executemany(self.q["reexport"], chosen))
-        return len(chosen)
-
-    def requeue(self, claims: Sequence[Claim]) -> None:
-        """Queue the partitions of ``claims`` again (one more version, not forced), in pkey order
-        (the lock order of marks: the order the pipeline lost them deadlocked with a fold)."""
-        chosen = [self.core.params(id=c.id) for c in sorted(claims, key=lambda c: c.pkey)]
-        if chosen:
-            self.core.in_transaction(lambda cur: cur.executemany(self.q["requeue"], chosen))
-
-    def other_zones(self, task: PartitionKeys, zone: str) -> int:
-        """How many partitions of ``task`` were cut in another zone than ``zone`` (the task's)."""
-        return int(self._run("other_zones", task=task.name, zone=zone).fetchone()[0])
-
-    def relabel(self, ids: Sequence[int], zone: str) -> None:
-        """Record the partitions ``ids``, whose windows in ``zone`` are the ones they have, as cut in it."""
-        chosen = [self.core.params(id=pid, zone=zone) for pid in ids]
-        if chosen:
-            self.core.in_transaction(lambda cur: cur.executemany(self.q["relabel"], chosen))
-
-    def reset_failed(self, task: PartitionKeys) -> int:
-        """Re-queue the task's parked partitions; return how many."""
-        if self.core.dialect is not db.MARIADB:
-            return int(self._run("reset_failed", task=task.name).rowcount)
-
-        def body(cur: Any) -> int:  # MariaDB: find the rows, then lock them in pkey order
-            ids = [int(row[0]) for row in self._run("reset_failed", cur, task=task.name).fetchall()]
-            return self.reset_failed_rows(cur, ids)
-
-        return self.core.in_transaction(body)
-
-    def reset_failed_rows(self, cur: Any, ids: Sequence[int]) -> int:
-        """MariaDB/MySQL: re-queue ``ids`` if still parked, in that order."""
-        return self._each(cur, self.q["reset_failed_rows"], ids)
-
-    def key_samples(self, task: PartitionKeys, limit: int) -> list[tuple[str, dict[str, Any]]]:
-        """Up to ``limit`` of the task's partitions (any): their canonical key and named keys."""
-        rows = self._run("key_samples", task=task.name, limit=limit).fetchall()
-        return [(pkey, keys if isinstance(keys, dict) else json.loads(keys)) for pkey, keys in rows]
-
-    def list_partitions(
-        self, task: PartitionKeys, *, state: str | None, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
-        """A page of the task's partitions with their state."""
-        names = (
-            "partition", "keys", "version", "exported_version", "attempts", "last_error", "path",
-            "rows", "bytes", "exported_at", "window_start", "window_end", "state",
-        )  # fmt: skip
-        out = []
-        cur = self._run(
-            "list_partitions", task=task.name, state=state, limit=limit, offset=offset, settle=_settle(task)
-        )
-        for row in cur.fetchall():
-            item = dict(zip(names, row, strict=True))
-            item["keys"] = item["keys"] if isinstance(item["keys"], dict) else json.loads(item["keys"])
-            for key in ("exported_at", "window_start", "window_end"):
-                item[key] = self.core.from_ts(item[key])
-            out.append(item)
-        return out
-
-
-def _named(keys: Any, pkey: str, names: Sequence[str]) -> dict[str, Any]:
-    """A partition's key values (JSON text, or a dict) by the task's key names now: a key renamed
-    since the row was recorded (``[time] name``) is read from the canonical key, its values in
-    declared order; a row with another number of keys keeps the names it was recorded with."""
-    named = keys if isinstance(keys, dict) else json.loads(keys)
-    if set(named) == set(names):
-        return dict(named)
-    values = json.loads(pkey)
-    return dict(zip(names, values, strict=True)) if len(values) == len(names) else dict(named)
 
 
 def _same_token(stored: Any, token: str) -> bool:

@@ -17,24 +17,42 @@ ON DUPLICATE KEY UPDATE
     version = version + 1;
 
 -- claim --
--- Lock up to limit pending, complete partitions, oldest change first, then oldest window, skipping rows another worker holds.
+-- Lock up to limit pending, complete partitions no claim holds, oldest change first, then oldest
+-- window, skipping rows another worker holds (a dead claim's partitions: take_over).
 SELECT id FROM {t}partitions
 WHERE task = %(task)s
   AND NOT failed
   AND version > exported_version
   AND (win_end IS NULL OR win_end <= UNIX_TIMESTAMP(NOW(6)) - %(settle)s)
   AND (next_attempt_at IS NULL OR next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
-  AND (claim_token IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)))
+  AND claim_token IS NULL
 ORDER BY changed_at, win_start, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- take_over --
+-- Lock one partition of a dead claim (held under an expired lease), oldest change first, and
+-- whether the dead claim held it alone (an attempt then; see postgresql/partitions.sql), read by
+-- the claim_token index (the claims held, not the queue). claim_take then takes it.
+SELECT p.id, NOT EXISTS (SELECT 1 FROM {t}partitions AS o WHERE o.claim_token = p.claim_token AND o.id <> p.id)
+FROM {t}partitions AS p FORCE INDEX ({t}partitions_claim_token_idx)
+WHERE p.claim_token IS NOT NULL AND p.lease_until < UNIX_TIMESTAMP(NOW(6))
+  AND p.task = %(task)s
+  AND NOT p.failed
+  AND p.version > p.exported_version
+  AND (p.win_end IS NULL OR p.win_end <= UNIX_TIMESTAMP(NOW(6)) - %(settle)s)
+  AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= UNIX_TIMESTAMP(NOW(6)))
+ORDER BY p.changed_at, p.win_start, p.id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
 -- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
--- an expired lease counts as an attempt. (Not WHERE id IN (a JSON list): MariaDB before 11.1
--- runs that subquery of an UPDATE once per row of the table.)
+-- taking over a row its dead claim held alone (take_over's second column) counts as an attempt.
+-- (Not WHERE id IN (a JSON list): MariaDB before 11.1 runs that subquery of an UPDATE once per
+-- row of the table.)
 UPDATE {t}partitions
-SET attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END,
+SET attempts = attempts + CASE WHEN claim_token IS NOT NULL AND %(alone)s THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     claimed_version = version,
     lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s

@@ -20,7 +20,8 @@ SET version = p.version + 1,
     failed = false;
 
 -- claim --
--- Claim up to limit pending, complete partitions, oldest change first, then oldest window; an expired lease counts as an attempt.
+-- Claim up to limit pending, complete partitions no claim holds, oldest change first, then oldest
+-- window (a dead claim's partitions are taken over one at a time: take_over).
 -- The rows are updated by "id = ANY (array)", an index scan of the primary key at any ledger
 -- size (a join with the CTE was hashed over a sequential scan of small ledgers: slower at 10k
 -- rows than at 1M).
@@ -31,7 +32,7 @@ WITH candidate AS (
       AND version > exported_version
       AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-      AND (claim_token IS NULL OR lease_until < now())
+      AND claim_token IS NULL
     ORDER BY changed_at, win_start, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -39,8 +40,38 @@ WITH candidate AS (
 UPDATE {t}partitions AS p
 SET claim_token = %(token)s,
     claimed_version = p.version,
-    lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = p.attempts + CASE WHEN p.claim_token IS NULL THEN 0 ELSE 1 END
+    lease_until = now() + make_interval(secs => %(lease)s)
+WHERE p.id = ANY (ARRAY(SELECT id FROM candidate))
+RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
+          p.path, p.bytes, p.checksum, p.etag;
+
+-- take_over --
+-- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone:
+-- a partition that kills its worker (SIGKILL, the OOM killer) took the other partitions of its
+-- batch down with it, and claimed back together they died again. Taking it over counts as an
+-- attempt only when the dead claim held it alone: nothing tells which partition of a dead batch
+-- killed it, while one that died alone did. The dead claims are read by the claim_token index
+-- (the claims held, not the ledger: the ARRAY is planned on its own, without the ORDER BY), then
+-- ordered and locked by the primary key.
+WITH candidate AS (
+    SELECT id FROM {t}partitions
+    WHERE id = ANY (ARRAY(
+            SELECT id FROM {t}partitions
+            WHERE claim_token IS NOT NULL AND lease_until < now() AND task = %(task)s
+              AND NOT failed AND version > exported_version))
+      AND claim_token IS NOT NULL AND lease_until < now()
+      AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
+      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    ORDER BY changed_at, win_start, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}partitions AS p
+SET attempts = p.attempts + CASE WHEN NOT EXISTS (
+        SELECT 1 FROM {t}partitions AS o WHERE o.claim_token = p.claim_token AND o.id <> p.id) THEN 1 ELSE 0 END,
+    claim_token = %(token)s,
+    claimed_version = p.version,
+    lease_until = now() + make_interval(secs => %(lease)s)
 WHERE p.id = ANY (ARRAY(SELECT id FROM candidate))
 RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
           p.path, p.bytes, p.checksum, p.etag;

@@ -15,12 +15,12 @@ SET version = version + 1,
     failed = 0;
 
 -- claim --
--- Claim up to limit pending, complete partitions, oldest change first, then oldest window (run inside BEGIN IMMEDIATE).
+-- Claim up to limit pending, complete partitions no claim holds, oldest change first, then oldest
+-- window (run inside BEGIN IMMEDIATE; a dead claim's partitions: take_over).
 UPDATE {t}partitions
 SET claim_token = :token,
     claimed_version = version,
-    lease_until = :now + :lease,
-    attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END
+    lease_until = :now + :lease
 WHERE id IN (
     SELECT id FROM {t}partitions
     WHERE task = :task
@@ -28,7 +28,31 @@ WHERE id IN (
       AND version > exported_version
       AND (win_end IS NULL OR win_end <= :now - :settle)
       AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
-      AND (claim_token IS NULL OR lease_until < :now)
+      AND claim_token IS NULL
+    ORDER BY changed_at, win_start, id
+    LIMIT :limit
+)
+RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag;
+
+-- take_over --
+-- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone (see
+-- postgresql/partitions.sql). Read by the claim_token index: the claims held, not the queue.
+UPDATE {t}partitions
+SET attempts = attempts + CASE WHEN NOT EXISTS (
+        SELECT 1 FROM {t}partitions AS o
+        WHERE o.claim_token = {t}partitions.claim_token AND o.id <> {t}partitions.id) THEN 1 ELSE 0 END,
+    claim_token = :token,
+    claimed_version = version,
+    lease_until = :now + :lease
+WHERE id IN (
+    SELECT id FROM {t}partitions INDEXED BY {t}partitions_claim_token_idx
+    WHERE claim_token IS NOT NULL AND lease_until < :now
+      AND task = :task
+      AND NOT failed
+      AND version > exported_version
+      AND (win_end IS NULL OR win_end <= :now - :settle)
+      AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
     ORDER BY changed_at, win_start, id
     LIMIT :limit
 )
