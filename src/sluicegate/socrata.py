@@ -19,7 +19,9 @@ settings in its config (values may be Fernet tokens):
 It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
 deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
 network errors are transient (the publish stage is retried with backoff, and nothing before
-it runs again); a 4xx answer is terminal.
+it runs again); a 4xx answer is terminal. So is an answer without the upsert's counts (an
+empty object, another API's answer, a redirect, which is not followed): nothing says the rows
+were stored, so the block is not recorded as published.
 """
 
 from __future__ import annotations
@@ -64,14 +66,15 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
                 batch = [{c: r.get(c) for c in columns} for r in batch]
             answer = _post(client, url, batch)
             counts["total"] += len(batch)
-            counts["processed"] += sum(
-                int(answer.get(k, 0)) for k in ("Rows Created", "Rows Updated", "Rows Deleted")
-            )
-            counts["errors"] += int(answer.get("Errors", 0))
+            counts["processed"] += sum(answer[k] for k in ("Rows Created", "Rows Updated", "Rows Deleted"))
+            counts["errors"] += answer["Errors"]
     return counts
 
 
-def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+COUNTS = ("Rows Created", "Rows Updated", "Rows Deleted", "Errors")
+
+
+def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[str, int]:
     shown = mask_url(url)
     try:
         response = client.post(url, json=batch)
@@ -81,10 +84,25 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
         raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
     if response.status_code >= 400:
         raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}")
+    if response.is_redirect:  # not followed: the rows and credentials would go where nobody configured
+        where = mask_url(response.headers.get("Location", "?"))
+        raise TerminalError(
+            f"{shown} answered HTTP {response.status_code}, a redirect to {where}; set url to the portal"
+            " it names if that is yours"
+        )
     try:
         answer = response.json()
     except ValueError:
         raise TerminalError(f"{shown} answered with something that is not JSON") from None
-    if not isinstance(answer, dict):
-        raise TerminalError(f"{shown} answered without upsert counts")
-    return answer
+    # {} or another API's answer counted 0 rows processed, and the block was recorded published.
+    counts = {k: answer.get(k, 0) for k in COUNTS} if isinstance(answer, dict) else {}
+    if not (
+        isinstance(answer, dict)
+        and any(k in answer for k in COUNTS)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())
+    ):
+        raise TerminalError(
+            f"{shown} answered without upsert counts ({', '.join(COUNTS)}): {response.text[:200]!r};"
+            " check that url is the portal and dataset the id of a dataset you may write"
+        )
+    return counts

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from test_service import Server
 
-from doubles import MdsDouble, MdsProvider, PortalDouble, generate_trips
+from doubles import HttpDouble, MdsDouble, MdsProvider, PortalDouble, Request, Response, generate_trips
 from sluicegate import mariadb_conn, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
@@ -316,6 +316,46 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     assert portal.upserts() == []
     counts = socrata.upsert(block, iter(records), {**config, "batch": 2})  # type: ignore[arg-type]
     assert counts["total"] == 5 and [len(c.rows or []) for c in portal.upserts()] == [2, 2, 1]
+
+
+class _Answering(HttpDouble):
+    """A server that answers every request with one fixed response."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+    def handle(self, request: Request) -> Response:
+        return self.response
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (Response(status=200, body={}), "without upsert counts"),
+        (Response(status=200, body={"message": "Accepted"}), "without upsert counts"),
+        (Response(status=200, body={"Rows Created": None, "Errors": 0}), "without upsert counts"),
+        (
+            Response(status=301, body={"moved": True}, headers={"Location": "https://portal.test/"}),
+            r"HTTP 301, a redirect to https://portal\.test/",
+        ),
+    ],
+    ids=["empty", "not-soda", "count-null", "redirect"],
+)
+def test_a_socrata_answer_without_upsert_counts_is_not_taken_for_a_publish(
+    response: Response, message: str
+) -> None:
+    """A portal (or a proxy before it) that answered 200 ``{}``, a JSON redirect, or counts of
+    null: the first two returned ``processed`` 0 and the stage recorded the block published
+    ("done") although no row was stored; the third parked it with a bare TypeError."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import TerminalError
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    records = [{"trip_id": str(i)} for i in range(3)]
+    with _Answering(response) as server, pytest.raises(TerminalError, match=message) as caught:
+        socrata.upsert(block, iter(records), {"url": server.url, "dataset": "mds-trips"})  # type: ignore[arg-type]
+    assert "/resource/mds-trips.json" in str(caught.value)
 
 
 @pytest.mark.pg
