@@ -18,7 +18,10 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
 
 The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``end_time``,
 and pages are followed through ``links.next`` to the end (a ``links.next`` that is not a
-URL, or leads back to a page already served, is terminal: the paging loops). A 5xx answer (after the page's
+URL, or leads back to a page already served, is terminal: the paging loops; so are
+``IDLE_PAGES`` pages in a row that serve no trip not served before, under new links). A
+trip served again on a later page (its ``trip_id`` seen before: offset paging while trips
+arrive) is yielded once. A 5xx answer (after the page's
 retries) and network errors are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
 provider's ``error_description``. A redirect is not followed (the token would go to an
@@ -41,6 +44,7 @@ from .secrets import reveal
 from .timeblocks import StageBlock
 
 MDS_ACCEPT = "application/vnd.mds.provider+json;version=0.4"
+IDLE_PAGES = 10  # pages in a row with no new trip, each linking to another, before the paging loops
 
 
 def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -67,6 +71,8 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     with httpclient.client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
         next_url: str | None = url
         seen: set[str] = set()  # pages after the first: a links.next seen before is a loop
+        served: set[str] = set()  # trip ids yielded
+        idle = 0  # pages in a row that served no new trip
         while next_url:
             body = get_page(client, next_url, params, config)
             data = body.get("data") if isinstance(body, dict) else None
@@ -74,8 +80,27 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                 raise TerminalError(
                     f"{mask_url(next_url)} answered without data.trips; is it an MDS /trips API?"
                 )
-            yield from data["trips"]
-            next_url, params = _next_page(body, next_url, seen), None
+            new = [trip for trip in data["trips"] if _new_trip(trip, served)]
+            yield from new
+            page, next_url, params = next_url, _next_page(body, next_url, seen), None
+            idle = 0 if new else idle + 1
+            if next_url and idle >= IDLE_PAGES:
+                raise TerminalError(
+                    f"{mask_url(page)} and the {IDLE_PAGES - 1} pages before it served no new trip, each"
+                    " linking to another: the provider's paging loops or never ends; ask the provider"
+                    " to fix it"
+                )
+
+
+def _new_trip(trip: Any, served: set[str]) -> bool:
+    """Whether ``trip`` was not yielded before (by its ``trip_id``; one without is new)."""
+    ident = trip.get("trip_id") if isinstance(trip, dict) else None
+    if not isinstance(ident, str):
+        return True
+    if ident in served:
+        return False
+    served.add(ident)
+    return True
 
 
 def _setting(config: Mapping[str, Any], name: str, default: float, *, whole: bool, who: str) -> float:

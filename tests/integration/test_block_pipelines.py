@@ -358,6 +358,58 @@ def test_a_socrata_answer_without_upsert_counts_is_not_taken_for_a_publish(
     assert "/resource/mds-trips.json" in str(caught.value)
 
 
+class _Pager(HttpDouble):
+    """An MDS /trips API whose page ``n`` (``?page=n``) serves ``pages(n)`` and always links to n + 1
+    while ``pages(n + 1)`` is not None; it gives up with 500 after 60 requests (never hangs a test)."""
+
+    def __init__(self, pages: Any) -> None:
+        super().__init__()
+        self.pages = pages
+
+    def handle(self, request: Request) -> Response:
+        if len(self.records) >= 60:
+            return Response(status=500, body={"error_description": "the test's pager gave up"})
+        page = int(request.query.get("page", "1"))
+        following = f"{self.url}/p/trips?page={page + 1}" if self.pages(page + 1) is not None else None
+        return Response(status=200, body={"data": {"trips": self.pages(page)}, "links": {"next": following}})
+
+
+@pytest.mark.parametrize(
+    ("pages", "expected"),
+    [
+        # offset paging while trips arrive: a trip served again on the next page is one trip
+        (lambda n: {1: ["a", "b"], 2: ["b", "c"], 3: ["c"]}.get(n), ["a", "b", "c"]),
+        # a provider that ignores ?page= and always links to the next one: the first page for ever
+        (lambda n: ["a", "b"], "served no new trip"),
+        # empty pages, each linking to another
+        (lambda n: ["a"] if n == 1 else [], "served no new trip"),
+    ],
+    ids=["duplicates", "page-ignored", "empty-for-ever"],
+)
+def test_mds_paging_that_serves_no_new_trip_ends_and_a_trip_served_twice_is_one(
+    pages: Any, expected: Any
+) -> None:
+    """Pages whose links.next were all new URLs but which served the trips already served (or
+    none) kept the extract reading for ever: no deadline or SIGTERM ended it (the pipeline
+    checks them between chunks, and no chunk came), and its lease was renewed all along. A
+    trip served on two pages was written twice into the block's artifact."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = Block(start=FIRST, end=FIRST + H, zone="UTC")
+    stage_block = StageBlock(task="trips", stage="extract", key="provider", key_value="p", block=block)
+    served = lambda n: None if pages(n) is None else [{"trip_id": t} for t in pages(n)]  # noqa: E731
+    with _Pager(served) as server:
+        config = {"url": f"{server.url}/p", "retries": 0}
+        if isinstance(expected, list):
+            assert [t["trip_id"] for t in mds.trips(stage_block, config)] == expected
+        else:
+            with pytest.raises(TerminalError, match=expected):
+                list(mds.trips(stage_block, config))
+            assert len(server.records) <= 15
+
+
 @pytest.mark.pg
 def test_two_processes_over_one_range_run_each_block_stage_once(
     tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
