@@ -22,3 +22,14 @@ def tls_context() -> ssl.SSLContext:
 def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any = None) -> httpx.Client:
     """A client with the shared TLS context."""
     return httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
+
+
+def refused(status: int, credentials: str, address: str) -> str:
+    """What to do about a 4xx answer: ``credentials`` and ``address`` name the settings to check.
+
+    A token that expired mid-run parked the stage with "HTTP 401 (...)" and no word of the fix."""
+    if status in (401, 403):
+        return f"; the server refused the credentials: check {credentials}, then rerun with --incomplete-only"
+    if status in (404, 410):
+        return f"; nothing is there: check {address}, then rerun with --incomplete-only"
+    return "; fix what the server names, then rerun with --incomplete-only"

@@ -155,7 +155,8 @@ def get_page(
         if response.status_code >= 500 or response.status_code == 429:
             raise SourceUnavailable(f"{shown}: HTTP {response.status_code}{_reason(response)}; will retry")
         if response.status_code >= 400:
-            raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}")
+            advice = httpclient.refused(response.status_code, "token", "url, the API root")
+            raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}{advice}")
         if response.is_redirect:  # not followed: the token would go to an address nobody configured
             where = mask_url(response.headers.get("Location", "?"))
             raise TerminalError(

@@ -83,7 +83,10 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
     if response.status_code >= 500 or response.status_code == 429:
         raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
     if response.status_code >= 400:
-        raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}")
+        advice = httpclient.refused(
+            response.status_code, "app_token, username and password", "url and dataset"
+        )
+        raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}{advice}")
     if response.is_redirect:  # not followed: the rows and credentials would go where nobody configured
         where = mask_url(response.headers.get("Location", "?"))
         raise TerminalError(

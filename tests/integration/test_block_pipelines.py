@@ -8,6 +8,7 @@ import collections
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -408,6 +409,41 @@ def test_mds_paging_that_serves_no_new_trip_ends_and_a_trip_served_twice_is_one(
             with pytest.raises(TerminalError, match=expected):
                 list(mds.trips(stage_block, config))
             assert len(server.records) <= 15
+
+
+@pytest.mark.parametrize(
+    ("status", "callable_", "advice"),
+    [
+        (401, "mds", "the server refused the credentials: check token, then rerun with --incomplete-only"),
+        (403, "socrata", "check app_token, username and password, then rerun with --incomplete-only"),
+        (404, "mds", "nothing is there: check url, the API root, then rerun"),
+        (404, "socrata", "nothing is there: check url and dataset, then rerun"),
+        (400, "mds", "fix what the server names, then rerun with --incomplete-only"),
+    ],
+)
+def test_a_refusal_of_the_api_says_what_to_check(status: int, callable_: str, advice: str) -> None:
+    """A token that expired mid-run parked the stage with "HTTP 401 (the token expired)": no word
+    of the setting to fix, nor of how to run the parked block again."""
+    from sluicegate import mds, socrata
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips",
+        stage="x",
+        key="provider",
+        key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )
+    answer = Response(
+        status=status, body={"error": "no", "error_description": "the token expired", "message": "no"}
+    )
+    with _Answering(answer) as server, pytest.raises(TerminalError, match=re.escape(advice)) as caught:
+        if callable_ == "mds":
+            list(mds.trips(block, {"url": f"{server.url}/p", "token": "s3cr3t"}))
+        else:
+            socrata.upsert(block, iter([{"a": 1}]), {"url": server.url, "dataset": "d", "password": "s3cr3t"})
+    assert f"HTTP {status}" in str(caught.value) and "s3cr3t" not in str(caught.value)
 
 
 @pytest.mark.pg
