@@ -25,13 +25,15 @@ arrive) is yielded once. A 5xx answer (after the page's
 retries) and network errors are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
 provider's ``error_description``. A redirect is not followed (the token would go to an
-address nobody configured): it is terminal, naming where it leads.
+address nobody configured): it is terminal, naming where it leads; so is, with a token, a
+``links.next`` on another server (scheme, host and port) than ``url``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -83,6 +85,11 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
             new = [trip for trip in data["trips"] if _new_trip(trip, served)]
             yield from new
             page, next_url, params = next_url, _next_page(body, next_url, seen), None
+            if next_url and "Authorization" in headers and _origin(next_url) != _origin(url):
+                raise TerminalError(  # as a redirect is not followed: the token would go there
+                    f"{mask_url(page)} answered with links.next {mask_url(next_url)}, on another server"
+                    f" than url ({_origin(url)}): the token is not sent there; ask the provider to fix it"
+                )
             idle = 0 if new else idle + 1
             if next_url and idle >= IDLE_PAGES:
                 raise TerminalError(
@@ -90,6 +97,13 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                     " linking to another: the provider's paging loops or never ends; ask the provider"
                     " to fix it"
                 )
+
+
+def _origin(address: str) -> str:
+    """``scheme://host:port`` of a URL, lower-cased."""
+    parts = urllib.parse.urlsplit(address)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _new_trip(trip: Any, served: set[str]) -> bool:

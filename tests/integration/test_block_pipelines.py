@@ -446,6 +446,27 @@ def test_a_refusal_of_the_api_says_what_to_check(status: int, callable_: str, ad
     assert f"HTTP {status}" in str(caught.value) and "s3cr3t" not in str(caught.value)
 
 
+def test_an_mds_links_next_on_another_server_gets_no_token() -> None:
+    """A links.next on another host (or http where url is https) was followed with the bearer
+    token, which the client refuses to send on a redirect for that very reason."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    last = Response(status=200, body={"data": {"trips": [{"trip_id": "b"}]}, "links": {"next": None}})
+    with _Answering(last) as other:
+        first = {"data": {"trips": [{"trip_id": "a"}]}, "links": {"next": f"{other.url}/p/trips?page=2"}}
+        with _Answering(Response(status=200, body=first)) as server:
+            with pytest.raises(TerminalError, match="on another server than url"):
+                list(mds.trips(block, {"url": f"{server.url}/p", "token": "s3cr3t"}))
+            assert [t["trip_id"] for t in mds.trips(block, {"url": f"{server.url}/p"})] == ["a", "b"]
+        assert [r.headers.get("authorization") for r in other.records] == [None]
+
+
 @pytest.mark.pg
 def test_two_processes_over_one_range_run_each_block_stage_once(
     tmp_path: Path, pg_url: str, ledger_url: str, mds: MdsDouble, portal: PortalDouble
