@@ -11,8 +11,10 @@ and the pending partitions drained as one worker does it, through the library:
 ``PartitionStore.take_over`` (a dead claim's partition: none here, as the run's loop asks first)
 and ``PartitionStore.claim`` (``batch`` per claim, the default 500), ``PartitionStore.paths_taken``
 of the batch's paths (the claim loop's check that no partition takes another's file), then
-``PartitionStore.commit`` of the whole batch (the ``hold`` and ``commit_held`` statements in
-one transaction, as the pipeline does after the files are durable), until nothing is pending.
+``PartitionStore.commit`` of the whole batch with the driver's ``SharedFiles`` vet (the
+``hold`` statement, the batch's files locked by ``lock_paths`` and looked up again by
+``paths_taken``, then ``commit_held``, in one transaction, as the pipeline does after the files
+are durable), until nothing is pending.
 Reported: wall time and CPU (this process plus the ledger connection's backend, from /proc) per
 partition, amortised over the drain, the median claim, paths_taken and commit times per batch,
 and the machine's other CPU use (a noise indicator).
@@ -46,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import PgServer, busy_cpu_seconds, log  # noqa: E402
 
+from sluicegate.drivers.partitioned_paths import SharedFiles  # noqa: E402
 from sluicegate.ledger import ExportResult, Ledger  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -149,7 +152,8 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
             )
             for c in claims
         ]
-        recorded = ledger.partitions.commit(results)
+        # As the pipeline: the batch's files locked and their paths looked up again in the commit.
+        recorded = ledger.partitions.commit(results, None, SharedFiles(TASK))  # type: ignore[arg-type]
         t2 = time.perf_counter()
         if not all(recorded):
             raise RuntimeError(f"committed {sum(recorded)} of {len(results)} claimed partitions")
