@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from .masking import mask_url
+
 
 @lru_cache(maxsize=1)
 def tls_context() -> ssl.SSLContext:
@@ -33,3 +35,8 @@ def refused(status: int, credentials: str, address: str) -> str:
     if status in (404, 410):
         return f"; nothing is there: check {address}, then rerun with --incomplete-only"
     return "; fix what the server names, then rerun with --incomplete-only"
+
+
+def redirected(status: int, location: str | None, shown: str, fix: str) -> str:
+    """Why a redirect is not followed (the credentials would go to an address nobody configured)."""
+    return f"{shown} answered HTTP {status}, a redirect to {mask_url(location or '?')}; {fix}"

@@ -172,11 +172,9 @@ def get_page(
             advice = httpclient.refused(response.status_code, "token", "url, the API root")
             raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}{advice}")
         if response.is_redirect:  # not followed: the token would go to an address nobody configured
-            where = mask_url(response.headers.get("Location", "?"))
-            raise TerminalError(
-                f"{shown} answered HTTP {response.status_code}, a redirect to {where}; set url to the"
-                " API root it names if that is the provider's"
-            )
+            fix = "set url to the API root it names if that is the provider's"
+            location = response.headers.get("Location")
+            raise TerminalError(httpclient.redirected(response.status_code, location, shown, fix))
         try:
             return response.json()
         except ValueError:

@@ -88,10 +88,9 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
         )
         raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}{advice}")
     if response.is_redirect:  # not followed: the rows and credentials would go where nobody configured
-        where = mask_url(response.headers.get("Location", "?"))
+        fix = "set url to the portal it names if that is yours"
         raise TerminalError(
-            f"{shown} answered HTTP {response.status_code}, a redirect to {where}; set url to the portal"
-            " it names if that is yours"
+            httpclient.redirected(response.status_code, response.headers.get("Location"), shown, fix)
         )
     try:
         answer = response.json()

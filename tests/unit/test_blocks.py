@@ -607,6 +607,18 @@ def test_two_cli_processes_over_one_range_run_each_block_stage_once(tmp_path: Pa
     assert {r[3] for r in ledger_rows(root)} == {"done", "no_data"}
 
 
+def _lime_kills_its_worker(root: Path) -> None:
+    """The extract of the key value lime SIGKILLs its own process (after noting the call)."""
+    poison = 'def trips(block, config):\n    if block.key_value == "lime":\n        _note("extract", block)\n'
+    poison += "        os.kill(os.getpid(), 9)\n"
+    (root / "etl.py").write_text(
+        ETL.replace(
+            "def trips(block, config):\n",
+            poison + "    return _trips(block, config)\n\ndef _trips(block, config):\n",
+        )
+    )
+
+
 def test_a_block_whose_worker_is_killed_every_time_is_parked_after_max_attempts(tmp_path: Path) -> None:
     """A poison block that kills its process: each run dies holding it, the next takes it over
     when the lease ran out (an attempt); once max_attempts (3) are used up it is parked, not run
@@ -620,14 +632,7 @@ def test_a_block_whose_worker_is_killed_every_time_is_parked_after_max_attempts(
     (root / "sluicegate.toml").write_text(
         (root / "sluicegate.toml").read_text().replace('lease = "10m"', 'lease = "1s"')
     )
-    poison = 'def trips(block, config):\n    if block.key_value == "lime":\n        _note("extract", block)\n'
-    poison += "        os.kill(os.getpid(), 9)\n"
-    (root / "etl.py").write_text(
-        ETL.replace(
-            "def trips(block, config):\n",
-            poison + "    return _trips(block, config)\n\ndef _trips(block, config):\n",
-        )
-    )
+    _lime_kills_its_worker(root)
     args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1"]
     codes = []
     for _ in range(5):
@@ -651,14 +656,7 @@ def test_a_block_that_kills_its_worker_takes_down_no_other_block_of_its_batch(tm
     (root / "sluicegate.toml").write_text(
         (root / "sluicegate.toml").read_text().replace('lease = "10m"', 'lease = "1s"')
     )
-    poison = 'def trips(block, config):\n    if block.key_value == "lime":\n        _note("extract", block)\n'
-    poison += "        os.kill(os.getpid(), 9)\n"
-    (root / "etl.py").write_text(
-        ETL.replace(
-            "def trips(block, config):\n",
-            poison + "    return _trips(block, config)\n\ndef _trips(block, config):\n",
-        )
-    )
+    _lime_kills_its_worker(root)
     args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1"]
     codes, after_second = [], {}
     for run in range(5):
