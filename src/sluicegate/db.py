@@ -150,7 +150,7 @@ def require_source_file(url: str) -> None:
 
 
 # PostgreSQL sessions are named, so that the incremental tasks' late-commit cap
-# (watermarks.commit_horizon) can leave out sluicegate's own readers and ledger, whose open
+# (watermark_ends.commit_horizon) can leave out sluicegate's own readers and ledger, whose open
 # transactions add no rows to the source, and must count its writers (ingest, table sinks,
 # blocks loads), whose rows may commit behind a watermark like anyone's.
 APPLICATION_NAME = "sluicegate"

@@ -7,32 +7,30 @@ compare-and-set that never moves it backwards. A row whose cursor equals a bound
 to exactly one window. Failed windows are recorded for ``redrive``; a re-export with an
 explicit window (``--ignore-watermark``) or to another destination never touches watermarks.
 
-Late commits: a row may commit after an export with a cursor older than that export's end.
+Late commits: a row may commit after an export with a cursor older than that export's end;
+:mod:`sluicegate.watermark_ends` caps each window's end so that it falls into a later window.
 
-* PostgreSQL: the window end is capped at the start of the oldest transaction still open on
-  the source database (other than sluicegate's own), so rows such a transaction writes with
-  a cursor from its own clock (``DEFAULT now()``) fall into a later window.
-* SQLite: there is one writer at a time; when a write transaction is open, watermark
-  exports are held back for this run (nothing exported, nothing moved) and go out next run.
+Dead claims: a run claims the entities no claim holds; an entity whose claim died (its lease
+expired) is taken over alone (:func:`take_over_window`) and exported alone, so one that kills
+its worker takes no other entity down with it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import sqlite3
-import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import db, paths
+from . import paths
 from .destinations import local_folder
 from .exceptions import ConfigError, UsageError
 from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
 from .partitions import zone_of
+from .watermark_ends import capped_end, type_end
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -42,17 +40,6 @@ UTC = dt.UTC
 # bootstrap = "beginning": rows from before 1970 are history too (1850's weather). Year 1000 is
 # MariaDB's earliest DATETIME, and the earliest year strftime writes with four digits in a path.
 BEGINNING = dt.datetime(1000, 1, 1, tzinfo=UTC)
-
-
-def type_end(export_type: str, now: dt.datetime, spec: TaskSpec) -> dt.datetime:
-    """The window end of an export type: start of today / this hour in the zone, or now minus margin."""
-    if export_type == "instant":
-        return now - dt.timedelta(seconds=spec.safety_margin)
-    local = now.astimezone(zone_of(spec.zone))
-    if export_type == "hourly":
-        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-    midnight = dt.datetime.combine(local.date(), dt.time(), tzinfo=zone_of(spec.zone))
-    return midnight.astimezone(UTC)
 
 
 def bootstrap_start(spec: TaskSpec, end: dt.datetime) -> dt.datetime:
@@ -67,106 +54,7 @@ def bootstrap_start(spec: TaskSpec, end: dt.datetime) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def commit_horizon(source: Any, margin: float) -> tuple[dt.datetime | None, str | None]:
-    """Where a window must end for no later-committed row to land below it: ``(cap, None)``,
-    ``(None, None)`` (no cap) or ``(None, reason)`` (hold every window back).
-
-    The cap is the start of the oldest open transaction, or the server's clock now when earlier
-    (a clock behind this host's stamps later rows below an end taken from this host's), less
-    ``margin``: a row may be stamped up to that much before its transaction began, also in one
-    that begins after this look (:func:`plan_windows` keeps hourly and daily windows whole).
-    PostgreSQL: transactions on the source database, other than sluicegate's own readers and
-    ledger; its writers (ingest, table sinks, blocks loads: ``db.WRITER_APPLICATION_NAME``)
-    count like any other session.
-    MariaDB/MySQL: InnoDB transactions of other sessions connected to the source's database
-    (``information_schema.innodb_trx``, server-wide, joined to the process list for the
-    database; needs the ``PROCESS`` privilege; shown in the session's UTC, in whole seconds,
-    which only makes the cap earlier; a prepared XA transaction whose session ended counts too,
-    whatever its database). SQLite: a reason when a write transaction is open right now;
-    PostgreSQL: one when a prepared transaction is."""
-    if source.dialect is db.MARIADB:
-        # A prepared XA transaction whose session ended has thread id 0 and no database to
-        # match: it counts whatever its database (an earlier cap, never a lost row).
-        rows = source.execute(
-            "SELECT min(t.trx_started), UTC_TIMESTAMP(6) FROM information_schema.innodb_trx AS t "
-            "LEFT JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
-            "WHERE (p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID())"
-            " OR t.trx_mysql_thread_id = 0"
-        )
-        return _cap(rows[0][0], rows[0][1], margin), None
-    if source.dialect is db.POSTGRESQL:
-        # A prepared transaction (two-phase commit) has left pg_stat_activity, and its start is
-        # nowhere: its rows may be stamped any time before it was prepared, so exports wait.
-        prepared = source.execute(
-            "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()"
-            " ORDER BY prepared LIMIT 1"
-        )
-        if prepared:
-            gid, at = prepared[0]
-            return None, (
-                f"prepared transaction {gid!r} (prepared {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) is open on"
-                f" the source; held back until COMMIT PREPARED or ROLLBACK PREPARED ends it"
-            )
-        rows = source.execute(
-            "SELECT min(xact_start), clock_timestamp() FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
-            " AND application_name <> %s AND backend_type = 'client backend'",
-            (db.APPLICATION_NAME,),
-        )
-        return _cap(rows[0][0], rows[0][1], margin), None
-    probe = sqlite3.connect(db.sqlite_path(source.url), timeout=0, isolation_level=None)
-    try:
-        probe.execute("BEGIN IMMEDIATE")
-        probe.execute("ROLLBACK")
-    except sqlite3.OperationalError:
-        return None, "a write transaction is open on the SQLite source; held back until it ends"
-    finally:
-        probe.close()
-    return None, None
-
-
-MAX_MARGIN_WAIT = 120.0  # seconds an hourly or daily run waits for its margin, at most
 NO_ROWS = "{} returned no rows yet; nothing to export"
-STOPPED = "the run was told to stop (SIGINT or SIGTERM) while it waited out safety_margin; nothing exported"
-
-
-def _margin_wait(task: TaskSpec, export_type: str, end: dt.datetime, horizon: dt.datetime | None) -> float:
-    """Seconds to wait before an hourly or daily window can end at its period's end (at most the
-    margin and MAX_MARGIN_WAIT; else 0, and the window ends a period earlier)."""
-    if export_type == "instant" or horizon is None or horizon >= end:
-        return 0.0
-    wait = (end - horizon).total_seconds() + 0.05
-    return wait if wait <= min(task.safety_margin, MAX_MARGIN_WAIT) else 0.0
-
-
-def _wait_margin(
-    task: TaskSpec, source: Any, window: tuple[str, dt.datetime], budget: Budget | None, *,
-    values: Collection[str], claim: bool,
-) -> tuple[dt.datetime | None, str | None, list[dict[str, Any]]]:  # fmt: skip
-    """:func:`commit_horizon`, after waiting for the margin when the window (its type and end) would
-    end a whole period earlier without (a run just after the hour or midnight), with notes for a
-    dry run. The run's stop (SIGINT or SIGTERM) ends the wait, and then nothing is claimed. No
-    wait longer than its time left (--max-runtime, a Lambda's) is made, none without a budget.
-    A dry run (not ``claim``) plans the window the run exports after the wait, noting the wait."""
-    horizon, held = commit_horizon(source, task.safety_margin)
-    wait = _margin_wait(task, *window, horizon)
-    if budget is None or horizon is None or not 0 < wait <= budget.left():
-        return horizon, held, []
-    if not claim:
-        note = f"the run first waits {wait:.0f} s, until the source's clock is past the end + safety_margin"
-        return (
-            horizon + dt.timedelta(seconds=wait),
-            None,
-            [{"entity": e, "rows": 0, "note": note} for e in values],
-        )
-    if (budget.stop or threading.Event()).wait(wait):
-        return None, STOPPED, []
-    return *commit_horizon(source, task.safety_margin), []
-
-
-def _cap(started: dt.datetime | None, clock: dt.datetime, margin: float) -> dt.datetime:
-    """The earlier of ``started`` (the oldest open transaction's) and ``clock``, less ``margin``."""
-    return (clock if started is None else min(started, clock)) - dt.timedelta(seconds=margin)
 
 
 @dataclass(kw_only=True)
@@ -258,20 +146,11 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    horizon, held, waits = _wait_margin(task, source, (export_type, end), budget, values=values, claim=claim)
+    cap, held, waits = capped_end(
+        task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
+    )
     if held:
         return [], [{"entity": e, "rows": 0, "note": held} for e in values], None
-    capped = min(end, horizon) if horizon else end  # see commit_horizon
-    if capped < end and export_type != "instant":  # whole hours or days: the last one waits
-        capped = type_end(export_type, capped, task)  # (a window cut in a day stuck on its name)
-    why = "a transaction that began then is still open, or the source's clock is within safety_margin"
-    # The day of the end in zone, or in UTC when that is earlier (east of UTC, a writer's UTC
-    # date, such as SQLite's date('now'), is a day behind): not over, its dates wait.
-    days = (end.astimezone(zone_of(task.zone)).date(), end.astimezone(UTC).date())
-    day = dt.datetime.combine(min(days), dt.time(), tzinfo=UTC)
-    if whole_days and day < capped:
-        zone = task.zone if day.date() == days[0] else "UTC"
-        capped, why = day, f"rows dated {day.date()} wait until that day is over in {zone}"
     if claim:
         wm.ensure(task.name, list(values))
         claims = wm.claim(task.name, list(values), lease=lease)
@@ -280,7 +159,7 @@ def plan_windows(
     notes = _held(values, claims, lease)
     windows = []
     for c in claims:
-        window = _watermark_window(task, c, values[c.entity], export_type, end, (capped, why))
+        window = _watermark_window(task, c, values[c.entity], export_type, end, cap)
         if isinstance(window, str):  # nothing to export: the reason
             notes.append({"entity": c.entity, "rows": 0, "note": window})
             if claim:
@@ -291,13 +170,49 @@ def plan_windows(
     return windows, refused + waits + notes, token
 
 
+def take_over_window(
+    task: TaskSpec, request: ExportRequest, source: Any, wm: WatermarkStore, entities: Collection[str], *,
+    now: dt.datetime, lease: float, whole_days: bool = False,
+) -> tuple[list[Window], list[dict[str, Any]], str | None]:  # fmt: skip
+    """Take over one of ``entities`` (the run's that it found held) whose claim is dead (its lease
+    expired), to be exported alone: its window (the stored one when it died exporting it; none
+    when empty, and it is given back), notes, and the entity (None: none was taken)."""
+    export_type = request.export_type or task.export_type
+    end = check_end(task, request, now)
+    cap, held, _ = capped_end(
+        task, source, (export_type, end), None, values=(), claim=True, whole_days=whole_days
+    )
+    taken = [] if held or not entities else wm.take_over(task.name, sorted(entities), lease=lease)
+    if not taken:
+        return [], [], None
+    [c] = taken
+    window = _watermark_window(task, c, c.entity, export_type, end, cap)  # read as the column's kind
+    if isinstance(window, str):  # nothing to export: the reason
+        wm.release_one(c)
+        return [], [{"entity": c.entity, "rows": 0, "note": window}], c.entity
+    return [window], [], c.entity
+
+
+HELD = "another export holds this entity; nothing exported"
+
+
 def _held(wanted: Collection[str], claims: list[WatermarkClaim], lease: float) -> list[dict[str, Any]]:
-    """A note for each wanted entity another export holds (so it was not claimed)."""
+    """A note for each wanted entity another export holds (so it was not claimed; a dead claim's,
+    which a run takes over alone afterwards, drops its note then: see :func:`drop_held`)."""
     note = (  # a killed export's claim looked held for no stated time
-        "another export holds this entity; nothing exported (if that export died, its claim is free"
-        f" again within its lease, {lease:g} s)"
+        f"{HELD} (if that export died, the next run takes it over once its lease, {lease:g} s, has run out)"
     )
     return [{"entity": e, "rows": 0, "note": note} for e in sorted(set(wanted) - {c.entity for c in claims})]
+
+
+def held(notes: list[dict[str, Any]]) -> set[str]:
+    """The entities ``notes`` say another export held (a dead claim's among them)."""
+    return {str(n["entity"]) for n in notes if str(n.get("note", "")).startswith(HELD)}
+
+
+def drop_held(notes: list[dict[str, Any]], entity: str) -> None:
+    """Remove the note that ``entity`` was held (it was, by a dead claim this run then took over)."""
+    notes[:] = [n for n in notes if n.get("entity") != entity or not str(n.get("note", "")).startswith(HELD)]
 
 
 def _reexport_windows(
@@ -466,30 +381,53 @@ def redrive_windows(
     claims = wm.claim(task.name, marked, lease=lease) if marked else []
     notes += _held(marked, claims, lease)  # was skipped without a word
     for c in claims:
-        f = by_entity[c.entity]
-        if c.pending_start is not None and c.pending_end is not None:  # its file may be in place
-            f = {**f, "failed_start": c.pending_start, "failed_end": c.pending_end}
-            f["failed_type"] = c.pending_type or f["failed_type"]
-        start = max(f["failed_start"], c.watermark) if c.watermark else f["failed_start"]
-        if start >= f["failed_end"]:
-            wm.clear_failure(task.name, c.entity)
-            notes.append(
-                {"entity": c.entity, "rows": 0, "note": "the failed window was exported since; nothing new"}
-            )
-            continue
-        windows.append(
-            Window(
-                entity=c.entity,
-                value=c.entity,  # the ledger's text; the driver reads it as the column's kind
-                start=start,
-                end=f["failed_end"],
-                export_type=f["failed_type"],
-                claim=c,
-                mode="watermark",
-            )
-        )
+        window = _redrive_window(task, wm, by_entity[c.entity], c)
+        if isinstance(window, Window):
+            windows.append(window)
+        else:
+            notes.append(window)
     token = claims[0].token if claims else None
     if token and not any(w.claim for w in windows):
         wm.release(token)
         token = None
     return windows, notes, token
+
+
+def _redrive_window(
+    task: TaskSpec, wm: WatermarkStore, f: dict[str, Any], c: WatermarkClaim
+) -> Window | dict[str, Any]:
+    """The window redrive exports for the failed watermark window ``f`` claimed by ``c`` (its
+    pending window when a run died in one), or a note when it was exported since (cleared)."""
+    if c.pending_start is not None and c.pending_end is not None:  # its file may be in place
+        f = {**f, "failed_start": c.pending_start, "failed_end": c.pending_end}
+        f["failed_type"] = c.pending_type or f["failed_type"]
+    start = max(f["failed_start"], c.watermark) if c.watermark else f["failed_start"]
+    if start >= f["failed_end"]:
+        wm.clear_failure(task.name, c.entity)
+        return {"entity": c.entity, "rows": 0, "note": "the failed window was exported since; nothing new"}
+    return Window(
+        entity=c.entity,
+        value=c.entity,  # the ledger's text; the driver reads it as the column's kind
+        start=start,
+        end=f["failed_end"],
+        export_type=f["failed_type"],
+        claim=c,
+        mode="watermark",
+    )
+
+
+def take_over_redrive(
+    task: TaskSpec, wm: WatermarkStore, entities: Collection[str], *, lease: float
+) -> tuple[list[Window], list[dict[str, Any]], str | None]:
+    """Redrive: take over one of ``entities`` (failed windows' it found held) whose claim is dead,
+    to be exported alone, as :func:`take_over_window` does for a run."""
+    taken = wm.take_over(task.name, sorted(entities), lease=lease) if entities else []
+    if not taken:
+        return [], [], None
+    [c] = taken
+    f = next((w for w in wm.entities(task.name) if w["entity"] == c.entity), {})
+    window = _redrive_window(task, wm, f, c) if f.get("failed_mode") == "watermark" else {}
+    if isinstance(window, Window):
+        return [window], [], c.entity
+    wm.release(c.token)  # nothing to redo: given back (its pending window kept)
+    return [], [window] if window else [], c.entity

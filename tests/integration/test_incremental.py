@@ -551,7 +551,9 @@ def test_an_entity_another_export_holds_says_when_its_claim_is_free_again(url: s
         ledger.watermarks.ensure("studies", ["s1"])
         assert ledger.watermarks.claim("studies", ["s1"], lease=600)  # a worker that died
     held = _run(root, export_type="daily", end=T)
-    assert held.exported == 0 and "free again within its lease, 600 s" in held.entities[0]["note"]
+    assert (
+        held.exported == 0 and "takes it over once its lease, 600 s, has run out" in held.entities[0]["note"]
+    )
 
 
 # 6: an end before the watermark exports nothing and moves nothing
@@ -591,6 +593,68 @@ def test_killed_export_is_redone_once(url: str, tmp_path: Path) -> None:
     # then on to the request's end, in the same run (a window of its own)
     assert result["entities"][1]["start"] == T.isoformat() and result["entities"][1]["rows"] == 0
     assert _marks(root) == {"s1": T + dt.timedelta(days=1)}
+
+
+@pytest.mark.pg
+def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Study s3's window kills the worker each time it is read (as the OOM killer would). The four
+    other studies, claimed and read in its batch, died with it; each run after the lease took the
+    five back together (an attempt each) and died again, so none was ever exported. A dead claim's
+    windows are now taken over one at a time, each alone, the oldest death first: the four are
+    exported, and only s3 keeps dying, counted an attempt for each death of its own."""
+    from test_faults import _run_until_killed_at_poison
+
+    root = _project(tmp_path, pg_url, bootstrap="beginning", lease="1s")
+    with (root / "tasks" / "studies" / "task.toml").open("a") as toml:
+        toml.write('entities = ["s1", "s2", "s3", "s4", "s5"]\n')
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on, payload, poison(study_id) AS p FROM records"
+    )
+    rec = Records(pg_url)
+    rec.conn.execute(
+        "CREATE FUNCTION poison(s text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF s = 's3' THEN PERFORM pg_sleep(60); END IF; RETURN 1; END $$"
+    )
+    for study in ("s1", "s2", "s3", "s4", "s5"):
+        rec.add(study, T - dt.timedelta(hours=1), study)
+    for _ in range(4):
+        assert _run_until_killed_at_poison(root, pg_url) == -9
+        time.sleep(1.3)  # the dead run's lease runs out
+    assert _payloads(tmp_path) == ["s1", "s2", "s4", "s5"]
+    rows = {w["entity"]: w for w in operations.watermarks(load(root), "studies")}
+    assert [e for e, w in sorted(rows.items()) if w["watermark"] is None] == ["s3"]
+    assert rows["s3"]["pending_end"] is not None and rows["s3"]["attempts"] >= 2
+    assert all(rows[e]["attempts"] == 0 for e in ("s1", "s2", "s4", "s5"))
+
+
+def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
+    url: str, tmp_path: Path
+) -> None:
+    """A run died holding three entities (one of them may have killed it): a claim takes none of
+    them (it took them back together, an attempt each, to be read in one batch again); they are
+    taken over one at a time, the oldest death first, each under a token of its own, an attempt
+    only for the one its dead claim held alone (the last)."""
+    project = load(_project(tmp_path, url))
+    ledger_url = project.settings.ledger_url
+    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        wm = ledger.watermarks
+        wm.ensure("studies", ["a", "b", "c", "d", "e"])
+        dead = wm.claim("studies", ["a", "b", "c"], lease=600)
+        pg = ledger_url.startswith("postgresql")
+        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
+        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
+        ph = "?" if ledger_url.startswith("sqlite") else "%s"
+        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+        [alive] = wm.claim("studies", ["d"], lease=600)
+        assert [c.entity for c in wm.claim("studies", ["a", "b", "c", "d", "e"], lease=600)] == ["e"]
+        assert wm.take_over("studies", ["d", "e"], lease=600) == []  # held by a live claim, or by none
+        taken = [wm.take_over("studies", ["a", "b", "c", "d", "e"], lease=600) for _ in range(4)]
+    assert taken[3] == [] and alive.entity == "d"
+    assert [(t.entity, t.attempts) for [t] in taken[:3]] == [("a", 0), ("b", 0), ("c", 1)]
+    assert len({t.token for [t] in taken[:3]} | {dead[0].token}) == 4
 
 
 # 8: two identical requests at once: one exports, the other exports zero rows
@@ -1281,8 +1345,9 @@ def test_a_watermark_renewal_skips_a_row_a_stuck_transaction_holds(mariadb_url: 
 
 def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_path: Path) -> None:
     """Two workers on one ledger: a held watermark is not claimed twice; once its lease ran out the
-    other worker takes it (an attempt), the first one's commit, failure and release of it record
-    nothing, and a commit never moves a watermark backwards."""
+    other worker takes it over (alone; no attempt, as its dead claim held another entity too), the
+    first one's commit, failure and release of it record nothing, and a commit never moves a
+    watermark backwards."""
     project = load(_project(tmp_path, url))
     Records(url)  # the source table
     ledger_url, schema = project.settings.ledger_url, project.settings.ledger_schema
@@ -1294,8 +1359,9 @@ def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_pa
         assert [(c.entity, c.attempts) for c in first] == [("s1", 0), ("s2", 0)]
         assert two.watermarks.claim("studies", ["s1", "s2"], lease=60) == []
         time.sleep(1.3)
-        [second] = two.watermarks.claim("studies", ["s1"], lease=60)
-        assert (second.entity, second.attempts) == ("s1", 1)  # the expired lease counted
+        assert two.watermarks.claim("studies", ["s1"], lease=60) == []  # a dead claim's: taken over
+        [second] = two.watermarks.take_over("studies", ["s1"], lease=60)
+        assert (second.entity, second.attempts) == ("s1", 0)  # not alone in its dead claim
         assert not one.watermarks.commit(first[0], end=T + 5 * day, rows=9, path="late")
         one.watermarks.fail(
             "studies", "s1", token=first[0].token, error="late", start=T - day, end=T,

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from ..sources import Column, ReadSpec, Slice
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
-from ..work import Deadline, Outcome, Place, Previous, WorkUnit
+from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
 from .incremental_check import check, cursor_problems, missing_columns, sqlite_dates
 from .incremental_entities import entity_value
+from .incremental_recorder import Recorder
 
 __all__ = ["Driver", "Task", "check", "describe", "load", "status"]
 
@@ -140,82 +141,6 @@ def read_spec(task: Task) -> ReadSpec:
     )
 
 
-class Recorder:
-    """Watermarks move (or a redriven re-export's failure is cleared) after durable publishing."""
-
-    def __init__(self, task: Task, store: WatermarkStore, lease: float, summary: TaskSummary) -> None:
-        self.task = task
-        self.store = store
-        self.lease = lease
-        self.summary = summary
-
-    def commit(self, outcomes: Sequence[Outcome], place: Place) -> list[bool]:
-        """Put the files in place, then advance each window's watermark, fenced by its claim.
-
-        A window's file has its window in its name and the window is closed (the end is capped
-        below the oldest open transaction), so two exporters of one window write the same rows:
-        the files are placed before the claims are checked (a window is written only once stored
-        pending under a claim still held, see _unit). Re-exports move nothing."""
-        place(outcomes)
-        out = []
-        for outcome in outcomes:
-            window: Window = outcome.unit.handle
-            if outcome.staged is not None and outcome.staged.refused:  # not placed: the pipeline fails it
-                out.append(False)
-                continue
-            if window.claim is not None:
-                done = self.store.commit(window.claim, end=window.end, rows=outcome.rows, path=outcome.path)
-            else:
-                if window.mode == "redrive":
-                    self.store.clear_reexport(self.task.name, window)
-                done = True
-            out.append(done)
-            self._entry(window, rows=outcome.rows, file=outcome.path, ok=done)
-        return out
-
-    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        """Record the failed window for redrive; the watermark does not move."""
-        window: Window = unit.handle
-        recorded = self.store.fail(
-            self.task.name,
-            window.entity,
-            token=window.claim.token if window.claim else None,
-            error=str(error),
-            start=window.start,
-            end=window.end,
-            export_type=window.export_type,
-            mode="watermark" if window.claim else "reexport",
-            destination=window.destination,
-        )
-        note = "" if recorded else watermarks.not_recorded(self.task.name, window.entity)
-        self._entry(window, rows=0, file=None, ok=False, error=str(error) + note)
-
-    def renew(self, tokens: Collection[str]) -> None:
-        """Extend the watermark claims of a long export."""
-        for token in tokens:
-            self.store.renew(token, lease=self.lease)
-
-    def release(self, tokens: Collection[str]) -> int:
-        """Give back unfinished watermark claims."""
-        return sum(self.store.release(token) for token in tokens)
-
-    def _entry(
-        self, window: Window, *, rows: int, file: str | None, ok: bool, error: str | None = None
-    ) -> None:
-        self.summary.entities.append(
-            {
-                "entity": window.entity,
-                "start": window.start.isoformat(),
-                "end": window.end.isoformat(),
-                "type": window.export_type,
-                "rows": rows,
-                "file": file,
-                "watermark_moved": bool(ok and window.claim is not None),
-                **({"error": error} if error else {}),
-            }
-        )
-
-
 class Driver:
     """Exports incremental tasks."""
 
@@ -301,7 +226,8 @@ class Driver:
         """Export each entity's window, recorded as a run on the ledger; return windows exported."""
         ctx = self.context
         windows = self._windows(task, options, claim=True, summary=summary, budget=budget)
-        if not windows:  # nothing to export (a SQLite writer may hold the lock: write nothing)
+        first = None if windows else self._take_over(task, options, summary)  # a dead claim's entity
+        if not windows and first is None:  # nothing to export (a SQLite writer may hold the lock)
             return 0
         request = options.request or ExportRequest()
         recorded_here = not options.recorded
@@ -310,9 +236,9 @@ class Driver:
                 run_request = {**request.as_dict(), "redrive": options.redrive}
                 summary.run_id = ctx.ledger.runs.start(task.name, tag=request.tag, request=run_request)
                 with run_heartbeat(ctx.ledger.url, ctx.ledger.schema, summary.run_id):
-                    self._export_and_catch_up(task, windows, options, summary, budget)
+                    self._export_all(task, windows, first, options, summary, budget)
             else:
-                self._export_and_catch_up(task, windows, options, summary, budget)
+                self._export_all(task, windows, first, options, summary, budget)
         except BaseException:
             # Whatever stopped the export, the entities it still holds are given back now, not
             # after a whole lease of "another export holds this entity".
@@ -324,6 +250,47 @@ class Driver:
             if recorded_here and summary.run_id is not None:
                 ctx.ledger.runs.finish(summary.run_id, [summary.as_dict()])
         return len(windows)
+
+    def _export_all(
+        self, task: Task, windows: list[Window], first: list[Window] | None, options: RunOptions,
+        summary: TaskSummary, budget: Budget,
+    ) -> None:  # fmt: skip
+        """Export the windows of the entities no claim held, then take over the entities of dead
+        claims (their leases expired) one at a time, each exported alone and committed before the
+        next: one that kills its worker (the OOM killer on a huge window, a crash in a driver) then
+        takes no other entity down with it again. ``first``: one taken over already."""
+        self._export_and_catch_up(task, windows, options, summary, budget)
+        taken = first
+        while taken is not None or not (budget.over() or budget.stopped()):
+            taken = self._take_over(task, options, summary) if taken is None else taken
+            if taken is None:
+                return
+            windows += taken  # given back with the others should the export stop
+            self._export_and_catch_up(task, taken, options, summary, budget)
+            taken = None
+
+    def _take_over(self, task: Task, options: RunOptions, summary: TaskSummary) -> list[Window] | None:
+        """The window of one entity the run found held whose claim is dead, taken over alone (none
+        when it is empty or, for redrive, exported since); None when none is."""
+        request = options.request or ExportRequest()
+        ctx, lease = self.context, self.context.project.settings.lease
+        held = watermarks.held(summary.entities)
+        if options.redrive:
+            windows, notes, entity = watermarks.take_over_redrive(
+                task, ctx.ledger.watermarks, held, lease=lease
+            )
+        elif request.touches_watermarks:
+            windows, notes, entity = watermarks.take_over_window(
+                task, request, ctx.source, ctx.ledger.watermarks, held, now=dt.datetime.now(dt.UTC),
+                lease=lease, whole_days=self._select_fits(task),
+            )  # fmt: skip
+        else:  # a re-export claims nothing
+            return None
+        if entity is None:
+            return None
+        watermarks.drop_held(summary.entities, entity)  # held by a dead claim, now this run's
+        summary.entities += notes
+        return windows
 
     def _export_and_catch_up(
         self, task: Task, windows: list[Window], options: RunOptions, summary: TaskSummary, budget: Budget

@@ -1,4 +1,8 @@
-"""Watermarks of incremental tasks: one row per (task, entity), claimed, advanced compare-and-set."""
+"""Watermarks of incremental tasks: one row per (task, entity), claimed, advanced compare-and-set.
+
+A claim takes the rows no claim holds; a row of a dead claim (its lease expired) is taken over
+alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone.
+"""
 
 from __future__ import annotations
 
@@ -44,20 +48,33 @@ class WatermarkStore(Store):
             self.core.in_transaction(lambda cur: cur.executemany(self.q["ensure"], rows))
 
     def claim(self, task: str, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
-        """Claim the free watermark rows of ``entities``; held rows are skipped."""
+        """Claim the watermark rows of ``entities`` no claim holds; held rows are skipped (a dead
+        claim's too: :meth:`take_over`)."""
+        return self._take(task, self.q["claim"], entities, lease=lease)
+
+    def take_over(self, task: str, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
+        """Claim one row of a dead claim (held under an expired lease) of ``entities``, the oldest
+        death first, in a claim of its own: one entity that kills its worker then takes down no
+        other. It counts as an attempt only when the dead claim held it alone."""
+        return self._take(task, self.q["take_over"], entities, lease=lease)
+
+    def _take(
+        self, task: str, statement: str, entities: Sequence[str], *, lease: float
+    ) -> list[WatermarkClaim]:
         token = uuid.uuid4()
         wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
         params = self.core.params(task=task, entities=wanted, token=token, lease=lease)
 
         def take(cur: Any) -> list[Any]:
-            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
+            cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
             if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
                 return rows
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
-            self.claim_take(cur, [int(row[0]) for row in rows], token=params["token"], lease=float(lease))
+            alone = {int(row[0]): bool(row[1]) for row in rows}
+            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
             return self.claimed(cur, params["token"])
 
         rows = self.core.in_transaction(take)
@@ -78,9 +95,13 @@ class WatermarkStore(Store):
         ]
         return sorted(out, key=lambda c: c.entity)
 
-    def claim_take(self, cur: Any, ids: list[int], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` locked under ``token`` and a lease (one round trip)."""
-        cur.executemany(self.q["claim_take"], [{"id": i, "token": token, "lease": lease} for i in ids])
+    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
+        held it alone) under ``token`` and a lease (one round trip)."""
+        cur.executemany(
+            self.q["claim_take"],
+            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
+        )
 
     def claimed(self, cur: Any, token: str) -> list[Any]:
         """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""

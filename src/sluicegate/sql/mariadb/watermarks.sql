@@ -10,22 +10,38 @@ INSERT INTO {t}watermarks (task, entity) VALUES (%(task)s, %(entity)s)
 ON DUPLICATE KEY UPDATE entity = entity;
 
 -- claim --
--- Lock the watermark rows of the given entities (a JSON array) that nobody holds or whose lease
--- expired, skipping rows another worker holds; claim_take then takes them, in one transaction.
-SELECT w.id FROM {t}watermarks AS w
+-- Lock the watermark rows of the given entities (a JSON array) that no claim holds, skipping
+-- rows another worker holds; claim_take then takes them, in one transaction (a dead claim's
+-- rows: take_over).
+SELECT w.id, 0 FROM {t}watermarks AS w
 WHERE w.task = %(task)s
   AND w.entity IN (
       SELECT e.entity COLLATE {exact}
       FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
-  AND (w.claim_token IS NULL OR w.lease_until < UNIX_TIMESTAMP(NOW(6)))
+  AND w.claim_token IS NULL
 ORDER BY w.entity
+FOR UPDATE SKIP LOCKED;
+
+-- take_over --
+-- Lock one row of a dead claim (held under an expired lease) of the given entities, the oldest
+-- death first, and whether the dead claim held it alone (an attempt then; see
+-- postgresql/watermarks.sql). claim_take then takes it.
+SELECT w.id, NOT EXISTS (SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id)
+FROM {t}watermarks AS w
+WHERE w.task = %(task)s
+  AND w.entity IN (
+      SELECT e.entity COLLATE {exact}
+      FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
+  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6))
+ORDER BY w.lease_until, w.entity
+LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
 -- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
--- an expired lease counts as an attempt.
+-- taking over a row its dead claim held alone (take_over's second column) counts as an attempt.
 UPDATE {t}watermarks
-SET attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END,
+SET attempts = attempts + CASE WHEN claim_token IS NOT NULL AND %(alone)s THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     lease_until = UNIX_TIMESTAMP(NOW(6)) + %(lease)s
 WHERE id = %(id)s;

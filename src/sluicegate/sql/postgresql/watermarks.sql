@@ -6,17 +6,39 @@
 INSERT INTO {t}watermarks (task, entity) VALUES (%(task)s, %(entity)s) ON CONFLICT (task, entity) DO NOTHING;
 
 -- claim --
--- Claim the watermark rows of the given entities that nobody holds (or whose lease expired).
+-- Claim the watermark rows of the given entities that no claim holds (a dead claim's rows, its
+-- lease expired, are taken over one at a time: take_over).
 WITH candidate AS (
     SELECT id FROM {t}watermarks
-    WHERE task = %(task)s AND entity = ANY(%(entities)s) AND (claim_token IS NULL OR lease_until < now())
+    WHERE task = %(task)s AND entity = ANY(%(entities)s) AND claim_token IS NULL
     ORDER BY entity
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {t}watermarks AS w
 SET claim_token = %(token)s,
-    lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = w.attempts + CASE WHEN w.claim_token IS NULL THEN 0 ELSE 1 END
+    lease_until = now() + make_interval(secs => %(lease)s)
+FROM candidate
+WHERE w.id = candidate.id
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts, w.path;
+
+-- take_over --
+-- Claim one row of a dead claim (held under an expired lease) of the given entities, the oldest
+-- death first, under a claim of its own: the rest of a batch that died with it go before an
+-- entity that died alone later. An attempt only when the dead claim held it alone: nothing tells
+-- which entity of a dead batch killed it, while one that died alone did.
+WITH candidate AS (
+    SELECT id FROM {t}watermarks
+    WHERE task = %(task)s AND entity = ANY(%(entities)s)
+      AND claim_token IS NOT NULL AND lease_until < now()
+    ORDER BY lease_until, entity
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {t}watermarks AS w
+SET attempts = w.attempts + CASE WHEN NOT EXISTS (
+        SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id) THEN 1 ELSE 0 END,
+    claim_token = %(token)s,
+    lease_until = now() + make_interval(secs => %(lease)s)
 FROM candidate
 WHERE w.id = candidate.id
 RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts, w.path;

@@ -6,13 +6,32 @@
 INSERT INTO {t}watermarks (task, entity) VALUES (:task, :entity) ON CONFLICT (task, entity) DO NOTHING;
 
 -- claim --
--- Claim the watermark rows of the given entities that nobody holds (run inside BEGIN IMMEDIATE).
+-- Claim the watermark rows of the given entities that no claim holds (run inside BEGIN
+-- IMMEDIATE; a dead claim's rows: take_over).
 UPDATE {t}watermarks
 SET claim_token = :token,
-    lease_until = :now + :lease,
-    attempts = attempts + CASE WHEN claim_token IS NULL THEN 0 ELSE 1 END
+    lease_until = :now + :lease
 WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
-  AND (claim_token IS NULL OR lease_until < :now)
+  AND claim_token IS NULL
+RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
+
+-- take_over --
+-- Claim one row of a dead claim (held under an expired lease), the oldest death first, alone
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone (see
+-- postgresql/watermarks.sql).
+UPDATE {t}watermarks
+SET attempts = attempts + CASE WHEN NOT EXISTS (
+        SELECT 1 FROM {t}watermarks AS o
+        WHERE o.claim_token = {t}watermarks.claim_token AND o.id <> {t}watermarks.id) THEN 1 ELSE 0 END,
+    claim_token = :token,
+    lease_until = :now + :lease
+WHERE id IN (
+    SELECT id FROM {t}watermarks
+    WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
+      AND claim_token IS NOT NULL AND lease_until < :now
+    ORDER BY lease_until, entity
+    LIMIT 1
+)
 RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
 
 -- set_pending --
