@@ -373,10 +373,7 @@ def test_the_paths_a_batch_would_take_are_found_by_index_and_exactly(mariadb_url
             )
         )
 
-        class Task:
-            name = "t"
-
-        found = ledger.partitions.paths_taken(Task, {"p/1.csv", "p/2.csv ", "p/3.csv", "p/none.csv"})  # type: ignore[arg-type]
+        found = ledger.partitions.paths_taken("t", {"p/1.csv", "p/2.csv ", "p/3.csv", "p/none.csv"})
         assert sorted(found) == [("p/1.csv", "[1]", None), ("p/3.csv", "[3]", None)]
     with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
         cur = conn.cursor()
