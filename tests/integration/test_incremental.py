@@ -2157,3 +2157,26 @@ def test_a_redriven_reexport_whose_rows_were_deleted_deletes_its_file(tmp_path: 
     assert redrive["failed"] == 0 and redrive["entities"][0]["rows"] == 0, redrive
     assert placed not in files(other)
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+def test_a_failed_window_of_a_numeric_entity_gone_from_the_source_deletes_its_file(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """An entity column of numbers (not integers, not text) whose entity is named by the ledger's
+    text once every row of it was deleted: no source value has that text, and the redo failed
+    ("matches no value ... or wait for its rows") on every run, its file left in place."""
+    root = _project(tmp_path, pg_url)
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, ('1' || substr(study_id, 2))::numeric AS study_id, uploaded_on, payload FROM records"
+    )
+    rec = Records(pg_url)
+    rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
+    blocker = _feed_blocked(tmp_path)
+    assert _run(root, export_type="daily", end=T).failed == 1
+    [placed] = files(tmp_path / "out")
+    blocker.unlink()
+    rec.conn.execute("DELETE FROM records")
+    rec.add("s2", T + dt.timedelta(hours=1), "s2-a")
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 0, [e.get("error") for e in again.entities if e["entity"] == "11"]
+    assert placed not in files(tmp_path / "out")

@@ -41,7 +41,7 @@ from ..watermarks import Window
 from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
 from .incremental_check import check, cursor_problems, missing_columns, sqlite_dates
-from .incremental_entities import entity_value
+from .incremental_entities import entity_value, typed_entity
 from .incremental_recorder import Recorder
 
 __all__ = ["Driver", "Task", "check", "describe", "load", "status"]
@@ -320,7 +320,7 @@ class Driver:
         mode = ctx.mode(task.format)
         recorder = Recorder(task, ctx.ledger.watermarks, settings.lease, summary)
         # Entities named in text, on a column neither text nor integer: looked up once, when needed.
-        found = functools.cache(lambda: {str(v): v for v in watermarks.discover_entities(task, ctx.source)})
+        found = functools.cache(lambda: _found(task, ctx, columns))
         groups: dict[str | None, list[Window]] = {}
         for window in windows:
             groups.setdefault(window.destination, []).append(window)
@@ -357,6 +357,18 @@ class Driver:
                     return
                 finally:
                     pipeline.flush()
+
+
+def _found(task: Task, ctx: Context, columns: Sequence[Column]) -> dict[str, Any]:
+    """Each entity of the source by its text, and each of the ledger that the source no longer has
+    (every row deleted; its pending window is redone, see watermarks) as a value of the column's
+    kind read from the ledger's text: no value of the column has that text, and the redo failed.
+    (A text naming a value the source has, "1.50" for 1.5, is not that entity: it stays unfound.)"""
+    found = {str(v): v for v in watermarks.discover_entities(task, ctx.source)}
+    kind = next((c.kind for c in columns if c.name == task.entity), "other")
+    typed = {r["entity"]: typed_entity(kind, r["entity"]) for r in ctx.ledger.watermarks.entities(task.name)}
+    values = set(found.values())
+    return {**{e: v for e, v in typed.items() if v not in values}, **found}
 
 
 def _fileless_unit(task: Task, window: Window) -> WorkUnit:

@@ -3,6 +3,8 @@ column of an incremental task holds them."""
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,3 +52,16 @@ def _integer(task: Task, value: str) -> int:
             f"{str(number) if number is not None else '42'!r}"
         )
     return number
+
+
+def typed_entity(kind: str, text: str) -> Any:
+    """The value of a column of ``kind`` whose text is ``text``, or ``text``: an entity the ledger
+    names whose rows were all deleted (no value of the source has that text any more)."""
+    read: dict[str, Callable[[str], Any]] = {
+        "float": float, "decimal": decimal.Decimal, "date": dt.date.fromisoformat,
+        "timestamp": dt.datetime.fromisoformat, "timestamptz": dt.datetime.fromisoformat,
+    }  # fmt: skip
+    try:
+        return read[kind](text) if kind in read else text
+    except (ValueError, ArithmeticError):
+        return text
