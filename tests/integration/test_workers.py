@@ -1070,3 +1070,50 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
         late.join(30)
     assert done == {"early": [True], "late": [False]}
     assert seen == [[], [("same.csv", one.pkey, "UTC")]]
+
+
+@pytest.mark.parametrize(
+    "dialect", [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)]
+)
+def test_a_commit_retried_on_a_new_connection_sees_a_commit_of_its_file_made_meanwhile(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str
+) -> None:
+    """The connection of a commit is lost once its file is in place: its lock of the file goes
+    with it, and another worker commits another partition that renders that file (its file
+    replaces ours). The retry on a new connection recorded ours as well, unchecked: both were
+    exported to one file, which holds the other's rows only. It now checks again, and refuses."""
+    url = _url(request, tmp_path, dialect)
+    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
+    task = project.tasks["openaq"]
+    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2)]
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    def vet(held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]) -> Sequence[ExportResult]:
+        return [r for r in held if all(pkey == r.claim.pkey for _, pkey, _ in taken)]
+
+    pid = "SELECT pg_backend_pid()" if dialect == "pg" else "SELECT CONNECTION_ID()"
+    kill = "SELECT pg_terminate_backend(%s)" if dialect == "pg" else "KILL CONNECTION %s"
+    with ledger() as first, ledger() as second, ledger() as admin:
+        first.ensure_schema()
+        first.partitions.mark(parts, task)
+        one, two = sorted(
+            first.partitions.claim(task, limit=2, lease=600), key=lambda c: c.keys["location_id"]
+        )
+        [mine, theirs] = [
+            ExportResult(claim=c, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
+            for c in (one, two)
+        ]
+        [(session,)] = first.partitions.core.conn.execute(pid).fetchall()
+        late: list[bool] = []
+
+        def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
+            admin.partitions.core.conn.execute(kill % int(session))  # lost once the file is in place
+            time.sleep(0.5)
+            late.extend(second.partitions.commit([theirs], None, vet))  # its file replaces ours
+            return held
+
+        early = first.partitions.commit([mine], place, vet)
+    assert late == [True]
+    assert early == [False]  # not recorded: the file in place is the other partition's

@@ -219,7 +219,9 @@ class PartitionStore(PartitionAdmin):
         placed, the commit is tried once more on a new connection without placing again: the
         claims still held are committed (their files are in place), the others are not.
         With ``vet``, the files of the held claims are locked first, and only those ``vet`` keeps
-        of the ones another partition of the task recorded are placed and recorded.
+        of the ones another partition of the task recorded are placed and recorded (on a retry,
+        locked and vetted again: the lost connection's locks went with it, and another worker may
+        have recorded one of the files since, its file replacing ours).
         Returns, per result, whether it was recorded.
         """
         if not results:
@@ -231,16 +233,12 @@ class PartitionStore(PartitionAdmin):
             nonlocal placed
             held_ids = self.hold(cur, results)
             if placed is None:
-                held: Sequence[ExportResult] = [r for r in results if r.claim.id in held_ids]
-                if vet is not None and held:
-                    self.lock_paths(cur, held, names)
-                    held = vet(
-                        held, self.paths_taken(held[0].claim.task, {r.path for r in held if r.path}, cur)
-                    )
+                held = self._vetted(cur, [r for r in results if r.claim.id in held_ids], vet, names)
                 placed = place(held) if place is not None and held else held
                 chosen = placed
-            else:  # a retry on a new connection: the files are in place already
-                chosen = [r for r in placed if r.claim.id in held_ids]
+            else:  # a retry on a new connection: the files are in place already, but the locks of
+                # them went with the lost connection: another worker may have recorded one since
+                chosen = self._vetted(cur, [r for r in placed if r.claim.id in held_ids], vet, names)
             return self.commit_held(cur, chosen) if chosen else set()
 
         try:
@@ -249,6 +247,15 @@ class PartitionStore(PartitionAdmin):
             if names:
                 self.unlock_paths(names)
         return [r.claim.id in recorded for r in results]
+
+    def _vetted(
+        self, cur: Any, held: Sequence[ExportResult], vet: Vet | None, names: list[str]
+    ) -> Sequence[ExportResult]:
+        """With ``vet``: lock the files of ``held``, then keep those ``vet`` keeps of them."""
+        if vet is None or not held:
+            return held
+        self.lock_paths(cur, held, names)
+        return vet(held, self.paths_taken(held[0].claim.task, {r.path for r in held if r.path}, cur))
 
     def hold(self, cur: Any, results: Sequence[ExportResult]) -> set[int]:
         """In ``cur``'s transaction: lock and return the ids of the claims still held under their tokens."""
