@@ -99,7 +99,10 @@ _SHORT = 6
 def _masked(text: str, secret: str) -> str:
     if len(secret) >= _SHORT:
         return text.replace(secret, MASK)
-    return re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", MASK, text)
+    # Only an end that is a letter, digit or _ could be inside a word ("#1" is masked in "key#1").
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.sub(before + re.escape(secret) + after, MASK, text)
 
 
 def scrub(text: str, *urls: str | None) -> str:

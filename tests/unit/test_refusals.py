@@ -90,6 +90,17 @@ def test_a_short_password_is_masked_where_it_stands_alone_and_leaves_words_whole
     assert scrub("xs3cretpwx and s3cretpw", long) == "x***x and ***"
 
 
+def test_a_short_password_with_a_sign_at_an_end_is_masked_next_to_a_word() -> None:
+    """A short password was masked only between non-word characters, also at an end of it that is
+    a sign: "#1" (or "-ab") glued to a word ("key#1", "x-ab") went out in the clear. A sign cannot
+    be inside a word, so only an end that is a letter, digit or _ asks for a word boundary."""
+    from sluicegate.masking import scrub
+
+    assert scrub("bad key#1 or #1x or (#1)", "postgresql://u:%231@h/db") == "bad key*** or #1x or (***)"
+    assert scrub("x-ab and x-abc", "postgresql://u:-ab@h/db") == "x*** and x-abc"
+    assert scrub("tab!! !!", "postgresql://u:!!@h/db") == "tab*** ***"
+
+
 def test_a_password_in_the_query_string_never_reaches_the_terminal(tmp_path: Path) -> None:
     root = write_project(
         tmp_path / "p", source=f"sqlite:///{tmp_path / 's.db'}", destination=str(tmp_path / "o")
