@@ -45,3 +45,15 @@ def test_a_logged_warning_gets_the_project_folder(tmp_path: Path, monkeypatch: p
     )
     assert _TypedHere(Path("/srv/p")).filter(record)
     assert record.getMessage() == "run 'sluicegate -C /srv/p install t'"
+
+
+def test_a_value_quoted_in_a_message_is_not_taken_for_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition key (or an entity) "sluicegate users" shown by status, a dry run or an error was
+    rewritten as "sluicegate -C FOLDER users": the key shown was not the key. Only a command's name
+    after "sluicegate " makes a hint."""
+    monkeypatch.chdir(tmp_path)
+    shown = 'failed ["sluicegate users","2024-01-01"] after 3 attempt(s): entity \'sluicegate x\' is gone'
+    assert typed_here(shown, Path("/srv/p")) == shown
+    assert typed_here("(sluicegate status)", Path("/srv/p")) == "(sluicegate -C /srv/p status)"

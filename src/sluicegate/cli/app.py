@@ -131,7 +131,15 @@ class CliState:
     urls: tuple[str, ...] = ()  # the project's database URLs, whose secrets an error may repeat
 
 
-_HINTED = re.compile(r"(?<=['`\"(])sluicegate (?=[a-z])(?!init\b|demo\b)")  # these name their folder
+_HINTED = re.compile(r"(?<=['`\"(])sluicegate (?=([a-z]+)\b)")  # followed by a command's name
+
+
+def _hint(match: re.Match[str], folder: Path) -> str:
+    """``sluicegate `` of a hint to run a command (not init or demo: these name their folder), with
+    ``-C FOLDER``; not of a value quoted in a message (a partition key "sluicegate users")."""
+    if match[1] in ("init", "demo") or match[1] not in main.commands:
+        return match[0]
+    return f"sluicegate -C {shlex.quote(str(folder))} "
 
 
 def typed_here(text: str, folder: Path | None = None) -> str:
@@ -148,7 +156,7 @@ def typed_here(text: str, folder: Path | None = None) -> str:
             return text
     except OSError:
         return text
-    return _HINTED.sub(f"sluicegate -C {shlex.quote(str(folder))} ", text)
+    return _HINTED.sub(lambda m: _hint(m, folder), text)
 
 
 class _TypedHere(logging.Filter):
