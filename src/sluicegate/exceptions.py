@@ -89,6 +89,10 @@ class LedgerPermissionDenied(PermissionDenied, LedgerError):
     """The database role lacks a privilege on the ledger tables; run `sluicegate grants` and apply them."""
 
 
+class StopNow(SystemExit):
+    """A second SIGINT or SIGTERM: the run stops at once (not a callable's own ``sys.exit()``)."""
+
+
 def printable(value: Any) -> str:
     """A value from the source or the ledger for a message or a terminal line: as it is, or quoted
     (``'a\\nb'``) when it holds a character a terminal would act on (a newline, an escape, a NUL)."""

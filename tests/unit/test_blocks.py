@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -726,6 +727,35 @@ def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_list
     rows = {(r[0], r[1][11:16], r[2]): r[3:5] for r in ledger_rows(root)}
     assert rows[("lime", "01:00", "extract")] == ("failed", 3)
     assert rows[("bird", "01:00", "publish")] == ("done", 1)
+
+
+@pytest.mark.parametrize("stage", ["extract", "publish"])
+def test_a_second_signal_during_a_callable_stops_the_run_and_fails_no_block(
+    tmp_path: Path, stage: str
+) -> None:
+    """SIGINT (or SIGTERM) twice stops a run at once: the handler raises SystemExit. Stage callables
+    now catch SystemExit (a library's sys.exit()), so one that was running took the operator's
+    "stop now" for its own failure: the block was parked ('SystemExit: 130') and the run went on."""
+    root = make_project(tmp_path)
+    fn = "def trips(block, config):\n" if stage == "extract" else "def portal(block, records, config):\n"
+    slow = fn + '    if block.key_value == "lime":\n        Path(__file__).with_name("in-callable").touch()\n'
+    slow += "        import time; time.sleep(30)\n"
+    (root / "etl.py").write_text(ETL.replace(fn, slow))
+    args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-1-1-1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = root / "in-callable"
+    for _ in range(600):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err
+    rows = {(r[0], r[2]): r[3] for r in ledger_rows(root)}
+    assert rows[("lime", stage)] != "failed", rows
 
 
 # --------------------------------------------------------------------------- artifacts and secrets

@@ -15,7 +15,7 @@ import click
 
 from .. import onboarding, operations
 from ..engine import Exporter
-from ..exceptions import UsageError, printable
+from ..exceptions import StopNow, UsageError, printable
 from ..export_request import EXPORT_TYPES, check_kinds, load_request, request_from_options
 from ..masking import mask_url
 from ..operations import check_limit, incremental_task
@@ -232,7 +232,7 @@ def stop_on_signals() -> tuple[threading.Event, list[int]]:
         name = signal.Signals(signum).name
         if len(received) > 1:  # asked twice: stop now, as on any error (see docs/guarantees.md)
             say(f"{name} again: stopping now")
-            raise SystemExit(128 + signum)
+            raise StopNow(128 + signum)
         say(f"{name}: finishing the batch in hand, then stopping (again: now)")
         stop.set()
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import records, secrets, tables, validate
-from ..exceptions import ConfigError, printable
+from ..exceptions import ConfigError, SluicegateError, SourceUnavailable, StopNow, TerminalError, printable
+from ..masking import scrub
 from ..specs import Settings
 
 STAGE_TYPES = ("extract", "load", "publish")
@@ -252,3 +253,21 @@ def _publish(raw: Mapping[str, Any], common: dict[str, Any], where: str) -> Stag
             f'{where} columns: declare the file\'s columns and kinds, e.g. {{ trip_id = "text" }}'
         )
     return StageSpec(**common, path=str(raw["path"]), format=fmt, columns=columns)
+
+
+def callable_error(exc: BaseException, where: str) -> SluicegateError:
+    """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else);
+    a URL's credentials in its text (httpx's raise_for_status names the URL) are masked."""
+    if isinstance(exc, StopNow):  # the operator's second signal: the run stops, no block fails
+        raise exc
+    if isinstance(exc, SluicegateError):
+        return exc
+    module, text = type(exc).__module__, scrub(str(exc))
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        if status >= 500 or status in (408, 429):
+            return SourceUnavailable(f"{where}: HTTP {status}; will retry")
+        return TerminalError(f"{where}: HTTP {status}: {text}")
+    if module.startswith(("httpx", "httpcore")) or isinstance(exc, OSError | TimeoutError):
+        return SourceUnavailable(f"{where}: {type(exc).__name__}: {text}; will retry")
+    return TerminalError(f"{where}: {type(exc).__name__}: {text}")

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import paths
 from ..changes import ChangeFeed
-from ..exceptions import DataError, SluicegateError, SourceUnavailable, TerminalError, is_transient, printable
+from ..exceptions import DataError, SluicegateError, TerminalError, is_transient, printable
 from ..formats.jsonl import decrypt, parse_records
 from ..ledger import BlockStore, StageClaim, StageResult
-from ..masking import scrub
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..records import MAX_MESSAGES, Fitting
@@ -29,7 +28,7 @@ from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
 from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
-from .blocks_config import StageSpec, import_callable, loaded
+from .blocks_config import StageSpec, callable_error, import_callable, loaded
 from .blocks_plan import LeasesExpired
 
 if TYPE_CHECKING:
@@ -70,22 +69,6 @@ def stage_block(task: Task, claim: StageClaim) -> StageBlock:
         block=claim.block,
         attempt=claim.attempts,
     )
-
-
-def callable_error(exc: BaseException, where: str) -> SluicegateError:
-    """An error a stage's callable raised, as retried (network, 5xx, 429) or parked (anything else);
-    a URL's credentials in its text (httpx's raise_for_status names the URL) are masked."""
-    if isinstance(exc, SluicegateError):
-        return exc
-    module, text = type(exc).__module__, scrub(str(exc))
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(status, int):
-        if status >= 500 or status in (408, 429):
-            return SourceUnavailable(f"{where}: HTTP {status}; will retry")
-        return TerminalError(f"{where}: HTTP {status}: {text}")
-    if module.startswith(("httpx", "httpcore")) or isinstance(exc, OSError | TimeoutError):
-        return SourceUnavailable(f"{where}: {type(exc).__name__}: {text}; will retry")
-    return TerminalError(f"{where}: {type(exc).__name__}: {text}")
 
 
 class StageRecorder:
