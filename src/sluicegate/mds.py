@@ -46,7 +46,9 @@ from .secrets import reveal
 from .timeblocks import StageBlock
 
 MDS_ACCEPT = "application/vnd.mds.provider+json;version=0.4"
-IDLE_PAGES = 10  # pages in a row with no new trip, each linking to another, before the paging loops
+# Pages in a row with no new trip, each linking to another, before the paging is taken to loop:
+# more than a provider that pages a day by the hour serves empty on a quiet night.
+IDLE_PAGES = 100
 
 
 def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
