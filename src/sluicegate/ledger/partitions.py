@@ -177,7 +177,11 @@ class PartitionStore(PartitionAdmin):
         elif self.core.dialect is db.MARIADB and digests:
             names += [f"sluicegate file {d[:40]}" for d in digests]
             if any(got != 1 for (got,) in self._run("lock_paths", cur, names=json.dumps(names)).fetchall()):
-                raise LedgerError("another worker held a file this run was to put in place for 10 s")
+                raise LedgerError(
+                    f"another worker held one of the files of task {results[0].claim.task} this batch was to"
+                    f" put in place (such as {results[0].path}) for 10 s; its partitions are given back,"
+                    " and the next run exports them"
+                )
 
     def unlock_paths(self, names: list[str]) -> None:
         """MariaDB: free the locks of files :meth:`lock_paths` took on this connection."""
