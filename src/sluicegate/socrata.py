@@ -14,7 +14,18 @@ settings in its config (values may be Fernet tokens):
     the record fields to send (default: every field);
 ``batch``
     records per request, 1 to 100000 (default 1000); ``timeout`` per request, seconds or a
-    duration such as ``"90s"`` (default 60).
+    duration such as ``"90s"`` (default 60);
+``row_identifier``
+    the dataset's row identifier field, only for a portal without Socrata's views API
+    (optional; where the API answers, it must agree).
+
+Before its first post to a dataset, a process reads the dataset's metadata
+(``<url>/api/views/<dataset>.json``) and refuses to publish (terminal) when the dataset has
+no row identifier: Socrata then appends, and a publish retried after a failed batch would add
+the rows posted before it again. It also refuses ``columns`` that leave the row identifier
+out. The metadata is read with the posts' credentials and answered like a post: 5xx and
+network errors are transient, 4xx terminal; a 404 is terminal too unless ``row_identifier``
+says which field the dataset upserts by (a portal without the views API cannot tell).
 
 It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
 deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
@@ -27,6 +38,7 @@ were stored, so the block is not recorded as published.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,7 +56,8 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     for name in ("url", "dataset"):
         if name not in config:
             raise ConfigError(f"sluicegate.socrata:upsert for {block.key_value or block.task}: set {name}")
-    url = f"{reveal(config['url']).rstrip('/')}/resource/{reveal(config['dataset'])}.json"
+    portal, dataset = reveal(config["url"]).rstrip("/"), reveal(config["dataset"])
+    url = f"{portal}/resource/{dataset}.json"
     headers = {"X-App-Token": reveal(config["app_token"])} if config.get("app_token") else {}
     auth = (
         (reveal(config["username"]), reveal(config.get("password", ""))) if config.get("username") else None
@@ -58,10 +71,25 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     timeout = validate.parse_duration(config.get("timeout", 60), where=f"{where}: timeout")
     if timeout <= 0:
         raise ConfigError(f"{where}: timeout {config['timeout']!r} is not a positive number of seconds")
+    stated = config.get("row_identifier")
+    if stated is not None and not (isinstance(stated, str) and stated):
+        raise ConfigError(f"{where}: row_identifier {stated!r} is not a field name")
     counts = {"total": 0, "processed": 0, "errors": 0}
     rows = iter(records)
     with httpclient.client(timeout=timeout, headers=headers, auth=auth) as client:
         while batch := list(itertools.islice(rows, size)):
+            if not counts["total"]:  # before the first post: a retried publish must not append
+                key = _row_identifier(client, portal, dataset, stated)
+                if stated is not None and stated != key:
+                    raise ConfigError(
+                        f"{where}: row_identifier {stated!r} is not the row identifier of dataset"
+                        f" {dataset}, {key}: set it to {key!r} or leave it out"
+                    )
+                if columns is not None and key not in columns:
+                    raise ConfigError(
+                        f"{where}: columns {columns!r} leave out {key}, the row identifier of dataset"
+                        f" {dataset}, so no row could be matched: add {key} to columns"
+                    )
             if columns:
                 batch = [{c: r.get(c) for c in columns} for r in batch]
             answer = _post(client, url, batch)
@@ -71,31 +99,57 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     return counts
 
 
+_IDENTIFIERS: dict[tuple[str, str], str] = {}
+"""The row identifier's field per (portal, dataset), read once in a process's life (a refusal is
+not kept: the dataset's settings may be fixed while a service runs)."""
+_LOCK = threading.Lock()
+
+
+def _row_identifier(client: httpx.Client, portal: str, dataset: str, stated: str | None) -> str:
+    """The dataset's row identifier field, from its metadata; refuse a dataset without one."""
+    with _LOCK:
+        known = _IDENTIFIERS.get((portal, dataset))
+    if known is not None:
+        return known
+    url = f"{portal}/api/views/{dataset}.json"
+    response = _send(client, "GET", url, None)
+    if response.status_code == 404 and stated is not None:
+        key = stated  # a portal without the views API: the user named the field
+    else:
+        key = _identifier_field(_answer(response, mask_url(url)), mask_url(url), dataset)
+    with _LOCK:
+        _IDENTIFIERS[(portal, dataset)] = key
+    return key
+
+
+def _identifier_field(answer: Any, shown: str, dataset: str) -> str:
+    columns = answer.get("columns") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or not isinstance(columns, list):
+        raise TerminalError(
+            f"{shown} answered without a dataset's metadata (columns, rowIdentifierColumnId);"
+            " check that url is the portal and dataset the id of a dataset"
+        )
+    column_id = answer.get("rowIdentifierColumnId")
+    if column_id is None:
+        raise TerminalError(
+            f"dataset {dataset} ({shown}) has no row identifier, so a retried post would add its rows"
+            " again: set one (such as trip_id) in the dataset's settings, then rerun with --incomplete-only"
+        )
+    key = next(
+        (c.get("fieldName") for c in columns if isinstance(c, dict) and c.get("id") == column_id), None
+    )
+    if not isinstance(key, str) or not key:
+        raise TerminalError(f"{shown} names row identifier column {column_id!r} but no such column")
+    return key
+
+
 COUNTS = ("Rows Created", "Rows Updated", "Rows Deleted", "Errors")
 
 
 def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[str, int]:
     shown = mask_url(url)
-    try:
-        response = client.post(url, json=batch)
-    except httpx.HTTPError as exc:
-        raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
-    if response.status_code >= 400:
-        advice = httpclient.refused(
-            response.status_code, "app_token, username and password", "url and dataset"
-        )
-        raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}{advice}")
-    if response.is_redirect:  # not followed: the rows and credentials would go where nobody configured
-        fix = "set url to the portal it names if that is yours"
-        raise TerminalError(
-            httpclient.redirected(response.status_code, response.headers.get("Location"), shown, fix)
-        )
-    try:
-        answer = response.json()
-    except ValueError:
-        raise TerminalError(f"{shown} answered with something that is not JSON") from None
+    response = _send(client, "POST", url, batch)
+    answer = _answer(response, shown)
     # {} or another API's answer counted 0 rows processed, and the block was recorded published.
     counts = {k: answer.get(k, 0) for k in COUNTS} if isinstance(answer, dict) else {}
     if not (
@@ -108,3 +162,35 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
             " check that url is the portal and dataset the id of a dataset you may write"
         )
     return counts
+
+
+def _send(client: httpx.Client, method: str, url: str, batch: list[dict[str, Any]] | None) -> httpx.Response:
+    """The portal's answer; a failure to reach it, a 5xx or a 429 is transient."""
+    shown = mask_url(url)
+    try:
+        response = client.request(method, url, json=batch)
+    except httpx.HTTPError as exc:
+        raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
+    return response
+
+
+def _answer(response: httpx.Response, shown: str) -> Any:
+    """The JSON of a 2xx answer; a 4xx (credentials, a wrong address) or a redirect is terminal."""
+    if response.status_code >= 400:
+        advice = httpclient.refused(
+            response.status_code, "app_token, username and password", "url and dataset"
+        )
+        if response.status_code == 404 and "/api/views/" in shown:
+            advice += " (a portal without Socrata's views API: set row_identifier to the dataset's)"
+        raise TerminalError(f"{shown}: HTTP {response.status_code} {response.text[:200]}{advice}")
+    if response.is_redirect:  # not followed: the rows and credentials would go where nobody configured
+        fix = "set url to the portal it names if that is yours"
+        raise TerminalError(
+            httpclient.redirected(response.status_code, response.headers.get("Location"), shown, fix)
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise TerminalError(f"{shown} answered with something that is not JSON") from None

@@ -13,6 +13,13 @@ columns are declared), or when the test's ``reject_if`` predicate says so.
 ``GET /resource/<dataset>.json`` returns the current rows; ``?<column>=<value>`` filters
 by equality (compared as strings).
 
+``GET /api/views/<dataset>.json`` returns the dataset's metadata as Socrata does: ``columns``
+(each with an ``id``, ``fieldName`` and ``dataTypeName``) and, when the dataset has a row
+identifier, ``rowIdentifierColumnId`` (the id of its column). A dataset without a row
+identifier (``Dataset(key=None)``) *appends* every posted row, as Socrata does: a retried
+post adds its rows again. ``PortalDouble(views=False)`` is a portal without the views API
+(404).
+
 Authentication, when configured: an app token in ``X-App-Token`` (or ``$$app_token`` in
 the query), else 403; HTTP basic auth, else 401. Error answers have Socrata's shape
 ``{"code": ..., "error": true, "message": ...}``.
@@ -78,11 +85,12 @@ def _is_floating_timestamp(value: Any) -> bool:
 class Dataset:
     """A dataset's schema.
 
-    ``key``: the row-identifier column. ``columns``: column name to a type in
-    :data:`COLUMN_TYPES`; ``None`` accepts any columns and values.
+    ``key``: the row-identifier column (``None``: no row identifier, every posted row is
+    appended). ``columns``: column name to a type in :data:`COLUMN_TYPES`; ``None`` accepts
+    any columns and values.
     """
 
-    key: str = "trip_id"
+    key: str | None = "trip_id"
     columns: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -123,6 +131,7 @@ class _Failure:
     remaining: int
     status: int
     apply: bool
+    after: int = 0
 
 
 class PortalDouble(HttpDouble):
@@ -132,6 +141,7 @@ class PortalDouble(HttpDouble):
         of its key column.
     :param app_token: required in ``X-App-Token`` (or ``$$app_token``) when set.
     :param username, password: required as HTTP basic auth when ``username`` is set.
+    :param views: whether ``/api/views/<dataset>.json`` answers (a portal without it: 404).
     """
 
     def __init__(
@@ -141,8 +151,10 @@ class PortalDouble(HttpDouble):
         app_token: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        views: bool = True,
     ) -> None:
         super().__init__()
+        self.views = views
         self.datasets: dict[str, Dataset] = {
             name: spec if isinstance(spec, Dataset) else Dataset(key=spec)
             for name, spec in (datasets or {"mds-trips": Dataset()}).items()
@@ -166,14 +178,15 @@ class PortalDouble(HttpDouble):
 
     # ------------------------------------------------------------------ behaviours
 
-    def fail_next(self, count: int = 1, *, status: int = 500, apply: bool = False) -> None:
-        """Answer the next ``count`` upserts with ``status`` (after those already queued).
+    def fail_next(self, count: int = 1, *, status: int = 500, apply: bool = False, after: int = 0) -> None:
+        """Answer the next ``count`` upserts with ``status`` (after those already queued), once
+        ``after`` upserts were answered as usual (``after=1``: the second batch fails).
 
         With ``apply=True`` the rows are stored first and only the answer fails: the lost
         response a client must retry without creating duplicates.
         """
         with self.lock:
-            self._failures.append(_Failure(remaining=count, status=status, apply=apply))
+            self._failures.append(_Failure(remaining=count, status=status, apply=apply, after=after))
 
     def reject_if(self, dataset: str, predicate: Callable[[Row], bool] | None) -> None:
         """Count rows for which ``predicate(row)`` is true as Errors (None removes it)."""
@@ -220,12 +233,16 @@ class PortalDouble(HttpDouble):
 
     def handle(self, request: Request) -> Response:
         """Answer; ``note`` carries ``(dataset, posted rows, applied)`` to :meth:`_record`."""
-        dataset = _dataset_id(request.path)
-        if dataset is None or dataset not in self.datasets:
+        dataset, resource = _dataset_id(request.path)
+        if dataset is None or dataset not in self.datasets or (resource == "views" and not self.views):
             return _soda_error(404, "not_found", f"no such dataset: {request.path}")
         denied = self._check_auth(request)
         if denied is not None:
             return dataclasses.replace(denied, note=(dataset, None, False))
+        if resource == "views":
+            if request.method != "GET":
+                return _soda_error(405, "method_not_allowed", f"{request.method} is not supported", dataset)
+            return Response(status=200, body=self._metadata(dataset), note=(dataset, None, False))
         if request.method == "GET":
             return Response(
                 status=200, body=self._select(dataset, request.query), note=(dataset, None, False)
@@ -287,8 +304,25 @@ class PortalDouble(HttpDouble):
             self._failures.pop(0)
         if not self._failures:
             return None
+        if self._failures[0].after > 0:
+            self._failures[0].after -= 1
+            return None
         self._failures[0].remaining -= 1
         return self._failures[0]
+
+    def _metadata(self, dataset: str) -> dict[str, Any]:
+        spec = self.datasets[dataset]
+        declared = dict(spec.columns or {})
+        if spec.key is not None:
+            declared = {spec.key: declared.get(spec.key, "text"), **declared}
+        columns = [
+            {"id": 1000 + i, "name": name, "fieldName": name, "dataTypeName": kind}
+            for i, (name, kind) in enumerate(declared.items())
+        ]
+        found = {"id": dataset, "name": dataset, "columns": columns}
+        if spec.key is not None:
+            found["rowIdentifierColumnId"] = 1000
+        return found
 
     def _upsert(self, dataset: str, rows: list[Row]) -> dict[str, int]:
         spec, stored = self.datasets[dataset], self._rows[dataset]
@@ -296,6 +330,11 @@ class PortalDouble(HttpDouble):
         for row in rows:
             if not self._valid(dataset, spec, row):
                 counts["Errors"] += 1
+            elif spec.key is None:  # no row identifier: Socrata appends, a retry adds the row again
+                counts["Rows Created"] += 1
+                sid = f"row-{len(stored) + 1}"
+                stored[sid] = {name: value for name, value in row.items() if not name.startswith(":")}
+                self._writes[dataset][sid] += 1
             elif row.get(":deleted") is True:
                 counts["Rows Deleted" if stored.pop(row[spec.key], None) is not None else "Errors"] += 1
             else:
@@ -307,9 +346,12 @@ class PortalDouble(HttpDouble):
         return {"By RowIdentifier": 0, "By SID": 0, **counts}
 
     def _valid(self, dataset: str, spec: Dataset, row: Row) -> bool:
-        if not isinstance(row.get(spec.key), str | int | float):
+        if spec.key is None:
+            if row.get(":deleted") is True:  # deleting needs a row identifier (or a :id)
+                return False
+        elif not isinstance(row.get(spec.key), str | int | float):
             return False
-        if row.get(":deleted") is True:
+        elif row.get(":deleted") is True:
             return True
         if spec.columns is not None:
             for name, value in row.items():
@@ -329,11 +371,17 @@ class PortalDouble(HttpDouble):
         ]
 
 
-def _dataset_id(path: str) -> str | None:
+def _dataset_id(path: str) -> tuple[str | None, str]:
+    """``(dataset, "resource")`` for ``/resource/<dataset>.json``, ``(dataset, "views")`` for
+    ``/api/views/<dataset>.json``, else ``(None, "")``."""
     parts = path.strip("/").split("/")
-    if len(parts) != 2 or parts[0] != "resource" or not parts[1].endswith(".json"):
-        return None
-    return parts[1].removesuffix(".json")
+    if not parts[-1].endswith(".json"):
+        return None, ""
+    if parts[:-1] == ["resource"]:
+        return parts[-1].removesuffix(".json"), "resource"
+    if parts[:-1] == ["api", "views"]:
+        return parts[-1].removesuffix(".json"), "views"
+    return None, ""
 
 
 def _soda_error(status: int, code: str, message: str, dataset: str | None = None) -> Response:

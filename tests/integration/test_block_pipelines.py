@@ -24,7 +24,16 @@ import pytest
 from click.testing import CliRunner
 from test_service import Server
 
-from doubles import HttpDouble, MdsDouble, MdsProvider, PortalDouble, Request, Response, generate_trips
+from doubles import (
+    Dataset,
+    HttpDouble,
+    MdsDouble,
+    MdsProvider,
+    PortalDouble,
+    Request,
+    Response,
+    generate_trips,
+)
 from sluicegate import mariadb_conn, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
@@ -65,6 +74,14 @@ def portal() -> Iterator[PortalDouble]:
         yield double
 
 
+@pytest.fixture(autouse=True)
+def _socrata_metadata_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test reads a dataset's metadata afresh (a process keeps what it read)."""
+    from sluicegate import socrata
+
+    monkeypatch.setattr(socrata, "_IDENTIFIERS", {}, raising=False)
+
+
 @pytest.fixture(params=["pg", pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def ledger_url(request: pytest.FixtureRequest, pg_url: str) -> str:
     """The ledger: in the PostgreSQL source database, or in a MariaDB database (``[ledger] url``)."""
@@ -86,6 +103,7 @@ def write(
     testing: str = "",
     extract_extra: str = "",
     task_extra: str = "",
+    publish_extra: str = "",
     ledger: str | None = None,
 ) -> Path:
     (root / "tasks" / "trips").mkdir(parents=True, exist_ok=True)
@@ -120,6 +138,7 @@ def write(
             url = "{portal.url}"
             dataset = "mds-trips"
             columns = ["trip_id", "provider_name", "trip_duration"]
+            {publish_extra}
             """
         )
     )
@@ -298,6 +317,103 @@ def test_a_failed_publish_is_retried_without_extracting_or_loading_again(
     ]
 
 
+@pytest.mark.pg
+def test_a_publish_to_a_dataset_without_a_row_identifier_is_refused_before_any_row_is_posted(
+    tmp_path: Path, pg_url: str, mds: MdsDouble
+) -> None:
+    """A dataset without a row identifier appends: batch 1 of 3 was stored, batch 2 failed with a
+    503, the retried publish posted all three again, and the dataset held 7 rows for 5 trips."""
+    with PortalDouble({"mds-trips": Dataset(key=None)}) as portal:
+        root = write(tmp_path, pg_url, mds, portal, publish_extra="batch = 2")
+        portal.fail_next(1, status=503, after=1)
+        result = run(root, "--time-max", "2020-3-1-1", "--key", "provider=lime")
+        assert portal.upserts() == [] and portal.rows("mds-trips") == []
+    status, attempts, *_, error, _ = ledger(pg_url)[("lime", FIRST, "publish")]
+    assert (status, attempts) == ("failed", 1), result.output
+    assert "dataset mds-trips" in error and "has no row identifier" in error
+    assert "set one (such as trip_id) in the dataset's settings" in error
+    assert ledger(pg_url)[("lime", FIRST, "load")][0] == "done"
+
+
+def _views(status: int, body: Any = None) -> Response:
+    return Response(status=status, body=body if body is not None else {"code": "x", "error": True})
+
+
+@pytest.mark.parametrize(
+    ("views", "config", "error", "message"),
+    [
+        (_views(503), {}, "DestinationUnavailable", r"api/views/mds-trips\.json: HTTP 503; will retry"),
+        (_views(401), {}, "TerminalError", "check app_token, username and password"),
+        (_views(404), {}, "TerminalError", "nothing is there: check url and dataset.*set row_identifier"),
+        (_views(200, {}), {}, "TerminalError", "without a dataset's metadata"),
+        (
+            _views(200, {"columns": [{"id": 7, "fieldName": "trip_id"}]}),
+            {},
+            "TerminalError",
+            r"dataset mds-trips \(http://.*\) has no row identifier, so a retried post would add",
+        ),
+        (None, {"columns": ["provider_name"]}, "ConfigError", "leave out trip_id, the row identifier"),
+        (None, {"row_identifier": "id"}, "ConfigError", "row_identifier 'id' is not the row identifier"),
+        (None, {"row_identifier": ""}, "ConfigError", "row_identifier '' is not a field name"),
+    ],
+    ids=[
+        "5xx",
+        "auth",
+        "404",
+        "not-metadata",
+        "no-row-identifier",
+        "columns",
+        "stated-other",
+        "stated-empty",
+    ],
+)
+def test_a_socrata_publish_posts_nothing_until_the_dataset_is_known_to_upsert(
+    views: Response | None, config: dict[str, Any], error: str, message: str
+) -> None:
+    """Nothing checked that the dataset had a row identifier (without one a retried post appends
+    its rows again), nor that ``columns`` kept it: the rows were posted all the same."""
+    from sluicegate import exceptions, socrata
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    records = [{"trip_id": str(i), "provider_name": "lime"} for i in range(3)]
+    counts = Response(status=200, body={"Rows Created": 3, "Rows Updated": 0, "Rows Deleted": 0, "Errors": 0})
+    with _Answering(counts, views) as server:
+        settings = {"url": server.url, "dataset": "mds-trips", **config}
+        with pytest.raises(getattr(exceptions, error), match=message):
+            socrata.upsert(block, iter(records), settings)  # type: ignore[arg-type]
+        assert "POST" not in [r.request.method for r in server.records]
+
+
+def test_a_portal_without_the_views_api_takes_the_stated_row_identifier() -> None:
+    from sluicegate import socrata
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    with PortalDouble(views=False) as portal:
+        config = {"url": portal.url, "dataset": "mds-trips", "row_identifier": "trip_id"}
+        counts = socrata.upsert(block, iter([{"trip_id": "a"}]), config)  # type: ignore[arg-type]
+        assert counts == {"total": 1, "processed": 1, "errors": 0}
+
+
+def test_a_process_reads_a_datasets_metadata_once_but_not_a_refusal() -> None:
+    """The metadata is read before the first post of a process, not before every block's; a
+    dataset refused for want of a row identifier is read again (its settings may be fixed while
+    a service runs). A record without the row identifier is one of the portal's Errors."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import TerminalError
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    with PortalDouble({"mds-trips": Dataset(key=None)}) as portal:
+        config = {"url": portal.url, "dataset": "mds-trips"}
+        with pytest.raises(TerminalError, match="has no row identifier"):
+            socrata.upsert(block, iter([{"trip_id": "a"}]), config)  # type: ignore[arg-type]
+        portal.datasets["mds-trips"] = Dataset(key="trip_id")  # the operator sets one
+        for _ in range(2):
+            counts = socrata.upsert(block, iter([{"trip_id": "a"}, {"other": 1}]), config)  # type: ignore[arg-type]
+            assert counts == {"total": 2, "processed": 1, "errors": 1}
+        views = [c for c in portal.calls if c.record.path.startswith("/api/views/")]
+        assert len(views) == 2 and len(portal.upserts()) == 2 and len(portal.rows("mds-trips")) == 1
+
+
 @pytest.mark.parametrize("batch", [0, "0", -1, "x", 2.5])
 def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_any_post(
     portal: PortalDouble, batch: object
@@ -319,15 +435,20 @@ def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_a
     assert counts["total"] == 5 and [len(c.rows or []) for c in portal.upserts()] == [2, 2, 1]
 
 
-class _Answering(HttpDouble):
-    """A server that answers every request with one fixed response."""
+TRIP_ID_METADATA = {"id": "d", "rowIdentifierColumnId": 7, "columns": [{"id": 7, "fieldName": "trip_id"}]}
 
-    def __init__(self, response: Response) -> None:
+
+class _Answering(HttpDouble):
+    """A server that answers every request with one fixed response, and Socrata's metadata
+    request (``/api/views/...``) with ``views`` (a dataset whose row identifier is trip_id)."""
+
+    def __init__(self, response: Response, views: Response | None = None) -> None:
         super().__init__()
         self.response = response
+        self.views = views or Response(status=200, body=TRIP_ID_METADATA)
 
     def handle(self, request: Request) -> Response:
-        return self.response
+        return self.views if request.path.startswith("/api/views/") else self.response
 
 
 @pytest.mark.parametrize(

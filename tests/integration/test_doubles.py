@@ -352,6 +352,7 @@ def test_portal_checks_app_token_and_basic_auth(portal: PortalDouble) -> None:
         ("/resource/mds-trips.json", b"not json", 400),
         ("/resource/other.json", b"[]", 404),
         ("/api/views/mds-trips", b"[]", 404),
+        ("/api/views/mds-trips.json", b"[]", 405),
     ],
 )
 def test_portal_rejects_bad_requests(
@@ -362,3 +363,29 @@ def test_portal_rejects_bad_requests(
     assert response.json()["error"] is True
     assert portal.rows(TRIPS) == []
     assert portal.calls[-1].status == status
+
+
+def test_portal_views_answer_the_row_identifier_and_a_dataset_without_one_appends() -> None:
+    """Socrata's metadata names the row identifier's column (``rowIdentifierColumnId``); a dataset
+    without one appends, so the same rows posted twice are there twice."""
+    with PortalDouble({TRIPS: "trip_id", "log": Dataset(key=None)}) as portal:
+        keyed = httpx.get(f"{portal.url}/api/views/{TRIPS}.json").json()
+        [column] = [c for c in keyed["columns"] if c["id"] == keyed["rowIdentifierColumnId"]]
+        assert column["fieldName"] == "trip_id"
+        bare = httpx.get(f"{portal.url}/api/views/log.json").json()
+        assert "rowIdentifierColumnId" not in bare and bare["id"] == "log"
+        for _ in range(2):
+            answer = httpx.post(portal.resource_url("log"), json=portal_rows(2))
+            assert answer.json() == counts(created=2)
+        assert len(portal.rows("log")) == 4 and portal.upserts("log", status=200)[0].rows == portal_rows(2)
+    with PortalDouble(views=False) as lacking:
+        assert httpx.get(f"{lacking.url}/api/views/mds-trips.json").status_code == 404
+
+
+def test_portal_fail_next_after_answers_the_first_batches_first(
+    portal: PortalDouble, soda: httpx.Client
+) -> None:
+    portal.fail_next(1, status=503, after=1)
+    url = portal.resource_url(TRIPS)
+    statuses = [soda.post(url, json=portal_rows(1)).status_code for _ in range(3)]
+    assert statuses == [200, 503, 200]
