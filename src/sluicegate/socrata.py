@@ -26,6 +26,8 @@ the rows posted before it again. It also refuses ``columns`` that leave the row 
 out. The metadata is read with the posts' credentials and answered like a post: 5xx and
 network errors are transient, 4xx terminal; a 404 is terminal too unless ``row_identifier``
 says which field the dataset upserts by (a portal without the views API cannot tell).
+A record without the row identifier is one of the portal's ``Errors`` (counted); a block none
+of whose records has it fails naming the field.
 
 It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
 deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
@@ -45,7 +47,7 @@ from typing import Any
 import httpx
 
 from . import httpclient, validate
-from .exceptions import ConfigError, DestinationUnavailable, TerminalError
+from .exceptions import ConfigError, DataError, DestinationUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
 from .timeblocks import StageBlock
@@ -75,6 +77,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     if stated is not None and not (isinstance(stated, str) and stated):
         raise ConfigError(f"{where}: row_identifier {stated!r} is not a field name")
     counts = {"total": 0, "processed": 0, "errors": 0}
+    keyless = 0  # records without the row identifier: the portal's Errors, which name no reason
     rows = iter(records)
     with httpclient.client(timeout=timeout, headers=headers, auth=auth) as client:
         while batch := list(itertools.islice(rows, size)):
@@ -90,12 +93,19 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
                         f"{where}: columns {columns!r} leave out {key}, the row identifier of dataset"
                         f" {dataset}, so no row could be matched: add {key} to columns"
                     )
+            keyless += sum(r.get(key) in (None, "") for r in batch)
             if columns:
                 batch = [{c: r.get(c) for c in columns} for r in batch]
             answer = _post(client, url, batch)
             counts["total"] += len(batch)
             counts["processed"] += sum(answer[k] for k in ("Rows Created", "Rows Updated", "Rows Deleted"))
             counts["errors"] += answer["Errors"]
+    if counts["total"] and keyless == counts["errors"] == counts["total"]:
+        raise DataError(
+            f"{where}: none of the {keyless} records has a {key}, the row identifier of dataset"
+            f" {dataset}, so the portal rejected every one: give the records a {key} field, then"
+            " rerun with --incomplete-only"
+        )
     return counts
 
 

@@ -414,6 +414,27 @@ def test_a_process_reads_a_datasets_metadata_once_but_not_a_refusal() -> None:
         assert len(views) == 2 and len(portal.upserts()) == 2 and len(portal.rows("mds-trips")) == 1
 
 
+@pytest.mark.parametrize("columns", [None, ["trip_id", "provider_name"]])
+def test_a_socrata_block_whose_records_all_lack_the_row_identifier_says_so(columns: Any) -> None:
+    """Records without the row identifier (a field named otherwise) are each one of the portal's
+    Errors, which give no reason: the stage parked the block with "all 3 records were rejected:
+    no reason given"."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import DataError
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    records = [{"tripId": str(i), "provider_name": "lime"} for i in range(3)]
+    with PortalDouble() as portal:
+        config = {"url": portal.url, "dataset": "mds-trips", "batch": 2, "columns": columns}
+        with pytest.raises(
+            DataError, match="none of the 3 records has a trip_id, the row identifier of dataset"
+        ):
+            socrata.upsert(block, iter(records), config)  # type: ignore[arg-type]
+        records[1]["trip_id"] = "t"
+        counts = socrata.upsert(block, iter(records), config)  # type: ignore[arg-type]
+        assert counts == {"total": 3, "processed": 1, "errors": 2} and len(portal.rows("mds-trips")) == 1
+
+
 @pytest.mark.parametrize("batch", [0, "0", -1, "x", 2.5])
 def test_a_socrata_batch_that_is_not_a_positive_whole_number_is_refused_before_any_post(
     portal: PortalDouble, batch: object
