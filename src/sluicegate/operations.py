@@ -220,10 +220,10 @@ def _typed_filter(project: Project, task: PartitionedTask, wanted: dict[str, str
 
 
 def reset_failed(project: Project, task_name: str) -> int:
-    """Re-queue the parked (failed) partitions of ``task_name``."""
-    task = partitioned_task(project, task_name)
+    """Re-queue the parked (failed) partitions of ``task_name``, or clear an incremental task's attempts."""
+    keys = None if project.task(task_name).kind == "incremental" else partitioned_task(project, task_name)
     with ledger_of(project) as ledger:
-        return ledger.partitions.reset_failed(task)
+        return ledger.partitions.reset_failed(keys) if keys else ledger.watermarks.reset_failed(task_name)
 
 
 def describe_tasks(project: Project) -> list[dict[str, Any]]:

@@ -12,7 +12,9 @@ Late commits: a row may commit after an export with a cursor older than that exp
 
 Dead claims: a run claims the entities no claim holds; an entity whose claim died (its lease
 expired) is taken over alone (:func:`take_over_window`) and exported alone, so one that kills
-its worker takes no other entity down with it again.
+its worker takes no other entity down with it again. One taken over with no attempt left
+(``max_attempts``) is parked instead: its window recorded as failed, its row left to the dead
+claim, which no run takes until ``sluicegate reset TASK --failed`` clears its attempts.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def plan_windows(
     claim: bool = True,
     whole_days: bool = False,
     budget: Budget | None = None,
+    max_attempts: int,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Decide each entity's window; return the windows to export, notes on the others, the claim token.
 
@@ -146,6 +149,8 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
+    refused += _parked(task, wm, values, max_attempts)
+    values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     cap, held, waits = capped_end(
         task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
     )
@@ -172,17 +177,19 @@ def plan_windows(
 
 def take_over_window(
     task: TaskSpec, request: ExportRequest, source: Any, wm: WatermarkStore, entities: Collection[str], *,
-    now: dt.datetime, lease: float, whole_days: bool = False,
+    now: dt.datetime, lease: float, max_attempts: int, whole_days: bool = False,
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:  # fmt: skip
     """Take over one of ``entities`` (the run's that it found held) whose claim is dead (its lease
     expired), to be exported alone: its window (the stored one when it died exporting it; none
-    when empty, and it is given back), notes, and the entity (None: none was taken)."""
+    when empty, and it is given back; none either when its attempts ran out, and it is parked),
+    notes, and the entity (None: none was taken)."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     cap, held, _ = capped_end(
         task, source, (export_type, end), None, values=(), claim=True, whole_days=whole_days
     )
-    taken = [] if held or not entities else wm.take_over(task.name, sorted(entities), lease=lease)
+    entities = [] if held else sorted(entities)
+    taken = wm.take_over(task.name, entities, lease=lease, max_attempts=max_attempts) if entities else []
     if not taken:
         return [], [], None
     [c] = taken
@@ -190,7 +197,39 @@ def take_over_window(
     if isinstance(window, str):  # nothing to export: the reason
         wm.release_one(c)
         return [], [{"entity": c.entity, "rows": 0, "note": window}], c.entity
+    if c.attempts >= max_attempts:
+        return [], [park(task, wm, c, window, max_attempts)], c.entity
     return [window], [], c.entity
+
+
+def parked_error(task: TaskSpec, attempts: int, max_attempts: int) -> str:
+    """Why an entity is parked, and how to retry it (as a partition's LeaseExpired says)."""
+    return (
+        f"gave up after {attempts} attempts, max_attempts being {max_attempts} (leases expired as a worker"
+        f" died exporting it, and failed exports count); run 'sluicegate reset {task.name} --failed' to retry"
+    )
+
+
+def park(
+    task: TaskSpec, wm: WatermarkStore, c: WatermarkClaim, window: Window, max_attempts: int
+) -> dict[str, Any]:
+    """Park the entity ``c`` took over with no attempt left, ``window`` unexported (its worker died
+    exporting it, alone, until ``max_attempts``); its error note."""
+    error = parked_error(task, c.attempts, max_attempts)
+    wm.park(c, error=error, start=window.start, end=window.end, export_type=window.export_type)
+    return {"entity": window.entity, "rows": 0, "error": error}
+
+
+def _parked(
+    task: TaskSpec, wm: WatermarkStore, values: Collection[str], max_attempts: int
+) -> list[dict[str, Any]]:
+    """An error note for each of ``values`` that is parked: held by a dead claim with no attempt
+    left, which no run takes over (see :func:`park`): a failure of each run until it is reset."""
+    return [
+        {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
+        for r in wm.entities(task.name)
+        if r["entity"] in values and r["held"] and not r["claimed"] and r["attempts"] >= max_attempts
+    ]
 
 
 HELD = "another export holds this entity; nothing exported"
@@ -364,7 +403,10 @@ def redrive_windows(
     for f in failures:
         if f["attempts"] >= max_attempts:  # the same bound as partitions: max_attempts tries in all
             # still owed: a failure of the run (exit 1), so that a check of redrive's exit code sees it
-            error = f"gave up after {f['attempts']} attempts: {f['last_error']}"
+            how = f"run 'sluicegate reset {task.name} --failed' to retry"
+            error = f"gave up after {f['attempts']} attempts: {f['last_error']}; {how}"
+            if f["held"] and not f["claimed"]:  # parked (see park)
+                error = parked_error(task, f["attempts"], max_attempts)
             notes.append({"entity": f["entity"], "rows": 0, "error": error})
         else:
             retry.append(f)
@@ -417,16 +459,20 @@ def _redrive_window(
 
 
 def take_over_redrive(
-    task: TaskSpec, wm: WatermarkStore, entities: Collection[str], *, lease: float
+    task: TaskSpec, wm: WatermarkStore, entities: Collection[str], *, lease: float, max_attempts: int
 ) -> tuple[list[Window], list[dict[str, Any]], str | None]:
     """Redrive: take over one of ``entities`` (failed windows' it found held) whose claim is dead,
-    to be exported alone, as :func:`take_over_window` does for a run."""
-    taken = wm.take_over(task.name, sorted(entities), lease=lease) if entities else []
+    to be exported alone (or parked), as :func:`take_over_window` does for a run."""
+    taken = (
+        wm.take_over(task.name, sorted(entities), lease=lease, max_attempts=max_attempts) if entities else []
+    )
     if not taken:
         return [], [], None
     [c] = taken
     f = next((w for w in wm.entities(task.name) if w["entity"] == c.entity), {})
     window = _redrive_window(task, wm, f, c) if f.get("failed_mode") == "watermark" else {}
+    if isinstance(window, Window) and c.attempts >= max_attempts:
+        return [], [park(task, wm, c, window, max_attempts)], c.entity
     if isinstance(window, Window):
         return [window], [], c.entity
     wm.release(c.token)  # nothing to redo: given back (its pending window kept)

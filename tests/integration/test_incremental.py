@@ -595,17 +595,9 @@ def test_killed_export_is_redone_once(url: str, tmp_path: Path) -> None:
     assert _marks(root) == {"s1": T + dt.timedelta(days=1)}
 
 
-@pytest.mark.pg
-def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
-    pg_url: str, tmp_path: Path
-) -> None:
-    """Study s3's window kills the worker each time it is read (as the OOM killer would). The four
-    other studies, claimed and read in its batch, died with it; each run after the lease took the
-    five back together (an attempt each) and died again, so none was ever exported. A dead claim's
-    windows are now taken over one at a time, each alone, the oldest death first: the four are
-    exported, and only s3 keeps dying, counted an attempt for each death of its own."""
-    from test_faults import _run_until_killed_at_poison
-
+def _killer(tmp_path: Path, pg_url: str) -> tuple[Path, Records]:
+    """Five studies, s3's window killing the worker each time it is read (the OOM killer would:
+    its select sleeps in pg_sleep, on which _run_until_killed_at_poison SIGKILLs the run)."""
     root = _project(tmp_path, pg_url, bootstrap="beginning", lease="1s")
     with (root / "tasks" / "studies" / "task.toml").open("a") as toml:
         toml.write('entities = ["s1", "s2", "s3", "s4", "s5"]\n')
@@ -619,6 +611,21 @@ def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
     )
     for study in ("s1", "s2", "s3", "s4", "s5"):
         rec.add(study, T - dt.timedelta(hours=1), study)
+    return root, rec
+
+
+@pytest.mark.pg
+def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Study s3's window kills the worker each time it is read (as the OOM killer would). The four
+    other studies, claimed and read in its batch, died with it; each run after the lease took the
+    five back together (an attempt each) and died again, so none was ever exported. A dead claim's
+    windows are now taken over one at a time, each alone, the oldest death first: the four are
+    exported, and only s3 keeps dying, counted an attempt for each death of its own."""
+    from test_faults import _run_until_killed_at_poison
+
+    root, _ = _killer(tmp_path, pg_url)
     for _ in range(4):
         assert _run_until_killed_at_poison(root, pg_url) == -9
         time.sleep(1.3)  # the dead run's lease runs out
@@ -627,6 +634,95 @@ def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
     assert [e for e, w in sorted(rows.items()) if w["watermark"] is None] == ["s3"]
     assert rows["s3"]["pending_end"] is not None and rows["s3"]["attempts"] >= 2
     assert all(rows[e]["attempts"] == 0 for e in ("s1", "s2", "s4", "s5"))
+
+
+@pytest.mark.pg
+def test_an_entity_that_kills_its_worker_max_attempts_times_is_parked_until_reset(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Study s3's window kills the worker each time it is read. A watermark had no parked state and
+    plain runs ignored max_attempts: every run that reached s3 was SIGKILLed at its end, for good,
+    and the project's later tasks never ran. Taken over with its attempts used up (3 lone deaths),
+    s3 is now parked: its window recorded as failed, the run exits 1 and goes on (the later task
+    runs); later runs skip it, status says what to do, and 'reset --failed' has it tried again."""
+    from test_faults import _run_until_killed_at_poison
+
+    root, rec = _killer(tmp_path, pg_url)
+    later = root / "tasks" / "zlater"
+    later.mkdir()
+    toml = (root / "tasks" / "studies" / "task.toml").read_text()
+    (later / "task.toml").write_text(
+        toml.replace('entities = ["s1", "s2", "s3", "s4", "s5"]', 'entities = ["s1"]')
+    )
+    (later / "select.sql").write_text("SELECT record_id, study_id, uploaded_on, payload FROM records")
+    (later / "task.toml").write_text((later / "task.toml").read_text().replace('path = "', 'path = "later/'))
+    codes = []
+    for _ in range(5):  # s3's lone deaths: runs 3, 4 and 5 (run 2 took it over with the others' dead claim)
+        codes.append(_run_until_killed_at_poison(root, pg_url))
+        time.sleep(1.3)  # the dead run's lease runs out
+    assert codes == [-9, -9, -9, -9, 1]  # run 5 parks s3 (exit 1), and runs zlater
+    assert (tmp_path / "out" / "later" / "s1").is_dir()
+    rows = {w["entity"]: w for w in operations.watermarks(load(root), "studies")}
+    assert rows["s3"]["watermark"] is not None and rows["s3"]["failed_end"] is not None
+    assert "gave up after 3 attempts, max_attempts being 3" in rows["s3"]["last_error"]
+    skipped = cli(root, "run", "studies", "--json")
+    assert skipped.returncode == 1  # s3 is still owed, and not read: no SIGKILL
+    [summary] = json.loads(skipped.stdout)
+    assert "reset studies --failed' to retry" in summary["errors"][0] and "s3" in summary["errors"][0]
+    assert "s3" not in _payloads(tmp_path)
+    status = cli(root, "status", "studies")
+    assert "failed s3 after 3 attempt(s)" in status.stdout
+    assert "reset studies --failed' to retry" in status.stdout  # (with -C FOLDER)
+    reset = cli(root, "reset", "studies", "--failed")
+    assert reset.returncode == 0 and "re-queued 1 failed entity of studies" in reset.stdout
+    assert _run_until_killed_at_poison(root, pg_url) == -9  # taken over again: it still kills
+    time.sleep(1.3)
+    rec.conn.execute("CREATE OR REPLACE FUNCTION poison(s text) RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    for _ in range(2):  # one more lone death (attempt 1), then a run with the killer fixed
+        assert cli(root, "run", "studies").returncode == 0
+    assert "s3" in _payloads(tmp_path)
+    rows = {w["entity"]: w for w in operations.watermarks(load(root), "studies")}
+    assert rows["s3"]["failed_end"] is None and rows["s3"]["attempts"] == 0
+
+
+def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_path: Path) -> None:
+    """A run died holding s1 alone, its attempts at max_attempts - 1 (it killed its worker that
+    often). The next run takes it over and parks it, unexported: its window recorded as failed (exit
+    1), s2 exported. Runs then skip it, not taking its dead claim over; redrive gives up on it, and
+    'sluicegate reset studies --failed' has the next run take it over again. (SQLite, PostgreSQL,
+    MariaDB ledgers.)"""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    rec.add("s2", T - dt.timedelta(hours=2), "s2")
+    project = load(root)
+    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
+    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1"])
+        ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone
+        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
+        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
+        ph = "?" if ledger_url.startswith("sqlite") else "%s"
+        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph}, attempts = 2", (past,))
+    parked = _run(root, export_type="daily", end=T)
+    assert parked.failed == 1 and "s1: gave up after 3 attempts, max_attempts being 3" in parked.errors[0]
+    assert "run 'sluicegate reset studies --failed' to retry" in parked.errors[0]
+    assert _payloads(tmp_path) == ["s2"]
+    rows = {w["entity"]: w for w in operations.watermarks(load(root), "studies")}
+    assert rows["s1"]["failed_end"] == T and rows["s1"]["held"] and not rows["s1"]["claimed"]
+    rec.add("s1", T + dt.timedelta(hours=2), "s1-next")
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 1 and "gave up after 3 attempts" in again.errors[0] and again.exported == 1
+    assert _payloads(tmp_path) == ["s2"]  # s1 is skipped, not taken over
+    [redriven] = engine.run(load(root), ["studies"], RunOptions(redrive=True))
+    assert redriven.failed == 1 and "reset studies --failed" in redriven.errors[0]
+    assert operations.reset_failed(load(root), "studies") == 1
+    fixed = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert fixed.failed == 0 and _payloads(tmp_path) == ["s1", "s1-next", "s2"]
+    assert {w["entity"]: w["failed_end"] for w in operations.watermarks(load(root), "studies")} == {
+        "s1": None, "s2": None,
+    }  # fmt: skip
 
 
 def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
@@ -650,8 +746,9 @@ def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
         ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
         [alive] = wm.claim("studies", ["d"], lease=600)
         assert [c.entity for c in wm.claim("studies", ["a", "b", "c", "d", "e"], lease=600)] == ["e"]
-        assert wm.take_over("studies", ["d", "e"], lease=600) == []  # held by a live claim, or by none
-        taken = [wm.take_over("studies", ["a", "b", "c", "d", "e"], lease=600) for _ in range(4)]
+        none = wm.take_over("studies", ["d", "e"], lease=600, max_attempts=5)
+        assert none == []  # held by a live claim, or by none
+        taken = [wm.take_over("studies", list("abcde"), lease=600, max_attempts=5) for _ in range(4)]
     assert taken[3] == [] and alive.entity == "d"
     assert [(t.entity, t.attempts) for [t] in taken[:3]] == [("a", 0), ("b", 0), ("c", 1)]
     assert len({t.token for [t] in taken[:3]} | {dead[0].token}) == 4
@@ -1360,7 +1457,7 @@ def test_a_watermark_claim_taken_over_after_its_lease_is_fenced(url: str, tmp_pa
         assert two.watermarks.claim("studies", ["s1", "s2"], lease=60) == []
         time.sleep(1.3)
         assert two.watermarks.claim("studies", ["s1"], lease=60) == []  # a dead claim's: taken over
-        [second] = two.watermarks.take_over("studies", ["s1"], lease=60)
+        [second] = two.watermarks.take_over("studies", ["s1"], lease=60, max_attempts=5)
         assert (second.entity, second.attempts) == ("s1", 0)  # not alone in its dead claim
         assert not one.watermarks.commit(first[0], end=T + 5 * day, rows=9, path="late")
         one.watermarks.fail(

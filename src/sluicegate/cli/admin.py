@@ -261,12 +261,17 @@ def reexport(
 
 @main.command()
 @click.argument("task")
-@click.option("--failed", is_flag=True, required=True, help="Re-queue the partitions parked as failed.")
+@click.option(
+    "--failed", is_flag=True, required=True, help="Re-queue the partitions (entities) parked as failed."
+)
 @handled
 def reset(task: str, failed: bool) -> None:
-    """Re-queue the failed partitions of TASK."""
-    count = operations.reset_failed(load(), task)
-    click.echo(f"re-queued {count} failed partition(s) of {task}")
+    """Re-queue the failed partitions of TASK; of an incremental task, its failed entities."""
+    project = load()
+    count = operations.reset_failed(project, task)
+    entities = project.task(task).kind == "incremental"
+    what = "partition(s)" if not entities else "entity" if count == 1 else "entities"
+    click.echo(f"re-queued {count} failed {what} of {task}")
 
 
 @main.command()

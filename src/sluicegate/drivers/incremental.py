@@ -181,7 +181,7 @@ class Driver:
         else:
             windows, notes, _ = watermarks.plan_windows(
                 task, request, ctx.source, store, now=dt.datetime.now(dt.UTC), lease=settings.lease,
-                claim=claim, whole_days=dated, budget=budget,
+                claim=claim, whole_days=dated, budget=budget, max_attempts=settings.max_attempts,
             )  # fmt: skip
         if options.redrive:  # a redriven re-export that could drop a longer window's rows fails (exit 1)
             windows, held = overwrites.hold_overwrites(task, windows, ctx.destination_for)
@@ -273,16 +273,16 @@ class Driver:
         """The window of one entity the run found held whose claim is dead, taken over alone (none
         when it is empty or, for redrive, exported since); None when none is."""
         request = options.request or ExportRequest()
-        ctx, lease = self.context, self.context.project.settings.lease
-        held = watermarks.held(summary.entities)
+        ctx, settings = self.context, self.context.project.settings
+        held, lease, most = watermarks.held(summary.entities), settings.lease, settings.max_attempts
         if options.redrive:
             windows, notes, entity = watermarks.take_over_redrive(
-                task, ctx.ledger.watermarks, held, lease=lease
+                task, ctx.ledger.watermarks, held, lease=lease, max_attempts=most
             )
         elif request.touches_watermarks:
             windows, notes, entity = watermarks.take_over_window(
                 task, request, ctx.source, ctx.ledger.watermarks, held, now=dt.datetime.now(dt.UTC),
-                lease=lease, whole_days=self._select_fits(task),
+                lease=lease, max_attempts=most, whole_days=self._select_fits(task),
             )  # fmt: skip
         else:  # a re-export claims nothing
             return None
@@ -290,6 +290,9 @@ class Driver:
             return None
         watermarks.drop_held(summary.entities, entity)  # held by a dead claim, now this run's
         summary.entities += notes
+        for note in notes:
+            if "error" in note:  # parked, its attempts used up: a failure of this run
+                summary.note_failure(entity, str(note["error"]))
         return windows
 
     def _export_and_catch_up(

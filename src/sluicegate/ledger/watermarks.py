@@ -1,7 +1,9 @@
 """Watermarks of incremental tasks: one row per (task, entity), claimed, advanced compare-and-set.
 
 A claim takes the rows no claim holds; a row of a dead claim (its lease expired) is taken over
-alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone.
+alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone. One
+taken over with no attempt left is parked (:meth:`WatermarkStore.park`): held by a dead claim
+that nothing takes until ``sluicegate reset TASK --failed`` clears its attempts.
 """
 
 from __future__ import annotations
@@ -52,18 +54,23 @@ class WatermarkStore(Store):
         claim's too: :meth:`take_over`)."""
         return self._take(task, self.q["claim"], entities, lease=lease)
 
-    def take_over(self, task: str, entities: Sequence[str], *, lease: float) -> list[WatermarkClaim]:
+    def take_over(
+        self, task: str, entities: Sequence[str], *, lease: float, max_attempts: int
+    ) -> list[WatermarkClaim]:
         """Claim one row of a dead claim (held under an expired lease) of ``entities``, the oldest
         death first, in a claim of its own: one entity that kills its worker then takes down no
-        other. It counts as an attempt only when the dead claim held it alone."""
-        return self._take(task, self.q["take_over"], entities, lease=lease)
+        other. It counts as an attempt only when the dead claim held it alone. A row with
+        ``max_attempts`` attempts or more is parked: not taken (see :meth:`park`)."""
+        return self._take(task, self.q["take_over"], entities, lease=lease, max_attempts=max_attempts)
 
     def _take(
-        self, task: str, statement: str, entities: Sequence[str], *, lease: float
+        self, task: str, statement: str, entities: Sequence[str], *, lease: float, max_attempts: int = 0
     ) -> list[WatermarkClaim]:
         token = uuid.uuid4()
         wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
-        params = self.core.params(task=task, entities=wanted, token=token, lease=lease)
+        params = self.core.params(
+            task=task, entities=wanted, token=token, lease=lease, max_attempts=max_attempts
+        )
 
         def take(cur: Any) -> list[Any]:
             cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
@@ -158,6 +165,20 @@ class WatermarkStore(Store):
         """Record a failed watermark window; the claim is given back, the window stays pending."""
         self._run("fail_window", task=task, entity=entity, token=_token(token), error=error[:2000], **window)
 
+    def park(
+        self, claim: WatermarkClaim, *, error: str, start: dt.datetime, end: dt.datetime, export_type: str
+    ) -> None:
+        """Park an entity taken over with no attempt left: its window recorded as failed with
+        ``error``, its row left to a dead claim (its lease ends now), which no claim or take-over
+        takes until :meth:`reset_failed` clears its attempts."""
+        window = {"start": self.core.ts(start), "end": self.core.ts(end), "type": export_type}
+        self._run("park", id=claim.id, token=_token(claim.token), error=error[:2000], **window)
+
+    def reset_failed(self, task: str) -> int:
+        """Clear the attempts of ``task``'s entities no live claim holds: a parked one is taken over
+        again, a failed window redrive gave up on is retried. Return how many."""
+        return int(self._run("reset_failed", task=task).rowcount)
+
     def fail_reexport(
         self, task: str, entity: str, *, error: str, destination: str | None, **window: Any
     ) -> bool:
@@ -215,7 +236,7 @@ class WatermarkStore(Store):
         names = (
             "entity", "watermark", "pending_start", "pending_end", "pending_type", "attempts", "last_error",
             "failed_start", "failed_end", "failed_type", "failed_mode", "failed_destination", "exported_at",
-            "rows", "path", "claimed",
+            "rows", "path", "claimed", "held",
         )  # fmt: skip
         out = []
         for row in self._run("entities", task=task).fetchall():
@@ -223,7 +244,7 @@ class WatermarkStore(Store):
             times = ("watermark", "pending_start", "pending_end", "failed_start", "failed_end", "exported_at")
             for key in times:
                 item[key] = self.core.from_ts(item[key])
-            item["claimed"] = bool(item["claimed"])
+            item["claimed"], item["held"] = bool(item["claimed"]), bool(item["held"])
             out.append(item)
         return out
 

@@ -23,7 +23,8 @@ ORDER BY w.entity
 FOR UPDATE SKIP LOCKED;
 
 -- take_over --
--- Lock one row of a dead claim (held under an expired lease) of the given entities, the oldest
+-- Lock one row of a dead claim (held under an expired lease, with an attempt left: one without is
+-- parked) of the given entities, the oldest
 -- death first, and whether the dead claim held it alone (an attempt then; see
 -- postgresql/watermarks.sql). claim_take then takes it.
 SELECT w.id, NOT EXISTS (SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id)
@@ -32,7 +33,7 @@ WHERE w.task = %(task)s
   AND w.entity IN (
       SELECT e.entity COLLATE {exact}
       FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
-  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6))
+  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6)) AND w.attempts < %(max_attempts)s
 ORDER BY w.lease_until, w.entity
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
@@ -101,6 +102,29 @@ SET claim_token = NULL, lease_until = NULL,
     failed_mode = CASE WHEN failed_mode = 'reexport' THEN failed_mode ELSE 'watermark' END
 WHERE task = %(task)s AND entity = %(entity)s AND claim_token = %(token)s;
 
+-- park --
+-- Park an entity taken over with no attempt left (its worker died exporting it, alone, until
+-- max_attempts): record its window as failed with why (for status and redrive), and leave it held
+-- by a dead claim (its lease ends now), which the claim skips, and take_over while its attempts
+-- are used up; reset_failed clears them, and a run takes it over again. As fail_window otherwise.
+UPDATE {t}watermarks
+SET lease_until = UNIX_TIMESTAMP(NOW(6)),
+    watermark = COALESCE(watermark, %(start)s),
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE %(error)s END,
+    failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE %(start)s END,
+    failed_end = CASE WHEN failed_mode = 'reexport' THEN failed_end ELSE %(end)s END,
+    failed_type = CASE WHEN failed_mode = 'reexport' THEN failed_type ELSE %(type)s END,
+    failed_destination = CASE WHEN failed_mode = 'reexport' THEN failed_destination ELSE NULL END,
+    failed_mode = CASE WHEN failed_mode = 'reexport' THEN failed_mode ELSE 'watermark' END
+WHERE id = %(id)s AND claim_token = %(token)s;
+
+-- reset_failed --
+-- Clear the attempts of a task's entities that are not held by a live claim ('sluicegate reset
+-- TASK --failed'): a parked one is taken over by the next run again, and redrive retries a
+-- failed window it gave up on.
+UPDATE {t}watermarks SET attempts = 0
+WHERE task = %(task)s AND attempts > 0 AND (lease_until IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)));
+
 -- fail_reexport --
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
 -- leaves the entity's claim and pending window alone (a regular export may be under way).
@@ -151,10 +175,11 @@ UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = %(token)s;
 
 -- entities --
--- Every watermark row of a task.
+-- Every watermark row of a task (held: by a claim, live or dead).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
        failed_destination, exported_at, `rows`, path,
-       claim_token IS NOT NULL AND lease_until >= UNIX_TIMESTAMP(NOW(6)) AS claimed
+       claim_token IS NOT NULL AND lease_until >= UNIX_TIMESTAMP(NOW(6)) AS claimed,
+       claim_token IS NOT NULL AS held
 FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
 
 -- delete --

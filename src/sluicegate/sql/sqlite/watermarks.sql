@@ -16,7 +16,7 @@ WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
 RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
 
 -- take_over --
--- Claim one row of a dead claim (held under an expired lease), the oldest death first, alone
+-- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked), the oldest death first, alone
 -- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone (see
 -- postgresql/watermarks.sql).
 UPDATE {t}watermarks
@@ -28,7 +28,7 @@ SET attempts = attempts + CASE WHEN NOT EXISTS (
 WHERE id IN (
     SELECT id FROM {t}watermarks
     WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
-      AND claim_token IS NOT NULL AND lease_until < :now
+      AND claim_token IS NOT NULL AND lease_until < :now AND attempts < :max_attempts
     ORDER BY lease_until, entity
     LIMIT 1
 )
@@ -82,6 +82,29 @@ SET claim_token = NULL, lease_until = NULL,
     failed_mode = CASE WHEN failed_mode = 'reexport' THEN failed_mode ELSE 'watermark' END
 WHERE task = :task AND entity = :entity AND claim_token = :token;
 
+-- park --
+-- Park an entity taken over with no attempt left (its worker died exporting it, alone, until
+-- max_attempts): record its window as failed with why (for status and redrive), and leave it held
+-- by a dead claim (its lease ends now), which the claim skips, and take_over while its attempts
+-- are used up; reset_failed clears them, and a run takes it over again. As fail_window otherwise.
+UPDATE {t}watermarks
+SET lease_until = :now,
+    watermark = COALESCE(watermark, :start),
+    last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE :error END,
+    failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE :start END,
+    failed_end = CASE WHEN failed_mode = 'reexport' THEN failed_end ELSE :end END,
+    failed_type = CASE WHEN failed_mode = 'reexport' THEN failed_type ELSE :type END,
+    failed_destination = CASE WHEN failed_mode = 'reexport' THEN failed_destination ELSE NULL END,
+    failed_mode = CASE WHEN failed_mode = 'reexport' THEN failed_mode ELSE 'watermark' END
+WHERE id = :id AND claim_token = :token;
+
+-- reset_failed --
+-- Clear the attempts of a task's entities that are not held by a live claim ('sluicegate reset
+-- TASK --failed'): a parked one is taken over by the next run again, and redrive retries a
+-- failed window it gave up on.
+UPDATE {t}watermarks SET attempts = 0
+WHERE task = :task AND attempts > 0 AND (lease_until IS NULL OR lease_until < :now);
+
 -- fail_reexport --
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
 -- leaves the entity's claim and pending window alone (a regular export may be under way).
@@ -124,9 +147,10 @@ UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = :token;
 
 -- entities --
--- Every watermark row of a task.
+-- Every watermark row of a task (held: by a claim, live or dead).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
-       failed_destination, exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed
+       failed_destination, exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed,
+       claim_token IS NOT NULL AS held
 FROM {t}watermarks WHERE task = :task ORDER BY entity;
 
 -- delete --
