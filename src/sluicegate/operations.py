@@ -26,7 +26,6 @@ from .specs import Project, TaskBase
 if TYPE_CHECKING:
     from .drivers.incremental import Task as IncrementalTask
     from .ingest import IngestSummary
-    from .timeblocks import BlockRequest
 
 
 @contextlib.contextmanager
@@ -82,12 +81,15 @@ def _check_search_path(ledger: Ledger, schema: str, toml: Any) -> list[str]:
     return []
 
 
-def partitioned_task(project: Project, name: str) -> PartitionedTask:
-    """The partitioned task called ``name`` (marks, re-exports and resets apply only to those)."""
+def partitioned_task(project: Project, name: str, *, also: str = "") -> PartitionedTask:
+    """The partitioned task called ``name`` (marks and re-exports apply only to those; ``also``:
+    the other kind the command applies to, which the caller took already)."""
     task = project.task(name)
     if not isinstance(task, PartitionedTask):
-        kind = validate.a_or_an(task.kind)
-        raise UsageError(f"task {name!r} is {kind} task; this applies to partitioned tasks only")
+        kinds = f"partitioned and {also}" if also else "partitioned"
+        raise UsageError(
+            f"task {name!r} is {validate.a_or_an(task.kind)} task; this applies to {kinds} tasks only"
+        )
     return task
 
 
@@ -221,7 +223,11 @@ def _typed_filter(project: Project, task: PartitionedTask, wanted: dict[str, str
 
 def reset_failed(project: Project, task_name: str) -> int:
     """Re-queue the parked (failed) partitions of ``task_name``, or clear an incremental task's attempts."""
-    keys = None if project.task(task_name).kind == "incremental" else partitioned_task(project, task_name)
+    keys = (
+        None
+        if project.task(task_name).kind == "incremental"
+        else partitioned_task(project, task_name, also="incremental")
+    )
     with ledger_of(project) as ledger:
         return ledger.partitions.reset_failed(keys) if keys else ledger.watermarks.reset_failed(task_name)
 
@@ -281,67 +287,6 @@ def check_limit(tasks: Sequence[TaskBase], limit: int | None, *, named: bool) ->
             f"--limit/limit {limit} does not apply to {task.kind} task {task.name!r}: it counts"
             f" partitions and blocks, and {_UNLIMITED.get(task.kind, 'this kind has neither')}; leave it out"
         )
-
-
-def blocks_task(project: Project, name: str) -> TaskBase:
-    """The blocks task called ``name``."""
-    task = project.task(name)
-    if task.kind != "blocks":
-        kind = validate.a_or_an(task.kind)
-        raise UsageError(f"task {name!r} is {kind} task; this applies to blocks tasks only")
-    return task
-
-
-def blocks_request(
-    project: Project,
-    task: TaskBase,
-    *,
-    time_max: str,
-    time_min: str | None = None,
-    interval: int = 1,
-    key: str | None = None,
-    stages: Sequence[str] = (),
-    skip: Sequence[str] = (),
-    force: bool = False,
-    incomplete_only: bool = False,
-) -> tuple[BlockRequest, str | None]:
-    """A blocks request from atd-mds-style arguments: times as yyyy-mm-dd-hh (the task's zone) or ISO 8601,
-    and the warning naming the blocks it leaves out because they have not settled (None if none).
-
-    The range is ``(time_min, time_max]``; without ``time_min`` it is ``interval`` hours back
-    from ``time_max``. ``key`` is ``NAME=VALUE`` (``provider=lime``) or a bare value.
-    """
-    from . import timeblocks
-
-    zone = str(getattr(task, "zone", "UTC"))
-    high = timeblocks.parse_time(time_max, zone, "time_max")
-    low = None if time_min is None else timeblocks.parse_time(time_min, zone, "time_min")
-    low, high = timeblocks.request_range(high, time_min=low, interval=interval)
-    value = None
-    if key is not None:
-        name, sep, value = key.rpartition("=")
-        if sep and name != getattr(task, "key", None):
-            raise UsageError(
-                f"task {task.name} has no key {name!r}; its key is {getattr(task, 'key', None)!r}"
-            )
-    request = timeblocks.BlockRequest(
-        time_min=low,
-        time_max=high,
-        key_value=value,
-        stages=tuple(stages) or None,
-        skip=tuple(skip),
-        force=force,
-        incomplete_only=incomplete_only,
-    )
-    from .drivers import blocks, blocks_plan
-
-    assert isinstance(task, blocks.Task)
-    blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
-    blocks.key_values(task, project.settings.source_url, request)
-    # empty, too long, not over (a service run was accepted (202), then failed) or none settled:
-    # refused up front, as by the CLI; cut to the settled blocks
-    request, _, note = blocks_plan.settled_blocks(task, request)
-    return request, note
 
 
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from sluicegate import operations
+from sluicegate import block_requests, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
 from sluicegate.exceptions import ConfigError, UsageError
@@ -147,7 +147,7 @@ def test_the_originals_cli_cases_give_as_many_blocks(
 ) -> None:
     """atd-mds's test_mds_cli.py cases: interval N gives N hour-ending blocks; a range is (min, max]."""
     project = load_project(make_project(tmp_path))
-    request, _ = operations.blocks_request(project, project.task("trips"), **args)
+    request, _ = block_requests.blocks_request(project, project.task("trips"), **args)
     blocks = blocks_between(request.time_min, request.time_max, grain="hour", zone=CENTRAL)
     assert len(blocks) == expected
     assert blocks[-1].local_end.replace(tzinfo=None) == dt.datetime.strptime(args["time_max"], "%Y-%m-%d-%H")
@@ -691,6 +691,14 @@ def test_a_callable_that_calls_sys_exit_fails_its_block_and_the_others_go_on(
     assert rows[("bird", "publish")] == ("done", None)
     status, error = rows[("lime", stage)]
     assert status == "failed" and "SystemExit: 3" in error, error
+
+
+def test_reset_of_a_blocks_task_names_the_kinds_it_applies_to(tmp_path: Path) -> None:
+    """reset works on incremental tasks too now; a blocks task's refusal said "partitioned only"."""
+    root = make_project(tmp_path)
+    result = CliRunner().invoke(main, ["-C", str(root), "reset", "trips", "--failed"])
+    assert result.exit_code == 2, result.output
+    assert "is a blocks task; this applies to partitioned and incremental tasks only" in result.output
 
 
 def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_lists_the_ledgers_work(

@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from .. import operations
+from .. import block_requests
 from ..options import RunOptions, TaskSummary
 from ..timeblocks import MAX_BLOCKS
 from .app import handled, load, main, typed_here
@@ -61,11 +61,11 @@ def blocks(
 ) -> None:
     """Run the stages of TASK's time blocks ending in (--time-min, --time-max]."""
     project = load()
-    spec = operations.blocks_task(project, task)
+    spec = block_requests.blocks_task(project, task)
     skip = [
         name for name, off in (("extract", no_extract), ("load", no_load), ("publish", no_publish)) if off
     ]
-    request, _ = operations.blocks_request(  # the warning is logged
+    request, _ = block_requests.blocks_request(  # the warning is logged
         project,
         spec,
         time_max=time_max,

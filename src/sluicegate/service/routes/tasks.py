@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
-from ... import export_request, operations
+from ... import block_requests, export_request, operations
 from ...drivers.incremental import Task as IncrementalTask
 from ...exceptions import UsageError
 from ...options import RunOptions
@@ -85,7 +85,7 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptio
     request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
         if body.time_max is not None:
-            blocks, note = operations.blocks_request(
+            blocks, note = block_requests.blocks_request(
                 p,
                 task,
                 time_max=body.time_max.isoformat(),

@@ -1,0 +1,75 @@
+"""A blocks task's request from atd-mds-style arguments (``sluicegate blocks``, the service's
+``POST /tasks/{name}/runs``), checked before any run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from . import validate
+from .exceptions import UsageError
+from .specs import Project, TaskBase
+
+if TYPE_CHECKING:
+    from .timeblocks import BlockRequest
+
+
+def blocks_task(project: Project, name: str) -> TaskBase:
+    """The blocks task called ``name``."""
+    task = project.task(name)
+    if task.kind != "blocks":
+        kind = validate.a_or_an(task.kind)
+        raise UsageError(f"task {name!r} is {kind} task; this applies to blocks tasks only")
+    return task
+
+
+def blocks_request(
+    project: Project,
+    task: TaskBase,
+    *,
+    time_max: str,
+    time_min: str | None = None,
+    interval: int = 1,
+    key: str | None = None,
+    stages: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    force: bool = False,
+    incomplete_only: bool = False,
+) -> tuple[BlockRequest, str | None]:
+    """A blocks request from atd-mds-style arguments: times as yyyy-mm-dd-hh (the task's zone) or ISO 8601,
+    and the warning naming the blocks it leaves out because they have not settled (None if none).
+
+    The range is ``(time_min, time_max]``; without ``time_min`` it is ``interval`` hours back
+    from ``time_max``. ``key`` is ``NAME=VALUE`` (``provider=lime``) or a bare value.
+    """
+    from . import timeblocks  # not at the command line's start-up
+
+    zone = str(getattr(task, "zone", "UTC"))
+    high = timeblocks.parse_time(time_max, zone, "time_max")
+    low = None if time_min is None else timeblocks.parse_time(time_min, zone, "time_min")
+    low, high = timeblocks.request_range(high, time_min=low, interval=interval)
+    value = None
+    if key is not None:
+        name, sep, value = key.rpartition("=")
+        if sep and name != getattr(task, "key", None):
+            raise UsageError(
+                f"task {task.name} has no key {name!r}; its key is {getattr(task, 'key', None)!r}"
+            )
+    request = timeblocks.BlockRequest(
+        time_min=low,
+        time_max=high,
+        key_value=value,
+        stages=tuple(stages) or None,
+        skip=tuple(skip),
+        force=force,
+        incomplete_only=incomplete_only,
+    )
+    from .drivers import blocks, blocks_plan
+
+    assert isinstance(task, blocks.Task)
+    blocks.chosen_stages(task, request)  # unknown stages and key values are usage errors, before any run
+    blocks.key_values(task, project.settings.source_url, request)
+    # empty, too long, not over (a service run was accepted (202), then failed) or none settled:
+    # refused up front, as by the CLI; cut to the settled blocks
+    request, _, note = blocks_plan.settled_blocks(task, request)
+    return request, note
