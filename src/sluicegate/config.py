@@ -98,10 +98,24 @@ def dsl_folder(env: Mapping[str, str]) -> Path | None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # [defaults] log_level
 
 
+def resolve_path(path: Path) -> Path:
+    """``path`` made absolute, its symbolic links followed; a link that loops is a ConfigError.
+
+    Python 3.11's ``Path.resolve`` raises RuntimeError ("Symlink loop from ...") for it.
+    """
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        loop = getattr(exc, "filename", None) or str(exc).removeprefix("Symlink loop from ").strip("'")
+        raise ConfigError(
+            f"{loop} is a symbolic link that loops back to itself; point it at a real file or folder"
+        ) from None
+
+
 def _resolve_db_url(url: str, root: Path) -> str:
     """Make ``sqlite:///relative.db`` relative to the project folder."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{(root / url[len('sqlite:///') :]).resolve()}"
+        return f"sqlite:///{resolve_path(root / url[len('sqlite:///') :])}"
     return url
 
 
@@ -113,7 +127,7 @@ def _resolve_dest_url(value: Any, root: Path, where: str) -> str:
         path = Path(url).expanduser()
     except RuntimeError:
         raise ConfigError(f"{where} url: {url!r} names no home folder here; write its full path") from None
-    return str(path if path.is_absolute() else (root / path).resolve())
+    return str(path if path.is_absolute() else resolve_path(root / path))
 
 
 def _check_sections(raw: Mapping[str, Any], path: Path) -> None:
@@ -301,7 +315,7 @@ def load_project(root: Path | str, env: Mapping[str, str] | None = None) -> Proj
     Knowledge ``DSL/Export`` folder, where a folder with ``select.sql`` and ``delete.sql`` and no
     ``task.toml`` is an archive task with the original service's behaviour).
     """
-    root = Path(root).resolve()
+    root = resolve_path(Path(root))
     env = env or {}
     settings = load_settings(root, env)
     dsl = dsl_folder(env)

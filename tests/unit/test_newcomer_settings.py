@@ -291,6 +291,28 @@ def test_a_destination_under_an_unknown_home_folder_is_one_line(tmp_path: Path) 
     assert "names no home folder here" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("which", ["destination", "source", "project"])
+def test_a_symlink_loop_in_a_path_is_one_line(tmp_path: Path, which: str) -> None:
+    """A destination folder, a relative SQLite file or a -C folder that is a symlink loop raised
+    pathlib's RuntimeError ("Symlink loop from ..."): a traceback, exit 1, on every command."""
+    root = _project(tmp_path / "p", "exports" if which != "destination" else "loop")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    env, where = {}, tmp_path / "loop"
+    if which == "destination":
+        (root / "loop").symlink_to(root / "loop2")
+        (root / "loop2").symlink_to(root / "loop")
+        where = root / "loop"
+    elif which == "source":
+        env = {"SLUICEGATE_SOURCE__URL": "sqlite:///../loop"}
+    else:
+        root = tmp_path / "loop"
+    proc = cli(root, "status", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{where} is a symbolic link that loops" in proc.stderr, proc.stderr
+
+
 def test_a_pycache_folder_under_tasks_is_no_task(tmp_path: Path) -> None:
     """Python leaves ``__pycache__`` where a helper module was imported from: it was reported as a
     broken task folder, and ``status`` and ``run`` exited 2. Dot-folders were already skipped."""

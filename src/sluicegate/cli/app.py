@@ -154,7 +154,7 @@ def typed_here(text: str, folder: Path | None = None) -> str:
     try:
         if folder.resolve() == Path.cwd().resolve():
             return text
-    except OSError:
+    except (OSError, RuntimeError):  # a -C folder that is a symlink loop (RuntimeError on 3.11)
         return text
     return _HINTED.sub(lambda m: _hint(m, folder), text)
 
