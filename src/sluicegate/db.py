@@ -157,6 +157,11 @@ APPLICATION_NAME = "sluicegate"
 WRITER_APPLICATION_NAME = "sluicegate writer"
 
 
+# How long a SQLite statement waits for another process's write lock (busy_timeout) before it
+# fails with "database is locked".
+SQLITE_BUSY_SECONDS = 60.0
+
+
 def connect(url: str, *, autocommit: bool = True, ledger: bool = False, writer: bool = False) -> Any:
     """Open a DB-API connection for ``url`` (sqlite3, psycopg or MariaDB's); errors as :func:`wrap_errors`.
 
@@ -167,9 +172,11 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False, writer: 
         if not path.parent.exists():
             raise ConfigError(f"folder {path.parent} for SQLite database {path.name} does not exist")
         with wrap_errors(url, ledger=ledger):
-            conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-            _enable_wal(conn)
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=SQLITE_BUSY_SECONDS, check_same_thread=False
+            )
+            _enable_wal(conn, SQLITE_BUSY_SECONDS)
+            conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
     if dialect is MARIADB:
@@ -339,6 +346,13 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     role = "ledger database" if ledger else "database"
     detail = scrub(_first_line(exc), url)
     where = f"{role} {mask_url(url)}"
+    if kind == "transient" and isinstance(exc, sqlite3.OperationalError):
+        # An open write transaction elsewhere (a sqlite3 shell left in BEGIN, another program):
+        # nothing here ends it, so say who holds what and what to do.
+        detail = (
+            f"{detail}: another process held its write lock for {SQLITE_BUSY_SECONDS:g} s;"
+            " end that process's open transaction (a sqlite3 shell, another writer) and run again"
+        )
     if kind == "terminal" and denied(exc):
         error = LedgerPermissionDenied if ledger else PermissionDenied
         fix = (

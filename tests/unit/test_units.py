@@ -7,6 +7,7 @@ import datetime as dt
 import gzip
 import io
 import itertools
+import sqlite3
 import subprocess
 import sys
 import time
@@ -362,6 +363,28 @@ def test_processes_opening_a_new_sqlite_ledger_at_once_all_get_in(tmp_path: Path
         ]
         errors = [p.communicate(timeout=60)[1].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
+
+
+def test_a_sqlite_write_lock_held_elsewhere_says_who_holds_it_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sqlite3 shell left in BEGIN IMMEDIATE on the project's database: install, backfill,
+    # reexport and mark waited 60 s, then said only "ledger database ...: database is locked".
+    from sluicegate import db
+    from sluicegate.exceptions import LedgerError
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_SECONDS", 0.2, raising=False)
+    url = f"sqlite:///{tmp_path}/held.db"
+    conn = db.connect(url, ledger=True)  # the file in WAL mode, as every sluicegate database
+    holder = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(LedgerError) as raised, db.wrap_errors(url, ledger=True):
+        conn.execute("BEGIN IMMEDIATE")
+    message = str(raised.value)
+    assert f"ledger database {url}: database is locked" in message, message
+    assert "another process held its write lock for 0.2 s" in message, message
+    assert "end that process's open transaction" in message, message
+    holder.execute("ROLLBACK")
 
 
 @pytest.mark.parametrize(
