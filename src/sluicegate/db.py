@@ -346,13 +346,8 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     role = "ledger database" if ledger else "database"
     detail = scrub(_first_line(exc), url)
     where = f"{role} {mask_url(url)}"
-    if kind == "transient" and isinstance(exc, sqlite3.OperationalError):
-        # An open write transaction elsewhere (a sqlite3 shell left in BEGIN, another program):
-        # nothing here ends it, so say who holds what and what to do.
-        detail = (
-            f"{detail}: another process held its write lock for {SQLITE_BUSY_SECONDS:g} s;"
-            " end that process's open transaction (a sqlite3 shell, another writer) and run again"
-        )
+    if isinstance(exc, sqlite3.OperationalError):
+        detail = _sqlite_detail(detail, kind, url)
     if kind == "terminal" and denied(exc):
         error = LedgerPermissionDenied if ledger else PermissionDenied
         fix = (
@@ -386,6 +381,27 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     return DataError(f"{where}: {detail}")
 
 
+def _sqlite_detail(detail: str, kind: str, url: str) -> str:
+    """``detail`` of a SQLite error, with what to do when the cause is outside sluicegate."""
+    if kind == "transient":
+        # An open write transaction elsewhere (a sqlite3 shell left in BEGIN, another program):
+        # nothing here ends it, so say who holds what and what to do.
+        return (
+            f"{detail}: another process held its write lock for {SQLITE_BUSY_SECONDS:g} s;"
+            " end that process's open transaction (a sqlite3 shell, another writer) and run again"
+        )
+    if url.startswith("sqlite:///") and any(text in detail for text in _SQLITE_UNWRITABLE):
+        # A read-only file, folder or mount: WAL mode writes <file>-wal and <file>-shm beside it,
+        # even for a command that only reads.
+        path = sqlite_path(url)
+        return (
+            f"{detail}; make {path} and its folder {path.parent} writable by this user (SQLite"
+            f" creates {path.name}-wal and {path.name}-shm beside it, even to read)"
+        )
+    return detail
+
+
+_SQLITE_UNWRITABLE = ("unable to open database file", "readonly database")
 _UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(?P<column>[^']+)'")
 
 

@@ -387,6 +387,26 @@ def test_a_sqlite_write_lock_held_elsewhere_says_who_holds_it_and_what_to_do(
     holder.execute("ROLLBACK")
 
 
+def test_a_read_only_sqlite_database_or_folder_says_what_to_make_writable(tmp_path: Path) -> None:
+    # A project on a read-only mount (or a database file or folder of another user): `status`
+    # said "ledger database ...: unable to open database file" (its WAL files cannot be made)
+    # and `run` "attempt to write a readonly database", with nothing on what to change.
+    from sluicegate import db
+
+    url = f"sqlite:///{tmp_path}/ro.db"
+    sqlite3.connect(tmp_path / "ro.db").execute("CREATE TABLE t (x)")
+    reader = sqlite3.connect(f"file:{tmp_path}/ro.db?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as readonly:
+        reader.execute("INSERT INTO t VALUES (1)")
+    unopenable = sqlite3.OperationalError("unable to open database file")
+    for exc in (readonly.value, unopenable):
+        message = str(db.translate(exc, url, ledger=True))
+        assert message.startswith(f"ledger database {url}: {exc}; make {tmp_path}/ro.db and its folder"), (
+            message
+        )
+        assert f"{tmp_path} writable by this user" in message and "ro.db-wal" in message, message
+
+
 @pytest.mark.parametrize(
     "limit,workers,shares",
     [(None, 2, [None, None]), (6, 3, [2, 2, 2]), (5, 2, [3, 2]), (4, 3, [2, 1, 1]), (1, 3, [1]), (0, 2, [0])],
