@@ -324,8 +324,10 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
             return "transient"
         return "transient" if code and code.startswith(_TRANSIENT_SQLSTATES) else "terminal"
     if isinstance(exc, sqlite3.Error):
-        busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-        return "transient" if busy else "terminal"
+        # Busy: another process's write lock; full: the disk (or the temp space of a sort), which
+        # an operator frees, as a full export folder (DestinationUnavailable) is retried too.
+        waits = isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in _SQLITE_WAITS)
+        return "transient" if waits else "terminal"
     adbc = type(exc).__module__.startswith("adbc_driver")
     if adbc or (isinstance(exc, OSError) and "[libpq]" in str(exc)):
         code = _sqlstate(exc)
@@ -383,6 +385,9 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
 
 def _sqlite_detail(detail: str, kind: str, url: str) -> str:
     """``detail`` of a SQLite error, with what to do when the cause is outside sluicegate."""
+    if kind == "transient" and _SQLITE_FULL in detail:
+        where = sqlite_path(url).parent if url.startswith("sqlite:///") else "its file system"
+        return f"{detail}; free space on the file system of {where} (and of its temp folder)"
     if kind == "transient":
         # An open write transaction elsewhere (a sqlite3 shell left in BEGIN, another program):
         # nothing here ends it, so say who holds what and what to do.
@@ -401,6 +406,8 @@ def _sqlite_detail(detail: str, kind: str, url: str) -> str:
     return detail
 
 
+_SQLITE_FULL = "disk is full"  # SQLITE_FULL: "database or disk is full"
+_SQLITE_WAITS = ("locked", "busy", _SQLITE_FULL)
 _SQLITE_UNWRITABLE = ("unable to open database file", "readonly database")
 _UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(?P<column>[^']+)'")
 

@@ -407,6 +407,22 @@ def test_a_read_only_sqlite_database_or_folder_says_what_to_make_writable(tmp_pa
         assert f"{tmp_path} writable by this user" in message and "ro.db-wal" in message, message
 
 
+def test_a_full_disk_under_a_sqlite_database_is_retried_and_says_to_free_space(tmp_path: Path) -> None:
+    # SQLITE_FULL ("database or disk is full": the ledger's WAL, or a sort's temp space, on a
+    # full disk) was terminal: a partition whose query hit it was parked at once, while a full
+    # export folder (ENOSPC) is retried; and the message said nothing of what to do.
+    from sluicegate import db
+    from sluicegate.exceptions import SourceUnavailable
+
+    url = f"sqlite:///{tmp_path}/full.db"
+    full = sqlite3.OperationalError("database or disk is full")
+    assert db.classify(full) == "transient"
+    error = db.translate(full, url)
+    assert isinstance(error, SourceUnavailable), error
+    assert f"database or disk is full; free space on the file system of {tmp_path}" in str(error), error
+    assert "free space" in str(db.translate(full, url, ledger=True))
+
+
 @pytest.mark.parametrize(
     "limit,workers,shares",
     [(None, 2, [None, None]), (6, 3, [2, 2, 2]), (5, 2, [3, 2]), (4, 3, [2, 1, 1]), (1, 3, [1]), (0, 2, [0])],
