@@ -25,7 +25,8 @@ no row identifier: Socrata then appends, and a publish retried after a failed ba
 the rows posted before it again. It also refuses ``columns`` that leave the row identifier
 out. The metadata is read with the posts' credentials and answered like a post: 5xx and
 network errors are transient, 4xx terminal; a 404 is terminal too unless ``row_identifier``
-says which field the dataset upserts by (a portal without the views API cannot tell).
+says which field the dataset upserts by (a portal without the views API cannot tell; that
+answer is not kept, so each publish goes by its own config's ``row_identifier``).
 A record without the row identifier is one of the portal's ``Errors`` (counted); a block none
 of whose records has it fails naming the field.
 
@@ -111,7 +112,8 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
 
 _IDENTIFIERS: dict[tuple[str, str], str] = {}
 """The row identifier's field per (portal, dataset), read once in a process's life (a refusal is
-not kept: the dataset's settings may be fixed while a service runs)."""
+not kept: the dataset's settings may be fixed while a service runs; nor is a row_identifier a
+portal without the views API was taken at its word for: it is one config's, not the dataset's)."""
 _LOCK = threading.Lock()
 
 
@@ -124,9 +126,8 @@ def _row_identifier(client: httpx.Client, portal: str, dataset: str, stated: str
     url = f"{portal}/api/views/{dataset}.json"
     response = _send(client, "GET", url, None)
     if response.status_code == 404 and stated is not None:
-        key = stated  # a portal without the views API: the user named the field
-    else:
-        key = _identifier_field(_answer(response, mask_url(url)), mask_url(url), dataset)
+        return stated  # a portal without the views API: the user named the field (not kept)
+    key = _identifier_field(_answer(response, mask_url(url)), mask_url(url), dataset)
     with _LOCK:
         _IDENTIFIERS[(portal, dataset)] = key
     return key

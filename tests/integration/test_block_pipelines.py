@@ -394,6 +394,24 @@ def test_a_portal_without_the_views_api_takes_the_stated_row_identifier() -> Non
         assert counts == {"total": 1, "processed": 1, "errors": 0}
 
 
+def test_a_stated_row_identifier_is_not_kept_for_the_next_publish_to_the_dataset() -> None:
+    """On a portal without the views API the field named in row_identifier was kept as the
+    dataset's for the process's life: a publish without it (another task, a service whose config
+    was edited) posted by that field instead of being refused, and a corrected row_identifier was
+    refused as "not the row identifier", naming the old value, which the portal never said."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import TerminalError
+
+    block = type("Block", (), {"key_value": "lime", "task": "trips"})()
+    with PortalDouble(views=False) as portal:
+        config = {"url": portal.url, "dataset": "mds-trips", "row_identifier": "trip_id"}
+        socrata.upsert(block, iter([{"trip_id": "a"}]), config)  # type: ignore[arg-type]
+        with pytest.raises(TerminalError, match="set row_identifier"):
+            socrata.upsert(block, iter([{"trip_id": "b"}]), {**config, "row_identifier": None})  # type: ignore[arg-type]
+        counts = socrata.upsert(block, iter([{"id": "c"}]), {**config, "row_identifier": "id"})  # type: ignore[arg-type]
+        assert counts["total"] == 1 and len(portal.upserts()) == 2
+
+
 def test_a_process_reads_a_datasets_metadata_once_but_not_a_refusal() -> None:
     """The metadata is read before the first post of a process, not before every block's; a
     dataset refused for want of a row identifier is read again (its settings may be fixed while
