@@ -228,7 +228,11 @@ def _parked(
     return [
         {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
         for r in wm.entities(task.name)
-        if r["entity"] in values and r["held"] and not r["claimed"] and r["attempts"] >= max_attempts
+        if r["entity"] in values
+        and r["held"]
+        and not r["claimed"]
+        and r["attempts"] >= max_attempts
+        and r["failed_mode"] != "reexport"  # those attempts are a re-export's: see take_over
     ]
 
 
@@ -405,7 +409,7 @@ def redrive_windows(
             # still owed: a failure of the run (exit 1), so that a check of redrive's exit code sees it
             how = f"run 'sluicegate reset {task.name} --failed' to retry"
             error = f"gave up after {f['attempts']} attempts: {f['last_error']}; {how}"
-            if f["held"] and not f["claimed"]:  # parked (see park)
+            if f["held"] and not f["claimed"] and f["failed_mode"] != "reexport":  # parked (see park)
                 error = parked_error(task, f["attempts"], max_attempts)
             notes.append({"entity": f["entity"], "rows": 0, "error": error})
         else:

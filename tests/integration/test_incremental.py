@@ -725,6 +725,48 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     }  # fmt: skip
 
 
+def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
+    url: str, tmp_path: Path
+) -> None:
+    """s1 owes a re-export redrive gave up on (its attempts, max_attempts of them, are the
+    re-export's, which a commit keeps). A run died holding s1 and s2 in one batch (neither
+    alone). s1 was never taken over again: its exports stopped, each run failing with "gave up
+    ... leases expired as a worker died exporting it", though no worker died exporting it alone."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    rec.add("s2", T - dt.timedelta(hours=2), "s2")
+    project = load(root)
+    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
+    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        wm = ledger.watermarks
+        wm.ensure("studies", ["s1", "s2"])
+        for _ in range(3):  # the re-export failed, then twice more in redrive: given up
+            wm.fail(
+                "studies", "s1", token=None, error="boom", start=T - dt.timedelta(days=9),
+                end=T - dt.timedelta(days=8), export_type="daily", mode="reexport", destination="/x",
+            )  # fmt: skip
+        wm.claim("studies", ["s1", "s2"], lease=600)  # the run that died, a batch of two
+        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
+        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
+        ph = "?" if ledger_url.startswith("sqlite") else "%s"
+        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+    first = _run(root, export_type="daily", end=T)
+    assert first.failed == 0, first.errors
+    assert _payloads(tmp_path) == ["s1", "s2"]
+    [s1] = [w for w in operations.watermarks(load(root), "studies") if w["entity"] == "s1"]
+    assert s1["watermark"] == T and s1["failed_mode"] == "reexport" and s1["attempts"] == 3
+    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.watermarks.claim("studies", ["s1"], lease=600)  # a run that died holding s1 alone
+        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+    rec.add("s1", T + dt.timedelta(hours=2), "s1-next")
+    again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert again.failed == 0 and _payloads(tmp_path) == ["s1", "s1-next", "s2"], again.errors
+    [s1] = [w for w in operations.watermarks(load(root), "studies") if w["entity"] == "s1"]
+    assert s1["attempts"] == 3  # the re-export's, which a death of the entity's own does not add to
+
+
 def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
     url: str, tmp_path: Path
 ) -> None:

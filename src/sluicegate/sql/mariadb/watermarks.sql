@@ -26,14 +26,17 @@ FOR UPDATE SKIP LOCKED;
 -- Lock one row of a dead claim (held under an expired lease, with an attempt left: one without is
 -- parked) of the given entities, the oldest
 -- death first, and whether the dead claim held it alone (an attempt then; see
--- postgresql/watermarks.sql). claim_take then takes it.
+-- postgresql/watermarks.sql; a row owing a failed re-export: neither, nor a bound). claim_take
+-- then takes it.
 SELECT w.id, NOT EXISTS (SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id)
+       AND NOT (w.failed_mode <=> 'reexport')
 FROM {t}watermarks AS w
 WHERE w.task = %(task)s
   AND w.entity IN (
       SELECT e.entity COLLATE {exact}
       FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
-  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6)) AND w.attempts < %(max_attempts)s
+  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6))
+  AND (w.attempts < %(max_attempts)s OR w.failed_mode = 'reexport')
 ORDER BY w.lease_until, w.entity
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
@@ -48,8 +51,10 @@ SET attempts = attempts + CASE WHEN claim_token IS NOT NULL AND %(alone)s THEN 1
 WHERE id = %(id)s;
 
 -- claimed --
--- The watermark rows held under a claim token, as a claim returns them.
-SELECT id, entity, watermark, pending_start, pending_end, pending_type, attempts, path
+-- The watermark rows held under a claim token, as a claim returns them (as take_over's, the
+-- attempts of a row owing a failed re-export are the re-export's: 0, see postgresql/watermarks.sql).
+SELECT id, entity, watermark, pending_start, pending_end, pending_type,
+       CASE WHEN failed_mode = 'reexport' THEN 0 ELSE attempts END, path
 FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity;
 
 -- set_pending --

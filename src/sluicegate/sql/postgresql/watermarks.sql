@@ -19,29 +19,34 @@ SET claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s)
 FROM candidate
 WHERE w.id = candidate.id
-RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts, w.path;
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type,
+    CASE WHEN w.failed_mode = 'reexport' THEN 0 ELSE w.attempts END, w.path;
 
 -- take_over --
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked) of the given entities, the oldest
 -- death first, under a claim of its own: the rest of a batch that died with it go before an
 -- entity that died alone later. An attempt only when the dead claim held it alone: nothing tells
--- which entity of a dead batch killed it, while one that died alone did.
+-- which entity of a dead batch killed it, while one that died alone did. The attempts of a row
+-- that owes a failed re-export are the re-export's (a commit keeps them, for redrive's bound):
+-- no death is counted on them, nor do they park the entity (attempts returned: 0).
 WITH candidate AS (
     SELECT id FROM {t}watermarks
     WHERE task = %(task)s AND entity = ANY(%(entities)s)
-      AND claim_token IS NOT NULL AND lease_until < now() AND attempts < %(max_attempts)s
+      AND claim_token IS NOT NULL AND lease_until < now()
+      AND (attempts < %(max_attempts)s OR failed_mode = 'reexport')
     ORDER BY lease_until, entity
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {t}watermarks AS w
-SET attempts = w.attempts + CASE WHEN NOT EXISTS (
+SET attempts = w.attempts + CASE WHEN w.failed_mode IS DISTINCT FROM 'reexport' AND NOT EXISTS (
         SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id) THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s)
 FROM candidate
 WHERE w.id = candidate.id
-RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type, w.attempts, w.path;
+RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type,
+    CASE WHEN w.failed_mode = 'reexport' THEN 0 ELSE w.attempts END, w.path;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.

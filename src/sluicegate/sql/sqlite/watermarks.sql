@@ -13,14 +13,15 @@ SET claim_token = :token,
     lease_until = :now + :lease
 WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
   AND claim_token IS NULL
-RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
+RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
+    CASE WHEN failed_mode = 'reexport' THEN 0 ELSE attempts END, path;
 
 -- take_over --
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked), the oldest death first, alone
--- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone (see
--- postgresql/watermarks.sql).
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone, and none on
+-- the attempts of a row owing a failed re-export, nor a bound (see postgresql/watermarks.sql).
 UPDATE {t}watermarks
-SET attempts = attempts + CASE WHEN NOT EXISTS (
+SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND NOT EXISTS (
         SELECT 1 FROM {t}watermarks AS o
         WHERE o.claim_token = {t}watermarks.claim_token AND o.id <> {t}watermarks.id) THEN 1 ELSE 0 END,
     claim_token = :token,
@@ -28,11 +29,13 @@ SET attempts = attempts + CASE WHEN NOT EXISTS (
 WHERE id IN (
     SELECT id FROM {t}watermarks
     WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
-      AND claim_token IS NOT NULL AND lease_until < :now AND attempts < :max_attempts
+      AND claim_token IS NOT NULL AND lease_until < :now
+      AND (attempts < :max_attempts OR failed_mode = 'reexport')
     ORDER BY lease_until, entity
     LIMIT 1
 )
-RETURNING id, entity, watermark, pending_start, pending_end, pending_type, attempts, path;
+RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
+    CASE WHEN failed_mode = 'reexport' THEN 0 ELSE attempts END, path;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.
