@@ -177,9 +177,10 @@ class PartitionStore(PartitionAdmin):
         elif self.core.dialect is db.MARIADB and digests:
             names += [f"sluicegate file {d[:40]}" for d in digests]
             if any(got != 1 for (got,) in self._run("lock_paths", cur, names=json.dumps(names)).fetchall()):
+                named = next(r for r in results if r.path)  # a partition without rows has no file
                 raise LedgerError(
-                    f"another worker held one of the files of task {results[0].claim.task} this batch was to"
-                    f" put in place (such as {results[0].path}) for 10 s; its partitions are given back,"
+                    f"another worker held one of the files of task {named.claim.task} this batch was to"
+                    f" put in place (such as {named.path}) for 10 s; its partitions are given back,"
                     " and the next run exports them"
                 )
 
