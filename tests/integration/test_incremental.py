@@ -767,6 +767,39 @@ def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
     assert s1["attempts"] == 3  # the re-export's, which a death of the entity's own does not add to
 
 
+def test_a_run_that_fails_to_start_gives_back_the_entity_it_took_over(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose every entity was held by a dead claim takes one over before it records its run
+    on the ledger. When that failed (the ledger, a second SIGINT), the entity taken over was not
+    given back, unlike the run's claimed ones: held for a whole lease, then taken over counted an
+    attempt, as if it had killed its worker alone."""
+    from sluicegate.exceptions import LedgerError
+    from sluicegate.ledger.runs import RunStore
+
+    root = _project(tmp_path, url)
+    Records(url).add("s1", T - dt.timedelta(hours=2), "s1")
+    project = load(root)
+    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
+    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1", "s2"])
+        ledger.watermarks.claim("studies", ["s1", "s2"], lease=600)  # the run that died, a batch
+        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
+        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
+        ph = "?" if ledger_url.startswith("sqlite") else "%s"
+        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph}", (past,))
+
+    def start(*args: Any, **kwargs: Any) -> str:
+        raise LedgerError("the ledger went away")
+
+    monkeypatch.setattr(RunStore, "start", start)
+    with contextlib.suppress(LedgerError):  # or recorded as the task's failure
+        _run(root, export_type="daily", end=T)
+    rows = {w["entity"]: w for w in operations.watermarks(load(root), "studies")}
+    assert not rows["s1"]["held"] and rows["s1"]["attempts"] == 0  # given back, nothing counted
+
+
 def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
     url: str, tmp_path: Path
 ) -> None:

@@ -242,8 +242,8 @@ class Driver:
         except BaseException:
             # Whatever stopped the export, the entities it still holds are given back now, not
             # after a whole lease of "another export holds this entity".
-            with contextlib.suppress(SluicegateError):
-                for token in {w.claim.token for w in windows if w.claim is not None}:
+            with contextlib.suppress(SluicegateError):  # (the one taken over first, too)
+                for token in {w.claim.token for w in windows + (first or []) if w.claim is not None}:
                     ctx.ledger.watermarks.release(token)
             raise
         finally:
