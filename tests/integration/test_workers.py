@@ -1018,58 +1018,13 @@ def test_two_processes_never_write_partitions_whose_keys_differ_only_in_type_to_
 
 
 @pytest.mark.mariadb
-def test_a_file_locked_past_the_wait_names_the_task_and_file_and_gives_the_batch_back(
+def test_a_file_locked_past_the_wait_names_the_task_and_a_file_and_gives_the_batch_back(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """MariaDB's named lock of a file waits 10 s; past that the commit said only "another worker
-    held a file this run was to put in place for 10 s": no task, no file, nothing on what next."""
-    from sluicegate.drivers.partitioned_paths import SharedFiles
-    from sluicegate.exceptions import LedgerError
-
-    url = _url(request, tmp_path, "mariadb")
-    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
-    task = project.tasks["openaq"]
-    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2)]
-    entered, release = threading.Event(), threading.Event()
-
-    def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
-        entered.set()  # the file is being put in place, its lock held
-        assert release.wait(60)
-        return held
-
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
-
-    with ledger() as first, ledger() as second:
-        first.ensure_schema()
-        first.partitions.mark(parts, task)
-        one, two = sorted(first.partitions.claim(task, limit=2, lease=600), key=lambda c: c.id)
-        early = threading.Thread(
-            target=lambda: first.partitions.commit(
-                [ExportResult(claim=one, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)],
-                place,
-                SharedFiles(task),
-            )
-        )
-        early.start()
-        try:
-            assert entered.wait(30)
-            late = ExportResult(claim=two, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
-            with pytest.raises(LedgerError) as raised:
-                second.partitions.commit([late], None, SharedFiles(task))
-        finally:
-            release.set()
-            early.join(30)
-    message = str(raised.value)
-    assert "task openaq" in message and "same.csv" in message and "the next run exports them" in message
-
-
-@pytest.mark.mariadb
-def test_a_file_locked_past_the_wait_is_named_when_the_batch_begins_with_an_empty_partition(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """A partition without rows writes no file (its path None): first in the batch, the message
-    named the file "such as None"."""
+    held a file this run was to put in place for 10 s": no task, no file, nothing on what next.
+    And a partition without rows writes no file (its path None): first in the batch, the message
+    then named the file "such as None"."""
     from sluicegate.drivers.partitioned_paths import SharedFiles
     from sluicegate.exceptions import LedgerError
 
@@ -1110,6 +1065,7 @@ def test_a_file_locked_past_the_wait_is_named_when_the_batch_begins_with_an_empt
             early.join(30)
     message = str(raised.value)
     assert "such as same.csv" in message and "None" not in message, message
+    assert "task openaq" in message and "the next run exports them" in message, message
 
 
 @EVERY_LEDGER
