@@ -637,6 +637,17 @@ def test_an_entity_that_kills_its_worker_takes_down_no_other_entity_of_its_run(
 
 
 @pytest.mark.pg
+def _expire_claims(ledger: Ledger, *, attempts: int | None = None) -> None:
+    """Make the leases of the watermark rows a claim holds run out, as when the run holding them
+    died (their attempts set to ``attempts`` when given)."""
+    pg = ledger.url.startswith("postgresql")
+    past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
+    table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
+    ph = "?" if ledger.url.startswith("sqlite") else "%s"
+    sets = f"lease_until = {ph}" + ("" if attempts is None else f", attempts = {int(attempts)}")
+    ledger.conn.execute(f"UPDATE {table} SET {sets} WHERE claim_token IS NOT NULL", (past,))
+
+
 def test_an_entity_that_kills_its_worker_max_attempts_times_is_parked_until_reset(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -696,15 +707,11 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     rec.add("s1", T - dt.timedelta(hours=2), "s1")
     rec.add("s2", T - dt.timedelta(hours=2), "s2")
     project = load(root)
-    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
-    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.ensure_schema()
         ledger.watermarks.ensure("studies", ["s1"])
         ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone
-        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
-        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
-        ph = "?" if ledger_url.startswith("sqlite") else "%s"
-        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph}, attempts = 2", (past,))
+        _expire_claims(ledger, attempts=2)
     parked = _run(root, export_type="daily", end=T)
     assert parked.failed == 1 and "s1: gave up after 3 attempts, max_attempts being 3" in parked.errors[0]
     assert "run 'sluicegate reset studies --failed' to retry" in parked.errors[0]
@@ -737,7 +744,7 @@ def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
     rec.add("s1", T - dt.timedelta(hours=2), "s1")
     rec.add("s2", T - dt.timedelta(hours=2), "s2")
     project = load(root)
-    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
+    ledger_url = project.settings.ledger_url
     with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.ensure_schema()
         wm = ledger.watermarks
@@ -748,10 +755,7 @@ def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
                 end=T - dt.timedelta(days=8), export_type="daily", mode="reexport", destination="/x",
             )  # fmt: skip
         wm.claim("studies", ["s1", "s2"], lease=600)  # the run that died, a batch of two
-        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
-        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
-        ph = "?" if ledger_url.startswith("sqlite") else "%s"
-        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+        _expire_claims(ledger)
     first = _run(root, export_type="daily", end=T)
     assert first.failed == 0, first.errors
     assert _payloads(tmp_path) == ["s1", "s2"]
@@ -759,7 +763,7 @@ def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
     assert s1["watermark"] == T and s1["failed_mode"] == "reexport" and s1["attempts"] == 3
     with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.watermarks.claim("studies", ["s1"], lease=600)  # a run that died holding s1 alone
-        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+        _expire_claims(ledger)
     rec.add("s1", T + dt.timedelta(hours=2), "s1-next")
     again = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
     assert again.failed == 0 and _payloads(tmp_path) == ["s1", "s1-next", "s2"], again.errors
@@ -780,15 +784,11 @@ def test_a_run_that_fails_to_start_gives_back_the_entity_it_took_over(
     root = _project(tmp_path, url)
     Records(url).add("s1", T - dt.timedelta(hours=2), "s1")
     project = load(root)
-    ledger_url, pg = project.settings.ledger_url, project.settings.ledger_url.startswith("postgresql")
-    with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.ensure_schema()
         ledger.watermarks.ensure("studies", ["s1", "s2"])
         ledger.watermarks.claim("studies", ["s1", "s2"], lease=600)  # the run that died, a batch
-        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
-        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
-        ph = "?" if ledger_url.startswith("sqlite") else "%s"
-        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph}", (past,))
+        _expire_claims(ledger)
 
     def start(*args: Any, **kwargs: Any) -> str:
         raise LedgerError("the ledger went away")
@@ -814,11 +814,7 @@ def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
         wm = ledger.watermarks
         wm.ensure("studies", ["a", "b", "c", "d", "e"])
         dead = wm.claim("studies", ["a", "b", "c"], lease=600)
-        pg = ledger_url.startswith("postgresql")
-        past: Any = dt.datetime(2000, 1, 1, tzinfo=UTC) if pg else 946684800.0
-        table = "sluicegate.watermarks" if pg else "sluicegate_watermarks"
-        ph = "?" if ledger_url.startswith("sqlite") else "%s"
-        ledger.conn.execute(f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL", (past,))
+        _expire_claims(ledger)
         [alive] = wm.claim("studies", ["d"], lease=600)
         assert [c.entity for c in wm.claim("studies", ["a", "b", "c", "d", "e"], lease=600)] == ["e"]
         none = wm.take_over("studies", ["d", "e"], lease=600, max_attempts=5)
