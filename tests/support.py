@@ -290,3 +290,43 @@ def cli(
             f"sluicegate {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def typed_project(tmp_path: Path, batch_size: int, ledger: str | None = None) -> Path:
+    """A task keyed on SQLite's untyped column k, its changes captured by a scan, over a table m
+    holding k = 1 (row a) and k = '1' (row b) on one day: two partitions, [1,"2024-11-02"] and
+    ["1","2024-11-02"], that both render the file 1/20241102.csv (``ledger``: another ledger URL)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), capture="explicit", ledger=ledger
+    )
+    task = root / "tasks" / "typed"
+    task.mkdir()
+    (task / "task.toml").write_text(
+        f'keys = ["k"]\npath = "{{k}}/{{day:%Y%m%d}}.csv"\nformat = "csv"\nbatch_size = {batch_size}\n'
+        '[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "scan"\ntable = "m"\nkeys = { k = "k" }\ntime = "t"\ncursor = "t"\n'
+    )
+    (task / "select.sql").write_text("SELECT k, t, v FROM m")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        with conn:
+            conn.execute("CREATE TABLE m (k, t TEXT, v)")
+            conn.executemany(
+                "INSERT INTO m VALUES (?, ?, ?)",
+                [(1, "2024-11-02T10:00:00Z", "a"), ("1", "2024-11-02T11:00:00Z", "b")],
+            )
+    finally:
+        conn.close()
+    return root
+
+
+def assert_one_type_twin_parked(failure: dict[str, Any], out: Path) -> None:
+    """Of typed_project's two partitions, ``failure`` (a status failure) is parked: the other's file
+    is intact, and the error names both partitions, the file and the CAST to write."""
+    kept = "a" if failure["partition"] == '["1","2024-11-02"]' else "b"
+    [written] = files(out)
+    assert [row["v"] for row in read_csv(written)] == [kept]  # the exported partition's file is intact
+    error = failure["error"]
+    assert '[1,"2024-11-02"]' in error and '["1","2024-11-02"]' in error and "'1/20241102.csv'" in error
+    assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error

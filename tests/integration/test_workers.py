@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -22,7 +22,18 @@ from sluicegate import capture, operations
 from sluicegate.engine import Exporter
 from sluicegate.ledger import Claim, ExportResult, Ledger
 from sluicegate.partitions import restore_partition
-from support import SLUICEGATE, Db, cli, files, hours, load, read_csv, write_project
+from support import (
+    SLUICEGATE,
+    Db,
+    assert_one_type_twin_parked,
+    cli,
+    files,
+    hours,
+    load,
+    read_csv,
+    typed_project,
+    write_project,
+)  # fmt: skip
 
 UTC = dt.UTC
 
@@ -976,24 +987,7 @@ def test_two_processes_never_write_partitions_whose_keys_differ_only_in_type_to_
     file then replaced that one, and both were recorded exported: row a or b was in no file.
     The check is now made in the commit, under a lock of the path: the later one is parked."""
     ledger = None if dialect == "sqlite" else _url(request, tmp_path, dialect)
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    root = write_project(
-        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), capture="explicit", ledger=ledger
-    )
-    task = root / "tasks" / "typed"
-    task.mkdir()
-    (task / "task.toml").write_text(
-        'keys = ["k"]\npath = "{k}/{day:%Y%m%d}.csv"\nformat = "csv"\nbatch_size = 1\n'
-        '[time]\ncolumn = "t"\nzone = "UTC"\n'
-        '[capture]\nmode = "scan"\ntable = "m"\nkeys = { k = "k" }\ntime = "t"\ncursor = "t"\n'
-    )
-    (task / "select.sql").write_text("SELECT k, t, v FROM m")
-    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as conn, conn:
-        conn.execute("CREATE TABLE m (k, t TEXT, v)")
-        conn.executemany(
-            "INSERT INTO m VALUES (?, ?, ?)",
-            [(1, "2024-11-02T10:00:00Z", "a"), ("1", "2024-11-02T11:00:00Z", "b")],
-        )
+    root = typed_project(tmp_path, 1, ledger)
     paused = _spawn(
         root, "run", "typed", "--limit", "1", "--json", env={"SLUICEGATE_TESTING__FAULT": "before_place"}
     )
@@ -1009,12 +1003,36 @@ def test_two_processes_never_write_partitions_whose_keys_differ_only_in_type_to_
     [status] = operations.status(load(root), ["typed"])
     assert (status["exported"], status["failed"]) == (1, 1), status
     [failure] = status["failures"]
-    kept = "a" if failure["partition"] == '["1","2024-11-02"]' else "b"
-    [written] = files(tmp_path / "out")
-    assert [row["v"] for row in read_csv(written)] == [kept]  # the exported partition's file is intact
-    error = failure["error"]
-    assert '[1,"2024-11-02"]' in error and '["1","2024-11-02"]' in error and "'1/20241102.csv'" in error
-    assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error
+    assert_one_type_twin_parked(failure, tmp_path / "out")
+
+
+def _claimed_for_one_file(
+    request: pytest.FixtureRequest, tmp_path: Path, dialect: str, partitions: int
+) -> tuple[Any, Callable[[], Ledger], list[ExportResult]]:
+    """The openaq task, how to open its ledger, and ``partitions`` of its partitions claimed
+    together, each with a result for the file same.csv (as keys that differ only in type render
+    one file), in the order of their keys."""
+    url = _url(request, tmp_path, dialect)
+    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
+    task = project.tasks["openaq"]
+
+    def ledger() -> Ledger:
+        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+
+    with ledger() as lg:
+        lg.ensure_schema()
+        lg.partitions.mark(
+            [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in range(1, partitions + 1)], task
+        )
+        claims = lg.partitions.claim(task, limit=partitions, lease=600)
+    return (
+        task,
+        ledger,
+        [
+            ExportResult(claim=c, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
+            for c in sorted(claims, key=lambda c: c.keys["location_id"])
+        ],
+    )
 
 
 @pytest.mark.mariadb
@@ -1028,10 +1046,7 @@ def test_a_file_locked_past_the_wait_names_the_task_and_a_file_and_gives_the_bat
     from sluicegate.drivers.partitioned_paths import SharedFiles
     from sluicegate.exceptions import LedgerError
 
-    url = _url(request, tmp_path, "mariadb")
-    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
-    task = project.tasks["openaq"]
-    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2, 3)]
+    task, ledger, [mine, late, third] = _claimed_for_one_file(request, tmp_path, "mariadb", 3)
     entered, release = threading.Event(), threading.Event()
 
     def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
@@ -1039,25 +1054,12 @@ def test_a_file_locked_past_the_wait_names_the_task_and_a_file_and_gives_the_bat
         assert release.wait(60)
         return held
 
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
-
     with ledger() as first, ledger() as second:
-        first.ensure_schema()
-        first.partitions.mark(parts, task)
-        one, two, three = sorted(first.partitions.claim(task, limit=3, lease=600), key=lambda c: c.id)
-        early = threading.Thread(
-            target=lambda: first.partitions.commit(
-                [ExportResult(claim=one, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)],
-                place,
-                SharedFiles(task),
-            )
-        )
+        early = threading.Thread(target=lambda: first.partitions.commit([mine], place, SharedFiles(task)))
         early.start()
         try:
             assert entered.wait(30)
-            empty = ExportResult(claim=three, path=None, rows=0, nbytes=0, checksum=None, published=True)
-            late = ExportResult(claim=two, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
+            empty = dataclasses.replace(third, path=None, rows=0, nbytes=0, checksum=None)
             with pytest.raises(LedgerError) as raised:
                 second.partitions.commit([empty, late], None, SharedFiles(task))
         finally:
@@ -1075,15 +1077,9 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
     """Two workers commit two partitions that render one file, at once: the second waits for the
     first's lock of the file (its rows are not locked: another partition), then sees its path
     recorded and may refuse it. Without the lock both passed the check, and both files were placed."""
-    url = _url(request, tmp_path, dialect)
-    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
-    task = project.tasks["openaq"]
-    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2)]
+    _task, ledger, [mine, theirs] = _claimed_for_one_file(request, tmp_path, dialect, 2)
     entered, release = threading.Event(), threading.Event()
     seen: list[list[tuple[str, str, str | None]]] = []
-
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
 
     def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
         entered.set()  # the file is being put in place, its lock held
@@ -1095,15 +1091,6 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
         return held if not taken else []
 
     with ledger() as first, ledger() as second:
-        first.ensure_schema()
-        first.partitions.mark(parts, task)
-        one, two = sorted(
-            first.partitions.claim(task, limit=2, lease=600), key=lambda c: c.keys["location_id"]
-        )
-        [mine, theirs] = [
-            ExportResult(claim=c, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
-            for c in (one, two)
-        ]
         done: dict[str, list[bool]] = {}
         early = threading.Thread(
             target=lambda: done.update(early=first.partitions.commit([mine], place, vet))
@@ -1120,7 +1107,7 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
         early.join(30)
         late.join(30)
     assert done == {"early": [True], "late": [False]}
-    assert seen == [[], [("same.csv", one.pkey, "UTC")]]
+    assert seen == [[], [("same.csv", mine.claim.pkey, "UTC")]]
 
 
 @pytest.mark.parametrize(
@@ -1133,13 +1120,7 @@ def test_a_commit_retried_on_a_new_connection_sees_a_commit_of_its_file_made_mea
     with it, and another worker commits another partition that renders that file (its file
     replaces ours). The retry on a new connection recorded ours as well, unchecked: both were
     exported to one file, which holds the other's rows only. It now checks again, and refuses."""
-    url = _url(request, tmp_path, dialect)
-    project = load(write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out")))
-    task = project.tasks["openaq"]
-    parts = [restore_partition(task, [loc, "2024-01-01"], "UTC") for loc in (1, 2)]
-
-    def ledger() -> Ledger:
-        return Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema)
+    _task, ledger, [mine, theirs] = _claimed_for_one_file(request, tmp_path, dialect, 2)
 
     def vet(held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]) -> Sequence[ExportResult]:
         return [r for r in held if all(pkey == r.claim.pkey for _, pkey, _ in taken)]
@@ -1147,15 +1128,6 @@ def test_a_commit_retried_on_a_new_connection_sees_a_commit_of_its_file_made_mea
     pid = "SELECT pg_backend_pid()" if dialect == "pg" else "SELECT CONNECTION_ID()"
     kill = "SELECT pg_terminate_backend(%s)" if dialect == "pg" else "KILL CONNECTION %s"
     with ledger() as first, ledger() as second, ledger() as admin:
-        first.ensure_schema()
-        first.partitions.mark(parts, task)
-        one, two = sorted(
-            first.partitions.claim(task, limit=2, lease=600), key=lambda c: c.keys["location_id"]
-        )
-        [mine, theirs] = [
-            ExportResult(claim=c, path="same.csv", rows=1, nbytes=1, checksum="c", published=True)
-            for c in (one, two)
-        ]
         [(session,)] = first.partitions.core.conn.execute(pid).fetchall()
         late: list[bool] = []
 

@@ -3,7 +3,6 @@ broken trigger tasks at install; and SQLite's time resolution, stated and consis
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
@@ -19,7 +18,7 @@ from sluicegate.destinations.s3 import S3Destination
 from sluicegate.engine import RunOptions
 from sluicegate.exceptions import BadPartitionValue
 from sluicegate.specs import DestinationSettings
-from support import Db, cli, files, load, read_csv, write_project
+from support import Db, assert_one_type_twin_parked, cli, files, load, read_csv, typed_project, write_project
 
 UTC = dt.UTC
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -297,21 +296,6 @@ def test_partitions_of_one_batch_that_render_to_one_file_park_the_later_ones(tmp
     assert [row["site"] for row in read_csv(written)] == [north + "1"]  # the first partition's row
 
 
-def _typed_project(tmp_path: Path, batch_size: int) -> Path:
-    """A task keyed on SQLite's untyped column k, its changes captured by a scan."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), capture="explicit")
-    task = root / "tasks" / "typed"
-    task.mkdir()
-    (task / "task.toml").write_text(
-        f'keys = ["k"]\npath = "{{k}}/{{day:%Y%m%d}}.csv"\nformat = "csv"\nbatch_size = {batch_size}\n'
-        '[time]\ncolumn = "t"\nzone = "UTC"\n'
-        '[capture]\nmode = "scan"\ntable = "m"\nkeys = { k = "k" }\ntime = "t"\ncursor = "t"\n'
-    )
-    (task / "select.sql").write_text("SELECT k, t, v FROM m")
-    return root
-
-
 @pytest.mark.parametrize(("batch_size", "runs"), [(1, 1), (500, 1), (500, 2)])
 def test_partitions_whose_keys_differ_only_in_type_never_replace_each_others_file(
     tmp_path: Path, batch_size: int, runs: int
@@ -320,13 +304,7 @@ def test_partitions_whose_keys_differ_only_in_type_never_replace_each_others_fil
     both render 1/20241102.csv. Only one batch was checked, so when they were claimed in different
     batches the second file replaced the first and both were recorded exported: row a or b was in
     no file (and in one batch the advice was to use every key whole in path, which it does)."""
-    root = _typed_project(tmp_path, batch_size)
-    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as conn, conn:
-        conn.execute("CREATE TABLE m (k, t TEXT, v)")
-        conn.executemany(
-            "INSERT INTO m VALUES (?, ?, ?)",
-            [(1, "2024-11-02T10:00:00Z", "a"), ("1", "2024-11-02T11:00:00Z", "b")],
-        )
+    root = typed_project(tmp_path, batch_size)
     # One batch, or one batch per partition (the first file still in flight), or one run per partition.
     summaries = [
         s for _ in range(runs) for s in engine.run(load(root), ["typed"], RunOptions(limit=3 - runs))
@@ -335,12 +313,7 @@ def test_partitions_whose_keys_differ_only_in_type_never_replace_each_others_fil
     [status] = operations.status(load(root), ["typed"])
     [failure] = status["failures"]
     assert failure["attempts"] == 1  # terminal: parked at once, not retried
-    kept = "a" if failure["partition"] == '["1","2024-11-02"]' else "b"
-    [written] = files(tmp_path / "out")
-    assert [row["v"] for row in read_csv(written)] == [kept]  # the exported partition's file is intact
-    error = failure["error"]
-    assert '[1,"2024-11-02"]' in error and '["1","2024-11-02"]' in error and "'1/20241102.csv'" in error
-    assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error
+    assert_one_type_twin_parked(failure, tmp_path / "out")
 
 
 def test_a_long_name_still_gets_a_temp_file_beside_its_target(tmp_path: Path) -> None:
