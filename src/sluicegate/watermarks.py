@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +91,11 @@ def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
     return sorted((r[0] for r in rows), key=str)
 
 
-def _gone_pending(task: TaskSpec, wm: WatermarkStore, found: Collection[str]) -> dict[str, Any]:
-    """Entities with a pending window that the source no longer has (every row deleted): a failed or
-    killed try may have placed the window's file, which their redo (no rows) deletes; left unfound,
-    never redone, that file of rows the source no longer has stayed published for good."""
-    rows = wm.entities(task.name)
+def _gone_pending(rows: Sequence[Mapping[str, Any]], found: Collection[str]) -> dict[str, Any]:
+    """Entities with a pending window (of the ledger's ``rows``) that the source no longer has
+    (every row deleted): a failed or killed try may have placed the window's file, which their redo
+    (no rows) deletes; left unfound, never redone, that file of rows the source no longer has
+    stayed published for good."""
     return {
         r["entity"]: r["entity"] for r in rows if r["pending_end"] is not None and r["entity"] not in found
     }
@@ -140,8 +140,9 @@ def plan_windows(
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
+    rows = wm.entities(task.name) if request.touches_watermarks else []  # read once, before any claim
     if not (request.entities or task.entities) and request.touches_watermarks:
-        values |= _gone_pending(task, wm, values)
+        values |= _gone_pending(rows, values)
     refused = _unkeyable(task, values)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     if not values and not refused:  # select.sql returned no row (a table that is empty yet)
@@ -149,7 +150,7 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    refused += _parked(task, wm, values, max_attempts)
+    refused += _parked(task, rows, values, max_attempts)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     cap, held, waits = capped_end(
         task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
@@ -221,13 +222,14 @@ def park(
 
 
 def _parked(
-    task: TaskSpec, wm: WatermarkStore, values: Collection[str], max_attempts: int
+    task: TaskSpec, rows: Sequence[Mapping[str, Any]], values: Collection[str], max_attempts: int
 ) -> list[dict[str, Any]]:
-    """An error note for each of ``values`` that is parked: held by a dead claim with no attempt
-    left, which no run takes over (see :func:`park`): a failure of each run until it is reset."""
+    """An error note for each of ``values`` that is parked (of the ledger's ``rows``): held by a dead
+    claim with no attempt left, which no run takes over (see :func:`park`): a failure of each run
+    until it is reset."""
     return [
         {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
-        for r in wm.entities(task.name)
+        for r in rows
         if r["entity"] in values
         and r["held"]
         and not r["claimed"]
