@@ -386,6 +386,11 @@ def test_a_file_path_naming_another_format_is_refused_at_load(
      # 02:30 comes twice the night the clocks go back: one UTC day, two ticks
      ('schedule = "30 2 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
       "2024-10-27T00:30:00Z and 2024-10-27T01:30:00Z"),
+     # a schedule without a tick in 2024 (its years: 2025 on), or whose years end 60 ticks on
+     ('schedule = "0 12 * * * 0 2025-2099"', "cur/{t:%H}.{ext}", "2025-01-01T12:00:00Z and 2025-01-02T12:00:00Z"),
+     ('schedule = "30 2 * * * 0 2025-2099"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
+      "2025-10-26T00:30:00Z and 2025-10-26T01:30:00Z"),
+     ('schedule = "0 0 1 1 * 0 2020-2030"', "cur/{t:%m%d}.{ext}", "2024-01-01T00:00:00Z and 2025-01-01T00:00:00Z"),
      ('every = "1h"', "cur/{t:%Y%m%d%H}.{ext}", None),
      ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}", None),
      ('every = "5m"', "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}", None)],

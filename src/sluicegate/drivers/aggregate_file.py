@@ -7,6 +7,7 @@ destination. A re-evaluation of the same tick writes the same path again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import ipaddress
@@ -84,19 +85,16 @@ def check_path(task: Task, where: str) -> None:
 
 
 def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
-    """Two ticks of the task whose files the path names alike, in order, or None: among a sample
-    tick, the 60 after it and those a minute, hour, day, ..., century from it; and the 60 ticks
+    """Two ticks of the task whose files the path names alike, in order, or None: among a first
+    tick (the sample's, or the schedule's first after it: "0 12 * * * 0 2025-2099" has none in
+    2024), the 60 after it and those a minute, hour, day, ..., century from it; and the 60 ticks
     from a day before each clock change of the schedule's zone in the year after it (02:30 comes
     twice the night the clocks go back)."""
-    try:
-        tick = due_tick(task, SAMPLE)
-        assert tick is not None
-        runs = [[*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))]]
-        if task.schedule is not None:
-            changes = clock_changes(task.schedule_zone, SAMPLE, SAMPLE + dt.timedelta(days=366))
-            runs += [_following(task, due_tick(task, at - dt.timedelta(days=1))) for at in changes]
-    except ValueError:  # croniter's CroniterBadDateError: the schedule's years end
-        return None
+    tick = _first_tick(task)
+    runs = [[*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))]]
+    if task.schedule is not None:
+        changes = clock_changes(task.schedule_zone, tick, tick + dt.timedelta(days=366))
+        runs += [_following(task, _first_tick(task, at - dt.timedelta(days=1))) for at in changes]
     for run in runs:
         named: dict[str, dt.datetime] = {}
         for at in run:
@@ -105,15 +103,30 @@ def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
     return None
 
 
-def _following(task: Task, tick: dt.datetime | None) -> list[dt.datetime]:
-    """``tick`` and the 60 ticks after it."""
+def _first_tick(task: Task, at: dt.datetime = SAMPLE) -> dt.datetime:
+    """The latest tick at or before ``at``, or the schedule's first after it when it has none."""
     from croniter import croniter
 
+    try:
+        tick = due_tick(task, at)
+    except ValueError:  # croniter's CroniterBadDateError: the schedule's years start later
+        local = croniter(task.schedule, at.astimezone(zone_of(task.schedule_zone)))
+        return local.get_next(dt.datetime).astimezone(dt.UTC)  # type: ignore[no-any-return]
     assert tick is not None
+    return tick
+
+
+def _following(task: Task, tick: dt.datetime) -> list[dt.datetime]:
+    """``tick`` and the 60 ticks after it (fewer where the schedule's years end)."""
+    from croniter import croniter
+
     if task.schedule is None:
         return [tick + dt.timedelta(seconds=(task.every or 0) * k) for k in range(61)]
-    local = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone)))
-    return [tick, *(local.get_next(dt.datetime).astimezone(dt.UTC) for _ in range(60))]
+    local, ticks = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone))), [tick]
+    with contextlib.suppress(ValueError):  # croniter's CroniterBadDateError: the schedule's years end
+        while len(ticks) < 61:
+            ticks.append(local.get_next(dt.datetime).astimezone(dt.UTC))
+    return ticks
 
 
 def _is_tick(task: Task, at: dt.datetime) -> bool:
