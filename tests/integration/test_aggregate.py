@@ -391,6 +391,10 @@ def test_a_file_path_naming_another_format_is_refused_at_load(
      ('schedule = "30 2 * * * 0 2025-2099"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
       "2025-10-26T00:30:00Z and 2025-10-26T01:30:00Z"),
      ('schedule = "0 0 1 1 * 0 2020-2030"', "cur/{t:%m%d}.{ext}", "2024-01-01T00:00:00Z and 2025-01-01T00:00:00Z"),
+     # the ISO week-year ends near new year, not at it: %Y with %V, %G with %m%d
+     ('schedule = "0 0 * * 1"', "cur/{t:%Y/W%V}.{ext}", "2024-01-01T00:00:00Z and 2024-12-30T00:00:00Z"),
+     ('every = "1d"', "cur/{t:%G%m%d}.{ext}", "2025-12-29T00:00:00Z and 2026-12-29T00:00:00Z"),
+     ('schedule = "0 0 * * 1"', "cur/{t:%G/W%V}.{ext}", None),
      ('every = "1h"', "cur/{t:%Y%m%d%H}.{ext}", None),
      ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}", None),
      ('every = "5m"', "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}", None)],

@@ -87,11 +87,14 @@ def check_path(task: Task, where: str) -> None:
 def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
     """Two ticks of the task whose files the path names alike, in order, or None: among a first
     tick (the sample's, or the schedule's first after it: "0 12 * * * 0 2025-2099" has none in
-    2024), the 60 after it and those a minute, hour, day, ..., century from it; and the 60 ticks
-    from a day before each clock change of the schedule's zone in the year after it (02:30 comes
-    twice the night the clocks go back)."""
+    2024), the 60 after it and those a minute, hour, day, ..., century from it; those around new
+    years (ISO weeks); and the 60 ticks from a day before each clock change of the schedule's zone
+    in the year after it (02:30 comes twice the night the clocks go back)."""
     tick = _first_tick(task)
-    runs = [[*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))]]
+    runs = [
+        [*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))],
+        _new_years(task),
+    ]
     if task.schedule is not None:
         changes = clock_changes(task.schedule_zone, tick, tick + dt.timedelta(days=366))
         runs += [_following(task, _first_tick(task, at - dt.timedelta(days=1))) for at in changes]
@@ -101,6 +104,18 @@ def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
             if (other := named.setdefault(render_path(task, at), at)) != at:
                 return min(at, other), max(at, other)
     return None
+
+
+def _new_years(task: Task) -> list[dt.datetime]:
+    """The ticks due on each day from 28 December to 4 January around the new years of 2023 to 2030
+    (Jan 1 on each weekday): where ISO week-years end and start, so ``{t:%Y/W%V}`` names both
+    2024-01-01 and 2024-12-30 "2024/W01", and ``{t:%G%m%d}`` both 2026-01-01 and 2027-01-01."""
+    ticks = []
+    for year in range(SAMPLE.year - 1, SAMPLE.year + 7):
+        for day in range(-4, 4):
+            with contextlib.suppress(ValueError):  # before or after the schedule's years
+                ticks.append(due_tick(task, SAMPLE.replace(year=year, day=1) + dt.timedelta(days=day)))
+    return [t for t in ticks if t is not None]
 
 
 def _first_tick(task: Task, at: dt.datetime = SAMPLE) -> dt.datetime:
