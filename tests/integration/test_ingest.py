@@ -425,6 +425,28 @@ def test_a_mariadb_server_without_strict_mode_truncates_nothing(tmp_path: Path, 
     assert _raw(mariadb_url) == []
 
 
+def test_a_mariadb_server_in_oracle_mode_parks_a_malformed_message(tmp_path: Path, mariadb_url: str) -> None:
+    """With sql_mode = 'ORACLE' BODY is a reserved word: every ingest failed creating its log
+    tables with "You have an error in your SQL syntax ... near 'body LONGTEXT NOT NULL'"."""
+    root = airmax_project(tmp_path / "proj", mariadb_url)
+    admin = tables.TableDb(mariadb_url)
+    mode = admin.query("SELECT @@GLOBAL.sql_mode")[1][0][0]
+    admin.execute("SET GLOBAL sql_mode = 'ORACLE'")
+    try:
+        batch = tmp_path / "b.jsonl"
+        batch.write_text(line("ok") + "\n" + line("bad", value="x") + "\n")
+        summary = operations.ingest(load(root), TASK, batch.open())
+        again = operations.ingest(load(root), TASK, batch.open())
+    finally:
+        admin.execute(f"SET GLOBAL sql_mode = '{mode}'")
+        admin.close()
+    assert (summary.inserted, summary.malformed_count, summary.parked) == (1, 1, 1), summary
+    assert (again.inserted, again.duplicates, again.already_parked) == (0, 1, 1), again
+    assert _query(mariadb_url, "SELECT message_id, body FROM {log}parked") == [
+        ("bad", line("bad", value="x"))
+    ]
+
+
 @pytest.mark.parametrize(
     ("backend", "id_type"),
     [

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS {t}ingest_parked (
     message_id LONGTEXT,
     -- ids of any length are unique through their digest (an index on the text would cap it)
     message_key BINARY(32) AS (UNHEX(SHA2(message_id, 256))) STORED,
-    body LONGTEXT NOT NULL,
+    -- quoted: BODY is a reserved word in sql_mode ORACLE (a server's mode, which sessions keep)
+    `body` LONGTEXT NOT NULL,
     error TEXT NOT NULL,
     parked_at DOUBLE NOT NULL,
     UNIQUE KEY {t}ingest_parked_message_idx (task, message_key)
@@ -41,11 +42,11 @@ VALUES (%(task)s, %(received)s, %(inserted)s, %(duplicates)s, %(malformed)s, %(m
 -- In the transaction of a batch's rows: a message that could not be ingested, kept with the reason
 -- (once per message id: a redelivered one is not parked twice; NULL ids never collide in the
 -- unique key, so one without an id is kept once per body by the NOT EXISTS).
-INSERT INTO {t}ingest_parked (task, message_id, body, error, parked_at)
+INSERT INTO {t}ingest_parked (task, message_id, `body`, error, parked_at)
 SELECT %(task)s, %(message_id)s, %(body)s, %(error)s, UNIX_TIMESTAMP(NOW(6)) FROM DUAL
 WHERE %(message_id)s IS NOT NULL
    OR NOT EXISTS (SELECT 1 FROM {t}ingest_parked p
-                  WHERE p.task = %(task)s AND p.message_key IS NULL AND p.body = %(body)s)
+                  WHERE p.task = %(task)s AND p.message_key IS NULL AND p.`body` = %(body)s)
 ON DUPLICATE KEY UPDATE id = {t}ingest_parked.id;
 
 -- status --
@@ -57,4 +58,4 @@ FROM {t}ingest_batches WHERE task = %(task)s;
 
 -- parked --
 -- The latest parked messages of an ingest task.
-SELECT message_id, error, body, parked_at FROM {t}ingest_parked WHERE task = %(task)s ORDER BY id DESC LIMIT %(limit)s;
+SELECT message_id, error, `body`, parked_at FROM {t}ingest_parked WHERE task = %(task)s ORDER BY id DESC LIMIT %(limit)s;
