@@ -101,6 +101,13 @@ def _gone_pending(rows: Sequence[Mapping[str, Any]], found: Collection[str]) -> 
     }
 
 
+def _gone(rows: Sequence[Mapping[str, Any]], found: Collection[str]) -> dict[str, Any]:
+    """Entities of the ledger's ``rows`` that the source no longer has, for a re-export of every
+    entity: its window of each has no rows, and deletes a file at that window's name (see the
+    driver's _unit); left out, that file of rows the source no longer has stayed published."""
+    return {r["entity"]: r["entity"] for r in rows if r["entity"] not in found}
+
+
 def _unkeyable(task: TaskSpec, values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Entities holding a NUL, each failed with why: the ledger's entity lists (JSON) end a text there."""
     why = f"holds a NUL character, which the ledger cannot keep; clean the {task.entity} values in select.sql"
@@ -140,9 +147,9 @@ def plan_windows(
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
     values = _entity_values(task, request, source)
-    rows = wm.entities(task.name) if request.touches_watermarks else []  # read once, before any claim
-    if not (request.entities or task.entities) and request.touches_watermarks:
-        values |= _gone_pending(rows, values)
+    rows = wm.entities(task.name)  # read once, before any claim
+    if not (request.entities or task.entities):
+        values |= _gone_pending(rows, values) if request.touches_watermarks else _gone(rows, values)
     refused = _unkeyable(task, values)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     if not values and not refused:  # select.sql returned no row (a table that is empty yet)

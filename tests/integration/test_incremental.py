@@ -2297,10 +2297,13 @@ def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     assert row["pending_end"] is None and row["failed_end"] is None and row["watermark"] >= T
 
 
-def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["found", "entity-gone", "table-empty"])
+def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: Path, case: str) -> None:
     """A re-export (--ignore-watermark) of a window whose rows were deleted had no rows and left
     the window's earlier file in place: rows the source no longer has, published under the
-    window's own name, while a partition re-exported empty has its file deleted."""
+    window's own name, while a partition re-exported empty has its file deleted. A re-export of
+    every entity left out those with no row left at all (not found in the source): their files
+    stayed."""
     url = f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
     rec = Records(url)
@@ -2308,9 +2311,11 @@ def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: 
     assert _run(root, export_type="daily", end=T).exported == 1
     [placed] = files(tmp_path / "out")
     rec.conn.execute("DELETE FROM records")
-    rec.add("s1", T + dt.timedelta(hours=1), "later")  # s1 is still found, after the window
+    if case != "table-empty":  # s1 still found, after the window; or only s2 is
+        rec.add("s1" if case == "found" else "s2", T + dt.timedelta(hours=1), "later")
     again = _run(root, **REEXPORT)
-    assert again.failed == 0 and again.entities[0]["rows"] == 0, again.entities
+    [s1] = [e for e in again.entities if e["entity"] == "s1"]
+    assert again.failed == 0 and s1["rows"] == 0, again.entities
     assert files(tmp_path / "out") == []
     assert _deleted(root)[-1] == (placed.relative_to(tmp_path / "out").as_posix(), "deleted")
     assert _marks(root) == {"s1": T}
