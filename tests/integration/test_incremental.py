@@ -710,7 +710,8 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.ensure_schema()
         ledger.watermarks.ensure("studies", ["s1"])
-        ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone
+        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone,
+        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")  # exporting its window
         _expire_claims(ledger, attempts=2)
     parked = _run(root, export_type="daily", end=T)
     assert parked.failed == 1 and "s1: gave up after 3 attempts, max_attempts being 3" in parked.errors[0]
@@ -730,6 +731,28 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     assert {w["entity"]: w["failed_end"] for w in operations.watermarks(load(root), "studies")} == {
         "s1": None, "s2": None,
     }  # fmt: skip
+
+
+def test_a_dead_claim_that_stored_no_window_counts_no_attempt(url: str, tmp_path: Path) -> None:
+    """A run died holding s1 alone before it stored a window (it read none of s1's rows), with
+    nothing to export for s1. Taking it over counted an attempt, and giving it back as "nothing
+    to export" kept it: s1, at max_attempts - 1 from two deaths of its own, was parked by the next
+    run (attempts used up) though no third worker ever died exporting it."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    assert _run(root, export_type="daily", end=T).exported == 1
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.watermarks.claim("studies", ["s1"], lease=600)  # died before storing a window
+        _expire_claims(ledger, attempts=2)
+    empty = _run(root, export_type="daily", end=T)
+    assert empty.failed == 0 and empty.exported == 0, empty.entities
+    assert operations.watermarks(load(root), "studies")[0]["attempts"] == 2
+    rec.add("s1", T + dt.timedelta(hours=2), "s1-next")
+    later = _run(root, export_type="daily", end=T + dt.timedelta(days=1))
+    assert later.failed == 0, later.errors
+    assert _payloads(tmp_path) == ["s1", "s1-next"]
 
 
 def test_an_entity_owing_a_failed_reexport_is_taken_over_after_its_batch_dies(
@@ -806,7 +829,7 @@ def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
     """A run died holding three entities (one of them may have killed it): a claim takes none of
     them (it took them back together, an attempt each, to be read in one batch again); they are
     taken over one at a time, the oldest death first, each under a token of its own, an attempt
-    only for the one its dead claim held alone (the last)."""
+    only for the one its dead claim held alone (the last), its window stored."""
     project = load(_project(tmp_path, url))
     ledger_url = project.settings.ledger_url
     with Ledger(ledger_url, schema=project.settings.ledger_schema) as ledger:
@@ -814,6 +837,8 @@ def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
         wm = ledger.watermarks
         wm.ensure("studies", ["a", "b", "c", "d", "e"])
         dead = wm.claim("studies", ["a", "b", "c"], lease=600)
+        for c in dead:  # their windows stored: it died reading them
+            wm.set_pending(c, T - dt.timedelta(days=1), T, "daily")
         _expire_claims(ledger)
         [alive] = wm.claim("studies", ["d"], lease=600)
         assert [c.entity for c in wm.claim("studies", ["a", "b", "c", "d", "e"], lease=600)] == ["e"]

@@ -25,11 +25,11 @@ FOR UPDATE SKIP LOCKED;
 -- take_over --
 -- Lock one row of a dead claim (held under an expired lease, with an attempt left: one without is
 -- parked) of the given entities, the oldest
--- death first, and whether the dead claim held it alone (an attempt then; see
+-- death first, and whether the dead claim held it alone, its window stored (an attempt then; see
 -- postgresql/watermarks.sql; a row owing a failed re-export: neither, nor a bound). claim_take
 -- then takes it.
 SELECT w.id, NOT EXISTS (SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id)
-       AND NOT (w.failed_mode <=> 'reexport')
+       AND NOT (w.failed_mode <=> 'reexport') AND w.pending_end IS NOT NULL
 FROM {t}watermarks AS w
 WHERE w.task = %(task)s
   AND w.entity IN (

@@ -25,8 +25,10 @@ RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending
 -- take_over --
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked) of the given entities, the oldest
 -- death first, under a claim of its own: the rest of a batch that died with it go before an
--- entity that died alone later. An attempt only when the dead claim held it alone: nothing tells
--- which entity of a dead batch killed it, while one that died alone did. The attempts of a row
+-- entity that died alone later. An attempt only when the dead claim held it alone, its window
+-- stored (pending_end): nothing tells which entity of a dead batch killed it, while one that died
+-- alone exporting its window did (one that died before storing it read none of its rows, and its
+-- window may turn out empty: given back, that death counted towards parking it). The attempts of a row
 -- that owes a failed re-export are the re-export's (a commit keeps them, for redrive's bound):
 -- no death is counted on them, nor do they park the entity (attempts returned: 0).
 WITH candidate AS (
@@ -39,7 +41,7 @@ WITH candidate AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {t}watermarks AS w
-SET attempts = w.attempts + CASE WHEN w.failed_mode IS DISTINCT FROM 'reexport' AND NOT EXISTS (
+SET attempts = w.attempts + CASE WHEN w.failed_mode IS DISTINCT FROM 'reexport' AND w.pending_end IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id) THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s)

@@ -18,10 +18,11 @@ RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
 
 -- take_over --
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked), the oldest death first, alone
--- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone, and none on
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone, its window
+-- stored, and none on
 -- the attempts of a row owing a failed re-export, nor a bound (see postgresql/watermarks.sql).
 UPDATE {t}watermarks
-SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND NOT EXISTS (
+SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND pending_end IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM {t}watermarks AS o
         WHERE o.claim_token = {t}watermarks.claim_token AND o.id <> {t}watermarks.id) THEN 1 ELSE 0 END,
     claim_token = :token,
