@@ -157,7 +157,7 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    refused += _parked(task, rows, values, max_attempts)
+    refused += _parked(task, rows, values, max_attempts, dry=not claim)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     cap, held, waits = capped_end(
         task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
@@ -229,20 +229,25 @@ def park(
 
 
 def _parked(
-    task: TaskSpec, rows: Sequence[Mapping[str, Any]], values: Collection[str], max_attempts: int
-) -> list[dict[str, Any]]:
+    task: TaskSpec, rows: Sequence[Mapping[str, Any]], values: Collection[str], max_attempts: int,
+    *, dry: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
     """An error note for each of ``values`` that is parked (of the ledger's ``rows``): held by a dead
     claim with no attempt left, which no run takes over (see :func:`park`): a failure of each run
-    until it is reset."""
-    return [
-        {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
-        for r in rows
-        if r["entity"] in values
-        and r["held"]
-        and not r["claimed"]
-        and r["attempts"] >= max_attempts
-        and r["failed_mode"] != "reexport"  # those attempts are a re-export's: see take_over
-    ]
+    until it is reset. ``dry``: also each that the run previewed parks, taking over its dead claim
+    (its window stored) as its last attempt (one the dead claim held with others may not count)."""
+    notes = []
+    for r in rows:
+        if r["entity"] not in values or not r["held"] or r["claimed"] or r["failed_mode"] == "reexport":
+            continue  # a re-export's attempts: see take_over
+        if r["attempts"] >= max_attempts:
+            notes.append(
+                {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
+            )
+        elif dry and r["pending_end"] is not None and r["attempts"] + 1 >= max_attempts:
+            error = "would be parked: " + parked_error(task, r["attempts"] + 1, max_attempts)
+            notes.append({"entity": r["entity"], "rows": 0, "error": error})
+    return notes
 
 
 HELD = "another export holds this entity; nothing exported"

@@ -713,6 +713,11 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
         [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone,
         ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")  # exporting its window
         _expire_claims(ledger, attempts=2)
+    # A dry run listed s1's window as a redo to export: the run it previews parks s1 instead.
+    [dry] = engine.run(load(root), ["studies"], RunOptions(request=ExportRequest(end=T), dry_run=True))
+    assert [e["partition"]["entity"] for e in dry.plan] == ["s2"], dry.plan
+    [note] = [n for n in dry.entities if n["entity"] == "s1"]
+    assert "would be parked: gave up after 3 attempts, max_attempts being 3" in note["error"], note
     parked = _run(root, export_type="daily", end=T)
     assert parked.failed == 1 and "s1: gave up after 3 attempts, max_attempts being 3" in parked.errors[0]
     assert "run 'sluicegate reset studies --failed' to retry" in parked.errors[0]
