@@ -2292,7 +2292,13 @@ def _deleted(root: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "case", ["entity-gone", "table-empty", pytest.param("numeric-entity-gone", marks=pytest.mark.pg)]
+    "case",
+    [
+        "entity-gone",
+        "table-empty",
+        pytest.param("numeric-entity-gone", marks=pytest.mark.pg),
+        pytest.param("uuid-entity-gone", marks=pytest.mark.pg),
+    ],
 )
 def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     tmp_path: Path, case: str, request: pytest.FixtureRequest
@@ -2302,13 +2308,15 @@ def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     the file of rows the source no longer has stayed published for good, unrecorded, unlisted.
     An entity column of numbers (not integers, not text) names the gone entity by the ledger's
     text, which no source value has: the redo failed ("matches no value ... or wait for its
-    rows") on every run, its file left in place."""
-    numeric = case == "numeric-entity-gone"
-    url = request.getfixturevalue("pg_url") if numeric else f"sqlite:///{tmp_path / 'source.db'}"
+    rows") on every run, its file left in place. A uuid column compared it as text: "operator does
+    not exist: uuid = text" on every run."""
+    numeric, uuids = case == "numeric-entity-gone", case == "uuid-entity-gone"
+    url = request.getfixturevalue("pg_url") if numeric or uuids else f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
-    if numeric:
+    if numeric or uuids:
+        study = "('1' || substr(study_id, 2))::numeric" if numeric else "uuid_in(md5(study_id)::cstring)"
         (root / "tasks" / "studies" / "select.sql").write_text(
-            "SELECT record_id, ('1' || substr(study_id, 2))::numeric AS study_id, uploaded_on, payload FROM records"
+            f"SELECT record_id, {study} AS study_id, uploaded_on, payload FROM records"
         )
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
@@ -2323,19 +2331,29 @@ def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     assert again.failed == 0, again.entities
     assert placed not in files(tmp_path / "out")
     assert (placed.relative_to(tmp_path / "out").as_posix(), "deleted") in _deleted(root)
-    row = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}["11" if numeric else "s1"]
+    name = "11" if numeric else str(uuid.UUID(hashlib.md5(b"s1").hexdigest())) if uuids else "s1"
+    row = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}[name]
     assert row["pending_end"] is None and row["failed_end"] is None and row["watermark"] >= T
 
 
-@pytest.mark.parametrize("case", ["found", "entity-gone", "table-empty"])
-def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: Path, case: str) -> None:
+@pytest.mark.parametrize(
+    "case", ["found", "entity-gone", "table-empty", pytest.param("uuid-entity-gone", marks=pytest.mark.pg)]
+)
+def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(
+    tmp_path: Path, case: str, request: pytest.FixtureRequest
+) -> None:
     """A re-export (--ignore-watermark) of a window whose rows were deleted had no rows and left
     the window's earlier file in place: rows the source no longer has, published under the
     window's own name, while a partition re-exported empty has its file deleted. A re-export of
     every entity left out those with no row left at all (not found in the source): their files
     stayed."""
-    url = f"sqlite:///{tmp_path / 'source.db'}"
+    uuids = case == "uuid-entity-gone"
+    url = request.getfixturevalue("pg_url") if uuids else f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
+    if uuids:  # the gone entity read from the ledger's text as a uuid, not compared as text
+        (root / "tasks" / "studies" / "select.sql").write_text(
+            "SELECT record_id, uuid_in(md5(study_id)::cstring) AS study_id, uploaded_on, payload FROM records"
+        )
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
     assert _run(root, export_type="daily", end=T).exported == 1
@@ -2344,11 +2362,12 @@ def test_a_reexported_window_whose_rows_were_deleted_deletes_its_file(tmp_path: 
     if case != "table-empty":  # s1 still found, after the window; or only s2 is
         rec.add("s1" if case == "found" else "s2", T + dt.timedelta(hours=1), "later")
     again = _run(root, **REEXPORT)
-    [s1] = [e for e in again.entities if e["entity"] == "s1"]
+    name = str(uuid.UUID(hashlib.md5(b"s1").hexdigest())) if uuids else "s1"
+    [s1] = [e for e in again.entities if e["entity"] == name]
     assert again.failed == 0 and s1["rows"] == 0, again.entities
     assert files(tmp_path / "out") == []
     assert _deleted(root)[-1] == (placed.relative_to(tmp_path / "out").as_posix(), "deleted")
-    assert _marks(root) == {"s1": T}
+    assert _marks(root)[name] == T
 
 
 def test_a_redriven_reexport_whose_rows_were_deleted_deletes_its_file(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ class Column:
     scale: int | None = None
     as_text: bool = False
     zoneless: bool = False  # a time without a zone (MariaDB DATETIME): see ReadSpec.datetime_zone
+    uuid: bool = False  # an as_text column of PostgreSQL uuid values (an entity named in text is typed)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,6 +37,7 @@ KINDS: dict[int, ColumnKind] = {
     17: "binary",
 }
 REAL_OID = 700
+UUID_OID = 2950
 
 
 def name(column: str) -> sql.Identifier:
@@ -186,7 +187,7 @@ def column_of(desc: Any) -> Column:
     """The column of a result description: its kind, and how the read paths carry it."""
     kind = KINDS.get(desc.type_code)
     if kind is None:  # json, uuid, interval, arrays, ...: the server's text
-        return Column(name=desc.name, kind="text", as_text=True)
+        return Column(name=desc.name, kind="text", as_text=True, uuid=desc.type_code == UUID_OID)
     precision = 24 if desc.type_code == REAL_OID else desc.precision
     return Column(name=desc.name, kind=kind, precision=precision, scale=desc.scale)
 
