@@ -503,7 +503,7 @@ def test_iam_policy_is_json_and_grants_what_the_handler_uses() -> None:
     actions = {a for s in statements.values() for a in s["Action"]}
     for needed in (
         "s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:AbortMultipartUpload",
-        "s3:ListBucketMultipartUploads", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+        "sqs:ReceiveMessage", "sqs:DeleteMessage",
         "sqs:GetQueueAttributes", "logs:CreateLogStream", "logs:PutLogEvents",
         "ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface", "ec2:DescribeNetworkInterfaces",
     ):  # fmt: skip

@@ -286,13 +286,31 @@ def test_a_partition_parked_after_its_last_attempt_does_not_say_will_retry(tmp_p
 pytestmark = pytest.mark.s3
 
 
+def _left_by_a_dead_worker(dest: Any, path: str) -> None:
+    """A multipart upload of ``dest`` at ``path`` that its worker never finished nor aborted
+    (it lost the endpoint after the first part was sent, so its abort failed too)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    def lost(**_: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://gone")
+
+    client = dest.client
+    upload_part, abort = client.upload_part, client.abort_multipart_upload
+    client.complete_multipart_upload = client.abort_multipart_upload = lost
+    body = Path(tempfile.mkdtemp()) / "part"
+    body.write_bytes(b"x" * 100)
+    with pytest.raises(EndpointConnectionError):
+        dest._multipart(str(body), dest.key(path), {})
+    client.upload_part, client.abort_multipart_upload = upload_part, abort
+    del client.complete_multipart_upload
+
+
 def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
     from sluicegate.config import DestinationSettings
     from sluicegate.destinations import open_destination
 
     endpoint, bucket = s3_bucket
     client = _client(endpoint)
-    client.create_multipart_upload(Bucket=bucket, Key="open-data/left-by-a-dead-worker.csv.gz")  # type: ignore[attr-defined]
     client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours.csv.gz")  # type: ignore[attr-defined]
     # A sibling prefix that starts like ours ("open-data"): another tool's, not under our folder.
     client.create_multipart_upload(Bucket=bucket, Key="open-data-archive/backup.tar")  # type: ignore[attr-defined]
@@ -304,14 +322,39 @@ def test_cleanup_aborts_abandoned_multipart_uploads(tmp_path: Path, s3_bucket: t
     old = spool.stat().st_mtime - 3600
     os.utime(spool, (old, old))
     dest = open_destination(DestinationSettings(url=f"s3://{bucket}/open-data", endpoint_url=endpoint))
-    # (moto reports every upload as initiated in 2010, so the one-day rule cannot be seen here)
+    _left_by_a_dead_worker(dest, "records/left-by-a-dead-worker.csv.gz")
+    time.sleep(1.1)  # LastModified has whole seconds
     dest.upload_stale_after = 0  # type: ignore[attr-defined]
     assert dest.cleanup(older_than=0) >= 2  # the upload under the prefix, the dead spool (and others')
     left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])  # type: ignore[attr-defined]
     assert sorted(u["Key"] for u in left) == ["elsewhere/not-ours.csv.gz", "open-data-archive/backup.tar"]
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []  # type: ignore[attr-defined]
     assert not spool.exists()
     assert live.exists(), "the spool of a live process was removed"
     live.unlink()
+
+
+def test_cleanup_at_the_bucket_root_aborts_only_sluicegates_own_uploads(
+    s3_bucket: tuple[str, str],
+) -> None:
+    """With no prefix (or one shared with other tools), clean-up aborted every day-old multipart
+    upload in the bucket: other tools' uploads too, even under keys that look like an export's."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destinations import open_destination
+
+    endpoint, bucket = s3_bucket
+    client: Any = _client(endpoint)
+    theirs = ["backups/db.tar", "records/csv.gz/locationid=9/theirs.csv.gz", "x.csv.gz"]
+    for name in theirs:
+        client.create_multipart_upload(Bucket=bucket, Key=name)
+    dest: Any = open_destination(DestinationSettings(url=f"s3://{bucket}", endpoint_url=endpoint))
+    _left_by_a_dead_worker(dest, KEY)
+    time.sleep(1.1)  # LastModified has whole seconds
+    dest.upload_stale_after = 0
+    assert dest.cleanup(older_than=0) == 1
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert sorted(u["Key"] for u in left) == theirs
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []  # its record is gone too
 
 
 def test_a_cleanup_racing_another_runs_cleanup_goes_on(tmp_path: Path, s3_bucket: tuple[str, str]) -> None:
@@ -322,36 +365,49 @@ def test_a_cleanup_racing_another_runs_cleanup_goes_on(tmp_path: Path, s3_bucket
 
     endpoint, bucket = s3_bucket
     client: Any = _client(endpoint)
-    for name in ("a", "b"):
-        client.create_multipart_upload(Bucket=bucket, Key=f"open-data/{name}.csv.gz")
     dest: Any = open_destination(DestinationSettings(url=f"s3://{bucket}/open-data", endpoint_url=endpoint))
+    for name in ("a", "b"):
+        _left_by_a_dead_worker(dest, f"{name}.csv.gz")
+    time.sleep(1.1)
     dest.upload_stale_after = 0
-    abort = dest.client.abort_multipart_upload
+    abort, get = dest.client.abort_multipart_upload, dest.client.get_object
+    other: Any = open_destination(DestinationSettings(url=f"s3://{bucket}/open-data", endpoint_url=endpoint))
+    other.upload_stale_after = 0
 
     def raced(**request: Any) -> Any:
         if request["Key"].endswith("a.csv.gz"):  # the other run got there first
             client.abort_multipart_upload(**request)
         return abort(**request)
 
+    def raced_whole(**request: Any) -> Any:  # the other run cleaned up everything after our listing
+        if request["Key"] == sorted_markers[-1]:
+            other.cleanup(older_than=0)
+        return get(**request)
+
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="open-data/").get("Contents", [])
+    sorted_markers = sorted(o["Key"] for o in listed)
     dest.client.abort_multipart_upload = raced
-    dest.cleanup(older_than=3600)
+    dest.client.get_object = raced_whole
+    dest.cleanup(older_than=0)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
 
 def test_a_live_workers_multipart_upload_is_not_aborted_by_another_runs_cleanup(
     seaweed_bucket: tuple[str, str, str, str],
 ) -> None:
     """A large upload may outlast the lease (which its worker renews): only uploads started more
-    than a day ago are abandoned. SeaweedFS reports when an upload started; moto does not."""
+    than a day ago are abandoned."""
     from sluicegate.config import DestinationSettings
     from sluicegate.destinations import open_destination
 
     endpoint, bucket, key, secret = seaweed_bucket
     client = _client(endpoint, key, secret)
-    client.create_multipart_upload(Bucket=bucket, Key="open-data/in-progress.csv.gz")  # type: ignore[attr-defined]
     settings = DestinationSettings(
         url=f"s3://{bucket}/open-data", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
     )
+    _left_by_a_dead_worker(open_destination(settings), "in-progress.csv.gz")
+    time.sleep(1.1)
     open_destination(settings).cleanup(older_than=0)
     left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])  # type: ignore[attr-defined]
     assert [u["Key"] for u in left] == ["open-data/in-progress.csv.gz"]

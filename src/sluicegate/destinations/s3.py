@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import threading
 import uuid
@@ -39,6 +38,7 @@ from ..paths import shown
 from ..specs import DestinationSettings
 from ..validate import s3_bucket_problem
 from . import SpooledUpload, Staged, remove_stale_spools
+from .s3_multipart import MARKER_PREFIX, abort_abandoned, multipart, new_marker
 from .s3_session import CREDENTIALS_HINT, NO_CREDENTIALS, continue_only_for_large_bodies, shared_session
 
 if TYPE_CHECKING:
@@ -287,31 +287,9 @@ class S3Destination(SpooledUpload):
         }
 
     def _multipart(self, local_path: str, key: str, conditions: dict[str, str]) -> Any:
-        """A multipart upload with SHA-256 part checksums, completed under ``conditions``; its answer."""
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
-        upload_id = upload["UploadId"]
-        try:
-            parts: list[dict[str, Any]] = []
-            with open(local_path, "rb") as fh:
-                while chunk := fh.read(self.threshold):
-                    digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
-                    number = len(parts) + 1
-                    answer = self.client.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=chunk, ChecksumSHA256=digest,
-                    )  # fmt: skip
-                    parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
-            return self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **conditions,
-            )
-        except BaseException:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            raise
+        """A multipart upload (recorded until done: see s3_multipart), completed under ``conditions``."""
+        marker = self.key(new_marker())
+        return multipart(self.client, self.bucket, key, marker, local_path, self.threshold, conditions)
 
     def check_path(self, path: str) -> None:
         """Refuse an object key over S3's limit of 1,024 bytes."""
@@ -396,24 +374,13 @@ class S3Destination(SpooledUpload):
 
     def cleanup(self, older_than: float) -> int:
         """Remove dead processes' spools and probe objects older than ``older_than`` s, and abort
-        multipart uploads under the prefix started more than a day (at least ``older_than``) ago:
-        a live worker's large upload may well outlast its lease, which it renews."""
+        the multipart uploads sluicegate recorded under the prefix more than a day (at least
+        ``older_than``) ago: a live worker's large upload may well outlast its lease, which it
+        renews. Other tools' uploads, even under the prefix, are never aborted (s3_multipart)."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(older_than, self.upload_stale_after))
         aborted = remove_stale_spools(older_than)
-        # Only under the prefix as a folder: "exports" must not reach "exports-archive/...".
-        under = self.key("")
-        with self._errors(self.prefix):
-            uploads = self.client.get_paginator("list_multipart_uploads")
-            pages = uploads.paginate(Bucket=self.bucket, Prefix=under)
-            stale = [u for page in pages for u in page.get("Uploads", []) if u["Initiated"] < cutoff]
-            for upload in stale:
-                key, upload_id = upload["Key"], upload["UploadId"]
-                try:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                    aborted += 1
-                except ClientError as exc:  # another run's clean-up aborted it first: go on
-                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                        raise
+        with self._errors(self.key(MARKER_PREFIX)):
+            aborted += abort_abandoned(self.client, self.bucket, self.key(""), cutoff)
             # Probe objects of processes killed (or cut off) between the probe's PUT and DELETE.
             probes = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
             pages = self.client.get_paginator("list_objects_v2").paginate(
