@@ -286,3 +286,20 @@ def test_an_object_deleted_between_upload_and_check_is_retried_not_parked(store:
     second = _export(store)
     assert (second.exported, second.failed) == (1, 0), second
     _exactly_once(store)
+
+
+def test_a_request_the_endpoint_does_not_implement_is_a_terminal_failure(store: Store) -> None:
+    """A store that answers 501 NotImplemented (a header it does not support, such as the
+    SHA-256 checksum) answers so every time: it was retried as a transient outage, run after run."""
+    store.proxy.fail(method="PUT", path_regex=ONE_PUT, status=501, code="NotImplemented", times=None)
+    first = _export(store)
+    assert (first.exported, first.failed) == (1, 1), first
+    assert not store.exists(SMALL)
+    version, exported, token, failed, _, _, last_error = store.ledger()[SMALL]
+    assert (version, exported, token, bool(failed)) == (1, 0, None, True), store.ledger()[SMALL]
+    assert "will retry" not in last_error, last_error
+    assert (
+        store.proxy.url.split("//")[1] in last_error
+        and "does not implement the PutObject request" in last_error
+    )
+    assert _statuses(store, ONE_PUT) == [501, 501]  # the CRT's and botocore's: neither retries a 501

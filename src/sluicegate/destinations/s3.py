@@ -419,6 +419,13 @@ class S3Destination(SpooledUpload):
             if error.get("Code") == "NoSuchBucket":  # the bucket's fault, not the key's (a run's probe)
                 raise TerminalError(f"{self._no_bucket} (at {key})") from exc
             message = f"{where}: {error.get('Code', status)} {error.get('Message', '')}".strip()
+            if status == 501:  # the same request gets the same answer: no retry can cure it
+                said = " ".join(str(v) for k in ("Code", "Message", "Header") if (v := error.get(k)))
+                said = said.removeprefix("501").strip()  # a HEAD's answer has no body: "501 Not Implemented"
+                raise TerminalError(
+                    f"{self.endpoint} does not implement the {exc.operation_name} request sent for "
+                    f"s3://{self.bucket}/{key} (501 {said}); use an S3 store that implements it"
+                ) from exc
             if status >= 500 or status in (408, 429) or error.get("Code") in _RETRYABLE_CODES:
                 raise DestinationUnavailable(message + "; will retry") from exc
             raise TerminalError(message + "; check the bucket, credentials and permissions") from exc
