@@ -31,6 +31,7 @@ quotes from the source, the ledger or a task (a key value, an entity) goes throu
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 
@@ -95,9 +96,13 @@ class StopNow(SystemExit):
 
 def printable(value: Any) -> str:
     """A value from the source or the ledger for a message or a terminal line: as it is, or quoted
-    (``'a\\nb'``) when it holds a character a terminal would act on (a newline, an escape, a NUL)."""
+    (``'a\\nb'``) when it holds a character a terminal would act on (a newline, an escape, a NUL),
+    or when bare it would look like another value: empty, spaces at an end (``' s1'`` and ``s1``
+    are two entities), or a letter written in another Unicode form (``'e\\u0301'`` against ``é``)."""
     text = str(value)
-    return text if text.isprintable() else repr(text)
+    if not unicodedata.is_normalized("NFC", text):
+        return ascii(text)  # 'e\u0301': repr would print the same glyph as the composed letter
+    return text if text.isprintable() and text and text == text.strip() else repr(text)
 
 
 def is_transient(exc: BaseException) -> bool:

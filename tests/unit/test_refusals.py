@@ -657,6 +657,16 @@ def test_an_entity_or_tag_with_a_control_character_is_refused_and_never_printed_
     assert printable("site\x1b[31m") == "'site\\x1b[31m'" and printable("é-1 x") == "é-1 x"
 
 
+def test_values_that_would_look_like_others_are_printed_quoted() -> None:
+    """`watermark list` printed the entities " s1", "s1 " and "s1" alike (and a decomposed é like
+    the composed one), while `watermark forget` needs the exact value."""
+    from sluicegate.exceptions import printable
+
+    shown = [printable(v) for v in ("s1", " s1", "s1 ", "", "e\u0301", "\u00e9")]
+    assert shown == ["s1", "' s1'", "'s1 '", "''", "'e\\u0301'", "\u00e9"]
+    assert len(set(shown)) == len(shown)
+
+
 @pytest.mark.parametrize(
     "sqs,message",
     [
