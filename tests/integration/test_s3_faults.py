@@ -181,6 +181,20 @@ def test_a_connection_reset_mid_upload_leaves_no_object_and_is_retried(
     _exactly_once(store)
 
 
+def test_an_upload_aborted_under_a_live_worker_is_retried_not_parked(store: Store) -> None:
+    """Another run's clean-up aborted a live worker's day-old multipart upload (it outlasted
+    UPLOAD_STALE_AFTER): the next part's 404 NoSuchUpload parked a healthy partition. The next
+    attempt starts a new upload."""
+    rule = store.proxy.fail(method="PUT", path_regex=PART_2, status=404, code="NoSuchUpload", times=1)
+    first = _export(store)
+    assert (first.exported, first.failed) == (1, 1), first
+    _waits_for_retry(store, BIG, "NoSuchUpload")
+    second = _export(store)
+    assert (second.exported, second.failed) == (1, 0), second
+    assert rule.hits == 1 and _statuses(store, PART_2) == [404, 200]
+    _exactly_once(store)
+
+
 def test_a_single_put_damaged_on_the_way_is_sent_again_at_once(store: Store) -> None:
     """The CRT's PUT of location 2 arrives damaged: SeaweedFS answers 400 BadDigest (the SHA-256
     sent does not match the body it got), botocore sends the intact bytes again in the same

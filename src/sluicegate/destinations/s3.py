@@ -55,6 +55,7 @@ UPLOAD_STALE_AFTER = 24 * 3600.0  # seconds after which an unfinished multipart 
 _RETRYABLE_CODES = {
     *("BadDigest", "IncompleteBody", "XAmzContentSHA256Mismatch", "SlowDown", "RequestTimeout"),
     *("Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable"),
+    "NoSuchUpload",  # a live upload aborted by a clean-up (it outlasted a day): the next attempt starts anew
 }
 
 
