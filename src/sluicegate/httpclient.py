@@ -7,6 +7,8 @@ a blocks run makes a client per block, so the context is built once and shared.
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +26,39 @@ def tls_context() -> ssl.SSLContext:
 def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any = None) -> httpx.Client:
     """A client with the shared TLS context."""
     return httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
+
+
+# A request's whole answer must arrive within this many times the client's timeout, which is per
+# read: a server sending a few bytes a second, never idle for a whole timeout, held a unit for ever.
+WHOLE_ANSWER = 4
+
+
+def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """``client.request(method, url, **kwargs)``, its body read whole within ``WHOLE_ANSWER`` times the
+    client's read timeout of the request's start (else ``httpx.ReadTimeout``)."""
+    limit = WHOLE_ANSWER * (client.timeout.read or 60.0)
+    until = time.monotonic() + limit
+    with client.stream(method, url, **kwargs) as response:
+        message = f"the answer did not arrive whole within {limit:g} s ({WHOLE_ANSWER} times the timeout)"
+        response.stream = _Until(response.stream, until, response.request, message)
+        response.read()
+    return response
+
+
+class _Until(httpx.SyncByteStream):
+    """A response body that fails once its time is up, between the chunks that arrive."""
+
+    def __init__(self, inner: Any, until: float, request: httpx.Request, message: str) -> None:
+        self.inner, self.until, self.request, self.message = inner, until, request, message
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            if time.monotonic() > self.until:
+                raise httpx.ReadTimeout(self.message, request=self.request)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def refused(status: int, credentials: str, address: str) -> str:

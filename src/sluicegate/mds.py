@@ -9,7 +9,8 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
 ``token``
     a bearer token, sent as ``Authorization: Bearer <token>`` (optional);
 ``timeout``
-    seconds per request (default 30);
+    seconds the provider may be silent (default 30); a page's whole answer must arrive within
+    4 times that, or the request fails as a network error (transient);
 ``retries``
     how many times a page answering 503 or 429 is asked again, waiting its ``Retry-After``
     (capped at ``max_wait`` seconds, default 60) or 1, 2, 4 ... seconds (default 5);
@@ -162,7 +163,7 @@ def get_page(
     shown = mask_url(url)
     for attempt in range(retries + 1):
         try:
-            response = client.get(url, params=params)
+            response = httpclient.send(client, "GET", url, params=params)
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
         if response.status_code in (429, 503) and attempt < retries:

@@ -13,8 +13,8 @@ settings in its config (values may be Fernet tokens):
 ``columns``
     the record fields to send (default: every field);
 ``batch``
-    records per request, 1 to 100000 (default 1000); ``timeout`` per request, seconds or a
-    duration such as ``"90s"`` (default 60);
+    records per request, 1 to 100000 (default 1000); ``timeout`` per read, seconds or a
+    duration such as ``"90s"`` (default 60; a whole answer must arrive within 4 times that);
 ``row_identifier``
     the dataset's row identifier field, only for a portal without Socrata's views API
     (optional; where the API answers, it must agree).
@@ -179,7 +179,7 @@ def _send(client: httpx.Client, method: str, url: str, batch: list[dict[str, Any
     """The portal's answer; a failure to reach it, a 5xx or a 429 is transient."""
     shown = mask_url(url)
     try:
-        response = client.request(method, url, json=batch)
+        response = httpclient.send(client, method, url, json=batch)
     except httpx.HTTPError as exc:
         raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
     if response.status_code >= 500 or response.status_code == 429:

@@ -5,6 +5,7 @@ ledger: claims, leases and fencing run on both), real CLI processes, SIGKILL."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1034,3 +1036,64 @@ def test_a_changed_artifact_is_uploaded_once_on_s3(
     [obj] = s3_client.list_objects_v2(Bucket=bucket, Prefix="extract/")["Contents"]
     body = s3_client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     assert len(list(read_records(body, where="trips.jsonl"))) == 7
+
+
+class _Dripping:
+    """A raw HTTP server that answers 200 with a long body sent a byte every 0.1 s, for 15 s at most:
+    never idle for a whole read timeout."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.rfile.readline()
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                )
+                self.wfile.flush()
+                for _ in range(150):
+                    with contextlib.suppress(OSError):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    time.sleep(0.1)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def __enter__(self) -> _Dripping:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("callable_", ["mds", "socrata"])
+def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(callable_: str) -> None:
+    """A server sending a byte a second is never idle for a whole timeout (which httpx counts per
+    read): the request waited as long as the server kept sending, and the unit hung."""
+    from sluicegate import mds, socrata
+    from sluicegate.exceptions import TransientError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="x", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    started = time.monotonic()
+    with _Dripping() as server, pytest.raises(TransientError) as caught:
+        if callable_ == "mds":
+            list(mds.trips(block, {"url": f"{server.url}/p?token=s3cr3t", "timeout": 0.5, "retries": 0}))
+        else:
+            config = {"url": server.url, "dataset": "d", "row_identifier": "a", "timeout": 0.5}
+            socrata.upsert(block, iter([{"a": 1}]), config)
+    assert time.monotonic() - started < 6
+    assert re.fullmatch(
+        rf"{re.escape(server.url)}/\S+: ReadTimeout: the answer did not arrive whole within 2 s \(4 times"
+        r" the timeout\); will retry",
+        str(caught.value),
+    ), caught.value
+    assert "s3cr3t" not in str(caught.value)
