@@ -1097,3 +1097,38 @@ def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(cal
         str(caught.value),
     ), caught.value
     assert "s3cr3t" not in str(caught.value)
+
+
+class _SlowPager(_Pager):
+    """A _Pager that takes 50 ms a page."""
+
+    def handle(self, request: Request) -> Response:
+        time.sleep(0.05)
+        return super().handle(request)
+
+
+@pytest.mark.pg
+def test_a_sigterm_stops_an_mds_extract_that_pages_new_trips_for_ever_between_pages(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    """A provider that served new trips on every page, linking to the next, kept the extract reading
+    after SIGTERM (the pipeline checks between chunks of 1000 records, and the stop only between
+    batches) until the provider gave up: the block failed, an attempt spent, instead of released."""
+    with _SlowPager(lambda n: [{"trip_id": f"t{n}", "provider_name": "lime"}]) as server:
+        keys = f'[keys.lime]\nurl = "{server.url}/p"\n'
+        root = write(tmp_path, pg_url, mds, portal, keys=keys)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-3-1-1"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 60
+        while len(server.records) < 5:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not page"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        pages = len(server.records)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert pages < 40, pages
+    status, attempts, *_, error, artifact = ledger(pg_url)[("lime", FIRST, "extract")]
+    assert (status, attempts, error, artifact) == ("pending", 0, None, None)
+    assert list((tmp_path / "out").rglob("trips.jsonl")) == []

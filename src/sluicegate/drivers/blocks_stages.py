@@ -26,7 +26,7 @@ from ..pipeline import Pipeline
 from ..records import MAX_MESSAGES, Fitting
 from ..sources import Column, ColumnKind, ReadSpec, Slice
 from ..timeblocks import StageBlock, path_fields
-from ..work import Outcome, Place, Previous, UnitFailed, WorkUnit
+from ..work import Deadline, Outcome, Place, Previous, UnitFailed, WorkUnit
 from . import Context
 from .blocks_config import StageSpec, callable_error, import_callable, loaded
 from .blocks_plan import LeasesExpired
@@ -365,11 +365,22 @@ class StageRunner:
                 where = f"{stage.callable} for {unit_key(claim)}"
                 try:
                     records = fn(stage_block(self.task, claim), self.task.config_for(stage, claim.key_value))
-                    yield from ((index, chunk) for chunk in _chunks(records, where))
+                    yield from ((index, chunk) for chunk in _chunks(self._until_stop(records), where))
+                except Deadline:
+                    raise
                 except (Exception, SystemExit) as exc:  # sys.exit() too: this block fails, the others go on
                     yield index, UnitFailed(callable_error(exc, where))
 
         return read
+
+    def _until_stop(self, records: Iterable[Any]) -> Iterator[Any]:
+        """``records``, asked for the next one only while the run is not told to stop and has time
+        left: an API that pages new trips for ever ignored SIGTERM (the pipeline checks between
+        chunks, of 1000 records), so its unit is released unfinished instead."""
+        for record in records:
+            yield record
+            if self.budget.stopped() or self.budget.over():
+                raise Deadline
 
     def _artifact_chunks(self, stage: StageSpec) -> Any:
         columns, keyed = stage.columns, loaded(self.task.stages)  # the table's rows: the last per key
