@@ -27,8 +27,9 @@ out. The metadata is read with the posts' credentials and answered like a post: 
 network errors are transient, 4xx terminal; a 404 is terminal too unless ``row_identifier``
 says which field the dataset upserts by (a portal without the views API cannot tell; that
 answer is not kept, so each publish goes by its own config's ``row_identifier``).
-A record without the row identifier is one of the portal's ``Errors`` (counted); a block none
-of whose records has it fails naming the field.
+A record without the row identifier is one of the portal's ``Errors`` (counted, and how many
+lacked it is the returned ``messages``, which the stage records); a block none of whose records
+has it fails naming the field.
 
 It returns the portal's counts: ``total`` records, ``processed`` (rows created, updated or
 deleted) and ``errors`` (the portal's ``Errors``), which the stage records. A 5xx answer and
@@ -54,8 +55,8 @@ from .secrets import reveal
 from .timeblocks import StageBlock
 
 
-def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping[str, Any]) -> dict[str, int]:
-    """Post ``records`` to the dataset in batches; return the summed counts."""
+def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Post ``records`` to the dataset in batches; return the summed counts (and why records failed)."""
     for name in ("url", "dataset"):
         if name not in config:
             raise ConfigError(f"sluicegate.socrata:upsert for {block.key_value or block.task}: set {name}")
@@ -77,7 +78,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     stated = config.get("row_identifier")
     if stated is not None and not (isinstance(stated, str) and stated):
         raise ConfigError(f"{where}: row_identifier {stated!r} is not a field name")
-    counts = {"total": 0, "processed": 0, "errors": 0}
+    counts: dict[str, Any] = {"total": 0, "processed": 0, "errors": 0}
     keyless = 0  # records without the row identifier: the portal's Errors, which name no reason
     rows = iter(records)
     with httpclient.client(timeout=timeout, headers=headers, auth=auth) as client:
@@ -107,6 +108,12 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
             f" {dataset}, so the portal rejected every one: give the records a {key} field, then"
             " rerun with --incomplete-only"
         )
+    if keyless:  # the portal's Errors name no reason: say which records it could not match
+        have = "has" if keyless == 1 else "have"
+        counts["messages"] = [
+            f"{keyless} of the {counts['total']} records {have} no {key}, the row identifier of dataset"
+            f" {dataset}, which the portal rejects: give every record a {key} field, then rerun with --force"
+        ]
     return counts
 
 

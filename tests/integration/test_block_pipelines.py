@@ -414,6 +414,12 @@ def test_a_stated_row_identifier_is_not_kept_for_the_next_publish_to_the_dataset
         assert counts["total"] == 1 and len(portal.upserts()) == 2
 
 
+ONE_KEYLESS = (
+    "1 of the 2 records has no trip_id, the row identifier of dataset mds-trips, which the portal"
+    " rejects: give every record a trip_id field, then rerun with --force"
+)
+
+
 def test_a_process_reads_a_datasets_metadata_once_but_not_a_refusal() -> None:
     """The metadata is read before the first post of a process, not before every block's; a
     dataset refused for want of a row identifier is read again (its settings may be fixed while
@@ -429,7 +435,7 @@ def test_a_process_reads_a_datasets_metadata_once_but_not_a_refusal() -> None:
         portal.datasets["mds-trips"] = Dataset(key="trip_id")  # the operator sets one
         for _ in range(2):
             counts = socrata.upsert(block, iter([{"trip_id": "a"}, {"other": 1}]), config)  # type: ignore[arg-type]
-            assert counts == {"total": 2, "processed": 1, "errors": 1}
+            assert counts == {"total": 2, "processed": 1, "errors": 1, "messages": [ONE_KEYLESS]}
         views = [c for c in portal.calls if c.record.path.startswith("/api/views/")]
         assert len(views) == 2 and len(portal.upserts()) == 2 and len(portal.rows("mds-trips")) == 1
 
@@ -452,7 +458,12 @@ def test_a_socrata_block_whose_records_all_lack_the_row_identifier_says_so(colum
             socrata.upsert(block, iter(records), config)  # type: ignore[arg-type]
         records[1]["trip_id"] = "t"
         counts = socrata.upsert(block, iter(records), config)  # type: ignore[arg-type]
-        assert counts == {"total": 3, "processed": 1, "errors": 2} and len(portal.rows("mds-trips")) == 1
+        assert counts["messages"] == [
+            "2 of the 3 records have no trip_id, the row identifier of dataset mds-trips, which the portal"
+            " rejects: give every record a trip_id field, then rerun with --force"
+        ]
+        assert (counts["total"], counts["processed"], counts["errors"]) == (3, 1, 2)
+        assert len(portal.rows("mds-trips")) == 1
 
 
 @pytest.mark.parametrize("batch", [0, "0", -1, "x", 2.5])
@@ -1132,3 +1143,35 @@ def test_a_sigterm_stops_an_mds_extract_that_pages_new_trips_for_ever_between_pa
     status, attempts, *_, error, artifact = ledger(pg_url)[("lime", FIRST, "extract")]
     assert (status, attempts, error, artifact) == ("pending", 0, None, None)
     assert list((tmp_path / "out").rglob("trips.jsonl")) == []
+
+
+@pytest.mark.pg
+def test_a_socrata_publish_whose_records_partly_lack_the_row_identifier_says_how_many(
+    tmp_path: Path, pg_url: str, portal: PortalDouble
+) -> None:
+    """Records without the row identifier are each one of the portal's Errors, which give no reason:
+    the publish was recorded done with 2 errors and no word of which records or why."""
+    (tmp_path / "tasks" / "trips").mkdir(parents=True)
+    (tmp_path / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+    )
+    (tmp_path / "feed_partly_keyless.py").write_text(
+        "def trips(block, config):\n    return [{'trip_id': 'a'}, {'tripId': 'b'}, {'other': 1}]\n"
+    )
+    (tmp_path / "tasks" / "trips" / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nstages = ["extract", "publish"]\n'
+        '[extract]\ncallable = "feed_partly_keyless:trips"\npath = "{stage}/{block:%Y%m%d%H}.jsonl"\n'
+        f'[publish]\ncallable = "sluicegate.socrata:upsert"\n[publish.config]\nurl = "{portal.url}"\n'
+        'dataset = "mds-trips"\n'
+    )
+    result = CliRunner().invoke(main, ["-C", str(tmp_path), "blocks", "trips", "--time-max", "2020-3-1-1"])
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(
+            "SELECT status, records_total, records_errors, error FROM sluicegate.blocks WHERE stage = 'publish'"
+        ).fetchone()
+    assert row is not None, (result.output, result.exception)
+    assert row[:3] == ("done", 3, 2), result.output
+    assert row[3] == (
+        "2 of the 3 records have no trip_id, the row identifier of dataset mds-trips, which the portal"
+        " rejects: give every record a trip_id field, then rerun with --force"
+    )

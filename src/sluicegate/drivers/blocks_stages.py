@@ -423,16 +423,18 @@ class StageRunner:
         try:
             fn = import_callable(stage.callable, self.task.folder.parent.parent, stage.name)
             config = self.task.config_for(stage, claim.key_value)
-            counts = _counts(fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable)
+            *counts, messages = _counts(
+                fn(stage_block(self.task, claim), self.artifact(claim), config), stage.callable
+            )
         except (Exception, SystemExit) as exc:  # a library's sys.exit() fails this block only
             self.recorder.failed(claim, callable_error(exc, f"{stage.callable} for {unit_key(claim)}"))
             return
-        total, processed, errors = counts
+        (total, processed, errors), reason = counts, "; ".join(messages) or "no reason given"
         if total and errors >= total:
-            rejected = DataError(f"all {total} records were rejected: no reason given")
-            self.recorder.failed(claim, rejected, counts=counts)
+            rejected = DataError(f"all {total} records were rejected: {reason}")
+            self.recorder.failed(claim, rejected, counts=(total, processed, errors))
             return
-        self.recorder.finish(stage_result(claim, total, processed, errors, [], stage.callable))
+        self.recorder.finish(stage_result(claim, total, processed, errors, messages, stage.callable))
 
     def _renew(self, claim: StageClaim) -> None:
         if time.monotonic() - self._renewed > self.lease / 3:
@@ -479,8 +481,9 @@ def _columns(stage: StageSpec) -> list[Column]:
     return [Column(name=name, kind=COLUMN_KIND[kind]) for name, kind in stage.columns]
 
 
-def _counts(counts: Any, where: str) -> tuple[int, int, int]:
-    """``(total, processed, errors)`` from what a callable returned (a mapping of counts)."""
+def _counts(counts: Any, where: str) -> tuple[int, int, int, list[str]]:
+    """``(total, processed, errors, messages)`` from what a callable returned (a mapping of counts,
+    and the first of its ``messages``, the reasons for its errors: without them, none was kept)."""
     if not isinstance(counts, Mapping):
         raise TerminalError(f"{where} returned {type(counts).__name__}, not counts such as {{'total': 10}}")
     try:
@@ -491,4 +494,7 @@ def _counts(counts: Any, where: str) -> tuple[int, int, int]:
         raise TerminalError(
             f"{where} must return counts such as {{'total': 10, 'processed': 9, 'errors': 1}}"
         ) from None
-    return total, processed, errors
+    messages = counts.get("messages", [])
+    if not (isinstance(messages, list) and all(isinstance(m, str) for m in messages)):
+        raise TerminalError(f"{where} returned messages {messages!r}, not a list of sentences")
+    return total, processed, errors, messages[:MAX_MESSAGES]
