@@ -13,7 +13,7 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
     4 times that, or the request fails as a network error (transient);
 ``retries``
     how many times a page answering 503 or 429 is asked again, waiting its ``Retry-After``
-    (capped at ``max_wait`` seconds, default 60) or 1, 2, 4 ... seconds (default 5);
+    (seconds or an HTTP date; capped at ``max_wait`` seconds, default 60) or 1, 2, 4 ... seconds (default 5);
 ``units``
     ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query.
 
@@ -32,6 +32,8 @@ address nobody configured): it is terminal, naming where it leads; so is, with a
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import math
 import time
 import urllib.parse
@@ -186,8 +188,18 @@ def get_page(
 
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else float(2**attempt)
+    """Seconds to wait: ``Retry-After`` in seconds or as an HTTP date (one was taken for none, and
+    the retries ran out inside the provider's window), else 1, 2, 4 ..."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return float(2**attempt)
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=dt.UTC)
+    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
 def _reason(response: httpx.Response) -> str:

@@ -1175,3 +1175,40 @@ def test_a_socrata_publish_whose_records_partly_lack_the_row_identifier_says_how
         "2 of the 3 records have no trip_id, the row identifier of dataset mds-trips, which the portal"
         " rejects: give every record a trip_id field, then rerun with --force"
     )
+
+
+class _Limited(HttpDouble):
+    """An MDS /trips API that answers its first request 429 with ``Retry-After: <after()>``."""
+
+    def __init__(self, after: Any) -> None:
+        super().__init__()
+        self.after = after
+
+    def handle(self, request: Request) -> Response:
+        if not self.records:
+            return Response(status=429, body={"error": "slow down"}, headers={"Retry-After": self.after()})
+        return Response(status=200, body={"data": {"trips": [{"trip_id": "a"}]}, "links": {"next": None}})
+
+
+@pytest.mark.parametrize("form", ["seconds", "date"])
+def test_an_mds_429_waits_its_retry_after_in_seconds_or_as_a_date(form: str) -> None:
+    """A Retry-After given as an HTTP date (as RFC 9110 allows) was taken for no Retry-After: the
+    page was asked again after 1 s, then 2, 4 ..., and the retries ran out inside the provider's
+    window."""
+    import email.utils
+
+    from sluicegate import mds
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    later = lambda: dt.datetime.now(UTC) + dt.timedelta(seconds=4)  # noqa: E731
+    after = (
+        (lambda: "3") if form == "seconds" else (lambda: email.utils.format_datetime(later(), usegmt=True))
+    )
+    with _Limited(after) as server:
+        assert [t["trip_id"] for t in mds.trips(block, {"url": f"{server.url}/p", "retries": 1})] == ["a"]
+        first, second = server.records
+    assert 2.5 <= second.at - first.at < 5
