@@ -6,8 +6,10 @@ a blocks run makes a client per block, so the context is built once and shared.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
+import zlib
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -40,22 +42,36 @@ def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Re
     until = time.monotonic() + limit
     with client.stream(method, url, **kwargs) as response:
         message = f"the answer did not arrive whole within {limit:g} s ({WHOLE_ANSWER} times the timeout)"
-        response.stream = _Until(response.stream, until, response.request, message)
+        gzipped = response.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip")
+        response.stream = _Until(response.stream, until, response.request, message, gzipped=gzipped)
         response.read()
     return response
 
 
 class _Until(httpx.SyncByteStream):
-    """A response body that fails once its time is up, between the chunks that arrive."""
+    """A response body that fails once its time is up, between the chunks that arrive; and, gzipped,
+    when it ends before the gzip stream does (httpx decodes a cut gzip body to part of the answer,
+    without error: a page cut short by a proxy was "not JSON", parked, where asking again works)."""
 
-    def __init__(self, inner: Any, until: float, request: httpx.Request, message: str) -> None:
+    def __init__(
+        self, inner: Any, until: float, request: httpx.Request, message: str, *, gzipped: bool
+    ) -> None:
         self.inner, self.until, self.request, self.message = inner, until, request, message
+        self.gzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+        self.started = False  # an empty body (a redirect's, a 429's) under gzip is no gzip stream
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.inner:
             if time.monotonic() > self.until:
                 raise httpx.ReadTimeout(self.message, request=self.request)
+            data, self.started = chunk, self.started or bool(chunk)
+            with contextlib.suppress(zlib.error):  # a corrupt body: httpx's decoder says so
+                while data and self.gzip is not None and not self.gzip.eof:
+                    self.gzip.decompress(data, 1 << 16)  # the output is httpx's to keep
+                    data = self.gzip.unconsumed_tail
             yield chunk
+        if self.gzip is not None and not self.gzip.eof and self.started:
+            raise httpx.DecodingError("the gzip-encoded answer ends before its end", request=self.request)
 
     def close(self) -> None:
         self.inner.close()

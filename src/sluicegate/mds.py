@@ -22,8 +22,8 @@ and pages are followed through ``links.next`` to the end (a ``links.next`` that 
 URL, or leads back to a page already served, is terminal: the paging loops; so are
 ``IDLE_PAGES`` pages in a row that serve no trip not served before, under new links). A
 trip served again on a later page (its ``trip_id`` seen before: offset paging while trips
-arrive) is yielded once. A 5xx answer (after the page's
-retries) and network errors are transient: the stage is retried with backoff. A 4xx
+arrive) is yielded once. A 5xx answer (after the page's retries) and network errors (a body
+cut short, gzipped or not, too) are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
 provider's ``error_description``. A redirect is not followed (the token would go to an
 address nobody configured): it is terminal, naming where it leads; so is, with a token, a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import gzip
 import json
 import os
 import re
@@ -1049,37 +1050,41 @@ def test_a_changed_artifact_is_uploaded_once_on_s3(
     assert len(list(read_records(body, where="trips.jsonl"))) == 7
 
 
-class _Dripping:
-    """A raw HTTP server that answers 200 with a long body sent a byte every 0.1 s, for 15 s at most:
-    never idle for a whole read timeout."""
+class _Raw:
+    """A raw HTTP server that answers each request with ``answer(wfile)`` (what the doubles cannot
+    send: a body that drips, a broken encoding)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Any) -> None:
         import socketserver
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                self.rfile.readline()
-                self.wfile.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                )
-                self.wfile.flush()
-                for _ in range(150):
-                    with contextlib.suppress(OSError):
-                        self.wfile.write(b" ")
-                        self.wfile.flush()
-                    time.sleep(0.1)
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                with contextlib.suppress(OSError):
+                    answer(self.wfile)
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
-    def __enter__(self) -> _Dripping:
+    def __enter__(self) -> _Raw:
         return self
 
     def __exit__(self, *_: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _drip(wfile: Any) -> None:
+    """200 with a long body sent a byte every 0.1 s, for 15 s at most: never idle for a read timeout."""
+    wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    wfile.flush()
+    for _ in range(150):
+        wfile.write(b" ")
+        wfile.flush()
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("callable_", ["mds", "socrata"])
@@ -1095,7 +1100,7 @@ def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(cal
         block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
     )  # fmt: skip
     started = time.monotonic()
-    with _Dripping() as server, pytest.raises(TransientError) as caught:
+    with _Raw(_drip) as server, pytest.raises(TransientError) as caught:
         if callable_ == "mds":
             list(mds.trips(block, {"url": f"{server.url}/p?token=s3cr3t", "timeout": 0.5, "retries": 0}))
         else:
@@ -1212,3 +1217,37 @@ def test_an_mds_429_waits_its_retry_after_in_seconds_or_as_a_date(form: str) -> 
         assert [t["trip_id"] for t in mds.trips(block, {"url": f"{server.url}/p", "retries": 1})] == ["a"]
         first, second = server.records
     assert 2.5 <= second.at - first.at < 5
+
+
+def _truncated_gzip(wfile: Any) -> None:
+    """200 with a gzip body cut short (its Content-Length says what was sent: no protocol error)."""
+    page = {"data": {"trips": [{"trip_id": str(i)} for i in range(50)]}, "links": {"next": None}}
+    body = gzip.compress(json.dumps(page).encode())[:-20]
+    wfile.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+@pytest.mark.parametrize("callable_", ["mds", "socrata"])
+def test_a_gzip_answer_cut_short_is_a_transient_error(callable_: str) -> None:
+    """A gzip body cut short (by a proxy, a dropped connection whose length was counted after the
+    cut) decoded without error to part of the page: "not JSON", parked, though asking again works."""
+    from sluicegate import mds, socrata
+    from sluicegate.exceptions import TransientError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="x", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    with _Raw(_truncated_gzip) as server, pytest.raises(TransientError) as caught:
+        if callable_ == "mds":
+            list(mds.trips(block, {"url": f"{server.url}/p", "retries": 0}))
+        else:
+            socrata.upsert(block, iter([{"a": 1}]), {"url": server.url, "dataset": "d"})
+    assert re.fullmatch(
+        rf"{re.escape(server.url)}/\S+: DecodingError: the gzip-encoded answer ends before its end; will retry",
+        str(caught.value),
+    ), caught.value
