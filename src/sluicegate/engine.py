@@ -15,9 +15,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .changes import FeedRun
+from .changes import MANIFESTS, FeedRun
+from .db import POSTGRESQL
 from .drivers import Context, Progress, kind_module
-from .exceptions import ConfigError, SluicegateError, UsageError
+from .exceptions import ConfigError, PermissionDenied, SluicegateError, UsageError
+from .masking import mask_url
 from .options import Budget, RunOptions, TaskSummary
 from .specs import Project, TaskBase
 
@@ -53,6 +55,7 @@ class Exporter:
     ) -> list[TaskSummary]:
         """Export every pending, complete unit of ``tasks`` once; return a summary per task."""
         budget = Budget.start(options.max_runtime, options.started, stop)
+        check_ledger_found(self.context, options)
         # Each pass names its manifests with a new run id; the service's with the id it answered
         # (POST /exports), so 'sluicegate changes --since RUN_ID' finds that run's manifests.
         self.context.feed_run = FeedRun(run=uuid.UUID(options.run_id).hex) if options.run_id else FeedRun()
@@ -120,6 +123,37 @@ class Exporter:
                 runs.record_task_error(task.name, error, config=config)
         except SluicegateError as exc:  # the ledger is down: the run's summary still says it
             log.warning("task %s: could not record its state on the ledger: %s", task.name, exc)
+
+
+def check_ledger_found(ctx: Context, options: RunOptions) -> None:
+    """ConfigError when the ledger records nothing but the destination holds a change feed: the
+    ledger was lost (a deleted file) or its URL or schema is mistyped, and a run would export
+    everything again as new (see ledger/found.py). One query, and while the ledger records
+    nothing, one listing of at most one manifest. ``options.new_ledger`` records that the
+    ledger was started there on purpose instead (but for a dry run)."""
+    s = ctx.project.settings
+    try:
+        if not s.destination.manifests or ctx.ledger.found.has_records():
+            return
+        if options.new_ledger:
+            if not options.dry_run:  # later runs take this ledger, though it may still record nothing
+                ctx.ledger.found.mark_new_ledger()
+            return
+        listed = ctx.destination.list_files(f"{MANIFESTS}/", most=1)
+    except PermissionDenied:  # a role without the owner's grants cannot have made a new ledger
+        return
+    except SluicegateError as exc:  # the ledger or destination is down: the tasks report it
+        log.warning("could not check that the ledger is the one of the destination: %s", exc)
+        return
+    if listed:
+        schema = f" (schema {s.ledger_schema})" if ctx.ledger.dialect is POSTGRESQL else ""
+        raise ConfigError(
+            f"the ledger at {mask_url(s.ledger_url)}{schema} records no export, but the destination "
+            f"{mask_url(s.destination.url)} already holds sluicegate's change feed ({MANIFESTS}/), so "
+            "the ledger looks lost or mistyped and a run would export everything again: fix [ledger] "
+            f"url or schema in {s.root / 'sluicegate.toml'}, restore the ledger from its backup, or "
+            "run with --new-ledger to start a new ledger over this output on purpose"
+        )
 
 
 def run(

@@ -47,6 +47,7 @@ class RunOptions:
     redrive: bool = False  # incremental tasks: re-run only the recorded failures
     run_id: str | None = None  # the caller (the HTTP service) recorded this run on the ledger under it
     blocks: BlockRequest | None = None  # blocks tasks: the range, key value and stages to run
+    new_ledger: bool = False  # run on a ledger that records nothing over a change feed (engine)
 
     @property
     def recorded(self) -> bool:

@@ -16,6 +16,7 @@ from sluicegate import engine, operations
 from sluicegate.destinations.local import LocalDestination
 from sluicegate.engine import Exporter, RunOptions
 from sluicegate.exceptions import ConfigError, DestinationUnavailable
+from sluicegate.ledger import Ledger
 from support import Db, cli, files, hours, load, read_csv, read_parquet, write_project
 
 UTC = dt.UTC
@@ -615,6 +616,29 @@ path = "csv/{provider}/{block:%Y%m%dT%H%M%z}.{ext}"
 format = "csv"
 columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
 """
+
+
+def test_a_ledger_that_records_nothing_over_a_change_feed_is_refused(tmp_path: Path, backend: str) -> None:
+    """An emptied ledger (and on PostgreSQL a mistyped [ledger] schema, which made a new one) over
+    a destination holding manifests: the run exported everything again as new; now it refuses
+    until RunOptions(new_ledger=True), after which the ledger is taken as it is."""
+    root, db = _setup(tmp_path, backend)
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert engine.run(load(root))[0].exported == 2
+    s = load(root).settings
+    if s.ledger_url.startswith("postgresql"):
+        toml = root / "sluicegate.toml"
+        toml.write_text(toml.read_text().replace("[ledger]", '[ledger]\nschema = "sluicegat"'))
+        with pytest.raises(ConfigError, match=r"\(schema sluicegat\) records no export"):
+            engine.run(load(root))
+        toml.write_text(toml.read_text().replace('schema = "sluicegat"', ""))
+    with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:  # restored from an empty backup
+        ledger.core.in_transaction(lambda cur: cur.execute(f"DELETE FROM {ledger.core.prefix}partitions"))
+    with pytest.raises(ConfigError, match=f"destination {tmp_path / 'out'} already holds"):
+        engine.run(load(root))
+    assert engine.run(load(root), options=RunOptions(new_ledger=True))[0].failed == 0
+    engine.run(load(root))
 
 
 @pytest.mark.mariadb

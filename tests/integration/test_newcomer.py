@@ -400,6 +400,25 @@ def test_demo_table_fits_80_columns_and_its_hints_run(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "openaq:" in proc.stdout, (hint, proc.stderr)
 
 
+def test_a_mistyped_or_lost_ledger_over_exported_files_is_refused_until_new_ledger(tmp_path: Path) -> None:
+    """A typo in [ledger] url (or a deleted ledger file) made run silently start a new, empty
+    ledger over the folder of earlier exports and their change feed."""
+    assert cli(tmp_path, "demo", str(tmp_path / "d"), "--rows", "2000", "--locations", "3").returncode == 0
+    assert cli(tmp_path / "d", "run", check=True).returncode == 0  # the demo's own ledger: no refusal
+    toml = tmp_path / "d" / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('schema = "sluicegate"', 'url = "sqlite:///ledgr.db"'))
+    for args in (("run",), ("run", "--dry-run")):
+        refused = cli(tmp_path / "d", *args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"the ledger at sqlite:///{tmp_path / 'd' / 'ledgr.db'} records no export" in refused.stderr
+        assert f"destination {tmp_path / 'd' / 'exports'} already holds" in refused.stderr
+        assert "--new-ledger" in refused.stderr and str(toml) in refused.stderr
+    assert cli(tmp_path / "d", "run", "--new-ledger", "--dry-run").returncode == 0
+    assert cli(tmp_path / "d", "run").returncode == 2  # a dry run took nothing on
+    assert cli(tmp_path / "d", "run", "--new-ledger").returncode == 0
+    assert cli(tmp_path / "d", "run").returncode == 0  # taken on purpose once: later runs go on
+
+
 def test_pyproject_licence_is_an_spdx_string() -> None:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "Apache-2.0"

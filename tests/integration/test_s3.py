@@ -17,7 +17,8 @@ import pytest
 
 from sluicegate import changes, engine, operations
 from sluicegate.destinations import open_destination
-from sluicegate.exceptions import TerminalError
+from sluicegate.exceptions import ConfigError, TerminalError
+from sluicegate.options import RunOptions
 from support import Db, cli, hours, load, write_project
 
 UTC = dt.UTC
@@ -73,6 +74,34 @@ def test_moto_publish_skip_unchanged_and_force(tmp_path: Path, s3_bucket: tuple[
     operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
     [restored] = engine.run(load(root))
     assert restored.exported == 1 and len(_rows(client, bucket, f"open-data/{KEY}")) == 24
+
+
+def test_a_run_on_a_lost_ledger_over_a_change_feed_on_s3_is_refused(
+    tmp_path: Path, s3_bucket: tuple[str, str]
+) -> None:
+    """A deleted ledger file made the next run create a new, empty ledger and start the feed over
+    without a word; now the run refuses until told --new-ledger (one listing of one manifest)."""
+    endpoint, bucket = s3_bucket
+    ledger = tmp_path / "ledger.db"
+    root = write_project(
+        tmp_path / "proj",
+        source=f"sqlite:///{tmp_path / 's.db'}",
+        destination=f"s3://{bucket}/feed",
+        destination_extra=f'endpoint_url = "{endpoint}"',
+        ledger=f"sqlite:///{ledger}",
+    )
+    db = Db(f"sqlite:///{tmp_path / 's.db'}")
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 48))
+    assert engine.run(load(root))[0].exported == 2
+    ledger.unlink()
+    with pytest.raises(ConfigError) as refused:
+        engine.run(load(root))
+    assert f"ledger at sqlite:///{ledger} records no export" in str(refused.value)
+    assert f"s3://{bucket}/feed already holds" in str(refused.value) and "--new-ledger" in str(refused.value)
+    assert engine.run(load(root), options=RunOptions(new_ledger=True))[0].failed == 0
+    engine.run(load(root))  # the new ledger, taken on purpose, is not refused again
 
 
 def test_an_object_replaced_by_other_bytes_of_the_same_size_is_uploaded_again(

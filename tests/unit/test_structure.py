@@ -19,6 +19,7 @@ from sluicegate.ledger import (
     ArchiveStore,
     BlockStore,
     CaptureStore,
+    FoundStore,
     IngestStore,
     PartitionStore,
     RunStore,
@@ -40,6 +41,7 @@ STORE_CLASSES: list[type[Store]] = [
     BlockStore,
     AggregateStore,
     IngestStore,
+    FoundStore,
 ]
 # Blocks that exist in some dialects only: SQLite adds columns with its own statements (PostgreSQL
 # uses ADD COLUMN IF NOT EXISTS in ensure_schema), and the archive lock of SQLite is a file lock.

@@ -56,6 +56,11 @@ COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as 
 @click.option("--entity", "entities", multiple=True, help="Incremental tasks: only these entities (repeat).")
 @click.option("--destination", help="Incremental tasks: send a re-export to this URL; watermarks untouched.")
 @click.option("--tag", help="Incremental tasks: a label stored on the run.")
+@click.option(
+    "--new-ledger",
+    is_flag=True,
+    help="Run on a ledger that records nothing although the destination holds a change feed.",
+)
 @handled
 def run(
     tasks: tuple[str, ...],
@@ -73,6 +78,7 @@ def run(
     entities: tuple[str, ...],
     destination: str | None,
     tag: str | None,
+    new_ledger: bool,
 ) -> None:
     """Export every pending, complete partition of TASKS (all by default)."""
     project = load()
@@ -98,6 +104,7 @@ def run(
         started=process_started(),
         dry_run=dry_run,
         request=request,
+        new_ledger=new_ledger,
     )
     run_loop(project, selected, options, every=every, as_json=as_json, names=tasks)
 

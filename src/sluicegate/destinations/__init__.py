@@ -24,7 +24,8 @@ Contract of every :class:`Destination`:
   a missing object is a TerminalError.
 * ``list_files(prefix, start_after)`` returns the relative paths of the published objects under
   ``prefix`` (a folder, ending with ``/``), sorted, those after ``start_after`` only; temp
-  files are not listed; a missing prefix lists nothing.
+  files are not listed; a missing prefix lists nothing. With ``most``, at most that many, found
+  with one listing (which ones, on a local folder, is unspecified): whether there are any.
 * ``verify(path, size, sha256, etag)`` raises DestinationUnavailable unless the published
   object at ``path`` has that size (and, where the store can tell, that SHA-256; on a store
   that gives ETags, the ETag its upload was answered with, when given).
@@ -181,8 +182,9 @@ class Destination(Protocol):
         """Raise DestinationUnavailable unless ``path`` holds exactly what was published."""
         ...
 
-    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
-        """Relative paths of the published objects under ``prefix``, sorted, after ``start_after``."""
+    def list_files(self, prefix: str, start_after: str = "", most: int | None = None) -> list[str]:
+        """Relative paths of the published objects under ``prefix``, sorted, after ``start_after``
+        (at most ``most``)."""
         ...
 
     def read(self, path: str) -> bytes:

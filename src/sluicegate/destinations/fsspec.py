@@ -99,7 +99,7 @@ class FsspecDestination(SpooledUpload):
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc}") from exc
 
-    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
+    def list_files(self, prefix: str, start_after: str = "", most: int | None = None) -> list[str]:
         """Files under ``prefix`` (relative, sorted), after ``start_after``."""
         base = self.root.rstrip("/") + "/"
         try:
@@ -109,7 +109,7 @@ class FsspecDestination(SpooledUpload):
         except OSError as exc:
             raise DestinationUnavailable(f"cannot list {self.display(prefix)}: {exc}") from exc
         found = [str(n)[len(base) :] if str(n).startswith(base) else str(n) for n in names]
-        return sorted(p for p in found if p > start_after)
+        return sorted(p for p in found if p > start_after)[:most]
 
     def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
         """The object must exist with ``size`` bytes."""

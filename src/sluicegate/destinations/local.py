@@ -250,17 +250,22 @@ class LocalDestination:
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc.strerror}") from exc
 
-    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
-        """Files under ``prefix`` (relative, sorted), after ``start_after``; temp files left out."""
+    def list_files(self, prefix: str, start_after: str = "", most: int | None = None) -> list[str]:
+        """Files under ``prefix`` (relative, sorted), after ``start_after``; temp files left out;
+        with ``most``, the walk stops once it found that many."""
         folder = self._target(prefix.rstrip("/"))
         found = []
         try:
             for dirpath, _dirs, names in os.walk(folder):
                 rel = Path(dirpath).relative_to(self.root).as_posix()
-                found += [f"{rel}/{n}" for n in names if not TEMP_NAME.fullmatch(n)]
+                found += [
+                    f"{rel}/{n}" for n in names if not TEMP_NAME.fullmatch(n) and f"{rel}/{n}" > start_after
+                ]
+                if most is not None and len(found) >= most:
+                    return sorted(found)[:most]
         except OSError as exc:
             raise DestinationUnavailable(f"cannot list {folder}: {exc.strerror}") from exc
-        return sorted(p for p in found if p > start_after)
+        return sorted(found)
 
     def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
         """Read the file back and compare its size and SHA-256 (files have no ETag)."""

@@ -333,15 +333,13 @@ class S3Destination(SpooledUpload):
                 raise
             return bytes(body.read())
 
-    def list_files(self, prefix: str, start_after: str = "") -> list[str]:
-        """Object keys under ``prefix`` (relative to the destination's prefix), after ``start_after``.
-
-        S3 lists keys in UTF-8 byte order, so ``start_after`` skips older manifest folders
-        without listing them.
-        """
+    def list_files(self, prefix: str, start_after: str = "", most: int | None = None) -> list[str]:
+        """Object keys under ``prefix`` (relative to the destination's prefix), after ``start_after``
+        (S3 lists keys in UTF-8 byte order: older manifest folders are skipped unlisted), ``most``."""
         base = self.key("")
         found: list[str] = []
-        extra = {"StartAfter": self.key(start_after)} if start_after else {}
+        extra: dict[str, Any] = {"StartAfter": self.key(start_after)} if start_after else {}
+        extra["PaginationConfig"] = {"MaxItems": most, "PageSize": most}  # one request for a few
         with self._errors(self.key(prefix)):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.key(prefix), **extra

@@ -14,6 +14,7 @@ store                     what it holds                               SQL file
 ``ledger.blocks``         (block, stage) rows of blocks tasks         ``blocks.sql``
 ``ledger.aggregates``     evaluations of aggregate tasks              ``aggregates.sql``
 ``ledger.ingest``         ingest log and parked messages (source db)  ``ingest.sql``
+``ledger.found``          whether it records anything (lost ledgers)  ``found.sql``
 ========================  ==========================================  ======================
 
 Every SQL block is named after the store method that runs it. A new task kind adds its own
@@ -32,6 +33,7 @@ from .blocks import BlockStore, RangeQuery, StageClaim, StageResult
 from .capture import CaptureStore
 from .claims import Claim, ExportResult
 from .core import SCHEMA_VERSION, LedgerCore, SchemaStore, Store
+from .found import FoundStore
 from .ingest import IngestStore
 from .partition_admin import TaskStatus
 from .partitions import PartitionStore
@@ -49,6 +51,7 @@ __all__ = [
     "CaptureStore",
     "Claim",
     "ExportResult",
+    "FoundStore",
     "IngestStore",
     "Ledger",
     "LedgerCore",
@@ -80,6 +83,7 @@ class Ledger:
         self.blocks = BlockStore(self.core)
         self.aggregates = AggregateStore(self.core)
         self.ingest = IngestStore(self.core)
+        self.found = FoundStore(self.core)
 
     @property
     def url(self) -> str:

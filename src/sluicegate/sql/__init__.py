@@ -21,6 +21,7 @@ DIALECTS = ("postgresql", "sqlite")
 PARTIAL_DIALECTS = ("mariadb",)
 STORES = (
     "schema", "partitions", "capture", "watermarks", "archive", "runs", "blocks", "aggregates", "ingest",
+    "found",
 )  # fmt: skip
 
 

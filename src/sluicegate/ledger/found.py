@@ -1,0 +1,25 @@
+"""Whether a ledger is the one of the destination's earlier runs (``engine.check_ledger_found``).
+
+A deleted SQLite ledger, or a mistyped ``[ledger] url`` or ``schema``, is a new, empty ledger:
+a run on it would export everything again as new and start the change feed over. An empty
+ledger over a destination that already holds a change feed is therefore refused, until
+``run --new-ledger`` records that it was started there on purpose.
+"""
+
+from __future__ import annotations
+
+from .core import Store
+
+
+class FoundStore(Store):
+    """Whether the ledger records anything; that it was started over existing output on purpose."""
+
+    SQL = "found"
+
+    def has_records(self) -> bool:
+        """Whether the ledger records any claim or export, or was started on purpose (False: new)."""
+        return bool(self._run("has_records").fetchone()[0])
+
+    def mark_new_ledger(self) -> None:
+        """Record that this ledger was started over existing output on purpose (run --new-ledger)."""
+        self.core.in_transaction(lambda cur: self._run("mark_new_ledger", cur))

@@ -1,0 +1,17 @@
+-- Whether this is the ledger of the destination's earlier runs (ledger/found.py): an empty
+-- ledger over a destination holding a change feed looks lost or mistyped (engine.check_ledger_found).
+-- Each block is named after the method that runs it. No task kind declares this store, so
+-- `sluicegate grants` gives an exporter role none of it: such a role cannot create a ledger.
+
+-- has_records --
+-- Whether the ledger records any claim or export. Not runs or schedule ticks: the service
+-- records those before its run starts.
+SELECT CASE WHEN EXISTS (SELECT 1 FROM {t}partitions) OR EXISTS (SELECT 1 FROM {t}watermarks)
+    OR EXISTS (SELECT 1 FROM {t}scans) OR EXISTS (SELECT 1 FROM {t}archive_runs)
+    OR EXISTS (SELECT 1 FROM {t}blocks) OR EXISTS (SELECT 1 FROM {t}aggregate_evaluations)
+    OR EXISTS (SELECT 1 FROM {t}meta WHERE key = 'new_ledger')
+    THEN 1 ELSE 0 END;
+
+-- mark_new_ledger --
+-- run --new-ledger: this ledger was started over existing output on purpose (has_records).
+INSERT INTO {t}meta (key, value) VALUES ('new_ledger', datetime('now')) ON CONFLICT (key) DO NOTHING;
