@@ -21,6 +21,7 @@ import pytest
 from sluicegate import capture, operations
 from sluicegate.engine import Exporter
 from sluicegate.ledger import Claim, ExportResult, Ledger
+from sluicegate.ledger.claims import PathTaken
 from sluicegate.partitions import restore_partition
 from support import (
     SLUICEGATE,
@@ -1079,14 +1080,14 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
     recorded and may refuse it. Without the lock both passed the check, and both files were placed."""
     _task, ledger, [mine, theirs] = _claimed_for_one_file(request, tmp_path, dialect, 2)
     entered, release = threading.Event(), threading.Event()
-    seen: list[list[tuple[str, str, str | None]]] = []
+    seen: list[list[PathTaken]] = []
 
     def place(held: Sequence[ExportResult]) -> Sequence[ExportResult]:
         entered.set()  # the file is being put in place, its lock held
         assert release.wait(30)
         return held
 
-    def vet(held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]) -> Sequence[ExportResult]:
+    def vet(held: Sequence[ExportResult], taken: list[PathTaken]) -> Sequence[ExportResult]:
         seen.append(taken)
         return held if not taken else []
 
@@ -1107,7 +1108,7 @@ def test_a_commit_waits_for_another_commit_of_its_file_and_then_sees_it(
         early.join(30)
         late.join(30)
     assert done == {"early": [True], "late": [False]}
-    assert seen == [[], [("same.csv", mine.claim.pkey, "UTC")]]
+    assert seen == [[], [("same.csv", mine.claim.pkey, "UTC", False)]]  # exported: not moving
 
 
 @pytest.mark.parametrize(
@@ -1122,8 +1123,8 @@ def test_a_commit_retried_on_a_new_connection_sees_a_commit_of_its_file_made_mea
     exported to one file, which holds the other's rows only. It now checks again, and refuses."""
     _task, ledger, [mine, theirs] = _claimed_for_one_file(request, tmp_path, dialect, 2)
 
-    def vet(held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]) -> Sequence[ExportResult]:
-        return [r for r in held if all(pkey == r.claim.pkey for _, pkey, _ in taken)]
+    def vet(held: Sequence[ExportResult], taken: list[PathTaken]) -> Sequence[ExportResult]:
+        return [r for r in held if all(pkey == r.claim.pkey for _, pkey, *_ in taken)]
 
     pid = "SELECT pg_backend_pid()" if dialect == "pg" else "SELECT CONNECTION_ID()"
     kill = "SELECT pg_terminate_backend(%s)" if dialect == "pg" else "KILL CONNECTION %s"

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -752,3 +753,61 @@ def test_a_path_naming_another_format_than_the_tasks_is_refused(
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert refused in checked.stderr and "end the path with .{ext}" in checked.stderr, checked.stderr
     assert "Traceback" not in checked.stderr
+
+
+def test_a_path_template_that_swaps_two_keys_moves_every_file_and_a_stale_file_is_still_kept(
+    tmp_path: Path,
+) -> None:
+    """`{site}/{day}.csv` changed to `{day}/{site}.csv`, then `reexport`: partition A's new path was
+    partition B's recorded one, and B's A's; the commit checked each against the other's stale record
+    and parked both ("would share the file ...; use every key whole in path": it does). Partitions
+    that are about to move give their old files up; one that is not (B up to date, only A changed)
+    keeps its file, and A is parked saying to reexport."""
+    root, db = _site_project(tmp_path)
+    days = ("2024-01-01", "2024-01-02")
+    for loc, site in enumerate(days, 1):
+        db.location(loc, "UTC", name=site)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC), dt.datetime(2024, 1, 2, 5, tzinfo=UTC)])
+    for site, day in zip(days, reversed(days), strict=True):
+        operations.mark(load(root), "bysite", {"site": site, "day": day})
+    assert engine.run(load(root), ["bysite"])[0].exported == 2
+    toml = root / "tasks/bysite/task.toml"
+    toml.write_text(toml.read_text().replace("{site}/{day}", "{day}/{site}"))
+    operations.mark(load(root), "bysite", {"site": days[0], "day": days[1]})  # A only: B keeps its file
+    [stale] = engine.run(load(root), ["bysite"])
+    assert (stale.exported, stale.failed) == (0, 1), stale.errors
+    assert "reexport bysite" in stale.errors[0] and "every key whole" not in stale.errors[0], stale.errors
+    cli(root, "reexport", "bysite", check=True)
+    [moved] = engine.run(load(root), ["bysite"])
+    assert (moved.exported, moved.failed) == (2, 0), moved.errors
+    out = tmp_path / "out"
+    for site, day in zip(days, reversed(days), strict=True):
+        rows = read_csv(out / day / f"{site}.csv")
+        assert {r["site"] for r in rows} == {site} and len(rows) == 1, (site, day, rows)
+    assert len(files(out)) == 2  # each old file was the other's new one
+
+
+def test_a_partition_without_rows_keeps_the_file_its_old_path_now_names_for_another(tmp_path: Path) -> None:
+    """After a key swap, partition A wrote its new file where B's old one was; B, without rows now,
+    deletes its recorded file when exported: that was A's new file, recorded exported."""
+    root, db = _site_project(tmp_path)
+    days = ("2024-01-01", "2024-01-02")
+    for loc, site in enumerate(days, 1):
+        db.location(loc, "UTC", name=site)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC), dt.datetime(2024, 1, 2, 5, tzinfo=UTC)])
+    pairs = list(zip(days, reversed(days), strict=True))
+    for site, day in pairs:
+        operations.mark(load(root), "bysite", {"site": site, "day": day})
+    assert engine.run(load(root), ["bysite"])[0].exported == 2
+    toml = root / "tasks/bysite/task.toml"
+    toml.write_text(toml.read_text().replace("{site}/{day}", "{day}/{site}"))
+    db.conn.execute("DELETE FROM measurements WHERE location_id = 2")
+    db.conn.commit()
+    for site, day in pairs:  # A first, then B
+        operations.mark(load(root), "bysite", {"site": site, "day": day})
+        time.sleep(0.01)
+    for _ in pairs:  # one commit each
+        [summary] = engine.run(load(root), ["bysite"], RunOptions(limit=1))
+        assert summary.failed == 0, summary.errors
+    rows = read_csv(tmp_path / "out" / days[1] / f"{days[0]}.csv")  # A's new file, B's old path
+    assert [r["site"] for r in rows] == [days[0]], rows

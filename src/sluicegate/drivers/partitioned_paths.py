@@ -11,6 +11,7 @@ file replaced the first and both partitions were recorded exported.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import types
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import BadPartitionValue, SluicegateError
 from ..ledger import ExportResult, PartitionStore
+from ..ledger.claims import PathTaken
 from ..partitions import file_of, restore_partition
 from ..pipeline import MAX_INFLIGHT
 from ..work import WorkUnit
@@ -27,9 +29,15 @@ if TYPE_CHECKING:
     from .partitioned import Task
 
 
-def shared_file(task: Task, first: str, second: str, path: str) -> BadPartitionValue:
-    """The error of partition ``second``, which would write ``first``'s file ``path``."""
+def shared_file(task: Task, first: str, second: str, path: str, *, stale: bool = False) -> BadPartitionValue:
+    """The error of partition ``second``, which would write ``first``'s file ``path``; ``stale``:
+    ``first`` recorded it under an earlier path template, and is not queued to move."""
     problem = f"partitions {first} and {second} would share the file {path!r}"
+    if stale:
+        return BadPartitionValue(
+            f"{problem}: {first} wrote it under an earlier path and is not queued to export again; run"
+            f" 'sluicegate reexport {task.name}' to move every partition of the task to its new path"
+        )
     a, b = json.loads(first), json.loads(second)
     typed = [
         (name, x, y)
@@ -60,10 +68,10 @@ def not_taken(
     is among the last MAX_INFLIGHT. The refused partitions leave it, and the oldest entries."""
     by_path = {u.path: u for u in units if u.path}
     refused: set[str] = set()
-    for path, pkey, zone in store.paths_taken(task.name, set(by_path)):
+    for path, pkey, zone, moving in store.paths_taken(task.name, set(by_path)):
         unit = by_path[path]
-        if unit.key != pkey and unit.key not in refused and _still_owns(task, pkey, zone, path):
-            fail(unit, shared_file(task, pkey, unit.key, path))
+        if unit.key != pkey and unit.key not in refused and (hold := _holds(task, pkey, zone, path, moving)):
+            fail(unit, shared_file(task, pkey, unit.key, path, stale=hold == "stale"))
             refused.add(unit.key)
             if owners.get(path) == unit.key:
                 del owners[path]
@@ -81,31 +89,54 @@ class SharedFiles:
         self.task = task
         self.refused: dict[int, SluicegateError] = {}
 
-    def __call__(
-        self, held: Sequence[ExportResult], taken: list[tuple[str, str, str | None]]
-    ) -> list[ExportResult]:
+    def __call__(self, held: Sequence[ExportResult], taken: list[PathTaken]) -> list[ExportResult]:
         by_path = {r.path: r for r in held if r.path}
-        for path, pkey, zone in taken:
-            mine = by_path[path]
-            if mine.claim.pkey != pkey and _still_owns(self.task, pkey, zone, path):
-                self.refused[mine.claim.id] = shared_file(self.task, pkey, mine.claim.pkey, path)
-        return [r for r in held if r.claim.id not in self.refused]
+        removed = {r.remove for r in held if r.remove}
+        held_by: dict[tuple[str, str], str] = {}  # (path, pkey) -> how that partition holds it
+        for path, pkey, zone, moving in taken:
+            mine = by_path.get(path)
+            if (path in removed or mine is None or mine.claim.pkey != pkey) and (
+                hold := _holds(self.task, pkey, zone, path, moving)
+            ):
+                held_by[path, pkey] = hold
+        for (path, pkey), hold in held_by.items():
+            mine = by_path.get(path)
+            if mine is not None and mine.claim.pkey != pkey:  # not a file to delete, nor our own
+                self.refused[mine.claim.id] = shared_file(
+                    self.task, pkey, mine.claim.pkey, path, stale=hold == "stale"
+                )
+        # A partition without rows deletes its recorded file: not one another partition holds (a
+        # path template changed: that one's new file is there now).
+        return [
+            dataclasses.replace(r, remove=None)
+            if any(path == r.remove and pkey != r.claim.pkey for path, pkey in held_by)
+            else r
+            for r in held
+            if r.claim.id not in self.refused
+        ]
 
     def verdicts(self, ids: Sequence[int], done: Sequence[bool]) -> list[bool | SluicegateError]:
         """Per claim id: whether it was recorded, or the error that refused its file."""
         return [self.refused.get(i, ok) for i, ok in zip(ids, done, strict=True)]
 
 
-def _still_owns(task: Task, pkey: str, zone: str | None, path: str) -> bool:
-    """Whether the partition ``pkey`` (cut in ``zone``) that recorded ``path`` would write or
-    delete it when exported again: not an hour retired by a zone change whose file the hour of
-    the same wall clock takes over (``partitions.superseded``), which neither writes nor deletes it."""
+def _holds(task: Task, pkey: str, zone: str | None, path: str, moving: bool) -> str | None:
+    """Whether the partition ``pkey`` (cut in ``zone``) that recorded ``path`` keeps it from another
+    partition: "clash" when it would write it again, or cannot be exported again (its file is its
+    last one); "stale" when it would write another file now (the path template changed) but is not
+    queued to (its file is its live export until then); None when it gives it up: queued to write
+    another file (a key swap's partitions take each other's files), or an hour retired by a zone
+    change whose file the hour of the same wall clock takes over (``partitions.superseded``)."""
     values = json.loads(pkey)
     if task.time is not None and zone is None:
-        return True  # not a partition of the task as it is now: its file is its last one
+        return "clash"  # not a partition of the task as it is now: its file is its last one
     try:
         part = restore_partition(task, values, zone)
         _, new, previous = file_of(task, values, part, types.SimpleNamespace(prev_path=path, attempts=0))
     except (SluicegateError, KeyError, TypeError, ValueError):
-        return True  # it cannot be restored (or exported) again: its file is its last one
-    return path in (new, previous)
+        return "clash"  # it cannot be restored (or exported) again: its file is its last one
+    if new == path:
+        return "clash"
+    if not new and previous is None:  # a retired hour: it neither writes nor deletes the file
+        return None
+    return None if moving else "stale"

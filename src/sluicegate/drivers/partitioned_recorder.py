@@ -31,7 +31,11 @@ class Recorder:
         by_id = {o.unit.handle.id: o for o in outcomes}
 
         def place_held(held: Sequence[ExportResult]) -> list[ExportResult]:
-            placed = [by_id[r.claim.id] for r in held]
+            # without a deletion SharedFiles dropped (another partition recorded that file)
+            placed = [
+                o if (o := by_id[r.claim.id]).remove == r.remove else dataclasses.replace(o, remove=None)
+                for r in held
+            ]
             place(placed)
             return [  # dataclasses.replace costs ~5 µs a file; a local file has no ETag
                 r if r.etag == o.etag else dataclasses.replace(r, etag=o.etag)
@@ -69,7 +73,7 @@ def _result(outcome: Outcome) -> ExportResult:
     """What the ledger records of an outcome (the ETag is added once the file is in place)."""
     return ExportResult(
         claim=outcome.unit.handle, path=outcome.path, rows=outcome.rows, nbytes=outcome.nbytes,
-        checksum=outcome.checksum, published=outcome.published,
+        checksum=outcome.checksum, published=outcome.published, remove=outcome.remove,
     )  # fmt: skip
 
 

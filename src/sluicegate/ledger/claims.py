@@ -47,10 +47,14 @@ class ExportResult:
     checksum: str | None
     published: bool
     etag: str | None = None
+    remove: str | None = None  # a recorded file its export deletes (it has no rows now)
 
 
 # Puts the files of the held results in place; returns them as they are to be recorded.
 Place = Callable[[Sequence[ExportResult]], Sequence[ExportResult]]
-# Given the held results and the (path, pkey, zone) of the task's partitions that recorded one of
-# their files, returns those that may take their files (the others are neither placed nor recorded).
-Vet = Callable[[Sequence[ExportResult], list[tuple[str, str, str | None]]], Sequence[ExportResult]]
+# A partition that recorded a file: (path, pkey, zone, moving: queued to export again, not parked).
+PathTaken = tuple[str, str, str | None, bool]
+# Given the held results and the partitions that recorded one of the files they write or delete,
+# returns those that may take their files (the others are neither placed nor recorded), without
+# the deletion of a file another partition recorded.
+Vet = Callable[[Sequence[ExportResult], list[PathTaken]], Sequence[ExportResult]]

@@ -26,7 +26,7 @@ from typing import Any
 from .. import db, paths
 from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
-from .claims import Claim, ExportResult, Place, Vet
+from .claims import Claim, ExportResult, PathTaken, Place, Vet
 from .core import pg_array
 from .partition_admin import PartitionAdmin, named_keys, settle_seconds
 
@@ -155,32 +155,36 @@ class PartitionStore(PartitionAdmin):
         cur = self._run("pending", task=task.name, limit=limit, settle=settle_seconds(task))
         return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
 
-    def paths_taken(
-        self, task: str, paths: Collection[str], cur: Any = None
-    ) -> list[tuple[str, str, str | None]]:
-        """``(path, pkey, zone)`` of the task's partitions that recorded one of ``paths``."""
+    def paths_taken(self, task: str, paths: Collection[str], cur: Any = None) -> list[PathTaken]:
+        """``(path, pkey, zone, moving)`` of the task's partitions that recorded one of ``paths``;
+        ``moving``: queued to export again, not parked."""
         if not paths:
             return []
         chosen = pg_array(paths) if self.core.dialect is db.POSTGRESQL else json.dumps(list(paths))
         rows = self._run("paths_taken", cur, task=task, paths=chosen).fetchall()
-        return [(path, pkey, zone) for path, pkey, zone in rows if path in paths]  # exact (MariaDB pads)
+        # exact (MariaDB pads)
+        return [(path, pkey, zone, bool(moving)) for path, pkey, zone, moving in rows if path in paths]
 
     def lock_paths(self, cur: Any, results: Sequence[ExportResult], names: list[str]) -> None:
-        """In ``cur``'s transaction: lock the files of ``results`` until it ends, waiting for another
-        worker's commit of one of them (SQLite: the transaction's write lock does). MariaDB's locks
-        last until :meth:`unlock_paths` frees ``names``."""
+        """In ``cur``'s transaction: lock the files of ``results`` (those they write or delete) until
+        it ends, waiting for another worker's commit of one of them (SQLite: the transaction's write
+        lock does). MariaDB's locks last until :meth:`unlock_paths` frees ``names``."""
         digests = sorted(
-            {hashlib.sha256(f"{r.claim.task}/{r.path}".encode()).hexdigest() for r in results if r.path}
+            {
+                hashlib.sha256(f"{r.claim.task}/{path}".encode()).hexdigest()
+                for r in results
+                for path in _files(r)
+            }
         )
         if self.core.dialect is db.POSTGRESQL and digests:
             self._run("lock_paths", cur, keys=pg_array(int(d[:16], 16) - (1 << 63) for d in digests))
         elif self.core.dialect is db.MARIADB and digests:
             names += [f"sluicegate file {d[:40]}" for d in digests]
             if any(got != 1 for (got,) in self._run("lock_paths", cur, names=json.dumps(names)).fetchall()):
-                named = next(r for r in results if r.path)  # a partition without rows has no file
+                named = next(r for r in results if _files(r))  # a partition without rows has no file
                 raise LedgerError(
                     f"another worker held one of the files of task {named.claim.task} this batch was to"
-                    f" put in place (such as {named.path}) for 10 s; its partitions are given back,"
+                    f" put in place (such as {_files(named)[0]}) for 10 s; its partitions are given back,"
                     " and the next run exports them"
                 )
 
@@ -260,7 +264,7 @@ class PartitionStore(PartitionAdmin):
         if vet is None or not held:
             return held
         self.lock_paths(cur, held, names)
-        return vet(held, self.paths_taken(held[0].claim.task, {r.path for r in held if r.path}, cur))
+        return vet(held, self.paths_taken(held[0].claim.task, {p for r in held for p in _files(r)}, cur))
 
     def hold(self, cur: Any, results: Sequence[ExportResult]) -> set[int]:
         """In ``cur``'s transaction: lock and return the ids of the claims still held under their tokens."""
@@ -363,6 +367,11 @@ class PartitionStore(PartitionAdmin):
     def release_rows(self, cur: Any, ids: Sequence[int], *, token: str) -> int:
         """MariaDB/MySQL: give back ``ids`` if still held under ``token``, in that order."""
         return self._each(cur, self.q["release_rows"], ids, token=uuid.UUID(token))
+
+
+def _files(result: ExportResult) -> list[str]:
+    """The files a result writes or deletes."""
+    return [p for p in (result.path, result.remove) if p]
 
 
 def _same_token(stored: Any, token: str) -> bool:
