@@ -103,6 +103,7 @@ class Row:
     forced: bool = False
     path: str | None = None
     changed: int = 0  # the step whose change made it pending: claims take the oldest first
+    alone: bool = False  # its claim held it alone from the start (a claim of one, a take-over)
 
 
 class Model:
@@ -252,6 +253,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.latest[self._key(c)] = c
             row = self.model.rows[self._key(c)]
             row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
+            row.alone = len(got) == 1
             assert (c.version, c.exported_version, c.attempts, c.forced) == (
                 row.version, row.exported, row.attempts, row.forced,
             )  # fmt: skip
@@ -261,7 +263,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(target=claims, worker=st.sampled_from([0, 1]))
     def take_over(self, worker: int) -> Any:
         """A worker takes over one partition of a dead claim, the oldest change first, alone: an
-        attempt only when the dead claim held it alone."""
+        attempt only when the dead claim held it alone from the start (not the last one left of a
+        dead batch)."""
         self._tick()
         got = self.ledgers[worker].partitions.take_over(self.task, lease=LEASE)
         dead = self.model.claimable(dead=True)
@@ -273,8 +276,9 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             self.latest[key] = c
             row = self.model.rows[key]
-            row.attempts += not any(r.token == row.token for r in self.model.rows.values() if r is not row)
+            row.attempts += row.alone
             row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
+            row.alone = True
             assert (c.version, c.exported_version, c.attempts, c.forced) == (
                 row.version, row.exported, row.attempts, row.forced,
             )  # fmt: skip

@@ -398,7 +398,9 @@ def test_a_dead_batch_is_taken_over_one_partition_at_a_time_counted_when_alone(
 ) -> None:
     """A worker died holding three partitions (one of them may have killed it): a claim of pending
     work takes none of them; they are taken over one at a time, oldest change first, each under a
-    token of its own, an attempt only for the one its dead claim held alone (the last)."""
+    token of its own, an attempt only for one its dead claim held alone from the start. The last
+    one left of the dead batch was counted too, as if it had died alone: with max_attempts = 1 a
+    healthy partition was parked. A claim of one partition that dies, or a take-over, is counted."""
     url = _url(request, tmp_path, dialect)
     root = write_project(
         tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
@@ -420,9 +422,15 @@ def test_a_dead_batch_is_taken_over_one_partition_at_a_time_counted_when_alone(
         )
         [fresh] = ledger.partitions.claim(task, limit=10, lease=600)  # the pending one only
         taken = [ledger.partitions.take_over(task, lease=600) for _ in range(4)]
-    assert str(fresh.keys["location_id"]) == "4" and taken[3] == []
-    assert [(t.id, t.attempts) for [t] in taken[:3]] == [(dead[0].id, 0), (dead[1].id, 0), (dead[2].id, 1)]
+        ledger.conn.execute(  # the take-overs die, and the claim of one partition (fresh)
+            f"UPDATE {table} SET lease_until = {ph} WHERE claim_token IS NOT NULL",
+            (past if dialect == "pg" else past.timestamp(),),
+        )
+        again = [ledger.partitions.take_over(task, lease=600) for _ in range(5)]
+    assert str(fresh.keys["location_id"]) == "4" and taken[3] == [] == again[4]
+    assert [(t.id, t.attempts) for [t] in taken[:3]] == [(dead[0].id, 0), (dead[1].id, 0), (dead[2].id, 0)]
     assert len({t.token for [t] in taken[:3]} | {dead[0].token}) == 4
+    assert sorted((t.id, t.attempts) for [t] in again[:4]) == sorted((c.id, 1) for c in [*dead, fresh])
 
 
 @EVERY_LEDGER

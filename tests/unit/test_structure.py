@@ -54,6 +54,7 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     # MariaDB/MySQL have no UPDATE ... RETURNING and no DELETE ... RETURNING with SKIP LOCKED.
     "delete_changes": "mariadb",
     "claim_take": "mariadb",
+    "lone": ("postgresql", "sqlite"),  # MariaDB: claim_take takes the row under the lone token
     "claimed": "mariadb",
     "claim_attempts": "mariadb",
     "renew_rows": "mariadb",

@@ -112,35 +112,45 @@ class PartitionStore(PartitionAdmin):
     def take_over(self, task: PartitionKeys, *, lease: float) -> list[Claim]:
         """Claim one partition of a dead claim (held under an expired lease), oldest change first,
         in a claim of its own: one partition that kills its worker then takes down no other. It
-        counts as an attempt only when the dead claim held it alone (it died on its own)."""
+        counts as an attempt only when the dead claim held it alone from the start (its token is a
+        :func:`lone_token`: it died on its own), not when it is the last one left of a dead batch."""
         return self._take(task, self.q["take_over"], limit=1, lease=lease)
 
     def _take(self, task: PartitionKeys, statement: str, *, limit: int, lease: float) -> list[Claim]:
-        token = uuid.uuid4()
+        token = first = lone_token() if limit == 1 else uuid.uuid4()
         params = self.core.params(
-            task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=token
+            task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=first
         )
 
         def take(cur: Any) -> list[Any]:
+            nonlocal token
             cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
+            if len(rows) == 1 and limit > 1:  # a claim of one partition: under a lone token
+                token = lone_token()
+                if self.core.dialect is not db.MARIADB:
+                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
             if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
                 return rows
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
             alone = {int(row[0]): len(row) > 1 and bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
-            return self.claimed(cur, params["token"])
+            self.claim_take(cur, alone, token=str(token), lease=float(lease))
+            return self.claimed(cur, str(token))
 
         rows = self.core.in_transaction(take)
         claims = [self._claim_from_row(task, row, str(token)) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
 
+    def lone(self, cur: Any, pid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
+        """PostgreSQL and SQLite: put the one partition a claim took under a :func:`lone_token`."""
+        self._run("lone", cur, id=pid, token=token, lone=lone)
+
     def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
         """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
-        held it alone) under ``token`` and a lease (one round trip)."""
+        held it alone from the start) under ``token`` and a lease (one round trip)."""
         cur.executemany(
             self.q["claim_take"],
             [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
@@ -367,6 +377,13 @@ class PartitionStore(PartitionAdmin):
     def release_rows(self, cur: Any, ids: Sequence[int], *, token: str) -> int:
         """MariaDB/MySQL: give back ``ids`` if still held under ``token``, in that order."""
         return self._each(cur, self.q["release_rows"], ids, token=uuid.UUID(token))
+
+
+def lone_token() -> uuid.UUID:
+    """A claim token for a claim of one partition: a random UUID of version 8 (``uuid4`` gives
+    version 4), so a take-over tells from the token alone whether the dead claim held the
+    partition on its own (its 15th character is ``8``), or as one of a batch."""
+    return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))
 
 
 def _files(result: ExportResult) -> list[str]:

@@ -32,9 +32,10 @@ FOR UPDATE SKIP LOCKED;
 
 -- take_over --
 -- Lock one partition of a dead claim (held under an expired lease), oldest change first, and
--- whether the dead claim held it alone (an attempt then; see postgresql/partitions.sql), read by
--- the claim_token index (the claims held, not the queue). claim_take then takes it.
-SELECT p.id, NOT EXISTS (SELECT 1 FROM {t}partitions AS o WHERE o.claim_token = p.claim_token AND o.id <> p.id)
+-- whether the dead claim held it alone from the start (its lone token; an attempt then; see
+-- postgresql/partitions.sql), read by the claim_token index (the claims held, not the queue).
+-- claim_take then takes it.
+SELECT p.id, SUBSTRING(p.claim_token, 15, 1) = '8'
 FROM {t}partitions AS p FORCE INDEX ({t}partitions_claim_token_idx)
 WHERE p.claim_token IS NOT NULL AND p.lease_until < UNIX_TIMESTAMP(NOW(6))
   AND p.task = %(task)s
@@ -48,7 +49,8 @@ FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
 -- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
--- taking over a row its dead claim held alone (take_over's second column) counts as an attempt.
+-- taking over a row its dead claim held alone from the start (take_over's second column) counts
+-- as an attempt.
 -- (Not WHERE id IN (a JSON list): MariaDB before 11.1 runs that subquery of an UPDATE once per
 -- row of the table.)
 UPDATE {t}partitions

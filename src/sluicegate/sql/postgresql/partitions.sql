@@ -49,10 +49,12 @@ RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.expor
 -- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone:
 -- a partition that kills its worker (SIGKILL, the OOM killer) took the other partitions of its
 -- batch down with it, and claimed back together they died again. Taking it over counts as an
--- attempt only when the dead claim held it alone: nothing tells which partition of a dead batch
--- killed it, while one that died alone did. The dead claims are read by the claim_token index
--- (the claims held, not the ledger: the ARRAY is planned on its own, without the ORDER BY), then
--- ordered and locked by the primary key.
+-- attempt only when the dead claim held it alone from the start (a claim of one partition, such
+-- as a take-over, has a lone token: its UUID's version digit is 8, see lone_token): nothing tells
+-- which partition of a dead batch killed it, the last one left of it included (the others of
+-- the batch were exported), while one that died alone did. The dead claims are read by the
+-- claim_token index (the claims held, not the ledger: the ARRAY is planned on its own, without
+-- the ORDER BY), then ordered and locked by the primary key.
 WITH candidate AS (
     SELECT id FROM {t}partitions
     WHERE id = ANY (ARRAY(
@@ -67,14 +69,17 @@ WITH candidate AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {t}partitions AS p
-SET attempts = p.attempts + CASE WHEN NOT EXISTS (
-        SELECT 1 FROM {t}partitions AS o WHERE o.claim_token = p.claim_token AND o.id <> p.id) THEN 1 ELSE 0 END,
+SET attempts = p.attempts + CASE WHEN substr(p.claim_token::text, 15, 1) = '8' THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     claimed_version = p.version,
     lease_until = now() + make_interval(secs => %(lease)s)
 WHERE p.id = ANY (ARRAY(SELECT id FROM candidate))
 RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.exported_version,
           p.path, p.bytes, p.checksum, p.etag;
+
+-- lone --
+-- Put the one partition a claim took under a lone token (a claim of one: see take_over).
+UPDATE {t}partitions SET claim_token = %(lone)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- renew --
 -- Extend the lease of every partition still held under a claim token (rows locked in pkey order, like marks).

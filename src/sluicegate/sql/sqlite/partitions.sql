@@ -36,12 +36,11 @@ RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, pat
 
 -- take_over --
 -- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone
--- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone (see
--- postgresql/partitions.sql). Read by the claim_token index: the claims held, not the queue.
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone from the start
+-- (its lone token: see postgresql/partitions.sql). Read by the claim_token index: the claims
+-- held, not the queue.
 UPDATE {t}partitions
-SET attempts = attempts + CASE WHEN NOT EXISTS (
-        SELECT 1 FROM {t}partitions AS o
-        WHERE o.claim_token = {t}partitions.claim_token AND o.id <> {t}partitions.id) THEN 1 ELSE 0 END,
+SET attempts = attempts + CASE WHEN substr(claim_token, 15, 1) = '8' THEN 1 ELSE 0 END,
     claim_token = :token,
     claimed_version = version,
     lease_until = :now + :lease
@@ -57,6 +56,10 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag;
+
+-- lone --
+-- Put the one partition a claim took under a lone token (a claim of one: see take_over).
+UPDATE {t}partitions SET claim_token = :lone WHERE id = :id AND claim_token = :token;
 
 -- renew --
 -- Extend the lease of every partition still held under a claim token.
