@@ -811,3 +811,26 @@ def test_a_partition_without_rows_keeps_the_file_its_old_path_now_names_for_anot
         assert summary.failed == 0, summary.errors
     rows = read_csv(tmp_path / "out" / days[1] / f"{days[0]}.csv")  # A's new file, B's old path
     assert [r["site"] for r in rows] == [days[0]], rows
+
+
+def test_two_hours_of_one_wall_clock_and_abbreviation_are_parked_saying_to_write_the_offset(
+    tmp_path: Path,
+) -> None:
+    """`{hour:%Y%m%dT%H%Z}` passes the load-time check (New York's fall-back night has EDT and
+    EST), but Moscow's clocks went back on 2014-10-26 with MSK on both sides: the second 01:00 hour
+    was parked saying to use every key whole in path, which it does; it now says to write the offset."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"), zone=None)
+    toml = root / "tasks" / "openaq" / "task.toml"
+    text = toml.read_text().replace('grain = "day"', 'grain = "hour"')
+    toml.write_text(text.replace("{day:%Y%m%d}", "{hour:%Y%m%dT%H%Z}").replace("{day:", "{hour:"))
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "Europe/Moscow")
+    db.insert(
+        1, [dt.datetime(2014, 10, 25, 21, 30, tzinfo=UTC), dt.datetime(2014, 10, 25, 22, 30, tzinfo=UTC)]
+    )
+    [summary] = engine.run(load(root), ["openaq"])
+    assert (summary.exported, summary.failed) == (1, 1), summary.errors
+    assert "differ only in their UTC offset" in summary.errors[0], summary.errors
+    assert "{hour:%Y%m%dT%H%z}" in summary.errors[0] and "every key whole" not in summary.errors[0]

@@ -50,6 +50,12 @@ def shared_file(task: Task, first: str, second: str, path: str, *, stale: bool =
             f"{problem}: their keys differ only in type ({name} {x!r} and {y!r}); make {name} one type"
             f" in {task.folder / 'select.sql'} (e.g. CAST({name} AS TEXT) AS {name}; AS CHAR on MariaDB)"
         )
+    if task.time is not None and task.time.grain == "hour" and a[:-1] == b[:-1]:  # the clocks went back
+        name = task.time.name  # and the zone's abbreviation (%Z) stayed, as Moscow's MSK in 2014
+        return BadPartitionValue(
+            f"{problem}: the two hours differ only in their UTC offset; write the offset into"
+            f" {task.folder / 'task.toml'} path, such as {{{name}:%Y%m%dT%H%z}}"
+        )
     return BadPartitionValue(f"{problem}; use every key whole in {task.folder / 'task.toml'} path")
 
 
