@@ -834,3 +834,33 @@ def test_two_hours_of_one_wall_clock_and_abbreviation_are_parked_saying_to_write
     assert (summary.exported, summary.failed) == (1, 1), summary.errors
     assert "differ only in their UTC offset" in summary.errors[0], summary.errors
     assert "{hour:%Y%m%dT%H%z}" in summary.errors[0] and "every key whole" not in summary.errors[0]
+
+
+def test_workers_with_the_old_and_the_new_path_template_never_replace_each_others_file(
+    tmp_path: Path,
+) -> None:
+    """A rolling change of `path` (a key swap): a worker with the new template moves A to B's old
+    file (B is queued), then a worker with the old one would write B there: it is refused, with a
+    message that does not call the other worker's template an earlier one; a reexport then moves both."""
+    root, db = _site_project(tmp_path)
+    days = ("2024-01-01", "2024-01-02")
+    for loc, site in enumerate(days, 1):
+        db.location(loc, "UTC", name=site)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC), dt.datetime(2024, 1, 2, 5, tzinfo=UTC)])
+    pairs = list(zip(days, reversed(days), strict=True))
+    for site, day in pairs:
+        operations.mark(load(root), "bysite", {"site": site, "day": day})
+    assert engine.run(load(root), ["bysite"])[0].exported == 2
+    old, toml = load(root), root / "tasks/bysite/task.toml"
+    toml.write_text(toml.read_text().replace("{site}/{day}", "{day}/{site}"))
+    for site, day in pairs:
+        operations.mark(load(root), "bysite", {"site": site, "day": day})
+    assert engine.run(load(root), ["bysite"], RunOptions(limit=1))[0].exported == 1  # A, new template
+    [refused] = engine.run(old, ["bysite"], RunOptions(limit=1))  # B, old template: A's new file
+    assert (refused.exported, refused.failed) == (0, 1), refused.errors
+    assert "under another path template" in refused.errors[0] and "reexport bysite" in refused.errors[0]
+    assert read_csv(tmp_path / "out" / days[1] / f"{days[0]}.csv")[0]["site"] == days[0]  # A's, kept
+    cli(root, "reexport", "bysite", check=True)
+    assert engine.run(load(root), ["bysite"])[0].exported == 2
+    for site, day in pairs:
+        assert {r["site"] for r in read_csv(tmp_path / "out" / day / f"{site}.csv")} == {site}

@@ -31,11 +31,12 @@ if TYPE_CHECKING:
 
 def shared_file(task: Task, first: str, second: str, path: str, *, stale: bool = False) -> BadPartitionValue:
     """The error of partition ``second``, which would write ``first``'s file ``path``; ``stale``:
-    ``first`` recorded it under an earlier path template, and is not queued to move."""
+    ``first`` recorded it under another path template (an earlier one, or another worker's during
+    a rolling change of it), and is not queued to move."""
     problem = f"partitions {first} and {second} would share the file {path!r}"
     if stale:
         return BadPartitionValue(
-            f"{problem}: {first} wrote it under an earlier path and is not queued to export again; run"
+            f"{problem}: {first} wrote it under another path template and is not queued to export again; run"
             f" 'sluicegate reexport {task.name}' to move every partition of the task to its new path"
         )
     a, b = json.loads(first), json.loads(second)
