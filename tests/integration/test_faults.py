@@ -320,13 +320,16 @@ def _run_until_killed_at_poison(root: Path, url: str) -> int:
 
 
 @pytest.mark.pg
+@pytest.mark.parametrize("max_attempts", [1, 2])
 def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_batch(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, max_attempts: int
 ) -> None:
     """Location 3's first day kills the worker each time it is read. It died with the nine other
     partitions of its batch; each run then claimed the ten back together (an attempt each) and died
     again, until all ten were parked, nine never exported. A dead claim's partitions are now taken
-    over one at a time, counted only when alone in it: the nine are exported, only the poison is parked."""
+    over one at a time, counted only when alone in it: the nine are exported, only the poison is parked.
+    With max_attempts = 1 the last of the nine taken over was parked too: it was counted as if
+    it had died alone, being the last one left under the dead token."""
     db = Db(pg_url)
     db.conn.execute(
         "CREATE FUNCTION poison(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
@@ -338,7 +341,12 @@ def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_
         " AS p FROM measurements AS m"
     )
     root = _project(
-        tmp_path, pg_url, "csv", select, lease="1s", extra_defaults="max_attempts = 2\nworkers = 1"
+        tmp_path,
+        pg_url,
+        "csv",
+        select,
+        lease="1s",
+        extra_defaults=f"max_attempts = {max_attempts}\nworkers = 1",
     )
     _mark_all(root, range(1, 6))
     codes = []
@@ -353,5 +361,7 @@ def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_
         status
     )
     [failure] = status["failures"]
-    assert json.loads(failure["partition"]) == [3, "2024-01-01"] and failure["attempts"] == 2, failure
+    assert json.loads(failure["partition"]) == [3, "2024-01-01"] and failure["attempts"] == max_attempts, (
+        failure
+    )
     assert len(files(tmp_path / "out")) == 9
