@@ -715,8 +715,9 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
     ledger_url: str,
 ) -> None:
     """Two workers on one ledger: a held stage is not claimed twice; once its lease ran out another
-    worker takes its rows over, one at a time (an attempt only for the one the dead claim held
-    alone), and the first one's commit, failure, renewal and release are fenced."""
+    worker takes its rows over, one at a time (an attempt only for a row the dead claim held alone
+    from the start: not lime, the last one left of the batch, which was charged before), and the
+    first one's commit, failure, renewal and release are fenced."""
     [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
     where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
     stages = ["extract", "load", "publish"]
@@ -741,8 +742,8 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
         assert claim(two, 60) == []  # nothing pending: the dead claim's rows are taken over on their own
         second = [*claim(two, 60, taken=True), *claim(two, 60, taken=True)]
         assert claim(two, 60, taken=True) == []
-        # one row at a time: bird's death was lime's as much as its own; lime, alone then, counted
-        assert [(c.id, c.attempts) for c in second] == [(first[0].id, 0), (first[1].id, 1)]
+        # one row at a time, neither counted: bird's death was lime's as much as its own, and lime's
+        assert [(c.id, c.attempts) for c in second] == [(first[0].id, 0), (first[1].id, 0)]
         late = StageResult(claim=first[0], status="done", total=5, processed=5)
         assert not one.blocks.commit(late)
         assert not one.blocks.fail(first[1], error="late", terminal=True, max_attempts=3, backoff=0)
@@ -755,10 +756,27 @@ def test_a_stage_whose_lease_ran_out_is_taken_over_and_the_late_worker_records_n
         ("bird", "extract"): ("no_data", 0),
         ("bird", "load"): ("no_data", 0),  # no data: the block's later stages have nothing to do
         ("bird", "publish"): ("no_data", 0),
-        ("lime", "extract"): ("done", 1),
+        ("lime", "extract"): ("done", 0),
         ("lime", "load"): ("pending", 0),
         ("lime", "publish"): ("pending", 0),
     }
+
+
+def test_a_claim_that_found_one_row_is_counted_when_its_worker_dies(ledger_url: str) -> None:
+    """A claim of up to 50 rows that found one holds it alone from the start (a lone token): its
+    worker's death is that row's, and taking it over counts an attempt, as after a claim of one."""
+    [block] = blocks_between(FIRST, FIRST + H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + H)
+    with Ledger(ledger_url) as led:
+        led.ensure_schema()
+        led.blocks.ensure("trips", ["lime"], [block], ["extract"])
+        kwargs: dict[str, Any] = {"stages": ["extract"], "zone": "US/Central", "grain": "hour"}
+        [dead] = led.blocks.claim(where, limit=50, lease=0.2, **kwargs)
+        time.sleep(0.4)
+        [taken] = led.blocks.claim(where, limit=1, lease=60, taken=True, **kwargs)
+        assert (dead.attempts, taken.attempts) == (0, 1)
+        assert led.blocks.commit(StageResult(claim=taken, status="done", total=1, processed=1))
+        assert not led.blocks.commit(StageResult(claim=dead, status="done", total=1, processed=1))
 
 
 def test_a_stage_parked_for_its_expired_leases_counts_no_new_attempt(ledger_url: str) -> None:

@@ -651,8 +651,10 @@ def test_a_block_whose_worker_is_killed_every_time_is_parked_after_max_attempts(
 def test_a_block_that_kills_its_worker_takes_down_no_other_block_of_its_batch(tmp_path: Path) -> None:
     """With batches of 50, the poison block (lime) died with bird's block in its batch; each run then
     took both over together (an attempt each) and died again, until both were parked, bird never
-    run. A dead claim's rows are now taken over one at a time, counted only when alone in it: bird
-    is done in the next run, without an attempt, and only lime is parked."""
+    run. A dead claim's rows are now taken over one at a time, counted only when the dead claim held
+    them alone from the start: bird is done in the next run, without an attempt, lime's death in the
+    batch is not counted (nor would the last block left of a batch be), its three alone are, and
+    only lime is parked."""
     root = make_project(tmp_path)
     (root / "sluicegate.toml").write_text(
         (root / "sluicegate.toml").read_text().replace('lease = "10m"', 'lease = "1s"')
@@ -665,7 +667,7 @@ def test_a_block_that_kills_its_worker_takes_down_no_other_block_of_its_batch(tm
         if run == 1:
             after_second = {(r[0], r[2]): r[3:5] for r in ledger_rows(root)}
         time.sleep(1.2)  # the dead run's lease runs out
-    assert codes[:4] == [-9, -9, -9, 1], codes
+    assert codes == [-9, -9, -9, -9, 1], codes
     assert {s: after_second[("bird", s)] for s in ("extract", "load", "publish")} == {
         "extract": ("done", 0), "load": ("done", 0), "publish": ("done", 0),
     }  # fmt: skip
@@ -713,8 +715,9 @@ def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_list
     first = "label LIKE '%T01:00%' AND key_value = "
     conn.execute(f"UPDATE sluicegate_blocks SET status = 'pending', attempts = 1 WHERE {first}'bird'")
     conn.execute(f"UPDATE sluicegate_blocks SET status = 'pending' WHERE {first}'lime'")
-    conn.execute(  # its worker died holding it, a third time
-        "UPDATE sluicegate_blocks SET status = 'running', claim_token = 'dead', lease_until = 0, attempts = 2"
+    conn.execute(  # its worker died holding it alone (a lone token: version 8), a third time
+        "UPDATE sluicegate_blocks SET status = 'running', lease_until = 0, attempts = 2,"
+        " claim_token = '00000000-0000-8000-8000-000000000000'"
         f" WHERE {first}'lime' AND stage = 'extract'"
     )
     conn.commit()

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import db
 from ..timeblocks import Block
+from .claims import lone_token
 from .core import Store
 
 STATUSES = ("pending", "running", "done", "no_data", "failed")
@@ -130,28 +131,34 @@ class BlockStore(Store):
     ) -> list[StageClaim]:
         """Claim up to ``limit`` runnable (block, stage) rows, oldest block first: pending ones, or with
         ``taken`` rows of dead claims (running under an expired lease; an attempt only when the dead
-        claim held the row alone)."""
-        token = uuid.uuid4()
+        claim held the row alone from the start: a claim of one row has a :func:`lone_token`, and
+        the last row left of a dead batch is not charged for the batch's death)."""
+        token = first = lone_token() if limit == 1 else uuid.uuid4()
         params = self.core.params(
             **self._range(where),
             stages=self._list(stages),
             limit=limit,
             lease=lease,
-            token=token,
+            token=first,
             taken=taken,
         )
 
         def take(cur: Any) -> list[Any]:
+            nonlocal token
             cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
+            if len(rows) == 1 and limit > 1:  # a claim of one row: under a lone token
+                token = lone_token()
+                if self.core.dialect is not db.MARIADB:
+                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
             if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
                 return rows
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
             alone = {int(row[0]): bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
-            return self.claimed(cur, params["token"])
+            self.claim_take(cur, alone, token=str(token), lease=float(lease))
+            return self.claimed(cur, str(token))
 
         rows = self.core.in_transaction(take)
         claims = [
@@ -171,6 +178,10 @@ class BlockStore(Store):
             for rid, key, start, end, stage, position, attempts, forced, artifact, checksum in rows
         ]
         return sorted(claims, key=lambda c: (c.block.start, c.key_value, c.position))
+
+    def lone(self, cur: Any, rid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
+        """PostgreSQL and SQLite: put the one row a claim took under a :func:`lone_token`."""
+        self._run("lone", cur, id=rid, token=token, lone=lone)
 
     def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
         """MariaDB/MySQL: put the rows ``claim`` locked (id: whether a dead claim held it alone) under

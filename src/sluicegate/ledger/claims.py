@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,3 +59,10 @@ PathTaken = tuple[str, str, str | None, bool]
 # returns those that may take their files (the others are neither placed nor recorded), without
 # the deletion of a file another partition recorded.
 Vet = Callable[[Sequence[ExportResult], list[PathTaken]], Sequence[ExportResult]]
+
+
+def lone_token() -> uuid.UUID:
+    """A claim token for a claim of one unit (a partition, a block's stage): a random UUID of
+    version 8 (``uuid4`` gives version 4), so a take-over tells from the token alone whether the
+    dead claim held the unit on its own (its 15th character is ``8``), or as one of a batch."""
+    return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))

@@ -26,7 +26,7 @@ from typing import Any
 from .. import db, paths
 from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
-from .claims import Claim, ExportResult, PathTaken, Place, Vet
+from .claims import Claim, ExportResult, PathTaken, Place, Vet, lone_token
 from .core import pg_array
 from .partition_admin import PartitionAdmin, named_keys, settle_seconds
 
@@ -377,13 +377,6 @@ class PartitionStore(PartitionAdmin):
     def release_rows(self, cur: Any, ids: Sequence[int], *, token: str) -> int:
         """MariaDB/MySQL: give back ``ids`` if still held under ``token``, in that order."""
         return self._each(cur, self.q["release_rows"], ids, token=uuid.UUID(token))
-
-
-def lone_token() -> uuid.UUID:
-    """A claim token for a claim of one partition: a random UUID of version 8 (``uuid4`` gives
-    version 4), so a take-over tells from the token alone whether the dead claim held the
-    partition on its own (its 15th character is ``8``), or as one of a batch."""
-    return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))
 
 
 def _files(result: ExportResult) -> list[str]:

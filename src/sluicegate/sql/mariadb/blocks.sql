@@ -15,9 +15,10 @@ ON DUPLICATE KEY UPDATE position = VALUES(position);
 -- claim --
 -- Lock up to limit runnable (block, stage) rows, skipping rows another worker holds: due, in the
 -- range, previous stage done; pending ones, or with taken the rows of dead claims (running under an
--- expired lease; see postgresql/blocks.sql), and whether the dead claim held the row alone.
+-- expired lease; see postgresql/blocks.sql), and whether the dead claim held the row alone from the
+-- start (a lone token).
 -- claim_take then takes them, in the same transaction.
-SELECT b.id, NOT EXISTS (SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)
+SELECT b.id, SUBSTRING(b.claim_token, 15, 1) = '8'
 FROM {t}blocks AS b
 WHERE b.task = %(task)s
   AND JSON_CONTAINS(%(stages)s, JSON_QUOTE(b.stage))
@@ -37,7 +38,7 @@ FOR UPDATE SKIP LOCKED;
 
 -- claim_take --
 -- Take one locked row under a fresh token and lease (run for each row in one batch round trip);
--- taking over a row its dead claim held alone (claim's second column) counts as an attempt.
+-- taking over a row its dead claim held alone from the start (claim's second column) counts as an attempt.
 UPDATE {t}blocks
 SET attempts = attempts + CASE WHEN status = 'running' AND %(alone)s THEN 1 ELSE 0 END,
     status = 'running',
@@ -155,12 +156,11 @@ WHERE task = %(task)s
 
 -- rows --
 -- The (block, stage) rows of a range (for --dry-run and the run's report; no range: every block), oldest
--- first; alone: running under a claim that holds no other row (taking it over is an attempt).
+-- first; alone: running under a claim of it alone, a lone token (taking it over is an attempt).
 SELECT key_value, block_start, block_end, label, stage, position, status, attempts,
        (status = 'running' AND lease_until < UNIX_TIMESTAMP(NOW(6))) AS expired,
        (next_attempt_at IS NOT NULL AND next_attempt_at > UNIX_TIMESTAMP(NOW(6))) AS backing_off,
-       (status = 'running' AND NOT EXISTS (
-           SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)) AS alone
+       (status = 'running' AND SUBSTRING(claim_token, 15, 1) = '8') AS alone
 FROM {t}blocks AS b
 WHERE task = %(task)s
   AND (%(key_values)s IS NULL OR JSON_CONTAINS(%(key_values)s, JSON_QUOTE(key_value)))

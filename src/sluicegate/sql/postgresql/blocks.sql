@@ -12,9 +12,10 @@ WHERE b.position <> EXCLUDED.position;
 -- claim --
 -- Claim up to limit runnable (block, stage) rows: due, in the range, and whose previous stage of
 -- the block is done; pending ones, or with taken the rows of dead claims (running under an expired
--- lease). Taking over a row its dead claim held alone counts as an attempt: a dead batch's rows are
--- taken over one at a time (limit 1), uncounted while others share the claim, so a block that kills
--- its worker is counted for its own deaths, and the others of its batch are not.
+-- lease). Taking over a row its dead claim held alone from the start counts as an attempt (a claim
+-- of one row has a lone token, its UUID's version digit 8: see ledger/partitions.lone_token): a dead
+-- batch's rows are taken over one at a time (limit 1), uncounted, the last one left of the batch too,
+-- so a block that kills its worker is counted for its own deaths, and the others of its batch are not.
 WITH candidate AS (
     SELECT b.id FROM {t}blocks AS b
     WHERE b.task = %(task)s
@@ -37,8 +38,8 @@ UPDATE {t}blocks AS b
 SET status = 'running',
     claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = b.attempts + CASE WHEN b.status = 'running' AND NOT EXISTS (
-        SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id) THEN 1 ELSE 0 END,
+    attempts = b.attempts + CASE WHEN b.status = 'running' AND substr(b.claim_token::text, 15, 1) = '8'
+        THEN 1 ELSE 0 END,
     started_at = now()
 FROM candidate
 WHERE b.id = candidate.id
@@ -49,6 +50,10 @@ RETURNING b.id, b.key_value, b.block_start, b.block_end, b.stage, b.position, b.
 -- Extend the lease of every row still held under a claim token.
 UPDATE {t}blocks SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id IN (SELECT id FROM {t}blocks WHERE claim_token = %(token)s ORDER BY id FOR UPDATE);
+
+-- lone --
+-- Put the one row a claim took under a lone token (a claim of one: see claim).
+UPDATE {t}blocks SET claim_token = %(lone)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- hold --
 -- Lock a claimed row still held under its token (none: the claim was taken over), before its file
@@ -147,12 +152,11 @@ WHERE task = %(task)s
 
 -- rows --
 -- The (block, stage) rows of a range (for --dry-run and the run's report; no range: every block), oldest
--- first; alone: running under a claim that holds no other row (taking it over is an attempt).
+-- first; alone: running under a claim of it alone, a lone token (taking it over is an attempt).
 SELECT key_value, block_start, block_end, label, stage, position, status, attempts,
        (status = 'running' AND lease_until < now()) AS expired,
        (next_attempt_at IS NOT NULL AND next_attempt_at > now()) AS backing_off,
-       (status = 'running' AND NOT EXISTS (
-           SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)) AS alone
+       (status = 'running' AND substr(claim_token::text, 15, 1) = '8') AS alone
 FROM {t}blocks AS b
 WHERE task = %(task)s
   AND (%(key_values)s::text[] IS NULL OR key_value = ANY(%(key_values)s::text[]))

@@ -12,14 +12,13 @@ WHERE position <> excluded.position;
 -- claim --
 -- Claim up to limit runnable (block, stage) rows (run inside BEGIN IMMEDIATE): due, in the range,
 -- previous stage done; pending ones, or with taken the rows of dead claims (running under an expired
--- lease). Taking over a row its dead claim held alone counts as an attempt (see postgresql/blocks.sql).
+-- lease). Taking over a row its dead claim held alone from the start (a lone token) counts as an
+-- attempt (see postgresql/blocks.sql).
 UPDATE {t}blocks
 SET status = 'running',
     claim_token = :token,
     lease_until = :now + :lease,
-    attempts = attempts + CASE WHEN status = 'running' AND NOT EXISTS (
-        SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = {t}blocks.claim_token AND o.id <> {t}blocks.id)
-        THEN 1 ELSE 0 END,
+    attempts = attempts + CASE WHEN status = 'running' AND substr(claim_token, 15, 1) = '8' THEN 1 ELSE 0 END,
     started_at = :now
 WHERE id IN (
     SELECT b.id FROM {t}blocks AS b
@@ -43,6 +42,10 @@ RETURNING id, key_value, block_start, block_end, stage, position, attempts, forc
 -- renew --
 -- Extend the lease of every row still held under a claim token.
 UPDATE {t}blocks SET lease_until = :now + :lease WHERE claim_token = :token;
+
+-- lone --
+-- Put the one row a claim took under a lone token (a claim of one: see postgresql/blocks.sql).
+UPDATE {t}blocks SET claim_token = :lone WHERE id = :id AND claim_token = :token;
 
 -- hold --
 -- Lock a claimed row still held under its token (none: the claim was taken over), before its file
@@ -144,12 +147,11 @@ WHERE task = :task
 
 -- rows --
 -- The (block, stage) rows of a range (for --dry-run and the run's report; no range: every block), oldest
--- first; alone: running under a claim that holds no other row (taking it over is an attempt).
+-- first; alone: running under a claim of it alone, a lone token (taking it over is an attempt).
 SELECT key_value, block_start, block_end, label, stage, position, status, attempts,
        (status = 'running' AND lease_until < :now) AS expired,
        (next_attempt_at IS NOT NULL AND next_attempt_at > :now) AS backing_off,
-       (status = 'running' AND NOT EXISTS (
-           SELECT 1 FROM {t}blocks AS o WHERE o.claim_token = b.claim_token AND o.id <> b.id)) AS alone
+       (status = 'running' AND substr(claim_token, 15, 1) = '8') AS alone
 FROM {t}blocks AS b
 WHERE task = :task
   AND (:key_values IS NULL OR key_value IN (SELECT value FROM json_each(:key_values)))
