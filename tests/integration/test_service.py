@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,7 +24,7 @@ from test_archive import DELETE_PG, SELECT_PG, Agency
 
 from sluicegate import operations
 from sluicegate.config import load_project
-from sluicegate.exceptions import SluicegateError
+from sluicegate.exceptions import LedgerError, SluicegateError
 from sluicegate.ledger import Ledger, run_heartbeat
 from sluicegate.options import RunOptions
 from sluicegate.service.runs import Metrics, RunManager
@@ -628,6 +631,38 @@ def test_a_tick_whose_claim_failed_fires_on_the_next_look(pg_project: tuple[Path
         assert scheduler.tick(now + dt.timedelta(seconds=10)) == []  # once
     finally:
         manager.close()
+
+
+def test_the_scheduler_says_why_a_look_failed_in_one_line_and_outlives_any_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the ledger down, the scheduler logged "scheduler tick failed" and a 15-line traceback
+    every 5 seconds, the reason only at its end; and an error that is not sluicegate's (the tasks
+    folder replaced while it was read: FileNotFoundError) ended its thread, so no schedule fired
+    again until a restart, while /healthz said ok."""
+    errors: list[Exception] = [
+        LedgerError("ledger database postgresql://x/y: connection failed: Connection refused; will retry"),
+        FileNotFoundError(2, "No such file or directory", "/srv/project/tasks"),
+    ]
+    looks = threading.Semaphore(0)
+
+    def load() -> Any:
+        looks.release()
+        if errors:
+            raise errors.pop(0)
+        return SimpleNamespace(tasks={})
+
+    scheduler = Scheduler(load, None, interval=0.01)
+    with caplog.at_level(logging.INFO, logger="sluicegate.scheduler"):
+        scheduler.start()
+        try:
+            assert all(looks.acquire(timeout=10) for _ in range(3)), "the scheduler stopped looking"
+        finally:
+            scheduler.stop()
+    ledger, other = [r for r in caplog.records if r.name == "sluicegate.scheduler"][:2]
+    assert ledger.levelno == logging.WARNING and ledger.exc_info is None
+    assert "Connection refused; will retry" in ledger.getMessage()
+    assert other.exc_info is not None and "No such file" in other.getMessage()
 
 
 def test_a_crashed_runs_recorded_error_masks_the_database_password(

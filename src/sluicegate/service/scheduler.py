@@ -49,11 +49,20 @@ class Scheduler:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        """Look every ``interval`` until stopped. A failed look is one line with its reason (the
+        ledger out of reach printed a traceback every 5 s), and no error ends the thread: one that
+        is not sluicegate's (the tasks folder replaced while read) stopped every schedule for good."""
         while not self._stop.is_set():
             try:
                 self.tick(dt.datetime.now(dt.UTC))
-            except SluicegateError:
-                log.warning("scheduler tick failed", exc_info=True)
+            except SluicegateError as exc:
+                log.warning("schedules not looked at: %s; trying again in %g s", exc, self.interval)
+                log.debug("the scheduler's look failed", exc_info=True)  # -v: the traceback
+            except Exception as exc:
+                log.warning(
+                    "schedules not looked at: %s: %s; trying again in %g s",
+                    type(exc).__name__, exc, self.interval, exc_info=True,
+                )  # fmt: skip
             self._stop.wait(self.interval)
 
     def tick(self, now: dt.datetime) -> list[str]:
@@ -70,8 +79,9 @@ class Scheduler:
                     continue
                 try:
                     started += self._fire(ledger, task.name, tick)
-                except SluicegateError:  # the other tasks' ticks go on
-                    log.warning("scheduled run of %s not started; trying again", task.name, exc_info=True)
+                except SluicegateError as exc:  # the other tasks' ticks go on
+                    log.warning("scheduled run of %s not started: %s; trying again", task.name, exc)
+                    log.debug("the scheduled run of %s did not start", task.name, exc_info=True)
         return started
 
     def _fire(self, ledger: Any, name: str, tick: dt.datetime) -> list[str]:
