@@ -197,6 +197,33 @@ def test_a_run_whose_process_died_shows_as_abandoned(pg_project: tuple[Path, Db]
         server.stop()
 
 
+def test_a_run_beats_again_once_the_ledger_is_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat thread ended at its first failed beat (the ledger restarted for longer than
+    its reconnect budget, about 90 s): the run went on and finished, but meanwhile showed as
+    abandoned, "its process died", for the rest of its life. A failed beat is retried on the next."""
+    from sluicegate.ledger.runs import RunStore
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Ledger(url) as ledger:
+        ledger.ensure_schema()
+        run_id = ledger.runs.start("openaq", tag=None, request={})
+    beats: list[str] = []
+    real = RunStore.heartbeat
+
+    def flaky(self: RunStore, rid: str) -> None:
+        beats.append(rid)
+        if len(beats) <= 2:  # the ledger is down
+            raise LedgerError("ledger database x: connection failed: Connection refused; will retry")
+        real(self, rid)
+
+    monkeypatch.setattr(RunStore, "heartbeat", flaky)
+    with run_heartbeat(url, "sluicegate", run_id, every=0.02):
+        deadline = time.monotonic() + 10
+        while len(beats) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(beats) >= 5, f"the heartbeat stopped after {len(beats)} beat(s)"
+
+
 def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
     root, _ = pg_project
     server = Server(root)

@@ -94,20 +94,37 @@ class RunStore(Store):
 
 @contextlib.contextmanager
 def run_heartbeat(url: str, schema: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-    """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends."""
+    """Beat for ``run_id`` every ``every`` seconds (own thread and connection) until the block ends.
+
+    A failed beat (the ledger out of reach) is tried again at the next, on a new connection: the
+    thread used to end at the first, and a run that outlived a ledger restart showed as abandoned."""
     stop = threading.Event()
 
     def beat() -> None:
+        core: LedgerCore | None = None
+        failing = False
         try:
-            core = LedgerCore(url, schema=schema)
-            try:
-                runs = RunStore(core)
-                while not stop.wait(every):
-                    runs.heartbeat(run_id)
-            finally:
+            while not stop.wait(every):
+                try:
+                    core = core or LedgerCore(url, schema=schema)
+                    RunStore(core).heartbeat(run_id)
+                except SluicegateError as exc:  # the run goes on; it shows as abandoned until a beat
+                    if not failing:
+                        log.warning(
+                            "run %s: heartbeat failed, trying again every %g s: %s", run_id, every, exc
+                        )
+                    failing = True
+                    if core is not None:
+                        with contextlib.suppress(Exception):  # a broken connection's close
+                            core.close()
+                    core = None
+                    continue
+                if failing:
+                    log.warning("run %s: heartbeat resumed", run_id)
+                failing = False
+        finally:
+            if core is not None:
                 core.close()
-        except SluicegateError as exc:  # the run goes on; it may show as abandoned
-            log.warning("run %s: heartbeat stopped: %s", run_id, exc)
 
     thread = threading.Thread(target=beat, name="sluicegate-heartbeat", daemon=True)
     thread.start()
