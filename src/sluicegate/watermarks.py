@@ -14,7 +14,7 @@ Dead claims: a run claims the entities no claim holds; an entity whose claim die
 expired) is taken over alone (:func:`take_over_window`) and exported alone, so one that kills
 its worker takes no other entity down with it again. One taken over with no attempt left
 (``max_attempts``) is parked instead: its window recorded as failed, its row left to the dead
-claim, which no run takes until ``sluicegate reset TASK --failed`` clears its attempts.
+claim, which no run takes (a raised ``max_attempts`` neither) until ``sluicegate reset TASK --failed``.
 """
 
 from __future__ import annotations
@@ -211,10 +211,12 @@ def take_over_window(
 
 
 def parked_error(task: TaskSpec, attempts: int, max_attempts: int) -> str:
-    """Why an entity is parked, and how to retry it (as a partition's LeaseExpired says)."""
+    """Why an entity is parked (a raised ``max_attempts`` leaves it parked), and how to retry it."""
+    lower = "" if attempts >= max_attempts else " now, lower when it was parked"
     return (
-        f"gave up after {attempts} attempts, max_attempts being {max_attempts} (leases expired as a worker"
-        f" died exporting it, and failed exports count); run 'sluicegate reset {task.name} --failed' to retry"
+        f"gave up after {attempts} attempts, max_attempts being {max_attempts}{lower} (leases expired as a"
+        " worker died exporting it, and failed exports count);"
+        f" run 'sluicegate reset {task.name} --failed' to retry"
     )
 
 
@@ -233,14 +235,14 @@ def _parked(
     *, dry: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """An error note for each of ``values`` that is parked (of the ledger's ``rows``): held by a dead
-    claim with no attempt left, which no run takes over (see :func:`park`): a failure of each run
+    claim with no attempt left, or by :func:`park`, which no run takes over: a failure of each run
     until it is reset. ``dry``: also each that the run previewed parks, taking over its dead claim
     (its window stored) as its last attempt (one the dead claim held with others may not count)."""
     notes = []
     for r in rows:
         if r["entity"] not in values or not r["held"] or r["claimed"] or r["failed_mode"] == "reexport":
             continue  # a re-export's attempts: see take_over
-        if r["attempts"] >= max_attempts:
+        if r["parked"] or r["attempts"] >= max_attempts:
             notes.append(
                 {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
             )
@@ -419,11 +421,11 @@ def redrive_windows(
     notes: list[dict[str, Any]] = []
     retry = []
     for f in failures:
-        if f["attempts"] >= max_attempts:  # the same bound as partitions: max_attempts tries in all
+        if f["attempts"] >= max_attempts or f["parked"]:  # the bound of partitions: max_attempts tries
             # still owed: a failure of the run (exit 1), so that a check of redrive's exit code sees it
             how = f"run 'sluicegate reset {task.name} --failed' to retry"
             error = f"gave up after {f['attempts']} attempts: {f['last_error']}; {how}"
-            if f["held"] and not f["claimed"] and f["failed_mode"] != "reexport":  # parked (see park)
+            if f["parked"] or (f["held"] and not f["claimed"] and f["failed_mode"] != "reexport"):  # see park
                 error = parked_error(task, f["attempts"], max_attempts)
             notes.append({"entity": f["entity"], "rows": 0, "error": error})
         else:

@@ -738,6 +738,39 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     }  # fmt: skip
 
 
+def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_path: Path) -> None:
+    """s1 was parked (taken over with its 3 attempts used up). A parked entity was only "held by a
+        dead claim with attempts >= max_attempts": raising max_attempts to 4 had the next run take s1
+        over and export it (to 5: at 4, a fourth attempt counted for a death that never was, and
+    parked again), which may kill the worker again before the later tasks run. It stays
+        parked, as a failed partition does, until 'sluicegate reset studies --failed'."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    rec.add("s2", T - dt.timedelta(hours=2), "s2")
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1"])
+        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
+        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
+        _expire_claims(ledger, attempts=2)
+    assert _run(root, export_type="daily", end=T).failed == 1  # s1 parked
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("max_attempts = 3", "max_attempts = 5"))
+    [dry] = engine.run(load(root), ["studies"], RunOptions(request=ExportRequest(end=T), dry_run=True))
+    assert [n for n in dry.entities if n["entity"] == "s1" and "error" in n], dry.entities
+    again = _run(root, export_type="daily", end=T)
+    assert again.failed == 1 and "s1: gave up after 3 attempts" in again.errors[0], again.entities
+    assert "reset studies --failed" in again.errors[0] and _payloads(tmp_path) == ["s2"]
+    [redriven] = engine.run(load(root), ["studies"], RunOptions(redrive=True))
+    assert redriven.failed == 1 and "reset studies --failed" in redriven.errors[0]
+    assert _payloads(tmp_path) == ["s2"]
+    assert operations.reset_failed(load(root), "studies") == 1
+    fixed = _run(root, export_type="daily", end=T)
+    assert fixed.failed == 0 and _payloads(tmp_path) == ["s1", "s2"]
+
+
 def test_a_dead_claim_that_stored_no_window_counts_no_attempt(url: str, tmp_path: Path) -> None:
     """A run died holding s1 alone before it stored a window (it read none of s1's rows), with
     nothing to export for s1. Taking it over counted an attempt, and giving it back as "nothing

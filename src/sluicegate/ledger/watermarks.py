@@ -3,7 +3,8 @@
 A claim takes the rows no claim holds; a row of a dead claim (its lease expired) is taken over
 alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone. One
 taken over with no attempt left is parked (:meth:`WatermarkStore.park`): held by a dead claim
-that nothing takes until ``sluicegate reset TASK --failed`` clears its attempts.
+whose lease ended at the epoch, which nothing takes (a raised ``max_attempts`` neither) until
+``sluicegate reset TASK --failed`` clears its attempts.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class WatermarkStore(Store):
         """Claim one row of a dead claim (held under an expired lease) of ``entities``, the oldest
         death first, in a claim of its own: one entity that kills its worker then takes down no
         other. It counts as an attempt only when the dead claim held it alone. A row with
-        ``max_attempts`` attempts or more is parked: not taken (see :meth:`park`)."""
+        ``max_attempts`` attempts or more is parked, as is one :meth:`park` parked: not taken."""
         return self._take(task, self.q["take_over"], entities, lease=lease, max_attempts=max_attempts)
 
     def _take(
@@ -169,8 +170,8 @@ class WatermarkStore(Store):
         self, claim: WatermarkClaim, *, error: str, start: dt.datetime, end: dt.datetime, export_type: str
     ) -> None:
         """Park an entity taken over with no attempt left: its window recorded as failed with
-        ``error``, its row left to a dead claim (its lease ends now), which no claim or take-over
-        takes until :meth:`reset_failed` clears its attempts."""
+        ``error``, its row left to a dead claim whose lease ended at the epoch, which no claim or
+        take-over takes, whatever ``max_attempts`` says then, until :meth:`reset_failed`."""
         window = {"start": self.core.ts(start), "end": self.core.ts(end), "type": export_type}
         self._run("park", id=claim.id, token=_token(claim.token), error=error[:2000], **window)
 
@@ -236,7 +237,7 @@ class WatermarkStore(Store):
         names = (
             "entity", "watermark", "pending_start", "pending_end", "pending_type", "attempts", "last_error",
             "failed_start", "failed_end", "failed_type", "failed_mode", "failed_destination", "exported_at",
-            "rows", "path", "claimed", "held",
+            "rows", "path", "claimed", "held", "parked",
         )  # fmt: skip
         out = []
         for row in self._run("entities", task=task).fetchall():
@@ -244,7 +245,9 @@ class WatermarkStore(Store):
             times = ("watermark", "pending_start", "pending_end", "failed_start", "failed_end", "exported_at")
             for key in times:
                 item[key] = self.core.from_ts(item[key])
-            item["claimed"], item["held"] = bool(item["claimed"]), bool(item["held"])
+            item["claimed"], item["held"], item["parked"] = (
+                bool(item[k]) for k in ("claimed", "held", "parked")
+            )
             out.append(item)
         return out
 

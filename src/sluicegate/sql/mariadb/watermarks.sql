@@ -24,7 +24,7 @@ FOR UPDATE SKIP LOCKED;
 
 -- take_over --
 -- Lock one row of a dead claim (held under an expired lease, with an attempt left: one without is
--- parked) of the given entities, the oldest
+-- parked, and so is one park left at the epoch, 0) of the given entities, the oldest
 -- death first, and whether the dead claim held it alone, its window stored (an attempt then; see
 -- postgresql/watermarks.sql; a row owing a failed re-export: neither, nor a bound). claim_take
 -- then takes it.
@@ -35,7 +35,7 @@ WHERE w.task = %(task)s
   AND w.entity IN (
       SELECT e.entity COLLATE {exact}
       FROM JSON_TABLE(%(entities)s, '$[*]' COLUMNS (entity VARCHAR(512) PATH '$')) AS e)
-  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6))
+  AND w.claim_token IS NOT NULL AND w.lease_until < UNIX_TIMESTAMP(NOW(6)) AND w.lease_until > 0
   AND (w.attempts < %(max_attempts)s OR w.failed_mode = 'reexport')
 ORDER BY w.lease_until, w.entity
 LIMIT 1
@@ -109,11 +109,10 @@ WHERE task = %(task)s AND entity = %(entity)s AND claim_token = %(token)s;
 
 -- park --
 -- Park an entity taken over with no attempt left (its worker died exporting it, alone, until
--- max_attempts): record its window as failed with why (for status and redrive), and leave it held
--- by a dead claim (its lease ends now), which the claim skips, and take_over while its attempts
--- are used up; reset_failed clears them, and a run takes it over again. As fail_window otherwise.
+-- max_attempts): record its window as failed with why, and leave it held by a dead claim whose
+-- lease ended at the epoch (0): parked (see postgresql/watermarks.sql). As fail_window otherwise.
 UPDATE {t}watermarks
-SET lease_until = UNIX_TIMESTAMP(NOW(6)),
+SET lease_until = 0,
     watermark = COALESCE(watermark, %(start)s),
     last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE %(error)s END,
     failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE %(start)s END,
@@ -127,8 +126,10 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 -- Clear the attempts of a task's entities that are not held by a live claim ('sluicegate reset
 -- TASK --failed'): a parked one is taken over by the next run again, and redrive retries a
 -- failed window it gave up on.
-UPDATE {t}watermarks SET attempts = 0
-WHERE task = %(task)s AND attempts > 0 AND (lease_until IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)));
+UPDATE {t}watermarks
+SET attempts = 0, lease_until = CASE WHEN lease_until <= 0 THEN UNIX_TIMESTAMP(NOW(6)) ELSE lease_until END
+WHERE task = %(task)s AND (attempts > 0 OR lease_until <= 0)
+  AND (lease_until IS NULL OR lease_until < UNIX_TIMESTAMP(NOW(6)));
 
 -- fail_reexport --
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
@@ -180,11 +181,11 @@ UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = %(token)s;
 
 -- entities --
--- Every watermark row of a task (held: by a claim, live or dead).
+-- Every watermark row of a task (held: by a claim, live or dead; parked: see park).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
        failed_destination, exported_at, `rows`, path,
        claim_token IS NOT NULL AND lease_until >= UNIX_TIMESTAMP(NOW(6)) AS claimed,
-       claim_token IS NOT NULL AS held
+       claim_token IS NOT NULL AS held, claim_token IS NOT NULL AND lease_until <= 0 AS parked
 FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
 
 -- delete --

@@ -23,7 +23,8 @@ RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending
     CASE WHEN w.failed_mode = 'reexport' THEN 0 ELSE w.attempts END, w.path;
 
 -- take_over --
--- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked) of the given entities, the oldest
+-- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is
+-- parked, and so is one park left at the epoch, whatever max_attempts says now) of the given entities, the oldest
 -- death first, under a claim of its own: the rest of a batch that died with it go before an
 -- entity that died alone later. An attempt only when the dead claim held it alone, its window
 -- stored (pending_end): nothing tells which entity of a dead batch killed it, while one that died
@@ -34,7 +35,7 @@ RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending
 WITH candidate AS (
     SELECT id FROM {t}watermarks
     WHERE task = %(task)s AND entity = ANY(%(entities)s)
-      AND claim_token IS NOT NULL AND lease_until < now()
+      AND claim_token IS NOT NULL AND lease_until < now() AND lease_until > 'epoch'::timestamptz
       AND (attempts < %(max_attempts)s OR failed_mode = 'reexport')
     ORDER BY lease_until, entity
     LIMIT 1
@@ -101,10 +102,10 @@ WHERE task = %(task)s AND entity = %(entity)s AND claim_token = %(token)s::uuid;
 -- park --
 -- Park an entity taken over with no attempt left (its worker died exporting it, alone, until
 -- max_attempts): record its window as failed with why (for status and redrive), and leave it held
--- by a dead claim (its lease ends now), which the claim skips, and take_over while its attempts
--- are used up; reset_failed clears them, and a run takes it over again. As fail_window otherwise.
+-- by a dead claim whose lease ended at the epoch: parked, which the claim and take_over skip
+-- (a raised max_attempts too) until reset_failed; a run then takes it over again. As fail_window otherwise.
 UPDATE {t}watermarks
-SET lease_until = now(),
+SET lease_until = 'epoch'::timestamptz,
     watermark = COALESCE(watermark, %(start)s),
     last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE %(error)s END,
     failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE %(start)s END,
@@ -116,10 +117,12 @@ WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- reset_failed --
 -- Clear the attempts of a task's entities that are not held by a live claim ('sluicegate reset
--- TASK --failed'): a parked one is taken over by the next run again, and redrive retries a
--- failed window it gave up on.
-UPDATE {t}watermarks SET attempts = 0
-WHERE task = %(task)s AND attempts > 0 AND (lease_until IS NULL OR lease_until < now());
+-- TASK --failed'): a parked one (its lease ended at the epoch) is a dead claim of now, which the
+-- next run takes over again, and redrive retries a failed window it gave up on.
+UPDATE {t}watermarks
+SET attempts = 0, lease_until = CASE WHEN lease_until <= 'epoch'::timestamptz THEN now() ELSE lease_until END
+WHERE task = %(task)s AND (attempts > 0 OR lease_until <= 'epoch'::timestamptz)
+  AND (lease_until IS NULL OR lease_until < now());
 
 -- fail_reexport --
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
@@ -165,10 +168,10 @@ UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE id IN (SELECT id FROM {t}watermarks WHERE claim_token = %(token)s ORDER BY entity FOR UPDATE);
 
 -- entities --
--- Every watermark row of a task (held: by a claim, live or dead).
+-- Every watermark row of a task (held: by a claim, live or dead; parked: see park).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
        failed_destination, exported_at, rows, path, claim_token IS NOT NULL AND lease_until >= now() AS claimed,
-       claim_token IS NOT NULL AS held
+       claim_token IS NOT NULL AS held, claim_token IS NOT NULL AND lease_until <= 'epoch'::timestamptz AS parked
 FROM {t}watermarks WHERE task = %(task)s ORDER BY entity;
 
 -- delete --

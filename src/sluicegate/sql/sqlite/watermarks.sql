@@ -17,7 +17,8 @@ RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
     CASE WHEN failed_mode = 'reexport' THEN 0 ELSE attempts END, path;
 
 -- take_over --
--- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is parked), the oldest death first, alone
+-- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is
+-- parked, and so is one park left at the epoch, 0), the oldest death first, alone
 -- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone, its window
 -- stored, and none on
 -- the attempts of a row owing a failed re-export, nor a bound (see postgresql/watermarks.sql).
@@ -30,7 +31,7 @@ SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND pending_en
 WHERE id IN (
     SELECT id FROM {t}watermarks
     WHERE task = :task AND entity IN (SELECT value FROM json_each(:entities))
-      AND claim_token IS NOT NULL AND lease_until < :now
+      AND claim_token IS NOT NULL AND lease_until < :now AND lease_until > 0
       AND (attempts < :max_attempts OR failed_mode = 'reexport')
     ORDER BY lease_until, entity
     LIMIT 1
@@ -88,11 +89,10 @@ WHERE task = :task AND entity = :entity AND claim_token = :token;
 
 -- park --
 -- Park an entity taken over with no attempt left (its worker died exporting it, alone, until
--- max_attempts): record its window as failed with why (for status and redrive), and leave it held
--- by a dead claim (its lease ends now), which the claim skips, and take_over while its attempts
--- are used up; reset_failed clears them, and a run takes it over again. As fail_window otherwise.
+-- max_attempts): record its window as failed with why, and leave it held by a dead claim whose
+-- lease ended at the epoch (0): parked (see postgresql/watermarks.sql). As fail_window otherwise.
 UPDATE {t}watermarks
-SET lease_until = :now,
+SET lease_until = 0,
     watermark = COALESCE(watermark, :start),
     last_error = CASE WHEN failed_mode = 'reexport' THEN last_error ELSE :error END,
     failed_start = CASE WHEN failed_mode = 'reexport' THEN failed_start ELSE :start END,
@@ -106,8 +106,8 @@ WHERE id = :id AND claim_token = :token;
 -- Clear the attempts of a task's entities that are not held by a live claim ('sluicegate reset
 -- TASK --failed'): a parked one is taken over by the next run again, and redrive retries a
 -- failed window it gave up on.
-UPDATE {t}watermarks SET attempts = 0
-WHERE task = :task AND attempts > 0 AND (lease_until IS NULL OR lease_until < :now);
+UPDATE {t}watermarks SET attempts = 0, lease_until = CASE WHEN lease_until <= 0 THEN :now ELSE lease_until END
+WHERE task = :task AND (attempts > 0 OR lease_until <= 0) AND (lease_until IS NULL OR lease_until < :now);
 
 -- fail_reexport --
 -- Record a failed re-export (its window and destination, for redrive). It holds no claim, so it
@@ -151,10 +151,10 @@ UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = :token;
 
 -- entities --
--- Every watermark row of a task (held: by a claim, live or dead).
+-- Every watermark row of a task (held: by a claim, live or dead; parked: see park).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
        failed_destination, exported_at, rows, path, (claim_token IS NOT NULL AND lease_until >= :now) AS claimed,
-       claim_token IS NOT NULL AS held
+       claim_token IS NOT NULL AS held, (claim_token IS NOT NULL AND lease_until <= 0) AS parked
 FROM {t}watermarks WHERE task = :task ORDER BY entity;
 
 -- delete --
