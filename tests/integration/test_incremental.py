@@ -2331,6 +2331,8 @@ def _deleted(root: Path) -> list[tuple[str, str]]:
         "table-empty",
         pytest.param("numeric-entity-gone", marks=pytest.mark.pg),
         pytest.param("uuid-entity-gone", marks=pytest.mark.pg),
+        pytest.param("inet-entity-gone", marks=pytest.mark.pg),
+        pytest.param("enum-entity-gone", marks=pytest.mark.pg),
     ],
 )
 def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
@@ -2342,16 +2344,24 @@ def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     An entity column of numbers (not integers, not text) names the gone entity by the ledger's
     text, which no source value has: the redo failed ("matches no value ... or wait for its
     rows") on every run, its file left in place. A uuid column compared it as text: "operator does
-    not exist: uuid = text" on every run."""
+    not exist: uuid = text" on every run, and so did every other type PostgreSQL's values are
+    carried as text for (inet, an enum: "operator does not exist: inet = text")."""
     numeric, uuids = case == "numeric-entity-gone", case == "uuid-entity-gone"
-    url = request.getfixturevalue("pg_url") if numeric or uuids else f"sqlite:///{tmp_path / 'source.db'}"
+    pg = case.split("-")[0] in ("numeric", "uuid", "inet", "enum")
+    url = request.getfixturevalue("pg_url") if pg else f"sqlite:///{tmp_path / 'source.db'}"
     root = _project(tmp_path, url)
-    if numeric or uuids:
-        study = "('1' || substr(study_id, 2))::numeric" if numeric else "uuid_in(md5(study_id)::cstring)"
-        (root / "tasks" / "studies" / "select.sql").write_text(
-            f"SELECT record_id, {study} AS study_id, uploaded_on, payload FROM records"
-        )
     rec = Records(url)
+    if pg:
+        studies = {
+            "numeric": "('1' || substr(study_id, 2))::numeric",
+            "uuid": "uuid_in(md5(study_id)::cstring)",
+            "inet": "('10.0.0.' || substr(study_id, 2))::inet",
+            "enum": "study_id::study_kind",
+        }
+        rec.conn.execute("DROP TYPE IF EXISTS study_kind; CREATE TYPE study_kind AS ENUM ('s1', 's2')")
+        (root / "tasks" / "studies" / "select.sql").write_text(
+            f"SELECT record_id, {studies[case.split('-')[0]]} AS study_id, uploaded_on, payload FROM records"
+        )
     rec.add("s1", T - dt.timedelta(hours=5), "s1-a")
     blocker = _feed_blocked(tmp_path)
     assert _run(root, export_type="daily", end=T).failed == 1
@@ -2365,6 +2375,7 @@ def test_a_failed_window_of_an_entity_gone_from_the_source_deletes_its_file(
     assert placed not in files(tmp_path / "out")
     assert (placed.relative_to(tmp_path / "out").as_posix(), "deleted") in _deleted(root)
     name = "11" if numeric else str(uuid.UUID(hashlib.md5(b"s1").hexdigest())) if uuids else "s1"
+    name = "10.0.0.1" if case == "inet-entity-gone" else name
     row = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}[name]
     assert row["pending_end"] is None and row["failed_end"] is None and row["watermark"] >= T
 

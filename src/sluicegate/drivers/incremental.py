@@ -368,7 +368,7 @@ def _found(task: Task, ctx: Context, columns: Sequence[Column]) -> dict[str, Any
     kind read from the ledger's text: no value of the column has that text, and the redo failed.
     (A text naming a value the source has, "1.50" for 1.5, is not that entity: it stays unfound.)"""
     found = {str(v): v for v in watermarks.discover_entities(task, ctx.source)}
-    kind = next(("uuid" if c.uuid else c.kind for c in columns if c.name == task.entity), "other")
+    kind = next((c.kind for c in columns if c.name == task.entity), "other")
     typed = {r["entity"]: typed_entity(kind, r["entity"]) for r in ctx.ledger.watermarks.entities(task.name)}
     values = set(found.values())
     return {**{e: v for e, v in typed.items() if v not in values}, **found}

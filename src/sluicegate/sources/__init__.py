@@ -49,7 +49,7 @@ class Column:
     scale: int | None = None
     as_text: bool = False
     zoneless: bool = False  # a time without a zone (MariaDB DATETIME): see ReadSpec.datetime_zone
-    uuid: bool = False  # an as_text column of PostgreSQL uuid values (an entity named in text is typed)
+    pg_type: str | None = None  # an as_text column's PostgreSQL type (format_type): key values are cast to it
 
 
 @dataclass(frozen=True, kw_only=True)

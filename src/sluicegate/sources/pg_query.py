@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -37,7 +37,6 @@ KINDS: dict[int, ColumnKind] = {
     17: "binary",
 }
 REAL_OID = 700
-UUID_OID = 2950
 
 
 def name(column: str) -> sql.Identifier:
@@ -68,7 +67,10 @@ def batch_query(
     # can hash: without it, a task with no other key compares every row with every window.
     by_day = spec.day_zone is not None and timed
     names = ["ord", *(f"k{i}" for i in range(nkeys))] + (["ws", "we", "zone"] if timed else [])
-    row_sql = ["%s"] * (nkeys + 1) + (["%s::timestamptz", "%s::timestamptz", "%s::text"] if timed else [])
+    by_name = {c.name: c for c in columns}
+    casts = [_cast(by_name.get(k)) for k in spec.keys]
+    row_sql = ["%s", *(f"%s{c}" for c in casts)]
+    row_sql += ["%s::timestamptz", "%s::timestamptz", "%s::text"] if timed else []
     if by_day:
         names.append("day")
         row_sql.append("%s::date")
@@ -83,18 +85,13 @@ def batch_query(
     on: list[sql.Composable] = [
         sql.SQL("q.{} = p.{}").format(name(k), sql.Identifier(f"k{i}")) for i, k in enumerate(spec.keys)
     ]
-    where: list[sql.Composable] = []
-    where_params: list[Any] = []
-    for i, k in enumerate(spec.keys):
-        where.append(sql.SQL("q.{} = ANY(%s)").format(name(k)))
-        where_params.append(sorted({s.keys[i] for s in slices}, key=str))
+    where, where_params = _key_conditions(spec, slices, casts)
     if spec.time_column is not None:
         conditions, bounds = _time_conditions(spec, slices, by_day)
         on += conditions[:-2]
         where += conditions[-2:]
         where_params += bounds
     zone = sql.SQL("p.zone") if timed else sql.Literal("UTC")
-    by_name = {c.name: c for c in columns}
     order = sql.SQL(", ").join(_order_expr(by_name[c]) for c in order_columns(spec, columns))
     query = sql.SQL(
         "SELECT p.ord, {projection} FROM ({select}) AS q "
@@ -109,6 +106,33 @@ def batch_query(
         order=order,
     )
     return query, params + where_params
+
+
+def _key_conditions(
+    spec: ReadSpec, slices: Sequence[Slice], casts: Sequence[str]
+) -> tuple[list[sql.Composable], list[Any]]:
+    """The plain predicates on the keys (each in the batch's values), and their parameters."""
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    for i, k in enumerate(spec.keys):
+        keys = sorted({s.keys[i] for s in slices}, key=str)
+        if casts[i]:  # each value cast: the ledger's text and the source's values may mix
+            listed = sql.SQL(", ").join(sql.SQL("%s" + casts[i]) for _ in keys)
+            where.append(sql.SQL("q.{} IN ({})").format(name(k), listed))
+            params += keys
+        else:
+            where.append(sql.SQL("q.{} = ANY(%s)").format(name(k)))
+            params.append(keys)
+    return where, params
+
+
+def _cast(col: Column | None) -> str:
+    """The cast of a key value of ``col`` (none but for a type read as text): an entity named
+    by the ledger's text is bound as text, which no operator compares with inet, an enum, a uuid
+    ("operator does not exist: inet = text"). The value is cast, not the column: indexes serve."""
+    if col is None or not col.as_text or col.pg_type is None:
+        return ""
+    return "::" + col.pg_type.replace("%", "%%")  # a '%' of a quoted name, as in name()
 
 
 def _order_expr(col: Column) -> sql.Composable:
@@ -183,11 +207,13 @@ def _time_conditions(
     return conditions, bounds
 
 
-def column_of(desc: Any) -> Column:
-    """The column of a result description: its kind, and how the read paths carry it."""
+def column_of(desc: Any, types: Mapping[int, str] | None = None) -> Column:
+    """The column of a result description: its kind, and how the read paths carry it; ``types``:
+    the names of the types read as text, by oid, which their key values are cast to."""
     kind = KINDS.get(desc.type_code)
     if kind is None:  # json, uuid, interval, arrays, ...: the server's text
-        return Column(name=desc.name, kind="text", as_text=True, uuid=desc.type_code == UUID_OID)
+        pg_type = (types or {}).get(desc.type_code)
+        return Column(name=desc.name, kind="text", as_text=True, pg_type=pg_type)
     precision = 24 if desc.type_code == REAL_OID else desc.precision
     return Column(name=desc.name, kind=kind, precision=precision, scale=desc.scale)
 

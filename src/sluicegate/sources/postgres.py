@@ -24,7 +24,7 @@ from ..exceptions import ConfigError, PermissionDenied, SluicegateError
 from ..partitions import canonical_key
 from . import Column, CsvChunk, Mode, ReadSpec, Slice, distinct_names, group_rows
 from .arrow import available as arrow_available
-from .pg_query import batch_query, column_of, projection, select_sql
+from .pg_query import KINDS, batch_query, column_of, projection, select_sql
 
 CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 10000
@@ -110,6 +110,7 @@ class PostgresSource:
             with self.conn.cursor() as cur:
                 cur.execute(query, ())
                 desc = cur.description or []
+                types = _type_names(cur, {d.type_code for d in desc})
         except psycopg.OperationalError:
             with db.wrap_errors(self.url):
                 raise
@@ -128,7 +129,7 @@ class PostgresSource:
                 f"{spec.folder / 'task.toml'} [columns]: only SQLite sources take column kinds; on "
                 "PostgreSQL the select's result types give them (cast in select.sql instead)"
             )
-        return distinct_names(spec, [column_of(d) for d in desc])
+        return distinct_names(spec, [column_of(d, types) for d in desc])
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run a small query and return all rows."""
@@ -268,6 +269,15 @@ class PostgresSource:
         with db.wrap_errors(self.url), self.conn.transaction(), self.conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield _Snapshot(cur, self.url)
+
+
+def _type_names(cur: Any, oids: set[int]) -> dict[int, str]:
+    """The types of ``oids`` read as text (see column_of), as PostgreSQL writes them in SQL."""
+    carried = sorted(oid for oid in oids if oid not in KINDS)
+    if not carried:
+        return {}
+    cur.execute("SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)", (carried,))
+    return {int(oid): str(name) for oid, name in cur.fetchall()}
 
 
 class _Snapshot:
