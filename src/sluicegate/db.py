@@ -133,6 +133,12 @@ def sqlite_path(url: str) -> Path:
     path = url[len("sqlite:///") :]
     if not path:
         raise ConfigError(f"database URL {url!r} has no file path; use sqlite:///path/to/file.db")
+    if "?" in path:  # sqlite:////x.db?mode=ro made (and used) a new, empty file named "x.db?mode=ro"
+        options = path[path.index("?") :]
+        raise ConfigError(
+            f"database URL {mask_url(url)!r}: sluicegate reads no options in a SQLite URL, and"
+            f" {options!r} would be part of the file's name; remove it"
+        )
     return Path(path)
 
 

@@ -309,6 +309,20 @@ def test_a_sqlite_url_with_two_slashes_is_refused_not_opened_at_the_root(tmp_pat
     assert not (Path("/") / name).exists()
 
 
+def test_a_sqlite_url_with_options_is_refused_not_made_a_file_of_that_name(tmp_path: Path) -> None:
+    """sqlite:////x.db?mode=ro created a new, empty ledger in a file named "x.db?mode=ro"."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    settings = root / "sluicegate.toml"
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    settings.write_text(settings.read_text().replace(url, f"{url}?mode=ro"))
+    for command in ("check", "run", "status"):
+        result = cli(root, command)
+        assert (
+            result.returncode == 2 and "reads no options in a SQLite URL, and '?mode=ro'" in result.stderr
+        ), result.stderr
+    assert not list(tmp_path.glob("*?mode=ro"))
+
+
 def test_a_typod_sqlite_source_path_is_refused_not_created(tmp_path: Path) -> None:
     """A typo in [source] url made a new, empty database (the ledger's tables in it), and the
     run blamed each task's select.sql for the missing table."""
