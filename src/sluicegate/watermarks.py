@@ -157,7 +157,7 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    refused += _parked(task, rows, values, max_attempts, dry=not claim)
+    refused += parked_notes(task, rows, values, max_attempts, dry=not claim)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     cap, held, waits = capped_end(
         task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
@@ -230,7 +230,7 @@ def park(
     return {"entity": window.entity, "rows": 0, "error": error}
 
 
-def _parked(
+def parked_notes(
     task: TaskSpec, rows: Sequence[Mapping[str, Any]], values: Collection[str], max_attempts: int,
     *, dry: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip

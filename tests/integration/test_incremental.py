@@ -771,6 +771,41 @@ def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_
     assert fixed.failed == 0 and _payloads(tmp_path) == ["s1", "s2"]
 
 
+def test_an_entity_another_run_parks_meanwhile_is_a_failure_not_held(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs raced for s1, held by a dead claim with one attempt left: this one noted it held
+    (its claim refused), then the other took it over and parked it. This run then reported
+    "another export holds this entity ... the next run takes it over once its lease has run out"
+    and exited 0, though no run takes a parked entity over: it now says s1 is parked and how to
+    reset it, a failure of the run as for the run that parked it."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    rec.add("s2", T - dt.timedelta(hours=2), "s2")
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1"])
+        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
+        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
+        _expire_claims(ledger, attempts=2)
+    real = incremental.watermarks.take_over_window
+
+    def other_run_first(task: Any, request: Any, source: Any, wm: Any, entities: Any, **kw: Any) -> Any:
+        with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as other:
+            windows, notes, entity = real(task, request, source, other.watermarks, entities, **kw)
+            assert entity == "s1" and not windows and "error" in notes[0], notes  # it parked s1
+        return real(task, request, source, wm, entities, **kw)
+
+    monkeypatch.setattr(incremental.watermarks, "take_over_window", other_run_first)
+    raced = _run(root, export_type="daily", end=T)
+    assert raced.failed == 1 and "s1: gave up after 3 attempts, max_attempts being 3" in raced.errors[0]
+    assert "reset studies --failed' to retry" in raced.errors[0], raced.entities
+    assert not [n for n in raced.entities if "another export holds" in str(n.get("note"))], raced.entities
+    assert _payloads(tmp_path) == ["s2"]
+
+
 def test_a_dead_claim_that_stored_no_window_counts_no_attempt(url: str, tmp_path: Path) -> None:
     """A run died holding s1 alone before it stored a window (it read none of s1's rows), with
     nothing to export for s1. Taking it over counted an attempt, and giving it back as "nothing

@@ -287,6 +287,7 @@ class Driver:
         else:  # a re-export claims nothing
             return None
         if entity is None:
+            self._parked_meanwhile(task, held, summary)
             return None
         watermarks.drop_held(summary.entities, entity)  # held by a dead claim, now this run's
         summary.entities += notes
@@ -294,6 +295,19 @@ class Driver:
             if "error" in note:  # parked, its attempts used up: a failure of this run
                 summary.note_failure(entity, str(note["error"]))
         return windows
+
+    def _parked_meanwhile(self, task: Task, held: set[str], summary: TaskSummary) -> None:
+        """Of the ``held`` entities none of which could be taken over, those another run parked since
+        (taking over their dead claims with no attempt left): failures of this run as of that one,
+        not "held" (no run takes a parked entity over until it is reset)."""
+        if not held:
+            return
+        rows = self.context.ledger.watermarks.entities(task.name)
+        most = self.context.project.settings.max_attempts
+        for note in watermarks.parked_notes(task, rows, held, most):
+            watermarks.drop_held(summary.entities, note["entity"])
+            summary.entities.append(note)
+            summary.note_failure(note["entity"], str(note["error"]))
 
     def _export_and_catch_up(
         self, task: Task, windows: list[Window], options: RunOptions, summary: TaskSummary, budget: Budget
