@@ -1832,6 +1832,35 @@ def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) ->
     )
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize(
+    ("study", "shown"),
+    [
+        ("to_json(study_id)", "json"),
+        ("jsonb_build_object('id', study_id)", "jsonb"),
+        ("ARRAY[study_id]", "text[]"),
+    ],
+)
+def test_an_entity_column_of_json_or_an_array_is_refused(
+    pg_url: str, tmp_path: Path, study: str, shown: str
+) -> None:
+    """An entity column of json cannot work (json has no '=': the entities' DISTINCT failed), and
+    jsonb and array values come back as dicts and lists, which the entities' set took with a
+    TypeError and a traceback. check and run refuse it, exit 2, and say to cast it to text."""
+    root = _project(tmp_path, pg_url)
+    Records(pg_url).add("s1", T - dt.timedelta(hours=2), "s1")
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        f"SELECT record_id, {study} AS study_id, uploaded_on, payload FROM records"
+    )
+    wanted = f"task.toml entity: column 'study_id' is {shown}, "
+    for args in (["check"], ["run", "--entity", "s1"], ["run"]):
+        result = cli(root, *args)
+        out = result.stdout + result.stderr
+        assert result.returncode == 2 and wanted in out and "cast it to text in select.sql" in out, result
+        assert "Traceback" not in out and "operator does not exist" not in out, result
+    assert operations.watermarks(load(root), "studies") == []
+
+
 def test_a_bootstrap_that_cannot_be_windowed_is_a_config_error(tmp_path: Path) -> None:
     """A bootstrap near year 1 whose offset takes it before it loaded, then failed at run time
     with an OverflowError traceback (exit 1) and left the entities claimed for a lease."""

@@ -40,7 +40,7 @@ from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
 from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
-from .incremental_check import check, cursor_problems, missing_columns, sqlite_dates
+from .incremental_check import check, cursor_problems, entity_problems, missing_columns, sqlite_dates
 from .incremental_entities import entity_value, typed_entity
 from .incremental_recorder import Recorder
 
@@ -155,8 +155,10 @@ class Driver:
             described = self.context.columns(task, read_spec(task))
         except DataError as exc:  # the query itself fails: its SQL, not the data (an outage is transient)
             raise ConfigError(f"{task.folder / 'select.sql'}: {exc}") from None
-        if problems := missing_columns(task, {c.name for c in described}) + cursor_problems(
-            task, described, self.context.source, probe=True
+        if problems := (
+            missing_columns(task, {c.name for c in described})
+            + entity_problems(task, described)
+            + cursor_problems(task, described, self.context.source, probe=True)
         ):
             raise ConfigError("; ".join(problems))
         dated = any(c.name == task.cursor and c.kind == "date" for c in described)

@@ -25,7 +25,7 @@ def check(task: Task, source: Source) -> list[str]:
     except SluicegateError as exc:
         return [str(exc)]
     problems = missing_columns(task, {c.name for c in described})
-    problems += cursor_problems(task, described, source)
+    problems += entity_problems(task, described) + cursor_problems(task, described, source)
     problems += horizon_problems(task, source)
     if task.cursor in {c.name for c in described}:
         problems += null_cursors(task, source)
@@ -83,6 +83,19 @@ def missing_columns(task: Task, names: set[str]) -> list[str]:
         f"{task.folder / 'task.toml'} {field}: {name!r} is not a column of select.sql's result"
         for field, name in wanted
         if name not in names
+    ]
+
+
+def entity_problems(task: Task, described: list[Column]) -> list[str]:
+    """PostgreSQL: an entity column of json (no '=': the entities' DISTINCT fails), jsonb or an
+    array (read as dicts and lists, which name no entity): every run failed, with a traceback."""
+    column = next((c for c in described if c.name == task.entity), None)
+    shown = column.pg_type if column is not None and column.pg_type else ""
+    if shown not in ("json", "jsonb") and not shown.endswith("]"):
+        return []
+    return [
+        f"{task.folder / 'task.toml'} entity: column {task.entity!r} is {shown}, whose values cannot name"
+        f" an entity; cast it to text in select.sql ({task.entity}::text AS {task.entity})"
     ]
 
 
