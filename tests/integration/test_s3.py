@@ -7,6 +7,7 @@ import datetime as dt
 import gzip
 import io
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -205,6 +206,42 @@ def test_a_run_into_a_missing_bucket_names_the_bucket_not_its_probe(
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert f"bucket '{bucket}-gone' does not exist at {endpoint}; create it or fix the url" in line, line
+
+
+@pytest.mark.parametrize("store", ["moto", "seaweed"])
+def test_a_missing_bucket_is_not_taken_for_a_missing_object(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """A HEAD's 404 has no body, so a bucket gone looked like an object gone: exists() said False,
+    verify() "missing or not the object uploaded" (transient, retried), and 'sluicegate changes'
+    that a manifest "was deleted while 'sluicegate changes' was reading the feed". On a HEAD's
+    404 the bucket is now asked for (HeadBucket): gone, it is the bucket's terminal error."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.exceptions import DestinationUnavailable
+
+    if store == "seaweed":
+        endpoint, bucket, key, secret = request.getfixturevalue("seaweed_bucket")
+    else:
+        (endpoint, bucket), key, secret = request.getfixturevalue("s3_bucket"), None, None
+
+    def dest(name: str) -> Any:
+        settings = DestinationSettings(
+            url=f"s3://{name}/feed", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
+        )
+        return open_destination(settings)
+
+    there = dest(bucket)
+    assert not there.exists("absent.csv")  # a missing object is still just missing (transient in verify)
+    with pytest.raises(DestinationUnavailable, match="missing or not the object uploaded"):
+        there.verify("absent.csv", 1, "x")
+    gone = dest(f"{bucket}-gone")
+    says = re.escape(f"bucket '{bucket}-gone' does not exist at {endpoint}; create it or fix the url")
+    with pytest.raises(TerminalError, match=says):
+        gone.exists("absent.csv")
+    with pytest.raises(TerminalError, match=says):
+        gone.verify("absent.csv", 1, "x")
+    with pytest.raises(TerminalError, match=says):
+        changes._read(gone, "_manifests/20240101T000000Z-run-1.jsonl")
 
 
 def test_seaweed_wrong_secret_is_a_terminal_failure(

@@ -314,10 +314,21 @@ class S3Destination(SpooledUpload):
                 head = self.client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if _missing(exc):
+                    self._bucket_there(key)
                     return False
                 raise
         same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
         return (size is None or int(head["ContentLength"]) == size) and same
+
+    def _bucket_there(self, key: str) -> None:
+        """After a HEAD's 404, which has no body to say NoSuchBucket: raise the bucket's error when
+        HeadBucket says it is gone too (any other answer, a 403 without s3:ListBucket, leaves the
+        object missing)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _missing(exc):
+                raise TerminalError(f"{self._no_bucket} (at {key})") from exc
 
     def read(self, path: str) -> bytes:
         """The object's bytes."""
