@@ -250,6 +250,10 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
             "field 'limit' of the request body: Input should be greater than"
         )  # one sentence, as every other 422; the pydantic list is under "errors"
         assert [e["loc"] for e in bad.json()["errors"]] == [["body", "limit"]]
+        # Both: the re-export was skipped and the dry run planned without it, saying nothing.
+        both = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={**body, "dry_run": True})
+        assert both.status_code == 422, both.text
+        assert "reexport and dry_run cannot be combined" in both.json()["detail"], both.text
         # Hostile bodies get 422 with a reason, not a 500 (nor a run that fails later):
         raw = {**AUTH, "Content-Type": "application/json"}
         hostile = ('{"limit": 1e400}', '{"limit": 100000000000000000000}', '{"tag": "\\ud800"}',

@@ -82,6 +82,12 @@ def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = 
 def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptions, list[str]]:
     """The run's options, and warnings about what it leaves out of the request."""
     operations.check_limit([task], body.limit, named=True)
+    if body.reexport and body.dry_run:  # the dry run planned without the re-export, saying nothing
+        raise UsageError(
+            "reexport and dry_run cannot be combined: a dry run changes nothing, so it cannot queue the"
+            f" window again to plan it; see the window's exported partitions (GET /tasks/{task.name}"
+            "/partitions?state=exported), or send reexport without dry_run to queue and export them"
+        )
     request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
         if body.time_max is not None:
@@ -112,6 +118,6 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptio
             destination=None,
             tag=body.tag,
         )
-    elif body.reexport and not body.dry_run:
+    elif body.reexport:
         operations.reexport(p, task.name, {}, time_min=body.time_min, time_max=body.time_max)
     return RunOptions(limit=body.limit, dry_run=body.dry_run, request=request), []
