@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from sluicegate import capture, operations
 from sluicegate.engine import Exporter
+from sluicegate.exceptions import LedgerError
 from sluicegate.ledger import Claim, ExportResult, Ledger
 from sluicegate.ledger.claims import PathTaken
 from sluicegate.partitions import restore_partition
@@ -1149,3 +1151,51 @@ def test_a_commit_retried_on_a_new_connection_sees_a_commit_of_its_file_made_mea
         early = first.partitions.commit([mine], place, vet)
     assert late == [True]
     assert early == [False]  # not recorded: the file in place is the other partition's
+
+
+@EVERY_LEDGER
+def test_a_claim_run_again_after_a_deadlock_keeps_the_token_its_rows_were_taken_under(
+    tmp_path: Path, request: pytest.FixtureRequest, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that found one partition put it under a lone token, then the server rolled the
+    transaction back (a deadlock, which MariaDB's claim meets against a mark) and the claim ran
+    again, finding three: the lone token of the first try stayed. PostgreSQL and SQLite took the
+    three under the batch token but handed out claims of the lone one, so none could commit;
+    MariaDB put the batch under the lone token, so each was charged an attempt when taken over."""
+    url = _url(request, tmp_path, dialect)
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
+    )
+    db = Db(url)
+    project = load(root)
+    operations.install(project)
+    task = project.tasks["openaq"]
+    for loc in (1, 2, 3):
+        db.location(loc, "UTC")
+    operations.mark(project, "openaq", {"location_id": "1", "day": "2024-01-01"})
+    failed: list[str] = []
+    sleep = time.sleep
+
+    def deadlock(*args: Any, **kwargs: Any) -> None:
+        if not failed:
+            failed.append("once")
+            raise LedgerError("rolled back") from RuntimeError("deadlock detected")
+
+    def meanwhile(seconds: float) -> None:  # the retry's pause: two more partitions are marked
+        if failed == ["once"]:
+            failed.append("marked")
+            for loc in ("2", "3"):
+                operations.mark(project, "openaq", {"location_id": loc, "day": "2024-01-01"})
+        sleep(seconds)
+
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        store = ledger.partitions
+        lone, claim_take = store.lone, store.claim_take
+        monkeypatch.setattr(store, "lone", lambda *a, **k: (deadlock(), lone(*a, **k)))
+        monkeypatch.setattr(store, "claim_take", lambda *a, **k: (deadlock(), claim_take(*a, **k)))
+        monkeypatch.setattr(time, "sleep", meanwhile)
+        claims = store.claim(task, limit=10, lease=600)
+        monkeypatch.setattr(time, "sleep", sleep)
+    assert failed == ["once", "marked"] and len(claims) == 3
+    stored = {str(t) for (t,) in db.rows(f"SELECT claim_token FROM {_table(url)}")}
+    assert stored == {claims[0].token} and uuid.UUID(claims[0].token).version == 4
