@@ -15,7 +15,7 @@ from . import capture, capture_triggers, db, partitions, validate
 from .destinations import open_destination
 from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
-from .exceptions import ConfigError, DataError, SluicegateError, UsageError
+from .exceptions import ConfigError, DataError, PermissionDenied, SluicegateError, UsageError
 from .export_request import time_range
 from .keytext import coerce_value, period_filter, reads_as
 from .ledger import Ledger, open_ledger
@@ -297,10 +297,16 @@ def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:
 
 
 def delete_watermark(project: Project, task_name: str, entity: str) -> bool:
-    """Delete one entity's watermark; its next export starts from the bootstrap."""
+    """Delete one entity's watermark; its next export starts from the bootstrap. A ledger that
+    records nothing after it stays the destination's (engine.check_ledger_found)."""
     task = incremental_task(project, task_name)
     with ledger_of(project) as ledger:
-        return ledger.watermarks.delete(task.name, entity)
+        if not ledger.watermarks.delete(task.name, entity):
+            return False
+        with contextlib.suppress(PermissionDenied):  # such a role's runs skip the check
+            if not ledger.found.has_records():
+                ledger.found.mark_new_ledger()
+        return True
 
 
 def forget_reexport(project: Project, task_name: str, entity: str) -> dict[str, Any]:

@@ -21,5 +21,6 @@ class FoundStore(Store):
         return bool(self._run("has_records").fetchone()[0])
 
     def mark_new_ledger(self) -> None:
-        """Record that this ledger was started over existing output on purpose (run --new-ledger)."""
+        """Record that this ledger was started over existing output on purpose (run --new-ledger),
+        or emptied on purpose (watermark delete of the last record)."""
         self.core.in_transaction(lambda cur: self._run("mark_new_ledger", cur))
