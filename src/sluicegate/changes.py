@@ -294,6 +294,12 @@ def _start(destination: Destination, since: Since) -> tuple[dt.datetime, Callabl
     return point, lambda c: (dt.datetime.fromisoformat(c.time), c.run, c.seq) > (point, run, seq)
 
 
+def is_manifest(name: str) -> bool:
+    """Whether a file listed under ``_manifests/`` is named as sluicegate names its manifests
+    (another tool's files there are not; the reader skips them too)."""
+    return _run_of(name) is not None
+
+
 def _run_of(name: str) -> str | None:
     match = _NAME.match(name.rsplit("/", 1)[-1])
     return match["run"] if match else None

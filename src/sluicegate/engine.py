@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .changes import MANIFESTS, FeedRun
+from .changes import MANIFESTS, FeedRun, is_manifest
 from .db import POSTGRESQL
 from .drivers import Context, Progress, kind_module
 from .exceptions import ConfigError, PermissionDenied, SluicegateError, UsageError
@@ -125,12 +125,16 @@ class Exporter:
             log.warning("task %s: could not record its state on the ledger: %s", task.name, exc)
 
 
+FEED_PAGE = 1000  # the files under _manifests/ the lost-ledger check lists: one S3 request
+
+
 def check_ledger_found(ctx: Context, options: RunOptions) -> None:
     """ConfigError when the ledger records nothing but the destination holds a change feed: the
     ledger was lost (a deleted file) or its URL or schema is mistyped, and a run would export
     everything again as new (see ledger/found.py). One query, and while the ledger records
-    nothing, one listing of at most one manifest. ``options.new_ledger`` records that the
-    ledger was started there on purpose instead (but for a dry run)."""
+    nothing, one listing of at most FEED_PAGE files under ``_manifests/`` (sluicegate's manifests
+    count, not another tool's files). ``options.new_ledger`` records that the ledger was started
+    there on purpose instead (but for a dry run)."""
     s = ctx.project.settings
     try:
         if not s.destination.manifests or ctx.ledger.found.has_records():
@@ -139,13 +143,13 @@ def check_ledger_found(ctx: Context, options: RunOptions) -> None:
             if not options.dry_run:  # later runs take this ledger, though it may still record nothing
                 ctx.ledger.found.mark_new_ledger()
             return
-        listed = ctx.destination.list_files(f"{MANIFESTS}/", most=1)
+        listed = ctx.destination.list_files(f"{MANIFESTS}/", most=FEED_PAGE)
     except PermissionDenied:  # a role without the owner's grants cannot have made a new ledger
         return
     except SluicegateError as exc:  # the ledger or destination is down: the tasks report it
         log.warning("could not check that the ledger is the one of the destination: %s", exc)
         return
-    if listed:
+    if any(is_manifest(name) for name in listed):  # not another tool's files there
         schema = f" (schema {s.ledger_schema})" if ctx.ledger.dialect is POSTGRESQL else ""
         raise ConfigError(
             f"the ledger at {mask_url(s.ledger_url)}{schema} records no export, but the destination "

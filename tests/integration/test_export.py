@@ -641,6 +641,26 @@ def test_a_ledger_that_records_nothing_over_a_change_feed_is_refused(tmp_path: P
     engine.run(load(root))
 
 
+def test_a_new_project_over_another_tools_manifests_folder_is_not_refused(tmp_path: Path) -> None:
+    """The lost-ledger check took any file under _manifests/ for sluicegate's change feed: a new
+    project whose destination held another tool's _manifests/ folder (or a stray .DS_Store) was
+    refused as a lost ledger. The feed's reader skips such files; so does the check now, and a
+    real manifest among them is still found."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    other = tmp_path / "out" / "_manifests"
+    (other / "other-tool").mkdir(parents=True)
+    (other / "other-tool" / "state.json").write_text("{}")
+    (other / ".DS_Store").write_bytes(b"\0")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert engine.run(load(root))[0].exported == 2
+    s = load(root).settings
+    with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:  # restored from an empty backup
+        ledger.core.in_transaction(lambda cur: cur.execute(f"DELETE FROM {ledger.core.prefix}partitions"))
+    with pytest.raises(ConfigError, match="already holds sluicegate's change feed"):
+        engine.run(load(root))
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
