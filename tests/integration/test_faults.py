@@ -365,3 +365,58 @@ def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_
         failure
     )
     assert len(files(tmp_path / "out")) == 9
+
+
+@pytest.mark.pg
+def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged_for_its_death(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A claim that found one partition (location 1) put it under a lone token, but the loop went
+    on with its file in flight, uncommitted, and claimed the next batch (locations 2 and 3, marked
+    meanwhile), whose poison (3) killed the worker. Taken over, location 1 was charged for that
+    death as if it had died alone: with max_attempts = 1 the healthy partition was parked."""
+    db = Db(pg_url)
+    db.conn.execute(
+        "CREATE FUNCTION gate(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF loc = 1 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_advisory_lock(4242);"
+        " PERFORM pg_advisory_unlock(4242); END IF; "
+        "IF loc = 3 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_sleep(60); END IF; RETURN 1; END $$"
+    )
+    _fill(db, range(1, 4), days=1)
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, gate(m.location_id, m.datetime)"
+        " AS p FROM measurements AS m"
+    )
+    root = _project(
+        tmp_path, pg_url, "csv", select, lease="1s", extra_defaults="max_attempts = 1\nworkers = 1"
+    )
+    _mark_all(root, range(1, 2), days=1)
+    waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = '{}'"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_advisory_lock(4242)")
+        proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(root), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        while not admin.execute(waiting.format("advisory")).fetchall():  # location 1 is being read
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        _mark_all(root, range(2, 4), days=1)
+        admin.execute("SELECT pg_advisory_unlock(4242)")
+        while not (pids := admin.execute(waiting.format("PgSleep")).fetchall()):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        proc.communicate()
+        for (pid,) in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    codes = []
+    for _ in range(6):
+        time.sleep(1.3)  # the dead run's lease runs out
+        codes.append(_run_until_killed_at_poison(root, pg_url))
+        if codes[-1] != -9:
+            break
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["exported"], status["failed"]) == (2, 1), (codes, status)
+    [failure] = status["failures"]
+    assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure

@@ -238,7 +238,7 @@ class Loop:
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
-        done, last_batch = 0, 0.0
+        done, last_batch, idle = 0, 0.0, True  # idle: none of this loop's files in flight
         with pipeline:
             try:
                 while limit is None or done < limit:
@@ -247,13 +247,16 @@ class Loop:
                     ):
                         break
                     n = batch_size if limit is None else min(batch_size, limit - done)
-                    claims, alone = self._claim(ctx, n)
+                    claims, taken_over = self._claim(ctx, n, lone=idle)
                     if not claims:
                         break
-                    if self.grow is not None and len(claims) == n and not alone:
+                    if self.grow is not None and len(claims) == n and not taken_over:
                         limit, self.grow = self.grow(done + n, limit), None
                     started = time.monotonic()
-                    if alone:  # nothing else in flight while it is exported, nothing after it
+                    # Under a lone token (claimed alone while idle) or taken over: nothing else in
+                    # flight while it is exported, nothing after it, so a death then is its own.
+                    alone = idle = taken_over or (idle and len(claims) == 1)
+                    if alone:
                         pipeline.flush()
                     # The batch's last files are still being published while the next batch is read.
                     keep = 0 if alone else MAX_INFLIGHT // 2
@@ -268,14 +271,16 @@ class Loop:
                 pipeline.flush()
         return done
 
-    def _claim(self, ctx: Context, size: int) -> tuple[list[Claim], bool]:
+    def _claim(self, ctx: Context, size: int, *, lone: bool) -> tuple[list[Claim], bool]:
         """One partition of a dead claim (its lease expired), taken over alone, and True; else a
         batch of pending ones. Taken over first, so new work never makes it wait; alone, so one
-        that kills its worker (the OOM killer, a crash) takes no other partition down again."""
+        that kills its worker (the OOM killer, a crash) takes no other partition down again.
+        ``lone``: none of this loop's files are in flight, so a claim of one partition may put it
+        under a lone token (a death of the worker then counts against it: see take_over)."""
         store, lease = ctx.ledger.partitions, ctx.project.settings.lease
-        if claims := store.take_over(self.task, lease=lease):
+        if claims := store.take_over(self.task, lease=lease, lone=lone):
             return claims, True
-        return store.claim(self.task, limit=size, lease=lease), False
+        return store.claim(self.task, limit=size, lease=lease, lone=lone), False
 
     def _units(self, ctx: Context, pipeline: Pipeline, claims: list[Claim]) -> list[WorkUnit]:
         """A work unit per claim; a claim whose partition cannot be exported fails here."""

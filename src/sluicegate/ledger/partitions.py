@@ -105,19 +105,24 @@ class PartitionStore(PartitionAdmin):
             return Jsonb(value)
         return json.dumps(value, sort_keys=True)
 
-    def claim(self, task: PartitionKeys, *, limit: int, lease: float) -> list[Claim]:
-        """Claim up to ``limit`` pending, complete partitions of ``task`` (none held by a claim)."""
-        return self._take(task, self.q["claim"], limit=limit, lease=lease)
+    def claim(self, task: PartitionKeys, *, limit: int, lease: float, lone: bool = True) -> list[Claim]:
+        """Claim up to ``limit`` pending, complete partitions of ``task`` (none held by a claim).
+        ``lone``: the caller has nothing else in flight, and exports a claim of one partition with
+        nothing else in flight, so it takes it under a :func:`lone_token`; else a batch token."""
+        return self._take(task, self.q["claim"], limit=limit, lease=lease, lone=lone)
 
-    def take_over(self, task: PartitionKeys, *, lease: float) -> list[Claim]:
+    def take_over(self, task: PartitionKeys, *, lease: float, lone: bool = True) -> list[Claim]:
         """Claim one partition of a dead claim (held under an expired lease), oldest change first,
         in a claim of its own: one partition that kills its worker then takes down no other. It
         counts as an attempt only when the dead claim held it alone from the start (its token is a
-        :func:`lone_token`: it died on its own), not when it is the last one left of a dead batch."""
-        return self._take(task, self.q["take_over"], limit=1, lease=lease)
+        :func:`lone_token`: it died on its own), not when it is the last one left of a dead batch.
+        ``lone`` as for :meth:`claim`: taken over while other files are in flight, it is not lone."""
+        return self._take(task, self.q["take_over"], limit=1, lease=lease, lone=lone)
 
-    def _take(self, task: PartitionKeys, statement: str, *, limit: int, lease: float) -> list[Claim]:
-        token = first = lone_token() if limit == 1 else uuid.uuid4()
+    def _take(
+        self, task: PartitionKeys, statement: str, *, limit: int, lease: float, lone: bool
+    ) -> list[Claim]:
+        token = first = lone_token() if limit == 1 and lone else uuid.uuid4()
         params = self.core.params(
             task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=first
         )
@@ -127,7 +132,7 @@ class PartitionStore(PartitionAdmin):
             token = first  # not a lone token of a try the server rolled back (it runs again)
             cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
-            if len(rows) == 1 and limit > 1:  # a claim of one partition: under a lone token
+            if len(rows) == 1 and limit > 1 and lone:  # a claim of one partition: under a lone token
                 token = lone_token()
                 if self.core.dialect is not db.MARIADB:
                     self.lone(cur, int(rows[0][0]), token=first, lone=token)
