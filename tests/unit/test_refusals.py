@@ -813,6 +813,37 @@ def test_a_partition_without_rows_keeps_the_file_its_old_path_now_names_for_anot
     assert [r["site"] for r in rows] == [days[0]], rows
 
 
+def test_a_partition_without_rows_deletes_no_file_another_of_its_commit_writes(tmp_path: Path) -> None:
+    """After a key swap, A's new file is B's old path P, and B (queued, without rows now) deletes
+    its recorded P: in one commit, the deletion was kept. On S3 an upload lands when published,
+    before the commit, where P is absent (a lifecycle rule, a hand): the commit then deleted A's
+    new file, recorded exported. A deletion of a file another result of the commit writes is dropped."""
+    from sluicegate.drivers.partitioned_paths import SharedFiles
+    from sluicegate.ledger import Claim, ExportResult
+
+    root, _db = _site_project(tmp_path)
+    toml = root / "tasks/bysite/task.toml"
+    toml.write_text(toml.read_text().replace("{site}/{day}", "{day}/{site}"))
+    task = load(root).tasks["bysite"]
+    d1, d2 = "2024-01-01", "2024-01-02"  # sites named as days: A (d1, d2) and B (d2, d1) swap files
+    a_key, b_key = json.dumps([d1, d2]), json.dumps([d2, d1])
+    shared, a_old = f"{d2}/{d1}.csv", f"{d1}/{d2}.csv"  # A's new path is B's old one, and back
+
+    def claim(i: int, pkey: str, prev: str | None) -> Claim:
+        keys = dict(zip(("site", "day"), json.loads(pkey), strict=True))  # as the ledger stores them
+        return Claim(
+            id=i, task="bysite", pkey=pkey, keys=keys, zone="UTC", version=2, attempts=0, forced=False,
+            exported_version=1, token="t", prev_path=prev, prev_bytes=1, prev_checksum="c",
+        )  # fmt: skip
+
+    a = ExportResult(claim=claim(1, a_key, a_old), path=shared, rows=1, nbytes=1, checksum="s",
+                     published=True)  # fmt: skip
+    b = ExportResult(claim=claim(2, b_key, shared), path=None, rows=0, nbytes=0, checksum=None, published=True,
+                     remove=shared)  # fmt: skip
+    kept = SharedFiles(task)([a, b], [(shared, b_key, "UTC", True)])
+    assert [(r.claim.id, r.path, r.remove) for r in kept] == [(1, shared, None), (2, None, None)]
+
+
 def test_two_hours_of_one_wall_clock_and_abbreviation_are_parked_saying_to_write_the_offset(
     tmp_path: Path,
 ) -> None:

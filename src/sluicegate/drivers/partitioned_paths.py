@@ -113,10 +113,12 @@ class SharedFiles:
                     self.task, pkey, mine.claim.pkey, path, stale=hold == "stale"
                 )
         # A partition without rows deletes its recorded file: not one another partition holds (a
-        # path template changed: that one's new file is there now).
+        # path template changed: that one's new file is there now), nor one another result of this
+        # commit writes (on S3 its upload may have landed already, before the deletion).
         return [
             dataclasses.replace(r, remove=None)
             if any(path == r.remove and pkey != r.claim.pkey for path, pkey in held_by)
+            or (r.remove in by_path and by_path[r.remove].claim.pkey != r.claim.pkey)
             else r
             for r in held
             if r.claim.id not in self.refused
