@@ -779,6 +779,48 @@ def test_a_claim_that_found_one_row_is_counted_when_its_worker_dies(ledger_url: 
         assert not led.blocks.commit(StageResult(claim=dead, status="done", total=1, processed=1))
 
 
+def test_a_claim_run_again_after_a_rollback_keeps_the_token_its_rows_were_taken_under(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that found one row put it under a lone token, the server rolled the transaction
+    back (a deadlock; a lost connection) and the claim ran again, finding two: the first try's
+    lone token stayed, on the claims (PostgreSQL: none could commit) or on the rows (MariaDB: a
+    death of the batch charged each)."""
+    import uuid
+
+    from sluicegate.exceptions import LedgerError
+
+    blocks = blocks_between(FIRST, FIRST + 2 * H, grain="hour", zone="US/Central")
+    where = RangeQuery(task="trips", key_values=None, time_min=FIRST, time_max=FIRST + 2 * H)
+    failed: list[str] = []
+    sleep = time.sleep
+    with Ledger(ledger_url) as led:
+        led.ensure_schema()
+        led.blocks.ensure("trips", ["lime"], blocks[:1], ["extract"])
+
+        def rolled_back(*args: Any, **kwargs: Any) -> None:
+            if not failed:
+                failed.append("once")
+                raise LedgerError("rolled back") from RuntimeError("deadlock detected")
+
+        def meanwhile(seconds: float) -> None:  # the retry's pause: another block is asked for
+            if failed == ["once"]:
+                failed.append("ensured")
+                led.blocks.ensure("trips", ["lime"], blocks[1:], ["extract"])
+            sleep(seconds)
+
+        store = led.blocks
+        lone, claim_take = store.lone, store.claim_take
+        monkeypatch.setattr(store, "lone", lambda *a, **k: (rolled_back(), lone(*a, **k)))
+        monkeypatch.setattr(store, "claim_take", lambda *a, **k: (rolled_back(), claim_take(*a, **k)))
+        monkeypatch.setattr(time, "sleep", meanwhile)
+        claims = store.claim(where, stages=["extract"], zone="US/Central", grain="hour", limit=10, lease=60)
+        monkeypatch.setattr(time, "sleep", sleep)
+        assert failed == ["once", "ensured"] and len(claims) == 2
+        assert uuid.UUID(claims[0].token).version == 4
+        assert all(store.commit(StageResult(claim=c, status="done", total=1, processed=1)) for c in claims)
+
+
 def test_a_stage_parked_for_its_expired_leases_counts_no_new_attempt(ledger_url: str) -> None:
     """Each take-over of an expired lease counts an attempt; the claim that finds them used up
     parks the stage without counting one more (fail's counted), on PostgreSQL and MariaDB."""

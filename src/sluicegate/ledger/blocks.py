@@ -145,6 +145,7 @@ class BlockStore(Store):
 
         def take(cur: Any) -> list[Any]:
             nonlocal token
+            token = first  # not a lone token of a try the server rolled back (it runs again)
             cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
             if len(rows) == 1 and limit > 1:  # a claim of one row: under a lone token
