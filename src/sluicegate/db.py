@@ -12,6 +12,7 @@ import logging
 import re
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,11 +220,15 @@ def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
 RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up
 
 
-def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECONDS) -> Any:
+def reconnect(
+    url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECONDS, stop: threading.Event | None = None
+) -> Any:
     """Connect to ``url``, retrying with backoff (0.25 s doubling to 5 s) for up to ``seconds``.
 
     Used after a connection was lost mid-run (a terminated backend, a restarting server):
-    the run waits for the database instead of failing every partition in hand.
+    the run waits for the database instead of failing every partition in hand. Once ``stop``
+    (the run's SIGINT or SIGTERM) is set it tries once more and gives up: a stop takes
+    seconds, not the whole budget, and the run's claims wait for their lease as after a crash.
     """
     deadline = time.monotonic() + seconds
     delay = 0.25
@@ -235,8 +240,10 @@ def reconnect(url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECO
                 raise
             if time.monotonic() + delay > deadline:
                 raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
+            if stop is not None and stop.is_set():
+                raise type(exc)(f"{exc}; gave up reconnecting: the run was told to stop") from exc
             log.warning("%s; reconnecting in %.2f s", exc, delay)
-            time.sleep(delay)
+            (stop or threading.Event()).wait(delay)  # a stop ends the wait: one more try, then give up
             delay = min(delay * 2, 5.0)
 
 

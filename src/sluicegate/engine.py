@@ -55,6 +55,7 @@ class Exporter:
     ) -> list[TaskSummary]:
         """Export every pending, complete unit of ``tasks`` once; return a summary per task."""
         budget = Budget.start(options.max_runtime, options.started, stop)
+        self.context.watch(stop)
         check_ledger_found(self.context, options)
         # Each pass names its manifests with a new run id; the service's with the id it answered
         # (POST /exports), so 'sluicegate changes --since RUN_ID' finds that run's manifests.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from test_archive import DELETE_PG, SELECT_PG, Agency
 
@@ -222,6 +224,80 @@ def test_a_run_beats_again_once_the_ledger_is_back(tmp_path: Path, monkeypatch: 
         while len(beats) < 5 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert len(beats) >= 5, f"the heartbeat stopped after {len(beats)} beat(s)"
+
+
+def _exported(ledger_url: str) -> int:
+    with psycopg.connect(ledger_url, autocommit=True) as ledger:
+        row = ledger.execute(
+            "SELECT count(*) FROM sluicegate.partitions WHERE exported_version > 0"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_stop_while_the_ledger_is_down_takes_seconds_not_the_reconnect_budget(
+    tmp_path: Path, pg_url: str, own_pg_server: tuple[Any, Any], command: str
+) -> None:
+    """SIGTERM while the ledger's PostgreSQL was down (stopped -m immediate under a run of 1200
+    partitions): the run in hand sat in the ledger's reconnect loop (60 s, then 60 s again to
+    record the task's error), which did not watch the stop request, and the service (or
+    ``sluicegate run``) took about two minutes to exit. It stops in seconds now, its claims left
+    to their lease as a crash leaves them; nothing is marked exported that is not in place."""
+    ledger_pg, cluster = own_pg_server
+    out = tmp_path / "out"
+    root = write_project(
+        tmp_path / "proj", source=pg_url, destination=str(out), ledger=ledger_pg.url(), lease="3s"
+    )
+    db = Db(pg_url)
+    operations.install(load(root))
+    for loc in range(1, 21):  # a row a day for 60 days: 1200 partitions
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 60, dt.timedelta(days=1)))
+    db.close()
+    if command == "serve":
+        server = Server(root)
+        proc, log = server.proc, server.log
+        answer = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json={})
+        assert answer.status_code == 202, answer.text
+    else:
+        log = tmp_path / "run.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(root), "run"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _exported(ledger_pg.url()):  # the run is under way
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        cluster.crash()
+        time.sleep(1)  # the run meets the dead connection and starts reconnecting
+        stopped = time.monotonic()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=150)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert took < 15, f"{command} took {took:.0f} s to stop:\n{log.read_text()}"
+    assert "Traceback" not in log.read_text()
+    assert cluster.start(ledger_pg.port)
+    with psycopg.connect(ledger_pg.url(), autocommit=True) as ledger:
+        marked = ledger.execute(
+            "SELECT path, checksum FROM sluicegate.partitions WHERE exported_version > 0"
+        ).fetchall()
+    assert 0 < len(marked) < 1200  # stopped mid-run
+    for path, checksum in marked:  # nothing is marked exported that is not in place
+        assert hashlib.sha256((out / path).read_bytes()).hexdigest() == checksum, path
+    time.sleep(3)  # the stopped run's claims expire
+    again = cli(root, "run", "--json", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with psycopg.connect(ledger_pg.url(), autocommit=True) as ledger:
+        done = ledger.execute("SELECT count(*) FROM sluicegate.partitions WHERE exported_version = version")
+        assert done.fetchone() == (1200,)
+    assert len(files(out)) == 1200  # each once
 
 
 def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:

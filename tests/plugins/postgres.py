@@ -227,6 +227,14 @@ class _PgCluster:
             if result.returncode == 0 or not (self.data_dir / "postmaster.pid").exists():
                 return
 
+    def crash(self) -> None:
+        """Stop at once (``-m immediate``: every backend killed, no checkpoint), as a crash would."""
+        result = self._run(
+            str(self.bindir / "pg_ctl"), "stop", "--wait", "--timeout=30", "--mode=immediate",
+            f"--pgdata={self.data_dir}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -247,6 +255,30 @@ def pg_server() -> Iterator[PgServer]:
             pytest.fail(f"PostgreSQL could not bind a free port in {START_ATTEMPTS} attempts", pytrace=False)
         STARTUP_SECONDS[f"postgresql {major}"] = time.perf_counter() - started
         yield PgServer(bindir, major, base_dir, "127.0.0.1", port, PG_USER, PG_PASSWORD)
+    finally:
+        cluster.stop()
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg_server(pg_server: PgServer) -> Iterator[tuple[PgServer, _PgCluster]]:
+    """A PostgreSQL cluster of the test's own (the session's binaries), which it may stop
+    (``cluster.crash()``) and start again (``cluster.start(port)``); stopped and removed after.
+    Its ``postgres`` database commits synchronously, so a commit survives ``crash()``."""
+    base_dir = Path(tempfile.mkdtemp(prefix="sluicegate-own-pg-", dir="/tmp" if running_as_root() else None))
+    cluster = _PgCluster(pg_server.bindir, base_dir, _pg_run_as())
+    try:
+        cluster.initdb()
+        for _ in range(START_ATTEMPTS):
+            port = free_ports(1)[0]
+            if cluster.start(port):
+                break
+        else:
+            pytest.fail(f"PostgreSQL could not bind a free port in {START_ATTEMPTS} attempts", pytrace=False)
+        server = dataclasses.replace(pg_server, base_dir=base_dir, port=port)
+        with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute("ALTER DATABASE postgres SET synchronous_commit = on")  # commits survive crash()
+        yield server, cluster
     finally:
         cluster.stop()
         shutil.rmtree(base_dir, ignore_errors=True)

@@ -114,6 +114,10 @@ class Context:
             fault=fault_point(s.fault, s.root),
         )
 
+    def watch(self, stop: threading.Event | None) -> None:
+        """Let the ledger connections' reconnect waits end at the run's stop (SIGINT, SIGTERM)."""
+        self.ledger.core.stop = self.inbox.core.stop = stop
+
     def close(self) -> None:
         """Close every connection."""
         self.source.close()

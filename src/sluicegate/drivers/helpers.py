@@ -205,6 +205,7 @@ def main() -> None:
     summary, claimed, ctx = TaskSummary(task=orders.task.name), 0, None
     try:
         ctx = Context.open(orders.project)
+        ctx.watch(stop)
         run, start = orders.feed
         ctx.feed_run = FeedRun(run=run, start=start)
         budget = Budget(deadline=orders.deadline, flush=orders.flush)

@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -44,9 +45,10 @@ SQLITE_ADDED_COLUMNS = (
 class LedgerCore:
     """A connection to a database holding ledger tables (the ledger, or the source's inbox)."""
 
-    def __init__(self, url: str, *, schema: str = "sluicegate") -> None:
+    def __init__(self, url: str, *, schema: str = "sluicegate", stop: threading.Event | None = None) -> None:
         self.url = url
         self.schema = schema
+        self.stop = stop  # the run's SIGINT or SIGTERM: a reconnect gives up once it is set
         self.dialect = db.dialect_of(url)
         self.conn = db.connect(url, ledger=True)
         if self.dialect is db.POSTGRESQL:
@@ -150,10 +152,11 @@ class LedgerCore:
         return self.dialect is db.POSTGRESQL and bool(self.conn.closed or self.conn.broken)
 
     def _reconnect_if_lost(self) -> None:
-        """Reconnect a lost PostgreSQL or MariaDB connection, with backoff (see :func:`db.reconnect`)."""
+        """Reconnect a lost PostgreSQL or MariaDB connection, with backoff, until ``stop`` (see
+        :func:`db.reconnect`)."""
         if self._lost():
             try:
-                self.conn = db.reconnect(self.url, ledger=True)
+                self.conn = db.reconnect(self.url, ledger=True, stop=self.stop)
             except LedgerError as exc:
                 raise LedgerError(
                     f"{exc}. Partitions this run had claimed stay claimed until their lease ends, "

@@ -85,7 +85,7 @@ class LeaseKeeper:
                     continue
                 try:
                     if core is None or store is None:
-                        core = LedgerCore(self.url, schema=self.schema)
+                        core = LedgerCore(self.url, schema=self.schema, stop=self._stop)
                         store = self.make_store(core)
                     for token in tokens:
                         store.renew(token, lease=self.lease)

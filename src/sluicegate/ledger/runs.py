@@ -106,7 +106,7 @@ def run_heartbeat(url: str, schema: str, run_id: str, every: float = HEARTBEAT_S
         try:
             while not stop.wait(every):
                 try:
-                    core = core or LedgerCore(url, schema=schema)
+                    core = core or LedgerCore(url, schema=schema, stop=stop)
                     RunStore(core).heartbeat(run_id)
                 except SluicegateError as exc:  # the run goes on; it shows as abandoned until a beat
                     if not failing:

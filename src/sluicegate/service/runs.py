@@ -149,7 +149,7 @@ class RunManager:
                     where = (s.ledger_url, s.ledger_schema)
                     try:
                         if where not in cores:
-                            cores[where] = LedgerCore(s.ledger_url, schema=s.ledger_schema)
+                            cores[where] = LedgerCore(s.ledger_url, schema=s.ledger_schema, stop=self._stop)
                         RunStore(cores[where]).heartbeat(run_id)
                     except Exception as exc:  # any: this one thread beats for every waiting run
                         log.warning(  # the run goes on; it may show as abandoned
