@@ -157,7 +157,8 @@ def plan_windows(
     if not request.touches_watermarks:
         windows, notes = _reexport_windows(task, request, wm, values, export_type, end)
         return windows, refused + notes, None
-    refused += parked_notes(task, rows, values, max_attempts, dry=not claim)
+    charged = () if claim else wm.charged_on_take_over(task.name, values, max_attempts)
+    refused += parked_notes(task, rows, values, max_attempts, charged=charged)
     values = {e: v for e, v in values.items() if e not in {r["entity"] for r in refused}}
     cap, held, waits = capped_end(
         task, source, (export_type, end), budget, values=values, claim=claim, whole_days=whole_days
@@ -232,12 +233,12 @@ def park(
 
 def parked_notes(
     task: TaskSpec, rows: Sequence[Mapping[str, Any]], values: Collection[str], max_attempts: int,
-    *, dry: bool = False,
+    *, charged: Collection[str] = (),
 ) -> list[dict[str, Any]]:  # fmt: skip
     """An error note for each of ``values`` that is parked (of the ledger's ``rows``): held by a dead
     claim with no attempt left, or by :func:`park`, which no run takes over: a failure of each run
-    until it is reset. ``dry``: also each that the run previewed parks, taking over its dead claim
-    (its window stored) as its last attempt (one the dead claim held with others may not count)."""
+    until it is reset. ``charged``: a dry run's entities that a take-over charges an attempt (see
+    WatermarkStore.charged_on_take_over): also each the run previewed parks, as its last attempt."""
     notes = []
     for r in rows:
         if r["entity"] not in values or not r["held"] or r["claimed"] or r["failed_mode"] == "reexport":
@@ -246,7 +247,7 @@ def parked_notes(
             notes.append(
                 {"entity": r["entity"], "rows": 0, "error": parked_error(task, r["attempts"], max_attempts)}
             )
-        elif dry and r["pending_end"] is not None and r["attempts"] + 1 >= max_attempts:
+        elif r["entity"] in charged and r["attempts"] + 1 >= max_attempts:
             error = "would be parked: " + parked_error(task, r["attempts"] + 1, max_attempts)
             notes.append({"entity": r["entity"], "rows": 0, "error": error})
     return notes

@@ -806,6 +806,29 @@ def test_an_entity_another_run_parks_meanwhile_is_a_failure_not_held(
     assert _payloads(tmp_path) == ["s2"]
 
 
+def test_a_dry_run_forecasts_parking_only_the_entity_a_take_over_charges(url: str, tmp_path: Path) -> None:
+    """A run died holding s1 and s2 together, each window stored, both at max_attempts - 1. The run
+    takes them over one at a time, charging an attempt only for the one its dead claim then holds
+    alone (s2, the last): s1 is exported, s2 parked. A dry run said both would be parked."""
+    root = _project(tmp_path, url)
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "s1")
+    rec.add("s2", T - dt.timedelta(hours=2), "s2")
+    project = load(root)
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        ledger.watermarks.ensure("studies", ["s1", "s2"])
+        for c in ledger.watermarks.claim("studies", ["s1", "s2"], lease=600):  # the batch it killed
+            ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
+        _expire_claims(ledger, attempts=2)
+    [dry] = engine.run(load(root), ["studies"], RunOptions(request=ExportRequest(end=T), dry_run=True))
+    assert [e["partition"]["entity"] for e in dry.plan] == ["s1"], dry.plan
+    assert [n["entity"] for n in dry.entities if "would be parked" in n.get("error", "")] == ["s2"]
+    ran = _run(root, export_type="daily", end=T)
+    assert ran.failed == 1 and "s2: gave up after 3 attempts" in ran.errors[0], ran.errors
+    assert _payloads(tmp_path) == ["s1"]
+
+
 def test_a_dead_claim_that_stored_no_window_counts_no_attempt(url: str, tmp_path: Path) -> None:
     """A run died holding s1 alone before it stored a window (it read none of s1's rows), with
     nothing to export for s1. Taking it over counted an attempt, and giving it back as "nothing

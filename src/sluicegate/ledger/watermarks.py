@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,6 +231,21 @@ class WatermarkStore(Store):
     def release(self, token: str) -> int:
         """Give back every watermark row held under ``token``."""
         return int(self._run("release", token=_token(token)).rowcount)
+
+    def charged_on_take_over(self, task: str, entities: Collection[str], max_attempts: int) -> set[str]:
+        """The entities of dead claims that a run taking over ``entities`` (one at a time, as
+        :meth:`take_over` does) would charge an attempt: each one left alone under its dead token
+        (the last of its batch, when the run takes over every other one), its window stored."""
+        batches: dict[str, list[Any]] = {}
+        for row in self._run("charged_on_take_over", task=task).fetchall():
+            batches.setdefault(str(row[1]), []).append(row)
+        return {
+            str(rows[-1][0])
+            for rows in batches.values()
+            if all(r[0] in entities and not r[5] and (int(r[3]) < max_attempts or r[4]) for r in rows)
+            and rows[-1][2]
+            and not rows[-1][4]
+        }
 
     def entities(self, task: str) -> list[dict[str, Any]]:
         """Every watermark row of ``task`` as a dict."""

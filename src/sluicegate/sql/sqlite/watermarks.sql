@@ -150,6 +150,16 @@ UPDATE {t}watermarks SET lease_until = :now + :lease WHERE claim_token = :token;
 UPDATE {t}watermarks SET claim_token = NULL, lease_until = NULL
 WHERE claim_token = :token;
 
+-- charged_on_take_over --
+-- The rows of dead claims (held under an expired lease) in the order take_over takes them, with
+-- their claim's token, whether their window is stored, their attempts, whether they owe a failed
+-- re-export and whether they are parked (see park): which a run would charge an attempt (a dry
+-- run's forecast of what it parks).
+SELECT entity, claim_token, pending_end IS NOT NULL, attempts, failed_mode = 'reexport', lease_until <= 0
+FROM {t}watermarks
+WHERE task = :task AND claim_token IS NOT NULL AND lease_until < :now
+ORDER BY lease_until, entity;
+
 -- entities --
 -- Every watermark row of a task (held: by a claim, live or dead; parked: see park).
 SELECT entity, watermark, pending_start, pending_end, pending_type, attempts, last_error, failed_start, failed_end, failed_type, failed_mode,
