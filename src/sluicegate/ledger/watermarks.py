@@ -1,7 +1,8 @@
 """Watermarks of incremental tasks: one row per (task, entity), claimed, advanced compare-and-set.
 
 A claim takes the rows no claim holds; a row of a dead claim (its lease expired) is taken over
-alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone. One
+alone (:meth:`WatermarkStore.take_over`), an attempt only when the dead claim held it alone from
+the start (a claim of one entity, such as a take-over, has a lone token). One
 taken over with no attempt left is parked (:meth:`WatermarkStore.park`): held by a dead claim
 whose lease ended at the epoch, which nothing takes (a raised ``max_attempts`` neither) until
 ``sluicegate reset TASK --failed`` clears its attempts.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import db
+from .claims import lone_token
 from .core import Store
 
 
@@ -60,30 +62,40 @@ class WatermarkStore(Store):
     ) -> list[WatermarkClaim]:
         """Claim one row of a dead claim (held under an expired lease) of ``entities``, the oldest
         death first, in a claim of its own: one entity that kills its worker then takes down no
-        other. It counts as an attempt only when the dead claim held it alone. A row with
-        ``max_attempts`` attempts or more is parked, as is one :meth:`park` parked: not taken."""
-        return self._take(task, self.q["take_over"], entities, lease=lease, max_attempts=max_attempts)
+        other. It counts as an attempt only when the dead claim held it alone from the start (its
+        token is a :func:`lone_token`), its window stored, not when it is the last one left of a
+        dead batch. A row with ``max_attempts`` attempts or more is parked, as is one :meth:`park`
+        parked: not taken."""
+        statement = self.q["take_over"]
+        return self._take(task, statement, entities, lease=lease, max_attempts=max_attempts, one=True)
 
     def _take(
-        self, task: str, statement: str, entities: Sequence[str], *, lease: float, max_attempts: int = 0
-    ) -> list[WatermarkClaim]:
-        token = uuid.uuid4()
+        self, task: str, statement: str, entities: Sequence[str], *, lease: float, max_attempts: int = 0,
+        one: bool = False,
+    ) -> list[WatermarkClaim]:  # fmt: skip
+        one = one or len(entities) == 1  # a claim of one row at most (a take-over's): a lone token
+        token = first = lone_token() if one else uuid.uuid4()
         wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
         params = self.core.params(
-            task=task, entities=wanted, token=token, lease=lease, max_attempts=max_attempts
+            task=task, entities=wanted, token=first, lease=lease, max_attempts=max_attempts
         )
 
         def take(cur: Any) -> list[Any]:
+            nonlocal token
             cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
+            if len(rows) == 1 and not one:  # a claim that found one row: under a lone token
+                token = lone_token()
+                if self.core.dialect is not db.MARIADB:
+                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
             if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
                 return rows
             # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
             if not rows:
                 return []
             alone = {int(row[0]): bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=params["token"], lease=float(lease))
-            return self.claimed(cur, params["token"])
+            self.claim_take(cur, alone, token=str(token), lease=float(lease))
+            return self.claimed(cur, str(token))
 
         rows = self.core.in_transaction(take)
         ts = self.core.from_ts
@@ -103,9 +115,13 @@ class WatermarkStore(Store):
         ]
         return sorted(out, key=lambda c: c.entity)
 
+    def lone(self, cur: Any, wid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
+        """PostgreSQL and SQLite: put the one row a claim took under a :func:`lone_token`."""
+        self._run("lone", cur, id=wid, token=token, lone=lone)
+
     def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
         """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
-        held it alone) under ``token`` and a lease (one round trip)."""
+        held it alone from the start) under ``token`` and a lease (one round trip)."""
         cur.executemany(
             self.q["claim_take"],
             [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
@@ -233,19 +249,16 @@ class WatermarkStore(Store):
         return int(self._run("release", token=_token(token)).rowcount)
 
     def charged_on_take_over(self, task: str, entities: Collection[str], max_attempts: int) -> set[str]:
-        """The entities of dead claims that a run taking over ``entities`` (one at a time, as
-        :meth:`take_over` does) would charge an attempt: each one left alone under its dead token
-        (the last of its batch, when the run takes over every other one), its window stored."""
-        batches: dict[str, list[Any]] = {}
-        for row in self._run("charged_on_take_over", task=task).fetchall():
-            batches.setdefault(str(row[1]), []).append(row)
+        """The entities of dead claims that a run taking over ``entities`` (as :meth:`take_over`
+        does) would charge an attempt: each its dead claim held alone from the start (a lone
+        token), its window stored, with an attempt left and no failed re-export owed."""
+        rows = self._run("charged_on_take_over", task=task).fetchall()
         return {
-            str(rows[-1][0])
-            for rows in batches.values()
-            if all(r[0] in entities and not r[5] and (int(r[3]) < max_attempts or r[4]) for r in rows)
-            and rows[-1][2]
-            and not rows[-1][4]
-        }
+            str(entity)
+            for entity, token, stored, attempts, reexport, parked in rows
+            if entity in entities and str(token)[14] == "8" and stored and not reexport and not parked
+            and int(attempts) < max_attempts
+        }  # fmt: skip
 
     def entities(self, task: str) -> list[dict[str, Any]]:
         """Every watermark row of ``task`` as a dict."""

@@ -25,10 +25,11 @@ FOR UPDATE SKIP LOCKED;
 -- take_over --
 -- Lock one row of a dead claim (held under an expired lease, with an attempt left: one without is
 -- parked, and so is one park left at the epoch, 0) of the given entities, the oldest
--- death first, and whether the dead claim held it alone, its window stored (an attempt then; see
+-- death first, and whether the dead claim held it alone from the start (its lone token), its
+-- window stored (an attempt then; see
 -- postgresql/watermarks.sql; a row owing a failed re-export: neither, nor a bound). claim_take
 -- then takes it.
-SELECT w.id, NOT EXISTS (SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id)
+SELECT w.id, SUBSTRING(w.claim_token, 15, 1) = '8'
        AND NOT (w.failed_mode <=> 'reexport') AND w.pending_end IS NOT NULL
 FROM {t}watermarks AS w
 WHERE w.task = %(task)s

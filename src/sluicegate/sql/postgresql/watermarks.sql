@@ -26,8 +26,11 @@ RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is
 -- parked, and so is one park left at the epoch, whatever max_attempts says now) of the given entities, the oldest
 -- death first, under a claim of its own: the rest of a batch that died with it go before an
--- entity that died alone later. An attempt only when the dead claim held it alone, its window
--- stored (pending_end): nothing tells which entity of a dead batch killed it, while one that died
+-- entity that died alone later. An attempt only when the dead claim held it alone from the start
+-- (a claim of one entity, such as a take-over, has a lone token: its UUID's version digit is 8,
+-- see ledger/partitions.py lone_token), its window
+-- stored (pending_end): nothing tells which entity of a dead batch killed it, the last one left
+-- of it included, while one that died
 -- alone exporting its window did (one that died before storing it read none of its rows, and its
 -- window may turn out empty: given back, that death counted towards parking it). The attempts of a row
 -- that owes a failed re-export are the re-export's (a commit keeps them, for redrive's bound):
@@ -42,14 +45,18 @@ WITH candidate AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {t}watermarks AS w
-SET attempts = w.attempts + CASE WHEN w.failed_mode IS DISTINCT FROM 'reexport' AND w.pending_end IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM {t}watermarks AS o WHERE o.claim_token = w.claim_token AND o.id <> w.id) THEN 1 ELSE 0 END,
+SET attempts = w.attempts + CASE WHEN w.failed_mode IS DISTINCT FROM 'reexport' AND w.pending_end IS NOT NULL
+        AND substr(w.claim_token::text, 15, 1) = '8' THEN 1 ELSE 0 END,
     claim_token = %(token)s,
     lease_until = now() + make_interval(secs => %(lease)s)
 FROM candidate
 WHERE w.id = candidate.id
 RETURNING w.id, w.entity, w.watermark, w.pending_start, w.pending_end, w.pending_type,
     CASE WHEN w.failed_mode = 'reexport' THEN 0 ELSE w.attempts END, w.path;
+
+-- lone --
+-- Put the one row a claim took under a lone token (a claim of one: see take_over).
+UPDATE {t}watermarks SET claim_token = %(lone)s WHERE id = %(id)s AND claim_token = %(token)s;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.

@@ -19,13 +19,13 @@ RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
 -- take_over --
 -- Claim one row of a dead claim (held under an expired lease, with an attempt left: one without is
 -- parked, and so is one park left at the epoch, 0), the oldest death first, alone
--- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone, its window
+-- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone from the start
+-- (its lone token), its window
 -- stored, and none on
 -- the attempts of a row owing a failed re-export, nor a bound (see postgresql/watermarks.sql).
 UPDATE {t}watermarks
-SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND pending_end IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM {t}watermarks AS o
-        WHERE o.claim_token = {t}watermarks.claim_token AND o.id <> {t}watermarks.id) THEN 1 ELSE 0 END,
+SET attempts = attempts + CASE WHEN failed_mode IS NOT 'reexport' AND pending_end IS NOT NULL
+        AND substr(claim_token, 15, 1) = '8' THEN 1 ELSE 0 END,
     claim_token = :token,
     lease_until = :now + :lease
 WHERE id IN (
@@ -38,6 +38,10 @@ WHERE id IN (
 )
 RETURNING id, entity, watermark, pending_start, pending_end, pending_type,
     CASE WHEN failed_mode = 'reexport' THEN 0 ELSE attempts END, path;
+
+-- lone --
+-- Put the one row a claim took under a lone token (a claim of one: see take_over).
+UPDATE {t}watermarks SET claim_token = :lone WHERE id = :id AND claim_token = :token;
 
 -- set_pending --
 -- Remember the window a claim is exporting, so a crashed export is redone with the same window.
