@@ -920,6 +920,45 @@ def test_a_run_that_fails_to_start_gives_back_the_entity_it_took_over(
     assert not rows["s1"]["held"] and rows["s1"]["attempts"] == 0  # given back, nothing counted
 
 
+def test_a_claim_run_again_after_a_rollback_keeps_the_token_its_rows_were_taken_under(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim of two entities that found one row put it under a lone token, the server rolled
+    the transaction back (a deadlock, a lost connection) and the claim ran again, finding both:
+    the first try's lone token stayed, on the claims (PostgreSQL, SQLite: none could commit) or on
+    the rows (MariaDB: a death of the batch charged each)."""
+    from sluicegate.exceptions import LedgerError
+
+    project = load(_project(tmp_path, url))
+    failed: list[str] = []
+    sleep = time.sleep
+    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
+        ledger.ensure_schema()
+        wm = ledger.watermarks
+        wm.ensure("studies", ["s1"])
+
+        def rolled_back(*args: Any, **kwargs: Any) -> None:
+            if not failed:
+                failed.append("once")
+                raise LedgerError("rolled back") from RuntimeError("deadlock detected")
+
+        def meanwhile(seconds: float) -> None:  # the retry's pause: the other entity's row appears
+            if failed == ["once"]:
+                failed.append("ensured")
+                wm.ensure("studies", ["s2"])
+            sleep(seconds)
+
+        lone, claim_take = wm.lone, wm.claim_take
+        monkeypatch.setattr(wm, "lone", lambda *a, **k: (rolled_back(), lone(*a, **k)))
+        monkeypatch.setattr(wm, "claim_take", lambda *a, **k: (rolled_back(), claim_take(*a, **k)))
+        monkeypatch.setattr(time, "sleep", meanwhile)
+        claims = wm.claim("studies", ["s1", "s2"], lease=600)
+        monkeypatch.setattr(time, "sleep", sleep)
+        assert failed == ["once", "ensured"] and len(claims) == 2
+        assert uuid.UUID(claims[0].token).version == 4
+        assert wm.release(claims[0].token) == 2  # both rows are under the claims' token
+
+
 def test_a_dead_claims_entities_are_taken_over_one_at_a_time_counted_when_alone(
     url: str, tmp_path: Path
 ) -> None:

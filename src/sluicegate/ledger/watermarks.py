@@ -82,6 +82,7 @@ class WatermarkStore(Store):
 
         def take(cur: Any) -> list[Any]:
             nonlocal token
+            token = first  # not a lone token of a try the server rolled back (it runs again)
             cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
             rows = list(cur.fetchall())
             if len(rows) == 1 and not one:  # a claim that found one row: under a lone token
