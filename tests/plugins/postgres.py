@@ -236,6 +236,17 @@ class _PgCluster:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _init_and_start(cluster: _PgCluster) -> int:
+    """Create ``cluster`` and start it on a free port, which it returns (a port taken meanwhile
+    by another process is retried)."""
+    cluster.initdb()
+    for _ in range(START_ATTEMPTS):
+        port = free_ports(1)[0]
+        if cluster.start(port):
+            return port
+    pytest.fail(f"PostgreSQL could not bind a free port in {START_ATTEMPTS} attempts", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """Throwaway PostgreSQL cluster on 127.0.0.1:<free port>; password auth required over TCP."""
@@ -246,13 +257,7 @@ def pg_server() -> Iterator[PgServer]:
     base_dir = Path(tempfile.mkdtemp(prefix="sluicegate-pg-", dir="/tmp" if running_as_root() else None))
     cluster = _PgCluster(bindir, base_dir, run_as)
     try:
-        cluster.initdb()
-        for _ in range(START_ATTEMPTS):
-            port = free_ports(1)[0]
-            if cluster.start(port):
-                break
-        else:
-            pytest.fail(f"PostgreSQL could not bind a free port in {START_ATTEMPTS} attempts", pytrace=False)
+        port = _init_and_start(cluster)
         STARTUP_SECONDS[f"postgresql {major}"] = time.perf_counter() - started
         yield PgServer(bindir, major, base_dir, "127.0.0.1", port, PG_USER, PG_PASSWORD)
     finally:
@@ -268,13 +273,7 @@ def own_pg_server(pg_server: PgServer) -> Iterator[tuple[PgServer, _PgCluster]]:
     base_dir = Path(tempfile.mkdtemp(prefix="sluicegate-own-pg-", dir="/tmp" if running_as_root() else None))
     cluster = _PgCluster(pg_server.bindir, base_dir, _pg_run_as())
     try:
-        cluster.initdb()
-        for _ in range(START_ATTEMPTS):
-            port = free_ports(1)[0]
-            if cluster.start(port):
-                break
-        else:
-            pytest.fail(f"PostgreSQL could not bind a free port in {START_ATTEMPTS} attempts", pytrace=False)
+        port = _init_and_start(cluster)
         server = dataclasses.replace(pg_server, base_dir=base_dir, port=port)
         with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
             conn.execute("ALTER DATABASE postgres SET synchronous_commit = on")  # commits survive crash()
