@@ -155,7 +155,7 @@ def test_seaweed_checks_signatures_and_checksums(
     objects = [  # the change feed's manifests aside
         o
         for o in client.list_objects_v2(Bucket=bucket)["Contents"]  # type: ignore[attr-defined]
-        if not o["Key"].startswith("_manifests/")
+        if not o["Key"].startswith(("_manifests/", "_sluicegate/"))  # the feed, the destination's id
     ]
     assert sorted(o["Key"] for o in objects)[0] == KEY and sum(o["Size"] for o in objects) == summary.bytes
 
@@ -180,7 +180,7 @@ def test_seaweed_multipart_upload(tmp_path: Path, seaweed_bucket: tuple[str, str
     objects = [
         o
         for o in client.list_objects_v2(Bucket=bucket, Prefix="big/")["Contents"]  # type: ignore[attr-defined]
-        if "/_manifests/" not in o["Key"]
+        if "/_manifests/" not in o["Key"] and "/_sluicegate/" not in o["Key"]
     ]
     assert sum(o["Size"] for o in objects) == summary.bytes
     assert max(o["Size"] for o in objects) > 5 * 1024 * 1024  # went through the multipart path
@@ -575,7 +575,9 @@ def test_an_fsspec_destination_publishes_small_and_spooled_files(
     [summary] = engine.run(load(root))
     assert (summary.exported, summary.failed) == (2, 0), summary.errors
     fs = fsspec.filesystem("memory")
-    sizes = sorted(fs.size(p) for p in fs.find("/sg-test/out") if "/_manifests/" not in p)
+    sizes = sorted(
+        fs.size(p) for p in fs.find("/sg-test/out") if "/_manifests/" not in p and "/_sluicegate/" not in p
+    )
     assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
     assert list(spools.iterdir()) == []
     fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process
@@ -605,7 +607,7 @@ def test_an_fsspec_url_naming_the_stores_root_is_not_taken_for_a_local_folder(
         [change] = changes.list_changes(load(root), since="2000-01-01T00:00:00Z")
         assert change.path == name
     finally:
-        for top in ("/records", "/_manifests"):
+        for top in ("/records", "/_manifests", "/_sluicegate"):
             if fs.exists(top):
                 fs.rm(top, recursive=True)
 
@@ -896,6 +898,36 @@ def test_an_exclusive_file_is_not_put_where_an_object_already_is(
     assert dest.list_files("s1/") == ["s1/day.csv"]
     if store.startswith("folder"):
         assert [p.name for p in (tmp_path / "x" / "s1").iterdir()] == ["day.csv"]
+
+
+@pytest.mark.parametrize("store", ["seaweed", "folder-file", "fsspec"])
+def test_a_destination_id_written_by_two_first_runs_at_once_is_the_first(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Two workers' first runs of one project both find no destination id and write one: an
+    unconditional upload on S3 replaced the first, so the ledger recorded an id the destination
+    no longer held and every later run refused. The second write keeps the first id."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destination_id import MARKER, read_id, write_id
+    from sluicegate.destinations.local import LocalDestination
+
+    if store == "seaweed":
+        endpoint, bucket, key, secret = request.getfixturevalue("seaweed_bucket")
+        settings = DestinationSettings(
+            url=f"s3://{bucket}/x", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
+        )
+        dest: Any = open_destination(settings)
+    elif store == "fsspec":
+        import fsspec
+
+        dest = open_destination(DestinationSettings(url="memory://sg-dest-id/x"))
+        request.addfinalizer(lambda: fsspec.filesystem("memory").rm("/sg-dest-id", recursive=True))
+    else:
+        dest = LocalDestination(str(tmp_path / "x"), sync=store.split("-")[1])
+    assert read_id(dest) is None
+    first = write_id(dest)
+    assert len(first) == 32 and write_id(dest) == first == read_id(dest)
+    assert dest.list_files(MARKER.split("/")[0] + "/") == [MARKER]
 
 
 def test_an_fsspec_store_that_refuses_writes_fails_check() -> None:
