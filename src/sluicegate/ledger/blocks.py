@@ -131,8 +131,7 @@ class BlockStore(Store):
     ) -> list[StageClaim]:
         """Claim up to ``limit`` runnable (block, stage) rows, oldest block first: pending ones, or with
         ``taken`` rows of dead claims (running under an expired lease; an attempt only when the dead
-        claim held the row alone from the start: a claim of one row has a :func:`lone_token`, and
-        the last row left of a dead batch is not charged for the batch's death)."""
+        claim held the row alone from the start: a claim of one row has a :func:`lone_token`)."""
         token = first = lone_token() if limit == 1 else uuid.uuid4()
         params = self.core.params(
             **self._range(where),
