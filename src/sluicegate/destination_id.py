@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .db import POSTGRESQL
 from .destinations import Destination
 from .drivers import Context
-from .exceptions import ConfigError, PermissionDenied, SluicegateError, TerminalError
+from .exceptions import ConfigError, NotFound, PermissionDenied, SluicegateError, TerminalError
 from .masking import mask_url
 from .options import RunOptions
 from .specs import TaskBase
@@ -88,7 +88,7 @@ def read_id(destination: Destination) -> str | None:
         return destination.read(MARKER).decode("ascii").strip()
     except PermissionDenied:  # there, or not, but not to be read: not a destination without an id
         raise
-    except TerminalError:
+    except NotFound:  # not one that cannot be read (refused credentials, no bucket): that is no answer
         return None
     except UnicodeDecodeError:
         raise ConfigError(f"{destination.display(MARKER)} is not a sluicegate destination id") from None
