@@ -50,13 +50,7 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
         if not elsewhere or options.move_destination:
             unbound = [k for k in keys.values() if k not in recorded or recorded[k].split(" ")[0] != here]
             if unbound and not options.dry_run:
-                value = (
-                    f"{here or write_id(ctx.destination)} {mask_url(ctx.project.settings.destination.url)}"
-                )
-                store = ctx.ledger.found
-                (store.move_destination if options.move_destination else store.bind_destination)(
-                    unbound, value[:255]
-                )
+                _bind(ctx, unbound, here, move=options.move_destination)
             return
     except PermissionDenied:  # a role without the owner's grants on the ledger's meta table
         return
@@ -65,6 +59,22 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
         return
     task, value = sorted(elsewhere.items())[0]
     raise _refusal(ctx, task, value.partition(" ")[2], emptied=here is None)
+
+
+def _bind(ctx: Context, keys: list[str], here: str | None, *, move: bool) -> None:
+    """Record the destination's id (written now when it holds none) for ``keys``."""
+    written = here or write_id(ctx.destination)
+    store = ctx.ledger.found
+    value = f"{written} {mask_url(ctx.project.settings.destination.url)}"[:255]
+    (store.move_destination if move else store.bind_destination)(keys, value)
+    if here is None and not move:
+        # Another worker's first run bound its id first: where the exclusive write is checked,
+        # then written (fsspec; S3 without conditional writes), ours may have replaced its id in
+        # the destination. Put back the one the ledger records, or every later run refuses; but
+        # only for the same URL: another project's first run at once is for the next run to refuse.
+        bound = {v.partition(" ") for k, v in store.destinations().items() if k in keys}
+        if len(bound) == 1 and (won := bound.pop())[0] != written and won[2] == value.partition(" ")[2]:
+            write_id(ctx.destination, won[0])
 
 
 def _refusal(ctx: Context, task: str, recorded: str, *, emptied: bool) -> ConfigError:
@@ -94,12 +104,14 @@ def read_id(destination: Destination) -> str | None:
         raise ConfigError(f"{destination.display(MARKER)} is not a sluicegate destination id") from None
 
 
-def write_id(destination: Destination) -> str:
-    """Write a new id into ``destination`` where none is yet; the id it holds then."""
+def write_id(destination: Destination, given: str | None = None) -> str:
+    """Write a new id into ``destination`` where none is yet (``given``: that id, over any); the id
+    it holds then."""
     staged = destination.stage(MARKER)
-    staged.condition, staged.exclusive = "*", True  # two workers' first runs at once: the first stays
+    if given is None:  # two workers' first runs at once: the first stays
+        staged.condition, staged.exclusive = "*", True
     try:
-        staged.file.write(uuid.uuid4().hex.encode() + b"\n")
+        staged.file.write((given or uuid.uuid4().hex).encode() + b"\n")
         destination.publish(staged)
         destination.sync([staged])
     except BaseException:

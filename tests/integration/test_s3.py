@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -9,6 +10,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -581,6 +583,54 @@ def test_an_fsspec_destination_publishes_small_and_spooled_files(
     assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
     assert list(spools.iterdir()) == []
     fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process
+
+
+def test_two_first_runs_at_once_on_an_fsspec_destination_agree_on_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec checks that no destination id is there, then writes one: two workers' first runs at
+    once both wrote, the ledger recorded the first to bind and the destination kept the last
+    written, so every later run exited 2 saying another project shares the ledger. Now a first
+    run whose id the ledger did not take writes back the one it records."""
+    import fsspec
+
+    from sluicegate.destination_id import MARKER
+    from sluicegate.destinations.fsspec import FsspecDestination
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination="memory://sg-race/out", fmt="csv")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
+    both, exists = threading.Barrier(2), FsspecDestination.exists
+
+    def checked(self: FsspecDestination, path: str, *args: Any) -> bool:
+        if path == MARKER:  # both workers look before either writes
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait(timeout=5)
+        return exists(self, path, *args)
+
+    monkeypatch.setattr(FsspecDestination, "exists", checked)
+    failed: list[BaseException] = []
+    workers = [threading.Thread(target=lambda: _run_into(root, failed)) for _ in range(2)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert failed == []
+        monkeypatch.setattr(FsspecDestination, "exists", exists)
+        assert engine.run(load(root))[0].failed == 0  # not refused
+    finally:
+        fsspec.filesystem("memory").rm("/sg-race", recursive=True)
+
+
+def _run_into(root: Path, failed: list[BaseException]) -> None:
+    try:
+        engine.run(load(root))
+    except BaseException as exc:  # the test reports it
+        failed.append(exc)
 
 
 def test_an_fsspec_url_naming_the_stores_root_is_not_taken_for_a_local_folder(
