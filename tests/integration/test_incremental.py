@@ -738,12 +738,9 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     }  # fmt: skip
 
 
-def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_path: Path) -> None:
-    """s1 was parked (taken over with its 3 attempts used up). A parked entity was only "held by a
-        dead claim with attempts >= max_attempts": raising max_attempts to 4 had the next run take s1
-        over and export it (to 5: at 4, a fourth attempt counted for a death that never was, and
-    parked again), which may kill the worker again before the later tasks run. It stays
-        parked, as a failed partition does, until 'sluicegate reset studies --failed'."""
+def _s1_died_alone_with_one_attempt_left(tmp_path: Path, url: str) -> tuple[Path, Any]:
+    """A project whose entity s1 is held by a claim of it alone that died exporting its stored
+    window, with one attempt left (max_attempts 3); s2 has a row too."""
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=2), "s1")
@@ -755,6 +752,16 @@ def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_
         [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
         ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
         _expire_claims(ledger, attempts=2)
+    return root, project
+
+
+def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_path: Path) -> None:
+    """s1 was parked (taken over with its 3 attempts used up). A parked entity was only "held by a
+    dead claim with attempts >= max_attempts": raising max_attempts to 4 had the next run take s1
+    over and export it (to 5: at 4, a fourth attempt counted for a death that never was, and
+    parked again), which may kill the worker again before the later tasks run. It stays
+    parked, as a failed partition does, until 'sluicegate reset studies --failed'."""
+    root, _ = _s1_died_alone_with_one_attempt_left(tmp_path, url)
     assert _run(root, export_type="daily", end=T).failed == 1  # s1 parked
     toml = root / "sluicegate.toml"
     toml.write_text(toml.read_text().replace("max_attempts = 3", "max_attempts = 5"))
@@ -779,17 +786,7 @@ def test_an_entity_another_run_parks_meanwhile_is_a_failure_not_held(
     "another export holds this entity ... the next run takes it over once its lease has run out"
     and exited 0, though no run takes a parked entity over: it now says s1 is parked and how to
     reset it, a failure of the run as for the run that parked it."""
-    root = _project(tmp_path, url)
-    rec = Records(url)
-    rec.add("s1", T - dt.timedelta(hours=2), "s1")
-    rec.add("s2", T - dt.timedelta(hours=2), "s2")
-    project = load(root)
-    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
-        ledger.ensure_schema()
-        ledger.watermarks.ensure("studies", ["s1"])
-        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
-        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
-        _expire_claims(ledger, attempts=2)
+    root, project = _s1_died_alone_with_one_attempt_left(tmp_path, url)
     real = incremental.watermarks.take_over_window
 
     def other_run_first(task: Any, request: Any, source: Any, wm: Any, entities: Any, **kw: Any) -> Any:
