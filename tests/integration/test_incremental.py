@@ -696,12 +696,10 @@ def test_an_entity_that_kills_its_worker_max_attempts_times_is_parked_until_rese
     assert rows["s3"]["failed_end"] is None and rows["s3"]["attempts"] == 0
 
 
-def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_path: Path) -> None:
-    """A run died holding s1 alone, its attempts at max_attempts - 1 (it killed its worker that
-    often). The next run takes it over and parks it, unexported: its window recorded as failed (exit
-    1), s2 exported. Runs then skip it, not taking its dead claim over; redrive gives up on it, and
-    'sluicegate reset studies --failed' has the next run take it over again. (SQLite, PostgreSQL,
-    MariaDB ledgers.)"""
+def _s1_died_alone_with_one_attempt_left(tmp_path: Path, url: str) -> tuple[Path, Records]:
+    """A project whose entity s1 is held by a claim of it alone that died exporting its stored
+    window, with one attempt left (max_attempts 3); s2 has a row too. The project's folder, and
+    its source table."""
     root = _project(tmp_path, url)
     rec = Records(url)
     rec.add("s1", T - dt.timedelta(hours=2), "s1")
@@ -710,9 +708,19 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
         ledger.ensure_schema()
         ledger.watermarks.ensure("studies", ["s1"])
-        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)  # the run it killed, alone,
-        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")  # exporting its window
+        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
+        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
         _expire_claims(ledger, attempts=2)
+    return root, rec
+
+
+def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_path: Path) -> None:
+    """A run died holding s1 alone, its attempts at max_attempts - 1 (it killed its worker that
+    often). The next run takes it over and parks it, unexported: its window recorded as failed (exit
+    1), s2 exported. Runs then skip it, not taking its dead claim over; redrive gives up on it, and
+    'sluicegate reset studies --failed' has the next run take it over again. (SQLite, PostgreSQL,
+    MariaDB ledgers.)"""
+    root, rec = _s1_died_alone_with_one_attempt_left(tmp_path, url)
     # A dry run listed s1's window as a redo to export: the run it previews parks s1 instead.
     [dry] = engine.run(load(root), ["studies"], RunOptions(request=ExportRequest(end=T), dry_run=True))
     assert [e["partition"]["entity"] for e in dry.plan] == ["s2"], dry.plan
@@ -736,23 +744,6 @@ def test_an_entity_taken_over_with_its_attempts_used_up_is_parked(url: str, tmp_
     assert {w["entity"]: w["failed_end"] for w in operations.watermarks(load(root), "studies")} == {
         "s1": None, "s2": None,
     }  # fmt: skip
-
-
-def _s1_died_alone_with_one_attempt_left(tmp_path: Path, url: str) -> tuple[Path, Any]:
-    """A project whose entity s1 is held by a claim of it alone that died exporting its stored
-    window, with one attempt left (max_attempts 3); s2 has a row too."""
-    root = _project(tmp_path, url)
-    rec = Records(url)
-    rec.add("s1", T - dt.timedelta(hours=2), "s1")
-    rec.add("s2", T - dt.timedelta(hours=2), "s2")
-    project = load(root)
-    with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
-        ledger.ensure_schema()
-        ledger.watermarks.ensure("studies", ["s1"])
-        [c] = ledger.watermarks.claim("studies", ["s1"], lease=600)
-        ledger.watermarks.set_pending(c, T - dt.timedelta(days=1), T, "daily")
-        _expire_claims(ledger, attempts=2)
-    return root, project
 
 
 def test_a_parked_entity_stays_parked_when_max_attempts_is_raised(url: str, tmp_path: Path) -> None:
@@ -786,7 +777,8 @@ def test_an_entity_another_run_parks_meanwhile_is_a_failure_not_held(
     "another export holds this entity ... the next run takes it over once its lease has run out"
     and exited 0, though no run takes a parked entity over: it now says s1 is parked and how to
     reset it, a failure of the run as for the run that parked it."""
-    root, project = _s1_died_alone_with_one_attempt_left(tmp_path, url)
+    root, _ = _s1_died_alone_with_one_attempt_left(tmp_path, url)
+    project = load(root)
     real = incremental.watermarks.take_over_window
 
     def other_run_first(task: Any, request: Any, source: Any, wm: Any, entities: Any, **kw: Any) -> Any:
