@@ -65,6 +65,19 @@ def _url(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> str:
     return url
 
 
+def _installed_csv_project(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> tuple[Any, Db]:
+    """An installed csv project (zone UTC) on a ``dialect`` database (its tables made first), and
+    that database."""
+    url = _url(request, tmp_path, dialect)
+    root = write_project(
+        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
+    )
+    db = Db(url)
+    project = load(root)
+    operations.install(project)
+    return project, db
+
+
 def _table(url: str) -> str:
     """The ledger's partitions table: in the ledger schema on PostgreSQL, prefixed elsewhere."""
     return "sluicegate.partitions" if url.startswith("postgresql") else "sluicegate_partitions"
@@ -403,18 +416,12 @@ def test_a_dead_batch_is_taken_over_one_partition_at_a_time_counted_when_alone(
     token of its own, an attempt only for one its dead claim held alone from the start. The last
     one left of the dead batch was counted too, as if it had died alone: with max_attempts = 1 a
     healthy partition was parked. A claim of one partition that dies, or a take-over, is counted."""
-    url = _url(request, tmp_path, dialect)
-    root = write_project(
-        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
-    )
-    db = Db(url)
-    project = load(root)
-    operations.install(project)
+    project, db = _installed_csv_project(request, tmp_path, dialect)
     task = project.tasks["openaq"]
     for loc in (1, 2, 3, 4):
         db.location(loc, "UTC")
         operations.mark(project, "openaq", {"location_id": str(loc), "day": "2024-01-01"})
-    table, ph = _table(url), "?" if dialect == "sqlite" else "%s"
+    table, ph = _table(db.url), "?" if dialect == "sqlite" else "%s"
     past = dt.datetime(2000, 1, 1, tzinfo=UTC)
     with Ledger(project.settings.ledger_url, schema=project.settings.ledger_schema) as ledger:
         dead = ledger.partitions.claim(task, limit=3, lease=600)
@@ -1162,13 +1169,7 @@ def test_a_claim_run_again_after_a_deadlock_keeps_the_token_its_rows_were_taken_
     again, finding three: the lone token of the first try stayed. PostgreSQL and SQLite took the
     three under the batch token but handed out claims of the lone one, so none could commit;
     MariaDB put the batch under the lone token, so each was charged an attempt when taken over."""
-    url = _url(request, tmp_path, dialect)
-    root = write_project(
-        tmp_path / "proj", source=url, destination=str(tmp_path / "out"), fmt="csv", zone="UTC"
-    )
-    db = Db(url)
-    project = load(root)
-    operations.install(project)
+    project, db = _installed_csv_project(request, tmp_path, dialect)
     task = project.tasks["openaq"]
     for loc in (1, 2, 3):
         db.location(loc, "UTC")
@@ -1197,5 +1198,5 @@ def test_a_claim_run_again_after_a_deadlock_keeps_the_token_its_rows_were_taken_
         claims = store.claim(task, limit=10, lease=600)
         monkeypatch.setattr(time, "sleep", sleep)
     assert failed == ["once", "marked"] and len(claims) == 3
-    stored = {str(t) for (t,) in db.rows(f"SELECT claim_token FROM {_table(url)}")}
+    stored = {str(t) for (t,) in db.rows(f"SELECT claim_token FROM {_table(db.url)}")}
     assert stored == {claims[0].token} and uuid.UUID(claims[0].token).version == 4
