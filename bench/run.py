@@ -415,10 +415,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def dir_stats(path: Path) -> tuple[int, int]:
-    """Data files and their bytes under ``path`` (the change feed's _manifests/ are not data files)."""
+    """Data files and their bytes under ``path`` (sluicegate's own folders are not data: the change
+    feed's _manifests/, and _sluicegate/ with the destination's id)."""
     files = nbytes = 0
     for dirpath, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if d != "_manifests"]
+        dirs[:] = [d for d in dirs if d not in ("_manifests", "_sluicegate")]
         for name in names:
             files += 1
             nbytes += os.path.getsize(os.path.join(dirpath, name))

@@ -104,11 +104,13 @@ def _drop_bucket(s3: S3Bench, bucket: str) -> None:
 
 
 def _object_sizes(s3: S3Bench, bucket: str) -> list[int]:
-    """The sizes of the data objects (not the change feed's ``_manifests/``, under the URL's prefix)."""
+    """The sizes of the data objects (not the change feed's ``_manifests/`` nor the destination id
+    under ``_sluicegate/``, under the URL's prefix)."""
     sizes: list[int] = []
     for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         contents = page.get("Contents", [])
-        sizes += [int(o["Size"]) for o in contents if "/_manifests/" not in "/" + o["Key"]]
+        own = ("/_manifests/", "/_sluicegate/")
+        sizes += [int(o["Size"]) for o in contents if not any(d in "/" + o["Key"] for d in own)]
     return sizes
 
 

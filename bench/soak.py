@@ -586,7 +586,8 @@ def check(url: str, proj: Path, endpoint: str, cutoff: dt.datetime, evidence: Ev
             checker.partition(row, expected.get(row[0], {}), set(objects))
     manifests = sorted(k for k in objects if k.startswith(f"{PREFIX}/_manifests/"))
     check_manifests(client, manifests, ledger, report)
-    stray = sorted(set(objects) - referenced - set(manifests))
+    own = {k for k in objects if k.startswith(f"{PREFIX}/_sluicegate/")}  # the destination's id
+    stray = sorted(set(objects) - referenced - set(manifests) - own)
     report.stray_objects = len(stray)
     report.problems += [f"STRAY object {k} ({objects[k]} bytes)" for k in stray[:20]]
     return report
@@ -676,6 +677,7 @@ def tamper(endpoint: str, count: int, rng: random.Random) -> None:
         o["Key"]
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
         for o in page.get("Contents", [])
+        if not o["Key"].startswith((f"{PREFIX}/_sluicegate/", f"{PREFIX}/_manifests/"))  # data files only
     )
     for key in rng.sample(keys, min(count, len(keys))):
         lines = gzip.decompress(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).splitlines(True)

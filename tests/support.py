@@ -262,7 +262,9 @@ def files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and ".sluicegate-" not in p.name and "_manifests" not in p.relative_to(folder).parts
+        if p.is_file()
+        and ".sluicegate-" not in p.name
+        and not {"_manifests", "_sluicegate"} & set(p.relative_to(folder).parts)
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .changes import MANIFESTS, FeedRun, is_manifest
 from .db import POSTGRESQL
+from .destination_id import check_destination
 from .drivers import Context, Progress, kind_module
 from .exceptions import ConfigError, PermissionDenied, SluicegateError, UsageError
 from .masking import mask_url
@@ -57,6 +58,7 @@ class Exporter:
         budget = Budget.start(options.max_runtime, options.started, stop)
         self.context.watch(stop)
         check_ledger_found(self.context, options)
+        check_destination(self.context, tasks, options)
         # Each pass names its manifests with a new run id; the service's with the id it answered
         # (POST /exports), so 'sluicegate changes --since RUN_ID' finds that run's manifests.
         self.context.feed_run = FeedRun(run=uuid.UUID(options.run_id).hex) if options.run_id else FeedRun()

@@ -74,6 +74,10 @@ class TerminalError(ExportError):
     """A failure that retrying cannot fix; the partition is parked as failed."""
 
 
+class NotFound(TerminalError):
+    """A file the destination was asked to read is not there (not one it could not read)."""
+
+
 class BadPartitionValue(TerminalError):
     """A partition value cannot be used in a file path."""
 

@@ -48,6 +48,7 @@ class RunOptions:
     run_id: str | None = None  # the caller (the HTTP service) recorded this run on the ledger under it
     blocks: BlockRequest | None = None  # blocks tasks: the range, key value and stages to run
     new_ledger: bool = False  # run on a ledger that records nothing over a change feed (engine)
+    move_destination: bool = False  # tasks export to this destination, not the one recorded (destination_id)
 
     @property
     def recorded(self) -> bool:

@@ -967,7 +967,7 @@ def _archived_on_s3(endpoint: str, bucket: str) -> set[int]:
         region_name="us-east-1",
     )  # fmt: skip
     [key] = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]
-             if "_manifests" not in o["Key"]]  # fmt: skip
+             if "_manifests" not in o["Key"] and "_sluicegate" not in o["Key"]]  # fmt: skip
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return {int(r["id"]) for r in csv.DictReader(io.StringIO(gzip.decompress(body).decode()))}
 

@@ -114,7 +114,7 @@ def s3_keys(endpoint: str, bucket: str, key: str, secret: str) -> dict[str, byte
     out: dict[str, bytes] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
-            if "_manifests/" in obj["Key"]:  # the change feed, not exported data
+            if "_manifests/" in obj["Key"] or "_sluicegate/" in obj["Key"]:  # the feed, the destination's id
                 continue
             out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return out

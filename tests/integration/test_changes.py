@@ -297,7 +297,7 @@ class _Bucket:
         return {
             key[len(self.prefix) :]: hashlib.sha256(self._body(key)).hexdigest()
             for key in self._objects()
-            if not key[len(self.prefix) :].startswith("_manifests/")
+            if not key[len(self.prefix) :].startswith(("_manifests/", "_sluicegate/"))
         }
 
     def manifest_lines(self) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from sluicegate import engine, operations
+from sluicegate.db import MARIADB
+from sluicegate.destination_id import MARKER
 from sluicegate.destinations.local import LocalDestination
 from sluicegate.engine import Exporter, RunOptions
 from sluicegate.exceptions import ConfigError, DestinationUnavailable
@@ -299,7 +301,9 @@ def test_partition_changed_during_export_is_exported_again(
 
         def publish_then_ingest(staged: Any) -> None:
             publish(staged)
-            if not calls:  # a late row commits after our snapshot, before our commit
+            if (
+                not calls and staged.path != MARKER
+            ):  # a late row commits after our snapshot, before our commit
                 calls.append(1)
                 other.insert(1, [dt.datetime(2024, 2, 1, 12, 30, tzinfo=UTC)], value=42.0)
 
@@ -618,6 +622,13 @@ columns = { ride = "int", provider = "text", ended_at = "timestamptz" }
 """
 
 
+def _empty(cur: Any, prefix: str, mariadb: bool) -> None:
+    """Empty a ledger as a restored empty backup is: no partitions, no task's destination."""
+    quoted = "`key`" if mariadb else "key"  # a reserved word on MariaDB
+    cur.execute(f"DELETE FROM {prefix}partitions")
+    cur.execute(f"DELETE FROM {prefix}meta WHERE substr({quoted}, 1, 12) = 'destination:'")
+
+
 def test_a_ledger_that_records_nothing_over_a_change_feed_is_refused(tmp_path: Path, backend: str) -> None:
     """An emptied ledger (and on PostgreSQL a mistyped [ledger] schema, which made a new one) over
     a destination holding manifests: the run exported everything again as new; now it refuses
@@ -634,7 +645,7 @@ def test_a_ledger_that_records_nothing_over_a_change_feed_is_refused(tmp_path: P
             engine.run(load(root))
         toml.write_text(toml.read_text().replace('schema = "sluicegat"', ""))
     with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:  # restored from an empty backup
-        ledger.core.in_transaction(lambda cur: cur.execute(f"DELETE FROM {ledger.core.prefix}partitions"))
+        ledger.core.in_transaction(lambda cur: _empty(cur, ledger.core.prefix, ledger.dialect is MARIADB))
     with pytest.raises(ConfigError, match=f"destination {tmp_path / 'out'} already holds"):
         engine.run(load(root))
     assert engine.run(load(root), options=RunOptions(new_ledger=True))[0].failed == 0
@@ -656,8 +667,41 @@ def test_a_new_project_over_another_tools_manifests_folder_is_not_refused(tmp_pa
     assert engine.run(load(root))[0].exported == 2
     s = load(root).settings
     with Ledger(s.ledger_url, schema=s.ledger_schema) as ledger:  # restored from an empty backup
-        ledger.core.in_transaction(lambda cur: cur.execute(f"DELETE FROM {ledger.core.prefix}partitions"))
+        ledger.core.in_transaction(lambda cur: _empty(cur, ledger.core.prefix, ledger.dialect is MARIADB))
     with pytest.raises(ConfigError, match="already holds sluicegate's change feed"):
+        engine.run(load(root))
+
+
+def test_a_run_to_another_destination_than_the_ledger_records_is_refused_until_moved(
+    tmp_path: Path, backend: str
+) -> None:
+    """Two projects on one ledger (one task name, their own destinations) took each other's
+    partitions: one's re-export was exported to the other's destination and lost unseen. Now the
+    ledger records the id of each task's destination; a run to another one refuses (a dry run
+    too) until RunOptions(move_destination=True). The same folder mounted at another path (a
+    worker on another machine) is the same destination."""
+    root, db = _setup(tmp_path, backend)
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert engine.run(load(root))[0].exported == 2
+    toml = root / "sluicegate.toml"
+    text = toml.read_text()
+    (tmp_path / "mount").symlink_to(tmp_path / "out")
+    toml.write_text(text.replace(str(tmp_path / "out"), str(tmp_path / "mount")))
+    assert engine.run(load(root))[0].failed == 0  # the same destination under another path
+    toml.write_text(text.replace(str(tmp_path / "out"), str(tmp_path / "moved")))
+    for options in (RunOptions(), RunOptions(dry_run=True)):
+        with pytest.raises(ConfigError) as refused:
+            engine.run(load(root), options=options)
+        message = str(refused.value)
+        assert f"task openaq exports to the destination {tmp_path / 'out'}" in message
+        assert f"not to {tmp_path / 'moved'} (which holds no _sluicegate/destination-id" in message
+        assert "--move-destination" in message
+    assert not (tmp_path / "moved").exists() or not any((tmp_path / "moved").iterdir())
+    assert engine.run(load(root), options=RunOptions(move_destination=True))[0].failed == 0
+    assert engine.run(load(root))[0].failed == 0  # moved on purpose once: later runs go on
+    toml.write_text(text)
+    with pytest.raises(ConfigError, match=f"exports to the destination {tmp_path / 'moved'}"):
         engine.run(load(root))
 
 

@@ -2063,7 +2063,7 @@ def _failed_reexport(tmp_path: Path, url: str) -> tuple[Path, Path]:
 
 def test_a_failed_reexport_stays_owed_through_a_failed_regular_window(url: str, tmp_path: Path) -> None:
     root, other = _failed_reexport(tmp_path, url)
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out").mkdir(exist_ok=True)  # the first run wrote the destination's id there
     (tmp_path / "out" / "s1").write_text("blocked")
     assert _run(root, export_type="daily", end=T).failed == 1  # a regular window fails too
     [row] = operations.watermarks(load(root), "studies")

@@ -54,13 +54,15 @@ class Setup:
             return {
                 str(p.relative_to(self.out)): p.read_bytes()
                 for p in self.out.rglob("*")
-                if p.is_file() and ".sluicegate-" not in p.name and "_manifests" not in p.relative_to(self.out).parts
+                if p.is_file()
+                and ".sluicegate-" not in p.name
+                and not {"_manifests", "_sluicegate"} & set(p.relative_to(self.out).parts)
             }
         listed = self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])
         return {
             o["Key"]: self.s3.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
             for o in listed
-            if not o["Key"].startswith("_manifests/")
+            if not o["Key"].startswith(("_manifests/", "_sluicegate/"))
         }
 
     def ledger(self) -> tuple[Any, ...]:

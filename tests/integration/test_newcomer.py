@@ -419,6 +419,30 @@ def test_a_mistyped_or_lost_ledger_over_exported_files_is_refused_until_new_ledg
     assert cli(tmp_path / "d", "run").returncode == 0  # taken on purpose once: later runs go on
 
 
+def test_two_projects_on_one_ledger_do_not_take_each_others_exports(tmp_path: Path) -> None:
+    """Two demo projects sharing one [ledger] url (each with its own source and destination) keyed
+    their partitions by task name alone: B's run took A's re-export into B's folder, and A's
+    re-export was lost without a word. Now B's run refuses, naming the task, both destinations,
+    the ledger and what to do; A's re-export stays for A."""
+    for name in ("a", "b"):
+        assert (
+            cli(tmp_path, "demo", str(tmp_path / name), "--rows", "2000", "--locations", "3").returncode == 0
+        )
+    shared = tmp_path / "a" / "measurements.db"  # A's ledger (its source database) is B's too
+    toml = tmp_path / "b" / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('schema = "sluicegate"', f'url = "sqlite:///{shared}"'))
+    cli(tmp_path / "a", "reexport", "openaq", "location_id=1", check=True)
+    for args in (("run",), ("run", "--dry-run")):
+        refused = cli(tmp_path / "b", *args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert "task openaq exports to the destination " + str(tmp_path / "a" / "exports") in refused.stderr
+        assert f"not to {tmp_path / 'b' / 'exports'}" in refused.stderr
+        assert f"sqlite:///{shared}" in refused.stderr and "--move-destination" in refused.stderr
+    again = cli(tmp_path / "a", "run", "--dry-run", check=True)
+    assert "location_id=1" in again.stdout, again.stdout
+    assert cli(tmp_path / "a", "run", check=True).returncode == 0
+
+
 def test_pyproject_licence_is_an_spdx_string() -> None:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "Apache-2.0"

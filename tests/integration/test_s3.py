@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -9,6 +10,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,7 @@ def test_seaweed_checks_signatures_and_checksums(
     objects = [  # the change feed's manifests aside
         o
         for o in client.list_objects_v2(Bucket=bucket)["Contents"]  # type: ignore[attr-defined]
-        if not o["Key"].startswith("_manifests/")
+        if not o["Key"].startswith(("_manifests/", "_sluicegate/"))  # the feed, the destination's id
     ]
     assert sorted(o["Key"] for o in objects)[0] == KEY and sum(o["Size"] for o in objects) == summary.bytes
 
@@ -180,7 +182,7 @@ def test_seaweed_multipart_upload(tmp_path: Path, seaweed_bucket: tuple[str, str
     objects = [
         o
         for o in client.list_objects_v2(Bucket=bucket, Prefix="big/")["Contents"]  # type: ignore[attr-defined]
-        if "/_manifests/" not in o["Key"]
+        if "/_manifests/" not in o["Key"] and "/_sluicegate/" not in o["Key"]
     ]
     assert sum(o["Size"] for o in objects) == summary.bytes
     assert max(o["Size"] for o in objects) > 5 * 1024 * 1024  # went through the multipart path
@@ -575,10 +577,60 @@ def test_an_fsspec_destination_publishes_small_and_spooled_files(
     [summary] = engine.run(load(root))
     assert (summary.exported, summary.failed) == (2, 0), summary.errors
     fs = fsspec.filesystem("memory")
-    sizes = sorted(fs.size(p) for p in fs.find("/sg-test/out") if "/_manifests/" not in p)
+    sizes = sorted(
+        fs.size(p) for p in fs.find("/sg-test/out") if "/_manifests/" not in p and "/_sluicegate/" not in p
+    )
     assert len(sizes) == 2 and sizes[0] < SPOOL_BYTES < sizes[1] and sum(sizes) == summary.bytes
     assert list(spools.iterdir()) == []
     fs.rm("/sg-test", recursive=True)  # fsspec's memory filesystem lives as long as the process
+
+
+def test_two_first_runs_at_once_on_an_fsspec_destination_agree_on_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec checks that no destination id is there, then writes one: two workers' first runs at
+    once both wrote, the ledger recorded the first to bind and the destination kept the last
+    written, so every later run exited 2 saying another project shares the ledger. Now a first
+    run whose id the ledger did not take writes back the one it records."""
+    import fsspec
+
+    from sluicegate.destination_id import MARKER
+    from sluicegate.destinations.fsspec import FsspecDestination
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination="memory://sg-race/out", fmt="csv")
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 24))
+    both, exists = threading.Barrier(2), FsspecDestination.exists
+
+    def checked(self: FsspecDestination, path: str, *args: Any) -> bool:
+        if path == MARKER:  # both workers look before either writes
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait(timeout=5)
+        return exists(self, path, *args)
+
+    monkeypatch.setattr(FsspecDestination, "exists", checked)
+    failed: list[BaseException] = []
+    workers = [threading.Thread(target=lambda: _run_into(root, failed)) for _ in range(2)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert failed == []
+        monkeypatch.setattr(FsspecDestination, "exists", exists)
+        assert engine.run(load(root))[0].failed == 0  # not refused
+    finally:
+        fsspec.filesystem("memory").rm("/sg-race", recursive=True)
+
+
+def _run_into(root: Path, failed: list[BaseException]) -> None:
+    try:
+        engine.run(load(root))
+    except BaseException as exc:  # the test reports it
+        failed.append(exc)
 
 
 def test_an_fsspec_url_naming_the_stores_root_is_not_taken_for_a_local_folder(
@@ -605,7 +657,7 @@ def test_an_fsspec_url_naming_the_stores_root_is_not_taken_for_a_local_folder(
         [change] = changes.list_changes(load(root), since="2000-01-01T00:00:00Z")
         assert change.path == name
     finally:
-        for top in ("/records", "/_manifests"):
+        for top in ("/records", "/_manifests", "/_sluicegate"):
             if fs.exists(top):
                 fs.rm(top, recursive=True)
 
@@ -896,6 +948,36 @@ def test_an_exclusive_file_is_not_put_where_an_object_already_is(
     assert dest.list_files("s1/") == ["s1/day.csv"]
     if store.startswith("folder"):
         assert [p.name for p in (tmp_path / "x" / "s1").iterdir()] == ["day.csv"]
+
+
+@pytest.mark.parametrize("store", ["seaweed", "folder-file", "fsspec"])
+def test_a_destination_id_written_by_two_first_runs_at_once_is_the_first(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Two workers' first runs of one project both find no destination id and write one: an
+    unconditional upload on S3 replaced the first, so the ledger recorded an id the destination
+    no longer held and every later run refused. The second write keeps the first id."""
+    from sluicegate.config import DestinationSettings
+    from sluicegate.destination_id import MARKER, read_id, write_id
+    from sluicegate.destinations.local import LocalDestination
+
+    if store == "seaweed":
+        endpoint, bucket, key, secret = request.getfixturevalue("seaweed_bucket")
+        settings = DestinationSettings(
+            url=f"s3://{bucket}/x", endpoint_url=endpoint, access_key_id=key, secret_access_key=secret
+        )
+        dest: Any = open_destination(settings)
+    elif store == "fsspec":
+        import fsspec
+
+        dest = open_destination(DestinationSettings(url="memory://sg-dest-id/x"))
+        request.addfinalizer(lambda: fsspec.filesystem("memory").rm("/sg-dest-id", recursive=True))
+    else:
+        dest = LocalDestination(str(tmp_path / "x"), sync=store.split("-")[1])
+    assert read_id(dest) is None
+    first = write_id(dest)
+    assert len(first) == 32 and write_id(dest) == first == read_id(dest)
+    assert dest.list_files(MARKER.split("/")[0] + "/") == [MARKER]
 
 
 def test_an_fsspec_store_that_refuses_writes_fails_check() -> None:

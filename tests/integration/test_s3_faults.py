@@ -125,7 +125,10 @@ def _waits_for_retry(store: Store, name: str, error: str) -> None:
 def _exactly_once(store: Store) -> None:
     """One object per partition, the bytes and ETag the ledger recorded, all committed, nothing left over."""
     listed = store.s3.list_objects_v2(Bucket=store.bucket).get("Contents", [])
-    assert sorted(o["Key"] for o in listed if not o["Key"].startswith("_manifests/")) == [BIG, SMALL]
+    assert sorted(o["Key"] for o in listed if not o["Key"].startswith(("_manifests/", "_sluicegate/"))) == [
+        BIG,
+        SMALL,
+    ]
     ledger = store.ledger()
     for name, rows in ((BIG, BIG_ROWS), (SMALL, SMALL_ROWS)):
         got = store.s3.get_object(Bucket=store.bucket, Key=name)
@@ -317,3 +320,19 @@ def test_a_request_the_endpoint_does_not_implement_is_a_terminal_failure(store: 
         and "does not implement the PutObject request" in last_error
     )
     assert _statuses(store, ONE_PUT) == [501, 501]  # the CRT's and botocore's: neither retries a 501
+
+
+def test_credentials_the_store_refuses_are_not_taken_for_another_projects_destination(store: Store) -> None:
+    """A worker whose credentials the store refuses (expired, revoked: 403 on every request) read
+    the destination's id as absent, and the run exited 2 saying another project may share the
+    ledger and to run with --move-destination. Now the check is skipped with a warning and the
+    partition fails on the credentials, recorded in the ledger, as before."""
+    assert _export(store).exported == 2  # the first run records the destination
+    store.db.insert(2, [DAY + dt.timedelta(hours=23, minutes=59, seconds=59, microseconds=1)])
+    operations.mark(load(store.root), "openaq", {"location_id": "2", "day": "2024-01-01"})
+    store.proxy.fail(status=403, code="InvalidAccessKeyId", times=None)
+    refused = _export(store)  # not a ConfigError
+    assert (refused.exported, refused.failed) == (0, 1), refused
+    assert "InvalidAccessKeyId" in store.ledger()[SMALL][6]
+    store.proxy.clear()
+    assert _export(store).failed == 0  # the destination's id read again: no refusal

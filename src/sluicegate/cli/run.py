@@ -61,6 +61,11 @@ COUNT = click.IntRange(1, 2**31 - 1)  # a count every ledger database stores as 
     is_flag=True,
     help="Run on a ledger that records nothing although the destination holds a change feed.",
 )
+@click.option(
+    "--move-destination",
+    is_flag=True,
+    help="Let TASKS export to this destination, not the one their ledger records.",
+)
 @handled
 def run(
     tasks: tuple[str, ...],
@@ -79,6 +84,7 @@ def run(
     destination: str | None,
     tag: str | None,
     new_ledger: bool,
+    move_destination: bool,
 ) -> None:
     """Export every pending, complete partition of TASKS (all by default)."""
     project = load()
@@ -105,6 +111,7 @@ def run(
         dry_run=dry_run,
         request=request,
         new_ledger=new_ledger,
+        move_destination=move_destination,
     )
     run_loop(project, selected, options, every=every, as_json=as_json, names=tasks)
 

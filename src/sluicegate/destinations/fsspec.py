@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import fsspec
 
-from ..exceptions import ConfigError, DestinationUnavailable, TerminalError
+from ..exceptions import ConfigError, DestinationUnavailable, NotFound
 from ..masking import mask_url
 from ..specs import DestinationSettings
 from . import SpooledUpload, Staged, remove_stale_spools
@@ -93,9 +93,7 @@ class FsspecDestination(SpooledUpload):
         try:
             return bytes(self.fs.cat_file(self._full(path)))
         except FileNotFoundError:
-            raise TerminalError(
-                f"{self.display(path)} does not exist; run the stage that writes it"
-            ) from None
+            raise NotFound(f"{self.display(path)} does not exist; run the stage that writes it") from None
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc}") from exc
 

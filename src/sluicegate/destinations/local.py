@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, TerminalError
+from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, NotFound
 from ..paths import shown
 from . import HashingWriter, Spool, Staged
 
@@ -244,9 +244,7 @@ class LocalDestination:
         try:
             return Path(self._target(path)).read_bytes()
         except FileNotFoundError:
-            raise TerminalError(
-                f"{self.display(path)} does not exist; run the stage that writes it"
-            ) from None
+            raise NotFound(f"{self.display(path)} does not exist; run the stage that writes it") from None
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc.strerror}") from exc
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..exceptions import BadPartitionValue, DestinationUnavailable, TerminalError
+from ..exceptions import BadPartitionValue, DestinationUnavailable, NotFound, TerminalError
 from ..masking import mask_url
 from ..paths import shown
 from ..specs import DestinationSettings
@@ -338,7 +338,7 @@ class S3Destination(SpooledUpload):
                 body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             except ClientError as exc:
                 if _missing(exc):
-                    raise TerminalError(
+                    raise NotFound(
                         f"{self.display(path)} does not exist; run the stage that writes it"
                     ) from None
                 raise

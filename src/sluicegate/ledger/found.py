@@ -24,3 +24,19 @@ class FoundStore(Store):
         """Record that this ledger was started over existing output on purpose (run --new-ledger),
         or emptied on purpose (watermark delete of the last record)."""
         self.core.in_transaction(lambda cur: self._run("mark_new_ledger", cur))
+
+    def destinations(self) -> dict[str, str]:
+        """Each task's recorded destination: its meta key, to the destination's id and URL (masked)."""
+        return {str(k): str(v) for k, v in self._run("destinations").fetchall()}
+
+    def bind_destination(self, keys: list[str], value: str) -> None:
+        """Record the destination of tasks that record none (their first run)."""
+        self.core.in_transaction(
+            lambda cur: [self._run("bind_destination", cur, key=k, value=value) for k in keys]
+        )
+
+    def move_destination(self, keys: list[str], value: str) -> None:
+        """Record the destination of tasks, replacing the one recorded (run --move-destination)."""
+        self.core.in_transaction(
+            lambda cur: [self._run("move_destination", cur, key=k, value=value) for k in keys]
+        )

@@ -1,0 +1,123 @@
+"""Which destination a task exports to, so two projects sharing a ledger do not take each other's work.
+
+The ledger keys partitions, watermarks and blocks by task name only: two projects with their own
+destinations but one ledger (one SQLite file, or one PostgreSQL schema) and a task of the same
+name claimed each other's partitions, and one project's re-export went to the other's
+destination unseen. So a destination holds a random id (``_sluicegate/destination-id``, written
+once, where no object is yet), and the ledger's meta table records per task the id of the
+destination it exports to (at the task's first run). A run whose destination holds another id,
+or none, than its tasks record refuses, until ``run --move-destination`` moves them on purpose.
+Workers of one project that reach the destination by other credentials or mount paths read the
+same id. Cost: one query and one read per run; the first run also writes the id and records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+
+from .db import POSTGRESQL
+from .destinations import Destination
+from .drivers import Context
+from .exceptions import ConfigError, NotFound, PermissionDenied, SluicegateError, TerminalError
+from .masking import mask_url
+from .options import RunOptions
+from .specs import TaskBase
+
+log = logging.getLogger("sluicegate")
+
+MARKER = "_sluicegate/destination-id"  # not under _manifests/, which a lifecycle rule may expire
+
+
+def meta_key(task: str) -> str:
+    """The ledger meta key of a task's destination (a hash: MariaDB's keys are 64 characters)."""
+    return "destination:" + hashlib.sha256(task.encode()).hexdigest()[:40]
+
+
+def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptions) -> None:
+    """ConfigError when a task's ledger records another destination than the project's; record
+    it for tasks that record none (and all of them with ``options.move_destination``), but for a
+    dry run. A ledger or destination that cannot be read skips the check: the tasks report it."""
+    keys = {t.name: meta_key(t.name) for t in tasks}
+    try:
+        recorded = ctx.ledger.found.destinations()
+        here = read_id(ctx.destination)
+        elsewhere = {
+            n: recorded[k] for n, k in keys.items() if k in recorded and recorded[k].split(" ")[0] != here
+        }
+        if not elsewhere or options.move_destination:
+            unbound = [k for k in keys.values() if k not in recorded or recorded[k].split(" ")[0] != here]
+            if unbound and not options.dry_run:
+                _bind(ctx, unbound, here, move=options.move_destination)
+            return
+    except PermissionDenied:  # a role without the owner's grants on the ledger's meta table
+        return
+    except SluicegateError as exc:
+        log.warning("could not check that the ledger's tasks export to this destination: %s", exc)
+        return
+    task, value = sorted(elsewhere.items())[0]
+    raise _refusal(ctx, task, value.partition(" ")[2], emptied=here is None)
+
+
+def _bind(ctx: Context, keys: list[str], here: str | None, *, move: bool) -> None:
+    """Record the destination's id (written now when it holds none) for ``keys``."""
+    written = here or write_id(ctx.destination)
+    store = ctx.ledger.found
+    value = f"{written} {mask_url(ctx.project.settings.destination.url)}"[:255]
+    (store.move_destination if move else store.bind_destination)(keys, value)
+    if here is None and not move:
+        # Another worker's first run bound its id first: where the exclusive write is checked,
+        # then written (fsspec; S3 without conditional writes), ours may have replaced its id in
+        # the destination. Put back the one the ledger records, or every later run refuses; but
+        # only for the same URL: another project's first run at once is for the next run to refuse.
+        bound = {v.partition(" ") for k, v in store.destinations().items() if k in keys}
+        if len(bound) == 1 and (won := bound.pop())[0] != written and won[2] == value.partition(" ")[2]:
+            write_id(ctx.destination, won[0])
+
+
+def _refusal(ctx: Context, task: str, recorded: str, *, emptied: bool) -> ConfigError:
+    s = ctx.project.settings
+    schema = f" (schema {s.ledger_schema})" if ctx.ledger.dialect is POSTGRESQL else ""
+    # A destination without an id is a new one, or one whose _sluicegate/ was deleted.
+    holds = f" (which holds no {MARKER}: new, or emptied)" if emptied else ""
+    return ConfigError(
+        f"the ledger at {mask_url(s.ledger_url)}{schema} records that task {task} exports to the "
+        f"destination {recorded}, not to {mask_url(s.destination.url)}{holds} of "
+        f"{s.root / 'sluicegate.toml'}, so another project with a task of that name may share this "
+        "ledger and a run would take its partitions: give each project a ledger of its own ([ledger] "
+        "url, or [ledger] schema on PostgreSQL), or run with --move-destination to move the task's "
+        "exports here on purpose"
+    )
+
+
+def read_id(destination: Destination) -> str | None:
+    """The id written into ``destination``, or None when it holds none yet."""
+    try:
+        return destination.read(MARKER).decode("ascii").strip()
+    except PermissionDenied:  # there, or not, but not to be read: not a destination without an id
+        raise
+    except NotFound:  # not one that cannot be read (refused credentials, no bucket): that is no answer
+        return None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{destination.display(MARKER)} is not a sluicegate destination id") from None
+
+
+def write_id(destination: Destination, given: str | None = None) -> str:
+    """Write a new id into ``destination`` where none is yet (``given``: that id, over any); the id
+    it holds then."""
+    staged = destination.stage(MARKER)
+    if given is None:  # two workers' first runs at once: the first stays
+        staged.condition, staged.exclusive = "*", True
+    try:
+        staged.file.write((given or uuid.uuid4().hex).encode() + b"\n")
+        destination.publish(staged)
+        destination.sync([staged])
+    except BaseException:
+        destination.discard(staged)
+        raise
+    found = read_id(destination)
+    if found is None:
+        raise TerminalError(f"{destination.display(MARKER)} was written but cannot be read back")
+    return found
