@@ -21,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from support import SLUICEGATE, cli
+from support import SLUICEGATE, cli, files
 
 UTC = dt.UTC
 TOKEN = "dsl-t0ken"
@@ -103,7 +103,7 @@ def test_the_original_folders_and_environment_serve_unchanged(tmp_path: Path, pg
     # agency ran twice: the second run found nothing left to archive and wrote its own file,
     # the header alone (as documented), under the next free name instead of overwriting the first.
     again = f"agency-{midnight}-2.csv.gz"
-    assert sorted(p.name for p in out.iterdir()) == sorted([again, *(f"{t}-{midnight}.csv.gz" for t in TABLES)])
+    assert sorted(p.name for p in files(out)) == sorted([again, *(f"{t}-{midnight}.csv.gz" for t in TABLES)])
     assert gzip.decompress((out / again).read_bytes()).decode().count("\n") == 1
     with psycopg.connect(pg_url) as conn:
         for table in TABLES:
@@ -151,7 +151,7 @@ def test_run_and_status_work_on_a_dsl_folder_and_a_task_toml_refines_it(tmp_path
     workdir.mkdir()
     done = cli(workdir, "run", "agency", "source", env=env)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.suffixes[-1] for p in (tmp_path / "exported-data").iterdir()) == [".csv", ".gz"]
+    assert sorted(p.suffixes[-1] for p in files(tmp_path / "exported-data")) == [".csv", ".gz"]
     tasks = cli(workdir, "tasks", env=env)
     assert "broken: ERROR" in tasks.stdout and "delete.sql is missing" in tasks.stdout
     assert tasks.returncode == 2 and "agency" in tasks.stdout  # the others are listed all the same

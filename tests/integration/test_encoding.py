@@ -37,7 +37,7 @@ from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import pg_query
 from sluicegate.sources import postgres as pg_source
-from support import HOSTILE_NAMES, cli, load
+from support import HOSTILE_NAMES, cli, files, load
 
 UTC = dt.UTC
 ST_JOHNS = "America/St_Johns"  # -03:30 / -02:30, and -03:30:52 (local mean time) before 1935
@@ -523,7 +523,7 @@ def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) ->
     url = _sqlite(tmp_path / "s.db", rows, "k, t, v, b, flag")
     pins = '[columns]\nv = "float"\nflag = "bool"\n'
     select = "SELECT k, t, v, b, flag FROM m"
-    csv_root = _project(tmp_path / "csv", url, select, "csv", extra=pins, ledger=False)
+    csv_root = _project(tmp_path / "csv", url, select, "csv", extra=pins)
     _export(csv_root, (1, DAY))
     assert _csv_rows(_file(csv_root, 1, DAY, "csv"))[1:] == [
         ["1", "2024-11-02T09:30:00-02:30", "2", "\\x00ff41", "true"],
@@ -531,16 +531,18 @@ def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) ->
         ["1", "2024-11-02T09:32:00-02:30", "3", "", "false"],
         ["1", "2024-11-02T09:33:00-02:30", "4", "", ""],
     ]
+    # Each project has a ledger of its own: three projects exporting task typed to three
+    # destinations from one ledger would take each other's partitions (run refuses that).
     with sqlite3.connect(tmp_path / "s.db") as db:  # Parquet refuses the text: keep its rows boolean
         db.execute("DELETE FROM m WHERE flag = 'false'")
-    pq_root = _project(tmp_path / "pq", url, select, "parquet", extra=pins, ledger=False)
+    pq_root = _project(tmp_path / "pq", url, select, "parquet", extra=pins)
     _export(pq_root, (1, DAY))
     table = pq.read_table(_file(pq_root, 1, DAY, "parquet"))
     assert [str(f.type) for f in table.schema][2:] == ["double", "binary", "bool"]
     assert table.column("b").to_pylist() == [b"\x00\xffA", None, None]
     assert table.column("flag").to_pylist() == [True, False, None]
     # Without the pin the first value (an integer) makes the column int64, and 2.5 does not fit.
-    bare = _project(tmp_path / "bare", url, select, "parquet", ledger=False)
+    bare = _project(tmp_path / "bare", url, select, "parquet")
     operations.mark(load(bare), "typed", {"k": "1", "day": DAY.isoformat()})
     [summary] = engine.run(load(bare))
     assert summary.failed == 1
@@ -898,7 +900,7 @@ def test_two_result_columns_of_one_name_are_a_config_error(tmp_path: Path, pg_ur
         assert "Traceback" not in out
     [status] = json.loads(cli(root, "status", "--json", check=True).stdout)
     assert (status["pending"], status["failed"], status["retrying"], status["failures"]) == (2, 0, 0, [])
-    assert not [p for p in (root / "out").rglob("*") if p.is_file()]
+    assert not files(root / "out")
 
 
 # Times PostgreSQL holds and files cannot: beyond years 1 to 9999, and the infinities.
