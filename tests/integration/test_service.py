@@ -396,6 +396,8 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
             ({"time_min": "2020-03-02T00:00:00Z", "time_max": "2020-03-01T00:00:00Z"}, "is empty"),
             # a future range was accepted (202), and the run then failed
             ({"time_min": "2099-03-01T00:00:00Z", "time_max": "2099-03-01T03:00:00Z"}, "is not over yet"),
+            # reexport was dropped: the run ran what the ledger held and answered 202
+            ({"reexport": True}, "reexport applies to partitioned tasks, not blocks task 't'"),
         ):
             answer = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=bad)
             assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text
@@ -531,6 +533,13 @@ def test_a_body_with_a_repeated_field_or_a_loose_value_starts_no_run(tmp_path: P
             assert loose.status_code == 422, (body, loose.text)
             field = body.split('"')[1]
             assert loose.json()["detail"].startswith(f"field {field!r} of the request body: Input should be")
+        # reexport was dropped for an incremental task: a run of the new rows only, answered 202
+        again = httpx.post(url, headers=AUTH, json={"reexport": True})
+        assert again.status_code == 422, again.text
+        assert again.json()["detail"] == (
+            "reexport applies to partitioned tasks, not incremental task 'studies' (send ignore_watermark"
+            " with time_min and time_max to export a window again)"
+        )
         assert server.get(f"{server.url}/runs").json() == []  # no run was started
         # strict fields still read a time from its JSON text, and a dry run writes nothing
         window = b'"time_min": "2023-12-31T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"'

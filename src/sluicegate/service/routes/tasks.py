@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ... import block_requests, export_request, operations
 from ...drivers.incremental import Task as IncrementalTask
+from ...drivers.partitioned import Task as PartitionedTask
 from ...exceptions import UsageError
 from ...options import RunOptions
 from ...specs import Project, TaskBase
@@ -87,6 +88,12 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptio
             "reexport and dry_run cannot be combined: a dry run changes nothing, so it cannot queue the"
             f" window again to plan it; see the window's exported partitions (GET /tasks/{task.name}"
             "/partitions?state=exported), or send reexport without dry_run to queue and export them"
+        )
+    if body.reexport and not isinstance(task, PartitionedTask):  # it ran without it, saying nothing
+        hint = " (send ignore_watermark with time_min and time_max to export a window again)"
+        raise UsageError(
+            f"reexport applies to partitioned tasks, not {task.kind} task {task.name!r}"
+            + (hint if isinstance(task, IncrementalTask) else "")
         )
     request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
