@@ -566,6 +566,8 @@ def test_a_missing_sqlite_source_fails_the_health_check_and_is_not_created(tmp_p
         assert health.json()["checks"]["source"].startswith(
             f"SQLite database {root / 'typo.db'} does not exist"
         )
+        probe = httpx.head(f"{server.url}/healthz")  # an uptime monitor's probe was a 405
+        assert (probe.status_code, probe.content) == (503, b""), probe.text
         refused = httpx.post(f"{server.url}/tasks/studies/runs", headers=AUTH, json={})
         assert refused.status_code == 500 and "typo.db does not exist" in refused.json()["detail"]
     finally:
@@ -650,6 +652,7 @@ def test_broken_task_folder_is_reported_and_others_work(pg_project: tuple[Path, 
         assert "sluicegate_run_duration_seconds_count" in metrics
         health = server.get(f"{server.url}/healthz").json()
         assert health == {"status": "ok", "checks": {"source": "ok", "ledger": "ok", "destination": "ok"}}
+        assert httpx.head(f"{server.url}/healthz").status_code == 200
         assert server.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["RunInfo"]
         # The ledger out of reach: the gauges say so (they used to vanish, silencing alerts), and
         # the routes answer with the reason (they gave a bare "Internal Server Error").

@@ -16,7 +16,8 @@ from ..page import render_page
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+# HEAD too: uptime monitors and some load balancers probe with it (405 read as "down").
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
 def healthz(state: State) -> Any:
     """Check the source and ledger databases and the destination; 503 when one fails."""
     try:
