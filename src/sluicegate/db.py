@@ -218,6 +218,8 @@ def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
 
 
 RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up
+# ... and, once told to stop, how long at most (a restart's seconds; under Docker's 10 s stop timeout)
+STOP_GRACE = 5.0
 
 
 def reconnect(
@@ -227,23 +229,31 @@ def reconnect(
 
     Used after a connection was lost mid-run (a terminated backend, a restarting server):
     the run waits for the database instead of failing every partition in hand. Once ``stop``
-    (the run's SIGINT or SIGTERM) is set it tries once more and gives up: a stop takes
-    seconds, not the whole budget, and the run's claims wait for their lease as after a crash.
+    (the run's SIGINT or SIGTERM) is set it keeps trying for :data:`STOP_GRACE` more seconds at
+    most, then gives up: a database back within them (a restart) still takes the commit of the
+    batch in hand, and a stop takes seconds, not the whole budget; after it, the run's claims
+    wait for their lease as after a crash.
     """
     deadline = time.monotonic() + seconds
-    delay = 0.25
+    delay, stopped = 0.25, None
     while True:
         try:
             return connect(url, ledger=ledger)
         except (SourceUnavailable, LedgerError) as exc:
             if isinstance(exc, PermissionDenied):  # waiting does not grant a privilege
                 raise
-            if time.monotonic() + delay > deadline:
-                raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
-            if stop is not None and stop.is_set():
+            now = time.monotonic()
+            if stop is not None and stop.is_set() and stopped is None:
+                stopped = now
+            if stopped is not None and now >= stopped + STOP_GRACE:
                 raise type(exc)(f"{exc}; gave up reconnecting: the run was told to stop") from exc
+            if now + delay > deadline:
+                raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
             log.warning("%s; reconnecting in %.2f s", exc, delay)
-            (stop or threading.Event()).wait(delay)  # a stop ends the wait: one more try, then give up
+            if stopped is None:  # a stop ends the wait, and the grace starts
+                (stop or threading.Event()).wait(delay)
+            else:
+                time.sleep(min(delay, stopped + STOP_GRACE - now))
             delay = min(delay * 2, 5.0)
 
 

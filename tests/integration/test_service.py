@@ -226,6 +226,21 @@ def test_a_run_beats_again_once_the_ledger_is_back(tmp_path: Path, monkeypatch: 
     assert len(beats) >= 5, f"the heartbeat stopped after {len(beats)} beat(s)"
 
 
+def _days_project(tmp_path: Path, pg_url: str, ledger_url: str) -> Path:
+    """A project exporting a row a day for 60 days of 20 locations (1200 partitions) to
+    ``tmp_path/out``, with its ledger at ``ledger_url`` and a lease of 3 s."""
+    root = write_project(
+        tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), ledger=ledger_url, lease="3s"
+    )
+    db = Db(pg_url)
+    operations.install(load(root))
+    for loc in range(1, 21):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 60, dt.timedelta(days=1)))
+    db.close()
+    return root
+
+
 def _exported(ledger_url: str) -> int:
     with psycopg.connect(ledger_url, autocommit=True) as ledger:
         row = ledger.execute(
@@ -245,15 +260,7 @@ def test_a_stop_while_the_ledger_is_down_takes_seconds_not_the_reconnect_budget(
     to their lease as a crash leaves them; nothing is marked exported that is not in place."""
     ledger_pg, cluster = own_pg_server
     out = tmp_path / "out"
-    root = write_project(
-        tmp_path / "proj", source=pg_url, destination=str(out), ledger=ledger_pg.url(), lease="3s"
-    )
-    db = Db(pg_url)
-    operations.install(load(root))
-    for loc in range(1, 21):  # a row a day for 60 days: 1200 partitions
-        db.location(loc, "UTC")
-        db.insert(loc, hours(dt.datetime(2024, 1, 1, tzinfo=UTC), 60, dt.timedelta(days=1)))
-    db.close()
+    root = _days_project(tmp_path, pg_url, ledger_pg.url())
     if command == "serve":
         server = Server(root)
         proc, log = server.proc, server.log
@@ -298,6 +305,47 @@ def test_a_stop_while_the_ledger_is_down_takes_seconds_not_the_reconnect_budget(
         done = ledger.execute("SELECT count(*) FROM sluicegate.partitions WHERE exported_version = version")
         assert done.fetchone() == (1200,)
     assert len(files(out)) == 1200  # each once
+
+
+def test_a_stop_during_a_ledger_restart_still_commits_the_batch_in_hand(
+    tmp_path: Path, pg_url: str, own_pg_server: tuple[Any, Any]
+) -> None:
+    """SIGTERM while the ledger's PostgreSQL restarts: the run gave up reconnecting at once, so
+    the files of the batch in hand, already in place, were not committed, and their partitions
+    waited for their lease to be exported again. The reconnect now goes on for a few seconds
+    after the stop: a ledger back within them takes the commit, and no claim is left behind."""
+    ledger_pg, cluster = own_pg_server
+    root = _days_project(tmp_path, pg_url, ledger_pg.url())
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    run = [SLUICEGATE, "-C", str(root), "run", "--batch-size", "100"]
+    proc = subprocess.Popen(run, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not _exported(ledger_pg.url()):  # the run is under way
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        cluster.crash()
+        time.sleep(1)  # the run meets the dead connection and starts reconnecting
+        stopped = time.monotonic()
+        proc.terminate()
+        assert cluster.start(ledger_pg.port)
+        back = time.monotonic() - stopped
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert back < 4, f"the ledger took {back:.1f} s to start again: too slow for this test"
+    assert proc.returncode == 143, log.read_text()
+    with psycopg.connect(ledger_pg.url(), autocommit=True) as ledger:
+        held = ledger.execute("SELECT count(*) FROM sluicegate.partitions WHERE claim_token IS NOT NULL")
+        assert held.fetchone() == (0,), log.read_text()  # committed, or given back: none left to a lease
+        marked = ledger.execute("SELECT path, checksum FROM sluicegate.partitions WHERE exported_version > 0")
+        done = marked.fetchall()
+    assert 0 < len(done) < 1200 and len(files(tmp_path / "out")) == len(done)  # each placed one committed
+    for path, checksum in done:
+        assert hashlib.sha256((tmp_path / "out" / path).read_bytes()).hexdigest() == checksum, path
 
 
 def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
