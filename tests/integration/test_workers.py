@@ -150,7 +150,8 @@ def test_two_workers_export_every_partition_once(tmp_path: Path, server_url: str
 
 
 def test_worker_killed_after_upload_before_commit(tmp_path: Path, server_url: str) -> None:
-    root, db = _project(tmp_path, server_url, locations=3, days=2, lease="2s")
+    # A lease long enough for the blocked run to start and claim on a loaded 2-core machine.
+    root, db = _project(tmp_path, server_url, locations=3, days=2, lease="6s")
     proc = _spawn(root, "run", env={"SLUICEGATE_TESTING__FAULT": "after_publish"})
     _wait_for(root / ".fault-after_publish", proc)
     proc.send_signal(signal.SIGKILL)
@@ -163,7 +164,7 @@ def test_worker_killed_after_upload_before_commit(tmp_path: Path, server_url: st
     blocked = _spawn(root, "run", "--json")
     out, _ = blocked.communicate(timeout=60)
     assert json.loads(out)[0]["exported"] == 0  # the lease still holds
-    time.sleep(2.5)
+    time.sleep(6.5)
     again = _spawn(root, "run", "--json")
     out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
