@@ -26,8 +26,7 @@ from typing import Any
 
 from .. import db
 from ..timeblocks import Block
-from .claims import lone_token
-from .core import Store
+from .claims import ClaimStore, lone_token
 
 STATUSES = ("pending", "running", "done", "no_data", "failed")
 
@@ -86,7 +85,7 @@ class RangeQuery:
     time_max: dt.datetime | None
 
 
-class BlockStore(Store):
+class BlockStore(ClaimStore):
     """Creating, claiming, committing and failing (block, stage) rows."""
 
     SQL = "blocks"
@@ -132,7 +131,7 @@ class BlockStore(Store):
         """Claim up to ``limit`` runnable (block, stage) rows, oldest block first: pending ones, or with
         ``taken`` rows of dead claims (running under an expired lease; an attempt only when the dead
         claim held the row alone from the start: a claim of one row has a :func:`lone_token`)."""
-        token = first = lone_token() if limit == 1 else uuid.uuid4()
+        first = lone_token() if limit == 1 else uuid.uuid4()
         params = self.core.params(
             **self._range(where),
             stages=self._list(stages),
@@ -142,25 +141,7 @@ class BlockStore(Store):
             taken=taken,
         )
 
-        def take(cur: Any) -> list[Any]:
-            nonlocal token
-            token = first  # not a lone token of a try the server rolled back (it runs again)
-            cur.execute(self.q["claim"], params)  # MariaDB's execute returns None, not the cursor
-            rows = list(cur.fetchall())
-            if len(rows) == 1 and limit > 1:  # a claim of one row: under a lone token
-                token = lone_token()
-                if self.core.dialect is not db.MARIADB:
-                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
-            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
-                return rows
-            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
-            if not rows:
-                return []
-            alone = {int(row[0]): bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=str(token), lease=float(lease))
-            return self.claimed(cur, str(token))
-
-        rows = self.core.in_transaction(take)
+        rows, token = self._take_rows(self.q["claim"], params, first=first, lease=lease, relone=limit > 1)
         claims = [
             StageClaim(
                 id=int(rid),
@@ -171,29 +152,13 @@ class BlockStore(Store):
                 block=Block(start=self._ts(start), end=self._ts(end), zone=zone, grain=grain),
                 attempts=int(attempts),
                 forced=bool(forced),
-                token=str(token),
+                token=token,
                 prev_artifact=artifact,
                 prev_checksum=checksum,
             )
             for rid, key, start, end, stage, position, attempts, forced, artifact, checksum in rows
         ]
         return sorted(claims, key=lambda c: (c.block.start, c.key_value, c.position))
-
-    def lone(self, cur: Any, rid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
-        """PostgreSQL and SQLite: put the one row a claim took under a :func:`lone_token`."""
-        self._run("lone", cur, id=rid, token=token, lone=lone)
-
-    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` locked (id: whether a dead claim held it alone) under
-        ``token`` and a lease (one round trip)."""
-        cur.executemany(
-            self.q["claim_take"],
-            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
-        )
-
-    def claimed(self, cur: Any, token: str) -> list[Any]:
-        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
-        return list(self._run("claimed", cur, token=token).fetchall())
 
     def renew(self, token: str, *, lease: float) -> int:
         """Extend the lease of the rows still held under ``token``; return how many."""

@@ -7,6 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import db
+from .core import Store
+
 
 @dataclass(frozen=True, kw_only=True)
 class Claim:
@@ -66,3 +69,55 @@ def lone_token() -> uuid.UUID:
     version 8 (``uuid4`` gives version 4), so a take-over tells from the token alone whether the
     dead claim held the unit on its own (its 15th character is ``8``), or as one of a batch."""
     return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))
+
+
+class ClaimStore(Store):
+    """A store of units claimed under a token and a lease (partitions, blocks' stages, watermark
+    rows): the one claim transaction they share, and the three statements it runs besides the
+    claim: ``lone``, and on MariaDB/MySQL ``claim_take`` and ``claimed``."""
+
+    def _take_rows(
+        self, statement: str, params: Any, *, first: uuid.UUID, lease: float, relone: bool
+    ) -> tuple[list[Any], str]:
+        """Run ``statement`` (a claim or a take-over; ``params`` holding ``first`` as its token)
+        in one transaction: the rows it took, and the token they are held under. ``relone``: a
+        claim that finds one unit puts it under a :func:`lone_token` (not a take-over's, whose
+        ``first`` is lone already)."""
+        token = first
+
+        def take(cur: Any) -> list[Any]:
+            nonlocal token
+            token = first  # not a lone token of a try the server rolled back (it runs again)
+            cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
+            rows = list(cur.fetchall())
+            if len(rows) == 1 and relone:
+                token = lone_token()
+                if self.core.dialect is not db.MARIADB:
+                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
+            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
+                return rows
+            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
+            if not rows:
+                return []
+            alone = {int(row[0]): len(row) > 1 and bool(row[1]) for row in rows}
+            self.claim_take(cur, alone, token=str(token), lease=float(lease))
+            return self.claimed(cur, str(token))
+
+        rows = self.core.in_transaction(take)
+        return rows, str(token)
+
+    def lone(self, cur: Any, uid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
+        """PostgreSQL and SQLite: put the one unit a claim took under a :func:`lone_token`."""
+        self._run("lone", cur, id=uid, token=token, lone=lone)
+
+    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
+        """MariaDB/MySQL: put the rows a claim or take-over locked (id: whether a dead claim held it
+        alone from the start) under ``token`` and a lease (one round trip)."""
+        cur.executemany(
+            self.q["claim_take"],
+            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
+        )
+
+    def claimed(self, cur: Any, token: str) -> list[Any]:
+        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
+        return list(self._run("claimed", cur, token=token).fetchall())

@@ -26,7 +26,7 @@ from typing import Any
 from .. import db, paths
 from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
-from .claims import Claim, ExportResult, PathTaken, Place, Vet, lone_token
+from .claims import Claim, ClaimStore, ExportResult, PathTaken, Place, Vet, lone_token
 from .core import pg_array
 from .partition_admin import PartitionAdmin, named_keys, settle_seconds
 
@@ -42,7 +42,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PartitionStore(PartitionAdmin):
+class PartitionStore(PartitionAdmin, ClaimStore):
     """Marks, claims, commits and failures of partitions."""
 
     SQL = "partitions"
@@ -122,49 +122,14 @@ class PartitionStore(PartitionAdmin):
     def _take(
         self, task: PartitionKeys, statement: str, *, limit: int, lease: float, lone: bool
     ) -> list[Claim]:
-        token = first = lone_token() if limit == 1 and lone else uuid.uuid4()
+        first = lone_token() if limit == 1 and lone else uuid.uuid4()
         params = self.core.params(
             task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=first
         )
-
-        def take(cur: Any) -> list[Any]:
-            nonlocal token
-            token = first  # not a lone token of a try the server rolled back (it runs again)
-            cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
-            rows = list(cur.fetchall())
-            if len(rows) == 1 and limit > 1 and lone:  # a claim of one partition: under a lone token
-                token = lone_token()
-                if self.core.dialect is not db.MARIADB:
-                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
-            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
-                return rows
-            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
-            if not rows:
-                return []
-            alone = {int(row[0]): len(row) > 1 and bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=str(token), lease=float(lease))
-            return self.claimed(cur, str(token))
-
-        rows = self.core.in_transaction(take)
-        claims = [self._claim_from_row(task, row, str(token)) for row in rows]
+        rows, token = self._take_rows(statement, params, first=first, lease=lease, relone=limit > 1 and lone)
+        claims = [self._claim_from_row(task, row, token) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).
         return sorted(claims, key=lambda c: c.id)
-
-    def lone(self, cur: Any, pid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
-        """PostgreSQL and SQLite: put the one partition a claim took under a :func:`lone_token`."""
-        self._run("lone", cur, id=pid, token=token, lone=lone)
-
-    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
-        held it alone from the start) under ``token`` and a lease (one round trip)."""
-        cur.executemany(
-            self.q["claim_take"],
-            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
-        )
-
-    def claimed(self, cur: Any, token: str) -> list[Any]:
-        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
-        return list(self._run("claimed", cur, token=token).fetchall())
 
     def pending(self, task: PartitionKeys, *, limit: int) -> list[Claim]:
         """Return what the next claim would take, without claiming (for ``--dry-run``)."""

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import db
-from .claims import lone_token
-from .core import Store
+from .claims import ClaimStore, lone_token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +40,7 @@ def _token(token: str | None) -> uuid.UUID | None:
     return None if token is None else uuid.UUID(token)
 
 
-class WatermarkStore(Store):
+class WatermarkStore(ClaimStore):
     """The per-(task, entity) watermarks, on the ledger database."""
 
     SQL = "watermarks"
@@ -74,31 +73,13 @@ class WatermarkStore(Store):
         one: bool = False,
     ) -> list[WatermarkClaim]:  # fmt: skip
         one = one or len(entities) == 1  # a claim of one row at most (a take-over's): a lone token
-        token = first = lone_token() if one else uuid.uuid4()
+        first = lone_token() if one else uuid.uuid4()
         wanted: Any = list(entities) if self.core.dialect is db.POSTGRESQL else json.dumps(list(entities))
         params = self.core.params(
             task=task, entities=wanted, token=first, lease=lease, max_attempts=max_attempts
         )
 
-        def take(cur: Any) -> list[Any]:
-            nonlocal token
-            token = first  # not a lone token of a try the server rolled back (it runs again)
-            cur.execute(statement, params)  # MariaDB's execute returns None, not the cursor
-            rows = list(cur.fetchall())
-            if len(rows) == 1 and not one:  # a claim that found one row: under a lone token
-                token = lone_token()
-                if self.core.dialect is not db.MARIADB:
-                    self.lone(cur, int(rows[0][0]), token=first, lone=token)
-            if self.core.dialect is not db.MARIADB:  # UPDATE ... RETURNING took them
-                return rows
-            # MariaDB/MySQL have no UPDATE ... RETURNING: lock (SKIP LOCKED), take, read back.
-            if not rows:
-                return []
-            alone = {int(row[0]): bool(row[1]) for row in rows}
-            self.claim_take(cur, alone, token=str(token), lease=float(lease))
-            return self.claimed(cur, str(token))
-
-        rows = self.core.in_transaction(take)
+        rows, token = self._take_rows(statement, params, first=first, lease=lease, relone=not one)
         ts = self.core.from_ts
         out = [
             WatermarkClaim(
@@ -109,28 +90,12 @@ class WatermarkStore(Store):
                 pending_end=ts(r[4]),
                 pending_type=r[5],
                 attempts=int(r[6]),
-                token=str(token),
+                token=token,
                 path=r[7],
             )
             for r in rows
         ]
         return sorted(out, key=lambda c: c.entity)
-
-    def lone(self, cur: Any, wid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
-        """PostgreSQL and SQLite: put the one row a claim took under a :func:`lone_token`."""
-        self._run("lone", cur, id=wid, token=token, lone=lone)
-
-    def claim_take(self, cur: Any, alone: dict[int, bool], *, token: str, lease: float) -> None:
-        """MariaDB/MySQL: put the rows ``claim`` or ``take_over`` locked (id: whether a dead claim
-        held it alone from the start) under ``token`` and a lease (one round trip)."""
-        cur.executemany(
-            self.q["claim_take"],
-            [{"id": i, "alone": int(a), "token": token, "lease": lease} for i, a in alone.items()],
-        )
-
-    def claimed(self, cur: Any, token: str) -> list[Any]:
-        """MariaDB/MySQL: the rows held under ``token``, as a claim returns them."""
-        return list(self._run("claimed", cur, token=token).fetchall())
 
     def set_pending(
         self, claim: WatermarkClaim, start: dt.datetime, end: dt.datetime, export_type: str
