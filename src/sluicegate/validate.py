@@ -254,6 +254,10 @@ def a_or_an(noun: str) -> str:
 
 # The bucket names botocore accepts (an access point's ARN aside): anything else fails every request.
 _S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# S3 keys hold 1,024 bytes; sluicegate's own objects under the prefix take up to ~70 more
+# (_manifests/YYYY/MM/DD/<run>-<seq>.jsonl, .sluicegate-upload-<random>, .sluicegate-probe-<hex>).
+S3_PREFIX_MAX = 900
 
 
 def statement(text: str) -> str:
@@ -376,4 +380,11 @@ def s3_bucket_problem(url: str) -> str | None:
     prefix = prefix.rstrip("/")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         return f"has the prefix {prefix!r}, with an empty, '.' or '..' segment that stores rewrite or refuse"
+    if _CONTROL.search(prefix):  # S3 takes them, and every tool then shows the keys garbled
+        return f"has the prefix {prefix!r}, with a control character (a newline, a tab): remove it"
+    if len(prefix.encode()) > S3_PREFIX_MAX:
+        return (
+            f"has a prefix of {len(prefix.encode()):,} bytes, which leaves too little of S3's 1,024-byte "
+            f"key limit for sluicegate's own objects under it; use a prefix of {S3_PREFIX_MAX} bytes or fewer"
+        )
     return None

@@ -833,6 +833,32 @@ def test_an_s3_prefix_with_an_empty_or_dot_segment_is_a_config_error(tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("written", "prefix", "says"),
+    [
+        ("exports\\n", "exports\n", "with a control character (a newline, a tab): remove it"),
+        ("a\\tb", "a\tb", "with a control character (a newline, a tab): remove it"),
+        ("p" * 901, None, "has a prefix of 901 bytes, which leaves too little of S3's 1,024-byte key limit"),
+    ],
+)
+def test_an_s3_prefix_with_a_control_character_or_too_long_is_a_config_error(
+    tmp_path: Path, written: str, prefix: str | None, says: str
+) -> None:
+    """Were accepted: a TOML escape that left a newline at the end of the prefix put every object
+    under a key no tool shows right; a prefix of over ~950 bytes puts the change feed's manifests
+    and the multipart records (~70 bytes more) over S3's 1,024-byte key limit."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=f"s3://bucket/{written}")
+    for command in ("check", "run"):
+        result = cli(root, command)
+        assert result.returncode == 2, result.stderr
+        if prefix is not None:
+            assert f"has the prefix {prefix!r}, {says}" in result.stderr, result.stderr
+        else:
+            assert says in result.stderr and "use a prefix of 900 bytes or fewer" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
     "endpoint", ["localhost:9000", "http://127.0.0.1:99999", "ftp://store", "http://[::1"]
 )
 def test_an_endpoint_url_that_is_no_http_url_is_a_config_error(tmp_path: Path, endpoint: str) -> None:
