@@ -393,6 +393,9 @@ def test_run_options_dry_run_and_reexport(pg_project: tuple[Path, Db]) -> None:
             ignored = httpx.post(f"{server.url}/tasks/openaq/runs", headers=AUTH, json=extra)
             assert ignored.status_code == 422, ignored.text
             assert "applies to incremental tasks, not partitioned task 'openaq'" in ignored.json()["detail"]
+        twice = server.get(f"{server.url}/tasks/openaq/partitions?state=failed&state=exported")
+        assert twice.status_code == 422, twice.text  # was the exported ones alone, a 200
+        assert twice.json()["detail"] == "the query string names parameter 'state' twice; send each once"
         far = server.get(f"{server.url}/tasks/openaq/partitions", params={"offset": str(10**20)})
         assert far.status_code == 422 and far.json()["detail"].startswith(
             "field 'offset' of the query string"

@@ -109,9 +109,21 @@ async def fields_once(request: Request) -> None:
         return
 
 
-GUARD = [Depends(authorized)]
+def params_once(request: Request) -> None:
+    """422 for a query string that names a parameter twice: the route saw only the last, so
+    ``?state=failed&state=pending`` listed the pending partitions alone, saying nothing."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise HTTPException(
+                status_code=422, detail=f"the query string names parameter {key!r} twice; send each once"
+            )
+        seen.add(key)
+
+
+GUARD = [Depends(authorized), Depends(params_once)]
 BODY = [*GUARD, Depends(fields_once)]
-READ = [Depends(readable)]
+READ = [Depends(readable), Depends(params_once)]
 
 
 def task_or_404(p: Project, name: str) -> TaskBase:
