@@ -1895,6 +1895,8 @@ def test_check_names_a_cursor_that_is_not_a_time(pg_url: str, tmp_path: Path) ->
         ("to_json(study_id)", "json"),
         ("jsonb_build_object('id', study_id)", "jsonb"),
         ("ARRAY[study_id]", "text[]"),
+        ("xmlelement(name s, study_id)", "xml"),  # these two passed check, and failed every run
+        ("point(length(study_id), 0)", "point"),
     ],
 )
 def test_an_entity_column_of_json_or_an_array_is_refused(
@@ -1915,6 +1917,23 @@ def test_an_entity_column_of_json_or_an_array_is_refused(
         assert result.returncode == 2 and wanted in out and "cast it to text in select.sql" in out, result
         assert "Traceback" not in out and "operator does not exist" not in out, result
     assert operations.watermarks(load(root), "studies") == []
+
+
+@pytest.mark.pg
+def test_the_cast_hint_quotes_an_entity_column_of_capitals(pg_url: str, tmp_path: Path) -> None:
+    """The hint said ``StudyId::text AS StudyId``, which PostgreSQL reads as column studyid."""
+    root = _project(tmp_path, pg_url)
+    Records(pg_url).add("s1", T - dt.timedelta(hours=2), "s1")
+    toml = root / "tasks" / "studies" / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('entity = "study_id"', 'entity = "StudyId"').replace("study_id}", "StudyId}")
+    )
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        'SELECT record_id, to_json(study_id) AS "StudyId", uploaded_on, payload FROM records'
+    )
+    result = cli(root, "check")
+    assert result.returncode == 2, result
+    assert 'cast it to text in select.sql ("StudyId"::text AS "StudyId")' in result.stdout + result.stderr
 
 
 def test_a_bootstrap_that_cannot_be_windowed_is_a_config_error(tmp_path: Path) -> None:

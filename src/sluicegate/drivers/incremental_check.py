@@ -86,16 +86,25 @@ def missing_columns(task: Task, names: set[str]) -> list[str]:
     ]
 
 
+# PostgreSQL types whose values cannot name an entity: no equality a DISTINCT can use (json, xml,
+# the geometric types: "could not identify an equality operator"), or read as a dict (jsonb).
+NO_ENTITY_TYPES = frozenset(
+    ("json", "jsonb", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle")
+)
+
+
 def entity_problems(task: Task, described: list[Column]) -> list[str]:
-    """PostgreSQL: an entity column of json (no '=': the entities' DISTINCT fails), jsonb or an
-    array (read as dicts and lists, which name no entity): every run failed, with a traceback."""
+    """PostgreSQL: an entity column of json, xml or a geometric type (no '=': the entities'
+    DISTINCT fails), jsonb or an array (read as dicts and lists, which name no entity): every run
+    failed, with a traceback. (A domain over one of them is not seen: it fails at run time.)"""
     column = next((c for c in described if c.name == task.entity), None)
     shown = column.pg_type if column is not None and column.pg_type else ""
-    if shown not in ("json", "jsonb") and not shown.endswith("]"):
+    if shown not in NO_ENTITY_TYPES and not shown.endswith("]"):
         return []
+    name = task.entity if task.entity == task.entity.lower() else db.POSTGRESQL.quote_name(task.entity)
     return [
         f"{task.folder / 'task.toml'} entity: column {task.entity!r} is {shown}, whose values cannot name"
-        f" an entity; cast it to text in select.sql ({task.entity}::text AS {task.entity})"
+        f" an entity; cast it to text in select.sql ({name}::text AS {name})"
     ]
 
 
