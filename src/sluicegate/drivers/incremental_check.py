@@ -96,7 +96,7 @@ NO_ENTITY_TYPES = frozenset(
 def entity_problems(task: Task, described: list[Column]) -> list[str]:
     """PostgreSQL: an entity column of json, xml or a geometric type (no '=': the entities'
     DISTINCT fails), jsonb or an array (read as dicts and lists, which name no entity): every run
-    failed, with a traceback. (A domain over one of them is not seen: it fails at run time.)"""
+    failed, with a traceback. (A domain over one of them is not looked through.)"""
     column = next((c for c in described if c.name == task.entity), None)
     shown = column.pg_type if column is not None and column.pg_type else ""
     if shown not in NO_ENTITY_TYPES and not shown.endswith("]"):
