@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 
@@ -54,6 +55,8 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
             return
     except PermissionDenied:  # a role without the owner's grants on the ledger's meta table
         return
+    except ConfigError:  # an id file that holds no id: not an outage, and no check without it
+        raise
     except SluicegateError as exc:
         log.warning("could not check that the ledger's tasks export to this destination: %s", exc)
         return
@@ -95,13 +98,18 @@ def _refusal(ctx: Context, task: str, recorded: str, *, emptied: bool) -> Config
 def read_id(destination: Destination) -> str | None:
     """The id written into ``destination``, or None when it holds none yet."""
     try:
-        return destination.read(MARKER).decode("ascii").strip()
+        held = destination.read(MARKER)
     except PermissionDenied:  # there, or not, but not to be read: not a destination without an id
         raise
     except NotFound:  # not one that cannot be read (refused credentials, no bucket): that is no answer
         return None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{destination.display(MARKER)} is not a sluicegate destination id") from None
+    # Empty, or overwritten: taken for an id, an empty one matched any other empty one.
+    if not re.fullmatch(rb"[0-9a-f]{32}\s*", held):
+        raise ConfigError(
+            f"{destination.display(MARKER)} holds no sluicegate destination id (it is empty or holds "
+            "something else): delete it, then run once with --move-destination"
+        )
+    return held.decode("ascii").strip()
 
 
 def write_id(destination: Destination, given: str | None = None) -> str:

@@ -705,6 +705,32 @@ def test_a_run_to_another_destination_than_the_ledger_records_is_refused_until_m
         engine.run(load(root))
 
 
+@pytest.mark.parametrize("held", [b"", b"hello world\n", b"\xff\xfe\n"], ids=["empty", "text", "binary"])
+def test_a_destination_id_file_holding_no_id_is_refused_naming_it(tmp_path: Path, held: bytes) -> None:
+    """An emptied or overwritten _sluicegate/destination-id: an empty one was taken for an id (a new
+    project bound it, and any other empty one matched it), text said "exports to the destination
+    OUT, not to OUT", and bytes that are not ASCII only logged a warning and the run went on
+    unchecked. Now each run exits 2 with one line naming the file and what to do."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    marker = tmp_path / "out" / MARKER
+    for first in (True, False):  # a new project's first run, then a later one
+        if not first:
+            assert cli(root, "run").returncode == 0
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_bytes(held)
+        proc = cli(root, "run")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{marker} holds no sluicegate destination id" in proc.stderr
+        assert "--move-destination" in proc.stderr
+        assert marker.read_bytes() == held
+        marker.unlink()
+    assert cli(root, "run", "--move-destination").returncode == 0
+    assert cli(root, "run").returncode == 0
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
