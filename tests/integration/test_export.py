@@ -731,6 +731,23 @@ def test_a_destination_id_file_holding_no_id_is_refused_naming_it(tmp_path: Path
     assert cli(root, "run").returncode == 0
 
 
+def test_a_folder_where_the_destination_id_file_belongs_is_refused_naming_it(tmp_path: Path) -> None:
+    """A folder at _sluicegate/destination-id could not be read, which the check took for an
+    outage: it logged a warning and every run went on unchecked. Now the run exits 2 naming it."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert cli(root, "run").returncode == 0
+    marker = tmp_path / "out" / MARKER
+    marker.unlink()
+    marker.mkdir()
+    proc = cli(root, "run")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{marker} is a folder, not a file" in proc.stderr
+    assert marker.is_dir()
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)

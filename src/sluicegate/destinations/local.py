@@ -245,6 +245,8 @@ class LocalDestination:
             return Path(self._target(path)).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{self.display(path)} does not exist; run the stage that writes it") from None
+        except IsADirectoryError:  # not an outage: no retry reads it
+            raise ConfigError(f"{self.display(path)} is a folder, not a file; move the folder away") from None
         except OSError as exc:
             raise DestinationUnavailable(f"cannot read {self.display(path)}: {exc.strerror}") from exc
 
