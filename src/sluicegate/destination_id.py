@@ -61,7 +61,7 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
         log.warning("could not check that the ledger's tasks export to this destination: %s", exc)
         return
     task, value = sorted(elsewhere.items())[0]
-    raise _refusal(ctx, task, value.partition(" ")[2], emptied=here is None)
+    raise _refusal(ctx, task, value, here)
 
 
 def _bind(ctx: Context, keys: list[str], here: str | None, *, move: bool) -> None:
@@ -80,11 +80,17 @@ def _bind(ctx: Context, keys: list[str], here: str | None, *, move: bool) -> Non
             write_id(ctx.destination, won[0])
 
 
-def _refusal(ctx: Context, task: str, recorded: str, *, emptied: bool) -> ConfigError:
+def _refusal(ctx: Context, task: str, value: str, here: str | None) -> ConfigError:
     s = ctx.project.settings
     schema = f" (schema {s.ledger_schema})" if ctx.ledger.dialect is POSTGRESQL else ""
-    # A destination without an id is a new one, or one whose _sluicegate/ was deleted.
-    holds = f" (which holds no {MARKER}: new, or emptied)" if emptied else ""
+    known, _, recorded = value.partition(" ")
+    # A destination without an id is a new one, or one whose _sluicegate/ was deleted; one with
+    # another id may have the same URL (one bucket name on two endpoints): the ids tell them apart.
+    holds = (
+        f" (which holds no {MARKER}: new, or emptied)"
+        if here is None
+        else f" (whose {MARKER} holds the id {here}, not {known})"
+    )
     return ConfigError(
         f"the ledger at {mask_url(s.ledger_url)}{schema} records that task {task} exports to the "
         f"destination {recorded}, not to {mask_url(s.destination.url)}{holds} of "

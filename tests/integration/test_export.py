@@ -748,6 +748,22 @@ def test_a_folder_where_the_destination_id_file_belongs_is_refused_naming_it(tmp
     assert marker.is_dir()
 
 
+def test_a_destination_holding_another_id_at_the_same_url_is_refused_naming_both_ids(tmp_path: Path) -> None:
+    """Another project's destination at the same URL (one bucket name on two endpoints, a folder
+    restored from another project's copy) was refused with "exports to the destination OUT, not to
+    OUT", which reads as no reason at all. Now the line names the file and both ids."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert cli(root, "run").returncode == 0
+    marker = tmp_path / "out" / MARKER
+    recorded = marker.read_text().strip()
+    marker.write_text("0123456789abcdef0123456789abcdef\n")  # the other project's
+    proc = cli(root, "run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"(whose {MARKER} holds the id 0123456789abcdef0123456789abcdef, not {recorded})" in proc.stderr
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
