@@ -49,7 +49,9 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
             n: recorded[k] for n, k in keys.items() if k in recorded and recorded[k].split(" ")[0] != here
         }
         if not elsewhere or options.move_destination:
-            unbound = [k for k in keys.values() if k not in recorded or recorded[k].split(" ")[0] != here]
+            unbound = {
+                n: k for n, k in keys.items() if k not in recorded or recorded[k].split(" ")[0] != here
+            }
             if unbound and not options.dry_run:
                 _bind(ctx, unbound, here, move=options.move_destination)
             return
@@ -64,20 +66,26 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
     raise _refusal(ctx, task, value, here)
 
 
-def _bind(ctx: Context, keys: list[str], here: str | None, *, move: bool) -> None:
-    """Record the destination's id (written now when it holds none) for ``keys``."""
-    written = here or write_id(ctx.destination)
+def _bind(ctx: Context, names: dict[str, str], here: str | None, *, move: bool) -> None:
+    """Record the destination's id (written now when it holds none) for the tasks ``names`` (to
+    their meta keys)."""
+    written, keys = here or write_id(ctx.destination), list(names.values())
     store = ctx.ledger.found
     value = f"{written} {mask_url(ctx.project.settings.destination.url)}"[:255]
     (store.move_destination if move else store.bind_destination)(keys, value)
-    if here is None and not move:
-        # Another worker's first run bound its id first: where the exclusive write is checked,
-        # then written (fsspec; S3 without conditional writes), ours may have replaced its id in
-        # the destination. Put back the one the ledger records, or every later run refuses; but
-        # only for the same URL: another project's first run at once is for the next run to refuse.
-        bound = {v.partition(" ") for k, v in store.destinations().items() if k in keys}
-        if len(bound) == 1 and (won := bound.pop())[0] != written and won[2] == value.partition(" ")[2]:
-            write_id(ctx.destination, won[0])
+    if move:
+        return
+    # Another worker's first run bound its id first: where the exclusive write is checked, then
+    # written (fsspec; S3 without conditional writes), ours may have replaced its id in the
+    # destination. Put back the one the ledger records, or every later run refuses; but only for
+    # the same URL: another project's first run at once refuses now, before it takes partitions.
+    bound = {k: v for k, v in store.destinations().items() if k in keys and v.split(" ")[0] != written}
+    won = {v.partition(" ") for v in bound.values()}
+    if here is None and len(won) == 1 and (first := won.pop())[2] == value.partition(" ")[2]:
+        write_id(ctx.destination, first[0])
+    elif bound:
+        task = next(n for n, k in sorted(names.items()) if k in bound)
+        raise _refusal(ctx, task, bound[names[task]], written)
 
 
 def _refusal(ctx: Context, task: str, value: str, here: str | None) -> ConfigError:

@@ -764,6 +764,55 @@ def test_a_destination_holding_another_id_at_the_same_url_is_refused_naming_both
     assert f"(whose {MARKER} holds the id 0123456789abcdef0123456789abcdef, not {recorded})" in proc.stderr
 
 
+def test_two_projects_first_runs_at_once_on_one_ledger_do_not_both_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two projects (staging, production: one source, one ledger, their own destinations) ran for
+    the first time at once: both found no destination recorded, the ledger kept the first to
+    bind, and the other ran anyway, taking partitions into its own destination (refused only at
+    its next run). Now the run whose destination the ledger did not take refuses at once."""
+    import threading
+
+    from sluicegate.ledger.found import FoundStore
+
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    roots = [
+        write_project(tmp_path / name, source=url, destination=str(tmp_path / f"out-{name}"))
+        for name in ("staging", "production")
+    ]
+    db = Db(url)
+    operations.install(load(roots[0]))
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    both, destinations = threading.Barrier(2), FoundStore.destinations
+
+    def looked(self: FoundStore) -> dict[str, str]:
+        found = destinations(self)
+        if not found:  # both projects look before either records its destination
+            both.wait(timeout=10)
+        return found
+
+    monkeypatch.setattr(FoundStore, "destinations", looked)
+    outcomes: dict[int, Any] = {}
+
+    def first_run(i: int) -> None:
+        try:
+            outcomes[i] = engine.run(load(roots[i]))[0]
+        except Exception as exc:  # the test reports it
+            outcomes[i] = exc
+
+    runs = [threading.Thread(target=first_run, args=(i,)) for i in range(2)]
+    for r in runs:
+        r.start()
+    for r in runs:
+        r.join()
+    refused = [i for i, o in outcomes.items() if isinstance(o, ConfigError)]
+    assert len(refused) == 1, outcomes
+    assert "--move-destination" in str(outcomes[refused[0]])
+    assert files(tmp_path / f"out-{('staging', 'production')[refused[0]]}") == []
+    assert outcomes[1 - refused[0]].exported == 2
+
+
 @pytest.mark.mariadb
 def test_a_kind_not_on_mariadb_yet_exits_2_without_a_traceback(tmp_path: Path, mariadb_url: str) -> None:
     root, _db = _setup(tmp_path, mariadb_url)
