@@ -787,6 +787,72 @@ def test_a_path_template_that_swaps_two_keys_moves_every_file_and_a_stale_file_i
     assert len(files(out)) == 2  # each old file was the other's new one
 
 
+def _recorded(root: Path) -> dict[str, tuple[str | None, str]]:
+    """Per partition key: the path the ledger records and the partition's state."""
+    project = load(root)
+    rows = operations.list_partitions(project, project.tasks["bysite"], state=None, limit=100, offset=0)
+    return {r["partition"]: (r["path"], r["state"]) for r in rows}
+
+
+def _check_files_hold_their_partitions(root: Path, out: Path) -> None:
+    """Every file the ledger records holds the rows of the partition that records it, and only those."""
+    for pkey, (path, _state) in _recorded(root).items():
+        if path is not None:
+            site, day = json.loads(pkey)
+            rows = read_csv(out / path)
+            assert {(r["site"], r["datetime"][:10]) for r in rows} == {(site, day)}, (pkey, path, rows)
+
+
+def _swap_queued(tmp_path: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """Two partitions exported under `{site}/{day}.csv`, the template swapped to `{day}/{site}.csv`
+    and both queued, B first: B's new path is A's old file, and A's B's. A's rows fail from now on
+    (an SQL error, terminal: A is parked at its first try)."""
+    root, db = _site_project(tmp_path)
+    d1, d2 = "2024-01-01", "2024-01-02"
+    for loc, site in enumerate((d1, d2), 1):
+        db.location(loc, "UTC", name=site)
+        db.insert(loc, [dt.datetime(2024, 1, 1, 5, tzinfo=UTC), dt.datetime(2024, 1, 2, 5, tzinfo=UTC)])
+    a, b = {"site": d1, "day": d2}, {"site": d2, "day": d1}
+    for part in (a, b):
+        operations.mark(load(root), "bysite", part)
+    assert engine.run(load(root), ["bysite"])[0].exported == 2
+    folder = root / "tasks/bysite"
+    text = (folder / "task.toml").read_text().replace("{site}/{day}", "{day}/{site}")
+    (folder / "task.toml").write_text(text + '[columns]\nvalue = "float"\n')  # not sampled at start
+    (folder / "select.sql").write_text(
+        f"SELECT l.name AS site, m.datetime, CASE WHEN l.name = '{d1}' THEN abs(-9223372036854775807 - 1)"
+        " ELSE m.value END AS value FROM measurements m JOIN locations l USING (location_id)"
+    )
+    for part in (b, a):  # B's change first: B is claimed first
+        operations.mark(load(root), "bysite", part)
+        time.sleep(0.01)
+    return root, a, b
+
+
+def test_a_partition_parked_after_giving_its_old_file_up_no_longer_names_it(tmp_path: Path) -> None:
+    """After a key swap, B wrote its new file at A's old path, which A (queued to move) gave up;
+    then A's export failed for good. A's ledger row still named that file, which holds B's rows,
+    and every later export of B there was refused ("A wrote it under another path template and is
+    not queued to export again; run reexport"), even right after a reexport, while A stayed parked.
+    B's commit now forgets A's file in the same transaction."""
+    root, a, b = _swap_queued(tmp_path)
+    a_key, b_key = (json.dumps([p["site"], p["day"]], separators=(",", ":")) for p in (a, b))
+    a_old = f"{a['site']}/{a['day']}.csv"
+    [first] = engine.run(load(root), ["bysite"], RunOptions(limit=1))  # B, into A's old file
+    assert (first.exported, first.failed) == (1, 0), first.errors
+    [parked] = engine.run(load(root), ["bysite"])  # A fails for good
+    assert (parked.exported, parked.failed) == (0, 1), parked.errors
+    recorded = _recorded(root)
+    assert recorded[b_key] == (a_old, "exported")
+    assert recorded[a_key] == (None, "failed")  # it had no file any more
+    _check_files_hold_their_partitions(root, tmp_path / "out")
+    cli(root, "reexport", "bysite", check=True)
+    [again] = engine.run(load(root), ["bysite"])
+    assert (again.exported, again.failed) == (1, 1), again.errors
+    assert "integer overflow" in again.errors[0] and "reexport" not in again.errors[0], again.errors
+    _check_files_hold_their_partitions(root, tmp_path / "out")
+
+
 def test_a_partition_without_rows_keeps_the_file_its_old_path_now_names_for_another(tmp_path: Path) -> None:
     """After a key swap, partition A wrote its new file where B's old one was; B, without rows now,
     deletes its recorded file when exported: that was A's new file, recorded exported."""

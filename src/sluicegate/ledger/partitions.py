@@ -229,7 +229,9 @@ class PartitionStore(PartitionAdmin, ClaimStore):
             else:  # a retry on a new connection: the files are in place already, but the locks of
                 # them went with the lost connection: another worker may have recorded one since
                 chosen = self._vetted(cur, [r for r in placed if r.claim.id in held_ids], vet, names)
-            return self.commit_held(cur, chosen) if chosen else set()
+            done = self.commit_held(cur, chosen) if chosen else set()
+            self.give_up(cur, [r for r in chosen if r.claim.id in done and r.path])
+            return done
 
         try:
             recorded = self.core.in_transaction(body)
@@ -301,6 +303,25 @@ class PartitionStore(PartitionAdmin, ClaimStore):
             if cur.rowcount == 1:
                 done.add(r.claim.id)
         return done
+
+    def give_up(self, cur: Any, written: Sequence[ExportResult]) -> None:
+        """In ``cur``'s transaction: forget the file of every other partition of the task that
+        recorded a path one of ``written`` (just recorded) wrote. After a path template change a
+        partition queued to move gives its old file up (see ``partitioned_paths._holds``); parked
+        instead of moved, its row named another partition's file, and refused that one's own
+        export of it as "stale" for good."""
+        if not written:
+            return
+        if self.core.dialect is db.POSTGRESQL:
+            for task in sorted({r.claim.task for r in written}):
+                mine = [r for r in written if r.claim.task == task]
+                self._run(
+                    "give_up", cur, task=task, paths=pg_array(r.path for r in mine),
+                    ids=pg_array(r.claim.id for r in mine),
+                )  # fmt: skip
+            return
+        rows = [self.core.params(task=r.claim.task, path=r.path, id=r.claim.id) for r in written]
+        cur.executemany(self.q["give_up"], rows)
 
     def _commit_params(self, r: ExportResult) -> dict[str, Any]:
         return self.core.params(

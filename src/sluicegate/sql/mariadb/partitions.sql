@@ -103,6 +103,16 @@ SET forced = CASE WHEN version > claimed_version THEN forced ELSE FALSE END,
     exported_at = UNIX_TIMESTAMP(NOW(6))
 WHERE id = %(id)s AND claim_token = %(token)s;
 
+-- give_up --
+-- Forget the file of each other partition of the task that recorded a path a commit's partition
+-- just wrote (path, id: the writer), in the same transaction: after a path template change a
+-- partition queued to move (or an hour retired by a zone change) gives its old file up to
+-- another, whose rows it holds now; parked or exported later, its row must not name that file.
+-- By the (task, path) index; the paths compared exactly (utf8mb4_bin pads).
+UPDATE {t}partitions
+SET path = NULL, `rows` = NULL, bytes = NULL, checksum = NULL, etag = NULL
+WHERE task = %(task)s AND path = %(path)s AND CAST(path AS BINARY) = CAST(%(path)s AS BINARY) AND id <> %(id)s;
+
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
 -- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.

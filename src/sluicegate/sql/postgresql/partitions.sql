@@ -123,6 +123,16 @@ FROM done AS d
 WHERE p.id = d.id AND p.claim_token IS NOT DISTINCT FROM d.token AND p.id = ANY (%(ids)s::bigint[])
 RETURNING p.id;
 
+-- give_up --
+-- Forget the file of each other partition of the task that recorded a path a commit's partition
+-- just wrote (path, id: the writer), in the same transaction: after a path template change a
+-- partition queued to move (or an hour retired by a zone change) gives its old file up to
+-- another, whose rows it holds now; parked or exported later, its row must not name that file.
+-- One statement for the batch, by the index on (task, left(path, 500)).
+UPDATE {t}partitions AS p SET path = NULL, rows = NULL, bytes = NULL, checksum = NULL, etag = NULL
+FROM unnest(%(paths)s::text[], %(ids)s::bigint[]) AS d(path, id)
+WHERE p.task = %(task)s AND left(p.path, 500) = left(d.path, 500) AND p.path = d.path AND p.id <> d.id;
+
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
 -- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.

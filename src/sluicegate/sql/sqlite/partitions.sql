@@ -80,6 +80,14 @@ SET exported_version = claimed_version,
     path = :path, rows = :rows, bytes = :bytes, checksum = :checksum, etag = :etag, exported_at = :now
 WHERE id = :id AND claim_token = :token;
 
+-- give_up --
+-- Forget the file of each other partition of the task that recorded a path a commit's partition
+-- just wrote (path, id: the writer), in the same transaction: after a path template change a
+-- partition queued to move (or an hour retired by a zone change) gives its old file up to
+-- another, whose rows it holds now; parked or exported later, its row must not name that file.
+UPDATE {t}partitions SET path = NULL, rows = NULL, bytes = NULL, checksum = NULL, etag = NULL
+WHERE task = :task AND path = :path AND id <> :id;
+
 -- fail --
 -- Give a claimed partition back after an error: retry later with backoff, or park it as failed.
 -- counted is 0 when the partition is parked for the leases that expired before: no new attempt was made.
