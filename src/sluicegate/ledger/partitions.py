@@ -221,16 +221,19 @@ class PartitionStore(PartitionAdmin, ClaimStore):
 
         def body(cur: Any) -> set[int]:
             nonlocal placed
-            held_ids = self.hold(cur, results)
+            held_ids, taken = self.hold(cur, results), []
             if placed is None:
-                held = self._vetted(cur, [r for r in results if r.claim.id in held_ids], vet, names)
+                held = self._vetted(cur, [r for r in results if r.claim.id in held_ids], vet, names, taken)
                 placed = place(held) if place is not None and held else held
                 chosen = placed
             else:  # a retry on a new connection: the files are in place already, but the locks of
                 # them went with the lost connection: another worker may have recorded one since
-                chosen = self._vetted(cur, [r for r in placed if r.claim.id in held_ids], vet, names)
+                chosen = self._vetted(cur, [r for r in placed if r.claim.id in held_ids], vet, names, taken)
             done = self.commit_held(cur, chosen) if chosen else set()
-            self.give_up(cur, [r for r in chosen if r.claim.id in done and r.path])
+            # Only a path another partition recorded has a row to forget: none, but after a change.
+            writer = {r.path: (r.claim.pkey, r.claim.zone) for r in chosen if r.claim.id in done and r.path}
+            others = {path for path, pkey, zone, _ in taken if writer.get(path, (pkey, zone)) != (pkey, zone)}
+            self.give_up(cur, [r for r in chosen if r.claim.id in done and r.path in others])
             return done
 
         try:
@@ -241,13 +244,20 @@ class PartitionStore(PartitionAdmin, ClaimStore):
         return [r.claim.id in recorded for r in results]
 
     def _vetted(
-        self, cur: Any, held: Sequence[ExportResult], vet: Vet | None, names: list[str]
+        self,
+        cur: Any,
+        held: Sequence[ExportResult],
+        vet: Vet | None,
+        names: list[str],
+        taken: list[PathTaken],
     ) -> Sequence[ExportResult]:
-        """With ``vet``: lock the files of ``held``, then keep those ``vet`` keeps of them."""
+        """With ``vet``: lock the files of ``held``, then keep those ``vet`` keeps of them, given the
+        partitions that recorded one of them (added to ``taken``)."""
         if vet is None or not held:
             return held
         self.lock_paths(cur, held, names)
-        return vet(held, self.paths_taken(held[0].claim.task, {p for r in held for p in _files(r)}, cur))
+        taken += self.paths_taken(held[0].claim.task, {p for r in held for p in _files(r)}, cur)
+        return vet(held, taken)
 
     def hold(self, cur: Any, results: Sequence[ExportResult]) -> set[int]:
         """In ``cur``'s transaction: lock and return the ids of the claims still held under their tokens."""
