@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import mariadb_conn
+from . import mariadb_conn, source_outage
 from .exceptions import (
     ConfigError,
     DataError,
@@ -27,6 +27,7 @@ from .exceptions import (
     LedgerPermissionDenied,
     PermissionDenied,
     SluicegateError,
+    SourceLost,
     SourceUnavailable,
 )
 from .masking import mask_url, scrub
@@ -218,22 +219,21 @@ def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
 
 
 RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up
-# ... and, once told to stop, how long at most (a restart's seconds; under Docker's 10 s stop timeout)
-STOP_GRACE = 5.0
+STOP_GRACE = 5.0  # ... and once told to stop (a restart's seconds; under Docker's 10 s stop timeout)
 
 
 def reconnect(
-    url: str, *, ledger: bool = False, seconds: float = RECONNECT_SECONDS, stop: threading.Event | None = None
+    url: str, *, ledger: bool = False, seconds: float | None = None, stop: threading.Event | None = None
 ) -> Any:
-    """Connect to ``url``, retrying with backoff (0.25 s doubling to 5 s) for up to ``seconds``.
+    """Connect to ``url``, retrying with backoff (0.25 s doubling to 5 s) for up to ``seconds``
+    (:data:`RECONNECT_SECONDS`). A source's last error, when it gives up, is ``final``.
 
-    Used after a connection was lost mid-run (a terminated backend, a restarting server):
-    the run waits for the database instead of failing every partition in hand. Once ``stop``
-    (the run's SIGINT or SIGTERM) is set it keeps trying for :data:`STOP_GRACE` more seconds at
-    most, then gives up: a database back within them (a restart) still takes the commit of the
-    batch in hand, and a stop takes seconds, not the whole budget; after it, the run's claims
-    wait for their lease as after a crash.
-    """
+    Used after a connection was lost mid-run (a terminated backend, a restarting server): the
+    run waits for the database instead of failing every partition in hand. Once ``stop`` (the
+    run's SIGINT or SIGTERM) is set it tries for :data:`STOP_GRACE` s more at most: a database
+    back within them (a restart) still takes the batch's commit, and a stop takes seconds, not
+    the budget; then the run's claims wait for their lease as after a crash."""
+    seconds = RECONNECT_SECONDS if seconds is None else seconds
     deadline = time.monotonic() + seconds
     delay, stopped = 0.25, None
     while True:
@@ -246,9 +246,9 @@ def reconnect(
             if stop is not None and stop.is_set() and stopped is None:
                 stopped = now
             if stopped is not None and now >= stopped + STOP_GRACE:
-                raise type(exc)(f"{exc}; gave up reconnecting: the run was told to stop") from exc
+                raise source_outage.gave_up(exc, "gave up reconnecting: the run was told to stop") from exc
             if now + delay > deadline:
-                raise type(exc)(f"{exc}; gave up reconnecting after {seconds:.0f} s") from exc
+                raise source_outage.gave_up(exc, f"gave up reconnecting after {seconds:.0f} s") from exc
             log.warning("%s; reconnecting in %.2f s", exc, delay)
             if stopped is None:  # a stop ends the wait, and the grace starts
                 (stop or threading.Event()).wait(delay)
@@ -386,6 +386,8 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
         return LedgerError(f"{where}: {detail}{hint}")
     psycopg = _psycopg()
     if kind == "transient":
+        if source_outage.connection_lost(exc):
+            return SourceLost(f"source {where} is unavailable: {detail}")
         lost = (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or isinstance(
             exc, sqlite3.OperationalError
         )

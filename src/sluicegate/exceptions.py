@@ -14,6 +14,7 @@ traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
     └── ExportError            exporting one partition failed (recorded on the ledger)
         ├── TransientError     worth retrying with backoff (network, 5xx, timeouts)
         │   ├── SourceUnavailable
+        │   │   └── SourceLost     the connection itself (a restart, a network failure): no attempt
         │   └── DestinationUnavailable
         └── TerminalError      retrying will not help (bad data, bad path, bad query)
             ├── BadPartitionValue
@@ -64,6 +65,16 @@ class TransientError(ExportError):
 
 class SourceUnavailable(TransientError):
     """The source database could not be reached or the query was interrupted."""
+
+
+class SourceLost(SourceUnavailable):
+    """The connection to the source database was lost or refused (a restart, a network failure).
+
+    No fault of the units being read: the pipeline gives them back without an attempt and waits
+    for the source (:func:`sluicegate.db.reconnect`); ``final`` when that wait gave up.
+    """
+
+    final = False
 
 
 class DestinationUnavailable(TransientError):

@@ -27,50 +27,37 @@ run's :class:`~sluicegate.options.Budget` (what is read is committed, the rest r
 isolates a unit whose rows break the batch query (each unit of a failed batch is read again
 on its own), and stops at the named fault points tests kill workers at. Failures are
 recorded per unit through the recorder; a :class:`~sluicegate.exceptions.LedgerError` stops
-the task (nothing can be recorded).
+the task (nothing can be recorded); a lost source gives the batch back without an attempt
+(:mod:`sluicegate.source_outage`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .changes import ChangeFeed
 from .destinations import Destination, Staged
-from .exceptions import ExportError, LedgerError, SluicegateError, TerminalError, is_transient
+from .exceptions import LedgerError, SluicegateError, SourceLost, TerminalError, is_transient
 from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
+from .source_outage import SourceOutage
 from .sources import Column, Mode
-from .work import Deadline, Outcome, Reader, Recorder, UnitFailed, WorkUnit
+from .work import Deadline, Outcome, Reader, Recorder, UnitFailed, WorkUnit, as_export_error
 
 if TYPE_CHECKING:
     from .ledger.leases import LeaseKeeper
-
-log = logging.getLogger("sluicegate")
 
 PUBLISH_THREADS = 4
 MAX_INFLIGHT = 256  # units handed to the publishers and not yet committed ...
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
 GROUP_UNITS = 8  # sealed units handed to a publisher thread together ...
 GROUP_BYTES = 1024 * 1024  # ... or fewer, once they hold this much
-
-
-def as_export_error(exc: BaseException) -> SluicegateError:
-    """A sluicegate error as it is; anything else becomes a terminal error naming its type.
-
-    Errors sluicegate does not know are terminal: retrying a programming error with backoff
-    only hides it, while a parked unit shows it in ``status``.
-    """
-    if isinstance(exc, SluicegateError):
-        return exc
-    log.debug("unexpected error while exporting", exc_info=exc)
-    return ExportError(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass(kw_only=True)
@@ -104,6 +91,7 @@ class Pipeline:
         fernet_key: str | None = None,
         feed: ChangeFeed | None = None,
         keeper: LeaseKeeper | None = None,
+        reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.read = read
         self.format = format
@@ -118,6 +106,10 @@ class Pipeline:
         self.fernet_key = fernet_key  # JSON lines artifacts: encrypt each file with this key
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         self.keeper = keeper  # renews the leases of the units in hand, from its own thread
+        self.outage = SourceOutage(reconnect)  # a lost source connection: wait for it, or stop
+        # A driver that claims a given-back batch again (reconnect) stops a batch on a lost source;
+        # for the others it is a transient failure of the batch's units, as any outage.
+        self._stops = (Deadline, LedgerError) + ((SourceLost,) if reconnect is not None else ())
         self._batch_tokens: set[str] = set()
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
@@ -157,17 +149,16 @@ class Pipeline:
         try:
             try:
                 self._stream(jobs, keep=keep)
-            except (Deadline, LedgerError):
+            except self._stops:
                 raise
             except Exception as exc:
                 self._batch_failed(jobs, as_export_error(exc))
         except Deadline:
-            self.flush()
-            tokens = {u.token for u in units if u.token}
-            self.summary.released += self.recorder.release(tokens) if tokens else 0
-            for job in jobs:
-                self._discard(job)
+            self._give_back(units, jobs)
             raise
+        except SourceLost as exc:
+            self._give_back(units, jobs)
+            self.outage.lost([u.key for u in units], exc)
         except LedgerError:
             # Nothing can be recorded (the claims wait for their lease): no later flush may
             # put in place a file in flight, of this batch or an earlier one.
@@ -178,6 +169,14 @@ class Pipeline:
         finally:
             self._batch_tokens = set()
             self._keep_leases()
+
+    def _give_back(self, units: Sequence[WorkUnit], jobs: list[_Job]) -> None:
+        """Commit what was read, release the rest of the batch without an attempt."""
+        self.flush()
+        tokens = {u.token for u in units if u.token}
+        self.summary.released += self.recorder.release(tokens) if tokens else 0
+        for job in jobs:
+            self._discard(job)
 
     def abandon(self) -> None:
         """Drop every file in flight without recording it (the ledger cannot be written)."""
@@ -467,7 +466,7 @@ class Pipeline:
             fresh = _Job(unit=job.unit)
             try:
                 self._stream([fresh])
-            except (LedgerError, Deadline):
+            except self._stops:
                 self._discard(fresh)
                 raise
             except Exception as single:

@@ -7,13 +7,16 @@ where a driver records outcomes (its ledger store). See ``pipeline.py`` for the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .destinations import Destination, Staged
-from .exceptions import SluicegateError
+from .exceptions import ExportError, SluicegateError
 from .sources import Slice
+
+log = logging.getLogger("sluicegate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,3 +128,15 @@ Reader = Callable[[Sequence[WorkUnit]], Iterator[tuple[int, Any]]]
 
 class Deadline(Exception):
     """The run's time budget is used up: stop reading, commit what is read, release the rest."""
+
+
+def as_export_error(exc: BaseException) -> SluicegateError:
+    """A sluicegate error as it is; anything else becomes a terminal error naming its type.
+
+    Errors sluicegate does not know are terminal: retrying a programming error with backoff
+    only hides it, while a parked unit shows it in ``status``.
+    """
+    if isinstance(exc, SluicegateError):
+        return exc
+    log.debug("unexpected error while exporting", exc_info=exc)
+    return ExportError(f"{type(exc).__name__}: {exc}")

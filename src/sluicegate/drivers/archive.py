@@ -45,12 +45,12 @@ from ..ledger import Ledger
 from ..ledger.archive import NAMING_LOCK
 from ..options import Budget, RunOptions, TaskSummary
 from ..partitions import zone_of
-from ..pipeline import Pipeline, as_export_error
+from ..pipeline import Pipeline
 from ..sources import Mode, Slice, Snapshot, Source
 from ..sources.sqlite import bind_named
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
-from ..work import Outcome, Place, WorkUnit
+from ..work import Outcome, Place, WorkUnit, as_export_error
 from . import Context, Progress
 
 UTC = dt.UTC

@@ -236,6 +236,7 @@ class Loop:
             recorder=Recorder(ctx.ledger, settings, ctx.destination, task), budget=self.budget,
             lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task), summary=summary,
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
+            reconnect=lambda: ctx.source.reconnect(self.stop),  # a lost batch is claimed again
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
         done, last_batch, idle = 0, 0.0, True  # idle: none of this loop's files in flight

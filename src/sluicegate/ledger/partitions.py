@@ -221,7 +221,7 @@ class PartitionStore(PartitionAdmin, ClaimStore):
 
         def body(cur: Any) -> set[int]:
             nonlocal placed
-            held_ids, taken = self.hold(cur, results), []
+            held_ids, taken = self.hold(cur, results), list[PathTaken]()
             if placed is None:
                 held = self._vetted(cur, [r for r in results if r.claim.id in held_ids], vet, names, taken)
                 placed = place(held) if place is not None and held else held

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,11 @@ class Source(Protocol):
 
     def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:
         """One read-then-change transaction (see :class:`Snapshot`)."""
+        ...
+
+    def reconnect(self, stop: threading.Event | None = None) -> None:
+        """After a lost connection: wait for a new one, with backoff (:func:`sluicegate.db.reconnect`);
+        raises :class:`~sluicegate.exceptions.SourceLost` when the source stays away."""
         ...
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -106,6 +107,12 @@ class MariaDbSource:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def reconnect(self, stop: threading.Event | None = None) -> None:
+        """After a lost connection: wait, with backoff, for a new one."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = db.reconnect(self.url, stop=stop)
 
     def _reconnect_if_lost(self) -> None:
         if self.conn.closed:

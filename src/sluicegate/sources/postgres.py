@@ -13,6 +13,7 @@ next read, with backoff (:func:`sluicegate.db.reconnect`).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -83,6 +84,18 @@ class PostgresSource:
         if self.conn.closed or self.conn.broken:
             self.conn = self._session(db.reconnect(self.url))
             self._parallel.pop(False, None)
+
+    def reconnect(self, stop: threading.Event | None = None) -> None:
+        """After a lost connection (see :class:`~sluicegate.source_outage.SourceOutage`): drop both
+        connections and wait, with backoff, for a new one (ADBC's is opened again on the next read)."""
+        if self._arrow is not None:
+            with contextlib.suppress(Exception):
+                self._arrow.close()
+            self._arrow = None
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = self._session(db.reconnect(self.url, stop=stop))
+        self._parallel.clear()
 
     def _after_error(self) -> None:
         """Leave the ADBC connection usable after a failed query: roll back, or drop it if lost."""

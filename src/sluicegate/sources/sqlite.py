@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +46,9 @@ class SqliteSource:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def reconnect(self, stop: threading.Event | None = None) -> None:
+        """Nothing to wait for: a file has no connection to lose (its errors are never SourceLost)."""
 
     def describe(self, spec: ReadSpec) -> list[Column]:
         """Return the select's columns and their kinds, fixed once for the task.

@@ -1,0 +1,98 @@
+"""A source database lost in the middle of a batch (a restart, a network failure, a terminated backend).
+
+That is no fault of the units being read: the pipeline commits what it had read, gives the rest
+of the batch back without an attempt (:class:`~sluicegate.exceptions.SourceLost`) and asks a
+:class:`SourceOutage` what next. It waits for the source (:func:`sluicegate.db.reconnect`, with
+backoff) and lets the driver claim the units again; it stops the task when the source stays
+away, or when a unit loses it a second time in the run (a query that crashes the server's
+backend would else be read again and again, never charged).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from . import mariadb_conn
+from .exceptions import SluicegateError, SourceLost
+
+log = logging.getLogger("sluicegate")
+
+# libpq's words for a connection that failed or ended (ADBC's errors carry no SQLSTATE, nor do
+# psycopg's own connection failures): the server is away or was restarted, no query is at fault.
+_LOST_MESSAGES = (
+    "server closed the connection",
+    "terminating connection",
+    "the database system is",  # starting up, shutting down, in recovery mode
+    "connection refused",
+    "connection to server",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    "consuming input failed",
+    "ssl syscall error",
+    "connection is closed",
+    "failed to connect",
+)
+# MariaDB: the server shut down or went away, the connection was killed, refused or timed out.
+_MARIADB_LOST = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a source driver error says the connection itself failed or ended (a restart, a
+    network failure, ``pg_terminate_backend``), not the query: then no unit being read is at fault.
+
+    psycopg: no SQLSTATE (a client-side failure) or a FATAL one (the server ended the session); an
+    ERROR (say, dblink's own connection failing, SQLSTATE 08001) is the query's. libpq through
+    ADBC: its connection messages, without an ``ERROR:``. Called for transient errors only (a
+    missing privilege is terminal, see :func:`sluicegate.db.classify`).
+    """
+    psycopg = sys.modules.get("psycopg")  # not imported here: see sluicegate.db._psycopg
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        if not isinstance(exc, psycopg.OperationalError):
+            return False
+        severity = getattr(getattr(exc, "diag", None), "severity_nonlocalized", None)
+        return not getattr(exc, "sqlstate", None) or severity in ("FATAL", "PANIC")
+    if mariadb_conn.classify(exc) is not None:
+        return getattr(exc, "errno", 0) in _MARIADB_LOST
+    if type(exc).__module__.startswith("adbc_driver") or (isinstance(exc, OSError) and "[libpq]" in str(exc)):
+        text = str(exc)
+        return "ERROR:" not in text and any(m in text.lower() for m in _LOST_MESSAGES)
+    return False
+
+
+class SourceOutage:
+    """What a pipeline does after losing its source: ``reconnect`` waits for it (None: stop)."""
+
+    def __init__(self, reconnect: Callable[[], None] | None) -> None:
+        self.reconnect = reconnect
+        self._lost: set[str] = set()  # units whose read lost the source once already
+
+    def lost(self, keys: Sequence[str], exc: SourceLost) -> None:
+        """The batch of ``keys`` (given back) lost the source: return once it is back, or raise."""
+        again = not self._lost.isdisjoint(keys)
+        self._lost.update(keys)
+        if exc.final or again or self.reconnect is None:
+            raise stopped(exc) from exc
+        log.warning("%s; the batch is pending again, reconnecting", exc)
+        try:
+            self.reconnect()
+        except SourceLost as gone:
+            raise stopped(gone) from gone
+
+
+def gave_up(exc: SluicegateError, why: str) -> SluicegateError:
+    """The error of a reconnect that gave up (``why``); a lost source's is ``final``."""
+    error = type(exc)(f"{exc}; {why}")
+    if isinstance(error, SourceLost):
+        error.final = True
+    return error
+
+
+def stopped(exc: SourceLost) -> SourceLost:
+    """The error that stops a task whose source is away; the units it held are pending again."""
+    return SourceLost(
+        f"{exc}; the task stopped and its claimed units are pending again, no attempt counted:"
+        " run it again once the source database is back"
+    )

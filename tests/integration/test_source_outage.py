@@ -1,0 +1,141 @@
+"""The source database lost mid-run (a restart, a network blip, terminated backends).
+
+An outage of the source is no fault of the partitions being read: they must not be charged an
+attempt, whatever ``backoff`` and ``max_attempts`` say. Here the source is reached through a
+TCP relay (``TcpProxy.down``: every connection reset, new ones refused) and the ledger
+directly, with ``backoff = "0s"`` and ``max_attempts = 1``, so a charged partition is parked
+at once. A short outage: the run waits for the source and exports everything. A long one
+(longer than the reconnect budget): the run stops with one error naming the source, and the
+partitions it held are pending again, none parked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from sluicegate import db as sg_db
+from sluicegate import engine, operations
+from support import Db, hours, load, write_project
+
+if TYPE_CHECKING:
+    from plugins.tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.pg
+
+UTC = dt.UTC
+DAY = dt.datetime(2024, 1, 1, tzinfo=UTC)
+LOCATIONS, DAYS = 40, 3
+PARTITIONS = LOCATIONS * DAYS
+SELECT = (
+    "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, slow(m.datetime) AS s"
+    " FROM measurements AS m"
+)
+READ_PATHS = [("adbc", "csv"), ("copy", "csv"), ("rows", "parquet")]
+
+
+@pytest.fixture(params=READ_PATHS, ids=[f"{p}-{f}" for p, f in READ_PATHS])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The format to export; without ADBC for the COPY and rows paths."""
+    path, fmt = request.param
+    if path in ("copy", "rows"):
+        from sluicegate.sources import arrow as arrow_source
+        from sluicegate.sources import postgres as pg_source
+
+        monkeypatch.setattr(arrow_source, "available", lambda: False)
+        monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
+    return str(fmt)
+
+
+def _project(tmp_path: Path, pg_url: str, pg_server: Any, proxy: TcpProxy, fmt: str) -> Path:
+    through = pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    db = Db(pg_url)
+    for loc in range(1, LOCATIONS + 1):
+        db.location(loc, "UTC")
+        db.insert(loc, hours(DAY, 24 * DAYS))
+    db.conn.execute(  # each partition's first hour takes 50 ms: the run lasts past the outage
+        "CREATE FUNCTION slow(t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF extract(hour FROM t) = 0 THEN PERFORM pg_sleep(0.05); END IF; RETURN 1; END $$"
+    )
+    db.close()
+    root = write_project(
+        tmp_path / "proj", source=through, ledger=pg_url, destination=str(tmp_path / "out"), fmt=fmt,
+        capture="explicit", zone="UTC", backoff="0s", extra_defaults="batch_size = 10\nmax_attempts = 1\nworkers = 1",
+    )  # fmt: skip
+    (root / "tasks" / "openaq" / "select.sql").write_text(SELECT)
+    project = load(root)
+    for loc in range(1, LOCATIONS + 1):
+        for d in range(DAYS):
+            day = (DAY + dt.timedelta(days=d)).date().isoformat()
+            operations.mark(project, "openaq", {"location_id": str(loc), "day": day})
+    return root
+
+
+def _outage(pg_url: str, proxy: TcpProxy, seconds: float) -> threading.Thread:
+    """Cut the source off once the run is reading, for ``seconds``."""
+
+    def cut() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            while admin.execute(query).fetchone()[0] == 0:  # type: ignore[index]
+                time.sleep(0.01)
+        time.sleep(0.5)  # a few batches in
+        proxy.down()
+        time.sleep(seconds)
+        proxy.up()
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    return thread
+
+
+def _counts(root: Path) -> tuple[int, int, int, int]:
+    [status] = operations.status(load(root), ["openaq"])
+    return status["exported"], status["failed"], status["pending"], status["claimed"]
+
+
+def test_a_short_source_outage_parks_nothing_and_the_run_goes_on(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy], read_path: str
+) -> None:
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
+    thread = _outage(pg_url, proxy, 1.5)
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+    assert proxy.cut >= 1
+    assert summary.task_errors == [], summary.task_errors
+    assert (summary.failed, summary.exported) == (0, PARTITIONS), summary.errors[:1]
+    assert _counts(root) == (PARTITIONS, 0, 0, 0)
+
+
+def test_a_long_source_outage_stops_the_run_and_leaves_its_partitions_pending(
+    tmp_path: Path,
+    pg_url: str,
+    pg_server: Any,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    read_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
+    thread = _outage(pg_url, proxy, 6.0)
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+    masked = sg_db.mask_url(pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/"))
+    [error] = summary.task_errors
+    assert masked in error and "unavailable" in error and "\n" not in error, error
+    assert summary.failed == 0, summary
+    exported, failed, pending, claimed = _counts(root)
+    assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0
