@@ -241,6 +241,20 @@ def _days_project(tmp_path: Path, pg_url: str, ledger_url: str) -> Path:
     return root
 
 
+def _crash_and_stop(ledger_url: str, cluster: Any, proc: subprocess.Popen[Any], log: Path) -> float:
+    """Once ``proc``'s run has exported a partition, crash the ledger's ``cluster``, let the run
+    start reconnecting, and send it SIGTERM; when (``time.monotonic()``) it was sent."""
+    deadline = time.monotonic() + 30
+    while not _exported(ledger_url):  # the run is under way
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    cluster.crash()
+    time.sleep(1)  # the run meets the dead connection and starts reconnecting
+    stopped = time.monotonic()
+    proc.terminate()
+    return stopped
+
+
 def _exported(ledger_url: str) -> int:
     with psycopg.connect(ledger_url, autocommit=True) as ledger:
         row = ledger.execute(
@@ -273,14 +287,7 @@ def test_a_stop_while_the_ledger_is_down_takes_seconds_not_the_reconnect_budget(
             [SLUICEGATE, "-C", str(root), "run"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env
         )
     try:
-        deadline = time.monotonic() + 30
-        while not _exported(ledger_pg.url()):  # the run is under way
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        cluster.crash()
-        time.sleep(1)  # the run meets the dead connection and starts reconnecting
-        stopped = time.monotonic()
-        proc.terminate()
+        stopped = _crash_and_stop(ledger_pg.url(), cluster, proc, log)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=150)
         took = time.monotonic() - stopped
@@ -321,14 +328,7 @@ def test_a_stop_during_a_ledger_restart_still_commits_the_batch_in_hand(
     run = [SLUICEGATE, "-C", str(root), "run", "--batch-size", "100"]
     proc = subprocess.Popen(run, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while not _exported(ledger_pg.url()):  # the run is under way
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        cluster.crash()
-        time.sleep(1)  # the run meets the dead connection and starts reconnecting
-        stopped = time.monotonic()
-        proc.terminate()
+        stopped = _crash_and_stop(ledger_pg.url(), cluster, proc, log)
         assert cluster.start(ledger_pg.port)
         back = time.monotonic() - stopped
         proc.wait(timeout=60)

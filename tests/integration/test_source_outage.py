@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import test_faults
 
 from sluicegate import db as sg_db
 from sluicegate import engine, operations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from plugins.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.pg
+read_path = test_faults.read_path  # the fixture: each read path, ADBC and not
 
 UTC = dt.UTC
 DAY = dt.datetime(2024, 1, 1, tzinfo=UTC)
@@ -38,20 +40,6 @@ SELECT = (
     "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, slow(m.datetime) AS s"
     " FROM measurements AS m"
 )
-READ_PATHS = [("adbc", "csv"), ("copy", "csv"), ("rows", "parquet")]
-
-
-@pytest.fixture(params=READ_PATHS, ids=[f"{p}-{f}" for p, f in READ_PATHS])
-def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The format to export; without ADBC for the COPY and rows paths."""
-    path, fmt = request.param
-    if path in ("copy", "rows"):
-        from sluicegate.sources import arrow as arrow_source
-        from sluicegate.sources import postgres as pg_source
-
-        monkeypatch.setattr(arrow_source, "available", lambda: False)
-        monkeypatch.setattr(pg_source, "arrow_available", lambda: False)
-    return str(fmt)
 
 
 def _project(tmp_path: Path, pg_url: str, pg_server: Any, proxy: TcpProxy, fmt: str) -> Path:
