@@ -387,7 +387,7 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
     psycopg = _psycopg()
     if kind == "transient":
         if source_outage.connection_lost(exc):
-            return SourceLost(f"source {where} is unavailable: {detail}")
+            return SourceLost(f"{where} is unavailable: {detail}; will retry")
         lost = (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or isinstance(
             exc, sqlite3.OperationalError
         )

@@ -92,7 +92,8 @@ def gave_up(exc: SluicegateError, why: str) -> SluicegateError:
 
 def stopped(exc: SourceLost) -> SourceLost:
     """The error that stops a task whose source is away; the units it held are pending again."""
+    said = str(exc).replace("; will retry", "")
     return SourceLost(
-        f"{exc}; the task stopped and its claimed units are pending again, no attempt counted:"
+        f"{said}; the task stopped and its claimed units are pending again, no attempt counted:"
         " run it again once the source database is back"
     )
