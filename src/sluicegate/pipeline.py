@@ -107,8 +107,7 @@ class Pipeline:
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         self.keeper = keeper  # renews the leases of the units in hand, from its own thread
         self.outage = SourceOutage(reconnect)  # a lost source connection: wait for it, or stop
-        # A driver that claims a given-back batch again (reconnect) stops a batch on a lost source;
-        # for the others it is a transient failure of the batch's units, as any outage.
+        # Only a driver that claims a given-back batch again stops a batch on a lost source.
         self._stops = (Deadline, LedgerError) + ((SourceLost,) if reconnect is not None else ())
         self._batch_tokens: set[str] = set()
         # Publishing (fsync + rename, or an upload) overlaps with reading the next units.
@@ -157,8 +156,11 @@ class Pipeline:
             self._give_back(units, jobs)
             raise
         except SourceLost as exc:
-            self._give_back(units, jobs)
-            self.outage.lost([u.key for u in units], exc)
+            if self.outage.before(keys := [u.key for u in units]):  # a unit that loses it again
+                self._batch_failed(jobs, exc)
+            else:
+                self._give_back(units, jobs)
+                self.outage.wait(keys, exc)
         except LedgerError:
             # Nothing can be recorded (the claims wait for their lease): no later flush may
             # put in place a file in flight, of this batch or an earlier one.

@@ -4,8 +4,8 @@ That is no fault of the units being read: the pipeline commits what it had read,
 of the batch back without an attempt (:class:`~sluicegate.exceptions.SourceLost`) and asks a
 :class:`SourceOutage` what next. It waits for the source (:func:`sluicegate.db.reconnect`, with
 backoff) and lets the driver claim the units again; it stops the task when the source stays
-away, or when a unit loses it a second time in the run (a query that crashes the server's
-backend would else be read again and again, never charged).
+away. A unit that loses it a second time in the run (a query that crashes the server's
+backend would else be read again and again, never charged) is charged an attempt instead.
 """
 
 from __future__ import annotations
@@ -69,11 +69,16 @@ class SourceOutage:
         self.reconnect = reconnect
         self._lost: set[str] = set()  # units whose read lost the source once already
 
-    def lost(self, keys: Sequence[str], exc: SourceLost) -> None:
+    def before(self, keys: Sequence[str]) -> bool:
+        """Whether one of ``keys`` lost the source before in this run: a query that crashes its
+        server process, say, which given back would be read again and again and never charged;
+        the pipeline charges the batch then, as any transient failure."""
+        return not self._lost.isdisjoint(keys)
+
+    def wait(self, keys: Sequence[str], exc: SourceLost) -> None:
         """The batch of ``keys`` (given back) lost the source: return once it is back, or raise."""
-        again = not self._lost.isdisjoint(keys)
         self._lost.update(keys)
-        if exc.final or again or self.reconnect is None:
+        if exc.final or self.reconnect is None:
             raise stopped(exc) from exc
         log.warning("%s; the batch is pending again, reconnecting", exc)
         try:

@@ -127,3 +127,27 @@ def test_a_long_source_outage_stops_the_run_and_leaves_its_partitions_pending(
     assert summary.failed == 0, summary
     exported, failed, pending, claimed = _counts(root)
     assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0
+
+
+def test_a_query_that_ends_its_own_connection_is_charged_and_holds_no_one_up(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """A partition whose query ends its server process (here by pg_terminate_backend; a crash of
+    an extension does the same) is no outage: given back and read again, it would stop every run
+    for good. The second loss in a run is charged an attempt, so it is parked (max_attempts = 1)
+    and the other partitions are exported in the same run."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF loc = 7 THEN "
+            "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END $$"
+        )
+    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")  # on its partitions' rows
+    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("batch_size = 10", "batch_size = 1"))
+    [summary] = engine.run(load(root), ["openaq"])
+    assert summary.task_errors == [], summary.task_errors
+    assert (summary.failed, summary.exported) == (DAYS, PARTITIONS - DAYS), summary.errors[:1]
+    assert _counts(root) == (PARTITIONS - DAYS, DAYS, 0, 0)
