@@ -1030,6 +1030,8 @@ def test_an_s3_object_replaced_by_one_of_the_same_size_before_the_verify_deletes
     def sync_then_overwrite(self: S3Destination, staged: Any = None) -> None:
         sync(self, staged)
         for one in staged or ():
+            if one.path.startswith("_sluicegate/"):  # the destination's id, not an archive's object
+                continue
             key = self.key(one.path)
             size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
             client.put_object(Bucket=bucket, Key=key, Body=b"x" * size)  # a stranger's object
