@@ -79,7 +79,7 @@ def build_demo(folder: Path, *, rows: int = 150_000, locations: int = 300, force
     database = folder / "measurements.db"
     if database.exists() and not force:
         raise UsageError(
-            f"{database} already exists; the demo folder is a project now: use 'sluicegate run' in it, "
+            f"{database} already exists; the demo folder is a project now: export with 'sluicegate run', "
             "or pass --force to rebuild it"
         )
     if force:

@@ -557,6 +557,17 @@ def test_demo_into_a_project_folder_leaves_the_project_alone_without_force(tmp_p
     assert not (root / "measurements.db").exists()
 
 
+def test_demo_refusing_a_built_demo_names_the_folder_in_its_hint(tmp_path: Path) -> None:
+    """`demo FOLDER` a second time said "use 'sluicegate run' in it": typed as said from where
+    `demo` ran, that finds no project (docs/cli.md: a hint runs as printed from the same folder)."""
+    folder = tmp_path / "d"
+    demo = [SLUICEGATE, "demo", str(folder), "--rows", "100", "--locations", "2"]
+    subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=120)
+    proc = subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"'sluicegate -C {folder} run'" in proc.stderr, proc.stderr
+
+
 def test_the_mds_next_steps_say_the_provider_urls_are_placeholders(tmp_path: Path) -> None:
     """`init --example mds` said "check ... the queries in mds/tasks" (it has none) and then
     `blocks trips ...`, which failed with "Connection refused" on 127.0.0.1:8001: nothing said

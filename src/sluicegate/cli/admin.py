@@ -19,7 +19,7 @@ from ..exceptions import UsageError
 from ..keytext import parse_assignments
 from ..masking import mask_url
 from ..options import RunOptions
-from .app import duration, echo_json, handled, load, main, on_project, quoted, timestamp, typed_here
+from .app import CliState, duration, echo_json, handled, load, main, on_project, quoted, timestamp, typed_here
 from .render import ScanBar, render_summaries
 
 
@@ -84,6 +84,8 @@ def demo(folder: Path, rows: int, locations: int, force: bool) -> None:
     """Build an OpenAQ-like SQLite project in FOLDER and export it to FOLDER/exports."""
     from ..scaffold import build_demo
 
+    # FOLDER is the project here (not -C): a refusal's 'sluicegate run' names it, as typed_here does.
+    click.get_current_context().ensure_object(CliState).project_dir = folder
     setup = build_demo(folder, rows=rows, locations=locations, force=force)
     click.echo(f"generated {setup.rows:,} measurements at {setup.locations} locations in {setup.database}")
     project = load_project(folder, {})
