@@ -243,11 +243,13 @@ def request_from_options(
     )
 
 
-def check_kinds(tasks: Sequence[Any], request: ExportRequest | None, *, named: bool) -> None:
-    """Refuse a run's request options for a task that is not incremental (a task the run names,
-    or every task of the run): such a run ignored them and exported as if they were not given."""
+def check_kinds(tasks: Sequence[Any], given: bool, *, named: bool) -> None:
+    """Refuse a run's request options (``given``) for a task that is not incremental (a task the
+    run names, or every task of the run): such a run ignored them and exported as if they were
+    not given. Checked before the options' own rules, whose advice (add --ignore-watermark to a
+    window) would only lead here."""
     other = [t for t in tasks if t.kind != "incremental"]
-    if request is not None and other and (named or len(other) == len(tasks)):
+    if given and other and (named or len(other) == len(tasks)):
         task = other[0]
         raise UsageError(
             "--type, --ignore-watermark, --time-min, --time-max, --entity, --destination and --tag apply"

@@ -369,7 +369,15 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         )
     assert cli(root, "run", "nosuchtask").returncode == 2
     assert cli(tmp_path / "empty", "status").returncode == 2
-    for args in (["openaq", "--entity", "1"], ["--type", "daily"], ["--tag", "nightly"]):  # were ignored
+    # ... and a window without --ignore-watermark said to add it, which only led to this refusal.
+    options = (
+        ["openaq", "--entity", "1"],
+        ["--type", "daily"],
+        ["--tag", "nightly"],
+        ["--time-min", "2024-05-01"],
+        ["--ignore-watermark"],
+    )
+    for args in options:  # were ignored
         ignored = cli(root, "run", *args)
         assert (
             ignored.returncode == 2

@@ -92,6 +92,8 @@ def run(
         click.echo(typed_here(f"warning: {warning}"), err=True)
     selected = project.select(list(tasks))
     check_limit(selected, limit, named=bool(tasks))
+    given = (export_type, ignore_watermark, time_min, time_max, entities, tag)
+    check_kinds(selected, any(given) or destination is not None, named=bool(tasks))
     request = request_from_options(
         export_type=export_type,
         ignore_watermark=ignore_watermark,
@@ -101,7 +103,6 @@ def run(
         destination=destination,
         tag=tag,
     )
-    check_kinds(selected, request, named=bool(tasks))
     options = RunOptions(
         limit=limit,
         batch_size=batch_size,
