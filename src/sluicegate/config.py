@@ -298,13 +298,13 @@ def _uploads_in_flight(value: Any, where: str) -> int:
 
 def _s3_client(value: Any, where: str) -> str:
     if value not in ("crt", "boto3"):
-        raise ConfigError(f"{where} = {value!r} is not an S3 client; use crt or boto3")
+        raise ConfigError(f"{where}: {value!r} is not an S3 client; use crt or boto3")
     return str(value)
 
 
 def _sync(value: Any, where: str) -> str:
     if value not in ("auto", "batch", "file"):
-        raise ConfigError(f"{where} = {value!r} is not a sync mode; use auto, batch or file")
+        raise ConfigError(f"{where}: {value!r} is not a sync mode; use auto, batch or file")
     return str(value)
 
 

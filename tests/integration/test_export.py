@@ -512,7 +512,7 @@ def test_both_sync_modes_publish_whole_files_in_place(tmp_path: Path, sync: str)
 def test_unknown_sync_mode_is_a_configuration_error(tmp_path: Path) -> None:
     root, _ = _setup(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(
-        ConfigError, match=r"\[destination\] sync = 'fast' is not a sync mode; use auto, batch or file"
+        ConfigError, match=r"\[destination\] sync: 'fast' is not a sync mode; use auto, batch or file"
     ):
         load(root, {"SLUICEGATE_DESTINATION__SYNC": "fast"})
 

@@ -44,6 +44,13 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> st
         # logging.BASIC_FORMAT is an attribute of logging, not a level: a TypeError traceback.
         ("LOG_LEVEL", "BASIC_FORMAT", "log_level: 'BASIC_FORMAT' is not valid; use one of DEBUG, INFO"),
         ("LOG_LEVEL", "verbose", "log_level: 'VERBOSE' is not valid"),
+        # These two named only the file, which holds no such value.
+        ("SLUICEGATE_DESTINATION__SYNC", "fast", "sync: 'fast' is not a sync mode; use auto, batch or file"),
+        (
+            "SLUICEGATE_DESTINATION__S3_CLIENT",
+            "aws",
+            "s3_client: 'aws' is not an S3 client; use crt or boto3",
+        ),
     ],
 )
 def test_a_bad_setting_from_the_environment_names_its_variable(
