@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -1012,3 +1013,16 @@ def test_a_body_over_the_limit_is_a_413_with_a_sentence(tmp_path: Path) -> None:
         assert server.get(f"{server.url}/runs").json() == []  # no run was started
     finally:
         server.stop()
+
+
+def test_the_openapi_schema_builds_without_a_warning(tmp_path: Path) -> None:
+    """HEAD /healthz as a second method of the GET route gave the schema a duplicate operation id:
+    FastAPI warned in the service's log at the first GET /openapi.json."""
+    from sluicegate.service.app import create_app
+
+    root = write_project(tmp_path / "proj", source=f"sqlite:///{tmp_path / 's.db'}", destination="out")
+    app = create_app(root, {}, token="t", scheduler=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema = app.openapi()
+    assert list(schema["paths"]["/healthz"]) == ["get"]
