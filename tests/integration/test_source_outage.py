@@ -24,6 +24,7 @@ import test_faults
 
 from sluicegate import db as sg_db
 from sluicegate import engine, operations
+from sluicegate.options import RunOptions
 from support import Db, hours, load, write_project
 
 if TYPE_CHECKING:
@@ -151,3 +152,21 @@ def test_a_query_that_ends_its_own_connection_is_charged_and_holds_no_one_up(
     assert summary.task_errors == [], summary.task_errors
     assert (summary.failed, summary.exported) == (DAYS, PARTITIONS - DAYS), summary.errors[:1]
     assert _counts(root) == (PARTITIONS - DAYS, DAYS, 0, 0)
+
+
+def test_a_batch_given_back_in_an_outage_does_not_count_against_the_limit(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """`run --limit 60` through a short outage exports 60 partitions: the batch given back (and
+    claimed again) is not counted twice, once as given back, once as exported."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    thread = _outage(pg_url, proxy, 1.5)
+    try:
+        [summary] = engine.run(load(root), ["openaq"], RunOptions(limit=60))
+    finally:
+        thread.join()
+    assert proxy.cut >= 1 and summary.released > 0, summary
+    assert summary.task_errors == [], summary.task_errors
+    assert (summary.failed, summary.exported) == (0, 60), summary.errors[:1]
+    assert _counts(root) == (60, 0, PARTITIONS - 60, 0)

@@ -261,11 +261,14 @@ class Loop:
                         pipeline.flush()
                     # The batch's last files are still being published while the next batch is read.
                     keep = 0 if alone else MAX_INFLIGHT // 2
+                    released = summary.released
                     pipeline.export(self._units(ctx, pipeline, claims), keep=keep)
                     last_batch = time.monotonic() - started
-                    done += len(claims)
+                    # Less what a lost source gave back: pending again, claimed again, counted then.
+                    taken = len(claims) - (summary.released - released)
+                    done += taken
                     if self.progress is not None:
-                        self.progress(summary, len(claims))
+                        self.progress(summary, taken)
             except Deadline:
                 pass
             finally:
