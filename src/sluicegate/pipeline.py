@@ -165,8 +165,7 @@ class Pipeline:
             # Nothing can be recorded (the claims wait for their lease): no later flush may
             # put in place a file in flight, of this batch or an earlier one.
             self.abandon()
-            for job in jobs:
-                self._discard(job)
+            self._discard(*jobs)
             raise
         finally:
             self._batch_tokens = set()
@@ -177,8 +176,7 @@ class Pipeline:
         self.flush()
         tokens = {u.token for u in units if u.token}
         self.summary.released += self.recorder.release(tokens) if tokens else 0
-        for job in jobs:
-            self._discard(job)
+        self._discard(*jobs)
 
     def abandon(self) -> None:
         """Drop every file in flight without recording it (the ledger cannot be written)."""
@@ -444,11 +442,12 @@ class Pipeline:
             if outcome.staged is not None:
                 self.destination.discard(outcome.staged)
 
-    def _discard(self, job: _Job) -> None:
-        job.done = True
-        if job.staged is not None:
-            self.destination.discard(job.staged)
-            job.staged = None
+    def _discard(self, *jobs: _Job) -> None:
+        for job in jobs:
+            job.done = True
+            if job.staged is not None:
+                self.destination.discard(job.staged)
+                job.staged = None
 
     def _fail(self, unit: WorkUnit, error: SluicegateError) -> None:
         self.recorder.fail(unit, error)
@@ -457,19 +456,20 @@ class Pipeline:
     def _batch_failed(self, jobs: list[_Job], error: SluicegateError) -> None:
         """The batch query failed: retry later, or isolate the unit that breaks it."""
         open_jobs = [j for j in jobs if not j.done]
-        for job in open_jobs:
-            self._discard(job)
+        self._discard(*open_jobs)
         self.flush()
         if is_transient(error) or len(open_jobs) == 1:
             for job in open_jobs:
                 self._fail(job.unit, error)
             return
-        for job in open_jobs:  # one query each, so one bad unit cannot stop the others
+        for at, job in enumerate(open_jobs):  # one query each, so one bad unit cannot stop the others
             fresh = _Job(unit=job.unit)
             try:
                 self._stream([fresh])
             except self._stops:
                 self._discard(fresh)
+                for unread in open_jobs[at:]:  # still open: a second loss of the source charges them
+                    unread.done = False
                 raise
             except Exception as single:
                 self._discard(fresh)

@@ -170,3 +170,36 @@ def test_a_batch_given_back_in_an_outage_does_not_count_against_the_limit(
     assert summary.task_errors == [], summary.task_errors
     assert (summary.failed, summary.exported) == (0, 60), summary.errors[:1]
     assert _counts(root) == (60, 0, PARTITIONS - 60, 0)
+
+
+def test_a_second_loss_while_a_failed_batch_is_read_unit_by_unit_leaves_no_claim_behind(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """The first batch loses its connection (location 1's first row ends it): all of it is given
+    back. Read again, its query fails (a second location in one query raises), so each partition
+    is read alone; location 7's ends its connection, a second loss for the batch, which is
+    charged: location 7's partitions and those after them, not read yet, are charged too, and
+    none of them stays claimed until its lease ends."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE armed")
+        conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
+        conn.execute(
+            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ DECLARE"
+            " seen text := current_setting('x.first', true); st text := statement_timestamp()::text;"
+            " BEGIN IF NOT (SELECT is_called FROM armed) THEN IF loc = 1 THEN PERFORM nextval('armed');"
+            " PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END IF;"
+            " IF seen IS NULL OR seen = '' OR split_part(seen, '|', 1) <> st THEN"
+            " PERFORM set_config('x.first', st || '|' || loc, true);"
+            " ELSIF split_part(seen, '|', 2) <> loc::text THEN RAISE EXCEPTION 'bad batch'; END IF;"
+            " IF loc = 7 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END $$"
+        )
+    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")
+    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    toml = root / "sluicegate.toml"
+    text = toml.read_text().replace("batch_size = 10", f"batch_size = {PARTITIONS}")
+    toml.write_text(text.replace("max_attempts = 1", "max_attempts = 2"))
+    [summary] = engine.run(load(root), ["openaq"])
+    assert summary.task_errors == [], summary.task_errors
+    assert _counts(root) == (6 * DAYS, PARTITIONS - 6 * DAYS, 0, 0), summary.errors[:1]
