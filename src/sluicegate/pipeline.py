@@ -156,11 +156,11 @@ class Pipeline:
             self._give_back(units, jobs)
             raise
         except SourceLost as exc:
-            if self.outage.before(keys := [u.key for u in units]):  # a unit that loses it again
+            if charged := self.outage.before(keys := [u.key for u in units]):  # a unit that loses it again
                 self._batch_failed(jobs, exc)
             else:
                 self._give_back(units, jobs)
-                self.outage.wait(keys, exc)
+            self.outage.wait(keys, exc, charged=charged)  # charged or not, the source may be away
         except LedgerError:
             # Nothing can be recorded (the claims wait for their lease): no later flush may
             # put in place a file in flight, of this batch or an earlier one.

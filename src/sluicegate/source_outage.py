@@ -75,16 +75,19 @@ class SourceOutage:
         the pipeline charges the batch then, as any transient failure."""
         return not self._lost.isdisjoint(keys)
 
-    def wait(self, keys: Sequence[str], exc: SourceLost) -> None:
-        """The batch of ``keys`` (given back) lost the source: return once it is back, or raise."""
+    def wait(self, keys: Sequence[str], exc: SourceLost, *, charged: bool = False) -> None:
+        """The batch of ``keys`` (given back, or ``charged``) lost the source: return once it is
+        back, or raise. Charged too: a second loss may be an outage all the same, and the batch,
+        claimed again at once (no backoff), would be charged again until parked."""
         self._lost.update(keys)
         if exc.final or self.reconnect is None:
-            raise stopped(exc) from exc
-        log.warning("%s; the batch is pending again, reconnecting", exc)
+            raise stopped(exc, charged=charged) from exc
+        done = "was charged an attempt (it lost the source before)" if charged else "is pending again"
+        log.warning("%s; the batch %s, reconnecting", exc, done)
         try:
             self.reconnect()
         except SourceLost as gone:
-            raise stopped(gone) from gone
+            raise stopped(gone, charged=charged) from gone
 
 
 def gave_up(exc: SluicegateError, why: str) -> SluicegateError:
@@ -95,10 +98,13 @@ def gave_up(exc: SluicegateError, why: str) -> SluicegateError:
     return error
 
 
-def stopped(exc: SourceLost) -> SourceLost:
-    """The error that stops a task whose source is away; the units it held are pending again."""
+def stopped(exc: SourceLost, *, charged: bool = False) -> SourceLost:
+    """The error that stops a task whose source is away; the units it held are pending again
+    (``charged``: their batch, which lost the source before, was charged an attempt)."""
     said = str(exc).replace("; will retry", "")
-    return SourceLost(
-        f"{said}; the task stopped and its claimed units are pending again, no attempt counted:"
-        " run it again once the source database is back"
+    counted = (
+        "the task stopped, and the batch that lost it a second time in the run was charged an attempt"
+        if charged
+        else "the task stopped and its claimed units are pending again, no attempt counted"
     )
+    return SourceLost(f"{said}; {counted}: run it again once the source database is back")

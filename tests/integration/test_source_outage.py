@@ -203,3 +203,55 @@ def test_a_second_loss_while_a_failed_batch_is_read_unit_by_unit_leaves_no_claim
     [summary] = engine.run(load(root), ["openaq"])
     assert summary.task_errors == [], summary.task_errors
     assert _counts(root) == (6 * DAYS, PARTITIONS - 6 * DAYS, 0, 0), summary.errors[:1]
+
+
+def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
+    tmp_path: Path,
+    pg_url: str,
+    pg_server: Any,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    read_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first batch loses its connection once (location 1's first row ends it) and is read
+    again; then the source goes away for longer than the reconnect budget. The second loss charges
+    the batch once, as any transient failure, and the run waits for the source and stops: it does
+    not claim the batch again and again while the source is away, charging it each time until
+    it is parked (max_attempts = 2, backoff 0 s)."""
+    monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE armed")
+        conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
+        conn.execute(
+            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
+            " IF loc = 1 AND NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
+            " PERFORM pg_terminate_backend(pg_backend_pid());"
+            " ELSIF loc = 1 AND (SELECT last_value FROM armed) = 1 THEN PERFORM nextval('armed');"
+            " PERFORM pg_sleep(3); END IF; RETURN loc; END $$"
+        )
+    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")
+    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("max_attempts = 1", "max_attempts = 2"))
+
+    def cut() -> None:  # once the batch is read again
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            while admin.execute(query).fetchone()[0] == 0:  # type: ignore[index]
+                time.sleep(0.01)
+        proxy.down()
+        time.sleep(6.0)
+        proxy.up()
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+    exported, failed, pending, claimed = _counts(root)
+    assert (exported, failed, pending, claimed) == (0, 0, PARTITIONS, 0), summary
+    [error] = summary.task_errors
+    assert "unavailable" in error and "charged an attempt" in error, error
