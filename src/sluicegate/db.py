@@ -223,14 +223,19 @@ STOP_GRACE = 5.0  # ... and once told to stop (a restart's seconds; under Docker
 
 
 def reconnect(
-    url: str, *, ledger: bool = False, seconds: float | None = None, stop: threading.Event | None = None
+    url: str,
+    *,
+    ledger: bool = False,
+    seconds: float | None = None,
+    stop: threading.Event | None = None,
+    grace: float = STOP_GRACE,
 ) -> Any:
     """Connect to ``url``, retrying with backoff (0.25 s doubling to 5 s) for up to ``seconds``
     (:data:`RECONNECT_SECONDS`). A source's last error, when it gives up, is ``final``.
 
     Used after a connection was lost mid-run (a terminated backend, a restarting server): the
     run waits for the database instead of failing every partition in hand. Once ``stop`` (the
-    run's SIGINT or SIGTERM) is set it tries for :data:`STOP_GRACE` s more at most: a database
+    run's SIGINT or SIGTERM) is set it tries for ``grace`` s more at most: a database
     back within them (a restart) still takes the batch's commit, and a stop takes seconds, not
     the budget; then the run's claims wait for their lease as after a crash."""
     seconds = RECONNECT_SECONDS if seconds is None else seconds
@@ -245,7 +250,7 @@ def reconnect(
             now = time.monotonic()
             if stop is not None and stop.is_set() and stopped is None:
                 stopped = now
-            if stopped is not None and now >= stopped + STOP_GRACE:
+            if stopped is not None and now >= stopped + grace:
                 raise source_outage.gave_up(exc, "gave up reconnecting: the run was told to stop") from exc
             if now + delay > deadline:
                 raise source_outage.gave_up(exc, f"gave up reconnecting after {seconds:.0f} s") from exc
@@ -253,7 +258,7 @@ def reconnect(
             if stopped is None:  # a stop ends the wait, and the grace starts
                 (stop or threading.Event()).wait(delay)
             else:
-                time.sleep(min(delay, stopped + STOP_GRACE - now))
+                time.sleep(max(0.0, min(delay, stopped + grace - now)))
             delay = min(delay * 2, 5.0)
 
 

@@ -255,3 +255,35 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     assert (exported, failed, pending, claimed) == (0, 0, PARTITIONS, 0), summary
     [error] = summary.task_errors
     assert "unavailable" in error and "charged an attempt" in error, error
+
+
+def test_a_stop_during_a_source_outage_ends_the_run_at_once_with_nothing_charged(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """SIGTERM (the run's stop) while the run waited for a lost source: the wait went on for the
+    reconnect's 5 s grace after a stop, which only helps a ledger commit, and then failed the task
+    (exit 1, not 143). The run now ends at once, as after any batch; the batch given back waits."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    thread, stop = _outage(pg_url, proxy, 8.0), threading.Event()
+    told: list[float] = []
+
+    def stop_in_the_outage() -> None:
+        while proxy.cut < 1:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the run is waiting for the source
+        told.append(time.monotonic())
+        stop.set()
+
+    stopper = threading.Thread(target=stop_in_the_outage)
+    stopper.start()
+    try:
+        [summary] = engine.run(load(root), ["openaq"], stop=stop)
+        took = time.monotonic() - told[0]
+    finally:
+        stopper.join()
+        thread.join()
+    assert summary.task_errors == [], summary.task_errors
+    assert took < 3, f"the run took {took:.1f} s to stop"
+    exported, failed, pending, claimed = _counts(root)
+    assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0

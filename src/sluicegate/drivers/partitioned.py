@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import capture, capture_triggers, partitions, validate
-from ..exceptions import ConfigError, SluicegateError
+from ..exceptions import ConfigError, SluicegateError, SourceLost
 from ..ledger import Claim, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -221,6 +221,17 @@ class Loop:
     grow: Callable[[int, int | None], int | None] | None = None
     owners: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> partition, of files in flight
 
+    def _source_back(self, ctx: Context) -> None:
+        """Wait for a lost source, unless the run is told to stop (before or while it waits): then
+        return, the loop ends as after any batch, and the batch given back waits for a run."""
+        stop = self.stop or threading.Event()
+        try:
+            if not stop.is_set():
+                ctx.source.reconnect(self.stop)
+        except SourceLost:
+            if not stop.is_set():
+                raise
+
     def run(self, ctx: Context, limit: int | None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
         task, settings, summary = self.task, ctx.project.settings, self.summary
@@ -236,7 +247,7 @@ class Loop:
             recorder=Recorder(ctx.ledger, settings, ctx.destination, task), budget=self.budget,
             lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task), summary=summary,
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
-            reconnect=lambda: ctx.source.reconnect(self.stop),  # a lost batch is claimed again
+            reconnect=lambda: self._source_back(ctx),  # a lost batch is claimed again
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
         done, last_batch, idle = 0, 0.0, True  # idle: none of this loop's files in flight

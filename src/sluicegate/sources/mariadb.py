@@ -112,7 +112,7 @@ class MariaDbSource:
         """After a lost connection: wait, with backoff, for a new one."""
         with contextlib.suppress(Exception):
             self.conn.close()
-        self.conn = db.reconnect(self.url, stop=stop)
+        self.conn = db.reconnect(self.url, stop=stop, grace=0.0)  # told to stop: no wait
 
     def _reconnect_if_lost(self) -> None:
         if self.conn.closed:

@@ -94,7 +94,8 @@ class PostgresSource:
             self._arrow = None
         with contextlib.suppress(Exception):
             self.conn.close()
-        self.conn = self._session(db.reconnect(self.url, stop=stop))
+        # Told to stop: no wait (the grace a ledger's commit gets), the batch is given back already.
+        self.conn = self._session(db.reconnect(self.url, stop=stop, grace=0.0))
         self._parallel.clear()
 
     def _after_error(self) -> None:
