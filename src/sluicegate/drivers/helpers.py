@@ -215,7 +215,12 @@ def main() -> None:
         )  # fmt: skip
         claimed = loop.run(ctx, orders.limit)
     except SluicegateError as exc:
-        send("error", type(exc).__name__, str(exc))
+        if ctx is None and isinstance(exc, (exceptions.LedgerError, exceptions.TransientError)):
+            # A database out of reach as the helper starts (a restart under way): it claimed nothing,
+            # so nothing waits on it; the other workers go on, and meet the outage themselves.
+            logging.getLogger("sluicegate").warning("a --workers helper did not start: %s", exc)
+        else:
+            send("error", type(exc).__name__, str(exc))
     finally:
         if ctx is not None:
             ctx.close()
