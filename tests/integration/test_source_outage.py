@@ -67,6 +67,18 @@ def _project(tmp_path: Path, pg_url: str, pg_server: Any, proxy: TcpProxy, fmt: 
     return root
 
 
+def _select_through(pg_url: str, root: Path, body: str, *, armed: bool = False) -> None:
+    """Create the PL/pgSQL function ``die(loc int)`` of ``body`` (with the sequence ``armed`` it may
+    count with), and have select.sql call it for each row it reads, in place of ``slow``."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        if armed:
+            conn.execute("CREATE SEQUENCE armed")
+            conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
+        conn.execute(f"CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ {body} $$")
+    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")  # on the rows read only
+    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+
+
 def _outage(pg_url: str, proxy: TcpProxy, seconds: float) -> threading.Thread:
     """Cut the source off once the run is reading, for ``seconds``."""
 
@@ -139,13 +151,11 @@ def test_a_query_that_ends_its_own_connection_is_charged_and_holds_no_one_up(
     and the other partitions are exported in the same run."""
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF loc = 7 THEN "
-            "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END $$"
-        )
-    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")  # on its partitions' rows
-    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    _select_through(
+        pg_url,
+        root,
+        "BEGIN IF loc = 7 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END",
+    )
     toml = root / "sluicegate.toml"
     toml.write_text(toml.read_text().replace("batch_size = 10", "batch_size = 1"))
     [summary] = engine.run(load(root), ["openaq"])
@@ -182,21 +192,19 @@ def test_a_second_loss_while_a_failed_batch_is_read_unit_by_unit_leaves_no_claim
     none of them stays claimed until its lease ends."""
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE SEQUENCE armed")
-        conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
-        conn.execute(
-            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ DECLARE"
-            " seen text := current_setting('x.first', true); st text := statement_timestamp()::text;"
-            " BEGIN IF NOT (SELECT is_called FROM armed) THEN IF loc = 1 THEN PERFORM nextval('armed');"
-            " PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END IF;"
-            " IF seen IS NULL OR seen = '' OR split_part(seen, '|', 1) <> st THEN"
-            " PERFORM set_config('x.first', st || '|' || loc, true);"
-            " ELSIF split_part(seen, '|', 2) <> loc::text THEN RAISE EXCEPTION 'bad batch'; END IF;"
-            " IF loc = 7 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END $$"
-        )
-    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")
-    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    _select_through(
+        pg_url,
+        root,
+        "DECLARE"
+        " seen text := current_setting('x.first', true); st text := statement_timestamp()::text;"
+        " BEGIN IF NOT (SELECT is_called FROM armed) THEN IF loc = 1 THEN PERFORM nextval('armed');"
+        " PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END IF;"
+        " IF seen IS NULL OR seen = '' OR split_part(seen, '|', 1) <> st THEN"
+        " PERFORM set_config('x.first', st || '|' || loc, true);"
+        " ELSIF split_part(seen, '|', 2) <> loc::text THEN RAISE EXCEPTION 'bad batch'; END IF;"
+        " IF loc = 7 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END",
+        armed=True,
+    )
     toml = root / "sluicegate.toml"
     text = toml.read_text().replace("batch_size = 10", f"batch_size = {PARTITIONS}")
     toml.write_text(text.replace("max_attempts = 1", "max_attempts = 2"))
@@ -221,18 +229,16 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE SEQUENCE armed")
-        conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
-        conn.execute(
-            "CREATE FUNCTION die(loc int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
-            " IF loc = 1 AND NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
-            " PERFORM pg_terminate_backend(pg_backend_pid());"
-            " ELSIF loc = 1 AND (SELECT last_value FROM armed) = 1 THEN PERFORM nextval('armed');"
-            " PERFORM pg_sleep(3); END IF; RETURN loc; END $$"
-        )
-    select = SELECT.replace("slow(m.datetime) AS s", "die(m.location_id) AS s")
-    (root / "tasks" / "openaq" / "select.sql").write_text(select)
+    _select_through(
+        pg_url,
+        root,
+        "BEGIN"
+        " IF loc = 1 AND NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
+        " PERFORM pg_terminate_backend(pg_backend_pid());"
+        " ELSIF loc = 1 AND (SELECT last_value FROM armed) = 1 THEN PERFORM nextval('armed');"
+        " PERFORM pg_sleep(3); END IF; RETURN loc; END",
+        armed=True,
+    )
     toml = root / "sluicegate.toml"
     toml.write_text(toml.read_text().replace("max_attempts = 1", "max_attempts = 2"))
 
