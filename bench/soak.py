@@ -59,7 +59,7 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
-from run import PgServer, _free_port, child_env, log  # noqa: E402
+from run import PgServer, _free_ports, child_env, log  # noqa: E402
 
 from plugins.faultproxy import FaultProxy  # noqa: E402
 
@@ -130,9 +130,7 @@ class Seaweed:
             ]
         }
         (self.base / "s3.json").write_text(json.dumps(config))
-        self.ports = {flag: _free_port() for flag in self.PORT_FLAGS}
-        if len(set(self.ports.values())) != len(self.ports):
-            raise RuntimeError("free-port probe returned a port twice; run again")
+        self.ports = dict(zip(self.PORT_FLAGS, _free_ports(len(self.PORT_FLAGS)), strict=True))
         command = [
             str(weed), "mini", f"-dir={self.base / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
