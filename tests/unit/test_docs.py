@@ -53,3 +53,40 @@ def test_the_module_map_names_every_module() -> None:
     assert len(modules) > 80
     missing = [str(p.relative_to(package)) for p in modules if f"{p.name}`" not in table]
     assert not missing, f"add these modules to the module map of docs/architecture.md: {missing}"
+
+
+def _key_sets() -> dict[str, frozenset[str]]:
+    """Every set of accepted keys (``KEYS``, ``SQS_KEYS``, ``SETTINGS_KEYS``'s sections, ...)."""
+    import importlib
+    import pkgutil
+
+    import sluicegate
+
+    found: dict[str, frozenset[str]] = {}
+    for info in pkgutil.walk_packages(sluicegate.__path__, "sluicegate."):
+        if info.name.startswith("sluicegate.service"):
+            continue  # FastAPI: the service's bodies are documented by their OpenAPI schema
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if not name.endswith("KEYS") or name.startswith("_"):
+                continue
+            sets = value.items() if isinstance(value, dict) else [("", value)]
+            for section, keys in sets:
+                if isinstance(keys, (set, frozenset)):
+                    found[f"{info.name}.{name}{'[' + section + ']' if section else ''}"] = frozenset(keys)
+    return found
+
+
+def test_every_configuration_key_is_documented() -> None:
+    """A key sluicegate.toml or a task.toml accepts is a key users must be able to look up."""
+    docs = "".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
+    forms = ("`{k}`", "`{k} ", "{k} =", "[{k}]", "] {k}`")
+    sets = _key_sets()
+    assert any("SETTINGS_KEYS" in name for name in sets) and any("SQS_KEYS" in name for name in sets)
+    missing = sorted(
+        f"{where}: {key}"
+        for where, keys in sets.items()
+        for key in keys
+        if not any(form.format(k=key) in docs for form in forms)
+    )
+    assert not missing, f"document these keys in docs/ (tasks.md, the kind's page): {missing}"
