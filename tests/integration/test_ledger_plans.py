@@ -95,8 +95,8 @@ def test_the_paths_of_a_batch_are_looked_up_by_index_and_long_paths_are_recorded
 
         paths = {f"p/{i}.csv" for i in range(1, BATCH + 1)} - {"p/7.csv"} | {long, "p/none.csv", "p/1.csv "}
         found = ledger.partitions.paths_taken("openaq", paths)
-        assert sorted(pkey for _, pkey, _, _ in found) == sorted(f"[{i}]" for i in range(1, BATCH + 1))
-        assert {path for path, _, _, _ in found} == paths - {"p/none.csv", "p/1.csv "}
+        assert sorted(t.pkey for t in found) == sorted(f"[{i}]" for i in range(1, BATCH + 1))
+        assert {t.path for t in found} == paths - {"p/none.csv", "p/1.csv "}
         taken = {"task": "openaq", "paths": "{" + ",".join(f'"{p}"' for p in sorted(paths)) + "}"}
         [[explained]] = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + ledger.partitions.q["paths_taken"], taken

@@ -8,6 +8,9 @@ import csv
 import datetime as dt
 import io
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import boto3
 import pytest
 
 from sluicegate import operations
-from support import Db, cli, load, write_project
+from support import SLUICEGATE, Db, cli, load, write_project
 
 UTC = dt.UTC
 D1, D2 = "2024-01-01", "2024-01-02"  # sites named as days: A (D1, D2) and B (D2, D1) swap files
@@ -37,7 +40,9 @@ def ledger_url(request: pytest.FixtureRequest) -> str:
 class Project:
     """A project of one task `bysite` (keys site and day) on a SQLite source, run by the CLI."""
 
-    def __init__(self, tmp_path: Path, ledger: str, where: str, request: pytest.FixtureRequest) -> None:
+    def __init__(
+        self, tmp_path: Path, ledger: str, where: str, request: pytest.FixtureRequest, lease: str = "10m"
+    ) -> None:
         url = f"sqlite:///{tmp_path / 's.db'}"
         self.s3: Any = None
         destination, extra = str(tmp_path / "out"), ""
@@ -53,7 +58,7 @@ class Project:
         self.out = tmp_path / "out"
         self.root = write_project(
             tmp_path / "proj", source=url, destination=destination, capture="explicit", ledger=ledger,
-            destination_extra=extra,
+            destination_extra=extra, lease=lease,
         )  # fmt: skip
         folder = self.root / "tasks" / "bysite"
         folder.mkdir()
@@ -74,12 +79,31 @@ class Project:
             cli(self.root, "mark", "bysite", *(f"{k}={v}" for k, v in part.items()), check=True)
             time.sleep(0.01)  # claimed in this order
 
-    def run(self, *args: str) -> dict[str, Any]:
+    def run(self, *args: str, check: bool = True) -> dict[str, Any]:
         proc = cli(self.root, "run", "bysite", "--json", *args)
         assert proc.returncode in (0, 1), proc.stdout + proc.stderr
         [summary] = json.loads(proc.stdout)
-        self.check()
+        if check:
+            self.check()
         return dict(summary)
+
+    def kill_at(self, point: str, *args: str) -> float:
+        """Run until the fault ``point``, then SIGKILL the worker; return when it died."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        env["SLUICEGATE_TESTING__FAULT"] = point
+        proc = subprocess.Popen(
+            [SLUICEGATE, "-C", str(self.root), "run", "bysite", "--json", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        marker, deadline = self.root / f".fault-{point}", time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{marker} did not appear"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        marker.unlink()
+        return time.monotonic()
 
     def template(self, path: str) -> None:
         toml = self.folder / "task.toml"
@@ -199,4 +223,35 @@ def test_a_swap_in_one_batch_with_one_partition_failing(
     cli(p.root, "reset", "bysite", "--failed", check=True)
     done = p.run()
     assert done["failed"] == 0, done
+    assert p.recorded() == {_key(A): (f"{D2}/{D1}.csv", "exported"), _key(B): (f"{D1}/{D2}.csv", "exported")}
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_worker_killed_after_putting_a_file_in_a_parked_partitions_old_place_leaves_it_no_claim(
+    tmp_path: Path, ledger_url: str, where: str, request: pytest.FixtureRequest
+) -> None:
+    """Key swap; B's worker puts B's file at A's old path (A queued) and is SIGKILLed before its
+    commit; A, claimed before B's lease ends, fails for good, its row naming that path, which
+    holds B's bytes. B was then refused as "stale" (A keeps its file) after every reexport: A's
+    file is not there any more, so its claim to the path is void, and B takes it."""
+    p = Project(tmp_path, ledger_url, where, request, lease="5s")
+    p.mark(A, B)
+    assert p.run()["exported"] == 2
+    p.template('"{day}/{site}.csv"')
+    p.fail(A)
+    p.mark(B, A)
+    killed = p.kill_at("after_publish", "--limit", "1")  # B's file at A's old path, unrecorded
+    assert {(r["site"], r["datetime"][:10]) for r in p.read(f"{D1}/{D2}.csv")} == {(D2, D1)}
+    parked = p.run(check=False)  # A only: B is still claimed by the dead worker
+    assert (parked["exported"], parked["failed"]) == (0, 1), parked
+    assert p.recorded()[_key(A)] == (f"{D1}/{D2}.csv", "failed")  # B's bytes are there
+    time.sleep(max(0.0, killed + 5.5 - time.monotonic()))  # B's lease runs out
+    taken = p.run(check=False)
+    assert (taken["exported"], taken["failed"]) == (1, 0), taken  # B, taken over
+    p.check()
+    assert p.recorded() == {_key(A): (None, "failed"), _key(B): (f"{D1}/{D2}.csv", "exported")}
+    p.fail(None)
+    cli(p.root, "reset", "bysite", "--failed", check=True)
+    moved = p.run()
+    assert (moved["exported"], moved["failed"]) == (1, 0), moved
     assert p.recorded() == {_key(A): (f"{D2}/{D1}.csv", "exported"), _key(B): (f"{D1}/{D2}.csv", "exported")}

@@ -886,6 +886,7 @@ def test_a_partition_without_rows_deletes_no_file_another_of_its_commit_writes(t
     new file, recorded exported. A deletion of a file another result of the commit writes is dropped."""
     from sluicegate.drivers.partitioned_paths import SharedFiles
     from sluicegate.ledger import Claim, ExportResult
+    from sluicegate.ledger.claims import PathTaken
 
     root, _db = _site_project(tmp_path)
     toml = root / "tasks/bysite/task.toml"
@@ -906,7 +907,7 @@ def test_a_partition_without_rows_deletes_no_file_another_of_its_commit_writes(t
                      published=True)  # fmt: skip
     b = ExportResult(claim=claim(2, b_key, shared), path=None, rows=0, nbytes=0, checksum=None, published=True,
                      remove=shared)  # fmt: skip
-    kept = SharedFiles(task)([a, b], [(shared, b_key, "UTC", True)])
+    kept = SharedFiles(task)([a, b], [PathTaken(shared, b_key, "UTC", True)])
     assert [(r.claim.id, r.path, r.remove) for r in kept] == [(1, shared, None), (2, None, None)]
 
 

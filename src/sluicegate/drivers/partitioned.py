@@ -338,7 +338,7 @@ class Loop:
                     version=claim.version,
                 )
             )
-        return not_taken(ctx.ledger.partitions, task, units, pipeline.fail, self.owners)
+        return not_taken(ctx.ledger.partitions, task, units, pipeline.fail, self.owners, ctx.destination)
 
 
 def _run_workers(loop: Loop, ctx: Context, workers: int, limit: int | None) -> int:

@@ -7,6 +7,11 @@ commit again, with its files locked, before they are put in place: another worke
 exported the other partition since. Keys that differ only in type (an untyped SQLite column holds
 ``1`` and ``'1'``) render one path: claimed in different batches (or by two processes), the second
 file replaced the first and both partitions were recorded exported.
+
+A partition parked with an old file (the path template changed) keeps it from the partition whose
+path it is now ("stale") only while the file there is the one it recorded: a worker killed after
+putting another partition's file there, before its commit, left that partition's bytes in its
+place, and the parked one refused it the path for good, after every reexport.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..destinations import Destination
 from ..exceptions import BadPartitionValue, SluicegateError
 from ..ledger import ExportResult, PartitionStore
 from ..ledger.claims import PathTaken
@@ -27,6 +34,8 @@ from ..work import WorkUnit
 
 if TYPE_CHECKING:
     from .partitioned import Task
+
+log = logging.getLogger("sluicegate")
 
 
 def shared_file(task: Task, first: str, second: str, path: str, *, stale: bool = False) -> BadPartitionValue:
@@ -66,19 +75,23 @@ def not_taken(
     units: Sequence[WorkUnit],
     fail: Callable[[WorkUnit, Exception], None],
     owners: dict[str, str],
+    destination: Destination | None = None,
 ) -> list[WorkUnit]:
     """``units`` but those whose path the ledger records for another partition of ``task``, which
-    fail (terminally: the other keeps its file); one ledger query for the batch.
+    fail (terminally: the other keeps its file); one ledger query for the batch. A "stale" holder
+    whose file is not at the path any more (:func:`_replaced`, asked of ``destination``) keeps none.
 
     ``owners`` (path -> partition) holds the loop's newest files, this batch's among them (the
     claim loop refused a second partition for one of them): any file in flight, not yet recorded,
     is among the last MAX_INFLIGHT. The refused partitions leave it, and the oldest entries."""
     by_path = {u.path: u for u in units if u.path}
     refused: set[str] = set()
-    for path, pkey, zone, moving in store.paths_taken(task.name, set(by_path)):
-        unit = by_path[path]
-        if unit.key != pkey and unit.key not in refused and (hold := _holds(task, pkey, zone, path, moving)):
-            fail(unit, shared_file(task, pkey, unit.key, path, stale=hold == "stale"))
+    for taken in store.paths_taken(task.name, set(by_path)):
+        unit, path = by_path[taken.path], taken.path
+        if unit.key == taken.pkey or unit.key in refused:
+            continue
+        if error := _refusal(task, taken, unit, destination):
+            fail(unit, error)
             refused.add(unit.key)
             if owners.get(path) == unit.key:
                 del owners[path]
@@ -87,24 +100,40 @@ def not_taken(
     return [u for u in units if u.key not in refused]
 
 
+def _refusal(
+    task: Task, taken: PathTaken, unit: WorkUnit, destination: Destination | None
+) -> SluicegateError | None:
+    """Why ``unit`` may not write the file the partition ``taken`` recorded, or None."""
+    hold = _holds(task, taken.pkey, taken.zone, taken.path, taken.moving)
+    try:
+        if not hold or (hold == "stale" and _replaced(destination, taken, unit.key)):
+            return None
+    except SluicegateError as exc:  # the destination could not be asked: tried again later
+        return exc
+    return shared_file(task, taken.pkey, unit.key, taken.path, stale=hold == "stale")
+
+
 class SharedFiles:
     """A commit's ``vet`` (``PartitionStore.commit``): with the files locked, a held claim whose file
     another partition of the task recorded since the claim was checked (another worker exported
     it meanwhile) is neither placed nor recorded; :meth:`verdicts` gives its error instead."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, destination: Destination | None = None) -> None:
         self.task = task
+        self.destination = destination  # asked whether a "stale" holder's file is still there
         self.refused: dict[int, SluicegateError] = {}
 
     def __call__(self, held: Sequence[ExportResult], taken: list[PathTaken]) -> list[ExportResult]:
         by_path = {r.path: r for r in held if r.path}
         removed = {r.remove for r in held if r.remove}
         held_by: dict[tuple[str, str], str] = {}  # (path, pkey) -> how that partition holds it
-        for path, pkey, zone, moving in taken:
-            mine = by_path.get(path)
+        for t in taken:
+            path, pkey, mine = t.path, t.pkey, by_path.get(t.path)
             if (path in removed or mine is None or mine.claim.pkey != pkey) and (
-                hold := _holds(self.task, pkey, zone, path, moving)
+                hold := _holds(self.task, pkey, t.zone, path, t.moving)
             ):
+                if hold == "stale" and mine is not None and _replaced(self.destination, t, mine.claim.pkey):
+                    continue  # its claim is void: the commit forgets its path (give_up)
                 held_by[path, pkey] = hold
         for (path, pkey), hold in held_by.items():
             mine = by_path.get(path)
@@ -127,6 +156,22 @@ class SharedFiles:
     def verdicts(self, ids: Sequence[int], done: Sequence[bool]) -> list[bool | SluicegateError]:
         """Per claim id: whether it was recorded, or the error that refused its file."""
         return [self.refused.get(i, ok) for i, ok in zip(ids, done, strict=True)]
+
+
+def _replaced(destination: Destination | None, taken: PathTaken, writer: str) -> bool:
+    """Whether the file at ``taken.path`` is not the one its holder recorded (missing, or other
+    bytes: a worker killed after putting ``writer``'s file there, before its commit): the holder's
+    claim to the path is then void. Asked only of a "stale" holder, never on a plain commit; with
+    nothing recorded to tell the file by (or no ``destination``), the holder keeps it."""
+    if destination is None or (taken.checksum is None and taken.etag is None):
+        return False
+    if destination.exists(taken.path, taken.nbytes, taken.etag, taken.checksum):
+        return False
+    log.warning(
+        "partition %s recorded %s, and another file is there now (or none): partition %s takes the path",
+        taken.pkey, destination.display(taken.path), writer,
+    )  # fmt: skip
+    return True
 
 
 def _holds(task: Task, pkey: str, zone: str | None, path: str, moving: bool) -> str | None:

@@ -42,7 +42,8 @@ class Recorder:
                 for r, o in zip(held, placed, strict=True)
             ]
 
-        done = self.store.commit([_result(o) for o in outcomes], place_held, vet := SharedFiles(self.task))
+        vet = SharedFiles(self.task, self.destination)
+        done = self.store.commit([_result(o) for o in outcomes], place_held, vet)
         # A lost claim's upload that landed anyway: the next export deletes (and lists) it.
         lost = zip(outcomes, done, strict=True)
         self.store.requeue([o.unit.handle for o, ok in lost if not ok and o.left_behind(self.destination)])

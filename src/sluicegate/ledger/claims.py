@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import db
 from .core import Store
@@ -56,8 +56,20 @@ class ExportResult:
 
 # Puts the files of the held results in place; returns them as they are to be recorded.
 Place = Callable[[Sequence[ExportResult]], Sequence[ExportResult]]
-# A partition that recorded a file: (path, pkey, zone, moving: queued to export again, not parked).
-PathTaken = tuple[str, str, str | None, bool]
+
+
+class PathTaken(NamedTuple):
+    """A partition that recorded a file, and what it recorded of it."""
+
+    path: str
+    pkey: str
+    zone: str | None
+    moving: bool  # queued to export again, not parked
+    nbytes: int | None = None  # its size, SHA-256 and the store's ETag, when recorded: a file found
+    checksum: str | None = None  # at the path that is not this one is not the partition's any more
+    etag: str | None = None
+
+
 # Given the held results and the partitions that recorded one of the files they write or delete,
 # returns those that may take their files (the others are neither placed nor recorded), without
 # the deletion of a file another partition recorded.

@@ -137,14 +137,18 @@ class PartitionStore(PartitionAdmin, ClaimStore):
         return [self._claim_from_row(task, row, "") for row in cur.fetchall()]
 
     def paths_taken(self, task: str, paths: Collection[str], cur: Any = None) -> list[PathTaken]:
-        """``(path, pkey, zone, moving)`` of the task's partitions that recorded one of ``paths``;
+        """The task's partitions that recorded one of ``paths``, with what they recorded of the file;
         ``moving``: queued to export again, not parked."""
         if not paths:
             return []
         chosen = pg_array(paths) if self.core.dialect is db.POSTGRESQL else json.dumps(list(paths))
         rows = self._run("paths_taken", cur, task=task, paths=chosen).fetchall()
         # exact (MariaDB pads)
-        return [(path, pkey, zone, bool(moving)) for path, pkey, zone, moving in rows if path in paths]
+        return [
+            PathTaken(path, pkey, zone, bool(moving), None if nbytes is None else int(nbytes), checksum, etag)
+            for path, pkey, zone, moving, nbytes, checksum, etag in rows
+            if path in paths
+        ]
 
     def lock_paths(self, cur: Any, results: Sequence[ExportResult], names: list[str]) -> None:
         """In ``cur``'s transaction: lock the files of ``results`` (those they write or delete) until
@@ -232,7 +236,7 @@ class PartitionStore(PartitionAdmin, ClaimStore):
             done = self.commit_held(cur, chosen) if chosen else set()
             # Only a path another partition recorded has a row to forget: none, but after a change.
             writer = {r.path: (r.claim.pkey, r.claim.zone) for r in chosen if r.claim.id in done and r.path}
-            others = {path for path, pkey, zone, _ in taken if writer.get(path, (pkey, zone)) != (pkey, zone)}
+            others = {t.path for t in taken if writer.get(t.path, (t.pkey, t.zone)) != (t.pkey, t.zone)}
             self.give_up(cur, [r for r in chosen if r.claim.id in done and r.path in others])
             return done
 

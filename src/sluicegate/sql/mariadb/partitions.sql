@@ -154,8 +154,10 @@ LIMIT %(limit)s;
 -- The partitions of a task that recorded one of the paths (a JSON list): a batch's partition may
 -- not take another's file. One lookup of the (task, path) index per path; the caller compares
 -- the paths exactly (utf8mb4_bin pads: 'a' and 'a ' are equal here). moving: it is queued to
--- export again (after a path change it may write another file), not parked.
-SELECT p.path, p.pkey, p.zone, NOT p.failed AND p.version > p.exported_version AS moving
+-- export again (after a path change it may write another file), not parked. bytes, checksum,
+-- etag: what it recorded of the file (partitioned_paths._replaced).
+SELECT p.path, p.pkey, p.zone, NOT p.failed AND p.version > p.exported_version AS moving,
+       p.bytes, p.checksum, p.etag
 FROM JSON_TABLE(%(paths)s, '$[*]' COLUMNS (path TEXT PATH '$')) AS j
 STRAIGHT_JOIN {t}partitions AS p FORCE INDEX ({t}partitions_path_idx)
     ON p.task = %(task)s AND p.path = j.path COLLATE utf8mb4_bin;

@@ -166,7 +166,9 @@ LIMIT %(limit)s;
 -- The partitions of a task that recorded one of the paths: a batch's partition may not take
 -- another's file. Looked up by the index on (task, left(path, 500)), as it holds long paths.
 -- moving: it is queued to export again (after a path change it may write another file), not parked.
-SELECT path, pkey, zone, NOT failed AND version > exported_version AS moving FROM {t}partitions
+-- bytes, checksum, etag: what it recorded of the file (partitioned_paths._replaced).
+SELECT path, pkey, zone, NOT failed AND version > exported_version AS moving, bytes, checksum, etag
+FROM {t}partitions
 WHERE task = %(task)s
   AND left(path, 500) = ANY (ARRAY(SELECT left(p, 500) FROM unnest(%(paths)s::text[]) AS p))
   AND path = ANY (%(paths)s::text[]);

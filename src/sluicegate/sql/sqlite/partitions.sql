@@ -120,8 +120,10 @@ LIMIT :limit;
 -- paths_taken --
 -- The partitions of a task that recorded one of the paths (a JSON list): a batch's partition may
 -- not take another's file (one lookup of the (task, path) index per path). moving: it is queued
--- to export again (after a path change it may write another file), not parked.
-SELECT path, pkey, zone, NOT failed AND version > exported_version AS moving FROM {t}partitions
+-- to export again (after a path change it may write another file), not parked. bytes, checksum,
+-- etag: what it recorded of the file (partitioned_paths._replaced).
+SELECT path, pkey, zone, NOT failed AND version > exported_version AS moving, bytes, checksum, etag
+FROM {t}partitions
 WHERE task = :task AND path IN (SELECT value FROM json_each(:paths));
 
 -- status --
