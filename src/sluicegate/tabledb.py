@@ -49,7 +49,8 @@ def time_value(flavor: Flavor, value: dt.datetime, *, whole_seconds: bool = Fals
         return utc
     if flavor == "mariadb":
         return utc.replace(tzinfo=None)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if utc.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: glibc's %Y writes year 999 as "999", which julianday() cannot read
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"
 
 
 def parse_time(value: Any) -> dt.datetime | None:

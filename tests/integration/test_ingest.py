@@ -23,8 +23,9 @@ import psycopg
 import pytest
 
 from airmax_support import airmax_project
-from sluicegate import messages, operations, tabledb, tables
+from sluicegate import engine, messages, operations, tabledb, tables
 from sluicegate.exceptions import ConfigError, DataError
+from sluicegate.options import RunOptions
 from support import cli, load
 
 TASK = "measurements"
@@ -547,6 +548,24 @@ def test_a_time_with_a_fraction_of_a_second_is_stored_with_it(root: Path, tmp_pa
     ]
     if url.startswith("sqlite"):
         assert [row[3] for row in _raw(url)] == ["2024-03-10T11:00:00.900000Z", "2024-03-10T11:00:01Z"]
+
+
+def test_a_time_before_year_1000_is_stored_as_a_time_the_aggregate_reads(
+    root: Path, tmp_path: Path, url: str
+) -> None:
+    """On SQLite a message dated 0999-06-01 was stored as '999-06-01T00:00:00Z' (strftime does not
+    pad the year), which julianday() cannot read: every later evaluation of the aggregate over the
+    table failed on that one row, though ingest had taken it as valid."""
+    batch = tmp_path / "old.jsonl"
+    batch.write_text(line("old", date_utc="0999-06-01T00:00:00Z") + "\n" + line("new") + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open(), name="old.jsonl")
+    assert (summary.inserted, summary.malformed_count) == (2, 0)
+    [result] = engine.run(load(root), ["current_air_quality"], RunOptions())[0].aggregate
+    assert (result["state"], result["error"]) == ("done", None)
+    stored = [tables.parse_time(row[3]) for row in _raw(url)]
+    assert stored == [dt.datetime(2024, 3, 10, 11, tzinfo=dt.UTC), dt.datetime(999, 6, 1, tzinfo=dt.UTC)]
+    if url.startswith("sqlite"):
+        assert [row[3] for row in _raw(url)] == ["2024-03-10T11:00:00Z", "0999-06-01T00:00:00Z"]
 
 
 HOSTILE = [
