@@ -100,7 +100,11 @@ def parse(
         return Message(
             id=fallback_id, body=body, error=f"{where or 'body'} is not a JSON object", receipt=receipt
         )
-    raw = _fields(obj, attributes or {})
+    try:
+        raw = _fields(obj, attributes or {})
+    except RepeatedKey as exc:  # in an SNS notification's Message: its fields were dropped unsaid
+        label = (f"{where}: " if where else "") + f"message {clean(str(obj['MessageId']))}"
+        return Message(id=clean(str(obj["MessageId"])), body=body, error=f"{label}: {exc}", receipt=receipt)
     if raw.get("id") in (None, "") and fallback_id:
         raw["id"] = fallback_id
     ident = None if raw.get("id") in (None, "") else clean(str(raw["id"]))
@@ -127,7 +131,9 @@ def _fields(obj: Mapping[str, Any], attributes: Mapping[str, Any]) -> dict[str, 
         inner: Any = obj.get("Message")
         try:
             inner = _loads(inner) if isinstance(inner, str) else inner
-        except ValueError:
+        except RepeatedKey as exc:  # its fields were dropped: which value the sender meant is unknown
+            raise RepeatedKey(f"Message {exc}") from None
+        except ValueError:  # a text, not JSON: the attributes carry the fields
             inner = None
         raw = _openaq(inner) if isinstance(inner, dict) else {}
         raw.update(_attributes(obj.get("MessageAttributes") or {}, "Value"))

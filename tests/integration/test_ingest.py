@@ -178,6 +178,13 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1").replace('"id": "m1"', '"id": 1e400'), "id 1e400 is not a message id"),  # not "1e400"
         # JSON keeps the last: which reading the device sent is unknown
         (line("m1").replace('"value": 1.0', '"value": 1.0, "value": 2.0'), "body names field 'value' twice"),
+        # in an SNS notification's Message: all its fields were dropped, the message stored without them
+        (
+            sns("s1", **{k: v for k, v in AIRMAX_ATTRIBUTES.items() if k != "location"}).replace(
+                '"Message": "{}"', '"Message": "{\\"location\\": \\"A\\", \\"location\\": \\"B\\"}"'
+            ),
+            "message s1: Message names field 'location' twice",
+        ),
     ],
 )
 def test_a_malformed_message_names_its_id_and_the_field(body: str, error: str) -> None:
