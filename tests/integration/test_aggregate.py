@@ -9,7 +9,10 @@ Configuration errors do not depend on the database and run on SQLite only.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +30,7 @@ from sluicegate.drivers.aggregate_check import reads_window
 from sluicegate.exceptions import ConfigError
 from sluicegate.options import RunOptions
 from sluicegate.schedules import due_tick
-from support import cli, load, read_csv
+from support import SLUICEGATE, cli, load, read_csv
 
 UTC = dt.UTC
 T = dt.datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
@@ -145,6 +148,36 @@ def test_two_workers_never_evaluate_the_same_tick(tmp_path: Path, url: str) -> N
     for thread in threads:
         thread.join()
     assert sorted(states) == ["done"] + ["skipped"] * 7
+
+
+def test_a_worker_killed_between_the_table_and_its_record_is_taken_over_after_its_lease(
+    tmp_path: Path, url: str
+) -> None:
+    """The table is in another database than the ledger: SIGKILL after the table committed, before
+    the evaluation was recorded. The tick stays claimed until its lease runs out; then the next run
+    evaluates it again, replacing the table with the same evaluation, and records it done."""
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    root = airmax_project(tmp_path / "proj", url, ledger=ledger, every="1h", task_extra='lease = "1s"')
+    add_raw(url, [("Gent", dt.datetime.now(UTC) - dt.timedelta(minutes=90), 1.0)])  # in the due tick's window
+    env = {**os.environ, "SLUICEGATE_TESTING__FAULT": "after_aggregate_table_commit"}
+    proc = subprocess.Popen([SLUICEGATE, "-C", str(root), "run", AGGREGATE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)  # fmt: skip
+    marker, deadline = root / ".fault-after_aggregate_table_commit", time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached its fault point"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [r["city"] for r in table(url)] == ["Gent"]
+    [record] = _evaluations(root)
+    assert (record["state"], record["attempts"]) == ("running", 1)
+    assert engine.run(load(root), [AGGREGATE], RunOptions())[0].exported == 0  # its lease holds it
+    time.sleep(1.2)
+    assert engine.run(load(root), [AGGREGATE], RunOptions())[0].exported == 1
+    [record] = _evaluations(root)
+    assert (record["state"], record["attempts"], record["rows"]) == ("done", 2, 1)
+    assert [r["city"] for r in table(url)] == ["Gent"] and stamps(table(url)) == {record["tick"]}
 
 
 def test_missed_ticks_are_evaluated_once_on_restart(tmp_path: Path, url: str) -> None:

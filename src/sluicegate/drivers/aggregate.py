@@ -323,6 +323,7 @@ def _write_table(
                 error=str(exc),
             )  # fmt: skip
             return "superseded"
+    context.fault("after_aggregate_table_commit")  # the table committed; its record may not be
     if not recorded:
         store.finish(task.name, tick, token, rows=len(rows), seconds=result.seconds, path=result.path)
     store.prune(task.name, before=tick - dt.timedelta(seconds=task.keep))
