@@ -187,6 +187,19 @@ class TableDb:
             rows = self.query(_MARIADB_REQUIRED, (schema or None, name))[1]
         return [str(r[0]) for r in rows]
 
+    def column_kinds(self, table: str) -> dict[str, str]:
+        """The columns of ``table`` that hold only numbers (``number``), times (``time``) or
+        booleans (``boolean``), by the kind; other columns (text, JSON...) are left out. SQLite
+        stores any value in any column: none."""
+        schema, _, name = table.rpartition(".")
+        if self.flavor == "sqlite":
+            return {}
+        if self.flavor == "postgresql":
+            rows = self.query(_PG_KINDS, (self.quote(table),))[1]
+        else:
+            rows = self.query(_MARIADB_KINDS, (schema or None, name))[1]
+        return {str(column): str(kind) for column, kind in rows if kind}
+
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
         insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
@@ -257,6 +270,18 @@ _MARIADB_REQUIRED = (
     " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND is_nullable = 'NO'"
     " AND column_default IS NULL AND extra NOT LIKE '%auto_increment%' AND extra NOT LIKE '%GENERATED%'"
     " ORDER BY ordinal_position"
+)
+_PG_KINDS = (  # a domain has its base type's category
+    "SELECT a.attname, CASE t.typcategory WHEN 'N' THEN 'number' WHEN 'D' THEN 'time'"
+    " WHEN 'B' THEN 'boolean' ELSE '' END FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+    " WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+)
+_MARIADB_KINDS = (
+    "SELECT column_name, CASE WHEN data_type IN ('tinyint', 'smallint', 'mediumint', 'int', 'bigint',"
+    " 'decimal', 'float', 'double', 'bit', 'year') THEN 'number'"
+    " WHEN data_type IN ('date', 'datetime', 'timestamp', 'time') THEN 'time' ELSE '' END"
+    " FROM information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
 )
 _SQLITE_COLLATION = (
     "SELECT x.coll FROM pragma_index_list(?, ?) AS l JOIN pragma_index_xinfo(l.name, ?) AS x"

@@ -381,6 +381,32 @@ def test_a_table_column_that_needs_a_value_no_message_field_gives_is_refused_bef
     assert _query(url, "SELECT count(*) FROM stations") == [(2,)]
 
 
+@pytest.mark.parametrize(
+    ("column_type", "field", "kind"),
+    [("INTEGER", "date_utc", "number"), ("DATE", "value", "time"), ("DATE", "city", "time")],
+)
+def test_a_column_whose_type_holds_no_value_of_its_field_is_refused_before_any_message(
+    tmp_path: Path, url: str, column_type: str, field: str, kind: str
+) -> None:
+    """A column changed to a type that cannot hold its field (a time into a number column): check
+    said ok, and the table refused every message's row, each reported malformed and skipped (from
+    SQS: deleted, so lost). SQLite stores any value in any column: a message goes in there."""
+    root = airmax_project(tmp_path / "proj", url)
+    flavor = tabledb.flavor_of(url)
+    _execute(url, f"CREATE TABLE typed (mid {ID_TYPES[flavor]} NOT NULL UNIQUE, at {TIME_TYPES[flavor]}"
+                  f" NOT NULL, x {column_type})")  # fmt: skip
+    if flavor == "sqlite":
+        (root / "tasks" / TASK / "task.toml").write_text(
+            f'kind = "ingest"\ntable = "typed"\n[columns]\nmid = "id"\nat = "date_utc"\nx = "{field}"\n'
+        )
+        batch = tmp_path / "b.jsonl"
+        batch.write_text(line("m1") + "\n")
+        assert cli(root, "check").returncode == 0 and cli(root, "ingest", TASK, str(batch)).returncode == 0
+        return
+    why = f"typed.x is a {kind} column, which cannot hold {field}"
+    _refused_before_any_message(root, url, "typed", ["m1", "m2"], why, columns=f'x = "{field}"\n')
+
+
 def test_ids_that_differ_in_case_accents_or_trailing_spaces_are_different_messages(
     root: Path, tmp_path: Path, url: str
 ) -> None:

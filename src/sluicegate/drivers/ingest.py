@@ -23,7 +23,7 @@ from .. import mariadb_conn, tables, validate
 from ..exceptions import ConfigError, SluicegateError, is_transient
 from ..ingest import Ingestor, IngestSummary, drain
 from ..ledger import Ledger
-from ..messages import AIRMAX_COLUMNS, FIELDS
+from ..messages import AIRMAX_COLUMNS, FIELDS, NUMBERS, TIMES
 from ..options import Budget, RunOptions, TaskSummary
 from ..sources import Source
 from ..specs import Settings, TaskBase
@@ -158,6 +158,8 @@ def check(task: Task, source: Source) -> list[str]:
         missing = sorted(column for column, _ in task.columns if column not in have)
         if missing:
             return [f"{toml} [columns]: table {table} has no column {', '.join(missing)}"]
+        if refused := _refused_kind(task, target.column_kinds(table)):
+            return [f"{toml} [columns]: {refused}"]
         mapped = {column for column, _ in task.columns}
         if unmapped := [c for c in target.required_columns(table) if c not in mapped]:
             return [
@@ -187,6 +189,20 @@ def check(task: Task, source: Source) -> list[str]:
     finally:
         target.close()
     return []
+
+
+def _refused_kind(task: Task, kinds: Mapping[str, str]) -> str | None:
+    """A mapped column whose type holds no value of its field (a number column for a time, a time
+    column for a number or a text), so that the table would refuse every message."""
+    for column, field in task.columns:
+        kind = kinds.get(column)
+        what = "time" if field in TIMES else "number" if field in NUMBERS else "text"
+        if kind in ({"number", "boolean"} if what == "time" else {"time", "boolean"}):
+            return (
+                f"{task.table}.{column} is a {kind} column, which cannot hold {field} (a {what}), so the"
+                f" table would refuse every message; map {column} to another field or change its type"
+            )
+    return None
 
 
 def refuse_if_broken(task: Task) -> None:
