@@ -78,7 +78,8 @@ class CaptureStore(Store):
         """Move the scan high-water mark of ``task`` forward."""
         value: Any = high_water
         if self.core.dialect is db.SQLITE:
-            value = high_water.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            # isoformat, not strftime: glibc's %Y writes year 999 as "999", which no reader parses
+            value = high_water.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
         self._run("set_scan", task=task, high_water=value)
 
 
