@@ -162,6 +162,22 @@ def test_the_printed_grants_are_enough_for_every_kind(tmp_path: Path, roles: Rol
     assert _rows(pg_url, INBOX_COUNT) == [(0,)]  # the inbox was folded
 
 
+def test_a_run_by_the_granted_role_warns_once_that_the_two_projects_check_is_off(
+    tmp_path: Path, roles: Roles, pg_url: str
+) -> None:
+    """The role `sluicegate grants` prints may not read the ledger's meta table, where each task's
+    destination id is recorded: its runs skipped the check that no other project shares the ledger
+    without a word. Now each run warns once, naming the id file, and goes on."""
+    root, exporter = _setup(tmp_path, roles, pg_url)
+    _apply(pg_url, cli(root, "grants", "--role", exporter, env=_as(pg_url), check=True).stdout)
+    proc = cli(root, "run", "openaq")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "is off for this run" in line]
+    assert len(warned) == 1, proc.stderr
+    assert str(tmp_path / "out" / "_sluicegate" / "destination-id") in warned[0]
+    assert "no other project shares this ledger" in warned[0]
+
+
 def test_check_names_a_missing_pg_read_all_stats_that_would_lose_late_commits(
     tmp_path: Path, roles: Roles, pg_url: str
 ) -> None:
