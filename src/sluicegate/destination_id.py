@@ -23,9 +23,10 @@ from .db import POSTGRESQL
 from .destinations import Destination
 from .drivers import Context
 from .exceptions import ConfigError, NotFound, PermissionDenied, SluicegateError, TerminalError
+from .ledger import Ledger
 from .masking import mask_url
 from .options import RunOptions
-from .specs import TaskBase
+from .specs import Project, TaskBase
 
 log = logging.getLogger("sluicegate")
 
@@ -64,6 +65,24 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
         return
     task, value = sorted(elsewhere.items())[0]
     raise _refusal(ctx, task, value, here)
+
+
+def unbound_notes(project: Project, ledger: Ledger, destination: Destination) -> list[str]:
+    """For ``check``: one line per task whose ledger records no destination yet (its first run binds
+    it: information, not a problem). None when the ledger cannot be read (check reports that)."""
+    try:
+        recorded = ledger.found.destinations()
+        unbound = sorted(name for name in project.tasks if meta_key(name) not in recorded)
+        here = read_id(destination) if unbound else None
+    except SluicegateError:
+        return []
+    shown = mask_url(project.settings.destination.url)
+    how = f"records the id {destination.display(MARKER)} holds" if here else f"writes {MARKER} there"
+    return [
+        f"task {name} is not bound to a destination yet (the ledger records none for it): its first "
+        f"run binds it to {shown} (it {how}), so check [destination] url first"
+        for name in unbound
+    ]
 
 
 def _skipped(ctx: Context, exc: SluicegateError) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import capture, capture_triggers, partitions
+from .destination_id import unbound_notes
 from .destinations import open_destination
 from .drivers import partitioned
 from .drivers.partitioned import Task as PartitionedTask
@@ -71,6 +72,17 @@ def check_warnings(project: Project) -> list[str]:
     finally:
         source.close()
     return warnings
+
+
+def check_notes(project: Project) -> list[str]:
+    """Information for ``check``, neither a problem nor a warning: the tasks whose first run will
+    bind them to the destination (see destination_id)."""
+    try:
+        destination = open_destination(project.settings.destination)
+    except SluicegateError:  # check_project reports an unreachable destination
+        return []
+    with ledger_of(project) as ledger:
+        return unbound_notes(project, ledger, destination)
 
 
 def _unused_triggers(project: Project) -> list[str]:

@@ -705,6 +705,22 @@ def test_a_run_to_another_destination_than_the_ledger_records_is_refused_until_m
         engine.run(load(root))
 
 
+def test_check_says_which_tasks_their_first_run_binds_to_the_destination(tmp_path: Path) -> None:
+    """check said nothing of a task whose destination the ledger does not record yet, so a mistyped
+    [destination] url went unseen until a run bound it (then needing --move-destination). Now it
+    says so, as information: exit 0, and no more once a run bound it."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    proc = cli(root, "check")
+    assert proc.returncode == 0 and "ok: every task checked" in proc.stdout, proc.stdout + proc.stderr
+    [note] = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert "task openaq is not bound to a destination yet" in note and str(tmp_path / "out") in note
+    assert cli(root, "run").returncode == 0
+    proc = cli(root, "check")
+    assert proc.returncode == 0 and "not bound" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("held", [b"", b"hello world\n", b"\xff\xfe\n"], ids=["empty", "text", "binary"])
 def test_a_destination_id_file_holding_no_id_is_refused_naming_it(tmp_path: Path, held: bytes) -> None:
     """An emptied or overwritten _sluicegate/destination-id: an empty one was taken for an id (a new

@@ -160,6 +160,8 @@ def check() -> None:
         sys.exit(2)
     for warning in onboarding.check_warnings(project):
         click.echo(typed_here(f"warning: {warning}"), err=True)
+    for note in onboarding.check_notes(project):  # information: a first run binds the destination
+        click.echo(typed_here(f"note: {note}"), err=True)
     click.echo("ok: every task checked")
 
 
