@@ -594,6 +594,9 @@ def test_a_body_with_a_repeated_field_or_a_loose_value_starts_no_run(tmp_path: P
             "reexport applies to partitioned tasks, not incremental task 'studies' (send ignore_watermark"
             " with time_min and time_max to export a window again)"
         )
+        # with dry_run too, the answer was dry_run's, whose remedy (no dry_run) fails as above
+        dry = httpx.post(url, headers=AUTH, json={"reexport": True, "dry_run": True})
+        assert dry.status_code == 422 and dry.json()["detail"] == again.json()["detail"], dry.text
         assert server.get(f"{server.url}/runs").json() == []  # no run was started
         # strict fields still read a time from its JSON text, and a dry run writes nothing
         window = b'"time_min": "2023-12-31T00:00:00Z", "time_max": "2024-01-02T00:00:00Z"'

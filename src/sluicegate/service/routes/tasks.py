@@ -83,17 +83,18 @@ def start_run(name: str, state: State, p: ProjectDep, body: RunRequest | None = 
 def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptions, list[str]]:
     """The run's options, and warnings about what it leaves out of the request."""
     operations.check_limit([task], body.limit, named=True)
+    if body.reexport and not isinstance(task, PartitionedTask):  # it ran without it, saying nothing; the
+        # real reason before dry_run's, which names a remedy (send it without dry_run) that fails too
+        hint = " (send ignore_watermark with time_min and time_max to export a window again)"
+        raise UsageError(
+            f"reexport applies to partitioned tasks, not {task.kind} task {task.name!r}"
+            + (hint if isinstance(task, IncrementalTask) else "")
+        )
     if body.reexport and body.dry_run:  # the dry run planned without the re-export, saying nothing
         raise UsageError(
             "reexport and dry_run cannot be combined: a dry run changes nothing, so it cannot queue the"
             f" window again to plan it; see the window's exported partitions (GET /tasks/{task.name}"
             "/partitions?state=exported), or send reexport without dry_run to queue and export them"
-        )
-    if body.reexport and not isinstance(task, PartitionedTask):  # it ran without it, saying nothing
-        hint = " (send ignore_watermark with time_min and time_max to export a window again)"
-        raise UsageError(
-            f"reexport applies to partitioned tasks, not {task.kind} task {task.name!r}"
-            + (hint if isinstance(task, IncrementalTask) else "")
         )
     request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
