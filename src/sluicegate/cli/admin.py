@@ -142,8 +142,9 @@ def tasks_cmd(as_json: bool) -> None:
             if "error" in t:
                 click.echo(typed_here(f"{t['name']}: ERROR {t['error']}"))
             else:
-                keys = f"keys {', '.join(t['keys'])}, " if t["keys"] else ""  # archive, aggregate: none
-                click.echo(f"{t['name']}: {t['kind']}, {t['format']}, {keys}capture {t['capture']}")
+                keys = f", keys {', '.join(t['keys'])}" if t["keys"] else ""  # archive, aggregate: none
+                capture = f", capture {t['capture']}" if t["capture"] else ""  # partitioned tasks only
+                click.echo(f"{t['name']}: {t['kind']}, {t['format']}{keys}{capture}")
     if any("error" in t for t in tasks):  # a broken task folder is a configuration error (monitoring)
         sys.exit(2)
 

@@ -466,7 +466,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "keys": [],
         "time": task.window_column,
-        "capture": "explicit",
+        "capture": None,  # no [capture]: partitioned tasks only
         "window": {
             "table": task.window_table,
             "column": task.window_column,

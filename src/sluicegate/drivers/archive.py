@@ -461,7 +461,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "keys": [],
         "time": None,
-        "capture": "explicit",
+        "capture": None,  # no [capture]: partitioned tasks only
         "boundary": task.boundary,
         "delete": task.delete_sql,
     }

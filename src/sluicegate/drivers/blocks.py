@@ -492,7 +492,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "keys": [task.key] if task.key else [],
         "time": None,
-        "capture": "blocks",
+        "capture": None,  # no [capture]: its blocks are planned by time
         "grain": task.grain,
         "zone": task.zone,
         "stages": [s.name for s in task.stages],

@@ -456,7 +456,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "keys": [task.entity],
         "time": None,
-        "capture": "watermark",
+        "capture": None,  # no [capture]: its watermark finds the new rows
         "entity": task.entity,
         "cursor": task.cursor,
     }

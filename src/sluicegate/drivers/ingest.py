@@ -227,7 +227,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "keys": [task.key],
         "time": None,
-        "capture": "explicit",
+        "capture": None,  # no [capture]: partitioned tasks only
         "table": task.table,
         "malformed": task.malformed,
         "sqs": task.sqs.queue_url if task.sqs else None,
