@@ -19,6 +19,7 @@ from .exceptions import ConfigError, DataError, PermissionDenied, SluicegateErro
 from .export_request import time_range
 from .keytext import coerce_value, period_filter, reads_as
 from .ledger import Ledger, open_ledger
+from .ledger.watermarks import ENTITY_FIELDS
 from .masking import mask_url
 from .sources import open_source
 from .specs import Project, TaskBase
@@ -290,10 +291,14 @@ def check_limit(tasks: Sequence[TaskBase], limit: int | None, *, named: bool) ->
 
 
 def watermarks(project: Project, task_name: str) -> list[dict[str, Any]]:
-    """Every watermark of an incremental task."""
+    """Every watermark of an incremental task, and each of its fixed ``entities`` that has none
+    (never exported, or deleted: its next export starts from the bootstrap) with a null one."""
     task = incremental_task(project, task_name)
     with ledger_of(project) as ledger:
-        return ledger.watermarks.entities(task.name)
+        rows = ledger.watermarks.entities(task.name)
+    blank = dict.fromkeys(ENTITY_FIELDS) | dict.fromkeys(("claimed", "held", "parked"), False)
+    known = {str(r["entity"]) for r in rows}
+    return rows + [{**blank, "entity": e, "attempts": 0} for e in task.entities if e not in known]
 
 
 def delete_watermark(project: Project, task_name: str, entity: str) -> bool:

@@ -1571,6 +1571,26 @@ def test_watermark_delete_restarts_from_bootstrap(url: str, tmp_path: Path) -> N
     assert listing[0]["entity"] == "s1"
 
 
+def test_watermark_list_shows_a_fixed_entity_without_a_watermark(tmp_path: Path) -> None:
+    """A task.toml entity whose watermark was deleted (or never written) was left out of
+    `watermark list`, so the operator could not see it would start from scratch. It is listed now,
+    with no watermark (the bootstrap)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url)
+    with (root / "tasks" / "studies" / "task.toml").open("a") as toml:
+        toml.write('entities = ["s1", "s2"]\n')
+    rec = Records(url)
+    rec.add("s1", T - dt.timedelta(hours=2), "a")
+    rec.add("s2", T - dt.timedelta(hours=2), "b")
+    _run(root, export_type="daily", end=T)
+    assert cli(root, "watermark", "delete", "studies", "s2", check=True).returncode == 0
+    listing = json.loads(cli(root, "watermark", "list", "studies", "--json", check=True).stdout)
+    assert [(r["entity"], r["watermark"] is None) for r in listing] == [("s1", False), ("s2", True)]
+    assert listing[1]["claimed"] is False and listing[1]["attempts"] == 0
+    lines = cli(root, "watermark", "list", "studies", check=True).stdout.splitlines()
+    assert "s2: watermark (none: bootstrap)" in lines, lines
+
+
 def _indexes(rec: Records, url: str) -> set[str]:
     """The ledger's index names, without the SQLite table prefix."""
     if url.startswith("sqlite"):

@@ -20,6 +20,13 @@ from typing import Any
 from .. import db
 from .claims import ClaimStore, lone_token
 
+# The fields of each row WatermarkStore.entities returns (watermark list).
+ENTITY_FIELDS = (
+    "entity", "watermark", "pending_start", "pending_end", "pending_type", "attempts", "last_error",
+    "failed_start", "failed_end", "failed_type", "failed_mode", "failed_destination", "exported_at",
+    "rows", "path", "claimed", "held", "parked",
+)  # fmt: skip
+
 
 @dataclass(frozen=True, kw_only=True)
 class WatermarkClaim:
@@ -228,14 +235,9 @@ class WatermarkStore(ClaimStore):
 
     def entities(self, task: str) -> list[dict[str, Any]]:
         """Every watermark row of ``task`` as a dict."""
-        names = (
-            "entity", "watermark", "pending_start", "pending_end", "pending_type", "attempts", "last_error",
-            "failed_start", "failed_end", "failed_type", "failed_mode", "failed_destination", "exported_at",
-            "rows", "path", "claimed", "held", "parked",
-        )  # fmt: skip
         out = []
         for row in self._run("entities", task=task).fetchall():
-            item = dict(zip(names, row, strict=True))
+            item = dict(zip(ENTITY_FIELDS, row, strict=True))
             times = ("watermark", "pending_start", "pending_end", "failed_start", "failed_end", "exported_at")
             for key in times:
                 item[key] = self.core.from_ts(item[key])
