@@ -293,3 +293,25 @@ def test_a_stop_during_a_source_outage_ends_the_run_at_once_with_nothing_charged
     assert took < 3, f"the run took {took:.1f} s to stop"
     exported, failed, pending, claimed = _counts(root)
     assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0
+
+
+def test_a_wait_for_a_lost_source_ends_at_the_runs_max_runtime(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """`run --max-runtime 3s` through a longer outage: the wait for the source went on for up to
+    60 s past the limit. It ends at the run's deadline now, as any max-runtime end does: no
+    error, the batch given back pending, nothing charged nor claimed."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    thread = _outage(pg_url, proxy, 8.0)
+    try:
+        started = time.monotonic()
+        [summary] = engine.run(load(root), ["openaq"], RunOptions(max_runtime=3.0, started=started))
+        took = time.monotonic() - started
+    finally:
+        thread.join()
+    assert proxy.cut >= 1, summary
+    assert summary.task_errors == [] and summary.failed == 0, summary
+    assert took < 4.0, f"the run took {took:.1f} s with a max_runtime of 3 s"
+    exported, failed, pending, claimed = _counts(root)
+    assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0

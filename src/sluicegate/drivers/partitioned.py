@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, capture_triggers, partitions, validate
+from .. import capture, capture_triggers, db, partitions, validate
 from ..exceptions import ConfigError, SluicegateError, SourceLost
 from ..ledger import Claim, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -37,6 +38,8 @@ from .helpers import Helpers, orders_for
 from .partitioned_config import capture_spec, time_spec
 from .partitioned_paths import not_taken, shared_file
 from .partitioned_recorder import LeaseExpired, Recorder
+
+log = logging.getLogger(__name__)
 
 HELPER_BATCHES = 4  # batches per helper still pending before --workers starts helper processes
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -223,14 +226,22 @@ class Loop:
 
     def _source_back(self, ctx: Context) -> None:
         """Wait for a lost source, unless the run is told to stop (before or while it waits): then
-        return, the loop ends as after any batch, and the batch given back waits for a run."""
+        return, the loop ends as after any batch, and the batch given back waits for a run. The
+        wait ends at the run's deadline (--max-runtime) too: Deadline, the run ends as at any."""
         stop = self.stop or threading.Event()
+        seconds = min(db.RECONNECT_SECONDS, self.budget.left())
         try:
             if not stop.is_set():
-                ctx.source.reconnect(self.stop)
+                ctx.source.reconnect(self.stop, seconds)
         except SourceLost:
-            if not stop.is_set():
-                raise
+            if stop.is_set():
+                return
+            if seconds < db.RECONNECT_SECONDS:  # the run's time is up, not the source's wait
+                log.warning(
+                    "task %s: the run's max_runtime is used up while it waits for the source", self.task.name
+                )
+                raise Deadline from None
+            raise
 
     def run(self, ctx: Context, limit: int | None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""

@@ -141,9 +141,10 @@ class Source(Protocol):
         """One read-then-change transaction (see :class:`Snapshot`)."""
         ...
 
-    def reconnect(self, stop: threading.Event | None = None) -> None:
-        """After a lost connection: wait for a new one, with backoff (:func:`sluicegate.db.reconnect`);
-        raises :class:`~sluicegate.exceptions.SourceLost` when the source stays away."""
+    def reconnect(self, stop: threading.Event | None = None, seconds: float | None = None) -> None:
+        """After a lost connection: wait for a new one, with backoff (:func:`sluicegate.db.reconnect`),
+        for up to ``seconds`` (default: its own); raises :class:`~sluicegate.exceptions.SourceLost`
+        when the source stays away."""
         ...
 
     def close(self) -> None:

@@ -108,11 +108,11 @@ class MariaDbSource:
         """Close the connection."""
         self.conn.close()
 
-    def reconnect(self, stop: threading.Event | None = None) -> None:
-        """After a lost connection: wait, with backoff, for a new one."""
+    def reconnect(self, stop: threading.Event | None = None, seconds: float | None = None) -> None:
+        """After a lost connection: wait, with backoff, up to ``seconds`` for a new one."""
         with contextlib.suppress(Exception):
             self.conn.close()
-        self.conn = db.reconnect(self.url, stop=stop, grace=0.0)  # told to stop: no wait
+        self.conn = db.reconnect(self.url, seconds=seconds, stop=stop, grace=0.0)  # told to stop: no wait
 
     def _reconnect_if_lost(self) -> None:
         if self.conn.closed:

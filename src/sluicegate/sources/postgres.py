@@ -85,9 +85,10 @@ class PostgresSource:
             self.conn = self._session(db.reconnect(self.url))
             self._parallel.pop(False, None)
 
-    def reconnect(self, stop: threading.Event | None = None) -> None:
+    def reconnect(self, stop: threading.Event | None = None, seconds: float | None = None) -> None:
         """After a lost connection (see :class:`~sluicegate.source_outage.SourceOutage`): drop both
-        connections and wait, with backoff, for a new one (ADBC's is opened again on the next read)."""
+        connections and wait, with backoff, up to ``seconds`` for a new one (ADBC's is opened again
+        on the next read)."""
         if self._arrow is not None:
             with contextlib.suppress(Exception):
                 self._arrow.close()
@@ -95,7 +96,7 @@ class PostgresSource:
         with contextlib.suppress(Exception):
             self.conn.close()
         # Told to stop: no wait (the grace a ledger's commit gets), the batch is given back already.
-        self.conn = self._session(db.reconnect(self.url, stop=stop, grace=0.0))
+        self.conn = self._session(db.reconnect(self.url, seconds=seconds, stop=stop, grace=0.0))
         self._parallel.clear()
 
     def _after_error(self) -> None:

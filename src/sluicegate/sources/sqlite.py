@@ -47,7 +47,7 @@ class SqliteSource:
         """Close the connection."""
         self.conn.close()
 
-    def reconnect(self, stop: threading.Event | None = None) -> None:
+    def reconnect(self, stop: threading.Event | None = None, seconds: float | None = None) -> None:
         """Nothing to wait for: a file has no connection to lose (its errors are never SourceLost)."""
 
     def describe(self, spec: ReadSpec) -> list[Column]:
