@@ -37,15 +37,15 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .changes import ChangeFeed
-from .destinations import Destination, Staged
+from .destinations import Destination
 from .exceptions import LedgerError, SluicegateError, SourceLost, TerminalError, is_transient
 from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
+from .pipeline_jobs import Group, Job, Slot, group_outcome
 from .source_outage import SourceOutage
 from .sources import Column, Mode
 from .work import Deadline, Outcome, Reader, Recorder, UnitFailed, WorkUnit, as_export_error
@@ -58,18 +58,6 @@ MAX_INFLIGHT = 256  # units handed to the publishers and not yet committed ...
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # ... and the bytes they hold in memory
 GROUP_UNITS = 8  # sealed units handed to a publisher thread together ...
 GROUP_BYTES = 1024 * 1024  # ... or fewer, once they hold this much
-
-
-@dataclass(kw_only=True)
-class _Job:
-    """One unit inside a batch, while it is read, published and committed."""
-
-    unit: WorkUnit
-    staged: Staged | None = None
-    writer: Writer | None = None
-    error: SluicegateError | None = None
-    done: bool = False
-    held: int = 0  # bytes in memory while in flight
 
 
 class Pipeline:
@@ -114,8 +102,8 @@ class Pipeline:
         self._pool = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="sluicegate-publish")
         n = destination.uploads_in_flight  # an object store's uploads get threads of their own
         self._uploads = ThreadPoolExecutor(n, thread_name_prefix="sluicegate-upload") if n else None
-        self._inflight: list[tuple[_Job, _Slot]] = []
-        self._group = _Group()  # sealed units not yet handed to a publisher thread
+        self._inflight: list[tuple[Job, Slot]] = []
+        self._group = Group()  # sealed units not yet handed to a publisher thread
         self._held = 0  # bytes the in-flight units keep in memory (an estimate)
 
     def __enter__(self) -> Pipeline:
@@ -142,25 +130,26 @@ class Pipeline:
         """
         if not units:
             return
-        jobs = [_Job(unit=u) for u in units]
+        jobs = [Job(unit=u) for u in units]
         self._batch_tokens = {u.token for u in units if u.token}
         self._keep_leases()
         try:
             try:
-                self._stream(jobs, keep=keep)
-            except self._stops:
-                raise
-            except Exception as exc:
-                self._batch_failed(jobs, as_export_error(exc))
+                try:
+                    self._stream(jobs, keep=keep)
+                except self._stops:
+                    raise
+                except Exception as exc:
+                    self._batch_failed(jobs, as_export_error(exc))
+            except SourceLost as exc:
+                try:
+                    self._source_lost(units, jobs, exc)
+                except SourceLost:  # the source stays away: what is left of the batch waits
+                    self._give_back(units, jobs)
+                    raise
         except Deadline:
             self._give_back(units, jobs)
             raise
-        except SourceLost as exc:
-            if charged := self.outage.before(keys := [u.key for u in units]):  # a unit that loses it again
-                self._batch_failed(jobs, exc)
-            else:
-                self._give_back(units, jobs)
-            self.outage.wait(keys, exc, charged=charged)  # charged or not, the source may be away
         except LedgerError:
             # Nothing can be recorded (the claims wait for their lease): no later flush may
             # put in place a file in flight, of this batch or an earlier one.
@@ -171,7 +160,26 @@ class Pipeline:
             self._batch_tokens = set()
             self._keep_leases()
 
-    def _give_back(self, units: Sequence[WorkUnit], jobs: list[_Job]) -> None:
+    def _source_lost(self, units: Sequence[WorkUnit], jobs: list[Job], exc: SourceLost) -> None:
+        """The batch lost the source: give it back and wait for the source. When one of its units
+        lost it before in this run (a query that ends its own connection, or an outage again),
+        read what is left of it one unit at a time once the source is back: a unit whose own read
+        loses it is charged an attempt (and the source waited for again), the others export."""
+        if not self.outage.before(keys := [u.key for u in units]):
+            self._give_back(units, jobs)
+            self.outage.wait(keys, exc)
+            return
+        open_jobs = [j for j in jobs if not j.done]
+        self._discard(*open_jobs)
+        self.flush()
+        if len(open_jobs) == 1:  # its own read lost it
+            self._fail(open_jobs[0].unit, exc)
+            self.outage.wait([open_jobs[0].unit.key], exc, charged=True)
+            return
+        self.outage.wait([j.unit.key for j in open_jobs], exc)
+        self._read_alone(open_jobs, lost_again=True)
+
+    def _give_back(self, units: Sequence[WorkUnit], jobs: list[Job]) -> None:
         """Commit what was read, release the rest of the batch without an attempt."""
         self.flush()
         tokens = {u.token for u in units if u.token}
@@ -185,7 +193,7 @@ class Pipeline:
         self._held = 0
         for job, slot in inflight:
             with contextlib.suppress(Exception):
-                outcome = _outcome(slot)  # the publisher thread is done with the spool
+                outcome = group_outcome(slot)  # the publisher thread is done with the spool
                 if outcome.staged is not None:
                     self.destination.discard(outcome.staged)
             self._discard(job)
@@ -212,7 +220,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ reading and encoding
 
-    def _stream(self, jobs: list[_Job], keep: int = 0) -> None:
+    def _stream(self, jobs: list[Job], keep: int = 0) -> None:
         """Read, encode and hand ``jobs`` to the publishers; commit all but ``keep`` of the newest."""
         renewed = time.monotonic()
         position = 0
@@ -239,7 +247,7 @@ class Pipeline:
         self._hand_over()  # the publishers finish the batch while the next one is claimed
         self.flush(keep=keep)
 
-    def _write(self, job: _Job, chunk: Any) -> None:
+    def _write(self, job: Job, chunk: Any) -> None:
         if job.error is not None:
             return
         if isinstance(chunk, UnitFailed):
@@ -251,7 +259,7 @@ class Pipeline:
         except SluicegateError as exc:
             job.error = exc
 
-    def _open(self, job: _Job) -> Writer:
+    def _open(self, job: Job) -> Writer:
         """The unit's writer, opened (and its file staged) on its first rows."""
         if job.writer is None:
             if job.unit.refuse_file is not None:
@@ -262,7 +270,7 @@ class Pipeline:
             )
         return job.writer
 
-    def _renew(self, jobs: list[_Job]) -> None:
+    def _renew(self, jobs: list[Job]) -> None:
         # Also the earlier batch whose last files are still in flight (committed later).
         tokens = {j.unit.token for j in jobs} | {j.unit.token for j, _ in self._inflight}
         tokens.discard("")
@@ -275,7 +283,7 @@ class Pipeline:
         if self.budget.over():
             raise Deadline
 
-    def _seal(self, job: _Job) -> None:
+    def _seal(self, job: Job) -> None:
         """Hand one unit's complete rows to the publisher threads, which finish the file."""
         if job.done:
             return
@@ -303,10 +311,10 @@ class Pipeline:
         thread woken) per group instead of one per file (~5% of a run's CPU for small files)."""
         group = self._group
         if group.jobs:
-            self._group = _Group()
+            self._group = Group()
             group.future = self._pool.submit(self._publish_group, group.jobs)
 
-    def _publish_group(self, jobs: list[_Job]) -> list[Outcome | Future[Outcome] | BaseException]:
+    def _publish_group(self, jobs: list[Job]) -> list[Outcome | Future[Outcome] | BaseException]:
         results: list[Outcome | Future[Outcome] | BaseException] = []
         for job in jobs:
             try:
@@ -317,7 +325,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ publishing and recording
 
-    def _publish(self, job: _Job) -> Outcome | Future[Outcome]:
+    def _publish(self, job: Job) -> Outcome | Future[Outcome]:
         """Finish, then publish (or skip, or delete) one unit; runs on a publisher thread.
 
         Closing the writer here compresses and encodes what it deferred (see the formats),
@@ -349,7 +357,7 @@ class Pipeline:
             return previous.path
         return unit.path if unit.path and self.destination.exists(unit.path) else None
 
-    def _send(self, job: _Job) -> Outcome:
+    def _send(self, job: Job) -> Outcome:
         """Publish (or skip, when its bytes are unchanged) one finished file."""
         unit, previous, staged = job.unit, job.unit.previous, job.staged
         assert staged is not None and job.writer is not None
@@ -387,7 +395,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         for job, slot in inflight:
             try:
-                outcomes.append(_outcome(slot))
+                outcomes.append(group_outcome(slot))
             except Exception as exc:
                 self._discard(job)
                 self._fail(job.unit, as_export_error(exc))
@@ -442,7 +450,7 @@ class Pipeline:
             if outcome.staged is not None:
                 self.destination.discard(outcome.staged)
 
-    def _discard(self, *jobs: _Job) -> None:
+    def _discard(self, *jobs: Job) -> None:
         for job in jobs:
             job.done = True
             if job.staged is not None:
@@ -453,7 +461,7 @@ class Pipeline:
         self.recorder.fail(unit, error)
         self.summary.note_failure(unit.key, str(error) or type(error).__name__)
 
-    def _batch_failed(self, jobs: list[_Job], error: SluicegateError) -> None:
+    def _batch_failed(self, jobs: list[Job], error: SluicegateError) -> None:
         """The batch query failed: retry later, or isolate the unit that breaks it."""
         open_jobs = [j for j in jobs if not j.done]
         self._discard(*open_jobs)
@@ -462,39 +470,24 @@ class Pipeline:
             for job in open_jobs:
                 self._fail(job.unit, error)
             return
-        for at, job in enumerate(open_jobs):  # one query each, so one bad unit cannot stop the others
-            fresh = _Job(unit=job.unit)
+        self._read_alone(open_jobs)
+
+    def _read_alone(self, open_jobs: list[Job], *, lost_again: bool = False) -> None:
+        """Read each of ``open_jobs`` with a query of its own, so one bad unit cannot stop the
+        others. ``lost_again``: their batch lost the source twice, and a unit whose own read loses
+        it is charged an attempt; else a lost source stops them all (still open, see _source_lost)."""
+        for at, job in enumerate(open_jobs):
+            fresh = Job(unit=job.unit)
             try:
                 self._stream([fresh])
-            except self._stops:
+            except self._stops as stop:
                 self._discard(fresh)
-                for unread in open_jobs[at:]:  # still open: a second loss of the source charges them
-                    unread.done = False
-                raise
+                if not (lost_again and isinstance(stop, SourceLost)):
+                    for unread in open_jobs[at:]:
+                        unread.done = False
+                    raise
+                self._fail(job.unit, stop)
+                self.outage.wait([job.unit.key], stop, charged=True)
             except Exception as single:
                 self._discard(fresh)
                 self._fail(job.unit, as_export_error(single))
-
-
-class _Group:
-    """Sealed units handed to one publisher thread together (see ``Pipeline._hand_over``)."""
-
-    __slots__ = ("future", "held", "jobs")
-
-    def __init__(self) -> None:
-        self.jobs: list[_Job] = []
-        self.held = 0
-        self.future: Future[list[Outcome | Future[Outcome] | BaseException]] | None = None
-
-
-_Slot = tuple[_Group, int]  # a unit's group and its place in it
-
-
-def _outcome(slot: _Slot) -> Outcome:
-    """A publisher thread's outcome, once the upload it handed on (if any) is done."""
-    group, index = slot
-    assert group.future is not None, "waited for a unit not handed over"
-    result = group.future.result()[index]
-    if isinstance(result, BaseException):
-        raise result
-    return result.result() if isinstance(result, Future) else result

@@ -4,8 +4,9 @@ That is no fault of the units being read: the pipeline commits what it had read,
 of the batch back without an attempt (:class:`~sluicegate.exceptions.SourceLost`) and asks a
 :class:`SourceOutage` what next. It waits for the source (:func:`sluicegate.db.reconnect`, with
 backoff) and lets the driver claim the units again; it stops the task when the source stays
-away. A unit that loses it a second time in the run (a query that crashes the server's
-backend would else be read again and again, never charged) is charged an attempt instead.
+away. A batch that loses it a second time in the run (a query that crashes the server's
+backend would else be read again and again, never charged) is read one unit at a time once the
+source is back, and a unit whose own read loses it is charged an attempt instead.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ class SourceOutage:
     def before(self, keys: Sequence[str]) -> bool:
         """Whether one of ``keys`` lost the source before in this run: a query that crashes its
         server process, say, which given back would be read again and again and never charged;
-        the pipeline charges the batch then, as any transient failure."""
+        the pipeline reads the batch one unit at a time then, and charges the unit whose own read
+        loses it, as any transient failure."""
         return not self._lost.isdisjoint(keys)
 
     def wait(self, keys: Sequence[str], exc: SourceLost, *, charged: bool = False) -> None:
         """The batch of ``keys`` (given back, or ``charged``) lost the source: return once it is
-        back, or raise. Charged too: a second loss may be an outage all the same, and the batch,
+        back, or raise. Charged too: a second loss may be an outage all the same, and the unit,
         claimed again at once (no backoff), would be charged again until parked."""
         self._lost.update(keys)
         if exc.final or self.reconnect is None:
@@ -103,7 +105,7 @@ def stopped(exc: SourceLost, *, charged: bool = False) -> SourceLost:
     (``charged``: their batch, which lost the source before, was charged an attempt)."""
     said = str(exc).replace("; will retry", "")
     counted = (
-        "the task stopped, and the batch that lost it a second time in the run was charged an attempt"
+        "the task stopped, and the partition that lost it a second time in the run was charged an attempt"
         if charged
         else "the task stopped and its claimed units are pending again, no attempt counted"
     )

@@ -164,6 +164,25 @@ def test_a_query_that_ends_its_own_connection_is_charged_and_holds_no_one_up(
     assert _counts(root) == (PARTITIONS - DAYS, DAYS, 0, 0)
 
 
+def test_a_second_loss_charges_only_the_partition_whose_own_read_ends_the_connection(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """As above, with batches of 10: the batch that loses its connection a second time was charged
+    whole, so the partitions claimed with location 7's were parked beside them (max_attempts = 1).
+    Its partitions are read one by one now: location 7's are charged, the others export."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    _select_through(
+        pg_url,
+        root,
+        "BEGIN IF loc = 7 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN loc; END",
+    )
+    [summary] = engine.run(load(root), ["openaq"])
+    assert summary.task_errors == [], summary.task_errors
+    assert (summary.failed, summary.exported) == (DAYS, PARTITIONS - DAYS), summary.errors[:1]
+    assert _counts(root) == (PARTITIONS - DAYS, DAYS, 0, 0)
+
+
 def test_a_batch_given_back_in_an_outage_does_not_count_against_the_limit(
     tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
 ) -> None:
@@ -187,9 +206,9 @@ def test_a_second_loss_while_a_failed_batch_is_read_unit_by_unit_leaves_no_claim
 ) -> None:
     """The first batch loses its connection (location 1's first row ends it): all of it is given
     back. Read again, its query fails (a second location in one query raises), so each partition
-    is read alone; location 7's ends its connection, a second loss for the batch, which is
-    charged: location 7's partitions and those after them, not read yet, are charged too, and
-    none of them stays claimed until its lease ends."""
+    is read alone; location 7's ends its connection, a second loss for the batch. The rest of
+    the batch is read one by one once the source is back: location 7's partitions are charged,
+    those after them export, and none of them stays claimed until its lease ends."""
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
     _select_through(
@@ -210,7 +229,7 @@ def test_a_second_loss_while_a_failed_batch_is_read_unit_by_unit_leaves_no_claim
     toml.write_text(text.replace("max_attempts = 1", "max_attempts = 2"))
     [summary] = engine.run(load(root), ["openaq"])
     assert summary.task_errors == [], summary.task_errors
-    assert _counts(root) == (6 * DAYS, PARTITIONS - 6 * DAYS, 0, 0), summary.errors[:1]
+    assert _counts(root) == (PARTITIONS - DAYS, DAYS, 0, 0), summary.errors[:1]
 
 
 def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
@@ -222,10 +241,10 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first batch loses its connection once (location 1's first row ends it) and is read
-    again; then the source goes away for longer than the reconnect budget. The second loss charges
-    the batch once, as any transient failure, and the run waits for the source and stops: it does
-    not claim the batch again and again while the source is away, charging it each time until
-    it is parked (max_attempts = 2, backoff 0 s)."""
+    again; then the source goes away for longer than the reconnect budget. After the second loss
+    the run waits for the source before it reads the batch again one partition at a time, and
+    stops: it does not claim the batch again and again while the source is away, charging it each
+    time until it is parked (max_attempts = 2, backoff 0 s), nor charges it at all."""
     monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
@@ -260,7 +279,7 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     exported, failed, pending, claimed = _counts(root)
     assert (exported, failed, pending, claimed) == (0, 0, PARTITIONS, 0), summary
     [error] = summary.task_errors
-    assert "unavailable" in error and "charged an attempt" in error, error
+    assert "unavailable" in error and "no attempt counted" in error, error
 
 
 def test_a_stop_during_a_source_outage_ends_the_run_at_once_with_nothing_charged(

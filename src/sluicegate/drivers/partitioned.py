@@ -225,17 +225,18 @@ class Loop:
     owners: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> partition, of files in flight
 
     def _source_back(self, ctx: Context) -> None:
-        """Wait for a lost source, unless the run is told to stop (before or while it waits): then
-        return, the loop ends as after any batch, and the batch given back waits for a run. The
-        wait ends at the run's deadline (--max-runtime) too: Deadline, the run ends as at any."""
+        """Wait for a lost source, unless the run is told to stop (before or while it waits), or
+        its deadline (--max-runtime) comes first: then raise Deadline, the loop ends as at any,
+        and what is left of the batch waits for a run."""
         stop = self.stop or threading.Event()
         seconds = min(db.RECONNECT_SECONDS, self.budget.left())
         try:
-            if not stop.is_set():
-                ctx.source.reconnect(self.stop, seconds)
+            if stop.is_set():
+                raise Deadline
+            ctx.source.reconnect(self.stop, seconds)
         except SourceLost:
             if stop.is_set():
-                return
+                raise Deadline from None
             if seconds < db.RECONNECT_SECONDS:  # the run's time is up, not the source's wait
                 log.warning(
                     "task %s: the run's max_runtime is used up while it waits for the source", self.task.name
