@@ -80,6 +80,7 @@ class Pipeline:
         feed: ChangeFeed | None = None,
         keeper: LeaseKeeper | None = None,
         reconnect: Callable[[], None] | None = None,
+        reclaims: bool = True,
     ) -> None:
         self.read = read
         self.format = format
@@ -95,6 +96,7 @@ class Pipeline:
         self.feed = feed  # a manifest per placed group, before its commit (None: no change feed)
         self.keeper = keeper  # renews the leases of the units in hand, from its own thread
         self.outage = SourceOutage(reconnect)  # a lost source connection: wait for it, or stop
+        self.reclaims = reclaims  # the driver claims a given-back batch again (else it is read again here)
         # Only a driver that claims a given-back batch again stops a batch on a lost source.
         self._stops = (Deadline, LedgerError) + ((SourceLost,) if reconnect is not None else ())
         self._batch_tokens: set[str] = set()
@@ -162,17 +164,18 @@ class Pipeline:
 
     def _source_lost(self, units: Sequence[WorkUnit], jobs: list[Job], exc: SourceLost) -> None:
         """The batch lost the source: give it back and wait for the source. When one of its units
-        lost it before in this run (a query that ends its own connection, or an outage again),
-        read what is left of it one unit at a time once the source is back: a unit whose own read
-        loses it is charged an attempt (and the source waited for again), the others export."""
-        if not self.outage.before(keys := [u.key for u in units]):
+        lost it before in this run (a query that ends its own connection, or an outage again), or
+        the driver does not claim it again (``reclaims``), read what is left of it one unit at a
+        time once the source is back: a unit whose own read loses it is charged an attempt (and
+        the source waited for again), the others export."""
+        if self.reclaims and not self.outage.before(keys := [u.key for u in units]):
             self._give_back(units, jobs)
             self.outage.wait(keys, exc)
             return
         open_jobs = [j for j in jobs if not j.done]
         self._discard(*open_jobs)
         self.flush()
-        if len(open_jobs) == 1:  # its own read lost it
+        if len(open_jobs) == 1 and self.outage.before([open_jobs[0].unit.key]):  # its own read lost it again
             self._fail(open_jobs[0].unit, exc)
             self.outage.wait([open_jobs[0].unit.key], exc, charged=True)
             return

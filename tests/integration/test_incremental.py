@@ -2592,3 +2592,80 @@ def test_a_redriven_reexport_whose_rows_were_deleted_deletes_its_file(tmp_path: 
     assert redrive["failed"] == 0 and redrive["entities"][0]["rows"] == 0, redrive
     assert placed not in files(other)
     assert operations.watermarks(load(root), "studies")[0]["failed_end"] is None
+
+
+@pytest.mark.pg
+def test_a_window_whose_read_loses_the_source_is_read_again_not_charged(pg_url: str, tmp_path: Path) -> None:
+    """A lost source is no window's fault: s3's read ends its connection once (a terminated
+    backend; a restart does the same). That was charged an attempt, as any transient failure, and
+    failed the windows of the batch not read yet with it. The run now waits for the source and reads the batch again one window at a time: all five
+    export, nothing is charged, nothing stays claimed."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning")
+    with (root / "tasks" / "studies" / "task.toml").open("a") as toml:
+        toml.write('entities = ["s1", "s2", "s3", "s4", "s5"]\n')
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on, payload, die(study_id) AS p FROM records"
+    )
+    rec = Records(pg_url)
+    rec.conn.execute("CREATE SEQUENCE armed")
+    rec.conn.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
+    rec.conn.execute(
+        "CREATE FUNCTION die(s text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
+        " IF s = 's3' AND NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
+        " PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN 1; END $$"
+    )
+    for study in ("s1", "s2", "s3", "s4", "s5"):
+        rec.add(study, T - dt.timedelta(hours=1), study)
+    [summary] = engine.run(load(root), ["studies"])
+    assert summary.task_errors == [] and summary.failed == 0, (summary.task_errors, summary.errors[:1])
+    assert _payloads(tmp_path) == ["s1", "s2", "s3", "s4", "s5"]
+    [status] = operations.status(load(root), ["studies"])
+    assert (status["failed"], status["claimed"]) == (0, 0), status
+
+
+@pytest.mark.pg
+def test_a_source_away_longer_than_the_wait_stops_the_task_with_nothing_charged_nor_claimed(
+    pg_url: str, pg_server: Any, tmp_path: Path, tcp_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source (through a TCP relay; the ledger reached directly) goes away while s3's window
+    is read, for longer than the reconnect budget: the task stops with one error naming the
+    source, and every window is given back without an attempt, none failed nor left claimed."""
+    from sluicegate import db as sg_db
+
+    monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/"), bootstrap="beginning")
+    with (root / "sluicegate.toml").open("a") as toml:
+        toml.write(f'[ledger]\nurl = "{pg_url}"\n')
+    with (root / "tasks" / "studies" / "task.toml").open("a") as toml:
+        toml.write('entities = ["s1", "s2", "s3", "s4", "s5"]\n')
+    (root / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT record_id, study_id, uploaded_on, payload, nap(study_id) AS p FROM records"
+    )
+    rec = Records(pg_url)
+    rec.conn.execute(
+        "CREATE FUNCTION nap(s text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
+        " IF s = 's3' THEN PERFORM pg_sleep(2); END IF; RETURN 1; END $$"
+    )
+    for study in ("s1", "s2", "s3", "s4", "s5"):
+        rec.add(study, T - dt.timedelta(hours=1), study)
+
+    def cut() -> None:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        while rec.conn.execute(query).fetchone()[0] == 0:
+            time.sleep(0.01)
+        proxy.down()
+        time.sleep(4.0)
+        proxy.up()
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), ["studies"])
+    finally:
+        thread.join()
+    [error] = summary.task_errors
+    assert "unavailable" in error and "no attempt counted" in error, error
+    assert summary.failed == 0, summary.errors[:1]
+    [status] = operations.status(load(root), ["studies"])
+    assert (status["failed"], status["claimed"]) == (0, 0), status

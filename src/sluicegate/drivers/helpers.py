@@ -28,13 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import exceptions
+from .. import db, exceptions
 from ..changes import FeedRun
-from ..exceptions import SluicegateError
+from ..exceptions import SluicegateError, SourceLost
 from ..masking import ScrubFilter
 from ..options import Budget, RunOptions, TaskSummary
+from ..sources import Source
+from ..work import Deadline
 
 Progress = Callable[[TaskSummary, int], None]
+log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between looks at the run's stop event while waiting for helpers
 
 
@@ -235,3 +238,22 @@ def _until_closed(stop: threading.Event) -> None:
         while os.read(0, 4096):  # the fd, not sys.stdin: its buffer's lock would hang the exit
             pass
     stop.set()
+
+
+def wait_for_source(source: Source, budget: Budget, stop: threading.Event | None, task: str) -> None:
+    """Wait for a lost source (a pipeline's ``reconnect``), unless the run is told to stop (before
+    or while it waits) or its deadline (--max-runtime) comes first: then raise Deadline, the
+    task's loop ends as at any, and what is left of the batch waits for a run. ``task``: its name."""
+    stop = stop or threading.Event()
+    seconds = min(db.RECONNECT_SECONDS, budget.left())
+    try:
+        if stop.is_set():
+            raise Deadline
+        source.reconnect(stop, seconds)
+    except SourceLost:
+        if stop.is_set():
+            raise Deadline from None
+        if seconds < db.RECONNECT_SECONDS:  # the run's time is up, not the source's wait
+            log.warning("task %s: the run's max_runtime is used up while it waits for the source", task)
+            raise Deadline from None
+        raise

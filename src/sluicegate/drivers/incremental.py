@@ -40,6 +40,7 @@ from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..watermarks import Window
 from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
+from .helpers import wait_for_source
 from .incremental_check import check, cursor_problems, entity_problems, missing_columns, sqlite_dates
 from .incremental_entities import entity_value, typed_entity
 from .incremental_recorder import Recorder
@@ -357,6 +358,7 @@ class Driver:
                 summary=summary, budget=budget, lease=settings.lease, fault=ctx.fault,
                 feed=ctx.feed(task, destination),
                 keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, WatermarkStore, lease=settings.lease),
+                reconnect=lambda: wait_for_source(ctx.source, budget, budget.stop, task.name), reclaims=False,
             )  # fmt: skip
             with pipeline:
                 try:
@@ -372,7 +374,9 @@ class Driver:
                             if (u := _unit(task, w, pipeline, ctx, columns, found)) is not None
                         ]
                         pipeline.export(units)
-                except Deadline:
+                except Deadline:  # the windows not read yet (of this group and the next) are given back
+                    pipeline.flush()
+                    summary.released += recorder.release({w.claim.token for w in windows if w.claim})
                     return
                 finally:
                     pipeline.flush()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, capture_triggers, db, partitions, validate
-from ..exceptions import ConfigError, SluicegateError, SourceLost
+from .. import capture, capture_triggers, partitions, validate
+from ..exceptions import ConfigError, SluicegateError
 from ..ledger import Claim, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
 from ..options import Budget, RunOptions, TaskSummary
@@ -34,12 +33,10 @@ from ..specs import CaptureSpec, RowTask, Settings, TimeSpec
 from ..taskfields import ROW_KEYS, base_fields, row_fields
 from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
-from .helpers import Helpers, orders_for
+from .helpers import Helpers, orders_for, wait_for_source
 from .partitioned_config import capture_spec, time_spec
 from .partitioned_paths import not_taken, shared_file
 from .partitioned_recorder import LeaseExpired, Recorder
-
-log = logging.getLogger(__name__)
 
 HELPER_BATCHES = 4  # batches per helper still pending before --workers starts helper processes
 LEDGER_STORES = ("partitions", "capture")  # the ledger stores a run uses (sluicegate grants)
@@ -224,26 +221,6 @@ class Loop:
     grow: Callable[[int, int | None], int | None] | None = None
     owners: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> partition, of files in flight
 
-    def _source_back(self, ctx: Context) -> None:
-        """Wait for a lost source, unless the run is told to stop (before or while it waits), or
-        its deadline (--max-runtime) comes first: then raise Deadline, the loop ends as at any,
-        and what is left of the batch waits for a run."""
-        stop = self.stop or threading.Event()
-        seconds = min(db.RECONNECT_SECONDS, self.budget.left())
-        try:
-            if stop.is_set():
-                raise Deadline
-            ctx.source.reconnect(self.stop, seconds)
-        except SourceLost:
-            if stop.is_set():
-                raise Deadline from None
-            if seconds < db.RECONNECT_SECONDS:  # the run's time is up, not the source's wait
-                log.warning(
-                    "task %s: the run's max_runtime is used up while it waits for the source", self.task.name
-                )
-                raise Deadline from None
-            raise
-
     def run(self, ctx: Context, limit: int | None) -> int:
         """Export until nothing is pending, the limit is reached, or time or a signal stops it."""
         task, settings, summary = self.task, ctx.project.settings, self.summary
@@ -259,7 +236,7 @@ class Loop:
             recorder=Recorder(ctx.ledger, settings, ctx.destination, task), budget=self.budget,
             lease=settings.lease, fault=ctx.fault, feed=ctx.feed(task), summary=summary,
             keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, PartitionStore, lease=settings.lease),
-            reconnect=lambda: self._source_back(ctx),  # a lost batch is claimed again
+            reconnect=lambda: wait_for_source(ctx.source, self.budget, self.stop, task.name),  # claimed again
         )  # fmt: skip
         batch_size = self.options.batch_size or task.batch_size
         done, last_batch, idle = 0, 0.0, True  # idle: none of this loop's files in flight
