@@ -179,7 +179,7 @@ class Pipeline:
             self._fail(open_jobs[0].unit, exc)
             self.outage.wait([open_jobs[0].unit.key], exc, charged=True)
             return
-        self.outage.wait([j.unit.key for j in open_jobs], exc)
+        self.outage.wait([j.unit.key for j in open_jobs], exc, held=True)
         self._read_alone(open_jobs, lost_again=True)
 
     def _give_back(self, units: Sequence[WorkUnit], jobs: list[Job]) -> None:

@@ -77,14 +77,23 @@ class SourceOutage:
         loses it, as any transient failure."""
         return not self._lost.isdisjoint(keys)
 
-    def wait(self, keys: Sequence[str], exc: SourceLost, *, charged: bool = False) -> None:
-        """The batch of ``keys`` (given back, or ``charged``) lost the source: return once it is
-        back, or raise. Charged too: a second loss may be an outage all the same, and the unit,
-        claimed again at once (no backoff), would be charged again until parked."""
+    def wait(
+        self, keys: Sequence[str], exc: SourceLost, *, charged: bool = False, held: bool = False
+    ) -> None:
+        """The batch of ``keys`` (given back, ``charged``, or ``held``: kept claimed, to be read
+        one unit at a time) lost the source: return once it is back, or raise. Charged too: a
+        second loss may be an outage all the same, and the unit, claimed again at once (no
+        backoff), would be charged again until parked."""
         self._lost.update(keys)
         if exc.final or self.reconnect is None:
             raise stopped(exc, charged=charged) from exc
-        done = "was charged an attempt (it lost the source before)" if charged else "is pending again"
+        done = (
+            "was charged an attempt (it lost the source before)"
+            if charged
+            else "is held, to be read one unit at a time"
+            if held
+            else "is pending again"
+        )
         log.warning("%s; the batch %s, reconnecting", exc, done)
         try:
             self.reconnect()
