@@ -101,6 +101,16 @@ class SourceOutage:
             raise stopped(gone, charged=charged) from gone
 
 
+def read_lost(exc: SluicegateError) -> SluicegateError:
+    """``exc``, an error of a read through a :class:`~sluicegate.tabledb.TableDb` (an aggregate's
+    select), as a :class:`SourceLost` when its driver error (its cause) says the connection itself
+    was lost: a TableDb calls any lost connection its destination's. Else ``exc``."""
+    cause = exc.__cause__
+    if isinstance(exc, SourceLost) or cause is None or not connection_lost(cause):
+        return exc
+    return SourceLost(str(exc))
+
+
 def gave_up(exc: SluicegateError, why: str) -> SluicegateError:
     """The error of a reconnect that gave up (``why``); a lost source's is ``final``."""
     error = type(exc)(f"{exc}; {why}")

@@ -275,6 +275,109 @@ def test_a_failed_evaluation_is_recorded_and_retried(tmp_path: Path, url: str) -
     assert (record["state"], record["attempts"], record["error"]) == ("done", 2, None)
 
 
+def test_a_released_tick_is_claimed_again_at_once_with_no_attempt_counted(tmp_path: Path, url: str) -> None:
+    """The ledger's release of a tick whose select lost the source, on each database."""
+    root = airmax_project(tmp_path / "proj", url)
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
+    context = Context.open(load(root))
+    try:
+        store, token = context.ledger.aggregates, str(uuid.uuid4())
+        assert store.claim(AGGREGATE, T, (T - dt.timedelta(hours=3), T), token=token, lease=60) == 1
+        store.release(AGGREGATE, T, token, error="source lost", seconds=0.5)
+        again = str(uuid.uuid4())
+        assert store.claim(AGGREGATE, T, (T - dt.timedelta(hours=3), T), token=again, lease=60) == 1
+    finally:
+        context.close()
+
+
+def _loses_the_source(root: Path, pg_url: str, function: str) -> dt.datetime:
+    """Have the airmax aggregate's select call ``function`` (a plpgsql body of ``lose()``, run per
+    row of the window) with a backoff of 10 minutes; one row in the window of the tick due now."""
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
+    db = tables.TableDb(pg_url)
+    db.execute("CREATE SEQUENCE armed")
+    db.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
+    db.execute(f"CREATE FUNCTION lose() RETURNS int LANGUAGE plpgsql AS $$ BEGIN {function} RETURN 1; END $$")
+    db.close()
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        " count(*) AS num_measurements FROM in_window WHERE lose() = 1 GROUP BY city, parameter_name, parameter_unit"
+    )
+    tick = due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
+    assert tick is not None
+    add_raw(pg_url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])  # in the window of the next tick too
+    return tick
+
+
+@pytest.mark.pg
+def test_an_evaluation_that_loses_the_source_is_evaluated_again_not_charged(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The select's connection is ended once (a terminated backend; a restart does the same): no
+    fault of the tick. That was a failed evaluation, charged an attempt and backed off (doubling
+    up to an hour) though the source was back at once. The run now gives the tick back, waits for
+    the source and evaluates it: done, one attempt, no failure."""
+    root = airmax_project(tmp_path / "proj", pg_url)
+    _loses_the_source(
+        root, pg_url, "IF NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
+        " PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
+    )  # fmt: skip
+    [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert (summary.task_errors, summary.failed, summary.exported) == ([], 0, 1), summary.errors[:1]
+    [done] = summary.aggregate
+    assert (done["state"], done["rows"]) == ("done", 1), done
+    [record] = [r for r in _evaluations(root) if r["tick"] == dt.datetime.fromisoformat(done["tick"])]
+    assert (record["state"], record["attempts"], record["error"]) == ("done", 1, None), record
+    assert [float(r["parameter_value"]) for r in table(pg_url)] == [4.0]
+
+
+@pytest.mark.pg
+def test_a_source_away_longer_than_the_wait_stops_the_aggregate_with_its_tick_not_charged(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source (through a TCP relay; the ledger and the table reached directly) goes away while
+    the select runs, for longer than the reconnect budget: the task stops with one error naming
+    the source, the tick is given back without an attempt, and the next run evaluates it at once,
+    not after a backoff."""
+    from sluicegate import db as sg_db
+
+    monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    relayed = pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    root = airmax_project(tmp_path / "proj", relayed, ledger=pg_url)
+    _loses_the_source(root, pg_url, "IF NOT (SELECT is_called FROM armed) THEN PERFORM pg_sleep(2); END IF;")
+
+    def cut() -> None:
+        watch = tables.TableDb(pg_url)
+        try:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            while watch.query(query)[1][0][0] == 0:
+                time.sleep(0.01)
+            watch.execute("SELECT nextval('armed')")
+            proxy.down()
+            time.sleep(4.0)
+            proxy.up()
+        finally:
+            watch.close()
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    finally:
+        thread.join()
+    [error] = summary.task_errors
+    assert "unavailable" in error and "no attempt counted" in error and str(proxy.port) in error, error
+    assert summary.failed == 0, summary.errors[:1]
+    [record] = _evaluations(root)
+    assert (record["state"], record["attempts"]) == ("failed", 0), record
+    [again] = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert (again.task_errors, again.failed, again.exported) == ([], 0, 1), (again.task_errors, again.errors)
+    assert [float(r["parameter_value"]) for r in table(pg_url)] == [4.0]
+
+
 def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: str) -> None:
     """A slow worker finishing tick t after another finished t + 5m keeps the newer rows."""
     root = airmax_project(tmp_path / "proj", url)

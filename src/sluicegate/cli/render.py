@@ -74,6 +74,7 @@ def render_run(summaries: list[TaskSummary], as_json: bool, dry_run: bool) -> No
             what = {
                 "skipped": "already evaluated, or being evaluated by another worker",
                 "superseded": f"superseded, {ev['rows']:,} rows not written: {ev['error']}",
+                "lost": f"given back, no attempt counted (the run ended while it waited): {ev['error']}",
             }.get(ev["state"], f"{ev['state']}, {ev['rows']:,} rows into {ev['table']}")
             click.echo(f"  t={ev['tick']} [{ev['window_start']}, {ev['window_end']}): {what}")
         for error in s.errors:

@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import db, tabledb, tables, validate
-from ..exceptions import ConfigError, DataError, LedgerError, SluicegateError
+from ..exceptions import ConfigError, DataError, LedgerError, SluicegateError, SourceLost
 from ..ledger import Ledger
 from ..options import Budget, RunOptions, TaskSummary
 from ..schedules import due_tick, latest_tick, longest_gap
+from ..source_outage import SourceOutage, read_lost
 from ..sources import Source
 from ..specs import Settings, TaskBase
 from ..taskfields import BASE_KEYS, base_fields
+from ..work import Deadline
 from . import Context, Progress
 from .aggregate_check import (
     DEFAULT_EVALUATION_COLUMN,
@@ -50,6 +52,7 @@ from .aggregate_check import (
     unreadable_times,
 )
 from .aggregate_file import check_path, write_file
+from .helpers import wait_for_source
 
 UTC = dt.UTC
 WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
@@ -203,7 +206,7 @@ class Evaluation:
     tick: dt.datetime
     window_start: dt.datetime
     window_end: dt.datetime
-    state: str  # done, superseded, failed, or skipped (another worker has the tick, or it is done)
+    state: str  # done, superseded, failed, lost (given back), skipped (another worker's, or done)
     rows: int = 0
     seconds: float = 0.0
     path: str | None = None
@@ -216,8 +219,9 @@ class Evaluation:
         return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in vars(self).items()}
 
 
-def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
-    """Claim ``tick`` of ``task`` and evaluate it: query, file (if any), table; record the outcome."""
+def evaluate(context: Context, task: Task, tick: dt.datetime, *, give_back: bool = False) -> Evaluation:
+    """Claim ``tick`` of ``task`` and evaluate it: query, file (if any), table; record the outcome.
+    ``give_back``: a select that loses the source gives the tick back, no attempt counted (lost)."""
     store = context.ledger.aggregates
     start, end = task.window(tick)
     result = Evaluation(
@@ -227,10 +231,10 @@ def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
     attempt = store.claim(task.name, tick, (start, end), token=token, lease=task.lease)
     if attempt is None:
         return result
-    started = time.monotonic()
+    started, read = time.monotonic(), False
     try:
         columns, rows = evaluation_rows(context.project.settings.source_url, task, tick)
-        result.rows = len(rows)
+        read, result.rows = True, len(rows)
         cells = _table_rows(task, columns, rows)  # a value the table cannot hold: no file either
         if task.file:
             result.path, result.bytes = write_file(context, task, tick, columns, rows)
@@ -240,6 +244,10 @@ def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
         result.seconds = time.monotonic() - started
         if isinstance(exc, LedgerError):
             raise
+        if give_back and not read and isinstance(exc, SourceLost):  # no fault of the tick
+            result.state = "lost"
+            store.release(task.name, tick, token, error=str(exc), seconds=result.seconds)
+            return result
         delay = min(context.project.settings.backoff * 2 ** (attempt - 1), MAX_DELAY)
         store.fail(task.name, tick, token, error=str(exc), seconds=result.seconds, delay=delay)
     return result
@@ -248,7 +256,10 @@ def evaluate(context: Context, task: Task, tick: dt.datetime) -> Evaluation:
 def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run the evaluation's select of ``tick`` on the database at ``url``; return the column names
     and the rows, the tick added to each."""
-    names, rows = _select(url, task, tick)
+    try:
+        names, rows = _select(url, task, tick)
+    except SluicegateError as exc:
+        raise read_lost(exc) from exc.__cause__  # the driver error
     if (clash := column_clash(task, names)) is not None:
         raise DataError(clash)
     return [*names, task.evaluation_column], [(*row, tick) for row in rows]
@@ -409,10 +420,19 @@ class Driver:
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> int:
-        """Evaluate the latest due tick unless it is done or another worker holds it."""
-        tick = due_tick(task, dt.datetime.now(UTC))
-        assert tick is not None
-        result = evaluate(self.context, task, tick)
+        """Evaluate the latest due tick unless it is done or another worker holds it; one whose select
+        loses the source is given back uncharged, and once it is back evaluated again (or charged)."""
+        outage = SourceOutage(lambda: wait_for_source(self.context.source, budget, stop, task.name))
+        while True:
+            tick = due_tick(task, dt.datetime.now(UTC))
+            assert tick is not None
+            result = evaluate(self.context, task, tick, give_back=not outage.before([str(tick)]))
+            if result.state != "lost":
+                break
+            try:  # the source stays away: the task stops (Deadline, a stop or --max-runtime: the run ends)
+                outage.wait([str(tick)], SourceLost(f"tick {tick.isoformat()}: {result.error}"))
+            except Deadline:
+                break
         summary.aggregate.append(result.as_dict())
         if result.state == "failed":
             summary.note_failure(f"t={tick.isoformat()}", result.error or "failed")

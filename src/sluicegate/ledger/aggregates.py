@@ -97,6 +97,14 @@ class AggregateStore(Store):
             seconds=round(seconds, 6), delay=delay,
         )  # fmt: skip
 
+    def release(self, task: str, tick: dt.datetime, token: str, *, error: str, seconds: float) -> None:
+        """Give a claimed tick back without an attempt (its evaluation lost the source, no fault of
+        its own), recording ``error``; it may be claimed again at once."""
+        self._run(
+            "release", task=task, tick=self.core.ts(tick), token=uuid.UUID(token), error=error,
+            seconds=round(seconds, 6),
+        )  # fmt: skip
+
     def prune(self, task: str, *, before: dt.datetime) -> int:
         """Forget the task's evaluations of ticks before ``before``; the number forgotten."""
         return int(self._run("prune", task=task, before=self.core.ts(before)).rowcount)

@@ -42,6 +42,14 @@ UPDATE {t}aggregate_evaluations SET
     finished_at = now(), next_attempt_at = now() + make_interval(secs => %(delay)s)
 WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
 
+-- release --
+-- Give a claimed tick back without an attempt, fenced by its claim: its evaluation lost the source
+-- (a restart, a network failure), no fault of its own. It may be claimed again at once.
+UPDATE {t}aggregate_evaluations SET
+    state = 'failed', claim_token = NULL, lease_until = NULL, attempts = attempts - 1,
+    seconds = %(seconds)s, error = %(error)s, finished_at = now(), next_attempt_at = NULL
+WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
+
 -- status --
 -- An aggregate task's evaluations by state, its latest done tick and its latest failure.
 SELECT count(*) FILTER (WHERE state = 'done') AS done,
