@@ -334,6 +334,24 @@ def test_an_evaluation_that_loses_the_source_is_evaluated_again_not_charged(
 
 
 @pytest.mark.pg
+def test_a_select_that_loses_the_source_each_time_is_charged_the_second_time(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A select that ends its own connection every time (a query that crashes its backend) is
+    given back once, then charged an attempt with backoff, as any failure: the run ends, not
+    evaluating it again and again."""
+    root = airmax_project(tmp_path / "proj", pg_url)
+    _loses_the_source(root, pg_url, "PERFORM pg_terminate_backend(pg_backend_pid());")
+    [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert (summary.task_errors, summary.failed, summary.exported) == ([], 1, 0), summary.task_errors
+    [failed] = summary.aggregate
+    assert failed["state"] == "failed" and "terminating connection" in failed["error"], failed
+    [record] = [r for r in _evaluations(root) if r["tick"] == dt.datetime.fromisoformat(failed["tick"])]
+    assert (record["state"], record["attempts"]) == ("failed", 1), record
+    assert engine.run(load(root), [AGGREGATE], RunOptions())[0].aggregate[0]["state"] == "skipped"  # backoff
+
+
+@pytest.mark.pg
 def test_a_source_away_longer_than_the_wait_stops_the_aggregate_with_its_tick_not_charged(
     tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
