@@ -146,8 +146,10 @@ class Pipeline:
             except SourceLost as exc:
                 try:
                     self._source_lost(units, jobs, exc)
-                except SourceLost:  # the source stays away: what is left of the batch waits
-                    self._give_back(units, jobs)
+                except (Deadline, LedgerError):  # given back below, or nothing can be recorded
+                    raise
+                except Exception:  # the source stays away, or refuses the role now (a revoked
+                    self._give_back(units, jobs)  # CONNECT): what is left of the batch waits
                     raise
         except Deadline:
             self._give_back(units, jobs)

@@ -334,3 +334,54 @@ def test_a_wait_for_a_lost_source_ends_at_the_runs_max_runtime(
     assert took < 4.0, f"the run took {took:.1f} s with a max_runtime of 3 s"
     exported, failed, pending, claimed = _counts(root)
     assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0
+
+
+def test_a_reconnect_refused_after_a_second_loss_leaves_no_partition_claimed(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """A DBA's maintenance: location 7's read is ended once (its batch is claimed again), then
+    CONNECT on the source database is revoked and the read ended again. The batch that lost the
+    source a second time is kept claimed while the run waits for the source, to be read one
+    partition at a time; the reconnect is refused (a missing privilege, not an outage) and the
+    task stops with that error, but the batch was left claimed until its lease (nothing gave it
+    back), so every run before then skipped it. It is pending again now, with no attempt."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    root = _project(tmp_path, pg_url, pg_server, proxy, "csv")
+    dbname, role = pg_url.rsplit("/", 1)[1], f"reader_{time.time_ns()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    _select_through(pg_url, root, "BEGIN IF loc = 7 THEN PERFORM pg_sleep(5); END IF; RETURN loc; END")
+    toml = root / "sluicegate.toml"
+    through = pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    reader = f"postgresql://{role}:pw@{pg_server.host}:{pg_server.port}/{dbname}"
+    toml.write_text(toml.read_text().replace(f'url = "{through}"', f'url = "{reader}"', 1))
+    assert reader in toml.read_text()
+
+    def maintenance() -> None:  # end location 7's read twice, revoking CONNECT before the second
+        query = f"SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND usename = '{role}'"
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            for revoke in (False, True):
+                while (row := admin.execute(query).fetchone()) is None:
+                    time.sleep(0.01)
+                if revoke:
+                    admin.execute(f"REVOKE CONNECT ON DATABASE {dbname} FROM PUBLIC")
+                admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                while admin.execute(query).fetchone() is not None:
+                    time.sleep(0.01)
+
+    thread = threading.Thread(target=maintenance)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), ["openaq"])
+    finally:
+        thread.join()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"GRANT CONNECT ON DATABASE {dbname} TO PUBLIC")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+    [error] = summary.task_errors
+    assert "permission denied" in error, error
+    counts = exported, failed, pending, claimed = _counts(root)
+    assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS, counts
+
