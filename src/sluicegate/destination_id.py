@@ -38,12 +38,11 @@ def meta_key(task: str) -> str:
     return "destination:" + hashlib.sha256(task.encode()).hexdigest()[:40]
 
 
-def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptions) -> dict[str, str]:
+def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptions) -> None:
     """ConfigError when a task's ledger records another destination than the project's; record
     it for tasks that record none (and all of them with ``options.move_destination``), but for a
     dry run. A ledger or destination that cannot be read, or a role without the owner's grants on
-    the ledger, skips the check with one warning naming the id file. Return the tasks bound now for
-    the first time, to the value recorded (for :func:`unbind` after a first run that did nothing)."""
+    the ledger, skips the check with one warning naming the id file."""
     keys = {t.name: meta_key(t.name) for t in tasks}
     try:
         recorded = ctx.ledger.found.destinations()
@@ -55,20 +54,15 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
             unbound = {
                 n: k for n, k in keys.items() if k not in recorded or recorded[k].split(" ")[0] != here
             }
-            if not unbound or options.dry_run:
-                return {}
-            value = _bind(ctx, unbound, here, move=options.move_destination)
-            return (
-                {}
-                if options.move_destination
-                else {n: value for n, k in unbound.items() if k not in recorded}
-            )
+            if unbound and not options.dry_run:
+                _bind(ctx, unbound, here, move=options.move_destination)
+            return
     except ConfigError:  # an id file that holds no id: not an outage, and no check without it
         raise
     except SluicegateError as exc:  # an outage (the tasks report it), or a role without the owner's
         # grants on the ledger's meta table: warned, not refused, as `sluicegate grants` grants none
         _skipped(ctx, exc)
-        return {}
+        return
     task, value = sorted(elsewhere.items())[0]
     raise _refusal(ctx, task, value, here)
 
@@ -101,25 +95,15 @@ def _skipped(ctx: Context, exc: SluicegateError) -> None:
     )
 
 
-def unbind(ctx: Context, task: str, value: str) -> None:
-    """Forget that ``task`` exports to this destination, recorded as ``value`` by this run's
-    :func:`check_destination`: its first run failed before it did anything, so a corrected
-    ``[destination] url`` needs no ``--move-destination`` (the id file stays: it is harmless)."""
-    try:
-        ctx.ledger.found.unbind_destination(meta_key(task), value)
-    except SluicegateError as exc:  # the next run with another URL refuses: --move-destination
-        log.warning("task %s: could not forget its destination after its failed first run: %s", task, exc)
-
-
-def _bind(ctx: Context, names: dict[str, str], here: str | None, *, move: bool) -> str:
+def _bind(ctx: Context, names: dict[str, str], here: str | None, *, move: bool) -> None:
     """Record the destination's id (written now when it holds none) for the tasks ``names`` (to
-    their meta keys); return the value recorded."""
+    their meta keys)."""
     written, keys = here or write_id(ctx.destination), list(names.values())
     store = ctx.ledger.found
     value = f"{written} {mask_url(ctx.project.settings.destination.url)}"[:255]
     (store.move_destination if move else store.bind_destination)(keys, value)
     if move:
-        return value
+        return
     # Another worker's first run bound its id first: where the exclusive write is checked, then
     # written (fsspec; S3 without conditional writes), ours may have replaced its id in the
     # destination. Put back the one the ledger records, or every later run refuses; but only for
@@ -131,7 +115,6 @@ def _bind(ctx: Context, names: dict[str, str], here: str | None, *, move: bool) 
     elif bound:
         task = next(n for n, k in sorted(names.items()) if k in bound)
         raise _refusal(ctx, task, bound[names[task]], written)
-    return value  # where another worker's bound first, not the ledger's: unbind then leaves it
 
 
 def _refusal(ctx: Context, task: str, value: str, here: str | None) -> ConfigError:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .changes import MANIFESTS, FeedRun, is_manifest
 from .db import POSTGRESQL
-from .destination_id import check_destination, unbind
+from .destination_id import check_destination
 from .drivers import Context, Progress, kind_module
 from .exceptions import ConfigError, PermissionDenied, SluicegateError, UsageError
 from .masking import mask_url
@@ -58,7 +58,7 @@ class Exporter:
         budget = Budget.start(options.max_runtime, options.started, stop)
         self.context.watch(stop)
         check_ledger_found(self.context, options)
-        bound = check_destination(self.context, tasks, options)
+        check_destination(self.context, tasks, options)
         # Each pass names its manifests with a new run id; the service's with the id it answered
         # (POST /exports), so 'sluicegate changes --since RUN_ID' finds that run's manifests.
         self.context.feed_run = FeedRun(run=uuid.UUID(options.run_id).hex) if options.run_id else FeedRun()
@@ -78,8 +78,6 @@ class Exporter:
                 log.info("task %s not started: the run was told to stop", task.name)
             else:
                 done = self._run_task(task, options, summary, budget, remaining, progress, stop)
-                if task.name in bound and wrote_nothing(summary):  # a mistyped URL is fixed without a move
-                    unbind(self.context, task.name, bound[task.name])
                 if remaining is not None and task.kind == "partitioned":
                     remaining = max(remaining - done, 0)
             summary.seconds = round(time.monotonic() - started, 3)
@@ -128,13 +126,6 @@ class Exporter:
                 runs.record_task_error(task.name, error, config=config)
         except SluicegateError as exc:  # the ledger is down: the run's summary still says it
             log.warning("task %s: could not record its state on the ledger: %s", task.name, exc)
-
-
-def wrote_nothing(summary: TaskSummary) -> bool:
-    """Whether a task's run failed (the task, or its units) before any file reached the destination.
-    Partitions it recorded (an inbox folded) do not count: another URL exports them as well."""
-    written = (summary.exported, summary.unchanged, summary.rows, summary.bytes)
-    return bool(summary.task_errors or summary.failed) and not any(written)
 
 
 FEED_PAGE = 1000  # the files under _manifests/ the lost-ledger check lists: one S3 request

@@ -705,34 +705,6 @@ def test_a_run_to_another_destination_than_the_ledger_records_is_refused_until_m
         engine.run(load(root))
 
 
-def test_a_first_run_that_fails_before_writing_a_file_leaves_the_task_unbound(
-    tmp_path: Path, backend: str
-) -> None:
-    """A first run whose select.sql failed still recorded the destination in the ledger, so fixing
-    a mistyped [destination] url afterwards refused the next run until --move-destination. Now a
-    first run that fails before any file reached the destination forgets it again (the partitions
-    it folded from the inbox are exported by the next run); one that exported stays bound."""
-    root, db = _setup(tmp_path, backend)
-    db.location(1, "UTC")
-    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
-    select = root / "tasks" / "openaq" / "select.sql"
-    good = select.read_text()
-    select.write_text("SELECT no_such_column FROM measurements")
-    toml = root / "sluicegate.toml"
-    text = toml.read_text()
-    toml.write_text(text.replace(str(tmp_path / "out"), str(tmp_path / "typo")))
-    failed = cli(root, "run")
-    assert failed.returncode == 2 and "no_such_column" in failed.stderr, failed.stderr
-    select.write_text(good)
-    toml.write_text(text)  # the URL fixed
-    fixed = cli(root, "run")
-    assert fixed.returncode == 0, fixed.stderr
-    assert len(files(tmp_path / "out")) == 2
-    toml.write_text(text.replace(str(tmp_path / "out"), str(tmp_path / "typo")))
-    proc = cli(root, "run")  # bound by the run that exported: still refused
-    assert proc.returncode == 2 and "--move-destination" in proc.stderr, proc.stderr
-
-
 def test_check_says_which_tasks_their_first_run_binds_to_the_destination(tmp_path: Path) -> None:
     """check said nothing of a task whose destination the ledger does not record yet, so a mistyped
     [destination] url went unseen until a run bound it (then needing --move-destination). Now it

@@ -40,7 +40,3 @@ class FoundStore(Store):
         self.core.in_transaction(
             lambda cur: [self._run("move_destination", cur, key=k, value=value) for k in keys]
         )
-
-    def unbind_destination(self, key: str, value: str) -> None:
-        """Forget a task's destination where it is still ``value`` (its first run did nothing)."""
-        self.core.in_transaction(lambda cur: self._run("unbind_destination", cur, key=key, value=value))

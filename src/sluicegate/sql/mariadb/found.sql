@@ -28,7 +28,3 @@ INSERT IGNORE INTO {t}meta (`key`, value) VALUES (%(key)s, %(value)s);
 -- move_destination --
 -- run --move-destination: the task exports to this destination from now on, on purpose.
 INSERT INTO {t}meta (`key`, value) VALUES (%(key)s, %(value)s) ON DUPLICATE KEY UPDATE value = VALUES(value);
-
--- unbind_destination --
--- A task's first run failed before it did anything: forget the destination it recorded (only its own value).
-DELETE FROM {t}meta WHERE `key` = %(key)s AND value = %(value)s;

@@ -29,7 +29,3 @@ INSERT INTO {t}meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) D
 -- run --move-destination: the task exports to this destination from now on, on purpose.
 INSERT INTO {t}meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-
--- unbind_destination --
--- A task's first run failed before it did anything: forget the destination it recorded (only its own value).
-DELETE FROM {t}meta WHERE key = %(key)s AND value = %(value)s;

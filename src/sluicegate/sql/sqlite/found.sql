@@ -28,7 +28,3 @@ INSERT INTO {t}meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTH
 -- move_destination --
 -- run --move-destination: the task exports to this destination from now on, on purpose.
 INSERT INTO {t}meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-
--- unbind_destination --
--- A task's first run failed before it did anything: forget the destination it recorded (only its own value).
-DELETE FROM {t}meta WHERE key = :key AND value = :value;
