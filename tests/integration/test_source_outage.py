@@ -331,7 +331,8 @@ def test_a_wait_for_a_lost_source_ends_at_the_runs_max_runtime(
         thread.join()
     assert proxy.cut >= 1, summary
     assert summary.task_errors == [] and summary.failed == 0, summary
-    assert took < 4.0, f"the run took {took:.1f} s with a max_runtime of 3 s"
+    # before: 13.6 s (the 8 s outage, then the rest of the run); the slack is for a loaded machine
+    assert took < 7.0, f"the run took {took:.1f} s with a max_runtime of 3 s"
     exported, failed, pending, claimed = _counts(root)
     assert (failed, claimed) == (0, 0) and exported + pending == PARTITIONS and pending > 0
 
