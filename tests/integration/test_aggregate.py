@@ -348,7 +348,9 @@ def test_a_select_that_loses_the_source_each_time_is_charged_the_second_time(
     assert failed["state"] == "failed" and "terminating connection" in failed["error"], failed
     [record] = [r for r in _evaluations(root) if r["tick"] == dt.datetime.fromisoformat(failed["tick"])]
     assert (record["state"], record["attempts"]) == ("failed", 1), record
-    assert engine.run(load(root), [AGGREGATE], RunOptions())[0].aggregate[0]["state"] == "skipped"  # backoff
+    [second] = engine.run(load(root), [AGGREGATE], RunOptions())[0].aggregate
+    # backed off: skipped (unless the clock crossed into the next tick between the two runs)
+    assert second["state"] == "skipped" or second["tick"] != failed["tick"], second
 
 
 @pytest.mark.pg
