@@ -124,7 +124,8 @@ def stopped(exc: SourceLost, *, charged: bool = False) -> SourceLost:
     (``charged``: their batch, which lost the source before, was charged an attempt)."""
     said = str(exc).replace("; will retry", "")
     counted = (
-        "the task stopped, and the partition that lost it a second time in the run was charged an attempt"
+        "the task stopped, and the unit (partition, window or tick) that lost it a second time in the run"
+        " was charged an attempt"
         if charged
         else "the task stopped and its claimed units are pending again, no attempt counted"
     )
