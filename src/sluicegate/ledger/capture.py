@@ -72,7 +72,11 @@ class CaptureStore(Store):
         if not row or row[0] is None:
             return None
         value = row[0]
-        return value.isoformat() if isinstance(value, dt.datetime) else str(value)
+        if isinstance(value, dt.datetime):
+            return value.isoformat()
+        text = str(value)  # an older release wrote a year before 1000 unpadded ('999-06-01...')
+        year, dash, rest = text.partition("-")
+        return f"{int(year):04d}-{rest}" if dash and year.isdigit() and len(year) < 4 else text
 
     def set_scan(self, task: str, high_water: dt.datetime) -> None:
         """Move the scan high-water mark of ``task`` forward."""

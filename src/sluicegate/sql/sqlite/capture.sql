@@ -13,10 +13,15 @@ RETURNING keys, bin, bin;
 SELECT high_water FROM {t}scans WHERE task = :task;
 
 -- set_scan --
--- Move a scan-mode task's high-water mark forward (never back).
+-- Move a scan-mode task's high-water mark forward (never back), compared as times: a mark an
+-- older release wrote unpadded before year 1000 ('999-06-01...': julianday() reads no time in
+-- it, and as text it sorted above every later one) is replaced, so the scan moves on again.
 INSERT INTO {t}scans (task, high_water, scanned_at) VALUES (:task, :high_water, :now)
 ON CONFLICT (task) DO UPDATE
-SET high_water = max(high_water, excluded.high_water), scanned_at = :now;
+SET high_water = CASE WHEN julianday(high_water) IS NULL
+                        OR julianday(excluded.high_water) > julianday(high_water)
+                      THEN excluded.high_water ELSE high_water END,
+    scanned_at = :now;
 
 -- peek_changes --
 -- Up to limit captured changes of a task, left in the inbox (for a dry run).
