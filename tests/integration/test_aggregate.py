@@ -398,6 +398,46 @@ def test_a_source_away_longer_than_the_wait_stops_the_aggregate_with_its_tick_no
     assert [float(r["parameter_value"]) for r in table(pg_url)] == [4.0]
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize("when", ["connect", "write"])
+def test_a_table_database_that_is_away_charges_the_tick_as_any_destination_outage(
+    tmp_path: Path, pg_url: str, pg_server: Any, tcp_proxy: Any, when: str
+) -> None:
+    """The table's database (through a TCP relay; the source and the ledger reached directly) is
+    away when the evaluation connects to it, or ends its connection while the rows are written:
+    as a partitioned task's destination outage (guarantees.md, Retries and parking), the tick is
+    charged an attempt and retried after backoff; only a lost *source* gives a tick back. The run
+    reports the failure naming the table's database, the task is not stopped, the table is kept."""
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    relayed = pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    root = airmax_project(tmp_path / "proj", pg_url, destination_extra=f'url = "{relayed}"')
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
+    tick = due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
+    assert tick is not None
+    add_raw(pg_url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])
+    if when == "connect":
+        proxy.down()
+    else:  # the sink's own session is ended by its first insert
+        db = tables.TableDb(pg_url)
+        db.execute(
+            "CREATE FUNCTION lose() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$"
+        )
+        db.execute(f"CREATE TRIGGER lose BEFORE INSERT ON {AGGREGATE} FOR EACH ROW EXECUTE FUNCTION lose()")
+        db.close()
+    [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert (summary.task_errors, summary.failed, summary.exported) == ([], 1, 0), summary.task_errors
+    [failed] = summary.aggregate
+    assert failed["state"] == "failed" and str(proxy.port) in failed["error"], failed
+    [record] = [r for r in _evaluations(root) if r["tick"] == dt.datetime.fromisoformat(failed["tick"])]
+    assert (record["state"], record["attempts"]) == ("failed", 1), record
+    [second] = engine.run(load(root), [AGGREGATE], RunOptions())[0].aggregate
+    # backed off: skipped (unless the clock crossed into the next tick between the two runs)
+    assert second["state"] == "skipped" or second["tick"] != failed["tick"], second
+    assert table(pg_url) == []
+
+
 def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: str) -> None:
     """A slow worker finishing tick t after another finished t + 5m keeps the newer rows."""
     root = airmax_project(tmp_path / "proj", url)
