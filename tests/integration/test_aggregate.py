@@ -291,6 +291,36 @@ def test_a_released_tick_is_claimed_again_at_once_with_no_attempt_counted(tmp_pa
         context.close()
 
 
+def test_a_tick_given_back_shows_as_waiting_for_the_source_not_failed(tmp_path: Path, url: str) -> None:
+    """A tick whose select lost the source is given back, no attempt counted; `status` showed it as
+    `failed 1` (the ledger keeps it as a failed row with 0 attempts), though nothing failed: the
+    next run evaluates it at once. It shows as waiting for the source now, with the source's error,
+    until an evaluation of that or a later tick; a charged failure still counts as failed."""
+    root = airmax_project(tmp_path / "proj", url)
+    window = (T - dt.timedelta(hours=3), T)
+    context = Context.open(load(root))
+    try:
+        store, token = context.ledger.aggregates, str(uuid.uuid4())
+        store.claim(AGGREGATE, T, window, token=token, lease=60)
+        store.release(AGGREGATE, T, token, error="database x is unavailable: gone", seconds=0.5)
+        counts = store.status(AGGREGATE)
+        shown = [counts[k] for k in ("failed", "waiting_for_source", "last_error", "source_error")]
+        assert shown == [0, True, None, "database x is unavailable: gone"], counts
+        [record] = store.recent(AGGREGATE)
+        assert (record["state"], record["attempts"]) == ("lost", 0), record
+        line = cli(root, "status", AGGREGATE, check=True).stdout
+        assert "failed 0, waiting for source yes" in line, line
+        assert "source error database x is unavailable: gone" in line, line
+        later, again = T + dt.timedelta(minutes=5), str(uuid.uuid4())  # a later tick fails, charged
+        store.claim(AGGREGATE, later, (later - dt.timedelta(hours=3), later), token=again, lease=60)
+        store.fail(AGGREGATE, later, again, error="no such table: raw", seconds=0.1, delay=0)
+        counts = store.status(AGGREGATE)
+        shown = [counts[k] for k in ("failed", "waiting_for_source", "last_error", "source_error")]
+        assert shown == [1, False, "no such table: raw", None], counts
+    finally:
+        context.close()
+
+
 def _loses_the_source(root: Path, pg_url: str, function: str) -> dt.datetime:
     """Have the airmax aggregate's select call ``function`` (a plpgsql body of ``lose()``, run per
     row of the window) with a backoff of 10 minutes; one row in the window of the tick due now."""
@@ -392,7 +422,9 @@ def test_a_source_away_longer_than_the_wait_stops_the_aggregate_with_its_tick_no
     assert "unavailable" in error and "no attempt counted" in error and str(proxy.port) in error, error
     assert summary.failed == 0, summary.errors[:1]
     [record] = _evaluations(root)
-    assert (record["state"], record["attempts"]) == ("failed", 0), record
+    assert (record["state"], record["attempts"]) == ("lost", 0), record
+    status = cli(root, "status", AGGREGATE, check=True).stdout
+    assert "failed 0, waiting for source yes" in status and str(proxy.port) in status, status
     [again] = engine.run(load(root), [AGGREGATE], RunOptions())
     assert (again.task_errors, again.failed, again.exported) == ([], 0, 1), (again.task_errors, again.errors)
     assert [float(r["parameter_value"]) for r in table(pg_url)] == [4.0]

@@ -110,30 +110,35 @@ class AggregateStore(Store):
         return int(self._run("prune", task=task, before=self.core.ts(before)).rowcount)
 
     def status(self, task: str) -> dict[str, Any]:
-        """Counts of the task's evaluations by state, its latest done tick and its latest error."""
+        """Counts of the task's evaluations by state, its latest done tick and its latest error. A
+        tick given back (:meth:`release`) is no failure: when it is the newest, the task is waiting
+        for the source (``source_error`` says why), and its next run evaluates it at once."""
         row = self._run("status", task=task).fetchone()
-        done, failed, running, superseded, latest, last_error = row
+        done, failed, running, superseded, latest, last_error, source_error = row
         return {
             "evaluations": int(done or 0),
             "failed": int(failed or 0),
+            "waiting_for_source": source_error is not None,
             "running": int(running or 0),
             "superseded": int(superseded or 0),
             "latest": self.core.from_ts(latest),
             "last_error": last_error,
+            "source_error": source_error,
         }
 
     def recent(self, task: str, *, limit: int = 20) -> list[dict[str, Any]]:
-        """The task's latest evaluations, newest tick first."""
+        """The task's latest evaluations, newest tick first; a tick given back (:meth:`release`,
+        kept as a failed row without a retry time) as ``lost``, as its evaluation reported it."""
         return [self._row(r) for r in self._run("recent", task=task, limit=limit).fetchall()]
 
     def _row(self, row: Sequence[Any]) -> dict[str, Any]:
-        tick, start, end, state, attempts, rows, seconds, path, error, started, finished = row
+        tick, start, end, state, attempts, rows, seconds, path, error, started, finished, retry_at = row
         ts = self.core.from_ts
         return {
             "tick": ts(tick),
             "window_start": ts(start),
             "window_end": ts(end),
-            "state": state,
+            "state": "lost" if state == "failed" and retry_at is None else state,
             "attempts": int(attempts),
             "rows": None if rows is None else int(rows),
             "seconds": None if seconds is None else float(seconds),

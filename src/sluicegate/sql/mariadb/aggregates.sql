@@ -63,19 +63,25 @@ UPDATE {t}aggregate_evaluations SET
 WHERE task = %(task)s AND tick = %(tick)s AND claim_token = %(token)s;
 
 -- status --
--- An aggregate task's evaluations by state, its latest done tick and its latest failure.
+-- An aggregate task's evaluations by state, its latest done tick and its latest failure. A failed
+-- row without a retry time was given back (release: its select lost the source), not charged: it
+-- counts as waiting for the source, with its error, when it is the newest tick.
 SELECT coalesce(sum(state = 'done'), 0) AS done,
-       coalesce(sum(state = 'failed'), 0) AS failed,
+       coalesce(sum(state = 'failed' AND next_attempt_at IS NOT NULL), 0) AS failed,
        coalesce(sum(state = 'running' AND lease_until >= UNIX_TIMESTAMP(NOW(6))), 0) AS running,
        coalesce(sum(state = 'superseded'), 0) AS superseded,
        max(CASE WHEN state = 'done' THEN tick END) AS latest,
        (SELECT error FROM {t}aggregate_evaluations f
-        WHERE f.task = %(task)s AND f.state = 'failed' ORDER BY f.tick DESC LIMIT 1) AS last_error
+        WHERE f.task = %(task)s AND f.state = 'failed' AND f.next_attempt_at IS NOT NULL
+        ORDER BY f.tick DESC LIMIT 1) AS last_error,
+       (SELECT CASE WHEN n.state = 'failed' AND n.next_attempt_at IS NULL THEN coalesce(n.error, '') END
+        FROM {t}aggregate_evaluations n WHERE n.task = %(task)s ORDER BY n.tick DESC LIMIT 1) AS source_error
 FROM {t}aggregate_evaluations WHERE task = %(task)s;
 
 -- recent --
 -- The latest evaluations of an aggregate task, newest tick first.
-SELECT tick, window_start, window_end, state, attempts, `rows`, seconds, path, error, started_at, finished_at
+SELECT tick, window_start, window_end, state, attempts, `rows`, seconds, path, error, started_at, finished_at,
+       next_attempt_at
 FROM {t}aggregate_evaluations WHERE task = %(task)s ORDER BY tick DESC LIMIT %(limit)s;
 
 -- prune --

@@ -51,19 +51,25 @@ UPDATE {t}aggregate_evaluations SET
 WHERE task = :task AND tick = :tick AND claim_token = :token;
 
 -- status --
--- An aggregate task's evaluations by state, its latest done tick and its latest failure.
+-- An aggregate task's evaluations by state, its latest done tick and its latest failure. A failed
+-- row without a retry time was given back (release: its select lost the source), not charged: it
+-- counts as waiting for the source, with its error, when it is the newest tick.
 SELECT count(*) FILTER (WHERE state = 'done') AS done,
-       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'failed' AND next_attempt_at IS NOT NULL) AS failed,
        count(*) FILTER (WHERE state = 'running' AND lease_until >= :now) AS running,
        count(*) FILTER (WHERE state = 'superseded') AS superseded,
        max(tick) FILTER (WHERE state = 'done') AS latest,
        (SELECT error FROM {t}aggregate_evaluations f
-        WHERE f.task = :task AND f.state = 'failed' ORDER BY f.tick DESC LIMIT 1) AS last_error
+        WHERE f.task = :task AND f.state = 'failed' AND f.next_attempt_at IS NOT NULL
+        ORDER BY f.tick DESC LIMIT 1) AS last_error,
+       (SELECT CASE WHEN n.state = 'failed' AND n.next_attempt_at IS NULL THEN coalesce(n.error, '') END
+        FROM {t}aggregate_evaluations n WHERE n.task = :task ORDER BY n.tick DESC LIMIT 1) AS source_error
 FROM {t}aggregate_evaluations WHERE task = :task;
 
 -- recent --
 -- The latest evaluations of an aggregate task, newest tick first.
-SELECT tick, window_start, window_end, state, attempts, rows, seconds, path, error, started_at, finished_at
+SELECT tick, window_start, window_end, state, attempts, rows, seconds, path, error, started_at, finished_at,
+       next_attempt_at
 FROM {t}aggregate_evaluations WHERE task = :task ORDER BY tick DESC LIMIT :limit;
 
 -- prune --
