@@ -470,6 +470,116 @@ def test_a_table_database_that_is_away_charges_the_tick_as_any_destination_outag
     assert table(pg_url) == []
 
 
+def _sleeps_per_row(root: Path, url: str) -> dt.datetime:
+    """Have the airmax aggregate's select sleep 1 s per row of the window (MariaDB's SLEEP), with a
+    backoff of 10 minutes; one row in the window of the tick due now."""
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
+    (root / "tasks" / AGGREGATE / "select.sql").write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
+        " count(*) AS num_measurements FROM in_window WHERE SLEEP(1) = 0"
+        " GROUP BY city, parameter_name, parameter_unit"
+    )
+    tick = due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
+    assert tick is not None
+    add_raw(url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])  # in the window of the next tick too
+    return tick
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_select_whose_connection_is_killed_is_evaluated_again_not_charged(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    """The MariaDB source ends the select's connection once (KILL, as a restart or a network cut
+    does): the tick is given back, the run reconnects and evaluates it, one attempt, no failure."""
+    root = airmax_project(tmp_path / "proj", mariadb_url)
+    _sleeps_per_row(root, mariadb_url)
+    killed: list[int] = []
+
+    def kill() -> None:
+        watch = tables.TableDb(mariadb_url)
+        try:
+            query = (
+                "SELECT id FROM information_schema.processlist WHERE info LIKE '%in_window%SLEEP%'"
+                " AND id <> CONNECTION_ID()"
+            )
+            deadline = time.monotonic() + 30
+            while not killed and time.monotonic() < deadline:
+                for (pid,) in watch.query(query)[1]:
+                    watch.execute(f"KILL CONNECTION {int(pid)}")
+                    killed.append(int(pid))
+                time.sleep(0.02)
+        finally:
+            watch.close()
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    finally:
+        thread.join()
+    assert killed, "the select was never seen running"
+    assert (summary.task_errors, summary.failed, summary.exported) == ([], 0, 1), summary.errors[:1]
+    [done] = summary.aggregate
+    assert (done["state"], done["rows"]) == ("done", 1), done
+    [record] = [r for r in _evaluations(root) if r["tick"] == dt.datetime.fromisoformat(done["tick"])]
+    assert (record["state"], record["attempts"], record["error"]) == ("done", 1, None), record
+    assert [float(r["parameter_value"]) for r in table(mariadb_url)] == [4.0]
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_source_away_longer_than_the_wait_stops_the_aggregate_with_its_tick_not_charged(
+    tmp_path: Path, mariadb_url: str, mariadb_server: Any, tcp_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MariaDB source (through a TCP relay; the ledger reached directly) goes away while the
+    select runs, for longer than the reconnect budget: the task stops with one error naming the
+    source, the tick is given back without an attempt and shows as waiting for the source, and the
+    next run evaluates it at once, not after a backoff."""
+    from sluicegate import db as sg_db
+
+    monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
+    proxy = tcp_proxy(mariadb_server.host, mariadb_server.port)
+    relayed = mariadb_url.replace(f":{mariadb_server.port}/", f":{proxy.port}/")
+    root = airmax_project(tmp_path / "proj", relayed, ledger=mariadb_url)
+    _sleeps_per_row(root, mariadb_url)
+    cut: list[bool] = []
+
+    def away() -> None:
+        watch = tables.TableDb(mariadb_url)
+        try:
+            query = (
+                "SELECT id FROM information_schema.processlist WHERE info LIKE '%in_window%SLEEP%'"
+                " AND id <> CONNECTION_ID()"
+            )
+            deadline = time.monotonic() + 30
+            while not watch.query(query)[1] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proxy.down()
+            cut.append(True)
+            time.sleep(4.0)
+            proxy.up()
+        finally:
+            watch.close()
+
+    thread = threading.Thread(target=away)
+    thread.start()
+    try:
+        [summary] = engine.run(load(root), [AGGREGATE], RunOptions())
+    finally:
+        thread.join()
+    assert cut
+    [error] = summary.task_errors
+    assert "unavailable" in error and "no attempt counted" in error and str(proxy.port) in error, error
+    assert summary.failed == 0, summary.errors[:1]
+    [record] = _evaluations(root)
+    assert (record["state"], record["attempts"]) == ("lost", 0), record
+    status = cli(root, "status", AGGREGATE, check=True).stdout
+    assert "failed 0, waiting for source yes" in status and str(proxy.port) in status, status
+    [again] = engine.run(load(root), [AGGREGATE], RunOptions())
+    assert (again.task_errors, again.failed, again.exported) == ([], 0, 1), (again.task_errors, again.errors)
+    assert [float(r["parameter_value"]) for r in table(mariadb_url)] == [4.0]
+
+
 def test_an_older_tick_never_replaces_a_newer_evaluation(tmp_path: Path, url: str) -> None:
     """A slow worker finishing tick t after another finished t + 5m keeps the newer rows."""
     root = airmax_project(tmp_path / "proj", url)
