@@ -26,7 +26,7 @@ from .exceptions import ConfigError, NotFound, PermissionDenied, SluicegateError
 from .ledger import Ledger
 from .masking import mask_url
 from .options import RunOptions
-from .specs import Project, TaskBase
+from .specs import Project, Settings, TaskBase
 
 log = logging.getLogger("sluicegate")
 
@@ -64,7 +64,7 @@ def check_destination(ctx: Context, tasks: Sequence[TaskBase], options: RunOptio
         _skipped(ctx, exc)
         return
     task, value = sorted(elsewhere.items())[0]
-    raise _refusal(ctx, task, value, here)
+    raise _refusal(ctx.project.settings, ctx.ledger, task, value, here)
 
 
 def unbound_notes(project: Project, ledger: Ledger, destination: Destination) -> list[str]:
@@ -83,6 +83,38 @@ def unbound_notes(project: Project, ledger: Ledger, destination: Destination) ->
         f"run binds it to {shown} (it {how}), so check [destination] url first"
         for name in unbound
     ]
+
+
+def bound_problems(project: Project, ledger: Ledger, destination: Destination) -> list[str]:
+    """For ``check``: why a run refuses, when the ledger records for a task an id that
+    ``destination`` does not hold (another, or none: its id file was deleted, by a lifecycle rule
+    or by emptying the destination), or its id file holds no id. None when the ledger or the
+    destination cannot be read (check reports that)."""
+    try:
+        recorded = ledger.found.destinations()
+        bound = {n: recorded[meta_key(n)] for n in sorted(project.tasks) if meta_key(n) in recorded}
+        here = read_id(destination)
+    except ConfigError as exc:  # an id file holding no id: every run refuses
+        return [str(exc)]
+    except SluicegateError:
+        return []
+    elsewhere = {n: v for n, v in bound.items() if v.split(" ")[0] != here}
+    if here is not None:  # another project's destination, or this one's tasks moved away from it
+        return [str(_refusal(project.settings, ledger, n, v, here)) for n, v in list(elsewhere.items())[:1]]
+    s, gone = project.settings, {v: [n for n, w in elsewhere.items() if w == v] for v in elsewhere.values()}
+    return [
+        f"{destination.display(MARKER)} is missing, while the ledger at {mask_url(s.ledger_url)} records "
+        f"that {_tasks(names)} to the destination {value.partition(' ')[2]} with the id "
+        f"{value.split(' ')[0]}, so every run refuses: if {mask_url(s.destination.url)} is that "
+        "destination (its id file deleted by a lifecycle rule, or the destination emptied), run "
+        "`sluicegate run --move-destination` once to write a new id; if not, fix [destination] url "
+        f"in {s.root / 'sluicegate.toml'}"
+        for value, names in gone.items()
+    ]
+
+
+def _tasks(names: list[str]) -> str:
+    return f"task {names[0]} exports" if len(names) == 1 else f"tasks {', '.join(names)} export"
 
 
 def _skipped(ctx: Context, exc: SluicegateError) -> None:
@@ -114,12 +146,11 @@ def _bind(ctx: Context, names: dict[str, str], here: str | None, *, move: bool) 
         write_id(ctx.destination, first[0])
     elif bound:
         task = next(n for n, k in sorted(names.items()) if k in bound)
-        raise _refusal(ctx, task, bound[names[task]], written)
+        raise _refusal(ctx.project.settings, ctx.ledger, task, bound[names[task]], written)
 
 
-def _refusal(ctx: Context, task: str, value: str, here: str | None) -> ConfigError:
-    s = ctx.project.settings
-    schema = f" (schema {s.ledger_schema})" if ctx.ledger.dialect is POSTGRESQL else ""
+def _refusal(s: Settings, ledger: Ledger, task: str, value: str, here: str | None) -> ConfigError:
+    schema = f" (schema {s.ledger_schema})" if ledger.dialect is POSTGRESQL else ""
     known, _, recorded = value.partition(" ")
     # A destination without an id is a new one, or one whose _sluicegate/ was deleted; one with
     # another id may have the same URL (one bucket name on two endpoints): the ids tell them apart.

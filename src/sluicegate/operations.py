@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import capture, capture_triggers, db, partitions, validate
+from .destination_id import bound_problems
 from .destinations import open_destination
 from .drivers import kind_module, require_source
 from .drivers.partitioned import Task as PartitionedTask
@@ -56,13 +57,16 @@ def check_project(project: Project) -> list[str]:
             problems += kind_module(task.kind).check(task, source)
     finally:
         source.close()
+    destination = None
     try:
-        open_destination(s.destination).check()
+        (destination := open_destination(s.destination)).check()
     except SluicegateError as exc:
         problems.append(f"{toml} [destination] url: {exc}")
     try:
         with ledger_of(project) as ledger:
             problems += _check_search_path(ledger, s.ledger_schema, toml)
+            # a destination whose id the ledger does not record for its tasks: every run refuses
+            problems += bound_problems(project, ledger, destination) if destination else []
     except SluicegateError as exc:
         problems.append(f"{toml} [ledger] url {mask_url(s.ledger_url)}: {exc}")
     return problems

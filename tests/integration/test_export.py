@@ -721,6 +721,33 @@ def test_check_says_which_tasks_their_first_run_binds_to_the_destination(tmp_pat
     assert proc.returncode == 0 and "not bound" not in proc.stderr, proc.stderr
 
 
+def test_check_reports_a_bound_destination_whose_id_file_is_gone(tmp_path: Path) -> None:
+    """A destination whose _sluicegate/destination-id was deleted (a lifecycle rule, an operator who
+    emptied it) while the ledger records its id: every run refused, and check said "ok". Now check
+    exits 2 with one line naming the id file and what to do; a run refuses still."""
+    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    db.location(1, "UTC")
+    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
+    assert cli(root, "run").returncode == 0
+    marker = tmp_path / "out" / MARKER
+    recorded = marker.read_text().strip()
+    marker.unlink()
+    assert cli(root, "run").returncode == 2
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "ok: every task" not in proc.stdout, proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert f"{marker} is missing" in line and recorded in line and "task openaq" in line, line
+    assert "run --move-destination` once" in line, line
+    assert not marker.exists()  # check writes no id
+    marker.write_text("0123456789abcdef0123456789abcdef\n")  # another project's id
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"holds the id 0123456789abcdef0123456789abcdef, not {recorded}" in proc.stderr
+    assert cli(root, "run", "--move-destination").returncode == 0
+    proc = cli(root, "check")
+    assert proc.returncode == 0 and "ok: every task checked" in proc.stdout, proc.stderr
+
+
 @pytest.mark.parametrize("held", [b"", b"hello world\n", b"\xff\xfe\n"], ids=["empty", "text", "binary"])
 def test_a_destination_id_file_holding_no_id_is_refused_naming_it(tmp_path: Path, held: bytes) -> None:
     """An emptied or overwritten _sluicegate/destination-id: an empty one was taken for an id (a new

@@ -1028,3 +1028,25 @@ def test_an_fsspec_store_that_refuses_writes_fails_check() -> None:
     writable = open_destination(DestinationSettings(url="memory://sg-check/x"))
     writable.check()  # and leaves no probe behind
     assert fsspec.filesystem("memory").ls("/sg-check/x") == []
+
+
+def test_check_reports_a_bound_bucket_whose_destination_id_was_deleted(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
+    """A lifecycle rule or an operator emptying the bucket deleted _sluicegate/destination-id while
+    the ledger records its id: every run refused, and check said "ok". Now check exits 2 naming
+    the object and `run --move-destination`."""
+    from sluicegate.destination_id import MARKER
+
+    endpoint, bucket, key, secret = seaweed_bucket
+    extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    root, _db = _project(tmp_path, f"s3://{bucket}/exports", extra)
+    assert cli(root, "run").returncode == 0
+    _client(endpoint, key, secret).delete_object(Bucket=bucket, Key=f"exports/{MARKER}")  # type: ignore[attr-defined]
+    assert cli(root, "run").returncode == 2
+    check = cli(root, "check")
+    assert check.returncode == 2 and check.stderr.count("\n") == 1, check.stdout + check.stderr
+    assert f"s3://{bucket}/exports/{MARKER} is missing" in check.stderr, check.stderr
+    assert "run --move-destination` once" in check.stderr
+    assert cli(root, "run", "--move-destination").returncode == 0
+    assert cli(root, "check").returncode == 0
