@@ -1050,3 +1050,34 @@ def test_check_reports_a_bound_bucket_whose_destination_id_was_deleted(
     assert "run --move-destination` once" in check.stderr
     assert cli(root, "run", "--move-destination").returncode == 0
     assert cli(root, "check").returncode == 0
+
+
+def test_an_object_replaced_by_one_of_the_same_size_is_told_apart_without_a_recorded_etag(
+    tmp_path: Path, seaweed_bucket: tuple[str, str, str, str]
+) -> None:
+    """A partition recorded without an ETag (a ledger written before ETags were recorded) was
+    compared with the object at its path by size alone: another object of that size was taken for
+    its file, so the unchanged-file skip left it published, and a path swap's holder kept a path
+    holding a stranger's file. Now the recorded SHA-256 is compared (the store's, or the bytes')."""
+    import hashlib
+
+    endpoint, bucket, key, secret = seaweed_bucket
+    extra = f'endpoint_url = "{endpoint}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"'
+    root, db = _project(tmp_path, f"s3://{bucket}/open-data", extra)
+    assert engine.run(load(root))[0].exported == 2
+    client, path = _client(endpoint, key, secret), KEY
+    good = client.get_object(Bucket=bucket, Key=f"open-data/{KEY}")["Body"].read()  # type: ignore[attr-defined]
+    dest = open_destination(load(root).settings.destination)
+    sha = hashlib.sha256(good).hexdigest()
+    assert dest.exists(path, len(good), None, sha)
+    client.put_object(Bucket=bucket, Key=f"open-data/{KEY}", Body=b"x" * len(good))  # type: ignore[attr-defined]
+    assert not dest.exists(path, len(good), None, sha)  # what partitioned_paths._replaced asks
+    assert dest.exists(path, len(good), None, hashlib.sha256(b"x" * len(good)).hexdigest())
+    db.conn.execute("UPDATE sluicegate_partitions SET etag = NULL")
+    operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
+    [again] = engine.run(load(root))
+    assert (again.exported, again.unchanged, again.failed) == (1, 0, 0), again.errors
+    assert client.get_object(Bucket=bucket, Key=f"open-data/{KEY}")["Body"].read() == good  # type: ignore[attr-defined]
+    db.conn.execute("UPDATE sluicegate_partitions SET etag = NULL")
+    operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
+    assert engine.run(load(root))[0].unchanged == 1  # its own object is still told for its own

@@ -38,7 +38,7 @@ from ..paths import shown
 from ..specs import DestinationSettings
 from ..validate import s3_bucket_problem
 from . import SpooledUpload, Staged, remove_stale_spools
-from .s3_multipart import MARKER_PREFIX, abort_abandoned, multipart, new_marker
+from .s3_multipart import MARKER_PREFIX, abort_abandoned, multipart, new_marker, object_sha256
 from .s3_session import CREDENTIALS_HINT, NO_CREDENTIALS, continue_only_for_large_bodies, shared_session
 
 if TYPE_CHECKING:
@@ -307,18 +307,22 @@ class S3Destination(SpooledUpload):
     ) -> bool:
         """True when the object exists with ``size`` bytes and, when ``etag`` is given, that
         ETag: an object replaced by other bytes of the same size is not taken for ours (the
-        ETag is the store's fingerprint of the bytes, so ``sha256`` is not read back)."""
-        key = self.key(path)
+        ETag is the store's fingerprint of the bytes). Without ``etag`` (a file recorded before
+        ETags were), ``sha256`` is compared instead: the store's, else that of the bytes read."""
+        key, by_sha = self.key(path), etag is None and sha256 is not None
         with self._errors(key):
             try:
-                head = self.client.head_object(Bucket=self.bucket, Key=key)
+                mode = {"ChecksumMode": "ENABLED"} if by_sha else {}
+                head = self.client.head_object(Bucket=self.bucket, Key=key, **mode)
             except ClientError as exc:
                 if _missing(exc):
                     self._bucket_there(key)
                     return False
                 raise
-        same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
-        return (size is None or int(head["ContentLength"]) == size) and same
+            same = etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')  # quoted or not
+            if not ((size is None or int(head["ContentLength"]) == size) and same):
+                return False
+            return not by_sha or object_sha256(self.client, self.bucket, key, head) == sha256
 
     def _bucket_there(self, key: str) -> None:
         """After a HEAD's 404, which has no body to say NoSuchBucket: raise the bucket's error when

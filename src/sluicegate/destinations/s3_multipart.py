@@ -7,6 +7,9 @@ multipart upload it starts is recorded under the destination's prefix, right aft
 the record is deleted once the upload is completed or aborted. Clean-up aborts only the
 uploads such records name (and only under the prefix), so an unfinished upload of another tool,
 at the bucket's root or under a prefix shared with it, is never touched.
+
+A multipart upload's stored SHA-256 is of its parts: :func:`object_sha256` tells an object's
+SHA-256 whatever way it was uploaded.
 """
 
 from __future__ import annotations
@@ -94,3 +97,23 @@ def abort_abandoned(client: Any, bucket: str, base: str, cutoff: dt.datetime) ->
 def new_marker() -> str:
     """A fresh record's name, relative to the destination's prefix."""
     return f"{MARKER_PREFIX}{uuid.uuid4().hex}"
+
+
+def object_sha256(client: Any, bucket: str, key: str, head: Any) -> str | None:
+    """The SHA-256 (hex) of the object ``head`` (a HEAD asked with ``ChecksumMode``) describes:
+    the store's when it keeps one of the whole object, else hashed from the object's bytes (a
+    multipart upload's is of its parts, "<digest>-<parts>"; a store may keep none); None when
+    it is gone. The size and an ETag tell two objects apart only as far as they differ."""
+    stored = str(head.get("ChecksumSHA256") or "")
+    if stored and "-" not in stored and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+        return base64.b64decode(stored).hex()
+    digest = hashlib.sha256()
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
