@@ -20,7 +20,7 @@ import pytest
 
 from sluicegate import changes, engine, operations
 from sluicegate.destinations import open_destination
-from sluicegate.exceptions import ConfigError, TerminalError
+from sluicegate.exceptions import ConfigError, DestinationUnavailable, TerminalError
 from sluicegate.options import RunOptions
 from support import Db, cli, hours, load, write_project
 
@@ -1073,6 +1073,9 @@ def test_an_object_replaced_by_one_of_the_same_size_is_told_apart_without_a_reco
     client.put_object(Bucket=bucket, Key=f"open-data/{KEY}", Body=b"x" * len(good))  # type: ignore[attr-defined]
     assert not dest.exists(path, len(good), None, sha)  # what partitioned_paths._replaced asks
     assert dest.exists(path, len(good), None, hashlib.sha256(b"x" * len(good)).hexdigest())
+    with pytest.raises(DestinationUnavailable, match="not the object uploaded"):
+        dest.verify(path, len(good), sha)  # what an archive asks before it deletes rows
+    dest.verify(path, len(good), hashlib.sha256(b"x" * len(good)).hexdigest())
     db.conn.execute("UPDATE sluicegate_partitions SET etag = NULL")
     operations.mark(load(root), "openaq", {"location_id": "1", "day": "2024-01-01"})
     [again] = engine.run(load(root))

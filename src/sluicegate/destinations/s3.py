@@ -364,8 +364,9 @@ class S3Destination(SpooledUpload):
         return sorted(found)
 
     def verify(self, path: str, size: int, sha256: str, etag: str | None = None) -> None:
-        """Ask the store: ``size`` bytes, and the ETag that the upload (checked by SHA-256) got."""
-        if not self.exists(path, size, etag):  # a size alone passes other bytes of that size
+        """Ask the store: ``size`` bytes, and the ETag that the upload (checked by SHA-256) got;
+        without an ETag, ``sha256`` (a size alone passes other bytes of that size)."""
+        if not self.exists(path, size, etag, sha256):
             raise DestinationUnavailable(f"{self.display(path)} is missing or not the object uploaded")
 
     def delete(self, path: str) -> None:
