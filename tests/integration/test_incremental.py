@@ -2669,3 +2669,45 @@ def test_a_source_away_longer_than_the_wait_stops_the_task_with_nothing_charged_
     assert summary.failed == 0, summary.errors[:1]
     [status] = operations.status(load(root), ["studies"])
     assert (status["failed"], status["claimed"]) == (0, 0), status
+
+
+def test_a_redrive_told_to_stop_in_a_reexport_gives_back_the_entities_of_later_destinations(
+    tmp_path: Path,
+) -> None:
+    """Redrive groups its windows by destination: failed re-exports to their own, then the failed
+    watermark windows to the project's. Stopped between two batches of the first group, it gave
+    back only that group's claims (none: a re-export claims nothing) and returned: the entity of
+    the later group stayed claimed, and the next run or redrive reported it held by another export
+    until its lease ran out. Every claim the run took and did not commit is given back now."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = _project(tmp_path, url, bootstrap="beginning")
+    rec = Records(url)
+    for study in ("s1", "s2", "s3"):
+        rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
+    other, out = tmp_path / "elsewhere", tmp_path / "out"
+    other.mkdir()
+    out.mkdir()
+    for blocked in (other / "s1", other / "s2", out / "s3"):
+        blocked.write_text("a file where the entity's folder must go")
+    day = {"start": T - dt.timedelta(days=1), "end": T}
+    reexport = _run(root, ignore_watermark=True, destination=str(other), entities=("s1", "s2"), **day)
+    assert reexport.failed == 2
+    assert _run(root, export_type="daily", end=T, entities=("s3",)).failed == 1
+    for blocked in (other / "s1", other / "s2", out / "s3"):
+        blocked.unlink()
+    with (root / "sluicegate.toml").open("a") as settings:
+        settings.write("batch_size = 1\n")
+    fault = root / ".fault-mid_write"
+    proc = _spawn(root, "redrive", "studies", "--json", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
+    _wait_for(fault, proc)  # writing s1's re-export, the first batch of the first destination
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    fault.unlink()
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out_text, err)
+    rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
+    assert not any(r["claimed"] for r in rows.values()), rows  # s3 was still claimed
+    assert json.loads(out_text)[0]["released"] == 1, out_text  # s3's claim, counted once
+    again = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
+    assert again["failed"] == 0 and not any("held" in str(e.get("note", "")) for e in again["entities"])
+    assert sorted(e["entity"] for e in again["entities"] if e["rows"]) == ["s2", "s3"], again["entities"]

@@ -365,8 +365,10 @@ class Driver:
                     for at in range(0, len(group), task.batch_size):
                         # A batch's windows are stored pending just before it is read: a run out of
                         # time gives the later entities back unread, with no window to redo.
+                        # Given back: every window not committed, of this group and of the later
+                        # groups (a redrive's watermark windows follow its re-exports', see Deadline).
                         if at and (budget.over() or budget.stopped()):  # out of time, or told to stop
-                            summary.released += recorder.release({w.claim.token for w in group if w.claim})
+                            summary.released += recorder.release({w.claim.token for w in windows if w.claim})
                             return
                         units = [
                             u
