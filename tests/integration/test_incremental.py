@@ -2243,9 +2243,11 @@ def test_a_run_out_of_time_leaves_no_window_to_redo_for_entities_it_did_not_reac
         rec.add(study, T - dt.timedelta(hours=5), f"{study}-a")
     with (root / "sluicegate.toml").open("a") as settings:
         settings.write('batch_size = 1\n[testing]\nfault = "after_publish"\n')
-    proc = _spawn(root, "run", "--type", "instant", "--max-runtime", "2s", "--json")
+    # A budget that a loaded machine's start-up and claim do not use up before s1 is placed.
+    started = time.monotonic()
+    proc = _spawn(root, "run", "--type", "instant", "--max-runtime", "6s", "--json")
     _wait_for(root / ".fault-after_publish", proc)
-    time.sleep(2.5)  # the budget runs out while s1's file is being placed
+    time.sleep(max(0.0, started + 6.5 - time.monotonic()))  # it runs out while s1's file is placed
     (root / ".fault-after_publish").unlink()
     out, err = proc.communicate(timeout=60)
     rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
