@@ -21,6 +21,7 @@ import datetime as dt
 import itertools
 import math
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,7 +32,7 @@ from . import db, tables
 from .exceptions import DataError, LedgerError, SluicegateError
 from .ledger import Ledger
 from .ledger.core import DEADLOCK_TRIES
-from .messages import Message, clean, parse
+from .messages import Message, clean, parse, shown
 
 if TYPE_CHECKING:
     from .drivers.ingest import Task
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 MAX_REPORTED = 100  # malformed messages listed in a summary
 # MariaDB errors about one row's values: NULL, out of range, bad value, too long, foreign key, check.
 _MARIADB_ROW_ERRORS = {1048, 1264, 1292, 1366, 1406, 1452, 3819, 4025}
+_MARIADB_COLUMN = re.compile(r"column '([^']+)'", re.IGNORECASE)  # "Data too long for column 'city' at row 1"
+# A PostgreSQL table's column types as SQL (format_type quotes what needs quoting).
+_PG_TYPES = (
+    "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a"
+    " WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+)
 
 
 @dataclass(kw_only=True)
@@ -212,11 +219,55 @@ class Ingestor:
             if not row_fault(exc):
                 raise
             cur.execute("ROLLBACK TO SAVEPOINT sluicegate_row")
-            error = f"message {message.id}: {self.task.table} refused its row: {exc}"
+            culprit = self._culprit(cur, message, exc)
+            error = f"message {message.id}: {self.task.table} refused its row: {culprit}{exc}"
             refused.append(dataclasses.replace(message, error=error))
             return 0
         cur.execute("RELEASE SAVEPOINT sluicegate_row")
         return inserted
+
+    def _culprit(self, cur: Any, message: Message, exc: DataError) -> str:
+        """``column C (field F, value): `` for the column that refused a message's row, or "".
+
+        MariaDB's error names the column; PostgreSQL's says only "value too long for type
+        character varying(8)", "numeric field overflow" or "integer out of range" (a NULL names
+        it in the diagnostics), so each value is cast to its column's type, under a savepoint,
+        until one is refused (a cast to varchar(n) cuts a long text short: that is compared)."""
+        cause = exc.__cause__ or exc
+        column = getattr(getattr(cause, "diag", None), "column_name", None)
+        value_error = str(getattr(cause, "sqlstate", "")).startswith("22")  # too long, out of range
+        if self.flavor == "mariadb":
+            column = (found := _MARIADB_COLUMN.search(str(cause))) and found.group(1)
+        elif self.flavor == "postgresql" and not column and value_error:
+            column = self._refusing_column(cur, message)
+        fields = dict(self.task.columns)
+        if not column or column not in fields:
+            return ""
+        value = (message.fields or {}).get(fields[column])
+        value = value.isoformat() if isinstance(value, dt.datetime) else value
+        return f"column {column} (field {fields[column]}, {shown(value)}): "
+
+    def _refusing_column(self, cur: Any, message: Message) -> str | None:
+        """The first PostgreSQL column whose type refuses the message's value for it."""
+        types = dict(cur.execute(_PG_TYPES, (tables.quote(self.flavor, self.task.table),)).fetchall())
+        for column, value in zip(self.columns, self._row(message), strict=True):
+            kind = types.get(column)
+            if value is None or kind is None:
+                continue
+            text = kind.startswith(("character", "bit"))  # a cast cuts them short: compare
+            cur.execute("SAVEPOINT sluicegate_cast")
+            try:
+                probe = f"SELECT CAST(%s AS {kind}) = %s" if text else f"SELECT CAST(%s AS {kind}) IS NULL"
+                kept = cur.execute(probe, (value, value) if text else (value,)).fetchone()[0]
+            except Exception as refused:  # the server refused the value (or cannot cast it: go on)
+                cur.execute("ROLLBACK TO SAVEPOINT sluicegate_cast")
+                if row_fault(refused):
+                    return column
+                continue
+            cur.execute("RELEASE SAVEPOINT sluicegate_cast")
+            if text and kept is False:
+                return column
+        return None
 
 
 def read_lines(lines: Iterable[str | bytes], name: str) -> Iterator[Message]:

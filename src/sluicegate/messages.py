@@ -109,9 +109,9 @@ def parse(
         raw["id"] = fallback_id
     ident = None if raw.get("id") in (None, "") else clean(str(raw["id"]))
     if isinstance(raw.get("id"), bool | float | dict | list | _Literal):  # True was stored as the id "True"
-        shown = raw["id"] if isinstance(raw["id"], _Literal) else json.dumps(raw["id"])[:80]
+        given = raw["id"] if isinstance(raw["id"], _Literal) else json.dumps(raw["id"])[:80]
         return Message(
-            id=None, body=body, error=f"{where or 'a message'}: id {shown} is not a message id; give a"
+            id=None, body=body, error=f"{where or 'a message'}: id {given} is not a message id; give a"
             " string or an integer", receipt=receipt,
         )  # fmt: skip
     fields, error = _check(raw)
@@ -181,21 +181,21 @@ def _check(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         elif name in TIMES:
             fields[name] = _time(value)
             if fields[name] is None:
-                return None, f"{name} {_shown(value)} is not an ISO 8601 time such as 2024-05-01T12:00:00Z"
+                return None, f"{name} {shown(value)} is not an ISO 8601 time such as 2024-05-01T12:00:00Z"
             if fields[name] is OUT_OF_RANGE:
-                return None, f"{name} {_shown(value)} is outside years 1 to 9999 in UTC"
+                return None, f"{name} {shown(value)} is outside years 1 to 9999 in UTC"
         elif name in NUMBERS:
             fields[name] = _number(value)
             if fields[name] is None:
-                return None, f"{name} {_shown(value)} is not a number"
+                return None, f"{name} {shown(value)} is not a number"
             if not math.isfinite(fields[name]):
-                return None, f"{name} {_shown(value)} is beyond the range of a number (a 64-bit float)"
+                return None, f"{name} {shown(value)} is beyond the range of a number (a 64-bit float)"
         elif isinstance(value, dict | list):
-            return None, f"{name} {_shown(value)} is not a text"
+            return None, f"{name} {shown(value)} is not a text"
         elif "\x00" in str(value):
-            return None, f"{name} {_shown(value)} is not a text a database can store (it holds a NUL)"
+            return None, f"{name} {shown(value)} is not a text a database can store (it holds a NUL)"
         elif clean(str(value)) != str(value):
-            return None, f"{name} {_shown(value)} is not valid Unicode text (it holds a lone surrogate)"
+            return None, f"{name} {shown(value)} is not valid Unicode text (it holds a lone surrogate)"
         else:
             fields[name] = str(value)
     return fields, None
@@ -273,6 +273,7 @@ def clean(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """``value`` as a message repeats it: its repr, cut after :data:`SHOWN` characters."""
     text = repr(value)
     return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text):,} characters)"

@@ -715,3 +715,41 @@ def test_a_message_whose_id_is_an_escaped_nul_is_not_taken_for_one_with_a_nul(
     assert [r[0] for r in _raw(url)] == ["a\\x00"]
     parked = _query(url, "SELECT message_id, error FROM {log}parked")
     assert len(parked) == 1 and "holds a NUL" in parked[0][1], parked
+
+
+@pytest.mark.parametrize("url", [BACKENDS[1], BACKENDS[2]], indirect=True)
+def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_path: Path, url: str) -> None:
+    """PostgreSQL's refusal named no column ("value too long for type character varying(8)",
+    "numeric field overflow", "integer out of range"): with thirteen columns an operator could
+    not tell which field of the message to fix. Each refused message now names its column and
+    field (MariaDB's own message named the column, in its own words), and the others commit."""
+    root = airmax_project(tmp_path / "proj", url)
+    flavor = tabledb.flavor_of(url)
+    _execute(url, f"CREATE TABLE readings (mid {ID_TYPES[flavor]} PRIMARY KEY, at {TIME_TYPES[flavor]} NOT NULL, "
+                  "town VARCHAR(8), v NUMERIC(6,2), n INTEGER)")  # fmt: skip
+    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
+        kind = "ingest"
+        table = "readings"
+        [columns]
+        mid = "id"
+        at = "date_utc"
+        town = "city"
+        v = "value"
+        n = "latitude"
+    """))  # fmt: skip
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join([
+        line("ok-1"), line("long", city="x" * 300), line("big", value=123456.0), line("huge", value=1e300),
+        line("int", latitude=3e9), line("ok-2", city="Gent", value=9999.99, latitude=7),
+    ]) + "\n")  # fmt: skip
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert (summary.inserted, summary.malformed_count) == (2, 4)
+    errors = {m["id"]: str(m["error"]) for m in summary.malformed}
+    assert errors["long"].startswith("message long: readings refused its row: column town (field city, 'xxx")
+    assert errors["big"].startswith("message big: readings refused its row: column v (field value, 123456.0)")
+    assert errors["huge"].startswith("message huge: readings refused its row: column v (field value, 1e+300)")
+    assert errors["int"].startswith(
+        "message int: readings refused its row: column n (field latitude, 3000000000.0)"
+    )
+    assert all("\n" not in e for e in errors.values()), errors
+    assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["ok-1", "ok-2"]
