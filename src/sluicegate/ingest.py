@@ -171,6 +171,8 @@ class Ingestor:
         counted a duplicate of a refused one, and never inserted."""
         store, url = self.target.ingest, self.target.url
         with self.target.core.transaction() as cur:
+            if self.flavor == "postgresql":  # a `timestamp` column got the database zone's wall clock
+                cur.execute("SET LOCAL TimeZone TO 'UTC'")
             refused: list[Message] = []
             parked: list[bool] = []
             if isolate:

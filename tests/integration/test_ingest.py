@@ -753,3 +753,31 @@ def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_pat
     )
     assert all("\n" not in e for e in errors.values()), errors
     assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["ok-1", "ok-2"]
+
+
+@pytest.mark.parametrize("url", [BACKENDS[1]], indirect=True)
+def test_a_time_goes_into_a_timestamp_column_as_utc_whatever_the_database_time_zone(
+    tmp_path: Path, url: str
+) -> None:
+    """A PostgreSQL ``timestamp`` (without time zone) column got the wall-clock time of the
+    database's TimeZone: with ``Europe/Brussels``, a measurement of 11:00Z was stored as 12:00,
+    which every reader (aggregate, partitioned and incremental tasks) takes for 12:00 UTC. The
+    ingest transaction works in UTC now, as sluicegate's other connections do."""
+    root = airmax_project(tmp_path / "proj", url)
+    _execute(url, f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET TimeZone TO 'Europe/Brussels'")
+    _execute(url, "CREATE TABLE readings (mid text PRIMARY KEY, at timestamp NOT NULL, sent timestamptz)")
+    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
+        kind = "ingest"
+        table = "readings"
+        [columns]
+        mid = "id"
+        at = "date_utc"
+        sent = "sent_at"
+    """))  # fmt: skip
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(line("m1", date_utc="2024-07-10T11:00:00Z", sent_at="2024-07-10T11:00:05+02:00") + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert summary.inserted == 1
+    assert _query(url, "SELECT mid, at, sent FROM readings") == [
+        ("m1", dt.datetime(2024, 7, 10, 11, 0), dt.datetime(2024, 7, 10, 9, 0, 5, tzinfo=dt.UTC))
+    ]
