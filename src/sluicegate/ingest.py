@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 MAX_REPORTED = 100  # malformed messages listed in a summary
 # MariaDB errors about one row's values: NULL, out of range, bad value, too long, foreign key, check.
 _MARIADB_ROW_ERRORS = {1048, 1264, 1292, 1366, 1406, 1452, 3819, 4025}
-_MARIADB_COLUMN = re.compile(r"column '([^']+)'", re.IGNORECASE)  # "Data too long for column 'city' at row 1"
+# "Data too long for column 'city' at row 1", "Incorrect decimal value: 'x' for column `db`.`raw`.`v`"
+_MARIADB_COLUMN = re.compile(r"column (?:'([^']+)'|(?:`[^`]*`\.)*`([^`]+)`)", re.IGNORECASE)
 # A PostgreSQL table's column types as SQL (format_type quotes what needs quoting).
 _PG_TYPES = (
     "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a"
@@ -239,7 +240,7 @@ class Ingestor:
         column = getattr(getattr(cause, "diag", None), "column_name", None)
         value_error = str(getattr(cause, "sqlstate", "")).startswith("22")  # too long, out of range
         if self.flavor == "mariadb":
-            column = (found := _MARIADB_COLUMN.search(str(cause))) and found.group(1)
+            column = (found := _MARIADB_COLUMN.search(str(cause))) and (found.group(1) or found.group(2))
         elif self.flavor == "postgresql" and not column and value_error:
             column = self._refusing_column(cur, message)
         fields = dict(self.task.columns)

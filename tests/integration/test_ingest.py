@@ -726,7 +726,7 @@ def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_pat
     root = airmax_project(tmp_path / "proj", url)
     flavor = tabledb.flavor_of(url)
     _execute(url, f"CREATE TABLE readings (mid {ID_TYPES[flavor]} PRIMARY KEY, at {TIME_TYPES[flavor]} NOT NULL, "
-                  "town VARCHAR(8), v NUMERIC(6,2), n INTEGER)")  # fmt: skip
+                  "town VARCHAR(8), v NUMERIC(6,2), n INTEGER, w NUMERIC(6,2))")  # fmt: skip
     (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
         kind = "ingest"
         table = "readings"
@@ -736,14 +736,15 @@ def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_pat
         town = "city"
         v = "value"
         n = "latitude"
+        w = "country"
     """))  # fmt: skip
     batch = tmp_path / "b.jsonl"
     batch.write_text("\n".join([
         line("ok-1"), line("long", city="x" * 300), line("big", value=123456.0), line("huge", value=1e300),
-        line("int", latitude=3e9), line("ok-2", city="Gent", value=9999.99, latitude=7),
+        line("int", latitude=3e9), line("ok-2", city="Gent", value=9999.99, latitude=7), line("text", country="BE"),
     ]) + "\n")  # fmt: skip
     summary = operations.ingest(load(root), TASK, batch.open())
-    assert (summary.inserted, summary.malformed_count) == (2, 4)
+    assert (summary.inserted, summary.malformed_count) == (2, 5)
     errors = {m["id"]: str(m["error"]) for m in summary.malformed}
     assert errors["long"].startswith("message long: readings refused its row: column town (field city, 'xxx")
     assert errors["big"].startswith("message big: readings refused its row: column v (field value, 123456.0)")
@@ -751,6 +752,8 @@ def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_pat
     assert errors["int"].startswith(
         "message int: readings refused its row: column n (field latitude, 3000000000.0)"
     )
+    # MariaDB names a column `db`.`table`.`column` for a value it cannot read as the column's type
+    assert errors["text"].startswith("message text: readings refused its row: column w (field country, 'BE')")
     assert all("\n" not in e for e in errors.values()), errors
     assert [r[0] for r in _query(url, "SELECT mid FROM readings ORDER BY mid")] == ["ok-1", "ok-2"]
 
