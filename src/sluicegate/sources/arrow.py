@@ -31,6 +31,7 @@ from ..arrowtypes import arrow_type, cast_column
 from ..partitions import BIN_SECONDS, zone_of
 from . import Column, CsvChunk, Slice, times
 from .ahead import read_ahead
+from .client_sort import ClientSort, sorted_batches
 from .pg_query import inline
 
 
@@ -46,6 +47,7 @@ def read_arrow(
     params: list[Any],
     parts: Sequence[Slice],
     columns: Sequence[Column],
+    client: ClientSort | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(index, table)`` slices of the batch result, split on the ``ord`` column.
 
@@ -53,16 +55,26 @@ def read_arrow(
     partition's zone), cast once per record batch and zone, so the writers of ~500 small
     partitions do not cast each of them again.
     """
-    with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
+    with contextlib.closing(_batches(aconn, conn, query, params, client)) as batches:
         for batch in batches:
             times.check_batch(batch, parts, columns, local=False)
             yield from _split(batch, parts, columns)
 
 
 def _batches(
-    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]
-) -> Generator[pa.RecordBatch, None, None]:
-    """The non-empty record batches of ``query``, its parameters bound by psycopg."""
+    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any],
+    client: ClientSort | None = None,
+) -> Generator[pa.RecordBatch, None, None]:  # fmt: skip
+    """The non-empty record batches of ``query``, its parameters bound by psycopg; with
+    ``client``, its unsorted query's, sorted here (``query``'s when they overrun its budget)."""
+    if client is not None:
+        with aconn.cursor() as cur:
+            cur.execute(inline(conn, client.query, client.params))
+            with read_ahead(cur.fetch_record_batch()) as batches:
+                done = sorted_batches((b for b in batches if b.num_rows), client.keys, client.budget)
+        if done is not None:
+            yield from done
+            return
     text = inline(conn, query, params)
     with aconn.cursor() as cur:
         cur.execute(text)
@@ -121,6 +133,7 @@ def read_csv(
     params: list[Any],
     parts: Sequence[Slice],
     columns: Sequence[Column],
+    client: ClientSort | None = None,
 ) -> Iterator[tuple[int, CsvChunk]]:
     """Yield ``(index, csv bytes)`` per partition, encoded a record batch at a time.
 
@@ -129,7 +142,7 @@ def read_csv(
     """
     offsets = _Offsets(parts)
     floats = [i for i, c in enumerate(columns) if c.kind == "float"]
-    with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
+    with contextlib.closing(_batches(aconn, conn, query, params, client)) as batches:
         for batch in batches:
             times.check_batch(batch, parts, columns, local=True)
             yield from encode_batch(batch, offsets, floats)

@@ -55,11 +55,13 @@ def select_sql(spec: ReadSpec) -> sql.Composable:
 
 
 def batch_query(
-    spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode, *, server_text: bool
-) -> tuple[sql.Composed, list[Any]]:
+    spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode, *, server_text: bool,
+    ordered: bool = True,
+) -> tuple[sql.Composed, list[Any]]:  # fmt: skip
     """Build the one query that reads every slice of a batch, and its parameters.
 
     ``server_text``: the CSV comes from ``COPY`` (no ADBC), so the server formats every value.
+    Not ``ordered``: without ``ORDER BY``, for a sort on the client (see client_sort).
     """
     nkeys = len(spec.keys)
     timed = spec.time_column is not None
@@ -95,7 +97,7 @@ def batch_query(
     order = sql.SQL(", ").join(_order_expr(by_name[c]) for c in order_columns(spec, columns))
     query = sql.SQL(
         "SELECT p.ord, {projection} FROM ({select}) AS q "
-        "JOIN (VALUES {values}) AS p({names}) ON {on} WHERE {where} ORDER BY p.ord, {order}"
+        "JOIN (VALUES {values}) AS p({names}) ON {on} WHERE {where}{order}"
     ).format(
         projection=sql.SQL(", ").join(projection(columns, mode, zone, server_text=server_text)),
         select=select_sql(spec),
@@ -103,7 +105,7 @@ def batch_query(
         names=sql.SQL(", ").join(sql.Identifier(n) for n in names),
         on=sql.SQL(" AND ").join(on) if on else sql.SQL("true"),
         where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"),
-        order=order,
+        order=sql.SQL(" ORDER BY p.ord, {}").format(order) if ordered else sql.SQL(""),
     )
     return query, params + where_params
 

@@ -23,8 +23,9 @@ from psycopg import sql
 from .. import db
 from ..exceptions import ConfigError, PermissionDenied, SluicegateError
 from ..partitions import canonical_key
-from . import Column, CsvChunk, Mode, ReadSpec, Slice, distinct_names, group_rows
+from . import Column, CsvChunk, Mode, ReadSpec, Slice, client_sort, distinct_names, group_rows
 from .arrow import available as arrow_available
+from .client_sort import ClientSort, order_keys
 from .pg_query import KINDS, batch_query, column_of, projection, select_sql
 
 CHUNK_BYTES = 1 << 20
@@ -185,13 +186,30 @@ class PostgresSource:
 
     def _estimate(self, built: tuple[sql.Composed, list[Any]]) -> tuple[float, float]:
         """The planner's estimate of a query's rows and total cost (``EXPLAIN``, not run)."""
+        plan = self._plan(built)
+        return float(plan.get("Plan Rows", 0)), float(plan.get("Total Cost", 0))
+
+    def _plan(self, built: tuple[sql.Composed, list[Any]]) -> dict[str, Any]:
         query, params = built
         self._reconnect_if_lost()
         with db.wrap_errors(self.url), self.conn.cursor() as cur:
             cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
             row = cur.fetchone()
-        plan = (row[0] if row else [{}])[0].get("Plan", {})
-        return float(plan.get("Plan Rows", 0)), float(plan.get("Total Cost", 0))
+        return dict((row[0] if row else [{}])[0].get("Plan", {}))
+
+    def _client_sort(
+        self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
+    ) -> ClientSort | None:
+        """The batch read unsorted and sorted by Arrow (see client_sort), when its order columns
+        allow it and the planner expects it to be large enough to gain and small enough to hold."""
+        if len(slices) > PARALLEL_SLICES or (keys := order_keys(spec, columns)) is None:
+            return None  # many small partitions: each sort is a few ms, or one Arrow may misorder
+        unsorted = batch_query(spec, slices, columns, mode, server_text=False, ordered=False)
+        plan = self._plan(unsorted)
+        rows, width = float(plan.get("Plan Rows", 0)), float(plan.get("Plan Width", 0))
+        if rows < client_sort.MIN_ROWS or rows * width > client_sort.BUDGET_BYTES:
+            return None
+        return ClientSort(*unsorted, keys, client_sort.HOLD_BYTES)
 
     def _read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
@@ -214,7 +232,8 @@ class PostgresSource:
                     from .arrow import read_arrow
 
                     aconn = self._allow_parallel(parallel, self._arrow_conn())
-                    yield from read_arrow(aconn, self.conn, query, params, slices, columns)
+                    client = self._client_sort(spec, slices, columns, mode)
+                    yield from read_arrow(aconn, self.conn, query, params, slices, columns, client)
                 else:
                     self._allow_parallel(parallel)
                     yield from self._read_rows(query, params)
