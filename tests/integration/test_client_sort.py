@@ -25,7 +25,7 @@ NOON = dt.datetime(2024, 11, 2, 12, tzinfo=dt.UTC)
 ROWS = 3_000  # per key
 
 
-def _table(pg_url: str) -> None:
+def _table(pg_url: str, rows: int = ROWS) -> None:
     """``m``: per key, rows inserted in random order whose time repeats (ties broken by ``n``,
     NULL for some and negative for others, then ``d``, before 1970 for some, then ``i``)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -37,7 +37,7 @@ def _table(pg_url: str) -> None:
             " CASE WHEN i %% 5 = 0 THEN NULL ELSE (i * 7919 %% 41) - 20 END,"
             " date '1969-12-25' + (i * 31 %% 17), i, (i * 7919 %% 1000) / 10.0, 'row ' || i"
             " FROM generate_series(1, 3) AS k, generate_series(1, %s) AS i ORDER BY random()",
-            (NOON, ROWS),
+            (NOON, rows),
         )
         conn.execute("ANALYZE m")
 
@@ -56,13 +56,13 @@ def _project(root: Path, pg_url: str, order_by: str, primary_key: str) -> Path:
     return root
 
 
-def _export(root: Path) -> dict[int, str]:
+def _export(root: Path, rows: int = ROWS) -> dict[int, str]:
     """Export the three partitions in one batch; each file's SHA-256."""
     project = load(root)
     for k in (1, 2, 3):
         operations.mark(project, "m", {"k": str(k), "day": DAY.isoformat()})
     [summary] = engine.run(load(root), options=RunOptions(batch_size=3))
-    assert (summary.exported, summary.failed, summary.rows) == (3, 0, 3 * ROWS), summary.errors
+    assert (summary.exported, summary.failed, summary.rows) == (3, 0, 3 * rows), summary.errors
     return {
         k: hashlib.sha256((root / "out" / str(k) / "20241102.parquet").read_bytes()).hexdigest()
         for k in (1, 2, 3)
@@ -109,14 +109,16 @@ def test_a_batch_larger_than_the_planner_said_is_read_again_sorted_by_the_server
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows beyond what may be held (the estimate was wrong) are not all read into memory: the
-    batch is read again with the server's sort, to the same bytes."""
-    _table(pg_url)
+    query is stopped on the server while it still sends rows (many 1 MiB batches), its aborted
+    transaction rolled back, and the batch read again with the server's sort, to the same bytes."""
+    rows = 60_000
+    _table(pg_url, rows)
     outcomes = _counting(monkeypatch)
     monkeypatch.setattr(client_sort, "MIN_ROWS", 10**12)
-    server = _export(_project(tmp_path / "server", pg_url, '["n"]', '["d", "i"]'))
+    server = _export(_project(tmp_path / "server", pg_url, '["n"]', '["d", "i"]'), rows)
     monkeypatch.setattr(client_sort, "MIN_ROWS", 0)
     monkeypatch.setattr(client_sort, "HOLD_BYTES", 1024)
-    again = _export(_project(tmp_path / "again", pg_url, '["n"]', '["d", "i"]'))
+    again = _export(_project(tmp_path / "again", pg_url, '["n"]', '["d", "i"]'), rows)
     assert again == server
     assert outcomes == [False]
 

@@ -95,6 +95,11 @@ class _AdbcCursor:
             raise RuntimeError("fetch_record_batch() before execute()")
         return self._reader
 
+    def cancel(self) -> None:
+        """Ask the server to stop the running query (the rest of its rows are not wanted); its
+        transaction is then aborted, for the caller to roll back. Safe from another thread."""
+        self._statement.cancel()
+
     def _close_reader(self) -> None:
         if self._reader is not None:
             self._reader.close()

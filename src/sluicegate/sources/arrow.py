@@ -72,9 +72,12 @@ def _batches(
             cur.execute(inline(conn, client.query, client.params))
             with read_ahead(cur.fetch_record_batch()) as batches:
                 done = sorted_batches((b for b in batches if b.num_rows), client.keys, client.budget)
+                if done is None:  # more than may be held: not read to its end, but stopped
+                    cur.cancel()
         if done is not None:
             yield from done
             return
+        aconn.rollback()  # the cancelled query's transaction (the session's settings were committed)
     text = inline(conn, query, params)
     with aconn.cursor() as cur:
         cur.execute(text)

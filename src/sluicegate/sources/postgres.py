@@ -207,7 +207,10 @@ class PostgresSource:
         unsorted = batch_query(spec, slices, columns, mode, server_text=False, ordered=False)
         plan = self._plan(unsorted)
         rows, width = float(plan.get("Plan Rows", 0)), float(plan.get("Plan Width", 0))
-        if rows < client_sort.MIN_ROWS or rows * width > client_sort.BUDGET_BYTES:
+        if (
+            rows < client_sort.MIN_ROWS
+            or rows * width * client_sort.ESTIMATE_MARGIN > client_sort.BUDGET_BYTES
+        ):
             return None
         return ClientSort(*unsorted, keys, client_sort.HOLD_BYTES)
 
