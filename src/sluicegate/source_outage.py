@@ -35,6 +35,7 @@ _LOST_MESSAGES = (
     "ssl syscall error",
     "connection is closed",
     "failed to connect",
+    "failed to rollback",  # ADBC's, with libpq's message empty: a ROLLBACK the connection cannot carry
 )
 # MariaDB: the server shut down or went away, the connection was killed, refused or timed out.
 _MARIADB_LOST = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})

@@ -258,6 +258,34 @@ def _overrun(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> list[
     return outcomes
 
 
+def test_the_source_lost_while_an_overrun_is_cancelled_gives_the_batch_back(
+    tmp_path: Path,
+    pg_url: str,
+    pg_server: Any,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay is cut (1.5 s) just before an overrun's cancel: the cancel and the rollback
+    cannot reach the source. The batch is given back uncharged and read again to the same bytes."""
+    rows = 60_000
+    _table(pg_url, rows)
+    server = _server_hashes(tmp_path, pg_url, monkeypatch)
+    proxy = tcp_proxy(pg_server.host, pg_server.port)
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(client_sort, "MIN_ROWS", 0)
+    outcomes = _overrun(monkeypatch, lambda: threads.append(_down_for(proxy, 1.5)))
+    root = _project(tmp_path / "client", _proxied(pg_url, pg_server, proxy))
+    try:
+        summary = _run(root)
+    finally:
+        for thread in threads:
+            thread.join()
+    assert proxy.cut >= 1 and outcomes[0] is False, outcomes
+    assert (summary.exported, summary.failed, summary.task_errors) == (3, 0, []), summary.errors
+    assert _counts(root) == (3, 0, 0, 0)
+    assert _hashes(root) == server
+
+
 def test_the_source_lost_while_an_overrun_batch_is_read_again_gives_it_back(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,8 +97,16 @@ class _AdbcCursor:
 
     def cancel(self) -> None:
         """Ask the server to stop the running query (the rest of its rows are not wanted); its
-        transaction is then aborted, for the caller to roll back. Safe from another thread."""
-        self._statement.cancel()
+        transaction is then aborted, for the caller to roll back. Safe from another thread.
+
+        A request that cannot reach the server (libpq sends it on a connection of its own) is
+        no error of the query's: the connection's next call (the rollback) says whether the
+        source is lost, as a loss, or, if it is not, waits for the rest of the rows instead.
+        """
+        import adbc_driver_manager as adbc
+
+        with contextlib.suppress(adbc.Error):
+            self._statement.cancel()
 
     def _close_reader(self) -> None:
         if self._reader is not None:
