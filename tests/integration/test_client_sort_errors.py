@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +28,7 @@ from sluicegate.options import RunOptions
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import client_sort
 from sluicegate.sources.times import message
-from support import load
+from support import SLUICEGATE, files, load
 
 if TYPE_CHECKING:
     from plugins.tcpproxy import TcpProxy
@@ -107,13 +110,16 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return test_client_sort._counting(monkeypatch)
 
 
+@pytest.mark.parametrize("overrun", [False, True], ids=["sorted-here", "read-again"])
 def test_an_sql_error_mid_read_parks_its_partition_and_the_next_batches_keep_the_session(
-    tmp_path: Path, pg_url: str, client: list[bool]
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, client: list[bool], overrun: bool
 ) -> None:
-    """Division by zero in one row of k = 2, halfway through the unsorted read: k = 2 is parked
-    with the database's error, k = 1 and 3 export, and the reads after the failed one still
-    have the session's settings (the database's own defaults differ), its transaction rolled
-    back."""
+    """Division by zero in one row of k = 2, halfway through the unsorted read (or, with every
+    batch overrunning what may be held, in the read again sorted by the server): k = 2 is parked
+    with the database's error, k = 1 and 3 export, and the reads after the failed one still have
+    the session's settings (the database's own defaults differ), its transaction rolled back."""
+    if overrun:
+        monkeypatch.setattr(client_sort, "HOLD_BYTES", 1024)
     _table(pg_url)
     dbname = pg_url.rsplit("/", 1)[1]
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -135,7 +141,8 @@ def test_an_sql_error_mid_read_parks_its_partition_and_the_next_batches_keep_the
     for k in (1, 3):
         table = pq.read_table(root / "out" / str(k) / "20241102.parquet")
         assert set(table.column("z").to_pylist()) == {"ISO, YMD 1 UTC"}, k
-    assert client and all(client), client  # every read (the batch, then each partition) sorted here
+    # every read (the batch, then each partition) sorted here, or each one read again
+    assert client and set(client) == {not overrun}, client
 
 
 @pytest.mark.parametrize("sorted_by", ["server", "client"])
@@ -310,3 +317,69 @@ def test_the_source_lost_while_an_overrun_batch_is_read_again_gives_it_back(
     assert (summary.exported, summary.failed, summary.task_errors) == (3, 0, []), summary.errors
     assert _counts(root) == (3, 0, 0, 0)
     assert _hashes(root) == server
+
+
+def _large(pg_url: str, root: Path) -> Path:
+    """``m`` with 1.1M rows in each of the three partitions, in random order, narrow enough for
+    the default hold (about 80 MiB of Arrow data) and with statistics on the batch query's local
+    date, so the planner expects the 100,000 rows a client sort takes (it says about a
+    ninth of the true count)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (k int, t timestamptz, i int)")
+        conn.execute(
+            "INSERT INTO m SELECT k, %s::timestamptz + (i * 86399.0 / 1100000) * interval '1 second', i"
+            " FROM generate_series(1, 3) AS k, generate_series(1, 1100000) AS i ORDER BY random()",
+            (DAY.isoformat(),),
+        )
+        conn.execute("CREATE STATISTICS m_day ON ((t AT TIME ZONE 'UTC')::date) FROM m")
+        conn.execute("ANALYZE m")
+    root = _project(root, pg_url, "SELECT k, t, i FROM m")
+    task = root / "tasks/m/task.toml"
+    task.write_text(
+        task.read_text().replace('order_by = ["n"]', "order_by = []").replace('["d", "i"]', '["i"]')
+    )
+    return root
+
+
+def test_an_exporter_killed_while_it_holds_a_sorted_batch_exports_it_once_after_restart(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``sluicegate run`` with the default thresholds (a batch sorted on the client) is
+    SIGKILLed once it has read the unsorted batch and holds it (its ADBC session idle in the
+    transaction of the query without ORDER BY). After its lease, the next run exports the three
+    partitions once, to the bytes of a clean run."""
+    outcomes = test_client_sort._counting(monkeypatch)
+    clean = _large(pg_url, tmp_path / "clean")
+    summary = _run(clean)
+    assert (summary.exported, summary.failed) == (3, 0), summary.errors
+    assert outcomes == [True], outcomes  # the default thresholds sort this batch on the client
+    root = _project(tmp_path / "killed", pg_url)
+    for name in ("select.sql", "task.toml"):
+        (root / "tasks/m" / name).write_text((clean / "tasks/m" / name).read_text())
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace("max_attempts = 1\n", 'max_attempts = 1\nlease = "2s"\n'))
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run", "--batch-size", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
+    )  # fmt: skip
+    held = (
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()"
+        " AND state = 'idle in transaction' AND query LIKE '%p.ord%' AND query NOT LIKE '%ORDER BY%'"
+    )
+    deadline = time.monotonic() + 60
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        while admin.execute(held).fetchone() == (0,):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never held an unsorted batch"
+            time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert _counts(root)[0] == 0  # killed before any partition was recorded exported
+    time.sleep(2.5)  # the dead run's lease runs out
+    summary = _run(root)
+    assert (summary.exported, summary.failed, summary.task_errors) == (3, 0, []), summary.errors
+    assert _counts(root) == (3, 0, 0, 0)
+    assert sorted(p.relative_to(root / "out") for p in files(root / "out")) == [
+        Path(f"{k}/20241102.parquet") for k in (1, 2, 3)
+    ]
+    assert _hashes(root) == _hashes(clean)
