@@ -123,6 +123,25 @@ def test_a_batch_larger_than_the_planner_said_is_read_again_sorted_by_the_server
     assert outcomes == [False]
 
 
+def test_a_task_whose_batch_overran_is_sorted_by_the_server_from_then_on(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner underestimates a task's batches alike (a join on a key's value, a day of a
+    zone): after one batch overran, the task's next batches are sorted by the server, not each
+    read to the limit and read again."""
+    _table(pg_url)
+    outcomes = _counting(monkeypatch)
+    monkeypatch.setattr(client_sort, "MIN_ROWS", 0)
+    monkeypatch.setattr(client_sort, "HOLD_BYTES", 1024)
+    root = _project(tmp_path / "p", pg_url, '["n"]', '["d", "i"]')
+    project = load(root)
+    for k in (1, 2, 3):
+        operations.mark(project, "m", {"k": str(k), "day": DAY.isoformat()})
+    [summary] = engine.run(load(root), options=RunOptions(batch_size=1))
+    assert (summary.exported, summary.failed) == (3, 0), summary.errors
+    assert outcomes == [False]  # the first batch overran; the two after it were not tried
+
+
 @pytest.mark.parametrize(
     ("kind", "as_text", "sorted_here"),
     [("int", False, True), ("timestamptz", False, True), ("timestamp", False, True), ("date", False, True),

@@ -78,6 +78,7 @@ def _batches(
             yield from done
             return
         aconn.rollback()  # the cancelled query's transaction (the session's settings were committed)
+        client.overran()
     text = inline(conn, query, params)
     with aconn.cursor() as cur:
         cur.execute(text)

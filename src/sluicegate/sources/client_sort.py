@@ -16,7 +16,7 @@ there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +40,14 @@ CHUNK_ROWS = 1 << 16  # sorted rows handed on at a time (the encoders' batches)
 @dataclass(frozen=True)
 class ClientSort:
     """The batch's query without ``ORDER BY``, and the columns (by place in its result, 0 being
-    ``ord``) to sort its rows on."""
+    ``ord``) to sort its rows on. ``overran`` is called when the batch held more than
+    ``budget``: the planner underestimates this task's batches, so the source stops trying."""
 
     query: Any
     params: list[Any]
     keys: tuple[int, ...]
     budget: int  # Arrow bytes held at most (HOLD_BYTES)
+    overran: Callable[[], None]
 
 
 def order_keys(spec: ReadSpec, columns: Sequence[Column]) -> tuple[int, ...] | None:

@@ -73,6 +73,7 @@ class PostgresSource:
         self._arrow: Any = None
         self._parallel: dict[bool, bool] = {}  # per connection (ADBC's or not): parallel workers allowed
         self._split: dict[ReadSpec, bool] = {}  # per task: read a batch one partition per query
+        self._overran: set[ReadSpec] = set()  # tasks a batch of which was too large to sort here
 
     def _session(self, conn: Any) -> Any:
         with db.wrap_errors(self.url):
@@ -202,7 +203,11 @@ class PostgresSource:
     ) -> ClientSort | None:
         """The batch read unsorted and sorted by Arrow (see client_sort), when its order columns
         allow it and the planner expects it to be large enough to gain and small enough to hold."""
-        if len(slices) > PARALLEL_SLICES or (keys := order_keys(spec, columns)) is None:
+        if (
+            spec in self._overran
+            or len(slices) > PARALLEL_SLICES
+            or (keys := order_keys(spec, columns)) is None
+        ):
             return None  # many small partitions: each sort is a few ms, or one Arrow may misorder
         unsorted = batch_query(spec, slices, columns, mode, server_text=False, ordered=False)
         plan = self._plan(unsorted)
@@ -212,7 +217,7 @@ class PostgresSource:
             or rows * width * client_sort.ESTIMATE_MARGIN > client_sort.BUDGET_BYTES
         ):
             return None
-        return ClientSort(*unsorted, keys, client_sort.HOLD_BYTES)
+        return ClientSort(*unsorted, keys, client_sort.HOLD_BYTES, lambda: self._overran.add(spec))
 
     def _read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
