@@ -260,7 +260,7 @@ class Ingestor:
             text = kind.startswith(("character", "bit"))  # a cast cuts them short: compare
             cur.execute("SAVEPOINT sluicegate_cast")
             try:
-                probe = f"SELECT CAST(%s AS {kind}) = %s" if text else f"SELECT CAST(%s AS {kind}) IS NULL"
+                probe = _probe(kind) if text else f"SELECT CAST(%s AS {kind}) IS NULL"
                 kept = cur.execute(probe, (value, value) if text else (value,)).fetchone()[0]
             except Exception as refused:  # the server refused the value (or cannot cast it: go on)
                 cur.execute("ROLLBACK TO SAVEPOINT sluicegate_cast")
@@ -271,6 +271,15 @@ class Ingestor:
             if text and kept is False:
                 return column
         return None
+
+
+def _probe(kind: str) -> str:
+    """Whether a text keeps its value in a column of type ``kind`` (``character``, ``bit``), where
+    a cast cuts it short. An excess of spaces only is stored too (cut off) in a ``character``
+    column, so the two are compared without their trailing spaces there."""
+    if kind.startswith("bit"):
+        return f"SELECT CAST(%s AS {kind}) = %s"
+    return f"SELECT rtrim(CAST(%s AS {kind})::text, ' ') = rtrim(%s, ' ')"
 
 
 def read_lines(lines: Iterable[str | bytes], name: str) -> Iterator[Message]:

@@ -784,3 +784,35 @@ def test_a_time_goes_into_a_timestamp_column_as_utc_whatever_the_database_time_z
     assert _query(url, "SELECT mid, at, sent FROM readings") == [
         ("m1", dt.datetime(2024, 7, 10, 11, 0), dt.datetime(2024, 7, 10, 9, 0, 5, tzinfo=dt.UTC))
     ]
+
+
+@pytest.mark.parametrize("url", [BACKENDS[1]], indirect=True)
+def test_a_text_whose_excess_is_spaces_is_not_named_for_another_columns_refusal(
+    tmp_path: Path, url: str
+) -> None:
+    """PostgreSQL stores a text longer than its varchar(n) when the excess is spaces only (cut to
+    n), so such a field is no fault of its row: the refusal of the row's integer out of range was
+    reported on the text's column, as the cast of the text cut it short, sending the operator to
+    fix a field that was fine."""
+    root = airmax_project(tmp_path / "proj", url)
+    _execute(url, "CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at timestamptz NOT NULL, "
+                  "town VARCHAR(8), n INTEGER)")  # fmt: skip
+    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
+        kind = "ingest"
+        table = "readings"
+        [columns]
+        mid = "id"
+        at = "date_utc"
+        town = "city"
+        n = "latitude"
+    """))  # fmt: skip
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join([
+        line("padded", city="Gent" + " " * 12), line("int", city="Gent" + " " * 12, latitude=3e9),
+    ]) + "\n")  # fmt: skip
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert (summary.inserted, summary.malformed_count) == (1, 1), summary.malformed
+    [error] = [str(m["error"]) for m in summary.malformed]
+    assert error.startswith(
+        "message int: readings refused its row: column n (field latitude, 3000000000.0)"
+    ), error
