@@ -274,12 +274,13 @@ class Ingestor:
 
 
 def _probe(kind: str) -> str:
-    """Whether a text keeps its value in a column of type ``kind`` (``character``, ``bit``), where
-    a cast cuts it short. An excess of spaces only is stored too (cut off) in a ``character``
-    column, so the two are compared without their trailing spaces there."""
+    """Whether a value keeps its text in a column of type ``kind`` (``character``, ``bit``), where
+    a cast cuts it short. A ``character`` column stores a number or a time as its text, so that
+    text is compared (a number is not comparable with a text), and an excess of spaces only is
+    stored too (cut off), so the two are compared without their trailing spaces."""
     if kind.startswith("bit"):
         return f"SELECT CAST(%s AS {kind}) = %s"
-    return f"SELECT rtrim(CAST(%s AS {kind})::text, ' ') = rtrim(%s, ' ')"
+    return f"SELECT rtrim(CAST(%s::text AS {kind})::text, ' ') = rtrim(%s::text, ' ')"
 
 
 def read_lines(lines: Iterable[str | bytes], name: str) -> Iterator[Message]:

@@ -816,3 +816,31 @@ def test_a_text_whose_excess_is_spaces_is_not_named_for_another_columns_refusal(
     assert error.startswith(
         "message int: readings refused its row: column n (field latitude, 3000000000.0)"
     ), error
+
+
+@pytest.mark.parametrize("url", [BACKENDS[1]], indirect=True)
+def test_a_number_too_long_for_a_text_column_names_the_column_and_the_field(tmp_path: Path, url: str) -> None:
+    """A number or a time mapped into a varchar(n) column is stored as its text, and refused
+    when that text is longer than n ("value too long for type character varying(4)"): the probe
+    compared the column's cast with the value itself, which no operator does for a number and a
+    text, so the refusal named no column; each value is now compared as the text it is stored as."""
+    root = airmax_project(tmp_path / "proj", url)
+    _execute(url, "CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at VARCHAR(40) NOT NULL, "
+                  "lat VARCHAR(4), town VARCHAR(8))")  # fmt: skip
+    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
+        kind = "ingest"
+        table = "readings"
+        [columns]
+        mid = "id"
+        at = "date_utc"
+        lat = "latitude"
+        town = "city"
+    """))  # fmt: skip
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join([line("ok", latitude=1.5), line("long", latitude=123456.5)]) + "\n")
+    summary = operations.ingest(load(root), TASK, batch.open())
+    assert (summary.inserted, summary.malformed_count) == (1, 1), summary.malformed
+    [error] = [str(m["error"]) for m in summary.malformed]
+    assert error.startswith(
+        "message long: readings refused its row: column lat (field latitude, 123456.5)"
+    ), error
