@@ -2673,14 +2673,10 @@ def test_a_source_away_longer_than_the_wait_stops_the_task_with_nothing_charged_
     assert (status["failed"], status["claimed"]) == (0, 0), status
 
 
-def test_a_redrive_told_to_stop_in_a_reexport_gives_back_the_entities_of_later_destinations(
-    tmp_path: Path,
-) -> None:
-    """Redrive groups its windows by destination: failed re-exports to their own, then the failed
-    watermark windows to the project's. Stopped between two batches of the first group, it gave
-    back only that group's claims (none: a re-export claims nothing) and returned: the entity of
-    the later group stayed claimed, and the next run or redrive reported it held by another export
-    until its lease ran out. Every claim the run took and did not commit is given back now."""
+def _redrive_stopped_in_a_reexport(tmp_path: Path, reexported: tuple[str, ...]) -> tuple[Path, str]:
+    """Re-exports of ``reexported`` to another destination and an ordinary run of s3 failed; a
+    redrive (a batch an entity) is then stopped by SIGINT while it writes the first re-export.
+    The project root and the stopped redrive's JSON."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     root = _project(tmp_path, url, bootstrap="beginning")
     rec = Records(url)
@@ -2689,14 +2685,15 @@ def test_a_redrive_told_to_stop_in_a_reexport_gives_back_the_entities_of_later_d
     other, out = tmp_path / "elsewhere", tmp_path / "out"
     other.mkdir()
     out.mkdir()
-    for blocked in (other / "s1", other / "s2", out / "s3"):
-        blocked.write_text("a file where the entity's folder must go")
+    blocked = [other / e for e in reexported] + [out / "s3"]
+    for path in blocked:
+        path.write_text("a file where the entity's folder must go")
     day = {"start": T - dt.timedelta(days=1), "end": T}
-    reexport = _run(root, ignore_watermark=True, destination=str(other), entities=("s1", "s2"), **day)
-    assert reexport.failed == 2
+    reexport = _run(root, ignore_watermark=True, destination=str(other), entities=reexported, **day)
+    assert reexport.failed == len(reexported)
     assert _run(root, export_type="daily", end=T, entities=("s3",)).failed == 1
-    for blocked in (other / "s1", other / "s2", out / "s3"):
-        blocked.unlink()
+    for path in blocked:
+        path.unlink()
     with (root / "sluicegate.toml").open("a") as settings:
         settings.write("batch_size = 1\n")
     fault = root / ".fault-mid_write"
@@ -2707,9 +2704,34 @@ def test_a_redrive_told_to_stop_in_a_reexport_gives_back_the_entities_of_later_d
     fault.unlink()
     out_text, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out_text, err)
+    return root, out_text
+
+
+def test_a_redrive_told_to_stop_in_a_reexport_gives_back_the_entities_of_later_destinations(
+    tmp_path: Path,
+) -> None:
+    """Redrive groups its windows by destination: failed re-exports to their own, then the failed
+    watermark windows to the project's. Stopped between two batches of the first group, it gave
+    back only that group's claims (none: a re-export claims nothing) and returned: the entity of
+    the later group stayed claimed, and the next run or redrive reported it held by another export
+    until its lease ran out. Every claim the run took and did not commit is given back now."""
+    root, out_text = _redrive_stopped_in_a_reexport(tmp_path, ("s1", "s2"))
     rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
     assert not any(r["claimed"] for r in rows.values()), rows  # s3 was still claimed
     assert json.loads(out_text)[0]["released"] == 1, out_text  # s3's claim, counted once
     again = json.loads(cli(root, "redrive", "studies", "--json", check=True).stdout)[0]
     assert again["failed"] == 0 and not any("held" in str(e.get("note", "")) for e in again["entities"])
     assert sorted(e["entity"] for e in again["entities"] if e["rows"]) == ["s2", "s3"], again["entities"]
+
+
+def test_a_redrive_told_to_stop_in_its_last_reexport_exports_nothing_of_the_next_destination(
+    tmp_path: Path,
+) -> None:
+    """Stopped while it wrote the last batch of one destination's group, a redrive still read and
+    exported the first batch of the next group (the stop was checked only between two batches of
+    one group; helper 133): now it stops there, and gives that group's claims back."""
+    root, out_text = _redrive_stopped_in_a_reexport(tmp_path, ("s1",))
+    rows = {r["entity"]: r for r in operations.watermarks(load(root), "studies")}
+    # s3's failed window is still to redo (not exported by the stopped run), and not claimed
+    assert rows["s3"]["pending_end"] is not None and not rows["s3"]["claimed"], rows
+    assert json.loads(out_text)[0]["released"] == 1, out_text

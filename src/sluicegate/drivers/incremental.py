@@ -344,7 +344,7 @@ class Driver:
         groups: dict[str | None, list[Window]] = {}
         for window in windows:
             groups.setdefault(window.destination, []).append(window)
-        for url, group in groups.items():
+        for later, (url, group) in enumerate(groups.items()):
             try:
                 destination = ctx.destination_for(url)
             except DestinationUnavailable as exc:  # recorded with the windows' destination, for redrive
@@ -364,10 +364,11 @@ class Driver:
                 try:
                     for at in range(0, len(group), task.batch_size):
                         # A batch's windows are stored pending just before it is read: a run out of
-                        # time gives the later entities back unread, with no window to redo.
-                        # Given back: every window not committed, of this group and of the later
-                        # groups (a redrive's watermark windows follow its re-exports', see Deadline).
-                        if at and (budget.over() or budget.stopped()):  # out of time, or told to stop
+                        # time, or told to stop, before any batch but the first (a later group's
+                        # first too) gives the later entities back unread, with no window to redo:
+                        # every window not committed, of this group and of the later groups (a
+                        # redrive's watermark windows follow its re-exports', see Deadline).
+                        if (at or later) and (budget.over() or budget.stopped()):
                             summary.released += recorder.release({w.claim.token for w in windows if w.claim})
                             return
                         units = [
