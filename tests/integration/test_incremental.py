@@ -1219,6 +1219,27 @@ def test_a_sluicegate_writers_open_transaction_caps_the_window_too(pg_url: str, 
 
 
 @pytest.mark.pg
+def test_a_long_running_exporters_own_arrow_session_holds_no_window_back(pg_url: str, tmp_path: Path) -> None:
+    """ADBC's session (the Arrow read path) stays "idle in transaction" after a read, and it was not
+    named 'sluicegate' as psycopg's is: the late-commit cap took it for a writer's open transaction,
+    so a long-running exporter (run --every, the service) capped every later pass's windows at its
+    first read, and rows stamped after that were never exported until a restart."""
+    root = _project(tmp_path, pg_url, bootstrap="beginning", margin="1s")
+    rec = Records(pg_url)
+    rec.add("s1", dt.datetime.now(UTC) - dt.timedelta(minutes=5), "early")
+    options = RunOptions(workers=1, request=ExportRequest(export_type="instant", entities=("s1",)))
+    with engine.Exporter(load(root)) as exporter:
+        task = load(root).tasks["studies"]
+        [first] = exporter.run_once([task], options)
+        assert _payloads(tmp_path) == ["early"], first.errors
+        time.sleep(1.5)
+        rec.add("s1", dt.datetime.now(UTC), "later")
+        time.sleep(1.5)  # past safety_margin
+        [second] = exporter.run_once([task], options)
+    assert _payloads(tmp_path) == ["early", "later"], second.entities
+
+
+@pytest.mark.pg
 def test_a_prepared_transaction_holds_exports_back(pg_url: str, tmp_path: Path) -> None:
     """A prepared transaction (two-phase commit) is in no session, so the late-commit cap did
     not see it: an export passed its row, stamped at the transaction's start, and once it was

@@ -268,7 +268,10 @@ class PostgresSource:
             from .adbc import open_arrow
 
             with db.wrap_errors(self.url):
-                self._arrow = open_arrow(self.url, SESSION)
+                # Named as psycopg's session is: it stays idle in transaction after a read, which
+                # the late-commit cap (watermark_ends) must not take for a writer's.
+                named = f"SET application_name TO '{db.APPLICATION_NAME}'"
+                self._arrow = open_arrow(self.url, (*SESSION, named))
             self._parallel.pop(True, None)
         return self._arrow
 
