@@ -137,7 +137,6 @@ def read_csv(
     params: list[Any],
     parts: Sequence[Slice],
     columns: Sequence[Column],
-    client: ClientSort | None = None,
 ) -> Iterator[tuple[int, CsvChunk]]:
     """Yield ``(index, csv bytes)`` per partition, encoded a record batch at a time.
 
@@ -146,7 +145,7 @@ def read_csv(
     """
     offsets = _Offsets(parts)
     floats = [i for i, c in enumerate(columns) if c.kind == "float"]
-    with contextlib.closing(_batches(aconn, conn, query, params, client)) as batches:
+    with contextlib.closing(_batches(aconn, conn, query, params)) as batches:
         for batch in batches:
             times.check_batch(batch, parts, columns, local=True)
             yield from encode_batch(batch, offsets, floats)
