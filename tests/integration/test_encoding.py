@@ -758,6 +758,30 @@ def test_a_failed_batch_leaves_its_session_settings_to_the_next(tmp_path: Path, 
     assert _csv_rows(_file(root, 2, DAY, "csv"))[1][-2:] == ["1", "01:30:00"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_long_running_exporter_holds_no_transaction_open_on_the_source_between_passes(
+    tmp_path: Path, pg_url: str, fmt: str
+) -> None:
+    """ADBC's connection does not autocommit: after a read, a long-running exporter (run --every,
+    the service) sat "idle in transaction" with a lock on the table it read, so an ALTER TABLE
+    on the source waited for it until its next error or its end (and every query behind the
+    ALTER waited too). The read's transaction ends with the read now."""
+    _one_row_per_key(pg_url, range(1, 3), "DateStyle = 'ISO, YMD'")
+    root = _project(tmp_path, pg_url, "SELECT k, t FROM m", fmt)
+    _mark(root, range(1, 3))
+    with engine.Exporter(load(root)) as exporter:
+        [summary] = exporter.run_once(list(load(root).tasks.values()), RunOptions(workers=1))
+        assert (summary.exported, summary.failed) == (2, 0), summary.errors
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            idle = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle in transaction'"
+            ).fetchone()
+            assert idle == (0,)
+            admin.execute("SET lock_timeout TO '2s'")
+            admin.execute("ALTER TABLE m ADD COLUMN added int")  # refused by the lock timeout before
+
+
 @pytest.mark.parametrize("path", ["arrow", "copy", "rows"])
 def test_batches_of_many_partitions_are_read_without_parallel_workers(
     tmp_path: Path, pg_url: str, path: str, monkeypatch: pytest.MonkeyPatch

@@ -66,7 +66,25 @@ def _batches(
     client: ClientSort | None = None,
 ) -> Generator[pa.RecordBatch, None, None]:  # fmt: skip
     """The non-empty record batches of ``query``, its parameters bound by psycopg; with
-    ``client``, its unsorted query's, sorted here (``query``'s when they overrun its budget)."""
+    ``client``, its unsorted query's, sorted here (``query``'s when they overrun its budget).
+
+    The read's transaction ends with it, however it ends: ADBC's connection does not autocommit,
+    and a long-running exporter (``run --every``, the service) sat "idle in transaction" between
+    passes, holding a lock on every table it read, so an ``ALTER TABLE`` on the source waited
+    for it (and every query after the ``ALTER`` too), and ``idle_in_transaction_session_timeout``
+    ended the session. The session's settings were committed (``open_arrow``), so a rollback
+    keeps them. A rollback that fails (the connection lost) is the next read's to find."""
+    try:
+        yield from _read_batches(aconn, conn, query, params, client)
+    finally:
+        with contextlib.suppress(Exception):
+            aconn.rollback()
+
+
+def _read_batches(
+    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any],
+    client: ClientSort | None,
+) -> Iterator[pa.RecordBatch]:  # fmt: skip
     if client is not None:
         with aconn.cursor() as cur:
             cur.execute(inline(conn, client.query, client.params))
