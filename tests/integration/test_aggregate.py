@@ -324,20 +324,27 @@ def test_a_tick_given_back_shows_as_waiting_for_the_source_not_failed(tmp_path: 
 def _loses_the_source(root: Path, pg_url: str, function: str) -> dt.datetime:
     """Have the airmax aggregate's select call ``function`` (a plpgsql body of ``lose()``, run per
     row of the window) with a backoff of 10 minutes; one row in the window of the tick due now."""
-    toml = root / "sluicegate.toml"
-    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
     db = tables.TableDb(pg_url)
     db.execute("CREATE SEQUENCE armed")
     db.execute("GRANT ALL ON SEQUENCE armed TO PUBLIC")
     db.execute(f"CREATE FUNCTION lose() RETURNS int LANGUAGE plpgsql AS $$ BEGIN {function} RETURN 1; END $$")
     db.close()
+    return _select_per_row(root, pg_url, "lose() = 1")
+
+
+def _select_per_row(root: Path, url: str, condition: str) -> dt.datetime:
+    """Have the airmax aggregate's select test ``condition`` on each row of the window, with a
+    backoff of 10 minutes; one row in the window of the tick due now (its time returned)."""
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
     (root / "tasks" / AGGREGATE / "select.sql").write_text(
         "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        " count(*) AS num_measurements FROM in_window WHERE lose() = 1 GROUP BY city, parameter_name, parameter_unit"
+        f" count(*) AS num_measurements FROM in_window WHERE {condition}"
+        " GROUP BY city, parameter_name, parameter_unit"
     )
     tick = due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
     assert tick is not None
-    add_raw(pg_url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])  # in the window of the next tick too
+    add_raw(url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])  # in the window of the next tick too
     return tick
 
 
@@ -473,17 +480,7 @@ def test_a_table_database_that_is_away_charges_the_tick_as_any_destination_outag
 def _sleeps_per_row(root: Path, url: str) -> dt.datetime:
     """Have the airmax aggregate's select sleep 1 s per row of the window (MariaDB's SLEEP), with a
     backoff of 10 minutes; one row in the window of the tick due now."""
-    toml = root / "sluicegate.toml"
-    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "10m"'))
-    (root / "tasks" / AGGREGATE / "select.sql").write_text(
-        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value,"
-        " count(*) AS num_measurements FROM in_window WHERE SLEEP(1) = 0"
-        " GROUP BY city, parameter_name, parameter_unit"
-    )
-    tick = due_tick(load(root).tasks[AGGREGATE], dt.datetime.now(UTC))
-    assert tick is not None
-    add_raw(url, [("Gent", tick - dt.timedelta(hours=1), 4.0)])  # in the window of the next tick too
-    return tick
+    return _select_per_row(root, url, "SLEEP(1) = 0")
 
 
 @pytest.mark.mariadb
