@@ -717,33 +717,37 @@ def test_a_message_whose_id_is_an_escaped_nul_is_not_taken_for_one_with_a_nul(
     assert len(parked) == 1 and "holds a NUL" in parked[0][1], parked
 
 
+def _ingest_readings(
+    tmp_path: Path, url: str, columns_sql: str, mapping: dict[str, str], lines: list[str]
+) -> Any:
+    """Ingest ``lines`` (an airmax project's) into a new table ``readings`` (``columns_sql``)
+    whose columns ``mapping`` maps to fields; the summary."""
+    root = airmax_project(tmp_path / "proj", url)
+    _execute(url, f"CREATE TABLE readings ({columns_sql})")
+    mapped = "".join(f'{column} = "{field}"\n' for column, field in mapping.items())
+    (root / "tasks" / TASK / "task.toml").write_text(
+        f'kind = "ingest"\ntable = "readings"\n[columns]\n{mapped}'
+    )
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    return operations.ingest(load(root), TASK, batch.open())
+
+
 @pytest.mark.parametrize("url", [BACKENDS[1], BACKENDS[2]], indirect=True)
 def test_a_value_too_large_for_its_column_names_the_column_and_the_field(tmp_path: Path, url: str) -> None:
     """PostgreSQL's refusal named no column ("value too long for type character varying(8)",
     "numeric field overflow", "integer out of range"): with thirteen columns an operator could
     not tell which field of the message to fix. Each refused message now names its column and
     field (MariaDB's own message named the column, in its own words), and the others commit."""
-    root = airmax_project(tmp_path / "proj", url)
     flavor = tabledb.flavor_of(url)
-    _execute(url, f"CREATE TABLE readings (mid {ID_TYPES[flavor]} PRIMARY KEY, at {TIME_TYPES[flavor]} NOT NULL, "
-                  "town VARCHAR(8), v NUMERIC(6,2), n INTEGER, w NUMERIC(6,2))")  # fmt: skip
-    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
-        kind = "ingest"
-        table = "readings"
-        [columns]
-        mid = "id"
-        at = "date_utc"
-        town = "city"
-        v = "value"
-        n = "latitude"
-        w = "country"
-    """))  # fmt: skip
-    batch = tmp_path / "b.jsonl"
-    batch.write_text("\n".join([
-        line("ok-1"), line("long", city="x" * 300), line("big", value=123456.0), line("huge", value=1e300),
-        line("int", latitude=3e9), line("ok-2", city="Gent", value=9999.99, latitude=7), line("text", country="BE"),
-    ]) + "\n")  # fmt: skip
-    summary = operations.ingest(load(root), TASK, batch.open())
+    summary = _ingest_readings(
+        tmp_path, url,
+        f"mid {ID_TYPES[flavor]} PRIMARY KEY, at {TIME_TYPES[flavor]} NOT NULL, "
+        "town VARCHAR(8), v NUMERIC(6,2), n INTEGER, w NUMERIC(6,2)",
+        {"mid": "id", "at": "date_utc", "town": "city", "v": "value", "n": "latitude", "w": "country"},
+        [line("ok-1"), line("long", city="x" * 300), line("big", value=123456.0), line("huge", value=1e300),
+         line("int", latitude=3e9), line("ok-2", city="Gent", value=9999.99, latitude=7), line("text", country="BE")],
+    )  # fmt: skip
     assert (summary.inserted, summary.malformed_count) == (2, 5)
     errors = {m["id"]: str(m["error"]) for m in summary.malformed}
     assert errors["long"].startswith("message long: readings refused its row: column town (field city, 'xxx")
@@ -766,20 +770,12 @@ def test_a_time_goes_into_a_timestamp_column_as_utc_whatever_the_database_time_z
     database's TimeZone: with ``Europe/Brussels``, a measurement of 11:00Z was stored as 12:00,
     which every reader (aggregate, partitioned and incremental tasks) takes for 12:00 UTC. The
     ingest transaction works in UTC now, as sluicegate's other connections do."""
-    root = airmax_project(tmp_path / "proj", url)
     _execute(url, f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET TimeZone TO 'Europe/Brussels'")
-    _execute(url, "CREATE TABLE readings (mid text PRIMARY KEY, at timestamp NOT NULL, sent timestamptz)")
-    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
-        kind = "ingest"
-        table = "readings"
-        [columns]
-        mid = "id"
-        at = "date_utc"
-        sent = "sent_at"
-    """))  # fmt: skip
-    batch = tmp_path / "b.jsonl"
-    batch.write_text(line("m1", date_utc="2024-07-10T11:00:00Z", sent_at="2024-07-10T11:00:05+02:00") + "\n")
-    summary = operations.ingest(load(root), TASK, batch.open())
+    summary = _ingest_readings(
+        tmp_path, url, "mid text PRIMARY KEY, at timestamp NOT NULL, sent timestamptz",
+        {"mid": "id", "at": "date_utc", "sent": "sent_at"},
+        [line("m1", date_utc="2024-07-10T11:00:00Z", sent_at="2024-07-10T11:00:05+02:00")],
+    )  # fmt: skip
     assert summary.inserted == 1
     assert _query(url, "SELECT mid, at, sent FROM readings") == [
         ("m1", dt.datetime(2024, 7, 10, 11, 0), dt.datetime(2024, 7, 10, 9, 0, 5, tzinfo=dt.UTC))
@@ -794,23 +790,11 @@ def test_a_text_whose_excess_is_spaces_is_not_named_for_another_columns_refusal(
     n), so such a field is no fault of its row: the refusal of the row's integer out of range was
     reported on the text's column, as the cast of the text cut it short, sending the operator to
     fix a field that was fine."""
-    root = airmax_project(tmp_path / "proj", url)
-    _execute(url, "CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at timestamptz NOT NULL, "
-                  "town VARCHAR(8), n INTEGER)")  # fmt: skip
-    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
-        kind = "ingest"
-        table = "readings"
-        [columns]
-        mid = "id"
-        at = "date_utc"
-        town = "city"
-        n = "latitude"
-    """))  # fmt: skip
-    batch = tmp_path / "b.jsonl"
-    batch.write_text("\n".join([
-        line("padded", city="Gent" + " " * 12), line("int", city="Gent" + " " * 12, latitude=3e9),
-    ]) + "\n")  # fmt: skip
-    summary = operations.ingest(load(root), TASK, batch.open())
+    summary = _ingest_readings(
+        tmp_path, url, "mid VARCHAR(64) PRIMARY KEY, at timestamptz NOT NULL, town VARCHAR(8), n INTEGER",
+        {"mid": "id", "at": "date_utc", "town": "city", "n": "latitude"},
+        [line("padded", city="Gent" + " " * 12), line("int", city="Gent" + " " * 12, latitude=3e9)],
+    )  # fmt: skip
     assert (summary.inserted, summary.malformed_count) == (1, 1), summary.malformed
     [error] = [str(m["error"]) for m in summary.malformed]
     assert error.startswith(
@@ -824,21 +808,11 @@ def test_a_number_too_long_for_a_text_column_names_the_column_and_the_field(tmp_
     when that text is longer than n ("value too long for type character varying(4)"): the probe
     compared the column's cast with the value itself, which no operator does for a number and a
     text, so the refusal named no column; each value is now compared as the text it is stored as."""
-    root = airmax_project(tmp_path / "proj", url)
-    _execute(url, "CREATE TABLE readings (mid VARCHAR(64) PRIMARY KEY, at VARCHAR(40) NOT NULL, "
-                  "lat VARCHAR(4), town VARCHAR(8))")  # fmt: skip
-    (root / "tasks" / TASK / "task.toml").write_text(textwrap.dedent("""
-        kind = "ingest"
-        table = "readings"
-        [columns]
-        mid = "id"
-        at = "date_utc"
-        lat = "latitude"
-        town = "city"
-    """))  # fmt: skip
-    batch = tmp_path / "b.jsonl"
-    batch.write_text("\n".join([line("ok", latitude=1.5), line("long", latitude=123456.5)]) + "\n")
-    summary = operations.ingest(load(root), TASK, batch.open())
+    summary = _ingest_readings(
+        tmp_path, url, "mid VARCHAR(64) PRIMARY KEY, at VARCHAR(40) NOT NULL, lat VARCHAR(4), town VARCHAR(8)",
+        {"mid": "id", "at": "date_utc", "lat": "latitude", "town": "city"},
+        [line("ok", latitude=1.5), line("long", latitude=123456.5)],
+    )  # fmt: skip
     assert (summary.inserted, summary.malformed_count) == (1, 1), summary.malformed
     [error] = [str(m["error"]) for m in summary.malformed]
     assert error.startswith(
