@@ -721,15 +721,21 @@ def test_check_says_which_tasks_their_first_run_binds_to_the_destination(tmp_pat
     assert proc.returncode == 0 and "not bound" not in proc.stderr, proc.stderr
 
 
-def test_check_reports_a_bound_destination_whose_id_file_is_gone(tmp_path: Path) -> None:
-    """A destination whose _sluicegate/destination-id was deleted (a lifecycle rule, an operator who
-    emptied it) while the ledger records its id: every run refused, and check said "ok". Now check
-    exits 2 with one line naming the id file and what to do; a run refuses still."""
+def _bound(tmp_path: Path) -> tuple[Path, Path]:
+    """A project (SQLite source and ledger, folder destination) after a first run bound its task
+    to the destination; its root and the destination's id file."""
     root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
     db.location(1, "UTC")
     db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
     assert cli(root, "run").returncode == 0
-    marker = tmp_path / "out" / MARKER
+    return root, tmp_path / "out" / MARKER
+
+
+def test_check_reports_a_bound_destination_whose_id_file_is_gone(tmp_path: Path) -> None:
+    """A destination whose _sluicegate/destination-id was deleted (a lifecycle rule, an operator who
+    emptied it) while the ledger records its id: every run refused, and check said "ok". Now check
+    exits 2 with one line naming the id file and what to do; a run refuses still."""
+    root, marker = _bound(tmp_path)
     recorded = marker.read_text().strip()
     marker.unlink()
     assert cli(root, "run").returncode == 2
@@ -777,11 +783,7 @@ def test_a_destination_id_file_holding_no_id_is_refused_naming_it(tmp_path: Path
 def test_a_folder_where_the_destination_id_file_belongs_is_refused_naming_it(tmp_path: Path) -> None:
     """A folder at _sluicegate/destination-id could not be read, which the check took for an
     outage: it logged a warning and every run went on unchecked. Now the run exits 2 naming it."""
-    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
-    db.location(1, "UTC")
-    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
-    assert cli(root, "run").returncode == 0
-    marker = tmp_path / "out" / MARKER
+    root, marker = _bound(tmp_path)
     marker.unlink()
     marker.mkdir()
     proc = cli(root, "run")
@@ -795,11 +797,7 @@ def test_a_destination_holding_another_id_at_the_same_url_is_refused_naming_both
     """Another project's destination at the same URL (one bucket name on two endpoints, a folder
     restored from another project's copy) was refused with "exports to the destination OUT, not to
     OUT", which reads as no reason at all. Now the line names the file and both ids."""
-    root, db = _setup(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
-    db.location(1, "UTC")
-    db.insert(1, hours(dt.datetime(2024, 3, 1, tzinfo=UTC), 30))
-    assert cli(root, "run").returncode == 0
-    marker = tmp_path / "out" / MARKER
+    root, marker = _bound(tmp_path)
     recorded = marker.read_text().strip()
     marker.write_text("0123456789abcdef0123456789abcdef\n")  # the other project's
     proc = cli(root, "run")
