@@ -477,6 +477,21 @@ def test_a_table_database_that_is_away_charges_the_tick_as_any_destination_outag
     assert table(pg_url) == []
 
 
+def _sleeping_select(watch: tables.TableDb) -> list[int]:
+    """The MariaDB connections running the aggregate's select (:func:`_sleeps_per_row`), once one
+    is seen (none after 30 s)."""
+    query = (
+        "SELECT id FROM information_schema.processlist WHERE info LIKE '%in_window%SLEEP%'"
+        " AND id <> CONNECTION_ID()"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if found := [int(pid) for (pid,) in watch.query(query)[1]]:
+            return found
+        time.sleep(0.02)
+    return []
+
+
 def _sleeps_per_row(root: Path, url: str) -> dt.datetime:
     """Have the airmax aggregate's select sleep 1 s per row of the window (MariaDB's SLEEP), with a
     backoff of 10 minutes; one row in the window of the tick due now."""
@@ -496,16 +511,9 @@ def test_a_mariadb_select_whose_connection_is_killed_is_evaluated_again_not_char
     def kill() -> None:
         watch = tables.TableDb(mariadb_url)
         try:
-            query = (
-                "SELECT id FROM information_schema.processlist WHERE info LIKE '%in_window%SLEEP%'"
-                " AND id <> CONNECTION_ID()"
-            )
-            deadline = time.monotonic() + 30
-            while not killed and time.monotonic() < deadline:
-                for (pid,) in watch.query(query)[1]:
-                    watch.execute(f"KILL CONNECTION {int(pid)}")
-                    killed.append(int(pid))
-                time.sleep(0.02)
+            for pid in _sleeping_select(watch):
+                watch.execute(f"KILL CONNECTION {pid}")
+                killed.append(pid)
         finally:
             watch.close()
 
@@ -544,13 +552,7 @@ def test_a_mariadb_source_away_longer_than_the_wait_stops_the_aggregate_with_its
     def away() -> None:
         watch = tables.TableDb(mariadb_url)
         try:
-            query = (
-                "SELECT id FROM information_schema.processlist WHERE info LIKE '%in_window%SLEEP%'"
-                " AND id <> CONNECTION_ID()"
-            )
-            deadline = time.monotonic() + 30
-            while not watch.query(query)[1] and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _sleeping_select(watch)
             proxy.down()
             cut.append(True)
             time.sleep(4.0)
