@@ -35,7 +35,6 @@ _LOST_MESSAGES = (
     "ssl syscall error",
     "connection is closed",
     "failed to connect",
-    "failed to rollback",  # ADBC's, with libpq's message empty: a ROLLBACK the connection cannot carry
 )
 # MariaDB: the server shut down or went away, the connection was killed, refused or timed out.
 _MARIADB_LOST = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
@@ -47,8 +46,10 @@ def connection_lost(exc: BaseException) -> bool:
 
     psycopg: no SQLSTATE (a client-side failure) or a FATAL one (the server ended the session); an
     ERROR (say, dblink's own connection failing, SQLSTATE 08001) is the query's. libpq through
-    ADBC: its connection messages, without an ``ERROR:``. Called for transient errors only (a
-    missing privilege is terminal, see :func:`sluicegate.db.classify`).
+    ADBC: its connection messages, or none at all (ADBC's "Failed to prepare query:" with libpq's
+    message empty: a call the connection could not carry, say after a cancel that did not reach
+    the server), without an ``ERROR:``. Called for transient errors only (a missing privilege is
+    terminal, see :func:`sluicegate.db.classify`).
     """
     psycopg = sys.modules.get("psycopg")  # not imported here: see sluicegate.db._psycopg
     if psycopg is not None and isinstance(exc, psycopg.Error):
@@ -59,8 +60,10 @@ def connection_lost(exc: BaseException) -> bool:
     if mariadb_conn.classify(exc) is not None:
         return getattr(exc, "errno", 0) in _MARIADB_LOST
     if type(exc).__module__.startswith("adbc_driver") or (isinstance(exc, OSError) and "[libpq]" in str(exc)):
-        text = str(exc)
-        return "ERROR:" not in text and any(m in text.lower() for m in _LOST_MESSAGES)
+        text = str(exc).partition("\nQuery was:")[0].strip()  # not the query's own text
+        if "ERROR:" in text:
+            return False
+        return text.partition("\n")[0].endswith(":") or any(m in text.lower() for m in _LOST_MESSAGES)
     return False
 
 

@@ -679,7 +679,6 @@ def test_the_adbc_read_path_loads_neither_arrow_dataset_nor_its_libraries(pg_url
         "with conn.cursor() as cur:\n"
         "    cur.execute('SELECT 1 AS one, now() AS at')\n"
         "    [batch] = list(cur.fetch_record_batch())\n"
-        "conn.rollback()\n"
         "conn.close()\n"
         "assert batch.num_rows == 1 and batch.schema.names == ['one', 'at'], batch\n"
         "maps = open('/proc/self/maps').read()\n"
@@ -702,7 +701,6 @@ def test_adbc_batches_stay_near_one_mebibyte_and_arrive_whole(pg_url: str) -> No
         with psycopg.connect(pg_url) as pconn:
             batches = list(arrow_source._batches(conn, pconn, query, [200_000]))
     finally:
-        conn.rollback()
         conn.close()
     assert sum(b.num_rows for b in batches) == 200_000
     assert [v for b in batches for v in b.column(0).to_pylist()] == list(range(1, 200_001))
@@ -762,10 +760,10 @@ def test_a_failed_batch_leaves_its_session_settings_to_the_next(tmp_path: Path, 
 def test_a_long_running_exporter_holds_no_transaction_open_on_the_source_between_passes(
     tmp_path: Path, pg_url: str, fmt: str
 ) -> None:
-    """ADBC's connection does not autocommit: after a read, a long-running exporter (run --every,
+    """ADBC's connection did not autocommit: after a read, a long-running exporter (run --every,
     the service) sat "idle in transaction" with a lock on the table it read, so an ALTER TABLE
     on the source waited for it until its next error or its end (and every query behind the
-    ALTER waited too). The read's transaction ends with the read now."""
+    ALTER waited too). The read's transaction ends with the read now (it autocommits)."""
     _one_row_per_key(pg_url, range(1, 3), "DateStyle = 'ISO, YMD'")
     root = _project(tmp_path, pg_url, "SELECT k, t FROM m", fmt)
     _mark(root, range(1, 3))

@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import io
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -64,27 +64,15 @@ def read_arrow(
 def _batches(
     aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any],
     client: ClientSort | None = None,
-) -> Generator[pa.RecordBatch, None, None]:  # fmt: skip
+) -> Iterator[pa.RecordBatch]:  # fmt: skip
     """The non-empty record batches of ``query``, its parameters bound by psycopg; with
     ``client``, its unsorted query's, sorted here (``query``'s when they overrun its budget).
 
-    The read's transaction ends with it, however it ends: ADBC's connection does not autocommit,
-    and a long-running exporter (``run --every``, the service) sat "idle in transaction" between
-    passes, holding a lock on every table it read, so an ``ALTER TABLE`` on the source waited
-    for it (and every query after the ``ALTER`` too), and ``idle_in_transaction_session_timeout``
-    ended the session. The session's settings were committed (``open_arrow``), so a rollback
-    keeps them. A rollback that fails (the connection lost) is the next read's to find."""
-    try:
-        yield from _read_batches(aconn, conn, query, params, client)
-    finally:
-        with contextlib.suppress(Exception):
-            aconn.rollback()
-
-
-def _read_batches(
-    aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any],
-    client: ClientSort | None,
-) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    ADBC's connection autocommits (see ``adbc._AdbcConnection``), so the read's transaction
+    ends with its statement: a long-running exporter (``run --every``, the service) holds no
+    lock on the tables it read between passes (an ``ALTER TABLE`` on the source would wait for
+    it, and every query after the ``ALTER`` too), and ``idle_in_transaction_session_timeout``
+    does not end its session."""
     if client is not None:
         with aconn.cursor() as cur:
             cur.execute(inline(conn, client.query, client.params))
@@ -95,7 +83,6 @@ def _read_batches(
         if done is not None:
             yield from done
             return
-        aconn.rollback()  # the cancelled query's transaction (the session's settings were committed)
         client.overran()
     text = inline(conn, query, params)
     with aconn.cursor() as cur:

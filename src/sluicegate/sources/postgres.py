@@ -102,16 +102,14 @@ class PostgresSource:
         self._parallel.clear()
 
     def _after_error(self) -> None:
-        """Leave the ADBC connection usable after a failed query: roll back, or drop it if lost."""
-        if self._arrow is None:
+        """After a failed query, drop the ADBC connection if it is lost (a new one is opened on
+        the next read); it autocommits, so a failed statement left nothing to roll back."""
+        if self._arrow is None or self._arrow.alive():
             return
-        try:
-            self._arrow.rollback()
-        except Exception:  # the connection is gone: a new one is opened on the next read
-            with contextlib.suppress(Exception):
-                self._arrow.close()
-            self._arrow = None
-            self._parallel.pop(True, None)
+        with contextlib.suppress(Exception):
+            self._arrow.close()
+        self._arrow = None
+        self._parallel.pop(True, None)
 
     def close(self) -> None:
         """Close the connections."""
@@ -258,8 +256,7 @@ class PostgresSource:
                 self.conn.execute(statement)  # autocommit
             else:
                 with aconn.cursor() as cur:
-                    cur.execute(statement)
-                aconn.commit()  # so that a failed read's rollback keeps it
+                    cur.execute(statement)  # autocommit
             self._parallel[aconn is not None] = allowed
         return aconn
 
@@ -268,8 +265,8 @@ class PostgresSource:
             from .adbc import open_arrow
 
             with db.wrap_errors(self.url):
-                # Named as psycopg's session is: it stays idle in transaction after a read, which
-                # the late-commit cap (watermark_ends) must not take for a writer's.
+                # Named as psycopg's session is: the late-commit cap (watermark_ends) must not
+                # take a read of its in progress for a writer's open transaction.
                 named = f"SET application_name TO '{db.APPLICATION_NAME}'"
                 self._arrow = open_arrow(self.url, (*SESSION, named))
             self._parallel.pop(True, None)
