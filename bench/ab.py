@@ -4,7 +4,10 @@
         before=/tmp/before/src after=src
 
 Each NAME=SRC is a source tree (a checkout's ``src``) that the measured ``sluicegate run``
-imports (through PYTHONPATH); the server, the dataset and the harness are bench/run.py's. Every
+imports (through PYTHONPATH); the server, the dataset and the harness are bench/run.py's. With
+``--source-latency 0.03`` the runs reach the database (source and ledger) through
+bench/latency_proxy.py, which delays every piece sent to it by 30 ms: a database in another
+region, where each round trip counts. Every
 run is checked as bench/run.py checks it, and its data files (not the change feed, whose lines
 name the moment) are hashed, so a change that must not alter the bytes can be seen not to.
 """
@@ -16,9 +19,11 @@ import hashlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import run as bench
@@ -44,11 +49,31 @@ def digest(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _far(proj: Path, url: str, latency: float) -> subprocess.Popen[str]:
+    """bench/latency_proxy.py in front of the database of ``url``; the project ``proj`` reaches
+    it through the proxy (its source's url; the ledger defaults to the source)."""
+    parts = urlsplit(url)
+    user, _, upstream = parts.netloc.rpartition("@")
+    proxy = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("latency_proxy.py")), upstream, str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proxy.stdout is not None
+    port = proxy.stdout.readline().strip().rpartition(":")[2]
+    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+    toml = proj / "sluicegate.toml"
+    far = urlunsplit(parts._replace(netloc=netloc))
+    toml.write_text(toml.read_text().replace(f'url = "{url}"', f'url = "{far}"', 1))
+    return proxy
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="parquet,csv", help=f"comma-separated: {', '.join(CASES)}")
+    parser.add_argument("--source-latency", type=float, default=0.0, help="seconds added to each request")
     parser.add_argument("variants", nargs="+", metavar="NAME=SRC")
     args = parser.parse_args(argv)
     variants = [v.split("=", 1) for v in args.variants]
@@ -59,9 +84,12 @@ def main(argv: list[str]) -> int:
     pg.start()
     bench._SERVER = pg  # measure() reports the server's CPU
     runs: dict[tuple[str, str], list[bench.Run]] = {}
+    proxy: subprocess.Popen[str] | None = None
     try:
         ds = bench.load(pg, args.rows, bench.locations_for(args.rows))
         ctx = bench.Context(base=base, pg=pg, ds=ds, proj=bench.make_project(base, ds))
+        if args.source_latency:
+            proxy = _far(ctx.proj, ds.url, args.source_latency)
         for r in range(args.repeat):
             for case in cases:
                 for name, src in variants:
@@ -81,6 +109,9 @@ def main(argv: list[str]) -> int:
             cpu, mid = statistics.median(r.cpu_s for r in done), statistics.median(secs)
             print(f"{case:14s} {name:10s} median {mid:.2f} s ({spread}), client CPU {cpu:.2f} s")
     finally:
+        if proxy is not None:
+            proxy.kill()
+            proxy.wait()
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
     return 0
