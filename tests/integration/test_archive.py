@@ -39,6 +39,7 @@ from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
 from sluicegate.ledger.core import LedgerCore
 from sluicegate.options import Budget, RunOptions, TaskSummary
+from sluicegate.sources import sqlite as sqlite_source
 from support import cli, files, is_mariadb, load
 
 UTC = dt.UTC
@@ -1179,3 +1180,50 @@ def test_a_time_no_file_can_hold_fails_the_run_by_column_and_deletes_nothing(
     assert "Traceback" not in result.stdout + result.stderr
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM held").fetchone() == (1,)
+
+
+def _sqlite_archive(tmp_path: Path, name: str, values: list[Any]) -> tuple[Project, Path]:
+    """A SQLite archive task writing Parquet, its table ``m (id, v)`` holding ``values`` (no
+    affinity: each keeps its type), its select ordered by ``id`` and its delete of every row."""
+    root = tmp_path / name
+    task = root / "tasks" / "m"
+    task.mkdir(parents=True)
+    with sqlite3.connect(root / "src.db") as conn:
+        conn.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, v)")
+        conn.executemany("INSERT INTO m VALUES (?, ?)", enumerate(values))
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "sqlite:///{root / "src.db"}"\n[destination]\nurl = "{root / "out"}"\n'
+    )
+    (task / "task.toml").write_text('kind = "archive"\nformat = "parquet"\n')
+    (task / "select.sql").write_text("SELECT id, v FROM m ORDER BY id")
+    (task / "delete.sql").write_text("DELETE FROM m")
+    return load(root), root
+
+
+def test_a_sqlite_parquet_archive_types_a_column_by_its_values_not_by_the_read_chunks(tmp_path: Path) -> None:
+    """A SQLite archive's Parquet types each column from its values, read 5,000 rows at a time,
+    and cast every later chunk to the first chunk's types: text '007' after 5,000 integers was
+    written as the integer 7 (the run deleted the rows); a column NULL in the first 5,000 rows
+    failed the run ("could not be written as Parquet null"), and a fraction after integers too,
+    where one chunk of the same rows gives a double. Now text among numbers fails the run by
+    column and deletes nothing, and the others are written as one chunk of them would be."""
+    chunk = sqlite_source.CHUNK_ROWS
+    project, root = _sqlite_archive(tmp_path, "text", [*range(chunk), "007"])
+    [summary] = engine.run(project)
+    assert summary.failed == 1 and not files(root / "out")
+    assert "column 'v' holds int64 values and later string values" in summary.errors[0]
+    with sqlite3.connect(root / "src.db") as conn:
+        assert conn.execute("SELECT count(*) FROM m").fetchone() == (chunk + 1,)
+    for name, values, typ in [
+        ("nulls", [*[None] * chunk, 5], "int64"),
+        ("fraction", [*range(chunk), 1.5], "double"),
+        ("blob", [*[str(i) for i in range(chunk)], b"\xff"], "binary"),
+    ]:
+        project, root = _sqlite_archive(tmp_path, name, values)
+        [summary] = engine.run(project)
+        assert summary.failed == 0, summary.errors
+        [written] = files(root / "out")
+        table = pq.read_table(written)
+        assert str(table.schema.field("v").type) == typ
+        expected = [v.encode() if typ == "binary" and isinstance(v, str) else v for v in values]
+        assert table.column("v").to_pylist() == expected

@@ -199,6 +199,27 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+_NUMBERS = (pa.int64(), pa.float64())
+
+
+def _settled(name: str, old: pa.DataType, new: pa.DataType, *, unwritten: bool) -> pa.DataType:
+    """The type of column ``name`` (``old`` so far) after a chunk of type ``new`` (see _settle)."""
+    if old.equals(new) or pa.types.is_null(new):
+        return old
+    if pa.types.is_null(old) and unwritten:
+        return new
+    if old in _NUMBERS and new in _NUMBERS:
+        return pa.float64() if unwritten else old  # Arrow's cast refuses a value that changes
+    if pa.types.is_binary(old) and pa.types.is_string(new):
+        return old
+    if pa.types.is_string(old) and pa.types.is_binary(new) and unwritten:
+        return new
+    raise DataError(
+        f"column {name!r} holds {old} values and later {new} values, which one Parquet column"
+        f" cannot hold as they are; give it one type in select.sql, e.g. CAST({name} AS TEXT) AS {name}"
+    )
+
+
 # Dictionary encoding pays for itself from a few thousand rows on; below that plain pages are
 # smaller and a third faster to write (a location-day holds tens to hundreds of rows). The
 # choice depends on the rows alone: a file written in several row groups, or with at least
@@ -272,16 +293,39 @@ class ParquetWriter:
 
     def _conformed(self) -> pa.Table:
         """The pending chunks as one table of the file's schema (they are kept cast)."""
-        self._pending += [self._conform(t) for t in self._raw]
+        for table in self._raw:  # one at a time: a chunk may change the types of those before it
+            conformed = self._conform(table)
+            self._pending.append(conformed)
         self._raw = []
         return self._pending[0] if len(self._pending) == 1 else pa.concat_tables(self._pending)
 
     def _conform(self, table: pa.Table) -> pa.Table:
-        """``table`` in the file's schema: the task's types, then the first chunk's schema."""
+        """``table`` in the file's schema: the task's types, then those of the chunks before it."""
         conversion = self._layout.conversion(table.schema)
         if self._schema is None:
             self._schema = conversion.schema
+        elif not conversion.schema.equals(self._schema):
+            self._settle(conversion.schema)
         return _cast(conversion.apply(table), self._schema)
+
+    def _settle(self, schema: pa.Schema) -> None:
+        """The file's types once a chunk has come whose inferred types (kind "other": a SQLite
+        archive's, from its values) differ from the earlier chunks': as one chunk of all the
+        rows would have them while no row group is written (NULLs take the values' type,
+        integers become doubles beside a fraction, text bytes beside a BLOB), else the
+        earlier type, which a later value must fit. Text beside numbers fails by column:
+        a cast would turn '007' into 7."""
+        assert self._schema is not None
+        unwritten = self._writer is None
+        settled = pa.schema(
+            [
+                old.with_type(_settled(old.name, old.type, new.type, unwritten=unwritten))
+                for old, new in zip(self._schema, schema, strict=True)
+            ]
+        )
+        if not settled.equals(self._schema):
+            self._pending = [_cast(t, settled) for t in self._pending]
+            self._schema = settled
 
     def _open(self, *, last: bool) -> pq.ParquetWriter:
         """The file's writer; ``last``: the first group is the whole file (written at close)."""
