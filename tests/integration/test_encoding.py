@@ -602,6 +602,24 @@ def test_check_counts_sqlite_times_no_partition_reads(tmp_path: Path) -> None:
     assert cli(root, "check").returncode == 0
 
 
+def test_check_counts_sqlite_rows_whose_key_is_a_blob(tmp_path: Path) -> None:
+    """A BLOB key (a SQLite column takes any type) is of a type no partition key holds: capture
+    and ``backfill`` set its rows aside with a warning, so they are never exported, and
+    ``check`` said every task was ok. Now it counts them and names one (exit 2)."""
+    rows = [(1, "2024-11-02T12:00:00Z", 1), (b"\x00\xff", "2024-11-02T12:00:00Z", 2)]
+    url = _sqlite(tmp_path / "s.db", rows)
+    root = _project(tmp_path / "p", url, "SELECT k, t, v FROM m", "csv")
+    checked = cli(root, "check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert (
+        "select.sql: 1 row(s) have a k that is a BLOB (such as X'00FF'), which no partition key holds,"
+        " so they are never exported" in checked.stderr
+    )
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("DELETE FROM m WHERE v = 2")
+    assert cli(root, "check").returncode == 0
+
+
 def test_columns_errors_name_the_file_the_key_and_the_choices(tmp_path: Path, pg_url: str) -> None:
     url = _sqlite(tmp_path / "s.db", [(1, "2024-11-02T12:00:00Z", 1)])
     root = _project(tmp_path / "a", url, "SELECT k, t, v FROM m", "csv", extra='[columns]\nv = "double"\n')

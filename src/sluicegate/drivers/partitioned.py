@@ -385,6 +385,7 @@ def check(task: Task, source: Source) -> list[str]:
     if task.time and task.time.zone_sql:
         problems += _check_zones(task, source, task.folder / "task.toml")
     problems += sqlite.unreadable_time_rows(task, source)
+    problems += sqlite.blob_key_rows(task, source)
     return problems + capture_triggers.capture_problems(task, source)
 
 
