@@ -579,6 +579,28 @@ def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
         ]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet"])
+@pytest.mark.parametrize(("value", "shown"), [(19000, "19000 (int)"), (b"\x01", "b'\\x01' (bytes)")])
+def test_sqlite_date_column_holding_no_date_fails_its_partition_by_name(
+    tmp_path: Path, fmt: str, value: Any, shown: str
+) -> None:
+    """A number or BLOB in a column of kind date failed its partition in Parquet, but CSV wrote
+    it as if it were a date's text (``19000``, ``\\x01``) in the date column. Now CSV fails that
+    partition the same way, naming the column and the value; the other is exported."""
+    rows = [(1, "2024-11-02T12:00:00Z", value), (2, "2024-11-02T12:00:00Z", "2024-01-01")]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, d")
+    root = _project(
+        tmp_path / "p", url, "SELECT k, t, d FROM m", fmt, extra='[columns]\nd = "date"\n', ledger=False
+    )
+    project = load(root)
+    for k in (1, 2):
+        operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
+    [summary] = engine.run(load(root))
+    assert (summary.exported, summary.failed) == (1, 1), summary.errors
+    assert f"column 'd' holds {shown}, not a time" in summary.errors[0]
+    assert not _file(root, 1, DAY, fmt).exists() and _file(root, 2, DAY, fmt).exists()
+
+
 def test_check_counts_sqlite_times_no_partition_reads(tmp_path: Path) -> None:
     """SQLite's julianday() cannot read an offset without a colon, ISO 8601's basic form or a
     lower-case t: such a row is in no partition's window and never exported (its capture logged

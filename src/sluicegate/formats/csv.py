@@ -116,6 +116,8 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
     if col.kind in ("timestamptz", "timestamp"):
         tz = zone_of(zone) if zone else None
         return lambda v: _format_time(v, tz, col)
+    if col.kind == "date":  # SQLite stores dates as text: a number or BLOB is no date (as in Parquet)
+        return lambda v: value_text(v) if v is None or isinstance(v, str | dt.date) else _not_a_date(col, v)
     if col.kind == "bool":  # SQLite stores booleans as integers; other values are written as stored
         return lambda v: ("true" if v else "false") if isinstance(v, int) else value_text(v)
     if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
@@ -244,6 +246,10 @@ def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
         return value.isoformat()
     if value is None:
         return None
+    raise DataError(not_a_time(col.name, value))
+
+
+def _not_a_date(col: Column, value: Any) -> Any:
     raise DataError(not_a_time(col.name, value))
 
 
