@@ -981,3 +981,44 @@ def test_a_quote_in_a_comment_or_the_other_quotes_string_is_refused_with_what_to
     checked = cli(_cities(tmp_path, mariadb_url, select), "check")
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert "in a comment" in checked.stderr and "of the other quote" in checked.stderr, checked.stderr
+
+
+def test_a_decimal_of_a_scale_above_30_is_its_parquet_decimal(mariadb_url: str, tmp_path: Path) -> None:
+    """The driver's description gives a DECIMAL of a scale above 30 a scale of 0: DECIMAL(31,31)
+    was taken as decimal128(32, 0), and its Parquet column refused 0.5 ("Rescaling Decimal value
+    would cause data loss"), so the partition failed on every run."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), a DECIMAL(31,31),"
+            " b DECIMAL(37,37) UNSIGNED, c DECIMAL(38,31), d DECIMAL(65,30))"
+        )
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', 0.5, 0.0000000000000000000000000000000000001,"
+            " -1234567.0000000000000000000000000000001, -12345678901234567890123456789012345.5)"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, a, b, c, d FROM readings")
+    (root / "sluicegate.toml").write_text(
+        (root / "sluicegate.toml").read_text().replace('"csv"', '"parquet"')
+    )
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "Gent" / "20240301.parquet", columns=["a", "b", "c", "d"])
+    assert [f.type for f in table.schema] == [
+        pa.decimal128(31, 31), pa.decimal128(37, 37), pa.decimal128(38, 31), pa.string(),
+    ]  # fmt: skip
+    assert table.to_pylist() == [
+        {
+            "a": decimal.Decimal("0.5000000000000000000000000000000"),
+            "b": decimal.Decimal("0.0000000000000000000000000000000000001"),
+            "c": decimal.Decimal("-1234567.0000000000000000000000000000001"),
+            "d": "-12345678901234567890123456789012345.500000000000000000000000000000",
+        }
+    ]

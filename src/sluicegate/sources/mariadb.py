@@ -35,6 +35,7 @@ from ..formats.csv import single_text
 from ..masking import mask_url
 from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
+from .mariadb_values import decimal_type
 
 CHUNK_ROWS = 10000
 _INT = (1, 2, 3, 8, 9, 13)  # TINY, SHORT, LONG, LONGLONG, INT24, YEAR
@@ -44,13 +45,12 @@ _STRINGS = (15, 249, 250, 251, 252, 253, 254)  # VARCHAR, the BLOB/TEXT family, 
 _OTHER: dict[int, ColumnKind] = {4: "float", 5: "float", 0: "decimal", 246: "decimal", 10: "date", 14: "date"}
 _AS_TEXT = (11, 19, 245, 247, 248)  # TIME, JSON, ENUM, SET: the server's text
 _BINARY_CHARSET = 63
-_UNSIGNED = 32  # column flag
 
 
-def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Column]:
-    """The columns of a MariaDB result, from the driver's description and each column's charset."""
+def column_kinds(description: Sequence[Any], metadata: dict[str, Any]) -> list[Column]:
+    """The columns of a MariaDB result, from the driver's description and metadata (charset, decimals)."""
     columns = []
-    for desc, charset in zip(description, charsets, strict=True):
+    for desc, charset, decimals in zip(description, metadata["charset"], metadata["decimals"], strict=True):
         name, code, scale = desc[0], desc[1], desc[5]
         if code in _INT:
             columns.append(Column(name=name, kind="int"))
@@ -62,17 +62,13 @@ def column_kinds(description: Sequence[Any], charsets: Sequence[int]) -> list[Co
             columns.append(Column(name=name, kind="text", as_text=True))
         elif code in _OTHER:
             kind = _OTHER[code]
-            digits = _decimal_digits(desc) if kind == "decimal" else (24 if code == 4 else None)
+            digits: int | None = 24 if code == 4 else None
+            if kind == "decimal":
+                scale, digits = decimal_type(desc, decimals)
             columns.append(Column(name=name, kind=kind, precision=digits, scale=scale))
         else:  # BIT, GEOMETRY: bytes; NULL: nothing to encode
             columns.append(Column(name=name, kind="text" if code == 6 else "binary"))
     return columns
-
-
-def _decimal_digits(desc: Sequence[Any]) -> int:
-    """A DECIMAL's precision from its length in the description, which counts the point and the sign."""
-    length, scale, flags = int(desc[3]), int(desc[5]), int(desc[7])
-    return length - (1 if scale else 0) - (0 if flags & _UNSIGNED else 1)
 
 
 def utc_naive(value: dt.datetime) -> dt.datetime:
@@ -131,7 +127,7 @@ class MariaDbSource:
         cur, where, kinds = self.conn.cursor(), spec.folder / "select.sql", None
         try:
             cur.execute(f"SELECT * FROM ({spec.select_sql}) AS q LIMIT 0")
-            kinds = column_kinds(cur.description or [], cur.metadata["charset"])
+            kinds = column_kinds(cur.description or [], cur.metadata)
             # The reads put ? parameters after the select: the driver must find them where the server does.
             cur.execute(*probe_query(spec, kinds))
             return kinds
@@ -261,7 +257,7 @@ class _Snapshot:
         values = bound(query, params)
         with db.wrap_errors(self.url):
             self.cursor.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", values)
-            columns = column_kinds(self.cursor.description or [], self.cursor.metadata["charset"])
+            columns = column_kinds(self.cursor.description or [], self.cursor.metadata)
             q = db.MARIADB.quote_name
             projection = ", ".join(
                 f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns
