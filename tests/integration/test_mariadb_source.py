@@ -983,6 +983,54 @@ def test_a_quote_in_a_comment_or_the_other_quotes_string_is_refused_with_what_to
     assert "in a comment" in checked.stderr and "of the other quote" in checked.stderr, checked.stderr
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_negative_tinyint_is_written_negative_and_is_its_own_partition(
+    mariadb_url: str, tmp_path: Path, fmt: str
+) -> None:
+    """MariaDB Connector/Python reads a signed TINYINT (BOOLEAN, TINYINT(1)) of a result with
+    parameters as its byte unsigned: the files held 255 where the table holds -1, and 128 for
+    -128; a backfill marked a TINYINT key of -1 as 255, whose partition had no rows."""
+    root = _readings(tmp_path, mariadb_url, "TINYINT", "scan")
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("ALTER TABLE readings ADD flag BOOLEAN, ADD t TINYINT(1), ADD u TINYINT UNSIGNED")
+        cur.executemany(
+            "INSERT INTO readings (city, at, flag, t, u) VALUES (?, '2024-03-01 10:00:00', ?, ?, ?)",
+            [(-1, -1, -128, 255), (-1, 1, 127, 128), (7, None, 0, 0)],
+        )
+        conn.commit()
+    (root / "tasks" / "cities" / "select.sql").write_text("SELECT id, city, at, flag, t, u FROM readings")
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"csv"', f'"{fmt}"'))
+    assert cli(root, "backfill", "cities").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "out"
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob(f"*/*.{fmt}")) == [
+        f"-1/20240301.{fmt}", f"7/20240301.{fmt}",
+    ]  # fmt: skip
+    path = out / "-1" / f"20240301.{fmt}"
+    if fmt == "csv":
+        rows = [{k: r[k] for k in ("city", "flag", "t", "u")} for r in read_csv(path)]
+        assert rows == [
+            {"city": "-1", "flag": "-1", "t": "-128", "u": "255"},
+            {"city": "-1", "flag": "1", "t": "127", "u": "128"},
+        ]
+        return
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path, columns=["city", "flag", "t", "u"]).to_pylist()
+    else:
+        rows = [
+            {k: r[k] for k in ("city", "flag", "t", "u")}
+            for r in map(json.loads, path.read_text().splitlines())
+        ]
+    assert rows == [
+        {"city": -1, "flag": -1, "t": -128, "u": 255},
+        {"city": -1, "flag": 1, "t": 127, "u": 128},
+    ]
+
+
 def test_a_decimal_of_a_scale_above_30_is_its_parquet_decimal(mariadb_url: str, tmp_path: Path) -> None:
     """The driver's description gives a DECIMAL of a scale above 30 a scale of 0: DECIMAL(31,31)
     was taken as decimal128(32, 0), and its Parquet column refused 0.5 ("Rescaling Decimal value

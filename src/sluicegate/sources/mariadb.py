@@ -35,7 +35,7 @@ from ..formats.csv import single_text
 from ..masking import mask_url
 from ..partitions import canonical_key, zone_of
 from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
-from .mariadb_values import decimal_type
+from .mariadb_values import decimal_type, is_signed_tiny, signed_tiny, signed_tiny_columns, with_signed_tiny
 
 CHUNK_ROWS = 10000
 _INT = (1, 2, 3, 8, 9, 13)  # TINY, SHORT, LONG, LONGLONG, INT24, YEAR
@@ -406,9 +406,14 @@ class _Converting:
 
     def __init__(self, cursor: Any, conn: Any, url: str) -> None:
         self.cursor, self.conn, self.url = cursor, conn, url
+        self._tiny = signed_tiny_columns(cursor.description)  # read as unsigned by the driver
         self._held: list[Any] = []  # the last row fetched: read only once the stream is known sound
 
     def fetchmany(self, size: int) -> Any:
+        rows = self._sound(size)  # the tiny values of the rows known sound only: the last may be unset
+        return with_signed_tiny(rows, self._tiny) if self._tiny and rows else rows
+
+    def _sound(self, size: int) -> Any:
         while True:
             rows = self._fetch(size)
             if not rows:
@@ -458,7 +463,9 @@ def _single_digits(value: Any) -> Any:
 
 def _converter(desc: Sequence[Any]) -> Any:
     """How a small query's value of a result column is returned: a FLOAT as its single-precision
-    digits, a TIME as the server's text, a time as an aware UTC datetime."""
+    digits, a TIME as the server's text, a signed TINYINT signed, a time as an aware UTC datetime."""
+    if is_signed_tiny(desc):
+        return signed_tiny
     if desc[1] == 4:  # FLOAT
         return _single_digits
     if desc[1] in (11, 19):  # TIME

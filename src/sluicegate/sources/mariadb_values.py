@@ -1,4 +1,10 @@
-"""What MariaDB Connector/Python 1.1 reads wrongly, put right.
+"""What MariaDB Connector/Python 1.1 reads wrongly, put right: values and column types.
+
+A signed ``TINYINT`` (``BOOLEAN``, ``TINYINT(1)`` too) is read as its byte unsigned: -1 came as
+255 and -128 as 128 (its row callback casts the ``unsigned char`` to ``long``). Every read with
+parameters, and :meth:`~sluicegate.sources.mariadb.MariaDbSource.execute`, takes that protocol, so
+the files held 255 where the table holds -1. A signed ``TINYINT`` holds -128 to 127 only, so a
+value above 127 is the byte of a negative one (and a driver that reads it right is left alone).
 
 A ``DECIMAL`` of a scale above 30 (``DECIMAL(31,31)``) has a scale of 0 in the description: taken
 as ``decimal128(32, 0)``, its Parquet column refused 0.5 ("Rescaling Decimal value would cause
@@ -10,7 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+_TINY = 1
 UNSIGNED = 32  # column flag
+
+
+def is_signed_tiny(desc: Sequence[Any]) -> bool:
+    """Whether a result column (a driver description entry) is a signed TINYINT."""
+    return int(desc[1]) == _TINY and not int(desc[7]) & UNSIGNED
+
+
+def signed_tiny(value: Any) -> Any:
+    """A signed TINYINT's value from the byte the driver read as unsigned."""
+    return value - 256 if type(value) is int and value > 127 else value
 
 
 def decimal_type(desc: Sequence[Any], decimals: int) -> tuple[int, int]:
@@ -18,3 +35,19 @@ def decimal_type(desc: Sequence[Any], decimals: int) -> tuple[int, int]:
     the description, which counts the point and the sign."""
     length, scale, flags = int(desc[3]), int(decimals), int(desc[7])
     return scale, length - (1 if scale else 0) - (0 if flags & UNSIGNED else 1)
+
+
+def signed_tiny_columns(description: Sequence[Sequence[Any]] | None) -> list[int]:
+    """The positions of the signed TINYINT columns of a result."""
+    return [i for i, desc in enumerate(description or ()) if is_signed_tiny(desc)]
+
+
+def with_signed_tiny(rows: Sequence[Sequence[Any]], columns: Sequence[int]) -> list[Any]:
+    """``rows`` with the values of the signed TINYINT ``columns`` put right."""
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in columns:
+            values[i] = signed_tiny(values[i])
+        out.append(tuple(values))
+    return out
