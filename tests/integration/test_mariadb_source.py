@@ -1070,3 +1070,46 @@ def test_a_decimal_of_a_scale_above_30_is_its_parquet_decimal(mariadb_url: str, 
             "d": "-12345678901234567890123456789012345.500000000000000000000000000000",
         }
     ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_time_a_file_cannot_hold_names_a_cast_mariadb_accepts(
+    mariadb_url: str, tmp_path: Path, fmt: str
+) -> None:
+    """A DATETIME of 0001-01-01 01:00 is in year 0 in New York, which no file can hold: its
+    partition fails (the other is exported), and the message named only PostgreSQL's remedies
+    (isfinite(x), x::text), which are errors on MariaDB. The cast it names now works there."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), e DATETIME(6))")
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', '0001-01-01 01:00:00'),"
+            " ('Namur', '2024-03-01 10:00:00', '9999-12-31 23:59:59.999999')"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, e FROM readings", 'zone = "America/New_York"\n')
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"csv"', f'"{fmt}"'))
+    for city in ("Gent", "Namur"):
+        assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["failed"]) == (1, 1)
+    [error] = summary["errors"]
+    assert error.startswith('["Gent","2024-03-01"]: column \'e\' holds a time outside the years 1 to 9999')
+    assert (
+        "on MariaDB CASE WHEN x >= '0001-01-02' AND x < '9999-12-31' THEN x END, or CAST(x AS CHAR))" in error
+    )
+    for fix, value in (
+        ("CASE WHEN e >= '0001-01-02' AND e < '9999-12-31' THEN e END", ""),
+        ("CAST(e AS CHAR)", "0001-01-01 01:00:00.000000"),
+    ):
+        (root / "tasks" / "cities" / "select.sql").write_text(f"SELECT city, at, {fix} AS e FROM readings")
+        assert cli(root, "reexport", "cities", "city=Gent").returncode == 0
+        ran = cli(root, "run", "--json")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        path = tmp_path / "out" / "Gent" / f"20240301.{fmt}"
+        if fmt == "csv":
+            assert [r["e"] for r in read_csv(path)] == [value]
+        else:
+            assert [json.loads(line)["e"] for line in path.read_text().splitlines()] == [value or None]

@@ -38,7 +38,8 @@ def message(column: str, value: str = "a time") -> str:
     return (
         f"column {column!r} holds {value} outside the years 1 to 9999 (or infinity), which CSV "
         f"and Parquet files cannot hold as a time; cast it in select.sql (for example "
-        f"CASE WHEN isfinite(x) AND x < '10000-01-01' THEN x END, or x::text)"
+        f"CASE WHEN isfinite(x) AND x < '10000-01-01' THEN x END, or x::text; on MariaDB "
+        f"CASE WHEN x >= '0001-01-02' AND x < '9999-12-31' THEN x END, or CAST(x AS CHAR))"
     )
 
 
