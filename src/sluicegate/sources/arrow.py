@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -64,7 +64,7 @@ def read_arrow(
 def _batches(
     aconn: Any, conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any],
     client: ClientSort | None = None,
-) -> Iterator[pa.RecordBatch]:  # fmt: skip
+) -> Generator[pa.RecordBatch, None, None]:  # fmt: skip
     """The non-empty record batches of ``query``, its parameters bound by psycopg; with
     ``client``, its unsorted query's, sorted here (``query``'s when they overrun its budget).
 
