@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import itertools
 import math
 import random
@@ -94,6 +95,16 @@ class Ingestor:
             flavor=self.flavor, table=task.table, columns=tuple(self.columns), mode="insert", key=(task.key,)
         )
         target.ingest.create()
+        self.scales = self._scales()  # column -> decimal places it rounds a number to
+
+    def _scales(self) -> dict[str, int]:
+        table = tables.TableDb(self.target.url)
+        try:
+            return table.column_scales(self.task.table)
+        except SluicegateError:  # the table cannot be read: each batch fails on it, saying so
+            return {}
+        finally:
+            table.close()
 
     def ingest(self, messages: Sequence[Message], summary: IngestSummary) -> None:
         """Write one batch; then each message is inserted, a duplicate, or reported as malformed."""
@@ -143,11 +154,29 @@ class Ingestor:
         for message in messages:
             if message.error is not None or message.id is None:
                 bad.append(message)
+            elif (rounded := self._rounded(message)) is not None:  # a later copy may be whole
+                bad.append(dataclasses.replace(message, error=rounded))
             elif message.id in good:
                 later.setdefault(message.id, []).append(message)
             else:
                 good[message.id] = message
         return list(good.values()), bad, later
+
+    def _rounded(self, message: Message) -> str | None:
+        """Why the table would store one of the message's numbers rounded (2.5 in an integer
+        column, 1.005 in a numeric(6,2)), which PostgreSQL and MariaDB do without a word; or None."""
+        for column, name in self.task.columns:
+            value, scale = (message.fields or {}).get(name), self.scales.get(column)
+            places = None if scale is None else _places(value)
+            if places is None or scale is None or places <= scale:
+                continue
+            keeps = "whole numbers only" if scale == 0 else f"{scale} decimal place{'s' * (scale > 1)}"
+            return (
+                f"message {message.id}: {self.task.table} refused its row: column {column} (field {name},"
+                f" {shown(value)}): the column holds {keeps} and would store the value rounded; send a"
+                " value it holds, or give the column a type that keeps it (numeric, double precision)"
+            )
+        return None
 
     def _row(self, message: Message) -> tuple[Any, ...]:
         fields = message.fields or {}
@@ -271,6 +300,19 @@ class Ingestor:
             if text and kept is False:
                 return column
         return None
+
+
+def _places(value: Any) -> int | None:
+    """The decimal places a number (or a number's text) has: 0 for 2.0, 1 for 2.5, -2 for 1e+2;
+    None for any other value. A float has those of its shortest repr, which reads back as it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = decimal.Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except decimal.InvalidOperation:
+        return None
+    exponent = number.normalize().as_tuple().exponent
+    return -exponent if isinstance(exponent, int) else None  # NaN, Infinity: the table refuses them
 
 
 def _probe(kind: str) -> str:

@@ -200,6 +200,20 @@ class TableDb:
             rows = self.query(_MARIADB_KINDS, (schema or None, name))[1]
         return {str(column): str(kind) for column, kind in rows if kind}
 
+    def column_scales(self, table: str) -> dict[str, int]:
+        """The number columns of ``table`` that round a value to a number of decimal places, by
+        the number: 0 for an integer column, ``s`` for a ``numeric(p,s)`` (MariaDB: also a
+        ``DOUBLE(m,s)``). A float column and an unconstrained ``numeric`` are left out, and so is
+        every SQLite column (it stores a number as it is given, whatever the declared type)."""
+        schema, _, name = table.rpartition(".")
+        if self.flavor == "sqlite":
+            return {}
+        if self.flavor == "postgresql":
+            rows = self.query(_PG_SCALES, (self.quote(table),))[1]
+        else:
+            rows = self.query(_MARIADB_SCALES, (schema or None, name))[1]
+        return {str(column): int(scale) for column, scale in rows if scale is not None}
+
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
         insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
@@ -282,6 +296,20 @@ _MARIADB_KINDS = (
     " 'decimal', 'float', 'double', 'bit', 'year') THEN 'number'"
     " WHEN data_type IN ('date', 'datetime', 'timestamp', 'time') THEN 'time' ELSE '' END"
     " FROM information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
+)
+_PG_SCALES = (  # a domain has its base type's scale; numeric(p,s) keeps s in its typmod's low bits
+    "SELECT a.attname, CASE WHEN b.typname IN ('int2', 'int4', 'int8') THEN 0"
+    " WHEN b.typname = 'numeric' AND m.mod >= 4 THEN (m.mod - 4) & 2047 END"
+    " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+    " CROSS JOIN LATERAL (SELECT CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END AS mod,"
+    " CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END AS base) m"
+    " JOIN pg_catalog.pg_type b ON b.oid = m.base"
+    " WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+)
+_MARIADB_SCALES = (
+    "SELECT column_name, numeric_scale FROM information_schema.columns"
+    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND data_type IN ('tinyint',"
+    " 'smallint', 'mediumint', 'int', 'bigint', 'decimal', 'float', 'double')"
 )
 _SQLITE_COLLATION = (
     "SELECT x.coll FROM pragma_index_list(?, ?) AS l JOIN pragma_index_xinfo(l.name, ?) AS x"
