@@ -15,14 +15,16 @@ Three shapes are read into the same fields (:data:`FIELDS`):
   lines), also with SQS message attributes (``StringValue``) when SNS delivered raw.
 
 A message that cannot be read (not JSON, no id, a missing field, a value that is not a
-number or too large for one, a time that is not ISO 8601 or outside years 1 to 9999 in UTC,
-a text that is not valid Unicode or holds a NUL) becomes a :class:`Message` with an ``error`` naming its
-id and the field, never an exception: one bad message must not hold up the others.
+number, too large for one or with more digits than one keeps, a time that is not ISO 8601 or
+outside years 1 to 9999 in UTC, a text that is not valid Unicode or holds a NUL) becomes a
+:class:`Message` with an ``error`` naming its id and the field, never an exception: one bad
+message must not hold up the others.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import math
 import re
@@ -185,11 +187,11 @@ def _check(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
             if fields[name] is OUT_OF_RANGE:
                 return None, f"{name} {shown(value)} is outside years 1 to 9999 in UTC"
         elif name in NUMBERS:
-            fields[name] = _number(value)
-            if fields[name] is None:
-                return None, f"{name} {shown(value)} is not a number"
-            if not math.isfinite(fields[name]):
-                return None, f"{name} {shown(value)} is beyond the range of a number (a 64-bit float)"
+            fields[name], error = _number_field(name, value)
+            if error is not None:
+                return None, error
+        elif isinstance(value, bool):  # a JSON true in a text field is the text "true", not "True"
+            fields[name] = json.dumps(value)
         elif isinstance(value, dict | list):
             return None, f"{name} {shown(value)} is not a text"
         elif "\x00" in str(value):
@@ -199,6 +201,21 @@ def _check(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         else:
             fields[name] = str(value)
     return fields, None
+
+
+def _number_field(name: str, value: Any) -> tuple[float | None, str | None]:
+    """A number field's float, or why it has none: the float must be the number written."""
+    number = _number(value)
+    if number is None:
+        return None, f"{name} {shown(value)} is not a number"
+    if not math.isfinite(number):
+        return None, f"{name} {shown(value)} is beyond the range of a number (a 64-bit float)"
+    if _inexact(value, number):
+        return None, (
+            f"{name} {shown(value)} has more significant digits than a number keeps (a 64-bit"
+            f" float: 15 to 17), so it would be stored as {number!r}; send at most 15"
+        )
+    return number, None
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -222,27 +239,32 @@ _DIGIT = re.compile(r"[0-9]")
 
 
 class _Literal(str):
-    """A JSON number no float holds (``1e400``), or ``NaN``/``Infinity`` (which JSON has not), as
-    written: json.loads made them inf and nan, so a message showed ``inf`` for ``1e400`` and a
-    text field stored it so. A number field refuses it by its own spelling; text keeps it."""
+    """A JSON number with a fraction or an exponent (``1.10``, ``1e5``, ``1e400``), or
+    ``NaN``/``Infinity`` (which JSON has not), as written: json.loads made them floats, so a
+    message showed ``inf`` for ``1e400``, a text field stored ``1e5`` as ``100000.0``, and digits
+    no float keeps were dropped unsaid. A number field reads it as a float (refusing it by its
+    own spelling when no float holds it); a text field keeps it as written."""
 
     def __repr__(self) -> str:
         return str(self)
 
 
 def _loads(text: str) -> Any:
-    """JSON, with numbers no float holds and NaN/Infinity kept as written (see _Literal)."""
+    """JSON, with numbers that have a fraction or an exponent, and NaN/Infinity, kept as written
+    (see _Literal)."""
     try:
-        return json.loads(
-            text, parse_float=_json_float, parse_constant=_Literal, object_pairs_hook=unique_keys
-        )
+        return json.loads(text, parse_float=_Literal, parse_constant=_Literal, object_pairs_hook=unique_keys)
     except RecursionError:  # arrays or objects nested too deep: a malformed message, not a crash
         raise ValueError("it is nested too deeply") from None
 
 
-def _json_float(text: str) -> float | _Literal:
-    number = float(text)
-    return number if math.isfinite(number) else _Literal(text)
+def _inexact(value: Any, number: float) -> bool:
+    """Whether ``number``, the float read from ``value`` (a JSON number or a number's text), is
+    another number than the one written (``9007199254740993``, ``0.12345678901234567891``)."""
+    try:
+        return decimal.Decimal(str(value)) != decimal.Decimal(repr(number))
+    except decimal.InvalidOperation:  # not a decimal number: nothing was dropped from it
+        return False
 
 
 def _number(value: Any) -> float | None:

@@ -176,6 +176,19 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
             "message m1: value -Infinity is not a number",
         ),
         (line("m1").replace('"id": "m1"', '"id": 1e400'), "id 1e400 is not a message id"),  # not "1e400"
+        # digits no float keeps: 9007199254740993 was stored as 9007199254740992, unsaid
+        (
+            line("m1").replace('"value": 1.0', '"value": 9007199254740993'),
+            "message m1: value 9007199254740993 has more significant digits than a number keeps",
+        ),
+        (
+            line("m1").replace('"value": 1.0', '"value": 0.12345678901234567891'),
+            "message m1: value 0.12345678901234567891 has more significant digits than a number keeps",
+        ),
+        (
+            sns("s1", **{**AIRMAX_ATTRIBUTES, "latitude": "51.0000000000000000001"}),
+            "message s1: latitude '51.0000000000000000001' has more significant digits",
+        ),
         # JSON keeps the last: which reading the device sent is unknown
         (line("m1").replace('"value": 1.0', '"value": 1.0, "value": 2.0'), "body names field 'value' twice"),
         # in an SNS notification's Message: all its fields were dropped, the message stored without them
@@ -197,6 +210,27 @@ def test_a_text_field_keeps_a_huge_number_as_written() -> None:
     message = messages.parse(line("m1", value=2.5, country="X").replace('"country": "X"', '"country": 1e400'))
     assert message.error is None and message.fields is not None
     assert (message.fields["country"], message.fields["value"]) == ("1e400", 2.5)  # was "inf"
+
+
+@pytest.mark.parametrize(
+    ("written", "text"), [("1e5", "1e5"), ("1.10", "1.10"), ("true", "true"), ("-0.0", "-0.0"), ("12", "12")]
+)
+def test_a_text_field_keeps_a_number_or_a_boolean_as_written(written: str, text: str) -> None:
+    """A JSON number in a text field was stored as Python wrote the float it was read as:
+    ``1e5`` as ``100000.0``, ``1.10`` as ``1.1``; a JSON ``true`` as ``True``."""
+    message = messages.parse(line("m1", country="X").replace('"country": "X"', f'"country": {written}'))
+    assert message.error is None and message.fields is not None
+    assert message.fields["country"] == text
+
+
+@pytest.mark.parametrize(
+    ("written", "number"),
+    [("1e5", 100000.0), ("1.10", 1.1), ("9007199254740992", 2.0**53), ("1E-7", 1e-7), ('"12"', 12.0)],
+)
+def test_a_number_field_reads_each_number_a_float_keeps(written: str, number: float) -> None:
+    message = messages.parse(line("m1").replace('"value": 1.0', f'"value": {written}'))
+    assert message.error is None and message.fields is not None
+    assert message.fields["value"] == number and type(message.fields["value"]) is float
 
 
 def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_blocks_nothing(
