@@ -95,14 +95,17 @@ class Ingestor:
             flavor=self.flavor, table=task.table, columns=tuple(self.columns), mode="insert", key=(task.key,)
         )
         target.ingest.create()
-        self.scales = self._scales()  # column -> decimal places it rounds a number to
+        # column -> decimal places it rounds a number to; SQLite: column -> affinity
+        self.scales, self.affinities = self._column_types()
 
-    def _scales(self) -> dict[str, int]:
+    def _column_types(self) -> tuple[dict[str, int], dict[str, str]]:
         table = tables.TableDb(self.target.url)
         try:
-            return table.column_scales(self.task.table)
+            if self.flavor == "sqlite":
+                return {}, table.sqlite_affinities(self.task.table)
+            return table.column_scales(self.task.table), {}
         except SluicegateError:  # the table cannot be read: each batch fails on it, saying so
-            return {}
+            return {}, {}
         finally:
             table.close()
 
@@ -168,20 +171,36 @@ class Ingestor:
         for column, name in self.task.columns:
             value, scale = (message.fields or {}).get(name), self.scales.get(column)
             places = None if scale is None else _places(value)
+            refused = f"message {message.id}: {self.task.table} refused its row: column {column}"
+            refused += f" (field {name}"
+            if (made := _sqlite_number(value, self.affinities.get(column))) is not None:
+                return (
+                    f"{refused}, {shown(value)}): SQLite would store this text as the number {made!r} (a"
+                    " 64-bit float), which is another one; send a number a float keeps, or declare the"
+                    " column TEXT"
+                )
             if places is None or scale is None or places <= scale:
                 continue
             keeps = "whole numbers only" if scale == 0 else f"{scale} decimal place{'s' * (scale > 1)}"
             return (
-                f"message {message.id}: {self.task.table} refused its row: column {column} (field {name},"
-                f" {shown(value)}): the column holds {keeps} and would store the value rounded; send a"
-                " value it holds, or give the column a type that keeps it (numeric, double precision)"
+                f"{refused}, {shown(value)}): the column holds {keeps} and would store the value rounded;"
+                " send a value it holds, or give the column a type that keeps it (numeric, double precision)"
             )
         return None
 
     def _row(self, message: Message) -> tuple[Any, ...]:
         fields = message.fields or {}
-        values = (fields.get(name) for _, name in self.task.columns)
-        return tuple(tables.time_value(self.flavor, v) if isinstance(v, dt.datetime) else v for v in values)
+        return tuple(self._value(column, fields.get(name)) for column, name in self.task.columns)
+
+    def _value(self, column: str, value: Any) -> Any:
+        """A field's value as it is bound: a time as its database takes it; a number for a SQLite
+        text column as its shortest text that reads back as it (SQLite wrote 15 digits: 0.3 for
+        0.30000000000000004), as PostgreSQL and MariaDB store it."""
+        if isinstance(value, dt.datetime):
+            return tables.time_value(self.flavor, value)
+        if isinstance(value, float) and self.affinities.get(column) == "TEXT":
+            return repr(value)
+        return value
 
     def _commit(
         self,
@@ -313,6 +332,26 @@ def _places(value: Any) -> int | None:
         return None
     exponent = number.normalize().as_tuple().exponent
     return -exponent if isinstance(exponent, int) else None  # NaN, Infinity: the table refuses them
+
+
+# A number's text SQLite turns into a number in an INTEGER, NUMERIC or REAL column.
+_SQLITE_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+
+
+def _sqlite_number(value: Any, affinity: str | None) -> float | None:
+    """The float SQLite would store for a number's text in a column of ``affinity`` when that
+    float is another number than the text's (``12345678901234567890123``, more than 64 bits for
+    an integer; ``9007199254740993`` in a REAL column); None when it keeps the text's number, or
+    keeps the text."""
+    if not isinstance(value, str) or affinity not in ("INTEGER", "NUMERIC", "REAL"):
+        return None
+    if not _SQLITE_NUMBER.fullmatch(value):
+        return None
+    number = decimal.Decimal(value.strip())
+    if affinity != "REAL" and number == number.to_integral_value() and -(2**63) <= number < 2**63:
+        return None  # an INTEGER, exactly
+    made = float(number)
+    return None if decimal.Decimal(repr(made)) == number else made  # 1e999: inf, another number
 
 
 def _probe(kind: str) -> str:

@@ -214,6 +214,20 @@ class TableDb:
             rows = self.query(_MARIADB_SCALES, (schema or None, name))[1]
         return {str(column): int(scale) for column, scale in rows if scale is not None}
 
+    def sqlite_affinities(self, table: str) -> dict[str, str]:
+        """The affinity of each column of a SQLite ``table`` (``INTEGER``, ``TEXT``, ``BLOB``,
+        ``REAL`` or ``NUMERIC``, by SQLite's rules on the declared type): what SQLite makes of a
+        value, a number's text turned into a number, a number into a text of 15 digits."""
+        schema, _, name = table.rpartition(".")
+        affinities = {}
+        for column, declared in self.query(_SQLITE_TYPES, (name, schema or None))[1]:
+            kind = str(declared or "").upper()
+            affinities[str(column)] = next(
+                (a for words, a in _SQLITE_AFFINITY if any(w in kind for w in words)),
+                "BLOB" if not kind else "NUMERIC",
+            )
+        return affinities
+
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
         insert that skips a row whose ``column`` is taken needs (PostgreSQL's and SQLite's ``ON
@@ -297,6 +311,12 @@ _MARIADB_KINDS = (
     " WHEN data_type IN ('date', 'datetime', 'timestamp', 'time') THEN 'time' ELSE '' END"
     " FROM information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
 )
+_SQLITE_TYPES = "SELECT name, type FROM pragma_table_info(?, ?)"
+# SQLite's affinity rules, in their order (https://www.sqlite.org/datatype3.html#determination_of_column_affinity)
+_SQLITE_AFFINITY: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("INT",), "INTEGER"), (("CHAR", "CLOB", "TEXT"), "TEXT"), (("BLOB",), "BLOB"),
+    (("REAL", "FLOA", "DOUB"), "REAL"),
+)  # fmt: skip
 _PG_SCALES = (  # a domain has its base type's scale; numeric(p,s) keeps s in its typmod's low bits
     "SELECT a.attname, CASE WHEN b.typname IN ('int2', 'int4', 'int8') THEN 0"
     " WHEN b.typname = 'numeric' AND m.mod >= 4 THEN (m.mod - 4) & 2047 END"

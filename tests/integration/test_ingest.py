@@ -896,3 +896,31 @@ def test_a_number_an_integer_or_numeric_column_would_round_is_refused_naming_the
     assert [(r[0], r[1], r[2], float(r[3])) for r in stored] == [
         ("half", 7, None, 1.0), ("ok", 2, 3 * 10**15, 1.5), ("text", 12, None, 1.0)
     ]  # fmt: skip
+
+
+def test_sqlite_stores_each_number_as_sent_or_refuses_it_naming_the_column(tmp_path: Path) -> None:
+    """SQLite turns a value into its column's affinity: a number into a TEXT column was stored
+    with 15 digits (0.30000000000000004 as '0.3', 123456789.12345679 as '123456789.123457'), and
+    a number's text into an INTEGER or REAL column as a float that is another number
+    (12345678901234567890123 as 1.2345678901234568e+22). A number now goes into a text column
+    as its shortest exact text (as PostgreSQL and MariaDB store it), and a text SQLite would turn
+    into another number is refused, naming the column and the field."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    summary = _ingest_readings(
+        tmp_path, url, "mid VARCHAR(64) PRIMARY KEY, at TEXT NOT NULL, x VARCHAR(40), n BIGINT, r REAL",
+        {"mid": "id", "at": "date_utc", "x": "value", "n": "country", "r": "city"},
+        [line("m1", value=0.30000000000000004, country="9007199254740993", city="2.5"),
+         line("m2", value=123456789.12345679, country="1e5"), line("m3", value=-0.0),
+         line("big", country="12345678901234567890123"), line("real", city="9007199254740993")],
+    )  # fmt: skip
+    assert (summary.inserted, summary.malformed_count) == (3, 2), summary.malformed
+    errors = {m["id"]: str(m["error"]) for m in summary.malformed}
+    assert errors["big"].startswith(
+        "message big: readings refused its row: column n (field country, '12345678901234567890123'): SQLite"
+        " would store this text as the number 1.2345678901234568e+22"
+    ), errors
+    assert errors["real"].startswith("message real: readings refused its row: column r (field city,"), errors
+    assert _query(url, "SELECT mid, x, n, r FROM readings ORDER BY mid") == [
+        ("m1", "0.30000000000000004", 9007199254740993, 2.5), ("m2", "123456789.12345679", 100000, "Gent"),
+        ("m3", "-0.0", None, "Gent"),
+    ]  # fmt: skip
