@@ -95,17 +95,17 @@ class Ingestor:
             flavor=self.flavor, table=task.table, columns=tuple(self.columns), mode="insert", key=(task.key,)
         )
         target.ingest.create()
-        # column -> decimal places it rounds a number to; SQLite: column -> affinity
-        self.scales, self.affinities = self._column_types()
+        # the integer columns, which round a fraction away; SQLite: column -> affinity
+        self.integers, self.affinities = self._column_types()
 
-    def _column_types(self) -> tuple[dict[str, int], dict[str, str]]:
+    def _column_types(self) -> tuple[set[str], dict[str, str]]:
         table = tables.TableDb(self.target.url)
         try:
             if self.flavor == "sqlite":
-                return {}, table.sqlite_affinities(self.task.table)
-            return table.column_scales(self.task.table), {}
+                return set(), table.sqlite_affinities(self.task.table)
+            return table.integer_columns(self.task.table), {}
         except SluicegateError:  # the table cannot be read: each batch fails on it, saying so
-            return {}, {}
+            return set(), {}
         finally:
             table.close()
 
@@ -166,11 +166,12 @@ class Ingestor:
         return list(good.values()), bad, later
 
     def _rounded(self, message: Message) -> str | None:
-        """Why the table would store one of the message's numbers rounded (2.5 in an integer
-        column, 1.005 in a numeric(6,2)), which PostgreSQL and MariaDB do without a word; or None."""
+        """Why the table would store one of the message's numbers as another: a fraction in an
+        integer column (2.5), which PostgreSQL and MariaDB round without a word; or None. A
+        numeric(p,s) column rounds to the s places its owner declared: that is not refused."""
         for column, name in self.task.columns:
-            value, scale = (message.fields or {}).get(name), self.scales.get(column)
-            places = None if scale is None else _places(value)
+            value = (message.fields or {}).get(name)
+            places = _places(value) if column in self.integers else None
             refused = f"message {message.id}: {self.task.table} refused its row: column {column}"
             refused += f" (field {name}"
             if (made := _sqlite_number(value, self.affinities.get(column))) is not None:
@@ -179,12 +180,12 @@ class Ingestor:
                     " 64-bit float), which is another one; send a number a float keeps, or declare the"
                     " column TEXT"
                 )
-            if places is None or scale is None or places <= scale:
+            if places is None or places <= 0:
                 continue
-            keeps = "whole numbers only" if scale == 0 else f"{scale} decimal place{'s' * (scale > 1)}"
             return (
-                f"{refused}, {shown(value)}): the column holds {keeps} and would store the value rounded;"
-                " send a value it holds, or give the column a type that keeps it (numeric, double precision)"
+                f"{refused}, {shown(value)}): the column holds whole numbers only and would store the"
+                " value rounded; send a whole number, or give the column a type that keeps a fraction"
+                " (numeric, double precision)"
             )
         return None
 

@@ -200,19 +200,19 @@ class TableDb:
             rows = self.query(_MARIADB_KINDS, (schema or None, name))[1]
         return {str(column): str(kind) for column, kind in rows if kind}
 
-    def column_scales(self, table: str) -> dict[str, int]:
-        """The number columns of ``table`` that round a value to a number of decimal places, by
-        the number: 0 for an integer column, ``s`` for a ``numeric(p,s)`` (MariaDB: also a
-        ``DOUBLE(m,s)``). A float column and an unconstrained ``numeric`` are left out, and so is
-        every SQLite column (it stores a number as it is given, whatever the declared type)."""
+    def integer_columns(self, table: str) -> set[str]:
+        """The integer columns of ``table`` (PostgreSQL ``smallint``, ``integer``, ``bigint``, or a
+        domain over one; MariaDB ``TINYINT`` to ``BIGINT``), which round a number with a fraction
+        to a whole one without a word. A ``numeric(p,s)`` is left out (its declared scale is the
+        rounding its owner chose), and so is every SQLite column (it stores a number as given)."""
         schema, _, name = table.rpartition(".")
         if self.flavor == "sqlite":
-            return {}
+            return set()
         if self.flavor == "postgresql":
-            rows = self.query(_PG_SCALES, (self.quote(table),))[1]
+            rows = self.query(_PG_INTEGERS, (self.quote(table),))[1]
         else:
-            rows = self.query(_MARIADB_SCALES, (schema or None, name))[1]
-        return {str(column): int(scale) for column, scale in rows if scale is not None}
+            rows = self.query(_MARIADB_INTEGERS, (schema or None, name))[1]
+        return {str(column) for (column,) in rows}
 
     def sqlite_affinities(self, table: str) -> dict[str, str]:
         """The affinity of each column of a SQLite ``table`` (``INTEGER``, ``TEXT``, ``BLOB``,
@@ -317,19 +317,15 @@ _SQLITE_AFFINITY: tuple[tuple[tuple[str, ...], str], ...] = (
     (("INT",), "INTEGER"), (("CHAR", "CLOB", "TEXT"), "TEXT"), (("BLOB",), "BLOB"),
     (("REAL", "FLOA", "DOUB"), "REAL"),
 )  # fmt: skip
-_PG_SCALES = (  # a domain has its base type's scale; numeric(p,s) keeps s in its typmod's low bits
-    "SELECT a.attname, CASE WHEN b.typname IN ('int2', 'int4', 'int8') THEN 0"
-    " WHEN b.typname = 'numeric' AND m.mod >= 4 THEN (m.mod - 4) & 2047 END"
-    " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
-    " CROSS JOIN LATERAL (SELECT CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END AS mod,"
-    " CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END AS base) m"
-    " JOIN pg_catalog.pg_type b ON b.oid = m.base"
+_PG_INTEGERS = (  # a domain has its base type
+    "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+    " JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END"
     " WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+    " AND b.typname IN ('int2', 'int4', 'int8')"
 )
-_MARIADB_SCALES = (
-    "SELECT column_name, numeric_scale FROM information_schema.columns"
-    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND data_type IN ('tinyint',"
-    " 'smallint', 'mediumint', 'int', 'bigint', 'decimal', 'float', 'double')"
+_MARIADB_INTEGERS = (
+    "SELECT column_name FROM information_schema.columns WHERE table_schema = COALESCE(?, DATABASE())"
+    " AND table_name = ? AND data_type IN ('tinyint', 'smallint', 'mediumint', 'int', 'bigint')"
 )
 _SQLITE_COLLATION = (
     "SELECT x.coll FROM pragma_index_list(?, ?) AS l JOIN pragma_index_xinfo(l.name, ?) AS x"
