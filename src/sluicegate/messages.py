@@ -15,7 +15,7 @@ Three shapes are read into the same fields (:data:`FIELDS`):
   lines), also with SQS message attributes (``StringValue``) when SNS delivered raw.
 
 A message that cannot be read (not JSON, no id, a missing field, a value that is not a
-number, too large for one or with more digits than one keeps, a time that is not ISO 8601 or
+number, too large for one or a whole number a float changes, a time that is not ISO 8601 or
 outside years 1 to 9999 in UTC, a text that is not valid Unicode or holds a NUL) becomes a
 :class:`Message` with an ``error`` naming its id and the field, never an exception: one bad
 message must not hold up the others.
@@ -212,8 +212,9 @@ def _number_field(name: str, value: Any) -> tuple[float | None, str | None]:
         return None, f"{name} {shown(value)} is beyond the range of a number (a 64-bit float)"
     if _inexact(value, number):
         return None, (
-            f"{name} {shown(value)} has more significant digits than a number keeps (a 64-bit"
-            f" float: 15 to 17), so it would be stored as {number!r}; send at most 15"
+            f"{name} {shown(value)} is a whole number with more significant digits than a number"
+            f" keeps (a 64-bit float is exact up to 2**53 = 9007199254740992), so it would be stored"
+            f" as {number!r}; send a whole number within 2**53"
         )
     return number, None
 
@@ -259,12 +260,16 @@ def _loads(text: str) -> Any:
 
 
 def _inexact(value: Any, number: float) -> bool:
-    """Whether ``number``, the float read from ``value`` (a JSON number or a number's text), is
-    another number than the one written (``9007199254740993``, ``0.12345678901234567891``)."""
+    """Whether ``value`` (a JSON number or a number's text) is a whole number that ``number``, the
+    float read from it, changes (``9007199254740993``, beyond 2**53): an id or a counter silently
+    made another. A number with a fraction is read as its nearest float, which is what a float
+    column stores anyway: many producers print 17 significant digits (C's ``%.17g``, PHP's
+    ``serialize_precision = 17``, Java), ``0.10000000000000001`` for ``0.1``."""
     try:
-        return decimal.Decimal(str(value)) != decimal.Decimal(repr(number))
+        written = decimal.Decimal(str(value))
     except decimal.InvalidOperation:  # not a decimal number: nothing was dropped from it
         return False
+    return written == written.to_integral_value() and written != decimal.Decimal(repr(number))
 
 
 def _number(value: Any) -> float | None:

@@ -177,18 +177,19 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
             "message m1: value -Infinity is not a number",
         ),
         (line("m1").replace('"id": "m1"', '"id": 1e400'), "id 1e400 is not a message id"),  # not "1e400"
-        # digits no float keeps: 9007199254740993 was stored as 9007199254740992, unsaid
+        # a whole number no float keeps: 9007199254740993 was stored as 9007199254740992, unsaid
         (
             line("m1").replace('"value": 1.0', '"value": 9007199254740993'),
-            "message m1: value 9007199254740993 has more significant digits than a number keeps",
+            "message m1: value 9007199254740993 is a whole number with more significant digits than a"
+            " number keeps",
         ),
         (
-            line("m1").replace('"value": 1.0', '"value": 0.12345678901234567891'),
-            "message m1: value 0.12345678901234567891 has more significant digits than a number keeps",
+            sns("s1", **{**AIRMAX_ATTRIBUTES, "latitude": "100000000000000001"}),
+            "message s1: latitude '100000000000000001' is a whole number with more significant digits",
         ),
         (
-            sns("s1", **{**AIRMAX_ATTRIBUTES, "latitude": "51.0000000000000000001"}),
-            "message s1: latitude '51.0000000000000000001' has more significant digits",
+            line("m1").replace('"value": 1.0', '"value": 1.00000000000000001e17'),
+            "message m1: value 1.00000000000000001e17 is a whole number",
         ),
         # JSON keeps the last: which reading the device sent is unknown
         (line("m1").replace('"value": 1.0', '"value": 1.0, "value": 2.0'), "body names field 'value' twice"),
@@ -232,6 +233,34 @@ def test_a_number_field_reads_each_number_a_float_keeps(written: str, number: fl
     message = messages.parse(line("m1").replace('"value": 1.0', f'"value": {written}'))
     assert message.error is None and message.fields is not None
     assert message.fields["value"] == number and type(message.fields["value"]) is float
+
+
+def test_a_number_with_a_fraction_and_more_digits_than_a_float_keeps_is_its_nearest_float(
+    tmp_path: Path, url: str
+) -> None:
+    """Many producers print a float with 17 significant digits (C's %.17g, PHP's
+    serialize_precision = 17, Java): 0.10000000000000001 for 0.1, 50.858611111111111. Such a
+    message was refused as having more digits than a float keeps, so every message of such a
+    producer was lost; it is read as its nearest float, which a float column stores anyway.
+    Only a whole number the float changes is refused (an id or a counter made another)."""
+    lines = [
+        line("j1", latitude=1.0).replace('"latitude": 1.0', '"latitude": 50.858611111111111')
+        .replace('"value": 1.0', '"value": 0.10000000000000001'),
+        line("t1", latitude="50.858611111111111", value="0.10000000000000001"),
+        line("big").replace('"value": 1.0', '"value": 9007199254740993'),
+    ]  # fmt: skip
+    flavor = tabledb.flavor_of(url)
+    double = {"postgresql": "double precision", "sqlite": "REAL", "mariadb": "DOUBLE"}[flavor]
+    summary = _ingest_readings(
+        tmp_path, url, f"mid {ID_TYPES[flavor]} PRIMARY KEY, at {TIME_TYPES[flavor]} NOT NULL, "
+        f"lat {double}, v {double}", {"mid": "id", "at": "date_utc", "lat": "latitude", "v": "value"}, lines,
+    )  # fmt: skip
+    assert (summary.inserted, summary.malformed_count) == (2, 1), summary.malformed
+    [error] = [str(m["error"]) for m in summary.malformed]
+    assert "message big: value 9007199254740993 is a whole number" in error, error
+    assert _query(url, "SELECT mid, lat, v FROM readings ORDER BY mid") == [
+        ("j1", 50.858611111111111, 0.1), ("t1", 50.858611111111111, 0.1)
+    ]  # fmt: skip
 
 
 def test_duplicates_and_redeliveries_leave_one_row_and_a_malformed_message_blocks_nothing(
