@@ -301,6 +301,7 @@ def clean(text: str) -> str:
 
 
 def shown(value: Any) -> str:
-    """``value`` as a message repeats it: its repr, cut after :data:`SHOWN` characters."""
-    text = repr(value)
+    """``value`` as a message repeats it: its repr (a JSON boolean as JSON spells it, ``true``,
+    not Python's ``True``), cut after :data:`SHOWN` characters."""
+    text = json.dumps(value) if isinstance(value, bool) else repr(value)
     return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text):,} characters)"

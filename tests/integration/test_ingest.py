@@ -164,6 +164,10 @@ def test_an_openaq_measurement_and_raw_sqs_attributes_are_read_too() -> None:
         (line("m1", value="Infinity"), "message m1: value 'Infinity' is not a number"),
         (line("m1", value="1\u0662"), "message m1: value '1\u0662' is not a number"),  # was 12.0
         (line("m1").replace('"id": "m1"', '"id": true'), "id true is not a message id"),
+        # Python's spelling was shown: "latitude True is not a number"
+        (line("m1", latitude=True), "message m1: latitude true is not a number"),
+        (line("m1", value=False), "message m1: value false is not a number"),
+        (line("m1", date_utc=True), "message m1: date_utc true is not an ISO 8601 time"),
         (line("m1").replace('"id": "m1"', '"id": 1.5'), "id 1.5 is not a message id"),
         # JSON numbers no float holds, and what JSON has not, named as written (1e400 was "inf")
         (line("m1").replace('"value": 1.0', '"value": 1e400'), "message m1: value 1e400 is beyond the range"),
