@@ -586,7 +586,9 @@ def test_sqlite_date_column_holding_no_date_fails_its_partition_by_name(
 ) -> None:
     """A number or BLOB in a column of kind date failed its partition in Parquet, but CSV wrote
     it as if it were a date's text (``19000``, ``\\x01``) in the date column. Now CSV fails that
-    partition the same way, naming the column and the value; the other is exported."""
+    partition the same way, naming the column and the value; the other is exported. The error
+    says what a date's text is and converts Unix seconds with ``date()``: the advice of a time's
+    (``datetime(d, 'unixepoch')``) gave text Parquet's date refuses, and CSV wrote as stored."""
     rows = [(1, "2024-11-02T12:00:00Z", value), (2, "2024-11-02T12:00:00Z", "2024-01-01")]
     url = _sqlite(tmp_path / "s.db", rows, "k, t, d")
     root = _project(
@@ -597,7 +599,9 @@ def test_sqlite_date_column_holding_no_date_fails_its_partition_by_name(
         operations.mark(project, "typed", {"k": str(k), "day": DAY.isoformat()})
     [summary] = engine.run(load(root))
     assert (summary.exported, summary.failed) == (1, 1), summary.errors
-    assert f"column 'd' holds {shown}, not a time" in summary.errors[0]
+    # A date's advice: the time's (ISO 8601 with a time, datetime()) failed Parquet's date again.
+    assert f"column 'd' holds {shown}, not a date; store dates as YYYY-MM-DD text" in summary.errors[0]
+    assert "date(d, 'unixepoch')" in summary.errors[0]
     assert not _file(root, 1, DAY, fmt).exists() and _file(root, 2, DAY, fmt).exists()
 
 

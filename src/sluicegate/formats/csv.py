@@ -250,20 +250,26 @@ def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
 
 
 def _not_a_date(col: Column, value: Any) -> Any:
-    raise DataError(not_a_time(col.name, value))
+    raise DataError(not_a_time(col.name, value, date=True))
 
 
-def not_a_time(column: str, value: Any) -> str:
-    """The error of a value in a time column that is no time (SQLite columns take any type).
+def not_a_time(column: str, value: Any, *, date: bool = False) -> str:
+    """The error of a value in a time column that is no time (SQLite columns take any type);
+    ``date``: a column of kind date, whose text is ``YYYY-MM-DD`` (a time's text fails in Parquet).
 
     Such values were written as they were into CSV (a BLOB as Python's ``b'...'``), and Parquet
     took an integer for microseconds since 1970.
     """
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    what, text, convert = (
+        ("date", "YYYY-MM-DD text (2024-05-03)", "date")
+        if date
+        else ("time", "ISO 8601 text (2024-05-03T10:00:00Z)", "datetime")
+    )
     return (
-        f"column {column!r} holds {shown} ({type(value).__name__}), not a time; store times as "
-        "ISO 8601 text (2024-05-03T10:00:00Z), or convert them in select.sql (for example "
-        f"datetime({column}, 'unixepoch') for Unix seconds)"
+        f"column {column!r} holds {shown} ({type(value).__name__}), not a {what}; store {what}s as "
+        f"{text}, or convert them in select.sql (for example {convert}({column}, 'unixepoch') for "
+        "Unix seconds)"
     )
 
 

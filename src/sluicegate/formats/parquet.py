@@ -35,7 +35,7 @@ def _array(col: Column, typ: pa.DataType | None, values: list[Any]) -> pa.Array:
     if kind in ("timestamptz", "timestamp", "date"):
         other = next((v for v in values if v is not None and not isinstance(v, str | dt.date)), None)
         if other is not None:
-            raise DataError(not_a_time(col.name, other))
+            raise DataError(not_a_time(col.name, other, date=kind == "date"))
     if kind == "timestamptz":
         values = [_instant(col, v) if isinstance(v, str) else v for v in values]
     elif kind == "timestamp":
