@@ -35,6 +35,7 @@ from sluicegate import engine, mariadb_conn, operations
 from sluicegate.config import Project
 from sluicegate.destinations import local as local_destination
 from sluicegate.drivers import archive
+from sluicegate.formats import parquet as parquet_format
 from sluicegate.ledger import Ledger
 from sluicegate.ledger import archive as ledger_archive
 from sluicegate.ledger.core import LedgerCore
@@ -1227,3 +1228,26 @@ def test_a_sqlite_parquet_archive_types_a_column_by_its_values_not_by_the_read_c
         assert str(table.schema.field("v").type) == typ
         expected = [v.encode() if typ == "binary" and isinstance(v, str) else v for v in values]
         assert table.column("v").to_pylist() == expected
+
+
+def test_a_sqlite_parquet_archive_null_through_its_first_row_group_names_an_order_that_exports_it(
+    tmp_path: Path,
+) -> None:
+    """A column NULL in every row of a SQLite archive's first Parquet row group (a column added
+    to the table later) is written with no type, and a later value fails the run. The error
+    advised a cast (CAST(v AS TEXT)), which leaves NULL untyped and failed the same way; it now
+    names the order that puts the values first, and that order exports every row."""
+    nulls = parquet_format.ROW_GROUP_ROWS + 2 * sqlite_source.CHUNK_ROWS  # "x": after the group
+    project, root = _sqlite_archive(tmp_path, "late", [*[None] * nulls, "x"])
+    [summary] = engine.run(project)
+    assert summary.failed == 1 and not files(root / "out")
+    assert "column 'v' is NULL in every row of the file's first row group" in summary.errors[0]
+    assert "ORDER BY v IS NULL" in summary.errors[0]
+    assert "CAST(v AS TEXT)" not in summary.errors[0]
+    (root / "tasks/m/select.sql").write_text("SELECT id, v FROM m ORDER BY v IS NULL, id")
+    [summary] = engine.run(load(root))
+    assert summary.failed == 0, summary.errors
+    [written] = files(root / "out")
+    table = pq.read_table(written)
+    assert str(table.schema.field("v").type) == "string"
+    assert table.num_rows == nulls + 1 and table.column("v").to_pylist()[0] == "x"

@@ -214,6 +214,12 @@ def _settled(name: str, old: pa.DataType, new: pa.DataType, *, unwritten: bool) 
         return old
     if pa.types.is_string(old) and pa.types.is_binary(new) and unwritten:
         return new
+    if pa.types.is_null(old):  # a cast in select.sql leaves a NULL untyped: the order is the fix
+        raise DataError(
+            f"column {name!r} is NULL in every row of the file's first row group, written with no"
+            f" type, and holds {new} values after it, which that Parquet column cannot hold; read"
+            f" the rows with a value first in select.sql (ORDER BY {name} IS NULL, then its order)"
+        )
     raise DataError(
         f"column {name!r} holds {old} values and later {new} values, which one Parquet column"
         f" cannot hold as they are; give it one type in select.sql, e.g. CAST({name} AS TEXT) AS {name}"
