@@ -550,7 +550,7 @@ def test_sqlite_columns_pin_kinds_and_blobs_are_hex_or_binary(tmp_path: Path) ->
     assert "[columns]" in summary.errors[0]
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 @pytest.mark.parametrize(
     ("value", "shown"), [(1700000000, "1700000000 (int)"), (b"\x00", "b'\\x00' (bytes)"), (2.5, "2.5 (float)")]
 )
@@ -559,8 +559,8 @@ def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
 ) -> None:
     """SQLite columns take any type. A number in a column of kind timestamptz was written into
     CSV as it was, and Parquet took it for microseconds since 1970 (1969-12-31 in the file);
-    a BLOB became Python's ``b'\\x00'`` in CSV. Now that partition fails, naming the column and
-    the value; the other is exported."""
+    a BLOB became Python's ``b'\\x00'`` in CSV (JSON lines wrote the number, the BLOB as base64).
+    Now that partition fails, naming the column and the value; the other is exported."""
     rows = [(1, "2024-11-02T12:00:00Z", value), (2, "2024-11-02T12:00:00Z", "2024-01-01T00:00:00Z")]
     url = _sqlite(tmp_path / "s.db", rows, "k, t, u")
     root = _project(tmp_path / "p", url, "SELECT k, t, u FROM m", fmt, extra='[columns]\nu = "timestamptz"\n', ledger=False)
@@ -573,19 +573,22 @@ def test_sqlite_time_column_holding_no_time_fails_its_partition_by_name(
     assert summary.errors[0].startswith('[1,"2024-11-02"]')
     if fmt == "csv":
         assert _csv_rows(_file(root, 2, DAY, fmt))[1][2] == "2023-12-31T20:30:00-03:30"
+    elif fmt == "jsonl":
+        assert json.loads(_file(root, 2, DAY, fmt).read_text())["u"] == "2023-12-31T20:30:00-03:30"
     else:
         assert pq.read_table(_file(root, 2, DAY, fmt)).column("u").to_pylist() == [
             dt.datetime(2024, 1, 1, tzinfo=UTC).astimezone(zoneinfo.ZoneInfo(ST_JOHNS))
         ]
 
 
-@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet", "jsonl"])
 @pytest.mark.parametrize(("value", "shown"), [(19000, "19000 (int)"), (b"\x01", "b'\\x01' (bytes)")])
 def test_sqlite_date_column_holding_no_date_fails_its_partition_by_name(
     tmp_path: Path, fmt: str, value: Any, shown: str
 ) -> None:
     """A number or BLOB in a column of kind date failed its partition in Parquet, but CSV wrote
-    it as if it were a date's text (``19000``, ``\\x01``) in the date column. Now CSV fails that
+    it as if it were a date's text (``19000``, ``\\x01``) in the date column, JSON lines as a
+    number or base64. Now CSV and JSON lines fail that
     partition the same way, naming the column and the value; the other is exported. The error
     says what a date's text is and converts Unix seconds with ``date()``: the advice of a time's
     (``datetime(d, 'unixepoch')``) gave text Parquet's date refuses, and CSV wrote as stored."""

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import DataError, TerminalError
 from ..sources import Column, Mode, times
-from .csv import float_text, parse_time, single_text
+from .csv import float_text, not_a_time, parse_time, single_text
 
 
 class JsonlWriter:
@@ -88,7 +88,9 @@ class JsonlWriter:
     def _converter(self, col: Column) -> Callable[[Any], Any]:
         """What a row value of ``col`` becomes before JSON encoding (SQLite holds text and integers)."""
         if col.kind == "timestamptz":
-            return lambda v: self._time(col, v) if isinstance(v, str | dt.datetime) else _finite(v)
+            return lambda v: self._time(col, v) if isinstance(v, str | dt.datetime) else _no_time(col, v)
+        if col.kind in ("timestamp", "date"):  # SQLite's number or BLOB is none: it fails, as in CSV
+            return lambda v: v if v is None or isinstance(v, str | dt.date) else _no_time(col, v)
         if col.kind == "bool":
             return lambda v: bool(v) if isinstance(v, int) else _finite(v)
         if col.kind == "binary":
@@ -121,6 +123,13 @@ class JsonlWriter:
         if isinstance(value, bytes | bytearray | memoryview):
             return base64.b64encode(bytes(value)).decode("ascii")
         raise TypeError(f"a value of type {type(value).__name__} is not JSON")
+
+
+def _no_time(col: Column, value: Any) -> Any:
+    """None as it is; any other value of a time or date column that is no time fails (SQLite)."""
+    if value is None:
+        return None
+    raise DataError(not_a_time(col.name, value, date=col.kind == "date"))
 
 
 def _finite(value: Any) -> Any:
