@@ -532,3 +532,17 @@ def test_a_schedule_s_longest_gap_at_a_clock_change_is_found_whatever_keep(hours
     assert longest_gap("0 3-23 * * *", "America/New_York", now, beyond=4.5 * 3600) == 5 * 3600
     assert longest_gap("0 3-23 * * *", "America/New_York", now, beyond=5 * 3600) == 0.0
     assert longest_gap("0 0-9,20-23 * * *", "Europe/Brussels", now, beyond=10.5 * 3600) == 11 * 3600
+
+
+def test_rows_of_a_signed_tinyint_without_a_negative_are_not_copied() -> None:
+    """MariaDB's driver reads a signed TINYINT's -1 as 255, so its rows are put right. Copying
+    every row of every chunk to do so added a third to the driver's fetch time for any table
+    with a BOOLEAN; a chunk with no value above 127 is now returned as it is, and one with some
+    has those put right and nothing else changed."""
+    from sluicegate.sources.mariadb_values import with_signed_tiny
+
+    rows = [(1, 0, "a"), (2, None, "b"), (3, 127, "c")]
+    assert with_signed_tiny(rows, [1]) is rows
+    rows = [(1, 255, 200), (2, None, 5), (3, 128, 7)]
+    assert with_signed_tiny(rows, [1, 2]) == [(1, -1, -56), (2, None, 5), (3, -128, 7)]
+    assert with_signed_tiny(rows, [1]) == [(1, -1, 200), (2, None, 5), (3, -128, 7)]
