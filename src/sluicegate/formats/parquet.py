@@ -220,9 +220,11 @@ def _settled(name: str, old: pa.DataType, new: pa.DataType, *, unwritten: bool) 
             f" type, and holds {new} values after it, which that Parquet column cannot hold; read"
             f" the rows with a value first in select.sql (ORDER BY {name} IS NULL, then its order)"
         )
+    binary = pa.types.is_binary(old) or pa.types.is_binary(new)  # as text, bytes may be invalid UTF-8
     raise DataError(
         f"column {name!r} holds {old} values and later {new} values, which one Parquet column"
-        f" cannot hold as they are; give it one type in select.sql, e.g. CAST({name} AS TEXT) AS {name}"
+        f" cannot hold as they are; give it one type in select.sql, e.g."
+        f" CAST({name} AS {'BLOB' if binary else 'TEXT'}) AS {name}"
     )
 
 

@@ -201,7 +201,8 @@ def blob_key_rows(task: Any, source: Any) -> list[str]:
             problems.append(
                 f"{task.folder / 'select.sql'}: {count:,} row(s) have a {key} that is a BLOB (such as"
                 f" X'{example}'), which no partition key holds, so they are never exported; return the"
-                f" key as text or an integer in select.sql (hex({key}) AS {key}, for example)"
+                f" key as text or an integer in select.sql, for example CASE WHEN typeof({key}) = 'blob'"
+                f" THEN hex({key}) ELSE {key} END AS {key} (the other rows' keys unchanged)"
             )
     return problems
 
