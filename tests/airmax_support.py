@@ -71,7 +71,7 @@ def airmax_project(
     return root
 
 
-def add_raw(url: str, rows: Iterable[tuple[str, dt.datetime, float]], *, prefix: str = "m") -> int:
+def add_raw(url: str, rows: Iterable[tuple[str, dt.datetime, float | str | None]], *, prefix: str = "m") -> int:
     """Insert ``(city, measured at, value)`` rows into ``raw`` (message ids ``prefix0``, ``prefix1``, ...)."""
     db = tables.TableDb(url)
     try:

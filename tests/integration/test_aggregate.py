@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -1045,6 +1046,28 @@ def test_a_misspelt_window_column_fails_check_and_run_and_keeps_the_table(tmp_pa
     failed = _evaluate(root, T + dt.timedelta(minutes=5))
     assert failed.state == "failed" and "measurement_time" in str(failed.error)
     assert len(table(url)) == 2  # the readers' table keeps the last good evaluation
+
+
+def test_text_in_a_sqlite_number_column_fails_the_evaluation_instead_of_counting_as_zero(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SQLite's avg reads text it cannot read as a number as 0: 'abc' and 10.0 in a REAL column
+    averaged to 5.0 in the readers' table, silently. The evaluation fails, naming the column and
+    the value, and keeps the table; a text outside the window, or once made NULL, is no matter."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 10.0), ("Gent", T - dt.timedelta(hours=5), "x")])
+    assert _evaluate(root, T).state == "done" and table(sqlite_url)[0]["parameter_value"] == 10.0
+    later = T + dt.timedelta(minutes=5)
+    add_raw(sqlite_url, [("Gent", later - dt.timedelta(minutes=1), "abc")], prefix="n")
+    failed = _evaluate(root, later)
+    assert failed.state == "failed" and "raw.parameter_value holds 'abc'" in str(failed.error)
+    assert "UPDATE raw SET" in str(failed.error)
+    assert [(r["parameter_value"], r["num_measurements"]) for r in table(sqlite_url)] == [(10.0, 1)]
+    assert _evaluations(root)[0]["error"] == failed.error
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE raw SET parameter_value = NULL WHERE parameter_value = 'abc'")
+    assert _evaluate(root, later + dt.timedelta(minutes=5)).state == "done"
+    assert [(r["parameter_value"], r["num_measurements"]) for r in table(sqlite_url)] == [(10.0, 2)]
 
 
 def test_a_select_returning_the_evaluation_column_names_the_setting_to_change(

@@ -46,16 +46,18 @@ from .aggregate_check import (
     DEFAULT_EVALUATION_COLUMN,
     IN_WINDOW,
     KEEP,
+    WINDOW_ALIAS,
     column_clash,
     keep_seconds,
     reads_window,
+    sqlite_text_numbers,
     unreadable_times,
+    window_bound,
 )
 from .aggregate_file import check_path, write_file
 from .helpers import wait_for_source
 
 UTC = dt.UTC
-WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
 KEYS = BASE_KEYS | {"every", "window", "destination", "evaluation_column", "lease", "keep"}
 WINDOW_KEYS = frozenset({"table", "column", "width"})
 DEFAULT_PATH = "{task}/{t:%Y/%m/%d/%H%M%S}.{ext}"
@@ -181,16 +183,8 @@ def _every(raw: Mapping[str, Any], where: str) -> float | None:
 
 def evaluation_sql(task: Task, flavor: tables.Flavor) -> str:
     """The select with the window as a CTE ``in_window`` before it; two placeholders: start, end."""
-    mark = "%s" if flavor == "postgresql" else "?"
-    # Qualified: SQLite reads an unqualified double-quoted name that is no column as a string, so a
-    # misspelt column put no row in any window and each evaluation emptied the readers' table.
-    col = f"{WINDOW_ALIAS}.{tables.quote(flavor, task.window_column)}"
-    if flavor == "sqlite":  # times are text there: compare them as times, never as strings
-        bound = f"julianday({col}) >= julianday({mark}) AND julianday({col}) < julianday({mark})"
-    else:
-        bound = f"{col} >= {mark} AND {col} < {mark}"
     table = tables.quote(flavor, task.window_table)
-    cte = f"{IN_WINDOW} AS (SELECT * FROM {table} AS {WINDOW_ALIAS} WHERE {bound})"
+    cte = f"{IN_WINDOW} AS (SELECT * FROM {table} AS {WINDOW_ALIAS} WHERE {window_bound(task, flavor)})"
     # psycopg reads % as the start of a placeholder once there are parameters; the select has none.
     select = task.select_sql.replace("%", "%%") if flavor == "postgresql" else task.select_sql
     match = _LEADING_WITH.match(select)
@@ -280,6 +274,8 @@ def _select(
             raise DataError(problem)
         start, end = task.window(tick)
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
+        if forms and source.flavor == "sqlite" and (problem := sqlite_text_numbers(source, task, bounds)):
+            raise DataError(problem)  # text in a number column: SQLite's avg read it as 0
         names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
         tabledb.check_readable(names, rows)
         return names, rows

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .aggregate import Task
 
 IN_WINDOW = "in_window"
+WINDOW_ALIAS = "sluicegate_window"  # the window table in the in_window CTE
 DEFAULT_EVALUATION_COLUMN = "evaluation_time_utc"
 KEEP = 30 * 86400.0  # evaluations of ticks older than this are forgotten, by default
 # What is not SQL code, per dialect: comments and string literals, left out when looking for
@@ -118,6 +119,56 @@ def _sqlite_unreadable(source: tables.TableDb, task: Task) -> str | None:
         f"text such as 2024-03-10T12:00:00Z (Unix seconds: UPDATE {table} SET {column} = datetime({column}, "
         f"'unixepoch') WHERE julianday({column}) IS NULL AND datetime({column}, 'unixepoch') IS NOT NULL)"
     )
+
+
+def window_bound(task: Task, flavor: tables.Flavor) -> str:
+    """The condition on a row of the window table (as ``sluicegate_window``) that it is in the
+    window; two placeholders: start, end."""
+    mark = "%s" if flavor == "postgresql" else "?"
+    # Qualified: SQLite reads an unqualified double-quoted name that is no column as a string, so a
+    # misspelt column put no row in any window and each evaluation emptied the readers' table.
+    col = f"{WINDOW_ALIAS}.{tables.quote(flavor, task.window_column)}"
+    if flavor == "sqlite":  # times are text there: compare them as times, never as strings
+        return f"julianday({col}) >= julianday({mark}) AND julianday({col}) < julianday({mark})"
+    return f"{col} >= {mark} AND {col} < {mark}"
+
+
+def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any]) -> str | None:
+    """SQLite: the problem of a row in the window (``bounds``) whose INTEGER or REAL
+    column, named in select.sql, holds text (or a blob) SQLite could not read as a number, such as
+    ``'abc'``. Its arithmetic reads that as 0: avg('abc', 10) was 5, a wrong value in the table."""
+    affinities = source.sqlite_affinities(task.window_table)
+    code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
+    numbers = [
+        c for c, a in affinities.items() if a in ("INTEGER", "REAL") and c != task.window_column
+        and re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
+    ]  # fmt: skip
+    if not numbers:
+        return None
+    cols = [tables.quote("sqlite", c) for c in numbers]
+    time_col = tables.quote("sqlite", task.window_column)
+    text = " OR ".join(f"typeof({c}) IN ({_NOT_NUMBER})" for c in cols)
+    _, rows = source.query(
+        f"SELECT {time_col}, {', '.join(cols)} FROM {tables.quote('sqlite', task.window_table)} AS "
+        f"{WINDOW_ALIAS} WHERE {window_bound(task, 'sqlite')} AND ({text}) LIMIT 1",
+        bounds,
+    )
+    if not rows:
+        return None
+    at, *values = rows[0]
+    column, value = next((c, v) for c, v in zip(numbers, values, strict=True) if isinstance(v, str | bytes))
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    table, q = task.window_table, tables.quote("sqlite", column)
+    kind = "a blob" if isinstance(value, bytes) else "text"
+    return (
+        f"{table}.{column} holds {shown} ({kind}) in the row of {task.window_column} = {at}, which SQLite's "
+        f"arithmetic would read as 0, so the aggregate would be wrong; make it NULL or a number (UPDATE "
+        f"{table} SET {q} = NULL WHERE typeof({q}) IN ({_NOT_NUMBER})), or skip it in select.sql "
+        f"(WHERE typeof({q}) IN ('integer', 'real'))"
+    )
+
+
+_NOT_NUMBER = "'text', 'blob'"
 
 
 def _mariadb_numbers(source: tables.TableDb, task: Task) -> str | None:
