@@ -174,9 +174,29 @@ class Insert:
 class TableSink:
     """Writes rows into a :class:`TableTarget` (see the module docstring for each mode)."""
 
-    def __init__(self, target: TableTarget) -> None:
+    def __init__(self, target: TableTarget, *, lock_wait: float = LOCK_WAIT) -> None:
         self.target = target
         self.db = TableDb(target.url)
+        self.lock_wait = lock_wait  # seconds a PostgreSQL write waits for a lock on the table
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """The write's transaction; on PostgreSQL its lock waits end after ``lock_wait`` seconds (a
+        session holding the table, an ALTER TABLE or a LOCK in an open transaction, kept the writer
+        waiting with no end, its claim running out)."""
+        try:
+            with self.db.transaction() as cur:
+                if self.db.flavor == "postgresql":
+                    cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_wait * 1000))}ms'")
+                yield cur
+        except DestinationUnavailable as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "55P03":
+                raise
+            raise DestinationUnavailable(
+                f"{self.target.display}: another session held a lock on it for {self.lock_wait:g} s, "
+                "so the rows were not written; will retry (look for a long transaction on the table "
+                "in pg_stat_activity)"
+            ) from exc
 
     def close(self) -> None:
         """Close the connection."""
@@ -218,7 +238,7 @@ class TableSink:
             mode=self.target.mode,
             key=self.target.key,
         )
-        with self.db.transaction() as cur:
+        with self._transaction() as cur:
             written = self._insert(cur, insert, _last_per_key(columns, rows, self.target.key), rejected)
             if before_commit is not None:
                 before_commit(cur)
@@ -269,7 +289,7 @@ class TableSink:
         """PostgreSQL and SQLite: DELETE and INSERT in one transaction."""
         table = self.db.quote(self.target.table)
         insert = Insert(flavor=self.db.flavor, table=self.target.table, columns=tuple(columns))
-        with self.db.transaction() as cur:
+        with self._transaction() as cur:
             if self.db.flavor == "postgresql":  # writers take turns; readers (ACCESS SHARE) never wait
                 cur.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
             if stamp is not None:

@@ -478,6 +478,42 @@ def test_a_table_database_that_is_away_charges_the_tick_as_any_destination_outag
     assert table(pg_url) == []
 
 
+@pytest.mark.pg
+@pytest.mark.parametrize("mode", ["replace", "upsert"])
+def test_a_table_another_session_holds_locked_fails_the_tick_within_the_lease(
+    tmp_path: Path, pg_url: str, mode: str
+) -> None:
+    """A session holding the table (an ALTER TABLE or LOCK TABLE in a transaction left open) kept
+    the evaluation waiting with no end, its claim running out and the next worker waiting too.
+    The wait ends within half the lease: the tick fails naming the table and the lock, the table
+    is kept, and the tick is evaluated again once the lock is gone."""
+    key = 'key = ["city", "parameter_name", "parameter_unit"]' if mode == "upsert" else ""
+    root = airmax_project(
+        tmp_path / "proj", pg_url, task_extra='lease = "4s"', destination_extra=f'mode = "{mode}"\n{key}'
+    )
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T - dt.timedelta(minutes=5)).state == "done"
+    holder = tables.TableDb(pg_url)
+    holder.conn.execute("BEGIN")
+    holder.conn.execute(f"LOCK TABLE {AGGREGATE} IN ACCESS EXCLUSIVE MODE")
+    results: list[agg.Evaluation] = []
+    worker = threading.Thread(target=lambda: results.append(_evaluate(root, T)), daemon=True)
+    try:
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the evaluation still waits for the lock after 30 s"
+    finally:
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+        worker.join(30)
+    [failed] = results
+    assert failed.state == "failed" and "another session held a lock on it for 2 s" in str(failed.error)
+    assert AGGREGATE in str(failed.error)
+    assert _evaluations(root)[0]["error"] == failed.error
+    assert stamps(table(pg_url)) == {T - dt.timedelta(minutes=5)}
+    assert _evaluate(root, T).state == "done" and stamps(table(pg_url)) == {T}
+
+
 def _sleeping_select(watch: tables.TableDb) -> list[int]:
     """The MariaDB connections running the aggregate's select (:func:`_sleeps_per_row`), once one
     is seen (none after 30 s)."""
