@@ -514,6 +514,23 @@ def test_a_table_another_session_holds_locked_fails_the_tick_within_the_lease(
     assert _evaluate(root, T).state == "done" and stamps(table(pg_url)) == {T}
 
 
+@pytest.mark.pg
+def test_a_select_that_overflows_fails_naming_select_sql_and_the_window(tmp_path: Path, pg_url: str) -> None:
+    """avg of 1e308 and 1e308 overflows a PostgreSQL double precision: the tick failed with
+    "database ... rejected a value", which read as the table refusing a row. The error names
+    select.sql and the window, the table is kept, and the run reports the one failure."""
+    root = airmax_project(tmp_path / "proj", pg_url)
+    add_raw(pg_url, [("Gent", T - dt.timedelta(hours=1), 1e308), ("Gent", T - dt.timedelta(hours=2), 1e308)])
+    failed = _evaluate(root, T)
+    assert failed.state == "failed", failed
+    assert (
+        f"select.sql failed on the window [{(T - dt.timedelta(hours=3)).isoformat()}, {T.isoformat()})"
+        in str(failed.error)
+    )
+    assert "overflow" in str(failed.error) and _evaluations(root)[0]["error"] == failed.error
+    assert table(pg_url) == []
+
+
 def _sleeping_select(watch: tables.TableDb) -> list[int]:
     """The MariaDB connections running the aggregate's select (:func:`_sleeps_per_row`), once one
     is seen (none after 30 s)."""

@@ -53,6 +53,7 @@ from .aggregate_check import (
     sqlite_text_numbers,
     unreadable_times,
     window_bound,
+    window_query,
 )
 from .aggregate_file import check_path, write_file
 from .helpers import wait_for_source
@@ -276,7 +277,8 @@ def _select(
         bounds = [tables.time_value(source.flavor, t, whole_seconds=True) for t in (start, end)]
         if forms and source.flavor == "sqlite" and (problem := sqlite_text_numbers(source, task, bounds)):
             raise DataError(problem)  # text in a number column: SQLite's avg read it as 0
-        names, rows = source.query(evaluation_sql(task, source.flavor), bounds)
+        window = (start, end) if forms else None  # check names select.sql in its own words
+        names, rows = window_query(source, task, evaluation_sql(task, source.flavor), bounds, window)
         tabledb.check_readable(names, rows)
         return names, rows
     finally:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import db, tables, validate
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
     from .aggregate import Task
@@ -131,6 +131,23 @@ def window_bound(task: Task, flavor: tables.Flavor) -> str:
     if flavor == "sqlite":  # times are text there: compare them as times, never as strings
         return f"julianday({col}) >= julianday({mark}) AND julianday({col}) < julianday({mark})"
     return f"{col} >= {mark} AND {col} < {mark}"
+
+
+def window_query(
+    source: tables.TableDb, task: Task, sql: str, bounds: Sequence[Any], window: tuple[Any, Any] | None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run the evaluation's ``sql``; a DataError of the select names select.sql and the ``window``
+    (PostgreSQL's "rejected a value: value out of range: overflow", of avg over 1e308 and 1e308,
+    read as the table refusing a row)."""
+    try:
+        return source.query(sql, bounds)
+    except DataError as exc:
+        if window is None:
+            raise
+        start, end = (t.isoformat() for t in window)
+        raise DataError(f"{task.folder / 'select.sql'} failed on the window [{start}, {end}): {exc}") from (
+            exc.__cause__
+        )
 
 
 def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any]) -> str | None:
