@@ -22,8 +22,10 @@ and pages are followed through ``links.next`` to the end (a ``links.next`` that 
 URL, or leads back to a page already served, is terminal: the paging loops; so are
 ``IDLE_PAGES`` pages in a row that serve no trip not served before, under new links). A
 trip served again on a later page (its ``trip_id`` seen before: offset paging while trips
-arrive) is yielded once. A 5xx answer (after the page's retries) and network errors (a body
-cut short, gzipped or not, too) are transient: the stage is retried with backoff. A 4xx
+arrive) is yielded once when it is the same; served again changed (the provider corrected it
+between the pages), it is yielded again, and the load keeps the last copy of a ``trip_id``.
+A 5xx answer (after the page's retries) and network errors (a body cut short, gzipped or
+not, too) are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
 provider's ``error_description``. A redirect is not followed (the token would go to an
 address nobody configured): it is terminal, naming where it leads; so is, with a token, a
@@ -34,6 +36,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import hashlib
+import json
 import math
 import time
 import urllib.parse
@@ -78,7 +82,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     with httpclient.client(timeout=float(config.get("timeout", 30)), headers=headers) as client:
         next_url: str | None = url
         seen: set[str] = set()  # pages after the first: a links.next seen before is a loop
-        served: set[str] = set()  # trip ids yielded
+        served: dict[str, bytes] = {}  # trip id: a digest of the copy yielded last
         idle = 0  # pages in a row that served no new trip
         while next_url:
             body = get_page(client, next_url, params, config)
@@ -87,7 +91,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                 raise TerminalError(
                     f"{mask_url(next_url)} answered without data.trips; is it an MDS /trips API?"
                 )
-            new = [trip for trip in data["trips"] if _new_trip(trip, served)]
+            new, fresh = _unserved(data["trips"], served)
             yield from new
             page, next_url, params = next_url, _next_page(body, next_url, seen), None
             if next_url and "Authorization" in headers and _origin(next_url) != _origin(url):
@@ -95,7 +99,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
                     f"{mask_url(page)} answered with links.next {mask_url(next_url)}, on another server"
                     f" than url ({_origin(url)}): the token is not sent there; ask the provider to fix it"
                 )
-            idle = 0 if new else idle + 1
+            idle = 0 if fresh else idle + 1
             if next_url and idle >= IDLE_PAGES:
                 raise TerminalError(
                     f"{mask_url(page)} and the {IDLE_PAGES - 1} pages before it served no new trip, each"
@@ -111,15 +115,24 @@ def _origin(address: str) -> str:
     return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
 
 
-def _new_trip(trip: Any, served: set[str]) -> bool:
-    """Whether ``trip`` was not yielded before (by its ``trip_id``; one without is new)."""
-    ident = trip.get("trip_id") if isinstance(trip, dict) else None
-    if not isinstance(ident, str):
-        return True
-    if ident in served:
-        return False
-    served.add(ident)
-    return True
+def _unserved(trips: list[Any], served: dict[str, bytes]) -> tuple[list[Any], bool]:
+    """The trips of a page not yielded before as they are (by ``trip_id``; one without is new),
+    and whether one of them had a new ``trip_id``. A trip served again changed is yielded again:
+    the provider corrected it between the pages, and the first copy alone was loaded, stale."""
+    new, fresh = [], False
+    for trip in trips:
+        ident = trip.get("trip_id") if isinstance(trip, dict) else None
+        if not isinstance(ident, str):
+            new.append(trip)
+            fresh = True
+            continue
+        copy = hashlib.blake2b(json.dumps(trip, sort_keys=True, default=str).encode(), digest_size=16)
+        before = served.get(ident)
+        if before == copy.digest():
+            continue
+        fresh, served[ident] = fresh or before is None, copy.digest()
+        new.append(trip)
+    return new, fresh
 
 
 def _setting(config: Mapping[str, Any], name: str, default: float, *, whole: bool, who: str) -> float:

@@ -587,6 +587,23 @@ def test_mds_paging_that_serves_no_new_trip_ends_and_a_trip_served_twice_is_one(
             assert len(server.records) <= mds.IDLE_PAGES + 5
 
 
+def test_mds_a_trip_served_again_changed_on_a_later_page_is_yielded_again_to_be_loaded_last() -> None:
+    """A provider that corrected a trip between two pages (offset paging while trips change)
+    served it again changed: only the first, stale copy was yielded, and loaded."""
+    from sluicegate import mds
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    trip = lambda t, d: {"trip_id": t, "trip_duration": d}  # noqa: E731
+    pages = {1: [trip("a", 1), trip("b", 60)], 2: [trip("b", 60), trip("c", 3)], 3: [trip("b", 75)]}
+    with _Pager(pages.get) as server:
+        served = [(t["trip_id"], t["trip_duration"]) for t in mds.trips(block, {"url": f"{server.url}/p"})]
+    assert served == [("a", 1), ("b", 60), ("c", 3), ("b", 75)]
+
+
 @pytest.mark.parametrize(
     ("status", "callable_", "advice"),
     [
