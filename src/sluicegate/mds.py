@@ -21,9 +21,10 @@ The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``e
 and pages are followed through ``links.next`` to the end (a ``links.next`` that is not a
 URL, or leads back to a page already served, is terminal: the paging loops; so are
 ``IDLE_PAGES`` pages in a row that serve no trip not served before, under new links). A
-trip served again on a later page (its ``trip_id`` seen before: offset paging while trips
-arrive) is yielded once when it is the same; served again changed (the provider corrected it
-between the pages), it is yielded again, and the load keeps the last copy of a ``trip_id``.
+trip served again on a later page (its ``trip_id``, text or a number, seen before: offset
+paging while trips arrive) is yielded once when it is the same; served again changed (the
+provider corrected it between the pages), it is yielded again, and the load keeps the last
+copy of a ``trip_id``.
 A 5xx answer (after the page's retries) and network errors (a body cut short, gzipped or
 not, too) are transient: the stage is retried with backoff. A 4xx
 answer is terminal (a wrong token, URL or parameter): the stage is parked with the
@@ -116,16 +117,20 @@ def _origin(address: str) -> str:
 
 
 def _unserved(trips: list[Any], served: dict[str, bytes]) -> tuple[list[Any], bool]:
-    """The trips of a page not yielded before as they are (by ``trip_id``; one without is new),
-    and whether one of them had a new ``trip_id``. A trip served again changed is yielded again:
-    the provider corrected it between the pages, and the first copy alone was loaded, stale."""
+    """The trips of a page not yielded before as they are (by ``trip_id``, text or a number; one
+    without is new), and whether one of them had a new ``trip_id``. A trip served again changed
+    is yielded again: the provider corrected it between the pages, and the first copy alone was
+    loaded, stale. Ids that are numbers were all new: their trips yielded twice, and a provider
+    that served its first page for ever, under new links, was paged for ever."""
     new, fresh = [], False
     for trip in trips:
         ident = trip.get("trip_id") if isinstance(trip, dict) else None
-        if not isinstance(ident, str):
+        if ident is None or isinstance(ident, dict | list):
             new.append(trip)
             fresh = True
             continue
+        if not isinstance(ident, str):  # a number: the provider's ids are not text, but still ids
+            ident = json.dumps(ident)
         copy = hashlib.blake2b(json.dumps(trip, sort_keys=True, default=str).encode(), digest_size=16)
         before = served.get(ident)
         if before == copy.digest():

@@ -560,8 +560,11 @@ class _Pager(HttpDouble):
         (lambda n: ["a"] if n == 1 else [], "served no new trip"),
         # a quiet night paged by the hour: many empty pages, then trips again, then the end
         (lambda n: {1: ["a"], 40: ["b"]}.get(n, []) if n <= 40 else None, ["a", "b"]),
+        # trip ids that are numbers: the same, served twice, or the first page for ever
+        (lambda n: {1: [1, 2], 2: [2, 3], 3: [3]}.get(n), [1, 2, 3]),
+        (lambda n: [1, 2], "served no new trip"),
     ],
-    ids=["duplicates", "page-ignored", "empty-for-ever", "quiet-night"],
+    ids=["duplicates", "page-ignored", "empty-for-ever", "quiet-night", "numbers", "numbers-for-ever"],
 )
 def test_mds_paging_that_serves_no_new_trip_ends_and_a_trip_served_twice_is_one(
     pages: Any, expected: Any
@@ -569,7 +572,8 @@ def test_mds_paging_that_serves_no_new_trip_ends_and_a_trip_served_twice_is_one(
     """Pages whose links.next were all new URLs but which served the trips already served (or
     none) kept the extract reading for ever: no deadline or SIGTERM ended it (the pipeline
     checks them between chunks, and no chunk came), and its lease was renewed all along. A
-    trip served on two pages was written twice into the block's artifact."""
+    trip served on two pages was written twice into the block's artifact; and still was, and the
+    paging never ended, where the provider's trip ids were numbers."""
     from sluicegate import mds
     from sluicegate.exceptions import TerminalError
     from sluicegate.timeblocks import Block, StageBlock
