@@ -18,19 +18,18 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
     ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query.
 
 The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``end_time``,
-and pages are followed through ``links.next`` to the end (a ``links.next`` that is not a
-URL, or leads back to a page already served, is terminal: the paging loops; so are
-``IDLE_PAGES`` pages in a row that serve no trip not served before, under new links). A
-trip served again on a later page (its ``trip_id``, text or a number, seen before: offset
-paging while trips arrive) is yielded once when it is the same; served again changed (the
-provider corrected it between the pages), it is yielded again, and the load keeps the last
-copy of a ``trip_id``.
-A 5xx answer (after the page's retries) and network errors (a body cut short, gzipped or
-not, too) are transient: the stage is retried with backoff. A 4xx
-answer is terminal (a wrong token, URL or parameter): the stage is parked with the
-provider's ``error_description``. A redirect is not followed (the token would go to an
-address nobody configured): it is terminal, naming where it leads; so is, with a token, a
-``links.next`` on another server (scheme, host and port) than ``url``.
+and pages are followed through ``links.next`` to the end (a relative one is the page's; a
+``links.next`` that is not an http(s) URL, or leads back to a page already served, is
+terminal: the paging loops; so are ``IDLE_PAGES`` pages in a row that serve no trip not
+served before, under new links). A trip served again on a later page (its ``trip_id``, text
+or a number, seen before: offset paging while trips arrive) is yielded once when it is the
+same; served again changed (the provider corrected it between the pages), it is yielded
+again, and the load keeps the last copy of a ``trip_id``. A 5xx answer (after the page's
+retries) and network errors (a body cut short, gzipped or not, too) are transient: the stage
+is retried with backoff. A 4xx answer is terminal (a wrong token, URL or parameter): the
+stage is parked with the provider's ``error_description``. A redirect is not followed (the
+token would go to an address nobody configured): it is terminal, naming where it leads; so
+is, with a token, a ``links.next`` on another server (scheme, host and port) than ``url``.
 """
 
 from __future__ import annotations
@@ -157,15 +156,24 @@ def _setting(config: Mapping[str, Any], name: str, default: float, *, whole: boo
 
 
 def _next_page(body: dict[str, Any], page: str, seen: set[str]) -> str | None:
-    """The page ``links.next`` names, or None at the end; a loop or a link that is not a URL is
-    terminal. A provider whose links.next led back to a page it had served made the stage read
-    the same trips for ever, its lease renewed, so no run could take the block again."""
+    """The page ``links.next`` names (relative to ``page``), or None at the end; a loop or a link
+    that is not an http(s) URL is terminal. A provider whose links.next led back to a page it had
+    served made the stage read the same trips for ever, its lease renewed, so no run could take
+    the block again."""
     links = body.get("links") or {}
     following = links.get("next") if isinstance(links, dict) else links
     if following is None or following == "":
         return None
     if not isinstance(following, str):
         raise TerminalError(f"{mask_url(page)} answered with links.next {following!r}, which is not a URL")
+    # a relative link is the page's (it was asked for as it stood, and failed as a network error,
+    # retried until parked); one to another scheme (ftp:, javascript:) cannot be paged over HTTP
+    following = urllib.parse.urljoin(page, following.strip())
+    if urllib.parse.urlsplit(following).scheme.lower() not in ("http", "https"):
+        raise TerminalError(
+            f"{mask_url(page)} answered with links.next {mask_url(following)}, which is not an http(s)"
+            " URL; ask the provider to fix it"
+        )
     if following in seen:
         raise TerminalError(
             f"{mask_url(page)} answered with links.next {mask_url(following)}, a page it had served "

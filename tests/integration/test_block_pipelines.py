@@ -609,6 +609,42 @@ def test_mds_a_trip_served_again_changed_on_a_later_page_is_yielded_again_to_be_
 
 
 @pytest.mark.parametrize(
+    ("following", "expected"),
+    [("/p/trips?page=2", ["a", "b"]), ("trips?page=2", ["a", "b"]), ("ftp://x/trips", "not an http")],
+)
+def test_an_mds_links_next_relative_to_its_page_is_followed_and_one_not_over_http_is_refused(
+    following: str, expected: Any
+) -> None:
+    """A relative links.next was asked for as it stood: "missing an 'http://' or 'https://'
+    protocol", a network error retried with backoff until the stage was parked, though the page
+    it names is there; a link to ftp: was retried the same way."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+
+    class Relative(HttpDouble):
+        def handle(self, request: Request) -> Response:
+            if request.query.get("page") == "2":
+                return Response(status=200, body={"data": {"trips": [{"trip_id": "b"}]}, "links": {}})
+            return Response(
+                status=200, body={"data": {"trips": [{"trip_id": "a"}]}, "links": {"next": following}}
+            )
+
+    with Relative() as server:
+        config = {"url": f"{server.url}/p", "token": "s3cr3t", "retries": 0}
+        if isinstance(expected, list):
+            assert [t["trip_id"] for t in mds.trips(block, config)] == expected
+        else:
+            with pytest.raises(TerminalError, match=expected):
+                list(mds.trips(block, config))
+
+
+@pytest.mark.parametrize(
     ("status", "callable_", "advice"),
     [
         (401, "mds", "the server refused the credentials: check token, then rerun with --incomplete-only"),
