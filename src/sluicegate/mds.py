@@ -25,11 +25,13 @@ served before, under new links). A trip served again on a later page (its ``trip
 or a number, seen before: offset paging while trips arrive) is yielded once when it is the
 same; served again changed (the provider corrected it between the pages), it is yielded
 again, and the load keeps the last copy of a ``trip_id``. A 5xx answer (after the page's
-retries) and network errors (a body cut short, gzipped or not, too) are transient: the stage
-is retried with backoff. A 4xx answer is terminal (a wrong token, URL or parameter): the
-stage is parked with the provider's ``error_description``. A redirect is not followed (the
-token would go to an address nobody configured): it is terminal, naming where it leads; so
-is, with a token, a ``links.next`` on another server (scheme, host and port) than ``url``.
+retries), network errors (a body cut short, gzipped or not, too) and a 404 or 410 of a page
+``links.next`` named (a cursor that expired: the block is read again from its first page)
+are transient: the stage is retried with backoff. Another 4xx answer is terminal (a wrong
+token, URL or parameter): the stage is parked with the provider's ``error_description``. A
+redirect is not followed (the token would go to an address nobody configured): it is
+terminal, naming where it leads; so is, with a token, a ``links.next`` on another server
+(scheme, host and port) than ``url``.
 """
 
 from __future__ import annotations
@@ -199,6 +201,12 @@ def get_page(
             continue
         if response.status_code >= 500 or response.status_code == 429:
             raise SourceUnavailable(f"{shown}: HTTP {response.status_code}{_reason(response)}; will retry")
+        if response.status_code in (404, 410) and params is None:  # a links.next: url is not at fault
+            raise SourceUnavailable(
+                f"{shown}: HTTP {response.status_code}{_reason(response)}, though the page before linked"
+                " to it (its cursor expired?): the block is read again from its first page; if it goes"
+                " on, ask the provider to fix its paging; will retry"
+            )
         if response.status_code >= 400:
             advice = httpclient.refused(response.status_code, "token", "url, the API root")
             raise TerminalError(f"{shown}: HTTP {response.status_code}{_reason(response)}{advice}")

@@ -679,6 +679,35 @@ def test_a_refusal_of_the_api_says_what_to_check(status: int, callable_: str, ad
     assert f"HTTP {status}" in str(caught.value) and "s3cr3t" not in str(caught.value)
 
 
+def test_an_mds_next_page_that_is_gone_is_retried_from_the_first_page_and_says_so() -> None:
+    """A links.next answering 404 (a cursor that expired mid-block) parked the stage with "nothing
+    is there: check url, the API root": url was right, and reading the block again would work."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TransientError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+
+    class Expiring(HttpDouble):
+        def handle(self, request: Request) -> Response:
+            if request.query.get("page") == "2":
+                return Response(status=404, body={"error_description": "cursor expired"})
+            body = {"data": {"trips": [{"trip_id": "a"}]}, "links": {"next": f"{self.url}/p/trips?page=2"}}
+            return Response(status=200, body=body)
+
+    with Expiring() as server, pytest.raises(TransientError) as caught:
+        url = server.url
+        list(mds.trips(block, {"url": f"{url}/p", "retries": 0}))
+    assert str(caught.value) == (
+        f"{url}/p/trips?page=2: HTTP 404 (cursor expired), though the page before linked to it"
+        " (its cursor expired?): the block is read again from its first page; if it goes on, ask the"
+        " provider to fix its paging; will retry"
+    )
+
+
 def test_an_mds_links_next_on_another_server_gets_no_token() -> None:
     """A links.next on another host (or http where url is https) was followed with the bearer
     token, which the client refuses to send on a redirect for that very reason."""
