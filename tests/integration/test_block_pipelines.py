@@ -1262,10 +1262,14 @@ def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(cal
 
 
 class _SlowPager(_Pager):
-    """A _Pager that takes 50 ms a page."""
+    """A _Pager that takes ``pause`` seconds (50 ms) a page."""
+
+    def __init__(self, pages: Any, pause: float = 0.05) -> None:
+        super().__init__(pages)
+        self.pause = pause
 
     def handle(self, request: Request) -> Response:
-        time.sleep(0.05)
+        time.sleep(self.pause)
         return super().handle(request)
 
 
@@ -1294,6 +1298,31 @@ def test_a_sigterm_stops_an_mds_extract_that_pages_new_trips_for_ever_between_pa
     status, attempts, *_, error, artifact = ledger(pg_url)[("lime", FIRST, "extract")]
     assert (status, attempts, error, artifact) == ("pending", 0, None, None)
     assert list((tmp_path / "out").rglob("trips.jsonl")) == []
+
+
+@pytest.mark.pg
+def test_an_mds_extract_slower_than_its_lease_keeps_its_claim(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble
+) -> None:
+    """A provider slow to page (429s waited out, slow pages) held an extract longer than its lease
+    without 1000 records, the only point the lease was renewed at: another run took the block
+    over as abandoned, paged the provider again, and charged the live run's block an attempt."""
+    with _SlowPager(lambda n: [{"trip_id": f"t{n}"}] if n <= 40 else None, pause=0.2) as server:
+        root = write(tmp_path, pg_url, mds, portal, keys=f'[keys.lime]\nurl = "{server.url}/p"\n', lease="1s")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        args = [SLUICEGATE, "-C", str(root), "blocks", "trips", "--time-max", "2020-3-1-1", "--no-load"]
+        first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 60
+        while len(server.records) < 10:  # 2 s into the 8 s extract, past its lease
+            assert first.poll() is None and time.monotonic() < deadline, "the run did not page"
+            time.sleep(0.02)
+        second = subprocess.run(args, capture_output=True, env=env, timeout=60)
+        _, err = first.communicate(timeout=60)
+        asked = [r for r in server.records if "start_time" in r.query]
+    assert first.returncode == 0 and second.returncode == 0, (err.decode(), second.stderr.decode())
+    assert len(asked) == 1, "another run extracted the block again"
+    status, attempts, total, *_ = ledger(pg_url)[("lime", FIRST, "extract")]
+    assert (status, attempts, total) == ("done", 0, 40)
 
 
 @pytest.mark.pg

@@ -21,6 +21,7 @@ from ..changes import ChangeFeed
 from ..exceptions import DataError, SluicegateError, TerminalError, is_transient, printable
 from ..formats.jsonl import decrypt, parse_records
 from ..ledger import BlockStore, StageClaim, StageResult
+from ..ledger.leases import LeaseKeeper
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..records import MAX_MESSAGES, Fitting
@@ -192,16 +193,9 @@ class StageRecorder:
         return sum(self.store.release(token) for token in tokens)
 
     def _entry(
-        self,
-        claim: StageClaim,
-        status: str,
-        total: int,
-        processed: int,
-        errors: int,
-        duplicates: int,
-        artifact: str | None,
-        error: str | None,
-    ) -> None:
+        self, claim: StageClaim, status: str, total: int, processed: int, errors: int, duplicates: int,
+        artifact: str | None, error: str | None,
+    ) -> None:  # fmt: skip
         self.summary.stages.append(
             {
                 "key": claim.key_value,
@@ -310,6 +304,8 @@ class StageRunner:
             fault=ctx.fault,
             fernet_key=key,
             feed=ctx.feed(self.task),
+            # a slow API held an extract past its lease (renewed between chunks): taken over as dead
+            keeper=LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, BlockStore, lease=self.lease),
         )
         with pipeline:
             units = [u for c in claims if (u := self._unit(stage, c, pipeline, columns)) is not None]
