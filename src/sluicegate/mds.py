@@ -25,7 +25,8 @@ served before, under new links). A trip served again on a later page (its ``trip
 or a number, seen before: offset paging while trips arrive) is yielded once when it is the
 same; served again changed (the provider corrected it between the pages), it is yielded
 again, and the load keeps the last copy of a ``trip_id``. A 5xx answer (after the page's
-retries), network errors (a body cut short, gzipped or not, too) and a 404 or 410 of a page
+retries), network errors (a body cut short, gzipped or not, too), a 200 that is not JSON (a
+proxy's or maintenance page, a body cut where its length was) and a 404 or 410 of a page
 ``links.next`` named (a cursor that expired: the block is read again from its first page)
 are transient: the stage is retried with backoff. Another 4xx answer is terminal (a wrong
 token, URL or parameter): the stage is parked with the provider's ``error_description``. A
@@ -216,9 +217,22 @@ def get_page(
             raise TerminalError(httpclient.redirected(response.status_code, location, shown, fix))
         try:
             return response.json()
-        except ValueError:
-            raise TerminalError(f"{shown} answered with something that is not JSON") from None
+        except ValueError as exc:  # a proxy's or a maintenance page, a body cut where its length was
+            raise SourceUnavailable(f"{shown} answered {_not_json(response, exc)}; will retry") from None
     raise AssertionError("unreachable")
+
+
+def _not_json(response: httpx.Response, exc: ValueError) -> str:
+    """What a 200 that is not JSON was, for the ledger: parked at once, "answered with something
+    that is not JSON" said neither what came (an HTML page?) nor what to do, and a page a proxy
+    cut, or a provider's maintenance page, was parked where asking again works."""
+    kind = response.headers.get("Content-Type", "no Content-Type").split(";")[0].strip()
+    start = response.content[:80].decode("utf-8", "replace")
+    return (
+        f"HTTP {response.status_code} with {kind} that is not JSON ({str(exc)[:120]}), starting {start!r}:"
+        " a page cut short, or not the API's (a proxy's or a maintenance page); if it goes on, check"
+        " url, the API root"
+    )
 
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:

@@ -1426,3 +1426,44 @@ def test_a_gzip_answer_cut_short_is_a_transient_error(callable_: str) -> None:
         rf"{re.escape(server.url)}/\S+: DecodingError: the gzip-encoded answer ends before its end; will retry",
         str(caught.value),
     ), caught.value
+
+
+def _answer(kind: str, body: bytes) -> Any:
+    """A raw answer: 200 with ``body`` as ``kind``, its Content-Length right."""
+
+    def answer(wfile: Any) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        wfile.write(head.encode() + body)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "said"),
+    [
+        ("text/html; charset=utf-8", b"<html><body>Down for maintenance</body></html>", "text/html"),
+        ("application/json", b'{"data": {"trips": [{"trip_id": "a"}, {"tri', "application/json"),
+    ],
+    ids=["html", "cut"],
+)
+def test_an_mds_page_that_is_not_json_says_what_came_and_is_retried(
+    kind: str, body: bytes, said: str
+) -> None:
+    """A 200 with a maintenance page (HTML), or a JSON page cut where its Content-Length was, parked
+    the stage at once with "answered with something that is not JSON": not what came, nor what to
+    do, though asking again works."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TransientError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="x", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    with _Raw(_answer(kind, body)) as server, pytest.raises(TransientError) as caught:
+        list(mds.trips(block, {"url": f"{server.url}/p", "retries": 0}))
+    message = str(caught.value)
+    assert message.startswith(f"{server.url}/p/trips answered HTTP 200 with {said} that is not JSON ("), (
+        message
+    )
+    assert repr(body[:20].decode())[:-1] in message and "check url, the API root; will retry" in message
