@@ -216,10 +216,29 @@ def get_page(
             location = response.headers.get("Location")
             raise TerminalError(httpclient.redirected(response.status_code, location, shown, fix))
         try:
-            return response.json()
+            return response.json(parse_float=_finite, parse_constant=_finite)
+        except _NotFinite as exc:  # the provider's data: asking again gives the same
+            raise TerminalError(
+                f"{shown} answered with the number {exc}, which JSON cannot hold (nor the block's"
+                " artifact); ask the provider to fix it, then rerun with --incomplete-only"
+            ) from None
         except ValueError as exc:  # a proxy's or a maintenance page, a body cut where its length was
             raise SourceUnavailable(f"{shown} answered {_not_json(response, exc)}; will retry") from None
     raise AssertionError("unreachable")
+
+
+class _NotFinite(ValueError):
+    """A number a page holds that is no finite float: ``1e999``, or (not JSON) NaN or Infinity."""
+
+
+def _finite(text: str) -> float:
+    """A page's number, refused when it is not finite: one trip's ``1e999`` (read as inf) failed the
+    whole block where its artifact was written, "Out of range float values are not JSON
+    compliant", naming neither the provider's page nor the number."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite(text[:40])
+    return number
 
 
 def _not_json(response: httpx.Response, exc: ValueError) -> str:

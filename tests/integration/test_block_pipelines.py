@@ -1467,3 +1467,25 @@ def test_an_mds_page_that_is_not_json_says_what_came_and_is_retried(
         message
     )
     assert repr(body[:20].decode())[:-1] in message and "check url, the API root; will retry" in message
+
+
+@pytest.mark.parametrize("number", ["1e999", "-Infinity", "NaN"])
+def test_an_mds_trip_with_a_number_json_cannot_hold_names_the_page_and_the_number(number: str) -> None:
+    """A trip whose route held 1e999 (read as inf) or NaN failed its block where the artifact was
+    written: "a record cannot be written as JSON: Out of range float values are not JSON
+    compliant", no word of the provider, the page or the number."""
+    from sluicegate import mds
+    from sluicegate.exceptions import TerminalError
+    from sluicegate.timeblocks import Block, StageBlock
+
+    block = StageBlock(
+        task="trips", stage="x", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+    body = b'{"data": {"trips": [{"trip_id": "a", "route": {"c": [1.5, %s]}}]}}' % number.encode()
+    with _Raw(_answer("application/json", body)) as server, pytest.raises(TerminalError) as caught:
+        list(mds.trips(block, {"url": f"{server.url}/p", "retries": 0}))
+    assert str(caught.value) == (
+        f"{server.url}/p/trips answered with the number {number}, which JSON cannot hold (nor the block's"
+        " artifact); ask the provider to fix it, then rerun with --incomplete-only"
+    )
