@@ -264,12 +264,18 @@ def _inexact(value: Any, number: float) -> bool:
     float read from it, changes (``9007199254740993``, beyond 2**53): an id or a counter silently
     made another. A number with a fraction is read as its nearest float, which is what a float
     column stores anyway: many producers print 17 significant digits (C's ``%.17g``, PHP's
-    ``serialize_precision = 17``, Java), ``0.10000000000000001`` for ``0.1``."""
+    ``serialize_precision = 17``, Java), ``0.10000000000000001`` for ``0.1``, and
+    ``9.9999999999999992e+22`` for ``1e23``: a number with a point or an exponent is such a
+    print. A whole number the float holds exactly (``2**60``) is kept, compared with the float's
+    exact value, not its shortest digits."""
+    text = str(value).strip()
+    if any(c in text for c in ".eE"):
+        return False
     try:
-        written = decimal.Decimal(str(value))
+        written = decimal.Decimal(text)
     except decimal.InvalidOperation:  # not a decimal number: nothing was dropped from it
         return False
-    return written == written.to_integral_value() and written != decimal.Decimal(repr(number))
+    return written != decimal.Decimal(number)
 
 
 def _number(value: Any) -> float | None:
