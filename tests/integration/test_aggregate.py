@@ -1123,6 +1123,27 @@ def test_text_in_a_sqlite_number_column_fails_the_evaluation_instead_of_counting
     assert [(r["parameter_value"], r["num_measurements"]) for r in table(sqlite_url)] == [(10.0, 2)]
 
 
+def test_text_in_a_sqlite_number_column_skipped_as_the_error_advises_is_evaluated(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The error offers two ways out: make the text NULL, or skip it in select.sql with
+    WHERE typeof(col) IN ('integer', 'real'). The second one failed again with the same error,
+    for ever: the scan read the window table, not what select.sql reads of it."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    add_raw(
+        sqlite_url,
+        [("Gent", T - dt.timedelta(minutes=1), 10.0), ("Gent", T - dt.timedelta(minutes=2), "abc")],
+    )
+    failed = _evaluate(root, T)
+    assert failed.state == "failed" and "raw.parameter_value holds 'abc'" in str(failed.error)
+    advice = "WHERE typeof(\"parameter_value\") IN ('integer', 'real')"
+    assert advice in str(failed.error)
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(select.read_text().replace("FROM in_window", f"FROM in_window {advice}"))
+    assert _evaluate(root, T + dt.timedelta(minutes=5)).state == "done"
+    assert [(r["parameter_value"], r["num_measurements"]) for r in table(sqlite_url)] == [(10.0, 1)]
+
+
 def test_a_select_returning_the_evaluation_column_names_the_setting_to_change(
     tmp_path: Path, sqlite_url: str
 ) -> None:

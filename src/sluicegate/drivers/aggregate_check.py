@@ -153,12 +153,16 @@ def window_query(
 def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any]) -> str | None:
     """SQLite: the problem of a row in the window (``bounds``) whose INTEGER or REAL
     column, named in select.sql, holds text (or a blob) SQLite could not read as a number, such as
-    ``'abc'``. Its arithmetic reads that as 0: avg('abc', 10) was 5, a wrong value in the table."""
+    ``'abc'``. Its arithmetic reads that as 0: avg('abc', 10) was 5, a wrong value in the table.
+    A column select.sql tests with ``typeof()`` is its author's to sort: the problem advises
+    skipping the text so, and the scan, which reads the table and not the select, failed such a
+    select for ever."""
     affinities = source.sqlite_affinities(task.window_table)
     code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
     numbers = [
         c for c, a in affinities.items() if a in ("INTEGER", "REAL") and c != task.window_column
         and re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
+        and not _typeof(c, code)
     ]  # fmt: skip
     if not numbers:
         return None
@@ -186,6 +190,13 @@ def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any
 
 
 _NOT_NUMBER = "'text', 'blob'"
+
+
+def _typeof(column: str, code: str) -> bool:
+    """Whether select.sql's ``code`` (casefolded) tests ``column``'s type: ``typeof(col)``,
+    ``typeof("col")``, ``typeof(t.col)``."""
+    name = rf"[\"`\[]?{re.escape(column.casefold())}[\"`\]]?"
+    return re.search(rf"(?<![\w$])typeof\s*\(\s*(?:[\w$\"`\[\]]+\s*\.\s*)?{name}\s*\)", code) is not None
 
 
 def _mariadb_numbers(source: tables.TableDb, task: Task) -> str | None:
