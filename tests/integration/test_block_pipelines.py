@@ -387,6 +387,16 @@ def test_a_socrata_publish_posts_nothing_until_the_dataset_is_known_to_upsert(
         assert "POST" not in [r.request.method for r in server.records]
 
 
+def _first_hour() -> Any:
+    """The extract of provider ``p``'s first hour, as the trips task's stage sees it."""
+    from sluicegate.timeblocks import Block, StageBlock
+
+    return StageBlock(
+        task="trips", stage="extract", key="provider", key_value="p",
+        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
+    )  # fmt: skip
+
+
 def test_a_portal_without_the_views_api_takes_the_stated_row_identifier() -> None:
     from sluicegate import socrata
 
@@ -595,12 +605,8 @@ def test_mds_a_trip_served_again_changed_on_a_later_page_is_yielded_again_to_be_
     """A provider that corrected a trip between two pages (offset paging while trips change)
     served it again changed: only the first, stale copy was yielded, and loaded."""
     from sluicegate import mds
-    from sluicegate.timeblocks import Block, StageBlock
 
-    block = StageBlock(
-        task="trips", stage="extract", key="provider", key_value="p",
-        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
-    )  # fmt: skip
+    block = _first_hour()
     trip = lambda t, d: {"trip_id": t, "trip_duration": d}  # noqa: E731
     pages = {1: [trip("a", 1), trip("b", 60)], 2: [trip("b", 60), trip("c", 3)], 3: [trip("b", 75)]}
     with _Pager(pages.get) as server:
@@ -620,12 +626,8 @@ def test_an_mds_links_next_relative_to_its_page_is_followed_and_one_not_over_htt
     it names is there; a link to ftp: was retried the same way."""
     from sluicegate import mds
     from sluicegate.exceptions import TerminalError
-    from sluicegate.timeblocks import Block, StageBlock
 
-    block = StageBlock(
-        task="trips", stage="extract", key="provider", key_value="p",
-        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
-    )  # fmt: skip
+    block = _first_hour()
 
     class Relative(HttpDouble):
         def handle(self, request: Request) -> Response:
@@ -684,12 +686,8 @@ def test_an_mds_next_page_that_is_gone_is_retried_from_the_first_page_and_says_s
     is there: check url, the API root": url was right, and reading the block again would work."""
     from sluicegate import mds
     from sluicegate.exceptions import TransientError
-    from sluicegate.timeblocks import Block, StageBlock
 
-    block = StageBlock(
-        task="trips", stage="extract", key="provider", key_value="p",
-        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
-    )  # fmt: skip
+    block = _first_hour()
 
     class Expiring(HttpDouble):
         def handle(self, request: Request) -> Response:
@@ -713,12 +711,8 @@ def test_an_mds_links_next_on_another_server_gets_no_token() -> None:
     token, which the client refuses to send on a redirect for that very reason."""
     from sluicegate import mds
     from sluicegate.exceptions import TerminalError
-    from sluicegate.timeblocks import Block, StageBlock
 
-    block = StageBlock(
-        task="trips", stage="extract", key="provider", key_value="p",
-        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
-    )  # fmt: skip
+    block = _first_hour()
     last = Response(status=200, body={"data": {"trips": [{"trip_id": "b"}]}, "links": {"next": None}})
     with _Answering(last) as other:
         first = {"data": {"trips": [{"trip_id": "a"}]}, "links": {"next": f"{other.url}/p/trips?page=2"}}
@@ -1378,12 +1372,8 @@ def test_an_mds_429_waits_its_retry_after_in_seconds_or_as_a_date(form: str) -> 
     import email.utils
 
     from sluicegate import mds
-    from sluicegate.timeblocks import Block, StageBlock
 
-    block = StageBlock(
-        task="trips", stage="extract", key="provider", key_value="p",
-        block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
-    )  # fmt: skip
+    block = _first_hour()
     later = lambda: dt.datetime.now(UTC) + dt.timedelta(seconds=4)  # noqa: E731
     after = (
         (lambda: "3") if form == "seconds" else (lambda: email.utils.format_datetime(later(), usegmt=True))
