@@ -374,3 +374,34 @@ def test_a_stage_that_failed_then_succeeded_in_one_run_is_counted_once_as_done(t
     result = blocks(root, *ONE_BLOCK, "--stage", "extract")
     assert "extract 1 done in" in result.output and "failed" not in result.output, result.output
     assert (root / "failed-once").exists()  # it did fail once
+
+
+def test_a_load_into_a_table_another_session_holds_gives_up_within_its_lease(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A session holding the load's table (a LOCK or an ALTER TABLE in a transaction left open)
+    kept the load waiting 60 s per attempt, far past a 3 s lease: another run could take the
+    block as dead meanwhile. The wait now ends at half the lease, the stage fails naming the
+    lock (retried, then parked), and once the lock is gone the block loads."""
+    import psycopg
+
+    create_table(pg_url)
+    root = project(tmp_path, (pg_url, pg_url), create=False)
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute("LOCK TABLE trips IN ACCESS EXCLUSIVE MODE")
+        forget_etl()
+        started = time.monotonic()
+        held = CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *ONE_BLOCK])
+        waited = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert held.exit_code == 1, held.output
+    status, *_, error = load_row(pg_url)
+    assert status == "failed", error  # each of the run's attempts waited 1.5 s: parked after the 5th
+    assert "another session held a lock on it for 1.5 s" in error, error
+    assert waited < 30, waited  # not the 60 s a table sink waited by default, per attempt
+    blocks(root, *ONE_BLOCK, "--incomplete-only")
+    assert load_row(pg_url)[0] == "done"
+    assert [r[1] for r in rows(pg_url)] == [60, 120]
