@@ -296,7 +296,9 @@ def test_a_stop_while_the_ledger_is_down_takes_seconds_not_the_reconnect_budget(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert took < 15, f"{command} took {took:.0f} s to stop:\n{log.read_text()}"
+    # Each ledger step left after the stop (the batch's commit, the release, the task's state)
+    # waits its own 5 s grace for the ledger: 10-15 s, against ~120 s before.
+    assert took < 25, f"{command} took {took:.0f} s to stop:\n{log.read_text()}"
     assert "Traceback" not in log.read_text()
     assert cluster.start(ledger_pg.port)
     with psycopg.connect(ledger_pg.url(), autocommit=True) as ledger:
