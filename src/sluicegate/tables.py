@@ -174,10 +174,12 @@ class Insert:
 class TableSink:
     """Writes rows into a :class:`TableTarget` (see the module docstring for each mode)."""
 
-    def __init__(self, target: TableTarget, *, lock_wait: float = LOCK_WAIT) -> None:
+    def __init__(self, target: TableTarget, *, lease: float | None = None) -> None:
         self.target = target
         self.db = TableDb(target.url)
-        self.lock_wait = lock_wait  # seconds a PostgreSQL write waits for a lock on the table
+        # Seconds a PostgreSQL write waits for a lock on the table: within half the ``lease`` of
+        # the claim it writes for, which a held table would otherwise outlast.
+        self.lock_wait = LOCK_WAIT if lease is None else min(LOCK_WAIT, lease / 2)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:

@@ -322,8 +322,7 @@ def _write_table(
         elif not store.renew(task.name, tick, token, lease=task.lease):
             raise LedgerError(_lost(task, tick))
 
-    # A lock wait ends well within the claim's lease, which it would otherwise outlast.
-    with tables.TableSink(task.target, lock_wait=min(tabledb.LOCK_WAIT, task.lease / 2)) as sink:
+    with tables.TableSink(task.target, lease=task.lease) as sink:
         try:
             sink.write(columns, rows, stamp=(task.evaluation_column, tick), before_commit=before_commit)
         except tables.Superseded as exc:

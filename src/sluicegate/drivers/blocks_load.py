@@ -19,7 +19,6 @@ from .. import db, mariadb_conn
 from ..exceptions import DataError, LedgerError, SluicegateError, TerminalError
 from ..ledger import StageClaim, StageResult
 from ..records import MAX_MESSAGES, KeptPerKey, Rows
-from ..tabledb import LOCK_WAIT
 from ..tables import Rejected, TableSink
 from . import Context
 from .blocks_config import StageSpec, declared
@@ -125,9 +124,7 @@ class Loader:
         assert stage.target is not None
         sink = self._sinks.get(stage.name)
         if sink is None:
-            # A lock wait ends within the claim's lease (a held table kept the load waiting 60 s).
-            lock_wait = min(LOCK_WAIT, self.recorder.lease / 2)
-            sink = self._sinks[stage.name] = TableSink(stage.target, lock_wait=lock_wait)
+            sink = self._sinks[stage.name] = TableSink(stage.target, lease=self.recorder.lease)
             if stage.create:
                 table = stage.target.table
                 flavor = sink.db.flavor
