@@ -189,14 +189,7 @@ def blob_key_rows(task: Any, source: Any) -> list[str]:
     problems = []
     for key in task.keys:
         column = f"q.{db.SQLITE.quote(key)}"
-        query = (
-            f"SELECT count(*), min(hex({column})) FROM ({task.select_sql.rstrip().rstrip(';')}) AS q"
-            f" WHERE typeof({column}) = 'blob'"
-        )
-        try:
-            count, example = (source.execute(query) or [(0, None)])[0]
-        except SluicegateError:  # a select this wrapping does not suit: the describe judged it
-            continue
+        count, example = _rows_where(source, task.select_sql, f"typeof({column}) = 'blob'", f"hex({column})")
         if count:
             problems.append(
                 f"{task.folder / 'select.sql'}: {count:,} row(s) have a {key} that is a BLOB (such as"
@@ -219,18 +212,12 @@ def unreadable_times(
     ``first``: judge the first row with a time only (a run's cheap probe, before it claims).
     """
     cursor = f"q.{db.SQLITE.quote(column)}"
-    rows = f"FROM ({select_sql.rstrip().rstrip(';')}) AS q WHERE {cursor} IS NOT NULL"
     number = f"typeof({cursor}) = 'integer' OR (typeof({cursor}) = 'text' AND {cursor} NOT LIKE '%-%')"
     bad = f"(julianday({cursor}) IS NULL OR {number})"
-    query = (
-        f"SELECT {bad}, {cursor} {rows} LIMIT 1"
-        if first
-        else f"SELECT count(*), min({cursor}) {rows} AND {bad}"
-    )
-    try:
-        count, example = (source.execute(query) or [(0, None)])[0]
-    except SluicegateError:  # a select this wrapping does not suit: the describe above judged it
-        return []
+    if first:  # the first row with a time: (whether it is bad, it)
+        count, example = _rows_where(source, select_sql, f"{cursor} IS NOT NULL", cursor, judged=bad)
+    else:
+        count, example = _rows_where(source, select_sql, f"{cursor} IS NOT NULL AND {bad}", cursor)
     if not count:
         return []
     return [
@@ -239,6 +226,22 @@ def unreadable_times(
         " write them as YYYY-MM-DD HH:MM:SS[.fff] with an optional Z or ±HH:MM, or convert them in"
         " select.sql (Unix seconds: datetime(col, 'unixepoch'))"
     ]
+
+
+def _rows_where(
+    source: Any, select_sql: str, where: str, example: str, *, judged: str | None = None
+) -> tuple[Any, Any]:
+    """How many rows of ``select_sql`` (as ``q``) hold ``where``, and one ``example`` of them (the
+    least); with ``judged``: the first such row's ``judged`` and ``example`` instead. (0, None)
+    when the select does not suit this wrapping (its describe judged it already)."""
+    rows = f"FROM ({select_sql.rstrip().rstrip(';')}) AS q WHERE {where}"
+    head = f"{judged}, {example}" if judged else f"count(*), min({example})"
+    query = f"SELECT {head} {rows}" + (" LIMIT 1" if judged else "")
+    try:
+        count, found = (source.execute(query) or [(0, None)])[0]
+        return count, found
+    except SluicegateError:
+        return 0, None
 
 
 def _utc_text(params: dict[str, Any]) -> dict[str, Any]:
