@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import gzip
 import io
 import json
 import sqlite3
@@ -32,10 +33,12 @@ import pytest
 from psycopg import sql
 
 from sluicegate import engine, operations
+from sluicegate.formats import csv as csv_format
+from sluicegate.formats.csv import CsvWriter
 from sluicegate.options import RunOptions
+from sluicegate.sources import Column, pg_query
 from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
-from sluicegate.sources import pg_query
 from sluicegate.sources import postgres as pg_source
 from support import HOSTILE_NAMES, cli, files, load
 
@@ -428,10 +431,23 @@ def test_sqlite_csv_quotes_every_line_break(tmp_path: Path, fmt: str) -> None:
         assert b',"line1\rline2"\n' in data and b',"line1\nline2"\n' in data and b",plain\n" in data
         records = _csv_rows(path)
     else:
-        import gzip
-
         records = list(csv.reader(io.StringIO(gzip.decompress(path.read_bytes()).decode(), newline="")))
     assert [r[2] for r in records[1:]] == values
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz"])
+def test_sqlite_csv_tells_an_empty_string_from_null(tmp_path: Path, fmt: str) -> None:
+    """An empty string is ``""`` and NULL an empty field, as on PostgreSQL; both were an empty
+    field, so a reader could not tell "no value" from "an empty value"."""
+    values = ["", None, "x", ""]
+    rows = [(1, f"2024-11-02T12:0{i}:00Z", v, v) for i, v in enumerate(values)]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, v TEXT, n INTEGER")
+    root = _project(tmp_path / "proj", url, "SELECT k, t, v, n FROM m", fmt, ledger=False)
+    _export(root, (1, DAY))
+    path = _file(root, 1, DAY, fmt)
+    data = gzip.decompress(path.read_bytes()) if fmt == "csv.gz" else path.read_bytes()
+    lines = data.decode().splitlines()[1:]
+    assert [line.split(",", 2)[2] for line in lines] == ['"",""', ",", "x,x", '"",""']
 
 
 def test_sqlite_parquet_files_of_a_task_share_one_schema(tmp_path: Path) -> None:
@@ -714,6 +730,19 @@ def test_the_exact_line_encoder_gives_arrows_bytes() -> None:
     chunks = list(arrow_source._split_lines(lines, [500, n], [0, 1]))
     assert [c.rows for _, c in chunks] == [500, n - 500]
     assert b"".join(c.data for _, c in chunks) == arrow_source._encode(table)
+
+
+@pytest.mark.parametrize("names", [("s",), ("s", "n")])
+def test_the_row_encoder_gives_arrows_bytes_for_empty_strings_and_nulls(names: tuple[str, ...]) -> None:
+    """SQLite's and MariaDB's rows are encoded by the csv module, PostgreSQL's by Arrow: an empty
+    string, a NULL, and in a file of one column a NULL's empty line, are the same bytes in both."""
+    values = ["", None, "x", "", None, 'a"b', "l1\r\nl2"]
+    table = pa.table({name: pa.array(values, pa.string()) for name in names})
+    out = io.BytesIO()
+    writer = CsvWriter(out, [Column(name=name, kind="text") for name in names], None, None)
+    writer.write([tuple(v for _ in names) for v in values], "rows")
+    expected = arrow_source._encode(table)
+    assert out.getvalue() == csv_format.header(names) + expected.replace(b'"x"', b"x")
 
 
 def test_the_adbc_read_path_loads_neither_arrow_dataset_nor_its_libraries(pg_url: str) -> None:

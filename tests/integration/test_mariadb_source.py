@@ -517,6 +517,26 @@ def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_
     )
 
 
+def test_an_empty_string_is_told_apart_from_null_in_csv(mariadb_url: str, tmp_path: Path) -> None:
+    """An empty VARCHAR is ``""`` and NULL an empty field, as on PostgreSQL (both were an empty field)."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), note VARCHAR(8), b VARBINARY(4))"
+        )
+        cur.execute(
+            "INSERT INTO readings VALUES ('Gent', '2024-03-01 10:00:00', '', ''),"
+            " ('Gent', '2024-03-01 10:01:00', NULL, NULL), ('Gent', '2024-03-01 10:02:00', 'x', 'x')"
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT city, at, note, b FROM readings")
+    assert cli(root, "mark", "cities", "city=Gent", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    lines = (tmp_path / "out" / "Gent" / "20240301.csv").read_text().splitlines()[1:]
+    assert [line.split(",", 2)[2] for line in lines] == ['"",\\x', ",", "x,\\x78"]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_decimals_are_written_as_mariadb_writes_them_never_with_an_exponent(
     mariadb_url: str, tmp_path: Path, fmt: str

@@ -4,9 +4,10 @@ Dialect: a header line, RFC 4180 quoting (only where needed; every line break, C
 quoted), UTF-8, ``\\n`` line ends, NULL as an empty field, booleans as ``true``/``false``,
 timestamps as ISO 8601 with the offset of the partition's zone, floats and bytes as PostgreSQL
 writes them. The gzip header carries no file name and a zero mtime, so equal rows give equal
-bytes. On PostgreSQL the same dialect is produced from Arrow batches (or by COPY when the ADBC
-driver is missing); there an empty string is written as ``""`` to tell it from NULL, and Arrow
-quotes every non-empty text value, which is valid RFC 4180 either way.
+bytes. An empty string is written as ``""`` to tell it from NULL (in a file of one column a
+NULL is an empty line, as PostgreSQL's COPY writes it). On PostgreSQL the same dialect is
+produced from Arrow batches (or by COPY when the ADBC driver is missing); Arrow quotes every
+non-empty text value, which is valid RFC 4180 either way.
 """
 
 from __future__ import annotations
@@ -81,8 +82,16 @@ def header(names: tuple[str, ...]) -> bytes:
     return encode_rows([list(names)])
 
 
+# Stand-ins the csv module writes bare, replaced in its output: an empty string (which it
+# writes as nothing, like None) by ``""``, and the NULL of a one-column row (which it writes as
+# ``""``) by nothing. Lone surrogates: no text read from a database holds one (a driver decodes
+# UTF-8, and surrogateescape makes only U+DC80..U+DCFF), and none could be encoded as UTF-8.
+_EMPTY, _NULL = "\ud800", "\ud801"
+
+
 def encode_rows(rows: list[list[Any]]) -> bytes:
-    """Rows as UTF-8 CSV lines, quoting a field with a CR as well as one with an LF.
+    """Rows as UTF-8 CSV lines, quoting a field with a CR as well as one with an LF, and an
+    empty string (``""``, where a NULL is an empty field).
 
     The csv module quotes only the characters of its line terminator (``\\n``), so a lone CR
     would be written bare and split the record for most readers. Rows are encoded in one C
@@ -93,6 +102,8 @@ def encode_rows(rows: list[list[Any]]) -> bytes:
     buffer, and an exporter holds hundreds of open files (a writer each) until their batch
     commits. One writer per file cost 64 MiB per exporter.
     """
+    if rows and len(rows[0]) == 1:
+        rows = [[_NULL if v is None else _EMPTY if v == "" else v for v in row] for row in rows]
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     value = text.getvalue()
@@ -109,6 +120,8 @@ def encode_rows(rows: list[list[Any]]) -> bytes:
             else:
                 plain.writerow(row)
         value = text.getvalue()
+    if _EMPTY in value or _NULL in value:
+        value = value.replace(_EMPTY, '""').replace(_NULL, "")
     return value.encode("utf-8")
 
 
@@ -117,14 +130,22 @@ def _converter(col: Column, zone: str | None) -> Callable[[Any], Any]:
         tz = zone_of(zone) if zone else None
         return lambda v: _format_time(v, tz, col)
     if col.kind == "date":  # SQLite stores dates as text: a number or BLOB is no date (as in Parquet)
-        return lambda v: value_text(v) if v is None or isinstance(v, str | dt.date) else _not_a_date(col, v)
+        return lambda v: cell_text(v) if v is None or isinstance(v, str | dt.date) else _not_a_date(col, v)
     if col.kind == "bool":  # SQLite stores booleans as integers; other values are written as stored
-        return lambda v: ("true" if v else "false") if isinstance(v, int) else value_text(v)
+        return lambda v: ("true" if v else "false") if isinstance(v, int) else cell_text(v)
     if col.kind == "binary":  # text in a SQLite column of kind binary: its UTF-8 bytes, as in Parquet
         return lambda v: value_text(v.encode() if isinstance(v, str) else v)
     if col.kind == "float" and col.precision == 24:  # MariaDB's FLOAT: as PostgreSQL writes a real
-        return lambda v: single_text(v) if type(v) is float else value_text(v)
-    return value_text
+        return lambda v: single_text(v) if type(v) is float else cell_text(v)
+    return cell_text
+
+
+def cell_text(value: Any) -> Any:
+    """:func:`value_text` for a CSV field: an empty string becomes the stand-in that
+    :func:`encode_rows` writes as ``""``."""
+    if type(value) is str:
+        return value or _EMPTY
+    return value_text(value)
 
 
 def value_text(value: Any) -> Any:
