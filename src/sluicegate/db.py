@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,6 @@ def require_source_file(url: str) -> None:
 APPLICATION_NAME = "sluicegate"
 WRITER_APPLICATION_NAME = "sluicegate writer"
 
-
 # How long a SQLite statement waits for another process's write lock (busy_timeout) before it
 # fails with "database is locked".
 SQLITE_BUSY_SECONDS = 60.0
@@ -200,13 +200,9 @@ def connect(url: str, *, autocommit: bool = True, ledger: bool = False, writer: 
 
 
 def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
-    """Switch ``conn``'s database to WAL, waiting while another process switches it.
-
-    Changing the journal mode needs the database to itself and SQLite answers "database is
-    locked" at once, without calling the busy handler, when two processes open a new file at the
-    same moment (two workers started together on a fresh ledger). The mode is stored in the file,
-    so the loser only has to wait for the winner.
-    """
+    """Switch ``conn``'s database to WAL, waiting while another process switches it: SQLite
+    answers "database is locked" at once, without its busy handler, when two processes open a new
+    file together (two workers on a fresh ledger); the mode is stored in the file, so the loser waits."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -220,6 +216,8 @@ def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
 
 RECONNECT_SECONDS = 60.0  # how long a run tries to get a lost connection back before giving up
 STOP_GRACE = 5.0  # ... and once told to stop (a restart's seconds; under Docker's 10 s stop timeout)
+# when a reconnect first saw each run's stop: one grace per run, not one per ledger step after it
+_STOP_SEEN: weakref.WeakKeyDictionary[threading.Event, float] = weakref.WeakKeyDictionary()
 
 
 def reconnect(
@@ -235,9 +233,9 @@ def reconnect(
 
     Used after a connection was lost mid-run (a terminated backend, a restarting server): the
     run waits for the database instead of failing every partition in hand. Once ``stop`` (the
-    run's SIGINT or SIGTERM) is set it tries for ``grace`` s more at most: a database
-    back within them (a restart) still takes the batch's commit, and a stop takes seconds, not
-    the budget; then the run's claims wait for their lease as after a crash."""
+    run's SIGINT or SIGTERM) is set it tries for ``grace`` s more at most, from the run's first
+    reconnect after the stop: a database back within them (a restart) takes the batch's commit,
+    and a stop takes seconds; then the run's claims wait for their lease as after a crash."""
     seconds = RECONNECT_SECONDS if seconds is None else seconds
     deadline = time.monotonic() + seconds
     delay, stopped = 0.25, None
@@ -249,7 +247,7 @@ def reconnect(
                 raise
             now = time.monotonic()
             if stop is not None and stop.is_set() and stopped is None:
-                stopped = now
+                stopped = _STOP_SEEN.setdefault(stop, now)
             if stopped is not None and now >= stopped + grace:
                 raise source_outage.gave_up(exc, "gave up reconnecting: the run was told to stop") from exc
             if now + delay > deadline:
