@@ -1123,6 +1123,31 @@ def test_text_in_a_sqlite_number_column_fails_the_evaluation_instead_of_counting
     assert [(r["parameter_value"], r["num_measurements"]) for r in table(sqlite_url)] == [(10.0, 2)]
 
 
+def test_a_sqlite_avg_past_the_largest_double_fails_naming_the_column_not_writing_infinity(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SQLite's avg of 1.7e308 and 1.7e308 sums past the largest double to Infinity, with no error
+    (PostgreSQL fails the select, :func:`test_a_select_that_overflows_fails_naming_select_sql_and_the_window`):
+    the readers' table held Infinity as Gent's mean. The evaluation fails naming the column and the
+    window, and keeps the table; an infinite value in the window itself is averaged as it is."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T).state == "done"
+    later = T + dt.timedelta(minutes=5)
+    add_raw(sqlite_url, [("Gent", later - dt.timedelta(minutes=2), 1.7e308),
+                         ("Gent", later - dt.timedelta(minutes=1), 1.7e308)], prefix="n")  # fmt: skip
+    failed = _evaluate(root, later)
+    assert failed.state == "failed", failed
+    assert "column 'parameter_value' is Infinity" in str(failed.error)
+    assert f"[{(later - dt.timedelta(hours=3)).isoformat()}, {later.isoformat()})" in str(failed.error)
+    assert [r["parameter_value"] for r in table(sqlite_url)] == [1.0]
+    assert _evaluations(root)[0]["error"] == failed.error
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE raw SET parameter_value = 9e999 WHERE message_id = 'n0'")  # infinite itself
+    assert _evaluate(root, later + dt.timedelta(minutes=5)).state == "done"
+    assert [r["parameter_value"] for r in table(sqlite_url)] == [float("inf")]
+
+
 def test_text_in_a_sqlite_number_column_skipped_as_the_error_advises_is_evaluated(
     tmp_path: Path, sqlite_url: str
 ) -> None:

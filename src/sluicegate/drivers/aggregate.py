@@ -50,6 +50,7 @@ from .aggregate_check import (
     column_clash,
     keep_seconds,
     reads_window,
+    sqlite_infinity,
     sqlite_text_numbers,
     unreadable_times,
     window_bound,
@@ -280,6 +281,8 @@ def _select(
         window = (start, end) if forms else None  # check names select.sql in its own words
         names, rows = window_query(source, task, evaluation_sql(task, source.flavor), bounds, window)
         tabledb.check_readable(names, rows)
+        if forms and (problem := sqlite_infinity(source, task, bounds, names, rows)):
+            raise DataError(problem)  # SQLite's sum past the largest double: Infinity, no error
         return names, rows
     finally:
         source.close()

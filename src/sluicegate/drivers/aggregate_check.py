@@ -4,6 +4,7 @@ column's values as times, and does ``keep`` cover a window."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,42 @@ def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any
         f"arithmetic would read as 0, so the aggregate would be wrong; make it NULL or a number (UPDATE "
         f"{table} SET {q} = NULL WHERE typeof({q}) IN ({_NOT_NUMBER})), or skip it in select.sql "
         f"(WHERE typeof({q}) IN ('integer', 'real'))"
+    )
+
+
+def sqlite_infinity(
+    source: tables.TableDb,
+    task: Task,
+    bounds: Sequence[Any],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> str | None:
+    """SQLite: the problem of a result column that is infinite though no value of the window's
+    rows that select.sql names is: SQLite's sum and avg go past the largest double (1.7e308 and
+    1.7e308) to Infinity with no error, where PostgreSQL and MariaDB fail the select."""
+    at = next((i for row in rows for i, v in enumerate(row) if isinstance(v, float) and math.isinf(v)), None)
+    if at is None or source.flavor != "sqlite":
+        return None
+    code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
+    named = [
+        tables.quote("sqlite", c) for c in source.sqlite_affinities(task.window_table)
+        if re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
+    ]  # fmt: skip
+    if named:
+        infinite = " OR ".join(f"{c} IN (9e999, -9e999)" for c in named)
+        _, found = source.query(
+            f"SELECT 1 FROM {tables.quote('sqlite', task.window_table)} AS {WINDOW_ALIAS} "
+            f"WHERE {window_bound(task, 'sqlite')} AND ({infinite}) LIMIT 1",
+            bounds,
+        )
+        if found:
+            return None  # an infinite value averaged is infinite
+    start, end = (tables.parse_time(b).isoformat() for b in bounds)  # type: ignore[union-attr]
+    return (
+        f"{task.folder / 'select.sql'} on the window [{start}, {end}): column {names[at]!r} is "
+        f"Infinity, though no value of {task.window_table} it read is: SQLite's sum or avg went past the "
+        f"largest double (about 1.8e308) without an error, so the value would be wrong; sum smaller "
+        f"numbers in select.sql (e.g. avg(x / 1e10) * 1e10) or leave the out-of-range rows out"
     )
 
 
