@@ -28,7 +28,7 @@ from sluicegate import engine, tables
 from sluicegate.drivers import Context
 from sluicegate.drivers import aggregate as agg
 from sluicegate.drivers.aggregate_check import reads_window
-from sluicegate.exceptions import ConfigError
+from sluicegate.exceptions import ConfigError, LedgerError
 from sluicegate.options import RunOptions
 from sluicegate.schedules import due_tick
 from support import SLUICEGATE, cli, load, read_csv
@@ -512,6 +512,48 @@ def test_a_table_another_session_holds_locked_fails_the_tick_within_the_lease(
     assert _evaluations(root)[0]["error"] == failed.error
     assert stamps(table(pg_url)) == {T - dt.timedelta(minutes=5)}
     assert _evaluate(root, T).state == "done" and stamps(table(pg_url)) == {T}
+
+
+@pytest.mark.pg
+def test_a_ledger_record_another_session_holds_names_the_ledger_table_and_the_tick(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The table is in the ledger database: its evaluation is recorded in the table's transaction,
+    whose lock wait ends after half the lease. Another session holding the tick's ledger row (a
+    FOR UPDATE in a transaction left open) failed the run with "ledger database ...: canceling
+    statement due to lock timeout; will retry", naming neither the row nor what to look for. The
+    error names the ledger table and the tick; the table is kept, the tick waits for its lease."""
+    root = airmax_project(tmp_path / "proj", pg_url, task_extra='lease = "4s"')
+    tick = _select_per_row(root, pg_url, "pg_sleep(1) IS NOT NULL")
+    assert _evaluations(root) == []  # the ledger's tables made
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            _evaluate(root, tick)
+        except LedgerError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=evaluate, daemon=True)
+    holder = tables.TableDb(pg_url)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not holder.query("SELECT 1 FROM sluicegate.aggregate_evaluations WHERE state = 'running'")[1]:
+            assert time.monotonic() < deadline, "the tick was never claimed"
+            time.sleep(0.02)
+        holder.conn.execute("BEGIN")
+        holder.conn.execute("SELECT * FROM sluicegate.aggregate_evaluations FOR UPDATE")
+        worker.join(30)
+        assert not worker.is_alive(), "the evaluation still waits for the ledger row after 30 s"
+    finally:
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+    [error] = errors
+    assert "sluicegate.aggregate_evaluations" in str(error) and tick.isoformat() in str(error), error
+    assert "pg_stat_activity" in str(error)
+    assert table(pg_url) == []
+    assert _evaluations(root)[0]["state"] == "running"
 
 
 @pytest.mark.pg

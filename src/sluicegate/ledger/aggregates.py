@@ -9,12 +9,15 @@ so a worker whose claim was taken over records nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .. import db
+from .. import db, mariadb_conn
+from ..exceptions import LedgerError
+from ..masking import mask_url
 from .core import Store
 
 
@@ -76,17 +79,37 @@ class AggregateStore(Store):
         With ``cur`` the record is written in that transaction (the table sink's, when it
         writes to the ledger database), so the table and the record commit together.
         """
-        result = self._run(
-            "finish", cur, task=task, tick=self.core.ts(tick), token=uuid.UUID(token), state=state,
-            rows=rows, seconds=round(seconds, 6), path=path, error=error,
-        )  # fmt: skip
+        with self._lock_wait(cur, task, tick):
+            result = self._run(
+                "finish", cur, task=task, tick=self.core.ts(tick), token=uuid.UUID(token), state=state,
+                rows=rows, seconds=round(seconds, 6), path=path, error=error,
+            )  # fmt: skip
         return bool(result.rowcount == 1)
 
     def newer(self, task: str, tick: dt.datetime, *, cur: Any | None = None) -> dt.datetime | None:
         """The newest tick after ``tick`` that is done or being evaluated under a live claim, if any
         (in ``cur``'s transaction when given: the table sink's, holding the table's write lock)."""
-        row = self._run("newer", cur, task=task, tick=self.core.ts(tick)).fetchone()
+        with self._lock_wait(cur, task, tick):
+            row = self._run("newer", cur, task=task, tick=self.core.ts(tick)).fetchone()
         return None if row is None else self.core.from_ts(row[0])
+
+    @contextlib.contextmanager
+    def _lock_wait(self, cur: Any | None, task: str, tick: dt.datetime) -> Iterator[None]:
+        """A statement of ``task``'s ``tick`` in the table sink's transaction ``cur``: a lock wait
+        that transaction ended (its lock_timeout, half the lease) names the row waited for; it read
+        as a bare "canceling statement due to lock timeout" of the ledger."""
+        try:
+            yield
+        except LedgerError as exc:
+            if cur is None or getattr(exc.__cause__, "sqlstate", None) != "55P03":
+                raise
+            raise LedgerError(
+                f"ledger database {mask_url(self.core.url)}: another session held the record of tick "
+                f"{tick.isoformat()} of task {task} in {self.core.schema}.aggregate_evaluations longer "
+                f"than the table write waits for a lock (half the lease, at most {mariadb_conn.LOCK_WAIT} s),"
+                " so the rows were not written; the tick is evaluated again once its lease ends (look for "
+                "a long transaction on the ledger in pg_stat_activity)"
+            ) from exc.__cause__
 
     def fail(
         self, task: str, tick: dt.datetime, token: str, *, error: str, seconds: float, delay: float
