@@ -1320,6 +1320,45 @@ def test_an_mds_extract_slower_than_its_lease_keeps_its_claim(
 
 
 @pytest.mark.pg
+def test_a_publish_slower_than_its_lease_keeps_its_claim(tmp_path: Path, pg_url: str) -> None:
+    """A load or publish renewed its claims only before each block: one block's publish (a
+    portal slow to answer) that outlasted the lease was taken over as abandoned by another run,
+    published twice, and charged the live run's block an attempt."""
+    (tmp_path / "tasks" / "trips").mkdir(parents=True)
+    (tmp_path / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nlease = "1s"\nbackoff = "0s"\n'
+    )
+    published = tmp_path / "published.log"
+    (tmp_path / "slow_feed.py").write_text(
+        "import time\n"
+        "def trips(block, config):\n    return [{'trip_id': 'a'}]\n"
+        "def publish(block, records, config):\n"
+        f"    with open({str(published)!r}, 'a') as log:\n        log.write(block.block.start.isoformat() + '\\n')\n"
+        "    time.sleep(5)\n    return {'total': len(list(records))}\n"
+    )
+    (tmp_path / "tasks" / "trips" / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nstages = ["extract", "publish"]\n'
+        '[extract]\ncallable = "slow_feed:trips"\npath = "{stage}/{block:%Y%m%d%H}.jsonl"\n'
+        '[publish]\ncallable = "slow_feed:publish"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    args = [SLUICEGATE, "-C", str(tmp_path), "blocks", "trips", "--time-max", "2020-3-1-1"]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not published.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "the run did not publish"
+        time.sleep(0.02)
+    time.sleep(1.5)  # past the lease, well inside the 5 s publish
+    second = subprocess.run(args, capture_output=True, env=env, timeout=60)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, (err.decode(), second.stderr.decode())
+    assert len(published.read_text().splitlines()) == 1, "another run published the block again"
+    [(status, attempts)] = [r[:2] for (_, _, stage), r in ledger(pg_url).items() if stage == "publish"]
+    assert (status, attempts) == ("done", 0)
+
+
+@pytest.mark.pg
 def test_a_socrata_publish_whose_records_partly_lack_the_row_identifier_says_how_many(
     tmp_path: Path, pg_url: str, portal: PortalDouble
 ) -> None:

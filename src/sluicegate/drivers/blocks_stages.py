@@ -12,7 +12,6 @@ failure with backoff or parking.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -235,7 +234,6 @@ class StageRunner:
         self.budget = budget
         self.lease = context.project.settings.lease
         self.loader = loader
-        self._renewed = time.monotonic()
 
     def close(self) -> None:
         """Close the table connections opened for loads."""
@@ -249,13 +247,18 @@ class StageRunner:
             self._extract(stage, claims)
         elif stage.type == "publish" and stage.callable is None:
             self._files(stage, claims, self._artifact_chunks(stage), _columns(stage))
-        else:
-            for claim in claims:
-                self._renew(claim)
-                if stage.callable is None:
-                    self.loader.load(stage, claim, self.artifact_passes)
-                else:
-                    self._per_block(stage, claim)
+        else:  # a load or a callable may take longer than the lease: renewed all along
+            ctx = self.context
+            keeper = LeaseKeeper(ctx.ledger.url, ctx.ledger.schema, BlockStore, lease=self.lease)
+            keeper.keep(c.token for c in claims)
+            try:
+                for claim in claims:
+                    if stage.callable is None:
+                        self.loader.load(stage, claim, self.artifact_passes)
+                    else:
+                        self._per_block(stage, claim)
+            finally:
+                keeper.close()
 
     def _spent(self, claim: StageClaim) -> bool:
         """Park, unrun, a stage whose leases expired ``max_attempts`` times (a block that kills
@@ -431,11 +434,6 @@ class StageRunner:
             self.recorder.failed(claim, rejected, counts=(total, processed, errors))
             return
         self.recorder.finish(stage_result(claim, total, processed, errors, messages, stage.callable))
-
-    def _renew(self, claim: StageClaim) -> None:
-        if time.monotonic() - self._renewed > self.lease / 3:
-            self.recorder.renew([claim.token])
-            self._renewed = time.monotonic()
 
 
 def stage_result(
