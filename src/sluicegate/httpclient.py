@@ -6,7 +6,6 @@ a blocks run makes a client per block, so the context is built once and shared.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
 import zlib
@@ -26,52 +25,129 @@ def tls_context() -> ssl.SSLContext:
 
 
 def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any = None) -> httpx.Client:
-    """A client with the shared TLS context."""
+    """A client with the shared TLS context, asking only for the codings ``send`` counts as decoded
+    (httpx asks for br and zstd too when their packages are installed)."""
+    headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
     return httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
 
 
 # A request's whole answer must arrive within this many times the client's timeout, which is per
 # read: a server sending a few bytes a second, never idle for a whole timeout, held a unit for ever.
 WHOLE_ANSWER = 4
+# The default of a stage's max_answer_bytes: an answer is held whole in memory, then parsed (about
+# 5 times its size again as Python objects), so one of 3 GB, or a gzip bomb (1 KiB that inflates to
+# 1 MiB), had the kernel kill the worker, again on every worker that took the block over. 256 MiB
+# holds an unpaged day of a large provider's trips (100,000 of ~2.5 KB); see docs/blocks.md.
+MAX_ANSWER = 256 * 2**20
+_PIECE = 1 << 16  # bytes a decoder gives at a time while an answer is counted
 
 
-def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+class TooLarge(Exception):
+    """An answer whose decoded body is larger than ``cap`` bytes (``declared``: its Content-Length)."""
+
+    def __init__(self, cap: int, declared: int | None = None) -> None:
+        super().__init__(f"the answer is larger than {cap} bytes")
+        self.cap, self.declared = cap, declared
+
+    def sentence(self, shown: str, fix: str) -> str:
+        """One sentence for the unit's error: the masked URL ``shown``, the cap, and ``fix``."""
+        size = f"{self.cap} bytes" + (f", {self.cap / 2**20:.4g} MiB" if self.cap >= 2**20 else "")
+        said = f" (its Content-Length says {self.declared})" if self.declared is not None else ""
+        return (
+            f"{shown} answered more than max_answer_bytes ({size}) decoded{said}, more than the worker"
+            f" is to hold in memory: {fix}, then rerun with --incomplete-only"
+        )
+
+
+def send(
+    client: httpx.Client, method: str, url: str, *, cap: int = MAX_ANSWER, **kwargs: Any
+) -> httpx.Response:
     """``client.request(method, url, **kwargs)``, its body read whole within ``WHOLE_ANSWER`` times the
-    client's read timeout of the request's start (else ``httpx.ReadTimeout``)."""
+    client's read timeout of the request's start (else ``httpx.ReadTimeout``), and at most ``cap``
+    bytes once decoded (else :class:`TooLarge`, before more than about ``cap`` bytes are held)."""
     limit = WHOLE_ANSWER * (client.timeout.read or 60.0)
     until = time.monotonic() + limit
     with client.stream(method, url, **kwargs) as response:
         message = f"the answer did not arrive whole within {limit:g} s ({WHOLE_ANSWER} times the timeout)"
-        gzipped = response.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip")
-        response.stream = _Until(response.stream, until, response.request, message, gzipped=gzipped)
+        codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        declared = response.headers.get("Content-Length", "").strip()
+        if not codings and declared.isdigit() and int(declared) > cap:  # refused before it is read
+            raise TooLarge(cap, int(declared))
+        response.stream = _Until(response.stream, until, response.request, message, codings=codings, cap=cap)
         response.read()
     return response
 
 
+class _Inflate:
+    """A zlib decoder of one content coding as httpx decodes it (``deflate``: zlib, else raw)."""
+
+    def __init__(self, coding: str) -> None:
+        self.wbits = zlib.MAX_WBITS if coding == "deflate" else 16 + zlib.MAX_WBITS
+        self.zlib, self.fresh = zlib.decompressobj(self.wbits), True
+
+    def decompress(self, data: bytes, most: int) -> bytes:
+        try:
+            out = self.zlib.decompress(data, most)
+        except zlib.error:
+            if not (self.fresh and self.wbits == zlib.MAX_WBITS):
+                raise
+            self.zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # a raw deflate stream, as httpx retries
+            out = self.zlib.decompress(data, most)
+        self.fresh = False
+        return out
+
+
 class _Until(httpx.SyncByteStream):
-    """A response body that fails once its time is up, between the chunks that arrive; and, gzipped,
-    when it ends before the gzip stream does (httpx decodes a cut gzip body to part of the answer,
-    without error: a page cut short by a proxy was "not JSON", parked, where asking again works)."""
+    """A response body that fails once its time is up, between the chunks that arrive; once it decodes
+    to more than ``cap`` bytes, counted before httpx decodes a chunk (whole: a 64 KiB chunk of a gzip
+    bomb is 64 MiB), in pieces of 64 KiB; and, gzipped, when it ends before the gzip stream does
+    (httpx decodes a cut gzip body to part of the answer, without error: a page cut short by a proxy
+    was "not JSON", parked, where asking again works)."""
 
     def __init__(
-        self, inner: Any, until: float, request: httpx.Request, message: str, *, gzipped: bool
+        self, inner: Any, until: float, request: httpx.Request, message: str, *, codings: list[str], cap: int
     ) -> None:
         self.inner, self.until, self.request, self.message = inner, until, request, message
-        self.gzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+        # httpx decodes the codings it knows, the last applied first; another (br) it leaves as is
+        known = [c for c in codings if c in ("gzip", "x-gzip", "deflate")]
+        self.decoders = [_Inflate(c) for c in reversed(known)]
+        self.cap, self.decoded, self.broken = cap, 0, False
         self.started = False  # an empty body (a redirect's, a 429's) under gzip is no gzip stream
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.inner:
             if time.monotonic() > self.until:
                 raise httpx.ReadTimeout(self.message, request=self.request)
-            data, self.started = chunk, self.started or bool(chunk)
-            with contextlib.suppress(zlib.error):  # a corrupt body: httpx's decoder says so
-                while data and self.gzip is not None and not self.gzip.eof:
-                    self.gzip.decompress(data, 1 << 16)  # the output is httpx's to keep
-                    data = self.gzip.unconsumed_tail
+            self.started = self.started or bool(chunk)
+            if self.broken:
+                self._count(chunk)
+            else:
+                try:
+                    self._decode(0, chunk)
+                except zlib.error:  # a corrupt body: httpx's decoder says so
+                    self.broken = True
             yield chunk
-        if self.gzip is not None and not self.gzip.eof and self.started:
+        if self.decoders and not self.decoders[0].zlib.eof and self.started and not self.broken:
             raise httpx.DecodingError("the gzip-encoded answer ends before its end", request=self.request)
+
+    def _decode(self, stage: int, data: bytes) -> None:
+        """Count what ``data`` decodes to through the decoders from ``stage`` on (output dropped)."""
+        if stage == len(self.decoders):
+            self._count(data)
+            return
+        decoder = self.decoders[stage]
+        while not decoder.zlib.eof:
+            out = decoder.decompress(data, _PIECE)
+            data = decoder.zlib.unconsumed_tail
+            self._decode(stage + 1, out)
+            if not data and len(out) < _PIECE:  # a full piece may leave output in zlib, input none
+                break
+
+    def _count(self, data: bytes) -> None:
+        self.decoded += len(data)
+        if self.decoded > self.cap:
+            raise TooLarge(self.cap)
 
     def close(self) -> None:
         self.inner.close()

@@ -15,7 +15,10 @@ from the callable's config (``[config]``, ``[extract.config]`` and the key value
     how many times a page answering 503 or 429 is asked again, waiting its ``Retry-After``
     (seconds or an HTTP date; capped at ``max_wait`` seconds, default 60) or 1, 2, 4 ... seconds (default 5);
 ``units``
-    ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query.
+    ``ms`` (MDS 0.4, the default) or ``s`` for the times in the query;
+``max_answer_bytes``
+    the most a page may hold once decoded (gunzipped), from 1024 (default 268435456, 256 MiB):
+    a larger one, or one whose Content-Length says so, is terminal, read no further.
 
 The block's UTC window ``[start, end)`` is asked for with ``start_time`` and ``end_time``,
 and pages are followed through ``links.next`` to the end (a relative one is the page's; a
@@ -49,7 +52,7 @@ from typing import Any
 
 import httpx
 
-from . import httpclient
+from . import httpclient, validate
 from .exceptions import ConfigError, SourceUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
@@ -59,6 +62,10 @@ MDS_ACCEPT = "application/vnd.mds.provider+json;version=0.4"
 # Pages in a row with no new trip, each linking to another, before the paging is taken to loop:
 # more than a provider that pages a day by the hour serves empty on a quiet night.
 IDLE_PAGES = 100
+TOO_LARGE = (
+    "ask the provider for smaller pages (a page size parameter, if its API has one)"
+    " or raise max_answer_bytes in the stage's config"
+)
 
 
 def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -75,6 +82,8 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     scale = 1 if units == "s" else 1000
     for name, default, whole in (("timeout", 30, False), ("retries", 5, True), ("max_wait", 60, False)):
         _setting(config, name, default, whole=whole, who=block.key_value or block.task)
+    where = f"sluicegate.mds:trips for {block.key_value or block.task}: max_answer_bytes"
+    validate.whole_number(config.get("max_answer_bytes", httpclient.MAX_ANSWER), where, minimum=1024)
     params: dict[str, Any] | None = {
         "start_time": int(block.start.timestamp() * scale),
         "end_time": int(block.end.timestamp() * scale),
@@ -191,12 +200,15 @@ def get_page(
 ) -> Any:
     """One page as JSON, asked again while it answers 503 or 429 (see the module)."""
     retries, max_wait = int(config.get("retries", 5)), float(config.get("max_wait", 60))
+    cap = int(config.get("max_answer_bytes", httpclient.MAX_ANSWER))
     shown = mask_url(url)
     for attempt in range(retries + 1):
         try:
-            response = httpclient.send(client, "GET", url, params=params)
+            response = httpclient.send(client, "GET", url, params=params, cap=cap)
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
+        except httpclient.TooLarge as exc:  # asked again, it is as large: the worker would die of it
+            raise TerminalError(exc.sentence(shown, TOO_LARGE)) from None
         if response.status_code in (429, 503) and attempt < retries:
             time.sleep(min(_retry_after(response, attempt), max_wait))
             continue

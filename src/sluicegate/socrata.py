@@ -17,7 +17,10 @@ settings in its config (values may be Fernet tokens):
     duration such as ``"90s"`` (default 60; a whole answer must arrive within 4 times that);
 ``row_identifier``
     the dataset's row identifier field, only for a portal without Socrata's views API
-    (optional; where the API answers, it must agree).
+    (optional; where the API answers, it must agree);
+``max_answer_bytes``
+    the most an answer may hold once decoded, from 1024 (default 268435456, 256 MiB; the
+    portal's are a few hundred bytes): a larger one is terminal, read no further.
 
 Before its first post to a dataset, a process reads the dataset's metadata
 (``<url>/api/views/<dataset>.json``) and refuses to publish (terminal) when the dataset has
@@ -70,11 +73,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     columns = config.get("columns")
     if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise ConfigError(f"{where}: columns {columns!r} is not a list of field names")
-    # batch = 0 posted nothing and returned a total of 0, so the stage recorded "no data".
-    size = validate.whole_number(config.get("batch", 1000), f"{where}: batch", maximum=100_000)
-    timeout = validate.parse_duration(config.get("timeout", 60), where=f"{where}: timeout")
-    if timeout <= 0:
-        raise ConfigError(f"{where}: timeout {config['timeout']!r} is not a positive number of seconds")
+    size, timeout, cap = _numbers(config, where)
     stated = config.get("row_identifier")
     if stated is not None and not (isinstance(stated, str) and stated):
         raise ConfigError(f"{where}: row_identifier {stated!r} is not a field name")
@@ -84,7 +83,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     with httpclient.client(timeout=timeout, headers=headers, auth=auth) as client:
         while batch := list(itertools.islice(rows, size)):
             if not counts["total"]:  # before the first post: a retried publish must not append
-                key = _row_identifier(client, portal, dataset, stated)
+                key = _row_identifier(client, portal, dataset, stated, cap)
                 if stated is not None and stated != key:
                     raise ConfigError(
                         f"{where}: row_identifier {stated!r} is not the row identifier of dataset"
@@ -98,7 +97,7 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
             keyless += sum(r.get(key) in (None, "") for r in batch)
             if columns:
                 batch = [{c: r.get(c) for c in columns} for r in batch]
-            answer = _post(client, url, batch)
+            answer = _post(client, url, batch, cap)
             counts["total"] += len(batch)
             counts["processed"] += sum(answer[k] for k in ("Rows Created", "Rows Updated", "Rows Deleted"))
             counts["errors"] += answer["Errors"]
@@ -117,6 +116,19 @@ def upsert(block: StageBlock, records: Iterable[dict[str, Any]], config: Mapping
     return counts
 
 
+def _numbers(config: Mapping[str, Any], where: str) -> tuple[int, float, int]:
+    """``batch``, ``timeout`` and ``max_answer_bytes``, checked before any post."""
+    # batch = 0 posted nothing and returned a total of 0, so the stage recorded "no data".
+    size = validate.whole_number(config.get("batch", 1000), f"{where}: batch", maximum=100_000)
+    timeout = validate.parse_duration(config.get("timeout", 60), where=f"{where}: timeout")
+    if timeout <= 0:
+        raise ConfigError(f"{where}: timeout {config['timeout']!r} is not a positive number of seconds")
+    cap = validate.whole_number(
+        config.get("max_answer_bytes", httpclient.MAX_ANSWER), f"{where}: max_answer_bytes", minimum=1024
+    )
+    return size, timeout, cap
+
+
 _IDENTIFIERS: dict[tuple[str, str], str] = {}
 """The row identifier's field per (portal, dataset), read once in a process's life (a refusal is
 not kept: the dataset's settings may be fixed while a service runs; nor is a row_identifier a
@@ -124,14 +136,14 @@ portal without the views API was taken at its word for: it is one config's, not 
 _LOCK = threading.Lock()
 
 
-def _row_identifier(client: httpx.Client, portal: str, dataset: str, stated: str | None) -> str:
+def _row_identifier(client: httpx.Client, portal: str, dataset: str, stated: str | None, cap: int) -> str:
     """The dataset's row identifier field, from its metadata; refuse a dataset without one."""
     with _LOCK:
         known = _IDENTIFIERS.get((portal, dataset))
     if known is not None:
         return known
     url = f"{portal}/api/views/{dataset}.json"
-    response = _send(client, "GET", url, None)
+    response = _send(client, "GET", url, None, cap)
     if response.status_code == 404 and stated is not None:
         return stated  # a portal without the views API: the user named the field (not kept)
     key = _identifier_field(_answer(response, mask_url(url)), mask_url(url), dataset)
@@ -164,9 +176,9 @@ def _identifier_field(answer: Any, shown: str, dataset: str) -> str:
 COUNTS = ("Rows Created", "Rows Updated", "Rows Deleted", "Errors")
 
 
-def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[str, int]:
+def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]], cap: int) -> dict[str, int]:
     shown = mask_url(url)
-    response = _send(client, "POST", url, batch)
+    response = _send(client, "POST", url, batch, cap)
     answer = _answer(response, shown)
     # {} or another API's answer counted 0 rows processed, and the block was recorded published.
     counts = {k: answer.get(k, 0) for k in COUNTS} if isinstance(answer, dict) else {}
@@ -182,13 +194,19 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
     return counts
 
 
-def _send(client: httpx.Client, method: str, url: str, batch: list[dict[str, Any]] | None) -> httpx.Response:
-    """The portal's answer; a failure to reach it, a 5xx or a 429 is transient."""
+def _send(
+    client: httpx.Client, method: str, url: str, batch: list[dict[str, Any]] | None, cap: int
+) -> httpx.Response:
+    """The portal's answer; a failure to reach it, a 5xx or a 429 is transient; one larger than
+    ``cap`` bytes decoded is terminal (the portal's are small: it is not the portal's answer)."""
     shown = mask_url(url)
     try:
-        response = httpclient.send(client, method, url, json=batch)
+        response = httpclient.send(client, method, url, json=batch, cap=cap)
     except httpx.HTTPError as exc:
         raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
+    except httpclient.TooLarge as exc:
+        fix = "check that url is the portal, or raise max_answer_bytes in the stage's config"
+        raise TerminalError(exc.sentence(shown, fix)) from None
     if response.status_code >= 500 or response.status_code == 429:
         raise DestinationUnavailable(f"{shown}: HTTP {response.status_code}; will retry")
     return response

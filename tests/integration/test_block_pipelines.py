@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -105,6 +106,7 @@ def write(
     lease: str = "10m",
     testing: str = "",
     extract_extra: str = "",
+    extract_config: str = "",
     task_extra: str = "",
     publish_extra: str = "",
     ledger: str | None = None,
@@ -130,6 +132,7 @@ def write(
             {extract_extra}
             [extract.config]
             max_wait = 0
+            {extract_config}
             [load]
             table = "trips"
             key = ["trip_id"]
@@ -1199,8 +1202,11 @@ class _Raw:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                while self.rfile.readline() not in (b"\r\n", b""):
-                    pass
+                length = 0
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.rfile.read(length)  # a body left unread: closing resets, losing the answer
                 with contextlib.suppress(OSError):
                     answer(self.wfile)
 
@@ -1518,3 +1524,136 @@ def test_an_mds_trip_with_a_number_json_cannot_hold_names_the_page_and_the_numbe
         f"{server.url}/p/trips answered with the number {number}, which JSON cannot hold (nor the block's"
         " artifact); ask the provider to fix it, then rerun with --incomplete-only"
     )
+
+
+MiB = 2**20
+
+
+def _page(size: int) -> bytes:
+    """A JSON answer of ``size`` bytes: an MDS page of one trip, and the upsert counts and dataset
+    metadata of a Socrata portal, padded with zeros (a gzip bomb: 1 MiB of it gzips to ~1 KiB)."""
+    answer: dict[str, Any] = {
+        "data": {"trips": [{"trip_id": "big"}]}, "links": {"next": None},
+        "Rows Created": 1, "Errors": 0, "rowIdentifierColumnId": 1, "columns": [{"id": 1, "fieldName": "a"}],
+    }  # fmt: skip
+    answer["pad"] = ""
+    answer["pad"] = "0" * (size - len(json.dumps(answer).encode()))
+    return json.dumps(answer).encode()
+
+
+def _sized(size: int, how: str) -> Any:
+    """A raw answer of ``size`` bytes decoded: ``plain`` with its Content-Length, ``close`` without
+    one (the body ends with the connection), else in that Content-Encoding (``gzip``, ``deflate``
+    as a raw deflate stream, ``gzip, gzip`` a gzip bomb gzipped), its Content-Length the coded's."""
+    body = _page(size)
+    if "gzip" in how:
+        body = gzip.compress(gzip.compress(body) if how == "gzip, gzip" else body)
+    elif how == "deflate":
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = deflate.compress(body) + deflate.flush()
+    length = "Connection: close" + ("" if how == "close" else f"\r\nContent-Length: {len(body)}")
+    coding = "" if how in ("plain", "close") else f"Content-Encoding: {how}\r\n"
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{coding}{length}\r\n\r\n".encode()
+
+    def answer(wfile: Any) -> None:
+        wfile.write(head)
+        wfile.write(body)  # apart: head + body would copy a large body in the test's memory
+
+    return answer
+
+
+def _too_large(url: str, fix: str, declared: int | None = None) -> str:
+    said = f" (its Content-Length says {declared})" if declared is not None else ""
+    return (
+        f"{url} answered more than max_answer_bytes (1048576 bytes, 1 MiB) decoded{said}, more than"
+        f" the worker is to hold in memory: {fix}, then rerun with --incomplete-only"
+    )
+
+
+MDS_FIX = (
+    "ask the provider for smaller pages (a page size parameter, if its API has one) or raise"
+    " max_answer_bytes in the stage's config"
+)
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("how", ["plain", "close", "gzip"])
+def test_an_mds_page_larger_than_max_answer_bytes_parks_its_block_and_the_others_run(
+    tmp_path: Path, pg_url: str, mds: MdsDouble, portal: PortalDouble, how: str
+) -> None:
+    """A provider (or a proxy) answering a 3 GB page, or a gzip bomb, was read whole: the worker
+    allocated until the kernel killed it, and so did every worker that took the block over."""
+    with _Raw(_sized(MiB + 1, how)) as big:
+        keys = f'[keys.lime]\nurl = "{mds.base_url("lime")}"\n[keys.big]\nurl = "{big.url}/big"\n'
+        root = write(tmp_path, pg_url, mds, portal, keys=keys, extract_config="max_answer_bytes = 1048576")
+        result = run(root, "--time-max", "2020-3-1-2", "--interval", "2")
+    assert result.exit_code == 1, result.output
+    rows = ledger(pg_url)
+    for start in (FIRST, FIRST + H):
+        status, attempts, *_, error, _ = rows[("big", start, "extract")]
+        assert (status, attempts) == ("failed", 1), error
+        assert error == _too_large(f"{big.url}/big/trips", MDS_FIX, MiB + 1 if how == "plain" else None)
+        assert [rows[("lime", start, s)][0] for s in ("extract", "load", "publish")] == ["done"] * 3
+
+
+@pytest.mark.parametrize("how", ["plain", "close", "gzip", "deflate", "gzip, gzip"])
+def test_an_answer_of_max_answer_bytes_is_read_by_mds_and_socrata(how: str) -> None:
+    """The cap is on what is held: an answer of exactly max_answer_bytes, decoded, is read whole."""
+    from sluicegate import mds, socrata
+
+    block = _first_hour()
+    with _Raw(_sized(MiB, how)) as server:
+        config = {"url": f"{server.url}/p", "retries": 0, "max_answer_bytes": MiB}
+        assert [t["trip_id"] for t in mds.trips(block, config)] == ["big"]
+        config = {"url": server.url, "dataset": "d", "max_answer_bytes": MiB}
+        assert socrata.upsert(block, iter([{"a": 1}]), config) == {"total": 1, "processed": 1, "errors": 0}
+
+
+@pytest.mark.parametrize("how", ["plain", "close", "gzip", "deflate", "gzip, gzip"])
+def test_a_socrata_answer_larger_than_max_answer_bytes_is_terminal(how: str) -> None:
+    """The portal's answers are a few hundred bytes: a large one is not the portal's, and was read whole."""
+    from sluicegate import socrata
+    from sluicegate.exceptions import TerminalError
+
+    with _Raw(_sized(MiB + 1, how)) as server, pytest.raises(TerminalError) as caught:
+        config = {"url": server.url, "dataset": "d", "max_answer_bytes": MiB}
+        socrata.upsert(_first_hour(), iter([{"a": 1}]), config)
+    fix = "check that url is the portal, or raise max_answer_bytes in the stage's config"
+    declared = MiB + 1 if how == "plain" else None
+    assert str(caught.value) == _too_large(f"{server.url}/api/views/d.json", fix, declared)
+
+
+@pytest.mark.parametrize("how", ["close", "gzip", "deflate", "gzip, gzip"])
+def test_a_page_far_over_max_answer_bytes_is_refused_holding_about_max_answer_bytes(how: str) -> None:
+    """Peak memory stays near the cap: a 64 MiB page (64 KiB gzipped, a bomb; or gzipped twice, ~1
+    KiB, each coding inflated by httpx whole) with a 1 MiB cap."""
+    import tracemalloc
+
+    from sluicegate import mds
+    from sluicegate.exceptions import TerminalError
+
+    answer = _sized(64 * MiB, how)
+    with _Raw(_sized(2048, how)) as server:  # what a process allocates once (the CA bundle, ~1 MiB)
+        list(mds.trips(_first_hour(), {"url": f"{server.url}/p"}))
+    with _Raw(answer) as server:
+        tracemalloc.start()
+        try:
+            with pytest.raises(TerminalError, match="more than max_answer_bytes"):
+                list(mds.trips(_first_hour(), {"url": f"{server.url}/p", "max_answer_bytes": MiB}))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 2 * MiB, f"{peak / MiB:.1f} MiB"  # the page read whole was 64 MiB, 128 at its join
+
+
+@pytest.mark.parametrize("value", ["1MiB", 1023, 1.5, True])
+def test_max_answer_bytes_that_is_not_a_whole_number_from_1024_is_refused(value: Any) -> None:
+    from sluicegate import mds, socrata
+    from sluicegate.exceptions import ConfigError
+
+    block = _first_hour()
+    with pytest.raises(ConfigError, match=r"^sluicegate.mds:trips for p: max_answer_bytes: "):
+        list(mds.trips(block, {"url": "http://127.0.0.1:9/p", "max_answer_bytes": value}))
+    config = {"url": "http://127.0.0.1:9", "dataset": "d", "max_answer_bytes": value}
+    with pytest.raises(ConfigError, match=r"^sluicegate.socrata:upsert for p: max_answer_bytes: "):
+        socrata.upsert(block, iter([{"a": 1}]), config)
