@@ -486,6 +486,40 @@ def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(
     ]
 
 
+def test_dates_with_a_zero_month_or_day_fail_their_partitions_by_cause_after_a_good_one(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """A DATE of 2024-00-15, 2024-02-00 or 2024-02-30 (a sql_mode with ALLOW_INVALID_DATES lets
+    a table hold them): read alone after its batch failed, such a partition failed with the
+    driver's bare "ValueError: month must be in 1..12", which names neither the column nor what
+    to do (the driver left the error pending, raised after its fetch had returned)."""
+    bad = {"Brugge": "2024-00-15", "Gent": "2024-02-00", "Hasselt": "2024-02-30", "Leuven": "2024-00-15"}
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+        names = [f"d{i}" for i in range(len(bad))]
+        cur.execute(
+            "CREATE TABLE readings (city VARCHAR(32), at DATETIME(6), "
+            + ", ".join(f"{n} DATE" for n in names)
+            + ")"
+        )
+        cur.execute("INSERT INTO readings (city, at) VALUES ('Aalst', '2024-03-01 10:00:00')")
+        for name, (city, value) in zip(names, bad.items(), strict=True):
+            cur.execute(
+                f"INSERT INTO readings (city, at, {name}) VALUES (?, '2024-03-01 10:00:00', ?)", (city, value)
+            )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, f"SELECT city, at, {', '.join(names)} FROM readings")
+    for city in ("Aalst", *bad):
+        assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
+    ran = cli(root, "run", "--json")
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["failed"]) == (1, 4), ran.stdout + ran.stderr
+    for error in summary["errors"]:
+        assert "MariaDB's driver could not read a value of this partition (" in error, error
+        assert "convert the column in select.sql" in error, error
+
+
 def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_order(
     mariadb_url: str, tmp_path: Path
 ) -> None:

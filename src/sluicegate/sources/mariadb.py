@@ -410,23 +410,10 @@ class _Converting:
         self._held: list[Any] = []  # the last row fetched: read only once the stream is known sound
 
     def fetchmany(self, size: int) -> Any:
-        rows = self._sound(size)  # the tiny values of the rows known sound only: the last may be unset
-        return with_signed_tiny(rows, self._tiny) if self._tiny and rows else rows
-
-    def _sound(self, size: int) -> Any:
-        while True:
-            rows = self._fetch(size)
-            if not rows:
-                self._check()
-                rows, self._held = self._held, []
-                return rows
-            rows, self._held = self._held + rows[:-1], rows[-1:]
-            if rows:
-                return rows
-
-    def _fetch(self, size: int) -> Any:
+        # The driver may leave its error pending after a fetch returned (a read alone after a
+        # failed batch): it is raised a few steps later, so the whole fetch is guarded.
         try:
-            return self.cursor.fetchmany(size)
+            rows = self._sound(size)  # the tiny values of the rows known sound only: the last may be unset
         except (SystemError, ValueError) as exc:
             cause = exc.__cause__ or exc.__context__ or exc
             raise DataError(
@@ -434,6 +421,18 @@ class _Converting:
                 "zero date (0000-00-00); convert the column in select.sql (for example "
                 "NULLIF(col, '0000-00-00 00:00:00'), or CAST(col AS CHAR) to keep its text)"
             ) from exc
+        return with_signed_tiny(rows, self._tiny) if self._tiny and rows else rows
+
+    def _sound(self, size: int) -> Any:
+        while True:
+            rows = self.cursor.fetchmany(size)
+            if not rows:
+                self._check()
+                rows, self._held = self._held, []
+                return rows
+            rows, self._held = self._held + rows[:-1], rows[-1:]
+            if rows:
+                return rows
 
     def _check(self) -> None:
         """Raise the error the server ended the result with, as :func:`db.wrap_errors` would."""
