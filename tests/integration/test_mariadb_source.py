@@ -520,6 +520,53 @@ def test_dates_with_a_zero_month_or_day_fail_their_partitions_by_cause_after_a_g
         assert "convert the column in select.sql" in error, error
 
 
+@pytest.mark.parametrize("kind", ["partitioned", "archive"])
+def test_a_zero_date_read_without_a_time_parameter_fails_and_is_not_written_as_null(
+    mariadb_url: str, tmp_path: Path, kind: str
+) -> None:
+    """A task without [time], or an archive select without %(export_boundary)s, binds no time:
+    the driver then read in the text protocol, where a zero date (0000-00-00, 2024-00-15) is
+    NULL without a word. The files held an empty field, and the archive deleted the rows whose
+    dates it had not exported."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = ''")
+        cur.execute("CREATE TABLE readings (id INT PRIMARY KEY, d DATE, dt DATETIME)")
+        cur.execute(
+            "INSERT INTO readings VALUES (1, '0000-00-00', NULL), (2, '2024-00-15', NULL),"
+            " (3, NULL, '0000-00-00 00:00:00'), (4, '2024-01-01', NULL)"
+        )
+        conn.commit()
+    root = tmp_path / "proj"
+    task = root / "tasks" / "t"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (task / "select.sql").write_text("SELECT id, d, dt FROM readings")
+    if kind == "archive":
+        (task / "task.toml").write_text('kind = "archive"\nformat = "csv"\npath = "all.{ext}"\n')
+        (task / "delete.sql").write_text("DELETE FROM readings")
+    else:
+        (task / "task.toml").write_text('keys = ["id"]\npath = "{id}.{ext}"\n')
+        for i in (1, 2, 3, 4):
+            assert cli(root, "mark", "t", f"id={i}").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    errors = json.loads(ran.stdout)[0]["errors"]
+    assert errors and all("MariaDB's driver could not read a value of this partition" in e for e in errors)
+    if kind == "archive":
+        assert not (tmp_path / "out" / "all.csv").exists()
+        with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT COUNT(*) FROM readings")
+            assert cur.fetchall() == [(4,)]
+    else:
+        assert len(errors) == 3
+        assert [p.name for p in (tmp_path / "out").glob("*.csv")] == ["4.csv"]
+
+
 def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_order(
     mariadb_url: str, tmp_path: Path
 ) -> None:

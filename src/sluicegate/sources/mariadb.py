@@ -34,7 +34,7 @@ from ..exceptions import ConfigError, DataError, SourceUnavailable
 from ..formats.csv import single_text
 from ..masking import mask_url
 from ..partitions import canonical_key, zone_of
-from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, mariadb_values, order_columns
 from .mariadb_values import decimal_type, is_signed_tiny, signed_tiny, signed_tiny_columns, with_signed_tiny
 
 CHUNK_ROWS = 10000
@@ -181,7 +181,7 @@ class MariaDbSource:
         ]
         self._reconnect_if_lost()
         with db.wrap_errors(self.url):
-            cur = self.conn.cursor(buffered=False)
+            cur = mariadb_values.row_cursor(self.conn)
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             try:
                 cur.execute(query, params)
@@ -262,7 +262,7 @@ class _Snapshot:
             projection = ", ".join(
                 f"CAST(q.{q(c.name)} AS CHAR)" if c.as_text else f"q.{q(c.name)}" for c in columns
             )
-            self._reader = self.conn.cursor(buffered=False)
+            self._reader = mariadb_values.row_cursor(self.conn)
             self._reader.execute(f"SELECT {projection} FROM ({query}) AS q", values)
         times: list[tuple[int, str | None]] = [
             (i, None) for i, c in enumerate(columns) if c.kind == "timestamptz"

@@ -21,6 +21,19 @@ _TINY = 1
 UNSIGNED = 32  # column flag
 
 
+def row_cursor(conn: Any) -> Any:
+    """An unbuffered cursor reading rows in the binary protocol, whatever the parameters.
+
+    The driver takes the text protocol for a query whose parameters are numbers and text only
+    (a task without ``[time]``, an archive select without ``%(export_boundary)s``), and there
+    reads a zero date (``0000-00-00``) or one with a zero month (``2024-00-15``) as NULL without
+    a word: the file held an empty field, and an archive deleted the row it had not exported.
+    In the binary protocol it cannot read such a value, and the read fails by cause (see
+    :class:`~sluicegate.sources.mariadb._Converting`).
+    """
+    return conn.cursor(buffered=False, binary=True)
+
+
 def is_signed_tiny(desc: Sequence[Any]) -> bool:
     """Whether a result column (a driver description entry) is a signed TINYINT."""
     return int(desc[1]) == _TINY and not int(desc[7]) & UNSIGNED
