@@ -414,8 +414,8 @@ class _Converting:
         # failed batch): it is raised a few steps later, so the whole fetch is guarded.
         try:
             rows = self._sound(size)  # the tiny values of the rows known sound only: the last may be unset
-        except (SystemError, ValueError) as exc:
-            cause = exc.__cause__ or exc.__context__ or exc
+        except (SystemError, ValueError) as exc:  # a ValueError's context is the batch's error
+            cause = (exc.__cause__ or exc.__context__ or exc) if isinstance(exc, SystemError) else exc
             raise DataError(
                 f"MariaDB's driver could not read a value of this partition ({cause}), such as a "
                 "zero date (0000-00-00); convert the column in select.sql (for example "
