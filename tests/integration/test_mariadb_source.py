@@ -480,6 +480,7 @@ def test_a_value_the_driver_cannot_read_fails_its_partition_by_cause(
     error = _one_of_two_fails(root, ("Gent", "Leuven"))
     assert error.startswith('["Leuven","2024-03-01"]: ')
     assert "MariaDB's driver could not read a value of this partition (year 0 is out of range)" in error
+    assert "in one of the columns 'at', 'd', such as a zero date" in error  # it names none
     assert "such as a zero date (0000-00-00); convert the column in select.sql" in error
     assert read_csv(tmp_path / "out" / "Gent" / "20240301.csv") == [
         {"city": "Gent", "at": "2024-03-01T10:00:00+00:00", "y": "0", "d": "2024-01-01T00:00:00+00:00"}
@@ -557,6 +558,7 @@ def test_a_zero_date_read_without_a_time_parameter_fails_and_is_not_written_as_n
     assert ran.returncode == 1, ran.stdout + ran.stderr
     errors = json.loads(ran.stdout)[0]["errors"]
     assert errors and all("MariaDB's driver could not read a value of this partition" in e for e in errors)
+    assert all("in one of the columns 'd', 'dt', such as a zero date" in e for e in errors), errors
     if kind == "archive":
         assert not (tmp_path / "out" / "all.csv").exists()
         with contextlib.closing(mariadb_connect(mariadb_url)) as conn:

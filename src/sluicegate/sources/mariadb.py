@@ -416,11 +416,7 @@ class _Converting:
             rows = self._sound(size)  # the tiny values of the rows known sound only: the last may be unset
         except (SystemError, ValueError) as exc:  # a ValueError's context is the batch's error
             cause = (exc.__cause__ or exc.__context__ or exc) if isinstance(exc, SystemError) else exc
-            raise DataError(
-                f"MariaDB's driver could not read a value of this partition ({cause}), such as a "
-                "zero date (0000-00-00); convert the column in select.sql (for example "
-                "NULLIF(col, '0000-00-00 00:00:00'), or CAST(col AS CHAR) to keep its text)"
-            ) from exc
+            raise DataError(mariadb_values.unreadable(cause, self.cursor.description)) from exc
         return with_signed_tiny(rows, self._tiny) if self._tiny and rows else rows
 
     def _sound(self, size: int) -> Any:

@@ -18,6 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 _TINY = 1
+_DATES = (7, 10, 12, 14, 17, 18)  # TIMESTAMP, DATE, DATETIME, NEWDATE and the fractional ones
 UNSIGNED = 32  # column flag
 
 
@@ -32,6 +33,21 @@ def row_cursor(conn: Any) -> Any:
     :class:`~sluicegate.sources.mariadb._Converting`).
     """
     return conn.cursor(buffered=False, binary=True)
+
+
+def unreadable(cause: BaseException, description: Sequence[Sequence[Any]] | None) -> str:
+    """The error of a value the driver could not read (``cause``), naming the result's date and
+    time columns: the driver does not say which value it was, and a zero date is the one kind
+    of value it fails on (the partition failed naming neither)."""
+    names = [str(desc[0]) for desc in description or () if int(desc[1]) in _DATES]
+    which = f" in column {names[0]!r}" if len(names) == 1 else ""
+    if len(names) > 1:
+        which = f" in one of the columns {', '.join(map(repr, names))}"
+    return (
+        f"MariaDB's driver could not read a value of this partition ({cause}){which}, such as a zero "
+        "date (0000-00-00); convert the column in select.sql (for example NULLIF(col, '0000-00-00 "
+        "00:00:00'), or CAST(col AS CHAR) to keep its text)"
+    )
 
 
 def is_signed_tiny(desc: Sequence[Any]) -> bool:
