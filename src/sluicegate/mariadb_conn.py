@@ -46,6 +46,7 @@ SESSION = (
 TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
+LOCK_WAIT_TIMEOUT_ERRNO = 1205  # a row or table lock wait ran out (innodb_ or lock_wait_timeout)
 DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
 DUPLICATE_KEY_NAME_ERRNO = 1061  # ER_DUP_KEYNAME: ALTER TABLE ... ADD KEY of a key that exists
 LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, DEADLOCK_ERRNO}  # not lock waits or deadlocks: the server is away

@@ -34,12 +34,13 @@ import contextlib
 import datetime as dt
 import hashlib
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import validate
+from . import db, mariadb_conn, validate
 from .exceptions import ConfigError, DataError, DestinationUnavailable, SluicegateError
 from .masking import mask_url
 from .tabledb import LOCK_WAIT, Flavor, TableDb, flavor_of, parse_time, quote, time_value
@@ -177,27 +178,69 @@ class TableSink:
     def __init__(self, target: TableTarget, *, lease: float | None = None) -> None:
         self.target = target
         self.db = TableDb(target.url)
-        # Seconds a PostgreSQL write waits for a lock on the table: within half the ``lease`` of
-        # the claim it writes for, which a held table would otherwise outlast.
+        # Seconds a write waits for a lock on the table (SQLite: the database's write lock): within
+        # half the ``lease`` of the claim it writes for, which a held table would otherwise outlast.
         self.lock_wait = LOCK_WAIT if lease is None else min(LOCK_WAIT, lease / 2)
+
+    @property
+    def _wait(self) -> float:
+        """``lock_wait`` as the database takes it: MariaDB's waits are whole seconds, at least 1."""
+        return max(1, int(self.lock_wait)) if self.db.flavor == "mariadb" else self.lock_wait
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
-        """The write's transaction; on PostgreSQL its lock waits end after ``lock_wait`` seconds (a
-        session holding the table, an ALTER TABLE or a LOCK in an open transaction, kept the writer
-        waiting with no end, its claim running out)."""
+        """The write's transaction, its lock waits ending after ``lock_wait`` seconds (a session
+        holding the table, an ALTER TABLE or a LOCK in an open transaction, or a SQLite writer left
+        in BEGIN, kept the writer waiting 60 s or with no end, its claim running out)."""
+        with self._held(), self._bounded(), self.db.transaction() as cur:
+            if self.db.flavor == "postgresql":
+                cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_wait * 1000))}ms'")
+            yield cur
+
+    @contextlib.contextmanager
+    def _bounded(self) -> Iterator[None]:
+        """SQLite and MariaDB: the session's lock waits bounded by ``lock_wait`` for the block
+        (busy_timeout; innodb_lock_wait_timeout and lock_wait_timeout), restored after."""
+        if self.db.flavor == "postgresql":  # SET LOCAL, in the transaction
+            yield
+            return
+        with self.db.errors():
+            self._set_wait(self._wait)
         try:
-            with self.db.transaction() as cur:
-                if self.db.flavor == "postgresql":
-                    cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(self.lock_wait * 1000))}ms'")
-                yield cur
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                self._set_wait(LOCK_WAIT if self.db.flavor == "mariadb" else db.SQLITE_BUSY_SECONDS)
+
+    def _set_wait(self, seconds: float) -> None:
+        if self.db.flavor == "sqlite":
+            self.db.conn.execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
+            return
+        cur, whole = self.db.conn.cursor(), int(seconds)
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {whole}, lock_wait_timeout = {whole}")
+        cur.close()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """A lock wait the block gave up names the table, the wait and what holds it."""
+        try:
+            yield
         except DestinationUnavailable as exc:
-            if getattr(exc.__cause__, "sqlstate", None) != "55P03":
+            if not _lock_timeout(exc.__cause__):
                 raise
+            holder = {
+                "postgresql": "another session held a lock on it",
+                "sqlite": "another process held the database's write lock",
+                "mariadb": "another session held a lock on it",
+            }[self.db.flavor]
+            look = {
+                "postgresql": "look for a long transaction on the table in pg_stat_activity",
+                "sqlite": "end that process's open transaction: a sqlite3 shell, another writer",
+                "mariadb": "look for a long transaction on the table in information_schema.innodb_trx",
+            }[self.db.flavor]
             raise DestinationUnavailable(
-                f"{self.target.display}: another session held a lock on it for {self.lock_wait:g} s, "
-                "so the rows were not written; will retry (look for a long transaction on the table "
-                "in pg_stat_activity)"
+                f"{self.target.display}: {holder} for {self._wait:g} s, so the rows were not written; "
+                f"will retry ({look})"
             ) from exc
 
     def close(self) -> None:
@@ -323,7 +366,7 @@ class TableSink:
         """MariaDB/MySQL: fill a copy of the table, then swap the names in one RENAME TABLE."""
         table, new, old = (self.db.quote(n) for n in swap_names(self.target.table))
         insert = Insert(flavor="mariadb", table=swap_names(self.target.table)[1], columns=tuple(columns))
-        with self._swap_lock() as cur:
+        with self._held(), self._bounded(), self._swap_lock() as cur:
             if stamp is not None:
                 self._check_stamp(cur, stamp)
             with self.db.errors():
@@ -350,10 +393,11 @@ class TableSink:
         name = "sluicegate sink " + hashlib.sha1(self.target.table.encode()).hexdigest()[:32]
         with self.db.errors():
             cur = self.db.conn.cursor()
-            cur.execute("SELECT GET_LOCK(?, ?)", (name, LOCK_WAIT))
+            cur.execute("SELECT GET_LOCK(?, ?)", (name, self._wait))
             if cur.fetchone()[0] != 1:
                 raise DestinationUnavailable(
-                    f"{self.target.display}: another writer held it for {LOCK_WAIT} s; will retry"
+                    f"{self.target.display}: another sluicegate writer of the table held its lock "
+                    f"(GET_LOCK) for {self._wait:g} s, so the rows were not written; will retry"
                 )
         try:
             yield cur
@@ -384,6 +428,18 @@ def _last_per_key(
     """The last row of each key (one statement may not update a row twice on PostgreSQL)."""
     at = [list(columns).index(k) for k in key]
     return list({tuple(row[i] for i in at): row for row in rows}.values())
+
+
+def _lock_timeout(cause: BaseException | None) -> bool:
+    """Whether a driver error is a lock wait that ran out: PostgreSQL's lock_timeout (55P03),
+    SQLite's busy timeout ("database is locked"), MariaDB's lock wait timeout (1205)."""
+    if isinstance(cause, sqlite3.OperationalError):
+        return "locked" in str(cause) or "busy" in str(cause)
+    if cause is None:
+        return False
+    if mariadb_conn.classify(cause) is not None:
+        return getattr(cause, "errno", None) == mariadb_conn.LOCK_WAIT_TIMEOUT_ERRNO
+    return getattr(cause, "sqlstate", None) == "55P03"
 
 
 def swap_names(table: str) -> tuple[str, str, str]:

@@ -514,6 +514,61 @@ def test_a_table_another_session_holds_locked_fails_the_tick_within_the_lease(
     assert _evaluate(root, T).state == "done" and stamps(table(pg_url)) == {T}
 
 
+@pytest.mark.parametrize("mode", ["replace", "upsert"])
+@pytest.mark.parametrize(
+    "flavor",
+    [pytest.param("sqlite", id="sqlite"), pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb)],
+)
+def test_a_sqlite_or_mariadb_table_another_session_holds_fails_the_tick_within_the_lease(
+    request: pytest.FixtureRequest, tmp_path: Path, flavor: str, mode: str
+) -> None:
+    """As on PostgreSQL, the table write waits for a lock at most half the lease. On SQLite it
+    waited the connection's 60 s busy timeout for another process's write lock (a reviewer saw a
+    4 s lease still waiting after 120 s); on MariaDB 60 s per statement (innodb_lock_wait_timeout,
+    lock_wait_timeout), the claim running out meanwhile. The tick now fails within about half the
+    lease naming the table and what holds it, and is evaluated again once the lock is gone."""
+    sink = (
+        str(request.getfixturevalue("mariadb_url"))
+        if flavor == "mariadb"
+        else f"sqlite:///{tmp_path / 'sink.db'}"
+    )
+    key = 'key = ["city", "parameter_name", "parameter_unit"]' if mode == "upsert" else ""
+    source = f"sqlite:///{tmp_path / 'airmax.db'}"
+    root = airmax_project(
+        tmp_path / "proj",
+        source,
+        sink=sink,
+        task_extra='lease = "4s"',
+        destination_extra=f'mode = "{mode}"\n{key}',
+    )
+    add_raw(source, [("Gent", T - dt.timedelta(hours=1), 1.0)])
+    assert _evaluate(root, T - dt.timedelta(minutes=5)).state == "done"
+    holder = tables.TableDb(sink)
+    if flavor == "sqlite":  # another process's writer left in BEGIN
+        holder.conn.execute("BEGIN IMMEDIATE")
+    else:  # an open transaction that locked the table's rows (and holds its metadata lock)
+        holder.conn.execute("START TRANSACTION")
+        holder.conn.execute(f"SELECT * FROM {AGGREGATE} FOR UPDATE").fetchall()
+    results: list[agg.Evaluation] = []
+    worker = threading.Thread(target=lambda: results.append(_evaluate(root, T)), daemon=True)
+    try:
+        started = time.monotonic()
+        worker.start()
+        worker.join(30)
+        waited = time.monotonic() - started
+        assert not worker.is_alive(), "the evaluation still waits for the lock after 30 s"
+    finally:
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+        worker.join(90)
+    [failed] = results
+    held = "the database's write lock" if flavor == "sqlite" else "a lock on it"
+    assert failed.state == "failed" and f"held {held} for 2 s" in str(failed.error), failed.error
+    assert AGGREGATE in str(failed.error) and waited < 12, waited
+    assert stamps(table(sink)) == {T - dt.timedelta(minutes=5)}
+    assert _evaluate(root, T).state == "done" and stamps(table(sink)) == {T}
+
+
 @pytest.mark.pg
 def test_a_ledger_record_another_session_holds_names_the_ledger_table_and_the_tick(
     tmp_path: Path, pg_url: str

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,3 +406,62 @@ def test_a_load_into_a_table_another_session_holds_gives_up_within_its_lease(
     blocks(root, *ONE_BLOCK, "--incomplete-only")
     assert load_row(pg_url)[0] == "done"
     assert [r[1] for r in rows(pg_url)] == [60, 120]
+
+
+@pytest.mark.parametrize(
+    "flavor",
+    [pytest.param("sqlite", id="sqlite"), pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb)],
+)
+def test_a_load_into_a_sqlite_or_mariadb_table_another_session_holds_gives_up_within_its_lease(
+    request: pytest.FixtureRequest, tmp_path: Path, flavor: str
+) -> None:
+    """As on PostgreSQL, the load waits for a lock at most half the lease. On SQLite it waited the
+    connection's 60 s busy timeout for another process's write lock, on MariaDB 60 s per statement
+    (innodb_lock_wait_timeout), each attempt far past a 3 s lease. Each attempt now gives up
+    within the lease, the stage fails naming the table and what holds it, and once the lock is
+    gone the block loads."""
+    source = f"sqlite:///{tmp_path / 'data.db'}"  # the ledger: not the held database
+    table = (
+        str(request.getfixturevalue("mariadb_url"))
+        if flavor == "mariadb"
+        else f"sqlite:///{tmp_path / 't.db'}"
+    )
+    create_table(table)
+    root = project(tmp_path / "p", (source, table), create=False)
+    holder = TableDb(table)
+    if flavor == "sqlite":  # another process's writer left in BEGIN
+        holder.conn.execute("BEGIN IMMEDIATE")
+    else:  # an open transaction that locked the table's rows and gaps
+        holder.conn.execute("START TRANSACTION")
+        holder.conn.execute("SELECT * FROM trips FOR UPDATE").fetchall()
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.conn.execute("ROLLBACK")
+
+    deadline = threading.Timer(40, release)  # the CLI runs in this thread (its signal handlers)
+    try:
+        deadline.start()
+        forget_etl()
+        started = time.monotonic()
+        held = CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *ONE_BLOCK])
+        waited = time.monotonic() - started
+    finally:
+        deadline.cancel()
+        release()
+        holder.close()
+    assert held.exit_code == 1, held.output
+    status, *_, error = load_row(source)
+    assert status == "failed", error  # each of the run's attempts waited about 1.5 s: parked after the 5th
+    wait = (
+        "another process held the database's write lock for 1.5 s"
+        if flavor == "sqlite"
+        else "a lock on it for 1 s"
+    )
+    assert wait in error and "trips" in error, error
+    assert waited < 30, waited  # not the 60 s a table sink waited by default, per attempt
+    blocks(root, *ONE_BLOCK, "--incomplete-only")
+    assert load_row(source)[0] == "done"
+    assert [r[1] for r in rows(table)] == [60, 120]  # the third trip breaks the CHECK

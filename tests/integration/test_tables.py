@@ -10,7 +10,9 @@ dialect). Upserts by key and the guard against an older evaluation run on each d
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from airmax_support import AGGREGATE, add_raw, airmax_project, stamps, table
 from sluicegate import generate_airmax, tables
 from sluicegate.drivers import Context
 from sluicegate.drivers import aggregate as agg
-from sluicegate.exceptions import DataError
+from sluicegate.exceptions import DataError, DestinationUnavailable
 from support import load
 
 UTC = dt.UTC
@@ -141,6 +143,46 @@ def test_a_failed_swap_leaves_the_table_and_no_copy_behind(mariadb_url: str) -> 
         _, names = sink.db.query("SHOW TABLES")
     assert [r["city"] for r in table(mariadb_url)] == ["Gent"]
     assert sorted(n[0] for n in names) == [AGGREGATE, "raw"]
+
+
+@pytest.mark.mariadb
+def test_a_swap_another_writer_holds_gives_up_within_half_the_lease(mariadb_url: str) -> None:
+    """Another writer of the table holding its GET_LOCK kept the swap waiting 60 s, whatever the
+    claim's lease; it now waits half of it (whole seconds), names the table, and leaves the
+    session's lock waits as they were for the connection's other uses."""
+    generate_airmax.create_schema(mariadb_url)
+    target = tables.TableTarget(url=mariadb_url, table=AGGREGATE)
+    columns = ["city", "parameter_name", "parameter_unit", "parameter_value", "num_measurements",
+               "evaluation_time_utc"]  # fmt: skip
+    name = "sluicegate sink " + hashlib.sha1(AGGREGATE.encode()).hexdigest()[:32]
+    holder = tables.TableDb(mariadb_url)
+    assert holder.query("SELECT GET_LOCK(?, 0)", (name,))[1] == [(1,)]
+    try:
+        with tables.TableSink(target, lease=4) as sink:
+            started = time.monotonic()
+            with pytest.raises(DestinationUnavailable, match=f"{AGGREGATE} .*GET_LOCK.* for 2 s") as held:
+                sink.write(columns, [("Gent", "pm25", "ug", 1.0, 1, T.replace(tzinfo=None))])
+            waited = time.monotonic() - started
+            _, [waits] = sink.db.query(
+                "SELECT @@SESSION.innodb_lock_wait_timeout, @@SESSION.lock_wait_timeout"
+            )
+    finally:
+        holder.close()
+    assert 1.5 < waited < 10, (waited, held.value)
+    assert tuple(int(w) for w in waits) == (60, 60)
+
+
+def test_a_sqlite_sink_leaves_the_connections_busy_timeout_as_it_was(tmp_path: Path) -> None:
+    """The write's busy timeout is bounded by half the lease; the connection's other uses (the
+    table's columns, check's reads) wait the usual 60 s for another process's write lock."""
+    url = f"sqlite:///{tmp_path / 'airmax.db'}"
+    generate_airmax.create_schema(url)
+    target = tables.TableTarget(url=url, table=AGGREGATE)
+    columns = ["city", "parameter_name", "parameter_unit", "parameter_value", "num_measurements",
+               "evaluation_time_utc"]  # fmt: skip
+    with tables.TableSink(target, lease=4) as sink:
+        sink.write(columns, [("Gent", "pm25", "ug", 1.0, 1, "2024-03-10T12:00:00Z")])
+        assert sink.db.query("PRAGMA busy_timeout")[1] == [(60_000,)]
 
 
 @pytest.mark.mariadb
