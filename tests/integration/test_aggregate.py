@@ -611,6 +611,50 @@ def test_a_ledger_record_another_session_holds_names_the_ledger_table_and_the_ti
     assert _evaluations(root)[0]["state"] == "running"
 
 
+@pytest.mark.mariadb
+def test_a_mariadb_ledger_record_another_session_holds_names_the_ledger_table_and_the_tick(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    """As on PostgreSQL: the upsert into a table of the MariaDB ledger database records the
+    evaluation in its own transaction, whose lock waits now end after half the lease. Another
+    session holding the tick's ledger row failed the run with a bare "Lock wait timeout exceeded"
+    of the ledger; the error names the ledger table and the tick, and the table is kept."""
+    key = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
+    root = airmax_project(tmp_path / "proj", mariadb_url, task_extra='lease = "4s"', destination_extra=key)
+    tick = _select_per_row(root, mariadb_url, "SLEEP(1) = 0")
+    assert _evaluations(root) == []  # the ledger's tables made
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            _evaluate(root, tick)
+        except LedgerError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=evaluate, daemon=True)
+    holder = tables.TableDb(mariadb_url)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not holder.query("SELECT 1 FROM sluicegate_aggregate_evaluations WHERE state = 'running'")[1]:
+            assert time.monotonic() < deadline, "the tick was never claimed"
+            time.sleep(0.02)
+        holder.conn.execute("START TRANSACTION")
+        holder.conn.execute("SELECT * FROM sluicegate_aggregate_evaluations FOR UPDATE").fetchall()
+        started = time.monotonic()
+        worker.join(30)
+        waited = time.monotonic() - started
+        assert not worker.is_alive(), "the evaluation still waits for the ledger row after 30 s"
+    finally:
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+        worker.join(90)
+    [error] = errors
+    assert "sluicegate_aggregate_evaluations" in str(error) and tick.isoformat() in str(error), error
+    assert "information_schema.innodb_trx" in str(error) and waited < 12, (waited, error)
+    assert table(mariadb_url) == []
+
+
 @pytest.mark.pg
 def test_a_select_that_overflows_fails_naming_select_sql_and_the_window(tmp_path: Path, pg_url: str) -> None:
     """avg of 1e308 and 1e308 overflows a PostgreSQL double precision: the tick failed with

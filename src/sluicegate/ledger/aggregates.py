@@ -96,19 +96,25 @@ class AggregateStore(Store):
     @contextlib.contextmanager
     def _lock_wait(self, cur: Any | None, task: str, tick: dt.datetime) -> Iterator[None]:
         """A statement of ``task``'s ``tick`` in the table sink's transaction ``cur``: a lock wait
-        that transaction ended (its lock_timeout, half the lease) names the row waited for; it read
-        as a bare "canceling statement due to lock timeout" of the ledger."""
+        that transaction ended (PostgreSQL's lock_timeout, MariaDB's innodb_lock_wait_timeout: half
+        the lease) names the row waited for; it read as a bare "canceling statement due to lock
+        timeout" (MariaDB: "Lock wait timeout exceeded") of the ledger."""
         try:
             yield
         except LedgerError as exc:
-            if cur is None or getattr(exc.__cause__, "sqlstate", None) != "55P03":
+            cause = exc.__cause__
+            mariadb = mariadb_conn.classify(cause) is not None if cause is not None else False
+            waited = getattr(cause, "errno" if mariadb else "sqlstate", None)
+            if cur is None or waited != (mariadb_conn.LOCK_WAIT_TIMEOUT_ERRNO if mariadb else "55P03"):
                 raise
+            look = "information_schema.innodb_trx" if mariadb else "pg_stat_activity"
+            table = f"{self.core.prefix if mariadb else self.core.schema + '.'}aggregate_evaluations"
             raise LedgerError(
                 f"ledger database {mask_url(self.core.url)}: another session held the record of tick "
-                f"{tick.isoformat()} of task {task} in {self.core.schema}.aggregate_evaluations longer "
+                f"{tick.isoformat()} of task {task} in {table} longer "
                 f"than the table write waits for a lock (half the lease, at most {mariadb_conn.LOCK_WAIT} s),"
                 " so the rows were not written; the tick is evaluated again once its lease ends (look for "
-                "a long transaction on the ledger in pg_stat_activity)"
+                f"a long transaction on the ledger in {look})"
             ) from exc.__cause__
 
     def fail(
