@@ -14,6 +14,8 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import os
+import subprocess
 import textwrap
 import threading
 import time
@@ -27,7 +29,7 @@ from airmax_support import airmax_project
 from sluicegate import engine, messages, operations, tabledb, tables
 from sluicegate.exceptions import ConfigError, DataError
 from sluicegate.options import RunOptions
-from support import cli, load
+from support import SLUICEGATE, cli, load
 
 TASK = "measurements"
 
@@ -712,6 +714,32 @@ def test_ingest_cli_reports_a_line_that_is_not_utf8_and_exits_1(root: Path, tmp_
     assert f"parked: {batch}:2 is not UTF-8 text (byte 0xe8 at byte 13)" in proc.stderr
     assert [r[0] for r in _raw(url)] == ["ok"]
     assert _query(url, "SELECT message_id, body FROM {log}parked") == [(None, '{"city": "Li\\xe8ge"}')]
+
+
+def test_two_ingests_of_one_file_at_once_park_each_message_without_an_id_once(
+    root: Path, tmp_path: Path, url: str
+) -> None:
+    """`sluicegate ingest TASK FILE` twice at once (two hosts fed the same file, or a retry while the
+    first still ran): each found a line without an id not parked yet, as neither saw the other's
+    uncommitted row, and both kept it (PostgreSQL, MariaDB): the parked table held it twice, and
+    each summary said it was parked now. Its body is its only key, which no index holds."""
+    batch = tmp_path / "batch.jsonl"
+    # no valid message: its row would make the second wait for the first's commit before parking
+    batch.write_text("".join(f"not json {i}\n" for i in range(200)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    argv = [SLUICEGATE, "-C", str(root), "ingest", TASK, str(batch), "--json"]
+    parked = 0
+    for _ in range(2):
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]  # fmt: skip
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+            summary = json.loads(out)
+            assert (summary["malformed_count"], summary["parked"] + summary["already_parked"]) == (200, 200)
+            parked += summary["parked"]
+    assert parked == 200  # each body parked once, by one of the four, and the others said "before"
+    assert _query(url, "SELECT count(*), count(DISTINCT body) FROM {log}parked") == [(200, 200)]
 
 
 def test_the_ingest_summary_says_what_was_parked_now_and_before(root: Path, tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ ONE_DIALECT: dict[str, str | tuple[str, ...]] = {
     "path_index_missing": "mariadb",
     "lock_paths": ("postgresql", "mariadb"),  # SQLite: BEGIN IMMEDIATE serializes commits
     "unlock_paths": "mariadb",  # PostgreSQL's advisory locks end with the transaction
+    "lock_parked": ("postgresql", "mariadb"),  # SQLite: BEGIN IMMEDIATE serializes batches
+    "unlock_parked": "mariadb",
     "upgrade_path_index": "mariadb",
 }
 

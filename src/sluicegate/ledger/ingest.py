@@ -14,13 +14,17 @@ from typing import Any
 
 from .. import db
 from ..exceptions import DataError, LedgerError
-from .core import Store
+from .core import LedgerCore, Store
 
 
 class IngestStore(Store):
     """The ``ingest_batches`` log and the ``ingest_parked`` messages, in the ingested table's database."""
 
     SQL = "ingest"
+
+    def __init__(self, core: LedgerCore) -> None:
+        super().__init__(core)
+        self.parked_locks: set[str] = set()  # MariaDB: the tasks whose lock_parked this connection holds
 
     def exists(self) -> bool:
         """Whether the ingest tables exist."""
@@ -55,8 +59,33 @@ class IngestStore(Store):
     def park(self, cur: Any, task: str, *, message_id: str | None, body: str, error: str) -> bool:
         """Keep a malformed message and the reason, in the transaction of its batch (``cur``);
         False when it was parked before (its id, or for a message without one its body)."""
+        self.lock_parked(cur, task)  # before the first park of a batch: one order of locks for all
         cur = self._run("park", cur, task=task, message_id=message_id, body=body, error=error)
         return int(cur.rowcount) > 0
+
+    def lock_parked(self, cur: Any, task: str) -> None:
+        """Before parking: wait for another transaction parking messages of ``task`` to end. A
+        message without an id was parked before only if its body was, and no index holds bodies,
+        so two ingests of one file at once both found a body not parked yet and kept it twice.
+        Taken before a batch's first park, whatever its id, so no batch holds a parked row another
+        waits for while waiting for this lock. SQLite: BEGIN IMMEDIATE serializes batches already.
+        MariaDB's lock lasts until :meth:`unlock_parked`."""
+        if self.core.dialect is db.POSTGRESQL:
+            self._run("lock_parked", cur, task=task).fetchall()
+        elif self.core.dialect is db.MARIADB and task not in self.parked_locks:
+            if self._run("lock_parked", cur, task=task).fetchone()[0] != 1:
+                raise LedgerError(
+                    f"another ingest of task {task} held its parked messages for 30 s; this batch is"
+                    " not committed: ingest its messages again"
+                )
+            self.parked_locks.add(task)
+
+    def unlock_parked(self) -> None:
+        """MariaDB: free the locks :meth:`lock_parked` took on this connection, once the batch's
+        transaction ended (a lost connection freed them already)."""
+        held, self.parked_locks = sorted(self.parked_locks), set()
+        for task in held if not self.core.conn.closed else ():
+            self._run("unlock_parked", task=task).fetchall()
 
     def status(self, task: str) -> dict[str, Any]:
         """An ingest task's totals: batches, messages received, inserted, duplicates, malformed, parked."""

@@ -49,6 +49,15 @@ WHERE %(message_id)s IS NOT NULL
                   WHERE p.task = %(task)s AND p.message_key IS NULL AND p.`body` = %(body)s)
 ON DUPLICATE KEY UPDATE id = {t}ingest_parked.id;
 
+-- lock_parked --
+-- Before parking: wait at most 30 s for another transaction parking messages
+-- of the task to end (a named lock, held by the session until unlock_parked).
+SELECT GET_LOCK(CONCAT('sluicegate parked ', LEFT(SHA2(CONCAT_WS('/', DATABASE(), %(task)s), 256), 40)), 30);
+
+-- unlock_parked --
+-- Free the named lock of lock_parked, once the batch's transaction ended.
+SELECT RELEASE_LOCK(CONCAT('sluicegate parked ', LEFT(SHA2(CONCAT_WS('/', DATABASE(), %(task)s), 256), 40)));
+
 -- status --
 -- An ingest task's batches and messages so far, and its parked messages.
 SELECT count(*), coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),

@@ -45,6 +45,11 @@ WHERE CAST(%(message_id)s AS text) IS NOT NULL
                   WHERE task = %(task)s AND message_id IS NULL AND body = CAST(%(body)s AS text))
 ON CONFLICT DO NOTHING;
 
+-- lock_parked --
+-- Before parking: wait for another transaction parking messages of the task
+-- to end (a statement of its own, so park's NOT EXISTS, taken after it, sees what that one parked).
+SELECT pg_advisory_xact_lock(hashtext('sluicegate parked'), hashtext(%(task)s));
+
 -- status --
 -- An ingest task's batches and messages so far, and its parked messages.
 SELECT count(*), coalesce(sum(received), 0), coalesce(sum(inserted), 0), coalesce(sum(duplicates), 0),
