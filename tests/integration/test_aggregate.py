@@ -569,17 +569,36 @@ def test_a_sqlite_or_mariadb_table_another_session_holds_fails_the_tick_within_t
     assert _evaluate(root, T).state == "done" and stamps(table(sink)) == {T}
 
 
-@pytest.mark.pg
+# per ledger database: the key of an upsert (MariaDB: replace writes the table in a copy, not in the
+# ledger's transaction), a slow row, the ledger table, how a transaction starts, where to look
+_LEDGER_HELD = {
+    "pg": ("", "pg_sleep(1) IS NOT NULL", "sluicegate.aggregate_evaluations", "BEGIN", "pg_stat_activity"),
+    "mariadb": (
+        'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]',
+        "SLEEP(1) = 0",
+        "sluicegate_aggregate_evaluations",
+        "START TRANSACTION",
+        "information_schema.innodb_trx",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "flavor", [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb)]
+)
 def test_a_ledger_record_another_session_holds_names_the_ledger_table_and_the_tick(
-    tmp_path: Path, pg_url: str
+    request: pytest.FixtureRequest, tmp_path: Path, flavor: str
 ) -> None:
     """The table is in the ledger database: its evaluation is recorded in the table's transaction,
     whose lock wait ends after half the lease. Another session holding the tick's ledger row (a
     FOR UPDATE in a transaction left open) failed the run with "ledger database ...: canceling
-    statement due to lock timeout; will retry", naming neither the row nor what to look for. The
-    error names the ledger table and the tick; the table is kept, the tick waits for its lease."""
-    root = airmax_project(tmp_path / "proj", pg_url, task_extra='lease = "4s"')
-    tick = _select_per_row(root, pg_url, "pg_sleep(1) IS NOT NULL")
+    statement due to lock timeout; will retry" (MariaDB: a bare "Lock wait timeout exceeded"),
+    naming neither the row nor what to look for. The error names the ledger table and the tick;
+    the table is kept, the tick waits for its lease."""
+    url = str(request.getfixturevalue("pg_url" if flavor == "pg" else "mariadb_url"))
+    key, slow, ledger_table, begin, look = _LEDGER_HELD[flavor]
+    root = airmax_project(tmp_path / "proj", url, task_extra='lease = "4s"', destination_extra=key)
+    tick = _select_per_row(root, url, slow)
     assert _evaluations(root) == []  # the ledger's tables made
     errors: list[BaseException] = []
 
@@ -590,57 +609,15 @@ def test_a_ledger_record_another_session_holds_names_the_ledger_table_and_the_ti
             errors.append(exc)
 
     worker = threading.Thread(target=evaluate, daemon=True)
-    holder = tables.TableDb(pg_url)
+    holder = tables.TableDb(url)
     try:
         worker.start()
         deadline = time.monotonic() + 30
-        while not holder.query("SELECT 1 FROM sluicegate.aggregate_evaluations WHERE state = 'running'")[1]:
+        while not holder.query(f"SELECT 1 FROM {ledger_table} WHERE state = 'running'")[1]:
             assert time.monotonic() < deadline, "the tick was never claimed"
             time.sleep(0.02)
-        holder.conn.execute("BEGIN")
-        holder.conn.execute("SELECT * FROM sluicegate.aggregate_evaluations FOR UPDATE")
-        worker.join(30)
-        assert not worker.is_alive(), "the evaluation still waits for the ledger row after 30 s"
-    finally:
-        holder.conn.execute("ROLLBACK")
-        holder.close()
-    [error] = errors
-    assert "sluicegate.aggregate_evaluations" in str(error) and tick.isoformat() in str(error), error
-    assert "pg_stat_activity" in str(error)
-    assert table(pg_url) == []
-    assert _evaluations(root)[0]["state"] == "running"
-
-
-@pytest.mark.mariadb
-def test_a_mariadb_ledger_record_another_session_holds_names_the_ledger_table_and_the_tick(
-    tmp_path: Path, mariadb_url: str
-) -> None:
-    """As on PostgreSQL: the upsert into a table of the MariaDB ledger database records the
-    evaluation in its own transaction, whose lock waits now end after half the lease. Another
-    session holding the tick's ledger row failed the run with a bare "Lock wait timeout exceeded"
-    of the ledger; the error names the ledger table and the tick, and the table is kept."""
-    key = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
-    root = airmax_project(tmp_path / "proj", mariadb_url, task_extra='lease = "4s"', destination_extra=key)
-    tick = _select_per_row(root, mariadb_url, "SLEEP(1) = 0")
-    assert _evaluations(root) == []  # the ledger's tables made
-    errors: list[BaseException] = []
-
-    def evaluate() -> None:
-        try:
-            _evaluate(root, tick)
-        except LedgerError as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=evaluate, daemon=True)
-    holder = tables.TableDb(mariadb_url)
-    try:
-        worker.start()
-        deadline = time.monotonic() + 30
-        while not holder.query("SELECT 1 FROM sluicegate_aggregate_evaluations WHERE state = 'running'")[1]:
-            assert time.monotonic() < deadline, "the tick was never claimed"
-            time.sleep(0.02)
-        holder.conn.execute("START TRANSACTION")
-        holder.conn.execute("SELECT * FROM sluicegate_aggregate_evaluations FOR UPDATE").fetchall()
+        holder.conn.execute(begin)
+        holder.conn.execute(f"SELECT * FROM {ledger_table} FOR UPDATE").fetchall()
         started = time.monotonic()
         worker.join(30)
         waited = time.monotonic() - started
@@ -650,9 +627,11 @@ def test_a_mariadb_ledger_record_another_session_holds_names_the_ledger_table_an
         holder.close()
         worker.join(90)
     [error] = errors
-    assert "sluicegate_aggregate_evaluations" in str(error) and tick.isoformat() in str(error), error
-    assert "information_schema.innodb_trx" in str(error) and waited < 12, (waited, error)
-    assert table(mariadb_url) == []
+    assert ledger_table in str(error) and tick.isoformat() in str(error), error
+    assert look in str(error) and waited < 12, (waited, error)
+    assert table(url) == []
+    if flavor == "pg":
+        assert _evaluations(root)[0]["state"] == "running"
 
 
 @pytest.mark.pg
