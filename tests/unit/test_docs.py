@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,3 +91,130 @@ def test_every_configuration_key_is_documented() -> None:
         if not any(form.format(k=key) in docs for form in forms)
     )
     assert not missing, f"document these keys in docs/ (tasks.md, the kind's page): {missing}"
+
+
+def _documented_keys(section: str) -> dict[str, set[str]]:
+    """The keys the first column of a reference table in ``section`` names, by table section
+    (``""`` for top-level keys): ``[window] table`` is ``window``'s, ``[columns]`` a top-level key."""
+    found: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell, table = line.split("|")[1], ""
+        for name in re.findall(r"`([^`]+)`", cell):
+            inner = re.fullmatch(r"\[(\w+)\](?: (\w+))?", name)
+            if inner and inner.group(2):  # [window] table: the key of a section
+                table, name = inner.groups()
+            elif inner:  # [columns]: a section named as a top-level key
+                name = inner.group(1)
+            found.setdefault(table, set()).add(name)
+    return found
+
+
+def _page_section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a line of the page) up to the next heading of its level or above."""
+    level = heading.split(" ", 1)[0]
+    body = re.sub(r"\n```.*?\n```", "", text.split(f"\n{heading}\n", 1)[1], flags=re.S)  # no "# comment"
+    return re.split(rf"\n#{{1,{len(level)}}} ", body, maxsplit=1)[0]
+
+
+def test_the_documented_keys_of_each_kind_are_the_keys_it_accepts() -> None:
+    """tasks.md's table of each kind names exactly the keys its loader accepts: a documented key
+    that is refused (or an accepted one missing) sends a newcomer who trusts the table astray."""
+    from sluicegate import sqs, tables
+    from sluicegate.drivers import aggregate, archive, blocks, incremental, ingest, partitioned
+    from sluicegate.drivers import partitioned_config as pc
+    from sluicegate.settings_env import SETTINGS_KEYS
+
+    text = (REPO / "docs" / "tasks.md").read_text()
+
+    def keys(heading: str) -> dict[str, set[str]]:
+        return _documented_keys(_page_section(text, heading))
+
+    settings = keys("## `sluicegate.toml`")
+    assert {s: settings.get(s, set()) for s in SETTINGS_KEYS if s != "testing"} == {
+        s: set(k) for s, k in SETTINGS_KEYS.items() if s != "testing"
+    }
+    assert keys("### Top-level keys")[""] | {"time", "capture"} == partitioned.KEYS
+    assert keys("### `[time]`")[""] == pc.TIME_KEYS
+    assert keys("### `[capture]`")[""] == pc.CAPTURE_KEYS
+    assert keys("## Incremental tasks")[""] == incremental.KEYS
+    assert keys("## Archive tasks")[""] == archive.KEYS
+    stage_table = _page_section(text, "## Blocks tasks").split("| stage | key |", 1)[0]
+    assert _documented_keys(stage_table)[""] == blocks.KEYS
+    aggregate_keys = keys("## Aggregate tasks")
+    assert aggregate_keys[""] | {"window"} == aggregate.KEYS
+    assert aggregate_keys["window"] == aggregate.WINDOW_KEYS
+    assert keys("## Table sinks")[""] == tables.TARGET_KEYS
+    ingest_keys = keys("## Ingest tasks")
+    assert ingest_keys[""] | {"sqs"} == ingest.KEYS
+    assert ingest_keys["sqs"] == sqs.SQS_KEYS
+
+
+def test_every_blocks_stage_key_is_documented() -> None:
+    """The stage table of tasks.md (and the sentence above it on type, callable and config)."""
+    from sluicegate.drivers.blocks_config import STAGE_KEYS
+
+    text = _page_section((REPO / "docs" / "tasks.md").read_text(), "## Blocks tasks")
+    prose, table = text.split("| stage | key |", 1)
+    common = {"type", "callable", "config"}
+    assert all(f"`{k}`" in prose.rsplit("\n\n", 2)[-2] for k in common)
+    for stage, accepted in STAGE_KEYS.items():
+        rows = [line for line in table.splitlines() if line.startswith(f"| {stage} |")]
+        documented = {k for row in rows for k in re.findall(r"`(\w+)`", row.split("|")[2])}
+        assert documented | common == accepted, stage
+
+
+def _env_names_read() -> set[str]:
+    """The environment variables src/sluicegate names where it reads the environment: an
+    ``env.get("X")``, ``os.environ["X"]``, ``envvar="X"``, ``"X" in env``, and the tuples and
+    constants whose names end in ``_ENV``, ``_ENV_NAMES``."""
+    import ast
+
+    names: set[str] = set()
+    envish = ("env", "environ")
+
+    def is_env(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id in envish) or (
+            isinstance(node, ast.Attribute) and node.attr in envish
+        )
+
+    def constants(node: ast.AST) -> set[str]:
+        return {
+            n.value
+            for n in ast.walk(node)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and re.fullmatch(r"[A-Z][A-Z0-9_]+", n.value)
+        }
+
+    for path in (REPO / "src" / "sluicegate").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                if node.func.attr in ("get", "setdefault") and is_env(node.func.value):
+                    names |= constants(node.args[0])
+            elif isinstance(node, ast.Subscript) and is_env(node.value):
+                names |= constants(node.slice)
+            elif isinstance(node, ast.keyword) and node.arg == "envvar":
+                names |= constants(node.value)
+            elif isinstance(node, ast.Compare) and any(is_env(c) for c in node.comparators):
+                names |= constants(node.left)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and re.search(r"_ENV(_NAMES)?$", t.id) for t in targets):
+                    names |= constants(node.value) if node.value else set()
+    return names
+
+
+def test_every_environment_variable_read_is_documented() -> None:
+    """A variable the code reads must be one users can look up; and since any other plain
+    ``SLUICEGATE_*`` is refused, the environment table of tasks.md lists every one accepted."""
+    from sluicegate.settings_env import PLAIN_ENV_NAMES
+
+    names = _env_names_read() - {"PYTHONPATH"}  # only extended, for a helper process
+    assert {"PORT", "SLUICEGATE_PROJECT", "DSL_PATH", "LAMBDA_TASK_ROOT", "HTTPS_PROXY"} <= names
+    docs = "".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
+    assert not sorted(n for n in names if f"`{n}" not in docs and f"${n}" not in docs)
+    table = _page_section((REPO / "docs" / "tasks.md").read_text(), "## Environment variables")
+    missing = [n for n in PLAIN_ENV_NAMES if f"`{n}`" not in table]
+    assert not missing, f"add these to the environment variables of docs/tasks.md: {missing}"

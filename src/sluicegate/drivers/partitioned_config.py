@@ -8,14 +8,15 @@ from .. import validate
 from ..exceptions import ConfigError
 from ..specs import CaptureSpec, TimeSpec
 
+TIME_KEYS = frozenset({"column", "grain", "name", "zone", "zone_sql", "settle", "boundary", "datetime_zone"})
+CAPTURE_KEYS = frozenset({"mode", "table", "keys", "time", "cursor", "overlap", "triggers"})
+
 
 def time_spec(raw: Any, where: str) -> TimeSpec:
     """A partitioned task's ``[time]`` table."""
     if not isinstance(raw, dict):
         raise ConfigError(f'{where}: use a table, e.g. [time] then column = "datetime"')
-    validate.reject_unknown(
-        raw, {"column", "grain", "name", "zone", "zone_sql", "settle", "boundary", "datetime_zone"}, where
-    )
+    validate.reject_unknown(raw, TIME_KEYS, where)
     if "column" not in raw:
         raise ConfigError(f"{where}: 'column' is missing; name the time column of select.sql's result")
     grain = raw.get("grain", "day")
@@ -50,7 +51,7 @@ def capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) ->
     """A partitioned task's ``[capture]`` table."""
     if not isinstance(raw, dict):
         raise ConfigError(f'{where}: use a table, e.g. [capture] then mode = "trigger"')
-    validate.reject_unknown(raw, {"mode", "table", "keys", "time", "cursor", "overlap", "triggers"}, where)
+    validate.reject_unknown(raw, CAPTURE_KEYS, where)
     mode = validate.choice(raw.get("mode", "explicit"), ("trigger", "scan", "explicit"), f"{where} mode")
     triggers = validate.choice(raw.get("triggers", "statement"), ("statement", "row"), f"{where} triggers")
     if "triggers" in raw and mode != "trigger":
