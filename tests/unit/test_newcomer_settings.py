@@ -359,3 +359,35 @@ def test_only_a_final_semicolon_outside_names_strings_and_comments_is_taken_off(
     from sluicegate.validate import statement as final
 
     assert final(text) == statement
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('mode = "trigger"\n', "", '[capture] table: only for mode = "trigger" or "scan"'),
+        ('mode = "trigger"\n', 'mode = "explicit"\n', '[capture] table: only for mode = "trigger" or "scan"'),
+        (
+            'time = "datetime"\n',
+            'time = "datetime"\noverlap = "2h"\n',
+            '[capture] overlap: only for mode = "scan"',
+        ),
+        (
+            'time = "datetime"\n',
+            'time = "datetime"\ncursor = "ingested_at"\n',
+            '[capture] cursor: only for mode = "scan"',
+        ),
+    ],
+)
+def test_capture_settings_the_mode_does_not_use_are_refused(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    """A [capture] table, keys and time without mode = "trigger" (the default is "explicit") were
+    accepted and captured nothing: `check` said ok and `install` had nothing to install. A scan's
+    cursor or overlap under mode = "trigger" was dropped the same way."""
+    root = _project(tmp_path / "p", "out")
+    toml = root / "tasks" / "openaq" / "task.toml"
+    assert old in toml.read_text()
+    toml.write_text(toml.read_text().replace(old, new, 1))
+    proc = cli(root, "install")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and str(toml) in proc.stderr, proc.stderr

@@ -10,6 +10,16 @@ from ..specs import CaptureSpec, TimeSpec
 
 TIME_KEYS = frozenset({"column", "grain", "name", "zone", "zone_sql", "settle", "boundary", "datetime_zone"})
 CAPTURE_KEYS = frozenset({"mode", "table", "keys", "time", "cursor", "overlap", "triggers"})
+# The [capture] keys only some modes use; under another mode each is refused, not ignored (a
+# table without mode = "trigger", the default being "explicit", captured nothing).
+MODES_OF = {
+    "table": ("trigger", "scan"),
+    "keys": ("trigger", "scan"),
+    "time": ("trigger", "scan"),
+    "triggers": ("trigger",),
+    "cursor": ("scan",),
+    "overlap": ("scan",),
+}
 
 
 def time_spec(raw: Any, where: str) -> TimeSpec:
@@ -54,8 +64,7 @@ def capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) ->
     validate.reject_unknown(raw, CAPTURE_KEYS, where)
     mode = validate.choice(raw.get("mode", "explicit"), ("trigger", "scan", "explicit"), f"{where} mode")
     triggers = validate.choice(raw.get("triggers", "statement"), ("statement", "row"), f"{where} triggers")
-    if "triggers" in raw and mode != "trigger":
-        raise ConfigError(f'{where} triggers: only for mode = "trigger"; remove it, or set mode = "trigger"')
+    _refuse_unused(raw, mode, where)
     if mode == "explicit":
         return CaptureSpec(mode="explicit")
     if not raw.get("table"):
@@ -82,3 +91,15 @@ def capture_spec(raw: Any, where: str, keys: tuple[str, ...], has_time: bool) ->
         overlap=validate.parse_duration(raw.get("overlap", "1h"), where=f"{where} overlap"),
         triggers=triggers,  # type: ignore[arg-type]
     )
+
+
+def _refuse_unused(raw: dict[str, Any], mode: str, where: str) -> None:
+    """ConfigError for a ``[capture]`` key that ``mode`` does not use."""
+    for key, modes in MODES_OF.items():
+        if key in raw and mode not in modes:
+            wanted = " or ".join(f'"{m}"' for m in modes)
+            default = ", the default, which captures nothing" if "mode" not in raw else ""
+            raise ConfigError(
+                f"{where} {key}: only for mode = {wanted} (this task's mode is {mode!r}{default});"
+                f" remove {key}, or set mode = {wanted}"
+            )
