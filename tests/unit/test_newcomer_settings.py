@@ -391,3 +391,20 @@ def test_capture_settings_the_mode_does_not_use_are_refused(
     proc = cli(root, "install")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and str(toml) in proc.stderr, proc.stderr
+
+
+def test_an_aggregate_format_without_a_path_is_refused(tmp_path: Path) -> None:
+    """An aggregate's ``format`` is the format of the file a ``path`` writes; without a path no
+    file is written, and ``format = "parquet"`` was accepted and ignored (`check` said ok)."""
+    from airmax_support import AGGREGATE, airmax_project
+
+    url = f"sqlite:///{tmp_path / 'air.db'}"
+    root = airmax_project(tmp_path / "p", url, task_extra='format = "parquet"')
+    proc = cli(root, "check")
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{toml} format: " in proc.stderr and "path" in proc.stderr, proc.stderr
+    toml.write_text(
+        toml.read_text().replace('format = "parquet"', 'format = "parquet"\npath = "{t:%Y%m%d%H%M}.{ext}"')
+    )
+    assert cli(root, "check").returncode == 0

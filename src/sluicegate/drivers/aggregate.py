@@ -56,7 +56,7 @@ from .aggregate_check import (
     window_bound,
     window_query,
 )
-from .aggregate_file import check_path, write_file
+from .aggregate_file import check_file, write_file
 from .helpers import wait_for_source
 
 UTC = dt.UTC
@@ -142,8 +142,7 @@ def load(*, name: str, folder: Path, raw: Mapping[str, Any], settings: Settings)
             f"{folder / 'select.sql'}: the select does not read {IN_WINDOW}, so the window bounds nothing; "
             f"read the rows of {task.window_table} in the window as FROM {IN_WINDOW}"
         )
-    if task.file:
-        check_path(task, where)
+    check_file(task, raw, where)
     return task
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import decimal
 import ipaddress
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import db, paths
@@ -27,6 +27,18 @@ from ..work import Outcome, Place, WorkUnit
 if TYPE_CHECKING:
     from . import Context
     from .aggregate import Task
+
+
+def check_file(task: Task, raw: Mapping[str, Any], where: str) -> None:
+    """ConfigError for ``format`` without ``path`` (no file is written: it was ignored), or for a
+    path that names two ticks alike (:func:`check_path`)."""
+    if "format" in raw and not task.file:
+        raise ConfigError(
+            f"{where} format: the format of the file a path writes, and there is no path; remove "
+            f'format, or add a path such as path = "{{task}}/{{t:%Y%m%d%H%M}}.{{ext}}"'
+        )
+    if task.file:
+        check_path(task, where)
 
 
 class FileRecorder:
