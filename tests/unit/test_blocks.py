@@ -1371,3 +1371,48 @@ def test_an_extract_sql_key_is_refused_not_ignored(tmp_path: Path) -> None:
     root = make_project(tmp_path, extract_extra='sql = "SELECT * FROM trips"')
     [problem] = load_project(root).problems
     assert "sql" in problem.message and "[extract]" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("stage", "line", "message"),
+    [
+        ("load", "create = true", "[load]: a load by callable writes where it likes; remove create"),
+        (
+            "load",
+            'columns = { trip_id = "text" }',
+            "[load]: a load by callable writes where it likes; remove columns",
+        ),
+        ("load", 'mode = "replace"', "[load]: a load by callable writes where it likes; remove mode"),
+        ("load", 'key = ["trip_id"]', "[load]: a load by callable writes where it likes; remove key"),
+        (
+            "load",
+            'url = "sqlite:///other.db"',
+            "[load]: a load by callable writes where it likes; remove url",
+        ),
+        ("publish", 'columns = { trip_id = "text" }', "[publish]: publish to a callable or to a file"),
+    ],
+)
+def test_built_in_settings_of_a_stage_run_by_a_callable_are_refused(
+    tmp_path: Path, stage: str, line: str, message: str
+) -> None:
+    """A stage with a ``callable`` replaces the built-in, whose settings then do nothing: a load
+    by callable kept ``create = true`` or ``columns`` and no table was made or checked, with no
+    word (only ``table``, and a publish's ``path`` and ``format``, were refused)."""
+    task = """
+    kind = "blocks"
+    zone = "UTC"
+    [extract]
+    callable = "etl:trips"
+    [load]
+    callable = "etl:portal"
+    [publish]
+    callable = "etl:portal"
+    """.replace(
+        f'[{stage}]\n    callable = "etl:portal"\n', f'[{stage}]\n    callable = "etl:portal"\n    {line}\n'
+    )
+    assert line in task
+    root = make_project(tmp_path, task=task)
+    sys.modules.pop("etl", None)
+    result = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "task.toml" in result.output, result.output

@@ -192,11 +192,12 @@ def _extract(
 def _load(raw: Mapping[str, Any], common: dict[str, Any], settings: Settings, where: str) -> StageSpec:
     """The built-in load: a table sink (``url``, ``table``, ``mode``, ``key``) and the records'
     declared ``columns``, optionally ``create``-d."""
-    if "callable" in common:
-        if "table" in raw:
-            raise ConfigError(
-                f"{where}: a load by callable writes where it likes; remove table (or callable)"
-            )
+    if "callable" in common:  # the built-in's settings would do nothing
+        for key in ("table", "url", "mode", "key", "create", "columns"):
+            if key in raw:
+                raise ConfigError(
+                    f"{where}: a load by callable writes where it likes; remove {key} (or callable)"
+                )
         return StageSpec(**common)
     url = raw.get("url")
     if url is not None:
@@ -239,8 +240,10 @@ def loaded(stages: Sequence[StageSpec]) -> records.Columns | None:
 
 def _publish(raw: Mapping[str, Any], common: dict[str, Any], where: str) -> StageSpec:
     if "callable" in common:
-        if "path" in raw or "format" in raw:
-            raise ConfigError(f"{where}: publish to a callable or to a file (path, format), not both")
+        if "path" in raw or "format" in raw or "columns" in raw:
+            raise ConfigError(
+                f"{where}: publish to a callable or to a file (path, format, columns), not both"
+            )
         return StageSpec(**common)
     if "path" not in raw:
         raise ConfigError(
