@@ -93,6 +93,26 @@ def _url(raw: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+# AWS queue URLs name their region: https://sqs.eu-west-1.amazonaws.com/..., and the legacy
+# https://eu-west-1.queue.amazonaws.com/... (https://queue.amazonaws.com/... is us-east-1)
+_QUEUE_HOST = re.compile(
+    r"(?:sqs\.(?P<new>[a-z0-9-]+)|(?P<old>[a-z0-9-]+)\.queue|queue)\.amazonaws\.com(?:\.cn)?"
+)
+
+
+def queue_region(spec: SqsSpec, default: str | None) -> str:
+    """The region to ask the queue in: ``[sqs] region``, else the one its AWS URL names, else
+    boto3's default (``AWS_DEFAULT_REGION``, ``~/.aws/config``), else us-east-1. A client of
+    another region than the queue's is refused every receive, and us-east-1 was taken whatever
+    the URL and the environment said."""
+    if spec.region:
+        return spec.region
+    found = _QUEUE_HOST.fullmatch(urllib.parse.urlsplit(spec.queue_url).hostname or "")
+    if found:
+        return found["new"] or found["old"] or "us-east-1"
+    return default or "us-east-1"
+
+
 class SqsQueue:
     """Receives and deletes messages of one queue."""
 
@@ -100,8 +120,9 @@ class SqsQueue:
         import boto3
 
         self.spec = spec
-        self.client: Any = boto3.session.Session().client(
-            "sqs", region_name=spec.region or "us-east-1", endpoint_url=spec.endpoint_url
+        session = boto3.session.Session()
+        self.client: Any = session.client(
+            "sqs", region_name=queue_region(spec, session.region_name), endpoint_url=spec.endpoint_url
         )
 
     def _call(self, what: str, **kwargs: Any) -> Any:

@@ -408,3 +408,33 @@ def test_an_aggregate_format_without_a_path_is_refused(tmp_path: Path) -> None:
         toml.read_text().replace('format = "parquet"', 'format = "parquet"\npath = "{t:%Y%m%d%H%M}.{ext}"')
     )
     assert cli(root, "check").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("queue_url", "region", "environment", "expected"),
+    [
+        ("https://sqs.eu-west-1.amazonaws.com/123456789012/m", None, None, "eu-west-1"),
+        ("https://ap-south-1.queue.amazonaws.com/123456789012/m", None, "eu-west-1", "ap-south-1"),
+        ("https://queue.amazonaws.com/123456789012/m", None, "eu-west-1", "us-east-1"),
+        ("https://sqs.eu-west-1.amazonaws.com/123456789012/m", "eu-central-1", None, "eu-central-1"),
+        ("http://127.0.0.1:9324/123456789012/m", None, "eu-north-1", "eu-north-1"),
+        ("http://127.0.0.1:9324/123456789012/m", None, None, "us-east-1"),
+    ],
+)
+def test_an_sqs_queue_is_asked_in_its_own_region(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, queue_url: str, region: str | None,
+    environment: str | None, expected: str,
+) -> None:  # fmt: skip
+    """Without [sqs] region the client was made for us-east-1, whatever the queue URL's region
+    and AWS_DEFAULT_REGION said: every receive of a queue elsewhere was refused. The region is
+    [sqs] region, else the AWS URL's, else boto3's default, else us-east-1."""
+    from sluicegate.sqs import SqsQueue, SqsSpec
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))  # no ~/.aws/config region
+    if environment is None:
+        monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+        monkeypatch.delenv("AWS_REGION", raising=False)
+    else:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", environment)
+    queue = SqsQueue(SqsSpec(queue_url=queue_url, region=region))
+    assert queue.client.meta.region_name == expected
