@@ -450,6 +450,18 @@ def test_sqlite_csv_tells_an_empty_string_from_null(tmp_path: Path, fmt: str) ->
     assert [line.split(",", 2)[2] for line in lines] == ['"",""', ",", "x,x", '"",""']
 
 
+def test_sqlite_csv_writes_an_empty_timestamp_text_as_an_empty_string_not_null(tmp_path: Path) -> None:
+    """A column declared ``timestamp`` in [columns] is written as SQLite stores its text: an empty
+    string there was still an empty field, read as NULL, where every other column's is ``""``."""
+    rows = [(1, "2024-11-02T12:00:00Z", "", None), (1, "2024-11-02T12:01:00Z", None, "")]
+    url = _sqlite(tmp_path / "s.db", rows, "k, t, c, d")
+    extra = '[columns]\nc = "timestamp"\nd = "timestamp"\n'
+    root = _project(tmp_path / "proj", url, "SELECT k, t, c, d FROM m", "csv", extra=extra, ledger=False)
+    _export(root, (1, DAY))
+    lines = _file(root, 1, DAY, "csv").read_bytes().decode().splitlines()[1:]
+    assert [line.split(",", 2)[2] for line in lines] == ['"",', ',""']
+
+
 def test_sqlite_parquet_files_of_a_task_share_one_schema(tmp_path: Path) -> None:
     """Defect 11: a column that is NULL in one partition keeps the task's type there, so the folder reads as one
     dataset; a column that is NULL everywhere is text."""

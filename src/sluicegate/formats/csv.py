@@ -256,7 +256,7 @@ def _single_interval(size: float) -> tuple[decimal.Decimal, decimal.Decimal]:
 def _format_time(value: Any, tz: dt.tzinfo | None, col: Column) -> Any:
     if isinstance(value, str):
         if col.kind != "timestamptz":
-            return value  # a SQLite timestamp's text, as stored
+            return value or _EMPTY  # a SQLite timestamp's text, as stored ('' too, not NULL)
         value = parse_time(value, col.name)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and tz is not None:
