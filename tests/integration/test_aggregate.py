@@ -1268,6 +1268,17 @@ def test_a_sqlite_avg_past_the_largest_double_fails_naming_the_column_not_writin
     assert [r["parameter_value"] for r in table(sqlite_url)] == [float("inf")]
 
 
+def test_a_sqlite_select_returning_an_infinite_literal_is_evaluated(tmp_path: Path, sqlite_url: str) -> None:
+    """Infinity that select.sql asks for in so many words (``9e999`` as "no upper limit") is no
+    sum past the largest double: every evaluation failed, blaming an avg the window never overflowed."""
+    root = airmax_project(tmp_path / "proj", sqlite_url)
+    _also_select(root, sqlite_url, upper=("9e999", "REAL"), lower=("-1e400", "REAL"))
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None)
+    assert [(r["upper"], r["lower"]) for r in table(sqlite_url)] == [(float("inf"), float("-inf"))]
+
+
 def test_text_in_a_sqlite_number_column_skipped_as_the_error_advises_is_evaluated(
     tmp_path: Path, sqlite_url: str
 ) -> None:

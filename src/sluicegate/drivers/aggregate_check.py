@@ -204,6 +204,8 @@ def sqlite_infinity(
     if at is None or source.flavor != "sqlite":
         return None
     code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
+    if any(math.isinf(float(m[0])) for m in _NUMBER.finditer(code)):
+        return None  # Infinity asked for in so many words (9e999: "no upper limit"), not a sum's
     named = [
         tables.quote("sqlite", c) for c in source.sqlite_affinities(task.window_table)
         if re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
@@ -225,6 +227,9 @@ def sqlite_infinity(
         f"numbers in select.sql (e.g. avg(x / 1e10) * 1e10) or leave the out-of-range rows out"
     )
 
+
+# A number literal, as SQLite reads it: 9e999 (or 400 digits) is Infinity.
+_NUMBER = re.compile(r"(?<![\w$.])(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?(?![\w$.])")
 
 _NOT_NUMBER = "'text', 'blob'"
 
