@@ -570,6 +570,36 @@ def test_a_zero_date_read_without_a_time_parameter_fails_and_is_not_written_as_n
         assert [p.name for p in (tmp_path / "out").glob("*.csv")] == ["4.csv"]
 
 
+def test_text_that_is_not_utf8_fails_naming_text_not_the_date_columns(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """A legacy utf8mb3 column may hold bytes that are no UTF-8 (a lone surrogate, ED A0 80): the
+    driver cannot read them, and the partition's error blamed "a zero date" "in column 'dt'", whose
+    values were fine, telling the operator to convert a column that was not the problem."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE notes (id INT PRIMARY KEY, dt DATETIME, note VARCHAR(10) CHARACTER SET utf8mb3)"
+        )
+        cur.execute("INSERT INTO notes VALUES (1, '2024-01-01 00:00:00', x'eda080')")
+        conn.commit()
+    root = tmp_path / "proj"
+    task = root / "tasks" / "t"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (task / "select.sql").write_text("SELECT id, dt, note FROM notes")
+    (task / "task.toml").write_text('keys = ["id"]\npath = "{id}.{ext}"\n')
+    assert cli(root, "mark", "t", "id=1").returncode == 0
+    ran = cli(root, "run", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [error] = json.loads(ran.stdout)[0]["errors"]
+    assert "zero date" not in error and "'dt'" not in error, error
+    assert "not UTF-8" in error and "column 'note'" in error, error
+
+
 def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_order(
     mariadb_url: str, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 _TINY = 1
 _DATES = (7, 10, 12, 14, 17, 18)  # TIMESTAMP, DATE, DATETIME, NEWDATE and the fractional ones
+_TEXTS = (15, 249, 250, 251, 252, 253, 254)  # VARCHAR, the BLOB/TEXT family, VAR_STRING, STRING
 UNSIGNED = 32  # column flag
 
 
@@ -39,10 +40,18 @@ def unreadable(cause: BaseException, description: Sequence[Sequence[Any]] | None
     """The error of a value the driver could not read (``cause``), naming the result's date and
     time columns: the driver does not say which value it was, and a zero date is the one kind
     of value it fails on (the partition failed naming neither)."""
-    names = [str(desc[0]) for desc in description or () if int(desc[1]) in _DATES]
+    text = isinstance(cause, UnicodeDecodeError) or "UnicodeDecodeError" in str(cause)
+    codes = _TEXTS if text else _DATES  # bytes that are no UTF-8 (a utf8mb3 column's lone surrogate)
+    names = [str(desc[0]) for desc in description or () if int(desc[1]) in codes]
     which = f" in column {names[0]!r}" if len(names) == 1 else ""
     if len(names) > 1:
         which = f" in one of the columns {', '.join(map(repr, names))}"
+    if text:
+        return (
+            f"MariaDB's driver could not read a value of this partition ({cause}){which}: text that is "
+            "not UTF-8, which a legacy character set let in; fix the value, or read the column in "
+            "select.sql as CAST(col AS BINARY) to keep its bytes"
+        )
     return (
         f"MariaDB's driver could not read a value of this partition ({cause}){which}, such as a zero "
         "date (0000-00-00); convert the column in select.sql (for example NULLIF(col, '0000-00-00 "
