@@ -600,6 +600,28 @@ def test_text_that_is_not_utf8_fails_naming_text_not_the_date_columns(
     assert "not UTF-8" in error and "column 'note'" in error, error
 
 
+def test_a_batch_of_more_keys_than_a_prepared_statement_takes_is_read_whole(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """Rows are read in the binary protocol, whose statements take 65535 parameters at most: a
+    task without [time] with a batch_size of 25000 keys failed every partition of the batch with
+    "Prepared statement contains too many placeholders" (it was read in the text protocol before)."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE k (id INT PRIMARY KEY, v TEXT)")
+        cur.executemany("INSERT INTO k VALUES (?, ?)", [(i, f"v{i}") for i in range(25000)])
+        conn.commit()
+    source = open_source(mariadb_url)
+    try:
+        spec = ReadSpec(select_sql="SELECT id, v FROM k", folder=tmp_path, keys=("id",))
+        slices = [Slice(keys=(i,)) for i in reversed(range(25000))]
+        read = list(source.read(spec, slices, source.describe(spec), "rows"))
+    finally:
+        source.close()
+    assert [index for index, _ in read] == list(range(25000))
+    assert all(rows == [(24999 - index, f"v{24999 - index}")] for index, rows in read)
+
+
 def test_rows_equal_only_under_the_collation_have_one_order_whatever_the_insert_order(
     mariadb_url: str, tmp_path: Path
 ) -> None:

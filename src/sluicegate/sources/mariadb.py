@@ -38,6 +38,9 @@ from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, mariadb_val
 from .mariadb_values import decimal_type, is_signed_tiny, signed_tiny, signed_tiny_columns, with_signed_tiny
 
 CHUNK_ROWS = 10000
+# The most parameters a prepared statement takes: rows are read in the binary protocol (see
+# mariadb_values.row_cursor), so a larger batch is read in several queries of one snapshot.
+MAX_PLACEHOLDERS = 65535
 _INT = (1, 2, 3, 8, 9, 13)  # TINY, SHORT, LONG, LONGLONG, INT24, YEAR
 _TIMES = (7, 12, 17, 18)  # TIMESTAMP, DATETIME and their fractional variants
 _ZONELESS = (12, 18)  # DATETIME
@@ -172,8 +175,9 @@ class MariaDbSource:
     def read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, rows)`` chunks for ``slices`` from one streamed query in one snapshot."""
-        query, params = batch_query(spec, slices, columns)
+        """Yield ``(index, rows)`` chunks for ``slices`` from streamed queries in one snapshot: one,
+        unless the batch has more parameters than a prepared statement takes (65535)."""
+        group = max(1, (MAX_PLACEHOLDERS - 2) // (2 * len(spec.keys) + 3))  # a slice's most, ws/we too
         times = [
             (i, spec.datetime_zone if c.zoneless else None)
             for i, c in enumerate(columns)
@@ -184,9 +188,10 @@ class MariaDbSource:
             cur = mariadb_values.row_cursor(self.conn)
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             try:
-                cur.execute(query, params)
-                for ordinal, rows in group_rows(_Converting(cur, self.conn, self.url), CHUNK_ROWS):
-                    yield ordinal, _with_zones(rows, times) if times else rows
+                for first in range(0, len(slices), group):
+                    cur.execute(*batch_query(spec, slices[first : first + group], columns))
+                    for ordinal, rows in group_rows(_Converting(cur, self.conn, self.url), CHUNK_ROWS):
+                        yield first + ordinal, _with_zones(rows, times) if times else rows
             finally:
                 with contextlib.suppress(Exception):  # a lost connection: the read already failed
                     cur.close()
