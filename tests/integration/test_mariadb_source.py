@@ -166,6 +166,21 @@ def _readings(
     return root
 
 
+def _task_t(tmp_path: Path, mariadb_url: str, select: str, task_toml: str = "") -> Path:
+    """A project with one task ``t`` reading ``select`` into CSV in tmp_path/out: partitioned by
+    ``id`` (one file each) unless ``task_toml`` says otherwise."""
+    root = tmp_path / "proj"
+    task = root / "tasks" / "t"
+    task.mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (task / "select.sql").write_text(select)
+    (task / "task.toml").write_text(task_toml or 'keys = ["id"]\npath = "{id}.{ext}"\n')
+    return root
+
+
 def _ids_by_file(out: Path) -> dict[str, list[str]]:
     """Each published CSV's path under ``out`` and its rows' ids."""
     return {p.relative_to(out).as_posix(): [r["id"] for r in read_csv(p)] for p in out.rglob("*.csv")}
@@ -539,19 +554,13 @@ def test_a_zero_date_read_without_a_time_parameter_fails_and_is_not_written_as_n
             " (3, NULL, '0000-00-00 00:00:00'), (4, '2024-01-01', NULL)"
         )
         conn.commit()
-    root = tmp_path / "proj"
-    task = root / "tasks" / "t"
-    task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    archive = 'kind = "archive"\nformat = "csv"\npath = "all.{ext}"\n'
+    root = _task_t(
+        tmp_path, mariadb_url, "SELECT id, d, dt FROM readings", archive if kind == "archive" else ""
     )
-    (task / "select.sql").write_text("SELECT id, d, dt FROM readings")
     if kind == "archive":
-        (task / "task.toml").write_text('kind = "archive"\nformat = "csv"\npath = "all.{ext}"\n')
-        (task / "delete.sql").write_text("DELETE FROM readings")
+        (root / "tasks" / "t" / "delete.sql").write_text("DELETE FROM readings")
     else:
-        (task / "task.toml").write_text('keys = ["id"]\npath = "{id}.{ext}"\n')
         for i in (1, 2, 3, 4):
             assert cli(root, "mark", "t", f"id={i}").returncode == 0
     ran = cli(root, "run", "--json")
@@ -583,15 +592,7 @@ def test_text_that_is_not_utf8_fails_naming_text_not_the_date_columns(
         )
         cur.execute("INSERT INTO notes VALUES (1, '2024-01-01 00:00:00', x'eda080')")
         conn.commit()
-    root = tmp_path / "proj"
-    task = root / "tasks" / "t"
-    task.mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{mariadb_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        '[defaults]\nformat = "csv"\nbackoff = "0s"\n'
-    )
-    (task / "select.sql").write_text("SELECT id, dt, note FROM notes")
-    (task / "task.toml").write_text('keys = ["id"]\npath = "{id}.{ext}"\n')
+    root = _task_t(tmp_path, mariadb_url, "SELECT id, dt, note FROM notes")
     assert cli(root, "mark", "t", "id=1").returncode == 0
     ran = cli(root, "run", "--json")
     assert ran.returncode == 1, ran.stdout + ran.stderr
