@@ -49,7 +49,8 @@ TRANSIENT_ERRNOS = frozenset(
 LOCK_WAIT_TIMEOUT_ERRNO = 1205  # a row or table lock wait ran out (innodb_ or lock_wait_timeout)
 DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
 DUPLICATE_KEY_NAME_ERRNO = 1061  # ER_DUP_KEYNAME: ALTER TABLE ... ADD KEY of a key that exists
-LOST_ERRNOS = TRANSIENT_ERRNOS - {1205, DEADLOCK_ERRNO}  # not lock waits or deadlocks: the server is away
+# the transient errors that are not lock waits or deadlocks: the server is away
+LOST_ERRNOS = TRANSIENT_ERRNOS - {LOCK_WAIT_TIMEOUT_ERRNO, DEADLOCK_ERRNO}
 # A missing privilege: on a database, a table, a column, or a global one (SUPER, PROCESS, ...).
 DENIED_ERRNOS = frozenset({1044, 1142, 1143, 1227})
 SCHEMES = ("mariadb://", "mysql://")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,18 @@ from .masking import mask_url, scrub
 
 Flavor = Literal["postgresql", "sqlite", "mariadb"]
 LOCK_WAIT = mariadb_conn.LOCK_WAIT  # seconds a writer waits for a lock (another writer of the same table)
+
+
+def lock_timed_out(cause: BaseException | None) -> bool:
+    """Whether a driver error is a lock wait that ran out: PostgreSQL's lock_timeout (55P03),
+    SQLite's busy timeout ("database is locked"), MariaDB's lock wait timeout (1205)."""
+    if isinstance(cause, sqlite3.OperationalError):
+        return "locked" in str(cause) or "busy" in str(cause)
+    if cause is None:
+        return False
+    if mariadb_conn.classify(cause) is not None:
+        return getattr(cause, "errno", None) == mariadb_conn.LOCK_WAIT_TIMEOUT_ERRNO
+    return getattr(cause, "sqlstate", None) == "55P03"
 
 
 def flavor_of(url: str, where: str = "table url") -> Flavor:

@@ -34,16 +34,15 @@ import contextlib
 import datetime as dt
 import hashlib
 import re
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import db, mariadb_conn, validate
+from . import db, validate
 from .exceptions import ConfigError, DataError, DestinationUnavailable, SluicegateError
 from .masking import mask_url
-from .tabledb import LOCK_WAIT, Flavor, TableDb, flavor_of, parse_time, quote, time_value
+from .tabledb import LOCK_WAIT, Flavor, TableDb, flavor_of, lock_timed_out, parse_time, quote, time_value
 
 __all__ = [
     "MODES",
@@ -226,7 +225,7 @@ class TableSink:
         try:
             yield
         except DestinationUnavailable as exc:
-            if not _lock_timeout(exc.__cause__):
+            if not lock_timed_out(exc.__cause__):
                 raise
             holder = {
                 "postgresql": "another session held a lock on it",
@@ -428,18 +427,6 @@ def _last_per_key(
     """The last row of each key (one statement may not update a row twice on PostgreSQL)."""
     at = [list(columns).index(k) for k in key]
     return list({tuple(row[i] for i in at): row for row in rows}.values())
-
-
-def _lock_timeout(cause: BaseException | None) -> bool:
-    """Whether a driver error is a lock wait that ran out: PostgreSQL's lock_timeout (55P03),
-    SQLite's busy timeout ("database is locked"), MariaDB's lock wait timeout (1205)."""
-    if isinstance(cause, sqlite3.OperationalError):
-        return "locked" in str(cause) or "busy" in str(cause)
-    if cause is None:
-        return False
-    if mariadb_conn.classify(cause) is not None:
-        return getattr(cause, "errno", None) == mariadb_conn.LOCK_WAIT_TIMEOUT_ERRNO
-    return getattr(cause, "sqlstate", None) == "55P03"
 
 
 def swap_names(table: str) -> tuple[str, str, str]:

@@ -18,6 +18,7 @@ from typing import Any
 from .. import db, mariadb_conn
 from ..exceptions import LedgerError
 from ..masking import mask_url
+from ..tabledb import lock_timed_out
 from .core import Store
 
 
@@ -102,11 +103,9 @@ class AggregateStore(Store):
         try:
             yield
         except LedgerError as exc:
-            cause = exc.__cause__
-            mariadb = mariadb_conn.classify(cause) is not None if cause is not None else False
-            waited = getattr(cause, "errno" if mariadb else "sqlstate", None)
-            if cur is None or waited != (mariadb_conn.LOCK_WAIT_TIMEOUT_ERRNO if mariadb else "55P03"):
+            if cur is None or self.core.dialect is db.SQLITE or not lock_timed_out(exc.__cause__):
                 raise
+            mariadb = self.core.dialect is db.MARIADB
             look = "information_schema.innodb_trx" if mariadb else "pg_stat_activity"
             table = f"{self.core.prefix if mariadb else self.core.schema + '.'}aggregate_evaluations"
             raise LedgerError(
