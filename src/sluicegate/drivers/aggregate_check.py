@@ -45,10 +45,20 @@ _NOT_CODE = {
 _NAMED_WINDOW = re.compile(rf"(\bAS\s+[\"`\[]?)?\b{IN_WINDOW}\b(?![\"`\]]?\s*\.)", re.IGNORECASE)
 
 
+def _code(select_sql: str, flavor: tables.Flavor) -> str:
+    """The select's code: its comments and strings blanked (a quoted name kept as its name)."""
+    return _NOT_CODE[flavor].sub(lambda m: m["name"] or " ", select_sql)
+
+
+def _names(code: str, column: str) -> bool:
+    """Whether casefolded ``code`` names ``column`` (a whole word)."""
+    return re.search(rf"(?<![\w$]){re.escape(column.casefold())}(?![\w$])", code) is not None
+
+
 def reads_window(select_sql: str, flavor: tables.Flavor) -> bool:
     """Whether the select names ``in_window`` in its code (not in a comment or a string, not as a
     name it gives with ``AS``, not as the qualifier of a column)."""
-    code = _NOT_CODE[flavor].sub(lambda m: m["name"] or " ", select_sql)
+    code = _code(select_sql, flavor)
     return any(match.group(1) is None for match in _NAMED_WINDOW.finditer(code))
 
 
@@ -159,11 +169,10 @@ def sqlite_text_numbers(source: tables.TableDb, task: Task, bounds: Sequence[Any
     skipping the text so, and the scan, which reads the table and not the select, failed such a
     select for ever."""
     affinities = source.sqlite_affinities(task.window_table)
-    code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
+    code = _code(task.select_sql, "sqlite").casefold()
     numbers = [
         c for c, a in affinities.items() if a in ("INTEGER", "REAL") and c != task.window_column
-        and re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
-        and not _typeof(c, code)
+        and _names(code, c) and not _typeof(c, code)
     ]  # fmt: skip
     if not numbers:
         return None
@@ -203,13 +212,11 @@ def sqlite_infinity(
     at = next((i for row in rows for i, v in enumerate(row) if isinstance(v, float) and math.isinf(v)), None)
     if at is None or source.flavor != "sqlite":
         return None
-    code = _NOT_CODE["sqlite"].sub(lambda m: m["name"] or " ", task.select_sql).casefold()
+    code = _code(task.select_sql, "sqlite").casefold()
     if any(math.isinf(float(m[0])) for m in _NUMBER.finditer(code)):
         return None  # Infinity asked for in so many words (9e999: "no upper limit"), not a sum's
-    named = [
-        tables.quote("sqlite", c) for c in source.sqlite_affinities(task.window_table)
-        if re.search(rf"(?<![\w$]){re.escape(c.casefold())}(?![\w$])", code)
-    ]  # fmt: skip
+    columns = source.sqlite_affinities(task.window_table)
+    named = [tables.quote("sqlite", c) for c in columns if _names(code, c)]
     if named:
         infinite = " OR ".join(f"{c} IN (9e999, -9e999)" for c in named)
         _, found = source.query(
