@@ -9,12 +9,13 @@ from __future__ import annotations
 import ssl
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 import httpx
 
+from . import validate
 from .masking import mask_url
 
 
@@ -40,6 +41,12 @@ WHOLE_ANSWER = 4
 # holds an unpaged day of a large provider's trips (100,000 of ~2.5 KB); see docs/blocks.md.
 MAX_ANSWER = 256 * 2**20
 _PIECE = 1 << 16  # bytes a decoder gives at a time while an answer is counted
+
+
+def answer_cap(config: Mapping[str, Any], where: str) -> int:
+    """A stage's ``max_answer_bytes`` (default :data:`MAX_ANSWER`), a whole number from 1024."""
+    value = config.get("max_answer_bytes", MAX_ANSWER)
+    return validate.whole_number(value, f"{where}: max_answer_bytes", minimum=1024)
 
 
 class TooLarge(Exception):

@@ -52,7 +52,7 @@ from typing import Any
 
 import httpx
 
-from . import httpclient, validate
+from . import httpclient
 from .exceptions import ConfigError, SourceUnavailable, TerminalError
 from .masking import mask_url
 from .secrets import reveal
@@ -82,8 +82,7 @@ def trips(block: StageBlock, config: Mapping[str, Any]) -> Iterator[dict[str, An
     scale = 1 if units == "s" else 1000
     for name, default, whole in (("timeout", 30, False), ("retries", 5, True), ("max_wait", 60, False)):
         _setting(config, name, default, whole=whole, who=block.key_value or block.task)
-    where = f"sluicegate.mds:trips for {block.key_value or block.task}: max_answer_bytes"
-    validate.whole_number(config.get("max_answer_bytes", httpclient.MAX_ANSWER), where, minimum=1024)
+    httpclient.answer_cap(config, f"sluicegate.mds:trips for {block.key_value or block.task}")
     params: dict[str, Any] | None = {
         "start_time": int(block.start.timestamp() * scale),
         "end_time": int(block.end.timestamp() * scale),
@@ -200,8 +199,8 @@ def get_page(
 ) -> Any:
     """One page as JSON, asked again while it answers 503 or 429 (see the module)."""
     retries, max_wait = int(config.get("retries", 5)), float(config.get("max_wait", 60))
-    cap = int(config.get("max_answer_bytes", httpclient.MAX_ANSWER))
     shown = mask_url(url)
+    cap = httpclient.answer_cap(config, shown)  # checked by trips already
     for attempt in range(retries + 1):
         try:
             response = httpclient.send(client, "GET", url, params=params, cap=cap)

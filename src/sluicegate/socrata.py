@@ -123,10 +123,7 @@ def _numbers(config: Mapping[str, Any], where: str) -> tuple[int, float, int]:
     timeout = validate.parse_duration(config.get("timeout", 60), where=f"{where}: timeout")
     if timeout <= 0:
         raise ConfigError(f"{where}: timeout {config['timeout']!r} is not a positive number of seconds")
-    cap = validate.whole_number(
-        config.get("max_answer_bytes", httpclient.MAX_ANSWER), f"{where}: max_answer_bytes", minimum=1024
-    )
-    return size, timeout, cap
+    return size, timeout, httpclient.answer_cap(config, where)
 
 
 _IDENTIFIERS: dict[tuple[str, str], str] = {}
