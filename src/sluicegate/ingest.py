@@ -146,8 +146,7 @@ class Ingestor:
                 raise
             return self._commit(messages, good, bad, isolate=True, later=later)
         finally:  # MariaDB: the lock of parking messages without an id, held past the transaction
-            if self.target.ingest.parked_locks:
-                self.target.ingest.unlock_parked()
+            self.target.ingest.unlock_parked()
 
     def _split(
         self, messages: Sequence[Message]

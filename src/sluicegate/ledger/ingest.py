@@ -82,9 +82,9 @@ class IngestStore(Store):
 
     def unlock_parked(self) -> None:
         """MariaDB: free the locks :meth:`lock_parked` took on this connection, once the batch's
-        transaction ended (a lost connection freed them already)."""
+        transaction ended (a lost connection freed them already); none held: no round trip."""
         held, self.parked_locks = sorted(self.parked_locks), set()
-        for task in held if not self.core.conn.closed else ():
+        for task in held if held and not self.core.conn.closed else ():
             self._run("unlock_parked", task=task).fetchall()
 
     def status(self, task: str) -> dict[str, Any]:
