@@ -241,7 +241,7 @@ class PartitionStore(PartitionAdmin, ClaimStore):
             return done
 
         try:
-            recorded = self.core.in_transaction(body)
+            recorded = self.core.in_transaction(body, pipelined=True)
         finally:
             if names:
                 self.unlock_paths(names)
