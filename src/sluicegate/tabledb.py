@@ -84,6 +84,8 @@ class TableDb:
         self.url = url
         self.flavor = flavor_of(url)
         self.conn = _connect(url, self.flavor)
+        self.description: list[Any] = []  # of the last query's result
+        self.metadata: Any = None
 
     def close(self) -> None:
         """Close the connection."""
@@ -152,12 +154,14 @@ class TableDb:
             cur.execute("COMMIT")
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run a query; return its column names and all its rows."""
+        """Run a query; return its column names and all its rows. Its result's description (and on
+        MariaDB the metadata: charsets, scales) stay in ``description`` and ``metadata``."""
         with self.errors():
             cur = self.conn.cursor()
             try:
                 cur.execute(statement, tuple(params))
-                names = [d[0] for d in cur.description or []]
+                self.description, self.metadata = list(cur.description or []), getattr(cur, "metadata", None)
+                names = [d[0] for d in self.description]
                 return names, [tuple(r) for r in cur.fetchall()]
             finally:
                 cur.close()

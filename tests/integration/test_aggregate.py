@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from airmax_support import AGGREGATE, add_raw, airmax_project, stamps, table
@@ -863,6 +864,35 @@ def test_the_evaluation_can_also_be_written_as_a_file(tmp_path: Path, url: str) 
         ("Gent", "1", "2024-03-10T12:00:00+00:00"),
     ]
     assert _evaluations(root)[0]["path"] == "cur/20240310-1200.csv"
+
+
+def test_the_parquet_files_of_an_aggregate_share_one_schema_when_a_column_is_null_in_one_evaluation(
+    tmp_path: Path, url: str
+) -> None:
+    """An aggregate's file took each column's kind from the first non-NULL value of its own
+    evaluation: a tick whose averages were all NULL (sensors that sent no value) wrote
+    parameter_value as a Parquet string, the next tick's as a double, so the task's folder was
+    no one dataset (a reader of both fails, or reads the doubles as text). A column NULL in every
+    row now takes the kind of its type in the result (on SQLite, of the table's column)."""
+    root = airmax_project(
+        tmp_path / "proj",
+        url,
+        width="1h",
+        task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "parquet"',
+    )
+    add_raw(url, [("Gent", T - dt.timedelta(minutes=30), None)], prefix="a")
+    add_raw(url, [("Gent", T + dt.timedelta(minutes=30), 4.0)], prefix="b")
+    schemas, values = [], []
+    for tick in (T, T + dt.timedelta(hours=1)):
+        result = _evaluate(root, tick)
+        assert (result.state, result.error) == ("done", None)
+        assert result.path is not None
+        written = pq.read_table(root / "exports" / result.path)
+        schemas.append(written.schema)
+        values.append(written.column("parameter_value").to_pylist())
+    assert schemas[0].equals(schemas[1]), (schemas[0], schemas[1])
+    assert str(schemas[1].field("parameter_value").type) in ("double", "string")  # PostgreSQL numeric: text
+    assert values[0] == [None] and [float(v) for v in values[1]] == [r["parameter_value"] for r in table(url)]
 
 
 @pytest.mark.parametrize(

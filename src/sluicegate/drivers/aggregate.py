@@ -56,7 +56,7 @@ from .aggregate_check import (
     window_bound,
     window_query,
 )
-from .aggregate_file import check_file, write_file
+from .aggregate_file import Names, check_file, write_file
 from .helpers import wait_for_source
 
 UTC = dt.UTC
@@ -257,12 +257,12 @@ def evaluation_rows(url: str, task: Task, tick: dt.datetime) -> tuple[list[str],
         raise read_lost(exc) from exc.__cause__  # the driver error
     if (clash := column_clash(task, names)) is not None:
         raise DataError(clash)
-    return [*names, task.evaluation_column], [(*row, tick) for row in rows]
+    return names.plus(task.evaluation_column, "timestamptz"), [(*row, tick) for row in rows]
 
 
 def _select(
     url: str, task: Task, tick: dt.datetime, *, forms: bool = True
-) -> tuple[list[str], list[tuple[Any, ...]]]:
+) -> tuple[Names, list[tuple[Any, ...]]]:
     source = tables.TableDb(url)
     if source.flavor == "postgresql":  # json values as their text: psycopg cannot send a dict back
         from psycopg.types.string import TextLoader

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import db, tables, validate
 from ..exceptions import ConfigError, DataError
+from .aggregate_file import Names, result_kinds
 
 if TYPE_CHECKING:
     from .aggregate import Task
@@ -146,12 +147,13 @@ def window_bound(task: Task, flavor: tables.Flavor) -> str:
 
 def window_query(
     source: tables.TableDb, task: Task, sql: str, bounds: Sequence[Any], window: tuple[Any, Any] | None
-) -> tuple[list[str], list[tuple[Any, ...]]]:
+) -> tuple[Names, list[tuple[Any, ...]]]:
     """Run the evaluation's ``sql``; a DataError of the select names select.sql and the ``window``
     (PostgreSQL's "rejected a value: value out of range: overflow", of avg over 1e308 and 1e308,
     read as the table refusing a row)."""
     try:
-        return source.query(sql, bounds)
+        names, rows = source.query(sql, bounds)
+        return Names(names, result_kinds(source)), rows
     except DataError as exc:
         if window is None:
             raise

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import db, paths
+from .. import db, paths, tables
 from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
 from ..options import Budget, TaskSummary
 from ..partitions import zone_of
@@ -163,15 +163,68 @@ def _is_tick(task: Task, at: dt.datetime) -> bool:
         return False
 
 
+class Names(list[str]):
+    """The column names of an evaluation's result, with the kind each has by the result's type
+    (``kinds``; None where the database gives no type: SQLite)."""
+
+    def __init__(self, names: Sequence[str], kinds: Sequence[ColumnKind | None]) -> None:
+        super().__init__(names)
+        self.kinds = list(kinds)
+
+    def plus(self, name: str, kind: ColumnKind) -> Names:
+        """These names and ``name`` after them."""
+        return Names([*self, name], [*self.kinds, kind])
+
+
+def result_kinds(source: tables.TableDb) -> list[ColumnKind | None]:
+    """The kinds of the columns of ``source``'s last result by their types, as :func:`_kind` gives
+    them from a value (MariaDB's times come naive); None for each on SQLite, whose results have none."""
+    if source.flavor == "postgresql":
+        from ..sources.pg_query import KINDS
+
+        return [KINDS.get(d.type_code, "text") for d in source.description]
+    if source.flavor == "mariadb":
+        from ..sources.mariadb import column_kinds
+
+        columns = column_kinds(source.description, source.metadata)
+        return ["timestamp" if c.kind == "timestamptz" else c.kind for c in columns]
+    return [None] * len(source.description)
+
+
+def _null_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
+    """The kind of each column whose values cannot say it (NULL in every row): by its type in the
+    result, or in a SQLite table sink by the column's affinity; None where neither tells."""
+    kinds: list[ColumnKind | None] = columns.kinds if isinstance(columns, Names) else [None] * len(columns)
+    if all(kinds) or tables.flavor_of(task.target.url) != "sqlite":
+        return kinds
+    sink = tables.TableDb(task.target.url)
+    try:
+        affinities = sink.sqlite_affinities(task.target.table)
+    finally:
+        sink.close()
+    return [k or _AFFINITY_KINDS.get(affinities.get(c, "")) for c, k in zip(columns, kinds, strict=True)]
+
+
+_AFFINITY_KINDS: dict[str, ColumnKind] = {"INTEGER": "int", "REAL": "float", "TEXT": "text", "BLOB": "binary"}
+
+
 def write_file(
     context: Context, task: Task, tick: dt.datetime, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> tuple[str | None, int]:
     """Write the rows (the tick last in each) as the tick's file; return its path (None: no rows,
-    no file) and its size."""
+    no file) and its size. A column NULL in every row takes the kind of its type (see
+    :func:`_null_kinds`), so that the files of a task share one schema."""
     path = render_path(task, tick)
     context.destination.check_path(path)
     text = "CHAR" if db.dialect_of(context.project.settings.source_url) is db.MARIADB else "text"  # its cast
-    kinds = [Column(name=n, kind=_kind(n, [row[i] for row in rows], text)) for i, n in enumerate(columns)]
+    nulls = [i for i in range(len(columns)) if all(row[i] is None for row in rows)]
+    hints = _null_kinds(task, columns) if nulls and rows else [None] * len(columns)
+    kinds = [
+        Column(
+            name=n, kind=_kind(n, [row[i] for row in rows], text) if i not in nulls else hints[i] or "text"
+        )
+        for i, n in enumerate(columns)
+    ]
     recorder = FileRecorder()
     pipeline = Pipeline(
         read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
