@@ -970,6 +970,40 @@ def _also_select(root: Path, sink: str, **columns: tuple[str, str]) -> None:
     db.close()
 
 
+# max() of a value as SQLite stores it in a NUMERIC column (one declared DECIMAL(10,2)): 4.00 as 4
+_NUMERIC = (
+    "max(CASE WHEN parameter_value = CAST(parameter_value AS INTEGER)"
+    " THEN CAST(parameter_value AS INTEGER) ELSE parameter_value END)"
+)
+
+
+def test_a_sqlite_column_of_integers_and_reals_is_a_double_in_every_parquet_file(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SQLite gives a NUMERIC value (a column declared DECIMAL(10,2)) as an integer when it is
+    whole: max() of 4.00 and of 4.5 was 4 for one city and 4.5 for the other. The file took the
+    kind of the first value, int, and failed the evaluation on 4.5 (the table was not written
+    either), and a tick whose values were all whole wrote an int64 column where the others had
+    doubles. Numbers beside a real, or into a REAL column of a SQLite table, are doubles."""
+    root = airmax_project(
+        tmp_path / "proj",
+        sqlite_url,
+        width="1h",
+        task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "parquet"',
+    )
+    _also_select(root, sqlite_url, top=(_NUMERIC, "REAL"))
+    at = T - dt.timedelta(minutes=30)
+    add_raw(sqlite_url, [("Genk", at, 4.0), ("Gent", at, 4.5), ("Genk", at + dt.timedelta(hours=1), 3.0)])
+    files = []
+    for tick in (T, T + dt.timedelta(hours=1)):
+        result = _evaluate(root, tick)
+        assert (result.state, result.error) == ("done", None)
+        assert result.path is not None
+        files.append(pq.read_table(root / "exports" / result.path))
+        assert files[-1].column("top").to_pylist() == [r["top"] for r in table(sqlite_url)]
+    assert [str(f.schema.field("top").type) for f in files] == ["double", "double"]
+
+
 @pytest.mark.pg
 def test_a_json_column_is_written_back_to_postgresql_and_into_the_file(tmp_path: Path, pg_url: str) -> None:
     """A select returning jsonb failed every evaluation: psycopg read it as a dict and could not

@@ -191,9 +191,9 @@ def result_kinds(source: tables.TableDb) -> list[ColumnKind | None]:
     return [None] * len(source.description)
 
 
-def _null_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
-    """The kind of each column whose values cannot say it (NULL in every row): by its type in the
-    result, or in a SQLite table sink by the column's affinity; None where neither tells."""
+def _type_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
+    """The kind of each column by its type in the result, or (SQLite: the result has none) in a
+    SQLite table sink by the column's affinity; None where neither tells."""
     kinds: list[ColumnKind | None] = columns.kinds if isinstance(columns, Names) else [None] * len(columns)
     if all(kinds) or tables.flavor_of(task.target.url) != "sqlite":
         return kinds
@@ -212,18 +212,14 @@ def write_file(
     context: Context, task: Task, tick: dt.datetime, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> tuple[str | None, int]:
     """Write the rows (the tick last in each) as the tick's file; return its path (None: no rows,
-    no file) and its size. A column NULL in every row takes the kind of its type (see
-    :func:`_null_kinds`), so that the files of a task share one schema."""
+    no file) and its size. The kinds of a column NULL in every row, and of one of numbers, follow
+    its type (see :func:`_type_kinds`), so that the files of a task share one schema."""
     path = render_path(task, tick)
     context.destination.check_path(path)
     text = "CHAR" if db.dialect_of(context.project.settings.source_url) is db.MARIADB else "text"  # its cast
-    nulls = [i for i in range(len(columns)) if all(row[i] is None for row in rows)]
-    hints = _null_kinds(task, columns) if nulls and rows else [None] * len(columns)
+    hints = _type_kinds(task, columns) if rows else [None] * len(columns)
     kinds = [
-        Column(
-            name=n, kind=_kind(n, [row[i] for row in rows], text) if i not in nulls else hints[i] or "text"
-        )
-        for i, n in enumerate(columns)
+        Column(name=n, kind=_kind(n, [row[i] for row in rows], text, hints[i])) for i, n in enumerate(columns)
     ]
     recorder = FileRecorder()
     pipeline = Pipeline(
@@ -260,18 +256,24 @@ _AS_TEXT = (uuid.UUID, dt.time, ipaddress.IPv4Address, ipaddress.IPv6Address, ip
             ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network)  # fmt: skip
 
 
-def _kind(name: str, values: Sequence[Any], text: str = "text") -> ColumnKind:
-    """The kind of a column from its first non-NULL value (a naive time is a timestamp); raises
-    DataError for a value the file could not hold as the database writes it (``text``: the type
-    the select casts to, MariaDB's ``CHAR``)."""
+def _kind(
+    name: str, values: Sequence[Any], text: str = "text", typed: ColumnKind | None = None
+) -> ColumnKind:
+    """The kind of a column from its first non-NULL value (a naive time is a timestamp), or
+    ``typed`` (its type's, see :func:`_type_kinds`) when it has none; numbers are floats beside a
+    float or when ``typed`` is float (SQLite gives a NUMERIC column's 4.00 as the integer 4).
+    Raises DataError for a value the file could not hold as the database writes it (``text``: the
+    type the select casts to, MariaDB's ``CHAR``)."""
     value = next((v for v in values if v is not None), None)
+    if value is None:
+        return typed or "text"
+    if type(value) in (int, float) and all(v is None or type(v) in (int, float) for v in values):
+        return "float" if typed == "float" or any(type(v) is float for v in values) else "int"
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return "timestamp"
     for typ, kind in _KINDS:
         if isinstance(value, typ):
             return kind
-    if value is None:
-        return "text"
     if not isinstance(value, _AS_TEXT):
         raise DataError(
             f"column {name!r} holds a {type(value).__name__}, which the file cannot hold as the database "
