@@ -115,7 +115,8 @@ class ClaimStore(Store):
             self.claim_take(cur, alone, token=str(token), lease=float(lease))
             return self.claimed(cur, str(token))
 
-        rows = self.core.in_transaction(take)
+        # PostgreSQL: BEGIN goes with the claim, and lone's UPDATE with the COMMIT
+        rows = self.core.in_transaction(take, pipelined=True)
         return rows, str(token)
 
     def lone(self, cur: Any, uid: int, *, token: uuid.UUID, lone: uuid.UUID) -> None:
