@@ -60,7 +60,7 @@ class ZoneMap:
     def __init__(self, task: TaskSpec, source: Source | None) -> None:
         self.task = task
         self.source = source
-        self._map: dict[str, str] | None = None
+        self._map: dict[str, str | None] | None = None
 
     def zone(self, keys: Sequence[Any]) -> str:
         """The IANA zone for non-time key values ``keys``."""
@@ -76,12 +76,12 @@ class ZoneMap:
                     raise
                 where = f"{self.task.folder / 'task.toml'} [time] zone_sql"
                 raise ConfigError(f"{where}: the query failed: {exc}; fix the SQL") from exc
-        zone = self._map.get(canonical_key(keys))
-        if zone is None:
+        if (zone := self._map.get(key := canonical_key(keys))) is None:  # no row, or NULL (was 'None')
             pairs = ", ".join(f"{k}={v}" for k, v in zip(self.task.keys, keys, strict=True))
+            what = "NULL as the zone" if key in self._map else "no zone"
             raise NoZone(
-                f"{self.task.folder / 'task.toml'} [time] zone_sql returned no zone for {pairs}; "
-                "add it to the query's result"
+                f"{self.task.folder / 'task.toml'} [time] zone_sql returned {what} for {pairs}; "
+                "add its zone to the query's result"
             )
         zone_of(zone)
         return zone

@@ -657,6 +657,40 @@ def test_a_key_without_a_zone_is_set_aside_and_stops_nothing(backend: str, tmp_p
     db.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_a_null_zone_is_named_null_and_its_key(backend: str, tmp_path: Path) -> None:
+    """`zone_sql` gives location 2 a NULL zone: the run said "time zone 'None' is not an IANA zone
+    name" (as if the data held the text 'None') and `check` named neither NULL nor the location.
+    Now both say NULL and name the key; the other location's day is exported."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    toml = root / "tasks" / "openaq" / "task.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            "SELECT location_id, timezone FROM locations",
+            "SELECT location_id, CASE WHEN location_id = 2 THEN NULL ELSE timezone END FROM locations",
+        )
+    )
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "UTC")
+    db.location(2, "UTC+2")
+    db.location(3, "Europe/Brussels")
+    db.insert(2, [DAY + dt.timedelta(hours=4)])
+    db.insert(1, [DAY + dt.timedelta(hours=1)])
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [p.name for p in files(tmp_path / "out")] == ["location-1-20240501.csv"]
+    assert "'None'" not in ran.stderr and "returned NULL as the zone for location_id=2" in ran.stderr, (
+        ran.stderr
+    )
+    db.conn.execute("UPDATE locations SET timezone = 'UTC+2' WHERE location_id = 3")
+    checked = cli(root, "check")
+    said = checked.stdout + checked.stderr
+    assert "zone_sql: NULL (for the key [2]) is not an IANA time zone" in said, said
+    assert "zone_sql: 'UTC+2' (for the key [3]) is not an IANA time zone" in said, said
+    db.close()
+
+
 def _partitioned_project(pg_url: str, tmp_path: Path) -> tuple[Path, Db]:
     """A project whose task captures `pmeas`, a table partitioned by month with May 2024's partition."""
     root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")

@@ -426,13 +426,16 @@ def _check_zones(task: Task, source: Source, toml: Path) -> list[str]:
         zones = source.zones(task.time.zone_sql)
     except SluicegateError as exc:
         return [f"{toml} [time] zone_sql: the query failed: {exc}"]
-    bad = []
-    for zone in sorted(set(zones.values())):
+    bad: dict[str, str] = {}  # each bad zone as shown (NULL, or the quoted text), and its first key
+    for key, zone in sorted(zones.items(), key=lambda item: item[0]):
         try:
-            validate.zone_name(zone, "zone")
+            validate.zone_name("" if zone is None else zone, "zone")
         except ConfigError:
-            bad.append(zone)
-    return [f"{toml} [time] zone_sql: {bad[0]!r} is not an IANA time zone; fix the zone data"] if bad else []
+            bad.setdefault("NULL" if zone is None else repr(zone), key)
+    return [
+        f"{toml} [time] zone_sql: {shown} (for the key {key}) is not an IANA time zone; fix the zone data"
+        for shown, key in bad.items()
+    ]
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from ..db import Dialect, dialect_of
 from ..exceptions import ConfigError
+from ..partitions import canonical_key
 
 Mode = Literal["rows", "csv", "arrow"]
 ColumnKind = Literal[
@@ -129,8 +130,8 @@ class Source(Protocol):
         """
         ...
 
-    def zones(self, zone_sql: str) -> dict[str, str]:
-        """Map canonical key text to an IANA zone with a ``zone_sql`` query (keys, then the zone)."""
+    def zones(self, zone_sql: str) -> dict[str, str | None]:
+        """Map canonical key text to an IANA zone (None: NULL) with a ``zone_sql`` query (keys, then zone)."""
         ...
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
@@ -195,6 +196,12 @@ def order_columns(spec: ReadSpec, columns: Sequence[Column]) -> list[str]:
     tail = list(spec.primary_key) if spec.primary_key else [c.name for c in columns]
     names += [c for c in tail if c not in names]
     return names
+
+
+def zone_map(rows: Sequence[Sequence[Any]]) -> dict[str, str | None]:
+    """A ``zone_sql`` result (keys, then the zone) by canonical key; a NULL zone as None (its text
+    was 'None', which a message showed as if the data held it)."""
+    return {canonical_key(row[:-1]): None if row[-1] is None else str(row[-1]) for row in rows}
 
 
 def group_rows(cur: Any, chunk_rows: int) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:

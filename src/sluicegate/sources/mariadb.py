@@ -33,8 +33,8 @@ from .. import db, mariadb_conn
 from ..exceptions import ConfigError, DataError, SourceUnavailable
 from ..formats.csv import single_text
 from ..masking import mask_url
-from ..partitions import canonical_key, zone_of
-from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, mariadb_values, order_columns
+from ..partitions import zone_of
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, mariadb_values, order_columns, zone_map
 from .mariadb_values import decimal_type, is_signed_tiny, signed_tiny, signed_tiny_columns, with_signed_tiny
 
 CHUNK_ROWS = 10000
@@ -168,9 +168,9 @@ class MariaDbSource:
                 cur.close()
         return [tuple(convert(v) for v, convert in zip(row, converters, strict=True)) for row in rows]
 
-    def zones(self, zone_sql: str) -> dict[str, str]:
+    def zones(self, zone_sql: str) -> dict[str, str | None]:
         """Map canonical key text to zones with a ``zone_sql`` query."""
-        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(zone_sql)}
+        return zone_map(self.execute(zone_sql))
 
     def read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode

@@ -22,8 +22,7 @@ from psycopg import sql
 
 from .. import db
 from ..exceptions import ConfigError, PermissionDenied, SluicegateError
-from ..partitions import canonical_key
-from . import Column, CsvChunk, Mode, ReadSpec, Slice, client_sort, distinct_names, group_rows
+from . import Column, CsvChunk, Mode, ReadSpec, Slice, client_sort, distinct_names, group_rows, zone_map
 from .arrow import available as arrow_available
 from .client_sort import ClientSort, order_keys
 from .pg_query import KINDS, batch_query, column_of, projection, select_sql
@@ -153,9 +152,9 @@ class PostgresSource:
             cur.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
 
-    def zones(self, zone_sql: str) -> dict[str, str]:
+    def zones(self, zone_sql: str) -> dict[str, str | None]:
         """Map canonical key text to zones with a ``zone_sql`` query."""
-        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(zone_sql)}
+        return zone_map(self.execute(zone_sql))
 
     def read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode

@@ -14,8 +14,7 @@ from typing import Any, cast
 
 from .. import db
 from ..exceptions import ConfigError, SluicegateError
-from ..partitions import canonical_key
-from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns
+from . import Column, ColumnKind, Mode, ReadSpec, Slice, group_rows, order_columns, zone_map
 
 CHUNK_ROWS = 5000
 _TYPEOF: dict[str, ColumnKind] = {"integer": "int", "real": "float", "text": "text", "blob": "binary"}
@@ -89,9 +88,9 @@ class SqliteSource:
         with db.wrap_errors(self.url):
             return list(self.conn.execute(query, params).fetchall())
 
-    def zones(self, zone_sql: str) -> dict[str, str]:
+    def zones(self, zone_sql: str) -> dict[str, str | None]:
         """Map canonical key text to zones with a ``zone_sql`` query."""
-        return {canonical_key(row[:-1]): str(row[-1]) for row in self.execute(zone_sql)}
+        return zone_map(self.execute(zone_sql))
 
     def read(
         self, spec: ReadSpec, slices: Sequence[Slice], columns: Sequence[Column], mode: Mode
