@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import capture_keys, capture_triggers, db
+from .capture_aside import SetAside
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from .keytext import coerce_value
 from .ledger import Ledger
@@ -104,24 +105,24 @@ def fold(
     logged as a warning and left out, so that it cannot stop every other change from being
     folded (it did: the fold failed, each run, and nothing was exported; a NULL key with a fixed
     zone was recorded exported with no file)."""
-    seen: dict[str, Partition] = {}
+    seen, aside = dict[str, Partition](), SetAside(task, wall)
     for raw, first, last in changes:
         keys = tuple(plain_key(value) for value in raw)
         if any(value is None for value in keys):  # the batch query's `=` would never read them
-            _set_aside(task, keys, "with a NULL key")
+            aside.add(keys, "with a NULL key")
             continue
         if any(isinstance(value, Decimal) for value in keys):
-            _set_aside(task, keys, "with a number no float holds", remedy="use an integer or text key column")
+            aside.add(keys, "with a number no float holds", remedy="use an integer or text key column")
             continue
         if not all(isinstance(value, str | int | float | dt.date) for value in keys):  # bytes, a TIME
-            _set_aside(task, keys, "of a type no key holds", remedy="use an integer or text key column")
+            aside.add(keys, "of a type no key holds", remedy="use an integer or text key column")
             continue
         if task.time is None:
             part = make_partition(task, keys, None, None)
             seen.setdefault(part.pkey, part)
             continue
         if first is None or last is None:  # MariaDB's bin of a zero date (2024-03-00) is NULL
-            _set_aside(task, keys, "at a NULL or zero time (0000-00-00)", remedy="fix their time")
+            aside.add(keys, "at a NULL or zero time (0000-00-00)", remedy="fix their time")
             continue
         if first < EARLIEST or last > LATEST:
             edge = (
@@ -129,12 +130,12 @@ def fold(
                 if first < EARLIEST
                 else f"after {LATEST.date().isoformat()}"
             )
-            _set_aside(task, keys, f"at a time {edge} UTC (or infinity)")
+            aside.add(keys, f"at a time {edge} UTC (or infinity)")
             continue
         try:  # a zone_sql query that fails raises: the changes stay in the inbox
             zone = zones.zone(keys)
         except (NoZone, BadPartitionValue) as exc:  # an orphan key, or a zone that is not IANA's
-            _set_aside(task, keys, f"({exc})", remedy=_backfill_hint(task, first, last, wall))
+            aside.add(keys, f"({exc})", remedy=None, times=(first, last))
             continue
         # The bin was taken from (t - 1 µs) for time-ending tasks, so no shift here.
         if wall is not None:
@@ -143,25 +144,8 @@ def fold(
         for period in _periods(first, last, zone_of(zone), task.time.grain):
             part = make_partition(task, keys, period, zone)
             seen.setdefault(part.pkey, part)
+    aside.log()
     return list(seen.values())
-
-
-def _set_aside(
-    task: TaskSpec, keys: Sequence[Any], why: str, *, remedy: str = "fix the rows in the source"
-) -> None:
-    pairs = ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in zip(task.keys, keys, strict=True))
-    log.warning(
-        "task %s: a change to %s %s has no partition and is not exported; %s",
-        task.name, pairs or "its rows", why, remedy,
-    )  # fmt: skip
-
-
-def _backfill_hint(task: TaskSpec, first: dt.datetime, last: dt.datetime, wall: str | None) -> str:
-    """How to export a change once its key has a zone: the backfill of its days (a day either side)."""
-    if wall is not None:
-        first, last = (from_wall_clock(t.replace(tzinfo=None), wall) for t in (first, last))
-    low, high = (first - ONE_DAY).date().isoformat(), (last + 2 * ONE_DAY).date().isoformat()
-    return f"once it has one, run 'sluicegate backfill {task.name} --time-min {low} --time-max {high}'"
 
 
 def rezone(

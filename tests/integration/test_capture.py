@@ -691,6 +691,29 @@ def test_a_null_zone_is_named_null_and_its_key(backend: str, tmp_path: Path) -> 
     db.close()
 
 
+def test_a_misspelt_zone_is_one_warning_per_location_not_per_reading(tmp_path: Path) -> None:
+    """Two days of hourly readings at a location whose zone is 'UTC+2': each reading logged its own
+    warning (48 lines, with two different backfill hints), so a run over thousands of readings
+    buried every other message. Now it is one warning per location and reason, its backfill
+    hint spanning all the readings' days."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    root = write_project(tmp_path / "proj", source=url, destination=str(tmp_path / "out"))
+    db = Db(url)
+    operations.install(load(root))
+    db.location(1, "UTC+2")
+    db.location(2, "UTC")
+    db.insert(1, [DAY + dt.timedelta(hours=h) for h in range(48)])
+    db.insert(2, [DAY + dt.timedelta(hours=1)])
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [p.name for p in files(tmp_path / "out")] == ["location-2-20240501.csv"]
+    warned = [line for line in ran.stderr.splitlines() if "a change to location_id=1 (" in line]
+    assert len(warned) == 1, ran.stderr
+    assert "'UTC+2' is not an IANA zone name" in warned[0], warned
+    assert "--time-min 2024-04-30 --time-max 2024-05-04'" in warned[0], warned
+    db.close()
+
+
 def _partitioned_project(pg_url: str, tmp_path: Path) -> tuple[Path, Db]:
     """A project whose task captures `pmeas`, a table partitioned by month with May 2024's partition."""
     root = write_project(tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="UTC")

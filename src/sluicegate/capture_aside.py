@@ -1,0 +1,68 @@
+"""Changes the capture fold sets aside (no partition can have them), each warned of once a fold.
+
+A warning was logged per change: a location whose zone was misspelt logged one line for each of
+its readings (on SQLite and MariaDB a change is one row), thousands a run for one location. Now
+the changes of one key set aside for one reason are one warning, and a ``backfill`` hint spans
+all their times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .sources.mariadb import from_wall_clock
+
+if TYPE_CHECKING:
+    from .drivers.partitioned import Task as TaskSpec
+
+log = logging.getLogger("sluicegate.capture")
+ONE_DAY = dt.timedelta(days=1)
+_Times = tuple[dt.datetime, dt.datetime] | None
+
+
+class SetAside:
+    """Collects a fold's set-aside changes by (keys, why), then logs each once (:meth:`log`)."""
+
+    def __init__(self, task: TaskSpec, wall: str | None) -> None:
+        self.task, self.wall = task, wall
+        self._seen: dict[tuple[str, str], tuple[str, str | None, _Times]] = {}
+
+    def add(
+        self,
+        keys: Sequence[Any],
+        why: str,
+        *,
+        remedy: str | None = "fix the rows in the source",
+        times: _Times = None,
+    ) -> None:
+        """Set a change aside; ``remedy`` None: the backfill of its ``times``' days, once it has a zone."""
+        pairs = ", ".join(
+            f"{k}={'NULL' if v is None else v}" for k, v in zip(self.task.keys, keys, strict=True)
+        )
+        _, _, seen = self._seen.get((pairs, why), ("", None, None))
+        if seen is not None and times is not None:
+            times = (min(seen[0], times[0]), max(seen[1], times[1]))
+        self._seen[(pairs, why)] = (pairs, remedy, times or seen)
+
+    def log(self) -> None:
+        """One warning per key and reason set aside."""
+        for (_, why), (pairs, remedy, times) in self._seen.items():
+            if remedy is None and times is not None:
+                remedy = self._backfill_hint(*times)
+            log.warning(
+                "task %s: a change to %s %s has no partition and is not exported; %s",
+                self.task.name, pairs or "its rows", why, remedy,
+            )  # fmt: skip
+        self._seen.clear()
+
+    def _backfill_hint(self, first: dt.datetime, last: dt.datetime) -> str:
+        """How to export a change once its key has a zone: the backfill of its days (a day either side)."""
+        if self.wall is not None:
+            first, last = (from_wall_clock(t.replace(tzinfo=None), self.wall) for t in (first, last))
+        low, high = (first - ONE_DAY).date().isoformat(), (last + 2 * ONE_DAY).date().isoformat()
+        return (
+            f"once it has one, run 'sluicegate backfill {self.task.name} --time-min {low} --time-max {high}'"
+        )
