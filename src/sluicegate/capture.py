@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import capture_keys, capture_triggers, db
-from .capture_aside import SetAside
+from .capture_aside import SetAside, warn_moved_zones
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
 from .keytext import coerce_value
 from .ledger import Ledger
@@ -236,6 +236,7 @@ def absorb(task: TaskSpec, ledger: Ledger, inbox: Ledger, source: Source) -> int
         with inbox.core.transaction() as cur:
             changes = inbox.capture.take_changes(task.name, limit=ABSORB_CHUNK, cur=cur)
             parts = fold(task, capture_keys.of_keys(task, changes), zones, wall)
+            warn_moved_zones(task, ledger, parts, cur if inbox is ledger else None)
             if parts and inbox is ledger:
                 ledger.partitions.mark(parts, task, cur=cur)
             elif parts:
@@ -309,6 +310,7 @@ def scan(task: TaskSpec, ledger: Ledger, source: Source) -> int:
     rows = [r[: len(cols)] for r in source.execute(select, params)]
     changes = _one_bin_each(rows, len(task.keys), timed=task.time is not None)
     parts = fold(task, changes, ZoneMap(task, source), wall_zone(task, source, cap.table, cap.time))
+    warn_moved_zones(task, ledger, parts)
     ledger.partitions.mark(parts, task)
     ledger.capture.set_scan(task.name, high)
     return len(parts)

@@ -1,4 +1,5 @@
-"""Changes the capture fold sets aside (no partition can have them), each warned of once a fold.
+"""Warnings of the capture fold: changes it sets aside (no partition can have them), each warned
+of once a fold, and keys whose zone moved under days already cut.
 
 A warning was logged per change: a location whose zone was misspelt logged one line for each of
 its readings (on SQLite and MariaDB a change is one row), thousands a run for one location. Now
@@ -13,10 +14,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import BadPartitionValue, UsageError
+from .partitions import Partition, make_partition, render_path
 from .sources.mariadb import from_wall_clock
 
 if TYPE_CHECKING:
     from .drivers.partitioned import Task as TaskSpec
+    from .ledger import Ledger
 
 log = logging.getLogger("sluicegate.capture")
 ONE_DAY = dt.timedelta(days=1)
@@ -66,3 +70,42 @@ class SetAside:
         return (
             f"once it has one, run 'sluicegate backfill {self.task.name} --time-min {low} --time-max {high}'"
         )
+
+
+def warn_moved_zones(task: TaskSpec, ledger: Ledger, parts: Sequence[Partition], cur: Any = None) -> None:
+    """Warn, once per key, when ``zone_sql`` gives a key another zone than its recorded days (the
+    marked ones or their neighbours) were cut in, before the marks re-cut them.
+
+    A re-cut day's new window leaves out the rows of its old one that its neighbours, still cut
+    in the old zone, do not hold (Europe/Brussels to America/Santiago: six hours of the day before
+    were in no file), or it holds rows a neighbour's file has too; nothing said so. Only
+    ``reexport`` of the key re-cuts every day of it."""
+    if task.time is None or not task.time.zone_sql or not parts:
+        return
+    wanted: dict[str, Partition] = {}  # each path to look up, and the partition of the key now
+    for part in parts:
+        assert part.zone is not None
+        for period in _around(part.values[-1], task.time.grain):
+            try:
+                near = make_partition(task, part.values[:-1], period, part.zone)
+                wanted.setdefault(render_path(task, near.values), part)
+            except (BadPartitionValue, OverflowError, UsageError):  # no path: nothing recorded there
+                continue
+    told: set[str] = set()
+    for taken in ledger.partitions.paths_taken(task.name, list(wanted), cur):
+        part = wanted[taken.path]
+        pairs = " ".join(f"{k}={v}" for k, v in zip(task.keys, part.values, strict=False))
+        if taken.zone is None or taken.zone == part.zone or pairs in told:
+            continue
+        told.add(pairs)
+        log.warning(
+            "task %s: %s now has the zone %s and its days were cut in %s: the files of its days cut in"
+            " either zone overlap or miss rows until you run 'sluicegate reexport %s %s'",
+            task.name, pairs, part.zone, taken.zone, task.name, pairs,
+        )  # fmt: skip
+
+
+def _around(period: Any, grain: str) -> list[Any]:
+    """``period`` and the ones either side of it (an hour's neighbours: an hour off, in UTC)."""
+    step = ONE_DAY if grain == "day" else dt.timedelta(hours=1)
+    return [period - step, period, period + step]

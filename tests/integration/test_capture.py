@@ -485,6 +485,49 @@ def test_a_location_whose_zone_changes_has_its_days_cut_in_the_new_zone(backend:
     db.close()
 
 
+def _files_of_each_row(out: Path, location_id: int) -> dict[dt.datetime, list[str]]:
+    seen: dict[dt.datetime, list[str]] = {}
+    for path in files(out):
+        for row in read_csv(path):
+            if row["location_id"] == str(location_id):
+                seen.setdefault(dt.datetime.fromisoformat(row["datetime"]), []).append(path.name)
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
+def test_a_key_whose_zone_moved_under_exported_days_is_named_with_the_reexport_to_run(
+    backend: str, tmp_path: Path
+) -> None:
+    """Location 1 moves from Europe/Brussels to America/Santiago after its days were exported, and
+    a late reading re-cuts 2 June in Santiago: its file no longer holds 22:00 to 04:00 UTC, which
+    the 1 June file (still cut in Brussels) never held, so six readings were in no file, and the
+    run said nothing. Now the run names the key, both zones and the reexport that re-cuts it."""
+    root = write_project(tmp_path / "proj", source=backend, destination=str(tmp_path / "out"))
+    db = Db(backend)
+    operations.install(load(root))
+    db.location(1, "Europe/Brussels")
+    db.location(2, "Europe/Brussels")
+    readings = hours(dt.datetime(2024, 6, 1, tzinfo=UTC), 72)
+    db.insert(1, readings)
+    db.insert(2, readings)
+    ran = cli(root, "run")
+    assert ran.returncode == 0 and "reexport" not in ran.stderr, ran.stdout + ran.stderr
+    db.conn.execute("UPDATE locations SET timezone = 'America/Santiago' WHERE location_id = 1")
+    db.insert(1, [dt.datetime(2024, 6, 2, 12, 30, tzinfo=UTC)], value=99.0)
+    db.insert(2, [dt.datetime(2024, 6, 2, 12, 30, tzinfo=UTC)], value=99.0)
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    told = [line for line in ran.stderr.splitlines() if "reexport" in line]
+    assert len(told) == 1, ran.stderr
+    assert "location_id=1 now has the zone America/Santiago" in told[0] and "Europe/Brussels" in told[0]
+    assert f"run 'sluicegate -C {root} reexport openaq location_id=1'" in told[0], told
+    assert cli(root, "reexport", "openaq", "location_id=1").returncode == 0
+    assert cli(root, "run").returncode == 0
+    seen = _files_of_each_row(tmp_path / "out", 1)
+    assert len(seen) == 73 and all(len(names) == 1 for names in seen.values()), seen
+    db.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True)
 def test_reexport_after_the_task_zone_changed_cuts_every_day_in_the_new_zone(
     backend: str, tmp_path: Path
