@@ -163,21 +163,25 @@ def _hour_marks(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> l
 
 
 def _day_ends(time_min: dt.datetime, time_max: dt.datetime, tz: ZoneInfo) -> list[dt.datetime]:
-    """Local midnights in ``(time_min, time_max]``."""
+    """Local midnights in ``(time_min, time_max]``, each once: a day the zone skipped
+    (Pacific/Apia's 2011-12-30) has none, its midnight being the next day's."""
     day = time_min.astimezone(tz).date()
     ends: list[dt.datetime] = []
     while len(ends) <= MAX_BLOCKS:
         end = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC)
         if end > time_max:
             break
-        if end > time_min:
+        if end > time_min and end.astimezone(tz).date() == day:
             ends.append(end)
         day += dt.timedelta(days=1)
     return ends
 
 
 def _previous_midnight(end: dt.datetime, tz: ZoneInfo) -> dt.datetime:
-    day = end.astimezone(tz).date() - dt.timedelta(days=1)
+    """The start of the local day that ends at ``end``: the day of the instant before it, so the
+    day before a skipped one (Apia's 2011-12-29) ends at the 31st's midnight. Counted back from
+    ``end``'s date, it was the skipped day, an empty block, and the 29th was in no block."""
+    day = (end - dt.timedelta(microseconds=1)).astimezone(tz).date()
     return dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC)
 
 

@@ -227,6 +227,36 @@ def test_day_blocks_are_local_days() -> None:
     assert days[0].end - days[0].start == dt.timedelta(hours=25)
 
 
+@pytest.mark.parametrize(
+    "zone,first",
+    [
+        ("Pacific/Apia", dt.date(2011, 12, 27)),  # skips 2011-12-30
+        ("America/Santiago", dt.date(2024, 4, 4)),  # 2024-04-06 has 25 hours
+        ("America/Santiago", dt.date(2024, 9, 5)),  # 2024-09-08 starts at 01:00
+        ("America/Havana", dt.date(2024, 11, 1)),  # midnight twice on 2024-11-03
+        ("Australia/Lord_Howe", dt.date(2024, 10, 4)),  # 30-minute DST
+        ("Pacific/Kiritimati", dt.date(2024, 6, 1)),
+        ("Etc/GMT+12", dt.date(2024, 6, 1)),
+    ],
+)
+def test_day_blocks_tile_every_local_day_once(zone: str, first: dt.date) -> None:
+    """Each day block is one local day, computed here with zoneinfo, with no gap or overlap: across
+    Pacific/Apia's skipped 2011-12-30, the 29th was in no block and three blocks were labelled
+    2011-12-31, two of them empty."""
+    tz = ZoneInfo(zone)
+    low = dt.datetime.combine(first, dt.time(), tzinfo=tz).astimezone(UTC)
+    days = blocks_between(low, low + dt.timedelta(days=6), grain="day", zone=zone)
+    assert days[0].start == low and all(a.end == b.start for a, b in itertools.pairwise(days))
+    for block in days:
+        assert block.start < block.end, block
+        assert block.label == block.start.astimezone(tz).date().isoformat()
+        assert (block.end - dt.timedelta(microseconds=1)).astimezone(tz).date() == block.start.astimezone(
+            tz
+        ).date()
+        assert block.end.astimezone(tz).date() > block.start.astimezone(tz).date()
+    assert len({b.label for b in days}) == len(days)
+
+
 def test_times_parse_as_the_original_and_iso_and_bad_ones_say_how() -> None:
     assert parse_time("2020-1-1-1", CENTRAL, "x") == dt.datetime(2020, 1, 1, 7, tzinfo=UTC)
     assert parse_time("2020-01-01T01:00", CENTRAL, "x") == dt.datetime(2020, 1, 1, 7, tzinfo=UTC)
