@@ -993,3 +993,26 @@ def test_sqlite_text_that_is_no_utf8_fails_its_partition_with_the_cast_that_read
     assert cli(root, "reset", "openaq", "--failed").returncode == 0
     [again] = engine.run(load(root), ["openaq"])
     assert (again.exported, again.failed) == (1, 0), again.as_dict()
+
+
+@pytest.mark.pg
+def test_check_names_a_fixed_zone_the_postgresql_server_does_not_know(tmp_path: Path, pg_url: str) -> None:
+    """Python knows a zone (here Mars/Olympus, a copy of Europe/Brussels on its zone path, as
+    Europe/Kyiv on a newer tzdata than the server's) that PostgreSQL, which cuts the days of a fixed
+    zone and writes their times itself, does not: `check` said ok, and every partition then failed
+    at the run. Now `check` names the zone and what to do."""
+    import importlib.resources
+
+    tzpath = tmp_path / "tz"
+    (tzpath / "Mars").mkdir(parents=True)
+    brussels = importlib.resources.files("tzdata.zoneinfo") / "Europe" / "Brussels"
+    (tzpath / "Mars" / "Olympus").write_bytes(brussels.read_bytes())
+    env = {"PYTHONTZPATH": str(tzpath)}
+    root = write_project(
+        tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="Mars/Olympus"
+    )
+    Db(pg_url).location(1, "UTC")
+    checked = cli(root, "check", env=env)
+    said = checked.stdout + checked.stderr
+    assert checked.returncode != 0, said
+    assert "[time] zone: the PostgreSQL source does not know the zone 'Mars/Olympus'" in said, said

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import capture, capture_triggers, partitions, validate
+from .. import capture, capture_triggers, db, partitions, validate
 from ..exceptions import ConfigError, SluicegateError
 from ..ledger import Claim, Ledger, PartitionStore
 from ..ledger.leases import LeaseKeeper
@@ -384,6 +384,7 @@ def check(task: Task, source: Source) -> list[str]:
         return [str(exc)]
     if task.time and task.time.zone_sql:
         problems += _check_zones(task, source, task.folder / "task.toml")
+    problems += _server_zone(task, source)
     problems += sqlite.unreadable_time_rows(task, source)
     problems += sqlite.blob_key_rows(task, source)
     return problems + capture_triggers.capture_problems(task, source)
@@ -418,6 +419,22 @@ def missing_columns(task: Task, columns: Sequence[str], source: Source) -> list[
             if name not in present
         ]
     return problems
+
+
+def _server_zone(task: Task, source: Source) -> list[str]:
+    """PostgreSQL cuts a fixed zone's days and writes its times itself (AT TIME ZONE): a zone its
+    time zone data lacks (Europe/Kyiv before tzdata 2022b) failed every partition at the run."""
+    if task.time is None or not task.time.zone or source.dialect is not db.POSTGRESQL:
+        return []
+    try:
+        source.execute("SELECT now() AT TIME ZONE %s", [task.time.zone])
+    except SluicegateError:
+        return [
+            f"{task.folder / 'task.toml'} [time] zone: the PostgreSQL source does not know the zone "
+            f"{task.time.zone!r} (its time zone data is older than Python's); update the server's "
+            "time zone data, or use the zone's older name"
+        ]
+    return []
 
 
 def _check_zones(task: Task, source: Source, toml: Path) -> list[str]:
