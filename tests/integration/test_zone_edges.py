@@ -9,7 +9,7 @@ import zoneinfo
 from pathlib import Path
 
 import pytest
-from test_export import _file_for, _setup, backend  # noqa: F401
+from test_export import _file_for, _now_clear_of_midnight, _setup, backend  # noqa: F401
 
 from sluicegate import engine
 from support import files, load, read_csv
@@ -145,3 +145,20 @@ def test_hour_partitions_hold_each_reading_once_across_odd_clock_changes(
     assert summary.failed == 0, summary
     got = {p.name: sorted(r["datetime"] for r in read_csv(p)) for p in files(out)}
     assert got == {name: sorted(v) for name, v in expected.items()}
+
+
+def test_a_local_day_26_hours_apart_is_complete_in_its_own_zone(backend: str, tmp_path: Path) -> None:  # noqa: F811
+    """Pacific/Kiritimati (+14) and Etc/GMT+12 (-12): yesterday in each zone is exported, today waits."""
+    root, db = _setup(tmp_path, backend, fmt="csv")
+    zones = {1: "Pacific/Kiritimati", 2: "Etc/GMT+12", 3: "Asia/Kathmandu"}
+    now = _now_clear_of_midnight(*zones.values())
+    for loc, zone in zones.items():
+        db.location(loc, zone)
+        db.insert(loc, [now - dt.timedelta(hours=h) for h in range(60)])
+    [summary] = engine.run(load(root))
+    assert summary.failed == 0, summary
+    out = tmp_path / "out"
+    for loc, zone in zones.items():
+        today = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
+        assert not _file_for(out, "csv", loc, today).exists(), zone
+        assert _file_for(out, "csv", loc, today - dt.timedelta(days=1)).exists(), zone
