@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import BadPartitionValue, UsageError
-from .partitions import Partition, make_partition, render_path
+from .partitions import Partition, render_path
 from .sources.mariadb import from_wall_clock
 
 if TYPE_CHECKING:
@@ -83,12 +83,14 @@ def warn_moved_zones(task: TaskSpec, ledger: Ledger, parts: Sequence[Partition],
     if task.time is None or not task.time.zone_sql or not parts:
         return
     wanted: dict[str, Partition] = {}  # each path to look up, and the partition of the key now
+    looked: set[tuple[Any, ...]] = set()  # a run of days shares its neighbours: each rendered once
     for part in parts:
-        assert part.zone is not None
         for period in _around(part.values[-1], task.time.grain):
+            if (values := (*part.values[:-1], period)) in looked:
+                continue
+            looked.add(values)
             try:
-                near = make_partition(task, part.values[:-1], period, part.zone)
-                wanted.setdefault(render_path(task, near.values), part)
+                wanted.setdefault(render_path(task, values), part)
             except (BadPartitionValue, OverflowError, UsageError):  # no path: nothing recorded there
                 continue
     told: set[str] = set()
