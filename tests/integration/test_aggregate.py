@@ -1724,3 +1724,33 @@ def test_a_mariadb_window_column_of_unix_seconds_fails_check_and_run_and_keeps_t
     failed = _evaluate(root, T + dt.timedelta(minutes=5))
     assert failed.state == "failed" and f"raw.measured is a {kind} column" in str(failed.error)
     assert len(table(mariadb_url)) == 2  # the readers' table keeps the last good evaluation
+
+
+def test_a_select_failing_on_one_row_names_select_sql_and_the_window_and_says_no_retry_on_each_database(
+    tmp_path: Path, url: str
+) -> None:
+    """An error of the select on one row of the window (SQLite's integer overflow, PostgreSQL's
+    division by zero, MariaDB's subquery of two rows): on MariaDB it read "database ...: Subquery
+    returns more than 1 row; will retry", naming neither select.sql nor the window, as though the
+    server were away (the driver raises OperationalError for a query's own errors too)."""
+    root = airmax_project(tmp_path / "proj", url)
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 1.0), ("Genk", T - dt.timedelta(hours=1), 2.0)])
+    assert _evaluate(root, T).rows == 2
+    fails = {
+        "sqlite": "abs(-9223372036854775807 - 1)",
+        "postgresql": "1 / (length(city) - 4)",
+        "mariadb": "(SELECT 1 FROM (SELECT 1 UNION ALL SELECT 2) AS x WHERE city = 'Genk')",
+    }[tables.TableDb(url).flavor]
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    select.write_text(
+        "SELECT city, parameter_name, parameter_unit, avg(parameter_value) AS parameter_value, "
+        f"count(*) + CASE WHEN city = 'Genk' THEN {fails} ELSE 0 END AS num_measurements "
+        "FROM in_window GROUP BY city, parameter_name, parameter_unit"
+    )
+    tick = T + dt.timedelta(minutes=5)
+    failed = _evaluate(root, tick)
+    assert failed.state == "failed" and failed.error is not None
+    window = f"[{(tick - dt.timedelta(hours=3)).isoformat()}, {tick.isoformat()})"
+    assert failed.error.startswith(f"{select} failed on the window {window}: "), failed.error
+    assert "retry" not in failed.error
+    assert len(table(url)) == 2 and stamps(table(url)) == {T}  # the readers' table keeps the last good one
