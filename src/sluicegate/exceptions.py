@@ -127,3 +127,10 @@ def is_transient(exc: BaseException) -> bool:
     hides it, while a parked partition is visible in ``sluicegate status``.
     """
     return isinstance(exc, TransientError)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a source query the database cancelled for its time limit (PostgreSQL's
+    ``statement_timeout``, in psycopg's and ADBC's words alike): a batch's query may run out of
+    it where each of its units' queries would not, so the batch is read one unit at a time."""
+    return isinstance(exc, TransientError) and "canceling statement due to statement timeout" in str(exc)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .changes import ChangeFeed
 from .destinations import Destination
-from .exceptions import LedgerError, SluicegateError, SourceLost, TerminalError, is_transient
+from .exceptions import LedgerError, SluicegateError, SourceLost, TerminalError, is_transient, timed_out
 from .faults import Fault
 from .formats import Writer, open_writer
 from .options import Budget, TaskSummary
@@ -467,11 +467,11 @@ class Pipeline:
         self.summary.note_failure(unit.key, str(error) or type(error).__name__)
 
     def _batch_failed(self, jobs: list[Job], error: SluicegateError) -> None:
-        """The batch query failed: retry later, or isolate the unit that breaks it."""
+        """The batch query failed: retry later, or isolate the unit that breaks it (or runs out of time)."""
         open_jobs = [j for j in jobs if not j.done]
         self._discard(*open_jobs)
         self.flush()
-        if is_transient(error) or len(open_jobs) == 1:
+        if (is_transient(error) and not timed_out(error)) or len(open_jobs) == 1:
             for job in open_jobs:
                 self._fail(job.unit, error)
             return

@@ -420,3 +420,30 @@ def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged
     assert (status["exported"], status["failed"]) == (2, 1), (codes, status)
     [failure] = status["failures"]
     assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure
+
+
+@pytest.mark.pg
+def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_batch_exports(
+    tmp_path: Path, pg_url: str, read_path: str
+) -> None:
+    """The database's ``statement_timeout`` cancels the reads of location 3 only, in the second
+    batch. A timeout is transient, and its whole batch was charged an attempt: location 4, read
+    with it on every run, was parked with location 3 once its attempts were used up. Its batch is
+    read one partition at a time, as for a terminal error: only location 3 is charged."""
+    db = Db(pg_url)
+    _fill(db, range(1, 6))
+    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+        "CASE WHEN m.location_id = 3 THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
+    )
+    root = _project(
+        tmp_path, pg_url, read_path, select, backoff="1h", extra_defaults="batch_size = 4\nmax_attempts = 2"
+    )
+    _mark_all(root, range(1, 6))
+    [first] = engine.run(load(root), ["openaq"])
+    assert (first.exported, first.failed) == (8, 2), first.errors
+    assert all(e.startswith("[3,") for e in first.errors), first.errors
+    assert all(e.endswith("canceling statement due to statement timeout; will retry") for e in first.errors)
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["failed"], status["retrying"], status["claimed"], status["exported"]) == (0, 2, 0, 8)
