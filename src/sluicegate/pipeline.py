@@ -463,8 +463,8 @@ class Pipeline:
                 job.staged = None
 
     def _fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        self.recorder.fail(unit, error)
-        self.summary.note_failure(unit.key, str(error) or type(error).__name__)
+        shown = self.recorder.fail(unit, error)  # a unit parked on its last attempt: no "will retry"
+        self.summary.note_failure(unit.key, shown or str(error) or type(error).__name__)
 
     def _batch_failed(self, jobs: list[Job], error: SluicegateError) -> None:
         """The batch query failed: retry later, or isolate the unit that breaks it (or runs out of time)."""

@@ -99,8 +99,9 @@ class Recorder(Protocol):
         """
         ...
 
-    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        """Record a failed unit (retry with backoff, or park it)."""
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> str | None:
+        """Record a failed unit (retry with backoff, or park it); return its error as recorded, if
+        not ``str(error)``."""
         ...
 
     def renew(self, tokens: Collection[str]) -> None:

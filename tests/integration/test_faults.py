@@ -447,3 +447,28 @@ def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_
     assert all(e.endswith("canceling statement due to statement timeout; will retry") for e in first.errors)
     [status] = operations.status(load(root), ["openaq"])
     assert (status["failed"], status["retrying"], status["claimed"], status["exported"]) == (0, 2, 0, 8)
+
+
+@pytest.mark.pg
+def test_a_partition_parked_on_its_last_transient_attempt_does_not_say_will_retry_in_the_run(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A statement timeout on the last attempt parks the partition; the run's error line said
+    "...; will retry", though nothing will (``status`` had dropped it already)."""
+    db = Db(pg_url)
+    _fill(db, range(1, 3))
+    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+        "CASE WHEN m.location_id = 2 THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
+    )
+    root = _project(tmp_path, pg_url, "csv", select, extra_defaults="max_attempts = 1")
+    _mark_all(root, range(1, 3))
+    proc = subprocess.run([SLUICEGATE, "-C", str(root), "run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(
+        line.endswith("canceling statement due to statement timeout") for line in lines
+    )
+    [status] = operations.status(load(root), ["openaq"])
+    assert (status["failed"], status["exported"]) == (2, 2)

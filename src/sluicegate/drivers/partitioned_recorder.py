@@ -49,16 +49,22 @@ class Recorder:
         self.store.requeue([o.unit.handle for o, ok in lost if not ok and o.left_behind(self.destination)])
         return vet.verdicts([o.unit.handle.id for o in outcomes], done)
 
-    def fail(self, unit: WorkUnit, error: SluicegateError) -> None:
-        """Back off (transient) or park (terminal, or out of attempts)."""
+    def fail(self, unit: WorkUnit, error: SluicegateError) -> str:
+        """Back off (transient) or park (terminal, or out of attempts); return the error recorded:
+        a parked one does not say "will retry"."""
+        terminal = not is_transient(error)
+        parked = terminal or unit.handle.attempts + 1 >= self.settings.max_attempts  # as the ledger decides
+        text = str(error) or type(error).__name__
+        text = text.removesuffix("; will retry") if parked else text
         self.store.fail(
             unit.handle,
-            error=str(error) or type(error).__name__,
-            terminal=not is_transient(error),
+            error=text,
+            terminal=terminal,
             max_attempts=self.settings.max_attempts,
             backoff=self.settings.backoff,
             counted=not isinstance(error, LeaseExpired),
         )
+        return text
 
     def renew(self, tokens: Collection[str]) -> None:
         """Extend the claims' leases."""
