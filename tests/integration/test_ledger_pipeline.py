@@ -9,6 +9,7 @@ transaction: every later ledger statement of the run would then fail.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -91,3 +92,31 @@ def test_a_failed_statement_rolls_everything_back_and_the_connection_goes_on(
     assert _ids(ledger, table) == []
     ledger.in_transaction(lambda cur: cur.execute(f"INSERT INTO {table} VALUES (3)"), pipelined=True)
     assert _ids(ledger, table) == [3]
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_connection_killed_at_a_fetch_is_retried_without_psycopg_warnings(
+    core: tuple[LedgerCore, str], where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server ends the connection while the body reads a result (the first, or the last
+    before COMMIT): the transaction runs again on a new connection, once, and the operator reads
+    sluicegate's one line 'ledger connection ... lost; reconnecting', not also psycopg's
+    'error ignored terminating <psycopg.Pipeline [BAD] at 0x...>: consuming input failed: ...'
+    of the pipeline it could not end (three lines on stderr at the default WARNING level)."""
+    ledger, table = core
+    tries: list[int] = []
+
+    def body(cur: Any) -> int:
+        tries.append(len(tries) + 1)
+        kill = "SELECT pg_terminate_backend(pg_backend_pid())"
+        if len(tries) == 1 and where == "first":
+            cur.execute(kill).fetchall()
+        cur.execute(f"INSERT INTO {table} VALUES (%s)", (len(tries),))
+        if len(tries) == 1 and where == "last":
+            cur.execute(kill).fetchall()
+        return len(tries)
+
+    with caplog.at_level(logging.WARNING):
+        assert ledger.in_transaction(body, pipelined=True) == 2
+    assert _ids(ledger, table) == [2]
+    assert [r.name for r in caplog.records] == ["sluicegate.ledger"], [r.getMessage() for r in caplog.records]

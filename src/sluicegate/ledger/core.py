@@ -181,8 +181,11 @@ def _pipelined_transaction(conn: Any) -> Iterator[Any]:
     files is 4 round trips instead of 7). psycopg's ``conn.transaction()`` would wait for its
     ``BEGIN``, hence the explicit one. After an error the server skips what was sent up to the
     pipeline's end, a ``ROLLBACK`` among it, so the rollback is sent once the pipeline is over.
+    A pipeline psycopg cannot end after the body's error (the connection lost) is not logged: the
+    body's error says it, and the retry logs 'ledger connection ... lost; reconnecting'.
     """
     cur = conn.cursor()
+    _PSYCOPG_LOG.addFilter(_quiet_pipeline_end)
     try:
         with conn.pipeline():
             cur.execute("BEGIN")
@@ -194,7 +197,17 @@ def _pipelined_transaction(conn: Any) -> Iterator[Any]:
                 conn.rollback()
         raise
     finally:
+        _PSYCOPG_LOG.removeFilter(_quiet_pipeline_end)
         cur.close()
+
+
+def _quiet_pipeline_end(record: logging.LogRecord) -> bool:
+    """Drop psycopg's 'error ignored terminating <psycopg.Pipeline [BAD] at 0x...>: ...' (and
+    'exiting'), logged when a pipeline ends on an error: the error itself propagates."""
+    return not str(record.msg).startswith(("error ignored terminating", "error ignored exiting"))
+
+
+_PSYCOPG_LOG = logging.getLogger("psycopg")
 
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg for SQLite projects
