@@ -9,6 +9,7 @@ Configuration errors do not depend on the database and run on SQLite only.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import signal
@@ -893,6 +894,51 @@ def test_the_parquet_files_of_an_aggregate_share_one_schema_when_a_column_is_nul
     assert schemas[0].equals(schemas[1]), (schemas[0], schemas[1])
     assert str(schemas[1].field("parameter_value").type) in ("double", "string")  # PostgreSQL numeric: text
     assert values[0] == [None] and [float(v) for v in values[1]] == [r["parameter_value"] for r in table(url)]
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_an_aggregates_uuid_time_and_inet_columns_are_text_in_every_file(
+    tmp_path: Path, pg_url: str, fmt: str
+) -> None:
+    """A PostgreSQL uuid, time or inet column NULL in a whole evaluation is text (its type is
+    not one of the kinds the files hold), so a value of it is written as its text too: a tick
+    with values wrote Parquet's extension<arrow.uuid> and time64 where a tick of NULLs wrote
+    strings, so the task's files were no one dataset (an inet value failed the evaluation)."""
+    root = airmax_project(
+        tmp_path / "proj",
+        pg_url,
+        width="1h",
+        task_extra=f'path = "cur/{{t:%Y%m%d-%H%M}}.{{ext}}"\nformat = "{fmt}"',
+    )
+    types = {"u": ("uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"), "tm": ("time", "'12:00'"),
+             "ip": ("inet", "'10.0.0.1/8'")}  # fmt: skip
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    more = "".join(
+        f", CASE WHEN max(parameter_value) > 0 THEN {v}::{t} END AS {c}" for c, (t, v) in types.items()
+    )
+    select.write_text(select.read_text().replace("AS num_measurements", "AS num_measurements" + more))
+    sink = tables.TableDb(pg_url)
+    with sink.transaction() as cur:
+        for c, (t, _) in types.items():
+            cur.execute(f"ALTER TABLE current_air_quality ADD COLUMN {c} {t}")
+    sink.close()
+    add_raw(pg_url, [("Gent", T - dt.timedelta(minutes=30), None)], prefix="a")
+    add_raw(pg_url, [("Gent", T + dt.timedelta(minutes=30), 4.0)], prefix="b")
+    written = []
+    for tick in (T, T + dt.timedelta(hours=1)):
+        result = _evaluate(root, tick)
+        assert (result.state, result.error) == ("done", None), result.error
+        assert result.path is not None
+        written.append(root / "exports" / result.path)
+    if fmt == "parquet":
+        schemas = [pq.read_schema(p) for p in written]
+        assert schemas[0].equals(schemas[1]), (schemas[0], schemas[1])
+        assert [str(schemas[1].field(c).type) for c in types] == ["string"] * 3
+        row = pq.read_table(written[1]).to_pylist()[0]
+    else:
+        row = json.loads(written[1].read_text())
+    assert [row[c] for c in types] == ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "12:00:00", "10.0.0.1/8"]
 
 
 @pytest.mark.parametrize(

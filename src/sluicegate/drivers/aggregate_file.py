@@ -221,6 +221,7 @@ def write_file(
     kinds = [
         Column(name=n, kind=_kind(n, [row[i] for row in rows], text, hints[i])) for i, n in enumerate(columns)
     ]
+    rows = _as_text(rows)
     recorder = FileRecorder()
     pipeline = Pipeline(
         read=lambda units: iter([(0, list(rows))] if rows else []), format=task.format, columns=kinds,
@@ -248,6 +249,14 @@ _KINDS: tuple[tuple[type, ColumnKind], ...] = (
     (dt.datetime, "timestamptz"),
     (dt.date, "date"),
 )
+
+
+def _as_text(rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+    """The rows with each value whose text is the database's (:data:`_AS_TEXT`: uuid, time, inet)
+    as that text, the kind :func:`_kind` gives its column (JSON lines had no spelling of an inet)."""
+    if not any(isinstance(v, _AS_TEXT) for row in rows for v in row):
+        return rows
+    return [tuple(str(v) if isinstance(v, _AS_TEXT) else v for v in row) for row in rows]
 
 
 # Other values whose text (str) is the database's: anything else (a list, a tuple, a timedelta,
@@ -279,4 +288,4 @@ def _kind(
             f"column {name!r} holds a {type(value).__name__}, which the file cannot hold as the database "
             f"writes it; cast it in select.sql: CAST({name} AS {text}) AS {name}"
         )
-    return "other"
+    return "text"  # as a NULL column of its type is (not Parquet's uuid or time64 of one tick)
