@@ -896,6 +896,41 @@ def test_the_parquet_files_of_an_aggregate_share_one_schema_when_a_column_is_nul
     assert values[0] == [None] and [float(v) for v in values[1]] == [r["parameter_value"] for r in table(url)]
 
 
+@pytest.mark.parametrize(
+    "sink",
+    [pytest.param("pg", marks=pytest.mark.pg), pytest.param("mariadb", marks=pytest.mark.mariadb), "sqlite"],
+)
+def test_a_sqlite_sources_aggregate_files_share_one_schema_whatever_the_sinks_database(
+    tmp_path: Path, sqlite_url: str, sink: str, request: pytest.FixtureRequest
+) -> None:
+    """A SQLite select's result has no types, so a column NULL in a whole evaluation took its
+    kind from the table sink's column only when the table was in SQLite: in PostgreSQL (or
+    MariaDB), a tick of NULL averages wrote parameter_value as a Parquet string and the next a
+    double. The sink's column types tell it, whatever its database (SQLite: another file)."""
+    sink_url = (
+        f"sqlite:///{tmp_path / 'sink.db'}"
+        if sink == "sqlite"
+        else str(request.getfixturevalue(f"{sink}_url"))
+    )
+    root = airmax_project(
+        tmp_path / "proj",
+        sqlite_url,
+        sink=sink_url,
+        width="1h",
+        task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "parquet"',
+    )
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(minutes=30), None)], prefix="a")
+    add_raw(sqlite_url, [("Gent", T + dt.timedelta(minutes=30), 4.5)], prefix="b")
+    schemas = []
+    for tick in (T, T + dt.timedelta(hours=1)):
+        result = _evaluate(root, tick)
+        assert (result.state, result.error) == ("done", None)
+        assert result.path is not None
+        schemas.append(pq.read_schema(root / "exports" / result.path))
+    assert schemas[0].equals(schemas[1]), (schemas[0], schemas[1])
+    assert str(schemas[0].field("parameter_value").type) == "double"
+
+
 @pytest.mark.pg
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_an_aggregates_uuid_time_and_inet_columns_are_text_in_every_file(

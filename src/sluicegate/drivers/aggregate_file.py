@@ -192,17 +192,24 @@ def result_kinds(source: tables.TableDb) -> list[ColumnKind | None]:
 
 
 def _type_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
-    """The kind of each column by its type in the result, or (SQLite: the result has none) in a
-    SQLite table sink by the column's affinity; None where neither tells."""
+    """The kind of each column by its type in the result, or (SQLite: the result has none) by its
+    type in the table sink, whatever its database (SQLite: by the column's affinity); None where
+    neither tells."""
     kinds: list[ColumnKind | None] = columns.kinds if isinstance(columns, Names) else [None] * len(columns)
-    if all(kinds) or tables.flavor_of(task.target.url) != "sqlite":
+    if all(kinds):
         return kinds
     sink = tables.TableDb(task.target.url)
     try:
-        affinities = sink.sqlite_affinities(task.target.table)
+        if sink.flavor == "sqlite":
+            typed = {c: _AFFINITY_KINDS.get(a) for c, a in sink.sqlite_affinities(task.target.table).items()}
+        else:  # no row: the result's types are the table's columns'; only the kinds SQLite's
+            # values have (a time is its text, a bool an integer)
+            names, _ = sink.query(f"SELECT * FROM {sink.quote(task.target.table)} WHERE 1 = 0")
+            plain = set(_AFFINITY_KINDS.values())
+            typed = {c: k for c, k in zip(names, result_kinds(sink), strict=True) if k in plain}
     finally:
         sink.close()
-    return [k or _AFFINITY_KINDS.get(affinities.get(c, "")) for c, k in zip(columns, kinds, strict=True)]
+    return [k or typed.get(c) for c, k in zip(columns, kinds, strict=True)]
 
 
 _AFFINITY_KINDS: dict[str, ColumnKind] = {"INTEGER": "int", "REAL": "float", "TEXT": "text", "BLOB": "binary"}
