@@ -237,15 +237,13 @@ class TableDb:
         """The affinity of each column of a SQLite ``table`` (``INTEGER``, ``TEXT``, ``BLOB``,
         ``REAL`` or ``NUMERIC``, by SQLite's rules on the declared type): what SQLite makes of a
         value, a number's text turned into a number, a number into a text of 15 digits."""
+        return {column: sqlite_affinity(declared) for column, declared in self.sqlite_declared(table).items()}
+
+    def sqlite_declared(self, table: str) -> dict[str, str]:
+        """The declared type of each column of a SQLite ``table``, in upper case ('' for none)."""
         schema, _, name = table.rpartition(".")
-        affinities = {}
-        for column, declared in self.query(_SQLITE_TYPES, (name, schema or None))[1]:
-            kind = str(declared or "").upper()
-            affinities[str(column)] = next(
-                (a for words, a in _SQLITE_AFFINITY if any(w in kind for w in words)),
-                "BLOB" if not kind else "NUMERIC",
-            )
-        return affinities
+        rows = self.query(_SQLITE_TYPES, (name, schema or None))[1]
+        return {str(column): str(declared or "").upper() for column, declared in rows}
 
     def unique_on(self, table: str, column: str) -> bool:
         """Whether ``table`` has a unique index (or primary key) on ``column`` alone: what an
@@ -336,6 +334,16 @@ _SQLITE_AFFINITY: tuple[tuple[tuple[str, ...], str], ...] = (
     (("INT",), "INTEGER"), (("CHAR", "CLOB", "TEXT"), "TEXT"), (("BLOB",), "BLOB"),
     (("REAL", "FLOA", "DOUB"), "REAL"),
 )  # fmt: skip
+
+
+def sqlite_affinity(declared: str) -> str:
+    """The affinity SQLite gives a column of the ``declared`` type (in upper case)."""
+    return next(
+        (a for words, a in _SQLITE_AFFINITY if any(w in declared for w in words)),
+        "NUMERIC" if declared else "BLOB",
+    )
+
+
 _PG_INTEGERS = (  # a domain has its base type
     "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
     " JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END"

@@ -931,6 +931,39 @@ def test_a_sqlite_sources_aggregate_files_share_one_schema_whatever_the_sinks_da
     assert str(schemas[0].field("parameter_value").type) == "double"
 
 
+def test_a_sqlite_aggregates_boolean_and_numeric_columns_have_one_kind_in_every_file(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A SQLite table sink's BOOLEAN or NUMERIC(10,2) column has NUMERIC affinity, which told no
+    kind: a tick where the select gave NULL wrote them as Parquet strings, the next int64 (0/1)
+    and double, and a tick of whole amounts (SQLite gives 4.00 as 4) int64. A BOOLEAN column
+    is an integer, as SQLite holds it, and a NUMERIC or DECIMAL one a double, in every file."""
+    root = airmax_project(
+        tmp_path / "proj",
+        sqlite_url,
+        width="1h",
+        task_extra='path = "cur/{t:%Y%m%d-%H%M}.{ext}"\nformat = "parquet"',
+    )
+    select = root / "tasks" / AGGREGATE / "select.sql"
+    more = ", CASE WHEN max(parameter_value) > 0 THEN 1 END AS flag, CAST(max(parameter_value) AS NUMERIC) AS amount"
+    select.write_text(select.read_text().replace("AS num_measurements", "AS num_measurements" + more))
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("ALTER TABLE current_air_quality ADD COLUMN flag BOOLEAN")
+        conn.execute("ALTER TABLE current_air_quality ADD COLUMN amount NUMERIC(10, 2)")
+    conn.close()
+    add_raw(sqlite_url, [("Gent", T - dt.timedelta(minutes=30), None)], prefix="a")
+    add_raw(sqlite_url, [("Gent", T + dt.timedelta(minutes=30), 4.0)], prefix="b")
+    add_raw(sqlite_url, [("Gent", T + dt.timedelta(minutes=90), 4.5)], prefix="c")
+    types = []
+    for tick in (T, T + dt.timedelta(hours=1), T + dt.timedelta(hours=2)):
+        result = _evaluate(root, tick)
+        assert (result.state, result.error) == ("done", None)
+        assert result.path is not None
+        schema = pq.read_schema(root / "exports" / result.path)
+        types.append((str(schema.field("flag").type), str(schema.field("amount").type)))
+    assert types == [("int64", "double")] * 3
+
+
 @pytest.mark.pg
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_an_aggregates_uuid_time_and_inet_columns_are_text_in_every_file(

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import db, paths, tables
+from .. import db, paths, tabledb, tables
 from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
 from ..options import Budget, TaskSummary
 from ..partitions import zone_of
@@ -201,18 +201,30 @@ def _type_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
     sink = tables.TableDb(task.target.url)
     try:
         if sink.flavor == "sqlite":
-            typed = {c: _AFFINITY_KINDS.get(a) for c, a in sink.sqlite_affinities(task.target.table).items()}
-        else:  # no row: the result's types are the table's columns'; only the kinds SQLite's
-            # values have (a time is its text, a bool an integer)
+            typed = {c: _declared_kind(d) for c, d in sink.sqlite_declared(task.target.table).items()}
+        else:  # no row: the result's types are the table's columns', as SQLite's values have them
             names, _ = sink.query(f"SELECT * FROM {sink.quote(task.target.table)} WHERE 1 = 0")
-            plain = set(_AFFINITY_KINDS.values())
-            typed = {c: k for c, k in zip(names, result_kinds(sink), strict=True) if k in plain}
+            plain = {k: _AS_SQLITE.get(k, k) for k in ("int", "float", "text", "binary", "bool", "decimal")}
+            typed = {c: plain.get(k or "") for c, k in zip(names, result_kinds(sink), strict=True)}
     finally:
         sink.close()
     return [k or typed.get(c) for c, k in zip(columns, kinds, strict=True)]
 
 
+def _declared_kind(declared: str) -> ColumnKind | None:
+    """The kind of a SQLite column of the ``declared`` type, by its affinity; of NUMERIC affinity
+    (no kind of its own), a BOOLEAN is an integer and a NUMERIC or DECIMAL a double, as the values
+    SQLite gives for them (4.00 comes as 4); a DATE or DATETIME none (its values are text)."""
+    affinity = tabledb.sqlite_affinity(declared)
+    if affinity != "NUMERIC":
+        return _AFFINITY_KINDS.get(affinity)
+    if "BOOL" in declared:
+        return "int"
+    return "float" if any(w in declared for w in ("NUM", "DEC")) else None
+
+
 _AFFINITY_KINDS: dict[str, ColumnKind] = {"INTEGER": "int", "REAL": "float", "TEXT": "text", "BLOB": "binary"}
+_AS_SQLITE: dict[str, ColumnKind] = {"bool": "int", "decimal": "float"}  # a SQLite select's values of them
 
 
 def write_file(
