@@ -422,6 +422,17 @@ def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged
     assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure
 
 
+def _one_slow_location(db: Db, locations: range, *, slow: int) -> str:
+    """Fill ``locations``, give the database a 1 s ``statement_timeout``; return a select whose
+    read of location ``slow`` runs out of it (0.1 s a row)."""
+    _fill(db, locations)
+    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
+    return (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+        f"CASE WHEN m.location_id = {slow} THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
+    )
+
+
 @pytest.mark.pg
 def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_batch_exports(
     tmp_path: Path, pg_url: str, read_path: str
@@ -431,13 +442,7 @@ def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_
     with it on every run, was parked with location 3 once its attempts were used up. Its batch is
     read one partition at a time, as for a terminal error: only location 3 is charged. Its error
     said "database ... is unavailable: canceling statement ...", an outage, not the query's limit."""
-    db = Db(pg_url)
-    _fill(db, range(1, 6))
-    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
-    select = (
-        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
-        "CASE WHEN m.location_id = 3 THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
-    )
+    select = _one_slow_location(Db(pg_url), range(1, 6), slow=3)
     root = _project(
         tmp_path, pg_url, read_path, select, backoff="1h", extra_defaults="batch_size = 4\nmax_attempts = 2"
     )
@@ -457,13 +462,7 @@ def test_a_partition_parked_on_its_last_transient_attempt_does_not_say_will_retr
 ) -> None:
     """A statement timeout on the last attempt parks the partition; the run's error line said
     "...; will retry", though nothing will (``status`` had dropped it already)."""
-    db = Db(pg_url)
-    _fill(db, range(1, 3))
-    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
-    select = (
-        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
-        "CASE WHEN m.location_id = 2 THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
-    )
+    select = _one_slow_location(Db(pg_url), range(1, 3), slow=2)
     root = _project(tmp_path, pg_url, "csv", select, extra_defaults="max_attempts = 1")
     _mark_all(root, range(1, 3))
     proc = subprocess.run([SLUICEGATE, "-C", str(root), "run"], capture_output=True, text=True, timeout=120)
