@@ -1,14 +1,18 @@
 """Schedule ticks: the most recent tick of a cron ``schedule``, or of a fixed period ``every``.
 
 A tick is an instant in UTC. Cron ticks follow the task's ``schedule_zone`` (so ``0 6 * * *``
-in Europe/Brussels stays at 06:00 local across DST); ``every`` ticks are multiples of the
-period since the Unix epoch, so ``every = "5m"`` ticks at :00, :05, :10 in UTC, on every
+in Europe/Brussels stays at 06:00 local across DST). A wall time the clocks skip ticks when they
+have jumped past it; one that comes twice (the clocks go back) ticks once, at its first pass, for a
+schedule of fixed hours and minutes (``30 2 * * *``, ``0 0 * * *`` in America/Havana), and at both
+for one whose minute or hour is ``*`` (``*/30 * * * *``), as Vixie cron does. ``every`` ticks are
+multiples of the period since the Unix epoch, so ``every = "5m"`` ticks at :00, :05, :10 in UTC, on every
 worker alike, whenever it started.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from typing import Any
 
@@ -17,6 +21,47 @@ from .partitions import zone_of
 
 def latest_tick(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
     """The most recent tick of the cron ``schedule`` at or before ``now`` (aware, UTC)."""
+    tick = _latest_pass(schedule, zone, now)
+    while _second_pass(schedule, zone, tick):  # a fixed time's second pass is no tick: the one before
+        tick = _latest_pass(schedule, zone, tick - dt.timedelta(microseconds=1))
+    return tick
+
+
+def next_tick(schedule: str, zone: str, after: dt.datetime) -> dt.datetime:
+    """The first tick of the cron ``schedule`` after ``after`` (aware, UTC)."""
+    from croniter import croniter
+
+    ticks = croniter(schedule, after.astimezone(zone_of(zone)))
+    tick: dt.datetime = ticks.get_next(dt.datetime).astimezone(dt.UTC)
+    while _second_pass(schedule, zone, tick):
+        tick = ticks.get_next(dt.datetime).astimezone(dt.UTC)
+    return tick
+
+
+def _second_pass(schedule: str, zone: str, tick: dt.datetime) -> bool:
+    """Whether ``tick`` is the second pass of a wall time the clocks went back over, for a schedule
+    that ticks once there: ``0 0 * * *`` in America/Havana ticked at both midnights of 2024-11-03,
+    so its windows of width = "schedule" were 24 and 1 hours, not the local day's 25. Vixie cron runs
+    a job of fixed minutes and hours once when a wall time repeats; one whose minute or hour field
+    starts with ``*`` runs in both passes, as the hours do go by."""
+    local = tick.astimezone(zone_of(zone))
+    if not local.fold or local.replace(fold=0).astimezone(dt.UTC) == tick:
+        return False  # not a repeated wall time (zoneinfo sets fold only on the second pass)
+    return _fixed_time(schedule)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_time(schedule: str) -> bool:
+    """Whether neither the minute nor the hour field of ``schedule`` starts with ``*`` (@daily: 0 0)."""
+    from croniter import croniter
+
+    minute, hour = croniter(schedule).expressions[:2]
+    return not (str(minute).startswith("*") or str(hour).startswith("*"))
+
+
+def _latest_pass(schedule: str, zone: str, now: dt.datetime) -> dt.datetime:
+    """The most recent time at or before ``now`` (aware, UTC) whose wall time the cron ``schedule``
+    names, either pass of one that comes twice."""
     from croniter import croniter
 
     local = now.astimezone(zone_of(zone))
@@ -47,13 +92,10 @@ def longest_gap(schedule: str, zone: str, now: dt.datetime, *, beyond: float) ->
     every tick of a year cost 0.23 s for an hourly schedule, on every command that loads it).
     A gap of 22 h or less comes back every day (a day without a tick is a gap of a day or more)
     but around a clock change, which is read too (0 3-23 * * * in America/New_York: 5 h once)."""
-    from croniter import croniter
 
     def around(at: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         tick = latest_tick(schedule, zone, at)
-        return tick, croniter(schedule, tick.astimezone(zone_of(zone))).get_next(dt.datetime).astimezone(
-            dt.UTC
-        )
+        return tick, next_tick(schedule, zone, tick)
 
     step = dt.timedelta(seconds=max(beyond, 366 * 86400 / 400))
     year = now + dt.timedelta(days=366)

@@ -239,6 +239,34 @@ def test_a_daily_schedule_window_is_the_local_day_across_clock_changes(tmp_path:
     assert {r["city"]: r["num_measurements"] for r in table(url)} == {"Gent": 2}
 
 
+def test_a_daily_schedule_at_a_midnight_that_comes_twice_ticks_once_for_a_25_hour_day(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """America/Havana's midnight comes twice on 2024-11-03 (01:00 back to 00:00): "0 0 * * *" ticked
+    at both, so with width = "schedule" the day was a 24-hour window and a 1-hour one, and the
+    evaluation of 4 November 00:00 left out the repeated hour. It ticks once, at the first midnight,
+    and the window of 4 November 00:00 is all of 3 November, 25 hours."""
+    root = airmax_project(tmp_path / "proj", sqlite_url, width="schedule")
+    toml = root / "tasks" / AGGREGATE / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('every = "5m"', 'schedule = "0 0 * * *"\nschedule_zone = "America/Havana"')
+    )
+    utc = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    add_raw(sqlite_url, [
+        ("Habana", utc(2024, 11, 3, 3, 30), 1000.0),  # 2 Nov 23:30 local: the day before
+        ("Habana", utc(2024, 11, 3, 4, 30), 10.0),  # 00:30 CDT, the first pass
+        ("Habana", utc(2024, 11, 3, 5, 30), 20.0),  # 00:30 CST, the second pass
+        ("Habana", utc(2024, 11, 4, 4, 30), 30.0),  # 3 Nov 23:30 CST
+    ])  # fmt: skip
+    task = load(root).tasks[AGGREGATE]
+    nows = [utc(2024, 11, 3, 3) + dt.timedelta(minutes=30 * k) for k in range(2 * 28)]
+    ticks = sorted({due_tick(task, now) for now in nows})
+    assert ticks == [utc(2024, 11, 2, 4), utc(2024, 11, 3, 4), utc(2024, 11, 4, 5)]
+    day = _evaluate(root, utc(2024, 11, 4, 5))
+    assert (day.window_start, day.window_end) == (utc(2024, 11, 3, 4), utc(2024, 11, 4, 5))
+    assert [(r["num_measurements"], r["parameter_value"]) for r in table(sqlite_url)] == [(3, 20.0)]
+
+
 def test_a_claim_whose_lease_ran_out_is_taken_over_and_fenced(tmp_path: Path, url: str) -> None:
     """A worker that died mid-evaluation holds its tick only for the lease; after it, another worker
     evaluates the tick, and the first one, should it wake up, can record nothing."""
@@ -1038,13 +1066,15 @@ def test_a_file_path_naming_another_format_is_refused_at_load(
      ('schedule = "*/5 * * * *"', "cur/{t:%Y%m%d%H}.{ext}", "2024-01-15T12:00:00Z and 2024-01-15T12:05:00Z"),
      ('schedule = "0 6 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%m%d}.{ext}",
       "2024-01-15T05:00:00Z and 2025-01-15T05:00:00Z"),
-     # 02:30 comes twice the night the clocks go back: one UTC day, two ticks
-     ('schedule = "30 2 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
-      "2024-10-27T00:30:00Z and 2024-10-27T01:30:00Z"),
+     # an hour of "*" ticks at both midnights of Havana's 3 November: one UTC day, two ticks
+     ('schedule = "0 */24 * * *"\nschedule_zone = "America/Havana"', "cur/{t:%Y%m%d}.{ext}",
+      "2024-11-03T04:00:00Z and 2024-11-03T05:00:00Z"),
+     # a fixed 02:30 ticks once the night it comes twice, so one file a UTC day
+     ('schedule = "30 2 * * *"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}", None),
      # a schedule without a tick in 2024 (its years: 2025 on), or whose years end 60 ticks on
      ('schedule = "0 12 * * * 0 2025-2099"', "cur/{t:%H}.{ext}", "2025-01-01T12:00:00Z and 2025-01-02T12:00:00Z"),
-     ('schedule = "30 2 * * * 0 2025-2099"\nschedule_zone = "Europe/Brussels"', "cur/{t:%Y%m%d}.{ext}",
-      "2025-10-26T00:30:00Z and 2025-10-26T01:30:00Z"),
+     ('schedule = "0 */24 * * * 0 2025-2099"\nschedule_zone = "America/Havana"', "cur/{t:%Y%m%d}.{ext}",
+      "2025-11-02T04:00:00Z and 2025-11-02T05:00:00Z"),
      ('schedule = "0 0 1 1 * 0 2020-2030"', "cur/{t:%m%d}.{ext}", "2024-01-01T00:00:00Z and 2025-01-01T00:00:00Z"),
      # the ISO week-year ends near new year, not at it: %Y with %V, %G with %m%d
      ('schedule = "0 0 * * 1"', "cur/{t:%Y/W%V}.{ext}", "2024-01-01T00:00:00Z and 2024-12-30T00:00:00Z"),

@@ -501,7 +501,7 @@ def test_the_parquet_writers_layout_is_shared_per_zone_and_tells_schemas_apart()
         ("*/30 * * * *", "01:36", "01:30"),  # was 00:30
         ("0 * * * *", "01:12", "01:00"),  # was 00:00
         ("30 2 * * *", "01:12", "00:30"),  # was 2026-10-24 00:30: the day before
-        ("30 2 * * *", "01:36", "01:30"),  # the second 02:30 local
+        ("30 2 * * *", "01:36", "00:30"),  # a fixed time ticks once, at its first pass (as cron)
         ("*/5 * * * *", "01:03", "01:00"),  # an aggregate every 5 minutes: its tick stood still an hour
         ("*/30 * * * *", "00:40", "00:30"),  # before the change, as before
         ("0 * * * *", "02:06", "02:00"),  # after it
@@ -518,6 +518,32 @@ def test_a_schedule_ticks_on_through_the_hour_a_fall_back_repeats(schedule: str,
     assert latest_tick(schedule, "Europe/Brussels", at + dt.timedelta(seconds=7)) == dt.datetime.combine(
         day.date(), dt.time.fromisoformat(tick), tzinfo=UTC
     )
+
+
+def test_a_fixed_time_that_comes_twice_ticks_once_and_the_day_it_ends_is_25_hours() -> None:
+    """America/Havana's clocks go back from 01:00 to 00:00 on 2024-11-03, so its midnight comes
+    twice: "0 0 * * *" ticked at both (04:00 and 05:00 UTC), and its windows of width = "schedule"
+    were 24 hours and 1 hour, not the 25-hour local day docs/aggregate.md promises. A schedule with
+    a fixed hour and minute ticks once at a wall time that repeats, at its first pass (as Vixie
+    cron); one whose minute or hour is "*" ticks in both passes; a skipped wall time still ticks
+    when the clocks have jumped past it (midnight of 2024-03-10: 01:00 CDT)."""
+    from sluicegate.schedules import latest_tick, longest_gap
+
+    utc = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    nows = [utc(2024, 11, 3, 3) + dt.timedelta(minutes=20 * k) for k in range(3 * 28)]
+    ticks = sorted({latest_tick("0 0 * * *", "America/Havana", now) for now in nows})
+    assert ticks == [utc(2024, 11, 2, 4), utc(2024, 11, 3, 4), utc(2024, 11, 4, 5)]
+    assert latest_tick("0 0 * * *", "America/Havana", utc(2024, 11, 4, 5) - dt.timedelta(microseconds=1)) == (
+        utc(2024, 11, 3, 4)
+    )  # the window of 4 Nov 00:00: all of 3 Nov, 25 hours
+    assert longest_gap("0 0 * * *", "America/Havana", utc(2024, 6, 1), beyond=24.5 * 3600) == 25 * 3600
+    hourly = {latest_tick("0 * * * *", "America/Havana", now) for now in nows[:12]}
+    assert hourly == {utc(2024, 11, 3, h) for h in range(3, 7)}  # 00:00 twice: an hour apart
+    brussels = lambda schedule, *a: latest_tick(schedule, "Europe/Brussels", utc(*a))  # noqa: E731
+    assert brussels("30 2 * * *", 2024, 10, 27, 2) == utc(2024, 10, 27, 0, 30)  # 02:30 CEST
+    assert brussels("*/30 2 * * *", 2024, 10, 27, 1, 40) == utc(2024, 10, 27, 1, 30)  # 02:30 CET
+    assert brussels("15,45 2 * * *", 2024, 10, 27, 1, 20) == utc(2024, 10, 27, 0, 45)  # 02:45 CEST
+    assert latest_tick("0 0 * * *", "America/Havana", utc(2024, 3, 10, 5, 30)) == utc(2024, 3, 10, 5)
 
 
 @pytest.mark.parametrize("hours", range(0, 24 * 12, 7))

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 from .. import db, paths, tabledb, tables
 from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
 from ..options import Budget, TaskSummary
-from ..partitions import zone_of
 from ..pipeline import Pipeline
-from ..schedules import clock_changes, due_tick
+from ..schedules import clock_changes, due_tick, next_tick
 from ..sources import Column, ColumnKind, Slice
 from ..work import Outcome, Place, WorkUnit
 
@@ -101,7 +100,7 @@ def _twin_ticks(task: Task) -> tuple[dt.datetime, dt.datetime] | None:
     tick (the sample's, or the schedule's first after it: "0 12 * * * 0 2025-2099" has none in
     2024), the 60 after it and those a minute, hour, day, ..., century from it; those around new
     years (ISO weeks); and the 60 ticks from a day before each clock change of the schedule's zone
-    in the year after it (02:30 comes twice the night the clocks go back)."""
+    in the year after it ("0 */24 * * *" ticks at both midnights of America/Havana's 2024-11-03)."""
     tick = _first_tick(task)
     runs = [
         [*_following(task, tick), *(t for t in paths.near_times(tick) if _is_tick(task, t))],
@@ -132,27 +131,23 @@ def _new_years(task: Task) -> list[dt.datetime]:
 
 def _first_tick(task: Task, at: dt.datetime = SAMPLE) -> dt.datetime:
     """The latest tick at or before ``at``, or the schedule's first after it when it has none."""
-    from croniter import croniter
-
     try:
         tick = due_tick(task, at)
     except ValueError:  # croniter's CroniterBadDateError: the schedule's years start later
-        local = croniter(task.schedule, at.astimezone(zone_of(task.schedule_zone)))
-        return local.get_next(dt.datetime).astimezone(dt.UTC)  # type: ignore[no-any-return]
+        assert task.schedule is not None
+        return next_tick(task.schedule, task.schedule_zone, at)
     assert tick is not None
     return tick
 
 
 def _following(task: Task, tick: dt.datetime) -> list[dt.datetime]:
     """``tick`` and the 60 ticks after it (fewer where the schedule's years end)."""
-    from croniter import croniter
-
     if task.schedule is None:
         return [tick + dt.timedelta(seconds=(task.every or 0) * k) for k in range(61)]
-    local, ticks = croniter(task.schedule, tick.astimezone(zone_of(task.schedule_zone))), [tick]
+    ticks = [tick]
     with contextlib.suppress(ValueError):  # croniter's CroniterBadDateError: the schedule's years end
         while len(ticks) < 61:
-            ticks.append(local.get_next(dt.datetime).astimezone(dt.UTC))
+            ticks.append(next_tick(task.schedule, task.schedule_zone, ticks[-1]))
     return ticks
 
 
