@@ -457,6 +457,34 @@ def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_
 
 
 @pytest.mark.pg
+def test_a_batch_read_alone_after_a_statement_timeout_keeps_to_max_runtime(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Every location runs out of the 1 s ``statement_timeout``: the batch, then each location
+    read alone. The reads alone never reached the pipeline's deadline checks, so a batch of 500
+    such partitions would take 500 timeouts whatever ``--max-runtime`` said. Now the rest of the
+    batch is given back, without an attempt, once the budget is spent."""
+    db = Db(pg_url)
+    _fill(db, range(1, 7))
+    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+        "pg_sleep(0.1)::text AS s FROM measurements AS m"
+    )
+    root = _project(tmp_path, pg_url, "csv", select, extra_defaults="batch_size = 12\nworkers = 1")
+    _mark_all(root, range(1, 7))
+    proc = subprocess.run(
+        [SLUICEGATE, "-C", str(root), "run", "--max-runtime", "3s", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    [summary] = json.loads(proc.stdout)
+    [status] = operations.status(load(root), ["openaq"])
+    assert summary["exported"] == 0 and status["claimed"] == 0
+    assert 0 < summary["failed"] < 12, summary  # some read alone and charged, the rest given back
+    assert (status["retrying"], status["pending"], status["failed"]) == (summary["failed"], 12, 0), status
+
+
+@pytest.mark.pg
 def test_a_partition_parked_on_its_last_transient_attempt_does_not_say_will_retry_in_the_run(
     tmp_path: Path, pg_url: str
 ) -> None:
