@@ -1898,3 +1898,15 @@ def test_a_select_failing_on_one_row_names_select_sql_and_the_window_and_says_no
     assert failed.error.startswith(f"{select} failed on the window {window}: "), failed.error
     assert "retry" not in failed.error
     assert len(table(url)) == 2 and stamps(table(url)) == {T}  # the readers' table keeps the last good one
+
+
+def test_whole_numbers_no_double_holds_keep_an_integer_column_typed_as_a_double() -> None:
+    """A SQLite select's whole numbers bound for a NUMERIC or REAL sink column are written as
+    doubles (4.00 comes from SQLite as 4), but a SUM past 2**53 has no exact double: Arrow
+    refused it and every tick of the evaluation failed, where the file was int64 and exact."""
+    from sluicegate.drivers.aggregate_file import _kind
+
+    assert _kind("total", [4, None, 7], typed="float") == "float"
+    assert _kind("total", [4, 2**53 + 1], typed="float") == "int"
+    assert _kind("total", [-(2**53) - 1], typed="float") == "int"
+    assert _kind("total", [4, 4.5], typed="int") == "float"

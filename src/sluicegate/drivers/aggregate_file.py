@@ -284,14 +284,18 @@ def _kind(
 ) -> ColumnKind:
     """The kind of a column from its first non-NULL value (a naive time is a timestamp), or
     ``typed`` (its type's, see :func:`_type_kinds`) when it has none; numbers are floats beside a
-    float or when ``typed`` is float (SQLite gives a NUMERIC column's 4.00 as the integer 4).
+    float or when ``typed`` is float (SQLite gives a NUMERIC column's 4.00 as the integer 4) and a
+    double holds each of them exactly (a SUM past 2**53 stays an integer).
     Raises DataError for a value the file could not hold as the database writes it (``text``: the
     type the select casts to, MariaDB's ``CHAR``)."""
     value = next((v for v in values if v is not None), None)
     if value is None:
         return typed or "text"
     if type(value) in (int, float) and all(v is None or type(v) in (int, float) for v in values):
-        return "float" if typed == "float" or any(type(v) is float for v in values) else "int"
+        if any(type(v) is float for v in values):
+            return "float"  # (a whole number past 2**53 beside it fails the file, naming the column)
+        exact = all(v is None or abs(v) <= 2**53 for v in values)  # a double holds each whole number
+        return "float" if typed == "float" and exact else "int"
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return "timestamp"
     for typ, kind in _KINDS:
