@@ -395,7 +395,7 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
             exc, sqlite3.OperationalError
         )
         if "statement timeout" in detail:  # the query's time limit: the database is there
-            return SourceUnavailable(f"{where}: {detail} (raise it or make select.sql faster); will retry")
+            return SourceUnavailable(f"{where}: {detail} (raise it or make the query faster); will retry")
         if lost or "[libpq]" in str(exc) or getattr(exc, "errno", 0) in mariadb_conn.LOST_ERRNOS:
             return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
         return SourceUnavailable(f"{where}: {detail}; will retry")

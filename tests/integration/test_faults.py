@@ -450,7 +450,7 @@ def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_
     [first] = engine.run(load(root), ["openaq"])
     assert (first.exported, first.failed) == (8, 2), first.errors
     assert all(e.startswith("[3,") for e in first.errors), first.errors
-    said = "canceling statement due to statement timeout (raise it or make select.sql faster)"
+    said = "canceling statement due to statement timeout (raise it or make the query faster)"
     assert all(e.endswith(f"{said}; will retry") and "unavailable" not in e for e in first.errors)
     [status] = operations.status(load(root), ["openaq"])
     assert (status["failed"], status["retrying"], status["claimed"], status["exported"]) == (0, 2, 0, 8)
@@ -497,7 +497,7 @@ def test_a_partition_parked_on_its_last_transient_attempt_does_not_say_will_retr
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and all(
-        line.endswith("statement timeout (raise it or make select.sql faster)") for line in lines
+        line.endswith("statement timeout (raise it or make the query faster)") for line in lines
     )
     [status] = operations.status(load(root), ["openaq"])
     assert (status["failed"], status["exported"]) == (2, 2)
