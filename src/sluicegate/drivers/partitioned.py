@@ -428,7 +428,9 @@ def _server_zone(task: Task, source: Source) -> list[str]:
         return []
     try:
         source.execute("SELECT now() AT TIME ZONE %s", [task.time.zone])
-    except SluicegateError:
+    except SluicegateError as exc:
+        if "time zone" not in str(exc):  # the source lost, a timeout: not the zone's fault
+            return [f"{task.folder / 'task.toml'} [time] zone: could not check it on the source: {exc}"]
         return [
             f"{task.folder / 'task.toml'} [time] zone: the PostgreSQL source does not know the zone "
             f"{task.time.zone!r} (its time zone data is older than Python's); update the server's "
