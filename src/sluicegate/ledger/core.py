@@ -185,7 +185,7 @@ def _pipelined_transaction(conn: Any) -> Iterator[Any]:
     body's error says it, and the retry logs 'ledger connection ... lost; reconnecting'.
     """
     cur = conn.cursor()
-    _PSYCOPG_LOG.addFilter(_quiet_pipeline_end)
+    _PIPELINE.on = True
     try:
         with conn.pipeline():
             cur.execute("BEGIN")
@@ -197,17 +197,21 @@ def _pipelined_transaction(conn: Any) -> Iterator[Any]:
                 conn.rollback()
         raise
     finally:
-        _PSYCOPG_LOG.removeFilter(_quiet_pipeline_end)
+        _PIPELINE.on = False
         cur.close()
 
 
 def _quiet_pipeline_end(record: logging.LogRecord) -> bool:
     """Drop psycopg's 'error ignored terminating <psycopg.Pipeline [BAD] at 0x...>: ...' (and
-    'exiting'), logged when a pipeline ends on an error: the error itself propagates."""
-    return not str(record.msg).startswith(("error ignored terminating", "error ignored exiting"))
+    'exiting'), logged when a pipeline of ours ends on an error: the error itself propagates.
+    Installed once and keyed on the thread (``serve`` runs tasks on threads), so one thread's
+    pipeline ending cannot let another's lines through, and other code's pipelines keep theirs."""
+    ours = getattr(_PIPELINE, "on", False)
+    return not (ours and str(record.msg).startswith(("error ignored terminating", "error ignored exiting")))
 
 
-_PSYCOPG_LOG = logging.getLogger("psycopg")
+_PIPELINE = threading.local()  # .on: this thread is in a _pipelined_transaction
+logging.getLogger("psycopg").addFilter(_quiet_pipeline_end)
 
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg for SQLite projects
