@@ -54,9 +54,9 @@ class Recorder:
         a parked one does not say "will retry"."""
         terminal = not is_transient(error)
         parked = terminal or unit.handle.attempts + 1 >= self.settings.max_attempts  # as the ledger decides
-        text = str(error) or type(error).__name__
-        text = text.removesuffix("; will retry") if parked else text
-        self.store.fail(
+        said = str(error) or type(error).__name__
+        text = said.removesuffix("; will retry") if parked else said
+        recorded = self.store.fail(
             unit.handle,
             error=text,
             terminal=terminal,
@@ -64,7 +64,7 @@ class Recorder:
             backoff=self.settings.backoff,
             counted=not isinstance(error, LeaseExpired),
         )
-        return text
+        return text if recorded else said  # taken over meanwhile: not parked by us
 
     def renew(self, tokens: Collection[str]) -> None:
         """Extend the claims' leases."""
