@@ -108,6 +108,9 @@ def warn_moved_zones(task: TaskSpec, ledger: Ledger, parts: Sequence[Partition],
 
 
 def _around(period: Any, grain: str) -> list[Any]:
-    """``period`` and the ones either side of it (an hour's neighbours: an hour off, in UTC)."""
-    step = ONE_DAY if grain == "day" else dt.timedelta(hours=1)
-    return [period - step, period, period + step]
+    """``period`` and the ones either side of it (an hour's neighbours: an hour off, stepped in
+    UTC: aware times of one zone add by wall clock, which skips an hour the night it repeats)."""
+    if grain == "day":
+        return [period - ONE_DAY, period, period + ONE_DAY]
+    at, hour = period.astimezone(dt.UTC), dt.timedelta(hours=1)
+    return [(at - hour).astimezone(period.tzinfo), period, (at + hour).astimezone(period.tzinfo)]
