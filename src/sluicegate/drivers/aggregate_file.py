@@ -198,7 +198,7 @@ def _type_kinds(task: Task, columns: Sequence[str]) -> list[ColumnKind | None]:
         if sink.flavor == "sqlite":
             typed = {c: _declared_kind(d) for c, d in sink.sqlite_declared(task.target.table).items()}
         else:  # no row: the result's types are the table's columns', as SQLite's values have them
-            names, _ = sink.query(f"SELECT * FROM {sink.quote(task.target.table)} WHERE 1 = 0")
+            names = sink.table_columns(task.target.table)  # its description stays on the sink
             plain = {k: _AS_SQLITE.get(k, k) for k in ("int", "float", "text", "binary", "bool", "decimal")}
             typed = {c: plain.get(k or "") for c, k in zip(names, result_kinds(sink), strict=True)}
     finally:
