@@ -30,6 +30,7 @@ from .exceptions import (
     SluicegateError,
     SourceLost,
     SourceUnavailable,
+    StatementTimedOut,
 )
 from .masking import mask_url, scrub
 
@@ -172,7 +173,6 @@ SQLITE_BUSY_SECONDS = 60.0
 
 def connect(url: str, *, autocommit: bool = True, ledger: bool = False, writer: bool = False) -> Any:
     """Open a DB-API connection for ``url`` (sqlite3, psycopg or MariaDB's); errors as :func:`wrap_errors`.
-
     ``writer``: the session writes rows of the source's tables (see APPLICATION_NAME)."""
     dialect = dialect_of(url)
     if dialect is SQLITE:
@@ -283,11 +283,8 @@ _TRANSIENT_MESSAGES = (
 
 
 def _psycopg() -> Any:
-    """The psycopg module if something imported it, else None.
-
-    An exception can only be a psycopg error once psycopg is imported, so the error helpers
-    never import it themselves (importing psycopg costs ~0.1 s of every command's start-up).
-    """
+    """The psycopg module if something imported it, else None: an exception can only be a psycopg
+    error once it is (the error helpers never import it: ~0.1 s of every command's start-up)."""
     return sys.modules.get("psycopg")
 
 
@@ -327,6 +324,15 @@ def rolled_back(exc: BaseException) -> bool:
     if code:
         return code in _ROLLED_BACK_SQLSTATES
     return any(text in str(cause) for text in _ROLLED_BACK_MESSAGES)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a driver error is the server cancelling a query for its time limit: MariaDB's by
+    number; PostgreSQL's by its words, as its SQLSTATE 57014 is also the cancel a run told to stop
+    sends (and ADBC's result streams carry no SQLSTATE)."""
+    if mariadb_conn.timed_out(exc):
+        return True
+    return _sqlstate(exc) in (None, "57014") and "canceling statement due to statement timeout" in str(exc)
 
 
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
@@ -394,8 +400,8 @@ def translate(exc: BaseException, url: str, *, ledger: bool = False) -> Sluicega
         lost = (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or isinstance(
             exc, sqlite3.OperationalError
         )
-        if "statement timeout" in detail:  # the query's time limit: the database is there
-            return SourceUnavailable(f"{where}: {detail} (raise it or make the query faster); will retry")
+        if timed_out(exc):  # the query's time limit: the database is there
+            return StatementTimedOut.said(where, detail)
         if lost or "[libpq]" in str(exc) or getattr(exc, "errno", 0) in mariadb_conn.LOST_ERRNOS:
             return SourceUnavailable(f"{where} is unavailable: {detail}; will retry")
         return SourceUnavailable(f"{where}: {detail}; will retry")
@@ -444,11 +450,8 @@ _UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(?P<column>[^']+)'
 
 @contextlib.contextmanager
 def wrap_errors(url: str, *, ledger: bool = False) -> Iterator[None]:
-    """Translate driver errors into sluicegate errors, masking the URL's secrets.
-
-    Source errors become :class:`SourceUnavailable` (transient) or :class:`DataError`
-    (terminal); with ``ledger=True`` every database error becomes :class:`LedgerError`.
-    """
+    """Translate driver errors into sluicegate errors (:func:`translate`), masking the URL's
+    secrets: a source's are transient or :class:`DataError`, a ledger's :class:`LedgerError`."""
     try:
         yield
     except SluicegateError:
@@ -470,11 +473,8 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def transaction(conn: Any, dialect: Dialect, *, immediate: bool = False) -> Iterator[Any]:
-    """Run a block in one transaction on an autocommit connection; yield a cursor.
-
-    On SQLite ``immediate=True`` takes the write lock up front (``BEGIN IMMEDIATE``), which
-    is how claims stay exclusive without ``SKIP LOCKED``.
-    """
+    """Run a block in one transaction on an autocommit connection; yield a cursor. On SQLite
+    ``immediate=True`` takes the write lock up front (how claims stay exclusive without SKIP LOCKED)."""
     if dialect is SQLITE:
         cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")

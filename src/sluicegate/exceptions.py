@@ -67,6 +67,18 @@ class SourceUnavailable(TransientError):
     """The source database could not be reached or the query was interrupted."""
 
 
+class StatementTimedOut(SourceUnavailable):
+    """The database cancelled a source query for its time limit (PostgreSQL's ``statement_timeout``,
+    MariaDB's ``max_statement_time``, MySQL's ``max_execution_time``). The database is there, and
+    a batch's query may run out of the limit where each of its units' queries would not: the
+    pipeline reads such a batch one unit at a time."""
+
+    @classmethod
+    def said(cls, where: str, detail: str) -> StatementTimedOut:
+        """The error for the database's ``detail`` about its query at ``where``."""
+        return cls(f"{where}: {detail} (raise it or make the query faster); will retry")
+
+
 class SourceLost(SourceUnavailable):
     """The connection to the source database was lost or refused (a restart, a network failure).
 
@@ -130,7 +142,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is a source query the database cancelled for its time limit (PostgreSQL's
-    ``statement_timeout``, in psycopg's and ADBC's words alike): a batch's query may run out of
-    it where each of its units' queries would not, so the batch is read one unit at a time."""
-    return isinstance(exc, TransientError) and "canceling statement due to statement timeout" in str(exc)
+    """Whether ``exc`` is a source query the database cancelled for its time limit: a batch's query
+    may run out of it where each of its units' queries would not, so the batch is read one unit
+    at a time."""
+    return isinstance(exc, StatementTimedOut)

@@ -46,6 +46,10 @@ SESSION = (
 TRANSIENT_ERRNOS = frozenset(
     {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
+# The query, not the connection, was stopped, and may be run again: KILL QUERY (1317), a Galera
+# node not yet ready to serve (1047), the statement's time limit (TIMEOUT_ERRNOS). Not "lost".
+TIMEOUT_ERRNOS = frozenset({1969, 3024})  # MariaDB's max_statement_time, MySQL's max_execution_time
+INTERRUPTED_ERRNOS = frozenset({1047, 1317}) | TIMEOUT_ERRNOS
 LOCK_WAIT_TIMEOUT_ERRNO = 1205  # a row or table lock wait ran out (innodb_ or lock_wait_timeout)
 DEADLOCK_ERRNO = 1213  # the whole transaction was rolled back
 DUPLICATE_KEY_NAME_ERRNO = 1061  # ER_DUP_KEYNAME: ALTER TABLE ... ADD KEY of a key that exists
@@ -141,9 +145,20 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     if mariadb is None or not isinstance(exc, mariadb.Error):
         return None
     errno = getattr(exc, "errno", None)
-    if errno in TRANSIENT_ERRNOS or (isinstance(exc, mariadb.InterfaceError) and not errno):
+    if transient_errno(errno) or (isinstance(exc, mariadb.InterfaceError) and not errno):
         return "transient"
     return "terminal"
+
+
+def transient_errno(errno: object) -> bool:
+    """Whether a MariaDB error number is worth retrying (the server away, a lock wait, a deadlock,
+    an interrupted query)."""
+    return errno in TRANSIENT_ERRNOS or errno in INTERRUPTED_ERRNOS
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a MariaDB driver error saying the query ran out of its time limit."""
+    return classify(exc) is not None and getattr(exc, "errno", None) in TIMEOUT_ERRNOS
 
 
 def denied(exc: BaseException) -> bool:

@@ -127,7 +127,7 @@ class TableDb:
         where = f"database {mask_url(self.url)}"
         detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
         # By error number: the driver raises OperationalError for a query's own errors too (a
-        # subquery of two rows, max_statement_time), which read as "will retry" before.
+        # subquery of two rows), which read as "will retry" before.
         unnumbered = isinstance(exc, mariadb.OperationalError | mariadb.InterfaceError) and not exc.errno
         if unnumbered or mariadb_conn.classify(exc) == "transient":
             return DestinationUnavailable(f"{where}: {detail}; will retry")

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -745,6 +746,104 @@ def test_an_error_in_the_middle_of_a_batch_fails_its_partition_and_not_the_proce
         rows = read_csv(tmp_path / "out" / city / "20240301.csv")
         assert sorted(int(r["id"]) for r in rows) == list(range(2_000))
         assert {r["name"] for r in rows} == {name}
+
+
+@contextlib.contextmanager
+def _user_with_a_time_limit(mariadb_url: str, seconds: float) -> Iterator[str]:
+    """``mariadb_url`` as a new user of its database whose statements run for at most ``seconds``
+    (``MAX_STATEMENT_TIME``); the user is dropped on exit."""
+    scheme, _, rest = mariadb_url.partition("://")
+    host_db = rest.partition("@")[2]
+    name = f"slow{uuid.uuid4().hex[:8]}"
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw' WITH MAX_STATEMENT_TIME {seconds}")
+        cur.execute(f"GRANT ALL ON `{host_db.partition('/')[2]}`.* TO '{name}'@'%'")
+    try:
+        yield f"{scheme}://{name}:pw@{host_db}"
+    finally:
+        with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+            conn.cursor().execute(f"DROP USER '{name}'@'%'")
+
+
+def test_a_max_statement_time_of_one_partition_is_retried_and_the_rest_of_its_batch_exports(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """MariaDB's ``max_statement_time`` (error 1969) cancels the reads of Leuven only, which
+    sleep 0.4 s a row. It was a terminal error: Leuven was parked at its first attempt, with no
+    hint, where PostgreSQL's ``statement_timeout`` is retried and says to raise the limit. Now
+    both are a timeout: the batch is read one partition at a time, Gent and Namur export, and
+    Leuven is retried."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (id INT, city VARCHAR(32), at DATETIME(6))")
+        cur.executemany(
+            "INSERT INTO readings VALUES (?, ?, '2024-03-01 10:00:00')",
+            [(i, city) for city in ("Gent", "Leuven", "Namur") for i in range(4)],
+        )
+        conn.commit()
+    select = "SELECT id, city, at, IF(city = 'Leuven', SLEEP(0.4), 0) AS s FROM readings"
+    with _user_with_a_time_limit(mariadb_url, 1) as slow_url:
+        root = _cities(tmp_path, slow_url, select)
+        toml = root / "sluicegate.toml"  # retried on a later run, not at once until parked
+        toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "1h"'))
+        for city in ("Gent", "Leuven", "Namur"):
+            assert cli(root, "mark", "cities", f"city={city}", "day=2024-03-01").returncode == 0
+        ran = cli(root, "run", "--json")
+        status = cli(root, "status", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["failed"]) == (2, 1), summary
+    [error] = summary["errors"]
+    assert error.startswith('["Leuven","2024-03-01"]: ') and error.endswith(
+        "(max_statement_time exceeded) (raise it or make the query faster); will retry"
+    ), error
+    [task] = json.loads(status.stdout)
+    assert (task["exported"], task["retrying"], task["failed"]) == (2, 1, 0), task
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.csv")) == ["20240301.csv"] * 2
+
+
+def test_a_query_killed_by_an_operator_is_retried_not_parked(mariadb_url: str, tmp_path: Path) -> None:
+    """An operator ends the export's query with ``KILL QUERY`` (error 1317, "Query execution was
+    interrupted"). That is no fault of the partition's rows, but the error was terminal: the
+    partition was parked at its first attempt, and stayed so until someone ran ``retry``."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE readings (id INT, city VARCHAR(32), at DATETIME(6))")
+        cur.executemany(
+            "INSERT INTO readings VALUES (?, 'Leuven', '2024-03-01 10:00:00')", [(i,) for i in range(4)]
+        )
+        conn.commit()
+    root = _cities(tmp_path, mariadb_url, "SELECT id, city, at, SLEEP(5) AS s FROM readings")
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('backoff = "0s"', 'backoff = "1h"'))
+    assert cli(root, "mark", "cities", "city=Leuven", "day=2024-03-01").returncode == 0
+    killed: list[int] = []
+
+    def kill_the_export() -> None:
+        with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+            cur = conn.cursor()
+            for _ in range(200):
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist WHERE info LIKE '%SLEEP(5)%'"
+                    " AND id <> CONNECTION_ID()"
+                )
+                if found := [row[0] for row in cur.fetchall()]:
+                    cur.execute(f"KILL QUERY {int(found[0])}")
+                    killed.append(found[0])
+                    return
+                threading.Event().wait(0.05)
+
+    killer = threading.Thread(target=kill_the_export)
+    killer.start()
+    ran = cli(root, "run", "--json")
+    killer.join()
+    assert killed and ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    [error] = summary["errors"]
+    assert error.endswith("Query execution was interrupted; will retry"), error
+    [task] = json.loads(cli(root, "status", "--json").stdout)
+    assert (task["retrying"], task["failed"]) == (1, 0), task
 
 
 def test_a_float_column_is_written_as_postgresql_writes_a_real(mariadb_url: str, tmp_path: Path) -> None:

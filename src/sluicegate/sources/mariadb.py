@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import db, mariadb_conn
-from ..exceptions import ConfigError, DataError, SourceUnavailable
+from ..exceptions import ConfigError, DataError, SourceUnavailable, StatementTimedOut
 from ..formats.csv import single_text
 from ..masking import mask_url
 from ..partitions import zone_of
@@ -437,16 +437,15 @@ class _Converting:
 
     def _check(self) -> None:
         """Raise the error the server ended the result with, as :func:`db.wrap_errors` would."""
-        cur = self.conn.execute("SHOW ERRORS LIMIT 1")
-        try:
+        with contextlib.closing(self.conn.execute("SHOW ERRORS LIMIT 1")) as cur:
             errors = cur.fetchall()
-        finally:
-            cur.close()
         if errors:
             self._held = []  # a row of unset values: never read
             _, code, message = errors[0]
             where = f"database {mask_url(self.url)}"
-            if int(code) in mariadb_conn.TRANSIENT_ERRNOS:
+            if int(code) in mariadb_conn.TIMEOUT_ERRNOS:
+                raise StatementTimedOut.said(where, message)
+            if mariadb_conn.transient_errno(int(code)):
                 raise SourceUnavailable(f"{where}: {message}; will retry")
             raise DataError(f"{where}: {message}")
 
