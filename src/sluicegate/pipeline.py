@@ -484,8 +484,8 @@ class Pipeline:
         for at, job in enumerate(open_jobs):
             fresh = Job(unit=job.unit)
             try:
-                if at and self.budget.over():  # a read alone that times out never reaches _stream's checks
-                    raise Deadline
+                if at and (self.budget.over() or self.budget.stopped()):  # given back, not read: a
+                    raise Deadline  # read alone that times out never reaches _stream's checks
                 self._stream([fresh])
             except self._stops as stop:
                 self._discard(fresh)

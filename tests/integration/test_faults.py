@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -482,6 +483,43 @@ def test_a_batch_read_alone_after_a_statement_timeout_keeps_to_max_runtime(
     assert summary["exported"] == 0 and status["claimed"] == 0
     assert 0 < summary["failed"] < 12, summary  # some read alone and charged, the rest given back
     assert (status["retrying"], status["pending"], status["failed"]) == (summary["failed"], 12, 0), status
+
+
+@pytest.mark.pg
+def test_a_run_told_to_stop_while_reading_a_batch_alone_gives_the_rest_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SIGTERM while the partitions of a timed-out batch are read one at a time: the run read on
+    through all 12, each running out of the 1 s ``statement_timeout`` and charged an attempt, as
+    a stop let the batch in hand finish. Now the read in hand finishes and the rest of the batch
+    goes back to pending, without an attempt."""
+    db = Db(pg_url)
+    _fill(db, range(1, 7))
+    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
+        "pg_sleep(0.1)::text AS s FROM measurements AS m"
+    )
+    root = _project(
+        tmp_path, pg_url, "csv", select, backoff="1h", extra_defaults="batch_size = 12\nworkers = 1"
+    )
+    _mark_all(root, range(1, 7))
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.0)  # the batch has run out of its time, and the reads alone have begun
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err  # partitions failed in the run: 1 goes before 143
+    [summary] = json.loads(out)
+    [status] = operations.status(load(root), ["openaq"])
+    assert summary["exported"] == 0 and status["claimed"] == 0, (summary, err)
+    assert 0 < summary["failed"] <= 3, summary  # the reads alone before the stop and the one in hand
+    # pending counts the retrying ones too
+    assert (status["retrying"], status["pending"]) == (summary["failed"], 12), status
 
 
 @pytest.mark.pg
