@@ -7,12 +7,14 @@ a blocks run makes a client per block, so the context is built once and shared.
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
+import httpcore
 import httpx
 
 from . import validate
@@ -29,7 +31,13 @@ def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any =
     """A client with the shared TLS context, asking only for the codings ``send`` counts as decoded
     (httpx asks for br and zstd too when their packages are installed)."""
     headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
-    return httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
+    made = httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
+    # httpx takes no network backend: its pools (the direct one, a proxy's) are given ours, which
+    # keeps every read within what is left of send()'s time for the whole answer.
+    for transport in (made._transport, *made._mounts.values()):
+        if (pool := getattr(transport, "_pool", None)) is not None:
+            pool._network_backend = _BACKEND
+    return made
 
 
 # A request's whole answer must arrive within this many times the client's timeout, which is per
@@ -69,21 +77,100 @@ class TooLarge(Exception):
 def send(
     client: httpx.Client, method: str, url: str, *, cap: int = MAX_ANSWER, **kwargs: Any
 ) -> httpx.Response:
-    """``client.request(method, url, **kwargs)``, its body read whole within ``WHOLE_ANSWER`` times the
-    client's read timeout of the request's start (else ``httpx.ReadTimeout``), and at most ``cap``
-    bytes once decoded (else :class:`TooLarge`, before more than about ``cap`` bytes are held)."""
+    """``client.request(method, url, **kwargs)`` (``client`` made by :func:`client`), its status,
+    headers and body read whole within ``WHOLE_ANSWER`` times the client's read timeout of the
+    request's start (else ``httpx.ReadTimeout``), and at most ``cap`` bytes once decoded (else
+    :class:`TooLarge`, before more than about ``cap`` bytes are held)."""
     limit = WHOLE_ANSWER * (client.timeout.read or 60.0)
-    until = time.monotonic() + limit
-    with client.stream(method, url, **kwargs) as response:
-        message = f"the answer did not arrive whole within {limit:g} s ({WHOLE_ANSWER} times the timeout)"
-        codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
-        codings = [c for c in codings if c not in ("", "identity")]
-        declared = response.headers.get("Content-Length", "").strip()
-        if not codings and declared.isdigit() and int(declared) > cap:  # refused before it is read
-            raise TooLarge(cap, int(declared))
-        response.stream = _Until(response.stream, until, response.request, message, codings=codings, cap=cap)
-        response.read()
+    message = f"the answer did not arrive whole within {limit:g} s ({WHOLE_ANSWER} times the timeout)"
+    _TIME.until = until = time.monotonic() + limit
+    try:
+        with client.stream(method, url, **kwargs) as response:
+            codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+            codings = [c for c in codings if c not in ("", "identity")]
+            declared = response.headers.get("Content-Length", "").strip()
+            if not codings and declared.isdigit() and int(declared) > cap:  # refused before it is read
+                raise TooLarge(cap, int(declared))
+            response.stream = _Counted(response.stream, response.request, codings=codings, cap=cap)
+            response.read()
+    except httpx.TimeoutException as exc:
+        if time.monotonic() < until:
+            raise
+        raise httpx.ReadTimeout(message, request=exc.request) from exc
+    finally:
+        _TIME.until = None
     return response
+
+
+class _Time(threading.local):
+    until: float | None = None  # the monotonic time by which send()'s answer must be in
+
+
+_TIME = _Time()
+
+
+def _left(timeout: float | None) -> float | None:
+    """``timeout`` (a read's, a write's, a connect's) cut to what is left of send()'s time."""
+    if _TIME.until is None:
+        return timeout
+    left = _TIME.until - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("out of time")  # send() says which time
+    return left if timeout is None else min(timeout, left)
+
+
+class _Stream(httpcore.NetworkStream):
+    """A connection whose every wait is cut to what is left of send()'s time: httpx counts its
+    timeout per read, so a server sending its status line and headers (or its body) a byte at a
+    time, never idle for a whole timeout, held a unit for as long as it kept sending."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, _left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _left(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self.inner.start_tls(ssl_context, server_hostname, _left(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    """httpcore's own backend, its connections made :class:`_Stream`."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _Stream(self.inner.connect_tcp(host, port, _left(timeout), local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self.inner.connect_unix_socket(path, _left(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+_BACKEND = _Backend()
 
 
 class _Inflate:
@@ -105,17 +192,15 @@ class _Inflate:
         return out
 
 
-class _Until(httpx.SyncByteStream):
-    """A response body that fails once its time is up, between the chunks that arrive; once it decodes
-    to more than ``cap`` bytes, counted before httpx decodes a chunk (whole: a 64 KiB chunk of a gzip
-    bomb is 64 MiB), in pieces of 64 KiB; and, gzipped, when it ends before the gzip stream does
-    (httpx decodes a cut gzip body to part of the answer, without error: a page cut short by a proxy
-    was "not JSON", parked, where asking again works)."""
+class _Counted(httpx.SyncByteStream):
+    """A response body that fails once it decodes to more than ``cap`` bytes, counted before httpx
+    decodes a chunk (whole: a 64 KiB chunk of a gzip bomb is 64 MiB), in pieces of 64 KiB; and,
+    gzipped, when it ends before the gzip stream does (httpx decodes a cut gzip body to part of the
+    answer, without error: a page cut short by a proxy was "not JSON", parked, where asking again
+    works)."""
 
-    def __init__(
-        self, inner: Any, until: float, request: httpx.Request, message: str, *, codings: list[str], cap: int
-    ) -> None:
-        self.inner, self.until, self.request, self.message = inner, until, request, message
+    def __init__(self, inner: Any, request: httpx.Request, *, codings: list[str], cap: int) -> None:
+        self.inner, self.request = inner, request
         # httpx decodes the codings it knows, the last applied first; another (br) it leaves as is
         known = [c for c in codings if c in ("gzip", "x-gzip", "deflate")]
         self.decoders = [_Inflate(c) for c in reversed(known)]
@@ -124,8 +209,6 @@ class _Until(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.inner:
-            if time.monotonic() > self.until:
-                raise httpx.ReadTimeout(self.message, request=self.request)
             self.started = self.started or bool(chunk)
             if self.broken:
                 self._count(chunk)

@@ -17,7 +17,7 @@ import textwrap
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1233,10 +1233,25 @@ def _drip(wfile: Any) -> None:
         time.sleep(0.1)
 
 
+def _drip_headers(wfile: Any) -> None:
+    """A status line, then a header sent a byte every 0.1 s for 15 s, then a 200's end."""
+    wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    wfile.flush()
+    for _ in range(150):
+        wfile.write(b"a")
+        wfile.flush()
+        time.sleep(0.1)
+    wfile.write(b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+
+@pytest.mark.parametrize("drip", [_drip, _drip_headers], ids=["body", "headers"])
 @pytest.mark.parametrize("callable_", ["mds", "socrata"])
-def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(callable_: str) -> None:
+def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(
+    callable_: str, drip: Callable[[Any], None]
+) -> None:
     """A server sending a byte a second is never idle for a whole timeout (which httpx counts per
-    read): the request waited as long as the server kept sending, and the unit hung."""
+    read): the request waited as long as the server kept sending, and the unit hung. The body's
+    time was bounded first; the status line and headers waited on (15 s here, for ever at worst)."""
     from sluicegate import mds, socrata
     from sluicegate.exceptions import TransientError
     from sluicegate.timeblocks import Block, StageBlock
@@ -1246,7 +1261,7 @@ def test_an_answer_that_drips_for_longer_than_the_timeout_fails_as_transient(cal
         block=Block(start=FIRST, end=FIRST + H, zone="UTC"),
     )  # fmt: skip
     started = time.monotonic()
-    with _Raw(_drip) as server, pytest.raises(TransientError) as caught:
+    with _Raw(drip) as server, pytest.raises(TransientError) as caught:
         if callable_ == "mds":
             list(mds.trips(block, {"url": f"{server.url}/p?token=s3cr3t", "timeout": 0.5, "retries": 0}))
         else:
