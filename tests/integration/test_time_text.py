@@ -1,0 +1,104 @@
+"""Times of day and intervals are written as PostgreSQL's own text on every read path and format.
+
+A ``time``, ``timetz`` or ``interval`` column is read as the server's text (``value::text``), so
+a CSV field is what ``COPY (...) TO STDOUT (FORMAT csv)`` writes for it (``12:00:00+02``, not
+Python's ``12:00:00+02:00``; ``12:00:00.1``, not ``12:00:00.100000``), with and without the ADBC
+driver, and a partition re-exported by the other path has the same values.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+from pathlib import Path
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from test_encoding import DAY, NOON, _export, _file, _project, _use_path
+
+# (time, timetz, interval) as PostgreSQL input text: the ends of the day, the smallest fraction,
+# a fraction with trailing zeros, the widest offsets, offsets with minutes and seconds.
+ROWS = [
+    ("24:00:00", "24:00:00+00", "0"),
+    ("00:00:00", "00:00:00+14", "-1 day 02:03:04.5"),
+    ("00:00:00.000001", "12:00:00-12", "1 mon 00:00:00.000001"),
+    ("12:00:00.100000", "12:00:00.100000+05:45", "1 year -2 mons"),
+    ("23:59:59.999999", "00:00:00.000001-00:17:30", "-00:00:00.1"),
+    ("12:00:00.5", "12:00:00.5+05:30", "100 years 3 days"),
+    (None, None, None),
+]
+SELECT = "SELECT k, t, a, b, a::time(0) AS c, d FROM tt"
+
+
+@pytest.fixture
+def copy_text(pg_url: str) -> list[list[str]]:
+    """Table ``tt`` of ROWS, and PostgreSQL's COPY CSV fields of its value columns, row by row."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tt (k int, t timestamptz, a time, b timetz, d interval)")
+        for i, (a, b, d) in enumerate(ROWS):
+            conn.execute(
+                "INSERT INTO tt VALUES (1, %s, %s::time, %s::timetz, %s::interval)",
+                (NOON + dt.timedelta(minutes=i), a, b, d),
+            )
+        data = b""
+        with conn.cursor() as cur, cur.copy(f"COPY ({SELECT} ORDER BY t) TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                data += bytes(chunk)
+    return [row[2:] for row in csv.reader(io.StringIO(data.decode(), newline=""))]
+
+
+def test_copy_writes_postgresqls_own_time_text(copy_text: list[list[str]]) -> None:
+    """The expected text itself: offsets without ``:00``, fractions trimmed, ``time(0)`` rounded."""
+    assert copy_text[3] == ["12:00:00.1", "12:00:00.1+05:45", "12:00:00", "10 mons"]
+    assert copy_text[4] == ["23:59:59.999999", "00:00:00.000001-00:17:30", "24:00:00", "-00:00:00.1"]
+    assert copy_text[0][:3] == ["24:00:00", "24:00:00+00", "24:00:00"]
+    assert copy_text[1][1] == "00:00:00+14"
+
+
+@pytest.mark.parametrize("path", ["arrow", "copy"])
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz"])
+def test_csv_time_text_is_copys_on_every_path(
+    fmt: str,
+    path: str,
+    copy_text: list[list[str]],
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, pg_url, SELECT, fmt)
+    _export(root, (1, DAY))
+    data = _file(root, 1, DAY, fmt).read_bytes()
+    text = (gzip.decompress(data) if fmt == "csv.gz" else data).decode("utf-8")
+    header, *rows = csv.reader(io.StringIO(text, newline=""), strict=True)
+    assert header == ["k", "t", "a", "b", "c", "d"]
+    assert [row[2:] for row in rows] == copy_text
+
+
+@pytest.mark.parametrize("path", ["arrow", "rows"])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_jsonl_and_parquet_hold_copys_time_text_as_strings(
+    fmt: str,
+    path: str,
+    copy_text: list[list[str]],
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parquet has no type for a time with an offset or an interval, and ``time64`` would drop
+    ``24:00:00``: the four are ``string`` columns of the server's text (NULL stays NULL)."""
+    _use_path(path, monkeypatch)
+    root = _project(tmp_path, pg_url, SELECT, fmt)
+    _export(root, (1, DAY))
+    file = _file(root, 1, DAY, fmt)
+    if fmt == "parquet":
+        table = pq.read_table(file)
+        assert [str(table.schema.field(c).type) for c in "abcd"] == ["string"] * 4
+        got = [list(r.values())[2:] for r in table.to_pylist()]
+    else:
+        got = [list(json.loads(line).values())[2:] for line in file.read_text().splitlines()]
+    assert got == [[v if v != "" else None for v in row] for row in copy_text]
