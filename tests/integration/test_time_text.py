@@ -102,3 +102,55 @@ def test_jsonl_and_parquet_hold_copys_time_text_as_strings(
     else:
         got = [list(json.loads(line).values())[2:] for line in file.read_text().splitlines()]
     assert got == [[v if v != "" else None for v in row] for row in copy_text]
+
+
+AGGREGATE_TIMES = {
+    "a": ("'12:00:00.100000'::time", "time"),
+    "b": ("'23:59:59.999999'::time", "time"),
+    "c": ("'12:00:00+14'::timetz", "timetz"),
+    "d": ("'12:00:00.5+05:45'::timetz", "timetz"),
+    "e": ("'00:00:00.000001-00:17:30'::timetz", "timetz"),
+    "f": ("'12:00:00-12'::timetz", "timetz"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "jsonl", "parquet"])
+def test_an_aggregates_time_and_timetz_are_copys_text_in_its_files(
+    tmp_path: Path, pg_url: str, fmt: str
+) -> None:
+    """An aggregate's select is read as Python values and a time was written as ``str()`` of its
+    ``dt.time``: ``12:00:00.100000``, ``12:00:00+14:00`` where COPY, and every partitioned read
+    path, writes ``12:00:00.1``, ``12:00:00+14``."""
+    from test_aggregate import T, _also_select, _evaluate
+
+    from airmax_support import add_raw, airmax_project
+
+    root = airmax_project(
+        tmp_path / "proj",
+        pg_url,
+        width="1h",
+        task_extra=f'path = "cur/{{t:%Y%m%d-%H%M}}.{{ext}}"\nformat = "{fmt}"',
+    )
+    _also_select(root, pg_url, **AGGREGATE_TIMES)
+    add_raw(pg_url, [("Gent", T - dt.timedelta(minutes=30), 4.0)])
+    result = _evaluate(root, T)
+    assert (result.state, result.error) == ("done", None), result.error
+    assert result.path is not None
+    file = root / "exports" / result.path
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        exprs = ", ".join(expr for expr, _ in AGGREGATE_TIMES.values())
+        data = b""
+        with conn.cursor() as cur, cur.copy(f"COPY (SELECT {exprs}) TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                data += bytes(chunk)
+    [expected] = csv.reader(io.StringIO(data.decode(), newline=""))
+    if fmt == "parquet":
+        [row] = pq.read_table(file).to_pylist()
+    elif fmt == "jsonl":
+        row = json.loads(file.read_text())
+    else:
+        raw = file.read_bytes()
+        [row] = csv.DictReader(
+            io.StringIO((gzip.decompress(raw) if fmt == "csv.gz" else raw).decode(), newline="")
+        )
+    assert [row[c] for c in AGGREGATE_TIMES] == expected

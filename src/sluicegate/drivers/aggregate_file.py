@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import db, paths, tabledb, tables
 from ..exceptions import BadPartitionValue, ConfigError, DataError, SluicegateError
+from ..formats.csv import time_text
 from ..options import Budget, TaskSummary
 from ..pipeline import Pipeline
 from ..schedules import clock_changes, due_tick, next_tick
@@ -270,10 +271,16 @@ def _as_text(rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
     as that text, the kind :func:`_kind` gives its column (JSON lines had no spelling of an inet)."""
     if not any(isinstance(v, _AS_TEXT) for row in rows for v in row):
         return rows
-    return [tuple(str(v) if isinstance(v, _AS_TEXT) else v for v in row) for row in rows]
+    return [tuple(_text(v) if isinstance(v, _AS_TEXT) else v for v in row) for row in rows]
 
 
-# Other values whose text (str) is the database's: anything else (a list, a tuple, a timedelta,
+def _text(value: Any) -> str:
+    """A value of :data:`_AS_TEXT` as the database writes it: a time as PostgreSQL does (its
+    ``str()`` was Python's, ``12:00:00.100000``, ``12:00:00+02:00``), the others as ``str()``."""
+    return time_text(value) if isinstance(value, dt.time) else str(value)
+
+
+# Other values whose text (_text) is the database's: anything else (a list, a tuple, a timedelta,
 # a range) would be written as Python spells it ("[1, None]", "23:59:59" for 1 day -1 second).
 _AS_TEXT = (uuid.UUID, dt.time, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Interface,
             ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network)  # fmt: skip

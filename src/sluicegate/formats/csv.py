@@ -163,6 +163,31 @@ def value_text(value: Any) -> Any:
     return value
 
 
+def time_text(value: dt.time) -> str:
+    """A Python time of day as PostgreSQL writes a ``time`` or ``timetz``, the text a partitioned
+    read path has for such a column (``value::text``): fractions without trailing zeros
+    (``12:00:00.1``), an offset as ``+02``, ``+05:45`` or ``-00:17:30``, where Python's
+    ``str()`` and ``isoformat()`` write ``12:00:00.100000+02:00``. TypeError for an offset with
+    a fraction of a second, which no PostgreSQL offset has."""
+    text = f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    offset = value.utcoffset()
+    if offset is None:  # naive, or a zone whose offset needs a date (as isoformat: none)
+        return text
+    if offset.microseconds:
+        raise TypeError(
+            f"the time {value.isoformat()} has an offset with a fraction of a second; "
+            "round it to whole seconds"
+        )
+    seconds = int(offset.total_seconds())
+    hours, rest = divmod(abs(seconds), 3600)
+    text += f"{'-' if seconds < 0 else '+'}{hours:02d}"
+    if rest:
+        text += f":{rest // 60:02d}" + (f":{rest % 60:02d}" if rest % 60 else "")
+    return text
+
+
 def float_text(value: float) -> str:
     """A float as PostgreSQL writes it: the shortest round-trip digits, ``NaN``, ``Infinity``.
 
