@@ -104,6 +104,60 @@ def test_jsonl_and_parquet_hold_copys_time_text_as_strings(
     assert got == [[v if v != "" else None for v in row] for row in copy_text]
 
 
+def _zone(hours: int, minutes: int = 0, seconds: int = 0) -> dt.timezone:
+    return dt.timezone(dt.timedelta(hours=hours, minutes=minutes, seconds=seconds))
+
+
+# Python times a blocks extract's callable may return: naive, aware, fractions, offsets of every form.
+CALLABLE_TIMES = [
+    dt.time(0, 0),
+    dt.time(23, 59, 59, 999999),
+    dt.time(0, 0, 0, 1),
+    dt.time(12, 0, 0, 100000),
+    dt.time(12, 0, tzinfo=_zone(14)),
+    dt.time(12, 0, tzinfo=_zone(-12)),
+    dt.time(12, 0, 0, 500000, tzinfo=_zone(5, 45)),
+    dt.time(12, 0, tzinfo=_zone(0)),
+    dt.time(0, 0, 0, 1, tzinfo=_zone(0, -17, -30)),
+    dt.time(12, 0, tzinfo=_zone(-3, -30)),
+]
+
+
+def test_a_callables_times_in_json_lines_are_what_copy_writes_for_them(pg_url: str) -> None:
+    """A blocks extract's records (dicts from a callable) wrote a ``dt.time`` as Python's
+    ``isoformat()`` (``12:00:00+14:00``, ``12:00:00.100000``), while the same column read by a SQL
+    extract is the server's text (``12:00:00+14``, ``12:00:00.1``): one time, two texts."""
+    from sluicegate.formats.jsonl import JsonlWriter
+
+    expected = []
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for value in CALLABLE_TIMES:
+            pg_type = "timetz" if value.tzinfo else "time"
+            data = b""
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY (SELECT %s::{pg_type}) TO STDOUT (FORMAT csv)", [value]) as copy,
+            ):
+                for chunk in copy:
+                    data += bytes(chunk)
+            expected.append(data.decode().rstrip("\n"))
+    out = io.BytesIO()
+    writer = JsonlWriter(out, [], "UTC")
+    writer.write([{"v": v} for v in CALLABLE_TIMES], "rows")
+    writer.close()
+    assert [json.loads(line)["v"] for line in out.getvalue().splitlines()] == expected
+
+
+def test_a_callables_time_whose_offset_has_a_fraction_of_a_second_fails_by_value() -> None:
+    """PostgreSQL's text has no such offset (``isoformat()`` wrote ``+00:00:00.500000``)."""
+    from sluicegate.exceptions import DataError
+    from sluicegate.formats.jsonl import JsonlWriter
+
+    odd = dt.time(12, tzinfo=dt.timezone(dt.timedelta(microseconds=500000)))
+    with pytest.raises(DataError, match=r"the time 12:00:00\+00:00:00.500000 has an offset with a fraction"):
+        JsonlWriter(io.BytesIO(), [], None).write([{"v": odd}], "rows")
+
+
 AGGREGATE_TIMES = {
     "a": ("'12:00:00.100000'::time", "time"),
     "b": ("'23:59:59.999999'::time", "time"),

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import DataError, TerminalError
 from ..sources import Column, Mode, times
-from .csv import float_text, not_a_time, parse_time, single_text
+from .csv import float_text, not_a_time, parse_time, single_text, time_text
 
 
 class JsonlWriter:
@@ -114,7 +114,9 @@ class JsonlWriter:
             if value.tzinfo is not None and self.zone is not None:
                 value = value.astimezone(self.zone)
             return value.isoformat()
-        if isinstance(value, dt.date | dt.time):
+        if isinstance(value, dt.time):
+            return time_text(value)
+        if isinstance(value, dt.date):
             return value.isoformat()
         if isinstance(value, decimal.Decimal):
             return format(value, "f")  # as the database writes it: 0.0000000001, not 1E-10
