@@ -8,6 +8,7 @@ driver, and a partition re-exported by the other path has the same values.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -19,6 +20,8 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from test_encoding import DAY, NOON, _export, _file, _project, _use_path
+
+from support import cli
 
 # (time, timetz, interval) as PostgreSQL input text: the ends of the day, the smallest fraction,
 # a fraction with trailing zeros, the widest offsets, offsets with minutes and seconds.
@@ -208,3 +211,73 @@ def test_an_aggregates_time_and_timetz_are_copys_text_in_its_files(
             io.StringIO((gzip.decompress(raw) if fmt == "csv.gz" else raw).decode(), newline="")
         )
     assert [row[c] for c in AGGREGATE_TIMES] == expected
+
+
+# MariaDB's TIME is a signed duration up to 838:59:59 (PostgreSQL has no such time): its file
+# text is the server's own, as the mysql client and SELECT ... INTO OUTFILE write it, every digit
+# of the column's fraction (12:00:00.500000 in a TIME(6)).
+MARIADB_TIMES = [
+    ("24:00:00", "00:00:00.000001", "24:00:00"),
+    ("-838:59:59", "12:00:00.100000", "-838:59:59"),
+    ("838:59:59", "-00:00:00.500000", "838:59:59"),
+    ("00:00:00", "00:00:00.000000", "00:00:00"),  # TIME(0) of 00:00:00.5: truncated, as MariaDB stores it
+]
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("kind", ["partitioned", "archive"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_mariadb_time_is_the_servers_text_in_every_format(
+    mariadb_url: str, tmp_path: Path, fmt: str, kind: str
+) -> None:
+    from test_mariadb_source import _task_t
+
+    from plugins.mariadb_server import mariadb_connect
+
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE tm (id INT PRIMARY KEY, a TIME, b TIME(6), c TIME(0))")
+        for i, (a, b, _) in enumerate(MARIADB_TIMES):
+            cur.execute("INSERT INTO tm VALUES (?, ?, ?, ?)", (i, a, b, "00:00:00.5" if i == 3 else a))
+        conn.commit()
+    task = f'kind = "archive"\nformat = "{fmt}"\npath = "all.{{ext}}"\n' if kind == "archive" else ""
+    select = "SELECT 1 AS g, id, a, b, c FROM tm" + (" ORDER BY id" if kind == "archive" else "")
+    root = _task_t(tmp_path, mariadb_url, select, task or 'keys = ["g"]\npath = "{g}.{ext}"\n')
+    toml = root / "sluicegate.toml"
+    toml.write_text(toml.read_text().replace('format = "csv"', f'format = "{fmt}"'))
+    if kind == "partitioned":
+        assert cli(root, "mark", "t", "g=1").returncode == 0
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    file = tmp_path / "out" / f"{'all' if kind == 'archive' else 1}.{fmt}"
+    if fmt == "parquet":
+        table = pq.read_table(file)
+        assert [str(table.schema.field(c).type) for c in "abc"] == ["string"] * 3
+        rows = [[r["a"], r["b"], r["c"]] for r in table.to_pylist()]
+    elif fmt == "jsonl":
+        rows = [[r["a"], r["b"], r["c"]] for r in map(json.loads, file.read_text().splitlines())]
+    else:
+        rows = [row[2:] for row in list(csv.reader(io.StringIO(file.read_text(), newline="")))[1:]]
+    assert rows == [list(t) for t in MARIADB_TIMES]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_postgresql_archives_times_are_copys_text(
+    fmt: str, copy_text: list[list[str]], pg_url: str, tmp_path: Path
+) -> None:
+    """An archive (snapshot) reads CSV with COPY and the other formats as rows: the same text."""
+    root = _project(tmp_path, pg_url, SELECT + " ORDER BY t", fmt)
+    (root / "tasks/typed/task.toml").write_text(f'kind = "archive"\nformat = "{fmt}"\npath = "all.{{ext}}"\n')
+    ran = cli(root, "run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    file = root / "out" / f"all.{fmt}"
+    if fmt == "parquet":
+        got = [[r[c] for c in "abcd"] for r in pq.read_table(file).to_pylist()]
+        assert got == [[v if v != "" else None for v in row] for row in copy_text]
+    elif fmt == "jsonl":
+        got = [list(json.loads(line).values())[2:] for line in file.read_text().splitlines()]
+        assert got == [[v if v != "" else None for v in row] for row in copy_text]
+    else:
+        assert [
+            row[2:] for row in list(csv.reader(io.StringIO(file.read_text(), newline="")))[1:]
+        ] == copy_text
