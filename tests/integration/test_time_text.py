@@ -281,3 +281,41 @@ def test_a_postgresql_archives_times_are_copys_text(
         assert [
             row[2:] for row in list(csv.reader(io.StringIO(file.read_text(), newline="")))[1:]
         ] == copy_text
+
+
+@pytest.mark.parametrize(
+    ("pg_type", "values"),
+    [("time", ("12:00:00.1", "23:59:59.999999")), ("timetz", ("12:00:00.1+02", "13:00:00-00:17:30"))],
+)
+def test_backfill_marks_a_time_keys_partitions_as_the_triggers_do(
+    pg_type: str, values: tuple[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """A partition key of type time or timetz: the triggers recorded it as PostgreSQL's text and
+    its files were exported, while backfill (and scans), which read the keys as Python times, set
+    every row aside ("of a type no key holds", naming tk=12:00:00.100000) and marked nothing."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE tk (id int PRIMARY KEY, tk {pg_type}, t timestamptz)")
+    root = tmp_path / "proj"
+    (root / "tasks/x").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "out"\n[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (root / "tasks/x/select.sql").write_text("SELECT id, tk, t FROM tk")
+    (root / "tasks/x/task.toml").write_text(
+        'keys = ["tk"]\npath = "{tk}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "t"\nzone = "UTC"\n'
+        '[capture]\nmode = "trigger"\ntable = "tk"\ntime = "t"\n'
+    )
+    assert cli(root, "install").returncode == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for i, value in enumerate(values):
+            conn.execute("INSERT INTO tk VALUES (%s, %s, '2024-01-01 10:00+00')", (i, value))
+    ran = cli(root, "run")
+    assert ran.returncode == 0 and "2 exported" in ran.stdout, ran.stdout + ran.stderr
+    exported = sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_"))
+    assert exported == sorted(values)
+    backfilled = cli(root, "backfill", "x")
+    assert backfilled.returncode == 0 and "marked 2 partition(s)" in backfilled.stdout, backfilled.stderr
+    assert "no key holds" not in backfilled.stderr, backfilled.stderr
+    again = cli(root, "run")
+    assert again.returncode == 0 and "0 exported, 2 unchanged" in again.stdout, again.stdout + again.stderr
+    assert sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_")) == exported
