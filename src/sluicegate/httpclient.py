@@ -6,6 +6,7 @@ a blocks run makes a client per block, so the context is built once and shared.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import time
@@ -31,13 +32,9 @@ def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any =
     """A client with the shared TLS context, asking only for the codings ``send`` counts as decoded
     (httpx asks for br and zstd too when their packages are installed)."""
     headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
-    made = httpx.Client(timeout=timeout, headers=headers, auth=auth, verify=tls_context())
-    # httpx takes no network backend: its pools (the direct one, a proxy's) are given ours, which
-    # keeps every read within what is left of send()'s time for the whole answer.
-    for transport in (made._transport, *made._mounts.values()):
-        if (pool := getattr(transport, "_pool", None)) is not None:
-            pool._network_backend = _BACKEND
-    return made
+    return httpx.Client(
+        timeout=timeout, headers=headers, auth=auth, verify=tls_context(), transport=_Transport()
+    )
 
 
 # A request's whole answer must arrive within this many times the client's timeout, which is per
@@ -170,7 +167,81 @@ class _Backend(httpcore.NetworkBackend):
         self.inner.sleep(seconds)
 
 
-_BACKEND = _Backend()
+class _Transport(httpx.BaseTransport):
+    """httpx's transport over httpcore (which httpx's own gives no network backend), its
+    connections made by :class:`_Backend`. A proxy from the environment has httpx's own."""
+
+    def __init__(self) -> None:
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=tls_context(),
+            max_connections=100,  # httpx's defaults
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_Backend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        asked = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx():
+            answer = self.pool.handle_request(asked)
+        return httpx.Response(
+            answer.status, headers=answer.headers, stream=_Body(answer), extensions=answer.extensions
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class _Body(httpx.SyncByteStream):
+    """An httpcore answer's body, its errors httpx's."""
+
+    def __init__(self, answer: httpcore.Response) -> None:
+        self.answer = answer
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx():
+            yield from self.answer.iter_stream()
+
+    def close(self) -> None:
+        with _as_httpx():
+            self.answer.close()
+
+
+# httpcore's errors and httpx's for them, the narrower first (as httpx maps them in its transport)
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for theirs, ours in _ERRORS:
+            if isinstance(exc, theirs):
+                raise ours(str(exc)) from exc
+        raise
 
 
 class _Inflate:
