@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .destinations import local_folder
-from .exceptions import ConfigError, UsageError
+from .exceptions import UsageError
 from .export_request import ExportRequest
 from .ledger import WatermarkClaim, WatermarkStore
 from .masking import mask_url
 from .partitions import zone_of
 from .watermark_ends import capped_end, type_end
+from .watermark_entities import entity_values
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -80,15 +81,6 @@ def not_recorded(task: str, entity: str) -> str:
         f"; not recorded for redrive: {entity!r} already owes a failed re-export of another window (another"
         f" run's), which is kept: run 'sluicegate redrive {task}', then this re-export again"
     )
-
-
-def discover_entities(task: TaskSpec, source: Any) -> list[Any]:
-    """Every entity present in the source, with one query."""
-    column = f"q.{source.dialect.quote(task.entity)}"
-    listed = ", ".join([column, *source.dialect.exact_copies([column])])
-    query = f"SELECT DISTINCT {listed} FROM ({task.select_sql}) AS q WHERE {column} IS NOT NULL"
-    rows = source.execute(query)
-    return sorted((r[0] for r in rows), key=str)
 
 
 def _gone_pending(rows: Sequence[Mapping[str, Any]], found: Collection[str]) -> dict[str, Any]:
@@ -146,7 +138,7 @@ def plan_windows(
     ``budget``: the run's (None: no wait for the margin, see :func:`_wait_margin`)."""
     export_type = request.export_type or task.export_type
     end = check_end(task, request, now)
-    values = _entity_values(task, request, source)
+    values = entity_values(task, request, source)
     rows = wm.entities(task.name)  # read once, before any claim
     if not (request.entities or task.entities):
         values |= _gone_pending(rows, values) if request.touches_watermarks else _gone(rows, values)
@@ -368,29 +360,6 @@ def _watermark_window(
     return Window(
         entity=c.entity, value=value, start=start, end=stop, export_type=etype, claim=c, mode="watermark"
     )
-
-
-def _entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[str, Any]:
-    chosen = request.entities or task.entities
-    if chosen:
-        # Text stays text ("007" is not 7): the driver reads it as the entity column's kind.
-        return {str(e): e for e in chosen}
-    found = discover_entities(task, source)
-    if not found and source.execute(f"SELECT 1 FROM ({task.select_sql}) AS q LIMIT 1"):
-        raise ConfigError(  # rows, all without one: the entity column is the wrong one, or misread
-            f"{task.folder / 'select.sql'} returned rows but no entities: {task.entity} is NULL in every"
-            f" row; set entity to the column that names each row's entity, or fill it in"
-        )
-    kinds = {type(v).__name__: v for v in found}
-    if len(kinds) > 1:
-        # A SQLite column without a type keeps 7 and '7' apart: one of them was read as the
-        # other, matched no row, and its rows were in no file while its watermark moved on.
-        shown = ", ".join(f"{v!r} ({k})" for k, v in sorted(kinds.items()))
-        raise ConfigError(
-            f"{task.folder / 'select.sql'}: the entity column {task.entity!r} holds values of more than one"
-            f" type ({shown}); return it as one type, e.g. CAST({task.entity} AS TEXT) AS {task.entity}"
-        )
-    return {str(v): v for v in found}
 
 
 def window_path(task: TaskSpec, window: Window) -> str:

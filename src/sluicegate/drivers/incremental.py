@@ -37,6 +37,7 @@ from ..pipeline import Pipeline
 from ..sources import Column, ReadSpec, Slice
 from ..specs import RowTask, Settings
 from ..taskfields import ROW_KEYS, base_fields, row_fields
+from ..watermark_entities import discover_entities
 from ..watermarks import Window
 from ..work import Deadline, Previous, WorkUnit
 from . import Context, Progress
@@ -390,7 +391,7 @@ def _found(task: Task, ctx: Context, columns: Sequence[Column]) -> dict[str, Any
     (every row deleted; its pending window is redone, see watermarks) as a value of the column's
     kind read from the ledger's text: no value of the column has that text, and the redo failed.
     (A text naming a value the source has, "1.50" for 1.5, is not that entity: it stays unfound.)"""
-    found = {str(v): v for v in watermarks.discover_entities(task, ctx.source)}
+    found = {str(v): v for v in discover_entities(task, ctx.source)}
     kind = next((c.kind for c in columns if c.name == task.entity), "other")
     typed = {r["entity"]: typed_entity(kind, r["entity"]) for r in ctx.ledger.watermarks.entities(task.name)}
     values = set(found.values())

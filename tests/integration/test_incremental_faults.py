@@ -1,0 +1,159 @@
+"""Errors on the incremental (watermark) task's read paths, as an operator breaks them: entity
+discovery that fails (a statement timeout, a query error), one entity's window failing, a window
+whose file cannot be published; each on real PostgreSQL and a real ``sluicegate`` process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sluicegate import operations
+from support import cli, load
+
+UTC = dt.UTC
+NOW = dt.datetime.now(UTC)
+SELECT = "SELECT record_id, study_id, uploaded_on, payload FROM records"
+
+
+def _task(root: Path, name: str, select: str) -> None:
+    folder = root / "tasks" / name
+    folder.mkdir(parents=True)
+    (folder / "task.toml").write_text(
+        textwrap.dedent(
+            """
+            kind = "incremental"
+            entity = "study_id"
+            cursor = "uploaded_on"
+            format = "csv"
+            path = "{task}/{study_id}/{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.{ext}"
+            zone = "UTC"
+            bootstrap = "beginning"
+            safety_margin = "0s"
+            """
+        )
+    )
+    (folder / "select.sql").write_text(select)
+
+
+def _project(tmp_path: Path, pg_url: str, **selects: str) -> Path:
+    """Tasks by name and select; the records table holds studies s1 and s2, a day old."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        '[defaults]\nlease = "10m"\nbackoff = "0s"\nmax_attempts = 2\n'
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE records (record_id serial PRIMARY KEY, study_id text NOT NULL, "
+            "uploaded_on timestamptz NOT NULL, payload text)"
+        )
+        for study in ("s1", "s2"):
+            conn.execute(
+                "INSERT INTO records (study_id, uploaded_on, payload) VALUES (%s, %s, 'x')",
+                (study, NOW - dt.timedelta(days=1)),
+            )
+    for name, select in selects.items():
+        _task(root, name, select)
+    return root
+
+
+def _statement_timeout(pg_url: str, value: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"ALTER DATABASE {name} SET statement_timeout = '{value}'")
+
+
+def _status(root: Path) -> dict[str, dict[str, object]]:
+    return {s["task"]: s for s in operations.status(load(root))}
+
+
+@pytest.mark.pg
+def test_an_entity_discovery_that_times_out_names_its_task_and_select_and_is_retried(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The query that finds a task's entities runs out of the database's statement_timeout: the
+    run's one line said "database ...: canceling statement ...; will retry", naming neither the
+    task nor the select.sql to make faster. The other task is exported, nothing is claimed or
+    parked, and once the timeout is lifted the next run exports the entities."""
+    slow = "SELECT record_id, study_id, uploaded_on, payload, pg_sleep(0.6)::text AS s FROM records"
+    root = _project(tmp_path, pg_url, a_slow=slow, b_good=SELECT)
+    _statement_timeout(pg_url, "1s")
+    proc = cli(root, "run")
+    assert proc.returncode == 1, proc.stderr
+    [line] = [text.strip() for text in proc.stderr.splitlines()]
+    select = root / "tasks" / "a_slow" / "select.sql"
+    assert line.startswith(f"task error: task a_slow: finding its entities with {select} failed: database ")
+    assert line.endswith(
+        "canceling statement due to statement timeout (raise it or make the query faster); will retry"
+    )
+    status = _status(root)
+    assert status["a_slow"]["task_error"] == line.removeprefix("task error: ")
+    slow_status = status["a_slow"]
+    assert (slow_status["entities"], slow_status["claimed"], slow_status["failed"]) == (0, 0, 0)
+    assert (status["b_good"]["entities"], status["b_good"]["failed"]) == (2, 0)
+    _statement_timeout(pg_url, "0")
+    again = cli(root, "run", "--json")
+    assert again.returncode == 0, again.stderr
+    assert [s["exported"] for s in json.loads(again.stdout)] == [2, 0]
+    assert "task_error" not in _status(root)["a_slow"]
+
+
+@pytest.mark.pg
+def test_an_entity_discovery_the_query_fails_names_its_select_and_exits_2(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """select.sql describes fine but fails on its rows (here a division by zero in its WHERE): the
+    discovery's error was "database ... rejected a value: division by zero", exit 1, naming no task
+    or file. It is select.sql's to fix: exit 2, as when select.sql does not run at all."""
+    bad = (
+        "SELECT record_id, study_id, uploaded_on, payload FROM records WHERE 1 / (record_id - record_id) = 0"
+    )
+    root = _project(tmp_path, pg_url, a_bad=bad, b_good=SELECT)
+    proc = cli(root, "run", "--json")
+    assert proc.returncode == 2, proc.stderr
+    select = root / "tasks" / "a_bad" / "select.sql"
+    [bad_run, good_run] = json.loads(proc.stdout)
+    assert good_run["exported"] == 2
+    [error] = bad_run["task_errors"]
+    assert error.startswith(f"task a_bad: finding its entities with {select} failed: database ")
+    assert error.endswith("division by zero; fix the query, or list the entities in task.toml"), error
+    assert _status(root)["a_bad"]["task_error"] == error
+
+
+@pytest.mark.pg
+def test_an_entity_discovery_whose_connection_is_lost_names_its_task_and_is_retried(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The source's backend is terminated while it finds the task's entities: the error names the
+    task and its select.sql and says it will retry; the next run exports."""
+    slow = "SELECT record_id, study_id, uploaded_on, payload, pg_sleep(1.5)::text AS s FROM records"
+    root = _project(tmp_path, pg_url, a_slow=slow)
+    killer = threading.Thread(target=_terminate, args=(pg_url, "SELECT DISTINCT%pg_sleep%"))
+    killer.start()
+    proc = cli(root, "run")
+    killer.join()
+    assert proc.returncode == 1, proc.stderr
+    [line] = [text.strip() for text in proc.stderr.splitlines()]
+    select = root / "tasks" / "a_slow" / "select.sql"
+    assert line.startswith(f"task error: task a_slow: finding its entities with {select} failed: database ")
+    assert line.endswith("is unavailable: terminating connection due to administrator command; will retry")
+    assert (_status(root)["a_slow"]["claimed"], _status(root)["a_slow"]["failed"]) == (0, 0)
+    assert cli(root, "run").returncode == 0
+
+
+def _terminate(pg_url: str, query: str) -> None:
+    """Terminate the first backend running a query LIKE ``query`` (waits up to 20 s for one)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(200):
+            time.sleep(0.1)
+            sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
+            if conn.execute(sql, (query,)).fetchall():
+                return
