@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import textwrap
 import threading
 import time
@@ -157,3 +158,45 @@ def _terminate(pg_url: str, query: str) -> None:
             sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
             if conn.execute(sql, (query,)).fetchall():
                 return
+
+
+@pytest.mark.pg
+def test_a_window_published_to_a_full_disk_says_to_free_space_and_is_redone(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Entity s1's window reads fine but its file does not fit the destination's file system (a
+    64 KiB tmpfs): its error said only "cannot publish ...: No space left on device". s2 is
+    exported, s1's watermark stays, no temp file is left, and once there is space the next run
+    writes s1's window to the path it failed at."""
+    big = (
+        "SELECT record_id, study_id, uploaded_on, "
+        "CASE WHEN study_id = 's1' THEN repeat('x', 200000) ELSE payload END AS payload FROM records"
+    )
+    root = _project(tmp_path, pg_url, big=big)
+    out = tmp_path / "out"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        proc = cli(root, "run", "--json")
+        assert proc.returncode == 1, proc.stderr
+        [summary] = json.loads(proc.stdout)
+        [failed] = [e for e in summary["entities"] if e["entity"] == "s1"]
+        path = out / "big" / "s1" / f"10000101T000000Z-{NOW:%Y%m%d}T000000Z.csv"
+        assert failed["error"] == (
+            f"cannot publish {path}: No space left on device; free space on the file system of {out},"
+            " and the next run writes it again"
+        )
+        assert sorted(
+            p.relative_to(out / "big").as_posix() for p in (out / "big").rglob("*") if p.is_file()
+        ) == [f"s2/{path.name}"]
+        marks = {w["entity"]: w for w in operations.watermarks(load(root), "big")}
+        assert (
+            marks["s1"]["watermark"].year == 1000 and marks["s2"]["watermark"].date() == NOW.date()
+        )  # bootstrap, moved
+        subprocess.run(["mount", "-o", "remount,size=4m", str(out)], check=True)
+        assert cli(root, "run").returncode == 0
+        assert path.stat().st_size > 200000
+        assert _status(root)["big"]["failed"] == 0
+    finally:
+        subprocess.run(["umount", str(out)], check=True)

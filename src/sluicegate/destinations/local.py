@@ -125,9 +125,16 @@ class LocalDestination:
                 raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
         except OSError as exc:
             self.discard(staged)
-            raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}") from exc
+            raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}{self._full(exc)}") from exc
         with self._lock:
             self._renames.append((staged, target))
+
+    def _full(self, exc: OSError) -> str:
+        """What to do about a full file system or quota (ENOSPC, EDQUOT): the error said only
+        "No space left on device"; the failed file is redone on a later run, as any failure."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return ""
+        return f"; free space on the file system of {self.root}, and the next run writes it again"
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Rename ``staged`` (all published files when None) into place, durably.
