@@ -43,20 +43,20 @@ def _task(root: Path, name: str, select: str) -> None:
     (folder / "select.sql").write_text(select)
 
 
-def _project(tmp_path: Path, pg_url: str, **selects: str) -> Path:
-    """Tasks by name and select; the records table holds studies s1 and s2, a day old."""
+def _project(tmp_path: Path, pg_url: str, lease: str = "10m", studies: int = 2, **selects: str) -> Path:
+    """Tasks by name and select; the records table holds studies s1, s2 ..., a day old."""
     root = tmp_path / "proj"
     root.mkdir()
     (root / "sluicegate.toml").write_text(
         f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        '[defaults]\nlease = "10m"\nbackoff = "0s"\nmax_attempts = 2\n'
+        f'[defaults]\nlease = "{lease}"\nbackoff = "0s"\nmax_attempts = 2\n'
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE records (record_id serial PRIMARY KEY, study_id text NOT NULL, "
             "uploaded_on timestamptz NOT NULL, payload text)"
         )
-        for study in ("s1", "s2"):
+        for study in (f"s{n}" for n in range(1, studies + 1)):
             conn.execute(
                 "INSERT INTO records (study_id, uploaded_on, payload) VALUES (%s, %s, 'x')",
                 (study, NOW - dt.timedelta(days=1)),
@@ -133,8 +133,9 @@ def test_an_entity_discovery_the_query_fails_names_its_select_and_exits_2(
 def test_an_entity_discovery_whose_connection_is_lost_names_its_task_and_is_retried(
     tmp_path: Path, pg_url: str
 ) -> None:
-    """The source's backend is terminated while it finds the task's entities: the error names the
-    task and its select.sql and says it will retry; the next run exports."""
+    """The source's backend is terminated while it finds the task's entities, and again when the
+    query is run once more on a new connection: the error names the task and its select.sql and
+    says it will retry; the next run exports."""
     slow = "SELECT record_id, study_id, uploaded_on, payload, pg_sleep(1.5)::text AS s FROM records"
     root = _project(tmp_path, pg_url, a_slow=slow)
     killer = threading.Thread(target=_terminate, args=(pg_url, "SELECT DISTINCT%pg_sleep%"))
@@ -150,13 +151,18 @@ def test_an_entity_discovery_whose_connection_is_lost_names_its_task_and_is_retr
     assert cli(root, "run").returncode == 0
 
 
-def _terminate(pg_url: str, query: str) -> None:
-    """Terminate the first backend running a query LIKE ``query`` (waits up to 20 s for one)."""
+def _terminate(pg_url: str, query: str, times: int = 2) -> None:
+    """Terminate the backend running a query LIKE ``query``, ``times`` times (the source runs a
+    small query once more on a new connection after losing one); waits up to 20 s for each."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         for _ in range(200):
             time.sleep(0.1)
-            sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
-            if conn.execute(sql, (query,)).fetchall():
+            sql = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            times -= len(conn.execute(sql, (query,)).fetchall())
+            if times <= 0:
                 return
 
 
@@ -200,3 +206,49 @@ def test_a_window_published_to_a_full_disk_says_to_free_space_and_is_redone(
         assert _status(root)["big"]["failed"] == 0
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+@pytest.mark.pg
+def test_a_source_connection_lost_while_idle_is_opened_again_for_the_next_small_query(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The source's connection is terminated while it is idle (a restart, an idle timeout, a
+    network blip) as s1's window is read on the other one: both windows were exported, then the
+    next small query on it (the late-commit cap, for the dead claims it looks for) failed the
+    whole task with "database ... is unavailable ...; will retry", exit 1, and status said the
+    last run failed. A lost connection is opened again, and the query run once more."""
+    slow = "SELECT record_id, study_id, uploaded_on, payload, slow_for(study_id) AS r FROM records"
+    root = _project(tmp_path, pg_url, slowed=slow)
+    settings = root / "sluicegate.toml"
+    settings.write_text(settings.read_text() + f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n')
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION slow_for(s text) RETURNS text IMMUTABLE LANGUAGE sql AS "
+            "$$ SELECT CASE WHEN s = 's1' THEN pg_sleep(1.5)::text END $$"
+        )
+    killer = threading.Thread(target=_kill_idle_while_reading, args=(pg_url,))
+    killer.start()
+    proc = cli(root, "run", "--json")
+    killer.join()
+    assert proc.returncode == 0, proc.stderr
+    [summary] = json.loads(proc.stdout)
+    assert summary["exported"] == 2 and not summary["task_errors"], summary
+    assert "task_error" not in _status(root)["slowed"]
+
+
+def _kill_idle_while_reading(pg_url: str) -> None:
+    """Once a read of slow_for's rows is running, terminate the source's idle connections."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(300):
+            time.sleep(0.05)
+            reading = (
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%slow_for%%'"
+                " AND query NOT LIKE 'SELECT DISTINCT%%' AND pid <> pg_backend_pid()"
+            )
+            if conn.execute(reading).fetchall():
+                idle = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE 'idle%%'"
+                    " AND pid <> pg_backend_pid() AND datname = current_database()"
+                )
+                assert conn.execute(idle).fetchall()
+                return

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from .. import db
-from ..exceptions import ConfigError, PermissionDenied, SluicegateError
+from ..exceptions import ConfigError, PermissionDenied, SluicegateError, SourceLost
 from . import Column, CsvChunk, Mode, ReadSpec, Slice, client_sort, distinct_names, group_rows, zone_map
 from .arrow import available as arrow_available
 from .client_sort import ClientSort, order_keys
@@ -146,8 +146,19 @@ class PostgresSource:
         return distinct_names(spec, [column_of(d, types) for d in desc])
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a small query and return all rows."""
+        """Run a small query and return all rows. A connection lost while idle (terminated, the
+        server restarted, while a read ran on the other one) is seen only when used: it is opened
+        again and the query run once more, instead of failing the task whose windows were done."""
         self._reconnect_if_lost()
+        try:
+            return self._execute(query, params)
+        except SourceLost:
+            if not (self.conn.closed or self.conn.broken):
+                raise
+        self._reconnect_if_lost()
+        return self._execute(query, params)
+
+    def _execute(self, query: str, params: Sequence[Any] | dict[str, Any]) -> list[tuple[Any, ...]]:
         with db.wrap_errors(self.url), self.conn.cursor() as cur:
             cur.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
