@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import textwrap
 import threading
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from sluicegate import operations
-from support import cli, load
+from support import SLUICEGATE, cli, load
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)
@@ -206,6 +207,58 @@ def test_a_window_published_to_a_full_disk_says_to_free_space_and_is_redone(
         assert _status(root)["big"]["failed"] == 0
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+@pytest.mark.pg
+def test_a_run_killed_between_publish_and_commit_is_redone_to_the_same_file_with_the_same_bytes(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SIGKILL after the window's file is in place, before its watermark moves: the next run (the
+    lease over) writes that window again to the same path, byte for byte, and moves the watermark."""
+    root = _project(tmp_path, pg_url, lease="1s", studies=1, studies_task=SELECT)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run"], env={**os.environ, "SLUICEGATE_TESTING__FAULT": "after_publish"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    fault = root / ".fault-after_publish"
+    for _ in range(600):
+        if fault.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    [placed] = [p for p in out.rglob("*.csv")]
+    before = placed.read_bytes()
+    [mark] = operations.watermarks(load(root), "studies_task")
+    assert mark["watermark"] is None  # not moved
+    time.sleep(1.2)  # the killed run's lease runs out
+    assert cli(root, "run").returncode == 0
+    assert [p for p in out.rglob("*.csv")] == [placed] and placed.read_bytes() == before
+    [mark] = operations.watermarks(load(root), "studies_task")
+    assert mark["watermark"].date() == NOW.date()
+
+
+@pytest.mark.pg
+def test_two_runs_of_one_task_at_once_export_each_entity_once(tmp_path: Path, pg_url: str) -> None:
+    """Two processes run the same incremental task of twelve entities at once: each entity's
+    window is in exactly one file, written by one of them, and every watermark moves."""
+    root = _project(tmp_path, pg_url, studies=12, studies_task=SELECT)
+    settings = root / "sluicegate.toml"
+    settings.write_text(settings.read_text() + "batch_size = 1\n")
+    procs = [subprocess.Popen([SLUICEGATE, "-C", str(root), "run", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        [summary] = json.loads(stdout)
+        results.append(summary)
+    exported = sorted(e["entity"] for r in results for e in r["entities"] if e.get("file"))
+    assert exported == sorted(f"s{n}" for n in range(1, 13)), results
+    assert len(list((tmp_path / "out").rglob("*.csv"))) == 12
+    marks = operations.watermarks(load(root), "studies_task")
+    assert len(marks) == 12 and all(m["watermark"].date() == NOW.date() for m in marks), marks
 
 
 @pytest.mark.pg
