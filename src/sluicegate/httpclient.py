@@ -10,6 +10,7 @@ import contextlib
 import ssl
 import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
@@ -169,18 +170,21 @@ class _Backend(httpcore.NetworkBackend):
 
 class _Transport(httpx.BaseTransport):
     """httpx's transport over httpcore (which httpx's own gives no network backend), its
-    connections made by :class:`_Backend`. A proxy from the environment has httpx's own."""
+    connections made by :class:`_Backend`, through the proxy the environment names for the
+    request's address (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, none for ``NO_PROXY``):
+    httpx reads those only for a client without a transport of its own."""
 
     def __init__(self) -> None:
-        self.pool = httpcore.ConnectionPool(
-            ssl_context=tls_context(),
-            max_connections=100,  # httpx's defaults
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=_Backend(),
-        )
+        self.proxies = urllib.request.getproxies()
+        self.pools: dict[str, httpcore.ConnectionPool | httpcore.HTTPProxy | httpx.BaseTransport] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = self.proxies.get(request.url.scheme) or self.proxies.get("all") or ""
+        if proxy and urllib.request.proxy_bypass(request.url.host):
+            proxy = ""
+        pool = self.pools.get(proxy) or self.pools.setdefault(proxy, _pool(proxy))
+        if isinstance(pool, httpx.BaseTransport):
+            return pool.handle_request(request)
         url = request.url
         asked = httpcore.Request(
             method=request.method,
@@ -190,13 +194,37 @@ class _Transport(httpx.BaseTransport):
             extensions=request.extensions,
         )
         with _as_httpx():
-            answer = self.pool.handle_request(asked)
+            answer = pool.handle_request(asked)
         return httpx.Response(
             answer.status, headers=answer.headers, stream=_Body(answer), extensions=answer.extensions
         )
 
     def close(self) -> None:
-        self.pool.close()
+        for pool in self.pools.values():
+            pool.close()
+
+
+_LIMITS: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}
+
+
+def _pool(proxy: str) -> httpcore.ConnectionPool | httpcore.HTTPProxy | httpx.BaseTransport:
+    """The connections of a :class:`_Transport` straight to the servers ("") or through ``proxy``;
+    a SOCKS proxy has httpx's own (its reads not cut to send()'s time)."""
+    if not proxy:
+        return httpcore.ConnectionPool(ssl_context=tls_context(), network_backend=_Backend(), **_LIMITS)
+    named = httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}")  # its user and password as auth
+    if named.url.scheme not in ("http", "https"):
+        return httpx.HTTPTransport(proxy=named, verify=tls_context())
+    url = named.url
+    return httpcore.HTTPProxy(
+        proxy_url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+        proxy_auth=named.raw_auth,
+        proxy_headers=named.headers.raw,
+        ssl_context=tls_context(),
+        proxy_ssl_context=tls_context() if url.scheme == "https" else None,
+        network_backend=_Backend(),
+        **_LIMITS,
+    )
 
 
 class _Body(httpx.SyncByteStream):
