@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import http.server
+import select
+import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from sluicegate import httpclient
@@ -65,3 +71,78 @@ def test_no_proxy_keeps_a_host_off_the_proxy(proxy: str, monkeypatch: pytest.Mon
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server for localhost with a self-signed certificate, and the certificate's file."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Tunnel(http.server.BaseHTTPRequestHandler):
+    """A forward proxy for HTTPS: CONNECT, then bytes both ways."""
+
+    def do_CONNECT(self) -> None:
+        host, _, port = self.path.rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        self.send_response(200)
+        self.end_headers()
+        sockets = [self.connection, upstream]
+        while True:
+            readable, _, _ = select.select(sockets, [], [], 5)
+            if not readable:
+                break
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    upstream.close()
+                    return
+                (upstream if sock is self.connection else self.connection).sendall(data)
+        upstream.close()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("through_proxy", [False, True])
+def test_https_with_ssl_cert_file(
+    https_server: tuple[int, Path], through_proxy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, cert = https_server
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    tunnel = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Tunnel)
+    threading.Thread(target=tunnel.serve_forever, daemon=True).start()
+    if through_proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{tunnel.server_address[1]}")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    httpclient.tls_context.cache_clear()
+    try:
+        with httpclient.client(timeout=5) as client:
+            for n in range(2):  # the second on the connection the first left open
+                answer = httpclient.send(client, "GET", f"https://localhost:{port}/tls/{n}")
+                assert answer.text == f"via proxy: /tls/{n}"
+        monkeypatch.delenv("SSL_CERT_FILE")
+        httpclient.tls_context.cache_clear()
+        with httpclient.client(timeout=5) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE"):
+            httpclient.send(client, "GET", f"https://localhost:{port}/untrusted")
+    finally:
+        httpclient.tls_context.cache_clear()
+        tunnel.shutdown()
+        tunnel.server_close()
