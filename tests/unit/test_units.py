@@ -423,6 +423,30 @@ def test_a_full_disk_under_a_sqlite_database_is_retried_and_says_to_free_space(t
     assert "free space" in str(db.translate(full, url, ledger=True))
 
 
+def test_a_file_past_the_spool_on_a_full_disk_says_to_free_space(tmp_path: Path) -> None:
+    # A file over SPOOL_BYTES reaches the disk while it is written, not at publish: its error named
+    # only the hidden temp file and "No space left on device", where a small file's said what to do.
+    from sluicegate.destinations import SPOOL_BYTES
+    from sluicegate.destinations.local import LocalDestination
+    from sluicegate.exceptions import DestinationUnavailable
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    destination = LocalDestination(str(out))
+    staged = destination.stage("big.csv")
+    try:
+        with pytest.raises(DestinationUnavailable) as full:
+            staged.file.write(b"x" * (SPOOL_BYTES + 1))
+    finally:
+        destination.discard(staged)
+        subprocess.run(["umount", str(out)], check=True)
+    assert str(full.value).endswith(
+        f"No space left on device; free space on the file system of {out}, and the next run writes it again"
+    ), full.value
+
+
 @pytest.mark.parametrize(
     "limit,workers,shares",
     [(None, 2, [None, None]), (6, 3, [2, 2, 2]), (5, 2, [3, 2]), (4, 3, [2, 1, 1]), (1, 3, [1]), (0, 2, [0])],

@@ -38,6 +38,7 @@ Contract of every :class:`Destination`:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -77,12 +78,23 @@ class Staged:
     device: int | None = None  # a local temp file's st_dev, from the fstat of its publish
 
 
+def full_disk(exc: OSError, folder: object) -> str:
+    """What to do about a full file system or quota (ENOSPC, EDQUOT) under ``folder``, else "":
+    the error said only "No space left on device"; the failed file is redone by a later run."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    return f"; free space on the file system of {folder}, and the next run writes it again"
+
+
 class HashingWriter:
     """A write-only binary file wrapper that counts bytes and computes SHA-256."""
 
-    def __init__(self, raw: BinaryIO | Any, where: str = "the staged file") -> None:
+    def __init__(
+        self, raw: BinaryIO | Any, where: str = "the staged file", folder: str | None = None
+    ) -> None:
         self.raw = raw
         self.where = where
+        self.folder = folder  # whose file system a full disk asks to free (None: say nothing)
         self.size = 0
         self._sha = hashlib.sha256()
 
@@ -91,7 +103,8 @@ class HashingWriter:
         try:
             self.raw.write(data)
         except OSError as exc:
-            raise DestinationUnavailable(f"cannot write {self.where}: {exc.strerror or exc}") from exc
+            hint = full_disk(exc, self.folder) if self.folder else ""
+            raise DestinationUnavailable(f"cannot write {self.where}: {exc.strerror or exc}{hint}") from exc
         self._sha.update(data)
         self.size += len(data)
         return len(data)
@@ -212,7 +225,7 @@ class SpooledUpload:
         """Spool the file: in memory while small, then to ``sluicegate-<pid>-*.part`` in the temp folder."""
         name = f"sluicegate-{os.getpid()}-{_SPOOL_RANDOM}{next(_SPOOL_NAMES)}.part"
         spool = Spool(os.path.join(tempfile.gettempdir(), name))
-        file = HashingWriter(spool, f"the spool file of {path}")
+        file = HashingWriter(spool, f"the spool file of {path}", tempfile.gettempdir())
         return Staged(path=path, file=file, local_path=spool.path, handle=spool)
 
     @staticmethod

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..exceptions import BadPartitionValue, ConfigError, DestinationUnavailable, NotFound
 from ..paths import shown
-from . import HashingWriter, Spool, Staged
+from . import HashingWriter, Spool, Staged, full_disk
 
 TEMP_MARK = ".sluicegate-"
 TEMP_SUFFIX = ".tmp"
@@ -89,7 +89,7 @@ class LocalDestination:
             name = hashlib.sha256(name.encode()).hexdigest()[:32]
         tmp = os.path.join(folder, f".{name}{tail}")
         spool = Spool(tmp, self._prepare)
-        return Staged(path=path, file=HashingWriter(spool, tmp), local_path=tmp, handle=spool)
+        return Staged(path=path, file=HashingWriter(spool, tmp, str(self.root)), local_path=tmp, handle=spool)
 
     def _prepare(self, folder: str) -> None:
         """Create ``folder`` (once, unless it has gone since) and clear dead workers' temp files in it.
@@ -125,16 +125,10 @@ class LocalDestination:
                 raise OSError(errno.EIO, f"{size} bytes written of {staged.file.size}")
         except OSError as exc:
             self.discard(staged)
-            raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}{self._full(exc)}") from exc
+            hint = full_disk(exc, self.root)
+            raise DestinationUnavailable(f"cannot publish {target}: {exc.strerror}{hint}") from exc
         with self._lock:
             self._renames.append((staged, target))
-
-    def _full(self, exc: OSError) -> str:
-        """What to do about a full file system or quota (ENOSPC, EDQUOT): the error said only
-        "No space left on device"; the failed file is redone on a later run, as any failure."""
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            return ""
-        return f"; free space on the file system of {self.root}, and the next run writes it again"
 
     def sync(self, staged: Sequence[Staged] | None = None) -> None:
         """Rename ``staged`` (all published files when None) into place, durably.
