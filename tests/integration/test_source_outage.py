@@ -12,6 +12,7 @@ partitions it held are pending again, none parked.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -431,3 +432,60 @@ def test_a_failed_first_run_does_not_unbind_a_task_another_worker_exported_meanw
     toml.write_text(toml.read_text().replace(str(tmp_path / "out"), str(tmp_path / "typo")))
     typo = cli(root, "run")
     assert typo.returncode == 2 and "--move-destination" in typo.stderr, typo.stderr
+
+
+def test_a_source_connection_lost_while_idle_is_opened_again_to_describe_the_next_task(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The source's connection is terminated while it is idle (a restart, an idle timeout, a
+    network blip) as the first task's batch is read on ADBC's: that task exported, then the next
+    task's describe (the column types of its select.sql) was the first query on the lost
+    connection, and failed that task with "database ... is unavailable ...; will retry", exit 1,
+    status saying the last run failed. The lost connection is opened again and the select run
+    once more."""
+    root = tmp_path / "proj"
+    for name, extra in (("a_slow", ", slow_for(city) AS s"), ("b_next", "")):
+        (root / "tasks" / name).mkdir(parents=True)
+        (root / "tasks" / name / "task.toml").write_text(
+            'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n'
+        )
+        (root / "tasks" / name / "select.sql").write_text(f"SELECT id, city, at{extra} FROM readings")
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
+        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+        conn.execute(
+            "CREATE FUNCTION slow_for(s text) RETURNS text LANGUAGE sql AS $$ SELECT pg_sleep(1.5)::text $$"
+        )
+    for task in ("a_slow", "b_next"):
+        assert cli(root, "mark", task, "city=Gent", "day=2024-03-01").returncode == 0
+    killer = threading.Thread(target=_kill_idle_while_reading, args=(pg_url,))
+    killer.start()
+    ran = cli(root, "run", "--json")
+    killer.join()
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [(s["task"], s["exported"], s["task_errors"]) for s in json.loads(ran.stdout)] == [
+        ("a_slow", 1, []),
+        ("b_next", 1, []),
+    ]
+
+
+def _kill_idle_while_reading(pg_url: str) -> None:
+    """Once a read of slow_for's rows is running, terminate the source's idle connections."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(300):
+            time.sleep(0.05)
+            reading = (
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%slow_for%%'"
+                " AND query NOT LIKE '%%LIMIT 0' AND pid <> pg_backend_pid()"
+            )
+            if conn.execute(reading).fetchall():
+                idle = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE 'idle%%'"
+                    " AND pid <> pg_backend_pid() AND datname = current_database()"
+                )
+                assert conn.execute(idle).fetchall()
+                return

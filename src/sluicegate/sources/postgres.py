@@ -117,9 +117,20 @@ class PostgresSource:
         self.conn.close()
 
     def describe(self, spec: ReadSpec) -> list[Column]:
-        """Run the select with no rows and map result types to column kinds."""
-        query = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(select_sql(spec))
+        """Run the select with no rows and map result types to column kinds. A connection lost
+        while idle (a read of another task ran on ADBC's) is opened again and the select run once
+        more, as :meth:`execute` does, instead of failing the next task before it claimed any."""
         self._reconnect_if_lost()
+        try:
+            return self._describe(spec)
+        except SourceLost:
+            if not (self.conn.closed or self.conn.broken):
+                raise
+        self._reconnect_if_lost()
+        return self._describe(spec)
+
+    def _describe(self, spec: ReadSpec) -> list[Column]:
+        query = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(select_sql(spec))
         try:
             with self.conn.cursor() as cur:
                 cur.execute(query, ())
