@@ -1363,3 +1363,66 @@ def test_a_time_a_file_cannot_hold_names_a_cast_mariadb_accepts(
             assert [r["e"] for r in read_csv(path)] == [value]
         else:
             assert [json.loads(line)["e"] for line in path.read_text().splitlines()] == [value or None]
+
+
+INCREMENTAL = (
+    'kind = "incremental"\nentity = "city"\ncursor = "at"\nzone = "UTC"\nbootstrap = "beginning"\n'
+    'safety_margin = "0s"\npath = "{city}/{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.{ext}"\n'
+)
+
+
+@pytest.mark.parametrize("kind", ["partitioned", "incremental"])
+def test_a_source_connection_killed_while_idle_is_opened_again_and_the_run_goes_on(
+    mariadb_url: str, tmp_path: Path, kind: str
+) -> None:
+    """The source's connection is killed while idle (``KILL``; a restart, ``wait_timeout``, a
+    network blip), here once the first file is published: on PostgreSQL the next small query
+    failed the whole task (exit 1, status "last run failed"). On MariaDB every use pings the
+    connection first and opens a new one, so both cities are exported and no task error is left."""
+    with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+        conn.cursor().execute("CREATE TABLE readings (id INT, city VARCHAR(32), at DATETIME(6))")
+        conn.cursor().execute(
+            "INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00:00'), (2, 'Leuven', '2024-03-01 11:00:00')"
+        )
+    root = _task_t(tmp_path, mariadb_url, "SELECT id, city, at FROM readings")
+    task = root / "tasks" / "t" / "task.toml"
+    task.write_text('keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n')
+    if kind == "incremental":
+        task.write_text(INCREMENTAL)
+    settings = root / "sluicegate.toml"
+    settings.write_text(
+        settings.read_text().replace("[defaults]\n", "[defaults]\nbatch_size = 1\n")
+        + f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n[testing]\nfault = "after_publish"\n'
+    )  # the ledger elsewhere: the idle connections in the database are the source's
+    for city in ("Gent", "Leuven") if kind == "partitioned" else ():
+        assert cli(root, "mark", "t", f"city={city}", "day=2024-03-01").returncode == 0
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_idle_at, args=(root / ".fault-after_publish", mariadb_url, killed))
+    killer.start()
+    ran = cli(root, "run", "--json")
+    killer.join()
+    assert killed and ran.returncode == 0, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    assert (summary["exported"], summary["task_errors"]) == (2, []), summary
+    [task_status] = json.loads(cli(root, "status", "--json").stdout)
+    assert "task_error" not in task_status, task_status
+
+
+def _kill_idle_at(marker: Path, mariadb_url: str, killed: list[int]) -> None:
+    """Once the run pauses at ``marker``'s fault point, KILL the idle connections to the database
+    (found by user, database and command 'Sleep'), then let the run go on."""
+    for _ in range(600):
+        threading.Event().wait(0.05)
+        if marker.exists():
+            with contextlib.closing(mariadb_connect(mariadb_url)) as conn:
+                cur = conn.cursor()
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist WHERE command = 'Sleep'"
+                    " AND user = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND db = DATABASE()"
+                    " AND id <> CONNECTION_ID()"
+                )
+                for (found,) in cur.fetchall():
+                    cur.execute(f"KILL {int(found)}")
+                    killed.append(found)
+            marker.unlink()
+            return
