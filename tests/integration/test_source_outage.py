@@ -489,3 +489,59 @@ def _kill_idle_while_reading(pg_url: str) -> None:
                 )
                 assert conn.execute(idle).fetchall()
                 return
+
+
+def test_a_describe_whose_connection_is_lost_twice_names_its_task_and_is_retried(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The source's backend is terminated while it reads the column types of the task's
+    select.sql, and again when it is run once more on a new connection: the task stops with an
+    error naming it and its select.sql (it said only "database ... is unavailable"), which says
+    it will retry; the next run exports."""
+    root = tmp_path / "proj"
+    (root / "tasks" / "planned").mkdir(parents=True)
+    (root / "tasks" / "planned" / "task.toml").write_text(
+        'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n'
+    )
+    (root / "tasks" / "planned" / "select.sql").write_text(
+        "SELECT id, city, at, slow_plan() AS s FROM readings"
+    )
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
+        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+        conn.execute(  # immutable, no arguments: run as each query using it is planned, LIMIT 0 too
+            "CREATE FUNCTION slow_plan() RETURNS text IMMUTABLE LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(1.5); RETURN 's'; END $$"
+        )
+    assert cli(root, "mark", "planned", "city=Gent", "day=2024-03-01").returncode == 0
+    killer = threading.Thread(target=_terminate_describe, args=(pg_url,))
+    killer.start()
+    ran = cli(root, "run", "--json")
+    killer.join()
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    [summary] = json.loads(ran.stdout)
+    [error] = summary["task_errors"]
+    assert error.startswith(
+        f"task planned: reading the column types of {root / 'tasks' / 'planned' / 'select.sql'} failed:"
+        " database postgresql://"
+    ), error
+    assert error.endswith("; will retry"), error
+    assert cli(root, "run").returncode == 0
+
+
+def _terminate_describe(pg_url: str, times: int = 2) -> None:
+    """Terminate the backend running the source's describe (``... LIMIT 0``), ``times`` times."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(400):
+            time.sleep(0.05)
+            sql = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%%LIMIT 0'"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            times -= len(conn.execute(sql).fetchall())
+            if times <= 0:
+                return

@@ -24,6 +24,7 @@ See docs/architecture.md, "Adding a task kind".
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import threading
@@ -35,7 +36,7 @@ from typing import Any, Protocol
 from .. import db
 from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
-from ..exceptions import DestinationUnavailable, SluicegateError, UsageError
+from ..exceptions import DestinationUnavailable, SluicegateError, SourceUnavailable, UsageError
 from ..faults import Fault, fault_point
 from ..formats import SPECS
 from ..ledger import Ledger, open_ledger
@@ -126,10 +127,18 @@ class Context:
         self.ledger.close()
 
     def columns(self, task: TaskBase, spec: ReadSpec) -> list[Column]:
-        """The task's result columns, described once per context."""
+        """The task's result columns, described once per context. A lost source or a timeout there
+        names the task and its select.sql ("database ... is unavailable" alone named neither), and
+        keeps its class: it stops the task, which the next run tries again."""
         with self._lock:
             if task.name not in self._columns:
-                self._columns[task.name] = self.source.describe(spec)
+                try:
+                    self._columns[task.name] = self.source.describe(spec)
+                except SourceUnavailable as exc:
+                    named = copy.copy(exc)
+                    where = spec.folder / "select.sql"
+                    named.args = (f"task {task.name}: reading the column types of {where} failed: {exc}",)
+                    raise named from None
             return self._columns[task.name]
 
     def mode(self, fmt: str) -> Mode:
