@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -27,6 +27,7 @@ from .arrow import available as arrow_available
 from .client_sort import ClientSort, order_keys
 from .pg_query import KINDS, batch_query, column_of, projection, select_sql
 
+_T = TypeVar("_T")
 CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 10000
 # A batch of more partitions than this is read without the server's parallel workers. For ~500
@@ -117,17 +118,24 @@ class PostgresSource:
         self.conn.close()
 
     def describe(self, spec: ReadSpec) -> list[Column]:
-        """Run the select with no rows and map result types to column kinds. A connection lost
-        while idle (a read of another task ran on ADBC's) is opened again and the select run once
-        more, as :meth:`execute` does, instead of failing the next task before it claimed any."""
+        """Run the select with no rows and map result types to column kinds (once more on a new
+        connection when the connection was lost, see :meth:`_once_more`)."""
+        return self._once_more(lambda: self._describe(spec))
+
+    def _once_more(self, call: Callable[[], _T]) -> _T:
+        """``call()`` (a read-only query), run once more on a new connection when the connection
+        was lost. One lost while idle (terminated, the server restarted, while a read ran on ADBC's
+        connection) is seen only when used, and failed a task that had done nothing wrong. The
+        query is run again as well when its own connection was ended under it (an operator's
+        ``pg_terminate_backend``, a query that crashes its backend): once, then the loss fails."""
         self._reconnect_if_lost()
         try:
-            return self._describe(spec)
+            return call()
         except SourceLost:
             if not (self.conn.closed or self.conn.broken):
                 raise
         self._reconnect_if_lost()
-        return self._describe(spec)
+        return call()
 
     def _describe(self, spec: ReadSpec) -> list[Column]:
         query = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(select_sql(spec))
@@ -157,17 +165,9 @@ class PostgresSource:
         return distinct_names(spec, [column_of(d, types) for d in desc])
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a small query and return all rows. A connection lost while idle (terminated, the
-        server restarted, while a read ran on the other one) is seen only when used: it is opened
-        again and the query run once more, instead of failing the task whose windows were done."""
-        self._reconnect_if_lost()
-        try:
-            return self._execute(query, params)
-        except SourceLost:
-            if not (self.conn.closed or self.conn.broken):
-                raise
-        self._reconnect_if_lost()
-        return self._execute(query, params)
+        """Run a small read-only query and return all rows (once more on a new connection when the
+        connection was lost, see :meth:`_once_more`)."""
+        return self._once_more(lambda: self._execute(query, params))
 
     def _execute(self, query: str, params: Sequence[Any] | dict[str, Any]) -> list[tuple[Any, ...]]:
         with db.wrap_errors(self.url), self.conn.cursor() as cur:
