@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,22 @@ def assert_one_type_twin_parked(failure: dict[str, Any], out: Path) -> None:
     error = failure["error"]
     assert '[1,"2024-11-02"]' in error and '["1","2024-11-02"]' in error and "'1/20241102.csv'" in error
     assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error
+
+
+def kill_idle_while_reading(pg_url: str, not_like: str) -> None:
+    """Once a query calling ``slow_for`` runs (one not ``LIKE not_like``, ``%%`` for a ``%``),
+    terminate every idle connection to the database: the source's, lost while it is not used."""
+    reading = (
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%slow_for%%'"
+        f" AND query NOT LIKE '{not_like}' AND pid <> pg_backend_pid()"
+    )
+    idle = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE 'idle%%'"
+        " AND pid <> pg_backend_pid() AND datname = current_database()"
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(300):
+            time.sleep(0.05)
+            if conn.execute(reading).fetchall():
+                assert conn.execute(idle).fetchall()
+                return

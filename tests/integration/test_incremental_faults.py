@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from sluicegate import operations
-from support import SLUICEGATE, cli, load
+from support import SLUICEGATE, cli, kill_idle_while_reading, load
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)
@@ -279,7 +279,7 @@ def test_a_source_connection_lost_while_idle_is_opened_again_for_the_next_small_
             "CREATE FUNCTION slow_for(s text) RETURNS text IMMUTABLE LANGUAGE sql AS "
             "$$ SELECT CASE WHEN s = 's1' THEN pg_sleep(1.5)::text END $$"
         )
-    killer = threading.Thread(target=_kill_idle_while_reading, args=(pg_url,))
+    killer = threading.Thread(target=kill_idle_while_reading, args=(pg_url, "SELECT DISTINCT%%"))
     killer.start()
     proc = cli(root, "run", "--json")
     killer.join()
@@ -287,21 +287,3 @@ def test_a_source_connection_lost_while_idle_is_opened_again_for_the_next_small_
     [summary] = json.loads(proc.stdout)
     assert summary["exported"] == 2 and not summary["task_errors"], summary
     assert "task_error" not in _status(root)["slowed"]
-
-
-def _kill_idle_while_reading(pg_url: str) -> None:
-    """Once a read of slow_for's rows is running, terminate the source's idle connections."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        for _ in range(300):
-            time.sleep(0.05)
-            reading = (
-                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%slow_for%%'"
-                " AND query NOT LIKE 'SELECT DISTINCT%%' AND pid <> pg_backend_pid()"
-            )
-            if conn.execute(reading).fetchall():
-                idle = (
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE 'idle%%'"
-                    " AND pid <> pg_backend_pid() AND datname = current_database()"
-                )
-                assert conn.execute(idle).fetchall()
-                return

@@ -26,7 +26,7 @@ import test_faults
 from sluicegate import db as sg_db
 from sluicegate import engine, operations
 from sluicegate.options import RunOptions
-from support import Db, cli, hours, load, write_project
+from support import Db, cli, hours, kill_idle_while_reading, load, write_project
 
 if TYPE_CHECKING:
     from plugins.tcpproxy import TcpProxy
@@ -462,7 +462,7 @@ def test_a_source_connection_lost_while_idle_is_opened_again_to_describe_the_nex
         )
     for task in ("a_slow", "b_next"):
         assert cli(root, "mark", task, "city=Gent", "day=2024-03-01").returncode == 0
-    killer = threading.Thread(target=_kill_idle_while_reading, args=(pg_url,))
+    killer = threading.Thread(target=kill_idle_while_reading, args=(pg_url, "%%LIMIT 0"))
     killer.start()
     ran = cli(root, "run", "--json")
     killer.join()
@@ -471,24 +471,6 @@ def test_a_source_connection_lost_while_idle_is_opened_again_to_describe_the_nex
         ("a_slow", 1, []),
         ("b_next", 1, []),
     ]
-
-
-def _kill_idle_while_reading(pg_url: str) -> None:
-    """Once a read of slow_for's rows is running, terminate the source's idle connections."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        for _ in range(300):
-            time.sleep(0.05)
-            reading = (
-                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%slow_for%%'"
-                " AND query NOT LIKE '%%LIMIT 0' AND pid <> pg_backend_pid()"
-            )
-            if conn.execute(reading).fetchall():
-                idle = (
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE 'idle%%'"
-                    " AND pid <> pg_backend_pid() AND datname = current_database()"
-                )
-                assert conn.execute(idle).fetchall()
-                return
 
 
 def test_a_describe_whose_connection_is_lost_twice_names_its_task_and_is_retried(
