@@ -180,7 +180,7 @@ class _Transport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         proxy = self.proxies.get(request.url.scheme) or self.proxies.get("all") or ""
-        if proxy and urllib.request.proxy_bypass(request.url.host):
+        if proxy and _bypassed(request.url):
             proxy = ""
         pool = self.pools.get(proxy) or self.pools.setdefault(proxy, _pool(proxy))
         if isinstance(pool, httpx.BaseTransport):
@@ -202,6 +202,15 @@ class _Transport(httpx.BaseTransport):
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+
+def _bypassed(url: httpx.URL) -> bool:
+    """Whether ``NO_PROXY`` keeps ``url`` off the proxy, as httpx read it: an entry naming its host
+    (``.example.com``, ``example.com``: subdomains too), its ``host:port``, or ``*`` anywhere in
+    the list (urllib's own check takes ``*`` only as the whole value, and never sees the port)."""
+    entries = [entry.strip() for entry in urllib.request.getproxies().get("no", "").split(",")]
+    where = url.host if url.port is None else f"{url.host}:{url.port}"
+    return "*" in entries or bool(urllib.request.proxy_bypass(where))
 
 
 _LIMITS: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}

@@ -57,12 +57,17 @@ def test_a_proxy_named_by_http_proxy_carries_the_requests(
     assert answer.text == "via proxy: http://feed.sluicegate-test.invalid/pages?n=1"
 
 
-def test_no_proxy_keeps_a_host_off_the_proxy(proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1:{port}", "example.com, *"])
+def test_no_proxy_keeps_a_host_off_the_proxy(
+    proxy: str, monkeypatch: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    """An entry with the port, and ``*`` in a list, are honoured as httpx honoured them (urllib's
+    check alone sent such requests to the proxy)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: a request through it fails
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("NO_PROXY", no_proxy.format(port=server.server_address[1]))
         for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(name, raising=False)
         url = f"http://127.0.0.1:{server.server_address[1]}/direct"
