@@ -14,7 +14,8 @@ traceback (``-v`` shows one) and maps :class:`ConfigError` to exit code 2.
     └── ExportError            exporting one partition failed (recorded on the ledger)
         ├── TransientError     worth retrying with backoff (network, 5xx, timeouts)
         │   ├── SourceUnavailable
-        │   │   └── SourceLost     the connection itself (a restart, a network failure): no attempt
+        │   │   ├── SourceLost     the connection itself (a restart, a network failure): no attempt
+        │   │   └── StatementTimedOut  the query's time limit: its batch is read one unit at a time
         │   └── DestinationUnavailable
         └── TerminalError      retrying will not help (bad data, bad path, bad query)
             ├── BadPartitionValue
@@ -32,8 +33,9 @@ quotes from the source, the ledger or a task (a key value, an entity) goes throu
 
 from __future__ import annotations
 
+import copy
 import unicodedata
-from typing import Any
+from typing import Any, TypeVar
 
 
 class SluicegateError(Exception):
@@ -130,6 +132,17 @@ def printable(value: Any) -> str:
     if not unicodedata.is_normalized("NFC", text):
         return ascii(text)  # 'e\u0301': repr would print the same glyph as the composed letter
     return text if text.isprintable() and text and text == text.strip() else repr(text)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def prefixed(exc: _E, where: str) -> _E:
+    """A copy of ``exc`` whose message starts with ``where`` (the task and query it came from),
+    its class and attributes kept: a timeout stays a timeout, a lost source a lost source."""
+    named = copy.copy(exc)
+    named.args = (f"{where}: {exc}",)
+    return named
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -11,10 +11,9 @@ again, and nothing is claimed, charged or parked meanwhile.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigError, DataError, ExportError
+from .exceptions import ConfigError, DataError, ExportError, prefixed
 
 if TYPE_CHECKING:
     from .drivers.incremental import Task as TaskSpec
@@ -37,9 +36,7 @@ def _execute(task: TaskSpec, source: Any, query: str) -> list[Any]:
         where = f"task {task.name}: finding its entities with {task.folder / 'select.sql'} failed"
         if isinstance(exc, DataError):
             raise ConfigError(f"{where}: {exc}; fix the query, or list the entities in task.toml") from None
-        named = copy.copy(exc)  # its class (a timeout, a lost connection) and attributes kept
-        named.args = (f"{where}: {exc}",)
-        raise named from None
+        raise prefixed(exc, where) from None
 
 
 def entity_values(task: TaskSpec, request: ExportRequest, source: Any) -> dict[str, Any]:

@@ -24,7 +24,6 @@ See docs/architecture.md, "Adding a task kind".
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib
 import threading
@@ -36,7 +35,7 @@ from typing import Any, Protocol
 from .. import db
 from ..changes import ChangeFeed, FeedRun
 from ..destinations import Destination, open_destination
-from ..exceptions import DestinationUnavailable, SluicegateError, SourceUnavailable, UsageError
+from ..exceptions import DestinationUnavailable, SluicegateError, SourceUnavailable, UsageError, prefixed
 from ..faults import Fault, fault_point
 from ..formats import SPECS
 from ..ledger import Ledger, open_ledger
@@ -135,10 +134,8 @@ class Context:
                 try:
                     self._columns[task.name] = self.source.describe(spec)
                 except SourceUnavailable as exc:
-                    named = copy.copy(exc)
-                    where = spec.folder / "select.sql"
-                    named.args = (f"task {task.name}: reading the column types of {where} failed: {exc}",)
-                    raise named from None
+                    where = f"task {task.name}: reading the column types of {spec.folder / 'select.sql'}"
+                    raise prefixed(exc, f"{where} failed") from None
             return self._columns[task.name]
 
     def mode(self, fmt: str) -> Mode:
