@@ -423,15 +423,17 @@ def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged
     assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure
 
 
-def _one_slow_location(db: Db, locations: range, *, slow: int) -> str:
+def _one_slow_location(db: Db, locations: range, *, slow: int | None) -> str:
     """Fill ``locations``, give the database a 1 s ``statement_timeout``; return a select whose
-    read of location ``slow`` runs out of it (0.1 s a row)."""
+    read of location ``slow`` (None: of every location) runs out of it (0.1 s a row)."""
     _fill(db, locations)
     db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
-    return (
-        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
-        f"CASE WHEN m.location_id = {slow} THEN pg_sleep(0.1)::text END AS s FROM measurements AS m"
+    sleep = (
+        "pg_sleep(0.1)::text"
+        if slow is None
+        else f"CASE WHEN m.location_id = {slow} THEN pg_sleep(0.1)::text END"
     )
+    return f"SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, {sleep} AS s FROM measurements AS m"
 
 
 @pytest.mark.pg
@@ -465,13 +467,7 @@ def test_a_batch_read_alone_after_a_statement_timeout_keeps_to_max_runtime(
     read alone. The reads alone never reached the pipeline's deadline checks, so a batch of 500
     such partitions would take 500 timeouts whatever ``--max-runtime`` said. Now the rest of the
     batch is given back, without an attempt, once the budget is spent."""
-    db = Db(pg_url)
-    _fill(db, range(1, 7))
-    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
-    select = (
-        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
-        "pg_sleep(0.1)::text AS s FROM measurements AS m"
-    )
+    select = _one_slow_location(Db(pg_url), range(1, 7), slow=None)
     root = _project(tmp_path, pg_url, "csv", select, extra_defaults="batch_size = 12\nworkers = 1")
     _mark_all(root, range(1, 7))
     proc = subprocess.run(
@@ -493,13 +489,7 @@ def test_a_run_told_to_stop_while_reading_a_batch_alone_gives_the_rest_back(
     through all 12, each running out of the 1 s ``statement_timeout`` and charged an attempt, as
     a stop let the batch in hand finish. Now the read in hand finishes and the rest of the batch
     goes back to pending, without an attempt."""
-    db = Db(pg_url)
-    _fill(db, range(1, 7))
-    db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
-    select = (
-        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, "
-        "pg_sleep(0.1)::text AS s FROM measurements AS m"
-    )
+    select = _one_slow_location(Db(pg_url), range(1, 7), slow=None)
     root = _project(
         tmp_path, pg_url, "csv", select, backoff="1h", extra_defaults="batch_size = 12\nworkers = 1"
     )
