@@ -405,12 +405,15 @@ def test_a_failed_first_run_does_not_unbind_a_task_another_worker_exported_meanw
     _select_through(
         pg_url,
         root,
-        "BEGIN IF NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed'); PERFORM pg_sleep(3);"
+        # The first read waits until the other worker has exported and broken the source (at
+        # most a minute), not a fixed 3 s that a loaded machine's whole other run outlasted.
+        "BEGIN IF NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
+        " FOR i IN 1..1200 LOOP EXIT WHEN (SELECT yes FROM broken); PERFORM pg_sleep(0.05); END LOOP;"
         " END IF; IF (SELECT yes FROM broken) THEN RAISE EXCEPTION 'broken'; END IF; RETURN loc; END",
         armed=True,
     )
 
-    def other_worker() -> None:  # runs while the first worker's first read sleeps
+    def other_worker() -> None:  # runs while the first worker's first read waits
         with psycopg.connect(pg_url, autocommit=True) as admin:
             query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
             while admin.execute(query).fetchone()[0] == 0:  # type: ignore[index]
