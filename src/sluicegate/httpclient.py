@@ -20,6 +20,7 @@ import httpcore
 import httpx
 
 from . import validate
+from .exceptions import ConfigError
 from .masking import mask_url
 
 
@@ -33,9 +34,7 @@ def client(*, timeout: float, headers: dict[str, str] | None = None, auth: Any =
     """A client with the shared TLS context, asking only for the codings ``send`` counts as decoded
     (httpx asks for br and zstd too when their packages are installed)."""
     headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
-    return httpx.Client(
-        timeout=timeout, headers=headers, auth=auth, verify=tls_context(), transport=_Transport()
-    )
+    return httpx.Client(timeout=timeout, headers=headers, auth=auth, transport=_Transport())  # TLS: _pool
 
 
 # A request's whole answer must arrive within this many times the client's timeout, which is per
@@ -176,15 +175,14 @@ class _Transport(httpx.BaseTransport):
 
     def __init__(self) -> None:
         self.proxies = urllib.request.getproxies()
-        self.pools: dict[str, httpcore.ConnectionPool | httpcore.HTTPProxy | httpx.BaseTransport] = {}
+        self.pools: dict[str, httpcore.ConnectionPool] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        proxy = self.proxies.get(request.url.scheme) or self.proxies.get("all") or ""
+        named = request.url.scheme if request.url.scheme in self.proxies else "all"
+        proxy = self.proxies.get(named, "")
         if proxy and _bypassed(request.url):
             proxy = ""
-        pool = self.pools.get(proxy) or self.pools.setdefault(proxy, _pool(proxy))
-        if isinstance(pool, httpx.BaseTransport):
-            return pool.handle_request(request)
+        pool = self.pools.get(proxy) or self.pools.setdefault(proxy, _pool(proxy, f"{named.upper()}_PROXY"))
         url = request.url
         asked = httpcore.Request(
             method=request.method,
@@ -216,17 +214,38 @@ def _bypassed(url: httpx.URL) -> bool:
 _LIMITS: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}
 
 
-def _pool(proxy: str) -> httpcore.ConnectionPool | httpcore.HTTPProxy | httpx.BaseTransport:
-    """The connections of a :class:`_Transport` straight to the servers ("") or through ``proxy``;
-    a SOCKS proxy has httpx's own (its reads not cut to send()'s time)."""
+# The proxies a :class:`_Transport` speaks: through an HTTP(S) proxy by CONNECT or as its
+# forward proxy, through a SOCKS5 one by its CONNECT (socks5h: the proxy resolves the name, as
+# httpcore always has it do).
+_SOCKS = ("socks5", "socks5h")
+
+
+def _pool(proxy: str, variable: str) -> httpcore.ConnectionPool:
+    """The connections of a :class:`_Transport` straight to the servers ("") or through ``proxy``
+    (named by the environment's ``variable``), each made by :class:`_Backend`, so that every wait
+    through a proxy is cut to send()'s time too."""
     if not proxy:
         return httpcore.ConnectionPool(ssl_context=tls_context(), network_backend=_Backend(), **_LIMITS)
+    scheme = proxy.partition("://")[0].lower() if "://" in proxy else "http"
+    if scheme not in ("http", "https", *_SOCKS):
+        raise ConfigError(
+            f"{variable} names the proxy {mask_url(proxy)}, whose scheme {scheme} sluicegate cannot"
+            f" speak: name an http://, https:// or socks5:// proxy there, or list the host in NO_PROXY,"
+            f" then redrive the task"
+        )
     named = httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}")  # its user and password as auth
-    if named.url.scheme not in ("http", "https"):
-        return httpx.HTTPTransport(proxy=named, verify=tls_context())
     url = named.url
+    where = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+    if scheme in _SOCKS:
+        return httpcore.SOCKSProxy(
+            proxy_url=where,
+            proxy_auth=named.raw_auth,
+            ssl_context=tls_context(),
+            network_backend=_Backend(),
+            **_LIMITS,
+        )
     return httpcore.HTTPProxy(
-        proxy_url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+        proxy_url=where,
         proxy_auth=named.raw_auth,
         proxy_headers=named.headers.raw,
         ssl_context=tls_context(),

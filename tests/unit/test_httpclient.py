@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import select
 import socket
 import ssl
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +154,98 @@ def test_https_with_ssl_cert_file(
         httpclient.tls_context.cache_clear()
         tunnel.shutdown()
         tunnel.server_close()
+
+
+_PROXY_VARIABLES = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+@pytest.fixture
+def socks5(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real SOCKS5 proxy (pproxy, in its own process) on 127.0.0.1, and its log of what it relayed."""
+    from plugins.common import free_ports
+
+    [port] = free_ports(1)
+    log = tmp_path / "pproxy.log"
+    with log.open("wb") as out:
+        proxy = subprocess.Popen(
+            [sys.executable, "-u", "-m", "pproxy", "-l", f"socks5://127.0.0.1:{port}", "-v"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proxy.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}", log
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    """A server that sends its body a byte every 0.1 s for 15 s: never idle for a whole timeout."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "150")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client hung up, as it should
+            for _ in range(150):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
+def test_a_socks5_proxy_named_by_all_proxy_carries_the_requests_and_its_waits_are_cut(
+    socks5: tuple[str, Path], scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ALL_PROXY=socks5://... (an SSH tunnel's, say) failed every request with an ImportError (httpx
+    needs socksio for it), which the block recorded as an unknown, terminal error; and through
+    httpx's own SOCKS transport a server dripping its answer was not cut at send()'s whole-answer
+    time. The requests go through the proxy (its log names the address asked for), and the drip is
+    cut as it is without a proxy."""
+    address, log = socks5
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", f"{scheme}://{address}")
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) for handler in (_Proxy, _Drip)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    plain, drip = (server.server_address[1] for server in servers)
+    try:
+        with httpclient.client(timeout=0.5) as client:
+            assert httpclient.send(client, "GET", f"http://localhost:{plain}/via").text == "via proxy: /via"
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout, match="did not arrive whole within 2 s"):
+                httpclient.send(client, "GET", f"http://localhost:{drip}/drip")
+            assert time.monotonic() - started < 6
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    relayed = log.read_text()
+    assert f"-> localhost:{plain}" in relayed and f"-> localhost:{drip}" in relayed, relayed
+
+
+def test_a_proxy_of_a_scheme_sluicegate_cannot_speak_is_named_with_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ALL_PROXY=socks4://... raised httpx's ValueError "Unknown scheme for proxy URL", recorded as
+    an unknown error on the block; it is a ConfigError naming the variable and the proxy, its
+    password masked."""
+    from sluicegate.exceptions import ConfigError
+
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks4://me:s3cr3t@127.0.0.1:1080")
+    with httpclient.client(timeout=1) as client, pytest.raises(ConfigError) as caught:
+        httpclient.send(client, "GET", "http://localhost:9/")
+    said = str(caught.value)
+    assert said.startswith("ALL_PROXY names the proxy socks4://") and "socks4 sluicegate cannot speak" in said
+    assert "s3cr3t" not in said and "socks5://" in said, said
