@@ -7,6 +7,7 @@ a blocks run makes a client per block, so the context is built once and shared.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import ssl
 import threading
 import time
@@ -205,10 +206,26 @@ class _Transport(httpx.BaseTransport):
 def _bypassed(url: httpx.URL) -> bool:
     """Whether ``NO_PROXY`` keeps ``url`` off the proxy, as httpx read it: an entry naming its host
     (``.example.com``, ``example.com``: subdomains too), its ``host:port``, or ``*`` anywhere in
-    the list (urllib's own check takes ``*`` only as the whole value, and never sees the port)."""
+    the list (urllib's own check takes ``*`` only as the whole value, and never sees the port);
+    and, as curl and Go read it, an address range (``10.0.0.0/8``) holding an address the URL
+    names (a host name is not resolved for it)."""
     entries = [entry.strip() for entry in urllib.request.getproxies().get("no", "").split(",")]
     where = url.host if url.port is None else f"{url.host}:{url.port}"
-    return "*" in entries or bool(urllib.request.proxy_bypass(where))
+    return "*" in entries or bool(urllib.request.proxy_bypass(where)) or _in_range(url.host, entries)
+
+
+def _in_range(host: str, entries: list[str]) -> bool:
+    """Whether ``host`` is an IP address within one of the ``entries`` that are address ranges."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in entries:
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+    return False
 
 
 _LIMITS: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}

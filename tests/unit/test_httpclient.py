@@ -60,12 +60,27 @@ def test_a_proxy_named_by_http_proxy_carries_the_requests(
     assert answer.text == "via proxy: http://feed.sluicegate-test.invalid/pages?n=1"
 
 
-@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1:{port}", "example.com, *"])
+@pytest.mark.parametrize(
+    "no_proxy",
+    ["127.0.0.1", "localhost,127.0.0.1:{port}", "example.com, *", "10.0.0.0/8, 127.0.0.0/8", "::1/128,127.0.0.1/32"],
+)
 def test_no_proxy_keeps_a_host_off_the_proxy(
     proxy: str, monkeypatch: pytest.MonkeyPatch, no_proxy: str
 ) -> None:
     """An entry with the port, and ``*`` in a list, are honoured as httpx honoured them (urllib's
-    check alone sent such requests to the proxy)."""
+    check alone sent such requests to the proxy); an address range as curl and Go honour it."""
+    _direct_or_not(monkeypatch, no_proxy, direct=True)
+
+
+def test_an_address_range_in_no_proxy_keeps_off_the_proxy_only_the_addresses_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _direct_or_not(monkeypatch, "10.0.0.0/8,127.0.0.2/32,localhost.invalid", direct=False)
+
+
+def _direct_or_not(monkeypatch: pytest.MonkeyPatch, no_proxy: str, *, direct: bool) -> None:
+    """A request to a server on 127.0.0.1 with HTTP_PROXY at a port nothing listens on, so that
+    it succeeds only when ``no_proxy`` keeps it off the proxy (``direct``)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -75,7 +90,11 @@ def test_no_proxy_keeps_a_host_off_the_proxy(
             monkeypatch.delenv(name, raising=False)
         url = f"http://127.0.0.1:{server.server_address[1]}/direct"
         with httpclient.client(timeout=5) as client:
-            assert httpclient.send(client, "GET", url).text == "via proxy: /direct"
+            if direct:
+                assert httpclient.send(client, "GET", url).text == "via proxy: /direct"
+            else:
+                with pytest.raises(httpx.ConnectError):
+                    httpclient.send(client, "GET", url)
     finally:
         server.shutdown()
         server.server_close()
