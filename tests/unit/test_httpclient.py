@@ -62,7 +62,13 @@ def test_a_proxy_named_by_http_proxy_carries_the_requests(
 
 @pytest.mark.parametrize(
     "no_proxy",
-    ["127.0.0.1", "localhost,127.0.0.1:{port}", "example.com, *", "10.0.0.0/8, 127.0.0.0/8", "::1/128,127.0.0.1/32"],
+    [
+        "127.0.0.1",
+        "localhost,127.0.0.1:{port}",
+        "example.com, *",
+        "10.0.0.0/8, 127.0.0.0/8",
+        "::1/128,127.0.0.1/32",
+    ],
 )
 def test_no_proxy_keeps_a_host_off_the_proxy(
     proxy: str, monkeypatch: pytest.MonkeyPatch, no_proxy: str
