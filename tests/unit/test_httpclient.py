@@ -27,11 +27,18 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         body = f"via proxy: {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Peer-Port", str(self.client_address[1]))  # a new connection, a new port
         self.end_headers()
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _KeptAlive(_Proxy):
+    """:class:`_Proxy` over HTTP/1.1, keeping the connection open between requests."""
+
+    protocol_version = "HTTP/1.1"
 
 
 @pytest.fixture
@@ -115,7 +122,7 @@ def https_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
          "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeptAlive)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -168,9 +175,12 @@ def test_https_with_ssl_cert_file(
     httpclient.tls_context.cache_clear()
     try:
         with httpclient.client(timeout=5) as client:
+            peers = set()
             for n in range(2):  # the second on the connection the first left open
                 answer = httpclient.send(client, "GET", f"https://localhost:{port}/tls/{n}")
                 assert answer.text == f"via proxy: /tls/{n}"
+                peers.add(answer.headers["X-Peer-Port"])
+            assert len(peers) == 1, peers
         monkeypatch.delenv("SSL_CERT_FILE")
         httpclient.tls_context.cache_clear()
         with httpclient.client(timeout=5) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE"):
