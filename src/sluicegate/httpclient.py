@@ -56,11 +56,20 @@ def answer_cap(config: Mapping[str, Any], where: str) -> int:
 
 
 class TooLarge(Exception):
-    """An answer whose decoded body is larger than ``cap`` bytes (``declared``: its Content-Length)."""
+    """An answer whose decoded body is larger than ``cap`` bytes (``declared``: its Content-Length;
+    ``status``: its HTTP status, set by :func:`send`)."""
 
     def __init__(self, cap: int, declared: int | None = None) -> None:
         super().__init__(f"the answer is larger than {cap} bytes")
         self.cap, self.declared = cap, declared
+        self.status: int | None = None
+
+    def transient(self, shown: str) -> str | None:
+        """For a 5xx, 408 or 429 (a proxy's or load balancer's page, which the next try may not
+        send), the unit's transient error: asking again is what such an answer calls for."""
+        if self.status is None or not (self.status >= 500 or self.status in (408, 429)):
+            return None
+        return f"{shown}: HTTP {self.status}, its answer larger than max_answer_bytes (not read); will retry"
 
     def sentence(self, shown: str, fix: str) -> str:
         """One sentence for the unit's error: the masked URL ``shown``, the cap, and ``fix``."""
@@ -84,13 +93,11 @@ def send(
     _TIME.until = until = time.monotonic() + limit
     try:
         with client.stream(method, url, **kwargs) as response:
-            codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
-            codings = [c for c in codings if c not in ("", "identity")]
-            declared = response.headers.get("Content-Length", "").strip()
-            if not codings and declared.isdigit() and int(declared) > cap:  # refused before it is read
-                raise TooLarge(cap, int(declared))
-            response.stream = _Counted(response.stream, response.request, codings=codings, cap=cap)
-            response.read()
+            try:
+                _read(response, cap)
+            except TooLarge as exc:
+                exc.status = response.status_code
+                raise
     except httpx.TimeoutException as exc:
         if time.monotonic() < until:
             raise
@@ -98,6 +105,17 @@ def send(
     finally:
         _TIME.until = None
     return response
+
+
+def _read(response: httpx.Response, cap: int) -> None:
+    """Read ``response``'s body, decoded, or raise :class:`TooLarge` once it is over ``cap`` bytes."""
+    codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c not in ("", "identity")]
+    declared = response.headers.get("Content-Length", "").strip()
+    if not codings and declared.isdigit() and int(declared) > cap:  # refused before it is read
+        raise TooLarge(cap, int(declared))
+    response.stream = _Counted(response.stream, response.request, codings=codings, cap=cap)
+    response.read()
 
 
 class _Time(threading.local):

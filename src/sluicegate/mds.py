@@ -207,6 +207,8 @@ def get_page(
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
         except httpclient.TooLarge as exc:  # asked again, it is as large: the worker would die of it
+            if retry := exc.transient(shown):  # a 503's page: another try may get the trips
+                raise SourceUnavailable(retry) from None
             raise TerminalError(exc.sentence(shown, TOO_LARGE)) from None
         if response.status_code in (429, 503) and attempt < retries:
             time.sleep(min(_retry_after(response, attempt), max_wait))

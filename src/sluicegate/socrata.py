@@ -202,6 +202,8 @@ def _send(
     except httpx.HTTPError as exc:
         raise DestinationUnavailable(f"{shown}: {type(exc).__name__}: {exc}; will retry") from None
     except httpclient.TooLarge as exc:
+        if retry := exc.transient(shown):
+            raise DestinationUnavailable(retry) from None
         fix = "check that url is the portal, or raise max_answer_bytes in the stage's config"
         raise TerminalError(exc.sentence(shown, fix)) from None
     if response.status_code >= 500 or response.status_code == 429:

@@ -1556,7 +1556,7 @@ def _page(size: int) -> bytes:
     return json.dumps(answer).encode()
 
 
-def _sized(size: int, how: str) -> Any:
+def _sized(size: int, how: str, status: str = "200 OK") -> Any:
     """A raw answer of ``size`` bytes decoded: ``plain`` with its Content-Length, ``close`` without
     one (the body ends with the connection), else in that Content-Encoding (``gzip``, ``deflate``
     as a raw deflate stream, ``gzip, gzip`` a gzip bomb gzipped), its Content-Length the coded's."""
@@ -1568,7 +1568,7 @@ def _sized(size: int, how: str) -> Any:
         body = deflate.compress(body) + deflate.flush()
     length = "Connection: close" + ("" if how == "close" else f"\r\nContent-Length: {len(body)}")
     coding = "" if how in ("plain", "close") else f"Content-Encoding: {how}\r\n"
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{coding}{length}\r\n\r\n".encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{coding}{length}\r\n\r\n".encode()
 
     def answer(wfile: Any) -> None:
         wfile.write(head)
@@ -1636,6 +1636,28 @@ def test_a_socrata_answer_larger_than_max_answer_bytes_is_terminal(how: str) -> 
     fix = "check that url is the portal, or raise max_answer_bytes in the stage's config"
     declared = MiB + 1 if how == "plain" else None
     assert str(caught.value) == _too_large(f"{server.url}/api/views/d.json", fix, declared)
+
+
+@pytest.mark.parametrize("status", ["503 Service Unavailable", "429 Too Many Requests", "502 Bad Gateway"])
+@pytest.mark.parametrize("how", ["plain", "gzip"])
+def test_an_error_answer_larger_than_max_answer_bytes_is_retried_not_parked(how: str, status: str) -> None:
+    """A load balancer's or proxy's 503 (or 429, 502) page over max_answer_bytes parked the block,
+    as if the provider's trips were too large, though the next try may get them: such an answer
+    is transient for mds (the source) and socrata (the destination), its body not read."""
+    from sluicegate import mds, socrata
+    from sluicegate.exceptions import DestinationUnavailable, SourceUnavailable
+
+    code = status.split()[0]
+    with _Raw(_sized(MiB + 1, how, status)) as server:
+        with pytest.raises(SourceUnavailable) as source:
+            list(mds.trips(_first_hour(), {"url": f"{server.url}/p", "retries": 0, "max_answer_bytes": MiB}))
+        with pytest.raises(DestinationUnavailable) as destination:
+            socrata.upsert(
+                _first_hour(), iter([{"a": 1}]), {"url": server.url, "dataset": "d", "max_answer_bytes": MiB}
+            )
+    said = f": HTTP {code}, its answer larger than max_answer_bytes (not read); will retry"
+    assert str(source.value).endswith(said) and str(source.value).startswith(server.url), source.value
+    assert str(destination.value) == f"{server.url}/api/views/d.json{said}", destination.value
 
 
 @pytest.mark.parametrize("how", ["close", "gzip", "deflate", "gzip, gzip"])
