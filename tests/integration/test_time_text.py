@@ -14,6 +14,7 @@ import datetime as dt
 import gzip
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -293,22 +294,9 @@ def test_backfill_marks_a_time_keys_partitions_as_the_triggers_do(
     """A partition key of type time or timetz: the triggers recorded it as PostgreSQL's text and
     its files were exported, while backfill (and scans), which read the keys as Python times, set
     every row aside ("of a type no key holds", naming tk=12:00:00.100000) and marked nothing."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE tk (id int PRIMARY KEY, tk {pg_type}, t timestamptz)")
-    root = tmp_path / "proj"
-    (root / "tasks/x").mkdir(parents=True)
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "out"\n[defaults]\nformat = "csv"\nbackoff = "0s"\n'
-    )
-    (root / "tasks/x/select.sql").write_text("SELECT id, tk, t FROM tk")
-    (root / "tasks/x/task.toml").write_text(
-        'keys = ["tk"]\npath = "{tk}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "t"\nzone = "UTC"\n'
-        '[capture]\nmode = "trigger"\ntable = "tk"\ntime = "t"\n'
-    )
+    root = _keyed_by_time(tmp_path, pg_url, pg_type, 'zone = "UTC"', CAPTURES["trigger"])
     assert cli(root, "install").returncode == 0
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        for i, value in enumerate(values):
-            conn.execute("INSERT INTO tk VALUES (%s, %s, '2024-01-01 10:00+00')", (i, value))
+    _insert(pg_url, values)
     ran = cli(root, "run")
     assert ran.returncode == 0 and "2 exported" in ran.stdout, ran.stdout + ran.stderr
     exported = sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_"))
@@ -319,3 +307,115 @@ def test_backfill_marks_a_time_keys_partitions_as_the_triggers_do(
     again = cli(root, "run")
     assert again.returncode == 0 and "0 exported, 2 unchanged" in again.stdout, again.stdout + again.stderr
     assert sorted(p.name for p in (root / "out").iterdir() if not p.name.startswith("_")) == exported
+
+
+CAPTURES = {
+    "trigger": 'mode = "trigger"\ntable = "tk"\ntime = "t"',
+    "scan": 'mode = "scan"\ntable = "tk"\ntime = "t"\ncursor = "at"',
+    "explicit": 'mode = "explicit"',
+}
+
+
+def _keyed_by_time(tmp_path: Path, pg_url: str, pg_type: str, zone: str, capture: str) -> Path:
+    """Table ``tk`` (``id``, the key ``tk`` of ``pg_type``, its time ``t``, the time ``at`` each
+    row was written) and a project whose task ``x`` writes a file per key and day of ``zone``."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE tk (id int PRIMARY KEY, tk {pg_type}, t timestamptz,"
+            " at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+    root = tmp_path / "proj"
+    (root / "tasks/x").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "out"\n[defaults]\nformat = "csv"\nbackoff = "0s"\n'
+    )
+    (root / "tasks/x/select.sql").write_text("SELECT id, tk, t FROM tk")
+    (root / "tasks/x/task.toml").write_text(
+        f'keys = ["tk"]\npath = "{{tk}}/{{day:%Y%m%d}}.{{ext}}"\n[time]\ncolumn = "t"\n{zone}\n[capture]\n{capture}\n'
+    )
+    return root
+
+
+def _insert(pg_url: str, keys: Sequence[str], *, first: int = 1, t: str = "2024-01-01 10:00+00") -> None:
+    """A row of table ``tk`` at ``t`` for each of ``keys``, their ids counted from ``first``."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for i, key in enumerate(keys, first):
+            conn.execute("INSERT INTO tk (id, tk, t) VALUES (%s, %s, %s)", (i, key, t))
+
+
+def _rows_by_key(root: Path, files: str = "*/20240101.csv") -> dict[str, list[list[str]]]:
+    """Each exported file's rows (id, tk), by the key its folder names."""
+    return {
+        file.parent.name: [row[:2] for row in list(csv.reader(io.StringIO(file.read_text(), newline="")))[1:]]
+        for file in (root / "out").glob(files)
+    }
+
+
+# How a table's partitions are found: a backfill, a scan, or the triggers with zones from zone_sql.
+FINDERS = {
+    "backfill": ('zone = "UTC"', CAPTURES["explicit"]),
+    "scan": ('zone = "UTC"', CAPTURES["scan"]),
+    "zone_sql": ("zone_sql = \"SELECT DISTINCT tk, 'UTC' FROM tk\"", CAPTURES["trigger"]),
+}
+
+
+@pytest.mark.parametrize("finder", list(FINDERS))
+@pytest.mark.parametrize(
+    ("pg_type", "values"),
+    [("time", ("24:00:00", "12:00:00.1")), ("timetz", ("24:00:00+00", "00:00:00.000001-00:17:30"))],
+)
+def test_a_time_key_python_cannot_hold_is_a_partition_like_any_other(
+    finder: str, pg_type: str, values: tuple[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """24:00:00, which PostgreSQL takes and Python's time cannot hold: a backfill read the keys
+    as Python times and failed ("can't parse time '24:00:00'", exit 1), as did every run of a
+    scan, and no partition of the table was marked. zone_sql's keys were Python times too: with
+    24:00:00 every run failed (exit 2), and with 12:00:00.1 on a TypeError traceback (exit 1)."""
+    root = _keyed_by_time(tmp_path, pg_url, pg_type, *FINDERS[finder])
+    if finder == "zone_sql":
+        assert cli(root, "install").returncode == 0
+    _insert(pg_url, values)
+    if finder == "backfill":
+        filled = cli(root, "backfill", "x")
+        assert filled.returncode == 0 and "marked 2 partition(s)" in filled.stdout, (
+            filled.stdout + filled.stderr
+        )
+    ran = cli(root, "run")
+    assert ran.returncode == 0 and "x: 2 exported" in ran.stdout, ran.stdout + ran.stderr
+    assert _rows_by_key(root) == {values[0]: [["1", values[0]]], values[1]: [["2", values[1]]]}
+    status = cli(root, "status")
+    assert status.returncode == 0 and "0 pending, 0 claimed, 2 exported" in status.stdout, status.stderr
+    again = cli(root, "run")
+    assert again.returncode == 0 and "x: 0 exported" in again.stdout, again.stdout + again.stderr
+    _insert(pg_url, values[:1], first=3, t="2024-01-01 11:00+00")  # a late row of 24:00:00's day
+    if finder == "backfill":
+        assert cli(root, "backfill", "x").returncode == 0
+    late = cli(root, "run")
+    assert late.returncode == 0 and "x: 1 exported" in late.stdout, late.stdout + late.stderr
+    assert _rows_by_key(root) == {
+        values[0]: [["1", values[0]], ["3", values[0]]],
+        values[1]: [["2", values[1]]],
+    }
+
+
+@pytest.mark.parametrize(
+    ("pg_type", "values"),
+    [("time", ("24:00:00", "12:00:00.1")), ("timetz", ("24:00:00+00", "12:00:00+02"))],
+)
+def test_an_incremental_tasks_time_entities_are_their_text(
+    pg_type: str, values: tuple[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """An incremental task finds its entities with a query read through psycopg: an entity of
+    24:00:00 failed every run ("can't parse time '24:00:00'", exit 2), and another was named by
+    Python's text (12:00:00.100000, 12:00:00+02:00), not the text its file holds."""
+    root = _keyed_by_time(tmp_path, pg_url, pg_type, 'zone = "UTC"', CAPTURES["explicit"])
+    (root / "tasks/x/task.toml").write_text(
+        'kind = "incremental"\nentity = "tk"\ncursor = "t"\nbootstrap = "beginning"\npath = "{tk}/{start:%Y}.{ext}"\n'
+    )
+    _insert(pg_url, values)
+    ran = cli(root, "run")
+    assert ran.returncode == 0 and "x: 2 exported" in ran.stdout, ran.stdout + ran.stderr
+    assert all(f"entity={value}: 1 rows -> {value}/" in ran.stdout for value in values), ran.stdout
+    assert _rows_by_key(root, "*/*.csv") == {values[0]: [["1", values[0]]], values[1]: [["2", values[1]]]}
+    again = cli(root, "run")
+    assert again.returncode == 0 and "x: 0 exported" in again.stdout, again.stdout + again.stderr

@@ -135,7 +135,9 @@ class Source(Protocol):
         ...
 
     def execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a small query and return all rows (used by scans and checks)."""
+        """Run a small query and return all rows (used by scans and checks); a time of day (a
+        PostgreSQL time or timetz, a MariaDB TIME) as the server's text, as a capture trigger
+        records it."""
         ...
 
     def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from .. import db
 from ..exceptions import ConfigError, PermissionDenied, SluicegateError, SourceLost
@@ -61,6 +62,20 @@ SESSION = (
 )
 
 
+# The types a small query (a scan's or backfill's keys, zone_sql, an incremental task's entities)
+# reads as the server's text, the text the read paths and the capture triggers have for them
+# (12:00:00.1+02, not Python's 12:00:00.100000+02:00): as Python times their keys were set aside
+# or failed to match the triggers' partitions, and 24:00:00, which PostgreSQL takes and Python's
+# time cannot hold, failed every scan and backfill of the table ("can't parse time").
+TEXT_TYPES = ("time", "timetz")
+
+
+def read_times_as_text(conn: Any) -> None:
+    """Have a psycopg connection read :data:`TEXT_TYPES` as the server's text."""
+    for type_name in TEXT_TYPES:
+        conn.adapters.register_loader(type_name, TextLoader)
+
+
 class PostgresSource:
     """Reads task selects from PostgreSQL through psycopg 3 (and ADBC when installed)."""
 
@@ -79,6 +94,7 @@ class PostgresSource:
         with db.wrap_errors(self.url):
             for setting in SESSION:
                 conn.execute(setting)
+        read_times_as_text(conn)
         return conn
 
     def _reconnect_if_lost(self) -> None:
