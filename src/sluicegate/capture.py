@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from . import capture_keys, capture_triggers, db
 from .capture_aside import SetAside, warn_moved_zones
 from .exceptions import BadPartitionValue, ConfigError, SluicegateError, UsageError, is_transient
-from .formats.csv import time_text
 from .keytext import coerce_value
 from .ledger import Ledger
 from .ledger.capture import BEYOND
@@ -108,9 +107,7 @@ def fold(
     zone was recorded exported with no file)."""
     seen, aside = dict[str, Partition](), SetAside(task, wall)
     for raw, first, last in changes:
-        # A PostgreSQL time or timetz key as its text, as the triggers' JSON and every read path
-        # hold it (12:00:00.1+02): as a Python time it was set aside, by backfill and scans only.
-        keys = tuple(time_text(v) if isinstance(v, dt.time) else plain_key(v) for v in raw)
+        keys = tuple(plain_key(value) for value in raw)  # a time as its text: see sources.postgres
         if any(value is None for value in keys):  # the batch query's `=` would never read them
             aside.add(keys, "with a NULL key")
             continue
