@@ -10,6 +10,8 @@
 #   - MariaDB Connector/C headers (mariadb_config), a C compiler and the Python headers, to build
 #     the `mariadb` driver (the `mysql` and `test` extras) from source: PyPI has no Linux wheels
 #     of it. pkg-config too, for building mysqlclient, which bench/mysql_drivers.py compares.
+#   - the de_DE.UTF-8 locale (Debian's `locales`, then localedef), for the test of a PostgreSQL
+#     server whose messages are German (lc_messages needs a locale the C library has)
 #
 # Installing mariadb-server does not start a system-wide server where policy-rc.d forbids it
 # (containers); the test fixture starts its own server as an unprivileged user either way.
@@ -21,6 +23,7 @@ set -euo pipefail
 
 readonly PG_MIN_MAJOR=13
 readonly MARIADB_MIN_VERSION=10.6
+readonly TEST_LOCALE=de_DE.UTF-8
 
 # Prints the bindir of the highest PostgreSQL >= PG_MIN_MAJOR with server binaries, if any.
 find_pg_bindir() {
@@ -62,6 +65,11 @@ find_mariadbd() {
         fi
     done
     return 1
+}
+
+# Whether the C library has TEST_LOCALE (`locale -a` spells it de_DE.utf8).
+has_test_locale() {
+    locale -a 2>/dev/null | grep -ix 'de_DE\.utf-\?8' >/dev/null  # not -q: pipefail and SIGPIPE
 }
 
 missing=()
@@ -106,26 +114,40 @@ if [[ "$py_include" == /usr/include/* && ! -f "$py_include/Python.h" ]]; then
     missing+=(python3-dev)
 fi
 
-if ((${#missing[@]} == 0)); then
+need_locale=false
+if has_test_locale; then
+    echo "install-system-deps: locale $TEST_LOCALE"
+else
+    need_locale=true
+    [[ -f /usr/share/i18n/locales/de_DE ]] || missing+=(locales)  # the locale's source, for localedef
+fi
+
+if ((${#missing[@]} == 0)) && ! $need_locale; then
     echo "install-system-deps: all system dependencies present"
     exit 0
 fi
 
 if [[ "$(id -u)" -ne 0 ]]; then
-    echo "install-system-deps: MISSING system packages: ${missing[*]}" >&2
-    echo "install-system-deps: run as root (e.g. sudo $0) or: sudo apt-get install -y ${missing[*]}" >&2
+    if ((${#missing[@]})); then
+        echo "install-system-deps: MISSING system packages: ${missing[*]}" >&2
+        echo "install-system-deps: run as root (e.g. sudo $0) or: sudo apt-get install -y ${missing[*]}" >&2
+    fi
+    if $need_locale; then
+        echo "install-system-deps: MISSING locale $TEST_LOCALE: run as root (e.g. sudo $0)" >&2
+    fi
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-system-deps: MISSING ${missing[*]} and apt-get is not available; install them manually" >&2
-    exit 1
+if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-system-deps: MISSING ${missing[*]} and apt-get is not available; install them manually" >&2
+        exit 1
+    fi
+    echo "install-system-deps: installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-
-echo "install-system-deps: installing: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
 
 if [[ " ${missing[*]} " == *" postgresql "* ]] && ! find_pg_bindir >/dev/null; then
     echo "install-system-deps: installed postgresql but found no server binaries >= $PG_MIN_MAJOR" >&2
@@ -134,5 +156,14 @@ fi
 if [[ " ${missing[*]} " == *" mariadb-server "* ]] && ! find_mariadbd >/dev/null; then
     echo "install-system-deps: installed mariadb-server but found no mariadbd >= $MARIADB_MIN_VERSION" >&2
     exit 1
+fi
+if $need_locale; then
+    # Into /usr/lib/locale/locale-archive, in about a second; no apt-get when only this was missing.
+    echo "install-system-deps: generating locale $TEST_LOCALE"
+    localedef -i de_DE -f UTF-8 "$TEST_LOCALE"
+    if ! has_test_locale; then
+        echo "install-system-deps: generated $TEST_LOCALE but \`locale -a\` does not list it" >&2
+        exit 1
+    fi
 fi
 echo "install-system-deps: done"
