@@ -328,11 +328,11 @@ def rolled_back(exc: BaseException) -> bool:
 
 def timed_out(exc: BaseException) -> bool:
     """Whether a driver error is the server cancelling a query for its time limit: MariaDB's by
-    number; PostgreSQL's by its words, as its SQLSTATE 57014 is also the cancel a run told to stop
-    sends (and ADBC's result streams carry no SQLSTATE)."""
-    if mariadb_conn.timed_out(exc):
-        return True
-    return _sqlstate(exc) in (None, "57014") and "canceling statement due to statement timeout" in str(exc)
+    number; PostgreSQL's by SQLSTATE 57014, in any language of its words (``lc_messages``). That
+    is any cancel, an operator's ``pg_cancel_backend`` too (read alone and retried: no harm), but
+    never sluicegate's own: psycopg swallows the QueryCanceled of the cancel it sends (a second
+    SIGTERM, a COPY left early), and ADBC's cursor adds 57014 only without one (sources.adbc)."""
+    return mariadb_conn.timed_out(exc) or _sqlstate(exc) == "57014"
 
 
 def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:

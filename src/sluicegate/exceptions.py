@@ -71,7 +71,8 @@ class SourceUnavailable(TransientError):
 
 class StatementTimedOut(SourceUnavailable):
     """The database cancelled a source query for its time limit (PostgreSQL's ``statement_timeout``,
-    MariaDB's ``max_statement_time``, MySQL's ``max_execution_time``). The database is there, and
+    MariaDB's ``max_statement_time``, MySQL's ``max_execution_time``; on PostgreSQL an operator's
+    ``pg_cancel_backend`` too, of the same SQLSTATE: see db.timed_out). The database is there, and
     a batch's query may run out of the limit where each of its units' queries would not: the
     pipeline reads such a batch one unit at a time."""
 

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from plugins.common import service_unavailable
 from sluicegate import engine, operations
 from sluicegate.ledger import Ledger
 from sluicegate.partitions import make_partition
@@ -423,10 +424,33 @@ def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged
     assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure
 
 
-def _one_slow_location(db: Db, locations: range, *, slow: int | None) -> str:
-    """Fill ``locations``, give the database a 1 s ``statement_timeout``; return a select whose
-    read of location ``slow`` (None: of every location) runs out of it (0.1 s a row)."""
+# A statement timeout's words in the language of the server's messages (lc_messages): "de" is
+# German, from the translations Debian's postgresql package ships, in the de_DE.UTF-8 locale
+# (scripts/install-system-deps.sh generates it). sluicegate tells a timeout by its SQLSTATE.
+TIMED_OUT = {
+    "en": "canceling statement due to statement timeout",
+    "de": "storniere Anfrage wegen Zeitüberschreitung der Anfrage",
+}
+
+
+def _speak(db: Db, language: str) -> None:
+    """Have the server write its messages to the database's next sessions in ``language``."""
+    if language == "en":
+        return  # the test server's locale is C
+    try:
+        db.conn.execute(
+            f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET lc_messages = 'de_DE.UTF-8'"
+        )
+    except psycopg.errors.InvalidParameterValue:
+        service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
+
+
+def _one_slow_location(db: Db, locations: range, *, slow: int | None, language: str = "en") -> str:
+    """Fill ``locations``, give the database a 1 s ``statement_timeout`` and messages in
+    ``language``; return a select whose read of location ``slow`` (None: of every location)
+    runs out of it (0.1 s a row)."""
     _fill(db, locations)
+    _speak(db, language)
     db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
     sleep = (
         "pg_sleep(0.1)::text"
@@ -437,15 +461,18 @@ def _one_slow_location(db: Db, locations: range, *, slow: int | None) -> str:
 
 
 @pytest.mark.pg
+@pytest.mark.parametrize("language", ["en", "de"])
 def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_batch_exports(
-    tmp_path: Path, pg_url: str, read_path: str
+    tmp_path: Path, pg_url: str, read_path: str, language: str
 ) -> None:
     """The database's ``statement_timeout`` cancels the reads of location 3 only, in the second
     batch. A timeout is transient, and its whole batch was charged an attempt: location 4, read
     with it on every run, was parked with location 3 once its attempts were used up. Its batch is
     read one partition at a time, as for a terminal error: only location 3 is charged. Its error
-    said "database ... is unavailable: canceling statement ...", an outage, not the query's limit."""
-    select = _one_slow_location(Db(pg_url), range(1, 6), slow=3)
+    said "database ... is unavailable: canceling statement ...", an outage, not the query's limit.
+    With German messages (lc_messages) the batch failed whole again: the timeout was told by its
+    English words."""
+    select = _one_slow_location(Db(pg_url), range(1, 6), slow=3, language=language)
     root = _project(
         tmp_path, pg_url, read_path, select, backoff="1h", extra_defaults="batch_size = 4\nmax_attempts = 2"
     )
@@ -453,8 +480,8 @@ def test_a_statement_timeout_of_one_partition_is_read_alone_and_the_rest_of_its_
     [first] = engine.run(load(root), ["openaq"])
     assert (first.exported, first.failed) == (8, 2), first.errors
     assert all(e.startswith("[3,") for e in first.errors), first.errors
-    said = "canceling statement due to statement timeout (raise it or make the query faster)"
-    assert all(e.endswith(f"{said}; will retry") and "unavailable" not in e for e in first.errors)
+    said = f"{TIMED_OUT[language]} (raise it or make the query faster); will retry"
+    assert all(e.endswith(said) and "unavailable" not in e for e in first.errors), first.errors
     [status] = operations.status(load(root), ["openaq"])
     assert (status["failed"], status["retrying"], status["claimed"], status["exported"]) == (0, 2, 0, 8)
 
@@ -482,14 +509,16 @@ def test_a_batch_read_alone_after_a_statement_timeout_keeps_to_max_runtime(
 
 
 @pytest.mark.pg
+@pytest.mark.parametrize("language", ["en", "de"])
 def test_a_run_told_to_stop_while_reading_a_batch_alone_gives_the_rest_back(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, language: str
 ) -> None:
     """SIGTERM while the partitions of a timed-out batch are read one at a time: the run read on
     through all 12, each running out of the 1 s ``statement_timeout`` and charged an attempt, as
     a stop let the batch in hand finish. Now the read in hand finishes and the rest of the batch
-    goes back to pending, without an attempt."""
-    select = _one_slow_location(Db(pg_url), range(1, 7), slow=None)
+    goes back to pending, without an attempt. With German messages the batch was not read alone:
+    all 12 were charged for its timeout."""
+    select = _one_slow_location(Db(pg_url), range(1, 7), slow=None, language=language)
     root = _project(
         tmp_path, pg_url, "csv", select, backoff="1h", extra_defaults="batch_size = 12\nworkers = 1"
     )
@@ -510,6 +539,45 @@ def test_a_run_told_to_stop_while_reading_a_batch_alone_gives_the_rest_back(
     assert 0 < summary["failed"] <= 3, summary  # the reads alone before the stop and the one in hand
     # pending counts the retrying ones too
     assert (status["retrying"], status["pending"]) == (summary["failed"], 12), status
+
+
+@pytest.mark.pg
+def test_a_run_stopped_at_once_mid_read_on_a_german_server_records_no_timeout(
+    tmp_path: Path, pg_url: str, pg_server: Any
+) -> None:
+    """A second SIGTERM mid-read stops the run at once: psycopg cancels the query (SQLSTATE 57014,
+    as a statement timeout's, "storniere Anfrage wegen Benutzeraufforderung" in German) and the
+    run exits. Now that 57014 is a timeout in any language, the run's own cancel must still be
+    none: no partition charged, none parked, nothing said about a time limit."""
+    db = Db(pg_url)
+    _fill(db, range(1, 3), days=1)
+    _speak(db, "de")
+    select = (
+        "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, pg_sleep(0.2)::text AS s"
+        " FROM measurements AS m"
+    )
+    root = _project(tmp_path, pg_url, "jsonl", select)  # jsonl: psycopg's rows, whose cancel this is
+    _mark_all(root, range(1, 3), days=1)
+    logged = pg_server.log_path.stat().st_size
+    proc = subprocess.Popen(
+        [SLUICEGATE, "-C", str(root), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    while not db.conn.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+    ).fetchall():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    with pg_server.log_path.open(encoding="utf-8", errors="replace") as log:
+        log.seek(logged)
+        assert "storniere Anfrage wegen Benutzeraufforderung" in log.read()  # the cancel, in German
+    [status] = operations.status(load(root), ["openaq"])
+    counts = (status["pending"] + status["claimed"], status["retrying"], status["failed"], status["exported"])
+    assert counts == (2, 0, 0, 0) and "raise it" not in err, (status, err)
 
 
 @pytest.mark.pg
