@@ -151,7 +151,7 @@ class Pipeline:
                 except Exception:  # the source stays away, or refuses the role now (a revoked
                     self._give_back(units, jobs)  # CONNECT): what is left of the batch waits
                     raise
-        except Deadline:
+        except (Deadline, SystemExit):  # SystemExit: StopNow, a second signal (complete files placed)
             self._give_back(units, jobs)
             raise
         except LedgerError:

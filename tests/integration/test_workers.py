@@ -985,7 +985,9 @@ def test_a_plain_run_stopped_by_a_signal_finishes_its_batch_and_holds_nothing(
 
 
 def test_a_second_signal_stops_a_run_at_once(tmp_path: Path) -> None:
-    """A run asked to stop finishes its batch, which may take long: Ctrl-C again stops it now."""
+    """A run asked to stop finishes its batch, which may take long: Ctrl-C again stops it now.
+    Its claims are given back (they were held until their lease ran out, 10 minutes in which
+    the next run passed the batch by), without an attempt."""
     root, _db = _project(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", locations=2, days=1)
     fault = root / ".fault-mid_write"
     proc = _spawn(root, "run", "--workers", "1", env={"SLUICEGATE_TESTING__FAULT": "mid_write"})
@@ -996,6 +998,10 @@ def test_a_second_signal_stops_a_run_at_once(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=30)  # the fault's pause never ended: only the signal did
     assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err
     assert files(tmp_path / "out") == []
+    [status] = operations.status(load(root))
+    assert (status["claimed"], status["pending"], status["retrying"]) == (0, 2, 0), status
+    again = cli(root, "run")
+    assert again.returncode == 0 and len(files(tmp_path / "out")) == 2, again.stderr
 
 
 @EVERY_LEDGER
