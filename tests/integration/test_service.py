@@ -455,6 +455,9 @@ def test_a_blocks_run_takes_its_time_range(tmp_path: Path) -> None:
             ({"time_min": "2099-03-01T00:00:00Z", "time_max": "2099-03-01T03:00:00Z"}, "is not over yet"),
             # reexport was dropped: the run ran what the ledger held and answered 202
             ({"reexport": True}, "reexport applies to partitioned tasks, not blocks task 't'"),
+            # an incremental task's field was dropped: all key values ran, answered 202
+            ({**body, "entities": ["b"]}, "entities applies to incremental tasks, not blocks task 't'"),
+            ({**body, "tag": "nightly"}, "tag applies to incremental tasks, not blocks task 't'"),
         ):
             answer = httpx.post(f"{server.url}/tasks/t/runs", headers=AUTH, json=bad)
             assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text

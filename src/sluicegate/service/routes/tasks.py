@@ -96,6 +96,10 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptio
             f" window again to plan it; see the window's exported partitions (GET /tasks/{task.name}"
             "/partitions?state=exported), or send reexport without dry_run to queue and export them"
         )
+    ignored = [name for name in ("export_type", "ignore_watermark", "entities", "tag") if getattr(body, name)]
+    if ignored and not isinstance(task, IncrementalTask):  # ignored: the run went on without them
+        # (a blocks run too: entities did not choose its key values)
+        raise UsageError(f"{ignored[0]} applies to incremental tasks, not {task.kind} task {task.name!r}")
     request, blocks, note = None, None, None
     if task.kind == "blocks":  # the range's blocks, as `sluicegate blocks TASK --time-min --time-max`
         if body.time_max is not None:
@@ -113,9 +117,6 @@ def _run_options(p: Project, task: TaskBase, body: RunRequest) -> tuple[RunOptio
             f"time_min and time_max do not apply to {task.kind} task {task.name!r} "
             "(a partitioned task takes them with reexport)"
         )
-    ignored = [name for name in ("export_type", "ignore_watermark", "entities", "tag") if getattr(body, name)]
-    if ignored and not isinstance(task, IncrementalTask):  # ignored: the run went on without them
-        raise UsageError(f"{ignored[0]} applies to incremental tasks, not {task.kind} task {task.name!r}")
     if isinstance(task, IncrementalTask):
         request = export_request.request_from_options(
             export_type=body.export_type,
