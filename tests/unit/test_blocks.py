@@ -330,6 +330,12 @@ def test_paths_that_would_overwrite_each_other_are_refused_at_load(
         (('keys = ["lime", "bird"]', 'keys = ["lime", ""]'), 'keys: key value 2 is empty (""); remove it'),
         (('keys = ["lime", "bird"]', 'keys = { "" = { url = "x" } }'), '[keys.""] names an empty key value'),
         (('keys = ["lime", "bird"]', 'keys = ["lime", 1.5]'), "keys: 1.5 is not a key value; use text"),
+        # a value given twice was run once but planned twice: --dry-run listed each block of it twice
+        (
+            ('keys = ["lime", "bird"]', 'keys = ["lime", "bird", "lime"]'),
+            "keys: key value 3, 'lime', repeats",
+        ),
+        (('keys = ["lime", "bird"]', 'keys = [1, "1"]'), "keys: key value 2, '1', repeats key value 1"),
         # its blocks were made but never claimed: pending for ever, "nothing to run", exit 0
         (
             ('keys = ["lime", "bird"]', 'keys = ["lime", "x\\u0000y"]'),

@@ -80,7 +80,14 @@ def key_values(
                 f'{where} keys: key value {keys.index("") + 1} is empty (""); remove it or write the value,'
                 ' e.g. keys = ["lime", "bird"]'
             )
-        return tuple(str(k) for k in keys), {}
+        texts = [str(k) for k in keys]
+        for position, text in enumerate(texts):
+            if (first := texts.index(text)) < position:  # run once, but planned (--dry-run) twice
+                raise ConfigError(
+                    f"{where} keys: key value {position + 1}, {text!r}, repeats key value"
+                    f" {first + 1}; give each key value once"
+                )
+        return tuple(texts), {}
     if isinstance(keys, dict):
         if "" in keys:
             raise ConfigError(f'{where} keys: [keys.""] names an empty key value; name it, e.g. [keys.lime]')
