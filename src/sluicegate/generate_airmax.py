@@ -120,8 +120,8 @@ def generate(
     if (rows is None) == (duration_s is None):
         raise UsageError("give either rows (bulk) or a rate per minute with a duration (steady)")
     rate = DEFAULT_RATE if rate_per_min is None else rate_per_min
-    if not rate > 0:
-        raise UsageError(f"the rate {rate:g} per minute must be more than 0")
+    if not (rate > 0 and math.isfinite(rate)):
+        raise UsageError(f"the rate {rate:g} per minute must be a number more than 0")
     clock = now or (lambda: dt.datetime.now(dt.UTC))
     create_schema(url)
     target = tables.TableDb(url)
@@ -164,8 +164,14 @@ def _bulk(
     end: dt.datetime,
 ) -> int:
     """``rows`` measurements sent evenly at ``rate`` a minute, the last one at ``end``."""
-    step = dt.timedelta(minutes=1 / rate)
-    first = end - step * (rows - 1)
+    try:
+        step = dt.timedelta(minutes=1 / rate)
+        first = end - step * (rows - 1)
+    except OverflowError:  # was a traceback
+        raise UsageError(
+            f"{rows:,} rows sent at {rate:g} a minute would reach back before the year 1; raise the rate"
+            " or generate fewer rows"
+        ) from None
     for start in range(0, rows, BULK_BATCH):
         batch = [
             _row(flavor, measurement(rng, first + step * i))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import statistics
 import time
@@ -149,3 +150,27 @@ def test_serve_keeps_evaluating_the_aggregate(tmp_path: Path, pg_url: str) -> No
         assert counts["kind"] == "aggregate" and counts["evaluations"] >= 2 and counts["failed"] == 0
     finally:
         server.stop()
+
+
+def test_generate_airmax_sends_rows_at_the_rate_given_and_refuses_a_rate_that_is_none(tmp_path: Path) -> None:
+    """docs/cli.md: `--rows N` sends as if at `--rate` (default 100/min); the command refused
+    `--rate` beside `--rows` ("--rate needs --duration"). A rate no clock keeps (inf/min, or one so
+    slow that N rows reach back before the year 1) ended in a traceback (ZeroDivisionError,
+    OverflowError), for the openaq data set's --rate too."""
+    db = f"sqlite:///{tmp_path / 'airmax.db'}"
+    done = cli(tmp_path, "generate", "--dataset", "airmax", "--db", db, "--rows", "5", "--rate", "1/min")
+    assert done.returncode == 0, done.stderr
+    sent = sorted(tables.parse_time(r["message_send_time_utc"]) for r in table(db, "raw", "id"))  # type: ignore[type-var]
+    gaps = {b - a for a, b in itertools.pairwise(sent)}  # type: ignore[operator]
+    assert gaps == {dt.timedelta(minutes=1)}, gaps
+    for dataset, args in (
+        ("airmax", ["--rate", "inf/min", "--duration", "1s"]),
+        ("airmax", ["--rate", "nan/min", "--rows", "3"]),
+        ("airmax", ["--rate", "1e-300/min", "--rows", "5"]),
+        ("openaq", ["--rate", "inf/min", "--duration", "1s"]),
+    ):
+        refused = cli(tmp_path, "generate", "--dataset", dataset, "--db", db, *args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, (args, refused.stderr)
+        assert refused.stderr.startswith("sluicegate: error: ") and "rate" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+

@@ -4,6 +4,7 @@ generate, serve, grants."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -310,14 +311,17 @@ def generate(
         raise UsageError("give either --rows N or --rate N/min with --duration DUR")
     per_min = None
     if rate is not None:
-        if duration is None:
+        sent_at_rate = dataset == "airmax" and rows is not None  # airmax's --rows: sent as if at --rate
+        if duration is None and not sent_at_rate:
             raise UsageError("--rate needs --duration, e.g. --rate 600/min --duration 5m")
         try:
             per_min = float(rate.removesuffix("/min"))
         except ValueError:
+            per_min = math.nan
+        if not (math.isfinite(per_min) and per_min > 0):  # inf/min: a traceback (division by zero)
             raise UsageError(
-                f"--rate {rate!r} is not a rate; use a number of rows per minute such as 600/min"
-            ) from None
+                f"--rate {rate!r} is not a rate; use a number of rows per minute above 0 such as 600/min"
+            )
     if dataset == "airmax":
         generate_airmax(url, rows=rows, per_min=per_min, duration=duration, seed=seed)
         return
