@@ -190,7 +190,8 @@ def _steady(
     clock: Callable[[], dt.datetime],
     sleep: Callable[[float], None],
 ) -> int:
-    """Batches of :data:`BATCH` at ``rate`` a minute for ``duration_s``; a pause ends when the next is due."""
+    """Batches of :data:`BATCH` at ``rate`` a minute for ``duration_s``; a pause ends when the next is due,
+    and a batch not started within ``duration_s`` (the inserts are slower than the rate) is not made."""
     interval = BATCH * 60.0 / rate
     start = time.monotonic()
     count = 0
@@ -199,6 +200,8 @@ def _steady(
         pause = due - time.monotonic()
         if pause > 0:
             sleep(pause)
+        elif time.monotonic() - start >= duration_s:  # behind a rate the database cannot keep: the
+            break  # duration ends the run (counted, 10**9 a minute went on for ever)
         sent = clock()
         insert([_row(flavor, measurement(rng, sent)) for _ in range(BATCH)])
         count += BATCH

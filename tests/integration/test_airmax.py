@@ -174,3 +174,14 @@ def test_generate_airmax_sends_rows_at_the_rate_given_and_refuses_a_rate_that_is
         assert refused.stderr.startswith("sluicegate: error: ") and "rate" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
+
+def test_steady_generation_at_a_rate_the_database_cannot_keep_ends_at_its_duration(tmp_path: Path) -> None:
+    """The batches were counted from the rate (duration / interval), not timed: at a rate faster
+    than the inserts, `--duration 1s` went on until every batch was in (at 10**9 a minute, some
+    800,000 batches: for ever)."""
+    db = f"sqlite:///{tmp_path / 'airmax.db'}"
+    started = time.monotonic()
+    done = cli(tmp_path, "generate", "--dataset", "airmax", "--db", db, "--rate", "1e9/min", "--duration",
+               "1s", timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 15
