@@ -271,7 +271,7 @@ def _retry_after(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait: ``Retry-After`` in seconds or as an HTTP date (one was taken for none, and
     the retries ran out inside the provider's window), else 1, 2, 4 ..."""
     value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to isdigit, and no number to float
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -1444,6 +1444,18 @@ def test_an_mds_429_waits_its_retry_after_in_seconds_or_as_a_date(form: str) -> 
     assert 2.5 <= second.at - first.at < 5
 
 
+def test_an_mds_retry_after_that_is_no_number_of_seconds_is_waited_as_none() -> None:
+    """``Retry-After: ²`` (a digit to str.isdigit, no number to float) raised a bare ValueError out
+    of the page's retries, and the block was parked; it is waited as no Retry-After: 1 s."""
+    from sluicegate import mds
+
+    with _Limited(lambda: "\u00b2") as server:
+        got = mds.trips(_first_hour(), {"url": f"{server.url}/p", "retries": 1})
+        assert [t["trip_id"] for t in got] == ["a"]
+        first, second = server.records
+    assert 0.9 <= second.at - first.at < 2.5
+
+
 def _truncated_gzip(wfile: Any) -> None:
     """200 with a gzip body cut short (its Content-Length says what was sent: no protocol error)."""
     page = {"data": {"trips": [{"trip_id": str(i)} for i in range(50)]}, "links": {"next": None}}
