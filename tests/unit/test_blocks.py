@@ -1200,6 +1200,27 @@ def test_an_integer_key_from_an_expression_is_read_not_taken_for_no_data(tmp_pat
     assert record["ride"] == 7
 
 
+def test_a_key_value_that_only_looks_like_an_integer_fails_its_own_blocks_not_the_run(tmp_path: Path) -> None:
+    """``keys = ["1", "²", "--1"]`` with an integer key column: "²" is a digit to str.isdigit and
+    "--1" stripped of its dashes is one, and int() refused both, so the run ended in a traceback
+    with every block, key value 1's too, left pending. Neither is an integer: no row of the
+    integer column has them (no data), and the others run."""
+    task = SQL_TASK.replace(
+        'keys_sql = "SELECT DISTINCT provider FROM rides"', 'keys = ["1", "\u00b2", "--1"]'
+    )
+    root = make_project(tmp_path, task=task.replace('provider = "text"', 'provider = "int"'))
+    with_rides(root, [], select="SELECT ride, pid AS provider, ended_at FROM rides")
+    conn = sqlite3.connect(root / "data.db")
+    conn.execute("ALTER TABLE rides ADD COLUMN pid INTEGER")
+    conn.execute("INSERT INTO rides VALUES (7, 'x', '2020-01-01T06:10:00Z', 1)")
+    conn.commit()
+    result = blocks_cli(root, "--time-max", "2020-1-1-1", "--interval", "1")
+    assert result.exit_code == 0, (result.output, result.exception)
+    statuses = {(r[0], r[2]): r[3] for r in ledger_rows(root)}
+    assert statuses[("1", "publish")] == "done"
+    assert {statuses[(k, "extract")] for k in ("\u00b2", "--1")} == {"no_data"}, statuses
+
+
 def test_a_forced_rerun_that_finds_no_rows_removes_the_later_stages_files(tmp_path: Path) -> None:
     """The publish file of rows since deleted stayed in place (and on the ledger as the publish's
     artifact) while the ledger said "no data" for the block."""

@@ -216,7 +216,8 @@ def key_param(task: Task, value: str, columns: Sequence[Column]) -> Any:
     takes the integer. SQLite compares 1 and '1' as different where the column has no integer
     affinity (an expression such as ``p.pid + 0``): every block of such a key was "no data"."""
     kind = next((c.kind for c in columns if c.name == task.key), None)
-    if kind == "int" and value.lstrip("-").isdigit() and str(int(value)) == value:
+    digits = value.removeprefix("-")  # not lstrip: int() refuses "--1"; nor "²", a digit to isdigit
+    if kind == "int" and digits.isascii() and digits.isdigit() and str(int(value)) == value:
         return int(value)
     return task.typed_key(value)
 
