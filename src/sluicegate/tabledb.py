@@ -259,6 +259,23 @@ class TableDb:
             rows = self.query(_MARIADB_UNIQUE, (schema or None, name, column))[1]
         return bool(rows)
 
+    def unique_keys(self, table: str) -> list[frozenset[str]]:
+        """The columns of each unique index (and primary key) of ``table`` without a predicate or an
+        expression; names in lower case on SQLite and MariaDB, which compare them so."""
+        schema, _, name = table.rpartition(".")
+        if self.flavor == "postgresql":
+            rows = self.query(_PG_UNIQUE_KEYS, (self.quote(table),))[1]
+        elif self.flavor == "mariadb":
+            rows = self.query(_MARIADB_UNIQUE_KEYS, (schema or None, name))[1]
+        else:
+            s = schema or None
+            rows = self.query(_SQLITE_UNIQUE_KEYS, (name, s, s, name, s))[1]
+        found: dict[Any, set[str | None]] = {}
+        for index, column in rows:  # None: an expression (SQLite, MySQL's functional index)
+            folded = column.lower() if column and self.flavor != "postgresql" else column
+            found.setdefault(index, set()).add(folded)
+        return [frozenset(c for c in columns if c) for columns in found.values() if None not in columns]
+
     def folding_collation(self, table: str, column: str) -> str | None:
         """The collation of the unique index on ``column`` when it folds ids together, else None.
 
@@ -298,6 +315,23 @@ _MARIADB_UNIQUE = (
     "SELECT index_name FROM information_schema.statistics"
     " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
     " GROUP BY index_name HAVING count(*) = 1 AND max(non_unique) = 0 AND max(column_name) = ?"
+)
+
+_PG_UNIQUE_KEYS = (
+    "SELECT i.indexrelid, a.attname FROM pg_catalog.pg_index i"
+    " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+    " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+    " WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisunique AND i.indpred IS NULL"
+    " AND i.indexprs IS NULL AND k.n <= i.indnkeyatts"
+)
+_MARIADB_UNIQUE_KEYS = (
+    "SELECT index_name, column_name FROM information_schema.statistics"
+    " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND non_unique = 0"
+)
+_SQLITE_UNIQUE_KEYS = (  # an INTEGER PRIMARY KEY has no index of its own: its column is the rowid
+    "SELECT l.name, i.name FROM pragma_index_list(?, ?) AS l, pragma_index_info(l.name, ?) AS i"
+    ' WHERE l."unique" = 1 AND l.partial = 0'
+    " UNION ALL SELECT '', name FROM pragma_table_info(?, ?) WHERE pk > 0"
 )
 
 _SQLITE_REQUIRED = (

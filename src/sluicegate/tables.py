@@ -180,6 +180,7 @@ class TableSink:
         # Seconds a write waits for a lock on the table (SQLite: the database's write lock): within
         # half the ``lease`` of the claim it writes for, which a held table would otherwise outlast.
         self.lock_wait = LOCK_WAIT if lease is None else min(LOCK_WAIT, lease / 2)
+        self._keyed = False  # an upsert's or insert's table was found to have a unique key on it
 
     @property
     def _wait(self) -> float:
@@ -271,6 +272,10 @@ class TableSink:
         ``rejected``: collect the rows the database refuses there and write the others (see the
         module docstring), instead of failing the write.
         """
+        if self.target.mode != "replace" and not self._keyed:
+            if problem := unkeyed(self.target, self.db):
+                raise ConfigError(problem)
+            self._keyed = True
         if self.target.mode == "replace":
             if self.db.flavor == "mariadb":
                 return self._swap(columns, rows, stamp, before_commit, rejected)
@@ -419,6 +424,26 @@ def null_key(target: TableTarget, columns: Sequence[str], rows: Sequence[Sequenc
                 "or leave those rows out"
             )
     return None
+
+
+def unkeyed(target: TableTarget, db: TableDb) -> str | None:
+    """The problem of an upsert or insert into a table without a unique index on its key: ON
+    CONFLICT (key) needs one on exactly the key's columns (PostgreSQL and SQLite refused each
+    write), and MariaDB's ON DUPLICATE KEY matches only a unique key of the table (one on some of
+    the key's columns will do): without one, each write added its rows again, saying nothing."""
+    if target.mode == "replace":
+        return None
+    key = {k if db.flavor == "postgresql" else k.lower() for k in target.key}
+    for columns in db.unique_keys(target.table):
+        if columns == key or (db.flavor == "mariadb" and columns and columns <= key):
+            return None
+    db.table_columns(target.table)  # a missing table says so
+    named, base = ", ".join(target.key), target.table.rpartition(".")[2]
+    return (
+        f"{target.display} has no unique index on {named}, the key of its {target.mode}s, so each write"
+        f" would fail (PostgreSQL, SQLite) or add its rows again (MariaDB); create one: CREATE UNIQUE"
+        f" INDEX {base}_key ON {target.table} ({named})"
+    )
 
 
 def _last_per_key(

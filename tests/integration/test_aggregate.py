@@ -1606,6 +1606,35 @@ def test_an_upsert_row_with_a_null_key_fails_the_evaluation_instead_of_adding_it
     assert table(url) == [] and not (root / "exports" / "cur").exists()  # no file either
 
 
+def test_an_upsert_into_a_table_without_a_unique_key_on_its_key_fails_check_and_the_evaluation(
+    tmp_path: Path, url: str
+) -> None:
+    """MariaDB's ON DUPLICATE KEY UPDATE updates only a row a unique key of the table matches: into
+    a table with none, each evaluation added its rows again, beside the older ones, while check and
+    every run said ok. PostgreSQL's and SQLite's ON CONFLICT refused each evaluation ("does not
+    match any PRIMARY KEY or UNIQUE constraint"), while check said ok."""
+    upsert = 'mode = "upsert"\nkey = ["city", "parameter_name", "parameter_unit"]'
+    root = airmax_project(tmp_path / "proj", url, destination_extra=upsert)
+    db = tables.TableDb(url)
+    text = "varchar(100)" if db.flavor == "mariadb" else "text"
+    time_type = {"sqlite": "text", "postgresql": "timestamptz", "mariadb": "datetime"}[db.flavor]
+    db.execute("DROP TABLE current_air_quality")
+    db.execute(  # a unique key on city alone would not do on PostgreSQL and SQLite: ON CONFLICT names all three
+        f"CREATE TABLE current_air_quality (city {text}, parameter_name {text}, parameter_unit {text}, "
+        f"parameter_value double precision, num_measurements bigint, evaluation_time_utc {time_type})"
+    )
+    db.close()
+    add_raw(url, [("Gent", T - dt.timedelta(hours=1), 4.0)])
+    proc = cli(root, "check")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "has no unique index on city, parameter_name, parameter_unit" in proc.stderr, proc.stderr
+    for minutes in (0, 5):
+        failed = _evaluate(root, T + dt.timedelta(minutes=minutes))
+        assert failed.state == "failed", table(url)
+        assert "has no unique index on city, parameter_name, parameter_unit" in str(failed.error)
+    assert table(url) == []
+
+
 def test_a_run_limit_is_refused_for_the_kinds_it_does_not_count(tmp_path: Path, sqlite_url: str) -> None:
     """A limit counts partitions and blocks; an aggregate or ingest run took it and did as it would
     have without it. A run of every task, all of such kinds, is refused too."""

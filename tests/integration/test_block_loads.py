@@ -238,6 +238,32 @@ def test_check_names_a_missing_column_of_the_load_table(tmp_path: Path, urls: tu
     assert "[load] table trips has no column 'end_time'" in result.output
 
 
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_a_load_into_a_table_without_a_unique_key_on_its_key_fails_check_and_the_load(
+    tmp_path: Path, urls: tuple[str, str], mode: str
+) -> None:
+    """MariaDB's ON DUPLICATE KEY matches only a unique key of the table: into a table with none,
+    each load of a block (a --force, a rerun after a crash) added its rows again, recorded done,
+    while check said ok; PostgreSQL and SQLite refused each row ("no unique or exclusion
+    constraint matching the ON CONFLICT specification"), counted as records the database rejected."""
+    db = TableDb(urls[1])
+    try:
+        db.execute(TABLE[db.flavor].replace(" PRIMARY KEY", ""))
+    finally:
+        db.close()
+    root = project(tmp_path, urls, mode=mode, create=False)
+    forget_etl()
+    result = CliRunner().invoke(main, ["-C", str(root), "check"])
+    assert result.exit_code == 2, result.output
+    assert "[load] table trips in" in result.output and "has no unique index on trip_id" in result.output
+    for _ in range(2):
+        forget_etl()
+        ran = CliRunner().invoke(main, ["-C", str(root), "blocks", "trips", *ONE_BLOCK, "--force"])
+        assert ran.exit_code == 1, ran.output
+        assert load_row(urls[0])[0] == "failed" and "has no unique index on trip_id" in load_row(urls[0])[5]
+    assert rows(urls[1]) == []
+
+
 FOLDING = {
     "sqlite": "CREATE TABLE trips (trip_id TEXT COLLATE NOCASE PRIMARY KEY, duration INTEGER, end_time TEXT)",
     "mariadb": "CREATE TABLE trips (trip_id VARCHAR(64) COLLATE utf8mb4_general_ci PRIMARY KEY,"

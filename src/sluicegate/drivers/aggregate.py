@@ -460,13 +460,14 @@ def check(task: Task, source: Source) -> list[str]:
             problems += [p for p in [unreadable_times(window, task)] if p]
         finally:
             window.close()
-    columns = [*names, task.evaluation_column]
     try:
         with tables.TableSink(task.target) as sink:
             have = set(sink.db.table_columns(task.target.table))
+            unkeyed = tables.unkeyed(task.target, sink.db)  # MariaDB added an upsert's rows again
     except SluicegateError as exc:
         return [f"{task.folder / 'task.toml'} [destination]: {task.target.display}: {exc}"]
-    missing = [c for c in [*columns, *task.target.key] if c not in have]
+    problems += [f"{task.folder / 'task.toml'} [destination]: {unkeyed}"] if unkeyed else []
+    missing = [c for c in [*names, task.evaluation_column, *task.target.key] if c not in have]
     if missing:
         problems.append(
             f"{task.folder / 'task.toml'} [destination]: {task.target.display} has no column "

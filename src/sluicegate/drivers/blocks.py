@@ -435,15 +435,15 @@ def check(task: Task, source: Source) -> list[str]:
 
 
 def _check_table(stage: StageSpec) -> list[str]:
-    """Problems of a load's table: unreachable, missing, a column missing, a key that folds ids together."""
+    """Problems of a load's table: unreachable, missing, a column missing, a key folding ids or unkeyed."""
     assert stage.target is not None
     table = stage.target.table
     try:
         sink = tables.TableSink(stage.target)
     except SluicegateError as exc:
         return [f"url: {exc}"]
-    try:
-        have = set(sink.db.table_columns(table))
+    try:  # unkeyed: MariaDB added a block's rows again
+        have, unkeyed = set(sink.db.table_columns(table)), tables.unkeyed(stage.target, sink.db)
         folding = [
             (k, c) for k in sorted(have & set(stage.target.key)) if (c := sink.db.folding_collation(table, k))
         ]
@@ -455,7 +455,7 @@ def _check_table(stage: StageSpec) -> list[str]:
         f"table {table} compares {k} by {c}, which takes ids that differ only in case, accents or trailing"
         f" spaces for one (a record overwrites another); make {k}'s comparison exact (binary)"
         for k, c in folding
-    ]
+    ] + ([unkeyed] if unkeyed else [])  # fmt: skip
 
 
 def status(task: Task, ledger: Ledger) -> dict[str, Any]:
