@@ -173,6 +173,9 @@ def test_generate_airmax_sends_rows_at_the_rate_given_and_refuses_a_rate_that_is
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, (args, refused.stderr)
         assert refused.stderr.startswith("sluicegate: error: ") and "rate" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    # --locations is the openaq data set's: airmax ran with its eight cities, saying nothing
+    ignored = cli(tmp_path, "generate", "--dataset", "airmax", "--db", db, "--rows", "3", "--locations", "5")
+    assert ignored.returncode == 2 and "--locations" in ignored.stderr, ignored.stderr
 
 
 def test_steady_generation_at_a_rate_the_database_cannot_keep_ends_at_its_duration(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from .. import onboarding, operations
 from ..config import load_project
@@ -323,6 +324,11 @@ def generate(
                 f"--rate {rate!r} is not a rate; use a number of rows per minute above 0 such as 600/min"
             )
     if dataset == "airmax":
+        if click.get_current_context().get_parameter_source("locations") is not ParameterSource.DEFAULT:
+            raise UsageError(  # it ran with the eight cities, saying nothing
+                f"--locations {locations} applies to --dataset openaq; airmax's measurements are of its"
+                " eight cities"
+            )
         generate_airmax(url, rows=rows, per_min=per_min, duration=duration, seed=seed)
         return
     try:
