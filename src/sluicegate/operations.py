@@ -228,11 +228,13 @@ def _typed_filter(project: Project, task: PartitionedTask, wanted: dict[str, str
 
 def reset_failed(project: Project, task_name: str) -> int:
     """Re-queue the parked (failed) partitions of ``task_name``, or clear an incremental task's attempts."""
-    keys = (
-        None
-        if project.task(task_name).kind == "incremental"
-        else partitioned_task(project, task_name, also="incremental")
-    )
+    kind = project.task(task_name).kind
+    if kind == "blocks":  # its parked blocks are run again by a request, as atd-mds's were
+        raise UsageError(
+            f"task {task_name!r} is a blocks task; run its parked blocks again with"
+            f" `sluicegate blocks {task_name} --time-min ... --time-max ... --incomplete-only`"
+        )
+    keys = None if kind == "incremental" else partitioned_task(project, task_name, also="incremental")
     with ledger_of(project) as ledger:
         return ledger.partitions.reset_failed(keys) if keys else ledger.watermarks.reset_failed(task_name)
 
