@@ -347,6 +347,11 @@ class BlockStore(ClaimStore):
         """The distinct ``(block_start, block_end)`` of a range's rows (UTC)."""
         return [(self._ts(a), self._ts(b)) for a, b in self._run("spans", **self._range(where)).fetchall()]
 
+    def frontier(self, task: str) -> dt.datetime | None:
+        """The end of the newest block the ledger holds for ``task`` (UTC), None when it holds none."""
+        row = self._run("frontier", task=task).fetchone()
+        return None if row is None or row[0] is None else self._ts(row[0])
+
     def counts(self, task: str) -> dict[str, dict[str, Any]]:
         """Per stage, in stage order: rows per status and the records rejected by loads."""
         out: dict[str, dict[str, Any]] = {}

@@ -172,6 +172,11 @@ WHERE task = %(task)s
   AND (%(key_values)s::text[] IS NULL OR key_value = ANY(%(key_values)s::text[]))
   AND block_end > %(time_min)s AND block_end <= %(time_max)s;
 
+-- frontier --
+-- The end of the newest block a task's ledger holds (NULL: none): a scheduled tick asks for the
+-- blocks after it, so the blocks left out as unsettled, or of a time nothing ran, run later.
+SELECT max(block_end) FROM {t}blocks WHERE task = %(task)s;
+
 -- counts --
 -- A task's rows per stage and status, with record counts.
 SELECT stage, min(position), status, count(*), coalesce(sum(records_errors), 0)

@@ -166,6 +166,11 @@ WHERE task = :task
   AND (:key_values IS NULL OR key_value IN (SELECT value FROM json_each(:key_values)))
   AND block_end > :time_min AND block_end <= :time_max;
 
+-- frontier --
+-- The end of the newest block a task's ledger holds (NULL: none): a scheduled tick asks for the
+-- blocks after it, so the blocks left out as unsettled, or of a time nothing ran, run later.
+SELECT max(block_end) FROM {t}blocks WHERE task = :task;
+
 -- counts --
 -- A task's rows per stage and status, with record counts.
 SELECT stage, min(position), status, count(*), coalesce(sum(records_errors), 0)
