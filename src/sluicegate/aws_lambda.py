@@ -5,7 +5,8 @@ Two kinds of event are understood (docs/deploying.md has the full story):
 * a **scheduled event** (an EventBridge rule's ``"detail-type": "Scheduled Event"``) runs the
   project's tasks, or the ones listed in ``detail.tasks``, like ``sluicegate run`` with
   ``--max-runtime`` set to the time the invocation has left minus a safety margin. What does
-  not fit stays pending for the next invocation.
+  not fit stays pending for the next invocation. A blocks task runs the blocks that ended since
+  the newest one on its ledger, as ``sluicegate blocks TASK --time-max now`` would.
 * an **SQS event** runs each record's body as one export request (Bridge v1 JSON), like
   ``sluicegate request``, on the incremental task named by ``SLUICEGATE_TASK`` (or the only
   one). Records that fail are returned in SQS's partial batch response, so one bad message
@@ -21,12 +22,15 @@ Lambda time limit, default 30), ``SLUICEGATE_TASK`` (SQS only), and every overri
 Every run logs one JSON line to stdout, which Lambda sends to CloudWatch Logs.
 
 This module uses only the stable API: ``load_project``, ``run``, ``RunOptions``,
-``export_request.load_request`` and ``operations.incremental_task``; and, as the command line does,
+``export_request.load_request`` and ``operations.incremental_task``; a scheduled event's blocks
+tasks, ``block_requests.scheduled_request`` on ``operations.ledger_of``; and, as the command line does,
 ``options.prefer_system_allocator`` on import.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -39,9 +43,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import ConfigError, RunOptions, SluicegateError, UsageError, load_project, run
+from .block_requests import scheduled_request
 from .export_request import load_request
-from .operations import incremental_task
-from .options import prefer_system_allocator
+from .operations import incremental_task, ledger_of
+from .options import TaskSummary, prefer_system_allocator
 
 prefer_system_allocator()  # before the first run imports pyarrow
 
@@ -164,7 +169,7 @@ def _handle_scheduled(
                 f"{settings.margin:g} s; raise the function's timeout or lower the margin"
             )
         project = load_project(settings.project_dir, env)
-        summaries = run(project, names, RunOptions(max_runtime=budget, started=started))
+        summaries = _run_scheduled(project, names, RunOptions(max_runtime=budget, started=started))
     except Exception as exc:  # logged, then raised: the invocation fails and Lambda counts an error
         _log({**line, "ok": False, "error": _error_text(exc), "seconds": _since(started)})
         raise
@@ -173,6 +178,25 @@ def _handle_scheduled(
     ok = all(s["ok"] for s in out) and not problems
     _log({**line, "ok": ok, "seconds": _since(started), "summaries": out, **problems})
     return {"ok": ok, "tasks": out, **problems}
+
+
+def _run_scheduled(project: Any, names: Sequence[str], options: RunOptions) -> list[Any]:
+    """Run the tasks: the others in one run, then each blocks task with the blocks that ended by now
+    since its ledger's newest (a run without a request made none, so an hourly event ran nothing);
+    a blocks task with no settled block has nothing to do, an empty summary."""
+    tasks = project.select(list(names))
+    blocks = [t for t in tasks if t.kind == "blocks"]
+    others = [t.name for t in tasks if t.kind != "blocks"]
+    summaries = run(project, others, options) if others or not blocks else []
+    if not blocks:
+        return summaries
+    now = dt.datetime.now(dt.UTC)
+    with ledger_of(project) as ledger:
+        requests = {t.name: scheduled_request(project, t, now, ledger) for t in blocks}
+    for name, request in requests.items():
+        asked = dataclasses.replace(options, blocks=request)
+        summaries += run(project, [name], asked) if request is not None else [TaskSummary(task=name)]
+    return summaries
 
 
 # ---------------------------------------------------------------------------- SQS

@@ -1,10 +1,12 @@
 """A blocks task's request from atd-mds-style arguments (``sluicegate blocks``, the service's
-``POST /tasks/{name}/runs``), checked before any run."""
+``POST /tasks/{name}/runs``), or for a schedule's tick, checked before any run."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import validate
 from .exceptions import UsageError
@@ -12,6 +14,11 @@ from .specs import Project, TaskBase
 
 if TYPE_CHECKING:
     from .timeblocks import BlockRequest
+
+log = logging.getLogger(__name__)
+# How far back a scheduled tick reaches at most: the hours of a request's most blocks (timeblocks.MAX_BLOCKS,
+# less a margin for the zones whose offset changes by half hours), so its range is never refused as too long.
+SCHEDULE_REACH = dt.timedelta(hours=49_000)
 
 
 def blocks_task(project: Project, name: str) -> TaskBase:
@@ -73,3 +80,38 @@ def blocks_request(
     # refused up front, as by the CLI; cut to the settled blocks
     request, _, note = blocks_plan.settled_blocks(task, request)
     return request, note
+
+
+def scheduled_request(
+    project: Project, task: TaskBase, tick: dt.datetime, ledger: Any
+) -> BlockRequest | None:
+    """What a schedule's tick at ``tick`` runs of a blocks task: the blocks that ended by the tick since
+    the ledger's newest block (its frontier; with none, ``interval`` hours plus ``settle`` back), as
+    a request; None when none of them has settled yet (nothing to do, logged at info).
+
+    The range reaches back at most :data:`SCHEDULE_REACH` (a longer one is refused as too long),
+    said in a warning naming the blocks left out."""
+    from . import timeblocks  # not at the command line's start-up
+    from .drivers import blocks
+
+    assert isinstance(task, blocks.Task)
+    settle = dt.timedelta(seconds=task.settle)
+    frontier = ledger.blocks.frontier(task.name)
+    low = frontier if frontier is not None else tick - timeblocks.HOUR - settle
+    if tick - low > SCHEDULE_REACH:
+        log.warning(
+            "%s: the scheduled tick at %s runs the blocks of the last %s only; run the blocks that ended "
+            "from %s to %s with 'sluicegate blocks %s --time-min ... --time-max ...'",
+            task.name, tick.isoformat(), SCHEDULE_REACH, low.isoformat(), (tick - SCHEDULE_REACH).isoformat(),
+            task.name,
+        )  # fmt: skip
+        low = tick - SCHEDULE_REACH
+    found = timeblocks.blocks_between(low, tick, grain=task.grain, zone=task.zone) if low < tick else []
+    if not [b for b in found if b.end <= dt.datetime.now(dt.UTC) - settle]:
+        log.info(
+            "%s: the scheduled tick at %s has no block to run: none ended after %s has settled (settle %s)",
+            task.name, tick.isoformat(), low.isoformat(), settle,
+        )  # fmt: skip
+        return None
+    request, _note = blocks_request(project, task, time_max=tick.isoformat(), time_min=low.isoformat())
+    return request

@@ -5,6 +5,11 @@ task's ``schedule_zone``, or an aggregate task's ``every``: see :mod:`sluicegate
 A tick newer than the last one this process saw is claimed on the ledger (``schedule_ticks``,
 one row per task and tick): only the replica whose insert wins starts the run. After downtime
 only the latest tick fires, and that run exports all the work that is pending by then.
+
+A blocks task's tick runs, as a request, the blocks that ended by the tick since the newest block on
+the ledger (:func:`sluicegate.block_requests.scheduled_request`): a run without one only worked on
+blocks already there, so a scheduled blocks task made none, silently. A tick none of whose blocks
+has settled yet starts no run and is fired all the same.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import logging
 import threading
 from typing import Any
 
+from .. import block_requests
 from ..exceptions import SluicegateError
 from ..operations import ledger_of
 from ..options import RunOptions
 from ..schedules import due_tick, latest_tick
-from ..specs import Project
+from ..specs import Project, TaskBase
 
 __all__ = ["Scheduler", "latest_tick"]
 
@@ -78,19 +84,27 @@ class Scheduler:
                 if tick is None or self.seen.get(task.name) == tick:
                     continue
                 try:
-                    started += self._fire(ledger, task.name, tick)
+                    started += self._fire(ledger, project, task, tick)
                 except SluicegateError as exc:  # the other tasks' ticks go on
                     log.warning("scheduled run of %s not started: %s; trying again", task.name, exc)
                     log.debug("the scheduled run of %s did not start", task.name, exc_info=True)
         return started
 
-    def _fire(self, ledger: Any, name: str, tick: dt.datetime) -> list[str]:
-        """Claim and start ``name``'s tick. Seen once started (or another replica's): a claim or
-        start that failed (the ledger out of reach) is tried again on the next look, not skipped."""
+    def _fire(self, ledger: Any, project: Project, task: TaskBase, tick: dt.datetime) -> list[str]:
+        """Claim and start ``task``'s tick. Seen once started (or another replica's, or a blocks task's
+        with no settled block): a claim or start that failed (the ledger out of reach) is tried again
+        on the next look, not skipped."""
+        name = task.name
         if self.won.get(name) != tick and not ledger.runs.claim_tick(name, tick):
             self.seen[name] = tick
             return []
         self.won[name] = tick
-        run_id = self.runs.start([name], RunOptions(), label=f"schedule:{name}")
+        options = RunOptions()
+        if task.kind == "blocks":
+            options = RunOptions(blocks=block_requests.scheduled_request(project, task, tick, ledger))
+            if options.blocks is None:  # nothing settled yet: a later tick runs those blocks
+                self.seen[name] = tick
+                return []
+        run_id = self.runs.start([name], options, label=f"schedule:{name}")
         self.seen[name] = tick
         return [run_id]

@@ -1,0 +1,167 @@
+"""A blocks task's schedule: each tick of `sluicegate serve`'s scheduler and each scheduled event of the
+Lambda handler runs the blocks that ended since the newest block on the ledger, as a request.
+
+They started runs without a request, which work only on the blocks already on the ledger: a blocks
+task with ``schedule = "5 * * * *"`` never made a block, and each tick's run did nothing, silently.
+The ledger is SQLite, PostgreSQL or MariaDB (its ``frontier`` query is one per dialect); the
+scheduler is driven with the ticks it is given, as in test_service.py, and runs on a real RunManager.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from test_aws_lambda import SCHEDULED_EVENT, Context
+
+from sluicegate import aws_lambda, operations
+from sluicegate.cli import main
+from sluicegate.config import load_project
+from sluicegate.service.runs import Metrics, RunManager
+from sluicegate.service.scheduler import Scheduler
+
+UTC = dt.UTC
+H = dt.timedelta(hours=1)
+PAST = dt.datetime(2024, 6, 1, 10, 7, 30, tzinfo=UTC)  # a look 2.5 minutes after the 10:05 tick
+
+
+@pytest.fixture(params=["sqlite", "pg", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def ledger_setting(request: pytest.FixtureRequest) -> str:
+    """The project's ``[ledger]`` table: none (the SQLite source), PostgreSQL or MariaDB."""
+    if request.param == "sqlite":
+        return ""
+    url = request.getfixturevalue("pg_url" if request.param == "pg" else "mariadb_url")
+    return f'[ledger]\nurl = "{url}"\n'
+
+
+def _project(root: Path, ledger: str, settle: str = "0s") -> Path:
+    """Blocks task t: one record per hour block of key a, scheduled at 5 past every hour, in UTC."""
+    (root / "tasks" / "t").mkdir(parents=True)
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "sqlite:///blk.db"\n{ledger}[destination]\nurl = "{root / "out"}"\n'
+    )
+    (root / "hourly_records.py").write_text("def records(block, config):\n    return [{'id': block.label}]\n")
+    (root / "tasks" / "t" / "task.toml").write_text(
+        'kind = "blocks"\nzone = "UTC"\nkey = "provider"\nkeys = ["a"]\nstages = ["extract"]\n'
+        f'schedule = "5 * * * *"\nsettle = "{settle}"\n'
+        '[extract]\ncallable = "hourly_records:records"\npath = "{stage}/{provider}/{label}.jsonl"\n'
+    )
+    return root
+
+
+def _written(root: Path) -> list[str]:
+    """The blocks whose file is in the destination, oldest first."""
+    folder = root / "out" / "extract" / "a"
+    return sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir()) if folder.exists() else []
+
+
+def _hours(*ends: dt.datetime) -> list[str]:
+    return [e.isoformat(timespec="minutes") for e in ends]
+
+
+class Looks:
+    """A scheduler on a real RunManager over the project at ``root``, looked at with given times."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manager = RunManager(lambda: load_project(root, {}), Metrics())
+        self.scheduler = Scheduler(lambda: load_project(root, {}), self.manager)
+
+    def __call__(self, now: dt.datetime, settle: str | None = None) -> list[dict[str, Any]]:
+        """One look at ``now`` (``settle`` set first); the runs it started, once finished."""
+        if settle is not None:
+            toml = self.root / "tasks" / "t" / "task.toml"
+            toml.write_text(re.sub(r'settle = "[^"]*"', f'settle = "{settle}"', toml.read_text()))
+        return [_finished(self.root, run_id) for run_id in self.scheduler.tick(now)]
+
+
+@pytest.fixture
+def scheduled(tmp_path: Path, ledger_setting: str) -> Iterator[Looks]:
+    root = _project(tmp_path / "proj", ledger_setting)
+    operations.install(load_project(root, {}))
+    looks = Looks(root)
+    try:
+        yield looks
+    finally:
+        looks.manager.close()
+
+
+def _finished(root: Path, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    with operations.ledger_of(load_project(root, {})) as ledger:
+        while time.monotonic() < deadline:
+            run = ledger.runs.get(run_id)
+            if run is not None and run["state"] != "running":
+                return run
+            time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def _stages(run: dict[str, Any]) -> list[str]:
+    [summary] = run["summary"]
+    assert not summary.get("task_errors") and not summary.get("failed"), summary
+    return [s["block"] for s in summary["stages"]]
+
+
+def test_a_scheduled_blocks_task_runs_the_last_hours_block_then_every_block_since(scheduled: Looks) -> None:
+    """The first tick (nothing on the ledger) runs the hour that ended by it; a tick three hours
+    later (the service down in between) runs the three blocks since the newest on the ledger."""
+    [first] = scheduled(PAST)
+    assert _stages(first) == _hours(dt.datetime(2024, 6, 1, 10, tzinfo=UTC))
+    [later] = scheduled(PAST + 3 * H)
+    assert _stages(later) == _hours(*(dt.datetime(2024, 6, 1, h, tzinfo=UTC) for h in (11, 12, 13)))
+    assert _written(scheduled.root) == _hours(
+        *(dt.datetime(2024, 6, 1, h, tzinfo=UTC) for h in range(10, 14))
+    )
+    assert scheduled(PAST + 3 * H + dt.timedelta(seconds=5)) == []  # the same tick: fired once
+
+
+def test_a_tick_runs_the_blocks_an_earlier_one_left_out_as_unsettled_and_one_with_none_settled_is_no_error(
+    scheduled: Looks, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With settle, a tick leaves out the blocks that ended less than settle ago; a tick none of
+    whose blocks has settled starts no run (it was a run of nothing, and would have been an error
+    retried every look had it asked for them), and is fired all the same; a later tick runs them."""
+    now = dt.datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)  # settled at 3h: blocks ending by hour - 3h
+    [first] = scheduled(hour - 2 * H + dt.timedelta(minutes=5, seconds=10), settle="3h")
+    assert _stages(first) == _hours(hour - 5 * H, hour - 4 * H, hour - 3 * H)  # hour - 2h left out
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert scheduled(hour - H + dt.timedelta(minutes=5, seconds=10)) == []
+    quiet = [r for r in caplog.records if "has no block to run" in r.getMessage()]
+    assert quiet and quiet[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert scheduled(hour - H + dt.timedelta(minutes=5, seconds=20)) == []  # fired: not looked at again
+    [later] = scheduled(hour + dt.timedelta(minutes=5, seconds=10), settle="1h")
+    assert _stages(later) == _hours(hour - 2 * H, hour - H)  # the one left out before, and the next
+    assert _written(scheduled.root) == _hours(*(hour - n * H for n in range(5, 0, -1)))
+
+
+def test_a_scheduled_event_runs_the_blocks_since_the_ledgers_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lambda's scheduled event ran a blocks task without a request: nothing, every time. It
+    runs the blocks that ended by now since the newest on the ledger, and then, with none new, nothing."""
+    root = _project(tmp_path / "task-root" / "project", "")
+    monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+    hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    ran = CliRunner().invoke(main, ["-C", str(root), "blocks", "t", "--time-max", (hour - 3 * H).isoformat()])
+    assert ran.exit_code == 0, ran.output
+    assert _written(root) == _hours(hour - 3 * H)
+    event = copy.deepcopy(SCHEDULED_EVENT)
+    event["detail"] = {"tasks": ["t"]}
+    result = aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert result["ok"] is True and result["tasks"][0]["task"] == "t", result
+    assert _written(root) == _hours(*(hour - n * H for n in range(3, -1, -1)))
+    again = aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert again["ok"] is True and [t["task"] for t in again["tasks"]] == ["t"], again
+    assert _written(root) == _hours(*(hour - n * H for n in range(3, -1, -1)))
