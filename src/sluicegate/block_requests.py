@@ -99,11 +99,11 @@ def scheduled_request(
     frontier = ledger.blocks.frontier(task.name)
     low = frontier if frontier is not None else tick - timeblocks.HOUR - settle
     if tick - low > SCHEDULE_REACH:
+        older = f"--time-min {low.isoformat()} --time-max {(tick - SCHEDULE_REACH).isoformat()}"
         log.warning(
-            "%s: the scheduled tick at %s runs the blocks of the last %s only; run the blocks that ended "
-            "from %s to %s with 'sluicegate blocks %s --time-min ... --time-max ...'",
-            task.name, tick.isoformat(), SCHEDULE_REACH, low.isoformat(), (tick - SCHEDULE_REACH).isoformat(),
-            task.name,
+            "%s: the scheduled tick at %s runs the blocks of its last %d hours only, a request's most;"
+            " run the older ones with 'sluicegate blocks %s %s'",
+            task.name, tick.isoformat(), SCHEDULE_REACH // timeblocks.HOUR, task.name, older,
         )  # fmt: skip
         low = tick - SCHEDULE_REACH
     found = timeblocks.blocks_between(low, tick, grain=task.grain, zone=task.zone) if low < tick else []

@@ -165,3 +165,24 @@ def test_a_scheduled_event_runs_the_blocks_since_the_ledgers_newest(
     again = aws_lambda.handler(event, Context(remaining_s=600.0))
     assert again["ok"] is True and [t["task"] for t in again["tasks"]] == ["t"], again
     assert _written(root) == _hours(*(hour - n * H for n in range(3, -1, -1)))
+
+
+def test_a_tick_after_years_down_asks_for_no_more_blocks_than_a_request_may_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a frontier 10 years back, the range would hold more than 50,000 hour blocks, refused as
+    too long at every tick: it is cut to its newest 49,000 hours, with a warning naming the rest."""
+    from sluicegate import block_requests
+
+    root = _project(tmp_path / "proj", "")
+    ran = CliRunner().invoke(main, ["-C", str(root), "blocks", "t", "--time-max", "2016-01-01T01:00Z"])
+    assert ran.exit_code == 0, ran.output
+    project = load_project(root, {})
+    tick = dt.datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    with operations.ledger_of(project) as ledger, caplog.at_level(logging.WARNING):
+        request = block_requests.scheduled_request(project, project.task("t"), tick, ledger)
+    assert request is not None and request.time_max == tick
+    assert request.time_min == tick - dt.timedelta(hours=49_000)
+    [capped] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "runs the blocks of its last 49000 hours only" in capped, capped
+    assert " blocks t --time-min 2016-01-01T01:00:00+00:00 --time-max 2020-05-30T08:05:00+00:00'" in capped
