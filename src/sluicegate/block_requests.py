@@ -86,7 +86,8 @@ def scheduled_request(
     project: Project, task: TaskBase, tick: dt.datetime, ledger: Any
 ) -> BlockRequest | None:
     """What a schedule's tick at ``tick`` runs of a blocks task: the blocks that ended by the tick since
-    the ledger's newest block (its frontier; with none, ``interval`` hours plus ``settle`` back), as
+    the ledger's newest block (its frontier; with none, one block (an hour, a day) plus ``settle``
+    back: an hour before a daily tick of day blocks held no midnight, so none was ever made), as
     a request; None when none of them has settled yet (nothing to do, logged at info).
 
     The range reaches back at most :data:`SCHEDULE_REACH` (a longer one is refused as too long),
@@ -97,7 +98,8 @@ def scheduled_request(
     assert isinstance(task, blocks.Task)
     settle = dt.timedelta(seconds=task.settle)
     frontier = ledger.blocks.frontier(task.name)
-    low = frontier if frontier is not None else tick - timeblocks.HOUR - settle
+    first = timeblocks.HOUR if task.grain == "hour" else 24 * timeblocks.HOUR  # a block's length
+    low = frontier if frontier is not None else tick - first - settle
     if tick - low > SCHEDULE_REACH:
         older = f"--time-min {low.isoformat()} --time-max {(tick - SCHEDULE_REACH).isoformat()}"
         log.warning(

@@ -186,3 +186,24 @@ def test_a_tick_after_years_down_asks_for_no_more_blocks_than_a_request_may_hold
     [capped] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "runs the blocks of its last 49000 hours only" in capped, capped
     assert " blocks t --time-min 2016-01-01T01:00:00+00:00 --time-max 2020-05-30T08:05:00+00:00'" in capped
+
+
+def test_a_daily_tick_of_a_day_blocks_task_runs_the_day_before(tmp_path: Path) -> None:
+    """With nothing on the ledger a tick reached back an hour: a day-grain task scheduled at 06:00
+    held no midnight in it, made no block, and so never had a frontier to go on from."""
+    root = _project(tmp_path / "proj", "")
+    toml = root / "tasks" / "t" / "task.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace('schedule = "5 * * * *"', 'schedule = "0 6 * * *"\ngrain = "day"')
+        .replace('zone = "UTC"', 'zone = "America/Chicago"')
+    )
+    operations.install(load_project(root, {}))
+    looks = Looks(root)
+    try:
+        [first] = looks(dt.datetime(2024, 6, 1, 11, 0, 30, tzinfo=UTC))  # 06:00 in Chicago
+        assert _stages(first) == ["2024-05-31"]
+        [later] = looks(dt.datetime(2024, 6, 3, 11, 0, 30, tzinfo=UTC))
+        assert _stages(later) == ["2024-06-01", "2024-06-02"]
+    finally:
+        looks.manager.close()
