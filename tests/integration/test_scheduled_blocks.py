@@ -111,6 +111,14 @@ def _stages(run: dict[str, Any]) -> list[str]:
     return [s["block"] for s in summary["stages"]]
 
 
+def _clear_of_the_hours_turn() -> None:
+    """Wait, if need be, until the clock is 30 s past the hour and a minute from the next: these
+    tests take the hour from the real clock, with which settledness is judged, and look 10 or 20 s
+    past it (at an hourly tick), which must not be in the future, nor the hour turn meanwhile."""
+    if not 30 <= (into := time.time() % 3600) <= 3540:
+        time.sleep((3630 - into) % 3600)
+
+
 def test_a_scheduled_blocks_task_runs_the_last_hours_block_then_every_block_since(scheduled: Looks) -> None:
     """The first tick (nothing on the ledger) runs the hour that ended by it; a tick three hours
     later (the service down in between) runs the three blocks since the newest on the ledger."""
@@ -130,18 +138,21 @@ def test_a_tick_runs_the_blocks_an_earlier_one_left_out_as_unsettled_and_one_wit
     """With settle, a tick leaves out the blocks that ended less than settle ago; a tick none of
     whose blocks has settled starts no run (it was a run of nothing, and would have been an error
     retried every look had it asked for them), and is fired all the same; a later tick runs them."""
+    toml = scheduled.root / "tasks" / "t" / "task.toml"
+    toml.write_text(toml.read_text().replace('schedule = "5 * * * *"', 'schedule = "0 * * * *"'))
+    _clear_of_the_hours_turn()
     now = dt.datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)  # settled at 3h: blocks ending by hour - 3h
-    [first] = scheduled(hour - 2 * H + dt.timedelta(minutes=5, seconds=10), settle="3h")
+    [first] = scheduled(hour - 2 * H + dt.timedelta(seconds=10), settle="3h")
     assert _stages(first) == _hours(hour - 5 * H, hour - 4 * H, hour - 3 * H)  # hour - 2h left out
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert scheduled(hour - H + dt.timedelta(minutes=5, seconds=10)) == []
+        assert scheduled(hour - H + dt.timedelta(seconds=10)) == []
     quiet = [r for r in caplog.records if "has no block to run" in r.getMessage()]
     assert quiet and quiet[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    assert scheduled(hour - H + dt.timedelta(minutes=5, seconds=20)) == []  # fired: not looked at again
-    [later] = scheduled(hour + dt.timedelta(minutes=5, seconds=10), settle="1h")
+    assert scheduled(hour - H + dt.timedelta(seconds=20)) == []  # fired: not looked at again
+    [later] = scheduled(hour + dt.timedelta(seconds=10), settle="1h")
     assert _stages(later) == _hours(hour - 2 * H, hour - H)  # the one left out before, and the next
     assert _written(scheduled.root) == _hours(*(hour - n * H for n in range(5, 0, -1)))
 
@@ -151,6 +162,7 @@ def test_a_scheduled_event_runs_the_blocks_since_the_ledgers_newest(
 ) -> None:
     """The Lambda's scheduled event ran a blocks task without a request: nothing, every time. It
     runs the blocks that ended by now since the newest on the ledger, and then, with none new, nothing."""
+    _clear_of_the_hours_turn()
     root = _project(tmp_path / "task-root" / "project", "")
     monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
     hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
