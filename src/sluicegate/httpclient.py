@@ -19,6 +19,7 @@ from typing import Any
 
 import httpcore
 import httpx
+import socksio
 
 from . import validate
 from .exceptions import ConfigError
@@ -321,6 +322,9 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
     (httpcore.TimeoutException, httpx.TimeoutException),
     (httpcore.NetworkError, httpx.NetworkError),
     (httpcore.ProtocolError, httpx.ProtocolError),
+    # A SOCKS5 proxy's handshake cut short (it hung up, or wanted credentials not given): httpcore
+    # lets socksio's error through, which mds and socrata took for an unknown one and parked.
+    (socksio.SOCKSError, httpx.ProxyError),
 )
 
 

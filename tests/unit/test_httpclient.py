@@ -197,15 +197,22 @@ _PROXY_VARIABLES = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROX
 @pytest.fixture
 def socks5(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real SOCKS5 proxy (pproxy, in its own process) on 127.0.0.1, and its log of what it relayed."""
+    with _pproxy(tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _pproxy(tmp_path: Path, credentials: str = "") -> Iterator[tuple[str, Path]]:
+    """:func:`socks5`'s proxy, wanting ``credentials`` (``user:password``) when given."""
     from plugins.common import free_ports
 
     [port] = free_ports(1)
     log = tmp_path / "pproxy.log"
+    listen = f"socks5://127.0.0.1:{port}" + (f"#{credentials}" if credentials else "")
     with log.open("wb") as out:
         proxy = subprocess.Popen(
-            [sys.executable, "-u", "-m", "pproxy", "-l", f"socks5://127.0.0.1:{port}", "-v"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-u", "-m", "pproxy", "-l", listen, "-v"], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -284,3 +291,19 @@ def test_a_proxy_of_a_scheme_sluicegate_cannot_speak_is_named_with_its_variable(
     said = str(caught.value)
     assert said.startswith("ALL_PROXY names the proxy socks4://") and "socks4 sluicegate cannot speak" in said
     assert "s3cr3t" not in said and "socks5://" in said, said
+
+
+def test_a_socks5_proxy_that_hangs_up_in_its_handshake_is_a_proxy_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SOCKS5 proxy that hangs up before its reply (pproxy wanting credentials ALL_PROXY does not
+    give; a proxy restarting) raised socksio's ProtocolError ("Malformed reply"), no httpx error: mds
+    and socrata recorded it as an unknown error and parked the block, where every other failure of
+    a proxy (a refused password, a refused CONNECT) is httpx's ProxyError, retried."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with _pproxy(tmp_path, "me:s3cr3t") as (address, log):
+        monkeypatch.setenv("ALL_PROXY", f"socks5://{address}")
+        with httpclient.client(timeout=2) as client, pytest.raises(httpx.ProxyError, match="Malformed reply"):
+            httpclient.send(client, "GET", "http://localhost:9/")
+    assert "Unauthorized SOCKS" in log.read_text(), log.read_text()
