@@ -264,13 +264,14 @@ def _pool(proxy: str, variable: str) -> httpcore.ConnectionPool:
         return httpcore.ConnectionPool(ssl_context=tls_context(), network_backend=_Backend(), **_LIMITS)
     scheme = proxy.partition("://")[0].lower() if "://" in proxy else "http"
     if scheme not in ("http", "https", *_SOCKS):
-        raise ConfigError(
-            f"{variable} names the proxy {mask_url(proxy)}, whose scheme {scheme} sluicegate cannot"
-            f" speak: name an http://, https:// or socks5:// proxy there, or list the host in NO_PROXY,"
-            f" then redrive the task"
-        )
-    named = httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}")  # its user and password as auth
+        raise _unusable(variable, proxy, f"whose scheme {scheme} sluicegate cannot speak")
+    try:
+        named = httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}")  # its user and password as auth
+    except httpx.InvalidURL as exc:  # a mistyped port, an unclosed [: httpx's error named neither
+        raise _unusable(variable, proxy, f"which is no URL ({exc})") from None
     url = named.url
+    if not url.host:  # else a ConnectError ("Name or service not known"), retried for ever
+        raise _unusable(variable, proxy, "which names no host")
     where = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
     if scheme in _SOCKS:
         return httpcore.SOCKSProxy(
@@ -288,6 +289,16 @@ def _pool(proxy: str, variable: str) -> httpcore.ConnectionPool:
         proxy_ssl_context=tls_context() if url.scheme == "https" else None,
         network_backend=_Backend(),
         **_LIMITS,
+    )
+
+
+def _unusable(variable: str, proxy: str, why: str) -> ConfigError:
+    """The error of a proxy named by ``variable`` that sluicegate cannot use, its password masked."""
+    # host:port alone is read as http://host:port, and masked so (mask_url leaves it as it is)
+    shown = mask_url(proxy) if "://" in proxy else mask_url(f"http://{proxy}").removeprefix("http://")
+    return ConfigError(
+        f"{variable} names the proxy {shown}, {why}: name an http://, https:// or socks5:// proxy there,"
+        f" or list the host in NO_PROXY, then redrive the task"
     )
 
 

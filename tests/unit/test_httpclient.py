@@ -307,3 +307,31 @@ def test_a_socks5_proxy_that_hangs_up_in_its_handshake_is_a_proxy_error(
         with httpclient.client(timeout=2) as client, pytest.raises(httpx.ProxyError, match="Malformed reply"):
             httpclient.send(client, "GET", "http://localhost:9/")
     assert "Unauthorized SOCKS" in log.read_text(), log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("proxy", "why"),
+    [
+        ("socks5://me:s3cr3t@127.0.0.1:1o80", "Invalid port"),
+        ("me:s3cr3t@127.0.0.1:1o80", "Invalid port"),
+        ("http://me:s3cr3t@[::1:3128", "no URL"),
+        ("socks5://me:s3cr3t@:1080", "names no host"),
+    ],
+)
+def test_a_proxy_address_that_is_no_url_is_named_with_its_variable(
+    proxy: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped ALL_PROXY (a port of 1o80) failed each block with httpx's InvalidURL ("Invalid
+    port: '1o80'"), taken for a network error and retried, naming neither the variable nor the
+    proxy; one with no host was a ConnectError, retried too. Either is a ConfigError as a scheme
+    sluicegate cannot speak is: the variable, the proxy (its password masked) and what is wrong."""
+    from sluicegate.exceptions import ConfigError
+
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", proxy)
+    with httpclient.client(timeout=1) as client, pytest.raises(ConfigError) as caught:
+        httpclient.send(client, "GET", "http://localhost:9/")
+    said = str(caught.value)
+    assert said.startswith("ALL_PROXY names the proxy ") and why in said and "then redrive" in said, said
+    assert "s3cr3t" not in said, said
