@@ -227,23 +227,28 @@ def _bypassed(url: httpx.URL) -> bool:
     (``.example.com``, ``example.com``: subdomains too), its ``host:port``, or ``*`` anywhere in
     the list (urllib's own check takes ``*`` only as the whole value, and never sees the port);
     and, as curl and Go read it, an address range (``10.0.0.0/8``) holding an address the URL
-    names (a host name is not resolved for it)."""
+    names (a host name is not resolved for it), or, as Go reads it, an IPv6 address in brackets
+    (``[fd00::5]``, ``[fd00::5]:8443``)."""
     entries = [entry.strip() for entry in urllib.request.getproxies().get("no", "").split(",")]
     where = url.host if url.port is None else f"{url.host}:{url.port}"
-    return "*" in entries or bool(urllib.request.proxy_bypass(where)) or _in_range(url.host, entries)
+    return "*" in entries or bool(urllib.request.proxy_bypass(where)) or _holds_address(url, entries)
 
 
-def _in_range(host: str, entries: list[str]) -> bool:
-    """Whether ``host`` is an IP address within one of the ``entries`` that are address ranges."""
+def _holds_address(url: httpx.URL, entries: list[str]) -> bool:
+    """Whether ``url`` names an IP address that one of the ``entries`` holds: an address range, or
+    the address in brackets, alone or with the URL's port (urllib compares such an entry with the
+    host unbracketed, so an IPv6 host's ``[address]:port`` went to the proxy)."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address = ipaddress.ip_address(url.host.strip("[]"))
     except ValueError:
         return False
     for entry in entries:
-        if "/" in entry:
-            with contextlib.suppress(ValueError):
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
+        inside, closed, port = entry[1:].partition("]") if entry.startswith("[") else ("", "", "")
+        with contextlib.suppress(ValueError):
+            if "/" in entry and address in ipaddress.ip_network(entry, strict=False):
+                return True
+            if closed and port in ("", f":{url.port}") and address == ipaddress.ip_address(inside):
+                return True
     return False
 
 

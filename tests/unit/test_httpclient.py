@@ -91,17 +91,36 @@ def test_an_address_range_in_no_proxy_keeps_off_the_proxy_only_the_addresses_it_
     _direct_or_not(monkeypatch, "10.0.0.0/8,127.0.0.2/32,localhost.invalid", direct=False)
 
 
-def _direct_or_not(monkeypatch: pytest.MonkeyPatch, no_proxy: str, *, direct: bool) -> None:
-    """A request to a server on 127.0.0.1 with HTTP_PROXY at a port nothing listens on, so that
+class _Server6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "direct"),
+    [("[::1]:{port}", True), ("[::1]", True), (" [0:0::1] ", True), ("::1", True), ("[::1]:1", False)],
+)
+def test_no_proxy_names_an_ipv6_address_in_brackets_with_or_without_its_port(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, direct: bool
+) -> None:
+    """An IPv6 host's entry with its port can only be written in brackets ([fd00::5]:8443, as Go
+    reads it): urllib compared it with the unbracketed host and sent the request to the proxy."""
+    _direct_or_not(monkeypatch, no_proxy, direct=direct, host="::1")
+
+
+def _direct_or_not(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, *, direct: bool, host: str = "127.0.0.1"
+) -> None:
+    """A request to a server on ``host`` with HTTP_PROXY at a port nothing listens on, so that
     it succeeds only when ``no_proxy`` keeps it off the proxy (``direct``)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    kind = _Server6 if ":" in host else http.server.ThreadingHTTPServer
+    server = kind((host, 0), _Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: a request through it fails
         monkeypatch.setenv("NO_PROXY", no_proxy.format(port=server.server_address[1]))
         for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(name, raising=False)
-        url = f"http://127.0.0.1:{server.server_address[1]}/direct"
+        url = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}/direct"
         with httpclient.client(timeout=5) as client:
             if direct:
                 assert httpclient.send(client, "GET", url).text == "via proxy: /direct"
