@@ -139,16 +139,18 @@ def _left(timeout: float | None) -> float | None:
 class _Stream(httpcore.NetworkStream):
     """A connection whose every wait is cut to what is left of send()'s time: httpx counts its
     timeout per read, so a server sending its status line and headers (or its body) a byte at a
-    time, never idle for a whole timeout, held a unit for as long as it kept sending."""
+    time, never idle for a whole timeout, held a unit for as long as it kept sending. A wait
+    httpcore gives no timeout (a SOCKS5 proxy's handshake) has the connect timeout (``given``), as
+    an HTTP proxy's CONNECT has the client's timeouts."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self.inner = inner
+    def __init__(self, inner: httpcore.NetworkStream, given: float | None) -> None:
+        self.inner, self.given = inner, given
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.inner.read(max_bytes, _left(timeout))
+        return self.inner.read(max_bytes, _left(self.given if timeout is None else timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _left(timeout))
+        self.inner.write(buffer, _left(self.given if timeout is None else timeout))
 
     def close(self) -> None:
         self.inner.close()
@@ -156,7 +158,7 @@ class _Stream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        return _Stream(self.inner.start_tls(ssl_context, server_hostname, _left(timeout)))
+        return _Stream(self.inner.start_tls(ssl_context, server_hostname, _left(timeout)), self.given)
 
     def get_extra_info(self, info: str) -> Any:
         return self.inner.get_extra_info(info)
@@ -176,12 +178,13 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return _Stream(self.inner.connect_tcp(host, port, _left(timeout), local_address, socket_options))
+        stream = self.inner.connect_tcp(host, port, _left(timeout), local_address, socket_options)
+        return _Stream(stream, timeout)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        return _Stream(self.inner.connect_unix_socket(path, _left(timeout), socket_options))
+        return _Stream(self.inner.connect_unix_socket(path, _left(timeout), socket_options), timeout)
 
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)

@@ -354,3 +354,21 @@ def test_a_proxy_address_that_is_no_url_is_named_with_its_variable(
     said = str(caught.value)
     assert said.startswith("ALL_PROXY names the proxy ") and why in said and "then redrive" in said, said
     assert "s3cr3t" not in said, said
+
+
+def test_a_socks5_proxy_silent_in_its_handshake_is_given_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore reads a SOCKS5 proxy's handshake with no timeout of its own: one that took the
+    connection and never answered (a port that is no SOCKS proxy, an HTTP proxy's, say) held each
+    request for send()'s whole-answer time (4 x timeout), where an HTTP proxy's CONNECT has the
+    client's timeout. The handshake has the connect timeout."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, says nothing
+        monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{silent.getsockname()[1]}")
+        with httpclient.client(timeout=1) as client, pytest.raises(httpx.TimeoutException) as caught:
+            started = time.monotonic()
+            httpclient.send(client, "GET", "http://localhost:9/")
+        waited = time.monotonic() - started
+    assert waited < 2.5 and "whole" not in str(caught.value), (waited, caught.value)
