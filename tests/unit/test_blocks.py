@@ -166,18 +166,6 @@ def test_a_range_creates_exactly_its_rows_and_a_dry_run_none(tmp_path: Path) -> 
     assert len(ledger_rows(root)) == 2 * 2 * 3  # blocks x providers x stages, nothing pre-filled
 
 
-def test_reset_failed_of_a_blocks_task_names_the_command_that_runs_its_parked_blocks(tmp_path: Path) -> None:
-    """``reset TASK --failed`` said only that it applies to partitioned and incremental tasks,
-    leaving the operator to find how a blocks task's parked blocks are run again."""
-    root = make_project(tmp_path)
-    result = CliRunner().invoke(main, ["-C", str(root), "reset", "trips", "--failed"])
-    assert result.exit_code == 2, result.output
-    assert (
-        f"`sluicegate -C {root} blocks trips --time-min ... --time-max ... --incomplete-only`"
-        in result.output
-    )
-
-
 def test_fall_back_day_has_25_distinct_one_hour_blocks() -> None:
     low = parse_time("2020-11-1-0", CENTRAL, "time_min")
     high = parse_time("2020-11-2-0", CENTRAL, "time_max")
@@ -743,12 +731,17 @@ def test_a_callable_that_calls_sys_exit_fails_its_block_and_the_others_go_on(
     assert status == "failed" and "SystemExit: 3" in error, error
 
 
-def test_reset_of_a_blocks_task_names_the_kinds_it_applies_to(tmp_path: Path) -> None:
-    """reset works on incremental tasks too now; a blocks task's refusal said "partitioned only"."""
+def test_reset_of_a_blocks_task_names_the_command_that_runs_its_parked_blocks(tmp_path: Path) -> None:
+    """A blocks task's refusal said "partitioned only", then "partitioned and incremental tasks
+    only", leaving the operator to find how a blocks task's parked blocks are run again."""
     root = make_project(tmp_path)
     result = CliRunner().invoke(main, ["-C", str(root), "reset", "trips", "--failed"])
     assert result.exit_code == 2, result.output
-    assert "is a blocks task; this applies to partitioned and incremental tasks only" in result.output
+    assert "is a blocks task; run its parked blocks again with" in result.output
+    assert (
+        f"`sluicegate -C {root} blocks trips --time-min ... --time-max ... --incomplete-only`"
+        in result.output
+    )
 
 
 def test_a_dry_run_says_a_stage_with_its_attempts_used_up_is_parked_and_run_lists_the_ledgers_work(
