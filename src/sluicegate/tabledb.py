@@ -325,7 +325,8 @@ _PG_UNIQUE_KEYS = (
     " AND i.indexprs IS NULL AND k.n <= i.indnkeyatts"
 )
 _MARIADB_UNIQUE_KEYS = (
-    "SELECT index_name, column_name FROM information_schema.statistics"
+    # a prefix (sub_part) is no unique key: ON DUPLICATE KEY takes "abcdef" and "abcxyz" for one row
+    "SELECT index_name, CASE WHEN sub_part IS NULL THEN column_name END FROM information_schema.statistics"
     " WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND non_unique = 0"
 )
 _SQLITE_UNIQUE_KEYS = (  # an INTEGER PRIMARY KEY has no index of its own: its column is the rowid

@@ -21,7 +21,7 @@ from airmax_support import AGGREGATE, add_raw, airmax_project, stamps, table
 from sluicegate import generate_airmax, tables
 from sluicegate.drivers import Context
 from sluicegate.drivers import aggregate as agg
-from sluicegate.exceptions import DataError, DestinationUnavailable
+from sluicegate.exceptions import ConfigError, DataError, DestinationUnavailable
 from support import load
 
 UTC = dt.UTC
@@ -242,3 +242,16 @@ def test_groups_that_differ_only_in_case_are_two_rows_in_the_mariadb_table(
         ("GENT", 3.0, 1),
         ("Gent", 3.0, 2),
     ]
+
+
+@pytest.mark.mariadb
+def test_an_upsert_into_a_table_unique_on_a_prefix_of_its_key_is_refused(mariadb_url: str) -> None:
+    """A unique index on id(3) makes ON DUPLICATE KEY UPDATE take "abcdef" and "abcxyz" for one
+    row: the second would overwrite the first, so such an index is no unique key of id."""
+    db = tables.TableDb(mariadb_url)
+    db.execute("CREATE TABLE t (id varchar(20), v int, UNIQUE KEY (id(3)))")
+    db.close()
+    target = tables.TableTarget(url=mariadb_url, table="t", mode="upsert", key=("id",))
+    with tables.TableSink(target) as sink, pytest.raises(ConfigError, match="no unique index on id"):
+        sink.write(["id", "v"], [("abcdef", 1), ("abcxyz", 2)])
+    assert [r["id"] for r in table(mariadb_url, "t", order="id")] == []
