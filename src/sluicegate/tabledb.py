@@ -323,6 +323,7 @@ _PG_UNIQUE_KEYS = (
     " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
     " WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisunique AND i.indpred IS NULL"
     " AND i.indexprs IS NULL AND k.n <= i.indnkeyatts"
+    " AND i.indimmediate AND i.indisvalid"  # ON CONFLICT takes no deferrable nor invalid index
 )
 _MARIADB_UNIQUE_KEYS = (
     # a prefix (sub_part) is no unique key: ON DUPLICATE KEY takes "abcdef" and "abcxyz" for one row

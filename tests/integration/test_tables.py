@@ -255,3 +255,17 @@ def test_an_upsert_into_a_table_unique_on_a_prefix_of_its_key_is_refused(mariadb
     with tables.TableSink(target) as sink, pytest.raises(ConfigError, match="no unique index on id"):
         sink.write(["id", "v"], [("abcdef", 1), ("abcxyz", 2)])
     assert [r["id"] for r in table(mariadb_url, "t", order="id")] == []
+
+
+@pytest.mark.pg
+def test_a_deferrable_unique_constraint_is_no_key_of_an_upsert(pg_url: str) -> None:
+    """PostgreSQL's ON CONFLICT takes no deferrable constraint (nor an index not valid) for its
+    arbiter: each write failed while check said the table was keyed."""
+    db = tables.TableDb(pg_url)
+    db.execute("CREATE TABLE t (id text, v int, UNIQUE (id) DEFERRABLE)")
+    db.close()
+    target = tables.TableTarget(url=pg_url, table="t", mode="upsert", key=("id",))
+    with tables.TableSink(target) as sink:
+        assert tables.unkeyed(target, sink.db) is not None
+        with pytest.raises(ConfigError, match="no unique index on id"):
+            sink.write(["id", "v"], [("a", 1)])
