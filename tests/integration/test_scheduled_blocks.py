@@ -219,3 +219,19 @@ def test_a_daily_tick_of_a_day_blocks_task_runs_the_day_before(tmp_path: Path) -
         assert _stages(later) == ["2024-06-01", "2024-06-02"]
     finally:
         looks.manager.close()
+
+
+def test_a_tick_whose_keys_sql_fails_is_one_error_not_a_warning_every_look(
+    scheduled: Looks, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keys_sql the source refuses (a table dropped) is no outage a look later fixes: the tick's
+    request was asked for again, the query run again and a warning logged, every 5 s until the next
+    tick, and every tick after. It is one error naming the query, and the tick counts as fired."""
+    toml = scheduled.root / "tasks" / "t" / "task.toml"
+    toml.write_text(toml.read_text().replace('keys = ["a"]', 'keys_sql = "SELECT provider FROM gone"'))
+    with caplog.at_level(logging.WARNING):
+        assert scheduled(PAST) == []
+        assert scheduled(PAST + dt.timedelta(seconds=5)) == []
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in said] == [logging.ERROR], caplog.text
+    assert "keys_sql" in said[0].getMessage() and "gone" in said[0].getMessage(), caplog.text

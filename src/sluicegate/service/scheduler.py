@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 from .. import block_requests
-from ..exceptions import SluicegateError
+from ..exceptions import SluicegateError, is_transient
 from ..operations import ledger_of
 from ..options import RunOptions
 from ..schedules import due_tick, latest_tick
@@ -101,7 +101,15 @@ class Scheduler:
         self.won[name] = tick
         options = RunOptions()
         if task.kind == "blocks":
-            options = RunOptions(blocks=block_requests.scheduled_request(project, task, tick, ledger))
+            try:
+                options = RunOptions(blocks=block_requests.scheduled_request(project, task, tick, ledger))
+            except SluicegateError as exc:
+                if is_transient(exc):  # the source out of reach: the next look asks again
+                    raise
+                # a keys_sql the source refuses: no look fixes it; the next tick asks again
+                log.error("scheduled run of %s at %s not started: %s", name, tick.isoformat(), exc)
+                self.seen[name] = tick
+                return []
             if options.blocks is None:  # nothing settled yet: a later tick runs those blocks
                 self.seen[name] = tick
                 return []
