@@ -11,12 +11,13 @@ partitions it held are pending again, none parked.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -438,6 +439,20 @@ def test_a_failed_first_run_does_not_unbind_a_task_another_worker_exported_meanw
     assert typo.returncode == 2 and "--move-destination" in typo.stderr, typo.stderr
 
 
+@contextlib.contextmanager
+def _readings_project(root: Path, tmp_path: Path, pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """The settings of a project at ``root`` over the table ``readings`` (one row, Gent's), a
+    SQLite ledger, csv files in ``tmp_path / "out"``; and a connection to the source for the rest."""
+    (root / "sluicegate.toml").write_text(
+        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
+        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
+        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+        yield conn
+
+
 def test_a_source_connection_lost_while_idle_is_opened_again_to_describe_the_next_task(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -454,13 +469,7 @@ def test_a_source_connection_lost_while_idle_is_opened_again_to_describe_the_nex
             'keys = ["city"]\npath = "{city}/{day:%Y%m%d}.{ext}"\n[time]\ncolumn = "at"\n'
         )
         (root / "tasks" / name / "select.sql").write_text(f"SELECT id, city, at{extra} FROM readings")
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
-    )
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
-        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+    with _readings_project(root, tmp_path, pg_url) as conn:
         conn.execute(
             "CREATE FUNCTION slow_for(s text) RETURNS text LANGUAGE sql AS $$ SELECT pg_sleep(1.5)::text $$"
         )
@@ -503,13 +512,7 @@ def test_a_source_connection_lost_while_idle_is_opened_again_for_the_next_archiv
         (root / "tasks" / "b_archive" / "delete.sql").write_text(
             "DELETE FROM archived WHERE at < %(export_boundary)s"
         )
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
-    )
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
-        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+    with _readings_project(root, tmp_path, pg_url) as conn:
         conn.execute("CREATE TABLE archived (id int, city text, at timestamptz)")
         conn.execute(
             "INSERT INTO archived VALUES (1, 'Gent', '2024-03-01 10:00Z'), (2, 'Brugge', '2024-03-02 10:00Z')"
@@ -549,13 +552,7 @@ def test_a_describe_whose_connection_is_lost_twice_names_its_task_and_is_retried
     (root / "tasks" / "planned" / "select.sql").write_text(
         "SELECT id, city, at, slow_plan() AS s FROM readings"
     )
-    (root / "sluicegate.toml").write_text(
-        f'[source]\nurl = "{pg_url}"\n[destination]\nurl = "{tmp_path / "out"}"\n'
-        f'[defaults]\nformat = "csv"\nbackoff = "0s"\n[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
-    )
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE readings (id int, city text, at timestamptz)")
-        conn.execute("INSERT INTO readings VALUES (1, 'Gent', '2024-03-01 10:00Z')")
+    with _readings_project(root, tmp_path, pg_url) as conn:
         conn.execute(  # immutable, no arguments: run as each query using it is planned, LIMIT 0 too
             "CREATE FUNCTION slow_plan() RETURNS text IMMUTABLE LANGUAGE plpgsql AS"
             " $$ BEGIN PERFORM pg_sleep(1.5); RETURN 's'; END $$"
