@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import mariadb_conn, source_outage
+from . import mariadb_conn, pg_text, source_outage
 from .exceptions import (
     ConfigError,
     DataError,
@@ -269,17 +269,6 @@ _TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", *_ROLLED_BACK_SQLSTATES, "55
 # same statement fails the same way again, though psycopg calls the class an OperationalError.
 _LIMIT_SQLSTATES = ("54",)
 _SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
-# ADBC's result stream reports a server error as text only (``OSError: [libpq] ... ERROR: ...``,
-# no SQLSTATE): PostgreSQL's own wording of the transient errors above stands in for the code.
-_ROLLED_BACK_MESSAGES = ("could not serialize access", "deadlock detected")
-_TRANSIENT_MESSAGES = (
-    *_ROLLED_BACK_MESSAGES,
-    "canceling statement due to",
-    "could not obtain lock",
-    "out of memory",
-    "terminating connection",
-    "the database system is",
-)
 
 
 def _psycopg() -> Any:
@@ -323,7 +312,7 @@ def rolled_back(exc: BaseException) -> bool:
     code = _sqlstate(cause)
     if code:
         return code in _ROLLED_BACK_SQLSTATES
-    return any(text in str(cause) for text in _ROLLED_BACK_MESSAGES)
+    return pg_text.says(str(cause), "rolled_back")
 
 
 def timed_out(exc: BaseException) -> bool:
@@ -341,8 +330,10 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
     A missing privilege (:func:`denied`) is terminal, even when the connection was refused.
 
     Knows psycopg, sqlite3 and ADBC (whose result streams raise plain ``OSError`` with a
-    ``[libpq]`` message: ``ERROR:`` is the query's fault, anything else the connection's), and
-    MariaDB Connector/Python (by error number, :func:`sluicegate.mariadb_conn.classify`).
+    ``[libpq]`` message and no SQLSTATE: an ``ERROR`` is the query's fault, unless its words are
+    a transient error's, anything else the connection's, told in any language by
+    :mod:`sluicegate.pg_text`), and MariaDB Connector/Python (by error number,
+    :func:`sluicegate.mariadb_conn.classify`).
     """
     maria = mariadb_conn.classify(exc)
     if maria is not None:
@@ -365,10 +356,13 @@ def classify(exc: BaseException) -> Literal["transient", "terminal"] | None:
         code = _sqlstate(exc)
         if code:
             return "transient" if code.startswith(_TRANSIENT_SQLSTATES) else "terminal"
-        if type(exc).__name__ == "OperationalError" or (not adbc and "ERROR:" not in str(exc)):
-            return "transient"
         text = str(exc)
-        return "transient" if any(m in text for m in _TRANSIENT_MESSAGES) else "terminal"
+        severity = pg_text.severity(text)  # FATAL, PANIC: the session ended; None: libpq's own error
+        if type(exc).__name__ == "OperationalError" or severity in ("FATAL", "PANIC"):
+            return "transient"
+        if severity is None and not adbc:
+            return "transient"
+        return "transient" if pg_text.says(text, "transient") else "terminal"
     return None
 
 
@@ -468,7 +462,7 @@ def _first_line(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     first = text[0].removeprefix("[libpq] Execution error [PGRES_FATAL_ERROR]: ").strip()
-    return first.removeprefix("ERROR:").removeprefix("FATAL:").strip() or type(exc).__name__
+    return pg_text.without_severity(first) or type(exc).__name__
 
 
 @contextlib.contextmanager

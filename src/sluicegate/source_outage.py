@@ -15,17 +15,17 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from . import mariadb_conn
+from . import mariadb_conn, pg_text
 from .exceptions import SluicegateError, SourceLost
 
 log = logging.getLogger("sluicegate")
 
-# libpq's words for a connection that failed or ended (ADBC's errors carry no SQLSTATE, nor do
-# psycopg's own connection failures): the server is away or was restarted, no query is at fault.
+# libpq's own words for a connection that failed or ended (ADBC's errors carry no SQLSTATE, nor
+# do psycopg's own connection failures; the server's words come as a FATAL, see connection_lost):
+# the server is away or was restarted, no query is at fault. English: the libpq of ADBC's driver
+# has no translations.
 _LOST_MESSAGES = (
     "server closed the connection",
-    "terminating connection",
-    "the database system is",  # starting up, shutting down, in recovery mode
     "connection refused",
     "connection to server",
     "no connection to the server",
@@ -46,9 +46,10 @@ def connection_lost(exc: BaseException) -> bool:
 
     psycopg: no SQLSTATE (a client-side failure) or a FATAL one (the server ended the session); an
     ERROR (say, dblink's own connection failing, SQLSTATE 08001) is the query's. libpq through
-    ADBC: its connection messages, or none at all (ADBC's "Failed to prepare query:" with libpq's
+    ADBC: a server message of severity FATAL or PANIC, in any language (:mod:`sluicegate.pg_text`),
+    libpq's connection messages, or none at all (ADBC's "Failed to prepare query:" with libpq's
     message empty: a call the connection could not carry, say after a cancel that did not reach
-    the server), without an ``ERROR:``. Called for transient errors only (a missing privilege is
+    the server); never an ERROR. Called for transient errors only (a missing privilege is
     terminal, see :func:`sluicegate.db.classify`).
     """
     psycopg = sys.modules.get("psycopg")  # not imported here: see sluicegate.db._psycopg
@@ -61,8 +62,9 @@ def connection_lost(exc: BaseException) -> bool:
         return getattr(exc, "errno", 0) in _MARIADB_LOST
     if type(exc).__module__.startswith("adbc_driver") or (isinstance(exc, OSError) and "[libpq]" in str(exc)):
         text = str(exc).partition("\nQuery was:")[0].strip()  # not the query's own text
-        if "ERROR:" in text:
-            return False
+        severity = pg_text.severity(text)
+        if severity is not None:
+            return severity != "ERROR"  # a FATAL ended the session: "terminating connection ..."
         return text.partition("\n")[0].endswith(":") or any(m in text.lower() for m in _LOST_MESSAGES)
     return False
 
