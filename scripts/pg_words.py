@@ -53,6 +53,23 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
             "out of memory",
         ),
     ),
+    "DENIED": (
+        "A privilege the role lacks (42501): a connection refused for want of CONNECT comes with no\n"
+        "SQLSTATE in psycopg or ADBC; the rest, on ADBC's result stream, when a function of the\n"
+        "select reads what the role may not.",
+        (
+            'permission denied for database "%s"',
+            "permission denied for table %s",
+            "permission denied for view %s",
+            "permission denied for materialized view %s",
+            "permission denied for foreign table %s",
+            "permission denied for sequence %s",
+            "permission denied for schema %s",
+            "permission denied for function %s",
+            "permission denied for column %s",
+            'permission denied for column "%s" of relation "%s"',
+        ),
+    ),
 }
 
 HEADER = '''"""PostgreSQL's words sluicegate reads a server error by when it comes without a SQLSTATE, in

@@ -289,15 +289,16 @@ def denied(exc: BaseException) -> bool:
     """Whether a driver error says the role lacks a privilege (SQLSTATE 42501, or MariaDB's numbers).
 
     A refused connection (no CONNECT on the database) carries no SQLSTATE in psycopg: its
-    server message stands in for the code. MariaDB reports most missing privileges as SQLSTATE
-    42000, shared with syntax errors: its error numbers tell them apart.
+    server message stands in for the code, in any language (:mod:`sluicegate.pg_text`). MariaDB
+    reports most missing privileges as SQLSTATE 42000, shared with syntax errors: its error
+    numbers tell them apart.
     """
     if mariadb_conn.denied(exc):
         return True
     code = _sqlstate(exc)
     if code:
         return code == "42501"
-    return "permission denied for" in str(exc)
+    return pg_text.says(str(exc), "denied")
 
 
 def rolled_back(exc: BaseException) -> bool:

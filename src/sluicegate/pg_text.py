@@ -2,10 +2,11 @@
 
 Most errors come with a SQLSTATE, which says what happened in any language. Some come with the
 server's words alone: ADBC's result stream reports an error met mid-read as an ``OSError`` of
-libpq's text (``[libpq] Execution error [PGRES_FATAL_ERROR]: FEHLER:  Division durch Null``).
-Those are read here by the words of every language PostgreSQL 15 ships
-(:mod:`sluicegate.pg_words`, generated from its catalogs). A language it does not know reads as
-a message of no severity: an error libpq met itself.
+libpq's text (``[libpq] Execution error [PGRES_FATAL_ERROR]: FEHLER:  Division durch Null``),
+and libpq reports a connection the server refused as text, through psycopg and ADBC alike
+(``FATAL:  keine Berechtigung für Datenbank »x«``). Those are read here by the words of every
+language PostgreSQL 15 ships (:mod:`sluicegate.pg_words`, generated from its catalogs). A
+language it does not know reads as a message of no severity: an error libpq met itself.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import functools
 import re
 from typing import Literal, cast
 
-from .pg_words import ROLLED_BACK, SEVERITIES, TRANSIENT, WORDS
+from .pg_words import DENIED, ROLLED_BACK, SEVERITIES, TRANSIENT, WORDS
 
 Severity = Literal["ERROR", "FATAL", "PANIC"]
-Meaning = Literal["rolled_back", "transient"]
+Meaning = Literal["rolled_back", "transient", "denied"]
 _MEANINGS: dict[Meaning, tuple[str, ...]] = {
     "rolled_back": ROLLED_BACK,
     "transient": (*ROLLED_BACK, *TRANSIENT),
+    "denied": DENIED,
 }
 # A printf directive of a message (%s, %u, %2$s): any text of the line in the server's message.
 _DIRECTIVE = re.compile(r"%(?:\d+\$)?[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|z)?[a-zA-Z]")
@@ -63,5 +65,5 @@ def _pattern(meaning: Meaning) -> re.Pattern[str]:
 
 def says(text: str, meaning: Meaning) -> bool:
     """Whether ``text`` holds one of the messages of ``meaning`` (a transaction rolled back, an
-    error worth retrying), in any language."""
+    error worth retrying, a privilege the role lacks), in any language."""
     return _pattern(meaning).search(text) is not None

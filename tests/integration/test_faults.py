@@ -22,6 +22,7 @@ import pytest
 
 from plugins.common import service_unavailable
 from sluicegate import engine, operations
+from sluicegate.exceptions import PermissionDenied
 from sluicegate.ledger import Ledger
 from sluicegate.partitions import make_partition
 from support import SLUICEGATE, Db, files, hours, load, write_project
@@ -460,6 +461,40 @@ def _speak(db: Db, language: str) -> None:
         )
     except psycopg.errors.InvalidParameterValue:
         service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_a_source_refusing_the_connection_for_want_of_connect_is_permission_denied(
+    tmp_path: Path, own_pg_server: tuple[Any, Any], language: str
+) -> None:
+    """The source's role lacks CONNECT on its database. The server refuses the session before it
+    has one, with a FATAL no driver gives a SQLSTATE for: its words stand for 42501. In German
+    ("keine Berechtigung für Datenbank", in the server's own lc_messages: a database's setting
+    comes too late) the refusal was taken for an outage ("...; will retry"), where English names
+    the missing privilege and what to do."""
+    server, _ = own_pg_server
+    admin = server.url()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if language == "de":
+            try:
+                conn.execute("ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'")
+            except psycopg.errors.InvalidParameterValue:
+                service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
+            conn.execute("SELECT pg_reload_conf()")
+        conn.execute("CREATE ROLE reader LOGIN PASSWORD 'pw'")
+    _fill(Db(admin), range(1, 2), days=1)
+    reader = admin.replace(f"//{server.user}:{server.password}@", "//reader:pw@")
+    root = write_project(
+        tmp_path / "proj", source=reader, ledger=admin, destination=str(tmp_path / "out"),
+        capture="explicit", zone="UTC",
+    )  # fmt: skip
+    _mark_all(root, range(1, 2), days=1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+    with pytest.raises(PermissionDenied, match="the role lacks a privilege it needs") as refused:
+        engine.run(load(root), ["openaq"])
+    assert "reader:***@" in str(refused.value) and "will retry" not in str(refused.value)
 
 
 def _one_slow_location(db: Db, locations: range, *, slow: int | None, language: str = "en") -> str:

@@ -1,7 +1,7 @@
 """A PostgreSQL error told from its text in every language the server writes (sluicegate.pg_text).
 
 The texts below are what a PostgreSQL 15 server with ``lc_messages = 'de_DE.UTF-8'`` sent, as
-ADBC's result stream (an ``OSError``) reports them; the other
+ADBC's result stream (an ``OSError``) and psycopg (a refused connection) report them; the other
 languages' words come from the server's catalogs, which the table must match.
 """
 
@@ -11,12 +11,13 @@ import re
 import runpy
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from plugins.common import service_unavailable
 from sluicegate import db, pg_text, source_outage
-from sluicegate.exceptions import SourceLost
-from sluicegate.pg_words import LANGUAGES, ROLLED_BACK, SEVERITIES, TRANSIENT, WORDS
+from sluicegate.exceptions import PermissionDenied, SourceLost
+from sluicegate.pg_words import DENIED, LANGUAGES, ROLLED_BACK, SEVERITIES, TRANSIENT, WORDS
 
 REPO = Path(__file__).resolve().parents[2]
 STREAM = "[libpq] Execution error [PGRES_FATAL_ERROR]: "
@@ -57,7 +58,7 @@ def test_no_severity_is_read_where_libpq_met_the_error_itself() -> None:
 
 @pytest.mark.parametrize("language", ["en", *LANGUAGES])
 def test_a_message_is_read_in_every_language(language: str) -> None:
-    for meaning, words in (("rolled_back", ROLLED_BACK), ("transient", TRANSIENT)):
+    for meaning, words in (("rolled_back", ROLLED_BACK), ("transient", TRANSIENT), ("denied", DENIED)):
         for word in words:
             said = re.sub(r"%(\d\$)?s", "public.measurements", _in(language, word))
             assert pg_text.says(f"{STREAM}{_in(language, 'ERROR')}:  {said}\n", meaning), said
@@ -79,3 +80,12 @@ def test_a_german_servers_end_of_the_session_is_a_lost_connection() -> None:
     )
     assert db.classify(ended) == "transient" and source_outage.connection_lost(ended)
     assert isinstance(db.translate(ended, "postgresql://u:pw@h/d"), SourceLost)
+
+
+def test_a_german_servers_refused_connection_for_want_of_connect_is_not_retried() -> None:
+    exc = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  keine'
+        " Berechtigung für Datenbank »prod«\nDETAIL:  Benutzer hat das CONNECT-Privileg nicht."
+    )
+    assert db.denied(exc) and db.classify(exc) == "terminal"
+    assert isinstance(db.translate(exc, "postgresql://u:pw@h/prod"), PermissionDenied)
