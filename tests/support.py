@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pyarrow.parquet as pq
 
+from plugins.common import service_unavailable
 from sluicegate.config import Project, load_project
 from sluicegate.generate import create_schema
 
@@ -178,6 +179,22 @@ class Db:
 
     def close(self) -> None:
         self.conn.close()
+
+    def speak(self, language: str, *, server: bool = False) -> None:
+        """Have PostgreSQL write its messages in ``language`` ("en" or "de", from the translations
+        Debian's postgresql ships, in the de_DE.UTF-8 locale scripts/install-system-deps.sh
+        generates) to the database's next sessions; ``server``: to every new session of the
+        server, its refusal of one too (a database's setting comes after that), so only on a
+        server of the test's own."""
+        if language == "en":
+            return  # the test servers' locale is C
+        where = "SYSTEM" if server else f"DATABASE {self.scalar('SELECT current_database()')}"
+        try:
+            self.conn.execute(f"ALTER {where} SET lc_messages = 'de_DE.UTF-8'")
+        except psycopg.errors.InvalidParameterValue:
+            service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
+        if server:
+            self.conn.execute("SELECT pg_reload_conf()")
 
     def _p(self, query: str) -> str:
         return query.replace("%s", "?") if self.sqlite else query

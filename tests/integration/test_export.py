@@ -996,11 +996,16 @@ def test_sqlite_text_that_is_no_utf8_fails_its_partition_with_the_cast_that_read
 
 
 @pytest.mark.pg
-def test_check_names_a_fixed_zone_the_postgresql_server_does_not_know(tmp_path: Path, pg_url: str) -> None:
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_check_names_a_fixed_zone_the_postgresql_server_does_not_know(
+    tmp_path: Path, pg_url: str, language: str
+) -> None:
     """Python knows a zone (here Mars/Olympus, a copy of Europe/Brussels on its zone path, as
     Europe/Kyiv on a newer tzdata than the server's) that PostgreSQL, which cuts the days of a fixed
     zone and writes their times itself, does not: `check` said ok, and every partition then failed
-    at the run. Now `check` names the zone and what to do."""
+    at the run. Now `check` names the zone and what to do. On a server writing German ("Zeitzone
+    »Mars/Olympus« nicht erkannt") it said only that the zone could not be checked: the refusal
+    was told by its English words ("time zone")."""
     import importlib.resources
 
     tzpath = tmp_path / "tz"
@@ -1011,7 +1016,9 @@ def test_check_names_a_fixed_zone_the_postgresql_server_does_not_know(tmp_path: 
     root = write_project(
         tmp_path / "proj", source=pg_url, destination=str(tmp_path / "out"), zone="Mars/Olympus"
     )
-    Db(pg_url).location(1, "UTC")
+    db = Db(pg_url)
+    db.location(1, "UTC")
+    db.speak(language)
     checked = cli(root, "check", env=env)
     said = checked.stdout + checked.stderr
     assert checked.returncode != 0, said

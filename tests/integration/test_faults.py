@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from plugins.common import service_unavailable
 from sluicegate import engine, operations
 from sluicegate.exceptions import PermissionDenied
 from sluicegate.ledger import Ledger
@@ -92,7 +91,7 @@ def test_a_select_failing_for_one_partition_parks_it_and_exports_the_rest(
     and the error kept its severity word, which English's loses."""
     db = Db(pg_url)
     _fill(db, range(1, 6))
-    _speak(db, language)
+    db.speak(language)
     root = _project(tmp_path, pg_url, read_path, DIVIDE)
     _mark_all(root, range(1, 6))
     [summary] = engine.run(load(root), ["openaq"])
@@ -132,7 +131,7 @@ def test_terminated_backends_mid_run_are_reconnected_and_nothing_stays_claimed(
     With German messages ADBC's "FATAL:  Verbindung wird abgebrochen ..." was not seen as a lost
     connection (its English words were looked for): the batch was charged an attempt."""
     db = Db(pg_url)
-    _speak(db, language)
+    db.speak(language)
     db.conn.execute(
         "CREATE FUNCTION slow(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
         "IF loc = 3 AND t = '2024-01-01T00:00:00Z' THEN PERFORM pg_sleep(1.5); END IF; RETURN 1; END $$"
@@ -442,25 +441,12 @@ def test_a_partition_claimed_alone_while_a_batch_kills_the_worker_is_not_charged
     assert json.loads(failure["partition"]) == [3, "2024-01-01"], failure
 
 
-# A statement timeout's words in the language of the server's messages (lc_messages): "de" is
-# German, from the translations Debian's postgresql package ships, in the de_DE.UTF-8 locale
-# (scripts/install-system-deps.sh generates it). sluicegate tells a timeout by its SQLSTATE.
+# A statement timeout's words in the language of the server's messages (lc_messages, see
+# Db.speak). sluicegate tells a timeout by its SQLSTATE.
 TIMED_OUT = {
     "en": "canceling statement due to statement timeout",
     "de": "storniere Anfrage wegen Zeitüberschreitung der Anfrage",
 }
-
-
-def _speak(db: Db, language: str) -> None:
-    """Have the server write its messages to the database's next sessions in ``language``."""
-    if language == "en":
-        return  # the test server's locale is C
-    try:
-        db.conn.execute(
-            f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET lc_messages = 'de_DE.UTF-8'"
-        )
-    except psycopg.errors.InvalidParameterValue:
-        service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
 
 
 @pytest.mark.pg
@@ -475,23 +461,17 @@ def test_a_source_refusing_the_connection_for_want_of_connect_is_permission_deni
     the missing privilege and what to do."""
     server, _ = own_pg_server
     admin = server.url()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if language == "de":
-            try:
-                conn.execute("ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'")
-            except psycopg.errors.InvalidParameterValue:
-                service_unavailable("the system has no de_DE.UTF-8 locale for PostgreSQL's German messages")
-            conn.execute("SELECT pg_reload_conf()")
-        conn.execute("CREATE ROLE reader LOGIN PASSWORD 'pw'")
-    _fill(Db(admin), range(1, 2), days=1)
+    db = Db(admin)
+    db.speak(language, server=True)
+    db.conn.execute("CREATE ROLE reader LOGIN PASSWORD 'pw'")
+    _fill(db, range(1, 2), days=1)
     reader = admin.replace(f"//{server.user}:{server.password}@", "//reader:pw@")
     root = write_project(
         tmp_path / "proj", source=reader, ledger=admin, destination=str(tmp_path / "out"),
         capture="explicit", zone="UTC",
     )  # fmt: skip
     _mark_all(root, range(1, 2), days=1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+    db.conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
     with pytest.raises(PermissionDenied, match="the role lacks a privilege it needs") as refused:
         engine.run(load(root), ["openaq"])
     assert "reader:***@" in str(refused.value) and "will retry" not in str(refused.value)
@@ -502,7 +482,7 @@ def _one_slow_location(db: Db, locations: range, *, slow: int | None, language: 
     ``language``; return a select whose read of location ``slow`` (None: of every location)
     runs out of it (0.1 s a row)."""
     _fill(db, locations)
-    _speak(db, language)
+    db.speak(language)
     db.conn.execute(f"ALTER DATABASE {db.scalar('SELECT current_database()')} SET statement_timeout = '1s'")
     sleep = (
         "pg_sleep(0.1)::text"
@@ -603,7 +583,7 @@ def test_a_run_stopped_at_once_mid_read_on_a_german_server_records_no_timeout(
     none: no partition charged, none parked, nothing said about a time limit."""
     db = Db(pg_url)
     _fill(db, range(1, 3), days=1)
-    _speak(db, "de")
+    db.speak("de")
     select = (
         "SELECT m.location_id, m.sensor_id AS sensors_id, m.datetime, m.value, pg_sleep(0.2)::text AS s"
         " FROM measurements AS m"

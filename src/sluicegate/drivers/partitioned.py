@@ -429,7 +429,9 @@ def _server_zone(task: Task, source: Source) -> list[str]:
     try:
         source.execute("SELECT now() AT TIME ZONE %s", [task.time.zone])
     except SluicegateError as exc:
-        if "time zone" not in str(exc):  # the source lost, a timeout: not the zone's fault
+        # 22023: the zone not recognized, in whatever language the server writes; not so the
+        # source lost, a timeout, which are not the zone's fault
+        if getattr(exc.__cause__, "sqlstate", None) != "22023":
             return [f"{task.folder / 'task.toml'} [time] zone: could not check it on the source: {exc}"]
         return [
             f"{task.folder / 'task.toml'} [time] zone: the PostgreSQL source does not know the zone "
