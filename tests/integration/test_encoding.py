@@ -36,11 +36,11 @@ from sluicegate import engine, operations
 from sluicegate.formats import csv as csv_format
 from sluicegate.formats.csv import CsvWriter
 from sluicegate.options import RunOptions
-from sluicegate.sources import Column, pg_query
+from sluicegate.sources import Column, pg_query, times
 from sluicegate.sources import adbc as adbc_source
 from sluicegate.sources import arrow as arrow_source
 from sluicegate.sources import postgres as pg_source
-from support import HOSTILE_NAMES, cli, files, load
+from support import HOSTILE_NAMES, Db, cli, files, load
 
 UTC = dt.UTC
 ST_JOHNS = "America/St_Johns"  # -03:30 / -02:30, and -03:30:52 (local mean time) before 1935
@@ -1071,6 +1071,27 @@ def test_a_time_no_file_can_hold_fails_its_partition_by_name_on_every_path(
         value = table.column("valid_to").cast(pa.int64() if kind != "date" else pa.int32())[0].as_py()
         expected = edge - dt.datetime(1970, 1, 1, tzinfo=edge.tzinfo) if kind != "date" else edge - dt.date(1970, 1, 1)
         assert value == (expected // dt.timedelta(microseconds=1) if kind != "date" else expected.days)
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+@pytest.mark.parametrize(("path", "fmt"), [("copy", "csv"), ("rows", "parquet")])
+def test_a_time_no_file_can_hold_is_named_in_sluicegates_words_whatever_the_servers_language(
+    tmp_path: Path, pg_url: str, path: str, fmt: str, language: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On COPY and psycopg's rows the server checks the times: sluicegate's message rides in the
+    error of a cast that fails, which quotes it, and is taken out of it. It was looked for after
+    English's quote ("): a German server quotes »...«, so the partition's error was the server's,
+    "database ... rejected a value: ungültige Eingabesyntax für Typ integer: »sluicegate: ...«"."""
+    _use_path(path, monkeypatch)
+    _one_row_per_key(pg_url, range(1, 2), "DateStyle = 'ISO, MDY'")
+    Db(pg_url).speak(language)
+    root = _project(
+        tmp_path, pg_url, "SELECT k, t, 'infinity'::timestamptz AS valid_to FROM m", fmt, zone="UTC"
+    )
+    _mark(root, range(1, 2))
+    [summary] = engine.run(load(root))
+    [error] = summary.errors
+    assert error == f'[1,"2024-11-02"]: {times.message("valid_to", "infinity")}', error
 
 
 def test_a_time_in_year_10000_locally_is_refused_in_csv_and_kept_in_parquet(

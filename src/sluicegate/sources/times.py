@@ -127,8 +127,11 @@ def guard(
 
 
 def unwrap(detail: str) -> str | None:
-    """The message of a :func:`guard` error inside a PostgreSQL error's text, if it is one."""
-    start = detail.find('"' + MARK)
-    if start < 0:
+    """The message of a :func:`guard` error inside a PostgreSQL error's text, if it is one: from
+    :data:`MARK`, after the quote that opens it, to the message's last parenthesis, before the
+    quote that closes it, each in the server's language (``"..."``, ``»...«``, ``« ... »``)."""
+    start = detail.find(MARK)
+    if start < 1 or detail[start - 1].isalnum():
         return None
-    return detail[start + 1 + len(MARK) :].rstrip().removesuffix('"')
+    said = detail[start + len(MARK) :]
+    return said[: said.rfind(")") + 1] or None
