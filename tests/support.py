@@ -352,6 +352,21 @@ def assert_one_type_twin_parked(failure: dict[str, Any], out: Path) -> None:
     assert "differ only in type" in error and "CAST(k AS TEXT) AS k" in error, error
 
 
+def terminate_running(pg_url: str, like: str, times: int = 2) -> None:
+    """Terminate the backend running a query ``LIKE like``, ``times`` times (the source runs a
+    small query once more on a new connection after losing one); waits up to 20 s for each."""
+    sql = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
+        " AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for _ in range(400):
+            time.sleep(0.05)
+            times -= len(conn.execute(sql, (like,)).fetchall())
+            if times <= 0:
+                return
+
+
 def kill_idle_while_reading(pg_url: str, not_like: str) -> None:
     """Once a query calling ``slow_for`` runs (one not ``LIKE not_like``, ``%%`` for a ``%``),
     terminate every idle connection to the database: the source's, lost while it is not used."""

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from sluicegate import operations
-from support import SLUICEGATE, cli, kill_idle_while_reading, load
+from support import SLUICEGATE, cli, kill_idle_while_reading, load, terminate_running
 
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC)
@@ -139,7 +139,7 @@ def test_an_entity_discovery_whose_connection_is_lost_names_its_task_and_is_retr
     says it will retry; the next run exports."""
     slow = "SELECT record_id, study_id, uploaded_on, payload, pg_sleep(1.5)::text AS s FROM records"
     root = _project(tmp_path, pg_url, a_slow=slow)
-    killer = threading.Thread(target=_terminate, args=(pg_url, "SELECT DISTINCT%pg_sleep%"))
+    killer = threading.Thread(target=terminate_running, args=(pg_url, "SELECT DISTINCT%pg_sleep%"))
     killer.start()
     proc = cli(root, "run")
     killer.join()
@@ -150,21 +150,6 @@ def test_an_entity_discovery_whose_connection_is_lost_names_its_task_and_is_retr
     assert line.endswith("is unavailable: terminating connection due to administrator command; will retry")
     assert (_status(root)["a_slow"]["claimed"], _status(root)["a_slow"]["failed"]) == (0, 0)
     assert cli(root, "run").returncode == 0
-
-
-def _terminate(pg_url: str, query: str, times: int = 2) -> None:
-    """Terminate the backend running a query LIKE ``query``, ``times`` times (the source runs a
-    small query once more on a new connection after losing one); waits up to 20 s for each."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        for _ in range(200):
-            time.sleep(0.1)
-            sql = (
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s"
-                " AND state = 'active' AND pid <> pg_backend_pid()"
-            )
-            times -= len(conn.execute(sql, (query,)).fetchall())
-            if times <= 0:
-                return
 
 
 @pytest.mark.pg

@@ -28,7 +28,7 @@ import test_faults
 from sluicegate import db as sg_db
 from sluicegate import engine, operations
 from sluicegate.options import RunOptions
-from support import Db, cli, hours, kill_idle_while_reading, load, write_project
+from support import Db, cli, hours, kill_idle_while_reading, load, terminate_running, write_project
 
 if TYPE_CHECKING:
     from plugins.tcpproxy import TcpProxy
@@ -558,7 +558,7 @@ def test_a_describe_whose_connection_is_lost_twice_names_its_task_and_is_retried
             " $$ BEGIN PERFORM pg_sleep(1.5); RETURN 's'; END $$"
         )
     assert cli(root, "mark", "planned", "city=Gent", "day=2024-03-01").returncode == 0
-    killer = threading.Thread(target=_terminate_describe, args=(pg_url,))
+    killer = threading.Thread(target=terminate_running, args=(pg_url, "%LIMIT 0"))  # the describe
     killer.start()
     ran = cli(root, "run", "--json")
     killer.join()
@@ -571,17 +571,3 @@ def test_a_describe_whose_connection_is_lost_twice_names_its_task_and_is_retried
     ), error
     assert error.endswith("; will retry"), error
     assert cli(root, "run").returncode == 0
-
-
-def _terminate_describe(pg_url: str, times: int = 2) -> None:
-    """Terminate the backend running the source's describe (``... LIMIT 0``), ``times`` times."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        for _ in range(400):
-            time.sleep(0.05)
-            sql = (
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%%LIMIT 0'"
-                " AND state = 'active' AND pid <> pg_backend_pid()"
-            )
-            times -= len(conn.execute(sql).fetchall())
-            if times <= 0:
-                return
