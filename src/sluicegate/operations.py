@@ -115,6 +115,9 @@ def status(project: Project, names: Sequence[str] = ()) -> list[dict[str, Any]]:
         errors = ledger.runs.task_errors()
         for task in project.select(list(names)):
             row = kind_module(task.kind).status(task, ledger)
+            if isinstance(task, PartitionedTask):  # claimed, yet no worker renews them
+                count, left = ledger.partitions.stale_claims(task, lease=project.settings.lease)
+                row["stale_claims"], row["stale_claims_end_in"] = count, left
             if inbox is not None and isinstance(task, PartitionedTask) and task.capture.mode == "trigger":
                 row["inbox"] = inbox_count(inbox, task.name)
             if task.name in errors:

@@ -877,6 +877,7 @@ def test_check_install_status_and_backfill_on_mariadb(tmp_path: Path, mariadb_ur
     status = cli(root, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)[0]["inbox"] == 30  # one inbox row per inserted row
+    assert json.loads(status.stdout)[0]["stale_claims"] == 0  # MariaDB's stale_claims statement runs
     backfilled = cli(root, "backfill", "openaq")
     assert backfilled.returncode == 0, backfilled.stderr
     ran = cli(root, "run", "--json")

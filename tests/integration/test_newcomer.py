@@ -375,6 +375,7 @@ def test_public_metrics_and_the_task_error_metric(tmp_path: Path) -> None:
         assert metrics.status_code == 200
         assert 'sluicegate_task_error{task="openaq"} 1.0' in metrics.text
         assert 'sluicegate_oldest_pending_age_seconds{task="openaq"}' not in metrics.text
+        assert 'sluicegate_stale_claims{task="openaq"} 0.0' in metrics.text  # no worker has died
         assert httpx.get(f"{server.url}/runs").status_code == 401
         assert "public" in server.text().splitlines()[0]
     finally:

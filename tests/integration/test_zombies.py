@@ -63,6 +63,13 @@ def _spawn(root: Path, fault: str | None = None) -> subprocess.Popen[str]:
 
 def _stall(root: Path, point: str) -> subprocess.Popen[str]:
     """A worker that reached ``point`` and was then stopped: a zombie in the making."""
+    proc = _waiting_at(root, point)
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def _waiting_at(root: Path, point: str) -> subprocess.Popen[str]:
+    """A worker that reached ``point`` and waits there (alive: its leases are renewed)."""
     proc = _spawn(root, point)
     marker = root / f".fault-{point}"
     deadline = time.monotonic() + 60
@@ -70,7 +77,6 @@ def _stall(root: Path, point: str) -> subprocess.Popen[str]:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{marker} did not appear"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGSTOP)
     return proc
 
 
@@ -130,6 +136,37 @@ def test_a_zombie_never_renames_its_older_file_over_the_newer_one(tmp_path: Path
         if p.is_file() and not {"_manifests", "_sluicegate"} & set(p.relative_to(out).parts)
     ]
     assert left == [path], "temp files left behind"
+
+
+def _claims(root: Path) -> tuple[int, int, float | None, str]:
+    """``status``'s claimed partitions, those not renewed for over half the lease, when the last of
+    their leases ends, and the text line."""
+    [row] = json.loads(cli(root, "status", "--json", check=True).stdout)
+    return row["claimed"], row["stale_claims"], row["stale_claims_end_in"], cli(root, "status", check=True).stdout
+
+
+def test_status_tells_the_claims_of_a_stopped_worker_from_those_of_a_running_one(
+    tmp_path: Path, source_url: str
+) -> None:
+    """A claim whose worker no longer renews it (stopped, or killed) is still "claimed" until its
+    lease ends; status says so, and when it is taken over, and not of a live worker's claim."""
+    root, _db = _project(tmp_path, source_url, str(tmp_path / "out"))
+    (root / "sluicegate.toml").write_text((root / "sluicegate.toml").read_text().replace('"2s"', '"12s"'))
+    worker = _waiting_at(root, "mid_write")
+    time.sleep(7)  # past half the lease: a claim not renewed since it was made would be stale
+    claimed, stale, _end, line = _claims(root)
+    assert (claimed, stale) == (1, 0), line  # alive at its fault point, renewing every 4 s
+    assert "stopped or died" not in line
+    worker.send_signal(signal.SIGSTOP)
+    time.sleep(6.5)  # its last renewal, at most 4 s ago when stopped, is now over 6 s old
+    claimed, stale, end, line = _claims(root)
+    assert (claimed, stale) == (1, 1), line
+    assert end is not None and 0 <= end <= 5.6, end
+    assert "1 of the claimed not renewed for over half the lease: their worker stopped or died" in line
+    summary = _resume(worker, root, "mid_write")
+    assert summary["exported"] + summary["lost"] == 1, summary
+    claimed, stale, end, line = _claims(root)
+    assert (claimed, stale, end) == (0, 0, None), line
 
 
 def _s3(endpoint: str, key: str, secret: str) -> Any:

@@ -205,6 +205,11 @@ def ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def until(seconds: float) -> str:
+    """``in 42s``, ``in 9min``, ``in 1.5h``."""
+    return "in " + ago(seconds).removesuffix(" ago")
+
+
 def status_line(r: dict[str, Any]) -> str:
     """One task's counts: for partitioned tasks pending first, the inbox, and the oldest pending age."""
     if r.get("kind", "partitioned") != "partitioned":
@@ -213,6 +218,12 @@ def status_line(r: dict[str, Any]) -> str:
         f"{r['task']}: {r['pending']} pending, {r['claimed']} claimed, {r['exported']} exported, "
         f"{r['failed']} failed, {r['waiting']} waiting to complete"
     )
+    if r.get("stale_claims"):
+        end = r["stale_claims_end_in"] or 0.0
+        line += (
+            f"; {r['stale_claims']} of the claimed not renewed for over half the lease: their worker "
+            f"stopped or died, and a run takes them over once their leases end, {until(end)}"
+        )
     if r.get("inbox"):
         line += f"; {r['inbox']} captured change(s) not yet folded in (the next run does)"
     age = r["oldest_pending_age"]

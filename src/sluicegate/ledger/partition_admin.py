@@ -99,6 +99,12 @@ class PartitionAdmin(Store):
         if chosen:
             self.core.in_transaction(lambda cur: cur.executemany(self.q["requeue"], chosen))
 
+    def stale_claims(self, task: PartitionKeys, *, lease: float) -> tuple[int, float | None]:
+        """How many of the task's claims were not renewed for over half of ``lease`` (their worker
+        stopped or died), and the seconds until the last of their leases ends (None: no such claim)."""
+        count, left = self._run("stale_claims", task=task.name, lease=lease).fetchone()
+        return int(count or 0), None if left is None else max(float(left), 0.0)
+
     def other_zones(self, task: PartitionKeys, zone: str) -> int:
         """How many partitions of ``task`` were cut in another zone than ``zone`` (the task's)."""
         return int(self._run("other_zones", task=task.name, zone=zone).fetchone()[0])

@@ -52,6 +52,11 @@ class LedgerCollector(Collector):
             "Age of the oldest change of a partition pending now (complete, unclaimed, not failed).",
             labels=["task"],
         )
+        stale = GaugeMetricFamily(
+            "sluicegate_stale_claims",
+            "Claimed partitions not renewed for over half the lease: their worker stopped or died.",
+            labels=["task"],
+        )
         broken = GaugeMetricFamily(
             "sluicegate_task_broken", "1 when a task folder does not load.", labels=["task"]
         )
@@ -76,8 +81,10 @@ class LedgerCollector(Collector):
                 parts.add_metric([st["task"], state], st[state])
             if st.get("oldest_pending_age") is not None:
                 age.add_metric([st["task"]], round(float(st["oldest_pending_age"]), 3))
+            stale.add_metric([st["task"]], st.get("stale_claims", 0))
         yield parts
         yield age
+        yield stale
         yield broken
         yield failing
         yield inbox

@@ -214,6 +214,14 @@ SET changed_at = CASE WHEN version = exported_version THEN UNIX_TIMESTAMP(NOW(6)
     version = version + 1
 WHERE id = %(id)s;
 
+-- stale_claims --
+-- The claims held but not renewed for over half the lease (see postgresql/partitions.sql), and
+-- the seconds until the last of their leases ends.
+SELECT count(*), max(lease_until) - max(n.now)
+FROM {t}partitions CROSS JOIN (SELECT UNIX_TIMESTAMP(NOW(6)) AS now) AS n
+WHERE claim_token IS NOT NULL AND task = %(task)s AND NOT failed
+  AND lease_until >= n.now AND lease_until < n.now + %(lease)s / 2.0;
+
 -- other_zones --
 -- How many of a task's partitions were cut in another zone than the task's (its zone changed).
 SELECT count(*) FROM {t}partitions WHERE task = %(task)s AND zone IS NOT NULL AND zone <> %(zone)s;

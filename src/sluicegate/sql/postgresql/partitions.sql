@@ -223,6 +223,14 @@ SET version = version + 1,
     changed_at = CASE WHEN version = exported_version THEN now() ELSE changed_at END
 WHERE id = %(id)s;
 
+-- stale_claims --
+-- The claims held (their lease has not ended) but not renewed for over half the lease: a running
+-- worker renews its claims every third of it, so theirs has stopped (SIGSTOP, a lost ledger
+-- connection) or died; and the seconds until the last of those leases ends (take_over then).
+SELECT count(*), extract(epoch FROM max(lease_until) - now()) FROM {t}partitions
+WHERE claim_token IS NOT NULL AND task = %(task)s AND NOT failed
+  AND lease_until >= now() AND lease_until < now() + make_interval(secs => %(lease)s / 2.0);
+
 -- other_zones --
 -- How many of a task's partitions were cut in another zone than the task's (its zone changed).
 SELECT count(*) FROM {t}partitions WHERE task = %(task)s AND zone IS NOT NULL AND zone <> %(zone)s;

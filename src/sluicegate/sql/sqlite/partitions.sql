@@ -166,6 +166,13 @@ SET version = version + 1,
     changed_at = CASE WHEN version = exported_version THEN :now ELSE changed_at END
 WHERE id = :id;
 
+-- stale_claims --
+-- The claims held but not renewed for over half the lease (see postgresql/partitions.sql), and
+-- the seconds until the last of their leases ends.
+SELECT count(*), max(lease_until) - :now FROM {t}partitions
+WHERE claim_token IS NOT NULL AND task = :task AND NOT failed
+  AND lease_until >= :now AND lease_until < :now + :lease / 2.0;
+
 -- other_zones --
 -- How many of a task's partitions were cut in another zone than the task's (its zone changed).
 SELECT count(*) FROM {t}partitions WHERE task = :task AND zone IS NOT NULL AND zone <> :zone;
