@@ -42,7 +42,7 @@ lint: venv-test
 test: system-deps venv-test lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
-# The unit layer only: no server, no network (SQLite and files), under 30 s.
+# The unit layer only: no server, no network (SQLite and files), a few minutes.
 test-fast: venv-test
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 

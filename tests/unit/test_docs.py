@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -230,3 +231,90 @@ def test_every_environment_variable_read_is_documented() -> None:
     table = _page_section((REPO / "docs" / "tasks.md").read_text(), "## Environment variables")
     missing = [n for n in PLAIN_ENV_NAMES if f"`{n}`" not in table]
     assert not missing, f"add these to the environment variables of docs/tasks.md: {missing}"
+
+
+_TOML_BLOCK = re.compile(r"^( *)```toml\n(.*?)^\1```", re.S | re.M)
+_PART_OF = re.compile(r"# part of \S*?(sluicegate|task)\.toml\b")
+_EXAMPLE = REPO / "src" / "sluicegate" / "templates" / "openaq"
+
+
+def _toml_examples() -> list[tuple[str, str]]:
+    """``(page:line, text)`` of every ```toml block of the docs and the README, unindented."""
+    found = []
+    for page in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
+        text = page.read_text()
+        for m in _TOML_BLOCK.finditer(text):
+            body = "".join(line[len(m.group(1)) :] + "\n" for line in m.group(2).splitlines())
+            found.append((f"{page.relative_to(REPO)}:{text.count(chr(10), 0, m.start()) + 1}", body))
+    return found
+
+
+def _merged(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in part.items():
+        old = out.get(key)
+        out[key] = _merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _load_example(body: str, folder: Path, env: dict[str, str]) -> None:
+    """Load one example with sluicegate's loader: as the file it is (a ``sluicegate.toml`` when it
+    has settings' sections only, else a ``task.toml``), or, when its first line says that it is
+    ``# part of X.toml``, merged into the OpenAQ example's X.toml (``sluicegate init``'s)."""
+    import json
+    import tomllib
+
+    from sluicegate import config
+    from sluicegate.drivers import kind_module
+    from sluicegate.settings_env import SETTINGS_KEYS
+
+    raw = tomllib.loads(body.replace('"gAAAAA..."', json.dumps(env["TOKEN"])))  # a token's placeholder
+    part = _PART_OF.match(body.splitlines()[0])
+    is_settings = part.group(1) == "sluicegate" if part else set(raw) <= set(SETTINGS_KEYS)
+    settings_raw = tomllib.loads((_EXAMPLE / "sluicegate.toml").read_text())
+    if is_settings:
+        settings_raw = _merged(settings_raw, raw) if part else raw
+    (folder / "sluicegate.toml").write_text(
+        "".join(
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+            for section, keys in settings_raw.items()
+        )
+    )
+    settings = config.load_settings(folder, env)
+    if is_settings:
+        return
+    task = folder / "tasks" / "example"
+    task.mkdir(parents=True)
+    aggregate = raw.get("kind") == "aggregate"
+    (task / "select.sql").write_text("SELECT count(*) AS n FROM in_window\n" if aggregate else "SELECT 1\n")
+    if part:
+        raw = _merged(tomllib.loads((_EXAMPLE / "tasks" / "openaq" / "task.toml").read_text()), raw)
+        kind_module(raw.get("kind", "partitioned")).load(
+            name="example", folder=task, raw=raw, settings=settings
+        )
+    else:
+        (task / "task.toml").write_text(body.replace('"gAAAAA..."', json.dumps(env["TOKEN"])))
+        config.load_task(task, settings)
+
+
+def test_every_toml_example_of_the_docs_loads(tmp_path: Path) -> None:
+    """A newcomer copies the docs' examples: each ```toml block must load as the file it is, or say
+    on its first line that it is ``# part of task.toml`` (or sluicegate.toml); such a part must
+    load within the OpenAQ example. Five parts said nothing, and the migrating page's `zone_sql`,
+    copied as shown, was "unknown setting 'zone_sql'" (it belongs in [time])."""
+    from sluicegate import secrets
+
+    key = secrets.generate_key()
+    env = {"SLUICEGATE_FERNET_KEY": key, "TOKEN": secrets.encrypt("placeholder", key)}
+    examples = _toml_examples()
+    assert len(examples) >= 14
+    failed = []
+    for n, (where, body) in enumerate(examples):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        try:
+            _load_example(body, folder, env)
+        except Exception as exc:  # every example is tried, then all failures named
+            failed.append(f"{where}: {type(exc).__name__}: {exc}")
+    assert not failed, "\n".join(failed)
+    assert any(_PART_OF.match(body) for _, body in examples)  # the parts were tried as parts
