@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -88,7 +89,9 @@ def scheduled_request(
     """What a schedule's tick at ``tick`` runs of a blocks task: the blocks that ended by the tick since
     the ledger's newest block (its frontier; with none, one block (an hour, a day) plus ``settle``
     back: an hour before a daily tick of day blocks held no midnight, so none was ever made), as
-    a request; None when none of them has settled yet (nothing to do, logged at info).
+    a request; None when none of them has settled yet (nothing to do, logged at info). The request
+    also runs what is due on the ledger before the frontier (``sweep``): a stage that failed, a block
+    given back at the time limit or whose run was killed, which no later tick's range holds.
 
     The range reaches back at most :data:`SCHEDULE_REACH` (a longer one is refused as too long),
     said in a warning naming the blocks left out."""
@@ -116,4 +119,4 @@ def scheduled_request(
         )  # fmt: skip
         return None
     request, _note = blocks_request(project, task, time_max=tick.isoformat(), time_min=low.isoformat())
-    return request
+    return dataclasses.replace(request, sweep=True)  # and what is due before the frontier: retries

@@ -331,7 +331,9 @@ class BlockRequest:
 
     ``stages`` (None: all) and ``skip`` choose the stages that run; ``force`` re-runs done
     stages (their status reset first, and the later stages of their blocks with them);
-    ``incomplete_only`` also takes the range's parked stages again.
+    ``incomplete_only`` also takes the range's parked stages again. ``sweep`` (a scheduled tick's)
+    makes the range's rows, then runs every due (block, stage) of the ledger, as ``sluicegate run``
+    does: a retry, or a block given back or of a killed run, is before the next tick's range.
     """
 
     time_min: dt.datetime
@@ -341,6 +343,7 @@ class BlockRequest:
     skip: tuple[str, ...] = ()
     force: bool = False
     incomplete_only: bool = False
+    sweep: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

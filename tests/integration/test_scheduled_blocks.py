@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import logging
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from sluicegate.cli import main
 from sluicegate.config import load_project
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler
+from support import SLUICEGATE
 
 UTC = dt.UTC
 H = dt.timedelta(hours=1)
@@ -235,3 +237,90 @@ def test_a_tick_whose_keys_sql_fails_is_one_error_not_a_warning_every_look(
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelno for r in said] == [logging.ERROR], caplog.text
     assert "keys_sql" in said[0].getMessage() and "gone" in said[0].getMessage(), caplog.text
+
+
+# fails the block that ends at 10:00 once, as a provider down for a moment: retried with backoff
+FAILS_ONCE = """from pathlib import Path
+def records(block, config):
+    flag = Path(config["folder"], "failed-once")
+    if block.end.hour == 10 and not flag.exists():
+        flag.write_text("")
+        raise ConnectionError("the provider is down")
+    return [{"id": block.label}]
+"""
+
+# hangs while the file "hang" is there: a run killed in the middle of a block
+HANGS = """import time
+from pathlib import Path
+def records(block, config):
+    while Path(config["folder"], "hang").exists():
+        time.sleep(0.1)
+    return [{"id": block.label}]
+"""
+
+
+def test_a_tick_retries_a_block_a_tick_before_failed_though_the_frontier_is_past_it(scheduled: Looks) -> None:
+    """A stage that failed for a moment is retried with backoff by later runs; but a tick asked only for the
+    blocks after the ledger's newest, and the failed block was before it from then on: never run again.
+    A tick runs, after its own blocks' rows are made, what is due on the ledger, as `sluicegate run` does."""
+    _callable(scheduled.root, "fails_once", FAILS_ONCE)
+    toml = scheduled.root / "tasks" / "t" / "task.toml"
+    toml.write_text(toml.read_text().replace('stages = ["extract"]', 'stages = ["extract"]\nbackoff = "1s"'))
+    [first] = scheduled(PAST)
+    [summary] = first["summary"]
+    assert [(s["status"], s["error"]) for s in summary["stages"]] == [
+        ("failed", "fails_once:records for a 2024-06-01T10:00+00:00 extract: ConnectionError: the provider is"
+         " down; will retry")
+    ]  # fmt: skip
+    time.sleep(1.1)  # its backoff
+    [later] = scheduled(PAST + H)  # its range is the block ending at 11:00
+    both = _hours(dt.datetime(2024, 6, 1, 10, tzinfo=UTC), dt.datetime(2024, 6, 1, 11, tzinfo=UTC))
+    assert _stages(later) == both and _written(scheduled.root) == both
+
+
+def test_a_scheduled_event_runs_the_block_of_a_run_killed_in_its_middle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run SIGKILLed in the middle of a block leaves it claimed, and its block on the ledger: the next
+    scheduled event asked for the blocks after it only, so the block stayed "running" (its lease long
+    expired) for good. The next event takes it over, with the blocks since."""
+    _clear_of_the_hours_turn()
+    root = _project(tmp_path / "task-root" / "project", "")
+    settings = root / "sluicegate.toml"
+    settings.write_text(settings.read_text() + '[defaults]\nlease = "1s"\n')
+    _callable(root, "hangs", HANGS)
+    (root / "hang").write_text("")
+    monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+    hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    args = [SLUICEGATE, "-C", str(root), "blocks", "t", "--time-max", (hour - 2 * H).isoformat()]
+    killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_running(root, killed)
+    finally:
+        killed.kill()
+        killed.wait()
+    (root / "hang").unlink()
+    time.sleep(1.5)  # its lease runs out
+    event = copy.deepcopy(SCHEDULED_EVENT)
+    event["detail"] = {"tasks": ["t"]}
+    result = aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert result["ok"] is True, result
+    assert _written(root) == _hours(hour - 2 * H, hour - H, hour)
+
+
+def _callable(root: Path, module: str, text: str) -> None:
+    """Task t's extract calls ``module:records`` (a name of its own: a module is imported once a process),
+    given the project's folder as ``config["folder"]``."""
+    (root / f"{module}.py").write_text(text)
+    toml = root / "tasks" / "t" / "task.toml"
+    text = toml.read_text().replace("hourly_records:records", f"{module}:records")
+    toml.write_text(text + f'[config]\nfolder = "{root}"\n')
+
+
+def _wait_running(root: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Until a block of ``root``'s task t is running (claimed by ``proc``)."""
+    deadline = time.monotonic() + 60
+    with operations.ledger_of(load_project(root, {})) as ledger:
+        while not ledger.blocks.list_rows("t", status="running", limit=1, offset=0):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not claim its block"
+            time.sleep(0.05)

@@ -281,7 +281,7 @@ class Driver:
         if request is not None:  # before any row: a block is done once, so only settled ones
             request, blocks, _ = settled_blocks(task, request)
             self._ask(task, request, chosen, keys, range_of(task, request, keys), blocks)
-        where = range_of(task, request, keys)
+        where = range_of(task, None if request is not None and request.sweep else request, keys)
         recorder = StageRecorder(
             task, store, settings.lease, summary, delete=ctx.destination.delete, feed=ctx.feed(task)
         )

@@ -8,7 +8,8 @@ only the latest tick fires, and that run exports all the work that is pending by
 
 A blocks task's tick runs, as a request, the blocks that ended by the tick since the newest block on
 the ledger (:func:`sluicegate.block_requests.scheduled_request`): a run without one only worked on
-blocks already there, so a scheduled blocks task made none, silently. A tick none of whose blocks
+blocks already there, so a scheduled blocks task made none, silently. The run also takes what is
+due on the ledger before the frontier (retries, blocks of a killed run). A tick none of whose blocks
 has settled yet starts no run and is fired all the same.
 """
 
