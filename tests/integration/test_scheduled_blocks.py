@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 from test_aws_lambda import SCHEDULED_EVENT, Context
@@ -324,3 +325,50 @@ def _wait_running(root: Path, proc: subprocess.Popen[bytes]) -> None:
         while not ledger.blocks.list_rows("t", status="running", limit=1, offset=0):
             assert proc.poll() is None and time.monotonic() < deadline, "the run did not claim its block"
             time.sleep(0.05)
+
+
+# sleeps in the insert of a block's rows (the ledger's second transaction of them): a run killed there
+SLEEP_IN_ENSURE = """
+CREATE FUNCTION sluicegate.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(600); RETURN NEW; END $$;
+CREATE TRIGGER slow_insert BEFORE INSERT ON sluicegate.blocks FOR EACH ROW
+WHEN (NEW.block_start >= '2024-05-31T00:00Z') EXECUTE FUNCTION sluicegate.slow_insert();
+"""
+
+
+def test_a_run_killed_while_it_makes_its_blocks_rows_leaves_no_block_without_a_key_value(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A range's rows are made in transactions of 2,000: the first of 700 hours of three key values ended in
+    the middle of a block, with two of its key values. A run killed before the second committed left that
+    block the ledger's newest, and the next tick asked for the blocks after it: its third key value's row
+    was never made, nor its block exported. Each transaction makes whole blocks."""
+    root = _project(tmp_path / "proj", f'[ledger]\nurl = "{pg_url}"\n')
+    toml = root / "tasks" / "t" / "task.toml"
+    toml.write_text(toml.read_text().replace('keys = ["a"]', 'keys = ["a", "b", "c"]'))
+    _callable(root, "nothing_yet", "def records(block, config):\n    return []\n")
+    operations.install(load_project(root, {}))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(SLEEP_IN_ENSURE)
+        first = dt.datetime(2024, 5, 3, tzinfo=UTC)
+        args = ["blocks", "t", "--time-min", first.isoformat(), "--time-max", "2024-06-01T04:00Z"]
+        killed = subprocess.Popen([SLUICEGATE, "-C", str(root), *args], stderr=subprocess.DEVNULL)
+        sleeping = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        deadline = time.monotonic() + 60
+        while not (pid := conn.execute(sleeping).fetchall()):
+            assert killed.poll() is None and time.monotonic() < deadline, "the run made no rows"
+            time.sleep(0.05)
+        killed.kill()
+        killed.wait()
+        conn.execute("SELECT pg_terminate_backend(%s)", pid[0])  # its transaction rolled back
+        conn.execute("DROP TRIGGER slow_insert ON sluicegate.blocks")
+    looks = Looks(root)
+    try:
+        looks(PAST)  # from the ledger's newest block to 10:05
+    finally:
+        looks.manager.close()
+    with operations.ledger_of(load_project(root, {})) as ledger:
+        rows = ledger.blocks.list_rows("t", status=None, limit=5000, offset=0)
+    ends = [first + n * H for n in range(1, 24 * 29 + 11)]  # to the block that ended at 10:00 on 1 June
+    missing = {(k, e) for k in "abc" for e in ends} - {(r["key_value"], r["block_end"]) for r in rows}
+    assert len(rows) == 3 * len(ends) and not missing, sorted(missing)

@@ -113,8 +113,12 @@ class BlockStore(ClaimStore):
         def insert(chunk: list[dict[str, Any]]) -> None:
             self.core.in_transaction(lambda cur: cur.executemany(statement, chunk))
 
-        for at in range(0, len(rows), 2000):  # short transactions: claims of other runs go on
-            insert(rows[at : at + 2000])
+        # short transactions (claims of other runs go on) of whole blocks: a run killed between two left
+        # its newest block without some key values, and a scheduled tick asks for the blocks after it
+        size = max(1, len(key_values) * len(stages))
+        step = max(1, 2000 // size) * size
+        for at in range(0, len(rows), step):
+            insert(rows[at : at + step])
         return len(rows)
 
     def claim(
