@@ -6,7 +6,9 @@ Two kinds of event are understood (docs/deploying.md has the full story):
   project's tasks, or the ones listed in ``detail.tasks``, like ``sluicegate run`` with
   ``--max-runtime`` set to the time the invocation has left minus a safety margin. What does
   not fit stays pending for the next invocation. A blocks task runs the blocks that ended since
-  the newest one on its ledger, as ``sluicegate blocks TASK --time-max now`` would.
+  the newest one on its ledger, as ``sluicegate blocks TASK --time-max now`` would. A task that
+  cannot run (its request refused, a task-level error) is reported in its summary and does not
+  stop the others; when none ran, the invocation fails (raises) after its log line.
 * an **SQS event** runs each record's body as one export request (Bridge v1 JSON), like
   ``sluicegate request``, on the incremental task named by ``SLUICEGATE_TASK`` (or the only
   one). Records that fail are returned in SQS's partial batch response, so one bad message
@@ -23,7 +25,8 @@ Every run logs one JSON line to stdout, which Lambda sends to CloudWatch Logs.
 
 This module uses only the stable API: ``load_project``, ``run``, ``RunOptions``,
 ``export_request.load_request`` and ``operations.incremental_task``; a scheduled event's blocks
-tasks, ``block_requests.scheduled_request`` on ``operations.ledger_of``; and, as the command line does,
+tasks, ``block_requests.scheduled_request`` and ``block_requests.refused`` on
+``operations.ledger_of``; and, as the command line does,
 ``options.prefer_system_allocator`` on import.
 """
 
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import ConfigError, RunOptions, SluicegateError, UsageError, load_project, run
-from .block_requests import scheduled_request
+from .block_requests import refused, scheduled_request
 from .export_request import load_request
 from .operations import incremental_task, ledger_of
 from .options import TaskSummary, prefer_system_allocator
@@ -106,8 +109,9 @@ def handler(event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
 
     Returns, for a scheduled event, ``{"ok": bool, "tasks": [summary, ...]}``; for an SQS
     event, ``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}``. Raises
-    :class:`UsageError` for an event it does not understand and :class:`ConfigError` for a
-    bad setting, so that the invocation fails visibly.
+    :class:`UsageError` for an event it does not understand, :class:`ConfigError` for a
+    bad setting, and for a scheduled event none of whose tasks ran, the error that stopped
+    them (each task's, named), so that the invocation fails visibly.
     """
     started = time.monotonic()
     remaining = context.get_remaining_time_in_millis() / 1000
@@ -169,34 +173,100 @@ def _handle_scheduled(
                 f"{settings.margin:g} s; raise the function's timeout or lower the margin"
             )
         project = load_project(settings.project_dir, env)
-        summaries = _run_scheduled(project, names, RunOptions(max_runtime=budget, started=started))
+        outcome = _run_scheduled(project, names, RunOptions(max_runtime=budget, started=started))
     except Exception as exc:  # logged, then raised: the invocation fails and Lambda counts an error
         _log({**line, "ok": False, "error": _error_text(exc), "seconds": _since(started)})
         raise
-    out = [_summary(s) for s in summaries]
+    out = [_summary(s) for s in outcome.summaries]
     problems = _problems(project, names)
     ok = all(s["ok"] for s in out) and not problems
     _log({**line, "ok": ok, "seconds": _since(started), "summaries": out, **problems})
+    if (failure := outcome.none_ran(problems.get("problems", []))) is not None:
+        raise failure  # logged above, with every task's summary
     return {"ok": ok, "tasks": out, **problems}
 
 
-def _run_scheduled(project: Any, names: Sequence[str], options: RunOptions) -> list[Any]:
+@dataclass
+class _Outcome:
+    """The summaries of a scheduled event's tasks, one per task, and what stopped those that could not
+    run: a task's refused request, or its run's error, is that task's, and the others go on."""
+
+    summaries: list[TaskSummary] = dataclasses.field(default_factory=list)
+    raised: dict[str, Exception] = dataclasses.field(default_factory=dict)
+
+    def run(self, project: Any, names: Sequence[str], options: RunOptions) -> None:
+        """Run ``names`` in one run; an error it raises (not a task's, which its summary holds) is
+        each of theirs."""
+        try:
+            self.summaries += run(project, list(names), options)
+        except Exception as exc:  # the boundary for these tasks: in their summaries, and logged
+            self.failed(names, exc)
+
+    def failed(self, names: Sequence[str], exc: Exception) -> None:
+        """``names`` could not run because of ``exc``: their summaries say it (a bug: its traceback)."""
+        config = isinstance(exc, ConfigError | UsageError)
+        for name in names:
+            self.raised[name] = exc
+            self.summaries.append(TaskSummary(task=name, task_errors=[_error_text(exc)], config_error=config))
+
+    def none_ran(self, problems: Sequence[Mapping[str, str]]) -> Exception | None:
+        """What the invocation raises when every task failed (a task-level error, a refused request, a
+        folder that did not load): nothing ran, and Lambda must count an error. None when one ran."""
+        failed = [(s.task, s.task_errors[0]) for s in self.summaries if s.task_errors]
+        if not failed or len(failed) < len(self.summaries):
+            return None
+        causes = {(type(e), str(e)): e for e in self.raised.values()}
+        if not problems and len(causes) == 1 and len(self.raised) == len(failed):
+            return next(iter(causes.values()))  # one cause, such as the ledger out of reach: as raised
+        failed += [(p["task"], p["error"]) for p in problems]
+        config = all(s.config_error for s in self.summaries)
+        each = "; ".join(f"task {task}: {error}" for task, error in failed)
+        kind = ConfigError if config else SluicegateError
+        return kind(f"no task of the scheduled event ran, each failed: {each}")
+
+
+def _run_scheduled(project: Any, names: Sequence[str], options: RunOptions) -> _Outcome:
     """Run the tasks: the others in one run, then each blocks task with the blocks that ended by now
     since its ledger's newest (a run without a request made none, so an hourly event ran nothing);
-    a blocks task with no settled block has nothing to do, an empty summary."""
+    a blocks task with no settled block has nothing to do, an empty summary. A task that cannot run
+    (its request refused, recorded on the ledger as its error) does not stop the others."""
     tasks = project.select(list(names))
+    if not tasks:
+        run(project, [], options)  # raises: no tasks to run, add a task folder
     blocks = [t for t in tasks if t.kind == "blocks"]
-    others = [t.name for t in tasks if t.kind != "blocks"]
-    summaries = run(project, others, options) if others or not blocks else []
-    if not blocks:
-        return summaries
-    now = dt.datetime.now(dt.UTC)
-    with ledger_of(project) as ledger:
-        requests = {t.name: scheduled_request(project, t, now, ledger) for t in blocks}
+    outcome = _Outcome()
+    if others := [t.name for t in tasks if t.kind != "blocks"]:
+        outcome.run(project, others, options)
+    requests = _blocks_requests(project, blocks, outcome)
     for name, request in requests.items():
-        asked = dataclasses.replace(options, blocks=request)
-        summaries += run(project, [name], asked) if request is not None else [TaskSummary(task=name)]
-    return summaries
+        if request is None:
+            outcome.summaries.append(TaskSummary(task=name))
+        else:
+            outcome.run(project, [name], dataclasses.replace(options, blocks=request))
+    order = {t.name: i for i, t in enumerate(tasks)}
+    outcome.summaries.sort(key=lambda s: order[s.task])  # as named, whatever stopped when
+    return outcome
+
+
+def _blocks_requests(project: Any, blocks: Sequence[Any], outcome: _Outcome) -> dict[str, Any]:
+    """Each blocks task's request for now (None: no block has settled). One refused (a keys_sql the
+    source refuses) is that task's failure, in ``outcome`` and on the ledger; the others are asked."""
+    now = dt.datetime.now(dt.UTC)
+    requests: dict[str, Any] = {}
+    try:
+        with ledger_of(project) as ledger:
+            for task in blocks:
+                try:
+                    requests[task.name] = scheduled_request(project, task, now, ledger)
+                except SluicegateError as exc:
+                    refused(ledger, task, exc)
+                    outcome.failed([task.name], exc)
+                except Exception as exc:  # a bug: that task's, in its summary with the traceback
+                    outcome.failed([task.name], exc)
+    except SluicegateError as exc:  # the ledger out of reach: the tasks not yet asked cannot run
+        left = [t.name for t in blocks if t.name not in requests and t.name not in outcome.raised]
+        outcome.failed(left, exc)
+    return requests
 
 
 # ---------------------------------------------------------------------------- SQS

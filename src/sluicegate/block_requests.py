@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import validate
-from .exceptions import UsageError
+from .exceptions import ConfigError, SluicegateError, UsageError
 from .specs import Project, TaskBase
 
 if TYPE_CHECKING:
@@ -120,3 +120,13 @@ def scheduled_request(
         return None
     request, _note = blocks_request(project, task, time_max=tick.isoformat(), time_min=low.isoformat())
     return dataclasses.replace(request, sweep=True)  # and what is due before the frontier: retries
+
+
+def refused(ledger: Any, task: TaskBase, error: SluicegateError) -> None:
+    """Record on the ledger that a schedule's request of ``task`` was refused (:func:`scheduled_request`
+    raised ``error``): ``sluicegate status`` shows it as the error that stopped the task's last run,
+    until a run of the task succeeds. The ledger out of reach: a warning (the caller reports the error)."""
+    try:
+        ledger.runs.record_task_error(task.name, str(error), config=isinstance(error, ConfigError))
+    except SluicegateError as exc:
+        log.warning("task %s: could not record its refused request on the ledger: %s", task.name, exc)

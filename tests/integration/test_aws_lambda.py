@@ -269,6 +269,25 @@ def test_scheduled_event_naming_a_task_twice_runs_it_once(
     assert [t.name for t in project.select(["studies", "studies"])] == ["studies"]
 
 
+def test_scheduled_event_whose_only_task_could_not_run_fails_the_invocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task stopped by its own error (select.sql reads a table the source has not) returned ok
+    false as a success: Lambda's Errors metric, its alarm and its retry never saw an invocation
+    that did nothing. It fails, with the task's error, after the log line with the summary."""
+    _constant_project(tmp_path, monkeypatch)
+    (tmp_path / "proj" / "tasks" / "studies" / "select.sql").write_text(
+        "SELECT study_id, uploaded_on FROM gone"
+    )
+    with pytest.raises(
+        ConfigError, match=r"task studies: .*select\.sql: the query failed: .*gone.*fix the SQL"
+    ):
+        aws_lambda.handler(SCHEDULED_EVENT, Context(remaining_s=600.0))
+    [line] = log_lines(capsys)
+    assert line["ok"] is False and [s["task"] for s in line["summaries"]] == ["studies"], line
+    assert "no such table: gone" in line["summaries"][0]["task_errors"][0]
+
+
 def test_unknown_event_and_bad_margin_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UsageError, match=r"does not know this event \(keys: hello\)"):
         aws_lambda.handler({"hello": "world"}, Context(remaining_s=600.0))

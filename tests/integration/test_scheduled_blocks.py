@@ -22,11 +22,12 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from test_aws_lambda import SCHEDULED_EVENT, Context
+from test_aws_lambda import SCHEDULED_EVENT, Context, log_lines
 
 from sluicegate import aws_lambda, operations
 from sluicegate.cli import main
 from sluicegate.config import load_project
+from sluicegate.exceptions import SluicegateError
 from sluicegate.service.runs import Metrics, RunManager
 from sluicegate.service.scheduler import Scheduler
 from support import SLUICEGATE
@@ -372,3 +373,67 @@ def test_a_run_killed_while_it_makes_its_blocks_rows_leaves_no_block_without_a_k
     ends = [first + n * H for n in range(1, 24 * 29 + 11)]  # to the block that ended at 10:00 on 1 June
     missing = {(k, e) for k in "abc" for e in ends} - {(r["key_value"], r["block_end"]) for r in rows}
     assert len(rows) == 3 * len(ends) and not missing, sorted(missing)
+
+
+def _refusing(root: Path, name: str, table: str) -> None:
+    """Blocks task ``name``, task t's twin writing under ``name/``, whose keys_sql reads ``table``, a
+    table the source has not: its scheduled request is refused before any run."""
+    (root / "tasks" / name).mkdir()
+    toml = (root / "tasks" / "t" / "task.toml").read_text()
+    (root / "tasks" / name / "task.toml").write_text(
+        toml.replace('keys = ["a"]', f'keys_sql = "SELECT provider FROM {table}"').replace(
+            'path = "{stage}/', f'path = "{name}/{{stage}}/'
+        )
+    )
+
+
+def _lambda_project(tmp_path: Path, ledger: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = _project(tmp_path / "task-root" / "project", ledger)
+    operations.install(load_project(root, {}))
+    monkeypatch.setenv("SLUICEGATE_PROJECT", str(root))
+    return root
+
+
+def test_a_scheduled_event_runs_the_other_tasks_when_one_blocks_request_is_refused(
+    tmp_path: Path, ledger_setting: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One blocks task's request refused (its keys_sql reads a dropped table) failed the whole
+    invocation: the requests of all blocks tasks were asked for before any ran, so task t's blocks
+    were not run, and the refusal was in one log line only. Each task goes on its own: t runs, the
+    refusal is that task's error in the result, the log line and on the ledger (status shows it),
+    and the result says ok false."""
+    _clear_of_the_hours_turn()
+    root = _lambda_project(tmp_path, ledger_setting, monkeypatch)
+    _refusing(root, "bad", "gone")
+    hour = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    result = aws_lambda.handler(SCHEDULED_EVENT, Context(remaining_s=600.0))
+    assert _written(root) == _hours(hour)  # t ran its block
+    summaries = {s["task"]: s for s in result["tasks"]}
+    assert result["ok"] is False and summaries["t"]["ok"] is True, result
+    [refusal] = summaries["bad"]["task_errors"]
+    assert "tasks/bad/task.toml keys_sql" in refusal and "gone" in refusal and "fix the query" in refusal
+    [line] = log_lines(capsys)
+    assert line["ok"] is False and [s["task"] for s in line["summaries"]] == ["bad", "t"], line
+    assert line["summaries"][0]["task_errors"] == [refusal]
+    statuses = {s["task"]: s for s in operations.status(load_project(root, {}))}
+    assert refusal in statuses["bad"]["task_error"] and "task_error" not in statuses["t"], statuses
+
+
+def test_a_scheduled_event_none_of_whose_tasks_ran_fails_naming_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every task refused: the invocation fails, so Lambda counts an error (its alarm, its retry),
+    and the error names each task's refusal, not only the first one's; the log line has them all."""
+    root = _lambda_project(tmp_path, "", monkeypatch)
+    _refusing(root, "bad", "gone")
+    _refusing(root, "worse", "lost")
+    event = copy.deepcopy(SCHEDULED_EVENT)
+    event["detail"] = {"tasks": ["bad", "worse"]}
+    with pytest.raises(SluicegateError, match=r"task bad: .*no such table: gone") as raised:
+        aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert "task worse: " in str(raised.value) and "lost" in str(raised.value), raised.value
+    [line] = log_lines(capsys)
+    assert line["ok"] is False and [s["task"] for s in line["summaries"]] == ["bad", "worse"], line
+    assert all(s["task_errors"] for s in line["summaries"]), line
+    statuses = {s["task"]: s for s in operations.status(load_project(root, {}))}
+    assert "lost" in statuses["worse"]["task_error"] and "gone" in statuses["bad"]["task_error"], statuses
