@@ -230,7 +230,7 @@ def _run_scheduled(project: Any, names: Sequence[str], options: RunOptions) -> _
     since its ledger's newest (a run without a request made none, so an hourly event ran nothing);
     a blocks task with no settled block has nothing to do, an empty summary. A task that cannot run
     (its request refused, recorded on the ledger as its error) does not stop the others."""
-    tasks = project.select(list(names))
+    tasks = project.runnable(list(names))  # a broken one named is skipped, in the result's problems
     if not tasks:
         run(project, [], options)  # raises: no tasks to run, add a task folder
     blocks = [t for t in tasks if t.kind == "blocks"]

@@ -201,3 +201,12 @@ class Project:
         if not names:
             return [self.tasks[n] for n in sorted(self.tasks)]
         return [self.task(n) for n in dict.fromkeys(names)]
+
+    def runnable(self, names: tuple[str, ...] | list[str]) -> list[TaskBase]:
+        """The named tasks to run (all when ``names`` is empty), as :meth:`select` returns them, less
+        those whose folder did not load: the caller reports those (:attr:`problems`), which stop the
+        others no more when named than when not (``run a broken`` ran nothing). Named alone, or
+        with a name no folder has, :meth:`select`'s error is raised."""
+        broken = {p.name for p in self.problems}
+        loaded = [n for n in names if n not in broken]
+        return self.select(loaded if loaded or not names else names)

@@ -288,6 +288,27 @@ def test_scheduled_event_whose_only_task_could_not_run_fails_the_invocation(
     assert "no such table: gone" in line["summaries"][0]["task_errors"][0]
 
 
+def test_scheduled_event_naming_a_broken_task_runs_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``detail.tasks: ["studies", "broken"]`` with the folder of broken not loading failed the
+    invocation before studies ran; with ``detail: {}`` it was reported and skipped. Named, too."""
+    _constant_project(tmp_path, monkeypatch)
+    (tmp_path / "proj" / "tasks" / "broken").mkdir()
+    (tmp_path / "proj" / "tasks" / "broken" / "task.toml").write_text('kind = "nosuch"\n')
+    event = {**SCHEDULED_EVENT, "detail": {"tasks": ["studies", "broken"]}}
+    result = aws_lambda.handler(event, Context(remaining_s=600.0))
+    assert result["ok"] is False and [s["task"] for s in result["tasks"]] == ["studies"], result
+    assert result["tasks"][0]["ok"] is True and result["tasks"][0]["exported"] == 1, result
+    [problem] = result["problems"]
+    assert problem["task"] == "broken" and "kind" in problem["error"] and "nosuch" in problem["error"]
+    [line] = log_lines(capsys)
+    assert line["problems"] == result["problems"] and line["ok"] is False
+    alone = {**SCHEDULED_EVENT, "detail": {"tasks": ["broken"]}}
+    with pytest.raises(ConfigError, match="nosuch"):  # nothing else named: refused, as before
+        aws_lambda.handler(alone, Context(remaining_s=600.0))
+
+
 def test_unknown_event_and_bad_margin_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UsageError, match=r"does not know this event \(keys: hello\)"):
         aws_lambda.handler({"hello": "world"}, Context(remaining_s=600.0))

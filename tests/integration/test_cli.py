@@ -211,6 +211,23 @@ def test_broken_task_config_exits_2_and_names_the_file(tmp_path: Path) -> None:
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
 
 
+def test_run_naming_a_broken_task_runs_the_others_it_names(tmp_path: Path) -> None:
+    """`run openaq broken` ran nothing: the broken folder's error stopped the run of openaq too,
+    though `run` (all tasks) skips it and runs the others. Named, it is skipped the same way."""
+    root, _ = _sqlite_project(tmp_path, fmt="csv")
+    broken = root / "tasks" / "broken"
+    broken.mkdir()
+    (broken / "task.toml").write_text('keys = ["location_id"]\n[time]\ncolumn = "datetime"\ngrain = "week"\n')
+    ran = cli(root, "run", "openaq", "broken", "--json")
+    assert ran.returncode == 2 and "task broken skipped" in ran.stderr, ran.stderr
+    assert f"{broken / 'task.toml'} [time] grain: 'week' is not supported" in ran.stderr
+    assert [s["exported"] for s in json.loads(ran.stdout)] == [4]
+    alone = cli(root, "run", "broken")  # nothing else named: refused, as before
+    assert alone.returncode == 2 and "error: " in alone.stderr and "grain" in alone.stderr
+    unknown = cli(root, "run", "openaq", "nosuch")  # a name no folder has is still refused
+    assert unknown.returncode == 2 and "no task named 'nosuch'" in unknown.stderr
+
+
 def test_check_reports_query_and_column_problems(tmp_path: Path) -> None:
     root, _ = _sqlite_project(tmp_path, fmt="csv")
     assert cli(root, "check").returncode == 0

@@ -90,7 +90,7 @@ def run(
     project = load()
     if warning := onboarding.no_tasks(project):  # else it exits 0 without a word (or loops, with --every)
         click.echo(typed_here(f"warning: {warning}"), err=True)
-    selected = project.select(list(tasks))
+    selected = project.runnable(list(tasks))  # a broken one named is skipped, reported at the end
     check_limit(selected, limit, named=bool(tasks))
     given = (export_type, ignore_watermark, time_min, time_max, entities, tag)
     check_kinds(selected, any(given) or destination is not None, named=bool(tasks))
