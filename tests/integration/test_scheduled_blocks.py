@@ -375,6 +375,31 @@ def test_a_run_killed_while_it_makes_its_blocks_rows_leaves_no_block_without_a_k
     assert len(rows) == 3 * len(ends) and not missing, sorted(missing)
 
 
+def test_a_tick_whose_request_is_refused_is_the_tasks_error_in_status_until_a_tick_runs(
+    scheduled: Looks,
+) -> None:
+    """The refused tick was one log line only: `sluicegate status` (and the service's status page)
+    said nothing of a task whose every tick was refused. It is the task's error on the ledger, as a
+    failed run's is, until a tick's run succeeds."""
+    ran = CliRunner().invoke(
+        main, ["-C", str(scheduled.root), "blocks", "t", "--time-max", "2024-06-01T09:00Z"]
+    )
+    assert ran.exit_code == 0, ran.output
+    toml = scheduled.root / "tasks" / "t" / "task.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace('keys = ["a"]', 'keys_sql = "SELECT provider FROM gone"'))
+    assert scheduled(PAST) == []
+    [status] = operations.status(load_project(scheduled.root, {}))
+    assert "keys_sql" in status["task_error"] and "gone" in status["task_error"], status
+    toml.write_text(good)
+    [later] = scheduled(PAST + H)
+    assert _stages(later) == _hours(
+        dt.datetime(2024, 6, 1, 10, tzinfo=UTC), dt.datetime(2024, 6, 1, 11, tzinfo=UTC)
+    )
+    [status] = operations.status(load_project(scheduled.root, {}))
+    assert "task_error" not in status, status
+
+
 def _refusing(root: Path, name: str, table: str) -> None:
     """Blocks task ``name``, task t's twin writing under ``name/``, whose keys_sql reads ``table``, a
     table the source has not: its scheduled request is refused before any run."""

@@ -10,7 +10,8 @@ A blocks task's tick runs, as a request, the blocks that ended by the tick since
 the ledger (:func:`sluicegate.block_requests.scheduled_request`): a run without one only worked on
 blocks already there, so a scheduled blocks task made none, silently. The run also takes what is
 due on the ledger before the frontier (retries, blocks of a killed run). A tick none of whose blocks
-has settled yet starts no run and is fired all the same.
+has settled yet starts no run and is fired all the same; so is one whose request is refused, which is
+logged and recorded on the ledger as the task's error (:func:`sluicegate.block_requests.refused`).
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ class Scheduler:
             except SluicegateError as exc:
                 if is_transient(exc):  # the source out of reach: the next look asks again
                     raise
-                # a keys_sql the source refuses: no look fixes it; the next tick asks again
+                # a keys_sql the source refuses: no look fixes it; the next tick asks again. Status
+                # shows it as the task's error until a run succeeds.
                 log.error("scheduled run of %s at %s not started: %s", name, tick.isoformat(), exc)
+                block_requests.refused(ledger, task, exc)
                 self.seen[name] = tick
                 return []
             if options.blocks is None:  # nothing settled yet: a later tick runs those blocks
