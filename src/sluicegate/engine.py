@@ -23,6 +23,7 @@ from .exceptions import ConfigError, PermissionDenied, SluicegateError, UsageErr
 from .masking import mask_url
 from .options import Budget, RunOptions, TaskSummary
 from .specs import Project, TaskBase
+from .work import Deadline, as_export_error
 
 __all__ = ["Budget", "Exporter", "Progress", "RunOptions", "TaskSummary", "run"]
 
@@ -109,6 +110,13 @@ class Exporter:
             summary.config_error = summary.config_error or isinstance(exc, ConfigError | UsageError)  # exit 2
             log.debug("task %s failed", task.name, exc_info=True)
             self._remember(task, str(exc), config=isinstance(exc, ConfigError))
+            return 0
+        except Deadline:
+            raise
+        except Exception as exc:  # a bug in one task's driver stops that task, as a partition's does
+            error = f"{as_export_error(exc)} (a bug in sluicegate: -v shows its traceback; please report it)"
+            summary.task_errors.append(error)
+            self._remember(task, error)
             return 0
         # A driver whose failed unit has no ledger row of its own (an archive task's one run)
         # leaves the failure as the task's error: status shows it until a run succeeds.
