@@ -8,9 +8,10 @@ were exported long ago plus ``pending`` partitions marked an hour ago, inserted 
 ``sluicegate.partitions`` and vacuumed. Then ``EXPLAIN (ANALYZE, BUFFERS)`` of the claim
 statement, of the commit statement of one batch and of its ``paths_taken`` (all rolled back),
 and the pending partitions drained as one worker does it, through the library:
-``PartitionStore.take_over`` (a dead claim's partition: none here, as the run's loop asks first)
-and ``PartitionStore.claim`` (``batch`` per claim, the default 500), ``PartitionStore.paths_taken``
-of the batch's paths (the claim loop's check that no partition takes another's file), then
+``PartitionStore.take_over``, alone and with ``batch`` (dead claims: none here, as the run's loop
+asks first) and ``PartitionStore.claim`` (``batch`` per claim, the default 500),
+``PartitionStore.paths_taken`` of the batch's paths (the claim loop's check that no partition
+takes another's file), then
 ``PartitionStore.commit`` of the whole batch with the driver's ``SharedFiles`` vet (the
 ``hold`` statement, the batch's files locked by ``lock_paths`` and looked up again by
 ``paths_taken``, then ``commit_held``, in one transaction, as the pipeline does after the files
@@ -136,8 +137,11 @@ def drain(ledger: Ledger, batch: int, pending: int) -> dict[str, Any]:
     started = time.perf_counter()
     while True:
         t0 = time.perf_counter()
-        # As the run's loop: a dead claim's partition first (none here), then a batch of pending ones.
-        if ledger.partitions.take_over(TASK, lease=LEASE):  # type: ignore[arg-type]
+        # As the run's loop: a dead claim's partition first, then dead batches (none here), then a
+        # batch of pending ones.
+        store = ledger.partitions
+        dead = store.take_over(TASK, lease=LEASE) or store.take_over(TASK, lease=LEASE, batch=batch)  # type: ignore[arg-type]
+        if dead:
             raise RuntimeError("a partition of a dead claim in a fresh ledger")
         claims = ledger.partitions.claim(TASK, limit=batch, lease=LEASE)  # type: ignore[arg-type]
         t1 = time.perf_counter()

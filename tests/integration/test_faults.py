@@ -345,10 +345,12 @@ def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_
 ) -> None:
     """Location 3's first day kills the worker each time it is read. It died with the nine other
     partitions of its batch; each run then claimed the ten back together (an attempt each) and died
-    again, until all ten were parked, nine never exported. A dead claim's partitions are now taken
-    over one at a time, counted only when alone in it: the nine are exported, only the poison is parked.
-    With max_attempts = 1 the last of the nine taken over was parked too: it was counted as if
-    it had died alone, being the last one left under the dead token."""
+    again, until all ten were parked, nine never exported. A dead batch is now taken over together
+    once more, uncounted (its second chance: an innocent crash recovers at batch speed), and when
+    that dies too its partitions are taken over one at a time, counted only when alone in their
+    dead claim: the nine are exported, only the poison is parked, after one more death than when
+    every dead batch was taken over one partition at a time. With max_attempts = 1 the last of the
+    nine taken over was parked too: it was counted as if it had died alone."""
     db = Db(pg_url)
     db.conn.execute(
         "CREATE FUNCTION poison(loc int, t timestamptz) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
@@ -368,13 +370,19 @@ def test_a_partition_that_kills_its_worker_takes_down_no_other_partition_of_its_
         extra_defaults=f"max_attempts = {max_attempts}\nworkers = 1",
     )
     _mark_all(root, range(1, 6))
-    codes = []
-    for _ in range(6):
+    codes, held = [], []
+    held_now = "SELECT DISTINCT substr(claim_token::text, 15, 1), count(*) OVER (PARTITION BY claim_token)"
+    held_now += " FROM sluicegate.partitions WHERE claim_token IS NOT NULL"
+    for _ in range(7):
         codes.append(_run_until_killed_at_poison(root, pg_url))
+        held.append(sorted(db.rows(held_now)))
         if codes[-1] != -9:
             break
         time.sleep(1.3)  # the dead run's lease runs out
-    assert codes[0] == -9 and codes[-1] == 1, codes
+    # the batch, then its second chance (one claim of the ten), then the poison alone until parked
+    assert codes == [-9] * (2 + max_attempts) + [1], codes
+    # then 4 exported one at a time before the poison, which died alone, 5 left after it
+    assert held[:3] == [[("4", 10)], [("7", 10)], [("7", 5), ("8", 1)]], held
     [status] = operations.status(load(root), ["openaq"])
     assert (status["exported"], status["failed"], status["claimed"], status["pending"]) == (9, 1, 0, 0), (
         status

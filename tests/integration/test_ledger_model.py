@@ -103,7 +103,9 @@ class Row:
     forced: bool = False
     path: str | None = None
     changed: int = 0  # the step whose change made it pending: claims take the oldest first
-    alone: bool = False  # its claim held it alone from the start (a claim of one, a take-over)
+    # Its claim's kind: "lone" (it held it alone from the start: a claim of one, a take-over
+    # alone), "second" (a dead batch's second chance: a take-over of several), or "batch".
+    kind: str = "batch"
 
 
 class Model:
@@ -123,13 +125,17 @@ class Model:
     def unheld(self, row: Row) -> bool:
         return not row.failed and row.version > row.exported and not self.live(row)
 
-    def claimable(self, *, dead: bool = False) -> set[int]:
-        """Pending partitions no claim holds, or with ``dead`` those of dead claims (expired leases)."""
+    def claimable(
+        self, *, dead: bool = False, kinds: tuple[str, ...] = ("lone", "second", "batch")
+    ) -> set[int]:
+        """Pending partitions no claim holds, or with ``dead`` those of dead claims (expired leases)
+        of ``kinds``."""
         return {
             k
             for k, r in self.rows.items()
             if self.unheld(r)
             and (r.token is not None) == dead
+            and (not dead or r.kind in kinds)
             and self.complete(k)
             and (r.next_attempt_at is None or r.next_attempt_at <= self.now)
         }
@@ -253,7 +259,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.latest[self._key(c)] = c
             row = self.model.rows[self._key(c)]
             row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
-            row.alone = len(got) == 1
+            row.kind = "lone" if len(got) == 1 else "batch"
             assert (c.version, c.exported_version, c.attempts, c.forced) == (
                 row.version, row.exported, row.attempts, row.forced,
             )  # fmt: skip
@@ -262,23 +268,42 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.rows)
     @rule(target=claims, worker=st.sampled_from([0, 1]))
     def take_over(self, worker: int) -> Any:
-        """A worker takes over one partition of a dead claim, the oldest change first, alone: an
-        attempt only when the dead claim held it alone from the start (not the last one left of a
-        dead batch)."""
+        """A worker takes over one partition of a dead claim that held it alone, or of a dead second
+        chance, the oldest change first, alone: an attempt only when the dead claim held it alone
+        from the start (not a dead batch's second chance)."""
         self._tick()
         got = self.ledgers[worker].partitions.take_over(self.task, lease=LEASE)
-        dead = self.model.claimable(dead=True)
+        dead = self.model.claimable(dead=True, kinds=("lone", "second"))
         assert len(got) == min(1, len(dead)), f"took over {got} of {sorted(dead)}"
+        return self._taken_over(got, dead, "lone")
+
+    @precondition(lambda self: self.model.rows)
+    @rule(target=claims, limit=st.integers(1, len(KEYS)), worker=st.sampled_from([0, 1]))
+    def take_over_dead_batches(self, limit: int, worker: int) -> Any:
+        """A worker takes over up to ``limit`` partitions of dead batches together, oldest change
+        first, under one token, uncounted: their second chance (a lone token when it found one)."""
+        self._tick()
+        got = self.ledgers[worker].partitions.take_over(self.task, lease=LEASE, batch=limit)
+        dead = self.model.claimable(dead=True, kinds=("batch",))
+        assert len(got) == min(limit, len(dead)), f"took over {got} of {sorted(dead)}"
+        assert len({c.token for c in got}) <= 1
+        return self._taken_over(got, dead, "lone" if len(got) == 1 else "second")
+
+    def _taken_over(self, got: list[Claim], dead: set[int], kind: str) -> Any:
+        keys = [self._key(c) for c in got]
+        left = dead - set(keys)
+        assert set(keys) <= dead and len(set(keys)) == len(keys), f"took over {keys} of {sorted(dead)}"
+        if keys and left:
+            assert max(self.model.rows[k].changed for k in keys) <= min(
+                self.model.rows[k].changed for k in left
+            )
         for c in got:
             key = self._key(c)
-            assert key in dead and self.model.rows[key].changed == min(
-                self.model.rows[k].changed for k in dead
-            )
             self.latest[key] = c
             row = self.model.rows[key]
-            row.attempts += row.alone
+            row.attempts += row.kind == "lone"
             row.token, row.claimed_version, row.lease_until = c.token, row.version, self.model.now + LEASE
-            row.alone = True
+            row.kind = kind
             assert (c.version, c.exported_version, c.attempts, c.forced) == (
                 row.version, row.exported, row.attempts, row.forced,
             )  # fmt: skip

@@ -276,14 +276,18 @@ class Loop:
         return done
 
     def _claim(self, ctx: Context, size: int, *, lone: bool) -> tuple[list[Claim], bool]:
-        """One partition of a dead claim (its lease expired), taken over alone, and True; else a
-        batch of pending ones. Taken over first, so new work never makes it wait; alone, so one
-        that kills its worker (the OOM killer, a crash) takes no other partition down again.
-        ``lone``: none of this loop's files are in flight, so a claim of one partition may put it
-        under a lone token (a death of the worker then counts against it: see take_over)."""
+        """One partition of a dead claim (its lease expired) that held it alone, or as a dead
+        batch's second chance, taken over alone, and True; else the partitions of dead batches,
+        taken over together once more (an innocent crash recovers at batch speed); else a batch of
+        pending ones. Dead claims first, so new work never makes them wait; alone after a second
+        death, so one that kills its worker (the OOM killer, a crash) takes no other partition
+        down again. ``lone``: none of this loop's files are in flight, so a claim of one partition
+        may put it under a lone token (a death of the worker then counts against it: see take_over)."""
         store, lease = ctx.ledger.partitions, ctx.project.settings.lease
         if claims := store.take_over(self.task, lease=lease, lone=lone):
             return claims, True
+        if claims := store.take_over(self.task, lease=lease, lone=lone, batch=size):
+            return claims, False
         return store.claim(self.task, limit=size, lease=lease, lone=lone), False
 
     def _units(self, ctx: Context, pipeline: Pipeline, claims: list[Claim]) -> list[WorkUnit]:

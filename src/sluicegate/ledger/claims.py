@@ -80,7 +80,19 @@ def lone_token() -> uuid.UUID:
     """A claim token for a claim of one unit (a partition, a block's stage): a random UUID of
     version 8 (``uuid4`` gives version 4), so a take-over tells from the token alone whether the
     dead claim held the unit on its own (its 15th character is ``8``), or as one of a batch."""
-    return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))
+    return _versioned(0x8)
+
+
+def second_token() -> uuid.UUID:
+    """A claim token for a dead batch's partitions taken over together, their second chance: a
+    random UUID of version 7 (its 15th character is ``7``). A partition whose claim of this kind
+    dies too is taken over alone from then on (see ``PartitionStore.take_over``), uncounted."""
+    return _versioned(0x7)
+
+
+def _versioned(version: int) -> uuid.UUID:
+    """A random UUID whose version digit (the 15th character) is ``version``."""
+    return uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (version << 76))
 
 
 class ClaimStore(Store):
@@ -93,8 +105,8 @@ class ClaimStore(Store):
     ) -> tuple[list[Any], str]:
         """Run ``statement`` (a claim or a take-over; ``params`` holding ``first`` as its token)
         in one transaction: the rows it took, and the token they are held under. ``relone``: a
-        claim that finds one unit puts it under a :func:`lone_token` (not a take-over's, whose
-        ``first`` is lone already)."""
+        claim (or a take-over of dead batches) that finds one unit puts it under a
+        :func:`lone_token` (not a take-over of one, whose ``first`` is lone already)."""
         token = first
 
         def take(cur: Any) -> list[Any]:

@@ -5,8 +5,10 @@ The rules it enforces, all in single SQL statements (``sql/<dialect>/partitions.
 * a change bumps ``version``; a partition is pending while ``version > exported_version``;
 * a claim takes pending, complete partitions oldest change first (then oldest window first), under
   a fresh token and a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, there in three
-  statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite); a partition of a dead claim (its
-  lease expired) is taken over alone, an attempt only when the dead claim held it alone;
+  statements in one transaction, ``BEGIN IMMEDIATE`` on SQLite); the partitions of a dead batch
+  (its lease expired) are taken over together once more, a second chance, and a partition of a
+  dead claim that held it alone, or of a dead second chance, is taken over alone: an attempt only
+  when the dead claim held it alone;
 * a commit sets ``exported_version`` to the version read at claim, and only while the claim token
   still matches: a change made during the export keeps the partition pending, and a worker whose
   lease was taken over commits nothing.
@@ -26,7 +28,7 @@ from typing import Any
 from .. import db, paths
 from ..exceptions import LedgerError, UsageError
 from ..partitions import Partition, PartitionKeys
-from .claims import Claim, ClaimStore, ExportResult, PathTaken, Place, Vet, lone_token
+from .claims import Claim, ClaimStore, ExportResult, PathTaken, Place, Vet, lone_token, second_token
 from .core import pg_array
 from .partition_admin import PartitionAdmin, named_keys, settle_seconds
 
@@ -111,21 +113,44 @@ class PartitionStore(PartitionAdmin, ClaimStore):
         nothing else in flight, so it takes it under a :func:`lone_token`; else a batch token."""
         return self._take(task, self.q["claim"], limit=limit, lease=lease, lone=lone)
 
-    def take_over(self, task: PartitionKeys, *, lease: float, lone: bool = True) -> list[Claim]:
-        """Claim one partition of a dead claim (held under an expired lease), oldest change first,
-        in a claim of its own: one partition that kills its worker then takes down no other. It
-        counts as an attempt only when the dead claim held it alone from the start (its token is a
-        :func:`lone_token`: it died on its own), not when it is the last one left of a dead batch.
-        ``lone`` as for :meth:`claim`: taken over while other files are in flight, it is not lone."""
-        return self._take(task, self.q["take_over"], limit=1, lease=lease, lone=lone)
+    def take_over(
+        self, task: PartitionKeys, *, lease: float, lone: bool = True, batch: int = 0
+    ) -> list[Claim]:
+        """Claim partitions of dead claims (held under an expired lease), oldest change first.
+
+        Without ``batch``: one partition whose dead claim held it alone, or as a dead batch's second
+        chance, in a claim of its own: one partition that kills its worker then takes down no
+        other. It counts as an attempt only when the dead claim held it alone from the start (its
+        token is a :func:`lone_token`: it died on its own), not when a second chance died.
+        With ``batch``: up to ``batch`` partitions of dead batches (claims of several partitions),
+        together under a :func:`second_token`, uncounted (nothing tells which partition of a dead
+        batch killed it): an innocent crash (a deploy, a reboot) recovers at batch speed, and if
+        this claim dies too, each of its partitions is taken over alone.
+        ``lone`` as for :meth:`claim`; one partition taken over while other files are in flight
+        is not lone, and goes under a :func:`second_token`: a death then is taken over alone again."""
+        return self._take(
+            task, self.q["take_over"], limit=batch or 1, lease=lease, lone=lone, singles=not batch
+        )
 
     def _take(
-        self, task: PartitionKeys, statement: str, *, limit: int, lease: float, lone: bool
+        self,
+        task: PartitionKeys,
+        statement: str,
+        *,
+        limit: int,
+        lease: float,
+        lone: bool,
+        singles: bool | None = None,
     ) -> list[Claim]:
-        first = lone_token() if limit == 1 and lone else uuid.uuid4()
+        """Run a claim (``singles`` None) or a take-over of dead claims held alone or a second time
+        (``singles``), or of dead batches (not ``singles``)."""
+        batch = uuid.uuid4 if singles is None else second_token  # a take-over's: a second chance
+        first = lone_token() if limit == 1 and lone else batch()
         params = self.core.params(
             task=task.name, limit=limit, lease=lease, settle=settle_seconds(task), token=first
         )
+        if singles is not None:
+            params["singles"] = singles
         rows, token = self._take_rows(statement, params, first=first, lease=lease, relone=limit > 1 and lone)
         claims = [self._claim_from_row(task, row, token) for row in rows]
         # RETURNING order is not guaranteed: export a batch in id order (the order of first marks).

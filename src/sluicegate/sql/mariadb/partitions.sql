@@ -31,13 +31,15 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- take_over --
--- Lock one partition of a dead claim (held under an expired lease), oldest change first, and
--- whether the dead claim held it alone from the start (its lone token; an attempt then; see
--- postgresql/partitions.sql), read by the claim_token index (the claims held, not the queue).
--- claim_take then takes it.
+-- Lock partitions of dead claims (held under an expired lease), oldest change first: with singles,
+-- one whose dead claim held it alone or as a second chance; else up to limit of dead batches (see
+-- postgresql/partitions.sql); and whether the dead claim held it alone from the start (its lone
+-- token; an attempt then), read by the claim_token index (the claims held, not the queue).
+-- claim_take then takes them.
 SELECT p.id, SUBSTRING(p.claim_token, 15, 1) = '8'
 FROM {t}partitions AS p FORCE INDEX ({t}partitions_claim_token_idx)
 WHERE p.claim_token IS NOT NULL AND p.lease_until < UNIX_TIMESTAMP(NOW(6))
+  AND (SUBSTRING(p.claim_token, 15, 1) IN ('7', '8')) = %(singles)s
   AND p.task = %(task)s
   AND NOT p.failed
   AND p.version > p.exported_version

@@ -21,7 +21,7 @@ SET version = p.version + 1,
 
 -- claim --
 -- Claim up to limit pending, complete partitions no claim holds, oldest change first, then oldest
--- window (a dead claim's partitions are taken over one at a time: take_over).
+-- window (a dead claim's partitions are taken over first: take_over).
 -- The rows are updated by "id = ANY (array)", an index scan of the primary key at any ledger
 -- size (a join with the CTE was hashed over a sequential scan of small ledgers: slower at 10k
 -- rows than at 1M).
@@ -46,15 +46,19 @@ RETURNING p.id, p.pkey, p.keys, p.zone, p.version, p.attempts, p.forced, p.expor
           p.path, p.bytes, p.checksum, p.etag;
 
 -- take_over --
--- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone:
--- a partition that kills its worker (SIGKILL, the OOM killer) took the other partitions of its
--- batch down with it, and claimed back together they died again. Taking it over counts as an
--- attempt only when the dead claim held it alone from the start (a claim of one partition, such
--- as a take-over, has a lone token: its UUID's version digit is 8, see lone_token): nothing tells
--- which partition of a dead batch killed it, the last one left of it included (the others of
--- the batch were exported), while one that died alone did. The dead claims are read by the
--- claim_token index (the claims held, not the ledger: the ARRAY is planned on its own, without
--- the ORDER BY), then ordered and locked by the primary key.
+-- Claim partitions of dead claims (held under an expired lease), oldest change first: with
+-- singles, one partition whose dead claim held it alone or as a dead batch's second chance, alone
+-- (limit 1); else up to limit partitions of dead batches, together, their second chance. A
+-- partition that kills its worker (SIGKILL, the OOM killer) takes the others of its batch down
+-- with it: claimed back together they die once more, then each is taken over alone, and the
+-- poison dies alone from then on, while a batch that died innocently (a deploy, a host reboot)
+-- is exported at batch speed. The kind of a dead claim is its token's UUID version digit
+-- (ledger/claims.py): 8 for a claim of one partition (a lone token: a take-over alone, or a
+-- claim that found one), 7 for a second chance, 4 for a batch. Taking over counts as an attempt
+-- only when the dead claim held it alone from the start (8): nothing tells which partition of a
+-- dead batch, or of its second chance, killed it, while one that died alone did. The dead claims
+-- are read by the claim_token index (the claims held, not the ledger: the ARRAY is planned on its
+-- own, without the ORDER BY), then ordered and locked by the primary key.
 WITH candidate AS (
     SELECT id FROM {t}partitions
     WHERE id = ANY (ARRAY(
@@ -62,6 +66,7 @@ WITH candidate AS (
             WHERE claim_token IS NOT NULL AND lease_until < now() AND task = %(task)s
               AND NOT failed AND version > exported_version))
       AND claim_token IS NOT NULL AND lease_until < now()
+      AND (substr(claim_token::text, 15, 1) IN ('7', '8')) = %(singles)s
       AND (win_end IS NULL OR win_end <= now() - make_interval(secs => %(settle)s))
       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
     ORDER BY changed_at, win_start, id

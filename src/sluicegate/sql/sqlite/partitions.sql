@@ -35,10 +35,11 @@ WHERE id IN (
 RETURNING id, pkey, keys, zone, version, attempts, forced, exported_version, path, bytes, checksum, etag;
 
 -- take_over --
--- Claim one partition of a dead claim (held under an expired lease), oldest change first, alone
--- (run inside BEGIN IMMEDIATE); an attempt only when the dead claim held it alone from the start
--- (its lone token: see postgresql/partitions.sql). Read by the claim_token index: the claims
--- held, not the queue.
+-- Claim partitions of dead claims (held under an expired lease), oldest change first (run inside
+-- BEGIN IMMEDIATE): with singles, one whose dead claim held it alone or as a second chance, alone;
+-- else up to limit of dead batches, together, their second chance (see postgresql/partitions.sql);
+-- an attempt only when the dead claim held it alone from the start (its lone token). Read by the
+-- claim_token index: the claims held, not the queue.
 UPDATE {t}partitions
 SET attempts = attempts + CASE WHEN substr(claim_token, 15, 1) = '8' THEN 1 ELSE 0 END,
     claim_token = :token,
@@ -47,6 +48,7 @@ SET attempts = attempts + CASE WHEN substr(claim_token, 15, 1) = '8' THEN 1 ELSE
 WHERE id IN (
     SELECT id FROM {t}partitions INDEXED BY {t}partitions_claim_token_idx
     WHERE claim_token IS NOT NULL AND lease_until < :now
+      AND (substr(claim_token, 15, 1) IN ('7', '8')) = :singles
       AND task = :task
       AND NOT failed
       AND version > exported_version
