@@ -35,7 +35,6 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,7 +46,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import PgServer, busy_cpu_seconds, log  # noqa: E402
+from run import busy_cpu_seconds, log, throwaway_server  # noqa: E402
 
 from sluicegate.drivers.partitioned_paths import SharedFiles  # noqa: E402
 from sluicegate.ledger import ExportResult, Ledger  # noqa: E402
@@ -265,20 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="drains per stage")
     args = parser.parse_args(argv)
     stages = []
-    with tempfile.TemporaryDirectory(prefix="sluicegate-ledger-bench-") as tmp:
-        base = Path(tmp)
-        base.chmod(0o755)  # the server runs as its own OS user when we are root
-        pg = PgServer(base)
-        try:
-            pg.start()
-            with psycopg.connect(pg.url(), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE ledger")
-            url = pg.url("ledger")
-            for exported in (int(x) for x in args.exported.split(",") if x):
-                stages.append(stage(url, exported, args.pending, args.batch, args.repeat))
-            version = pg.version()
-        finally:
-            pg.stop()
+    with throwaway_server("sluicegate-ledger-bench-") as (_, pg):
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE ledger")
+        url = pg.url("ledger")
+        for exported in (int(x) for x in args.exported.split(",") if x):
+            stages.append(stage(url, exported, args.pending, args.batch, args.repeat))
+        version = pg.version()
     meta = {
         "when": dt.datetime.now(UTC).isoformat(timespec="minutes"),
         "pg": version,

@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from run import (  # noqa: E402
     log,
     make_project,
     reset_ledger,
+    throwaway_server,
 )
 
 TASK = "openaq"
@@ -173,16 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each case, round-robin")
     parser.add_argument("--src", help="a src/ folder the measured runs import instead (PYTHONPATH)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sluicegate-recovery-bench-") as tmp:
-        base = Path(tmp)
-        base.chmod(0o755)  # the server runs as its own OS user when we are root
-        pg = PgServer(base)
-        try:
-            pg.start()
-            runs = measure(args, base, pg)
-            version = pg.version()
-        finally:
-            pg.stop()
+    with throwaway_server("sluicegate-recovery-bench-") as (base, pg):
+        runs = measure(args, base, pg)
+        version = pg.version()
     meta = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
         "pg": version,

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,20 @@ class PgServer:
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{dbname}"
+
+
+@contextlib.contextmanager
+def throwaway_server(prefix: str) -> Iterator[tuple[Path, PgServer]]:
+    """A started :class:`PgServer` in a new temp folder (removed at the end), stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)  # the server runs as its own OS user when we are root
+        pg = PgServer(base)
+        try:
+            pg.start()
+            yield base, pg
+        finally:
+            pg.stop()
 
 
 def _free_port() -> int:
