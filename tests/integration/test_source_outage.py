@@ -247,10 +247,18 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     again; then the source goes away for longer than the reconnect budget. After the second loss
     the run waits for the source before it reads the batch again one partition at a time, and
     stops: it does not claim the batch again and again while the source is away, charging it each
-    time until it is parked (max_attempts = 2, backoff 0 s), nor charges it at all."""
+    time until it is parked (max_attempts = 2, backoff 0 s), nor charges it at all.
+
+    The read again waits for the cut, and the source stays away until the run has returned. With a
+    fixed 3 s read and 6 s outage, a cut 3 s late fell on a later batch, after files were exported
+    (the summary then showed only the stop's "server closed the connection" error), and a run 5 s
+    late to reconnect found the source back and exported everything."""
     monkeypatch.setattr(sg_db, "RECONNECT_SECONDS", 1.0)
     proxy = tcp_proxy(pg_server.host, pg_server.port)
     root = _project(tmp_path, pg_url, pg_server, proxy, read_path)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE cut (yes boolean NOT NULL)")
+        conn.execute("INSERT INTO cut VALUES (false)")
     _select_through(
         pg_url,
         root,
@@ -258,19 +266,26 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
         " IF loc = 1 AND NOT (SELECT is_called FROM armed) THEN PERFORM nextval('armed');"
         " PERFORM pg_terminate_backend(pg_backend_pid());"
         " ELSIF loc = 1 AND (SELECT last_value FROM armed) = 1 THEN PERFORM nextval('armed');"
-        " PERFORM pg_sleep(3); END IF; RETURN loc; END",
+        " FOR i IN 1..1200 LOOP EXIT WHEN (SELECT yes FROM cut); PERFORM pg_sleep(0.05); END LOOP;"
+        " END IF; RETURN loc; END",
         armed=True,
     )
     toml = root / "sluicegate.toml"
     toml.write_text(toml.read_text().replace("max_attempts = 1", "max_attempts = 2"))
+    ran = threading.Event()
 
-    def cut() -> None:  # once the batch is read again
+    def cut() -> None:  # once the batch is read again, until the run is over
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                " AND datname = current_database()"
+            )
             while admin.execute(query).fetchone()[0] == 0:  # type: ignore[index]
-                time.sleep(0.01)
-        proxy.down()
-        time.sleep(6.0)
+                if ran.wait(0.01):  # the run never read it again: the asserts below say what it did
+                    return
+            proxy.down()
+            admin.execute("UPDATE cut SET yes = true")  # the read again ends (its client is gone)
+        ran.wait()
         proxy.up()
 
     thread = threading.Thread(target=cut)
@@ -278,6 +293,7 @@ def test_an_outage_that_starts_while_a_batch_is_read_again_parks_none_of_it(
     try:
         [summary] = engine.run(load(root), ["openaq"])
     finally:
+        ran.set()
         thread.join()
     exported, failed, pending, claimed = _counts(root)
     assert (exported, failed, pending, claimed) == (0, 0, PARTITIONS, 0), summary
